@@ -1,0 +1,36 @@
+# Two commands for a fresh machine:  `make demo` (fit + sample + diagnose + score on Two Birds)
+# and `make test` (the test suite). Each creates the virtual environment when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN ?= runs/demo
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(RUN)
+	$(BIN)/ppl-cvae fit --problem two_birds --functions data_1 --out $(RUN)/fit --overwrite
+	$(BIN)/ppl-cvae simulate --problem two_birds --functions data_1 --num 4 --seed 123 --out $(RUN)/obs.npz --overwrite
+	$(BIN)/ppl-cvae sample $(RUN)/fit --observation $(RUN)/obs.npz --num-samples 1000 --out $(RUN)/posterior.nc --overwrite
+	$(BIN)/ppl-cvae diagnose $(RUN)/posterior.nc --out $(RUN)/report --overwrite
+	$(BIN)/ppl-cvae score $(RUN)/posterior.nc --out $(RUN)/score.json --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check ppl_cvae inference tests benchmarks examples
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/two_birds.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,187 @@
+"""Conversion of posterior draws to ``arviz.InferenceData`` (the only module importing arviz).
+
+Amortized-VI draws are independent samples, not a Markov chain: they are stored as a single
+chain (leading axes ``(chain=1, draw=S)``) and R-hat / ESS must not be read as MCMC diagnostics.
+
+Groups and dims
+---------------
+- ``posterior``: ``x`` (``[observation,] *x_dims``) and ``z`` (``[observation,] latent``);
+- ``posterior_predictive``: ``y`` (``[observation,] *y_dims``), when a forward operator exists;
+- ``observed_data``: ``y`` (``[observation,] *y_dims``);
+- ``constant_data``: ``x_true`` (``[observation,] *x_dims``), when the truth is known.
+
+The ``observation`` dim appears when several observations were given in one call (a stacked
+input ``(M, *y_shape)``, even with ``M = 1``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppl_cvae._atomic import atomic_path
+from ppl_cvae.errors import DataError
+
+with warnings.catch_warnings():
+    # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning at import time
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
+
+__all__ = ["to_inference_data", "save_inference_data", "load_inference_data", "default_dims"]
+
+
+def default_dims(prefix: str, shape: Sequence[int]) -> tuple[str, ...]:
+    """Return generic dim names ``(prefix_dim_0, ...)`` for an event of ``shape``."""
+    return tuple(f"{prefix}_dim_{i}" for i in range(len(shape)))
+
+
+def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def to_inference_data(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    y_obs: torch.Tensor,
+    *,
+    stacked: bool,
+    y_rep: torch.Tensor | None = None,
+    x_true: torch.Tensor | None = None,
+    x_dims: Sequence[str] | None = None,
+    y_dims: Sequence[str] | None = None,
+    coords: Mapping[str, Sequence[Any]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> az.InferenceData:
+    """Build ``InferenceData`` from posterior draws.
+
+    Parameters
+    ----------
+    x : Tensor, shape (S, M, *x_shape)
+        Posterior draws of the subsurface model.
+    z : Tensor, shape (S, M, latent_dim)
+        Latent draws.
+    y_obs : Tensor, shape (M, *y_shape)
+        Observations.
+    stacked : bool
+        Keep an ``observation`` dim (True) or drop it (False, needs ``M = 1``).
+    y_rep : Tensor, shape (S, M, *y_shape), optional
+        Posterior predictive draws.
+    x_true : Tensor, shape (M, *x_shape), optional
+        True models (synthetic tests), stored in ``constant_data``.
+    x_dims, y_dims : sequence of str, optional
+        Dim names of one ``x`` / ``y``; generic names when omitted.
+    coords : mapping, optional
+        Coordinate values of named dims.
+    attrs : mapping, optional
+        Attributes; non-scalar values are stored as JSON strings (NetCDF needs scalars).
+
+    Returns
+    -------
+    arviz.InferenceData
+
+    Raises
+    ------
+    DataError
+        If ``stacked`` is False but ``M != 1``, or the leading axes disagree.
+    """
+    num_samples, num_obs = x.shape[:2]
+    if z.shape[:2] != x.shape[:2] or y_obs.shape[0] != num_obs:
+        raise DataError(
+            f"draws disagree: x {tuple(x.shape)}, z {tuple(z.shape)}, y_obs {tuple(y_obs.shape)}"
+        )
+    if not stacked and num_obs != 1:
+        raise DataError(f"an unstacked result needs exactly one observation, got {num_obs}")
+    x_dims = tuple(x_dims or default_dims("x", x.shape[2:]))
+    y_dims = tuple(y_dims or default_dims("y", y_obs.shape[1:]))
+    lead = ["observation"] if stacked else []
+
+    def post(t: torch.Tensor) -> np.ndarray:  # (S, M, ...) -> (1, S, [M,] ...)
+        a = _np(t)
+        return (a if stacked else a[:, 0])[None]
+
+    def const(t: torch.Tensor) -> np.ndarray:  # (M, ...) -> ([M,] ...)
+        a = _np(t)
+        return a if stacked else a[0]
+
+    all_coords: dict[str, Any] = {"latent": np.arange(z.shape[-1])}
+    if stacked:
+        all_coords["observation"] = np.arange(num_obs)
+    for name, values in (coords or {}).items():
+        if name in x_dims or name in y_dims:
+            all_coords[name] = list(values)
+    dims = {
+        "x": [*lead, *x_dims],
+        "z": [*lead, "latent"],
+        "y": [*lead, *y_dims],
+        "x_true": [*lead, *x_dims],
+    }
+    clean_attrs = {
+        k: (v if isinstance(v, (str, int, float, bool)) else json.dumps(v))
+        for k, v in (attrs or {}).items()
+    }
+    return az.from_dict(
+        posterior={"x": post(x), "z": post(z)},
+        posterior_predictive={"y": post(y_rep)} if y_rep is not None else None,
+        observed_data={"y": const(y_obs)},
+        constant_data={"x_true": const(x_true)} if x_true is not None else None,
+        coords=all_coords,
+        dims=dims,
+        attrs=clean_attrs,
+    )
+
+
+def save_inference_data(idata: az.InferenceData, path: str | os.PathLike[str]) -> Path:
+    """Write ``idata`` to NetCDF (h5netcdf engine) atomically; return the path.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the target folder does not exist.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        idata.to_netcdf(str(tmp))
+    return path
+
+
+def load_inference_data(path: str | os.PathLike[str]) -> az.InferenceData:
+    """Read an InferenceData NetCDF file.
+
+    Raises
+    ------
+    DataError
+        If the file is missing, unreadable, or has no ``posterior`` group.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"posterior file {str(path)!r} does not exist")
+    try:
+        idata = az.from_netcdf(str(path))
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"cannot read {str(path)!r} as InferenceData NetCDF: {err}") from err
+    if "posterior" not in idata.groups():
+        raise DataError(f"{str(path)!r} has no posterior group (groups: {idata.groups()})")
+    return idata
+
+
+def summary(idata: az.InferenceData, var_names: Sequence[str] = ("x",), hdi_prob: float = 0.9):
+    """Return ``az.summary`` statistics (mean, sd, HDI) of ``var_names``, no MCMC diagnostics.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per element, columns ``mean, sd, hdi_5%, hdi_95%`` for ``hdi_prob=0.9``.
+    """
+    return az.summary(idata, var_names=list(var_names), kind="stats", hdi_prob=hdi_prob)
+
+
+def hdi(draws: np.ndarray, hdi_prob: float = 0.9) -> np.ndarray:
+    """Return the highest-density interval over the first axis; shape ``(*rest, 2)``."""
+    return az.hdi(np.asarray(draws)[None], hdi_prob=hdi_prob)

@@ -1,0 +1,170 @@
+"""Figures of posteriors and training runs (the only library module importing matplotlib/seaborn).
+
+Every function draws into a new figure, saves it as PNG atomically and closes it; nothing is
+shown. The non-interactive Agg backend is selected on import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from ppl_cvae._atomic import atomic_path  # noqa: E402
+
+__all__ = ["plot_bands", "plot_pairs", "plot_loss", "series_view"]
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def series_view(
+    array: np.ndarray, dims: Sequence[str], coords: Mapping[str, Sequence]
+) -> tuple[np.ndarray, list[str], str, np.ndarray]:
+    """Reshape an event array into series for plotting.
+
+    The last dim names the series (e.g. ``line``: ``x0``, ``x1``); all other dims are
+    flattened into the horizontal axis, labelled by the longest of them.
+
+    Parameters
+    ----------
+    array : ndarray, shape (*lead, *event)
+        ``len(dims)`` trailing axes are the event.
+    dims : sequence of str
+        Names of the event axes.
+    coords : mapping
+        Coordinates of the dims (used for labels and the horizontal axis).
+
+    Returns
+    -------
+    values : ndarray, shape (*lead, n_points, n_series)
+    labels : list of str
+        One label per series.
+    axis_name : str
+    axis_values : ndarray, shape (n_points,)
+    """
+    n = len(dims)
+    lead = array.shape[: array.ndim - n]
+    event = array.shape[array.ndim - n :]
+    if n == 1:
+        values = array.reshape(*lead, event[0], 1)
+        labels = [""]
+        axis_name = dims[0]
+    else:
+        values = array.reshape(*lead, int(np.prod(event[:-1])), event[-1])
+        labels = [str(c) for c in coords.get(dims[-1], range(event[-1]))]
+        axis_name = max(dims[:-1], key=lambda d: event[list(dims).index(d)])
+    axis_values = np.arange(values.shape[-2])
+    if axis_name in coords and len(coords[axis_name]) == values.shape[-2]:
+        try:
+            axis_values = np.asarray(coords[axis_name], dtype=float)
+        except (TypeError, ValueError):
+            pass
+    return values, labels, axis_name, axis_values
+
+
+def plot_bands(
+    draws: np.ndarray,
+    dims: Sequence[str],
+    coords: Mapping[str, Sequence],
+    path: str | os.PathLike[str],
+    *,
+    reference: np.ndarray | None = None,
+    reference_label: str = "truth",
+    title: str = "",
+    ylabel: str = "value",
+    interval: float = 0.9,
+) -> Path:
+    """Plot the posterior mean and central ``interval`` band of each series, with a reference.
+
+    Parameters
+    ----------
+    draws : ndarray, shape (S, *event)
+        Posterior (or posterior predictive) draws of one observation.
+    dims, coords
+        Event dims and coordinates (see :func:`series_view`).
+    path : path
+        PNG to write.
+    reference : ndarray, shape event, optional
+        True model or observed data, drawn dashed.
+    interval : float, default 0.9
+        Probability mass of the central (equal-tailed) band.
+    """
+    values, labels, axis_name, axis_values = series_view(draws, dims, coords)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    palette = sns.color_palette(n_colors=max(len(labels), 1))
+    lo, hi = np.quantile(values, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
+    mean = values.mean(0)
+    ref = None if reference is None else series_view(reference[None], dims, coords)[0][0]
+    for k, label in enumerate(labels):
+        name = f" {label}" if label else ""
+        ax.fill_between(
+            axis_values,
+            lo[:, k],
+            hi[:, k],
+            color=palette[k],
+            alpha=0.25,
+            label=f"{int(interval * 100)}% interval{name}",
+        )
+        ax.plot(axis_values, mean[:, k], color=palette[k], label=f"mean{name}")
+        if ref is not None:
+            ax.plot(
+                axis_values,
+                ref[:, k],
+                color=palette[k],
+                ls="--",
+                lw=1.2,
+                label=f"{reference_label}{name}",
+            )
+    ax.set_xlabel(axis_name)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_pairs(
+    draws: np.ndarray, names: Sequence[str], path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """Seaborn pair plot of a few scalar quantities.
+
+    Parameters
+    ----------
+    draws : ndarray, shape (S, K)
+        ``S`` draws of ``K`` quantities (keep ``K`` small, e.g. <= 5).
+    names : sequence of str
+        ``K`` column names.
+    path : path
+        PNG to write.
+    """
+    frame = pd.DataFrame(np.asarray(draws), columns=list(names))
+    grid = sns.pairplot(frame, corner=True, plot_kws={"s": 6, "alpha": 0.5, "edgecolor": "none"})
+    if title:
+        grid.figure.suptitle(title)
+    return _save(grid.figure, path)
+
+
+def plot_loss(history: Sequence[Mapping[str, float]], path: str | os.PathLike[str]) -> Path:
+    """Plot training and validation loss (negative ELBO per observation) per epoch."""
+    frame = pd.DataFrame(list(history))
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    ax.plot(frame["epoch"], frame["train_loss"], label="train")
+    if "val_loss" in frame and frame["val_loss"].notna().any():
+        ax.plot(frame["epoch"], frame["val_loss"], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (negative ELBO per observation, nats)")
+    ax.legend()
+    return _save(fig, path)

@@ -1,0 +1,134 @@
+"""Amortized posterior draws of ``x`` given observations ``y`` (a thin layer over Predictive).
+
+The approximate posterior of a trained CVAE is
+``q(x | y) = integral p_theta(x | z, y) p_theta(z | y) dz``: ``z`` from the prior net,
+``x`` from the decoder. :func:`draw_posterior` runs the Pyro ``model`` forward with
+``pyro.infer.Predictive(..., parallel=True)``: the prior net and the ``y`` branch of the
+decoder run once per observation, the decoder body once per draw, with no Python loop over draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro.infer import Predictive
+
+from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.models.cvae import CVAE
+from ppl_cvae.problems.base import Problem
+
+__all__ = ["PosteriorDraws", "draw_posterior", "as_observation_batch"]
+
+
+@dataclass(frozen=True)
+class PosteriorDraws:
+    """Posterior draws for ``M`` observations.
+
+    Attributes
+    ----------
+    x : Tensor, shape (num_samples, M, *x_shape)
+        Subsurface models in physical units (decoder noise included or not, see
+        ``decoder_noise``).
+    z : Tensor, shape (num_samples, M, latent_dim)
+        Latent codes drawn from the prior net.
+    y_rep : Tensor, shape (num_samples, M, *y_shape), or None
+        Posterior predictive ``F(x) + noise`` when a problem with a forward operator was given.
+    decoder_noise : bool
+        Whether ``x`` includes the decoder's noise (site ``"x"``) or is its mean (``"x_mean"``).
+    """
+
+    x: torch.Tensor
+    z: torch.Tensor
+    y_rep: torch.Tensor | None
+    decoder_noise: bool
+
+
+def as_observation_batch(y: torch.Tensor, y_shape: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
+    """Return ``y`` as a batch ``(M, *y_shape)`` and whether it was already stacked.
+
+    Raises
+    ------
+    ShapeError
+        If ``y`` is neither ``y_shape`` nor ``(M, *y_shape)``.
+    """
+    y_shape = tuple(y_shape)
+    if tuple(y.shape) == y_shape:
+        return y.unsqueeze(0), False
+    if y.dim() == len(y_shape) + 1 and tuple(y.shape[1:]) == y_shape:
+        return y, True
+    raise ShapeError(
+        f"observation has shape {tuple(y.shape)}; the model expects {y_shape} "
+        f"or a stack (M, *{y_shape})"
+    )
+
+
+@torch.no_grad()
+def draw_posterior(
+    cvae: CVAE,
+    y: torch.Tensor,
+    num_samples: int,
+    *,
+    decoder_noise: bool | None = None,
+    problem: Problem | None = None,
+    seed: int | None = None,
+) -> PosteriorDraws:
+    """Draw ``num_samples`` amortized posterior samples of ``x`` for each observation.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        A trained conditional model.
+    y : Tensor, shape (M, *y_shape) or y_shape
+        Observations in physical units; a single observation is treated as ``M = 1``.
+    num_samples : int
+        Draws per observation.
+    decoder_noise : bool, optional
+        True: ``x ~ p(x | z, y)`` (site ``"x"``, the full predictive density of the decoder).
+        False: ``x = E[x | z, y]`` (site ``"x_mean"``), smoother draws whose spread comes from
+        ``z`` alone. Default: ``cvae.samples_decoder_noise`` (False for a basis decoder).
+    problem : Problem, optional
+        With a forward operator: also return ``y_rep = F(x) + eps``, ``eps ~ N(0, noise_std^2)``.
+    seed : int, optional
+        Seed of Pyro's RNG for these draws.
+
+    Returns
+    -------
+    PosteriorDraws
+        ``x`` of shape ``(num_samples, M, *x_shape)``.
+
+    Raises
+    ------
+    ConfigError
+        If the model is unconditional or ``num_samples < 1``.
+    ShapeError
+        If ``y`` has the wrong shape.
+    DataError
+        If ``y`` holds NaN or inf.
+    """
+    if not cvae.config.conditional:
+        raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
+    cvae.check_finite(y=y_batch)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    if decoder_noise is None:
+        decoder_noise = cvae.samples_decoder_noise
+    was_training = cvae.training
+    cvae.eval()
+    predictive = Predictive(
+        cvae.model, num_samples=num_samples, parallel=True, return_sites=("z", "x", "x_mean")
+    )
+    with pyro.validation_enabled(False):
+        out = predictive(y_batch)
+    cvae.train(was_training)
+    x = out["x"] if decoder_noise else out["x_mean"]
+    y_rep = None
+    if problem is not None:
+        y_rep = problem.forward(x)
+        if problem.noise_std > 0:
+            y_rep = y_rep + problem.noise_std * torch.randn_like(y_rep)
+    return PosteriorDraws(x=x, z=out["z"], y_rep=y_rep, decoder_noise=decoder_noise)

@@ -1,0 +1,38 @@
+"""ppl_cvae: conditional VAEs as Pyro model/guide pairs for amortized Bayesian inversion."""
+
+from ppl_cvae.config import ModelConfig, TrainConfig
+from ppl_cvae.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PplCvaeError,
+    ShapeError,
+    UnknownProblemError,
+)
+from ppl_cvae.models.cvae import CVAE
+from ppl_cvae.problems import LinearGaussian, Problem, TwoBirds, make_problem
+from ppl_cvae.train import FitResult, build_cvae, fit, load_checkpoint, save_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CVAE",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "FitResult",
+    "LinearGaussian",
+    "ModelConfig",
+    "PplCvaeError",
+    "Problem",
+    "ShapeError",
+    "TrainConfig",
+    "TwoBirds",
+    "UnknownProblemError",
+    "__version__",
+    "build_cvae",
+    "fit",
+    "load_checkpoint",
+    "make_problem",
+    "save_checkpoint",
+]

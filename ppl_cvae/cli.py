@@ -1,0 +1,483 @@
+"""The ``ppl-cvae`` command: fit, sample, diagnose, simulate, score.
+
+Every subcommand validates its input before writing anything, writes each output atomically,
+refuses to overwrite existing outputs unless ``--overwrite`` is given, and reports user errors
+as one line ``ppl-cvae: error: ...`` with exit status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppl_cvae.config import LIKELIHOODS, NETWORKS, PRIORS, ModelConfig, TrainConfig
+from ppl_cvae.errors import ConfigError, DataError, PplCvaeError
+
+log = logging.getLogger("ppl_cvae")
+
+MODEL_FLAGS = {
+    "latent_dim": "latent_dim",
+    "hidden_dims": "hidden_dims",
+    "activation": "activation",
+    "network": "network",
+    "conv_channels": "conv_channels",
+    "prior": "prior",
+    "likelihood": "likelihood",
+    "fixed_scale": "fixed_scale",
+}
+TRAIN_FLAGS = {
+    "epochs": "num_epochs",
+    "batch_size": "batch_size",
+    "learning_rate": "learning_rate",
+    "lr_decay": "lr_decay",
+    "kl_warmup_epochs": "kl_warmup_epochs",
+    "physics_weight": "physics_weight",
+    "val_fraction": "val_fraction",
+    "patience": "patience",
+    "num_particles": "num_particles",
+    "num_train": "num_train",
+    "seed": "seed",
+}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _problem_from_args(args: argparse.Namespace) -> Any:
+    """Build the problem named by ``--problem`` (registry name or ``package.module:factory``)."""
+    from ppl_cvae.problems.base import make_problem
+
+    kwargs: dict[str, Any] = {}
+    for item in args.problem_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--problem-arg expects KEY=VALUE, got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    if getattr(args, "functions", None):
+        kwargs["functions"] = args.functions
+    if ":" in args.problem:
+        module_name, _, attr = args.problem.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"cannot import problem factory {args.problem!r}: {err}") from err
+        return factory(**kwargs)
+    try:
+        return make_problem(args.problem, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"bad arguments for problem {args.problem!r}: {err}") from err
+
+
+def _prepare_out_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise DataError(
+                f"output folder {str(path)!r} exists and is not empty; "
+                "choose another --out or pass --overwrite"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _check_new_file(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise DataError(f"{str(path)!r} exists; choose another name or pass --overwrite")
+    if not path.parent.is_dir():
+        raise DataError(f"folder {str(path.parent)!r} does not exist")
+
+
+# --------------------------------------------------------------------------- fit
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a CVAE by SVI and write a run folder."""
+    from inference.plots import plot_loss
+    from ppl_cvae.data.io import load_pairs
+    from ppl_cvae.train import build_cvae, fit, save_checkpoint
+
+    out = Path(args.out)
+    problem = _problem_from_args(args) if args.problem else None
+    recommended = (
+        problem.recommended_settings()
+        if problem is not None and hasattr(problem, "recommended_settings")
+        else {"model": {}, "train": {}}
+    )
+    if args.data:
+        x, y = load_pairs(args.data)
+        if problem is not None and tuple(x.shape[1:]) != tuple(problem.x_shape):
+            raise DataError(
+                f"x in {args.data!r} has event shape {tuple(x.shape[1:])}; problem "
+                f"{problem.name!r} expects {tuple(problem.x_shape)}"
+            )
+        recommended["train"].pop("resimulate", None)
+    else:
+        x = y = None
+    model_kwargs = dict(recommended.get("model", {}))
+    train_kwargs = dict(recommended.get("train", {}))
+    for flag, field in MODEL_FLAGS.items():
+        if getattr(args, flag) is not None:
+            model_kwargs[field] = getattr(args, flag)
+    for flag, field in TRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            train_kwargs[field] = getattr(args, flag)
+    if args.resimulate is not None:
+        train_kwargs["resimulate"] = args.resimulate
+    if args.decoder == "network":
+        model_kwargs.pop("basis_dim", None)
+    basis = None
+    if model_kwargs.get("basis_dim") or args.decoder == "basis":
+        if problem is None or not hasattr(problem, "basis"):
+            raise ConfigError("--decoder basis needs a problem that provides a basis()")
+        basis = problem.basis()
+        model_kwargs["basis_dim"] = basis.shape[1]
+    train_config = TrainConfig(**train_kwargs)
+    if problem is not None and x is None:
+        gen = torch.Generator().manual_seed(train_config.seed + 1)
+        x, y = problem.simulate(train_config.num_train, gen)
+    x_shape = tuple(x.shape[1:])
+    y_shape = tuple(y.shape[1:])
+    model_config = ModelConfig(x_shape=x_shape, y_shape=y_shape, **model_kwargs)
+    _prepare_out_dir(out, args.overwrite)
+
+    cvae = build_cvae(
+        model_config,
+        x,
+        y,
+        basis=basis,
+        forward_operator=problem.forward if problem is not None else None,
+        misfit_std=problem.misfit_std if problem is not None else 1.0,
+    )
+    simulator = problem.simulate if problem is not None else None
+    log.info("fitting %d parameters on %s", cvae.num_parameters(), args.data or problem)
+    start = time.perf_counter()
+    result = fit(
+        cvae,
+        x,
+        y,
+        train_config,
+        simulator=simulator,
+        metrics_path=out / "metrics.csv",
+        progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - start
+    extra = {
+        "train_config": train_config.to_dict(),
+        "data": str(args.data) if args.data else None,
+        "fit_seconds": seconds,
+        "best_epoch": result.best_epoch,
+    }
+    save_checkpoint(out / "model.pt", cvae, problem=problem, extra=extra)
+    config_doc = {
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "problem": _spec_or_none(problem),
+        "data": extra["data"],
+    }
+    from ppl_cvae._atomic import atomic_path
+
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(config_doc, indent=2))
+    plot_loss(result.history, out / "loss.png")
+    last = result.history[-1]
+    print(
+        f"fitted in {seconds:.1f} s: {len(result.history)} epochs, best epoch {result.best_epoch}, "
+        f"final train loss {last['train_loss']:.4f}, validation loss {last['val_loss']:.4f} "
+        f"(negative ELBO per observation, nats); run folder {out}"
+    )
+    return 0
+
+
+def _spec_or_none(problem: Any) -> dict[str, Any] | None:
+    if problem is None:
+        return None
+    try:
+        return problem.spec()
+    except PplCvaeError:
+        return None
+
+
+# --------------------------------------------------------------------------- sample
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Draw posterior samples for observations and write InferenceData NetCDF."""
+    from inference.arviz_io import save_inference_data
+    from inference.sample import sample_posterior
+    from ppl_cvae.data.io import load_observations
+    from ppl_cvae.train import load_checkpoint
+
+    out = Path(args.out)
+    _check_new_file(out, args.overwrite)
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    cvae, meta = load_checkpoint(args.run_dir)
+    if not cvae.config.conditional:
+        raise ConfigError(
+            f"run {args.run_dir!r} holds an unconditional VAE; nothing to condition on"
+        )
+    y, stacked, x_true = load_observations(args.observation, cvae.config.y_shape)
+    if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
+        raise DataError(
+            f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "
+            f"generates {cvae.config.x_shape}"
+        )
+    idata = sample_posterior(
+        cvae,
+        y if stacked else y[0],
+        args.num_samples,
+        problem=meta["problem"],
+        x_true=(x_true if stacked else x_true[0]) if x_true is not None else None,
+        decoder_noise={"auto": None, "sample": True, "mean": False}[args.decoder_noise],
+        seed=args.seed,
+        attrs={"run_dir": str(args.run_dir), "observation_file": str(args.observation)},
+    )
+    save_inference_data(idata, out)
+    print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- diagnose
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Write the uncertainty report (summary CSV and plots) of a posterior file."""
+    from inference.arviz_io import load_inference_data
+    from inference.diagnostics.report import write_report
+
+    idata = load_inference_data(args.posterior)
+    out = Path(args.out)
+    _prepare_out_dir(out, args.overwrite)
+    files = write_report(idata, out, max_observations=args.max_observations)
+    print(f"wrote {len(files)} files to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- simulate
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate (x, y) pairs from a problem's prior and forward operator."""
+    from ppl_cvae.data.io import save_pairs
+
+    if args.num < 1:
+        raise ConfigError(f"--num must be >= 1, got {args.num}")
+    out = Path(args.out)
+    if out.suffix.lower() != ".npz":
+        raise DataError(f"--out {str(out)!r} must end in .npz")
+    _check_new_file(out, args.overwrite)
+    problem = _problem_from_args(args)
+    x, y = problem.simulate(args.num, torch.Generator().manual_seed(args.seed))
+    save_pairs(out, x, y, overwrite=args.overwrite)
+    print(f"wrote {args.num} pairs x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])} to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- score
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a Two Birds posterior file with the challenge's criteria."""
+    from inference.arviz_io import load_inference_data
+    from ppl_cvae._atomic import atomic_path
+    from ppl_cvae.problems.two_birds import FUNCTION_PAIRS
+    from ppl_cvae.problems.two_birds_scoring import score_samples
+
+    idata = load_inference_data(args.posterior)
+    functions = args.functions
+    if functions is None:
+        spec = idata.attrs.get("problem")
+        try:
+            spec = json.loads(spec) if isinstance(spec, str) else spec
+            functions = spec["functions"]
+        except (TypeError, KeyError, json.JSONDecodeError) as err:
+            raise DataError(
+                f"{args.posterior!r} does not record its Two Birds functions; pass --functions"
+            ) from err
+    if functions not in FUNCTION_PAIRS:
+        raise ConfigError(f"unknown functions {functions!r}; expected {sorted(FUNCTION_PAIRS)}")
+    x = torch.as_tensor(idata.posterior["x"].values[0])  # (S, [M,] 1, 50, 2)
+    y = torch.as_tensor(idata.observed_data["y"].values)
+    if "observation" not in idata.posterior["x"].dims:
+        x, y = x.unsqueeze(1), y.unsqueeze(0)
+    if tuple(x.shape[2:]) != (1, 50, 2):
+        raise DataError(f"{args.posterior!r} does not hold Two Birds models (x {tuple(x.shape)})")
+    score = score_samples(x.transpose(0, 1), y, FUNCTION_PAIRS[functions])
+    report = score.to_dict()
+    text = json.dumps(report, indent=2)
+    if args.out:
+        out = Path(args.out)
+        _check_new_file(out, args.overwrite)
+        with atomic_path(out) as tmp:
+            tmp.write_text(text)
+    summary = {k: v for k, v in report.items() if not isinstance(v, list)}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``ppl-cvae``."""
+    parser = argparse.ArgumentParser(
+        prog="ppl-cvae",
+        description="Amortized Bayesian inversion with conditional VAEs (Pyro SVI).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_problem(p: argparse.ArgumentParser, required: bool) -> None:
+        p.add_argument(
+            "--problem",
+            required=required,
+            help="built-in problem name (two_birds, linear_gaussian) or package.module:factory",
+        )
+        p.add_argument(
+            "--functions",
+            choices=["data_1", "original"],
+            help="Two Birds function pair: data_1 = sin(5x0+3x1), cos(4x0+8x1); "
+            "original = cos(49x0+42x1), cos(56x0+63x1)",
+        )
+        p.add_argument(
+            "--problem-arg",
+            action="append",
+            metavar="KEY=VALUE",
+            help="extra keyword argument of the problem factory (value parsed as JSON if it can "
+            "be), repeatable",
+        )
+
+    fit_p = sub.add_parser(
+        "fit",
+        help="fit a CVAE with SVI (Trace_ELBO)",
+        description="Fit a CVAE with SVI on a built-in problem's simulations or on a data file. "
+        "Unset options take the problem's recommended defaults, then the library defaults.",
+    )
+    add_problem(fit_p, required=False)
+    fit_p.add_argument(
+        "--data",
+        help="training pairs: .npz (x, y), .nc (variables x, y) or the "
+        "challenge's .pt TensorDataset; x/y in physical units",
+    )
+    fit_p.add_argument(
+        "--out",
+        required=True,
+        help="run folder to create (model.pt, config.json, metrics.csv, loss.png)",
+    )
+    fit_p.add_argument("--epochs", type=int, help="maximum number of epochs")
+    fit_p.add_argument("--batch-size", type=int, help="minibatch size (pairs per SVI step)")
+    fit_p.add_argument("--learning-rate", type=float, help="Adam step size")
+    fit_p.add_argument(
+        "--lr-decay", type=float, help="total learning-rate decay factor over the run, in (0, 1]"
+    )
+    fit_p.add_argument("--latent-dim", type=int, help="dimension of the latent z")
+    fit_p.add_argument("--hidden-dims", type=_ints, help="hidden widths, e.g. 256,256")
+    fit_p.add_argument("--activation", help="hidden activation (default leaky_relu)")
+    fit_p.add_argument("--network", choices=NETWORKS, help="encoder/decoder body")
+    fit_p.add_argument("--conv-channels", type=_ints, help="conv1d channels per stage, e.g. 32,64")
+    fit_p.add_argument("--prior", choices=PRIORS, help="learned prior net p(z|y) or N(0, I)")
+    fit_p.add_argument("--likelihood", choices=LIKELIHOODS, help="likelihood of x given z, y")
+    fit_p.add_argument("--fixed-scale", type=float, help="std of x for gaussian_fixed, units of x")
+    fit_p.add_argument(
+        "--decoder",
+        choices=["auto", "network", "basis"],
+        default="auto",
+        help="basis: decode coefficients of the problem's linear basis (straight "
+        "lines for two_birds); auto: the problem's recommendation",
+    )
+    fit_p.add_argument("--kl-warmup-epochs", type=int, help="epochs of linear KL warm-up")
+    fit_p.add_argument(
+        "--physics-weight",
+        type=float,
+        help="weight of the physics-consistency "
+        "term 0.5*sum(((F(decoder mean)-y)/misfit_std)^2); 0 disables",
+    )
+    fit_p.add_argument("--val-fraction", type=float, help="fraction held out for validation ELBO")
+    fit_p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
+    fit_p.add_argument("--num-particles", type=int, help="Trace_ELBO particles")
+    fit_p.add_argument("--num-train", type=int, help="simulated pairs (per epoch if resimulating)")
+    fit_p.add_argument(
+        "--resimulate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw fresh simulations every epoch (built-in problems only)",
+    )
+    fit_p.add_argument("--seed", type=int, help="random seed")
+    fit_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit_p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
+    fit_p.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("sample", help="draw posterior samples into InferenceData NetCDF")
+    s.add_argument("run_dir", help="run folder written by fit (or a model.pt)")
+    s.add_argument(
+        "--observation",
+        required=True,
+        help=".npy with one y (y_shape) or a stack "
+        "(M, *y_shape), or .npz with key y (and optional x = true models)",
+    )
+    s.add_argument("--num-samples", type=int, default=1000, help="posterior draws per observation")
+    s.add_argument("--out", required=True, help="output .nc (ArviZ InferenceData)")
+    s.add_argument(
+        "--decoder-noise",
+        choices=["auto", "sample", "mean"],
+        default="auto",
+        help="sample: x ~ p(x|z,y) with the decoder's noise; mean: x = E[x|z,y]; "
+        "auto: mean for a basis decoder (straight lines for two_birds), else sample",
+    )
+    s.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    s.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("diagnose", help="summary CSV and plots of a posterior file")
+    d.add_argument("posterior", help="InferenceData .nc written by sample")
+    d.add_argument("--out", required=True, help="report folder")
+    d.add_argument("--max-observations", type=int, default=3, help="observations to plot")
+    d.add_argument("--overwrite", action="store_true", help="reuse a non-empty report folder")
+    d.set_defaults(func=cmd_diagnose)
+
+    sim = sub.add_parser("simulate", help="simulate (x, y) pairs from a problem")
+    add_problem(sim, required=True)
+    sim.add_argument("--num", type=int, required=True, help="number of pairs")
+    sim.add_argument("--out", required=True, help="output .npz with arrays x and y")
+    sim.add_argument("--seed", type=int, default=0, help="random seed")
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    sim.set_defaults(func=cmd_simulate)
+
+    sc = sub.add_parser("score", help="Two Birds challenge criteria on a posterior file")
+    sc.add_argument("posterior", help="InferenceData .nc written by sample")
+    sc.add_argument(
+        "--functions",
+        choices=["data_1", "original"],
+        help="function pair (default: the one recorded in the file)",
+    )
+    sc.add_argument("--out", help="optional JSON with per-observation results")
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    sc.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ppl-cvae``; return the exit status (0 success, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    if args.command == "fit" and not (args.problem or args.data):
+        parser.error("fit needs --problem NAME or --data FILE")
+    try:
+        return int(args.func(args))
+    except PplCvaeError as err:
+        print(f"ppl-cvae: error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        print(f"ppl-cvae: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

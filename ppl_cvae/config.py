@@ -1,0 +1,255 @@
+"""Frozen, self-validating configuration of the CVAE and of SVI training.
+
+:class:`ModelConfig` and :class:`TrainConfig`; CLI flags map one to one onto their fields.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from ppl_cvae.errors import ConfigError
+from ppl_cvae.nets.blocks import ACTIVATIONS
+
+__all__ = ["ModelConfig", "TrainConfig", "LIKELIHOODS", "NETWORKS", "PRIORS"]
+
+LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli")
+NETWORKS = ("mlp", "conv1d")
+PRIORS = ("learned", "standard_normal")
+
+
+def _positive_ints(name: str, values: tuple[int, ...], allow_empty: bool = True) -> None:
+    if not allow_empty and not values:
+        raise ConfigError(f"{name} must not be empty")
+    if any((not isinstance(v, int)) or v <= 0 for v in values):
+        raise ConfigError(f"{name} must hold positive integers, got {values}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a (conditional) VAE.
+
+    Parameters
+    ----------
+    x_shape : tuple of int
+        Event shape of one subsurface model ``x`` (what is generated).
+    y_shape : tuple of int or None
+        Event shape of one observation ``y`` (the condition); ``None`` gives the unconditional
+        VAE (same class, no ``y`` anywhere).
+    latent_dim : int, default 8
+        Dimension of the latent ``z``.
+    hidden_dims : tuple of int, default (256, 256)
+        Hidden widths of every MLP (recognition net, prior net, decoder).
+    activation : str, default "leaky_relu"
+        Activation of every hidden layer.
+    network : {"mlp", "conv1d"}, default "mlp"
+        Feature encoders for ``x`` and ``y`` and the decoder body: flatten + MLP, or 1-D
+        convolutions over (length, channels) events.
+    conv_channels : tuple of int, default (32, 64)
+        Channels of the convolution stages (``network="conv1d"`` only).
+    feature_dim : int, default 128
+        Width of the features a conv encoder hands to the MLP heads.
+    prior : {"learned", "standard_normal"}, default "learned"
+        Conditional prior net ``p(z | y)`` or a fixed ``N(0, I)``; an unconditional VAE must
+        use ``"standard_normal"``.
+    likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli"}
+        Observation model of ``x`` given ``z, y``: Gaussian with one learned scale per output
+        element; Gaussian whose scale the decoder predicts; Gaussian with ``fixed_scale``;
+        Bernoulli (binary ``x``, e.g. facies or binarised images).
+    fixed_scale : float, default 0.1
+        Standard deviation of ``x`` for ``likelihood="gaussian_fixed"``, in units of ``x``.
+    init_scale : float, default 0.05
+        Initial standard deviation of ``x`` for ``likelihood="gaussian"``, in standardised
+        units (a fraction of the training standard deviation of each element).
+    basis_dim : int or None, default None
+        When set, the decoder outputs ``basis_dim`` coefficients of a fixed linear basis of
+        ``x`` (for example the 4 line endpoints of Two Birds) instead of every element.
+
+    Raises
+    ------
+    ConfigError
+        On any value outside its range or an inconsistent combination.
+    """
+
+    x_shape: tuple[int, ...]
+    y_shape: tuple[int, ...] | None
+    latent_dim: int = 8
+    hidden_dims: tuple[int, ...] = (256, 256)
+    activation: str = "leaky_relu"
+    network: Literal["mlp", "conv1d"] = "mlp"
+    conv_channels: tuple[int, ...] = (32, 64)
+    feature_dim: int = 128
+    prior: Literal["learned", "standard_normal"] = "learned"
+    likelihood: Literal["gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli"] = "gaussian"
+    fixed_scale: float = 0.1
+    init_scale: float = 0.05
+    basis_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x_shape", tuple(self.x_shape))
+        if self.y_shape is not None:
+            object.__setattr__(self, "y_shape", tuple(self.y_shape))
+        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
+        object.__setattr__(self, "conv_channels", tuple(self.conv_channels))
+        _positive_ints("x_shape", self.x_shape, allow_empty=False)
+        if self.y_shape is not None:
+            _positive_ints("y_shape", self.y_shape, allow_empty=False)
+        _positive_ints("hidden_dims", self.hidden_dims)
+        _positive_ints("conv_channels", self.conv_channels)
+        for name in ("latent_dim", "feature_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}"
+            )
+        if self.network not in NETWORKS:
+            raise ConfigError(f"unknown network {self.network!r}; expected one of {NETWORKS}")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"unknown prior {self.prior!r}; expected one of {PRIORS}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ConfigError(
+                f"unknown likelihood {self.likelihood!r}; expected one of {LIKELIHOODS}"
+            )
+        if not (isinstance(self.fixed_scale, (int, float)) and self.fixed_scale > 0):
+            raise ConfigError(f"fixed_scale must be > 0, got {self.fixed_scale!r}")
+        if not (isinstance(self.init_scale, (int, float)) and 1e-2 <= self.init_scale <= 10):
+            raise ConfigError(f"init_scale must be in [0.01, 10], got {self.init_scale!r}")
+        if self.y_shape is None and self.prior == "learned":
+            raise ConfigError(
+                "an unconditional VAE (y_shape=None) has no prior net: use prior='standard_normal'"
+            )
+        if self.basis_dim is not None:
+            if not isinstance(self.basis_dim, int) or not 0 < self.basis_dim <= self.x_dim:
+                raise ConfigError(
+                    f"basis_dim must be an integer in [1, {self.x_dim}], got {self.basis_dim!r}"
+                )
+            if self.likelihood == "bernoulli":
+                raise ConfigError("a linear decoder basis needs a Gaussian likelihood")
+
+    @property
+    def x_dim(self) -> int:
+        """Number of elements of one ``x``."""
+        return math.prod(self.x_shape)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model is conditioned on ``y`` (a CVAE) or not (a VAE)."""
+        return self.y_shape is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (tuples become lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild from :meth:`to_dict` output, ignoring nothing and validating everything.
+
+        Raises
+        ------
+        ConfigError
+            If a key is unknown or a value is invalid.
+        """
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the SVI fit loop (:func:`ppl_cvae.train.fit`).
+
+    Parameters
+    ----------
+    num_epochs : int, default 100
+        Maximum number of passes over the training set.
+    batch_size : int, default 256
+        Minibatch size.
+    learning_rate : float, default 1e-3
+        Adam step size.
+    lr_decay : float, default 1.0
+        Multiplicative learning-rate factor applied over the whole run (ClippedAdam ``lrd``
+        per step is ``lr_decay ** (1 / total_steps)``); 1 keeps the rate constant.
+    clip_norm : float, default 10.0
+        Gradient-norm clip of ClippedAdam.
+    kl_warmup_epochs : int, default 0
+        Epochs over which the KL weight ``beta`` rises linearly from ``kl_start`` to 1.
+    kl_start : float, default 0.0
+        Initial KL weight when ``kl_warmup_epochs > 0``.
+    physics_weight : float, default 0.0
+        Weight of the physics-consistency term (needs a problem with a forward operator).
+    val_fraction : float, default 0.1
+        Fraction of the pairs held out for the validation ELBO.
+    patience : int, default 10
+        Early stopping: epochs without a better validation loss before stopping; 0 disables.
+    num_particles : int, default 1
+        Monte Carlo particles of ``Trace_ELBO``.
+    resimulate : bool, default False
+        With a built-in simulator: draw fresh training pairs every epoch (infinite data).
+    num_train : int, default 20000
+        Number of simulated pairs per epoch when training from a problem.
+    seed : int, default 0
+        Seed of torch, numpy and Pyro.
+
+    Raises
+    ------
+    ConfigError
+        On any value outside its range.
+    """
+
+    num_epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    lr_decay: float = 1.0
+    clip_norm: float = 10.0
+    kl_warmup_epochs: int = 0
+    kl_start: float = 0.0
+    physics_weight: float = 0.0
+    val_fraction: float = 0.1
+    patience: int = 10
+    num_particles: int = 1
+    resimulate: bool = False
+    num_train: int = 20000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("num_epochs", self.num_epochs >= 1),
+            ("batch_size", self.batch_size >= 1),
+            ("learning_rate", self.learning_rate > 0),
+            ("lr_decay", 0 < self.lr_decay <= 1),
+            ("clip_norm", self.clip_norm > 0),
+            ("kl_warmup_epochs", self.kl_warmup_epochs >= 0),
+            ("kl_start", 0 <= self.kl_start <= 1),
+            ("physics_weight", self.physics_weight >= 0),
+            ("val_fraction", 0 <= self.val_fraction < 1),
+            ("patience", self.patience >= 0),
+            ("num_particles", self.num_particles >= 1),
+            ("num_train", self.num_train >= 2),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"invalid {name}={getattr(self, name)!r} in TrainConfig")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises
+        ------
+        ConfigError
+            If a key is unknown or a value is invalid.
+        """
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}")
+    return cls(**data)

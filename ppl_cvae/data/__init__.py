@@ -1,0 +1,6 @@
+"""Data sources, file formats and standardisation."""
+
+from ppl_cvae.data.io import load_observations, load_pairs, save_pairs
+from ppl_cvae.data.standardise import Standardiser
+
+__all__ = ["Standardiser", "load_pairs", "save_pairs", "load_observations"]

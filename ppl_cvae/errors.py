@@ -1,0 +1,44 @@
+"""Exception hierarchy of ppl_cvae.
+
+Every error the package raises on purpose derives from :class:`PplCvaeError` and from the
+builtin exception it refines, so ``except ValueError`` keeps working for callers that do not
+know this package. The CLI catches :class:`PplCvaeError` and prints its message as one line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PplCvaeError",
+    "ConfigError",
+    "ShapeError",
+    "DataError",
+    "CheckpointError",
+    "UnknownProblemError",
+]
+
+
+class PplCvaeError(Exception):
+    """Base class of every error raised on purpose by ppl_cvae and inference."""
+
+
+class ConfigError(PplCvaeError, ValueError):
+    """A configuration value is outside its valid range or inconsistent with another."""
+
+
+class ShapeError(PplCvaeError, ValueError):
+    """A tensor or array has a shape other than the one the model or problem expects."""
+
+
+class DataError(PplCvaeError, ValueError):
+    """A data file or array is missing a key, holds NaN/inf, or cannot be read."""
+
+
+class CheckpointError(PplCvaeError, ValueError):
+    """A checkpoint or run folder is missing, corrupt, or from an incompatible version."""
+
+
+class UnknownProblemError(PplCvaeError, KeyError):
+    """A problem or function-pair name is not registered."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,417 @@
+"""The conditional VAE as a Pyro model/guide pair (and the unconditional VAE as its special case).
+
+Generative story (``model``), for each observation ``n`` of a batch::
+
+    z_n ~ p_theta(z | y_n) = Normal(mu_prior(y_n), sigma_prior(y_n))    (prior net; or N(0, I))
+    x_n ~ p_theta(x | z_n, y_n)                                         (decoder)
+
+Amortized guide (``guide``), used for training only::
+
+    z_n ~ q_phi(z | x_n, y_n) = Normal(mu_rec(x_n, y_n), sigma_rec(x_n, y_n))   (recognition net)
+
+``Trace_ELBO`` on this pair maximises
+``E_q[log p(x|z,y)] - beta * KL(q(z|x,y) || p(z|y))`` (Sohn et al. 2015, eq. 5, with the KL
+weight ``beta`` of a warm-up). Posterior samples of ``x`` given a new ``y`` come from running
+``model`` forward with ``x=None`` (``pyro.infer.Predictive``): ``z`` from the prior net, ``x`` from
+the decoder. All sites are in physical units; standardisation is an internal layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from ppl_cvae.config import ModelConfig
+from ppl_cvae.data.standardise import Standardiser
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.nets.blocks import (
+    SCALE_FLOOR,
+    Conv1dDecoder,
+    Conv1dEncoder,
+    FlattenMLP,
+    GaussianHead,
+    make_activation,
+    mlp,
+)
+
+__all__ = ["CVAE"]
+
+_INSTANCE_COUNTER = itertools.count()
+
+
+def _encoder(config: ModelConfig, in_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    """Feature encoder for an event of ``in_shape``; returns the module and its output width."""
+    act = make_activation(config.activation)
+    if config.network == "conv1d":
+        enc = Conv1dEncoder(in_shape, config.feature_dim, config.conv_channels, config.activation)
+        return nn.Sequential(enc, act), config.feature_dim
+    width = config.hidden_dims[-1] if config.hidden_dims else config.feature_dim
+    enc = FlattenMLP(in_shape, width, config.hidden_dims[:-1], config.activation)
+    return nn.Sequential(enc, act), width
+
+
+class CVAE(nn.Module):
+    """Conditional variational autoencoder with a Pyro ``model`` and amortized ``guide``.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Architecture; ``config.y_shape=None`` gives the unconditional VAE.
+    x_standardiser, y_standardiser : Standardiser, optional
+        Fitted elementwise standardisers of ``x`` and ``y``; identity when omitted (a checkpoint
+        restores them through the state dict).
+    basis : Tensor, shape (x_dim, basis_dim), optional
+        Required when ``config.basis_dim`` is set: the decoder mean is ``basis @ c`` with
+        coefficients ``c`` (physical units) standardised by ``coef_mean``/``coef_std`` fitted by
+        least squares on the training ``x`` (see :meth:`fit_basis_coefficients`).
+    forward_operator : callable, optional
+        Differentiable ``F(x)``: ``(*batch, *x_shape) -> (*batch, *y_shape)``, for the
+        physics-consistency term.
+    misfit_std : float, default 1.0
+        Scale of ``F(x) - y`` in the physics-consistency term, in units of ``y``.
+
+    Raises
+    ------
+    ConfigError
+        If ``basis`` is missing or has the wrong shape for ``config.basis_dim``.
+
+    Notes
+    -----
+    Likelihoods of ``x`` (elementwise, event shape ``x_shape``):
+
+    - ``gaussian``: ``Normal(m(z, y), s)``, one learned ``s`` per element;
+    - ``gaussian_decoder``: ``Normal(m(z, y), s(z, y))``;
+    - ``gaussian_fixed``: ``Normal(m(z, y), fixed_scale)``;
+    - ``bernoulli``: ``Bernoulli(logits=l(z, y))``.
+
+    The site ``"x_mean"`` (deterministic) records the decoder mean, so posterior draws can use
+    either the decoder's noise (site ``"x"``) or its mean.
+
+    Physics-consistency term (``physics_weight > 0`` in :meth:`model`): the factor
+    ``-w/2 * sum(((F(m(z, y)) - y) / misfit_std)**2)`` is added to the log joint, which adds
+    ``w/2 * E_q[chi^2]`` to the loss. It is a regulariser of the decoder (the "y loss" of the
+    Two Birds challenge), not part of the generative model: ``Predictive`` ignores it.
+
+    References
+    ----------
+    Kingma and Welling (2014), Auto-Encoding Variational Bayes, arXiv:1312.6114.
+    Sohn, Lee and Yan (2015), Learning Structured Output Representation using Deep Conditional
+    Generative Models, NeurIPS.
+    Gabbard et al. (2022), Bayesian parameter estimation using conditional variational
+    autoencoders for gravitational-wave astronomy, Nature Physics 18, 112 (VItamin).
+
+    Examples
+    --------
+    >>> cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), hidden_dims=(16,)))
+    >>> y = torch.zeros(5, 2)
+    >>> tuple(pyro.poutine.trace(cvae.model).get_trace(y).nodes["x"]["value"].shape)
+    (5, 3)
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        x_standardiser: Standardiser | None = None,
+        y_standardiser: Standardiser | None = None,
+        basis: torch.Tensor | None = None,
+        forward_operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        misfit_std: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.pyro_name = f"cvae{next(_INSTANCE_COUNTER)}"
+        self.x_standardiser = x_standardiser or Standardiser(config.x_shape)
+        self.y_standardiser = (
+            (y_standardiser or Standardiser(config.y_shape)) if config.conditional else None
+        )
+        self.forward_operator = forward_operator
+        self.misfit_std = float(misfit_std)
+        cond = config.conditional
+        z_dim, x_dim = config.latent_dim, config.x_dim
+
+        # recognition net q(z | x, y)
+        self.rec_x, rec_x_width = _encoder(config, config.x_shape)
+        if cond:
+            self.rec_y, rec_y_width = _encoder(config, config.y_shape)
+        else:
+            self.rec_y, rec_y_width = None, 0
+        self.rec_head = nn.Sequential(
+            nn.Linear(rec_x_width + rec_y_width, rec_x_width), make_activation(config.activation)
+        )
+        self.rec_gauss = GaussianHead(rec_x_width, z_dim)
+
+        # prior net p(z | y)
+        if config.prior == "learned":
+            self.prior_y, prior_width = _encoder(config, config.y_shape)
+            self.prior_gauss = GaussianHead(prior_width, z_dim)
+        else:
+            self.prior_y, self.prior_gauss = None, None
+
+        # decoder p(x | z, y)
+        if cond:
+            self.dec_y, dec_y_width = _encoder(config, config.y_shape)
+        else:
+            self.dec_y, dec_y_width = None, 0
+        num_params = 2 if config.likelihood == "gaussian_decoder" else 1
+        dec_in = z_dim + dec_y_width
+        if config.basis_dim is not None:
+            self.decoder = mlp(dec_in, config.hidden_dims, config.basis_dim, config.activation)
+            out_dim = x_dim if num_params == 2 else 0
+            self.dec_scale = (
+                mlp(dec_in, config.hidden_dims, out_dim, config.activation) if out_dim else None
+            )
+        elif config.network == "conv1d":
+            self.decoder = Conv1dDecoder(
+                dec_in, config.x_shape, config.conv_channels, config.activation, num_params
+            )
+            self.dec_scale = None
+        else:
+            self.decoder = mlp(dec_in, config.hidden_dims, x_dim * num_params, config.activation)
+            self.dec_scale = None
+        if config.likelihood == "gaussian":
+            # start at scale init_scale (standardised units): a small start makes the
+            # reconstruction term use z before the noise can absorb the spread (posterior
+            # collapse, Bowman et al. 2016)
+            raw = math.log(math.expm1(config.init_scale - SCALE_FLOOR))
+            self.raw_scale = nn.Parameter(torch.full(config.x_shape, raw))
+
+        if config.basis_dim is not None:
+            if basis is None:
+                basis = torch.zeros(x_dim, config.basis_dim)
+            if tuple(basis.shape) != (x_dim, config.basis_dim):
+                raise ConfigError(
+                    f"basis must have shape ({x_dim}, {config.basis_dim}), got {tuple(basis.shape)}"
+                )
+            self.register_buffer("basis", basis.detach().clone().float())
+            self.register_buffer("coef_mean", torch.zeros(config.basis_dim))
+            self.register_buffer("coef_std", torch.ones(config.basis_dim))
+
+    # ------------------------------------------------------------------ helpers
+    @torch.no_grad()
+    def fit_basis_coefficients(self, x: torch.Tensor) -> None:
+        """Set ``coef_mean``/``coef_std`` from the least-squares coefficients of training ``x``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (num, *x_shape)
+            Training models in physical units.
+        """
+        if self.config.basis_dim is None:
+            return
+        coef = x.reshape(x.shape[0], -1) @ torch.linalg.pinv(self.basis).T  # (num, basis_dim)
+        self.coef_mean.copy_(coef.mean(0))
+        self.coef_std.copy_(coef.std(0).clamp_min(1e-6))
+
+    def _check(self, name: str, value: torch.Tensor | None, shape: tuple[int, ...] | None) -> None:
+        if shape is None:
+            if value is not None:
+                raise ShapeError(f"this model is an unconditional VAE: {name} must be None")
+            return
+        if value is None:
+            raise ShapeError(f"{name} is required, expected shape (batch, *{shape})")
+        if value.dim() != len(shape) + 1 or tuple(value.shape[1:]) != tuple(shape):
+            raise ShapeError(
+                f"{name} must have shape (batch, *{tuple(shape)}), got {tuple(value.shape)}"
+            )
+
+    def check_finite(self, **tensors: torch.Tensor | None) -> None:
+        """Raise :class:`DataError` naming the first tensor that holds NaN or inf."""
+        for name, value in tensors.items():
+            if value is not None and not torch.isfinite(value).all():
+                bad = int((~torch.isfinite(value)).sum())
+                raise DataError(f"{name} contains {bad} NaN or inf values")
+
+    def _check_inputs(self, y: torch.Tensor | None, x: torch.Tensor | None) -> int:
+        self._check("y", y, self.config.y_shape)
+        if x is not None:
+            self._check("x", x, self.config.x_shape)
+            if y is not None and x.shape[0] != y.shape[0]:
+                raise ShapeError(
+                    f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}"
+                )
+        if y is not None:
+            return y.shape[0]
+        return x.shape[0] if x is not None else 1
+
+    def prior_params(self, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loc, scale)`` of ``p(z | y)``, each ``(batch, latent_dim)``.
+
+        For ``prior="standard_normal"`` this is ``(0, 1)`` with batch size ``len(y)`` (1 for
+        an unconditional VAE).
+        """
+        if self.prior_gauss is None:
+            n = y.shape[0] if y is not None else 1
+            ref = self.x_standardiser.mean
+            zeros = ref.new_zeros(n, self.config.latent_dim)
+            return zeros, torch.ones_like(zeros)
+        return self.prior_gauss(self.prior_y(self.y_standardiser(y)))
+
+    def recognition_params(
+        self, y: torch.Tensor | None, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loc, scale)`` of ``q(z | x, y)``, each ``(batch, latent_dim)``."""
+        h = self.rec_x(self.x_standardiser(x))
+        if self.rec_y is not None:
+            h = torch.cat([h, self.rec_y(self.y_standardiser(y))], dim=-1)
+        return self.rec_gauss(self.rec_head(h))
+
+    def decode(
+        self, z: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the decoder's distribution parameters of ``x``.
+
+        Parameters
+        ----------
+        z : Tensor, shape (*sample, batch, latent_dim)
+        y : Tensor, shape (batch, *y_shape) or None
+
+        Returns
+        -------
+        mean : Tensor, shape (*sample, batch, *x_shape)
+            Decoder mean in physical units (for Bernoulli: the probability).
+        scale : Tensor, shape (*sample, batch, *x_shape) or None
+            Standard deviation in physical units (``None`` for Bernoulli).
+        """
+        cfg = self.config
+        h = z
+        if self.dec_y is not None:
+            hy = self.dec_y(self.y_standardiser(y))
+            h = torch.cat([z, hy.expand(*z.shape[:-1], hy.shape[-1])], dim=-1)
+        batch = h.shape[:-1]
+        xs = self.x_standardiser
+        if cfg.basis_dim is not None:
+            coef = self.coef_mean + self.coef_std * self.decoder(h)
+            mean = (coef @ self.basis.T).reshape(*batch, *cfg.x_shape)
+            raw = self.dec_scale(h).reshape(*batch, *cfg.x_shape) if self.dec_scale else None
+        else:
+            out = self.decoder(h)
+            if cfg.network == "conv1d":
+                params = out  # (*batch, *x_shape, num_params)
+            else:
+                params = out.reshape(*batch, *cfg.x_shape, -1)
+            if cfg.likelihood == "bernoulli":
+                return torch.sigmoid(params[..., 0]), None
+            mean = xs.inverse(params[..., 0])
+            raw = params[..., 1] if params.shape[-1] == 2 else None
+        if cfg.likelihood == "gaussian":
+            scale = (nn.functional.softplus(self.raw_scale) + SCALE_FLOOR) * xs.std
+            scale = scale.expand(mean.shape)
+        elif cfg.likelihood == "gaussian_decoder":
+            scale = (nn.functional.softplus(raw) + SCALE_FLOOR) * xs.std
+        else:  # gaussian_fixed
+            scale = mean.new_full(mean.shape, cfg.fixed_scale)
+        return mean, scale
+
+    def _x_distribution(self, mean: torch.Tensor, scale: torch.Tensor | None) -> dist.Distribution:
+        n_event = len(self.config.x_shape)
+        if scale is None:
+            eps = 1e-6
+            return dist.Bernoulli(probs=mean.clamp(eps, 1 - eps)).to_event(n_event)
+        return dist.Normal(mean, scale).to_event(n_event)
+
+    # ------------------------------------------------------------------ Pyro programs
+    def model(
+        self,
+        y: torch.Tensor | None = None,
+        x: torch.Tensor | None = None,
+        *,
+        kl_weight: float = 1.0,
+        physics_weight: float = 0.0,
+    ) -> torch.Tensor:
+        """Run the generative model ``p(z | y) p(x | z, y)`` under one ``pyro.plate("batch")``.
+
+        Parameters
+        ----------
+        y : Tensor, shape (batch, *y_shape), or None for an unconditional VAE
+            Observations (the condition), physical units.
+        x : Tensor, shape (batch, *x_shape), optional
+            Subsurface models, observed at site ``"x"`` when given; sampled otherwise.
+        kl_weight : float, default 1.0
+            KL weight ``beta`` (scales the log density of site ``"z"``; the guide applies the
+            same scale, so the ELBO's KL term is multiplied by ``beta``).
+        physics_weight : float, default 0.0
+            Weight ``w`` of the physics-consistency factor (see class Notes).
+
+        Returns
+        -------
+        Tensor, shape (batch, *x_shape)
+            The value of site ``"x"``.
+
+        Raises
+        ------
+        ShapeError
+            If ``y`` or ``x`` do not have the configured event shapes or batch sizes differ.
+        ConfigError
+            If ``physics_weight > 0`` but the model has no forward operator.
+        """
+        batch = self._check_inputs(y, x)
+        pyro.module(self.pyro_name, self)
+        with pyro.plate("batch", batch):
+            loc, scale = self.prior_params(y)
+            with poutine.scale(scale=kl_weight):
+                z = pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            mean, x_scale = self.decode(z, y)
+            pyro.deterministic("x_mean", mean, event_dim=len(self.config.x_shape))
+            x = pyro.sample("x", self._x_distribution(mean, x_scale), obs=x)
+            if physics_weight > 0:
+                if self.forward_operator is None or y is None:
+                    raise ConfigError(
+                        "physics_weight > 0 needs a conditional model with a forward operator"
+                    )
+                resid = (self.forward_operator(mean) - y) / self.misfit_std
+                chi2 = (
+                    resid.pow(2).flatten(start_dim=resid.dim() - len(self.config.y_shape)).sum(-1)
+                )
+                pyro.factor("physics", -0.5 * physics_weight * chi2)
+        return x
+
+    def guide(
+        self,
+        y: torch.Tensor | None = None,
+        x: torch.Tensor | None = None,
+        *,
+        kl_weight: float = 1.0,
+        physics_weight: float = 0.0,
+    ) -> torch.Tensor:
+        """Amortized training guide ``q_phi(z | x, y)`` (recognition net).
+
+        Takes the same arguments as :meth:`model`; ``x`` is required, ``physics_weight`` is
+        ignored. Returns the sampled ``z``, shape ``(batch, latent_dim)``.
+
+        Raises
+        ------
+        ShapeError
+            If ``x`` is missing or shapes do not match the configuration.
+        """
+        if x is None:
+            raise ShapeError(
+                "the training guide needs x; draw posterior samples through the model "
+                "(inference.sample_posterior) instead"
+            )
+        batch = self._check_inputs(y, x)
+        pyro.module(self.pyro_name, self)
+        with pyro.plate("batch", batch):
+            loc, scale = self.recognition_params(y, x)
+            with poutine.scale(scale=kl_weight):
+                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    @property
+    def samples_decoder_noise(self) -> bool:
+        """Whether posterior draws include the decoder's noise by default.
+
+        False for a basis decoder: its mean lies in the span of the basis by construction (for
+        Two Birds: straight lines), while elementwise Gaussian noise would leave it; the noise
+        is then a training device that absorbs the misfit. True otherwise.
+        """
+        return self.config.basis_dim is None
+
+    def num_parameters(self) -> int:
+        """Return the number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,239 @@
+"""Feature encoders, decoders and Gaussian heads shared by all CVAE networks.
+
+Every module here maps inputs with arbitrary leading batch axes: an encoder for an event of
+shape ``in_shape`` accepts ``(*batch, *in_shape)`` and returns ``(*batch, out_dim)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from ppl_cvae.errors import ConfigError, ShapeError
+
+__all__ = [
+    "ACTIVATIONS",
+    "make_activation",
+    "mlp",
+    "FlattenMLP",
+    "Conv1dEncoder",
+    "Conv1dDecoder",
+    "GaussianHead",
+    "SCALE_FLOOR",
+]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "leaky_relu": nn.LeakyReLU,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+}
+
+SCALE_FLOOR = 1e-3
+"""Smallest standard deviation a Gaussian head returns (in standardised units)."""
+
+
+def make_activation(name: str) -> nn.Module:
+    """Return a fresh activation module by name.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not in :data:`ACTIVATIONS`.
+    """
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, activation: str) -> nn.Sequential:
+    """Build a multilayer perceptron ``in_dim -> hidden_dims... -> out_dim``.
+
+    The last layer is linear (no activation), so the output is unconstrained.
+    """
+    layers: list[nn.Module] = []
+    dims = [in_dim, *hidden_dims]
+    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+        layers += [nn.Linear(d_in, d_out), make_activation(activation)]
+    layers.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+def _flatten_batch(
+    t: torch.Tensor, event_shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Size]:
+    n = len(event_shape)
+    if tuple(t.shape[t.dim() - n :]) != tuple(event_shape):
+        raise ShapeError(
+            f"expected a tensor ending in event shape {tuple(event_shape)}, got {tuple(t.shape)}"
+        )
+    batch = t.shape[: t.dim() - n]
+    return t.reshape(-1, *event_shape), batch
+
+
+class FlattenMLP(nn.Module):
+    """Flatten an event of shape ``in_shape`` and map it through an MLP to ``out_dim`` features.
+
+    Parameters
+    ----------
+    in_shape : tuple of int
+        Event shape of the input.
+    out_dim : int
+        Number of output features.
+    hidden_dims : sequence of int
+        Widths of the hidden layers.
+    activation : str
+        Name in :data:`ACTIVATIONS`.
+
+    Shapes: ``(*batch, *in_shape) -> (*batch, out_dim)``.
+    """
+
+    def __init__(
+        self, in_shape: tuple[int, ...], out_dim: int, hidden_dims: Sequence[int], activation: str
+    ) -> None:
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.net = mlp(math.prod(self.in_shape), hidden_dims, out_dim, activation)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """Map ``(*batch, *in_shape)`` to ``(*batch, out_dim)``."""
+        flat, batch = _flatten_batch(t, self.in_shape)
+        out = self.net(flat.reshape(flat.shape[0], -1))
+        return out.reshape(*batch, -1)
+
+
+def _length_channels(shape: tuple[int, ...]) -> tuple[int, int]:
+    core = [s for s in shape if s != 1] if math.prod(shape) > 1 else [1]
+    if len(core) == 1:
+        return core[0], 1
+    if len(core) != 2:
+        raise ConfigError(
+            f"a 1-D convolutional network needs an event shape of (length, channels) "
+            f"up to singleton axes, got {tuple(shape)}"
+        )
+    return core[0], core[1]
+
+
+class Conv1dEncoder(nn.Module):
+    """1-D convolutional feature encoder for sequence-shaped events (channels last).
+
+    The event shape ``in_shape`` must be ``(length, channels)`` once singleton axes are dropped
+    (Two Birds: ``(1, 50, 2)`` is 50 positions x 2 lines). Each stage is a stride-2 convolution
+    (kernel 5) plus activation; the result is flattened and mapped linearly to ``out_dim``.
+
+    Shapes: ``(*batch, *in_shape) -> (*batch, out_dim)``.
+
+    Raises
+    ------
+    ConfigError
+        If ``in_shape`` is not of (length, channels) form or ``channels`` is empty.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        out_dim: int,
+        channels: Sequence[int],
+        activation: str,
+        kernel_size: int = 5,
+    ) -> None:
+        super().__init__()
+        if not channels:
+            raise ConfigError("conv_channels must name at least one convolution stage")
+        self.in_shape = tuple(in_shape)
+        self.length, self.in_channels = _length_channels(self.in_shape)
+        layers: list[nn.Module] = []
+        c_in, length = self.in_channels, self.length
+        for c_out in channels:
+            layers += [
+                nn.Conv1d(c_in, c_out, kernel_size, stride=2, padding=kernel_size // 2),
+                make_activation(activation),
+            ]
+            c_in, length = c_out, (length - 1) // 2 + 1
+        self.conv = nn.Sequential(*layers)
+        self.linear = nn.Linear(c_in * length, out_dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """Map ``(*batch, *in_shape)`` to ``(*batch, out_dim)``."""
+        flat, batch = _flatten_batch(t, self.in_shape)
+        seq = flat.reshape(-1, self.length, self.in_channels).transpose(1, 2)
+        out = self.linear(self.conv(seq).flatten(1))
+        return out.reshape(*batch, -1)
+
+
+class Conv1dDecoder(nn.Module):
+    """1-D convolutional decoder: features to a (length, channels) event by upsampling.
+
+    A linear layer maps ``in_dim`` features to ``channels[0]`` sequences of length
+    ``ceil(length / 2**len(channels))``; each stage doubles the length by linear interpolation
+    and applies a convolution (kernel 5) and activation; a final 1x1 convolution gives
+    ``out_channels * channels_per_output`` outputs, cropped to ``length``.
+
+    Shapes: ``(*batch, in_dim) -> (*batch, *out_shape, num_params)`` where ``num_params`` is
+    the number of distribution parameters per output element.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_shape: tuple[int, ...],
+        channels: Sequence[int],
+        activation: str,
+        num_params: int = 1,
+        kernel_size: int = 5,
+    ) -> None:
+        super().__init__()
+        if not channels:
+            raise ConfigError("conv_channels must name at least one convolution stage")
+        self.out_shape = tuple(out_shape)
+        self.length, self.out_channels = _length_channels(self.out_shape)
+        self.num_params = num_params
+        chans = list(reversed(channels))
+        self.start_length = math.ceil(self.length / 2 ** len(chans))
+        self.linear = nn.Linear(in_dim, chans[0] * self.start_length)
+        self.act = make_activation(activation)
+        stages: list[nn.Module] = []
+        c_in = chans[0]
+        for c_out in chans:
+            stages.append(nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2))
+            c_in = c_out
+        self.stages = nn.ModuleList(stages)
+        self.out = nn.Conv1d(c_in, self.out_channels * num_params, 1)
+        self.start_channels = chans[0]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Map ``(*batch, in_dim)`` to ``(*batch, *out_shape, num_params)``."""
+        batch = h.shape[:-1]
+        seq = self.act(self.linear(h.reshape(-1, h.shape[-1])))
+        seq = seq.reshape(-1, self.start_channels, self.start_length)
+        for conv in self.stages:
+            seq = F.interpolate(seq, scale_factor=2.0, mode="linear", align_corners=False)
+            seq = self.act(conv(seq))
+        out = self.out(seq)[..., : self.length]  # (n, out_channels * num_params, length)
+        out = out.reshape(-1, self.out_channels, self.num_params, self.length)
+        out = out.permute(0, 3, 1, 2)  # (n, length, channels, num_params)
+        return out.reshape(*batch, *self.out_shape, self.num_params)
+
+
+class GaussianHead(nn.Module):
+    """Map features to the location and scale of a diagonal Gaussian over ``out_dim`` values.
+
+    ``scale = softplus(raw) + SCALE_FLOOR`` keeps the scale positive and bounded away from 0.
+
+    Shapes: ``(*batch, in_dim) -> ((*batch, out_dim), (*batch, out_dim))``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, 2 * out_dim)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loc, scale)``, each ``(*batch, out_dim)``; ``scale > SCALE_FLOOR``."""
+        loc, raw = self.linear(h).chunk(2, dim=-1)
+        return loc, F.softplus(raw) + SCALE_FLOOR

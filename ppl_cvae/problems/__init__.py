@@ -1,0 +1,16 @@
+"""Built-in inverse problems (forward operator, prior, noise model) and the problem registry."""
+
+from ppl_cvae.problems.base import REGISTRY, Problem, make_problem, register_problem
+from ppl_cvae.problems.linear_gaussian import LinearGaussian
+from ppl_cvae.problems.two_birds import FUNCTION_PAIRS, TrigComponent, TwoBirds
+
+__all__ = [
+    "FUNCTION_PAIRS",
+    "LinearGaussian",
+    "Problem",
+    "REGISTRY",
+    "TrigComponent",
+    "TwoBirds",
+    "make_problem",
+    "register_problem",
+]

@@ -1,0 +1,260 @@
+"""The "Two Birds, One Neural Network" problem: two straight lines seen through two trig maps.
+
+A model ``x`` is a pair of straight lines sampled at ``NUM_POINTS = 50`` equally spaced
+positions ``t_i = i / 49`` (dimensionless, ``t`` in [0, 1]): ``x0`` descending and ``x1``
+ascending, all values in [0.1, 1] (dimensionless). The observation is elementwise
+``y_k(t) = f_k(x0(t), x1(t))`` for ``k = 0, 1``, with no noise. Shapes follow the challenge's
+files: ``x`` and ``y`` are each ``(1, 50, 2)`` (row, position, line/component).
+
+Prior (checked against the 3000 models of the challenge's validation files):
+``x0(1) ~ U(0.1, 1)``, ``x0(0) ~ U(x0(1), 1)``, ``x1(0) ~ U(0.1, 1)``, ``x1(1) ~ U(x1(0), 1)``,
+lines linear in ``t`` between those endpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ppl_cvae.errors import ConfigError, ShapeError, UnknownProblemError
+from ppl_cvae.problems.base import register_problem
+
+__all__ = [
+    "NUM_POINTS",
+    "TrigComponent",
+    "FUNCTION_PAIRS",
+    "TwoBirds",
+    "lines_from_endpoints",
+    "endpoints_from_lines",
+]
+
+NUM_POINTS = 50
+LOW, HIGH = 0.1, 1.0
+
+FunctionPair = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...]
+
+
+@dataclass(frozen=True)
+class TrigComponent:
+    """One component ``f(x0, x1) = kind(a * x0 + b * x1)`` of a Two Birds function pair.
+
+    Parameters
+    ----------
+    kind : {"sin", "cos"}
+        The trigonometric function.
+    a, b : float
+        Phase coefficients (radians per unit of x0 / x1).
+    """
+
+    kind: Literal["sin", "cos"]
+    a: float
+    b: float
+
+    def __call__(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        """Evaluate elementwise; ``x0`` and ``x1`` broadcast, result has their shape."""
+        phase = self.a * x0 + self.b * x1
+        return torch.sin(phase) if self.kind == "sin" else torch.cos(phase)
+
+
+FUNCTION_PAIRS: dict[str, tuple[TrigComponent, TrigComponent]] = {
+    "data_1": (TrigComponent("sin", 5.0, 3.0), TrigComponent("cos", 4.0, 8.0)),
+    "original": (TrigComponent("cos", 49.0, 42.0), TrigComponent("cos", 56.0, 63.0)),
+}
+
+
+def positions() -> torch.Tensor:
+    """Return the sample positions ``t``, shape ``(50,)``, dimensionless in [0, 1]."""
+    return torch.linspace(0.0, 1.0, NUM_POINTS)
+
+
+def lines_from_endpoints(endpoints: torch.Tensor) -> torch.Tensor:
+    """Build line pairs from endpoints.
+
+    Parameters
+    ----------
+    endpoints : Tensor, shape (*batch, 4)
+        ``(x0(0), x0(1), x1(0), x1(1))``.
+
+    Returns
+    -------
+    Tensor, shape (*batch, 1, 50, 2)
+        ``x[..., 0, i, k] = start_k + (end_k - start_k) * t_i``.
+    """
+    if endpoints.shape[-1] != 4:
+        raise ShapeError(f"endpoints must have last axis 4, got shape {tuple(endpoints.shape)}")
+    t = positions().to(endpoints)
+    start = endpoints[..., [0, 2]].unsqueeze(-2)  # (*batch, 1, 2)
+    end = endpoints[..., [1, 3]].unsqueeze(-2)
+    return (start + (end - start) * t[:, None]).unsqueeze(-3)
+
+
+def endpoints_from_lines(x: torch.Tensor) -> torch.Tensor:
+    """Return the least-squares line endpoints of ``x``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (*batch, 1, 50, 2)
+
+    Returns
+    -------
+    Tensor, shape (*batch, 4)
+        ``(x0(0), x0(1), x1(0), x1(1))`` of the best-fitting straight lines (exact for lines).
+    """
+    t = positions().to(x)
+    design = torch.stack([1 - t, t], dim=-1)  # (50, 2)
+    coef = torch.linalg.pinv(design) @ x[..., 0, :, :]  # (*batch, 2, 2): [start/end, line]
+    return torch.stack([coef[..., 0, 0], coef[..., 1, 0], coef[..., 0, 1], coef[..., 1, 1]], -1)
+
+
+@register_problem("two_birds")
+class TwoBirds:
+    """The Two Birds problem with a named or user-given pair of functions.
+
+    Parameters
+    ----------
+    functions : str or pair of callables, default "data_1"
+        A name in :data:`FUNCTION_PAIRS` (``"data_1"``: sin(5 x0 + 3 x1), cos(4 x0 + 8 x1);
+        ``"original"``: cos(49 x0 + 42 x1), cos(56 x0 + 63 x1)) or two torch-differentiable
+        callables ``f_k(x0, x1)`` acting elementwise.
+    misfit_std : float, default 0.05
+        Nominal scale of the misfit ``F(x) - y`` (dimensionless) for the physics-consistency
+        term: y is noise-free, and the challenge accepts y-RMSE below 0.1.
+
+    Raises
+    ------
+    UnknownProblemError
+        If ``functions`` is a string that is not in :data:`FUNCTION_PAIRS`.
+    ConfigError
+        If ``functions`` is not a pair of callables, or ``misfit_std <= 0``.
+
+    Notes
+    -----
+    Forward operator ``F(x)[0, i, k] = f_k(x0(t_i), x1(t_i))``; noise model: none
+    (``noise_std = 0``), so the exact posterior is a finite set of point masses when the
+    functions are of :class:`TrigComponent` form (see ``ppl_cvae.problems.two_birds_scoring``).
+
+    References
+    ----------
+    The "Two Birds, One Neural Network" challenge (problem statement and data files).
+
+    Examples
+    --------
+    >>> problem = TwoBirds("data_1")
+    >>> x, y = problem.simulate(3, torch.Generator().manual_seed(0))
+    >>> tuple(x.shape), tuple(y.shape)
+    ((3, 1, 50, 2), (3, 1, 50, 2))
+    """
+
+    name = "two_birds"
+    x_shape = (1, NUM_POINTS, 2)
+    y_shape = (1, NUM_POINTS, 2)
+    x_dims = ("row", "position", "line")
+    y_dims = ("row", "position", "component")
+    noise_std = 0.0
+
+    def __init__(self, functions: str | FunctionPair = "data_1", misfit_std: float = 0.05) -> None:
+        if isinstance(functions, str):
+            if functions not in FUNCTION_PAIRS:
+                raise UnknownProblemError(
+                    f"unknown Two Birds function pair {functions!r}; "
+                    f"expected one of {sorted(FUNCTION_PAIRS)} or a pair of callables"
+                )
+            self.functions_name: str | None = functions
+            self.functions: FunctionPair = FUNCTION_PAIRS[functions]
+        else:
+            if len(functions) != 2 or not all(callable(f) for f in functions):
+                raise ConfigError("functions must be a name or a pair of callables f(x0, x1)")
+            self.functions_name = None
+            self.functions = tuple(functions)
+        if not misfit_std > 0:
+            raise ConfigError(f"misfit_std must be > 0, got {misfit_std}")
+        self.misfit_std = float(misfit_std)
+        self.coords = {
+            "row": [0],
+            "position": list(range(NUM_POINTS)),
+            "line": ["x0", "x1"],
+            "component": ["f0", "f1"],
+        }
+
+    def basis(self) -> torch.Tensor:
+        """Return the linear basis of line pairs: ``x.flatten() = basis @ endpoints``.
+
+        Returns
+        -------
+        Tensor, shape (100, 4)
+            Columns map ``(x0(0), x0(1), x1(0), x1(1))`` to the flattened ``(1, 50, 2)`` model;
+            a CVAE built with it (``ModelConfig.basis_dim=4``) decodes straight lines by
+            construction.
+        """
+        return lines_from_endpoints(torch.eye(4)).reshape(4, -1).T.contiguous()
+
+    def recommended_settings(self) -> dict[str, dict[str, Any]]:
+        """Return default ``ModelConfig``/``TrainConfig`` overrides for this problem.
+
+        Straight-line decoder (``basis_dim=4``), fresh simulations every epoch, 8 latent dims.
+        """
+        return {
+            "model": {"latent_dim": 8, "hidden_dims": (256, 256, 256), "basis_dim": 4},
+            "train": {
+                "num_epochs": 60,
+                "batch_size": 256,
+                "resimulate": True,
+                "num_train": 20000,
+                "lr_decay": 0.1,
+                "patience": 0,
+            },
+        }
+
+    def sample_endpoints(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw prior endpoints ``(x0(0), x0(1), x1(0), x1(1))``; shape ``(num, 4)``."""
+        u = torch.rand(num, 4, generator=generator)
+        x0_end = LOW + (HIGH - LOW) * u[:, 0]
+        x0_start = x0_end + (HIGH - x0_end) * u[:, 1]
+        x1_start = LOW + (HIGH - LOW) * u[:, 2]
+        x1_end = x1_start + (HIGH - x1_start) * u[:, 3]
+        return torch.stack([x0_start, x0_end, x1_start, x1_end], dim=-1)
+
+    def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``num`` line pairs from the prior; shape ``(num, 1, 50, 2)``."""
+        return lines_from_endpoints(self.sample_endpoints(num, generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``F``: ``x`` of shape ``(*batch, 1, 50, 2)`` to ``y`` of the same shape.
+
+        Raises
+        ------
+        ShapeError
+            If the trailing axes of ``x`` are not ``(1, 50, 2)``.
+        """
+        if tuple(x.shape[-3:]) != self.x_shape:
+            raise ShapeError(f"x must end in shape {self.x_shape}, got {tuple(x.shape)}")
+        x0, x1 = x[..., 0], x[..., 1]
+        return torch.stack([f(x0, x1) for f in self.functions], dim=-1)
+
+    def simulate(
+        self, num: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return prior draws and their noise-free data, each of shape ``(num, 1, 50, 2)``."""
+        x = self.sample_prior(num, generator)
+        return x, self.forward(x)
+
+    def spec(self) -> dict[str, Any]:
+        """Return ``{"name": "two_birds", "functions": ..., "misfit_std": ...}``.
+
+        Raises
+        ------
+        ConfigError
+            If the problem was built from user callables, which cannot be serialised.
+        """
+        if self.functions_name is None:
+            raise ConfigError(
+                "a Two Birds problem with user-defined functions cannot be stored by name; "
+                "pass the problem again when loading the checkpoint"
+            )
+        return {"name": self.name, "functions": self.functions_name, "misfit_std": self.misfit_std}
+
+    def __repr__(self) -> str:
+        return f"TwoBirds(functions={self.functions_name or 'custom'!r})"

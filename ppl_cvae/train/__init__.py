@@ -1,0 +1,15 @@
+"""Training: SVI fit loop, optimiser and checkpoints."""
+
+from ppl_cvae.train.checkpoint import load_checkpoint, save_checkpoint
+from ppl_cvae.train.fit import FitResult, build_cvae, fit, negative_elbo
+from ppl_cvae.train.optim import FusedClippedAdam
+
+__all__ = [
+    "FitResult",
+    "FusedClippedAdam",
+    "build_cvae",
+    "fit",
+    "load_checkpoint",
+    "negative_elbo",
+    "save_checkpoint",
+]

@@ -1,0 +1,217 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ppl_cvae.cli import main
+
+TINY = [
+    "--epochs",
+    "2",
+    "--num-train",
+    "256",
+    "--batch-size",
+    "64",
+    "--hidden-dims",
+    "16",
+    "--latent-dim",
+    "2",
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert (
+        main(
+            [
+                "fit",
+                "--problem",
+                "two_birds",
+                "--functions",
+                "data_1",
+                "--out",
+                str(root / "fit"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "simulate",
+                "--problem",
+                "two_birds",
+                "--functions",
+                "data_1",
+                "--num",
+                "3",
+                "--seed",
+                "5",
+                "--out",
+                str(root / "obs.npz"),
+            ]
+        )
+        == 0
+    )
+    return root
+
+
+def test_fit_writes_run_folder(run):
+    names = sorted(p.name for p in (run / "fit").iterdir())
+    assert names == ["config.json", "loss.png", "metrics.csv", "model.pt"]
+    config = json.loads((run / "fit" / "config.json").read_text())
+    assert config["model"]["basis_dim"] == 4 and config["train"]["num_epochs"] == 2
+    lines = (run / "fit" / "metrics.csv").read_text().splitlines()
+    assert (
+        lines[0] == "epoch,train_loss,val_loss,kl_weight,learning_rate,seconds" and len(lines) == 3
+    )
+
+
+def test_sample_diagnose_score(run, capsys):
+    post = run / "post.nc"
+    assert (
+        main(
+            [
+                "sample",
+                str(run / "fit"),
+                "--observation",
+                str(run / "obs.npz"),
+                "--num-samples",
+                "40",
+                "--out",
+                str(post),
+            ]
+        )
+        == 0
+    )
+    assert main(["diagnose", str(post), "--out", str(run / "report")]) == 0
+    assert (run / "report" / "summary.csv").is_file()
+    capsys.readouterr()
+    assert main(["score", str(post), "--out", str(run / "score.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert 0.0 <= printed["pass_rate"] <= 1.0
+    saved = json.loads((run / "score.json").read_text())
+    assert saved["pass_rate"] == printed["pass_rate"]
+
+
+def test_single_npy_observation(run):
+    y = np.load(run / "obs.npz")["y"][0]
+    np.save(run / "one.npy", y)
+    assert (
+        main(
+            [
+                "sample",
+                str(run / "fit"),
+                "--observation",
+                str(run / "one.npy"),
+                "--num-samples",
+                "5",
+                "--out",
+                str(run / "one.nc"),
+            ]
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    "make_args, match",
+    [
+        (lambda r: ["fit", "--problem", "nope", "--out", str(r / "x")], "unknown problem 'nope'"),
+        (
+            lambda r: ["fit", "--data", str(r / "missing.npz"), "--out", str(r / "x")],
+            "does not exist",
+        ),
+        (
+            lambda r: [
+                "sample",
+                str(r / "fit"),
+                "--observation",
+                str(r / "wrong.npy"),
+                "--num-samples",
+                "5",
+                "--out",
+                str(r / "w.nc"),
+            ],
+            r"expects \(1, 50, 2\)",
+        ),
+        (
+            lambda r: [
+                "sample",
+                str(r / "fit"),
+                "--observation",
+                str(r / "nan.npy"),
+                "--num-samples",
+                "5",
+                "--out",
+                str(r / "n.nc"),
+            ],
+            "NaN or inf",
+        ),
+        (
+            lambda r: [
+                "sample",
+                str(r / "nofit"),
+                "--observation",
+                str(r / "obs.npz"),
+                "--num-samples",
+                "5",
+                "--out",
+                str(r / "n.nc"),
+            ],
+            "does not exist",
+        ),
+        (lambda r: ["diagnose", str(r / "obs.npz"), "--out", str(r / "rep2")], "cannot read"),
+        (lambda r: ["fit", "--problem", "two_birds", "--out", str(r / "fit"), *TINY], "not empty"),
+    ],
+)
+def test_user_errors_are_one_line(run, capsys, make_args, match):
+    np.save(run / "wrong.npy", np.zeros((2, 50)))
+    bad = np.zeros((1, 50, 2))
+    bad[0, 3, 1] = np.nan
+    np.save(run / "nan.npy", bad)
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main(make_args(run)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ppl-cvae: error: ") and "\n" not in err
+    assert __import__("re").search(match, err)
+    after = sorted(p.name for p in run.rglob("*"))
+    assert after == before  # nothing written, nothing overwritten
+
+
+def test_existing_output_is_not_overwritten(run):
+    target = run / "keep.nc"
+    target.write_bytes(b"precious")
+    code = main(
+        [
+            "sample",
+            str(run / "fit"),
+            "--observation",
+            str(run / "obs.npz"),
+            "--num-samples",
+            "5",
+            "--out",
+            str(target),
+        ]
+    )
+    assert code == 2 and target.read_bytes() == b"precious"
+
+
+def test_console_script_help_and_error_without_traceback(run):
+    exe = [sys.executable, "-m", "ppl_cvae.cli"]
+    help_text = subprocess.run(
+        [*exe, "fit", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--physics-weight" in help_text and "--latent-dim" in help_text
+    proc = subprocess.run(
+        [*exe, "simulate", "--problem", "two_birds", "--num", "2", "--out", str(run / "x.csv")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "must end in .npz" in proc.stderr

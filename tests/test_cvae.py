@@ -1,0 +1,173 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+
+from ppl_cvae import CVAE, ModelConfig, TwoBirds
+from ppl_cvae.config import LIKELIHOODS
+from ppl_cvae.errors import ConfigError, ShapeError
+
+
+def _trace(fn, *args, **kwargs):
+    return poutine.trace(fn).get_trace(*args, **kwargs)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("network", ["mlp", "conv1d"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_model_and_guide_site_shapes(likelihood, network, batch):
+    cfg = ModelConfig(
+        x_shape=(1, 50, 2),
+        y_shape=(1, 50, 2),
+        latent_dim=3,
+        hidden_dims=(16,),
+        network=network,
+        conv_channels=(4, 8),
+        feature_dim=8,
+        likelihood=likelihood,
+    )
+    cvae = CVAE(cfg)
+    y = torch.randn(batch, 1, 50, 2)
+    x = torch.rand(batch, 1, 50, 2).round() if likelihood == "bernoulli" else torch.randn_like(y)
+    guide_tr = _trace(cvae.guide, y, x)
+    assert guide_tr.nodes["z"]["value"].shape == (batch, 3)
+    model_tr = _trace(poutine.replay(cvae.model, trace=guide_tr), y, x)
+    assert model_tr.nodes["x"]["fn"].batch_shape == (batch,)
+    assert model_tr.nodes["x"]["fn"].event_shape == (1, 50, 2)
+    assert model_tr.nodes["x_mean"]["value"].shape == (batch, 1, 50, 2)
+    free = _trace(cvae.model, y)  # x sampled
+    assert free.nodes["x"]["value"].shape == (batch, 1, 50, 2)
+    loss = Trace_ELBO().loss(cvae.model, cvae.guide, y, x)
+    assert math.isfinite(loss)
+
+
+def test_unconditional_vae_is_the_same_class():
+    cfg = ModelConfig(x_shape=(4,), y_shape=None, prior="standard_normal", hidden_dims=(8,))
+    vae = CVAE(cfg)
+    x = torch.randn(6, 4)
+    assert math.isfinite(Trace_ELBO().loss(vae.model, vae.guide, None, x))
+    assert _trace(vae.model).nodes["x"]["value"].shape == (1, 4)
+    with pytest.raises(ShapeError, match="unconditional VAE: y must be None"):
+        vae.model(torch.zeros(6, 2), x)
+    with pytest.raises(ConfigError, match="no prior net"):
+        ModelConfig(x_shape=(4,), y_shape=None)
+
+
+def test_fixed_standard_normal_prior():
+    cvae = CVAE(ModelConfig(x_shape=(2,), y_shape=(3,), prior="standard_normal", hidden_dims=(8,)))
+    fn = _trace(cvae.model, torch.randn(4, 3)).nodes["z"]["fn"]
+    assert torch.equal(fn.base_dist.loc, torch.zeros(4, 8))
+    assert torch.equal(fn.base_dist.scale, torch.ones(4, 8))
+
+
+def test_basis_decoder_generates_exact_lines():
+    problem = TwoBirds("data_1")
+    cfg = ModelConfig(
+        x_shape=(1, 50, 2), y_shape=(1, 50, 2), hidden_dims=(16,), basis_dim=4, latent_dim=2
+    )
+    cvae = CVAE(cfg, basis=problem.basis())
+    mean = _trace(cvae.model, torch.randn(3, 1, 50, 2)).nodes["x_mean"]["value"]
+    second_diff = mean[..., 2:, :] - 2 * mean[..., 1:-1, :] + mean[..., :-2, :]
+    assert second_diff.abs().max() < 1e-5  # straight lines by construction
+    with pytest.raises(ConfigError, match=r"basis must have shape \(100, 4\)"):
+        CVAE(cfg, basis=torch.zeros(100, 3))
+
+
+@pytest.mark.parametrize(
+    "y, x, match",
+    [
+        (torch.zeros(3, 4), torch.zeros(3, 2), r"y must have shape \(batch, \*\(3,\)\)"),
+        (torch.zeros(3, 3), torch.zeros(3, 5), r"x must have shape \(batch, \*\(2,\)\)"),
+        (torch.zeros(3, 3), torch.zeros(4, 2), "same batch size"),
+        (None, torch.zeros(3, 2), "y is required"),
+    ],
+)
+def test_bad_shapes_are_named(y, x, match):
+    cvae = CVAE(ModelConfig(x_shape=(2,), y_shape=(3,), hidden_dims=(8,)))
+    with pytest.raises(ShapeError, match=match):
+        cvae.model(y, x)
+
+
+def test_guide_requires_x():
+    cvae = CVAE(ModelConfig(x_shape=(2,), y_shape=(3,), hidden_dims=(8,)))
+    with pytest.raises(ShapeError, match="training guide needs x"):
+        cvae.guide(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"likelihood": "poisson"}, "unknown likelihood"),
+        ({"activation": "swish2"}, "unknown activation"),
+        ({"hidden_dims": (8, -1)}, "hidden_dims"),
+        ({"basis_dim": 7}, "basis_dim"),
+        ({"fixed_scale": 0.0}, "fixed_scale"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(x_shape=(2,), y_shape=(3,), **kwargs)
+
+
+@pytest.mark.parametrize("kl_weight", [1.0, 0.3])
+@pytest.mark.parametrize("likelihood", ["gaussian", "gaussian_decoder", "bernoulli"])
+def test_trace_elbo_equals_hand_computed_elbo(kl_weight, likelihood):
+    """Trace_ELBO's single-particle loss is -[log p(x|z,y) + beta (log p(z|y) - log q(z|x,y))]."""
+    cfg = ModelConfig(
+        x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(8,), likelihood=likelihood
+    )
+    cvae = CVAE(cfg)
+    y = torch.randn(4, 2)
+    x = torch.rand(4, 3).round() if likelihood == "bernoulli" else torch.randn(4, 3)
+    pyro.set_rng_seed(3)
+    loss = Trace_ELBO().loss(cvae.model, cvae.guide, y, x, kl_weight=kl_weight)
+    pyro.set_rng_seed(3)
+    z = _trace(cvae.guide, y, x).nodes["z"]["value"]  # Trace_ELBO runs the guide first
+    with torch.no_grad():
+        q_loc, q_scale = cvae.recognition_params(y, x)
+        p_loc, p_scale = cvae.prior_params(y)
+        log_q = torch.distributions.Normal(q_loc, q_scale).log_prob(z).sum()
+        log_pz = torch.distributions.Normal(p_loc, p_scale).log_prob(z).sum()
+        mean, scale = cvae.decode(z, y)
+        if likelihood == "bernoulli":
+            log_px = (
+                torch.distributions.Bernoulli(probs=mean.clamp(1e-6, 1 - 1e-6)).log_prob(x).sum()
+            )
+        else:
+            log_px = torch.distributions.Normal(mean, scale).log_prob(x).sum()
+    expected = -(log_px + kl_weight * (log_pz - log_q)).item()
+    # float32 sums of ~20 terms of order 1: agreement to 1e-4 relative
+    assert loss == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+def test_physics_term_adds_weighted_chi_squared():
+    problem = TwoBirds("data_1")
+    cfg = ModelConfig(x_shape=(1, 50, 2), y_shape=(1, 50, 2), latent_dim=2, hidden_dims=(8,))
+    cvae = CVAE(cfg, forward_operator=problem.forward, misfit_std=problem.misfit_std)
+    x, y = problem.simulate(3)
+    pyro.set_rng_seed(1)
+    base = Trace_ELBO().loss(cvae.model, cvae.guide, y, x)
+    pyro.set_rng_seed(1)
+    with_physics = Trace_ELBO().loss(cvae.model, cvae.guide, y, x, physics_weight=2.0)
+    pyro.set_rng_seed(1)
+    z = _trace(cvae.guide, y, x).nodes["z"]["value"]
+    with torch.no_grad():
+        mean, _ = cvae.decode(z, y)
+        chi2 = (((problem.forward(mean) - y) / problem.misfit_std) ** 2).sum().item()
+    assert with_physics - base == pytest.approx(0.5 * 2.0 * chi2, rel=1e-4)
+    no_forward = CVAE(cfg)
+    with pytest.raises(ConfigError, match="forward operator"):
+        Trace_ELBO().loss(no_forward.model, no_forward.guide, y, x, physics_weight=1.0)
+
+
+def test_model_is_a_proper_generative_story():
+    """Sampling the model gives x ~ Normal(decoder mean, scale) for z from the prior net."""
+    cvae = CVAE(ModelConfig(x_shape=(2,), y_shape=(1,), hidden_dims=(8,), latent_dim=2))
+    tr = _trace(cvae.model, torch.zeros(1, 1))
+    assert isinstance(tr.nodes["z"]["fn"], dist.Independent)
+    assert tr.nodes["x"]["is_observed"] is False

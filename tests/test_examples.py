@@ -1,0 +1,27 @@
+"""Every script in examples/ runs with --smoke; unlisted scripts fail the suite."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = ["linear_gaussian.py", "two_birds.py"]
+
+
+def test_every_example_is_listed():
+    assert sorted(p.name for p in EXAMPLES_DIR.glob("*.py")) == sorted(EXAMPLES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_smoke(name, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES_DIR / name), "--smoke", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "posterior.nc").is_file()

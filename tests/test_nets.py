@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.nets import Conv1dDecoder, Conv1dEncoder, FlattenMLP, GaussianHead
+from ppl_cvae.nets.blocks import SCALE_FLOOR
+
+
+@pytest.mark.parametrize("batch", [(1,), (3,), (2, 5)])
+def test_flatten_mlp_keeps_leading_axes(batch):
+    net = FlattenMLP((1, 50, 2), 7, (16,), "leaky_relu")
+    assert net(torch.randn(*batch, 1, 50, 2)).shape == (*batch, 7)
+
+
+@pytest.mark.parametrize("batch", [(1,), (4,), (3, 2)])
+def test_conv1d_encoder_decoder_shapes(batch):
+    enc = Conv1dEncoder((1, 50, 2), 12, (8, 16), "leaky_relu")
+    assert enc(torch.randn(*batch, 1, 50, 2)).shape == (*batch, 12)
+    dec = Conv1dDecoder(5, (1, 50, 2), (8, 16), "leaky_relu", num_params=2)
+    assert dec(torch.randn(*batch, 5)).shape == (*batch, 1, 50, 2, 2)
+
+
+def test_conv1d_rejects_non_sequence_shapes():
+    with pytest.raises(ConfigError, match="length, channels"):
+        Conv1dEncoder((3, 4, 5), 8, (8,), "relu")
+
+
+def test_encoder_rejects_wrong_event_shape():
+    net = FlattenMLP((3,), 2, (), "relu")
+    with pytest.raises(ShapeError, match=r"event shape \(3,\)"):
+        net(torch.randn(4, 5))
+
+
+def test_gaussian_head_scale_is_floored():
+    head = GaussianHead(3, 2)
+    with torch.no_grad():
+        head.linear.bias.fill_(-1e4)
+    loc, scale = head(torch.zeros(6, 3))
+    assert loc.shape == scale.shape == (6, 2)
+    assert torch.all(scale >= SCALE_FLOOR)
