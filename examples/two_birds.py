@@ -41,14 +41,7 @@ def main(args: argparse.Namespace) -> dict:
         model.update(hidden_dims=(32,))
     x, y = problem.simulate(train["num_train"], torch.Generator().manual_seed(args.seed))
     config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **model)
-    cvae = build_cvae(
-        config,
-        x,
-        y,
-        basis=problem.basis(),
-        forward_operator=problem.forward,
-        misfit_std=problem.misfit_std,
-    ).to(args.device)
+    cvae = build_cvae(config, x, y, problem=problem).to(args.device)
     fit(cvae, x, y, TrainConfig(**train), simulator=problem.simulate, progress=not args.smoke)
 
     x_test, y_test = problem.simulate(args.num_observations, torch.Generator().manual_seed(10_000))

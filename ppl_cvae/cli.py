@@ -139,12 +139,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         train_kwargs["resimulate"] = args.resimulate
     if args.decoder == "network":
         model_kwargs.pop("basis_dim", None)
-    basis = None
-    if model_kwargs.get("basis_dim") or args.decoder == "basis":
+        model_kwargs.pop("constrained_coefficients", None)
+    if args.decoder == "basis":
         if problem is None or not hasattr(problem, "basis"):
             raise ConfigError("--decoder basis needs a problem that provides a basis()")
-        basis = problem.basis()
-        model_kwargs["basis_dim"] = basis.shape[1]
+        model_kwargs.setdefault("basis_dim", problem.basis().shape[1])
     train_config = TrainConfig(**train_kwargs)
     if problem is not None and x is None:
         gen = torch.Generator().manual_seed(train_config.seed + 1)
@@ -154,14 +153,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model_config = ModelConfig(x_shape=x_shape, y_shape=y_shape, **model_kwargs)
     _prepare_out_dir(out, args.overwrite)
 
-    cvae = build_cvae(
-        model_config,
-        x,
-        y,
-        basis=basis,
-        forward_operator=problem.forward if problem is not None else None,
-        misfit_std=problem.misfit_std if problem is not None else 1.0,
-    )
+    cvae = build_cvae(model_config, x, y, problem=problem)
     simulator = problem.simulate if problem is not None else None
     log.info("fitting %d parameters on %s", cvae.num_parameters(), args.data or problem)
     start = time.perf_counter()

@@ -65,6 +65,10 @@ class ModelConfig:
     basis_dim : int or None, default None
         When set, the decoder outputs ``basis_dim`` coefficients of a fixed linear basis of
         ``x`` (for example the 4 line endpoints of Two Birds) instead of every element.
+    constrained_coefficients : bool, default False
+        With ``basis_dim``: the decoder works in an unconstrained space mapped onto the valid
+        coefficients by a bijection the problem supplies (``problem.coefficient_transform()``;
+        for Two Birds: ordered endpoints in [0.1, 1], so every decoded line pair is monotone).
 
     Raises
     ------
@@ -85,6 +89,7 @@ class ModelConfig:
     fixed_scale: float = 0.1
     init_scale: float = 0.05
     basis_dim: int | None = None
+    constrained_coefficients: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_shape", tuple(self.x_shape))
@@ -128,6 +133,8 @@ class ModelConfig:
                 )
             if self.likelihood == "bernoulli":
                 raise ConfigError("a linear decoder basis needs a Gaussian likelihood")
+        elif self.constrained_coefficients:
+            raise ConfigError("constrained_coefficients needs basis_dim")
 
     @property
     def x_dim(self) -> int:

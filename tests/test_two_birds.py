@@ -71,3 +71,38 @@ def test_custom_functions_and_errors():
         problem.forward(torch.zeros(3, 50, 2))
     with pytest.raises(UnknownProblemError, match="unknown problem 'nope'"):
         make_problem("nope")
+
+
+def test_endpoint_transform_round_trip_and_prior(shared_data):
+    from ppl_cvae.problems.two_birds import EndpointTransform
+
+    t = EndpointTransform()
+    ends = TwoBirds().sample_endpoints(1000, torch.Generator().manual_seed(0))
+    assert torch.allclose(t(t.inv(ends)), ends, atol=1e-4)
+    # logistic u pushes forward to the prior: compare with the challenge's models
+    u = torch.rand(3000, 4, generator=torch.Generator().manual_seed(2))
+    pushed = t(torch.logit(u))
+    x, _ = load_pairs(shared_data / "validation_dataset_original.pt")
+    for a, b in zip(_uniformised(pushed), _uniformised(endpoints_from_lines(x)), strict=True):
+        assert stats.ks_2samp(a.numpy(), b.numpy()).pvalue > ALPHA
+
+
+def test_constrained_decoder_draws_valid_lines():
+    from inference import draw_posterior
+    from ppl_cvae import ModelConfig, build_cvae
+
+    problem = TwoBirds("original")
+    x, y = problem.simulate(64)
+    config = ModelConfig(
+        x_shape=problem.x_shape,
+        y_shape=problem.y_shape,
+        hidden_dims=(16,),
+        basis_dim=4,
+        constrained_coefficients=True,
+        latent_dim=2,
+    )
+    cvae = build_cvae(config, x, y, problem=problem)  # untrained: arbitrary decoder outputs
+    draws = draw_posterior(cvae, y[:4], 500, seed=0).x  # decoder mean by default
+    assert (draws >= 0.1).all() and (draws <= 1.0).all()
+    assert (draws[..., 1:, 0] <= draws[..., :-1, 0] + 1e-6).all()
+    assert (draws[..., 1:, 1] >= draws[..., :-1, 1] - 1e-6).all()

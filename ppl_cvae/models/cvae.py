@@ -71,6 +71,10 @@ class CVAE(nn.Module):
         Required when ``config.basis_dim`` is set: the decoder mean is ``basis @ c`` with
         coefficients ``c`` (physical units) standardised by ``coef_mean``/``coef_std`` fitted by
         least squares on the training ``x`` (see :meth:`fit_basis_coefficients`).
+    coefficient_transform : torch.distributions.Transform, optional
+        Required when ``config.constrained_coefficients``: bijection from ``R^basis_dim`` onto
+        the valid basis coefficients; the standardisation of the decoder output then happens
+        in the unconstrained space.
     forward_operator : callable, optional
         Differentiable ``F(x)``: ``(*batch, *x_shape) -> (*batch, *y_shape)``, for the
         physics-consistency term.
@@ -80,7 +84,8 @@ class CVAE(nn.Module):
     Raises
     ------
     ConfigError
-        If ``basis`` is missing or has the wrong shape for ``config.basis_dim``.
+        If ``basis`` has the wrong shape for ``config.basis_dim``, or a coefficient transform
+        is required but missing.
 
     Notes
     -----
@@ -121,6 +126,7 @@ class CVAE(nn.Module):
         x_standardiser: Standardiser | None = None,
         y_standardiser: Standardiser | None = None,
         basis: torch.Tensor | None = None,
+        coefficient_transform: torch.distributions.Transform | None = None,
         forward_operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
         misfit_std: float = 1.0,
     ) -> None:
@@ -132,6 +138,11 @@ class CVAE(nn.Module):
             (y_standardiser or Standardiser(config.y_shape)) if config.conditional else None
         )
         self.forward_operator = forward_operator
+        if config.constrained_coefficients and coefficient_transform is None:
+            raise ConfigError(
+                "constrained_coefficients=True needs the problem's coefficient_transform()"
+            )
+        self.coefficient_transform = coefficient_transform
         self.misfit_std = float(misfit_std)
         cond = config.conditional
         z_dim, x_dim = config.latent_dim, config.x_dim
@@ -205,9 +216,34 @@ class CVAE(nn.Module):
         """
         if self.config.basis_dim is None:
             return
-        coef = x.reshape(x.shape[0], -1) @ torch.linalg.pinv(self.basis).T  # (num, basis_dim)
+        coef = self.coefficients_of(x)
         self.coef_mean.copy_(coef.mean(0))
         self.coef_std.copy_(coef.std(0).clamp_min(1e-6))
+
+    def coefficients_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the (unconstrained, if a transform is set) basis coefficients of ``x``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, *x_shape)
+
+        Returns
+        -------
+        Tensor, shape (*batch, basis_dim)
+            Least-squares coefficients, mapped through the inverse coefficient transform.
+        """
+        n_event = len(self.config.x_shape)
+        flat = x.reshape(*x.shape[: x.dim() - n_event], -1)
+        coef = flat @ torch.linalg.pinv(self.basis).T
+        if self.coefficient_transform is not None:
+            coef = self.coefficient_transform.inv(coef)
+        return coef
+
+    def x_from_coefficients(self, coef: torch.Tensor) -> torch.Tensor:
+        """Map (unconstrained) coefficients ``(*batch, basis_dim)`` to ``(*batch, *x_shape)``."""
+        if self.coefficient_transform is not None:
+            coef = self.coefficient_transform(coef)
+        return (coef @ self.basis.T).reshape(*coef.shape[:-1], *self.config.x_shape)
 
     def _check(self, name: str, value: torch.Tensor | None, shape: tuple[int, ...] | None) -> None:
         if shape is None:
@@ -287,8 +323,7 @@ class CVAE(nn.Module):
         batch = h.shape[:-1]
         xs = self.x_standardiser
         if cfg.basis_dim is not None:
-            coef = self.coef_mean + self.coef_std * self.decoder(h)
-            mean = (coef @ self.basis.T).reshape(*batch, *cfg.x_shape)
+            mean = self.x_from_coefficients(self.coef_mean + self.coef_std * self.decoder(h))
             raw = self.dec_scale(h).reshape(*batch, *cfg.x_shape) if self.dec_scale else None
         else:
             out = self.decoder(h)

@@ -23,6 +23,7 @@ from ppl_cvae.errors import ConfigError, ShapeError, UnknownProblemError
 from ppl_cvae.problems.base import register_problem
 
 __all__ = [
+    "EndpointTransform",
     "NUM_POINTS",
     "TrigComponent",
     "FUNCTION_PAIRS",
@@ -109,6 +110,46 @@ def endpoints_from_lines(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([coef[..., 0, 0], coef[..., 1, 0], coef[..., 0, 1], coef[..., 1, 1]], -1)
 
 
+class EndpointTransform(torch.distributions.Transform):
+    """Bijection from ``R^4`` onto endpoints that satisfy the Two Birds prior's constraints.
+
+    ``u -> (x0(0), x0(1), x1(0), x1(1))`` with ``s = sigmoid(u)``::
+
+        x0(1) = 0.1 + 0.9 s_1,   x0(0) = x0(1) + (1 - x0(1)) s_0,
+        x1(0) = 0.1 + 0.9 s_2,   x1(1) = x1(0) + (1 - x1(0)) s_3,
+
+    so ``x0`` descends, ``x1`` ascends and all values lie in (0.1, 1). Under ``u ~ logistic``
+    the endpoints follow the prior exactly (the ``s`` are the prior's independent uniforms).
+    The inverse clamps the fractions to ``[1e-4, 1 - 1e-4]`` so boundary values stay finite.
+    Shapes: ``(*batch, 4) -> (*batch, 4)``.
+    """
+
+    domain = torch.distributions.constraints.independent(torch.distributions.constraints.real, 1)
+    codomain = torch.distributions.constraints.independent(torch.distributions.constraints.real, 1)
+    bijective = True
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EndpointTransform)
+
+    def _call(self, u: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(u)
+        x0_end = LOW + (HIGH - LOW) * s[..., 1]
+        x0_start = x0_end + (HIGH - x0_end) * s[..., 0]
+        x1_start = LOW + (HIGH - LOW) * s[..., 2]
+        x1_end = x1_start + (HIGH - x1_start) * s[..., 3]
+        return torch.stack([x0_start, x0_end, x1_start, x1_end], dim=-1)
+
+    def _inverse(self, c: torch.Tensor) -> torch.Tensor:
+        eps = 1e-4
+        x0_start, x0_end, x1_start, x1_end = c.unbind(-1)
+        s1 = (x0_end - LOW) / (HIGH - LOW)
+        s0 = (x0_start - x0_end) / (HIGH - x0_end).clamp_min(1e-12)
+        s2 = (x1_start - LOW) / (HIGH - LOW)
+        s3 = (x1_end - x1_start) / (HIGH - x1_start).clamp_min(1e-12)
+        s = torch.stack([s0, s1, s2, s3], dim=-1).clamp(eps, 1 - eps)
+        return torch.logit(s)
+
+
 @register_problem("two_birds")
 class TwoBirds:
     """The Two Birds problem with a named or user-given pair of functions.
@@ -191,13 +232,23 @@ class TwoBirds:
         """
         return lines_from_endpoints(torch.eye(4)).reshape(4, -1).T.contiguous()
 
+    def coefficient_transform(self) -> EndpointTransform:
+        """Return the bijection from ``R^4`` onto prior-valid endpoints (see the class)."""
+        return EndpointTransform()
+
     def recommended_settings(self) -> dict[str, dict[str, Any]]:
         """Return default ``ModelConfig``/``TrainConfig`` overrides for this problem.
 
-        Straight-line decoder (``basis_dim=4``), fresh simulations every epoch, 8 latent dims.
+        Straight-line decoder (``basis_dim=4``) with prior-valid endpoints by construction,
+        fresh simulations every epoch, 8 latent dims.
         """
         return {
-            "model": {"latent_dim": 8, "hidden_dims": (256, 256, 256), "basis_dim": 4},
+            "model": {
+                "latent_dim": 8,
+                "hidden_dims": (256, 256, 256),
+                "basis_dim": 4,
+                "constrained_coefficients": True,
+            },
             "train": {
                 "num_epochs": 60,
                 "batch_size": 256,

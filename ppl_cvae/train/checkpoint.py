@@ -116,8 +116,16 @@ def load_checkpoint(
     if problem is None and spec is not None:
         kwargs = {k: v for k, v in spec.items() if k != "name"}
         problem = make_problem(spec["name"], **kwargs)
+    transform = None
+    if config.constrained_coefficients:
+        if problem is None or not hasattr(problem, "coefficient_transform"):
+            raise CheckpointError(
+                f"{str(path)!r} needs its problem's coefficient_transform(); pass the problem"
+            )
+        transform = problem.coefficient_transform()
     cvae = CVAE(
         config,
+        coefficient_transform=transform,
         forward_operator=problem.forward if problem is not None else None,
         misfit_std=float(payload.get("misfit_std", 1.0)),
     )

@@ -23,6 +23,7 @@ from ppl_cvae.config import ModelConfig, TrainConfig
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
+from ppl_cvae.problems.base import Problem
 from ppl_cvae.train.optim import FusedClippedAdam
 
 __all__ = ["FitResult", "build_cvae", "fit", "negative_elbo", "Simulator"]
@@ -65,9 +66,11 @@ def build_cvae(
     x: torch.Tensor,
     y: torch.Tensor | None,
     *,
+    problem: Problem | None = None,
     basis: torch.Tensor | None = None,
+    coefficient_transform: torch.distributions.Transform | None = None,
     forward_operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    misfit_std: float = 1.0,
+    misfit_std: float | None = None,
 ) -> CVAE:
     """Build a CVAE whose standardisers (and basis coefficients) are fitted on training data.
 
@@ -77,8 +80,12 @@ def build_cvae(
     x : Tensor, shape (N, *x_shape)
         Training models in physical units.
     y : Tensor, shape (N, *y_shape), or None for an unconditional VAE
-    basis, forward_operator, misfit_std
-        As in :class:`~ppl_cvae.models.cvae.CVAE`.
+    problem : Problem, optional
+        Supplies whatever of the next four is not given: ``problem.basis()`` (when
+        ``config.basis_dim`` is set), ``problem.coefficient_transform()`` (when
+        ``config.constrained_coefficients``), ``problem.forward`` and ``problem.misfit_std``.
+    basis, coefficient_transform, forward_operator, misfit_std
+        As in :class:`~ppl_cvae.models.cvae.CVAE` (``misfit_std`` defaults to 1).
 
     Raises
     ------
@@ -87,6 +94,13 @@ def build_cvae(
     """
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
+    if problem is not None:
+        if basis is None and config.basis_dim is not None and hasattr(problem, "basis"):
+            basis = problem.basis()
+        if coefficient_transform is None and config.constrained_coefficients:
+            coefficient_transform = problem.coefficient_transform()
+        forward_operator = forward_operator or problem.forward
+        misfit_std = problem.misfit_std if misfit_std is None else misfit_std
     xs = Standardiser(config.x_shape).fit(x)
     ys = None
     if config.conditional:
@@ -95,7 +109,13 @@ def build_cvae(
             raise ShapeError(f"y has shape {got}; config expects (N, *{config.y_shape})")
         ys = Standardiser(config.y_shape).fit(y)
     cvae = CVAE(
-        config, xs, ys, basis=basis, forward_operator=forward_operator, misfit_std=misfit_std
+        config,
+        xs,
+        ys,
+        basis=basis,
+        coefficient_transform=coefficient_transform,
+        forward_operator=forward_operator,
+        misfit_std=1.0 if misfit_std is None else misfit_std,
     )
     cvae.fit_basis_coefficients(x)
     return cvae
