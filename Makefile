@@ -18,7 +18,7 @@ demo: $(STAMP)
 	mkdir -p $(RUN)
 	$(BIN)/ppl-cvae fit --problem two_birds --functions data_1 --out $(RUN)/fit --overwrite
 	$(BIN)/ppl-cvae simulate --problem two_birds --functions data_1 --num 4 --seed 123 --out $(RUN)/obs.npz --overwrite
-	$(BIN)/ppl-cvae sample $(RUN)/fit --observation $(RUN)/obs.npz --num-samples 1000 --out $(RUN)/posterior.nc --overwrite
+	$(BIN)/ppl-cvae sample $(RUN)/fit --observation $(RUN)/obs.npz --num-samples 1000 --refine --out $(RUN)/posterior.nc --overwrite
 	$(BIN)/ppl-cvae diagnose $(RUN)/posterior.nc --out $(RUN)/report --overwrite
 	$(BIN)/ppl-cvae score $(RUN)/posterior.nc --out $(RUN)/score.json --overwrite
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from inference.arviz_io import az, to_inference_data
 from inference.posterior import as_observation_batch, draw_posterior
-from ppl_cvae.errors import ShapeError
+from inference.refine import RefineConfig, refine_and_accept
+from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem
 
@@ -25,6 +27,7 @@ def sample_posterior(
     decoder_noise: bool | None = None,
     seed: int | None = None,
     attrs: dict[str, Any] | None = None,
+    refine: RefineConfig | None = None,
 ) -> az.InferenceData:
     """Draw amortized posterior samples for one or many observations as ``InferenceData``.
 
@@ -46,6 +49,9 @@ def sample_posterior(
         Seed of the draws.
     attrs : dict, optional
         Extra attributes (e.g. the run folder).
+    refine : RefineConfig, optional
+        Refine the amortized draws with the problem's forward operator and keep those that
+        fit (:func:`inference.refine.refine_and_accept`); needs ``problem``.
 
     Returns
     -------
@@ -59,7 +65,8 @@ def sample_posterior(
     ShapeError
         If ``y`` or ``x_true`` have the wrong shape.
     ConfigError, DataError
-        As :func:`~inference.posterior.draw_posterior`.
+        As :func:`~inference.posterior.draw_posterior`; ConfigError also when ``refine`` is
+        given without a problem.
 
     References
     ----------
@@ -84,14 +91,37 @@ def sample_posterior(
             )
     else:
         x_true_batch = None
-    draws = draw_posterior(
-        cvae, y_batch, num_samples, decoder_noise=decoder_noise, problem=problem, seed=seed
+    info: dict[str, Any] = {}
+    if refine is None:
+        draws = draw_posterior(
+            cvae, y_batch, num_samples, decoder_noise=decoder_noise, problem=problem, seed=seed
+        )
+        info["inference_method"] = "amortized CVAE: z ~ prior net p(z|y), x ~ decoder p(x|z,y)"
+    else:
+        if problem is None:
+            raise ConfigError("refinement needs a problem with a forward operator")
+        draws, accepted = refine_and_accept(
+            cvae,
+            y_batch,
+            num_samples,
+            problem,
+            oversample=refine.oversample,
+            max_misfit=refine.max_misfit,
+            num_steps=refine.num_steps,
+            learning_rate=refine.learning_rate,
+            seed=seed,
+        )
+        info["inference_method"] = (
+            "amortized CVAE draws refined by misfit minimisation with F, accepted by misfit"
+        )
+        info["refine"] = dataclasses.asdict(refine)
+        info["accepted_fraction"] = float(accepted.float().mean())
+    info.update(
+        {
+            "independent_draws": 1,
+            "decoder_noise": int(draws.decoder_noise),
+        }
     )
-    info: dict[str, Any] = {
-        "inference_method": "amortized CVAE: z ~ prior net p(z|y), x ~ decoder p(x|z,y)",
-        "independent_draws": 1,
-        "decoder_noise": int(draws.decoder_noise),
-    }
     if problem is not None:
         try:
             info["problem"] = problem.spec()

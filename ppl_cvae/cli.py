@@ -207,6 +207,7 @@ def _spec_or_none(problem: Any) -> dict[str, Any] | None:
 def cmd_sample(args: argparse.Namespace) -> int:
     """Draw posterior samples for observations and write InferenceData NetCDF."""
     from inference.arviz_io import save_inference_data
+    from inference.refine import RefineConfig
     from inference.sample import sample_posterior
     from ppl_cvae.data.io import load_observations
     from ppl_cvae.train import load_checkpoint
@@ -233,6 +234,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         problem=meta["problem"],
         x_true=(x_true if stacked else x_true[0]) if x_true is not None else None,
         decoder_noise={"auto": None, "sample": True, "mean": False}[args.decoder_noise],
+        refine=RefineConfig(
+            oversample=args.oversample,
+            max_misfit=args.max_misfit if args.max_misfit > 0 else None,
+            num_steps=args.refine_steps,
+            learning_rate=args.refine_lr,
+        )
+        if args.refine
+        else None,
         seed=args.seed,
         attrs={"run_dir": str(args.run_dir), "observation_file": str(args.observation)},
     )
@@ -420,6 +429,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample: x ~ p(x|z,y) with the decoder's noise; mean: x = E[x|z,y]; "
         "auto: mean for a basis decoder (straight lines for two_birds), else sample",
     )
+    s.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine each draw by minimising its data misfit with the problem's forward "
+        "operator, then keep draws whose RMS normalised misfit is below --max-misfit",
+    )
+    s.add_argument("--oversample", type=int, default=4, help="candidates per kept draw")
+    s.add_argument(
+        "--max-misfit",
+        type=float,
+        default=1.0,
+        help="acceptance threshold on RMS((F(x) - y) / misfit_std), dimensionless; 0: keep all",
+    )
+    s.add_argument("--refine-steps", type=int, default=300, help="Adam steps of the refinement")
+    s.add_argument("--refine-lr", type=float, default=0.1, help="Adam step size of the refinement")
     s.add_argument("--seed", type=int, default=0, help="random seed of the draws")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     s.set_defaults(func=cmd_sample)

@@ -33,6 +33,7 @@ from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.nets.blocks import (
     SCALE_FLOOR,
+    ConditionalInput,
     Conv1dDecoder,
     Conv1dEncoder,
     FlattenMLP,
@@ -133,6 +134,7 @@ class CVAE(nn.Module):
         super().__init__()
         self.config = config
         self.pyro_name = f"cvae{next(_INSTANCE_COUNTER)}"
+        self._param_sites: list[tuple[str, nn.Parameter]] | None = None
         self.x_standardiser = x_standardiser or Standardiser(config.x_shape)
         self.y_standardiser = (
             (y_standardiser or Standardiser(config.y_shape)) if config.conditional else None
@@ -171,21 +173,20 @@ class CVAE(nn.Module):
         else:
             self.dec_y, dec_y_width = None, 0
         num_params = 2 if config.likelihood == "gaussian_decoder" else 1
-        dec_in = z_dim + dec_y_width
+        width = config.hidden_dims[0] if config.hidden_dims else config.feature_dim
+        rest = config.hidden_dims[1:]
+        self.dec_in = ConditionalInput(z_dim, dec_y_width, width, config.activation)
+        self.dec_scale = None
         if config.basis_dim is not None:
-            self.decoder = mlp(dec_in, config.hidden_dims, config.basis_dim, config.activation)
-            out_dim = x_dim if num_params == 2 else 0
-            self.dec_scale = (
-                mlp(dec_in, config.hidden_dims, out_dim, config.activation) if out_dim else None
-            )
+            self.decoder = mlp(width, rest, config.basis_dim, config.activation)
+            if num_params == 2:
+                self.dec_scale = mlp(width, rest, x_dim, config.activation)
         elif config.network == "conv1d":
             self.decoder = Conv1dDecoder(
-                dec_in, config.x_shape, config.conv_channels, config.activation, num_params
+                width, config.x_shape, config.conv_channels, config.activation, num_params
             )
-            self.dec_scale = None
         else:
-            self.decoder = mlp(dec_in, config.hidden_dims, x_dim * num_params, config.activation)
-            self.dec_scale = None
+            self.decoder = mlp(width, rest, x_dim * num_params, config.activation)
         if config.likelihood == "gaussian":
             # start at scale init_scale (standardised units): a small start makes the
             # reconstruction term use z before the noise can absorb the spread (posterior
@@ -205,6 +206,23 @@ class CVAE(nn.Module):
             self.register_buffer("coef_std", torch.ones(config.basis_dim))
 
     # ------------------------------------------------------------------ helpers
+    def _register_params(self) -> None:
+        """Emit one ``pyro.param`` site per parameter, as ``pyro.module`` would.
+
+        The (name, parameter) list is cached, so a step does not walk the module tree again;
+        ``_apply`` (``.to()``, ``.double()``) clears the cache.
+        """
+        if self._param_sites is None:
+            self._param_sites = [
+                (f"{self.pyro_name}$$${name}", param) for name, param in self.named_parameters()
+            ]
+        for name, param in self._param_sites:
+            pyro.param(name, param)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._param_sites = None
+        return super()._apply(fn, recurse)
+
     @torch.no_grad()
     def fit_basis_coefficients(self, x: torch.Tensor) -> None:
         """Set ``coef_mean``/``coef_std`` from the least-squares coefficients of training ``x``.
@@ -316,10 +334,8 @@ class CVAE(nn.Module):
             Standard deviation in physical units (``None`` for Bernoulli).
         """
         cfg = self.config
-        h = z
-        if self.dec_y is not None:
-            hy = self.dec_y(self.y_standardiser(y))
-            h = torch.cat([z, hy.expand(*z.shape[:-1], hy.shape[-1])], dim=-1)
+        hy = self.dec_y(self.y_standardiser(y)) if self.dec_y is not None else None
+        h = self.dec_in(z, hy)  # the y part is computed once per observation
         batch = h.shape[:-1]
         xs = self.x_standardiser
         if cfg.basis_dim is not None:
@@ -387,7 +403,7 @@ class CVAE(nn.Module):
             If ``physics_weight > 0`` but the model has no forward operator.
         """
         batch = self._check_inputs(y, x)
-        pyro.module(self.pyro_name, self)
+        self._register_params()
         with pyro.plate("batch", batch):
             loc, scale = self.prior_params(y)
             with poutine.scale(scale=kl_weight):
@@ -431,7 +447,7 @@ class CVAE(nn.Module):
                 "(inference.sample_posterior) instead"
             )
         batch = self._check_inputs(y, x)
-        pyro.module(self.pyro_name, self)
+        self._register_params()
         with pyro.plate("batch", batch):
             loc, scale = self.recognition_params(y, x)
             with poutine.scale(scale=kl_weight):

@@ -23,6 +23,7 @@ __all__ = [
     "Conv1dEncoder",
     "Conv1dDecoder",
     "GaussianHead",
+    "ConditionalInput",
     "SCALE_FLOOR",
 ]
 
@@ -219,6 +220,31 @@ class Conv1dDecoder(nn.Module):
         out = out.reshape(-1, self.out_channels, self.num_params, self.length)
         out = out.permute(0, 3, 1, 2)  # (n, length, channels, num_params)
         return out.reshape(*batch, *self.out_shape, self.num_params)
+
+
+class ConditionalInput(nn.Module):
+    """First decoder layer ``act(W_z z + W_c c + b)`` with the condition part computed once.
+
+    Equal to a linear layer on ``concat(z, c)``, but ``W_c c + b`` is evaluated on the
+    condition's own batch and broadcast over the sample axes of ``z``: drawing ``S`` samples
+    for ``M`` observations costs ``S * M`` products with ``W_z`` and only ``M`` with ``W_c``.
+
+    Shapes: ``z (*sample, batch, z_dim)``, ``c (batch, c_dim)`` or None ->
+    ``(*sample, batch, out_dim)``.
+    """
+
+    def __init__(self, z_dim: int, c_dim: int, out_dim: int, activation: str) -> None:
+        super().__init__()
+        self.z_part = nn.Linear(z_dim, out_dim)
+        self.c_part = nn.Linear(c_dim, out_dim, bias=False) if c_dim else None
+        self.act = make_activation(activation)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Return ``act(W_z z + W_c c + b)``, broadcasting the condition over sample axes."""
+        h = self.z_part(z)
+        if self.c_part is not None:
+            h = h + self.c_part(c)
+        return self.act(h)
 
 
 class GaussianHead(nn.Module):

@@ -1,0 +1,136 @@
+"""Two Birds benchmark: fit, sample and score the CVAE under the challenge's criteria.
+
+For each function pair (``data_1``, ``original``): fit with the problem's recommended settings
+(the stated budget), draw 30 posterior samples for each of 50 held-out observations, and score
+them (pass rate, mean y-RMSE, exact-mode coverage, diversity) twice: the amortized draws alone,
+and the draws refined with the forward operator and accepted by misfit
+(``inference.refine.refine_and_accept``). For ``original`` the challenge's own 50 scoring
+observations are used when ``../shared`` is beside the repository (else 50 simulated ones), and
+the challenge's sample submission is scored as an anchor.
+
+Run::
+
+    python benchmarks/two_birds.py [--epochs 60] [--threads 2]
+
+About 12 minutes on 2 CPU cores with the default budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from inference import draw_posterior
+from inference.refine import refine_and_accept
+from ppl_cvae import ModelConfig, TrainConfig, TwoBirds, build_cvae, fit
+from ppl_cvae.data import load_pairs
+from ppl_cvae.problems import two_birds_scoring as scoring
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "two_birds"
+KEYS = (
+    "pass_rate",
+    "mean_y_rmse",
+    "mode_coverage",
+    "mean_modes_hit",
+    "mean_num_exact_solutions",
+    "diversity",
+    "mean_num_clusters",
+)
+
+
+def held_out(problem, functions):
+    if functions == "original" and (SHARED / "scoring_dataset.pt").is_file():
+        x, y = load_pairs(SHARED / "scoring_dataset.pt")
+        return x, y, "challenge scoring_dataset.pt"
+    x, y = problem.simulate(50, torch.Generator().manual_seed(999))
+    return x, y, "50 simulated (seed 999)"
+
+
+def report(label, score, seconds=None):
+    d = score.to_dict()
+    parts = [f"{k}={d[k]:.3f}" if isinstance(d[k], float) else f"{k}={d[k]}" for k in KEYS]
+    extra = f" ({seconds:.1f} s)" if seconds is not None else ""
+    print(f"  {label}{extra}: " + ", ".join(parts))
+
+
+def run(functions, args):
+    problem = TwoBirds(functions)
+    settings = problem.recommended_settings()
+    train = {**settings["train"], "seed": args.seed}
+    if args.epochs:
+        train["num_epochs"] = args.epochs
+    x, y = problem.simulate(train["num_train"], torch.Generator().manual_seed(args.seed))
+    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **settings["model"])
+    cvae = build_cvae(config, x, y, problem=problem)
+    start = time.perf_counter()
+    fit(cvae, x, y, TrainConfig(**train), simulator=problem.simulate, progress=False)
+    fit_seconds = time.perf_counter() - start
+    print(
+        f"{functions}: fit {fit_seconds:.0f} s, {train['num_epochs']} epochs x "
+        f"{train['num_train']} fresh pairs, {cvae.num_parameters()} parameters"
+    )
+    x_test, y_test, source = held_out(problem, functions)
+    print(f"  held-out observations: {source}; 30 samples each")
+    solutions = scoring.enumerate_exact_solutions_batch(y_test, problem.functions)
+    if hasattr(scoring, "expected_mode_coverage"):
+        ref = scoring.expected_mode_coverage(y_test, problem.functions, num_samples=30)
+        print(
+            f"  exact posterior sampler (Laplace weights), expected: coverage "
+            f"{ref.coverage:.3f}, modes hit {ref.modes_hit.mean():.2f}"
+        )
+    start = time.perf_counter()
+    draws = draw_posterior(cvae, y_test, 30, seed=args.seed)
+    seconds = time.perf_counter() - start
+    report(
+        "amortized",
+        scoring.score_samples(
+            draws.x.transpose(0, 1), y_test, problem.functions, exact_solutions=solutions
+        ),
+        seconds,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refined, accepted = refine_and_accept(
+            cvae, y_test, 30, problem, oversample=4, max_misfit=1.0, seed=args.seed
+        )
+    seconds = time.perf_counter() - start
+    report(
+        "refined + accepted",
+        scoring.score_samples(
+            refined.x.transpose(0, 1), y_test, problem.functions, exact_solutions=solutions
+        ),
+        seconds,
+    )
+    print(f"  accepted fraction {accepted.float().mean():.3f}")
+
+
+def anchor():
+    path = SHARED / "submission_sample.pt"
+    if not path.is_file():
+        return
+    x, y = load_pairs(path)
+    score = scoring.score_samples(
+        x.reshape(50, 30, 1, 50, 2), y.reshape(50, 30, 1, 50, 2)[:, 0], "original"
+    )
+    report("anchor: challenge sample submission (original)", score)
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    print(f"threads {torch.get_num_threads()}, seed {args.seed}")
+    anchor()
+    for functions in ("data_1", "original"):
+        run(functions, args)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=None, help="override the epoch budget")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    main(parser.parse_args())
