@@ -21,7 +21,13 @@ from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem
 
-__all__ = ["RefineConfig", "misfit_rms", "refine_and_accept", "refine_by_misfit"]
+__all__ = [
+    "RefineConfig",
+    "accept_by_misfit",
+    "misfit_rms",
+    "refine_and_accept",
+    "refine_by_misfit",
+]
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ def refine_by_misfit(
     problem: Problem,
     *,
     num_steps: int = 300,
-    learning_rate: float = 0.02,
+    learning_rate: float = 0.1,
 ) -> PosteriorDraws:
     """Minimise each draw's data misfit by Adam, starting from the draw.
 
@@ -80,7 +86,7 @@ def refine_by_misfit(
         for Two Birds every refined draw is a prior-valid line pair).
     num_steps : int, default 300
         Adam steps (all draws move in parallel; each draw's objective is separate).
-    learning_rate : float, default 0.02
+    learning_rate : float, default 0.1
         Adam step size, in units of the optimised parameters.
 
     Returns
@@ -177,7 +183,7 @@ def refine_and_accept(
     oversample: int = 4,
     max_misfit: float | None = None,
     num_steps: int = 300,
-    learning_rate: float = 0.02,
+    learning_rate: float = 0.1,
     seed: int | None = None,
 ) -> tuple[PosteriorDraws, torch.Tensor]:
     """Draw ``oversample * num_samples`` amortized draws, refine them, keep ``num_samples``.
@@ -231,8 +237,47 @@ def refine_and_accept(
     refined = refine_by_misfit(
         candidates, y, problem, num_steps=num_steps, learning_rate=learning_rate
     )
-    rms = misfit_rms(refined.x, y, problem)  # (S * oversample, M)
+    return accept_by_misfit(refined, y, problem, num_samples, max_misfit)
+
+
+def accept_by_misfit(
+    candidates: PosteriorDraws,
+    y: torch.Tensor,
+    problem: Problem,
+    num_samples: int,
+    max_misfit: float | None,
+) -> tuple[PosteriorDraws, torch.Tensor]:
+    """Keep ``num_samples`` of the candidate draws per observation, preferring those that fit.
+
+    Parameters
+    ----------
+    candidates : PosteriorDraws
+        ``x`` of shape ``(C, M, *x_shape)`` with ``C >= num_samples``.
+    y : Tensor, shape (M, *y_shape)
+    problem : Problem
+        Forward operator and misfit scale (see :func:`misfit_rms`).
+    num_samples : int
+        Draws kept per observation.
+    max_misfit : float or None
+        Threshold on :func:`misfit_rms`; accepted candidates are kept in draw order, then the
+        lowest-misfit rejected ones fill up (with a warning). ``None`` keeps the first
+        ``num_samples``.
+
+    Returns
+    -------
+    draws : PosteriorDraws
+        ``x`` of shape ``(num_samples, M, *x_shape)``.
+    accepted : Tensor of bool, shape (num_samples, M)
+
+    Raises
+    ------
+    ConfigError
+        If there are fewer than ``num_samples`` candidates.
+    """
+    rms = misfit_rms(candidates.x, y, problem)  # (C, M)
     num_candidates = rms.shape[0]
+    if num_candidates < num_samples:
+        raise ConfigError(f"{num_candidates} candidates cannot give {num_samples} draws")
     order = torch.arange(num_candidates, dtype=rms.dtype)[:, None].expand_as(rms)
     if max_misfit is None:
         key = order
@@ -255,10 +300,11 @@ def refine_and_accept(
         idx = index.reshape(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
         return t.gather(0, idx)
 
+    y_rep = candidates.y_rep if candidates.y_rep is not None else problem.forward(candidates.x)
     draws = PosteriorDraws(
-        x=pick(refined.x),
-        z=pick(refined.z),
-        y_rep=pick(refined.y_rep),
-        decoder_noise=refined.decoder_noise,
+        x=pick(candidates.x),
+        z=pick(candidates.z),
+        y_rep=pick(y_rep),
+        decoder_noise=candidates.decoder_noise,
     )
     return draws, accepted

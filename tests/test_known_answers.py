@@ -8,6 +8,7 @@ import torch
 from inference import draw_posterior, linear_gaussian_posterior
 from ppl_cvae import CVAE, LinearGaussian, ModelConfig, TrainConfig, build_cvae, fit
 from ppl_cvae.train import negative_elbo
+from tests.conftest import SEED
 
 NUM_DRAWS = 4000
 NUM_OBS = 20
@@ -41,7 +42,7 @@ def posterior_violations(draws, mean, cov):
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     problem = LinearGaussian(x_dim=2, y_dim=2, noise_std=0.5, seed=0)
     settings = problem.recommended_settings()
     x, y = problem.simulate(4096, torch.Generator().manual_seed(1))
@@ -54,7 +55,7 @@ def trained():
         cvae,
         None,
         None,
-        TrainConfig(**settings["train"], seed=0),
+        TrainConfig(**settings["train"], seed=SEED),
         simulator=problem.simulate,
         progress=False,
     )

@@ -209,8 +209,11 @@ class CVAE(nn.Module):
     def _register_params(self) -> None:
         """Emit one ``pyro.param`` site per parameter, as ``pyro.module`` would.
 
-        The (name, parameter) list is cached, so a step does not walk the module tree again;
-        ``_apply`` (``.to()``, ``.double()``) clears the cache.
+        Only the guide calls this, for all parameters (recognition net, prior net, decoder):
+        SVI collects the param sites of both traces, so one registration per step is enough,
+        and model-only uses (``Predictive``, or refinement of the model with another guide)
+        leave the trained networks fixed. The (name, parameter) list is cached, so a step
+        does not walk the module tree again; ``_apply`` (``.to()``, ``.double()``) clears it.
         """
         if self._param_sites is None:
             self._param_sites = [
@@ -403,7 +406,6 @@ class CVAE(nn.Module):
             If ``physics_weight > 0`` but the model has no forward operator.
         """
         batch = self._check_inputs(y, x)
-        self._register_params()
         with pyro.plate("batch", batch):
             loc, scale = self.prior_params(y)
             with poutine.scale(scale=kl_weight):

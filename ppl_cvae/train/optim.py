@@ -4,7 +4,8 @@
 Python every step; for networks with a few dozen parameter tensors that loop is a visible part
 of an SVI step. :class:`FusedClippedAdam` is a ``pyro.optim.PyroOptim`` (so ``pyro.infer.SVI``
 accepts it) that gives every parameter it has seen to a single ``ClippedAdam``. The update is
-the same elementwise rule, so results match the per-parameter optimiser.
+the same elementwise rule, so results match the per-parameter optimiser. Gradients are released
+after each step (``set_to_none``), as ``torch.optim.Optimizer.zero_grad`` does by default.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class FusedClippedAdam(PyroOptim):
             self._seen.update(new)
         if self._optimizer is not None:
             self._optimizer.step()
+            # release the gradients (as torch's zero_grad(set_to_none=True)): SVI's
+            # zero_grads then has nothing to refill with zeros, and the next backward pass
+            # assigns gradients instead of adding them to zero tensors
+            self._optimizer.zero_grad(set_to_none=True)
 
     def current_lr(self) -> float:
         """Return the current learning rate (after ``lrd`` decay); the initial one before a step."""
