@@ -87,8 +87,9 @@ def plot_bands(
     title: str = "",
     ylabel: str = "value",
     interval: float = 0.9,
+    band: np.ndarray | None = None,
 ) -> Path:
-    """Plot the posterior mean and central ``interval`` band of each series, with a reference.
+    """Plot the posterior mean and an ``interval`` band of each series, with a reference.
 
     Parameters
     ----------
@@ -101,13 +102,21 @@ def plot_bands(
     reference : ndarray, shape event, optional
         True model or observed data, drawn dashed.
     interval : float, default 0.9
-        Probability mass of the central (equal-tailed) band.
+        Probability mass of the band (for the legend).
+    band : ndarray, shape (*event, 2), optional
+        Lower and upper band edges (e.g. the HDI from :func:`inference.arviz_io.hdi`);
+        default: the central equal-tailed interval of the draws.
     """
     values, labels, axis_name, axis_values = series_view(draws, dims, coords)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     palette = sns.color_palette(n_colors=max(len(labels), 1))
-    lo, hi = np.quantile(values, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
+    if band is None:
+        lo, hi = np.quantile(values, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
+    else:
+        lo = series_view(band[..., 0], dims, coords)[0]
+        hi = series_view(band[..., 1], dims, coords)[0]
     mean = values.mean(0)
+    kind = "interval" if band is None else "HDI"
     ref = None if reference is None else series_view(reference[None], dims, coords)[0][0]
     for k, label in enumerate(labels):
         name = f" {label}" if label else ""
@@ -117,7 +126,7 @@ def plot_bands(
             hi[:, k],
             color=palette[k],
             alpha=0.25,
-            label=f"{int(interval * 100)}% interval{name}",
+            label=f"{int(interval * 100)}% {kind}{name}",
         )
         ax.plot(axis_values, mean[:, k], color=palette[k], label=f"mean{name}")
         if ref is not None:

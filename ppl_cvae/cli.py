@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ppl_cvae._atomic import atomic_dir
 from ppl_cvae.config import LIKELIHOODS, NETWORKS, PRIORS, ModelConfig, TrainConfig
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError
 
@@ -86,14 +87,12 @@ def _problem_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError(f"bad arguments for problem {args.problem!r}: {err}") from err
 
 
-def _prepare_out_dir(path: Path, overwrite: bool) -> None:
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise DataError(
-                f"output folder {str(path)!r} exists and is not empty; "
-                "choose another --out or pass --overwrite"
-            )
-    path.mkdir(parents=True, exist_ok=True)
+def _check_out_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise DataError(
+            f"output folder {str(path)!r} exists and is not empty; "
+            "choose another --out or pass --overwrite"
+        )
 
 
 def _check_new_file(path: Path, overwrite: bool) -> None:
@@ -105,10 +104,8 @@ def _check_new_file(path: Path, overwrite: bool) -> None:
 
 # --------------------------------------------------------------------------- fit
 def cmd_fit(args: argparse.Namespace) -> int:
-    """Fit a CVAE by SVI and write a run folder."""
-    from inference.plots import plot_loss
+    """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded)."""
     from ppl_cvae.data.io import load_pairs
-    from ppl_cvae.train import build_cvae, fit, save_checkpoint
 
     out = Path(args.out)
     problem = _problem_from_args(args) if args.problem else None
@@ -151,7 +148,30 @@ def cmd_fit(args: argparse.Namespace) -> int:
     x_shape = tuple(x.shape[1:])
     y_shape = tuple(y.shape[1:])
     model_config = ModelConfig(x_shape=x_shape, y_shape=y_shape, **model_kwargs)
-    _prepare_out_dir(out, args.overwrite)
+    _check_out_dir(out, args.overwrite)
+    with atomic_dir(out, overwrite=args.overwrite) as tmp_dir:
+        seconds, result = _fit_into(tmp_dir, args, problem, model_config, train_config, x, y)
+    last = result.history[-1]
+    print(
+        f"fitted in {seconds:.1f} s: {len(result.history)} epochs, best epoch {result.best_epoch}, "
+        f"final train loss {last['train_loss']:.4f}, validation loss {last['val_loss']:.4f} "
+        f"(negative ELBO per observation, nats); run folder {out}"
+    )
+    return 0
+
+
+def _fit_into(
+    out: Path,
+    args: argparse.Namespace,
+    problem: Any,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[float, Any]:
+    """Fit and write the run files into ``out`` (a temporary folder)."""
+    from inference.plots import plot_loss
+    from ppl_cvae.train import build_cvae, fit, save_checkpoint
 
     cvae = build_cvae(model_config, x, y, problem=problem)
     simulator = problem.simulate if problem is not None else None
@@ -180,18 +200,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "problem": _spec_or_none(problem),
         "data": extra["data"],
     }
-    from ppl_cvae._atomic import atomic_path
-
-    with atomic_path(out / "config.json") as tmp:
-        tmp.write_text(json.dumps(config_doc, indent=2))
+    (out / "config.json").write_text(json.dumps(config_doc, indent=2))
     plot_loss(result.history, out / "loss.png")
-    last = result.history[-1]
-    print(
-        f"fitted in {seconds:.1f} s: {len(result.history)} epochs, best epoch {result.best_epoch}, "
-        f"final train loss {last['train_loss']:.4f}, validation loss {last['val_loss']:.4f} "
-        f"(negative ELBO per observation, nats); run folder {out}"
-    )
-    return 0
+    return seconds, result
 
 
 def _spec_or_none(problem: Any) -> dict[str, Any] | None:
@@ -258,8 +269,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     idata = load_inference_data(args.posterior)
     out = Path(args.out)
-    _prepare_out_dir(out, args.overwrite)
-    files = write_report(idata, out, max_observations=args.max_observations)
+    _check_out_dir(out, args.overwrite)
+    with atomic_dir(out, overwrite=args.overwrite) as tmp_dir:
+        files = write_report(idata, tmp_dir, max_observations=args.max_observations)
     print(f"wrote {len(files)} files to {out}")
     return 0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import ACTIVATIONS
@@ -26,8 +26,34 @@ def _positive_ints(name: str, values: tuple[int, ...], allow_empty: bool = True)
         raise ConfigError(f"{name} must hold positive integers, got {values}")
 
 
+class _DictMixin:
+    """``to_dict`` / ``from_dict`` shared by the configuration dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict of the fields (tuples stay tuples)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_Config], data: dict[str, Any]) -> _Config:
+        """Rebuild from :meth:`to_dict` output, validating every value.
+
+        Raises
+        ------
+        ConfigError
+            If a key is unknown or a value is invalid.
+        """
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}")
+        return cls(**data)
+
+
+_Config = TypeVar("_Config", bound=_DictMixin)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_DictMixin):
     """Architecture of a (conditional) VAE.
 
     Parameters
@@ -146,24 +172,9 @@ class ModelConfig:
         """Whether the model is conditioned on ``y`` (a CVAE) or not (a VAE)."""
         return self.y_shape is not None
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict (tuples become lists)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Rebuild from :meth:`to_dict` output, ignoring nothing and validating everything.
-
-        Raises
-        ------
-        ConfigError
-            If a key is unknown or a value is invalid.
-        """
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_DictMixin):
     """Settings of the SVI fit loop (:func:`ppl_cvae.train.fit`).
 
     Parameters
@@ -237,26 +248,3 @@ class TrainConfig:
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}={getattr(self, name)!r} in TrainConfig")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuild from :meth:`to_dict` output.
-
-        Raises
-        ------
-        ConfigError
-            If a key is unknown or a value is invalid.
-        """
-        return _from_dict(cls, data)
-
-
-def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}")
-    return cls(**data)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ppl_cvae.cli import main
+from ppl_cvae.errors import ConfigError
 
 TINY = [
     "--epochs",
@@ -215,3 +216,20 @@ def test_console_script_help_and_error_without_traceback(run):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "must end in .npz" in proc.stderr
+
+
+def test_failed_fit_leaves_no_folder_and_keeps_an_old_run(run, monkeypatch, capsys):
+    import ppl_cvae.train
+
+    def diverge(*args, **kwargs):
+        raise ConfigError("training diverged at epoch 1")
+
+    monkeypatch.setattr(ppl_cvae.train, "fit", diverge)
+    new = run / "new_fit"
+    assert main(["fit", "--problem", "two_birds", "--out", str(new), *TINY]) == 2
+    assert not new.exists()
+    before = (run / "fit" / "model.pt").read_bytes()
+    code = main(["fit", "--problem", "two_birds", "--out", str(run / "fit"), "--overwrite", *TINY])
+    assert code == 2 and (run / "fit" / "model.pt").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    assert "diverged" in capsys.readouterr().err

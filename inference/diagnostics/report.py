@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from inference.arviz_io import az, summary
+from inference.arviz_io import az, hdi, summary
 from ppl_cvae._atomic import atomic_path
 
 __all__ = ["write_report", "posterior_predictive_misfit"]
@@ -68,8 +68,8 @@ def write_report(
     Files: ``summary.csv`` (``az.summary`` of ``x`` with mean, sd and 90% HDI, no MCMC
     diagnostics since the draws are independent), ``misfit.csv`` (see
     :func:`posterior_predictive_misfit`), and per observation (up to ``max_observations``):
-    ``posterior_obsK.png`` (mean and 90% band of ``x`` against the truth when known),
-    ``predictive_obsK.png`` (posterior predictive against observed ``y``) and
+    ``posterior_obsK.png`` (mean and 90% HDI band of ``x`` against the truth when known),
+    ``predictive_obsK.png`` (posterior predictive mean and 90% HDI against observed ``y``) and
     ``latent_pairs_obsK.png`` (seaborn pair plot of up to 4 latent dims).
 
     Returns
@@ -109,6 +109,7 @@ def write_report(
                 x_dims,
                 coords,
                 out / f"posterior_obs{m}.png",
+                band=hdi(draws, 0.9),
                 reference=truth,
                 title=f"posterior of x, observation {m}",
                 ylabel="x",
@@ -117,12 +118,14 @@ def write_report(
         if has_pp:
             y_rep = idata.posterior_predictive["y"]
             y_dims = _event_dims(y_rep, lead)
+            rep = y_rep.isel(chain=0, **sel).values
             written.append(
                 plots.plot_bands(
-                    y_rep.isel(chain=0, **sel).values,
+                    rep,
                     y_dims,
                     coords,
                     out / f"predictive_obs{m}.png",
+                    band=hdi(rep, 0.9),
                     reference=idata.observed_data["y"].isel(**sel).values,
                     reference_label="observed",
                     title=f"posterior predictive, observation {m}",

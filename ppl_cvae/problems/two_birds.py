@@ -248,6 +248,7 @@ class TwoBirds:
                 "latent_dim": 8,
                 "hidden_dims": (256, 256, 256),
                 "basis_dim": 4,
+                "init_scale": 1.0,
             },
             "train": {
                 "num_epochs": 60,

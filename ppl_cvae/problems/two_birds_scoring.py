@@ -641,6 +641,20 @@ def _greedy_clusters(points: np.ndarray, radius: float) -> int:
     return len(seeds)
 
 
+def _apply_pair(pair: FunctionPair, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """Stack ``(f_0(x0, x1), f_1(x0, x1))`` on a new last axis; check they act elementwise."""
+    outputs = []
+    for k, f in enumerate(pair):
+        out = torch.as_tensor(f(x0, x1))
+        if tuple(out.shape) != tuple(x0.shape):
+            raise ShapeError(
+                f"function {k} returned shape {tuple(out.shape)} for inputs of shape "
+                f"{tuple(x0.shape)}; functions must act elementwise"
+            )
+        outputs.append(out)
+    return torch.stack(outputs, dim=-1)
+
+
 def score_samples(
     x: np.ndarray | torch.Tensor,
     y: np.ndarray | torch.Tensor,
@@ -788,17 +802,7 @@ def score_samples(
 
     # misfit: F(x) evaluated in x's dtype
     with torch.no_grad():
-        x0, x1 = xt[..., 0], xt[..., 1]
-        outputs = []
-        for k, f in enumerate(pair):
-            out = torch.as_tensor(f(x0, x1))
-            if tuple(out.shape) != tuple(x0.shape):
-                raise ShapeError(
-                    f"function {k} returned shape {tuple(out.shape)} for inputs of shape "
-                    f"{tuple(x0.shape)}; functions must act elementwise"
-                )
-            outputs.append(out)
-        y_rec = torch.stack(outputs, dim=-1)
+        y_rec = _apply_pair(pair, xt[..., 0], xt[..., 1])
         sq = ((y_rec - yt[:, None]).to(torch.float64) ** 2).cpu().numpy()  # (M, S, 1, 50, 2)
     y_rmse_comp = np.sqrt(sq.mean(axis=(-3, -2)))  # (M, S, 2)
     y_rmse = np.sqrt(sq.mean(axis=(-3, -2, -1)))  # (M, S)
@@ -939,17 +943,7 @@ def _log_det_gram(solutions: np.ndarray, pair: tuple[Callable[..., Any], ...]) -
 
     def forward(endpoints: torch.Tensor) -> torch.Tensor:  # (K, 4) -> (K, 100)
         x = lines_from_endpoints(endpoints)  # (K, 1, 50, 2)
-        x0, x1 = x[..., 0], x[..., 1]
-        outputs = []
-        for k, f in enumerate(pair):
-            out = torch.as_tensor(f(x0, x1))
-            if tuple(out.shape) != tuple(x0.shape):
-                raise ShapeError(
-                    f"function {k} returned shape {tuple(out.shape)} for inputs of shape "
-                    f"{tuple(x0.shape)}; functions must act elementwise"
-                )
-            outputs.append(out)
-        return torch.stack(outputs, dim=-1).reshape(endpoints.shape[0], -1)
+        return _apply_pair(pair, x[..., 0], x[..., 1]).reshape(endpoints.shape[0], -1)
 
     e = torch.as_tensor(solutions, dtype=torch.float64)
     # F(e_j) depends on e_j only, so the Jacobian of sum_j F(e_j) holds every J_j: (100, K, 4).
