@@ -382,6 +382,18 @@ def _enumerate(
     return out[np.lexsort(out.T[::-1])]
 
 
+def _observation_batch(y: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Return ``y`` as a finite float array of shape ``(M, 1, 50, 2)``, or raise."""
+    arr = _to_numpy(y, "y")
+    if arr.ndim != 4 or arr.shape[1:] != _EVENT_SHAPE:
+        raise ShapeError(
+            f"y must have shape (num_observations, 1, 50, 2), got {arr.shape}; "
+            "add a batch axis with y[None] for a single observation"
+        )
+    _check_finite(arr, "y", "(num_observations, 1, 50, 2)")
+    return arr
+
+
 def enumerate_exact_solutions_batch(
     y: np.ndarray | torch.Tensor,
     functions: str | tuple[TrigComponent, TrigComponent],
@@ -434,13 +446,7 @@ def enumerate_exact_solutions_batch(
     pair = _trig_pair(functions)
     tol = _check_positive("tol", tol)
     bound_slack = _check_positive("bound_slack", bound_slack)
-    arr = _to_numpy(y, "y")
-    if arr.ndim != 4 or arr.shape[1:] != _EVENT_SHAPE:
-        raise ShapeError(
-            f"y must have shape (num_observations, 1, 50, 2), got {arr.shape}; "
-            "add a batch axis with y[None] for a single observation"
-        )
-    _check_finite(arr, "y", "(num_observations, 1, 50, 2)")
+    arr = _observation_batch(y)
     return [_enumerate(obs.reshape(NUM_POINTS, 2), pair, tol, bound_slack) for obs in arr]
 
 
@@ -1248,13 +1254,7 @@ def expected_mode_coverage(
     if num_samples < 1:
         raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
     num_samples = int(num_samples)
-    arr = _to_numpy(y, "y")
-    if arr.ndim != 4 or arr.shape[1:] != _EVENT_SHAPE:
-        raise ShapeError(
-            f"y must have shape (num_observations, 1, 50, 2), got {arr.shape}; "
-            "add a batch axis with y[None] for a single observation"
-        )
-    _check_finite(arr, "y", "(num_observations, 1, 50, 2)")
+    arr = _observation_batch(y)
     num_obs = arr.shape[0]
     if exact_solutions is None:
         if not all(isinstance(f, TrigComponent) for f in pair):
