@@ -1,5 +1,6 @@
 # Two commands for a fresh machine:  `make demo` (fit + sample + diagnose + score on Two Birds)
-# and `make test` (the test suite). Each creates the virtual environment when it is missing.
+# and `make test` (mypy on both packages, then the test suite). Each creates the virtual
+# environment when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/ppl-cvae score $(RUN)/posterior.nc --out $(RUN)/score.json --overwrite
 
 test: $(STAMP)
+	$(BIN)/mypy ppl_cvae inference
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

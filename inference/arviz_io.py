@@ -21,7 +21,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ with warnings.catch_warnings():
     # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning at import time
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["to_inference_data", "save_inference_data", "load_inference_data", "default_dims"]
 
@@ -171,7 +174,9 @@ def load_inference_data(path: str | os.PathLike[str]) -> az.InferenceData:
     return idata
 
 
-def summary(idata: az.InferenceData, var_names: Sequence[str] = ("x",), hdi_prob: float = 0.9):
+def summary(
+    idata: az.InferenceData, var_names: Sequence[str] = ("x",), hdi_prob: float = 0.9
+) -> pd.DataFrame:
     """Return ``az.summary`` statistics (mean, sd, HDI) of ``var_names``, no MCMC diagnostics.
 
     Returns

@@ -107,11 +107,12 @@ def draw_posterior(
     DataError
         If ``y`` holds NaN or inf.
     """
-    if not cvae.config.conditional:
+    y_shape = cvae.config.y_shape
+    if y_shape is None:  # an unconditional model (config.conditional False)
         raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
-    y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
+    y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
     if seed is not None:
         pyro.set_rng_seed(seed)

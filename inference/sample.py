@@ -81,7 +81,10 @@ def sample_posterior(
     >>> dict(idata.posterior["x"].sizes)
     {'chain': 1, 'draw': 10, 'x_dim_0': 3}
     """
-    y_batch, stacked = as_observation_batch(y, cvae.config.y_shape)
+    y_shape = cvae.config.y_shape
+    if y_shape is None:  # as draw_posterior: an unconditional model has nothing to condition on
+        raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
+    y_batch, stacked = as_observation_batch(y, y_shape)
     if x_true is not None:
         x_true_batch = x_true if stacked else x_true.unsqueeze(0)
         if tuple(x_true_batch.shape) != (y_batch.shape[0], *cvae.config.x_shape):

@@ -114,6 +114,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if problem is not None and hasattr(problem, "recommended_settings")
         else {"model": {}, "train": {}}
     )
+    x: torch.Tensor | None
+    y: torch.Tensor | None
     if args.data:
         x, y = load_pairs(args.data)
         if problem is not None and tuple(x.shape[1:]) != tuple(problem.x_shape):
@@ -145,6 +147,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if problem is not None and x is None:
         gen = torch.Generator().manual_seed(train_config.seed + 1)
         x, y = problem.simulate(train_config.num_train, gen)
+    if x is None or y is None:  # main() requires --problem or --data
+        raise ConfigError("fit needs --problem NAME or --data FILE")
     x_shape = tuple(x.shape[1:])
     y_shape = tuple(y.shape[1:])
     model_config = ModelConfig(x_shape=x_shape, y_shape=y_shape, **model_kwargs)
@@ -228,11 +232,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     cvae, meta = load_checkpoint(args.run_dir)
-    if not cvae.config.conditional:
+    y_shape = cvae.config.y_shape
+    if y_shape is None:  # an unconditional VAE (config.conditional False)
         raise ConfigError(
             f"run {args.run_dir!r} holds an unconditional VAE; nothing to condition on"
         )
-    y, stacked, x_true = load_observations(args.observation, cvae.config.y_shape)
+    y, stacked, x_true = load_observations(args.observation, y_shape)
     if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
         raise DataError(
             f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "
@@ -305,7 +310,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     idata = load_inference_data(args.posterior)
     functions = args.functions
     if functions is None:
-        spec = idata.attrs.get("problem")
+        spec: Any = idata.attrs.get("problem")  # str, dict or None (TypeError below)
         try:
             spec = json.loads(spec) if isinstance(spec, str) else spec
             functions = spec["functions"]
@@ -315,9 +320,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             ) from err
     if functions not in FUNCTION_PAIRS:
         raise ConfigError(f"unknown functions {functions!r}; expected {sorted(FUNCTION_PAIRS)}")
-    x = torch.as_tensor(idata.posterior["x"].values[0])  # (S, [M,] 1, 50, 2)
-    y = torch.as_tensor(idata.observed_data["y"].values)
-    if "observation" not in idata.posterior["x"].dims:
+    x = torch.as_tensor(idata["posterior"]["x"].values[0])  # (S, [M,] 1, 50, 2)
+    y = torch.as_tensor(idata["observed_data"]["y"].values)
+    if "observation" not in idata["posterior"]["x"].dims:
         x, y = x.unsqueeze(1), y.unsqueeze(0)
     if tuple(x.shape[2:]) != (1, 50, 2):
         raise DataError(f"{args.posterior!r} does not hold Two Birds models (x {tuple(x.shape)})")

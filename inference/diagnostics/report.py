@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from inference.arviz_io import az, hdi, summary
 from ppl_cvae._atomic import atomic_path
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = ["write_report", "posterior_predictive_misfit"]
 
@@ -23,8 +27,8 @@ def _coords(idata: az.InferenceData) -> dict[str, list]:
     return out
 
 
-def _event_dims(da, lead: tuple[str, ...]) -> list[str]:
-    return [d for d in da.dims if d not in lead]
+def _event_dims(da: xr.DataArray, lead: tuple[str, ...]) -> list[str]:
+    return [str(d) for d in da.dims if d not in lead]  # names as in _coords (dims are str here)
 
 
 def posterior_predictive_misfit(idata: az.InferenceData) -> pd.DataFrame:
@@ -40,8 +44,8 @@ def posterior_predictive_misfit(idata: az.InferenceData) -> pd.DataFrame:
     """
     if "posterior_predictive" not in idata.groups():
         return pd.DataFrame(columns=["observation", "rmse_of_mean", "mean_rmse", "median_rmse"])
-    y_rep = idata.posterior_predictive["y"]
-    y_obs = idata.observed_data["y"]
+    y_rep = idata["posterior_predictive"]["y"]
+    y_obs = idata["observed_data"]["y"]
     stacked = "observation" in y_obs.dims
     rep = y_rep.values[0]  # (S, [M,] ...)
     obs = y_obs.values
@@ -92,17 +96,17 @@ def write_report(
     written.append(out / "misfit.csv")
 
     coords = _coords(idata)
-    x = idata.posterior["x"]
+    x = idata["posterior"]["x"]
     stacked = "observation" in x.dims
     lead = ("chain", "draw", "observation")
     x_dims = _event_dims(x, lead)
     num_obs = x.sizes["observation"] if stacked else 1
-    has_truth = "constant_data" in idata.groups() and "x_true" in idata.constant_data
+    has_truth = "constant_data" in idata.groups() and "x_true" in idata["constant_data"]
     has_pp = "posterior_predictive" in idata.groups()
     for m in range(min(num_obs, max_observations)):
-        sel = {"observation": m} if stacked else {}
+        sel: dict[str, Any] = {"observation": m} if stacked else {}  # keyword indexers of isel
         draws = x.isel(chain=0, **sel).values
-        truth = idata.constant_data["x_true"].isel(**sel).values if has_truth else None
+        truth = idata["constant_data"]["x_true"].isel(**sel).values if has_truth else None
         written.append(
             plots.plot_bands(
                 draws,
@@ -116,7 +120,7 @@ def write_report(
             )
         )
         if has_pp:
-            y_rep = idata.posterior_predictive["y"]
+            y_rep = idata["posterior_predictive"]["y"]
             y_dims = _event_dims(y_rep, lead)
             rep = y_rep.isel(chain=0, **sel).values
             written.append(
@@ -126,13 +130,13 @@ def write_report(
                     coords,
                     out / f"predictive_obs{m}.png",
                     band=hdi(rep, 0.9),
-                    reference=idata.observed_data["y"].isel(**sel).values,
+                    reference=idata["observed_data"]["y"].isel(**sel).values,
                     reference_label="observed",
                     title=f"posterior predictive, observation {m}",
                     ylabel="y",
                 )
             )
-        z = idata.posterior["z"].isel(chain=0, **sel).values
+        z = idata["posterior"]["z"].isel(chain=0, **sel).values
         k = min(4, z.shape[-1])
         written.append(
             plots.plot_pairs(

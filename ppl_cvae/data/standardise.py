@@ -23,6 +23,10 @@ class Standardiser(nn.Module):
         Shape of one event; inputs are ``(*batch, *event_shape)``.
     """
 
+    # buffers registered in __init__ (declared here for the type checker)
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, event_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.event_shape = tuple(event_shape)

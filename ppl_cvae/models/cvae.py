@@ -50,6 +50,7 @@ _INSTANCE_COUNTER = itertools.count()
 def _encoder(config: ModelConfig, in_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
     """Feature encoder for an event of ``in_shape``; returns the module and its output width."""
     act = make_activation(config.activation)
+    enc: nn.Module
     if config.network == "conv1d":
         enc = Conv1dEncoder(in_shape, config.feature_dim, config.conv_channels, config.activation)
         return nn.Sequential(enc, act), config.feature_dim
@@ -121,6 +122,11 @@ class CVAE(nn.Module):
     (5, 3)
     """
 
+    # buffers registered in __init__ when config.basis_dim is set (declared for the type checker)
+    basis: torch.Tensor
+    coef_mean: torch.Tensor
+    coef_std: torch.Tensor
+
     def __init__(
         self,
         config: ModelConfig,
@@ -135,9 +141,10 @@ class CVAE(nn.Module):
         self.config = config
         self.pyro_name = f"cvae{next(_INSTANCE_COUNTER)}"
         self._param_sites: list[tuple[str, nn.Parameter]] | None = None
+        y_shape = config.y_shape  # None for an unconditional VAE (config.conditional False)
         self.x_standardiser = x_standardiser or Standardiser(config.x_shape)
-        self.y_standardiser = (
-            (y_standardiser or Standardiser(config.y_shape)) if config.conditional else None
+        self.y_standardiser: Standardiser | None = (
+            (y_standardiser or Standardiser(y_shape)) if y_shape is not None else None
         )
         self.forward_operator = forward_operator
         if config.constrained_coefficients and coefficient_transform is None:
@@ -146,13 +153,13 @@ class CVAE(nn.Module):
             )
         self.coefficient_transform = coefficient_transform
         self.misfit_std = float(misfit_std)
-        cond = config.conditional
         z_dim, x_dim = config.latent_dim, config.x_dim
 
         # recognition net q(z | x, y)
         self.rec_x, rec_x_width = _encoder(config, config.x_shape)
-        if cond:
-            self.rec_y, rec_y_width = _encoder(config, config.y_shape)
+        self.rec_y: nn.Module | None
+        if y_shape is not None:
+            self.rec_y, rec_y_width = _encoder(config, y_shape)
         else:
             self.rec_y, rec_y_width = None, 0
         self.rec_head = nn.Sequential(
@@ -161,22 +168,31 @@ class CVAE(nn.Module):
         self.rec_gauss = GaussianHead(rec_x_width, z_dim)
 
         # prior net p(z | y)
+        self.prior_y: nn.Module | None
+        self.prior_gauss: GaussianHead | None
         if config.prior == "learned":
-            self.prior_y, prior_width = _encoder(config, config.y_shape)
+            if y_shape is None:  # ModelConfig rejects this combination
+                raise ConfigError(
+                    "an unconditional VAE (y_shape=None) has no prior net: "
+                    "use prior='standard_normal'"
+                )
+            self.prior_y, prior_width = _encoder(config, y_shape)
             self.prior_gauss = GaussianHead(prior_width, z_dim)
         else:
             self.prior_y, self.prior_gauss = None, None
 
         # decoder p(x | z, y)
-        if cond:
-            self.dec_y, dec_y_width = _encoder(config, config.y_shape)
+        self.dec_y: nn.Module | None
+        if y_shape is not None:
+            self.dec_y, dec_y_width = _encoder(config, y_shape)
         else:
             self.dec_y, dec_y_width = None, 0
         num_params = 2 if config.likelihood == "gaussian_decoder" else 1
         width = config.hidden_dims[0] if config.hidden_dims else config.feature_dim
         rest = config.hidden_dims[1:]
         self.dec_in = ConditionalInput(z_dim, dec_y_width, width, config.activation)
-        self.dec_scale = None
+        self.dec_scale: nn.Module | None = None
+        self.decoder: nn.Module
         if config.basis_dim is not None:
             self.decoder = mlp(width, rest, config.basis_dim, config.activation)
             if num_params == 2:
@@ -222,7 +238,7 @@ class CVAE(nn.Module):
         for name, param in self._param_sites:
             pyro.param(name, param)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> CVAE:
         self._param_sites = None
         return super()._apply(fn, recurse)
 
@@ -297,6 +313,12 @@ class CVAE(nn.Module):
             return y.shape[0]
         return x.shape[0] if x is not None else 1
 
+    def _standardise_y(self, y: torch.Tensor | None) -> torch.Tensor:
+        """Standardise ``y``; only the y branches of a conditional model call this."""
+        if self.y_standardiser is None:  # unconditional models have no y branches
+            raise ConfigError("this model is an unconditional VAE: it has no y standardiser")
+        return self.y_standardiser(y)
+
     def prior_params(self, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of ``p(z | y)``, each ``(batch, latent_dim)``.
 
@@ -308,7 +330,9 @@ class CVAE(nn.Module):
             ref = self.x_standardiser.mean
             zeros = ref.new_zeros(n, self.config.latent_dim)
             return zeros, torch.ones_like(zeros)
-        return self.prior_gauss(self.prior_y(self.y_standardiser(y)))
+        if self.prior_y is None:  # __init__ builds prior_y together with prior_gauss
+            raise ConfigError("a learned prior needs its y encoder (prior_y)")
+        return self.prior_gauss(self.prior_y(self._standardise_y(y)))
 
     def recognition_params(
         self, y: torch.Tensor | None, x: torch.Tensor
@@ -316,7 +340,7 @@ class CVAE(nn.Module):
         """Return ``(loc, scale)`` of ``q(z | x, y)``, each ``(batch, latent_dim)``."""
         h = self.rec_x(self.x_standardiser(x))
         if self.rec_y is not None:
-            h = torch.cat([h, self.rec_y(self.y_standardiser(y))], dim=-1)
+            h = torch.cat([h, self.rec_y(self._standardise_y(y))], dim=-1)
         return self.rec_gauss(self.rec_head(h))
 
     def decode(
@@ -337,7 +361,7 @@ class CVAE(nn.Module):
             Standard deviation in physical units (``None`` for Bernoulli).
         """
         cfg = self.config
-        hy = self.dec_y(self.y_standardiser(y)) if self.dec_y is not None else None
+        hy = self.dec_y(self._standardise_y(y)) if self.dec_y is not None else None
         h = self.dec_in(z, hy)  # the y part is computed once per observation
         batch = h.shape[:-1]
         xs = self.x_standardiser
@@ -358,12 +382,16 @@ class CVAE(nn.Module):
             scale = (nn.functional.softplus(self.raw_scale) + SCALE_FLOOR) * xs.std
             scale = scale.expand(mean.shape)
         elif cfg.likelihood == "gaussian_decoder":
+            if raw is None:  # gaussian_decoder always builds the scale output (num_params == 2)
+                raise ConfigError("likelihood 'gaussian_decoder' needs a decoder scale output")
             scale = (nn.functional.softplus(raw) + SCALE_FLOOR) * xs.std
         else:  # gaussian_fixed
             scale = mean.new_full(mean.shape, cfg.fixed_scale)
         return mean, scale
 
-    def _x_distribution(self, mean: torch.Tensor, scale: torch.Tensor | None) -> dist.Distribution:
+    def _x_distribution(
+        self, mean: torch.Tensor, scale: torch.Tensor | None
+    ) -> dist.TorchDistribution:
         n_event = len(self.config.x_shape)
         if scale is None:
             eps = 1e-6
@@ -414,14 +442,13 @@ class CVAE(nn.Module):
             pyro.deterministic("x_mean", mean, event_dim=len(self.config.x_shape))
             x = pyro.sample("x", self._x_distribution(mean, x_scale), obs=x)
             if physics_weight > 0:
-                if self.forward_operator is None or y is None:
+                y_shape = self.config.y_shape
+                if self.forward_operator is None or y is None or y_shape is None:
                     raise ConfigError(
                         "physics_weight > 0 needs a conditional model with a forward operator"
                     )
                 resid = (self.forward_operator(mean) - y) / self.misfit_std
-                chi2 = (
-                    resid.pow(2).flatten(start_dim=resid.dim() - len(self.config.y_shape)).sum(-1)
-                )
+                chi2 = resid.pow(2).flatten(start_dim=resid.dim() - len(y_shape)).sum(-1)
                 pyro.factor("physics", -0.5 * physics_weight * chi2)
         return x
 

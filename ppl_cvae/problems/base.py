@@ -49,14 +49,48 @@ class Problem(Protocol):
     spec() -> dict: JSON-serialisable description from which :func:`make_problem` rebuilds it.
     """
 
-    name: str
-    x_shape: tuple[int, ...]
-    y_shape: tuple[int, ...]
-    x_dims: tuple[str, ...]
-    y_dims: tuple[str, ...]
-    coords: Mapping[str, Sequence[Any]]
-    noise_std: float
-    misfit_std: float
+    # Read-only members (properties), so that an implementation may narrow their types (e.g.
+    # a class attribute ``x_shape = (1, 50, 2)``); plain attributes and properties both
+    # satisfy them.
+    @property
+    def name(self) -> str:
+        """Registry name, e.g. ``"two_birds"``."""
+        ...
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """Event shape of one subsurface model ``x``."""
+        ...
+
+    @property
+    def y_shape(self) -> tuple[int, ...]:
+        """Event shape of one observation ``y``."""
+        ...
+
+    @property
+    def x_dims(self) -> tuple[str, ...]:
+        """One name per axis of ``x_shape`` (ArviZ dims)."""
+        ...
+
+    @property
+    def y_dims(self) -> tuple[str, ...]:
+        """One name per axis of ``y_shape`` (ArviZ dims)."""
+        ...
+
+    @property
+    def coords(self) -> Mapping[str, Sequence[Any]]:
+        """Coordinate values for the dims that have them (ArviZ coords)."""
+        ...
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the additive Gaussian observation noise (units of ``y``)."""
+        ...
+
+    @property
+    def misfit_std(self) -> float:
+        """Scale of the data misfit ``F(x) - y`` in the physics-consistency term (units of y)."""
+        ...
 
     def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``num`` subsurface models from the prior; shape ``(num, *x_shape)``."""

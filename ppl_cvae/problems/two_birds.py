@@ -213,7 +213,7 @@ class TwoBirds:
         if not misfit_std > 0:
             raise ConfigError(f"misfit_std must be > 0, got {misfit_std}")
         self.misfit_std = float(misfit_std)
-        self.coords = {
+        self.coords: dict[str, list[Any]] = {
             "row": [0],
             "position": list(range(NUM_POINTS)),
             "line": ["x0", "x1"],

@@ -27,7 +27,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -102,18 +102,19 @@ def _resolve_functions(functions: str | FunctionPair) -> tuple[Callable[..., Any
 def _trig_pair(functions: str | FunctionPair) -> tuple[TrigComponent, TrigComponent]:
     """Return ``functions`` as a validated pair of TrigComponent, or raise ConfigError."""
     pair = _resolve_functions(functions)
-    if not all(isinstance(f, TrigComponent) for f in pair):
+    trig = tuple(f for f in pair if isinstance(f, TrigComponent))
+    if len(trig) != len(pair):
         kinds = [type(f).__name__ for f in pair]
         raise ConfigError(
             "exact solutions can only be enumerated for a pair of TrigComponent functions "
             f"kind(a * x0 + b * x1); got {kinds}"
         )
-    for f in pair:
+    for f in trig:
         if f.kind not in ("sin", "cos"):
             raise ConfigError(f"TrigComponent.kind must be 'sin' or 'cos', got {f.kind!r}")
         if not (math.isfinite(f.a) and math.isfinite(f.b)):
             raise ConfigError(f"TrigComponent coefficients must be finite, got a={f.a}, b={f.b}")
-    (a0, b0), (a1, b1) = (pair[0].a, pair[0].b), (pair[1].a, pair[1].b)
+    (a0, b0), (a1, b1) = (trig[0].a, trig[0].b), (trig[1].a, trig[1].b)
     det = a0 * b1 - a1 * b0
     scale = math.hypot(a0, b0) * math.hypot(a1, b1)
     if scale == 0.0 or abs(det) <= 1e-12 * scale:
@@ -122,7 +123,7 @@ def _trig_pair(functions: str | FunctionPair) -> tuple[TrigComponent, TrigCompon
             "components see the same combination of x0 and x1, so the solutions are not "
             "isolated and cannot be enumerated"
         )
-    return pair[0], pair[1]
+    return trig[0], trig[1]
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
@@ -819,9 +820,13 @@ def score_samples(
 
     lines = xt[:, :, 0].to(torch.float64).cpu().numpy()  # (M, S, 50, 2)
     steps = np.diff(lines, axis=2)  # (M, S, 49, 2)
-    monotone = (steps[..., 0] <= monotone_tolerance).all(axis=-1) & (
-        steps[..., 1] >= -monotone_tolerance
-    ).all(axis=-1)
+    # numpy's stubs type ndarray.all(axis=...) as "np.bool | ndarray"; with an axis of an
+    # (M, S, 49) array the result is an (M, S) array
+    monotone = cast(
+        np.ndarray,
+        (steps[..., 0] <= monotone_tolerance).all(axis=-1)
+        & (steps[..., 1] >= -monotone_tolerance).all(axis=-1),
+    )
     pearson_r = _pearson_with_position(np.moveaxis(lines, -1, -2))  # (M, S, 2)
     with np.errstate(invalid="ignore"):
         correlated = (np.abs(pearson_r) > pearson_threshold).all(axis=-1)  # NaN -> False

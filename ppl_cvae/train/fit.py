@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import pyro
 import torch
@@ -98,7 +99,8 @@ def build_cvae(
         if basis is None and config.basis_dim is not None and hasattr(problem, "basis"):
             basis = problem.basis()
         if coefficient_transform is None and config.constrained_coefficients:
-            coefficient_transform = problem.coefficient_transform()
+            # an optional method (like basis), outside the Problem protocol
+            coefficient_transform = cast(Any, problem).coefficient_transform()
         forward_operator = forward_operator or problem.forward
         misfit_std = problem.misfit_std if misfit_std is None else misfit_std
     xs = Standardiser(config.x_shape).fit(x)
@@ -227,25 +229,35 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
     conditional = cvae.config.conditional
 
+    x_train: torch.Tensor | None
+    y_train: torch.Tensor | None
+    x_val: torch.Tensor | None
+    y_val: torch.Tensor | None
     if x is not None:
-        cvae._check_inputs(y if conditional else None, x)
+        y_cond = y if conditional else None
+        cvae._check_inputs(y_cond, x)  # a conditional model has raised ShapeError if y is None
         cvae.check_finite(x=x, y=y)
         n_val = int(round(config.val_fraction * x.shape[0]))
         perm = torch.randperm(x.shape[0], generator=generator)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         x_train, x_val = x[train_idx], x[val_idx]
-        y_train = y[train_idx] if conditional else None
-        y_val = y[val_idx] if conditional else None
+        y_train = y_cond[train_idx] if y_cond is not None else None
+        y_val = y_cond[val_idx] if y_cond is not None else None
     else:
+        if simulator is None:  # excluded on entry: without x, a simulator is required
+            raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
         n_val = int(round(config.val_fraction * config.num_train))
         x_val, y_val = simulator(n_val, generator) if n_val else (None, None)
         x_train = y_train = None
         if not conditional:
             y_val = None
 
-    n_train = (
-        config.num_train if (simulator is not None and config.resimulate) else x_train.shape[0]
-    )
+    if simulator is not None and config.resimulate:
+        n_train = config.num_train
+    elif x_train is not None:
+        n_train = x_train.shape[0]
+    else:  # excluded on entry: without x, a simulator with resimulate=True is required
+        raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
     if n_train < 1:
         raise ShapeError("no training pairs left after the validation split")
     steps_per_epoch = math.ceil(n_train / config.batch_size)
@@ -267,6 +279,8 @@ def fit(
             x_train, y_train = simulator(config.num_train, generator)
             if not conditional:
                 y_train = None
+        if x_train is None:  # excluded on entry: drawn above when there is no x
+            raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
         order = torch.randperm(n_train, generator=generator)
         epoch_total = 0.0
         with pyro.validation_enabled(False):

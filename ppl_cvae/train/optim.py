@@ -10,8 +10,8 @@ after each step (``set_to_none``), as ``torch.optim.Optimizer.zero_grad`` does b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import pyro
 import torch
@@ -54,9 +54,11 @@ class FusedClippedAdam(PyroOptim):
         new = [p for p in params if p not in self._seen]
         if new:
             store = pyro.get_param_store()
-            new.sort(key=store.param_name)
+            # param_name is typed str | None (None for tensors outside the store); SVI only
+            # passes tensors from the store, so every name is a str
+            new.sort(key=cast(Callable[[torch.Tensor], str], store.param_name))
             if self._optimizer is None:
-                self._optimizer = _TorchClippedAdam(new, **self.pt_optim_args)
+                self._optimizer = _TorchClippedAdam(new, **self._optim_args)
                 if self._pending_state is not None:
                     self._optimizer.load_state_dict(self._pending_state)
                     self._pending_state = None
@@ -70,10 +72,16 @@ class FusedClippedAdam(PyroOptim):
             # assigns gradients instead of adding them to zero tensors
             self._optimizer.zero_grad(set_to_none=True)
 
+    @property
+    def _optim_args(self) -> dict[str, Any]:
+        # PyroOptim types pt_optim_args as a dict or a callable returning one; __init__ always
+        # passes a dict
+        return cast(dict[str, Any], self.pt_optim_args)
+
     def current_lr(self) -> float:
         """Return the current learning rate (after ``lrd`` decay); the initial one before a step."""
         if self._optimizer is None:
-            return float(self.pt_optim_args["lr"])
+            return float(self._optim_args["lr"])
         return float(self._optimizer.param_groups[0]["lr"])
 
     def get_state(self) -> dict[str, Any]:
