@@ -396,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument("--hidden-dims", type=_ints, help="hidden widths, e.g. 256,256")
     fit_p.add_argument("--activation", help="hidden activation (default leaky_relu)")
     fit_p.add_argument("--network", choices=NETWORKS, help="encoder/decoder body")
-    fit_p.add_argument("--conv-channels", type=_ints, help="conv1d channels per stage, e.g. 32,64")
+    fit_p.add_argument(
+        "--conv-channels", type=_ints, help="conv1d/conv2d channels per stage, e.g. 32,64"
+    )
     fit_p.add_argument("--prior", choices=PRIORS, help="learned prior net p(z|y) or N(0, I)")
     fit_p.add_argument("--likelihood", choices=LIKELIHOODS, help="likelihood of x given z, y")
     fit_p.add_argument("--fixed-scale", type=float, help="std of x for gaussian_fixed, units of x")

@@ -15,7 +15,7 @@ from ppl_cvae.nets.blocks import ACTIVATIONS
 __all__ = ["ModelConfig", "TrainConfig", "LIKELIHOODS", "NETWORKS", "PRIORS"]
 
 LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli")
-NETWORKS = ("mlp", "conv1d")
+NETWORKS = ("mlp", "conv1d", "conv2d")
 PRIORS = ("learned", "standard_normal")
 
 
@@ -69,11 +69,13 @@ class ModelConfig(_DictMixin):
         Hidden widths of every MLP (recognition net, prior net, decoder).
     activation : str, default "leaky_relu"
         Activation of every hidden layer.
-    network : {"mlp", "conv1d"}, default "mlp"
-        Feature encoders for ``x`` and ``y`` and the decoder body: flatten + MLP, or 1-D
-        convolutions over (length, channels) events.
+    network : {"mlp", "conv1d", "conv2d"}, default "mlp"
+        Feature encoders for ``x`` and ``y`` and the decoder body: flatten + MLP; 1-D
+        convolutions over (length, channels) events; or 2-D convolutions over grid events
+        ``(H, W)`` / ``(C, H, W)`` with a bilinear-upsampling decoder. With ``conv2d``, an event
+        that is not a grid (e.g. a data vector ``y``) gets an MLP encoder; ``x`` must be a grid.
     conv_channels : tuple of int, default (32, 64)
-        Channels of the convolution stages (``network="conv1d"`` only).
+        Channels of the convolution stages (``network="conv1d"`` or ``"conv2d"``).
     feature_dim : int, default 128
         Width of the features a conv encoder hands to the MLP heads.
     prior : {"learned", "standard_normal"}, default "learned"
@@ -107,7 +109,7 @@ class ModelConfig(_DictMixin):
     latent_dim: int = 8
     hidden_dims: tuple[int, ...] = (256, 256)
     activation: str = "leaky_relu"
-    network: Literal["mlp", "conv1d"] = "mlp"
+    network: Literal["mlp", "conv1d", "conv2d"] = "mlp"
     conv_channels: tuple[int, ...] = (32, 64)
     feature_dim: int = 128
     prior: Literal["learned", "standard_normal"] = "learned"

@@ -38,3 +38,23 @@ def test_gaussian_head_scale_is_floored():
     loc, scale = head(torch.zeros(6, 3))
     assert loc.shape == scale.shape == (6, 2)
     assert torch.all(scale >= SCALE_FLOOR)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (13, 9), (3, 12, 7)])
+@pytest.mark.parametrize("batch", [(1,), (3,), (2, 4)])
+def test_conv2d_encoder_decoder_shapes(shape, batch):
+    from ppl_cvae.nets import Conv2dDecoder, Conv2dEncoder
+
+    enc = Conv2dEncoder(shape, 6, (4, 8), "leaky_relu")
+    assert enc(torch.randn(*batch, *shape)).shape == (*batch, 6)
+    dec = Conv2dDecoder(5, shape, (4, 8), "leaky_relu", num_params=2)
+    assert dec(torch.randn(*batch, 5)).shape == (*batch, *shape, 2)
+
+
+def test_conv2d_rejects_non_grid_shapes():
+    from ppl_cvae.nets import Conv2dDecoder, Conv2dEncoder
+
+    with pytest.raises(ConfigError, match=r"\(H, W\) or \(C, H, W\)"):
+        Conv2dEncoder((10,), 4, (4,), "relu")
+    with pytest.raises(ConfigError, match="H, W >= 4"):
+        Conv2dDecoder(3, (2, 3), (4,), "relu")

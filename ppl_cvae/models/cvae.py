@@ -36,8 +36,11 @@ from ppl_cvae.nets.blocks import (
     ConditionalInput,
     Conv1dDecoder,
     Conv1dEncoder,
+    Conv2dDecoder,
+    Conv2dEncoder,
     FlattenMLP,
     GaussianHead,
+    image_shape,
     make_activation,
     mlp,
 )
@@ -53,6 +56,9 @@ def _encoder(config: ModelConfig, in_shape: tuple[int, ...]) -> tuple[nn.Module,
     enc: nn.Module
     if config.network == "conv1d":
         enc = Conv1dEncoder(in_shape, config.feature_dim, config.conv_channels, config.activation)
+        return nn.Sequential(enc, act), config.feature_dim
+    if config.network == "conv2d" and image_shape(in_shape) is not None:
+        enc = Conv2dEncoder(in_shape, config.feature_dim, config.conv_channels, config.activation)
         return nn.Sequential(enc, act), config.feature_dim
     width = config.hidden_dims[-1] if config.hidden_dims else config.feature_dim
     enc = FlattenMLP(in_shape, width, config.hidden_dims[:-1], config.activation)
@@ -199,6 +205,10 @@ class CVAE(nn.Module):
                 self.dec_scale = mlp(width, rest, x_dim, config.activation)
         elif config.network == "conv1d":
             self.decoder = Conv1dDecoder(
+                width, config.x_shape, config.conv_channels, config.activation, num_params
+            )
+        elif config.network == "conv2d":
+            self.decoder = Conv2dDecoder(
                 width, config.x_shape, config.conv_channels, config.activation, num_params
             )
         else:
@@ -370,7 +380,7 @@ class CVAE(nn.Module):
             raw = self.dec_scale(h).reshape(*batch, *cfg.x_shape) if self.dec_scale else None
         else:
             out = self.decoder(h)
-            if cfg.network == "conv1d":
+            if cfg.network in ("conv1d", "conv2d"):
                 params = out  # (*batch, *x_shape, num_params)
             else:
                 params = out.reshape(*batch, *cfg.x_shape, -1)

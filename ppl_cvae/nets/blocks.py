@@ -24,6 +24,9 @@ __all__ = [
     "Conv1dDecoder",
     "GaussianHead",
     "ConditionalInput",
+    "Conv2dDecoder",
+    "Conv2dEncoder",
+    "image_shape",
     "SCALE_FLOOR",
 ]
 
@@ -219,6 +222,130 @@ class Conv1dDecoder(nn.Module):
         out = self.out(seq)[..., : self.length]  # (n, out_channels * num_params, length)
         out = out.reshape(-1, self.out_channels, self.num_params, self.length)
         out = out.permute(0, 3, 1, 2)  # (n, length, channels, num_params)
+        return out.reshape(*batch, *self.out_shape, self.num_params)
+
+
+def image_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """Return ``(channels, height, width)`` if ``shape`` is a 2-D grid event, else None.
+
+    ``(H, W)`` is one channel, ``(C, H, W)`` is channels-first; both sides must be >= 4.
+    """
+    if len(shape) == 2:
+        c, h, w = 1, shape[0], shape[1]
+    elif len(shape) == 3:
+        c, h, w = shape
+    else:
+        return None
+    return (c, h, w) if h >= 4 and w >= 4 else None
+
+
+class Conv2dEncoder(nn.Module):
+    """2-D convolutional feature encoder for gridded events (images, 2-D model grids).
+
+    The event shape must be ``(H, W)`` or channels-first ``(C, H, W)`` (see
+    :func:`image_shape`). Each stage is a stride-2 3x3 convolution plus activation; the result
+    is flattened and mapped linearly to ``out_dim``.
+
+    Shapes: ``(*batch, *in_shape) -> (*batch, out_dim)``.
+
+    Raises
+    ------
+    ConfigError
+        If ``in_shape`` is not a grid or ``channels`` is empty.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        out_dim: int,
+        channels: Sequence[int],
+        activation: str,
+    ) -> None:
+        super().__init__()
+        grid = image_shape(tuple(in_shape))
+        if grid is None:
+            raise ConfigError(
+                f"a 2-D convolutional network needs an event shape (H, W) or (C, H, W) with "
+                f"H, W >= 4, got {tuple(in_shape)}"
+            )
+        if not channels:
+            raise ConfigError("conv_channels must name at least one convolution stage")
+        self.in_shape = tuple(in_shape)
+        self.grid = grid
+        c_in, h, w = grid
+        layers: list[nn.Module] = []
+        for c_out in channels:
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), make_activation(activation)]
+            c_in, h, w = c_out, (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        self.conv = nn.Sequential(*layers)
+        self.linear = nn.Linear(c_in * h * w, out_dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """Map ``(*batch, *in_shape)`` to ``(*batch, out_dim)``."""
+        flat, batch = _flatten_batch(t, self.in_shape)
+        out = self.linear(self.conv(flat.reshape(-1, *self.grid)).flatten(1))
+        return out.reshape(*batch, -1)
+
+
+class Conv2dDecoder(nn.Module):
+    """2-D decoder by bilinear upsampling plus convolution, to a grid event.
+
+    A linear layer maps ``in_dim`` features to ``channels[-1]`` maps of size
+    ``ceil(H / 2**n) x ceil(W / 2**n)`` (``n = len(channels)``); each stage doubles the size by
+    bilinear interpolation and applies a 3x3 convolution and activation; a 1x1 convolution
+    gives ``C * num_params`` maps, cropped to ``H x W``.
+
+    Shapes: ``(*batch, in_dim) -> (*batch, *out_shape, num_params)``.
+
+    Raises
+    ------
+    ConfigError
+        If ``out_shape`` is not a grid or ``channels`` is empty.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_shape: tuple[int, ...],
+        channels: Sequence[int],
+        activation: str,
+        num_params: int = 1,
+    ) -> None:
+        super().__init__()
+        grid = image_shape(tuple(out_shape))
+        if grid is None:
+            raise ConfigError(
+                f"a 2-D convolutional decoder needs an event shape (H, W) or (C, H, W) with "
+                f"H, W >= 4, got {tuple(out_shape)}"
+            )
+        if not channels:
+            raise ConfigError("conv_channels must name at least one convolution stage")
+        self.out_shape = tuple(out_shape)
+        self.grid = grid
+        self.num_params = num_params
+        chans = list(reversed(channels))
+        scale = 2 ** len(chans)
+        self.start = (chans[0], math.ceil(grid[1] / scale), math.ceil(grid[2] / scale))
+        self.linear = nn.Linear(in_dim, math.prod(self.start))
+        self.act = make_activation(activation)
+        stages: list[nn.Module] = []
+        c_in = chans[0]
+        for c_out in chans:
+            stages.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+            c_in = c_out
+        self.stages = nn.ModuleList(stages)
+        self.out = nn.Conv2d(c_in, grid[0] * num_params, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Map ``(*batch, in_dim)`` to ``(*batch, *out_shape, num_params)``."""
+        batch = h.shape[:-1]
+        maps = self.act(self.linear(h.reshape(-1, h.shape[-1]))).reshape(-1, *self.start)
+        for conv in self.stages:
+            maps = F.interpolate(maps, scale_factor=2.0, mode="bilinear", align_corners=False)
+            maps = self.act(conv(maps))
+        c, height, width = self.grid
+        out = self.out(maps)[..., :height, :width]  # (n, C * num_params, H, W)
+        out = out.reshape(-1, c, self.num_params, height, width).permute(0, 1, 3, 4, 2)
         return out.reshape(*batch, *self.out_shape, self.num_params)
 
 
