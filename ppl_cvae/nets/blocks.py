@@ -239,6 +239,20 @@ def image_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
     return (c, h, w) if h >= 4 and w >= 4 else None
 
 
+def _checked_grid(
+    shape: tuple[int, ...], channels: Sequence[int], what: str
+) -> tuple[int, int, int]:
+    grid = image_shape(shape)
+    if grid is None:
+        raise ConfigError(
+            f"a 2-D convolutional {what} needs an event shape (H, W) or (C, H, W) with "
+            f"H, W >= 4, got {shape}"
+        )
+    if not channels:
+        raise ConfigError("conv_channels must name at least one convolution stage")
+    return grid
+
+
 class Conv2dEncoder(nn.Module):
     """2-D convolutional feature encoder for gridded events (images, 2-D model grids).
 
@@ -262,14 +276,7 @@ class Conv2dEncoder(nn.Module):
         activation: str,
     ) -> None:
         super().__init__()
-        grid = image_shape(tuple(in_shape))
-        if grid is None:
-            raise ConfigError(
-                f"a 2-D convolutional network needs an event shape (H, W) or (C, H, W) with "
-                f"H, W >= 4, got {tuple(in_shape)}"
-            )
-        if not channels:
-            raise ConfigError("conv_channels must name at least one convolution stage")
+        grid = _checked_grid(tuple(in_shape), channels, "network")
         self.in_shape = tuple(in_shape)
         self.grid = grid
         c_in, h, w = grid
@@ -312,14 +319,7 @@ class Conv2dDecoder(nn.Module):
         num_params: int = 1,
     ) -> None:
         super().__init__()
-        grid = image_shape(tuple(out_shape))
-        if grid is None:
-            raise ConfigError(
-                f"a 2-D convolutional decoder needs an event shape (H, W) or (C, H, W) with "
-                f"H, W >= 4, got {tuple(out_shape)}"
-            )
-        if not channels:
-            raise ConfigError("conv_channels must name at least one convolution stage")
+        grid = _checked_grid(tuple(out_shape), channels, "decoder")
         self.out_shape = tuple(out_shape)
         self.grid = grid
         self.num_params = num_params
