@@ -105,6 +105,7 @@ def _check_new_file(path: Path, overwrite: bool) -> None:
 # --------------------------------------------------------------------------- fit
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded)."""
+    from ppl_cvae.data.datasets import load_dataset
     from ppl_cvae.data.io import load_pairs
 
     out = Path(args.out)
@@ -124,6 +125,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 f"{problem.name!r} expects {tuple(problem.x_shape)}"
             )
         recommended["train"].pop("resimulate", None)
+    elif args.dataset:
+        x, y, _ = load_dataset(args.dataset, condition=args.condition)
+        recommended = {
+            "model": {"likelihood": "bernoulli", "latent_dim": 8, "hidden_dims": (128, 128)},
+            "train": {"batch_size": 64},
+        }
+        if y is None:  # an unconditional VAE has no prior net
+            recommended["model"]["prior"] = "standard_normal"
     else:
         x = y = None
     model_kwargs = dict(recommended.get("model", {}))
@@ -147,10 +156,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if problem is not None and x is None:
         gen = torch.Generator().manual_seed(train_config.seed + 1)
         x, y = problem.simulate(train_config.num_train, gen)
-    if x is None or y is None:  # main() requires --problem or --data
-        raise ConfigError("fit needs --problem NAME or --data FILE")
+    if x is None:  # main() requires --problem, --data or --dataset
+        raise ConfigError("fit needs --problem NAME, --data FILE or --dataset NAME")
     x_shape = tuple(x.shape[1:])
-    y_shape = tuple(y.shape[1:])
+    y_shape = tuple(y.shape[1:]) if y is not None else None
     model_config = ModelConfig(x_shape=x_shape, y_shape=y_shape, **model_kwargs)
     _check_out_dir(out, args.overwrite)
     with atomic_dir(out, overwrite=args.overwrite) as tmp_dir:
@@ -171,7 +180,7 @@ def _fit_into(
     model_config: ModelConfig,
     train_config: TrainConfig,
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None,
 ) -> tuple[float, Any]:
     """Fit and write the run files into ``out`` (a temporary folder)."""
     from inference.plots import plot_loss
@@ -382,6 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
         "challenge's .pt TensorDataset; x/y in physical units",
     )
     fit_p.add_argument(
+        "--dataset",
+        choices=["digits"],
+        help="built-in image dataset: digits = scikit-learn's 8x8 handwritten digits, "
+        "binarised (x: pixels in {0, 1}; y: one-hot label)",
+    )
+    fit_p.add_argument(
+        "--condition",
+        choices=["label", "none"],
+        default="label",
+        help="with --dataset: condition on the label (CVAE) or on nothing (VAE)",
+    )
+    fit_p.add_argument(
         "--out",
         required=True,
         help="run folder to create (model.pt, config.json, metrics.csv, loss.png)",
@@ -502,8 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
-    if args.command == "fit" and not (args.problem or args.data):
-        parser.error("fit needs --problem NAME or --data FILE")
+    if args.command == "fit" and not (args.problem or args.data or args.dataset):
+        parser.error("fit needs --problem NAME, --data FILE or --dataset NAME")
     try:
         return int(args.func(args))
     except PplCvaeError as err:

@@ -233,3 +233,29 @@ def test_failed_fit_leaves_no_folder_and_keeps_an_old_run(run, monkeypatch, caps
     assert code == 2 and (run / "fit" / "model.pt").read_bytes() == before
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
     assert "diverged" in capsys.readouterr().err
+
+
+def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path):
+    for condition in ("label", "none"):
+        out = tmp_path / condition
+        assert (
+            main(
+                [
+                    "fit",
+                    "--dataset",
+                    "digits",
+                    "--condition",
+                    condition,
+                    "--out",
+                    str(out),
+                    "--epochs",
+                    "1",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+        config = json.loads((out / "config.json").read_text())
+        assert config["model"]["x_shape"] == [8, 8]
+        assert config["model"]["y_shape"] == ([10] if condition == "label" else None)
+        assert config["model"]["likelihood"] == "bernoulli"
