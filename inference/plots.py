@@ -20,7 +20,15 @@ import seaborn as sns  # noqa: E402
 
 from ppl_cvae._atomic import atomic_path  # noqa: E402
 
-__all__ = ["plot_bands", "plot_pairs", "plot_loss", "series_view"]
+__all__ = [
+    "plot_bands",
+    "plot_image_grid",
+    "plot_latent_scatter",
+    "plot_loss",
+    "plot_pairs",
+    "series_view",
+    "write_gif",
+]
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
@@ -177,3 +185,68 @@ def plot_loss(history: Sequence[Mapping[str, float]], path: str | os.PathLike[st
     ax.set_ylabel("loss (negative ELBO per observation, nats)")
     ax.legend()
     return _save(fig, path)
+
+
+def plot_image_grid(
+    images: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    row_labels: Sequence[str] | None = None,
+    title: str = "",
+    cmap: str = "gray_r",
+) -> Path:
+    """Save a grid of grey-level images.
+
+    Parameters
+    ----------
+    images : ndarray, shape (rows, cols, H, W)
+        Pixel values in [0, 1].
+    path : path
+        PNG to write.
+    row_labels : sequence of str, optional
+        One label per row, drawn left of it.
+    """
+    images = np.asarray(images)
+    rows, cols = images.shape[:2]
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(0.8 * cols + 0.6, 0.8 * rows + 0.4), squeeze=False
+    )
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.imshow(images[r, c], cmap=cmap, vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_labels is not None:
+            axes[r][0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_latent_scatter(
+    z: np.ndarray, labels: np.ndarray, path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """Scatter 2-D latent codes ``z`` (shape (N, 2)) coloured by integer ``labels`` (N,)."""
+    frame = pd.DataFrame({"z0": z[:, 0], "z1": z[:, 1], "label": np.asarray(labels).astype(str)})
+    fig, ax = plt.subplots(figsize=(5.0, 4.4))
+    sns.scatterplot(data=frame, x="z0", y="z1", hue="label", s=8, linewidth=0, ax=ax)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def write_gif(
+    frames: Sequence[str | os.PathLike[str]], path: str | os.PathLike[str], *, ms: int = 300
+) -> Path:
+    """Join PNG frames into an animated GIF (Pillow), atomically; ``ms`` per frame."""
+    from PIL import Image
+
+    images = [Image.open(f).convert("RGB") for f in frames]
+    size = images[0].size
+    images = [im.resize(size) for im in images]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0
+        )
+    return path

@@ -178,6 +178,7 @@ def fit(
     simulator: Simulator | None = None,
     metrics_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    on_epoch_end: Callable[[int, CVAE], None] | None = None,
 ) -> FitResult:
     """Train ``cvae`` by minibatch SVI with ``Trace_ELBO`` and return its history.
 
@@ -198,6 +199,9 @@ def fit(
         CSV rewritten atomically after every epoch (columns of ``FitResult.history``).
     progress : bool, default True
         Show a tqdm progress bar over epochs with the current losses.
+    on_epoch_end : callable ``(epoch, cvae) -> None``, optional
+        Called after each epoch's validation, with the model in eval mode and gradients off
+        (e.g. to save reconstruction grids); epochs count from 1.
 
     Returns
     -------
@@ -321,6 +325,11 @@ def fit(
         )
         if metrics_path is not None:
             _write_metrics(Path(metrics_path), result.history)
+        if on_epoch_end is not None:
+            cvae.eval()
+            with torch.no_grad():
+                on_epoch_end(epoch, cvae)
+            cvae.train()
         # early stopping on the validation loss, only once the KL weight has reached 1
         monitored = val_loss if math.isfinite(val_loss) else train_loss
         if beta >= 1.0 and monitored < best_loss:

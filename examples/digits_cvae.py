@@ -1,0 +1,120 @@
+"""Handwritten digits: a label-conditional CVAE beside an unconditional VAE (same code path).
+
+Trains both on scikit-learn's 8x8 digits (binarised, Bernoulli pixels) with SVI, then writes:
+per-epoch reconstruction and fixed-latent sample grids with a GIF of the samples across epochs,
+a conditional generation grid (one row per requested digit) beside unconditional VAE samples,
+the ELBO curves, the test ELBO in nats per image (``metrics.json``), and, with
+``--latent-dim 2``, a latent scatter coloured by label.
+
+Run::
+
+    python examples/digits_cvae.py --out-dir runs/digits
+
+Runtime: about 40 seconds on 2 CPU cores (``--smoke``: a few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from inference.images import EpochFrames, samples_at
+from inference.plots import plot_image_grid, plot_latent_scatter, plot_loss
+from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae.data.datasets import load_dataset, one_hot
+from ppl_cvae.train import negative_elbo
+
+
+def train(x, y, args, out: Path, grid_y):
+    """Fit one model (CVAE if ``y`` is given, else VAE) with per-epoch frames."""
+    cfg = ModelConfig(
+        x_shape=(8, 8),
+        y_shape=None if y is None else (10,),
+        latent_dim=args.latent_dim,
+        hidden_dims=(128, 128),
+        likelihood="bernoulli",
+        network=args.network,
+        conv_channels=(16, 32),
+        feature_dim=64,
+        prior="learned" if y is not None else "standard_normal",
+    )
+    model = build_cvae(cfg, x, y)
+    eps = torch.randn(80, args.latent_dim, generator=torch.Generator().manual_seed(args.seed))
+    frames = EpochFrames(
+        out / "frames",
+        x[:10],
+        None if y is None else y[:10],
+        eps,
+        grid_y,
+        grid=(10, 8),
+        every=max(1, args.epochs // 10),
+    )
+    result = fit(
+        model,
+        x,
+        y,
+        TrainConfig(num_epochs=args.epochs, batch_size=64, patience=0, seed=args.seed),
+        progress=not args.smoke,
+        on_epoch_end=frames,
+    )
+    frames.gif()
+    plot_loss(result.history, out / "elbo.png")
+    return model, result
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Train the CVAE and the VAE, write the figures, return the test metrics."""
+    torch.manual_seed(args.seed)
+    out = Path(args.out_dir)
+    x, y, info = load_dataset("digits")
+    labels = info["labels"]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    test, tr = perm[:300], perm[300:]
+    if args.smoke:
+        args.epochs = 2
+    grid_y = one_hot(torch.arange(10).repeat_interleave(8), 10)  # one row per digit
+    cvae, _ = train(x[tr], y[tr], args, out / "cvae", grid_y)
+    vae, _ = train(x[tr], None, args, out / "vae", None)
+    eps = torch.randn(80, args.latent_dim, generator=torch.Generator().manual_seed(1))
+    cond = samples_at(cvae, eps, grid_y).reshape(10, 8, 8, 8)
+    uncond = samples_at(vae, eps).reshape(10, 8, 8, 8)
+    plot_image_grid(
+        torch.cat([cond, uncond], dim=1).numpy(),
+        out / "cvae_vs_vae.png",
+        row_labels=[str(k) for k in range(10)],
+        title="CVAE, requested digit per row (left) | VAE samples (right)",
+    )
+    metrics = {
+        "test_negative_elbo_cvae_nats_per_image": negative_elbo(
+            cvae, y[test], x[test], num_particles=10
+        ),
+        "test_negative_elbo_vae_nats_per_image": negative_elbo(
+            vae, None, x[test], num_particles=10
+        ),
+    }
+    if args.latent_dim == 2:
+        z, _ = vae.recognition_params(None, x[test])
+        plot_latent_scatter(
+            z.detach().numpy(),
+            labels[test].numpy(),
+            out / "vae_latent.png",
+            title="VAE latent means of test digits",
+        )
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--latent-dim", type=int, default=8)
+    parser.add_argument("--network", choices=["mlp", "conv2d"], default="mlp")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out-dir", default="runs/digits")
+    main(parser.parse_args())
