@@ -126,11 +126,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
             )
         recommended["train"].pop("resimulate", None)
     elif args.dataset:
-        x, y, _ = load_dataset(args.dataset, condition=args.condition)
-        recommended = {
-            "model": {"likelihood": "bernoulli", "latent_dim": 8, "hidden_dims": (128, 128)},
-            "train": {"batch_size": 64},
-        }
+        size = args.image_size or (150, 150)
+        if len(size) != 2:
+            raise ConfigError(f"--image-size expects H,W, got {args.image_size}")
+        x, y, _ = load_dataset(
+            args.dataset, condition=args.condition, path=args.dataset_path, size=size
+        )
+        if args.dataset == "folder":  # grey levels: Gaussian pixels of fixed sd 0.1, 2-D convs
+            recommended = {
+                "model": {
+                    "likelihood": "gaussian",
+                    "latent_dim": 16,
+                    "network": "conv2d",
+                    "conv_channels": (16, 32, 64),
+                    "hidden_dims": (256,),
+                },
+                "train": {"batch_size": 32},
+            }
+        else:  # binarised digits: Bernoulli pixels
+            recommended = {
+                "model": {"likelihood": "bernoulli", "latent_dim": 8, "hidden_dims": (128, 128)},
+                "train": {"batch_size": 64},
+            }
         if y is None:  # an unconditional VAE has no prior net
             recommended["model"]["prior"] = "standard_normal"
     else:
@@ -392,9 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit_p.add_argument(
         "--dataset",
-        choices=["digits"],
-        help="built-in image dataset: digits = scikit-learn's 8x8 handwritten digits, "
-        "binarised (x: pixels in {0, 1}; y: one-hot label)",
+        choices=["digits", "mnist", "folder"],
+        help="image dataset: digits = scikit-learn's 8x8 handwritten digits (built in); "
+        "mnist = your IDX files in --dataset-path; folder = PNG/JPEG images in --dataset-path "
+        "(one sub-folder per class optional), resized to --image-size; x: pixels in [0, 1] "
+        "(binarised for digits/mnist), y: one-hot label",
+    )
+    fit_p.add_argument("--dataset-path", help="folder of the MNIST IDX files or of the images")
+    fit_p.add_argument(
+        "--image-size", type=_ints, help="H,W in pixels for --dataset folder (default 150,150)"
     )
     fit_p.add_argument(
         "--condition",

@@ -259,3 +259,37 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path):
         assert config["model"]["x_shape"] == [8, 8]
         assert config["model"]["y_shape"] == ([10] if condition == "label" else None)
         assert config["model"]["likelihood"] == "bernoulli"
+
+
+def test_fit_on_an_image_folder_and_missing_dataset_path(tmp_path, capsys):
+    from PIL import Image
+
+    for k, name in enumerate(["a", "b"]):
+        (tmp_path / "img" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.full((12, 12), 40 * (k + 1) + i, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "img" / name / f"{i}.png")
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "fit",
+                "--dataset",
+                "folder",
+                "--dataset-path",
+                str(tmp_path / "img"),
+                "--image-size",
+                "8,8",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["x_shape"] == [8, 8] and config["model"]["network"] == "conv2d"
+    assert main(["fit", "--dataset", "mnist", "--out", str(tmp_path / "m"), "--quiet"]) == 2
+    assert "needs a path" in capsys.readouterr().err

@@ -58,7 +58,9 @@ def test_label_conditional_cvae_on_digits():
 
 
 def test_dataset_errors_and_one_hot():
-    with pytest.raises(UnknownProblemError, match="unknown dataset 'mnist'"):
+    with pytest.raises(UnknownProblemError, match="unknown dataset 'cifar'"):
+        load_dataset("cifar")
+    with pytest.raises(ConfigError, match="needs a path"):
         load_dataset("mnist")
     with pytest.raises(ConfigError, match="condition"):
         load_dataset("digits", condition="colour")
@@ -66,3 +68,68 @@ def test_dataset_errors_and_one_hot():
         one_hot(torch.tensor([0, 3]), 3)
     x, y, info = load_dataset("digits", condition="none")
     assert x.shape == (1797, 8, 8) and y is None and set(x.unique().tolist()) == {0.0, 1.0}
+
+
+def _write_idx(path, array, type_code):
+    header = bytes([0, 0, type_code, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
+    path.write_bytes(header + array.tobytes())
+
+
+def test_mnist_idx_files_round_trip_and_errors(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    from ppl_cvae.data.datasets import load_mnist, read_idx
+    from ppl_cvae.errors import DataError
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", images, 0x08)
+    _write_idx(tmp_path / "labels.tmp", labels, 0x08)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress((tmp_path / "labels.tmp").read_bytes())
+    )
+    np.testing.assert_array_equal(read_idx(tmp_path / "train-images-idx3-ubyte"), images)
+    x, y = load_mnist(tmp_path, binarize=False)
+    assert x.shape == (5, 28, 28) and y.tolist() == [3, 1, 4, 1, 5]
+    assert torch.allclose(x, torch.as_tensor(images / 255.0, dtype=torch.float32))
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x08\x03\x00\x01" + b"\x00" * 8)
+    with pytest.raises(DataError, match="magic number 08030001"):
+        read_idx(bad)
+    short = tmp_path / "short"
+    short.write_bytes((tmp_path / "train-images-idx3-ubyte").read_bytes()[:-10])
+    with pytest.raises(DataError, match="needs 3920"):
+        read_idx(short)
+    with pytest.raises(DataError, match="no t10k-images-idx3-ubyte"):
+        load_mnist(tmp_path, split="t10k")
+
+
+def test_image_folder_with_classes(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ppl_cvae.data.datasets import load_image_folder
+    from ppl_cvae.errors import DataError
+
+    for k, name in enumerate(["cats", "dogs"]):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            pixels = np.full((20, 30), 60 * (k + 1) + i, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "cats" / "notes.txt").write_text("ignored")
+    x, labels, classes = load_image_folder(tmp_path, size=(10, 12))
+    assert x.shape == (4, 10, 12) and classes == ["cats", "dogs"]
+    assert labels.tolist() == [0, 0, 1, 1]
+    assert torch.allclose(x[2], torch.full((10, 12), 120 / 255.0), atol=1e-6)  # uniform stays
+    rgb, _, _ = load_image_folder(tmp_path, size=(10, 12), grayscale=False)
+    assert rgb.shape == (4, 3, 10, 12)
+    (tmp_path / "dogs" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image"):
+        load_image_folder(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        load_image_folder(tmp_path / "nope")

@@ -1,19 +1,46 @@
-"""Built-in image datasets that ship with installed packages (no download).
+"""Image datasets: built-in digits, the user's MNIST IDX files, and image folders.
 
-``digits``: scikit-learn's handwritten digits (1797 images of 8 x 8 pixels, 10 classes; UCI
-Optical Recognition of Handwritten Digits, Alpaydin and Kaynak 1998), grey levels 0-16 scaled to
-[0, 1] and optionally binarised at 0.5 for a Bernoulli likelihood.
+- ``digits``: scikit-learn's handwritten digits (1797 images of 8 x 8 pixels, 10 classes; UCI
+  Optical Recognition of Handwritten Digits, Alpaydin and Kaynak 1998), grey levels 0-16 scaled
+  to [0, 1] and optionally binarised at 0.5 for a Bernoulli likelihood. Ships with the package
+  scikit-learn: no download.
+- ``mnist``: the user's own IDX files (``train-images-idx3-ubyte[.gz]`` and
+  ``train-labels-idx1-ubyte[.gz]``; LeCun et al. 1998), read by :func:`read_idx`.
+- ``folder``: PNG/JPEG images, optionally one sub-folder per class, resized with Pillow
+  (:func:`load_image_folder`).
 """
 
 from __future__ import annotations
 
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
 import torch
 
-from ppl_cvae.errors import ConfigError, UnknownProblemError
+from ppl_cvae.errors import ConfigError, DataError, UnknownProblemError
 
-__all__ = ["DATASETS", "load_dataset", "load_digits", "one_hot"]
+__all__ = [
+    "DATASETS",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+    "load_mnist",
+    "one_hot",
+    "read_idx",
+]
 
-DATASETS = ("digits",)
+DATASETS = ("digits", "mnist", "folder")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_IDX_DTYPES: dict[int, str] = {
+    0x08: "u1",
+    0x09: "i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -68,17 +95,174 @@ def load_digits(*, binarize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(bunch.target, dtype=torch.int64)
 
 
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed), checking its magic number and size.
+
+    Format: two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
+    0x0D float32, 0x0E float64), the number of dimensions ``d``, then ``d`` big-endian uint32
+    sizes and the data in C order (LeCun et al. 1998, the MNIST database).
+
+    Returns
+    -------
+    ndarray
+        Shape given by the header.
+
+    Raises
+    ------
+    DataError
+        If the file is missing, the magic number is wrong, or the data size does not match the
+        header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"IDX file {str(path)!r} does not exist")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise DataError(f"cannot decompress {str(path)!r}: {err}") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(
+            f"{str(path)!r} is not an IDX file: magic number {raw[:4].hex() or 'missing'}, "
+            "expected 0000TTDD (TT a type code in 08/09/0b/0c/0d/0e)"
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{str(path)!r} ends inside its IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{str(path)!r} holds {len(raw) - header} data bytes; its header {shape} of "
+            f"{dtype} needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{str(folder)!r} has no {stem} or {stem}.gz")
+
+
+def load_mnist(
+    folder: str | os.PathLike[str], *, split: str = "train", binarize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load MNIST images and labels from the user's IDX files.
+
+    Parameters
+    ----------
+    folder : path
+        Holds ``{split}-images-idx3-ubyte[.gz]`` and ``{split}-labels-idx1-ubyte[.gz]``
+        (``split`` is ``train`` or ``t10k``).
+    binarize : bool, default True
+        Threshold grey levels (scaled to [0, 1]) at 0.5.
+
+    Returns
+    -------
+    images : Tensor, shape (N, 28, 28) (the header's sizes), float32 in [0, 1]
+    labels : Tensor, shape (N,), int64
+
+    Raises
+    ------
+    DataError
+        If a file is missing or malformed, the images are not 3-D uint8, the labels not 1-D,
+        or their counts differ.
+    """
+    folder = Path(folder)
+    images = read_idx(_find(folder, f"{split}-images-idx3-ubyte"))
+    labels = read_idx(_find(folder, f"{split}-labels-idx1-ubyte"))
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"MNIST images must be 3-D uint8, got {images.shape} {images.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"MNIST labels {labels.shape} do not match {images.shape[0]} images")
+    x = torch.as_tensor(images.astype(np.float32) / 255.0)
+    if binarize:
+        x = (x > 0.5).float()
+    return x, torch.as_tensor(labels.astype(np.int64))
+
+
+def load_image_folder(
+    folder: str | os.PathLike[str],
+    *,
+    size: tuple[int, int] = (150, 150),
+    grayscale: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Load PNG/JPEG images, resized with Pillow (bilinear), with class labels from sub-folders.
+
+    Parameters
+    ----------
+    folder : path
+        Images directly inside (one class, label 0) or in one sub-folder per class (labels in
+        sorted sub-folder order).
+    size : (int, int), default (150, 150)
+        Output ``(height, width)`` in pixels.
+    grayscale : bool, default True
+        Convert to one channel (``(N, H, W)``); otherwise RGB (``(N, 3, H, W)``).
+
+    Returns
+    -------
+    images : Tensor, float32 in [0, 1]
+    labels : Tensor, shape (N,), int64
+    classes : list of str
+
+    Raises
+    ------
+    DataError
+        If the folder is missing, holds no images, or an image cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {str(folder)!r} does not exist")
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    groups = [(p.name, p) for p in subdirs] if subdirs else [(folder.name, folder)]
+    arrays, labels, classes = [], [], []
+    for label, (name, directory) in enumerate(groups):
+        classes.append(name)
+        for file in sorted(directory.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as opened:
+                    converted = opened.convert("L" if grayscale else "RGB")
+                resized = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                arrays.append(np.asarray(resized, dtype=np.float32) / 255.0)
+            except (OSError, UnidentifiedImageError) as err:
+                raise DataError(f"cannot read image {str(file)!r}: {err}") from err
+            labels.append(label)
+    if not arrays:
+        raise DataError(f"{str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images")
+    x = torch.as_tensor(np.stack(arrays))
+    if not grayscale:
+        x = x.permute(0, 3, 1, 2).contiguous()
+    return x, torch.as_tensor(labels, dtype=torch.int64), classes
+
+
 def load_dataset(
-    name: str, *, condition: str = "label"
+    name: str,
+    *,
+    condition: str = "label",
+    path: str | os.PathLike[str] | None = None,
+    size: tuple[int, int] = (150, 150),
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, object]]:
     """Load a built-in dataset as training pairs.
 
     Parameters
     ----------
-    name : {"digits"}
+    name : {"digits", "mnist", "folder"}
     condition : {"label", "none"}, default "label"
         ``"label"``: ``y`` is the one-hot class (a label-conditional CVAE); ``"none"``: no
         ``y`` (an unconditional VAE).
+    path : path, optional
+        Folder of the IDX files (``mnist``) or of the images (``folder``).
+    size : (int, int), default (150, 150)
+        Image size for ``folder``.
 
     Returns
     -------
@@ -92,12 +276,25 @@ def load_dataset(
     UnknownProblemError
         If ``name`` is not a built-in dataset.
     ConfigError
-        If ``condition`` is not ``"label"`` or ``"none"``.
+        If ``condition`` is not ``"label"`` or ``"none"``, or ``path`` is missing for
+        ``mnist``/``folder``.
+    DataError
+        As the loaders.
     """
     if name not in DATASETS:
         raise UnknownProblemError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
     if condition not in ("label", "none"):
         raise ConfigError(f"condition must be 'label' or 'none', got {condition!r}")
-    images, labels = load_digits()
-    y = one_hot(labels, 10) if condition == "label" else None
-    return images, y, {"name": name, "num_classes": 10, "labels": labels}
+    if name == "digits":
+        images, labels = load_digits()
+        num_classes = 10
+    elif path is None:
+        raise ConfigError(f"dataset {name!r} needs a path (--dataset-path)")
+    elif name == "mnist":
+        images, labels = load_mnist(path)
+        num_classes = 10
+    else:
+        images, labels, classes = load_image_folder(path, size=size)
+        num_classes = len(classes)
+    y = one_hot(labels, num_classes) if condition == "label" else None
+    return images, y, {"name": name, "num_classes": num_classes, "labels": labels}
