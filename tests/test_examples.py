@@ -10,6 +10,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 # each script and a file its --smoke run must write
 EXAMPLES = {
     "digits_cvae.py": "cvae/frames/samples.gif",
+    "digits_vae.py": "frames/samples.gif",
+    "image_vae.py": "frames/samples.gif",
     "linear_gaussian.py": "posterior.nc",
     "two_birds.py": "posterior.nc",
 }
