@@ -68,7 +68,13 @@ def main(args):
                 model,
                 x[train],
                 yt,
-                TrainConfig(num_epochs=args.epochs, batch_size=64, patience=0, seed=args.seed),
+                TrainConfig(
+                    num_epochs=args.epochs,
+                    batch_size=64,
+                    patience=0,
+                    kl_warmup_epochs=10,
+                    seed=args.seed,
+                ),
                 progress=False,
             )
             seconds = time.perf_counter() - start

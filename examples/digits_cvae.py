@@ -56,7 +56,9 @@ def train(x, y, args, out: Path, grid_y):
         model,
         x,
         y,
-        TrainConfig(num_epochs=args.epochs, batch_size=64, patience=0, seed=args.seed),
+        TrainConfig(
+            num_epochs=args.epochs, batch_size=64, patience=0, kl_warmup_epochs=10, seed=args.seed
+        ),
         progress=not args.smoke,
         on_epoch_end=frames,
     )

@@ -57,7 +57,9 @@ def main(args: argparse.Namespace) -> dict:
         vae,
         x[train],
         None,
-        TrainConfig(num_epochs=epochs, batch_size=64, patience=0, seed=args.seed),
+        TrainConfig(
+            num_epochs=epochs, batch_size=64, patience=0, kl_warmup_epochs=10, seed=args.seed
+        ),
         progress=not args.smoke,
         on_epoch_end=frames,
     )

@@ -141,12 +141,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     "conv_channels": (16, 32, 64),
                     "hidden_dims": (256,),
                 },
-                "train": {"batch_size": 32},
+                "train": {"batch_size": 32, "kl_warmup_epochs": 10},
             }
-        else:  # binarised digits: Bernoulli pixels
+        else:  # binarised digits: Bernoulli pixels; KL warm-up keeps the latent in use
             recommended = {
                 "model": {"likelihood": "bernoulli", "latent_dim": 8, "hidden_dims": (128, 128)},
-                "train": {"batch_size": 64},
+                "train": {"batch_size": 64, "kl_warmup_epochs": 10},
             }
         if y is None:  # an unconditional VAE has no prior net
             recommended["model"]["prior"] = "standard_normal"
@@ -205,6 +205,11 @@ def _fit_into(
 
     cvae = build_cvae(model_config, x, y, problem=problem)
     simulator = problem.simulate if problem is not None else None
+    frames = (
+        _image_frames(out / "frames", x, y, model_config, train_config.num_epochs)
+        if args.dataset
+        else None
+    )
     log.info("fitting %d parameters on %s", cvae.num_parameters(), args.data or problem)
     start = time.perf_counter()
     result = fit(
@@ -215,8 +220,11 @@ def _fit_into(
         simulator=simulator,
         metrics_path=out / "metrics.csv",
         progress=not args.quiet,
+        on_epoch_end=frames,
     )
     seconds = time.perf_counter() - start
+    if frames is not None:
+        frames.gif()
     extra = {
         "train_config": train_config.to_dict(),
         "data": str(args.data) if args.data else None,
@@ -233,6 +241,31 @@ def _fit_into(
     (out / "config.json").write_text(json.dumps(config_doc, indent=2))
     plot_loss(result.history, out / "loss.png")
     return seconds, result
+
+
+def _image_frames(
+    folder: Path, x: torch.Tensor, y: torch.Tensor | None, config: ModelConfig, num_epochs: int
+) -> Any:
+    """Reconstruction and sample grids every ``num_epochs // 10`` epochs (and a GIF) for images.
+
+    The sample grid has one row per class for a label-conditional model (8 samples each) and
+    8 x 8 samples for a VAE, at latent draws fixed for the whole run. Grey images only
+    (event shape ``(H, W)``); None otherwise.
+    """
+    from inference.images import EpochFrames
+
+    if len(config.x_shape) != 2:
+        return None
+    cols = 8
+    rows = y.shape[1] if y is not None else 8
+    grid_y = None
+    if y is not None:
+        grid_y = torch.eye(rows).repeat_interleave(cols, dim=0)
+    eps = torch.randn(rows * cols, config.latent_dim, generator=torch.Generator().manual_seed(0))
+    every = max(1, num_epochs // 10)
+    return EpochFrames(
+        folder, x[:10], None if y is None else y[:10], eps, grid_y, (rows, cols), every=every
+    )
 
 
 def _spec_or_none(problem: Any) -> dict[str, Any] | None:
@@ -428,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--out",
         required=True,
-        help="run folder to create (model.pt, config.json, metrics.csv, loss.png)",
+        help="run folder to create (model.pt, config.json, metrics.csv, loss.png; with "
+        "--dataset also frames/: per-epoch reconstruction and sample grids, samples.gif)",
     )
     fit_p.add_argument("--epochs", type=int, help="maximum number of epochs")
     fit_p.add_argument("--batch-size", type=int, help="minibatch size (pairs per SVI step)")

@@ -194,8 +194,9 @@ class TrainConfig(_DictMixin):
         Gradient-norm clip of ClippedAdam.
     kl_warmup_epochs : int, default 0
         Epochs over which the KL weight ``beta`` rises linearly from ``kl_start`` to 1.
-    kl_start : float, default 0.0
-        Initial KL weight when ``kl_warmup_epochs > 0``.
+    kl_start : float, default 0.01
+        Initial KL weight when ``kl_warmup_epochs > 0``; in (0, 1] (Pyro's ``poutine.scale``
+        needs a positive scale).
     physics_weight : float, default 0.0
         Weight of the physics-consistency term (needs a problem with a forward operator).
     val_fraction : float, default 0.1
@@ -223,7 +224,7 @@ class TrainConfig(_DictMixin):
     lr_decay: float = 1.0
     clip_norm: float = 10.0
     kl_warmup_epochs: int = 0
-    kl_start: float = 0.0
+    kl_start: float = 0.01
     physics_weight: float = 0.0
     val_fraction: float = 0.1
     patience: int = 10
@@ -240,7 +241,7 @@ class TrainConfig(_DictMixin):
             ("lr_decay", 0 < self.lr_decay <= 1),
             ("clip_norm", self.clip_norm > 0),
             ("kl_warmup_epochs", self.kl_warmup_epochs >= 0),
-            ("kl_start", 0 <= self.kl_start <= 1),
+            ("kl_start", 0 < self.kl_start <= 1),
             ("physics_weight", self.physics_weight >= 0),
             ("val_fraction", 0 <= self.val_fraction < 1),
             ("patience", self.patience >= 0),

@@ -259,6 +259,8 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path):
         assert config["model"]["x_shape"] == [8, 8]
         assert config["model"]["y_shape"] == ([10] if condition == "label" else None)
         assert config["model"]["likelihood"] == "bernoulli"
+        frames = sorted(p.name for p in (out / "frames").iterdir())
+        assert frames == ["recon_epoch001.png", "samples.gif", "samples_epoch001.png"]
 
 
 def test_fit_on_an_image_folder_and_missing_dataset_path(tmp_path, capsys):

@@ -258,3 +258,17 @@ def test_conv2d_bernoulli_vae_reaches_the_pixel_entropy():
     se = math.sqrt(var / 410)
     assert entropy - 4 * se < result.history[-1]["val_loss"] < entropy + 1.5
     assert result.history[0]["val_loss"] > entropy + 1.5  # it started away from the answer
+
+
+def test_kl_warmup_rises_to_one_and_runs():
+    from ppl_cvae import TrainConfig, build_cvae, fit
+    from ppl_cvae.errors import ConfigError as Err
+
+    x, y = torch.randn(64, 2), torch.randn(64, 3)
+    cvae = build_cvae(ModelConfig(x_shape=(2,), y_shape=(3,), hidden_dims=(8,)), x, y)
+    result = fit(
+        cvae, x, y, TrainConfig(num_epochs=4, batch_size=32, kl_warmup_epochs=2), progress=False
+    )
+    assert [row["kl_weight"] for row in result.history] == pytest.approx([0.01, 0.505, 1, 1])
+    with pytest.raises(Err, match="kl_start"):
+        TrainConfig(kl_start=0.0)
