@@ -61,6 +61,7 @@ def to_inference_data(
     y_dims: Sequence[str] | None = None,
     coords: Mapping[str, Sequence[Any]] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> az.InferenceData:
     """Build ``InferenceData`` from posterior draws.
 
@@ -84,6 +85,9 @@ def to_inference_data(
         Coordinate values of named dims.
     attrs : mapping, optional
         Attributes; non-scalar values are stored as JSON strings (NetCDF needs scalars).
+    units : mapping, optional
+        Unit strings: ``"x"`` and ``"y"`` go to the ``units`` attribute of ``x``/``x_true`` and
+        ``y`` (observed and predictive); a dim name goes to its coordinate's ``units``.
 
     Returns
     -------
@@ -129,7 +133,7 @@ def to_inference_data(
         k: (v if isinstance(v, (str, int, float, bool)) else json.dumps(v))
         for k, v in (attrs or {}).items()
     }
-    return az.from_dict(
+    idata = az.from_dict(
         posterior={"x": post(x), "z": post(z)},
         posterior_predictive={"y": post(y_rep)} if y_rep is not None else None,
         observed_data={"y": const(y_obs)},
@@ -138,6 +142,20 @@ def to_inference_data(
         dims=dims,
         attrs=clean_attrs,
     )
+    _attach_units(idata, dict(units or {}))
+    return idata
+
+
+def _attach_units(idata: az.InferenceData, units: dict[str, str]) -> None:
+    """Set ``units`` attributes on the data variables and coordinates they describe."""
+    for group in idata.groups():
+        ds = idata[group]
+        for var, unit_key in (("x", "x"), ("x_true", "x"), ("y", "y")):
+            if var in ds.data_vars and units.get(unit_key):
+                ds[var].attrs["units"] = units[unit_key]
+        for coord in ds.coords:
+            if units.get(str(coord)):
+                ds[coord].attrs["units"] = units[str(coord)]
 
 
 def save_inference_data(idata: az.InferenceData, path: str | os.PathLike[str]) -> Path:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ppl_cvae.errors import ShapeError
+from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.problems.base import Problem, linear_gaussian_parts
 
-__all__ = ["linear_gaussian_posterior"]
+__all__ = ["ExactPosterior", "exact_posterior", "linear_gaussian_posterior"]
 
 
 def linear_gaussian_posterior(
@@ -43,9 +46,10 @@ def linear_gaussian_posterior(
 
     Notes
     -----
-    ``C_post = (C_0^{-1} + A^T C_e^{-1} A)^{-1}`` and
-    ``mu_post = C_post (C_0^{-1} mu_0 + A^T C_e^{-1} y)`` (Tarantola 2005, Inverse Problem Theory,
-    SIAM, eqs. 3.37-3.38), computed in float64.
+    The data-space form ``K = C_0 A^T (A C_0 A^T + C_e)^{-1}``, ``mu_post = mu_0 + K (y - A mu_0)``,
+    ``C_post = C_0 - K A C_0`` (Tarantola 2005, Inverse Problem Theory, SIAM, eqs. 3.37-3.38),
+    computed in float64 with a Cholesky solve of the ``(m, m)`` data covariance, so a nearly
+    singular prior covariance (smooth random fields) needs no inverse.
 
     Examples
     --------
@@ -62,11 +66,88 @@ def linear_gaussian_posterior(
         )
     if y.dim() != 2 or y.shape[1] != m:
         raise ShapeError(f"y must have shape (M, {m}), got {tuple(y.shape)}")
-    a = matrix.double()
-    ce_inv = torch.linalg.inv(noise_cov.double())
-    c0_inv = torch.linalg.inv(prior_cov.double())
-    precision = c0_inv + a.T @ ce_inv @ a
-    cov = torch.linalg.inv(precision)
-    rhs = (c0_inv @ prior_mean.double())[None, :] + y.double() @ (ce_inv @ a)
-    mean = rhs @ cov.T
+    a, c0, mu0 = matrix.double(), prior_cov.double(), prior_mean.double()
+    a_c0 = a @ c0  # (m, d)
+    chol = torch.linalg.cholesky(a_c0 @ a.T + noise_cov.double())
+    gain_t = torch.cholesky_solve(a_c0, chol)  # K^T = (A C0 A^T + Ce)^{-1} A C0, (m, d)
+    cov = c0 - a_c0.T @ gain_t
+    cov = 0.5 * (cov + cov.T)
+    mean = mu0[None, :] + (y.double() - (a @ mu0)[None, :]) @ gain_t
     return mean.to(matrix.dtype), cov.to(matrix.dtype)
+
+
+class ExactPosterior:
+    """Closed-form Gaussian posterior of a linear-Gaussian problem for a stack of observations.
+
+    Attributes
+    ----------
+    mean : Tensor, shape (M, *x_shape)
+        Posterior means, in the units of ``x``.
+    cov : Tensor, shape (d, d)
+        Posterior covariance of the flattened ``x`` (``d = prod(x_shape)``, C order), float64;
+        the same for every observation.
+    std : Tensor, shape x_shape
+        Marginal posterior standard deviations ``sqrt(diag(cov))``.
+    """
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor, x_shape: tuple[int, ...]) -> None:
+        self.mean = mean.reshape(mean.shape[0], *x_shape)
+        self.cov = cov
+        self.std = cov.diagonal().sqrt().to(mean.dtype).reshape(x_shape)
+        self.x_shape = x_shape
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw exact posterior samples; shape ``(num_samples, M, *x_shape)``, float32."""
+        chol = torch.linalg.cholesky(self.cov.double())
+        num_obs, d = self.mean.shape[0], chol.shape[0]
+        e = torch.randn(num_samples, num_obs, d, generator=generator, dtype=torch.float64)
+        draws = self.mean.reshape(1, num_obs, d).double() + e @ chol.T
+        return draws.to(torch.float32).reshape(num_samples, num_obs, *self.x_shape)
+
+
+def exact_posterior(problem: Problem, y: torch.Tensor) -> ExactPosterior:
+    """Return the exact posterior of ``x`` given ``y`` for a linear-Gaussian ``problem``.
+
+    Parameters
+    ----------
+    problem : Problem
+        A problem whose ``linear_gaussian()`` returns the matrix, Gaussian prior and noise
+        covariance (``crosshole`` and ``gravity`` with a random-field prior,
+        ``linear_gaussian``).
+    y : Tensor, shape (M, *y_shape)
+        Observations, in the units of ``y``.
+
+    Returns
+    -------
+    ExactPosterior
+        Means ``(M, *x_shape)`` and the shared covariance ``(d, d)``.
+
+    Raises
+    ------
+    ConfigError
+        If the problem has no closed-form posterior (nonlinear ``F`` or non-Gaussian prior).
+    ShapeError
+        If ``y`` is not ``(M, *y_shape)``.
+
+    Notes
+    -----
+    :func:`linear_gaussian_posterior` on the flattened ``x`` and ``y`` (Tarantola 2005,
+    eqs. 3.37-3.38).
+    """
+    parts = linear_gaussian_parts(problem)
+    if parts is None:
+        raise ConfigError(
+            f"problem {problem.name!r} has no closed-form posterior: it needs a linear forward "
+            "operator and a Gaussian prior (linear_gaussian() returned nothing)"
+        )
+    y_shape = tuple(problem.y_shape)
+    if y.dim() != len(y_shape) + 1 or tuple(y.shape[1:]) != y_shape:
+        raise ShapeError(f"y must have shape (M, *{y_shape}), got {tuple(y.shape)}")
+    mean, cov = linear_gaussian_posterior(
+        parts.matrix.double(),
+        parts.noise_cov.double(),
+        parts.prior_mean.double(),
+        parts.prior_cov.double(),
+        y.reshape(y.shape[0], math.prod(y_shape)).double(),
+    )
+    return ExactPosterior(mean.to(torch.float32), cov, tuple(problem.x_shape))

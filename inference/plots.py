@@ -22,6 +22,8 @@ from ppl_cvae._atomic import atomic_path  # noqa: E402
 
 __all__ = [
     "plot_bands",
+    "plot_coverage",
+    "plot_truth_vs_mean",
     "plot_image_grid",
     "plot_latent_scatter",
     "plot_loss",
@@ -184,6 +186,71 @@ def plot_loss(history: Sequence[Mapping[str, float]], path: str | os.PathLike[st
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (negative ELBO per observation, nats)")
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_coverage(
+    nominal: Sequence[float],
+    empirical: Sequence[float],
+    path: str | os.PathLike[str],
+    *,
+    num_observations: int | None = None,
+    reference: Sequence[float] | None = None,
+) -> Path:
+    """Plot empirical against nominal coverage of central intervals (a calibration curve).
+
+    A calibrated posterior lies on the diagonal; below it the intervals are too narrow, above
+    it too wide. The grey band is +-2 binomial standard errors for ``num_observations``
+    independent truths (elements of one model are correlated, so this is the narrowest
+    honest band). ``reference`` (e.g. the exact posterior's coverage) is drawn dashed.
+    """
+    nom = np.asarray(nominal, dtype=float)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    if num_observations:
+        se = np.sqrt(nom * (1 - nom) / num_observations)
+        ax.fill_between(nom, nom - 2 * se, nom + 2 * se, color="0.85", label="±2 SE")
+    ax.plot([0, 1], [0, 1], color="0.4", lw=1)
+    ax.plot(nom, np.asarray(empirical, dtype=float), "o-", label="posterior")
+    if reference is not None:
+        ax.plot(nom, np.asarray(reference, dtype=float), "k--", label="reference")
+    ax.set_xlabel("credibility level of central interval")
+    ax.set_ylabel("fraction of true values inside")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def plot_truth_vs_mean(
+    truth: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    unit: str = "",
+    max_points: int = 4000,
+) -> Path:
+    """Scatter posterior means (with ±1 sd bars) against true values of all elements.
+
+    Parameters
+    ----------
+    truth, mean, std : ndarray, same shape
+        True values, posterior means and posterior standard deviations (any event layout; a
+        random subset of ``max_points`` elements is drawn).
+    unit : str
+        Unit of ``x`` for the axis labels.
+    """
+    t, m, s = (np.asarray(a, dtype=float).reshape(-1) for a in (truth, mean, std))
+    if t.size > max_points:
+        keep = np.random.default_rng(0).choice(t.size, max_points, replace=False)
+        t, m, s = t[keep], m[keep], s[keep]
+    label = f" ({unit})" if unit else ""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.errorbar(t, m, yerr=s, fmt=".", ms=2, alpha=0.3, elinewidth=0.5)
+    lo, hi = float(min(t.min(), m.min())), float(max(t.max(), m.max()))
+    ax.plot([lo, hi], [lo, hi], color="0.3", lw=1)
+    ax.set_xlabel(f"true x{label}")
+    ax.set_ylabel(f"posterior mean ± 1 sd{label}")
     return _save(fig, path)
 
 

@@ -17,7 +17,7 @@ from pyro.infer import Predictive
 
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, sample_noise
 
 __all__ = ["PosteriorDraws", "draw_posterior", "as_observation_batch"]
 
@@ -89,7 +89,8 @@ def draw_posterior(
         False: ``x = E[x | z, y]`` (site ``"x_mean"``), smoother draws whose spread comes from
         ``z`` alone. Default: ``cvae.samples_decoder_noise`` (False for a basis decoder).
     problem : Problem, optional
-        With a forward operator: also return ``y_rep = F(x) + eps``, ``eps ~ N(0, noise_std^2)``.
+        With a forward operator: also return the posterior predictive ``y_rep = F(x) + eps``,
+        ``eps ~ N(0, C_e)`` (:func:`ppl_cvae.problems.base.sample_noise`).
     seed : int, optional
         Seed of Pyro's RNG for these draws.
 
@@ -130,6 +131,6 @@ def draw_posterior(
     y_rep = None
     if problem is not None:
         y_rep = problem.forward(x)
-        if problem.noise_std > 0:
-            y_rep = y_rep + problem.noise_std * torch.randn_like(y_rep)
+        if problem.noise_std > 0 or getattr(problem, "noise_cov", None) is not None:
+            y_rep = y_rep + sample_noise(problem, tuple(x.shape[:2])).to(y_rep)
     return PosteriorDraws(x=x, z=out["z"], y_rep=y_rep, decoder_noise=decoder_noise)

@@ -19,7 +19,7 @@ import torch
 from inference.posterior import PosteriorDraws, draw_posterior
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, whiten
 
 __all__ = [
     "RefineConfig",
@@ -81,6 +81,7 @@ def refine_by_misfit(
         The observations the draws are conditioned on.
     problem : Problem
         Supplies the forward operator ``F``, the misfit scale ``sigma = problem.misfit_std``
+        (or the full noise covariance, :func:`~ppl_cvae.problems.base.whiten`)
         and, when it has them, the parameterisation: ``problem.basis()`` (``x = B c``) and
         ``problem.coefficient_transform()`` (``c = T(u)``, optimised over unconstrained ``u``;
         for Two Birds every refined draw is a prior-valid line pair).
@@ -145,7 +146,7 @@ def refine_by_misfit(
     with torch.enable_grad():
         for _ in range(num_steps):
             optim.zero_grad()
-            resid = (problem.forward(to_x(theta)) - y) / problem.misfit_std
+            resid = whiten(problem, problem.forward(to_x(theta)) - y)
             (0.5 * resid.pow(2).sum()).backward()
             optim.step()
     with torch.no_grad():
@@ -156,7 +157,11 @@ def refine_by_misfit(
 
 
 def misfit_rms(x: torch.Tensor, y: torch.Tensor, problem: Problem) -> torch.Tensor:
-    """Return the RMS of the normalised residual ``(F(x) - y) / misfit_std`` per draw.
+    """Return the RMS of the whitened residual ``L^{-1} (F(x) - y)`` per draw.
+
+    ``L`` is the Cholesky factor of the noise covariance; with a scalar noise model this is
+    ``(F(x) - y) / misfit_std`` (:func:`~ppl_cvae.problems.base.whiten`). Its square is the
+    chi-squared misfit per datum.
 
     Parameters
     ----------
@@ -170,7 +175,7 @@ def misfit_rms(x: torch.Tensor, y: torch.Tensor, problem: Problem) -> torch.Tens
         ``sqrt(mean_i ((F(x)_i - y_i) / sigma)^2)``; about 1 for a model that fits within the
         noise, 0 for an exact solution of a noise-free problem.
     """
-    resid = (problem.forward(x) - y) / problem.misfit_std
+    resid = whiten(problem, problem.forward(x) - y)
     return resid.pow(2).flatten(start_dim=2).mean(-1).sqrt()
 
 

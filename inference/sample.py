@@ -12,7 +12,7 @@ from inference.posterior import as_observation_batch, draw_posterior
 from inference.refine import RefineConfig, refine_and_accept
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, units_of
 
 __all__ = ["sample_posterior"]
 
@@ -142,4 +142,5 @@ def sample_posterior(
         y_dims=getattr(problem, "y_dims", None),
         coords=getattr(problem, "coords", None),
         attrs=info,
+        units=units_of(problem),
     )

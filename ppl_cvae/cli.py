@@ -1,4 +1,4 @@
-"""The ``ppl-cvae`` command: fit, sample, diagnose, simulate, score.
+"""The ``ppl-cvae`` command: fit, sample, evaluate, diagnose, simulate, score.
 
 Every subcommand validates its input before writing anything, writes each output atomically,
 refuses to overwrite existing outputs unless ``--overwrite`` is given, and reports user errors
@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from ppl_cvae._atomic import atomic_dir
-from ppl_cvae.config import LIKELIHOODS, NETWORKS, PRIORS, ModelConfig, TrainConfig
+from ppl_cvae.config import (
+    LIKELIHOODS,
+    NETWORKS,
+    PRIORS,
+    Y_EMBEDDINGS,
+    ModelConfig,
+    TrainConfig,
+)
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError
 
 log = logging.getLogger("ppl_cvae")
@@ -34,6 +41,7 @@ MODEL_FLAGS = {
     "prior": "prior",
     "likelihood": "likelihood",
     "fixed_scale": "fixed_scale",
+    "y_embedding": "y_embedding",
 }
 TRAIN_FLAGS = {
     "epochs": "num_epochs",
@@ -107,6 +115,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded)."""
     from ppl_cvae.data.datasets import load_dataset
     from ppl_cvae.data.io import load_pairs
+    from ppl_cvae.train.defaults import data_settings
 
     out = Path(args.out)
     problem = _problem_from_args(args) if args.problem else None
@@ -124,7 +133,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 f"x in {args.data!r} has event shape {tuple(x.shape[1:])}; problem "
                 f"{problem.name!r} expects {tuple(problem.x_shape)}"
             )
-        recommended["train"].pop("resimulate", None)
+        # a fixed file: sizes and epochs adapt to its shapes and size; a problem's model
+        # recommendations (e.g. a basis decoder) still apply
+        adaptive = data_settings(tuple(x.shape[1:]), tuple(y.shape[1:]), x.shape[0])
+        recommended = {
+            "model": {**adaptive["model"], **recommended.get("model", {})},
+            "train": adaptive["train"],
+        }
     elif args.dataset:
         size = args.image_size or (150, 150)
         if len(size) != 2:
@@ -325,6 +340,96 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, chi-squared; metrics.json + PNGs."""
+    from inference.diagnostics.coverage import run_evaluation
+    from inference.exact import exact_posterior
+    from inference.plots import plot_coverage, plot_truth_vs_mean
+    from inference.posterior import draw_posterior
+    from ppl_cvae.data.io import load_pairs
+    from ppl_cvae.problems.base import linear_gaussian_parts, units_of
+    from ppl_cvae.train import load_checkpoint
+
+    if args.num_samples < 2:
+        raise ConfigError(f"--num-samples must be >= 2, got {args.num_samples}")
+    out = Path(args.out)
+    _check_out_dir(out, args.overwrite)
+    cvae, meta = load_checkpoint(args.run_dir)
+    config = cvae.config
+    if config.y_shape is None:
+        raise ConfigError(f"run {args.run_dir!r} holds an unconditional VAE; nothing to evaluate")
+    problem = _problem_from_args(args) if args.problem else meta["problem"]
+    x, y = load_pairs(args.data)
+    if tuple(x.shape[1:]) != config.x_shape or tuple(y.shape[1:]) != config.y_shape:
+        raise DataError(
+            f"{args.data!r} holds x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])}; the model "
+            f"has x {config.x_shape}, y {config.y_shape}"
+        )
+    if args.max_observations is not None:
+        if args.max_observations < 1:
+            raise ConfigError(f"--max-observations must be >= 1, got {args.max_observations}")
+        x, y = x[: args.max_observations], y[: args.max_observations]
+    if problem is not None and (
+        tuple(problem.x_shape) != config.x_shape or tuple(problem.y_shape) != config.y_shape
+    ):
+        raise ConfigError(
+            f"problem {problem.name!r} has x {tuple(problem.x_shape)}, y "
+            f"{tuple(problem.y_shape)}; the model has x {config.x_shape}, y {config.y_shape}"
+        )
+    chunks = []
+    for start in range(0, y.shape[0], 64):  # bounds memory: S x 64 draws at a time
+        batch = y[start : start + 64]
+        chunks.append(draw_posterior(cvae, batch, args.num_samples, seed=args.seed + start).x)
+    x_draws = torch.cat(chunks, dim=1)
+    exact = None
+    if problem is not None and linear_gaussian_parts(problem) is not None:
+        exact = exact_posterior(problem, y)
+    metrics = run_evaluation(
+        x_draws,
+        x,
+        x_reference=cvae.x_standardiser.mean.detach(),
+        y_obs=y,
+        problem=problem,
+        exact_mean=exact.mean if exact is not None else None,
+        exact_std=exact.std if exact is not None else None,
+    )
+    metrics["run_dir"] = str(args.run_dir)
+    metrics["data"] = str(args.data)
+    metrics["problem"] = problem.name if problem is not None else None
+    with atomic_dir(out, overwrite=args.overwrite) as tmp_dir:
+        (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        curve = metrics["coverage_curve"]
+        reference = None
+        if exact is not None:
+            from inference.diagnostics.coverage import central_coverage
+
+            ref_draws = exact.sample(args.num_samples, torch.Generator().manual_seed(args.seed))
+            reference = central_coverage(ref_draws, x, curve["nominal"])
+        plot_coverage(
+            curve["nominal"],
+            curve["empirical"],
+            tmp_dir / "coverage.png",
+            num_observations=metrics["num_observations"],
+            reference=reference,
+        )
+        plot_truth_vs_mean(
+            x.numpy(),
+            x_draws.mean(0).numpy(),
+            x_draws.std(0).numpy(),
+            tmp_dir / "truth_vs_mean.png",
+            unit=units_of(problem).get("x", ""),
+        )
+    summary = (
+        f"coverage 50%: {metrics['coverage_50']:.3f}, 90%: {metrics['coverage_90']:.3f}; "
+        f"RMSE posterior mean / prior mean: {metrics['rmse_ratio']:.3f}"
+    )
+    if "chi2_per_datum" in metrics:
+        summary += f"; chi2 per datum: {metrics['chi2_per_datum']:.3f}"
+    print(f"{summary} ({metrics['num_observations']} held-out pairs); wrote {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- diagnose
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Write the uncertainty report (summary CSV and plots) of a posterior file."""
@@ -412,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--problem",
             required=required,
-            help="built-in problem name (two_birds, linear_gaussian) or package.module:factory",
+            help="built-in problem name (two_birds, linear_gaussian, crosshole, mt1d, gravity) "
+            "or package.module:factory",
         )
         p.add_argument(
             "--functions",
@@ -481,6 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument("--likelihood", choices=LIKELIHOODS, help="likelihood of x given z, y")
     fit_p.add_argument("--fixed-scale", type=float, help="std of x for gaussian_fixed, units of x")
     fit_p.add_argument(
+        "--y-embedding",
+        choices=Y_EMBEDDINGS,
+        help="one encoder of y per net (separate) or one embedding shared by the recognition "
+        "net, prior net and decoder (shared; the default for --data files with >= 64 data)",
+    )
+    fit_p.add_argument(
         "--decoder",
         choices=["auto", "network", "basis"],
         default="auto",
@@ -544,6 +656,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed of the draws")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     s.set_defaults(func=cmd_sample)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="coverage, RMSE and misfit of a run on held-out pairs",
+        description="Draw posterior samples for held-out (x, y) pairs and write metrics.json "
+        "(coverage of the true x by central 50%%/90%% intervals, RMSE of the posterior mean vs "
+        "the training mean, chi-squared misfit per datum with a forward operator, and the exact "
+        "posterior comparison for linear-Gaussian problems) plus coverage.png and "
+        "truth_vs_mean.png.",
+    )
+    ev.add_argument("run_dir", help="run folder written by fit (or a model.pt)")
+    ev.add_argument("--data", required=True, help="held-out pairs (.npz/.nc/.pt with x and y)")
+    ev.add_argument("--out", required=True, help="output folder")
+    add_problem(ev, required=False)
+    ev.add_argument("--num-samples", type=int, default=200, help="posterior draws per pair")
+    ev.add_argument("--max-observations", type=int, help="evaluate only the first N pairs")
+    ev.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    ev.add_argument("--overwrite", action="store_true", help="reuse a non-empty output folder")
+    ev.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("diagnose", help="summary CSV and plots of a posterior file")
     d.add_argument("posterior", help="InferenceData .nc written by sample")

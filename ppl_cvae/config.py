@@ -12,11 +12,12 @@ from typing import Any, Literal, TypeVar
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import ACTIVATIONS
 
-__all__ = ["ModelConfig", "TrainConfig", "LIKELIHOODS", "NETWORKS", "PRIORS"]
+__all__ = ["ModelConfig", "TrainConfig", "LIKELIHOODS", "NETWORKS", "PRIORS", "Y_EMBEDDINGS"]
 
 LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli")
 NETWORKS = ("mlp", "conv1d", "conv2d")
 PRIORS = ("learned", "standard_normal")
+Y_EMBEDDINGS = ("separate", "shared")
 
 
 def _positive_ints(name: str, values: tuple[int, ...], allow_empty: bool = True) -> None:
@@ -93,6 +94,11 @@ class ModelConfig(_DictMixin):
     basis_dim : int or None, default None
         When set, the decoder outputs ``basis_dim`` coefficients of a fixed linear basis of
         ``x`` (for example the 4 line endpoints of Two Birds) instead of every element.
+    y_embedding : {"separate", "shared"}, default "separate"
+        ``"separate"``: the recognition net, prior net and decoder each have their own encoder
+        of ``y``. ``"shared"``: one embedding network of ``y`` feeds all three (fewer
+        parameters and one learned summary of a large data vector; the gradients of all three
+        terms of the ELBO train it).
     constrained_coefficients : bool, default False
         With ``basis_dim``: the decoder works in an unconstrained space mapped onto the valid
         coefficients by a bijection the problem supplies (``problem.coefficient_transform()``;
@@ -118,6 +124,7 @@ class ModelConfig(_DictMixin):
     init_scale: float = 0.05
     basis_dim: int | None = None
     constrained_coefficients: bool = False
+    y_embedding: Literal["separate", "shared"] = "separate"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_shape", tuple(self.x_shape))
@@ -150,6 +157,10 @@ class ModelConfig(_DictMixin):
             raise ConfigError(f"fixed_scale must be > 0, got {self.fixed_scale!r}")
         if not (isinstance(self.init_scale, (int, float)) and 1e-2 <= self.init_scale <= 10):
             raise ConfigError(f"init_scale must be in [0.01, 10], got {self.init_scale!r}")
+        if self.y_embedding not in Y_EMBEDDINGS:
+            raise ConfigError(
+                f"unknown y_embedding {self.y_embedding!r}; expected one of {Y_EMBEDDINGS}"
+            )
         if self.y_shape is None and self.prior == "learned":
             raise ConfigError(
                 "an unconditional VAE (y_shape=None) has no prior net: use prior='standard_normal'"

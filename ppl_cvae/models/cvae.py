@@ -161,11 +161,22 @@ class CVAE(nn.Module):
         self.misfit_std = float(misfit_std)
         z_dim, x_dim = config.latent_dim, config.x_dim
 
+        shared_y: list[tuple[nn.Module, int]] = []
+
+        def y_encoder(shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+            # "shared": one embedding module (registered under each user's name; parameters
+            # are de-duplicated by named_parameters) feeds the recognition net, prior net and
+            # decoder
+            if config.y_embedding == "shared":
+                if not shared_y:
+                    shared_y.append(_encoder(config, shape))
+                return shared_y[0]
+            return _encoder(config, shape)
         # recognition net q(z | x, y)
         self.rec_x, rec_x_width = _encoder(config, config.x_shape)
         self.rec_y: nn.Module | None
         if y_shape is not None:
-            self.rec_y, rec_y_width = _encoder(config, y_shape)
+            self.rec_y, rec_y_width = y_encoder(y_shape)
         else:
             self.rec_y, rec_y_width = None, 0
         self.rec_head = nn.Sequential(
@@ -182,7 +193,7 @@ class CVAE(nn.Module):
                     "an unconditional VAE (y_shape=None) has no prior net: "
                     "use prior='standard_normal'"
                 )
-            self.prior_y, prior_width = _encoder(config, y_shape)
+            self.prior_y, prior_width = y_encoder(y_shape)
             self.prior_gauss = GaussianHead(prior_width, z_dim)
         else:
             self.prior_y, self.prior_gauss = None, None
@@ -190,7 +201,7 @@ class CVAE(nn.Module):
         # decoder p(x | z, y)
         self.dec_y: nn.Module | None
         if y_shape is not None:
-            self.dec_y, dec_y_width = _encoder(config, y_shape)
+            self.dec_y, dec_y_width = y_encoder(y_shape)
         else:
             self.dec_y, dec_y_width = None, 0
         num_params = 2 if config.likelihood == "gaussian_decoder" else 1

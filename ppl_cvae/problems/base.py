@@ -8,14 +8,27 @@ ArviZ dims and coords). Built-in problems register themselves by name in :data:`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-from ppl_cvae.errors import UnknownProblemError
+from ppl_cvae.errors import ShapeError, UnknownProblemError
 
-__all__ = ["Problem", "REGISTRY", "register_problem", "make_problem"]
+__all__ = [
+    "LinearGaussianParts",
+    "Problem",
+    "REGISTRY",
+    "linear_gaussian_parts",
+    "make_problem",
+    "noise_covariance",
+    "noise_scale",
+    "register_problem",
+    "sample_noise",
+    "units_of",
+    "whiten",
+]
 
 
 @runtime_checkable
@@ -40,6 +53,21 @@ class Problem(Protocol):
     misfit_std : float
         Scale, in units of ``y``, by which the data misfit ``F(x) - y`` is divided in the
         physics-consistency term; equals ``noise_std`` when that is positive.
+
+    Optional members, read with :func:`getattr` by the helpers below:
+
+    units : Mapping[str, str]
+        Unit strings for ``"x"``, ``"y"`` and each named dim (e.g. ``{"x": "s/m", "y": "s",
+        "depth": "m"}``); they become ``units`` attributes in the ArviZ output.
+    noise_cov : Tensor, shape (m, m), or None
+        Full covariance of the Gaussian noise on the flattened ``y`` (``m = prod(y_shape)``), in
+        units of ``y`` squared; overrides ``noise_std`` (which is then a scalar summary) in
+        noise draws, chi-squared misfits and refinement. See :func:`noise_covariance`.
+    linear_gaussian() -> LinearGaussianParts or None
+        For a linear ``F`` with a Gaussian prior: the pieces of the closed-form posterior
+        (:func:`inference.exact.exact_posterior`); None when the prior is not Gaussian.
+    recommended_settings() -> dict
+        ``{"model": {...}, "train": {...}}`` overrides of the config defaults for this problem.
 
     Methods
     -------
@@ -146,3 +174,98 @@ def make_problem(name: str, **kwargs: Any) -> Problem:
     if name not in REGISTRY:
         raise UnknownProblemError(f"unknown problem {name!r}; expected one of {sorted(REGISTRY)}")
     return REGISTRY[name](**kwargs)
+
+
+class LinearGaussianParts(NamedTuple):
+    """Pieces of a linear-Gaussian inverse problem ``y = A x + eps`` on flattened ``x`` and ``y``.
+
+    Attributes
+    ----------
+    matrix : Tensor, shape (m, d)
+        Forward operator ``A`` (``d = prod(x_shape)``, ``m = prod(y_shape)``, C order).
+    prior_mean : Tensor, shape (d,)
+    prior_cov : Tensor, shape (d, d)
+        Gaussian prior ``N(mu_0, C_0)`` of the flattened ``x``.
+    noise_cov : Tensor, shape (m, m)
+        Covariance ``C_e`` of the Gaussian noise ``eps``.
+    """
+
+    matrix: torch.Tensor
+    prior_mean: torch.Tensor
+    prior_cov: torch.Tensor
+    noise_cov: torch.Tensor
+
+
+def linear_gaussian_parts(problem: Problem) -> LinearGaussianParts | None:
+    """Return ``problem.linear_gaussian()`` if it has one, else None (no closed-form posterior)."""
+    method = getattr(problem, "linear_gaussian", None)
+    if method is None:
+        return None
+    parts = method()
+    return parts if isinstance(parts, LinearGaussianParts) else None
+
+
+def units_of(problem: Problem | None) -> dict[str, str]:
+    """Return the problem's ``units`` mapping (``"x"``, ``"y"`` and dim names), or ``{}``."""
+    units = getattr(problem, "units", None) if problem is not None else None
+    return {str(k): str(v) for k, v in dict(units or {}).items()}
+
+
+def noise_covariance(problem: Problem) -> torch.Tensor:
+    """Return the noise covariance of the flattened ``y``; shape ``(m, m)``, float64.
+
+    ``problem.noise_cov`` when set, else ``noise_std**2 I``. A noise-free problem gives zeros.
+
+    Raises
+    ------
+    ShapeError
+        If ``noise_cov`` is not ``(m, m)`` with ``m = prod(y_shape)``.
+    """
+    m = math.prod(problem.y_shape)
+    cov = getattr(problem, "noise_cov", None)
+    if cov is None:
+        return float(problem.noise_std) ** 2 * torch.eye(m, dtype=torch.float64)
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    if cov.shape != (m, m):
+        raise ShapeError(f"noise_cov must have shape ({m}, {m}), got {tuple(cov.shape)}")
+    return cov
+
+
+def noise_scale(problem: Problem) -> torch.Tensor:
+    """Return the per-datum noise standard deviation; shape ``y_shape``, float32, units of y."""
+    if getattr(problem, "noise_cov", None) is None:
+        return torch.full(tuple(problem.y_shape), float(problem.noise_std))
+    return noise_covariance(problem).diagonal().sqrt().to(torch.float32).reshape(problem.y_shape)
+
+
+def sample_noise(
+    problem: Problem, sample_shape: tuple[int, ...], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw observation noise ``eps ~ N(0, C_e)``; shape ``(*sample_shape, *y_shape)``, float32.
+
+    With only ``noise_std`` this is ``noise_std * randn``; with ``noise_cov`` it is ``L e`` for
+    the Cholesky factor ``L`` of ``C_e``.
+    """
+    if getattr(problem, "noise_cov", None) is None:
+        e = torch.randn(*sample_shape, *problem.y_shape, generator=generator)
+        return float(problem.noise_std) * e
+    chol = torch.linalg.cholesky(noise_covariance(problem))
+    e = torch.randn(*sample_shape, chol.shape[0], generator=generator, dtype=torch.float64)
+    return (e @ chol.T).to(torch.float32).reshape(*sample_shape, *problem.y_shape)
+
+
+def whiten(problem: Problem, residual: torch.Tensor) -> torch.Tensor:
+    """Return ``L^{-1} r`` for residuals ``r = F(x) - y`` of shape ``(*batch, *y_shape)``.
+
+    ``L`` is the Cholesky factor of the noise covariance, so ``sum(whiten(r)**2)`` is the
+    chi-squared misfit ``r^T C_e^{-1} r`` (Tarantola 2005, eq. 3.46). Without ``noise_cov`` this
+    is ``r / misfit_std`` (which equals ``noise_std`` for noisy problems). Shape and dtype of
+    ``residual`` are kept.
+    """
+    if getattr(problem, "noise_cov", None) is None:
+        return residual / float(problem.misfit_std)
+    chol = torch.linalg.cholesky(noise_covariance(problem)).to(residual)
+    event = len(problem.y_shape)
+    flat = residual.reshape(*residual.shape[: residual.dim() - event], -1)
+    white = torch.linalg.solve_triangular(chol, flat.unsqueeze(-1), upper=False).squeeze(-1)
+    return white.reshape(residual.shape)

@@ -12,7 +12,12 @@ from typing import Any
 import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems.base import register_problem
+from ppl_cvae.problems.base import (
+    LinearGaussianParts,
+    noise_covariance,
+    register_problem,
+    sample_noise,
+)
 
 __all__ = ["LinearGaussian"]
 
@@ -66,6 +71,8 @@ class LinearGaussian:
         self.x_dims = ("parameter",)
         self.y_dims = ("datum",)
         self.coords = {"parameter": list(range(x_dim)), "datum": list(range(y_dim))}
+        self.units = {"x": "", "y": ""}  # dimensionless
+        self.noise_cov = None
         self.noise_std = float(noise_std)
         self.misfit_std = float(noise_std)
         self.prior_std = float(prior_std)
@@ -94,8 +101,17 @@ class LinearGaussian:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(x, y)`` with ``y = A x + noise``; shapes ``(num, d)``, ``(num, m)``."""
         x = self.sample_prior(num, generator)
-        noise = self.noise_std * torch.randn(num, *self.y_shape, generator=generator)
-        return x, self.forward(x) + noise
+        return x, self.forward(x) + sample_noise(self, (num,), generator)
+
+    def linear_gaussian(self) -> LinearGaussianParts:
+        """Return ``A``, the prior ``N(0, prior_std^2 I)`` and the noise covariance."""
+        d = self.x_shape[0]
+        return LinearGaussianParts(
+            matrix=self.matrix,
+            prior_mean=torch.zeros(d, dtype=torch.float64),
+            prior_cov=self.prior_std**2 * torch.eye(d, dtype=torch.float64),
+            noise_cov=noise_covariance(self),
+        )
 
     def recommended_settings(self) -> dict[str, dict[str, Any]]:
         """Return default ``ModelConfig``/``TrainConfig`` overrides: small nets, few epochs."""

@@ -1,0 +1,152 @@
+"""Stationary Gaussian random fields on regular grids, sampled exactly by Cholesky factorisation.
+
+The prior of the ``crosshole``, ``gravity`` and ``mt1d`` problems. A field on a grid of ``n`` cell
+centres is ``x = mean + L e``, ``e ~ N(0, I_n)``, ``L L^T = C`` with the covariance
+``C_ij = sill * rho(|r_i - r_j| / correlation_length)``. The dense covariance is also what the
+exact linear-Gaussian posterior needs (:mod:`inference.exact`), so it is kept rather than
+sampled by FFT embedding; grids of a few thousand cells factorise in well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from ppl_cvae.errors import ConfigError
+
+__all__ = ["CORRELATION_KERNELS", "GaussianRandomField"]
+
+Kernel = Literal["exponential", "gaussian", "matern32", "matern52"]
+CORRELATION_KERNELS: tuple[str, ...] = ("exponential", "gaussian", "matern32", "matern52")
+
+
+def _correlation(h: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Return the correlation at lag ``h`` in units of the correlation length."""
+    if kernel == "exponential":
+        return torch.exp(-h)
+    if kernel == "gaussian":
+        return torch.exp(-(h**2))
+    if kernel == "matern32":
+        s = math.sqrt(3.0) * h
+        return (1.0 + s) * torch.exp(-s)
+    s = math.sqrt(5.0) * h
+    return (1.0 + s + s**2 / 3.0) * torch.exp(-s)
+
+
+class GaussianRandomField:
+    """Stationary Gaussian random field on the cell centres of a regular grid.
+
+    Parameters
+    ----------
+    axes : sequence of 1-D sequences of float
+        Cell-centre coordinates along each grid axis, in m (e.g. ``(z_centres, x_centres)``
+        for a 2-D section, depth positive downward). The field has shape
+        ``tuple(len(a) for a in axes)``.
+    mean : float
+        Mean of the field, in the field's unit (e.g. s/m for slowness).
+    sill : float
+        Variance of the field, in the field's unit squared; must be > 0.
+    correlation_length : float
+        Range parameter ``l`` of the correlation function, in m; must be > 0.
+    kernel : {"exponential", "gaussian", "matern32", "matern52"}, default "exponential"
+        Correlation function of the lag ``h = r / l``: ``exp(-h)``, ``exp(-h^2)``, or the Matern
+        functions with smoothness 3/2 and 5/2.
+    jitter : float, default 1e-8
+        Relative diagonal loading (times ``sill``) that keeps the Cholesky factorisation of a
+        nearly singular (e.g. Gaussian-kernel) covariance stable.
+
+    Raises
+    ------
+    ConfigError
+        If an axis is empty, ``sill`` or ``correlation_length`` is not positive, or ``kernel``
+        is unknown.
+
+    Notes
+    -----
+    Sampling is exact: ``x = mean + L e`` with the Cholesky factor ``L`` of the covariance,
+    computed once in float64 (Rasmussen and Williams 2006, Gaussian Processes for Machine
+    Learning, MIT Press, sec. A.2). Correlation functions from Rasmussen and Williams (2006),
+    eqs. 4.14-4.17.
+
+    Examples
+    --------
+    >>> grf = GaussianRandomField(([0.5, 1.5, 2.5],), mean=1.0, sill=0.25, correlation_length=2.0)
+    >>> grf.sample(4, torch.Generator().manual_seed(0)).shape
+    torch.Size([4, 3])
+    >>> round(float(grf.covariance()[0, 1]), 4)  # 0.25 * exp(-1 / 2)
+    0.1516
+    """
+
+    def __init__(
+        self,
+        axes: Sequence[Sequence[float]],
+        mean: float,
+        sill: float,
+        correlation_length: float,
+        kernel: Kernel = "exponential",
+        jitter: float = 1e-8,
+    ) -> None:
+        if not axes or any(len(a) == 0 for a in axes):
+            raise ConfigError("a random field needs at least one non-empty axis of coordinates")
+        if not (sill > 0 and correlation_length > 0):
+            raise ConfigError(
+                f"sill and correlation_length must be > 0, got {sill} and {correlation_length}"
+            )
+        if kernel not in CORRELATION_KERNELS:
+            raise ConfigError(f"unknown kernel {kernel!r}; expected one of {CORRELATION_KERNELS}")
+        self.axes = tuple(torch.as_tensor(a, dtype=torch.float64).reshape(-1) for a in axes)
+        self.shape = tuple(len(a) for a in self.axes)
+        self.mean = float(mean)
+        self.sill = float(sill)
+        self.correlation_length = float(correlation_length)
+        self.kernel: Kernel = kernel
+        self.jitter = float(jitter)
+        self._cov: torch.Tensor | None = None
+        self._chol: torch.Tensor | None = None
+
+    @property
+    def num_cells(self) -> int:
+        """Number of grid cells ``n``."""
+        return math.prod(self.shape)
+
+    def points(self) -> torch.Tensor:
+        """Return the cell centres in C order; shape ``(n, len(axes))``, in m, float64."""
+        grids = torch.meshgrid(*self.axes, indexing="ij")
+        return torch.stack([g.reshape(-1) for g in grids], dim=-1)
+
+    def covariance(self) -> torch.Tensor:
+        """Return the covariance of the flattened field (C order); shape ``(n, n)``, float64."""
+        if self._cov is None:
+            pts = self.points()
+            h = torch.cdist(pts, pts) / self.correlation_length
+            self._cov = self.sill * _correlation(h, self.kernel)
+        return self._cov
+
+    def mean_vector(self) -> torch.Tensor:
+        """Return the mean of the flattened field; shape ``(n,)``, float64."""
+        return torch.full((self.num_cells,), self.mean, dtype=torch.float64)
+
+    def cholesky(self) -> torch.Tensor:
+        """Return the lower Cholesky factor of the (jittered) covariance; shape ``(n, n)``."""
+        if self._chol is None:
+            cov = self.covariance()
+            eye = torch.eye(self.num_cells, dtype=torch.float64)
+            self._chol = torch.linalg.cholesky(cov + self.jitter * self.sill * eye)
+        return self._chol
+
+    def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``num`` fields; shape ``(num, *shape)``, float32, in the field's unit.
+
+        Raises
+        ------
+        ConfigError
+            If ``num`` is negative.
+        """
+        if num < 0:
+            raise ConfigError(f"num must be >= 0, got {num}")
+        e = torch.randn(num, self.num_cells, generator=generator, dtype=torch.float64)
+        x = self.mean + e @ self.cholesky().T
+        return x.to(torch.float32).reshape(num, *self.shape)

@@ -1,0 +1,217 @@
+"""Held-out evaluation, exact posterior, noise helpers, adaptive defaults, shared y embedding."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from inference.arviz_io import to_inference_data
+from inference.diagnostics.coverage import central_coverage, check_coverage, run_evaluation
+from inference.exact import exact_posterior
+from ppl_cvae.cli import main
+from ppl_cvae.config import ModelConfig
+from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.models.cvae import CVAE
+from ppl_cvae.problems import LinearGaussian
+from ppl_cvae.problems.base import noise_covariance, noise_scale, sample_noise, whiten
+from ppl_cvae.train.defaults import data_settings
+
+
+class _FullNoise(LinearGaussian):
+    """LinearGaussian with a correlated noise covariance (noise_cov overrides noise_std)."""
+
+    def __init__(self) -> None:
+        super().__init__(x_dim=3, y_dim=4, noise_std=0.5)
+        b = torch.randn(4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        self.noise_cov = 0.1 * (b @ b.T) + 0.05 * torch.eye(4, dtype=torch.float64)
+
+
+def test_noise_helpers_scalar_and_full_covariance():
+    scalar = LinearGaussian(x_dim=3, y_dim=4, noise_std=0.5)
+    r = torch.randn(7, 4)
+    assert torch.allclose(whiten(scalar, r), r / 0.5)
+    assert torch.allclose(noise_covariance(scalar), 0.25 * torch.eye(4, dtype=torch.float64))
+    full = _FullNoise()
+    eps = sample_noise(full, (20000,), torch.Generator().manual_seed(0)).double()
+    # empirical covariance of 20000 draws: each entry has sd <= sqrt(2) max C_ii / sqrt(N)
+    emp = eps.T @ eps / eps.shape[0]
+    tol = 4 * math.sqrt(2) * float(full.noise_cov.diagonal().max()) / math.sqrt(eps.shape[0])
+    assert (emp - full.noise_cov).abs().max() < tol
+    # whitened noise is N(0, I): chi2 per datum has mean 1 and sd sqrt(2 / (N m))
+    chi2 = whiten(full, eps).pow(2).mean()
+    assert abs(float(chi2) - 1.0) < 4 * math.sqrt(2 / eps.numel())
+    assert torch.allclose(noise_scale(full).double(), full.noise_cov.diagonal().sqrt(), atol=1e-6)
+
+
+def test_exact_posterior_against_the_information_form():
+    problem = _FullNoise()
+    parts = problem.linear_gaussian()
+    y = torch.randn(5, 4)
+    post = exact_posterior(problem, y)
+    # independent formula: C = (C0^-1 + A^T Ce^-1 A)^-1, mu = C A^T Ce^-1 y (Tarantola 3.37)
+    a = parts.matrix.double()
+    ce_inv = torch.linalg.inv(problem.noise_cov)
+    cov = torch.linalg.inv(torch.linalg.inv(parts.prior_cov) + a.T @ ce_inv @ a)
+    mean = y.double() @ (cov @ a.T @ ce_inv).T
+    assert torch.allclose(post.cov, cov, atol=1e-10)
+    assert torch.allclose(post.mean.double(), mean, atol=1e-5)
+    draws = post.sample(4000, torch.Generator().manual_seed(1))
+    assert draws.shape == (4000, 5, 3)
+    # mean of 4000 exact draws: 4 standard errors sd / sqrt(4000)
+    assert ((draws.mean(0) - post.mean).abs() < 4 * post.std / math.sqrt(4000)).all()
+    with pytest.raises(ShapeError, match="y must have shape"):
+        exact_posterior(problem, torch.randn(5, 3))
+
+
+def test_exact_posterior_refuses_a_problem_without_closed_form():
+    from ppl_cvae.problems import TwoBirds
+
+    with pytest.raises(ConfigError, match="no closed-form posterior"):
+        exact_posterior(TwoBirds("data_1"), torch.zeros(1, 50, 2))
+
+
+@pytest.mark.parametrize("width", [1.0, 0.5, 2.0, "shift"])
+def test_coverage_of_exact_and_wrong_posteriors(width):
+    """Exact draws cover at the nominal rate; too narrow, too wide and shifted ones are flagged."""
+    problem = LinearGaussian(x_dim=3, y_dim=2, noise_std=0.5)
+    gen = torch.Generator().manual_seed(4)
+    x, y = problem.simulate(600, gen)
+    post = exact_posterior(problem, y)
+    draws = post.sample(400, gen)
+    if width == "shift":
+        draws = draws + 0.7 * post.std
+    else:
+        draws = post.mean + float(width) * (draws - post.mean)
+    metrics = run_evaluation(
+        draws,
+        x,
+        x_reference=torch.zeros(3),
+        y_obs=y,
+        problem=problem,
+        exact_mean=post.mean,
+        exact_std=post.std,
+    )
+    failures = check_coverage(metrics, tolerance=0.05)
+    if width == 1.0:
+        # 1800 elements of 600 independent truths: coverage sd <= sqrt(.25 / 600) = 0.02 even
+        # if the 3 elements were fully correlated; the 400 draws add quantile error; 0.05 is
+        # 2.5 sd
+        assert failures == []
+        assert metrics["exact"]["std_ratio"] == pytest.approx(1.0, abs=0.05)
+        # median |mean error| / sd of a 400-draw mean: 0.674 / sqrt(400) = 0.034
+        assert metrics["exact"]["mean_error_in_std"] < 0.1
+        # E chi2/m over draws = (|y - A mu|^2_Ce + tr(Ce^-1 A C A^T)) / m; for this problem
+        # between 0.5 and 1.5 is loose but shows the whitening
+        assert 0.5 < metrics["chi2_per_datum"] < 1.5
+        assert metrics["rmse_ratio"] < 1.0
+    else:
+        assert failures, f"a {width} posterior passed: {metrics['coverage_50']}"
+
+
+def test_central_coverage_shape_error():
+    with pytest.raises(ShapeError, match="must be"):
+        central_coverage(torch.zeros(5, 2, 3), torch.zeros(2, 4), (0.5,))
+
+
+def test_units_reach_inference_data():
+    idata = to_inference_data(
+        torch.randn(4, 1, 3),
+        torch.randn(4, 1, 2),
+        torch.randn(1, 2),
+        stacked=False,
+        x_dims=["depth"],
+        y_dims=["frequency"],
+        coords={"depth": [1.0, 2.0, 3.0], "frequency": [1.0, 10.0]},
+        units={"x": "log10(ohm m)", "depth": "m", "frequency": "Hz"},
+    )
+    assert idata.posterior["x"].attrs["units"] == "log10(ohm m)"
+    assert idata.posterior["depth"].attrs["units"] == "m"
+    assert idata.observed_data["frequency"].attrs["units"] == "Hz"
+
+
+def test_data_settings_adapt_to_shapes_and_size():
+    small = data_settings((2,), (2,), 500)
+    big = data_settings((32, 32), (256,), 20000)
+    assert small["model"]["hidden_dims"] == (64, 64)
+    assert big["model"]["hidden_dims"] == (512, 512)
+    assert small["model"]["latent_dim"] == 2 and big["model"]["latent_dim"] == 32
+    assert "y_embedding" not in small["model"] and big["model"]["y_embedding"] == "shared"
+    assert small["train"]["batch_size"] < big["train"]["batch_size"]
+    assert small["train"]["num_epochs"] > big["train"]["num_epochs"]
+    tiny = data_settings((1,), (1,), 3)
+    assert tiny["train"]["batch_size"] <= 2
+    with pytest.raises(ConfigError, match="at least 2 pairs"):
+        data_settings((2,), (2,), 1)
+
+
+def test_shared_y_embedding_is_one_module():
+    sep = CVAE(ModelConfig(x_shape=(4,), y_shape=(80,), hidden_dims=(32, 32)))
+    shared = CVAE(
+        ModelConfig(x_shape=(4,), y_shape=(80,), hidden_dims=(32, 32), y_embedding="shared")
+    )
+    assert shared.rec_y is shared.prior_y is shared.dec_y
+    # the shared encoder (80*32 + 32 + 32*32 + 32 parameters) is counted once instead of 3 times
+    enc = 80 * 32 + 32 + 32 * 32 + 32
+    assert sep.num_parameters() - shared.num_parameters() == 2 * enc
+    with pytest.raises(ConfigError, match="unknown y_embedding"):
+        ModelConfig(x_shape=(4,), y_shape=(8,), y_embedding="both")
+
+
+@pytest.mark.slow
+def test_default_fit_on_a_file_is_calibrated(tmp_path, capsys):
+    """``fit --data`` with default settings gives calibrated posteriors; 2 epochs do not."""
+    problem = [
+        "--problem",
+        "linear_gaussian",
+        "--problem-arg",
+        "x_dim=4",
+        "--problem-arg",
+        "y_dim=3",
+    ]
+    for name, num, seed in (("train.npz", 3000, 1), ("test.npz", 300, 2)):
+        sim = ["simulate", *problem, "--num", str(num), "--seed", str(seed)]
+        assert main([*sim, "--out", str(tmp_path / name)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--data",
+                str(tmp_path / "train.npz"),
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    evaluate = ["evaluate", "--data", str(tmp_path / "test.npz"), *problem, "--num-samples", "200"]
+    assert (
+        main([*evaluate[:1], str(tmp_path / "run"), *evaluate[1:], "--out", str(tmp_path / "ev")])
+        == 0
+    )
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert (tmp_path / "ev" / "coverage.png").is_file()
+    assert (tmp_path / "ev" / "truth_vs_mean.png").is_file()
+    # 300 truths x 4 elements: coverage sd <= sqrt(.25/300) = 0.029 (elements fully
+    # correlated, worst case) -> 0.06 is about 2 sd; the exact posterior's own coverage on the
+    # same truths absorbs the truths' sampling error
+    for level in ("coverage_50", "coverage_90"):
+        assert abs(metrics[level] - metrics["exact"][level]) < 0.06, metrics
+    assert metrics["exact"]["mean_error_in_std"] < 0.3
+    assert 0.85 < metrics["exact"]["std_ratio"] < 1.15
+    assert metrics["rmse_ratio"] < 0.8
+    # negative control: the same check fails after 2 epochs
+    short = ["fit", "--data", str(tmp_path / "train.npz"), "--epochs", "2", "--quiet"]
+    assert main([*short, "--out", str(tmp_path / "run2")]) == 0
+    assert (
+        main([*evaluate[:1], str(tmp_path / "run2"), *evaluate[1:], "--out", str(tmp_path / "ev2")])
+        == 0
+    )
+    bad = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert not (
+        bad["exact"]["mean_error_in_std"] < 0.3 and 0.85 < bad["exact"]["std_ratio"] < 1.15
+    ), bad["exact"]
+    out = capsys.readouterr().out
+    assert "coverage 50%" in out and np.isfinite(metrics["chi2_per_datum"])
