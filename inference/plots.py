@@ -6,6 +6,7 @@ shown. The non-interactive Agg backend is selected on import.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,9 @@ from ppl_cvae._atomic import atomic_path  # noqa: E402
 
 __all__ = [
     "plot_bands",
+    "plot_fields",
+    "plot_predictive",
+    "plot_profile",
     "plot_coverage",
     "plot_truth_vs_mean",
     "plot_image_grid",
@@ -186,6 +190,139 @@ def plot_loss(history: Sequence[Mapping[str, float]], path: str | os.PathLike[st
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (negative ELBO per observation, nats)")
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_fields(
+    panels: Mapping[str, np.ndarray],
+    path: str | os.PathLike[str],
+    *,
+    extent: tuple[float, float, float, float],
+    xlabel: str = "offset (m)",
+    ylabel: str = "depth (m)",
+    units: Mapping[str, str] | None = None,
+    shared: Sequence[str] = (),
+    ncols: int = 4,
+) -> Path:
+    """Draw 2-D fields side by side (truth, posterior mean, std, draws), each with a colour bar.
+
+    Parameters
+    ----------
+    panels : mapping of title to ndarray, shape (H, W)
+        Fields on the grid, row 0 at the top (depth positive downward).
+    path : path
+        PNG to write.
+    extent : (left, right, bottom, top)
+        Grid edges in m for ``imshow`` (bottom is the largest depth).
+    units : mapping of title to unit string, optional
+        Colour-bar label per panel (e.g. ``"s/m"``).
+    shared : sequence of str
+        Titles that share one colour scale (e.g. truth, mean and draws).
+    ncols : int, default 4
+        Panels per row.
+    """
+    titles = list(panels)
+    nrows = math.ceil(len(titles) / ncols)
+    ncols = min(ncols, len(titles))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.1 * ncols, 2.9 * nrows), squeeze=False, constrained_layout=True
+    )
+    shared_values = [np.asarray(panels[t]) for t in titles if t in shared]
+    vmin = min(float(v.min()) for v in shared_values) if shared_values else None
+    vmax = max(float(v.max()) for v in shared_values) if shared_values else None
+    for ax, title in zip(axes.flat, titles, strict=False):
+        limits = {"vmin": vmin, "vmax": vmax} if title in shared else {}
+        cmap = "magma" if "std" in title.lower() else "viridis"
+        image = ax.imshow(np.asarray(panels[title]), extent=extent, cmap=cmap, **limits)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        bar = fig.colorbar(image, ax=ax, shrink=0.85)
+        bar.set_label((units or {}).get(title, ""))
+    for ax in list(axes.flat)[len(titles) :]:
+        ax.set_visible(False)
+    return _save(fig, path)
+
+
+def plot_profile(
+    depth: np.ndarray,
+    draws: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    truth: np.ndarray | None = None,
+    xlabel: str = "value",
+    depth_label: str = "depth (m)",
+    intervals: Sequence[float] = (0.5, 0.9),
+    title: str = "",
+) -> Path:
+    """Plot credible-interval bands of a 1-D profile against depth (depth down the page).
+
+    Parameters
+    ----------
+    depth : ndarray, shape (N,)
+        Depth of each profile value, in m.
+    draws : ndarray, shape (S, N)
+        Posterior draws of the profile.
+    truth : ndarray, shape (N,), optional
+        True profile, drawn dashed.
+    intervals : sequence of float
+        Masses of the central intervals drawn as nested bands.
+    """
+    d = np.asarray(depth, dtype=float)
+    v = np.asarray(draws, dtype=float)
+    fig, ax = plt.subplots(figsize=(3.8, 5.0))
+    for k, mass in enumerate(sorted(intervals, reverse=True)):
+        lo, hi = np.quantile(v, [(1 - mass) / 2, (1 + mass) / 2], axis=0)
+        ax.fill_betweenx(d, lo, hi, color="C0", alpha=0.2 + 0.2 * k, lw=0, label=f"{mass:.0%}")
+    ax.plot(np.median(v, axis=0), d, color="C0", label="median")
+    if truth is not None:
+        ax.plot(np.asarray(truth, dtype=float), d, "k--", lw=1.2, label="truth")
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(depth_label)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_predictive(
+    coord: np.ndarray,
+    y_obs: np.ndarray,
+    y_rep: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    xlabel: str = "datum",
+    ylabel: str = "y",
+    logx: bool = False,
+    interval: float = 0.9,
+    title: str = "",
+) -> Path:
+    """Plot the posterior predictive band of one data series against the observed data.
+
+    Parameters
+    ----------
+    coord : ndarray, shape (N,)
+        Horizontal coordinate of the data (station position, frequency, ray index).
+    y_obs : ndarray, shape (N,)
+        Observed data.
+    y_rep : ndarray, shape (S, N)
+        Posterior predictive draws ``F(x) + eps``.
+    logx : bool
+        Logarithmic horizontal axis (frequencies).
+    """
+    c = np.asarray(coord, dtype=float)
+    rep = np.asarray(y_rep, dtype=float)
+    lo, hi = np.quantile(rep, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    ax.fill_between(c, lo, hi, color="C1", alpha=0.3, lw=0, label=f"{interval:.0%} predictive")
+    ax.plot(c, np.median(rep, axis=0), color="C1", lw=1, label="predictive median")
+    ax.plot(c, np.asarray(y_obs, dtype=float), "k.", ms=3, label="observed")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 

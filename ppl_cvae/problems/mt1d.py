@@ -1,0 +1,446 @@
+"""1-D magnetotelluric (MT) sounding over a layered earth.
+
+Model ``x``: log10 of the electrical resistivity ``rho`` (``x = log10(rho / (ohm m))``) of
+``N = num_layers`` entries stacked downward. Entries ``0 .. N-2`` are layers of equal thickness
+``h = depth / (N - 1)``; the **last entry is the basement half-space** below ``depth``. The
+coordinate of entry ``j`` is the depth of its top, ``j h`` in m (depth positive downward, origin
+at the surface), so the half-space's coordinate is ``depth``. Shape ``(N,)``, dim ``"depth"``.
+
+Data ``y``: at ``M`` frequencies ``f`` (Hz), the log10 apparent resistivity and the impedance
+phase, stacked as ``y[0] = log10(rho_a / (ohm m))`` and ``y[1] = phi`` in degrees. Shape
+``(2, M)``, dims ``("component", "frequency")``.
+
+Forward operator (plane-wave source, quasi-static, time convention ``exp(+i omega t)``,
+``omega = 2 pi f``, ``mu_0 = 4 pi 1e-7 H/m``). In layer ``j`` the wavenumber and intrinsic
+impedance are ``k_j = sqrt(i omega mu_0 / rho_j)`` (principal root, ``Re k_j > 0`` so fields
+decay downward) and ``z_j = i omega mu_0 / k_j = sqrt(i omega mu_0 rho_j)`` (ohm). The surface
+impedance ``Z = E_x / H_y`` follows from the upward recursion (Wait 1954; Ward and Hohmann
+1988, in impedance form)::
+
+    Z_{N-1} = z_{N-1}
+    Z_j     = z_j (Z_{j+1} + z_j tanh(k_j h)) / (z_j + Z_{j+1} tanh(k_j h)),  j = N-2 .. 0
+    Z       = Z_0
+
+and the data are ``rho_a = |Z|^2 / (omega mu_0)`` (ohm m) and ``phi = arg Z`` (degrees). Over a
+homogeneous half-space ``rho_a = rho`` and ``phi = +45 deg`` at every frequency; ``phi > 45``
+means resistivity decreasing with depth. The skin depth ``delta = sqrt(2 rho / (omega mu_0))
+~ 503 sqrt(rho / f)`` m sets the depth of investigation: with the defaults (200 m layers down to
+6200 m, 1e-2 .. 1e3 Hz) ``delta`` runs from about 160 m (100 ohm m at 1 kHz) to 50 km
+(100 ohm m at 0.01 Hz). Computation is in complex128; the result has the dtype of ``x``.
+
+Noise model: independent Gaussian errors from a relative error ``e`` on the complex impedance
+(an error floor; Simpson and Bahr 2005), linearised:
+``sigma(log10 rho_a) = 2 e / ln 10`` (because ``rho_a ~ |Z|^2``) and ``sigma(phi) = e`` rad
+``= 180 e / pi`` deg. ``y = F(x) + eps``, ``eps ~ N(0, C_e)`` with diagonal ``C_e``
+(:attr:`MT1D.noise_cov`).
+
+Prior: a stationary Gaussian random field on the layer tops (mean ``prior_mean``, standard
+deviation ``prior_std`` in log10 ohm m, correlation length in m), clipped into
+``[min_log10_rho, max_log10_rho]`` with :func:`torch.clamp`. The clip makes the prior
+non-Gaussian (point masses at the bounds); with the defaults (2 +- 0.5 within [0, 4]) a cell is
+clipped with probability 6e-5.
+
+References
+----------
+Cagniard, L. (1953). Basic theory of the magneto-telluric method of geophysical prospecting.
+Geophysics 18(3), 605-635.
+Wait, J. R. (1954). On the relation between telluric currents and the Earth's magnetic field.
+Geophysics 19(2), 281-289.
+Ward, S. H. and Hohmann, G. W. (1988). Electromagnetic theory for geophysical applications. In
+Nabighian (ed.), Electromagnetic Methods in Applied Geophysics, vol. 1, SEG, 131-311.
+Simpson, F. and Bahr, K. (2005). Practical Magnetotellurics. Cambridge University Press.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.problems.base import LinearGaussianParts, register_problem, sample_noise
+from ppl_cvae.problems.random_fields import CORRELATION_KERNELS, GaussianRandomField, Kernel
+
+__all__ = ["MT1D", "MU_0", "layered_impedance", "log_frequencies"]
+
+MU_0 = 4e-7 * math.pi
+"""Magnetic permeability of free space (and of the earth), in H/m."""
+
+
+def log_frequencies(min_frequency: float, max_frequency: float, num: int) -> list[float]:
+    """Return ``num`` log-spaced frequencies from ``min_frequency`` to ``max_frequency`` (Hz).
+
+    Parameters
+    ----------
+    min_frequency, max_frequency : float
+        End points, in Hz, ``0 < min_frequency < max_frequency``.
+    num : int
+        Number of frequencies, ``>= 2``.
+
+    Returns
+    -------
+    list of float
+        Increasing frequencies in Hz, end points included.
+
+    Raises
+    ------
+    ConfigError
+        If the end points are not ordered and positive or ``num < 2``.
+
+    Examples
+    --------
+    >>> log_frequencies(1.0, 100.0, 3)
+    [1.0, 10.0, 100.0]
+    """
+    if not (0 < min_frequency < max_frequency and math.isfinite(max_frequency)):
+        raise ConfigError(
+            f"need 0 < min_frequency < max_frequency, got {min_frequency} and {max_frequency}"
+        )
+    if not (isinstance(num, int) and num >= 2):
+        raise ConfigError(f"num must be an integer >= 2, got {num!r}")
+    lo, hi = math.log10(min_frequency), math.log10(max_frequency)
+    return [10.0 ** (lo + (hi - lo) * i / (num - 1)) for i in range(num)]
+
+
+DEFAULT_FREQUENCIES = log_frequencies(1e-2, 1e3, 26)  # 5 per decade
+
+
+def _tanh(a: torch.Tensor) -> torch.Tensor:
+    """Return ``tanh(a)`` for complex ``a`` with ``Re a >= 0`` without overflow."""
+    e = torch.exp(-2.0 * a)  # |e| <= 1
+    return (1.0 - e) / (1.0 + e)
+
+
+def layered_impedance(
+    resistivity: torch.Tensor, thicknesses: torch.Tensor, frequencies: torch.Tensor
+) -> torch.Tensor:
+    """Return the surface impedance ``Z = E_x / H_y`` of a layered earth.
+
+    Parameters
+    ----------
+    resistivity : Tensor, shape (*batch, N)
+        Resistivity of the ``N - 1`` layers and, last, of the basement half-space, in ohm m
+        (not log-transformed), ``> 0``. Batch axes lead, the layer axis is the event axis.
+    thicknesses : Tensor, shape (N - 1,)
+        Thickness of each layer above the half-space, in m, ``> 0``.
+    frequencies : Tensor, shape (M,)
+        Frequencies in Hz, ``> 0``.
+
+    Returns
+    -------
+    Tensor, shape (*batch, M), complex128
+        Impedance in ohm, time convention ``exp(+i omega t)`` (phase +45 deg over a
+        half-space). Differentiable with respect to ``resistivity``.
+
+    Raises
+    ------
+    ShapeError
+        If ``thicknesses`` does not have ``N - 1`` entries or ``frequencies`` is not 1-D.
+    DataError
+        If a resistivity, thickness or frequency is not positive.
+
+    Notes
+    -----
+    Upward impedance recursion (Wait 1954; Ward and Hohmann 1988), see the module docstring.
+    ``tanh`` is evaluated as ``(1 - exp(-2a)) / (1 + exp(-2a))``, stable for thick layers.
+
+    Examples
+    --------
+    >>> z = layered_impedance(torch.tensor([100.0]), torch.zeros(0), torch.tensor([1.0]))
+    >>> rho_a = z.abs() ** 2 / (2 * math.pi * MU_0)
+    >>> round(float(rho_a[0]), 6), round(math.degrees(float(z.angle()[0])), 6)
+    (100.0, 45.0)
+    """
+    if resistivity.dim() < 1 or thicknesses.shape != (resistivity.shape[-1] - 1,):
+        raise ShapeError(
+            f"thicknesses must have shape (N - 1,) for resistivity of shape (*batch, N); got "
+            f"{tuple(thicknesses.shape)} and {tuple(resistivity.shape)}"
+        )
+    if frequencies.dim() != 1:
+        raise ShapeError(f"frequencies must be 1-D, got shape {tuple(frequencies.shape)}")
+    if not (bool((resistivity > 0).all()) and bool((thicknesses > 0).all())):
+        raise DataError("resistivities and thicknesses must be > 0; check for zeros or NaN")
+    if not bool((frequencies > 0).all()):
+        raise DataError(f"frequencies must be > 0, got {frequencies.tolist()}")
+    rho = resistivity.to(torch.float64).movedim(-1, 0).unsqueeze(-1)  # (N, *batch, 1)
+    i_omega_mu = 2j * math.pi * MU_0 * frequencies.to(torch.float64)  # (M,) complex128
+    z = torch.sqrt(i_omega_mu * rho)  # (N, *batch, M) intrinsic impedance, Re z > 0
+    k = i_omega_mu / z  # wavenumber sqrt(i omega mu / rho), Re k > 0
+    h = thicknesses.to(torch.float64).reshape(-1, *([1] * (rho.dim() - 1)))  # (N-1, 1, ..)
+    t = _tanh(k[:-1] * h)  # (N-1, *batch, M)
+    imp = z[-1]
+    for j in range(t.shape[0] - 1, -1, -1):
+        imp = z[j] * (imp + z[j] * t[j]) / (z[j] + imp * t[j])
+    return imp
+
+
+@register_problem("mt1d")
+class MT1D:
+    """1-D magnetotelluric sounding: log10 resistivity profile -> apparent resistivity, phase.
+
+    Parameters
+    ----------
+    num_layers : int, default 32
+        Number ``N >= 2`` of entries of ``x``: ``N - 1`` layers and the basement half-space.
+    depth : float, default 6200.0
+        Depth of the top of the basement half-space, in m (> 0); every layer is
+        ``depth / (N - 1)`` thick (200 m with the defaults).
+    frequencies : sequence of float or None, default None
+        Sounding frequencies in Hz, strictly increasing and positive; None gives 26 frequencies
+        log-spaced from 1e-2 to 1e3 Hz (:func:`log_frequencies`).
+    relative_error : float, default 0.05
+        Relative error ``e`` of the impedance, in (0, 1): ``sigma(log10 rho_a) = 2 e / ln 10``
+        (0.0434, i.e. 10 % in ``rho_a``) and ``sigma(phi) = 180 e / pi`` deg (2.86 deg).
+    prior_mean : float, default 2.0
+        Prior mean of ``x`` in log10 ohm m (100 ohm m).
+    prior_std : float, default 0.5
+        Prior standard deviation of ``x`` in log10 ohm m (before clipping), > 0.
+    correlation_length : float, default 1000.0
+        Correlation length of the prior random field along depth, in m, > 0.
+    kernel : {"exponential", "gaussian", "matern32", "matern52"}, default "matern52"
+        Correlation function of the prior (:class:`GaussianRandomField`).
+    min_log10_rho, max_log10_rho : float, default 0.0 and 4.0
+        Bounds (log10 ohm m) into which prior draws are clipped; ``min < max``.
+
+    Attributes
+    ----------
+    thicknesses : Tensor, shape (N - 1,), float64
+        Layer thicknesses in m.
+    noise_cov : Tensor, shape (2 M, 2 M), float64
+        Diagonal noise covariance of the flattened ``y`` (first the ``M`` log10 apparent
+        resistivities, then the ``M`` phases), in (log10 ohm m)^2 and deg^2.
+    noise_std : float
+        Scalar summary of the noise: root mean square of the per-datum standard deviations,
+        ``sqrt(trace(C_e) / 2M)`` (2.03 with the defaults, dominated by the phases). Noise draws,
+        chi-squared misfits and refinement use :attr:`noise_cov` instead.
+    misfit_std : float
+        Equals ``noise_std``.
+
+    Raises
+    ------
+    ConfigError
+        If any argument is outside its valid range (message names it).
+
+    Notes
+    -----
+    ``x ~ clip(GRF(prior_mean, prior_std^2, correlation_length), min, max)``,
+    ``y = F(x) + eps``, ``eps ~ N(0, C_e)``; ``F`` as in the module docstring. Nonlinear, so
+    :meth:`linear_gaussian` returns None.
+
+    Examples
+    --------
+    >>> p = MT1D(num_layers=8, depth=700.0, frequencies=[0.1, 1.0, 10.0])
+    >>> x, y = p.simulate(4, torch.Generator().manual_seed(0))
+    >>> tuple(x.shape), tuple(y.shape)
+    ((4, 8), (4, 2, 3))
+    >>> p.forward(torch.full((8,), 2.0))  # half-space of 100 ohm m
+    tensor([[ 2.,  2.,  2.],
+            [45., 45., 45.]])
+    """
+
+    name = "mt1d"
+    x_dims = ("depth",)
+    y_dims = ("component", "frequency")
+
+    def __init__(
+        self,
+        num_layers: int = 32,
+        depth: float = 6200.0,
+        frequencies: Sequence[float] | None = None,
+        relative_error: float = 0.05,
+        prior_mean: float = 2.0,
+        prior_std: float = 0.5,
+        correlation_length: float = 1000.0,
+        kernel: Kernel = "matern52",
+        min_log10_rho: float = 0.0,
+        max_log10_rho: float = 4.0,
+    ) -> None:
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 2:
+            raise ConfigError(
+                f"num_layers must be an integer >= 2 (layers plus half-space), got {num_layers!r}"
+            )
+        if not (math.isfinite(depth) and depth > 0):
+            raise ConfigError(f"depth must be a positive number of metres, got {depth!r}")
+        freqs = list(DEFAULT_FREQUENCIES if frequencies is None else frequencies)
+        freqs = [float(f) for f in freqs]
+        if not freqs or any(not (math.isfinite(f) and f > 0) for f in freqs):
+            raise ConfigError(f"frequencies must be a non-empty list of values > 0 Hz, got {freqs}")
+        if any(b <= a for a, b in zip(freqs[:-1], freqs[1:], strict=True)):
+            raise ConfigError(f"frequencies must be strictly increasing, got {freqs}")
+        if not 0 < relative_error < 1:
+            raise ConfigError(f"relative_error must be in (0, 1), got {relative_error!r}")
+        if not (prior_std > 0 and correlation_length > 0):
+            raise ConfigError(
+                f"prior_std and correlation_length must be > 0, got {prior_std!r} and "
+                f"{correlation_length!r}"
+            )
+        if kernel not in CORRELATION_KERNELS:
+            raise ConfigError(f"unknown kernel {kernel!r}; expected one of {CORRELATION_KERNELS}")
+        if not min_log10_rho < max_log10_rho:
+            raise ConfigError(
+                f"need min_log10_rho < max_log10_rho, got {min_log10_rho!r} and {max_log10_rho!r}"
+            )
+        self.num_layers = num_layers
+        self.depth = float(depth)
+        self.frequencies = freqs
+        self.relative_error = float(relative_error)
+        self.prior_mean = float(prior_mean)
+        self.prior_std = float(prior_std)
+        self.correlation_length = float(correlation_length)
+        self.kernel: Kernel = kernel
+        self.min_log10_rho = float(min_log10_rho)
+        self.max_log10_rho = float(max_log10_rho)
+
+        num_freq = len(freqs)
+        thickness = self.depth / (num_layers - 1)
+        tops = [j * thickness for j in range(num_layers)]
+        self.x_shape = (num_layers,)
+        self.y_shape = (2, num_freq)
+        self.coords: dict[str, list[Any]] = {
+            "depth": tops,
+            "component": ["log10_rho_a", "phase"],
+            "frequency": freqs,
+        }
+        self.units = {
+            "x": "log10(ohm m)",
+            "y": "log10(ohm m) | deg",
+            "depth": "m",
+            "component": "",
+            "frequency": "Hz",
+        }
+        self.thicknesses = torch.full((num_layers - 1,), thickness, dtype=torch.float64)
+        self._frequencies = torch.tensor(freqs, dtype=torch.float64)
+        sigma_rho = 2.0 * self.relative_error / math.log(10.0)
+        sigma_phase = math.degrees(self.relative_error)
+        variances = [sigma_rho**2] * num_freq + [sigma_phase**2] * num_freq
+        self.noise_cov = torch.diag(torch.tensor(variances, dtype=torch.float64))
+        self.noise_std = math.sqrt(sum(variances) / len(variances))
+        self.misfit_std = self.noise_std
+        self.field = GaussianRandomField(
+            (tops,),
+            mean=self.prior_mean,
+            sill=self.prior_std**2,
+            correlation_length=self.correlation_length,
+            kernel=kernel,
+        )
+
+    def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw clipped random-field profiles; shape ``(num, N)``, float32, log10 ohm m.
+
+        Raises
+        ------
+        ConfigError
+            If ``num`` is negative.
+
+        Examples
+        --------
+        >>> x = MT1D().sample_prior(3, torch.Generator().manual_seed(0))
+        >>> tuple(x.shape), bool((x >= 0).all() and (x <= 4).all())
+        ((3, 32), True)
+        """
+        x = self.field.sample(num, generator)
+        return torch.clamp(x, self.min_log10_rho, self.max_log10_rho)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return log10 apparent resistivity and phase for profiles ``x``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, N)
+            log10 resistivity (log10 ohm m) of the layers, last entry the half-space.
+
+        Returns
+        -------
+        Tensor, shape (*batch, 2, M)
+            ``[..., 0, :]`` log10 apparent resistivity (log10 ohm m), ``[..., 1, :]`` phase in
+            degrees; dtype of ``x`` if floating, else float32. Differentiable in ``x``.
+
+        Raises
+        ------
+        ShapeError
+            If the last axis of ``x`` is not ``N``.
+
+        Examples
+        --------
+        >>> p = MT1D(num_layers=2, depth=100.0, frequencies=[1e4])
+        >>> y = p.forward(torch.tensor([1.0, 3.0]))  # 10 ohm m top seen at high frequency
+        >>> round(float(y[0, 0]), 4), round(float(y[1, 0]), 2)
+        (1.0, 45.0)
+        """
+        if x.dim() < 1 or x.shape[-1] != self.num_layers:
+            raise ShapeError(f"x must have shape (*batch, {self.num_layers}), got {tuple(x.shape)}")
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        rho = torch.pow(10.0, x.to(torch.float64))
+        freqs = self._frequencies.to(x.device)
+        imp = layered_impedance(rho, self.thicknesses.to(x.device), freqs)
+        omega_mu = 2.0 * math.pi * MU_0 * freqs
+        log_rho_a = torch.log10(imp.real**2 + imp.imag**2) - torch.log10(omega_mu)
+        phase = torch.rad2deg(torch.atan2(imp.imag, imp.real))
+        return torch.stack([log_rho_a, phase], dim=-2).to(dtype)
+
+    def simulate(
+        self, num: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return prior draws and noisy data; shapes ``(num, N)`` and ``(num, 2, M)``, float32.
+
+        ``y = F(x) + eps`` with ``eps ~ N(0, noise_cov)``.
+
+        Examples
+        --------
+        >>> x, y = MT1D().simulate(2, torch.Generator().manual_seed(0))
+        >>> tuple(y.shape)
+        (2, 2, 26)
+        """
+        x = self.sample_prior(num, generator)
+        return x, self.forward(x) + sample_noise(self, (num,), generator)
+
+    def linear_gaussian(self) -> LinearGaussianParts | None:
+        """Return None: the forward operator is nonlinear and the clipped prior non-Gaussian."""
+        return None
+
+    def recommended_settings(self) -> dict[str, dict[str, Any]]:
+        """Return default ``ModelConfig``/``TrainConfig`` overrides: MLPs, fresh data per epoch.
+
+        Examples
+        --------
+        >>> MT1D().recommended_settings()["train"]["resimulate"]
+        True
+        """
+        return {
+            "model": {"latent_dim": 16, "hidden_dims": (256, 256)},
+            "train": {
+                "num_epochs": 60,
+                "batch_size": 256,
+                "learning_rate": 1e-3,
+                "lr_decay": 0.1,
+                "resimulate": True,
+                "num_train": 20000,
+                "patience": 0,
+            },
+        }
+
+    def spec(self) -> dict[str, Any]:
+        """Return the keyword arguments that rebuild this problem, plus its name.
+
+        Examples
+        --------
+        >>> from ppl_cvae.problems import make_problem
+        >>> spec = MT1D(num_layers=4).spec()
+        >>> make_problem(spec.pop("name"), **spec).spec() == MT1D(num_layers=4).spec()
+        True
+        """
+        return {
+            "name": self.name,
+            "num_layers": self.num_layers,
+            "depth": self.depth,
+            "frequencies": list(self.frequencies),
+            "relative_error": self.relative_error,
+            "prior_mean": self.prior_mean,
+            "prior_std": self.prior_std,
+            "correlation_length": self.correlation_length,
+            "kernel": self.kernel,
+            "min_log10_rho": self.min_log10_rho,
+            "max_log10_rho": self.max_log10_rho,
+        }
