@@ -64,6 +64,91 @@ def posterior_predictive_misfit(idata: az.InferenceData) -> pd.DataFrame:
     )
 
 
+def _edges(centres: list[Any]) -> tuple[float, float]:
+    """Return the outer edges of cells with the given (uniformly spaced) centres."""
+    c = np.asarray(centres, dtype=float)
+    half = 0.5 * (c[1] - c[0]) if c.size > 1 else 0.5
+    return float(c[0] - half), float(c[-1] + half)
+
+
+def _plot_x(
+    draws: np.ndarray,
+    truth: np.ndarray | None,
+    x_dims: list[str],
+    coords: dict[str, list],
+    unit: str,
+    out: Path,
+    m: int,
+    dim_units: dict[str, str],
+) -> list[Path]:
+    """Posterior plots of ``x`` for one observation, chosen by the layout of ``x``."""
+    from inference import plots
+
+    def dim_label(dim: str) -> str:
+        return f"{dim} ({dim_units[dim]})" if dim_units.get(dim) else dim
+
+    label = f"x ({unit})" if unit else "x"
+    title = f"posterior of x, observation {m}"
+    shape = draws.shape[1:]
+    if len(shape) == 2 and min(shape) >= 4:  # a 2-D grid: depth (rows) x offset (columns)
+        rows = coords.get(x_dims[0], list(range(shape[0])))
+        cols = coords.get(x_dims[1], list(range(shape[1])))
+        top, bottom = _edges(rows)
+        left, right = _edges(cols)
+        panels: dict[str, np.ndarray] = {}
+        if truth is not None:
+            panels["truth"] = truth
+        panels["posterior mean"] = draws.mean(0)
+        panels["posterior sd"] = draws.std(0)
+        for k in range(min(3, draws.shape[0])):
+            panels[f"draw {k}"] = draws[k]
+        field = plots.plot_fields(
+            panels,
+            out / f"posterior_obs{m}.png",
+            extent=(left, right, bottom, top),
+            xlabel=dim_label(x_dims[1]),
+            ylabel=dim_label(x_dims[0]),
+            units={t: unit for t in panels},
+            shared=[t for t in panels if t != "posterior sd"],
+        )
+        mid = shape[1] // 2
+        profile = plots.plot_profile(
+            np.asarray(rows, dtype=float),
+            draws[:, :, mid],
+            out / f"profile_obs{m}.png",
+            truth=None if truth is None else truth[:, mid],
+            xlabel=label,
+            depth_label=dim_label(x_dims[0]),
+            title=f"{title}, column {x_dims[1]} = {cols[mid]}",
+        )
+        return [field, profile]
+    if len(shape) == 1 and x_dims[0] == "depth":
+        depth = np.asarray(coords.get("depth", list(range(shape[0]))), dtype=float)
+        return [
+            plots.plot_profile(
+                depth,
+                draws,
+                out / f"posterior_obs{m}.png",
+                truth=truth,
+                xlabel=label,
+                depth_label=dim_label("depth"),
+                title=title,
+            )
+        ]
+    return [
+        plots.plot_bands(
+            draws,
+            x_dims,
+            coords,
+            out / f"posterior_obs{m}.png",
+            band=hdi(draws, 0.9),
+            reference=truth,
+            title=title,
+            ylabel=label,
+        )
+    ]
+
+
 def write_report(
     idata: az.InferenceData, out_dir: str | os.PathLike[str], *, max_observations: int = 3
 ) -> list[Path]:
@@ -72,7 +157,10 @@ def write_report(
     Files: ``summary.csv`` (``az.summary`` of ``x`` with mean, sd and 90% HDI, no MCMC
     diagnostics since the draws are independent), ``misfit.csv`` (see
     :func:`posterior_predictive_misfit`), and per observation (up to ``max_observations``):
-    ``posterior_obsK.png`` (mean and 90% HDI band of ``x`` against the truth when known),
+    ``posterior_obsK.png`` (mean and 90% HDI band of ``x`` against the truth when known; for a
+    2-D grid ``x``: truth, posterior mean, posterior sd and three draws side by side, plus
+    ``profile_obsK.png``, the credible bands of the middle column against depth; for a 1-D
+    ``x`` along ``depth``: the bands against depth),
     ``predictive_obsK.png`` (posterior predictive mean and 90% HDI against observed ``y``) and
     ``latent_pairs_obsK.png`` (seaborn pair plot of up to 4 latent dims).
 
@@ -101,23 +189,15 @@ def write_report(
     lead = ("chain", "draw", "observation")
     x_dims = _event_dims(x, lead)
     num_obs = x.sizes["observation"] if stacked else 1
+    dim_units = {d: str(x[d].attrs.get("units", "")) for d in x_dims if d in x.coords}
     has_truth = "constant_data" in idata.groups() and "x_true" in idata["constant_data"]
     has_pp = "posterior_predictive" in idata.groups()
     for m in range(min(num_obs, max_observations)):
         sel: dict[str, Any] = {"observation": m} if stacked else {}  # keyword indexers of isel
         draws = x.isel(chain=0, **sel).values
         truth = idata["constant_data"]["x_true"].isel(**sel).values if has_truth else None
-        written.append(
-            plots.plot_bands(
-                draws,
-                x_dims,
-                coords,
-                out / f"posterior_obs{m}.png",
-                band=hdi(draws, 0.9),
-                reference=truth,
-                title=f"posterior of x, observation {m}",
-                ylabel="x",
-            )
+        written.extend(
+            _plot_x(draws, truth, x_dims, coords, x.attrs.get("units", ""), out, m, dim_units)
         )
         if has_pp:
             y_rep = idata["posterior_predictive"]["y"]

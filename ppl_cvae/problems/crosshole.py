@@ -578,6 +578,7 @@ class Crosshole:
                 "num_epochs": 60,
                 "batch_size": 256,
                 "learning_rate": 1e-3,
+                "lr_decay": 0.1,
                 "resimulate": True,
                 "num_train": 20000,
                 "patience": 0,

@@ -1,0 +1,163 @@
+"""Linear-Gaussian benchmark: the amortized CVAE posterior against the exact one.
+
+For ``crosshole`` and ``gravity`` with their Gaussian random field priors (linear forward
+operator, Gaussian prior and noise, so the posterior is Gaussian in closed form,
+:func:`inference.exact.exact_posterior`): fit the CVAE on the problem's recommended simulation
+budget (fresh simulations every epoch), draw posterior samples for 100 held-out observations
+drawn from the prior, and print against the exact posterior
+
+- the error of the posterior mean in units of the exact posterior sd (median over all cells of
+  all observations; target <= 0.3),
+- the ratio of the sample sd to the exact sd (median; target 0.9 to 1.1),
+- the coverage of the true x by the central 50% and 90% marginal intervals (target within 0.03
+  of nominal), beside the exact posterior's own coverage of the same truths,
+
+and the same for a Tikhonov (damped least-squares) baseline: ``x = argmin |A x - y|^2_{C_e} +
+|x - mu_0|^2 / sill``, i.e. the right prior variance but no spatial correlation, with its
+Gaussian uncertainty ``(A^T C_e^-1 A + I / sill)^-1``. Also the fit time and posterior samples
+per second.
+
+Run::
+
+    python benchmarks/linear_gaussian.py [--problems crosshole,gravity] [--threads 2]
+
+About 10 minutes per problem on 2 CPU cores with the recommended budgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from inference.diagnostics.coverage import run_evaluation
+from inference.exact import exact_posterior, linear_gaussian_posterior
+from inference.posterior import draw_posterior
+from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae.problems import make_problem
+from ppl_cvae.problems.base import linear_gaussian_parts
+
+
+def tikhonov(problem, y):
+    """Damped least squares with prior variance ``sill`` and no correlation: mean, sd."""
+    parts = linear_gaussian_parts(problem)
+    sill = float(parts.prior_cov.diagonal().mean())
+    d = parts.prior_cov.shape[0]
+    eye = torch.eye(d, dtype=torch.float64)
+    mean, cov = linear_gaussian_posterior(
+        parts.matrix.double(),
+        parts.noise_cov,
+        parts.prior_mean,
+        sill * eye,
+        y.reshape(y.shape[0], -1).double(),
+    )
+    return mean.reshape(y.shape[0], *problem.x_shape), cov.diagonal().sqrt().reshape(
+        problem.x_shape
+    )
+
+
+def gaussian_metrics(mean, std, x_true, exact):
+    """Metrics of a Gaussian approximation (mean, marginal sd) against the exact posterior."""
+    z50 = math.sqrt(2) * float(torch.special.erfinv(torch.tensor(0.5)))
+    z90 = math.sqrt(2) * float(torch.special.erfinv(torch.tensor(0.9)))
+    err = (mean.double() - exact.mean.double()).abs() / exact.std.double()
+    inside = lambda z: float(((x_true - mean).abs() <= z * std).double().mean())  # noqa: E731
+    return {
+        "mean_error_in_std": float(err.median()),
+        "std_ratio": float((std.double() / exact.std.double()).median()),
+        "coverage_50": inside(z50),
+        "coverage_90": inside(z90),
+    }
+
+
+def run(name, args):
+    problem = make_problem(name, **({"prior": "grf"} if name == "crosshole" else {}))
+    settings = problem.recommended_settings()
+    train_kwargs = dict(settings["train"])
+    if args.epochs:
+        train_kwargs["num_epochs"] = args.epochs
+    if args.num_train:
+        train_kwargs["num_train"] = args.num_train
+    train = TrainConfig(**train_kwargs, seed=args.seed)
+    x, y = problem.simulate(train.num_train, torch.Generator().manual_seed(args.seed + 1))
+    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **settings["model"])
+    cvae = build_cvae(config, x, y, problem=problem)
+    start = time.perf_counter()
+    result = fit(cvae, x, y, train, simulator=problem.simulate, progress=False)
+    fit_seconds = time.perf_counter() - start
+    x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
+    draw_posterior(cvae, y_obs[:2], 10, seed=0)  # warm-up
+    start = time.perf_counter()
+    draws = draw_posterior(cvae, y_obs, args.num_samples, seed=args.seed).x
+    sample_seconds = time.perf_counter() - start
+    exact = exact_posterior(problem, y_obs)
+    metrics = run_evaluation(
+        draws,
+        x_true,
+        x_reference=cvae.x_standardiser.mean,
+        y_obs=y_obs,
+        problem=problem,
+        exact_mean=exact.mean,
+        exact_std=exact.std,
+    )
+    t_mean, t_std = tikhonov(problem, y_obs)
+    tik = gaussian_metrics(t_mean, t_std, x_true, exact)
+    ex = metrics["exact"]
+    budget = (
+        f"{train.num_epochs} epochs x {train.num_train} fresh pairs, batch {train.batch_size}, "
+        f"latent {config.latent_dim}, hidden {config.hidden_dims}, {config.network}"
+    )
+    print(f"\n{name} (x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}): {budget}")
+    print(
+        f"  fit {fit_seconds:.0f} s ({len(result.history)} epochs); "
+        f"{draws.shape[0] * draws.shape[1] / sample_seconds:,.0f} posterior samples/s"
+    )
+    print(f"  {'':10s} {'mean err/sd':>12s} {'sd ratio':>9s} {'cov50':>6s} {'cov90':>6s}")
+    rows = (
+        (
+            "CVAE",
+            ex["mean_error_in_std"],
+            ex["std_ratio"],
+            metrics["coverage_50"],
+            metrics["coverage_90"],
+        ),
+        ("exact", 0.0, 1.0, ex["coverage_50"], ex["coverage_90"]),
+        (
+            "Tikhonov",
+            tik["mean_error_in_std"],
+            tik["std_ratio"],
+            tik["coverage_50"],
+            tik["coverage_90"],
+        ),
+    )
+    for label, err, ratio, c50, c90 in rows:
+        print(f"  {label:10s} {err:12.3f} {ratio:9.3f} {c50:6.3f} {c90:6.3f}")
+    print(
+        f"  RMSE posterior mean / prior mean {metrics['rmse_ratio']:.3f}; chi2 per datum "
+        f"{metrics['chi2_per_datum']:.3f} (draws), {metrics['chi2_per_datum_of_mean']:.3f} "
+        "(mean)"
+    )
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    print(
+        f"threads: {torch.get_num_threads()}, held-out: {args.num_heldout}, "
+        f"draws per observation: {args.num_samples}"
+    )
+    for name in args.problems.split(","):
+        run(name.strip(), args)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", default="crosshole,gravity")
+    parser.add_argument("--num-heldout", type=int, default=100)
+    parser.add_argument("--num-samples", type=int, default=500)
+    parser.add_argument("--epochs", type=int, help="override the recommended epochs")
+    parser.add_argument("--num-train", type=int, help="override the pairs per epoch")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    main(parser.parse_args())

@@ -1,0 +1,104 @@
+"""Amortized crosshole posterior (small grid) against the exact linear-Gaussian posterior."""
+
+import pytest
+import torch
+
+from inference.diagnostics.coverage import run_evaluation
+from inference.exact import exact_posterior
+from inference.posterior import draw_posterior
+from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae.problems import make_problem
+
+
+def _small_problem():
+    # 8 x 8 cells of 4 m, 6 sources x 6 receivers: d = 64 cells, m = 36 traveltimes
+    return make_problem(
+        "crosshole",
+        num_depth_cells=8,
+        num_offset_cells=8,
+        cell_size=4.0,
+        num_sources=6,
+        num_receivers=6,
+    )
+
+
+def _fit(problem, seed, num_epochs):
+    x, y = problem.simulate(4096, torch.Generator().manual_seed(seed + 1))
+    config = ModelConfig(
+        x_shape=problem.x_shape, y_shape=problem.y_shape, latent_dim=64, hidden_dims=(128, 128)
+    )
+    train = TrainConfig(
+        num_epochs=num_epochs,
+        batch_size=128,
+        learning_rate=3e-3,
+        lr_decay=0.1,
+        resimulate=True,
+        num_train=4096,
+        patience=0,
+        seed=seed,
+    )
+    cvae = build_cvae(config, x, y, problem=problem)
+    fit(cvae, x, y, train, simulator=problem.simulate, progress=False)
+    return cvae
+
+
+def _compare(problem, cvae, seed):
+    x_true, y_obs = problem.simulate(200, torch.Generator().manual_seed(seed + 100))
+    exact = exact_posterior(problem, y_obs)
+    draws = draw_posterior(cvae, y_obs, 300, seed=seed).x
+    return run_evaluation(
+        draws,
+        x_true,
+        x_reference=cvae.x_standardiser.mean,
+        exact_mean=exact.mean,
+        exact_std=exact.std,
+    )
+
+
+def _agrees(m):
+    """Tolerances against the exact posterior (200 observations x 64 cells, 300 draws each).
+
+    - mean error: a 300-draw mean has median |error| 0.674/sqrt(300) = 0.04 exact sd; the
+      benchmark's target is 0.3, allowed here as is.
+    - sd ratio: a 300-draw sd has relative error 1/sqrt(2*300) = 0.04; 0.85..1.15 allows a
+      short fit's bias on top.
+    - coverage: against the exact posterior's own coverage of the same truths, which removes
+      the truths' sampling error; 300-draw quantiles shift coverage by about 0.01; 0.05.
+    """
+    ex = m["exact"]
+    return (
+        ex["mean_error_in_std"] < 0.3
+        and 0.85 < ex["std_ratio"] < 1.15
+        and abs(m["coverage_50"] - ex["coverage_50"]) < 0.05
+        and abs(m["coverage_90"] - ex["coverage_90"]) < 0.05
+    )
+
+
+@pytest.mark.slow
+def test_small_crosshole_posterior_matches_the_exact_one(seed):
+    problem = _small_problem()
+    cvae = _fit(problem, seed, num_epochs=150)
+    metrics = _compare(problem, cvae, seed)
+    assert _agrees(metrics), {k: metrics[k] for k in ("coverage_50", "coverage_90", "exact")}
+    # negative control: the same model's posterior mean shifted by one exact sd, and draws
+    # squeezed to half their spread, must both fail the same check
+    x_true, y_obs = problem.simulate(200, torch.Generator().manual_seed(seed + 100))
+    exact = exact_posterior(problem, y_obs)
+    draws = draw_posterior(cvae, y_obs, 300, seed=seed).x
+    for bad in (draws + exact.std, draws.mean(0) + 0.5 * (draws - draws.mean(0))):
+        m = run_evaluation(
+            bad,
+            x_true,
+            x_reference=cvae.x_standardiser.mean,
+            exact_mean=exact.mean,
+            exact_std=exact.std,
+        )
+        assert not _agrees(m), m["exact"]
+
+
+@pytest.mark.slow
+def test_an_underfitted_crosshole_posterior_fails_the_check(seed):
+    """30 epochs leave the posterior too narrow (measured sd ratio ~0.75): the check must see it."""
+    problem = _small_problem()
+    metrics = _compare(problem, _fit(problem, seed, num_epochs=30), seed)
+    assert not _agrees(metrics), metrics["exact"]
