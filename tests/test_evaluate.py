@@ -215,3 +215,32 @@ def test_default_fit_on_a_file_is_calibrated(tmp_path, capsys):
     ), bad["exact"]
     out = capsys.readouterr().out
     assert "coverage 50%" in out and np.isfinite(metrics["chi2_per_datum"])
+
+
+@pytest.mark.parametrize("y_embedding", ["separate", "shared"])
+def test_conv2d_cvae_on_a_crosshole_grid(y_embedding):
+    """A 2-D conv decoder for a slowness grid with an MLP (or shared) encoder of the rays."""
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    from ppl_cvae.problems import make_problem
+
+    problem = make_problem("crosshole", num_depth_cells=8, num_offset_cells=8, cell_size=4.0)
+    x, y = problem.simulate(6, torch.Generator().manual_seed(0))
+    config = ModelConfig(
+        x_shape=problem.x_shape,
+        y_shape=problem.y_shape,
+        network="conv2d",
+        conv_channels=(4, 8),
+        feature_dim=16,
+        hidden_dims=(16,),
+        y_embedding=y_embedding,
+    )
+    cvae = CVAE(config)
+    loss = Trace_ELBO().differentiable_loss(cvae.model, cvae.guide, y, x)
+    loss.backward()
+    grads = [p.grad for p in cvae.parameters()]
+    assert torch.isfinite(loss) and all(g is not None for g in grads)
+    mean, scale = cvae.decode(torch.randn(3, 6, config.latent_dim), y)
+    assert mean.shape == scale.shape == (3, 6, 8, 8)
+    pyro.clear_param_store()
