@@ -9,10 +9,13 @@ import pytest
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 # each script and a file its --smoke run must write
 EXAMPLES = {
+    "crosshole.py": "metrics.json",
     "digits_cvae.py": "cvae/frames/samples.gif",
     "digits_vae.py": "frames/samples.gif",
+    "gravity.py": "metrics.json",
     "image_vae.py": "frames/samples.gif",
     "linear_gaussian.py": "posterior.nc",
+    "mt1d.py": "metrics.json",
     "two_birds.py": "posterior.nc",
 }
 
