@@ -85,7 +85,12 @@ def run(label, args):
         train_kwargs["num_train"] = args.num_train
     train = TrainConfig(**train_kwargs, seed=args.seed)
     x, y = problem.simulate(train.num_train, torch.Generator().manual_seed(args.seed + 1))
-    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **settings["model"])
+    model_kwargs = dict(settings["model"])
+    if args.latent_dim:
+        model_kwargs["latent_dim"] = args.latent_dim
+    if args.linear_skip is not None:
+        model_kwargs["linear_skip"] = args.linear_skip
+    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **model_kwargs)
     cvae = build_cvae(config, x, y, problem=problem)
     start = time.perf_counter()
     result = fit(cvae, x, y, train, simulator=problem.simulate, progress=False)
@@ -107,7 +112,8 @@ def run(label, args):
     )
     budget = (
         f"{train.num_epochs} epochs x {train.num_train} fresh pairs, batch {train.batch_size}, "
-        f"latent {config.latent_dim}, hidden {config.hidden_dims}, {config.network}"
+        f"latent {config.latent_dim}, hidden {config.hidden_dims}, {config.network}, "
+        f"linear skip {config.linear_skip}"
     )
     print(f"\n{label} (x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}): {budget}")
     print(
@@ -124,6 +130,10 @@ def run(label, args):
         return
     t_mean, t_std = tikhonov(problem, y_obs)
     tik = gaussian_metrics(t_mean, t_std, x_true, exact)
+    exact_draws = exact.sample(200, torch.Generator().manual_seed(args.seed))
+    exact_chi2 = run_evaluation(
+        exact_draws, x_true, x_reference=cvae.x_standardiser.mean, y_obs=y_obs, problem=problem
+    )["chi2_per_datum"]
     ex = metrics["exact"]
     print(f"  {'':10s} {'mean err/sd':>12s} {'sd ratio':>9s} {'cov50':>6s} {'cov90':>6s}")
     rows = (
@@ -145,6 +155,7 @@ def run(label, args):
     )
     for row, err, ratio, c50, c90 in rows:
         print(f"  {row:10s} {err:12.3f} {ratio:9.3f} {c50:6.3f} {c90:6.3f}")
+    print(f"  chi2 per datum of exact posterior draws (reference): {exact_chi2:.3f}")
 
 
 def main(args):
@@ -164,6 +175,10 @@ if __name__ == "__main__":
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--epochs", type=int, help="override the recommended epochs")
     parser.add_argument("--num-train", type=int, help="override the pairs per epoch")
+    parser.add_argument("--latent-dim", type=int, help="override the recommended latent size")
+    parser.add_argument(
+        "--linear-skip", action=argparse.BooleanOptionalAction, help="override linear_skip"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     main(parser.parse_args())

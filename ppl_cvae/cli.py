@@ -42,6 +42,7 @@ MODEL_FLAGS = {
     "likelihood": "likelihood",
     "fixed_scale": "fixed_scale",
     "y_embedding": "y_embedding",
+    "linear_skip": "linear_skip",
 }
 TRAIN_FLAGS = {
     "epochs": "num_epochs",
@@ -598,6 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="basis: decode coefficients of the problem's linear basis (straight "
         "lines for two_birds); auto: the problem's recommendation",
+    )
+    fit_p.add_argument(
+        "--linear-skip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a linear map of y to the decoder output (the part of E[x|y] linear in y)",
     )
     fit_p.add_argument("--kl-warmup-epochs", type=int, help="epochs of linear KL warm-up")
     fit_p.add_argument(

@@ -99,6 +99,11 @@ class ModelConfig(_DictMixin):
         of ``y``. ``"shared"``: one embedding network of ``y`` feeds all three (fewer
         parameters and one learned summary of a large data vector; the gradients of all three
         terms of the ELBO train it).
+    linear_skip : bool, default False
+        Add a linear map of the standardised ``y`` to the decoder's output (its mean, or its
+        logits for Bernoulli), initialised at zero: the part of ``E[x | y]`` that is linear in
+        ``y`` (all of it for a linear forward operator and a Gaussian prior) then needs no
+        hidden layer. Not with ``basis_dim``.
     constrained_coefficients : bool, default False
         With ``basis_dim``: the decoder works in an unconstrained space mapped onto the valid
         coefficients by a bijection the problem supplies (``problem.coefficient_transform()``;
@@ -125,6 +130,7 @@ class ModelConfig(_DictMixin):
     basis_dim: int | None = None
     constrained_coefficients: bool = False
     y_embedding: Literal["separate", "shared"] = "separate"
+    linear_skip: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_shape", tuple(self.x_shape))
@@ -172,8 +178,12 @@ class ModelConfig(_DictMixin):
                 )
             if self.likelihood == "bernoulli":
                 raise ConfigError("a linear decoder basis needs a Gaussian likelihood")
+            if self.linear_skip:
+                raise ConfigError("linear_skip does not apply to a basis decoder (basis_dim)")
         elif self.constrained_coefficients:
             raise ConfigError("constrained_coefficients needs basis_dim")
+        if self.linear_skip and self.y_shape is None:
+            raise ConfigError("linear_skip needs a conditional model (y_shape set)")
 
     @property
     def x_dim(self) -> int:

@@ -244,3 +244,21 @@ def test_conv2d_cvae_on_a_crosshole_grid(y_embedding):
     mean, scale = cvae.decode(torch.randn(3, 6, config.latent_dim), y)
     assert mean.shape == scale.shape == (3, 6, 8, 8)
     pyro.clear_param_store()
+
+
+def test_linear_skip_starts_at_zero_and_is_validated():
+    b = CVAE(ModelConfig(x_shape=(5,), y_shape=(3,), hidden_dims=(8,), linear_skip=True))
+    z, y = torch.randn(4, 2, 8), torch.randn(2, 3)
+    with_skip = b.decode(z, y)[0]
+    skip, b.dec_skip = b.dec_skip, None
+    without = b.decode(z, y)[0]
+    b.dec_skip = skip
+    # zero-initialised: the same decoder output as without the skip path
+    assert torch.allclose(with_skip, without)
+    with torch.no_grad():
+        b.dec_skip.bias.fill_(1.0)  # the path reaches the mean (x standardiser is identity)
+    assert torch.allclose(b.decode(z, y)[0], without + 1.0)
+    with pytest.raises(ConfigError, match="linear_skip needs a conditional"):
+        ModelConfig(x_shape=(5,), y_shape=None, prior="standard_normal", linear_skip=True)
+    with pytest.raises(ConfigError, match="basis decoder"):
+        ModelConfig(x_shape=(5,), y_shape=(3,), basis_dim=2, linear_skip=True)

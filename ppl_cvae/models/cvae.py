@@ -173,6 +173,7 @@ class CVAE(nn.Module):
                     shared_y.append(_encoder(config, shape))
                 return shared_y[0]
             return _encoder(config, shape)
+
         # recognition net q(z | x, y)
         self.rec_x, rec_x_width = _encoder(config, config.x_shape)
         self.rec_y: nn.Module | None
@@ -209,6 +210,14 @@ class CVAE(nn.Module):
         width = config.hidden_dims[0] if config.hidden_dims else config.feature_dim
         rest = config.hidden_dims[1:]
         self.dec_in = ConditionalInput(z_dim, dec_y_width, width, config.activation)
+        # optional linear path from standardised y to the decoder output (mean or logits),
+        # zero at the start: the part of E[x | y] that is linear in y (all of it for a linear
+        # forward operator with a Gaussian prior) need not pass through the hidden layers
+        self.dec_skip: nn.Linear | None = None
+        if config.linear_skip and y_shape is not None:
+            self.dec_skip = nn.Linear(math.prod(y_shape), x_dim)
+            nn.init.zeros_(self.dec_skip.weight)
+            nn.init.zeros_(self.dec_skip.bias)
         self.dec_scale: nn.Module | None = None
         self.decoder: nn.Module
         if config.basis_dim is not None:
@@ -388,7 +397,8 @@ class CVAE(nn.Module):
             Standard deviation in physical units (``None`` for Bernoulli).
         """
         cfg = self.config
-        hy = self.dec_y(self._standardise_y(y)) if self.dec_y is not None else None
+        y_std = self._standardise_y(y) if self.dec_y is not None else None
+        hy = self.dec_y(y_std) if self.dec_y is not None else None
         h = self.dec_in(z, hy)  # the y part is computed once per observation
         batch = h.shape[:-1]
         xs = self.x_standardiser
@@ -401,6 +411,9 @@ class CVAE(nn.Module):
                 params = out  # (*batch, *x_shape, num_params)
             else:
                 params = out.reshape(*batch, *cfg.x_shape, -1)
+            if self.dec_skip is not None and y_std is not None:
+                skip = self.dec_skip(y_std.flatten(start_dim=1)).reshape(-1, *cfg.x_shape)
+                params = torch.cat([(params[..., 0] + skip)[..., None], params[..., 1:]], -1)
             if cfg.likelihood == "bernoulli":
                 return torch.sigmoid(params[..., 0]), None
             mean = xs.inverse(params[..., 0])

@@ -573,7 +573,12 @@ class Crosshole:
     def recommended_settings(self) -> dict[str, dict[str, Any]]:
         """Return default ``ModelConfig``/``TrainConfig`` overrides (untuned starting point)."""
         return {
-            "model": {"network": "mlp", "latent_dim": 32, "hidden_dims": (512, 512)},
+            "model": {
+                "network": "mlp",
+                "latent_dim": 32,
+                "hidden_dims": (512, 512),
+                "linear_skip": True,
+            },
             "train": {
                 "num_epochs": 60,
                 "batch_size": 256,

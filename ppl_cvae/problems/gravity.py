@@ -357,9 +357,9 @@ class Gravity:
         20000
         """
         return {
-            "model": {"latent_dim": 32, "hidden_dims": (256, 256)},
+            "model": {"latent_dim": 32, "hidden_dims": (256, 256), "linear_skip": True},
             "train": {
-                "num_epochs": 60,
+                "num_epochs": 120,
                 "batch_size": 256,
                 "learning_rate": 1e-3,
                 "lr_decay": 0.1,
