@@ -333,6 +333,7 @@ def plot_coverage(
     *,
     num_observations: int | None = None,
     reference: Sequence[float] | None = None,
+    reference_label: str = "exact posterior",
 ) -> Path:
     """Plot empirical against nominal coverage of central intervals (a calibration curve).
 
@@ -349,7 +350,7 @@ def plot_coverage(
     ax.plot([0, 1], [0, 1], color="0.4", lw=1)
     ax.plot(nom, np.asarray(empirical, dtype=float), "o-", label="posterior")
     if reference is not None:
-        ax.plot(nom, np.asarray(reference, dtype=float), "k--", label="reference")
+        ax.plot(nom, np.asarray(reference, dtype=float), "k--", label=reference_label)
     ax.set_xlabel("credibility level of central interval")
     ax.set_ylabel("fraction of true values inside")
     ax.set_xlim(0, 1)

@@ -83,10 +83,14 @@ def central_coverage(
         )
     d = draws.double()
     t = truth.double()
+    # one sort for all levels: quantiles (1 - a) / 2 and (1 + a) / 2 of every level at once
+    probs = torch.tensor(
+        [p for a in levels for p in ((1 - a) / 2, (1 + a) / 2)], dtype=torch.float64
+    )
+    bounds = torch.quantile(d, probs, dim=0)  # (2 * len(levels), *truth.shape)
     out = []
-    for alpha in levels:
-        probs = torch.tensor([(1 - alpha) / 2, (1 + alpha) / 2], dtype=torch.float64)
-        lo, hi = torch.quantile(d, probs, dim=0)
+    for k in range(len(levels)):
+        lo, hi = bounds[2 * k], bounds[2 * k + 1]
         out.append(float(((t >= lo) & (t <= hi)).double().mean()))
     return out
 

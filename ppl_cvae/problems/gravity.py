@@ -351,6 +351,8 @@ class Gravity:
     def recommended_settings(self) -> dict[str, dict[str, Any]]:
         """Return default ``ModelConfig``/``TrainConfig`` overrides: MLPs, fresh data per epoch.
 
+        120 epochs: at 60 the posterior sd was 5% short of the exact one (README).
+
         Examples
         --------
         >>> Gravity().recommended_settings()["train"]["num_train"]

@@ -409,7 +409,7 @@ class MT1D:
         True
         """
         return {
-            "model": {"latent_dim": 16, "hidden_dims": (256, 256)},
+            "model": {"latent_dim": 16, "hidden_dims": (256, 256), "linear_skip": True},
             "train": {
                 "num_epochs": 60,
                 "batch_size": 256,
