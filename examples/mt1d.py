@@ -20,8 +20,9 @@ Run::
 
     python examples/mt1d.py --out-dir runs/examples/mt1d
 
-Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): measured 4.4 minutes (4.2
-minutes of fitting). ``--smoke``: about 10 seconds.
+Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): measured 4.0 minutes (3.8
+minutes of fitting; on 50 held-out pairs coverage 0.496 / 0.878, chi-squared 1.11 per datum).
+``--smoke``: about 10 seconds.
 """
 
 from __future__ import annotations
