@@ -262,3 +262,13 @@ def test_linear_skip_starts_at_zero_and_is_validated():
         ModelConfig(x_shape=(5,), y_shape=None, prior="standard_normal", linear_skip=True)
     with pytest.raises(ConfigError, match="basis decoder"):
         ModelConfig(x_shape=(5,), y_shape=(3,), basis_dim=2, linear_skip=True)
+
+
+def test_scale_gain_sets_the_initial_scale_and_is_validated():
+    for gain in (1.0, 10.0):
+        cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), init_scale=0.2, scale_gain=gain))
+        _, scale = cvae.decode(torch.zeros(1, 1, cvae.config.latent_dim), torch.zeros(1, 2))
+        # identity standardiser: the initial scale is init_scale whatever the gain
+        assert torch.allclose(scale, torch.full((1, 1, 3), 0.2))
+    with pytest.raises(ConfigError, match="scale_gain"):
+        ModelConfig(x_shape=(3,), y_shape=(2,), scale_gain=0.0)

@@ -48,7 +48,6 @@ from ppl_cvae.nets.blocks import (
 __all__ = ["CVAE"]
 
 _INSTANCE_COUNTER = itertools.count()
-LOG_SCALE_GAIN = 10.0  # gain of the learned per-element log-scale (likelihood "gaussian")
 
 
 def _encoder(config: ModelConfig, in_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
@@ -243,7 +242,7 @@ class CVAE(nn.Module):
             # from init_scale to the data's spread within a few hundred steps even with a
             # decaying learning rate (with softplus(raw) it needed thousands, and short fits
             # left posteriors too narrow)
-            raw = math.log(config.init_scale - SCALE_FLOOR) / LOG_SCALE_GAIN
+            raw = math.log(config.init_scale - SCALE_FLOOR) / config.scale_gain
             self.raw_scale = nn.Parameter(torch.full(config.x_shape, raw))
 
         if config.basis_dim is not None:
@@ -419,7 +418,7 @@ class CVAE(nn.Module):
             mean = xs.inverse(params[..., 0])
             raw = params[..., 1] if params.shape[-1] == 2 else None
         if cfg.likelihood == "gaussian":
-            scale = (torch.exp(LOG_SCALE_GAIN * self.raw_scale) + SCALE_FLOOR) * xs.std
+            scale = (torch.exp(cfg.scale_gain * self.raw_scale) + SCALE_FLOOR) * xs.std
             scale = scale.expand(mean.shape)
         elif cfg.likelihood == "gaussian_decoder":
             if raw is None:  # gaussian_decoder always builds the scale output (num_params == 2)

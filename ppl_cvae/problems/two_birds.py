@@ -249,6 +249,7 @@ class TwoBirds:
                 "hidden_dims": (256, 256, 256),
                 "basis_dim": 4,
                 "init_scale": 1.0,
+                "scale_gain": 1.0,
             },
             "train": {
                 "num_epochs": 60,
