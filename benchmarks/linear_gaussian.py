@@ -37,7 +37,7 @@ import torch
 from inference.diagnostics.coverage import run_evaluation
 from inference.exact import exact_posterior, linear_gaussian_posterior
 from inference.posterior import draw_posterior
-from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae import fit_problem
 from ppl_cvae.problems import make_problem
 from ppl_cvae.problems.base import linear_gaussian_parts
 
@@ -77,24 +77,18 @@ def gaussian_metrics(mean, std, x_true, exact):
 def run(label, args):
     name, _, prior = label.partition(":")
     problem = make_problem(name, **({"prior": prior or "grf"} if name == "crosshole" else {}))
-    settings = problem.recommended_settings()
-    train_kwargs = dict(settings["train"])
+    train = {"seed": args.seed}
     if args.epochs:
-        train_kwargs["num_epochs"] = args.epochs
+        train["num_epochs"] = args.epochs
     if args.num_train:
-        train_kwargs["num_train"] = args.num_train
-    train = TrainConfig(**train_kwargs, seed=args.seed)
-    x, y = problem.simulate(train.num_train, torch.Generator().manual_seed(args.seed + 1))
-    model_kwargs = dict(settings["model"])
+        train["num_train"] = args.num_train
+    model = {}
     if args.latent_dim:
-        model_kwargs["latent_dim"] = args.latent_dim
+        model["latent_dim"] = args.latent_dim
     if args.linear_skip is not None:
-        model_kwargs["linear_skip"] = args.linear_skip
-    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **model_kwargs)
-    cvae = build_cvae(config, x, y, problem=problem)
-    start = time.perf_counter()
-    result = fit(cvae, x, y, train, simulator=problem.simulate, progress=False)
-    fit_seconds = time.perf_counter() - start
+        model["linear_skip"] = args.linear_skip
+    cvae, result, fit_seconds = fit_problem(problem, model=model, train=train)
+    config, train = cvae.config, result.config
     x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
     draw_posterior(cvae, y_obs[:2], 10, seed=0)  # warm-up
     start = time.perf_counter()

@@ -14,7 +14,7 @@ held-out synthetic observation (``posterior.nc``) and evaluates coverage and mis
 It writes into ``--out-dir``: ``posterior.nc``, ``fields.png`` (truth, posterior mean and std,
 three draws; exact mean and std for the random field), ``profile.png`` (the column through the
 middle of the section against depth), ``predictive.png`` (traveltime against ray index),
-``loss.png``, ``coverage.png`` and ``metrics.json``.
+``loss.png``, ``coverage.png``, ``truth_vs_mean.png`` and ``metrics.json``.
 
 Run::
 
@@ -30,8 +30,6 @@ prior draws). ``--smoke``: about 10 seconds.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +37,10 @@ import torch
 
 from inference import sample_posterior
 from inference.arviz_io import save_inference_data
-from inference.diagnostics.coverage import central_coverage, run_evaluation
+from inference.diagnostics.coverage import evaluate_model, write_evaluation
 from inference.exact import exact_posterior
-from inference.plots import plot_coverage, plot_fields, plot_loss, plot_predictive, plot_profile
-from inference.posterior import draw_posterior
-from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit, make_problem
+from inference.plots import plot_fields, plot_loss, plot_predictive, plot_profile
+from ppl_cvae import fit_problem, make_problem
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -53,9 +50,8 @@ def main(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     problem = make_problem("crosshole", prior=args.prior)
     units = problem.units
-    settings = problem.recommended_settings()
-    train = {**settings["train"], "seed": args.seed}
-    model = dict(settings["model"])
+    train: dict = {"seed": args.seed}  # the problem's recommended settings, overridden here
+    model: dict = {}
     num_draws, num_eval, eval_draws = 500, 50, 200
     if args.smoke:
         train.update(num_epochs=2, num_train=256)
@@ -63,14 +59,11 @@ def main(args: argparse.Namespace) -> dict:
         num_draws, num_eval, eval_draws = 50, 10, 50
 
     # fit on fresh simulations every epoch (standardisers from one simulated set)
-    x, y = problem.simulate(train["num_train"], torch.Generator().manual_seed(args.seed))
-    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **model)
-    cvae = build_cvae(config, x, y, problem=problem).to(args.device)
-    start = time.perf_counter()
-    result = fit(
-        cvae, None, None, TrainConfig(**train), simulator=problem.simulate, progress=not args.smoke
+    cvae, result, fit_seconds = fit_problem(
+        problem, model=model, train=train, progress=not args.smoke
     )
-    fit_seconds = time.perf_counter() - start
+    cvae = cvae.to(args.device)
+    train_config = result.config
 
     # one held-out observation: posterior draws as InferenceData
     x_obs, y_obs = problem.simulate(1, torch.Generator().manual_seed(10_000 + args.seed))
@@ -127,33 +120,18 @@ def main(args: argparse.Namespace) -> dict:
 
     # held-out pairs: coverage, chi-squared and (random field) the exact posterior
     x_eval, y_eval = problem.simulate(num_eval, torch.Generator().manual_seed(20_000 + args.seed))
-    x_draws = draw_posterior(cvae, y_eval.to(args.device), eval_draws, seed=args.seed).x.cpu()
-    exact_eval = exact_posterior(problem, y_eval) if exact is not None else None
-    metrics = run_evaluation(
-        x_draws,
-        x_eval,
-        x_reference=cvae.x_standardiser.mean.detach().cpu(),
-        y_obs=y_eval,
-        problem=problem,
-        exact_mean=exact_eval.mean if exact_eval is not None else None,
-        exact_std=exact_eval.std if exact_eval is not None else None,
+    metrics, x_draws, exact_eval = evaluate_model(
+        cvae, x_eval, y_eval, problem=problem, num_samples=eval_draws, seed=args.seed
     )
     metrics.update(fit_seconds=fit_seconds, problem=problem.spec(), smoke=bool(args.smoke))
-    curve = metrics["coverage_curve"]
-    reference = None
-    if exact_eval is not None:
-        ref_draws = exact_eval.sample(eval_draws, torch.Generator().manual_seed(args.seed))
-        reference = central_coverage(ref_draws, x_eval, curve["nominal"])
-    plot_coverage(
-        curve["nominal"],
-        curve["empirical"],
-        out / "coverage.png",
-        num_observations=num_eval,
-        reference=reference,
+    write_evaluation(
+        out, metrics, x_eval, x_draws, exact=exact_eval, problem=problem, seed=args.seed
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    print(f"fit: {fit_seconds:.1f} s ({train['num_epochs']} epochs of {train['num_train']} pairs)")
+    print(
+        f"fit: {fit_seconds:.1f} s ({train_config.num_epochs} epochs of "
+        f"{train_config.num_train} pairs)"
+    )
     print(
         f"held-out ({num_eval} pairs): coverage 50% {metrics['coverage_50']:.3f}, "
         f"90% {metrics['coverage_90']:.3f}; chi2 per datum {metrics['chi2_per_datum']:.3f}; "

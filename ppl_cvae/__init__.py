@@ -11,7 +11,14 @@ from ppl_cvae.errors import (
 )
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems import LinearGaussian, Problem, TwoBirds, make_problem
-from ppl_cvae.train import FitResult, build_cvae, fit, load_checkpoint, save_checkpoint
+from ppl_cvae.train import (
+    FitResult,
+    build_cvae,
+    fit,
+    fit_problem,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __version__ = "0.1.0"
 
@@ -32,6 +39,7 @@ __all__ = [
     "__version__",
     "build_cvae",
     "fit",
+    "fit_problem",
     "load_checkpoint",
     "make_problem",
     "save_checkpoint",

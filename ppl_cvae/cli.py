@@ -344,12 +344,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, chi-squared; metrics.json + PNGs."""
-    from inference.diagnostics.coverage import run_evaluation
-    from inference.exact import exact_posterior
-    from inference.plots import plot_coverage, plot_truth_vs_mean
-    from inference.posterior import draw_posterior
+    from inference.diagnostics.coverage import evaluate_model, write_evaluation
     from ppl_cvae.data.io import load_pairs
-    from ppl_cvae.problems.base import linear_gaussian_parts, units_of
     from ppl_cvae.train import load_checkpoint
 
     if args.num_samples < 2:
@@ -378,49 +374,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"problem {problem.name!r} has x {tuple(problem.x_shape)}, y "
             f"{tuple(problem.y_shape)}; the model has x {config.x_shape}, y {config.y_shape}"
         )
-    chunks = []
-    for start in range(0, y.shape[0], 64):  # bounds memory: S x 64 draws at a time
-        batch = y[start : start + 64]
-        chunks.append(draw_posterior(cvae, batch, args.num_samples, seed=args.seed + start).x)
-    x_draws = torch.cat(chunks, dim=1)
-    exact = None
-    if problem is not None and linear_gaussian_parts(problem) is not None:
-        exact = exact_posterior(problem, y)
-    metrics = run_evaluation(
-        x_draws,
-        x,
-        x_reference=cvae.x_standardiser.mean.detach(),
-        y_obs=y,
-        problem=problem,
-        exact_mean=exact.mean if exact is not None else None,
-        exact_std=exact.std if exact is not None else None,
+    metrics, x_draws, exact = evaluate_model(
+        cvae, x, y, problem=problem, num_samples=args.num_samples, seed=args.seed
     )
     metrics["run_dir"] = str(args.run_dir)
     metrics["data"] = str(args.data)
     metrics["problem"] = problem.name if problem is not None else None
     with atomic_dir(out, overwrite=args.overwrite) as tmp_dir:
-        (tmp_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        curve = metrics["coverage_curve"]
-        reference = None
-        if exact is not None:
-            from inference.diagnostics.coverage import central_coverage
-
-            ref_draws = exact.sample(args.num_samples, torch.Generator().manual_seed(args.seed))
-            reference = central_coverage(ref_draws, x, curve["nominal"])
-        plot_coverage(
-            curve["nominal"],
-            curve["empirical"],
-            tmp_dir / "coverage.png",
-            num_observations=metrics["num_observations"],
-            reference=reference,
-        )
-        plot_truth_vs_mean(
-            x.numpy(),
-            x_draws.mean(0).numpy(),
-            x_draws.std(0).numpy(),
-            tmp_dir / "truth_vs_mean.png",
-            unit=units_of(problem).get("x", ""),
-        )
+        write_evaluation(tmp_dir, metrics, x, x_draws, exact=exact, problem=problem, seed=args.seed)
     summary = (
         f"coverage 50%: {metrics['coverage_50']:.3f}, 90%: {metrics['coverage_90']:.3f}; "
         f"RMSE posterior mean / prior mean: {metrics['rmse_ratio']:.3f}"

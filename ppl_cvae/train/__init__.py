@@ -1,7 +1,7 @@
 """Training: SVI fit loop, optimiser and checkpoints."""
 
 from ppl_cvae.train.checkpoint import load_checkpoint, save_checkpoint
-from ppl_cvae.train.fit import FitResult, build_cvae, fit, negative_elbo
+from ppl_cvae.train.fit import FitResult, build_cvae, fit, fit_problem, negative_elbo
 from ppl_cvae.train.optim import FusedClippedAdam
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "FusedClippedAdam",
     "build_cvae",
     "fit",
+    "fit_problem",
     "load_checkpoint",
     "negative_elbo",
     "save_checkpoint",

@@ -27,7 +27,7 @@ from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.train.optim import FusedClippedAdam
 
-__all__ = ["FitResult", "build_cvae", "fit", "negative_elbo", "Simulator"]
+__all__ = ["FitResult", "build_cvae", "fit", "fit_problem", "negative_elbo", "Simulator"]
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,15 @@ class FitResult:
         Epoch whose weights were kept (best validation loss, or the last epoch).
     stopped_early : bool
         Whether early stopping ended the run.
+    config : TrainConfig or None
+        The settings of the run.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    config: TrainConfig | None = None
 
 
 def build_cvae(
@@ -272,7 +275,7 @@ def fit(
     )
     svi = SVI(cvae.model, cvae.guide, optim, Trace_ELBO(num_particles=config.num_particles))
 
-    result = FitResult()
+    result = FitResult(config=config)
     best_loss, best_state, bad_epochs = math.inf, None, 0
     bar = tqdm(range(1, config.num_epochs + 1), desc="fit", unit="epoch", disable=not progress)
     cvae.train()
@@ -348,3 +351,57 @@ def fit(
         result.best_epoch = len(result.history)
     cvae.eval()
     return result
+
+
+def fit_problem(
+    problem: Problem,
+    *,
+    model: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[CVAE, FitResult, float]:
+    """Fit a CVAE on a problem's simulations with its recommended settings.
+
+    The configs are ``problem.recommended_settings()`` (when it has one) updated by ``model``
+    and ``train``; ``num_train`` pairs simulated with seed ``train_config.seed + 1`` fit the
+    standardisers (and are the training set unless ``resimulate``), and ``problem.simulate``
+    draws fresh pairs every epoch when ``resimulate`` is set. This is what ``ppl-cvae fit
+    --problem NAME`` does without further flags.
+
+    Parameters
+    ----------
+    problem : Problem
+        Simulator, forward operator and shapes.
+    model, train : dict, optional
+        Overrides of ``ModelConfig`` / ``TrainConfig`` fields.
+    progress : bool, default False
+        Show the tqdm progress bar.
+
+    Returns
+    -------
+    cvae : CVAE
+        The fitted model (best validation epoch, eval mode).
+    result : FitResult
+    seconds : float
+        Wall-clock time of :func:`fit`.
+
+    Raises
+    ------
+    ConfigError
+        If an override names an unknown field or a value is out of range.
+    """
+    recommend = getattr(problem, "recommended_settings", None)
+    settings = recommend() if recommend is not None else {}
+    model_kwargs = {**settings.get("model", {}), **(model or {})}
+    train_kwargs = {**settings.get("train", {}), **(train or {})}
+    try:
+        train_config = TrainConfig(**train_kwargs)
+        config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **model_kwargs)
+    except TypeError as err:
+        raise ConfigError(f"unknown setting in the overrides: {err}") from err
+    gen = torch.Generator().manual_seed(train_config.seed + 1)
+    x, y = problem.simulate(train_config.num_train, gen)
+    cvae = build_cvae(config, x, y, problem=problem)
+    start = time.perf_counter()
+    result = fit(cvae, x, y, train_config, simulator=problem.simulate, progress=progress)
+    return cvae, result, time.perf_counter() - start
