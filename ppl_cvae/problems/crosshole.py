@@ -51,7 +51,12 @@ import numpy as np
 import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems.base import LinearGaussianParts, register_problem, sample_noise
+from ppl_cvae.problems.base import (
+    LinearGaussianParts,
+    noise_covariance,
+    register_problem,
+    sample_noise,
+)
 from ppl_cvae.problems.random_fields import CORRELATION_KERNELS, GaussianRandomField, Kernel
 
 __all__ = ["ChannelField", "Crosshole", "ray_length_matrix"]
@@ -567,7 +572,7 @@ class Crosshole:
             matrix=self._matrix64.clone(),
             prior_mean=self.field.mean_vector(),
             prior_cov=self.field.covariance(),
-            noise_cov=self.noise_std**2 * torch.eye(self.y_shape[0], dtype=torch.float64),
+            noise_cov=noise_covariance(self),
         )
 
     def recommended_settings(self) -> dict[str, dict[str, Any]]:

@@ -51,7 +51,12 @@ from typing import Any
 import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems.base import LinearGaussianParts, register_problem, sample_noise
+from ppl_cvae.problems.base import (
+    LinearGaussianParts,
+    noise_covariance,
+    register_problem,
+    sample_noise,
+)
 from ppl_cvae.problems.random_fields import CORRELATION_KERNELS, GaussianRandomField, Kernel
 
 __all__ = ["GRAVITATIONAL_CONSTANT", "MGAL", "Gravity", "prism_kernel"]
@@ -323,8 +328,8 @@ class Gravity:
     def linear_gaussian(self) -> LinearGaussianParts:
         """Return ``A`` (float64), the random-field prior and the white noise covariance.
 
-        The prior covariance is the one the sampler factorises (including its diagonal
-        jitter), so exact posterior and prior draws agree.
+        The prior covariance is the one the sampler factorises
+        (:meth:`GaussianRandomField.covariance`), so exact posterior and prior draws agree.
 
         Returns
         -------
@@ -339,13 +344,11 @@ class Gravity:
         >>> tuple(parts.matrix.shape), tuple(parts.prior_cov.shape)
         ((4, 6), (6, 6))
         """
-        d = self.field.num_cells
-        eye = torch.eye(d, dtype=torch.float64)
         return LinearGaussianParts(
             matrix=self._matrix64,
             prior_mean=self.field.mean_vector(),
-            prior_cov=self.field.covariance() + self.field.jitter * self.field.sill * eye,
-            noise_cov=self.noise_std**2 * torch.eye(self.num_stations, dtype=torch.float64),
+            prior_cov=self.field.covariance(),
+            noise_cov=noise_covariance(self),
         )
 
     def recommended_settings(self) -> dict[str, dict[str, Any]]:

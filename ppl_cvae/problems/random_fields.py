@@ -118,11 +118,16 @@ class GaussianRandomField:
         return torch.stack([g.reshape(-1) for g in grids], dim=-1)
 
     def covariance(self) -> torch.Tensor:
-        """Return the covariance of the flattened field (C order); shape ``(n, n)``, float64."""
+        """Return the covariance of the flattened field (C order); shape ``(n, n)``, float64.
+
+        This is the covariance the sampler factorises: the kernel's plus ``jitter * sill`` on
+        the diagonal, so an exact posterior built on it and the prior draws agree.
+        """
         if self._cov is None:
             pts = self.points()
             h = torch.cdist(pts, pts) / self.correlation_length
-            self._cov = self.sill * _correlation(h, self.kernel)
+            eye = torch.eye(self.num_cells, dtype=torch.float64)
+            self._cov = self.sill * (_correlation(h, self.kernel) + self.jitter * eye)
         return self._cov
 
     def mean_vector(self) -> torch.Tensor:
@@ -130,11 +135,9 @@ class GaussianRandomField:
         return torch.full((self.num_cells,), self.mean, dtype=torch.float64)
 
     def cholesky(self) -> torch.Tensor:
-        """Return the lower Cholesky factor of the (jittered) covariance; shape ``(n, n)``."""
+        """Return the lower Cholesky factor of :meth:`covariance`; shape ``(n, n)``."""
         if self._chol is None:
-            cov = self.covariance()
-            eye = torch.eye(self.num_cells, dtype=torch.float64)
-            self._chol = torch.linalg.cholesky(cov + self.jitter * self.sill * eye)
+            self._chol = torch.linalg.cholesky(self.covariance())
         return self._chol
 
     def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
