@@ -21,8 +21,8 @@ Run::
     python examples/crosshole.py --prior grf --out-dir runs/examples/crosshole_grf
     python examples/crosshole.py --prior channels --out-dir runs/examples/crosshole_channels
 
-Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): ``--prior grf`` measured 9.5
-minutes (8.4 minutes of fitting; on 50 held-out pairs coverage 0.501 / 0.893, mean error 0.13
+Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): ``--prior grf`` measured 9.1
+minutes (8.8 minutes of fitting; on 50 held-out pairs coverage 0.502 / 0.893, mean error 0.13
 exact sd, sd ratio 1.01); ``--prior channels`` not measured (same network and budget, cheaper
 prior draws). ``--smoke``: about 10 seconds.
 """

@@ -20,9 +20,9 @@ Run::
 
     python examples/gravity.py --out-dir runs/examples/gravity
 
-Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): measured 5.5 minutes (5.3
-minutes of fitting; on 50 held-out pairs coverage 0.479 / 0.887 against the exact posterior's
-0.497 / 0.910, mean error 0.065 exact sd, sd ratio 0.96). ``--smoke``: about 10 seconds.
+Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): about 6 minutes (5.7 minutes
+of fitting measured; on 50 held-out pairs coverage 0.478 / 0.889 against the exact posterior's
+0.497 / 0.910, mean error 0.063 exact sd, sd ratio 0.97). ``--smoke``: about 10 seconds.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ Run::
 
     python examples/mt1d.py --out-dir runs/examples/mt1d
 
-Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): measured 4.0 minutes (3.8
-minutes of fitting; on 50 held-out pairs coverage 0.496 / 0.878, chi-squared 1.11 per datum).
+Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): about 4.3 minutes (4.2
+minutes of fitting measured; on 50 held-out pairs coverage 0.487 / 0.875, chi-squared 1.12 per
+datum).
 ``--smoke``: about 10 seconds.
 """
 
