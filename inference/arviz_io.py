@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ppl_cvae._atomic import atomic_path
+from ppl_cvae._isolated import netcdf_timeout, run_isolated
 from ppl_cvae.errors import DataError
 
 with warnings.catch_warnings():
@@ -37,7 +38,13 @@ with warnings.catch_warnings():
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["to_inference_data", "save_inference_data", "load_inference_data", "default_dims"]
+__all__ = [
+    "check_posterior",
+    "default_dims",
+    "load_inference_data",
+    "save_inference_data",
+    "to_inference_data",
+]
 
 
 def default_dims(prefix: str, shape: Sequence[int]) -> tuple[str, ...]:
@@ -172,24 +179,116 @@ def save_inference_data(idata: az.InferenceData, path: str | os.PathLike[str]) -
     return path
 
 
+# Runs in a child interpreter (argv: path, output folder): opens the metadata of every group
+# and variable, which is where libhdf5 was seen to hang on a corrupt file, and replies.
+_PROBE_CHILD = r"""
+import json, os, sys
+path, out = sys.argv[1], sys.argv[2]
+def reply(**kw):
+    with open(os.path.join(out, "reply.json"), "w") as fh:
+        json.dump(kw, fh)
+try:
+    import h5netcdf
+    def walk(group):
+        for var in group.variables.values():
+            var.dimensions, var.shape, dict(var.attrs)
+        for child in group.groups.values():
+            walk(child)
+    with h5netcdf.File(path, "r", phony_dims="sort") as f:
+        walk(f)
+    reply(ok=True)
+except Exception as err:  # the child is the isolation boundary: report whatever it was
+    reply(error=type(err).__name__, message=str(err)[:500])
+"""
+
+
 def load_inference_data(path: str | os.PathLike[str]) -> az.InferenceData:
     """Read an InferenceData NetCDF file.
+
+    The file's metadata is opened first in a child process with a time limit
+    (:func:`ppl_cvae._isolated.run_isolated`), since libhdf5 can hang on a corrupt file.
 
     Raises
     ------
     DataError
-        If the file is missing, unreadable, or has no ``posterior`` group.
+        If the file is missing, unreadable, corrupt (the reader crashed or ran past its time
+        limit), or has no ``posterior`` group.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"posterior file {str(path)!r} does not exist")
+    # open every group's metadata in a child process first: libhdf5 can hang on a corrupt file
+    reply, _, folder = run_isolated(
+        _PROBE_CHILD, path, [], netcdf_timeout(path), "InferenceData NetCDF"
+    )
+    folder.cleanup()
+    if "error" in reply:
+        raise DataError(
+            f"cannot read {str(path)!r} as InferenceData NetCDF: {reply['error']}: "
+            f"{reply['message']}"
+        )
     try:
         idata = az.from_netcdf(str(path))
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, IndexError, AttributeError) as err:
         raise DataError(f"cannot read {str(path)!r} as InferenceData NetCDF: {err}") from err
     if "posterior" not in idata.groups():
         raise DataError(f"{str(path)!r} has no posterior group (groups: {idata.groups()})")
     return idata
+
+
+def check_posterior(
+    idata: az.InferenceData,
+    source: str | os.PathLike[str],
+    *,
+    require: Sequence[tuple[str, str]] = (("posterior", "x"),),
+) -> None:
+    """Check that a posterior file holds what a command reads, with usable draws.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        As read by :func:`load_inference_data`.
+    source : str or path
+        The file, for messages.
+    require : sequence of (group, variable)
+        Variables that must be present; ``("posterior", "x")`` and ``("posterior", "z")`` must
+        have ``(chain, draw, ...)`` leading dims with at least one draw and at least one finite
+        value.
+
+    Raises
+    ------
+    DataError
+        If a required group or variable is missing, a posterior variable has no draws or no
+        ``chain``/``draw`` dims, or holds only NaN/inf.
+    """
+    for group, var in require:
+        if group not in idata.groups():
+            raise DataError(
+                f"{str(source)!r} has no {group} group (groups: {idata.groups()}); it is not a "
+                "posterior file written by 'ppl-cvae sample'"
+            )
+        ds = idata[group]
+        if var not in ds.data_vars:
+            raise DataError(
+                f"{str(source)!r} has no variable {var!r} in its {group} group "
+                f"(variables: {sorted(map(str, ds.data_vars))})"
+            )
+        da = ds[var]
+        if group in ("posterior", "posterior_predictive"):
+            if tuple(da.dims[:2]) != ("chain", "draw"):
+                raise DataError(
+                    f"{group}.{var} in {str(source)!r} has dims {tuple(map(str, da.dims))}; "
+                    "expected (chain, draw, ...)"
+                )
+            if da.sizes["draw"] < 1 or da.sizes["chain"] < 1:
+                raise DataError(f"{group}.{var} in {str(source)!r} holds no draws")
+        values = np.asarray(da.values)
+        if not np.issubdtype(values.dtype, np.number):
+            raise DataError(
+                f"{group}.{var} in {str(source)!r} has dtype {values.dtype}; expected numbers"
+            )
+        if values.size == 0 or not np.isfinite(values).any():
+            raise DataError(f"{group}.{var} in {str(source)!r} holds no finite value")
 
 
 def summary(

@@ -9,17 +9,19 @@ decoder run once per observation, the decoder body once per draw, with no Python
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro.infer import Predictive
 
+from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, sample_noise
 
-__all__ = ["PosteriorDraws", "draw_posterior", "as_observation_batch"]
+__all__ = ["PosteriorDraws", "as_observation_batch", "bytes_per_draw", "draw_posterior"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,30 @@ def as_observation_batch(y: torch.Tensor, y_shape: tuple[int, ...]) -> tuple[tor
         f"observation has shape {tuple(y.shape)}; the model expects {y_shape} "
         f"or a stack (M, *{y_shape})"
     )
+
+
+def bytes_per_draw(
+    cvae: CVAE, num_observations: int, *, problem: Problem | None = None, oversample: int = 1
+) -> int:
+    """Estimate the peak working memory of one posterior draw for ``num_observations``.
+
+    Counts float32 ``x`` (draw, decoder mean and scale), ``z`` (draw, loc, scale), the hidden
+    activations of the decoder, and with a problem the posterior predictive and the forward
+    operator's output; refinement multiplies by ``oversample`` candidates and four copies of
+    each candidate (value, gradient, two Adam moments).
+
+    Returns
+    -------
+    int
+        Bytes per draw (all observations together).
+    """
+    config = cvae.config
+    y_dim = math.prod(config.y_shape or (0,))
+    per = 3 * config.x_dim + 3 * config.latent_dim + 2 * sum(config.hidden_dims)
+    if problem is not None:
+        per += 2 * y_dim
+    per *= num_observations * 4
+    return per * (4 * oversample if oversample > 1 else 1)
 
 
 @torch.no_grad()
@@ -107,6 +133,8 @@ def draw_posterior(
         If ``y`` has the wrong shape.
     DataError
         If ``y`` holds NaN or inf.
+    ResourceError
+        If the draws cannot fit in memory (:func:`bytes_per_draw`).
     """
     y_shape = cvae.config.y_shape
     if y_shape is None:  # an unconditional model (config.conditional False)
@@ -115,6 +143,12 @@ def draw_posterior(
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
+    check_memory(
+        bytes_per_draw(cvae, y_batch.shape[0], problem=problem) * num_samples,
+        f"{num_samples} posterior draws for {y_batch.shape[0]} observation(s)",
+        hint="draw fewer, or stream them to disk with "
+        "inference.sample.sample_posterior_to_netcdf (ppl-cvae sample does)",
+    )
     if seed is not None:
         pyro.set_rng_seed(seed)
     if decoder_noise is None:

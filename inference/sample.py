@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
-from inference.arviz_io import az, to_inference_data
-from inference.posterior import as_observation_batch, draw_posterior
+from inference.arviz_io import az, save_inference_data, to_inference_data
+from inference.posterior import as_observation_batch, bytes_per_draw, draw_posterior
 from inference.refine import RefineConfig, refine_and_accept
-from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae._atomic import atomic_path
+from ppl_cvae._memory import check_memory, format_bytes
+from ppl_cvae.errors import ConfigError, OutputError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, units_of
 
-__all__ = ["sample_posterior"]
+__all__ = [
+    "CHUNK_BYTES",
+    "IN_MEMORY_BYTES",
+    "sample_posterior",
+    "sample_posterior_to_netcdf",
+]
+
+CHUNK_BYTES = 256 * 2**20
+"""Working memory of one chunk of draws when :func:`sample_posterior_to_netcdf` streams."""
+
+IN_MEMORY_BYTES = 2**30
+"""Requests whose draws need more than this are streamed to disk in chunks."""
 
 
 def sample_posterior(
@@ -131,6 +149,7 @@ def sample_posterior(
         except Exception:  # noqa: BLE001 - user problems may not serialise; attrs are optional
             info["problem"] = repr(problem)
     info.update(attrs or {})
+    info["num_samples"] = num_samples
     return to_inference_data(
         draws.x,
         draws.z,
@@ -144,3 +163,173 @@ def sample_posterior(
         attrs=info,
         units=units_of(problem),
     )
+
+
+def _chunk_encoding(ds: Any, draws_per_chunk: int) -> dict[str, dict[str, Any]]:
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, var in ds.data_vars.items():
+        enc: dict[str, Any] = {"zlib": True}
+        if "draw" in var.dims:
+            event = [int(n) for d, n in var.sizes.items() if d not in ("chain", "draw")]
+            per_draw = 4 * max(1, math.prod(event))
+            rows = max(1, min(draws_per_chunk, 2**22 // per_draw))  # HDF5 chunks of ~4 MiB
+            enc["chunksizes"] = (1, rows, *event)
+        encoding[str(name)] = enc
+    return encoding
+
+
+def _write_first_chunk(idata: az.InferenceData, path: Path, draws_per_chunk: int) -> None:
+    """Write ``idata`` as ArviZ's NetCDF layout with an unlimited ``draw`` dim."""
+    import xarray as xr
+
+    mode: Literal["w", "a"] = "w"
+    if idata.attrs:
+        xr.Dataset(attrs=idata.attrs).to_netcdf(path, mode=mode, engine="h5netcdf")
+        mode = "a"
+    for group in idata.groups():
+        ds = idata[group]
+        ds.to_netcdf(
+            path,
+            mode=mode,
+            group=group,
+            engine="h5netcdf",
+            encoding=_chunk_encoding(ds, draws_per_chunk),
+            unlimited_dims=["draw"] if "draw" in ds.dims else None,
+        )
+        mode = "a"
+
+
+def _append_chunk(path: Path, idata: az.InferenceData, start: int) -> None:
+    """Append the draws of ``idata`` at draw index ``start`` of the file's draw groups."""
+    import h5netcdf
+
+    with h5netcdf.File(path, "a") as f:
+        for group in ("posterior", "posterior_predictive"):
+            if group not in idata.groups():
+                continue
+            ds = idata[group]
+            num = ds.sizes["draw"]
+            target = f[group]
+            target.resize_dimension("draw", start + num)
+            target["draw"][start : start + num] = np.arange(start, start + num)
+            for name, var in ds.data_vars.items():
+                target[str(name)][:, start : start + num, ...] = var.values
+
+
+def sample_posterior_to_netcdf(
+    cvae: CVAE,
+    y: torch.Tensor,
+    num_samples: int,
+    path: str | os.PathLike[str],
+    *,
+    problem: Problem | None = None,
+    x_true: torch.Tensor | None = None,
+    decoder_noise: bool | None = None,
+    seed: int | None = None,
+    attrs: dict[str, Any] | None = None,
+    refine: RefineConfig | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    in_memory_bytes: int = IN_MEMORY_BYTES,
+) -> Path:
+    """Draw posterior samples as :func:`sample_posterior` does and write them to NetCDF.
+
+    A request whose draws fit in ``in_memory_bytes`` is drawn at once (identical to
+    ``save_inference_data(sample_posterior(...))``); a larger one is drawn in chunks of about
+    ``chunk_bytes`` of working memory each and appended to the file along an unlimited
+    ``draw`` dim, so memory stays bounded whatever ``num_samples`` is. The chunk size depends
+    only on the model, the number of observations and ``chunk_bytes`` (not on the machine's
+    free memory), so the same seed gives the same draws. The file is written atomically.
+
+    Parameters
+    ----------
+    cvae, y, num_samples, problem, x_true, decoder_noise, seed, attrs, refine
+        As in :func:`sample_posterior`.
+    path : str or path
+        Output ``.nc`` (ArviZ InferenceData NetCDF, readable by ``arviz.from_netcdf``).
+    chunk_bytes : int, default :data:`CHUNK_BYTES`
+        Working memory of one chunk, in bytes.
+    in_memory_bytes : int, default :data:`IN_MEMORY_BYTES`
+        Largest request drawn in one piece.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    ConfigError, ShapeError
+        As :func:`sample_posterior`.
+    OutputError
+        If the file would not fit on the disk (the estimate is named).
+
+    Notes
+    -----
+    With ``refine`` the accepted fraction recorded in the file's attributes is the mean over
+    chunks; draws are exchangeable, so chunking changes no distribution.
+    """
+    path = Path(path)
+    y_shape = cvae.config.y_shape
+    if y_shape is None:
+        raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    y_batch, _ = as_observation_batch(y, y_shape)
+    num_obs = y_batch.shape[0]
+    oversample = refine.oversample if refine is not None else 1
+    per_draw = bytes_per_draw(cvae, num_obs, problem=problem, oversample=oversample)
+    if per_draw * num_samples <= in_memory_bytes:
+        idata = sample_posterior(
+            cvae,
+            y,
+            num_samples,
+            problem=problem,
+            x_true=x_true,
+            decoder_noise=decoder_noise,
+            seed=seed,
+            attrs=attrs,
+            refine=refine,
+        )
+        return save_inference_data(idata, path)
+    chunk = max(1, chunk_bytes // per_draw)
+    check_memory(per_draw * chunk, f"a chunk of {chunk} posterior draws")
+    stored = 4 * num_obs * (cvae.config.x_dim + cvae.config.latent_dim)
+    if problem is not None:
+        stored += 4 * num_obs * math.prod(y_shape)
+    file_bytes = stored * num_samples
+    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+    if file_bytes > free:
+        raise OutputError(
+            f"{num_samples} posterior draws would take about {format_bytes(file_bytes)} in "
+            f"{str(path)!r}; {format_bytes(free)} is free on that disk"
+        )
+    accepted: list[tuple[int, float]] = []
+    with atomic_path(path) as tmp:
+        done = 0
+        while done < num_samples:
+            num = min(chunk, num_samples - done)
+            idata = sample_posterior(
+                cvae,
+                y,
+                num,
+                problem=problem,
+                x_true=x_true,
+                decoder_noise=decoder_noise,
+                seed=seed if done == 0 else None,  # later chunks continue the seeded stream
+                attrs=attrs,
+                refine=refine,
+            )
+            if refine is not None:
+                accepted.append((num, float(idata.attrs["accepted_fraction"])))
+            if done == 0:
+                idata.attrs["num_samples"] = num_samples
+                _write_first_chunk(idata, tmp, chunk)
+            else:
+                _append_chunk(tmp, idata, done)
+            done += num
+        if accepted:
+            import h5netcdf
+
+            with h5netcdf.File(tmp, "a") as f:
+                f.attrs["accepted_fraction"] = sum(n * a for n, a in accepted) / num_samples
+    return path

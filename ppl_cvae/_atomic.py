@@ -1,15 +1,102 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename over it."""
+"""Atomic outputs: write to a hidden temporary beside the target, then rename over it.
+
+Every file and folder the package writes goes through :func:`atomic_path` or :func:`atomic_dir`,
+so a crash, ``kill -9`` or Ctrl-C never leaves a half-written output under the user's name, and
+a failed run keeps the previous output.
+
+Conventions:
+
+- temporaries are named ``.<target name>.<pid>.<random>`` beside the target; temporaries whose
+  process no longer runs (a killed run) are removed the next time the same target is written;
+- finished outputs get the permissions the user's umask gives a new file or folder (as
+  ``open``/``mkdir`` would), not the private 0600/0700 of :mod:`tempfile`;
+- an output folder carries a marker file :data:`MARKER` naming the command that wrote it, and
+  ``overwrite`` replaces only a folder with the same marker (never a folder of other content,
+  never an ordinary file); an ordinary file is never replaced by a folder nor the reverse;
+- errors name the user's target path, never the hidden temporary.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["atomic_dir", "atomic_path"]
+from ppl_cvae.errors import OutputError
+
+__all__ = [
+    "MARKER",
+    "atomic_dir",
+    "atomic_path",
+    "check_output_folder",
+    "check_output_path",
+    "clean_stale_temporaries",
+    "read_marker",
+]
+
+MARKER = ".ppl_cvae_output.json"
+"""Name of the file that marks a folder as an output of a ``ppl-cvae`` command."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user holds that pid
+        return True
+    return True
+
+
+def clean_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporaries of ``target`` left by processes that no longer run.
+
+    Parameters
+    ----------
+    target : str or path
+        The output whose hidden siblings ``.<name>.<pid>.*`` are inspected.
+
+    Returns
+    -------
+    list of Path
+        The removed temporaries (files or folders). Those of running processes are kept.
+    """
+    target = Path(target)
+    removed: list[Path] = []
+    if not target.parent.is_dir():
+        return removed
+    prefix = f".{target.name}."
+    for entry in target.parent.iterdir():
+        if not entry.name.startswith(prefix) or entry.is_symlink():
+            continue
+        pid_text = entry.name[len(prefix) :].split(".", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _describe(err: OSError) -> str:
+    return err.strerror or type(err).__name__
 
 
 @contextlib.contextmanager
@@ -17,53 +104,215 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
 
     The temporary file keeps the target's suffix (some writers choose the format by it). On an
-    exception the temporary file is removed and ``target`` is left as it was.
+    exception the temporary file is removed and ``target`` is left as it was. The finished file
+    gets the mode ``0o666 & ~umask``.
 
     Raises
     ------
-    FileNotFoundError
-        If the parent folder of ``target`` does not exist.
+    OutputError
+        If the parent folder of ``target`` does not exist or is not writable, ``target`` is a
+        folder, or the rename fails (the message names ``target``).
     """
     target = Path(target)
     if not target.parent.is_dir():
-        raise FileNotFoundError(f"folder {str(target.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+        raise OutputError(f"folder {str(target.parent)!r} does not exist")
+    if target.is_dir():
+        raise OutputError(f"{str(target)!r} is a folder; an output file cannot replace it")
+    clean_stale_temporaries(target)
+    try:
+        fd, tmp = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=target.suffix
+        )
+    except OSError as err:
+        raise OutputError(f"cannot write {str(target)!r}: {_describe(err)}") from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        try:
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, target)
+        except OSError as err:
+            raise OutputError(f"cannot write {str(target)!r}: {_describe(err)}") from err
     finally:
-        if tmp_path.exists():
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``target``; move it onto ``target`` on success.
+def read_marker(folder: str | os.PathLike[str]) -> dict[str, object] | None:
+    """Return the marker of an output folder written by ``ppl-cvae``, or None if it has none."""
+    path = Path(folder) / MARKER
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
-    On an exception the temporary folder is deleted and ``target`` is untouched. With
-    ``overwrite`` an existing ``target`` is replaced only once the new folder is complete.
+
+def check_output_folder(target: Path, overwrite: bool, command: str | None) -> None:
+    """Refuse to replace ``target`` unless it is absent, empty or a previous output of ``command``.
 
     Raises
     ------
-    FileExistsError
-        If ``target`` exists, is not an empty folder, and ``overwrite`` is false.
+    OutputError
+        If ``target`` is a file or a link; non-empty without ``overwrite``; or non-empty with
+        ``overwrite`` but without the marker of ``command``.
+    """
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise OutputError(
+            f"{str(target)!r} exists and is not a folder; an output folder never replaces a file "
+            "(choose another --out)"
+        )
+    if not target.exists() or not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise OutputError(
+            f"output folder {str(target)!r} exists and is not empty; "
+            "choose another --out or pass --overwrite"
+        )
+    marker = read_marker(target)
+    if marker is None or (command is not None and marker.get("command") != command):
+        wrote = "another program" if marker is None else f"'ppl-cvae {marker.get('command')}'"
+        raise OutputError(
+            f"--overwrite replaces only a folder written by 'ppl-cvae {command}', and "
+            f"{str(target)!r} was written by {wrote}; choose another --out or empty it yourself"
+        )
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    target: str | os.PathLike[str], *, overwrite: bool = False, command: str | None = None
+) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target``; move it onto ``target`` on success.
+
+    On an exception the temporary folder is deleted and ``target`` is untouched. The finished
+    folder holds a marker :data:`MARKER` naming ``command``; with ``overwrite`` an existing
+    ``target`` is replaced, once the new folder is complete, only if it is empty or carries the
+    marker of the same command. The folder gets the mode ``0o777 & ~umask``.
+
+    Parameters
+    ----------
+    target : str or path
+        Output folder.
+    overwrite : bool, default False
+        Replace a previous output of the same command.
+    command : str, optional
+        Name of the command writing the folder (e.g. ``"fit"``), stored in the marker.
+
+    Raises
+    ------
+    OutputError
+        If ``target`` is an ordinary file; if it is a non-empty folder and ``overwrite`` is
+        false; if ``overwrite`` is true but the folder is not a previous output of ``command``;
+        or if the folder cannot be created (the message names ``target``).
     """
     target = Path(target)
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{str(target)!r} exists and is not empty")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    check_output_folder(target, overwrite, command)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise OutputError(
+            f"cannot create {str(target)!r}: a part of its path is an existing file"
+        ) from err
+    except OSError as err:
+        raise OutputError(f"cannot create {str(target)!r}: {_describe(err)}") from err
+    clean_stale_temporaries(target)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}."))
+    except OSError as err:
+        raise OutputError(f"cannot create {str(target)!r}: {_describe(err)}") from err
     try:
         yield tmp
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
+        (tmp / MARKER).write_text(json.dumps({"command": command}))
+        os.chmod(tmp, 0o777 & ~_umask())
+        check_output_folder(target, overwrite, command)  # unchanged while we worked?
+        try:
+            if target.exists():
+                old = Path(
+                    tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.")
+                )
+                os.replace(target, old / target.name)
+                os.replace(tmp, target)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, target)
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise OutputError(f"{str(target)!r} was filled by another process") from err
+            raise OutputError(f"cannot create {str(target)!r}: {_describe(err)}") from err
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_path(
+    out: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str] | None],
+    *,
+    kind: Literal["file", "folder"],
+) -> Path:
+    """Refuse an output path that could destroy an input or replace a thing of the other kind.
+
+    Paths are compared after resolving symbolic links and ``..``: the output may not equal an
+    input, contain one (an output folder around an input file) or lie inside one (an output
+    inside an input folder). An output file may not replace a folder, an output folder may not
+    replace a file, and no part of the output's parent path may be an existing file.
+
+    Parameters
+    ----------
+    out : str or path
+        The ``--out`` of a command.
+    inputs : iterable of str, path or None
+        The files and folders the command reads (None entries are skipped).
+    kind : {"file", "folder"}
+        What the command writes at ``out``.
+
+    Returns
+    -------
+    Path
+        ``out`` as a Path.
+
+    Raises
+    ------
+    OutputError
+        On any of the cases above, naming the output and the input it would destroy.
+
+    Examples
+    --------
+    >>> check_output_path("runs/a.nc", ["runs/obs.npz"], kind="file")
+    PosixPath('runs/a.nc')
+    """
+    out = Path(out)
+    try:
+        os.fsencode(out).decode("utf-8")
+    except UnicodeDecodeError:
+        raise OutputError(
+            f"output path {str(out)!r} is not valid UTF-8; choose a name in UTF-8"
+        ) from None
+    resolved = out.resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(item).resolve()
+        if source == resolved:
+            raise OutputError(f"--out {str(out)!r} is the input {str(item)!r}; choose another")
+        if resolved in source.parents:
+            raise OutputError(
+                f"--out {str(out)!r} contains the input {str(item)!r}; choose an output that "
+                "does not hold any input"
+            )
+        if source in resolved.parents:
+            raise OutputError(
+                f"--out {str(out)!r} lies inside the input {str(item)!r}; write outputs "
+                "outside the inputs"
+            )
+    for parent in resolved.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"--out {str(out)!r} lies under the file {str(parent)!r}")
+    if kind == "file" and out.is_dir():
+        raise OutputError(f"--out {str(out)!r} is a folder; an output file cannot replace it")
+    if kind == "folder" and out.exists() and not out.is_dir():
+        raise OutputError(
+            f"--out {str(out)!r} is an existing file; an output folder cannot replace it"
+        )
+    return out

@@ -8,18 +8,19 @@ as one line ``ppl-cvae: error: ...`` with exit status 2 (no traceback).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
-from ppl_cvae._atomic import atomic_dir
+from ppl_cvae._atomic import atomic_dir, atomic_path, check_output_folder, check_output_path
+from ppl_cvae._memory import check_memory
 from ppl_cvae.config import (
     LIKELIHOODS,
     NETWORKS,
@@ -27,8 +28,9 @@ from ppl_cvae.config import (
     Y_EMBEDDINGS,
     ModelConfig,
     TrainConfig,
+    check_model_memory,
 )
-from ppl_cvae.errors import ConfigError, DataError, PplCvaeError
+from ppl_cvae.errors import ConfigError, DataError, OutputError, PplCvaeError
 
 log = logging.getLogger("ppl_cvae")
 
@@ -59,6 +61,48 @@ TRAIN_FLAGS = {
 }
 
 
+SEED_MAX = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    """Argument type of ``--seed``: an integer in [0, 2**32 - 1] (numpy's seed range)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, {SEED_MAX}], got {value}")
+    return value
+
+
+def _count(minimum: int) -> Any:
+    """Argument type: an integer >= ``minimum`` (refuses ``1e8``-style floats with a reason)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {minimum}, got {text!r}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite(text: str) -> float:
+    """Argument type: a finite float (refuses nan, inf and values that overflow a double)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -68,47 +112,55 @@ def _ints(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _problem_from_args(args: argparse.Namespace) -> Any:
-    """Build the problem named by ``--problem`` (registry name or ``package.module:factory``)."""
+def _problem_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    """Build the problem named by ``--problem`` (registry name or ``package.module:factory``).
+
+    Returns the problem and, for a ``package.module:factory`` reference, the record
+    ``{"name": reference, **kwargs}`` that a checkpoint stores to rebuild it.
+    """
     from ppl_cvae.problems.base import make_problem
 
     kwargs: dict[str, Any] = {}
     for item in args.problem_arg or []:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--problem-arg expects KEY=VALUE, got {item!r}")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--problem-arg expects KEY=VALUE with a Python name, got {item!r}")
         try:
             kwargs[key] = json.loads(value)
         except json.JSONDecodeError:
             kwargs[key] = value
     if getattr(args, "functions", None):
         kwargs["functions"] = args.functions
-    if ":" in args.problem:
-        module_name, _, attr = args.problem.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"cannot import problem factory {args.problem!r}: {err}") from err
-        return factory(**kwargs)
-    try:
-        return make_problem(args.problem, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"bad arguments for problem {args.problem!r}: {err}") from err
+    problem = make_problem(args.problem, **kwargs)
+    reference = {"name": args.problem, **kwargs} if ":" in args.problem else None
+    return problem, reference
 
 
-def _check_out_dir(path: Path, overwrite: bool) -> None:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise DataError(
-            f"output folder {str(path)!r} exists and is not empty; "
-            "choose another --out or pass --overwrite"
-        )
-
-
-def _check_new_file(path: Path, overwrite: bool) -> None:
+def _check_new_file(path: Path, overwrite: bool, inputs: list[Any], suffix: str) -> None:
+    """Refuse an output file that would destroy an input, has the wrong suffix, or exists."""
+    check_output_path(path, inputs, kind="file")
+    if path.suffix.lower() != suffix:
+        raise ConfigError(f"--out {str(path)!r} must end in {suffix} (the format written)")
     if path.exists() and not overwrite:
-        raise DataError(f"{str(path)!r} exists; choose another name or pass --overwrite")
+        raise OutputError(f"{str(path)!r} exists; choose another name or pass --overwrite")
     if not path.parent.is_dir():
-        raise DataError(f"folder {str(path.parent)!r} does not exist")
+        raise OutputError(f"folder {str(path.parent)!r} does not exist")
+
+
+def _check_out_dir(path: Path, overwrite: bool, inputs: list[Any], command: str) -> None:
+    """Refuse an output folder that would destroy an input or another program's folder."""
+    check_output_path(path, inputs, kind="folder")
+    check_output_folder(path, overwrite, command)
+
+
+def _check_simulation_memory(problem: Any, num: int, flag: str) -> None:
+    """Refuse to simulate ``num`` pairs that cannot fit in memory (x, y and working copies)."""
+    per_pair = 4 * (math.prod(problem.x_shape) + math.prod(problem.y_shape))
+    check_memory(
+        3 * per_pair * num,  # the pairs, a shuffled copy and the simulator's intermediates
+        f"{num} simulated pairs ({flag})",
+        hint=f"lower {flag}",
+    )
 
 
 # --------------------------------------------------------------------------- fit
@@ -119,7 +171,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from ppl_cvae.train.defaults import data_settings
 
     out = Path(args.out)
-    problem = _problem_from_args(args) if args.problem else None
+    _check_out_dir(out, args.overwrite, [args.data, args.dataset_path], "fit")
+    if args.data and args.resimulate:
+        raise ConfigError(
+            "--resimulate draws fresh pairs from a problem; it cannot apply to --data"
+        )
+    problem, problem_ref = _problem_from_args(args) if args.problem else (None, None)
     recommended = (
         problem.recommended_settings()
         if problem is not None and hasattr(problem, "recommended_settings")
@@ -187,6 +244,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         model_kwargs.setdefault("basis_dim", problem.basis().shape[1])
     train_config = TrainConfig(**train_kwargs)
     if problem is not None and x is None:
+        _check_simulation_memory(problem, train_config.num_train, "--num-train")
         gen = torch.Generator().manual_seed(train_config.seed + 1)
         x, y = problem.simulate(train_config.num_train, gen)
     if x is None:  # main() requires --problem, --data or --dataset
@@ -194,9 +252,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     x_shape = tuple(x.shape[1:])
     y_shape = tuple(y.shape[1:]) if y is not None else None
     model_config = ModelConfig(x_shape=x_shape, y_shape=y_shape, **model_kwargs)
-    _check_out_dir(out, args.overwrite)
-    with atomic_dir(out, overwrite=args.overwrite) as tmp_dir:
-        seconds, result = _fit_into(tmp_dir, args, problem, model_config, train_config, x, y)
+    check_model_memory(model_config)
+    with atomic_dir(out, overwrite=args.overwrite, command="fit") as tmp_dir:
+        seconds, result = _fit_into(
+            tmp_dir, args, problem, problem_ref, model_config, train_config, x, y
+        )
     last = result.history[-1]
     print(
         f"fitted in {seconds:.1f} s: {len(result.history)} epochs, best epoch {result.best_epoch}, "
@@ -210,6 +270,7 @@ def _fit_into(
     out: Path,
     args: argparse.Namespace,
     problem: Any,
+    problem_ref: dict[str, Any] | None,
     model_config: ModelConfig,
     train_config: TrainConfig,
     x: torch.Tensor,
@@ -219,7 +280,7 @@ def _fit_into(
     from inference.plots import plot_loss
     from ppl_cvae.train import build_cvae, fit, save_checkpoint
 
-    cvae = build_cvae(model_config, x, y, problem=problem)
+    cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
     simulator = problem.simulate if problem is not None else None
     frames = (
         _image_frames(out / "frames", x, y, model_config, train_config.num_epochs)
@@ -247,12 +308,13 @@ def _fit_into(
         "fit_seconds": seconds,
         "best_epoch": result.best_epoch,
     }
-    save_checkpoint(out / "model.pt", cvae, problem=problem, extra=extra)
+    save_checkpoint(out / "model.pt", cvae, problem=problem, problem_ref=problem_ref, extra=extra)
     config_doc = {
         "model": model_config.to_dict(),
         "train": train_config.to_dict(),
-        "problem": _spec_or_none(problem),
+        "problem": problem_ref or _spec_or_none(problem),
         "data": extra["data"],
+        "torch_threads": torch.get_num_threads(),
     }
     (out / "config.json").write_text(json.dumps(config_doc, indent=2))
     plot_loss(result.history, out / "loss.png")
@@ -294,35 +356,57 @@ def _spec_or_none(problem: Any) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------- sample
-def cmd_sample(args: argparse.Namespace) -> int:
-    """Draw posterior samples for observations and write InferenceData NetCDF."""
-    from inference.arviz_io import save_inference_data
-    from inference.refine import RefineConfig
-    from inference.sample import sample_posterior
-    from ppl_cvae.data.io import load_observations
+def _load_run(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Load the run's model and its problem (``--problem`` overrides the stored one)."""
     from ppl_cvae.train import load_checkpoint
 
-    out = Path(args.out)
-    _check_new_file(out, args.overwrite)
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    cvae, meta = load_checkpoint(args.run_dir)
-    y_shape = cvae.config.y_shape
-    if y_shape is None:  # an unconditional VAE (config.conditional False)
+    problem = None
+    if getattr(args, "problem", None):
+        problem, _ = _problem_from_args(args)
+    cvae, meta = load_checkpoint(args.run_dir, problem=problem)
+    if cvae.config.y_shape is None:  # an unconditional VAE (config.conditional False)
         raise ConfigError(
             f"run {args.run_dir!r} holds an unconditional VAE; nothing to condition on"
         )
-    y, stacked, x_true = load_observations(args.observation, y_shape)
+    return cvae, meta
+
+
+def _need_problem(meta: dict[str, Any], what: str) -> Any:
+    """Return the run's problem or raise why there is none (the checkpoint loader says)."""
+    if meta.get("problem") is not None:
+        return meta["problem"]
+    reason = meta.get("problem_error") or (
+        "the run was fitted on a data file without a problem; name it with --problem"
+    )
+    raise ConfigError(f"{what} needs the problem's forward operator: {reason}")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Draw posterior samples for observations and write InferenceData NetCDF."""
+    from inference.refine import RefineConfig
+    from inference.sample import sample_posterior_to_netcdf
+    from ppl_cvae.data.io import load_observations
+
+    out = Path(args.out)
+    _check_new_file(out, args.overwrite, [args.run_dir, args.observation], ".nc")
+    if args.max_misfit < 0:
+        raise ConfigError(f"--max-misfit must be >= 0 (0 keeps all), got {args.max_misfit}")
+    if args.refine_lr <= 0:
+        raise ConfigError(f"--refine-lr must be > 0, got {args.refine_lr}")
+    cvae, meta = _load_run(args)
+    problem = _need_problem(meta, "--refine") if args.refine else meta["problem"]
+    y, stacked, x_true = load_observations(args.observation, cvae.config.y_shape)
     if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
         raise DataError(
             f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "
             f"generates {cvae.config.x_shape}"
         )
-    idata = sample_posterior(
+    sample_posterior_to_netcdf(
         cvae,
         y if stacked else y[0],
         args.num_samples,
-        problem=meta["problem"],
+        out,
+        problem=problem,
         x_true=(x_true if stacked else x_true[0]) if x_true is not None else None,
         decoder_noise={"auto": None, "sample": True, "mean": False}[args.decoder_noise],
         refine=RefineConfig(
@@ -336,7 +420,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         attrs={"run_dir": str(args.run_dir), "observation_file": str(args.observation)},
     )
-    save_inference_data(idata, out)
     print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
     return 0
 
@@ -345,18 +428,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, chi-squared; metrics.json + PNGs."""
     from inference.diagnostics.coverage import evaluate_model, write_evaluation
+    from inference.posterior import bytes_per_draw
     from ppl_cvae.data.io import load_pairs
-    from ppl_cvae.train import load_checkpoint
 
-    if args.num_samples < 2:
-        raise ConfigError(f"--num-samples must be >= 2, got {args.num_samples}")
     out = Path(args.out)
-    _check_out_dir(out, args.overwrite)
-    cvae, meta = load_checkpoint(args.run_dir)
+    _check_out_dir(out, args.overwrite, [args.run_dir, args.data], "evaluate")
+    cvae, meta = _load_run(args)
     config = cvae.config
-    if config.y_shape is None:
-        raise ConfigError(f"run {args.run_dir!r} holds an unconditional VAE; nothing to evaluate")
-    problem = _problem_from_args(args) if args.problem else meta["problem"]
+    problem = meta["problem"]
     x, y = load_pairs(args.data)
     if tuple(x.shape[1:]) != config.x_shape or tuple(y.shape[1:]) != config.y_shape:
         raise DataError(
@@ -364,23 +443,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"has x {config.x_shape}, y {config.y_shape}"
         )
     if args.max_observations is not None:
-        if args.max_observations < 1:
-            raise ConfigError(f"--max-observations must be >= 1, got {args.max_observations}")
         x, y = x[: args.max_observations], y[: args.max_observations]
-    if problem is not None and (
-        tuple(problem.x_shape) != config.x_shape or tuple(problem.y_shape) != config.y_shape
-    ):
-        raise ConfigError(
-            f"problem {problem.name!r} has x {tuple(problem.x_shape)}, y "
-            f"{tuple(problem.y_shape)}; the model has x {config.x_shape}, y {config.y_shape}"
-        )
+    check_memory(
+        2 * bytes_per_draw(cvae, x.shape[0], problem=problem) * args.num_samples,
+        f"{args.num_samples} posterior draws for each of {x.shape[0]} held-out pairs",
+        hint="lower --num-samples or --max-observations",
+    )
     metrics, x_draws, exact = evaluate_model(
         cvae, x, y, problem=problem, num_samples=args.num_samples, seed=args.seed
     )
     metrics["run_dir"] = str(args.run_dir)
     metrics["data"] = str(args.data)
     metrics["problem"] = problem.name if problem is not None else None
-    with atomic_dir(out, overwrite=args.overwrite) as tmp_dir:
+    with atomic_dir(out, overwrite=args.overwrite, command="evaluate") as tmp_dir:
         write_evaluation(tmp_dir, metrics, x, x_draws, exact=exact, problem=problem, seed=args.seed)
     summary = (
         f"coverage 50%: {metrics['coverage_50']:.3f}, 90%: {metrics['coverage_90']:.3f}; "
@@ -395,13 +470,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- diagnose
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Write the uncertainty report (summary CSV and plots) of a posterior file."""
-    from inference.arviz_io import load_inference_data
+    from inference.arviz_io import check_posterior, load_inference_data
     from inference.diagnostics.report import write_report
 
-    idata = load_inference_data(args.posterior)
     out = Path(args.out)
-    _check_out_dir(out, args.overwrite)
-    with atomic_dir(out, overwrite=args.overwrite) as tmp_dir:
+    _check_out_dir(out, args.overwrite, [args.posterior], "diagnose")
+    idata = load_inference_data(args.posterior)
+    check_posterior(
+        idata,
+        args.posterior,
+        require=(("posterior", "x"), ("posterior", "z"), ("observed_data", "y")),
+    )
+    with atomic_dir(out, overwrite=args.overwrite, command="diagnose") as tmp_dir:
         files = write_report(idata, tmp_dir, max_observations=args.max_observations)
     print(f"wrote {len(files)} files to {out}")
     return 0
@@ -412,13 +492,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate (x, y) pairs from a problem's prior and forward operator."""
     from ppl_cvae.data.io import save_pairs
 
-    if args.num < 1:
-        raise ConfigError(f"--num must be >= 1, got {args.num}")
     out = Path(args.out)
-    if out.suffix.lower() != ".npz":
-        raise DataError(f"--out {str(out)!r} must end in .npz")
-    _check_new_file(out, args.overwrite)
-    problem = _problem_from_args(args)
+    _check_new_file(out, args.overwrite, [], ".npz")
+    problem, _ = _problem_from_args(args)
+    _check_simulation_memory(problem, args.num, "--num")
     x, y = problem.simulate(args.num, torch.Generator().manual_seed(args.seed))
     save_pairs(out, x, y, overwrite=args.overwrite)
     print(f"wrote {args.num} pairs x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])} to {out}")
@@ -428,12 +505,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- score
 def cmd_score(args: argparse.Namespace) -> int:
     """Score a Two Birds posterior file with the challenge's criteria."""
-    from inference.arviz_io import load_inference_data
-    from ppl_cvae._atomic import atomic_path
+    from inference.arviz_io import check_posterior, load_inference_data
     from ppl_cvae.problems.two_birds import FUNCTION_PAIRS
     from ppl_cvae.problems.two_birds_scoring import score_samples
 
+    if args.out:
+        _check_new_file(Path(args.out), args.overwrite, [args.posterior], ".json")
     idata = load_inference_data(args.posterior)
+    check_posterior(idata, args.posterior, require=(("posterior", "x"), ("observed_data", "y")))
     functions = args.functions
     if functions is None:
         spec: Any = idata.attrs.get("problem")  # str, dict or None (TypeError below)
@@ -444,21 +523,22 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise DataError(
                 f"{args.posterior!r} does not record its Two Birds functions; pass --functions"
             ) from err
-    if functions not in FUNCTION_PAIRS:
+    if not isinstance(functions, str) or functions not in FUNCTION_PAIRS:
         raise ConfigError(f"unknown functions {functions!r}; expected {sorted(FUNCTION_PAIRS)}")
     x = torch.as_tensor(idata["posterior"]["x"].values[0])  # (S, [M,] 1, 50, 2)
     y = torch.as_tensor(idata["observed_data"]["y"].values)
     if "observation" not in idata["posterior"]["x"].dims:
         x, y = x.unsqueeze(1), y.unsqueeze(0)
-    if tuple(x.shape[2:]) != (1, 50, 2):
-        raise DataError(f"{args.posterior!r} does not hold Two Birds models (x {tuple(x.shape)})")
+    if tuple(x.shape[2:]) != (1, 50, 2) or tuple(y.shape) != (x.shape[1], 1, 50, 2):
+        raise DataError(
+            f"{args.posterior!r} does not hold Two Birds models and data "
+            f"(x {tuple(x.shape)}, y {tuple(y.shape)})"
+        )
     score = score_samples(x.transpose(0, 1), y, FUNCTION_PAIRS[functions])
     report = score.to_dict()
     text = json.dumps(report, indent=2)
     if args.out:
-        out = Path(args.out)
-        _check_new_file(out, args.overwrite)
-        with atomic_path(out) as tmp:
+        with atomic_path(Path(args.out)) as tmp:
             tmp.write_text(text)
     summary = {k: v for k, v in report.items() if not isinstance(v, list)}
     print(json.dumps(summary, indent=2))
@@ -466,9 +546,17 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (``ppl-cvae CMD: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one error line naming the command and ``--help``, then exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``ppl-cvae``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ppl-cvae",
         description="Amortized Bayesian inversion with conditional VAEs (Pyro SVI).",
     )
@@ -532,13 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run folder to create (model.pt, config.json, metrics.csv, loss.png; with "
         "--dataset also frames/: per-epoch reconstruction and sample grids, samples.gif)",
     )
-    fit_p.add_argument("--epochs", type=int, help="maximum number of epochs")
-    fit_p.add_argument("--batch-size", type=int, help="minibatch size (pairs per SVI step)")
-    fit_p.add_argument("--learning-rate", type=float, help="Adam step size")
+    fit_p.add_argument("--epochs", type=_count(1), help="maximum number of epochs")
+    fit_p.add_argument("--batch-size", type=_count(1), help="minibatch size (pairs per SVI step)")
+    fit_p.add_argument("--learning-rate", type=_finite, help="Adam step size")
     fit_p.add_argument(
-        "--lr-decay", type=float, help="total learning-rate decay factor over the run, in (0, 1]"
+        "--lr-decay", type=_finite, help="total learning-rate decay factor over the run, in (0, 1]"
     )
-    fit_p.add_argument("--latent-dim", type=int, help="dimension of the latent z")
+    fit_p.add_argument("--latent-dim", type=_count(1), help="dimension of the latent z")
     fit_p.add_argument("--hidden-dims", type=_ints, help="hidden widths, e.g. 256,256")
     fit_p.add_argument("--activation", help="hidden activation (default leaky_relu)")
     fit_p.add_argument("--network", choices=NETWORKS, help="encoder/decoder body")
@@ -547,7 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit_p.add_argument("--prior", choices=PRIORS, help="learned prior net p(z|y) or N(0, I)")
     fit_p.add_argument("--likelihood", choices=LIKELIHOODS, help="likelihood of x given z, y")
-    fit_p.add_argument("--fixed-scale", type=float, help="std of x for gaussian_fixed, units of x")
+    fit_p.add_argument(
+        "--fixed-scale", type=_finite, help="std of x for gaussian_fixed, units of x"
+    )
     fit_p.add_argument(
         "--y-embedding",
         choices=Y_EMBEDDINGS,
@@ -567,24 +657,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="add a linear map of y to the decoder output (the part of E[x|y] linear in y)",
     )
-    fit_p.add_argument("--kl-warmup-epochs", type=int, help="epochs of linear KL warm-up")
+    fit_p.add_argument("--kl-warmup-epochs", type=_count(0), help="epochs of linear KL warm-up")
     fit_p.add_argument(
         "--physics-weight",
-        type=float,
+        type=_finite,
         help="weight of the physics-consistency "
         "term 0.5*sum(((F(decoder mean)-y)/misfit_std)^2); 0 disables",
     )
-    fit_p.add_argument("--val-fraction", type=float, help="fraction held out for validation ELBO")
-    fit_p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
-    fit_p.add_argument("--num-particles", type=int, help="Trace_ELBO particles")
-    fit_p.add_argument("--num-train", type=int, help="simulated pairs (per epoch if resimulating)")
+    fit_p.add_argument("--val-fraction", type=_finite, help="fraction held out for validation ELBO")
+    fit_p.add_argument(
+        "--patience", type=_count(0), help="early-stopping patience in epochs (0: off)"
+    )
+    fit_p.add_argument("--num-particles", type=_count(1), help="Trace_ELBO particles")
+    fit_p.add_argument(
+        "--num-train", type=_count(2), help="simulated pairs (per epoch if resimulating)"
+    )
     fit_p.add_argument(
         "--resimulate",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="draw fresh simulations every epoch (built-in problems only)",
     )
-    fit_p.add_argument("--seed", type=int, help="random seed")
+    fit_p.add_argument("--seed", type=_seed, help="random seed")
     fit_p.add_argument("--quiet", action="store_true", help="no progress bar")
     fit_p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
     fit_p.set_defaults(func=cmd_fit)
@@ -597,7 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=".npy with one y (y_shape) or a stack "
         "(M, *y_shape), or .npz with key y (and optional x = true models)",
     )
-    s.add_argument("--num-samples", type=int, default=1000, help="posterior draws per observation")
+    add_problem(s, required=False)
+    s.add_argument(
+        "--num-samples",
+        type=_count(1),
+        default=1000,
+        help="posterior draws per observation (large requests are streamed to disk in chunks)",
+    )
     s.add_argument("--out", required=True, help="output .nc (ArviZ InferenceData)")
     s.add_argument(
         "--decoder-noise",
@@ -612,16 +712,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="refine each draw by minimising its data misfit with the problem's forward "
         "operator, then keep draws whose RMS normalised misfit is below --max-misfit",
     )
-    s.add_argument("--oversample", type=int, default=4, help="candidates per kept draw")
+    s.add_argument("--oversample", type=_count(1), default=4, help="candidates per kept draw")
     s.add_argument(
         "--max-misfit",
-        type=float,
+        type=_finite,
         default=1.0,
         help="acceptance threshold on RMS((F(x) - y) / misfit_std), dimensionless; 0: keep all",
     )
-    s.add_argument("--refine-steps", type=int, default=300, help="Adam steps of the refinement")
-    s.add_argument("--refine-lr", type=float, default=0.1, help="Adam step size of the refinement")
-    s.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    s.add_argument(
+        "--refine-steps", type=_count(0), default=300, help="Adam steps of the refinement"
+    )
+    s.add_argument(
+        "--refine-lr", type=_finite, default=0.1, help="Adam step size of the refinement"
+    )
+    s.add_argument("--seed", type=_seed, default=0, help="random seed of the draws")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     s.set_defaults(func=cmd_sample)
 
@@ -638,24 +742,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="held-out pairs (.npz/.nc/.pt with x and y)")
     ev.add_argument("--out", required=True, help="output folder")
     add_problem(ev, required=False)
-    ev.add_argument("--num-samples", type=int, default=200, help="posterior draws per pair")
-    ev.add_argument("--max-observations", type=int, help="evaluate only the first N pairs")
-    ev.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    ev.add_argument("--num-samples", type=_count(2), default=200, help="posterior draws per pair")
+    ev.add_argument("--max-observations", type=_count(1), help="evaluate only the first N pairs")
+    ev.add_argument("--seed", type=_seed, default=0, help="random seed of the draws")
     ev.add_argument("--overwrite", action="store_true", help="reuse a non-empty output folder")
     ev.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("diagnose", help="summary CSV and plots of a posterior file")
     d.add_argument("posterior", help="InferenceData .nc written by sample")
     d.add_argument("--out", required=True, help="report folder")
-    d.add_argument("--max-observations", type=int, default=3, help="observations to plot")
+    d.add_argument("--max-observations", type=_count(1), default=3, help="observations to plot")
     d.add_argument("--overwrite", action="store_true", help="reuse a non-empty report folder")
     d.set_defaults(func=cmd_diagnose)
 
     sim = sub.add_parser("simulate", help="simulate (x, y) pairs from a problem")
     add_problem(sim, required=True)
-    sim.add_argument("--num", type=int, required=True, help="number of pairs")
+    sim.add_argument("--num", type=_count(1), required=True, help="number of pairs")
     sim.add_argument("--out", required=True, help="output .npz with arrays x and y")
-    sim.add_argument("--seed", type=int, default=0, help="random seed")
+    sim.add_argument("--seed", type=_seed, default=0, help="random seed")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     sim.set_defaults(func=cmd_simulate)
 
@@ -672,8 +776,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PATH_ARGS = ("out", "data", "run_dir", "observation", "posterior", "dataset_path")
+
+
+def _check_utf8_paths(args: argparse.Namespace) -> None:
+    """Refuse path arguments that are not valid UTF-8 (NetCDF and JSON cannot record them)."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            flag = "--" + name.replace("_", "-") if name not in ("run_dir", "posterior") else name
+            raise ConfigError(
+                f"{flag} {value!r} is not valid UTF-8; rename the file or folder"
+            ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``ppl-cvae``; return the exit status (0 success, 2 user error)."""
+    """Run ``ppl-cvae``; return the exit status.
+
+    0 on success; 2 on a user error (one line ``ppl-cvae: error: ...`` on stderr, no
+    traceback), including a request that cannot fit in memory; 130 when interrupted by Ctrl-C
+    (nothing half-written is left: outputs are written atomically).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -682,13 +809,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fit" and not (args.problem or args.data or args.dataset):
         parser.error("fit needs --problem NAME, --data FILE or --dataset NAME")
     try:
+        _check_utf8_paths(args)
         return int(args.func(args))
     except PplCvaeError as err:
         print(f"ppl-cvae: error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
-        print(f"ppl-cvae: error: {err}", file=sys.stderr)
+    except OSError as err:  # a file the user named cannot be read or written
+        where = f": {err.filename!r}" if err.filename else ""
+        print(f"ppl-cvae: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
+    except (MemoryError, torch.OutOfMemoryError):  # allocator failures: one line
+        print(
+            "ppl-cvae: error: out of memory; ask for fewer draws, pairs or a smaller network",
+            file=sys.stderr,
+        )
+        return 2
+    except RuntimeError as err:  # torch's CPU allocator reports failures as RuntimeError
+        if "can't allocate memory" not in str(err):
+            raise
+        print(
+            "ppl-cvae: error: out of memory; ask for fewer draws, pairs or a smaller network",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print("ppl-cvae: interrupted; no partial output was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

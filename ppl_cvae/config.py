@@ -1,30 +1,134 @@
 """Frozen, self-validating configuration of the CVAE and of SVI training.
 
 :class:`ModelConfig` and :class:`TrainConfig`; CLI flags map one to one onto their fields.
+
+Size limits
+-----------
+A :class:`ModelConfig` refuses sizes past :data:`MAX_ELEMENTS` (elements of one ``x`` or ``y``
+event), :data:`MAX_WIDTH` (any layer width, latent or basis dimension), :data:`MAX_EVENT_DIMS`
+and :data:`MAX_LAYERS` on construction, in microseconds and without allocating.
+:func:`count_parameters` counts the parameters of the network a configuration describes on
+PyTorch's ``meta`` device (shapes only, no storage); :func:`check_model_size` refuses more
+than :data:`MAX_PARAMETERS` of them and :func:`check_model_memory` also compares an estimate
+of the training memory with what the machine has. Call the last one before building a model
+from a configuration that came from outside (a CLI flag, a checkpoint).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Literal, TypeVar
 
+from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import ACTIVATIONS
 
-__all__ = ["ModelConfig", "TrainConfig", "LIKELIHOODS", "NETWORKS", "PRIORS", "Y_EMBEDDINGS"]
+__all__ = [
+    "LIKELIHOODS",
+    "MAX_ELEMENTS",
+    "MAX_EVENT_DIMS",
+    "MAX_LAYERS",
+    "MAX_PARAMETERS",
+    "MAX_WIDTH",
+    "ModelConfig",
+    "NETWORKS",
+    "PRIORS",
+    "TrainConfig",
+    "Y_EMBEDDINGS",
+    "check_model_memory",
+    "check_model_size",
+    "count_parameters",
+]
 
 LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli")
 NETWORKS = ("mlp", "conv1d", "conv2d")
 PRIORS = ("learned", "standard_normal")
 Y_EMBEDDINGS = ("separate", "shared")
 
+MAX_ELEMENTS = 2**24
+"""Most elements of one ``x`` or one ``y`` event (16.8 million: a 4096 x 4096 grid).
 
-def _positive_ints(name: str, values: tuple[int, ...], allow_empty: bool = True) -> None:
+Past this even one float32 event is 64 MiB, and a batch of them no longer fits a GPU."""
+
+MAX_WIDTH = 2**20
+"""Largest hidden width, latent, feature, channel or basis dimension (about one million).
+
+It keeps every single weight matrix below ``MAX_ELEMENTS * MAX_WIDTH = 2**44`` entries, so a
+configuration can be counted on the meta device without overflowing 64-bit sizes."""
+
+MAX_EVENT_DIMS = 16
+"""Most axes of an ``x`` or ``y`` event (PyTorch tensors have at most 64 in all)."""
+
+MAX_LAYERS = 64
+"""Most entries of ``hidden_dims`` and of ``conv_channels``."""
+
+MAX_PARAMETERS = 2**28
+"""Most parameters plus buffers of one model (268 million: 1 GiB of float32 weights, about
+4 GiB for training with gradients and the two Adam moments)."""
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """Return a short, safe ``repr`` of ``value`` for an error message.
+
+    Scalars are shown (long strings and huge integers shortened, without converting all of
+    their digits); containers and other objects by their type only, since a structure read
+    from a file may be deeply nested or share sub-lists exponentially often.
+    """
+    if isinstance(value, str):
+        text = repr(value[:limit])
+        return text if len(value) <= limit else f"{text[:-1]}...{text[-1]}"
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return (
+            repr(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+        )
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) <= 8
+        and all(
+            isinstance(v, (bool, float, str)) or (isinstance(v, int) and v.bit_length() <= 64)
+            for v in value
+        )
+    ):
+        return repr(tuple(_show(v, 20) for v in value)).replace("'", "")
+    return f"a {type(value).__name__}"
+
+
+def _is_int(value: Any) -> bool:
+    """Whether ``value`` is a Python integer (``bool`` excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """Whether ``value`` is a finite Python int or float (``bool`` excluded)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _int_tuple(
+    name: str, values: Any, limit: int, max_len: int, allow_empty: bool = True
+) -> tuple[int, ...]:
+    """Return ``values`` as a tuple of positive ints (each ``<= limit``), or raise ConfigError."""
+    if not isinstance(values, (tuple, list)):
+        raise ConfigError(
+            f"{name} must be a tuple of positive integers, got {type(values).__name__}"
+        )
     if not allow_empty and not values:
         raise ConfigError(f"{name} must not be empty")
-    if any((not isinstance(v, int)) or v <= 0 for v in values):
-        raise ConfigError(f"{name} must hold positive integers, got {values}")
+    if len(values) > max_len:
+        raise ConfigError(f"{name} has {len(values)} entries; the limit is {max_len}")
+    if any(not _is_int(v) or v <= 0 for v in values):
+        raise ConfigError(f"{name} must hold positive integers, got {_show(values)}")
+    if any(v > limit for v in values):
+        raise ConfigError(f"{name}={_show(values)} has an entry above the limit {limit}")
+    return tuple(values)
 
 
 class _DictMixin:
@@ -35,18 +139,29 @@ class _DictMixin:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls: type[_Config], data: dict[str, Any]) -> _Config:
+    def from_dict(cls: type[_Config], data: Mapping[str, Any]) -> _Config:
         """Rebuild from :meth:`to_dict` output, validating every value.
 
         Raises
         ------
         ConfigError
-            If a key is unknown or a value is invalid.
+            If ``data`` is not a mapping, a key is unknown or missing, or a value is invalid.
         """
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = set(data) - names
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__} data must be a dict, got {type(data).__name__}")
+        all_fields = fields(cls)  # type: ignore[arg-type]
+        names = {f.name for f in all_fields}
+        unknown = [k for k in data if k not in names]
         if unknown:
-            raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}")
+            shown = ", ".join(_show(k, 30) for k in unknown[:5])
+            raise ConfigError(f"unknown {cls.__name__} keys: {shown}")
+        missing = [
+            f.name
+            for f in all_fields
+            if f.default is MISSING and f.default_factory is MISSING and f.name not in data
+        ]
+        if missing:
+            raise ConfigError(f"{cls.__name__} is missing the keys {missing}")
         return cls(**data)
 
 
@@ -118,7 +233,24 @@ class ModelConfig(_DictMixin):
     Raises
     ------
     ConfigError
-        On any value outside its range or an inconsistent combination.
+        On a value of the wrong type (a string, float or bool where an integer belongs; ints
+        and floats are accepted where a float belongs), a value outside its range, an
+        inconsistent combination, or a size past the limits below.
+
+    Notes
+    -----
+    Size limits, checked on construction without allocating anything (module constants):
+
+    - ``prod(x_shape)`` and ``prod(y_shape)`` at most :data:`MAX_ELEMENTS` (``2**24``), with at
+      most :data:`MAX_EVENT_DIMS` (16) axes each;
+    - every entry of ``hidden_dims`` and ``conv_channels``, ``latent_dim``, ``feature_dim`` and
+      ``basis_dim`` at most :data:`MAX_WIDTH` (``2**20``); at most :data:`MAX_LAYERS` (64)
+      entries in ``hidden_dims`` and in ``conv_channels``.
+
+    The number of parameters is a property of the whole network, not of one field; it is
+    checked by :func:`check_model_size` (at most :data:`MAX_PARAMETERS`, ``2**28``) and
+    :func:`check_model_memory`, which :func:`~ppl_cvae.train.load_checkpoint` calls before
+    building a model and which callers building a model from outside input should call too.
     """
 
     x_shape: tuple[int, ...]
@@ -140,50 +272,76 @@ class ModelConfig(_DictMixin):
     scale_gain: float = 10.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "x_shape", tuple(self.x_shape))
+        # types first: every later comparison may then assume them (a checkpoint can hold
+        # anything torch.load accepts, tensors included)
+        object.__setattr__(
+            self,
+            "x_shape",
+            _int_tuple("x_shape", self.x_shape, MAX_ELEMENTS, MAX_EVENT_DIMS, False),
+        )
         if self.y_shape is not None:
-            object.__setattr__(self, "y_shape", tuple(self.y_shape))
-        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
-        object.__setattr__(self, "conv_channels", tuple(self.conv_channels))
-        _positive_ints("x_shape", self.x_shape, allow_empty=False)
-        if self.y_shape is not None:
-            _positive_ints("y_shape", self.y_shape, allow_empty=False)
-        _positive_ints("hidden_dims", self.hidden_dims)
-        _positive_ints("conv_channels", self.conv_channels)
+            y_shape = _int_tuple("y_shape", self.y_shape, MAX_ELEMENTS, MAX_EVENT_DIMS, False)
+            object.__setattr__(self, "y_shape", y_shape)
+        hidden = _int_tuple("hidden_dims", self.hidden_dims, MAX_WIDTH, MAX_LAYERS)
+        object.__setattr__(self, "hidden_dims", hidden)
+        channels = _int_tuple("conv_channels", self.conv_channels, MAX_WIDTH, MAX_LAYERS)
+        object.__setattr__(self, "conv_channels", channels)
         for name in ("latent_dim", "feature_dim"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {_show(value)}")
+            if value > MAX_WIDTH:
+                raise ConfigError(f"{name}={value} is above the limit {MAX_WIDTH}")
+        for name in ("activation", "network", "prior", "likelihood", "y_embedding"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string, got {type(value).__name__}")
+        for name in ("fixed_scale", "init_scale", "scale_gain"):
+            value = getattr(self, name)
+            if not _is_real(value):
+                raise ConfigError(f"{name} must be a finite number, got {_show(value)}")
+        for name in ("constrained_coefficients", "linear_skip"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be True or False, got {_show(value)}")
+        for name, size in (("x_shape", self.x_shape), ("y_shape", self.y_shape)):
+            if size is not None and math.prod(size) > MAX_ELEMENTS:
+                raise ConfigError(
+                    f"{name}={_show(size)} has {math.prod(size):,} elements; the limit is "
+                    f"{MAX_ELEMENTS:,} (MAX_ELEMENTS)"
+                )
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
-                f"unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}"
+                f"unknown activation {_show(self.activation)}; "
+                f"expected one of {sorted(ACTIVATIONS)}"
             )
         if self.network not in NETWORKS:
-            raise ConfigError(f"unknown network {self.network!r}; expected one of {NETWORKS}")
+            raise ConfigError(f"unknown network {_show(self.network)}; expected one of {NETWORKS}")
         if self.prior not in PRIORS:
-            raise ConfigError(f"unknown prior {self.prior!r}; expected one of {PRIORS}")
+            raise ConfigError(f"unknown prior {_show(self.prior)}; expected one of {PRIORS}")
         if self.likelihood not in LIKELIHOODS:
             raise ConfigError(
-                f"unknown likelihood {self.likelihood!r}; expected one of {LIKELIHOODS}"
+                f"unknown likelihood {_show(self.likelihood)}; expected one of {LIKELIHOODS}"
             )
-        if not (isinstance(self.fixed_scale, (int, float)) and self.fixed_scale > 0):
-            raise ConfigError(f"fixed_scale must be > 0, got {self.fixed_scale!r}")
-        if not (isinstance(self.init_scale, (int, float)) and 1e-2 <= self.init_scale <= 10):
-            raise ConfigError(f"init_scale must be in [0.01, 10], got {self.init_scale!r}")
-        if not (isinstance(self.scale_gain, (int, float)) and 0.1 <= self.scale_gain <= 100):
-            raise ConfigError(f"scale_gain must be in [0.1, 100], got {self.scale_gain!r}")
+        if not self.fixed_scale > 0:
+            raise ConfigError(f"fixed_scale must be > 0, got {_show(self.fixed_scale)}")
+        if not 1e-2 <= self.init_scale <= 10:
+            raise ConfigError(f"init_scale must be in [0.01, 10], got {_show(self.init_scale)}")
+        if not 0.1 <= self.scale_gain <= 100:
+            raise ConfigError(f"scale_gain must be in [0.1, 100], got {_show(self.scale_gain)}")
         if self.y_embedding not in Y_EMBEDDINGS:
             raise ConfigError(
-                f"unknown y_embedding {self.y_embedding!r}; expected one of {Y_EMBEDDINGS}"
+                f"unknown y_embedding {_show(self.y_embedding)}; expected one of {Y_EMBEDDINGS}"
             )
         if self.y_shape is None and self.prior == "learned":
             raise ConfigError(
                 "an unconditional VAE (y_shape=None) has no prior net: use prior='standard_normal'"
             )
         if self.basis_dim is not None:
-            if not isinstance(self.basis_dim, int) or not 0 < self.basis_dim <= self.x_dim:
+            if not _is_int(self.basis_dim) or not 0 < self.basis_dim <= min(self.x_dim, MAX_WIDTH):
                 raise ConfigError(
-                    f"basis_dim must be an integer in [1, {self.x_dim}], got {self.basis_dim!r}"
+                    f"basis_dim must be an integer in [1, {min(self.x_dim, MAX_WIDTH)}], "
+                    f"got {_show(self.basis_dim)}"
                 )
             if self.likelihood == "bernoulli":
                 raise ConfigError("a linear decoder basis needs a Gaussian likelihood")
@@ -240,7 +398,8 @@ class TrainConfig(_DictMixin):
     num_train : int, default 20000
         Number of simulated pairs per epoch when training from a problem.
     seed : int, default 0
-        Seed of torch, numpy and Pyro.
+        Seed of torch, numpy and Pyro, in [0, 2**32 - 1]; also seeds the weight initialisation
+        in :func:`ppl_cvae.train.fit_problem` and ``ppl-cvae fit``.
 
     Raises
     ------
@@ -264,7 +423,21 @@ class TrainConfig(_DictMixin):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = {"bool": bool, "float": float}.get(str(f.type), int)
+            if kind is bool and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            if kind is float and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         checks = [
+            ("seed", 0 <= self.seed <= 2**32 - 1),
             ("num_epochs", self.num_epochs >= 1),
             ("batch_size", self.batch_size >= 1),
             ("learning_rate", self.learning_rate > 0),
@@ -281,3 +454,156 @@ class TrainConfig(_DictMixin):
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}={getattr(self, name)!r} in TrainConfig")
+
+
+def _count_state(config: ModelConfig) -> tuple[int, int]:
+    """Return ``(parameters, buffer elements)`` of ``CVAE(config)``, built on the meta device."""
+    import torch
+
+    # imported here: ppl_cvae.models.cvae imports this module
+    from ppl_cvae.models.cvae import CVAE
+
+    if not isinstance(config, ModelConfig):
+        raise ConfigError(f"expected a ModelConfig, got {type(config).__name__}")
+    # the coefficient transform has no parameters: any bijection stands in for the problem's
+    transform = torch.distributions.transforms.identity_transform
+    try:
+        # meta tensors carry shape and dtype only: nothing is allocated or initialised
+        with torch.device("meta"):
+            model = CVAE(
+                config,
+                coefficient_transform=transform if config.constrained_coefficients else None,
+            )
+    except ConfigError:
+        raise
+    except (RuntimeError, ValueError, TypeError, OverflowError) as err:
+        # a combination the networks cannot be built for (e.g. a grid too small for the
+        # convolution stages); the torch message names the layer
+        raise ConfigError(f"cannot build a network for this ModelConfig: {err}") from err
+    num_params = sum(p.numel() for p in model.parameters())
+    num_buffers = sum(b.numel() for b in model.buffers())
+    return num_params, num_buffers
+
+
+def count_parameters(config: ModelConfig, *, buffers: bool = False) -> int:
+    """Count the parameters of the CVAE that ``config`` describes, without allocating them.
+
+    The network is built on PyTorch's ``meta`` device, whose tensors have a shape and a dtype
+    but no storage, so the count of a configuration with billions of parameters takes a few
+    milliseconds and no memory.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Architecture to count.
+    buffers : bool, default False
+        Also count the elements of the buffers (standardisers, decoder basis and its
+        coefficient statistics), which a checkpoint stores beside the parameters.
+
+    Returns
+    -------
+    int
+        Number of scalar parameters (shared modules counted once), plus buffer elements when
+        ``buffers`` is True.
+
+    Raises
+    ------
+    ConfigError
+        If ``config`` is not a :class:`ModelConfig` or its networks cannot be built.
+
+    Examples
+    --------
+    >>> count_parameters(ModelConfig(x_shape=(2,), y_shape=(2,), latent_dim=1, hidden_dims=(4,)))
+    140
+    """
+    num_params, num_buffers = _count_state(config)
+    return num_params + num_buffers if buffers else num_params
+
+
+def check_model_size(config: ModelConfig) -> int:
+    """Refuse a configuration with more than :data:`MAX_PARAMETERS` parameters plus buffers.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Architecture to check.
+
+    Returns
+    -------
+    int
+        Number of parameters plus buffer elements (at most :data:`MAX_PARAMETERS`).
+
+    Raises
+    ------
+    ConfigError
+        If the count is above :data:`MAX_PARAMETERS`, or the networks cannot be built.
+
+    Examples
+    --------
+    >>> check_model_size(ModelConfig(x_shape=(2,), y_shape=(2,), latent_dim=1, hidden_dims=(4,)))
+    148
+    """
+    num_params, num_buffers = _count_state(config)
+    return _check_total(num_params, num_buffers)
+
+
+def _check_total(num_params: int, num_buffers: int) -> int:
+    total = num_params + num_buffers
+    if total > MAX_PARAMETERS:
+        raise ConfigError(
+            f"the model would have {total:,} parameters and buffer elements; the limit is "
+            f"{MAX_PARAMETERS:,} (MAX_PARAMETERS): use smaller hidden_dims, latent_dim, "
+            "conv_channels, feature_dim or events"
+        )
+    return total
+
+
+def check_model_memory(config: ModelConfig, *, training: bool = True) -> int:
+    """Refuse a configuration that is too large, or too large for this machine's memory.
+
+    Call it before building a model from a configuration that came from outside.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Architecture to check.
+    training : bool, default True
+        Estimate the memory of training: 4 bytes per parameter for each of the weights, their
+        gradients and the two Adam moments (16 bytes per parameter). False: the weights only,
+        twice (a model plus the state dict it is loaded from, 8 bytes per parameter).
+
+    Returns
+    -------
+    int
+        Number of parameters (buffers excluded).
+
+    Raises
+    ------
+    ConfigError
+        If the parameters plus buffers exceed :data:`MAX_PARAMETERS` (see
+        :func:`check_model_size`), or the networks cannot be built.
+    ResourceError
+        If the estimate exceeds the memory this process may still take
+        (:func:`ppl_cvae._memory.check_memory`).
+
+    Notes
+    -----
+    The estimate counts float32 parameters and buffers only; activations scale with the batch
+    size and are not included.
+
+    Examples
+    --------
+    >>> check_model_memory(ModelConfig(x_shape=(2,), y_shape=(2,), latent_dim=1, hidden_dims=(4,)))
+    140
+    """
+    num_params, num_buffers = _count_state(config)
+    _check_total(num_params, num_buffers)
+    copies = 4 if training else 2
+    num_bytes = 4 * (copies * num_params + num_buffers)
+    check_memory(
+        num_bytes,
+        f"a model with {num_params:,} parameters"
+        + (" (weights, gradients and two Adam moments)" if training else ""),
+        "use smaller hidden_dims, latent_dim, conv_channels or feature_dim",
+    )
+    return num_params

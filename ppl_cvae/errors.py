@@ -14,6 +14,8 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "UnknownProblemError",
+    "ResourceError",
+    "OutputError",
 ]
 
 
@@ -42,3 +44,11 @@ class UnknownProblemError(PplCvaeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
         return str(self.args[0]) if self.args else ""
+
+
+class ResourceError(PplCvaeError, MemoryError):
+    """A request needs more memory (or another resource) than this machine can give it."""
+
+
+class OutputError(PplCvaeError, OSError):
+    """An output path cannot be written without losing data, or cannot be written at all."""

@@ -1,9 +1,16 @@
+import math
+import time
+
 import pytest
 import torch
 
+import ppl_cvae._memory
 from inference import draw_posterior
 from ppl_cvae import ModelConfig, TrainConfig, TwoBirds, build_cvae, fit
-from ppl_cvae.errors import CheckpointError
+from ppl_cvae.config import check_model_memory, check_model_size, count_parameters
+from ppl_cvae.errors import CheckpointError, ConfigError, ResourceError
+from ppl_cvae.models.cvae import CVAE
+from ppl_cvae.problems import make_problem
 from ppl_cvae.train import load_checkpoint, save_checkpoint
 
 
@@ -65,3 +72,168 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------- validation
+def _tiny_payload(tmp_path):
+    cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(4,))
+    problem = make_problem("linear_gaussian", x_dim=3, y_dim=2)
+    path = save_checkpoint(tmp_path / "model.pt", CVAE(cfg), problem=problem)
+    return torch.load(path, weights_only=True)
+
+
+def _forge(tmp_path, payload):
+    path = tmp_path / "forged.pt"
+    torch.save(payload, path)
+    return path
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def mutate(payload):
+        target = payload
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value(target[keys[-1]]) if callable(value) else value
+
+    return mutate
+
+
+def _drop(key):
+    return lambda payload: payload.pop(key)
+
+
+def _drop_state(key):
+    return lambda payload: payload["state_dict"].pop(key)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (_drop("state_dict"), r"lacks the keys \['state_dict'\]"),
+        (_drop("misfit_std"), r"lacks the keys \['misfit_std'\]"),
+        (_set("surprise", 1), "unexpected keys 'surprise'"),
+        (_set("format", "other.v9"), "not a ppl_cvae checkpoint.*'other.v9'"),
+        (_set("version", 3), "version must be a string"),
+        (_set("model_config", [1, 2]), "model_config must be a dict, got list"),
+        (_set("model_config", "depth", 3), "unknown ModelConfig keys: 'depth'"),
+        (_set("model_config", "latent_dim", "8"), "latent_dim must be a positive integer"),
+        (_set("model_config", "latent_dim", 8.5), "latent_dim must be a positive integer"),
+        (_set("model_config", "latent_dim", True), "latent_dim must be a positive integer"),
+        (_set("model_config", "hidden_dims", [4, "4"]), "hidden_dims must hold positive int"),
+        (_set("model_config", "hidden_dims", 4), "hidden_dims must be a tuple"),
+        (_set("model_config", "x_shape", [2**25]), "x_shape=.*above the limit 16777216"),
+        (_set("model_config", "fixed_scale", math.inf), "fixed_scale must be a finite number"),
+        (_set("model_config", "linear_skip", "yes"), "linear_skip must be True or False"),
+        (_set("model_config", "activation", ["relu"]), "activation must be a string"),
+        (_set("model_config", "x_shape", torch.tensor([3])), r"\[.x_shape.\] holds a Tensor"),
+        (_set("state_dict", [1]), "state_dict must be a dict, got list"),
+        (_set("state_dict", "raw_scale", [0.0] * 3), "must map names to tensors.*raw_scale"),
+        (_set("state_dict", "raw_scale", lambda t: t[:2]), r"raw_scale has shape \(2,\)"),
+        (_set("state_dict", "raw_scale", lambda t: t.double()), "raw_scale .*float64"),
+        (_set("state_dict", "raw_scale", lambda t: t * math.nan), "raw_scale holds NaN or inf"),
+        (_set("state_dict", "x_standardiser.std", lambda t: -t), "std holds values <= 0"),
+        (_set("state_dict", "extra.weight", torch.zeros(1)), "unexpected 'extra.weight'"),
+        (_drop_state("raw_scale"), "missing 'raw_scale'"),
+        (_set("misfit_std", -1.0), "misfit_std must be a finite number > 0"),
+        (_set("misfit_std", math.nan), "misfit_std must be a finite number > 0"),
+        (_set("misfit_std", True), "misfit_std must be a finite number > 0"),
+        (_set("problem", "linear_gaussian"), "problem record must be a dict or None"),
+        (_set("problem", {"x_dim": 3}), "needs a 'name'"),
+        (_set("problem", {"name": "linear_gaussian", "m": torch.ones(1)}), "holds a Tensor"),
+        (_set("extra", [1]), "extra must be a dict, got list"),
+        (_set("extra", {"a": {1: 2}}), "non-string key 1"),
+    ],
+)
+def test_damaged_fields_raise_one_line_naming_the_file(tmp_path, mutate, match):
+    payload = _tiny_payload(tmp_path)
+    mutate(payload)
+    path = _forge(tmp_path, payload)
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_recursive_and_exponential_records_are_refused_quickly(tmp_path):
+    payload = _tiny_payload(tmp_path)
+    shared: list = []
+    for _ in range(30):  # 2**30 leaves once expanded, 30 objects in the pickle
+        shared = [shared, shared]
+    payload["extra"] = {"a": shared[0]}
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="nested deeper|more than"):
+        load_checkpoint(_forge(tmp_path, payload))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_forged_huge_model_is_refused_quickly_without_allocating(tmp_path):
+    payload = _tiny_payload(tmp_path)
+    payload["model_config"]["x_shape"] = [60000]
+    payload["model_config"]["hidden_dims"] = [200000, 200000]
+    path = _forge(tmp_path, payload)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"344,\d{3},\d{3},\d{3} parameters.*268,435,456"):
+        load_checkpoint(path)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_save_refuses_nan_weights_and_keeps_the_old_file(tmp_path):
+    cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(4,))
+    cvae = CVAE(cfg)
+    target = save_checkpoint(tmp_path / "model.pt", cvae)
+    before = target.read_bytes()
+    with torch.no_grad():
+        cvae.raw_scale.fill_(math.nan)
+    with pytest.raises(CheckpointError, match="raw_scale hold NaN or inf"):
+        save_checkpoint(target, cvae)
+    assert target.read_bytes() == before
+
+
+def test_registry_problem_is_rebuilt_and_problem_error_is_none(tmp_path):
+    cvae, problem, _ = _small_model()
+    save_checkpoint(tmp_path / "model.pt", cvae, problem=problem)
+    _, meta = load_checkpoint(tmp_path)
+    assert meta["problem_error"] is None and meta["problem_spec"]["name"] == "two_birds"
+    assert meta["version"] and meta["extra"] == {}
+
+
+# --------------------------------------------------------------------------- size limits
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(4,)),
+        ModelConfig(x_shape=(3,), y_shape=None, prior="standard_normal", hidden_dims=(5, 6)),
+        ModelConfig(x_shape=(12, 2), y_shape=(4,), network="conv1d", conv_channels=(3, 4)),
+        ModelConfig(x_shape=(1, 8, 8), y_shape=(4,), network="conv2d", conv_channels=(2,)),
+        ModelConfig(x_shape=(6,), y_shape=(4,), y_embedding="shared", linear_skip=True),
+        ModelConfig(x_shape=(6,), y_shape=(4,), basis_dim=2, likelihood="gaussian_decoder"),
+    ],
+)
+def test_count_parameters_matches_the_built_model(cfg):
+    cvae = CVAE(cfg)
+    assert count_parameters(cfg) == sum(p.numel() for p in cvae.parameters())
+    assert count_parameters(cfg) == cvae.num_parameters()
+    buffers = sum(b.numel() for b in cvae.buffers())
+    assert count_parameters(cfg, buffers=True) == cvae.num_parameters() + buffers
+
+
+def test_size_limits_are_config_errors_and_memory_is_checked(monkeypatch):
+    with pytest.raises(ConfigError, match="has 16,781,312 elements; the limit is 16,777,216"):
+        ModelConfig(x_shape=(4097, 4096), y_shape=(2,))
+    with pytest.raises(ConfigError, match="hidden_dims has 65 entries"):
+        ModelConfig(x_shape=(2,), y_shape=(2,), hidden_dims=(4,) * 65)
+    with pytest.raises(ConfigError, match="latent_dim=1048577 is above the limit"):
+        ModelConfig(x_shape=(2,), y_shape=(2,), latent_dim=2**20 + 1)
+    huge = ModelConfig(x_shape=(60000,), y_shape=(10,), hidden_dims=(200000, 200000))
+    with pytest.raises(ConfigError, match="MAX_PARAMETERS"):
+        check_model_memory(huge)
+    with pytest.raises(ConfigError, match="MAX_PARAMETERS"):
+        check_model_size(huge)
+    small = ModelConfig(x_shape=(64,), y_shape=(8,), hidden_dims=(256,))
+    num = check_model_memory(small)
+    assert num == count_parameters(small)
+    monkeypatch.setattr(ppl_cvae._memory, "available_memory", lambda: 16 * num)
+    with pytest.raises(ResourceError, match="weights, gradients and two Adam moments"):
+        check_model_memory(small)  # 16 bytes per parameter > 0.8 * 16 * num
+    check_model_memory(small, training=False)  # 8 bytes per parameter fits

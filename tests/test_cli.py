@@ -64,7 +64,7 @@ def run(tmp_path_factory):
 
 def test_fit_writes_run_folder(run):
     names = sorted(p.name for p in (run / "fit").iterdir())
-    assert names == ["config.json", "loss.png", "metrics.csv", "model.pt"]
+    assert names == [".ppl_cvae_output.json", "config.json", "loss.png", "metrics.csv", "model.pt"]
     config = json.loads((run / "fit" / "config.json").read_text())
     assert config["model"]["basis_dim"] == 4 and config["train"]["num_epochs"] == 2
     lines = (run / "fit" / "metrics.csv").read_text().splitlines()

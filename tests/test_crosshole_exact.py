@@ -98,7 +98,13 @@ def test_small_crosshole_posterior_matches_the_exact_one(seed):
 
 @pytest.mark.slow
 def test_an_underfitted_crosshole_posterior_fails_the_check(seed):
-    """30 epochs leave the posterior too narrow (measured sd ratio ~0.75): the check must see it."""
+    """An underfit must fail the check.
+
+    10 epochs leave the posterior mean 0.44 exact sd off (seeds 0 and 1, measured; the check
+    allows 0.3). 30 epochs, the control used before the decoder scale moved to a log scale
+    with gain 10, now end at 0.30 with an sd ratio of 1.10: too close to the tolerance to be a
+    control.
+    """
     problem = _small_problem()
-    metrics = _compare(problem, _fit(problem, seed, num_epochs=30), seed)
+    metrics = _compare(problem, _fit(problem, seed, num_epochs=10), seed)
     assert not _agrees(metrics), metrics["exact"]

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +112,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     Raises
     ------
     DataError
-        If the file is missing, the magic number is wrong, or the data size does not match the
-        header.
+        If the file is missing, its gzip stream is corrupt, the magic number is wrong, or the
+        data size does not match the header.
     """
     path = Path(path)
     if not path.is_file():
@@ -120,7 +122,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:  # zlib.error: corrupt deflate data
             raise DataError(f"cannot decompress {str(path)!r}: {err}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(
@@ -133,7 +135,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(f"{str(path)!r} ends inside its IDX header")
     shape = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # exact: np.prod would wrap at 2**63
     if len(raw) - header != expected:
         raise DataError(
             f"{str(path)!r} holds {len(raw) - header} data bytes; its header {shape} of "

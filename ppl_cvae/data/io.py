@@ -4,28 +4,90 @@ Formats (chosen by file suffix):
 
 - ``.npz``: arrays ``x`` of shape ``(N, *x_shape)`` and ``y`` of shape ``(N, *y_shape)``;
 - ``.nc``: NetCDF with variables ``x`` and ``y`` sharing a leading sample dimension
-  (read with xarray; written files use the h5netcdf engine);
+  (NetCDF-4/HDF5 read with xarray's h5netcdf engine, NetCDF-3 with its scipy engine; written
+  files use the h5netcdf engine). Plain HDF5 datasets ``x`` and ``y`` without NetCDF dimension
+  scales are read too (h5netcdf's sorted "phony" dimensions). The file is parsed in a child
+  Python process stopped after :data:`ppl_cvae._isolated.NETCDF_TIMEOUT_S`, because libhdf5
+  can loop forever or crash on a corrupt file; this costs about a second per file;
 - ``.pt``: the Two Birds challenge's ``torch.utils.data.TensorDataset`` of ``(X, Y)`` pairs,
-  each ``(1, 50, 2)``.
+  each ``(1, 50, 2)``, or a plain tuple/list ``(x, y)`` or dict ``{"x": x, "y": y}`` of tensors.
+  It is unpickled with ``torch.load(..., weights_only=True)``: tensors and containers only, plus
+  the one class ``TensorDataset``; a file that names any other Python object is refused, so a
+  ``.pt`` from someone else cannot run code.
 
-Every loader returns float32 tensors and rejects NaN/inf, empty sets and mismatched counts.
+Every loader returns C-contiguous float32 tensors. Bool, integer and real floating arrays are
+accepted and cast to float32; the loaders refuse, with a :class:`~ppl_cvae.errors.DataError`
+naming the variable, the file and the dtype, complex arrays (the imaginary part would be lost),
+object, string, bytes, structured and datetime arrays, NaN/inf, finite values beyond the
+float32 range, empty arrays and zero-size axes; mismatched counts and missing axes raise
+:class:`~ppl_cvae.errors.ShapeError`. Whatever garbage a file holds, the loaders end in one of
+these two errors (both :class:`~ppl_cvae.errors.PplCvaeError`) and never modify the file.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import io
+import math
 import os
+import pickle
+import pickletools
+import re
+import tokenize
+import warnings
 import zipfile
+import zlib
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from ppl_cvae._atomic import atomic_path
+from ppl_cvae._isolated import netcdf_timeout, run_isolated
 from ppl_cvae.errors import DataError, ShapeError
 
 __all__ = ["load_pairs", "save_pairs", "load_observations", "PAIR_SUFFIXES"]
 
 PAIR_SUFFIXES = (".npz", ".nc", ".pt")
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# What each library raised on garbage files in tests/test_fuzz_loaders.py (random bytes,
+# truncations and bit flips of valid files). Anything else is a bug to report, not to hide.
+# zipfile + numpy.lib.format (.npz/.npy): bad zip structure, CRC and size checks, encryption,
+# unknown compression, corrupt deflate streams, bad .npy magic/header, short data.
+_NPY_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,  # numpy: bad magic, header or dtype, "EOF: reading array data"
+    EOFError,
+    # numpy parses the header with ast.literal_eval, then sorts its keys and calls np.dtype:
+    TypeError,  # e.g. sorting a header dict with both bytes and str keys
+    SyntaxError,  # e.g. IndentationError from numpy's re-tokenising of a broken header
+    RecursionError,  # deeply nested literals
+    zipfile.BadZipFile,  # an Exception, not an OSError
+    zlib.error,  # corrupt deflate stream inside a zip entry
+    tokenize.TokenError,  # numpy re-tokenises a header that does not parse as a dict
+    RuntimeError,  # zipfile: "File is encrypted, password required for extraction"
+    NotImplementedError,  # zipfile: "That compression method is not supported"
+)
+
+# numpy dtype kinds that cannot become float32 without losing information or meaning.
+_REFUSED_KINDS = {
+    "c": "complex numbers; the imaginary part would be lost: store the real and imaginary "
+    "parts as two real arrays",
+    "O": "Python objects (a pickle, which is never unpickled here): save a numeric array",
+    "U": "unicode strings: save numbers",
+    "S": "byte strings: save numbers",
+    "V": "raw or structured records: save one plain numeric array per variable",
+    "M": "datetimes: save numbers (e.g. seconds since a reference time)",
+    "m": "timedeltas: save numbers (e.g. seconds)",
+}
+_ACCEPTED = "bool, integer or real floating point (cast to float32)"
+
+
+def _where(name: str, path: Path) -> str:
+    return f"{name} in {str(path)!r}"
 
 
 def _require_file(path: Path) -> None:
@@ -33,57 +95,416 @@ def _require_file(path: Path) -> None:
         raise DataError(f"data file {str(path)!r} does not exist")
 
 
-def _finite(name: str, array: np.ndarray, path: Path) -> torch.Tensor:
-    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
-        raise DataError(f"{name} in {str(path)!r} must be numeric, got dtype {array.dtype}")
-    tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
-    if not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise DataError(f"{name} in {str(path)!r} contains {bad} NaN or inf values")
-    return tensor
+def _check_dtype(name: str, dtype: np.dtype[Any], path: Path) -> None:
+    """Refuse a dtype that does not convert to float32 without loss of meaning."""
+    if dtype.kind in "biuf":
+        return
+    why = _REFUSED_KINDS.get(dtype.kind, "not a real number type")
+    raise DataError(f"{_where(name, path)} has dtype {dtype} ({why}); expected {_ACCEPTED}")
 
 
-def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _to_float32(name: str, array: np.ndarray, path: Path) -> torch.Tensor:
+    """Check one array and return it as a C-contiguous float32 tensor.
+
+    Raises
+    ------
+    DataError
+        If the dtype is not bool/integer/real floating, the array is empty (a zero-size axis),
+        holds NaN/inf, or holds finite values that overflow float32.
+    """
+    array = np.asarray(array)
+    _check_dtype(name, array.dtype, path)
+    if array.size == 0:
+        raise DataError(
+            f"{_where(name, path)} is empty: shape {array.shape}, dtype {array.dtype}; "
+            "expected at least one value along every axis"
+        )
+    if array.dtype.kind == "f":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataError(
+                f"{_where(name, path)} contains {bad} NaN or inf values (shape {array.shape}, "
+                f"dtype {array.dtype}); replace or drop them before training"
+            )
+    # casts below are checked right after, so numpy's overflow warning would only repeat it
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = array.astype(np.float32, order="C")
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        overflow = ~np.isfinite(out)
+        if overflow.any():
+            largest = float(np.max(np.abs(array[overflow])))
+            raise DataError(
+                f"{_where(name, path)} has {int(overflow.sum())} finite values beyond the "
+                f"float32 range +-{_FLOAT32_MAX:.7g} (largest magnitude {largest:.3g}, dtype "
+                f"{array.dtype}); rescale it (e.g. other units or a log transform) first"
+            )
+    return torch.from_numpy(out)
+
+
+def _read_npy_stream(fp: IO[bytes], name: str, path: Path, size: int) -> np.ndarray:
+    """Read one ``.npy`` stream of ``size`` bytes after checking its header.
+
+    The header is checked before any data is read: the dtype must be numeric (object arrays
+    are never unpickled) and the declared shape must fit in the bytes that follow, so a
+    corrupt header cannot make numpy allocate terabytes.
+    """
+    fmt = np.lib.format
+    with warnings.catch_warnings():
+        # a corrupt header can name a deprecated dtype alias (DeprecationWarning) or need
+        # numpy's Python-2 header repair (UserWarning): the checks below report what matters
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        version = fmt.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(fp)
+        elif version in ((2, 0), (3, 0)):  # 3.0 differs from 2.0 only in utf-8 field names
+            shape, _, dtype = fmt.read_array_header_2_0(fp)
+        else:
+            raise DataError(
+                f"{_where(name, path)} uses .npy format version {version}; expected 1.0, 2.0 or 3.0"
+            )
+    _check_dtype(name, dtype, path)
+    if any(n < 0 for n in shape):
+        raise DataError(f"{_where(name, path)} declares an invalid shape {shape}")
+    needed = math.prod(shape) * dtype.itemsize
+    available = size - fp.tell()
+    if needed > available:
+        raise DataError(
+            f"{_where(name, path)} declares shape {shape} of {dtype} ({needed} bytes) but only "
+            f"{available} bytes follow its header: the file is truncated or corrupt"
+        )
+    fp.seek(0)
+    with warnings.catch_warnings():  # the same header is parsed again
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return fmt.read_array(fp, allow_pickle=False)
+
+
+def _read_npz(
+    path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Read arrays ``required`` (and ``optional`` where present) from an ``.npz`` archive."""
+    arrays: dict[str, np.ndarray] = {}
+    where = ""  # the member being read, for the error message
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in keys if k not in archive.files]
+        with zipfile.ZipFile(path) as archive:
+            members = {
+                (n[: -len(".npy")] if n.endswith(".npy") else n): n for n in archive.namelist()
+            }
+            missing = [k for k in required if k not in members]
             if missing:
                 raise DataError(
-                    f"{str(path)!r} has arrays {archive.files}; expected {list(keys)} "
+                    f"{str(path)!r} has arrays {sorted(members)}; expected {list(required)} "
                     f"(missing {missing})"
                 )
-            return {k: archive[k] for k in keys}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError(f"cannot read {str(path)!r} as .npz: {err}") from err
+            for key in required + tuple(k for k in optional if k in members):
+                where = f"{key} in "
+                info = archive.getinfo(members[key])
+                with archive.open(info) as fp:
+                    arrays[key] = _read_npy_stream(fp, key, path, info.file_size)
+    except DataError:
+        raise
+    except MemoryError as err:  # a zip entry that claims more bytes than this machine holds
+        raise DataError(
+            f"cannot read {where}{str(path)!r}: its declared size does not fit in memory ({err})"
+        ) from err
+    except _NPY_ERRORS as err:
+        raise DataError(
+            f"cannot read {where}{str(path)!r} as .npz (a zip archive of .npy arrays, as "
+            f"written by numpy.savez): {type(err).__name__}: {err}"
+        ) from err
+    return arrays
+
+
+def _read_npy(path: Path, name: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as fp:
+            return _read_npy_stream(fp, name, path, os.fstat(fp.fileno()).st_size)
+    except DataError:
+        raise
+    except _NPY_ERRORS as err:
+        raise DataError(
+            f"cannot read {str(path)!r} as .npy (as written by numpy.save): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _netcdf_engine(path: Path) -> str:
+    """Pick xarray's engine from the file signature; refuse a file that is not NetCDF."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if head[:3] == b"CDF" and head[3:4] in (b"\x01", b"\x02"):
+            return "scipy"
+        # HDF5 looks for its signature at offset 0, 512, 1024, 2048, ... (a user block)
+        offset = 0
+        size = os.fstat(fh.fileno()).st_size
+        while offset + 8 <= size:
+            fh.seek(offset)
+            if fh.read(8) == _HDF5_SIGNATURE:
+                return "h5netcdf"
+            offset = 512 if offset == 0 else 2 * offset
+    raise DataError(
+        f"{str(path)!r} is not a NetCDF file: it starts with bytes {head.hex() or '(none)'}; "
+        "expected NetCDF-4/HDF5 (89 48 44 46 ...) or NetCDF-3 ('CDF\\x01' / 'CDF\\x02')"
+    )
+
+
+# Runs in a child interpreter (argv: path, output folder, engine, keys...). It writes x.npy,
+# y.npy and reply.json into the output folder; the parent re-checks everything it reads back.
+_NC_CHILD = r"""
+import json, os, sys
+path, out, engine, keys = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+def reply(**kw):
+    with open(os.path.join(out, "reply.json"), "w") as fh:
+        json.dump(kw, fh)
+try:
+    import numpy as np
+    import xarray as xr
+    options = {"phony_dims": "sort"} if engine == "h5netcdf" else {}
+    # times and timedeltas stay numbers: a variable in "seconds" must not become timedelta64
+    with xr.open_dataset(path, engine=engine, decode_times=False, decode_timedelta=False,
+                         **options) as ds:
+        missing = [k for k in keys if k not in ds.variables]
+        if missing:
+            reply(missing=missing, names=sorted(map(str, ds.variables)))
+            sys.exit(0)
+        dtypes = {}
+        for k in keys:
+            a = np.asarray(ds[k].values)
+            if a.dtype.kind in "biufc":
+                np.save(os.path.join(out, k + ".npy"), a, allow_pickle=False)
+            else:
+                dtypes[k] = a.dtype.str
+    reply(ok=True, dtypes=dtypes)
+except Exception as err:  # the child is the isolation boundary: report whatever it was
+    reply(error=type(err).__name__, message=str(err)[:2000])
+"""
 
 
 def _read_nc(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    import xarray as xr
+    """Read variables ``keys`` of a NetCDF file in a child process with a time limit.
 
+    See :mod:`ppl_cvae._isolated`: libhdf5 can hang on a corrupt file.
+    """
     try:
-        with xr.open_dataset(path) as ds:
-            missing = [k for k in keys if k not in ds.variables]
-            if missing:
+        engine = _netcdf_engine(path)
+    except OSError as err:
+        raise DataError(f"cannot read {str(path)!r}: {err}") from err
+    if engine == "scipy" and importlib.util.find_spec("scipy") is None:
+        raise DataError(
+            f"{str(path)!r} is NetCDF-3, which xarray reads with scipy (not installed); install "
+            "scipy or convert the file to NetCDF-4"
+        )
+    reply, out_path, folder = run_isolated(
+        _NC_CHILD, path, [engine, *keys], netcdf_timeout(path), "NetCDF"
+    )
+    out = str(out_path)
+    with folder:
+        if "error" in reply:
+            raise DataError(
+                f"cannot read {str(path)!r} as NetCDF ({engine} engine): "
+                f"{reply['error']}: {reply['message']}"
+            )
+        if "missing" in reply:
+            raise DataError(
+                f"{str(path)!r} has variables {reply['names']}; expected {list(keys)} "
+                f"(missing {reply['missing']})"
+            )
+        arrays: dict[str, np.ndarray] = {}
+        for key in keys:
+            if key in reply["dtypes"]:
+                _check_dtype(key, np.dtype(reply["dtypes"][key]), path)
+            npy = Path(out) / f"{key}.npy"
+            try:
+                with open(npy, "rb") as fp:
+                    arrays[key] = _read_npy_stream(fp, key, path, os.fstat(fp.fileno()).st_size)
+            except _NPY_ERRORS as err:  # a bug of the reader, never the user's file
                 raise DataError(
-                    f"{str(path)!r} has variables {sorted(map(str, ds.variables))}; "
-                    f"expected {list(keys)}"
-                )
-            return {k: ds[k].values for k in keys}
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {str(path)!r} as NetCDF: {err}") from err
+                    f"cannot read back {key} of {str(path)!r}: {type(err).__name__}: {err}"
+                ) from err
+    return arrays
+
+
+# The only global a .pt data file may name: the challenge files are TensorDatasets.
+# torch.load(weights_only=True) is a pickle-opcode interpreter run over the file's bytes that
+# calls allowlisted rebuild functions with arguments taken from the file. On garbage it raised
+# UnpicklingError, RuntimeError (zip reader, storage sizes), EOFError, struct.error,
+# UnicodeDecodeError, IndexError, ValueError, TypeError, KeyError and zipfile.BadZipFile, and its
+# source raises AssertionError too. No finite list is known, so _read_pt catches Exception around
+# torch's two parsing calls only (never around its own checks) and names the type it got.
+_PT_ALLOWED = {"torch.utils.data.dataset.TensorDataset"}
+_PT_HINT = (
+    "only a TensorDataset or tensors x, y can be read from .pt (unpickling anything else could "
+    "run code from the file); convert it to .npz"
+)
+
+
+def _refuse_pt_globals(path: Path, names: list[str]) -> DataError:
+    kinds = ", ".join(repr(n) for n in names)
+    if len(names) == 1:
+        what = f"a pickled object of type {kinds} that is not allowed"
+    else:
+        what = f"pickled objects of types {kinds} that are not allowed"
+    return DataError(f"{str(path)!r} holds {what}; {_PT_HINT}")
+
+
+_STRING_OPS = {
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "UNICODE",
+    "STRING",
+    "SHORT_BINSTRING",
+    "BINSTRING",
+}
+
+
+_SCAN_BYTES = 1 << 20
+
+
+def _pickle_globals(path: Path, max_pickles: int = 5) -> list[str]:
+    """List the globals named by the pickles at the start of a file, without executing them.
+
+    Only used to word the refusal of a non-zip ``.pt`` file: a plain pickle, or torch's legacy
+    format (up to five pickles, then raw storage bytes). The scan stops at the first opcode
+    it cannot parse.
+    """
+    found: list[str] = []
+    try:
+        with open(path, "rb") as raw:
+            fh = io.BytesIO(raw.read(_SCAN_BYTES))  # a huge length field then reads what is left
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # bad escapes in STRING args
+            for _ in range(max_pickles):
+                recent: list[object] = []  # values pushed lately, for STACK_GLOBAL
+                memo: dict[object, object] = {}
+                for op, arg, _pos in pickletools.genops(fh):
+                    if op.name in ("GLOBAL", "INST"):
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(recent) >= 2:
+                        found.append(f"{recent[-2]}.{recent[-1]}")
+                    elif op.name in _STRING_OPS:
+                        recent.append(arg)
+                    elif op.name == "MEMOIZE" and recent:
+                        memo[len(memo)] = recent[-1]
+                    elif op.name.endswith("PUT") and recent:
+                        memo[arg] = recent[-1]
+                    elif op.name.endswith("GET"):
+                        recent.append(memo.get(arg))
+    except (ValueError, EOFError, OSError):  # what pickletools raises on bytes it cannot parse
+        pass
+    return [n for n in dict.fromkeys(found) if not n.startswith("torch.")]
+
+
+def _torch_message(err: BaseException) -> str:
+    # torch's own text recommends weights_only=False, i.e. running the file's code: drop it
+    text = str(err)
+    if "weights_only" in text or "Weights only" in text:
+        return type(err).__name__
+    return f"{type(err).__name__}: {text}"
+
+
+def _tensor_to_numpy(name: str, value: object, path: Path) -> np.ndarray:
+    if not isinstance(value, torch.Tensor):
+        raise DataError(
+            f"{_where(name, path)} is a {type(value).__name__}, expected a tensor; {_PT_HINT}"
+        )
+    if value.layout != torch.strided:
+        raise DataError(
+            f"{_where(name, path)} is a {value.layout} tensor; expected a dense (strided) "
+            "tensor: save tensor.to_dense()"
+        )
+    if value.is_quantized or value.is_meta:
+        kind = "quantized" if value.is_quantized else "meta (shape only, no values)"
+        raise DataError(
+            f"{_where(name, path)} is a {kind} tensor of dtype {value.dtype}; expected a plain "
+            f"tensor with values of dtype {_ACCEPTED}"
+        )
+    if value.is_complex():
+        raise DataError(
+            f"{_where(name, path)} has dtype {value.dtype} ({_REFUSED_KINDS['c']}); "
+            f"expected {_ACCEPTED}"
+        )
+    value = value.detach().cpu().resolve_neg()
+    try:
+        return value.numpy()
+    except TypeError:  # a dtype numpy lacks (bfloat16, float8, ...): widen floats exactly
+        if value.is_floating_point():
+            return value.to(torch.float32).numpy()
+        raise DataError(
+            f"{_where(name, path)} has dtype {value.dtype}, which numpy cannot represent; "
+            f"expected {_ACCEPTED}"
+        ) from None
 
 
 def _read_pt(path: Path) -> dict[str, np.ndarray]:
+    from torch.utils.data import TensorDataset
+
     try:
-        obj = torch.load(path, weights_only=False, map_location="cpu")
-    except Exception as err:  # torch.load raises many types for corrupt files
-        raise DataError(f"cannot read {str(path)!r} as a torch file: {err}") from err
-    tensors = getattr(obj, "tensors", None)
-    if not isinstance(tensors, tuple) or len(tensors) != 2:
+        is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # e.g. a multi-disk end record: is_zipfile does not catch it
+        is_zip = True  # let the scan below report it
+    if is_zip:
+        # a static scan of the pickle (nothing is executed) names every global it imports
+        try:
+            named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception as err:  # any type: see the note above _PT_ALLOWED
+            raise DataError(
+                f"cannot read {str(path)!r} as a torch.save file: {_torch_message(err)}"
+            ) from err
+        refused = sorted(set(named) - _PT_ALLOWED)
+        if refused:
+            raise _refuse_pt_globals(path, refused)
+    try:
+        with torch.serialization.safe_globals([TensorDataset]), warnings.catch_warnings():
+            # garbage bytes can read as an unknown pickle protocol: torch warns, then fails
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            obj = torch.load(path, weights_only=True, map_location="cpu", mmap=False)
+    except pickle.UnpicklingError as err:
+        # torch's message names the first refused global, but recommends weights_only=False
+        found = re.search(r"GLOBAL (\S+)|module (\S+) is blocked", str(err))
+        names = [found.group(1) or found.group(2)] if found else []
+        names += [n for n in _pickle_globals(path) if n not in _PT_ALLOWED]
+        names = list(dict.fromkeys(names))
+        if names:
+            raise _refuse_pt_globals(path, names) from None
         raise DataError(
-            f"{str(path)!r} must hold a TensorDataset of (X, Y) pairs, got {type(obj).__name__}"
+            f"cannot read {str(path)!r} as a torch.save file: it is corrupt or holds objects "
+            f"other than tensors; {_PT_HINT}"
+        ) from None
+    except Exception as err:  # any type: see the note above _PT_ALLOWED
+        raise DataError(
+            f"cannot read {str(path)!r} as a torch.save file: {_torch_message(err)}"
+        ) from err
+    container = type(obj).__name__
+    if isinstance(obj, TensorDataset):
+        items: object = getattr(obj, "tensors", None)
+    elif isinstance(obj, dict):
+        if "x" not in obj or "y" not in obj:
+            raise DataError(
+                f"{str(path)!r} holds a dict with keys {sorted(map(str, obj))}; expected "
+                "keys 'x' and 'y'"
+            )
+        items = (obj["x"], obj["y"])
+    else:
+        items = obj
+    if not isinstance(items, (tuple, list)) or len(items) != 2:
+        what = (
+            f"a {container} of {len(items)} item{'' if len(items) == 1 else 's'}"
+            if isinstance(items, (tuple, list))
+            else f"an object of type {container}"
         )
-    return {"x": tensors[0].numpy(), "y": tensors[1].numpy()}
+        raise DataError(
+            f"{str(path)!r} holds {what}; expected a TensorDataset of (X, Y), a tuple or list "
+            "(x, y) or a dict {'x': x, 'y': y} of tensors"
+        )
+    return {
+        "x": _tensor_to_numpy("x", items[0], path),
+        "y": _tensor_to_numpy("y", items[1], path),
+    }
 
 
 def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,19 +513,40 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
     Parameters
     ----------
     path : str or path
-        File to read; the suffix selects the format.
+        File to read; the suffix selects the format (see the module docstring). The file is
+        only read, never modified.
 
     Returns
     -------
     x : Tensor, shape (N, *x_shape), float32
+        ``N >= 2`` samples (batch axis first); every event axis has size >= 1.
     y : Tensor, shape (N, *y_shape), float32
 
     Raises
     ------
     DataError
-        If the file is missing, unreadable, lacks ``x``/``y``, or holds NaN/inf.
+        If the file is missing, has an unknown suffix, cannot be parsed in its format
+        (random bytes, truncation, a zip that is not ``.npz``, an ``.nc`` that is not NetCDF,
+        an HDF5 file without variables ``x``/``y``, a NetCDF file whose reader process crashes
+        or runs past :data:`ppl_cvae._isolated.NETCDF_TIMEOUT_S`), or lacks ``x``/``y``; if ``x`` or
+        ``y`` has a complex, object, string, bytes, structured or datetime dtype, is empty or
+        has a zero-size axis (e.g. shape ``(5, 0)``), holds NaN/inf, or holds finite values
+        beyond the float32 range (about 3.4e38); if a ``.pt`` file names any pickled global
+        other than ``TensorDataset`` (it is refused unexecuted), or holds anything other than
+        two dense real tensors.
     ShapeError
-        If ``x`` and ``y`` have different leading sizes, or fewer than 2 pairs.
+        If ``x`` or ``y`` has fewer than 2 axes, their leading sizes differ, or there are
+        fewer than 2 pairs.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     f = save_pairs(Path(tmp) / "d.npz", torch.zeros(4, 3), torch.ones(4, 2))
+    ...     x, y = load_pairs(f)
+    >>> x.shape, y.dtype
+    (torch.Size([4, 3]), torch.float32)
     """
     path = Path(path)
     _require_file(path)
@@ -119,8 +561,8 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
         raise DataError(
             f"unknown data format {suffix!r} of {str(path)!r}; expected {PAIR_SUFFIXES}"
         )
-    x = _finite("x", arrays["x"], path)
-    y = _finite("y", arrays["y"], path)
+    x = _to_float32("x", arrays["x"], path)
+    y = _to_float32("y", arrays["y"], path)
     if x.dim() < 2 or y.dim() < 2:
         raise ShapeError(
             f"x and y in {str(path)!r} need a leading sample axis and an event axis, "
@@ -149,6 +591,11 @@ def save_pairs(
     y : Tensor, shape (N, *y_shape)
     overwrite : bool, default False
         Replace an existing file.
+
+    Returns
+    -------
+    Path
+        ``path``, written.
 
     Raises
     ------
@@ -180,53 +627,64 @@ def load_observations(
     path : str or path
         ``.npy`` holding one ``y`` of shape ``y_shape`` or a stack ``(M, *y_shape)``; or
         ``.npz`` with key ``y`` (same shapes) and optionally ``x`` (true models, used as the
-        truth in plots).
+        truth in plots). The file is only read, never modified.
     y_shape : tuple of int
         Event shape the trained model expects.
 
     Returns
     -------
-    y : Tensor, shape (M, *y_shape)
+    y : Tensor, shape (M, *y_shape), float32
+        ``M >= 1`` observations (batch axis first).
     stacked : bool
         Whether the file held a stack (True) or a single observation (False, ``M = 1``).
-    x_true : Tensor, shape (M, *x_shape), or None
+    x_true : Tensor, shape (M, *x_shape), float32, or None
 
     Raises
     ------
     DataError
-        If the file is missing, unreadable, lacks ``y``, or holds NaN/inf.
+        If the file is missing, is neither ``.npy`` nor ``.npz``, cannot be parsed (random
+        bytes, truncation, a zip that is not ``.npz``, a pickled object array), or lacks
+        ``y``; if ``y`` or ``x`` has a complex, object, string, bytes, structured or datetime
+        dtype, is empty or has a zero-size axis, holds NaN/inf, or holds finite values beyond
+        the float32 range (about 3.4e38).
     ShapeError
-        If ``y`` is neither ``y_shape`` nor ``(M, *y_shape)``.
+        If ``y`` or ``x`` is 0-d (a bare scalar), ``y`` is neither ``y_shape`` nor
+        ``(M, *y_shape)``, or ``x`` does not hold one model per observation.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     np.save(Path(tmp) / "y.npy", np.zeros((1, 50, 2)))
+    ...     y, stacked, x_true = load_observations(Path(tmp) / "y.npy", (1, 50, 2))
+    >>> tuple(y.shape), stacked, x_true is None
+    ((1, 1, 50, 2), False, True)
     """
     path = Path(path)
     _require_file(path)
     suffix = path.suffix.lower()
-    x_true = None
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read {str(path)!r} as .npy: {err}") from err
+        arrays = {"y": _read_npy(path, "y")}
     elif suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                if "y" not in archive.files:
-                    raise DataError(f"{str(path)!r} has arrays {archive.files}; expected 'y'")
-                array = archive["y"]
-                if "x" in archive.files:
-                    x_true = _finite("x", archive["x"], path)
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise DataError(f"cannot read {str(path)!r} as .npz: {err}") from err
+        arrays = _read_npz(path, ("y",), optional=("x",))
     else:
-        raise DataError(f"observation file {str(path)!r} must be .npy or .npz")
-    y = _finite("y", array, path)
+        raise DataError(f"observation file {str(path)!r} must be .npy or .npz, got {suffix!r}")
+    y = _to_float32("y", arrays["y"], path)
+    x_true = _to_float32("x", arrays["x"], path) if "x" in arrays else None
     y_shape = tuple(y_shape)
+    for name, tensor in (("y", y), ("x", x_true)):
+        if tensor is not None and tensor.dim() == 0:
+            raise ShapeError(
+                f"{_where(name, path)} is a 0-d scalar; expected y of shape {y_shape} or a "
+                f"stack (M, *{y_shape}), and x with one model per observation"
+            )
     if tuple(y.shape) == y_shape:
         stacked = False
         y = y.unsqueeze(0)
         if x_true is not None:
             x_true = x_true.unsqueeze(0)
-    elif tuple(y.shape[1:]) == y_shape and y.shape[0] >= 1:
+    elif y.dim() >= 1 and tuple(y.shape[1:]) == y_shape:
         stacked = True
     else:
         raise ShapeError(

@@ -1,22 +1,173 @@
-"""One-file checkpoints: weights, configuration, standardisers, problem and package version."""
+"""One-file checkpoints: weights, configuration, standardisers, problem and package version.
+
+Format
+------
+A checkpoint is one ``torch.save`` file holding a dict with exactly these keys:
+
+========================  =========================================================
+``format``                ``"ppl_cvae.checkpoint.v1"`` (:data:`CHECKPOINT_FORMAT`)
+``version``               ppl_cvae version that wrote it (str)
+``model_config``          :meth:`ModelConfig.to_dict` (JSON-like dict)
+``state_dict``            ``{name: Tensor}``: weights, standardisers, decoder basis
+``misfit_std``            scale of the physics-consistency misfit (float > 0, units of y)
+``problem``               problem record ``{"name": ..., **kwargs}`` or None
+``extra``                 JSON-like metadata (training configuration, data source, ...)
+========================  =========================================================
+
+Problem records
+---------------
+The record is what :func:`load_checkpoint` rebuilds the problem (forward operator, prior,
+noise model) from. :func:`save_checkpoint` stores, in this order of preference, the
+``problem_ref`` it is given (``{"name": "package.module:factory", **kwargs}``, what the CLI's
+``--problem package.module:factory --problem-arg KEY=VALUE`` builds), the problem's
+:meth:`~ppl_cvae.problems.base.Problem.spec` (``{"name": registry name, **kwargs}``), or None.
+
+Loading untrusted files
+-----------------------
+A checkpoint is untrusted input. :func:`torch.load` runs with ``weights_only=True`` (no pickled
+code runs), and everything it returns is checked before anything is built: the keys and the
+type of every field, the configuration against the size limits of :mod:`ppl_cvae.config`
+(counted on the meta device, without allocating), each tensor's name, shape, dtype and
+finiteness against the network the configuration describes, and the memory the model needs.
+Every failure is one :class:`~ppl_cvae.errors.CheckpointError` line naming the file.
+
+A problem record naming a registered problem is always rebuilt. A ``"package.module:factory"``
+reference is only rebuilt when the safety policy of
+:func:`~ppl_cvae.problems.base.resolve_problem_factory` allows it: a forged file could
+otherwise name ``shutil:rmtree`` or ``subprocess:Popen`` with arguments of its choosing. The
+policy allows (a) a class that defines ``forward``, ``sample_prior`` and ``simulate``; (b) a
+function or class registered with :func:`~ppl_cvae.problems.base.register_problem`; (c) a plain
+Python function defined in the named module whose source file is the user's own (outside the
+standard library, ``site-packages``/``dist-packages`` and the Python installation, and not in
+ppl_cvae); and never anything from the standard library or builtins, which are not even
+imported. When a referenced problem cannot be rebuilt (refused, not importable, its factory
+fails) the model still loads, ``meta["problem"]`` is None and ``meta["problem_error"]`` says
+why and how to supply the problem: ``--problem package.module:factory`` on the command line,
+``load_checkpoint(path, problem=...)`` in Python.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ppl_cvae._atomic import atomic_path
-from ppl_cvae.config import ModelConfig
-from ppl_cvae.errors import CheckpointError, PplCvaeError
+from ppl_cvae._memory import check_memory
+from ppl_cvae.config import ModelConfig, _show, check_model_memory, check_model_size
+from ppl_cvae.errors import CheckpointError, ConfigError, PplCvaeError, UnknownProblemError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, make_problem
+from ppl_cvae.problems.base import Problem, check_problem, rebuild_problem
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_KEYS",
+    "MAX_RECORD_ITEMS",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "ppl_cvae.checkpoint.v1"
+
+CHECKPOINT_KEYS = (
+    "format",
+    "version",
+    "model_config",
+    "state_dict",
+    "misfit_std",
+    "problem",
+    "extra",
+)
+"""Keys of a checkpoint dict; a file with any other set of keys is refused."""
+
+MAX_RECORD_ITEMS = 2**20
+"""Most values (counting every element of every list and dict, shared ones each time they
+appear) in the JSON-like fields ``model_config``, ``problem`` and ``extra``."""
+
+_MAX_RECORD_DEPTH = 32
+_MAX_NAME_LENGTH = 256
+_SUPPLY_HINT = (
+    "supply the problem with --problem package.module:factory (and --problem-arg KEY=VALUE) "
+    "or load_checkpoint(..., problem=...)"
+)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Collapse whitespace (tracebacks, multi-line torch messages) and shorten ``text``."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _json_like_error(value: Any, where: str) -> str | None:
+    """Return why ``value`` is not a JSON-like tree of bounded size, or None if it is.
+
+    JSON-like: None, bool, int, float, str, and lists/tuples/dicts (string keys) of them, at
+    most ``_MAX_RECORD_DEPTH`` levels deep, not recursive, and at most
+    :data:`MAX_RECORD_ITEMS` values when shared sub-structures are expanded (a pickle can
+    share one list many times: its expanded size grows exponentially with depth).
+    """
+    sizes: dict[int, int] = {}  # id -> expanded size of a container already checked
+    active: set[int] = set()
+
+    def size(node: Any, path: str, depth: int) -> int:
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return 1
+        if not isinstance(node, (list, tuple, dict)):
+            raise ValueError(f"{path} holds a {type(node).__name__}")
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ValueError(f"{path} contains itself")
+        if depth >= _MAX_RECORD_DEPTH:
+            raise ValueError(f"{path} is nested deeper than {_MAX_RECORD_DEPTH} levels")
+        active.add(key)
+        total = 1
+        if isinstance(node, dict):
+            items: list[tuple[str, Any]] = []
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise ValueError(f"{path} has a non-string key {_show(k, 30)}")
+                items.append((f"{path}[{k[:30]!r}]", v))
+        else:
+            items = [(f"{path}[{i}]", v) for i, v in enumerate(node)]
+        for child_path, child in items:
+            total += size(child, child_path, depth + 1)
+            if total > MAX_RECORD_ITEMS:
+                raise ValueError(f"{path} holds more than {MAX_RECORD_ITEMS} values")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(value, where, 0)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _problem_record(record: Any, what: str) -> dict[str, Any]:
+    """Return ``record`` as a plain dict if it is a valid problem record, else raise ValueError."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{what} must be a dict or None, got {type(record).__name__}")
+    name = record.get("name")
+    if not isinstance(name, str) or not name or len(name) > _MAX_NAME_LENGTH:
+        raise ValueError(
+            f"{what} needs a 'name' (a registry name or 'package.module:factory' of at most "
+            f"{_MAX_NAME_LENGTH} characters), got {_show(name)}"
+        )
+    module_name, sep, attr = name.partition(":")
+    # a registry name is only ever a dictionary key; a reference must be importable names
+    if sep and not all(p.isidentifier() for p in [*module_name.split("."), *attr.split(".")]):
+        raise ValueError(f"{what} name {_show(name)} is not of the form 'package.module:factory'")
+    reason = _json_like_error(dict(record), what)
+    if reason is not None:
+        raise ValueError(f"{reason}; problem arguments must be JSON-like")
+    return dict(record)
 
 
 def save_checkpoint(
@@ -24,7 +175,8 @@ def save_checkpoint(
     cvae: CVAE,
     *,
     problem: Problem | None = None,
-    extra: dict[str, Any] | None = None,
+    problem_ref: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``cvae`` to one file atomically (temporary file, then rename).
 
@@ -33,34 +185,85 @@ def save_checkpoint(
     path : str or path
         Target file (conventionally ``RUN_DIR/model.pt``).
     cvae : CVAE
-        Model to store: its ``ModelConfig``, state dict (weights, standardisers, basis).
+        Model to store: its ``ModelConfig``, state dict (weights, standardisers, basis) and
+        ``misfit_std``.
     problem : Problem, optional
-        Stored as its :meth:`~ppl_cvae.problems.base.Problem.spec` so that loading rebuilds the
-        forward operator; a problem that cannot be serialised is stored as ``None``.
-    extra : dict, optional
+        Stored as its :meth:`~ppl_cvae.problems.base.Problem.spec` when ``problem_ref`` is not
+        given, so that loading rebuilds the forward operator; a problem whose ``spec()`` raises
+        (e.g. Two Birds with user functions) or is not a JSON-like dict with a ``"name"`` is
+        stored as None.
+    problem_ref : Mapping, optional
+        ``{"name": "package.module:factory", **kwargs}``: the factory reference and the
+        JSON-like keyword arguments the problem was built with (the CLI's ``--problem`` and
+        ``--problem-arg``). Stored in preference to ``problem.spec()``; loading rebuilds it
+        under the safety policy described in the module docstring.
+    extra : Mapping, optional
         JSON-like metadata (training configuration, data source, ...).
 
     Returns
     -------
     Path
         The written file.
+
+    Raises
+    ------
+    ConfigError
+        If ``problem_ref`` has no string ``"name"`` or is not JSON-like, or ``extra`` is not a
+        JSON-like dict.
+    CheckpointError
+        If a weight or buffer of ``cvae`` is NaN or infinite (the file could not be loaded).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ppl_cvae import ModelConfig
+    >>> cvae = CVAE(ModelConfig(x_shape=(2,), y_shape=(2,), latent_dim=1, hidden_dims=(4,)))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = save_checkpoint(Path(folder) / "model.pt", cvae)
+    ...     loaded, meta = load_checkpoint(path)
+    >>> loaded.config == cvae.config, meta["problem"] is None
+    (True, True)
     """
     from ppl_cvae import __version__
 
-    spec = None
-    if problem is not None:
+    record: dict[str, Any] | None = None
+    if problem_ref is not None:
+        try:
+            record = _problem_record(problem_ref, "problem_ref")
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+    elif problem is not None:
         try:
             spec = problem.spec()
-        except PplCvaeError:
+        except Exception:  # a user problem's spec() may raise anything
             spec = None
+        try:
+            record = _problem_record(spec, "problem.spec()") if spec is not None else None
+        except ValueError:
+            record = None
+    extra = {} if extra is None else extra
+    reason = (
+        _json_like_error(dict(extra), "extra")
+        if isinstance(extra, Mapping)
+        else f"extra must be a dict, got {type(extra).__name__}"
+    )
+    if reason is not None:
+        raise ConfigError(reason)
+    state = {k: v.detach().cpu() for k, v in cvae.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"not writing {str(path)!r}: {', '.join(bad[:5])} hold NaN or inf (did the fit "
+            "diverge? lower the learning rate)"
+        )
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": __version__,
         "model_config": cvae.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in cvae.state_dict().items()},
-        "misfit_std": cvae.misfit_std,
-        "problem": spec,
-        "extra": extra or {},
+        "state_dict": state,
+        "misfit_std": float(cvae.misfit_std),
+        "problem": record,
+        "extra": dict(extra),
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -68,78 +271,303 @@ def save_checkpoint(
     return path
 
 
+def _read_payload(path: Path) -> Any:
+    """``torch.load`` the file with ``weights_only=True``; CheckpointError on any failure."""
+    name = str(path)
+    try:
+        num_bytes = path.stat().st_size
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {name!r}: {_one_line(str(err))}") from err
+    # torch.load holds the whole file in memory: refuse a file that cannot fit
+    check_memory(num_bytes, f"reading checkpoint {name!r}", "load it on a larger machine")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types on damaged files
+        first = _one_line(str(err).strip().splitlines()[0] if str(err).strip() else "")
+        raise CheckpointError(
+            f"cannot read checkpoint {name!r}: {type(err).__name__}: {first}"
+        ) from err
+
+
+def _check_fields(payload: Any, name: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Check the keys and field types of a loaded payload; return its config and state dict."""
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if not (isinstance(fmt, str) and fmt == CHECKPOINT_FORMAT):
+        what = f"a {type(payload).__name__}"
+        if isinstance(payload, dict):
+            what = f"format {_show(fmt)}" if "format" in payload else "a dict without 'format'"
+        raise CheckpointError(
+            f"{name!r} is not a ppl_cvae checkpoint (found {what}; expected a dict with "
+            f"format {CHECKPOINT_FORMAT!r})"
+        )
+    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {name!r} lacks the keys {missing}")
+    unexpected = [
+        _show(k, 30) for k in payload if not (isinstance(k, str) and k in CHECKPOINT_KEYS)
+    ]
+    if unexpected:
+        raise CheckpointError(
+            f"checkpoint {name!r} has unexpected keys {', '.join(unexpected[:5])}"
+        )
+    version = payload["version"]
+    if not isinstance(version, str) or len(version) > _MAX_NAME_LENGTH:
+        raise CheckpointError(
+            f"checkpoint {name!r}: version must be a string, got {_show(version)}"
+        )
+    for key in ("model_config", "extra"):
+        value = payload[key]
+        reason = (
+            _json_like_error(value, key)
+            if isinstance(value, dict)
+            else f"{key} must be a dict, got {type(value).__name__}"
+        )
+        if reason is not None:
+            raise CheckpointError(f"checkpoint {name!r}: {reason}")
+    misfit_std = payload["misfit_std"]
+    if not (
+        isinstance(misfit_std, float)
+        or (isinstance(misfit_std, int) and not isinstance(misfit_std, bool))
+    ) or not (0 < misfit_std < math.inf):
+        raise CheckpointError(
+            f"checkpoint {name!r}: misfit_std must be a finite number > 0, got {_show(misfit_std)}"
+        )
+    if payload["problem"] is not None:
+        try:
+            _problem_record(payload["problem"], "the problem record")
+        except (ValueError, OverflowError) as err:
+            raise CheckpointError(f"checkpoint {name!r}: {err}") from err
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+    except ConfigError as err:
+        raise CheckpointError(
+            f"checkpoint {name!r} has an invalid model_config: {_one_line(str(err))}"
+        ) from err
+    state = payload["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {name!r}: state_dict must be a dict, got {type(state).__name__}"
+        )
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint {name!r}: state_dict must map names to tensors, got "
+                f"{_show(key, 40)}: {type(value).__name__}"
+            )
+    return config, state
+
+
+def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str) -> None:
+    """Compare the stored tensors with the network ``config`` describes (on the meta device)."""
+    # counted first on the meta device: a forged size is refused without allocating
+    try:
+        check_model_size(config)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"checkpoint {name!r} has a model_config that cannot be loaded: {_one_line(str(err))}"
+        ) from err
+    transform = torch.distributions.transforms.identity_transform
+    with torch.device("meta"):
+        expected = CVAE(
+            config, coefficient_transform=transform if config.constrained_coefficients else None
+        ).state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(_show(k, 40) for k in missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(_show(k, 40) for k in unexpected[:3])}")
+        raise CheckpointError(
+            f"weights in {name!r} do not fit its model_config: {'; '.join(parts)} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    for key, want in expected.items():
+        got = state[key]
+        if got.layout != torch.strided or got.device.type != "cpu" or got.is_quantized:
+            raise CheckpointError(
+                f"weights in {name!r}: {key} is a {got.layout} tensor on {got.device.type}; "
+                "expected a dense CPU tensor"
+            )
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+            raise CheckpointError(
+                f"weights in {name!r}: {key} has shape {tuple(got.shape)} and dtype "
+                f"{got.dtype}; the model_config needs {tuple(want.shape)}, {want.dtype}"
+            )
+        if got.is_floating_point() and not bool(got.isfinite().all()):
+            raise CheckpointError(f"weights in {name!r}: {key} holds NaN or inf values")
+        is_scale = key.endswith("standardiser.std") or key == "coef_std"
+        if is_scale and not bool((got > 0).all()):
+            raise CheckpointError(f"weights in {name!r}: {key} holds values <= 0")
+
+
+def _rebuild(
+    record: dict[str, Any], config: ModelConfig, name: str
+) -> tuple[Problem | None, str | None]:
+    """Rebuild the stored problem: ``(problem, None)`` or ``(None, why not)``.
+
+    Raises CheckpointError for a registered problem that cannot be built from the record
+    (the file is damaged); every failure of a reference is returned as the message instead.
+    """
+    problem_name = record["name"]
+    kwargs = {k: v for k, v in record.items() if k != "name"}
+    is_reference = ":" in problem_name
+    try:
+        problem = rebuild_problem(problem_name, kwargs)
+    except UnknownProblemError as err:  # e.g. a name a user module registers when imported
+        return None, (
+            f"cannot rebuild problem {problem_name!r} of {name!r}: {_one_line(str(err))}; "
+            + _SUPPLY_HINT
+        )
+    except PplCvaeError as err:
+        if is_reference:
+            return None, (
+                f"cannot rebuild problem {problem_name!r} of {name!r}: {_one_line(str(err))}; "
+                + _SUPPLY_HINT
+            )
+        raise CheckpointError(
+            f"checkpoint {name!r} holds a problem record that cannot be built: "
+            f"{_one_line(str(err))}; pass the problem explicitly to override it"
+        ) from err
+    except Exception as err:  # a built-in constructor on forged values
+        raise CheckpointError(
+            f"checkpoint {name!r} holds a problem record that cannot be built: "
+            f"{type(err).__name__}: {_one_line(str(err))}; pass the problem explicitly"
+        ) from err
+    mismatch = _shape_mismatch(problem, config)
+    if mismatch is not None:
+        if is_reference:
+            return None, (
+                f"problem {problem_name!r} rebuilt for {name!r} {mismatch}; " + _SUPPLY_HINT
+            )
+        raise CheckpointError(f"checkpoint {name!r}: its problem {problem_name!r} {mismatch}")
+    return problem, None
+
+
+def _shape_mismatch(problem: Problem, config: ModelConfig) -> str | None:
+    """Return how the problem's event shapes differ from the model's, or None."""
+    x_ok = tuple(problem.x_shape) == config.x_shape
+    y_ok = config.y_shape is None or tuple(problem.y_shape) == config.y_shape
+    if x_ok and y_ok:
+        return None
+    return (
+        f"has x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}; the model has x "
+        f"{config.x_shape}, y {config.y_shape}"
+    )
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], problem: Problem | None = None
 ) -> tuple[CVAE, dict[str, Any]]:
-    """Restore a CVAE that samples identically to the saved one.
+    """Restore a CVAE that samples identically to the saved one, validating the file first.
 
     Parameters
     ----------
     path : str or path
         A checkpoint file, or a run folder containing ``model.pt``.
     problem : Problem, optional
-        Overrides the stored problem (needed for problems built from user callables).
+        Overrides the stored problem (needed for problems the checkpoint cannot rebuild, e.g.
+        Two Birds with user functions, or a reference the safety policy refuses). Its
+        ``x_shape`` and ``y_shape`` must match the model's.
 
     Returns
     -------
     cvae : CVAE
         In eval mode, on the CPU.
     meta : dict
-        ``{"version", "problem" (Problem or None), "problem_spec", "extra"}``.
+        ``"version"`` (str), ``"problem"`` (Problem or None), ``"problem_error"`` (None when
+        ``problem`` is set, else one line saying why there is no problem and how to supply
+        it: raise it where a problem is needed), ``"problem_spec"`` (the stored record or
+        None) and ``"extra"`` (dict).
 
     Raises
     ------
     CheckpointError
-        If the file is missing, unreadable, not a ppl_cvae checkpoint, or its weights do not
-        fit its configuration.
+        If the file is missing or unreadable; is not a dict with the format
+        :data:`CHECKPOINT_FORMAT` and exactly the keys :data:`CHECKPOINT_KEYS`; a field has
+        the wrong type (``model_config`` not a valid :class:`ModelConfig` dict, ``state_dict``
+        not a dict of tensors, ``misfit_std`` not a finite number > 0, ``problem`` not None or
+        a JSON-like record with a ``"name"``, ``extra`` not a JSON-like dict); the
+        configuration is past the size limits of :mod:`ppl_cvae.config`; a tensor is
+        missing, unexpected, of the wrong shape or dtype, NaN or infinite; a registered
+        problem cannot be built from its record or does not fit the model; the model needs
+        its problem's ``coefficient_transform()`` and has none; or ``problem`` does not fit
+        the model.
+    ConfigError
+        If ``problem`` is given and is not a :class:`~ppl_cvae.problems.base.Problem`.
+    ResourceError
+        If the file or the model does not fit in the memory this process may take.
+
+    Notes
+    -----
+    The order of the checks is cheapest first, and nothing is allocated before the stored
+    tensors are known to fit the configuration: read the file (``weights_only=True``), check
+    the fields, count the configuration on the meta device, compare every tensor, estimate
+    the memory, rebuild the problem, build the model and load the weights. Problem references
+    are rebuilt only under the safety policy of
+    :func:`~ppl_cvae.problems.base.resolve_problem_factory` (see the module docstring).
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types on corrupt files
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{str(path)!r} is not a ppl_cvae checkpoint (expected format {CHECKPOINT_FORMAT})"
+        if path.is_dir():
+            path = path / "model.pt"
+        exists = path.is_file()
+    except OSError as err:  # e.g. a name too long, or a folder without read permission
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {err.strerror}") from err
+    name = str(path)
+    if not exists:
+        raise CheckpointError(f"checkpoint {name!r} does not exist")
+    payload = _read_payload(path)
+    config, state = _check_fields(payload, name)
+    _check_state(config, state, name)
+    check_model_memory(config, training=False)
+
+    record = payload["problem"]
+    problem_error: str | None = None
+    if problem is not None:
+        problem = check_problem(problem, "the problem= argument")
+        mismatch = _shape_mismatch(problem, config)
+        if mismatch is not None:
+            raise CheckpointError(f"the problem passed for {name!r} ({problem.name!r}) {mismatch}")
+    elif record is None:
+        problem_error = (
+            f"checkpoint {name!r} stores no problem (fitted on data, or its problem could not "
+            "be recorded); " + _SUPPLY_HINT
         )
-    try:
-        config = ModelConfig.from_dict(payload["model_config"])
-    except PplCvaeError as err:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has an invalid configuration: {err}"
-        ) from err
-    spec = payload.get("problem")
-    if problem is None and spec is not None:
-        kwargs = {k: v for k, v in spec.items() if k != "name"}
-        problem = make_problem(spec["name"], **kwargs)
+    else:
+        problem, problem_error = _rebuild(dict(record), config, name)
+
     transform = None
     if config.constrained_coefficients:
         if problem is None or not hasattr(problem, "coefficient_transform"):
+            reason = problem_error or "its problem has no coefficient_transform()"
+            raise CheckpointError(f"{name!r} needs its problem's coefficient_transform(): {reason}")
+        try:
+            transform = problem.coefficient_transform()
+        except Exception as err:  # problem code may raise anything
             raise CheckpointError(
-                f"{str(path)!r} needs its problem's coefficient_transform(); pass the problem"
-            )
-        transform = problem.coefficient_transform()
-    cvae = CVAE(
-        config,
-        coefficient_transform=transform,
-        forward_operator=problem.forward if problem is not None else None,
-        misfit_std=float(payload.get("misfit_std", 1.0)),
-    )
+                f"{name!r}: the problem's coefficient_transform() failed: "
+                f"{type(err).__name__}: {_one_line(str(err))}"
+            ) from err
     try:
-        cvae.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError) as err:
+        cvae = CVAE(
+            config,
+            coefficient_transform=transform,
+            forward_operator=problem.forward if problem is not None else None,
+            misfit_std=float(payload["misfit_std"]),
+        )
+        cvae.load_state_dict(state)
+    except (PplCvaeError, RuntimeError, KeyError) as err:
         raise CheckpointError(
-            f"weights in {str(path)!r} do not fit its configuration: {err}"
+            f"weights in {name!r} do not fit its configuration: {_one_line(str(err))}"
         ) from err
     cvae.eval()
     meta = {
-        "version": payload.get("version"),
+        "version": payload["version"],
         "problem": problem,
-        "problem_spec": spec,
-        "extra": payload.get("extra", {}),
+        "problem_error": problem_error,
+        "problem_spec": record,
+        "extra": payload["extra"],
     }
     return cvae, meta

@@ -75,8 +75,12 @@ def build_cvae(
     coefficient_transform: torch.distributions.Transform | None = None,
     forward_operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
     misfit_std: float | None = None,
+    seed: int | None = 0,
 ) -> CVAE:
     """Build a CVAE whose standardisers (and basis coefficients) are fitted on training data.
+
+    The network weights are initialised from ``seed`` in a forked RNG (the global torch RNG is
+    left as it was), so the same configuration, data and seed give the same initial weights.
 
     Parameters
     ----------
@@ -90,6 +94,9 @@ def build_cvae(
         ``config.constrained_coefficients``), ``problem.forward`` and ``problem.misfit_std``.
     basis, coefficient_transform, forward_operator, misfit_std
         As in :class:`~ppl_cvae.models.cvae.CVAE` (``misfit_std`` defaults to 1).
+    seed : int or None, default 0
+        Seed of the weight initialisation, in [0, 2**32 - 1] (``TrainConfig.seed`` in
+        :func:`fit_problem` and ``ppl-cvae fit``); None draws from the global torch RNG.
 
     Raises
     ------
@@ -113,15 +120,18 @@ def build_cvae(
             got = None if y is None else tuple(y.shape)
             raise ShapeError(f"y has shape {got}; config expects (N, *{config.y_shape})")
         ys = Standardiser(config.y_shape).fit(y)
-    cvae = CVAE(
-        config,
-        xs,
-        ys,
-        basis=basis,
-        coefficient_transform=coefficient_transform,
-        forward_operator=forward_operator,
-        misfit_std=1.0 if misfit_std is None else misfit_std,
-    )
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        cvae = CVAE(
+            config,
+            xs,
+            ys,
+            basis=basis,
+            coefficient_transform=coefficient_transform,
+            forward_operator=forward_operator,
+            misfit_std=1.0 if misfit_std is None else misfit_std,
+        )
     cvae.fit_basis_coefficients(x)
     return cvae
 
@@ -401,7 +411,7 @@ def fit_problem(
         raise ConfigError(f"unknown setting in the overrides: {err}") from err
     gen = torch.Generator().manual_seed(train_config.seed + 1)
     x, y = problem.simulate(train_config.num_train, gen)
-    cvae = build_cvae(config, x, y, problem=problem)
+    cvae = build_cvae(config, x, y, problem=problem, seed=train_config.seed)
     start = time.perf_counter()
     result = fit(cvae, x, y, train_config, simulator=problem.simulate, progress=progress)
     return cvae, result, time.perf_counter() - start

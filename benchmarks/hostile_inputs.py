@@ -1,0 +1,420 @@
+"""Hostile inputs against the ``ppl-cvae`` command: a table of categories tried, passed, failed.
+
+Each case runs the CLI (in this process through ``ppl_cvae.cli.main``, or in a subprocess where
+a signal or raw bytes in argv are needed) on a workspace of real inputs (a fitted run, an
+observation file, a posterior file, training pairs) and passes when:
+
+- the exit status is the expected one (2 for a user error, 0 where the request is valid, 130
+  for Ctrl-C);
+- a refused request prints one error line (``ppl-cvae: error: ...`` or argparse's
+  ``usage``/``error`` pair) and no traceback;
+- every file that existed before is byte-for-byte unchanged (inputs are never lost), and no
+  hidden temporary is left behind.
+
+Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose]`` (about 2 minutes on 2
+cores). Exit status 1 when a case fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppl_cvae.cli import main
+
+TINY = ["--epochs", "1", "--num-train", "128", "--batch-size", "64", "--hidden-dims", "8",
+        "--latent-dim", "2", "--quiet"]
+
+
+@dataclass
+class Case:
+    category: str
+    name: str
+    argv: list[str]
+    expect: int = 2
+    setup: Callable[[Path], None] | None = None
+    subprocess_signal: bool = False
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+class Pickled:
+    """A pickle payload that creates a marker file when unpickled (a code-execution probe)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def build_workspace(root: Path) -> None:
+    """A fitted Two Birds run, observations, a posterior, training pairs and bad files."""
+    assert main(["fit", "--problem", "two_birds", "--functions", "data_1", "--out",
+                 str(root / "run"), *TINY]) == 0
+    assert main(["simulate", "--problem", "two_birds", "--functions", "data_1", "--num", "3",
+                 "--out", str(root / "obs.npz")]) == 0
+    assert main(["simulate", "--problem", "linear_gaussian", "--num", "64", "--out",
+                 str(root / "pairs.npz")]) == 0
+    assert main(["simulate", "--problem", "linear_gaussian", "--num", "2", "--out",
+                 str(root / "lgobs.npz")]) == 0
+    assert main(["sample", str(root / "run"), "--observation", str(root / "obs.npz"),
+                 "--num-samples", "20", "--out", str(root / "post.nc")]) == 0
+    assert main(["fit", "--data", str(root / "pairs.npz"), "--out", str(root / "lgrun"),
+                 *TINY]) == 0
+    rng = np.random.default_rng(0)
+    (root / "random.bin").write_bytes(rng.bytes(4096))
+    for suffix in (".npz", ".nc", ".pt", ".npy"):
+        (root / f"random{suffix}").write_bytes(rng.bytes(2048))
+    good = (root / "pairs.npz").read_bytes()
+    (root / "truncated.npz").write_bytes(good[: len(good) // 2])
+    np.savez(root / "complex.npz", x=np.ones((8, 4)) + 1j, y=np.ones((8, 3)))
+    np.savez(root / "strings.npz", x=np.array([["a"] * 4] * 8), y=np.ones((8, 3)))
+    np.savez(root / "nan.npz", x=np.full((8, 4), np.nan), y=np.ones((8, 3)))
+    np.savez(root / "empty.npz", x=np.ones((0, 4)), y=np.ones((0, 3)))
+    np.savez(root / "mismatch.npz", x=np.ones((8, 4)), y=np.ones((7, 3)))
+    np.savez(root / "nokeys.npz", a=np.ones(3))
+    np.savez(root / "overflow.npz", x=np.full((8, 4), 1e300), y=np.ones((8, 3)))
+    np.save(root / "obs_complex.npy", np.ones((1, 50, 2)) + 1j)
+    np.save(root / "obs_wrong.npy", np.ones((7,)))
+    torch.save(Pickled(str(root / "PWNED")), root / "evil.pt")
+    with open(root / "evil_pickle.pt", "wb") as fh:
+        pickle.dump(Pickled(str(root / "PWNED")), fh)
+    # damaged and forged checkpoints
+    payload = torch.load(root / "run" / "model.pt", weights_only=True)
+
+    def ckpt(name: str, change: Callable[[dict], None]) -> None:
+        folder = root / name
+        folder.mkdir()
+        p = {**payload, "model_config": dict(payload["model_config"]),
+             "state_dict": dict(payload["state_dict"])}
+        change(p)
+        torch.save(p, folder / "model.pt")
+
+    ckpt("ck_unknown_key", lambda p: p["model_config"].update(bogus=1))
+    ckpt("ck_wrong_type", lambda p: p["model_config"].update(latent_dim="2"))
+    ckpt("ck_missing", lambda p: p.pop("state_dict"))
+    ckpt("ck_huge", lambda p: p["model_config"].update(x_shape=[60000],
+                                                      hidden_dims=[200000, 200000]))
+    ckpt("ck_nan", lambda p: p["state_dict"].update(
+        {k: torch.full_like(v, float("nan")) for k, v in p["state_dict"].items()
+         if v.is_floating_point()}))
+    ckpt("ck_rmtree", lambda p: p.update(problem={"name": "shutil:rmtree",
+                                                  "path": str(root / "victim")}))
+    ckpt("ck_popen", lambda p: p.update(problem={"name": "subprocess:Popen",
+                                                 "args": ["touch", str(root / "PWNED")]}))
+    (root / "victim").mkdir()
+    (root / "victim" / "keep.txt").write_text("keep")
+    (root / "ck_trunc").mkdir()
+    raw = (root / "run" / "model.pt").read_bytes()
+    (root / "ck_trunc" / "model.pt").write_bytes(raw[: len(raw) // 3])
+    (root / "ck_empty").mkdir()
+    (root / "ck_empty" / "model.pt").write_bytes(b"")
+    # posterior files missing parts
+    import arviz as az
+
+    idata = az.from_netcdf(root / "post.nc")
+    for name, groups in (("post_nox", {"posterior": ["z"]}), ("post_noz", {"posterior": ["x"]})):
+        keep = idata.copy()
+        keep.posterior = keep.posterior[groups["posterior"]]
+        keep.to_netcdf(str(root / f"{name}.nc"))
+    noobs = az.InferenceData(posterior=idata.posterior)
+    noobs.to_netcdf(str(root / "post_noobs.nc"))
+    zero = az.InferenceData(posterior=idata.posterior.isel(draw=slice(0, 0)),
+                            observed_data=idata.observed_data)
+    zero.to_netcdf(str(root / "post_zero.nc"))
+    nan = idata.copy()
+    nan.posterior["x"] = nan.posterior["x"] * np.nan
+    nan.to_netcdf(str(root / "post_nan.nc"))
+    raw_post = (root / "post.nc").read_bytes()
+    for offset in (4144, 1000, 3000, 6000, len(raw_post) // 2):  # 4144 once hung libhdf5
+        flipped = bytearray(raw_post)
+        flipped[offset % len(raw_post)] ^= 0xFF
+        (root / f"post_flip{offset}.nc").write_bytes(bytes(flipped))
+    (root / "afile").write_text("an ordinary file")
+    (root / "user_folder").mkdir()
+    (root / "user_folder" / "thesis.tex").write_text("years of work")
+    (root / "badmod.py").write_text("def not_a_problem():\n    return 42\n"
+                                    "def boom():\n    raise RuntimeError('factory failed')\n")
+
+
+def cases(root: Path) -> list[Case]:
+    r = str(root)
+    run, obs, post, pairs = f"{r}/run", f"{r}/obs.npz", f"{r}/post.nc", f"{r}/pairs.npz"
+    out = f"{r}/new"
+    c: list[Case] = []
+    add = c.append
+    # security
+    add(Case("security: code in data files", "fit --data evil.pt",
+             ["fit", "--data", f"{r}/evil.pt", "--out", out, *TINY]))
+    add(Case("security: code in data files", "fit --data pickle.pt",
+             ["fit", "--data", f"{r}/evil_pickle.pt", "--out", out, *TINY]))
+    add(Case("security: code in data files", "evaluate --data evil.pt",
+             ["evaluate", run, "--data", f"{r}/evil.pt", "--out", out]))
+    add(Case("security: code in data files", "sample --observation evil.pt",
+             ["sample", run, "--observation", f"{r}/evil.pt", "--out", f"{out}.nc"]))
+    add(Case("security: forged checkpoints", "huge sizes", ["sample", f"{r}/ck_huge",
+             "--observation", obs, "--out", f"{out}.nc"]))
+    add(Case("security: forged checkpoints", "problem shutil:rmtree", ["sample", f"{r}/ck_rmtree",
+             "--observation", obs, "--out", f"{out}.nc", "--refine"]))
+    add(Case("security: forged checkpoints", "problem subprocess:Popen",
+             ["sample", f"{r}/ck_popen", "--observation", obs, "--out", f"{out}.nc", "--refine"]))
+    # outputs that would destroy inputs
+    for name, argv in (
+        ("diagnose --out the posterior's folder", ["diagnose", post, "--out", r, "--overwrite"]),
+        ("fit --out folder of its --data", ["fit", "--data", pairs, "--out", r, "--overwrite",
+                                            *TINY]),
+        ("evaluate --out RUN", ["evaluate", run, "--data", pairs, "--out", run, "--overwrite"]),
+        ("sample --out RUN/model.pt", ["sample", run, "--observation", obs, "--out",
+                                       f"{run}/model.pt", "--overwrite"]),
+        ("sample --out inside RUN", ["sample", run, "--observation", obs, "--out",
+                                     f"{run}/p.nc"]),
+        ("sample --out = observation", ["sample", run, "--observation", obs, "--out", obs,
+                                        "--overwrite"]),
+        ("score --out = posterior", ["score", post, "--out", post, "--overwrite"]),
+        ("fit --out an ordinary file", ["fit", "--problem", "two_birds", "--out", f"{r}/afile",
+                                        "--overwrite", *TINY]),
+        ("diagnose --overwrite a user's folder", ["diagnose", post, "--out",
+                                                  f"{r}/user_folder", "--overwrite"]),
+        ("fit --overwrite a run of another command", ["fit", "--problem", "two_birds", "--out",
+                                                      f"{r}/user_folder", "--overwrite", *TINY]),
+        ("sample --out a folder", ["sample", run, "--observation", obs, "--out",
+                                   f"{r}/user_folder", "--overwrite"]),
+        ("simulate --out = training pairs", ["simulate", "--problem", "linear_gaussian", "--num",
+                                             "3", "--out", pairs]),
+        ("--out under an existing file", ["simulate", "--problem", "linear_gaussian", "--num",
+                                          "3", "--out", f"{r}/afile/x.npz"]),
+        ("diagnose --out under an existing file", ["diagnose", post, "--out", f"{r}/afile/rep"]),
+        ("fit --out via a symlink to the data", ["fit", "--data", pairs, "--out",
+                                                 f"{r}/link_to_root", "--overwrite", *TINY]),
+    ):
+        add(Case("outputs that would destroy inputs", name, argv))
+    # seeds
+    for cmd in (["fit", "--problem", "two_birds", "--out", out, *TINY],
+                ["sample", run, "--observation", obs, "--out", f"{out}.nc"],
+                ["evaluate", run, "--data", pairs, "--out", out],
+                ["simulate", "--problem", "two_birds", "--num", "2", "--out", f"{out}.npz"]):
+        for bad in ("-1", str(2**32), "1.5", "abc"):
+            add(Case("seeds out of range", f"{cmd[0]} --seed {bad}", [*cmd, "--seed", bad]))
+    # damaged checkpoints
+    for name in ("ck_unknown_key", "ck_wrong_type", "ck_missing", "ck_nan", "ck_trunc",
+                 "ck_empty"):
+        add(Case("damaged checkpoints", name, ["sample", f"{r}/{name}", "--observation", obs,
+                                               "--out", f"{out}.nc"]))
+        add(Case("damaged checkpoints", f"{name} (evaluate)", ["evaluate", f"{r}/{name}",
+                 "--data", pairs, "--out", out]))
+    add(Case("damaged checkpoints", "random bytes as a run", ["sample", f"{r}/random.pt",
+             "--observation", obs, "--out", f"{out}.nc"]))
+    add(Case("damaged checkpoints", "missing run", ["sample", f"{r}/nope", "--observation", obs,
+             "--out", f"{out}.nc"]))
+    # posterior files
+    for name in ("post_nox", "post_noz", "post_noobs", "post_zero", "post_nan", "random"):
+        add(Case("posterior files", f"diagnose {name}", ["diagnose", f"{r}/{name}.nc", "--out",
+                                                         out]))
+        add(Case("posterior files", f"score {name}", ["score", f"{r}/{name}.nc",
+                                                      "--functions", "data_1"],
+                 expect=0 if name == "post_noz" else 2))  # score reads x and y only
+    add(Case("posterior files", "diagnose a data file", ["diagnose", pairs, "--out", out]))
+    for path in sorted(root.glob("post_flip*.nc")):
+        # a flipped byte may hit data (the report is written) or structure (one error line)
+        add(Case("posterior files", f"diagnose {path.name}", ["diagnose", str(path), "--out",
+                                                              out], expect=-2))
+    # data files
+    for name in ("complex", "strings", "nan", "empty", "mismatch", "nokeys", "overflow",
+                 "truncated", "random"):
+        add(Case("data files", f"fit --data {name}.npz", ["fit", "--data", f"{r}/{name}.npz",
+                                                          "--out", out, *TINY]))
+    for suffix in (".nc", ".pt", ".bin"):
+        add(Case("data files", f"fit --data random{suffix}",
+                 ["fit", "--data", f"{r}/random{suffix}", "--out", out, *TINY]))
+    for name in ("obs_complex.npy", "obs_wrong.npy", "random.npy", "random.npz", "nokeys.npz",
+                 "afile"):
+        add(Case("data files", f"sample --observation {name}", ["sample", run, "--observation",
+                 f"{r}/{name}", "--out", f"{out}.nc"]))
+    add(Case("data files", "evaluate --data mismatched shapes", ["evaluate", run, "--data", pairs,
+             "--out", out]))
+    # numeric flags
+    fit = ["fit", "--problem", "two_birds", "--out", out, "--quiet"]
+    for flags in (["--learning-rate", "1e400"], ["--learning-rate", "nan"],
+                  ["--learning-rate", "-1"], ["--epochs", "0"], ["--epochs", "-3"],
+                  ["--batch-size", "0"], ["--latent-dim", "0"], ["--hidden-dims", "0"],
+                  ["--hidden-dims", "a,b"], ["--lr-decay", "2"], ["--val-fraction", "1"],
+                  ["--num-particles", "0"], ["--num-train", "1"], ["--fixed-scale", "inf"],
+                  ["--physics-weight", "-1"], ["--epochs", "1e3"]):
+        add(Case("numeric flags", " ".join(flags), [*fit, *flags]))
+    smp = ["sample", run, "--observation", obs, "--out", f"{out}.nc"]
+    for flags in (["--num-samples", "0"], ["--num-samples", "-5"], ["--max-misfit", "nan"],
+                  ["--max-misfit", "-1"], ["--oversample", "0"], ["--refine-lr", "0"],
+                  ["--refine-lr", "inf"], ["--refine-steps", "-1"]):
+        add(Case("numeric flags", "sample " + " ".join(flags), [*smp, *flags]))
+    for flags in (["--max-observations", "0"], ["--max-observations", "-1"],
+                  ["--num-samples", "1"]):
+        add(Case("numeric flags", "evaluate " + " ".join(flags),
+                 ["evaluate", run, "--data", pairs, "--out", out, *flags]))
+    add(Case("numeric flags", "diagnose --max-observations 0",
+             ["diagnose", post, "--out", out, "--max-observations", "0"]))
+    add(Case("numeric flags", "simulate --num 0", ["simulate", "--problem", "two_birds",
+             "--num", "0", "--out", f"{out}.npz"]))
+    # memory
+    add(Case("memory", "simulate --num 10**10", ["simulate", "--problem", "two_birds", "--num",
+             str(10**10), "--out", f"{out}.npz"]))
+    add(Case("memory", "fit --num-train 10**10", [*fit, "--num-train", str(10**10)]))
+    add(Case("memory", "fit --latent-dim 10**8", [*fit, "--latent-dim", str(10**8)]))
+    add(Case("memory", "fit --hidden-dims 200000,200000", [*fit, "--hidden-dims",
+             "200000,200000"]))
+    add(Case("memory", "evaluate --num-samples 10**9", ["evaluate", f"{r}/lgrun", "--data",
+             pairs, "--out", out, "--num-samples", str(10**9)]))
+    add(Case("memory", "sample --num-samples 10**12 (too big for the disk)",
+             [*smp, "--num-samples", str(10**12)]))
+    add(Case("memory", "sample --num-samples 300000 streamed", [*smp, "--num-samples", "300000"],
+             expect=0))
+    # problems
+    for name, argv in (
+        ("unknown problem", ["simulate", "--problem", "nope", "--num", "2", "--out",
+                             f"{out}.npz"]),
+        ("module not importable", ["simulate", "--problem", "no_such_mod:make", "--num", "2",
+                                   "--out", f"{out}.npz"]),
+        ("factory returns 42", ["simulate", "--problem", "badmod:not_a_problem", "--num", "2",
+                                "--out", f"{out}.npz"]),
+        ("factory raises", ["simulate", "--problem", "badmod:boom", "--num", "2", "--out",
+                            f"{out}.npz"]),
+        ("bad --problem-arg", ["simulate", "--problem", "gravity", "--problem-arg", "nope",
+                               "--num", "2", "--out", f"{out}.npz"]),
+        ("unknown problem kwarg", ["simulate", "--problem", "gravity", "--problem-arg",
+                                   "bogus=1", "--num", "2", "--out", f"{out}.npz"]),
+        ("--functions on gravity", ["simulate", "--problem", "gravity", "--functions", "data_1",
+                                    "--num", "2", "--out", f"{out}.npz"]),
+        ("--refine without a problem", ["sample", f"{r}/lgrun", "--observation",
+                                        f"{r}/lgobs.npz", "--out", f"{out}.nc", "--refine"]),
+        ("--problem with other shapes", ["sample", run, "--observation", obs, "--out",
+                                         f"{out}.nc", "--problem", "gravity"]),
+    ):
+        add(Case("problems", name, argv))
+    # misc refusals
+    add(Case("misc", "--resimulate with --data", ["fit", "--data", pairs, "--resimulate",
+             "--out", out, *TINY]))
+    add(Case("misc", "sample --out .npz", [*smp[:-1], f"{out}.npz"]))
+    add(Case("misc", "score --out .csv", ["score", post, "--out", f"{out}.csv"]))
+    add(Case("misc", "simulate --out .csv", ["simulate", "--problem", "two_birds", "--num", "2",
+             "--out", f"{out}.csv"]))
+    add(Case("misc", "non-UTF-8 --out", ["simulate", "--problem", "two_birds", "--num", "2",
+             "--out", os.fsdecode(root.as_posix().encode() + b"/\xff\xfe.npz")]))
+    add(Case("misc", "non-UTF-8 --data", ["fit", "--data", os.fsdecode(
+             root.as_posix().encode() + b"/\xff.npz"), "--out", out, *TINY]))
+    add(Case("interrupts", "Ctrl-C during fit", ["fit", "--problem", "crosshole", "--out",
+             f"{r}/interrupted", "--quiet"], expect=130, subprocess_signal=True))
+    return c
+
+
+def run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
+    before = _snapshot(root)
+    if case.subprocess_signal:
+        proc = subprocess.Popen([sys.executable, "-m", "ppl_cvae.cli", *case.argv],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(8)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        code = proc.returncode
+    else:
+        buffer = io.StringIO()
+        with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(case.argv)
+            except SystemExit as exc:  # argparse
+                code = int(exc.code or 0)
+            except BaseException:  # noqa: BLE001 - a traceback is what we look for
+                traceback.print_exc()
+                code = -1
+        err = buffer.getvalue()
+    problems = []
+    if case.expect == -2:  # either outcome is correct; the rules below apply to the one seen
+        case = Case(case.category, case.name, case.argv, expect=code if code in (0, 2) else 2)
+    if code != case.expect:
+        problems.append(f"exit {code}, expected {case.expect}")
+    if "Traceback" in err:
+        problems.append("traceback")
+    lines = [line for line in err.splitlines() if line.strip()]
+    if case.expect == 2 and not any("error:" in line for line in lines[-1:]):
+        problems.append("no error line")
+    if case.expect != 0 and len(lines) > 1:
+        problems.append(f"{len(lines)} lines on stderr")
+    after = _snapshot(root)
+    changed = [k for k, v in before.items() if after.get(k) != v]
+    if changed:
+        problems.append(f"changed or lost: {changed[:3]}")
+    if (root / "PWNED").exists():
+        problems.append("code from a file ran")
+    if not (root / "victim" / "keep.txt").exists():
+        problems.append("victim folder deleted")
+    hidden = [p for p in root.rglob(".*") if p.name.startswith((".new", ".interrupted"))]
+    if hidden:
+        problems.append(f"temporaries left: {hidden[:2]}")
+    for leftover in ("new", "new.nc", "new.npz", "interrupted"):
+        target = root / leftover
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    message = "; ".join(problems)
+    if verbose:
+        status = "ok  " if not problems else "FAIL"
+        print(f"{status} [{case.category}] {case.name}: {lines[-1][:150] if lines else ''}"
+              + (f"  <-- {message}" if problems else ""))
+    return not problems, message
+
+
+def main_cli() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        sys.path.insert(0, str(root))
+        build_workspace(root)
+        os.symlink(root, root / "link_to_root")
+        table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        failures = []
+        for case in cases(root):
+            ok, why = run_case(case, root, args.verbose)
+            table[case.category][0 if ok else 1] += 1
+            if not ok:
+                failures.append(f"[{case.category}] {case.name}: {why}")
+    print("| category | tried | passed | failed |\n|---|---|---|---|")
+    for category, (good, bad) in table.items():
+        print(f"| {category} | {good + bad} | {good} | {bad} |")
+    total_good = sum(v[0] for v in table.values())
+    total_bad = sum(v[1] for v in table.values())
+    print(f"| all | {total_good + total_bad} | {total_good} | {total_bad} |")
+    for line in failures:
+        print("FAILED", line)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_cli())

@@ -1,0 +1,303 @@
+"""The CLI never loses a user's data: output-path rules, markers, seeds, interrupts, memory."""
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ppl_cvae import cli
+from ppl_cvae._atomic import MARKER, atomic_dir, atomic_path, clean_stale_temporaries
+from ppl_cvae.cli import main
+
+TINY = ["--epochs", "1", "--num-train", "128", "--batch-size", "64", "--hidden-dims", "8",
+        "--latent-dim", "2", "--quiet"]
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("safety")
+    assert main(["fit", "--problem", "linear_gaussian", "--out", str(root / "run"), *TINY]) == 0
+    assert main(["simulate", "--problem", "linear_gaussian", "--num", "3", "--out",
+                 str(root / "obs.npz")]) == 0
+    assert main(["simulate", "--problem", "linear_gaussian", "--num", "40", "--out",
+                 str(root / "pairs.npz")]) == 0
+    assert main(["sample", str(root / "run"), "--observation", str(root / "obs.npz"),
+                 "--num-samples", "10", "--out", str(root / "post.nc")]) == 0
+    (root / "afile").write_text("keep me")
+    (root / "mine").mkdir()
+    (root / "mine" / "notes.txt").write_text("years of work")
+    return root
+
+
+def _refused(argv, capsys, match):
+    before_err = capsys.readouterr()
+    del before_err
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert match in err, err
+
+
+@pytest.mark.parametrize(
+    "make_argv, match",
+    [
+        (lambda r: ["diagnose", f"{r}/post.nc", "--out", str(r), "--overwrite"], "contains"),
+        (lambda r: ["fit", "--data", f"{r}/pairs.npz", "--out", str(r), "--overwrite", *TINY],
+         "contains"),
+        (lambda r: ["evaluate", f"{r}/run", "--data", f"{r}/pairs.npz", "--out", f"{r}/run",
+                    "--overwrite"], "is the input"),
+        (lambda r: ["sample", f"{r}/run", "--observation", f"{r}/obs.npz", "--out",
+                    f"{r}/run/model.nc", "--overwrite"], "inside the input"),
+        (lambda r: ["sample", f"{r}/run", "--observation", f"{r}/obs.npz", "--out",
+                    f"{r}/obs.npz", "--overwrite"], "is the input"),
+        (lambda r: ["score", f"{r}/post.nc", "--out", f"{r}/post.nc", "--overwrite"],
+         "is the input"),
+        (lambda r: ["fit", "--problem", "linear_gaussian", "--out", f"{r}/afile", "--overwrite",
+                    *TINY], "existing file"),
+        (lambda r: ["diagnose", f"{r}/post.nc", "--out", f"{r}/mine", "--overwrite"],
+         "written by another program"),
+        (lambda r: ["evaluate", f"{r}/run", "--data", f"{r}/pairs.npz", "--out", f"{r}/run2",
+                    "--overwrite"], "written by 'ppl-cvae fit'"),
+        (lambda r: ["sample", f"{r}/run", "--observation", f"{r}/obs.npz", "--out",
+                    f"{r}/mine", "--overwrite"], "is a folder"),
+        (lambda r: ["simulate", "--problem", "linear_gaussian", "--num", "2", "--out",
+                    f"{r}/afile/x.npz"], "under the file"),
+        (lambda r: ["sample", f"{r}/run", "--observation", f"{r}/obs.npz", "--out",
+                    f"{r}/p.npz"], "must end in .nc"),
+        (lambda r: ["score", f"{r}/post.nc", "--out", f"{r}/s.csv"], "must end in .json"),
+        (lambda r: ["fit", "--data", f"{r}/pairs.npz", "--resimulate", "--out", f"{r}/x",
+                    *TINY], "--resimulate"),
+    ],
+)
+def test_outputs_that_would_destroy_inputs_are_refused(ws, capsys, make_argv, match):
+    run2 = ws / "run2"
+    if not run2.exists():  # a previous output of another command (fit)
+        assert main(["fit", "--problem", "linear_gaussian", "--out", str(run2), *TINY]) == 0
+    before = _digest(ws)
+    _refused(make_argv(ws), capsys, match)
+    assert _digest(ws) == before
+
+
+def test_symlinked_output_onto_an_input_is_refused(ws, capsys):
+    link = ws / "link_to_ws"
+    if not link.is_symlink():
+        link.symlink_to(ws)
+    before = _digest(ws)
+    _refused(["fit", "--data", f"{ws}/pairs.npz", "--out", str(link), "--overwrite", *TINY],
+             capsys, "contains the input")
+    _refused(["sample", f"{ws}/run", "--observation", f"{ws}/obs.npz", "--out",
+              f"{link}/obs.npz", "--overwrite"], capsys, "is the input")
+    assert _digest(ws) == before
+
+
+def test_overwrite_replaces_only_the_same_commands_output(ws, capsys):
+    report = ws / "report"
+    assert main(["diagnose", f"{ws}/post.nc", "--out", str(report), "--max-observations", "1"]) == 0
+    assert json.loads((report / MARKER).read_text())["command"] == "diagnose"
+    (report / "summary.csv").write_text("stale")
+    assert main(["diagnose", f"{ws}/post.nc", "--out", str(report), "--overwrite",
+                 "--max-observations", "1"]) == 0
+    assert (report / "summary.csv").read_text() != "stale"
+    _refused(["fit", "--problem", "linear_gaussian", "--out", str(report), "--overwrite", *TINY],
+             capsys, "written by 'ppl-cvae diagnose'")
+    _refused(["diagnose", f"{ws}/post.nc", "--out", str(report)], capsys, "--overwrite")
+
+
+@pytest.mark.parametrize("bad", ["-1", str(2**32), "1.5", "seven"])
+@pytest.mark.parametrize("command", ["fit", "sample", "evaluate", "simulate"])
+def test_seeds_out_of_range_are_refused(ws, capsys, command, bad):
+    argv = {
+        "fit": ["fit", "--problem", "linear_gaussian", "--out", f"{ws}/s", *TINY],
+        "sample": ["sample", f"{ws}/run", "--observation", f"{ws}/obs.npz", "--out",
+                   f"{ws}/s.nc"],
+        "evaluate": ["evaluate", f"{ws}/run", "--data", f"{ws}/pairs.npz", "--out", f"{ws}/s"],
+        "simulate": ["simulate", "--problem", "linear_gaussian", "--num", "2", "--out",
+                     f"{ws}/s.npz"],
+    }[command]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--seed", bad])
+    assert info.value.code == 2
+    assert "seed" in capsys.readouterr().err
+
+
+def test_largest_seed_is_accepted(ws):
+    out = ws / "bigseed.npz"
+    assert main(["simulate", "--problem", "linear_gaussian", "--num", "2", "--seed",
+                 str(2**32 - 1), "--out", str(out)]) == 0
+
+
+def test_same_seed_same_weights_and_draws_through_the_cli(tmp_path):
+    def run(name):
+        out = tmp_path / name
+        assert main(["fit", "--problem", "linear_gaussian", "--out", str(out), "--seed", "7",
+                     *TINY]) == 0
+        return torch.load(out / "model.pt", weights_only=True)["state_dict"]
+
+    a, b = run("a"), run("b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    assert main(["fit", "--problem", "linear_gaussian", "--out", str(tmp_path / "c"),
+                 "--seed", "8", *TINY]) == 0
+    c = torch.load(tmp_path / "c" / "model.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters
+    assert main(["simulate", "--problem", "linear_gaussian", "--num", "2", "--out",
+                 str(tmp_path / "obs.npz")]) == 0
+    draws = []
+    for name in ("p1.nc", "p2.nc"):
+        assert main(["sample", str(tmp_path / "a"), "--observation", str(tmp_path / "obs.npz"),
+                     "--num-samples", "50", "--seed", "3", "--out", str(tmp_path / name)]) == 0
+        import arviz as az
+
+        draws.append(az.from_netcdf(tmp_path / name).posterior["x"].values)
+    np.testing.assert_array_equal(draws[0], draws[1])
+
+
+def test_same_seed_same_weights_through_the_python_api():
+    from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit, make_problem
+
+    problem = make_problem("linear_gaussian")
+    x, y = problem.simulate(200, torch.Generator().manual_seed(1))
+    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, hidden_dims=(8,),
+                         latent_dim=2)
+
+    def train():
+        torch.manual_seed(torch.seed() % 1000)  # a different global RNG state each time
+        cvae = build_cvae(config, x, y, problem=problem, seed=5)
+        fit(cvae, x, y, TrainConfig(num_epochs=2, batch_size=64, seed=5), progress=False)
+        return cvae.state_dict()
+
+    a, b = train(), train()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_prints_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    def interrupted(tmp_dir, *args, **kwargs):
+        (tmp_dir / "model.pt").write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_fit_into", interrupted)
+    out = tmp_path / "run"
+    assert main(["fit", "--problem", "linear_gaussian", "--out", str(out), *TINY]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["ppl-cvae: interrupted; no partial output was written"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporaries_of_killed_runs_are_cleaned(tmp_path):
+    dead = 2**22 + 12345  # above the default pid_max of 2**22: no such process
+    stale_dir = tmp_path / f".run.{dead}.abc"
+    stale_dir.mkdir()
+    stale_file = tmp_path / f".model.pt.{dead}.xyz.pt"
+    stale_file.write_text("half")
+    live = tmp_path / f".run.{os.getpid()}.live"
+    live.mkdir()
+    with atomic_dir(tmp_path / "run", command="fit") as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert not stale_dir.exists() and live.exists()
+    assert clean_stale_temporaries(tmp_path / "model.pt") == [stale_file]
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.json") as tmp:
+            tmp.write_text("{}")
+        with atomic_dir(tmp_path / "d", command="x") as tmp:
+            (tmp / "a").write_text("a")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_errors_name_the_users_path_not_the_temporary(tmp_path):
+    from ppl_cvae.errors import OutputError
+
+    target = tmp_path / "out.txt"
+    os.chmod(tmp_path, 0o500)
+    try:
+        if os.access(tmp_path, os.W_OK):  # root ignores permissions
+            pytest.skip("running as root: a read-only folder is still writable")
+        with pytest.raises(OutputError, match="out.txt") as info:
+            with atomic_path(target) as tmp:
+                tmp.write_text("x")
+        assert ".out.txt." not in str(info.value)
+    finally:
+        os.chmod(tmp_path, 0o700)
+
+
+def test_memory_refusals_are_one_line(ws, capsys):
+    _refused(["simulate", "--problem", "linear_gaussian", "--num", str(10**12), "--out",
+              f"{ws}/m.npz"], capsys, "memory")
+    _refused(["fit", "--problem", "linear_gaussian", "--out", f"{ws}/m", "--num-train",
+              str(10**12), "--quiet"], capsys, "memory")
+    _refused(["evaluate", f"{ws}/run", "--data", f"{ws}/pairs.npz", "--out", f"{ws}/m",
+              "--num-samples", str(10**11)], capsys, "memory")
+    _refused(["sample", f"{ws}/run", "--observation", f"{ws}/obs.npz", "--out", f"{ws}/m.nc",
+              "--num-samples", str(10**15)], capsys, "free on that disk")
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["sample", "RUN", "--observation", "OBS", "--out", "OUT.nc", "--max-misfit", "nan"],
+         "finite"),
+        (["sample", "RUN", "--observation", "OBS", "--out", "OUT.nc", "--max-misfit", "-1"],
+         "max-misfit"),
+        (["evaluate", "RUN", "--data", "PAIRS", "--out", "OUT", "--max-observations", "0"],
+         ">= 1"),
+        (["diagnose", "POST", "--out", "OUT", "--max-observations", "-2"], ">= 1"),
+        (["fit", "--problem", "linear_gaussian", "--out", "OUT", "--learning-rate", "1e400"],
+         "finite"),
+    ],
+)
+def test_bad_numbers_are_refused(ws, capsys, argv, match):
+    names = {"RUN": f"{ws}/run", "OBS": f"{ws}/obs.npz", "PAIRS": f"{ws}/pairs.npz",
+             "POST": f"{ws}/post.nc", "OUT": f"{ws}/o", "OUT.nc": f"{ws}/o.nc"}
+    argv = [names.get(a, a) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse refuses the value itself
+        code = exc.code
+    assert code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_non_utf8_paths_get_a_clear_error(ws, capsys):
+    bad = os.fsdecode(str(ws).encode() + b"/\xff.npz")
+    _refused(["simulate", "--problem", "linear_gaussian", "--num", "2", "--out", bad], capsys,
+             "UTF-8")
+    _refused(["fit", "--data", bad, "--out", f"{ws}/u", *TINY], capsys, "UTF-8")
+
+
+@pytest.mark.parametrize("drop", ["x", "z", "observed", "draws", "nan"])
+def test_incomplete_posterior_files_are_refused(ws, capsys, drop):
+    import arviz as az
+
+    idata = az.from_netcdf(ws / "post.nc")
+    if drop in ("x", "z"):
+        idata.posterior = idata.posterior.drop_vars(drop)
+    elif drop == "observed":
+        idata = az.InferenceData(posterior=idata.posterior)
+    elif drop == "draws":
+        idata = az.InferenceData(posterior=idata.posterior.isel(draw=slice(0, 0)),
+                                 observed_data=idata.observed_data)
+    else:
+        idata.posterior["x"] = idata.posterior["x"] * np.nan
+    path = ws / f"bad_{drop}.nc"
+    idata.to_netcdf(str(path))
+    _refused(["diagnose", str(path), "--out", f"{ws}/rep_{drop}"], capsys, str(path.name))
+    assert not (ws / f"rep_{drop}").exists()
