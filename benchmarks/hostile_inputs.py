@@ -260,6 +260,7 @@ def cases(root: Path) -> list[Case]:
     # numeric flags
     fit = ["fit", "--problem", "two_birds", "--out", out, "--quiet"]
     for flags in (["--learning-rate", "1e400"], ["--learning-rate", "nan"],
+                  ["--learning-rate", "1e308"], ["--learning-rate", "900"],
                   ["--learning-rate", "-1"], ["--epochs", "0"], ["--epochs", "-3"],
                   ["--batch-size", "0"], ["--latent-dim", "0"], ["--hidden-dims", "0"],
                   ["--hidden-dims", "a,b"], ["--lr-decay", "2"], ["--val-fraction", "1"],

@@ -374,7 +374,8 @@ class TrainConfig(_DictMixin):
     batch_size : int, default 256
         Minibatch size.
     learning_rate : float, default 1e-3
-        Adam step size.
+        Adam step size, in (0, 1000] (Adam moves each weight by about this much per step;
+        larger values are typos, and above about 1e38 the step overflows float32).
     lr_decay : float, default 1.0
         Multiplicative learning-rate factor applied over the whole run (ClippedAdam ``lrd``
         per step is ``lr_decay ** (1 / total_steps)``); 1 keeps the rate constant.
@@ -440,7 +441,7 @@ class TrainConfig(_DictMixin):
             ("seed", 0 <= self.seed <= 2**32 - 1),
             ("num_epochs", self.num_epochs >= 1),
             ("batch_size", self.batch_size >= 1),
-            ("learning_rate", self.learning_rate > 0),
+            ("learning_rate", 0 < self.learning_rate <= 1e3),
             ("lr_decay", 0 < self.lr_decay <= 1),
             ("clip_norm", self.clip_norm > 0),
             ("kl_warmup_epochs", self.kl_warmup_epochs >= 0),

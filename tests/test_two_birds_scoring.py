@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from ppl_cvae.data.io import load_pairs
 from ppl_cvae.errors import ConfigError, DataError, ShapeError, UnknownProblemError
 from ppl_cvae.problems.two_birds import (
     FUNCTION_PAIRS,
@@ -55,8 +56,7 @@ def _load(filename: str) -> tuple[torch.Tensor, torch.Tensor]:
     path = DATA_DIR / filename
     if not path.is_file():
         pytest.skip(f"challenge data file {path} not found (needs ../shared beside the checkout)")
-    x, y = torch.load(path, weights_only=False).tensors
-    return x, y
+    return load_pairs(path)  # the safe loader (weights_only, TensorDataset allowlist)
 
 
 @pytest.fixture(scope="module", params=["original", "data_1"])

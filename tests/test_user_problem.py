@@ -364,3 +364,47 @@ def test_cli_style_loading_prints_no_traceback(tmp_path):
     assert len(lines) == 1 and "MAX_PARAMETERS" in lines[0] and "344," in lines[0]
     assert time.perf_counter() - start < 60  # mostly interpreter start-up and imports
     assert tmp_path.is_dir()
+
+
+@pytest.mark.slow
+def test_user_two_birds_problem_survives_fit_through_the_cli(tmp_path, monkeypatch):
+    """The issue's scenario: a Two Birds problem with a user's own pair of functions."""
+    from ppl_cvae.cli import main
+
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "my_birds.py").write_text(
+        "import torch\n"
+        "from ppl_cvae.problems.two_birds import TwoBirds\n"
+        "def f0(x0, x1):\n    return torch.sin(3 * x0 + 2 * x1)\n"
+        "def f1(x0, x1):\n    return torch.cos(2 * x0 + 5 * x1)\n"
+        "def make(misfit_std=0.05):\n"
+        "    return TwoBirds(functions=(f0, f1), misfit_std=misfit_std)\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    run, obs = tmp_path / "run", tmp_path / "obs.npz"
+    tiny = ["--epochs", "2", "--num-train", "512", "--hidden-dims", "32", "--latent-dim", "2",
+            "--quiet"]
+    problem = ["--problem", "my_birds:make", "--problem-arg", "misfit_std=0.05"]
+    assert main(["fit", *problem, "--out", str(run), *tiny]) == 0
+    assert main(["simulate", *problem, "--num", "2", "--out", str(obs)]) == 0
+    # no --problem at sampling time: the checkpoint rebuilds the user's problem
+    post = tmp_path / "post.nc"
+    assert main(["sample", str(run), "--observation", str(obs), "--num-samples", "8",
+                 "--refine", "--refine-steps", "150", "--out", str(post)]) == 0
+    from inference.arviz_io import load_inference_data
+
+    idata = load_inference_data(post)
+    assert "posterior_predictive" in idata.groups()
+    # refinement used the user's forward operator: the accepted draws reproduce y through it
+    import my_birds
+
+    x = torch.as_tensor(idata.posterior["x"].values[0])  # (S, M, 1, 50, 2)
+    y = torch.as_tensor(idata.observed_data["y"].values)  # (M, 1, 50, 2)
+    y_hat = my_birds.make().forward(x)
+    rms = ((y_hat - y) / 0.05).pow(2).mean(dim=(-3, -2, -1)).sqrt()
+    assert idata.attrs["accepted_fraction"] > 0
+    assert (rms <= 1.0).float().mean() >= idata.attrs["accepted_fraction"] - 1e-6
+    assert main(["evaluate", str(run), "--data", str(obs), "--num-samples", "20", "--out",
+                 str(tmp_path / "ev")]) == 0
+    monkeypatch.delitem(sys.modules, "my_birds", raising=False)

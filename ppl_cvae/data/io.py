@@ -400,7 +400,7 @@ def _pickle_globals(path: Path, max_pickles: int = 5) -> list[str]:
 
 
 def _torch_message(err: BaseException) -> str:
-    # torch's own text recommends weights_only=False, i.e. running the file's code: drop it
+    # torch's own text recommends turning weights_only off, i.e. running the file's code: drop it
     text = str(err)
     if "weights_only" in text or "Weights only" in text:
         return type(err).__name__
@@ -464,7 +464,7 @@ def _read_pt(path: Path) -> dict[str, np.ndarray]:
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             obj = torch.load(path, weights_only=True, map_location="cpu", mmap=False)
     except pickle.UnpicklingError as err:
-        # torch's message names the first refused global, but recommends weights_only=False
+        # torch's message names the first refused global, but recommends turning weights_only off
         found = re.search(r"GLOBAL (\S+)|module (\S+) is blocked", str(err))
         names = [found.group(1) or found.group(2)] if found else []
         names += [n for n in _pickle_globals(path) if n not in _PT_ALLOWED]

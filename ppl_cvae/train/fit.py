@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,9 @@ def negative_elbo(
     elbo = Trace_ELBO(num_particles=num_particles)
     total = 0.0
     n = x.shape[0]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # a NaN loss is returned to the caller, who reports it once
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         for start in range(0, n, chunk_size):
             yb = None if y is None else y[start : start + chunk_size]
             total += elbo.loss(cvae.model, cvae.guide, yb, x[start : start + chunk_size])
@@ -300,22 +303,25 @@ def fit(
             raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
         order = torch.randperm(n_train, generator=generator)
         epoch_total = 0.0
-        with pyro.validation_enabled(False):
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            # a NaN loss is reported below as one error, not as Pyro's warning per step
+            warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
             for first in range(0, n_train, config.batch_size):
                 idx = order[first : first + config.batch_size]
                 yb = y_train[idx] if y_train is not None else None
                 loss = svi.step(
                     yb, x_train[idx], kl_weight=beta, physics_weight=config.physics_weight
                 )
+                if not math.isfinite(loss):
+                    raise ConfigError(
+                        f"training diverged at epoch {epoch}, SVI step "
+                        f"{len(result.step_losses) + 1} (loss {loss}); lower the learning rate "
+                        "or check the data scale"
+                    )
                 per_obs = loss / len(idx)
                 result.step_losses.append(per_obs)
                 epoch_total += loss
         train_loss = epoch_total / n_train
-        if not math.isfinite(train_loss):
-            raise ConfigError(
-                f"training diverged at epoch {epoch} (loss {train_loss}); "
-                "lower the learning rate or check the data scale"
-            )
         if x_val is not None and x_val.shape[0] > 0:
             cvae.eval()
             with pyro.validation_enabled(False):
