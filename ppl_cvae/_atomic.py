@@ -10,9 +10,10 @@ Conventions:
   process no longer runs (a killed run) are removed the next time the same target is written;
 - finished outputs get the permissions the user's umask gives a new file or folder (as
   ``open``/``mkdir`` would), not the private 0600/0700 of :mod:`tempfile`;
-- an output folder carries a marker file :data:`MARKER` naming the command that wrote it, and
-  ``overwrite`` replaces only a folder with the same marker (never a folder of other content,
-  never an ordinary file); an ordinary file is never replaced by a folder nor the reverse;
+- an output folder carries a marker file :data:`MARKER` naming the command that wrote it and
+  the files it wrote, and ``overwrite`` replaces only a folder with the same command's marker
+  that holds no other file (never a folder of other content, never an ordinary file); an
+  ordinary file is never replaced by a folder nor the reverse;
 - errors name the user's target path, never the hidden temporary.
 """
 
@@ -155,8 +156,9 @@ def check_output_folder(target: Path, overwrite: bool, command: str | None) -> N
     Raises
     ------
     OutputError
-        If ``target`` is a file or a link; non-empty without ``overwrite``; or non-empty with
-        ``overwrite`` but without the marker of ``command``.
+        If ``target`` is a file or a link; non-empty without ``overwrite``; non-empty with
+        ``overwrite`` but without the marker of ``command``; or holding files that the marked
+        command did not write (added by the user or another command since).
     """
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise OutputError(
@@ -177,6 +179,25 @@ def check_output_folder(target: Path, overwrite: bool, command: str | None) -> N
             f"--overwrite replaces only a folder written by 'ppl-cvae {command}', and "
             f"{str(target)!r} was written by {wrote}; choose another --out or empty it yourself"
         )
+    listed = marker.get("files")
+    written = set(listed) if isinstance(listed, list) else set()
+    added = sorted(rel for rel in _relative_files(target) if rel not in written | {MARKER})
+    if added:
+        shown = ", ".join(repr(a) for a in added[:3]) + (" ..." if len(added) > 3 else "")
+        raise OutputError(
+            f"--overwrite would delete {len(added)} file(s) in {str(target)!r} that "
+            f"'ppl-cvae {marker.get('command')}' did not write ({shown}); move them or choose "
+            "another --out"
+        )
+
+
+def _relative_files(folder: Path) -> list[str]:
+    """Return the paths, relative to ``folder``, of every file and link below it."""
+    return [
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_symlink() or not p.is_dir()
+    ]
 
 
 @contextlib.contextmanager
@@ -223,7 +244,8 @@ def atomic_dir(
         raise OutputError(f"cannot create {str(target)!r}: {_describe(err)}") from err
     try:
         yield tmp
-        (tmp / MARKER).write_text(json.dumps({"command": command}))
+        files = sorted(_relative_files(tmp))
+        (tmp / MARKER).write_text(json.dumps({"command": command, "files": files}))
         os.chmod(tmp, 0o777 & ~_umask())
         check_output_folder(target, overwrite, command)  # unchanged while we worked?
         try:

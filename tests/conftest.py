@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -34,3 +35,34 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/two_birds is not present beside the repository")
     return SHARED_DATA
+
+
+# Flags of a fit that takes about a second: one epoch of a tiny network.
+TINY_FIT = ["--epochs", "1", "--num-train", "128", "--batch-size", "64", "--hidden-dims", "8",
+            "--latent-dim", "2", "--quiet"]
+
+
+def make_cli_workspace(root: Path) -> Path:
+    """Fill ``root`` with CLI inputs: a linear-Gaussian run, observations, pairs, a posterior.
+
+    ``run/`` (fit), ``obs.npz`` (3 observations), ``pairs.npz`` (40 pairs), ``post.nc``
+    (10 draws each) and ``afile`` (an ordinary file that is not data).
+    """
+    from ppl_cvae.cli import main
+
+    lg = ["--problem", "linear_gaussian"]
+    assert main(["fit", *lg, "--out", str(root / "run"), *TINY_FIT]) == 0
+    assert main(["simulate", *lg, "--num", "3", "--out", str(root / "obs.npz")]) == 0
+    assert main(["simulate", *lg, "--num", "40", "--out", str(root / "pairs.npz")]) == 0
+    assert main(["sample", str(root / "run"), "--observation", str(root / "obs.npz"),
+                 "--num-samples", "10", "--out", str(root / "post.nc")]) == 0
+    (root / "afile").write_text("keep me")
+    return root
+
+
+def digest(root: Path) -> dict[str, str]:
+    """Return ``{path: sha256}`` of every file under ``root`` (to prove nothing changed)."""
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

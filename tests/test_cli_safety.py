@@ -1,10 +1,8 @@
 """The CLI never loses a user's data: output-path rules, markers, seeds, interrupts, memory."""
 
-import hashlib
 import json
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,30 +11,13 @@ import torch
 from ppl_cvae import cli
 from ppl_cvae._atomic import MARKER, atomic_dir, atomic_path, clean_stale_temporaries
 from ppl_cvae.cli import main
-
-TINY = ["--epochs", "1", "--num-train", "128", "--batch-size", "64", "--hidden-dims", "8",
-        "--latent-dim", "2", "--quiet"]
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+from tests.conftest import TINY_FIT as TINY
+from tests.conftest import digest, make_cli_workspace
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safety")
-    assert main(["fit", "--problem", "linear_gaussian", "--out", str(root / "run"), *TINY]) == 0
-    assert main(["simulate", "--problem", "linear_gaussian", "--num", "3", "--out",
-                 str(root / "obs.npz")]) == 0
-    assert main(["simulate", "--problem", "linear_gaussian", "--num", "40", "--out",
-                 str(root / "pairs.npz")]) == 0
-    assert main(["sample", str(root / "run"), "--observation", str(root / "obs.npz"),
-                 "--num-samples", "10", "--out", str(root / "post.nc")]) == 0
-    (root / "afile").write_text("keep me")
+    root = make_cli_workspace(tmp_path_factory.mktemp("safety"))
     (root / "mine").mkdir()
     (root / "mine" / "notes.txt").write_text("years of work")
     return root
@@ -86,21 +67,21 @@ def test_outputs_that_would_destroy_inputs_are_refused(ws, capsys, make_argv, ma
     run2 = ws / "run2"
     if not run2.exists():  # a previous output of another command (fit)
         assert main(["fit", "--problem", "linear_gaussian", "--out", str(run2), *TINY]) == 0
-    before = _digest(ws)
+    before = digest(ws)
     _refused(make_argv(ws), capsys, match)
-    assert _digest(ws) == before
+    assert digest(ws) == before
 
 
 def test_symlinked_output_onto_an_input_is_refused(ws, capsys):
     link = ws / "link_to_ws"
     if not link.is_symlink():
         link.symlink_to(ws)
-    before = _digest(ws)
+    before = digest(ws)
     _refused(["fit", "--data", f"{ws}/pairs.npz", "--out", str(link), "--overwrite", *TINY],
              capsys, "contains the input")
     _refused(["sample", f"{ws}/run", "--observation", f"{ws}/obs.npz", "--out",
               f"{link}/obs.npz", "--overwrite"], capsys, "is the input")
-    assert _digest(ws) == before
+    assert digest(ws) == before
 
 
 def test_overwrite_replaces_only_the_same_commands_output(ws, capsys):
@@ -114,6 +95,13 @@ def test_overwrite_replaces_only_the_same_commands_output(ws, capsys):
     _refused(["fit", "--problem", "linear_gaussian", "--out", str(report), "--overwrite", *TINY],
              capsys, "written by 'ppl-cvae diagnose'")
     _refused(["diagnose", f"{ws}/post.nc", "--out", str(report)], capsys, "--overwrite")
+    # a file the user (or another command) put into the folder blocks the overwrite
+    (report / "sub").mkdir()
+    (report / "sub" / "my_notes.txt").write_text("mine")
+    before = digest(ws)
+    _refused(["diagnose", f"{ws}/post.nc", "--out", str(report), "--overwrite"], capsys,
+             "did not write ('sub/my_notes.txt')")
+    assert digest(ws) == before
 
 
 @pytest.mark.parametrize("bad", ["-1", str(2**32), "1.5", "seven"])

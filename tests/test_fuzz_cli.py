@@ -8,7 +8,6 @@ existed before unchanged. Sizes that would make a case slow are pinned by flags 
 """
 
 import contextlib
-import hashlib
 import io
 import shutil
 import warnings
@@ -19,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ppl_cvae.cli import main
+from tests.conftest import digest, make_cli_workspace
 
 TINY = ["--epochs", "1", "--num-train", "64", "--batch-size", "32", "--hidden-dims", "4",
         "--latent-dim", "2", "--quiet"]
@@ -28,21 +28,7 @@ VALUES = ["0", "-1", "1", "3", "0.5", "nan", "inf", "-inf", "1e400", "1e3", "abc
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzzcli")
-    assert main(["fit", "--problem", "linear_gaussian", "--out", str(root / "run"), *TINY]) == 0
-    assert main(["simulate", "--problem", "linear_gaussian", "--num", "3", "--out",
-                 str(root / "obs.npz")]) == 0
-    assert main(["simulate", "--problem", "linear_gaussian", "--num", "20", "--out",
-                 str(root / "pairs.npz")]) == 0
-    assert main(["sample", str(root / "run"), "--observation", str(root / "obs.npz"),
-                 "--num-samples", "5", "--out", str(root / "post.nc")]) == 0
-    (root / "afile").write_text("not data")
-    return root
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file()}
+    return make_cli_workspace(tmp_path_factory.mktemp("fuzzcli"))
 
 
 def _paths(root: Path) -> list[str]:
@@ -119,7 +105,7 @@ def test_cli_fuzz_ends_in_a_result_or_one_error(ws):
                                      HealthCheck.too_slow])
     @given(command_lines(ws))
     def check(argv):
-        before = _digest(ws)
+        before = digest(ws)
         err = io.StringIO()
         with (
             contextlib.redirect_stderr(err),
@@ -144,7 +130,7 @@ def test_cli_fuzz_ends_in_a_result_or_one_error(ws):
         allowed = set()
         if code == 0 and "--overwrite" in argv and out not in inputs:
             allowed = {str(p) for p in [Path(out), *Path(out).rglob("*")]}
-        now = _digest(ws)
+        now = digest(ws)
         changed = [k for k, v in before.items() if now.get(k) != v and k not in allowed]
         assert not changed, (argv, changed)
         for name in ("run", "obs.npz", "pairs.npz", "post.nc"):
