@@ -278,19 +278,22 @@ def sample_posterior_to_netcdf(
     num_obs = y_batch.shape[0]
     oversample = refine.oversample if refine is not None else 1
     per_draw = bytes_per_draw(cvae, num_obs, problem=problem, oversample=oversample)
-    if per_draw * num_samples <= in_memory_bytes:
-        idata = sample_posterior(
+
+    def draw(num: int, chunk_seed: int | None) -> az.InferenceData:
+        return sample_posterior(
             cvae,
             y,
-            num_samples,
+            num,
             problem=problem,
             x_true=x_true,
             decoder_noise=decoder_noise,
-            seed=seed,
+            seed=chunk_seed,
             attrs=attrs,
             refine=refine,
         )
-        return save_inference_data(idata, path)
+
+    if per_draw * num_samples <= in_memory_bytes:
+        return save_inference_data(draw(num_samples, seed), path)
     chunk = max(1, chunk_bytes // per_draw)
     check_memory(per_draw * chunk, f"a chunk of {chunk} posterior draws")
     stored = 4 * num_obs * (cvae.config.x_dim + cvae.config.latent_dim)
@@ -308,17 +311,8 @@ def sample_posterior_to_netcdf(
         done = 0
         while done < num_samples:
             num = min(chunk, num_samples - done)
-            idata = sample_posterior(
-                cvae,
-                y,
-                num,
-                problem=problem,
-                x_true=x_true,
-                decoder_noise=decoder_noise,
-                seed=seed if done == 0 else None,  # later chunks continue the seeded stream
-                attrs=attrs,
-                refine=refine,
-            )
+            # later chunks continue the seeded random stream
+            idata = draw(num, seed if done == 0 else None)
             if refine is not None:
                 accepted.append((num, float(idata.attrs["accepted_fraction"])))
             if done == 0:
