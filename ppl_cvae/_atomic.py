@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from ppl_cvae.errors import OutputError
+from ppl_cvae.errors import OutputError, PplCvaeError
 
 __all__ = [
     "MARKER",
@@ -101,6 +101,17 @@ def _describe(err: OSError) -> str:
 
 
 @contextlib.contextmanager
+def _name_target(target: Path) -> Iterator[None]:
+    """Re-raise an OSError of the writer (which names the hidden temporary) naming ``target``."""
+    try:
+        yield
+    except PplCvaeError:
+        raise
+    except OSError as err:  # e.g. disk full, permission denied, h5py's write errors
+        raise OutputError(f"cannot write {str(target)!r}: {_describe(err)}") from err
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
 
@@ -129,12 +140,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        try:
+        with _name_target(target):
+            yield tmp_path
             os.chmod(tmp_path, 0o666 & ~_umask())
             os.replace(tmp_path, target)
-        except OSError as err:
-            raise OutputError(f"cannot write {str(target)!r}: {_describe(err)}") from err
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
@@ -243,7 +252,8 @@ def atomic_dir(
     except OSError as err:
         raise OutputError(f"cannot create {str(target)!r}: {_describe(err)}") from err
     try:
-        yield tmp
+        with _name_target(target):
+            yield tmp
         files = sorted(_relative_files(tmp))
         (tmp / MARKER).write_text(json.dumps({"command": command, "files": files}))
         os.chmod(tmp, 0o777 & ~_umask())

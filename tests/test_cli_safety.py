@@ -289,3 +289,13 @@ def test_incomplete_posterior_files_are_refused(ws, capsys, drop):
     idata.to_netcdf(str(path))
     _refused(["diagnose", str(path), "--out", f"{ws}/rep_{drop}"], capsys, str(path.name))
     assert not (ws / f"rep_{drop}").exists()
+
+
+def test_a_failing_writer_is_reported_with_the_users_path(tmp_path):
+    from ppl_cvae.errors import OutputError
+
+    with pytest.raises(OutputError, match=r"'.*report\.nc': No space left on device") as info:
+        with atomic_path(tmp_path / "report.nc") as tmp:
+            raise OSError(28, "No space left on device", str(tmp))
+    assert ".report.nc." not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # the temporary is gone, nothing was written
