@@ -29,7 +29,11 @@ from inference.posterior import PosteriorDraws
 from inference.refine import accept_by_misfit, refine_and_accept, refine_by_misfit
 from ppl_cvae import ModelConfig, TrainConfig, TwoBirds, build_cvae, fit
 from ppl_cvae.data import load_pairs
-from ppl_cvae.problems import two_birds_scoring as scoring
+from ppl_cvae.problems.two_birds import (
+    enumerate_exact_solutions_batch,
+    expected_mode_coverage,
+    score_samples,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "two_birds"
 KEYS = (
@@ -76,22 +80,19 @@ def run(functions, args):
     )
     x_test, y_test, source = held_out(problem, functions)
     print(f"  held-out observations: {source}; 30 samples each")
-    solutions = scoring.enumerate_exact_solutions_batch(y_test, problem.functions)
-    if hasattr(scoring, "expected_mode_coverage"):
-        ref = scoring.expected_mode_coverage(y_test, problem.functions, num_samples=30)
-        print(
-            f"  exact posterior sampler (Laplace weights), expected: coverage "
-            f"{ref.mode_coverage:.3f} (sd {ref.mode_coverage_sd:.3f}), "
-            f"modes hit {ref.mean_modes_hit:.2f}"
-        )
+    solutions = enumerate_exact_solutions_batch(y_test, problem.functions)
+    ref = expected_mode_coverage(y_test, problem.functions, num_samples=30)
+    print(
+        f"  exact posterior sampler (Laplace weights), expected: coverage "
+        f"{ref.mode_coverage:.3f} (sd {ref.mode_coverage_sd:.3f}), "
+        f"modes hit {ref.mean_modes_hit:.2f}"
+    )
     start = time.perf_counter()
     draws = draw_posterior(cvae, y_test, 30, seed=args.seed)
     seconds = time.perf_counter() - start
     report(
         "amortized",
-        scoring.score_samples(
-            draws.x.transpose(0, 1), y_test, problem.functions, exact_solutions=solutions
-        ),
+        score_samples(draws.x, y_test, problem.functions, exact_solutions=solutions),
         seconds,
     )
     start = time.perf_counter()
@@ -103,9 +104,7 @@ def run(functions, args):
     seconds = time.perf_counter() - start
     report(
         "refined + accepted",
-        scoring.score_samples(
-            refined.x.transpose(0, 1), y_test, problem.functions, exact_solutions=solutions
-        ),
+        score_samples(refined.x, y_test, problem.functions, exact_solutions=solutions),
         seconds,
     )
     print(f"  accepted fraction {accepted.float().mean():.3f}")
@@ -123,9 +122,7 @@ def run(functions, args):
     seconds = time.perf_counter() - start
     report(
         "ablation, prior draws refined + accepted",
-        scoring.score_samples(
-            kept.x.transpose(0, 1), y_test, problem.functions, exact_solutions=solutions
-        ),
+        score_samples(kept.x, y_test, problem.functions, exact_solutions=solutions),
         seconds,
     )
     print(f"  accepted fraction {accepted.float().mean():.3f}")
@@ -136,9 +133,9 @@ def anchor():
     if not path.is_file():
         return
     x, y = load_pairs(path)
-    score = scoring.score_samples(
-        x.reshape(50, 30, 1, 50, 2), y.reshape(50, 30, 1, 50, 2)[:, 0], "original"
-    )
+    # the file holds 30 consecutive samples per observation: draws (30, 50, 1, 50, 2)
+    draws = x.reshape(50, 30, 1, 50, 2).transpose(0, 1)
+    score = score_samples(draws, y.reshape(50, 30, 1, 50, 2)[:, 0], "original")
     report("anchor: challenge sample submission (original)", score)
 
 

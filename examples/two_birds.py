@@ -26,7 +26,7 @@ from inference.arviz_io import save_inference_data
 from inference.diagnostics import write_report
 from inference.refine import RefineConfig
 from ppl_cvae import ModelConfig, TrainConfig, TwoBirds, build_cvae, fit
-from ppl_cvae.problems.two_birds_scoring import score_samples
+from ppl_cvae.problems.two_birds import score_samples
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> dict:
     )
     save_inference_data(idata, out / "posterior.nc")
     write_report(idata, out / "report")
-    draws = torch.as_tensor(idata.posterior["x"].values[0]).transpose(0, 1)
+    draws = torch.as_tensor(idata.posterior["x"].values[0])  # (num_samples, M, 1, 50, 2)
     score = score_samples(draws, y_test, problem.functions)
     summary = {k: v for k, v in score.to_dict().items() if not isinstance(v, list)}
     (out / "score.json").write_text(json.dumps(summary, indent=2))

@@ -1,7 +1,9 @@
 """Figures of posteriors and training runs (the only library module importing matplotlib/seaborn).
 
 Every function draws into a new figure, saves it as PNG atomically and closes it; nothing is
-shown. The non-interactive Agg backend is selected on import.
+shown. Figures are ``matplotlib.figure.Figure`` objects outside pyplot (rendered by the Agg
+canvas on save), so importing this module leaves the user's matplotlib backend and pyplot state
+alone; only the seaborn pair plot goes through pyplot, and closes its figure.
 """
 
 from __future__ import annotations
@@ -10,16 +12,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from ppl_cvae._atomic import atomic_path  # noqa: E402
+from ppl_cvae._atomic import atomic_path
 
 __all__ = [
     "plot_bands",
@@ -37,11 +37,18 @@ __all__ = [
 ]
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:
+def _subplots(
+    *grid: int, figsize: tuple[float, float], constrained_layout: bool = False, **kwargs: Any
+) -> tuple[Figure, Any]:
+    """``plt.subplots`` without pyplot: a new ``Figure`` and its axes (same arguments)."""
+    fig = Figure(figsize=figsize, layout="constrained" if constrained_layout else None)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
     return path
 
 
@@ -122,7 +129,7 @@ def plot_bands(
         default: the central equal-tailed interval of the draws.
     """
     values, labels, axis_name, axis_values = series_view(draws, dims, coords)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     palette = sns.color_palette(n_colors=max(len(labels), 1))
     if band is None:
         lo, hi = np.quantile(values, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
@@ -173,17 +180,22 @@ def plot_pairs(
     path : path
         PNG to write.
     """
+    import matplotlib.pyplot as plt  # seaborn's grids are pyplot figures
+
     frame = pd.DataFrame(np.asarray(draws), columns=list(names))
     grid = sns.pairplot(frame, corner=True, plot_kws={"s": 6, "alpha": 0.5, "edgecolor": "none"})
     if title:
         grid.figure.suptitle(title)
-    return _save(grid.figure, path)
+    try:
+        return _save(grid.figure, path)
+    finally:
+        plt.close(grid.figure)
 
 
 def plot_loss(history: Sequence[Mapping[str, float]], path: str | os.PathLike[str]) -> Path:
     """Plot training and validation loss (negative ELBO per observation) per epoch."""
     frame = pd.DataFrame(list(history))
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    fig, ax = _subplots(figsize=(6.0, 3.6))
     ax.plot(frame["epoch"], frame["train_loss"], label="train")
     if "val_loss" in frame and frame["val_loss"].notna().any():
         ax.plot(frame["epoch"], frame["val_loss"], label="validation")
@@ -224,7 +236,7 @@ def plot_fields(
     titles = list(panels)
     nrows = math.ceil(len(titles) / ncols)
     ncols = min(ncols, len(titles))
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         nrows, ncols, figsize=(3.1 * ncols, 2.9 * nrows), squeeze=False, constrained_layout=True
     )
     shared_values = [np.asarray(panels[t]) for t in titles if t in shared]
@@ -270,7 +282,7 @@ def plot_profile(
     """
     d = np.asarray(depth, dtype=float)
     v = np.asarray(draws, dtype=float)
-    fig, ax = plt.subplots(figsize=(3.8, 5.0))
+    fig, ax = _subplots(figsize=(3.8, 5.0))
     for k, mass in enumerate(sorted(intervals, reverse=True)):
         lo, hi = np.quantile(v, [(1 - mass) / 2, (1 + mass) / 2], axis=0)
         ax.fill_betweenx(d, lo, hi, color="C0", alpha=0.2 + 0.2 * k, lw=0, label=f"{mass:.0%}")
@@ -313,7 +325,7 @@ def plot_predictive(
     c = np.asarray(coord, dtype=float)
     rep = np.asarray(y_rep, dtype=float)
     lo, hi = np.quantile(rep, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
-    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    fig, ax = _subplots(figsize=(6.0, 3.4))
     ax.fill_between(c, lo, hi, color="C1", alpha=0.3, lw=0, label=f"{interval:.0%} predictive")
     ax.plot(c, np.median(rep, axis=0), color="C1", lw=1, label="predictive median")
     ax.plot(c, np.asarray(y_obs, dtype=float), "k.", ms=3, label="observed")
@@ -343,7 +355,7 @@ def plot_coverage(
     honest band). ``reference`` (e.g. the exact posterior's coverage) is drawn dashed.
     """
     nom = np.asarray(nominal, dtype=float)
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    fig, ax = _subplots(figsize=(4.2, 4.2))
     if num_observations:
         se = np.sqrt(nom * (1 - nom) / num_observations)
         ax.fill_between(nom, nom - 2 * se, nom + 2 * se, color="0.85", label="±2 SE")
@@ -383,7 +395,7 @@ def plot_truth_vs_mean(
         keep = np.random.default_rng(0).choice(t.size, max_points, replace=False)
         t, m, s = t[keep], m[keep], s[keep]
     label = f" ({unit})" if unit else ""
-    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    fig, ax = _subplots(figsize=(4.4, 4.2))
     ax.errorbar(t, m, yerr=s, fmt=".", ms=2, alpha=0.3, elinewidth=0.5)
     lo, hi = float(min(t.min(), m.min())), float(max(t.max(), m.max()))
     ax.plot([lo, hi], [lo, hi], color="0.3", lw=1)
@@ -413,9 +425,7 @@ def plot_image_grid(
     """
     images = np.asarray(images)
     rows, cols = images.shape[:2]
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(0.8 * cols + 0.6, 0.8 * rows + 0.4), squeeze=False
-    )
+    fig, axes = _subplots(rows, cols, figsize=(0.8 * cols + 0.6, 0.8 * rows + 0.4), squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -434,7 +444,7 @@ def plot_latent_scatter(
 ) -> Path:
     """Scatter 2-D latent codes ``z`` (shape (N, 2)) coloured by integer ``labels`` (N,)."""
     frame = pd.DataFrame({"z0": z[:, 0], "z1": z[:, 1], "label": np.asarray(labels).astype(str)})
-    fig, ax = plt.subplots(figsize=(5.0, 4.4))
+    fig, ax = _subplots(figsize=(5.0, 4.4))
     sns.scatterplot(data=frame, x="z0", y="z1", hue="label", s=8, linewidth=0, ax=ax)
     ax.set_title(title)
     return _save(fig, path)

@@ -1,11 +1,14 @@
 """ppl_cvae: conditional VAEs as Pyro model/guide pairs for amortized Bayesian inversion."""
 
+from ppl_cvae._version import __version__
 from ppl_cvae.config import ModelConfig, TrainConfig
 from ppl_cvae.errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    OutputError,
     PplCvaeError,
+    ResourceError,
     ShapeError,
     UnknownProblemError,
 )
@@ -20,18 +23,18 @@ from ppl_cvae.train import (
     save_checkpoint,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "CVAE",
     "CheckpointError",
     "ConfigError",
     "DataError",
     "FitResult",
+    "OutputError",
     "LinearGaussian",
     "ModelConfig",
     "PplCvaeError",
     "Problem",
+    "ResourceError",
     "ShapeError",
     "TrainConfig",
     "TwoBirds",

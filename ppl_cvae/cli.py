@@ -506,8 +506,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score a Two Birds posterior file with the challenge's criteria."""
     from inference.arviz_io import check_posterior, load_inference_data
-    from ppl_cvae.problems.two_birds import FUNCTION_PAIRS
-    from ppl_cvae.problems.two_birds_scoring import score_samples
+    from ppl_cvae.problems.two_birds import FUNCTION_PAIRS, score_samples
 
     if args.out:
         _check_new_file(Path(args.out), args.overwrite, [args.posterior], ".json")
@@ -534,7 +533,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"{args.posterior!r} does not hold Two Birds models and data "
             f"(x {tuple(x.shape)}, y {tuple(y.shape)})"
         )
-    score = score_samples(x.transpose(0, 1), y, FUNCTION_PAIRS[functions])
+    score = score_samples(x, y, FUNCTION_PAIRS[functions])
     report = score.to_dict()
     text = json.dumps(report, indent=2)
     if args.out:

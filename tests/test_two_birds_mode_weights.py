@@ -33,12 +33,14 @@ import pytest
 import torch
 
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
-from ppl_cvae.problems.two_birds import TwoBirds, endpoints_from_lines, lines_from_endpoints
-from ppl_cvae.problems.two_birds_scoring import (
+from ppl_cvae.problems.two_birds import (
     ExactSamplerCoverage,
+    TwoBirds,
+    endpoints_from_lines,
     enumerate_exact_solutions_batch,
     exact_mode_weights,
     expected_mode_coverage,
+    lines_from_endpoints,
     score_samples,
 )
 
@@ -284,7 +286,8 @@ def test_expected_coverage_matches_scored_exact_draws(num_samples, seed):
             for _ in range(num_reps)
             for sols, w in zip(result.exact_solutions, weights, strict=True)
         ]
-        endpoints = np.stack(blocks)  # (num_reps * M, S, 4), repetition-major like y below
+        # draws (S, num_reps * M, 4), sample axis first; observations repetition-major like y
+        endpoints = np.stack(blocks, axis=1)
         x = lines_from_endpoints(torch.as_tensor(endpoints, dtype=torch.float32))
         score = score_samples(
             x,

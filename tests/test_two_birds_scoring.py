@@ -1,4 +1,4 @@
-"""Tests of ppl_cvae.problems.two_birds_scoring: exact solutions and the challenge's scoring.
+"""Tests of ppl_cvae.problems.two_birds.exact and .scoring: exact solutions, challenge scoring.
 
 Tier 1 (contracts: shapes, errors) runs on simulated data. Tier 2 (known answers) uses the
 challenge's own files in ``../shared/data/two_birds`` next to the checkout and is skipped
@@ -31,13 +31,11 @@ from ppl_cvae.problems.two_birds import (
     FUNCTION_PAIRS,
     TrigComponent,
     TwoBirds,
-    endpoints_from_lines,
-    lines_from_endpoints,
-)
-from ppl_cvae.problems.two_birds_scoring import (
     TwoBirdsScore,
+    endpoints_from_lines,
     enumerate_exact_solutions,
     enumerate_exact_solutions_batch,
+    lines_from_endpoints,
     score_samples,
 )
 
@@ -75,12 +73,13 @@ def validation_solutions(validation):
 
 @pytest.fixture(scope="module")
 def submission() -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample submission: draws (30, 50, 1, 50, 2), sample axis first; y (50, 1, 50, 2)."""
     x, y = _load("submission_sample.pt")
     x = x.reshape(50, 30, 1, 50, 2)
     y = y.reshape(50, 30, 1, 50, 2)
     # the file's layout: Y repeated within each block of 30 generated X
     assert torch.equal(y, y[:, :1].expand_as(y)), "submission_sample.pt layout changed"
-    return x, y[:, 0]
+    return x.transpose(0, 1), y[:, 0]
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +171,7 @@ def _simulated(name: str, num_obs: int, seed: int) -> tuple[torch.Tensor, torch.
 @pytest.mark.parametrize(("num_obs", "num_samples"), [(1, 1), (3, 4)])
 def test_score_shapes_and_json(num_obs: int, num_samples: int) -> None:
     x, y = _simulated("original", num_obs, 4)
-    xs = x[:, None].expand(num_obs, num_samples, 1, 50, 2)
+    xs = x[None].expand(num_samples, num_obs, 1, 50, 2)
     score = score_samples(xs, y, "original")
     assert (score.num_observations, score.num_samples) == (num_obs, num_samples)
     for field in ("passed", "monotone", "y_rmse", "hit_index"):
@@ -194,29 +193,32 @@ def test_score_shapes_and_json(num_obs: int, num_samples: int) -> None:
 
 def test_score_input_errors() -> None:
     x, y = _simulated("original", 2, 5)
-    with pytest.raises(ShapeError, match=r"x\[:, None\]"):
+    with pytest.raises(ShapeError, match=r"x\[None\]"):
         score_samples(x, y, "original")
     with pytest.raises(ShapeError, match=r"y must have shape.*\(2, 1, 50, 2\)"):
-        score_samples(x[:, None], y[:1], "original")
-    bad = x[:, None].clone()
-    bad[1, 0, 0, 7, 0] = float("inf")
-    with pytest.raises(DataError, match=r"^x \(shape \(2, 1, 1, 50, 2\)"):
+        score_samples(x[None], y[:1], "original")
+    # sample-first: observation-major draws (2 observations x 3 samples) do not match y
+    with pytest.raises(ShapeError, match=r"= \(3, 1, 50, 2\) to match x of shape \(2, 3,"):
+        score_samples(x[:, None].expand(2, 3, 1, 50, 2), y, "original")
+    bad = x[None].clone()
+    bad[0, 1, 0, 7, 0] = float("inf")
+    with pytest.raises(DataError, match=r"^x \(shape \(1, 2, 1, 50, 2\), expected \(num_samples,"):
         score_samples(bad, y, "original")
     with pytest.raises(ConfigError, match="pair of callables"):
-        score_samples(x[:, None], y, (torch.cos,))
+        score_samples(x[None], y, (torch.cos,))
     with pytest.raises(ConfigError, match="pearson_threshold"):
-        score_samples(x[:, None], y, "original", pearson_threshold=1.0)
+        score_samples(x[None], y, "original", pearson_threshold=1.0)
     with pytest.raises(ShapeError, match="elementwise"):
-        score_samples(x[:, None], y, (lambda a, b: a.sum(), lambda a, b: a))
+        score_samples(x[None], y, (lambda a, b: a.sum(), lambda a, b: a))
     with pytest.raises(ShapeError, match="one \\(num_solutions, 4\\) array per observation"):
-        score_samples(x[:, None], y, "original", exact_solutions=[np.zeros((1, 4))])
+        score_samples(x[None], y, "original", exact_solutions=[np.zeros((1, 4))])
     with pytest.raises(ShapeError, match=r"exact_solutions\[1\] must have shape"):
-        score_samples(x[:, None], y, "original", exact_solutions=[np.zeros((1, 4)), np.zeros(4)])
+        score_samples(x[None], y, "original", exact_solutions=[np.zeros((1, 4)), np.zeros(4)])
 
 
 def test_custom_callables_score_like_trig_components() -> None:
     x, y = _simulated("original", 4, 6)
-    xs = torch.cat([x[:, None], x[:, None] + 0.05], dim=1)  # one true, one shifted sample
+    xs = torch.stack([x, x + 0.05])  # one true, one shifted sample
     pair = (
         lambda x0, x1: torch.cos(49 * x0 + 42 * x1),
         lambda x0, x1: torch.cos(56 * x0 + 63 * x1),
@@ -236,7 +238,7 @@ def test_mode_coverage_and_diversity_formulas() -> None:
     sol = torch.from_numpy(sols[m])
     k = len(sol)
     # every exact solution once: all pass, all modes hit, coverage 1, k clusters
-    every = score_samples(lines_from_endpoints(sol)[None], y[m : m + 1], "original")
+    every = score_samples(lines_from_endpoints(sol)[:, None], y[m : m + 1], "original")
     assert every.pass_rate == 1.0
     assert every.modes_hit_per_observation[0] == k and every.mode_coverage == 1.0
     assert sorted(every.hit_index[0]) == list(range(k))
@@ -248,13 +250,13 @@ def test_mode_coverage_and_diversity_formulas() -> None:
     np.testing.assert_allclose(every.diversity, pairwise[np.triu_indices(k, 1)].mean(), rtol=1e-9)
     # negative control: S copies of one solution hit 1 mode of min(S, k)
     num_samples = k + 2
-    copies = lines_from_endpoints(sol[1]).expand(1, num_samples, 1, 50, 2)
+    copies = lines_from_endpoints(sol[1]).expand(num_samples, 1, 1, 50, 2)
     same = score_samples(copies, y[m : m + 1], "original")
     assert same.pass_rate == 1.0 and same.mean_modes_hit == 1
     assert same.mode_coverage == pytest.approx(1 / min(num_samples, k))
     assert same.diversity == 0.0 and same.mean_num_clusters == 1.0
     # fewer samples than solutions: 2 distinct solutions cover min(S, k) = 2 of 2
-    two = score_samples(lines_from_endpoints(sol[:2])[None], y[m : m + 1], "original")
+    two = score_samples(lines_from_endpoints(sol[:2])[:, None], y[m : m + 1], "original")
     assert two.mean_modes_hit == 2 and two.mode_coverage == 1.0
 
 
@@ -262,12 +264,12 @@ def test_constant_and_ascending_lines_fail() -> None:
     x, y = _simulated("data_1", 5, 8)
     const = x.clone()
     const[..., 0] = x[..., 0].mean(dim=-1, keepdim=True)  # x0 constant: monotone, r undefined
-    score = score_samples(const[:, None], y, "data_1")
+    score = score_samples(const[None], y, "data_1")
     assert score.monotone.all() and np.isnan(score.pearson_r[..., 0]).all()
     assert not score.passed.any()
     ascending = x.clone()
     ascending[..., 0] = x[..., 0].flip(-1)
-    score = score_samples(ascending[:, None], y, "data_1")
+    score = score_samples(ascending[None], y, "data_1")
     assert not score.monotone.any() and not score.passed.any()
 
 
@@ -390,9 +392,9 @@ def test_enumeration_complete_against_brute_force(submission) -> None:
 
 def test_true_lines_pass_and_hit_their_mode(validation, validation_solutions) -> None:
     name, x, y = validation
-    score = score_samples(x[:, None].clone(), y, name)
+    score = score_samples(x[None].clone(), y, name)
     # precomputed solutions give the identical score (they are what score_samples enumerates)
-    reused = score_samples(x[:, None], y, name, exact_solutions=validation_solutions)
+    reused = score_samples(x[None], y, name, exact_solutions=validation_solutions)
     np.testing.assert_array_equal(reused.hit_index, score.hit_index)
     assert score.pass_rate == 1.0
     assert score.num_observations_without_solutions == 0
@@ -407,20 +409,20 @@ def test_negative_controls_fail(validation, validation_solutions) -> None:
     # lines shifted by +0.05: phase moves by 0.4 (data_1) to 4.6 rad (original); measured
     # y-RMSE >= 0.12 on the first 200, so none of them may pass (3 HARD plateau cases of
     # data_1 do pass: on a plateau of cos a 0.4 rad shift changes y by less than 0.1)
-    shifted = score_samples((x + 0.05)[:, None], y, name, exact_solutions=sols)
+    shifted = score_samples((x + 0.05)[None], y, name, exact_solutions=sols)
     assert not shifted.passed[:NUM_VALIDATION].any()
     assert shifted.monotone.all()  # fails on the misfit only
     # ascending x0: fails wherever the descent exceeds what the per-step tolerance can hide
     ascending = x.clone()
     ascending[..., 0] = x[..., 0].flip(-1)
-    score = score_samples(ascending[:, None], y, name, exact_solutions=sols)
+    score = score_samples(ascending[None], y, name, exact_solutions=sols)
     drop = (x[:, 0, 0, 0] - x[:, 0, -1, 0]).numpy()
     visible = drop > 49 * score.monotone_tolerance
     assert visible.mean() > 0.99
     assert not score.passed[visible].any()
     if name == "original":
         # y of the next observation (measured min y-RMSE 0.32 over the 200)
-        shuffled = score_samples(x[:, None], y.roll(1, dims=0), name, exact_solutions=sols)
+        shuffled = score_samples(x[None], y.roll(1, dims=0), name, exact_solutions=sols)
         assert shuffled.pass_rate == 0.0
 
 
@@ -441,10 +443,10 @@ def test_sample_submission_score(
     # and 5e-4 away), so the counts must match exactly.
     rmse = score.y_rmse_per_component.max(axis=-1) if per_component else score.y_rmse
     flip_pass = int((np.abs(rmse - score.rmse_threshold) < 1e-5).sum())
-    endpoints = endpoints_from_lines(x.double()).numpy()
+    endpoints = endpoints_from_lines(x.double()).numpy()  # (S, M, 4): draws are sample-first
     nearest = np.concatenate(
         [
-            np.abs(endpoints[m, score.passed[m]][:, None] - s[None]).max(axis=-1).min(axis=1)
+            np.abs(endpoints[:, m][score.passed[m]][:, None] - s[None]).max(axis=-1).min(axis=1)
             for m, s in enumerate(score.exact_solutions)
         ]
     )

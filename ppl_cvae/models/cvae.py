@@ -336,7 +336,39 @@ class CVAE(nn.Module):
                 bad = int((~torch.isfinite(value)).sum())
                 raise DataError(f"{name} contains {bad} NaN or inf values")
 
-    def _check_inputs(self, y: torch.Tensor | None, x: torch.Tensor | None) -> int:
+    def check_inputs(self, y: torch.Tensor | None, x: torch.Tensor | None) -> int:
+        """Check the shapes of ``y`` and ``x`` against the configuration; return the batch size.
+
+        Only shapes are checked, not values (see :meth:`check_finite`).
+
+        Parameters
+        ----------
+        y : Tensor, shape (batch, *y_shape), or None
+            Observations; required for a conditional model, None for an unconditional VAE.
+        x : Tensor, shape (batch, *x_shape), or None
+            Models; None when ``x`` is to be generated.
+
+        Returns
+        -------
+        int
+            The batch size: ``len(y)`` when ``y`` is given, else ``len(x)``, else 1.
+
+        Raises
+        ------
+        ShapeError
+            If ``y`` is missing for a conditional model or given to an unconditional one, if
+            ``y`` or ``x`` does not have shape ``(batch, *y_shape)`` / ``(batch, *x_shape)``,
+            or if their batch sizes differ.
+
+        Examples
+        --------
+        >>> from ppl_cvae.config import ModelConfig
+        >>> cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), hidden_dims=(8,)))
+        >>> cvae.check_inputs(torch.zeros(5, 2), torch.zeros(5, 3))
+        5
+        >>> cvae.check_inputs(torch.zeros(5, 2), None)
+        5
+        """
         self._check("y", y, self.config.y_shape)
         if x is not None:
             self._check("x", x, self.config.x_shape)
@@ -472,7 +504,7 @@ class CVAE(nn.Module):
         ConfigError
             If ``physics_weight > 0`` but the model has no forward operator.
         """
-        batch = self._check_inputs(y, x)
+        batch = self.check_inputs(y, x)
         with pyro.plate("batch", batch):
             loc, scale = self.prior_params(y)
             with poutine.scale(scale=kl_weight):
@@ -514,7 +546,7 @@ class CVAE(nn.Module):
                 "the training guide needs x; draw posterior samples through the model "
                 "(inference.sample_posterior) instead"
             )
-        batch = self._check_inputs(y, x)
+        batch = self.check_inputs(y, x)
         self._register_params()
         with pyro.plate("batch", batch):
             loc, scale = self.recognition_params(y, x)

@@ -58,6 +58,7 @@ import torch
 
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory
+from ppl_cvae._version import __version__
 from ppl_cvae.config import ModelConfig, _show, check_model_memory, check_model_size
 from ppl_cvae.errors import CheckpointError, ConfigError, PplCvaeError, UnknownProblemError
 from ppl_cvae.models.cvae import CVAE
@@ -224,8 +225,6 @@ def save_checkpoint(
     >>> loaded.config == cvae.config, meta["problem"] is None
     (True, True)
     """
-    from ppl_cvae import __version__
-
     record: dict[str, Any] | None = None
     if problem_ref is not None:
         try:

@@ -170,6 +170,7 @@ def negative_elbo(
 
 
 def _kl_weight(config: TrainConfig, epoch: int) -> float:
+    """Return the KL weight ``beta`` of 0-based ``epoch``: linear warm-up from ``kl_start`` to 1."""
     if config.kl_warmup_epochs == 0:
         return 1.0
     frac = min(1.0, epoch / config.kl_warmup_epochs)
@@ -177,12 +178,202 @@ def _kl_weight(config: TrainConfig, epoch: int) -> float:
 
 
 def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    """Rewrite the metrics CSV ``path`` atomically with one row per epoch so far."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
     with atomic_path(path) as tmp:
         tmp.write_text(buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """Training or validation pairs: ``x`` (n, *x_shape) and ``y`` (n, *y_shape) or None.
+
+    ``y`` is None for an unconditional VAE (the model is then fitted to ``x`` alone).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: torch.Tensor) -> _Pairs:
+        return _Pairs(self.x[index], None if self.y is None else self.y[index])
+
+
+def _simulate(
+    simulator: Simulator, num: int, generator: torch.Generator, conditional: bool
+) -> _Pairs:
+    """Draw ``num`` pairs from ``simulator``; drop ``y`` for an unconditional VAE."""
+    x, y = simulator(num, generator)
+    return _Pairs(x, y if conditional else None)
+
+
+def _split_data(
+    cvae: CVAE,
+    source: torch.Tensor | Simulator,
+    y: torch.Tensor | None,
+    config: TrainConfig,
+    resample: Simulator | None,
+    generator: torch.Generator,
+) -> tuple[_Pairs | Simulator, _Pairs | None]:
+    """Return the training pairs (or the simulator that redraws them each epoch) and validation.
+
+    ``source`` is either the training models ``x`` (validated, then split at random into
+    ``1 - val_fraction`` training and ``val_fraction`` validation pairs) or, when no pairs were
+    given, the simulator (the validation set is then ``round(val_fraction * num_train)`` pairs
+    drawn once, or None). ``resample`` is the simulator when ``config.resimulate`` is set.
+    """
+    conditional = cvae.config.conditional
+    if callable(source):  # no pairs given: simulate the validation set once
+        n_val = int(round(config.val_fraction * config.num_train))
+        return source, (_simulate(source, n_val, generator, conditional) if n_val else None)
+    y_cond = y if conditional else None
+    cvae.check_inputs(y_cond, source)  # a conditional model has raised ShapeError if y is None
+    cvae.check_finite(x=source, y=y)
+    n_val = int(round(config.val_fraction * source.shape[0]))
+    perm = torch.randperm(source.shape[0], generator=generator)
+    pairs = _Pairs(source, y_cond)
+    train, val = pairs[perm[n_val:]], pairs[perm[:n_val]]
+    if resample is not None:
+        return resample, val
+    if len(train) < 1:
+        raise ShapeError("no training pairs left after the validation split")
+    return train, val
+
+
+def _epoch_pairs(
+    train: _Pairs | Simulator, num_train: int, generator: torch.Generator, conditional: bool
+) -> tuple[_Pairs, torch.Tensor]:
+    """Return this epoch's training pairs (fresh draws when resimulating) and a random order."""
+    if isinstance(train, _Pairs):
+        pairs = train
+    else:
+        pairs = _simulate(train, num_train, generator, conditional)
+    return pairs, torch.randperm(num_train, generator=generator)
+
+
+def _make_svi(cvae: CVAE, config: TrainConfig, num_train: int) -> tuple[SVI, FusedClippedAdam]:
+    """Return the SVI object and its optimiser (ClippedAdam, ``lr_decay`` spread over all steps)."""
+    steps_per_epoch = math.ceil(num_train / config.batch_size)
+    total_steps = steps_per_epoch * config.num_epochs
+    lrd = config.lr_decay ** (1.0 / total_steps)
+    optim = FusedClippedAdam(
+        {"lr": config.learning_rate, "clip_norm": config.clip_norm, "lrd": lrd}
+    )
+    svi = SVI(cvae.model, cvae.guide, optim, Trace_ELBO(num_particles=config.num_particles))
+    return svi, optim
+
+
+def _train_epoch(
+    svi: SVI,
+    pairs: _Pairs,
+    order: torch.Tensor,
+    config: TrainConfig,
+    beta: float,
+    epoch: int,
+    step_losses: list[float],
+) -> float:
+    """Take one SVI step per minibatch of ``pairs`` in ``order``; return the loss per observation.
+
+    Appends each step's loss per observation to ``step_losses``.
+
+    Raises
+    ------
+    ConfigError
+        If a step's loss is not finite (training diverged).
+    """
+    total = 0.0
+    with pyro.validation_enabled(False), warnings.catch_warnings():
+        # a NaN loss is reported below as one error, not as Pyro's warning per step
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+        for first in range(0, len(order), config.batch_size):
+            batch = pairs[order[first : first + config.batch_size]]
+            loss = svi.step(batch.y, batch.x, kl_weight=beta, physics_weight=config.physics_weight)
+            if not math.isfinite(loss):
+                raise ConfigError(
+                    f"training diverged at epoch {epoch}, SVI step {len(step_losses) + 1} "
+                    f"(loss {loss}); lower the learning rate or check the data scale"
+                )
+            step_losses.append(loss / len(batch))
+            total += loss
+    return total / len(order)
+
+
+def _validation_loss(cvae: CVAE, val: _Pairs | None) -> float:
+    """Return the negative ELBO per observation of ``val`` (``beta = 1``), NaN without pairs."""
+    if val is None or len(val) == 0:
+        return math.nan
+    cvae.eval()
+    with pyro.validation_enabled(False):
+        loss = negative_elbo(cvae, val.y, val.x)
+    cvae.train()
+    return loss
+
+
+def _record_epoch(
+    result: FitResult,
+    row: dict[str, float],
+    bar: Any,
+    metrics_path: str | os.PathLike[str] | None,
+) -> None:
+    """Append ``row`` to the history; show it on the progress bar, the log and the metrics CSV."""
+    result.history.append(row)
+    train_loss, val_loss = row["train_loss"], row["val_loss"]
+    bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+    log.info(
+        "epoch %d train_loss %.4f val_loss %.4f beta %.3f",
+        row["epoch"],
+        train_loss,
+        val_loss,
+        row["kl_weight"],
+    )
+    if metrics_path is not None:
+        _write_metrics(Path(metrics_path), result.history)
+
+
+def _call_hook(hook: Callable[[int, CVAE], None], epoch: int, cvae: CVAE) -> None:
+    """Call ``hook(epoch, cvae)`` with the model in eval mode and gradients off."""
+    cvae.eval()
+    with torch.no_grad():
+        hook(epoch, cvae)
+    cvae.train()
+
+
+class _EarlyStopping:
+    """Keep the weights of the best monitored loss; stop after ``patience`` epochs without one.
+
+    Epochs of the KL warm-up (``beta < 1``) neither improve nor count against ``patience``;
+    ``patience = 0`` never stops.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_loss = math.inf
+        self.best_state: dict[str, Any] | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def update(self, epoch: int, loss: float, beta: float, cvae: CVAE) -> bool:
+        """Record an epoch's monitored loss, copying the weights if best; return whether to stop."""
+        if beta < 1.0:
+            return False
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.bad_epochs = loss, epoch, 0
+            self.best_state = copy.deepcopy(cvae.state_dict())
+            return False
+        self.bad_epochs += 1
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def restore(self, cvae: CVAE, last_epoch: int) -> int:
+        """Load the best weights into ``cvae``; return their epoch (``last_epoch`` if none)."""
+        if self.best_state is None:
+            return last_epoch
+        cvae.load_state_dict(self.best_state)
+        return self.best_epoch
 
 
 def fit(
@@ -226,10 +417,14 @@ def fit(
     Raises
     ------
     ConfigError
-        If neither data nor a simulator are given, or ``physics_weight > 0`` without a
-        forward operator.
+        If neither data nor a simulator with ``config.resimulate`` are given,
+        ``physics_weight > 0`` without a forward operator, or an SVI step's loss is not
+        finite (training diverged).
     ShapeError
-        If ``x``/``y`` do not match the model.
+        If ``x``/``y`` do not match the model, or no training pairs are left after the
+        validation split.
+    DataError
+        If ``x`` or ``y`` hold NaN or inf (raised by :meth:`CVAE.check_finite`).
 
     Notes
     -----
@@ -239,96 +434,43 @@ def fit(
     arXiv:1511.06349). The optimiser is ClippedAdam (Kingma and Ba 2015) on all parameters at
     once. Pyro's argument validation is switched off inside the step loop for speed; inputs
     are validated once on entry.
+
+    The run is a loop over named parts. Before it, the pairs ``x, y`` are split at random into
+    training and validation sets (``val_fraction``), or without pairs a validation set is
+    simulated once. Each epoch then (1) takes the training pairs, or draws ``num_train`` fresh
+    ones when resimulating, and shuffles them; (2) takes one SVI step per minibatch, failing
+    on the first non-finite loss; (3) computes the validation negative ELBO per observation
+    (``beta = 1``, no physics term); (4) appends a history row, shown on the progress bar, in
+    the log and in the metrics CSV; (5) calls ``on_epoch_end``; (6) updates early stopping.
+    Early stopping monitors the validation loss (the training loss without a validation
+    set), only once ``beta`` has reached 1, keeps a copy of the best weights and stops after
+    ``patience`` epochs without improvement. All randomness of the split, the simulator and
+    the shuffles comes from one ``torch.Generator`` seeded with ``config.seed``; the global
+    RNGs (seeded with it too) drive the SVI steps and the validation ELBO.
     """
-    if x is None and not (simulator is not None and config.resimulate):
+    resample = simulator if config.resimulate else None
+    source = x if x is not None else resample  # pairs to split, or the simulator to draw from
+    if source is None:
         raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
     if config.physics_weight > 0 and cvae.forward_operator is None:
         raise ConfigError("physics_weight > 0 needs a problem with a forward operator")
     pyro.set_rng_seed(config.seed)
     pyro.clear_param_store()
     generator = torch.Generator().manual_seed(config.seed)
-    conditional = cvae.config.conditional
-
-    x_train: torch.Tensor | None
-    y_train: torch.Tensor | None
-    x_val: torch.Tensor | None
-    y_val: torch.Tensor | None
-    if x is not None:
-        y_cond = y if conditional else None
-        cvae._check_inputs(y_cond, x)  # a conditional model has raised ShapeError if y is None
-        cvae.check_finite(x=x, y=y)
-        n_val = int(round(config.val_fraction * x.shape[0]))
-        perm = torch.randperm(x.shape[0], generator=generator)
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-        x_train, x_val = x[train_idx], x[val_idx]
-        y_train = y_cond[train_idx] if y_cond is not None else None
-        y_val = y_cond[val_idx] if y_cond is not None else None
-    else:
-        if simulator is None:  # excluded on entry: without x, a simulator is required
-            raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
-        n_val = int(round(config.val_fraction * config.num_train))
-        x_val, y_val = simulator(n_val, generator) if n_val else (None, None)
-        x_train = y_train = None
-        if not conditional:
-            y_val = None
-
-    if simulator is not None and config.resimulate:
-        n_train = config.num_train
-    elif x_train is not None:
-        n_train = x_train.shape[0]
-    else:  # excluded on entry: without x, a simulator with resimulate=True is required
-        raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
-    if n_train < 1:
-        raise ShapeError("no training pairs left after the validation split")
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    total_steps = steps_per_epoch * config.num_epochs
-    lrd = config.lr_decay ** (1.0 / total_steps)
-    optim = FusedClippedAdam(
-        {"lr": config.learning_rate, "clip_norm": config.clip_norm, "lrd": lrd}
-    )
-    svi = SVI(cvae.model, cvae.guide, optim, Trace_ELBO(num_particles=config.num_particles))
+    train, val = _split_data(cvae, source, y, config, resample, generator)
+    num_train = len(train) if isinstance(train, _Pairs) else config.num_train
+    svi, optim = _make_svi(cvae, config, num_train)
 
     result = FitResult(config=config)
-    best_loss, best_state, bad_epochs = math.inf, None, 0
+    stopper = _EarlyStopping(config.patience)
     bar = tqdm(range(1, config.num_epochs + 1), desc="fit", unit="epoch", disable=not progress)
     cvae.train()
     for epoch in bar:
         start = time.perf_counter()
         beta = _kl_weight(config, epoch - 1)
-        if simulator is not None and config.resimulate:
-            x_train, y_train = simulator(config.num_train, generator)
-            if not conditional:
-                y_train = None
-        if x_train is None:  # excluded on entry: drawn above when there is no x
-            raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
-        order = torch.randperm(n_train, generator=generator)
-        epoch_total = 0.0
-        with pyro.validation_enabled(False), warnings.catch_warnings():
-            # a NaN loss is reported below as one error, not as Pyro's warning per step
-            warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-            for first in range(0, n_train, config.batch_size):
-                idx = order[first : first + config.batch_size]
-                yb = y_train[idx] if y_train is not None else None
-                loss = svi.step(
-                    yb, x_train[idx], kl_weight=beta, physics_weight=config.physics_weight
-                )
-                if not math.isfinite(loss):
-                    raise ConfigError(
-                        f"training diverged at epoch {epoch}, SVI step "
-                        f"{len(result.step_losses) + 1} (loss {loss}); lower the learning rate "
-                        "or check the data scale"
-                    )
-                per_obs = loss / len(idx)
-                result.step_losses.append(per_obs)
-                epoch_total += loss
-        train_loss = epoch_total / n_train
-        if x_val is not None and x_val.shape[0] > 0:
-            cvae.eval()
-            with pyro.validation_enabled(False):
-                val_loss = negative_elbo(cvae, y_val, x_val)
-            cvae.train()
-        else:
-            val_loss = math.nan
+        pairs, order = _epoch_pairs(train, num_train, generator, cvae.config.conditional)
+        train_loss = _train_epoch(svi, pairs, order, config, beta, epoch, result.step_losses)
+        val_loss = _validation_loss(cvae, val)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -337,34 +479,17 @@ def fit(
             "learning_rate": optim.current_lr(),
             "seconds": time.perf_counter() - start,
         }
-        result.history.append(row)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-        log.info(
-            "epoch %d train_loss %.4f val_loss %.4f beta %.3f", epoch, train_loss, val_loss, beta
-        )
-        if metrics_path is not None:
-            _write_metrics(Path(metrics_path), result.history)
+        _record_epoch(result, row, bar, metrics_path)
         if on_epoch_end is not None:
-            cvae.eval()
-            with torch.no_grad():
-                on_epoch_end(epoch, cvae)
-            cvae.train()
+            _call_hook(on_epoch_end, epoch, cvae)
         # early stopping on the validation loss, only once the KL weight has reached 1
         monitored = val_loss if math.isfinite(val_loss) else train_loss
-        if beta >= 1.0 and monitored < best_loss:
-            best_loss, best_state, bad_epochs = monitored, copy.deepcopy(cvae.state_dict()), 0
-            result.best_epoch = epoch
-        elif beta >= 1.0:
-            bad_epochs += 1
-            if config.patience and bad_epochs >= config.patience:
-                result.stopped_early = True
-                log.info("early stopping at epoch %d (best %d)", epoch, result.best_epoch)
-                break
+        if stopper.update(epoch, monitored, beta, cvae):
+            result.stopped_early = True
+            log.info("early stopping at epoch %d (best %d)", epoch, stopper.best_epoch)
+            break
     bar.close()
-    if best_state is not None:
-        cvae.load_state_dict(best_state)
-    else:
-        result.best_epoch = len(result.history)
+    result.best_epoch = stopper.restore(cvae, last_epoch=len(result.history))
     cvae.eval()
     return result
 

@@ -1,5 +1,10 @@
 """The "Two Birds, One Neural Network" problem: two straight lines seen through two trig maps.
 
+The problem itself (prior, forward operator, endpoint parametrisation); its exact solutions,
+the challenge's scoring and the exact posterior's mode weights live beside it in
+:mod:`~ppl_cvae.problems.two_birds.exact`, :mod:`~ppl_cvae.problems.two_birds.scoring` and
+:mod:`~ppl_cvae.problems.two_birds.mode_weights`.
+
 A model ``x`` is a pair of straight lines sampled at ``NUM_POINTS = 50`` equally spaced
 positions ``t_i = i / 49`` (dimensionless, ``t`` in [0, 1]): ``x0`` descending and ``x1``
 ascending, all values in [0.1, 1] (dimensionless). The observation is elementwise
@@ -24,17 +29,20 @@ from ppl_cvae.problems.base import register_problem
 
 __all__ = [
     "EndpointTransform",
+    "FUNCTION_PAIRS",
+    "FunctionPair",
     "NUM_POINTS",
     "TrigComponent",
-    "FUNCTION_PAIRS",
     "TwoBirds",
-    "lines_from_endpoints",
     "endpoints_from_lines",
+    "lines_from_endpoints",
+    "positions",
 ]
 
-NUM_POINTS = 50
-LOW, HIGH = 0.1, 1.0
+NUM_POINTS = 50  # sample positions per line
+_LOW, _HIGH = 0.1, 1.0  # bounds of every line value under the prior (dimensionless)
 
+# A pair of torch callables f_k(x0, x1) acting elementwise (the type of TwoBirds.functions).
 FunctionPair = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...]
 
 
@@ -133,19 +141,19 @@ class EndpointTransform(torch.distributions.Transform):
 
     def _call(self, u: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(u)
-        x0_end = LOW + (HIGH - LOW) * s[..., 1]
-        x0_start = x0_end + (HIGH - x0_end) * s[..., 0]
-        x1_start = LOW + (HIGH - LOW) * s[..., 2]
-        x1_end = x1_start + (HIGH - x1_start) * s[..., 3]
+        x0_end = _LOW + (_HIGH - _LOW) * s[..., 1]
+        x0_start = x0_end + (_HIGH - x0_end) * s[..., 0]
+        x1_start = _LOW + (_HIGH - _LOW) * s[..., 2]
+        x1_end = x1_start + (_HIGH - x1_start) * s[..., 3]
         return torch.stack([x0_start, x0_end, x1_start, x1_end], dim=-1)
 
     def _inverse(self, c: torch.Tensor) -> torch.Tensor:
         eps = 1e-4
         x0_start, x0_end, x1_start, x1_end = c.unbind(-1)
-        s1 = (x0_end - LOW) / (HIGH - LOW)
-        s0 = (x0_start - x0_end) / (HIGH - x0_end).clamp_min(1e-12)
-        s2 = (x1_start - LOW) / (HIGH - LOW)
-        s3 = (x1_end - x1_start) / (HIGH - x1_start).clamp_min(1e-12)
+        s1 = (x0_end - _LOW) / (_HIGH - _LOW)
+        s0 = (x0_start - x0_end) / (_HIGH - x0_end).clamp_min(1e-12)
+        s2 = (x1_start - _LOW) / (_HIGH - _LOW)
+        s3 = (x1_end - x1_start) / (_HIGH - x1_start).clamp_min(1e-12)
         s = torch.stack([s0, s1, s2, s3], dim=-1).clamp(eps, 1 - eps)
         return torch.logit(s)
 
@@ -175,7 +183,7 @@ class TwoBirds:
     -----
     Forward operator ``F(x)[0, i, k] = f_k(x0(t_i), x1(t_i))``; noise model: none
     (``noise_std = 0``), so the exact posterior is a finite set of point masses when the
-    functions are of :class:`TrigComponent` form (see ``ppl_cvae.problems.two_birds_scoring``).
+    functions are of :class:`TrigComponent` form (see :mod:`ppl_cvae.problems.two_birds.exact`).
 
     References
     ----------
@@ -264,10 +272,10 @@ class TwoBirds:
     def sample_endpoints(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw prior endpoints ``(x0(0), x0(1), x1(0), x1(1))``; shape ``(num, 4)``."""
         u = torch.rand(num, 4, generator=generator)
-        x0_end = LOW + (HIGH - LOW) * u[:, 0]
-        x0_start = x0_end + (HIGH - x0_end) * u[:, 1]
-        x1_start = LOW + (HIGH - LOW) * u[:, 2]
-        x1_end = x1_start + (HIGH - x1_start) * u[:, 3]
+        x0_end = _LOW + (_HIGH - _LOW) * u[:, 0]
+        x0_start = x0_end + (_HIGH - x0_end) * u[:, 1]
+        x1_start = _LOW + (_HIGH - _LOW) * u[:, 2]
+        x1_end = x1_start + (_HIGH - x1_start) * u[:, 3]
         return torch.stack([x0_start, x0_end, x1_start, x1_end], dim=-1)
 
     def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,0 +1,173 @@
+"""Contracts of the named parts of ``fit``: input checks, data split, early stopping, seeding."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+import torch
+
+from ppl_cvae import CVAE, ConfigError, ModelConfig, ShapeError, TrainConfig, make_problem
+from ppl_cvae.train.fit import _EarlyStopping, _Pairs, _split_data, build_cvae, fit
+
+
+def _tiny_cvae(conditional: bool = True) -> CVAE:
+    if conditional:
+        return CVAE(ModelConfig(x_shape=(2,), y_shape=(3,), hidden_dims=(8,)))
+    return CVAE(ModelConfig(x_shape=(2,), y_shape=None, hidden_dims=(8,), prior="standard_normal"))
+
+
+def _weights_digest(cvae: CVAE) -> str:
+    h = hashlib.sha256()
+    for name, tensor in cvae.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- CVAE.check_inputs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_check_inputs_returns_the_batch_size(batch):
+    cvae = _tiny_cvae()
+    assert cvae.check_inputs(torch.zeros(batch, 3), torch.zeros(batch, 2)) == batch
+    assert cvae.check_inputs(torch.zeros(batch, 3), None) == batch
+    vae = _tiny_cvae(conditional=False)
+    assert vae.check_inputs(None, torch.zeros(batch, 2)) == batch
+    assert vae.check_inputs(None, None) == 1
+
+
+@pytest.mark.parametrize(
+    "conditional, y, x, match",
+    [
+        (True, None, torch.zeros(3, 2), "y is required"),
+        (True, torch.zeros(3, 4), torch.zeros(3, 2), r"y must have shape \(batch, \*\(3,\)\)"),
+        (True, torch.zeros(3, 3), torch.zeros(3, 2, 1), r"x must have shape"),
+        (True, torch.zeros(3, 3), torch.zeros(4, 2), "same batch size, got 4 and 3"),
+        (False, torch.zeros(3, 3), torch.zeros(3, 2), "unconditional VAE: y must be None"),
+    ],
+)
+def test_check_inputs_names_the_bad_shape(conditional, y, x, match):
+    with pytest.raises(ShapeError, match=match):
+        _tiny_cvae(conditional).check_inputs(y, x)
+
+
+# --- data split --------------------------------------------------------------------------------
+
+
+def test_holdout_split_is_a_partition_of_the_pairs():
+    cvae = _tiny_cvae()
+    x = torch.arange(40.0).reshape(20, 2)
+    y = torch.arange(60.0).reshape(20, 3)
+    config = TrainConfig(val_fraction=0.25)
+    train, val = _split_data(cvae, x, y, config, None, torch.Generator().manual_seed(0))
+    assert isinstance(train, _Pairs) and val is not None
+    assert (len(train), len(val)) == (15, 5)  # round(0.25 * 20) held out
+    rows = torch.cat([train.x, val.x])[:, 0].sort().values
+    assert torch.equal(rows, x[:, 0])  # every pair exactly once
+    assert val.y is not None and torch.equal(val.y[:, 0] / 3, val.x[:, 0] / 2)  # pairs stay paired
+
+
+def test_resampling_keeps_the_simulator_and_the_holdout_for_validation():
+    cvae = _tiny_cvae()
+    problem = make_problem("linear_gaussian", x_dim=2, y_dim=3)
+    x, y = problem.simulate(10, torch.Generator().manual_seed(1))
+    config = TrainConfig(val_fraction=0.5, resimulate=True, num_train=8)
+    gen = torch.Generator().manual_seed(0)
+    train, val = _split_data(cvae, x, y, config, problem.simulate, gen)
+    assert train == problem.simulate  # bound methods compare equal, not identical
+    assert val is not None and len(val) == 5
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_without_pairs_the_validation_set_is_simulated_once(conditional):
+    cvae = _tiny_cvae(conditional)
+    problem = make_problem("linear_gaussian", x_dim=2, y_dim=3)
+    config = TrainConfig(val_fraction=0.25, resimulate=True, num_train=12)
+    gen = torch.Generator().manual_seed(0)
+    train, val = _split_data(cvae, problem.simulate, None, config, problem.simulate, gen)
+    assert train == problem.simulate  # bound methods compare equal, not identical
+    assert val is not None and len(val) == 3  # round(0.25 * 12)
+    assert (val.y is not None) == conditional
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused():
+    cvae = _tiny_cvae()
+    config = TrainConfig(val_fraction=0.99)
+    with pytest.raises(ShapeError, match="no training pairs left"):
+        _split_data(cvae, torch.zeros(10, 2), torch.zeros(10, 3), config, None, torch.Generator())
+
+
+def test_missing_data_is_reported_before_a_missing_forward_operator():
+    config = TrainConfig(physics_weight=1.0, num_epochs=1)
+    with pytest.raises(ConfigError, match="fit needs training pairs"):
+        fit(_tiny_cvae(), None, None, config, progress=False)
+    problem = make_problem("linear_gaussian", x_dim=2, y_dim=3)
+    no_resimulate = TrainConfig(num_epochs=1)
+    with pytest.raises(ConfigError, match="simulator with resimulate=True"):
+        fit(_tiny_cvae(), None, None, no_resimulate, simulator=problem.simulate, progress=False)
+
+
+# --- early stopping ----------------------------------------------------------------------------
+
+
+def _shift_weights(cvae: CVAE) -> None:
+    with torch.no_grad():
+        for p in cvae.parameters():
+            p.add_(1.0)
+
+
+def test_early_stopping_ignores_warmup_and_counts_patience():
+    cvae = _tiny_cvae()
+    stopper = _EarlyStopping(patience=2)
+    assert not stopper.update(1, 0.5, 0.3, cvae)  # warm-up: neither best nor bad
+    assert stopper.best_state is None and stopper.bad_epochs == 0
+    assert not stopper.update(2, 3.0, 1.0, cvae)  # first full-beta epoch is the best so far
+    _shift_weights(cvae)
+    assert not stopper.update(3, 4.0, 1.0, cvae)
+    _shift_weights(cvae)
+    assert not stopper.update(4, 2.5, 1.0, cvae)  # improvement resets the count
+    assert stopper.bad_epochs == 0 and stopper.best_epoch == 4
+    best = _weights_digest(cvae)
+    _shift_weights(cvae)
+    assert not stopper.update(5, math.nan, 1.0, cvae)  # NaN is never an improvement
+    assert stopper.update(6, 2.5, 1.0, cvae)  # equal is not better: second bad epoch stops
+    assert _weights_digest(cvae) != best
+    assert stopper.restore(cvae, last_epoch=6) == 4
+    assert _weights_digest(cvae) == best  # epoch 4's weights are back
+
+
+def test_patience_zero_never_stops_and_no_best_keeps_the_last_epoch():
+    cvae = _tiny_cvae()
+    stopper = _EarlyStopping(patience=0)
+    assert not any(stopper.update(e, 1.0, 0.5, cvae) for e in range(1, 20))
+    before = _weights_digest(cvae)
+    assert stopper.restore(cvae, last_epoch=19) == 19
+    assert _weights_digest(cvae) == before
+    assert not any(stopper.update(e, float(e), 1.0, cvae) for e in range(1, 20))
+    assert stopper.best_epoch == 1
+
+
+# --- the loop as a whole -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resimulate", [False, True])
+def test_a_seeded_fit_is_reproducible(resimulate):
+    problem = make_problem("linear_gaussian", x_dim=2, y_dim=3)
+    x, y = problem.simulate(64, torch.Generator().manual_seed(3))
+    config = ModelConfig(x_shape=(2,), y_shape=(3,), latent_dim=2, hidden_dims=(8,))
+    train = TrainConfig(
+        num_epochs=3, batch_size=16, val_fraction=0.25, resimulate=resimulate, num_train=48
+    )
+    runs = []
+    for _ in range(2):
+        cvae = build_cvae(config, x, y, problem=problem, seed=0)
+        result = fit(cvae, x, y, train, simulator=problem.simulate, progress=False)
+        history = [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
+        runs.append((_weights_digest(cvae), history, result.step_losses, result.best_epoch))
+    assert runs[0] == runs[1]
+    # 48 training pairs either way: 64 - round(0.25 * 64) held out, or num_train = 48 drawn
+    assert len(runs[0][2]) == 3 * math.ceil(48 / 16)
+    assert not cvae.training
