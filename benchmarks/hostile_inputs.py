@@ -11,7 +11,7 @@ observation file, a posterior file, training pairs) and passes when:
 - every file that existed before is byte-for-byte unchanged (inputs are never lost), and no
   hidden temporary is left behind.
 
-Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose]`` (about 2 minutes on 2
+Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose]`` (about 90 s on 2
 cores). Exit status 1 when a case fails.
 """
 
