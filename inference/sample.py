@@ -254,7 +254,7 @@ def sample_posterior_to_netcdf(
     Returns
     -------
     Path
-        The written file.
+        ``path``, once the file is complete (it appears only then).
 
     Raises
     ------
