@@ -179,26 +179,18 @@ def save_inference_data(idata: az.InferenceData, path: str | os.PathLike[str]) -
     return path
 
 
-# Runs in a child interpreter (argv: path, output folder): opens the metadata of every group
-# and variable, which is where libhdf5 was seen to hang on a corrupt file, and replies.
+# Body of the probe process (see ppl_cvae._isolated.run_isolated): opens the metadata of every
+# group and variable, which is where libhdf5 was seen to hang on a corrupt file.
 _PROBE_CHILD = r"""
-import json, os, sys
-path, out = sys.argv[1], sys.argv[2]
-def reply(**kw):
-    with open(os.path.join(out, "reply.json"), "w") as fh:
-        json.dump(kw, fh)
-try:
-    import h5netcdf
-    def walk(group):
-        for var in group.variables.values():
-            var.dimensions, var.shape, dict(var.attrs)
-        for child in group.groups.values():
-            walk(child)
-    with h5netcdf.File(path, "r", phony_dims="sort") as f:
-        walk(f)
-    reply(ok=True)
-except Exception as err:  # the child is the isolation boundary: report whatever it was
-    reply(error=type(err).__name__, message=str(err)[:500])
+import h5netcdf
+def walk(group):
+    for var in group.variables.values():
+        var.dimensions, var.shape, dict(var.attrs)
+    for child in group.groups.values():
+        walk(child)
+with h5netcdf.File(path, "r", phony_dims="sort") as f:
+    walk(f)
+reply(ok=True)
 """
 
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,35 @@ def netcdf_timeout(path: Path) -> float:
     return NETCDF_TIMEOUT_S + path.stat().st_size / 50e6
 
 
-def run_isolated(
-    code: str, path: Path, args: list[str], timeout: float, what: str
-) -> tuple[dict[str, Any], Path, tempfile.TemporaryDirectory[str]]:
-    """Run ``code`` in a child interpreter on ``path``; return its JSON reply and its folder.
+# What every child runs around its body: its arguments, reply(), and a catch-all that reports
+# any exception as {"error", "message"} (the child is the isolation boundary).
+_PROLOGUE = """import json, os, sys
+path, out, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+def reply(**kw):
+    with open(os.path.join(out, "reply.json"), "w") as fh:
+        json.dump(kw, fh)
+try:
+"""
+_EPILOGUE = """
+except Exception as err:
+    reply(error=type(err).__name__, message=str(err)[:2000])
+"""
 
-    The child gets ``sys.argv = ["-c", path, out, *args]``, runs in the empty folder ``out``
-    (``python -c`` puts the working folder first on ``sys.path``), and must write
-    ``out/reply.json``; it may leave other files (e.g. ``.npy`` arrays) in ``out``.
+
+def run_isolated(
+    body: str, path: Path, args: list[str], timeout: float, what: str
+) -> tuple[dict[str, Any], Path, tempfile.TemporaryDirectory[str]]:
+    """Run ``body`` in a child interpreter on ``path``; return its JSON reply and its folder.
+
+    The body sees ``path`` (the file), ``out`` (an empty folder it runs in: ``python -c`` puts
+    the working folder first on ``sys.path``), ``args`` (a list of str) and ``reply(**kw)``,
+    which writes the JSON reply; it may leave other files (e.g. ``.npy`` arrays) in ``out``.
+    An exception in the body is replied as ``{"error": type name, "message": text}``.
 
     Parameters
     ----------
-    code : str
-        Python source of the child.
+    body : str
+        Python source of the child, unindented.
     path : Path
         The user's file (for the child and for messages).
     args : list of str
@@ -69,6 +86,7 @@ def run_isolated(
         raise DataError(f"cannot read {str(path)!r}: no Python executable to run the reader")
     folder = tempfile.TemporaryDirectory(prefix="ppl_cvae_reader_")
     out = Path(folder.name)
+    code = _PROLOGUE + textwrap.indent(body, "    ") + _EPILOGUE
     command = [sys.executable, "-c", code, os.path.abspath(path), str(out), *args]
     try:
         proc = subprocess.run(

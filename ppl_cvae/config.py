@@ -38,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "Y_EMBEDDINGS",
     "check_model_memory",
+    "meta_cvae",
     "check_model_size",
     "count_parameters",
 ]
@@ -457,8 +458,29 @@ class TrainConfig(_DictMixin):
                 raise ConfigError(f"invalid {name}={getattr(self, name)!r} in TrainConfig")
 
 
-def _count_state(config: ModelConfig) -> tuple[int, int]:
-    """Return ``(parameters, buffer elements)`` of ``CVAE(config)``, built on the meta device."""
+def meta_cvae(config: ModelConfig) -> Any:
+    """Build ``CVAE(config)`` on PyTorch's ``meta`` device: shapes and dtypes, no storage.
+
+    Counting parameters or checking a checkpoint's tensors against this model allocates
+    nothing, whatever size the configuration asks for.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Architecture to build.
+
+    Returns
+    -------
+    CVAE
+        On the meta device (a stand-in identity bijection replaces the problem's coefficient
+        transform, which has no parameters).
+
+    Raises
+    ------
+    ConfigError
+        If ``config`` is not a :class:`ModelConfig` or its networks cannot be built (e.g. a
+        grid too small for the convolution stages; the torch message names the layer).
+    """
     import torch
 
     # imported here: ppl_cvae.models.cvae imports this module
@@ -466,21 +488,22 @@ def _count_state(config: ModelConfig) -> tuple[int, int]:
 
     if not isinstance(config, ModelConfig):
         raise ConfigError(f"expected a ModelConfig, got {type(config).__name__}")
-    # the coefficient transform has no parameters: any bijection stands in for the problem's
     transform = torch.distributions.transforms.identity_transform
     try:
-        # meta tensors carry shape and dtype only: nothing is allocated or initialised
         with torch.device("meta"):
-            model = CVAE(
+            return CVAE(
                 config,
                 coefficient_transform=transform if config.constrained_coefficients else None,
             )
     except ConfigError:
         raise
     except (RuntimeError, ValueError, TypeError, OverflowError) as err:
-        # a combination the networks cannot be built for (e.g. a grid too small for the
-        # convolution stages); the torch message names the layer
         raise ConfigError(f"cannot build a network for this ModelConfig: {err}") from err
+
+
+def _count_state(config: ModelConfig) -> tuple[int, int]:
+    """Return ``(parameters, buffer elements)`` of ``CVAE(config)``, built on the meta device."""
+    model = meta_cvae(config)
     num_params = sum(p.numel() for p in model.parameters())
     num_buffers = sum(b.numel() for b in model.buffers())
     return num_params, num_buffers

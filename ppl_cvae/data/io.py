@@ -252,35 +252,28 @@ def _netcdf_engine(path: Path) -> str:
     )
 
 
-# Runs in a child interpreter (argv: path, output folder, engine, keys...). It writes x.npy,
-# y.npy and reply.json into the output folder; the parent re-checks everything it reads back.
+# Body of the reader process (see ppl_cvae._isolated.run_isolated; args: engine, keys...). It
+# writes x.npy and y.npy into ``out``; the parent re-checks everything it reads back.
 _NC_CHILD = r"""
-import json, os, sys
-path, out, engine, keys = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-def reply(**kw):
-    with open(os.path.join(out, "reply.json"), "w") as fh:
-        json.dump(kw, fh)
-try:
-    import numpy as np
-    import xarray as xr
-    options = {"phony_dims": "sort"} if engine == "h5netcdf" else {}
-    # times and timedeltas stay numbers: a variable in "seconds" must not become timedelta64
-    with xr.open_dataset(path, engine=engine, decode_times=False, decode_timedelta=False,
-                         **options) as ds:
-        missing = [k for k in keys if k not in ds.variables]
-        if missing:
-            reply(missing=missing, names=sorted(map(str, ds.variables)))
-            sys.exit(0)
-        dtypes = {}
-        for k in keys:
-            a = np.asarray(ds[k].values)
-            if a.dtype.kind in "biufc":
-                np.save(os.path.join(out, k + ".npy"), a, allow_pickle=False)
-            else:
-                dtypes[k] = a.dtype.str
-    reply(ok=True, dtypes=dtypes)
-except Exception as err:  # the child is the isolation boundary: report whatever it was
-    reply(error=type(err).__name__, message=str(err)[:2000])
+import numpy as np
+import xarray as xr
+engine, keys = args[0], args[1:]
+options = {"phony_dims": "sort"} if engine == "h5netcdf" else {}
+# times and timedeltas stay numbers: a variable in "seconds" must not become timedelta64
+with xr.open_dataset(path, engine=engine, decode_times=False, decode_timedelta=False,
+                     **options) as ds:
+    missing = [k for k in keys if k not in ds.variables]
+    if missing:
+        reply(missing=missing, names=sorted(map(str, ds.variables)))
+        sys.exit(0)
+    dtypes = {}
+    for k in keys:
+        a = np.asarray(ds[k].values)
+        if a.dtype.kind in "biufc":
+            np.save(os.path.join(out, k + ".npy"), a, allow_pickle=False)
+        else:
+            dtypes[k] = a.dtype.str
+reply(ok=True, dtypes=dtypes)
 """
 
 

@@ -59,7 +59,13 @@ import torch
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory
 from ppl_cvae._version import __version__
-from ppl_cvae.config import ModelConfig, _show, check_model_memory, check_model_size
+from ppl_cvae.config import (
+    ModelConfig,
+    _show,
+    check_model_memory,
+    check_model_size,
+    meta_cvae,
+)
 from ppl_cvae.errors import CheckpointError, ConfigError, PplCvaeError, UnknownProblemError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, check_problem, rebuild_problem
@@ -365,11 +371,7 @@ def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str)
         raise CheckpointError(
             f"checkpoint {name!r} has a model_config that cannot be loaded: {_one_line(str(err))}"
         ) from err
-    transform = torch.distributions.transforms.identity_transform
-    with torch.device("meta"):
-        expected = CVAE(
-            config, coefficient_transform=transform if config.constrained_coefficients else None
-        ).state_dict()
+    expected = meta_cvae(config).state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
