@@ -817,14 +817,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {err.filename!r}" if err.filename else ""
         print(f"ppl-cvae: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
-    except (MemoryError, torch.OutOfMemoryError):  # allocator failures: one line
-        print(
-            "ppl-cvae: error: out of memory; ask for fewer draws, pairs or a smaller network",
-            file=sys.stderr,
+    except (MemoryError, RuntimeError) as err:  # allocator failures: one line
+        # torch.OutOfMemoryError is a RuntimeError; its CPU allocator raises a plain one
+        out_of_memory = isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+            "can't allocate memory" in str(err)
         )
-        return 2
-    except RuntimeError as err:  # torch's CPU allocator reports failures as RuntimeError
-        if "can't allocate memory" not in str(err):
+        if not out_of_memory:
             raise
         print(
             "ppl-cvae: error: out of memory; ask for fewer draws, pairs or a smaller network",

@@ -299,3 +299,19 @@ def test_a_failing_writer_is_reported_with_the_users_path(tmp_path):
             raise OSError(28, "No space left on device", str(tmp))
     assert ".report.nc." not in str(info.value)
     assert list(tmp_path.iterdir()) == []  # the temporary is gone, nothing was written
+
+
+def test_allocator_failures_are_one_line_and_bugs_are_not_hidden(tmp_path, capsys, monkeypatch):
+    def out_of_memory(args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
+    def bug(args):
+        raise RuntimeError("a bug")
+
+    argv = ["simulate", "--problem", "linear_gaussian", "--num", "2", "--out",
+            str(tmp_path / "s.npz")]
+    monkeypatch.setattr(cli, "cmd_simulate", out_of_memory)
+    _refused(argv, capsys, "out of memory")
+    monkeypatch.setattr(cli, "cmd_simulate", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(argv)
