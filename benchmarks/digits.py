@@ -21,7 +21,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from inference import draw_posterior
-from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae import DataSource, Overrides, build_cvae, fit, resolve_settings
 from ppl_cvae.data.datasets import load_dataset, one_hot
 from ppl_cvae.train import negative_elbo
 
@@ -50,33 +50,18 @@ def main(args):
     requested = torch.arange(10).repeat_interleave(20)
     for network in ("mlp", "conv2d"):
         for conditional in (True, False):
-            cfg = ModelConfig(
-                x_shape=(8, 8),
-                y_shape=(10,) if conditional else None,
-                latent_dim=8,
-                hidden_dims=(128, 128),
-                likelihood="bernoulli",
-                network=network,
-                conv_channels=(16, 32),
-                feature_dim=64,
-                prior="learned" if conditional else "standard_normal",
-            )
             yt = y[train] if conditional else None
+            # the settings of `ppl-cvae fit --dataset digits`, with this network family
+            cfg, train_config = resolve_settings(
+                DataSource.of(x[train], yt, dataset="digits"),
+                Overrides(
+                    model={"network": network, "conv_channels": (16, 32), "feature_dim": 64},
+                    train={"num_epochs": args.epochs, "patience": 0, "seed": args.seed},
+                ),
+            )
             model = build_cvae(cfg, x[train], yt)
             start = time.perf_counter()
-            fit(
-                model,
-                x[train],
-                yt,
-                TrainConfig(
-                    num_epochs=args.epochs,
-                    batch_size=64,
-                    patience=0,
-                    kl_warmup_epochs=10,
-                    seed=args.seed,
-                ),
-                progress=False,
-            )
+            fit(model, x[train], yt, train_config, progress=False)
             seconds = time.perf_counter() - start
             loss = negative_elbo(model, y[test] if conditional else None, x[test], num_particles=10)
             line = (

@@ -25,14 +25,13 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 
 from inference import draw_posterior
-from ppl_cvae import ModelConfig, TwoBirds, build_cvae
+from ppl_cvae import TwoBirds, build_cvae, resolve_settings
 from ppl_cvae.train.optim import FusedClippedAdam
 
 
 def make_model(problem):
-    settings = problem.recommended_settings()
+    config, _ = resolve_settings(problem)
     x, y = problem.simulate(4096, torch.Generator().manual_seed(0))
-    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **settings["model"])
     return build_cvae(config, x, y, problem=problem), x, y
 
 

@@ -27,7 +27,7 @@ import torch
 from inference import draw_posterior
 from inference.posterior import PosteriorDraws
 from inference.refine import accept_by_misfit, refine_and_accept, refine_by_misfit
-from ppl_cvae import ModelConfig, TrainConfig, TwoBirds, build_cvae, fit
+from ppl_cvae import Overrides, TwoBirds, build_cvae, fit, resolve_settings
 from ppl_cvae.data import load_pairs
 from ppl_cvae.problems.two_birds import (
     enumerate_exact_solutions_batch,
@@ -64,19 +64,16 @@ def report(label, score, seconds=None):
 
 def run(functions, args):
     problem = TwoBirds(functions)
-    settings = problem.recommended_settings()
-    train = {**settings["train"], "seed": args.seed}
-    if args.epochs:
-        train["num_epochs"] = args.epochs
-    x, y = problem.simulate(train["num_train"], torch.Generator().manual_seed(args.seed))
-    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **settings["model"])
+    train = {"seed": args.seed, **({"num_epochs": args.epochs} if args.epochs else {})}
+    config, train_config = resolve_settings(problem, Overrides(train=train))
+    x, y = problem.simulate(train_config.num_train, torch.Generator().manual_seed(args.seed))
     cvae = build_cvae(config, x, y, problem=problem)
     start = time.perf_counter()
-    fit(cvae, x, y, TrainConfig(**train), simulator=problem.simulate, progress=False)
+    fit(cvae, x, y, train_config, simulator=problem.simulate, progress=False)
     fit_seconds = time.perf_counter() - start
     print(
-        f"{functions}: fit {fit_seconds:.0f} s, {train['num_epochs']} epochs x "
-        f"{train['num_train']} fresh pairs, {cvae.num_parameters()} parameters"
+        f"{functions}: fit {fit_seconds:.0f} s, {train_config.num_epochs} epochs x "
+        f"{train_config.num_train} fresh pairs, {cvae.num_parameters()} parameters"
     )
     x_test, y_test, source = held_out(problem, functions)
     print(f"  held-out observations: {source}; 30 samples each")

@@ -21,7 +21,7 @@ import torch
 from inference import linear_gaussian_posterior, sample_posterior
 from inference.arviz_io import save_inference_data
 from inference.plots import plot_pairs
-from ppl_cvae import LinearGaussian, ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae import LinearGaussian, Overrides, build_cvae, fit, resolve_settings
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -30,14 +30,11 @@ def main(args: argparse.Namespace) -> list[dict]:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     problem = LinearGaussian(x_dim=2, y_dim=2, noise_std=0.5)
-    settings = problem.recommended_settings()
-    train = {**settings["train"], "seed": args.seed}
-    if args.smoke:
-        train.update(num_epochs=2, num_train=512)
-    x, y = problem.simulate(train["num_train"], torch.Generator().manual_seed(args.seed))
-    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **settings["model"])
+    smoke = Overrides(train={"num_epochs": 2, "num_train": 512}) if args.smoke else Overrides()
+    config, train = resolve_settings(problem, Overrides(train={"seed": args.seed}).updated(smoke))
+    x, y = problem.simulate(train.num_train, torch.Generator().manual_seed(args.seed))
     cvae = build_cvae(config, x, y).to(args.device)
-    fit(cvae, None, None, TrainConfig(**train), simulator=problem.simulate, progress=not args.smoke)
+    fit(cvae, None, None, train, simulator=problem.simulate, progress=not args.smoke)
 
     x_test, y_test = problem.simulate(3, torch.Generator().manual_seed(1234))
     idata = sample_posterior(cvae, y_test, 4000, problem=problem, x_true=x_test, seed=args.seed)

@@ -25,7 +25,7 @@ from inference import sample_posterior
 from inference.arviz_io import save_inference_data
 from inference.diagnostics import write_report
 from inference.refine import RefineConfig
-from ppl_cvae import ModelConfig, TrainConfig, TwoBirds, build_cvae, fit
+from ppl_cvae import Overrides, TwoBirds, build_cvae, fit, resolve_settings
 from ppl_cvae.problems.two_birds import score_samples
 
 
@@ -35,16 +35,16 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     problem = TwoBirds(args.functions)
-    settings = problem.recommended_settings()
-    train = {**settings["train"], "seed": args.seed}
-    model = dict(settings["model"])
+    overrides = Overrides(train={"seed": args.seed})
     if args.smoke:
-        train.update(num_epochs=2, num_train=512)
-        model.update(hidden_dims=(32,))
-    x, y = problem.simulate(train["num_train"], torch.Generator().manual_seed(args.seed))
-    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **model)
+        overrides = Overrides(
+            model={"hidden_dims": (32,)},
+            train={"num_epochs": 2, "num_train": 512, "seed": args.seed},
+        )
+    config, train = resolve_settings(problem, overrides)
+    x, y = problem.simulate(train.num_train, torch.Generator().manual_seed(args.seed))
     cvae = build_cvae(config, x, y, problem=problem).to(args.device)
-    fit(cvae, x, y, TrainConfig(**train), simulator=problem.simulate, progress=not args.smoke)
+    fit(cvae, x, y, train, simulator=problem.simulate, progress=not args.smoke)
 
     x_test, y_test = problem.simulate(args.num_observations, torch.Generator().manual_seed(10_000))
     # amortized draws refined with the forward operator and accepted by misfit

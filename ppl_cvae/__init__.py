@@ -1,7 +1,7 @@
 """ppl_cvae: conditional VAEs as Pyro model/guide pairs for amortized Bayesian inversion."""
 
 from ppl_cvae._version import __version__
-from ppl_cvae.config import ModelConfig, TrainConfig
+from ppl_cvae.config import ModelConfig, Overrides, TrainConfig
 from ppl_cvae.errors import (
     CheckpointError,
     ConfigError,
@@ -15,11 +15,13 @@ from ppl_cvae.errors import (
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems import LinearGaussian, Problem, TwoBirds, make_problem
 from ppl_cvae.train import (
+    DataSource,
     FitResult,
     build_cvae,
     fit,
     fit_problem,
     load_checkpoint,
+    resolve_settings,
     save_checkpoint,
 )
 
@@ -28,10 +30,12 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DataSource",
     "FitResult",
     "OutputError",
     "LinearGaussian",
     "ModelConfig",
+    "Overrides",
     "PplCvaeError",
     "Problem",
     "ResourceError",
@@ -45,5 +49,6 @@ __all__ = [
     "fit_problem",
     "load_checkpoint",
     "make_problem",
+    "resolve_settings",
     "save_checkpoint",
 ]

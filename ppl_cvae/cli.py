@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import torch
 
@@ -27,7 +27,10 @@ from ppl_cvae.config import (
     PRIORS,
     Y_EMBEDDINGS,
     ModelConfig,
+    ModelOverrides,
+    Overrides,
     TrainConfig,
+    TrainOverrides,
     check_model_memory,
 )
 from ppl_cvae.errors import ConfigError, DataError, OutputError, PplCvaeError
@@ -112,15 +115,21 @@ def _ints(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _problem_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+def _problem_from_args(
+    args: argparse.Namespace, base: dict[str, Any] | None = None, trusted: bool = True
+) -> tuple[Any, dict[str, Any] | None]:
     """Build the problem named by ``--problem`` (registry name or ``package.module:factory``).
+
+    ``base`` holds keyword arguments read from a run file, which ``--problem-arg`` and
+    ``--functions`` extend; a name read from a file (``trusted=False``) is rebuilt under the
+    safety policy of :func:`~ppl_cvae.problems.base.rebuild_problem`.
 
     Returns the problem and, for a ``package.module:factory`` reference, the record
     ``{"name": reference, **kwargs}`` that a checkpoint stores to rebuild it.
     """
-    from ppl_cvae.problems.base import make_problem
+    from ppl_cvae.problems.base import make_problem, rebuild_problem
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(base or {})
     for item in args.problem_arg or []:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
@@ -131,7 +140,10 @@ def _problem_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | 
             kwargs[key] = value
     if getattr(args, "functions", None):
         kwargs["functions"] = args.functions
-    problem = make_problem(args.problem, **kwargs)
+    if trusted:
+        problem = make_problem(args.problem, **kwargs)
+    else:
+        problem = rebuild_problem(args.problem, kwargs)
     reference = {"name": args.problem, **kwargs} if ":" in args.problem else None
     return problem, reference
 
@@ -164,94 +176,116 @@ def _check_simulation_memory(problem: Any, num: int, flag: str) -> None:
 
 
 # --------------------------------------------------------------------------- fit
-def cmd_fit(args: argparse.Namespace) -> int:
-    """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded)."""
+def _apply_run_file(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Fill the fit options the command line leaves unset from ``--config`` (flags win).
+
+    Returns the problem's keyword arguments read from the file (None when the problem, if
+    any, comes from the command line) and stores the file's model/train tables and recorded
+    shapes on ``args.run_file``.
+    """
+    from ppl_cvae.train.runfile import RunFile, read_run_file
+
+    run = read_run_file(args.config) if args.config else RunFile(Overrides())
+    args.run_file = run
+    file_kwargs = None
+    if args.problem is None and run.problem is not None:
+        args.problem, file_kwargs = run.problem
+    if args.data is None and args.dataset is None:
+        args.data = run.data
+        dataset = run.dataset or {}
+        args.dataset = dataset.get("name")
+        for key in ("condition", "image_size"):
+            if getattr(args, key) is None:
+                setattr(args, key, dataset.get(key))
+        if args.dataset_path is None:
+            args.dataset_path = dataset.get("path")
+    if args.decoder is None:
+        args.decoder = run.decoder or "auto"
+    if args.condition is None:
+        args.condition = "label"
+    for name in ("data", "dataset_path"):
+        if getattr(args, name) is not None and not isinstance(getattr(args, name), str):
+            raise ConfigError(f"run file {args.config!r}: {name} must be a string")
+    _check_utf8_paths(args)
+    return file_kwargs
+
+
+def _flag_overrides(args: argparse.Namespace) -> Overrides:
+    """Return the model/train settings given as command-line flags."""
+    model = {field: getattr(args, flag) for flag, field in MODEL_FLAGS.items()}
+    train = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()}
+    train["resimulate"] = args.resimulate
+    return Overrides(
+        model=cast(ModelOverrides, {k: v for k, v in model.items() if v is not None}),
+        train=cast(TrainOverrides, {k: v for k, v in train.items() if v is not None}),
+    )
+
+
+def _training_pairs(
+    args: argparse.Namespace, problem: Any
+) -> tuple[torch.Tensor | None, torch.Tensor | None, Any]:
+    """Read the pairs of ``--data`` or ``--dataset``; ``(None, None, problem)`` to simulate."""
     from ppl_cvae.data.datasets import load_dataset
     from ppl_cvae.data.io import load_pairs
-    from ppl_cvae.train.defaults import data_settings
+    from ppl_cvae.train.settings import DataSource
 
+    if args.data:
+        x, y = load_pairs(args.data)
+        return x, y, DataSource.of(x, y)
+    if args.dataset:
+        size = tuple(args.image_size or (150, 150))
+        if len(size) != 2 or not all(type(v) is int and v > 0 for v in size):
+            raise ConfigError(f"--image-size expects H,W in pixels, got {args.image_size}")
+        x, y_or_none, _ = load_dataset(
+            args.dataset, condition=args.condition, path=args.dataset_path, size=size
+        )
+        return x, y_or_none, DataSource.of(x, y_or_none, dataset=args.dataset)
+    if problem is None:
+        raise ConfigError("fit needs --problem NAME, --data FILE or --dataset NAME")
+    return None, None, problem
+
+
+def _check_recorded_shapes(args: argparse.Namespace, config: ModelConfig) -> None:
+    """Refuse a run file whose recorded event shapes differ from the training data's."""
+    run = args.run_file
+    for name, recorded, actual in (
+        ("x_shape", run.x_shape, config.x_shape),
+        ("y_shape", run.y_shape, config.y_shape),
+    ):
+        if recorded is not None and tuple(recorded) != actual:
+            raise ConfigError(
+                f"run file {args.config!r} records model.{name}={tuple(recorded)}, but the "
+                f"training data have {actual}; remove the entry or use matching data"
+            )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded)."""
+    from ppl_cvae.train.settings import resolve_settings
+
+    file_kwargs = _apply_run_file(args)
     out = Path(args.out)
-    _check_out_dir(out, args.overwrite, [args.data, args.dataset_path], "fit")
+    _check_out_dir(out, args.overwrite, [args.data, args.dataset_path, args.config], "fit")
     if args.data and args.resimulate:
         raise ConfigError(
             "--resimulate draws fresh pairs from a problem; it cannot apply to --data"
         )
-    problem, problem_ref = _problem_from_args(args) if args.problem else (None, None)
-    recommended = (
-        problem.recommended_settings()
-        if problem is not None and hasattr(problem, "recommended_settings")
-        else {"model": {}, "train": {}}
+    problem, problem_ref = (
+        _problem_from_args(args, file_kwargs, trusted=file_kwargs is None)
+        if args.problem
+        else (None, None)
     )
-    x: torch.Tensor | None
-    y: torch.Tensor | None
-    if args.data:
-        x, y = load_pairs(args.data)
-        if problem is not None and tuple(x.shape[1:]) != tuple(problem.x_shape):
-            raise DataError(
-                f"x in {args.data!r} has event shape {tuple(x.shape[1:])}; problem "
-                f"{problem.name!r} expects {tuple(problem.x_shape)}"
-            )
-        # a fixed file: sizes and epochs adapt to its shapes and size; a problem's model
-        # recommendations (e.g. a basis decoder) still apply
-        adaptive = data_settings(tuple(x.shape[1:]), tuple(y.shape[1:]), x.shape[0])
-        recommended = {
-            "model": {**adaptive["model"], **recommended.get("model", {})},
-            "train": adaptive["train"],
-        }
-    elif args.dataset:
-        size = args.image_size or (150, 150)
-        if len(size) != 2:
-            raise ConfigError(f"--image-size expects H,W, got {args.image_size}")
-        x, y, _ = load_dataset(
-            args.dataset, condition=args.condition, path=args.dataset_path, size=size
-        )
-        if args.dataset == "folder":  # grey levels: Gaussian pixels of fixed sd 0.1, 2-D convs
-            recommended = {
-                "model": {
-                    "likelihood": "gaussian",
-                    "latent_dim": 16,
-                    "network": "conv2d",
-                    "conv_channels": (16, 32, 64),
-                    "hidden_dims": (256,),
-                },
-                "train": {"batch_size": 32, "kl_warmup_epochs": 10},
-            }
-        else:  # binarised digits: Bernoulli pixels; KL warm-up keeps the latent in use
-            recommended = {
-                "model": {"likelihood": "bernoulli", "latent_dim": 8, "hidden_dims": (128, 128)},
-                "train": {"batch_size": 64, "kl_warmup_epochs": 10},
-            }
-        if y is None:  # an unconditional VAE has no prior net
-            recommended["model"]["prior"] = "standard_normal"
-    else:
-        x = y = None
-    model_kwargs = dict(recommended.get("model", {}))
-    train_kwargs = dict(recommended.get("train", {}))
-    for flag, field in MODEL_FLAGS.items():
-        if getattr(args, flag) is not None:
-            model_kwargs[field] = getattr(args, flag)
-    for flag, field in TRAIN_FLAGS.items():
-        if getattr(args, flag) is not None:
-            train_kwargs[field] = getattr(args, flag)
-    if args.resimulate is not None:
-        train_kwargs["resimulate"] = args.resimulate
-    if args.decoder == "network":
-        model_kwargs.pop("basis_dim", None)
-        model_kwargs.pop("constrained_coefficients", None)
-    if args.decoder == "basis":
-        if problem is None or not hasattr(problem, "basis"):
-            raise ConfigError("--decoder basis needs a problem that provides a basis()")
-        model_kwargs.setdefault("basis_dim", problem.basis().shape[1])
-    train_config = TrainConfig(**train_kwargs)
-    if problem is not None and x is None:
+    x, y, source = _training_pairs(args, problem)
+    overrides = args.run_file.overrides.updated(_flag_overrides(args))
+    model_config, train_config = resolve_settings(
+        source, overrides, problem=problem, decoder=args.decoder
+    )
+    _check_recorded_shapes(args, model_config)
+    if x is None:  # _training_pairs made sure there is a problem to simulate from
+        assert problem is not None
         _check_simulation_memory(problem, train_config.num_train, "--num-train")
         gen = torch.Generator().manual_seed(train_config.seed + 1)
         x, y = problem.simulate(train_config.num_train, gen)
-    if x is None:  # main() requires --problem, --data or --dataset
-        raise ConfigError("fit needs --problem NAME, --data FILE or --dataset NAME")
-    x_shape = tuple(x.shape[1:])
-    y_shape = tuple(y.shape[1:]) if y is not None else None
-    model_config = ModelConfig(x_shape=x_shape, y_shape=y_shape, **model_kwargs)
     check_model_memory(model_config)
     with atomic_dir(out, overwrite=args.overwrite, command="fit") as tmp_dir:
         seconds, result = _fit_into(
@@ -309,11 +343,20 @@ def _fit_into(
         "best_epoch": result.best_epoch,
     }
     save_checkpoint(out / "model.pt", cvae, problem=problem, problem_ref=problem_ref, extra=extra)
-    config_doc = {
-        "model": model_config.to_dict(),
-        "train": train_config.to_dict(),
+    dataset = None
+    if args.dataset:
+        dataset = {
+            "name": args.dataset,
+            "condition": args.condition,
+            "path": args.dataset_path,
+            "image_size": list(args.image_size or (150, 150)),
+        }
+    config_doc = {  # a run file: `ppl-cvae fit --config config.json` repeats this run
         "problem": problem_ref or _spec_or_none(problem),
         "data": extra["data"],
+        "dataset": dataset,
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
         "torch_threads": torch.get_num_threads(),
     }
     (out / "config.json").write_text(json.dumps(config_doc, indent=2))
@@ -587,7 +630,14 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         help="fit a CVAE with SVI (Trace_ELBO)",
         description="Fit a CVAE with SVI on a built-in problem's simulations or on a data file. "
-        "Unset options take the problem's recommended defaults, then the library defaults.",
+        "Unset options take the run file's values (--config), then the recommendations for "
+        "the problem, data file or dataset, then the library defaults.",
+    )
+    fit_p.add_argument(
+        "--config",
+        metavar="RUN_FILE",
+        help="run file (.toml, or the config.json a fit writes) with the settings of this fit; "
+        "flags override it (see ppl_cvae.train.runfile)",
     )
     add_problem(fit_p, required=False)
     fit_p.add_argument(
@@ -610,8 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--condition",
         choices=["label", "none"],
-        default="label",
-        help="with --dataset: condition on the label (CVAE) or on nothing (VAE)",
+        help="with --dataset: condition on the label (CVAE, the default) or on nothing (VAE)",
     )
     fit_p.add_argument(
         "--out",
@@ -646,7 +695,6 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--decoder",
         choices=["auto", "network", "basis"],
-        default="auto",
         help="basis: decode coefficients of the problem's linear basis (straight "
         "lines for two_birds); auto: the problem's recommendation",
     )
@@ -775,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PATH_ARGS = ("out", "data", "run_dir", "observation", "posterior", "dataset_path")
+PATH_ARGS = ("out", "data", "run_dir", "observation", "posterior", "dataset_path", "config")
 
 
 def _check_utf8_paths(args: argparse.Namespace) -> None:
@@ -805,8 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
-    if args.command == "fit" and not (args.problem or args.data or args.dataset):
-        parser.error("fit needs --problem NAME, --data FILE or --dataset NAME")
+    if args.command == "fit" and not (args.problem or args.data or args.dataset or args.config):
+        parser.error("fit needs --problem NAME, --data FILE, --dataset NAME or --config FILE")
     try:
         _check_utf8_paths(args)
         return int(args.func(args))

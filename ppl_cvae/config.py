@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Literal, TypeVar
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal, TypedDict, TypeVar, cast
 
 from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import ACTIVATIONS
+from ppl_cvae.nets.factory import network_names
 
 __all__ = [
     "LIKELIHOODS",
@@ -33,9 +34,12 @@ __all__ = [
     "MAX_PARAMETERS",
     "MAX_WIDTH",
     "ModelConfig",
+    "ModelOverrides",
     "NETWORKS",
+    "Overrides",
     "PRIORS",
     "TrainConfig",
+    "TrainOverrides",
     "Y_EMBEDDINGS",
     "check_model_memory",
     "meta_cvae",
@@ -44,7 +48,7 @@ __all__ = [
 ]
 
 LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli")
-NETWORKS = ("mlp", "conv1d", "conv2d")
+NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_network adds more
 PRIORS = ("learned", "standard_normal")
 Y_EMBEDDINGS = ("separate", "shared")
 
@@ -191,6 +195,7 @@ class ModelConfig(_DictMixin):
         convolutions over (length, channels) events; or 2-D convolutions over grid events
         ``(H, W)`` / ``(C, H, W)`` with a bilinear-upsampling decoder. With ``conv2d``, an event
         that is not a grid (e.g. a data vector ``y``) gets an MLP encoder; ``x`` must be a grid.
+        A family added with :func:`ppl_cvae.nets.register_network` is valid too.
     conv_channels : tuple of int, default (32, 64)
         Channels of the convolution stages (``network="conv1d"`` or ``"conv2d"``).
     feature_dim : int, default 128
@@ -259,7 +264,7 @@ class ModelConfig(_DictMixin):
     latent_dim: int = 8
     hidden_dims: tuple[int, ...] = (256, 256)
     activation: str = "leaky_relu"
-    network: Literal["mlp", "conv1d", "conv2d"] = "mlp"
+    network: str = "mlp"
     conv_channels: tuple[int, ...] = (32, 64)
     feature_dim: int = 128
     prior: Literal["learned", "standard_normal"] = "learned"
@@ -316,8 +321,10 @@ class ModelConfig(_DictMixin):
                 f"unknown activation {_show(self.activation)}; "
                 f"expected one of {sorted(ACTIVATIONS)}"
             )
-        if self.network not in NETWORKS:
-            raise ConfigError(f"unknown network {_show(self.network)}; expected one of {NETWORKS}")
+        if self.network not in network_names():
+            raise ConfigError(
+                f"unknown network {_show(self.network)}; expected one of {network_names()}"
+            )
         if self.prior not in PRIORS:
             raise ConfigError(f"unknown prior {_show(self.prior)}; expected one of {PRIORS}")
         if self.likelihood not in LIKELIHOODS:
@@ -456,6 +463,138 @@ class TrainConfig(_DictMixin):
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}={getattr(self, name)!r} in TrainConfig")
+
+
+class ModelOverrides(TypedDict, total=False):
+    """Overrides of :class:`ModelConfig` fields (every field but the shapes, all optional).
+
+    The keys and value types are those of :class:`ModelConfig`; a type checker checks a
+    problem's recommendations against them, and :class:`Overrides` checks the keys at run time.
+    """
+
+    latent_dim: int
+    hidden_dims: tuple[int, ...]
+    activation: str
+    network: str
+    conv_channels: tuple[int, ...]
+    feature_dim: int
+    prior: Literal["learned", "standard_normal"]
+    likelihood: Literal["gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli"]
+    fixed_scale: float
+    init_scale: float
+    basis_dim: int | None
+    constrained_coefficients: bool
+    y_embedding: Literal["separate", "shared"]
+    linear_skip: bool
+    scale_gain: float
+
+
+class TrainOverrides(TypedDict, total=False):
+    """Overrides of :class:`TrainConfig` fields (all optional; same keys and value types)."""
+
+    num_epochs: int
+    batch_size: int
+    learning_rate: float
+    lr_decay: float
+    clip_norm: float
+    kl_warmup_epochs: int
+    kl_start: float
+    physics_weight: float
+    val_fraction: float
+    patience: int
+    num_particles: int
+    resimulate: bool
+    num_train: int
+    seed: int
+
+
+_SHAPE_FIELDS = ("x_shape", "y_shape")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """A layer of settings: overrides of :class:`ModelConfig` and :class:`TrainConfig` fields.
+
+    A problem's ``recommended_settings()`` returns one; the defaults for a data file, an image
+    dataset, a run file (``fit --config``) and command-line flags are each one layer, and
+    :func:`ppl_cvae.train.resolve_settings` stacks them (later layers win) into the two
+    configurations. Values are validated when the configurations are built; keys here.
+
+    Parameters
+    ----------
+    model : ModelOverrides (dict), optional
+        ``ModelConfig`` fields to set (the event shapes come from the data, not from here).
+    train : TrainOverrides (dict), optional
+        ``TrainConfig`` fields to set.
+
+    Raises
+    ------
+    ConfigError
+        If ``model`` or ``train`` is not a mapping, a key is not a field of the matching
+        configuration (the message lists the valid ones), or ``model`` sets ``x_shape`` or
+        ``y_shape``.
+
+    Examples
+    --------
+    >>> base = Overrides(model={"latent_dim": 8}, train={"num_epochs": 60})
+    >>> base.updated(Overrides(train={"num_epochs": 5})).train
+    {'num_epochs': 5}
+    """
+
+    model: ModelOverrides = field(default_factory=lambda: ModelOverrides())
+    train: TrainOverrides = field(default_factory=lambda: TrainOverrides())
+
+    def __post_init__(self) -> None:
+        for part, cls, excluded in (
+            ("model", ModelConfig, _SHAPE_FIELDS),
+            ("train", TrainConfig, ()),
+        ):
+            value = getattr(self, part)
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{part} overrides must be a dict of {cls.__name__} fields, got "
+                    f"{type(value).__name__}"
+                )
+            valid = [f.name for f in fields(cls) if f.name not in excluded]
+            unknown = [k for k in value if k not in valid]
+            if unknown:
+                shown = ", ".join(_show(k, 30) for k in unknown[:5])
+                where = " (set by the data)" if set(unknown) <= set(excluded) else ""
+                raise ConfigError(
+                    f"unknown {cls.__name__} setting {shown}{where}; expected some of {valid}"
+                )
+            object.__setattr__(self, part, dict(value))  # a private copy
+
+    def updated(self, other: Overrides) -> Overrides:
+        """Return these overrides with ``other`` laid on top (``other`` wins per field)."""
+        model = cast(ModelOverrides, {**self.model, **other.model})
+        train = cast(TrainOverrides, {**self.train, **other.train})
+        return Overrides(model=model, train=train)
+
+    @classmethod
+    def coerce(cls, value: Any, what: str = "settings") -> Overrides:
+        """Return ``value`` as :class:`Overrides` (a ``{"model": ..., "train": ...}`` dict too).
+
+        Parameters
+        ----------
+        value : Overrides or Mapping
+            Overrides, or a dict with optional keys ``"model"`` and ``"train"`` (what a
+            duck-typed user problem may return from ``recommended_settings()``).
+        what : str
+            Where ``value`` came from, for the error message.
+
+        Raises
+        ------
+        ConfigError
+            If ``value`` is neither, or has other keys than ``"model"`` and ``"train"``.
+        """
+        if isinstance(value, Overrides):
+            return value
+        if isinstance(value, Mapping) and set(value) <= {"model", "train"}:
+            return cls(model=value.get("model", {}), train=value.get("train", {}))
+        raise ConfigError(
+            f"{what} must be Overrides or a dict with keys 'model' and 'train', got {_show(value)}"
+        )
 
 
 def meta_cvae(config: ModelConfig) -> Any:

@@ -129,13 +129,19 @@ def _drop_state(key):
         (_set("model_config", "activation", ["relu"]), "activation must be a string"),
         (_set("model_config", "x_shape", torch.tensor([3])), r"\[.x_shape.\] holds a Tensor"),
         (_set("state_dict", [1]), "state_dict must be a dict, got list"),
-        (_set("state_dict", "raw_scale", [0.0] * 3), "must map names to tensors.*raw_scale"),
-        (_set("state_dict", "raw_scale", lambda t: t[:2]), r"raw_scale has shape \(2,\)"),
-        (_set("state_dict", "raw_scale", lambda t: t.double()), "raw_scale .*float64"),
-        (_set("state_dict", "raw_scale", lambda t: t * math.nan), "raw_scale holds NaN or inf"),
+        (
+            _set("state_dict", "decoder.raw_scale", [0.0] * 3),
+            "must map names to tensors.*raw_scale",
+        ),
+        (_set("state_dict", "decoder.raw_scale", lambda t: t[:2]), r"raw_scale has shape \(2,\)"),
+        (_set("state_dict", "decoder.raw_scale", lambda t: t.double()), "raw_scale .*float64"),
+        (
+            _set("state_dict", "decoder.raw_scale", lambda t: t * math.nan),
+            "raw_scale holds NaN or inf",
+        ),
         (_set("state_dict", "x_standardiser.std", lambda t: -t), "std holds values <= 0"),
         (_set("state_dict", "extra.weight", torch.zeros(1)), "unexpected 'extra.weight'"),
-        (_drop_state("raw_scale"), "missing 'raw_scale'"),
+        (_drop_state("decoder.raw_scale"), "missing 'decoder.raw_scale'"),
         (_set("misfit_std", -1.0), "misfit_std must be a finite number > 0"),
         (_set("misfit_std", math.nan), "misfit_std must be a finite number > 0"),
         (_set("misfit_std", True), "misfit_std must be a finite number > 0"),
@@ -184,7 +190,7 @@ def test_save_refuses_nan_weights_and_keeps_the_old_file(tmp_path):
     target = save_checkpoint(tmp_path / "model.pt", cvae)
     before = target.read_bytes()
     with torch.no_grad():
-        cvae.raw_scale.fill_(math.nan)
+        cvae.decoder.raw_scale.fill_(math.nan)
     with pytest.raises(CheckpointError, match="raw_scale hold NaN or inf"):
         save_checkpoint(target, cvae)
     assert target.read_bytes() == before
@@ -237,3 +243,38 @@ def test_size_limits_are_config_errors_and_memory_is_checked(monkeypatch):
     with pytest.raises(ResourceError, match="weights, gradients and two Adam moments"):
         check_model_memory(small)  # 16 bytes per parameter > 0.8 * 16 * num
     check_model_memory(small, training=False)  # 8 bytes per parameter fits
+
+
+# Weight names of a format-v1 checkpoint of
+# ModelConfig(x_shape=(3,), y_shape=(2,), hidden_dims=(8, 8), linear_skip=True), as written by
+# ppl_cvae at commit ca62171 (before the networks became RecognitionNet/PriorNet/Decoder).
+V1_NAMES = [
+    "raw_scale", "x_standardiser.mean", "x_standardiser.std", "y_standardiser.mean",
+    "y_standardiser.std", "rec_x.0.net.0.weight", "rec_x.0.net.0.bias", "rec_x.0.net.2.weight",
+    "rec_x.0.net.2.bias", "rec_y.0.net.0.weight", "rec_y.0.net.0.bias", "rec_y.0.net.2.weight",
+    "rec_y.0.net.2.bias", "rec_head.0.weight", "rec_head.0.bias", "rec_gauss.linear.weight",
+    "rec_gauss.linear.bias", "prior_y.0.net.0.weight", "prior_y.0.net.0.bias",
+    "prior_y.0.net.2.weight", "prior_y.0.net.2.bias", "prior_gauss.linear.weight",
+    "prior_gauss.linear.bias", "dec_y.0.net.0.weight", "dec_y.0.net.0.bias",
+    "dec_y.0.net.2.weight", "dec_y.0.net.2.bias", "dec_in.z_part.weight", "dec_in.z_part.bias",
+    "dec_in.c_part.weight", "dec_skip.weight", "dec_skip.bias", "decoder.0.weight",
+    "decoder.0.bias", "decoder.2.weight", "decoder.2.bias",
+]
+
+
+def test_v1_checkpoints_load_with_their_weights(tmp_path):
+    from ppl_cvae.train.checkpoint import V1_FORMAT, _v1_name
+
+    config = ModelConfig(x_shape=(3,), y_shape=(2,), hidden_dims=(8, 8), linear_skip=True)
+    cvae = CVAE(config)
+    names = list(cvae.state_dict())
+    assert sorted(_v1_name(n) for n in V1_NAMES) == sorted(names)  # one to one
+    save_checkpoint(tmp_path / "v2.pt", cvae)
+    payload = torch.load(tmp_path / "v2.pt", weights_only=True)
+    by_new = {_v1_name(old): old for old in V1_NAMES}
+    payload["state_dict"] = {by_new[k]: v for k, v in payload["state_dict"].items()}
+    payload["format"] = V1_FORMAT
+    torch.save(payload, tmp_path / "v1.pt")
+    loaded, _ = load_checkpoint(tmp_path / "v1.pt")
+    for key, value in cvae.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

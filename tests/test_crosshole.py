@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_cvae.config import ModelConfig, TrainConfig
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems import Crosshole, Problem, make_problem
 from ppl_cvae.problems.base import linear_gaussian_parts
 from ppl_cvae.problems.crosshole import ChannelField, ray_length_matrix
+from ppl_cvae.train import resolve_settings
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +318,5 @@ def test_linear_gaussian_parts() -> None:
 
 
 def test_recommended_settings_build_configs(default: Crosshole) -> None:
-    settings = default.recommended_settings()
-    ModelConfig(x_shape=default.x_shape, y_shape=default.y_shape, **settings["model"])
-    TrainConfig(**settings["train"])
+    model, train = resolve_settings(default)
+    assert model.linear_skip and train.resimulate

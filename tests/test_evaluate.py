@@ -134,14 +134,14 @@ def test_units_reach_inference_data():
 def test_data_settings_adapt_to_shapes_and_size():
     small = data_settings((2,), (2,), 500)
     big = data_settings((32, 32), (256,), 20000)
-    assert small["model"]["hidden_dims"] == (64, 64)
-    assert big["model"]["hidden_dims"] == (512, 512)
-    assert small["model"]["latent_dim"] == 2 and big["model"]["latent_dim"] == 32
-    assert "y_embedding" not in small["model"] and big["model"]["y_embedding"] == "shared"
-    assert small["train"]["batch_size"] < big["train"]["batch_size"]
-    assert small["train"]["num_epochs"] > big["train"]["num_epochs"]
+    assert small.model["hidden_dims"] == (64, 64)
+    assert big.model["hidden_dims"] == (512, 512)
+    assert small.model["latent_dim"] == 2 and big.model["latent_dim"] == 32
+    assert "y_embedding" not in small.model and big.model["y_embedding"] == "shared"
+    assert small.train["batch_size"] < big.train["batch_size"]
+    assert small.train["num_epochs"] > big.train["num_epochs"]
     tiny = data_settings((1,), (1,), 3)
-    assert tiny["train"]["batch_size"] <= 2
+    assert tiny.train["batch_size"] <= 2
     with pytest.raises(ConfigError, match="at least 2 pairs"):
         data_settings((2,), (2,), 1)
 
@@ -151,7 +151,8 @@ def test_shared_y_embedding_is_one_module():
     shared = CVAE(
         ModelConfig(x_shape=(4,), y_shape=(80,), hidden_dims=(32, 32), y_embedding="shared")
     )
-    assert shared.rec_y is shared.prior_y is shared.dec_y
+    y_encoder = shared.recognition_net.y_encoder
+    assert y_encoder is shared.prior_net.y_encoder is shared.decoder.y_encoder
     # the shared encoder (80*32 + 32 + 32*32 + 32 parameters) is counted once instead of 3 times
     enc = 80 * 32 + 32 + 32 * 32 + 32
     assert sep.num_parameters() - shared.num_parameters() == 2 * enc
@@ -250,13 +251,13 @@ def test_linear_skip_starts_at_zero_and_is_validated():
     b = CVAE(ModelConfig(x_shape=(5,), y_shape=(3,), hidden_dims=(8,), linear_skip=True))
     z, y = torch.randn(4, 2, 8), torch.randn(2, 3)
     with_skip = b.decode(z, y)[0]
-    skip, b.dec_skip = b.dec_skip, None
+    skip, b.decoder.skip = b.decoder.skip, None
     without = b.decode(z, y)[0]
-    b.dec_skip = skip
+    b.decoder.skip = skip
     # zero-initialised: the same decoder output as without the skip path
     assert torch.allclose(with_skip, without)
     with torch.no_grad():
-        b.dec_skip.bias.fill_(1.0)  # the path reaches the mean (x standardiser is identity)
+        b.decoder.skip.bias.fill_(1.0)  # the path reaches the mean (x standardiser is identity)
     assert torch.allclose(b.decode(z, y)[0], without + 1.0)
     with pytest.raises(ConfigError, match="linear_skip needs a conditional"):
         ModelConfig(x_shape=(5,), y_shape=None, prior="standard_normal", linear_skip=True)

@@ -6,11 +6,11 @@ import torch
 from scipy import integrate
 
 from inference.exact import linear_gaussian_posterior
-from ppl_cvae.config import ModelConfig, TrainConfig
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems import Gravity, Problem, make_problem
 from ppl_cvae.problems.base import linear_gaussian_parts, noise_covariance
 from ppl_cvae.problems.gravity import GRAVITATIONAL_CONSTANT, MGAL, prism_kernel
+from ppl_cvae.train import resolve_settings
 
 TWO_G = 2 * GRAVITATIONAL_CONSTANT / MGAL  # mGal per (kg/m^3) per (m^2 / m) of line mass
 
@@ -196,6 +196,5 @@ def test_spec_round_trip_and_protocol():
     assert set(p.units) >= {"x", "y", *p.x_dims, *p.y_dims}
     for dims, shape in ((p.x_dims, p.x_shape), (p.y_dims, p.y_shape)):
         assert [len(p.coords[d]) for d in dims] == list(shape)
-    settings = p.recommended_settings()
-    ModelConfig(x_shape=p.x_shape, y_shape=p.y_shape, **settings["model"])
-    TrainConfig(**settings["train"])
+    model, train = resolve_settings(p)
+    assert model.x_shape == p.x_shape and train.resimulate

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inference import draw_posterior, linear_gaussian_posterior
-from ppl_cvae import CVAE, LinearGaussian, ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae import CVAE, LinearGaussian, Overrides, build_cvae, fit, resolve_settings
 from ppl_cvae.train import negative_elbo
 from tests.conftest import SEED
 
@@ -44,9 +44,8 @@ def posterior_violations(draws, mean, cov):
 def trained():
     torch.manual_seed(SEED)
     problem = LinearGaussian(x_dim=2, y_dim=2, noise_std=0.5, seed=0)
-    settings = problem.recommended_settings()
+    config, train_config = resolve_settings(problem, Overrides(train={"seed": SEED}))
     x, y = problem.simulate(4096, torch.Generator().manual_seed(1))
-    config = ModelConfig(x_shape=(2,), y_shape=(2,), **settings["model"])
     cvae = build_cvae(config, x, y)
     # start away from the answer: the untrained net's posterior is checked to fail below
     untrained = CVAE(config, cvae.x_standardiser, cvae.y_standardiser)
@@ -55,7 +54,7 @@ def trained():
         cvae,
         None,
         None,
-        TrainConfig(**settings["train"], seed=SEED),
+        train_config,
         simulator=problem.simulate,
         progress=False,
     )

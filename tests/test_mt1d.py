@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_cvae.config import ModelConfig, TrainConfig
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems import MT1D, Problem, make_problem
 from ppl_cvae.problems.base import linear_gaussian_parts, noise_covariance, noise_scale
 from ppl_cvae.problems.mt1d import MU_0, layered_impedance, log_frequencies
+from ppl_cvae.train import resolve_settings
 
 
 def _two_layer_reference(rho1, rho2, h, freqs):
@@ -201,6 +201,5 @@ def test_spec_round_trip_and_protocol():
     assert set(p.units) >= {"x", "y", *p.x_dims, *p.y_dims}
     for dims, shape in ((p.x_dims, p.x_shape), (p.y_dims, p.y_shape)):
         assert [len(p.coords[d]) for d in dims] == list(shape)
-    settings = p.recommended_settings()
-    ModelConfig(x_shape=p.x_shape, y_shape=p.y_shape, **settings["model"])
-    TrainConfig(**settings["train"])
+    model, train = resolve_settings(p)
+    assert model.x_shape == p.x_shape and train.resimulate

@@ -58,3 +58,66 @@ def test_conv2d_rejects_non_grid_shapes():
         Conv2dEncoder((10,), 4, (4,), "relu")
     with pytest.raises(ConfigError, match="H, W >= 4"):
         Conv2dDecoder(3, (2, 3), (4,), "relu")
+
+
+# ----------------------------------------------------------------------------- the three nets
+from ppl_cvae.config import ModelConfig  # noqa: E402
+from ppl_cvae.models.cvae import CVAE  # noqa: E402
+from ppl_cvae.nets import (  # noqa: E402
+    Decoder,
+    NetworkFamily,
+    PriorNet,
+    RecognitionNet,
+    build_networks,
+    network_names,
+    register_network,
+)
+from ppl_cvae.nets.factory import _FAMILIES, _mlp_body  # noqa: E402
+
+
+def test_build_networks_gives_the_three_named_nets():
+    cfg = ModelConfig(x_shape=(3,), y_shape=(80,), hidden_dims=(8, 8), y_embedding="shared")
+    nets = build_networks(cfg)
+    assert isinstance(nets.recognition, RecognitionNet)
+    assert isinstance(nets.prior, PriorNet) and isinstance(nets.decoder, Decoder)
+    # one y embedding shared by all three
+    assert nets.recognition.y_encoder is nets.prior.y_encoder is nets.decoder.y_encoder
+    vae = build_networks(ModelConfig(x_shape=(3,), y_shape=None, prior="standard_normal"))
+    assert vae.prior is None and vae.decoder.y_encoder is None
+    # the model holds the networks and nothing else that trains
+    cvae = CVAE(cfg)
+    parts = (cvae.recognition_net, cvae.prior_net, cvae.decoder)
+    assert {id(p) for p in cvae.parameters()} == {id(p) for n in parts for p in n.parameters()}
+
+
+def test_decoder_scale_by_likelihood():
+    cfg = ModelConfig(x_shape=(4,), y_shape=(2,), hidden_dims=(8,), init_scale=0.2)
+    dec = build_networks(cfg).decoder
+    loc, scale = dec(torch.randn(3, 5, cfg.latent_dim), torch.randn(5, 2))
+    assert loc.shape == (3, 5, 4)
+    assert torch.allclose(scale, torch.full((4,), 0.2))  # starts at init_scale
+    bern = build_networks(ModelConfig(x_shape=(4,), y_shape=(2,), likelihood="bernoulli"))
+    assert bern.decoder(torch.randn(5, 8), torch.randn(5, 2))[1] is None
+    learned = build_networks(ModelConfig(x_shape=(4,), y_shape=(2,), likelihood="gaussian_decoder"))
+    assert (learned.decoder(torch.randn(5, 8), torch.randn(5, 2))[1] > SCALE_FLOOR).all()
+
+
+def test_register_network_family():
+    def tiny_encoder(config, shape):
+        return torch.nn.Flatten(start_dim=-len(shape)), int(torch.Size(shape).numel())
+
+    with pytest.raises(ConfigError, match=r"unknown network 'tiny'.*'mlp'"):
+        ModelConfig(x_shape=(3,), y_shape=(2,), network="tiny")
+    register_network("tiny", NetworkFamily(tiny_encoder, _mlp_body))
+    try:
+        assert "tiny" in network_names()
+        cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), network="tiny", hidden_dims=(8,)))
+        assert cvae.recognition_net.x_encoder.__class__ is torch.nn.Flatten
+        loc, scale = cvae.recognition_params(torch.zeros(4, 2), torch.zeros(4, 3))
+        assert loc.shape == scale.shape == (4, cvae.config.latent_dim)
+        with pytest.raises(ConfigError, match="exists"):
+            register_network("tiny", NetworkFamily(tiny_encoder, _mlp_body))
+        with pytest.raises(ConfigError, match="Python name"):
+            register_network("not a name", NetworkFamily(tiny_encoder, _mlp_body))
+    finally:
+        del _FAMILIES["tiny"]

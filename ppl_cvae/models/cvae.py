@@ -19,7 +19,6 @@ the decoder. All sites are in physical units; standardisation is an internal lay
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 
 import pyro
@@ -31,38 +30,11 @@ from torch import nn
 from ppl_cvae.config import ModelConfig
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
-from ppl_cvae.nets.blocks import (
-    SCALE_FLOOR,
-    ConditionalInput,
-    Conv1dDecoder,
-    Conv1dEncoder,
-    Conv2dDecoder,
-    Conv2dEncoder,
-    FlattenMLP,
-    GaussianHead,
-    image_shape,
-    make_activation,
-    mlp,
-)
+from ppl_cvae.nets.factory import build_networks
 
 __all__ = ["CVAE"]
 
 _INSTANCE_COUNTER = itertools.count()
-
-
-def _encoder(config: ModelConfig, in_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
-    """Feature encoder for an event of ``in_shape``; returns the module and its output width."""
-    act = make_activation(config.activation)
-    enc: nn.Module
-    if config.network == "conv1d":
-        enc = Conv1dEncoder(in_shape, config.feature_dim, config.conv_channels, config.activation)
-        return nn.Sequential(enc, act), config.feature_dim
-    if config.network == "conv2d" and image_shape(in_shape) is not None:
-        enc = Conv2dEncoder(in_shape, config.feature_dim, config.conv_channels, config.activation)
-        return nn.Sequential(enc, act), config.feature_dim
-    width = config.hidden_dims[-1] if config.hidden_dims else config.feature_dim
-    enc = FlattenMLP(in_shape, width, config.hidden_dims[:-1], config.activation)
-    return nn.Sequential(enc, act), width
 
 
 class CVAE(nn.Module):
@@ -88,6 +60,19 @@ class CVAE(nn.Module):
         physics-consistency term.
     misfit_std : float, default 1.0
         Scale of ``F(x) - y`` in the physics-consistency term, in units of ``y``.
+
+    Attributes
+    ----------
+    recognition_net : RecognitionNet
+        ``q_phi(z | x, y)``, used by :meth:`guide` (training only).
+    prior_net : PriorNet or None
+        ``p_theta(z | y)``; None for ``prior="standard_normal"``.
+    decoder : Decoder
+        ``p_theta(x | z, y)`` in standardised units; :meth:`decode` maps it to physical units.
+
+    The networks come from :func:`ppl_cvae.nets.build_networks` (the family that
+    ``config.network`` names); this class holds the wiring: standardisation, the decoder
+    basis, :meth:`model` and :meth:`guide`.
 
     Raises
     ------
@@ -159,92 +144,12 @@ class CVAE(nn.Module):
             )
         self.coefficient_transform = coefficient_transform
         self.misfit_std = float(misfit_std)
-        z_dim, x_dim = config.latent_dim, config.x_dim
-
-        shared_y: list[tuple[nn.Module, int]] = []
-
-        def y_encoder(shape: tuple[int, ...]) -> tuple[nn.Module, int]:
-            # "shared": one embedding module (registered under each user's name; parameters
-            # are de-duplicated by named_parameters) feeds the recognition net, prior net and
-            # decoder
-            if config.y_embedding == "shared":
-                if not shared_y:
-                    shared_y.append(_encoder(config, shape))
-                return shared_y[0]
-            return _encoder(config, shape)
-
-        # recognition net q(z | x, y)
-        self.rec_x, rec_x_width = _encoder(config, config.x_shape)
-        self.rec_y: nn.Module | None
-        if y_shape is not None:
-            self.rec_y, rec_y_width = y_encoder(y_shape)
-        else:
-            self.rec_y, rec_y_width = None, 0
-        self.rec_head = nn.Sequential(
-            nn.Linear(rec_x_width + rec_y_width, rec_x_width), make_activation(config.activation)
-        )
-        self.rec_gauss = GaussianHead(rec_x_width, z_dim)
-
-        # prior net p(z | y)
-        self.prior_y: nn.Module | None
-        self.prior_gauss: GaussianHead | None
-        if config.prior == "learned":
-            if y_shape is None:  # ModelConfig rejects this combination
-                raise ConfigError(
-                    "an unconditional VAE (y_shape=None) has no prior net: "
-                    "use prior='standard_normal'"
-                )
-            self.prior_y, prior_width = y_encoder(y_shape)
-            self.prior_gauss = GaussianHead(prior_width, z_dim)
-        else:
-            self.prior_y, self.prior_gauss = None, None
-
-        # decoder p(x | z, y)
-        self.dec_y: nn.Module | None
-        if y_shape is not None:
-            self.dec_y, dec_y_width = y_encoder(y_shape)
-        else:
-            self.dec_y, dec_y_width = None, 0
-        num_params = 2 if config.likelihood == "gaussian_decoder" else 1
-        width = config.hidden_dims[0] if config.hidden_dims else config.feature_dim
-        rest = config.hidden_dims[1:]
-        self.dec_in = ConditionalInput(z_dim, dec_y_width, width, config.activation)
-        # optional linear path from standardised y to the decoder output (mean or logits),
-        # zero at the start: the part of E[x | y] that is linear in y (all of it for a linear
-        # forward operator with a Gaussian prior) need not pass through the hidden layers
-        self.dec_skip: nn.Linear | None = None
-        if config.linear_skip and y_shape is not None:
-            self.dec_skip = nn.Linear(math.prod(y_shape), x_dim)
-            nn.init.zeros_(self.dec_skip.weight)
-            nn.init.zeros_(self.dec_skip.bias)
-        self.dec_scale: nn.Module | None = None
-        self.decoder: nn.Module
-        if config.basis_dim is not None:
-            self.decoder = mlp(width, rest, config.basis_dim, config.activation)
-            if num_params == 2:
-                self.dec_scale = mlp(width, rest, x_dim, config.activation)
-        elif config.network == "conv1d":
-            self.decoder = Conv1dDecoder(
-                width, config.x_shape, config.conv_channels, config.activation, num_params
-            )
-        elif config.network == "conv2d":
-            self.decoder = Conv2dDecoder(
-                width, config.x_shape, config.conv_channels, config.activation, num_params
-            )
-        else:
-            self.decoder = mlp(width, rest, x_dim * num_params, config.activation)
-        if config.likelihood == "gaussian":
-            # start at scale init_scale (standardised units): a small start makes the
-            # reconstruction term use z before the noise can absorb the spread (posterior
-            # collapse, Bowman et al. 2016)
-            # log-scale parameterisation with a gain: scale = exp(gain * raw) + floor. One Adam
-            # step (about lr in raw) moves the log-scale by gain * lr, so the scale can grow
-            # from init_scale to the data's spread within a few hundred steps even with a
-            # decaying learning rate (with softplus(raw) it needed thousands, and short fits
-            # left posteriors too narrow)
-            raw = math.log(config.init_scale - SCALE_FLOOR) / config.scale_gain
-            self.raw_scale = nn.Parameter(torch.full(config.x_shape, raw))
-
+        # the three networks of Sohn et al. (2015), built by the family config.network names
+        nets = build_networks(config)
+        self.recognition_net = nets.recognition  # q(z | x, y)
+        self.prior_net = nets.prior  # p(z | y); None for a standard-normal prior
+        self.decoder = nets.decoder  # p(x | z, y)
+        x_dim = config.x_dim
         if config.basis_dim is not None:
             if basis is None:
                 basis = torch.zeros(x_dim, config.basis_dim)
@@ -392,23 +297,19 @@ class CVAE(nn.Module):
         For ``prior="standard_normal"`` this is ``(0, 1)`` with batch size ``len(y)`` (1 for
         an unconditional VAE).
         """
-        if self.prior_gauss is None:
+        if self.prior_net is None:
             n = y.shape[0] if y is not None else 1
             ref = self.x_standardiser.mean
             zeros = ref.new_zeros(n, self.config.latent_dim)
             return zeros, torch.ones_like(zeros)
-        if self.prior_y is None:  # __init__ builds prior_y together with prior_gauss
-            raise ConfigError("a learned prior needs its y encoder (prior_y)")
-        return self.prior_gauss(self.prior_y(self._standardise_y(y)))
+        return self.prior_net(self._standardise_y(y))
 
     def recognition_params(
         self, y: torch.Tensor | None, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of ``q(z | x, y)``, each ``(batch, latent_dim)``."""
-        h = self.rec_x(self.x_standardiser(x))
-        if self.rec_y is not None:
-            h = torch.cat([h, self.rec_y(self._standardise_y(y))], dim=-1)
-        return self.rec_gauss(self.rec_head(h))
+        y_std = self._standardise_y(y) if self.config.y_shape is not None else None
+        return self.recognition_net(self.x_standardiser(x), y_std)
 
     def decode(
         self, z: torch.Tensor, y: torch.Tensor | None
@@ -428,37 +329,18 @@ class CVAE(nn.Module):
             Standard deviation in physical units (``None`` for Bernoulli).
         """
         cfg = self.config
-        y_std = self._standardise_y(y) if self.dec_y is not None else None
-        hy = self.dec_y(y_std) if self.dec_y is not None else None
-        h = self.dec_in(z, hy)  # the y part is computed once per observation
-        batch = h.shape[:-1]
+        y_std = self._standardise_y(y) if cfg.y_shape is not None else None
+        loc, scale = self.decoder(z, y_std)
         xs = self.x_standardiser
         if cfg.basis_dim is not None:
-            mean = self.x_from_coefficients(self.coef_mean + self.coef_std * self.decoder(h))
-            raw = self.dec_scale(h).reshape(*batch, *cfg.x_shape) if self.dec_scale else None
+            mean = self.x_from_coefficients(self.coef_mean + self.coef_std * loc)
+        elif cfg.likelihood == "bernoulli":
+            return torch.sigmoid(loc), None
         else:
-            out = self.decoder(h)
-            if cfg.network in ("conv1d", "conv2d"):
-                params = out  # (*batch, *x_shape, num_params)
-            else:
-                params = out.reshape(*batch, *cfg.x_shape, -1)
-            if self.dec_skip is not None and y_std is not None:
-                skip = self.dec_skip(y_std.flatten(start_dim=1)).reshape(-1, *cfg.x_shape)
-                params = torch.cat([(params[..., 0] + skip)[..., None], params[..., 1:]], -1)
-            if cfg.likelihood == "bernoulli":
-                return torch.sigmoid(params[..., 0]), None
-            mean = xs.inverse(params[..., 0])
-            raw = params[..., 1] if params.shape[-1] == 2 else None
-        if cfg.likelihood == "gaussian":
-            scale = (torch.exp(cfg.scale_gain * self.raw_scale) + SCALE_FLOOR) * xs.std
-            scale = scale.expand(mean.shape)
-        elif cfg.likelihood == "gaussian_decoder":
-            if raw is None:  # gaussian_decoder always builds the scale output (num_params == 2)
-                raise ConfigError("likelihood 'gaussian_decoder' needs a decoder scale output")
-            scale = (nn.functional.softplus(raw) + SCALE_FLOOR) * xs.std
-        else:  # gaussian_fixed
-            scale = mean.new_full(mean.shape, cfg.fixed_scale)
-        return mean, scale
+            mean = xs.inverse(loc)
+        if scale is None:  # gaussian_fixed: a fixed scale in physical units
+            return mean, mean.new_full(mean.shape, cfg.fixed_scale)
+        return mean, (scale * xs.std).expand(mean.shape)
 
     def _x_distribution(
         self, mean: torch.Tensor, scale: torch.Tensor | None

@@ -1,11 +1,15 @@
-"""Plain ``torch.nn`` building blocks of the CVAE (no Pyro).
+"""Plain ``torch.nn`` networks of the CVAE (no Pyro).
 
-Feature encoders, decoders and Gaussian heads. Networks return distribution parameters; they
-never sample.
+The three networks of Sohn et al. (2015): :class:`RecognitionNet` ``q(z | x, y)``,
+:class:`PriorNet` ``p(z | y)`` and :class:`Decoder` ``p(x | z, y)``, built by
+:func:`build_networks` from a registry of network families (:func:`register_network`), and
+the blocks they are made of (feature encoders, decoder bodies, Gaussian heads). Networks
+return distribution parameters; they never sample.
 """
 
 from ppl_cvae.nets.blocks import (
     ACTIVATIONS,
+    ConditionalInput,
     Conv1dDecoder,
     Conv1dEncoder,
     Conv2dDecoder,
@@ -15,15 +19,34 @@ from ppl_cvae.nets.blocks import (
     make_activation,
     mlp,
 )
+from ppl_cvae.nets.decoder import Decoder
+from ppl_cvae.nets.factory import (
+    CVAENetworks,
+    NetworkFamily,
+    build_networks,
+    network_names,
+    register_network,
+)
+from ppl_cvae.nets.prior import PriorNet
+from ppl_cvae.nets.recognition import RecognitionNet
 
 __all__ = [
     "ACTIVATIONS",
+    "CVAENetworks",
+    "ConditionalInput",
     "Conv1dDecoder",
     "Conv1dEncoder",
     "Conv2dDecoder",
     "Conv2dEncoder",
+    "Decoder",
     "FlattenMLP",
     "GaussianHead",
+    "NetworkFamily",
+    "PriorNet",
+    "RecognitionNet",
+    "build_networks",
     "make_activation",
     "mlp",
+    "network_names",
+    "register_network",
 ]

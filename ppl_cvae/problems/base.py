@@ -83,8 +83,10 @@ class Problem(Protocol):
     linear_gaussian() -> LinearGaussianParts or None
         For a linear ``F`` with a Gaussian prior: the pieces of the closed-form posterior
         (:func:`inference.exact.exact_posterior`); None when the prior is not Gaussian.
-    recommended_settings() -> dict
-        ``{"model": {...}, "train": {...}}`` overrides of the config defaults for this problem.
+    recommended_settings() -> Overrides
+        :class:`~ppl_cvae.config.Overrides` of the config defaults for this problem (a
+        ``{"model": {...}, "train": {...}}`` dict is accepted too);
+        :func:`~ppl_cvae.train.resolve_settings` lays the user's settings on top.
 
     Methods
     -------

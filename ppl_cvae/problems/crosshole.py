@@ -50,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import (
     LinearGaussianParts,
@@ -575,29 +576,26 @@ class Crosshole:
             noise_cov=noise_covariance(self),
         )
 
-    def recommended_settings(self) -> dict[str, dict[str, Any]]:
+    def recommended_settings(self) -> Overrides:
         """Return default ``ModelConfig``/``TrainConfig`` overrides: MLPs with a linear y path.
 
         Measured with ``benchmarks/linear_gaussian.py`` on the GRF prior against the exact
         posterior (README): the linear skip halves the posterior-mean error.
         """
-        return {
-            "model": {
-                "network": "mlp",
-                "latent_dim": 32,
-                "hidden_dims": (512, 512),
-                "linear_skip": True,
-            },
-            "train": {
-                "num_epochs": 60,
-                "batch_size": 256,
-                "learning_rate": 1e-3,
-                "lr_decay": 0.1,
-                "resimulate": True,
-                "num_train": 20000,
-                "patience": 0,
-            },
-        }
+        return Overrides(
+            model=ModelOverrides(
+                network="mlp", latent_dim=32, hidden_dims=(512, 512), linear_skip=True
+            ),
+            train=TrainOverrides(
+                num_epochs=60,
+                batch_size=256,
+                learning_rate=0.001,
+                lr_decay=0.1,
+                resimulate=True,
+                num_train=20000,
+                patience=0,
+            ),
+        )
 
     def spec(self) -> dict[str, Any]:
         """Return the keyword arguments that rebuild this problem, plus its name."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import (
     LinearGaussianParts,
@@ -113,21 +114,21 @@ class LinearGaussian:
             noise_cov=noise_covariance(self),
         )
 
-    def recommended_settings(self) -> dict[str, dict[str, Any]]:
+    def recommended_settings(self) -> Overrides:
         """Return default ``ModelConfig``/``TrainConfig`` overrides: small nets, few epochs."""
-        return {
+        return Overrides(
             # 2 d latent dims: spare dimensions make training robust to dead latents
-            "model": {"latent_dim": 2 * self.x_shape[0], "hidden_dims": (64, 64)},
-            "train": {
-                "num_epochs": 60,
-                "batch_size": 128,
-                "learning_rate": 3e-3,
-                "lr_decay": 0.1,
-                "resimulate": True,
-                "num_train": 4096,
-                "patience": 0,
-            },
-        }
+            model=ModelOverrides(latent_dim=2 * self.x_shape[0], hidden_dims=(64, 64)),
+            train=TrainOverrides(
+                num_epochs=60,
+                batch_size=128,
+                learning_rate=3e-3,
+                lr_decay=0.1,
+                resimulate=True,
+                num_train=4096,
+                patience=0,
+            ),
+        )
 
     def spec(self) -> dict[str, Any]:
         """Return the keyword arguments that rebuild this problem, plus its name."""

@@ -59,6 +59,7 @@ from typing import Any
 
 import torch
 
+from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems.base import LinearGaussianParts, register_problem, sample_noise
 from ppl_cvae.problems.random_fields import CORRELATION_KERNELS, GaussianRandomField, Kernel
@@ -400,26 +401,26 @@ class MT1D:
         """Return None: the forward operator is nonlinear and the clipped prior non-Gaussian."""
         return None
 
-    def recommended_settings(self) -> dict[str, dict[str, Any]]:
+    def recommended_settings(self) -> Overrides:
         """Return default ``ModelConfig``/``TrainConfig`` overrides: MLPs, fresh data per epoch.
 
         Examples
         --------
-        >>> MT1D().recommended_settings()["train"]["resimulate"]
+        >>> MT1D().recommended_settings().train["resimulate"]
         True
         """
-        return {
-            "model": {"latent_dim": 16, "hidden_dims": (256, 256), "linear_skip": True},
-            "train": {
-                "num_epochs": 60,
-                "batch_size": 256,
-                "learning_rate": 1e-3,
-                "lr_decay": 0.1,
-                "resimulate": True,
-                "num_train": 20000,
-                "patience": 0,
-            },
-        }
+        return Overrides(
+            model=ModelOverrides(latent_dim=16, hidden_dims=(256, 256), linear_skip=True),
+            train=TrainOverrides(
+                num_epochs=60,
+                batch_size=256,
+                learning_rate=0.001,
+                lr_decay=0.1,
+                resimulate=True,
+                num_train=20000,
+                patience=0,
+            ),
+        )
 
     def spec(self) -> dict[str, Any]:
         """Return the keyword arguments that rebuild this problem, plus its name.

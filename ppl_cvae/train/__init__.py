@@ -3,8 +3,10 @@
 from ppl_cvae.train.checkpoint import load_checkpoint, save_checkpoint
 from ppl_cvae.train.fit import FitResult, build_cvae, fit, fit_problem, negative_elbo
 from ppl_cvae.train.optim import FusedClippedAdam
+from ppl_cvae.train.settings import DataSource, resolve_settings
 
 __all__ = [
+    "DataSource",
     "FitResult",
     "FusedClippedAdam",
     "build_cvae",
@@ -12,5 +14,6 @@ __all__ = [
     "fit_problem",
     "load_checkpoint",
     "negative_elbo",
+    "resolve_settings",
     "save_checkpoint",
 ]

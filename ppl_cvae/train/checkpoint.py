@@ -5,7 +5,7 @@ Format
 A checkpoint is one ``torch.save`` file holding a dict with exactly these keys:
 
 ========================  =========================================================
-``format``                ``"ppl_cvae.checkpoint.v1"`` (:data:`CHECKPOINT_FORMAT`)
+``format``                ``"ppl_cvae.checkpoint.v2"`` (:data:`CHECKPOINT_FORMAT`)
 ``version``               ppl_cvae version that wrote it (str)
 ``model_config``          :meth:`ModelConfig.to_dict` (JSON-like dict)
 ``state_dict``            ``{name: Tensor}``: weights, standardisers, decoder basis
@@ -13,6 +13,12 @@ A checkpoint is one ``torch.save`` file holding a dict with exactly these keys:
 ``problem``               problem record ``{"name": ..., **kwargs}`` or None
 ``extra``                 JSON-like metadata (training configuration, data source, ...)
 ========================  =========================================================
+
+Format ``v1`` (ppl_cvae 0.1 and 0.2) is read too: its weights had the flat names of a
+model that built its networks inline (``rec_x.*``, ``prior_gauss.*``, ``decoder.*``, ...);
+they are renamed to those of :class:`~ppl_cvae.nets.RecognitionNet`,
+:class:`~ppl_cvae.nets.PriorNet` and :class:`~ppl_cvae.nets.Decoder` (:data:`V1_RENAMES`)
+before the checks, so an old run loads with the same weights.
 
 Problem records
 ---------------
@@ -78,7 +84,32 @@ __all__ = [
     "save_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = "ppl_cvae.checkpoint.v1"
+CHECKPOINT_FORMAT = "ppl_cvae.checkpoint.v2"
+V1_FORMAT = "ppl_cvae.checkpoint.v1"
+
+V1_RENAMES = (
+    ("rec_x.", "recognition_net.x_encoder."),
+    ("rec_y.", "recognition_net.y_encoder."),
+    ("rec_head.", "recognition_net.head."),
+    ("rec_gauss.", "recognition_net.gauss."),
+    ("prior_y.", "prior_net.y_encoder."),
+    ("prior_gauss.", "prior_net.gauss."),
+    ("dec_y.", "decoder.y_encoder."),
+    ("dec_in.", "decoder.input."),
+    ("dec_skip.", "decoder.skip."),
+    ("dec_scale.", "decoder.scale_body."),
+    ("decoder.", "decoder.body."),
+    ("raw_scale", "decoder.raw_scale"),
+)
+"""Prefixes of ``v1`` weight names and their ``v2`` replacements (first match wins)."""
+
+
+def _v1_name(name: str) -> str:
+    """Return the ``v2`` name of a ``v1`` state-dict entry."""
+    for old, new in V1_RENAMES:
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
 
 CHECKPOINT_KEYS = (
     "format",
@@ -297,7 +328,7 @@ def _read_payload(path: Path) -> Any:
 def _check_fields(payload: Any, name: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Check the keys and field types of a loaded payload; return its config and state dict."""
     fmt = payload.get("format") if isinstance(payload, dict) else None
-    if not (isinstance(fmt, str) and fmt == CHECKPOINT_FORMAT):
+    if not (isinstance(fmt, str) and fmt in (CHECKPOINT_FORMAT, V1_FORMAT)):
         what = f"a {type(payload).__name__}"
         if isinstance(payload, dict):
             what = f"format {_show(fmt)}" if "format" in payload else "a dict without 'format'"
@@ -359,6 +390,8 @@ def _check_fields(payload: Any, name: str) -> tuple[ModelConfig, dict[str, torch
                 f"checkpoint {name!r}: state_dict must map names to tensors, got "
                 f"{_show(key, 40)}: {type(value).__name__}"
             )
+    if fmt == V1_FORMAT:
+        state = {_v1_name(key): value for key, value in state.items()}
     return config, state
 
 

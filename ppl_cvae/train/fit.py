@@ -10,7 +10,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -21,12 +21,13 @@ from pyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
 from ppl_cvae._atomic import atomic_path
-from ppl_cvae.config import ModelConfig, TrainConfig
+from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.train.optim import FusedClippedAdam
+from ppl_cvae.train.settings import resolve_settings
 
 __all__ = ["FitResult", "build_cvae", "fit", "fit_problem", "negative_elbo", "Simulator"]
 
@@ -497,24 +498,26 @@ def fit(
 def fit_problem(
     problem: Problem,
     *,
-    model: dict[str, Any] | None = None,
-    train: dict[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> tuple[CVAE, FitResult, float]:
     """Fit a CVAE on a problem's simulations with its recommended settings.
 
-    The configs are ``problem.recommended_settings()`` (when it has one) updated by ``model``
-    and ``train``; ``num_train`` pairs simulated with seed ``train_config.seed + 1`` fit the
-    standardisers (and are the training set unless ``resimulate``), and ``problem.simulate``
-    draws fresh pairs every epoch when ``resimulate`` is set. This is what ``ppl-cvae fit
-    --problem NAME`` does without further flags.
+    The configs come from :func:`~ppl_cvae.train.resolve_settings`: the problem's
+    ``recommended_settings()`` updated by ``model`` and ``train``. ``num_train`` pairs
+    simulated with seed ``train_config.seed + 1`` fit the standardisers (and are the training
+    set unless ``resimulate``), and ``problem.simulate`` draws fresh pairs every epoch when
+    ``resimulate`` is set. This is what ``ppl-cvae fit --problem NAME`` does without further
+    flags.
 
     Parameters
     ----------
     problem : Problem
         Simulator, forward operator and shapes.
     model, train : dict, optional
-        Overrides of ``ModelConfig`` / ``TrainConfig`` fields.
+        Overrides of ``ModelConfig`` / ``TrainConfig`` fields (:class:`ModelOverrides`,
+        :class:`TrainOverrides`).
     progress : bool, default False
         Show the tqdm progress bar.
 
@@ -531,15 +534,10 @@ def fit_problem(
     ConfigError
         If an override names an unknown field or a value is out of range.
     """
-    recommend = getattr(problem, "recommended_settings", None)
-    settings = recommend() if recommend is not None else {}
-    model_kwargs = {**settings.get("model", {}), **(model or {})}
-    train_kwargs = {**settings.get("train", {}), **(train or {})}
-    try:
-        train_config = TrainConfig(**train_kwargs)
-        config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, **model_kwargs)
-    except TypeError as err:
-        raise ConfigError(f"unknown setting in the overrides: {err}") from err
+    overrides = Overrides(
+        model=cast(ModelOverrides, model or {}), train=cast(TrainOverrides, train or {})
+    )
+    config, train_config = resolve_settings(problem, overrides)
     gen = torch.Generator().manual_seed(train_config.seed + 1)
     x, y = problem.simulate(train_config.num_train, gen)
     cvae = build_cvae(config, x, y, problem=problem, seed=train_config.seed)

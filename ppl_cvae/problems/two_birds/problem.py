@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
 from ppl_cvae.errors import ConfigError, ShapeError, UnknownProblemError
 from ppl_cvae.problems.base import register_problem
 
@@ -244,30 +245,30 @@ class TwoBirds:
         """Return the bijection from ``R^4`` onto prior-valid endpoints (see the class)."""
         return EndpointTransform()
 
-    def recommended_settings(self) -> dict[str, dict[str, Any]]:
+    def recommended_settings(self) -> Overrides:
         """Return default ``ModelConfig``/``TrainConfig`` overrides for this problem.
 
         Straight-line decoder (``basis_dim=4``; unconstrained endpoints gave better amortized
         draws than ``constrained_coefficients`` in our runs), fresh simulations every epoch,
         8 latent dims.
         """
-        return {
-            "model": {
-                "latent_dim": 8,
-                "hidden_dims": (256, 256, 256),
-                "basis_dim": 4,
-                "init_scale": 1.0,
-                "scale_gain": 1.0,
-            },
-            "train": {
-                "num_epochs": 60,
-                "batch_size": 256,
-                "resimulate": True,
-                "num_train": 20000,
-                "lr_decay": 0.1,
-                "patience": 0,
-            },
-        }
+        return Overrides(
+            model=ModelOverrides(
+                latent_dim=8,
+                hidden_dims=(256, 256, 256),
+                basis_dim=4,
+                init_scale=1.0,
+                scale_gain=1.0,
+            ),
+            train=TrainOverrides(
+                num_epochs=60,
+                batch_size=256,
+                resimulate=True,
+                num_train=20000,
+                lr_decay=0.1,
+                patience=0,
+            ),
+        )
 
     def sample_endpoints(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw prior endpoints ``(x0(0), x0(1), x1(0), x1(1))``; shape ``(num, 4)``."""

@@ -1,0 +1,157 @@
+"""Decoder ``p_theta(x | z, y)``: the generation net, in standardised units."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from ppl_cvae.errors import ConfigError
+from ppl_cvae.nets.blocks import SCALE_FLOOR, ConditionalInput
+
+__all__ = ["Decoder", "DECODER_LIKELIHOODS"]
+
+DECODER_LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli")
+
+
+class Decoder(nn.Module):
+    """Return the parameters of ``p_theta(x | z, y)`` in standardised units.
+
+    The first layer ``h = act(W_z z + W_y f_y(y) + b)`` (:class:`~ppl_cvae.nets.
+    ConditionalInput`) feeds a body that outputs, per element of ``x``, the location (or
+    Bernoulli logit) and, for ``likelihood="gaussian_decoder"``, a raw scale; or, for a basis
+    decoder, ``basis_dim`` coefficients of a fixed linear basis.
+
+    Parameters
+    ----------
+    input_layer : ConditionalInput
+        ``(z, f_y(y)) -> h``, shapes ``(*sample, batch, latent_dim)``, ``(batch, y_width)``
+        -> ``(*sample, batch, width)``.
+    body : nn.Module
+        ``h -> (*sample, batch, prod(x_shape) * num_params)`` or
+        ``(*sample, batch, *x_shape, num_params)``; for a basis decoder
+        ``(*sample, batch, basis_dim)``. ``num_params`` is 2 for ``gaussian_decoder``, else 1.
+    x_shape : tuple of int
+        Event shape of ``x``.
+    likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli"}
+        Which scale the decoder provides (see Returns of :meth:`forward`).
+    y_encoder : nn.Module, optional
+        Feature encoder of the standardised ``y`` (None for an unconditional VAE).
+    skip : nn.Linear, optional
+        Linear map ``prod(y_shape) -> prod(x_shape)`` of the standardised ``y`` added to the
+        location (or logit); initialised at zero by the builder.
+    scale_body : nn.Module, optional
+        For a basis decoder with ``gaussian_decoder``: ``h -> (*sample, batch, prod(x_shape))``
+        raw scales.
+    basis_dim : int, optional
+        Number of basis coefficients the body returns (a basis decoder).
+    init_scale : float, default 0.05
+        Initial scale for ``likelihood="gaussian"`` (standardised units); see Notes.
+    scale_gain : float, default 10.0
+        Gain ``g`` of the learned log-scale for ``likelihood="gaussian"``.
+
+    Raises
+    ------
+    ConfigError
+        If ``likelihood`` is unknown or ``init_scale`` is not above ``SCALE_FLOOR``.
+
+    Notes
+    -----
+    Scales, in standardised units: ``gaussian``: one learned ``exp(g * r) + SCALE_FLOOR`` per
+    element (``r`` starts where the scale is ``init_scale``: a small start makes the
+    reconstruction term use ``z`` before the noise absorbs the spread, Bowman et al. 2016);
+    ``gaussian_decoder``: ``softplus(raw(z, y)) + SCALE_FLOOR``; ``gaussian_fixed`` and
+    ``bernoulli``: none (the model sets a fixed physical scale, or has no scale).
+
+    References
+    ----------
+    Sohn, Lee and Yan (2015), Learning Structured Output Representation using Deep Conditional
+    Generative Models, NeurIPS (the generation network ``p_theta(y | x, z)`` in their notation).
+
+    Examples
+    --------
+    >>> dec = Decoder(ConditionalInput(2, 0, 8, "relu"), nn.Linear(8, 3), (3,), "gaussian")
+    >>> loc, scale = dec(torch.zeros(5, 4, 2), None)
+    >>> tuple(loc.shape), tuple(scale.shape)  # one learned scale per element of x
+    ((5, 4, 3), (3,))
+    """
+
+    def __init__(
+        self,
+        input_layer: ConditionalInput,
+        body: nn.Module,
+        x_shape: tuple[int, ...],
+        likelihood: str,
+        *,
+        y_encoder: nn.Module | None = None,
+        skip: nn.Linear | None = None,
+        scale_body: nn.Module | None = None,
+        basis_dim: int | None = None,
+        init_scale: float = 0.05,
+        scale_gain: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if likelihood not in DECODER_LIKELIHOODS:
+            raise ConfigError(
+                f"unknown likelihood {likelihood!r}; expected one of {DECODER_LIKELIHOODS}"
+            )
+        self.y_encoder = y_encoder
+        self.input = input_layer
+        self.skip = skip
+        self.body = body
+        self.scale_body = scale_body
+        self.x_shape = tuple(x_shape)
+        self.likelihood = likelihood
+        self.basis_dim = basis_dim
+        self.scale_gain = float(scale_gain)
+        self.raw_scale: nn.Parameter | None = None
+        if likelihood == "gaussian":
+            if not init_scale > SCALE_FLOOR:
+                raise ConfigError(f"init_scale must be above {SCALE_FLOOR}, got {init_scale}")
+            raw = math.log(init_scale - SCALE_FLOOR) / self.scale_gain
+            self.raw_scale = nn.Parameter(torch.full(self.x_shape, raw))
+
+    def forward(
+        self, z: torch.Tensor, y_std: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(loc, scale)`` of ``x`` in standardised units.
+
+        Parameters
+        ----------
+        z : Tensor, shape (*sample, batch, latent_dim)
+        y_std : Tensor, shape (batch, *y_shape), or None
+            Standardised observations (None for an unconditional VAE).
+
+        Returns
+        -------
+        loc : Tensor, shape (*sample, batch, *x_shape) or (*sample, batch, basis_dim)
+            Standardised location (the logit for ``bernoulli``), or the standardised basis
+            coefficients for a basis decoder.
+        scale : Tensor, shape (*sample, batch, *x_shape) or (*x_shape,), or None
+            Standardised scale: per element for ``gaussian`` (broadcasts), per draw for
+            ``gaussian_decoder``; None for ``gaussian_fixed`` and ``bernoulli``.
+        """
+        hy = self.y_encoder(y_std) if self.y_encoder is not None else None
+        h = self.input(z, hy)  # the y part is computed once per observation
+        batch = h.shape[:-1]
+        raw: torch.Tensor | None = None
+        if self.basis_dim is not None:
+            loc = self.body(h)
+            if self.scale_body is not None:
+                raw = self.scale_body(h).reshape(*batch, *self.x_shape)
+        else:
+            params = self.body(h).reshape(*batch, *self.x_shape, -1)
+            loc = params[..., 0]
+            if self.skip is not None and y_std is not None:
+                skip = self.skip(y_std.flatten(start_dim=1)).reshape(-1, *self.x_shape)
+                loc = loc + skip
+            raw = params[..., 1] if params.shape[-1] == 2 else None
+        if self.raw_scale is not None:  # gaussian
+            return loc, torch.exp(self.scale_gain * self.raw_scale) + SCALE_FLOOR
+        if self.likelihood == "gaussian_decoder":
+            if raw is None:
+                raise ConfigError("likelihood 'gaussian_decoder' needs a decoder scale output")
+            return loc, F.softplus(raw) + SCALE_FLOOR
+        return loc, None

@@ -1,0 +1,260 @@
+"""Builders of the three CVAE networks by network family: a small registry.
+
+``ModelConfig.network`` names a family: how an event is encoded into features and how the
+decoder body turns features into ``x``. :func:`build_networks` builds the
+:class:`~ppl_cvae.nets.RecognitionNet`, :class:`~ppl_cvae.nets.PriorNet` and
+:class:`~ppl_cvae.nets.Decoder` of a configuration from the family's two builders;
+:func:`register_network` adds a family (for example a graph or transformer encoder) without
+touching the model. Built in: ``"mlp"``, ``"conv1d"``, ``"conv2d"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from torch import nn
+
+from ppl_cvae.errors import ConfigError
+from ppl_cvae.nets.blocks import (
+    ConditionalInput,
+    Conv1dDecoder,
+    Conv1dEncoder,
+    Conv2dDecoder,
+    Conv2dEncoder,
+    FlattenMLP,
+    image_shape,
+    make_activation,
+    mlp,
+)
+from ppl_cvae.nets.decoder import Decoder
+from ppl_cvae.nets.prior import PriorNet
+from ppl_cvae.nets.recognition import RecognitionNet
+
+if TYPE_CHECKING:  # ppl_cvae.config imports this package: annotations only
+    from ppl_cvae.config import ModelConfig
+
+__all__ = [
+    "CVAENetworks",
+    "NetworkFamily",
+    "build_networks",
+    "network_names",
+    "register_network",
+]
+
+EncoderBuilder = Callable[["ModelConfig", tuple[int, ...]], tuple[nn.Module, int]]
+"""``(config, event_shape) -> (encoder, width)``: ``(*batch, *event_shape) -> (*batch, width)``."""
+
+BodyBuilder = Callable[["ModelConfig", int, int], nn.Module]
+"""``(config, in_width, num_params) -> body``: ``(*batch, in_width)`` to
+``(*batch, prod(x_shape) * num_params)`` or ``(*batch, *x_shape, num_params)``."""
+
+
+@dataclass(frozen=True)
+class NetworkFamily:
+    """The two builders of one network family.
+
+    Attributes
+    ----------
+    encoder : EncoderBuilder
+        Feature encoder of an event (``x`` in the recognition net, ``y`` everywhere).
+    decoder_body : BodyBuilder
+        Decoder body from the first decoder layer's features to the per-element parameters.
+    """
+
+    encoder: EncoderBuilder
+    decoder_body: BodyBuilder
+
+
+class CVAENetworks(NamedTuple):
+    """The networks of one CVAE (Sohn et al. 2015): recognition net, prior net, decoder."""
+
+    recognition: RecognitionNet
+    prior: PriorNet | None
+    decoder: Decoder
+
+
+def _first_width(config: ModelConfig) -> int:
+    return config.hidden_dims[0] if config.hidden_dims else config.feature_dim
+
+
+def _mlp_encoder(config: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    width = config.hidden_dims[-1] if config.hidden_dims else config.feature_dim
+    enc = FlattenMLP(shape, width, config.hidden_dims[:-1], config.activation)
+    return nn.Sequential(enc, make_activation(config.activation)), width
+
+
+def _conv1d_encoder(config: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    enc = Conv1dEncoder(shape, config.feature_dim, config.conv_channels, config.activation)
+    return nn.Sequential(enc, make_activation(config.activation)), config.feature_dim
+
+
+def _conv2d_encoder(config: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    if image_shape(shape) is None:  # a data vector beside an image x: an MLP encoder
+        return _mlp_encoder(config, shape)
+    enc = Conv2dEncoder(shape, config.feature_dim, config.conv_channels, config.activation)
+    return nn.Sequential(enc, make_activation(config.activation)), config.feature_dim
+
+
+def _mlp_body(config: ModelConfig, width: int, num_params: int) -> nn.Module:
+    return mlp(width, config.hidden_dims[1:], config.x_dim * num_params, config.activation)
+
+
+def _conv1d_body(config: ModelConfig, width: int, num_params: int) -> nn.Module:
+    return Conv1dDecoder(
+        width, config.x_shape, config.conv_channels, config.activation, num_params
+    )
+
+
+def _conv2d_body(config: ModelConfig, width: int, num_params: int) -> nn.Module:
+    return Conv2dDecoder(
+        width, config.x_shape, config.conv_channels, config.activation, num_params
+    )
+
+
+_FAMILIES: dict[str, NetworkFamily] = {
+    "mlp": NetworkFamily(_mlp_encoder, _mlp_body),
+    "conv1d": NetworkFamily(_conv1d_encoder, _conv1d_body),
+    "conv2d": NetworkFamily(_conv2d_encoder, _conv2d_body),
+}
+
+
+def network_names() -> tuple[str, ...]:
+    """Return the registered family names (valid values of ``ModelConfig.network``)."""
+    return tuple(_FAMILIES)
+
+
+def register_network(name: str, family: NetworkFamily, *, replace: bool = False) -> None:
+    """Register a network family under ``name`` (then ``ModelConfig(network=name)`` is valid).
+
+    Parameters
+    ----------
+    name : str
+        Family name; a Python identifier.
+    family : NetworkFamily
+        Its encoder and decoder-body builders.
+    replace : bool, default False
+        Allow replacing an existing family.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not an identifier, is taken and ``replace`` is False, or ``family`` is
+        not a :class:`NetworkFamily`.
+
+    Notes
+    -----
+    A checkpoint stores the family name, so the module that registers a family must be
+    imported before such a checkpoint is loaded.
+
+    Examples
+    --------
+    >>> register_network("mlp2", NetworkFamily(_mlp_encoder, _mlp_body))
+    >>> "mlp2" in network_names()
+    True
+    >>> del _FAMILIES["mlp2"]
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"a network family name must be a Python name, got {name!r}")
+    if name in _FAMILIES and not replace:
+        raise ConfigError(f"network family {name!r} exists; pass replace=True to replace it")
+    if not isinstance(family, NetworkFamily):
+        raise ConfigError(f"family must be a NetworkFamily, got {type(family).__name__}")
+    _FAMILIES[name] = family
+
+
+def build_networks(config: ModelConfig) -> CVAENetworks:
+    """Build the recognition net, prior net and decoder that ``config`` describes.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Architecture; ``config.network`` picks the family.
+
+    Returns
+    -------
+    CVAENetworks
+        ``prior`` is None for ``prior="standard_normal"``. With ``y_embedding="shared"`` one
+        ``y`` encoder module is shared by all three networks.
+
+    Raises
+    ------
+    ConfigError
+        If ``config.network`` is not registered.
+
+    Notes
+    -----
+    Modules are created in a fixed order (recognition net, prior net, decoder; within the
+    decoder: ``y`` encoder, first layer, linear skip, body, scale body), so a seeded build
+    gives the same weights from one version to the next.
+
+    Examples
+    --------
+    >>> from ppl_cvae.config import ModelConfig
+    >>> nets = build_networks(ModelConfig(x_shape=(3,), y_shape=(2,), hidden_dims=(8,)))
+    >>> type(nets.prior).__name__
+    'PriorNet'
+    """
+    family = _FAMILIES.get(config.network)
+    if family is None:
+        raise ConfigError(
+            f"unknown network {config.network!r}; expected one of {network_names()}"
+        )
+    y_shape = config.y_shape
+    shared: list[tuple[nn.Module, int]] = []
+
+    def y_encoder() -> tuple[nn.Module | None, int]:
+        if y_shape is None:
+            return None, 0
+        if config.y_embedding != "shared":
+            return family.encoder(config, y_shape)
+        if not shared:  # one module, registered under each network that uses it
+            shared.append(family.encoder(config, y_shape))
+        return shared[0]
+
+    x_enc, x_width = family.encoder(config, config.x_shape)
+    rec_y, rec_y_width = y_encoder()
+    recognition = RecognitionNet(
+        x_enc, x_width, rec_y, rec_y_width, config.latent_dim, config.activation
+    )
+    prior = None
+    if config.prior == "learned":
+        prior_y, prior_width = y_encoder()
+        if prior_y is None:  # ModelConfig refuses a learned prior without y
+            raise ConfigError("a learned prior net needs y (use prior='standard_normal')")
+        prior = PriorNet(prior_y, prior_width, config.latent_dim)
+
+    dec_y, dec_y_width = y_encoder()
+    width = _first_width(config)
+    input_layer = ConditionalInput(config.latent_dim, dec_y_width, width, config.activation)
+    skip = None
+    if config.linear_skip and y_shape is not None:
+        # zero at the start: the part of E[x | y] linear in y needs no hidden layer
+        skip = nn.Linear(math.prod(y_shape), config.x_dim)
+        nn.init.zeros_(skip.weight)
+        nn.init.zeros_(skip.bias)
+    num_params = 2 if config.likelihood == "gaussian_decoder" else 1
+    scale_body = None
+    body: nn.Module
+    if config.basis_dim is not None:
+        rest = config.hidden_dims[1:]
+        body = mlp(width, rest, config.basis_dim, config.activation)
+        if num_params == 2:
+            scale_body = mlp(width, rest, config.x_dim, config.activation)
+    else:
+        body = family.decoder_body(config, width, num_params)
+    decoder = Decoder(
+        input_layer,
+        body,
+        config.x_shape,
+        config.likelihood,
+        y_encoder=dec_y,
+        skip=skip,
+        scale_body=scale_body,
+        basis_dim=config.basis_dim,
+        init_scale=config.init_scale,
+        scale_gain=config.scale_gain,
+    )
+    return CVAENetworks(recognition, prior, decoder)

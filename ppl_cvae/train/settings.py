@@ -1,0 +1,181 @@
+"""One place where a run's settings are decided: :func:`resolve_settings`.
+
+A fit's :class:`~ppl_cvae.config.ModelConfig` and :class:`~ppl_cvae.config.TrainConfig` come
+from layers of :class:`~ppl_cvae.config.Overrides`, later layers winning field by field:
+
+1. the library defaults (the dataclass defaults);
+2. what the training source recommends: a problem's ``recommended_settings()``; for a data
+   file, :func:`~ppl_cvae.train.defaults.data_settings` (sizes and epochs adapted to the
+   file), with a named problem's *model* recommendations on top (a basis decoder, say: the
+   file fixes the data, so the problem's training schedule does not apply); for an image
+   dataset, :func:`~ppl_cvae.train.defaults.image_settings`;
+3. the user's overrides (``fit_problem(model=..., train=...)``; for ``ppl-cvae fit``, a run
+   file given by ``--config`` with the command-line flags on top).
+
+``ppl-cvae fit``, :func:`~ppl_cvae.train.fit_problem`, the examples and the benchmarks all go
+through :func:`resolve_settings`, so a recommendation is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ppl_cvae.config import ModelConfig, Overrides, TrainConfig
+from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.train.defaults import data_settings, image_settings
+
+__all__ = ["DataSource", "recommended", "resolve_settings"]
+
+Decoder = Literal["auto", "network", "basis"]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Shapes and size of a fixed set of training pairs (a data file or an image dataset).
+
+    Parameters
+    ----------
+    x_shape : tuple of int
+        Event shape of one ``x``.
+    y_shape : tuple of int or None
+        Event shape of one ``y``; None for an unconditional VAE (images without labels).
+    num_pairs : int
+        Number of pairs, before the validation split.
+    dataset : {"digits", "mnist", "folder"} or None, default None
+        The image dataset the pairs come from (its recommendations apply); None for a data
+        file (settings adapted to the shapes and size apply).
+
+    Examples
+    --------
+    >>> DataSource.of(torch.zeros(100, 3), torch.zeros(100, 2))
+    DataSource(x_shape=(3,), y_shape=(2,), num_pairs=100, dataset=None)
+    """
+
+    x_shape: tuple[int, ...]
+    y_shape: tuple[int, ...] | None
+    num_pairs: int
+    dataset: str | None = None
+
+    @classmethod
+    def of(cls, x: torch.Tensor, y: torch.Tensor | None, dataset: str | None = None) -> DataSource:
+        """Describe the pairs ``x`` ``(N, *x_shape)`` and ``y`` ``(N, *y_shape)`` (or None)."""
+        y_shape = tuple(y.shape[1:]) if y is not None else None
+        return cls(tuple(x.shape[1:]), y_shape, int(x.shape[0]), dataset)
+
+
+def recommended(problem: Problem) -> Overrides:
+    """Return a problem's recommended settings (empty when it recommends nothing).
+
+    Parameters
+    ----------
+    problem : Problem
+        A problem; ``recommended_settings()`` is optional for user problems, and may return
+        :class:`~ppl_cvae.config.Overrides` or a ``{"model": ..., "train": ...}`` dict.
+
+    Raises
+    ------
+    ConfigError
+        If the recommendation is neither, or names a field the configurations do not have.
+    """
+    method = getattr(problem, "recommended_settings", None)
+    if method is None:
+        return Overrides()
+    name = getattr(problem, "name", type(problem).__name__)
+    return Overrides.coerce(method(), f"recommended_settings() of problem {name!r}")
+
+
+def _source_layer(
+    source: Problem | DataSource, problem: Problem | None
+) -> tuple[Overrides, tuple[int, ...], tuple[int, ...] | None]:
+    """Return the source's recommendation layer, ``x_shape`` and ``y_shape``."""
+    if not isinstance(source, DataSource):  # a problem: it simulates its own pairs
+        return recommended(source), tuple(source.x_shape), tuple(source.y_shape)
+    if problem is not None and tuple(problem.x_shape) != source.x_shape:
+        raise DataError(
+            f"x in the training data has event shape {source.x_shape}; problem "
+            f"{problem.name!r} expects {tuple(problem.x_shape)}"
+        )
+    if source.dataset is not None:
+        layer = image_settings(source.dataset)
+    else:
+        layer = data_settings(source.x_shape, source.y_shape, source.num_pairs)
+        if problem is not None:  # its model (e.g. a basis decoder), not its schedule
+            model = recommended(problem).model
+            if model.get("basis_dim") is not None:  # a basis decoder has no linear y path
+                layer.model.pop("linear_skip", None)
+            layer = layer.updated(Overrides(model=model))
+    return layer, source.x_shape, source.y_shape
+
+
+def resolve_settings(
+    source: Problem | DataSource,
+    overrides: Overrides | None = None,
+    *,
+    problem: Problem | None = None,
+    decoder: Decoder = "auto",
+) -> tuple[ModelConfig, TrainConfig]:
+    """Decide a fit's model and training configuration from its source and the user's overrides.
+
+    Parameters
+    ----------
+    source : Problem or DataSource
+        A problem (pairs simulated from it; its ``recommended_settings()`` apply), or the
+        shapes and size of fixed training pairs (see the module docstring for the layers).
+    overrides : Overrides, optional
+        The user's settings; they win over every recommendation.
+    problem : Problem, optional
+        With a :class:`DataSource`: the problem that produced the data (its forward operator
+        and its model recommendations; its ``x_shape`` must match the data's).
+    decoder : {"auto", "network", "basis"}, default "auto"
+        ``"network"`` drops a recommended basis decoder (``basis_dim``,
+        ``constrained_coefficients``); ``"basis"`` decodes coefficients of the problem's
+        ``basis()`` (``basis_dim`` defaults to its number of columns); ``"auto"`` keeps what
+        the layers say.
+
+    Returns
+    -------
+    model_config : ModelConfig
+        With the event shapes of the source; ``prior="standard_normal"`` when there is no
+        ``y`` and no layer sets the prior (an unconditional VAE has no prior net).
+    train_config : TrainConfig
+
+    Raises
+    ------
+    ConfigError
+        If a value is invalid (the configurations' own checks), ``decoder="basis"`` has no
+        problem with a ``basis()``, or ``decoder`` is not one of the three names.
+    DataError
+        If ``problem.x_shape`` differs from the event shape of ``x`` in a data source.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> model, train = resolve_settings(LinearGaussian(x_dim=2, y_dim=2), Overrides(
+    ...     train={"num_epochs": 3}))
+    >>> model.latent_dim, train.num_epochs
+    (4, 3)
+    """
+    if decoder not in ("auto", "network", "basis"):
+        raise ConfigError(f"decoder must be 'auto', 'network' or 'basis', got {decoder!r}")
+    if not isinstance(source, DataSource):
+        problem = source
+    layer, x_shape, y_shape = _source_layer(source, problem)
+    layers = layer.updated(overrides or Overrides())
+    model, train = layers.model.copy(), layers.train.copy()
+    if y_shape is None:
+        model.setdefault("prior", "standard_normal")
+    if decoder == "network":
+        model.pop("basis_dim", None)
+        model.pop("constrained_coefficients", None)
+    elif decoder == "basis":
+        if problem is None or not hasattr(problem, "basis"):
+            raise ConfigError("decoder='basis' (--decoder basis) needs a problem with a basis()")
+        model.setdefault("basis_dim", int(problem.basis().shape[1]))
+    return (
+        ModelConfig(x_shape=x_shape, y_shape=y_shape, **model),
+        TrainConfig(**train),
+    )
