@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import hashlib
 import io
+import json
 import os
 import pickle
 import shutil
@@ -160,6 +161,24 @@ def build_workspace(root: Path) -> None:
     (root / "user_folder" / "thesis.tex").write_text("years of work")
     (root / "badmod.py").write_text("def not_a_problem():\n    return 42\n"
                                     "def boom():\n    raise RuntimeError('factory failed')\n")
+    # run files (fit --config)
+    runs = {
+        "rf_rmtree.toml": f'problem = {{ name = "shutil:rmtree", path = "{root}" }}\n',
+        "rf_system.json": json.dumps(
+            {"problem": {"name": "os:system", "command": f"touch {root}/PWNED"}}
+        ),
+        "rf_bad_toml.toml": "[model\nlatent_dim = 2\n",
+        "rf_unknown.toml": "[train]\nepoch = 3\n",
+        "rf_types.toml": 'problem = "two_birds"\n[model]\nlatent_dim = "8"\n',
+        "rf_huge.toml": 'problem = "two_birds"\n[model]\nhidden_dims = [200000, 200000]\n',
+        "rf_data_is_out.toml": f'data = "{root}/pairs.npz"\n',
+        "rf_image_size.toml": 'dataset = { name = "folder", path = "x", image_size = [0, 5] }\n',
+        "rf_deep.json": "[" * 100_000,
+        "rf_shapes.json": '{"problem": "linear_gaussian", "model": {"x_shape": [9]}}',
+    }
+    for name, text in runs.items():
+        (root / name).write_text(text)
+    (root / "rf_big.toml").write_text("#" * (2 << 20))
 
 
 def cases(root: Path) -> list[Case]:
@@ -326,6 +345,17 @@ def cases(root: Path) -> list[Case]:
              "--out", os.fsdecode(root.as_posix().encode() + b"/\xff\xfe.npz")]))
     add(Case("misc", "non-UTF-8 --data", ["fit", "--data", os.fsdecode(
              root.as_posix().encode() + b"/\xff.npz"), "--out", out, *TINY]))
+    for name in ("rf_rmtree.toml", "rf_system.json", "rf_bad_toml.toml", "rf_unknown.toml",
+                 "rf_types.toml", "rf_huge.toml", "rf_image_size.toml", "rf_deep.json",
+                 "rf_shapes.json", "rf_big.toml", "afile"):
+        # no TINY: its --latent-dim and --hidden-dims would override the file's bad values
+        add(Case("run files (fit --config)", name, ["fit", "--config", f"{r}/{name}", "--out",
+                 out, "--epochs", "1", "--num-train", "128", "--quiet"]))
+    add(Case("run files (fit --config)", "--out = the run file's data folder",
+             ["fit", "--config", f"{r}/rf_data_is_out.toml", "--out", r, "--overwrite", *TINY]))
+    add(Case("run files (fit --config)", "--out = the run file",
+             ["fit", "--config", f"{r}/rf_data_is_out.toml", "--out", f"{r}/rf_data_is_out.toml",
+              "--overwrite", *TINY]))
     add(Case("interrupts", "Ctrl-C during fit", ["fit", "--problem", "crosshole", "--out",
              f"{r}/interrupted", "--quiet"], expect=130, subprocess_signal=True))
     return c
