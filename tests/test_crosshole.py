@@ -13,7 +13,8 @@ import torch
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems import Crosshole, Problem, make_problem
 from ppl_cvae.problems.base import linear_gaussian_parts
-from ppl_cvae.problems.crosshole import ChannelField, ray_length_matrix
+from ppl_cvae.problems.crosshole import ray_length_matrix
+from ppl_cvae.problems.priors import ChannelField
 from ppl_cvae.train import resolve_settings
 
 
@@ -189,6 +190,12 @@ def test_forward_rejects_wrong_shape(default: Crosshole, shape: tuple[int, ...])
         ({"slowness_std": -1e-5}, "slowness_std"),
         ({"channel_slowness": -1.0}, "channel_slowness"),
         ({"background_slowness": math.inf}, "background_slowness"),
+        ({"min_channels": 4}, "min_channels must be <= max_channels"),
+        ({"max_channels": 0}, "max_channels"),
+        ({"channel_angles": []}, "channel_angles"),
+        ({"channel_angle_spread": 120.0}, "channel_angle_spread"),
+        ({"channel_widths": (0.0, 2.0)}, "channel_widths"),
+        ({"channel_amplitudes": -1.0}, "channel_amplitudes"),
     ],
 )
 def test_bad_arguments_raise_config_error(kwargs: dict[str, object], match: str) -> None:
@@ -289,6 +296,53 @@ def test_spec_round_trip(prior: Literal["grf", "channels"]) -> None:
     assert isinstance(q, Crosshole) and q.spec() == p.spec()
     torch.testing.assert_close(q.matrix, p.matrix, rtol=0, atol=0)
     torch.testing.assert_close(q.sample_prior(3, _gen(2)), p.sample_prior(3, _gen(2)))
+
+
+CHANNEL_OPTIONS: dict[str, object] = {
+    "prior": "channels",
+    "num_depth_cells": 12,
+    "num_offset_cells": 10,
+    "num_sources": 3,
+    "num_receivers": 3,
+    "min_channels": 2,
+    "max_channels": 2,
+    "channel_angles": [90],
+    "channel_angle_spread": 0,
+    "channel_widths": 2.0,
+    "channel_amplitudes": [0, 0],
+}
+
+
+def test_channel_options_reach_the_prior_and_survive_spec() -> None:
+    p = Crosshole(**CHANNEL_OPTIONS)  # type: ignore[arg-type]
+    spec = p.spec()
+    assert spec["channel_angles"] == [90.0] and spec["channel_widths"] == [2.0, 2.0]
+    assert spec["min_channels"] == 2 and spec["channel_amplitudes"] == [0.0, 0.0]
+    # a checkpoint stores the spec as JSON; the rebuilt problem draws the same fields
+    spec = json.loads(json.dumps(spec))
+    q = make_problem(spec.pop("name"), **spec)
+    assert isinstance(q, Crosshole) and q.spec() == p.spec()
+    x = q.sample_prior(50, _gen(4))
+    torch.testing.assert_close(x, p.sample_prior(50, _gen(4)), rtol=0, atol=0)
+    # two straight vertical 2-m channels: every column is all sand or all shale, and the two
+    # bands of 2 columns cover 2 (on top of each other) to 4 (apart) columns
+    assert torch.equal(x, x[:, :1, :].expand_as(x))
+    columns = (x[:, 0, :] == torch.tensor(1 / 2400)).sum(1)
+    assert bool(((columns >= 2) & (columns <= 4)).all()) and bool((columns == 4).any())
+    # negative control: the default channel prior of the same grid draws other fields
+    default = Crosshole(prior="channels", num_depth_cells=12, num_offset_cells=10)
+    assert not torch.equal(default.sample_prior(50, _gen(4)), x)
+
+
+def test_channel_options_from_the_cli(tmp_path) -> None:
+    from ppl_cvae.cli import main
+
+    out = tmp_path / "pairs.npz"
+    args = [f"{k}={json.dumps(v) if k != 'prior' else v}" for k, v in CHANNEL_OPTIONS.items()]
+    cli = ["simulate", "--problem", "crosshole", "--num", "20", "--out", str(out)]
+    assert main(cli + [a for arg in args for a in ("--problem-arg", arg)]) == 0
+    x = torch.from_numpy(np.load(out)["x"])
+    assert x.shape == (20, 12, 10) and torch.equal(x, x[:, :1, :].expand_as(x))
 
 
 def test_linear_gaussian_parts() -> None:

@@ -15,6 +15,13 @@ where ``G_ij`` (m) is the exact length of ray ``i`` inside cell ``j``, computed 
 Siddon-style walk over the grid lines (Siddon 1985). Observations are ``y = G x + eps``,
 ``eps ~ N(0, noise_std^2 I)``, with ``y`` in s. Nothing is log-transformed.
 
+Priors
+------
+The slowness prior is a :class:`~ppl_cvae.problems.priors.GaussianRandomField` or a
+:class:`~ppl_cvae.problems.priors.ChannelField` (both in :mod:`ppl_cvae.problems.priors`), built
+from the constructor arguments; this module holds only the survey, the ray tracing and the
+forward operator.
+
 Coordinate convention
 ---------------------
 Depth ``z`` is positive downward with origin at the top of the grid (the top of the section),
@@ -58,9 +65,20 @@ from ppl_cvae.problems.base import (
     register_problem,
     sample_noise,
 )
-from ppl_cvae.problems.random_fields import CORRELATION_KERNELS, GaussianRandomField, Kernel
+from ppl_cvae.problems.priors import (
+    CORRELATION_KERNELS,
+    ChannelField,
+    GaussianRandomField,
+    Kernel,
+)
+from ppl_cvae.problems.priors.channels import (
+    _check_angle_spread,
+    _check_angles,
+    _check_count_range,
+    _check_interval,
+)
 
-__all__ = ["ChannelField", "Crosshole", "ray_length_matrix"]
+__all__ = ["Crosshole", "ray_length_matrix"]
 
 PriorName = Literal["grf", "channels"]
 PRIORS: tuple[str, ...] = ("grf", "channels")
@@ -171,145 +189,6 @@ def ray_length_matrix(
     return torch.from_numpy(g)
 
 
-class ChannelField:
-    """Binary channelised facies: sinuous channels of one value in a background of another.
-
-    Parameters
-    ----------
-    axes : pair of 1-D sequences of float
-        Cell-centre coordinates ``(depth_centres, offset_centres)`` in m (depth positive
-        downward); fields have shape ``(len(depth_centres), len(offset_centres))``.
-    channel_value, background_value : float
-        Value inside and outside the channels, in the field's unit (s/m for slowness).
-    max_channels : int, default 3
-        Each field has between 1 and ``max_channels`` channels (uniformly).
-
-    Raises
-    ------
-    ConfigError
-        If an axis is empty or ``max_channels`` is not a positive integer.
-
-    Notes
-    -----
-    Let ``D`` be the smaller span of the cell centres and ``(u, v)`` coordinates along and
-    across a channel axis through the section centre, the axis at angle ``theta`` to the offset
-    direction. For each channel, independently:
-
-    - ``theta = b pi/2 + U(-pi/6, pi/6)`` with ``b ~ Bernoulli(1/2)``: the channel runs
-      roughly left-to-right (``b = 0``) or top-to-bottom (``b = 1``);
-    - centreline ``v_c(u) = v0 + A sin(2 pi u / lambda + phi)`` with ``v0 ~ U(-D/4, D/4)``,
-      ``A ~ U(0.05, 0.15) D``, ``lambda ~ U(0.5, 1.5) D``, ``phi ~ U(0, 2 pi)``;
-    - width ``w ~ U(0.08, 0.2) D``; a cell centre is channel when its distance to the
-      centreline, approximated to first order by ``|v - v_c(u)| / sqrt(1 + v_c'(u)^2)``,
-      is at most ``w / 2``.
-
-    ``|v0| + A < D/2`` puts the centreline point at ``u = 0`` inside the section, so every
-    channel crosses it. Channels may overlap. This is a simple, parametric stand-in for the
-    training-image channel models of Laloy et al. (2017) and Lopez-Alvis et al. (2021); draws
-    are vectorised over fields (a loop over at most ``max_channels`` channels).
-
-    References
-    ----------
-    Laloy, E., Herault, R., Lee, J., Jacques, D. and Linde, N. (2017). Inversion using a new
-    low-dimensional representation of complex binary geological media based on a deep neural
-    network. Advances in Water Resources 110, 387-405. doi:10.1016/j.advwatres.2017.09.029
-
-    Lopez-Alvis, J., Laloy, E., Nguyen, F. and Hermans, T. (2021). Deep generative models in
-    inversion: the impact of the generator's nonlinearity and development of a new approach
-    based on a variational autoencoder. Computers & Geosciences 152, 104762.
-    doi:10.1016/j.cageo.2021.104762
-
-    Examples
-    --------
-    >>> field = ChannelField((range(8), range(8)), channel_value=1.0, background_value=0.0)
-    >>> x = field.sample(2, torch.Generator().manual_seed(0))
-    >>> tuple(x.shape), sorted(set(x.unique().tolist())) == [0.0, 1.0]
-    ((2, 8, 8), True)
-    """
-
-    def __init__(
-        self,
-        axes: tuple[Sequence[float], Sequence[float]],
-        channel_value: float,
-        background_value: float,
-        max_channels: int = 3,
-    ) -> None:
-        if len(axes) != 2 or any(len(a) == 0 for a in axes):
-            raise ConfigError("a channel field needs two non-empty axes (depth, offset) in m")
-        if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
-            raise ConfigError(f"max_channels must be a positive integer, got {max_channels!r}")
-        self.depth = torch.as_tensor(list(axes[0]), dtype=torch.float64).reshape(-1)
-        self.offset = torch.as_tensor(list(axes[1]), dtype=torch.float64).reshape(-1)
-        self.shape = (len(self.depth), len(self.offset))
-        self.channel_value = float(channel_value)
-        self.background_value = float(background_value)
-        self.max_channels = max_channels
-        spans = [float(a.max() - a.min()) for a in (self.depth, self.offset)]
-        self.size = max(min(spans), 1e-12)  # D, m
-
-    def channel_mask(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``num`` channel indicators; shape ``(num, nz, nx)``, bool (True = channel).
-
-        Raises
-        ------
-        ConfigError
-            If ``num`` is negative.
-        """
-        if num < 0:
-            raise ConfigError(f"num must be >= 0, got {num}")
-        c = self.max_channels
-        u = torch.rand(num, c, 8, generator=generator, dtype=torch.float64)
-        count = 1 + torch.clamp((u[:, 0, 0] * c).long(), max=c - 1)  # (num,), 1..c
-        d = self.size
-        vertical = (u[..., 1] < 0.5).double()
-        theta = vertical * math.pi / 2 + (u[..., 2] - 0.5) * (math.pi / 3)
-        v0 = (u[..., 3] - 0.5) * (d / 2)
-        amplitude = (0.05 + 0.10 * u[..., 4]) * d
-        wavelength = (0.5 + 1.0 * u[..., 5]) * d
-        phase = 2 * math.pi * u[..., 6]
-        width = (0.08 + 0.12 * u[..., 7]) * d
-        # grid arithmetic in float32: halves the cost of the (num, nz, nx) operations
-        pz = (self.depth - 0.5 * (self.depth.max() + self.depth.min()))[:, None].float()
-        px = (self.offset - 0.5 * (self.offset.max() + self.offset.min()))[None, :].float()
-        wavenumber = 2 * math.pi / wavelength
-        params = torch.stack(
-            [
-                torch.cos(theta),
-                torch.sin(theta),
-                v0,
-                amplitude,
-                wavenumber,
-                amplitude * wavenumber,
-                phase,
-                (width / 2) ** 2,
-            ],
-            dim=-1,
-        ).float()
-        mask = torch.zeros(num, *self.shape, dtype=torch.bool)
-        for k in range(c):
-            # each (num, 1, 1): broadcast against the (nz, 1) and (1, nx) cell coordinates
-            cos, sin, off, amp, kw, max_slope, phi, half_w2 = params[:, k, :, None, None].unbind(1)
-            arg = kw * (px * cos + pz * sin) + phi  # along-axis u -> phase of the centreline
-            across = pz * cos - px * sin - off - amp * torch.sin(arg)  # v - v_c(u)
-            slope = max_slope * torch.cos(arg)  # dv_c / du
-            # |v - v_c| / sqrt(1 + slope^2) <= w / 2, squared to avoid the square root
-            inside = across.square() <= half_w2 * (1 + slope.square())
-            mask |= inside & (count > k)[:, None, None]
-        return mask
-
-    def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``num`` fields; shape ``(num, nz, nx)``, float32, values channel or background.
-
-        Raises
-        ------
-        ConfigError
-            If ``num`` is negative.
-        """
-        mask = self.channel_mask(num, generator)
-        x = torch.full(mask.shape, self.background_value, dtype=torch.float32)
-        return x.masked_fill(mask, self.channel_value)
-
-
 def _check_positive(**values: float) -> None:
     """Raise ConfigError naming the first value that is not a finite number > 0."""
     for key, value in values.items():
@@ -341,7 +220,7 @@ class Crosshole:
     prior : {"grf", "channels"}, default "grf"
         Prior of the slowness ``x``: a stationary Gaussian random field (the problem is then
         linear-Gaussian, see :meth:`linear_gaussian`) or binary sinuous channels
-        (:class:`ChannelField`).
+        (:class:`~ppl_cvae.problems.priors.ChannelField`).
     num_depth_cells, num_offset_cells : int, default 32
         Grid size ``nz`` (rows, along depth) and ``nx`` (columns, along offset).
     cell_size : float, default 1.0
@@ -362,11 +241,31 @@ class Crosshole:
     correlation_length : float, default 8.0
         Correlation length of the random field, in m.
     kernel : {"exponential", "gaussian", "matern32", "matern52"}, default "exponential"
-        Correlation function of the random field (:class:`GaussianRandomField`).
+        Correlation function of the random field
+        (:class:`~ppl_cvae.problems.priors.GaussianRandomField`).
     channel_slowness : float, default 1/2400
         Slowness inside the channels (sand, 2400 m/s), in s/m.
     background_slowness : float, default 1/1800
         Slowness of the background (shale, 1800 m/s), in s/m.
+    min_channels, max_channels : int, default 1 and 3
+        Channel count per field, uniform on ``min_channels..max_channels``;
+        ``1 <= min_channels <= max_channels``.
+    channel_angles : float or sequence of float, default (0.0, 90.0)
+        Mean orientations of the channels, in degrees from the offset axis towards depth
+        (0: horizontal, left to right; 90: vertical); each channel picks one uniformly.
+    channel_angle_spread : float, default 30.0
+        Half-width of the uniform perturbation of each channel's angle, in degrees, in [0, 90].
+    channel_widths : float or pair of float or None, default None
+        Channel width in m, fixed (a number) or uniform on ``(low, high)``, > 0; None gives
+        ``(0.08 D, 0.2 D)`` with ``D = (min(nz, nx) - 1) cell_size`` the smaller span of the
+        cell centres (2.48-6.2 m on the default grid).
+    channel_amplitudes : float or pair of float or None, default None
+        Sinuosity amplitude of the channel centrelines in m, fixed or uniform on
+        ``(low, high)``, >= 0 (0: straight channels); None gives ``(0.05 D, 0.15 D)``.
+
+        The ``channel_*``, ``min_channels`` and ``max_channels`` arguments shape the channel
+        prior only (they are checked, and recorded by :meth:`spec`, whatever ``prior``); the
+        defaults give the same draws as before these options existed.
 
     Attributes
     ----------
@@ -382,8 +281,9 @@ class Crosshole:
     Raises
     ------
     ConfigError
-        If ``prior`` or ``kernel`` is unknown, a count is not a positive integer, or a length,
-        slowness or standard deviation is not a finite number > 0.
+        If ``prior`` or ``kernel`` is unknown, a count is not a positive integer, a length,
+        slowness or standard deviation is not a finite number > 0, ``min_channels >
+        max_channels``, or a ``channel_*`` option is out of its range (the message names it).
 
     Notes
     -----
@@ -421,6 +321,12 @@ class Crosshole:
         kernel: Kernel = "exponential",
         channel_slowness: float = 1 / 2400,
         background_slowness: float = 1 / 1800,
+        min_channels: int = 1,
+        max_channels: int = 3,
+        channel_angles: float | Sequence[float] = (0.0, 90.0),
+        channel_angle_spread: float = 30.0,
+        channel_widths: float | Sequence[float] | None = None,
+        channel_amplitudes: float | Sequence[float] | None = None,
     ) -> None:
         if prior not in PRIORS:
             raise ConfigError(f"unknown prior {prior!r}; expected one of {PRIORS}")
@@ -440,6 +346,17 @@ class Crosshole:
             correlation_length=correlation_length,
             channel_slowness=channel_slowness,
             background_slowness=background_slowness,
+        )
+        _check_count_range(min_channels, max_channels, ("min_channels", "max_channels"))
+        self.min_channels = min_channels
+        self.max_channels = max_channels
+        self.channel_angles = _check_angles(channel_angles, "channel_angles")
+        self.channel_angle_spread = _check_angle_spread(
+            channel_angle_spread, "channel_angle_spread"
+        )
+        self.channel_widths = _check_interval(channel_widths, "channel_widths", positive=True)
+        self.channel_amplitudes = _check_interval(
+            channel_amplitudes, "channel_amplitudes", positive=False
         )
         self.prior: PriorName = prior
         self.cell_size = float(cell_size)
@@ -502,6 +419,12 @@ class Crosshole:
                 (depth_centres, offset_centres),
                 channel_value=self.channel_slowness,
                 background_value=self.background_slowness,
+                min_channels=self.min_channels,
+                max_channels=self.max_channels,
+                angles=self.channel_angles,
+                angle_spread=self.channel_angle_spread,
+                widths=self.channel_widths,
+                amplitudes=self.channel_amplitudes,
             )
 
     @property
@@ -598,7 +521,11 @@ class Crosshole:
         )
 
     def spec(self) -> dict[str, Any]:
-        """Return the keyword arguments that rebuild this problem, plus its name."""
+        """Return the keyword arguments that rebuild this problem, plus its name.
+
+        JSON-serialisable: tuples become lists, the channel options included, so a checkpoint
+        rebuilds the same prior.
+        """
         return {
             "name": self.name,
             "prior": self.prior,
@@ -614,4 +541,12 @@ class Crosshole:
             "kernel": self.kernel,
             "channel_slowness": self.channel_slowness,
             "background_slowness": self.background_slowness,
+            "min_channels": self.min_channels,
+            "max_channels": self.max_channels,
+            "channel_angles": list(self.channel_angles),
+            "channel_angle_spread": self.channel_angle_spread,
+            "channel_widths": None if self.channel_widths is None else list(self.channel_widths),
+            "channel_amplitudes": (
+                None if self.channel_amplitudes is None else list(self.channel_amplitudes)
+            ),
         }

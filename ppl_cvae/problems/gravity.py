@@ -28,7 +28,7 @@ at the corners (``X ln r -> 0``), so stations may sit on cell edges. The operato
 Noise model: ``y = A vec(x) + eps``, ``eps ~ N(0, noise_std^2 I)``, ``noise_std`` in mGal.
 
 Prior: stationary Gaussian random field on the cell centres
-(:class:`~ppl_cvae.problems.random_fields.GaussianRandomField`), so the problem is
+(:class:`~ppl_cvae.problems.priors.GaussianRandomField`), so the problem is
 linear-Gaussian and :meth:`Gravity.linear_gaussian` gives the exact posterior.
 
 References
@@ -58,7 +58,7 @@ from ppl_cvae.problems.base import (
     register_problem,
     sample_noise,
 )
-from ppl_cvae.problems.random_fields import CORRELATION_KERNELS, GaussianRandomField, Kernel
+from ppl_cvae.problems.priors import CORRELATION_KERNELS, GaussianRandomField, Kernel
 
 __all__ = ["GRAVITATIONAL_CONSTANT", "MGAL", "Gravity", "prism_kernel"]
 

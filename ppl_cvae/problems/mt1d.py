@@ -62,7 +62,7 @@ import torch
 from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems.base import LinearGaussianParts, register_problem, sample_noise
-from ppl_cvae.problems.random_fields import CORRELATION_KERNELS, GaussianRandomField, Kernel
+from ppl_cvae.problems.priors import CORRELATION_KERNELS, GaussianRandomField, Kernel
 
 __all__ = ["MT1D", "MU_0", "layered_impedance", "log_frequencies"]
 
