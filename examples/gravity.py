@@ -35,7 +35,7 @@ import torch
 
 from inference import sample_posterior
 from inference.arviz_io import save_inference_data
-from inference.diagnostics.coverage import evaluate_model, write_evaluation
+from inference.evaluate import evaluate_model, write_evaluation
 from inference.exact import exact_posterior
 from inference.plots import plot_fields, plot_loss, plot_predictive, plot_profile
 from ppl_cvae import fit_problem, make_problem

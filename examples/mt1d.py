@@ -36,7 +36,7 @@ import torch
 
 from inference import sample_posterior
 from inference.arviz_io import save_inference_data
-from inference.diagnostics.coverage import evaluate_model, write_evaluation
+from inference.evaluate import evaluate_model, write_evaluation
 from inference.plots import plot_loss, plot_predictive, plot_profile
 from ppl_cvae import fit_problem, make_problem
 
@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> dict:
         title="posterior of the resistivity profile",
     )
     freqs = np.asarray(problem.coords["frequency"])
-    rho_unit, phase_unit = units["y"].split(" | ")
+    rho_unit, phase_unit = units["y"]["log10_rho_a"], units["y"]["phase"]  # per component
     for k, (name, label) in enumerate(
         (
             ("rho", f"log10 apparent resistivity ({rho_unit})"),

@@ -23,8 +23,8 @@ import torch
 
 from inference import sample_posterior
 from inference.arviz_io import save_inference_data
-from inference.diagnostics import write_report
 from inference.refine import RefineConfig
+from inference.report import write_report
 from ppl_cvae import Overrides, TwoBirds, build_cvae, fit, resolve_settings
 from ppl_cvae.problems.two_birds import score_samples
 

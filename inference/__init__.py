@@ -1,7 +1,24 @@
-"""Posterior sampling, ArviZ conversion and diagnostics for trained ppl_cvae models."""
+"""Posterior sampling, ArviZ conversion and diagnostics for trained ppl_cvae models.
+
+``sample_posterior`` is loaded on first use, so that importing the compute layers
+(:mod:`inference.diagnostics`, :mod:`inference.evaluate`) does not import ArviZ or matplotlib.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from inference.exact import linear_gaussian_posterior
 from inference.posterior import PosteriorDraws, draw_posterior
-from inference.sample import sample_posterior
+
+if TYPE_CHECKING:
+    from inference.sample import sample_posterior
 
 __all__ = ["PosteriorDraws", "draw_posterior", "linear_gaussian_posterior", "sample_posterior"]
+
+
+def __getattr__(name: str) -> Any:
+    """Load ``sample_posterior`` (and with it ArviZ) on first access."""
+    if name == "sample_posterior":
+        from inference.sample import sample_posterior
+
+        return sample_posterior
+    raise AttributeError(f"module 'inference' has no attribute {name!r}")

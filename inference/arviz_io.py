@@ -8,7 +8,16 @@ Groups and dims
 - ``posterior``: ``x`` (``[observation,] *x_dims``) and ``z`` (``[observation,] latent``);
 - ``posterior_predictive``: ``y`` (``[observation,] *y_dims``), when a forward operator exists;
 - ``observed_data``: ``y`` (``[observation,] *y_dims``);
-- ``constant_data``: ``x_true`` (``[observation,] *x_dims``), when the truth is known.
+- ``constant_data``: ``x_true`` (``[observation,] *x_dims``), when the truth is known;
+  ``y_noise_sd`` (``*y_dims``, units of ``y``): the standard deviation of the Gaussian noise of
+  every datum, when the problem has noise; ``y_noise_cov`` (``datum, datum_bis``, units of
+  ``y`` squared, over the C-order flattened ``y``) when that noise is correlated. With them a
+  file's misfit can be whitened without the problem (:mod:`inference.diagnostics.ppc`).
+
+Coordinates: every named dim with the problem's values and a ``units`` attribute; extra
+coordinates of a dim (e.g. ``source_depth`` along ``ray``); and, for data that stack
+quantities of different units along one dim, a string coordinate ``y_units`` along that dim
+(one unit per coordinate value; the ``units`` attribute of ``y`` joins them with ``" | "``).
 
 The ``observation`` dim appears when several observations were given in one call (a stacked
 input ``(M, *y_shape)``, even with ``M = 1``).
@@ -69,6 +78,11 @@ def to_inference_data(
     coords: Mapping[str, Sequence[Any]] | None = None,
     attrs: Mapping[str, Any] | None = None,
     units: Mapping[str, str] | None = None,
+    y_units: tuple[str, Mapping[str, str]] | None = None,
+    extra_coords: Mapping[str, tuple[str, Sequence[Any]]] | None = None,
+    coord_attrs: Mapping[str, Mapping[str, str]] | None = None,
+    noise_sd: torch.Tensor | None = None,
+    noise_cov: torch.Tensor | None = None,
 ) -> az.InferenceData:
     """Build ``InferenceData`` from posterior draws.
 
@@ -94,7 +108,22 @@ def to_inference_data(
         Attributes; non-scalar values are stored as JSON strings (NetCDF needs scalars).
     units : mapping, optional
         Unit strings: ``"x"`` and ``"y"`` go to the ``units`` attribute of ``x``/``x_true`` and
-        ``y`` (observed and predictive); a dim name goes to its coordinate's ``units``.
+        ``y`` (observed and predictive) and ``y_noise_sd``; a coordinate name goes to its
+        coordinate's ``units``.
+    y_units : (dim, mapping of coordinate value to unit), optional
+        Units of data that stack several quantities along ``dim`` (one of ``y_dims``), as
+        :func:`ppl_cvae.problems.base.data_units` returns; stored as the string coordinate
+        ``y_units`` along ``dim``.
+    extra_coords : mapping of name to (dim, values), optional
+        Non-index coordinates of a named dim (e.g. ray end points along ``ray``).
+    coord_attrs : mapping of coordinate name to attributes, optional
+        Extra attributes of coordinates (e.g. how a ``depth`` coordinate places layers).
+    noise_sd : Tensor, shape y_shape, optional
+        Standard deviation of the observation noise of every datum, units of ``y``; stored as
+        ``constant_data.y_noise_sd``.
+    noise_cov : Tensor, shape (m, m), optional
+        Full noise covariance of the flattened ``y`` (``m = prod(y_shape)``), stored as
+        ``constant_data.y_noise_cov`` (give it only when it is not diagonal).
 
     Returns
     -------
@@ -103,7 +132,17 @@ def to_inference_data(
     Raises
     ------
     DataError
-        If ``stacked`` is False but ``M != 1``, or the leading axes disagree.
+        If ``stacked`` is False but ``M != 1``, the leading axes disagree, or ``noise_sd`` /
+        ``noise_cov`` do not match the shape of one ``y``.
+
+    Examples
+    --------
+    >>> idata = to_inference_data(
+    ...     torch.zeros(5, 1, 3), torch.zeros(5, 1, 2), torch.zeros(1, 4), stacked=False,
+    ...     y_dims=["station"], coords={"station": [0.0, 1.0, 2.0, 3.0]},
+    ...     noise_sd=torch.full((4,), 0.1), units={"y": "mGal", "station": "m"})
+    >>> idata.constant_data["y_noise_sd"].attrs["units"], idata.observed_data["station"].size
+    ('mGal', 4)
     """
     num_samples, num_obs = x.shape[:2]
     if z.shape[:2] != x.shape[:2] or y_obs.shape[0] != num_obs:
@@ -124,6 +163,12 @@ def to_inference_data(
         a = _np(t)
         return a if stacked else a[0]
 
+    y_event = tuple(y_obs.shape[1:])
+    if noise_sd is not None and tuple(noise_sd.shape) != y_event:
+        raise DataError(f"noise_sd has shape {tuple(noise_sd.shape)}; expected one y, {y_event}")
+    m = int(np.prod(y_event))
+    if noise_cov is not None and tuple(noise_cov.shape) != (m, m):
+        raise DataError(f"noise_cov has shape {tuple(noise_cov.shape)}; expected ({m}, {m})")
     all_coords: dict[str, Any] = {"latent": np.arange(z.shape[-1])}
     if stacked:
         all_coords["observation"] = np.arange(num_obs)
@@ -135,7 +180,16 @@ def to_inference_data(
         "z": [*lead, "latent"],
         "y": [*lead, *y_dims],
         "x_true": [*lead, *x_dims],
+        "y_noise_sd": list(y_dims),
+        "y_noise_cov": ["datum", "datum_bis"],
     }
+    constant: dict[str, np.ndarray] = {}
+    if x_true is not None:
+        constant["x_true"] = const(x_true)
+    if noise_sd is not None:
+        constant["y_noise_sd"] = _np(noise_sd)
+    if noise_cov is not None:
+        constant["y_noise_cov"] = _np(noise_cov)
     clean_attrs = {
         k: (v if isinstance(v, (str, int, float, bool)) else json.dumps(v))
         for k, v in (attrs or {}).items()
@@ -144,25 +198,41 @@ def to_inference_data(
         posterior={"x": post(x), "z": post(z)},
         posterior_predictive={"y": post(y_rep)} if y_rep is not None else None,
         observed_data={"y": const(y_obs)},
-        constant_data={"x_true": const(x_true)} if x_true is not None else None,
+        constant_data=constant or None,
         coords=all_coords,
         dims=dims,
         attrs=clean_attrs,
     )
-    _attach_units(idata, dict(units or {}))
+    extra = dict(extra_coords or {})
+    if y_units is not None:
+        dim, per_value = y_units
+        values = all_coords.get(dim, [])
+        extra["y_units"] = (dim, [str(per_value[str(v)]) for v in values])
+    for group in idata.groups():
+        ds = idata[group]
+        for name, (dim, values) in extra.items():
+            if dim in ds.dims:
+                ds.coords[name] = (dim, np.asarray(values))
+    _attach_units(idata, dict(units or {}), coord_attrs or {})
     return idata
 
 
-def _attach_units(idata: az.InferenceData, units: dict[str, str]) -> None:
-    """Set ``units`` attributes on the data variables and coordinates they describe."""
+def _attach_units(
+    idata: az.InferenceData, units: dict[str, str], coord_attrs: Mapping[str, Mapping[str, str]]
+) -> None:
+    """Set ``units`` (and extra) attributes on the variables and coordinates they describe."""
     for group in idata.groups():
         ds = idata[group]
-        for var, unit_key in (("x", "x"), ("x_true", "x"), ("y", "y")):
+        pairs = (("x", "x"), ("x_true", "x"), ("y", "y"), ("y_noise_sd", "y"))
+        for var, unit_key in pairs:
             if var in ds.data_vars and units.get(unit_key):
                 ds[var].attrs["units"] = units[unit_key]
+        if "y_noise_cov" in ds.data_vars and units.get("y"):
+            ds["y_noise_cov"].attrs["units"] = f"({units['y']})^2"
         for coord in ds.coords:
             if units.get(str(coord)):
                 ds[coord].attrs["units"] = units[str(coord)]
+            ds[coord].attrs.update(coord_attrs.get(str(coord), {}))
 
 
 def save_inference_data(idata: az.InferenceData, path: str | os.PathLike[str]) -> Path:

@@ -1,18 +1,25 @@
 """Figures of posteriors and training runs (the only library module importing matplotlib/seaborn).
 
-Every function draws into a new figure, saves it as PNG atomically and closes it; nothing is
-shown. Figures are ``matplotlib.figure.Figure`` objects outside pyplot (rendered by the Agg
-canvas on save), so importing this module leaves the user's matplotlib backend and pyplot state
-alone; only the seaborn pair plot goes through pyplot, and closes its figure.
+The ``*_figure`` functions return a ``matplotlib.figure.Figure`` (inspect it, or write it with
+:func:`save_figure`); the ``plot_*`` functions draw into a new figure and save it as PNG
+atomically; nothing is shown. Figures are ``Figure`` objects outside pyplot (rendered by the
+Agg canvas on save), so importing this module leaves the user's matplotlib backend and pyplot
+state alone; only the seaborn pair plot goes through pyplot, and closes its figure.
+
+Figures of posterior draws read named dims and coordinates from ``xarray.DataArray`` objects
+(as stored by :mod:`inference.arviz_io`): the horizontal axis is a named coordinate, the other
+dims become panels, axis labels carry the ``units`` attributes, a coordinate in Hz gets a log
+axis, and values in ``log10(U)`` are shown in ``U`` on a log axis.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,8 +28,14 @@ from matplotlib.figure import Figure
 
 from ppl_cvae._atomic import atomic_path
 
+if TYPE_CHECKING:
+    import xarray as xr
+
 __all__ = [
-    "plot_bands",
+    "bands_figure",
+    "fields_figure",
+    "layered_profile_figure",
+    "log10_unit",
     "plot_fields",
     "plot_predictive",
     "plot_profile",
@@ -32,7 +45,8 @@ __all__ = [
     "plot_latent_scatter",
     "plot_loss",
     "plot_pairs",
-    "series_view",
+    "profile_figure",
+    "save_figure",
     "write_gif",
 ]
 
@@ -52,118 +66,306 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def series_view(
-    array: np.ndarray, dims: Sequence[str], coords: Mapping[str, Sequence]
-) -> tuple[np.ndarray, list[str], str, np.ndarray]:
-    """Reshape an event array into series for plotting.
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as PNG (110 dpi) atomically and return the path.
 
-    The last dim names the series (e.g. ``line``: ``x0``, ``x1``); all other dims are
-    flattened into the horizontal axis, labelled by the longest of them.
+    Examples
+    --------
+    >>> import tempfile
+    >>> fig = Figure()
+    >>> _ = fig.subplots().plot([0, 1])
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save_figure(fig, Path(folder) / "line.png").stat().st_size > 0
+    True
+    """
+    return _save(fig, path)
+
+
+_LOG10 = re.compile(r"^\s*log10\s*\((.*)\)\s*$")
+
+
+def log10_unit(unit: str) -> str | None:
+    """Return ``U`` for a unit written ``log10(U)`` (values are decimal logarithms), else None.
+
+    Examples
+    --------
+    >>> log10_unit("log10(ohm m)"), log10_unit("deg")
+    ('ohm m', None)
+    """
+    match = _LOG10.match(unit or "")
+    return match.group(1).strip() if match else None
+
+
+def _label(name: str, unit: str) -> str:
+    """``"name (unit)"``, or ``"name"`` for a dimensionless or index axis."""
+    return f"{name} ({unit})" if unit else name
+
+
+def _is_frequency(name: str, unit: str) -> bool:
+    """Whether a coordinate is a frequency or period (log axis)."""
+    return unit.strip() in ("Hz", "1/s", "kHz", "MHz") or any(
+        word in name.lower() for word in ("frequency", "period")
+    )
+
+
+def _log_axis(axis: Any, set_scale: Any) -> None:
+    """Log scale with plain numbers (0.01, 10, 300) as tick labels."""
+    from matplotlib.ticker import FuncFormatter
+
+    set_scale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(plain)
+
+    def minor(v: float, _: Any) -> str:
+        # on a range under 2 decades label the minor ticks 2 and 5, so that it still reads
+        lo, hi = sorted(axis.get_view_interval())
+        short = lo > 0 and hi / lo < 100
+        return f"{v:g}" if short and f"{v:.0e}"[0] in "25" else ""
+
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _numeric(values: Any) -> np.ndarray | None:
+    """Return ``values`` as float, or None when they are not numbers."""
+    array = np.asarray(values)
+    if array.dtype.kind in "biuf":
+        return array.astype(float)
+    return None
+
+
+def bands_figure(
+    draws: xr.DataArray,
+    *,
+    reference: xr.DataArray | None = None,
+    reference_sd: xr.DataArray | None = None,
+    reference_label: str = "truth",
+    along: str | None = None,
+    value_name: str = "value",
+    interval: float = 0.9,
+    title: str = "",
+    max_panels: int = 8,
+) -> Figure:
+    """Draw posterior (predictive) bands along a named coordinate, one panel per other index.
 
     Parameters
     ----------
-    array : ndarray, shape (*lead, *event)
-        ``len(dims)`` trailing axes are the event.
-    dims : sequence of str
-        Names of the event axes.
-    coords : mapping
-        Coordinates of the dims (used for labels and the horizontal axis).
+    draws : xarray.DataArray, dims (draw, *event)
+        Draws of one observation with named event dims and coordinates; its ``units``
+        attribute labels the value axis, and a string coordinate ``y_units`` along one event
+        dim gives each panel of that dim its own unit (data mixing quantities).
+    reference : xarray.DataArray, dims event, optional
+        True model or observed data; drawn as points with ``reference_sd`` error bars when
+        given, else as a dashed line.
+    reference_sd : xarray.DataArray, dims event, optional
+        One standard deviation of the reference (the data noise), same units.
+    along : str, optional
+        Event dim on the horizontal axis; default the longest dim with a numeric coordinate
+        (the longest dim when none has one). A frequency coordinate gets a log axis.
+    value_name : str, default "value"
+        Name of the quantity for the value axis (the unit is appended).
+    interval : float, default 0.9
+        Mass of the central (equal-tailed) band; the median is drawn as a line.
+    max_panels : int, default 8
+        Panels drawn at most (the first ones in coordinate order).
 
     Returns
     -------
-    values : ndarray, shape (*lead, n_points, n_series)
-    labels : list of str
-        One label per series.
-    axis_name : str
-    axis_values : ndarray, shape (n_points,)
+    matplotlib.figure.Figure
+        One axes per combination of the other event dims, titled ``dim = value``; values in
+        ``log10(U)`` are drawn as ``U`` on a log axis. The legend sits below the panels.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> draws = xr.DataArray(np.ones((5, 2, 3)), dims=("draw", "component", "frequency"),
+    ...     coords={"component": ["a", "b"], "frequency": [1.0, 10.0, 100.0]})
+    >>> draws["frequency"].attrs["units"] = "Hz"
+    >>> fig = bands_figure(draws)
+    >>> len(fig.axes), fig.axes[0].get_xscale(), fig.axes[0].get_xlabel()
+    (2, 'log', 'frequency (Hz)')
     """
-    n = len(dims)
-    lead = array.shape[: array.ndim - n]
-    event = array.shape[array.ndim - n :]
-    if n == 1:
-        values = array.reshape(*lead, event[0], 1)
-        labels = [""]
-        axis_name = dims[0]
-    else:
-        values = array.reshape(*lead, int(np.prod(event[:-1])), event[-1])
-        labels = [str(c) for c in coords.get(dims[-1], range(event[-1]))]
-        axis_name = max(dims[:-1], key=lambda d: event[list(dims).index(d)])
-    axis_values = np.arange(values.shape[-2])
-    if axis_name in coords and len(coords[axis_name]) == values.shape[-2]:
-        try:
-            axis_values = np.asarray(coords[axis_name], dtype=float)
-        except (TypeError, ValueError):
-            pass
-    return values, labels, axis_name, axis_values
+    import itertools
+
+    event = [str(d) for d in draws.dims if d != "draw"]
+    if along is None:
+        numeric = [d for d in event if d in draws.coords and _numeric(draws[d].values) is not None]
+        along = max(numeric or event, key=lambda d: draws.sizes[d])
+    others = [d for d in event if d != along]
+    combos = list(itertools.product(*(range(draws.sizes[d]) for d in others)))[:max_panels]
+    ncols = min(2, len(combos))
+    nrows = math.ceil(len(combos) / ncols)
+    fig, axes = _subplots(
+        nrows,
+        ncols,
+        figsize=(5.2 * ncols, 3.0 * nrows + 0.6),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    x_unit = str(draws[along].attrs.get("units", "")) if along in draws.coords else ""
+    x_values = _numeric(draws[along].values) if along in draws.coords else None
+    if x_values is None:
+        x_values = np.arange(draws.sizes[along], dtype=float)
+    lo_q, hi_q = (1 - interval) / 2, (1 + interval) / 2
+    for ax, combo in zip(axes.flat, combos, strict=False):
+        index = dict(zip(others, combo, strict=True))
+        panel = draws.isel(index).transpose("draw", along)
+        unit = str(draws.attrs.get("units", ""))
+        if "y_units" in panel.coords and panel.coords["y_units"].ndim == 0:
+            unit = str(panel.coords["y_units"].values)
+        phys = log10_unit(unit)
+        scale = (lambda v: 10.0**v) if phys is not None else (lambda v: v)
+        values = np.asarray(panel.values, dtype=float)
+        lo, med, hi = np.quantile(values, [lo_q, 0.5, hi_q], axis=0)
+        ax.fill_between(
+            x_values,
+            scale(lo),
+            scale(hi),
+            color="C0",
+            alpha=0.3,
+            lw=0,
+            label=f"{interval:.0%} interval",
+        )
+        ax.plot(x_values, scale(med), color="C0", lw=1.2, label="median")
+        if reference is not None:
+            ref = np.asarray(reference.isel(index).transpose(along).values, dtype=float)
+            if reference_sd is not None:
+                sd = np.asarray(reference_sd.isel(index).transpose(along).values, dtype=float)
+                err = np.stack([scale(ref) - scale(ref - sd), scale(ref + sd) - scale(ref)])
+                ax.errorbar(
+                    x_values,
+                    scale(ref),
+                    yerr=err,
+                    fmt="k.",
+                    ms=4,
+                    elinewidth=0.8,
+                    capsize=1.5,
+                    label=f"{reference_label} ± 1 sd",
+                )
+            else:
+                ax.plot(x_values, scale(ref), "k--", lw=1.2, label=reference_label)
+        if _is_frequency(along, x_unit):
+            _log_axis(ax.xaxis, ax.set_xscale)
+        if phys is not None:
+            _log_axis(ax.yaxis, ax.set_yscale)
+        ax.set_xlabel(_label(along, x_unit))
+        names, name = [], value_name
+        for d, k in index.items():
+            value = str(draws[d].values[k]) if d in draws.coords else str(k)
+            names.append(f"{d} = {value}")
+            if "y_units" in panel.coords and d in draws["y_units"].dims:
+                name = value  # the component names the quantity
+        if phys is not None and name.startswith("log10_"):
+            name = name[len("log10_") :]  # drawn as the quantity itself, on a log axis
+        ax.set_ylabel(_label(name, phys if phys is not None else unit))
+        ax.set_title(", ".join(names), fontsize=9)
+    for ax in list(axes.flat)[len(combos) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
 
 
-def plot_bands(
+def layered_profile_figure(
+    tops: np.ndarray,
     draws: np.ndarray,
-    dims: Sequence[str],
-    coords: Mapping[str, Sequence],
-    path: str | os.PathLike[str],
     *,
-    reference: np.ndarray | None = None,
-    reference_label: str = "truth",
+    truth: np.ndarray | None = None,
+    log10_values: bool = False,
+    value_label: str = "value",
+    depth_label: str = "depth (m)",
+    intervals: Sequence[float] = (0.5, 0.9),
     title: str = "",
-    ylabel: str = "value",
-    interval: float = 0.9,
-    band: np.ndarray | None = None,
-) -> Path:
-    """Plot the posterior mean and an ``interval`` band of each series, with a reference.
+) -> Figure:
+    """Draw a layered-earth posterior as a staircase against depth, the half-space below.
 
     Parameters
     ----------
-    draws : ndarray, shape (S, *event)
-        Posterior (or posterior predictive) draws of one observation.
-    dims, coords
-        Event dims and coordinates (see :func:`series_view`).
-    path : path
-        PNG to write.
-    reference : ndarray, shape event, optional
-        True model or observed data, drawn dashed.
-    interval : float, default 0.9
-        Probability mass of the band (for the legend).
-    band : ndarray, shape (*event, 2), optional
-        Lower and upper band edges (e.g. the HDI from :func:`inference.arviz_io.hdi`);
-        default: the central equal-tailed interval of the draws.
+    tops : ndarray, shape (N,)
+        Depth of the top of each entry, in m, increasing; entries ``0 .. N-2`` are layers
+        (entry ``j`` spans ``[tops[j], tops[j+1]]``) and the last is the half-space below
+        ``tops[-1]``.
+    draws : ndarray, shape (S, N)
+        Posterior draws of the layer values.
+    truth : ndarray, shape (N,), optional
+        True values, drawn as a dashed staircase.
+    log10_values : bool, default False
+        The values are decimal logarithms: draw ``10**value`` on a log axis (quantiles are
+        taken before the transform, which they commute with).
+    value_label : str
+        Label of the value axis, with its (physical) unit.
+    intervals : sequence of float
+        Masses of the central intervals drawn as nested bands.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes, depth increasing down the page; the half-space is shaded below
+        ``tops[-1]`` down to ``tops[-1]`` plus a quarter of it (at least one layer).
+
+    Raises
+    ------
+    ShapeError
+        If ``draws`` is not ``(S, N)`` or ``tops`` not increasing.
+
+    Examples
+    --------
+    >>> fig = layered_profile_figure(np.array([0.0, 100.0, 200.0]), np.ones((4, 3)),
+    ...     log10_values=True, value_label="resistivity (ohm m)")
+    >>> fig.axes[0].get_xscale(), bool(fig.axes[0].yaxis_inverted())
+    ('log', True)
     """
-    values, labels, axis_name, axis_values = series_view(draws, dims, coords)
-    fig, ax = _subplots(figsize=(6.4, 4.0))
-    palette = sns.color_palette(n_colors=max(len(labels), 1))
-    if band is None:
-        lo, hi = np.quantile(values, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
-    else:
-        lo = series_view(band[..., 0], dims, coords)[0]
-        hi = series_view(band[..., 1], dims, coords)[0]
-    mean = values.mean(0)
-    kind = "interval" if band is None else "HDI"
-    ref = None if reference is None else series_view(reference[None], dims, coords)[0][0]
-    for k, label in enumerate(labels):
-        name = f" {label}" if label else ""
-        ax.fill_between(
-            axis_values,
-            lo[:, k],
-            hi[:, k],
-            color=palette[k],
-            alpha=0.25,
-            label=f"{int(interval * 100)}% {kind}{name}",
+    from ppl_cvae.errors import ShapeError
+
+    t = np.asarray(tops, dtype=float)
+    v = np.asarray(draws, dtype=float)
+    if v.ndim != 2 or v.shape[1] != t.size or t.size < 2 or np.any(np.diff(t) <= 0):
+        raise ShapeError(
+            f"draws must be (S, N) for N = {t.size} increasing tops; got draws {v.shape}"
         )
-        ax.plot(axis_values, mean[:, k], color=palette[k], label=f"mean{name}")
-        if ref is not None:
-            ax.plot(
-                axis_values,
-                ref[:, k],
-                color=palette[k],
-                ls="--",
-                lw=1.2,
-                label=f"{reference_label}{name}",
-            )
-    ax.set_xlabel(axis_name)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    bottom = t[-1] + max(0.25 * t[-1], float(t[-1] - t[-2]))
+    edges = np.append(t, bottom)
+    depth = np.column_stack([edges[:-1], edges[1:]]).ravel()  # (2N,) top, bottom of each
+
+    def stairs(values: np.ndarray) -> np.ndarray:
+        out = np.repeat(values, 2)
+        return 10.0**out if log10_values else out
+
+    fig, ax = _subplots(figsize=(4.2, 5.4), constrained_layout=True)
+    ax.axhspan(t[-1], bottom, color="0.9", zorder=0)
+    for k, mass in enumerate(sorted(intervals, reverse=True)):
+        lo, hi = np.quantile(v, [(1 - mass) / 2, (1 + mass) / 2], axis=0)
+        ax.fill_betweenx(
+            depth,
+            stairs(lo),
+            stairs(hi),
+            color="C0",
+            alpha=0.2 + 0.2 * k,
+            lw=0,
+            label=f"{mass:.0%} interval",
+        )
+    ax.plot(stairs(np.median(v, axis=0)), depth, color="C0", lw=1.2, label="median")
+    if truth is not None:
+        ax.plot(stairs(np.asarray(truth, dtype=float)), depth, "k--", lw=1.2, label="truth")
+    ax.axhline(t[-1], color="0.4", lw=0.8)
+    ax.text(
+        0.02,
+        (t[-1] + bottom) / 2,
+        "half-space (continues down)",
+        transform=ax.get_yaxis_transform(),
+        va="center",
+        fontsize=8,
+        color="0.3",
+    )
+    if log10_values:
+        _log_axis(ax.xaxis, ax.set_xscale)
+    ax.set_ylim(bottom, 0.0)
+    ax.set_xlabel(value_label)
+    ax.set_ylabel(depth_label)
+    ax.set_title(title, fontsize=9)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=7)
+    return fig
 
 
 def plot_pairs(
@@ -205,6 +407,113 @@ def plot_loss(history: Sequence[Mapping[str, float]], path: str | os.PathLike[st
     return _save(fig, path)
 
 
+def fields_figure(
+    panels: Mapping[str, np.ndarray],
+    *,
+    extent: tuple[float, float, float, float],
+    xlabel: str = "offset (m)",
+    ylabel: str = "depth (m)",
+    units: Mapping[str, str] | None = None,
+    shared: Sequence[str] = (),
+    ncols: int = 4,
+    sources: tuple[np.ndarray, np.ndarray] | None = None,
+    receivers: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Figure:
+    """Draw 2-D fields side by side (truth, posterior mean, sd, draws), each with a colour bar.
+
+    Parameters
+    ----------
+    panels : mapping of title to ndarray, shape (H, W)
+        Fields on the grid, row 0 at the top (depth positive downward).
+    extent : (left, right, bottom, top)
+        Grid edges in m for ``imshow`` (bottom is the largest depth); cells are drawn to
+        scale (equal aspect).
+    units : mapping of title to unit string, optional
+        Colour-bar label per panel (e.g. ``"s/m"``).
+    shared : sequence of str
+        Titles that share one colour scale (e.g. truth, mean and draws).
+    ncols : int, default 4
+        Panels per row.
+    sources, receivers : (offsets, depths) of ndarray, shape (K,), optional
+        Source and receiver positions in m (e.g. crosshole boreholes), drawn on every panel
+        as stars and triangles with the borehole as a line.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Sections wider than 1.3 times their depth get their colour bars below, so that a
+        flat section is not squeezed beside a full-height bar.
+
+    Examples
+    --------
+    >>> fig = fields_figure({"mean": np.zeros((4, 8))}, extent=(0.0, 16.0, 8.0, 0.0))
+    >>> len(fig.axes)  # the panel and its colour bar
+    2
+    """
+    titles = list(panels)
+    nrows = math.ceil(len(titles) / ncols)
+    ncols = min(ncols, len(titles))
+    left, right, bottom, top = extent
+    aspect = abs(right - left) / max(abs(bottom - top), 1e-12)
+    wide = aspect > 1.3
+    width = 3.4
+    # room for the title, labels and the colour bar below (wide) or beside (otherwise)
+    height = width / aspect + 1.3 if wide else 0.85 * width / min(aspect, 1.0)
+    fig, axes = _subplots(
+        nrows,
+        ncols,
+        figsize=(width * ncols, height * nrows),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    shared_values = [np.asarray(panels[t]) for t in titles if t in shared]
+    vmin = min(float(v.min()) for v in shared_values) if shared_values else None
+    vmax = max(float(v.max()) for v in shared_values) if shared_values else None
+    for ax, title in zip(axes.flat, titles, strict=False):
+        limits = {"vmin": vmin, "vmax": vmax} if title in shared else {}
+        cmap = "magma" if "sd" in title.lower().split() or "std" in title.lower() else "viridis"
+        image = ax.imshow(np.asarray(panels[title]), extent=extent, cmap=cmap, **limits)
+        for points, marker, colour, name in (
+            (sources, "*", "red", "source"),
+            (receivers, "<", "white", "receiver"),
+        ):
+            if points is None:
+                continue
+            offsets, depths = (np.asarray(p, dtype=float) for p in points)
+            for x in np.unique(offsets):
+                ax.plot([x, x], [top, bottom], color="0.2", lw=2.0, clip_on=False)
+            ax.plot(
+                offsets,
+                depths,
+                marker,
+                color=colour,
+                mec="black",
+                mew=0.6,
+                ms=7,
+                ls="none",
+                clip_on=False,
+                label=name,
+                zorder=5,
+            )
+        margin = 0.05 * abs(right - left) if sources is not None or receivers is not None else 0
+        ax.set_xlim(left - margin, right + margin)  # boreholes at the edges stay visible
+        ax.set_ylim(bottom, top)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if wide:
+            bar = fig.colorbar(image, ax=ax, location="bottom", shrink=0.9, aspect=25)
+        else:
+            bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.07)
+        bar.set_label((units or {}).get(title, ""))
+    for ax in list(axes.flat)[len(titles) :]:
+        ax.set_visible(False)
+    if sources is not None or receivers is not None:
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
+    return fig
+
+
 def plot_fields(
     panels: Mapping[str, np.ndarray],
     path: str | os.PathLike[str],
@@ -215,45 +524,72 @@ def plot_fields(
     units: Mapping[str, str] | None = None,
     shared: Sequence[str] = (),
     ncols: int = 4,
+    sources: tuple[np.ndarray, np.ndarray] | None = None,
+    receivers: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
-    """Draw 2-D fields side by side (truth, posterior mean, std, draws), each with a colour bar.
+    """Write :func:`fields_figure` (same parameters) as PNG at ``path``; return the path."""
+    fig = fields_figure(
+        panels,
+        extent=extent,
+        xlabel=xlabel,
+        ylabel=ylabel,
+        units=units,
+        shared=shared,
+        ncols=ncols,
+        sources=sources,
+        receivers=receivers,
+    )
+    return _save(fig, path)
+
+
+def profile_figure(
+    depth: np.ndarray,
+    draws: np.ndarray,
+    *,
+    truth: np.ndarray | None = None,
+    xlabel: str = "value",
+    depth_label: str = "depth (m)",
+    intervals: Sequence[float] = (0.5, 0.9),
+    title: str = "",
+) -> Figure:
+    """Draw credible-interval bands of a 1-D profile of cell values against depth.
 
     Parameters
     ----------
-    panels : mapping of title to ndarray, shape (H, W)
-        Fields on the grid, row 0 at the top (depth positive downward).
-    path : path
-        PNG to write.
-    extent : (left, right, bottom, top)
-        Grid edges in m for ``imshow`` (bottom is the largest depth).
-    units : mapping of title to unit string, optional
-        Colour-bar label per panel (e.g. ``"s/m"``).
-    shared : sequence of str
-        Titles that share one colour scale (e.g. truth, mean and draws).
-    ncols : int, default 4
-        Panels per row.
+    depth : ndarray, shape (N,)
+        Depth of each profile value (cell centre), in m, positive downward.
+    draws : ndarray, shape (S, N)
+        Posterior draws of the profile.
+    truth : ndarray, shape (N,), optional
+        True profile, drawn dashed.
+    intervals : sequence of float
+        Masses of the central intervals drawn as nested bands.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes, depth increasing down the page.
+
+    Examples
+    --------
+    >>> bool(profile_figure(np.arange(3.0), np.zeros((4, 3))).axes[0].yaxis_inverted())
+    True
     """
-    titles = list(panels)
-    nrows = math.ceil(len(titles) / ncols)
-    ncols = min(ncols, len(titles))
-    fig, axes = _subplots(
-        nrows, ncols, figsize=(3.1 * ncols, 2.9 * nrows), squeeze=False, constrained_layout=True
-    )
-    shared_values = [np.asarray(panels[t]) for t in titles if t in shared]
-    vmin = min(float(v.min()) for v in shared_values) if shared_values else None
-    vmax = max(float(v.max()) for v in shared_values) if shared_values else None
-    for ax, title in zip(axes.flat, titles, strict=False):
-        limits = {"vmin": vmin, "vmax": vmax} if title in shared else {}
-        cmap = "magma" if "std" in title.lower() else "viridis"
-        image = ax.imshow(np.asarray(panels[title]), extent=extent, cmap=cmap, **limits)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        bar = fig.colorbar(image, ax=ax, shrink=0.85)
-        bar.set_label((units or {}).get(title, ""))
-    for ax in list(axes.flat)[len(titles) :]:
-        ax.set_visible(False)
-    return _save(fig, path)
+    d = np.asarray(depth, dtype=float)
+    v = np.asarray(draws, dtype=float)
+    fig, ax = _subplots(figsize=(3.8, 5.0), constrained_layout=True)
+    for k, mass in enumerate(sorted(intervals, reverse=True)):
+        lo, hi = np.quantile(v, [(1 - mass) / 2, (1 + mass) / 2], axis=0)
+        ax.fill_betweenx(d, lo, hi, color="C0", alpha=0.2 + 0.2 * k, lw=0, label=f"{mass:.0%}")
+    ax.plot(np.median(v, axis=0), d, color="C0", label="median")
+    if truth is not None:
+        ax.plot(np.asarray(truth, dtype=float), d, "k--", lw=1.2, label="truth")
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(depth_label)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
 
 
 def plot_profile(
@@ -267,33 +603,16 @@ def plot_profile(
     intervals: Sequence[float] = (0.5, 0.9),
     title: str = "",
 ) -> Path:
-    """Plot credible-interval bands of a 1-D profile against depth (depth down the page).
-
-    Parameters
-    ----------
-    depth : ndarray, shape (N,)
-        Depth of each profile value, in m.
-    draws : ndarray, shape (S, N)
-        Posterior draws of the profile.
-    truth : ndarray, shape (N,), optional
-        True profile, drawn dashed.
-    intervals : sequence of float
-        Masses of the central intervals drawn as nested bands.
-    """
-    d = np.asarray(depth, dtype=float)
-    v = np.asarray(draws, dtype=float)
-    fig, ax = _subplots(figsize=(3.8, 5.0))
-    for k, mass in enumerate(sorted(intervals, reverse=True)):
-        lo, hi = np.quantile(v, [(1 - mass) / 2, (1 + mass) / 2], axis=0)
-        ax.fill_betweenx(d, lo, hi, color="C0", alpha=0.2 + 0.2 * k, lw=0, label=f"{mass:.0%}")
-    ax.plot(np.median(v, axis=0), d, color="C0", label="median")
-    if truth is not None:
-        ax.plot(np.asarray(truth, dtype=float), d, "k--", lw=1.2, label="truth")
-    ax.invert_yaxis()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(depth_label)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    """Write :func:`profile_figure` (same parameters) as PNG at ``path``; return the path."""
+    fig = profile_figure(
+        depth,
+        draws,
+        truth=truth,
+        xlabel=xlabel,
+        depth_label=depth_label,
+        intervals=intervals,
+        title=title,
+    )
     return _save(fig, path)
 
 

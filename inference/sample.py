@@ -19,7 +19,15 @@ from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae.errors import ConfigError, OutputError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, units_of
+from ppl_cvae.problems.base import (
+    Problem,
+    coord_attrs_of,
+    data_units,
+    extra_coords_of,
+    noise_covariance,
+    noise_scale,
+    units_of,
+)
 
 __all__ = [
     "CHUNK_BYTES",
@@ -150,6 +158,14 @@ def sample_posterior(
             info["problem"] = repr(problem)
     info.update(attrs or {})
     info["num_samples"] = num_samples
+    noise_sd = noise_cov = None
+    if problem is not None and (
+        problem.noise_std > 0 or getattr(problem, "noise_cov", None) is not None
+    ):
+        noise_sd = noise_scale(problem)
+        cov = noise_covariance(problem)
+        if bool((cov - torch.diag(cov.diagonal())).abs().max() > 0):
+            noise_cov = cov
     return to_inference_data(
         draws.x,
         draws.z,
@@ -162,6 +178,11 @@ def sample_posterior(
         coords=getattr(problem, "coords", None),
         attrs=info,
         units=units_of(problem),
+        y_units=data_units(problem),
+        extra_coords=extra_coords_of(problem),
+        coord_attrs=coord_attrs_of(problem),
+        noise_sd=noise_sd,
+        noise_cov=noise_cov,
     )
 
 

@@ -470,7 +470,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, chi-squared; metrics.json + PNGs."""
-    from inference.diagnostics.coverage import evaluate_model, write_evaluation
+    from inference.evaluate import evaluate_model, write_evaluation
     from inference.posterior import bytes_per_draw
     from ppl_cvae.data.io import load_pairs
 
@@ -514,7 +514,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Write the uncertainty report (summary CSV and plots) of a posterior file."""
     from inference.arviz_io import check_posterior, load_inference_data
-    from inference.diagnostics.report import write_report
+    from inference.report import write_report
 
     out = Path(args.out)
     _check_out_dir(out, args.overwrite, [args.posterior], "diagnose")

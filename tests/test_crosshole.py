@@ -43,7 +43,14 @@ def test_geometry_and_protocol(default: Crosshole) -> None:
     assert default.x_dims == ("depth", "offset") and default.y_dims == ("ray",)
     assert default.coords["depth"][0] == 0.5 and default.coords["offset"][-1] == 31.5
     assert len(default.coords["ray"]) == 256
-    assert default.units == {"x": "s/m", "y": "s", "depth": "m", "offset": "m", "ray": ""}
+    assert {k: default.units[k] for k in ("x", "y", "depth", "offset", "ray")} == {
+        "x": "s/m",
+        "y": "s",
+        "depth": "m",
+        "offset": "m",
+        "ray": "",
+    }
+    assert default.units["source_depth"] == default.units["receiver_offset"] == "m"
     # sources/receivers evenly from the top to the bottom cell centre; ray = i_src * 16 + i_rec
     depths = np.linspace(0.5, 31.5, 16)
     np.testing.assert_allclose(default.source_depths.numpy(), depths, rtol=1e-6)

@@ -4,7 +4,8 @@ import torch
 
 from inference import draw_posterior, sample_posterior
 from inference.arviz_io import load_inference_data, save_inference_data
-from inference.diagnostics.report import posterior_predictive_misfit, write_report
+from inference.diagnostics.ppc import run_ppc
+from inference.report import write_report
 from ppl_cvae import CVAE, ModelConfig, TwoBirds
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 
@@ -69,11 +70,11 @@ def test_stacked_observations_and_netcdf_round_trip(two_birds_cvae, tmp_path):
     assert '"functions": "data_1"' in again.attrs["problem"]
 
 
-def test_posterior_predictive_misfit_matches_direct_computation(two_birds_cvae):
+def test_run_ppc_rmse_matches_direct_computation(two_birds_cvae):
     cvae, problem = two_birds_cvae
     _, y = problem.simulate(2)
     idata = sample_posterior(cvae, y, 20, problem=problem, seed=0)
-    table = posterior_predictive_misfit(idata)
+    table = run_ppc(idata)
     rep = idata.posterior_predictive["y"].values[0]
     direct = np.sqrt(((rep[:, 1] - y[1].numpy()) ** 2).mean(axis=(1, 2, 3))).mean()
     assert table["mean_rmse"][1] == pytest.approx(direct, rel=1e-5)

@@ -43,6 +43,9 @@ __all__ = [
     "register_problem",
     "resolve_problem_factory",
     "sample_noise",
+    "coord_attrs_of",
+    "data_units",
+    "extra_coords_of",
     "units_of",
     "whiten",
 ]
@@ -73,9 +76,27 @@ class Problem(Protocol):
 
     Optional members, read with :func:`getattr` by the helpers below:
 
-    units : Mapping[str, str]
-        Unit strings for ``"x"``, ``"y"`` and each named dim (e.g. ``{"x": "s/m", "y": "s",
-        "depth": "m"}``); they become ``units`` attributes in the ArviZ output.
+    units : Mapping[str, str], the ``"y"`` entry optionally a Mapping[str, str]
+        Unit strings for ``"x"``, ``"y"``, each named dim and each extra coordinate (e.g.
+        ``{"x": "s/m", "y": "s", "depth": "m"}``); they become ``units`` attributes in the
+        ArviZ output. Data that stack several physical quantities along one dim (MT apparent
+        resistivity and phase along ``component``) give ``"y"`` as a mapping from each
+        coordinate value of that dim to its unit, e.g. ``{"log10_rho_a": "log10(ohm m)",
+        "phase": "deg"}``: ``y`` stays one variable, the file gets a ``y_units`` coordinate
+        along that dim and the ``units`` attribute of ``y`` lists the units joined by
+        ``" | "`` (see :func:`data_units`, :func:`units_of`). A unit written ``log10(U)``
+        says the values are decimal logarithms of a quantity in ``U`` (plots show ``U`` on a
+        log axis).
+    extra_coords : Mapping[str, tuple[str, Sequence]]
+        Coordinates that are not dims, ``name -> (dim, values)`` with one value per entry of
+        ``dim``, e.g. the source and receiver depth of every ray of a crosshole survey
+        (``{"source_depth": ("ray", [...]), ...}``). They become non-index coordinates of
+        that dim in the ArviZ output; their units go in ``units`` under their name.
+    coord_attrs : Mapping[str, Mapping[str, str]]
+        Extra attributes of a coordinate. The uncertainty report reads
+        ``{"cell_position": "top", "half_space": "last"}`` on a ``depth`` coordinate as a
+        layered earth (coordinates are layer tops, the last entry is the half-space below)
+        and draws it as a staircase.
     noise_cov : Tensor, shape (m, m), or None
         Full covariance of the Gaussian noise on the flattened ``y`` (``m = prod(y_shape)``), in
         units of ``y`` squared; overrides ``noise_std`` (which is then a scalar summary) in
@@ -290,7 +311,9 @@ def check_problem(obj: object, source: str) -> Problem:
         the wrong type: ``sample_prior``, ``forward``, ``simulate`` and ``spec`` must be
         callable; ``name`` a string; ``x_shape`` and ``y_shape`` non-empty tuples of positive
         ints; ``x_dims`` and ``y_dims`` sequences of strings, one per axis; ``coords`` a
-        mapping; ``noise_std >= 0`` and ``misfit_std > 0`` finite numbers.
+        mapping; ``noise_std >= 0`` and ``misfit_std > 0`` finite numbers; a per-component
+        ``units["y"]`` must match one y dim (:func:`data_units`) and ``extra_coords`` name
+        dims with matching lengths (:func:`extra_coords_of`).
 
     Examples
     --------
@@ -353,6 +376,12 @@ def check_problem(obj: object, source: str) -> Problem:
         )
         if not ok:
             problems.append(f"{member} must be a finite number {bound}: {reprlib.repr(value)}")
+    if not problems:
+        try:  # the optional plotting metadata must resolve against the dims
+            data_units(cast(Problem, obj))
+            extra_coords_of(cast(Problem, obj))
+        except ConfigError as err:
+            problems.append(str(err))
     if problems:
         raise ConfigError(f"{what}, which is not a valid problem: {'; '.join(problems)}")
     return cast(Problem, obj)
@@ -602,9 +631,105 @@ def linear_gaussian_parts(problem: Problem) -> LinearGaussianParts | None:
 
 
 def units_of(problem: Problem | None) -> dict[str, str]:
-    """Return the problem's ``units`` mapping (``"x"``, ``"y"`` and dim names), or ``{}``."""
+    """Return the problem's ``units`` mapping (``"x"``, ``"y"``, dims, coordinates), or ``{}``.
+
+    A per-component ``"y"`` mapping (see :func:`data_units`) is summarised as its distinct
+    units joined by ``" | "`` in coordinate order.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import MT1D
+    >>> units_of(MT1D())["y"]
+    'log10(ohm m) | deg'
+    """
     units = getattr(problem, "units", None) if problem is not None else None
-    return {str(k): str(v) for k, v in dict(units or {}).items()}
+    out: dict[str, str] = {}
+    for key, value in dict(units or {}).items():
+        if isinstance(value, Mapping):
+            distinct = list(dict.fromkeys(str(v) for v in value.values()))
+            out[str(key)] = " | ".join(distinct)
+        else:
+            out[str(key)] = str(value)
+    return out
+
+
+def data_units(problem: Problem | None) -> tuple[str, dict[str, str]] | None:
+    """Return ``(dim, {coordinate value: unit})`` when ``y`` mixes physical quantities.
+
+    A problem declares it by giving ``units["y"]`` as a mapping from the coordinate values of
+    one of its ``y_dims`` to unit strings; that dim is the one whose coordinate values (as
+    strings) are exactly the mapping's keys.
+
+    Returns
+    -------
+    tuple of (str, dict of str to str) or None
+        The dim and the unit of each of its coordinate values, in coordinate order; None when
+        ``units["y"]`` is a single string or absent.
+
+    Raises
+    ------
+    ConfigError
+        If ``units["y"]`` is a mapping whose keys are not the coordinate values of exactly one
+        of ``y_dims`` (the message lists the keys and the candidate coordinates).
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import MT1D
+    >>> data_units(MT1D())
+    ('component', {'log10_rho_a': 'log10(ohm m)', 'phase': 'deg'})
+    """
+    units = getattr(problem, "units", None) if problem is not None else None
+    value = dict(units or {}).get("y")
+    if problem is None or not isinstance(value, Mapping):
+        return None
+    keys = [str(k) for k in value]
+    coords = problem.coords
+    matches = [
+        d for d in problem.y_dims if d in coords and sorted(map(str, coords[d])) == sorted(keys)
+    ]
+    if len(matches) != 1:
+        candidates = {d: [str(c) for c in coords[d]] for d in problem.y_dims if d in coords}
+        raise ConfigError(
+            f"units['y'] maps {keys} to units; expected the coordinate values of exactly one "
+            f"of the y dims {tuple(problem.y_dims)} (coordinates: {candidates})"
+        )
+    dim = matches[0]
+    lookup = {str(k): str(v) for k, v in value.items()}
+    return dim, {str(c): lookup[str(c)] for c in coords[dim]}
+
+
+def extra_coords_of(problem: Problem | None) -> dict[str, tuple[str, list[Any]]]:
+    """Return the problem's ``extra_coords`` (``name -> (dim, values)``), or ``{}``.
+
+    Raises
+    ------
+    ConfigError
+        If an entry is not a ``(dim, values)`` pair naming one of ``x_dims``/``y_dims`` with
+        one value per entry of that dim.
+    """
+    extra = getattr(problem, "extra_coords", None) if problem is not None else None
+    if problem is None or not extra:
+        return {}
+    sizes = dict(zip(problem.x_dims, problem.x_shape, strict=True))
+    sizes.update(zip(problem.y_dims, problem.y_shape, strict=True))
+    out: dict[str, tuple[str, list[Any]]] = {}
+    for name, entry in dict(extra).items():
+        ok = isinstance(entry, (tuple, list)) and len(entry) == 2 and entry[0] in sizes
+        if not ok or len(entry[1]) != sizes[entry[0]]:
+            raise ConfigError(
+                f"extra_coords[{name!r}] must be (dim, values) with dim one of {sorted(sizes)} "
+                f"and one value per entry of it; got {reprlib.repr(entry)}"
+            )
+        out[str(name)] = (str(entry[0]), list(entry[1]))
+    return out
+
+
+def coord_attrs_of(problem: Problem | None) -> dict[str, dict[str, str]]:
+    """Return the problem's ``coord_attrs`` (coordinate name -> attributes), or ``{}``."""
+    attrs = getattr(problem, "coord_attrs", None) if problem is not None else None
+    return {
+        str(k): {str(a): str(v) for a, v in dict(d).items()} for k, d in dict(attrs or {}).items()
+    }
 
 
 def noise_covariance(problem: Problem) -> torch.Tensor:

@@ -276,7 +276,12 @@ class Crosshole:
     source_depths, receiver_depths : Tensor, shape (num_sources,) and (num_receivers,)
         Borehole positions, in m, float32.
     units : dict of str
-        ``x`` in s/m, ``y`` in s, ``depth`` and ``offset`` in m; ``ray`` is an index.
+        ``x`` in s/m, ``y`` in s, ``depth``, ``offset`` and the ray end points in m; ``ray``
+        is an index.
+    extra_coords : dict
+        ``source_depth``, ``source_offset``, ``receiver_depth``, ``receiver_offset``: the end
+        points of every ray, in m, as ``("ray", values)`` coordinates of the ``ray`` dim
+        (sources in the left borehole at offset 0, receivers in the right one at ``width``).
 
     Raises
     ------
@@ -385,7 +390,17 @@ class Crosshole:
             "offset": offset_centres,
             "ray": list(range(num_rays)),
         }
-        self.units = {"x": "s/m", "y": "s", "depth": "m", "offset": "m", "ray": ""}
+        self.units = {
+            "x": "s/m",
+            "y": "s",
+            "depth": "m",
+            "offset": "m",
+            "ray": "",
+            "source_depth": "m",
+            "source_offset": "m",
+            "receiver_depth": "m",
+            "receiver_offset": "m",
+        }
 
         sources = _borehole_depths(num_sources, nz, self.cell_size)
         receivers = _borehole_depths(num_receivers, nz, self.cell_size)
@@ -404,6 +419,13 @@ class Crosshole:
         self.receiver_depths = receivers.to(torch.float32)
         self.source_depth = src.to(torch.float32)
         self.receiver_depth = rec.to(torch.float32)
+        # where every ray starts and ends: coordinates of the ray dim in the InferenceData
+        self.extra_coords: dict[str, tuple[str, list[float]]] = {
+            "source_depth": ("ray", src.tolist()),
+            "source_offset": ("ray", [0.0] * num_rays),
+            "receiver_depth": ("ray", rec.tolist()),
+            "receiver_offset": ("ray", [self.width] * num_rays),
+        }
 
         self.field: GaussianRandomField | ChannelField
         if prior == "grf":

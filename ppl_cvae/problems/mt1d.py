@@ -218,6 +218,14 @@ class MT1D:
         chi-squared misfits and refinement use :attr:`noise_cov` instead.
     misfit_std : float
         Equals ``noise_std``.
+    units : dict
+        ``x`` in log10(ohm m), depths in m, frequencies in Hz; ``y`` per component
+        (``{"log10_rho_a": "log10(ohm m)", "phase": "deg"}``, see
+        :func:`~ppl_cvae.problems.base.data_units`): the InferenceData keeps one variable
+        ``y`` with a ``y_units`` coordinate along ``component``.
+    coord_attrs : dict
+        ``depth`` is marked as layer tops with the half-space last (the report draws a
+        staircase).
 
     Raises
     ------
@@ -304,13 +312,16 @@ class MT1D:
             "component": ["log10_rho_a", "phase"],
             "frequency": freqs,
         }
-        self.units = {
+        # y stacks two quantities: one unit per component (ppl_cvae.problems.base.data_units)
+        self.units: dict[str, Any] = {
             "x": "log10(ohm m)",
-            "y": "log10(ohm m) | deg",
+            "y": {"log10_rho_a": "log10(ohm m)", "phase": "deg"},
             "depth": "m",
             "component": "",
             "frequency": "Hz",
         }
+        # depth coordinates are layer tops; the last entry is the basement half-space
+        self.coord_attrs = {"depth": {"cell_position": "top", "half_space": "last"}}
         self.thicknesses = torch.full((num_layers - 1,), thickness, dtype=torch.float64)
         self._frequencies = torch.tensor(freqs, dtype=torch.float64)
         sigma_rho = 2.0 * self.relative_error / math.log(10.0)

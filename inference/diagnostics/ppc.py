@@ -1,0 +1,279 @@
+"""Posterior predictive misfit of a posterior file: noise-whitened chi-squared per datum.
+
+``run_ppc`` computes, from an ``InferenceData`` alone (no problem object, no forward
+operator), how well the posterior predictive draws fit the observed data; ``check_ppc``
+turns the table into a verdict. Nothing here draws or writes files.
+
+Definitions
+-----------
+For one observation ``y`` (``m`` data), posterior predictive draws ``y_rep_s = F(x_s) + eps_s``
+(``s = 1 .. S``, ``eps_s ~ N(0, C_e)`` independent of everything else, as
+:func:`inference.posterior.draw_posterior` writes them) and the noise covariance
+``C_e = L L^T`` stored in ``constant_data`` (``y_noise_sd``, or ``y_noise_cov`` when
+correlated):
+
+``chi2_per_datum``
+    ``(1/S) sum_s |L^{-1} (y_rep_s - y)|^2 / m - 1``, an unbiased estimate of
+    ``(1/S) sum_s |L^{-1} (F(x_s) - y)|^2 / m``: the whitened noise of ``y_rep_s`` adds exactly 1
+    per datum in expectation and is subtracted. For the exact posterior of a linear-Gaussian
+    problem its expectation over data drawn from the prior predictive is exactly 1
+    (``tr((C_e + A C_0 A^T) Sigma^{-1}) / m`` with ``Sigma = C_e + A C_0 A^T``); for draws
+    concentrated on the true model it is ``chi2_m / m`` (mean 1, sd ``sqrt(2 / m)``). Much
+    more than 1: the draws do not explain the data; much less: they fit the noise.
+``chi2_per_datum_of_mean``
+    ``|L^{-1} (mean_s y_rep_s - y)|^2 / m - 1 / S``, the same for the posterior predictive mean
+    (an estimate of the misfit of ``mean_s F(x_s)``; the noise of the mean adds ``1/S``).
+``rmse_of_mean``, ``mean_rmse``, ``median_rmse``
+    Root mean square of ``mean_s y_rep_s - y`` and of each ``y_rep_s - y`` (mean and median
+    over draws), in the units of ``y`` (``rmse_units``); not whitened, and left NaN where the
+    data mix units.
+
+Rows: one per observation with ``data = "all"``; when the file has a ``y_units`` coordinate
+(data stacking quantities of different units along one dim, e.g. MT apparent resistivity and
+phase), also one row per coordinate value of that dim (``data`` = the value), whitened with
+that block of ``C_e``. Without noise information (a noise-free problem, or an older file) the
+chi-squared columns are NaN, ``whitened`` is False and only the RMSE columns are filled.
+
+References
+----------
+Gelman, Meng and Stern 1996, Posterior predictive assessment of model fitness via realized
+discrepancies, Statistica Sinica 6, 733; Tarantola 2005, Inverse Problem Theory, SIAM,
+eq. 3.46 (the chi-squared misfit).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ppl_cvae.errors import DataError
+
+if TYPE_CHECKING:
+    from arviz import InferenceData
+
+__all__ = ["PPC_COLUMNS", "check_ppc", "run_ppc"]
+
+PPC_COLUMNS: tuple[str, ...] = (
+    "observation",
+    "data",
+    "num_data",
+    "whitened",
+    "chi2_per_datum",
+    "chi2_per_datum_of_mean",
+    "rmse_of_mean",
+    "mean_rmse",
+    "median_rmse",
+    "rmse_units",
+)
+"""Columns of the :func:`run_ppc` table, in order."""
+
+
+def _predictive_arrays(
+    idata: InferenceData,
+) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, ...]]:
+    """Return ``y_rep`` (S, M, m), ``y_obs`` (M, m), the y dims and the event shape."""
+    y_rep = idata["posterior_predictive"]["y"]
+    y_obs = idata["observed_data"]["y"]
+    y_dims = [str(d) for d in y_obs.dims if d != "observation"]
+    stacked = "observation" in y_obs.dims
+    lead = ["observation"] if stacked else []
+    rep = y_rep.stack(sample=("chain", "draw")).transpose("sample", *lead, *y_dims).values
+    obs = y_obs.transpose(*lead, *y_dims).values
+    if not stacked:
+        rep, obs = rep[:, None], obs[None]
+    event = tuple(obs.shape[1:])
+    m = math.prod(event)
+    return (
+        rep.reshape(rep.shape[0], rep.shape[1], m).astype(np.float64),
+        obs.reshape(obs.shape[0], m).astype(np.float64),
+        y_dims,
+        event,
+    )
+
+
+def _noise_covariance(idata: InferenceData, y_dims: list[str], m: int) -> np.ndarray | None:
+    """Return the noise covariance of the flattened ``y`` stored in the file, or None."""
+    if "constant_data" not in idata.groups():
+        return None
+    const = idata["constant_data"]
+    if "y_noise_cov" in const.data_vars:
+        cov = np.asarray(const["y_noise_cov"].values, dtype=np.float64)
+        if cov.shape != (m, m):
+            raise DataError(f"constant_data.y_noise_cov has shape {cov.shape}; expected ({m}, {m})")
+        return cov
+    if "y_noise_sd" in const.data_vars:
+        sd = const["y_noise_sd"].transpose(*y_dims).values.reshape(-1).astype(np.float64)
+        if sd.size != m or not bool(np.all(sd > 0)):
+            raise DataError(
+                f"constant_data.y_noise_sd must hold {m} values > 0, got {sd.size} values "
+                f"with minimum {float(sd.min()) if sd.size else float('nan')}"
+            )
+        return np.diag(sd**2)
+    return None
+
+
+def _groups(idata: InferenceData, y_dims: list[str], event: tuple[int, ...]) -> dict[str, Any]:
+    """Return ``{"all": (slice, unit)}`` plus one entry per value of the ``y_units`` dim."""
+    y_obs = idata["observed_data"]["y"]
+    unit = str(y_obs.attrs.get("units", ""))
+    m = math.prod(event)
+    out: dict[str, Any] = {}
+    if "y_units" not in y_obs.coords:
+        out["all"] = (np.arange(m), unit)
+        return out
+    units_coord = y_obs.coords["y_units"]
+    dim = str(units_coord.dims[0])
+    axis = y_dims.index(dim)
+    index = np.arange(m).reshape(event)
+    per_value = [str(u) for u in units_coord.values]
+    mixed = len(set(per_value)) > 1
+    out["all"] = (np.arange(m), "mixed: see the per-component rows" if mixed else unit)
+    for k, value in enumerate(y_obs.coords[dim].values):
+        out[str(value)] = (np.take(index, k, axis=axis).reshape(-1), per_value[k])
+    return out
+
+
+def run_ppc(idata: InferenceData) -> pd.DataFrame:
+    """Tabulate the posterior predictive misfit of every observation in a posterior file.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        With ``posterior_predictive.y`` (``chain, draw, [observation,] *y_dims``) and
+        ``observed_data.y`` (``[observation,] *y_dims``); the noise is read from
+        ``constant_data.y_noise_sd`` / ``y_noise_cov`` when present (see the module
+        docstring for the definitions).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`PPC_COLUMNS`: one ``data = "all"`` row per observation, plus one row
+        per component when the data mix units. Empty (with those columns) without a
+        ``posterior_predictive`` group.
+
+    Raises
+    ------
+    DataError
+        If the stored noise does not match the data (shape, non-positive standard deviation,
+        covariance not positive definite).
+
+    References
+    ----------
+    Gelman, Meng and Stern (1996); Tarantola (2005), eq. 3.46.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from inference.arviz_io import to_inference_data
+    >>> y = torch.zeros(1, 4)
+    >>> idata = to_inference_data(torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), y, stacked=False,
+    ...     y_rep=torch.ones(2, 1, 4), noise_sd=torch.full((4,), 0.5))
+    >>> row = run_ppc(idata).iloc[0]
+    >>> float(row["chi2_per_datum"]), float(row["rmse_of_mean"])  # (1 / 0.5)^2 - 1
+    (3.0, 1.0)
+    """
+    if "posterior_predictive" not in idata.groups():
+        return pd.DataFrame(columns=list(PPC_COLUMNS))
+    rep, obs, y_dims, event = _predictive_arrays(idata)
+    num_samples, num_obs, m = rep.shape
+    cov = _noise_covariance(idata, y_dims, m)
+    resid = rep - obs[None]  # (S, M, m), units of y
+    resid_mean = rep.mean(0) - obs  # (M, m)
+    rows: list[dict[str, Any]] = []
+    for data, (idx, unit) in _groups(idata, y_dims, event).items():
+        r, rm = resid[..., idx], resid_mean[..., idx]
+        chi2 = chi2_mean = np.full(num_obs, np.nan)
+        if cov is not None:
+            block = cov[np.ix_(idx, idx)]
+            try:
+                chol = np.linalg.cholesky(block)
+            except np.linalg.LinAlgError as err:
+                raise DataError(
+                    f"the stored noise covariance of data {data!r} is not positive definite"
+                ) from err
+            white = np.linalg.solve(chol, r.reshape(-1, idx.size).T).T.reshape(r.shape)
+            white_mean = np.linalg.solve(chol, rm.T).T
+            # whitened noise of y_rep adds 1 per datum (of the mean: 1/S); subtract it
+            chi2 = (white**2).mean(-1).mean(0) - 1.0
+            chi2_mean = (white_mean**2).mean(-1) - 1.0 / num_samples
+        mixed = unit.startswith("mixed")
+        per_draw = np.sqrt((r**2).mean(-1))  # (S, M)
+        rmse_mean = np.sqrt((rm**2).mean(-1))
+        for k in range(num_obs):
+            rows.append(
+                {
+                    "observation": k,
+                    "data": data,
+                    "num_data": int(idx.size),
+                    "whitened": cov is not None,
+                    "chi2_per_datum": float(chi2[k]),
+                    "chi2_per_datum_of_mean": float(chi2_mean[k]),
+                    "rmse_of_mean": math.nan if mixed else float(rmse_mean[k]),
+                    "mean_rmse": math.nan if mixed else float(per_draw[:, k].mean()),
+                    "median_rmse": math.nan if mixed else float(np.median(per_draw[:, k])),
+                    "rmse_units": unit,
+                }
+            )
+    table = pd.DataFrame(rows, columns=list(PPC_COLUMNS))
+    return table.sort_values(["observation"], kind="stable").reset_index(drop=True)
+
+
+def check_ppc(table: pd.DataFrame, *, num_sd: float = 4.0) -> list[str]:
+    """Return the observations whose whitened misfit is implausible (empty: all plausible).
+
+    An observation fails when its ``chi2_per_datum`` (``data = "all"`` row) lies more than
+    ``num_sd`` standard deviations ``sqrt(2 / m)`` from 1, the spread of ``chi2_m / m`` for a
+    posterior concentrated on the truth (a calibrated posterior has mean 1 and about this
+    spread).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Output of :func:`run_ppc`.
+    num_sd : float, default 4.0
+        Allowed distance from 1 in units of ``sqrt(2 / m)`` (two-sided false alarm about 6e-5
+        per observation under the normal approximation).
+
+    Returns
+    -------
+    list of str
+        One message per failing observation: too large (the draws miss the data) or too
+        small (they fit the noise, or the noise is overstated).
+
+    Raises
+    ------
+    DataError
+        If the table is not whitened (the file held no noise information), so no verdict
+        is possible.
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"observation": [0], "data": ["all"], "num_data": [50],
+    ...     "whitened": [True], "chi2_per_datum": [3.0]})
+    >>> check_ppc(table)[0].split(": ")[1]
+    'chi2 per datum 3.000, expected 1 +- 0.200'
+    """
+    rows = table[table["data"] == "all"]
+    if len(rows) and not bool(rows["whitened"].all()):
+        raise DataError(
+            "the misfit table is not whitened (the posterior file holds no noise "
+            "information, constant_data.y_noise_sd); no chi-squared verdict is possible"
+        )
+    failures = []
+    for _, row in rows.iterrows():
+        sd = math.sqrt(2.0 / int(row["num_data"]))
+        value = float(row["chi2_per_datum"])
+        if abs(value - 1.0) > num_sd * sd:
+            why = (
+                "the draws do not explain the data"
+                if value > 1
+                else "the draws fit the noise (or the noise is overstated)"
+            )
+            failures.append(
+                f"observation {int(row['observation'])}: chi2 per datum {value:.3f}, "
+                f"expected 1 +- {sd:.3f}: {why}"
+            )
+    return failures

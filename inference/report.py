@@ -1,0 +1,276 @@
+"""The uncertainty report of ``ppl-cvae diagnose``: summary CSV, misfit CSV and PNG figures.
+
+An edge module: it reads a posterior file's ``InferenceData``, takes the numbers from
+:mod:`inference.diagnostics` (``run_ppc``) and :func:`inference.arviz_io.summary`, and draws
+with :mod:`inference.plots` (imported when figures are made). Every figure is built from the
+file's named dims, coordinates and ``units`` attributes, never from "the last axis":
+
+- ``x`` on a layered earth (a ``depth`` coordinate with ``cell_position = "top"``, see
+  :class:`ppl_cvae.problems.base.Problem`): a staircase against depth with the half-space
+  shaded, values in ``log10(U)`` shown in ``U`` on a log axis;
+- ``x`` on a 2-D grid (``depth`` x ``offset``): truth, mean, sd and draws to scale, with the
+  sources and receivers of the survey where the data's ``ray`` dim carries their positions,
+  plus the bands of the middle column against depth;
+- otherwise, bands along the longest named coordinate, one panel per other index;
+- ``y``: posterior predictive bands along the longest numeric data coordinate (log axis for a
+  frequency), one panel per component with its own unit, observed data with +-1 sd noise bars.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from inference.arviz_io import az, summary
+from inference.diagnostics.ppc import run_ppc
+from ppl_cvae._atomic import atomic_path
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from matplotlib.figure import Figure
+
+__all__ = ["posterior_figures", "predictive_figure", "write_report"]
+
+_RAY_ENDS = ("source_offset", "source_depth", "receiver_offset", "receiver_depth")
+
+
+def _select(da: xr.DataArray, observation: int) -> xr.DataArray:
+    """One observation of a variable, ``chain`` 0 when it has one."""
+    if "chain" in da.dims:
+        da = da.isel(chain=0)
+    if "observation" in da.dims:
+        da = da.isel(observation=observation)
+    return da
+
+
+def _num_observations(idata: az.InferenceData) -> int:
+    x = idata["posterior"]["x"]
+    return int(x.sizes["observation"]) if "observation" in x.dims else 1
+
+
+def _edges(centres: np.ndarray) -> tuple[float, float]:
+    """Return the outer edges of cells with the given (uniformly spaced) centres."""
+    c = np.asarray(centres, dtype=float)
+    half = 0.5 * (c[1] - c[0]) if c.size > 1 else 0.5
+    return float(c[0] - half), float(c[-1] + half)
+
+
+def _coord(da: xr.DataArray, dim: str) -> tuple[np.ndarray, str]:
+    """Coordinate values of ``dim`` (indices when it has none) and their unit."""
+    if dim in da.coords:
+        return np.asarray(da[dim].values), str(da[dim].attrs.get("units", ""))
+    return np.arange(da.sizes[dim]), ""
+
+
+def _label(name: str, unit: str) -> str:
+    return f"{name} ({unit})" if unit else name
+
+
+def _ray_ends(idata: az.InferenceData) -> dict[str, np.ndarray] | None:
+    """Source and receiver positions stored as coordinates of a ``ray`` dim, if any."""
+    for group in ("observed_data", "posterior_predictive"):
+        if group in idata.groups():
+            ds = idata[group]
+            if all(name in ds.coords for name in _RAY_ENDS):
+                return {name: np.asarray(ds[name].values, dtype=float) for name in _RAY_ENDS}
+    return None
+
+
+def posterior_figures(idata: az.InferenceData, observation: int = 0) -> dict[str, Figure]:
+    """Build the figures of the posterior of ``x`` for one observation.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        A posterior file (``posterior.x``; ``constant_data.x_true`` when the truth is known).
+    observation : int, default 0
+        Index along the ``observation`` dim (ignored when there is none).
+
+    Returns
+    -------
+    dict of str to matplotlib.figure.Figure
+        ``"posterior"`` always; ``"profile"`` (middle column against depth) for a 2-D grid.
+        The layout is chosen from the dims and coordinate attributes (module docstring).
+    """
+    from inference import plots
+
+    x = _select(idata["posterior"]["x"], observation)
+    truth = None
+    if "constant_data" in idata.groups() and "x_true" in idata["constant_data"]:
+        truth = _select(idata["constant_data"]["x_true"], observation)
+    dims = [str(d) for d in x.dims if d != "draw"]
+    unit = str(x.attrs.get("units", ""))
+    phys = plots.log10_unit(unit)
+    title = f"posterior of x, observation {observation}"
+    draws = np.asarray(x.transpose("draw", *dims).values, dtype=float)
+    true = None if truth is None else np.asarray(truth.transpose(*dims).values, dtype=float)
+    if len(dims) == 2 and min(draws.shape[1:]) >= 4:  # a 2-D grid: depth (rows) x offset
+        rows, row_unit = _coord(x, dims[0])
+        cols, col_unit = _coord(x, dims[1])
+        top, bottom = _edges(rows)
+        left, right = _edges(cols)
+        panels: dict[str, np.ndarray] = {}
+        if true is not None:
+            panels["truth"] = true
+        panels["posterior mean"] = draws.mean(0)
+        panels["posterior sd"] = draws.std(0)
+        for k in range(min(3, draws.shape[0])):
+            panels[f"draw {k}"] = draws[k]
+        ends = _ray_ends(idata)
+        sources = receivers = None
+        if ends is not None:
+            sources = (ends["source_offset"], ends["source_depth"])
+            receivers = (ends["receiver_offset"], ends["receiver_depth"])
+        field = plots.fields_figure(
+            panels,
+            extent=(left, right, bottom, top),
+            xlabel=_label(dims[1], col_unit),
+            ylabel=_label(dims[0], row_unit),
+            units={t: _label("x", unit) for t in panels},
+            shared=[t for t in panels if t != "posterior sd"],
+            sources=sources,
+            receivers=receivers,
+        )
+        mid = draws.shape[2] // 2
+        profile = plots.profile_figure(
+            np.asarray(rows, dtype=float),
+            draws[:, :, mid],
+            truth=None if true is None else true[:, mid],
+            xlabel=_label("x", unit),
+            depth_label=_label(dims[0], row_unit),
+            title=f"{title}, column {dims[1]} = {cols[mid]:g} {col_unit}".rstrip(),
+        )
+        return {"posterior": field, "profile": profile}
+    if len(dims) == 1 and dims[0] == "depth":
+        depth, depth_unit = _coord(x, "depth")
+        attrs = x["depth"].attrs if "depth" in x.coords else {}
+        value_label = _label("x", phys if phys is not None else unit)
+        if attrs.get("cell_position") == "top" and attrs.get("half_space") == "last":
+            fig = plots.layered_profile_figure(
+                np.asarray(depth, dtype=float),
+                draws,
+                truth=true,
+                log10_values=phys is not None,
+                value_label=value_label,
+                depth_label=_label("depth of layer top", depth_unit),
+                title=title,
+            )
+        else:
+            fig = plots.profile_figure(
+                np.asarray(depth, dtype=float),
+                draws,
+                truth=true,
+                xlabel=_label("x", unit),
+                depth_label=_label("depth", depth_unit),
+                title=title,
+            )
+        return {"posterior": fig}
+    fig = plots.bands_figure(
+        x, reference=truth, reference_label="truth", value_name="x", title=title
+    )
+    return {"posterior": fig}
+
+
+def predictive_figure(idata: az.InferenceData, observation: int = 0) -> Figure | None:
+    """Build the posterior predictive figure of one observation, or None without draws.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        A posterior file with ``posterior_predictive.y`` and ``observed_data.y``; the noise
+        standard deviation ``constant_data.y_noise_sd`` gives the error bars when present.
+    observation : int, default 0
+        Index along the ``observation`` dim (ignored when there is none).
+
+    Returns
+    -------
+    matplotlib.figure.Figure or None
+        See :func:`inference.plots.bands_figure`: one panel per component, the longest
+        numeric data coordinate on the horizontal axis.
+    """
+    from inference import plots
+
+    if "posterior_predictive" not in idata.groups():
+        return None
+    y_rep = _select(idata["posterior_predictive"]["y"], observation)
+    y_obs = _select(idata["observed_data"]["y"], observation)
+    noise = None
+    if "constant_data" in idata.groups() and "y_noise_sd" in idata["constant_data"]:
+        noise = idata["constant_data"]["y_noise_sd"]
+    return plots.bands_figure(
+        y_rep,
+        reference=y_obs,
+        reference_sd=noise,
+        reference_label="observed",
+        value_name="y",
+        title=f"posterior predictive, observation {observation}",
+    )
+
+
+def write_report(
+    idata: az.InferenceData, out_dir: str | os.PathLike[str], *, max_observations: int = 3
+) -> list[Path]:
+    """Write the uncertainty report of a posterior file into ``out_dir``.
+
+    Files: ``summary.csv`` (``az.summary`` of ``x`` with mean, sd and 90% HDI, no MCMC
+    diagnostics since the draws are independent), ``misfit.csv``
+    (:func:`inference.diagnostics.ppc.run_ppc`: noise-whitened chi-squared per datum when the
+    file holds the noise, else RMSE in the units of ``y``, said in its columns), and per
+    observation (up to ``max_observations``): ``posterior_obsK.png`` (and ``profile_obsK.png``
+    for a 2-D grid; :func:`posterior_figures`), ``predictive_obsK.png``
+    (:func:`predictive_figure`) and ``latent_pairs_obsK.png`` (seaborn pair plot of up to 4
+    latent dims).
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        A posterior file as written by ``ppl-cvae sample``.
+    out_dir : path
+        Folder, created if missing; files are written atomically.
+    max_observations : int, default 3
+        Observations with figures.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Raises
+    ------
+    DataError
+        If the stored noise does not match the data (from :func:`run_ppc`).
+    """
+    from inference import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    table = summary(idata, ("x",), hdi_prob=0.9)
+    with atomic_path(out / "summary.csv") as tmp:
+        table.to_csv(tmp)
+    written.append(out / "summary.csv")
+    misfit = run_ppc(idata)
+    with atomic_path(out / "misfit.csv") as tmp:
+        misfit.to_csv(tmp, index=False)
+    written.append(out / "misfit.csv")
+
+    for m in range(min(_num_observations(idata), max_observations)):
+        for name, fig in posterior_figures(idata, m).items():
+            written.append(plots.save_figure(fig, out / f"{name}_obs{m}.png"))
+        predictive = predictive_figure(idata, m)
+        if predictive is not None:
+            written.append(plots.save_figure(predictive, out / f"predictive_obs{m}.png"))
+        z = _select(idata["posterior"]["z"], m).values
+        k = min(4, z.shape[-1])
+        written.append(
+            plots.plot_pairs(
+                z[:, :k],
+                [f"z{i}" for i in range(k)],
+                out / f"latent_pairs_obs{m}.png",
+                title=f"latent draws, observation {m}",
+            )
+        )
+    return written

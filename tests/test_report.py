@@ -1,0 +1,207 @@
+"""The uncertainty report: whitened misfit from the file alone, figures on named dims and units."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.container import ErrorbarContainer
+
+from inference.arviz_io import load_inference_data, save_inference_data, to_inference_data
+from inference.diagnostics.ppc import PPC_COLUMNS, check_ppc, run_ppc
+from inference.report import posterior_figures, predictive_figure, write_report
+from inference.sample import sample_posterior
+from ppl_cvae.config import ModelConfig
+from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.models.cvae import CVAE
+from ppl_cvae.problems import MT1D, Crosshole, Gravity, LinearGaussian, TwoBirds
+from ppl_cvae.problems.base import (
+    check_problem,
+    data_units,
+    noise_scale,
+    sample_noise,
+    units_of,
+    whiten,
+)
+
+
+def _untrained(problem) -> CVAE:
+    config = ModelConfig(
+        x_shape=problem.x_shape, y_shape=problem.y_shape, latent_dim=2, hidden_dims=(8,)
+    )
+    return CVAE(config)
+
+
+def _mt1d_idata(problem: MT1D, x_true, y_obs, x_draws, seed: int = 0):
+    """InferenceData of given draws as sample_posterior writes it: y_rep = F(x) + eps."""
+    gen = torch.Generator().manual_seed(seed)
+    y_rep = problem.forward(x_draws) + sample_noise(problem, tuple(x_draws.shape[:2]), gen)
+    return to_inference_data(
+        x_draws,
+        torch.zeros(*x_draws.shape[:2], 2),
+        y_obs,
+        stacked=True,
+        y_rep=y_rep,
+        x_true=x_true,
+        x_dims=problem.x_dims,
+        y_dims=problem.y_dims,
+        coords=problem.coords,
+        units=units_of(problem),
+        y_units=data_units(problem),
+        noise_sd=noise_scale(problem),
+    )
+
+
+def test_compute_layers_import_no_plotting():
+    """inference.diagnostics and inference.evaluate import neither matplotlib nor arviz."""
+    code = (
+        "import sys, inference.diagnostics, inference.evaluate; "
+        "print(sorted(m for m in ('matplotlib', 'seaborn', 'arviz') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_whitened_chi2_of_ideal_draws_is_one_and_shifted_draws_are_flagged(tmp_path):
+    problem = MT1D(num_layers=8, depth=1400.0)  # 26 frequencies: m = 52 data, 26 per component
+    num_obs, num_draws = 40, 50
+    x_true, y_obs = problem.simulate(num_obs, torch.Generator().manual_seed(1))
+    # ideal posterior: every draw is the true model, so F(x_s) - y = -eps_obs
+    ideal = x_true.expand(num_draws, *x_true.shape)
+    path = save_inference_data(_mt1d_idata(problem, x_true, y_obs, ideal), tmp_path / "p.nc")
+    table = run_ppc(load_inference_data(path))  # from the file alone
+    assert list(table.columns) == list(PPC_COLUMNS)
+    assert len(table) == 3 * num_obs  # "all" + one row per component, per observation
+    assert table["whitened"].all()
+    for data, m in (("all", 52), ("log10_rho_a", 26), ("phase", 26)):
+        rows = table[table["data"] == data]
+        # per observation: |e_0|^2/m + mean_s |e_s|^2/m - 1 - 2 mean_s e_s.e_0 / m with e ~ N(0, I)
+        # (e_0 the observed noise, e_s the noise of y_rep_s): mean 1, variance
+        # 2/m + 2/(m S) + 4/(m S); over M independent observations divide by M; 4 sd
+        sd = math.sqrt((2 / m + 6 / (m * num_draws)) / num_obs)
+        assert abs(rows["chi2_per_datum"].mean() - 1.0) < 4 * sd, (
+            data,
+            rows.mean(numeric_only=True),
+        )
+        assert (
+            rows["rmse_units"].iloc[0]
+            == {
+                "all": "mixed: see the per-component rows",
+                "log10_rho_a": "log10(ohm m)",
+                "phase": "deg",
+            }[data]
+        )
+    # the estimate matches the definition mean_s |L^-1 (F(x_s) - y)|^2 / m per observation:
+    # the two differ by the y_rep noise terms, sd about sqrt(6 / (m S)) = 0.048 for m = 52,
+    # S = 50; 5 sd for the largest of 40 (false alarm 40 * 6e-7)
+    direct = whiten(problem, problem.forward(x_true) - y_obs).double().pow(2).mean((1, 2))
+    all_rows = table[table["data"] == "all"]["chi2_per_datum"].to_numpy()
+    assert np.abs(all_rows - direct.numpy()).max() < 5 * math.sqrt(6 / (52 * num_draws))
+    assert np.isnan(table[table["data"] == "all"]["rmse_of_mean"]).all()  # no pooled units
+    assert check_ppc(table) == []
+    # negative control: resistivity a factor 10**0.3 = 2 too high everywhere; the apparent
+    # resistivity moves by 0.3 in log10 against a noise sd of 0.043: chi2 ~ (0.3/0.043)^2 = 48
+    shifted = _mt1d_idata(problem, x_true, y_obs, ideal + 0.3, seed=2)
+    bad = run_ppc(shifted)
+    assert (bad[bad["data"] == "log10_rho_a"]["chi2_per_datum"] > 20).all()
+    assert (bad[bad["data"] == "all"]["chi2_per_datum"] > 10).all()
+    assert len(check_ppc(bad)) == num_obs
+
+
+def test_unwhitened_misfit_says_so():
+    problem = TwoBirds("data_1")  # noise-free: no noise stored, RMSE in units of y only
+    x, y = problem.simulate(2)
+    idata = sample_posterior(_untrained(problem), y, 10, problem=problem, seed=0)
+    assert "y_noise_sd" not in idata.get("constant_data", {})
+    table = run_ppc(idata)
+    assert not table["whitened"].any() and table["chi2_per_datum"].isna().all()
+    assert np.isfinite(table["rmse_of_mean"]).all()
+    with pytest.raises(DataError, match="not whitened"):
+        check_ppc(table)
+
+
+def test_mt1d_report_one_panel_per_component_with_units(tmp_path):
+    problem = MT1D(num_layers=6, depth=1000.0, frequencies=[0.1, 1.0, 10.0, 100.0])
+    x, y = problem.simulate(2, torch.Generator().manual_seed(0))
+    idata = sample_posterior(_untrained(problem), y, 30, problem=problem, x_true=x, seed=0)
+    idata = load_inference_data(save_inference_data(idata, tmp_path / "post.nc"))
+    assert list(idata.observed_data["y_units"].values) == ["log10(ohm m)", "deg"]
+    assert idata.observed_data["y"].attrs["units"] == "log10(ohm m) | deg"
+    sd = idata.constant_data["y_noise_sd"]
+    # sigma(log10 rho_a) = 2 e / ln 10, sigma(phase) = 180 e / pi deg, e = 0.05
+    np.testing.assert_allclose(sd.sel(component="log10_rho_a"), 0.1 / math.log(10), rtol=1e-6)
+    np.testing.assert_allclose(sd.sel(component="phase"), math.degrees(0.05), rtol=1e-6)
+
+    fig = predictive_figure(idata, observation=1)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["component = log10_rho_a", "component = phase"]
+    assert all(ax.get_xscale() == "log" and ax.get_xlabel() == "frequency (Hz)" for ax in axes)
+    assert axes[0].get_ylabel() == "rho_a (ohm m)" and axes[0].get_yscale() == "log"
+    assert axes[1].get_ylabel() == "phase (deg)" and axes[1].get_yscale() == "linear"
+    assert all(any(isinstance(c, ErrorbarContainer) for c in ax.containers) for ax in axes)
+    assert all(ax.get_legend() is None for ax in axes)  # the legend sits below the panels
+
+    profile = posterior_figures(idata, observation=0)["posterior"].axes[0]
+    assert profile.get_xscale() == "log" and profile.get_xlabel() == "x (ohm m)"
+    assert profile.get_ylabel() == "depth of layer top (m)" and profile.yaxis_inverted()
+    # the half-space continues below its top at 1000 m; the median is a staircase of 2N points
+    assert profile.get_ylim()[0] > 1000.0
+    median = next(line for line in profile.get_lines() if line.get_label() == "median")
+    assert len(median.get_ydata()) == 2 * 6
+    np.testing.assert_allclose(median.get_ydata()[:4], [0.0, 200.0, 200.0, 400.0])
+
+    files = write_report(idata, tmp_path / "rep", max_observations=1)
+    assert {p.name for p in files} >= {"misfit.csv", "posterior_obs0.png", "predictive_obs0.png"}
+    header = (tmp_path / "rep" / "misfit.csv").read_text().splitlines()[0]
+    assert header == ",".join(PPC_COLUMNS)
+
+
+def test_crosshole_rays_carry_source_and_receiver_positions(tmp_path):
+    problem = Crosshole(num_depth_cells=8, num_offset_cells=6, num_sources=3, num_receivers=4)
+    x, y = problem.simulate(1, torch.Generator().manual_seed(0))
+    idata = sample_posterior(_untrained(problem), y[0], 12, problem=problem, x_true=x[0], seed=0)
+    idata = load_inference_data(save_inference_data(idata, tmp_path / "post.nc"))
+    obs = idata.observed_data
+    for name, expected in (
+        ("source_depth", problem.source_depth),
+        ("receiver_depth", problem.receiver_depth),
+        ("source_offset", torch.zeros(12)),
+        ("receiver_offset", torch.full((12,), problem.width)),
+    ):
+        assert obs[name].dims == ("ray",) and obs[name].attrs["units"] == "m"
+        np.testing.assert_allclose(obs[name].values, expected.numpy(), rtol=1e-6)
+    assert "source_depth" in idata.posterior_predictive.coords
+    field = posterior_figures(idata)["posterior"]
+    truth = next(ax for ax in field.axes if ax.get_title() == "truth")
+    sources = next(line for line in truth.get_lines() if line.get_label() == "source")
+    np.testing.assert_allclose(sources.get_xdata(), 0.0)
+    np.testing.assert_allclose(np.unique(sources.get_ydata()), problem.source_depths.numpy())
+
+
+def test_gravity_colour_bars_sit_below_wide_sections():
+    problem = Gravity(num_depth_cells=4, num_offset_cells=8, num_stations=6)  # 2:1 section
+    x, y = problem.simulate(1, torch.Generator().manual_seed(0))
+    idata = sample_posterior(_untrained(problem), y[0], 12, problem=problem, x_true=x[0], seed=0)
+    fig = posterior_figures(idata)["posterior"]
+    fig.draw_without_rendering()
+    images = [ax for ax in fig.axes if ax.get_images()]
+    bars = [ax for ax in fig.axes if ax not in images and ax.get_visible()]
+    assert len(bars) == len(images) == 6  # truth, mean, sd and 3 draws, one bar each
+    for image, bar in zip(images, bars, strict=True):
+        box, bar_box = image.get_position(), bar.get_position()
+        assert bar_box.y1 <= box.y0 and bar_box.height < box.height  # below, not beside
+        # drawn to scale: the panel's width over height is the section's 1600 m / 800 m
+        assert box.width * fig.get_figwidth() / (box.height * fig.get_figheight()) == (
+            pytest.approx(2.0, rel=0.02)
+        )
+
+
+def test_per_component_units_must_match_one_dim():
+    problem = LinearGaussian(x_dim=2, y_dim=3)
+    problem.units = {"x": "", "y": {"a": "m", "b": "s"}}  # no y dim has coordinates a, b
+    with pytest.raises(ConfigError, match="exactly one of the y dims"):
+        check_problem(problem, "test")
+    problem.units = {"x": "", "y": "m"}
+    assert data_units(check_problem(problem, "test")) is None
