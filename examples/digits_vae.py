@@ -16,13 +16,13 @@ Runtime: about 20 seconds on 2 CPU cores (``--smoke``: a few seconds).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+from _common import digits_parser, finish_digits
 
 from inference.images import EpochFrames
-from inference.plots import plot_latent_scatter, plot_loss
+from inference.plots import plot_loss
 from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
 from ppl_cvae.data.datasets import load_dataset
 from ppl_cvae.train import negative_elbo
@@ -68,26 +68,8 @@ def main(args: argparse.Namespace) -> dict:
     metrics = {
         "test_negative_elbo_nats_per_image": negative_elbo(vae, None, x[test], num_particles=10)
     }
-    if args.latent_dim == 2:
-        z, _ = vae.recognition_params(None, x[test])
-        plot_latent_scatter(
-            z.detach().numpy(),
-            labels[test].numpy(),
-            out / "latent.png",
-            title="VAE latent means of test digits",
-        )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics, indent=2))
-    return metrics
+    return finish_digits(vae, x[test], labels[test], out / "latent.png", metrics)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--latent-dim", type=int, default=2)
-    parser.add_argument("--network", choices=["mlp", "conv2d"], default="mlp")
-    parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out-dir", default="runs/digits_vae")
-    main(parser.parse_args())
+    main(digits_parser(__doc__, 2, "runs/digits_vae").parse_args())

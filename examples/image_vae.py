@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import parser
 from PIL import Image
 
 from inference.images import EpochFrames
@@ -95,12 +96,8 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", help="your own image folder (default: synthetic images)")
-    parser.add_argument("--size", type=int, default=150, help="image side in pixels")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out-dir", default="runs/image_vae")
-    main(parser.parse_args())
+    cli = parser(__doc__, "runs/image_vae")
+    cli.add_argument("--images", help="your own image folder (default: synthetic images)")
+    cli.add_argument("--size", type=int, default=150, help="image side in pixels")
+    cli.add_argument("--epochs", type=int, default=20)
+    main(cli.parse_args())

@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from _common import parser
 
 from inference import linear_gaussian_posterior, sample_posterior
 from inference.arviz_io import save_inference_data
@@ -65,9 +66,4 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out-dir", default="runs/linear_gaussian")
-    main(parser.parse_args())
+    main(parser(__doc__, "runs/linear_gaussian").parse_args())

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import torch
+from _common import parser
 
 from inference import sample_posterior
 from inference.arviz_io import save_inference_data
@@ -68,12 +69,8 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--functions", choices=["data_1", "original"], default="data_1")
-    parser.add_argument("--num-observations", type=int, default=10)
-    parser.add_argument("--num-samples", type=int, default=30)
-    parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out-dir", default="runs/two_birds")
-    main(parser.parse_args())
+    cli = parser(__doc__, "runs/two_birds")
+    cli.add_argument("--functions", choices=["data_1", "original"], default="data_1")
+    cli.add_argument("--num-observations", type=int, default=10)
+    cli.add_argument("--num-samples", type=int, default=30)
+    main(cli.parse_args())

@@ -36,9 +36,6 @@ __all__ = [
     "fields_figure",
     "layered_profile_figure",
     "log10_unit",
-    "plot_fields",
-    "plot_predictive",
-    "plot_profile",
     "plot_coverage",
     "plot_truth_vs_mean",
     "plot_image_grid",
@@ -514,34 +511,6 @@ def fields_figure(
     return fig
 
 
-def plot_fields(
-    panels: Mapping[str, np.ndarray],
-    path: str | os.PathLike[str],
-    *,
-    extent: tuple[float, float, float, float],
-    xlabel: str = "offset (m)",
-    ylabel: str = "depth (m)",
-    units: Mapping[str, str] | None = None,
-    shared: Sequence[str] = (),
-    ncols: int = 4,
-    sources: tuple[np.ndarray, np.ndarray] | None = None,
-    receivers: tuple[np.ndarray, np.ndarray] | None = None,
-) -> Path:
-    """Write :func:`fields_figure` (same parameters) as PNG at ``path``; return the path."""
-    fig = fields_figure(
-        panels,
-        extent=extent,
-        xlabel=xlabel,
-        ylabel=ylabel,
-        units=units,
-        shared=shared,
-        ncols=ncols,
-        sources=sources,
-        receivers=receivers,
-    )
-    return _save(fig, path)
-
-
 def profile_figure(
     depth: np.ndarray,
     draws: np.ndarray,
@@ -590,71 +559,6 @@ def profile_figure(
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return fig
-
-
-def plot_profile(
-    depth: np.ndarray,
-    draws: np.ndarray,
-    path: str | os.PathLike[str],
-    *,
-    truth: np.ndarray | None = None,
-    xlabel: str = "value",
-    depth_label: str = "depth (m)",
-    intervals: Sequence[float] = (0.5, 0.9),
-    title: str = "",
-) -> Path:
-    """Write :func:`profile_figure` (same parameters) as PNG at ``path``; return the path."""
-    fig = profile_figure(
-        depth,
-        draws,
-        truth=truth,
-        xlabel=xlabel,
-        depth_label=depth_label,
-        intervals=intervals,
-        title=title,
-    )
-    return _save(fig, path)
-
-
-def plot_predictive(
-    coord: np.ndarray,
-    y_obs: np.ndarray,
-    y_rep: np.ndarray,
-    path: str | os.PathLike[str],
-    *,
-    xlabel: str = "datum",
-    ylabel: str = "y",
-    logx: bool = False,
-    interval: float = 0.9,
-    title: str = "",
-) -> Path:
-    """Plot the posterior predictive band of one data series against the observed data.
-
-    Parameters
-    ----------
-    coord : ndarray, shape (N,)
-        Horizontal coordinate of the data (station position, frequency, ray index).
-    y_obs : ndarray, shape (N,)
-        Observed data.
-    y_rep : ndarray, shape (S, N)
-        Posterior predictive draws ``F(x) + eps``.
-    logx : bool
-        Logarithmic horizontal axis (frequencies).
-    """
-    c = np.asarray(coord, dtype=float)
-    rep = np.asarray(y_rep, dtype=float)
-    lo, hi = np.quantile(rep, [(1 - interval) / 2, (1 + interval) / 2], axis=0)
-    fig, ax = _subplots(figsize=(6.0, 3.4))
-    ax.fill_between(c, lo, hi, color="C1", alpha=0.3, lw=0, label=f"{interval:.0%} predictive")
-    ax.plot(c, np.median(rep, axis=0), color="C1", lw=1, label="predictive median")
-    ax.plot(c, np.asarray(y_obs, dtype=float), "k.", ms=3, label="observed")
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
 
 
 def plot_coverage(

@@ -43,6 +43,7 @@ __all__ = [
     "Y_EMBEDDINGS",
     "check_model_memory",
     "meta_cvae",
+    "simulation_schedule",
     "check_model_size",
     "count_parameters",
 ]
@@ -509,6 +510,45 @@ class TrainOverrides(TypedDict, total=False):
 
 
 _SHAPE_FIELDS = ("x_shape", "y_shape")
+
+
+def simulation_schedule(
+    num_epochs: int = 60,
+    *,
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    num_train: int = 20000,
+) -> TrainOverrides:
+    """Return the training schedule the built-in problems recommend: fresh simulations per epoch.
+
+    ``num_train`` simulated pairs per epoch (``resimulate``), Adam decaying 10x over the run,
+    no early stopping (fresh data cannot be overfitted).
+
+    Parameters
+    ----------
+    num_epochs : int, default 60
+        Epochs of the run.
+    batch_size : int, default 256
+        Pairs per SVI step.
+    learning_rate : float, default 1e-3
+        Initial Adam step size.
+    num_train : int, default 20000
+        Simulated pairs per epoch.
+
+    Examples
+    --------
+    >>> simulation_schedule(120)["num_epochs"]
+    120
+    """
+    return TrainOverrides(
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_decay=0.1,
+        resimulate=True,
+        num_train=num_train,
+        patience=0,
+    )
 
 
 @dataclass(frozen=True)

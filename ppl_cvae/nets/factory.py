@@ -18,17 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from torch import nn
 
 from ppl_cvae.errors import ConfigError
-from ppl_cvae.nets.blocks import (
-    ConditionalInput,
-    Conv1dDecoder,
-    Conv1dEncoder,
-    Conv2dDecoder,
-    Conv2dEncoder,
-    FlattenMLP,
-    image_shape,
-    make_activation,
-    mlp,
-)
+from ppl_cvae.nets import blocks
 from ppl_cvae.nets.decoder import Decoder
 from ppl_cvae.nets.prior import PriorNet
 from ppl_cvae.nets.recognition import RecognitionNet
@@ -82,34 +72,34 @@ def _first_width(config: ModelConfig) -> int:
 
 def _mlp_encoder(config: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, int]:
     width = config.hidden_dims[-1] if config.hidden_dims else config.feature_dim
-    enc = FlattenMLP(shape, width, config.hidden_dims[:-1], config.activation)
-    return nn.Sequential(enc, make_activation(config.activation)), width
+    enc = blocks.FlattenMLP(shape, width, config.hidden_dims[:-1], config.activation)
+    return nn.Sequential(enc, blocks.make_activation(config.activation)), width
 
 
 def _conv1d_encoder(config: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, int]:
-    enc = Conv1dEncoder(shape, config.feature_dim, config.conv_channels, config.activation)
-    return nn.Sequential(enc, make_activation(config.activation)), config.feature_dim
+    enc = blocks.Conv1dEncoder(shape, config.feature_dim, config.conv_channels, config.activation)
+    return nn.Sequential(enc, blocks.make_activation(config.activation)), config.feature_dim
 
 
 def _conv2d_encoder(config: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, int]:
-    if image_shape(shape) is None:  # a data vector beside an image x: an MLP encoder
+    if blocks.image_shape(shape) is None:  # a data vector beside an image x: an MLP encoder
         return _mlp_encoder(config, shape)
-    enc = Conv2dEncoder(shape, config.feature_dim, config.conv_channels, config.activation)
-    return nn.Sequential(enc, make_activation(config.activation)), config.feature_dim
+    enc = blocks.Conv2dEncoder(shape, config.feature_dim, config.conv_channels, config.activation)
+    return nn.Sequential(enc, blocks.make_activation(config.activation)), config.feature_dim
 
 
 def _mlp_body(config: ModelConfig, width: int, num_params: int) -> nn.Module:
-    return mlp(width, config.hidden_dims[1:], config.x_dim * num_params, config.activation)
+    return blocks.mlp(width, config.hidden_dims[1:], config.x_dim * num_params, config.activation)
 
 
 def _conv1d_body(config: ModelConfig, width: int, num_params: int) -> nn.Module:
-    return Conv1dDecoder(
+    return blocks.Conv1dDecoder(
         width, config.x_shape, config.conv_channels, config.activation, num_params
     )
 
 
 def _conv2d_body(config: ModelConfig, width: int, num_params: int) -> nn.Module:
-    return Conv2dDecoder(
+    return blocks.Conv2dDecoder(
         width, config.x_shape, config.conv_channels, config.activation, num_params
     )
 
@@ -199,9 +189,7 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
     """
     family = _FAMILIES.get(config.network)
     if family is None:
-        raise ConfigError(
-            f"unknown network {config.network!r}; expected one of {network_names()}"
-        )
+        raise ConfigError(f"unknown network {config.network!r}; expected one of {network_names()}")
     y_shape = config.y_shape
     shared: list[tuple[nn.Module, int]] = []
 
@@ -228,7 +216,7 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
 
     dec_y, dec_y_width = y_encoder()
     width = _first_width(config)
-    input_layer = ConditionalInput(config.latent_dim, dec_y_width, width, config.activation)
+    input_layer = blocks.ConditionalInput(config.latent_dim, dec_y_width, width, config.activation)
     skip = None
     if config.linear_skip and y_shape is not None:
         # zero at the start: the part of E[x | y] linear in y needs no hidden layer
@@ -240,9 +228,9 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
     body: nn.Module
     if config.basis_dim is not None:
         rest = config.hidden_dims[1:]
-        body = mlp(width, rest, config.basis_dim, config.activation)
+        body = blocks.mlp(width, rest, config.basis_dim, config.activation)
         if num_params == 2:
-            scale_body = mlp(width, rest, config.x_dim, config.activation)
+            scale_body = blocks.mlp(width, rest, config.x_dim, config.activation)
     else:
         body = family.decoder_body(config, width, num_params)
     decoder = Decoder(

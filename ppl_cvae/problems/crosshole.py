@@ -57,7 +57,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
+from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import (
     LinearGaussianParts,
@@ -531,15 +531,7 @@ class Crosshole:
             model=ModelOverrides(
                 network="mlp", latent_dim=32, hidden_dims=(512, 512), linear_skip=True
             ),
-            train=TrainOverrides(
-                num_epochs=60,
-                batch_size=256,
-                learning_rate=0.001,
-                lr_decay=0.1,
-                resimulate=True,
-                num_train=20000,
-                patience=0,
-            ),
+            train=simulation_schedule(),
         )
 
     def spec(self) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
+from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import (
     LinearGaussianParts,
@@ -364,15 +364,7 @@ class Gravity:
         """
         return Overrides(
             model=ModelOverrides(latent_dim=32, hidden_dims=(256, 256), linear_skip=True),
-            train=TrainOverrides(
-                num_epochs=120,
-                batch_size=256,
-                learning_rate=0.001,
-                lr_decay=0.1,
-                resimulate=True,
-                num_train=20000,
-                patience=0,
-            ),
+            train=simulation_schedule(120),
         )
 
     def spec(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
+from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import (
     LinearGaussianParts,
@@ -119,15 +119,7 @@ class LinearGaussian:
         return Overrides(
             # 2 d latent dims: spare dimensions make training robust to dead latents
             model=ModelOverrides(latent_dim=2 * self.x_shape[0], hidden_dims=(64, 64)),
-            train=TrainOverrides(
-                num_epochs=60,
-                batch_size=128,
-                learning_rate=3e-3,
-                lr_decay=0.1,
-                resimulate=True,
-                num_train=4096,
-                patience=0,
-            ),
+            train=simulation_schedule(batch_size=128, learning_rate=3e-3, num_train=4096),
         )
 
     def spec(self) -> dict[str, Any]:

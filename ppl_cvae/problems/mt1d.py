@@ -59,7 +59,7 @@ from typing import Any
 
 import torch
 
-from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
+from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems.base import LinearGaussianParts, register_problem, sample_noise
 from ppl_cvae.problems.priors import CORRELATION_KERNELS, GaussianRandomField, Kernel
@@ -422,15 +422,7 @@ class MT1D:
         """
         return Overrides(
             model=ModelOverrides(latent_dim=16, hidden_dims=(256, 256), linear_skip=True),
-            train=TrainOverrides(
-                num_epochs=60,
-                batch_size=256,
-                learning_rate=0.001,
-                lr_decay=0.1,
-                resimulate=True,
-                num_train=20000,
-                patience=0,
-            ),
+            train=simulation_schedule(),
         )
 
     def spec(self) -> dict[str, Any]:

@@ -111,6 +111,7 @@ def _v1_name(name: str) -> str:
             return new + name[len(old) :]
     return name
 
+
 CHECKPOINT_KEYS = (
     "format",
     "version",
