@@ -1,13 +1,15 @@
 # Two commands for a fresh machine:  `make demo` (fit + sample + diagnose + score on Two Birds)
 # and `make test` (mypy on both packages, then the test suite). Each creates the virtual
-# environment when it is missing.
+# environment when it is missing. `make docs` adds the docs extra to it and builds the HTML
+# documentation (API reference and tutorial) into docs/_build/html; any warning fails it.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/demo
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +29,14 @@ test: $(STAMP)
 	$(BIN)/mypy ppl_cvae inference
 	$(BIN)/python -m pytest -q
 
+$(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "documentation: docs/_build/html/index.html"
+
 lint: $(STAMP)
 	$(BIN)/ruff check ppl_cvae inference tests benchmarks examples
 
@@ -35,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/two_birds.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs docs/_build

@@ -16,6 +16,7 @@ EXAMPLES = {
     "image_vae.py": "frames/samples.gif",
     "linear_gaussian.py": "posterior.nc",
     "mt1d.py": "report/predictive_obs0.png",
+    "own_problem.py": "ppc.png",
     "two_birds.py": "posterior.nc",
 }
 

@@ -19,8 +19,8 @@ DECODER_LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "bernou
 class Decoder(nn.Module):
     """Return the parameters of ``p_theta(x | z, y)`` in standardised units.
 
-    The first layer ``h = act(W_z z + W_y f_y(y) + b)`` (:class:`~ppl_cvae.nets.
-    ConditionalInput`) feeds a body that outputs, per element of ``x``, the location (or
+    The first layer ``h = act(W_z z + W_y f_y(y) + b)``
+    (:class:`~ppl_cvae.nets.ConditionalInput`) feeds a body that outputs, per element of ``x``, the location (or
     Bernoulli logit) and, for ``likelihood="gaussian_decoder"``, a raw scale; or, for a basis
     decoder, ``basis_dim`` coefficients of a fixed linear basis.
 

@@ -297,7 +297,7 @@ def enumerate_exact_solutions(
         A solution must reproduce each component of ``y`` with RMSE (over the 50 positions)
         below ``tol``. The default is ~30 times the float32 rounding of the challenge's ``y``
         (true lines reach RMSE < 3e-6 there) and rejects the near-solutions that appear when a
-        phase line stays on a plateau of ``kind`` (|y| close to 1 along the whole line): those
+        phase line stays on a plateau of ``kind`` (``|y|`` close to 1 along the whole line): those
         fit with RMSE 1e-4 .. 1e-3 but are not solutions. Raise it for noisier ``y``.
     bound_slack : float, default 1e-6
         Slack allowed on the prior's constraints: endpoints in ``[0.1 - slack, 1 + slack]``,
