@@ -20,6 +20,7 @@ from ppl_cvae.problems import MT1D, Crosshole, Gravity, LinearGaussian, TwoBirds
 from ppl_cvae.problems.base import (
     check_problem,
     data_units,
+    extra_coords_of,
     noise_scale,
     sample_noise,
     units_of,
@@ -205,3 +206,15 @@ def test_per_component_units_must_match_one_dim():
         check_problem(problem, "test")
     problem.units = {"x": "", "y": "m"}
     assert data_units(check_problem(problem, "test")) is None
+
+
+@pytest.mark.parametrize("entry", [("datum", 5), (["datum"], [1, 2, 3]), "datum", ("nope", [1])])
+def test_malformed_extra_coords_are_refused(entry):
+    problem = LinearGaussian(x_dim=2, y_dim=3)
+    problem.extra_coords = {"station_height": entry}
+    with pytest.raises(ConfigError, match=r"extra_coords\['station_height'\] must be"):
+        check_problem(problem, "test")
+    problem.extra_coords = {"station_height": ("datum", [1.0, 2.0, 3.0])}
+    assert extra_coords_of(check_problem(problem, "test")) == {
+        "station_height": ("datum", [1.0, 2.0, 3.0])
+    }

@@ -714,7 +714,13 @@ def extra_coords_of(problem: Problem | None) -> dict[str, tuple[str, list[Any]]]
     sizes.update(zip(problem.y_dims, problem.y_shape, strict=True))
     out: dict[str, tuple[str, list[Any]]] = {}
     for name, entry in dict(extra).items():
-        ok = isinstance(entry, (tuple, list)) and len(entry) == 2 and entry[0] in sizes
+        ok = (
+            isinstance(entry, (tuple, list))
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and entry[0] in sizes
+            and isinstance(entry[1], Sequence)
+        )
         if not ok or len(entry[1]) != sizes[entry[0]]:
             raise ConfigError(
                 f"extra_coords[{name!r}] must be (dim, values) with dim one of {sorted(sizes)} "
