@@ -87,6 +87,10 @@ def run(label, args):
         model["latent_dim"] = args.latent_dim
     if args.linear_skip is not None:
         model["linear_skip"] = args.linear_skip
+    if args.likelihood:
+        model["likelihood"] = args.likelihood
+    if args.noise_rank:
+        model["noise_rank"] = args.noise_rank
     cvae, result, fit_seconds = fit_problem(problem, model=model, train=train)
     config, train = cvae.config, result.config
     x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
@@ -107,7 +111,8 @@ def run(label, args):
     budget = (
         f"{train.num_epochs} epochs x {train.num_train} fresh pairs, batch {train.batch_size}, "
         f"latent {config.latent_dim}, hidden {config.hidden_dims}, {config.network}, "
-        f"linear skip {config.linear_skip}"
+        f"linear skip {config.linear_skip}, likelihood {config.likelihood}"
+        + (f" (rank {config.noise_rank})" if config.likelihood == "gaussian_lowrank" else "")
     )
     print(f"\n{label} (x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}): {budget}")
     print(
@@ -173,6 +178,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--linear-skip", action=argparse.BooleanOptionalAction, help="override linear_skip"
     )
+    parser.add_argument("--likelihood", help="override the likelihood, e.g. gaussian_lowrank")
+    parser.add_argument("--noise-rank", type=int, help="rank of the gaussian_lowrank factor")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     main(parser.parse_args())

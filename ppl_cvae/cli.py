@@ -48,6 +48,7 @@ MODEL_FLAGS = {
     "fixed_scale": "fixed_scale",
     "y_embedding": "y_embedding",
     "linear_skip": "linear_skip",
+    "noise_rank": "noise_rank",
 }
 TRAIN_FLAGS = {
     "epochs": "num_epochs",
@@ -685,6 +686,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument("--likelihood", choices=LIKELIHOODS, help="likelihood of x given z, y")
     fit_p.add_argument(
         "--fixed-scale", type=_finite, help="std of x for gaussian_fixed, units of x"
+    )
+    fit_p.add_argument(
+        "--noise-rank",
+        type=_count(1),
+        help="rank of the learned noise covariance factor of gaussian_lowrank (default 8)",
     )
     fit_p.add_argument(
         "--y-embedding",

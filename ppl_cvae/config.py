@@ -48,7 +48,7 @@ __all__ = [
     "count_parameters",
 ]
 
-LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli")
+LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", "bernoulli")
 NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_network adds more
 PRIORS = ("learned", "standard_normal")
 Y_EMBEDDINGS = ("separate", "shared")
@@ -204,15 +204,22 @@ class ModelConfig(_DictMixin):
     prior : {"learned", "standard_normal"}, default "learned"
         Conditional prior net ``p(z | y)`` or a fixed ``N(0, I)``; an unconditional VAE must
         use ``"standard_normal"``.
-    likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli"}
+    likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", \
+"bernoulli"}
         Observation model of ``x`` given ``z, y``: Gaussian with one learned scale per output
         element; Gaussian whose scale the decoder predicts; Gaussian with ``fixed_scale``;
-        Bernoulli (binary ``x``, e.g. facies or binarised images).
+        Gaussian with a learned low-rank-plus-diagonal covariance ``W W^T + diag(d^2)`` of
+        rank ``noise_rank`` (``LowRankMultivariateNormal``: correlated decoder noise, which
+        can put its spread where the data leave ``x`` free); Bernoulli (binary ``x``, e.g.
+        facies or binarised images).
     fixed_scale : float, default 0.1
         Standard deviation of ``x`` for ``likelihood="gaussian_fixed"``, in units of ``x``.
     init_scale : float, default 0.05
         Initial standard deviation of ``x`` for ``likelihood="gaussian"``, in standardised
         units (a fraction of the training standard deviation of each element).
+    noise_rank : int, default 8
+        Rank of the learned noise covariance factor ``W`` (``likelihood="gaussian_lowrank"``),
+        at most ``prod(x_shape)``.
     scale_gain : float, default 10.0
         Gain of the learned log-scale for ``likelihood="gaussian"``: the scale is
         ``exp(scale_gain * raw) + floor``, so one optimiser step moves the log-scale by about
@@ -269,7 +276,9 @@ class ModelConfig(_DictMixin):
     conv_channels: tuple[int, ...] = (32, 64)
     feature_dim: int = 128
     prior: Literal["learned", "standard_normal"] = "learned"
-    likelihood: Literal["gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli"] = "gaussian"
+    likelihood: Literal[
+        "gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", "bernoulli"
+    ] = "gaussian"
     fixed_scale: float = 0.1
     init_scale: float = 0.05
     basis_dim: int | None = None
@@ -277,6 +286,7 @@ class ModelConfig(_DictMixin):
     y_embedding: Literal["separate", "shared"] = "separate"
     linear_skip: bool = False
     scale_gain: float = 10.0
+    noise_rank: int = 8
 
     def __post_init__(self) -> None:
         # types first: every later comparison may then assume them (a checkpoint can hold
@@ -293,7 +303,7 @@ class ModelConfig(_DictMixin):
         object.__setattr__(self, "hidden_dims", hidden)
         channels = _int_tuple("conv_channels", self.conv_channels, MAX_WIDTH, MAX_LAYERS)
         object.__setattr__(self, "conv_channels", channels)
-        for name in ("latent_dim", "feature_dim"):
+        for name in ("latent_dim", "feature_dim", "noise_rank"):
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {_show(value)}")
@@ -360,6 +370,11 @@ class ModelConfig(_DictMixin):
             raise ConfigError("constrained_coefficients needs basis_dim")
         if self.linear_skip and self.y_shape is None:
             raise ConfigError("linear_skip needs a conditional model (y_shape set)")
+        if self.likelihood == "gaussian_lowrank" and self.noise_rank > self.x_dim:
+            raise ConfigError(
+                f"noise_rank={self.noise_rank} is above prod(x_shape)={self.x_dim}; a noise "
+                "covariance factor has at most one column per element of x"
+            )
 
     @property
     def x_dim(self) -> int:
@@ -480,7 +495,9 @@ class ModelOverrides(TypedDict, total=False):
     conv_channels: tuple[int, ...]
     feature_dim: int
     prior: Literal["learned", "standard_normal"]
-    likelihood: Literal["gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli"]
+    likelihood: Literal[
+        "gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", "bernoulli"
+    ]
     fixed_scale: float
     init_scale: float
     basis_dim: int | None
@@ -488,6 +505,7 @@ class ModelOverrides(TypedDict, total=False):
     y_embedding: Literal["separate", "shared"]
     linear_skip: bool
     scale_gain: float
+    noise_rank: int
 
 
 class TrainOverrides(TypedDict, total=False):

@@ -26,6 +26,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
+from torch.distributions.transforms import ReshapeTransform
 
 from ppl_cvae.config import ModelConfig
 from ppl_cvae.data.standardise import Standardiser
@@ -345,11 +346,38 @@ class CVAE(nn.Module):
     def _x_distribution(
         self, mean: torch.Tensor, scale: torch.Tensor | None
     ) -> dist.TorchDistribution:
-        n_event = len(self.config.x_shape)
+        x_shape = self.config.x_shape
+        n_event = len(x_shape)
         if scale is None:
             eps = 1e-6
             return dist.Bernoulli(probs=mean.clamp(eps, 1 - eps)).to_event(n_event)
-        return dist.Normal(mean, scale).to_event(n_event)
+        factor = self.noise_factor()
+        if factor is None:
+            return dist.Normal(mean, scale).to_event(n_event)
+        batch = mean.shape[: mean.dim() - n_event]
+        flat = dist.LowRankMultivariateNormal(
+            mean.reshape(*batch, -1), factor, scale.reshape(*batch, -1).pow(2)
+        )
+        if n_event == 1:
+            return flat
+        return dist.TransformedDistribution(
+            flat, [ReshapeTransform(torch.Size((self.config.x_dim,)), torch.Size(x_shape))]
+        )
+
+    def noise_factor(self) -> torch.Tensor | None:
+        """Return the low-rank factor of the decoder noise in units of ``x``, or None.
+
+        Returns
+        -------
+        Tensor, shape (prod(x_shape), noise_rank), or None
+            ``W_x = diag(sd_x) W`` for ``likelihood="gaussian_lowrank"`` (the decoder's ``W``
+            in physical units: the noise covariance of flattened ``x`` given ``z, y`` is
+            ``W_x W_x^T + diag(scale^2)``); None for the other likelihoods.
+        """
+        factor = self.decoder.noise_factor()
+        if factor is None:
+            return None
+        return self.x_standardiser.std.reshape(-1, 1) * factor
 
     # ------------------------------------------------------------------ Pyro programs
     def model(

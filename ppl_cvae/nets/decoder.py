@@ -13,16 +13,22 @@ from ppl_cvae.nets.blocks import SCALE_FLOOR, ConditionalInput
 
 __all__ = ["Decoder", "DECODER_LIKELIHOODS"]
 
-DECODER_LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli")
+DECODER_LIKELIHOODS = (
+    "gaussian",
+    "gaussian_decoder",
+    "gaussian_fixed",
+    "gaussian_lowrank",
+    "bernoulli",
+)
 
 
 class Decoder(nn.Module):
     """Return the parameters of ``p_theta(x | z, y)`` in standardised units.
 
     The first layer ``h = act(W_z z + W_y f_y(y) + b)``
-    (:class:`~ppl_cvae.nets.ConditionalInput`) feeds a body that outputs, per element of ``x``, the location (or
-    Bernoulli logit) and, for ``likelihood="gaussian_decoder"``, a raw scale; or, for a basis
-    decoder, ``basis_dim`` coefficients of a fixed linear basis.
+    (:class:`~ppl_cvae.nets.ConditionalInput`) feeds a body that outputs, per element of
+    ``x``, the location (or Bernoulli logit) and, for ``likelihood="gaussian_decoder"``, a raw
+    scale; or, for a basis decoder, ``basis_dim`` coefficients of a fixed linear basis.
 
     Parameters
     ----------
@@ -35,7 +41,8 @@ class Decoder(nn.Module):
         ``(*sample, batch, basis_dim)``. ``num_params`` is 2 for ``gaussian_decoder``, else 1.
     x_shape : tuple of int
         Event shape of ``x``.
-    likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "bernoulli"}
+    likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", \
+"bernoulli"}
         Which scale the decoder provides (see Returns of :meth:`forward`).
     y_encoder : nn.Module, optional
         Feature encoder of the standardised ``y`` (None for an unconditional VAE).
@@ -50,7 +57,10 @@ class Decoder(nn.Module):
     init_scale : float, default 0.05
         Initial scale for ``likelihood="gaussian"`` (standardised units); see Notes.
     scale_gain : float, default 10.0
-        Gain ``g`` of the learned log-scale for ``likelihood="gaussian"``.
+        Gain ``g`` of the learned log-scale for ``likelihood="gaussian"`` and
+        ``"gaussian_lowrank"``.
+    noise_rank : int, default 8
+        Columns of the learned noise factor ``W`` for ``likelihood="gaussian_lowrank"``.
 
     Raises
     ------
@@ -59,11 +69,16 @@ class Decoder(nn.Module):
 
     Notes
     -----
-    Scales, in standardised units: ``gaussian``: one learned ``exp(g * r) + SCALE_FLOOR`` per
-    element (``r`` starts where the scale is ``init_scale``: a small start makes the
-    reconstruction term use ``z`` before the noise absorbs the spread, Bowman et al. 2016);
-    ``gaussian_decoder``: ``softplus(raw(z, y)) + SCALE_FLOOR``; ``gaussian_fixed`` and
-    ``bernoulli``: none (the model sets a fixed physical scale, or has no scale).
+    Scales, in standardised units: ``gaussian`` (and the diagonal part ``d`` of
+    ``gaussian_lowrank``): one learned ``exp(g * r) + SCALE_FLOOR`` per element (``r`` starts
+    where the scale is ``init_scale``: a small start makes the reconstruction term use ``z``
+    before the noise absorbs the spread, Bowman et al. 2016); ``gaussian_decoder``:
+    ``softplus(raw(z, y)) + SCALE_FLOOR``; ``gaussian_fixed`` and ``bernoulli``: none (the model
+    sets a fixed physical scale, or has no scale). ``gaussian_lowrank`` adds the factor ``W`` of
+    shape ``(prod(x_shape), noise_rank)`` (:meth:`noise_factor`): noise ``W e + d * eps`` with
+    ``e ~ N(0, I_rank)``, ``eps ~ N(0, I)``, the same for every ``(z, y)`` (a factor-analysis
+    noise model, Bishop 2006, sec. 12.2.4). It starts at ``0.01`` times a standard normal draw:
+    at ``W = 0`` the gradient of the likelihood with respect to ``W`` vanishes.
 
     References
     ----------
@@ -91,6 +106,7 @@ class Decoder(nn.Module):
         basis_dim: int | None = None,
         init_scale: float = 0.05,
         scale_gain: float = 10.0,
+        noise_rank: int = 8,
     ) -> None:
         super().__init__()
         if likelihood not in DECODER_LIKELIHOODS:
@@ -107,7 +123,11 @@ class Decoder(nn.Module):
         self.basis_dim = basis_dim
         self.scale_gain = float(scale_gain)
         self.raw_scale: nn.Parameter | None = None
-        if likelihood == "gaussian":
+        self.cov_factor: nn.Parameter | None = None
+        if likelihood == "gaussian_lowrank":
+            x_dim = math.prod(self.x_shape)
+            self.cov_factor = nn.Parameter(0.01 * torch.randn(x_dim, noise_rank))
+        if likelihood in ("gaussian", "gaussian_lowrank"):
             if not init_scale > SCALE_FLOOR:
                 raise ConfigError(f"init_scale must be above {SCALE_FLOOR}, got {init_scale}")
             raw = math.log(init_scale - SCALE_FLOOR) / self.scale_gain
@@ -130,8 +150,9 @@ class Decoder(nn.Module):
             Standardised location (the logit for ``bernoulli``), or the standardised basis
             coefficients for a basis decoder.
         scale : Tensor, shape (*sample, batch, *x_shape) or (*x_shape,), or None
-            Standardised scale: per element for ``gaussian`` (broadcasts), per draw for
-            ``gaussian_decoder``; None for ``gaussian_fixed`` and ``bernoulli``.
+            Standardised scale: per element for ``gaussian`` (broadcasts; for
+            ``gaussian_lowrank`` the diagonal part ``d``), per draw for ``gaussian_decoder``;
+            None for ``gaussian_fixed`` and ``bernoulli``.
         """
         hy = self.y_encoder(y_std) if self.y_encoder is not None else None
         h = self.input(z, hy)  # the y part is computed once per observation
@@ -148,10 +169,17 @@ class Decoder(nn.Module):
                 skip = self.skip(y_std.flatten(start_dim=1)).reshape(-1, *self.x_shape)
                 loc = loc + skip
             raw = params[..., 1] if params.shape[-1] == 2 else None
-        if self.raw_scale is not None:  # gaussian
+        if self.raw_scale is not None:  # gaussian, gaussian_lowrank (its diagonal part)
             return loc, torch.exp(self.scale_gain * self.raw_scale) + SCALE_FLOOR
         if self.likelihood == "gaussian_decoder":
             if raw is None:
                 raise ConfigError("likelihood 'gaussian_decoder' needs a decoder scale output")
             return loc, F.softplus(raw) + SCALE_FLOOR
         return loc, None
+
+    def noise_factor(self) -> torch.Tensor | None:
+        """Return ``W``, shape ``(prod(x_shape), noise_rank)``, standardised units (or None).
+
+        Only ``likelihood="gaussian_lowrank"`` has one; see the class Notes.
+        """
+        return self.cov_factor

@@ -244,5 +244,6 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         basis_dim=config.basis_dim,
         init_scale=config.init_scale,
         scale_gain=config.scale_gain,
+        noise_rank=config.noise_rank,
     )
     return CVAENetworks(recognition, prior, decoder)
