@@ -354,10 +354,11 @@ class CVAE(nn.Module):
         factor = self.noise_factor()
         if factor is None:
             return dist.Normal(mean, scale).to_event(n_event)
+        # the diagonal is global (one value per element), so it is passed without the batch
+        # axes: torch then forms the (rank x rank) capacitance matrix once, not per draw
+        diag = (self.decoder.diagonal_scale() * self.x_standardiser.std).reshape(-1).pow(2)
         batch = mean.shape[: mean.dim() - n_event]
-        flat = dist.LowRankMultivariateNormal(
-            mean.reshape(*batch, -1), factor, scale.reshape(*batch, -1).pow(2)
-        )
+        flat = dist.LowRankMultivariateNormal(mean.reshape(*batch, -1), factor, diag)
         if n_event == 1:
             return flat
         return dist.TransformedDistribution(

@@ -170,7 +170,7 @@ class Decoder(nn.Module):
                 loc = loc + skip
             raw = params[..., 1] if params.shape[-1] == 2 else None
         if self.raw_scale is not None:  # gaussian, gaussian_lowrank (its diagonal part)
-            return loc, torch.exp(self.scale_gain * self.raw_scale) + SCALE_FLOOR
+            return loc, self.diagonal_scale()
         if self.likelihood == "gaussian_decoder":
             if raw is None:
                 raise ConfigError("likelihood 'gaussian_decoder' needs a decoder scale output")
@@ -183,3 +183,17 @@ class Decoder(nn.Module):
         Only ``likelihood="gaussian_lowrank"`` has one; see the class Notes.
         """
         return self.cov_factor
+
+    def diagonal_scale(self) -> torch.Tensor:
+        """Return the learned per-element scale ``exp(g r) + SCALE_FLOOR``, shape ``x_shape``.
+
+        Standardised units; for ``likelihood="gaussian"`` and ``"gaussian_lowrank"``.
+
+        Raises
+        ------
+        ConfigError
+            For the other likelihoods, which have no per-element scale parameter.
+        """
+        if self.raw_scale is None:
+            raise ConfigError(f"likelihood {self.likelihood!r} has no per-element scale")
+        return torch.exp(self.scale_gain * self.raw_scale) + SCALE_FLOOR
