@@ -236,7 +236,10 @@ def _training_pairs(
     if args.dataset:
         size = tuple(args.image_size or (150, 150))
         if len(size) != 2 or not all(type(v) is int and v > 0 for v in size):
-            raise ConfigError(f"--image-size expects H,W in pixels, got {args.image_size}")
+            raise ConfigError(
+                f"--image-size (or a run file's dataset.image_size) expects H,W in pixels, "
+                f"got {args.image_size}"
+            )
         x, y_or_none, _ = load_dataset(
             args.dataset, condition=args.condition, path=args.dataset_path, size=size
         )
@@ -278,9 +281,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     x, y, source = _training_pairs(args, problem)
     overrides = args.run_file.overrides.updated(_flag_overrides(args))
-    model_config, train_config = resolve_settings(
-        source, overrides, problem=problem, decoder=args.decoder
-    )
+    try:
+        model_config, train_config = resolve_settings(
+            source, overrides, problem=problem, decoder=args.decoder
+        )
+    except ConfigError as err:
+        if not args.config:
+            raise
+        raise ConfigError(f"{err} (settings of run file {args.config!r} and the flags)") from None
     _check_recorded_shapes(args, model_config)
     if x is None:  # _training_pairs made sure there is a problem to simulate from
         assert problem is not None

@@ -201,6 +201,13 @@ def test_fit_toml_run_file_with_data_and_recorded_shapes(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
+def test_a_bad_value_in_a_run_file_names_the_file(tmp_path, capsys):
+    run = _write(tmp_path / "run.toml", 'problem = "linear_gaussian"\n[model]\nlatent_dim = "8"\n')
+    assert main(["fit", "--config", str(run), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "latent_dim must be a positive integer" in err and "run.toml" in err
+
+
 def test_run_file_problem_reference_is_untrusted(tmp_path, capsys):
     marker = tmp_path / "owned"
     run = _write(
