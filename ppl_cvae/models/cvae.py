@@ -286,10 +286,10 @@ class CVAE(nn.Module):
             return y.shape[0]
         return x.shape[0] if x is not None else 1
 
-    def _standardise_y(self, y: torch.Tensor | None) -> torch.Tensor:
-        """Standardise ``y``; only the y branches of a conditional model call this."""
-        if self.y_standardiser is None:  # unconditional models have no y branches
-            raise ConfigError("this model is an unconditional VAE: it has no y standardiser")
+    def _standardise_y(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """Return the standardised ``y``, or None for an unconditional VAE (no y branches)."""
+        if self.y_standardiser is None:
+            return None
         return self.y_standardiser(y)
 
     def prior_params(self, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,19 +298,19 @@ class CVAE(nn.Module):
         For ``prior="standard_normal"`` this is ``(0, 1)`` with batch size ``len(y)`` (1 for
         an unconditional VAE).
         """
-        if self.prior_net is None:
+        y_std = self._standardise_y(y)
+        if self.prior_net is None or y_std is None:  # N(0, I); a VAE has no prior net
             n = y.shape[0] if y is not None else 1
             ref = self.x_standardiser.mean
             zeros = ref.new_zeros(n, self.config.latent_dim)
             return zeros, torch.ones_like(zeros)
-        return self.prior_net(self._standardise_y(y))
+        return self.prior_net(y_std)
 
     def recognition_params(
         self, y: torch.Tensor | None, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of ``q(z | x, y)``, each ``(batch, latent_dim)``."""
-        y_std = self._standardise_y(y) if self.config.y_shape is not None else None
-        return self.recognition_net(self.x_standardiser(x), y_std)
+        return self.recognition_net(self.x_standardiser(x), self._standardise_y(y))
 
     def decode(
         self, z: torch.Tensor, y: torch.Tensor | None
@@ -330,8 +330,7 @@ class CVAE(nn.Module):
             Standard deviation in physical units (``None`` for Bernoulli).
         """
         cfg = self.config
-        y_std = self._standardise_y(y) if cfg.y_shape is not None else None
-        loc, scale = self.decoder(z, y_std)
+        loc, scale = self.decoder(z, self._standardise_y(y))
         xs = self.x_standardiser
         if cfg.basis_dim is not None:
             mean = self.x_from_coefficients(self.coef_mean + self.coef_std * loc)
