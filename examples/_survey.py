@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from inference import sample_posterior
 from inference.arviz_io import save_inference_data
 from inference.evaluate import evaluate_model, write_evaluation
-from inference.plots import fields_figure, plot_loss, save_figure
-from inference.report import write_report
+from inference.plots import plot_loss, save_figure
+from inference.report import posterior_figures, write_report
 from ppl_cvae import CVAE, FitResult, fit_problem
 
 # a tiny budget for tests: the problem's recommended settings with small networks
@@ -33,7 +32,7 @@ class SurveyRun:
     """A fitted example: the model, its fit and one held-out observation with its draws.
 
     ``x_obs`` ``(*x_shape)`` and ``y_obs`` ``(*y_shape)`` are the true model and its data;
-    ``draws`` ``(num_draws, *x_shape)`` the posterior draws of ``x`` (numpy, units of ``x``).
+    ``idata`` holds the posterior draws of ``x`` for them.
     """
 
     cvae: CVAE
@@ -42,7 +41,6 @@ class SurveyRun:
     x_obs: torch.Tensor
     y_obs: torch.Tensor
     idata: Any
-    draws: np.ndarray
     out: Path
 
 
@@ -70,38 +68,20 @@ def fit_and_observe(problem: Any, args: argparse.Namespace, out: Path) -> Survey
     save_inference_data(idata, out / "posterior.nc")
     write_report(idata, out / "report")
     plot_loss(result.history, out / "loss.png")
-    draws = idata.posterior["x"].values[0]
-    return SurveyRun(cvae, result, fit_seconds, x_obs, y_obs, idata, draws, out)
+    return SurveyRun(cvae, result, fit_seconds, x_obs, y_obs, idata, out)
 
 
-def write_fields(run: SurveyRun, problem: Any, exact: Any, extent: tuple, **survey: Any) -> None:
-    """Write ``fields.png``: truth, mean, sd, three draws (and the exact mean and sd).
+def write_fields(run: SurveyRun, exact: Any = None) -> None:
+    """Write ``fields.png``: the report's section figure with the exact posterior beside it.
 
     ``exact`` is an :class:`inference.exact.ExactPosterior` of the one observation, or None;
-    ``extent`` the cell edges ``(left, right, bottom, top)`` in m; ``survey`` the ``sources``
-    and ``receivers`` of :func:`inference.plots.fields_figure`. Means and draws share one
-    colour scale.
+    the section, its coordinates and the survey (sources, receivers) come from the file.
     """
-    draws = run.draws
-    panels = {
-        "truth": run.x_obs.numpy(),
-        "posterior mean": draws.mean(0),
-        "posterior std": draws.std(0),
-        "draw 1": draws[0],
-    }
+    extra = None
     if exact is not None:
-        panels["exact mean"] = exact.mean[0].numpy()
-        panels["exact std"] = exact.std.numpy()
-    panels["draw 2"], panels["draw 3"] = draws[1], draws[2]
-    figure = fields_figure(
-        panels,
-        extent=extent,
-        units=dict.fromkeys(panels, problem.units["x"]),
-        shared=[t for t in panels if "std" not in t],
-        ncols=3,
-        **survey,
-    )
-    save_figure(figure, run.out / "fields.png")
+        extra = {"exact mean": exact.mean[0].numpy(), "exact sd": exact.std.numpy()}
+    figures = posterior_figures(run.idata, 0, extra_panels=extra)
+    save_figure(figures["posterior"], run.out / "fields.png")
 
 
 def evaluate_held_out(problem: Any, run: SurveyRun, args: argparse.Namespace) -> dict:

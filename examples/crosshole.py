@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from _common import parser
 from _survey import evaluate_held_out, fit_and_observe, write_fields
 
@@ -48,14 +47,7 @@ def main(args: argparse.Namespace) -> dict:
         problem, args, Path(args.out_dir or f"runs/examples/crosshole_{args.prior}")
     )
     exact = exact_posterior(problem, run.y_obs[None]) if problem.linear_gaussian() else None
-    write_fields(
-        run,
-        problem,
-        exact,
-        extent=(0.0, problem.width, problem.height, 0.0),  # cell edges in m, depth down
-        sources=(np.zeros(problem.num_sources), problem.source_depths.numpy()),
-        receivers=(np.full(problem.num_receivers, problem.width), problem.receiver_depths.numpy()),
-    )
+    write_fields(run, exact)  # with the boreholes, sources and receivers of the survey
     return evaluate_held_out(problem, run, args)
 
 

@@ -42,8 +42,7 @@ def main(args: argparse.Namespace) -> dict:
     """Fit, sample one observation, evaluate on held-out pairs and plot; return the metrics."""
     problem = make_problem("gravity")
     run = fit_and_observe(problem, args, Path(args.out_dir))
-    exact = exact_posterior(problem, run.y_obs[None])
-    write_fields(run, problem, exact, extent=(0.0, problem.width, problem.depth, 0.0))
+    write_fields(run, exact_posterior(problem, run.y_obs[None]))
     return evaluate_held_out(problem, run, args)
 
 

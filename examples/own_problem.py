@@ -167,8 +167,10 @@ def fit_cvae(problem: BuriedSphere, args: argparse.Namespace) -> CVAE:
         train.update(num_epochs=2, num_train=512)
     cvae, result, seconds = fit_problem(problem, train=train, progress=not args.smoke)
     final = result.history[-1]
-    print(f"fit: {len(result.history)} epochs in {seconds:.1f} s, final loss per observation "
-          f"{final['train_loss']:.2f} nats (validation {final['val_loss']:.2f})")
+    print(
+        f"fit: {len(result.history)} epochs in {seconds:.1f} s, final loss per observation "
+        f"{final['train_loss']:.2f} nats (validation {final['val_loss']:.2f})"
+    )
     return cvae.to(args.device)
 
 
@@ -200,21 +202,32 @@ def analyse(idata: az.InferenceData, out: Path) -> Any:
     hdi = az.hdi(idata, var_names=["x"], hdi_prob=0.9)["x"]  # dims (parameter, hdi)
     inside = (hdi.sel(hdi="lower") <= truth) & (truth <= hdi.sel(hdi="higher"))
     for name in truth["parameter"].values:
-        print(f"{name}: truth {float(truth.sel(parameter=name)):.1f} m, 90% HDI "
-              f"[{float(hdi.sel(parameter=name, hdi='lower')):.1f}, "
-              f"{float(hdi.sel(parameter=name, hdi='higher')):.1f}] m, "
-              f"inside: {bool(inside.sel(parameter=name))}")
+        print(
+            f"{name}: truth {float(truth.sel(parameter=name)):.1f} m, 90% HDI "
+            f"[{float(hdi.sel(parameter=name, hdi='lower')):.1f}, "
+            f"{float(hdi.sel(parameter=name, hdi='higher')):.1f}] m, "
+            f"inside: {bool(inside.sel(parameter=name))}"
+        )
 
     fig = Figure(figsize=(11, 3.2), layout="constrained")
-    ref_val = {"x": [{"parameter": p, "ref_val": float(truth.sel(parameter=p))}
-                     for p in truth["parameter"].values]}
-    az.plot_posterior(idata, var_names=["x"], hdi_prob=0.9, ref_val=ref_val,
-                      ax=fig.subplots(1, 3))
+    ref_val = {
+        "x": [
+            {"parameter": p, "ref_val": float(truth.sel(parameter=p))}
+            for p in truth["parameter"].values
+        ]
+    }
+    az.plot_posterior(idata, var_names=["x"], hdi_prob=0.9, ref_val=ref_val, ax=fig.subplots(1, 3))
     fig.savefig(out / "posterior.png", dpi=100)
 
     fig = Figure(figsize=(4.5, 4), layout="constrained")
-    az.plot_pair(idata, var_names=["x"], coords={"parameter": ["depth", "radius"]},
-                 kind="scatter", scatter_kwargs={"alpha": 0.2}, ax=fig.subplots())
+    az.plot_pair(
+        idata,
+        var_names=["x"],
+        coords={"parameter": ["depth", "radius"]},
+        kind="scatter",
+        scatter_kwargs={"alpha": 0.2},
+        ax=fig.subplots(),
+    )
     fig.savefig(out / "pair.png", dpi=100)
 
     # posterior predictive check: bands of y_rep against the observed y, by receiver position
@@ -223,8 +236,13 @@ def analyse(idata: az.InferenceData, out: Path) -> Any:
     position = idata.observed_data["receiver"].values  # m
     fig = Figure(figsize=(6, 3.5), layout="constrained")
     ax = fig.subplots()
-    ax.fill_between(position, bands.sel(quantile=0.05), bands.sel(quantile=0.95), alpha=0.3,
-                    label="posterior predictive 90%")
+    ax.fill_between(
+        position,
+        bands.sel(quantile=0.05),
+        bands.sel(quantile=0.95),
+        alpha=0.3,
+        label="posterior predictive 90%",
+    )
     ax.plot(position, bands.sel(quantile=0.5), label="posterior predictive median")
     ax.plot(position, idata.observed_data["y"], "k.", label="observed")
     ax.set_xlabel("station position (m)")

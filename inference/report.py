@@ -19,6 +19,7 @@ file's named dims, coordinates and ``units`` attributes, never from "the last ax
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,7 +80,11 @@ def _ray_ends(idata: az.InferenceData) -> dict[str, np.ndarray] | None:
     return None
 
 
-def posterior_figures(idata: az.InferenceData, observation: int = 0) -> dict[str, Figure]:
+def posterior_figures(
+    idata: az.InferenceData,
+    observation: int = 0,
+    extra_panels: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Figure]:
     """Build the figures of the posterior of ``x`` for one observation.
 
     Parameters
@@ -88,6 +93,10 @@ def posterior_figures(idata: az.InferenceData, observation: int = 0) -> dict[str
         A posterior file (``posterior.x``; ``constant_data.x_true`` when the truth is known).
     observation : int, default 0
         Index along the ``observation`` dim (ignored when there is none).
+    extra_panels : mapping of str to ndarray, optional
+        For a 2-D grid: more panels of the grid's shape, in units of ``x``, drawn after the
+        posterior sd (for example an exact posterior's mean and sd). A title ending in
+        ``" sd"`` gets its own colour scale; the others share the truth's. Ignored otherwise.
 
     Returns
     -------
@@ -117,6 +126,7 @@ def posterior_figures(idata: az.InferenceData, observation: int = 0) -> dict[str
             panels["truth"] = true
         panels["posterior mean"] = draws.mean(0)
         panels["posterior sd"] = draws.std(0)
+        panels.update(extra_panels or {})
         for k in range(min(3, draws.shape[0])):
             panels[f"draw {k}"] = draws[k]
         ends = _ray_ends(idata)
@@ -130,7 +140,7 @@ def posterior_figures(idata: az.InferenceData, observation: int = 0) -> dict[str
             xlabel=_label(dims[1], col_unit),
             ylabel=_label(dims[0], row_unit),
             units={t: _label("x", unit) for t in panels},
-            shared=[t for t in panels if t != "posterior sd"],
+            shared=[t for t in panels if not t.endswith(" sd")],
             sources=sources,
             receivers=receivers,
         )
