@@ -49,6 +49,8 @@ MODEL_FLAGS = {
     "y_embedding": "y_embedding",
     "linear_skip": "linear_skip",
     "noise_rank": "noise_rank",
+    "flow_layers": "flow_layers",
+    "flow_bins": "flow_bins",
 }
 TRAIN_FLAGS = {
     "epochs": "num_epochs",
@@ -57,6 +59,7 @@ TRAIN_FLAGS = {
     "lr_decay": "lr_decay",
     "kl_warmup_epochs": "kl_warmup_epochs",
     "physics_weight": "physics_weight",
+    "gsnn_weight": "gsnn_weight",
     "val_fraction": "val_fraction",
     "patience": "patience",
     "num_particles": "num_particles",
@@ -683,15 +686,33 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--lr-decay", type=_finite, help="total learning-rate decay factor over the run, in (0, 1]"
     )
-    fit_p.add_argument("--latent-dim", type=_count(1), help="dimension of the latent z")
+    fit_p.add_argument(
+        "--latent-dim",
+        type=_count(0),
+        help="dimension of the latent z (0: none, with --likelihood flow: a flow on x given y)",
+    )
     fit_p.add_argument("--hidden-dims", type=_ints, help="hidden widths, e.g. 256,256")
     fit_p.add_argument("--activation", help="hidden activation (default leaky_relu)")
     fit_p.add_argument("--network", choices=NETWORKS, help="encoder/decoder body")
     fit_p.add_argument(
         "--conv-channels", type=_ints, help="conv1d/conv2d channels per stage, e.g. 32,64"
     )
-    fit_p.add_argument("--prior", choices=PRIORS, help="learned prior net p(z|y) or N(0, I)")
-    fit_p.add_argument("--likelihood", choices=LIKELIHOODS, help="likelihood of x given z, y")
+    fit_p.add_argument(
+        "--prior",
+        choices=PRIORS,
+        help="prior of z: learned Gaussian prior net p(z|y), N(0, I), or a conditional flow",
+    )
+    fit_p.add_argument(
+        "--likelihood",
+        choices=LIKELIHOODS,
+        help="likelihood of x given z, y (flow: a conditional normalising flow on x)",
+    )
+    fit_p.add_argument(
+        "--flow-layers", type=_count(0), help="spline layers of each flow (default 5)"
+    )
+    fit_p.add_argument(
+        "--flow-bins", type=_count(2), help="bins of each rational-quadratic spline (default 10)"
+    )
     fit_p.add_argument(
         "--fixed-scale", type=_finite, help="std of x for gaussian_fixed, units of x"
     )
@@ -724,6 +745,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_finite,
         help="weight of the physics-consistency "
         "term 0.5*sum(((F(decoder mean)-y)/misfit_std)^2); 0 disables",
+    )
+    fit_p.add_argument(
+        "--gsnn-weight",
+        type=_finite,
+        help="weight of the GSNN term E_{z~p(z|y)} log p(x|z,y) added to the ELBO (Sohn et "
+        "al. 2015 hybrid objective; trains the prior-net path sampling uses); 0 disables",
     )
     fit_p.add_argument("--val-fraction", type=_finite, help="fraction held out for validation ELBO")
     fit_p.add_argument(

@@ -30,6 +30,7 @@ __all__ = [
     "LIKELIHOODS",
     "MAX_ELEMENTS",
     "MAX_EVENT_DIMS",
+    "MAX_FULL_NOISE",
     "MAX_LAYERS",
     "MAX_PARAMETERS",
     "MAX_WIDTH",
@@ -48,9 +49,17 @@ __all__ = [
     "count_parameters",
 ]
 
-LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", "bernoulli")
+LIKELIHOODS = (
+    "gaussian",
+    "gaussian_decoder",
+    "gaussian_fixed",
+    "gaussian_lowrank",
+    "gaussian_full",
+    "bernoulli",
+    "flow",
+)
 NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_network adds more
-PRIORS = ("learned", "standard_normal")
+PRIORS = ("learned", "standard_normal", "flow")
 Y_EMBEDDINGS = ("separate", "shared")
 
 MAX_ELEMENTS = 2**24
@@ -69,6 +78,10 @@ MAX_EVENT_DIMS = 16
 
 MAX_LAYERS = 64
 """Most entries of ``hidden_dims`` and of ``conv_channels``."""
+
+MAX_FULL_NOISE = 4096
+"""Most elements of ``x`` for ``likelihood="gaussian_full"`` (its Cholesky factor has
+``prod(x_shape)**2`` entries: 16.8 million at this limit, and each step solves with it)."""
 
 MAX_PARAMETERS = 2**28
 """Most parameters plus buffers of one model (268 million: 1 GiB of float32 weights, about
@@ -186,7 +199,8 @@ class ModelConfig(_DictMixin):
         Event shape of one observation ``y`` (the condition); ``None`` gives the unconditional
         VAE (same class, no ``y`` anywhere).
     latent_dim : int, default 8
-        Dimension of the latent ``z``.
+        Dimension of the latent ``z``; 0 only with ``likelihood="flow"`` (no latent: the
+        flow is then the whole posterior model ``p(x | y)``, neural posterior estimation).
     hidden_dims : tuple of int, default (256, 256)
         Hidden widths of every MLP (recognition net, prior net, decoder).
     activation : str, default "leaky_relu"
@@ -201,17 +215,23 @@ class ModelConfig(_DictMixin):
         Channels of the convolution stages (``network="conv1d"`` or ``"conv2d"``).
     feature_dim : int, default 128
         Width of the features a conv encoder hands to the MLP heads.
-    prior : {"learned", "standard_normal"}, default "learned"
-        Conditional prior net ``p(z | y)`` or a fixed ``N(0, I)``; an unconditional VAE must
-        use ``"standard_normal"``.
+    prior : {"learned", "standard_normal", "flow"}, default "learned"
+        Conditional prior net ``p(z | y)`` (a diagonal Gaussian), a fixed ``N(0, I)``, or a
+        conditional normalising flow on ``z`` given ``y`` (:class:`~ppl_cvae.nets.ConditionalFlow`
+        with ``flow_layers`` spline layers: a multimodal ``p(z | y)``); an unconditional VAE
+        must use ``"standard_normal"``.
     likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", \
-"bernoulli"}
+"gaussian_full", "bernoulli", "flow"}
         Observation model of ``x`` given ``z, y``: Gaussian with one learned scale per output
         element; Gaussian whose scale the decoder predicts; Gaussian with ``fixed_scale``;
         Gaussian with a learned low-rank-plus-diagonal covariance ``W W^T + diag(d^2)`` of
         rank ``noise_rank`` (``LowRankMultivariateNormal``: correlated decoder noise, which
-        can put its spread where the data leave ``x`` free); Bernoulli (binary ``x``, e.g.
-        facies or binarised images).
+        can put its spread where the data leave ``x`` free); Gaussian with a learned full
+        covariance ``L L^T`` (``L`` a Cholesky factor; at most :data:`MAX_FULL_NOISE`
+        elements of ``x``); Bernoulli (binary ``x``, e.g.
+        facies or binarised images); or a conditional normalising flow on the standardised
+        ``x`` given ``(z, y)`` (:class:`~ppl_cvae.nets.ConditionalFlow`; for a small
+        ``prod(x_shape)``: a draw costs ``prod(x_shape)`` network passes per layer).
     fixed_scale : float, default 0.1
         Standard deviation of ``x`` for ``likelihood="gaussian_fixed"``, in units of ``x``.
     init_scale : float, default 0.05
@@ -220,6 +240,11 @@ class ModelConfig(_DictMixin):
     noise_rank : int, default 8
         Rank of the learned noise covariance factor ``W`` (``likelihood="gaussian_lowrank"``),
         at most ``prod(x_shape)``.
+    flow_layers : int, default 5
+        Spline layers of each flow (``likelihood="flow"``, ``prior="flow"``), in [0, 64]; 0 is
+        the diagonal Gaussian.
+    flow_bins : int, default 10
+        Bins of each rational-quadratic spline, in [2, 256].
     scale_gain : float, default 10.0
         Gain of the learned log-scale for ``likelihood="gaussian"``: the scale is
         ``exp(scale_gain * raw) + floor``, so one optimiser step moves the log-scale by about
@@ -275,9 +300,15 @@ class ModelConfig(_DictMixin):
     network: str = "mlp"
     conv_channels: tuple[int, ...] = (32, 64)
     feature_dim: int = 128
-    prior: Literal["learned", "standard_normal"] = "learned"
+    prior: Literal["learned", "standard_normal", "flow"] = "learned"
     likelihood: Literal[
-        "gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", "bernoulli"
+        "gaussian",
+        "gaussian_decoder",
+        "gaussian_fixed",
+        "gaussian_lowrank",
+        "gaussian_full",
+        "bernoulli",
+        "flow",
     ] = "gaussian"
     fixed_scale: float = 0.1
     init_scale: float = 0.05
@@ -287,6 +318,8 @@ class ModelConfig(_DictMixin):
     linear_skip: bool = False
     scale_gain: float = 10.0
     noise_rank: int = 8
+    flow_layers: int = 5
+    flow_bins: int = 10
 
     def __post_init__(self) -> None:
         # types first: every later comparison may then assume them (a checkpoint can hold
@@ -303,10 +336,12 @@ class ModelConfig(_DictMixin):
         object.__setattr__(self, "hidden_dims", hidden)
         channels = _int_tuple("conv_channels", self.conv_channels, MAX_WIDTH, MAX_LAYERS)
         object.__setattr__(self, "conv_channels", channels)
-        for name in ("latent_dim", "feature_dim", "noise_rank"):
+        for name in ("latent_dim", "feature_dim", "noise_rank", "flow_layers", "flow_bins"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {_show(value)}")
+            low = 0 if name in ("latent_dim", "flow_layers") else 1
+            if not _is_int(value) or value < low:
+                kind = "a positive integer" if low else "an integer >= 0"
+                raise ConfigError(f"{name} must be {kind}, got {_show(value)}")
             if value > MAX_WIDTH:
                 raise ConfigError(f"{name}={value} is above the limit {MAX_WIDTH}")
         for name in ("activation", "network", "prior", "likelihood", "y_embedding"):
@@ -370,6 +405,31 @@ class ModelConfig(_DictMixin):
             raise ConfigError("constrained_coefficients needs basis_dim")
         if self.linear_skip and self.y_shape is None:
             raise ConfigError("linear_skip needs a conditional model (y_shape set)")
+        if not self.flow_layers <= MAX_LAYERS:
+            raise ConfigError(f"flow_layers={self.flow_layers} is above the limit {MAX_LAYERS}")
+        if not 2 <= self.flow_bins <= 256:
+            raise ConfigError(f"flow_bins must be in [2, 256], got {self.flow_bins}")
+        if self.latent_dim == 0 and self.likelihood != "flow":
+            raise ConfigError(
+                "latent_dim=0 (no latent) needs likelihood='flow': only a flow decoder is a "
+                "posterior model of x by itself"
+            )
+        if self.latent_dim == 0 and self.prior == "flow":
+            raise ConfigError("prior='flow' needs a latent (latent_dim >= 1)")
+        if self.prior == "flow" and self.y_shape is None:
+            raise ConfigError(
+                "an unconditional VAE (y_shape=None) has no prior net: use prior='standard_normal'"
+            )
+        if self.likelihood == "flow" and (self.basis_dim is not None or self.linear_skip):
+            raise ConfigError(
+                "likelihood='flow' models every element of x: it takes neither basis_dim nor "
+                "linear_skip"
+            )
+        if self.likelihood == "gaussian_full" and self.x_dim > MAX_FULL_NOISE:
+            raise ConfigError(
+                f"likelihood='gaussian_full' needs prod(x_shape) <= {MAX_FULL_NOISE} "
+                f"(MAX_FULL_NOISE), got {self.x_dim}: use gaussian_lowrank for a larger x"
+            )
         if self.likelihood == "gaussian_lowrank" and self.noise_rank > self.x_dim:
             raise ConfigError(
                 f"noise_rank={self.noise_rank} is above prod(x_shape)={self.x_dim}; a noise "
@@ -412,6 +472,12 @@ class TrainConfig(_DictMixin):
         needs a positive scale).
     physics_weight : float, default 0.0
         Weight of the physics-consistency term (needs a problem with a forward operator).
+    gsnn_weight : float, default 0.0
+        Weight ``w_g >= 0`` of the GSNN reconstruction term of Sohn et al. (2015, eq. 7),
+        ``E_{z ~ p(z|y)} log p(x | z, y)``, added to the ELBO: it trains the prior-net path
+        that posterior sampling uses (:meth:`~ppl_cvae.models.cvae.CVAE.model`). Their hybrid
+        objective with weight ``alpha`` is ``w_g = (1 - alpha) / alpha``. Not for a model
+        without a latent.
     val_fraction : float, default 0.1
         Fraction of the pairs held out for the validation ELBO.
     patience : int, default 10
@@ -440,6 +506,7 @@ class TrainConfig(_DictMixin):
     kl_warmup_epochs: int = 0
     kl_start: float = 0.01
     physics_weight: float = 0.0
+    gsnn_weight: float = 0.0
     val_fraction: float = 0.1
     patience: int = 10
     num_particles: int = 1
@@ -471,6 +538,7 @@ class TrainConfig(_DictMixin):
             ("kl_warmup_epochs", self.kl_warmup_epochs >= 0),
             ("kl_start", 0 < self.kl_start <= 1),
             ("physics_weight", self.physics_weight >= 0),
+            ("gsnn_weight", self.gsnn_weight >= 0),
             ("val_fraction", 0 <= self.val_fraction < 1),
             ("patience", self.patience >= 0),
             ("num_particles", self.num_particles >= 1),
@@ -494,9 +562,15 @@ class ModelOverrides(TypedDict, total=False):
     network: str
     conv_channels: tuple[int, ...]
     feature_dim: int
-    prior: Literal["learned", "standard_normal"]
+    prior: Literal["learned", "standard_normal", "flow"]
     likelihood: Literal[
-        "gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", "bernoulli"
+        "gaussian",
+        "gaussian_decoder",
+        "gaussian_fixed",
+        "gaussian_lowrank",
+        "gaussian_full",
+        "bernoulli",
+        "flow",
     ]
     fixed_scale: float
     init_scale: float
@@ -506,6 +580,8 @@ class ModelOverrides(TypedDict, total=False):
     linear_skip: bool
     scale_gain: float
     noise_rank: int
+    flow_layers: int
+    flow_bins: int
 
 
 class TrainOverrides(TypedDict, total=False):
@@ -519,6 +595,7 @@ class TrainOverrides(TypedDict, total=False):
     kl_warmup_epochs: int
     kl_start: float
     physics_weight: float
+    gsnn_weight: float
     val_fraction: float
     patience: int
     num_particles: int

@@ -8,7 +8,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from ppl_cvae import CVAE, ModelConfig, TwoBirds
-from ppl_cvae.config import LIKELIHOODS
+from ppl_cvae.config import LIKELIHOODS, TrainConfig
 from ppl_cvae.errors import ConfigError, ShapeError
 
 
@@ -38,9 +38,11 @@ def test_model_and_guide_site_shapes(likelihood, network, batch):
     model_tr = _trace(poutine.replay(cvae.model, trace=guide_tr), y, x)
     assert model_tr.nodes["x"]["fn"].batch_shape == (batch,)
     assert model_tr.nodes["x"]["fn"].event_shape == (1, 50, 2)
-    assert model_tr.nodes["x_mean"]["value"].shape == (batch, 1, 50, 2)
+    if likelihood != "flow":  # a flow's location costs a draw: recorded when x is sampled
+        assert model_tr.nodes["x_mean"]["value"].shape == (batch, 1, 50, 2)
     free = _trace(cvae.model, y)  # x sampled
     assert free.nodes["x"]["value"].shape == (batch, 1, 50, 2)
+    assert free.nodes["x_mean"]["value"].shape == (batch, 1, 50, 2)
     loss = Trace_ELBO().loss(cvae.model, cvae.guide, y, x)
     assert math.isfinite(loss)
 
@@ -272,3 +274,24 @@ def test_kl_warmup_rises_to_one_and_runs():
     assert [row["kl_weight"] for row in result.history] == pytest.approx([0.01, 0.505, 1, 1])
     with pytest.raises(Err, match="kl_start"):
         TrainConfig(kl_start=0.0)
+
+
+@pytest.mark.parametrize("prior", ["learned", "flow"])
+def test_gsnn_term_is_the_reconstruction_through_the_prior_net(prior):
+    """The factor "gsnn" is w * log p(x | z_p, y) with z_p ~ p(z | y) (Sohn et al. 2015, eq. 7)."""
+    cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(8,), prior=prior,
+                      flow_layers=1)
+    cvae = CVAE(cfg)
+    y, x, z0 = torch.randn(4, 2), torch.randn(4, 3), torch.randn(4, 2)
+    conditioned = pyro.poutine.condition(cvae.model, data={"z": z0})  # z takes no random draw
+    pyro.set_rng_seed(5)
+    trace = pyro.poutine.trace(conditioned).get_trace(y, x, gsnn_weight=0.7)
+    pyro.set_rng_seed(5)
+    z_prior = cvae.prior_distribution(y).rsample()
+    expected = 0.7 * cvae.x_distribution(z_prior, y)[0].log_prob(x)
+    assert torch.allclose(trace.nodes["gsnn"]["fn"].log_factor, expected, atol=1e-5)
+    # without x (posterior sampling) and at weight 0 there is no such term
+    assert "gsnn" not in pyro.poutine.trace(cvae.model).get_trace(y, gsnn_weight=0.7).nodes
+    assert "gsnn" not in pyro.poutine.trace(cvae.model).get_trace(y, x).nodes
+    with pytest.raises(ConfigError, match="gsnn_weight must|invalid gsnn_weight"):
+        TrainConfig(gsnn_weight=-1.0)

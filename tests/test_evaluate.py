@@ -132,11 +132,16 @@ def test_units_reach_inference_data():
 
 
 def test_data_settings_adapt_to_shapes_and_size():
-    small = data_settings((2,), (2,), 500)
+    small = data_settings((2,), (2,), 500, flow=False)
     big = data_settings((32, 32), (256,), 20000)
     assert small.model["hidden_dims"] == (64, 64)
     assert big.model["hidden_dims"] == (512, 512)
     assert small.model["latent_dim"] == 2 and big.model["latent_dim"] == 32
+    # a small x gets a flow on x with no latent (NPE); a field keeps the CVAE
+    flow = data_settings((2,), (2,), 500)
+    assert flow.model["likelihood"] == "flow" and flow.model["latent_dim"] == 0
+    assert "linear_skip" not in flow.model and big.model.get("likelihood") is None
+    assert data_settings((33,), (2,), 500).model.get("likelihood") is None
     assert "y_embedding" not in small.model and big.model["y_embedding"] == "shared"
     assert small.train["batch_size"] < big.train["batch_size"]
     assert small.train["num_epochs"] > big.train["num_epochs"]

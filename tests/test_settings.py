@@ -78,6 +78,26 @@ def test_data_file_takes_adapted_schedule_and_problem_model():
     assert model.basis_dim is None
 
 
+def test_a_flow_recommendation_gives_way_to_the_users_family():
+    source = DataSource((2,), (3,), 1000)
+    model, _ = resolve_settings(source)
+    assert (model.likelihood, model.latent_dim) == ("flow", 0)
+    # the user picks a Gaussian decoder: the CVAE rules of a file apply, latent included
+    model, train = resolve_settings(source, Overrides(model={"likelihood": "gaussian"}))
+    assert model.likelihood == "gaussian" and model.latent_dim == 2 and model.linear_skip
+    assert train.learning_rate == data_settings((2,), (3,), 1000, flow=False).train[
+        "learning_rate"]
+    # the user picks a flow for a large x: the recommended linear skip is dropped
+    model, _ = resolve_settings(DataSource((40,), (3,), 1000),
+                                Overrides(model={"likelihood": "flow"}))
+    assert model.likelihood == "flow" and not model.linear_skip and model.latent_dim == 32
+    # a named problem's model recommendation is the family (Two Birds: a basis decoder)
+    problem = TwoBirds("data_1")
+    model, _ = resolve_settings(DataSource(problem.x_shape, problem.y_shape, 1000),
+                                problem=problem, overrides=Overrides(model={"likelihood": "flow"}))
+    assert model.basis_dim is None and model.likelihood == "flow"
+
+
 def test_image_datasets_and_unconditional_prior():
     model, train = resolve_settings(DataSource((8, 8), (10,), 500, dataset="digits"))
     assert model.likelihood == "bernoulli" and model.prior == "learned"
@@ -96,7 +116,7 @@ def test_resolver_errors_name_the_cause():
         resolve_settings(DataSource((3,), (2,), 100), decoder="basis")
     with pytest.raises(ConfigError, match="decoder must be"):
         resolve_settings(problem, decoder="lines")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="latent_dim must be a positive integer"):
+    with pytest.raises(ConfigError, match="latent_dim=0 .no latent. needs likelihood='flow'"):
         resolve_settings(problem, Overrides(model={"latent_dim": 0}))
 
 
@@ -205,7 +225,7 @@ def test_a_bad_value_in_a_run_file_names_the_file(tmp_path, capsys):
     run = _write(tmp_path / "run.toml", 'problem = "linear_gaussian"\n[model]\nlatent_dim = "8"\n')
     assert main(["fit", "--config", str(run), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "latent_dim must be a positive integer" in err and "run.toml" in err
+    assert "latent_dim must be an integer >= 0" in err and "run.toml" in err
 
 
 def test_run_file_problem_reference_is_untrusted(tmp_path, capsys):

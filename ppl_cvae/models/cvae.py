@@ -26,7 +26,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
-from torch.distributions.transforms import ReshapeTransform
+from torch.distributions.transforms import AffineTransform, ReshapeTransform, Transform
 
 from ppl_cvae.config import ModelConfig
 from ppl_cvae.data.standardise import Standardiser
@@ -64,10 +64,11 @@ class CVAE(nn.Module):
 
     Attributes
     ----------
-    recognition_net : RecognitionNet
-        ``q_phi(z | x, y)``, used by :meth:`guide` (training only).
+    recognition_net : RecognitionNet or None
+        ``q_phi(z | x, y)``, used by :meth:`guide` (training only); None for ``latent_dim=0``.
     prior_net : PriorNet or None
-        ``p_theta(z | y)``; None for ``prior="standard_normal"``.
+        ``p_theta(z | y)`` (a diagonal Gaussian, or a flow for ``prior="flow"``); None for
+        ``prior="standard_normal"`` and ``latent_dim=0``.
     decoder : Decoder
         ``p_theta(x | z, y)`` in standardised units; :meth:`decode` maps it to physical units.
 
@@ -88,10 +89,23 @@ class CVAE(nn.Module):
     - ``gaussian``: ``Normal(m(z, y), s)``, one learned ``s`` per element;
     - ``gaussian_decoder``: ``Normal(m(z, y), s(z, y))``;
     - ``gaussian_fixed``: ``Normal(m(z, y), fixed_scale)``;
-    - ``bernoulli``: ``Bernoulli(logits=l(z, y))``.
+    - ``gaussian_lowrank``: ``LowRankMultivariateNormal(m(z, y), W W^T + diag(s^2))``;
+    - ``gaussian_full``: ``MultivariateNormal(m(z, y), scale_tril=L)``, a learned Cholesky
+      factor ``L`` of any noise covariance;
+    - ``bernoulli``: ``Bernoulli(logits=l(z, y))``;
+    - ``flow``: a conditional normalising flow on the standardised ``x`` whose context is the
+      decoder's first layer ``h(z, y)`` (:class:`~ppl_cvae.nets.ConditionalFlow`).
 
     The site ``"x_mean"`` (deterministic) records the decoder mean, so posterior draws can use
-    either the decoder's noise (site ``"x"``) or its mean.
+    either the decoder's noise (site ``"x"``) or its mean. For a flow it records the flow's
+    image of its base mean (a representative point, not the mean), and only when ``x`` is
+    sampled (it costs ``prod(x_shape)`` network passes per flow layer).
+
+    No latent (``latent_dim=0``, flow decoder only): the model is ``x ~ p_theta(x | y)``, the
+    guide has no sample site, and ``Trace_ELBO`` is the negative log-likelihood of the
+    training pairs: neural posterior estimation (Papamakarios and Murray 2016), the first
+    round of sbi's ``NPE`` (Greenberg et al. 2019). With a latent and a flow decoder the ELBO
+    is a lower bound of that log-likelihood; it is tight when the decoder ignores ``z``.
 
     Physics-consistency term (``physics_weight > 0`` in :meth:`model`): the factor
     ``-w/2 * sum(((F(m(z, y)) - y) / misfit_std)**2)`` is added to the log joint, which adds
@@ -297,6 +311,12 @@ class CVAE(nn.Module):
 
         For ``prior="standard_normal"`` this is ``(0, 1)`` with batch size ``len(y)`` (1 for
         an unconditional VAE).
+
+        Raises
+        ------
+        ConfigError
+            For ``prior="flow"``, which is not a location-scale family (use
+            :meth:`prior_distribution`).
         """
         y_std = self._standardise_y(y)
         if self.prior_net is None or y_std is None:  # N(0, I); a VAE has no prior net
@@ -306,10 +326,28 @@ class CVAE(nn.Module):
             return zeros, torch.ones_like(zeros)
         return self.prior_net(y_std)
 
+    def prior_distribution(self, y: torch.Tensor | None) -> dist.TorchDistribution:
+        """Return ``p(z | y)``: batch shape ``(batch,)``, event shape ``(latent_dim,)``.
+
+        A diagonal Gaussian (:meth:`prior_params`), or the prior net's flow for
+        ``prior="flow"``.
+        """
+        y_std = self._standardise_y(y)
+        if self.prior_net is not None and self.prior_net.flow is not None and y_std is not None:
+            return self.prior_net.distribution(y_std)
+        loc, scale = self.prior_params(y)
+        return dist.Normal(loc, scale).to_event(1)
+
     def recognition_params(
         self, y: torch.Tensor | None, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(loc, scale)`` of ``q(z | x, y)``, each ``(batch, latent_dim)``."""
+        """Return ``(loc, scale)`` of ``q(z | x, y)``, each ``(batch, latent_dim)``.
+
+        For ``latent_dim=0`` both are empty, ``(batch, 0)``.
+        """
+        if self.recognition_net is None:  # no latent
+            empty = x.new_zeros(x.shape[0], 0)
+            return empty, empty + 1.0
         return self.recognition_net(self.x_standardiser(x), self._standardise_y(y))
 
     def decode(
@@ -328,6 +366,11 @@ class CVAE(nn.Module):
             Decoder mean in physical units (for Bernoulli: the probability).
         scale : Tensor, shape (*sample, batch, *x_shape) or None
             Standard deviation in physical units (``None`` for Bernoulli).
+
+        Raises
+        ------
+        ConfigError
+            For ``likelihood="flow"``, which has no (mean, scale): use :meth:`x_distribution`.
         """
         cfg = self.config
         loc, scale = self.decoder(z, self._standardise_y(y))
@@ -342,6 +385,45 @@ class CVAE(nn.Module):
             return mean, mean.new_full(mean.shape, cfg.fixed_scale)
         return mean, (scale * xs.std).expand(mean.shape)
 
+    def x_distribution(
+        self, z: torch.Tensor, y: torch.Tensor | None, *, location: bool = True
+    ) -> tuple[dist.TorchDistribution, torch.Tensor | None]:
+        """Return the decoder's ``p(x | z, y)`` in physical units, and its location.
+
+        Parameters
+        ----------
+        z : Tensor, shape (*sample, batch, latent_dim)
+        y : Tensor, shape (batch, *y_shape) or None
+        location : bool, default True
+            Whether to compute the location (for a flow it costs ``prod(x_shape)`` network
+            passes per layer; the other decoders compute it anyway).
+
+        Returns
+        -------
+        distribution : pyro.distributions.TorchDistribution
+            Batch shape ``(*sample, batch)``, event shape ``x_shape``; ``log_prob`` in nats.
+        location : Tensor, shape (*sample, batch, *x_shape), or None
+            The decoder mean (for Bernoulli the probability; for a flow the image of the base
+            mean); None when ``location`` is False and the decoder is a flow.
+        """
+        if self.config.likelihood != "flow":
+            mean, scale = self.decode(z, y)
+            return self._x_distribution(mean, scale), mean
+        y_std = self._standardise_y(y)
+        xs = self.x_standardiser
+        x_shape = self.config.x_shape
+        to_x: list[Transform] = [
+            AffineTransform(xs.mean.reshape(-1), xs.std.reshape(-1), event_dim=1)
+        ]
+        if len(x_shape) != 1:
+            to_x.append(ReshapeTransform(torch.Size((self.config.x_dim,)), torch.Size(x_shape)))
+        flow = self.decoder.flow_distribution(z, y_std)
+        loc = None
+        if location:
+            flat = self.decoder.flow_location(z, y_std)
+            loc = xs.inverse(flat.reshape(*flat.shape[:-1], *x_shape))
+        return dist.TransformedDistribution(flow, to_x), loc
+
     def _x_distribution(
         self, mean: torch.Tensor, scale: torch.Tensor | None
     ) -> dist.TorchDistribution:
@@ -351,13 +433,20 @@ class CVAE(nn.Module):
             eps = 1e-6
             return dist.Bernoulli(probs=mean.clamp(eps, 1 - eps)).to_event(n_event)
         factor = self.noise_factor()
-        if factor is None:
+        tril = self.decoder.scale_tril()
+        batch = mean.shape[: mean.dim() - n_event]
+        flat: dist.TorchDistribution
+        if tril is not None:  # L in units of x: row i scaled by the sd of element i
+            tril_x = self.x_standardiser.std.reshape(-1, 1) * tril
+            flat = dist.MultivariateNormal(mean.reshape(*batch, -1), scale_tril=tril_x)
+        elif factor is None:
             return dist.Normal(mean, scale).to_event(n_event)
         # the diagonal is global (one value per element), so it is passed without the batch
         # axes: torch then forms the (rank x rank) capacitance matrix once, not per draw
-        diag = (self.decoder.diagonal_scale() * self.x_standardiser.std).reshape(-1).pow(2)
-        batch = mean.shape[: mean.dim() - n_event]
-        flat = dist.LowRankMultivariateNormal(mean.reshape(*batch, -1), factor, diag)
+        else:
+            std = self.x_standardiser.std
+            diag = (self.decoder.diagonal_scale() * std).reshape(-1).pow(2)
+            flat = dist.LowRankMultivariateNormal(mean.reshape(*batch, -1), factor, diag)
         if n_event == 1:
             return flat
         return dist.TransformedDistribution(
@@ -387,6 +476,7 @@ class CVAE(nn.Module):
         *,
         kl_weight: float = 1.0,
         physics_weight: float = 0.0,
+        gsnn_weight: float = 0.0,
     ) -> torch.Tensor:
         """Run the generative model ``p(z | y) p(x | z, y)`` under one ``pyro.plate("batch")``.
 
@@ -401,6 +491,12 @@ class CVAE(nn.Module):
             same scale, so the ELBO's KL term is multiplied by ``beta``).
         physics_weight : float, default 0.0
             Weight ``w`` of the physics-consistency factor (see class Notes).
+        gsnn_weight : float, default 0.0
+            Weight ``w_g`` of the GSNN term (Sohn et al. 2015, eq. 7): with ``x`` observed,
+            the factor ``w_g * log p(x | z_p, y)`` with ``z_p ~ p(z | y)`` drawn by
+            reparameterisation from the prior net, so that the path posterior sampling uses
+            (prior net, then decoder) is trained to reconstruct ``x`` too. The loss is then
+            ``(1 + w_g)`` times Sohn et al.'s hybrid objective with ``alpha = 1 / (1 + w_g)``.
 
         Returns
         -------
@@ -412,17 +508,30 @@ class CVAE(nn.Module):
         ShapeError
             If ``y`` or ``x`` do not have the configured event shapes or batch sizes differ.
         ConfigError
-            If ``physics_weight > 0`` but the model has no forward operator.
+            If ``physics_weight > 0`` but the model has no forward operator, or
+            ``gsnn_weight > 0`` for a model without a latent.
         """
         batch = self.check_inputs(y, x)
         with pyro.plate("batch", batch):
-            loc, scale = self.prior_params(y)
-            with poutine.scale(scale=kl_weight):
-                z = pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-            mean, x_scale = self.decode(z, y)
-            pyro.deterministic("x_mean", mean, event_dim=len(self.config.x_shape))
-            x = pyro.sample("x", self._x_distribution(mean, x_scale), obs=x)
+            if self.config.latent_dim > 0:
+                with poutine.scale(scale=kl_weight):
+                    z = pyro.sample("z", self.prior_distribution(y))
+            else:  # no latent (a flow decoder alone): an empty z keeps one layout of draws
+                empty = self.x_standardiser.mean.new_zeros(batch, 0)
+                z = pyro.deterministic("z", empty, event_dim=1)
+            want_mean = x is None or physics_weight > 0
+            x_dist, mean = self.x_distribution(z, y, location=want_mean)
+            if mean is not None:
+                pyro.deterministic("x_mean", mean, event_dim=len(self.config.x_shape))
+            if gsnn_weight > 0 and x is not None:
+                if self.config.latent_dim == 0:
+                    raise ConfigError("gsnn_weight > 0 needs a latent (latent_dim >= 1)")
+                z_prior = self.prior_distribution(y).rsample()
+                gsnn_dist, _ = self.x_distribution(z_prior, y, location=False)
+                pyro.factor("gsnn", gsnn_weight * gsnn_dist.log_prob(x))
+            x = pyro.sample("x", x_dist, obs=x)
             if physics_weight > 0:
+                assert mean is not None
                 y_shape = self.config.y_shape
                 if self.forward_operator is None or y is None or y_shape is None:
                     raise ConfigError(
@@ -440,11 +549,12 @@ class CVAE(nn.Module):
         *,
         kl_weight: float = 1.0,
         physics_weight: float = 0.0,
+        gsnn_weight: float = 0.0,
     ) -> torch.Tensor:
         """Amortized training guide ``q_phi(z | x, y)`` (recognition net).
 
-        Takes the same arguments as :meth:`model`; ``x`` is required, ``physics_weight`` is
-        ignored. Returns the sampled ``z``, shape ``(batch, latent_dim)``.
+        Takes the same arguments as :meth:`model`; ``x`` is required, ``physics_weight`` and
+        ``gsnn_weight`` are ignored. Returns the sampled ``z``, shape ``(batch, latent_dim)``.
 
         Raises
         ------
@@ -458,6 +568,8 @@ class CVAE(nn.Module):
             )
         batch = self.check_inputs(y, x)
         self._register_params()
+        if self.recognition_net is None:  # no latent: the guide has no sample site
+            return x.new_zeros(batch, 0)
         with pyro.plate("batch", batch):
             loc, scale = self.recognition_params(y, x)
             with poutine.scale(scale=kl_weight):

@@ -357,17 +357,24 @@ class ConditionalInput(nn.Module):
     for ``M`` observations costs ``S * M`` products with ``W_z`` and only ``M`` with ``W_c``.
 
     Shapes: ``z (*sample, batch, z_dim)``, ``c (batch, c_dim)`` or None ->
-    ``(*sample, batch, out_dim)``.
+    ``(*sample, batch, out_dim)``. With ``z_dim=0`` (no latent) the layer is
+    ``act(W_c c + b)``, broadcast over the sample axes of the empty ``z``.
     """
 
     def __init__(self, z_dim: int, c_dim: int, out_dim: int, activation: str) -> None:
         super().__init__()
-        self.z_part = nn.Linear(z_dim, out_dim)
-        self.c_part = nn.Linear(c_dim, out_dim, bias=False) if c_dim else None
+        if not z_dim and not c_dim:
+            raise ConfigError("a decoder input layer needs a latent or a condition (both are 0)")
+        self.z_part = nn.Linear(z_dim, out_dim) if z_dim else None
+        self.c_part = nn.Linear(c_dim, out_dim, bias=not z_dim) if c_dim else None
         self.act = make_activation(activation)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """Return ``act(W_z z + W_c c + b)``, broadcasting the condition over sample axes."""
+        if self.z_part is None:  # no latent: the condition alone, on z's sample axes
+            assert self.c_part is not None and c is not None
+            h = self.c_part(c)
+            return self.act(h.expand(*z.shape[:-1], h.shape[-1]))
         h = self.z_part(z)
         if self.c_part is not None:
             h = h + self.c_part(c)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import SCALE_FLOOR, ConditionalInput
+from ppl_cvae.nets.flows import ConditionalFlow
 
 __all__ = ["Decoder", "DECODER_LIKELIHOODS"]
 
@@ -18,7 +20,9 @@ DECODER_LIKELIHOODS = (
     "gaussian_decoder",
     "gaussian_fixed",
     "gaussian_lowrank",
+    "gaussian_full",
     "bernoulli",
+    "flow",
 )
 
 
@@ -42,7 +46,7 @@ class Decoder(nn.Module):
     x_shape : tuple of int
         Event shape of ``x``.
     likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", \
-"bernoulli"}
+"gaussian_full", "bernoulli", "flow"}
         Which scale the decoder provides (see Returns of :meth:`forward`).
     y_encoder : nn.Module, optional
         Feature encoder of the standardised ``y`` (None for an unconditional VAE).
@@ -57,15 +61,20 @@ class Decoder(nn.Module):
     init_scale : float, default 0.05
         Initial scale for ``likelihood="gaussian"`` (standardised units); see Notes.
     scale_gain : float, default 10.0
-        Gain ``g`` of the learned log-scale for ``likelihood="gaussian"`` and
-        ``"gaussian_lowrank"``.
+        Gain ``g`` of the learned log-scale for ``likelihood="gaussian"``,
+        ``"gaussian_lowrank"`` and ``"gaussian_full"``.
     noise_rank : int, default 8
         Columns of the learned noise factor ``W`` for ``likelihood="gaussian_lowrank"``.
+    flow : ConditionalFlow, optional
+        Required for ``likelihood="flow"``: a flow on the flattened standardised ``x``
+        (``dim=prod(x_shape)``) whose context is the first layer's output ``h`` (``body`` is
+        then unused: pass ``nn.Identity()``); see :meth:`flow_distribution`.
 
     Raises
     ------
     ConfigError
-        If ``likelihood`` is unknown or ``init_scale`` is not above ``SCALE_FLOOR``.
+        If ``likelihood`` is unknown, ``init_scale`` is not above ``SCALE_FLOOR``, or a flow is
+        missing for (or given to a decoder other than) ``likelihood="flow"``.
 
     Notes
     -----
@@ -79,6 +88,11 @@ class Decoder(nn.Module):
     ``e ~ N(0, I_rank)``, ``eps ~ N(0, I)``, the same for every ``(z, y)`` (a factor-analysis
     noise model, Bishop 2006, sec. 12.2.4). It starts at ``0.01`` times a standard normal draw:
     at ``W = 0`` the gradient of the likelihood with respect to ``W`` vanishes.
+    ``gaussian_full``: a learned lower-triangular ``L`` of shape ``(prod(x_shape),) * 2`` with
+    diagonal ``exp(g * r) + SCALE_FLOOR`` (:meth:`scale_tril`), noise ``L eps``, the same for
+    every ``(z, y)``: any noise covariance ``L L^T``, for example the part of a
+    linear-Gaussian posterior covariance that the latent does not carry (the whole of it,
+    which does not depend on ``y``). Its strictly lower part starts at zero.
 
     References
     ----------
@@ -107,12 +121,15 @@ class Decoder(nn.Module):
         init_scale: float = 0.05,
         scale_gain: float = 10.0,
         noise_rank: int = 8,
+        flow: ConditionalFlow | None = None,
     ) -> None:
         super().__init__()
         if likelihood not in DECODER_LIKELIHOODS:
             raise ConfigError(
                 f"unknown likelihood {likelihood!r}; expected one of {DECODER_LIKELIHOODS}"
             )
+        if (flow is None) == (likelihood == "flow"):
+            raise ConfigError("a flow decoder needs a ConditionalFlow, and only it takes one")
         self.y_encoder = y_encoder
         self.input = input_layer
         self.skip = skip
@@ -122,12 +139,17 @@ class Decoder(nn.Module):
         self.likelihood = likelihood
         self.basis_dim = basis_dim
         self.scale_gain = float(scale_gain)
+        self.flow = flow
         self.raw_scale: nn.Parameter | None = None
         self.cov_factor: nn.Parameter | None = None
+        self.tril_raw: nn.Parameter | None = None
         if likelihood == "gaussian_lowrank":
             x_dim = math.prod(self.x_shape)
             self.cov_factor = nn.Parameter(0.01 * torch.randn(x_dim, noise_rank))
-        if likelihood in ("gaussian", "gaussian_lowrank"):
+        if likelihood == "gaussian_full":
+            x_dim = math.prod(self.x_shape)
+            self.tril_raw = nn.Parameter(torch.zeros(x_dim, x_dim))
+        if likelihood in ("gaussian", "gaussian_lowrank", "gaussian_full"):
             if not init_scale > SCALE_FLOOR:
                 raise ConfigError(f"init_scale must be above {SCALE_FLOOR}, got {init_scale}")
             raw = math.log(init_scale - SCALE_FLOOR) / self.scale_gain
@@ -154,8 +176,9 @@ class Decoder(nn.Module):
             ``gaussian_lowrank`` the diagonal part ``d``), per draw for ``gaussian_decoder``;
             None for ``gaussian_fixed`` and ``bernoulli``.
         """
-        hy = self.y_encoder(y_std) if self.y_encoder is not None else None
-        h = self.input(z, hy)  # the y part is computed once per observation
+        if self.flow is not None:
+            raise ConfigError("a flow decoder has no (loc, scale); use flow_distribution()")
+        h = self._features(z, y_std)
         batch = h.shape[:-1]
         raw: torch.Tensor | None = None
         if self.basis_dim is not None:
@@ -169,13 +192,51 @@ class Decoder(nn.Module):
                 skip = self.skip(y_std.flatten(start_dim=1)).reshape(-1, *self.x_shape)
                 loc = loc + skip
             raw = params[..., 1] if params.shape[-1] == 2 else None
-        if self.raw_scale is not None:  # gaussian, gaussian_lowrank (its diagonal part)
+        if self.raw_scale is not None:  # gaussian; the diagonal of gaussian_lowrank/_full
             return loc, self.diagonal_scale()
         if self.likelihood == "gaussian_decoder":
             if raw is None:
                 raise ConfigError("likelihood 'gaussian_decoder' needs a decoder scale output")
             return loc, F.softplus(raw) + SCALE_FLOOR
         return loc, None
+
+    def _features(self, z: torch.Tensor, y_std: torch.Tensor | None) -> torch.Tensor:
+        hy = self.y_encoder(y_std) if self.y_encoder is not None else None
+        return self.input(z, hy)  # the y part is computed once per observation
+
+    def flow_distribution(
+        self, z: torch.Tensor, y_std: torch.Tensor | None
+    ) -> dist.TransformedDistribution:
+        """Return the flow ``p(x_std | z, y)`` on the flattened standardised ``x``.
+
+        Parameters
+        ----------
+        z : Tensor, shape (*sample, batch, latent_dim)
+            ``latent_dim`` may be 0 (no latent).
+        y_std : Tensor, shape (batch, *y_shape), or None
+
+        Returns
+        -------
+        pyro.distributions.TransformedDistribution
+            Batch shape ``(*sample, batch)``, event shape ``(prod(x_shape),)``.
+
+        Raises
+        ------
+        ConfigError
+            If the decoder is not a flow decoder.
+        """
+        if self.flow is None:
+            raise ConfigError(f"likelihood {self.likelihood!r} is not a flow")
+        return self.flow.distribution(self._features(z, y_std))
+
+    def flow_location(self, z: torch.Tensor, y_std: torch.Tensor | None) -> torch.Tensor:
+        """Return the flow's image of its base mean, ``(*sample, batch, prod(x_shape))``.
+
+        Standardised units; see :meth:`ConditionalFlow.location`.
+        """
+        if self.flow is None:
+            raise ConfigError(f"likelihood {self.likelihood!r} is not a flow")
+        return self.flow.location(self._features(z, y_std))
 
     def noise_factor(self) -> torch.Tensor | None:
         """Return ``W``, shape ``(prod(x_shape), noise_rank)``, standardised units (or None).
@@ -184,10 +245,21 @@ class Decoder(nn.Module):
         """
         return self.cov_factor
 
+    def scale_tril(self) -> torch.Tensor | None:
+        """Return ``L``, shape ``(prod(x_shape), prod(x_shape))``, standardised units (or None).
+
+        Only ``likelihood="gaussian_full"`` has one: lower triangular, its diagonal the
+        learned per-element scale (:meth:`diagonal_scale`), so ``L`` is a Cholesky factor.
+        """
+        if self.tril_raw is None:
+            return None
+        return torch.tril(self.tril_raw, -1) + torch.diag(self.diagonal_scale().reshape(-1))
+
     def diagonal_scale(self) -> torch.Tensor:
         """Return the learned per-element scale ``exp(g r) + SCALE_FLOOR``, shape ``x_shape``.
 
-        Standardised units; for ``likelihood="gaussian"`` and ``"gaussian_lowrank"``.
+        Standardised units; for ``likelihood="gaussian"``, ``"gaussian_lowrank"`` and
+        ``"gaussian_full"``.
 
         Raises
         ------

@@ -20,6 +20,7 @@ from torch import nn
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets import blocks
 from ppl_cvae.nets.decoder import Decoder
+from ppl_cvae.nets.flows import ConditionalFlow
 from ppl_cvae.nets.prior import PriorNet
 from ppl_cvae.nets.recognition import RecognitionNet
 
@@ -61,7 +62,7 @@ class NetworkFamily:
 class CVAENetworks(NamedTuple):
     """The networks of one CVAE (Sohn et al. 2015): recognition net, prior net, decoder."""
 
-    recognition: RecognitionNet
+    recognition: RecognitionNet | None
     prior: PriorNet | None
     decoder: Decoder
 
@@ -166,8 +167,11 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
     Returns
     -------
     CVAENetworks
-        ``prior`` is None for ``prior="standard_normal"``. With ``y_embedding="shared"`` one
-        ``y`` encoder module is shared by all three networks.
+        ``prior`` is None for ``prior="standard_normal"``; ``recognition`` and ``prior`` are
+        None for ``latent_dim=0`` (no latent). With ``y_embedding="shared"`` one ``y`` encoder
+        module is shared by all three networks. ``likelihood="flow"`` and ``prior="flow"`` get
+        a :class:`~ppl_cvae.nets.ConditionalFlow` with ``flow_layers`` layers, ``flow_bins``
+        bins and ``hidden_dims`` as the widths of its conditioning networks.
 
     Raises
     ------
@@ -202,17 +206,25 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
             shared.append(family.encoder(config, y_shape))
         return shared[0]
 
-    x_enc, x_width = family.encoder(config, config.x_shape)
-    rec_y, rec_y_width = y_encoder()
-    recognition = RecognitionNet(
-        x_enc, x_width, rec_y, rec_y_width, config.latent_dim, config.activation
-    )
+    def flow(dim: int, context_dim: int) -> ConditionalFlow:
+        return ConditionalFlow(
+            dim, context_dim, config.flow_layers, config.hidden_dims, config.flow_bins
+        )
+
+    recognition = None
+    if config.latent_dim > 0:
+        x_enc, x_width = family.encoder(config, config.x_shape)
+        rec_y, rec_y_width = y_encoder()
+        recognition = RecognitionNet(
+            x_enc, x_width, rec_y, rec_y_width, config.latent_dim, config.activation
+        )
     prior = None
-    if config.prior == "learned":
+    if config.prior in ("learned", "flow") and config.latent_dim > 0:
         prior_y, prior_width = y_encoder()
         if prior_y is None:  # ModelConfig refuses a learned prior without y
             raise ConfigError("a learned prior net needs y (use prior='standard_normal')")
-        prior = PriorNet(prior_y, prior_width, config.latent_dim)
+        prior_flow = flow(config.latent_dim, prior_width) if config.prior == "flow" else None
+        prior = PriorNet(prior_y, prior_width, config.latent_dim, prior_flow)
 
     dec_y, dec_y_width = y_encoder()
     width = _first_width(config)
@@ -225,8 +237,12 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         nn.init.zeros_(skip.bias)
     num_params = 2 if config.likelihood == "gaussian_decoder" else 1
     scale_body = None
+    x_flow = None
     body: nn.Module
-    if config.basis_dim is not None:
+    if config.likelihood == "flow":  # the flow's context is the first layer's output
+        body = nn.Identity()
+        x_flow = flow(config.x_dim, width)
+    elif config.basis_dim is not None:
         rest = config.hidden_dims[1:]
         body = blocks.mlp(width, rest, config.basis_dim, config.activation)
         if num_params == 2:
@@ -245,5 +261,6 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         init_scale=config.init_scale,
         scale_gain=config.scale_gain,
         noise_rank=config.noise_rank,
+        flow=x_flow,
     )
     return CVAENetworks(recognition, prior, decoder)

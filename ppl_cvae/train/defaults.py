@@ -17,6 +17,8 @@ from ppl_cvae.errors import ConfigError
 __all__ = ["data_settings", "image_settings"]
 
 TARGET_STEPS = 8000  # SVI steps the epoch count aims at (early stopping may end sooner)
+FLOW_TARGET_STEPS = 20000  # the same for a flow on x (NPE), which keeps improving longer
+MAX_FLOW_X = 32  # largest d for which a file's default model is a flow on x (no latent)
 MAX_SKIP_WEIGHTS = 2**22  # largest m * d for which the decoder gets a linear y -> x path
 
 
@@ -26,7 +28,7 @@ def _pow2(value: float, low: int, high: int) -> int:
 
 
 def data_settings(
-    x_shape: tuple[int, ...], y_shape: tuple[int, ...] | None, num_pairs: int
+    x_shape: tuple[int, ...], y_shape: tuple[int, ...] | None, num_pairs: int, *, flow: bool = True
 ) -> Overrides:
     """Return ``ModelConfig``/``TrainConfig`` overrides adapted to a training file.
 
@@ -38,6 +40,10 @@ def data_settings(
         Event shape of ``y``; ``m = prod(y_shape)`` (``None``: unconditional VAE, ``m = 0``).
     num_pairs : int
         Number of training pairs ``n`` in the file (before the validation split).
+    flow : bool, default True
+        Whether a small ``x`` gets the flow family below (False: the CVAE rules for every
+        ``x``; ``ppl-cvae fit`` passes False when the user names a problem or another
+        likelihood).
 
     Returns
     -------
@@ -46,6 +52,12 @@ def data_settings(
 
         - ``hidden_dims``: two layers of width ``2 max(d, m)`` rounded to a power of two in
           [64, 512];
+        - for ``d <= MAX_FLOW_X`` (32): ``likelihood="flow"`` with ``latent_dim=0``, a
+          conditional neural spline flow on ``x`` given ``y`` (neural posterior estimation;
+          a draw costs ``d`` network passes per layer, so only for a small ``x``), ReLU
+          activations, learning rate 5e-4 and about 20000 SVI steps with patience one fifth
+          of the epochs (at least 20); the items below that name the latent, the linear skip
+          and the step count apply to larger ``x``;
         - ``latent_dim``: ``d`` clipped to [2, 32] (a latent per degree of freedom of a small
           ``x``; for fields the decoder's per-element scale carries the rest);
         - ``y_embedding``: ``"shared"`` when ``m >= 64`` (one summary network of a large ``y``);
@@ -76,6 +88,20 @@ def data_settings(
     model = ModelOverrides(hidden_dims=(width, width), latent_dim=int(min(max(d, 2), 32)))
     if m >= 64:
         model["y_embedding"] = "shared"
+    if flow and m > 0 and d <= MAX_FLOW_X:
+        model["likelihood"] = "flow"
+        model["latent_dim"] = 0
+        model["activation"] = "relu"
+        epochs = int(min(max(math.ceil(FLOW_TARGET_STEPS / steps_per_epoch), 30), 2000))
+        train = TrainOverrides(
+            num_epochs=epochs,
+            batch_size=batch,
+            learning_rate=5e-4,
+            lr_decay=0.1,
+            val_fraction=val_fraction,
+            patience=max(20, epochs // 5),
+        )
+        return Overrides(model=model, train=train)
     if 0 < m * d <= MAX_SKIP_WEIGHTS:
         model["linear_skip"] = True
     train = TrainOverrides(

@@ -293,7 +293,13 @@ def _train_epoch(
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         for first in range(0, len(order), config.batch_size):
             batch = pairs[order[first : first + config.batch_size]]
-            loss = svi.step(batch.y, batch.x, kl_weight=beta, physics_weight=config.physics_weight)
+            loss = svi.step(
+                batch.y,
+                batch.x,
+                kl_weight=beta,
+                physics_weight=config.physics_weight,
+                gsnn_weight=config.gsnn_weight,
+            )
             if not math.isfinite(loss):
                 raise ConfigError(
                     f"training diverged at epoch {epoch}, SVI step {len(step_losses) + 1} "
@@ -430,7 +436,8 @@ def fit(
     Notes
     -----
     Each step maximises ``E_q[log p(x|z,y)] - beta * KL(q(z|x,y) || p(z|y))`` (+ the
-    physics-consistency factor when ``physics_weight > 0``) with ``beta`` rising linearly over
+    physics-consistency factor when ``physics_weight > 0``, + the GSNN term of Sohn et al.
+    2015 when ``gsnn_weight > 0``) with ``beta`` rising linearly over
     ``kl_warmup_epochs`` (Bowman et al. 2016, Generating Sentences from a Continuous Space,
     arXiv:1511.06349). The optimiser is ClippedAdam (Kingma and Ba 2015) on all parameters at
     once. Pyro's argument validation is switched off inside the step loop for speed; inputs
@@ -455,6 +462,8 @@ def fit(
         raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
     if config.physics_weight > 0 and cvae.forward_operator is None:
         raise ConfigError("physics_weight > 0 needs a problem with a forward operator")
+    if config.gsnn_weight > 0 and cvae.config.latent_dim == 0:
+        raise ConfigError("gsnn_weight > 0 needs a latent (latent_dim >= 1)")
     pyro.set_rng_seed(config.seed)
     pyro.clear_param_store()
     generator = torch.Generator().manual_seed(config.seed)

@@ -89,9 +89,13 @@ def recommended(problem: Problem) -> Overrides:
 
 
 def _source_layer(
-    source: Problem | DataSource, problem: Problem | None
+    source: Problem | DataSource, problem: Problem | None, user_likelihood: str | None
 ) -> tuple[Overrides, tuple[int, ...], tuple[int, ...] | None]:
-    """Return the source's recommendation layer, ``x_shape`` and ``y_shape``."""
+    """Return the source's recommendation layer, ``x_shape`` and ``y_shape``.
+
+    A data file's flow recommendation (a small ``x``) applies unless a problem is named (its
+    model recommendation is then the family) or the user chose another likelihood.
+    """
     if not isinstance(source, DataSource):  # a problem: it simulates its own pairs
         return recommended(source), tuple(source.x_shape), tuple(source.y_shape)
     if problem is not None and tuple(problem.x_shape) != source.x_shape:
@@ -102,7 +106,8 @@ def _source_layer(
     if source.dataset is not None:
         layer = image_settings(source.dataset)
     else:
-        layer = data_settings(source.x_shape, source.y_shape, source.num_pairs)
+        flow = problem is None and user_likelihood in (None, "flow")
+        layer = data_settings(source.x_shape, source.y_shape, source.num_pairs, flow=flow)
         if problem is not None:  # its model (e.g. a basis decoder), not its schedule
             model = recommended(problem).model
             if model.get("basis_dim") is not None:  # a basis decoder has no linear y path
@@ -140,7 +145,11 @@ def resolve_settings(
     -------
     model_config : ModelConfig
         With the event shapes of the source; ``prior="standard_normal"`` when there is no
-        ``y`` and no layer sets the prior (an unconditional VAE has no prior net).
+        ``y`` and no layer sets the prior (an unconditional VAE has no prior net). A
+        recommendation that contradicts the family the user chose gives way: with
+        ``likelihood="flow"`` the recommended ``linear_skip``, ``basis_dim`` and
+        ``constrained_coefficients`` are dropped, and a recommended ``latent_dim=0`` (a flow
+        on ``x``) is dropped when the user picks another likelihood.
     train_config : TrainConfig
 
     Raises
@@ -163,9 +172,20 @@ def resolve_settings(
         raise ConfigError(f"decoder must be 'auto', 'network' or 'basis', got {decoder!r}")
     if not isinstance(source, DataSource):
         problem = source
-    layer, x_shape, y_shape = _source_layer(source, problem)
+    user = (overrides or Overrides()).model
+    layer, x_shape, y_shape = _source_layer(source, problem, user.get("likelihood"))
     layers = layer.updated(overrides or Overrides())
     model, train = layers.model.copy(), layers.train.copy()
+    # a recommendation that contradicts the user's own choice of family gives way to it
+    if model.get("likelihood") == "flow":
+        if "linear_skip" not in user:
+            model.pop("linear_skip", None)
+        if "basis_dim" not in user:
+            model.pop("basis_dim", None)
+        if "constrained_coefficients" not in user:
+            model.pop("constrained_coefficients", None)
+    elif model.get("latent_dim") == 0 and "latent_dim" not in user:
+        model.pop("latent_dim")  # no latent suits a flow only: the library default
     if y_shape is None:
         model.setdefault("prior", "standard_normal")
     if decoder == "network":
