@@ -10,7 +10,8 @@ the challenge's sample submission is scored as an anchor.
 
 Run::
 
-    python benchmarks/two_birds.py [--epochs 60] [--threads 2]
+    python benchmarks/two_birds.py [--epochs 60] [--threads 2] [--functions original]
+    python benchmarks/two_birds.py --likelihood flow --latent-dim 0   # a flow on the endpoints
 
 About 12 minutes on 2 CPU cores with the default budget.
 """
@@ -65,7 +66,14 @@ def report(label, score, seconds=None):
 def run(functions, args):
     problem = TwoBirds(functions)
     train = {"seed": args.seed, **({"num_epochs": args.epochs} if args.epochs else {})}
-    config, train_config = resolve_settings(problem, Overrides(train=train))
+    if args.gsnn_weight is not None:
+        train["gsnn_weight"] = args.gsnn_weight
+    model = {
+        key: getattr(args, key)
+        for key in ("likelihood", "latent_dim", "prior", "flow_layers")
+        if getattr(args, key) is not None
+    }
+    config, train_config = resolve_settings(problem, Overrides(model=model, train=train))
     x, y = problem.simulate(train_config.num_train, torch.Generator().manual_seed(args.seed))
     cvae = build_cvae(config, x, y, problem=problem)
     start = time.perf_counter()
@@ -73,7 +81,9 @@ def run(functions, args):
     fit_seconds = time.perf_counter() - start
     print(
         f"{functions}: fit {fit_seconds:.0f} s, {train_config.num_epochs} epochs x "
-        f"{train_config.num_train} fresh pairs, {cvae.num_parameters()} parameters"
+        f"{train_config.num_train} fresh pairs, {cvae.num_parameters()} parameters; "
+        f"likelihood {config.likelihood}, prior {config.prior}, latent {config.latent_dim}, "
+        f"gsnn weight {train_config.gsnn_weight}"
     )
     x_test, y_test, source = held_out(problem, functions)
     print(f"  held-out observations: {source}; 30 samples each")
@@ -140,7 +150,7 @@ def main(args):
     torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()}, seed {args.seed}")
     anchor()
-    for functions in ("data_1", "original"):
+    for functions in args.functions.split(","):
         run(functions, args)
 
 
@@ -149,4 +159,10 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=None, help="override the epoch budget")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--functions", default="data_1,original")
+    parser.add_argument("--likelihood", help="override the likelihood (e.g. flow)")
+    parser.add_argument("--latent-dim", type=int, help="override the latent size (0: none)")
+    parser.add_argument("--prior", help="override the prior (learned, standard_normal, flow)")
+    parser.add_argument("--flow-layers", type=int, help="spline layers of each flow")
+    parser.add_argument("--gsnn-weight", type=float, help="weight of the GSNN term")
     main(parser.parse_args())

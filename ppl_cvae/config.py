@@ -231,7 +231,8 @@ class ModelConfig(_DictMixin):
         elements of ``x``); Bernoulli (binary ``x``, e.g.
         facies or binarised images); or a conditional normalising flow on the standardised
         ``x`` given ``(z, y)`` (:class:`~ppl_cvae.nets.ConditionalFlow`; for a small
-        ``prod(x_shape)``: a draw costs ``prod(x_shape)`` network passes per layer).
+        ``prod(x_shape)``: a draw costs ``prod(x_shape)`` network passes per layer; with
+        ``basis_dim`` the flow is on the basis coefficients instead).
     fixed_scale : float, default 0.1
         Standard deviation of ``x`` for ``likelihood="gaussian_fixed"``, in units of ``x``.
     init_scale : float, default 0.05
@@ -420,10 +421,10 @@ class ModelConfig(_DictMixin):
             raise ConfigError(
                 "an unconditional VAE (y_shape=None) has no prior net: use prior='standard_normal'"
             )
-        if self.likelihood == "flow" and (self.basis_dim is not None or self.linear_skip):
+        if self.likelihood == "flow" and self.linear_skip:
             raise ConfigError(
-                "likelihood='flow' models every element of x: it takes neither basis_dim nor "
-                "linear_skip"
+                "likelihood='flow' has no decoder mean for a linear skip to add to "
+                "(linear_skip=False)"
             )
         if self.likelihood == "gaussian_full" and self.x_dim > MAX_FULL_NOISE:
             raise ConfigError(

@@ -146,8 +146,7 @@ def test_flow_prior_is_a_distribution_over_z():
     [
         ({"latent_dim": 0}, "latent_dim=0 .* needs likelihood='flow'"),
         ({"latent_dim": 0, "likelihood": "flow", "prior": "flow"}, "prior='flow' needs a latent"),
-        ({"likelihood": "flow", "basis_dim": 2}, "takes neither basis_dim nor linear_skip"),
-        ({"likelihood": "flow", "linear_skip": True}, "takes neither basis_dim"),
+        ({"likelihood": "flow", "linear_skip": True}, "no decoder mean for a linear skip"),
         ({"flow_bins": 1}, "flow_bins must be"),
         ({"flow_layers": 65}, "flow_layers=65 is above"),
         ({"flow_layers": -1}, "flow_layers must be an integer >= 0"),
@@ -193,3 +192,25 @@ def test_flow_run_round_trips_through_the_cli(tmp_path):
 
     post = az.from_netcdf(out).posterior
     assert post["x"].shape[-1] == 2 and post["z"].sizes["latent"] == 0
+
+
+def test_a_flow_on_basis_coefficients_keeps_draws_in_the_span():
+    """With a basis decoder the flow is on the standardised coefficients: every draw is a
+    pair of straight lines for Two Birds, and the loss is NPE's on those coefficients."""
+    from ppl_cvae import Overrides, TwoBirds, build_cvae, resolve_settings
+
+    problem = TwoBirds("data_1")
+    overrides = Overrides(model={"likelihood": "flow", "latent_dim": 0, "hidden_dims": (16,),
+                                 "flow_layers": 2})
+    cfg, _ = resolve_settings(problem, overrides)
+    assert cfg.basis_dim == 4 and cfg.likelihood == "flow"
+    x, y = problem.simulate(64, torch.Generator().manual_seed(0))
+    cvae = build_cvae(cfg, x, y, problem=problem)
+    assert cvae.decoder.flow.dim == 4 and cvae.samples_decoder_noise
+    draws = Predictive(cvae.model, num_samples=5, return_sites=("x",))(y[:3])["x"]
+    coef = cvae.coefficients_of(draws)
+    assert torch.allclose(cvae.x_from_coefficients(coef), draws, atol=1e-5)  # in the span
+    std_coef = (cvae.coefficients_of(x[:3]) - cvae.coef_mean) / cvae.coef_std
+    flow = cvae.decoder.flow_distribution(torch.zeros(3, 0), cvae.y_standardiser(y[:3]))
+    loss = Trace_ELBO().loss(cvae.model, cvae.guide, y[:3], x[:3])
+    assert loss == pytest.approx(-flow.log_prob(std_coef).sum().item(), rel=1e-5)

@@ -91,11 +91,11 @@ def test_a_flow_recommendation_gives_way_to_the_users_family():
     model, _ = resolve_settings(DataSource((40,), (3,), 1000),
                                 Overrides(model={"likelihood": "flow"}))
     assert model.likelihood == "flow" and not model.linear_skip and model.latent_dim == 32
-    # a named problem's model recommendation is the family (Two Birds: a basis decoder)
+    # a named problem's basis stays: the flow is then on its coefficients (Two Birds: 4)
     problem = TwoBirds("data_1")
     model, _ = resolve_settings(DataSource(problem.x_shape, problem.y_shape, 1000),
                                 problem=problem, overrides=Overrides(model={"likelihood": "flow"}))
-    assert model.basis_dim is None and model.likelihood == "flow"
+    assert model.basis_dim == 4 and model.likelihood == "flow"
 
 
 def test_image_datasets_and_unconditional_prior():

@@ -35,6 +35,49 @@ from ppl_cvae.nets.factory import build_networks
 
 __all__ = ["CVAE"]
 
+
+class _CoefficientsToX(Transform):
+    """Standardised (unconstrained) basis coefficients ``(*batch, basis_dim)`` -> ``x``.
+
+    ``x = B g(coef_mean + coef_std * c)`` with ``g`` the problem's coefficient transform (or
+    the identity). ``x`` lies on the ``basis_dim``-dimensional image of the basis, so there is
+    no density on all of ``R^prod(x_shape)``: the log-Jacobian is taken as 0, which makes the
+    density of ``x`` the density of its standardised coefficients (the reference measure is
+    the one on the coefficients). The inverse is the least-squares projection
+    (:meth:`CVAE.coefficients_of`), exact on the image.
+    """
+
+    bijective = True  # on the image of the basis
+
+    def __init__(self, cvae: CVAE) -> None:
+        super().__init__(cache_size=1)
+        self.cvae = cvae
+        n_event = len(cvae.config.x_shape)
+        self.domain = torch.distributions.constraints.independent(
+            torch.distributions.constraints.real, 1
+        )
+        self.codomain = torch.distributions.constraints.independent(
+            torch.distributions.constraints.real, n_event
+        )
+
+    def _call(self, c: torch.Tensor) -> torch.Tensor:
+        cvae = self.cvae
+        return cvae.x_from_coefficients(cvae.coef_mean + cvae.coef_std * c)
+
+    def _inverse(self, x: torch.Tensor) -> torch.Tensor:
+        cvae = self.cvae
+        return (cvae.coefficients_of(x) - cvae.coef_mean) / cvae.coef_std
+
+    def log_abs_det_jacobian(self, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return c.new_zeros(c.shape[:-1])
+
+    def forward_shape(self, shape: torch.Size) -> torch.Size:
+        return torch.Size((*shape[:-1], *self.cvae.config.x_shape))
+
+    def inverse_shape(self, shape: torch.Size) -> torch.Size:
+        n_event = len(self.cvae.config.x_shape)
+        return torch.Size((*shape[: len(shape) - n_event], self.cvae.config.basis_dim or 0))
+
 _INSTANCE_COUNTER = itertools.count()
 
 
@@ -412,13 +455,19 @@ class CVAE(nn.Module):
         y_std = self._standardise_y(y)
         xs = self.x_standardiser
         x_shape = self.config.x_shape
+        flow = self.decoder.flow_distribution(z, y_std)
+        loc = None
+        if self.config.basis_dim is not None:  # a flow on the coefficients
+            if location:
+                loc = self.x_from_coefficients(
+                    self.coef_mean + self.coef_std * self.decoder.flow_location(z, y_std)
+                )
+            return dist.TransformedDistribution(flow, [_CoefficientsToX(self)]), loc
         to_x: list[Transform] = [
             AffineTransform(xs.mean.reshape(-1), xs.std.reshape(-1), event_dim=1)
         ]
         if len(x_shape) != 1:
             to_x.append(ReshapeTransform(torch.Size((self.config.x_dim,)), torch.Size(x_shape)))
-        flow = self.decoder.flow_distribution(z, y_std)
-        loc = None
         if location:
             flat = self.decoder.flow_location(z, y_std)
             loc = xs.inverse(flat.reshape(*flat.shape[:-1], *x_shape))
@@ -579,11 +628,12 @@ class CVAE(nn.Module):
     def samples_decoder_noise(self) -> bool:
         """Whether posterior draws include the decoder's noise by default.
 
-        False for a basis decoder: its mean lies in the span of the basis by construction (for
-        Two Birds: straight lines), while elementwise Gaussian noise would leave it; the noise
-        is then a training device that absorbs the misfit. True otherwise.
+        False for a basis decoder with a Gaussian noise: its mean lies in the span of the
+        basis by construction (for Two Birds: straight lines), while elementwise Gaussian noise
+        would leave it; the noise is then a training device that absorbs the misfit. True
+        otherwise (a flow on the basis coefficients stays in the span).
         """
-        return self.config.basis_dim is None
+        return self.config.basis_dim is None or self.config.likelihood == "flow"
 
     def num_parameters(self) -> int:
         """Return the number of trainable parameters."""

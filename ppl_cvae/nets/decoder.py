@@ -67,7 +67,8 @@ class Decoder(nn.Module):
         Columns of the learned noise factor ``W`` for ``likelihood="gaussian_lowrank"``.
     flow : ConditionalFlow, optional
         Required for ``likelihood="flow"``: a flow on the flattened standardised ``x``
-        (``dim=prod(x_shape)``) whose context is the first layer's output ``h`` (``body`` is
+        (``dim=prod(x_shape)``), or for a basis decoder on its standardised coefficients
+        (``dim=basis_dim``), whose context is the first layer's output ``h`` (``body`` is
         then unused: pass ``nn.Identity()``); see :meth:`flow_distribution`.
 
     Raises
@@ -209,6 +210,8 @@ class Decoder(nn.Module):
     ) -> dist.TransformedDistribution:
         """Return the flow ``p(x_std | z, y)`` on the flattened standardised ``x``.
 
+        For a basis decoder the flow is on the standardised basis coefficients instead.
+
         Parameters
         ----------
         z : Tensor, shape (*sample, batch, latent_dim)
@@ -218,7 +221,8 @@ class Decoder(nn.Module):
         Returns
         -------
         pyro.distributions.TransformedDistribution
-            Batch shape ``(*sample, batch)``, event shape ``(prod(x_shape),)``.
+            Batch shape ``(*sample, batch)``, event shape ``(prod(x_shape),)`` (or
+            ``(basis_dim,)``).
 
         Raises
         ------

@@ -241,7 +241,7 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
     body: nn.Module
     if config.likelihood == "flow":  # the flow's context is the first layer's output
         body = nn.Identity()
-        x_flow = flow(config.x_dim, width)
+        x_flow = flow(config.basis_dim or config.x_dim, width)
     elif config.basis_dim is not None:
         rest = config.hidden_dims[1:]
         body = blocks.mlp(width, rest, config.basis_dim, config.activation)

@@ -147,9 +147,9 @@ def resolve_settings(
         With the event shapes of the source; ``prior="standard_normal"`` when there is no
         ``y`` and no layer sets the prior (an unconditional VAE has no prior net). A
         recommendation that contradicts the family the user chose gives way: with
-        ``likelihood="flow"`` the recommended ``linear_skip``, ``basis_dim`` and
-        ``constrained_coefficients`` are dropped, and a recommended ``latent_dim=0`` (a flow
-        on ``x``) is dropped when the user picks another likelihood.
+        ``likelihood="flow"`` a recommended ``linear_skip`` is dropped (a recommended basis
+        stays: the flow is then on its coefficients), and a recommended ``latent_dim=0`` (a
+        flow on ``x``) is dropped when the user picks another likelihood.
     train_config : TrainConfig
 
     Raises
@@ -180,10 +180,6 @@ def resolve_settings(
     if model.get("likelihood") == "flow":
         if "linear_skip" not in user:
             model.pop("linear_skip", None)
-        if "basis_dim" not in user:
-            model.pop("basis_dim", None)
-        if "constrained_coefficients" not in user:
-            model.pop("constrained_coefficients", None)
     elif model.get("latent_dim") == 0 and "latent_dim" not in user:
         model.pop("latent_dim")  # no latent suits a flow only: the library default
     if y_shape is None:
