@@ -68,8 +68,8 @@ class _CoefficientsToX(Transform):
         cvae = self.cvae
         return (cvae.coefficients_of(x) - cvae.coef_mean) / cvae.coef_std
 
-    def log_abs_det_jacobian(self, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return c.new_zeros(c.shape[:-1])
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[:-1])  # x: coefficients (the domain), y: the models
 
     def forward_shape(self, shape: torch.Size) -> torch.Size:
         return torch.Size((*shape[:-1], *self.cvae.config.x_shape))
@@ -77,6 +77,7 @@ class _CoefficientsToX(Transform):
     def inverse_shape(self, shape: torch.Size) -> torch.Size:
         n_event = len(self.cvae.config.x_shape)
         return torch.Size((*shape[: len(shape) - n_event], self.cvae.config.basis_dim or 0))
+
 
 _INSTANCE_COUNTER = itertools.count()
 
