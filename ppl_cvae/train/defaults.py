@@ -55,8 +55,9 @@ def data_settings(
         - for ``d <= MAX_FLOW_X`` (32): ``likelihood="flow"`` with ``latent_dim=0``, a
           conditional neural spline flow on ``x`` given ``y`` (neural posterior estimation;
           a draw costs ``d`` network passes per layer, so only for a small ``x``), ReLU
-          activations, learning rate 5e-4 and about 20000 SVI steps with patience one fifth
-          of the epochs (at least 20); the items below that name the latent, the linear skip
+          activations, learning rate 5e-4 and about 20000 SVI steps with patience one tenth
+          of the epochs (at least 20; a flow overfits a small file, and the best validation
+          epoch's weights are kept); the items below that name the latent, the linear skip
           and the step count apply to larger ``x``;
         - ``latent_dim``: ``d`` clipped to [2, 32] (a latent per degree of freedom of a small
           ``x``; for fields the decoder's per-element scale carries the rest);
@@ -99,7 +100,7 @@ def data_settings(
             learning_rate=5e-4,
             lr_decay=0.1,
             val_fraction=val_fraction,
-            patience=max(20, epochs // 5),
+            patience=max(20, epochs // 10),
         )
         return Overrides(model=model, train=train)
     if 0 < m * d <= MAX_SKIP_WEIGHTS:
