@@ -23,8 +23,9 @@ in the project's environment and calls ``ppl-cvae`` as a subprocess. Run::
     OMP_NUM_THREADS=1 python benchmarks/sbi_compare.py --threads 1
     python benchmarks/sbi_compare.py --ours-args "" --ours-args "--likelihood flow" --skip-npe
 
-About an hour on 1 thread of the 2-core machine for both tasks (NPE training about 5-10
-minutes per task, C2ST about a minute per observation and method).
+About 1.5 hours on 1 thread of the busy 2-core machine for both tasks: NPE training 3 to 8
+minutes per task, our fit under a minute, and sbibm's C2ST the bulk (about 5 minutes per
+observation and method on gaussian_linear's 10-D samples, under 2 on two_moons).
 
 References
 ----------
