@@ -48,7 +48,14 @@ __all__ = [
     "count_parameters",
 ]
 
-LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", "bernoulli")
+LIKELIHOODS = (
+    "gaussian",
+    "gaussian_decoder",
+    "gaussian_fixed",
+    "gaussian_lowrank",
+    "bernoulli",
+    "categorical",
+)
 NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_network adds more
 PRIORS = ("learned", "standard_normal")
 Y_EMBEDDINGS = ("separate", "shared")
@@ -205,13 +212,15 @@ class ModelConfig(_DictMixin):
         Conditional prior net ``p(z | y)`` or a fixed ``N(0, I)``; an unconditional VAE must
         use ``"standard_normal"``.
     likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", \
-"bernoulli"}
+"bernoulli", "categorical"}
         Observation model of ``x`` given ``z, y``: Gaussian with one learned scale per output
         element; Gaussian whose scale the decoder predicts; Gaussian with ``fixed_scale``;
         Gaussian with a learned low-rank-plus-diagonal covariance ``W W^T + diag(d^2)`` of
         rank ``noise_rank`` (``LowRankMultivariateNormal``: correlated decoder noise, which
         can put its spread where the data leave ``x`` free); Bernoulli (binary ``x``, e.g.
-        facies or binarised images).
+        two facies or binarised images); categorical (``x`` holds facies codes
+        ``0 .. num_facies - 1``, one of ``num_facies`` classes per element; see
+        ``num_facies``).
     fixed_scale : float, default 0.1
         Standard deviation of ``x`` for ``likelihood="gaussian_fixed"``, in units of ``x``.
     init_scale : float, default 0.05
@@ -220,6 +229,12 @@ class ModelConfig(_DictMixin):
     noise_rank : int, default 8
         Rank of the learned noise covariance factor ``W`` (``likelihood="gaussian_lowrank"``),
         at most ``prod(x_shape)``.
+    num_facies : int, default 2
+        Number of classes ``K`` of ``likelihood="categorical"`` (read by no other
+        likelihood), in [2, MAX_WIDTH]: the decoder outputs ``K`` logits per element of ``x``
+        and ``x`` holds integer codes ``0 .. K - 1`` stored as floats (float32 like every
+        ``x``; draws come back as float codes). For two facies ``"bernoulli"`` is the same
+        model with one logit per element.
     scale_gain : float, default 10.0
         Gain of the learned log-scale for ``likelihood="gaussian"``: the scale is
         ``exp(scale_gain * raw) + floor``, so one optimiser step moves the log-scale by about
@@ -257,9 +272,9 @@ class ModelConfig(_DictMixin):
 
     - ``prod(x_shape)`` and ``prod(y_shape)`` at most :data:`MAX_ELEMENTS` (``2**24``), with at
       most :data:`MAX_EVENT_DIMS` (16) axes each;
-    - every entry of ``hidden_dims`` and ``conv_channels``, ``latent_dim``, ``feature_dim`` and
-      ``basis_dim`` at most :data:`MAX_WIDTH` (``2**20``); at most :data:`MAX_LAYERS` (64)
-      entries in ``hidden_dims`` and in ``conv_channels``.
+    - every entry of ``hidden_dims`` and ``conv_channels``, ``latent_dim``, ``feature_dim``,
+      ``basis_dim`` and ``num_facies`` at most :data:`MAX_WIDTH` (``2**20``); at most
+      :data:`MAX_LAYERS` (64) entries in ``hidden_dims`` and in ``conv_channels``.
 
     The number of parameters is a property of the whole network, not of one field; it is
     checked by :func:`check_model_size` (at most :data:`MAX_PARAMETERS`, ``2**28``) and
@@ -277,7 +292,12 @@ class ModelConfig(_DictMixin):
     feature_dim: int = 128
     prior: Literal["learned", "standard_normal"] = "learned"
     likelihood: Literal[
-        "gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", "bernoulli"
+        "gaussian",
+        "gaussian_decoder",
+        "gaussian_fixed",
+        "gaussian_lowrank",
+        "bernoulli",
+        "categorical",
     ] = "gaussian"
     fixed_scale: float = 0.1
     init_scale: float = 0.05
@@ -287,6 +307,7 @@ class ModelConfig(_DictMixin):
     linear_skip: bool = False
     scale_gain: float = 10.0
     noise_rank: int = 8
+    num_facies: int = 2
 
     def __post_init__(self) -> None:
         # types first: every later comparison may then assume them (a checkpoint can hold
@@ -362,14 +383,21 @@ class ModelConfig(_DictMixin):
                     f"basis_dim must be an integer in [1, {min(self.x_dim, MAX_WIDTH)}], "
                     f"got {_show(self.basis_dim)}"
                 )
-            if self.likelihood == "bernoulli":
-                raise ConfigError("a linear decoder basis needs a Gaussian likelihood")
+            if self.likelihood in ("bernoulli", "categorical"):
+                raise ConfigError(
+                    f"a linear decoder basis needs a Gaussian likelihood, not {self.likelihood!r}"
+                )
             if self.linear_skip:
                 raise ConfigError("linear_skip does not apply to a basis decoder (basis_dim)")
         elif self.constrained_coefficients:
             raise ConfigError("constrained_coefficients needs basis_dim")
         if self.linear_skip and self.y_shape is None:
             raise ConfigError("linear_skip needs a conditional model (y_shape set)")
+        if not _is_int(self.num_facies) or not 2 <= self.num_facies <= MAX_WIDTH:
+            raise ConfigError(
+                f"num_facies must be an integer in [2, {MAX_WIDTH}] (classes of the categorical "
+                f"likelihood), got {_show(self.num_facies)}"
+            )
         if self.likelihood == "gaussian_lowrank" and self.noise_rank > self.x_dim:
             raise ConfigError(
                 f"noise_rank={self.noise_rank} is above prod(x_shape)={self.x_dim}; a noise "
@@ -496,7 +524,12 @@ class ModelOverrides(TypedDict, total=False):
     feature_dim: int
     prior: Literal["learned", "standard_normal"]
     likelihood: Literal[
-        "gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", "bernoulli"
+        "gaussian",
+        "gaussian_decoder",
+        "gaussian_fixed",
+        "gaussian_lowrank",
+        "bernoulli",
+        "categorical",
     ]
     fixed_scale: float
     init_scale: float
@@ -506,6 +539,7 @@ class ModelOverrides(TypedDict, total=False):
     linear_skip: bool
     scale_gain: float
     noise_rank: int
+    num_facies: int
 
 
 class TrainOverrides(TypedDict, total=False):

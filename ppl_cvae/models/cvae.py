@@ -38,6 +38,21 @@ __all__ = ["CVAE"]
 _INSTANCE_COUNTER = itertools.count()
 
 
+class _FaciesCategorical(dist.Categorical):
+    """``Categorical`` whose draws are float codes (``x`` is float everywhere in the package).
+
+    ``log_prob`` accepts float codes as it is (torch casts them with ``.long()``), and the
+    support check ``integer_interval(0, K - 1)`` holds for integral floats.
+    """
+
+    def sample(
+        self,
+        sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size(),  # noqa: B008
+    ) -> torch.Tensor:
+        """Draw class codes ``0 .. K-1`` as floats in the dtype of the probabilities."""
+        return super().sample(sample_shape).to(self.probs.dtype)
+
+
 class CVAE(nn.Module):
     """Conditional variational autoencoder with a Pyro ``model`` and amortized ``guide``.
 
@@ -88,10 +103,20 @@ class CVAE(nn.Module):
     - ``gaussian``: ``Normal(m(z, y), s)``, one learned ``s`` per element;
     - ``gaussian_decoder``: ``Normal(m(z, y), s(z, y))``;
     - ``gaussian_fixed``: ``Normal(m(z, y), fixed_scale)``;
-    - ``bernoulli``: ``Bernoulli(logits=l(z, y))``.
+    - ``bernoulli``: ``Bernoulli(logits=l(z, y))`` (two facies: ``x`` in {0, 1});
+    - ``categorical``: ``Categorical(logits=l(z, y))`` over ``K = num_facies`` classes per
+      element (``x`` holds the facies codes ``0 .. K-1`` as floats; Laloy et al. 2018 and
+      Lopez-Alvis et al. 2021 generate such discrete geology with deep generative models).
+
+    Every element is independent given ``(z, y)``; the spatial structure of a facies field
+    comes from ``z``. Probabilities are clamped to ``[1e-6, 1 - 1e-6]`` (then renormalised for
+    ``categorical``), which bounds the log-likelihood of one element below by ``log(1e-6)``.
 
     The site ``"x_mean"`` (deterministic) records the decoder mean, so posterior draws can use
-    either the decoder's noise (site ``"x"``) or its mean.
+    either the decoder's noise (site ``"x"``) or its mean: for ``bernoulli`` it is the facies
+    probability ``P(x = 1 | z, y)``, for ``categorical`` the mean code ``sum_k k p_k``; a
+    categorical model also records the class probabilities ``p_k`` at site ``"x_probs"``
+    (shape ``(batch, *x_shape, K)``).
 
     Physics-consistency term (``physics_weight > 0`` in :meth:`model`): the factor
     ``-w/2 * sum(((F(m(z, y)) - y) / misfit_std)**2)`` is added to the log joint, which adds
@@ -103,6 +128,12 @@ class CVAE(nn.Module):
     Kingma and Welling (2014), Auto-Encoding Variational Bayes, arXiv:1312.6114.
     Sohn, Lee and Yan (2015), Learning Structured Output Representation using Deep Conditional
     Generative Models, NeurIPS.
+    Laloy, Herault, Jacques and Linde (2018), Training-image based geostatistical inversion
+    using a spatial generative adversarial neural network, Water Resources Research 54, 381,
+    doi:10.1002/2017WR022148.
+    Lopez-Alvis, Laloy, Nguyen and Hermans (2021), Deep generative models in inversion: the
+    impact of the generator's nonlinearity and development of a new approach based on a
+    variational autoencoder, Computers & Geosciences 152, 104762.
     Gabbard et al. (2022), Bayesian parameter estimation using conditional variational
     autoencoders for gravitational-wave astronomy, Nature Physics 18, 112 (VItamin).
 
@@ -325,9 +356,11 @@ class CVAE(nn.Module):
         Returns
         -------
         mean : Tensor, shape (*sample, batch, *x_shape)
-            Decoder mean in physical units (for Bernoulli: the probability).
+            Decoder mean in physical units (for Bernoulli: the probability of ``x = 1``); for
+            ``categorical`` the class probabilities, shape ``(*sample, batch, *x_shape, K)``
+            (their last axis sums to 1).
         scale : Tensor, shape (*sample, batch, *x_shape) or None
-            Standard deviation in physical units (``None`` for Bernoulli).
+            Standard deviation in physical units (``None`` for Bernoulli and categorical).
         """
         cfg = self.config
         loc, scale = self.decoder(z, self._standardise_y(y))
@@ -336,6 +369,8 @@ class CVAE(nn.Module):
             mean = self.x_from_coefficients(self.coef_mean + self.coef_std * loc)
         elif cfg.likelihood == "bernoulli":
             return torch.sigmoid(loc), None
+        elif cfg.likelihood == "categorical":
+            return torch.softmax(loc, dim=-1), None
         else:
             mean = xs.inverse(loc)
         if scale is None:  # gaussian_fixed: a fixed scale in physical units
@@ -349,6 +384,8 @@ class CVAE(nn.Module):
         n_event = len(x_shape)
         if scale is None:
             eps = 1e-6
+            if self.config.likelihood == "categorical":  # mean: class probabilities (..., K)
+                return _FaciesCategorical(probs=mean.clamp(eps, 1 - eps)).to_event(n_event)
             return dist.Bernoulli(probs=mean.clamp(eps, 1 - eps)).to_event(n_event)
         factor = self.noise_factor()
         if factor is None:
@@ -412,21 +449,33 @@ class CVAE(nn.Module):
         ShapeError
             If ``y`` or ``x`` do not have the configured event shapes or batch sizes differ.
         ConfigError
-            If ``physics_weight > 0`` but the model has no forward operator.
+            If ``physics_weight > 0`` but the model has no forward operator, or its likelihood
+            is ``categorical``.
         """
         batch = self.check_inputs(y, x)
         with pyro.plate("batch", batch):
             loc, scale = self.prior_params(y)
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-            mean, x_scale = self.decode(z, y)
-            pyro.deterministic("x_mean", mean, event_dim=len(self.config.x_shape))
-            x = pyro.sample("x", self._x_distribution(mean, x_scale), obs=x)
+            params, x_scale = self.decode(z, y)
+            n_event = len(self.config.x_shape)
+            mean = params
+            if self.config.likelihood == "categorical":  # params: class probabilities
+                pyro.deterministic("x_probs", params, event_dim=n_event + 1)
+                codes = torch.arange(params.shape[-1], dtype=params.dtype, device=params.device)
+                mean = params @ codes  # the mean code, sum_k k p_k
+            pyro.deterministic("x_mean", mean, event_dim=n_event)
+            x = pyro.sample("x", self._x_distribution(params, x_scale), obs=x)
             if physics_weight > 0:
                 y_shape = self.config.y_shape
                 if self.forward_operator is None or y is None or y_shape is None:
                     raise ConfigError(
                         "physics_weight > 0 needs a conditional model with a forward operator"
+                    )
+                if self.config.likelihood == "categorical":
+                    raise ConfigError(
+                        "physics_weight > 0 is not defined for likelihood 'categorical' (F of "
+                        "the mean code is not the mean of F); use 0, or 'bernoulli' for two facies"
                     )
                 resid = (self.forward_operator(mean) - y) / self.misfit_std
                 chi2 = resid.pow(2).flatten(start_dim=resid.dim() - len(y_shape)).sum(-1)
@@ -469,7 +518,10 @@ class CVAE(nn.Module):
 
         False for a basis decoder: its mean lies in the span of the basis by construction (for
         Two Birds: straight lines), while elementwise Gaussian noise would leave it; the noise
-        is then a training device that absorbs the misfit. True otherwise.
+        is then a training device that absorbs the misfit. True otherwise, in particular for
+        ``bernoulli`` and ``categorical``: a facies posterior draw must be a facies field
+        (codes), which the decoder's noise provides; the decoder mean (site ``"x_mean"``, the
+        facies probability for ``bernoulli``) is not a draw.
         """
         return self.config.basis_dim is None
 
