@@ -28,8 +28,8 @@ Run (the figures in the README)::
     python benchmarks/amortized_quality.py --threads 1 --baseline gaussian
 
 Options override the recommended settings for exploration (``--epochs``, ``--num-train``,
-``--latent-dim``, ``--hidden-dims``, ``--network``, ``--physics-weight``,
-``--kl-warmup-epochs``); each run prints the settings it used.
+``--latent-dim``, ``--hidden-dims``, ``--network``, ``--conv-channels``, ``--feature-dim``,
+``--physics-weight``, ``--kl-warmup-epochs``, ...); each run prints the settings it used.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def overrides(args, likelihood):
         ("latent_dim", "latent_dim"),
         ("hidden_dims", "hidden_dims"),
         ("network", "network"),
+        ("conv_channels", "conv_channels"),
+        ("feature_dim", "feature_dim"),
     ):
         if getattr(args, flag) is not None:
             model[key] = getattr(args, flag)
@@ -99,7 +101,9 @@ def evaluate(label, problem, likelihood, args, x_true, y_obs):
     accuracy = mode_accuracy(prob, x_true)
     print(
         f"\n{label}: {tc.num_epochs} epochs x {tc.num_train} fresh pairs, batch {tc.batch_size}, "
-        f"latent {config.latent_dim}, hidden {config.hidden_dims}, {config.network}, linear "
+        f"latent {config.latent_dim}, hidden {config.hidden_dims}, {config.network}"
+        + (f" {config.conv_channels}" if config.network != "mlp" else "")
+        + f", linear "
         f"skip {config.linear_skip}, physics weight {tc.physics_weight}, kl warm-up "
         f"{tc.kl_warmup_epochs}; {cvae.num_parameters():,} parameters"
     )
@@ -178,6 +182,10 @@ if __name__ == "__main__":
         "--hidden-dims", type=lambda s: tuple(int(v) for v in s.split(",")), default=None
     )
     parser.add_argument("--network", choices=["mlp", "conv2d"])
+    parser.add_argument(
+        "--conv-channels", type=lambda s: tuple(int(v) for v in s.split(",")), default=None
+    )
+    parser.add_argument("--feature-dim", type=int)
     parser.add_argument("--physics-weight", type=float)
     parser.add_argument("--kl-warmup-epochs", type=int)
     parser.add_argument("--threads", type=int, default=1)

@@ -111,8 +111,14 @@ def _class_frequencies_of_a_fitted_model(trained: bool, seed: int) -> tuple[torc
     )
     cvae = build_cvae(cfg, x, y, seed=seed)
     if trained:
+        # a decaying rate settles the optimum (seeds 0-5: at most 0.6 of the tolerance)
         config = TrainConfig(
-            num_epochs=15, batch_size=200, learning_rate=1e-2, val_fraction=0.0, seed=seed
+            num_epochs=20,
+            batch_size=200,
+            learning_rate=1e-2,
+            lr_decay=0.05,
+            val_fraction=0.0,
+            seed=seed,
         )
         fit(cvae, x, y, config, progress=False)
     y_new = torch.randn(200, 2, generator=gen)
