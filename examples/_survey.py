@@ -105,6 +105,12 @@ def evaluate_held_out(problem: Any, run: SurveyRun, args: argparse.Namespace) ->
         f"90% {metrics['coverage_90']:.3f}; chi2 per datum {metrics['chi2_per_datum']:.3f}; "
         f"RMSE ratio {metrics['rmse_ratio']:.3f}"
     )
+    if "facies" in metrics:  # a facies decoder: interval coverage says little of binary draws
+        facies = metrics["facies"]
+        print(
+            f"facies: accuracy of the posterior mode {facies['mode_accuracy']:.3f}; reliability "
+            f"max deviation {facies['reliability']['max_deviation']:.3f}"
+        )
     if "exact" in metrics:
         e = metrics["exact"]
         print(

@@ -5,10 +5,13 @@ chain (leading axes ``(chain=1, draw=S)``) and R-hat / ESS must not be read as M
 
 Groups and dims
 ---------------
-- ``posterior``: ``x`` (``[observation,] *x_dims``) and ``z`` (``[observation,] latent``);
+- ``posterior``: ``x`` (``[observation,] *x_dims``) and ``z`` (``[observation,] latent``),
+  plus the problem's derived quantities of every draw of ``x`` on the dims of ``x`` (e.g.
+  ``slowness`` in s/m of a facies draw; :func:`ppl_cvae.problems.base.derived_quantities`);
 - ``posterior_predictive``: ``y`` (``[observation,] *y_dims``), when a forward operator exists;
 - ``observed_data``: ``y`` (``[observation,] *y_dims``);
-- ``constant_data``: ``x_true`` (``[observation,] *x_dims``), when the truth is known;
+- ``constant_data``: ``x_true`` (``[observation,] *x_dims``), when the truth is known, and
+  its derived quantities as ``<name>_true``;
   ``y_noise_sd`` (``*y_dims``, units of ``y``): the standard deviation of the Gaussian noise of
   every datum, when the problem has noise; ``y_noise_cov`` (``datum, datum_bis``, units of
   ``y`` squared, over the C-order flattened ``y``) when that noise is correlated. With them a
@@ -83,6 +86,8 @@ def to_inference_data(
     coord_attrs: Mapping[str, Mapping[str, str]] | None = None,
     noise_sd: torch.Tensor | None = None,
     noise_cov: torch.Tensor | None = None,
+    derived: Mapping[str, torch.Tensor] | None = None,
+    derived_true: Mapping[str, torch.Tensor] | None = None,
 ) -> az.InferenceData:
     """Build ``InferenceData`` from posterior draws.
 
@@ -124,6 +129,11 @@ def to_inference_data(
     noise_cov : Tensor, shape (m, m), optional
         Full noise covariance of the flattened ``y`` (``m = prod(y_shape)``), stored as
         ``constant_data.y_noise_cov`` (give it only when it is not diagonal).
+    derived : mapping of str to Tensor, each of shape (S, M, *x_shape), optional
+        Derived quantities of the draws of ``x`` (e.g. slowness of facies draws), stored in
+        ``posterior`` under their names on the dims of ``x``, with ``units[name]``.
+    derived_true : mapping of str to Tensor, each of shape (M, *x_shape), optional
+        The same of ``x_true``, stored in ``constant_data`` as ``<name>_true``.
 
     Returns
     -------
@@ -132,8 +142,9 @@ def to_inference_data(
     Raises
     ------
     DataError
-        If ``stacked`` is False but ``M != 1``, the leading axes disagree, or ``noise_sd`` /
-        ``noise_cov`` do not match the shape of one ``y``.
+        If ``stacked`` is False but ``M != 1``, the leading axes disagree, ``noise_sd`` /
+        ``noise_cov`` do not match the shape of one ``y``, or a derived quantity does not have
+        the shape of ``x`` (or of ``x_true``).
 
     Examples
     --------
@@ -169,6 +180,21 @@ def to_inference_data(
     m = int(np.prod(y_event))
     if noise_cov is not None and tuple(noise_cov.shape) != (m, m):
         raise DataError(f"noise_cov has shape {tuple(noise_cov.shape)}; expected ({m}, {m})")
+    derived = dict(derived or {})
+    derived_true = dict(derived_true or {})
+    for name, value in derived.items():
+        if tuple(value.shape) != tuple(x.shape):
+            raise DataError(
+                f"derived quantity {name!r} has shape {tuple(value.shape)}; expected that of "
+                f"the draws of x, {tuple(x.shape)}"
+            )
+    for name, value in derived_true.items():
+        if x_true is None or tuple(value.shape) != tuple(x_true.shape):
+            expected = None if x_true is None else tuple(x_true.shape)
+            raise DataError(
+                f"derived quantity {name!r} of x_true has shape {tuple(value.shape)}; expected "
+                f"that of x_true, {expected}"
+            )
     all_coords: dict[str, Any] = {"latent": np.arange(z.shape[-1])}
     if stacked:
         all_coords["observation"] = np.arange(num_obs)
@@ -183,9 +209,15 @@ def to_inference_data(
         "y_noise_sd": list(y_dims),
         "y_noise_cov": ["datum", "datum_bis"],
     }
+    for name in derived:
+        dims[name] = [*lead, *x_dims]
+    for name in derived_true:
+        dims[f"{name}_true"] = [*lead, *x_dims]
     constant: dict[str, np.ndarray] = {}
     if x_true is not None:
         constant["x_true"] = const(x_true)
+    for name, value in derived_true.items():
+        constant[f"{name}_true"] = const(value)
     if noise_sd is not None:
         constant["y_noise_sd"] = _np(noise_sd)
     if noise_cov is not None:
@@ -195,7 +227,7 @@ def to_inference_data(
         for k, v in (attrs or {}).items()
     }
     idata = az.from_dict(
-        posterior={"x": post(x), "z": post(z)},
+        posterior={"x": post(x), "z": post(z), **{k: post(v) for k, v in derived.items()}},
         posterior_predictive={"y": post(y_rep)} if y_rep is not None else None,
         observed_data={"y": const(y_obs)},
         constant_data=constant or None,
@@ -213,17 +245,27 @@ def to_inference_data(
         for name, (dim, values) in extra.items():
             if dim in ds.dims:
                 ds.coords[name] = (dim, np.asarray(values))
-    _attach_units(idata, dict(units or {}), coord_attrs or {})
+    names = sorted({*derived, *derived_true})
+    _attach_units(idata, dict(units or {}), coord_attrs or {}, names)
     return idata
 
 
 def _attach_units(
-    idata: az.InferenceData, units: dict[str, str], coord_attrs: Mapping[str, Mapping[str, str]]
+    idata: az.InferenceData,
+    units: dict[str, str],
+    coord_attrs: Mapping[str, Mapping[str, str]],
+    derived: Sequence[str] = (),
 ) -> None:
     """Set ``units`` (and extra) attributes on the variables and coordinates they describe."""
     for group in idata.groups():
         ds = idata[group]
-        pairs = (("x", "x"), ("x_true", "x"), ("y", "y"), ("y_noise_sd", "y"))
+        pairs: list[tuple[str, str]] = [
+            ("x", "x"),
+            ("x_true", "x"),
+            ("y", "y"),
+            ("y_noise_sd", "y"),
+        ]
+        pairs += [(n, n) for n in derived] + [(f"{n}_true", n) for n in derived]
         for var, unit_key in pairs:
             if var in ds.data_vars and units.get(unit_key):
                 ds[var].attrs["units"] = units[unit_key]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from inference.diagnostics.coverage import central_coverage, run_evaluation
+from inference.diagnostics.facies import run_facies_evaluation
 from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
 from ppl_cvae._atomic import atomic_path
@@ -60,15 +61,26 @@ def evaluate_model(
     Returns
     -------
     metrics : dict
-        See the module docstring.
+        See the module docstring; for a facies decoder (``likelihood`` ``"bernoulli"`` or
+        ``"categorical"``) also ``"facies"``: the accuracy of the posterior mode and the
+        reliability curve of the posterior facies probabilities against ``x``
+        (:func:`inference.diagnostics.facies.run_facies_evaluation`). The probabilities are
+        the mean over draws of the decoder's ``P(x = 1 | z, y)`` (Bernoulli) or the class
+        frequencies of the draws (categorical).
     x_draws : Tensor, shape (num_samples, M, *x_shape)
     exact : ExactPosterior or None
         The exact posterior of the ``M`` observations, when the problem has one.
     """
-    parts = [
-        draw_posterior(cvae, y[start : start + chunk], num_samples, seed=seed + start).x.cpu()
-        for start in range(0, y.shape[0], chunk)
-    ]
+    parts, probs = [], []
+    likelihood = cvae.config.likelihood
+    for start in range(0, y.shape[0], chunk):
+        draws = draw_posterior(cvae, y[start : start + chunk], num_samples, seed=seed + start)
+        parts.append(draws.x.cpu())
+        if likelihood == "bernoulli" and draws.x_mean is not None:  # P(x = 1 | y), per cell
+            probs.append(draws.x_mean.double().mean(0).cpu())
+        elif likelihood == "categorical":  # class frequencies of the draws, (chunk, *x, K)
+            one_hot = torch.nn.functional.one_hot(draws.x.long(), cvae.config.num_facies)
+            probs.append(one_hot.double().mean(0).cpu())
     x_draws = torch.cat(parts, dim=1)
     exact = None
     if problem is not None and linear_gaussian_parts(problem) is not None:
@@ -82,6 +94,8 @@ def evaluate_model(
         exact_mean=exact.mean if exact is not None else None,
         exact_std=exact.std if exact is not None else None,
     )
+    if probs:
+        metrics["facies"] = run_facies_evaluation(torch.cat(probs), x)
     return metrics, x_draws, exact
 
 

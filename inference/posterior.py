@@ -19,7 +19,7 @@ from pyro.infer import Predictive
 from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, sample_noise
+from ppl_cvae.problems.base import Problem, derived_quantities, sample_noise
 
 __all__ = ["PosteriorDraws", "as_observation_batch", "bytes_per_draw", "draw_posterior"]
 
@@ -39,12 +39,19 @@ class PosteriorDraws:
         Posterior predictive ``F(x) + noise`` when a problem with a forward operator was given.
     decoder_noise : bool
         Whether ``x`` includes the decoder's noise (site ``"x"``) or is its mean (``"x_mean"``).
+    x_mean : Tensor, shape (num_samples, M, *x_shape), or None
+        The decoder mean ``E[x | z, y]`` of every draw (site ``"x_mean"``), units of ``x``; for
+        a Bernoulli facies decoder the probability of facies 1 given ``z``, whose average over
+        draws estimates the posterior facies probability with less Monte Carlo noise than the
+        average of the binary draws (Rao-Blackwellisation). None where not recorded (refined
+        draws).
     """
 
     x: torch.Tensor
     z: torch.Tensor
     y_rep: torch.Tensor | None
     decoder_noise: bool
+    x_mean: torch.Tensor | None = None
 
 
 def as_observation_batch(y: torch.Tensor, y_shape: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
@@ -73,8 +80,9 @@ def bytes_per_draw(
 
     Counts float32 ``x`` (draw, decoder mean and scale), ``z`` (draw, loc, scale), the hidden
     activations of the decoder, and with a problem the posterior predictive and the forward
-    operator's output; refinement multiplies by ``oversample`` candidates and four copies of
-    each candidate (value, gradient, two Adam moments).
+    operator's output and the problem's derived quantities of ``x``; refinement multiplies by
+    ``oversample`` candidates and four copies of each candidate (value, gradient, two Adam
+    moments).
 
     Returns
     -------
@@ -86,6 +94,9 @@ def bytes_per_draw(
     per = 3 * config.x_dim + 3 * config.latent_dim + 2 * sum(config.hidden_dims)
     if problem is not None:
         per += 2 * y_dim
+        with torch.no_grad():  # derived quantities of x (e.g. slowness of facies): x-sized each
+            derived = derived_quantities(problem, torch.zeros(1, *config.x_shape))
+        per += config.x_dim * len(derived)
     per *= num_observations * 4
     return per * (4 * oversample if oversample > 1 else 1)
 
@@ -111,9 +122,11 @@ def draw_posterior(
     num_samples : int
         Draws per observation.
     decoder_noise : bool, optional
-        True: ``x ~ p(x | z, y)`` (site ``"x"``, the full predictive density of the decoder).
-        False: ``x = E[x | z, y]`` (site ``"x_mean"``), smoother draws whose spread comes from
-        ``z`` alone. Default: ``cvae.samples_decoder_noise`` (False for a basis decoder).
+        True: ``x ~ p(x | z, y)`` (site ``"x"``, the full predictive density of the decoder;
+        for a Bernoulli or categorical decoder the draws are facies codes). False:
+        ``x = E[x | z, y]`` (site ``"x_mean"``), smoother draws whose spread comes from ``z``
+        alone (for ``bernoulli`` a facies probability, not a facies field). Default:
+        ``cvae.samples_decoder_noise`` (False for a basis decoder, True otherwise).
     problem : Problem, optional
         With a forward operator: also return the posterior predictive ``y_rep = F(x) + eps``,
         ``eps ~ N(0, C_e)`` (:func:`ppl_cvae.problems.base.sample_noise`).
@@ -123,7 +136,7 @@ def draw_posterior(
     Returns
     -------
     PosteriorDraws
-        ``x`` of shape ``(num_samples, M, *x_shape)``.
+        ``x`` and ``x_mean`` of shape ``(num_samples, M, *x_shape)``.
 
     Raises
     ------
@@ -167,4 +180,6 @@ def draw_posterior(
         y_rep = problem.forward(x)
         if problem.noise_std > 0 or getattr(problem, "noise_cov", None) is not None:
             y_rep = y_rep + sample_noise(problem, tuple(x.shape[:2])).to(y_rep)
-    return PosteriorDraws(x=x, z=out["z"], y_rep=y_rep, decoder_noise=decoder_noise)
+    return PosteriorDraws(
+        x=x, z=out["z"], y_rep=y_rep, decoder_noise=decoder_noise, x_mean=out["x_mean"]
+    )

@@ -224,7 +224,9 @@ def refine_and_accept(
     Raises
     ------
     ConfigError
-        If ``oversample < 1`` or ``max_misfit <= 0``.
+        If ``oversample < 1`` or ``max_misfit <= 0``, or the model has a facies decoder
+        (``likelihood`` ``"bernoulli"`` or ``"categorical"``): gradient steps on ``x`` would
+        leave the facies codes.
 
     Notes
     -----
@@ -237,6 +239,11 @@ def refine_and_accept(
     if oversample < 1 or (max_misfit is not None and not max_misfit > 0):
         raise ConfigError(
             f"oversample must be >= 1 and max_misfit > 0, got {oversample}, {max_misfit}"
+        )
+    if cvae.config.likelihood in ("bernoulli", "categorical"):
+        raise ConfigError(
+            f"refinement moves x continuously and cannot keep the facies codes of a "
+            f"{cvae.config.likelihood!r} decoder; sample without --refine"
         )
     candidates = draw_posterior(cvae, y, oversample * num_samples, seed=seed)
     refined = refine_by_misfit(

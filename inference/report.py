@@ -14,6 +14,11 @@ file's named dims, coordinates and ``units`` attributes, never from "the last ax
 - otherwise, bands along the longest named coordinate, one panel per other index;
 - ``y``: posterior predictive bands along the longest numeric data coordinate (log axis for a
   frequency), one panel per component with its own unit, observed data with +-1 sd noise bars.
+
+Derived quantities of ``x`` in the posterior group (e.g. the ``slowness`` of facies draws, see
+:func:`ppl_cvae.problems.base.derived_quantities`) get the same figures as ``x``. When every
+draw of a variable is 0 or 1 (a facies indicator), its posterior mean is the probability of
+facies 1 and the panel says so (``P(x = 1)``).
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ import numpy as np
 from inference.arviz_io import az, summary
 from inference.diagnostics.ppc import run_ppc
 from ppl_cvae._atomic import atomic_path
+from ppl_cvae.errors import DataError
 
 if TYPE_CHECKING:
     import xarray as xr
     from matplotlib.figure import Figure
 
-__all__ = ["posterior_figures", "predictive_figure", "write_report"]
+__all__ = ["derived_variables", "posterior_figures", "predictive_figure", "write_report"]
 
 _RAY_ENDS = ("source_offset", "source_depth", "receiver_offset", "receiver_depth")
 
@@ -80,12 +86,27 @@ def _ray_ends(idata: az.InferenceData) -> dict[str, np.ndarray] | None:
     return None
 
 
+def derived_variables(idata: az.InferenceData) -> list[str]:
+    """Return the derived quantities in the posterior group: variables on the dims of ``x``.
+
+    Returns
+    -------
+    list of str
+        Names of the ``posterior`` variables other than ``x`` and ``z`` whose dims are those
+        of ``x`` (e.g. ``["slowness"]`` for crosshole facies draws), in file order.
+    """
+    post = idata["posterior"]
+    dims = post["x"].dims
+    return [str(n) for n in post.data_vars if str(n) not in ("x", "z") and post[n].dims == dims]
+
+
 def posterior_figures(
     idata: az.InferenceData,
     observation: int = 0,
     extra_panels: Mapping[str, np.ndarray] | None = None,
+    var: str = "x",
 ) -> dict[str, Figure]:
-    """Build the figures of the posterior of ``x`` for one observation.
+    """Build the figures of the posterior of ``x`` (or a derived quantity) for one observation.
 
     Parameters
     ----------
@@ -94,27 +115,43 @@ def posterior_figures(
     observation : int, default 0
         Index along the ``observation`` dim (ignored when there is none).
     extra_panels : mapping of str to ndarray, optional
-        For a 2-D grid: more panels of the grid's shape, in units of ``x``, drawn after the
+        For a 2-D grid: more panels of the grid's shape, in units of ``var``, drawn after the
         posterior sd (for example an exact posterior's mean and sd). A title ending in
         ``" sd"`` gets its own colour scale; the others share the truth's. Ignored otherwise.
+    var : str, default "x"
+        The posterior variable: ``"x"`` or a derived quantity (:func:`derived_variables`),
+        whose truth is ``constant_data.<var>_true``.
 
     Returns
     -------
     dict of str to matplotlib.figure.Figure
         ``"posterior"`` always; ``"profile"`` (middle column against depth) for a 2-D grid.
         The layout is chosen from the dims and coordinate attributes (module docstring).
+
+    Raises
+    ------
+    DataError
+        If the posterior group has no variable ``var``.
     """
     from inference import plots
 
-    x = _select(idata["posterior"]["x"], observation)
+    if var not in idata["posterior"].data_vars:
+        raise DataError(
+            f"the posterior has no variable {var!r} (variables: "
+            f"{sorted(map(str, idata['posterior'].data_vars))})"
+        )
+    x = _select(idata["posterior"][var], observation)
     truth = None
-    if "constant_data" in idata.groups() and "x_true" in idata["constant_data"]:
-        truth = _select(idata["constant_data"]["x_true"], observation)
+    if "constant_data" in idata.groups() and f"{var}_true" in idata["constant_data"]:
+        truth = _select(idata["constant_data"][f"{var}_true"], observation)
     dims = [str(d) for d in x.dims if d != "draw"]
     unit = str(x.attrs.get("units", ""))
     phys = plots.log10_unit(unit)
-    title = f"posterior of x, observation {observation}"
+    title = f"posterior of {var}, observation {observation}"
     draws = np.asarray(x.transpose("draw", *dims).values, dtype=float)
+    # a facies indicator: the posterior mean is the probability of facies 1
+    binary = bool(np.isin(draws, (0.0, 1.0)).all())
+    mean_title = f"P({var} = 1)" if binary else "posterior mean"
     true = None if truth is None else np.asarray(truth.transpose(*dims).values, dtype=float)
     if len(dims) == 2 and min(draws.shape[1:]) >= 4:  # a 2-D grid: depth (rows) x offset
         rows, row_unit = _coord(x, dims[0])
@@ -124,7 +161,7 @@ def posterior_figures(
         panels: dict[str, np.ndarray] = {}
         if true is not None:
             panels["truth"] = true
-        panels["posterior mean"] = draws.mean(0)
+        panels[mean_title] = draws.mean(0)
         panels["posterior sd"] = draws.std(0)
         panels.update(extra_panels or {})
         for k in range(min(3, draws.shape[0])):
@@ -139,7 +176,7 @@ def posterior_figures(
             extent=(left, right, bottom, top),
             xlabel=_label(dims[1], col_unit),
             ylabel=_label(dims[0], row_unit),
-            units={t: _label("x", unit) for t in panels},
+            units={t: _label(var, unit) for t in panels},
             shared=[t for t in panels if not t.endswith(" sd")],
             sources=sources,
             receivers=receivers,
@@ -149,7 +186,7 @@ def posterior_figures(
             np.asarray(rows, dtype=float),
             draws[:, :, mid],
             truth=None if true is None else true[:, mid],
-            xlabel=_label("x", unit),
+            xlabel=_label(var, unit),
             depth_label=_label(dims[0], row_unit),
             title=f"{title}, column {dims[1]} = {cols[mid]:g} {col_unit}".rstrip(),
         )
@@ -157,7 +194,7 @@ def posterior_figures(
     if len(dims) == 1 and dims[0] == "depth":
         depth, depth_unit = _coord(x, "depth")
         attrs = x["depth"].attrs if "depth" in x.coords else {}
-        value_label = _label("x", phys if phys is not None else unit)
+        value_label = _label(var, phys if phys is not None else unit)
         if attrs.get("cell_position") == "top" and attrs.get("half_space") == "last":
             fig = plots.layered_profile_figure(
                 np.asarray(depth, dtype=float),
@@ -173,13 +210,13 @@ def posterior_figures(
                 np.asarray(depth, dtype=float),
                 draws,
                 truth=true,
-                xlabel=_label("x", unit),
+                xlabel=_label(var, unit),
                 depth_label=_label("depth", depth_unit),
                 title=title,
             )
         return {"posterior": fig}
     fig = plots.bands_figure(
-        x, reference=truth, reference_label="truth", value_name="x", title=title
+        x, reference=truth, reference_label="truth", value_name=var, title=title
     )
     return {"posterior": fig}
 
@@ -225,12 +262,13 @@ def write_report(
 ) -> list[Path]:
     """Write the uncertainty report of a posterior file into ``out_dir``.
 
-    Files: ``summary.csv`` (``az.summary`` of ``x`` with mean, sd and 90% HDI, no MCMC
-    diagnostics since the draws are independent), ``misfit.csv``
+    Files: ``summary.csv`` (``az.summary`` of ``x`` and its derived quantities with mean, sd
+    and 90% HDI, no MCMC diagnostics since the draws are independent), ``misfit.csv``
     (:func:`inference.diagnostics.ppc.run_ppc`: noise-whitened chi-squared per datum when the
     file holds the noise, else RMSE in the units of ``y``, said in its columns), and per
     observation (up to ``max_observations``): ``posterior_obsK.png`` (and ``profile_obsK.png``
-    for a 2-D grid; :func:`posterior_figures`), ``predictive_obsK.png``
+    for a 2-D grid; :func:`posterior_figures`; ``posterior_<name>_obsK.png`` and
+    ``profile_<name>_obsK.png`` for each derived quantity), ``predictive_obsK.png``
     (:func:`predictive_figure`) and ``latent_pairs_obsK.png`` (seaborn pair plot of up to 4
     latent dims).
 
@@ -258,7 +296,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    table = summary(idata, ("x",), hdi_prob=0.9)
+    derived = derived_variables(idata)
+    table = summary(idata, ("x", *derived), hdi_prob=0.9)
     with atomic_path(out / "summary.csv") as tmp:
         table.to_csv(tmp)
     written.append(out / "summary.csv")
@@ -270,6 +309,9 @@ def write_report(
     for m in range(min(_num_observations(idata), max_observations)):
         for name, fig in posterior_figures(idata, m).items():
             written.append(plots.save_figure(fig, out / f"{name}_obs{m}.png"))
+        for var in derived:
+            for name, fig in posterior_figures(idata, m, var=var).items():
+                written.append(plots.save_figure(fig, out / f"{name}_{var}_obs{m}.png"))
         predictive = predictive_figure(idata, m)
         if predictive is not None:
             written.append(plots.save_figure(predictive, out / f"predictive_obs{m}.png"))

@@ -23,6 +23,7 @@ from ppl_cvae.problems.base import (
     Problem,
     coord_attrs_of,
     data_units,
+    derived_quantities,
     extra_coords_of,
     noise_covariance,
     noise_scale,
@@ -66,7 +67,8 @@ def sample_posterior(
     num_samples : int, default 1000
         Draws per observation.
     problem : Problem, optional
-        Supplies dims/coords and the forward operator for ``posterior_predictive``.
+        Supplies dims/coords, the forward operator for ``posterior_predictive`` and the derived
+        quantities of ``x`` (``problem.derived``, e.g. the slowness of facies draws).
     x_true : Tensor, same leading layout as ``y`` with event shape x_shape, optional
         Stored in ``constant_data`` for plots and coverage.
     decoder_noise : bool, optional
@@ -82,9 +84,10 @@ def sample_posterior(
     Returns
     -------
     arviz.InferenceData
-        Groups ``posterior`` (``x``: ``(chain=1, draw=S, [observation,] *x_dims)``; ``z``),
-        ``observed_data`` (``y``), and ``posterior_predictive`` / ``constant_data`` when
-        available. See :mod:`inference.arviz_io`.
+        Groups ``posterior`` (``x``: ``(chain=1, draw=S, [observation,] *x_dims)``; ``z``;
+        the problem's derived quantities of ``x`` on the dims of ``x``), ``observed_data``
+        (``y``), and ``posterior_predictive`` / ``constant_data`` (``x_true`` and its derived
+        quantities as ``<name>_true``) when available. See :mod:`inference.arviz_io`.
 
     Raises
     ------
@@ -92,7 +95,8 @@ def sample_posterior(
         If ``y`` or ``x_true`` have the wrong shape.
     ConfigError, DataError
         As :func:`~inference.posterior.draw_posterior`; ConfigError also when ``refine`` is
-        given without a problem.
+        given without a problem, or the problem's ``derived`` returns something malformed
+        (:func:`ppl_cvae.problems.base.derived_quantities`).
 
     References
     ----------
@@ -166,6 +170,9 @@ def sample_posterior(
         cov = noise_covariance(problem)
         if bool((cov - torch.diag(cov.diagonal())).abs().max() > 0):
             noise_cov = cov
+    with torch.no_grad():
+        derived = derived_quantities(problem, draws.x)
+        derived_true = derived_quantities(problem, x_true_batch) if x_true_batch is not None else {}
     return to_inference_data(
         draws.x,
         draws.z,
@@ -183,6 +190,8 @@ def sample_posterior(
         coord_attrs=coord_attrs_of(problem),
         noise_sd=noise_sd,
         noise_cov=noise_cov,
+        derived=derived,
+        derived_true=derived_true,
     )
 
 
@@ -320,6 +329,9 @@ def sample_posterior_to_netcdf(
     stored = 4 * num_obs * (cvae.config.x_dim + cvae.config.latent_dim)
     if problem is not None:
         stored += 4 * num_obs * math.prod(y_shape)
+        with torch.no_grad():  # derived quantities of x: one x-sized variable each
+            num_derived = len(derived_quantities(problem, torch.zeros(1, *cvae.config.x_shape)))
+        stored += 4 * num_obs * cvae.config.x_dim * num_derived
     file_bytes = stored * num_samples
     free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
     if file_bytes > free:

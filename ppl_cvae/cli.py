@@ -51,6 +51,7 @@ MODEL_FLAGS = {
     "noise_rank": "noise_rank",
     "flow_layers": "flow_layers",
     "flow_bins": "flow_bins",
+    "num_facies": "num_facies",
 }
 TRAIN_FLAGS = {
     "epochs": "num_epochs",
@@ -518,6 +519,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if "chi2_per_datum" in metrics:
         summary += f"; chi2 per datum: {metrics['chi2_per_datum']:.3f}"
+    if "facies" in metrics:
+        facies = metrics["facies"]
+        summary += (
+            f"; facies accuracy of the posterior mode: {facies['mode_accuracy']:.3f}, "
+            f"reliability max deviation: {facies['reliability']['max_deviation']:.3f}"
+        )
     print(f"{summary} ({metrics['num_observations']} held-out pairs); wrote {out}")
     return 0
 
@@ -720,6 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise-rank",
         type=_count(1),
         help="rank of the learned noise covariance factor of gaussian_lowrank (default 8)",
+    )
+    fit_p.add_argument(
+        "--num-facies",
+        type=_count(2),
+        help="classes K of --likelihood categorical (x holds facies codes 0..K-1; default 2)",
     )
     fit_p.add_argument(
         "--y-embedding",

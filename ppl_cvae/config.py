@@ -56,6 +56,7 @@ LIKELIHOODS = (
     "gaussian_lowrank",
     "gaussian_full",
     "bernoulli",
+    "categorical",
     "flow",
 )
 NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_network adds more
@@ -221,17 +222,18 @@ class ModelConfig(_DictMixin):
         with ``flow_layers`` spline layers: a multimodal ``p(z | y)``); an unconditional VAE
         must use ``"standard_normal"``.
     likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", \
-"gaussian_full", "bernoulli", "flow"}
+"gaussian_full", "bernoulli", "categorical", "flow"}
         Observation model of ``x`` given ``z, y``: Gaussian with one learned scale per output
         element; Gaussian whose scale the decoder predicts; Gaussian with ``fixed_scale``;
         Gaussian with a learned low-rank-plus-diagonal covariance ``W W^T + diag(d^2)`` of
         rank ``noise_rank`` (``LowRankMultivariateNormal``: correlated decoder noise, which
         can put its spread where the data leave ``x`` free); Gaussian with a learned full
         covariance ``L L^T`` (``L`` a Cholesky factor; at most :data:`MAX_FULL_NOISE`
-        elements of ``x``); Bernoulli (binary ``x``, e.g.
-        facies or binarised images); or a conditional normalising flow on the standardised
-        ``x`` given ``(z, y)`` (:class:`~ppl_cvae.nets.ConditionalFlow`; for a small
-        ``prod(x_shape)``: a draw costs ``prod(x_shape)`` network passes per layer; with
+        elements of ``x``); Bernoulli (binary ``x``, e.g. two facies or binarised images);
+        categorical (``x`` holds facies codes ``0 .. num_facies - 1``, one of ``num_facies``
+        classes per element; see ``num_facies``); or a conditional normalising flow on the
+        standardised ``x`` given ``(z, y)`` (:class:`~ppl_cvae.nets.ConditionalFlow`; for a
+        small ``prod(x_shape)``: a draw costs ``prod(x_shape)`` network passes per layer; with
         ``basis_dim`` the flow is on the basis coefficients instead).
     fixed_scale : float, default 0.1
         Standard deviation of ``x`` for ``likelihood="gaussian_fixed"``, in units of ``x``.
@@ -246,6 +248,12 @@ class ModelConfig(_DictMixin):
         the diagonal Gaussian.
     flow_bins : int, default 10
         Bins of each rational-quadratic spline, in [2, 256].
+    num_facies : int, default 2
+        Number of classes ``K`` of ``likelihood="categorical"`` (read by no other
+        likelihood), in [2, MAX_WIDTH]: the decoder outputs ``K`` logits per element of ``x``
+        and ``x`` holds integer codes ``0 .. K - 1`` stored as floats (float32 like every
+        ``x``; draws come back as float codes). For two facies ``"bernoulli"`` is the same
+        model with one logit per element.
     scale_gain : float, default 10.0
         Gain of the learned log-scale for ``likelihood="gaussian"``: the scale is
         ``exp(scale_gain * raw) + floor``, so one optimiser step moves the log-scale by about
@@ -283,9 +291,9 @@ class ModelConfig(_DictMixin):
 
     - ``prod(x_shape)`` and ``prod(y_shape)`` at most :data:`MAX_ELEMENTS` (``2**24``), with at
       most :data:`MAX_EVENT_DIMS` (16) axes each;
-    - every entry of ``hidden_dims`` and ``conv_channels``, ``latent_dim``, ``feature_dim`` and
-      ``basis_dim`` at most :data:`MAX_WIDTH` (``2**20``); at most :data:`MAX_LAYERS` (64)
-      entries in ``hidden_dims`` and in ``conv_channels``.
+    - every entry of ``hidden_dims`` and ``conv_channels``, ``latent_dim``, ``feature_dim``,
+      ``basis_dim`` and ``num_facies`` at most :data:`MAX_WIDTH` (``2**20``); at most
+      :data:`MAX_LAYERS` (64) entries in ``hidden_dims`` and in ``conv_channels``.
 
     The number of parameters is a property of the whole network, not of one field; it is
     checked by :func:`check_model_size` (at most :data:`MAX_PARAMETERS`, ``2**28``) and
@@ -309,6 +317,7 @@ class ModelConfig(_DictMixin):
         "gaussian_lowrank",
         "gaussian_full",
         "bernoulli",
+        "categorical",
         "flow",
     ] = "gaussian"
     fixed_scale: float = 0.1
@@ -321,6 +330,7 @@ class ModelConfig(_DictMixin):
     noise_rank: int = 8
     flow_layers: int = 5
     flow_bins: int = 10
+    num_facies: int = 2
 
     def __post_init__(self) -> None:
         # types first: every later comparison may then assume them (a checkpoint can hold
@@ -398,8 +408,10 @@ class ModelConfig(_DictMixin):
                     f"basis_dim must be an integer in [1, {min(self.x_dim, MAX_WIDTH)}], "
                     f"got {_show(self.basis_dim)}"
                 )
-            if self.likelihood == "bernoulli":
-                raise ConfigError("a linear decoder basis needs a Gaussian likelihood")
+            if self.likelihood in ("bernoulli", "categorical"):
+                raise ConfigError(
+                    f"a linear decoder basis needs a Gaussian likelihood, not {self.likelihood!r}"
+                )
             if self.linear_skip:
                 raise ConfigError("linear_skip does not apply to a basis decoder (basis_dim)")
         elif self.constrained_coefficients:
@@ -430,6 +442,11 @@ class ModelConfig(_DictMixin):
             raise ConfigError(
                 f"likelihood='gaussian_full' needs prod(x_shape) <= {MAX_FULL_NOISE} "
                 f"(MAX_FULL_NOISE), got {self.x_dim}: use gaussian_lowrank for a larger x"
+            )
+        if not _is_int(self.num_facies) or not 2 <= self.num_facies <= MAX_WIDTH:
+            raise ConfigError(
+                f"num_facies must be an integer in [2, {MAX_WIDTH}] (classes of the categorical "
+                f"likelihood), got {_show(self.num_facies)}"
             )
         if self.likelihood == "gaussian_lowrank" and self.noise_rank > self.x_dim:
             raise ConfigError(
@@ -571,6 +588,7 @@ class ModelOverrides(TypedDict, total=False):
         "gaussian_lowrank",
         "gaussian_full",
         "bernoulli",
+        "categorical",
         "flow",
     ]
     fixed_scale: float
@@ -583,6 +601,7 @@ class ModelOverrides(TypedDict, total=False):
     noise_rank: int
     flow_layers: int
     flow_bins: int
+    num_facies: int
 
 
 class TrainOverrides(TypedDict, total=False):

@@ -127,6 +127,8 @@ def _drop_state(key):
         (_set("model_config", "fixed_scale", math.inf), "fixed_scale must be a finite number"),
         (_set("model_config", "linear_skip", "yes"), "linear_skip must be True or False"),
         (_set("model_config", "activation", ["relu"]), "activation must be a string"),
+        (_set("model_config", "num_facies", 1), r"num_facies must be an integer in \[2,"),
+        (_set("model_config", "num_facies", "3"), "num_facies must be an integer"),
         (_set("model_config", "x_shape", torch.tensor([3])), r"\[.x_shape.\] holds a Tensor"),
         (_set("state_dict", [1]), "state_dict must be a dict, got list"),
         (
@@ -194,6 +196,45 @@ def test_save_refuses_nan_weights_and_keeps_the_old_file(tmp_path):
     with pytest.raises(CheckpointError, match="raw_scale hold NaN or inf"):
         save_checkpoint(target, cvae)
     assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize(("likelihood", "num_facies"), [("bernoulli", 2), ("categorical", 3)])
+def test_facies_run_round_trip(tmp_path, likelihood, num_facies):
+    problem = make_problem(
+        "crosshole",
+        prior="channels",
+        num_depth_cells=6,
+        num_offset_cells=5,
+        num_sources=3,
+        num_receivers=3,
+    )
+    x, y = problem.simulate(64, torch.Generator().manual_seed(0))
+    cfg = ModelConfig(
+        x_shape=problem.x_shape,
+        y_shape=problem.y_shape,
+        latent_dim=2,
+        hidden_dims=(8,),
+        likelihood=likelihood,
+        num_facies=num_facies,
+        linear_skip=True,
+    )
+    cvae = build_cvae(cfg, x, y, problem=problem)
+    fit(cvae, x, y, TrainConfig(num_epochs=1, batch_size=32), progress=False)
+    save_checkpoint(tmp_path / "model.pt", cvae, problem=problem)
+    loaded, meta = load_checkpoint(tmp_path)
+    assert loaded.config == cvae.config and loaded.config.num_facies == num_facies
+    assert meta["problem"].spec() == problem.spec()
+    a = draw_posterior(cvae, y[:3], 20, seed=7, problem=problem)
+    b = draw_posterior(loaded, y[:3], 20, seed=7, problem=meta["problem"])
+    assert torch.equal(a.x, b.x) and torch.equal(a.x_mean, b.x_mean)
+    assert set(a.x.unique().tolist()) <= set(map(float, range(num_facies)))
+
+
+def test_checkpoint_from_before_num_facies_loads(tmp_path):
+    payload = _tiny_payload(tmp_path)
+    del payload["model_config"]["num_facies"]  # written before the field existed
+    loaded, _ = load_checkpoint(_forge(tmp_path, payload))
+    assert loaded.config.num_facies == 2
 
 
 def test_registry_problem_is_rebuilt_and_problem_error_is_none(tmp_path):

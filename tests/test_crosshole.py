@@ -244,9 +244,10 @@ def test_channel_prior_values_fraction_and_seeding(seed: int) -> None:
     p = Crosshole(prior="channels")
     x = p.sample_prior(400, _gen(seed))
     assert x.shape == (400, 32, 32) and x.dtype == torch.float32
+    assert torch.all((x == 0) | (x == 1))  # the facies indicator
     cs, bg = torch.tensor(1 / 2400), torch.tensor(1 / 1800)  # float32 like the fields
-    assert torch.all((x == cs) | (x == bg))
-    frac = (x == cs).double().mean((1, 2))
+    assert torch.equal(p.slowness_of(x), torch.where(x == 1, cs, bg))
+    frac = x.double().mean((1, 2))
     # every field has >= 1 channel crossing the section and never fills it; channel widths are
     # 0.08-0.2 of the 31 m section (~14 % of the area per channel) and 1-3 channels (mean 2,
     # overlapping), so the mean fraction is ~0.28; [0.15, 0.45] is >> 4 SE (~0.02) wide
@@ -264,6 +265,59 @@ def test_channel_field_counts_vary() -> None:
     assert float(frac.std()) > 0.05  # not a constant coverage
     with pytest.raises(ConfigError, match="max_channels"):
         ChannelField((range(4), range(4)), 1.0, 0.0, max_channels=0)
+
+
+# --------------------------------------------------------------------------------------------
+# facies: the channel prior's x is the indicator, mapped to slowness inside the forward operator
+
+
+def _pair(**kwargs: object) -> tuple[Crosshole, Crosshole]:
+    """A channel-prior survey and a random-field survey of the same geometry."""
+    grid = {"num_depth_cells": 9, "num_offset_cells": 7, "num_sources": 4, "num_receivers": 5}
+    channels = Crosshole(prior="channels", **grid, **kwargs)  # type: ignore[arg-type]
+    return channels, Crosshole(prior="grf", **grid)  # type: ignore[arg-type]
+
+
+def test_facies_forward_is_the_ray_operator_of_the_mapped_slowness(seed: int) -> None:
+    channels, grf = _pair(channel_slowness=4e-4, background_slowness=6e-4)
+    facies = channels.sample_prior(6, _gen(seed)).double()
+    assert bool(((facies == 0) | (facies == 1)).all()) and bool(facies.any())
+    # the slowness written down independently of slowness_of; the GRF survey's forward is
+    # G s, so the two agree to float64 rounding of sums of <= 15 terms of 1e-3 s (1e-12 rel)
+    sand, shale = (torch.tensor(v, dtype=torch.float64) for v in (4e-4, 6e-4))
+    slowness = torch.where(facies == 1, sand, shale)
+    torch.testing.assert_close(channels.forward(facies), grf.forward(slowness), rtol=1e-12, atol=0)
+    parts = grf.linear_gaussian()
+    assert parts is not None
+    torch.testing.assert_close(
+        channels.forward(facies), slowness.reshape(6, -1) @ parts.matrix.T, rtol=1e-12, atol=0
+    )
+    # the map is affine: a channel probability p gives the expected traveltime
+    p = torch.rand(9, 7, generator=_gen(seed + 1), dtype=torch.float64)
+    expected = p.flatten() @ parts.matrix.T * 4e-4 + (1 - p).flatten() @ parts.matrix.T * 6e-4
+    torch.testing.assert_close(channels.forward(p), expected, rtol=1e-12, atol=0)
+    # negative control: the indicator itself is not a slowness
+    assert not torch.allclose(channels.forward(facies), grf.forward(facies))
+
+
+def test_facies_units_derived_slowness_and_recommendation() -> None:
+    channels, grf = _pair()
+    assert channels.units["x"] == "1" and channels.units["slowness"] == "s/m"
+    assert grf.units["x"] == "s/m" and "slowness" not in grf.units
+    x = (torch.arange(63) % 2).float().reshape(1, 9, 7)  # both facies
+    derived = channels.derived(x)
+    assert list(derived) == ["slowness"] and derived["slowness"].shape == (1, 9, 7)
+    # exact at 0 and 1: the two slownesses rounded once to float32
+    assert set(derived["slowness"].unique().tolist()) == {
+        float(torch.tensor(1 / 2400)),
+        float(torch.tensor(1 / 1800)),
+    }
+    assert grf.derived(x) == {}
+    model, _ = resolve_settings(channels)
+    assert model.likelihood == "bernoulli"
+    assert resolve_settings(grf)[0].likelihood == "gaussian"
+    with pytest.raises(ShapeError, match="depth, offset"):
+        channels.slowness_of(torch.zeros(9, 8))
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,7 +388,7 @@ def test_channel_options_reach_the_prior_and_survive_spec() -> None:
     # two straight vertical 2-m channels: every column is all sand or all shale, and the two
     # bands of 2 columns cover 2 (on top of each other) to 4 (apart) columns
     assert torch.equal(x, x[:, :1, :].expand_as(x))
-    columns = (x[:, 0, :] == torch.tensor(1 / 2400)).sum(1)
+    columns = (x[:, 0, :] == 1).sum(1)  # channel facies
     assert bool(((columns >= 2) & (columns <= 4)).all()) and bool((columns == 4).any())
     # negative control: the default channel prior of the same grid draws other fields
     default = Crosshole(prior="channels", num_depth_cells=12, num_offset_cells=10)
@@ -350,6 +404,36 @@ def test_channel_options_from_the_cli(tmp_path) -> None:
     assert main(cli + [a for arg in args for a in ("--problem-arg", arg)]) == 0
     x = torch.from_numpy(np.load(out)["x"])
     assert x.shape == (20, 12, 10) and torch.equal(x, x[:, :1, :].expand_as(x))
+
+
+def test_facies_fit_sample_diagnose_from_the_cli(tmp_path) -> None:
+    from inference.arviz_io import load_inference_data
+    from ppl_cvae.cli import main
+
+    problem = ["--problem", "crosshole", "--problem-arg", "prior=channels"]
+    for key in ("num_depth_cells", "num_offset_cells", "num_sources", "num_receivers"):
+        problem += ["--problem-arg", f"{key}=6"]
+    tiny = ["--epochs", "1", "--num-train", "128", "--hidden-dims", "8", "--latent-dim", "2"]
+    assert main(["fit", *problem, *tiny, "--quiet", "--out", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["likelihood"] == "bernoulli"  # the problem's recommendation
+    obs = tmp_path / "obs.npz"
+    assert main(["simulate", *problem, "--num", "1", "--out", str(obs)]) == 0
+    post = tmp_path / "post.nc"
+    cli = ["sample", str(tmp_path / "run"), "--observation", str(obs), "--num-samples", "10"]
+    assert main([*cli, "--out", str(post)]) == 0
+    idata = load_inference_data(post)
+    x = torch.from_numpy(idata.posterior["x"].values)
+    assert bool(((x == 0) | (x == 1)).all())
+    assert idata.posterior["slowness"].attrs["units"] == "s/m"
+    assert "slowness_true" in idata.constant_data
+    assert main(["diagnose", str(post), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "posterior_slowness_obs0.png").is_file()
+    # a categorical decoder of the same codes through --likelihood and --num-facies
+    flags = ["--likelihood", "categorical", "--num-facies", "3", "--quiet"]
+    assert main(["fit", *problem, *tiny, *flags, "--out", str(tmp_path / "run3")]) == 0
+    config = json.loads((tmp_path / "run3" / "config.json").read_text())
+    assert config["model"]["num_facies"] == 3
 
 
 def test_linear_gaussian_parts() -> None:

@@ -32,7 +32,10 @@ def test_model_and_guide_site_shapes(likelihood, network, batch):
     )
     cvae = CVAE(cfg)
     y = torch.randn(batch, 1, 50, 2)
-    x = torch.rand(batch, 1, 50, 2).round() if likelihood == "bernoulli" else torch.randn_like(y)
+    if likelihood in ("bernoulli", "categorical"):  # facies codes (num_facies = 2)
+        x = torch.rand(batch, 1, 50, 2).round()
+    else:
+        x = torch.randn_like(y)
     guide_tr = _trace(cvae.guide, y, x)
     assert guide_tr.nodes["z"]["value"].shape == (batch, 3)
     model_tr = _trace(poutine.replay(cvae.model, trace=guide_tr), y, x)
@@ -145,6 +148,65 @@ def test_trace_elbo_equals_hand_computed_elbo(kl_weight, likelihood):
     expected = -(log_px + kl_weight * (log_pz - log_q)).item()
     # float32 sums of ~20 terms of order 1: agreement to 1e-4 relative
     assert loss == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_categorical_log_prob_matches_hand_computation(skip):
+    """log p(x | z, y) = sum over cells of l_{c, x_c} - log sum_k exp(l_{c, k}), K = 3 logits."""
+    cfg = ModelConfig(
+        x_shape=(2, 2),
+        y_shape=(3,),
+        latent_dim=2,
+        hidden_dims=(8,),
+        likelihood="categorical",
+        num_facies=3,
+        linear_skip=skip,
+    )
+    cvae = CVAE(cfg)
+    if skip:  # a non-zero skip, so that its K logits per cell are tested too
+        with torch.no_grad():
+            cvae.decoder.skip.weight.normal_()
+    y = torch.randn(4, 3)
+    x = torch.tensor([0.0, 1.0, 2.0, 2.0]).expand(4, 4).reshape(4, 2, 2).contiguous()
+    z = torch.randn(4, 2)
+    tr = _trace(poutine.condition(cvae.model, data={"z": z}), y, x)
+    assert tr.nodes["x"]["fn"].event_shape == (2, 2)
+    log_px = tr.nodes["x"]["fn"].log_prob(x)  # (4,)
+    with torch.no_grad():
+        logits, _ = cvae.decoder(z, cvae.y_standardiser(y))  # (4, 2, 2, 3)
+    assert logits.shape == (4, 2, 2, 3)
+    expected = torch.zeros(4, dtype=torch.float64)
+    for n in range(4):
+        for i in range(2):
+            for j in range(2):
+                row = [float(v) for v in logits[n, i, j]]
+                code = int(x[n, i, j])
+                expected[n] += row[code] - math.log(sum(math.exp(v) for v in row))
+    # float32 softmax of O(1) logits (no probability near the 1e-6 clamp): 1e-5 absolute
+    assert float(logits.softmax(-1).min()) > 1e-4
+    torch.testing.assert_close(log_px.double(), expected, rtol=0, atol=1e-5)
+    # the recorded means: class probabilities and the mean code sum_k k p_k
+    probs = tr.nodes["x_probs"]["value"]
+    torch.testing.assert_close(probs, logits.softmax(-1))
+    torch.testing.assert_close(tr.nodes["x_mean"]["value"], probs[..., 1] + 2 * probs[..., 2])
+    # draws are float codes in 0..K-1
+    drawn = _trace(cvae.model, y).nodes["x"]["value"]
+    assert drawn.dtype == torch.float32 and set(drawn.unique().tolist()) <= {0.0, 1.0, 2.0}
+    with_f = CVAE(cfg, forward_operator=lambda v: v.flatten(start_dim=-2)[..., :3])
+    with pytest.raises(ConfigError, match="not defined for likelihood 'categorical'"):
+        with_f.model(y, x, physics_weight=1.0)
+
+
+def test_categorical_config_checks():
+    with pytest.raises(ConfigError, match="num_facies must be an integer in"):
+        ModelConfig(x_shape=(2,), y_shape=(3,), likelihood="categorical", num_facies=1)
+    with pytest.raises(ConfigError, match="num_facies"):
+        ModelConfig(x_shape=(2,), y_shape=(3,), num_facies=2.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Gaussian likelihood, not 'categorical'"):
+        ModelConfig(x_shape=(2,), y_shape=(3,), likelihood="categorical", basis_dim=1)
+    cvae = CVAE(ModelConfig(x_shape=(2,), y_shape=(3,), likelihood="categorical", num_facies=4))
+    with pytest.raises(ValueError, match="x"):  # code 4 is outside 0..3 (Pyro validation)
+        Trace_ELBO().loss(cvae.model, cvae.guide, torch.zeros(1, 3), torch.tensor([[4.0, 0.0]]))
 
 
 def test_physics_term_adds_weighted_chi_squared():

@@ -82,6 +82,21 @@ class _CoefficientsToX(Transform):
 _INSTANCE_COUNTER = itertools.count()
 
 
+class _FaciesCategorical(dist.Categorical):
+    """``Categorical`` whose draws are float codes (``x`` is float everywhere in the package).
+
+    ``log_prob`` accepts float codes as it is (torch casts them with ``.long()``), and the
+    support check ``integer_interval(0, K - 1)`` holds for integral floats.
+    """
+
+    def sample(
+        self,
+        sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size(),  # noqa: B008
+    ) -> torch.Tensor:
+        """Draw class codes ``0 .. K-1`` as floats in the dtype of the probabilities."""
+        return super().sample(sample_shape).to(self.probs.dtype)
+
+
 class CVAE(nn.Module):
     """Conditional variational autoencoder with a Pyro ``model`` and amortized ``guide``.
 
@@ -136,14 +151,25 @@ class CVAE(nn.Module):
     - ``gaussian_lowrank``: ``LowRankMultivariateNormal(m(z, y), W W^T + diag(s^2))``;
     - ``gaussian_full``: ``MultivariateNormal(m(z, y), scale_tril=L)``, a learned Cholesky
       factor ``L`` of any noise covariance;
-    - ``bernoulli``: ``Bernoulli(logits=l(z, y))``;
+    - ``bernoulli``: ``Bernoulli(logits=l(z, y))`` (two facies: ``x`` in {0, 1});
+    - ``categorical``: ``Categorical(logits=l(z, y))`` over ``K = num_facies`` classes per
+      element (``x`` holds the facies codes ``0 .. K-1`` as floats; Laloy et al. 2018 and
+      Lopez-Alvis et al. 2021 generate such discrete geology with deep generative models);
     - ``flow``: a conditional normalising flow on the standardised ``x`` whose context is the
       decoder's first layer ``h(z, y)`` (:class:`~ppl_cvae.nets.ConditionalFlow`).
 
+    For ``bernoulli`` and ``categorical`` every element is independent given ``(z, y)``; the
+    spatial structure of a facies field comes from ``z``. Probabilities are clamped to
+    ``[1e-6, 1 - 1e-6]`` (then renormalised for ``categorical``), which bounds the
+    log-likelihood of one element below by ``log(1e-6)``.
+
     The site ``"x_mean"`` (deterministic) records the decoder mean, so posterior draws can use
-    either the decoder's noise (site ``"x"``) or its mean. For a flow it records the flow's
-    image of its base mean (a representative point, not the mean), and only when ``x`` is
-    sampled (it costs ``prod(x_shape)`` network passes per flow layer).
+    either the decoder's noise (site ``"x"``) or its mean: for ``bernoulli`` it is the facies
+    probability ``P(x = 1 | z, y)``, for ``categorical`` the mean code ``sum_k k p_k`` (a
+    categorical model also records the class probabilities ``p_k`` at site ``"x_probs"``,
+    shape ``(batch, *x_shape, K)``). For a flow it records the flow's image of its base mean
+    (a representative point, not the mean), and only when ``x`` is sampled (it costs
+    ``prod(x_shape)`` network passes per flow layer).
 
     No latent (``latent_dim=0``, flow decoder only): the model is ``x ~ p_theta(x | y)``, the
     guide has no sample site, and ``Trace_ELBO`` is the negative log-likelihood of the
@@ -161,6 +187,12 @@ class CVAE(nn.Module):
     Kingma and Welling (2014), Auto-Encoding Variational Bayes, arXiv:1312.6114.
     Sohn, Lee and Yan (2015), Learning Structured Output Representation using Deep Conditional
     Generative Models, NeurIPS.
+    Laloy, Herault, Jacques and Linde (2018), Training-image based geostatistical inversion
+    using a spatial generative adversarial neural network, Water Resources Research 54, 381,
+    doi:10.1002/2017WR022148.
+    Lopez-Alvis, Laloy, Nguyen and Hermans (2021), Deep generative models in inversion: the
+    impact of the generator's nonlinearity and development of a new approach based on a
+    variational autoencoder, Computers & Geosciences 152, 104762.
     Gabbard et al. (2022), Bayesian parameter estimation using conditional variational
     autoencoders for gravitational-wave astronomy, Nature Physics 18, 112 (VItamin).
 
@@ -407,9 +439,11 @@ class CVAE(nn.Module):
         Returns
         -------
         mean : Tensor, shape (*sample, batch, *x_shape)
-            Decoder mean in physical units (for Bernoulli: the probability).
+            Decoder mean in physical units (for Bernoulli: the probability of ``x = 1``); for
+            ``categorical`` the class probabilities, shape ``(*sample, batch, *x_shape, K)``
+            (their last axis sums to 1).
         scale : Tensor, shape (*sample, batch, *x_shape) or None
-            Standard deviation in physical units (``None`` for Bernoulli).
+            Standard deviation in physical units (``None`` for Bernoulli and categorical).
 
         Raises
         ------
@@ -423,6 +457,8 @@ class CVAE(nn.Module):
             mean = self.x_from_coefficients(self.coef_mean + self.coef_std * loc)
         elif cfg.likelihood == "bernoulli":
             return torch.sigmoid(loc), None
+        elif cfg.likelihood == "categorical":
+            return torch.softmax(loc, dim=-1), None
         else:
             mean = xs.inverse(loc)
         if scale is None:  # gaussian_fixed: a fixed scale in physical units
@@ -447,8 +483,9 @@ class CVAE(nn.Module):
         distribution : pyro.distributions.TorchDistribution
             Batch shape ``(*sample, batch)``, event shape ``x_shape``; ``log_prob`` in nats.
         location : Tensor, shape (*sample, batch, *x_shape), or None
-            The decoder mean (for Bernoulli the probability; for a flow the image of the base
-            mean); None when ``location`` is False and the decoder is a flow.
+            The decoder mean (for Bernoulli the probability; for categorical the class
+            probabilities, shape ``(*sample, batch, *x_shape, K)``; for a flow the image of the
+            base mean); None when ``location`` is False and the decoder is a flow.
         """
         if self.config.likelihood != "flow":
             mean, scale = self.decode(z, y)
@@ -481,6 +518,8 @@ class CVAE(nn.Module):
         n_event = len(x_shape)
         if scale is None:
             eps = 1e-6
+            if self.config.likelihood == "categorical":  # mean: class probabilities (..., K)
+                return _FaciesCategorical(probs=mean.clamp(eps, 1 - eps)).to_event(n_event)
             return dist.Bernoulli(probs=mean.clamp(eps, 1 - eps)).to_event(n_event)
         factor = self.noise_factor()
         tril = self.decoder.scale_tril()
@@ -491,9 +530,9 @@ class CVAE(nn.Module):
             flat = dist.MultivariateNormal(mean.reshape(*batch, -1), scale_tril=tril_x)
         elif factor is None:
             return dist.Normal(mean, scale).to_event(n_event)
-        # the diagonal is global (one value per element), so it is passed without the batch
-        # axes: torch then forms the (rank x rank) capacitance matrix once, not per draw
         else:
+            # the diagonal is global (one value per element), so it is passed without the batch
+            # axes: torch then forms the (rank x rank) capacitance matrix once, not per draw
             std = self.x_standardiser.std
             diag = (self.decoder.diagonal_scale() * std).reshape(-1).pow(2)
             flat = dist.LowRankMultivariateNormal(mean.reshape(*batch, -1), factor, diag)
@@ -558,8 +597,8 @@ class CVAE(nn.Module):
         ShapeError
             If ``y`` or ``x`` do not have the configured event shapes or batch sizes differ.
         ConfigError
-            If ``physics_weight > 0`` but the model has no forward operator, or
-            ``gsnn_weight > 0`` for a model without a latent.
+            If ``physics_weight > 0`` but the model has no forward operator or its likelihood
+            is ``categorical``, or ``gsnn_weight > 0`` for a model without a latent.
         """
         batch = self.check_inputs(y, x)
         with pyro.plate("batch", batch):
@@ -571,8 +610,13 @@ class CVAE(nn.Module):
                 z = pyro.deterministic("z", empty, event_dim=1)
             want_mean = x is None or physics_weight > 0
             x_dist, mean = self.x_distribution(z, y, location=want_mean)
+            n_event = len(self.config.x_shape)
+            if mean is not None and self.config.likelihood == "categorical":
+                pyro.deterministic("x_probs", mean, event_dim=n_event + 1)  # class probabilities
+                codes = torch.arange(mean.shape[-1], dtype=mean.dtype, device=mean.device)
+                mean = mean @ codes  # the mean code, sum_k k p_k
             if mean is not None:
-                pyro.deterministic("x_mean", mean, event_dim=len(self.config.x_shape))
+                pyro.deterministic("x_mean", mean, event_dim=n_event)
             if gsnn_weight > 0 and x is not None:
                 if self.config.latent_dim == 0:
                     raise ConfigError("gsnn_weight > 0 needs a latent (latent_dim >= 1)")
@@ -586,6 +630,11 @@ class CVAE(nn.Module):
                 if self.forward_operator is None or y is None or y_shape is None:
                     raise ConfigError(
                         "physics_weight > 0 needs a conditional model with a forward operator"
+                    )
+                if self.config.likelihood == "categorical":
+                    raise ConfigError(
+                        "physics_weight > 0 is not defined for likelihood 'categorical' (F of "
+                        "the mean code is not the mean of F); use 0, or 'bernoulli' for two facies"
                     )
                 resid = (self.forward_operator(mean) - y) / self.misfit_std
                 chi2 = resid.pow(2).flatten(start_dim=resid.dim() - len(y_shape)).sum(-1)
@@ -632,7 +681,10 @@ class CVAE(nn.Module):
         False for a basis decoder with a Gaussian noise: its mean lies in the span of the
         basis by construction (for Two Birds: straight lines), while elementwise Gaussian noise
         would leave it; the noise is then a training device that absorbs the misfit. True
-        otherwise (a flow on the basis coefficients stays in the span).
+        otherwise (a flow on the basis coefficients stays in the span), in particular for
+        ``bernoulli`` and ``categorical``: a facies posterior draw must be a facies field
+        (codes), which the decoder's noise provides; the decoder mean (site ``"x_mean"``, the
+        facies probability for ``bernoulli``) is not a draw.
         """
         return self.config.basis_dim is None or self.config.likelihood == "flow"
 

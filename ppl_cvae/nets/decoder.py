@@ -23,6 +23,7 @@ DECODER_LIKELIHOODS = (
     "gaussian_full",
     "bernoulli",
     "flow",
+    "categorical",
 )
 
 
@@ -32,7 +33,8 @@ class Decoder(nn.Module):
     The first layer ``h = act(W_z z + W_y f_y(y) + b)``
     (:class:`~ppl_cvae.nets.ConditionalInput`) feeds a body that outputs, per element of
     ``x``, the location (or Bernoulli logit) and, for ``likelihood="gaussian_decoder"``, a raw
-    scale; or, for a basis decoder, ``basis_dim`` coefficients of a fixed linear basis.
+    scale, or for ``likelihood="categorical"`` ``K`` class logits; or, for a basis decoder,
+    ``basis_dim`` coefficients of a fixed linear basis.
 
     Parameters
     ----------
@@ -42,17 +44,19 @@ class Decoder(nn.Module):
     body : nn.Module
         ``h -> (*sample, batch, prod(x_shape) * num_params)`` or
         ``(*sample, batch, *x_shape, num_params)``; for a basis decoder
-        ``(*sample, batch, basis_dim)``. ``num_params`` is 2 for ``gaussian_decoder``, else 1.
+        ``(*sample, batch, basis_dim)``. ``num_params`` is 2 for ``gaussian_decoder``, ``K``
+        (the number of classes) for ``categorical``, else 1.
     x_shape : tuple of int
         Event shape of ``x``.
     likelihood : {"gaussian", "gaussian_decoder", "gaussian_fixed", "gaussian_lowrank", \
-"gaussian_full", "bernoulli", "flow"}
+"gaussian_full", "bernoulli", "categorical", "flow"}
         Which scale the decoder provides (see Returns of :meth:`forward`).
     y_encoder : nn.Module, optional
         Feature encoder of the standardised ``y`` (None for an unconditional VAE).
     skip : nn.Linear, optional
         Linear map ``prod(y_shape) -> prod(x_shape)`` of the standardised ``y`` added to the
-        location (or logit); initialised at zero by the builder.
+        location (or logit), ``prod(y_shape) -> prod(x_shape) * K`` for ``categorical`` (added
+        to the ``K`` logits); initialised at zero by the builder.
     scale_body : nn.Module, optional
         For a basis decoder with ``gaussian_decoder``: ``h -> (*sample, batch, prod(x_shape))``
         raw scales.
@@ -84,7 +88,9 @@ class Decoder(nn.Module):
     where the scale is ``init_scale``: a small start makes the reconstruction term use ``z``
     before the noise absorbs the spread, Bowman et al. 2016); ``gaussian_decoder``:
     ``softplus(raw(z, y)) + SCALE_FLOOR``; ``gaussian_fixed`` and ``bernoulli``: none (the model
-    sets a fixed physical scale, or has no scale). ``gaussian_lowrank`` adds the factor ``W`` of
+    sets a fixed physical scale, or has no scale); ``categorical``: none (the logits are the
+    whole distribution: ``softmax`` over the last axis gives the class probabilities).
+    ``gaussian_lowrank`` adds the factor ``W`` of
     shape ``(prod(x_shape), noise_rank)`` (:meth:`noise_factor`): noise ``W e + d * eps`` with
     ``e ~ N(0, I_rank)``, ``eps ~ N(0, I)``, the same for every ``(z, y)`` (a factor-analysis
     noise model, Bishop 2006, sec. 12.2.4). It starts at ``0.01`` times a standard normal draw:
@@ -171,11 +177,12 @@ class Decoder(nn.Module):
         -------
         loc : Tensor, shape (*sample, batch, *x_shape) or (*sample, batch, basis_dim)
             Standardised location (the logit for ``bernoulli``), or the standardised basis
-            coefficients for a basis decoder.
+            coefficients for a basis decoder; for ``categorical`` the class logits, shape
+            ``(*sample, batch, *x_shape, K)``.
         scale : Tensor, shape (*sample, batch, *x_shape) or (*x_shape,), or None
             Standardised scale: per element for ``gaussian`` (broadcasts; for
             ``gaussian_lowrank`` the diagonal part ``d``), per draw for ``gaussian_decoder``;
-            None for ``gaussian_fixed`` and ``bernoulli``.
+            None for ``gaussian_fixed``, ``bernoulli`` and ``categorical``.
         """
         if self.flow is not None:
             raise ConfigError("a flow decoder has no (loc, scale); use flow_distribution()")
@@ -188,6 +195,12 @@ class Decoder(nn.Module):
                 raw = self.scale_body(h).reshape(*batch, *self.x_shape)
         else:
             params = self.body(h).reshape(*batch, *self.x_shape, -1)
+            if self.likelihood == "categorical":  # K logits per element, all of them the loc
+                loc = params
+                if self.skip is not None and y_std is not None:
+                    skip = self.skip(y_std.flatten(start_dim=1))
+                    loc = loc + skip.reshape(-1, *self.x_shape, params.shape[-1])
+                return loc, None
             loc = params[..., 0]
             if self.skip is not None and y_std is not None:
                 skip = self.skip(y_std.flatten(start_dim=1)).reshape(-1, *self.x_shape)

@@ -229,13 +229,15 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
     dec_y, dec_y_width = y_encoder()
     width = _first_width(config)
     input_layer = blocks.ConditionalInput(config.latent_dim, dec_y_width, width, config.activation)
+    # parameters per element of x: loc and raw scale; K class logits; or one loc / logit
+    num_params = {"gaussian_decoder": 2, "categorical": config.num_facies}.get(config.likelihood, 1)
     skip = None
     if config.linear_skip and y_shape is not None:
         # zero at the start: the part of E[x | y] linear in y needs no hidden layer
-        skip = nn.Linear(math.prod(y_shape), config.x_dim)
+        skip_width = config.x_dim * (num_params if config.likelihood == "categorical" else 1)
+        skip = nn.Linear(math.prod(y_shape), skip_width)
         nn.init.zeros_(skip.weight)
         nn.init.zeros_(skip.bias)
-    num_params = 2 if config.likelihood == "gaussian_decoder" else 1
     scale_body = None
     x_flow = None
     body: nn.Module
@@ -245,7 +247,7 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
     elif config.basis_dim is not None:
         rest = config.hidden_dims[1:]
         body = blocks.mlp(width, rest, config.basis_dim, config.activation)
-        if num_params == 2:
+        if config.likelihood == "gaussian_decoder":
             scale_body = blocks.mlp(width, rest, config.x_dim, config.activation)
     else:
         body = family.decoder_body(config, width, num_params)

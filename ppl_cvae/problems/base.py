@@ -45,6 +45,7 @@ __all__ = [
     "sample_noise",
     "coord_attrs_of",
     "data_units",
+    "derived_quantities",
     "extra_coords_of",
     "units_of",
     "whiten",
@@ -108,6 +109,14 @@ class Problem(Protocol):
         :class:`~ppl_cvae.config.Overrides` of the config defaults for this problem (a
         ``{"model": {...}, "train": {...}}`` dict is accepted too);
         :func:`~ppl_cvae.train.resolve_settings` lays the user's settings on top.
+    derived(x) -> Mapping[str, Tensor]
+        Physical quantities computed from a model ``x`` of shape ``(*batch, *x_shape)``, each
+        of the same shape (one value per element of ``x``, on the same dims), e.g. the
+        slowness in s/m of a facies field ``x`` (``{"slowness": ...}``). Posterior files
+        carry them beside ``x`` (a variable of that name in ``posterior``, the truth's as
+        ``<name>_true`` in ``constant_data``), with the unit ``units[name]``; names must be
+        Python identifiers other than ``x``, ``y``, ``z`` and the dims and coordinates.
+        Read with :func:`derived_quantities`, which checks what it returns.
 
     Methods
     -------
@@ -313,7 +322,9 @@ def check_problem(obj: object, source: str) -> Problem:
         ints; ``x_dims`` and ``y_dims`` sequences of strings, one per axis; ``coords`` a
         mapping; ``noise_std >= 0`` and ``misfit_std > 0`` finite numbers; a per-component
         ``units["y"]`` must match one y dim (:func:`data_units`) and ``extra_coords`` name
-        dims with matching lengths (:func:`extra_coords_of`).
+        dims with matching lengths (:func:`extra_coords_of`); an optional ``derived`` must be
+        callable (what it returns is checked where it is called, by
+        :func:`derived_quantities`).
 
     Examples
     --------
@@ -364,6 +375,9 @@ def check_problem(obj: object, source: str) -> Problem:
             problems.append(
                 f"{dims_name} must name each of the {len(shape)} axes: {reprlib.repr(dims)}"
             )
+    derived = getattr(obj, "derived", None)
+    if derived is not None and not callable(derived):
+        problems.append(f"derived is {type(derived).__name__}, not callable")
     if not isinstance(values["coords"], Mapping):
         problems.append(f"coords is {type(values['coords']).__name__}, not a mapping")
     for member, bound in (("noise_std", ">= 0"), ("misfit_std", "> 0")):
@@ -696,6 +710,74 @@ def data_units(problem: Problem | None) -> tuple[str, dict[str, str]] | None:
     dim = matches[0]
     lookup = {str(k): str(v) for k, v in value.items()}
     return dim, {str(c): lookup[str(c)] for c in coords[dim]}
+
+
+_RESERVED_NAMES = ("x", "y", "z", "x_mean", "y_noise_sd", "y_noise_cov", "observation")
+
+
+def derived_quantities(problem: Problem | None, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Return the problem's derived quantities of ``x`` (``problem.derived(x)``), or ``{}``.
+
+    Parameters
+    ----------
+    problem : Problem or None
+        A problem, optionally with a ``derived`` method (see :class:`Problem`).
+    x : Tensor, shape (*batch, *x_shape)
+        Subsurface models (e.g. posterior draws ``(num_samples, M, *x_shape)``), units of
+        ``x``.
+
+    Returns
+    -------
+    dict of str to Tensor
+        ``name -> value``, each value of shape ``(*batch, *x_shape)`` (the shape of ``x``) in
+        the unit ``problem.units[name]``, in insertion order; ``{}`` without a problem or a
+        ``derived`` method.
+
+    Raises
+    ------
+    ConfigError
+        If ``derived`` does not return a mapping, a name is not a Python identifier or is
+        reserved (``x``, ``y``, ``z``, ``x_mean``, ``*_true``, a dim or a coordinate of the
+        problem), or a value is not a tensor of the shape of ``x`` (the message names it and
+        gives both shapes).
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import Crosshole
+    >>> p = Crosshole(prior="channels", num_depth_cells=4, num_offset_cells=4)
+    >>> d = derived_quantities(p, torch.ones(2, 4, 4))  # all channel: 1/2400 s/m
+    >>> list(d), tuple(d["slowness"].shape), round(float(d["slowness"][0, 0, 0]) * 2400, 6)
+    (['slowness'], (2, 4, 4), 1.0)
+    """
+    if problem is None or getattr(problem, "derived", None) is None:
+        return {}
+    values = cast(Any, problem).derived(x)
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"problem.derived(x) must return a mapping of name to tensor, got "
+            f"{type(values).__name__}"
+        )
+    taken = {*_RESERVED_NAMES, *problem.x_dims, *problem.y_dims, *problem.coords}
+    taken |= set(extra_coords_of(problem))
+    out: dict[str, torch.Tensor] = {}
+    for name, value in values.items():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ConfigError(
+                f"problem.derived(x) returned the name {name!r}; expected a Python identifier"
+            )
+        if name in taken or name.endswith("_true"):
+            raise ConfigError(
+                f"problem.derived(x) returned {name!r}, a name taken by a variable, dim or "
+                f"coordinate of the posterior file (or ending in '_true'); rename it"
+            )
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(x.shape):
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ConfigError(
+                f"problem.derived(x)[{name!r}] must be a tensor of the shape of x, "
+                f"{tuple(x.shape)}; got {got}"
+            )
+        out[name] = value
+    return out
 
 
 def extra_coords_of(problem: Problem | None) -> dict[str, tuple[str, list[Any]]]:

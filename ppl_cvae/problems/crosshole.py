@@ -12,15 +12,23 @@ traveltime of ray ``i`` is the line integral of slowness along the source-receiv
     t_i = sum_j G_ij s_j,
 
 where ``G_ij`` (m) is the exact length of ray ``i`` inside cell ``j``, computed once by a
-Siddon-style walk over the grid lines (Siddon 1985). Observations are ``y = G x + eps``,
+Siddon-style walk over the grid lines (Siddon 1985). Observations are ``y = G s(x) + eps``,
 ``eps ~ N(0, noise_std^2 I)``, with ``y`` in s. Nothing is log-transformed.
+
+The model ``x`` is the slowness itself (``s(x) = x``, s/m) under the random-field prior, and the
+facies indicator under the channel prior (0 background, 1 channel; dimensionless): the physical
+property per facies is mapped inside the forward operator,
+``s(x) = x s_channel + (1 - x) s_background``, so a CVAE generates the discrete geology and the
+slowness is a derived quantity (:meth:`Crosshole.derived`; the posterior files carry it as
+``slowness``). The map is affine, so a facies probability in [0, 1] gives the expected
+slowness and ``F`` of the probability field is the expected traveltime.
 
 Priors
 ------
-The slowness prior is a :class:`~ppl_cvae.problems.priors.GaussianRandomField` or a
-:class:`~ppl_cvae.problems.priors.ChannelField` (both in :mod:`ppl_cvae.problems.priors`), built
-from the constructor arguments; this module holds only the survey, the ray tracing and the
-forward operator.
+The prior is a :class:`~ppl_cvae.problems.priors.GaussianRandomField` of the slowness or a
+:class:`~ppl_cvae.problems.priors.ChannelField` of the facies indicator (both in
+:mod:`ppl_cvae.problems.priors`), built from the constructor arguments; this module holds only
+the survey, the ray tracing, the facies-to-slowness map and the forward operator.
 
 Coordinate convention
 ---------------------
@@ -39,6 +47,9 @@ References
 - Tarantola, A. (2005). Inverse Problem Theory and Methods for Model Parameter Estimation, SIAM.
 - Aster, R. C., Borchers, B. and Thurber, C. H. (2018). Parameter Estimation and Inverse
   Problems, 3rd ed., Elsevier (the crosshole straight-ray tomography examples).
+- Laloy, E., Herault, R., Jacques, D. and Linde, N. (2018). Training-image based geostatistical
+  inversion using a spatial generative adversarial neural network. Water Resources Research
+  54(1), 381-406. doi:10.1002/2017WR022148
 - Laloy, E., Herault, R., Lee, J., Jacques, D. and Linde, N. (2017). Inversion using a new
   low-dimensional representation of complex binary geological media based on a deep neural
   network. Advances in Water Resources 110, 387-405. doi:10.1016/j.advwatres.2017.09.029
@@ -213,14 +224,17 @@ def _borehole_depths(num: int, num_cells: int, cell_size: float) -> torch.Tensor
 
 @register_problem("crosshole")
 class Crosshole:
-    """Straight-ray crosshole traveltime tomography: slowness grid to first-arrival times.
+    """Straight-ray crosshole traveltime tomography: slowness or facies grid to first arrivals.
 
     Parameters
     ----------
     prior : {"grf", "channels"}, default "grf"
-        Prior of the slowness ``x``: a stationary Gaussian random field (the problem is then
-        linear-Gaussian, see :meth:`linear_gaussian`) or binary sinuous channels
-        (:class:`~ppl_cvae.problems.priors.ChannelField`).
+        ``"grf"``: ``x`` is the slowness (s/m) with a stationary Gaussian random field prior
+        (the problem is then linear-Gaussian, see :meth:`linear_gaussian`). ``"channels"``:
+        ``x`` is the facies indicator (0 background, 1 channel; float32, dimensionless) of
+        binary sinuous channels (:class:`~ppl_cvae.problems.priors.ChannelField`), mapped to
+        slowness inside :meth:`forward` (:meth:`slowness_of`); the slowness is a derived
+        quantity (:meth:`derived`) and the recommended likelihood is ``"bernoulli"``.
     num_depth_cells, num_offset_cells : int, default 32
         Grid size ``nz`` (rows, along depth) and ``nx`` (columns, along offset).
     cell_size : float, default 1.0
@@ -276,8 +290,9 @@ class Crosshole:
     source_depths, receiver_depths : Tensor, shape (num_sources,) and (num_receivers,)
         Borehole positions, in m, float32.
     units : dict of str
-        ``x`` in s/m, ``y`` in s, ``depth``, ``offset`` and the ray end points in m; ``ray``
-        is an index.
+        ``x`` in s/m (``"1"``, dimensionless, for the facies indicator of the channel prior,
+        whose derived ``slowness`` is in s/m), ``y`` in s, ``depth``, ``offset`` and the ray
+        end points in m; ``ray`` is an index.
     extra_coords : dict
         ``source_depth``, ``source_offset``, ``receiver_depth``, ``receiver_offset``: the end
         points of every ray, in m, as ``("ray", values)`` coordinates of the ``ray`` dim
@@ -292,9 +307,11 @@ class Crosshole:
 
     Notes
     -----
-    ``x ~ p(x)`` (Gaussian random field or channels), ``y = G vec(x) + eps`` with
-    ``eps ~ N(0, noise_std^2 I_{num_rays})`` and ``vec`` the C-order flattening; see the
-    module docstring for the physics, the coordinate convention and references.
+    ``x ~ p(x)`` (Gaussian random field of slowness, or channel facies), ``y = G vec(s(x)) +
+    eps`` with ``s(x) = x`` (random field) or ``s(x) = x s_c + (1 - x) s_b`` (channels: ``s_c``
+    = ``channel_slowness``, ``s_b`` = ``background_slowness``), ``eps ~ N(0, noise_std^2
+    I_{num_rays})`` and ``vec`` the C-order flattening; see the module docstring for the
+    physics, the coordinate convention and references.
 
     Examples
     --------
@@ -305,6 +322,10 @@ class Crosshole:
     >>> t = p.forward(torch.full((8, 6), 5e-4))  # homogeneous 2000 m/s
     >>> round(float(t[0]) * 1e3, 3)  # horizontal ray across 6 m: 3 ms
     3.0
+    >>> c = Crosshole(prior="channels", num_depth_cells=8, num_offset_cells=6, num_sources=3,
+    ...               num_receivers=4)
+    >>> round(float(c.forward(torch.ones(8, 6))[0]) * 1e3, 3)  # all channel, 2400 m/s: 2.5 ms
+    2.5
     """
 
     name = "crosshole"
@@ -391,7 +412,7 @@ class Crosshole:
             "ray": list(range(num_rays)),
         }
         self.units = {
-            "x": "s/m",
+            "x": "s/m" if prior == "grf" else "1",
             "y": "s",
             "depth": "m",
             "offset": "m",
@@ -401,6 +422,8 @@ class Crosshole:
             "receiver_depth": "m",
             "receiver_offset": "m",
         }
+        if prior == "channels":
+            self.units["slowness"] = "s/m"  # the derived quantity of the facies indicator
 
         sources = _borehole_depths(num_sources, nz, self.cell_size)
         receivers = _borehole_depths(num_receivers, nz, self.cell_size)
@@ -437,10 +460,10 @@ class Crosshole:
                 kernel=kernel,
             )
         else:
-            self.field = ChannelField(
+            self.field = ChannelField(  # the facies indicator: 1 channel, 0 background
                 (depth_centres, offset_centres),
-                channel_value=self.channel_slowness,
-                background_value=self.background_slowness,
+                channel_value=1.0,
+                background_value=0.0,
                 min_channels=self.min_channels,
                 max_channels=self.max_channels,
                 angles=self.channel_angles,
@@ -460,7 +483,10 @@ class Crosshole:
         return torch.hypot(self._end[:, 0] - self._start[:, 0], self._end[:, 1] - self._start[:, 1])
 
     def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``num`` slowness models from the prior; shape ``(num, nz, nx)``, s/m, float32.
+        """Draw ``num`` models from the prior; shape ``(num, nz, nx)``, float32.
+
+        Slowness in s/m for ``prior="grf"``; the facies indicator (exactly 0.0 or 1.0) for
+        ``prior="channels"``.
 
         Raises
         ------
@@ -469,26 +495,86 @@ class Crosshole:
         """
         return self.field.sample(num, generator)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the traveltimes ``G vec(x)``; shape ``(*batch, num_rays)``, in s.
+    def slowness_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the slowness of the models ``x``; same shape, dtype and device, in s/m.
 
         Parameters
         ----------
         x : Tensor, shape (*batch, nz, nx)
-            Slowness in s/m; ``batch`` may be empty. Differentiable; computed in the dtype and
-            on the device of ``x``.
+            Slowness in s/m (``prior="grf"``: returned as it is), or the facies indicator
+            (``prior="channels"``): 1 channel, 0 background; a value in [0, 1] is read as the
+            probability of channel and gives the expected slowness.
+
+        Returns
+        -------
+        Tensor, shape (*batch, nz, nx)
+            ``x`` for the random field; ``x s_c + (1 - x) s_b`` for channels (``s_c`` =
+            ``channel_slowness``, ``s_b`` = ``background_slowness``; exact at 0 and 1, so an
+            indicator gives the two slownesses rounded once to the dtype of ``x``).
 
         Raises
         ------
         ShapeError
             If ``x`` does not end in ``(nz, nx)``.
+
+        Examples
+        --------
+        >>> c = Crosshole(prior="channels", num_depth_cells=2, num_offset_cells=2)
+        >>> s = c.slowness_of(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+        >>> [round(1 / v) for v in s.flatten().tolist()]  # velocities in m/s
+        [1800, 2400, 2400, 1800]
         """
         if x.dim() < 2 or tuple(x.shape[-2:]) != self.x_shape:
             raise ShapeError(
                 f"x must have shape (*batch, {self.x_shape[0]}, {self.x_shape[1]}) "
                 f"(depth, offset), got {tuple(x.shape)}"
             )
-        flat = x.reshape(*x.shape[:-2], self.x_shape[0] * self.x_shape[1])
+        if self.prior == "grf":
+            return x
+        return x * self.channel_slowness + (1 - x) * self.background_slowness
+
+    def derived(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return the derived quantities of ``x``: ``{"slowness": s(x)}`` for channels, else ``{}``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, nz, nx)
+            Facies indicator (``prior="channels"``) or slowness (``prior="grf"``).
+
+        Returns
+        -------
+        dict of str to Tensor
+            ``slowness`` (s/m, ``units["slowness"]``), shape ``(*batch, nz, nx)``, from
+            :meth:`slowness_of`; empty for the random field, whose ``x`` is the slowness.
+            Posterior files carry it beside ``x`` (see
+            :func:`ppl_cvae.problems.base.derived_quantities`).
+
+        Raises
+        ------
+        ShapeError
+            If ``x`` does not end in ``(nz, nx)``.
+        """
+        if self.prior == "grf":
+            return {}
+        return {"slowness": self.slowness_of(x)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the traveltimes ``G vec(s(x))``; shape ``(*batch, num_rays)``, in s.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, nz, nx)
+            Slowness in s/m (``prior="grf"``) or facies indicator (``prior="channels"``,
+            mapped by :meth:`slowness_of`); ``batch`` may be empty. Differentiable; computed in
+            the dtype and on the device of ``x``.
+
+        Raises
+        ------
+        ShapeError
+            If ``x`` does not end in ``(nz, nx)``.
+        """
+        slowness = self.slowness_of(x)
+        flat = slowness.reshape(*x.shape[:-2], self.x_shape[0] * self.x_shape[1])
         return flat @ self._matrix64.to(x).T
 
     def simulate(
@@ -496,7 +582,8 @@ class Crosshole:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return prior draws and noisy traveltimes; shapes ``(num, nz, nx)``, ``(num, num_rays)``.
 
-        ``y = G vec(x) + eps``, ``eps ~ N(0, noise_std^2 I)``, in s.
+        ``y = G vec(s(x)) + eps``, ``eps ~ N(0, noise_std^2 I)``, in s; ``x`` as
+        :meth:`sample_prior` draws it (slowness or facies indicator).
         """
         x = self.sample_prior(num, generator)
         return x, self.forward(x) + sample_noise(self, (num,), generator)
@@ -525,14 +612,16 @@ class Crosshole:
         """Return default ``ModelConfig``/``TrainConfig`` overrides: MLPs with a linear y path.
 
         Measured with ``benchmarks/linear_gaussian.py`` on the GRF prior against the exact
-        posterior (README): the linear skip halves the posterior-mean error.
+        posterior (README): the linear skip halves the posterior-mean error. The channel
+        prior's facies indicator gets a Bernoulli decoder (``likelihood="bernoulli"``;
+        measured with ``benchmarks/amortized_quality.py``).
         """
-        return Overrides(
-            model=ModelOverrides(
-                network="mlp", latent_dim=32, hidden_dims=(512, 512), linear_skip=True
-            ),
-            train=simulation_schedule(),
+        model = ModelOverrides(
+            network="mlp", latent_dim=32, hidden_dims=(512, 512), linear_skip=True
         )
+        if self.prior == "channels":
+            model["likelihood"] = "bernoulli"
+        return Overrides(model=model, train=simulation_schedule())
 
     def spec(self) -> dict[str, Any]:
         """Return the keyword arguments that rebuild this problem, plus its name.
