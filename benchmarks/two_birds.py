@@ -70,7 +70,7 @@ def run(functions, args):
         train["gsnn_weight"] = args.gsnn_weight
     model = {
         key: getattr(args, key)
-        for key in ("likelihood", "latent_dim", "prior", "flow_layers")
+        for key in ("likelihood", "latent_dim", "prior", "flow_layers", "flow_hidden_dims")
         if getattr(args, key) is not None
     }
     config, train_config = resolve_settings(problem, Overrides(model=model, train=train))
@@ -164,5 +164,10 @@ if __name__ == "__main__":
     parser.add_argument("--latent-dim", type=int, help="override the latent size (0: none)")
     parser.add_argument("--prior", help="override the prior (learned, standard_normal, flow)")
     parser.add_argument("--flow-layers", type=int, help="spline layers of each flow")
+    parser.add_argument(
+        "--flow-hidden-dims",
+        type=lambda text: tuple(int(v) for v in text.split(",")),
+        help="widths of each flow layer's conditioning network, e.g. 64,64",
+    )
     parser.add_argument("--gsnn-weight", type=float, help="weight of the GSNN term")
     main(parser.parse_args())

@@ -51,6 +51,7 @@ MODEL_FLAGS = {
     "noise_rank": "noise_rank",
     "flow_layers": "flow_layers",
     "flow_bins": "flow_bins",
+    "flow_hidden_dims": "flow_hidden_dims",
     "num_facies": "num_facies",
 }
 TRAIN_FLAGS = {
@@ -719,6 +720,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit_p.add_argument(
         "--flow-bins", type=_count(2), help="bins of each rational-quadratic spline (default 10)"
+    )
+    fit_p.add_argument(
+        "--flow-hidden-dims",
+        type=_ints,
+        help="hidden widths of each flow layer's conditioning network (default 64,64)",
     )
     fit_p.add_argument(
         "--fixed-scale", type=_finite, help="std of x for gaussian_fixed, units of x"

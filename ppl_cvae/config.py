@@ -248,6 +248,10 @@ class ModelConfig(_DictMixin):
         the diagonal Gaussian.
     flow_bins : int, default 10
         Bins of each rational-quadratic spline, in [2, 256].
+    flow_hidden_dims : tuple of int, default (64, 64)
+        Hidden widths of each flow layer's conditioning network (each raised to at least the
+        flow's dimension). Separate from ``hidden_dims``: a flow layer's cost grows with the
+        square of these widths, and sampling evaluates each layer once per flowed value.
     num_facies : int, default 2
         Number of classes ``K`` of ``likelihood="categorical"`` (read by no other
         likelihood), in [2, MAX_WIDTH]: the decoder outputs ``K`` logits per element of ``x``
@@ -330,6 +334,7 @@ class ModelConfig(_DictMixin):
     noise_rank: int = 8
     flow_layers: int = 5
     flow_bins: int = 10
+    flow_hidden_dims: tuple[int, ...] = (64, 64)
     num_facies: int = 2
 
     def __post_init__(self) -> None:
@@ -347,6 +352,8 @@ class ModelConfig(_DictMixin):
         object.__setattr__(self, "hidden_dims", hidden)
         channels = _int_tuple("conv_channels", self.conv_channels, MAX_WIDTH, MAX_LAYERS)
         object.__setattr__(self, "conv_channels", channels)
+        flow_hidden = _int_tuple("flow_hidden_dims", self.flow_hidden_dims, MAX_WIDTH, MAX_LAYERS)
+        object.__setattr__(self, "flow_hidden_dims", flow_hidden)
         for name in ("latent_dim", "feature_dim", "noise_rank", "flow_layers", "flow_bins"):
             value = getattr(self, name)
             low = 0 if name in ("latent_dim", "flow_layers") else 1
@@ -601,6 +608,7 @@ class ModelOverrides(TypedDict, total=False):
     noise_rank: int
     flow_layers: int
     flow_bins: int
+    flow_hidden_dims: tuple[int, ...]
     num_facies: int
 
 

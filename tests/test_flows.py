@@ -106,7 +106,8 @@ def test_flow_learns_a_bimodal_posterior():
     g = torch.Generator().manual_seed(0)
     x, y = _bimodal(4000, g)
     cfg = ModelConfig(x_shape=(2,), y_shape=(1,), latent_dim=0, likelihood="flow",
-                      hidden_dims=(32, 32), flow_layers=3, activation="relu")
+                      hidden_dims=(32, 32), flow_layers=3, flow_hidden_dims=(32, 32),
+                      activation="relu")
     cvae = build_cvae(cfg, x, y, seed=0)
     train = TrainConfig(num_epochs=30, batch_size=128, learning_rate=3e-3, lr_decay=0.1,
                         patience=0, val_fraction=0.1)
@@ -158,7 +159,8 @@ def test_flow_settings_are_validated(kwargs, message):
 
 
 def test_an_oversized_flow_is_refused_before_allocation():
-    cfg = ModelConfig(x_shape=(100_000,), y_shape=(2,), likelihood="flow", hidden_dims=(1024,))
+    cfg = ModelConfig(x_shape=(100_000,), y_shape=(2,), likelihood="flow",
+                      flow_hidden_dims=(1024,))
     with pytest.raises(ConfigError, match="MAX_FLOW_WEIGHTS"):
         count_parameters(cfg)
 

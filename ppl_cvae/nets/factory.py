@@ -171,7 +171,7 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         None for ``latent_dim=0`` (no latent). With ``y_embedding="shared"`` one ``y`` encoder
         module is shared by all three networks. ``likelihood="flow"`` and ``prior="flow"`` get
         a :class:`~ppl_cvae.nets.ConditionalFlow` with ``flow_layers`` layers, ``flow_bins``
-        bins and ``hidden_dims`` as the widths of its conditioning networks.
+        bins and ``flow_hidden_dims`` as the widths of its conditioning networks.
 
     Raises
     ------
@@ -208,7 +208,7 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
 
     def flow(dim: int, context_dim: int) -> ConditionalFlow:
         return ConditionalFlow(
-            dim, context_dim, config.flow_layers, config.hidden_dims, config.flow_bins
+            dim, context_dim, config.flow_layers, config.flow_hidden_dims, config.flow_bins
         )
 
     recognition = None
