@@ -24,6 +24,7 @@ from typing import Any, Literal, TypedDict, TypeVar, cast
 from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import ACTIVATIONS
+from ppl_cvae.nets.decoder import DECODER_LIKELIHOODS, Likelihood
 from ppl_cvae.nets.factory import network_names
 
 __all__ = [
@@ -49,16 +50,7 @@ __all__ = [
     "count_parameters",
 ]
 
-LIKELIHOODS = (
-    "gaussian",
-    "gaussian_decoder",
-    "gaussian_fixed",
-    "gaussian_lowrank",
-    "gaussian_full",
-    "bernoulli",
-    "categorical",
-    "flow",
-)
+LIKELIHOODS = DECODER_LIKELIHOODS
 NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_network adds more
 PRIORS = ("learned", "standard_normal", "flow")
 Y_EMBEDDINGS = ("separate", "shared")
@@ -314,16 +306,7 @@ class ModelConfig(_DictMixin):
     conv_channels: tuple[int, ...] = (32, 64)
     feature_dim: int = 128
     prior: Literal["learned", "standard_normal", "flow"] = "learned"
-    likelihood: Literal[
-        "gaussian",
-        "gaussian_decoder",
-        "gaussian_fixed",
-        "gaussian_lowrank",
-        "gaussian_full",
-        "bernoulli",
-        "categorical",
-        "flow",
-    ] = "gaussian"
+    likelihood: Likelihood = "gaussian"
     fixed_scale: float = 0.1
     init_scale: float = 0.05
     basis_dim: int | None = None
@@ -588,16 +571,7 @@ class ModelOverrides(TypedDict, total=False):
     conv_channels: tuple[int, ...]
     feature_dim: int
     prior: Literal["learned", "standard_normal", "flow"]
-    likelihood: Literal[
-        "gaussian",
-        "gaussian_decoder",
-        "gaussian_fixed",
-        "gaussian_lowrank",
-        "gaussian_full",
-        "bernoulli",
-        "categorical",
-        "flow",
-    ]
+    likelihood: Likelihood
     fixed_scale: float
     init_scale: float
     basis_dim: int | None

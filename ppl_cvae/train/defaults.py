@@ -89,29 +89,22 @@ def data_settings(
     model = ModelOverrides(hidden_dims=(width, width), latent_dim=int(min(max(d, 2), 32)))
     if m >= 64:
         model["y_embedding"] = "shared"
+    learning_rate, min_patience = 1e-3, 10
     if flow and m > 0 and d <= MAX_FLOW_X:
         model["likelihood"] = "flow"
         model["latent_dim"] = 0
         model["activation"] = "relu"
         epochs = int(min(max(math.ceil(FLOW_TARGET_STEPS / steps_per_epoch), 30), 2000))
-        train = TrainOverrides(
-            num_epochs=epochs,
-            batch_size=batch,
-            learning_rate=5e-4,
-            lr_decay=0.1,
-            val_fraction=val_fraction,
-            patience=max(20, epochs // 10),
-        )
-        return Overrides(model=model, train=train)
-    if 0 < m * d <= MAX_SKIP_WEIGHTS:
+        learning_rate, min_patience = 5e-4, 20
+    elif 0 < m * d <= MAX_SKIP_WEIGHTS:
         model["linear_skip"] = True
     train = TrainOverrides(
         num_epochs=epochs,
         batch_size=batch,
-        learning_rate=1e-3,
+        learning_rate=learning_rate,
         lr_decay=0.1,
         val_fraction=val_fraction,
-        patience=max(10, epochs // 10),
+        patience=max(min_patience, epochs // 10),
     )
     return Overrides(model=model, train=train)
 
