@@ -14,7 +14,7 @@ from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import SCALE_FLOOR, ConditionalInput
 from ppl_cvae.nets.flows import ConditionalFlow
 
-__all__ = ["Decoder", "DECODER_LIKELIHOODS", "Likelihood"]
+__all__ = ["Decoder", "DECODER_LIKELIHOODS"]
 
 Likelihood = Literal[
     "gaussian",
