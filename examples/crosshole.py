@@ -27,8 +27,9 @@ Run::
 
 Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): ``--prior grf`` measured 9.1
 minutes (8.8 minutes of fitting; on 50 held-out pairs coverage 0.502 / 0.893, mean error 0.13
-exact sd, sd ratio 1.01); ``--prior channels`` not measured (same network and budget, cheaper
-prior draws). ``--smoke``: about 10 seconds.
+exact sd, sd ratio 1.01); ``--prior channels`` not measured (its recommended decoder,
+Bernoulli with 2-D convolutions, took 17 minutes to fit in
+``benchmarks/amortized_quality.py``). ``--smoke``: about 10 seconds.
 """
 
 from __future__ import annotations

@@ -810,7 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "sample", "mean"],
         default="auto",
         help="sample: x ~ p(x|z,y) with the decoder's noise; mean: x = E[x|z,y]; "
-        "auto: mean for a basis decoder (straight lines for two_birds), else sample",
+        "auto: mean for a basis decoder (straight lines for two_birds), else sample (for a "
+        "facies decoder the draws are then facies codes; mean: P(x=1|z,y) for bernoulli)",
     )
     s.add_argument(
         "--refine",

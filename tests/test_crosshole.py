@@ -314,7 +314,7 @@ def test_facies_units_derived_slowness_and_recommendation() -> None:
     }
     assert grf.derived(x) == {}
     model, _ = resolve_settings(channels)
-    assert model.likelihood == "bernoulli"
+    assert model.likelihood == "bernoulli" and model.network == "conv2d"
     assert resolve_settings(grf)[0].likelihood == "gaussian"
     with pytest.raises(ShapeError, match="depth, offset"):
         channels.slowness_of(torch.zeros(9, 8))

@@ -613,14 +613,20 @@ class Crosshole:
 
         Measured with ``benchmarks/linear_gaussian.py`` on the GRF prior against the exact
         posterior (README): the linear skip halves the posterior-mean error. The channel
-        prior's facies indicator gets a Bernoulli decoder (``likelihood="bernoulli"``;
-        measured with ``benchmarks/amortized_quality.py``).
+        prior's facies indicator gets a Bernoulli decoder (``likelihood="bernoulli"``) and
+        2-D convolutions over the grid (``network="conv2d"``, channels 8 and 16, 64 features):
+        measured with ``benchmarks/amortized_quality.py`` (README), they bring the reliability
+        of the facies probabilities within 0.05 and cut the data misfit of the draws by a third
+        against the MLP, at twice its training time.
         """
         model = ModelOverrides(
             network="mlp", latent_dim=32, hidden_dims=(512, 512), linear_skip=True
         )
         if self.prior == "channels":
             model["likelihood"] = "bernoulli"
+            model["network"] = "conv2d"
+            model["conv_channels"] = (8, 16)
+            model["feature_dim"] = 64
         return Overrides(model=model, train=simulation_schedule())
 
     def spec(self) -> dict[str, Any]:
