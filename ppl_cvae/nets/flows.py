@@ -116,13 +116,14 @@ class ConditionalFlow(nn.Module):
 
     Notes
     -----
-    Each spline layer is Pyro's ``ConditionalSplineAutoregressive`` (``order="quadratic"``:
-    the rational-quadratic spline of Durkan et al. 2019) used in its inverse direction
-    (:class:`_Inverted`), followed by a reversal of the coordinates so that every coordinate
-    is conditioned on every other after two layers. For ``dim=1`` the layer is an elementwise
-    ``conditional_spline``. The density costs one network pass per layer; a draw costs
-    ``dim`` passes per layer, so the flow suits a small ``dim`` (the issue's "flow on x for a
-    low-dimensional x", or a latent ``z``).
+    The conditional Gaussian (an elementwise affine layer of the context) comes first in the
+    sampling order. Each spline layer is Pyro's ``ConditionalSplineAutoregressive``
+    (``order="quadratic"``: the rational-quadratic spline of Durkan et al. 2019) used in its
+    inverse direction (:class:`_Inverted`), with a reversal of the coordinates between two
+    layers so that every coordinate is conditioned on every other after two layers. For
+    ``dim=1`` the layer is an elementwise ``conditional_spline``. The density costs one
+    network pass per layer; a draw costs ``dim`` passes per layer, so the flow suits a small
+    ``dim`` (the issue's "flow on x for a low-dimensional x", or a latent ``z``).
 
     With ``c`` the features of an observation ``y`` and ``v`` the standardised parameters,
     training by maximum likelihood on simulated pairs is neural posterior estimation (NPE:
@@ -169,7 +170,7 @@ class ConditionalFlow(nn.Module):
             raise ConfigError(
                 f"a flow layer on {dim} values with hidden widths {hidden} would have {weights:,} "
                 f"weights; the limit is {MAX_FLOW_WEIGHTS:,} (MAX_FLOW_WEIGHTS): use smaller "
-                "hidden_dims or flow_bins, or a non-flow likelihood for a large x"
+                "flow_hidden_dims or flow_bins, or a non-flow likelihood for a large x"
             )
         # widths, heights and inner derivatives of the rational-quadratic spline per element
         param_dims = [count_bins, count_bins, count_bins - 1]
