@@ -91,6 +91,10 @@ def run(label, args):
         model["likelihood"] = args.likelihood
     if args.noise_rank:
         model["noise_rank"] = args.noise_rank
+    if args.x_whitening:
+        model["x_whitening"] = args.x_whitening
+    if args.init_scale:
+        model["init_scale"] = args.init_scale
     cvae, result, fit_seconds = fit_problem(problem, model=model, train=train)
     config, train = cvae.config, result.config
     x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
@@ -113,6 +117,7 @@ def run(label, args):
         f"latent {config.latent_dim}, hidden {config.hidden_dims}, {config.network}, "
         f"linear skip {config.linear_skip}, likelihood {config.likelihood}"
         + (f" (rank {config.noise_rank})" if config.likelihood == "gaussian_lowrank" else "")
+        + f", x whitening {config.x_whitening}, init scale {config.init_scale}"
     )
     print(f"\n{label} (x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}): {budget}")
     print(
@@ -180,6 +185,8 @@ if __name__ == "__main__":
     )
     parser.add_argument("--likelihood", help="override the likelihood, e.g. gaussian_lowrank")
     parser.add_argument("--noise-rank", type=int, help="rank of the gaussian_lowrank factor")
+    parser.add_argument("--x-whitening", help="override x_whitening: none or linear")
+    parser.add_argument("--init-scale", type=float, help="override the decoder's initial scale")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     main(parser.parse_args())

@@ -25,6 +25,7 @@ from ppl_cvae.config import (
     LIKELIHOODS,
     NETWORKS,
     PRIORS,
+    X_WHITENINGS,
     Y_EMBEDDINGS,
     ModelConfig,
     ModelOverrides,
@@ -53,6 +54,7 @@ MODEL_FLAGS = {
     "flow_bins": "flow_bins",
     "flow_hidden_dims": "flow_hidden_dims",
     "num_facies": "num_facies",
+    "x_whitening": "x_whitening",
 }
 TRAIN_FLAGS = {
     "epochs": "num_epochs",
@@ -756,6 +758,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="add a linear map of y to the decoder output (the part of E[x|y] linear in y)",
+    )
+    fit_p.add_argument(
+        "--x-whitening",
+        choices=X_WHITENINGS,
+        help="linear: the networks model x given y as departures from the least-squares "
+        "linear-Gaussian posterior fitted on the training pairs (x of at most 4096 values)",
     )
     fit_p.add_argument("--kl-warmup-epochs", type=_count(0), help="epochs of linear KL warm-up")
     fit_p.add_argument(

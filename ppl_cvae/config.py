@@ -42,6 +42,7 @@ __all__ = [
     "PRIORS",
     "TrainConfig",
     "TrainOverrides",
+    "X_WHITENINGS",
     "Y_EMBEDDINGS",
     "check_model_memory",
     "meta_cvae",
@@ -54,6 +55,8 @@ LIKELIHOODS = DECODER_LIKELIHOODS
 NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_network adds more
 PRIORS = ("learned", "standard_normal", "flow")
 Y_EMBEDDINGS = ("separate", "shared")
+X_WHITENINGS = ("none", "linear")
+WHITENED_LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_lowrank", "gaussian_full", "flow")
 
 MAX_ELEMENTS = 2**24
 """Most elements of one ``x`` or one ``y`` event (16.8 million: a 4096 x 4096 grid).
@@ -73,8 +76,9 @@ MAX_LAYERS = 64
 """Most entries of ``hidden_dims`` and of ``conv_channels``."""
 
 MAX_FULL_NOISE = 4096
-"""Most elements of ``x`` for ``likelihood="gaussian_full"`` (its Cholesky factor has
-``prod(x_shape)**2`` entries: 16.8 million at this limit, and each step solves with it)."""
+"""Most elements of ``x`` for ``likelihood="gaussian_full"`` and ``x_whitening="linear"`` (a
+Cholesky factor has ``prod(x_shape)**2`` entries: 16.8 million at this limit, and each step
+solves with it)."""
 
 MAX_PARAMETERS = 2**28
 """Most parameters plus buffers of one model (268 million: 1 GiB of float32 weights, about
@@ -269,6 +273,15 @@ class ModelConfig(_DictMixin):
         logits for Bernoulli), initialised at zero: the part of ``E[x | y]`` that is linear in
         ``y`` (all of it for a linear forward operator and a Gaussian prior) then needs no
         hidden layer. Not with ``basis_dim``.
+    x_whitening : {"none", "linear"}, default "none"
+        ``"linear"``: the decoder (and the recognition net) work on ``u = L^{-1}(x - A y - b)``,
+        the residual of the least-squares regression of the standardised ``x`` on the
+        standardised ``y`` whitened by the Cholesky factor ``L`` of the residual covariance,
+        all fitted on the training pairs (:class:`~ppl_cvae.data.standardise.LinearWhitener`).
+        For a linear forward operator with a Gaussian prior and noise, ``x | y ~ N(A y + b,
+        L L^T)`` exactly, so the networks only learn departures from that posterior (the
+        ensemble Kalman update). A full ``L`` is stored: at most :data:`MAX_FULL_NOISE`
+        elements of ``x``; Gaussian and flow likelihoods only, no ``basis_dim``.
     constrained_coefficients : bool, default False
         With ``basis_dim``: the decoder works in an unconstrained space mapped onto the valid
         coefficients by a bijection the problem supplies (``problem.coefficient_transform()``;
@@ -319,6 +332,7 @@ class ModelConfig(_DictMixin):
     flow_bins: int = 10
     flow_hidden_dims: tuple[int, ...] = (64, 64)
     num_facies: int = 2
+    x_whitening: Literal["none", "linear"] = "none"
 
     def __post_init__(self) -> None:
         # types first: every later comparison may then assume them (a checkpoint can hold
@@ -345,7 +359,7 @@ class ModelConfig(_DictMixin):
                 raise ConfigError(f"{name} must be {kind}, got {_show(value)}")
             if value > MAX_WIDTH:
                 raise ConfigError(f"{name}={value} is above the limit {MAX_WIDTH}")
-        for name in ("activation", "network", "prior", "likelihood", "y_embedding"):
+        for name in ("activation", "network", "prior", "likelihood", "y_embedding", "x_whitening"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ConfigError(f"{name} must be a string, got {type(value).__name__}")
@@ -433,6 +447,22 @@ class ModelConfig(_DictMixin):
                 f"likelihood='gaussian_full' needs prod(x_shape) <= {MAX_FULL_NOISE} "
                 f"(MAX_FULL_NOISE), got {self.x_dim}: use gaussian_lowrank for a larger x"
             )
+        if self.x_whitening not in X_WHITENINGS:
+            raise ConfigError(
+                f"unknown x_whitening {_show(self.x_whitening)}; expected one of {X_WHITENINGS}"
+            )
+        if self.x_whitening == "linear":
+            if self.likelihood not in WHITENED_LIKELIHOODS or self.basis_dim is not None:
+                raise ConfigError(
+                    "x_whitening='linear' needs a Gaussian or flow likelihood on every element "
+                    f"of x (one of {WHITENED_LIKELIHOODS}, no basis_dim), got likelihood="
+                    f"{self.likelihood!r}, basis_dim={_show(self.basis_dim)}"
+                )
+            if self.x_dim > MAX_FULL_NOISE:
+                raise ConfigError(
+                    f"x_whitening='linear' stores a full Cholesky factor: it needs "
+                    f"prod(x_shape) <= {MAX_FULL_NOISE} (MAX_FULL_NOISE), got {self.x_dim}"
+                )
         if not _is_int(self.num_facies) or not 2 <= self.num_facies <= MAX_WIDTH:
             raise ConfigError(
                 f"num_facies must be an integer in [2, {MAX_WIDTH}] (classes of the categorical "
@@ -584,6 +614,7 @@ class ModelOverrides(TypedDict, total=False):
     flow_bins: int
     flow_hidden_dims: tuple[int, ...]
     num_facies: int
+    x_whitening: Literal["none", "linear"]
 
 
 class TrainOverrides(TypedDict, total=False):

@@ -19,6 +19,7 @@ the decoder. All sites are in physical units; standardisation is an internal lay
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 
 import pyro
@@ -29,7 +30,7 @@ from torch import nn
 from torch.distributions.transforms import AffineTransform, ReshapeTransform, Transform
 
 from ppl_cvae.config import ModelConfig
-from ppl_cvae.data.standardise import Standardiser
+from ppl_cvae.data.standardise import LinearWhitener, Standardiser
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.nets.factory import build_networks
 
@@ -158,6 +159,13 @@ class CVAE(nn.Module):
     - ``flow``: a conditional normalising flow on the standardised ``x`` whose context is the
       decoder's first layer ``h(z, y)`` (:class:`~ppl_cvae.nets.ConditionalFlow`).
 
+    With ``config.x_whitening="linear"`` the decoder's distribution is that of the whitened
+    ``u = L^{-1}(x_std - A y_std - b)`` (:class:`~ppl_cvae.data.standardise.LinearWhitener`,
+    fitted by :meth:`fit_whitener`), mapped to ``x``: a Gaussian decoder ``N(m, diag(s^2))``
+    of ``u`` is ``N(A y + b + L m, L diag(s^2) L^T)`` in standardised ``x``, a correlated
+    noise that can match the posterior covariance of a linear-Gaussian problem; the
+    recognition net reads ``u`` too.
+
     For ``bernoulli`` and ``categorical`` every element is independent given ``(z, y)``; the
     spatial structure of a facies field comes from ``z``. Probabilities are clamped to
     ``[1e-6, 1 - 1e-6]`` (then renormalised for ``categorical``), which bounds the
@@ -241,6 +249,10 @@ class CVAE(nn.Module):
         self.prior_net = nets.prior  # p(z | y); None for a standard-normal prior
         self.decoder = nets.decoder  # p(x | z, y)
         x_dim = config.x_dim
+        # x_whitening="linear": the networks see u = L^-1 (x_std - A y_std - b) (fit_whitener)
+        self.whitener: LinearWhitener | None = None
+        if config.x_whitening == "linear":
+            self.whitener = LinearWhitener(x_dim, math.prod(y_shape) if y_shape else 0)
         if config.basis_dim is not None:
             if basis is None:
                 basis = torch.zeros(x_dim, config.basis_dim)
@@ -287,6 +299,34 @@ class CVAE(nn.Module):
         coef = self.coefficients_of(x)
         self.coef_mean.copy_(coef.mean(0))
         self.coef_std.copy_(coef.std(0).clamp_min(1e-6))
+
+    @torch.no_grad()
+    def fit_whitener(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Fit the linear whitening of ``x`` given ``y`` (``x_whitening="linear"``) on pairs.
+
+        Call it after the standardisers are fitted; a no-op for ``x_whitening="none"``. See
+        :class:`~ppl_cvae.data.standardise.LinearWhitener`.
+
+        Parameters
+        ----------
+        x : Tensor, shape (num, *x_shape)
+            Training models in physical units.
+        y : Tensor, shape (num, *y_shape), or None for an unconditional VAE
+            Training data in physical units.
+        """
+        if self.whitener is None:
+            return
+        y_std = self._standardise_y(y)
+        self.whitener.fit(self.x_standardiser(x).reshape(x.shape[0], -1), _flat_y(y_std))
+
+    def _whiten(self, x: torch.Tensor, y_std: torch.Tensor | None) -> torch.Tensor:
+        """Return the standardised ``x`` the networks see: ``u`` when whitening, else ``x_std``."""
+        x_std = self.x_standardiser(x)
+        if self.whitener is None:
+            return x_std
+        n_event = len(self.config.x_shape)
+        batch = x_std.shape[: x_std.dim() - n_event]
+        return self.whitener(x_std.reshape(*batch, -1), _flat_y(y_std)).reshape(x_std.shape)
 
     def coefficients_of(self, x: torch.Tensor) -> torch.Tensor:
         """Return the (unconstrained, if a transform is set) basis coefficients of ``x``.
@@ -424,7 +464,8 @@ class CVAE(nn.Module):
         if self.recognition_net is None:  # no latent
             empty = x.new_zeros(x.shape[0], 0)
             return empty, empty + 1.0
-        return self.recognition_net(self.x_standardiser(x), self._standardise_y(y))
+        y_std = self._standardise_y(y)
+        return self.recognition_net(self._whiten(x, y_std), y_std)
 
     def decode(
         self, z: torch.Tensor, y: torch.Tensor | None
@@ -451,8 +492,18 @@ class CVAE(nn.Module):
             For ``likelihood="flow"``, which has no (mean, scale): use :meth:`x_distribution`.
         """
         cfg = self.config
-        loc, scale = self.decoder(z, self._standardise_y(y))
+        y_std = self._standardise_y(y)
+        loc, scale = self.decoder(z, y_std)
         xs = self.x_standardiser
+        if self.whitener is not None:  # loc, scale of u: map through x_std = A y + b + L u
+            n_event = len(cfg.x_shape)
+            batch = loc.shape[: loc.dim() - n_event]
+            loc_x = self.whitener.inverse(loc.reshape(*batch, -1), _flat_y(y_std))
+            mean = xs.inverse(loc_x.reshape(loc.shape))
+            assert scale is not None  # every whitened likelihood has a scale
+            flat_scale = scale.reshape(*scale.shape[: scale.dim() - n_event], -1)
+            scale_x = self.whitener.marginal_scale(flat_scale).reshape(scale.shape)
+            return mean, (scale_x * xs.std).expand(mean.shape)
         if cfg.basis_dim is not None:
             mean = self.x_from_coefficients(self.coef_mean + self.coef_std * loc)
         elif cfg.likelihood == "bernoulli":
@@ -487,6 +538,8 @@ class CVAE(nn.Module):
             probabilities, shape ``(*sample, batch, *x_shape, K)``; for a flow the image of the
             base mean); None when ``location`` is False and the decoder is a flow.
         """
+        if self.whitener is not None:
+            return self._whitened_x_distribution(z, y, location)
         if self.config.likelihood != "flow":
             mean, scale = self.decode(z, y)
             return self._x_distribution(mean, scale), mean
@@ -510,6 +563,56 @@ class CVAE(nn.Module):
             flat = self.decoder.flow_location(z, y_std)
             loc = xs.inverse(flat.reshape(*flat.shape[:-1], *x_shape))
         return dist.TransformedDistribution(flow, to_x), loc
+
+    def _whitened_x_distribution(
+        self, z: torch.Tensor, y: torch.Tensor | None, location: bool
+    ) -> tuple[dist.TorchDistribution, torch.Tensor | None]:
+        """``x_distribution`` for ``x_whitening="linear"``: the decoder's law of ``u``, mapped.
+
+        The decoder's distribution of the whitened ``u`` (flattened, ``d`` values) is pushed
+        through ``u -> x_std = A y + b + L u`` and the standardiser's ``x = mean + std * x_std``
+        (fixed affine maps for each ``y``: the log density changes by
+        ``-log|det L| - sum(log std)``).
+        """
+        cfg = self.config
+        whitener = self.whitener
+        assert whitener is not None
+        y_std = self._standardise_y(y)
+        y_flat = _flat_y(y_std)
+        xs = self.x_standardiser
+        loc_u: torch.Tensor | None = None
+        base: dist.TorchDistribution
+        if cfg.likelihood == "flow":
+            base = self.decoder.flow_distribution(z, y_std)
+            if location:
+                loc_u = self.decoder.flow_location(z, y_std)
+        else:
+            loc, scale = self.decoder(z, y_std)
+            n_event = len(cfg.x_shape)
+            loc_u = loc.reshape(*loc.shape[: loc.dim() - n_event], -1)
+            tril = self.decoder.scale_tril()
+            factor = self.decoder.noise_factor()
+            if tril is not None:
+                base = dist.MultivariateNormal(loc_u, scale_tril=tril)
+            elif factor is not None:
+                diag = self.decoder.diagonal_scale().reshape(-1).pow(2)
+                base = dist.LowRankMultivariateNormal(loc_u, factor, diag)
+            else:
+                assert scale is not None
+                flat_scale = scale.reshape(*scale.shape[: scale.dim() - n_event], -1)
+                base = dist.Normal(loc_u, flat_scale).to_event(1)
+        x_shape = cfg.x_shape
+        to_x: list[Transform] = [
+            whitener.transform(y_flat),
+            AffineTransform(xs.mean.reshape(-1), xs.std.reshape(-1), event_dim=1),
+        ]
+        if len(x_shape) != 1:
+            to_x.append(ReshapeTransform(torch.Size((cfg.x_dim,)), torch.Size(x_shape)))
+        mean = None
+        if loc_u is not None:
+            x_std = whitener.inverse(loc_u, y_flat)
+            mean = xs.inverse(x_std.reshape(*x_std.shape[:-1], *x_shape))
+        return dist.TransformedDistribution(base, to_x), mean
 
     def _x_distribution(
         self, mean: torch.Tensor, scale: torch.Tensor | None
@@ -550,11 +653,15 @@ class CVAE(nn.Module):
         Tensor, shape (prod(x_shape), noise_rank), or None
             ``W_x = diag(sd_x) W`` for ``likelihood="gaussian_lowrank"`` (the decoder's ``W``
             in physical units: the noise covariance of flattened ``x`` given ``z, y`` is
-            ``W_x W_x^T + diag(scale^2)``); None for the other likelihoods.
+            ``W_x W_x^T + diag(scale^2)``); None for the other likelihoods. With
+            ``x_whitening="linear"`` the factor is ``diag(sd_x) L W`` and the covariance
+            ``diag(sd_x) L (W W^T + diag(d^2)) L^T diag(sd_x)``.
         """
         factor = self.decoder.noise_factor()
         if factor is None:
             return None
+        if self.whitener is not None:
+            factor = self.whitener.scale_tril @ factor
         return self.x_standardiser.std.reshape(-1, 1) * factor
 
     # ------------------------------------------------------------------ Pyro programs
@@ -691,3 +798,8 @@ class CVAE(nn.Module):
     def num_parameters(self) -> int:
         """Return the number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _flat_y(y_std: torch.Tensor | None) -> torch.Tensor | None:
+    """Flatten standardised ``y`` of shape ``(batch, *y_shape)`` to ``(batch, m)``."""
+    return None if y_std is None else y_std.reshape(y_std.shape[0], -1)

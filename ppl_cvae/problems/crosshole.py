@@ -622,6 +622,9 @@ class Crosshole:
         model = ModelOverrides(
             network="mlp", latent_dim=32, hidden_dims=(512, 512), linear_skip=True
         )
+        if self.prior == "grf":  # a Gaussian decoder of the whitened residual, started at N(0, I)
+            model["x_whitening"] = "linear"
+            model["init_scale"] = 1.0
         if self.prior == "channels":
             model["likelihood"] = "bernoulli"
             model["network"] = "conv2d"

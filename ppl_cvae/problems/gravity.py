@@ -363,7 +363,13 @@ class Gravity:
         20000
         """
         return Overrides(
-            model=ModelOverrides(latent_dim=32, hidden_dims=(256, 256), linear_skip=True),
+            model=ModelOverrides(
+                latent_dim=32,
+                hidden_dims=(256, 256),
+                linear_skip=True,
+                x_whitening="linear",
+                init_scale=1.0,
+            ),
             train=simulation_schedule(120),
         )
 

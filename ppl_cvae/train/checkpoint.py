@@ -435,6 +435,12 @@ def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str)
         is_scale = key.endswith("standardiser.std") or key == "coef_std"
         if is_scale and not bool((got > 0).all()):
             raise CheckpointError(f"weights in {name!r}: {key} holds values <= 0")
+        if key == "whitener.scale_tril" and not (
+            bool((got.diagonal() > 0).all()) and bool((got.triu(1) == 0).all())
+        ):
+            raise CheckpointError(
+                f"weights in {name!r}: {key} is not lower triangular with a positive diagonal"
+            )
 
 
 def _rebuild(

@@ -135,6 +135,7 @@ def build_cvae(
             misfit_std=1.0 if misfit_std is None else misfit_std,
         )
     cvae.fit_basis_coefficients(x)
+    cvae.fit_whitener(x, y)
     return cvae
 
 
