@@ -8,6 +8,7 @@ about 6e-5 each) and each has a negative control that must fail them.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import sys
@@ -456,6 +457,16 @@ def test_a_subclass_without_forward_cannot_be_built():
         NoForward()  # type: ignore[abstract]
 
 
+def test_a_subclass_missing_a_required_member_is_named():
+    class NoDims(Problem):  # forgets y_dims and misfit_std, which Problem only annotates
+        name, x_shape, y_shape, x_dims, coords, noise_std = "no_dims", (1,), (1,), ("p",), {}, 0.1
+        sample_prior = Bare.sample_prior
+        forward = Bare.forward
+
+    with pytest.raises(ConfigError, match="lacks y_dims, misfit_std"):
+        check_problem(NoDims(), "test")
+
+
 def test_every_builtin_problem_subclasses_problem():
     for name, factory in REGISTRY.items():
         problem = factory()
@@ -536,6 +547,8 @@ def test_duck_typed_problem_loads_by_reference_and_gets_the_defaults(duck_module
     r = (y - 4.0 * x).double().numpy()
     hand = (-0.5 * (r / 0.1) ** 2 - math.log(0.1) - 0.5 * LOG_2PI).sum(-1)
     np.testing.assert_allclose(p.log_likelihood(x, y).numpy(), hand, rtol=1e-6)
+    clone = copy.deepcopy(p)  # an adapter copies (and pickles) like its object
+    assert isinstance(clone, ProblemAdapter) and clone.scale == 4.0 and clone is not p
     p.scale = 5.0  # attributes are written to the wrapped object
     assert p.wrapped.scale == 5.0 and float(p.forward(torch.ones(3))[0]) == 5.0
     assert check_problem(p, "again") is p and as_problem(p) is p
