@@ -3,11 +3,12 @@
 A user's own inverse problem needs no registration: a subclass of
 :class:`ppl_cvae.problems.base.Problem` that sets names, shapes, dims and coords and the noise
 level and implements the prior sampler and the forward operator is all ppl_cvae needs (the base
-class simulates, evaluates the Gaussian log-likelihood and supplies the optional members). This script writes one for a buried
-sphere seen by a gravity profile, fits a CVAE on its simulations with the Python API, draws
-posterior samples for one observation as ``arviz.InferenceData`` and analyses them with
-ArviZ: ``az.summary`` (mean, sd, 90% HDI), the HDI against the true values, a pair plot of the
-depth-radius trade-off and a posterior predictive check against the observed anomaly.
+class simulates, evaluates the Gaussian log-likelihood and supplies the optional members).
+This script writes one for a buried sphere seen by a gravity profile, fits a CVAE on its
+simulations with the Python API, draws posterior samples for one observation as
+``arviz.InferenceData`` and analyses them with ArviZ: ``az.summary`` (mean, sd, 90% HDI), the
+HDI against the true values, a pair plot of the depth-radius trade-off and a posterior
+predictive check against the observed anomaly.
 
 Physics (SI units, depth positive downward, origin at the surface above the profile's centre):
 a homogeneous sphere of radius ``R`` (m) and density contrast 400 kg/m^3, centred at
