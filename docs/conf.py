@@ -82,7 +82,7 @@ _EXTERNAL = (
     "torch", "pyro", "numpy", "np", "arviz", "az", "xarray", "xr", "pandas", "pd",
     "matplotlib", "seaborn", "scipy", "sklearn", "h5netcdf", "h5py", "tqdm",
     "collections", "typing", "pathlib", "os", "io", "argparse", "dataclasses", "enum",
-    "numbers", "contextlib", "types", "logging",
+    "numbers", "contextlib", "types", "logging", "abc",
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(_EXTERNAL)})(\..*)?"),

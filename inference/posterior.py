@@ -19,7 +19,7 @@ from pyro.infer import Predictive
 from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, derived_quantities, sample_noise
+from ppl_cvae.problems.base import Problem, as_problem, derived_quantities
 
 __all__ = ["PosteriorDraws", "as_observation_batch", "bytes_per_draw", "draw_posterior"]
 
@@ -129,7 +129,7 @@ def draw_posterior(
         ``cvae.samples_decoder_noise`` (False for a basis decoder, True otherwise).
     problem : Problem, optional
         With a forward operator: also return the posterior predictive ``y_rep = F(x) + eps``,
-        ``eps ~ N(0, C_e)`` (:func:`ppl_cvae.problems.base.sample_noise`).
+        ``eps ~ N(0, C_e)`` (:attr:`problem.noise <ppl_cvae.problems.base.Problem.noise>`).
     seed : int, optional
         Seed of Pyro's RNG for these draws.
 
@@ -177,9 +177,10 @@ def draw_posterior(
     x = out["x"] if decoder_noise else out["x_mean"]
     y_rep = None
     if problem is not None:
+        problem = as_problem(problem)
         y_rep = problem.forward(x)
-        if problem.noise_std > 0 or getattr(problem, "noise_cov", None) is not None:
-            y_rep = y_rep + sample_noise(problem, tuple(x.shape[:2])).to(y_rep)
+        if not problem.noise.is_zero:
+            y_rep = y_rep + problem.noise.sample(tuple(x.shape[:2])).to(y_rep)
     return PosteriorDraws(
         x=x, z=out["z"], y_rep=y_rep, decoder_noise=decoder_noise, x_mean=out["x_mean"]
     )

@@ -19,7 +19,7 @@ import torch
 from inference.posterior import PosteriorDraws, draw_posterior
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, whiten
+from ppl_cvae.problems.base import Problem, as_problem, whiten
 
 __all__ = [
     "RefineConfig",
@@ -82,9 +82,9 @@ def refine_by_misfit(
     problem : Problem
         Supplies the forward operator ``F``, the misfit scale ``sigma = problem.misfit_std``
         (or the full noise covariance, :func:`~ppl_cvae.problems.base.whiten`)
-        and, when it has them, the parameterisation: ``problem.basis()`` (``x = B c``) and
-        ``problem.coefficient_transform()`` (``c = T(u)``, optimised over unconstrained ``u``;
-        for Two Birds every refined draw is a prior-valid line pair).
+        and, when it has one, the parameterisation :meth:`problem.parameterisation()
+        <ppl_cvae.problems.base.Problem.parameterisation>` (``x = B T(u)``, optimised over
+        unconstrained ``u``; for Two Birds every refined draw is a prior-valid line pair).
     num_steps : int, default 300
         Adam steps (all draws move in parallel; each draw's objective is separate).
     learning_rate : float, default 0.1
@@ -105,7 +105,9 @@ def refine_by_misfit(
     Notes
     -----
     Objective per draw ``s``: ``0.5 * sum_i ((F(x_s)_i - y_i) / sigma)^2`` with
-    ``x_s = B T(u_s)`` (or ``B c_s``, or ``x_s`` itself, by what the problem provides).
+    ``x_s = B T(u_s)`` (or ``B c_s``, or ``x_s`` itself, by what the problem provides); the
+    start is ``u_s = T^-1(B^+ vec(x_s))``, the draw's own parameters
+    (:class:`~ppl_cvae.problems.parameterisation.Parameterisation`).
 
     References
     ----------
@@ -114,39 +116,26 @@ def refine_by_misfit(
     """
     if num_steps < 1:
         raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
-    x_shape = tuple(draws.x.shape[2:])
+    problem = as_problem(problem)
     if y.dim() != len(problem.y_shape) + 1 or y.shape[0] != draws.x.shape[1]:
         raise ShapeError(
             f"y must have shape ({draws.x.shape[1]}, *{tuple(problem.y_shape)}), "
             f"got {tuple(y.shape)}"
         )
-    basis = problem.basis() if hasattr(problem, "basis") else None
-    transform = (
-        problem.coefficient_transform()
-        if basis is not None and hasattr(problem, "coefficient_transform")
-        else None
-    )
+    par = problem.parameterisation()
 
     def to_x(theta: torch.Tensor) -> torch.Tensor:
-        if basis is None:
-            return theta
-        coef = transform(theta) if transform is not None else theta
-        return (coef @ basis.T).reshape(*coef.shape[:-1], *x_shape)
+        return theta if par is None else par.to_x(theta)
 
     with torch.no_grad():
-        if basis is None:
-            start = draws.x.clone()
-        else:
-            flat = draws.x.reshape(*draws.x.shape[:2], -1)
-            start = flat @ torch.linalg.pinv(basis).T
-            if transform is not None:
-                start = transform.inv(start)
+        start = draws.x.clone() if par is None else par.from_x(draws.x)
+    misfit = problem.misfit_noise  # its Cholesky factor is computed once, not every step
     theta = start.detach().requires_grad_(True)
     optim = torch.optim.Adam([theta], lr=learning_rate)
     with torch.enable_grad():
         for _ in range(num_steps):
             optim.zero_grad()
-            resid = whiten(problem, problem.forward(to_x(theta)) - y)
+            resid = misfit.whiten(problem.forward(to_x(theta)) - y)
             (0.5 * resid.pow(2).sum()).backward()
             optim.step()
     with torch.no_grad():

@@ -21,12 +21,11 @@ from ppl_cvae.errors import ConfigError, OutputError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import (
     Problem,
+    as_problem,
     coord_attrs_of,
     data_units,
     derived_quantities,
     extra_coords_of,
-    noise_covariance,
-    noise_scale,
     units_of,
 )
 
@@ -114,6 +113,7 @@ def sample_posterior(
     y_shape = cvae.config.y_shape
     if y_shape is None:  # as draw_posterior: an unconditional model has nothing to condition on
         raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
+    problem = as_problem(problem) if problem is not None else None
     y_batch, stacked = as_observation_batch(y, y_shape)
     if x_true is not None:
         x_true_batch = x_true if stacked else x_true.unsqueeze(0)
@@ -163,13 +163,11 @@ def sample_posterior(
     info.update(attrs or {})
     info["num_samples"] = num_samples
     noise_sd = noise_cov = None
-    if problem is not None and (
-        problem.noise_std > 0 or getattr(problem, "noise_cov", None) is not None
-    ):
-        noise_sd = noise_scale(problem)
-        cov = noise_covariance(problem)
-        if bool((cov - torch.diag(cov.diagonal())).abs().max() > 0):
-            noise_cov = cov
+    if problem is not None and not problem.noise.is_zero:
+        noise = problem.noise
+        noise_sd = noise.stddev()
+        if not noise.is_diagonal:
+            noise_cov = noise.covariance()
     with torch.no_grad():
         derived = derived_quantities(problem, draws.x)
         derived_true = derived_quantities(problem, x_true_batch) if x_true_batch is not None else {}
@@ -180,9 +178,9 @@ def sample_posterior(
         stacked=stacked,
         y_rep=draws.y_rep,
         x_true=x_true_batch,
-        x_dims=getattr(problem, "x_dims", None),
-        y_dims=getattr(problem, "y_dims", None),
-        coords=getattr(problem, "coords", None),
+        x_dims=problem.x_dims if problem is not None else None,
+        y_dims=problem.y_dims if problem is not None else None,
+        coords=problem.coords if problem is not None else None,
         attrs=info,
         units=units_of(problem),
         y_units=data_units(problem),

@@ -16,6 +16,9 @@ __all__ = [
     "UnknownProblemError",
     "ResourceError",
     "OutputError",
+    "NoDensityError",
+    "NoPriorDensityError",
+    "NoLikelihoodError",
 ]
 
 
@@ -52,3 +55,19 @@ class ResourceError(PplCvaeError, MemoryError):
 
 class OutputError(PplCvaeError, OSError):
     """An output path cannot be written without losing data, or cannot be written at all."""
+
+
+class NoDensityError(PplCvaeError, ValueError):
+    """A log density was asked for that the problem does not define.
+
+    The base of :class:`NoPriorDensityError` and :class:`NoLikelihoodError`; catch it to
+    handle both (e.g. skip the exact-density diagnostics of a simulator-only problem).
+    """
+
+
+class NoPriorDensityError(NoDensityError):
+    """The prior is defined by its sampler only (e.g. channel facies): no density to evaluate."""
+
+
+class NoLikelihoodError(NoDensityError):
+    """No likelihood density: a noise-free problem, or per-datum terms of correlated noise."""

@@ -33,6 +33,7 @@ from ppl_cvae.config import ModelConfig
 from ppl_cvae.data.standardise import LinearWhitener, Standardiser
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.nets.factory import build_networks
+from ppl_cvae.problems.parameterisation import Parameterisation
 
 __all__ = ["CVAE"]
 
@@ -328,6 +329,28 @@ class CVAE(nn.Module):
         batch = x_std.shape[: x_std.dim() - n_event]
         return self.whitener(x_std.reshape(*batch, -1), _flat_y(y_std)).reshape(x_std.shape)
 
+    def parameterisation(self) -> Parameterisation | None:
+        """Return the basis decoder's parameterisation ``x = B T(theta)``; None without a basis.
+
+        Built on each call from the ``basis`` buffer (its current dtype and device) and the
+        coefficient transform; the same mapping a problem's
+        :meth:`~ppl_cvae.problems.base.Problem.parameterisation` gives the refinement and
+        samplers on ``theta`` (without the problem's prior density).
+
+        Returns
+        -------
+        Parameterisation or None
+        """
+        if self.config.basis_dim is None:
+            return None
+        return Parameterisation(self.basis, self.config.x_shape, self.coefficient_transform)
+
+    def _basis_parameterisation(self) -> Parameterisation:
+        par = self.parameterisation()
+        if par is None:
+            raise ConfigError("this model has no basis decoder (config.basis_dim is None)")
+        return par
+
     def coefficients_of(self, x: torch.Tensor) -> torch.Tensor:
         """Return the (unconstrained, if a transform is set) basis coefficients of ``x``.
 
@@ -338,20 +361,28 @@ class CVAE(nn.Module):
         Returns
         -------
         Tensor, shape (*batch, basis_dim)
-            Least-squares coefficients, mapped through the inverse coefficient transform.
+            Least-squares coefficients, mapped through the inverse coefficient transform
+            (:meth:`Parameterisation.from_x
+            <ppl_cvae.problems.parameterisation.Parameterisation.from_x>`).
+
+        Raises
+        ------
+        ConfigError
+            If the model has no basis decoder.
         """
-        n_event = len(self.config.x_shape)
-        flat = x.reshape(*x.shape[: x.dim() - n_event], -1)
-        coef = flat @ torch.linalg.pinv(self.basis).T
-        if self.coefficient_transform is not None:
-            coef = self.coefficient_transform.inv(coef)
-        return coef
+        return self._basis_parameterisation().from_x(x)
 
     def x_from_coefficients(self, coef: torch.Tensor) -> torch.Tensor:
-        """Map (unconstrained) coefficients ``(*batch, basis_dim)`` to ``(*batch, *x_shape)``."""
-        if self.coefficient_transform is not None:
-            coef = self.coefficient_transform(coef)
-        return (coef @ self.basis.T).reshape(*coef.shape[:-1], *self.config.x_shape)
+        """Map (unconstrained) coefficients ``(*batch, basis_dim)`` to ``(*batch, *x_shape)``.
+
+        :meth:`Parameterisation.to_x <ppl_cvae.problems.parameterisation.Parameterisation.to_x>`.
+
+        Raises
+        ------
+        ConfigError
+            If the model has no basis decoder.
+        """
+        return self._basis_parameterisation().to_x(coef)
 
     def _check(self, name: str, value: torch.Tensor | None, shape: tuple[int, ...] | None) -> None:
         if shape is None:

@@ -3,16 +3,22 @@
 A *problem* is everything the CVAE needs to know about a survey besides training pairs: how to
 draw subsurface models ``x`` from the prior, the forward operator ``F`` that maps them to noise-free
 data, the observation noise, and the names, coordinates and units of every axis (they become
-ArviZ dims and coords). Built-in problems register themselves by name in :data:`REGISTRY`.
+ArviZ dims and coords). Every problem is a :class:`Problem`: the base class holds the defaults of
+the optional members, the noise model (:attr:`Problem.noise`, a
+:class:`~ppl_cvae.problems.noise.GaussianNoise`), the log-likelihood and, where the prior has a
+density, the log prior. Built-in problems register themselves by name in :data:`REGISTRY`.
 
 A user's own problem needs no registration: :func:`make_problem` also accepts a reference
 ``"package.module:factory"`` (the CLI's ``--problem``) and checks what the factory returns with
-:func:`check_problem`. A reference read back from a checkpoint is untrusted input and is only
+:func:`check_problem`. The factory may return a :class:`Problem` subclass or a duck-typed object
+with the required members, which is wrapped once, where it enters, in a :class:`ProblemAdapter`
+(:func:`as_problem`). A reference read back from a checkpoint is untrusted input and is only
 rebuilt under the safety policy of :func:`resolve_problem_factory` (:func:`rebuild_problem`).
 """
 
 from __future__ import annotations
 
+import abc
 import importlib
 import inspect
 import keyword
@@ -24,16 +30,30 @@ import sys
 import sysconfig
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
+from types import MappingProxyType
+from typing import Any, NamedTuple, cast
 
 import torch
+from torch.distributions import Transform
 
-from ppl_cvae.errors import ConfigError, PplCvaeError, ShapeError, UnknownProblemError
+from ppl_cvae.config import Overrides
+from ppl_cvae.errors import (
+    ConfigError,
+    NoLikelihoodError,
+    NoPriorDensityError,
+    PplCvaeError,
+    ShapeError,
+    UnknownProblemError,
+)
+from ppl_cvae.problems.noise import GaussianNoise
+from ppl_cvae.problems.parameterisation import Parameterisation
 
 __all__ = [
     "LinearGaussianParts",
     "Problem",
+    "ProblemAdapter",
     "REGISTRY",
+    "as_problem",
     "check_problem",
     "linear_gaussian_parts",
     "make_problem",
@@ -52,140 +72,556 @@ __all__ = [
 ]
 
 
-@runtime_checkable
-class Problem(Protocol):
-    """Protocol of an inverse problem the CVAE can be trained on.
+class LinearGaussianParts(NamedTuple):
+    """Pieces of a linear-Gaussian inverse problem ``y = A x + eps`` on flattened ``x`` and ``y``.
+
+    Attributes
+    ----------
+    matrix : Tensor, shape (m, d)
+        Forward operator ``A`` (``d = prod(x_shape)``, ``m = prod(y_shape)``, C order).
+    prior_mean : Tensor, shape (d,)
+    prior_cov : Tensor, shape (d, d)
+        Gaussian prior ``N(mu_0, C_0)`` of the flattened ``x``.
+    noise_cov : Tensor, shape (m, m)
+        Covariance ``C_e`` of the Gaussian noise ``eps``.
+    """
+
+    matrix: torch.Tensor
+    prior_mean: torch.Tensor
+    prior_cov: torch.Tensor
+    noise_cov: torch.Tensor
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Problem(abc.ABC):
+    """Base class of an inverse problem the CVAE can be trained on.
+
+    Subclass it, set the required members (as class attributes or in ``__init__``) and
+    implement :meth:`sample_prior` and :meth:`forward`; every optional member has a default
+    here. A duck-typed object with the required members still works wherever a problem is
+    expected: :func:`check_problem` and :func:`as_problem` wrap it in a
+    :class:`ProblemAdapter`.
 
     Attributes
     ----------
     name : str
-        Registry name, e.g. ``"two_birds"``.
+        Registry name, e.g. ``"two_birds"``. Required.
     x_shape, y_shape : tuple of int
-        Event shapes of one subsurface model ``x`` and one observation ``y``.
+        Event shapes of one subsurface model ``x`` and one observation ``y``. Required.
     x_dims, y_dims : tuple of str
-        One name per axis of ``x_shape`` / ``y_shape`` (ArviZ dims).
+        One name per axis of ``x_shape`` / ``y_shape`` (ArviZ dims). Required.
     coords : Mapping[str, Sequence]
-        Coordinate values for the dims that have them (ArviZ coords).
+        Coordinate values for the dims that have them (ArviZ coords). Required.
     noise_std : float
         Standard deviation of the additive Gaussian observation noise, in the units of ``y``;
         ``0.0`` for noise-free problems. The physics-consistency term and the posterior
         predictive use it (a noise-free problem names a nominal misfit scale instead, see
-        :attr:`misfit_std`).
+        :attr:`misfit_std`). Required.
     misfit_std : float
         Scale, in units of ``y``, by which the data misfit ``F(x) - y`` is divided in the
-        physics-consistency term; equals ``noise_std`` when that is positive.
-
-    Optional members, read with :func:`getattr` by the helpers below:
-
+        physics-consistency term; equals ``noise_std`` when that is positive. Required.
     units : Mapping[str, str], the ``"y"`` entry optionally a Mapping[str, str]
-        Unit strings for ``"x"``, ``"y"``, each named dim and each extra coordinate (e.g.
-        ``{"x": "s/m", "y": "s", "depth": "m"}``); they become ``units`` attributes in the
-        ArviZ output. Data that stack several physical quantities along one dim (MT apparent
-        resistivity and phase along ``component``) give ``"y"`` as a mapping from each
-        coordinate value of that dim to its unit, e.g. ``{"log10_rho_a": "log10(ohm m)",
-        "phase": "deg"}``: ``y`` stays one variable, the file gets a ``y_units`` coordinate
-        along that dim and the ``units`` attribute of ``y`` lists the units joined by
-        ``" | "`` (see :func:`data_units`, :func:`units_of`). A unit written ``log10(U)``
-        says the values are decimal logarithms of a quantity in ``U`` (plots show ``U`` on a
-        log axis).
+        Default ``{}``. Unit strings for ``"x"``, ``"y"``, each named dim and each extra
+        coordinate (e.g. ``{"x": "s/m", "y": "s", "depth": "m"}``); they become ``units``
+        attributes in the ArviZ output. Data that stack several physical quantities along
+        one dim (MT apparent resistivity and phase along ``component``) give ``"y"`` as a
+        mapping from each coordinate value of that dim to its unit, e.g.
+        ``{"log10_rho_a": "log10(ohm m)", "phase": "deg"}``: ``y`` stays one variable, the
+        file gets a ``y_units`` coordinate along that dim and the ``units`` attribute of ``y``
+        lists the units joined by ``" | "`` (see :func:`data_units`, :func:`units_of`). A
+        unit written ``log10(U)`` says the values are decimal logarithms of a quantity in
+        ``U`` (plots show ``U`` on a log axis).
     extra_coords : Mapping[str, tuple[str, Sequence]]
-        Coordinates that are not dims, ``name -> (dim, values)`` with one value per entry of
-        ``dim``, e.g. the source and receiver depth of every ray of a crosshole survey
-        (``{"source_depth": ("ray", [...]), ...}``). They become non-index coordinates of
-        that dim in the ArviZ output; their units go in ``units`` under their name.
+        Default ``{}``. Coordinates that are not dims, ``name -> (dim, values)`` with one
+        value per entry of ``dim``, e.g. the source and receiver depth of every ray of a
+        crosshole survey (``{"source_depth": ("ray", [...]), ...}``). They become non-index
+        coordinates of that dim in the ArviZ output; their units go in ``units`` under their
+        name.
     coord_attrs : Mapping[str, Mapping[str, str]]
-        Extra attributes of a coordinate. The uncertainty report reads
+        Default ``{}``. Extra attributes of a coordinate. The uncertainty report reads
         ``{"cell_position": "top", "half_space": "last"}`` on a ``depth`` coordinate as a
         layered earth (coordinates are layer tops, the last entry is the half-space below)
         and draws it as a staircase.
     noise_cov : Tensor, shape (m, m), or None
-        Full covariance of the Gaussian noise on the flattened ``y`` (``m = prod(y_shape)``), in
-        units of ``y`` squared; overrides ``noise_std`` (which is then a scalar summary) in
-        noise draws, chi-squared misfits and refinement. See :func:`noise_covariance`.
-    linear_gaussian() -> LinearGaussianParts or None
-        For a linear ``F`` with a Gaussian prior: the pieces of the closed-form posterior
-        (:func:`inference.exact.exact_posterior`); None when the prior is not Gaussian.
-    recommended_settings() -> Overrides
-        :class:`~ppl_cvae.config.Overrides` of the config defaults for this problem (a
-        ``{"model": {...}, "train": {...}}`` dict is accepted too);
+        Default None. Full covariance of the Gaussian noise on the flattened ``y``
+        (``m = prod(y_shape)``), in units of ``y`` squared; overrides ``noise_std`` (which
+        is then a scalar summary) in noise draws, chi-squared misfits, likelihoods and
+        refinement (see :attr:`noise`).
+    has_prior_density : bool
+        Default False. Whether :meth:`log_prior` is defined; False for a prior given by its
+        sampler only (a simulator-only prior such as the channel facies of ``crosshole``).
+
+    Notes
+    -----
+    Generative story: ``x ~ p(x)`` (:meth:`sample_prior`), ``y = F(x) + eps`` with
+    ``eps ~ N(0, C_e)`` on the flattened ``y`` (:meth:`forward`, :attr:`noise`);
+    :meth:`log_prior` and :meth:`log_likelihood` evaluate ``log p(x)`` and
+    ``log N(y; F(x), C_e)`` where these densities exist.
+
+    Examples
+    --------
+    A user problem that overrides nothing optional:
+
+    >>> class Doubling(Problem):
+    ...     name, x_shape, y_shape = "doubling", (2,), (2,)
+    ...     x_dims, y_dims, coords = ("parameter",), ("datum",), {}
+    ...     noise_std = misfit_std = 0.1
+    ...     def sample_prior(self, num, generator=None):
+    ...         return torch.randn(num, 2, generator=generator)
+    ...     def forward(self, x):
+    ...         return 2 * x
+    >>> p = Doubling()
+    >>> x, y = p.simulate(3, torch.Generator().manual_seed(0))
+    >>> tuple(y.shape), p.units, p.linear_gaussian(), p.has_prior_density
+    ((3, 2), mappingproxy({}), None, False)
+    >>> tuple(p.log_likelihood(x, y).shape)
+    (3,)
+    """
+
+    # required members: class attributes or instance attributes of a subclass
+    name: str
+    x_shape: tuple[int, ...]
+    y_shape: tuple[int, ...]
+    x_dims: tuple[str, ...]
+    y_dims: tuple[str, ...]
+    coords: Mapping[str, Sequence[Any]]
+    noise_std: float
+    misfit_std: float
+
+    # optional members with their defaults (read-only mappings: never shared mutable state)
+    units: Mapping[str, Any] = _EMPTY
+    extra_coords: Mapping[str, tuple[str, Sequence[Any]]] = _EMPTY
+    coord_attrs: Mapping[str, Mapping[str, str]] = _EMPTY
+    noise_cov: torch.Tensor | None = None
+    has_prior_density: bool = False
+
+    # ------------------------------------------------------------------ required methods
+    @abc.abstractmethod
+    def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``num`` subsurface models from the prior; shape ``(num, *x_shape)``."""
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the differentiable forward operator ``F`` to ``x`` ``(*batch, *x_shape)``.
+
+        Returns noise-free data of shape ``(*batch, *y_shape)``.
+        """
+
+    # ------------------------------------------------------------------ defaults
+    def simulate(
+        self, num: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return prior draws and noisy data; shapes ``(num, *x_shape)`` and ``(num, *y_shape)``.
+
+        Default: ``x = sample_prior(num, generator)``, ``y = F(x) + eps`` with
+        ``eps = noise.sample((num,), generator)`` (no noise term for a noise-free problem),
+        drawn from ``generator`` in that order.
+        """
+        x = self.sample_prior(num, generator)
+        y = self.forward(x)
+        noise = self.noise
+        if noise.is_zero:
+            return x, y
+        return x, y + noise.sample((num,), generator)
+
+    def spec(self) -> dict[str, Any]:
+        """Return the JSON-serialisable keyword arguments that rebuild this problem, plus its name.
+
+        Default: refuse; a checkpoint then stores no problem and is loaded with the problem
+        passed again (or rebuilt from the ``--problem package.module:factory`` reference it
+        was fitted with).
+
+        Raises
+        ------
+        ConfigError
+            Always, in this default.
+        """
+        raise ConfigError(
+            f"problem {self.name!r} ({type(self).__name__}) defines no spec(), so it cannot be "
+            "stored by name; rebuild it with --problem package.module:factory or pass it "
+            "again when loading"
+        )
+
+    def linear_gaussian(self) -> LinearGaussianParts | None:
+        """Return the pieces of the closed-form posterior of a linear-Gaussian problem.
+
+        Default None: no closed form. A linear ``F`` with a Gaussian prior returns
+        :class:`LinearGaussianParts` (:func:`inference.exact.exact_posterior`).
+        """
+        return None
+
+    def recommended_settings(self) -> Overrides | Mapping[str, Any]:
+        """Return :class:`~ppl_cvae.config.Overrides` of the config defaults for this problem.
+
+        Default: no overrides. A ``{"model": {...}, "train": {...}}`` dict is accepted too;
         :func:`~ppl_cvae.train.resolve_settings` lays the user's settings on top.
-    derived(x) -> Mapping[str, Tensor]
-        Physical quantities computed from a model ``x`` of shape ``(*batch, *x_shape)``, each
-        of the same shape (one value per element of ``x``, on the same dims), e.g. the
-        slowness in s/m of a facies field ``x`` (``{"slowness": ...}``). Posterior files
+        """
+        return Overrides()
+
+    def derived(self, x: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """Return physical quantities computed from ``x`` ``(*batch, *x_shape)``; default ``{}``.
+
+        Each value has the shape of ``x`` (one value per element of ``x``, on the same dims),
+        e.g. the slowness in s/m of a facies field (``{"slowness": ...}``). Posterior files
         carry them beside ``x`` (a variable of that name in ``posterior``, the truth's as
         ``<name>_true`` in ``constant_data``), with the unit ``units[name]``; names must be
         Python identifiers other than ``x``, ``y``, ``z`` and the dims and coordinates.
         Read with :func:`derived_quantities`, which checks what it returns.
+        """
+        return {}
 
-    Methods
-    -------
-    sample_prior(num, generator) -> Tensor, shape (num, *x_shape)
-    forward(x) -> Tensor, shape (*batch, *y_shape): the differentiable forward operator F.
-    simulate(num, generator) -> (x, y): prior draws and noisy data.
-    spec() -> dict: JSON-serialisable description from which :func:`make_problem` rebuilds it.
+    def basis(self) -> torch.Tensor | None:
+        """Return a linear basis ``B`` of the models, ``vec(x) = B c``; default None (no basis).
+
+        A problem whose models lie in a ``k``-dimensional linear family returns ``B`` of
+        shape ``(prod(x_shape), k)``; a CVAE built with ``ModelConfig.basis_dim = k`` then
+        decodes coefficients (see :meth:`parameterisation`).
+        """
+        return None
+
+    def coefficient_transform(self) -> Transform | None:
+        """Return the bijection from ``R^k`` onto the valid basis coefficients; default None."""
+        return None
+
+    def parameterisation(self) -> Parameterisation | None:
+        """Return the models' parameterisation ``x = B T(theta)``, or None without a basis.
+
+        Built from :meth:`basis`, :meth:`coefficient_transform` and (when
+        :attr:`has_prior_density`) :meth:`log_prior`; shared by the basis decoder, the
+        refinement and samplers on ``theta``.
+
+        Returns
+        -------
+        Parameterisation or None
+        """
+        basis = self.basis()
+        if basis is None:
+            return None
+        return Parameterisation(
+            basis,
+            self.x_shape,
+            self.coefficient_transform(),
+            log_prior_x=self.log_prior if self.has_prior_density else None,
+        )
+
+    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the prior log density of models ``x`` ``(*batch, *x_shape)``; shape ``(*batch,)``.
+
+        In nats, float64, with respect to Lebesgue measure on ``R^prod(x_shape)``; for a
+        problem with a :meth:`basis` (models on a ``k``-dimensional linear family) with
+        respect to Lebesgue measure on the coefficients ``c = B^+ vec(x)`` in ``R^k`` instead
+        (see :class:`~ppl_cvae.problems.parameterisation.Parameterisation`). Only defined when
+        :attr:`has_prior_density`.
+
+        Raises
+        ------
+        NoPriorDensityError
+            In this default: the prior is defined by its sampler only.
+        """
+        raise NoPriorDensityError(
+            f"problem {self.name!r} ({type(self).__name__}) has no prior density: its prior is "
+            "defined by its sampler only (has_prior_density is False); likelihood-free methods "
+            "(the amortized posterior, SBC) still apply"
+        )
+
+    # ------------------------------------------------------------------ noise and likelihood
+    @property
+    def noise(self) -> GaussianNoise:
+        """The observation noise model: ``N(0, noise_cov)``, else ``N(0, noise_std^2 I)``.
+
+        Built on each access from :attr:`noise_cov` and :attr:`noise_std` (so a changed
+        attribute takes effect); zero for a noise-free problem (:attr:`GaussianNoise.is_zero
+        <ppl_cvae.problems.noise.GaussianNoise.is_zero>`).
+        """
+        return GaussianNoise(tuple(self.y_shape), std=float(self.noise_std), cov=self.noise_cov)
+
+    @property
+    def misfit_noise(self) -> GaussianNoise:
+        """The noise model that whitens data misfits (chi-squared, refinement).
+
+        :attr:`noise` when the problem has a :attr:`noise_cov`; else white noise of
+        :attr:`misfit_std` (equal to ``noise_std`` for a noisy problem, a nominal scale for a
+        noise-free one).
+        """
+        if self.noise_cov is not None:
+            return self.noise
+        return GaussianNoise(tuple(self.y_shape), std=float(self.misfit_std))
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Return ``log N(y; F(x), C_e)`` in nats.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch_x, *x_shape)
+            Models, in the units of ``x``.
+        y : Tensor, shape (*batch_y, *y_shape)
+            Observations, in the units of ``y``; ``batch_x`` and ``batch_y`` broadcast (e.g.
+            draws ``(S, M, *x_shape)`` against observations ``(M, *y_shape)``).
+
+        Returns
+        -------
+        Tensor, shape (*batch,)
+            With ``batch`` the broadcast of ``batch_x`` and ``batch_y``; float64, density
+            with respect to Lebesgue measure on ``R^m`` (``m = prod(y_shape)``);
+            differentiable in ``x``.
+
+        Raises
+        ------
+        ShapeError
+            If ``x`` or ``y`` does not end in its event shape.
+        NoLikelihoodError
+            If the problem is noise-free (``noise_std = 0`` and no ``noise_cov``): ``y = F(x)``
+            has no density.
+
+        Notes
+        -----
+        ``-0.5 |L^-1 (y - F(x))|^2 - sum_i log L_ii - (m / 2) log(2 pi)`` with ``L L^T = C_e``
+        (:meth:`GaussianNoise.log_prob <ppl_cvae.problems.noise.GaussianNoise.log_prob>`;
+        Tarantola 2005, eq. 3.46).
+        """
+        return self._noise_for_likelihood().log_prob(self._residual(x, y))
+
+    def log_likelihood_pointwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Return the log-likelihood of each datum, ``log N(y_i; F(x)_i, sigma_i^2)``.
+
+        Parameters
+        ----------
+        x, y : Tensor
+            As in :meth:`log_likelihood`.
+
+        Returns
+        -------
+        Tensor, shape (*batch, *y_shape)
+            Per-datum terms in nats, float64, summing over the event axes to
+            :meth:`log_likelihood` (what ArviZ's ``log_likelihood`` group holds for ``loo``).
+
+        Raises
+        ------
+        ShapeError
+            If ``x`` or ``y`` does not end in its event shape.
+        NoLikelihoodError
+            If the problem is noise-free, or its noise covariance has off-diagonal terms (the
+            likelihood then has no per-datum factorisation; see
+            :meth:`GaussianNoise.log_prob_pointwise
+            <ppl_cvae.problems.noise.GaussianNoise.log_prob_pointwise>`).
+        """
+        return self._noise_for_likelihood().log_prob_pointwise(self._residual(x, y))
+
+    def _noise_for_likelihood(self) -> GaussianNoise:
+        noise = self.noise
+        if noise.is_zero:
+            raise NoLikelihoodError(
+                f"problem {self.name!r} is noise-free (noise_std = 0, no noise_cov): y = F(x) "
+                "exactly, so the likelihood has no density; its misfit_std "
+                f"({self.misfit_std}) is a nominal scale for misfits, not a noise model"
+            )
+        return noise
+
+    def _residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for name, value, shape in (("x", x, self.x_shape), ("y", y, self.y_shape)):
+            k = len(shape)
+            if value.dim() < k or tuple(value.shape[value.dim() - k :]) != tuple(shape):
+                raise ShapeError(
+                    f"{name} must have shape (*batch, {', '.join(map(str, shape))}), got "
+                    f"{tuple(value.shape)}"
+                )
+        return y.to(torch.float64) - self.forward(x).to(torch.float64)
+
+
+class ProblemAdapter(Problem):
+    """A duck-typed problem seen through :class:`Problem`.
+
+    Wraps an object that has the required members of a problem (checked by
+    :func:`check_problem`) but does not subclass :class:`Problem`: every member it has is
+    read from it, every optional one it lacks gets the default of :class:`Problem`. Other
+    attributes are read from and written to the wrapped object, so the adapter behaves like
+    it.
+
+    Parameters
+    ----------
+    wrapped : object
+        The duck-typed problem.
+
+    Examples
+    --------
+    >>> class Duck:
+    ...     name, x_shape, y_shape = "duck", (1,), (1,)
+    ...     x_dims, y_dims, coords = ("p",), ("d",), {}
+    ...     noise_std = misfit_std = 1.0
+    ...     scale = 3.0
+    ...     def sample_prior(self, num, generator=None):
+    ...         return torch.zeros(num, 1)
+    ...     def forward(self, x):
+    ...         return self.scale * x
+    ...     simulate = spec = None
+    >>> p = ProblemAdapter(Duck())
+    >>> p.scale, p.units, float(p.forward(torch.ones(1)))
+    (3.0, {}, 3.0)
     """
 
-    # Read-only members (properties), so that an implementation may narrow their types (e.g.
-    # a class attribute ``x_shape = (1, 50, 2)``); plain attributes and properties both
-    # satisfy them.
+    wrapped: Any  # the duck-typed problem
+
+    def __init__(self, wrapped: object) -> None:
+        object.__setattr__(self, "wrapped", wrapped)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for what the class does not define: the required data members and
+        # the wrapped object's own extras
+        try:
+            wrapped = object.__getattribute__(self, "wrapped")
+        except AttributeError:
+            raise AttributeError(name) from None
+        return getattr(wrapped, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "wrapped" or isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.wrapped, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self.wrapped)
+
+    def _optional(self, member: str) -> Any:
+        """Return the wrapped object's ``member``, or None when it has none."""
+        return getattr(self.wrapped, member, None)
+
+    # optional data members: the wrapped object's, else the defaults
     @property
-    def name(self) -> str:
-        """Registry name, e.g. ``"two_birds"``."""
-        ...
+    def units(self) -> Mapping[str, Any]:
+        """The wrapped object's ``units``, or ``{}``."""
+        return self._optional("units") or {}
+
+    @units.setter
+    def units(self, value: Mapping[str, Any]) -> None:
+        self.wrapped.units = value
 
     @property
-    def x_shape(self) -> tuple[int, ...]:
-        """Event shape of one subsurface model ``x``."""
-        ...
+    def extra_coords(self) -> Mapping[str, tuple[str, Sequence[Any]]]:
+        """The wrapped object's ``extra_coords``, or ``{}``."""
+        return self._optional("extra_coords") or {}
+
+    @extra_coords.setter
+    def extra_coords(self, value: Mapping[str, tuple[str, Sequence[Any]]]) -> None:
+        self.wrapped.extra_coords = value
 
     @property
-    def y_shape(self) -> tuple[int, ...]:
-        """Event shape of one observation ``y``."""
-        ...
+    def coord_attrs(self) -> Mapping[str, Mapping[str, str]]:
+        """The wrapped object's ``coord_attrs``, or ``{}``."""
+        return self._optional("coord_attrs") or {}
+
+    @coord_attrs.setter
+    def coord_attrs(self, value: Mapping[str, Mapping[str, str]]) -> None:
+        self.wrapped.coord_attrs = value
 
     @property
-    def x_dims(self) -> tuple[str, ...]:
-        """One name per axis of ``x_shape`` (ArviZ dims)."""
-        ...
+    def noise_cov(self) -> torch.Tensor | None:
+        """The wrapped object's ``noise_cov``, or None."""
+        return cast("torch.Tensor | None", self._optional("noise_cov"))
+
+    @noise_cov.setter
+    def noise_cov(self, value: torch.Tensor | None) -> None:
+        self.wrapped.noise_cov = value
 
     @property
-    def y_dims(self) -> tuple[str, ...]:
-        """One name per axis of ``y_shape`` (ArviZ dims)."""
-        ...
+    def has_prior_density(self) -> bool:
+        """The wrapped object's ``has_prior_density``; else whether it has a ``log_prior``."""
+        flag = self._optional("has_prior_density")
+        if flag is None:
+            return callable(self._optional("log_prior"))
+        return bool(flag)
 
-    @property
-    def coords(self) -> Mapping[str, Sequence[Any]]:
-        """Coordinate values for the dims that have them (ArviZ coords)."""
-        ...
+    @has_prior_density.setter
+    def has_prior_density(self, value: bool) -> None:
+        self.wrapped.has_prior_density = value
 
-    @property
-    def noise_std(self) -> float:
-        """Standard deviation of the additive Gaussian observation noise (units of ``y``)."""
-        ...
-
-    @property
-    def misfit_std(self) -> float:
-        """Scale of the data misfit ``F(x) - y`` in the physics-consistency term (units of y)."""
-        ...
-
+    # required methods
     def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``num`` subsurface models from the prior; shape ``(num, *x_shape)``."""
-        ...
+        """Call the wrapped object's ``sample_prior``."""
+        return cast(torch.Tensor, self.wrapped.sample_prior(num, generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the forward operator to ``x`` of shape ``(*batch, *x_shape)``."""
-        ...
+        """Call the wrapped object's ``forward``."""
+        return cast(torch.Tensor, self.wrapped.forward(x))
 
+    # methods with defaults: the wrapped object's when it has one
     def simulate(
         self, num: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(x, y)`` of shapes ``(num, *x_shape)`` and ``(num, *y_shape)``."""
-        ...
+        """Call the wrapped object's ``simulate``, else the default of :class:`Problem`."""
+        method = self._optional("simulate")
+        if method is None:
+            return super().simulate(num, generator)
+        return cast("tuple[torch.Tensor, torch.Tensor]", method(num, generator))
 
     def spec(self) -> dict[str, Any]:
-        """Return the JSON-serialisable keyword arguments that rebuild this problem."""
-        ...
+        """Call the wrapped object's ``spec``, else the default (which refuses)."""
+        method = self._optional("spec")
+        return super().spec() if method is None else cast("dict[str, Any]", method())
+
+    def linear_gaussian(self) -> LinearGaussianParts | None:
+        """Call the wrapped object's ``linear_gaussian``, else None."""
+        method = self._optional("linear_gaussian")
+        return None if method is None else cast("LinearGaussianParts | None", method())
+
+    def recommended_settings(self) -> Overrides | Mapping[str, Any]:
+        """Call the wrapped object's ``recommended_settings``, else no overrides."""
+        method = self._optional("recommended_settings")
+        return super().recommended_settings() if method is None else method()
+
+    def derived(self, x: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """Call the wrapped object's ``derived``, else ``{}``."""
+        method = self._optional("derived")
+        return {} if method is None else method(x)
+
+    def basis(self) -> torch.Tensor | None:
+        """Call the wrapped object's ``basis``, else None."""
+        method = self._optional("basis")
+        return None if method is None else cast("torch.Tensor | None", method())
+
+    def coefficient_transform(self) -> Transform | None:
+        """Call the wrapped object's ``coefficient_transform``, else None."""
+        method = self._optional("coefficient_transform")
+        return None if method is None else cast("Transform | None", method())
+
+    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """Call the wrapped object's ``log_prior``, else the default (which refuses)."""
+        method = self._optional("log_prior")
+        return super().log_prior(x) if method is None else cast(torch.Tensor, method(x))
+
+
+def as_problem(obj: object, source: str = "a problem argument") -> Problem:
+    """Return ``obj`` as a :class:`Problem`: itself if it is one, else a checked adapter.
+
+    Parameters
+    ----------
+    obj : object
+        A :class:`Problem`, or a duck-typed object with its required members.
+    source : str, default "a problem argument"
+        Where it came from, for the message of :func:`check_problem`.
+
+    Returns
+    -------
+    Problem
+        ``obj`` itself, or a :class:`ProblemAdapter` around it.
+
+    Raises
+    ------
+    ConfigError
+        If a duck-typed ``obj`` is not a valid problem (see :func:`check_problem`).
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> p = LinearGaussian()
+    >>> as_problem(p) is p
+    True
+    """
+    if isinstance(obj, Problem):
+        return obj
+    return check_problem(obj, source)
 
 
 REGISTRY: dict[str, Callable[..., Problem]] = {}
@@ -296,22 +732,34 @@ _PROTOCOL_ATTRIBUTES = (
     "noise_std",
     "misfit_std",
 )
+_OPTIONAL_METHODS = (
+    "derived",
+    "linear_gaussian",
+    "recommended_settings",
+    "basis",
+    "coefficient_transform",
+    "log_prior",
+)
 
 
 def check_problem(obj: object, source: str) -> Problem:
-    """Check that ``obj`` implements the :class:`Problem` protocol; return it.
+    """Check that ``obj`` is a valid problem; return it as a :class:`Problem`.
 
     Parameters
     ----------
     obj : object
-        What a problem factory returned.
+        What a problem factory returned: a :class:`Problem` or a duck-typed object with the
+        required members (``name``, ``x_shape``, ``y_shape``, ``x_dims``, ``y_dims``,
+        ``coords``, ``noise_std``, ``misfit_std``, ``sample_prior``, ``forward``,
+        ``simulate``, ``spec``).
     source : str
         Where it came from, for the message (e.g. ``"problem factory 'pkg.mod:make'"``).
 
     Returns
     -------
     Problem
-        ``obj`` itself.
+        ``obj`` itself if it is a :class:`Problem`, else a :class:`ProblemAdapter` around it
+        (optional members it lacks get the defaults of :class:`Problem`).
 
     Raises
     ------
@@ -322,9 +770,10 @@ def check_problem(obj: object, source: str) -> Problem:
         ints; ``x_dims`` and ``y_dims`` sequences of strings, one per axis; ``coords`` a
         mapping; ``noise_std >= 0`` and ``misfit_std > 0`` finite numbers; a per-component
         ``units["y"]`` must match one y dim (:func:`data_units`) and ``extra_coords`` name
-        dims with matching lengths (:func:`extra_coords_of`); an optional ``derived`` must be
-        callable (what it returns is checked where it is called, by
-        :func:`derived_quantities`).
+        dims with matching lengths (:func:`extra_coords_of`); the optional methods
+        (``derived``, ``linear_gaussian``, ``recommended_settings``, ``basis``,
+        ``coefficient_transform``, ``log_prior``), when present, must be callable (what
+        ``derived`` returns is checked where it is called, by :func:`derived_quantities`).
 
     Examples
     --------
@@ -375,9 +824,10 @@ def check_problem(obj: object, source: str) -> Problem:
             problems.append(
                 f"{dims_name} must name each of the {len(shape)} axes: {reprlib.repr(dims)}"
             )
-    derived = getattr(obj, "derived", None)
-    if derived is not None and not callable(derived):
-        problems.append(f"derived is {type(derived).__name__}, not callable")
+    for member in _OPTIONAL_METHODS:  # a Problem has them all; a duck-typed object may not
+        method = getattr(obj, member, None)
+        if method is not None and not callable(method):
+            problems.append(f"{member} is {type(method).__name__}, not callable")
     if not isinstance(values["coords"], Mapping):
         problems.append(f"coords is {type(values['coords']).__name__}, not a mapping")
     for member, bound in (("noise_std", ">= 0"), ("misfit_std", "> 0")):
@@ -390,15 +840,16 @@ def check_problem(obj: object, source: str) -> Problem:
         )
         if not ok:
             problems.append(f"{member} must be a finite number {bound}: {reprlib.repr(value)}")
+    problem = obj if isinstance(obj, Problem) else ProblemAdapter(obj)
     if not problems:
         try:  # the optional plotting metadata must resolve against the dims
-            data_units(cast(Problem, obj))
-            extra_coords_of(cast(Problem, obj))
+            data_units(problem)
+            extra_coords_of(problem)
         except ConfigError as err:
             problems.append(str(err))
     if problems:
         raise ConfigError(f"{what}, which is not a valid problem: {'; '.join(problems)}")
-    return cast(Problem, obj)
+    return problem
 
 
 # ----------------------------------------------------------------------- references
@@ -615,32 +1066,12 @@ def rebuild_problem(name: str, kwargs: Mapping[str, Any]) -> Problem:
     return check_problem(problem, source)
 
 
-class LinearGaussianParts(NamedTuple):
-    """Pieces of a linear-Gaussian inverse problem ``y = A x + eps`` on flattened ``x`` and ``y``.
-
-    Attributes
-    ----------
-    matrix : Tensor, shape (m, d)
-        Forward operator ``A`` (``d = prod(x_shape)``, ``m = prod(y_shape)``, C order).
-    prior_mean : Tensor, shape (d,)
-    prior_cov : Tensor, shape (d, d)
-        Gaussian prior ``N(mu_0, C_0)`` of the flattened ``x``.
-    noise_cov : Tensor, shape (m, m)
-        Covariance ``C_e`` of the Gaussian noise ``eps``.
-    """
-
-    matrix: torch.Tensor
-    prior_mean: torch.Tensor
-    prior_cov: torch.Tensor
-    noise_cov: torch.Tensor
-
-
 def linear_gaussian_parts(problem: Problem) -> LinearGaussianParts | None:
-    """Return ``problem.linear_gaussian()`` if it has one, else None (no closed-form posterior)."""
-    method = getattr(problem, "linear_gaussian", None)
-    if method is None:
-        return None
-    parts = method()
+    """Return ``problem.linear_gaussian()``, or None when it gives no :class:`LinearGaussianParts`.
+
+    None means no closed-form posterior (nonlinear ``F`` or a non-Gaussian prior).
+    """
+    parts = as_problem(problem).linear_gaussian()
     return parts if isinstance(parts, LinearGaussianParts) else None
 
 
@@ -656,7 +1087,7 @@ def units_of(problem: Problem | None) -> dict[str, str]:
     >>> units_of(MT1D())["y"]
     'log10(ohm m) | deg'
     """
-    units = getattr(problem, "units", None) if problem is not None else None
+    units = as_problem(problem).units if problem is not None else None
     out: dict[str, str] = {}
     for key, value in dict(units or {}).items():
         if isinstance(value, Mapping):
@@ -692,9 +1123,11 @@ def data_units(problem: Problem | None) -> tuple[str, dict[str, str]] | None:
     >>> data_units(MT1D())
     ('component', {'log10_rho_a': 'log10(ohm m)', 'phase': 'deg'})
     """
-    units = getattr(problem, "units", None) if problem is not None else None
-    value = dict(units or {}).get("y")
-    if problem is None or not isinstance(value, Mapping):
+    if problem is None:
+        return None
+    problem = as_problem(problem)
+    value = dict(problem.units or {}).get("y")
+    if not isinstance(value, Mapping):
         return None
     keys = [str(k) for k in value]
     coords = problem.coords
@@ -721,7 +1154,7 @@ def derived_quantities(problem: Problem | None, x: torch.Tensor) -> dict[str, to
     Parameters
     ----------
     problem : Problem or None
-        A problem, optionally with a ``derived`` method (see :class:`Problem`).
+        A problem (its :meth:`Problem.derived`), or None.
     x : Tensor, shape (*batch, *x_shape)
         Subsurface models (e.g. posterior draws ``(num_samples, M, *x_shape)``), units of
         ``x``.
@@ -730,8 +1163,8 @@ def derived_quantities(problem: Problem | None, x: torch.Tensor) -> dict[str, to
     -------
     dict of str to Tensor
         ``name -> value``, each value of shape ``(*batch, *x_shape)`` (the shape of ``x``) in
-        the unit ``problem.units[name]``, in insertion order; ``{}`` without a problem or a
-        ``derived`` method.
+        the unit ``problem.units[name]``, in insertion order; ``{}`` without a problem or
+        derived quantities.
 
     Raises
     ------
@@ -749,9 +1182,10 @@ def derived_quantities(problem: Problem | None, x: torch.Tensor) -> dict[str, to
     >>> list(d), tuple(d["slowness"].shape), round(float(d["slowness"][0, 0, 0]) * 2400, 6)
     (['slowness'], (2, 4, 4), 1.0)
     """
-    if problem is None or getattr(problem, "derived", None) is None:
+    if problem is None:
         return {}
-    values = cast(Any, problem).derived(x)
+    problem = as_problem(problem)
+    values = problem.derived(x)
     if not isinstance(values, Mapping):
         raise ConfigError(
             f"problem.derived(x) must return a mapping of name to tensor, got "
@@ -789,8 +1223,11 @@ def extra_coords_of(problem: Problem | None) -> dict[str, tuple[str, list[Any]]]
         If an entry is not a ``(dim, values)`` pair naming one of ``x_dims``/``y_dims`` with
         one value per entry of that dim.
     """
-    extra = getattr(problem, "extra_coords", None) if problem is not None else None
-    if problem is None or not extra:
+    if problem is None:
+        return {}
+    problem = as_problem(problem)
+    extra = problem.extra_coords
+    if not extra:
         return {}
     sizes = dict(zip(problem.x_dims, problem.x_shape, strict=True))
     sizes.update(zip(problem.y_dims, problem.y_shape, strict=True))
@@ -814,7 +1251,7 @@ def extra_coords_of(problem: Problem | None) -> dict[str, tuple[str, list[Any]]]
 
 def coord_attrs_of(problem: Problem | None) -> dict[str, dict[str, str]]:
     """Return the problem's ``coord_attrs`` (coordinate name -> attributes), or ``{}``."""
-    attrs = getattr(problem, "coord_attrs", None) if problem is not None else None
+    attrs = as_problem(problem).coord_attrs if problem is not None else None
     return {
         str(k): {str(a): str(v) for a, v in dict(d).items()} for k, d in dict(attrs or {}).items()
     }
@@ -823,28 +1260,28 @@ def coord_attrs_of(problem: Problem | None) -> dict[str, dict[str, str]]:
 def noise_covariance(problem: Problem) -> torch.Tensor:
     """Return the noise covariance of the flattened ``y``; shape ``(m, m)``, float64.
 
-    ``problem.noise_cov`` when set, else ``noise_std**2 I``. A noise-free problem gives zeros.
+    ``problem.noise_cov`` when set, else ``noise_std**2 I``; zeros for a noise-free problem
+    (:meth:`problem.noise.covariance() <ppl_cvae.problems.noise.GaussianNoise.covariance>`).
 
     Raises
     ------
     ShapeError
         If ``noise_cov`` is not ``(m, m)`` with ``m = prod(y_shape)``.
     """
-    m = math.prod(problem.y_shape)
-    cov = getattr(problem, "noise_cov", None)
-    if cov is None:
-        return float(problem.noise_std) ** 2 * torch.eye(m, dtype=torch.float64)
-    cov = torch.as_tensor(cov, dtype=torch.float64)
-    if cov.shape != (m, m):
-        raise ShapeError(f"noise_cov must have shape ({m}, {m}), got {tuple(cov.shape)}")
-    return cov
+    return as_problem(problem).noise.covariance()
 
 
 def noise_scale(problem: Problem) -> torch.Tensor:
-    """Return the per-datum noise standard deviation; shape ``y_shape``, float32, units of y."""
-    if getattr(problem, "noise_cov", None) is None:
-        return torch.full(tuple(problem.y_shape), float(problem.noise_std))
-    return noise_covariance(problem).diagonal().sqrt().to(torch.float32).reshape(problem.y_shape)
+    """Return the per-datum noise standard deviation; shape ``y_shape``, float32, units of y.
+
+    :meth:`problem.noise.stddev() <ppl_cvae.problems.noise.GaussianNoise.stddev>`.
+
+    Raises
+    ------
+    ShapeError
+        If ``noise_cov`` is not ``(m, m)`` with ``m = prod(y_shape)``.
+    """
+    return as_problem(problem).noise.stddev()
 
 
 def sample_noise(
@@ -853,14 +1290,15 @@ def sample_noise(
     """Draw observation noise ``eps ~ N(0, C_e)``; shape ``(*sample_shape, *y_shape)``, float32.
 
     With only ``noise_std`` this is ``noise_std * randn``; with ``noise_cov`` it is ``L e`` for
-    the Cholesky factor ``L`` of ``C_e``.
+    the Cholesky factor ``L`` of ``C_e``
+    (:meth:`problem.noise.sample() <ppl_cvae.problems.noise.GaussianNoise.sample>`).
+
+    Raises
+    ------
+    ShapeError
+        If ``noise_cov`` is not ``(m, m)`` with ``m = prod(y_shape)``.
     """
-    if getattr(problem, "noise_cov", None) is None:
-        e = torch.randn(*sample_shape, *problem.y_shape, generator=generator)
-        return float(problem.noise_std) * e
-    chol = torch.linalg.cholesky(noise_covariance(problem))
-    e = torch.randn(*sample_shape, chol.shape[0], generator=generator, dtype=torch.float64)
-    return (e @ chol.T).to(torch.float32).reshape(*sample_shape, *problem.y_shape)
+    return as_problem(problem).noise.sample(sample_shape, generator)
 
 
 def whiten(problem: Problem, residual: torch.Tensor) -> torch.Tensor:
@@ -868,13 +1306,12 @@ def whiten(problem: Problem, residual: torch.Tensor) -> torch.Tensor:
 
     ``L`` is the Cholesky factor of the noise covariance, so ``sum(whiten(r)**2)`` is the
     chi-squared misfit ``r^T C_e^{-1} r`` (Tarantola 2005, eq. 3.46). Without ``noise_cov`` this
-    is ``r / misfit_std`` (which equals ``noise_std`` for noisy problems). Shape and dtype of
-    ``residual`` are kept.
+    is ``r / misfit_std`` (which equals ``noise_std`` for noisy problems): the whitening of
+    :attr:`Problem.misfit_noise`. Shape and dtype of ``residual`` are kept.
+
+    Raises
+    ------
+    ShapeError
+        If ``residual`` does not end in ``y_shape``.
     """
-    if getattr(problem, "noise_cov", None) is None:
-        return residual / float(problem.misfit_std)
-    chol = torch.linalg.cholesky(noise_covariance(problem)).to(residual)
-    event = len(problem.y_shape)
-    flat = residual.reshape(*residual.shape[: residual.dim() - event], -1)
-    white = torch.linalg.solve_triangular(chol, flat.unsqueeze(-1), upper=False).squeeze(-1)
-    return white.reshape(residual.shape)
+    return as_problem(problem).misfit_noise.whiten(residual)

@@ -69,13 +69,8 @@ import numpy as np
 import torch
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
-from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems.base import (
-    LinearGaussianParts,
-    noise_covariance,
-    register_problem,
-    sample_noise,
-)
+from ppl_cvae.errors import ConfigError, NoPriorDensityError, ShapeError
+from ppl_cvae.problems.base import LinearGaussianParts, Problem, register_problem
 from ppl_cvae.problems.priors import (
     CORRELATION_KERNELS,
     ChannelField,
@@ -223,7 +218,7 @@ def _borehole_depths(num: int, num_cells: int, cell_size: float) -> torch.Tensor
 
 
 @register_problem("crosshole")
-class Crosshole:
+class Crosshole(Problem):
     """Straight-ray crosshole traveltime tomography: slowness or facies grid to first arrivals.
 
     Parameters
@@ -385,6 +380,7 @@ class Crosshole:
             channel_amplitudes, "channel_amplitudes", positive=False
         )
         self.prior: PriorName = prior
+        self.has_prior_density = prior == "grf"  # the channel prior is a simulator only
         self.cell_size = float(cell_size)
         self.num_sources = num_sources
         self.num_receivers = num_receivers
@@ -411,7 +407,7 @@ class Crosshole:
             "offset": offset_centres,
             "ray": list(range(num_rays)),
         }
-        self.units = {
+        self.units: dict[str, str] = {
             "x": "s/m" if prior == "grf" else "1",
             "y": "s",
             "depth": "m",
@@ -585,8 +581,39 @@ class Crosshole:
         ``y = G vec(s(x)) + eps``, ``eps ~ N(0, noise_std^2 I)``, in s; ``x`` as
         :meth:`sample_prior` draws it (slowness or facies indicator).
         """
-        x = self.sample_prior(num, generator)
-        return x, self.forward(x) + sample_noise(self, (num,), generator)
+        return super().simulate(num, generator)
+
+    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the random-field prior log density ``log N(vec(x); mean 1, C_0)`` (``"grf"``).
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, nz, nx)
+            Slowness in s/m.
+
+        Returns
+        -------
+        Tensor, shape (*batch,)
+            In nats, float64, with respect to Lebesgue measure on ``R^(nz nx)`` ((s/m) to the
+            power ``-nz nx``); ``C_0`` is the covariance of :meth:`linear_gaussian`
+            (:meth:`GaussianRandomField.log_prob
+            <ppl_cvae.problems.priors.GaussianRandomField.log_prob>`).
+
+        Raises
+        ------
+        NoPriorDensityError
+            For ``prior="channels"``: the channel generator defines the prior by simulation
+            only (:attr:`has_prior_density` is False).
+        ShapeError
+            If the trailing axes of ``x`` are not ``(nz, nx)``.
+        """
+        if not isinstance(self.field, GaussianRandomField):
+            raise NoPriorDensityError(
+                "the crosshole channel prior (prior='channels') is defined by its generator "
+                "only: binary facies drawn by a simulator have no density to evaluate; use a "
+                "likelihood-free method (the amortized posterior, SBC), or prior='grf'"
+            )
+        return self.field.log_prob(x)
 
     def linear_gaussian(self) -> LinearGaussianParts | None:
         """Return ``G``, the random-field prior and the noise; None for the channel prior.
@@ -605,7 +632,7 @@ class Crosshole:
             matrix=self._matrix64.clone(),
             prior_mean=self.field.mean_vector(),
             prior_cov=self.field.covariance(),
-            noise_cov=noise_covariance(self),
+            noise_cov=self.noise.covariance(),
         )
 
     def recommended_settings(self) -> Overrides:

@@ -52,12 +52,7 @@ import torch
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems.base import (
-    LinearGaussianParts,
-    noise_covariance,
-    register_problem,
-    sample_noise,
-)
+from ppl_cvae.problems.base import LinearGaussianParts, Problem, register_problem
 from ppl_cvae.problems.priors import CORRELATION_KERNELS, GaussianRandomField, Kernel
 
 __all__ = ["GRAVITATIONAL_CONSTANT", "MGAL", "Gravity", "prism_kernel"]
@@ -123,7 +118,7 @@ def prism_kernel(
 
 
 @register_problem("gravity")
-class Gravity:
+class Gravity(Problem):
     """2-D density-contrast section under a surface gravity profile (linear-Gaussian).
 
     Parameters
@@ -179,6 +174,7 @@ class Gravity:
     name = "gravity"
     x_dims = ("depth", "offset")
     y_dims = ("station",)
+    has_prior_density = True
 
     def __init__(
         self,
@@ -323,8 +319,30 @@ class Gravity:
         >>> tuple(y.shape)
         (2, 32)
         """
-        x = self.sample_prior(num, generator)
-        return x, self.forward(x) + sample_noise(self, (num,), generator)
+        return super().simulate(num, generator)
+
+    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the random-field prior log density ``log N(vec(x); prior_mean 1, C_0)``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, nz, nx)
+            Density contrast in kg/m^3.
+
+        Returns
+        -------
+        Tensor, shape (*batch,)
+            In nats, float64, with respect to Lebesgue measure on ``R^(nz nx)`` ((kg/m^3) to
+            the power ``-nz nx``); ``C_0`` is the covariance of :meth:`linear_gaussian`
+            (:meth:`GaussianRandomField.log_prob
+            <ppl_cvae.problems.priors.GaussianRandomField.log_prob>`).
+
+        Raises
+        ------
+        ShapeError
+            If the trailing axes of ``x`` are not ``(nz, nx)``.
+        """
+        return self.field.log_prob(x)
 
     def linear_gaussian(self) -> LinearGaussianParts:
         """Return ``A`` (float64), the random-field prior and the white noise covariance.
@@ -349,7 +367,7 @@ class Gravity:
             matrix=self._matrix64,
             prior_mean=self.field.mean_vector(),
             prior_cov=self.field.covariance(),
-            noise_cov=noise_covariance(self),
+            noise_cov=self.noise.covariance(),
         )
 
     def recommended_settings(self) -> Overrides:

@@ -7,24 +7,20 @@ Gaussian, see :func:`inference.exact.linear_gaussian_posterior`. All quantities 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems.base import (
-    LinearGaussianParts,
-    noise_covariance,
-    register_problem,
-    sample_noise,
-)
+from ppl_cvae.problems.base import LinearGaussianParts, Problem, register_problem
 
 __all__ = ["LinearGaussian"]
 
 
 @register_problem("linear_gaussian")
-class LinearGaussian:
+class LinearGaussian(Problem):
     """Linear forward operator, Gaussian prior and Gaussian noise.
 
     Parameters
@@ -54,6 +50,7 @@ class LinearGaussian:
     """
 
     name = "linear_gaussian"
+    has_prior_density = True
 
     def __init__(
         self,
@@ -101,8 +98,33 @@ class LinearGaussian:
         self, num: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(x, y)`` with ``y = A x + noise``; shapes ``(num, d)``, ``(num, m)``."""
-        x = self.sample_prior(num, generator)
-        return x, self.forward(x) + sample_noise(self, (num,), generator)
+        return super().simulate(num, generator)
+
+    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``log N(x; 0, prior_std^2 I_d)`` in nats; shape ``(*batch,)``, float64.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, x_dim)
+            Models (dimensionless).
+
+        Returns
+        -------
+        Tensor, shape (*batch,)
+            ``-0.5 |x|^2 / prior_std^2 - d log(prior_std) - (d / 2) log(2 pi)``, with respect
+            to Lebesgue measure on ``R^d``; differentiable in ``x``.
+
+        Raises
+        ------
+        ShapeError
+            If the last axis of ``x`` is not ``x_dim``.
+        """
+        d = self.x_shape[0]
+        if x.dim() < 1 or x.shape[-1] != d:
+            raise ShapeError(f"x must have shape (*batch, {d}), got {tuple(x.shape)}")
+        z = x.to(torch.float64) / self.prior_std
+        half_logdet = d * math.log(self.prior_std)
+        return -0.5 * z.square().sum(-1) - half_logdet - 0.5 * d * math.log(2 * math.pi)
 
     def linear_gaussian(self) -> LinearGaussianParts:
         """Return ``A``, the prior ``N(0, prior_std^2 I)`` and the noise covariance."""
@@ -111,7 +133,7 @@ class LinearGaussian:
             matrix=self.matrix,
             prior_mean=torch.zeros(d, dtype=torch.float64),
             prior_cov=self.prior_std**2 * torch.eye(d, dtype=torch.float64),
-            noise_cov=noise_covariance(self),
+            noise_cov=self.noise.covariance(),
         )
 
     def recommended_settings(self) -> Overrides:

@@ -60,8 +60,8 @@ from typing import Any
 import torch
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
-from ppl_cvae.errors import ConfigError, DataError, ShapeError
-from ppl_cvae.problems.base import LinearGaussianParts, register_problem, sample_noise
+from ppl_cvae.errors import ConfigError, DataError, NoPriorDensityError, ShapeError
+from ppl_cvae.problems.base import LinearGaussianParts, Problem, register_problem
 from ppl_cvae.problems.priors import CORRELATION_KERNELS, GaussianRandomField, Kernel
 
 __all__ = ["MT1D", "MU_0", "layered_impedance", "log_frequencies"]
@@ -178,7 +178,7 @@ def layered_impedance(
 
 
 @register_problem("mt1d")
-class MT1D:
+class MT1D(Problem):
     """1-D magnetotelluric sounding: log10 resistivity profile -> apparent resistivity, phase.
 
     Parameters
@@ -405,8 +405,22 @@ class MT1D:
         >>> tuple(y.shape)
         (2, 2, 26)
         """
-        x = self.sample_prior(num, generator)
-        return x, self.forward(x) + sample_noise(self, (num,), generator)
+        return super().simulate(num, generator)
+
+    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """Refuse: the clipped random-field prior has no density (:attr:`has_prior_density`).
+
+        Raises
+        ------
+        NoPriorDensityError
+            Always: :func:`torch.clamp` puts point masses on the bounds ``min_log10_rho`` and
+            ``max_log10_rho``, so the prior is not absolutely continuous on ``R^N``.
+        """
+        raise NoPriorDensityError(
+            "the mt1d prior is a Gaussian random field clipped into "
+            f"[{self.min_log10_rho}, {self.max_log10_rho}] (log10 ohm m): the clip puts point "
+            "masses on the bounds, so it has no density to evaluate"
+        )
 
     def linear_gaussian(self) -> LinearGaussianParts | None:
         """Return None: the forward operator is nonlinear and the clipped prior non-Gaussian."""

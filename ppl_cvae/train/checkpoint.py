@@ -581,7 +581,7 @@ def load_checkpoint(
 
     transform = None
     if config.constrained_coefficients:
-        if problem is None or not hasattr(problem, "coefficient_transform"):
+        if problem is None:
             reason = problem_error or "its problem has no coefficient_transform()"
             raise CheckpointError(f"{name!r} needs its problem's coefficient_transform(): {reason}")
         try:
@@ -591,6 +591,11 @@ def load_checkpoint(
                 f"{name!r}: the problem's coefficient_transform() failed: "
                 f"{type(err).__name__}: {_one_line(str(err))}"
             ) from err
+        if transform is None:
+            raise CheckpointError(
+                f"{name!r} needs its problem's coefficient_transform(): "
+                f"problem {problem.name!r} has no coefficient_transform()"
+            )
     try:
         cvae = CVAE(
             config,

@@ -25,7 +25,7 @@ from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig,
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, as_problem
 from ppl_cvae.train.optim import FusedClippedAdam
 from ppl_cvae.train.settings import resolve_settings
 
@@ -108,11 +108,11 @@ def build_cvae(
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
     if problem is not None:
-        if basis is None and config.basis_dim is not None and hasattr(problem, "basis"):
+        problem = as_problem(problem)
+        if basis is None and config.basis_dim is not None:
             basis = problem.basis()
         if coefficient_transform is None and config.constrained_coefficients:
-            # an optional method (like basis), outside the Problem protocol
-            coefficient_transform = cast(Any, problem).coefficient_transform()
+            coefficient_transform = problem.coefficient_transform()
         forward_operator = forward_operator or problem.forward
         misfit_std = problem.misfit_std if misfit_std is None else misfit_std
     xs = Standardiser(config.x_shape).fit(x)
@@ -544,6 +544,7 @@ def fit_problem(
     ConfigError
         If an override names an unknown field or a value is out of range.
     """
+    problem = as_problem(problem)
     overrides = Overrides(
         model=cast(ModelOverrides, model or {}), train=cast(TrainOverrides, train or {})
     )

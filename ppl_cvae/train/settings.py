@@ -25,7 +25,7 @@ import torch
 
 from ppl_cvae.config import ModelConfig, Overrides, TrainConfig
 from ppl_cvae.errors import ConfigError, DataError
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, as_problem
 from ppl_cvae.train.defaults import data_settings, image_settings
 
 __all__ = ["DataSource", "recommended", "resolve_settings"]
@@ -73,7 +73,8 @@ def recommended(problem: Problem) -> Overrides:
     Parameters
     ----------
     problem : Problem
-        A problem; ``recommended_settings()`` is optional for user problems, and may return
+        A problem (or a duck-typed one, see :func:`~ppl_cvae.problems.base.as_problem`);
+        its ``recommended_settings()`` (default: none) may return
         :class:`~ppl_cvae.config.Overrides` or a ``{"model": ..., "train": ...}`` dict.
 
     Raises
@@ -81,11 +82,10 @@ def recommended(problem: Problem) -> Overrides:
     ConfigError
         If the recommendation is neither, or names a field the configurations do not have.
     """
-    method = getattr(problem, "recommended_settings", None)
-    if method is None:
-        return Overrides()
-    name = getattr(problem, "name", type(problem).__name__)
-    return Overrides.coerce(method(), f"recommended_settings() of problem {name!r}")
+    problem = as_problem(problem)
+    return Overrides.coerce(
+        problem.recommended_settings(), f"recommended_settings() of problem {problem.name!r}"
+    )
 
 
 def _source_layer(
@@ -188,9 +188,10 @@ def resolve_settings(
         model.pop("basis_dim", None)
         model.pop("constrained_coefficients", None)
     elif decoder == "basis":
-        if problem is None or not hasattr(problem, "basis"):
+        basis = as_problem(problem).basis() if problem is not None else None
+        if basis is None:
             raise ConfigError("decoder='basis' (--decoder basis) needs a problem with a basis()")
-        model.setdefault("basis_dim", int(problem.basis().shape[1]))
+        model.setdefault("basis_dim", int(basis.shape[1]))
     return (
         ModelConfig(x_shape=x_shape, y_shape=y_shape, **model),
         TrainConfig(**train),

@@ -13,11 +13,18 @@ files: ``x`` and ``y`` are each ``(1, 50, 2)`` (row, position, line/component).
 
 Prior (checked against the 3000 models of the challenge's validation files):
 ``x0(1) ~ U(0.1, 1)``, ``x0(0) ~ U(x0(1), 1)``, ``x1(0) ~ U(0.1, 1)``, ``x1(1) ~ U(x1(0), 1)``,
-lines linear in ``t`` between those endpoints.
+lines linear in ``t`` between those endpoints. Its density on the endpoint coordinates
+``e = (x0(0), x0(1), x1(0), x1(1))`` (Lebesgue measure on ``R^4``) is
+
+    p(e) = 1 / (0.9 (1 - x0(1))) * 1 / (0.9 (1 - x1(0)))
+
+on ``0.1 <= x0(1) <= x0(0) <= 1``, ``0.1 <= x1(0) <= x1(1) <= 1`` (zero elsewhere): uniform on
+the four fractions the sampler draws, not on the endpoints (:meth:`TwoBirds.log_prior`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +33,7 @@ import torch
 
 from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
 from ppl_cvae.errors import ConfigError, ShapeError, UnknownProblemError
-from ppl_cvae.problems.base import register_problem
+from ppl_cvae.problems.base import Problem, register_problem
 
 __all__ = [
     "EndpointTransform",
@@ -42,6 +49,10 @@ __all__ = [
 
 NUM_POINTS = 50  # sample positions per line
 _LOW, _HIGH = 0.1, 1.0  # bounds of every line value under the prior (dimensionless)
+# slack of the prior's support and of the straight-line test: a few float32 round-offs of
+# values of order 1, so that float32 draws on the boundary or on a line count as on it
+_SUPPORT_TOL = 1e-6
+_LINE_TOL = 1e-5
 
 # A pair of torch callables f_k(x0, x1) acting elementwise (the type of TwoBirds.functions).
 FunctionPair = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...]
@@ -131,6 +142,12 @@ class EndpointTransform(torch.distributions.Transform):
     the endpoints follow the prior exactly (the ``s`` are the prior's independent uniforms).
     The inverse clamps the fractions to ``[1e-4, 1 - 1e-4]`` so boundary values stay finite.
     Shapes: ``(*batch, 4) -> (*batch, 4)``.
+
+    The Jacobian is triangular after reordering, with
+    ``log |det| = 2 log 0.9 + log(1 - x0(1)) + log(1 - x1(0)) + sum_i log(s_i (1 - s_i))``
+    (:meth:`log_abs_det_jacobian`), so the density of ``u`` is the product of four standard
+    logistic densities exactly when the endpoints have the prior density (change of
+    variables).
     """
 
     domain = torch.distributions.constraints.independent(torch.distributions.constraints.real, 1)
@@ -148,6 +165,19 @@ class EndpointTransform(torch.distributions.Transform):
         x1_end = x1_start + (_HIGH - x1_start) * s[..., 3]
         return torch.stack([x0_start, x0_end, x1_start, x1_end], dim=-1)
 
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Return ``log |det d(endpoints)/du|`` at ``u = x``; shape ``(*batch,)``.
+
+        Computed from ``u`` alone with ``log(1 - x0(1)) = log 0.9 + log sigmoid(-u_1)`` (and
+        likewise for ``x1(0)``), so it stays finite where the endpoints round onto a bound.
+        """
+        logsig_pos = torch.nn.functional.logsigmoid(x)
+        logsig_neg = torch.nn.functional.logsigmoid(-x)
+        log_09 = math.log(_HIGH - _LOW)
+        return (
+            4 * log_09 + logsig_neg[..., 1] + logsig_neg[..., 2] + (logsig_pos + logsig_neg).sum(-1)
+        )
+
     def _inverse(self, c: torch.Tensor) -> torch.Tensor:
         eps = 1e-4
         x0_start, x0_end, x1_start, x1_end = c.unbind(-1)
@@ -160,7 +190,7 @@ class EndpointTransform(torch.distributions.Transform):
 
 
 @register_problem("two_birds")
-class TwoBirds:
+class TwoBirds(Problem):
     """The Two Birds problem with a named or user-given pair of functions.
 
     Parameters
@@ -204,6 +234,7 @@ class TwoBirds:
     x_dims = ("row", "position", "line")
     y_dims = ("row", "position", "component")
     noise_std = 0.0
+    has_prior_density = True
 
     def __init__(self, functions: str | FunctionPair = "data_1", misfit_std: float = 0.05) -> None:
         if isinstance(functions, str):
@@ -282,6 +313,100 @@ class TwoBirds:
     def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``num`` line pairs from the prior; shape ``(num, 1, 50, 2)``."""
         return lines_from_endpoints(self.sample_endpoints(num, generator))
+
+    def log_prior_endpoints(self, endpoints: torch.Tensor) -> torch.Tensor:
+        """Return the prior log density of endpoints ``(x0(0), x0(1), x1(0), x1(1))``.
+
+        Parameters
+        ----------
+        endpoints : Tensor, shape (*batch, 4)
+            Dimensionless line endpoints.
+
+        Returns
+        -------
+        Tensor, shape (*batch,)
+            ``-2 log 0.9 - log(1 - x0(1)) - log(1 - x1(0))`` in nats on the support
+            ``0.1 <= x0(1) <= x0(0) <= 1``, ``0.1 <= x1(0) <= x1(1) <= 1`` (with a slack of
+            1e-6 for float32 round-off), ``-inf`` off it; float64, with respect to Lebesgue
+            measure on ``R^4``; differentiable inside the support.
+
+        Raises
+        ------
+        ShapeError
+            If the last axis of ``endpoints`` is not 4.
+
+        Notes
+        -----
+        The sampler draws four independent uniforms ``s`` and maps them affinely:
+        ``x0(1) = 0.1 + 0.9 s_1``, ``x0(0) = x0(1) + (1 - x0(1)) s_0`` (and likewise for
+        ``x1``), a map with Jacobian determinant ``0.9 (1 - x0(1)) 0.9 (1 - x1(0))``; the
+        density is its reciprocal. Its entropy is ``4 log(0.9) - 2 = -2.42`` nats (each
+        ``E[log(1 - U(0.1, 1))] = log 0.9 - 1``; negative, as the support is small).
+
+        Examples
+        --------
+        >>> p = TwoBirds()
+        >>> e = torch.tensor([[0.9, 0.1, 0.1, 0.9], [0.1, 0.9, 0.1, 0.9]])  # second: x0 rises
+        >>> [round(v, 4) for v in p.log_prior_endpoints(e).tolist()]  # -4 log(0.9), outside
+        [0.4214, -inf]
+        """
+        if endpoints.dim() < 1 or endpoints.shape[-1] != 4:
+            raise ShapeError(f"endpoints must have shape (*batch, 4), got {tuple(endpoints.shape)}")
+        x0_start, x0_end, x1_start, x1_end = endpoints.to(torch.float64).unbind(-1)
+        tol = _SUPPORT_TOL
+        inside = (
+            (x0_end >= _LOW - tol)
+            & (x0_end <= x0_start + tol)
+            & (x0_start <= _HIGH + tol)
+            & (x1_start >= _LOW - tol)
+            & (x1_start <= x1_end + tol)
+            & (x1_end <= _HIGH + tol)
+        )
+        tiny = torch.finfo(torch.float64).tiny
+        log_p = (
+            -2 * math.log(_HIGH - _LOW)
+            - torch.log((_HIGH - x0_end).clamp_min(tiny))
+            - torch.log((_HIGH - x1_start).clamp_min(tiny))
+        )
+        return torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
+
+    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the prior log density of line pairs ``x``, on their endpoint coordinates.
+
+        ``x`` lies on the 4-dimensional family of straight line pairs, so its density is taken
+        with respect to Lebesgue measure on the endpoints ``e = endpoints_from_lines(x)`` (the
+        basis coefficients, :meth:`basis`): :meth:`log_prior_endpoints` of ``e``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, 1, 50, 2)
+            Line pairs (dimensionless).
+
+        Returns
+        -------
+        Tensor, shape (*batch,)
+            In nats, float64; ``-inf`` when ``x`` violates the prior's constraints or is not a
+            pair of straight lines (further than 1e-5 from the lines through its endpoints).
+
+        Raises
+        ------
+        ShapeError
+            If the trailing axes of ``x`` are not ``(1, 50, 2)``.
+
+        Examples
+        --------
+        >>> p = TwoBirds()
+        >>> x = p.sample_prior(1000, torch.Generator().manual_seed(0))
+        >>> round(float(p.log_prior(x).mean()), 1)  # minus the entropy, 2 - 4 log(0.9)
+        2.4
+        """
+        if x.dim() < 3 or tuple(x.shape[-3:]) != self.x_shape:
+            raise ShapeError(f"x must end in shape {self.x_shape}, got {tuple(x.shape)}")
+        x64 = x.to(torch.float64)
+        endpoints = endpoints_from_lines(x64)
+        off_line = (lines_from_endpoints(endpoints) - x64).abs().flatten(-3).amax(-1) > _LINE_TOL
+        log_p = self.log_prior_endpoints(endpoints)
+        return torch.where(off_line, torch.full_like(log_p, -math.inf), log_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply ``F``: ``x`` of shape ``(*batch, 1, 50, 2)`` to ``y`` of the same shape.
