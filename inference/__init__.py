@@ -7,12 +7,21 @@
 from typing import TYPE_CHECKING, Any
 
 from inference.exact import linear_gaussian_posterior
-from inference.posterior import PosteriorDraws, draw_posterior
+from inference.importance import ImportanceResult, importance_sample
+from inference.posterior import CVAEPosterior, PosteriorDraws, draw_posterior
 
 if TYPE_CHECKING:
     from inference.sample import sample_posterior
 
-__all__ = ["PosteriorDraws", "draw_posterior", "linear_gaussian_posterior", "sample_posterior"]
+__all__ = [
+    "CVAEPosterior",
+    "ImportanceResult",
+    "PosteriorDraws",
+    "draw_posterior",
+    "importance_sample",
+    "linear_gaussian_posterior",
+    "sample_posterior",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -54,6 +54,7 @@ __all__ = [
     "check_posterior",
     "default_dims",
     "load_inference_data",
+    "pareto_smooth",
     "save_inference_data",
     "to_inference_data",
 ]
@@ -411,3 +412,27 @@ def summary(
 def hdi(draws: np.ndarray, hdi_prob: float = 0.9) -> np.ndarray:
     """Return the highest-density interval over the first axis; shape ``(*rest, 2)``."""
     return az.hdi(np.asarray(draws)[None], hdi_prob=hdi_prob)
+
+
+def pareto_smooth(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smooth importance log weights with ArviZ's ``psislw`` (PSIS).
+
+    Parameters
+    ----------
+    log_weights : ndarray, shape (..., S)
+        Raw log weights, the draws along the last axis.
+
+    Returns
+    -------
+    smoothed : ndarray, shape (..., S)
+        Smoothed log weights, normalised over the last axis (they log-sum-exp to 0).
+    khat : ndarray, shape (...)
+        Generalised Pareto shape estimates (``> 0.7``: unreliable).
+
+    References
+    ----------
+    Vehtari, Simpson, Gelman, Yao and Gabry (2024), Pareto smoothed importance sampling, JMLR
+    25(72).
+    """
+    smoothed, khat = az.psislw(np.asarray(log_weights, dtype=np.float64), reff=1.0)
+    return np.asarray(smoothed), np.asarray(khat)

@@ -13,15 +13,23 @@ import math
 from dataclasses import dataclass
 
 import pyro
+import pyro.distributions as pyro_dist
 import torch
 from pyro.infer import Predictive
 
+from inference.importance import ImportanceResult, importance_sample
 from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem, derived_quantities
 
-__all__ = ["PosteriorDraws", "as_observation_batch", "bytes_per_draw", "draw_posterior"]
+__all__ = [
+    "CVAEPosterior",
+    "PosteriorDraws",
+    "as_observation_batch",
+    "bytes_per_draw",
+    "draw_posterior",
+]
 
 
 @dataclass(frozen=True)
@@ -184,3 +192,220 @@ def draw_posterior(
     return PosteriorDraws(
         x=x, z=out["z"], y_rep=y_rep, decoder_noise=decoder_noise, x_mean=out["x_mean"]
     )
+
+
+class CVAEPosterior:
+    """The amortized posterior ``q(x | y)`` of a trained CVAE, as an object (sbi's posterior API).
+
+    ``q(x | y) = integral p_theta(x | z, y) p_theta(z | y) dz``: ``z`` from the prior net, ``x``
+    from the decoder. Modelled on sbi's ``DirectPosterior``: :meth:`sample` draws for an
+    observation ``y`` (or the default set by :meth:`set_default_y`), :meth:`log_prob`
+    evaluates the density, :meth:`importance_sample` corrects the draws with the problem's
+    prior and noise model, :meth:`to` moves the networks. The CLI's ``ppl-cvae sample`` and
+    :func:`draw_posterior` are the same computation.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        A trained conditional model (``config.y_shape`` set).
+    problem : Problem, optional
+        Forward operator, prior and noise model: needed for the posterior predictive and for
+        :meth:`importance_sample`.
+    default_y : Tensor, shape y_shape, optional
+        Observation used when a method gets no ``y``.
+
+    Raises
+    ------
+    ConfigError
+        If the model is unconditional.
+    """
+
+    def __init__(
+        self,
+        cvae: CVAE,
+        problem: Problem | None = None,
+        default_y: torch.Tensor | None = None,
+    ) -> None:
+        if cvae.config.y_shape is None:
+            raise ConfigError("a posterior needs a conditional model (y_shape set)")
+        self.cvae = cvae
+        self.problem = as_problem(problem) if problem is not None else None
+        self.default_y: torch.Tensor | None = None
+        if default_y is not None:
+            self.set_default_y(default_y)
+
+    @property
+    def y_shape(self) -> tuple[int, ...]:
+        """Event shape of one observation."""
+        shape = self.cvae.config.y_shape
+        assert shape is not None
+        return shape
+
+    def set_default_y(self, y: torch.Tensor) -> CVAEPosterior:
+        """Set the observation used when ``y`` is omitted; return self.
+
+        Raises
+        ------
+        ShapeError
+            If ``y`` does not have shape ``y_shape``.
+        """
+        if tuple(y.shape) != self.y_shape:
+            raise ShapeError(f"default y must have shape {self.y_shape}, got {tuple(y.shape)}")
+        self.cvae.check_finite(y=y)
+        self.default_y = y
+        return self
+
+    def _y(self, y: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+        if y is None:
+            if self.default_y is None:
+                raise ConfigError("no observation: pass y or call set_default_y(y) first")
+            y = self.default_y
+        return as_observation_batch(y, self.y_shape)
+
+    def to(self, device: torch.device | str) -> CVAEPosterior:
+        """Move the networks, buffers and default observation to ``device``; return self."""
+        self.cvae.to(device)
+        if self.default_y is not None:
+            self.default_y = self.default_y.to(device)
+        return self
+
+    def sample(
+        self,
+        sample_shape: tuple[int, ...] | torch.Size = (),
+        y: torch.Tensor | None = None,
+        *,
+        decoder_noise: bool | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Draw posterior samples of ``x``.
+
+        Parameters
+        ----------
+        sample_shape : tuple of int, default ()
+            Shape of the draws per observation (sbi's convention: ``(n,)`` for ``n`` draws).
+        y : Tensor, shape y_shape or (M, *y_shape), optional
+            Observation(s); default :attr:`default_y`.
+        decoder_noise, seed
+            As in :func:`draw_posterior`.
+
+        Returns
+        -------
+        Tensor, shape (*sample_shape, *x_shape) for one observation, else
+        (*sample_shape, M, *x_shape)
+            Units of ``x``.
+        """
+        y_batch, stacked = self._y(y)
+        num = math.prod(sample_shape)
+        draws = draw_posterior(
+            self.cvae, y_batch, max(num, 1), decoder_noise=decoder_noise, seed=seed
+        ).x[:num]
+        x_shape = self.cvae.config.x_shape
+        if not stacked:
+            return draws[:, 0].reshape(*sample_shape, *x_shape)
+        return draws.reshape(*sample_shape, y_batch.shape[0], *x_shape)
+
+    @torch.no_grad()
+    def log_prob(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        num_particles: int = 128,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Return ``log q(x | y)`` in nats (decoder noise included: the density of the draws).
+
+        Without a latent (a flow on ``x``) the density is exact. With a latent, the importance
+        weighted estimate of Burda et al. (2016) with the recognition net ``r`` as proposal,
+        ``log (1/K) sum_k p(z_k | y) p(x | z_k, y) / r(z_k | x, y)``, ``z_k ~ r(z | x, y)``: its
+        expectation is a lower bound of ``log q(x | y)`` (Jensen) whose gap shrinks as
+        ``O(1/K)`` (about ``Var(w) / (2 K E[w]^2)``), and it equals ``log q`` for any ``K`` when
+        ``r`` is the exact conditional of ``z``. For a basis decoder it is the density of
+        ``x`` with the decoder's elementwise noise, not of the decoder means that its draws
+        default to.
+
+        Parameters
+        ----------
+        x : Tensor, shape (N, *x_shape)
+            Models, units of ``x``.
+        y : Tensor, shape y_shape or (N, *y_shape), optional
+            One observation for every ``x``, or one per ``x``; default :attr:`default_y`.
+        num_particles : int, default 128
+            ``K``, latent particles per ``x`` (at least 1).
+        seed : int, optional
+            Seed of the particles (a forked torch RNG).
+
+        Returns
+        -------
+        Tensor, shape (N,)
+            float64.
+
+        Raises
+        ------
+        ShapeError
+            If ``x`` or ``y`` have the wrong shape.
+        ConfigError
+            If ``num_particles < 1``.
+
+        References
+        ----------
+        Burda, Grosse and Salakhutdinov (2016), Importance Weighted Autoencoders, ICLR.
+        """
+        if num_particles < 1:
+            raise ConfigError(f"num_particles must be >= 1, got {num_particles}")
+        cvae = self.cvae
+        x_shape = cvae.config.x_shape
+        if x.dim() != len(x_shape) + 1 or tuple(x.shape[1:]) != x_shape:
+            raise ShapeError(f"x must have shape (N, *{x_shape}), got {tuple(x.shape)}")
+        y_batch, _ = self._y(y)
+        n = x.shape[0]
+        if y_batch.shape[0] == 1:
+            y_batch = y_batch.expand(n, *self.y_shape)
+        cvae.check_inputs(y_batch, x)
+        was_training = cvae.training
+        cvae.eval()
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            if cvae.config.latent_dim == 0:
+                x_dist, _ = cvae.x_distribution(x.new_zeros(n, 0), y_batch, location=False)
+                out = x_dist.log_prob(x).double()
+            else:
+                loc, scale = cvae.recognition_params(y_batch, x)
+                r = pyro_dist.Normal(loc, scale).to_event(1)
+                z = r.sample((num_particles,))  # (K, N, latent)
+                x_dist, _ = cvae.x_distribution(z, y_batch, location=False)
+                log_w = (
+                    cvae.prior_distribution(y_batch).log_prob(z)
+                    + x_dist.log_prob(x.expand(num_particles, *x.shape))
+                    - r.log_prob(z)
+                ).double()
+                out = torch.logsumexp(log_w, dim=0) - math.log(num_particles)
+        cvae.train(was_training)
+        return out
+
+    def importance_sample(
+        self, num_samples: int, y: torch.Tensor | None = None, *, seed: int | None = None
+    ) -> ImportanceResult:
+        """Correct amortized draws with the problem's prior and noise model (importance sampling).
+
+        Parameters
+        ----------
+        num_samples : int
+            Proposal draws per observation.
+        y : Tensor, shape y_shape or (M, *y_shape), optional
+            Default :attr:`default_y`.
+        seed : int, optional
+
+        Raises
+        ------
+        ConfigError
+            If the posterior has no problem.
+        """
+        if self.problem is None:
+            raise ConfigError(
+                "importance sampling needs the problem's prior and noise model: "
+                "CVAEPosterior(cvae, problem=...)"
+            )
+        y_batch, _ = self._y(y)
+        return importance_sample(self.cvae, self.problem, y_batch, num_samples, seed=seed)
