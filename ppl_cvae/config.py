@@ -281,7 +281,7 @@ class ModelConfig(_DictMixin):
         For a linear forward operator with a Gaussian prior and noise, ``x | y ~ N(A y + b,
         L L^T)`` exactly, so the networks only learn departures from that posterior (the
         ensemble Kalman update). A full ``L`` is stored: at most :data:`MAX_FULL_NOISE`
-        elements of ``x``; Gaussian and flow likelihoods only, no ``basis_dim``.
+        elements of ``x`` and of ``y``; Gaussian and flow likelihoods only, no ``basis_dim``.
     constrained_coefficients : bool, default False
         With ``basis_dim``: the decoder works in an unconstrained space mapped onto the valid
         coefficients by a bijection the problem supplies (``problem.coefficient_transform()``;
@@ -458,10 +458,12 @@ class ModelConfig(_DictMixin):
                     f"of x (one of {WHITENED_LIKELIHOODS}, no basis_dim), got likelihood="
                     f"{self.likelihood!r}, basis_dim={_show(self.basis_dim)}"
                 )
-            if self.x_dim > MAX_FULL_NOISE:
+            y_dim = math.prod(self.y_shape) if self.y_shape is not None else 0
+            if max(self.x_dim, y_dim) > MAX_FULL_NOISE:
                 raise ConfigError(
-                    f"x_whitening='linear' stores a full Cholesky factor: it needs "
-                    f"prod(x_shape) <= {MAX_FULL_NOISE} (MAX_FULL_NOISE), got {self.x_dim}"
+                    "x_whitening='linear' stores a full Cholesky factor and solves with the "
+                    f"Gram matrix of y: it needs prod(x_shape) and prod(y_shape) <= "
+                    f"{MAX_FULL_NOISE} (MAX_FULL_NOISE), got {self.x_dim} and {y_dim}"
                 )
         if not _is_int(self.num_facies) or not 2 <= self.num_facies <= MAX_WIDTH:
             raise ConfigError(

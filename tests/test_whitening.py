@@ -10,7 +10,7 @@ import torch
 
 from inference.exact import exact_posterior
 from ppl_cvae.cli import main
-from ppl_cvae.config import MAX_FULL_NOISE, ModelConfig, TrainConfig
+from ppl_cvae.config import MAX_FULL_NOISE, ModelConfig, Overrides, TrainConfig
 from ppl_cvae.data.standardise import LinearWhitener
 from ppl_cvae.errors import CheckpointError, ConfigError, ShapeError
 from ppl_cvae.problems.linear_gaussian import LinearGaussian
@@ -155,3 +155,16 @@ def test_whitening_round_trips_through_the_cli_and_bad_factors_are_refused(tmp_p
     torch.save(record, ckpt)
     with pytest.raises(CheckpointError, match="whitener.scale_tril is not lower triangular"):
         load_checkpoint(run)
+
+
+def test_file_defaults_whiten_and_give_way_to_families_that_cannot_be_whitened():
+    from ppl_cvae.train.settings import DataSource, resolve_settings
+
+    source = DataSource(x_shape=(40,), y_shape=(6,), num_pairs=1000)
+    model, _ = resolve_settings(source)
+    assert model.x_whitening == "linear" and model.init_scale == 1.0
+    for likelihood in ("bernoulli", "gaussian_fixed"):
+        model, _ = resolve_settings(source, Overrides(model={"likelihood": likelihood}))
+        assert model.x_whitening == "none" and model.init_scale == 0.05
+    big = DataSource(x_shape=(64, 65), y_shape=(6,), num_pairs=1000)  # 4160 > MAX_FULL_NOISE
+    assert resolve_settings(big)[0].x_whitening == "none"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
+from ppl_cvae.config import MAX_FULL_NOISE, ModelOverrides, Overrides, TrainOverrides
 from ppl_cvae.errors import ConfigError
 
 __all__ = ["data_settings", "image_settings"]
@@ -64,6 +64,11 @@ def data_settings(
         - ``y_embedding``: ``"shared"`` when ``m >= 64`` (one summary network of a large ``y``);
         - ``linear_skip``: a linear path from ``y`` to the decoder output when ``m d <= 2^22``
           (on crosshole it halved the posterior-mean error against the exact posterior);
+        - ``x_whitening="linear"`` (with ``init_scale=1``) when ``d`` and ``m`` are at most
+          :data:`~ppl_cvae.config.MAX_FULL_NOISE` (4096): the networks model ``x`` given
+          ``y`` as departures from the least-squares linear-Gaussian posterior fitted on the
+          file (:class:`~ppl_cvae.data.standardise.LinearWhitener`; measured: C2ST on
+          sbibm-style gaussian_linear and two_moons files, README);
         - ``batch_size``: ``n / 64`` rounded to a power of two in [32, 256];
         - ``num_epochs``: enough for about 8000 SVI steps, in [30, 2000], with early stopping on
           the validation ELBO (``patience`` one tenth of the epochs, at least 10), a
@@ -98,6 +103,9 @@ def data_settings(
         learning_rate, min_patience = 5e-4, 20
     elif 0 < m * d <= MAX_SKIP_WEIGHTS:
         model["linear_skip"] = True
+    if 0 < m <= MAX_FULL_NOISE and d <= MAX_FULL_NOISE:
+        model["x_whitening"] = "linear"
+        model["init_scale"] = 1.0
     train = TrainOverrides(
         num_epochs=epochs,
         batch_size=batch,

@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from ppl_cvae.config import ModelConfig, Overrides, TrainConfig
+from ppl_cvae.config import WHITENED_LIKELIHOODS, ModelConfig, Overrides, TrainConfig
 from ppl_cvae.errors import ConfigError, DataError
 from ppl_cvae.problems.base import Problem, as_problem
 from ppl_cvae.train.defaults import data_settings, image_settings
@@ -148,8 +148,10 @@ def resolve_settings(
         ``y`` and no layer sets the prior (an unconditional VAE has no prior net). A
         recommendation that contradicts the family the user chose gives way: with
         ``likelihood="flow"`` a recommended ``linear_skip`` is dropped (a recommended basis
-        stays: the flow is then on its coefficients), and a recommended ``latent_dim=0`` (a
-        flow on ``x``) is dropped when the user picks another likelihood.
+        stays: the flow is then on its coefficients), a recommended ``latent_dim=0`` (a
+        flow on ``x``) is dropped when the user picks another likelihood, and a recommended
+        ``x_whitening="linear"`` (with its ``init_scale``) is dropped for a likelihood or basis
+        decoder it does not apply to.
     train_config : TrainConfig
 
     Raises
@@ -192,6 +194,12 @@ def resolve_settings(
         if basis is None:
             raise ConfigError("decoder='basis' (--decoder basis) needs a problem with a basis()")
         model.setdefault("basis_dim", int(basis.shape[1]))
+    if "x_whitening" not in user and model.get("x_whitening") == "linear":
+        likelihood = model.get("likelihood", "gaussian")
+        if likelihood not in WHITENED_LIKELIHOODS or model.get("basis_dim") is not None:
+            model.pop("x_whitening")  # a facies, fixed-scale or basis decoder: not whitened
+            if "init_scale" not in user:
+                model.pop("init_scale", None)
     return (
         ModelConfig(x_shape=x_shape, y_shape=y_shape, **model),
         TrainConfig(**train),
