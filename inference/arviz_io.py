@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "chain_diagnostics",
     "check_posterior",
     "default_dims",
     "load_inference_data",
@@ -436,3 +437,29 @@ def pareto_smooth(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     smoothed, khat = az.psislw(np.asarray(log_weights, dtype=np.float64), reff=1.0)
     return np.asarray(smoothed), np.asarray(khat)
+
+
+def chain_diagnostics(draws: np.ndarray) -> tuple[float, float]:
+    """Return the largest R-hat and the smallest bulk ESS over the coordinates of MCMC draws.
+
+    Parameters
+    ----------
+    draws : ndarray, shape (chains, draws, dim)
+
+    Returns
+    -------
+    rhat : float
+        Rank-normalised split R-hat (ArviZ's ``rhat``), the largest over ``dim``; NaN for one
+        chain of fewer than 4 draws.
+    min_ess : float
+        Bulk effective sample size (ArviZ's ``ess``), the smallest over ``dim``.
+
+    References
+    ----------
+    Vehtari, Gelman, Simpson, Carpenter and Buerkner (2021), Rank-normalization, folding, and
+    localization: an improved R-hat for assessing convergence of MCMC, Bayesian Analysis 16.
+    """
+    data = az.convert_to_dataset({"theta": np.asarray(draws, dtype=np.float64)})
+    rhat = float(az.rhat(data)["theta"].max())
+    ess = float(az.ess(data, method="bulk")["theta"].min())
+    return rhat, ess
