@@ -14,8 +14,8 @@ draws): SBC flags all three controls in every seed (the smallest component p-val
 1e-7, the threshold is 2e-4), TARP and coverage flag the over- and under-dispersed ones
 (TARP's p-value sits 7 and 10 standard normal units beyond its threshold on average, a miss
 probability near 1e-7). Central coverage and TARP are not asked to see the shift: symmetric
-intervals react to it only at second order, and TARP with references independent of ``y``
-flagged it in about 10% of seeds.
+intervals react to it only at second order (flagged in about two thirds of the seeds), and TARP
+with references independent of ``y`` flagged it in about one seed in ten.
 """
 
 from __future__ import annotations

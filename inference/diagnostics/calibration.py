@@ -120,8 +120,8 @@ __all__ = [
     "uniformity_tests",
 ]
 
+# a scalar of a model: maps x of shape (N, M, *x_shape) to (N, M)
 Statistic = Callable[[torch.Tensor], torch.Tensor]
-"""A scalar of a model: maps ``x`` of shape ``(N, M, *x_shape)`` to ``(N, M)``."""
 
 MIN_OBSERVATIONS = 100
 """Held-out observations below which SBC and TARP warn (and the evaluate report notes it)."""
