@@ -96,7 +96,8 @@ def evaluate_held_out(problem: Any, run: SurveyRun, args: argparse.Namespace) ->
     )
     metrics.update(fit_seconds=run.fit_seconds, problem=problem.spec(), smoke=bool(args.smoke))
     write_evaluation(
-        run.out, metrics, x_eval, x_draws, exact=exact_eval, problem=problem, seed=args.seed
+        run.out, metrics, x_eval, x_draws, exact=exact_eval, problem=problem, seed=args.seed,
+        y_obs=y_eval,
     )
     config = run.result.config
     print(f"fit: {run.fit_seconds:.1f} s ({config.num_epochs} epochs of {config.num_train} pairs)")

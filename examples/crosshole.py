@@ -18,7 +18,7 @@ It writes into ``--out-dir``: ``posterior.nc``, ``fields.png`` (truth, posterior
 three draws; exact mean and std for the random field; boreholes with sources and receivers),
 ``report/`` (what ``ppl-cvae diagnose`` writes: summary and misfit tables, the section and the
 middle column against depth, the posterior predictive traveltimes), ``loss.png``,
-``coverage.png``, ``truth_vs_mean.png`` and ``metrics.json``.
+``coverage.png``, ``truth_vs_mean.png``, ``sbc_ecdf.png``, ``tarp.png`` and ``metrics.json``.
 
 Run::
 

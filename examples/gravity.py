@@ -14,8 +14,8 @@ held-out synthetic profile (``posterior.nc``) and evaluates coverage and misfit 
 writes into ``--out-dir``: ``posterior.nc``, ``fields.png`` (truth, posterior mean and std,
 three draws, exact mean and std), ``report/`` (what ``ppl-cvae diagnose`` writes: summary and
 misfit tables, the section and the middle column against depth, the posterior predictive
-anomaly against station offset), ``loss.png``, ``coverage.png``, ``truth_vs_mean.png`` and
-``metrics.json``.
+anomaly against station offset), ``loss.png``, ``coverage.png``, ``truth_vs_mean.png``,
+``sbc_ecdf.png``, ``tarp.png`` and ``metrics.json``.
 
 Run::
 

@@ -15,7 +15,7 @@ writes into ``--out-dir``: ``posterior.nc``, ``report/`` (what ``ppl-cvae diagno
 summary and misfit tables, the resistivity staircase against depth on a log ohm m axis with the
 truth, and the posterior predictive apparent resistivity and phase against log frequency with
 the observed sounding and its error bars), ``loss.png``, ``coverage.png``,
-``truth_vs_mean.png`` and ``metrics.json``.
+``truth_vs_mean.png``, ``sbc_ecdf.png``, ``tarp.png`` and ``metrics.json``.
 
 Run::
 

@@ -2,9 +2,33 @@
 
 ``evaluate_model`` draws posterior samples from a trained model for held-out ``(x, y)`` pairs,
 adds the exact posterior where one exists and computes the metrics of
-:func:`inference.diagnostics.coverage.run_evaluation` (whose module docstring lists the keys);
-``write_evaluation`` writes ``metrics.json``, ``coverage.png`` and ``truth_vs_mean.png``. The CLI
-and the examples share both. Plotting is imported when writing, not with this module.
+:func:`inference.diagnostics.coverage.run_evaluation` (whose module docstring lists the keys)
+and the ``calibration`` checks: simulation-based calibration of every component and of the
+data misfit, TARP of the joint posterior
+(:func:`inference.diagnostics.calibration.run_calibration`) and the coverage verdict with a
+tolerance from the number of held-out observations
+(:func:`inference.diagnostics.coverage.coverage_verdict`). ``write_evaluation`` writes
+``metrics.json``, ``coverage.png``, ``truth_vs_mean.png``, ``sbc_ecdf.png`` and ``tarp.png``.
+The CLI and the examples share both. Plotting is imported when writing, not with this module.
+
+The ``calibration`` key of the metrics
+--------------------------------------
+``false_alarm``
+    Probability that each verdict fails a calibrated posterior (default 0.01).
+``coverage``
+    :func:`~inference.diagnostics.coverage.coverage_verdict`: observed, expected (with ``S``
+    draws), standard error and tolerance of ``coverage_50``/``coverage_90``, and ``failures``.
+``sbc``
+    :func:`~inference.diagnostics.calibration.run_sbc` (per-component rank tests, the pooled
+    test and, with a forward operator, ``statistics["misfit"]``: the rank of the truth's
+    chi-squared misfit per datum among the draws') and its ``failures``.
+``tarp``
+    :func:`~inference.diagnostics.calibration.run_tarp` (``alpha``, ``ecp``, ``atc``,
+    ``max_deviation``, ``p_value``) and its ``failures``.
+``notes``
+    Why a check is weak or missing (fewer than 100 held-out pairs; non-finite draws).
+``passed``
+    Whether no verdict failed.
 """
 
 from __future__ import annotations
@@ -17,7 +41,14 @@ from typing import Any
 
 import torch
 
-from inference.diagnostics.coverage import central_coverage, run_evaluation
+from inference.diagnostics.calibration import (
+    component_label,
+    misfit_statistic,
+    run_calibration,
+    sbc_ranks,
+    tarp_values,
+)
+from inference.diagnostics.coverage import central_coverage, coverage_verdict, run_evaluation
 from inference.diagnostics.facies import run_facies_evaluation
 from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
@@ -25,7 +56,7 @@ from ppl_cvae._atomic import atomic_path
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, linear_gaussian_parts, units_of
 
-__all__ = ["evaluate_model", "write_evaluation"]
+__all__ = ["evaluate_draws", "evaluate_model", "write_evaluation"]
 
 
 def evaluate_model(
@@ -37,6 +68,7 @@ def evaluate_model(
     num_samples: int = 200,
     seed: int = 0,
     chunk: int = 64,
+    false_alarm: float = 0.01,
 ) -> tuple[dict[str, Any], torch.Tensor, ExactPosterior | None]:
     """Draw posterior samples for held-out pairs and compute :func:`run_evaluation` metrics.
 
@@ -57,11 +89,15 @@ def evaluate_model(
         Seed of the draws; chunk ``k`` (observations ``k*chunk ...``) uses ``seed + k*chunk``.
     chunk : int, default 64
         Observations drawn at once (bounds memory at ``num_samples * chunk`` models).
+    false_alarm : float in (0, 1), default 0.01
+        Probability that each calibration verdict (coverage, SBC, TARP) fails a calibrated
+        posterior.
 
     Returns
     -------
     metrics : dict
-        See the module docstring; for a facies decoder (``likelihood`` ``"bernoulli"`` or
+        See the module docstring (``calibration``: SBC, TARP and the coverage verdict, seeded
+        with ``seed``); for a facies decoder (``likelihood`` ``"bernoulli"`` or
         ``"categorical"``) also ``"facies"``: the accuracy of the posterior mode and the
         reliability curve of the posterior facies probabilities against ``x``
         (:func:`inference.diagnostics.facies.run_facies_evaluation`). The probabilities are
@@ -70,6 +106,17 @@ def evaluate_model(
     x_draws : Tensor, shape (num_samples, M, *x_shape)
     exact : ExactPosterior or None
         The exact posterior of the ``M`` observations, when the problem has one.
+
+    Raises
+    ------
+    ConfigError
+        If ``false_alarm`` is not in (0, 1).
+    ShapeError
+        If ``x`` and ``y`` disagree with the model or each other.
+
+    References
+    ----------
+    Talts et al. 2018, arXiv:1804.06788 (SBC); Lemos et al. 2023, arXiv:2302.03026 (TARP).
     """
     parts, probs = [], []
     likelihood = cvae.config.likelihood
@@ -85,18 +132,95 @@ def evaluate_model(
     exact = None
     if problem is not None and linear_gaussian_parts(problem) is not None:
         exact = exact_posterior(problem, y)
+    metrics = evaluate_draws(
+        x_draws,
+        x,
+        y,
+        x_reference=cvae.x_standardiser.mean.detach().cpu(),
+        problem=problem,
+        exact=exact,
+        seed=seed,
+        false_alarm=false_alarm,
+    )
+    if probs:
+        metrics["facies"] = run_facies_evaluation(torch.cat(probs), x)
+    return metrics, x_draws, exact
+
+
+def evaluate_draws(
+    x_draws: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    x_reference: torch.Tensor,
+    problem: Problem | None = None,
+    exact: ExactPosterior | None = None,
+    seed: int = 0,
+    false_alarm: float = 0.01,
+) -> dict[str, Any]:
+    """Compute the metrics of :func:`evaluate_model` from posterior draws of any sampler.
+
+    Parameters
+    ----------
+    x_draws : Tensor, shape (S, M, *x_shape)
+        Independent posterior draws for the ``M`` held-out pairs, units of ``x``.
+    x : Tensor, shape (M, *x_shape)
+        True models of the held-out pairs (drawn from the prior).
+    y : Tensor, shape (M, *y_shape)
+        Their observations.
+    x_reference : Tensor, shape x_shape
+        The prior's constant guess (training mean of ``x``) for ``rmse_prior_mean``.
+    problem : Problem, optional
+        Forward operator and noise model: chi-squared misfit and its SBC rank.
+    exact : ExactPosterior, optional
+        The exact posterior of the ``M`` observations, compared in ``metrics["exact"]``.
+    seed : int, default 0
+        Seed of the SBC tie breaks and the TARP reference points.
+    false_alarm : float in (0, 1), default 0.01
+        Probability that each calibration verdict fails a calibrated posterior.
+
+    Returns
+    -------
+    dict
+        JSON-ready: :func:`inference.diagnostics.coverage.run_evaluation` plus
+        ``calibration`` (module docstring).
+
+    Raises
+    ------
+    ShapeError
+        If the shapes disagree.
+    ConfigError
+        If ``false_alarm`` is not in (0, 1).
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> problem = LinearGaussian(x_dim=2, y_dim=2)
+    >>> x, y = problem.simulate(200, torch.Generator().manual_seed(0))
+    >>> exact = exact_posterior(problem, y)
+    >>> draws = exact.sample(100, torch.Generator().manual_seed(1))
+    >>> metrics = evaluate_draws(draws, x, y, x_reference=torch.zeros(2), problem=problem)
+    >>> metrics["calibration"]["passed"]
+    True
+    """
     metrics = run_evaluation(
         x_draws,
         x,
-        x_reference=cvae.x_standardiser.mean.detach().cpu(),
+        x_reference=x_reference,
         y_obs=y,
         problem=problem,
         exact_mean=exact.mean if exact is not None else None,
         exact_std=exact.std if exact is not None else None,
     )
-    if probs:
-        metrics["facies"] = run_facies_evaluation(torch.cat(probs), x)
-    return metrics, x_draws, exact
+    calibration = run_calibration(
+        x_draws, x, y_obs=y, problem=problem, seed=seed, false_alarm=false_alarm
+    )
+    calibration["coverage"] = coverage_verdict(metrics, false_alarm)
+    calibration["passed"] = not any(
+        calibration[key]["failures"] for key in ("coverage", "sbc", "tarp") if key in calibration
+    )
+    metrics["calibration"] = calibration
+    return metrics
 
 
 def write_evaluation(
@@ -108,8 +232,10 @@ def write_evaluation(
     exact: ExactPosterior | None = None,
     problem: Problem | None = None,
     seed: int = 0,
+    y_obs: torch.Tensor | None = None,
+    max_rank_panels: int = 8,
 ) -> list[Path]:
-    """Write ``metrics.json``, ``coverage.png`` and ``truth_vs_mean.png`` into ``out_dir``.
+    """Write ``metrics.json`` and the coverage, truth, SBC and TARP plots into ``out_dir``.
 
     Parameters
     ----------
@@ -122,14 +248,25 @@ def write_evaluation(
     exact : ExactPosterior, optional
         Drawn ``S`` times (seed ``seed``) for the dashed exact coverage curve.
     problem : Problem, optional
-        Supplies the unit of ``x`` for the axis labels.
+        Supplies the unit of ``x`` for the axis labels; with ``y_obs`` the misfit panel of the
+        SBC plot.
+    y_obs : Tensor, shape (M, *y_shape), optional
+        The held-out observations (for the misfit ranks).
+    max_rank_panels : int, default 8
+        Components shown in ``sbc_ecdf.png``: all when there are no more, else the two with the
+        smallest p-values and evenly spaced others.
 
     Returns
     -------
     list of Path
-        The files written (each atomically).
+        The files written (each atomically): ``metrics.json``, ``coverage.png``,
+        ``truth_vs_mean.png`` and, when ``metrics["calibration"]`` holds SBC and TARP results,
+        ``sbc_ecdf.png`` (ECDF-difference plots of the normalised ranks with 99% simultaneous
+        bands) and ``tarp.png`` (expected coverage against credibility). The ranks are
+        recomputed from ``x_draws`` with the seed recorded in the metrics, so they are the
+        ones the metrics describe.
     """
-    from inference.plots import plot_coverage, plot_truth_vs_mean
+    from inference.plots import plot_coverage, plot_rank_ecdf, plot_tarp, plot_truth_vs_mean
 
     out = Path(out_dir)
     with atomic_path(out / "metrics.json") as tmp:
@@ -139,7 +276,7 @@ def write_evaluation(
     if exact is not None:
         ref_draws = exact.sample(x_draws.shape[0], torch.Generator().manual_seed(seed))
         reference = central_coverage(ref_draws, x_true, curve["nominal"])
-    return [
+    written = [
         out / "metrics.json",
         plot_coverage(
             curve["nominal"],
@@ -156,3 +293,37 @@ def write_evaluation(
             unit=units_of(problem).get("x", ""),
         ),
     ]
+    calibration = metrics.get("calibration", {})
+    if "sbc" in calibration and "tarp" in calibration:
+        sbc = calibration["sbc"]
+        statistics = {}
+        if problem is not None and y_obs is not None and "misfit" in sbc["statistics"]:
+            statistics["misfit"] = misfit_statistic(problem, y_obs)
+        ranks = sbc_ranks(x_draws, x_true, statistics=statistics, seed=int(sbc["seed"]))
+        p_values = sbc["components"]["p_value"]
+        panels = {}
+        for i in _rank_panels(p_values, max_rank_panels):
+            panels[f"{component_label(i, ranks.x_shape)}  p = {p_values[i]:.2g}"] = (
+                ranks.normalised[:, i]
+            )
+        for name, u in ranks.statistic_normalised.items():
+            panels[f"{name}  p = {sbc['statistics'][name]['p_value']:.2g}"] = u
+        written.append(plot_rank_ecdf(panels, out / "sbc_ecdf.png"))
+        tarp = calibration["tarp"]
+        u = tarp_values(x_draws, x_true, seed=int(tarp["seed"]))
+        written.append(plot_tarp(u, out / "tarp.png"))
+    return written
+
+
+def _rank_panels(p_values: list[float], max_panels: int) -> list[int]:
+    """Pick component indices to plot: all, or the two smallest p-values and evenly spaced."""
+    num = len(p_values)
+    if num <= max_panels:
+        return list(range(num))
+    worst = sorted(range(num), key=lambda i: p_values[i])[: min(2, max_panels)]
+    chosen = set(worst)
+    for i in torch.linspace(0, num - 1, max_panels).round().long().tolist():
+        if len(chosen) >= max_panels:
+            break
+        chosen.add(int(i))
+    return sorted(chosen)

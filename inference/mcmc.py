@@ -12,7 +12,7 @@ an amortized draw, and NUTS runs in the coordinates ``v = L^-1 (x - mu)``, with 
 posterior covariance is what NUTS's own adaptation aims at; taking it from the draws saves
 the warm-up it would need to estimate ``d (d + 1) / 2`` entries (a constant-Jacobian change of
 variables: the target in ``x`` is unchanged). ``precondition="none"`` gives plain NUTS with
-diagonal adaptation, started from prior draws, the baseline of ``benchmarks/posterior_correction.py``.
+diagonal adaptation, started from prior draws (the baseline of the correction benchmark).
 
 Chains run one after the other in this process (Pyro's parallel chains spawn processes);
 R-hat and the bulk ESS come from ArviZ (rank-normalised split R-hat, Vehtari et al. 2021).

@@ -1,5 +1,9 @@
 """Figures of posteriors and training runs (the only library module importing matplotlib/seaborn).
 
+The rank-ECDF figures of the calibration checks draw with ArviZ's ``plot_ecdf`` (its simultaneous
+confidence bands), imported inside those functions, so that ArviZ plotting too stays at this
+edge.
+
 The ``*_figure`` functions return a ``matplotlib.figure.Figure`` (inspect it, or write it with
 :func:`save_figure`); the ``plot_*`` functions draw into a new figure and save it as PNG
 atomically; nothing is shown. Figures are ``Figure`` objects outside pyplot (rendered by the
@@ -17,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +42,11 @@ __all__ = [
     "layered_profile_figure",
     "log10_unit",
     "plot_coverage",
+    "plot_rank_ecdf",
+    "plot_tarp",
     "plot_truth_vs_mean",
+    "rank_ecdf_figure",
+    "tarp_figure",
     "plot_image_grid",
     "plot_latent_scatter",
     "plot_loss",
@@ -592,6 +601,124 @@ def plot_coverage(
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")
     return _save(fig, path)
+
+
+_ECDF_POINTS = np.linspace(0.0, 1.0, 101)[1:-1]  # fixed, so the simultaneous bands hold
+
+
+def _plot_uniform_ecdf(ax: Any, values: np.ndarray, *, difference: bool, ci_prob: float) -> None:
+    """Draw the ECDF of ``values`` against U(0, 1) with ArviZ's simultaneous band into ``ax``."""
+    with warnings.catch_warnings():
+        # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning at import time
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+
+    az.plot_ecdf(
+        np.asarray(values, dtype=float),
+        eval_points=_ECDF_POINTS,
+        cdf=lambda t: np.clip(t, 0.0, 1.0),
+        difference=difference,
+        confidence_bands="optimized",
+        ci_prob=ci_prob,
+        ax=ax,
+    )
+
+
+def rank_ecdf_figure(
+    normalised: Mapping[str, np.ndarray], *, ci_prob: float = 0.99, ncols: int = 4
+) -> Figure:
+    """Draw ECDF-difference plots of SBC normalised ranks with simultaneous bands.
+
+    Parameters
+    ----------
+    normalised : mapping of str to ndarray, shape (M,)
+        Panel title (e.g. ``"x[3]  p = 0.41"``, ``"misfit"``) -> the ``M`` normalised ranks
+        ``u`` in (0, 1) (:class:`inference.diagnostics.calibration.SBCRanks`).
+    ci_prob : float, default 0.99
+        Probability that the whole ECDF of ``M`` uniform values stays inside a panel's band
+        (simultaneous over the panel's evaluation points, Säilynoja et al. 2022; not corrected
+        across panels).
+    ncols : int, default 4
+        Panels per row.
+
+    Returns
+    -------
+    Figure
+        One panel per entry: ``ECDF(u) - u`` against ``u`` with the band; a calibrated
+        posterior stays inside, a hump (ECDF above) means ranks pile low (truth below the
+        draws), an S shape going up then down means ranks pile in the middle (too wide), down
+        then up a U shape (too narrow).
+
+    Raises
+    ------
+    ValueError
+        If ``normalised`` is empty.
+    """
+    if not normalised:
+        raise ValueError("normalised holds no ranks to plot")
+    n = len(normalised)
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = _subplots(
+        rows, cols, figsize=(3.0 * cols, 2.5 * rows), constrained_layout=True, squeeze=False
+    )
+    flat = list(axes.ravel())
+    for ax, (title, u) in zip(flat, normalised.items(), strict=False):
+        _plot_uniform_ecdf(ax, u, difference=True, ci_prob=ci_prob)
+        ax.axhline(0.0, color="0.4", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("normalised rank", fontsize=8)
+        ax.set_ylabel("ECDF - uniform", fontsize=8)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    fig.suptitle(
+        f"SBC ranks: ECDF minus uniform, {ci_prob:.0%} simultaneous band per panel", fontsize=9
+    )
+    return fig
+
+
+def plot_rank_ecdf(
+    normalised: Mapping[str, np.ndarray], path: str | os.PathLike[str], *, ci_prob: float = 0.99
+) -> Path:
+    """Save :func:`rank_ecdf_figure` as PNG (atomically) and return the path."""
+    return _save(rank_ecdf_figure(normalised, ci_prob=ci_prob), path)
+
+
+def tarp_figure(values: np.ndarray, *, ci_prob: float = 0.99) -> Figure:
+    """Draw the TARP expected coverage curve with a simultaneous band.
+
+    Parameters
+    ----------
+    values : ndarray, shape (M,)
+        TARP credibilities of the ``M`` truths, normalised
+        (:func:`inference.diagnostics.calibration.tarp_values`).
+    ci_prob : float, default 0.99
+        Probability that the whole curve of a calibrated posterior stays inside the band.
+
+    Returns
+    -------
+    Figure
+        Expected coverage probability (the ECDF of ``values``) against the credibility level
+        ``alpha``, with the diagonal; above the diagonal the joint posterior is too wide, below
+        it too narrow (Lemos et al. 2023, figure 2).
+    """
+    fig, ax = _subplots(figsize=(4.2, 4.2))
+    _plot_uniform_ecdf(ax, values, difference=False, ci_prob=ci_prob)
+    ax.plot([0, 1], [0, 1], color="0.4", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("credibility level alpha")
+    ax.set_ylabel("expected coverage probability")
+    ax.set_title(f"TARP, {len(values)} held-out truths, {ci_prob:.0%} band", fontsize=9)
+    return fig
+
+
+def plot_tarp(
+    values: np.ndarray, path: str | os.PathLike[str], *, ci_prob: float = 0.99
+) -> Path:
+    """Save :func:`tarp_figure` as PNG (atomically) and return the path."""
+    return _save(tarp_figure(values, ci_prob=ci_prob), path)
 
 
 def plot_truth_vs_mean(

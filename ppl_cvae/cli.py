@@ -485,7 +485,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, chi-squared; metrics.json + PNGs."""
+    """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, misfit, SBC, TARP; JSON + PNGs."""
     from inference.evaluate import evaluate_model, write_evaluation
     from inference.posterior import bytes_per_draw
     from ppl_cvae.data.io import load_pairs
@@ -515,7 +515,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics["data"] = str(args.data)
     metrics["problem"] = problem.name if problem is not None else None
     with atomic_dir(out, overwrite=args.overwrite, command="evaluate") as tmp_dir:
-        write_evaluation(tmp_dir, metrics, x, x_draws, exact=exact, problem=problem, seed=args.seed)
+        write_evaluation(
+            tmp_dir, metrics, x, x_draws, exact=exact, problem=problem, seed=args.seed, y_obs=y
+        )
     summary = (
         f"coverage 50%: {metrics['coverage_50']:.3f}, 90%: {metrics['coverage_90']:.3f}; "
         f"RMSE posterior mean / prior mean: {metrics['rmse_ratio']:.3f}"
@@ -528,7 +530,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"; facies accuracy of the posterior mode: {facies['mode_accuracy']:.3f}, "
             f"reliability max deviation: {facies['reliability']['max_deviation']:.3f}"
         )
+    calibration = metrics["calibration"]
+    verdicts = [
+        f"{name} {'failed' if calibration[key]['failures'] else 'passed'}"
+        for key, name in (("coverage", "coverage"), ("sbc", "SBC"), ("tarp", "TARP"))
+        if key in calibration
+    ]
+    summary += f"; calibration (false alarm {calibration['false_alarm']:g}): " + ", ".join(
+        verdicts
+    )
     print(f"{summary} ({metrics['num_observations']} held-out pairs); wrote {out}")
+    for note in calibration["notes"]:
+        print(f"note: {note}")
     return 0
 
 
@@ -846,12 +859,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "evaluate",
-        help="coverage, RMSE and misfit of a run on held-out pairs",
+        help="coverage, RMSE, misfit, SBC and TARP of a run on held-out pairs",
         description="Draw posterior samples for held-out (x, y) pairs and write metrics.json "
         "(coverage of the true x by central 50%%/90%% intervals, RMSE of the posterior mean vs "
-        "the training mean, chi-squared misfit per datum with a forward operator, and the exact "
-        "posterior comparison for linear-Gaussian problems) plus coverage.png and "
-        "truth_vs_mean.png.",
+        "the training mean, chi-squared misfit per datum with a forward operator, the exact "
+        "posterior comparison for linear-Gaussian problems, and under 'calibration' "
+        "simulation-based calibration ranks of every component and of the misfit, TARP of the "
+        "joint posterior and the coverage verdict with a tolerance from the number of pairs) "
+        "plus coverage.png, truth_vs_mean.png, sbc_ecdf.png and tarp.png.",
     )
     ev.add_argument("run_dir", help="run folder written by fit (or a model.pt)")
     ev.add_argument("--data", required=True, help="held-out pairs (.npz/.nc/.pt with x and y)")

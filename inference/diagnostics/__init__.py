@@ -1,7 +1,11 @@
 """Checks of posterior draws, compute and verdict apart: ``run_*`` computes, ``check_*`` judges.
 
 - :mod:`inference.diagnostics.coverage`: coverage, RMSE and chi-squared on held-out pairs
-  (``run_evaluation`` / ``check_coverage``);
+  (``run_evaluation`` / ``check_coverage``, whose tolerance follows from the number of pairs:
+  ``coverage_verdict``);
+- :mod:`inference.diagnostics.calibration`: simulation-based calibration ranks of every
+  component and of derived statistics such as the data misfit (``run_sbc`` / ``check_sbc``),
+  and TARP of the joint posterior (``run_tarp`` / ``check_tarp``);
 - :mod:`inference.diagnostics.ppc`: noise-whitened posterior predictive misfit of a posterior
   file (``run_ppc`` / ``check_ppc``);
 - :mod:`inference.diagnostics.facies`: reliability curve of facies probabilities against true
@@ -12,10 +16,21 @@ Nothing here plots or writes files: the pipelines that do are :mod:`inference.ev
 (``ppl-cvae evaluate``) and :mod:`inference.report` (``ppl-cvae diagnose``).
 """
 
+from inference.diagnostics.calibration import (
+    check_sbc,
+    check_tarp,
+    run_calibration,
+    run_sbc,
+    run_tarp,
+    sbc_ranks,
+    tarp_values,
+)
 from inference.diagnostics.coverage import (
     CURVE_LEVELS,
     central_coverage,
     check_coverage,
+    coverage_verdict,
+    expected_coverage,
     run_evaluation,
 )
 from inference.diagnostics.facies import check_reliability, mode_accuracy, run_reliability
@@ -28,8 +43,17 @@ __all__ = [
     "check_coverage",
     "check_ppc",
     "check_reliability",
+    "check_sbc",
+    "check_tarp",
+    "coverage_verdict",
+    "expected_coverage",
     "mode_accuracy",
+    "run_calibration",
     "run_evaluation",
     "run_ppc",
     "run_reliability",
+    "run_sbc",
+    "run_tarp",
+    "sbc_ranks",
+    "tarp_values",
 ]

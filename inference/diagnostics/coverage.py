@@ -14,6 +14,9 @@ Keys of the metrics dictionary
     interval (quantiles ``(1 -+ alpha) / 2`` of the draws). Nominal: 0.5 / 0.9.
 ``coverage_curve``
     ``{"nominal": [...], "empirical": [...]}`` at credibility levels 0.05, 0.1, ..., 0.95, 0.99.
+``coverage_standard_error``
+    ``{"coverage_50": se, "coverage_90": se}``: standard error of each pooled coverage from the
+    number of held-out observations ``M`` (see "Coverage verdict" below).
 ``rmse_posterior_mean``, ``rmse_prior_mean``, ``rmse_ratio``
     RMSE (units of ``x``) of the posterior mean against the truth, of the training mean (the
     prior's best constant guess) against the truth, and their ratio (< 1: the data informed x).
@@ -30,6 +33,27 @@ Keys of the metrics dictionary
     ``std / std_exact``), and the exact posterior's own ``coverage_50``/``coverage_90`` on the
     same truths (what a perfect sampler reaches on this set).
 
+Coverage verdict
+----------------
+With ``S`` draws per observation the central interval between the interpolated sample
+quantiles holds the truth of a calibrated posterior with probability
+``alpha (S - 1) / (S + 1)`` (the truth is exchangeable with the draws, so its rank is uniform on
+``0 .. S``; up to ``O(1/S^2)``), e.g. 0.882 for ``alpha = 0.9`` and ``S = 100``: that, not
+``alpha``, is the expected value (:func:`expected_coverage`). The pooled coverage is the mean
+over the ``M`` independent observations of ``c_i``, the fraction of the ``d`` elements of
+``x_i`` covered. The elements of one model are correlated (by the prior, the data and the
+posterior), so the ``M d`` indicators are not independent binomial trials; the standard error
+is taken over observations, ``sd(c_i) / sqrt(M)``, which holds for any correlation within an
+observation and includes the noise of the sample quantiles. It is floored at the
+independent-elements value ``sqrt(e (1 - e) / (M d))`` (``e`` the expected coverage; the
+smallest it can be for non-negatively correlated elements), and with one observation it is the
+fully correlated ``sqrt(e (1 - e) / M)``. :func:`check_coverage` then allows ``z`` standard
+errors with ``z = Phi^{-1}(1 - false_alarm / 4)`` (two-sided, Bonferroni over the two levels;
+``z = 2.81`` for ``false_alarm = 0.01``), so a calibrated posterior fails with probability at
+most ``false_alarm``. Symmetric central intervals react to a shift only at second order: a
+biased posterior of the right width can pass; the SBC ranks of
+:mod:`inference.diagnostics.calibration` catch it.
+
 References
 ----------
 Cook, Gelman and Rubin 2006, Validation of software for Bayesian models using posterior
@@ -41,20 +65,24 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from ppl_cvae.errors import ShapeError
+from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import Problem, whiten
 
 __all__ = [
     "CURVE_LEVELS",
     "central_coverage",
     "check_coverage",
+    "coverage_verdict",
+    "expected_coverage",
     "run_evaluation",
 ]
+
+_VERDICT_LEVELS: tuple[tuple[str, float], ...] = (("coverage_50", 0.5), ("coverage_90", 0.9))
 
 CURVE_LEVELS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
@@ -83,7 +111,14 @@ def central_coverage(
     ShapeError
         If ``draws`` and ``truth`` disagree in shape.
     """
-    if tuple(draws.shape[1:]) != tuple(truth.shape):
+    return [float(c.mean()) for c in _coverage_per_observation(draws, truth, levels)]
+
+
+def _coverage_per_observation(
+    draws: torch.Tensor, truth: torch.Tensor, levels: Sequence[float]
+) -> torch.Tensor:
+    """Return the covered fraction of the elements of each truth, shape ``(len(levels), M)``."""
+    if draws.dim() < 2 or tuple(draws.shape[1:]) != tuple(truth.shape):
         raise ShapeError(
             f"draws {tuple(draws.shape)} must be (S, *truth shape), truth {tuple(truth.shape)}"
         )
@@ -97,8 +132,44 @@ def central_coverage(
     out = []
     for k in range(len(levels)):
         lo, hi = bounds[2 * k], bounds[2 * k + 1]
-        out.append(float(((t >= lo) & (t <= hi)).double().mean()))
-    return out
+        inside = ((t >= lo) & (t <= hi)).double()
+        out.append(inside.reshape(t.shape[0], -1).mean(1) if t.dim() > 1 else inside)
+    return torch.stack(out)
+
+
+def expected_coverage(level: float, num_samples: int) -> float:
+    """Return the expected coverage of a calibrated posterior's central interval from S draws.
+
+    Parameters
+    ----------
+    level : float in (0, 1)
+        Credibility level ``alpha`` of the central interval between the sample quantiles
+        ``(1 -+ alpha) / 2`` (linear interpolation, as :func:`central_coverage`).
+    num_samples : int
+        Draws ``S`` per observation, at least 2.
+
+    Returns
+    -------
+    float
+        ``alpha (S - 1) / (S + 1)``: the truth's rank among the draws is uniform on ``0 .. S``
+        and the interval spans ``alpha (S - 1)`` of the ``S + 1`` gaps between order
+        statistics (exact up to ``O(1/S^2)``).
+
+    Raises
+    ------
+    ConfigError
+        If ``level`` is not in (0, 1) or ``num_samples < 2``.
+
+    Examples
+    --------
+    >>> round(expected_coverage(0.9, 100), 4)
+    0.8822
+    """
+    if not 0 < level < 1:
+        raise ConfigError(f"level must be in (0, 1), got {level!r}")
+    if num_samples < 2:
+        raise ConfigError(f"num_samples must be at least 2, got {num_samples!r}")
+    return level * (num_samples - 1) / (num_samples + 1)
 
 
 def run_evaluation(
@@ -158,7 +229,18 @@ def run_evaluation(
     mean = draws.mean(0)
     std = draws.std(0)
     curve = central_coverage(draws, truth, CURVE_LEVELS)
-    cov50, cov90 = central_coverage(draws, truth, (0.5, 0.9))
+    per_obs = _coverage_per_observation(draws, truth, (0.5, 0.9))  # (2, M)
+    cov50, cov90 = (float(c.mean()) for c in per_obs)
+    num_elements = math.prod(x_true.shape[1:])
+    standard_error = {}
+    for (key, level), c in zip(_VERDICT_LEVELS, per_obs, strict=True):
+        e = expected_coverage(level, num_samples) if num_samples >= 2 else level
+        if num_obs > 1:
+            clustered = float(c.std()) / math.sqrt(num_obs)
+            floor = math.sqrt(e * (1 - e) / (num_obs * num_elements))
+            standard_error[key] = max(clustered, floor)
+        else:  # one observation: its elements fully correlated, the worst case
+            standard_error[key] = math.sqrt(e * (1 - e))
     rmse_post = float((mean - truth).pow(2).mean().sqrt())
     rmse_prior = float((x_reference.double() - truth).pow(2).mean().sqrt())
     metrics: dict[str, Any] = {
@@ -167,6 +249,7 @@ def run_evaluation(
         "coverage_50": cov50,
         "coverage_90": cov90,
         "coverage_curve": {"nominal": list(CURVE_LEVELS), "empirical": curve},
+        "coverage_standard_error": standard_error,
         "rmse_posterior_mean": rmse_post,
         "rmse_prior_mean": rmse_prior,
         "rmse_ratio": rmse_post / rmse_prior if rmse_prior > 0 else math.nan,
@@ -202,23 +285,109 @@ def _normal_interval(
     return mean - z * std, mean + z * std
 
 
-def check_coverage(metrics: dict[str, Any], tolerance: float = 0.03) -> list[str]:
+def coverage_verdict(metrics: Mapping[str, Any], false_alarm: float = 0.01) -> dict[str, Any]:
+    """Judge ``coverage_50``/``coverage_90`` with a tolerance from the number of observations.
+
+    Parameters
+    ----------
+    metrics : mapping
+        Output of :func:`run_evaluation` (``coverage_50``, ``coverage_90``,
+        ``num_observations``, ``num_samples`` and, when present, ``coverage_standard_error``;
+        without it the fully correlated ``sqrt(e (1 - e) / M)`` is used).
+    false_alarm : float in (0, 1), default 0.01
+        Probability that a calibrated posterior fails either level.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``false_alarm``, ``z`` (``Phi^{-1}(1 - false_alarm / 4)``), ``levels``:
+        ``{"coverage_50": {...}, "coverage_90": {...}}`` each with ``observed``, ``nominal``,
+        ``expected`` (:func:`expected_coverage`), ``standard_error`` and ``tolerance``
+        (``z`` standard errors); ``failures``: one message per level whose
+        ``|observed - expected| > tolerance``, saying too wide or too narrow.
+
+    Raises
+    ------
+    ConfigError
+        If ``false_alarm`` is not in (0, 1).
+
+    Notes
+    -----
+    See "Coverage verdict" in the module docstring.
+
+    Examples
+    --------
+    >>> m = {"coverage_50": 0.49, "coverage_90": 0.70, "num_observations": 400,
+    ...      "num_samples": 200}
+    >>> coverage_verdict(m)["failures"]
+    ['coverage_90 = 0.700, expected 0.891 (nominal 0.9) +- 0.044: posterior too narrow \
+(under-covers)']
+    """
+    if not 0 < false_alarm < 1:
+        raise ConfigError(f"false_alarm must be in (0, 1), got {false_alarm!r}")
+    z = float(torch.special.ndtri(torch.tensor(1 - false_alarm / 4, dtype=torch.float64)))
+    num_obs, num_samples = int(metrics["num_observations"]), int(metrics["num_samples"])
+    given = metrics.get("coverage_standard_error", {})
+    levels: dict[str, dict[str, float]] = {}
+    failures = []
+    for key, nominal in _VERDICT_LEVELS:
+        value = float(metrics[key])
+        e = expected_coverage(nominal, num_samples) if num_samples >= 2 else nominal
+        se = float(given.get(key, math.sqrt(e * (1 - e) / max(1, num_obs))))
+        tolerance = z * se
+        levels[key] = {
+            "observed": value,
+            "nominal": nominal,
+            "expected": e,
+            "standard_error": se,
+            "tolerance": tolerance,
+        }
+        if abs(value - e) > tolerance:
+            kind = "too wide (over-covers)" if value > e else "too narrow (under-covers)"
+            failures.append(
+                f"{key} = {value:.3f}, expected {e:.3f} (nominal {nominal}) +- "
+                f"{tolerance:.3f}: posterior {kind}"
+            )
+    return {"false_alarm": false_alarm, "z": z, "levels": levels, "failures": failures}
+
+
+def check_coverage(
+    metrics: Mapping[str, Any], tolerance: float | None = None, false_alarm: float = 0.01
+) -> list[str]:
     """Return the failed coverage checks of :func:`run_evaluation` metrics (empty: calibrated).
 
     Parameters
     ----------
-    metrics : dict
+    metrics : mapping
         Output of :func:`run_evaluation`.
-    tolerance : float, default 0.03
-        Allowed absolute distance of ``coverage_50`` / ``coverage_90`` from 0.5 / 0.9.
+    tolerance : float, optional
+        A fixed allowed absolute distance of ``coverage_50`` / ``coverage_90`` from 0.5 / 0.9.
+        By default the tolerance follows from the number of held-out observations and draws
+        (:func:`coverage_verdict`).
+    false_alarm : float in (0, 1), default 0.01
+        With the derived tolerance: the probability that a calibrated posterior fails.
 
     Returns
     -------
     list of str
         One message per level outside the tolerance, saying over- or under-coverage.
+
+    Raises
+    ------
+    ConfigError
+        If ``false_alarm`` is not in (0, 1).
+
+    Examples
+    --------
+    >>> m = {"coverage_50": 0.50, "coverage_90": 0.88, "num_observations": 400,
+    ...      "num_samples": 200}
+    >>> check_coverage(m), check_coverage(m, tolerance=0.005)[0]
+    ([], 'coverage_90 = 0.880, nominal 0.9: posterior too narrow (under-covers)')
     """
+    if tolerance is None:
+        return list(coverage_verdict(metrics, false_alarm)["failures"])
     failures = []
-    for key, nominal in (("coverage_50", 0.5), ("coverage_90", 0.9)):
+    for key, nominal in _VERDICT_LEVELS:
         value = float(metrics[key])
         if abs(value - nominal) > tolerance:
             kind = "too wide (over-covers)" if value > nominal else "too narrow (under-covers)"
