@@ -78,6 +78,7 @@ def nuts_sample(
     num_samples: int = 500,
     warmup_steps: int = 500,
     precondition: Literal["amortized", "none"] = "amortized",
+    num_chains: int = 4,
     max_tree_depth: int = 8,
     seed: int = 0,
 ) -> MCMCResult:
@@ -99,6 +100,8 @@ def nuts_sample(
         Draws kept and warm-up iterations per chain.
     precondition : {"amortized", "none"}
         See the module docstring.
+    num_chains : int, default 4
+        Chains (at most ``N``; run one after the other), started at ``init[:num_chains]``.
     max_tree_depth : int, default 8
         NUTS's tree depth limit (at most ``2^depth - 1`` leapfrog steps per draw).
     seed : int, default 0
@@ -127,9 +130,11 @@ def nuts_sample(
 
     if precondition not in ("amortized", "none"):
         raise ConfigError(f"precondition must be 'amortized' or 'none', got {precondition!r}")
-    if num_samples < 1 or warmup_steps < 0:
-        raise ConfigError(f"need num_samples >= 1 and warmup_steps >= 0, got {num_samples}, "
-                          f"{warmup_steps}")
+    if num_samples < 1 or warmup_steps < 0 or num_chains < 1:
+        raise ConfigError(
+            "need num_samples >= 1, warmup_steps >= 0 and num_chains >= 1, got "
+            f"{num_samples}, {warmup_steps}, {num_chains}"
+        )
     problem = as_problem(problem)
     x_shape = tuple(problem.x_shape)
     if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
@@ -138,14 +143,14 @@ def nuts_sample(
     y64 = y.double()
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
-        if par is not None:
-            x = par.to_x(theta)
-            return par.log_prior(theta) + problem.log_likelihood(x, y64)
+        if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
+            x = par.to_x(theta.float())
+            return par.log_prior(theta.float()).double() + problem.log_likelihood(x, y64)
         x = theta.reshape(*theta.shape[:-1], *x_shape)
         return problem.log_prior(x) + problem.log_likelihood(x, y64)
 
     with torch.no_grad():
-        start = par.from_x(init.double()) if par is not None else init.double().flatten(1)
+        start = (par.from_x(init) if par is not None else init.flatten(1)).double()
     dim = start.shape[1]
     if precondition == "amortized":
         mu = start.mean(0)
@@ -166,7 +171,7 @@ def nuts_sample(
     chains = []
     divergences = 0
     begin = time.perf_counter()
-    num_chains = min(len(start), 4)
+    num_chains = min(len(start), num_chains)
     for c in range(num_chains):
         pyro.set_rng_seed(seed + c)
         v0 = torch.linalg.solve_triangular(tril, (start[c] - mu).unsqueeze(-1), upper=False)
@@ -186,7 +191,7 @@ def nuts_sample(
     theta = torch.stack(chains)  # (chains, draws, dim)
     rhat, min_ess = chain_diagnostics(theta.numpy())
     with torch.no_grad():
-        x = par.to_x(theta) if par is not None else theta.reshape(num_chains, -1, *x_shape)
+        x = par.to_x(theta.float()) if par is not None else theta.reshape(num_chains, -1, *x_shape)
     return MCMCResult(
         x=x.float(),
         rhat=rhat,
