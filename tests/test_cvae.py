@@ -357,3 +357,24 @@ def test_gsnn_term_is_the_reconstruction_through_the_prior_net(prior):
     assert "gsnn" not in pyro.poutine.trace(cvae.model).get_trace(y, x).nodes
     with pytest.raises(ConfigError, match="gsnn_weight must|invalid gsnn_weight"):
         TrainConfig(gsnn_weight=-1.0)
+
+
+def test_a_users_own_guide_trains_the_prior_net_and_decoder():
+    """The model registers its networks (pyro.module's idiom): SVI with an AutoNormal guide on
+    z changes every prior-net and decoder parameter and no recognition-net parameter."""
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(8,))
+    cvae = CVAE(cfg)
+    before = {k: v.detach().clone() for k, v in cvae.named_parameters()}
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    svi = SVI(cvae.model, AutoNormal(cvae.model), pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    for _ in range(3):
+        svi.step(y, x)
+    changed = {k for k, v in cvae.named_parameters() if not torch.equal(v, before[k])}
+    generative = {k for k in before if not k.startswith("recognition_net.")}
+    assert changed == generative and len(generative) > 0
+    pyro.clear_param_store()

@@ -235,7 +235,7 @@ class CVAE(nn.Module):
         super().__init__()
         self.config = config
         self.pyro_name = f"cvae{next(_INSTANCE_COUNTER)}"
-        self._param_sites: list[tuple[str, nn.Parameter]] | None = None
+        self._param_sites: dict[str, list[tuple[str, nn.Parameter]]] | None = None
         y_shape = config.y_shape  # None for an unconditional VAE (config.conditional False)
         self.x_standardiser = x_standardiser or Standardiser(config.x_shape)
         self.y_standardiser: Standardiser | None = (
@@ -270,20 +270,23 @@ class CVAE(nn.Module):
             self.register_buffer("coef_std", torch.ones(config.basis_dim))
 
     # ------------------------------------------------------------------ helpers
-    def _register_params(self) -> None:
-        """Emit one ``pyro.param`` site per parameter, as ``pyro.module`` would.
+    def _register_params(self, part: str) -> None:
+        """Emit one ``pyro.param`` site per parameter of ``part``, as ``pyro.module`` would.
 
-        Only the guide calls this, for all parameters (recognition net, prior net, decoder):
-        SVI collects the param sites of both traces, so one registration per step is enough,
-        and model-only uses (``Predictive``, or refinement of the model with another guide)
-        leave the trained networks fixed. The (name, parameter) list is cached, so a step
-        does not walk the module tree again; ``_apply`` (``.to()``, ``.double()``) clears it.
+        The Pyro idiom: the model registers the networks of the generative model (prior net
+        and decoder, ``part="model"``), the guide those of the recognition net
+        (``part="guide"``). SVI collects the param sites of both traces, so the standard
+        ``Trace_ELBO`` fit trains all three; a user's own guide (e.g. ``AutoNormal`` on ``z``)
+        trains the prior net and decoder with it, and ``Predictive`` or MCMC on the model read
+        them as constants. The (name, parameter) lists are cached, so a step does not walk the
+        module tree again; ``_apply`` (``.to()``, ``.double()``) clears them.
         """
         if self._param_sites is None:
-            self._param_sites = [
-                (f"{self.pyro_name}$$${name}", param) for name, param in self.named_parameters()
-            ]
-        for name, param in self._param_sites:
+            self._param_sites = {"model": [], "guide": []}
+            for name, param in self.named_parameters():
+                side = "guide" if name.startswith("recognition_net.") else "model"
+                self._param_sites[side].append((f"{self.pyro_name}$$${name}", param))
+        for name, param in self._param_sites[part]:
             pyro.param(name, param)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> CVAE:
@@ -750,6 +753,7 @@ class CVAE(nn.Module):
             is ``categorical``, or ``gsnn_weight > 0`` for a model without a latent.
         """
         batch = self.check_inputs(y, x)
+        self._register_params("model")  # prior net and decoder (pyro.module's idiom)
         with pyro.plate("batch", batch):
             if self.config.latent_dim > 0:
                 with poutine.scale(scale=kl_weight):
@@ -815,7 +819,7 @@ class CVAE(nn.Module):
                 "(inference.sample_posterior) instead"
             )
         batch = self.check_inputs(y, x)
-        self._register_params()
+        self._register_params("guide")
         if self.recognition_net is None:  # no latent: the guide has no sample site
             return x.new_zeros(batch, 0)
         with pyro.plate("batch", batch):

@@ -1,0 +1,171 @@
+"""Correction of amortized draws with the physics: importance sampling and NUTS, per observation.
+
+For the linear-Gaussian random-field problems (``crosshole`` and ``gravity``, exact posterior
+known in closed form): fit the CVAE with the problem's recommended settings (fresh simulations
+every epoch; ``--epochs`` shortens the schedule), take held-out observations drawn from the prior
+(seed 10000) and, for each, compare against the exact posterior
+
+- the amortized draws (``draw_posterior``),
+- importance sampling with the amortized posterior as proposal
+  (:func:`inference.importance.importance_sample`): sample efficiency (ESS / S), Pareto
+  k-hat, the log evidence against the closed form, and the resampled draws,
+- NUTS started from amortized draws and preconditioned by their covariance
+  (:func:`inference.mcmc.nuts_sample`, ``precondition="amortized"``) and plain NUTS started
+  from prior draws with its own diagonal adaptation (``"none"``), on the first
+  ``--nuts-observations`` observations: R-hat, min bulk ESS, seconds, ESS per second and per
+  potential evaluation, the ratio of the two,
+
+each scored by :func:`inference.diagnostics.coverage.run_evaluation`: chi-squared per datum of
+the draws, posterior-mean error in exact sd (median over cells), sd ratio (median), coverage of
+the truths by 50% / 90% central intervals, beside the exact posterior's own coverage.
+
+Run (the figures in the README)::
+
+    python benchmarks/posterior_correction.py --threads 1
+    python benchmarks/posterior_correction.py --problems gravity --threads 1
+
+Thread count and machine load are printed with the figures; on the shared 2-core machine the
+times are upper bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from inference.diagnostics.coverage import run_evaluation
+from inference.exact import exact_posterior
+from inference.importance import importance_sample
+from inference.mcmc import nuts_sample
+from inference.posterior import draw_posterior
+from ppl_cvae import fit_problem
+from ppl_cvae.problems import make_problem
+
+
+def score(label, draws, x_true, y_obs, problem, exact, reference):
+    """Print one row of metrics for draws ``(S, M, *x_shape)`` against the exact posterior."""
+    m = run_evaluation(
+        draws,
+        x_true,
+        x_reference=reference,
+        y_obs=y_obs,
+        problem=problem,
+        exact_mean=exact.mean,
+        exact_std=exact.std,
+    )
+    ex = m["exact"]
+    print(
+        f"  {label:28s} chi2 {m['chi2_per_datum']:6.3f}  mean err {ex['mean_error_in_std']:.3f}  "
+        f"sd ratio {ex['std_ratio']:.3f}  coverage {m['coverage_50']:.3f} / {m['coverage_90']:.3f}"
+        f"  (exact {ex['coverage_50']:.3f} / {ex['coverage_90']:.3f})"
+    )
+
+
+def run(name, args):
+    problem = make_problem(name)
+    train = {"seed": args.seed}
+    if args.epochs:
+        train["num_epochs"] = args.epochs
+    cvae, result, fit_seconds = fit_problem(problem, train=train)
+    x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
+    exact = exact_posterior(problem, y_obs)
+    reference = cvae.x_standardiser.mean
+    cfg = cvae.config
+    print(
+        f"\n{name} (x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}): "
+        f"{len(result.history)} epochs x {result.config.num_train} fresh pairs, latent "
+        f"{cfg.latent_dim}, x whitening {cfg.x_whitening}, likelihood {cfg.likelihood}; "
+        f"fit {fit_seconds:.0f} s; {args.num_heldout} held-out observations"
+    )
+    start = time.perf_counter()
+    amortized = draw_posterior(cvae, y_obs, args.num_samples, seed=args.seed).x
+    amortized_seconds = time.perf_counter() - start
+    score("amortized", amortized, x_true, y_obs, problem, exact, reference)
+    exact_draws = exact.sample(args.num_samples, torch.Generator().manual_seed(args.seed))
+    score("exact draws", exact_draws, x_true, y_obs, problem, exact, reference)
+    start = time.perf_counter()
+    imp = importance_sample(cvae, problem, y_obs, args.is_samples, seed=args.seed)
+    is_seconds = time.perf_counter() - start
+    resampled = imp.resample(args.num_samples, torch.Generator().manual_seed(args.seed))
+    score("importance (resampled)", resampled, x_true, y_obs, problem, exact, reference)
+    parts = problem.linear_gaussian()
+    a = parts.matrix.double()
+    cov = a @ parts.prior_cov.double() @ a.T + parts.noise_cov.double()
+    mvn = torch.distributions.MultivariateNormal(a @ parts.prior_mean.double(), cov)
+    exact_log_z = mvn.log_prob(y_obs.reshape(len(y_obs), -1).double())
+    eff = imp.sample_efficiency
+    print(
+        f"  importance: S = {args.is_samples} per observation, {is_seconds:.1f} s; sample "
+        f"efficiency median {eff.median():.4f} (min {eff.min():.4f}, max {eff.max():.4f}); "
+        f"k-hat median {imp.khat.median():.2f} (max {imp.khat.max():.2f}); reliable (k-hat <= "
+        f"0.7) {int(imp.reliable.sum())}/{len(eff)}; log evidence error median "
+        f"{(imp.log_evidence - exact_log_z).abs().median():.3f} nats (reported se median "
+        f"{imp.log_evidence_se.median():.3f}); amortized draws {amortized_seconds:.2f} s"
+    )
+    rows = {"amortized": [], "none": []}
+    for i in range(min(args.nuts_observations, args.num_heldout)):
+        init_amortized = amortized[:, i]
+        init_prior = problem.sample_prior(args.chains, torch.Generator().manual_seed(i))
+        for precondition, init in (("amortized", init_amortized), ("none", init_prior)):
+            res = nuts_sample(
+                problem,
+                y_obs[i],
+                init,
+                num_samples=args.nuts_samples,
+                warmup_steps=args.nuts_warmup,
+                num_chains=args.chains,
+                precondition=precondition,
+                seed=args.seed,
+            )
+            rows[precondition].append(res)
+    for precondition, results in rows.items():
+        if not results:
+            continue
+        draws = torch.stack([r.x.reshape(-1, *problem.x_shape) for r in results], dim=1)
+        k = draws.shape[1]
+        sub = type(exact)(exact.mean[:k], exact.cov, tuple(problem.x_shape))
+        score(f"NUTS ({precondition})", draws, x_true[:k], y_obs[:k], problem, sub, reference)
+        rhat = torch.tensor([r.rhat for r in results])
+        ess = torch.tensor([r.min_ess for r in results])
+        secs = torch.tensor([r.seconds for r in results])
+        evals = torch.tensor([float(r.num_evaluations) for r in results])
+        print(
+            f"    R-hat max {rhat.max():.4f}; min ESS median {ess.median():.0f} (min "
+            f"{ess.min():.0f}); {secs.median():.1f} s per observation (median); ESS/s median "
+            f"{(ess / secs).median():.1f}; ESS per 1000 evaluations median "
+            f"{(1000 * ess / evals).median():.2f}; divergences "
+            f"{sum(r.divergences for r in results)}"
+        )
+    if rows["amortized"] and rows["none"]:
+        ratio = torch.tensor(
+            [
+                (a.min_ess / a.seconds) / max(b.min_ess / b.seconds, 1e-9)
+                for a, b in zip(rows["amortized"], rows["none"], strict=True)
+            ]
+        )
+        print(f"    ESS/s of amortized-start NUTS over plain NUTS: median {ratio.median():.1f}x")
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    print(f"threads: {torch.get_num_threads()}")
+    for name in args.problems.split(","):
+        run(name.strip(), args)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", default="crosshole,gravity")
+    parser.add_argument("--epochs", type=int, help="override the recommended epochs")
+    parser.add_argument("--num-heldout", type=int, default=20)
+    parser.add_argument("--num-samples", type=int, default=1000, help="draws per observation")
+    parser.add_argument("--is-samples", type=int, default=5000, help="proposals per observation")
+    parser.add_argument("--nuts-observations", type=int, default=3)
+    parser.add_argument("--nuts-samples", type=int, default=250, help="per chain")
+    parser.add_argument("--nuts-warmup", type=int, default=250)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    main(parser.parse_args())
