@@ -415,7 +415,8 @@ def _attach_units(
         ]
         pairs += [(n, n) for n in derived] + [(f"{n}_true", n) for n in derived]
         for var, unit_key in pairs:
-            if var in ds.data_vars and units.get(unit_key):
+            # log_likelihood.y is a log density in nats, not a datum in the units of y
+            if group != "log_likelihood" and var in ds.data_vars and units.get(unit_key):
                 ds[var].attrs["units"] = units[unit_key]
         if "y_noise_cov" in ds.data_vars and units.get("y"):
             ds["y_noise_cov"].attrs["units"] = f"({units['y']})^2"

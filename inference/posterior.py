@@ -85,8 +85,8 @@ def bytes_per_draw(
 
     Counts float32 ``x`` (draw, decoder mean and scale), ``z`` (draw, loc, scale), the hidden
     activations of the decoder, and with a problem the posterior predictive, the forward
-    operator's output, the float64 residual and pointwise log-likelihood of the posterior
-    file (:func:`inference.sample.inference_data_from_draws`) and the problem's derived
+    operator's output, the float64 residual, temporaries and pointwise log-likelihood of the
+    posterior file (:func:`inference.sample.inference_data_from_draws`) and the problem's derived
     quantities of ``x``; refinement multiplies by
     ``oversample`` candidates and four copies of each candidate (value, gradient, two Adam
     moments).
@@ -100,7 +100,8 @@ def bytes_per_draw(
     y_dim = math.prod(config.y_shape or (0,))
     per = 3 * config.x_dim + 3 * config.latent_dim + 2 * sum(config.hidden_dims)
     if problem is not None:
-        per += 6 * y_dim  # y_rep, F(x); float64 residual and log-likelihood (2 units each)
+        # y_rep, F(x); float64 residual, two temporaries and the log-likelihood (2 units each)
+        per += 10 * y_dim
         with torch.no_grad():  # derived quantities of x (e.g. slowness of facies): x-sized each
             derived = derived_quantities(problem, torch.zeros(1, *config.x_shape))
         per += config.x_dim * len(derived)

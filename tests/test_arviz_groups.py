@@ -301,8 +301,11 @@ def test_sample_stats_hook_stores_per_draw_and_per_observation_statistics():
         observation_stats={"khat": np.array([0.3, 0.9]), "ess_by_component": np.ones((2, 3))},
         stats_dims={"misfit_by_component": ["component"], "ess_by_component": ["component"]},
         stats_attrs={"khat": {"long_name": "Pareto k-hat of the importance weights"}},
-        units={"misfit_by_component": "1"},
+        units={"misfit_by_component": "1", "y": "mGal"},
+        log_likelihood=torch.zeros(num, num_obs, 4),
     )
+    assert idata.observed_data["y"].attrs["units"] == "mGal"
+    assert "units" not in idata.log_likelihood["y"].attrs  # nats, not the units of y
     ss = idata.sample_stats
     assert ss["log_weight"].dims == ("chain", "draw", "observation")
     assert ss["log_weight"].dtype == np.float64
