@@ -122,12 +122,13 @@ def posterior_samples(path: str | os.PathLike[str]) -> np.ndarray:
     ----------
     path : str or path
         InferenceData NetCDF written by ``ppl-cvae sample``: group ``posterior``, variable
-        ``x`` with dims ``(chain, draw, [observation,] *x_dims)``.
+        ``x`` with dims ``(chain, draw, observation, *x_dims)`` (older files without the
+        ``observation`` dim get it on reading).
 
     Returns
     -------
     ndarray, shape (M, S, d), float32
-        ``M`` observations (1 when the file has no ``observation`` dim), ``S = chain * draw``
+        ``M`` observations, ``S = chain * draw``
         samples each, ``d = prod(x_shape)`` (the event axes flattened in C order); the layout
         ``benchmarks/sbi_side.py score`` reads.
 
@@ -138,9 +139,7 @@ def posterior_samples(path: str | os.PathLike[str]) -> np.ndarray:
     """
     from inference.arviz_io import load_inference_data
 
-    x = load_inference_data(path)["posterior"]["x"]
-    if "observation" not in x.dims:
-        x = x.expand_dims("observation", axis=2)
+    x = load_inference_data(path)["posterior"]["x"]  # with the observation dim, also old files
     event = [d for d in x.dims if d not in ("chain", "draw", "observation")]
     x = x.stack(sample=("chain", "draw")).transpose("observation", "sample", *event)
     values = np.asarray(x.values, dtype=np.float32)

@@ -200,6 +200,8 @@ def posterior_for_one_observation(
 
 def analyse(idata: az.InferenceData, out: Path) -> Any:
     """Summarise the posterior with ArviZ and save the figures; return the summary table."""
+    # every posterior file has an observation dim (here of size 1): select the observation
+    idata = idata.sel(observation=0)
     # amortized draws are independent (one chain): report stats, not R-hat / ESS
     summary = az.summary(idata, var_names=["x"], kind="stats", hdi_prob=0.9)
     summary.to_csv(out / "summary.csv")

@@ -1,29 +1,63 @@
 """Conversion of posterior draws to ``arviz.InferenceData`` (the only module importing arviz).
 
 Amortized-VI draws are independent samples, not a Markov chain: they are stored as a single
-chain (leading axes ``(chain=1, draw=S)``) and R-hat / ESS must not be read as MCMC diagnostics.
+chain (leading axes ``(chain=1, draw=S)``) and R-hat / ESS must not be read as MCMC diagnostics
+(for independent draws ``az.ess`` is about ``S`` and ``az.rhat`` about 1, which says nothing
+about the quality of the approximation).
 
-Groups and dims
----------------
-- ``posterior``: ``x`` (``[observation,] *x_dims``) and ``z`` (``[observation,] latent``),
-  plus the problem's derived quantities of every draw of ``x`` on the dims of ``x`` (e.g.
-  ``slowness`` in s/m of a facies draw; :func:`ppl_cvae.problems.base.derived_quantities`);
-- ``posterior_predictive``: ``y`` (``[observation,] *y_dims``), when a forward operator exists;
-- ``observed_data``: ``y`` (``[observation,] *y_dims``);
-- ``constant_data``: ``x_true`` (``[observation,] *x_dims``), when the truth is known, and
+Layout of a posterior file
+--------------------------
+Every variable that belongs to one observation carries the ``observation`` dim, also when the
+file holds a single observation (size 1): one layout for all code that reads the files.
+``S`` draws, ``M`` observations, ``m = prod(y_shape)`` data per observation.
+
+- ``posterior``: ``x`` (``chain, draw, observation, *x_dims``) and ``z`` (``chain, draw,
+  observation, latent``), plus the problem's derived quantities of every draw of ``x`` on the
+  dims of ``x`` (e.g. ``slowness`` in s/m of a facies draw;
+  :func:`ppl_cvae.problems.base.derived_quantities`). Its attributes are the run attributes
+  (:func:`to_inference_data`, ``attrs``; also on the file root, where earlier files had them);
+- ``posterior_predictive``: ``y`` (``chain, draw, observation, *y_dims``), when a forward
+  operator exists;
+- ``log_likelihood``: ``y`` (``chain, draw, observation, *y_dims``), the log-likelihood of
+  every datum given each draw, ``log N(y_i; F(x)_i, sigma_i^2)`` in nats, when the problem has
+  independent Gaussian noise (:meth:`ppl_cvae.problems.base.Problem.log_likelihood_pointwise`);
+  ``az.loo``, ``az.waic`` and ``az.plot_loo_pit`` read it. Every observation has its own
+  posterior, and PSIS-LOO treats every datum separately with the draws of its own
+  observation, so ``az.loo`` of a file is the sum over observations of each observation's
+  leave-one-datum-out ``elpd``;
+- ``sample_stats``: per-draw statistics (``chain, draw, observation, ...``), with ArviZ's names
+  where they exist: ``lp`` (``log p(x) + log p(y | x)``, nats, when the problem has both
+  densities), ``chi2_per_datum`` (the whitened data misfit ``|L^-1 (F(x) - y)|^2 / m`` of each
+  draw, dimensionless), and whatever the caller adds (e.g. importance ``log_weight``).
+  Statistics of a whole observation (e.g. the Pareto ``khat`` of its importance weights) are
+  stored along ``chain, draw`` as a constant, as MCMC backends store an adapted ``step_size``,
+  so every ArviZ function that expects ``(chain, draw, ...)`` reads the group; they carry the
+  attribute ``constant_along = "chain draw"`` (read one value with ``.isel(chain=0, draw=0)``);
+- ``observed_data``: ``y`` (``observation, *y_dims``);
+- ``constant_data``: ``x_true`` (``observation, *x_dims``), when the truth is known, and
   its derived quantities as ``<name>_true``;
   ``y_noise_sd`` (``*y_dims``, units of ``y``): the standard deviation of the Gaussian noise of
-  every datum, when the problem has noise; ``y_noise_cov`` (``datum, datum_bis``, units of
-  ``y`` squared, over the C-order flattened ``y``) when that noise is correlated. With them a
-  file's misfit can be whitened without the problem (:mod:`inference.diagnostics.ppc`).
+  every datum (``sqrt(diag(C_e))``), when the problem has noise, with the attribute
+  ``correlated`` (1 when ``C_e`` has off-diagonal terms, else 0); ``y_noise_cov``
+  (``datum, datum_bis``, units of ``y`` squared, over the C-order flattened ``y``) when that
+  noise is correlated. With them a file's misfit can be whitened without the problem
+  (:mod:`inference.diagnostics.ppc`).
 
 Coordinates: every named dim with the problem's values and a ``units`` attribute; extra
 coordinates of a dim (e.g. ``source_depth`` along ``ray``); and, for data that stack
 quantities of different units along one dim, a string coordinate ``y_units`` along that dim
 (one unit per coordinate value; the ``units`` attribute of ``y`` joins them with ``" | "``).
 
-The ``observation`` dim appears when several observations were given in one call (a stacked
-input ``(M, *y_shape)``, even with ``M = 1``).
+Files written before the ``observation`` dim was always present (a single observation without
+it) are given the dim of size 1 when read (:func:`load_inference_data`).
+
+References
+----------
+Kumar, Carroll, Hartikainen and Martin (2019), ArviZ a unified library for exploratory analysis
+of Bayesian models in Python, JOSS 4(33), 1143, doi:10.21105/joss.01143 (the InferenceData
+schema). Vehtari, Gelman and Gabry (2017), Practical Bayesian model evaluation using
+leave-one-out cross-validation and WAIC, Statistics and Computing 27, 1413-1432,
+doi:10.1007/s11222-016-9696-4 (PSIS-LOO from the pointwise log-likelihood).
 """
 
 from __future__ import annotations
@@ -58,6 +92,7 @@ __all__ = [
     "pareto_smooth",
     "save_inference_data",
     "to_inference_data",
+    "with_observation_dim",
 ]
 
 
@@ -70,12 +105,35 @@ def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
+def _as_attr(value: Any) -> str | int | float:
+    """Return ``value`` as a NetCDF attribute: str, int or float; other values as JSON."""
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, str | int | float | np.integer | np.floating):
+        return value.item() if isinstance(value, np.generic) else value
+    return json.dumps(value, default=str)
+
+
+def _stat_array(
+    name: str, value: torch.Tensor | np.ndarray, lead: tuple[int, ...], kind: str
+) -> np.ndarray:
+    a = _np(value)
+    if tuple(a.shape[: len(lead)]) != lead:
+        raise DataError(
+            f"{kind} {name!r} has shape {tuple(a.shape)}; expected leading axes {lead} "
+            f"({'draws, observations' if len(lead) == 2 else 'observations'}), then any event "
+            "axes"
+        )
+    if not np.issubdtype(a.dtype, np.number) and a.dtype != np.bool_:
+        raise DataError(f"{kind} {name!r} has dtype {a.dtype}; expected numbers or booleans")
+    return a
+
+
 def to_inference_data(
     x: torch.Tensor,
-    z: torch.Tensor,
+    z: torch.Tensor | None,
     y_obs: torch.Tensor,
     *,
-    stacked: bool,
     y_rep: torch.Tensor | None = None,
     x_true: torch.Tensor | None = None,
     x_dims: Sequence[str] | None = None,
@@ -90,19 +148,22 @@ def to_inference_data(
     noise_cov: torch.Tensor | None = None,
     derived: Mapping[str, torch.Tensor] | None = None,
     derived_true: Mapping[str, torch.Tensor] | None = None,
+    log_likelihood: torch.Tensor | np.ndarray | None = None,
+    sample_stats: Mapping[str, torch.Tensor | np.ndarray] | None = None,
+    observation_stats: Mapping[str, torch.Tensor | np.ndarray] | None = None,
+    stats_dims: Mapping[str, Sequence[str]] | None = None,
+    stats_attrs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> az.InferenceData:
-    """Build ``InferenceData`` from posterior draws.
+    """Build ``InferenceData`` from posterior draws (layout: the module docstring).
 
     Parameters
     ----------
     x : Tensor, shape (S, M, *x_shape)
-        Posterior draws of the subsurface model.
-    z : Tensor, shape (S, M, latent_dim)
-        Latent draws.
+        Posterior draws of the subsurface model: ``S`` draws for each of ``M`` observations.
+    z : Tensor, shape (S, M, latent_dim), or None
+        Latent draws; None (e.g. draws of an exact posterior) stores no ``z``.
     y_obs : Tensor, shape (M, *y_shape)
         Observations.
-    stacked : bool
-        Keep an ``observation`` dim (True) or drop it (False, needs ``M = 1``).
     y_rep : Tensor, shape (S, M, *y_shape), optional
         Posterior predictive draws.
     x_true : Tensor, shape (M, *x_shape), optional
@@ -112,11 +173,14 @@ def to_inference_data(
     coords : mapping, optional
         Coordinate values of named dims.
     attrs : mapping, optional
-        Attributes; non-scalar values are stored as JSON strings (NetCDF needs scalars).
+        Run attributes, stored on the ``posterior`` group and on the file root; booleans are
+        stored as 0/1 and values other than str/int/float as JSON strings (NetCDF attributes
+        are scalars or strings).
     units : mapping, optional
         Unit strings: ``"x"`` and ``"y"`` go to the ``units`` attribute of ``x``/``x_true`` and
         ``y`` (observed and predictive) and ``y_noise_sd``; a coordinate name goes to its
-        coordinate's ``units``.
+        coordinate's ``units``; the name of a derived quantity or of a statistic to its
+        variable's ``units``.
     y_units : (dim, mapping of coordinate value to unit), optional
         Units of data that stack several quantities along ``dim`` (one of ``y_dims``), as
         :func:`ppl_cvae.problems.base.data_units` returns; stored as the string coordinate
@@ -127,7 +191,8 @@ def to_inference_data(
         Extra attributes of coordinates (e.g. how a ``depth`` coordinate places layers).
     noise_sd : Tensor, shape y_shape, optional
         Standard deviation of the observation noise of every datum, units of ``y``; stored as
-        ``constant_data.y_noise_sd``.
+        ``constant_data.y_noise_sd``, with the attribute ``correlated`` (1 when ``noise_cov``
+        is given, else 0).
     noise_cov : Tensor, shape (m, m), optional
         Full noise covariance of the flattened ``y`` (``m = prod(y_shape)``), stored as
         ``constant_data.y_noise_cov`` (give it only when it is not diagonal).
@@ -136,45 +201,75 @@ def to_inference_data(
         ``posterior`` under their names on the dims of ``x``, with ``units[name]``.
     derived_true : mapping of str to Tensor, each of shape (M, *x_shape), optional
         The same of ``x_true``, stored in ``constant_data`` as ``<name>_true``.
+    log_likelihood : Tensor or ndarray, shape (S, M, *y_shape), optional
+        Log-likelihood of every datum given each draw, in nats
+        (:meth:`~ppl_cvae.problems.base.Problem.log_likelihood_pointwise` of the draws and
+        ``y_obs``); stored as ``log_likelihood.y`` in float32 (relative precision 6e-8), on
+        the dims of ``observed_data.y``, so that ``az.loo`` and ``az.plot_loo_pit`` find it.
+    sample_stats : mapping of str to Tensor or ndarray, each of shape (S, M, ...), optional
+        Per-draw statistics (e.g. ``"log_weight"``: importance log-weights; ``"lp"``;
+        ``"chi2_per_datum"``), stored in ``sample_stats`` with dims
+        ``(chain, draw, observation, *stats_dims[name])`` in their own dtype.
+    observation_stats : mapping of str to Tensor or ndarray, each of shape (M, ...), optional
+        Statistics of all draws of one observation (e.g. ``"khat"``: the Pareto shape of its
+        importance weights), stored in ``sample_stats`` repeated along ``chain`` and ``draw``
+        (dims ``(chain, draw, observation, *stats_dims[name])``) with the attribute
+        ``constant_along = "chain draw"``; a name must not be in ``sample_stats`` too.
+    stats_dims : mapping of str to sequence of str, optional
+        Dim names of the axes after ``(S, M)`` / ``(M,)`` of a statistic; generic names
+        ``<name>_dim_0, ...`` when omitted.
+    stats_attrs : mapping of str to mapping, optional
+        Extra attributes of a statistic (e.g. a ``long_name`` saying what it is).
 
     Returns
     -------
     arviz.InferenceData
+        Groups ``posterior``, ``observed_data``, and ``posterior_predictive``,
+        ``log_likelihood``, ``sample_stats``, ``constant_data`` when their inputs are given;
+        every per-observation variable has the ``observation`` dim (size ``M``, also 1).
 
     Raises
     ------
     DataError
-        If ``stacked`` is False but ``M != 1``, the leading axes disagree, ``noise_sd`` /
-        ``noise_cov`` do not match the shape of one ``y``, or a derived quantity does not have
-        the shape of ``x`` (or of ``x_true``).
+        If the leading axes disagree, ``noise_sd`` / ``noise_cov`` do not match the shape of
+        one ``y``, a derived quantity does not have the shape of ``x`` (or of ``x_true``),
+        ``log_likelihood`` is not ``(S, M, *y_shape)``, a statistic lacks its leading axes,
+        is not numeric, has the wrong number of ``stats_dims`` or a name given twice.
+
+    References
+    ----------
+    Kumar et al. (2019), ArviZ, JOSS 4(33), 1143 (the InferenceData schema); Vehtari, Gelman
+    and Gabry (2017), Statistics and Computing 27, 1413 (the pointwise log-likelihood of LOO).
 
     Examples
     --------
     >>> idata = to_inference_data(
-    ...     torch.zeros(5, 1, 3), torch.zeros(5, 1, 2), torch.zeros(1, 4), stacked=False,
+    ...     torch.zeros(5, 1, 3), torch.zeros(5, 1, 2), torch.zeros(1, 4),
     ...     y_dims=["station"], coords={"station": [0.0, 1.0, 2.0, 3.0]},
-    ...     noise_sd=torch.full((4,), 0.1), units={"y": "mGal", "station": "m"})
+    ...     noise_sd=torch.full((4,), 0.1), units={"y": "mGal", "station": "m"},
+    ...     sample_stats={"log_weight": torch.zeros(5, 1)},
+    ...     observation_stats={"khat": torch.tensor([0.2])})
     >>> idata.constant_data["y_noise_sd"].attrs["units"], idata.observed_data["station"].size
     ('mGal', 4)
+    >>> dict(idata.posterior["x"].sizes)
+    {'chain': 1, 'draw': 5, 'observation': 1, 'x_dim_0': 3}
+    >>> idata.sample_stats["khat"].dims
+    ('chain', 'draw', 'observation')
     """
     num_samples, num_obs = x.shape[:2]
-    if z.shape[:2] != x.shape[:2] or y_obs.shape[0] != num_obs:
+    lead2 = (int(num_samples), int(num_obs))
+    if (z is not None and tuple(z.shape[:2]) != lead2) or y_obs.shape[0] != num_obs:
+        z_shape = None if z is None else tuple(z.shape)
         raise DataError(
-            f"draws disagree: x {tuple(x.shape)}, z {tuple(z.shape)}, y_obs {tuple(y_obs.shape)}"
+            f"draws disagree: x {tuple(x.shape)}, z {z_shape}, y_obs {tuple(y_obs.shape)}; "
+            "expected x (S, M, ...), z (S, M, latent_dim), y_obs (M, ...)"
         )
-    if not stacked and num_obs != 1:
-        raise DataError(f"an unstacked result needs exactly one observation, got {num_obs}")
     x_dims = tuple(x_dims or default_dims("x", x.shape[2:]))
     y_dims = tuple(y_dims or default_dims("y", y_obs.shape[1:]))
-    lead = ["observation"] if stacked else []
+    lead = ["observation"]
 
-    def post(t: torch.Tensor) -> np.ndarray:  # (S, M, ...) -> (1, S, [M,] ...)
-        a = _np(t)
-        return (a if stacked else a[:, 0])[None]
-
-    def const(t: torch.Tensor) -> np.ndarray:  # (M, ...) -> ([M,] ...)
-        a = _np(t)
-        return a if stacked else a[0]
+    def post(t: torch.Tensor | np.ndarray) -> np.ndarray:  # (S, M, ...) -> (1, S, M, ...)
+        return _np(t)[None]
 
     y_event = tuple(y_obs.shape[1:])
     if noise_sd is not None and tuple(noise_sd.shape) != y_event:
@@ -182,6 +277,11 @@ def to_inference_data(
     m = int(np.prod(y_event))
     if noise_cov is not None and tuple(noise_cov.shape) != (m, m):
         raise DataError(f"noise_cov has shape {tuple(noise_cov.shape)}; expected ({m}, {m})")
+    if log_likelihood is not None and tuple(log_likelihood.shape) != (*lead2, *y_event):
+        raise DataError(
+            f"log_likelihood has shape {tuple(log_likelihood.shape)}; expected one value per "
+            f"draw and datum, {(*lead2, *y_event)}"
+        )
     derived = dict(derived or {})
     derived_true = dict(derived_true or {})
     for name, value in derived.items():
@@ -197,9 +297,21 @@ def to_inference_data(
                 f"derived quantity {name!r} of x_true has shape {tuple(value.shape)}; expected "
                 f"that of x_true, {expected}"
             )
-    all_coords: dict[str, Any] = {"latent": np.arange(z.shape[-1])}
-    if stacked:
-        all_coords["observation"] = np.arange(num_obs)
+    stats: dict[str, np.ndarray] = {}
+    for name, stat in (sample_stats or {}).items():
+        stats[name] = post(_stat_array(name, stat, lead2, "sample statistic"))
+    per_obs: list[str] = []
+    for name, stat in (observation_stats or {}).items():
+        if name in stats:
+            raise DataError(
+                f"statistic {name!r} is given both per draw and per observation; give it once"
+            )
+        a = _stat_array(name, stat, lead2[1:], "observation statistic")
+        stats[name] = np.broadcast_to(a, (1, *lead2, *a.shape[1:])).copy()
+        per_obs.append(name)
+    all_coords: dict[str, Any] = {"observation": np.arange(num_obs)}
+    if z is not None:
+        all_coords["latent"] = np.arange(z.shape[-1])
     for name, values in (coords or {}).items():
         if name in x_dims or name in y_dims:
             all_coords[name] = list(values)
@@ -215,27 +327,49 @@ def to_inference_data(
         dims[name] = [*lead, *x_dims]
     for name in derived_true:
         dims[f"{name}_true"] = [*lead, *x_dims]
+    taken = sorted(set(dims) & set(stats))
+    if taken:
+        raise DataError(
+            f"statistics may not be named like the file's other variables: {taken}; rename them"
+        )
+    for name, array in stats.items():
+        event = array.shape[3:]
+        event_dims = tuple((stats_dims or {}).get(name, default_dims(name, event)))
+        if len(event_dims) != len(event):
+            raise DataError(
+                f"statistic {name!r} has {len(event)} event axes {tuple(event)} but "
+                f"stats_dims names {len(event_dims)}: {event_dims}"
+            )
+        dims[name] = [*lead, *event_dims]
     constant: dict[str, np.ndarray] = {}
     if x_true is not None:
-        constant["x_true"] = const(x_true)
+        constant["x_true"] = _np(x_true)
     for name, value in derived_true.items():
-        constant[f"{name}_true"] = const(value)
+        constant[f"{name}_true"] = _np(value)
     if noise_sd is not None:
         constant["y_noise_sd"] = _np(noise_sd)
     if noise_cov is not None:
         constant["y_noise_cov"] = _np(noise_cov)
-    clean_attrs = {
-        k: (v if isinstance(v, (str, int, float, bool)) else json.dumps(v))
-        for k, v in (attrs or {}).items()
-    }
+    run_attrs = {str(k): _as_attr(v) for k, v in (attrs or {}).items()}
+    posterior = {"x": post(x)}
+    if z is not None:
+        posterior["z"] = post(z)
+    posterior.update({k: post(v) for k, v in derived.items()})
     idata = az.from_dict(
-        posterior={"x": post(x), "z": post(z), **{k: post(v) for k, v in derived.items()}},
+        posterior=posterior,
         posterior_predictive={"y": post(y_rep)} if y_rep is not None else None,
-        observed_data={"y": const(y_obs)},
+        log_likelihood=(
+            {"y": post(_np(log_likelihood).astype(np.float32))}
+            if log_likelihood is not None
+            else None
+        ),
+        sample_stats=stats or None,
+        observed_data={"y": _np(y_obs)},
         constant_data=constant or None,
         coords=all_coords,
         dims=dims,
-        attrs=clean_attrs,
+        attrs=run_attrs,
+        posterior_attrs=run_attrs,
     )
     extra = dict(extra_coords or {})
     if y_units is not None:
@@ -247,8 +381,22 @@ def to_inference_data(
         for name, (dim, values) in extra.items():
             if dim in ds.dims:
                 ds.coords[name] = (dim, np.asarray(values))
-    names = sorted({*derived, *derived_true})
-    _attach_units(idata, dict(units or {}), coord_attrs or {}, names)
+    if noise_sd is not None:
+        idata["constant_data"]["y_noise_sd"].attrs["correlated"] = int(noise_cov is not None)
+    if "log_likelihood" in idata.groups():
+        idata["log_likelihood"]["y"].attrs["long_name"] = (
+            "log-likelihood of each datum given the draw, log N(y_i; F(x)_i, sigma_i^2), nats"
+        )
+    if stats:
+        ss = idata["sample_stats"]
+        for name in per_obs:
+            ss[name].attrs["constant_along"] = "chain draw"
+        for name, extra_attrs in (stats_attrs or {}).items():
+            if name in ss.data_vars:
+                ss[name].attrs.update({str(k): _as_attr(v) for k, v in extra_attrs.items()})
+    _attach_units(
+        idata, dict(units or {}), coord_attrs or {}, sorted({*derived, *derived_true, *stats})
+    )
     return idata
 
 
@@ -269,7 +417,8 @@ def _attach_units(
         ]
         pairs += [(n, n) for n in derived] + [(f"{n}_true", n) for n in derived]
         for var, unit_key in pairs:
-            if var in ds.data_vars and units.get(unit_key):
+            # log_likelihood.y is a log density in nats, not a datum in the units of y
+            if group != "log_likelihood" and var in ds.data_vars and units.get(unit_key):
                 ds[var].attrs["units"] = units[unit_key]
         if "y_noise_cov" in ds.data_vars and units.get("y"):
             ds["y_noise_cov"].attrs["units"] = f"({units['y']})^2"
@@ -309,10 +458,17 @@ reply(ok=True)
 
 
 def load_inference_data(path: str | os.PathLike[str]) -> az.InferenceData:
-    """Read an InferenceData NetCDF file.
+    """Read an InferenceData NetCDF file, with the ``observation`` dim.
 
     The file's metadata is opened first in a child process with a time limit
-    (:func:`ppl_cvae._isolated.run_isolated`), since libhdf5 can hang on a corrupt file.
+    (:func:`ppl_cvae._isolated.run_isolated`), since libhdf5 can hang on a corrupt file. A
+    file written before the ``observation`` dim was always present gets it (size 1;
+    :func:`with_observation_dim`), so readers see one layout.
+
+    Returns
+    -------
+    arviz.InferenceData
+        The file's groups (layout: the module docstring).
 
     Raises
     ------
@@ -339,6 +495,57 @@ def load_inference_data(path: str | os.PathLike[str]) -> az.InferenceData:
         raise DataError(f"cannot read {str(path)!r} as InferenceData NetCDF: {err}") from err
     if "posterior" not in idata.groups():
         raise DataError(f"{str(path)!r} has no posterior group (groups: {idata.groups()})")
+    return with_observation_dim(idata)
+
+
+_DRAW_GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
+
+
+def with_observation_dim(idata: az.InferenceData) -> az.InferenceData:
+    """Return ``idata`` with the ``observation`` dim, adding it (size 1) to an older file.
+
+    Files written before the dim was always present stored a single observation without it.
+    Here every variable of one observation gets ``observation = [0]``: after ``chain, draw``
+    in the groups of draws, first in ``observed_data`` and for the truths (``x_true``,
+    ``<name>_true``) of ``constant_data``; the noise (``y_noise_sd``, ``y_noise_cov``) is
+    shared by all observations and stays as it is, and so does a malformed variable (no
+    leading ``chain, draw`` in a group of draws), for :func:`check_posterior` to refuse. A
+    file that has the dim, or whose ``posterior`` has no ``x``, is returned unchanged.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        A posterior file as read by ``arviz.from_netcdf``.
+
+    Returns
+    -------
+    arviz.InferenceData
+        ``idata`` itself, its groups replaced where the dim was added.
+
+    Examples
+    --------
+    >>> old = az.from_dict(posterior={"x": np.zeros((1, 4, 3))}, observed_data={"y": np.ones(2)})
+    >>> new = with_observation_dim(old)
+    >>> new.posterior["x"].dims, new.observed_data["y"].dims
+    (('chain', 'draw', 'observation', 'x_dim_0'), ('observation', 'y_dim_0'))
+    """
+    post = idata["posterior"]
+    if "x" not in post.data_vars or "observation" in post["x"].dims:
+        return idata
+    for group in idata.groups():
+        ds = idata[group]
+        if "observation" in ds.dims:
+            continue
+        added = {}
+        for name, da in ds.data_vars.items():
+            if group in _DRAW_GROUPS and tuple(da.dims[:2]) == ("chain", "draw"):
+                added[str(name)] = da.expand_dims({"observation": [0]}, axis=2)
+            elif group == "observed_data" or (
+                group == "constant_data" and str(name).endswith("_true")
+            ):
+                added[str(name)] = da.expand_dims({"observation": [0]}, axis=0)
+        if added:
+            idata[group] = ds.assign(added)
     return idata
 
 

@@ -53,6 +53,10 @@ class PosteriorDraws:
         draws estimates the posterior facies probability with less Monte Carlo noise than the
         average of the binary draws (Rao-Blackwellisation). None where not recorded (refined
         draws).
+    y_model : Tensor, shape (num_samples, M, *y_shape), or None
+        ``F(x)``, the noise-free data every draw predicts (``y_rep`` before the noise is
+        added), units of ``y``; kept so that the likelihood and misfit of the draws need no
+        second run of the forward operator. None where not recorded.
     """
 
     x: torch.Tensor
@@ -60,6 +64,7 @@ class PosteriorDraws:
     y_rep: torch.Tensor | None
     decoder_noise: bool
     x_mean: torch.Tensor | None = None
+    y_model: torch.Tensor | None = None
 
 
 def as_observation_batch(y: torch.Tensor, y_shape: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
@@ -87,8 +92,10 @@ def bytes_per_draw(
     """Estimate the peak working memory of one posterior draw for ``num_observations``.
 
     Counts float32 ``x`` (draw, decoder mean and scale), ``z`` (draw, loc, scale), the hidden
-    activations of the decoder, and with a problem the posterior predictive and the forward
-    operator's output and the problem's derived quantities of ``x``; refinement multiplies by
+    activations of the decoder, and with a problem the posterior predictive, the forward
+    operator's output, the float64 residual, temporaries and pointwise log-likelihood of the
+    posterior file (:func:`inference.sample.inference_data_from_draws`) and the problem's derived
+    quantities of ``x``; refinement multiplies by
     ``oversample`` candidates and four copies of each candidate (value, gradient, two Adam
     moments).
 
@@ -101,7 +108,8 @@ def bytes_per_draw(
     y_dim = math.prod(config.y_shape or (0,))
     per = 3 * config.x_dim + 3 * config.latent_dim + 2 * sum(config.hidden_dims)
     if problem is not None:
-        per += 2 * y_dim
+        # y_rep, F(x); float64 residual, two temporaries and the log-likelihood (2 units each)
+        per += 10 * y_dim
         with torch.no_grad():  # derived quantities of x (e.g. slowness of facies): x-sized each
             derived = derived_quantities(problem, torch.zeros(1, *config.x_shape))
         per += config.x_dim * len(derived)
@@ -183,14 +191,19 @@ def draw_posterior(
         out = predictive(y_batch)
     cvae.train(was_training)
     x = out["x"] if decoder_noise else out["x_mean"]
-    y_rep = None
+    y_rep = y_model = None
     if problem is not None:
         problem = as_problem(problem)
-        y_rep = problem.forward(x)
+        y_rep = y_model = problem.forward(x)
         if not problem.noise.is_zero:
-            y_rep = y_rep + problem.noise.sample(tuple(x.shape[:2])).to(y_rep)
+            y_rep = y_model + problem.noise.sample(tuple(x.shape[:2])).to(y_model)
     return PosteriorDraws(
-        x=x, z=out["z"], y_rep=y_rep, decoder_noise=decoder_noise, x_mean=out["x_mean"]
+        x=x,
+        z=out["z"],
+        y_rep=y_rep,
+        decoder_noise=decoder_noise,
+        x_mean=out["x_mean"],
+        y_model=y_model,
     )
 
 

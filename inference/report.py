@@ -45,7 +45,7 @@ _RAY_ENDS = ("source_offset", "source_depth", "receiver_offset", "receiver_depth
 
 
 def _select(da: xr.DataArray, observation: int) -> xr.DataArray:
-    """One observation of a variable, ``chain`` 0 when it has one."""
+    """One observation of a variable (shared ones, e.g. the noise sd, as they are), chain 0."""
     if "chain" in da.dims:
         da = da.isel(chain=0)
     if "observation" in da.dims:
@@ -54,8 +54,7 @@ def _select(da: xr.DataArray, observation: int) -> xr.DataArray:
 
 
 def _num_observations(idata: az.InferenceData) -> int:
-    x = idata["posterior"]["x"]
-    return int(x.sizes["observation"]) if "observation" in x.dims else 1
+    return int(idata["posterior"]["x"].sizes["observation"])
 
 
 def _edges(centres: np.ndarray) -> tuple[float, float]:
@@ -113,7 +112,7 @@ def posterior_figures(
     idata : arviz.InferenceData
         A posterior file (``posterior.x``; ``constant_data.x_true`` when the truth is known).
     observation : int, default 0
-        Index along the ``observation`` dim (ignored when there is none).
+        Index along the ``observation`` dim.
     extra_panels : mapping of str to ndarray, optional
         For a 2-D grid: more panels of the grid's shape, in units of ``var``, drawn after the
         posterior sd (for example an exact posterior's mean and sd). A title ending in
@@ -230,7 +229,7 @@ def predictive_figure(idata: az.InferenceData, observation: int = 0) -> Figure |
         A posterior file with ``posterior_predictive.y`` and ``observed_data.y``; the noise
         standard deviation ``constant_data.y_noise_sd`` gives the error bars when present.
     observation : int, default 0
-        Index along the ``observation`` dim (ignored when there is none).
+        Index along the ``observation`` dim.
 
     Returns
     -------
@@ -270,7 +269,7 @@ def write_report(
     for a 2-D grid; :func:`posterior_figures`; ``posterior_<name>_obsK.png`` and
     ``profile_<name>_obsK.png`` for each derived quantity), ``predictive_obsK.png``
     (:func:`predictive_figure`) and ``latent_pairs_obsK.png`` (seaborn pair plot of up to 4
-    latent dims).
+    latent dims, when the posterior has ``z``).
 
     Parameters
     ----------
@@ -315,6 +314,8 @@ def write_report(
         predictive = predictive_figure(idata, m)
         if predictive is not None:
             written.append(plots.save_figure(predictive, out / f"predictive_obs{m}.png"))
+        if "z" not in idata["posterior"].data_vars:  # draws without a latent code
+            continue
         z = _select(idata["posterior"]["z"], m).values
         k = min(4, z.shape[-1])
         written.append(

@@ -1,11 +1,21 @@
-"""Posterior sampling straight to ``arviz.InferenceData``."""
+"""Posterior sampling straight to ``arviz.InferenceData``.
+
+:func:`inference_data_from_draws` turns posterior draws of any origin (the amortized CVAE,
+refinement, importance sampling, an exact posterior) and a problem into the groups of a
+posterior file (layout: :mod:`inference.arviz_io`): the posterior predictive, the pointwise
+log-likelihood, the per-draw misfit and log posterior density, the data uncertainties and the
+run attributes. :func:`sample_posterior` draws from a trained CVAE and calls it;
+:func:`sample_posterior_to_netcdf` streams large requests to disk.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +27,8 @@ from inference.posterior import as_observation_batch, bytes_per_draw, draw_poste
 from inference.refine import RefineConfig, refine_and_accept
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory, format_bytes
-from ppl_cvae.errors import ConfigError, OutputError, ShapeError
+from ppl_cvae._version import __version__
+from ppl_cvae.errors import ConfigError, NoPriorDensityError, OutputError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import (
     Problem,
@@ -27,20 +38,236 @@ from ppl_cvae.problems.base import (
     derived_quantities,
     extra_coords_of,
     units_of,
+    whiten,
 )
 
 __all__ = [
     "CHUNK_BYTES",
     "IN_MEMORY_BYTES",
+    "inference_data_from_draws",
     "sample_posterior",
     "sample_posterior_to_netcdf",
 ]
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 2**20
 """Working memory of one chunk of draws when :func:`sample_posterior_to_netcdf` streams."""
 
 IN_MEMORY_BYTES = 2**30
 """Requests whose draws need more than this are streamed to disk in chunks."""
+
+_DRAW_GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
+"""Groups with a ``draw`` dim: the ones a streamed file appends to."""
+
+
+def inference_data_from_draws(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    z: torch.Tensor | None = None,
+    problem: Problem | None = None,
+    y_model: torch.Tensor | None = None,
+    y_rep: torch.Tensor | None = None,
+    x_true: torch.Tensor | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    sample_stats: Mapping[str, torch.Tensor | np.ndarray] | None = None,
+    observation_stats: Mapping[str, torch.Tensor | np.ndarray] | None = None,
+    stats_dims: Mapping[str, Sequence[str]] | None = None,
+    stats_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+    generator: torch.Generator | None = None,
+) -> az.InferenceData:
+    """Build the ``InferenceData`` of a posterior file from draws of ``x`` and a problem.
+
+    Parameters
+    ----------
+    x : Tensor, shape (S, M, *x_shape)
+        Posterior draws, ``S`` for each of ``M`` observations, in the units of ``x``.
+    y : Tensor, shape (M, *y_shape)
+        The observations, in the units of ``y``.
+    z : Tensor, shape (S, M, latent_dim), optional
+        Latent draws (none for draws that have no latent code, e.g. an exact posterior).
+    problem : Problem, optional
+        Supplies dims, coords and units, the derived quantities of ``x``, and with its forward
+        operator ``F`` and noise ``C_e`` the groups computed from the draws (Notes).
+    y_model : Tensor, shape (S, M, *y_shape), optional
+        ``F(x)`` when already computed (:attr:`inference.posterior.PosteriorDraws.y_model`);
+        else computed here once.
+    y_rep : Tensor, shape (S, M, *y_shape), optional
+        Posterior predictive draws; with a problem and none given, ``F(x) + eps``,
+        ``eps ~ N(0, C_e)`` drawn here (with ``generator``).
+    x_true : Tensor, shape (M, *x_shape), optional
+        True models (synthetic tests), stored in ``constant_data``.
+    attrs : mapping, optional
+        Run attributes (posterior group and file root); they update the defaults
+        ``inference_library = "ppl_cvae"``, ``inference_library_version``,
+        ``num_samples = S`` and ``num_observations = M``.
+    sample_stats, observation_stats, stats_dims, stats_attrs : mapping, optional
+        Statistics the caller adds to ``sample_stats``, per draw ``(S, M, ...)`` (e.g.
+        importance ``log_weight``) and per observation ``(M, ...)`` (e.g. ``khat``); see
+        :func:`inference.arviz_io.to_inference_data`. An entry replaces a computed statistic
+        of the same name.
+    generator : torch.Generator, optional
+        Random stream of the noise of ``y_rep`` when it is drawn here.
+
+    Returns
+    -------
+    arviz.InferenceData
+        ``posterior`` (``x``, ``z``, derived quantities; run attributes), ``observed_data``
+        and, by what the problem provides, ``posterior_predictive``, ``log_likelihood``,
+        ``sample_stats`` and ``constant_data`` (layout: :mod:`inference.arviz_io`).
+
+    Raises
+    ------
+    ShapeError
+        If ``y``, ``x_true``, ``y_model`` or ``y_rep`` do not match the draws.
+    ConfigError
+        If the problem's ``derived`` returns something malformed
+        (:func:`ppl_cvae.problems.base.derived_quantities`).
+    DataError
+        As :func:`inference.arviz_io.to_inference_data` (malformed statistics).
+
+    Notes
+    -----
+    With ``r_s = F(x_s) - y`` (``m = prod(y_shape)`` data) and ``C_e = L L^T``:
+
+    - ``sample_stats.chi2_per_datum``: ``|L^-1 r_s|^2 / m``, the chi-squared misfit of each
+      draw (Tarantola 2005, eq. 3.46); a noise-free problem whitens by its nominal
+      ``misfit_std`` instead (attribute ``whitened_by``). Its mean over draws is what
+      :func:`inference.diagnostics.ppc.run_ppc` estimates from ``y_rep``.
+    - ``log_likelihood.y``: ``log N(y_i; F(x_s)_i, sigma_i^2)`` per datum
+      (:meth:`~ppl_cvae.problems.base.Problem.log_likelihood_pointwise`), when the noise is
+      independent; skipped, with the reason logged and stored in the attribute
+      ``log_likelihood_omitted``, for a noise-free problem, correlated noise or no problem.
+    - ``sample_stats.lp``: ``log p(x_s) + log N(y; F(x_s), C_e)`` in nats, the unnormalised
+      log posterior density (ArviZ's name), when the problem has a prior density
+      (:attr:`~ppl_cvae.problems.base.Problem.has_prior_density`; for a problem with a
+      basis, with respect to its coefficients) and noise.
+    - ``constant_data.y_noise_sd``: ``sqrt(diag(C_e))`` in units of ``y``, and
+      ``y_noise_cov`` when ``C_e`` is not diagonal.
+
+    References
+    ----------
+    Tarantola (2005), Inverse Problem Theory, SIAM, eq. 3.46; Vehtari, Gelman and Gabry
+    (2017), Statistics and Computing 27, 1413, doi:10.1007/s11222-016-9696-4 (PSIS-LOO).
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import make_problem
+    >>> problem = make_problem("linear_gaussian")
+    >>> x, y = problem.simulate(3, torch.Generator().manual_seed(0))
+    >>> idata = inference_data_from_draws(x.expand(4, 3, 2), y, problem=problem)
+    >>> sorted(idata.groups())  # doctest: +NORMALIZE_WHITESPACE
+    ['constant_data', 'log_likelihood', 'observed_data', 'posterior', 'posterior_predictive',
+     'sample_stats']
+    >>> idata.log_likelihood["y"].dims
+    ('chain', 'draw', 'observation', 'datum')
+    """
+    num_samples, num_obs = int(x.shape[0]), int(x.shape[1])
+    problem = as_problem(problem) if problem is not None else None
+    if y.shape[0] != num_obs or (
+        problem is not None and tuple(y.shape[1:]) != tuple(problem.y_shape)
+    ):
+        raise ShapeError(
+            f"y has shape {tuple(y.shape)}; expected ({num_obs}, *y_shape) for draws x of shape "
+            f"{tuple(x.shape)}"
+        )
+    if x_true is not None and tuple(x_true.shape) != tuple(x.shape[1:]):
+        raise ShapeError(
+            f"x_true has shape {tuple(x_true.shape)}; expected {tuple(x.shape[1:])} (M, *x_shape)"
+        )
+    for name, value in (("y_model", y_model), ("y_rep", y_rep)):
+        if value is not None and tuple(value.shape) != (num_samples, *y.shape):
+            raise ShapeError(
+                f"{name} has shape {tuple(value.shape)}; expected (S, M, *y_shape) = "
+                f"{(num_samples, *y.shape)}"
+            )
+    info: dict[str, Any] = {
+        "inference_library": "ppl_cvae",
+        "inference_library_version": __version__,
+        "num_samples": num_samples,
+        "num_observations": num_obs,
+    }
+    info.update(attrs or {})
+    stats: dict[str, torch.Tensor | np.ndarray] = {}
+    stat_attrs: dict[str, dict[str, Any]] = {}
+    log_lik = noise_sd = noise_cov = None
+    reason = "no problem was given (no forward operator, no noise model)"
+    with torch.no_grad():
+        derived = derived_quantities(problem, x)
+        derived_true = derived_quantities(problem, x_true) if x_true is not None else {}
+        if problem is not None:
+            noise = problem.noise
+            if y_model is None:
+                y_model = problem.forward(x)
+            if y_rep is None:
+                y_rep = y_model + noise.sample((num_samples, num_obs), generator).to(y_model)
+            resid = y_model.to(torch.float64) - y.to(torch.float64)  # (S, M, *y_shape)
+            m = math.prod(problem.y_shape)
+            chi2 = whiten(problem, resid).pow(2).reshape(num_samples, num_obs, m).sum(-1) / m
+            stats["chi2_per_datum"] = chi2
+            stat_attrs["chi2_per_datum"] = {
+                "long_name": "chi-squared data misfit per datum |L^-1 (F(x) - y)|^2 / m",
+                "whitened_by": (
+                    "misfit_std (nominal scale of a noise-free problem)"
+                    if noise.is_zero
+                    else "the noise covariance C_e = L L^T"
+                ),
+            }
+            if noise.is_zero:
+                reason = "the problem is noise-free (y = F(x) exactly): no likelihood density"
+            else:
+                noise_sd = noise.stddev()
+                if noise.is_diagonal:
+                    log_lik = noise.log_prob_pointwise(resid)  # (S, M, *y_shape), nats
+                else:
+                    noise_cov = noise.covariance()
+                    reason = (
+                        "the noise is correlated (noise_cov has off-diagonal terms): the "
+                        "likelihood has no per-datum factorisation"
+                    )
+                if problem.has_prior_density:
+                    try:
+                        log_prior = problem.log_prior(x).to(torch.float64)  # (S, M), nats
+                        stats["lp"] = log_prior + noise.log_prob(resid)
+                        stat_attrs["lp"] = {
+                            "long_name": "log p(x) + log N(y; F(x), C_e), unnormalised log "
+                            "posterior density, nats"
+                        }
+                    except NoPriorDensityError as err:
+                        log.info("no sample_stats.lp: %s", err)
+    if log_lik is None:
+        info["log_likelihood_omitted"] = reason
+        log.info("no log_likelihood group in the posterior file: %s", reason)
+    stats.update(sample_stats or {})
+    for name, extra in (stats_attrs or {}).items():
+        stat_attrs.setdefault(name, {}).update(extra)
+    for name in observation_stats or {}:
+        stats.pop(name, None)
+    return to_inference_data(
+        x,
+        z,
+        y,
+        y_rep=y_rep,
+        x_true=x_true,
+        x_dims=problem.x_dims if problem is not None else None,
+        y_dims=problem.y_dims if problem is not None else None,
+        coords=problem.coords if problem is not None else None,
+        attrs=info,
+        units=units_of(problem),
+        y_units=data_units(problem),
+        extra_coords=extra_coords_of(problem),
+        coord_attrs=coord_attrs_of(problem),
+        noise_sd=noise_sd,
+        noise_cov=noise_cov,
+        derived=derived,
+        derived_true=derived_true,
+        log_likelihood=log_lik,
+        sample_stats=stats,
+        observation_stats=observation_stats,
+        stats_dims=stats_dims,
+        stats_attrs=stat_attrs,
+    )
 
 
 def sample_posterior(
@@ -62,7 +289,8 @@ def sample_posterior(
     cvae : CVAE
         Trained conditional model.
     y : Tensor, shape y_shape or (M, *y_shape)
-        One observation (result has no ``observation`` dim) or a stack (result has one).
+        One observation or a stack of ``M``; the result has the ``observation`` dim either
+        way (size 1 for one observation).
     num_samples : int, default 1000
         Draws per observation.
     problem : Problem, optional
@@ -75,7 +303,10 @@ def sample_posterior(
     seed : int, optional
         Seed of the draws.
     attrs : dict, optional
-        Extra attributes (e.g. the run folder).
+        Extra run attributes (e.g. the run folder), added to ``method`` (``"amortized"`` or
+        ``"amortized_refined"``), ``inference_method`` (in words), ``model_config`` (JSON),
+        ``seed``, ``num_samples``, ``problem`` (its spec, JSON), ``decoder_noise`` and those of
+        :func:`inference_data_from_draws`; stored on the posterior group and the file root.
     refine : RefineConfig, optional
         Refine the amortized draws with the problem's forward operator and keep those that
         fit (:func:`inference.refine.refine_and_accept`); needs ``problem``.
@@ -83,10 +314,12 @@ def sample_posterior(
     Returns
     -------
     arviz.InferenceData
-        Groups ``posterior`` (``x``: ``(chain=1, draw=S, [observation,] *x_dims)``; ``z``;
+        Groups ``posterior`` (``x``: ``(chain=1, draw=S, observation=M, *x_dims)``; ``z``;
         the problem's derived quantities of ``x`` on the dims of ``x``), ``observed_data``
-        (``y``), and ``posterior_predictive`` / ``constant_data`` (``x_true`` and its derived
-        quantities as ``<name>_true``) when available. See :mod:`inference.arviz_io`.
+        (``y``), and with a problem ``posterior_predictive``, ``log_likelihood`` (per datum,
+        for independent noise), ``sample_stats`` (``chi2_per_datum``, ``lp``) and
+        ``constant_data`` (``x_true`` and its derived quantities as ``<name>_true``, the
+        noise sd); see :func:`inference_data_from_draws` and :mod:`inference.arviz_io`.
 
     Raises
     ------
@@ -99,8 +332,9 @@ def sample_posterior(
 
     References
     ----------
-    Sohn et al. (2015); Kumar et al. (2019), ArviZ a unified library for exploratory analysis
-    of Bayesian models in Python, JOSS 4(33), 1143.
+    Sohn et al. (2015), Learning structured output representation using deep conditional
+    generative models, NeurIPS 28; Kumar et al. (2019), ArviZ a unified library for
+    exploratory analysis of Bayesian models in Python, JOSS 4(33), 1143.
 
     Examples
     --------
@@ -108,7 +342,7 @@ def sample_posterior(
     >>> cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), hidden_dims=(8,)))
     >>> idata = sample_posterior(cvae, torch.zeros(2), num_samples=10, seed=0)
     >>> dict(idata.posterior["x"].sizes)
-    {'chain': 1, 'draw': 10, 'x_dim_0': 3}
+    {'chain': 1, 'draw': 10, 'observation': 1, 'x_dim_0': 3}
     """
     y_shape = cvae.config.y_shape
     if y_shape is None:  # as draw_posterior: an unconditional model has nothing to condition on
@@ -124,12 +358,14 @@ def sample_posterior(
             )
     else:
         x_true_batch = None
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"method": "amortized"}
+    y_model = y_rep = None
     if refine is None:
         draws = draw_posterior(
             cvae, y_batch, num_samples, decoder_noise=decoder_noise, problem=problem, seed=seed
         )
         info["inference_method"] = "amortized CVAE: z ~ prior net p(z|y), x ~ decoder p(x|z,y)"
+        y_model, y_rep = draws.y_model, draws.y_rep
     else:
         if problem is None:
             raise ConfigError("refinement needs a problem with a forward operator")
@@ -144,17 +380,22 @@ def sample_posterior(
             learning_rate=refine.learning_rate,
             seed=seed,
         )
+        info["method"] = "amortized_refined"
         info["inference_method"] = (
             "amortized CVAE draws refined by misfit minimisation with F, accepted by misfit"
         )
         info["refine"] = dataclasses.asdict(refine)
         info["accepted_fraction"] = float(accepted.float().mean())
+        y_model = draws.y_rep  # refined draws carry the noise-free F(x); the noise is added below
     info.update(
         {
             "independent_draws": 1,
             "decoder_noise": int(draws.decoder_noise),
+            "model_config": cvae.config.to_dict(),
         }
     )
+    if seed is not None:
+        info["seed"] = seed
     if problem is not None:
         try:
             info["problem"] = problem.spec()
@@ -162,34 +403,15 @@ def sample_posterior(
             info["problem"] = repr(problem)
     info.update(attrs or {})
     info["num_samples"] = num_samples
-    noise_sd = noise_cov = None
-    if problem is not None and not problem.noise.is_zero:
-        noise = problem.noise
-        noise_sd = noise.stddev()
-        if not noise.is_diagonal:
-            noise_cov = noise.covariance()
-    with torch.no_grad():
-        derived = derived_quantities(problem, draws.x)
-        derived_true = derived_quantities(problem, x_true_batch) if x_true_batch is not None else {}
-    return to_inference_data(
+    return inference_data_from_draws(
         draws.x,
-        draws.z,
         y_batch,
-        stacked=stacked,
-        y_rep=draws.y_rep,
+        z=draws.z,
+        problem=problem,
+        y_model=y_model,
+        y_rep=y_rep,
         x_true=x_true_batch,
-        x_dims=problem.x_dims if problem is not None else None,
-        y_dims=problem.y_dims if problem is not None else None,
-        coords=problem.coords if problem is not None else None,
         attrs=info,
-        units=units_of(problem),
-        y_units=data_units(problem),
-        extra_coords=extra_coords_of(problem),
-        coord_attrs=coord_attrs_of(problem),
-        noise_sd=noise_sd,
-        noise_cov=noise_cov,
-        derived=derived,
-        derived_true=derived_true,
     )
 
 
@@ -232,7 +454,7 @@ def _append_chunk(path: Path, idata: az.InferenceData, start: int) -> None:
     import h5netcdf
 
     with h5netcdf.File(path, "a") as f:
-        for group in ("posterior", "posterior_predictive"):
+        for group in _DRAW_GROUPS:
             if group not in idata.groups():
                 continue
             ds = idata[group]
@@ -294,7 +516,9 @@ def sample_posterior_to_netcdf(
     Notes
     -----
     With ``refine`` the accepted fraction recorded in the file's attributes is the mean over
-    chunks; draws are exchangeable, so chunking changes no distribution.
+    chunks; draws are exchangeable, so chunking changes no distribution. Every group with a
+    ``draw`` dim (``posterior``, ``posterior_predictive``, ``log_likelihood``,
+    ``sample_stats``) grows chunk by chunk.
     """
     path = Path(path)
     y_shape = cvae.config.y_shape
@@ -326,7 +550,8 @@ def sample_posterior_to_netcdf(
     check_memory(per_draw * chunk, f"a chunk of {chunk} posterior draws")
     stored = 4 * num_obs * (cvae.config.x_dim + cvae.config.latent_dim)
     if problem is not None:
-        stored += 4 * num_obs * math.prod(y_shape)
+        # y_rep and the pointwise log-likelihood (float32), lp and chi2_per_datum (float64)
+        stored += 4 * num_obs * 2 * math.prod(y_shape) + 16 * num_obs
         with torch.no_grad():  # derived quantities of x: one x-sized variable each
             num_derived = len(derived_quantities(problem, torch.zeros(1, *cvae.config.x_shape)))
         stored += 4 * num_obs * cvae.config.x_dim * num_derived
@@ -348,6 +573,7 @@ def sample_posterior_to_netcdf(
                 accepted.append((num, float(idata.attrs["accepted_fraction"])))
             if done == 0:
                 idata.attrs["num_samples"] = num_samples
+                idata["posterior"].attrs["num_samples"] = num_samples
                 _write_first_chunk(idata, tmp, chunk)
             else:
                 _append_chunk(tmp, idata, done)
@@ -356,5 +582,7 @@ def sample_posterior_to_netcdf(
             import h5netcdf
 
             with h5netcdf.File(tmp, "a") as f:
-                f.attrs["accepted_fraction"] = sum(n * a for n, a in accepted) / num_samples
+                fraction = sum(n * a for n, a in accepted) / num_samples
+                f.attrs["accepted_fraction"] = fraction
+                f["posterior"].attrs["accepted_fraction"] = fraction
     return path

@@ -454,7 +454,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--refine-lr must be > 0, got {args.refine_lr}")
     cvae, meta = _load_run(args)
     problem = _need_problem(meta, "--refine") if args.refine else meta["problem"]
-    y, stacked, x_true = load_observations(args.observation, cvae.config.y_shape)
+    y, _, x_true = load_observations(args.observation, cvae.config.y_shape)
     if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
         raise DataError(
             f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "
@@ -462,11 +462,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     sample_posterior_to_netcdf(
         cvae,
-        y if stacked else y[0],
+        y,  # (M, *y_shape), M = 1 for a single observation: the file has the observation dim
         args.num_samples,
         out,
         problem=problem,
-        x_true=(x_true if stacked else x_true[0]) if x_true is not None else None,
+        x_true=x_true,
         decoder_noise={"auto": None, "sample": True, "mean": False}[args.decoder_noise],
         refine=RefineConfig(
             oversample=args.oversample,
@@ -477,7 +477,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if args.refine
         else None,
         seed=args.seed,
-        attrs={"run_dir": str(args.run_dir), "observation_file": str(args.observation)},
+        attrs={
+            "run_dir": str(args.run_dir),
+            "run_name": Path(args.run_dir).resolve().name,
+            "observation_file": str(args.observation),
+            "command": "ppl-cvae sample",
+        },
     )
     print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
     return 0
@@ -602,10 +607,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             ) from err
     if not isinstance(functions, str) or functions not in FUNCTION_PAIRS:
         raise ConfigError(f"unknown functions {functions!r}; expected {sorted(FUNCTION_PAIRS)}")
-    x = torch.as_tensor(idata["posterior"]["x"].values[0])  # (S, [M,] 1, 50, 2)
-    y = torch.as_tensor(idata["observed_data"]["y"].values)
-    if "observation" not in idata["posterior"]["x"].dims:
-        x, y = x.unsqueeze(1), y.unsqueeze(0)
+    x = torch.as_tensor(idata["posterior"]["x"].values[0])  # (S, M, 1, 50, 2)
+    y = torch.as_tensor(idata["observed_data"]["y"].values)  # (M, 1, 50, 2)
     if tuple(x.shape[2:]) != (1, 50, 2) or tuple(y.shape) != (x.shape[1], 1, 50, 2):
         raise DataError(
             f"{args.posterior!r} does not hold Two Birds models and data "

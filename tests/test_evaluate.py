@@ -120,7 +120,6 @@ def test_units_reach_inference_data():
         torch.randn(4, 1, 3),
         torch.randn(4, 1, 2),
         torch.randn(1, 2),
-        stacked=False,
         x_dims=["depth"],
         y_dims=["frequency"],
         coords={"depth": [1.0, 2.0, 3.0], "frequency": [1.0, 10.0]},

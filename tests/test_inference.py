@@ -41,21 +41,40 @@ def test_decoder_mean_option(two_birds_cvae):
     assert torch.allclose(mean.x, mean_recomputed, atol=1e-6)
 
 
-def test_single_observation_has_no_observation_dim(two_birds_cvae):
+def test_single_observation_has_an_observation_dim_of_size_one(two_birds_cvae):
     cvae, problem = two_birds_cvae
     x, y = problem.simulate(1)
     idata = sample_posterior(cvae, y[0], 11, problem=problem, x_true=x[0], seed=0)
     assert dict(idata.posterior["x"].sizes) == {
         "chain": 1,
         "draw": 11,
+        "observation": 1,
         "row": 1,
         "position": 50,
         "line": 2,
     }
     assert list(idata.posterior["x"].coords["line"].values) == ["x0", "x1"]
-    assert dict(idata.observed_data["y"].sizes) == {"row": 1, "position": 50, "component": 2}
-    assert dict(idata.constant_data["x_true"].sizes) == {"row": 1, "position": 50, "line": 2}
-    assert dict(idata.posterior["z"].sizes) == {"chain": 1, "draw": 11, "latent": 3}
+    assert dict(idata.observed_data["y"].sizes) == {
+        "observation": 1,
+        "row": 1,
+        "position": 50,
+        "component": 2,
+    }
+    assert dict(idata.constant_data["x_true"].sizes) == {
+        "observation": 1,
+        "row": 1,
+        "position": 50,
+        "line": 2,
+    }
+    assert dict(idata.posterior["z"].sizes) == {
+        "chain": 1,
+        "draw": 11,
+        "observation": 1,
+        "latent": 3,
+    }
+    # the same observation given as a stack of one gives the same file
+    stacked = sample_posterior(cvae, y, 11, problem=problem, x_true=x, seed=0)
+    np.testing.assert_array_equal(stacked.posterior["x"].values, idata.posterior["x"].values)
 
 
 def test_stacked_observations_and_netcdf_round_trip(two_birds_cvae, tmp_path):

@@ -43,7 +43,6 @@ def _mt1d_idata(problem: MT1D, x_true, y_obs, x_draws, seed: int = 0):
         x_draws,
         torch.zeros(*x_draws.shape[:2], 2),
         y_obs,
-        stacked=True,
         y_rep=y_rep,
         x_true=x_true,
         x_dims=problem.x_dims,

@@ -53,15 +53,15 @@ def test_save_npz_refuses_other_suffix(tmp_path):
         sbi_side.save_npz(tmp_path / "train.npy", x=np.zeros(2))
 
 
-@pytest.mark.parametrize("num_obs, stacked", [(3, True), (1, False), (1, True)])
-def test_posterior_samples_layout(tmp_path, num_obs, stacked):
+@pytest.mark.parametrize("num_obs, old_layout", [(3, False), (1, False), (1, True)])
+def test_posterior_samples_layout(tmp_path, num_obs, old_layout):
     num_samples = 4
     x = torch.arange(num_samples * num_obs * 6, dtype=torch.float32).reshape(
         num_samples, num_obs, 2, 3
     )
-    idata = to_inference_data(
-        x, torch.zeros(num_samples, num_obs, 1), torch.zeros(num_obs, 2), stacked=stacked
-    )
+    idata = to_inference_data(x, torch.zeros(num_samples, num_obs, 1), torch.zeros(num_obs, 2))
+    if old_layout:  # a file written when one observation had no observation dim
+        idata = idata.isel(observation=0)
     path = save_inference_data(idata, tmp_path / "post.nc")
     samples = sbi_compare.posterior_samples(path)
     # (S, M, 2, 3) -> (M, S, 6): observation first, draws next, event flattened in C order

@@ -42,7 +42,16 @@ def test_chunked_draws_stream_into_one_file(model, tmp_path):
     assert x.shape == (1, num, 3, *problem.x_shape)
     assert idata.posterior_predictive["y"].shape == (1, num, 3, *problem.y_shape)
     np.testing.assert_array_equal(idata.posterior["draw"].values, np.arange(num))
-    assert idata.attrs["num_samples"] == num
+    assert idata.attrs["num_samples"] == num and idata.posterior.attrs["num_samples"] == num
+    # every group of draws grows chunk by chunk, each draw with its own statistics
+    log_lik = idata.log_likelihood["y"].values[0]
+    assert log_lik.shape == (num, 3, *problem.y_shape)
+    draws = torch.as_tensor(x[0])
+    expected = problem.log_likelihood_pointwise(draws, y).numpy()
+    np.testing.assert_allclose(log_lik, expected, rtol=1e-6, atol=1e-6)  # float32 storage
+    lp = problem.log_prior(draws) + problem.log_likelihood(draws, y)
+    np.testing.assert_allclose(idata.sample_stats["lp"].values[0], lp.numpy(), rtol=1e-9)
+    assert idata.sample_stats["chi2_per_datum"].shape == (1, num, 3)
     # the first chunk is exactly the first draws of a seeded in-memory request of that size
     first = draw_posterior(cvae, y, chunk, problem=problem, seed=4).x.numpy()
     np.testing.assert_allclose(x[0, :chunk], first, rtol=0, atol=0)

@@ -77,13 +77,15 @@ def _predictive_arrays(
     """Return ``y_rep`` (S, M, m), ``y_obs`` (M, m), the y dims and the event shape."""
     y_rep = idata["posterior_predictive"]["y"]
     y_obs = idata["observed_data"]["y"]
+    if "observation" not in y_obs.dims:
+        raise DataError(
+            f"observed_data.y has dims {tuple(map(str, y_obs.dims))}, without 'observation'; "
+            "read posterior files with inference.arviz_io.load_inference_data, which adds it "
+            "to files written before it was always present"
+        )
     y_dims = [str(d) for d in y_obs.dims if d != "observation"]
-    stacked = "observation" in y_obs.dims
-    lead = ["observation"] if stacked else []
-    rep = y_rep.stack(sample=("chain", "draw")).transpose("sample", *lead, *y_dims).values
-    obs = y_obs.transpose(*lead, *y_dims).values
-    if not stacked:
-        rep, obs = rep[:, None], obs[None]
+    rep = y_rep.stack(sample=("chain", "draw")).transpose("sample", "observation", *y_dims).values
+    obs = y_obs.transpose("observation", *y_dims).values
     event = tuple(obs.shape[1:])
     m = math.prod(event)
     return (
@@ -142,8 +144,8 @@ def run_ppc(idata: InferenceData) -> pd.DataFrame:
     Parameters
     ----------
     idata : arviz.InferenceData
-        With ``posterior_predictive.y`` (``chain, draw, [observation,] *y_dims``) and
-        ``observed_data.y`` (``[observation,] *y_dims``); the noise is read from
+        With ``posterior_predictive.y`` (``chain, draw, observation, *y_dims``) and
+        ``observed_data.y`` (``observation, *y_dims``); the noise is read from
         ``constant_data.y_noise_sd`` / ``y_noise_cov`` when present (see the module
         docstring for the definitions).
 
@@ -158,7 +160,7 @@ def run_ppc(idata: InferenceData) -> pd.DataFrame:
     ------
     DataError
         If the stored noise does not match the data (shape, non-positive standard deviation,
-        covariance not positive definite).
+        covariance not positive definite), or ``observed_data.y`` has no ``observation`` dim.
 
     References
     ----------
@@ -169,7 +171,7 @@ def run_ppc(idata: InferenceData) -> pd.DataFrame:
     >>> import torch
     >>> from inference.arviz_io import to_inference_data
     >>> y = torch.zeros(1, 4)
-    >>> idata = to_inference_data(torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), y, stacked=False,
+    >>> idata = to_inference_data(torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), y,
     ...     y_rep=torch.ones(2, 1, 4), noise_sd=torch.full((4,), 0.5))
     >>> row = run_ppc(idata).iloc[0]
     >>> float(row["chi2_per_datum"]), float(row["rmse_of_mean"])  # (1 / 0.5)^2 - 1
