@@ -92,6 +92,7 @@ __all__ = [
     "pareto_smooth",
     "save_inference_data",
     "to_inference_data",
+    "with_chains",
     "with_observation_dim",
 ]
 
@@ -670,3 +671,44 @@ def chain_diagnostics(draws: np.ndarray) -> tuple[float, float]:
     rhat = float(az.rhat(data)["theta"].max())
     ess = float(az.ess(data, method="bulk")["theta"].min())
     return rhat, ess
+
+
+def with_chains(idata: az.InferenceData, num_chains: int) -> az.InferenceData:
+    """Return ``idata`` with its single chain of ``S`` draws split into ``num_chains`` chains.
+
+    For draws that come from ``num_chains`` Markov chains stored one after the other along
+    ``draw`` (chain ``c`` holds draws ``c D .. (c + 1) D - 1``, ``D = S / num_chains``): every
+    variable with leading ``(chain=1, draw=S)`` becomes ``(chain=num_chains, draw=D)``, so
+    ``az.rhat`` and ``az.ess`` see the chains.
+
+    Raises
+    ------
+    DataError
+        If a group has more than one chain already or ``S`` is not a multiple of
+        ``num_chains``.
+    """
+    import xarray as xr
+
+    groups = {}
+    for group in idata.groups():
+        ds = idata[group]
+        if group not in _DRAW_GROUPS or "draw" not in ds.dims:
+            groups[group] = ds
+            continue
+        if ds.sizes["chain"] != 1 or ds.sizes["draw"] % num_chains:
+            raise DataError(
+                f"cannot split group {group!r} of {ds.sizes['chain']} chain(s) x "
+                f"{ds.sizes['draw']} draws into {num_chains} chains"
+            )
+        per = ds.sizes["draw"] // num_chains
+        out = {}
+        for name, da in ds.data_vars.items():
+            values = da.values.reshape(num_chains, per, *da.shape[2:])
+            out[name] = xr.DataArray(values, dims=da.dims, attrs=da.attrs)
+        coords = {
+            k: v for k, v in ds.coords.items() if "chain" not in v.dims and "draw" not in v.dims
+        }
+        coords["chain"] = np.arange(num_chains)
+        coords["draw"] = np.arange(per)
+        groups[group] = xr.Dataset(out, coords=coords, attrs=ds.attrs)
+    return az.InferenceData(**groups)  # type: ignore[arg-type]

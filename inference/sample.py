@@ -43,6 +43,8 @@ from ppl_cvae.problems.base import (
 
 __all__ = [
     "CHUNK_BYTES",
+    "CorrectionConfig",
+    "sample_corrected",
     "IN_MEMORY_BYTES",
     "inference_data_from_draws",
     "sample_posterior",
@@ -586,3 +588,183 @@ def sample_posterior_to_netcdf(
                 f.attrs["accepted_fraction"] = fraction
                 f["posterior"].attrs["accepted_fraction"] = fraction
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrectionConfig:
+    """Settings of a per-observation correction (``ppl-cvae sample --method``).
+
+    Attributes
+    ----------
+    method : {"importance", "nuts"}
+        Importance sampling with the amortized posterior as proposal
+        (:func:`inference.importance.importance_sample`), or NUTS started and preconditioned
+        by amortized draws (:func:`inference.mcmc.nuts_sample`).
+    proposals : int
+        Importance sampling: proposal draws per observation (the file holds ``num_samples``
+        draws resampled from them).
+    chains, warmup_steps : int
+        NUTS: chains per observation (``num_samples`` is split between them) and warm-up
+        iterations per chain.
+    """
+
+    method: Literal["importance", "nuts"] = "importance"
+    proposals: int = 10_000
+    chains: int = 4
+    warmup_steps: int = 500
+
+
+def sample_corrected(
+    cvae: CVAE,
+    y: torch.Tensor,
+    num_samples: int,
+    problem: Problem,
+    correction: CorrectionConfig,
+    *,
+    x_true: torch.Tensor | None = None,
+    seed: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> tuple[az.InferenceData, str, bool]:
+    """Draw posterior samples corrected with the problem's prior and noise model.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        Trained conditional model (the proposal, or the chains' start and preconditioner).
+    y : Tensor, shape y_shape or (M, *y_shape)
+        Observation(s), units of ``y``.
+    num_samples : int
+        Draws per observation in the file (for NUTS, rounded up to a multiple of
+        ``correction.chains``).
+    problem : Problem
+        With a prior density and a noise model (the target ``p(x | y)``).
+    correction : CorrectionConfig
+    x_true : Tensor, shape (M, *x_shape), optional
+        Truths for ``constant_data``.
+    seed : int, optional
+    attrs : mapping, optional
+        Run attributes.
+
+    Returns
+    -------
+    idata : arviz.InferenceData
+        Importance sampling: ``num_samples`` draws per observation resampled (systematic
+        resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
+        ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
+        ``sample_stats``. NUTS: ``chains`` chains (dims ``chain, draw``) with ``rhat``,
+        ``ess_bulk`` and ``divergences`` per observation.
+    summary : str
+        One line of diagnostics, saying plainly when the correction failed.
+    ok : bool
+        False when any observation failed: k-hat above
+        :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
+        :data:`~inference.mcmc.RHAT_THRESHOLD` (1.01) or divergent transitions.
+
+    Raises
+    ------
+    ConfigError
+        If the method is unknown, ``num_samples < 1``, or the model cannot propose.
+    NoPriorDensityError, NoLikelihoodError
+        If the problem has no prior density or no noise model.
+    """
+    from inference.arviz_io import with_chains
+    from inference.importance import KHAT_THRESHOLD, importance_sample
+    from inference.mcmc import RHAT_THRESHOLD, nuts_sample
+
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    y_shape = cvae.config.y_shape
+    if y_shape is None:
+        raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
+    problem = as_problem(problem)
+    y_batch, _ = as_observation_batch(y, y_shape)
+    cvae.check_finite(y=y_batch)
+    info: dict[str, Any] = {"seed": -1 if seed is None else seed}
+    info.update(attrs or {})
+    if correction.method == "importance":
+        imp = importance_sample(cvae, problem, y_batch, correction.proposals, seed=seed)
+        generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        x = imp.resample(num_samples, generator)
+        stats = {
+            "khat": imp.khat,
+            "sample_efficiency": imp.sample_efficiency,
+            "log_evidence": imp.log_evidence,
+            "log_evidence_se": imp.log_evidence_se,
+        }
+        info.update(
+            method="importance",
+            inference_method=(
+                "importance sampling on (x, z) with the amortized CVAE as proposal and its "
+                "recognition net as auxiliary, Pareto-smoothed weights, systematic resampling"
+            ),
+            proposals=correction.proposals,
+            independent_draws=0,
+        )
+        idata = inference_data_from_draws(
+            x, y_batch, problem=problem, x_true=x_true, attrs=info, observation_stats=stats
+        )
+        failed = int((~imp.reliable).sum())
+        eff = imp.sample_efficiency
+        summary = (
+            f"importance sampling: sample efficiency {float(eff.min()):.4f} (min over "
+            f"{len(eff)} observation(s)), k-hat {float(imp.khat.max()):.2f} (max)"
+        )
+        if failed:
+            summary += (
+                f"; FAILED for {failed} of {len(eff)} observation(s) (k-hat > {KHAT_THRESHOLD}):"
+                " the amortized posterior does not cover the exact one there, so these draws "
+                "are not trustworthy; try --method nuts"
+            )
+        return idata, summary, failed == 0
+    if correction.method != "nuts":
+        raise ConfigError(f"unknown correction {correction.method!r}; expected importance or nuts")
+    chains = correction.chains
+    per_chain = math.ceil(num_samples / chains)
+    start = draw_posterior(cvae, y_batch, max(per_chain * chains, 2 * chains), seed=seed).x
+    results = [
+        nuts_sample(
+            problem,
+            y_batch[m],
+            start[:, m],
+            num_samples=per_chain,
+            warmup_steps=correction.warmup_steps,
+            num_chains=chains,
+            seed=0 if seed is None else seed,
+        )
+        for m in range(y_batch.shape[0])
+    ]
+    # (chains, draws, M, ...) stored chain after chain along draw, then split into chains
+    x = torch.stack([r.x for r in results], dim=2)
+    x = x.reshape(chains * per_chain, *x.shape[2:])
+    stats = {
+        "rhat": torch.tensor([r.rhat for r in results]),
+        "ess_bulk": torch.tensor([r.min_ess for r in results]),
+        "divergences": torch.tensor([r.divergences for r in results]),
+    }
+    info.update(
+        method="nuts",
+        inference_method=(
+            "NUTS (Pyro) on log p(x) + log p(y|x), chains started at amortized draws and "
+            "preconditioned by their covariance"
+        ),
+        chains=chains,
+        warmup_steps=correction.warmup_steps,
+        independent_draws=0,
+    )
+    idata = inference_data_from_draws(
+        x, y_batch, problem=problem, x_true=x_true, attrs=info, observation_stats=stats
+    )
+    idata = with_chains(idata, chains)
+    worst_rhat = max(r.rhat for r in results)
+    divergent = sum(r.divergences for r in results)
+    failed = sum(not r.converged for r in results)
+    summary = (
+        f"NUTS: R-hat {worst_rhat:.4f} (max), min ESS {min(r.min_ess for r in results):.0f}, "
+        f"{divergent} divergent transition(s), {sum(r.seconds for r in results):.1f} s"
+    )
+    if failed:
+        summary += (
+            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat > {RHAT_THRESHOLD} "
+            "or divergences): the chains have not mixed; run longer (--warmup, --num-samples)"
+        )
+    return idata, summary, failed == 0

@@ -452,14 +452,54 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-misfit must be >= 0 (0 keeps all), got {args.max_misfit}")
     if args.refine_lr <= 0:
         raise ConfigError(f"--refine-lr must be > 0, got {args.refine_lr}")
+    if args.refine and args.method not in ("amortized", "refine"):
+        raise ConfigError(f"--refine contradicts --method {args.method}; give one of them")
+    method = "refine" if args.refine else args.method
     cvae, meta = _load_run(args)
-    problem = _need_problem(meta, "--refine") if args.refine else meta["problem"]
+    if method == "amortized":
+        problem = meta["problem"]
+    else:
+        problem = _need_problem(meta, f"--method {method}")
     y, _, x_true = load_observations(args.observation, cvae.config.y_shape)
     if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
         raise DataError(
             f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "
             f"generates {cvae.config.x_shape}"
         )
+    attrs = {
+        "run_dir": str(args.run_dir),
+        "run_name": Path(args.run_dir).resolve().name,
+        "observation_file": str(args.observation),
+        "command": "ppl-cvae sample",
+    }
+    if method in ("importance", "nuts"):
+        from inference.arviz_io import save_inference_data
+        from inference.sample import CorrectionConfig, sample_corrected
+
+        correction = CorrectionConfig(
+            method="importance" if method == "importance" else "nuts",
+            proposals=args.proposals or 10 * args.num_samples,
+            chains=args.chains,
+            warmup_steps=args.warmup,
+        )
+        idata, summary, ok = sample_corrected(
+            cvae,
+            y,
+            args.num_samples,
+            problem,
+            correction,
+            x_true=x_true,
+            seed=args.seed,
+            attrs=attrs,
+        )
+        save_inference_data(idata, out)
+        print(summary)
+        if not ok:
+            log.warning("the %s correction failed; see the line above", method)
+        posterior = idata["posterior"]
+        num = posterior.sizes["chain"] * posterior.sizes["draw"]
+        print(f"wrote {num} posterior draws for {y.shape[0]} observation(s) to {out}")
+        return 0
     sample_posterior_to_netcdf(
         cvae,
         y,  # (M, *y_shape), M = 1 for a single observation: the file has the observation dim
@@ -474,15 +514,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
             num_steps=args.refine_steps,
             learning_rate=args.refine_lr,
         )
-        if args.refine
+        if method == "refine"
         else None,
         seed=args.seed,
-        attrs={
-            "run_dir": str(args.run_dir),
-            "run_name": Path(args.run_dir).resolve().name,
-            "observation_file": str(args.observation),
-            "command": "ppl-cvae sample",
-        },
+        attrs=attrs,
     )
     print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
     return 0
@@ -838,10 +873,29 @@ def build_parser() -> argparse.ArgumentParser:
         "facies decoder the draws are then facies codes; mean: P(x=1|z,y) for bernoulli)",
     )
     s.add_argument(
+        "--method",
+        choices=["amortized", "importance", "nuts", "refine"],
+        default="amortized",
+        help="amortized: the CVAE's draws; importance: importance sampling against the "
+        "problem's prior and noise model with the CVAE as proposal (exact when k-hat <= 0.7); "
+        "nuts: NUTS on the problem's posterior started and preconditioned by CVAE draws; "
+        "refine: misfit minimisation of each draw (an optimiser, not a sampler)",
+    )
+    s.add_argument(
         "--refine",
         action="store_true",
-        help="refine each draw by minimising its data misfit with the problem's forward "
-        "operator, then keep draws whose RMS normalised misfit is below --max-misfit",
+        help="the same as --method refine: refine each draw by minimising its data misfit "
+        "with the problem's forward operator, then keep draws whose RMS normalised misfit is "
+        "below --max-misfit",
+    )
+    s.add_argument(
+        "--proposals",
+        type=_count(2),
+        help="--method importance: proposal draws per observation (default 10 x --num-samples)",
+    )
+    s.add_argument("--chains", type=_count(1), default=4, help="--method nuts: chains")
+    s.add_argument(
+        "--warmup", type=_count(0), default=500, help="--method nuts: warm-up steps per chain"
     )
     s.add_argument("--oversample", type=_count(1), default=4, help="candidates per kept draw")
     s.add_argument(
