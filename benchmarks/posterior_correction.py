@@ -106,7 +106,9 @@ def run(name, args):
     )
     rows = {"amortized": [], "none": []}
     for i in range(min(args.nuts_observations, args.num_heldout)):
-        init_amortized = amortized[:, i]
+        # 20 draws per coordinate estimate the preconditioner (as ppl-cvae sample does)
+        num_start = min(max(20 * cvae.config.x_dim, 2000), 50_000)
+        init_amortized = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=i).x[:, 0]
         init_prior = problem.sample_prior(args.chains, torch.Generator().manual_seed(i))
         for precondition, init in (("amortized", init_amortized), ("none", init_prior)):
             res = nuts_sample(

@@ -94,8 +94,8 @@ def nuts_sample(
         Draws that start the chains (one chain per row), units of ``x``; with
         ``precondition="amortized"`` also the draws whose mean and covariance precondition
         (pass the amortized draws: the first ``chains`` rows start the chains, all rows
-        estimate the covariance; at least ``dim + 1`` rows, where ``dim`` is the number of
-        sampled coordinates, for a full-rank covariance, shrunk otherwise).
+        estimate the covariance, with Ledoit-Wolf shrinkage, which keeps it well conditioned
+        when the rows are few against the number of sampled coordinates).
     num_samples, warmup_steps : int
         Draws kept and warm-up iterations per chain.
     precondition : {"amortized", "none"}
@@ -153,9 +153,14 @@ def nuts_sample(
         start = (par.from_x(init) if par is not None else init.flatten(1)).double()
     dim = start.shape[1]
     if precondition == "amortized":
+        from sklearn.covariance import LedoitWolf  # scikit-learn is a core dependency
+
         mu = start.mean(0)
-        cov = torch.cov(start.T).reshape(dim, dim) if len(start) > 1 else torch.eye(dim)
-        shrink = 1e-6 * float(cov.diagonal().mean().clamp_min(1e-12))
+        if len(start) > 1:  # shrunk: N draws in dim >= N dimensions give a singular estimate
+            cov = torch.from_numpy(LedoitWolf().fit(start.numpy()).covariance_)
+        else:
+            cov = torch.eye(dim, dtype=start.dtype)
+        shrink = 1e-9 * float(cov.diagonal().mean().clamp_min(1e-12))
         tril = torch.linalg.cholesky(cov + shrink * torch.eye(dim, dtype=cov.dtype))
     else:
         mu = start.new_zeros(dim)

@@ -720,7 +720,10 @@ def sample_corrected(
         raise ConfigError(f"unknown correction {correction.method!r}; expected importance or nuts")
     chains = correction.chains
     per_chain = math.ceil(num_samples / chains)
-    start = draw_posterior(cvae, y_batch, max(per_chain * chains, 2 * chains), seed=seed).x
+    # the chains' start and preconditioner: many draws (cheap), so that the covariance of the
+    # x_dim sampled coordinates is estimated well (20 draws per coordinate, at most 50,000)
+    num_start = min(max(20 * cvae.config.x_dim, 2000, chains), 50_000)
+    start = draw_posterior(cvae, y_batch, num_start, seed=seed).x
     results = [
         nuts_sample(
             problem,

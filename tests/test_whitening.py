@@ -166,5 +166,7 @@ def test_file_defaults_whiten_and_give_way_to_families_that_cannot_be_whitened()
     for likelihood in ("bernoulli", "gaussian_fixed"):
         model, _ = resolve_settings(source, Overrides(model={"likelihood": likelihood}))
         assert model.x_whitening == "none" and model.init_scale == 0.05
+    model, _ = resolve_settings(source, Overrides(model={"x_whitening": "none"}))
+    assert model.x_whitening == "none" and model.init_scale == 0.05
     big = DataSource(x_shape=(64, 65), y_shape=(6,), num_pairs=1000)  # 4160 > MAX_FULL_NOISE
     assert resolve_settings(big)[0].x_whitening == "none"

@@ -198,8 +198,12 @@ def resolve_settings(
         likelihood = model.get("likelihood", "gaussian")
         if likelihood not in WHITENED_LIKELIHOODS or model.get("basis_dim") is not None:
             model.pop("x_whitening")  # a facies, fixed-scale or basis decoder: not whitened
-            if "init_scale" not in user:
-                model.pop("init_scale", None)
+    if (
+        layer.model.get("x_whitening") == "linear"
+        and model.get("x_whitening", "none") != "linear"
+        and "init_scale" not in user
+    ):
+        model.pop("init_scale", None)  # the unit scale recommended with the whitening goes too
     return (
         ModelConfig(x_shape=x_shape, y_shape=y_shape, **model),
         TrainConfig(**train),
