@@ -108,7 +108,7 @@ def run(name, args):
     rows = {"amortized": [], "none": []}
     for i in range(min(args.nuts_observations, args.num_heldout)):
         # 20 draws per coordinate estimate the preconditioner (as ppl-cvae sample does)
-        num_start = min(max(20 * cvae.config.x_dim, 2000), 50_000)
+        num_start = max(min(20 * cvae.config.x_dim, 2**26 // cvae.config.x_dim), 2000)
         init_amortized = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=i).x[:, 0]
         init_prior = problem.sample_prior(args.chains, torch.Generator().manual_seed(i))
         runs = [("amortized", init_amortized)]

@@ -721,21 +721,23 @@ def sample_corrected(
     chains = correction.chains
     per_chain = math.ceil(num_samples / chains)
     # the chains' start and preconditioner: many draws (cheap), so that the covariance of the
-    # x_dim sampled coordinates is estimated well (20 draws per coordinate, at most 50,000)
-    num_start = min(max(20 * cvae.config.x_dim, 2000, chains), 50_000)
-    start = draw_posterior(cvae, y_batch, num_start, seed=seed).x
-    results = [
-        nuts_sample(
-            problem,
-            y_batch[m],
-            start[:, m],
-            num_samples=per_chain,
-            warmup_steps=correction.warmup_steps,
-            num_chains=chains,
-            seed=0 if seed is None else seed,
+    # x_dim sampled coordinates is estimated well: 20 per coordinate, at most 2^26 values
+    x_dim = cvae.config.x_dim
+    num_start = max(min(20 * x_dim, 2**26 // x_dim), 2000, chains)
+    results = []
+    for m in range(y_batch.shape[0]):
+        start = draw_posterior(cvae, y_batch[m : m + 1], num_start, seed=seed).x[:, 0]
+        results.append(
+            nuts_sample(
+                problem,
+                y_batch[m],
+                start,
+                num_samples=per_chain,
+                warmup_steps=correction.warmup_steps,
+                num_chains=chains,
+                seed=0 if seed is None else seed,
+            )
         )
-        for m in range(y_batch.shape[0])
-    ]
     # (chains, draws, M, ...) stored chain after chain along draw, then split into chains
     x = torch.stack([r.x for r in results], dim=2)
     x = x.reshape(chains * per_chain, *x.shape[2:])
