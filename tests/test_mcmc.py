@@ -49,3 +49,23 @@ def test_nuts_needs_a_likelihood_and_valid_settings():
         nuts_sample(problem, torch.zeros(2), torch.zeros(3, 2), precondition="dense")
     with pytest.raises(ConfigError, match="init must have shape"):
         nuts_sample(problem, torch.zeros(2), torch.zeros(3, 5))
+
+
+def test_with_chains_splits_the_draw_axis_chain_by_chain():
+    """Draws stored chain after chain along ``draw`` become (chain, draw); R-hat then sees a
+    chain that differs from the others."""
+    import arviz as az
+
+    from inference.arviz_io import with_chains
+    from inference.sample import inference_data_from_draws
+
+    problem = LinearGaussian(x_dim=2, y_dim=2)
+    y = problem.simulate(1, torch.Generator().manual_seed(0))[1]
+    x = torch.randn(400, 1, 2, generator=torch.Generator().manual_seed(1))
+    x[300:] += 3.0  # the fourth chain is off
+    idata = with_chains(inference_data_from_draws(x, y, problem=problem), 4)
+    post = idata.posterior["x"]
+    assert dict(post.sizes) == {"chain": 4, "draw": 100, "observation": 1, "parameter": 2}
+    assert torch.equal(torch.from_numpy(post.values[3, :, 0]), x[300:, 0])
+    assert idata.sample_stats["chi2_per_datum"].shape == (4, 100, 1)
+    assert float(az.rhat(idata, var_names=["x"])["x"].max()) > 1.2  # 1 + O(1/sqrt(S)) if mixed
