@@ -644,7 +644,10 @@ class Crosshole(Problem):
         2-D convolutions over the grid (``network="conv2d"``, channels 8 and 16, 64 features):
         measured with ``benchmarks/amortized_quality.py`` (README), they bring the reliability
         of the facies probabilities within 0.05 and cut the data misfit of the draws by a third
-        against the MLP, at twice its training time.
+        against the MLP, at twice its training time. The random-field prior gets the linear
+        whitening of ``x`` given ``y`` (``x_whitening="linear"``, decoder scale starting at 1)
+        and 20 epochs: the draws' misfit drops from 6.06 to about 1.2 per datum, and 10 epochs
+        were already within 0.02 of 60 (README).
         """
         model = ModelOverrides(
             network="mlp", latent_dim=32, hidden_dims=(512, 512), linear_skip=True
@@ -657,7 +660,8 @@ class Crosshole(Problem):
             model["network"] = "conv2d"
             model["conv_channels"] = (8, 16)
             model["feature_dim"] = 64
-        return Overrides(model=model, train=simulation_schedule())
+            return Overrides(model=model, train=simulation_schedule())
+        return Overrides(model=model, train=simulation_schedule(20))
 
     def spec(self) -> dict[str, Any]:
         """Return the keyword arguments that rebuild this problem, plus its name.
