@@ -877,7 +877,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["amortized", "importance", "nuts", "refine"],
         default="amortized",
         help="amortized: the CVAE's draws; importance: importance sampling against the "
-        "problem's prior and noise model with the CVAE as proposal (exact when k-hat <= 0.7); "
+        "problem's prior and noise model with the CVAE as proposal (reliable when k-hat <= 0.7); "
         "nuts: NUTS on the problem's posterior started and preconditioned by CVAE draws; "
         "refine: misfit minimisation of each draw (an optimiser, not a sampler)",
     )
