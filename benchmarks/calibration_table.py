@@ -1,0 +1,82 @@
+"""SBC and TARP verdicts of the amortized posteriors of the built-in problems, in one table.
+
+For each problem (``--problems``, default ``linear_gaussian,gravity,crosshole,mt1d``): fit the
+CVAE with the problem's recommended settings (``--epochs`` shortens the schedule), draw
+``--num-samples`` amortized posterior samples for ``--num-heldout`` held-out pairs simulated
+from the prior (seed 10000), and run :func:`inference.diagnostics.calibration.run_calibration`
+(SBC ranks of every component and of the data misfit, TARP of the joint posterior, at a
+false-alarm probability of 0.01 per verdict) and the coverage verdict with the tolerance
+derived from the number of pairs (:func:`inference.diagnostics.coverage.coverage_verdict`).
+Prints one row per problem: SBC pass/fail with the number of failing components and the
+misfit's verdict, TARP's ATC and p-value, coverage against its expected value, fit time.
+
+Run (the figures in the README)::
+
+    python benchmarks/calibration_table.py --threads 1
+
+Thread count is printed with the table; on the shared 2-core machine times are upper bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from inference.diagnostics.calibration import run_calibration
+from inference.diagnostics.coverage import run_evaluation
+from inference.posterior import draw_posterior
+from ppl_cvae import fit_problem
+from ppl_cvae.problems import make_problem
+
+
+def row(name, args):
+    """Fit, draw and score one problem; return the table row as a string."""
+    problem = make_problem(name)
+    train = {"seed": args.seed}
+    if args.epochs:
+        train["num_epochs"] = args.epochs
+    start = time.perf_counter()
+    cvae, result, _ = fit_problem(problem, train=train)
+    fit_seconds = time.perf_counter() - start
+    x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
+    draws = draw_posterior(cvae, y_obs, args.num_samples, seed=args.seed).x
+    cal = run_calibration(draws, x_true, y_obs=y_obs, problem=problem, seed=args.seed)
+    cov = run_evaluation(draws, x_true, x_reference=cvae.x_standardiser.mean)
+    sbc, tarp = cal["sbc"], cal["tarp"]
+    failing = len(sbc["failures"])
+    stats = sbc["statistics"]
+    p_values = [float(v.get("p_value", float("nan"))) for v in stats.values()]
+    misfit_p = min(p_values, default=float("nan"))
+    return (
+        f"| {name} ({len(result.history)} epochs, fit {fit_seconds:.0f} s) | "
+        f"{'pass' if not failing else f'FAIL ({failing} verdicts)'} | {misfit_p:.3g} | "
+        f"{tarp['atc']:+.3f} (p {tarp['p_value']:.3g}, "
+        f"{'pass' if not tarp['failures'] else 'FAIL'}) | "
+        f"{cov['coverage_50']:.3f} / {cov['coverage_90']:.3f} |"
+    )
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    print(
+        f"threads: {torch.get_num_threads()}; {args.num_heldout} held-out pairs, "
+        f"{args.num_samples} draws each; false alarm 0.01 per verdict\n"
+    )
+    print("| problem | SBC (components and misfit) | misfit rank p-value | TARP ATC | "
+          "coverage 50% / 90% |")
+    print("|---|---|---|---|---|")
+    for name in args.problems.split(","):
+        print(row(name.strip(), args), flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", default="linear_gaussian,gravity,crosshole,mt1d")
+    parser.add_argument("--epochs", type=int, help="override the recommended epochs")
+    parser.add_argument("--num-heldout", type=int, default=200)
+    parser.add_argument("--num-samples", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    main(parser.parse_args())
