@@ -26,8 +26,10 @@ Run::
     python examples/crosshole.py --prior channels --out-dir runs/examples/crosshole_channels
 
 Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): ``--prior grf`` measured 9.1
-minutes (8.8 minutes of fitting; on 50 held-out pairs coverage 0.502 / 0.893, mean error 0.13
-exact sd, sd ratio 1.01); ``--prior channels`` not measured (its recommended decoder,
+minutes with the former 60-epoch settings (8.8 minutes of fitting; on 50 held-out pairs
+coverage 0.502 / 0.893, mean error 0.13 exact sd, sd ratio 1.01); the recommended settings are
+now whitened and 20 epochs (fit 192 s in ``benchmarks/linear_gaussian.py``, README; the example
+itself not re-timed); ``--prior channels`` not measured (its recommended decoder,
 Bernoulli with 2-D convolutions, took 17 minutes to fit in
 ``benchmarks/amortized_quality.py``). ``--smoke``: about 10 seconds.
 """

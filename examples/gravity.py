@@ -21,9 +21,12 @@ Run::
 
     python examples/gravity.py --out-dir runs/examples/gravity
 
-Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): about 6 minutes (5.7 minutes
-of fitting measured; on 50 held-out pairs coverage 0.478 / 0.889 against the exact posterior's
-0.497 / 0.910, mean error 0.063 exact sd, sd ratio 0.97). ``--smoke``: about 10 seconds.
+Runtime (full run, ``OMP_NUM_THREADS=1``, 2 shared CPU cores): about 6 minutes with the former
+120-epoch settings (5.7 minutes of fitting measured; on 50 held-out pairs coverage 0.478 /
+0.889 against the exact posterior's 0.497 / 0.910, mean error 0.063 exact sd, sd ratio 0.97);
+the recommended settings are now whitened and 20 epochs (fit 83 s in
+``benchmarks/linear_gaussian.py``, README; the example itself not re-timed). ``--smoke``:
+about 10 seconds.
 """
 
 from __future__ import annotations
