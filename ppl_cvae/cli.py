@@ -960,6 +960,15 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", help="optional JSON with per-observation results")
     sc.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     sc.set_defaults(func=cmd_score)
+    threads_help = (
+        "torch CPU threads (default: torch's own choice, which can run several times slower "
+        "than 1 thread on a shared, loaded machine)"
+    )
+    parser.add_argument("--threads", type=_count(1), default=None, help=threads_help)
+    for command in sub.choices.values():  # also after the command: ppl-cvae fit --threads 1
+        command.add_argument(
+            "--threads", type=_count(1), default=argparse.SUPPRESS, help=threads_help
+        )
     return parser
 
 
@@ -995,6 +1004,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "fit" and not (args.problem or args.data or args.dataset or args.config):
         parser.error("fit needs --problem NAME, --data FILE, --dataset NAME or --config FILE")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         _check_utf8_paths(args)
         return int(args.func(args))

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from ppl_cvae.cli import main
 from ppl_cvae.errors import ConfigError
@@ -295,3 +296,18 @@ def test_fit_on_an_image_folder_and_missing_dataset_path(tmp_path, capsys):
     assert config["model"]["x_shape"] == [8, 8] and config["model"]["network"] == "conv2d"
     assert main(["fit", "--dataset", "mnist", "--out", str(tmp_path / "m"), "--quiet"]) == 2
     assert "needs a path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_threads_option_sets_torch_threads(tmp_path, where):
+    """`--threads N` before or after the command sets torch's CPU threads for the run."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        args = ["simulate", "--problem", "linear_gaussian", "--num", "2",
+                "--out", str(tmp_path / "s.npz")]
+        args = ["--threads", "1", *args] if where == "before" else [*args, "--threads", "1"]
+        assert main(args) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
