@@ -66,3 +66,37 @@ def digest(root: Path) -> dict[str, str]:
         str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+SCALED_PROBLEM_SOURCE = '''
+class ScaledProblem:
+    """y = scale * x + noise, x ~ N(0, I); its spec() cannot name it."""
+
+    name = "scaled"
+    x_dims = ("parameter",)
+    y_dims = ("datum",)
+    coords = {}
+
+    def __init__(self, dim=2, scale=2.0, noise_std=0.1):
+        self.x_shape = (dim,)
+        self.y_shape = (dim,)
+        self.scale = float(scale)
+        self.noise_std = float(noise_std)
+        self.misfit_std = float(noise_std)
+
+    def sample_prior(self, num, generator=None):
+        return torch.randn(num, *self.x_shape, generator=generator)
+
+    def forward(self, x):
+        return self.scale * x
+
+    def simulate(self, num, generator=None):
+        x = self.sample_prior(num, generator)
+        noise = self.noise_std * torch.randn(num, *self.y_shape, generator=generator)
+        return x, self.forward(x) + noise
+
+    def spec(self):
+        raise NotImplementedError("a user problem")
+'''
+"""Source of a duck-typed user problem (no Problem base class, no optional members), pasted
+into the user modules that tests write to disk (``test_user_problem``, ``test_problem_base``)."""

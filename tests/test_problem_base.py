@@ -52,6 +52,7 @@ from ppl_cvae.problems.base import (
 from ppl_cvae.problems.noise import GaussianNoise
 from ppl_cvae.problems.parameterisation import Parameterisation
 from ppl_cvae.problems.two_birds import EndpointTransform, endpoints_from_lines
+from tests.conftest import SCALED_PROBLEM_SOURCE
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -480,34 +481,9 @@ DUCK_MODULE = '''
 import torch
 
 
-class Scaled:
-    """y = scale * x + noise; no Problem base class, no optional members."""
+''' + SCALED_PROBLEM_SOURCE + '''
 
-    name = "scaled"
-    x_dims = ("parameter",)
-    y_dims = ("datum",)
-    coords = {}
-
-    def __init__(self, dim=2, scale=2.0, noise_std=0.1):
-        self.x_shape = (dim,)
-        self.y_shape = (dim,)
-        self.scale = float(scale)
-        self.noise_std = float(noise_std)
-        self.misfit_std = float(noise_std)
-
-    def sample_prior(self, num, generator=None):
-        return torch.randn(num, *self.x_shape, generator=generator)
-
-    def forward(self, x):
-        return self.scale * x
-
-    def simulate(self, num, generator=None):
-        x = self.sample_prior(num, generator)
-        noise = torch.randn(num, *self.y_shape, generator=generator)
-        return x, self.forward(x) + self.noise_std * noise
-
-    def spec(self):
-        return {"name": "scaled"}
+Scaled = ScaledProblem
 
 
 class WithPrior(Scaled):

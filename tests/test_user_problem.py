@@ -25,6 +25,7 @@ from ppl_cvae.problems.base import (
     resolve_problem_factory,
 )
 from ppl_cvae.train import load_checkpoint, save_checkpoint
+from tests.conftest import SCALED_PROBLEM_SOURCE
 
 USER_MODULE = '''
 """A user's own problem module (written by the test)."""
@@ -40,35 +41,7 @@ def make_linear(x_dim=2, y_dim=3, seed=5):
     return LinearGaussian(x_dim=x_dim, y_dim=y_dim, noise_std=0.3, seed=seed)
 
 
-class ScaledProblem:
-    """y = scale * x + noise, x ~ N(0, I); its spec() cannot name it."""
-
-    name = "scaled"
-    x_dims = ("parameter",)
-    y_dims = ("datum",)
-    coords = {}
-
-    def __init__(self, dim=2, scale=2.0, noise_std=0.1):
-        self.x_shape = (dim,)
-        self.y_shape = (dim,)
-        self.scale = float(scale)
-        self.noise_std = float(noise_std)
-        self.misfit_std = float(noise_std)
-
-    def sample_prior(self, num, generator=None):
-        return torch.randn(num, *self.x_shape, generator=generator)
-
-    def forward(self, x):
-        return self.scale * x
-
-    def simulate(self, num, generator=None):
-        x = self.sample_prior(num, generator)
-        noise = self.noise_std * torch.randn(num, *self.y_shape, generator=generator)
-        return x, self.forward(x) + noise
-
-    def spec(self):
-        raise NotImplementedError("a user problem")
-
+''' + SCALED_PROBLEM_SOURCE + '''
 
 class Holder:
     @staticmethod
