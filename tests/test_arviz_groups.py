@@ -36,6 +36,16 @@ NUM_DRAWS = 4000
 NUM_OBS = 3
 X_DIM, Y_DIM, NOISE = 2, 10, 0.5
 
+ALL_GROUPS = [
+    "constant_data",
+    "log_likelihood",
+    "observed_data",
+    "posterior",
+    "posterior_predictive",
+    "sample_stats",
+]
+"""The groups of a posterior file with a problem that has a forward operator and noise."""
+
 
 def _problem() -> LinearGaussian:
     return LinearGaussian(x_dim=X_DIM, y_dim=Y_DIM, noise_std=NOISE)
@@ -231,18 +241,7 @@ def test_round_trip_keeps_groups_values_and_attributes(seed, tmp_path):
         generator=gen,
     )
     again = load_inference_data(save_inference_data(idata, tmp_path / "post.nc"))
-    assert (
-        sorted(again.groups())
-        == sorted(idata.groups())
-        == [
-            "constant_data",
-            "log_likelihood",
-            "observed_data",
-            "posterior",
-            "posterior_predictive",
-            "sample_stats",
-        ]
-    )
+    assert sorted(again.groups()) == sorted(idata.groups()) == ALL_GROUPS
     for group in idata.groups():
         for name, var in idata[group].data_vars.items():
             back = again[group][name]
@@ -442,14 +441,7 @@ def cli_posterior(tmp_path_factory):
 def test_cli_sample_writes_every_group(cli_posterior):
     root = cli_posterior
     idata = load_inference_data(root / "post.nc")
-    assert sorted(idata.groups()) == [
-        "constant_data",
-        "log_likelihood",
-        "observed_data",
-        "posterior",
-        "posterior_predictive",
-        "sample_stats",
-    ]
+    assert sorted(idata.groups()) == ALL_GROUPS
     assert idata.posterior["x"].sizes["observation"] == 1
     post = idata.posterior.attrs
     assert post["method"] == "amortized" and post["seed"] == 7 and post["num_samples"] == 300
