@@ -39,7 +39,7 @@ import torch
 from inference.diagnostics.coverage import run_evaluation
 from inference.exact import exact_posterior
 from inference.importance import importance_sample
-from inference.mcmc import nuts_sample
+from inference.mcmc import nuts_sample, preconditioner_draws
 from inference.posterior import draw_posterior
 from ppl_cvae import fit_problem
 from ppl_cvae.problems import make_problem
@@ -108,7 +108,7 @@ def run(name, args):
     rows = {"amortized": [], "none": []}
     for i in range(min(args.nuts_observations, args.num_heldout)):
         # 20 draws per coordinate estimate the preconditioner (as ppl-cvae sample does)
-        num_start = max(min(20 * cvae.config.x_dim, 2**26 // cvae.config.x_dim), 2000)
+        num_start = preconditioner_draws(cvae.config.x_dim)
         init_amortized = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=i).x[:, 0]
         init_prior = problem.sample_prior(args.chains, torch.Generator().manual_seed(i))
         runs = [("amortized", init_amortized)]

@@ -30,10 +30,25 @@ from pyro.infer import MCMC, NUTS
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.problems.base import Problem, as_problem
 
-__all__ = ["MCMCResult", "RHAT_THRESHOLD", "nuts_sample"]
+__all__ = ["MCMCResult", "RHAT_THRESHOLD", "nuts_sample", "preconditioner_draws"]
 
 RHAT_THRESHOLD = 1.01
 """R-hat above which chains have not mixed (Vehtari et al. 2021 recommend 1.01)."""
+
+
+def preconditioner_draws(dim: int, num_chains: int = 1) -> int:
+    """Return how many amortized draws to pass as ``init`` for ``dim`` sampled coordinates.
+
+    20 per coordinate, so that their covariance (the preconditioner) is well estimated, at
+    most ``2^26`` values in all, at least 2000 and at least ``num_chains``. Draws are cheap
+    next to NUTS.
+
+    Examples
+    --------
+    >>> preconditioner_draws(1024), preconditioner_draws(4096), preconditioner_draws(4)
+    (20480, 16384, 2000)
+    """
+    return max(min(20 * dim, 2**26 // dim), 2000, num_chains)
 
 
 @dataclass(frozen=True)

@@ -669,7 +669,7 @@ def sample_corrected(
     """
     from inference.arviz_io import with_chains
     from inference.importance import KHAT_THRESHOLD, importance_sample
-    from inference.mcmc import RHAT_THRESHOLD, nuts_sample
+    from inference.mcmc import RHAT_THRESHOLD, nuts_sample, preconditioner_draws
 
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
@@ -720,10 +720,8 @@ def sample_corrected(
         raise ConfigError(f"unknown correction {correction.method!r}; expected importance or nuts")
     chains = correction.chains
     per_chain = math.ceil(num_samples / chains)
-    # the chains' start and preconditioner: many draws (cheap), so that the covariance of the
-    # x_dim sampled coordinates is estimated well: 20 per coordinate, at most 2^26 values
-    x_dim = cvae.config.x_dim
-    num_start = max(min(20 * x_dim, 2**26 // x_dim), 2000, chains)
+    # the chains' start and preconditioner: many cheap amortized draws per observation
+    num_start = preconditioner_draws(cvae.config.x_dim, chains)
     results = []
     for m in range(y_batch.shape[0]):
         start = draw_posterior(cvae, y_batch[m : m + 1], num_start, seed=seed).x[:, 0]
