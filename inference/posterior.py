@@ -19,6 +19,7 @@ from pyro.infer import Predictive
 
 from inference.importance import ImportanceResult, importance_sample
 from ppl_cvae._memory import check_memory
+from ppl_cvae.device import module_device
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem, derived_quantities
@@ -147,12 +148,15 @@ def draw_posterior(
         With a forward operator: also return the posterior predictive ``y_rep = F(x) + eps``,
         ``eps ~ N(0, C_e)`` (:attr:`problem.noise <ppl_cvae.problems.base.Problem.noise>`).
     seed : int, optional
-        Seed of Pyro's RNG for these draws.
+        Seed of Pyro's RNG for these draws (of the device the CVAE is on: the same seed gives
+        the same draws on the same kind of device).
 
     Returns
     -------
     PosteriorDraws
-        ``x`` and ``x_mean`` of shape ``(num_samples, M, *x_shape)``.
+        ``x`` and ``x_mean`` of shape ``(num_samples, M, *x_shape)``, on the CPU. The networks
+        run on the device of ``cvae`` (``y`` is copied there); the draws come back to the CPU,
+        where ``problem`` computes the posterior predictive.
 
     Raises
     ------
@@ -188,8 +192,9 @@ def draw_posterior(
         cvae.model, num_samples=num_samples, parallel=True, return_sites=("z", "x", "x_mean")
     )
     with pyro.validation_enabled(False):
-        out = predictive(y_batch)
+        out = predictive(y_batch.to(module_device(cvae)))
     cvae.train(was_training)
+    out = {name: value.cpu() for name, value in out.items()}  # draws leave the device here
     x = out["x"] if decoder_noise else out["x_mean"]
     y_rep = y_model = None
     if problem is not None:
@@ -276,7 +281,12 @@ class CVAEPosterior:
         return as_observation_batch(y, self.y_shape)
 
     def to(self, device: torch.device | str) -> CVAEPosterior:
-        """Move the networks, buffers and default observation to ``device``; return self."""
+        """Move the networks, buffers and default observation to ``device``; return self.
+
+        :meth:`sample` and :meth:`log_prob` then run the networks on ``device`` and return CPU
+        tensors; :meth:`importance_sample` evaluates the problem's densities on the CPU and
+        needs the networks there (``to("cpu")``).
+        """
         self.cvae.to(device)
         if self.default_y is not None:
             self.default_y = self.default_y.to(device)
@@ -375,6 +385,8 @@ class CVAEPosterior:
         if y_batch.shape[0] == 1:
             y_batch = y_batch.expand(n, *self.y_shape)
         cvae.check_inputs(y_batch, x)
+        device = module_device(cvae)
+        x, y_batch = x.to(device), y_batch.to(device)
         was_training = cvae.training
         cvae.eval()
         with torch.random.fork_rng(devices=[]):
@@ -395,7 +407,7 @@ class CVAEPosterior:
                 ).double()
                 out = torch.logsumexp(log_w, dim=0) - math.log(num_particles)
         cvae.train(was_training)
-        return out
+        return out.cpu()
 
     def importance_sample(
         self, num_samples: int, y: torch.Tensor | None = None, *, seed: int | None = None

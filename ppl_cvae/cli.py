@@ -34,6 +34,7 @@ from ppl_cvae.config import (
     TrainOverrides,
     check_model_memory,
 )
+from ppl_cvae.device import DEVICE_CHOICES, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, OutputError, PplCvaeError
 
 log = logging.getLogger("ppl_cvae")
@@ -328,9 +329,11 @@ def _fit_into(
 ) -> tuple[float, Any]:
     """Fit and write the run files into ``out`` (a temporary folder)."""
     from inference.plots import plot_loss
-    from ppl_cvae.train import build_cvae, fit, save_checkpoint
+    from ppl_cvae.train import build_cvae, fit, place_forward_operator, save_checkpoint
 
+    device = resolve_device(args.device)
     cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
+    place_forward_operator(cvae, problem, device)
     simulator = problem.simulate if problem is not None else None
     frames = (
         _image_frames(out / "frames", x, y, model_config, train_config.num_epochs)
@@ -348,6 +351,7 @@ def _fit_into(
         metrics_path=out / "metrics.csv",
         progress=not args.quiet,
         on_epoch_end=frames,
+        device=device,
     )
     seconds = time.perf_counter() - start
     if frames is not None:
@@ -374,6 +378,7 @@ def _fit_into(
         "model": model_config.to_dict(),
         "train": train_config.to_dict(),
         "torch_threads": torch.get_num_threads(),
+        "device": str(device),
     }
     (out / "config.json").write_text(json.dumps(config_doc, indent=2))
     plot_loss(result.history, out / "loss.png")
@@ -455,7 +460,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.refine and args.method not in ("amortized", "refine"):
         raise ConfigError(f"--refine contradicts --method {args.method}; give one of them")
     method = "refine" if args.refine else args.method
+    device = resolve_device(args.device)
     cvae, meta = _load_run(args)
+    if method == "amortized":
+        cvae.to(device)
+    elif device.type != "cpu":
+        log.warning(
+            "--method %s runs on the CPU; --device %s is used by amortized draws only",
+            method,
+            device,
+        )
     if method == "amortized":
         problem = meta["problem"]
     else:
@@ -533,6 +547,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out_dir(out, args.overwrite, [args.run_dir, args.data], "evaluate")
     cvae, meta = _load_run(args)
+    cvae.to(resolve_device(args.device))
     config = cvae.config
     problem = meta["problem"]
     x, y = load_pairs(args.data)
@@ -576,9 +591,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for key, name in (("coverage", "coverage"), ("sbc", "SBC"), ("tarp", "TARP"))
         if key in calibration
     ]
-    summary += f"; calibration (false alarm {calibration['false_alarm']:g}): " + ", ".join(
-        verdicts
-    )
+    summary += f"; calibration (false alarm {calibration['false_alarm']:g}): " + ", ".join(verdicts)
     print(f"{summary} ({metrics['num_observations']} held-out pairs); wrote {out}")
     for note in calibration["notes"]:
         print(f"note: {note}")
@@ -968,6 +981,19 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # also after the command: ppl-cvae fit --threads 1
         command.add_argument(
             "--threads", type=_count(1), default=argparse.SUPPRESS, help=threads_help
+        )
+    device_help = {
+        "fit": "where the networks train: the pairs are simulated or read on the CPU and copied "
+        "there per minibatch",
+        "sample": "where the networks draw (amortized draws; importance, nuts and refine run on "
+        "the CPU)",
+        "evaluate": "where the networks draw the held-out posteriors",
+    }
+    for name, text in device_help.items():
+        sub.choices[name].add_argument(
+            "--device",
+            default="cpu",
+            help=f"{DEVICE_CHOICES} (default cpu; auto takes CUDA when available): {text}",
         )
     return parser
 

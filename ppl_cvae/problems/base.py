@@ -37,6 +37,7 @@ import torch
 from torch.distributions import Transform
 
 from ppl_cvae.config import Overrides
+from ppl_cvae.device import move_tensors
 from ppl_cvae.errors import (
     ConfigError,
     NoLikelihoodError,
@@ -225,6 +226,16 @@ class Problem(abc.ABC):
         if noise.is_zero:
             return x, y
         return x, y + noise.sample((num,), generator)
+
+    def to(self, device: torch.device | str) -> Problem:
+        """Move the problem's tensors (forward operator, noise, prior) to ``device``; return self.
+
+        Default: :func:`~ppl_cvae.device.move_tensors` on the instance's attributes. A problem
+        whose tensors live elsewhere (computed on each call, in a global) overrides it. Its
+        :meth:`forward`, :meth:`log_likelihood` and :meth:`log_prior` then take and return
+        tensors on ``device``. Simulation stays on the CPU (see :func:`problem_on`).
+        """
+        return move_tensors(self, device)
 
     def spec(self) -> dict[str, Any]:
         """Return the JSON-serialisable keyword arguments that rebuild this problem, plus its name.
@@ -483,6 +494,17 @@ class ProblemAdapter(Problem):
 
     def __repr__(self) -> str:
         return repr(self.wrapped)
+
+    def to(self, device: torch.device | str) -> Problem:
+        """Move the wrapped problem's tensors to ``device`` (its own ``to`` when it has one)."""
+        own = getattr(self.wrapped, "to", None)
+        if callable(own):
+            moved = own(device)
+            if moved is not None:  # torch-style: the moved object is returned
+                object.__setattr__(self, "wrapped", moved)
+        else:
+            move_tensors(self.wrapped, device)
+        return self
 
     def _optional(self, member: str) -> Any:
         """Return the wrapped object's ``member``, or None when it has none."""

@@ -172,6 +172,7 @@ class GaussianNoise:
             return self.std * e
         chol = self.cholesky()
         e = torch.randn(*sample_shape, chol.shape[0], generator=generator, dtype=torch.float64)
+        e = e.to(chol.device)  # drawn on the generator's device, coloured where C_e lives
         return (e @ chol.T).to(torch.float32).reshape(*sample_shape, *self.y_shape)
 
     def whiten(self, residual: torch.Tensor) -> torch.Tensor:

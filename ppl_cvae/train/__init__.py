@@ -1,7 +1,14 @@
 """Training: SVI fit loop, optimiser and checkpoints."""
 
 from ppl_cvae.train.checkpoint import load_checkpoint, save_checkpoint
-from ppl_cvae.train.fit import FitResult, build_cvae, fit, fit_problem, negative_elbo
+from ppl_cvae.train.fit import (
+    FitResult,
+    build_cvae,
+    fit,
+    fit_problem,
+    negative_elbo,
+    place_forward_operator,
+)
 from ppl_cvae.train.optim import FusedClippedAdam
 from ppl_cvae.train.settings import DataSource, resolve_settings
 
@@ -14,6 +21,7 @@ __all__ = [
     "fit_problem",
     "load_checkpoint",
     "negative_elbo",
+    "place_forward_operator",
     "resolve_settings",
     "save_checkpoint",
 ]

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.data.standardise import Standardiser
+from ppl_cvae.device import problem_on, resolve_device
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
@@ -205,6 +206,12 @@ class _Pairs:
     def __getitem__(self, index: torch.Tensor) -> _Pairs:
         return _Pairs(self.x[index], None if self.y is None else self.y[index])
 
+    def to(self, device: torch.device) -> _Pairs:
+        """Return the pairs on ``device`` (the same object when they are there already)."""
+        if self.x.device == device:
+            return self
+        return _Pairs(self.x.to(device), None if self.y is None else self.y.to(device))
+
 
 def _simulate(
     simulator: Simulator, num: int, generator: torch.Generator, conditional: bool
@@ -278,10 +285,12 @@ def _train_epoch(
     beta: float,
     epoch: int,
     step_losses: list[float],
+    device: torch.device,
 ) -> float:
     """Take one SVI step per minibatch of ``pairs`` in ``order``; return the loss per observation.
 
-    Appends each step's loss per observation to ``step_losses``.
+    Each minibatch is moved to ``device`` before its step. Appends each step's loss per
+    observation to ``step_losses``.
 
     Raises
     ------
@@ -293,7 +302,7 @@ def _train_epoch(
         # a NaN loss is reported below as one error, not as Pyro's warning per step
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         for first in range(0, len(order), config.batch_size):
-            batch = pairs[order[first : first + config.batch_size]]
+            batch = pairs[order[first : first + config.batch_size]].to(device)
             loss = svi.step(
                 batch.y,
                 batch.x,
@@ -394,6 +403,7 @@ def fit(
     metrics_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int, CVAE], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> FitResult:
     """Train ``cvae`` by minibatch SVI with ``Trace_ELBO`` and return its history.
 
@@ -417,6 +427,13 @@ def fit(
     on_epoch_end : callable ``(epoch, cvae) -> None``, optional
         Called after each epoch's validation, with the model in eval mode and gradients off
         (e.g. to save reconstruction grids); epochs count from 1.
+    device : str or torch.device, optional
+        Where the networks and minibatches live (``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+        ``"auto"``; default the CPU, see :func:`~ppl_cvae.device.resolve_device`). ``cvae`` is
+        moved there and left there. The pairs stay on the CPU and each minibatch is copied
+        to the device; simulation runs on the CPU, so a seed gives the same training pairs
+        on every device. With ``physics_weight > 0`` the CVAE's forward operator must run on
+        the device too (:func:`fit_problem` and the CLI hand it :func:`problem_on`'s copy).
 
     Returns
     -------
@@ -425,7 +442,8 @@ def fit(
     Raises
     ------
     ConfigError
-        If neither data nor a simulator with ``config.resimulate`` are given,
+        If ``device`` is not available here (e.g. ``"cuda"`` without CUDA), or
+        neither data nor a simulator with ``config.resimulate`` are given,
         ``physics_weight > 0`` without a forward operator, or an SVI step's loss is not
         finite (training diverged).
     ShapeError
@@ -465,10 +483,13 @@ def fit(
         raise ConfigError("physics_weight > 0 needs a problem with a forward operator")
     if config.gsnn_weight > 0 and cvae.config.latent_dim == 0:
         raise ConfigError("gsnn_weight > 0 needs a latent (latent_dim >= 1)")
+    device = resolve_device(device)
     pyro.set_rng_seed(config.seed)
     pyro.clear_param_store()
     generator = torch.Generator().manual_seed(config.seed)
     train, val = _split_data(cvae, source, y, config, resample, generator)
+    cvae.to(device)
+    val = None if val is None else val.to(device)
     num_train = len(train) if isinstance(train, _Pairs) else config.num_train
     svi, optim = _make_svi(cvae, config, num_train)
 
@@ -480,7 +501,9 @@ def fit(
         start = time.perf_counter()
         beta = _kl_weight(config, epoch - 1)
         pairs, order = _epoch_pairs(train, num_train, generator, cvae.config.conditional)
-        train_loss = _train_epoch(svi, pairs, order, config, beta, epoch, result.step_losses)
+        train_loss = _train_epoch(
+            svi, pairs, order, config, beta, epoch, result.step_losses, device
+        )
         val_loss = _validation_loss(cvae, val)
         row = {
             "epoch": epoch,
@@ -505,12 +528,34 @@ def fit(
     return result
 
 
+def place_forward_operator(
+    cvae: CVAE, problem: Problem | None, device: str | torch.device | None
+) -> None:
+    """Point ``cvae.forward_operator`` at ``problem``'s forward operator on ``device``.
+
+    On the CPU this is ``problem.forward`` itself; elsewhere the forward operator of
+    :func:`~ppl_cvae.device.problem_on`'s copy, so the physics-consistency term runs where the
+    networks do while simulation keeps the CPU problem. Nothing changes without a problem or
+    when the CVAE has no forward operator.
+
+    Raises
+    ------
+    ConfigError
+        If ``device`` is not available here, or the problem cannot be copied onto it.
+    """
+    device = resolve_device(device)
+    if problem is None or cvae.forward_operator is None or device.type == "cpu":
+        return
+    cvae.forward_operator = problem_on(as_problem(problem), device).forward
+
+
 def fit_problem(
     problem: Problem,
     *,
     model: Mapping[str, Any] | None = None,
     train: Mapping[str, Any] | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> tuple[CVAE, FitResult, float]:
     """Fit a CVAE on a problem's simulations with its recommended settings.
 
@@ -530,11 +575,14 @@ def fit_problem(
         :class:`TrainOverrides`).
     progress : bool, default False
         Show the tqdm progress bar.
+    device : str or torch.device, optional
+        Where to train (see :func:`fit`); the CVAE's forward operator is then
+        :func:`~ppl_cvae.device.problem_on`'s copy of ``problem`` on that device.
 
     Returns
     -------
     cvae : CVAE
-        The fitted model (best validation epoch, eval mode).
+        The fitted model (best validation epoch, eval mode), on ``device``.
     result : FitResult
     seconds : float
         Wall-clock time of :func:`fit`.
@@ -552,6 +600,9 @@ def fit_problem(
     gen = torch.Generator().manual_seed(train_config.seed + 1)
     x, y = problem.simulate(train_config.num_train, gen)
     cvae = build_cvae(config, x, y, problem=problem, seed=train_config.seed)
+    place_forward_operator(cvae, problem, device)
     start = time.perf_counter()
-    result = fit(cvae, x, y, train_config, simulator=problem.simulate, progress=progress)
+    result = fit(
+        cvae, x, y, train_config, simulator=problem.simulate, progress=progress, device=device
+    )
     return cvae, result, time.perf_counter() - start
