@@ -273,6 +273,7 @@ def _check_recorded_shapes(args: argparse.Namespace, config: ModelConfig) -> Non
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded)."""
+    from ppl_cvae.train.distributed import launch_rank, shutdown
     from ppl_cvae.train.settings import resolve_settings
 
     file_kwargs = _apply_run_file(args)
@@ -304,10 +305,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
         gen = torch.Generator().manual_seed(train_config.seed + 1)
         x, y = problem.simulate(train_config.num_train, gen)
     check_model_memory(model_config)
-    with atomic_dir(out, overwrite=args.overwrite, command="fit") as tmp_dir:
-        seconds, result = _fit_into(
-            tmp_dir, args, problem, problem_ref, model_config, train_config, x, y
-        )
+    try:
+        if launch_rank() != 0:  # data-parallel: rank 0 writes the run folder, the others train
+            _fit_into(None, args, problem, problem_ref, model_config, train_config, x, y)
+            return 0
+        with atomic_dir(out, overwrite=args.overwrite, command="fit") as tmp_dir:
+            seconds, result = _fit_into(
+                tmp_dir, args, problem, problem_ref, model_config, train_config, x, y
+            )
+    finally:
+        shutdown()
     last = result.history[-1]
     print(
         f"fitted in {seconds:.1f} s: {len(result.history)} epochs, best epoch {result.best_epoch}, "
@@ -318,7 +325,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _fit_into(
-    out: Path,
+    out: Path | None,
     args: argparse.Namespace,
     problem: Any,
     problem_ref: dict[str, Any] | None,
@@ -327,7 +334,7 @@ def _fit_into(
     x: torch.Tensor,
     y: torch.Tensor | None,
 ) -> tuple[float, Any]:
-    """Fit and write the run files into ``out`` (a temporary folder)."""
+    """Fit and write the run files into ``out`` (a temporary folder; None: write nothing)."""
     from inference.plots import plot_loss
     from ppl_cvae.train import build_cvae, fit, place_forward_operator, save_checkpoint
 
@@ -337,7 +344,7 @@ def _fit_into(
     simulator = problem.simulate if problem is not None else None
     frames = (
         _image_frames(out / "frames", x, y, model_config, train_config.num_epochs)
-        if args.dataset
+        if args.dataset and out is not None
         else None
     )
     log.info("fitting %d parameters on %s", cvae.num_parameters(), args.data or problem)
@@ -348,12 +355,14 @@ def _fit_into(
         y,
         train_config,
         simulator=simulator,
-        metrics_path=out / "metrics.csv",
-        progress=not args.quiet,
+        metrics_path=None if out is None else out / "metrics.csv",
+        progress=not args.quiet and out is not None,
         on_epoch_end=frames,
         device=device,
     )
     seconds = time.perf_counter() - start
+    if out is None:
+        return seconds, result
     if frames is not None:
         frames.gif()
     extra = {
@@ -379,6 +388,8 @@ def _fit_into(
         "train": train_config.to_dict(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "distributed": result.distributed
+        and {k: v for k, v in result.distributed.items() if k != "rank"},
     }
     (out / "config.json").write_text(json.dumps(config_doc, indent=2))
     plot_loss(result.history, out / "loss.png")

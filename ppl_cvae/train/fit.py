@@ -27,6 +27,7 @@ from ppl_cvae.device import problem_on, resolve_device
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
+from ppl_cvae.train.distributed import DistributedSetup, setup_distributed, shard_rows
 from ppl_cvae.train.optim import FusedClippedAdam
 from ppl_cvae.train.settings import resolve_settings
 
@@ -59,6 +60,9 @@ class FitResult:
         Whether early stopping ended the run.
     config : TrainConfig or None
         The settings of the run.
+    distributed : dict or None
+        In a data-parallel run (torchrun), ``{"world_size", "backend", "rank"}`` of this
+        process; None in one process.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -66,6 +70,7 @@ class FitResult:
     best_epoch: int = 0
     stopped_early: bool = False
     config: TrainConfig | None = None
+    distributed: dict[str, Any] | None = None
 
 
 def build_cvae(
@@ -278,7 +283,7 @@ def _make_svi(cvae: CVAE, config: TrainConfig, num_train: int) -> tuple[SVI, Fus
 
 
 def _train_epoch(
-    svi: SVI,
+    step: Callable[..., float],
     pairs: _Pairs,
     order: torch.Tensor,
     config: TrainConfig,
@@ -288,6 +293,10 @@ def _train_epoch(
     device: torch.device,
 ) -> float:
     """Take one SVI step per minibatch of ``pairs`` in ``order``; return the loss per observation.
+
+    ``step(y, x, **kwargs)`` is ``SVI.step`` (one process) or the data-parallel step of
+    :meth:`~ppl_cvae.train.distributed.DistributedSetup.make_step`; both return the
+    minibatch's loss.
 
     Each minibatch is moved to ``device`` before its step. Appends each step's loss per
     observation to ``step_losses``.
@@ -303,7 +312,7 @@ def _train_epoch(
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         for first in range(0, len(order), config.batch_size):
             batch = pairs[order[first : first + config.batch_size]].to(device)
-            loss = svi.step(
+            loss = step(
                 batch.y,
                 batch.x,
                 kl_weight=beta,
@@ -320,8 +329,19 @@ def _train_epoch(
     return total / len(order)
 
 
-def _validation_loss(cvae: CVAE, val: _Pairs | None) -> float:
-    """Return the negative ELBO per observation of ``val`` (``beta = 1``), NaN without pairs."""
+def _validation_loss(cvae: CVAE, val: _Pairs | None, ddp: DistributedSetup | None = None) -> float:
+    """Return the negative ELBO per observation of ``val`` (``beta = 1``), NaN without pairs.
+
+    In a data-parallel run each rank evaluates its shard of ``val`` and the sums are
+    all-reduced, so every rank gets the same number.
+    """
+    if ddp is not None:
+        num = 0 if val is None else len(val)
+        rows = shard_rows(num, ddp.rank, ddp.world_size)
+        part = None if val is None or rows.start == rows.stop else val[torch.arange(num)[rows]]
+        local = 0.0 if part is None else _validation_loss(cvae, part) * len(part)
+        total, count = ddp.all_sum([local, float(0 if part is None else len(part))])
+        return total / count if count else math.nan
     if val is None or len(val) == 0:
         return math.nan
     cvae.eval()
@@ -469,6 +489,13 @@ def fit(
     on the first non-finite loss; (3) computes the validation negative ELBO per observation
     (``beta = 1``, no physics term); (4) appends a history row, shown on the progress bar, in
     the log and in the metrics CSV; (5) calls ``on_epoch_end``; (6) updates early stopping.
+
+    Launched by ``torchrun`` with ``WORLD_SIZE > 1`` (or inside a process group the caller
+    set up), the run is data-parallel (:mod:`ppl_cvae.train.distributed`): every rank builds
+    the same split and shuffles, takes its shard of each minibatch, and DistributedDataParallel
+    all-reduces the gradients, so the steps are those of one process with the same
+    ``batch_size``; only rank 0 shows progress, writes ``metrics_path`` and calls
+    ``on_epoch_end``.
     Early stopping monitors the validation loss (the training loss without a validation
     set), only once ``beta`` has reached 1, keeps a copy of the best weights and stops after
     ``patience`` epochs without improvement. All randomness of the split, the simulator and
@@ -484,7 +511,13 @@ def fit(
     if config.gsnn_weight > 0 and cvae.config.latent_dim == 0:
         raise ConfigError("gsnn_weight > 0 needs a latent (latent_dim >= 1)")
     device = resolve_device(device)
-    pyro.set_rng_seed(config.seed)
+    ddp = setup_distributed(device)
+    if ddp is not None:
+        device = ddp.device
+        progress = progress and ddp.is_main
+        metrics_path = metrics_path if ddp.is_main else None
+        on_epoch_end = on_epoch_end if ddp.is_main else None
+    pyro.set_rng_seed(config.seed + (0 if ddp is None else ddp.rank))  # own latent noise
     pyro.clear_param_store()
     generator = torch.Generator().manual_seed(config.seed)
     train, val = _split_data(cvae, source, y, config, resample, generator)
@@ -492,6 +525,7 @@ def fit(
     val = None if val is None else val.to(device)
     num_train = len(train) if isinstance(train, _Pairs) else config.num_train
     svi, optim = _make_svi(cvae, config, num_train)
+    step = svi.step if ddp is None else ddp.make_step(cvae, optim, config.num_particles)
 
     result = FitResult(config=config)
     stopper = _EarlyStopping(config.patience)
@@ -502,9 +536,9 @@ def fit(
         beta = _kl_weight(config, epoch - 1)
         pairs, order = _epoch_pairs(train, num_train, generator, cvae.config.conditional)
         train_loss = _train_epoch(
-            svi, pairs, order, config, beta, epoch, result.step_losses, device
+            step, pairs, order, config, beta, epoch, result.step_losses, device
         )
-        val_loss = _validation_loss(cvae, val)
+        val_loss = _validation_loss(cvae, val, ddp)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -525,6 +559,8 @@ def fit(
     bar.close()
     result.best_epoch = stopper.restore(cvae, last_epoch=len(result.history))
     cvae.eval()
+    if ddp is not None:  # the process group stays for the caller's next fit (or shutdown)
+        result.distributed = {**ddp.record(), "rank": ddp.rank}
     return result
 
 

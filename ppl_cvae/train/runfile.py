@@ -23,8 +23,8 @@ Example ``run.toml``::
 Top-level keys: ``problem`` (a name or a table with ``name`` and the factory's keyword
 arguments), ``data`` (a path, relative to the working directory as on the command line),
 ``dataset`` (a name or a table with ``name``, ``condition``, ``path``, ``image_size``),
-``decoder``, ``model``, ``train``; ``torch_threads`` and ``device`` (recorded by a run) are
-read and ignored (the device is a flag of each command).
+``decoder``, ``model``, ``train``; ``torch_threads``, ``device`` and ``distributed`` (recorded
+by a run) are read and ignored (the device and the launch are flags of each command).
 ``model`` may carry ``x_shape``/``y_shape`` (a run's record): they are checked against the
 data, not set from the file.
 """
@@ -52,7 +52,17 @@ __all__ = ["MAX_RUN_FILE_BYTES", "RunFile", "read_run_file"]
 MAX_RUN_FILE_BYTES = 1 << 20
 """Largest run file read (1 MiB; a run file is a few hundred bytes)."""
 
-_KEYS = ("problem", "data", "dataset", "decoder", "model", "train", "torch_threads", "device")
+_KEYS = (
+    "problem",
+    "data",
+    "dataset",
+    "decoder",
+    "model",
+    "train",
+    "torch_threads",
+    "device",
+    "distributed",
+)
 _DATASET_KEYS = ("name", "condition", "path", "image_size")
 
 
