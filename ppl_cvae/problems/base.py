@@ -233,7 +233,8 @@ class Problem(abc.ABC):
         Default: :func:`~ppl_cvae.device.move_tensors` on the instance's attributes. A problem
         whose tensors live elsewhere (computed on each call, in a global) overrides it. Its
         :meth:`forward`, :meth:`log_likelihood` and :meth:`log_prior` then take and return
-        tensors on ``device``. Simulation stays on the CPU (see :func:`problem_on`).
+        tensors on ``device``. Simulation stays on the CPU (see
+        :func:`~ppl_cvae.device.problem_on`).
         """
         return move_tensors(self, device)
 
