@@ -215,6 +215,9 @@ class StreamBatches:
                     batch_size=None,  # the stream yields whole minibatches
                     num_workers=self.num_workers,
                     prefetch_factor=self.prefetch_factor,
+                    # the DataLoader draws its workers' base seed from this generator, not
+                    # from the global RNG that drives the SVI steps (the stream ignores it)
+                    generator=torch.Generator().manual_seed(self.stream.seed),
                 )
                 self._items = iter(loader)
         return self._items
