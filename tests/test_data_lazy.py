@@ -19,7 +19,6 @@ from ppl_cvae.data.lazy import (
     RunningMoments,
     chunk_rows_for,
     open_lazy_pairs,
-    scan_pairs,
     shuffled_batches,
 )
 from ppl_cvae.data.standardise import Standardiser
@@ -185,7 +184,7 @@ def test_buffer_shuffle_visits_every_training_row_once(tmp_path):
             [i for i in range(n) if i not in exclude.tolist()]))
         assert all(torch.equal(b[1], 2 * b[0]) for b in batches)  # pairs stay paired
         again, other = epoch(0), epoch(1)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
     assert not torch.equal(batches[0][0], other[0][0])
     # a minibatch mixes rows of at most buffer_chunks chunks (+ the carried remainder)
     assert len(set((batches[1][0][:, 0] // 50).long().tolist())) <= 3 + 1

@@ -1,4 +1,4 @@
-"""SimulationStream: reproducible, never repeating, the same with any number of workers (issue 11)."""
+"""SimulationStream: reproducible, never repeating, the same for any number of workers."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_same_seed_same_stream_other_seed_other_stream(problem):
     b = _take(SimulationStream(problem.simulate, 16, seed=5), 4)
     c = _take(SimulationStream(problem.simulate, 16, seed=6), 4)
     assert [i for _, _, i in a] == [0, 1, 2, 3]
-    for (xa, ya, _), (xb, yb, _) in zip(a, b):
+    for (xa, ya, _), (xb, yb, _) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     # continuous draws: a shared value between seeds would mean a shared generator state
     xa, xc = _stack(a)[0], _stack(c)[0]
@@ -70,7 +70,7 @@ def test_two_dataloader_workers_give_the_single_process_stream(problem):
     loader = DataLoader(stream, batch_size=None, num_workers=2)
     got = _take(iter(loader), 6)
     assert [int(i) for _, _, i in got] == list(range(6))
-    for (xe, ye, _), (xg, yg, _) in zip(expected, got):
+    for (xe, ye, _), (xg, yg, _) in zip(expected, got, strict=True):
         assert torch.equal(xe, xg) and torch.equal(ye, yg)
     # worker 0 drew the even minibatches, worker 1 the odd ones: they differ
     assert not torch.isin(got[0][0].flatten(), got[1][0].flatten()).any()
@@ -104,7 +104,7 @@ def test_stream_batches_track_the_position_through_workers(problem):
     finally:
         source.close()
     reference = _take(SimulationStream(problem.simulate, 8, seed=4), 6)
-    for (x, _), (xr, _, _) in zip(epoch1 + epoch2, reference):
+    for (x, _), (xr, _, _) in zip(epoch1 + epoch2, reference, strict=True):
         assert torch.equal(x, xr)
 
 

@@ -243,7 +243,7 @@ class LazyPairs(abc.ABC):
             out.append(_to_float32(f"{name} ({what})", raw, self.path))
         return out[0], out[1]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op unless the reader holds a file open)
         """Release open files (a no-op by default)."""
 
     def __enter__(self) -> LazyPairs:

@@ -171,7 +171,9 @@ class SimulationStream(IterableDataset[StreamItem]):
         ]
         for name, value, ok, expected in checks:
             if isinstance(value, bool) or not isinstance(value, int) or not ok:
-                raise ConfigError(f"SimulationStream {name}={value!r}; expected an integer {expected}")
+                raise ConfigError(
+                    f"SimulationStream {name}={value!r}; expected an integer {expected}"
+                )
         self.simulator = simulator
         self.batch_size = batch_size
         self.seed = seed

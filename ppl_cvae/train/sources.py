@@ -345,7 +345,9 @@ def prepare_lazy_fit(
         If the validation rows and the whitening subset do not fit in memory.
     """
     if chunk_rows < 1 or buffer_chunks < 1:
-        raise ConfigError(f"chunk_rows and buffer_chunks must be >= 1, got {chunk_rows}, {buffer_chunks}")
+        raise ConfigError(
+            f"chunk_rows and buffer_chunks must be >= 1, got {chunk_rows}, {buffer_chunks}"
+        )
     n = pairs.num_pairs
     n_val = min(int(round(train_config.val_fraction * n)), MAX_VALIDATION_PAIRS)
     if n - n_val < 1:
@@ -365,7 +367,9 @@ def prepare_lazy_fit(
         f"{kept} validation/whitening pairs and {buffer_chunks} chunks of {chunk_rows} pairs",
         hint="lower --val-fraction or the chunk size",
     )
-    scan = scan_pairs(pairs, chunk_rows=chunk_rows, validation_rows=val_rows, subset_rows=subset_rows)
+    scan = scan_pairs(
+        pairs, chunk_rows=chunk_rows, validation_rows=val_rows, subset_rows=subset_rows
+    )
     conditional = model_config.conditional
     batches = LazyFileBatches(
         pairs,
