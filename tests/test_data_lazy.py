@@ -158,7 +158,8 @@ def test_zarr_store_is_read_when_zarr_is_installed(tmp_path):
     pytest.importorskip("zarr")
     x, y = _pairs()
     path = tmp_path / "d.zarr"
-    xr.Dataset({"x": (("sample", "a", "b"), x), "y": (("sample", "d"), y)}).to_zarr(path)
+    xr.Dataset({"x": (("sample", "a", "b"), x), "y": (("sample", "d"), y)}).to_zarr(
+        path, consolidated=False)
     with open_lazy_pairs(path) as pairs:
         assert torch.equal(pairs.read(3, 9)[0], torch.from_numpy(x[3:9]))
 

@@ -336,6 +336,8 @@ class _XarrayPairs(LazyPairs):
 
         self.path = path
         options: dict[str, Any] = {"phony_dims": "sort"} if engine == "h5netcdf" else {}
+        if engine == "zarr":  # every store has per-array metadata; consolidated is optional
+            options["consolidated"] = False
         try:
             self._ds = xr.open_dataset(
                 path,
