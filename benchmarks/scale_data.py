@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -214,9 +213,8 @@ def part_lazy(args):
                 f"{args.cap_mb} MiB: peak RSS growth {got['lazy'] / 2**20:.0f} MiB while "
                 f"training one epoch ({got['steps']} steps, {got['seconds']:.1f} s, 1 MiB "
                 f"chunks, 4-chunk buffer); loading the file whole: "
-                f"{got['eager'] / 2**20:.0f} MiB"
+                f"{got['eager'] / 2**20:.0f} MiB; lazy under the cap: {got['lazy'] < cap}"
             )
-            assert math.isfinite(got["lazy"])
 
 
 def main(args):

@@ -32,13 +32,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ppl_cvae.errors import ConfigError
 
-__all__ = ["SimulationStream", "StreamItem", "batch_seed"]
+__all__ = ["SimulationStream", "batch_seed"]
 
 Simulator = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
+# One item of the stream: x (batch_size, *x_shape), y (batch_size, *y_shape) and the stream
+# index of the minibatch.
 StreamItem = tuple[torch.Tensor, torch.Tensor, int]
-"""One item of the stream: ``x`` ``(batch_size, *x_shape)``, ``y`` ``(batch_size, *y_shape)``
-and the stream index of the minibatch."""
 
 _MASK32 = 0xFFFFFFFF
 
