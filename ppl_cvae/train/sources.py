@@ -285,8 +285,7 @@ class LazyFileBatches:
             yield x, (y if self.conditional else None)
 
     def close(self) -> None:
-        """Close the file."""
-        self.pairs.close()
+        """Nothing to release: whoever opened the file closes it (fit may run again on it)."""
 
 
 @dataclass
