@@ -13,7 +13,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -271,9 +271,48 @@ def _check_recorded_shapes(args: argparse.Namespace, config: ModelConfig) -> Non
             )
 
 
+LAZY_MEMORY_FRACTION = 0.5
+"""A ``.nc`` given to ``fit --data`` is read lazily when it is larger than this fraction of the
+available memory (loading it would need about twice its size)."""
+
+
+def _reads_lazily(args: argparse.Namespace) -> bool:
+    """Return whether ``fit --data`` reads its file lazily, in chunks.
+
+    Always for a folder of ``x.npy``/``y.npy`` and a ``.zarr`` store (no other reader takes
+    them); with ``--lazy``; and for a ``.nc`` larger than :data:`LAZY_MEMORY_FRACTION` of the
+    available memory.
+    """
+    from ppl_cvae._memory import available_memory
+    from ppl_cvae.data.lazy import is_lazy_source
+
+    if not args.data:
+        if args.lazy:
+            raise ConfigError("--lazy reads a --data file in chunks; give --data FILE")
+        return False
+    path = Path(args.data)
+    if args.lazy or is_lazy_source(path):
+        return True
+    if path.suffix.lower() == ".nc" and path.is_file():
+        if path.stat().st_size > LAZY_MEMORY_FRACTION * available_memory():
+            log.warning("%s is larger than half the available memory: reading it lazily", path)
+            return True
+    return False
+
+
+def _check_stream_flags(args: argparse.Namespace) -> None:
+    """Refuse ``--stream``/``--workers`` where there is nothing to stream from."""
+    if args.workers and not args.stream:
+        raise ConfigError("--workers sets the simulation workers of --stream; add --stream")
+    if args.stream and (args.data or args.dataset or not args.problem):
+        raise ConfigError(
+            "--stream draws fresh simulations from a problem: give --problem NAME, not "
+            "--data or --dataset"
+        )
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded)."""
-    from ppl_cvae.train.distributed import launch_rank, shutdown
     from ppl_cvae.train.settings import resolve_settings
 
     file_kwargs = _apply_run_file(args)
@@ -288,7 +327,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.problem
         else (None, None)
     )
-    x, y, source = _training_pairs(args, problem)
+    _check_stream_flags(args)
+    if not args.chunk_mb > 0:
+        raise ConfigError(f"--chunk-mb must be positive, got {args.chunk_mb}")
+    lazy_pairs = None
+    if _reads_lazily(args):
+        from ppl_cvae.data.lazy import open_lazy_pairs
+        from ppl_cvae.train.settings import DataSource
+
+        lazy_pairs = open_lazy_pairs(args.data)
+        x, y = None, None
+        source: Any = DataSource(lazy_pairs.x_shape, lazy_pairs.y_shape, lazy_pairs.num_pairs)
+    else:
+        x, y, source = _training_pairs(args, problem)
     overrides = args.run_file.overrides.updated(_flag_overrides(args))
     try:
         model_config, train_config = resolve_settings(
@@ -299,29 +350,91 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise
         raise ConfigError(f"{err} (settings of run file {args.config!r} and the flags)") from None
     _check_recorded_shapes(args, model_config)
+    if lazy_pairs is not None:
+        with lazy_pairs:
+            check_model_memory(model_config)
+            done = _write_run(
+                out,
+                args,
+                lambda folder: _fit_lazily_into(
+                    folder, args, problem, problem_ref, model_config, train_config, lazy_pairs
+                ),
+            )
+        if done is not None:
+            _print_fit_summary(*done, out)
+        return 0
     if x is None:  # _training_pairs made sure there is a problem to simulate from
         assert problem is not None
         _check_simulation_memory(problem, train_config.num_train, "--num-train")
         gen = torch.Generator().manual_seed(train_config.seed + 1)
         x, y = problem.simulate(train_config.num_train, gen)
     check_model_memory(model_config)
+    done = _write_run(
+        out,
+        args,
+        lambda folder: _fit_into(
+            folder, args, problem, problem_ref, model_config, train_config, x, y
+        ),
+    )
+    if done is not None:
+        _print_fit_summary(*done, out)
+    return 0
+
+
+def _write_run(
+    out: Path, args: argparse.Namespace, fit_into: Callable[[Path | None], tuple[float, Any]]
+) -> tuple[float, Any] | None:
+    """Run ``fit_into(folder)`` in a temporary folder renamed to ``out`` when it succeeds.
+
+    In a data-parallel run (torchrun) only rank 0 writes; the other ranks train with
+    ``fit_into(None)`` and get None. The process group, if any, ends here.
+    """
+    from ppl_cvae.train.distributed import launch_rank, shutdown
+
     try:
-        if launch_rank() != 0:  # data-parallel: rank 0 writes the run folder, the others train
-            _fit_into(None, args, problem, problem_ref, model_config, train_config, x, y)
-            return 0
+        if launch_rank() != 0:
+            fit_into(None)
+            return None
         with atomic_dir(out, overwrite=args.overwrite, command="fit") as tmp_dir:
-            seconds, result = _fit_into(
-                tmp_dir, args, problem, problem_ref, model_config, train_config, x, y
-            )
+            return fit_into(tmp_dir)
     finally:
         shutdown()
+
+
+def _print_fit_summary(seconds: float, result: Any, out: Path) -> None:
     last = result.history[-1]
     print(
         f"fitted in {seconds:.1f} s: {len(result.history)} epochs, best epoch {result.best_epoch}, "
         f"final train loss {last['train_loss']:.4f}, validation loss {last['val_loss']:.4f} "
         f"(negative ELBO per observation, nats); run folder {out}"
     )
-    return 0
+
+
+def _fit_lazily_into(
+    out: Path | None,
+    args: argparse.Namespace,
+    problem: Any,
+    problem_ref: dict[str, Any] | None,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    pairs: Any,
+) -> tuple[float, Any]:
+    """Fit on a file read in chunks (``--lazy``) and write the run files into ``out``."""
+    from ppl_cvae.data.lazy import chunk_rows_for
+    from ppl_cvae.train.sources import build_lazy_cvae, prepare_lazy_fit
+
+    chunk_rows = chunk_rows_for(pairs, int(args.chunk_mb * 2**20))
+    lazy = prepare_lazy_fit(
+        pairs, model_config, train_config, chunk_rows=chunk_rows, buffer_chunks=args.buffer_chunks
+    )
+    cvae = build_lazy_cvae(model_config, lazy, problem=problem, seed=train_config.seed)
+    data_source = {
+        "lazy": {"chunk_rows": chunk_rows, "buffer_chunks": args.buffer_chunks},
+    }
+    return _fit_into(
+        out, args, problem, problem_ref, model_config, train_config, None, None,
+        cvae=cvae, batches=lazy.batches, validation=lazy.validation, data_source=data_source,
+    )
 
 
 def _fit_into(
@@ -331,30 +444,58 @@ def _fit_into(
     problem_ref: dict[str, Any] | None,
     model_config: ModelConfig,
     train_config: TrainConfig,
-    x: torch.Tensor,
+    x: torch.Tensor | None,
     y: torch.Tensor | None,
+    *,
+    cvae: Any = None,
+    batches: Any = None,
+    validation: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    data_source: dict[str, Any] | None = None,
 ) -> tuple[float, Any]:
-    """Fit and write the run files into ``out`` (a temporary folder; None: write nothing)."""
+    """Fit and write the run files into ``out`` (a temporary folder; None: write nothing).
+
+    ``x, y`` fit the standardisers and are the training pairs; with ``batches`` (``--lazy``,
+    ``--stream``) they only fit the standardisers, or ``cvae`` is already built.
+    """
     from inference.plots import plot_loss
     from ppl_cvae.train import build_cvae, fit, place_forward_operator, save_checkpoint
 
     device = resolve_device(args.device)
-    cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
+    if cvae is None:
+        assert x is not None
+        cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
     place_forward_operator(cvae, problem, device)
     simulator = problem.simulate if problem is not None else None
+    if args.stream:
+        from ppl_cvae.data.streaming import SimulationStream
+        from ppl_cvae.train.sources import StreamBatches, steps_for
+
+        assert problem is not None  # _check_stream_flags
+        stream = SimulationStream(
+            problem.simulate, train_config.batch_size, seed=train_config.seed
+        )
+        batches = StreamBatches(
+            stream,
+            steps_for(train_config.num_train, train_config.batch_size),
+            num_workers=args.workers,
+            conditional=model_config.conditional,
+        )
+        data_source = {"stream": {"workers": args.workers}}
     frames = (
         _image_frames(out / "frames", x, y, model_config, train_config.num_epochs)
-        if args.dataset and out is not None
+        if args.dataset and x is not None and out is not None
         else None
     )
     log.info("fitting %d parameters on %s", cvae.num_parameters(), args.data or problem)
     start = time.perf_counter()
     result = fit(
         cvae,
-        x,
-        y,
+        x if batches is None else None,
+        y if batches is None else None,
         train_config,
         simulator=simulator,
+        batches=batches,
+        validation=validation,
         metrics_path=None if out is None else out / "metrics.csv",
         progress=not args.quiet and out is not None,
         on_epoch_end=frames,
@@ -371,6 +512,10 @@ def _fit_into(
         "fit_seconds": seconds,
         "best_epoch": result.best_epoch,
     }
+    if data_source is not None:  # --stream / --lazy: how the batches were made
+        if "stream" in data_source:
+            data_source["stream"]["state"] = batches.stream.state_dict()
+        extra["data_source"] = data_source
     save_checkpoint(out / "model.pt", cvae, problem=problem, problem_ref=problem_ref, extra=extra)
     dataset = None
     if args.dataset:
@@ -739,8 +884,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_problem(fit_p, required=False)
     fit_p.add_argument(
         "--data",
-        help="training pairs: .npz (x, y), .nc (variables x, y) or the "
-        "challenge's .pt TensorDataset; x/y in physical units",
+        help="training pairs: .npz (x, y), .nc (variables x, y), the challenge's .pt "
+        "TensorDataset, or for files larger than memory a folder with x.npy and y.npy or a "
+        ".zarr store (read in chunks, see --lazy); x/y in physical units",
     )
     fit_p.add_argument(
         "--dataset",
@@ -866,6 +1012,39 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="draw fresh simulations every epoch (built-in problems only)",
+    )
+    fit_p.add_argument(
+        "--stream",
+        action="store_true",
+        help="train on an endless stream of fresh simulated minibatches (--problem only): "
+        "each epoch takes ceil(num_train / batch_size) new minibatches, each simulated with "
+        "its own seed; the same run for any --workers",
+    )
+    fit_p.add_argument(
+        "--workers",
+        type=_count(0),
+        default=0,
+        help="with --stream: DataLoader processes that simulate ahead while SVI steps run "
+        "(default 0: simulate between steps)",
+    )
+    fit_p.add_argument(
+        "--lazy",
+        action="store_true",
+        help="read --data in chunks instead of loading it (bounded memory; automatic for a "
+        "folder of x.npy/y.npy, a .zarr store and a .nc larger than half the free memory)",
+    )
+    fit_p.add_argument(
+        "--chunk-mb",
+        type=_finite,
+        default=16.0,
+        help="lazy reading: MiB per chunk read (default 16)",
+    )
+    fit_p.add_argument(
+        "--buffer-chunks",
+        type=_count(1),
+        default=4,
+        help="lazy reading: chunks shuffled together (default 4; more is closer to a full "
+        "shuffle, at more memory)",
     )
     fit_p.add_argument("--seed", type=_seed, help="random seed")
     fit_p.add_argument("--quiet", action="store_true", help="no progress bar")

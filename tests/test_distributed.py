@@ -62,8 +62,10 @@ def test_a_bad_rank_is_refused():
 
 
 def test_two_gloo_processes_take_the_steps_of_one(tmp_path):
-    one = subprocess.run([sys.executable, "-m", "ppl_cvae.cli", *TINY_NPE, "--out", "one"],
-                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    command = [sys.executable, "-m", "ppl_cvae.cli", *TINY_NPE, "--out", "one"]
+    one = subprocess.run(
+        command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert one.returncode == 0, one.stderr
     two = _torchrun([*TINY_NPE, "--out", "two"], tmp_path)
     assert two.returncode == 0, two.stderr[-2000:]

@@ -1,6 +1,17 @@
 """Data sources, file formats and standardisation."""
 
 from ppl_cvae.data.io import load_observations, load_pairs, save_pairs
+from ppl_cvae.data.lazy import RunningMoments, open_lazy_pairs
 from ppl_cvae.data.standardise import LinearWhitener, Standardiser
+from ppl_cvae.data.streaming import SimulationStream
 
-__all__ = ["LinearWhitener", "Standardiser", "load_pairs", "save_pairs", "load_observations"]
+__all__ = [
+    "LinearWhitener",
+    "RunningMoments",
+    "SimulationStream",
+    "Standardiser",
+    "load_pairs",
+    "save_pairs",
+    "load_observations",
+    "open_lazy_pairs",
+]

@@ -46,8 +46,26 @@ class Standardiser(nn.Module):
             raise ShapeError(
                 f"standardiser expects (num >= 2, *{self.event_shape}), got {tuple(data.shape)}"
             )
-        mean = data.mean(0)
-        std = data.std(0)
+        return self.set_moments(data.mean(0), data.std(0))
+
+    @torch.no_grad()
+    def set_moments(self, mean: torch.Tensor, std: torch.Tensor) -> Standardiser:
+        """Set ``mean`` and ``std`` (each of shape ``event_shape``) from given moments; return self.
+
+        The same rule as :meth:`fit` keeps ``std = 1`` where it is below ``1e-8`` times the
+        largest one. Used with moments accumulated in one streaming pass over a file
+        (:class:`~ppl_cvae.data.lazy.RunningMoments`).
+
+        Raises
+        ------
+        ShapeError
+            If ``mean`` or ``std`` does not have shape ``event_shape``.
+        """
+        if tuple(mean.shape) != self.event_shape or tuple(std.shape) != self.event_shape:
+            raise ShapeError(
+                f"standardiser moments must have shape {self.event_shape}, got mean "
+                f"{tuple(mean.shape)} and std {tuple(std.shape)}"
+            )
         tiny = std < 1e-8 * std.max().clamp_min(1e-30)
         self.mean.copy_(mean)
         self.std.copy_(torch.where(tiny, torch.ones_like(std), std))

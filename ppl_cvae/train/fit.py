@@ -10,7 +10,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +30,7 @@ from ppl_cvae.problems.base import Problem, as_problem
 from ppl_cvae.train.distributed import DistributedSetup, setup_distributed, shard_rows
 from ppl_cvae.train.optim import FusedClippedAdam
 from ppl_cvae.train.settings import resolve_settings
+from ppl_cvae.train.sources import BatchSource, InMemoryBatches, ResimulatedBatches
 
 __all__ = ["FitResult", "build_cvae", "fit", "fit_problem", "negative_elbo", "Simulator"]
 
@@ -84,6 +85,7 @@ def build_cvae(
     forward_operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
     misfit_std: float | None = None,
     seed: int | None = 0,
+    standardisers: tuple[Standardiser, Standardiser | None] | None = None,
 ) -> CVAE:
     """Build a CVAE whose standardisers (and basis coefficients) are fitted on training data.
 
@@ -105,6 +107,10 @@ def build_cvae(
     seed : int or None, default 0
         Seed of the weight initialisation, in [0, 2**32 - 1] (``TrainConfig.seed`` in
         :func:`fit_problem` and ``ppl-cvae fit``); None draws from the global torch RNG.
+    standardisers : (Standardiser, Standardiser or None), optional
+        Standardisers of ``x`` and ``y`` fitted elsewhere, e.g. on the moments of a file too
+        large for memory (:func:`~ppl_cvae.train.sources.build_lazy_cvae`); ``x`` and ``y``
+        are then a subset that fits the basis coefficients and the whitener.
 
     Raises
     ------
@@ -121,13 +127,13 @@ def build_cvae(
             coefficient_transform = problem.coefficient_transform()
         forward_operator = forward_operator or problem.forward
         misfit_std = problem.misfit_std if misfit_std is None else misfit_std
-    xs = Standardiser(config.x_shape).fit(x)
+    xs = Standardiser(config.x_shape).fit(x) if standardisers is None else standardisers[0]
     ys = None
     if config.conditional:
         if y is None or tuple(y.shape[1:]) != config.y_shape:
             got = None if y is None else tuple(y.shape)
             raise ShapeError(f"y has shape {got}; config expects (N, *{config.y_shape})")
-        ys = Standardiser(config.y_shape).fit(y)
+        ys = Standardiser(config.y_shape).fit(y) if standardisers is None else standardisers[1]
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -259,15 +265,47 @@ def _split_data(
     return train, val
 
 
-def _epoch_pairs(
-    train: _Pairs | Simulator, num_train: int, generator: torch.Generator, conditional: bool
-) -> tuple[_Pairs, torch.Tensor]:
-    """Return this epoch's training pairs (fresh draws when resimulating) and a random order."""
-    if isinstance(train, _Pairs):
-        pairs = train
-    else:
-        pairs = _simulate(train, num_train, generator, conditional)
-    return pairs, torch.randperm(num_train, generator=generator)
+def _training_source(
+    cvae: CVAE,
+    x: torch.Tensor | None,
+    y: torch.Tensor | None,
+    config: TrainConfig,
+    simulator: Simulator | None,
+    batches: BatchSource | None,
+    validation: tuple[torch.Tensor, torch.Tensor | None] | None,
+    generator: torch.Generator,
+) -> tuple[BatchSource, _Pairs | None]:
+    """Return the batch source of the epochs and the validation pairs.
+
+    Without ``batches``: the pairs ``x, y`` split by :func:`_split_data` and shuffled every
+    epoch (:class:`InMemoryBatches`), or ``num_train`` pairs simulated every epoch when
+    resimulating (:class:`ResimulatedBatches`). With ``batches`` (a stream, a file read
+    lazily): the validation pairs are ``validation``, else ``round(val_fraction *
+    pairs_per_epoch)`` pairs simulated once when there is a simulator, else none.
+    """
+    conditional = cvae.config.conditional
+    if batches is None:
+        resample = simulator if config.resimulate else None
+        source = x if x is not None else resample
+        assert source is not None  # fit has checked
+        train, val = _split_data(cvae, source, y, config, resample, generator)
+        if isinstance(train, _Pairs):
+            return InMemoryBatches(train.x, train.y, config.batch_size, generator), val
+        return (
+            ResimulatedBatches(train, config.num_train, config.batch_size, generator, conditional),
+            val,
+        )
+    if x is not None:
+        raise ConfigError("fit takes training pairs x or a batch source, not both")
+    if validation is not None:
+        vx, vy = validation[0], validation[1] if conditional else None
+        cvae.check_inputs(vy, vx)
+        cvae.check_finite(x=vx, y=vy)
+        return batches, _Pairs(vx, vy)
+    n_val = int(round(config.val_fraction * batches.pairs_per_epoch))
+    if simulator is None or n_val == 0:
+        return batches, None
+    return batches, _simulate(simulator, n_val, generator, conditional)
 
 
 def _make_svi(cvae: CVAE, config: TrainConfig, num_train: int) -> tuple[SVI, FusedClippedAdam]:
@@ -284,15 +322,14 @@ def _make_svi(cvae: CVAE, config: TrainConfig, num_train: int) -> tuple[SVI, Fus
 
 def _train_epoch(
     step: Callable[..., float],
-    pairs: _Pairs,
-    order: torch.Tensor,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
     config: TrainConfig,
     beta: float,
     epoch: int,
     step_losses: list[float],
     device: torch.device,
 ) -> float:
-    """Take one SVI step per minibatch of ``pairs`` in ``order``; return the loss per observation.
+    """Take one SVI step per minibatch ``(x, y)`` of ``batches``; return the loss per observation.
 
     ``step(y, x, **kwargs)`` is ``SVI.step`` (one process) or the data-parallel step of
     :meth:`~ppl_cvae.train.distributed.DistributedSetup.make_step`; both return the
@@ -306,15 +343,16 @@ def _train_epoch(
     ConfigError
         If a step's loss is not finite (training diverged).
     """
-    total = 0.0
+    total, count = 0.0, 0
     with pyro.validation_enabled(False), warnings.catch_warnings():
         # a NaN loss is reported below as one error, not as Pyro's warning per step
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-        for first in range(0, len(order), config.batch_size):
-            batch = pairs[order[first : first + config.batch_size]].to(device)
+        for x_batch, y_batch in batches:
+            x_batch = x_batch.to(device)
+            y_batch = None if y_batch is None else y_batch.to(device)
             loss = step(
-                batch.y,
-                batch.x,
+                y_batch,
+                x_batch,
                 kl_weight=beta,
                 physics_weight=config.physics_weight,
                 gsnn_weight=config.gsnn_weight,
@@ -324,9 +362,10 @@ def _train_epoch(
                     f"training diverged at epoch {epoch}, SVI step {len(step_losses) + 1} "
                     f"(loss {loss}); lower the learning rate or check the data scale"
                 )
-            step_losses.append(loss / len(batch))
+            step_losses.append(loss / len(x_batch))
             total += loss
-    return total / len(order)
+            count += len(x_batch)
+    return total / count
 
 
 def _validation_loss(cvae: CVAE, val: _Pairs | None, ddp: DistributedSetup | None = None) -> float:
@@ -420,6 +459,8 @@ def fit(
     config: TrainConfig,
     *,
     simulator: Simulator | None = None,
+    batches: BatchSource | None = None,
+    validation: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     metrics_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int, CVAE], None] | None = None,
@@ -440,6 +481,16 @@ def fit(
     simulator : callable ``(num, generator) -> (x, y)``, optional
         Draws fresh pairs; with ``config.resimulate`` each epoch trains on
         ``config.num_train`` new pairs (the validation set is drawn once).
+    batches : BatchSource, optional
+        Where the epochs' minibatches come from instead of ``x, y`` (which must then be
+        None): a simulation stream (:class:`~ppl_cvae.train.sources.StreamBatches`) or a file
+        read lazily (:class:`~ppl_cvae.train.sources.LazyFileBatches`); see
+        :mod:`ppl_cvae.train.sources`. The caller closes what it opened (files); ``fit``
+        calls ``batches.close()`` at the end, which stops stream workers.
+    validation : (Tensor, Tensor or None), optional
+        With ``batches``: the validation pairs ``x`` ``(K, *x_shape)``, ``y`` ``(K, *y_shape)``.
+        Without it, ``round(val_fraction * batches.pairs_per_epoch)`` pairs are simulated
+        once when ``simulator`` is given, else there is no validation set.
     metrics_path : path, optional
         CSV rewritten atomically after every epoch (columns of ``FitResult.history``).
     progress : bool, default True
@@ -462,8 +513,9 @@ def fit(
     Raises
     ------
     ConfigError
-        If ``device`` is not available here (e.g. ``"cuda"`` without CUDA), or
-        neither data nor a simulator with ``config.resimulate`` are given,
+        If ``device`` is not available here (e.g. ``"cuda"`` without CUDA), neither data, a
+        batch source nor a simulator with ``config.resimulate`` are given, both data and a
+        batch source are given,
         ``physics_weight > 0`` without a forward operator, or an SVI step's loss is not
         finite (training diverged).
     ShapeError
@@ -484,8 +536,10 @@ def fit(
 
     The run is a loop over named parts. Before it, the pairs ``x, y`` are split at random into
     training and validation sets (``val_fraction``), or without pairs a validation set is
-    simulated once. Each epoch then (1) takes the training pairs, or draws ``num_train`` fresh
-    ones when resimulating, and shuffles them; (2) takes one SVI step per minibatch, failing
+    simulated once. Each epoch then (1) takes its minibatches from the batch source
+    (:mod:`ppl_cvae.train.sources`): the training pairs shuffled, ``num_train`` fresh pairs
+    when resimulating, the next minibatches of a simulation stream, or a shuffled pass over a
+    file read lazily; (2) takes one SVI step per minibatch, failing
     on the first non-finite loss; (3) computes the validation negative ELBO per observation
     (``beta = 1``, no physics term); (4) appends a history row, shown on the progress bar, in
     the log and in the metrics CSV; (5) calls ``on_epoch_end``; (6) updates early stopping.
@@ -502,10 +556,10 @@ def fit(
     the shuffles comes from one ``torch.Generator`` seeded with ``config.seed``; the global
     RNGs (seeded with it too) drive the SVI steps and the validation ELBO.
     """
-    resample = simulator if config.resimulate else None
-    source = x if x is not None else resample  # pairs to split, or the simulator to draw from
-    if source is None:
-        raise ConfigError("fit needs training pairs, or a simulator with resimulate=True")
+    if x is None and batches is None and not (simulator is not None and config.resimulate):
+        raise ConfigError(
+            "fit needs training pairs, a batch source, or a simulator with resimulate=True"
+        )
     if config.physics_weight > 0 and cvae.forward_operator is None:
         raise ConfigError("physics_weight > 0 needs a problem with a forward operator")
     if config.gsnn_weight > 0 and cvae.config.latent_dim == 0:
@@ -520,11 +574,10 @@ def fit(
     pyro.set_rng_seed(config.seed + (0 if ddp is None else ddp.rank))  # own latent noise
     pyro.clear_param_store()
     generator = torch.Generator().manual_seed(config.seed)
-    train, val = _split_data(cvae, source, y, config, resample, generator)
+    source, val = _training_source(cvae, x, y, config, simulator, batches, validation, generator)
     cvae.to(device)
     val = None if val is None else val.to(device)
-    num_train = len(train) if isinstance(train, _Pairs) else config.num_train
-    svi, optim = _make_svi(cvae, config, num_train)
+    svi, optim = _make_svi(cvae, config, source.pairs_per_epoch)
     step = svi.step if ddp is None else ddp.make_step(cvae, optim, config.num_particles)
 
     result = FitResult(config=config)
@@ -534,10 +587,14 @@ def fit(
     for epoch in bar:
         start = time.perf_counter()
         beta = _kl_weight(config, epoch - 1)
-        pairs, order = _epoch_pairs(train, num_train, generator, cvae.config.conditional)
-        train_loss = _train_epoch(
-            step, pairs, order, config, beta, epoch, result.step_losses, device
-        )
+        epoch_batches = source.epoch_batches(epoch)
+        try:
+            train_loss = _train_epoch(
+                step, epoch_batches, config, beta, epoch, result.step_losses, device
+            )
+        except BaseException:
+            source.close()  # stop stream workers before the error propagates
+            raise
         val_loss = _validation_loss(cvae, val, ddp)
         row = {
             "epoch": epoch,
@@ -557,6 +614,7 @@ def fit(
             log.info("early stopping at epoch %d (best %d)", epoch, stopper.best_epoch)
             break
     bar.close()
+    source.close()
     result.best_epoch = stopper.restore(cvae, last_epoch=len(result.history))
     cvae.eval()
     if ddp is not None:  # the process group stays for the caller's next fit (or shutdown)

@@ -1,0 +1,434 @@
+"""Batch sources: where :func:`~ppl_cvae.train.fit` takes each epoch's minibatches from.
+
+A batch source has ``pairs_per_epoch`` (sets the steps per epoch, hence the learning-rate
+decay per step) and ``epoch_batches(epoch)``, an iterator over that epoch's minibatches
+``(x, y)`` (``y`` None for an unconditional VAE), and ``close()``. Four kinds:
+
+- :class:`InMemoryBatches`: pairs held in memory, shuffled every epoch;
+- :class:`ResimulatedBatches`: ``num_train`` fresh pairs simulated at the start of every epoch
+  (``TrainConfig.resimulate``), then shuffled;
+- :class:`StreamBatches`: minibatches taken from an endless
+  :class:`~ppl_cvae.data.streaming.SimulationStream`, optionally simulated by DataLoader worker
+  processes while the SVI steps run (``ppl-cvae fit --stream --workers K``);
+- :class:`LazyFileBatches`: a file larger than memory, read in chunks with a chunk-level and a
+  buffer shuffle (``ppl-cvae fit --data FILE --lazy``); :func:`prepare_lazy_fit` makes the
+  one pass over the file that fits the standardisers and reads the validation rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+from ppl_cvae._memory import check_memory
+from ppl_cvae.config import ModelConfig, TrainConfig
+from ppl_cvae.data.lazy import LazyPairs, ScanResult, scan_pairs, shuffled_batches
+from ppl_cvae.data.streaming import SimulationStream, StreamItem, batch_seed
+from ppl_cvae.errors import ConfigError
+from ppl_cvae.models.cvae import CVAE, MAX_WHITENING_PAIRS
+from ppl_cvae.problems.base import Problem
+
+__all__ = [
+    "BatchSource",
+    "InMemoryBatches",
+    "LazyFileBatches",
+    "LazyFit",
+    "MAX_VALIDATION_PAIRS",
+    "ResimulatedBatches",
+    "StreamBatches",
+    "build_lazy_cvae",
+    "prepare_lazy_fit",
+]
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]
+Simulator = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+MAX_VALIDATION_PAIRS = 20_000
+"""Most pairs a lazily read file holds out for the validation ELBO (they are kept in memory;
+the Monte Carlo error of the validation loss per observation is then about sd / 141)."""
+
+
+class BatchSource(Protocol):
+    """What :func:`~ppl_cvae.train.fit` trains on: one iterator of minibatches per epoch."""
+
+    @property
+    def pairs_per_epoch(self) -> int:
+        """Training pairs one epoch visits (the steps per epoch are this over the batch size)."""
+        ...
+
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """Return the minibatches ``(x, y)`` of 1-based ``epoch``, ``y`` None when unconditional."""
+        ...
+
+    def close(self) -> None:
+        """Release workers and files."""
+        ...
+
+
+class InMemoryBatches:
+    """Pairs in memory, in a fresh random order each epoch.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, *x_shape)
+    y : Tensor, shape (N, *y_shape), or None
+    batch_size : int
+    generator : torch.Generator
+        Draws each epoch's permutation (``torch.randperm(N)``) when its iterator starts.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.x, self.y, self.batch_size, self.generator = x, y, batch_size, generator
+
+    @property
+    def pairs_per_epoch(self) -> int:
+        """``N``."""
+        return int(self.x.shape[0])
+
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """Yield minibatches of ``batch_size`` pairs (the last one shorter) in a random order."""
+        yield from _permuted(self.x, self.y, self.batch_size, self.generator)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _permuted(
+    x: torch.Tensor, y: torch.Tensor | None, batch_size: int, generator: torch.Generator
+) -> Iterator[Batch]:
+    order = torch.randperm(x.shape[0], generator=generator)
+    for first in range(0, len(order), batch_size):
+        index = order[first : first + batch_size]
+        yield x[index], (None if y is None else y[index])
+
+
+class ResimulatedBatches:
+    """``num_train`` fresh pairs simulated at the start of every epoch, in random order.
+
+    Parameters
+    ----------
+    simulator : callable ``(num, generator) -> (x, y)``
+    num_train : int
+        Pairs per epoch.
+    batch_size : int
+    generator : torch.Generator
+        Drives the simulation, then the permutation, of each epoch.
+    conditional : bool
+        False drops ``y`` (an unconditional VAE).
+    """
+
+    def __init__(
+        self,
+        simulator: Simulator,
+        num_train: int,
+        batch_size: int,
+        generator: torch.Generator,
+        conditional: bool,
+    ) -> None:
+        self.simulator, self.num_train = simulator, num_train
+        self.batch_size, self.generator, self.conditional = batch_size, generator, conditional
+
+    @property
+    def pairs_per_epoch(self) -> int:
+        """``num_train``."""
+        return self.num_train
+
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """Simulate the epoch's pairs and yield them in minibatches, in random order."""
+        x, y = self.simulator(self.num_train, self.generator)
+        yield from _permuted(x, y if self.conditional else None, self.batch_size, self.generator)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class StreamBatches:
+    """``steps_per_epoch`` minibatches per epoch from an endless simulation stream.
+
+    One DataLoader iterator serves the whole run: its ``num_workers`` processes simulate
+    ahead (``prefetch_factor`` minibatches each) while the SVI steps run, and the epochs
+    continue the stream where the previous one stopped. The minibatches, hence the fit, are
+    the same for every ``num_workers`` (see :mod:`ppl_cvae.data.streaming`).
+
+    Parameters
+    ----------
+    stream : SimulationStream
+        Its ``position`` is advanced as minibatches are consumed (its ``state_dict`` then
+        resumes after the last minibatch trained on).
+    steps_per_epoch : int
+        Minibatches per epoch, ``>= 1``.
+    num_workers : int, default 0
+        DataLoader worker processes; 0 simulates in this process between steps.
+    conditional : bool, default True
+        False drops ``y``.
+    prefetch_factor : int, default 2
+        Minibatches each worker simulates ahead.
+
+    Raises
+    ------
+    ConfigError
+        If ``steps_per_epoch < 1``, ``num_workers < 0`` or ``prefetch_factor < 1``.
+    """
+
+    def __init__(
+        self,
+        stream: SimulationStream,
+        steps_per_epoch: int,
+        *,
+        num_workers: int = 0,
+        conditional: bool = True,
+        prefetch_factor: int = 2,
+    ) -> None:
+        if steps_per_epoch < 1 or num_workers < 0 or prefetch_factor < 1:
+            raise ConfigError(
+                f"StreamBatches needs steps_per_epoch >= 1, num_workers >= 0 and "
+                f"prefetch_factor >= 1, got {steps_per_epoch}, {num_workers}, {prefetch_factor}"
+            )
+        self.stream, self.steps_per_epoch = stream, steps_per_epoch
+        self.num_workers, self.conditional = num_workers, conditional
+        self.prefetch_factor = prefetch_factor
+        self._items: Iterator[StreamItem] | None = None
+
+    @property
+    def pairs_per_epoch(self) -> int:
+        """``steps_per_epoch * batch_size``."""
+        return self.steps_per_epoch * self.stream.batch_size
+
+    def _iterator(self) -> Iterator[StreamItem]:
+        if self._items is None:
+            if self.num_workers == 0:
+                self._items = iter(self.stream)
+            else:
+                loader = DataLoader(
+                    self.stream,
+                    batch_size=None,  # the stream yields whole minibatches
+                    num_workers=self.num_workers,
+                    prefetch_factor=self.prefetch_factor,
+                    # the DataLoader draws its workers' base seed from this generator, not
+                    # from the global RNG that drives the SVI steps (the stream ignores it)
+                    generator=torch.Generator().manual_seed(self.stream.seed),
+                )
+                self._items = iter(loader)
+        return self._items
+
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """Yield the next ``steps_per_epoch`` minibatches of the stream."""
+        items = self._iterator()
+        for _ in range(self.steps_per_epoch):
+            x, y, index = next(items)
+            self.stream.position = int(index) + 1
+            yield x, (y if self.conditional else None)
+
+    def close(self) -> None:
+        """Stop the worker processes (a new iterator starts at the stream's position)."""
+        self._items = None
+
+
+class LazyFileBatches:
+    """One pass per epoch over a file read in chunks (:func:`~ppl_cvae.data.lazy.shuffled_batches`).
+
+    Parameters
+    ----------
+    pairs : LazyPairs
+    batch_size, chunk_rows, buffer_chunks : int
+    seed : int
+        Epoch ``e`` shuffles with ``torch.Generator().manual_seed(batch_seed(seed, e))``, so
+        an epoch's order depends only on the seed and its number (a resumed run repeats it).
+    exclude : Tensor of int64, shape (k,)
+        Sorted validation rows, never trained on.
+    conditional : bool, default True
+        False drops ``y``.
+    """
+
+    def __init__(
+        self,
+        pairs: LazyPairs,
+        *,
+        batch_size: int,
+        chunk_rows: int,
+        buffer_chunks: int,
+        seed: int,
+        exclude: torch.Tensor,
+        conditional: bool = True,
+    ) -> None:
+        self.pairs, self.batch_size = pairs, batch_size
+        self.chunk_rows, self.buffer_chunks = chunk_rows, buffer_chunks
+        self.seed, self.exclude, self.conditional = seed, exclude, conditional
+
+    @property
+    def pairs_per_epoch(self) -> int:
+        """Pairs of the file less the validation rows."""
+        return self.pairs.num_pairs - int(self.exclude.numel())
+
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """Yield every training pair once, in minibatches, chunk- and buffer-shuffled."""
+        generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch))
+        for x, y in shuffled_batches(
+            self.pairs,
+            batch_size=self.batch_size,
+            chunk_rows=self.chunk_rows,
+            buffer_chunks=self.buffer_chunks,
+            generator=generator,
+            exclude=self.exclude,
+        ):
+            yield x, (y if self.conditional else None)
+
+    def close(self) -> None:
+        """Nothing to release: whoever opened the file closes it (fit may run again on it)."""
+
+
+@dataclass
+class LazyFit:
+    """What :func:`prepare_lazy_fit` returns: the batches, the validation pairs, the scan.
+
+    Attributes
+    ----------
+    batches : LazyFileBatches
+    validation : tuple ``(x, y)``, or None when no rows are held out
+    scan : ScanResult
+        Moments of all pairs (for :func:`~ppl_cvae.train.build_cvae`'s ``standardisers``) and
+        the random subset for the whitener.
+    """
+
+    batches: LazyFileBatches
+    validation: tuple[torch.Tensor, torch.Tensor | None] | None
+    scan: ScanResult
+
+
+def prepare_lazy_fit(
+    pairs: LazyPairs,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    chunk_rows: int,
+    buffer_chunks: int = 4,
+) -> LazyFit:
+    """Make the one pass over a lazily read file that precedes training on it.
+
+    Picks ``k = min(round(val_fraction N), MAX_VALIDATION_PAIRS)`` random validation rows
+    (``torch.randperm(N)`` seeded with ``train_config.seed``), and, when the model whitens
+    ``x`` (``x_whitening="linear"``), the subset of at most ``MAX_WHITENING_PAIRS`` rows that
+    :meth:`~ppl_cvae.models.cvae.CVAE.fit_whitener` would pick from the pairs in memory; then
+    reads the file once, in order, accumulating the moments of ``x`` and ``y`` and keeping
+    those rows.
+
+    Parameters
+    ----------
+    pairs : LazyPairs
+    model_config, train_config : ModelConfig, TrainConfig
+    chunk_rows : int
+        Pairs read at a time (see :func:`~ppl_cvae.data.lazy.chunk_rows_for`).
+    buffer_chunks : int, default 4
+        Chunks shuffled together during training.
+
+    Returns
+    -------
+    LazyFit
+
+    Raises
+    ------
+    ConfigError
+        If ``chunk_rows`` or ``buffer_chunks`` is below 1, or no training pairs are left.
+    ResourceError
+        If the validation rows and the whitening subset do not fit in memory.
+    """
+    if chunk_rows < 1 or buffer_chunks < 1:
+        raise ConfigError(
+            f"chunk_rows and buffer_chunks must be >= 1, got {chunk_rows}, {buffer_chunks}"
+        )
+    n = pairs.num_pairs
+    n_val = min(int(round(train_config.val_fraction * n)), MAX_VALIDATION_PAIRS)
+    if n - n_val < 1:
+        raise ConfigError(f"no training pairs left after holding out {n_val} of {n}")
+    val_rows = torch.randperm(n, generator=torch.Generator().manual_seed(train_config.seed))
+    val_rows = val_rows[:n_val].sort().values
+    subset_rows = None
+    if model_config.x_whitening == "linear" or model_config.basis_dim is not None:
+        if n > MAX_WHITENING_PAIRS:  # the rows CVAE.fit_whitener draws from in-memory pairs
+            keep = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+            subset_rows = keep[:MAX_WHITENING_PAIRS].sort().values
+        else:
+            subset_rows = torch.arange(n)
+    kept = n_val + (0 if subset_rows is None else int(subset_rows.numel()))
+    check_memory(
+        kept * pairs.row_bytes * 2 + (buffer_chunks + 2) * chunk_rows * pairs.row_bytes * 3,
+        f"{kept} validation/whitening pairs and {buffer_chunks} chunks of {chunk_rows} pairs",
+        hint="lower --val-fraction or the chunk size",
+    )
+    scan = scan_pairs(
+        pairs, chunk_rows=chunk_rows, validation_rows=val_rows, subset_rows=subset_rows
+    )
+    conditional = model_config.conditional
+    batches = LazyFileBatches(
+        pairs,
+        batch_size=train_config.batch_size,
+        chunk_rows=chunk_rows,
+        buffer_chunks=buffer_chunks,
+        seed=train_config.seed,
+        exclude=val_rows,
+        conditional=conditional,
+    )
+    vx, vy = scan.validation
+    validation = (vx, vy if conditional else None) if n_val else None
+    return LazyFit(batches, validation, scan)
+
+
+def build_lazy_cvae(
+    config: ModelConfig,
+    lazy: LazyFit,
+    *,
+    problem: Problem | None = None,
+    seed: int | None = 0,
+) -> CVAE:
+    """Build a CVAE for a lazily read file (:func:`~ppl_cvae.train.build_cvae` on its scan).
+
+    The standardisers take the moments of every pair of the file; the basis coefficients and
+    the linear whitener (when configured) are fitted on the random subset the scan kept, the
+    one the in-memory path would use (at most ``MAX_WHITENING_PAIRS`` pairs).
+
+    Parameters
+    ----------
+    config : ModelConfig
+    lazy : LazyFit
+        From :func:`prepare_lazy_fit` with the same ``config``.
+    problem : Problem, optional
+        As in :func:`~ppl_cvae.train.build_cvae`.
+    seed : int or None, default 0
+        Seed of the weight initialisation.
+
+    Returns
+    -------
+    CVAE
+    """
+    from ppl_cvae.train.fit import build_cvae  # fit imports this module
+
+    scan = lazy.scan
+    if scan.subset is not None:
+        x, y = scan.subset
+    else:  # only the shapes are checked: any two pairs do
+        x, y = lazy.batches.pairs.read(0, 2)
+    standardisers = (scan.x_moments.standardiser(), scan.y_moments.standardiser())
+    return build_cvae(
+        config,
+        x,
+        y if config.conditional else None,
+        problem=problem,
+        seed=seed,
+        standardisers=standardisers,
+    )
+
+
+def steps_for(num_pairs: int, batch_size: int) -> int:
+    """Return ``ceil(num_pairs / batch_size)``, the SVI steps of one epoch."""
+    return math.ceil(num_pairs / batch_size)

@@ -1,0 +1,65 @@
+"""``ppl-cvae fit --stream --workers K`` and ``fit --data FILE --lazy`` (issue 11)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from ppl_cvae.cli import main
+from ppl_cvae.train import load_checkpoint
+
+TINY = ["--epochs", "2", "--batch-size", "32", "--hidden-dims", "8", "--latent-dim", "2",
+        "--quiet"]
+
+
+def _train_losses(run):
+    with open(run / "metrics.csv") as fh:
+        return [float(row["train_loss"]) for row in csv.DictReader(fh)]
+
+
+def test_stream_fit_is_the_same_run_with_and_without_workers(tmp_path):
+    flags = ["fit", "--problem", "linear_gaussian", "--stream", "--num-train", "96", *TINY]
+    assert main([*flags, "--out", str(tmp_path / "w0")]) == 0
+    assert main([*flags, "--workers", "2", "--out", str(tmp_path / "w2")]) == 0
+    assert _train_losses(tmp_path / "w0") == _train_losses(tmp_path / "w2")
+    _, meta = load_checkpoint(tmp_path / "w2" / "model.pt")
+    # 2 epochs of ceil(96 / 32) = 3 minibatches: the stream resumes at minibatch 6
+    assert meta["extra"]["data_source"]["stream"]["state"]["position"] == 6
+
+
+def test_lazy_npy_folder_and_lazy_netcdf_train_the_same(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 3)).astype(np.float32)
+    y = (x @ rng.standard_normal((3, 2)) + 0.1 * rng.standard_normal((300, 2))).astype(np.float32)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    xr.Dataset({"x": (("s", "a"), x), "y": (("s", "b"), y)}).to_netcdf(
+        tmp_path / "pairs.nc", engine="h5netcdf")
+    lazy = ["--chunk-mb", str(50 * 20 / 2**20), "--buffer-chunks", "2"]  # 50-pair chunks
+    assert main(["fit", "--data", str(folder), *TINY, *lazy, "--out", str(tmp_path / "a")]) == 0
+    assert main(["fit", "--data", str(tmp_path / "pairs.nc"), "--lazy", *TINY, *lazy,
+                 "--out", str(tmp_path / "b")]) == 0
+    a, b = _train_losses(tmp_path / "a"), _train_losses(tmp_path / "b")
+    assert a == b and len(a) == 2
+    cvae, meta = load_checkpoint(tmp_path / "a" / "model.pt")
+    assert meta["extra"]["data_source"]["lazy"] == {"chunk_rows": 50, "buffer_chunks": 2}
+    # the standardisers saw every pair: float64 moments of float32 data, stored as float32
+    np.testing.assert_allclose(cvae.x_standardiser.mean.numpy(), x.mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--problem", "linear_gaussian", "--workers", "2"], "add --stream"),
+        (["--data", "pairs.npz", "--stream"], "not --data"),
+        (["--problem", "linear_gaussian", "--lazy"], "give --data FILE"),
+    ],
+)
+def test_inconsistent_flags_are_refused(tmp_path, capsys, flags, message):
+    assert main(["fit", *flags, "--out", str(tmp_path / "r"), *TINY]) == 2
+    assert message in capsys.readouterr().err
