@@ -27,6 +27,7 @@ from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
 from ppl_cvae.train.optim import FusedClippedAdam
+from ppl_cvae.train.resume import CheckpointPolicy, TrainingSession, TrainState, data_digest
 from ppl_cvae.train.settings import resolve_settings
 
 __all__ = ["FitResult", "build_cvae", "fit", "fit_problem", "negative_elbo", "Simulator"]
@@ -278,21 +279,27 @@ def _train_epoch(
     beta: float,
     epoch: int,
     step_losses: list[float],
+    *,
+    first_step: int = 0,
+    loss_sum: float = 0.0,
+    after_step: Callable[[int, float], None] | None = None,
 ) -> float:
     """Take one SVI step per minibatch of ``pairs`` in ``order``; return the loss per observation.
 
-    Appends each step's loss per observation to ``step_losses``.
+    Appends each step's loss per observation to ``step_losses``. A resumed epoch starts at
+    minibatch ``first_step`` with the earlier steps' unnormalised loss ``loss_sum``;
+    ``after_step(steps_taken_this_epoch, loss_sum)`` runs after each step (checkpoints).
 
     Raises
     ------
     ConfigError
         If a step's loss is not finite (training diverged).
     """
-    total = 0.0
+    total = loss_sum
     with pyro.validation_enabled(False), warnings.catch_warnings():
         # a NaN loss is reported below as one error, not as Pyro's warning per step
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-        for first in range(0, len(order), config.batch_size):
+        for first in range(first_step * config.batch_size, len(order), config.batch_size):
             batch = pairs[order[first : first + config.batch_size]]
             loss = svi.step(
                 batch.y,
@@ -308,6 +315,8 @@ def _train_epoch(
                 )
             step_losses.append(loss / len(batch))
             total += loss
+            if after_step is not None:
+                after_step(first // config.batch_size + 1, total)
     return total / len(order)
 
 
@@ -394,6 +403,8 @@ def fit(
     metrics_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int, CVAE], None] | None = None,
+    checkpoint: CheckpointPolicy | None = None,
+    resume_from: TrainState | None = None,
 ) -> FitResult:
     """Train ``cvae`` by minibatch SVI with ``Trace_ELBO`` and return its history.
 
@@ -417,6 +428,13 @@ def fit(
     on_epoch_end : callable ``(epoch, cvae) -> None``, optional
         Called after each epoch's validation, with the model in eval mode and gradients off
         (e.g. to save reconstruction grids); epochs count from 1.
+    checkpoint : CheckpointPolicy, optional
+        Write a training-state file periodically (:mod:`ppl_cvae.train.resume`).
+    resume_from : TrainState, optional
+        Continue the interrupted run this state was saved from (same ``cvae`` configuration,
+        ``x``, ``y``, ``config`` and simulator): weights, optimiser, early stopping, history,
+        data stream and RNGs are restored and the loop goes on from the saved SVI step, so the
+        result equals the uninterrupted run's on CPU with the same thread count.
 
     Returns
     -------
@@ -428,6 +446,9 @@ def fit(
         If neither data nor a simulator with ``config.resimulate`` are given,
         ``physics_weight > 0`` without a forward operator, or an SVI step's loss is not
         finite (training diverged).
+    CheckpointError
+        If ``resume_from`` belongs to another run (configuration, data or model differ) or
+        its data stream does not replay.
     ShapeError
         If ``x``/``y`` do not match the model, or no training pairs are left after the
         validation split.
@@ -474,13 +495,49 @@ def fit(
 
     result = FitResult(config=config)
     stopper = _EarlyStopping(config.patience)
-    bar = tqdm(range(1, config.num_epochs + 1), desc="fit", unit="epoch", disable=not progress)
+    session = TrainingSession.start(
+        checkpoint,
+        resume_from,
+        cvae=cvae,
+        optim=optim,
+        stopper=stopper,
+        result=result,
+        generator=generator,
+        config=config,
+        digest=data_digest(x, y) if checkpoint or resume_from else "",
+        num_train=num_train,
+    )
+    first_epoch, first_step, loss_sum = (1, 0, 0.0) if session is None else session.resume_point()
+    bar = tqdm(
+        range(first_epoch, config.num_epochs + 1),
+        initial=first_epoch - 1,
+        total=config.num_epochs,
+        desc="fit",
+        unit="epoch",
+        disable=not progress,
+    )
     cvae.train()
     for epoch in bar:
         start = time.perf_counter()
         beta = _kl_weight(config, epoch - 1)
+        if session is not None:
+            session.epoch_started(epoch)
         pairs, order = _epoch_pairs(train, num_train, generator, cvae.config.conditional)
-        train_loss = _train_epoch(svi, pairs, order, config, beta, epoch, result.step_losses)
+        if session is not None:
+            session.data_drawn()
+        train_loss = _train_epoch(
+            svi,
+            pairs,
+            order,
+            config,
+            beta,
+            epoch,
+            result.step_losses,
+            first_step=first_step,
+            loss_sum=loss_sum,
+            after_step=None if session is None else session.after_step,
+        )
+        first_step, loss_sum = 0, 0.0
         val_loss = _validation_loss(cvae, val)
         row = {
             "epoch": epoch,
@@ -488,14 +545,17 @@ def fit(
             "val_loss": val_loss,
             "kl_weight": beta,
             "learning_rate": optim.current_lr(),
-            "seconds": time.perf_counter() - start,
+            "seconds": time.perf_counter() - start if session is None else session.epoch_seconds(),
         }
         _record_epoch(result, row, bar, metrics_path)
         if on_epoch_end is not None:
             _call_hook(on_epoch_end, epoch, cvae)
         # early stopping on the validation loss, only once the KL weight has reached 1
         monitored = val_loss if math.isfinite(val_loss) else train_loss
-        if stopper.update(epoch, monitored, beta, cvae):
+        stop = stopper.update(epoch, monitored, beta, cvae)
+        if session is not None:
+            session.epoch_finished(epoch, final=stop or epoch == config.num_epochs)
+        if stop:
             result.stopped_early = True
             log.info("early stopping at epoch %d (best %d)", epoch, stopper.best_epoch)
             break
