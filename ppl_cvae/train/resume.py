@@ -92,8 +92,12 @@ __all__ = [
     "STATE_KEYS",
     "CheckpointPolicy",
     "TrainState",
+    "clean_run_temporaries",
     "data_digest",
+    "discard_run_state",
+    "find_resumable",
     "load_train_state",
+    "prepare_run_folder",
 ]
 
 STATE_FORMAT = "ppl_cvae.train_state.v1"
@@ -712,3 +716,131 @@ class TrainingSession:
         self.num_saves += 1
         self.save_seconds += time.perf_counter() - start
 
+
+
+# ----------------------------------------------------------------------------- run folders
+def prepare_run_folder(run: str | os.PathLike[str]) -> str:
+    """Make ``run`` ready to hold a training-state file while a fit is in progress.
+
+    The folder gets (or keeps) the output marker of ``ppl-cvae fit`` with
+    :data:`STATE_FILE` among its files, so that the final, atomic replacement of the folder
+    (:func:`ppl_cvae._atomic.atomic_dir` with ``overwrite``) and a later ``--overwrite``
+    accept it. The caller has already checked that ``run`` is absent, empty, or a previous
+    output of ``ppl-cvae fit``.
+
+    Parameters
+    ----------
+    run : str or path
+        The run folder (``--out``).
+
+    Returns
+    -------
+    str
+        ``"new"`` (the folder was created), ``"empty"`` (it existed and was empty) or
+        ``"reused"`` (a previous fit's folder; its contents stay until the fit finishes).
+
+    Raises
+    ------
+    OutputError
+        If the folder or its marker cannot be written.
+    """
+    import json
+
+    from ppl_cvae._atomic import MARKER, read_marker
+    from ppl_cvae.errors import OutputError
+
+    run = Path(run)
+    how = "reused"
+    if not run.exists():
+        try:
+            run.mkdir(parents=True)
+        except OSError as err:
+            raise OutputError(f"cannot create {str(run)!r}: {err.strerror or err}") from err
+        how = "new"
+    marker = read_marker(run)
+    if marker is None:
+        if how != "new":
+            how = "empty"
+        marker = {"command": "fit", "files": []}
+    files = marker.get("files")
+    listed = list(files) if isinstance(files, list) else []
+    if STATE_FILE not in listed:
+        marker = {**marker, "files": [*listed, STATE_FILE]}
+        with atomic_path(run / MARKER) as tmp:
+            tmp.write_text(json.dumps(marker))
+    return how
+
+
+def discard_run_state(run: str | os.PathLike[str], how: str) -> None:
+    """Undo :func:`prepare_run_folder` after a failed fresh fit (the state cannot help it).
+
+    Removes :data:`STATE_FILE`; for ``how`` ``"new"`` or ``"empty"`` also the marker, and
+    for ``"new"`` the folder itself if nothing else is in it. Nothing else is touched.
+    """
+    from ppl_cvae._atomic import MARKER
+
+    run = Path(run)
+    (run / STATE_FILE).unlink(missing_ok=True)
+    if how in ("new", "empty"):
+        (run / MARKER).unlink(missing_ok=True)
+    if how == "new":
+        try:
+            run.rmdir()
+        except OSError:  # something else appeared in it: leave it
+            pass
+
+
+def clean_run_temporaries(run: str | os.PathLike[str]) -> None:
+    """Remove the hidden temporaries of saves that a killed process left in folder ``run``.
+
+    Only temporaries of :data:`STATE_FILE` and of the output marker whose writing process no
+    longer runs are removed (:func:`ppl_cvae._atomic.clean_stale_temporaries`).
+    """
+    from ppl_cvae._atomic import MARKER, clean_stale_temporaries
+
+    run = Path(run)
+    if run.is_dir():
+        clean_stale_temporaries(run / STATE_FILE)
+        clean_stale_temporaries(run / MARKER)
+
+
+def find_resumable(run: str | os.PathLike[str]) -> TrainState:
+    """Return the checked training state of the interrupted fit in folder ``run``.
+
+    Parameters
+    ----------
+    run : str or path
+        A run folder of ``ppl-cvae fit`` that holds :data:`STATE_FILE`.
+
+    Returns
+    -------
+    TrainState
+
+    Raises
+    ------
+    CheckpointError
+        If ``run`` is not a folder, is not an output of ``ppl-cvae fit``, holds a finished
+        run (``model.pt`` and no state), holds no state (the fit stopped before its first
+        checkpoint, or ran without checkpoints), or the state file is damaged.
+    """
+    from ppl_cvae._atomic import read_marker
+
+    run = Path(run)
+    name = str(run)
+    if not run.is_dir():
+        raise CheckpointError(f"--resume {name!r}: no such run folder")
+    clean_run_temporaries(run)
+    marker = read_marker(run)
+    if marker is None or marker.get("command") != "fit":
+        raise CheckpointError(f"--resume {name!r}: not a run folder written by 'ppl-cvae fit'")
+    if (run / STATE_FILE).is_file():
+        return load_train_state(run / STATE_FILE)
+    if (run / "model.pt").is_file():
+        raise CheckpointError(
+            f"run {name!r} is finished (model.pt is written); nothing to resume. To train "
+            f"further start a new run: ppl-cvae fit --config {name}/config.json --out NEW"
+        )
+    raise CheckpointError(
+        f"run {name!r} holds no {STATE_FILE}: the fit stopped before its first checkpoint or "
+        "ran with --no-checkpoint; start it again (same flags, with --overwrite)"
+    )
