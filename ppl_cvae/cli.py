@@ -304,8 +304,9 @@ def _resume_args(args: argparse.Namespace) -> Any:
             recorded,
             recorded,
         )
-    log.info("resuming %s at epoch %d after %d SVI steps", args.resume, state.epoch,
-             state.steps_done)
+    log.info(
+        "resuming %s at epoch %d after %d SVI steps", args.resume, state.epoch, state.steps_done
+    )
     return state
 
 
@@ -385,8 +386,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     try:
         with atomic_dir(out, overwrite=args.overwrite or how is not None, command="fit") as tmp:
             seconds, result = _fit_into(
-                tmp, args, problem, problem_ref, model_config, train_config, x, y,
-                checkpoint=policy, resume_from=state,
+                tmp,
+                args,
+                problem,
+                problem_ref,
+                model_config,
+                train_config,
+                x,
+                y,
+                checkpoint=policy,
+                resume_from=state,
             )
     except PplCvaeError:
         if how is not None and state is None:  # a fresh fit that failed: its state cannot help
@@ -397,8 +406,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             if how is not None and state is None:
                 discard_run_state(out, how)
             raise
-        print(f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {out}",
-              file=sys.stderr)
+        print(f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {out}", file=sys.stderr)
         return 130
     last = result.history[-1]
     print(
@@ -1116,11 +1124,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PATH_ARGS = (
-    "out", "data", "run_dir", "observation", "posterior", "dataset_path", "config", "resume"
+    "out",
+    "data",
+    "run_dir",
+    "observation",
+    "posterior",
+    "dataset_path",
+    "config",
+    "resume",
 )
 _FIT_DESTS = {
-    *MODEL_FLAGS, *TRAIN_FLAGS, "config", "problem", "functions", "problem_arg", "data",
-    "dataset", "dataset_path", "image_size", "condition", "out", "decoder", "resimulate",
+    *MODEL_FLAGS,
+    *TRAIN_FLAGS,
+    "config",
+    "problem",
+    "functions",
+    "problem_arg",
+    "data",
+    "dataset",
+    "dataset_path",
+    "image_size",
+    "condition",
+    "out",
+    "decoder",
+    "resimulate",
     "overwrite",
 }
 """The fit options that set what a run computes or where it writes (refused by --resume)."""

@@ -28,8 +28,9 @@ from ppl_cvae.train.resume import STATE_FILE, CheckpointPolicy, load_train_state
 
 REPO = Path(__file__).resolve().parents[1]
 
-# 3 epochs x 3 steps (48 pairs after the split, or 60 fresh ones, in batches of 20): 9 steps; KL warm-up and lr decay make the
-# per-epoch beta and the per-step learning rate part of what must be restored.
+# 3 epochs x 3 steps (48 pairs after the split, or 60 fresh ones, in batches of 20): 9 steps;
+# KL warm-up and lr decay make the per-epoch beta and the per-step learning rate part of what
+# must be restored.
 TRAIN = {"num_epochs": 3, "num_train": 60, "batch_size": 20, "val_fraction": 0.2,
          "kl_warmup_epochs": 2, "lr_decay": 0.5, "patience": 0, "seed": 3}
 MODEL = {"hidden_dims": (8,), "latent_dim": 2}

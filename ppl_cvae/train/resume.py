@@ -170,7 +170,9 @@ class CheckpointPolicy:
 
     def __post_init__(self) -> None:
         steps = self.every_steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
             raise ConfigError(f"every_steps must be an integer >= 1 or None, got {steps!r}")
         minutes = self.every_minutes
         if minutes is not None and not (
@@ -264,7 +266,7 @@ def data_digest(x: torch.Tensor | None, y: torch.Tensor | None) -> str:
             continue
         array = tensor.detach().cpu().contiguous().numpy()
         digest.update(f"{array.dtype}{tuple(array.shape)};".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.reshape(-1).view(np.uint8).data)
     return digest.hexdigest()
 
 
@@ -304,7 +306,9 @@ def _set_global_rng(rng: Mapping[str, Any]) -> None:
         )
     )
     pys = rng["python"]
-    random.setstate((pys["version"], tuple(int(v) for v in pys["state"].tolist()), pys["gauss_next"]))
+    random.setstate(
+        (pys["version"], tuple(int(v) for v in pys["state"].tolist()), pys["gauss_next"])
+    )
 
 
 def _state_dict(cvae: CVAE) -> dict[str, torch.Tensor]:
@@ -331,7 +335,9 @@ def _check_dict(value: Any, keys: tuple[str, ...], what: str, name: str) -> dict
     return value
 
 
-def _check_tensor_dict(value: Any, reference: Mapping[str, torch.Tensor], what: str, name: str) -> None:
+def _check_tensor_dict(
+    value: Any, reference: Mapping[str, torch.Tensor], what: str, name: str
+) -> None:
     """Check ``value`` has the names, shapes and dtypes of ``reference`` and finite floats."""
     if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
         raise _fail(name, f"has a malformed {what} (expected a dict of tensors)")
@@ -359,7 +365,9 @@ def _check_rng(rng: Any, name: str) -> None:
     rng = _check_dict(rng, _RNG_KEYS, "rng", name)
     for key in ("generator", "epoch_generator", "torch"):
         _check_byte_state(rng[key], key, name)
-    nps = _check_dict(rng["numpy"], ("keys", "pos", "has_gauss", "cached_gaussian"), "rng.numpy", name)
+    nps = _check_dict(
+        rng["numpy"], ("keys", "pos", "has_gauss", "cached_gaussian"), "rng.numpy", name
+    )
     keys = nps["keys"]
     if not (
         isinstance(keys, torch.Tensor)
@@ -389,11 +397,19 @@ def _check_optimizer(value: Any, params: list[torch.Tensor], name: str) -> None:
     """Check the FusedClippedAdam state against the parameters in param-store order."""
     if value == {}:
         return
-    if not isinstance(value, dict) or set(value) != {"fused"} or not isinstance(value["fused"], dict):
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"fused"}
+        or not isinstance(value["fused"], dict)
+    ):
         raise _fail(name, "has a malformed optimizer state (expected {'fused': state_dict})")
     fused = value["fused"]
     groups, state = fused.get("param_groups"), fused.get("state")
-    if set(fused) != {"state", "param_groups"} or not isinstance(groups, list) or not isinstance(state, dict):
+    if (
+        set(fused) != {"state", "param_groups"}
+        or not isinstance(groups, list)
+        or not isinstance(state, dict)
+    ):
         raise _fail(name, "has a malformed optimizer state_dict")
     indices = [i for g in groups if isinstance(g, dict) for i in g.get("params", [])]
     if len(groups) != 1 or indices != list(range(len(params))):
@@ -424,8 +440,10 @@ def _check_history(rows: Any, epochs: int, name: str) -> None:
     if not isinstance(rows, list) or len(rows) != epochs - 1:
         raise _fail(name, f"history must hold {epochs - 1} rows before epoch {epochs}")
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or set(row) != set(_ROW_KEYS) or not all(
-            _is_real(v) for v in row.values()
+        if (
+            not isinstance(row, dict)
+            or set(row) != set(_ROW_KEYS)
+            or not all(_is_real(v) for v in row.values())
         ):
             raise _fail(name, f"history row {i} is malformed")
 
@@ -473,8 +491,10 @@ def load_train_state(path: str | os.PathLike[str]) -> TrainState:
         if not isinstance(payload[key], str) or len(payload[key]) > 256:
             raise _fail(name, f"field {key!r} must be a short string")
     for key in ("record", "model_config", "train_config"):
-        reason = _json_like_error(payload[key], key) if isinstance(payload[key], dict) else (
-            f"{key} must be a dict"
+        reason = (
+            _json_like_error(payload[key], key)
+            if isinstance(payload[key], dict)
+            else (f"{key} must be a dict")
         )
         if reason is not None:
             raise _fail(name, f"is malformed: {reason}")
@@ -489,7 +509,9 @@ def load_train_state(path: str | os.PathLike[str]) -> TrainState:
         all(_is_int(v) for v in (epoch, step, done))
         and 1 <= epoch <= train_config.num_epochs
         and 0 <= step <= done
-        and all(_is_real(pos[k]) and math.isfinite(pos[k]) for k in ("epoch_loss_sum", "epoch_seconds"))
+        and all(
+            _is_real(pos[k]) and math.isfinite(pos[k]) for k in ("epoch_loss_sum", "epoch_seconds")
+        )
     ):
         raise _fail(name, f"has an impossible position {pos!r}")
     losses = payload["step_losses"]
@@ -502,7 +524,11 @@ def load_train_state(path: str | os.PathLike[str]) -> TrainState:
         raise _fail(name, f"step_losses must be {done} finite float64 values")
     _check_history(payload["history"], epoch, name)
     early = _check_dict(payload["early_stopping"], _EARLY_KEYS, "early_stopping", name)
-    if not (_is_real(early["best_loss"]) and _is_int(early["best_epoch"]) and _is_int(early["bad_epochs"])):
+    if not (
+        _is_real(early["best_loss"])
+        and _is_int(early["best_epoch"])
+        and _is_int(early["bad_epochs"])
+    ):
         raise _fail(name, "has a malformed early-stopping state")
     _check_rng(payload["rng"], name)
     return TrainState(path, payload)
@@ -715,7 +741,6 @@ class TrainingSession:
         self.steps_since_save = 0
         self.num_saves += 1
         self.save_seconds += time.perf_counter() - start
-
 
 
 # ----------------------------------------------------------------------------- run folders
