@@ -338,3 +338,37 @@ def test_a_failed_fresh_fit_leaves_nothing(tmp_path, capsys, monkeypatch):
            "diverged")
     assert calls["n"] == 3
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tick, saved_at", [(61.0, 5), (0.0, None)], ids=["timer", "no-timer"])
+def test_the_minutes_trigger_follows_the_clock(tmp_path, monkeypatch, tick, saved_at):
+    """A fake clock that moves 61 s per reading makes every step due; a frozen one, none."""
+    import ppl_cvae.train.resume as resume
+
+    now = {"t": 0.0}
+
+    def monotonic():
+        now["t"] += tick
+        return now["t"]
+
+    monkeypatch.setattr(resume.time, "monotonic", monotonic)
+    path = tmp_path / STATE_FILE
+    policy = CheckpointPolicy(path, every_minutes=1.0, every_epoch=False)
+    with pytest.raises(Crash):
+        _run(False, crash_after=5, policy=policy, monkeypatch=monkeypatch)
+    if saved_at is None:
+        assert not path.exists()
+    else:
+        assert load_train_state(path).steps_done == saved_at
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"every_steps": 0}, "every_steps"),
+    ({"every_minutes": float("nan")}, "every_minutes"),
+    ({"record": {"a": object()}}, "record"),
+])
+def test_bad_policies_are_refused(kwargs, match):
+    from ppl_cvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        CheckpointPolicy("s.pt", **kwargs)
