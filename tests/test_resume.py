@@ -152,6 +152,21 @@ def test_resume_refuses_another_run(tmp_path, monkeypatch):
     state.payload["model"]["decoder.raw_scale"] = torch.zeros(7)
     with pytest.raises(CheckpointError, match="has shape"):
         fit(cvae, x, y, train_config, progress=False, resume_from=state)
+    fused = load_train_state(path).payload["optimizer"]["fused"]
+    for key, bad, match in [
+        ("betas", "xx", "malformed betas"),
+        ("lr", float("nan"), "'lr'"),
+    ]:
+        state = load_train_state(path)
+        state.payload["optimizer"]["fused"]["param_groups"][0][key] = bad
+        with pytest.raises(CheckpointError, match=match):
+            fit(cvae, x, y, train_config, progress=False, resume_from=state)
+    state = load_train_state(path)
+    first = state.payload["optimizer"]["fused"]["state"][0]
+    first["exp_avg"] = first["exp_avg"][:1]
+    with pytest.raises(CheckpointError, match="does not fit its parameter"):
+        fit(cvae, x, y, train_config, progress=False, resume_from=state)
+    assert len(fused["state"]) == len(list(cvae.parameters()))
 
 
 def test_a_resumed_run_can_crash_and_resume_again(tmp_path, monkeypatch):

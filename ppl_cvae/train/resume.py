@@ -411,7 +411,9 @@ def _check_optimizer(value: Any, params: list[torch.Tensor], name: str) -> None:
         or not isinstance(state, dict)
     ):
         raise _fail(name, "has a malformed optimizer state_dict")
-    indices = [i for g in groups if isinstance(g, dict) for i in g.get("params", [])]
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise _fail(name, "has malformed optimizer param_groups")
+    indices = [i for g in groups for i in g["params"]]
     if len(groups) != 1 or indices != list(range(len(params))):
         raise _fail(
             name,
@@ -421,6 +423,14 @@ def _check_optimizer(value: Any, params: list[torch.Tensor], name: str) -> None:
     for key in ("lr", "lrd", "clip_norm", "eps", "weight_decay"):
         if not (_is_real(group.get(key)) and math.isfinite(group[key])):
             raise _fail(name, f"optimizer param_groups[0][{key!r}] must be a finite number")
+    betas = group.get("betas")
+    if not (
+        isinstance(betas, (tuple, list))
+        and len(betas) == 2
+        and all(_is_real(b) and 0 <= b < 1 for b in betas)
+        and isinstance(group.get("centered_variance", False), bool)
+    ):
+        raise _fail(name, "optimizer param_groups[0] has malformed betas or centered_variance")
     for index, entry in state.items():
         if not (_is_int(index) and 0 <= index < len(params) and isinstance(entry, dict)):
             raise _fail(name, f"has a malformed optimizer state entry {index!r}")
