@@ -890,7 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--out",
         help="run folder to create (model.pt, config.json, metrics.csv, loss.png; with "
-        "--dataset also frames/: per-epoch reconstruction and sample grids, samples.gif)",
+        "--dataset also frames/: per-epoch reconstruction and sample grids, samples.gif); "
+        "while the fit runs it holds train_state.pt, the checkpoint --resume continues from",
     )
     fit_p.add_argument("--epochs", type=_count(1), help="maximum number of epochs")
     fit_p.add_argument("--batch-size", type=_count(1), help="minibatch size (pairs per SVI step)")

@@ -476,7 +476,10 @@ def fit(
     set), only once ``beta`` has reached 1, keeps a copy of the best weights and stops after
     ``patience`` epochs without improvement. All randomness of the split, the simulator and
     the shuffles comes from one ``torch.Generator`` seeded with ``config.seed``; the global
-    RNGs (seeded with it too) drive the SVI steps and the validation ELBO.
+    RNGs (seeded with it too) drive the SVI steps and the validation ELBO. With
+    ``checkpoint`` or ``resume_from`` a :class:`~ppl_cvae.train.resume.TrainingSession`
+    records the generator state at each epoch's start, saves after steps and epochs, and on
+    resume replays the interrupted epoch's draws and skips its finished steps.
     """
     resample = simulator if config.resimulate else None
     source = x if x is not None else resample  # pairs to split, or the simulator to draw from
