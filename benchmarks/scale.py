@@ -80,8 +80,12 @@ def part_resume(args: argparse.Namespace) -> None:
     state_bytes = 0
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for _ in range(args.rounds):
-            for name, make_policy in variants.items():
+        names = list(variants)
+        for round_index in range(args.rounds):
+            # rotate the order each round so that a drift in machine load hits all alike
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                make_policy = variants[name]
                 policy = make_policy(folder)
                 cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
                 seconds, undo = _timed_saves()
