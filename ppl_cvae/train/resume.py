@@ -548,9 +548,13 @@ def load_train_state(path: str | os.PathLike[str]) -> TrainState:
 class TrainingSession:
     """The fit loop's hooks for saving and restoring training state (one per :func:`fit`).
 
-    Built by :meth:`start`; :func:`fit` calls :meth:`resume_point`, :meth:`epoch_started`,
-    :meth:`after_step` and :meth:`epoch_finished` and nothing else, so other loop changes
-    (data sources, devices) only need to keep those four calls in place.
+    Built by :meth:`start`; :func:`fit` calls :meth:`resume_point` once, then per epoch
+    :meth:`epoch_started` (before the epoch's data are drawn), :meth:`data_drawn` (after),
+    :meth:`after_step` (after each SVI step), :meth:`epoch_seconds` and
+    :meth:`epoch_finished` (after early stopping), and nothing else, so other loop changes
+    (data sources, devices) only need to keep those calls in place. A data source that is
+    not driven by the run's ``torch.Generator`` alone must make its position part of the
+    state to resume exactly; with several processes only one should be given a policy.
     """
 
     def __init__(
