@@ -194,7 +194,9 @@ def _apply_run_file(args: argparse.Namespace) -> dict[str, Any] | None:
     """
     from ppl_cvae.train.runfile import RunFile, read_run_file
 
-    run = read_run_file(args.config) if args.config else RunFile(Overrides())
+    run = getattr(args, "run_file", None)  # set by --resume from the training state
+    if run is None:
+        run = read_run_file(args.config) if args.config else RunFile(Overrides())
     args.run_file = run
     file_kwargs = None
     if args.problem is None and run.problem is not None:
@@ -311,13 +313,89 @@ def _check_stream_flags(args: argparse.Namespace) -> None:
         )
 
 
+RESUME_KEEPS = ("threads", "quiet", "checkpoint_every", "checkpoint_minutes", "no_checkpoint")
+"""Fit options that ``--resume`` accepts: they do not change what is computed."""
+
+
+def _resume_args(args: argparse.Namespace) -> Any:
+    """For ``fit --resume RUN``: refuse setting flags, fill ``args`` from RUN's training state."""
+    from ppl_cvae.train.resume import find_resumable
+    from ppl_cvae.train.runfile import run_file_from_dict
+
+    given = [
+        "--" + dest.replace("_", "-")
+        for dest, value in vars(args).items()
+        if dest in _FIT_DESTS and dest not in RESUME_KEEPS and value not in (None, False)
+    ]
+    if given:
+        raise ConfigError(
+            f"--resume continues {args.resume!r} with the settings it recorded; drop "
+            f"{', '.join(given)} (only --threads, --quiet and the --checkpoint-* options may "
+            "change; for other settings start a new run)"
+        )
+    state = find_resumable(args.resume)
+    args.run_file = run_file_from_dict(state.record, f"training state {str(state.path)!r}")
+    args.out, args.overwrite = args.resume, True
+    recorded = state.record.get("torch_threads")
+    if recorded != torch.get_num_threads():
+        log.warning(
+            "resuming with %d torch threads; the run started with %s: the continuation is "
+            "statistically equivalent but not bit-identical (pass --threads %s)",
+            torch.get_num_threads(),
+            recorded,
+            recorded,
+        )
+    log.info(
+        "resuming %s at epoch %d after %d SVI steps", args.resume, state.epoch, state.steps_done
+    )
+    return state
+
+
+def _checkpoint_policy(args: argparse.Namespace, out: Path, record: dict[str, Any]) -> Any:
+    """Return the CheckpointPolicy of ``--checkpoint-every/-minutes`` (None: --no-checkpoint)."""
+    from ppl_cvae.train.resume import STATE_FILE, CheckpointPolicy
+
+    if args.no_checkpoint:
+        return None
+    minutes = 10.0 if args.checkpoint_minutes is None else args.checkpoint_minutes
+    if minutes < 0:
+        raise ConfigError(f"--checkpoint-minutes must be >= 0 (0: no timer), got {minutes}")
+    return CheckpointPolicy(
+        out / STATE_FILE,
+        every_steps=args.checkpoint_every,
+        every_minutes=minutes or None,
+        record=record,
+    )
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
-    """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded)."""
+    """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded).
+
+    With checkpoints (the default) the folder holds ``train_state.pt`` while the fit runs, so
+    ``fit --resume RUN`` can continue it after a crash; the finished folder replaces it.
+    """
+    from ppl_cvae.train.distributed import launch_rank
+    from ppl_cvae.train.resume import (
+        STATE_FILE,
+        clean_run_temporaries,
+        discard_run_state,
+        prepare_run_folder,
+    )
     from ppl_cvae.train.settings import resolve_settings
 
+    state = _resume_args(args) if args.resume else None
+    if args.out is None:
+        raise ConfigError("fit needs --out RUN_FOLDER (or --resume RUN_FOLDER)")
     file_kwargs = _apply_run_file(args)
     out = Path(args.out)
-    _check_out_dir(out, args.overwrite, [args.data, args.dataset_path, args.config], "fit")
+    if launch_rank() == 0:  # in a data-parallel run the others never touch the folder
+        clean_run_temporaries(out)  # of checkpoint saves a kill interrupted
+        if state is None and (out / STATE_FILE).is_file() and not args.overwrite:
+            raise ConfigError(
+                f"{str(out)!r} holds an interrupted fit; continue it with --resume {out} or "
+                "start again with --overwrite"
+            )
+        _check_out_dir(out, args.overwrite, [args.data, args.dataset_path, args.config], "fit")
     if args.data and args.resimulate:
         raise ConfigError(
             "--resimulate draws fresh pairs from a problem; it cannot apply to --data"
@@ -355,7 +433,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             check_model_memory(model_config)
             done = _write_run(
                 out,
-                args,
+                args.overwrite,
                 lambda folder: _fit_lazily_into(
                     folder, args, problem, problem_ref, model_config, train_config, lazy_pairs
                 ),
@@ -369,20 +447,46 @@ def cmd_fit(args: argparse.Namespace) -> int:
         gen = torch.Generator().manual_seed(train_config.seed + 1)
         x, y = problem.simulate(train_config.num_train, gen)
     check_model_memory(model_config)
-    done = _write_run(
-        out,
-        args,
-        lambda folder: _fit_into(
-            folder, args, problem, problem_ref, model_config, train_config, x, y
-        ),
-    )
+    policy = None
+    if not args.stream:  # a stream's position is not in the state (resume covers pairs)
+        record = _run_doc(args, problem, problem_ref, model_config, train_config)
+        policy = _checkpoint_policy(args, out, record)
+    how = prepare_run_folder(out) if policy is not None and launch_rank() == 0 else None
+    try:
+        done = _write_run(
+            out,
+            args.overwrite or how is not None,
+            lambda folder: _fit_into(
+                folder,
+                args,
+                problem,
+                problem_ref,
+                model_config,
+                train_config,
+                x,
+                y,
+                checkpoint=policy,
+                resume_from=state,
+            ),
+        )
+    except PplCvaeError:
+        if how is not None and state is None:  # a fresh fit that failed: its state cannot help
+            discard_run_state(out, how)
+        raise
+    except KeyboardInterrupt:
+        if not (out / STATE_FILE).is_file():
+            if how is not None and state is None:
+                discard_run_state(out, how)
+            raise
+        print(f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {out}", file=sys.stderr)
+        return 130
     if done is not None:
         _print_fit_summary(*done, out)
     return 0
 
 
 def _write_run(
-    out: Path, args: argparse.Namespace, fit_into: Callable[[Path | None], tuple[float, Any]]
+    out: Path, overwrite: bool, fit_into: Callable[[Path | None], tuple[float, Any]]
 ) -> tuple[float, Any] | None:
     """Run ``fit_into(folder)`` in a temporary folder renamed to ``out`` when it succeeds.
 
@@ -395,7 +499,7 @@ def _write_run(
         if launch_rank() != 0:
             fit_into(None)
             return None
-        with atomic_dir(out, overwrite=args.overwrite, command="fit") as tmp_dir:
+        with atomic_dir(out, overwrite=overwrite, command="fit") as tmp_dir:
             return fit_into(tmp_dir)
     finally:
         shutdown()
@@ -432,8 +536,18 @@ def _fit_lazily_into(
         "lazy": {"chunk_rows": chunk_rows, "buffer_chunks": args.buffer_chunks},
     }
     return _fit_into(
-        out, args, problem, problem_ref, model_config, train_config, None, None,
-        cvae=cvae, batches=lazy.batches, validation=lazy.validation, data_source=data_source,
+        out,
+        args,
+        problem,
+        problem_ref,
+        model_config,
+        train_config,
+        None,
+        None,
+        cvae=cvae,
+        batches=lazy.batches,
+        validation=lazy.validation,
+        data_source=data_source,
     )
 
 
@@ -451,6 +565,8 @@ def _fit_into(
     batches: Any = None,
     validation: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     data_source: dict[str, Any] | None = None,
+    checkpoint: Any = None,
+    resume_from: Any = None,
 ) -> tuple[float, Any]:
     """Fit and write the run files into ``out`` (a temporary folder; None: write nothing).
 
@@ -471,9 +587,7 @@ def _fit_into(
         from ppl_cvae.train.sources import StreamBatches, steps_for
 
         assert problem is not None  # _check_stream_flags
-        stream = SimulationStream(
-            problem.simulate, train_config.batch_size, seed=train_config.seed
-        )
+        stream = SimulationStream(problem.simulate, train_config.batch_size, seed=train_config.seed)
         batches = StreamBatches(
             stream,
             steps_for(train_config.num_train, train_config.batch_size),
@@ -500,6 +614,8 @@ def _fit_into(
         progress=not args.quiet and out is not None,
         on_epoch_end=frames,
         device=device,
+        checkpoint=checkpoint,
+        resume_from=resume_from,
     )
     seconds = time.perf_counter() - start
     if out is None:
@@ -517,6 +633,23 @@ def _fit_into(
             data_source["stream"]["state"] = batches.stream.state_dict()
         extra["data_source"] = data_source
     save_checkpoint(out / "model.pt", cvae, problem=problem, problem_ref=problem_ref, extra=extra)
+    config_doc = _run_doc(args, problem, problem_ref, model_config, train_config)
+    config_doc["device"] = str(device)
+    if result.distributed is not None:
+        config_doc["distributed"] = {k: v for k, v in result.distributed.items() if k != "rank"}
+    (out / "config.json").write_text(json.dumps(config_doc, indent=2))
+    plot_loss(result.history, out / "loss.png")
+    return seconds, result
+
+
+def _run_doc(
+    args: argparse.Namespace,
+    problem: Any,
+    problem_ref: dict[str, Any] | None,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+) -> dict[str, Any]:
+    """Return the run file of this fit (``config.json``; also the record of its checkpoints)."""
     dataset = None
     if args.dataset:
         dataset = {
@@ -525,20 +658,22 @@ def _fit_into(
             "path": args.dataset_path,
             "image_size": list(args.image_size or (150, 150)),
         }
-    config_doc = {  # a run file: `ppl-cvae fit --config config.json` repeats this run
-        "problem": problem_ref or _spec_or_none(problem),
-        "data": extra["data"],
-        "dataset": dataset,
-        "model": model_config.to_dict(),
-        "train": train_config.to_dict(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "distributed": result.distributed
-        and {k: v for k, v in result.distributed.items() if k != "rank"},
-    }
-    (out / "config.json").write_text(json.dumps(config_doc, indent=2))
-    plot_loss(result.history, out / "loss.png")
-    return seconds, result
+    # JSON round trip: tuples become lists, as in the file (a training state stores it too)
+    return cast(
+        dict[str, Any],
+        json.loads(
+            json.dumps(
+                {  # a run file: `ppl-cvae fit --config config.json` repeats this run
+                    "problem": problem_ref or _spec_or_none(problem),
+                    "data": str(args.data) if args.data else None,
+                    "dataset": dataset,
+                    "model": model_config.to_dict(),
+                    "train": train_config.to_dict(),
+                    "torch_threads": torch.get_num_threads(),
+                }
+            )
+        ),
+    )
 
 
 def _image_frames(
@@ -906,10 +1041,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --dataset: condition on the label (CVAE, the default) or on nothing (VAE)",
     )
     fit_p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the interrupted fit in folder RUN from its last checkpoint "
+        "(train_state.pt) with the settings it recorded; only --threads, --quiet and the "
+        "--checkpoint-* options may be given with it",
+    )
+    fit_p.add_argument(
+        "--checkpoint-every",
+        type=_count(1),
+        metavar="N",
+        help="also save the training state every N SVI steps (default: only at each epoch's "
+        "end and by --checkpoint-minutes)",
+    )
+    fit_p.add_argument(
+        "--checkpoint-minutes",
+        type=_finite,
+        metavar="M",
+        help="save the training state at least every M minutes of training (default 10; 0: "
+        "no timer)",
+    )
+    fit_p.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="write no training state (the run cannot be resumed; the folder appears only "
+        "when the fit has finished)",
+    )
+    fit_p.add_argument(
         "--out",
-        required=True,
         help="run folder to create (model.pt, config.json, metrics.csv, loss.png; with "
-        "--dataset also frames/: per-epoch reconstruction and sample grids, samples.gif)",
+        "--dataset also frames/: per-epoch reconstruction and sample grids, samples.gif); "
+        "while the fit runs it holds train_state.pt, the checkpoint --resume continues from",
     )
     fit_p.add_argument("--epochs", type=_count(1), help="maximum number of epochs")
     fit_p.add_argument("--batch-size", type=_count(1), help="minibatch size (pairs per SVI step)")
@@ -1188,7 +1350,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PATH_ARGS = ("out", "data", "run_dir", "observation", "posterior", "dataset_path", "config")
+PATH_ARGS = (
+    "out",
+    "data",
+    "run_dir",
+    "observation",
+    "posterior",
+    "dataset_path",
+    "config",
+    "resume",
+)
+_FIT_DESTS = {
+    *MODEL_FLAGS,
+    *TRAIN_FLAGS,
+    "config",
+    "problem",
+    "functions",
+    "problem_arg",
+    "data",
+    "dataset",
+    "dataset_path",
+    "image_size",
+    "condition",
+    "out",
+    "decoder",
+    "resimulate",
+    "overwrite",
+}
+"""The fit options that set what a run computes or where it writes (refused by --resume)."""
 
 
 def _check_utf8_paths(args: argparse.Namespace) -> None:
@@ -1218,8 +1407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
-    if args.command == "fit" and not (args.problem or args.data or args.dataset or args.config):
-        parser.error("fit needs --problem NAME, --data FILE, --dataset NAME or --config FILE")
+    if args.command == "fit" and not (
+        args.problem or args.data or args.dataset or args.config or args.resume
+    ):
+        parser.error(
+            "fit needs --problem NAME, --data FILE, --dataset NAME, --config FILE or --resume RUN"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:

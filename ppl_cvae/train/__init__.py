@@ -1,4 +1,4 @@
-"""Training: SVI fit loop, optimiser and checkpoints."""
+"""Training: SVI fit loop, optimiser, checkpoints and resumable training states."""
 
 from ppl_cvae.train.checkpoint import load_checkpoint, save_checkpoint
 from ppl_cvae.train.fit import (
@@ -10,16 +10,20 @@ from ppl_cvae.train.fit import (
     place_forward_operator,
 )
 from ppl_cvae.train.optim import FusedClippedAdam
+from ppl_cvae.train.resume import CheckpointPolicy, TrainState, load_train_state
 from ppl_cvae.train.settings import DataSource, resolve_settings
 
 __all__ = [
+    "CheckpointPolicy",
     "DataSource",
     "FitResult",
     "FusedClippedAdam",
+    "TrainState",
     "build_cvae",
     "fit",
     "fit_problem",
     "load_checkpoint",
+    "load_train_state",
     "negative_elbo",
     "place_forward_operator",
     "resolve_settings",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import itertools
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -29,8 +30,9 @@ from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
 from ppl_cvae.train.distributed import DistributedSetup, setup_distributed, shard_rows
 from ppl_cvae.train.optim import FusedClippedAdam
+from ppl_cvae.train.resume import CheckpointPolicy, TrainingSession, TrainState, data_digest
 from ppl_cvae.train.settings import resolve_settings
-from ppl_cvae.train.sources import BatchSource, InMemoryBatches, ResimulatedBatches
+from ppl_cvae.train.sources import Batch, BatchSource, InMemoryBatches, ResimulatedBatches
 
 __all__ = ["FitResult", "build_cvae", "fit", "fit_problem", "negative_elbo", "Simulator"]
 
@@ -328,6 +330,10 @@ def _train_epoch(
     epoch: int,
     step_losses: list[float],
     device: torch.device,
+    *,
+    first_step: int = 0,
+    loss_sum: float = 0.0,
+    after_step: Callable[[int, float], None] | None = None,
 ) -> float:
     """Take one SVI step per minibatch ``(x, y)`` of ``batches``; return the loss per observation.
 
@@ -336,18 +342,24 @@ def _train_epoch(
     minibatch's loss.
 
     Each minibatch is moved to ``device`` before its step. Appends each step's loss per
-    observation to ``step_losses``.
+    observation to ``step_losses``. A resumed epoch skips its first ``first_step``
+    minibatches (drawn again, not trained on) and starts from the earlier steps'
+    unnormalised loss ``loss_sum``; ``after_step(steps_taken_this_epoch, loss_sum)`` runs
+    after each step (checkpoints).
 
     Raises
     ------
     ConfigError
         If a step's loss is not finite (training diverged).
     """
-    total, count = 0.0, 0
+    total, count = loss_sum, 0
     with pyro.validation_enabled(False), warnings.catch_warnings():
         # a NaN loss is reported below as one error, not as Pyro's warning per step
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-        for x_batch, y_batch in batches:
+        for index, (x_batch, y_batch) in enumerate(batches):
+            count += len(x_batch)
+            if index < first_step:  # trained on before the interruption
+                continue
             x_batch = x_batch.to(device)
             y_batch = None if y_batch is None else y_batch.to(device)
             loss = step(
@@ -364,8 +376,19 @@ def _train_epoch(
                 )
             step_losses.append(loss / len(x_batch))
             total += loss
-            count += len(x_batch)
+            if after_step is not None:
+                after_step(index + 1, total)
     return total / count
+
+
+def _drawn(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """Start ``batches`` so that the epoch's random draws (shuffle, simulation) are made now.
+
+    A source draws when its iterator starts; the resume session checks the generator right
+    after (:meth:`~ppl_cvae.train.resume.TrainingSession.data_drawn`).
+    """
+    first = next(batches, None)
+    return batches if first is None else itertools.chain([first], batches)
 
 
 def _validation_loss(cvae: CVAE, val: _Pairs | None, ddp: DistributedSetup | None = None) -> float:
@@ -465,6 +488,8 @@ def fit(
     progress: bool = True,
     on_epoch_end: Callable[[int, CVAE], None] | None = None,
     device: str | torch.device | None = None,
+    checkpoint: CheckpointPolicy | None = None,
+    resume_from: TrainState | None = None,
 ) -> FitResult:
     """Train ``cvae`` by minibatch SVI with ``Trace_ELBO`` and return its history.
 
@@ -505,6 +530,13 @@ def fit(
         to the device; simulation runs on the CPU, so a seed gives the same training pairs
         on every device. With ``physics_weight > 0`` the CVAE's forward operator must run on
         the device too (:func:`fit_problem` and the CLI hand it :func:`problem_on`'s copy).
+    checkpoint : CheckpointPolicy, optional
+        Write a training-state file periodically (:mod:`ppl_cvae.train.resume`).
+    resume_from : TrainState, optional
+        Continue the interrupted run this state was saved from (same ``cvae`` configuration,
+        ``x``, ``y``, ``config`` and simulator): weights, optimiser, early stopping, history,
+        data stream and RNGs are restored and the loop goes on from the saved SVI step, so the
+        result equals the uninterrupted run's on CPU with the same thread count.
 
     Returns
     -------
@@ -518,6 +550,9 @@ def fit(
         batch source are given,
         ``physics_weight > 0`` without a forward operator, or an SVI step's loss is not
         finite (training diverged).
+    CheckpointError
+        If ``resume_from`` belongs to another run (configuration, data or model differ) or
+        its data stream does not replay.
     ShapeError
         If ``x``/``y`` do not match the model, or no training pairs are left after the
         validation split.
@@ -554,7 +589,10 @@ def fit(
     set), only once ``beta`` has reached 1, keeps a copy of the best weights and stops after
     ``patience`` epochs without improvement. All randomness of the split, the simulator and
     the shuffles comes from one ``torch.Generator`` seeded with ``config.seed``; the global
-    RNGs (seeded with it too) drive the SVI steps and the validation ELBO.
+    RNGs (seeded with it too) drive the SVI steps and the validation ELBO. With
+    ``checkpoint`` or ``resume_from`` a :class:`~ppl_cvae.train.resume.TrainingSession`
+    records the generator state at each epoch's start, saves after steps and epochs, and on
+    resume replays the interrupted epoch's draws and skips its finished steps.
     """
     if x is None and batches is None and not (simulator is not None and config.resimulate):
         raise ConfigError(
@@ -582,19 +620,60 @@ def fit(
 
     result = FitResult(config=config)
     stopper = _EarlyStopping(config.patience)
-    bar = tqdm(range(1, config.num_epochs + 1), desc="fit", unit="epoch", disable=not progress)
+    if batches is not None and (checkpoint is not None or resume_from is not None):
+        raise ConfigError(
+            "training-state checkpoints and resume cover fits on pairs in memory and "
+            "resimulated fits; not a batch source (a stream or a lazily read file) yet"
+        )
+    if ddp is not None and not ddp.is_main:
+        checkpoint = None  # rank 0 writes the state; every rank reads it to resume
+    session = TrainingSession.start(
+        checkpoint,
+        resume_from,
+        cvae=cvae,
+        optim=optim,
+        stopper=stopper,
+        result=result,
+        generator=generator,
+        config=config,
+        digest=data_digest(x, y) if checkpoint or resume_from else "",
+        num_train=source.pairs_per_epoch,
+    )
+    first_epoch, first_step, loss_sum = (1, 0, 0.0) if session is None else session.resume_point()
+    bar = tqdm(
+        range(first_epoch, config.num_epochs + 1),
+        initial=first_epoch - 1,
+        total=config.num_epochs,
+        desc="fit",
+        unit="epoch",
+        disable=not progress,
+    )
     cvae.train()
     for epoch in bar:
         start = time.perf_counter()
         beta = _kl_weight(config, epoch - 1)
-        epoch_batches = source.epoch_batches(epoch)
+        if session is not None:
+            session.epoch_started(epoch)
+        epoch_batches = _drawn(source.epoch_batches(epoch))
+        if session is not None:
+            session.data_drawn()
         try:
             train_loss = _train_epoch(
-                step, epoch_batches, config, beta, epoch, result.step_losses, device
+                step,
+                epoch_batches,
+                config,
+                beta,
+                epoch,
+                result.step_losses,
+                device,
+                first_step=first_step,
+                loss_sum=loss_sum,
+                after_step=None if session is None else session.after_step,
             )
         except BaseException:
             source.close()  # stop stream workers before the error propagates
             raise
+        first_step, loss_sum = 0, 0.0
         val_loss = _validation_loss(cvae, val, ddp)
         row = {
             "epoch": epoch,
@@ -602,14 +681,17 @@ def fit(
             "val_loss": val_loss,
             "kl_weight": beta,
             "learning_rate": optim.current_lr(),
-            "seconds": time.perf_counter() - start,
+            "seconds": time.perf_counter() - start if session is None else session.epoch_seconds(),
         }
         _record_epoch(result, row, bar, metrics_path)
         if on_epoch_end is not None:
             _call_hook(on_epoch_end, epoch, cvae)
         # early stopping on the validation loss, only once the KL weight has reached 1
         monitored = val_loss if math.isfinite(val_loss) else train_loss
-        if stopper.update(epoch, monitored, beta, cvae):
+        stop = stopper.update(epoch, monitored, beta, cvae)
+        if session is not None:
+            session.epoch_finished(epoch, final=stop or epoch == config.num_epochs)
+        if stop:
             result.stopped_early = True
             log.info("early stopping at epoch %d (best %d)", epoch, stopper.best_epoch)
             break

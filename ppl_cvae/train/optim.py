@@ -79,14 +79,21 @@ class FusedClippedAdam(PyroOptim):
         return cast(dict[str, Any], self.pt_optim_args)
 
     def current_lr(self) -> float:
-        """Return the current learning rate (after ``lrd`` decay); the initial one before a step."""
+        """Return the current learning rate (after ``lrd`` decay); the initial one before a step.
+
+        A state restored by :meth:`set_state` before the first step gives its learning rate.
+        """
         if self._optimizer is None:
+            if self._pending_state is not None:
+                return float(self._pending_state["param_groups"][0]["lr"])
             return float(self._optim_args["lr"])
         return float(self._optimizer.param_groups[0]["lr"])
 
     def get_state(self) -> dict[str, Any]:
-        """Return ``{"fused": state_dict}`` (empty before the first step)."""
-        return {} if self._optimizer is None else {"fused": self._optimizer.state_dict()}
+        """Return ``{"fused": state_dict}`` (empty before the first step unless restored)."""
+        if self._optimizer is None:
+            return {} if self._pending_state is None else {"fused": self._pending_state}
+        return {"fused": self._optimizer.state_dict()}
 
     def set_state(self, state_dict: dict[str, Any]) -> None:
         """Restore a state from :meth:`get_state`; applied at the first step if not yet built."""

@@ -47,7 +47,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["MAX_RUN_FILE_BYTES", "RunFile", "read_run_file"]
+__all__ = ["MAX_RUN_FILE_BYTES", "RunFile", "read_run_file", "run_file_from_dict"]
 
 MAX_RUN_FILE_BYTES = 1 << 20
 """Largest run file read (1 MiB; a run file is a few hundred bytes)."""
@@ -200,6 +200,34 @@ def read_run_file(path: str | os.PathLike[str]) -> RunFile:
         raise ConfigError(f"{where} is not UTF-8 text") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ConfigError(f"{where} does not parse: {err}") from None
+    return run_file_from_dict(doc, where)
+
+
+def run_file_from_dict(doc: Any, where: str) -> RunFile:
+    """Check a parsed run file (a dict, e.g. the record of a training state) as a RunFile.
+
+    Parameters
+    ----------
+    doc : Any
+        The parsed document; must be a mapping with the keys of a run file.
+    where : str
+        What to call its source in error messages, e.g. ``"run file 'a.toml'"``.
+
+    Returns
+    -------
+    RunFile
+
+    Raises
+    ------
+    ConfigError
+        As :func:`read_run_file` for a document that is not a table or has unknown or
+        malformed keys.
+
+    Examples
+    --------
+    >>> run_file_from_dict({"problem": "two_birds"}, "a record").problem
+    ('two_birds', {})
+    """
     if not isinstance(doc, Mapping):
         raise ConfigError(f"{where}: the top level must be a table, got {type(doc).__name__}")
     unknown = [k for k in doc if k not in _KEYS]

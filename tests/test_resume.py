@@ -1,0 +1,389 @@
+"""Resumable training (issue 11): a crashed or killed fit continues exactly where it stopped.
+
+Equality, not closeness, is asserted: on CPU with one thread a resumed run takes the same SVI
+steps on the same minibatches with the same RNG draws as an uninterrupted one, so the weights
+and losses must be bit-identical (``torch.equal``). Negative controls show the comparison can
+fail: a resume that drops the optimiser state or the RNG state gives other weights.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from ppl_cvae.cli import main
+from ppl_cvae.config import Overrides
+from ppl_cvae.errors import CheckpointError
+from ppl_cvae.problems.base import make_problem
+from ppl_cvae.train import build_cvae, fit, load_checkpoint, resolve_settings
+from ppl_cvae.train.resume import STATE_FILE, CheckpointPolicy, load_train_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 3 epochs x 3 steps (48 pairs after the split, or 60 fresh ones, in batches of 20): 9 steps;
+# KL warm-up and lr decay make the per-epoch beta and the per-step learning rate part of what
+# must be restored.
+TRAIN = {"num_epochs": 3, "num_train": 60, "batch_size": 20, "val_fraction": 0.2,
+         "kl_warmup_epochs": 2, "lr_decay": 0.5, "patience": 0, "seed": 3}
+MODEL = {"hidden_dims": (8,), "latent_dim": 2}
+
+
+class Crash(Exception):
+    """Stands in for a crash: raised from inside an SVI step."""
+
+
+def _setup(resimulate: bool):
+    problem = make_problem("linear_gaussian")
+    train = {**TRAIN, "resimulate": resimulate}
+    model_config, train_config = resolve_settings(
+        problem, Overrides(model=MODEL, train=train)  # type: ignore[arg-type]
+    )
+    gen = torch.Generator().manual_seed(train_config.seed + 1)
+    x, y = problem.simulate(train_config.num_train, gen)
+    return problem, model_config, train_config, x, y
+
+
+def _run(resimulate, *, crash_after=None, policy=None, resume_from=None, monkeypatch=None):
+    """Fit from scratch (or resume); raise Crash at SVI step ``crash_after + 1`` if given."""
+    problem, model_config, train_config, x, y = _setup(resimulate)
+    pyro.set_rng_seed(12345)  # a different global RNG than fit's seed: fit must reseed/restore
+    cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
+    if crash_after is not None:
+        original = pyro.infer.SVI.step
+        calls = {"n": 0}
+
+        def step(self, *args, **kwargs):
+            if calls["n"] == crash_after:
+                raise Crash
+            calls["n"] += 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(pyro.infer.SVI, "step", step)
+    try:
+        result = fit(cvae, x, y, train_config, simulator=problem.simulate, progress=False,
+                     checkpoint=policy, resume_from=resume_from)
+    finally:
+        if crash_after is not None:
+            monkeypatch.undo()
+    return cvae, result
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("resimulate", [False, True], ids=["pairs", "resimulate"])
+@pytest.mark.parametrize("crash_after, every_steps, every_epoch, saved_at",
+                         [(5, 2, False, 4), (7, None, True, 6), (3, 3, False, 3)],
+                         ids=["mid-epoch", "epoch-end", "last-step-of-epoch"])
+def test_crash_and_resume_is_bit_identical(tmp_path, monkeypatch, resimulate, crash_after,
+                                           every_steps, every_epoch, saved_at):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref_cvae, ref = _run(resimulate)
+        path = tmp_path / STATE_FILE
+        policy = CheckpointPolicy(path, every_steps=every_steps, every_minutes=None,
+                                  every_epoch=every_epoch)
+        with pytest.raises(Crash):
+            _run(resimulate, crash_after=crash_after, policy=policy, monkeypatch=monkeypatch)
+        state = load_train_state(path)
+        # at most the work since the last save is lost: the state holds step `saved_at`
+        assert state.steps_done == saved_at
+        assert state.step_losses == ref.step_losses[:saved_at]
+        cvae, result = _run(resimulate, policy=policy, resume_from=state)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(result.step_losses) == len(ref.step_losses) == 9
+    assert result.step_losses == ref.step_losses  # exact: same steps, batches and draws
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in result.history] == [
+        {k: v for k, v in r.items() if k not in drop} for r in ref.history
+    ]
+    assert result.best_epoch == ref.best_epoch
+    assert _same_weights(cvae, ref_cvae)
+
+
+def test_negative_controls_a_lost_optimiser_or_rng_state_shows(tmp_path, monkeypatch):
+    """The equality above can fail: resuming without Adam's moments, or without the RNG."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref_cvae, ref = _run(False)
+        path = tmp_path / STATE_FILE
+        policy = CheckpointPolicy(path, every_steps=2, every_minutes=None, every_epoch=False)
+        with pytest.raises(Crash):
+            _run(False, crash_after=5, policy=policy, monkeypatch=monkeypatch)
+        state = load_train_state(path)
+        state.payload["optimizer"] = {}  # a resume that forgets the optimiser
+        cvae, result = _run(False, resume_from=state)
+        assert not _same_weights(cvae, ref_cvae)
+        assert result.step_losses[:4] == ref.step_losses[:4]
+        assert result.step_losses[4:] != ref.step_losses[4:]
+        state = load_train_state(path)
+        state.payload["rng"]["torch"] = torch.manual_seed(99).get_state()  # forgets the RNG
+        cvae, result = _run(False, resume_from=state)
+        assert not _same_weights(cvae, ref_cvae)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_resume_refuses_another_run(tmp_path, monkeypatch):
+    path = tmp_path / STATE_FILE
+    policy = CheckpointPolicy(path, every_steps=2, every_minutes=None)
+    with pytest.raises(Crash):
+        _run(False, crash_after=3, policy=policy, monkeypatch=monkeypatch)
+    state = load_train_state(path)
+    with pytest.raises(CheckpointError, match="other training settings"):
+        _run(True, resume_from=state)  # resimulate differs
+    problem, model_config, train_config, x, y = _setup(False)
+    cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
+    with pytest.raises(CheckpointError, match="other training data"):
+        fit(cvae, x + 1.0, y, train_config, progress=False, resume_from=state)
+    state.payload["model"]["decoder.raw_scale"] = torch.zeros(7)
+    with pytest.raises(CheckpointError, match="has shape"):
+        fit(cvae, x, y, train_config, progress=False, resume_from=state)
+    fused = load_train_state(path).payload["optimizer"]["fused"]
+    for key, bad, match in [
+        ("betas", "xx", "malformed betas"),
+        ("lr", float("nan"), "'lr'"),
+    ]:
+        state = load_train_state(path)
+        state.payload["optimizer"]["fused"]["param_groups"][0][key] = bad
+        with pytest.raises(CheckpointError, match=match):
+            fit(cvae, x, y, train_config, progress=False, resume_from=state)
+    state = load_train_state(path)
+    first = state.payload["optimizer"]["fused"]["state"][0]
+    first["exp_avg"] = first["exp_avg"][:1]
+    with pytest.raises(CheckpointError, match="does not fit its parameter"):
+        fit(cvae, x, y, train_config, progress=False, resume_from=state)
+    assert len(fused["state"]) == len(list(cvae.parameters()))
+
+
+def test_a_resumed_run_can_crash_and_resume_again(tmp_path, monkeypatch):
+    """Resume at an epoch's last step, save at its end (optimiser not rebuilt yet), resume."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref_cvae, ref = _run(False)
+        path = tmp_path / STATE_FILE
+        first = CheckpointPolicy(path, every_steps=3, every_minutes=None, every_epoch=False)
+        with pytest.raises(Crash):
+            _run(False, crash_after=3, policy=first, monkeypatch=monkeypatch)
+        assert load_train_state(path).payload["position"]["step"] == 3
+        second = CheckpointPolicy(path, every_minutes=None, every_epoch=True)
+        with pytest.raises(Crash):  # one step into epoch 2, after the epoch-end save
+            _run(False, crash_after=1, policy=second, resume_from=load_train_state(path),
+                 monkeypatch=monkeypatch)
+        state = load_train_state(path)
+        assert state.payload["position"]["epoch"] == 2 and state.steps_done == 3
+        assert state.payload["optimizer"] != {}
+        cvae, result = _run(False, resume_from=state)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.step_losses == ref.step_losses
+    assert _same_weights(cvae, ref_cvae)
+
+
+# ------------------------------------------------------------------------------ the CLI
+FIT = ["fit", "--problem", "linear_gaussian", "--num-train", "1200", "--batch-size", "20",
+       "--epochs", "4", "--hidden-dims", "8", "--latent-dim", "2", "--lr-decay", "0.5",
+       "--kl-warmup-epochs", "1", "--seed", "5", "--quiet", "--threads", "1"]
+
+
+def _metrics(run: Path) -> list[list[str]]:
+    """Rows of metrics.csv without the wall-clock ``seconds`` column (the last)."""
+    lines = (run / "metrics.csv").read_text().splitlines()
+    return [line.split(",")[:-1] for line in lines]
+
+
+def _dead_pid() -> int:
+    return 2**22 + 4321  # above the default pid_max of 2**22: no such process
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_matches_an_uninterrupted_run(tmp_path):
+    """``kill -9`` a CLI fit after its first checkpoint, ``--resume`` it: same weights."""
+    threads = torch.get_num_threads()
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "ppl_cvae.cli", *FIT, "--out", str(killed),
+            "--checkpoint-every", "2"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60.0
+        while not (killed / STATE_FILE).exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "model.pt").exists()  # killed before the end (4 x 48 = 192 steps)
+    state = load_train_state(killed / STATE_FILE)
+    assert 2 <= state.steps_done < 192
+    # a save interrupted by a kill leaves only a hidden temporary; the last state survives
+    half = killed / f".{STATE_FILE}.{_dead_pid()}.abc.pt"
+    half.write_bytes(b"PK\x03\x04 half-written")
+    try:
+        reference = tmp_path / "reference"
+        assert main([*FIT, "--out", str(reference), "--no-checkpoint"]) == 0
+        assert main(["fit", "--resume", str(killed), "--threads", "1", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert not half.exists() and not (killed / STATE_FILE).exists()
+    a, _ = load_checkpoint(reference)
+    b, _ = load_checkpoint(killed)
+    assert _same_weights(a, b)  # bit-identical across the kill (1 thread, same torch build)
+    assert _metrics(killed) == _metrics(reference)
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in reference.iterdir())
+
+
+@pytest.fixture
+def interrupted(tmp_path, monkeypatch, capsys):
+    """A CLI run stopped by an exception after its first checkpoint (4 steps per epoch)."""
+    run = tmp_path / "run"
+    original = pyro.infer.SVI.step
+    calls = {"n": 0}
+
+    def step(self, *args, **kwargs):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", step)
+    threads = torch.get_num_threads()
+    try:
+        argv = [*FIT[:4], "100", *FIT[5:], "--out", str(run), "--checkpoint-every", "2"]
+        assert main(argv) == 130
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(threads)
+    assert load_train_state(run / STATE_FILE).steps_done == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {run}"]
+    return run
+
+
+def _fails(argv, capsys, match):
+    threads = torch.get_num_threads()
+    capsys.readouterr()
+    try:
+        assert main(argv) == 2
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and match in err, err
+
+
+def test_ctrl_c_keeps_the_state_and_a_fresh_fit_does_not_take_it(interrupted, capsys):
+    _fails([*FIT, "--out", str(interrupted)], capsys, "holds an interrupted fit")
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--epochs", "9"], "drop --epochs"),
+    (["--out", "elsewhere"], "drop --out"),
+    (["--seed", "1", "--overwrite"], "drop --seed, --overwrite"),
+    (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0"),
+])
+def test_resume_refuses_setting_flags(interrupted, capsys, extra, match):
+    _fails(["fit", "--resume", str(interrupted), *extra], capsys, match)
+    assert (interrupted / STATE_FILE).is_file()
+
+
+def test_resume_refuses_damaged_states(interrupted, capsys):
+    path = interrupted / STATE_FILE
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # a truncated file (not written atomically)
+    _fails(["fit", "--resume", str(interrupted)], capsys, "cannot read")
+    path.write_bytes(b"not a torch file")
+    _fails(["fit", "--resume", str(interrupted)], capsys, "cannot read")
+    payload = torch.load(__import__("io").BytesIO(good), weights_only=True)
+    payload["position"]["epoch"] = 999  # beyond num_epochs
+    torch.save(payload, path)
+    _fails(["fit", "--resume", str(interrupted)], capsys, "impossible position")
+    payload["position"]["epoch"] = 1
+    payload["step_losses"] = payload["step_losses"][:1]
+    torch.save(payload, path)
+    _fails(["fit", "--resume", str(interrupted)], capsys, "step_losses must be 2 finite")
+    payload["format"] = "ppl_cvae.checkpoint.v2"
+    torch.save(payload, path)
+    _fails(["fit", "--resume", str(interrupted)], capsys, "not a ppl_cvae training state")
+
+
+def test_resume_refuses_finished_runs_and_runs_without_state(interrupted, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert main(["fit", "--resume", str(interrupted), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    _fails(["fit", "--resume", str(interrupted)], capsys, "is finished")
+    from ppl_cvae.train.resume import prepare_run_folder
+
+    assert prepare_run_folder(tmp_path / "early") == "new"  # killed before its first save
+    _fails(["fit", "--resume", str(tmp_path / "early")], capsys, "holds no train_state.pt")
+    (tmp_path / "mine").mkdir()
+    _fails(["fit", "--resume", str(tmp_path / "mine")], capsys, "not a run folder")
+
+
+def test_a_failed_fresh_fit_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """A diverging fit (an error resuming cannot fix) removes its state and new folder."""
+    original = pyro.infer.SVI.step
+    calls = {"n": 0}
+
+    def step(self, *args, **kwargs):  # diverges at the third step, after two saves
+        calls["n"] += 1
+        return float("nan") if calls["n"] == 3 else original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", step)
+    _fails([*FIT, "--out", str(tmp_path / "run"), "--checkpoint-every", "1"], capsys,
+           "diverged")
+    assert calls["n"] == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tick, saved_at", [(61.0, 5), (0.0, None)], ids=["timer", "no-timer"])
+def test_the_minutes_trigger_follows_the_clock(tmp_path, monkeypatch, tick, saved_at):
+    """A fake clock that moves 61 s per reading makes every step due; a frozen one, none."""
+    import ppl_cvae.train.resume as resume
+
+    now = {"t": 0.0}
+
+    def monotonic():
+        now["t"] += tick
+        return now["t"]
+
+    monkeypatch.setattr(resume.time, "monotonic", monotonic)
+    path = tmp_path / STATE_FILE
+    policy = CheckpointPolicy(path, every_minutes=1.0, every_epoch=False)
+    with pytest.raises(Crash):
+        _run(False, crash_after=5, policy=policy, monkeypatch=monkeypatch)
+    if saved_at is None:
+        assert not path.exists()
+    else:
+        assert load_train_state(path).steps_done == saved_at
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"every_steps": 0}, "every_steps"),
+    ({"every_minutes": float("nan")}, "every_minutes"),
+    ({"record": {"a": object()}}, "record"),
+])
+def test_bad_policies_are_refused(kwargs, match):
+    from ppl_cvae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        CheckpointPolicy("s.pt", **kwargs)
