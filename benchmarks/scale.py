@@ -1,4 +1,9 @@
-"""Scaling figures of the training loop, one ``--part`` each (resume; later stream, lazy, ddp).
+"""Scaling figures of the training loop: the cost of resumable runs (``--part resume``).
+
+The other scaling figures of issue 11 have their own scripts: ``benchmarks/scale_data.py``
+(``--part stream``: simulation workers against the SVI rate; ``--part lazy``: peak memory of a
+file read in chunks), ``benchmarks/scale_ddp.py`` (1 against 2 gloo processes under torchrun)
+and ``benchmarks/gpu.py`` (a GPU against the CPU).
 
 ``--part resume``: the cost of periodic training-state files (:mod:`ppl_cvae.train.resume`).
 A problem is fitted with its recommended settings (``--epochs`` of them) three times, in
