@@ -28,7 +28,10 @@ from ppl_cvae.problems.base import ProblemAdapter
 from ppl_cvae.train import build_cvae, fit, load_checkpoint, save_checkpoint
 
 META = torch.device("meta")
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available here")
+def cuda(test):
+    """Mark a test as a GPU test, skipped with the reason where CUDA is absent."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available here")
+    return pytest.mark.gpu(skip(test))
 
 
 # ------------------------------------------------------------------ resolve_device
