@@ -123,9 +123,9 @@ _CHILD = textwrap.dedent(
     import numpy as np, torch
     torch.set_num_threads(1)
     from ppl_cvae import ModelConfig, TrainConfig
-    from ppl_cvae.data.lazy import chunk_rows_for, open_lazy_pairs
+    from ppl_cvae.data.lazy import open_lazy_pairs
     from ppl_cvae.train.fit import fit
-    from ppl_cvae.train.sources import build_lazy_cvae, prepare_lazy_fit
+    from ppl_cvae.train.sources import prepare_lazy_model
 
     def rss(key):
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -137,9 +137,7 @@ _CHILD = textwrap.dedent(
             config = ModelConfig(x_shape=pairs.x_shape, y_shape=pairs.y_shape,
                                  hidden_dims=(64,), latent_dim=4)
             train = TrainConfig(num_epochs=1, batch_size=256, val_fraction=0.01, seed=0)
-            lazy = prepare_lazy_fit(pairs, config, train,
-                                    chunk_rows=chunk_rows_for(pairs, 1 << 20), buffer_chunks=4)
-            cvae = build_lazy_cvae(config, lazy, seed=0)
+            cvae, lazy = prepare_lazy_model(pairs, config, train, chunk_bytes=1 << 20)
             return len(fit(cvae, None, None, train, batches=lazy.batches,
                            validation=lazy.validation, progress=False).step_losses)
 

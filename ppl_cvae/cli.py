@@ -524,16 +524,18 @@ def _fit_lazily_into(
     pairs: Any,
 ) -> tuple[float, Any]:
     """Fit on a file read in chunks (``--lazy``) and write the run files into ``out``."""
-    from ppl_cvae.data.lazy import chunk_rows_for
-    from ppl_cvae.train.sources import build_lazy_cvae, prepare_lazy_fit
+    from ppl_cvae.train.sources import prepare_lazy_model
 
-    chunk_rows = chunk_rows_for(pairs, int(args.chunk_mb * 2**20))
-    lazy = prepare_lazy_fit(
-        pairs, model_config, train_config, chunk_rows=chunk_rows, buffer_chunks=args.buffer_chunks
+    cvae, lazy = prepare_lazy_model(
+        pairs,
+        model_config,
+        train_config,
+        chunk_bytes=int(args.chunk_mb * 2**20),
+        buffer_chunks=args.buffer_chunks,
+        problem=problem,
     )
-    cvae = build_lazy_cvae(model_config, lazy, problem=problem, seed=train_config.seed)
     data_source = {
-        "lazy": {"chunk_rows": chunk_rows, "buffer_chunks": args.buffer_chunks},
+        "lazy": {"chunk_rows": lazy.batches.chunk_rows, "buffer_chunks": args.buffer_chunks},
     }
     return _fit_into(
         out,

@@ -429,6 +429,40 @@ def build_lazy_cvae(
     )
 
 
+def prepare_lazy_model(
+    pairs: LazyPairs,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    chunk_bytes: int,
+    buffer_chunks: int = 4,
+    problem: Problem | None = None,
+) -> tuple[CVAE, LazyFit]:
+    """Scan a lazily read file and build its model: what ``fit --data FILE --lazy`` trains.
+
+    :func:`prepare_lazy_fit` with chunks of at most ``chunk_bytes`` bytes
+    (:func:`~ppl_cvae.data.lazy.chunk_rows_for`), then :func:`build_lazy_cvae` seeded with
+    ``train_config.seed``. Train with ``fit(cvae, None, None, train_config,
+    batches=lazy.batches, validation=lazy.validation)``.
+
+    Returns
+    -------
+    cvae : CVAE
+    lazy : LazyFit
+    """
+    from ppl_cvae.data.lazy import chunk_rows_for
+
+    lazy = prepare_lazy_fit(
+        pairs,
+        model_config,
+        train_config,
+        chunk_rows=chunk_rows_for(pairs, chunk_bytes),
+        buffer_chunks=buffer_chunks,
+    )
+    cvae = build_lazy_cvae(model_config, lazy, problem=problem, seed=train_config.seed)
+    return cvae, lazy
+
+
 def steps_for(num_pairs: int, batch_size: int) -> int:
     """Return ``ceil(num_pairs / batch_size)``, the SVI steps of one epoch."""
     return math.ceil(num_pairs / batch_size)
