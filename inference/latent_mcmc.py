@@ -46,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS
@@ -83,7 +84,8 @@ class LatentMCMCResult:
     z_init : Tensor, shape (chains, latent_dim)
         Where the chains started: the encoded amortized draws.
     rhat : float
-        Largest rank-normalised split R-hat over the latent coordinates.
+        Largest rank-normalised split R-hat over the latent coordinates (inf or NaN when a
+        chain never moved: not converged).
     min_ess : float
         Smallest bulk effective sample size over the latent coordinates (all chains).
     num_evaluations : int
@@ -260,7 +262,7 @@ def latent_nuts_sample(
         ``num_chains`` encodings start the chains; the mean and Ledoit-Wolf covariance of all
         of them precondition NUTS.
     num_samples, warmup_steps : int
-        Draws kept and warm-up iterations per chain.
+        Draws kept (at least 4: R-hat needs them) and warm-up iterations per chain.
     num_chains : int, default 4
         Chains (at most ``N``; run one after the other).
     max_tree_depth : int, default 8
@@ -307,10 +309,11 @@ def latent_nuts_sample(
 
     problem = as_problem(problem)
     check_generative_prior(prior_vae, problem)
-    if num_samples < 1 or warmup_steps < 0 or num_chains < 1 or max_tree_depth < 1:
+    if num_samples < 4 or warmup_steps < 0 or num_chains < 1 or max_tree_depth < 1:
         raise ConfigError(
-            "need num_samples >= 1, warmup_steps >= 0, num_chains >= 1 and max_tree_depth >= 1, "
-            f"got {num_samples}, {warmup_steps}, {num_chains}, {max_tree_depth}"
+            "need num_samples >= 4 (R-hat needs 4 draws per chain), warmup_steps >= 0, "
+            f"num_chains >= 1 and max_tree_depth >= 1, got {num_samples}, {warmup_steps}, "
+            f"{num_chains}, {max_tree_depth}"
         )
     y_shape = tuple(problem.y_shape)
     if tuple(y.shape) != y_shape:
@@ -357,7 +360,8 @@ def latent_nuts_sample(
         divergences += len(mcmc.diagnostics()["divergences"]["chain 0"])
     seconds = time.perf_counter() - begin
     z = torch.stack(chains)  # (chains, draws, k)
-    rhat, min_ess = chain_diagnostics(z.numpy())
+    with np.errstate(divide="ignore", invalid="ignore"):  # a chain that never moved: inf/NaN
+        rhat, min_ess = chain_diagnostics(z.numpy())
     with torch.no_grad():
         x = decode_latent(prior_vae, z)
     return LatentMCMCResult(
@@ -402,7 +406,7 @@ def sample_latent_nuts(
     y : Tensor, shape (M, *y_shape)
         Observations, units of ``y``.
     num_samples : int
-        Draws per observation, rounded up to a multiple of ``chains``.
+        Draws per observation, rounded up to a multiple of ``chains`` (at least 4 per chain).
     problem : Problem
         With a noise model.
     chains, warmup_steps : int
@@ -431,9 +435,9 @@ def sample_latent_nuts(
     ------
     ConfigError
         If ``cvae`` is not conditional, ``generative_prior`` is not an unconditional VAE,
-        their ``x_shape`` differ, or a count is below 1.
+        a count is below 1, or there are fewer than 4 draws per chain.
     ShapeError
-        If ``y`` does not have shape ``(M, *y_shape)``.
+        If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
     NoLikelihoodError
         If the problem has no noise model.
     """
@@ -447,14 +451,19 @@ def sample_latent_nuts(
     if cvae.config.y_shape is None:
         raise ConfigError("the chains' start needs a conditional model (y_shape set)")
     if tuple(cvae.config.x_shape) != tuple(generative_prior.config.x_shape):
-        raise ConfigError(
+        raise ShapeError(
             f"the CVAE generates x of shape {tuple(cvae.config.x_shape)} and the generative "
             f"prior {tuple(generative_prior.config.x_shape)}; they must be models of one problem"
         )
-    if num_samples < 1 or chains < 1:
-        raise ConfigError(f"need num_samples >= 1 and chains >= 1, got {num_samples}, {chains}")
-    y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
+    if chains < 1:
+        raise ConfigError(f"need chains >= 1, got {chains}")
     per_chain = math.ceil(num_samples / chains)
+    if per_chain < 4:
+        raise ConfigError(
+            f"{num_samples} draws in {chains} chains: R-hat needs at least 4 per chain; ask for "
+            f"--num-samples >= {4 * chains}"
+        )
+    y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
     num_start = preconditioner_draws(generative_prior.config.latent_dim, chains)
     base_seed = 0 if seed is None else seed
     results = []

@@ -297,6 +297,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.unconditional:
             from ppl_cvae.train.generative_prior import generative_prior_settings
 
+            assert problem is not None  # checked above
             model_config, train_config = generative_prior_settings(problem, overrides)
         else:
             model_config, train_config = resolve_settings(
