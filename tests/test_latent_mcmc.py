@@ -109,15 +109,26 @@ def test_latent_nuts_draws_have_the_exact_latent_posterior_moments():
 
 
 def test_chains_start_at_the_encoded_models():
-    """z_init is q(z|x)'s mean of the first ``num_chains`` rows of ``init``, not a prior draw."""
+    """z_init is q(z|x)'s mean of rows of ``init``: the first ``num_chains`` ones, or those of
+    highest target density; not a prior draw."""
     problem = LinearGaussian(x_dim=3, y_dim=4, seed=3)
     vae = linear_vae(A)
     init = problem.sample_prior(6, torch.Generator().manual_seed(2))
-    result = latent_nuts_sample(vae, problem, torch.zeros(4), init, num_samples=4,
-                                warmup_steps=20, num_chains=3)
+    y = torch.ones(4)
+    result = latent_nuts_sample(vae, problem, y, init, num_samples=4, warmup_steps=20,
+                                num_chains=3, start="first")
     expected = encode_latent(vae, init[:3])
     assert torch.allclose(result.z_init, expected, atol=1e-6)
     assert not torch.allclose(result.z_init, encode_latent(vae, init[3:]))
+    # start="best": the 3 encodings of lowest potential |z|^2 / 2 - log p(y | A z)
+    result = latent_nuts_sample(vae, problem, y, init, num_samples=4, warmup_steps=20,
+                                num_chains=3)
+    z = encode_latent(vae, init).double()
+    potential = 0.5 * z.pow(2).sum(-1) - problem.log_likelihood(z @ A.double().T, y.double())
+    best = z[torch.argsort(potential)[:3]]
+    assert torch.allclose(result.z_init.double(), best, atol=1e-6)
+    with pytest.raises(ConfigError, match="start must be"):
+        latent_nuts_sample(vae, problem, y, init, start="random")
 
 
 def test_sample_latent_nuts_starts_from_the_cvae_amortized_draws(monkeypatch):
