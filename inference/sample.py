@@ -596,10 +596,12 @@ class CorrectionConfig:
 
     Attributes
     ----------
-    method : {"importance", "nuts"}
+    method : {"importance", "nuts", "latent-nuts"}
         Importance sampling with the amortized posterior as proposal
-        (:func:`inference.importance.importance_sample`), or NUTS started and preconditioned
-        by amortized draws (:func:`inference.mcmc.nuts_sample`).
+        (:func:`inference.importance.importance_sample`), NUTS started and preconditioned
+        by amortized draws (:func:`inference.mcmc.nuts_sample`), or NUTS in the latent space
+        of a generative prior (:func:`inference.latent_mcmc.sample_latent_nuts`; for a prior
+        without a density; pass ``generative_prior`` to :func:`sample_corrected`).
     proposals : int
         Importance sampling: proposal draws per observation (the file holds ``num_samples``
         draws resampled from them).
@@ -608,7 +610,7 @@ class CorrectionConfig:
         iterations per chain.
     """
 
-    method: Literal["importance", "nuts"] = "importance"
+    method: Literal["importance", "nuts", "latent-nuts"] = "importance"
     proposals: int = 10_000
     chains: int = 4
     warmup_steps: int = 500
@@ -624,6 +626,7 @@ def sample_corrected(
     x_true: torch.Tensor | None = None,
     seed: int | None = None,
     attrs: Mapping[str, Any] | None = None,
+    generative_prior: CVAE | None = None,
 ) -> tuple[az.InferenceData, str, bool]:
     """Draw posterior samples corrected with the problem's prior and noise model.
 
@@ -644,10 +647,14 @@ def sample_corrected(
     seed : int, optional
     attrs : mapping, optional
         Run attributes.
+    generative_prior : CVAE, optional
+        ``method="latent-nuts"`` (required there): the unconditional VAE of the prior draws
+        whose latent space is sampled; the problem then needs no prior density.
 
     Returns
     -------
     idata : arviz.InferenceData
+        Latent NUTS: as NUTS, with ``x = g(z)`` (:mod:`inference.latent_mcmc`).
         Importance sampling: ``num_samples`` draws per observation resampled (systematic
         resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
         ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
@@ -663,7 +670,8 @@ def sample_corrected(
     Raises
     ------
     ConfigError
-        If the method is unknown, ``num_samples < 1``, or the model cannot propose.
+        If the method is unknown, ``num_samples < 1``, or the model cannot propose; for
+        ``latent-nuts``, if ``generative_prior`` is missing or not an unconditional VAE.
     NoPriorDensityError, NoLikelihoodError
         If the problem has no prior density or no noise model.
     """
@@ -679,6 +687,26 @@ def sample_corrected(
     problem = as_problem(problem)
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
+    if correction.method == "latent-nuts":
+        from inference.latent_mcmc import sample_latent_nuts
+
+        if generative_prior is None:
+            raise ConfigError(
+                "method 'latent-nuts' needs a generative prior (an unconditional VAE of the "
+                "prior draws; ppl-cvae sample --generative-prior PRIOR_RUN)"
+            )
+        return sample_latent_nuts(
+            cvae,
+            generative_prior,
+            y_batch,
+            num_samples,
+            problem,
+            chains=correction.chains,
+            warmup_steps=correction.warmup_steps,
+            x_true=x_true,
+            seed=seed,
+            attrs=attrs,
+        )
     info: dict[str, Any] = {"seed": -1 if seed is None else seed}
     info.update(attrs or {})
     if correction.method == "importance":
@@ -717,7 +745,9 @@ def sample_corrected(
             )
         return idata, summary, failed == 0
     if correction.method != "nuts":
-        raise ConfigError(f"unknown correction {correction.method!r}; expected importance or nuts")
+        raise ConfigError(
+            f"unknown correction {correction.method!r}; expected importance, nuts or latent-nuts"
+        )
     chains = correction.chains
     per_chain = math.ceil(num_samples / chains)
     # the chains' start and preconditioner: many cheap amortized draws per observation

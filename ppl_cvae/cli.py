@@ -419,10 +419,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         x, y, source = _training_pairs(args, problem)
     overrides = args.run_file.overrides.updated(_flag_overrides(args))
-    try:
-        model_config, train_config = resolve_settings(
-            source, overrides, problem=problem, decoder=args.decoder
+    if args.unconditional and (problem is None or x is not None):
+        raise ConfigError(
+            "--unconditional fits a generative prior on a problem's prior draws: give "
+            "--problem NAME, not --data or --dataset (for images use --condition none)"
         )
+    try:
+        if args.unconditional:
+            from ppl_cvae.train.generative_prior import generative_prior_settings
+
+            assert problem is not None  # checked above
+            model_config, train_config = generative_prior_settings(problem, overrides)
+        else:
+            model_config, train_config = resolve_settings(
+                source, overrides, problem=problem, decoder=args.decoder
+            )
     except ConfigError as err:
         if not args.config:
             raise
@@ -445,7 +456,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         assert problem is not None
         _check_simulation_memory(problem, train_config.num_train, "--num-train")
         gen = torch.Generator().manual_seed(train_config.seed + 1)
-        x, y = problem.simulate(train_config.num_train, gen)
+        x, y = _simulator(args, problem)(train_config.num_train, gen)
     check_model_memory(model_config)
     policy = None
     if not args.stream:  # a stream's position is not in the state (resume covers pairs)
@@ -512,6 +523,15 @@ def _print_fit_summary(seconds: float, result: Any, out: Path) -> None:
         f"final train loss {last['train_loss']:.4f}, validation loss {last['val_loss']:.4f} "
         f"(negative ELBO per observation, nats); run folder {out}"
     )
+
+
+def _simulator(args: argparse.Namespace, problem: Any) -> Any:
+    """Return the problem's pair simulator, or its prior draws alone with ``--unconditional``."""
+    if args.unconditional:
+        from ppl_cvae.train.generative_prior import prior_simulator
+
+        return prior_simulator(problem)
+    return problem.simulate
 
 
 def _fit_lazily_into(
@@ -583,7 +603,7 @@ def _fit_into(
         assert x is not None
         cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
     place_forward_operator(cvae, problem, device)
-    simulator = problem.simulate if problem is not None else None
+    simulator = _simulator(args, problem) if problem is not None else None
     if args.stream:
         from ppl_cvae.data.streaming import SimulationStream
         from ppl_cvae.train.sources import StreamBatches, steps_for
@@ -745,7 +765,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from ppl_cvae.data.io import load_observations
 
     out = Path(args.out)
-    _check_new_file(out, args.overwrite, [args.run_dir, args.observation], ".nc")
+    _check_new_file(
+        out, args.overwrite, [args.run_dir, args.observation, args.generative_prior], ".nc"
+    )
     if args.max_misfit < 0:
         raise ConfigError(f"--max-misfit must be >= 0 (0 keeps all), got {args.max_misfit}")
     if args.refine_lr <= 0:
@@ -754,6 +776,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--refine contradicts --method {args.method}; give one of them")
     method = "refine" if args.refine else args.method
     device = resolve_device(args.device)
+    if (method == "latent-nuts") != (args.generative_prior is not None):
+        raise ConfigError(
+            "--method latent-nuts and --generative-prior PRIOR_RUN go together: the latent "
+            "space sampled is that of the unconditional VAE fitted with `fit --unconditional`"
+        )
     cvae, meta = _load_run(args)
     if method == "amortized":
         cvae.to(device)
@@ -779,12 +806,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "observation_file": str(args.observation),
         "command": "ppl-cvae sample",
     }
-    if method in ("importance", "nuts"):
+    if method in ("importance", "nuts", "latent-nuts"):
         from inference.arviz_io import save_inference_data
         from inference.sample import CorrectionConfig, sample_corrected
 
+        generative_prior = None
+        if method == "latent-nuts":
+            from inference.latent_mcmc import check_generative_prior
+            from ppl_cvae.train import load_checkpoint
+
+            loaded, _ = load_checkpoint(args.generative_prior, problem=problem)
+            generative_prior = check_generative_prior(loaded, problem)
         correction = CorrectionConfig(
-            method="importance" if method == "importance" else "nuts",
+            method=cast(Any, method),
             proposals=args.proposals or 10 * args.num_samples,
             chains=args.chains,
             warmup_steps=args.warmup,
@@ -798,6 +832,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             x_true=x_true,
             seed=args.seed,
             attrs=attrs,
+            generative_prior=generative_prior,
         )
         save_inference_data(idata, out)
         print(summary)
@@ -1178,6 +1213,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw fresh simulations every epoch (built-in problems only)",
     )
     fit_p.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="fit an unconditional VAE on the problem's prior draws (no y): a generative prior "
+        "for `sample --method latent-nuts --generative-prior RUN` (Laloy et al. 2018)",
+    )
+    fit_p.add_argument(
         "--stream",
         action="store_true",
         help="train on an endless stream of fresh simulated minibatches (--problem only): "
@@ -1241,11 +1282,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--method",
-        choices=["amortized", "importance", "nuts", "refine"],
+        choices=["amortized", "importance", "nuts", "latent-nuts", "refine"],
         default="amortized",
         help="amortized: the CVAE's draws; importance: importance sampling against the "
         "problem's prior and noise model with the CVAE as proposal (reliable when k-hat <= 0.7); "
         "nuts: NUTS on the problem's posterior started and preconditioned by CVAE draws; "
+        "latent-nuts: NUTS on the latent z of --generative-prior (for a prior without a "
+        "density), started at CVAE draws encoded by its recognition net; "
         "refine: misfit minimisation of each draw (an optimiser, not a sampler)",
     )
     s.add_argument(
@@ -1260,9 +1303,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count(2),
         help="--method importance: proposal draws per observation (default 10 x --num-samples)",
     )
-    s.add_argument("--chains", type=_count(1), default=4, help="--method nuts: chains")
     s.add_argument(
-        "--warmup", type=_count(0), default=500, help="--method nuts: warm-up steps per chain"
+        "--generative-prior",
+        metavar="PRIOR_RUN",
+        help="--method latent-nuts: run folder (or model.pt) of an unconditional VAE fitted on "
+        "the problem's prior draws (`ppl-cvae fit --problem NAME --unconditional`)",
+    )
+    s.add_argument("--chains", type=_count(1), default=4, help="--method nuts/latent-nuts: chains")
+    s.add_argument(
+        "--warmup",
+        type=_count(0),
+        default=500,
+        help="--method nuts/latent-nuts: warm-up steps per chain",
     )
     s.add_argument("--oversample", type=_count(1), default=4, help="candidates per kept draw")
     s.add_argument(
@@ -1360,6 +1412,7 @@ PATH_ARGS = (
     "posterior",
     "dataset_path",
     "config",
+    "generative_prior",
     "resume",
 )
 _FIT_DESTS = {
@@ -1377,6 +1430,7 @@ _FIT_DESTS = {
     "out",
     "decoder",
     "resimulate",
+    "unconditional",
     "overwrite",
 }
 """The fit options that set what a run computes or where it writes (refused by --resume)."""

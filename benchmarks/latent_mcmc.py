@@ -1,0 +1,226 @@
+"""Latent-space NUTS with a generative prior on crosshole channels, against the amortized CVAE.
+
+The crosshole survey with the channel prior (``Crosshole(prior="channels")``: ``x`` is the
+facies indicator, 1 channel, 0 background; the prior is a simulator without a density, so
+NUTS on ``x`` cannot run). Two models are fitted on fresh simulations every epoch, with the
+problem's recommended networks (Bernoulli facies decoder, 2-D convolutions):
+
+- the channels CVAE ``p(x | y)`` (:func:`ppl_cvae.fit_problem`);
+- the generative prior, an unconditional VAE of the prior draws
+  (:func:`ppl_cvae.train.generative_prior.fit_generative_prior`, what
+  ``ppl-cvae fit --problem crosshole --problem-arg prior=channels --unconditional`` does).
+
+For held-out observations drawn from the prior (seed 10000, as ``amortized_quality.py``) it
+prints, for the amortized draws and for latent NUTS
+(:func:`inference.latent_mcmc.latent_nuts_sample`, chains started at amortized draws encoded
+by the generative prior's recognition net):
+
+- chi-squared per datum ``|F(x_s) - y|^2 / (m sigma^2)``, mean over draws, median over the
+  observations (:func:`inference.diagnostics.coverage.run_evaluation`); for NUTS of
+  ``x_s = g(z_s)``, the facies-probability field NUTS targets, and of facies fields drawn from
+  ``Bernoulli(g(z_s))`` (the decoder's noise added back); for the amortized CVAE of its facies
+  draws and of its decoder means;
+- the reliability curve of the per-cell posterior probability of channel (mean of the decoder
+  probability over the draws) against the true facies of every cell, max deviation over bins
+  with at least ``--min-count`` cells (:func:`inference.diagnostics.facies.run_reliability`),
+  beside the prior's own per-cell probability on the same fields (calibrated by construction:
+  its deviation is the sampling noise of a curve on this many fields);
+- accuracy of the per-cell posterior mode (:func:`inference.diagnostics.facies.mode_accuracy`);
+- the manifold limit: the chi-squared of ``g(mu_q(x_true))``, each truth encoded and decoded by
+  the generative prior (what the best point on the VAE's manifold near the truth fits);
+- R-hat, min bulk ESS, divergences, seconds per observation.
+
+Latent NUTS runs on the first ``--nuts-observations`` held-out observations (the amortized
+figures are printed for all of them and for that subset).
+
+Run (the figures in the README)::
+
+    nice -n 5 python benchmarks/latent_mcmc.py --threads 1
+    nice -n 5 python benchmarks/latent_mcmc.py --threads 1 --cvae-run CVAE.pt --prior-run PRIOR.pt
+
+``--cvae-run`` / ``--prior-run`` load checkpoints (``model.pt`` or run folders) instead of
+fitting; ``--epochs`` / ``--prior-epochs`` shorten the recommended schedule (60 epochs x 20,000
+pairs, about 17 minutes each at 1 thread on an idle core). Thread count and machine load are
+printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from inference.diagnostics.coverage import run_evaluation
+from inference.diagnostics.facies import mode_accuracy, run_reliability
+from inference.latent_mcmc import decode_latent, encode_latent, latent_nuts_sample
+from inference.mcmc import preconditioner_draws
+from inference.posterior import draw_posterior
+from ppl_cvae import fit_problem
+from ppl_cvae.problems import make_problem
+from ppl_cvae.train import load_checkpoint
+from ppl_cvae.train.generative_prior import fit_generative_prior
+
+
+def models(problem, args):
+    """Return the channels CVAE and the generative prior (loaded or fitted)."""
+    if args.cvae_run:
+        cvae, meta = load_checkpoint(args.cvae_run, problem=problem)
+        print(f"CVAE: loaded {args.cvae_run} ({meta.get('extra', {}).get('epochs_done')} epochs)")
+    else:
+        train = {"seed": args.seed}
+        if args.epochs:
+            train["num_epochs"] = args.epochs
+        cvae, result, seconds = fit_problem(problem, train=train)
+        print(f"CVAE: {len(result.history)} epochs, fit {seconds:.0f} s")
+    if args.prior_run:
+        prior, meta = load_checkpoint(args.prior_run, problem=problem)
+        print(
+            f"generative prior: loaded {args.prior_run} "
+            f"({meta.get('extra', {}).get('epochs_done')} epochs)"
+        )
+    else:
+        train = {"seed": args.seed}
+        if args.prior_epochs:
+            train["num_epochs"] = args.prior_epochs
+        prior, result, seconds = fit_generative_prior(problem, train=train)
+        print(f"generative prior: {len(result.history)} epochs, fit {seconds:.0f} s")
+    for name, model in (("CVAE", cvae), ("generative prior", prior)):
+        c = model.config
+        print(
+            f"  {name}: latent {c.latent_dim}, {c.network} {c.conv_channels}, likelihood "
+            f"{c.likelihood}, {model.num_parameters():,} parameters"
+        )
+    return cvae.eval(), prior.eval()
+
+
+def report(label, draws, prob, x_true, y_obs, problem, reference, min_count, extra=None):
+    """Print chi-squared of each kind of draws, reliability and mode accuracy; return them."""
+    chi2 = {}
+    for kind, x in draws.items():
+        m = run_evaluation(x, x_true, x_reference=reference, y_obs=y_obs, problem=problem)
+        chi2[kind] = m["chi2_per_datum"]
+    curve = run_reliability(prob, x_true, min_count=min_count)
+    accuracy = mode_accuracy(prob, x_true)
+    text = ", ".join(f"{k} {v:.2f}" for k, v in chi2.items())
+    print(f"\n{label}\n  chi2 per datum (median over {len(y_obs)}): {text}")
+    print(
+        f"  reliability: max deviation {curve['max_deviation']:.3f} (bins with >= "
+        f"{curve['min_count']} cells), ECE {curve['expected_calibration_error']:.3f}; mode "
+        f"accuracy {accuracy:.4f}"
+    )
+    print(f"  {'bin':>10s} {'cells':>7s} {'predicted':>9s} {'observed':>9s}")
+    for b, count in enumerate(curve["count"]):
+        if count:
+            print(
+                f"  {curve['bin_lower'][b]:4.1f}-{curve['bin_upper'][b]:3.1f} {count:9d} "
+                f"{curve['mean_predicted'][b]:9.3f} {curve['observed_frequency'][b]:9.3f}"
+            )
+    if extra:
+        print(extra)
+    return chi2, curve["max_deviation"], accuracy
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"threads: {torch.get_num_threads()}; load average {load} on {os.cpu_count()} CPUs")
+    problem = make_problem("crosshole", prior="channels")
+    cvae, prior = models(problem, args)
+    x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
+    reference = cvae.x_standardiser.mean
+    common = (x_true, y_obs, problem, reference, args.min_count)
+
+    prior_prob = problem.sample_prior(20_000, torch.Generator().manual_seed(20_000)).mean(0)
+    prior_curve = run_reliability(prior_prob.expand_as(x_true), x_true, min_count=args.min_count)
+    print(
+        f"prior baseline on the same {args.num_heldout} fields: reliability max deviation "
+        f"{prior_curve['max_deviation']:.3f} (sampling noise of the curve), mode accuracy "
+        f"{mode_accuracy(prior_prob.expand_as(x_true), x_true):.4f}"
+    )
+    with torch.no_grad():  # the manifold limit: each truth encoded, then decoded
+        recon = decode_latent(prior, encode_latent(prior, x_true)).unsqueeze(0)
+    m = run_evaluation(recon, x_true, x_reference=reference, y_obs=y_obs, problem=problem)
+    print(f"generative prior g(mu_q(x_true)) chi2 per datum (median): {m['chi2_per_datum']:.2f}")
+
+    draws = draw_posterior(cvae, y_obs, args.num_samples, seed=args.seed)
+    assert draws.x_mean is not None
+    report(
+        "amortized CVAE",
+        {"facies draws": draws.x, "decoder means": draws.x_mean},
+        draws.x_mean.double().mean(0),
+        *common,
+    )
+
+    num_start = preconditioner_draws(prior.config.latent_dim, args.chains)
+    num_nuts = min(args.nuts_observations, args.num_heldout)
+    x_true, y_obs = x_true[:num_nuts], y_obs[:num_nuts]
+    common = (x_true, y_obs, problem, reference, args.min_count)
+    report(
+        f"amortized CVAE on the {num_nuts} observations of latent NUTS",
+        {"facies draws": draws.x[:, :num_nuts], "decoder means": draws.x_mean[:, :num_nuts]},
+        draws.x_mean[:, :num_nuts].double().mean(0),
+        *common,
+    )
+    results = []
+    for i in range(num_nuts):
+        start = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=args.seed + i).x[:, 0]
+        begin = time.perf_counter()
+        res = latent_nuts_sample(
+            prior,
+            problem,
+            y_obs[i],
+            start,
+            num_samples=args.nuts_samples,
+            warmup_steps=args.nuts_warmup,
+            num_chains=args.chains,
+            max_tree_depth=args.max_tree_depth,
+            seed=args.seed,
+        )
+        results.append(res)
+        print(
+            f"  observation {i}: R-hat {res.rhat:.3f}, min ESS {res.min_ess:.0f}, divergences "
+            f"{res.divergences}, {res.num_evaluations} evaluations, "
+            f"{time.perf_counter() - begin:.0f} s",
+            flush=True,
+        )
+    g = torch.stack([r.x.reshape(-1, *problem.x_shape) for r in results], dim=1)  # (S, M, ...)
+    facies = torch.bernoulli(g, generator=torch.Generator().manual_seed(args.seed))
+    rhat = torch.tensor([r.rhat for r in results])
+    ess = torch.tensor([r.min_ess for r in results])
+    secs = torch.tensor([r.seconds for r in results])
+    report(
+        f"latent NUTS ({args.chains} chains x {args.nuts_samples} draws, warm-up "
+        f"{args.nuts_warmup}, max tree depth {args.max_tree_depth})",
+        {"g(z) draws": g, "facies draws ~ Bernoulli(g(z))": facies},
+        g.double().mean(0),
+        *common,
+        extra=(
+            f"  R-hat max {rhat.max():.3f} (median {rhat.median():.3f}; <= 1.01 for "
+            f"{int((rhat <= 1.01).sum())}/{len(rhat)}); min ESS median {ess.median():.0f}; "
+            f"divergences {sum(r.divergences for r in results)}; {secs.median():.0f} s per "
+            f"observation (median)"
+        ),
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cvae-run", help="checkpoint of a channels CVAE (skip its fit)")
+    parser.add_argument("--prior-run", help="checkpoint of the generative prior (skip its fit)")
+    parser.add_argument("--epochs", type=int, help="CVAE epochs (default: recommended)")
+    parser.add_argument("--prior-epochs", type=int, help="generative prior epochs")
+    parser.add_argument("--num-heldout", type=int, default=20)
+    parser.add_argument(
+        "--nuts-observations", type=int, default=20, help="latent NUTS on the first N held-out"
+    )
+    parser.add_argument("--num-samples", type=int, default=200, help="amortized draws per obs")
+    parser.add_argument("--nuts-samples", type=int, default=100, help="per chain")
+    parser.add_argument("--nuts-warmup", type=int, default=100)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--max-tree-depth", type=int, default=6)
+    parser.add_argument("--min-count", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    main(parser.parse_args())

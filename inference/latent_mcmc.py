@@ -1,0 +1,570 @@
+"""NUTS in the latent space of a generative prior, for problems whose prior is a simulator only.
+
+A prior defined by a simulator (``Crosshole(prior="channels")``) has no density, so NUTS on
+``x`` (:mod:`inference.mcmc`) cannot run. Following Laloy et al. (2018), the prior is replaced by
+a generative model of its draws, ``x = g(z)``, ``z ~ N(0, I_k)``: here the decoder location of
+an unconditional VAE fitted on prior draws (:func:`ppl_cvae.train.generative_prior
+.fit_generative_prior`, ``ppl-cvae fit --unconditional``). NUTS then samples the latent
+posterior
+
+    p(z | y)  proportional to  N(z; 0, I_k) p(y | g(z)),
+
+on the potential ``U(z) = |z|^2 / 2 - log p(y | g(z))`` (the problem's noise model gives
+``log p(y | x)``), and the draws of ``x`` are ``g(z)``.
+
+Choice of ``g`` and its consequence. ``g(z) = E[x | z]``, the decoder's location (its
+deterministic output, as Laloy et al. use the generator): for a Bernoulli facies decoder the
+field of facies probabilities ``P(x = 1 | z)``, which a facies problem reads as a fraction
+of channel in each cell (the crosshole operator maps it to slowness ``p s_c + (1 - p) s_b``);
+for a Gaussian decoder its mean. The decoder's own noise is not part of the target, so the
+posterior is over the VAE's manifold ``{g(z)}``, not over the exact prior: where the VAE
+blurs (cell probabilities between 0 and 1 at channel edges), the draws are blurred too, and
+a truth off the manifold cannot be reached. The posterior probability of facies 1 in a cell
+is the mean of ``g(z)`` over the draws (Rao-Blackwellised, as for the amortized draws).
+
+The amortized CVAE does what it does for :func:`inference.mcmc.nuts_sample`: its draws of
+``x`` for this ``y``, encoded by the generative prior's recognition net (``z_0 = mu_q(x)``,
+the mean of ``q(z | x)``), start the chains (by default the encodings of highest target
+density), and the mean and (Ledoit-Wolf) covariance of the encoded draws precondition NUTS
+(a constant-Jacobian change of variables ``v = L^-1 (z - mu)``; NUTS's diagonal adaptation
+runs on top).
+
+References
+----------
+Laloy, Herault, Jacques and Linde (2018), Training-image based geostatistical inversion using a
+spatial generative adversarial neural network, Water Resources Research 54, 381,
+doi:10.1002/2017WR022148.
+Hoffman and Gelman (2014), The No-U-Turn Sampler, JMLR 15, 1593.
+Vehtari, Gelman, Simpson, Carpenter and Buerkner (2021), Rank-normalization, folding, and
+localization: an improved R-hat for assessing convergence of MCMC, Bayesian Analysis 16, 667.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import MCMC, NUTS
+
+from inference.mcmc import RHAT_THRESHOLD
+from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.models.cvae import CVAE
+from ppl_cvae.problems.base import Problem, as_problem
+
+if TYPE_CHECKING:
+    from inference.arviz_io import az
+
+__all__ = [
+    "LatentMCMCResult",
+    "check_generative_prior",
+    "decode_latent",
+    "encode_latent",
+    "latent_nuts_sample",
+    "latent_nuts_summary",
+    "sample_latent_nuts",
+]
+
+
+@dataclass(frozen=True)
+class LatentMCMCResult:
+    """NUTS draws of the latent posterior of a generative prior, for one observation.
+
+    Attributes
+    ----------
+    z : Tensor, shape (chains, draws, latent_dim)
+        Latent draws of ``p(z | y)`` (dimensionless, prior ``N(0, I)``).
+    x : Tensor, shape (chains, draws, *x_shape)
+        ``g(z)``, the generative prior's decoder location of every draw, units of ``x``
+        (for a Bernoulli facies decoder the facies-1 probability of every cell).
+    z_init : Tensor, shape (chains, latent_dim)
+        Where the chains started: encoded amortized draws (see ``start`` of
+        :func:`latent_nuts_sample`).
+    rhat : float
+        Largest rank-normalised split R-hat over the latent coordinates (inf or NaN when a
+        chain never moved: not converged).
+    min_ess : float
+        Smallest bulk effective sample size over the latent coordinates (all chains).
+    num_evaluations : int
+        Evaluations of the potential and its gradient, warm-up included, all chains.
+    divergences : int
+        Divergent transitions after warm-up, all chains.
+    seconds : float
+        Wall-clock time of warm-up and sampling.
+    """
+
+    z: torch.Tensor
+    x: torch.Tensor
+    z_init: torch.Tensor
+    rhat: float
+    min_ess: float
+    num_evaluations: int
+    divergences: int
+    seconds: float
+
+    @property
+    def converged(self) -> bool:
+        """Whether ``rhat <= RHAT_THRESHOLD`` (1.01) and there were no divergences."""
+        return self.rhat <= RHAT_THRESHOLD and self.divergences == 0
+
+    def posterior_mean(self) -> torch.Tensor:
+        """Return the posterior mean of ``g(z)``, shape ``x_shape``, units of ``x``.
+
+        For a Bernoulli facies decoder: the posterior probability of facies 1 in every cell.
+        """
+        return self.x.double().mean((0, 1)).to(self.x.dtype)
+
+
+def check_generative_prior(prior_vae: object, problem: Problem | None = None) -> CVAE:
+    """Check that ``prior_vae`` is an unconditional VAE that can serve as a generative prior.
+
+    Parameters
+    ----------
+    prior_vae : CVAE
+        Expected: ``config.y_shape is None`` (fitted on prior draws, no ``y``), a latent
+        (``latent_dim >= 1``) and a decoder with a location (not a flow).
+    problem : Problem, optional
+        When given, its ``x_shape`` must be the VAE's.
+
+    Returns
+    -------
+    CVAE
+        ``prior_vae`` itself.
+
+    Raises
+    ------
+    ConfigError
+        If ``prior_vae`` is not a CVAE, is conditional (a posterior model, not a prior), has no
+        latent, or has a flow decoder.
+    ShapeError
+        If its ``x_shape`` is not the problem's.
+    """
+    if not isinstance(prior_vae, CVAE):
+        raise ConfigError(
+            f"the generative prior must be a CVAE (an unconditional VAE run), got "
+            f"{type(prior_vae).__name__}"
+        )
+    cfg = prior_vae.config
+    if cfg.y_shape is not None:
+        raise ConfigError(
+            f"the generative prior must be an unconditional VAE (y_shape None), got a "
+            f"conditional model with y_shape {cfg.y_shape}: fit one on prior draws with "
+            "`ppl-cvae fit --unconditional` (or fit_generative_prior)"
+        )
+    if cfg.latent_dim < 1:
+        raise ConfigError("the generative prior needs a latent (latent_dim >= 1), got 0")
+    if cfg.likelihood == "flow":
+        raise ConfigError(
+            "the generative prior's decoder is a flow, which has no deterministic output g(z); "
+            "use a Gaussian, Bernoulli or categorical decoder"
+        )
+    if problem is not None:
+        problem = as_problem(problem)
+        if tuple(problem.x_shape) != tuple(cfg.x_shape):
+            raise ShapeError(
+                f"the generative prior generates x of shape {tuple(cfg.x_shape)}; problem "
+                f"{problem.name!r} has x_shape {tuple(problem.x_shape)}"
+            )
+    return prior_vae
+
+
+def decode_latent(prior_vae: CVAE, z: torch.Tensor) -> torch.Tensor:
+    """Return ``g(z)``: the generative prior's decoder location, in units of ``x``.
+
+    Parameters
+    ----------
+    prior_vae : CVAE
+        Unconditional VAE (:func:`check_generative_prior`).
+    z : Tensor, shape (*batch, latent_dim)
+        Latent codes; cast to the VAE's dtype; differentiable.
+
+    Returns
+    -------
+    Tensor, shape (*batch, *x_shape)
+        The decoder mean: for ``bernoulli`` ``P(x = 1 | z)``, for ``categorical`` the mean code
+        ``sum_k k p_k(z)`` (for two facies ``P(x = 1 | z)``), for the Gaussian decoders the
+        mean.
+
+    Raises
+    ------
+    ShapeError
+        If ``z`` does not end in ``latent_dim``.
+    """
+    k = prior_vae.config.latent_dim
+    if z.dim() < 1 or z.shape[-1] != k:
+        raise ShapeError(f"z must have shape (*batch, {k}), got {tuple(z.shape)}")
+    ref = prior_vae.x_standardiser.mean
+    batch = z.shape[:-1]
+    flat = z.reshape(-1, k).to(ref.dtype)
+    _, loc = prior_vae.x_distribution(flat, None)
+    assert loc is not None  # every non-flow decoder has a location
+    if prior_vae.config.likelihood == "categorical":  # class probabilities (..., K)
+        codes = torch.arange(loc.shape[-1], dtype=loc.dtype, device=loc.device)
+        loc = loc @ codes
+    return loc.reshape(*batch, *prior_vae.config.x_shape)
+
+
+@torch.no_grad()
+def encode_latent(prior_vae: CVAE, x: torch.Tensor) -> torch.Tensor:
+    """Encode models with the generative prior's recognition net: the mean of ``q(z | x)``.
+
+    Parameters
+    ----------
+    prior_vae : CVAE
+        Unconditional VAE (:func:`check_generative_prior`).
+    x : Tensor, shape (N, *x_shape)
+        Models in units of ``x`` (e.g. amortized posterior draws; facies codes for a facies
+        decoder).
+
+    Returns
+    -------
+    Tensor, shape (N, latent_dim)
+
+    Raises
+    ------
+    ShapeError
+        If ``x`` does not have shape ``(N, *x_shape)``.
+    """
+    prior_vae.check_inputs(None, x)
+    ref = prior_vae.x_standardiser.mean
+    loc, _ = prior_vae.recognition_params(None, x.to(ref.dtype))
+    return loc
+
+
+def latent_nuts_sample(
+    prior_vae: CVAE,
+    problem: Problem,
+    y: torch.Tensor,
+    init: torch.Tensor,
+    *,
+    num_samples: int = 500,
+    warmup_steps: int = 500,
+    num_chains: int = 4,
+    max_tree_depth: int = 8,
+    start: Literal["best", "first"] = "best",
+    seed: int = 0,
+) -> LatentMCMCResult:
+    """Sample ``p(z | y)`` of a generative prior with NUTS, chains started at encoded ``init``.
+
+    Parameters
+    ----------
+    prior_vae : CVAE
+        The generative prior: an unconditional VAE fitted on the problem's prior draws.
+    problem : Problem
+        With a noise model (``log_likelihood``); its prior need not have a density.
+    y : Tensor, shape y_shape
+        One observation, units of ``y``.
+    init : Tensor, shape (N, *x_shape)
+        Models that start the chains and precondition them, units of ``x`` (pass the amortized
+        CVAE's draws for ``y``): all rows are encoded (:func:`encode_latent`); the mean and
+        Ledoit-Wolf covariance of the encodings precondition NUTS.
+    num_samples, warmup_steps : int
+        Draws kept (at least 4: R-hat needs them) and warm-up iterations per chain.
+    num_chains : int, default 4
+        Chains (at most ``N``; run one after the other).
+    max_tree_depth : int, default 8
+        NUTS's tree depth limit.
+    start : {"best", "first"}, default "best"
+        Which encodings start the chains: the ``num_chains`` with the highest target density
+        (lowest potential; all ``N`` are evaluated in one batch), or the first ``num_chains``
+        rows. "best" shortens the warm-up when the amortized posterior is much wider than
+        the latent one (chains start near its bulk); the starts are then less dispersed, so
+        R-hat is a weaker check of multimodality than with "first".
+    seed : int, default 0
+        Seed of Pyro's RNG (chain ``c`` uses ``seed + c``).
+
+    Returns
+    -------
+    LatentMCMCResult
+
+    Raises
+    ------
+    ConfigError
+        If ``prior_vae`` is not a generative prior (:func:`check_generative_prior`), a count
+        is out of range, or ``start`` is unknown.
+    ShapeError
+        If ``y`` does not have shape ``y_shape``, ``init`` not ``(N >= 1, *x_shape)``, or the
+        VAE's ``x_shape`` is not the problem's.
+    NoLikelihoodError
+        If the problem has no noise model.
+
+    Notes
+    -----
+    Target ``log N(z; 0, I_k) + log N(y; F(g(z)), C_e)``, evaluated in float64 after the
+    decoder (which runs in its own dtype). See the module docstring for ``g`` and the
+    consequence of sampling on the VAE's manifold.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ppl_cvae.config import ModelConfig
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> vae = CVAE(ModelConfig(x_shape=(2,), y_shape=None, latent_dim=1, hidden_dims=(4,),
+    ...                        prior="standard_normal"))
+    >>> res = latent_nuts_sample(vae, LinearGaussian(), torch.zeros(2), torch.zeros(2, 2),
+    ...                          num_samples=5, warmup_steps=5, num_chains=2)
+    >>> tuple(res.z.shape), tuple(res.x.shape)
+    ((2, 5, 1), (2, 5, 2))
+    """
+    from sklearn.covariance import LedoitWolf  # scikit-learn is a core dependency
+
+    from inference.arviz_io import chain_diagnostics
+
+    problem = as_problem(problem)
+    check_generative_prior(prior_vae, problem)
+    if start not in ("best", "first"):
+        raise ConfigError(f"start must be 'best' or 'first', got {start!r}")
+    if num_samples < 4 or warmup_steps < 0 or num_chains < 1 or max_tree_depth < 1:
+        raise ConfigError(
+            "need num_samples >= 4 (R-hat needs 4 draws per chain), warmup_steps >= 0, "
+            f"num_chains >= 1 and max_tree_depth >= 1, got {num_samples}, {warmup_steps}, "
+            f"{num_chains}, {max_tree_depth}"
+        )
+    y_shape = tuple(problem.y_shape)
+    if tuple(y.shape) != y_shape:
+        raise ShapeError(f"y must have shape {y_shape} (one observation), got {tuple(y.shape)}")
+    x_shape = tuple(prior_vae.config.x_shape)
+    if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
+        raise ShapeError(f"init must have shape (N >= 1, *{x_shape}), got {tuple(init.shape)}")
+    prior_vae.eval()
+    encoded = encode_latent(prior_vae, init).double()
+    k = encoded.shape[1]
+    mu = encoded.mean(0)
+    if len(encoded) > 1:  # shrunk: few encodings in k dimensions can give a singular estimate
+        cov = torch.from_numpy(LedoitWolf().fit(encoded.numpy()).covariance_)
+    else:
+        cov = torch.eye(k, dtype=encoded.dtype)
+    shrink = 1e-9 * float(cov.diagonal().mean().clamp_min(1e-12))
+    tril = torch.linalg.cholesky(cov + shrink * torch.eye(k, dtype=cov.dtype))
+    y64 = y.double()
+    count = [0]
+
+    def latent_potential(z: torch.Tensor) -> torch.Tensor:
+        """``|z|^2 / 2 - log p(y | g(z))`` for ``z`` of shape ``(*batch, k)``."""
+        x = decode_latent(prior_vae, z).double()
+        return 0.5 * z.pow(2).sum(-1) - problem.log_likelihood(x, y64)
+
+    def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        count[0] += 1
+        return latent_potential(mu + tril @ params["v"])
+
+    num_chains = min(len(encoded), num_chains)
+    if start == "best":
+        with torch.no_grad():
+            values = torch.cat([latent_potential(b) for b in encoded.split(512)])
+        order = torch.argsort(torch.nan_to_num(values, nan=float("inf")))
+        start_z = encoded[order[:num_chains]]
+    else:
+        start_z = encoded[:num_chains]
+    chains = []
+    divergences = 0
+    begin = time.perf_counter()
+    for c in range(num_chains):
+        pyro.set_rng_seed(seed + c)
+        v0 = torch.linalg.solve_triangular(tril, (start_z[c] - mu).unsqueeze(-1), upper=False)
+        kernel = NUTS(potential_fn=potential, max_tree_depth=max_tree_depth, target_accept_prob=0.8)
+        mcmc = MCMC(
+            kernel,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            initial_params={"v": v0.squeeze(-1)},
+            disable_progbar=True,
+        )
+        mcmc.run()
+        chains.append(mu + mcmc.get_samples()["v"] @ tril.T)
+        divergences += len(mcmc.diagnostics()["divergences"]["chain 0"])
+    seconds = time.perf_counter() - begin
+    z = torch.stack(chains)  # (chains, draws, k)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a chain that never moved: inf/NaN
+        rhat, min_ess = chain_diagnostics(z.numpy())
+    with torch.no_grad():
+        x = decode_latent(prior_vae, z)
+    return LatentMCMCResult(
+        z=z.float(),
+        x=x.float(),
+        z_init=start_z.float(),
+        rhat=rhat,
+        min_ess=min_ess,
+        num_evaluations=count[0],
+        divergences=divergences,
+        seconds=seconds,
+    )
+
+
+def sample_latent_nuts(
+    cvae: CVAE,
+    generative_prior: CVAE,
+    y: torch.Tensor,
+    num_samples: int,
+    problem: Problem,
+    *,
+    chains: int = 4,
+    warmup_steps: int = 500,
+    x_true: torch.Tensor | None = None,
+    seed: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> tuple[az.InferenceData, str, bool]:
+    """Run :func:`latent_nuts_sample` for every observation and build the posterior file.
+
+    What ``ppl-cvae sample RUN --method latent-nuts --generative-prior PRIOR_RUN`` and
+    :func:`inference.sample.sample_corrected` (``method="latent-nuts"``) call.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        Trained conditional model: its amortized draws (``preconditioner_draws(latent_dim)``
+        per observation, decoder noise as :func:`~inference.posterior.draw_posterior`'s
+        default: facies codes for a facies decoder) are encoded to start and precondition the
+        chains.
+    generative_prior : CVAE
+        Unconditional VAE of the prior draws (:func:`check_generative_prior`).
+    y : Tensor, shape (M, *y_shape)
+        Observations, units of ``y``.
+    num_samples : int
+        Draws per observation, rounded up to a multiple of ``chains`` (at least 4 per chain).
+    problem : Problem
+        With a noise model.
+    chains, warmup_steps : int
+        Chains per observation and warm-up iterations per chain.
+    x_true : Tensor, shape (M, *x_shape), optional
+        Truths for ``constant_data``.
+    seed : int, optional
+        Seed of the amortized draws and of the chains (0 when None).
+    attrs : mapping, optional
+        Run attributes.
+
+    Returns
+    -------
+    idata : arviz.InferenceData
+        ``posterior.x = g(z)`` and ``posterior.z`` (the generative prior's latent) in
+        ``chains`` chains (dims ``chain, draw``), the groups of
+        :func:`~inference.sample.inference_data_from_draws`, and ``rhat``, ``ess_bulk``,
+        ``divergences`` per observation in ``sample_stats``.
+    summary : str
+        One line of diagnostics; it says FAILED when an observation's chains have not mixed.
+    ok : bool
+        False when any observation has R-hat above :data:`~inference.mcmc.RHAT_THRESHOLD`
+        (1.01) or divergent transitions.
+
+    Raises
+    ------
+    ConfigError
+        If ``cvae`` is not conditional, ``generative_prior`` is not an unconditional VAE,
+        a count is below 1, or there are fewer than 4 draws per chain.
+    ShapeError
+        If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
+    NoLikelihoodError
+        If the problem has no noise model.
+    """
+    from inference.arviz_io import with_chains
+    from inference.mcmc import preconditioner_draws
+    from inference.posterior import as_observation_batch, draw_posterior
+    from inference.sample import inference_data_from_draws
+
+    problem = as_problem(problem)
+    check_generative_prior(generative_prior, problem)
+    if cvae.config.y_shape is None:
+        raise ConfigError("the chains' start needs a conditional model (y_shape set)")
+    if tuple(cvae.config.x_shape) != tuple(generative_prior.config.x_shape):
+        raise ShapeError(
+            f"the CVAE generates x of shape {tuple(cvae.config.x_shape)} and the generative "
+            f"prior {tuple(generative_prior.config.x_shape)}; they must be models of one problem"
+        )
+    if chains < 1:
+        raise ConfigError(f"need chains >= 1, got {chains}")
+    per_chain = math.ceil(num_samples / chains)
+    if per_chain < 4:
+        raise ConfigError(
+            f"{num_samples} draws in {chains} chains: R-hat needs at least 4 per chain; ask for "
+            f"--num-samples >= {4 * chains}"
+        )
+    y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
+    num_start = preconditioner_draws(generative_prior.config.latent_dim, chains)
+    base_seed = 0 if seed is None else seed
+    results = []
+    for m in range(y_batch.shape[0]):
+        start = draw_posterior(cvae, y_batch[m : m + 1], num_start, seed=base_seed + m).x[:, 0]
+        results.append(
+            latent_nuts_sample(
+                generative_prior,
+                problem,
+                y_batch[m],
+                start,
+                num_samples=per_chain,
+                warmup_steps=warmup_steps,
+                num_chains=chains,
+                seed=base_seed,
+            )
+        )
+    # (chains, draws, M, ...) stored chain after chain along draw, then split into chains
+    x = torch.stack([r.x for r in results], dim=2)
+    x = x.reshape(chains * per_chain, *x.shape[2:])
+    z = torch.stack([r.z for r in results], dim=2)
+    z = z.reshape(chains * per_chain, *z.shape[2:])
+    stats = {
+        "rhat": torch.tensor([r.rhat for r in results]),
+        "ess_bulk": torch.tensor([r.min_ess for r in results]),
+        "divergences": torch.tensor([r.divergences for r in results]),
+    }
+    info: dict[str, Any] = {"seed": -1 if seed is None else seed}
+    info.update(attrs or {})
+    info.update(
+        method="latent-nuts",
+        inference_method=(
+            "NUTS (Pyro) on the latent z of a generative prior (unconditional VAE of the prior "
+            "draws, Laloy et al. 2018): log N(z; 0, I) + log p(y | g(z)), x = g(z) the "
+            "decoder's location; chains started at amortized draws encoded by q(z|x)"
+        ),
+        chains=chains,
+        warmup_steps=warmup_steps,
+        independent_draws=0,
+        generative_prior_latent_dim=generative_prior.config.latent_dim,
+    )
+    idata = inference_data_from_draws(
+        x, y_batch, z=z, problem=problem, x_true=x_true, attrs=info, observation_stats=stats
+    )
+    idata = with_chains(idata, chains)
+    summary, ok = latent_nuts_summary(results)
+    return idata, summary, ok
+
+
+def latent_nuts_summary(results: Sequence[LatentMCMCResult]) -> tuple[str, bool]:
+    """Return the one-line verdict of latent NUTS runs and whether all converged.
+
+    Parameters
+    ----------
+    results : sequence of LatentMCMCResult
+        One per observation (at least one).
+
+    Returns
+    -------
+    summary : str
+        Worst R-hat, smallest ESS, divergences and time; ends in ``FAILED for n of M
+        observation(s) ...`` when some did not converge (:attr:`LatentMCMCResult.converged`).
+    ok : bool
+
+    Raises
+    ------
+    ConfigError
+        If ``results`` is empty.
+    """
+    if not results:
+        raise ConfigError("latent_nuts_summary needs at least one result")
+    worst = max(r.rhat for r in results)
+    failed = sum(not r.converged for r in results)
+    summary = (
+        f"latent NUTS: R-hat {worst:.4f} (max), min ESS {min(r.min_ess for r in results):.0f}, "
+        f"{sum(r.divergences for r in results)} divergent transition(s), "
+        f"{sum(r.seconds for r in results):.1f} s"
+    )
+    if failed:
+        summary += (
+            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat > {RHAT_THRESHOLD} "
+            "or divergences): the chains have not mixed; run longer (--warmup, --num-samples)"
+        )
+    return summary, failed == 0
