@@ -59,7 +59,7 @@ def main() -> None:
     fit = [
         "fit", "--problem", args.problem, "--epochs", str(args.epochs),
         "--num-train", str(args.num_train), "--batch-size", str(args.batch_size),
-        "--hidden-dims", args.hidden_dims, "--patience", str(args.epochs + 1),
+        "--hidden-dims", args.hidden_dims, "--patience", str(args.epochs + 1), "--no-resimulate",
         "--threads", str(args.threads), "--quiet",
     ]  # fmt: skip
     rows = []
