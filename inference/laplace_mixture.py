@@ -171,7 +171,8 @@ def polish_modes(
     hessians: list[torch.Tensor] = []
     for i in torch.nonzero(ok).flatten().tolist():
         d = e[i]
-        if any(float((d - m) @ h @ (d - m)) < merge_distance**2 for m, h in zip(modes, hessians)):
+        pairs = zip(modes, hessians, strict=True)
+        if any(float((d - m) @ h @ (d - m)) < merge_distance**2 for m, h in pairs):
             continue
         modes.append(d)
         hessians.append(hess[i])
