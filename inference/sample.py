@@ -659,13 +659,18 @@ def sample_corrected(
         resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
         ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
         ``sample_stats``. NUTS: ``chains`` chains (dims ``chain, draw``) with ``rhat``,
-        ``ess_bulk`` and ``divergences`` per observation.
+        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation, and per draw
+        the sampler's ``diverging`` (through ``arviz.from_pyro``), ``energy``, ``n_steps``,
+        ``tree_depth`` and ``step_size`` (:attr:`inference.mcmc.MCMCResult.sample_stats`),
+        so ``az.rhat``, ``az.ess`` and ``az.bfmi`` read the file.
     summary : str
         One line of diagnostics, saying plainly when the correction failed.
     ok : bool
         False when any observation failed: k-hat above
         :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
-        :data:`~inference.mcmc.RHAT_THRESHOLD` (1.01) or divergent transitions.
+        :func:`inference.mcmc.rhat_threshold` (the largest over the coordinates, against the
+        bound independent draws respect; at least
+        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions.
 
     Raises
     ------
@@ -771,8 +776,14 @@ def sample_corrected(
     x = x.reshape(chains * per_chain, *x.shape[2:])
     stats = {
         "rhat": torch.tensor([r.rhat for r in results]),
+        "rhat_threshold": torch.tensor([r.rhat_threshold for r in results]),
         "ess_bulk": torch.tensor([r.min_ess for r in results]),
         "divergences": torch.tensor([r.divergences for r in results]),
+    }
+    # per draw: (chains, draws) per observation -> (chains * draws, M), chain after chain
+    draw_stats = {
+        name: np.stack([r.sample_stats[name].reshape(-1) for r in results], axis=1)
+        for name in results[0].sample_stats
     }
     info.update(
         method="nuts",
@@ -785,7 +796,13 @@ def sample_corrected(
         independent_draws=0,
     )
     idata = inference_data_from_draws(
-        x, y_batch, problem=problem, x_true=x_true, attrs=info, observation_stats=stats
+        x,
+        y_batch,
+        problem=problem,
+        x_true=x_true,
+        attrs=info,
+        sample_stats=draw_stats,
+        observation_stats=stats,
     )
     idata = with_chains(idata, chains)
     worst_rhat = max(r.rhat for r in results)
@@ -797,7 +814,10 @@ def sample_corrected(
     )
     if failed:
         summary += (
-            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat > {RHAT_THRESHOLD} "
-            "or divergences): the chains have not mixed; run longer (--warmup, --num-samples)"
+            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat above "
+            f"{max(r.rhat_threshold for r in results):.4f}, the bound that independent draws "
+            f"respect with probability 0.99 for that many coordinates (at least "
+            f"{RHAT_THRESHOLD}), or divergences): the chains have not mixed; run longer "
+            "(--warmup, --num-samples)"
         )
     return idata, summary, failed == 0

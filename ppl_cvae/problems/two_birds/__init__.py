@@ -11,13 +11,21 @@ scoring
     The challenge's validity criteria and mode coverage of sample-first posterior draws.
 mode_weights
     Posterior weights of the exact solutions and the mode coverage of an exact sampler.
+mode_distance
+    A weighted sample's weight per exact solution and its total variation distance to the
+    exact weights.
 
-Every public name of the four modules is re-exported here.
+Every public name of the five modules is re-exported here.
 """
 
 from ppl_cvae.problems.two_birds.exact import (
     enumerate_exact_solutions,
     enumerate_exact_solutions_batch,
+)
+from ppl_cvae.problems.two_birds.mode_distance import (
+    ModeWeightDistance,
+    empirical_mode_weights,
+    mode_weight_distance,
 )
 from ppl_cvae.problems.two_birds.mode_weights import (
     ExactSamplerCoverage,
@@ -42,16 +50,19 @@ __all__ = [
     "ExactSamplerCoverage",
     "FUNCTION_PAIRS",
     "FunctionPair",
+    "ModeWeightDistance",
     "NUM_POINTS",
     "TrigComponent",
     "TwoBirds",
     "TwoBirdsScore",
+    "empirical_mode_weights",
     "endpoints_from_lines",
     "enumerate_exact_solutions",
     "enumerate_exact_solutions_batch",
     "exact_mode_weights",
     "expected_mode_coverage",
     "lines_from_endpoints",
+    "mode_weight_distance",
     "positions",
     "score_samples",
 ]

@@ -1,0 +1,110 @@
+"""NUTS's per-draw sampler statistics (issue 8) and the R-hat bound for many quantities."""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pytest
+import torch
+
+from inference.exact import exact_posterior
+from inference.mcmc import RHAT_THRESHOLD, nuts_sample, rhat_threshold
+from ppl_cvae.errors import ConfigError
+from ppl_cvae.problems.linear_gaussian import LinearGaussian
+
+
+def _max_rhat(draws: np.ndarray) -> float:
+    """Largest ArviZ rank-normalised split R-hat over the last axis of (chains, draws, d)."""
+    return float(az.rhat(az.convert_to_dataset({"q": draws}))["q"].max())
+
+
+def test_rhat_threshold_is_the_quantile_of_the_largest_rhat_of_independent_draws():
+    """The bound at false alarm 0.5 is the median of the largest R-hat of 40 quantities of
+    4 x 100 independent draws: of 100 sets, the fraction above it is 0.5 within 4 binomial
+    sd (4 * 0.05 = 0.2). At false alarm 0.01 the same sets stay under it (expected 1 above,
+    3 allows P(Poisson(1) > 3) = 0.02), while the per-quantity 1.01 is exceeded by nearly all
+    of them (n = 50 draws per split chain: typical R-hat - 1 is about 1 / (2 n) = 0.01).
+    Negative control: one chain shifted by 0.5 sd in every quantity is flagged each time."""
+    rng = np.random.default_rng(0)
+    num_sets, shape = 100, (4, 100, 40)
+    maxima = np.array([_max_rhat(rng.standard_normal(shape)) for _ in range(num_sets)])
+    median_bound = rhat_threshold(4, 100, 40, false_alarm=0.5)
+    assert abs((maxima > median_bound).mean() - 0.5) <= 0.2
+    bound = rhat_threshold(4, 100, 40)
+    assert (maxima > bound).sum() <= 3
+    assert (maxima > RHAT_THRESHOLD).mean() > 0.9
+    for _ in range(5):
+        shifted = rng.standard_normal(shape)
+        shifted[3] += 0.5
+        assert _max_rhat(shifted) > bound
+
+
+def test_rhat_threshold_validates_and_keeps_the_per_quantity_bound():
+    assert rhat_threshold(4, 4000, 1) == RHAT_THRESHOLD  # long chains: 1.01 still applies
+    assert rhat_threshold(4, 250, 1024) > rhat_threshold(4, 250, 16) > RHAT_THRESHOLD
+    with pytest.raises(ConfigError, match="num_draws >= 4"):
+        rhat_threshold(4, 3, 10)
+    with pytest.raises(ConfigError, match="false_alarm"):
+        rhat_threshold(4, 100, 10, false_alarm=1.0)
+
+
+def test_nuts_records_energy_steps_and_divergences_per_draw():
+    """On a 4-D Gaussian posterior: ``energy - U(previous draw)`` is the refreshed kinetic
+    energy ``|u|^2 / 2``, ``u ~ N(0, I_4)``: non-negative, mean 2 within 4 standard errors
+    (sd sqrt(2) over 2 x 199 transitions: 0.28); steps and depth agree; no divergences;
+    ``az.bfmi`` is about 1 for a Gaussian target (Betancourt 2016 flags < 0.3)."""
+    problem = LinearGaussian(x_dim=4, y_dim=3, noise_std=0.3)
+    y = problem.simulate(1, torch.Generator().manual_seed(5))[1]
+    exact = exact_posterior(problem, y)
+    init = exact.sample(200, torch.Generator().manual_seed(0))[:, 0]
+    result = nuts_sample(problem, y[0], init, num_samples=200, warmup_steps=150, num_chains=2)
+    stats = result.sample_stats
+    assert set(stats) == {"diverging", "energy", "n_steps", "tree_depth", "step_size"}
+    assert all(v.shape == (2, 200) for v in stats.values())
+    assert stats["diverging"].dtype == bool and not stats["diverging"].any()
+    x = result.x.double()
+    with torch.no_grad():
+        potential = -(problem.log_prior(x) + problem.log_likelihood(x, y[0].double())).numpy()
+    kinetic = stats["energy"][:, 1:] - potential[:, :-1]
+    assert kinetic.min() > -1e-8
+    assert abs(kinetic.mean() - 2.0) < 4 * np.sqrt(2.0) / np.sqrt(kinetic.size)
+    assert (stats["n_steps"] >= 1).all()
+    assert (2 ** stats["tree_depth"] - 1 >= stats["n_steps"]).all()
+    assert (2 ** (stats["tree_depth"] - 1) <= stats["n_steps"]).all()
+    assert (stats["step_size"] > 0).all() and np.ptp(stats["step_size"], axis=1).max() == 0
+    assert stats["n_steps"].sum() < result.num_evaluations  # warm-up steps are counted too
+    bfmi = az.bfmi(az.convert_to_dataset({"energy": stats["energy"]}))
+    assert (bfmi > 0.3).all()
+
+
+def test_nuts_posterior_file_carries_the_sampler_statistics(tmp_path, capsys):
+    """``ppl-cvae sample --method nuts`` writes a file on which ``az.rhat``, ``az.ess`` and
+    ``az.bfmi`` run: ``diverging`` and ``energy`` per draw and observation, beside the
+    per-observation ``rhat``, its bound ``rhat_threshold`` and the misfit ``chi2_per_datum``."""
+    from inference.arviz_io import load_inference_data
+    from ppl_cvae.cli import main
+    from tests.conftest import TINY_FIT
+
+    run = tmp_path / "run"
+    lg = ["--problem", "linear_gaussian"]
+    assert main(["fit", *lg, "--out", str(run), *TINY_FIT]) == 0
+    obs = tmp_path / "obs.npz"
+    assert main(["simulate", *lg, "--num", "2", "--out", str(obs)]) == 0
+    out = tmp_path / "nuts.nc"
+    assert main(["sample", str(run), "--observation", str(obs), "--method", "nuts",
+                 "--num-samples", "80", "--chains", "2", "--warmup", "50",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    idata = load_inference_data(out)
+    stats = idata.sample_stats
+    for name in ("diverging", "energy", "n_steps", "tree_depth", "step_size"):
+        assert dict(stats[name].sizes) == {"chain": 2, "draw": 40, "observation": 2}, name
+    for name in ("chi2_per_datum", "lp", "rhat", "rhat_threshold", "ess_bulk"):
+        assert name in stats, name
+    assert stats["diverging"].dtype == bool
+    rhat = az.rhat(idata, var_names=["x"])["x"]
+    assert np.isfinite(rhat.values).all() and float(rhat.max()) < 1.3
+    assert np.isfinite(az.ess(idata, var_names=["x"])["x"].values).all()
+    for m in range(2):  # az.bfmi reads sample_stats.energy of (chain, draw)
+        bfmi = az.bfmi(stats.isel(observation=m))
+        assert bfmi.shape == (2,) and np.isfinite(bfmi).all() and (bfmi > 0).all()
