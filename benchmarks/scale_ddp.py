@@ -4,7 +4,7 @@ Runs ``ppl-cvae fit`` once in one process and once under ``torchrun --nproc-per-
 the same settings (global batch, seed, epochs), each process on ``--threads`` torch threads,
 and prints the median seconds per epoch (from the run's ``metrics.csv``, excluding the first
 epoch, which pays for warm-up), the speed-up, the last validation loss of each, and the peak
-resident memory of one process (``ru_maxrss`` of the waited-for children).
+resident memory of the largest process of each run (``ru_maxrss``).
 
     python benchmarks/scale_ddp.py --problem crosshole --epochs 4 --threads 1
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,17 +27,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+# run a command and print the largest RSS (KiB) of its processes: ru_maxrss of the waited-for
+# children of a fresh interpreter, so that each run is measured on its own
+_PEAK = (
+    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "sys.exit(rc)"
+)
+
+
 def _run(command: list[str], cwd: Path, threads: int) -> tuple[float, int]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, *command], cwd=cwd, env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, max over children
-    return seconds, max(peak, before)
+    return seconds, int(done.stderr.strip().splitlines()[-1])  # KiB
 
 
 def _epochs(run: Path) -> list[dict[str, float]]:
