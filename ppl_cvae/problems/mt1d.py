@@ -268,8 +268,8 @@ class MT1D(Problem):
     -----
     ``x = min + (max - min) sigmoid(u)``, ``u ~ GRF(m, s^2, correlation_length)`` (``m``, ``s``
     from ``prior_mean``, ``prior_std``; legacy: ``x ~ clip(GRF(prior_mean, prior_std^2,
-    correlation_length), min, max)``), ``y = F(x) + eps``, ``eps ~ N(0, C_e)``; ``F`` as in the module docstring. Nonlinear, so
-    :meth:`linear_gaussian` returns None.
+    correlation_length), min, max)``), ``y = F(x) + eps``, ``eps ~ N(0, C_e)``; ``F`` as in
+    the module docstring. Nonlinear, so :meth:`linear_gaussian` returns None.
 
     Examples
     --------
