@@ -5,9 +5,10 @@ down to 6200 m over a basement half-space, each with its own resistivity). The s
 impedance at 26 frequencies from 0.01 Hz to 1 kHz, from the upward impedance recursion, gives
 the apparent resistivity (plotted as log10 ohm m) and the phase (deg); low frequencies see deep
 (skin depth about 503 sqrt(rho / f) m). Noise is a 5 % relative error on the impedance (10 % in
-apparent resistivity, 2.9 deg in phase). The model is log10 resistivity, a smooth Gaussian
-random field around 100 ohm m clipped into [1, 10^4] ohm m; the forward operator is nonlinear,
-so there is no exact posterior to compare with.
+apparent resistivity, 2.9 deg in phase). The model is log10 resistivity, a smooth logit-normal
+random field (a Gaussian field through a scaled sigmoid) with median 100 ohm m inside
+(1, 10^4) ohm m; the forward operator is nonlinear, so there is no exact posterior to compare
+with (``ppl-cvae sample --method importance|nuts`` correct the draws with the prior's density).
 
 The script fits a CVAE with the problem's recommended settings, draws posterior samples for one
 held-out synthetic sounding (``posterior.nc``) and evaluates coverage and misfit on 50 more. It

@@ -150,8 +150,8 @@ def test_prior_bounds_determinism_and_moments():
     r = (1 + s + s * s / 3) * math.exp(-s)
     r_hat = float(torch.corrcoef(a[:, :2].T)[0, 1])
     assert abs(r_hat - r) < 4 * (1 - r * r) / math.sqrt(4000)
-    # narrow bounds do clip, and exactly onto the bounds (non-Gaussian point masses)
-    narrow = MT1D(min_log10_rho=1.9, max_log10_rho=2.1).sample_prior(50)
+    # the legacy clipped prior: narrow bounds do clip, exactly onto the bounds (point masses)
+    narrow = MT1D(min_log10_rho=1.9, max_log10_rho=2.1, prior="clipped").sample_prior(50)
     assert (narrow >= 1.9).all() and (narrow <= 2.1).all()
     assert (narrow == 1.9).any() and (narrow == 2.1).any()
 

@@ -255,7 +255,7 @@ def test_simulator_only_priors_raise_the_clear_error():
     assert not channels.has_prior_density
     with pytest.raises(NoPriorDensityError, match="channel prior.*generator only"):
         channels.log_prior(torch.zeros(4, 4))
-    mt = MT1D(num_layers=4)
+    mt = MT1D(num_layers=4, prior="clipped")  # the legacy clipped field (the default has one)
     assert not mt.has_prior_density
     with pytest.raises(NoPriorDensityError, match="clipped.*point masses"):
         mt.log_prior(torch.zeros(4))

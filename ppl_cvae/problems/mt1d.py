@@ -34,11 +34,23 @@ Noise model: independent Gaussian errors from a relative error ``e`` on the comp
 ``= 180 e / pi`` deg. ``y = F(x) + eps``, ``eps ~ N(0, C_e)`` with diagonal ``C_e``
 (:attr:`MT1D.noise_cov`).
 
-Prior: a stationary Gaussian random field on the layer tops (mean ``prior_mean``, standard
-deviation ``prior_std`` in log10 ohm m, correlation length in m), clipped into
-``[min_log10_rho, max_log10_rho]`` with :func:`torch.clamp`. The clip makes the prior
-non-Gaussian (point masses at the bounds); with the defaults (2 +- 0.5 within [0, 4]) a cell is
-clipped with probability 6e-5.
+Prior (``prior="logit_normal"``, the default): a logit-normal random field on the layer tops,
+``x = lo + (hi - lo) sigmoid(u)`` with ``lo, hi = min_log10_rho, max_log10_rho`` and ``u`` a
+stationary Gaussian random field (:class:`~ppl_cvae.problems.priors.BoundedGaussianField`).
+Its median is ``prior_mean`` and the standard deviation of each ``x_j`` is ``prior_std`` (log10
+ohm m), the latent field's mean and sd solved from them; ``u`` has the given kernel and
+correlation length. It has a density (:meth:`MT1D.log_prior`, zero outside the open interval)
+and an unconstrained parameterisation ``u`` for MCMC and refinement
+(:meth:`MT1D.parameterisation`). With the defaults (median 2, sd 0.5 in (0, 4)) the latent sd is
+0.5327 and neighbouring layers correlate at 0.9678 (the Gaussian field's 0.9680).
+
+Legacy prior (``prior="clipped"``, the prior of runs made before the logit-normal one): the
+Gaussian random field itself (mean ``prior_mean``, sd ``prior_std``) clipped into ``[lo, hi]``
+with :func:`torch.clamp`; point masses on the bounds (probability 6e-5 per cell with the
+defaults), so no density. A run saved before ``prior`` existed has no ``prior`` in its stored
+spec and is rebuilt with the logit-normal prior (same median, sd and, to 2e-4, correlation), so
+that ``sample --method importance|nuts`` work on it; pass ``prior="clipped"`` to simulate its
+training data exactly.
 
 References
 ----------
@@ -55,16 +67,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, DataError, NoPriorDensityError, ShapeError
 from ppl_cvae.problems.base import LinearGaussianParts, Problem, register_problem
-from ppl_cvae.problems.priors import CORRELATION_KERNELS, GaussianRandomField, Kernel
+from ppl_cvae.problems.parameterisation import Parameterisation
+from ppl_cvae.problems.priors import (
+    CORRELATION_KERNELS,
+    BoundedGaussianField,
+    GaussianRandomField,
+    Kernel,
+)
 
-__all__ = ["MT1D", "MU_0", "layered_impedance", "log_frequencies"]
+__all__ = ["MT1D", "MT1D_PRIORS", "MU_0", "MT1DPrior", "layered_impedance", "log_frequencies"]
+
+MT1DPrior = Literal["logit_normal", "clipped"]
+MT1D_PRIORS: tuple[str, ...] = ("logit_normal", "clipped")
 
 MU_0 = 4e-7 * math.pi
 """Magnetic permeability of free space (and of the earth), in H/m."""
@@ -195,15 +216,22 @@ class MT1D(Problem):
         Relative error ``e`` of the impedance, in (0, 1): ``sigma(log10 rho_a) = 2 e / ln 10``
         (0.0434, i.e. 10 % in ``rho_a``) and ``sigma(phi) = 180 e / pi`` deg (2.86 deg).
     prior_mean : float, default 2.0
-        Prior mean of ``x`` in log10 ohm m (100 ohm m).
+        ``"logit_normal"``: prior median of each ``x_j`` in log10 ohm m (100 ohm m), inside
+        ``(min_log10_rho, max_log10_rho)`` (the mean too when it is the midpoint);
+        ``"clipped"``: mean of the field before clipping.
     prior_std : float, default 0.5
-        Prior standard deviation of ``x`` in log10 ohm m (before clipping), > 0.
+        Prior standard deviation of each ``x_j`` in log10 ohm m, > 0 (``"clipped"``: before
+        clipping; ``"logit_normal"``: below the largest the bounds allow, 1.87 for (0, 4)).
     correlation_length : float, default 1000.0
-        Correlation length of the prior random field along depth, in m, > 0.
+        Correlation length of the (latent) Gaussian random field along depth, in m, > 0.
     kernel : {"exponential", "gaussian", "matern32", "matern52"}, default "matern52"
-        Correlation function of the prior (:class:`GaussianRandomField`).
+        Correlation function of the (latent) field (:class:`GaussianRandomField`).
     min_log10_rho, max_log10_rho : float, default 0.0 and 4.0
-        Bounds (log10 ohm m) into which prior draws are clipped; ``min < max``.
+        Bounds (log10 ohm m) of ``x``, ``min < max``: open bounds of the logit-normal field,
+        or the interval prior draws are clipped into.
+    prior : {"logit_normal", "clipped"}, default "logit_normal"
+        The prior family (module docstring): a logit-normal field with a density, or the
+        legacy clipped Gaussian field (no density).
 
     Attributes
     ----------
@@ -212,6 +240,10 @@ class MT1D(Problem):
     noise_cov : Tensor, shape (2 M, 2 M), float64
         Diagonal noise covariance of the flattened ``y`` (first the ``M`` log10 apparent
         resistivities, then the ``M`` phases), in (log10 ohm m)^2 and deg^2.
+    has_prior_density : bool
+        True for ``prior="logit_normal"``, False for ``"clipped"``.
+    field : BoundedGaussianField or GaussianRandomField
+        The prior field of ``x`` (``"logit_normal"``), or the field before clipping.
     noise_std : float
         Scalar summary of the noise: root mean square of the per-datum standard deviations,
         ``sqrt(trace(C_e) / 2M)`` (2.03 with the defaults, dominated by the phases). Noise draws,
@@ -234,9 +266,10 @@ class MT1D(Problem):
 
     Notes
     -----
-    ``x ~ clip(GRF(prior_mean, prior_std^2, correlation_length), min, max)``,
-    ``y = F(x) + eps``, ``eps ~ N(0, C_e)``; ``F`` as in the module docstring. Nonlinear, so
-    :meth:`linear_gaussian` returns None.
+    ``x = min + (max - min) sigmoid(u)``, ``u ~ GRF(m, s^2, correlation_length)`` (``m``, ``s``
+    from ``prior_mean``, ``prior_std``; legacy: ``x ~ clip(GRF(prior_mean, prior_std^2,
+    correlation_length), min, max)``), ``y = F(x) + eps``, ``eps ~ N(0, C_e)``; ``F`` as in
+    the module docstring. Nonlinear, so :meth:`linear_gaussian` returns None.
 
     Examples
     --------
@@ -265,6 +298,7 @@ class MT1D(Problem):
         kernel: Kernel = "matern52",
         min_log10_rho: float = 0.0,
         max_log10_rho: float = 4.0,
+        prior: MT1DPrior = "logit_normal",
     ) -> None:
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 2:
             raise ConfigError(
@@ -291,6 +325,8 @@ class MT1D(Problem):
             raise ConfigError(
                 f"need min_log10_rho < max_log10_rho, got {min_log10_rho!r} and {max_log10_rho!r}"
             )
+        if prior not in MT1D_PRIORS:
+            raise ConfigError(f"unknown prior {prior!r}; expected one of {MT1D_PRIORS}")
         self.num_layers = num_layers
         self.depth = float(depth)
         self.frequencies = freqs
@@ -301,6 +337,8 @@ class MT1D(Problem):
         self.kernel: Kernel = kernel
         self.min_log10_rho = float(min_log10_rho)
         self.max_log10_rho = float(max_log10_rho)
+        self.prior: MT1DPrior = prior
+        self.has_prior_density = prior == "logit_normal"
 
         num_freq = len(freqs)
         thickness = self.depth / (num_layers - 1)
@@ -330,16 +368,33 @@ class MT1D(Problem):
         self.noise_cov = torch.diag(torch.tensor(variances, dtype=torch.float64))
         self.noise_std = math.sqrt(sum(variances) / len(variances))
         self.misfit_std = self.noise_std
-        self.field = GaussianRandomField(
-            (tops,),
-            mean=self.prior_mean,
-            sill=self.prior_std**2,
-            correlation_length=self.correlation_length,
-            kernel=kernel,
-        )
+        self.field: BoundedGaussianField | GaussianRandomField
+        if prior == "logit_normal":
+            self.field = BoundedGaussianField(
+                (tops,),
+                lower=self.min_log10_rho,
+                upper=self.max_log10_rho,
+                median=self.prior_mean,
+                std=self.prior_std,
+                correlation_length=self.correlation_length,
+                kernel=kernel,
+            )
+        else:
+            self.field = GaussianRandomField(
+                (tops,),
+                mean=self.prior_mean,
+                sill=self.prior_std**2,
+                correlation_length=self.correlation_length,
+                kernel=kernel,
+            )
 
     def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw clipped random-field profiles; shape ``(num, N)``, float32, log10 ohm m.
+        """Draw prior profiles; shape ``(num, N)``, float32, log10 ohm m.
+
+        Logit-normal draws lie strictly inside ``(min_log10_rho, max_log10_rho)``
+        (:meth:`BoundedGaussianField.sample
+        <ppl_cvae.problems.priors.BoundedGaussianField.sample>`); clipped draws in the closed
+        interval.
 
         Raises
         ------
@@ -353,6 +408,8 @@ class MT1D(Problem):
         ((3, 32), True)
         """
         x = self.field.sample(num, generator)
+        if self.prior == "logit_normal":
+            return x
         return torch.clamp(x, self.min_log10_rho, self.max_log10_rho)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -408,22 +465,80 @@ class MT1D(Problem):
         return super().simulate(num, generator)
 
     def log_prior(self, x: torch.Tensor) -> torch.Tensor:
-        """Refuse: the clipped random-field prior has no density (:attr:`has_prior_density`).
+        """Return the logit-normal prior log density of profiles ``x``; shape ``(*batch,)``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, N)
+            log10 resistivity profiles (log10 ohm m).
+
+        Returns
+        -------
+        Tensor, shape (*batch,)
+            In nats, float64, with respect to Lebesgue measure on ``R^N`` ((log10 ohm m) to the
+            power ``-N``): ``log N(u; m 1, s^2 R) - sum_j log((hi - lo) sigmoid(u_j)
+            (1 - sigmoid(u_j)))`` with ``u = logit((x - lo) / (hi - lo))``
+            (:meth:`BoundedGaussianField.log_prob
+            <ppl_cvae.problems.priors.BoundedGaussianField.log_prob>`); ``-inf`` for a profile
+            with a value outside the open interval ``(lo, hi)``. Differentiable in ``x``.
 
         Raises
         ------
+        ShapeError
+            If the last axis of ``x`` is not ``N``.
         NoPriorDensityError
-            Always: :func:`torch.clamp` puts point masses on the bounds ``min_log10_rho`` and
-            ``max_log10_rho``, so the prior is not absolutely continuous on ``R^N``.
+            With ``prior="clipped"``: :func:`torch.clamp` puts point masses on the bounds, so
+            that prior is not absolutely continuous on ``R^N``.
+
+        Examples
+        --------
+        >>> p = MT1D(num_layers=4, depth=300.0)
+        >>> lp = p.log_prior(torch.tensor([[2.0, 2.1, 1.9, 2.0], [2.0, 2.0, 2.0, 4.5]]))
+        >>> bool(torch.isfinite(lp[0])), lp[1].item()
+        (True, -inf)
         """
-        raise NoPriorDensityError(
-            "the mt1d prior is a Gaussian random field clipped into "
-            f"[{self.min_log10_rho}, {self.max_log10_rho}] (log10 ohm m): the clip puts point "
-            "masses on the bounds, so it has no density to evaluate"
+        if self.prior == "clipped":
+            raise NoPriorDensityError(
+                "the mt1d prior='clipped' is a Gaussian random field clipped into "
+                f"[{self.min_log10_rho}, {self.max_log10_rho}] (log10 ohm m): the clip puts "
+                "point masses on the bounds, so it has no density to evaluate; use "
+                "prior='logit_normal' (the default) for a prior with a density"
+            )
+        if x.dim() < 1 or x.shape[-1] != self.num_layers:
+            raise ShapeError(f"x must have shape (*batch, {self.num_layers}), got {tuple(x.shape)}")
+        field = self.field
+        assert isinstance(field, BoundedGaussianField)  # prior == "logit_normal"
+        return field.log_prob(x)
+
+    def parameterisation(self) -> Parameterisation | None:
+        """Return ``x = T(u)``, the logit-normal prior's map from unconstrained ``u``; or None.
+
+        An identity basis with the bijection ``T(u) = lo + (hi - lo) sigmoid(u)`` (per layer;
+        :attr:`BoundedGaussianField.transform
+        <ppl_cvae.problems.priors.BoundedGaussianField.transform>`) and :meth:`log_prior`: NUTS
+        (:func:`inference.mcmc.nuts_sample`) and the misfit refinement then work on ``u`` in
+        ``R^N``, where the prior density of ``u`` is Gaussian (:meth:`log_prior` plus the
+        Jacobian of ``T``). None with ``prior="clipped"`` (MCMC then refuses: no density).
+
+        Examples
+        --------
+        >>> par = MT1D(num_layers=4, depth=300.0).parameterisation()
+        >>> x = par.to_x(torch.zeros(4))  # u = 0 is the median
+        >>> x.tolist(), round(float(par.from_x(x).abs().max()), 6)
+        ([2.0, 2.0, 2.0, 2.0], 0.0)
+        """
+        field = self.field
+        if not isinstance(field, BoundedGaussianField):
+            return None
+        return Parameterisation(
+            torch.eye(self.num_layers),
+            self.x_shape,
+            field.transform,
+            log_prior_x=self.log_prior,
         )
 
     def linear_gaussian(self) -> LinearGaussianParts | None:
-        """Return None: the forward operator is nonlinear and the clipped prior non-Gaussian."""
+        """Return None: the forward operator is nonlinear and the prior non-Gaussian."""
         return None
 
     def recommended_settings(self) -> Overrides:
@@ -461,4 +576,5 @@ class MT1D(Problem):
             "kernel": self.kernel,
             "min_log10_rho": self.min_log10_rho,
             "max_log10_rho": self.max_log10_rho,
+            "prior": self.prior,
         }
