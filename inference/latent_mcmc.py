@@ -52,7 +52,7 @@ import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 
-from inference.mcmc import RHAT_THRESHOLD
+from inference.mcmc import rhat_threshold
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
@@ -108,9 +108,19 @@ class LatentMCMCResult:
     seconds: float
 
     @property
+    def rhat_threshold(self) -> float:
+        """The bound on the largest R-hat of the latent coordinates that mixed chains respect.
+
+        :func:`~inference.mcmc.rhat_threshold` for these chains, draws and latent coordinates
+        (never below 1.01), as for NUTS on ``x``.
+        """
+        chains, draws, latent = self.z.shape
+        return rhat_threshold(chains, draws, latent)
+
+    @property
     def converged(self) -> bool:
-        """Whether ``rhat <= RHAT_THRESHOLD`` (1.01) and there were no divergences."""
-        return self.rhat <= RHAT_THRESHOLD and self.divergences == 0
+        """Whether ``rhat <= rhat_threshold`` and there were no divergences."""
+        return self.rhat <= self.rhat_threshold and self.divergences == 0
 
     def posterior_mean(self) -> torch.Tensor:
         """Return the posterior mean of ``g(z)``, shape ``x_shape``, units of ``x``.
@@ -448,8 +458,8 @@ def sample_latent_nuts(
     summary : str
         One line of diagnostics; it says FAILED when an observation's chains have not mixed.
     ok : bool
-        False when any observation has R-hat above :data:`~inference.mcmc.RHAT_THRESHOLD`
-        (1.01) or divergent transitions.
+        False when any observation has R-hat above its
+        :attr:`LatentMCMCResult.rhat_threshold` (at least 1.01) or divergent transitions.
 
     Raises
     ------
@@ -564,7 +574,8 @@ def latent_nuts_summary(results: Sequence[LatentMCMCResult]) -> tuple[str, bool]
     )
     if failed:
         summary += (
-            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat > {RHAT_THRESHOLD} "
-            "or divergences): the chains have not mixed; run longer (--warmup, --num-samples)"
+            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat > "
+            f"{max(r.rhat_threshold for r in results):.4f} or divergences): the chains have not "
+            "mixed; run longer (--warmup, --num-samples)"
         )
     return summary, failed == 0

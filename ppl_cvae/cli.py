@@ -212,6 +212,7 @@ def _apply_run_file(args: argparse.Namespace) -> dict[str, Any] | None:
             args.dataset_path = dataset.get("path")
     if args.decoder is None:
         args.decoder = run.decoder or "auto"
+    args.unconditional = bool(args.unconditional or run.unconditional)
     if args.condition is None:
         args.condition = "label"
     for name in ("data", "dataset_path"):
@@ -692,6 +693,7 @@ def _run_doc(
                     "model": model_config.to_dict(),
                     "train": train_config.to_dict(),
                     "torch_threads": torch.get_num_threads(),
+                    "unconditional": bool(args.unconditional),
                 }
             )
         ),

@@ -23,8 +23,9 @@ Example ``run.toml``::
 Top-level keys: ``problem`` (a name or a table with ``name`` and the factory's keyword
 arguments), ``data`` (a path, relative to the working directory as on the command line),
 ``dataset`` (a name or a table with ``name``, ``condition``, ``path``, ``image_size``),
-``decoder``, ``model``, ``train``; ``torch_threads``, ``device`` and ``distributed`` (recorded
-by a run) are read and ignored (the device and the launch are flags of each command).
+``decoder``, ``unconditional`` (true for ``fit --unconditional``), ``model``, ``train``;
+``torch_threads``, ``device`` and ``distributed`` (recorded by a run) are read and ignored
+(the device and the launch are flags of each command).
 ``model`` may carry ``x_shape``/``y_shape`` (a run's record): they are checked against the
 data, not set from the file.
 """
@@ -57,6 +58,7 @@ _KEYS = (
     "data",
     "dataset",
     "decoder",
+    "unconditional",
     "model",
     "train",
     "torch_threads",
@@ -84,6 +86,8 @@ class RunFile:
         Image dataset: ``name`` and optionally ``condition``, ``path``, ``image_size``.
     decoder : str or None
         ``"auto"``, ``"network"`` or ``"basis"``.
+    unconditional : bool
+        An unconditional VAE on the problem's prior draws (``fit --unconditional``).
     x_shape, y_shape : tuple of int or None
         Event shapes a run recorded (``model.x_shape``/``model.y_shape`` of a ``config.json``).
     """
@@ -93,6 +97,7 @@ class RunFile:
     data: str | None = None
     dataset: dict[str, Any] | None = None
     decoder: str | None = None
+    unconditional: bool = False
     x_shape: tuple[int, ...] | None = None
     y_shape: tuple[int, ...] | None = None
 
@@ -103,6 +108,14 @@ def _table(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
         kind = type(value).__name__
         raise ConfigError(f"{where}: {key!r} must be a table of settings, got {kind}")
     return dict(value)
+
+
+def _flag(doc: Mapping[str, Any], key: str, where: str) -> bool:
+    """Return ``doc[key]`` as a bool (False when absent); ConfigError for anything else."""
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def _text(doc: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -249,6 +262,7 @@ def run_file_from_dict(doc: Any, where: str) -> RunFile:
         data=_text(doc, "data", where),
         dataset=_dataset(doc.get("dataset"), where),
         decoder=_text(doc, "decoder", where),
+        unconditional=_flag(doc, "unconditional", where),
         x_shape=x_shape,
         y_shape=y_shape,
     )
