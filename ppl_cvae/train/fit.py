@@ -640,6 +640,9 @@ def fit(
         num_train=source.pairs_per_epoch,
     )
     first_epoch, first_step, loss_sum = (1, 0, 0.0) if session is None else session.resume_point()
+    if ddp is not None and ddp.rank > 0 and resume_from is not None:
+        # the state holds rank 0's RNGs: draw this rank's latent noise from its own stream again
+        pyro.set_rng_seed(config.seed + ddp.rank + 1_000_003 * (first_epoch + 1) + first_step)
     bar = tqdm(
         range(first_epoch, config.num_epochs + 1),
         initial=first_epoch - 1,
