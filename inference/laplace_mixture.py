@@ -2,11 +2,9 @@
 
 For a posterior of a few coefficients ``e`` (dimension ``k``; Two Birds: the four line
 endpoints) under Gaussian noise of standard deviation ``sigma``,
-
-    p(e | y) ∝ p(e) exp(-|F(e) - y|^2 / (2 sigma^2)),
-
-whose modes are narrow and far apart, neither a single chain nor an amortized proposal moves
-between modes. The sampler here (Gelman et al. 2013, BDA3 sec. 13.2: a mixture of normal
+``p(e | y) ∝ p(e) exp(-|F(e) - y|^2 / (2 sigma^2))``, whose modes are narrow and far
+apart, neither a single chain nor an amortized proposal moves between modes. The sampler here
+(Gelman et al. 2013, BDA3 sec. 13.2: a mixture of normal
 approximations at the modes, corrected by importance weights):
 
 1. polishes each start (e.g. refined amortized draws) with Levenberg-Marquardt on the misfit

@@ -3,9 +3,9 @@
 A prior defined by a simulator (``Crosshole(prior="channels")``) has no density, so NUTS on
 ``x`` (:mod:`inference.mcmc`) cannot run. Following Laloy et al. (2018), the prior is replaced by
 a generative model of its draws, ``x = g(z)``, ``z ~ N(0, I_k)``: here the decoder location of
-an unconditional VAE fitted on prior draws (:func:`ppl_cvae.train.generative_prior
-.fit_generative_prior`, ``ppl-cvae fit --unconditional``). NUTS then samples the latent
-posterior
+an unconditional VAE fitted on prior draws
+(:func:`~ppl_cvae.train.generative_prior.fit_generative_prior`,
+``ppl-cvae fit --unconditional``). NUTS then samples the latent posterior
 
     p(z | y)  proportional to  N(z; 0, I_k) p(y | g(z)),
 

@@ -607,15 +607,31 @@ def _fit_into(
     simulator = _simulator(args, problem) if problem is not None else None
     if args.stream:
         from ppl_cvae.data.streaming import SimulationStream
+        from ppl_cvae.train.distributed import launch_rank, launch_world_size, shard_rows
         from ppl_cvae.train.sources import StreamBatches, steps_for
 
         assert problem is not None  # _check_stream_flags
-        stream = SimulationStream(problem.simulate, train_config.batch_size, seed=train_config.seed)
+        # under torchrun every rank streams its own share of each minibatch (own seeds)
+        rank, world = launch_rank(), launch_world_size()
+        share = shard_rows(train_config.batch_size, rank, world)
+        if share.stop == share.start:
+            raise ConfigError(
+                f"--batch-size {train_config.batch_size} is smaller than the {world} ranks: "
+                "each rank streams a share of every minibatch"
+            )
+        stream = SimulationStream(
+            problem.simulate,
+            share.stop - share.start,
+            seed=train_config.seed,
+            rank=rank,
+            world_size=world,
+        )
         batches = StreamBatches(
             stream,
             steps_for(train_config.num_train, train_config.batch_size),
             num_workers=args.workers,
             conditional=model_config.conditional,
+            global_batch_size=train_config.batch_size if world > 1 else None,
         )
         data_source = {"stream": {"workers": args.workers}}
     frames = (

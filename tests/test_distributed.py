@@ -143,3 +143,28 @@ def test_a_rank_that_dies_fails_the_run_without_hanging_or_finishing(tmp_path):
     assert not (run / "model.pt").exists() and not (run / "config.json").exists()
     assert (run / "train_state.pt").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name != "dying_problem.py"] == ["run"]
+
+
+def test_ranks_stream_their_own_share_of_each_minibatch(tmp_path):
+    """Under torchrun ``--stream`` gives every rank its own seeds and a share of the minibatch.
+
+    The two-rank run trains on other simulations than the one-process run, so their losses
+    agree in distribution only: measured over seeds 0-2 with these settings, one process ends
+    at validation losses 1.92, 2.03 and 2.05 nats (sd 0.07); the tolerance is 4 sd.
+    """
+    args = [*TINY_NPE, "--stream", "--num-train", "1200", "--epochs", "3"]
+    command = [sys.executable, "-m", "ppl_cvae.cli", *args, "--out", "one"]
+    one = subprocess.run(
+        command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert one.returncode == 0, one.stderr
+    two = _torchrun([*args, "--out", "two"], tmp_path)
+    assert two.returncode == 0, two.stderr[-2000:]
+    payload = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
+    state = payload["extra"]["data_source"]["stream"]["state"]
+    assert state["world_size"] == 2 and state["rank"] == 0 and state["batch_size"] == 50
+    losses = [
+        float((tmp_path / run / "metrics.csv").read_text().splitlines()[-1].split(",")[2])
+        for run in ("one", "two")
+    ]
+    assert abs(losses[1] - losses[0]) <= 4 * 0.07

@@ -44,7 +44,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ppl_cvae.errors import ConfigError
 
-__all__ = ["DistributedSetup", "launch_rank", "setup_distributed", "shard_rows", "shutdown"]
+__all__ = [
+    "DistributedSetup",
+    "launch_rank",
+    "launch_world_size",
+    "setup_distributed",
+    "shard_rows",
+    "shutdown",
+]
 
 TIMEOUT_MINUTES = 10
 """How long a rank waits for the others in one collective before the run fails."""
@@ -147,13 +154,20 @@ class DistributedSetup:
         return [float(v) for v in t.cpu()]
 
     def make_step(
-        self, cvae: torch.nn.Module, optim: Callable[[Any], None], num_particles: int
+        self,
+        cvae: torch.nn.Module,
+        optim: Callable[[Any], None],
+        num_particles: int,
+        presharded: bool = False,
     ) -> Callable[..., float]:
         """Return ``step(y, x, **kwargs) -> loss`` taking one data-parallel SVI step.
 
         ``y``, ``x`` are the whole global minibatch (``(B, *y_shape)``, ``(B, *x_shape)``) on
         this rank's device; the rank keeps its :func:`shard_rows` and the returned loss is the
-        whole minibatch's (summed over ranks), as ``SVI.step`` returns in one process. The
+        whole minibatch's (summed over ranks), as ``SVI.step`` returns in one process. With
+        ``presharded`` they are this rank's shard already (a per-rank simulation stream); the
+        returned loss is then the whole minibatch's loss per pair times this shard's size, so
+        that dividing by ``len(x)`` gives the loss per pair of the whole minibatch. The
         parameters stepped are those the trace touches, as in ``SVI.step``.
         """
         loss_module = _LossModule(cvae, num_particles)
@@ -168,22 +182,31 @@ class DistributedSetup:
                 broadcast_buffers=False,
             )
 
+        def local_step(
+            ys: torch.Tensor | None, xs: torch.Tensor, weight: float, **kwargs: Any
+        ) -> float:
+            """Backward ``weight`` x this shard's loss, step the optimiser; return the loss."""
+            with poutine.trace(param_only=True) as capture:
+                loss = module(ys, xs, **kwargs)
+            sites = capture.trace.nodes.values()
+            params = {cast(Any, site["value"]).unconstrained() for site in sites}
+            (loss * weight).backward()  # DDP averages over ranks: weight W sums the shards
+            optim(params)
+            pyro.infer.util.zero_grads(params)
+            return float(loss.detach())
+
         def step(y: torch.Tensor | None, x: torch.Tensor, **kwargs: Any) -> float:
+            if presharded:
+                local = local_step(y, x, float(self.world_size), **kwargs)
+                total, count = self.all_sum([local, float(x.shape[0])])
+                return total / count * x.shape[0]
             rows = shard_rows(x.shape[0], self.rank, self.world_size)
             empty = rows.start == rows.stop
             if empty:  # fewer rows than ranks: take part in the all-reduce with zero weight
                 rows = slice(0, 1)
             xs, ys = x[rows], None if y is None else y[rows]
-            with poutine.trace(param_only=True) as capture:
-                loss = module(ys, xs, **kwargs)
-            sites = capture.trace.nodes.values()
-            params = {cast(Any, site["value"]).unconstrained() for site in sites}
-            weight = 0.0 if empty else float(self.world_size)
-            (loss * weight).backward()  # DDP averages over ranks: the sum of the shards' loss
-            optim(params)
-            pyro.infer.util.zero_grads(params)
-            local = 0.0 if empty else float(loss.detach())
-            return self.all_sum([local])[0]
+            local = local_step(ys, xs, 0.0 if empty else float(self.world_size), **kwargs)
+            return self.all_sum([0.0 if empty else local])[0]
 
         return step
 
@@ -200,6 +223,16 @@ def launch_rank() -> int:
         return int(os.environ.get("RANK", "0") or 0)
     except ValueError:
         return 0
+
+
+def launch_world_size() -> int:
+    """Return the number of ranks: the process group's, else torchrun's ``WORLD_SIZE``, else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_world_size())
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    except ValueError:
+        return 1
 
 
 def setup_distributed(device: torch.device) -> DistributedSetup | None:

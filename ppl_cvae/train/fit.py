@@ -616,7 +616,17 @@ def fit(
     cvae.to(device)
     val = None if val is None else val.to(device)
     svi, optim = _make_svi(cvae, config, source.pairs_per_epoch)
-    step = svi.step if ddp is None else ddp.make_step(cvae, optim, config.num_particles)
+    presharded = bool(getattr(source, "sharded", False))
+    if presharded and ddp is None:
+        raise ConfigError(
+            "the batch source streams one rank's share of each minibatch, but no process "
+            "group is set up (launch with torchrun)"
+        )
+    step = (
+        svi.step
+        if ddp is None
+        else ddp.make_step(cvae, optim, config.num_particles, presharded=presharded)
+    )
 
     result = FitResult(config=config)
     stopper = _EarlyStopping(config.patience)

@@ -174,6 +174,11 @@ class StreamBatches:
         False drops ``y``.
     prefetch_factor : int, default 2
         Minibatches each worker simulates ahead.
+    global_batch_size : int, optional
+        In a data-parallel run where every rank streams its own share of each minibatch
+        (``stream.rank`` of ``stream.world_size``): the size of the whole minibatch. The
+        source is then :attr:`sharded`: its minibatches are this rank's shard already, and
+        :attr:`pairs_per_epoch` counts the pairs of all ranks.
 
     Raises
     ------
@@ -189,6 +194,7 @@ class StreamBatches:
         num_workers: int = 0,
         conditional: bool = True,
         prefetch_factor: int = 2,
+        global_batch_size: int | None = None,
     ) -> None:
         if steps_per_epoch < 1 or num_workers < 0 or prefetch_factor < 1:
             raise ConfigError(
@@ -198,12 +204,18 @@ class StreamBatches:
         self.stream, self.steps_per_epoch = stream, steps_per_epoch
         self.num_workers, self.conditional = num_workers, conditional
         self.prefetch_factor = prefetch_factor
+        self.global_batch_size = global_batch_size
         self._items: Iterator[StreamItem] | None = None
 
     @property
+    def sharded(self) -> bool:
+        """Whether each minibatch is this rank's shard of a data-parallel minibatch."""
+        return self.global_batch_size is not None
+
+    @property
     def pairs_per_epoch(self) -> int:
-        """``steps_per_epoch * batch_size``."""
-        return self.steps_per_epoch * self.stream.batch_size
+        """``steps_per_epoch`` times the (global) minibatch size."""
+        return self.steps_per_epoch * (self.global_batch_size or self.stream.batch_size)
 
     def _iterator(self) -> Iterator[StreamItem]:
         if self._items is None:
