@@ -654,7 +654,9 @@ def sample_corrected(
     Returns
     -------
     idata : arviz.InferenceData
-        Latent NUTS: as NUTS, with ``x = g(z)`` (:mod:`inference.latent_mcmc`).
+        Latent NUTS: chains and draws of ``x = g(z)`` and ``z`` with ``rhat``, ``ess_bulk``
+        and ``divergences`` per observation (no per-draw sampler statistics;
+        :mod:`inference.latent_mcmc`).
         Importance sampling: ``num_samples`` draws per observation resampled (systematic
         resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
         ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in

@@ -331,8 +331,8 @@ def _resume_args(args: argparse.Namespace) -> Any:
     if given:
         raise ConfigError(
             f"--resume continues {args.resume!r} with the settings it recorded; drop "
-            f"{', '.join(given)} (only --threads, --quiet and the --checkpoint-* options may "
-            "change; for other settings start a new run)"
+            f"{', '.join(given)} (only --threads, --quiet, --device and the --checkpoint-* "
+            "options may change; for other settings start a new run)"
         )
     state = find_resumable(args.resume)
     args.run_file = run_file_from_dict(state.record, f"training state {str(state.path)!r}")
@@ -441,6 +441,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise ConfigError(f"{err} (settings of run file {args.config!r} and the flags)") from None
     _check_recorded_shapes(args, model_config)
     if lazy_pairs is not None:
+        if state is not None:
+            raise ConfigError(
+                f"{args.resume!r} was fitted on pairs in memory; its data file is now read "
+                "lazily (a .nc larger than half the free memory), and a lazy fit cannot resume: "
+                "free memory or start a new run"
+            )
         with lazy_pairs:
             check_model_memory(model_config)
             done = _write_run(
@@ -620,7 +626,7 @@ def _fit_into(
                 "each rank streams a share of every minibatch"
             )
         stream = SimulationStream(
-            problem.simulate,
+            _simulator(args, problem),
             share.stop - share.start,
             seed=train_config.seed,
             rank=rank,
@@ -1099,8 +1105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN",
         help="continue the interrupted fit in folder RUN from its last checkpoint "
-        "(train_state.pt) with the settings it recorded; only --threads, --quiet and the "
-        "--checkpoint-* options may be given with it",
+        "(train_state.pt) with the settings it recorded; only --threads, --quiet, --device and "
+        "the --checkpoint-* options may be given with it",
     )
     fit_p.add_argument(
         "--checkpoint-every",
@@ -1449,6 +1455,9 @@ _FIT_DESTS = {
     "decoder",
     "resimulate",
     "unconditional",
+    "stream",
+    "workers",
+    "lazy",
     "overwrite",
 }
 """The fit options that set what a run computes or where it writes (refused by --resume)."""

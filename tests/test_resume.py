@@ -297,6 +297,8 @@ def test_ctrl_c_keeps_the_state_and_a_fresh_fit_does_not_take_it(interrupted, ca
     (["--epochs", "9"], "drop --epochs"),
     (["--out", "elsewhere"], "drop --out"),
     (["--seed", "1", "--overwrite"], "drop --seed, --overwrite"),
+    (["--stream", "--workers", "2"], "drop --stream, --workers"),
+    (["--lazy"], "drop --lazy"),
     (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0"),
 ])
 def test_resume_refuses_setting_flags(interrupted, capsys, extra, match):

@@ -48,6 +48,8 @@ __all__ = [
     "DistributedSetup",
     "launch_rank",
     "launch_world_size",
+    "rank_device",
+    "rank_seed",
     "setup_distributed",
     "shard_rows",
     "shutdown",
@@ -233,6 +235,30 @@ def launch_world_size() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
     except ValueError:
         return 1
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Return the device this rank trains on: ``cuda:LOCAL_RANK`` for CUDA under torchrun.
+
+    Known before :func:`setup_distributed` runs, so that a problem's forward operator can be
+    placed on the rank's GPU first. Any other device is returned unchanged.
+    """
+    if device.type != "cuda" or launch_world_size() <= 1:
+        return device
+    try:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+    except ValueError:
+        raise ConfigError(
+            f"LOCAL_RANK={os.environ.get('LOCAL_RANK')!r} is not an integer; launch with torchrun"
+        ) from None
+
+
+def rank_seed(seed: int, *parts: int) -> int:
+    """Return a seed for this rank's own random stream, ``seed + sum(parts)`` modulo 2**32.
+
+    NumPy (seeded by ``pyro.set_rng_seed``) takes seeds below 2**32 only.
+    """
+    return (int(seed) + sum(int(p) for p in parts)) % 2**32
 
 
 def setup_distributed(device: torch.device) -> DistributedSetup | None:

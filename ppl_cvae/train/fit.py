@@ -28,7 +28,13 @@ from ppl_cvae.device import problem_on, resolve_device
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
-from ppl_cvae.train.distributed import DistributedSetup, setup_distributed, shard_rows
+from ppl_cvae.train.distributed import (
+    DistributedSetup,
+    rank_device,
+    rank_seed,
+    setup_distributed,
+    shard_rows,
+)
 from ppl_cvae.train.optim import FusedClippedAdam
 from ppl_cvae.train.resume import CheckpointPolicy, TrainingSession, TrainState, data_digest
 from ppl_cvae.train.settings import resolve_settings
@@ -609,68 +615,70 @@ def fit(
         progress = progress and ddp.is_main
         metrics_path = metrics_path if ddp.is_main else None
         on_epoch_end = on_epoch_end if ddp.is_main else None
-    pyro.set_rng_seed(config.seed + (0 if ddp is None else ddp.rank))  # own latent noise
+    pyro.set_rng_seed(rank_seed(config.seed, 0 if ddp is None else ddp.rank))  # own noise
     pyro.clear_param_store()
     generator = torch.Generator().manual_seed(config.seed)
     source, val = _training_source(cvae, x, y, config, simulator, batches, validation, generator)
-    cvae.to(device)
-    val = None if val is None else val.to(device)
-    svi, optim = _make_svi(cvae, config, source.pairs_per_epoch)
-    presharded = bool(getattr(source, "sharded", False))
-    if presharded and ddp is None:
-        raise ConfigError(
-            "the batch source streams one rank's share of each minibatch, but no process "
-            "group is set up (launch with torchrun)"
+    try:  # stream workers and open files are released however the fit ends
+        cvae.to(device)
+        val = None if val is None else val.to(device)
+        svi, optim = _make_svi(cvae, config, source.pairs_per_epoch)
+        presharded = bool(getattr(source, "sharded", False))
+        if presharded and ddp is None:
+            raise ConfigError(
+                "the batch source streams one rank's share of each minibatch, but no process "
+                "group is set up (launch with torchrun)"
+            )
+        step = (
+            svi.step
+            if ddp is None
+            else ddp.make_step(cvae, optim, config.num_particles, presharded=presharded)
         )
-    step = (
-        svi.step
-        if ddp is None
-        else ddp.make_step(cvae, optim, config.num_particles, presharded=presharded)
-    )
 
-    result = FitResult(config=config)
-    stopper = _EarlyStopping(config.patience)
-    if batches is not None and (checkpoint is not None or resume_from is not None):
-        raise ConfigError(
-            "training-state checkpoints and resume cover fits on pairs in memory and "
-            "resimulated fits; not a batch source (a stream or a lazily read file) yet"
+        result = FitResult(config=config)
+        stopper = _EarlyStopping(config.patience)
+        if batches is not None and (checkpoint is not None or resume_from is not None):
+            raise ConfigError(
+                "training-state checkpoints and resume cover fits on pairs in memory and "
+                "resimulated fits; not a batch source (a stream or a lazily read file) yet"
+            )
+        if ddp is not None and not ddp.is_main:
+            checkpoint = None  # rank 0 writes the state; every rank reads it to resume
+        session = TrainingSession.start(
+            checkpoint,
+            resume_from,
+            cvae=cvae,
+            optim=optim,
+            stopper=stopper,
+            result=result,
+            generator=generator,
+            config=config,
+            digest=data_digest(x, y) if checkpoint or resume_from else "",
+            num_train=source.pairs_per_epoch,
         )
-    if ddp is not None and not ddp.is_main:
-        checkpoint = None  # rank 0 writes the state; every rank reads it to resume
-    session = TrainingSession.start(
-        checkpoint,
-        resume_from,
-        cvae=cvae,
-        optim=optim,
-        stopper=stopper,
-        result=result,
-        generator=generator,
-        config=config,
-        digest=data_digest(x, y) if checkpoint or resume_from else "",
-        num_train=source.pairs_per_epoch,
-    )
-    first_epoch, first_step, loss_sum = (1, 0, 0.0) if session is None else session.resume_point()
-    if ddp is not None and ddp.rank > 0 and resume_from is not None:
-        # the state holds rank 0's RNGs: draw this rank's latent noise from its own stream again
-        pyro.set_rng_seed(config.seed + ddp.rank + 1_000_003 * (first_epoch + 1) + first_step)
-    bar = tqdm(
-        range(first_epoch, config.num_epochs + 1),
-        initial=first_epoch - 1,
-        total=config.num_epochs,
-        desc="fit",
-        unit="epoch",
-        disable=not progress,
-    )
-    cvae.train()
-    for epoch in bar:
-        start = time.perf_counter()
-        beta = _kl_weight(config, epoch - 1)
-        if session is not None:
-            session.epoch_started(epoch)
-        epoch_batches = _drawn(source.epoch_batches(epoch))
-        if session is not None:
-            session.data_drawn()
-        try:
+        first_epoch, first_step, loss_sum = (
+            (1, 0, 0.0) if session is None else session.resume_point()
+        )
+        if ddp is not None and ddp.rank > 0 and resume_from is not None:
+            # the state holds rank 0's RNGs: draw this rank's latent noise from its own stream again
+            pyro.set_rng_seed(rank_seed(config.seed, ddp.rank, 1_000_003 * first_epoch, first_step))
+        bar = tqdm(
+            range(first_epoch, config.num_epochs + 1),
+            initial=first_epoch - 1,
+            total=config.num_epochs,
+            desc="fit",
+            unit="epoch",
+            disable=not progress,
+        )
+        cvae.train()
+        for epoch in bar:
+            start = time.perf_counter()
+            beta = _kl_weight(config, epoch - 1)
+            if session is not None:
+                session.epoch_started(epoch)
+            epoch_batches = _drawn(source.epoch_batches(epoch))
+            if session is not None:
+                session.data_drawn()
             train_loss = _train_epoch(
                 step,
                 epoch_batches,
@@ -683,38 +691,38 @@ def fit(
                 loss_sum=loss_sum,
                 after_step=None if session is None else session.after_step,
             )
-        except BaseException:
-            source.close()  # stop stream workers before the error propagates
-            raise
-        first_step, loss_sum = 0, 0.0
-        val_loss = _validation_loss(cvae, val, ddp)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "kl_weight": beta,
-            "learning_rate": optim.current_lr(),
-            "seconds": time.perf_counter() - start if session is None else session.epoch_seconds(),
-        }
-        _record_epoch(result, row, bar, metrics_path)
-        if on_epoch_end is not None:
-            _call_hook(on_epoch_end, epoch, cvae)
-        # early stopping on the validation loss, only once the KL weight has reached 1
-        monitored = val_loss if math.isfinite(val_loss) else train_loss
-        stop = stopper.update(epoch, monitored, beta, cvae)
-        if session is not None:
-            session.epoch_finished(epoch, final=stop or epoch == config.num_epochs)
-        if stop:
-            result.stopped_early = True
-            log.info("early stopping at epoch %d (best %d)", epoch, stopper.best_epoch)
-            break
-    bar.close()
-    source.close()
-    result.best_epoch = stopper.restore(cvae, last_epoch=len(result.history))
-    cvae.eval()
-    if ddp is not None:  # the process group stays for the caller's next fit (or shutdown)
-        result.distributed = {**ddp.record(), "rank": ddp.rank}
-    return result
+            first_step, loss_sum = 0, 0.0
+            val_loss = _validation_loss(cvae, val, ddp)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "kl_weight": beta,
+                "learning_rate": optim.current_lr(),
+                "seconds": time.perf_counter() - start
+                if session is None
+                else session.epoch_seconds(),
+            }
+            _record_epoch(result, row, bar, metrics_path)
+            if on_epoch_end is not None:
+                _call_hook(on_epoch_end, epoch, cvae)
+            # early stopping on the validation loss, only once the KL weight has reached 1
+            monitored = val_loss if math.isfinite(val_loss) else train_loss
+            stop = stopper.update(epoch, monitored, beta, cvae)
+            if session is not None:
+                session.epoch_finished(epoch, final=stop or epoch == config.num_epochs)
+            if stop:
+                result.stopped_early = True
+                log.info("early stopping at epoch %d (best %d)", epoch, stopper.best_epoch)
+                break
+        bar.close()
+        result.best_epoch = stopper.restore(cvae, last_epoch=len(result.history))
+        cvae.eval()
+        if ddp is not None:  # the process group stays for the caller's next fit (or shutdown)
+            result.distributed = {**ddp.record(), "rank": ddp.rank}
+        return result
+    finally:
+        source.close()
 
 
 def place_forward_operator(
@@ -732,7 +740,7 @@ def place_forward_operator(
     ConfigError
         If ``device`` is not available here, or the problem cannot be copied onto it.
     """
-    device = resolve_device(device)
+    device = rank_device(resolve_device(device))  # under torchrun: this rank's GPU
     if problem is None or cvae.forward_operator is None or device.type == "cpu":
         return
     cvae.forward_operator = problem_on(as_problem(problem), device).forward

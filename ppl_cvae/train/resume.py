@@ -743,7 +743,9 @@ class TrainingSession:
                 "best_loss": float(stopper.best_loss),
                 "best_epoch": int(stopper.best_epoch),
                 "bad_epochs": int(stopper.bad_epochs),
-                "best_state": stopper.best_state,
+                "best_state": None
+                if stopper.best_state is None
+                else {k: v.detach().cpu() for k, v in stopper.best_state.items()},
             },
             "history": [dict(row) for row in self.result.history],
             "step_losses": torch.tensor(self.result.step_losses, dtype=torch.float64),

@@ -13,7 +13,8 @@ variable (Aitchison and Shen 1980); the map is a smooth bijection from ``R^n`` o
 (upper - lower))`` and ``dx / du = (upper - lower) sigmoid(u) (1 - sigmoid(u))``.
 
 The density is a :class:`torch.distributions.TransformedDistribution` of a
-:class:`~torch.distributions.MultivariateNormal` through torch's ``SigmoidTransform`` and
+:class:`~torch.distributions.MultivariateNormal` through torch's ``SigmoidTransform`` (its
+subclass :class:`MarginSigmoidTransform`) and
 ``AffineTransform``: the Jacobian is torch's, not written again here.
 
 Choice of the latent parameters. The user states the field in the units of ``x``: its median
