@@ -608,12 +608,17 @@ class CorrectionConfig:
     chains, warmup_steps : int
         NUTS: chains per observation (``num_samples`` is split between them) and warm-up
         iterations per chain.
+    adapt_mass_matrix : bool, default True
+        NUTS on ``x``: also adapt the (diagonal) mass matrix during warm-up, on top of the
+        amortized preconditioner; False adapts the step size only (about a third fewer
+        evaluations at equal ESS on crosshole; see :func:`inference.mcmc.nuts_sample`).
     """
 
     method: Literal["importance", "nuts", "latent-nuts"] = "importance"
     proposals: int = 10_000
     chains: int = 4
     warmup_steps: int = 500
+    adapt_mass_matrix: bool = True
 
 
 def sample_corrected(
@@ -771,6 +776,7 @@ def sample_corrected(
                 warmup_steps=correction.warmup_steps,
                 num_chains=chains,
                 seed=0 if seed is None else seed,
+                adapt_mass_matrix=correction.adapt_mass_matrix,
             )
         )
     # (chains, draws, M, ...) stored chain after chain along draw, then split into chains

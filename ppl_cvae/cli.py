@@ -846,6 +846,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             proposals=args.proposals or 10 * args.num_samples,
             chains=args.chains,
             warmup_steps=args.warmup,
+            adapt_mass_matrix=args.adapt_mass_matrix,
         )
         idata, summary, ok = sample_corrected(
             cvae,
@@ -1339,6 +1340,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count(0),
         default=500,
         help="--method nuts/latent-nuts: warm-up steps per chain",
+    )
+    s.add_argument(
+        "--adapt-mass-matrix",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--method nuts: adapt the mass matrix during warm-up on top of the amortized "
+        "preconditioner (default); --no-adapt-mass-matrix adapts the step size only",
     )
     s.add_argument("--oversample", type=_count(1), default=4, help="candidates per kept draw")
     s.add_argument(

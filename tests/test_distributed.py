@@ -168,3 +168,18 @@ def test_ranks_stream_their_own_share_of_each_minibatch(tmp_path):
         for run in ("one", "two")
     ]
     assert abs(losses[1] - losses[0]) <= 4 * 0.07
+
+
+def test_a_callers_nccl_group_with_a_cpu_device_is_refused(monkeypatch):
+    from ppl_cvae.train import distributed
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "nccl")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ConfigError, match="NCCL, which reduces CUDA tensors only"):
+        distributed.setup_distributed(torch.device("cpu"))
+    monkeypatch.setenv("LOCAL_RANK", "x")
+    with pytest.raises(ConfigError, match="LOCAL_RANK='x' is not an integer"):
+        distributed.setup_distributed(torch.device("cpu"))

@@ -108,3 +108,29 @@ def test_nuts_posterior_file_carries_the_sampler_statistics(tmp_path, capsys):
     for m in range(2):  # az.bfmi reads sample_stats.energy of (chain, draw)
         bfmi = az.bfmi(stats.isel(observation=m))
         assert bfmi.shape == (2,) and np.isfinite(bfmi).all() and (bfmi > 0).all()
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-adapt-mass-matrix"], False)])
+def test_cli_nuts_passes_the_mass_matrix_choice(tmp_path, capsys, monkeypatch, flag, expected):
+    """``--no-adapt-mass-matrix`` reaches :func:`inference.mcmc.nuts_sample` (step size only)."""
+    import inference.mcmc as mcmc
+    from ppl_cvae.cli import main
+    from tests.conftest import TINY_FIT
+
+    seen = []
+    original = mcmc.nuts_sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["adapt_mass_matrix"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mcmc, "nuts_sample", spy)
+    run, obs = tmp_path / "run", tmp_path / "obs.npz"
+    lg = ["--problem", "linear_gaussian"]
+    assert main(["fit", *lg, "--out", str(run), *TINY_FIT]) == 0
+    assert main(["simulate", *lg, "--num", "1", "--out", str(obs)]) == 0
+    assert main(["sample", str(run), "--observation", str(obs), "--method", "nuts",
+                 "--num-samples", "20", "--chains", "2", "--warmup", "10", *flag,
+                 "--out", str(tmp_path / "nuts.nc")]) == 0
+    capsys.readouterr()
+    assert seen == [expected]

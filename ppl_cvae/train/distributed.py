@@ -279,12 +279,28 @@ def setup_distributed(device: torch.device) -> DistributedSetup | None:
     ------
     ConfigError
         If the environment is incomplete (``RANK``/``LOCAL_RANK`` missing or not integers),
-        or CUDA ranks outnumber the GPUs.
+        CUDA ranks outnumber the GPUs, or a caller's NCCL group meets a CPU ``device``.
+
+    Notes
+    -----
+    Under torchrun a rank that fails (a bad output folder is checked on rank 0 only) is
+    stopped together with the others by torchrun. With a launcher of one's own, the other
+    ranks wait in their next collective until :data:`TIMEOUT_MINUTES`.
     """
     if dist.is_available() and dist.is_initialized():  # a user's own launcher set it up
         rank, world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", rank))
+        try:
+            local = int(os.environ.get("LOCAL_RANK", rank))
+        except ValueError:
+            raise ConfigError(
+                f"LOCAL_RANK={os.environ.get('LOCAL_RANK')!r} is not an integer"
+            ) from None
         backend = str(dist.get_backend())
+        if backend == "nccl" and device.type != "cuda":
+            raise ConfigError(
+                "the process group uses NCCL, which reduces CUDA tensors only: give --device "
+                "cuda, or set the group up with gloo"
+            )
         owns = False
     else:
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)
