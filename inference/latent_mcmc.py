@@ -48,11 +48,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pyro
 import torch
-from pyro.infer import MCMC, NUTS
+from pyro.infer import NUTS
 
-from inference.mcmc import rhat_threshold
+from inference.mcmc import rhat_threshold, run_whitened_chain
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
@@ -375,19 +374,12 @@ def latent_nuts_sample(
     divergences = 0
     begin = time.perf_counter()
     for c in range(num_chains):
-        pyro.set_rng_seed(seed + c)
-        v0 = torch.linalg.solve_triangular(tril, (start_z[c] - mu).unsqueeze(-1), upper=False)
         kernel = NUTS(potential_fn=potential, max_tree_depth=max_tree_depth, target_accept_prob=0.8)
-        mcmc = MCMC(
-            kernel,
-            num_samples=num_samples,
-            warmup_steps=warmup_steps,
-            initial_params={"v": v0.squeeze(-1)},
-            disable_progbar=True,
+        draws, diverged, _ = run_whitened_chain(
+            kernel, start_z[c], mu, tril, num_samples, warmup_steps, seed + c
         )
-        mcmc.run()
-        chains.append(mu + mcmc.get_samples()["v"] @ tril.T)
-        divergences += len(mcmc.diagnostics()["divergences"]["chain 0"])
+        chains.append(draws)
+        divergences += diverged
     seconds = time.perf_counter() - begin
     z = torch.stack(chains)  # (chains, draws, k)
     with np.errstate(divide="ignore", invalid="ignore"):  # a chain that never moved: inf/NaN

@@ -50,6 +50,7 @@ __all__ = [
     "nuts_sample",
     "preconditioner_draws",
     "rhat_threshold",
+    "run_whitened_chain",
 ]
 
 RHAT_THRESHOLD = 1.01
@@ -243,6 +244,51 @@ class MCMCResult:
         return self.rhat <= self.rhat_threshold and self.divergences == 0
 
 
+def run_whitened_chain(
+    kernel: NUTS,
+    start: torch.Tensor,
+    mu: torch.Tensor,
+    tril: torch.Tensor,
+    num_samples: int,
+    warmup_steps: int,
+    seed: int,
+) -> tuple[torch.Tensor, int, MCMC]:
+    """Run one chain of ``kernel`` in whitened coordinates and return it in the original ones.
+
+    The kernel's potential takes ``{"v": v}`` with ``theta = mu + L v`` (``L = tril``, the
+    preconditioner's Cholesky factor; Hoffman and Gelman 2014 with a fixed dense metric). The
+    chain starts at ``v0 = L^-1 (start - mu)`` after seeding Pyro's RNG with ``seed``.
+
+    Parameters
+    ----------
+    kernel : pyro.infer.NUTS
+    start, mu : Tensor, shape (dim,)
+    tril : Tensor, shape (dim, dim)
+    num_samples, warmup_steps, seed : int
+
+    Returns
+    -------
+    draws : Tensor, shape (num_samples, dim)
+        ``theta`` after warm-up.
+    divergences : int
+        Divergent transitions after warm-up.
+    mcmc : pyro.infer.MCMC
+        The run (for ``az.from_pyro`` and the kernel's statistics).
+    """
+    pyro.set_rng_seed(seed)
+    v0 = torch.linalg.solve_triangular(tril, (start - mu).unsqueeze(-1), upper=False)
+    mcmc = MCMC(
+        kernel,
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        initial_params={"v": v0.squeeze(-1)},
+        disable_progbar=True,
+    )
+    mcmc.run()
+    draws = mu + mcmc.get_samples()["v"] @ tril.T
+    return draws, len(mcmc.diagnostics()["divergences"]["chain 0"]), mcmc
+
+
 def nuts_sample(
     problem: Problem,
     y: torch.Tensor,
@@ -364,8 +410,6 @@ def nuts_sample(
     begin = time.perf_counter()
     num_chains = min(len(start), num_chains)
     for c in range(num_chains):
-        pyro.set_rng_seed(seed + c)
-        v0 = torch.linalg.solve_triangular(tril, (start[c] - mu).unsqueeze(-1), upper=False)
         kernel = _RecordingNUTS(
             potential,
             energy,
@@ -374,17 +418,11 @@ def nuts_sample(
             target_accept_prob=0.8,
             adapt_mass_matrix=adapt_mass_matrix,
         )
-        mcmc = MCMC(
-            kernel,
-            num_samples=num_samples,
-            warmup_steps=warmup_steps,
-            initial_params={"v": v0.squeeze(-1)},
-            disable_progbar=True,
+        draws, diverged, mcmc = run_whitened_chain(
+            kernel, start[c], mu, tril, num_samples, warmup_steps, seed + c
         )
-        mcmc.run()
-        v = mcmc.get_samples()["v"]
-        chains.append(mu + v @ tril.T)
-        divergences += len(mcmc.diagnostics()["divergences"]["chain 0"])
+        chains.append(draws)
+        divergences += diverged
         stats["diverging"].append(az.from_pyro(mcmc).sample_stats["diverging"].values[0])
         steps = np.asarray(kernel.n_steps[-num_samples:], dtype=np.int64)
         stats["energy"].append(np.asarray(kernel.energy[-num_samples:], dtype=np.float64))
