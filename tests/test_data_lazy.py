@@ -191,6 +191,50 @@ def test_buffer_shuffle_visits_every_training_row_once(tmp_path):
     assert len(set((batches[1][0][:, 0] // 50).long().tolist())) <= 3 + 1
 
 
+class _CountingReads:
+    """Wrap LazyPairs to count the rows read (chunks and rows by index)."""
+
+    def __init__(self, pairs):
+        self.pairs, self.rows_read = pairs, 0
+
+    def __getattr__(self, name):
+        return getattr(self.pairs, name)
+
+    def read(self, start, stop):
+        self.rows_read += stop - start
+        return self.pairs.read(start, stop)
+
+    def read_rows(self, rows):
+        self.rows_read += int(rows.numel())
+        return self.pairs.read_rows(rows)
+
+
+@pytest.mark.parametrize("buffer_chunks", [1, 3])
+def test_a_resumed_epoch_yields_the_same_minibatches_and_skips_reads(tmp_path, buffer_chunks):
+    """``first_batch=k`` gives minibatches k, k+1, ... of the full epoch, bit for bit."""
+    n = 500  # 10 chunks of 50 rows, batches of 64 rows: remainders carried across buffers
+    x = np.arange(n, dtype=np.float32).reshape(n, 1)
+    folder = _write_npy(tmp_path / "d", x, -x)
+    exclude = torch.tensor([7, 120, 121, 499])
+    with open_lazy_pairs(folder) as raw:
+        def epoch(first, pairs=raw):
+            gen = torch.Generator().manual_seed(11)
+            return list(shuffled_batches(pairs, batch_size=64, chunk_rows=50,
+                                         buffer_chunks=buffer_chunks, generator=gen,
+                                         exclude=exclude, first_batch=first))
+        full = epoch(0)
+        assert len(full) == math.ceil((n - 4) / 64)
+        for first in range(len(full) + 2):
+            counting = _CountingReads(raw)
+            part = epoch(first, counting)
+            assert len(part) == max(0, len(full) - first)
+            assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                       for a, b in zip(part, full[first:], strict=True))
+            # skipped buffers are not read: at most the rows of the epoch from minibatch
+            # `first` on, plus one buffer and its carry (< 64 rows)
+            assert counting.rows_read <= (n - 4) - 64 * first + 50 * buffer_chunks + 64 + 4
+
+
 def test_lazy_build_matches_the_in_memory_build(tmp_path):
     x, y = _pairs(n=400, seed=4)
     x = x.reshape(400, 6)

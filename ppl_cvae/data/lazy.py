@@ -550,6 +550,27 @@ def scan_pairs(
     return ScanResult(x_mom, y_mom, joined(keep["val"]), validation_rows, subset)
 
 
+def _chunk_rows_kept(start: int, stop: int, exclude: torch.Tensor | None) -> torch.Tensor:
+    """Return the row indices of chunk ``[start, stop)`` that are not in sorted ``exclude``."""
+    rows = torch.arange(start, stop)
+    if exclude is None:
+        return rows
+    held = _rows_in(exclude, start, stop) - start
+    if not held.numel():
+        return rows
+    mask = torch.ones(stop - start, dtype=torch.bool)
+    mask[held] = False
+    return rows[mask]
+
+
+def _read_in_order(pairs: LazyPairs, rows: torch.Tensor) -> Batch:
+    """Read the pairs of distinct row indices ``rows`` (any order), returned in that order."""
+    ordered, where = rows.sort()
+    x, y = pairs.read_rows(ordered)
+    back = where.argsort()
+    return x[back], y[back]
+
+
 def shuffled_batches(
     pairs: LazyPairs,
     *,
@@ -558,8 +579,9 @@ def shuffled_batches(
     buffer_chunks: int,
     generator: torch.Generator,
     exclude: torch.Tensor | None = None,
+    first_batch: int = 0,
 ) -> Iterator[Batch]:
-    """Yield one epoch of minibatches with a chunk-level shuffle and a buffer shuffle.
+    """Yield one epoch of minibatches with a chunk-level and a buffer shuffle.
 
     The file is cut into chunks of ``chunk_rows`` consecutive pairs; a random permutation
     of the chunks is read ``buffer_chunks`` at a time into a buffer, whose pairs (and the
@@ -576,6 +598,11 @@ def shuffled_batches(
         Drives both shuffles.
     exclude : Tensor of int64, shape (k,), optional
         Sorted row indices to skip (the validation rows).
+    first_batch : int, default 0
+        Yield the epoch's minibatches from this 0-based index on (a resumed epoch). The
+        shuffles draw exactly as for ``first_batch = 0``; buffers whose minibatches all come
+        earlier are shuffled as row indices only, without reading the file, and the pairs
+        they carry over are read by index.
 
     Yields
     ------
@@ -596,28 +623,59 @@ def shuffled_batches(
     num_chunks = math.ceil(pairs.num_pairs / chunk_rows)
     order = torch.randperm(num_chunks, generator=generator).tolist()
     carry: Batch | None = None
+    carry_rows: torch.Tensor | None = None  # row indices of the carry while skipping
+    done = 0  # minibatches of the epoch before the current buffer
     for first in range(0, num_chunks, buffer_chunks):
-        xs, ys = ([carry[0]], [carry[1]]) if carry is not None else ([], [])
-        for chunk in order[first : first + buffer_chunks]:
-            start = chunk * chunk_rows
-            stop = min(start + chunk_rows, pairs.num_pairs)
-            x, y = pairs.read(start, stop)
-            if exclude is not None:
-                held = _rows_in(exclude, start, stop) - start
-                if held.numel():
-                    mask = torch.ones(stop - start, dtype=torch.bool)
-                    mask[held] = False
-                    x, y = x[mask], y[mask]
-            xs.append(x)
-            ys.append(y)
-        bx, by = torch.cat(xs), torch.cat(ys)
-        del xs, ys
-        perm = torch.randperm(bx.shape[0], generator=generator)
+        bounds = [
+            (chunk * chunk_rows, min(chunk * chunk_rows + chunk_rows, pairs.num_pairs))
+            for chunk in order[first : first + buffer_chunks]
+        ]
+        perm = None
+        if done < first_batch:  # skipping: shuffle row indices, read nothing yet
+            kept = [_chunk_rows_kept(start, stop, exclude) for start, stop in bounds]
+            rows = torch.cat(([] if carry_rows is None else [carry_rows]) + kept)
+            perm = torch.randperm(rows.shape[0], generator=generator)
+            full = rows.shape[0] // batch_size * batch_size
+            if done + full // batch_size <= first_batch:  # every minibatch of it comes earlier
+                rows = rows[perm]
+                carry_rows = rows[full:] if full < rows.shape[0] else None
+                done += full // batch_size
+                continue
+        if carry_rows is not None:  # the first buffer read after skipping
+            carry, carry_rows = _read_in_order(pairs, carry_rows), None
+        bx, by = _read_buffer(pairs, bounds, exclude, carry)
+        if perm is None:
+            perm = torch.randperm(bx.shape[0], generator=generator)
         bx, by = bx[perm], by[perm]
         full = bx.shape[0] // batch_size * batch_size
         for start in range(0, full, batch_size):
-            yield bx[start : start + batch_size], by[start : start + batch_size]
+            if done + start // batch_size >= first_batch:
+                yield bx[start : start + batch_size], by[start : start + batch_size]
+        done += full // batch_size
         carry = (bx[full:].clone(), by[full:].clone()) if full < bx.shape[0] else None
         del bx, by
-    if carry is not None:
+    if carry_rows is not None and done >= first_batch:
+        carry = _read_in_order(pairs, carry_rows)
+    if carry is not None and done >= first_batch:
         yield carry
+
+
+def _read_buffer(
+    pairs: LazyPairs,
+    bounds: list[tuple[int, int]],
+    exclude: torch.Tensor | None,
+    carry: Batch | None,
+) -> Batch:
+    """Return ``carry`` followed by the pairs of chunks ``bounds`` less the ``exclude`` rows."""
+    xs, ys = ([carry[0]], [carry[1]]) if carry is not None else ([], [])
+    for start, stop in bounds:
+        x, y = pairs.read(start, stop)
+        if exclude is not None:
+            held = _rows_in(exclude, start, stop) - start
+            if held.numel():
+                mask = torch.ones(stop - start, dtype=torch.bool)
+                mask[held] = False
+                x, y = x[mask], y[mask]
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys)
