@@ -389,3 +389,149 @@ def test_bad_policies_are_refused(kwargs, match):
 
     with pytest.raises(ConfigError, match=match):
         CheckpointPolicy("s.pt", **kwargs)
+
+
+# ------------------------------------------------------------- streams and lazily read files
+def _source_fit(kind, folder, *, workers=0, crash_after=None, policy=None, resume_from=None,
+                monkeypatch=None, file_offset=0.0):
+    """Fit on a simulation stream or a lazily read ``.npy`` folder (3 epochs x 3 steps).
+
+    The stream: minibatches of 20 fresh pairs, 3 per epoch, 12 validation pairs simulated
+    once. The file: 75 pairs, 15 held out, chunks of 7 rows shuffled 2 at a time, so that
+    buffers carry remainders over and a resumed epoch skips buffers unread.
+    """
+    from ppl_cvae.data.lazy import open_lazy_pairs
+    from ppl_cvae.data.streaming import SimulationStream
+    from ppl_cvae.train.sources import StreamBatches, prepare_lazy_model
+
+    problem, model_config, train_config, x, y = _setup(False)
+    pyro.set_rng_seed(12345)
+    pairs = None
+    if kind == "stream":
+        cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
+        stream = SimulationStream(problem.simulate, train_config.batch_size,
+                                  seed=train_config.seed)
+        batches = StreamBatches(stream, steps_per_epoch=3, num_workers=workers)
+        validation = None
+    else:
+        if not folder.exists():
+            import numpy as np
+
+            fx, fy = problem.simulate(75, torch.Generator().manual_seed(17))
+            folder.mkdir()
+            np.save(folder / "x.npy", fx.numpy() + file_offset)
+            np.save(folder / "y.npy", fy.numpy())
+        pairs = open_lazy_pairs(folder)
+        cvae, lazy = prepare_lazy_model(pairs, model_config, train_config,
+                                        chunk_bytes=7 * pairs.row_bytes, buffer_chunks=2)
+        batches, validation = lazy.batches, lazy.validation
+    if crash_after is not None:
+        original = pyro.infer.SVI.step
+        calls = {"n": 0}
+
+        def step(self, *args, **kwargs):
+            if calls["n"] == crash_after:
+                raise Crash
+            calls["n"] += 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(pyro.infer.SVI, "step", step)
+    try:
+        result = fit(cvae, None, None, train_config, simulator=problem.simulate,
+                     batches=batches, validation=validation, progress=False,
+                     checkpoint=policy, resume_from=resume_from)
+    finally:
+        if crash_after is not None:
+            monkeypatch.undo()
+        if pairs is not None:
+            pairs.close()
+    return cvae, result
+
+
+@pytest.mark.parametrize("kind, workers", [("stream", 0), ("stream", 1), ("lazy", 0)],
+                         ids=["stream-0-workers", "stream-1-worker", "lazy-npy"])
+@pytest.mark.parametrize("crash_after, every_steps, every_epoch, saved_at",
+                         [(5, 2, False, 4), (7, None, True, 6)], ids=["mid-epoch", "epoch-end"])
+def test_stream_and_lazy_fits_resume_bit_identically(tmp_path, monkeypatch, kind, workers,
+                                                     crash_after, every_steps, every_epoch,
+                                                     saved_at):
+    folder = tmp_path / "pairs"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref_cvae, ref = _source_fit(kind, folder, workers=workers)
+        path = tmp_path / STATE_FILE
+        policy = CheckpointPolicy(path, every_steps=every_steps, every_minutes=None,
+                                  every_epoch=every_epoch)
+        with pytest.raises(Crash):
+            _source_fit(kind, folder, workers=workers, crash_after=crash_after, policy=policy,
+                        monkeypatch=monkeypatch)
+        state = load_train_state(path)
+        assert state.steps_done == saved_at
+        stream = state.payload["data_stream"]
+        assert stream["kind"] == kind
+        if kind == "stream":  # the next minibatch is stream index `saved_at`
+            assert stream["position"] == saved_at and stream["digest"] is not None
+        cvae, result = _source_fit(kind, folder, workers=workers, policy=policy,
+                                   resume_from=state)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(result.step_losses) == len(ref.step_losses) == 9
+    assert result.step_losses == ref.step_losses  # exact: same minibatches, same draws
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in result.history] == [
+        {k: v for k, v in r.items() if k not in drop} for r in ref.history
+    ]
+    assert _same_weights(cvae, ref_cvae)
+
+
+def test_stream_and_lazy_states_are_checked_against_the_run(tmp_path, monkeypatch):
+    """Negative controls: a shifted stream position, a changed file or simulator, a swap."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref_cvae, _ = _source_fit("stream", None)
+        policy = CheckpointPolicy(tmp_path / "s.pt", every_steps=2, every_minutes=None)
+        with pytest.raises(Crash):
+            _source_fit("stream", None, crash_after=5, policy=policy, monkeypatch=monkeypatch)
+        state = load_train_state(tmp_path / "s.pt")
+        # one minibatch later: resuming there would skip a minibatch, so it is refused
+        state.payload["data_stream"]["position"] += 1
+        with pytest.raises(CheckpointError, match="position"):
+            _source_fit("stream", None, resume_from=state)
+        torch.save(state.payload, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="does not fit epoch"):
+            load_train_state(tmp_path / "bad.pt")
+        state = load_train_state(tmp_path / "s.pt")
+        state.payload["data_stream"]["digest"] = "0" * 64  # the simulator changed
+        with pytest.raises(CheckpointError, match="simulator changed"):
+            _source_fit("stream", None, resume_from=state)
+        state = load_train_state(tmp_path / "s.pt")
+        state.payload["data_stream"]["seed"] = 4
+        with pytest.raises(CheckpointError, match="seed=4"):
+            _source_fit("stream", None, resume_from=state)
+        state = load_train_state(tmp_path / "s.pt")
+        state.payload["data_stream"] = None  # a state of a fit on pairs in memory
+        with pytest.raises(CheckpointError, match="this fit trains on stream"):
+            _source_fit("stream", None, resume_from=state)
+        # a lazy state: the file changed (one value) since the save
+        folder = tmp_path / "pairs"
+        lazy = CheckpointPolicy(tmp_path / "l.pt", every_steps=2, every_minutes=None)
+        with pytest.raises(Crash):
+            _source_fit("lazy", folder, crash_after=5, policy=lazy, monkeypatch=monkeypatch)
+        state = load_train_state(tmp_path / "l.pt")
+        with pytest.raises(CheckpointError, match="this fit trains on stream"):
+            _source_fit("stream", None, resume_from=state)
+        import numpy as np
+
+        x = np.load(folder / "x.npy")
+        x[40, 0] += 1e-3
+        np.save(folder / "x.npy", x)
+        with pytest.raises(CheckpointError, match="moments of x"):
+            _source_fit("lazy", folder, resume_from=state)
+        state.payload["data_stream"]["moments"]["x"]["m2"] *= -1
+        torch.save(state.payload, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="malformed moments of x"):
+            load_train_state(tmp_path / "bad.pt")
+    finally:
+        torch.set_num_threads(threads)

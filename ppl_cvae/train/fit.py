@@ -339,6 +339,7 @@ def _train_epoch(
     *,
     first_step: int = 0,
     loss_sum: float = 0.0,
+    skipped_pairs: int | None = None,
     after_step: Callable[[int, float], None] | None = None,
 ) -> float:
     """Take one SVI step per minibatch ``(x, y)`` of ``batches``; return the loss per observation.
@@ -350,19 +351,22 @@ def _train_epoch(
     Each minibatch is moved to ``device`` before its step. Appends each step's loss per
     observation to ``step_losses``. A resumed epoch skips its first ``first_step``
     minibatches (drawn again, not trained on) and starts from the earlier steps'
-    unnormalised loss ``loss_sum``; ``after_step(steps_taken_this_epoch, loss_sum)`` runs
-    after each step (checkpoints).
+    unnormalised loss ``loss_sum``; with ``skipped_pairs`` the source has left them out
+    already (``batches`` starts at minibatch ``first_step``, and the skipped ones held
+    ``skipped_pairs`` pairs). ``after_step(steps_taken_this_epoch, loss_sum)`` runs after
+    each step (checkpoints).
 
     Raises
     ------
     ConfigError
         If a step's loss is not finite (training diverged).
     """
-    total, count = loss_sum, 0
+    total, count = loss_sum, 0 if skipped_pairs is None else skipped_pairs
+    start = 0 if skipped_pairs is None else first_step
     with pyro.validation_enabled(False), warnings.catch_warnings():
         # a NaN loss is reported below as one error, not as Pyro's warning per step
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-        for index, (x_batch, y_batch) in enumerate(batches):
+        for index, (x_batch, y_batch) in enumerate(batches, start=start):
             count += len(x_batch)
             if index < first_step:  # trained on before the interruption
                 continue
@@ -637,11 +641,12 @@ def fit(
 
         result = FitResult(config=config)
         stopper = _EarlyStopping(config.patience)
-        if batches is not None and (checkpoint is not None or resume_from is not None):
-            raise ConfigError(
-                "training-state checkpoints and resume cover fits on pairs in memory and "
-                "resimulated fits; not a batch source (a stream or a lazily read file) yet"
-            )
+        if batches is not None and not hasattr(batches, "resume"):
+            if checkpoint is not None or resume_from is not None:
+                raise ConfigError(
+                    f"training-state checkpoints need a batch source with a position of its "
+                    f"own (state_dict and resume); {type(batches).__name__} has none"
+                )
         if ddp is not None and not ddp.is_main:
             checkpoint = None  # rank 0 writes the state; every rank reads it to resume
         session = TrainingSession.start(
@@ -655,9 +660,10 @@ def fit(
             config=config,
             digest=data_digest(x, y) if checkpoint or resume_from else "",
             num_train=source.pairs_per_epoch,
+            source=source,
         )
-        first_epoch, first_step, loss_sum = (
-            (1, 0, 0.0) if session is None else session.resume_point()
+        first_epoch, first_step, loss_sum, skipped_pairs = (
+            (1, 0, 0.0, None) if session is None else session.resume_point()
         )
         if ddp is not None and ddp.rank > 0 and resume_from is not None:
             # the state holds rank 0's RNGs: draw this rank's latent noise from its own stream again
@@ -689,9 +695,10 @@ def fit(
                 device,
                 first_step=first_step,
                 loss_sum=loss_sum,
+                skipped_pairs=skipped_pairs,
                 after_step=None if session is None else session.after_step,
             )
-            first_step, loss_sum = 0, 0.0
+            first_step, loss_sum, skipped_pairs = 0, 0.0, None
             val_loss = _validation_loss(cvae, val, ddp)
             row = {
                 "epoch": epoch,

@@ -11,7 +11,9 @@ Format
 One ``torch.save`` file holding a dict with exactly the keys :data:`STATE_KEYS`:
 
 =====================  ==============================================================
-``format``             ``"ppl_cvae.train_state.v1"`` (:data:`STATE_FORMAT`)
+``format``             ``"ppl_cvae.train_state.v2"`` (:data:`STATE_FORMAT`; a ``v1`` file,
+                       which has no ``data_stream``, is read as one with ``data_stream``
+                       None)
 ``version``            ppl_cvae version that wrote it (str)
 ``torch_version``      torch version that wrote it (str)
 ``record``             JSON-like dict: what the caller needs to rebuild the run (the CLI
@@ -34,18 +36,32 @@ One ``torch.save`` file holding a dict with exactly the keys :data:`STATE_KEYS`:
                        the same as the next), ``epoch_generator``
                        (its state when the epoch in progress began), ``torch`` (global CPU
                        RNG), ``numpy`` and ``python`` (global RNGs as tensors and numbers)
+``data_stream``        None for pairs in memory and resimulated pairs (the generator
+                       replays them); for a batch source with a position of its own its
+                       ``state_dict()``: a simulation stream (``kind`` ``"stream"``: seed,
+                       minibatch size, rank, world size, ``position`` = stream index of the
+                       next minibatch, steps per epoch, digest of the last minibatch) or a
+                       file read lazily (``kind`` ``"lazy"``: pair count, minibatch, chunk
+                       and buffer sizes, seed, digest of the validation rows, and the
+                       moments of ``x`` and ``y``), see :mod:`ppl_cvae.train.sources`
 =====================  ==============================================================
 
 Every value is a tensor or a plain Python type, so the file loads with
-``torch.load(weights_only=True)``: no pickled code runs. The data stream is replayed rather
-than stored: restoring ``epoch_generator`` and drawing the epoch's pairs and permutation again
-gives the same shuffle (and, with ``resimulate``, the same fresh simulations) as the
-interrupted run; the generator state after that replay must equal ``generator`` or the file
-is refused (the simulator or data changed).
+``torch.load(weights_only=True)``: no pickled code runs. Pairs in memory and resimulated
+pairs are replayed rather than stored: restoring ``epoch_generator`` and drawing the epoch's
+pairs and permutation again gives the same shuffle (and, with ``resimulate``, the same fresh
+simulations) as the interrupted run; the generator state after that replay must equal
+``generator`` or the file is refused (the simulator or data changed). A simulation stream
+continues at the stored stream index (each minibatch's seed is a function of its index, so
+nothing is simulated twice; the last minibatch is drawn again once and compared with its
+digest), and a lazily read file starts the interrupted epoch's shuffle again (its generator
+is seeded by the epoch number) at the saved minibatch, reading only the buffers from there
+on; the file's moments must equal the stored ones.
 
 What is bit-identical
 ---------------------
 On CPU, with the same torch build, the same thread count and the same settings, a resumed run
+(pairs in memory, resimulated, ``--stream`` with any number of workers, or ``--lazy``)
 reproduces the uninterrupted one exactly: the final weights, ``step_losses`` and the loss,
 KL-weight and learning-rate columns of the history (only the ``seconds`` column differs).
 Across different thread counts (reductions are ordered differently), torch versions, or on
@@ -100,7 +116,8 @@ __all__ = [
     "prepare_run_folder",
 ]
 
-STATE_FORMAT = "ppl_cvae.train_state.v1"
+STATE_FORMAT = "ppl_cvae.train_state.v2"
+_LEGACY_FORMAT = "ppl_cvae.train_state.v1"  # read as v2 with data_stream None
 STATE_FILE = "train_state.pt"
 """Name of the training-state file inside a run folder."""
 
@@ -119,6 +136,7 @@ STATE_KEYS = (
     "history",
     "step_losses",
     "rng",
+    "data_stream",
 )
 """Keys of a training-state dict; a file with any other set of keys is refused."""
 
@@ -126,6 +144,26 @@ _POSITION_KEYS = ("epoch", "step", "steps_done", "epoch_loss_sum", "epoch_second
 _EARLY_KEYS = ("best_loss", "best_epoch", "bad_epochs", "best_state")
 _RNG_KEYS = ("generator", "epoch_generator", "torch", "numpy", "python")
 _ROW_KEYS = ("epoch", "train_loss", "val_loss", "kl_weight", "learning_rate", "seconds")
+_STREAM_KEYS = (
+    "kind",
+    "seed",
+    "batch_size",
+    "rank",
+    "world_size",
+    "position",
+    "steps_per_epoch",
+    "digest",
+)
+_LAZY_KEYS = (
+    "kind",
+    "num_pairs",
+    "batch_size",
+    "chunk_rows",
+    "buffer_chunks",
+    "seed",
+    "exclude",
+    "moments",
+)
 
 
 @dataclass(frozen=True)
@@ -393,6 +431,64 @@ def _check_rng(rng: Any, name: str) -> None:
         raise _fail(name, "has a malformed Python RNG state")
 
 
+def _check_moments(value: Any, name: str) -> None:
+    if value is None:
+        return
+    value = _check_dict(value, ("x", "y"), "data_stream.moments", name)
+    for key, moments in value.items():
+        moments = _check_dict(moments, ("count", "mean", "m2"), f"moments of {key}", name)
+        mean, m2 = moments["mean"], moments["m2"]
+        if not (
+            _is_int(moments["count"])
+            and moments["count"] >= 0
+            and all(
+                isinstance(t, torch.Tensor) and t.dtype == torch.float64 and bool(t.isfinite().all())
+                for t in (mean, m2)
+            )
+            and mean.shape == m2.shape
+            and bool((m2 >= 0).all())
+        ):
+            raise _fail(name, f"has malformed moments of {key} in its data stream")
+
+
+def _check_data_stream(value: Any, name: str) -> None:
+    """Check the structure of a batch source's state (None, a stream's or a lazy file's)."""
+    if value is None:
+        return
+    kind = value.get("kind") if isinstance(value, dict) else None
+    if kind not in ("stream", "lazy"):
+        raise _fail(name, f"has a data stream of unknown kind {kind!r}")
+    keys = _STREAM_KEYS if kind == "stream" else _LAZY_KEYS
+    value = _check_dict(value, keys, f"{kind} data stream", name)
+    ints = [k for k in keys if k not in ("kind", "digest", "exclude", "moments")]
+    if not all(_is_int(value[k]) and value[k] >= 0 for k in ints):
+        raise _fail(name, f"{kind} data stream needs integers >= 0 for {ints}")
+    if kind == "stream":
+        if not (
+            value["batch_size"] >= 1
+            and value["steps_per_epoch"] >= 1
+            and 0 <= value["rank"] < value["world_size"]
+            and (value["digest"] is None or _is_digest(value["digest"]))
+        ):
+            raise _fail(name, f"has an impossible stream state {value!r}")
+        return
+    if not (
+        value["num_pairs"] >= 2
+        and min(value["batch_size"], value["chunk_rows"], value["buffer_chunks"]) >= 1
+        and _is_digest(value["exclude"])
+    ):
+        raise _fail(name, "has an impossible lazy-file state")
+    _check_moments(value["moments"], name)
+
+
+def _is_digest(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == 64
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
 def _check_optimizer(value: Any, params: list[torch.Tensor], name: str) -> None:
     """Check the FusedClippedAdam state against the parameters in param-store order."""
     if value == {}:
@@ -492,7 +588,9 @@ def load_train_state(path: str | os.PathLike[str]) -> TrainState:
         raise CheckpointError(f"no training state {name!r}: the file does not exist")
     payload = _read_payload(path)  # torch.load(weights_only=True), CheckpointError on failure
     fmt = payload.get("format") if isinstance(payload, dict) else None
-    if fmt != STATE_FORMAT:
+    if fmt == _LEGACY_FORMAT and "data_stream" not in payload:
+        payload = {**payload, "format": STATE_FORMAT, "data_stream": None}
+    if fmt not in (STATE_FORMAT, _LEGACY_FORMAT):
         raise _fail(name, f"is not a ppl_cvae training state (expected format {STATE_FORMAT!r})")
     if set(payload) != set(STATE_KEYS):
         diff = sorted(str(k) for k in set(payload) ^ set(STATE_KEYS))[:5]
@@ -541,6 +639,13 @@ def load_train_state(path: str | os.PathLike[str]) -> TrainState:
     ):
         raise _fail(name, "has a malformed early-stopping state")
     _check_rng(payload["rng"], name)
+    _check_data_stream(payload["data_stream"], name)
+    if payload["data_stream"] is not None and payload["data_stream"]["kind"] == "stream":
+        stream = payload["data_stream"]
+        if stream["position"] != (epoch - 1) * stream["steps_per_epoch"] + step:
+            raise _fail(
+                name, f"stream position {stream['position']} does not fit epoch {epoch}, step {step}"
+            )
     return TrainState(path, payload)
 
 
@@ -552,9 +657,11 @@ class TrainingSession:
     :meth:`epoch_started` (before the epoch's data are drawn), :meth:`data_drawn` (after),
     :meth:`after_step` (after each SVI step), :meth:`epoch_seconds` and
     :meth:`epoch_finished` (after early stopping), and nothing else, so other loop changes
-    (data sources, devices) only need to keep those calls in place. A data source that is
-    not driven by the run's ``torch.Generator`` alone must make its position part of the
-    state to resume exactly; with several processes only one should be given a policy.
+    (data sources, devices) only need to keep those calls in place. A batch source that is
+    not driven by the run's ``torch.Generator`` alone has ``state_dict`` and ``resume``
+    (:class:`~ppl_cvae.train.sources.ResumableSource`): its state is saved as
+    ``data_stream`` and restored by its ``resume``; with several processes only one should
+    be given a policy.
     """
 
     def __init__(
@@ -569,8 +676,12 @@ class TrainingSession:
         config: TrainConfig,
         digest: str,
         num_train: int,
+        source: Any = None,
     ) -> None:
         self.policy = policy
+        # a source with a position of its own (a stream, a lazily read file); else replayed
+        self.source = source if hasattr(source, "resume") else None
+        self.skipped_pairs: int | None = None
         self.cvae, self.optim, self.stopper, self.result = cvae, optim, stopper, result
         self.generator, self.config, self.digest = generator, config, digest
         self.num_train = num_train
@@ -599,14 +710,15 @@ class TrainingSession:
         resume_from : TrainState or None
         **parts
             ``cvae``, ``optim``, ``stopper``, ``result``, ``generator``, ``config``,
-            ``digest`` (:func:`data_digest` of the pairs) and ``num_train`` (training pairs
-            per epoch) of the run.
+            ``digest`` (:func:`data_digest` of the pairs), ``num_train`` (training pairs
+            per epoch) and ``source`` (the batch source; optional) of the run.
 
         Raises
         ------
         CheckpointError
             If ``resume_from`` belongs to another run: other configuration, other data,
-            other model shapes.
+            other model shapes, another kind of batch source (pairs in memory, a stream, a
+            lazily read file) or a source whose ``resume`` refuses the stored state.
         """
         if policy is None and resume_from is None:
             return None
@@ -636,6 +748,15 @@ class TrainingSession:
             (pos["epoch"] - 1) * steps_per_epoch + pos["step"]
         ):
             raise _fail(name, f"position {pos!r} does not fit {steps_per_epoch} steps per epoch")
+        stream = payload["data_stream"]
+        kind = "pairs in memory or resimulated pairs" if stream is None else stream["kind"]
+        mine = "pairs in memory or resimulated pairs"
+        if self.source is not None:
+            mine = str(self.source.state_dict()["kind"])
+        if kind != mine:
+            raise _fail(name, f"was written by a fit on {kind}; this fit trains on {mine}")
+        if self.source is not None:
+            self.skipped_pairs = int(self.source.resume(pos["epoch"], pos["step"], stream))
         self.cvae.load_state_dict(payload["model"])
         self.optim.set_state(payload["optimizer"])
         self.stopper.best_loss = float(early["best_loss"])
@@ -653,12 +774,17 @@ class TrainingSession:
         self.resume_at = dict(pos)
         self.epoch = int(pos["epoch"])
 
-    def resume_point(self) -> tuple[int, int, float]:
-        """Return ``(first_epoch, first_step, epoch_loss_sum)`` where the loop starts."""
+    def resume_point(self) -> tuple[int, int, float, int | None]:
+        """Return ``(first_epoch, first_step, epoch_loss_sum, skipped_pairs)``: where to start.
+
+        ``skipped_pairs`` is None when the source replays the resumed epoch from its start
+        (the loop skips ``first_step`` minibatches), else the pairs of the ``first_step``
+        minibatches the source has skipped itself (its next epoch starts after them).
+        """
         if self.resume_at is None:
-            return 1, 0, 0.0
+            return 1, 0, 0.0, None
         pos = self.resume_at
-        return int(pos["epoch"]), int(pos["step"]), float(pos["epoch_loss_sum"])
+        return int(pos["epoch"]), int(pos["step"]), float(pos["epoch_loss_sum"]), self.skipped_pairs
 
     def epoch_started(self, epoch: int) -> None:
         """Record the generator state at the start of ``epoch`` (before its data are drawn)."""
@@ -750,6 +876,7 @@ class TrainingSession:
             "history": [dict(row) for row in self.result.history],
             "step_losses": torch.tensor(self.result.step_losses, dtype=torch.float64),
             "rng": _rng_state(self.generator, epoch_generator),
+            "data_stream": None if self.source is None else self.source.state_dict(),
         }
         with atomic_path(Path(self.policy.path)) as tmp:
             torch.save(payload, tmp)

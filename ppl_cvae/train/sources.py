@@ -13,23 +13,36 @@ decay per step) and ``epoch_batches(epoch)``, an iterator over that epoch's mini
 - :class:`LazyFileBatches`: a file larger than memory, read in chunks with a chunk-level and a
   buffer shuffle (``ppl-cvae fit --data FILE --lazy``); :func:`prepare_lazy_fit` makes the
   one pass over the file that fits the standardisers and reads the validation rows.
+
+The first two are driven by the run's ``torch.Generator`` alone, so a resumed fit replays them.
+The last two keep a position of their own: they also have ``state_dict()`` (what a
+training-state file stores, :mod:`ppl_cvae.train.resume`) and ``resume(epoch, step, state)``,
+which checks a stored state against the source and makes the next ``epoch_batches(epoch)``
+start at minibatch ``step`` without simulating or reading the earlier ones
+(:class:`ResumableSource`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader
 
 from ppl_cvae._memory import check_memory
 from ppl_cvae.config import ModelConfig, TrainConfig
-from ppl_cvae.data.lazy import LazyPairs, ScanResult, scan_pairs, shuffled_batches
+from ppl_cvae.data.lazy import (
+    LazyPairs,
+    RunningMoments,
+    ScanResult,
+    scan_pairs,
+    shuffled_batches,
+)
 from ppl_cvae.data.streaming import SimulationStream, StreamItem, batch_seed
-from ppl_cvae.errors import ConfigError
+from ppl_cvae.errors import CheckpointError, ConfigError
 from ppl_cvae.models.cvae import CVAE, MAX_WHITENING_PAIRS
 from ppl_cvae.problems.base import Problem
 
@@ -40,6 +53,7 @@ __all__ = [
     "LazyFit",
     "MAX_VALIDATION_PAIRS",
     "ResimulatedBatches",
+    "ResumableSource",
     "StreamBatches",
     "build_lazy_cvae",
     "prepare_lazy_fit",
@@ -68,6 +82,32 @@ class BatchSource(Protocol):
     def close(self) -> None:
         """Release workers and files."""
         ...
+
+
+class ResumableSource(BatchSource, Protocol):
+    """A batch source with a position of its own, which a training-state file stores."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the source's settings and position now (tensors and plain values)."""
+        ...
+
+    def resume(self, epoch: int, step: int, state: Mapping[str, Any]) -> int:
+        """Continue at minibatch ``step`` of ``epoch``; return the pairs of the skipped ones.
+
+        Raises
+        ------
+        CheckpointError
+            If ``state`` (a :meth:`state_dict` of the interrupted run, already checked for
+            structure) does not belong to this source.
+        """
+        ...
+
+
+def _refuse(what: str, got: Any, expected: Any) -> CheckpointError:
+    return CheckpointError(
+        f"the training state's data stream has {what}={got!r} but this run has {expected!r}; "
+        "resume with the recorded settings and data"
+    )
 
 
 class InMemoryBatches:
@@ -206,6 +246,8 @@ class StreamBatches:
         self.prefetch_factor = prefetch_factor
         self.global_batch_size = global_batch_size
         self._items: Iterator[StreamItem] | None = None
+        self._skip = 0  # minibatches of the next epoch already trained on (a resume)
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def sharded(self) -> bool:
@@ -235,16 +277,79 @@ class StreamBatches:
         return self._items
 
     def epoch_batches(self, epoch: int) -> Iterator[Batch]:
-        """Yield the next ``steps_per_epoch`` minibatches of the stream."""
+        """Yield the next ``steps_per_epoch`` minibatches of the stream (fewer when resumed)."""
         items = self._iterator()
-        for _ in range(self.steps_per_epoch):
+        skip, self._skip = self._skip, 0
+        for _ in range(self.steps_per_epoch - skip):
             x, y, index = next(items)
             self.stream.position = int(index) + 1
+            self._last = (x, y)
             yield x, (y if self.conditional else None)
 
     def close(self) -> None:
         """Stop the worker processes (a new iterator starts at the stream's position)."""
         self._items = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the stream's settings, its position and a digest of its last minibatch.
+
+        Keys: ``kind`` (``"stream"``), ``seed``, ``batch_size`` (this rank's pairs per
+        minibatch), ``rank``, ``world_size``, ``position`` (stream index of the next
+        minibatch), ``steps_per_epoch`` and ``digest``
+        (:func:`~ppl_cvae.train.resume.data_digest` of minibatch ``position - 1``, None
+        before the first one): a resume draws that minibatch again and compares, which
+        catches a simulator that changed since.
+        """
+        from ppl_cvae.train.resume import data_digest
+
+        return {
+            "kind": "stream",
+            **self.stream.state_dict(),
+            "steps_per_epoch": self.steps_per_epoch,
+            "digest": None if self._last is None else data_digest(*self._last),
+        }
+
+    def resume(self, epoch: int, step: int, state: Mapping[str, Any]) -> int:
+        """Continue the stream at minibatch ``step`` of 1-based ``epoch``.
+
+        Minibatch ``step`` of epoch ``e`` is stream index ``(e - 1) * steps_per_epoch +
+        step``: the stored position must be that index. Under torchrun every rank resumes
+        from rank 0's state at the same index of its own stream.
+
+        Returns
+        -------
+        int
+            Pairs (this rank's) in the ``step`` minibatches skipped.
+
+        Raises
+        ------
+        CheckpointError
+            If the seed, minibatch size, world size or steps per epoch differ, the position
+            is not the one of ``(epoch, step)``, or minibatch ``position - 1`` drawn again
+            differs from the stored digest (the simulator changed).
+        """
+        from ppl_cvae.train.resume import data_digest
+
+        if self._items is not None:
+            raise CheckpointError("a stream that has started cannot resume another run")
+        mine = self.state_dict()
+        same_rank = state["rank"] == self.stream.rank  # ranks' shares may differ by one pair
+        for key in ("seed", "batch_size", "world_size", "steps_per_epoch"):
+            if state[key] != mine[key] and (key != "batch_size" or same_rank):
+                raise _refuse(key, state[key], mine[key])
+        position = (epoch - 1) * self.steps_per_epoch + step
+        if state["position"] != position:
+            raise _refuse(f"position (at epoch {epoch}, step {step})", state["position"], position)
+        digest = state["digest"]
+        if digest is not None and same_rank and position > 0:
+            if data_digest(*self.stream.draw(position - 1)) != digest:
+                raise CheckpointError(
+                    f"stream minibatch {position - 1} drawn again differs from the one trained "
+                    "on (the simulator changed since the training state was written); start "
+                    "the run again"
+                )
+        self.stream.position, self._skip = position, step
+        return step * self.stream.batch_size
 
 
 class LazyFileBatches:
@@ -261,6 +366,9 @@ class LazyFileBatches:
         Sorted validation rows, never trained on.
     conditional : bool, default True
         False drops ``y``.
+    moments : (RunningMoments, RunningMoments), optional
+        Moments of ``x`` and ``y`` over the whole file (:func:`prepare_lazy_fit` sets them):
+        stored in the training state and compared on resume, they show a file that changed.
     """
 
     def __init__(
@@ -273,10 +381,13 @@ class LazyFileBatches:
         seed: int,
         exclude: torch.Tensor,
         conditional: bool = True,
+        moments: tuple[RunningMoments, RunningMoments] | None = None,
     ) -> None:
         self.pairs, self.batch_size = pairs, batch_size
         self.chunk_rows, self.buffer_chunks = chunk_rows, buffer_chunks
         self.seed, self.exclude, self.conditional = seed, exclude, conditional
+        self.moments = moments
+        self._skip = 0  # minibatches of the next epoch already trained on (a resume)
 
     @property
     def pairs_per_epoch(self) -> int:
@@ -286,6 +397,7 @@ class LazyFileBatches:
     def epoch_batches(self, epoch: int) -> Iterator[Batch]:
         """Yield every training pair once, in minibatches, chunk- and buffer-shuffled."""
         generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch))
+        skip, self._skip = self._skip, 0
         for x, y in shuffled_batches(
             self.pairs,
             batch_size=self.batch_size,
@@ -293,11 +405,74 @@ class LazyFileBatches:
             buffer_chunks=self.buffer_chunks,
             generator=generator,
             exclude=self.exclude,
+            first_batch=skip,
         ):
             yield x, (y if self.conditional else None)
 
     def close(self) -> None:
         """Nothing to release: whoever opened the file closes it (fit may run again on it)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return what fixes the order of every epoch, and the file's moments.
+
+        Keys: ``kind`` (``"lazy"``), ``num_pairs``, ``batch_size``, ``chunk_rows``,
+        ``buffer_chunks``, ``seed``, ``exclude`` (SHA-256 of the validation row indices) and
+        ``moments`` (``{"x": m, "y": m}`` with ``m`` = ``count``, ``mean``, ``m2`` as float64
+        tensors, or None). The position in the epoch is the training state's ``position``:
+        epoch ``e`` shuffles with a generator seeded by ``batch_seed(seed, e)``.
+        """
+        from ppl_cvae.train.resume import data_digest
+
+        moments = None
+        if self.moments is not None:
+            moments = {
+                name: {"count": m.count, "mean": m.mean.clone(), "m2": m.m2.clone()}
+                for name, m in zip(("x", "y"), self.moments, strict=True)
+            }
+        return {
+            "kind": "lazy",
+            "num_pairs": int(self.pairs.num_pairs),
+            "batch_size": self.batch_size,
+            "chunk_rows": self.chunk_rows,
+            "buffer_chunks": self.buffer_chunks,
+            "seed": self.seed,
+            "exclude": data_digest(self.exclude, None),
+            "moments": moments,
+        }
+
+    def resume(self, epoch: int, step: int, state: Mapping[str, Any]) -> int:
+        """Continue at minibatch ``step`` of 1-based ``epoch`` without reading the earlier ones.
+
+        Returns
+        -------
+        int
+            Pairs in the ``step`` minibatches skipped.
+
+        Raises
+        ------
+        CheckpointError
+            If the file's size, the shuffle settings, the validation rows or the moments of
+            ``x`` and ``y`` (compared exactly, when both sides have them) differ.
+        """
+        mine = self.state_dict()
+        for key in ("num_pairs", "batch_size", "chunk_rows", "buffer_chunks", "seed", "exclude"):
+            if state[key] != mine[key]:
+                raise _refuse(key, state[key], mine[key])
+        if state["moments"] is not None and mine["moments"] is not None:
+            for name in ("x", "y"):
+                got, have = state["moments"][name], mine["moments"][name]
+                if not (
+                    got["count"] == have["count"]
+                    and torch.equal(got["mean"], have["mean"])
+                    and torch.equal(got["m2"], have["m2"])
+                ):
+                    raise CheckpointError(
+                        f"the moments of {name} in {str(self.pairs.path)!r} differ from the "
+                        "ones the training state recorded: the file changed since; start the "
+                        "run again"
+                    )
+        self._skip = step
+        return min(step * self.batch_size, self.pairs_per_epoch)
 
 
 @dataclass
@@ -390,6 +565,7 @@ def prepare_lazy_fit(
         seed=train_config.seed,
         exclude=val_rows,
         conditional=conditional,
+        moments=(scan.x_moments, scan.y_moments),
     )
     vx, vy = scan.validation
     validation = (vx, vy if conditional else None) if n_val else None
