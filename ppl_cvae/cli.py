@@ -8,6 +8,7 @@ as one line ``ppl-cvae: error: ...`` with exit status 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -335,7 +336,10 @@ def _resume_args(args: argparse.Namespace) -> Any:
             "options may change; for other settings start a new run)"
         )
     state = find_resumable(args.resume)
-    args.run_file = run_file_from_dict(state.record, f"training state {str(state.path)!r}")
+    record = state.record
+    where = f"training state {str(state.path)!r}"
+    _restore_data_source(args, record.pop("data_source", None), where)
+    args.run_file = run_file_from_dict(record, where)
     args.out, args.overwrite = args.resume, True
     recorded = state.record.get("torch_threads")
     if recorded != torch.get_num_threads():
@@ -350,6 +354,56 @@ def _resume_args(args: argparse.Namespace) -> Any:
         "resuming %s at epoch %d after %d SVI steps", args.resume, state.epoch, state.steps_done
     )
     return state
+
+
+def _data_source_record(args: argparse.Namespace, lazy: bool) -> dict[str, Any] | None:
+    """Return how a ``--stream`` or lazily read fit takes its minibatches (for its state)."""
+    if args.stream:
+        return {"stream": {"workers": args.workers}}
+    if lazy:
+        return {
+            "lazy": {
+                "lazy": bool(args.lazy),
+                "chunk_mb": args.chunk_mb,
+                "buffer_chunks": args.buffer_chunks,
+            }
+        }
+    return None
+
+
+def _restore_data_source(args: argparse.Namespace, source: Any, where: str) -> None:
+    """Set ``--stream/--workers`` or ``--lazy/--chunk-mb/--buffer-chunks`` as a state recorded.
+
+    Raises
+    ------
+    CheckpointError
+        If ``source`` is not None nor ``{"stream": {"workers": K}}`` nor ``{"lazy":
+        {"lazy": bool, "chunk_mb": MiB, "buffer_chunks": C}}``.
+    """
+    from ppl_cvae.errors import CheckpointError
+
+    if source is None:
+        return
+    stream = source.get("stream") if isinstance(source, dict) and len(source) == 1 else None
+    lazy = source.get("lazy") if isinstance(source, dict) and len(source) == 1 else None
+    if isinstance(stream, dict) and set(stream) == {"workers"}:
+        workers = stream["workers"]
+        if type(workers) is int and 0 <= workers <= 1024:
+            args.stream, args.workers = True, workers
+            return
+    if isinstance(lazy, dict) and set(lazy) == {"lazy", "chunk_mb", "buffer_chunks"}:
+        mib, chunks = lazy["chunk_mb"], lazy["buffer_chunks"]
+        if (
+            isinstance(lazy["lazy"], bool)
+            and type(mib) in (int, float)
+            and math.isfinite(mib)
+            and mib > 0
+            and type(chunks) is int
+            and chunks >= 1
+        ):
+            args.lazy, args.chunk_mb, args.buffer_chunks = lazy["lazy"], float(mib), chunks
+            return
+    raise CheckpointError(f"{where} records a malformed data_source {source!r}")
 
 
 def _checkpoint_policy(args: argparse.Namespace, out: Path, record: dict[str, Any]) -> Any:
@@ -440,53 +494,48 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise
         raise ConfigError(f"{err} (settings of run file {args.config!r} and the flags)") from None
     _check_recorded_shapes(args, model_config)
-    if lazy_pairs is not None:
-        if state is not None:
-            raise ConfigError(
-                f"{args.resume!r} was fitted on pairs in memory; its data file is now read "
-                "lazily (a .nc larger than half the free memory), and a lazy fit cannot resume: "
-                "free memory or start a new run"
-            )
-        with lazy_pairs:
-            check_model_memory(model_config)
-            done = _write_run(
-                out,
-                args.overwrite,
-                lambda folder: _fit_lazily_into(
-                    folder, args, problem, problem_ref, model_config, train_config, lazy_pairs
-                ),
-            )
-        if done is not None:
-            _print_fit_summary(*done, out)
-        return 0
-    if x is None:  # _training_pairs made sure there is a problem to simulate from
+    if lazy_pairs is None and x is None:  # _training_pairs made sure there is a problem
         assert problem is not None
         _check_simulation_memory(problem, train_config.num_train, "--num-train")
         gen = torch.Generator().manual_seed(train_config.seed + 1)
         x, y = _simulator(args, problem)(train_config.num_train, gen)
     check_model_memory(model_config)
-    policy = None
-    if not args.stream:  # a stream's position is not in the state (resume covers pairs)
-        record = _run_doc(args, problem, problem_ref, model_config, train_config)
-        policy = _checkpoint_policy(args, out, record)
+    record = _run_doc(args, problem, problem_ref, model_config, train_config)
+    data_source = _data_source_record(args, lazy_pairs is not None)
+    if data_source is not None:  # --resume restores the flags of the stream or the file
+        record["data_source"] = data_source
+    policy = _checkpoint_policy(args, out, record)
     how = prepare_run_folder(out) if policy is not None and launch_rank() == 0 else None
-    try:
-        done = _write_run(
-            out,
-            args.overwrite or how is not None,
-            lambda folder: _fit_into(
+
+    def fit_into(folder: Path | None) -> tuple[float, Any]:
+        if lazy_pairs is not None:
+            return _fit_lazily_into(
                 folder,
                 args,
                 problem,
                 problem_ref,
                 model_config,
                 train_config,
-                x,
-                y,
+                lazy_pairs,
                 checkpoint=policy,
                 resume_from=state,
-            ),
+            )
+        return _fit_into(
+            folder,
+            args,
+            problem,
+            problem_ref,
+            model_config,
+            train_config,
+            x,
+            y,
+            checkpoint=policy,
+            resume_from=state,
         )
+
+    try:
+        with lazy_pairs if lazy_pairs is not None else contextlib.nullcontext():
+            done = _write_run(out, args.overwrite or how is not None, fit_into)
     except PplCvaeError:
         if how is not None and state is None:  # a fresh fit that failed: its state cannot help
             discard_run_state(out, how)
@@ -549,6 +598,9 @@ def _fit_lazily_into(
     model_config: ModelConfig,
     train_config: TrainConfig,
     pairs: Any,
+    *,
+    checkpoint: Any = None,
+    resume_from: Any = None,
 ) -> tuple[float, Any]:
     """Fit on a file read in chunks (``--lazy``) and write the run files into ``out``."""
     from ppl_cvae.train.sources import prepare_lazy_model
@@ -577,6 +629,8 @@ def _fit_lazily_into(
         batches=lazy.batches,
         validation=lazy.validation,
         data_source=data_source,
+        checkpoint=checkpoint,
+        resume_from=resume_from,
     )
 
 

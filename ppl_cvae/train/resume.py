@@ -442,7 +442,9 @@ def _check_moments(value: Any, name: str) -> None:
             _is_int(moments["count"])
             and moments["count"] >= 0
             and all(
-                isinstance(t, torch.Tensor) and t.dtype == torch.float64 and bool(t.isfinite().all())
+                isinstance(t, torch.Tensor)
+                and t.dtype == torch.float64
+                and bool(t.isfinite().all())
                 for t in (mean, m2)
             )
             and mean.shape == m2.shape
@@ -483,9 +485,7 @@ def _check_data_stream(value: Any, name: str) -> None:
 
 def _is_digest(value: Any) -> bool:
     return (
-        isinstance(value, str)
-        and len(value) == 64
-        and all(c in "0123456789abcdef" for c in value)
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
     )
 
 
@@ -644,7 +644,8 @@ def load_train_state(path: str | os.PathLike[str]) -> TrainState:
         stream = payload["data_stream"]
         if stream["position"] != (epoch - 1) * stream["steps_per_epoch"] + step:
             raise _fail(
-                name, f"stream position {stream['position']} does not fit epoch {epoch}, step {step}"
+                name,
+                f"stream position {stream['position']} does not fit epoch {epoch}, step {step}",
             )
     return TrainState(path, payload)
 
