@@ -183,3 +183,61 @@ def test_a_callers_nccl_group_with_a_cpu_device_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "x")
     with pytest.raises(ConfigError, match="LOCAL_RANK='x' is not an integer"):
         distributed.setup_distributed(torch.device("cpu"))
+
+
+SHARDED_SCRIPT = '''
+import sys
+import torch
+from ppl_cvae.problems.base import make_problem
+from ppl_cvae.train.distributed import setup_distributed, shutdown
+from ppl_cvae.train.sources import ShardedResimulatedBatches
+
+ddp = setup_distributed(torch.device("cpu"))
+problem = make_problem("linear_gaussian")
+calls = []
+
+
+def simulate(num, generator):
+    calls.append(num)
+    return problem.simulate(num, generator)
+
+
+gen = torch.Generator().manual_seed(4)
+source = ShardedResimulatedBatches(simulate, 101, 20, gen, True, seed=4, ddp=ddp)
+epochs = [list(source.epoch_batches(e)) for e in (1, 2)]
+torch.save({"calls": calls, "epochs": epochs}, f"{sys.argv[1]}/rank{ddp.rank}.pt")
+shutdown()
+'''
+
+
+def test_resimulation_under_torchrun_is_divided_over_the_ranks(tmp_path):
+    """Each rank simulates its share of the epoch with its own seeds; all get the whole epoch."""
+    from ppl_cvae.data.streaming import batch_seed
+    from ppl_cvae.problems.base import make_problem
+
+    (tmp_path / "sharded.py").write_text(SHARDED_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "sharded.py", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    # 101 pairs per epoch: rank 0 simulates 51, rank 1 simulates 50 (not 101 each)
+    assert ranks[0]["calls"] == [51, 51] and ranks[1]["calls"] == [50, 50]
+    problem = make_problem("linear_gaussian")
+    for epoch, (a, b) in enumerate(zip(ranks[0]["epochs"], ranks[1]["epochs"], strict=True), 1):
+        # the ranks hold the same shuffled epoch (DDP then takes a shard of each minibatch)
+        assert [len(x) for x, _ in a] == [20] * 5 + [1]
+        assert all(torch.equal(xa, xb) and torch.equal(ya, yb)
+                   for (xa, ya), (xb, yb) in zip(a, b, strict=True))
+        # ... made of the two shares, each simulated with the seed of (epoch, rank)
+        seeds = [batch_seed(4, 2 * (epoch - 1) + r) for r in (0, 1)]
+        shares = [problem.simulate(n, torch.Generator().manual_seed(s))
+                  for n, s in zip((51, 50), seeds, strict=True)]
+        expected = torch.cat([s[0] for s in shares])
+        got = torch.cat([x for x, _ in a])
+        assert torch.equal(got.sort(0).values, expected.sort(0).values)
+        assert not torch.equal(got, expected)  # shuffled
+    first = torch.cat([x for x, _ in ranks[0]["epochs"][0]])
+    second = torch.cat([x for x, _ in ranks[0]["epochs"][1]])
+    assert not torch.isin(first.flatten(), second.flatten()).any()  # fresh pairs every epoch

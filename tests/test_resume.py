@@ -535,3 +535,48 @@ def test_stream_and_lazy_states_are_checked_against_the_run(tmp_path, monkeypatc
             load_train_state(tmp_path / "bad.pt")
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("kind", ["stream-1-worker", "lazy-npy"])
+def test_cli_resumes_stream_and_lazy_runs(tmp_path, monkeypatch, kind):
+    """``fit --stream --workers 1`` / ``fit --data FOLDER`` (lazy): Ctrl-C, ``--resume``."""
+    if kind == "lazy-npy":
+        import numpy as np
+
+        problem = make_problem("linear_gaussian")
+        fx, fy = problem.simulate(125, torch.Generator().manual_seed(2))
+        folder = tmp_path / "pairs"
+        folder.mkdir()
+        np.save(folder / "x.npy", fx.numpy())
+        np.save(folder / "y.npy", fy.numpy())
+        # 16-byte rows: chunks of 6 pairs, shuffled 2 at a time; 100 training pairs
+        argv = ["fit", "--data", str(folder), "--chunk-mb", str(96 / 2**20),
+                "--buffer-chunks", "2", *FIT[5:]]
+    else:
+        argv = [*FIT[:4], "100", *FIT[5:], "--stream", "--workers", "1"]
+    run, reference = tmp_path / "run", tmp_path / "reference"
+    original = pyro.infer.SVI.step
+    calls = {"n": 0}
+
+    def step(self, *args, **kwargs):
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    threads = torch.get_num_threads()
+    try:
+        assert main([*argv, "--out", str(reference), "--no-checkpoint"]) == 0
+        monkeypatch.setattr(pyro.infer.SVI, "step", step)
+        assert main([*argv, "--out", str(run), "--checkpoint-every", "1"]) == 130
+        monkeypatch.undo()
+        state = load_train_state(run / STATE_FILE)
+        assert state.steps_done == 7  # 5 steps per epoch: saved in epoch 2, after its step 2
+        assert state.payload["data_stream"]["kind"] == kind.split("-")[0]
+        assert main(["fit", "--resume", str(run), "--threads", "1", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a, _ = load_checkpoint(reference)
+    b, _ = load_checkpoint(run)
+    assert _same_weights(a, b)
+    assert _metrics(run) == _metrics(reference)

@@ -212,6 +212,33 @@ class DistributedSetup:
 
         return step
 
+    def all_gather_rows(self, tensor: torch.Tensor, num: int) -> torch.Tensor:
+        """Return the ranks' row shards of a ``num``-row tensor, joined in rank order.
+
+        Rank ``r`` holds rows :func:`shard_rows` ``(num, r, world_size)`` of it, shape
+        ``(rows_r, *event_shape)`` (the same event shape and dtype on every rank); every
+        rank gets the whole ``(num, *event_shape)`` tensor on the CPU. The shards are padded
+        to the largest one for the collective (NCCL gathers on this rank's GPU).
+
+        Raises
+        ------
+        ConfigError
+            If ``tensor`` does not have this rank's number of rows.
+        """
+        rows = [shard_rows(num, r, self.world_size) for r in range(self.world_size)]
+        sizes = [sl.stop - sl.start for sl in rows]
+        if tensor.shape[0] != sizes[self.rank]:
+            raise ConfigError(
+                f"rank {self.rank} holds {tensor.shape[0]} rows; its shard of {num} has "
+                f"{sizes[self.rank]}"
+            )
+        device = self.device if self.backend == "nccl" else torch.device("cpu")
+        padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+        padded[: tensor.shape[0]] = tensor.to(device)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)]).cpu()
+
 
 def launch_rank() -> int:
     """Return this process's rank: the process group's, else torchrun's ``RANK``, else 0.

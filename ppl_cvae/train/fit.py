@@ -38,7 +38,13 @@ from ppl_cvae.train.distributed import (
 from ppl_cvae.train.optim import FusedClippedAdam
 from ppl_cvae.train.resume import CheckpointPolicy, TrainingSession, TrainState, data_digest
 from ppl_cvae.train.settings import resolve_settings
-from ppl_cvae.train.sources import Batch, BatchSource, InMemoryBatches, ResimulatedBatches
+from ppl_cvae.train.sources import (
+    Batch,
+    BatchSource,
+    InMemoryBatches,
+    ResimulatedBatches,
+    ShardedResimulatedBatches,
+)
 
 __all__ = ["FitResult", "build_cvae", "fit", "fit_problem", "negative_elbo", "Simulator"]
 
@@ -282,12 +288,14 @@ def _training_source(
     batches: BatchSource | None,
     validation: tuple[torch.Tensor, torch.Tensor | None] | None,
     generator: torch.Generator,
+    ddp: DistributedSetup | None = None,
 ) -> tuple[BatchSource, _Pairs | None]:
     """Return the batch source of the epochs and the validation pairs.
 
     Without ``batches``: the pairs ``x, y`` split by :func:`_split_data` and shuffled every
     epoch (:class:`InMemoryBatches`), or ``num_train`` pairs simulated every epoch when
-    resimulating (:class:`ResimulatedBatches`). With ``batches`` (a stream, a file read
+    resimulating (:class:`ResimulatedBatches`; in a data-parallel run each rank simulates
+    its share, :class:`ShardedResimulatedBatches`). With ``batches`` (a stream, a file read
     lazily): the validation pairs are ``validation``, else ``round(val_fraction *
     pairs_per_epoch)`` pairs simulated once when there is a simulator, else none.
     """
@@ -299,6 +307,17 @@ def _training_source(
         train, val = _split_data(cvae, source, y, config, resample, generator)
         if isinstance(train, _Pairs):
             return InMemoryBatches(train.x, train.y, config.batch_size, generator), val
+        if ddp is not None:
+            sharded = ShardedResimulatedBatches(
+                train,
+                config.num_train,
+                config.batch_size,
+                generator,
+                conditional,
+                seed=config.seed,
+                ddp=ddp,
+            )
+            return sharded, val
         return (
             ResimulatedBatches(train, config.num_train, config.batch_size, generator, conditional),
             val,
@@ -594,7 +613,10 @@ def fit(
     the same split and shuffles, takes its shard of each minibatch, and DistributedDataParallel
     all-reduces the gradients, so the steps are those of one process with the same
     ``batch_size``; only rank 0 shows progress, writes ``metrics_path`` and calls
-    ``on_epoch_end``.
+    ``on_epoch_end``. When resimulating, each rank simulates only its share of the epoch's
+    pairs with seeds of its own and the shares are all-gathered
+    (:class:`~ppl_cvae.train.sources.ShardedResimulatedBatches`), so such a run draws other
+    pairs than one process does.
     Early stopping monitors the validation loss (the training loss without a validation
     set), only once ``beta`` has reached 1, keeps a copy of the best weights and stops after
     ``patience`` epochs without improvement. All randomness of the split, the simulator and
@@ -622,7 +644,9 @@ def fit(
     pyro.set_rng_seed(rank_seed(config.seed, 0 if ddp is None else ddp.rank))  # own noise
     pyro.clear_param_store()
     generator = torch.Generator().manual_seed(config.seed)
-    source, val = _training_source(cvae, x, y, config, simulator, batches, validation, generator)
+    source, val = _training_source(
+        cvae, x, y, config, simulator, batches, validation, generator, ddp
+    )
     try:  # stream workers and open files are released however the fit ends
         cvae.to(device)
         val = None if val is None else val.to(device)

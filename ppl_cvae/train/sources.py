@@ -6,7 +6,8 @@ decay per step) and ``epoch_batches(epoch)``, an iterator over that epoch's mini
 
 - :class:`InMemoryBatches`: pairs held in memory, shuffled every epoch;
 - :class:`ResimulatedBatches`: ``num_train`` fresh pairs simulated at the start of every epoch
-  (``TrainConfig.resimulate``), then shuffled;
+  (``TrainConfig.resimulate``), then shuffled; under torchrun
+  :class:`ShardedResimulatedBatches` divides that simulation over the ranks;
 - :class:`StreamBatches`: minibatches taken from an endless
   :class:`~ppl_cvae.data.streaming.SimulationStream`, optionally simulated by DataLoader worker
   processes while the SVI steps run (``ppl-cvae fit --stream --workers K``);
@@ -54,6 +55,7 @@ __all__ = [
     "MAX_VALIDATION_PAIRS",
     "ResimulatedBatches",
     "ResumableSource",
+    "ShardedResimulatedBatches",
     "StreamBatches",
     "build_lazy_cvae",
     "prepare_lazy_fit",
@@ -188,6 +190,70 @@ class ResimulatedBatches:
         """Simulate the epoch's pairs and yield them in minibatches, in random order."""
         x, y = self.simulator(self.num_train, self.generator)
         yield from _permuted(x, y if self.conditional else None, self.batch_size, self.generator)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class ShardedResimulatedBatches:
+    """Resimulation divided over the ranks of a data-parallel run (``--resimulate`` under torchrun).
+
+    Each epoch every rank simulates only its :func:`~ppl_cvae.train.distributed.shard_rows`
+    share of the ``num_train`` pairs, with a generator of its own seeded by
+    :func:`~ppl_cvae.data.streaming.batch_seed` ``(seed, (epoch - 1) * world_size + rank)``
+    (distinct for every epoch and rank, as the minibatches of a simulation stream); the
+    shares are all-gathered, so every rank holds the same epoch of pairs, and shuffled with
+    the run's generator as :class:`ResimulatedBatches` does. A ``W``-rank run thus simulates
+    ``num_train`` pairs per epoch in all instead of ``W * num_train``; it draws other pairs
+    than one process (a different random realisation of the same epoch), the same for a
+    given seed and world size.
+
+    Parameters
+    ----------
+    simulator : callable ``(num, generator) -> (x, y)``
+    num_train, batch_size : int
+    generator : torch.Generator
+        The run's generator: draws each epoch's permutation (the same on every rank).
+    conditional : bool
+        False drops ``y``.
+    seed : int
+        The run's seed, in ``[0, 2**32 - 1]``.
+    ddp : DistributedSetup
+        This rank's place in the run (rank, world size, the all-gather).
+    """
+
+    def __init__(
+        self,
+        simulator: Simulator,
+        num_train: int,
+        batch_size: int,
+        generator: torch.Generator,
+        conditional: bool,
+        *,
+        seed: int,
+        ddp: Any,
+    ) -> None:
+        self.simulator, self.num_train = simulator, num_train
+        self.batch_size, self.generator, self.conditional = batch_size, generator, conditional
+        self.seed, self.ddp = seed, ddp
+
+    @property
+    def pairs_per_epoch(self) -> int:
+        """``num_train`` (all ranks together)."""
+        return self.num_train
+
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """Simulate this rank's share, gather the epoch's pairs, yield them shuffled."""
+        from ppl_cvae.train.distributed import shard_rows
+
+        rank, world = self.ddp.rank, self.ddp.world_size
+        share = shard_rows(self.num_train, rank, world)
+        own = torch.Generator().manual_seed(batch_seed(self.seed, (epoch - 1) * world + rank))
+        x, y = self.simulator(share.stop - share.start, own)
+        gather = self.ddp.all_gather_rows
+        pairs_x = gather(x.contiguous(), self.num_train)
+        pairs_y = gather(y.contiguous(), self.num_train) if self.conditional else None
+        yield from _permuted(pairs_x, pairs_y, self.batch_size, self.generator)
 
     def close(self) -> None:
         """Nothing to release."""
