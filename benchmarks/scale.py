@@ -13,12 +13,14 @@ here) and with a save every ``--every-steps`` SVI steps. Printed: the median sec
 of each and its difference to no checkpoints, the measured seconds per save, the size of the
 state file, and the overhead computed from the save time (saves per epoch x seconds per save /
 seconds per epoch), which is the figure to quote on a loaded machine where whole fits vary by
-more than the saves cost.
+more than the saves cost. ``--source stream`` fits on a simulation stream instead
+(``fit --stream``, ``--workers`` DataLoader processes): its state also holds the stream's
+position and the SHA-256 of the last minibatch.
 
 Run::
 
     python benchmarks/scale.py --part resume [--problem mt1d] [--epochs 2] [--rounds 2]
-        [--every-steps 10] [--threads 1]
+        [--every-steps 10] [--threads 1] [--source pairs|stream] [--workers 0]
 
 Takes about 2-4 minutes for mt1d on one loaded core.
 """
@@ -36,9 +38,11 @@ from typing import Any
 import torch
 
 from ppl_cvae.config import Overrides
+from ppl_cvae.data.streaming import SimulationStream
 from ppl_cvae.problems.base import make_problem
 from ppl_cvae.train import build_cvae, fit, resolve_settings
 from ppl_cvae.train.resume import STATE_FILE, CheckpointPolicy, TrainingSession
+from ppl_cvae.train.sources import StreamBatches
 
 
 def _timed_saves() -> tuple[list[float], Callable[[], None]]:
@@ -67,9 +71,14 @@ def part_resume(args: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(train_config.seed + 1)
     x, y = problem.simulate(train_config.num_train, gen)
     steps = -(-train_config.num_train // train_config.batch_size)
+    source = (
+        f"a simulation stream, {args.workers} worker(s)"
+        if args.source == "stream"
+        else f"resimulate={train_config.resimulate}"
+    )
     print(
         f"{args.problem}: recommended settings, {train_config.num_train} pairs per epoch "
-        f"(resimulate={train_config.resimulate}), batch {train_config.batch_size} "
+        f"({source}), batch {train_config.batch_size} "
         f"({steps} SVI steps per epoch), {args.epochs} epochs per fit, {args.rounds} rounds, "
         f"{torch.get_num_threads()} thread(s)"
     )
@@ -96,8 +105,16 @@ def part_resume(args: argparse.Namespace) -> None:
                 seconds, undo = _timed_saves()
                 try:
                     start = time.perf_counter()
-                    fit(cvae, x, y, train_config, simulator=problem.simulate,
-                        progress=False, checkpoint=policy)
+                    if args.source == "stream":
+                        stream = SimulationStream(
+                            problem.simulate, train_config.batch_size, seed=train_config.seed
+                        )
+                        batches = StreamBatches(stream, steps, num_workers=args.workers)
+                        fit(cvae, None, None, train_config, simulator=problem.simulate,
+                            batches=batches, progress=False, checkpoint=policy)
+                    else:
+                        fit(cvae, x, y, train_config, simulator=problem.simulate,
+                            progress=False, checkpoint=policy)
                     per_epoch[name].append((time.perf_counter() - start) / args.epochs)
                 finally:
                     undo()
@@ -139,6 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fit (resume)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (resume)")
     parser.add_argument("--every-steps", type=int, default=10, help="step trigger (resume)")
+    parser.add_argument(
+        "--source", choices=("pairs", "stream"), default="pairs", help="what to fit on (resume)"
+    )
+    parser.add_argument("--workers", type=int, default=0, help="stream workers (resume)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     PARTS[args.part](args)
