@@ -137,6 +137,34 @@ def test_negative_controls_a_lost_optimiser_or_rng_state_shows(tmp_path, monkeyp
         torch.set_num_threads(threads)
 
 
+def test_a_version_1_state_without_data_stream_still_resumes(tmp_path, monkeypatch):
+    """States written before the data stream was stored (format v1) load as data_stream None."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref_cvae, _ = _run(False)
+        path = tmp_path / STATE_FILE
+        policy = CheckpointPolicy(path, every_steps=2, every_minutes=None)
+        with pytest.raises(Crash):
+            _run(False, crash_after=5, policy=policy, monkeypatch=monkeypatch)
+        payload = load_train_state(path).payload
+        assert payload["format"] == "ppl_cvae.train_state.v2" and payload["data_stream"] is None
+        del payload["data_stream"]
+        payload["format"] = "ppl_cvae.train_state.v1"
+        torch.save(payload, tmp_path / "v1.pt")
+        state = load_train_state(tmp_path / "v1.pt")
+        assert state.payload["data_stream"] is None
+        cvae, _ = _run(False, resume_from=state)
+        payload["data_stream"] = {"kind": "tape"}  # a v1 file has no such key; v2 no such kind
+        payload["format"] = "ppl_cvae.train_state.v2"
+        torch.save(payload, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="unknown kind 'tape'"):
+            load_train_state(tmp_path / "bad.pt")
+    finally:
+        torch.set_num_threads(threads)
+    assert _same_weights(cvae, ref_cvae)
+
+
 def test_resume_refuses_another_run(tmp_path, monkeypatch):
     path = tmp_path / STATE_FILE
     policy = CheckpointPolicy(path, every_steps=2, every_minutes=None)

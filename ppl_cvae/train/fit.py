@@ -307,7 +307,7 @@ def _training_source(
         train, val = _split_data(cvae, source, y, config, resample, generator)
         if isinstance(train, _Pairs):
             return InMemoryBatches(train.x, train.y, config.batch_size, generator), val
-        if ddp is not None:
+        if ddp is not None and config.num_train >= ddp.world_size:  # every rank has a share
             sharded = ShardedResimulatedBatches(
                 train,
                 config.num_train,
@@ -560,12 +560,15 @@ def fit(
         on every device. With ``physics_weight > 0`` the CVAE's forward operator must run on
         the device too (:func:`fit_problem` and the CLI hand it :func:`problem_on`'s copy).
     checkpoint : CheckpointPolicy, optional
-        Write a training-state file periodically (:mod:`ppl_cvae.train.resume`).
+        Write a training-state file periodically (:mod:`ppl_cvae.train.resume`). With
+        ``batches`` the source must have a position of its own to store
+        (:class:`~ppl_cvae.train.sources.ResumableSource`: a stream, a lazily read file).
     resume_from : TrainState, optional
         Continue the interrupted run this state was saved from (same ``cvae`` configuration,
-        ``x``, ``y``, ``config`` and simulator): weights, optimiser, early stopping, history,
-        data stream and RNGs are restored and the loop goes on from the saved SVI step, so the
-        result equals the uninterrupted run's on CPU with the same thread count.
+        ``x``, ``y`` or batch source, ``config`` and simulator): weights, optimiser, early
+        stopping, history, data stream and RNGs are restored and the loop goes on from the
+        saved SVI step, so the result equals the uninterrupted run's on CPU with the same
+        thread count.
 
     Returns
     -------
@@ -576,7 +579,7 @@ def fit(
     ConfigError
         If ``device`` is not available here (e.g. ``"cuda"`` without CUDA), neither data, a
         batch source nor a simulator with ``config.resimulate`` are given, both data and a
-        batch source are given,
+        batch source are given, checkpoints are asked of a batch source without a position,
         ``physics_weight > 0`` without a forward operator, or an SVI step's loss is not
         finite (training diverged).
     CheckpointError
