@@ -401,7 +401,8 @@ def _restore_data_source(args: argparse.Namespace, source: Any, where: str) -> N
             and type(chunks) is int
             and chunks >= 1
         ):
-            args.lazy, args.chunk_mb, args.buffer_chunks = lazy["lazy"], float(mib), chunks
+            # the run was read lazily: so is its continuation, whatever the free memory now
+            args.lazy, args.chunk_mb, args.buffer_chunks = True, float(mib), chunks
             return
     raise CheckpointError(f"{where} records a malformed data_source {source!r}")
 
