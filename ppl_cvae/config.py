@@ -245,10 +245,11 @@ class ModelConfig(_DictMixin):
     prior_flow_layers : int, default 1
         Spline layers of the flow on ``z`` (``prior="flow"``), in [0, 64]. One spline
         autoregressive layer already gives every ``z_i`` given ``z_<i, y`` a multimodal
-        density, and each layer costs about a third of the default SVI step (Two Birds
-        network: one layer 1.34x the default step, five layers 2.35x; ``benchmarks/
-        family_cost.py``). A configuration written before this field existed (no key) reads
-        as ``flow_layers`` when its prior is a flow, the structure it was built with.
+        density, and each layer adds about a fifth to a third of the default SVI step on the
+        Two Birds network (``benchmarks/family_cost.py``: one layer 1.1-1.3x the default
+        step, five layers 1.9-2.4x, against the 1.5x that issue 10 allows). A configuration
+        written before this field existed (no key) reads as ``flow_layers`` when its prior is
+        a flow, the structure it was built with.
     flow_bins : int, default 10
         Bins of each rational-quadratic spline, in [2, 256].
     flow_hidden_dims : tuple of int, default (64, 64)
