@@ -70,7 +70,14 @@ def run(functions, args):
         train["gsnn_weight"] = args.gsnn_weight
     model = {
         key: getattr(args, key)
-        for key in ("likelihood", "latent_dim", "prior", "flow_layers", "flow_hidden_dims")
+        for key in (
+            "likelihood",
+            "latent_dim",
+            "prior",
+            "flow_layers",
+            "prior_flow_layers",
+            "flow_hidden_dims",
+        )
         if getattr(args, key) is not None
     }
     config, train_config = resolve_settings(problem, Overrides(model=model, train=train))
@@ -163,7 +170,8 @@ if __name__ == "__main__":
     parser.add_argument("--likelihood", help="override the likelihood (e.g. flow)")
     parser.add_argument("--latent-dim", type=int, help="override the latent size (0: none)")
     parser.add_argument("--prior", help="override the prior (learned, standard_normal, flow)")
-    parser.add_argument("--flow-layers", type=int, help="spline layers of each flow")
+    parser.add_argument("--flow-layers", type=int, help="spline layers of the flow on x")
+    parser.add_argument("--prior-flow-layers", type=int, help="spline layers of the flow on z")
     parser.add_argument(
         "--flow-hidden-dims",
         type=lambda text: tuple(int(v) for v in text.split(",")),

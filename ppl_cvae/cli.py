@@ -53,6 +53,7 @@ MODEL_FLAGS = {
     "linear_skip": "linear_skip",
     "noise_rank": "noise_rank",
     "flow_layers": "flow_layers",
+    "prior_flow_layers": "prior_flow_layers",
     "flow_bins": "flow_bins",
     "flow_hidden_dims": "flow_hidden_dims",
     "num_facies": "num_facies",
@@ -1218,7 +1219,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="likelihood of x given z, y (flow: a conditional normalising flow on x)",
     )
     fit_p.add_argument(
-        "--flow-layers", type=_count(0), help="spline layers of each flow (default 5)"
+        "--flow-layers",
+        type=_count(0),
+        help="spline layers of the flow on x, --likelihood flow (default 5)",
+    )
+    fit_p.add_argument(
+        "--prior-flow-layers",
+        type=_count(0),
+        help="spline layers of the flow on z, --prior flow (default 1)",
     )
     fit_p.add_argument(
         "--flow-bins", type=_count(2), help="bins of each rational-quadratic spline (default 10)"

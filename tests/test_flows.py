@@ -126,7 +126,7 @@ def test_flow_learns_a_bimodal_posterior():
 
 def test_flow_prior_is_a_distribution_over_z():
     cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, prior="flow",
-                      hidden_dims=(8,), flow_layers=2)
+                      hidden_dims=(8,), prior_flow_layers=2)
     cvae = CVAE(cfg)
     y = torch.randn(5, 2)
     pz = cvae.prior_distribution(y)
@@ -142,6 +142,101 @@ def test_flow_prior_is_a_distribution_over_z():
                           cvae.prior_distribution(y).log_prob(site["value"]), atol=1e-5)
 
 
+def _two_modes_in_z(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """z given y: modes +-m(y) u, m(y) = 1.5 + 0.5 y, u = (1, 1) / sqrt 2, sd 0.4; y ~ U(-1, 1)."""
+    y = torch.rand(n, 1, generator=g) * 2 - 1
+    s = torch.randint(0, 2, (n, 1), generator=g) * 2.0 - 1
+    u = torch.full((2,), 2**-0.5)
+    return s * (1.5 + 0.5 * y) * u + 0.4 * torch.randn(n, 2, generator=g), y
+
+
+def _two_modes_log_density(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    mu = (1.5 + 0.5 * y) * torch.full((2,), 2**-0.5)
+    normal = torch.distributions.Normal
+    a = normal(mu, 0.4).log_prob(z).sum(-1)
+    b = normal(-mu, 0.4).log_prob(z).sum(-1)
+    return torch.logaddexp(a, b) - math.log(2)
+
+
+@pytest.mark.parametrize("num_layers", [None, 0])
+def test_prior_flow_fits_a_bimodal_conditional_by_maximum_likelihood(num_layers, seed):
+    """The prior flow of the default configuration represents a two-mode p(z | y).
+
+    The prior net alone is fitted by maximum likelihood to draws of a known two-component
+    mixture (300 Adam steps of 256 pairs, the weights start at their seeded initialisation,
+    far from the answer); the held-out KL(p || q) = E[log p(z|y) - log q(z|y)] is compared
+    with the closed-form log density. Along u the mixture has variance m^2 + 0.16 and entropy
+    at most log 2 + 0.5 log(2 pi e 0.16), so every Gaussian q(z | y), whatever its dependence
+    on y, has KL >= 0.5 log((m^2 + 0.16) / 0.16) - log 2 >= 0.297 nats (m >= 1). A KL below
+    0.1 nats therefore means both modes are represented; the negative control (0 layers, the
+    Gaussian prior net) must fail that bound and stay above the Gaussian floor.
+    """
+    extra = {} if num_layers is None else {"prior_flow_layers": num_layers}
+    cfg = ModelConfig(x_shape=(2,), y_shape=(1,), latent_dim=2, prior="flow", hidden_dims=(32,),
+                      **extra)
+    assert num_layers is not None or cfg.prior_flow_layers >= 1  # the default is a flow
+    cvae = CVAE(cfg)  # weights from the autouse seed (PPL_CVAE_TEST_SEED)
+    prior_net = cvae.prior_net
+    assert prior_net is not None
+    opt = torch.optim.Adam(prior_net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed + 1)
+    for _ in range(300):
+        z, y = _two_modes_in_z(256, g)
+        loss = -cvae.prior_distribution(y).log_prob(z).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    zt, yt = _two_modes_in_z(4000, g)
+    with torch.no_grad():
+        gap = _two_modes_log_density(zt, yt) - cvae.prior_distribution(yt).log_prob(zt)
+    se = gap.std().item() / math.sqrt(len(gap))
+    if num_layers == 0:  # the Gaussian: at least the floor, up to 4 standard errors
+        assert gap.mean().item() > 0.297 - 4 * se
+        return
+    assert -4 * se < gap.mean().item() < 0.1  # a KL is >= 0 up to its sampling error
+    with torch.no_grad():  # draws (the sampling direction) for one y fall half in each mode
+        draws = cvae.prior_distribution(yt[:1].expand(4000, 1)).sample()
+    upper = (draws.sum(-1) > 0).float().mean().item()
+    assert abs(upper - 0.5) < 4 * math.sqrt(0.25 / 4000) + 0.03
+
+
+def test_prior_flow_layers_is_separate_from_flow_layers():
+    cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, prior="flow", likelihood="flow",
+                      hidden_dims=(8,), flow_layers=3, prior_flow_layers=2)
+    cvae = CVAE(cfg)
+    assert cvae.prior_net is not None and cvae.prior_net.flow is not None
+    assert len(cvae.prior_net.flow.layers) == 2 and len(cvae.decoder.flow.layers) == 3
+    assert count_parameters(cfg) == sum(p.numel() for p in cvae.parameters())
+
+
+@pytest.mark.parametrize(("prior", "expected"), [("flow", 3), ("learned", 1)])
+def test_a_config_from_before_prior_flow_layers_keeps_its_prior_flow(prior, expected):
+    """A checkpoint written before the field existed built its prior flow with flow_layers."""
+    old = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, prior=prior, flow_layers=3,
+                      prior_flow_layers=expected).to_dict()
+    del old["prior_flow_layers"]
+    assert ModelConfig.from_dict(old).prior_flow_layers == expected
+
+
+def test_checkpoint_from_before_prior_flow_layers_loads(tmp_path):
+    from ppl_cvae.train import save_checkpoint
+
+    cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, prior="flow", hidden_dims=(8,),
+                      flow_layers=2, prior_flow_layers=2)
+    cvae = CVAE(cfg)
+    _perturb(cvae, 0.1)
+    path = save_checkpoint(tmp_path / "model.pt", cvae)
+    payload = torch.load(path, weights_only=True)
+    del payload["model_config"]["prior_flow_layers"]  # as an older version wrote it
+    torch.save(payload, tmp_path / "old.pt")
+    loaded, _ = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.config == cfg
+    y, z = torch.randn(4, 2), torch.randn(4, 2)
+    with torch.no_grad():
+        assert torch.allclose(loaded.prior_distribution(y).log_prob(z),
+                              cvae.prior_distribution(y).log_prob(z))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -151,6 +246,9 @@ def test_flow_prior_is_a_distribution_over_z():
         ({"flow_bins": 1}, "flow_bins must be"),
         ({"flow_layers": 65}, "flow_layers=65 is above"),
         ({"flow_layers": -1}, "flow_layers must be an integer >= 0"),
+        ({"prior_flow_layers": 65}, "prior_flow_layers=65 is above"),
+        ({"prior_flow_layers": -1}, "prior_flow_layers must be an integer >= 0"),
+        ({"prior_flow_layers": 1.5}, "prior_flow_layers must be an integer >= 0"),
     ],
 )
 def test_flow_settings_are_validated(kwargs, message):
@@ -186,6 +284,15 @@ def test_flow_run_round_trips_through_the_cli(tmp_path):
     assert main(["fit", "--data", str(tmp_path / "pairs.npz"), "--out", str(run), *flags]) == 0
     cvae, _ = load_checkpoint(run)
     assert cvae.config.latent_dim == 0 and cvae.config.flow_bins == 4
+    prior_run = tmp_path / "prior_run"
+    flags = ["--prior", "flow", "--prior-flow-layers", "2", "--latent-dim", "2",
+             "--hidden-dims", "8", "--epochs", "1", "--quiet"]
+    assert main(["fit", "--data", str(tmp_path / "pairs.npz"), "--out", str(prior_run),
+                 *flags]) == 0
+    prior_cvae, _ = load_checkpoint(prior_run)
+    assert prior_cvae.config.prior_flow_layers == 2 and prior_cvae.config.flow_layers == 5
+    assert prior_cvae.prior_net is not None and prior_cvae.prior_net.flow is not None
+    assert len(prior_cvae.prior_net.flow.layers) == 2
     out = tmp_path / "post.nc"
     argv = ["sample", str(run), "--observation", str(tmp_path / "obs.npy"),
             "--num-samples", "50", "--out", str(out)]

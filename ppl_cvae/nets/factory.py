@@ -170,8 +170,9 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         ``prior`` is None for ``prior="standard_normal"``; ``recognition`` and ``prior`` are
         None for ``latent_dim=0`` (no latent). With ``y_embedding="shared"`` one ``y`` encoder
         module is shared by all three networks. ``likelihood="flow"`` and ``prior="flow"`` get
-        a :class:`~ppl_cvae.nets.ConditionalFlow` with ``flow_layers`` layers, ``flow_bins``
-        bins and ``flow_hidden_dims`` as the widths of its conditioning networks.
+        a :class:`~ppl_cvae.nets.ConditionalFlow` with ``flow_layers`` (on ``x``) or
+        ``prior_flow_layers`` (on ``z``) layers, ``flow_bins`` bins and ``flow_hidden_dims``
+        as the widths of its conditioning networks.
 
     Raises
     ------
@@ -206,9 +207,9 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
             shared.append(family.encoder(config, y_shape))
         return shared[0]
 
-    def flow(dim: int, context_dim: int) -> ConditionalFlow:
+    def flow(dim: int, context_dim: int, num_layers: int) -> ConditionalFlow:
         return ConditionalFlow(
-            dim, context_dim, config.flow_layers, config.flow_hidden_dims, config.flow_bins
+            dim, context_dim, num_layers, config.flow_hidden_dims, config.flow_bins
         )
 
     recognition = None
@@ -223,7 +224,9 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         prior_y, prior_width = y_encoder()
         if prior_y is None:  # ModelConfig refuses a learned prior without y
             raise ConfigError("a learned prior net needs y (use prior='standard_normal')")
-        prior_flow = flow(config.latent_dim, prior_width) if config.prior == "flow" else None
+        prior_flow = None
+        if config.prior == "flow":
+            prior_flow = flow(config.latent_dim, prior_width, config.prior_flow_layers)
         prior = PriorNet(prior_y, prior_width, config.latent_dim, prior_flow)
 
     dec_y, dec_y_width = y_encoder()
@@ -243,7 +246,7 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
     body: nn.Module
     if config.likelihood == "flow":  # the flow's context is the first layer's output
         body = nn.Identity()
-        x_flow = flow(config.basis_dim or config.x_dim, width)
+        x_flow = flow(config.basis_dim or config.x_dim, width, config.flow_layers)
     elif config.basis_dim is not None:
         rest = config.hidden_dims[1:]
         body = blocks.mlp(width, rest, config.basis_dim, config.activation)
