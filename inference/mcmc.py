@@ -345,6 +345,10 @@ class MCMCResult:
         adaptation, in the preconditioned coordinates).
     rhat_threshold : float
         The R-hat bound the chains are judged by (:func:`rhat_threshold`).
+    cpu_seconds : float
+        Processor time of the chains (warm-up and sampling), summed over the processes that
+        ran them: on an otherwise idle machine ``seconds`` is about ``cpu_seconds /
+        min(num_cores, num_chains)`` plus the workers' start.
     """
 
     x: torch.Tensor
@@ -355,6 +359,7 @@ class MCMCResult:
     seconds: float
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     rhat_threshold: float = RHAT_THRESHOLD
+    cpu_seconds: float = 0.0
 
     @property
     def converged(self) -> bool:
@@ -436,6 +441,7 @@ class _ChainOutput:
     step_size: float
     num_evaluations: int
     jit_fallback: str | None  # why the eager potential was used although jit was asked
+    cpu_seconds: float  # processor time of this process while it ran the chain
 
 
 def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -495,6 +501,9 @@ def _trace_energy(
 
 def _run_chain(job: _ChainJob) -> _ChainOutput:
     """Run one NUTS chain of :func:`nuts_sample` (in this process or in a worker)."""
+    import time
+
+    cpu = time.process_time()
     log_target = _log_target(as_problem(job.problem), job.y)
     mu, tril = job.mu, job.tril
 
@@ -537,6 +546,7 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
         step_size=float(kernel.step_size),
         num_evaluations=count[0],
         jit_fallback=fallback,
+        cpu_seconds=time.process_time() - cpu,
     )
 
 
@@ -736,4 +746,5 @@ def nuts_sample(
             "step_size": np.stack([np.full(num_samples, o.step_size) for o in outputs]),
         },
         rhat_threshold=threshold,
+        cpu_seconds=sum(o.cpu_seconds for o in outputs),
     )
