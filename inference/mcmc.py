@@ -29,15 +29,15 @@ its chains in this process, with a warning. R-hat and the bulk ESS come from Arv
 potential whose Python control flow depends on the values of ``x`` (an ``if`` on a tensor)
 would be replayed wrongly elsewhere; the traced potential and its gradient are therefore
 compared with the eager ones at the chains' starts, and any difference (or a failure to
-trace) falls back to the eager potential with a warning. The gain is small for the built-in
-linear problems, whose cost is the matrix-vector products (``benchmarks/posterior_correction.py``,
-README), and ``torch.jit.trace`` is deprecated in torch 2.x, so it is off by default.
+trace) falls back to the eager potential with a warning. No gain was measured on crosshole
+and gravity, whose cost is the matrix-vector products (README, "NUTS within 60 s per
+observation"), and ``torch.jit.trace`` is deprecated in torch 2.x, so it is off by default.
 
 Per-draw sampler statistics (:attr:`MCMCResult.sample_stats`, ArviZ's names): ``diverging``
 (from each chain's ``MCMC.diagnostics()``, laid out as ``arviz.from_pyro`` lays it out: ArviZ
 0.x's converter reads Pyro's divergences and nothing else), and, recorded by the kernel,
-``energy`` (the Hamiltonian at the
-start of each transition, after the momentum refresh: what ``az.bfmi`` needs), ``n_steps``
+``energy`` (the Hamiltonian at the start of each transition, after the momentum refresh:
+what ``az.bfmi`` needs), ``n_steps``
 (leapfrog steps), ``tree_depth`` and ``step_size``. Pyro's MCMC keeps no per-draw energy or
 tree depth, so the kernel records them from public parts: the momentum is a Pyro sample site
 (``r_t=...``), read with a :class:`~pyro.poutine.messenger.Messenger`, and the potential at
