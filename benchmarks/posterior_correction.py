@@ -41,6 +41,7 @@ times are upper bounds.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -49,7 +50,7 @@ import torch
 from inference.diagnostics.coverage import run_evaluation
 from inference.exact import exact_posterior
 from inference.importance import importance_sample
-from inference.mcmc import nuts_sample, preconditioner_draws
+from inference.mcmc import nuts_draws_per_chain, nuts_sample, preconditioner_draws
 from inference.posterior import draw_posterior
 from ppl_cvae import fit_problem
 from ppl_cvae.problems import make_problem
@@ -147,7 +148,13 @@ def run(name, args):
         f"{(imp.log_evidence - exact_log_z).abs().median():.3f} nats (reported se median "
         f"{imp.log_evidence_se.median():.3f}); amortized draws {amortized_seconds:.2f} s"
     )
-    rows = {"amortized": [], "none": []}
+    rows = {"amortized": [], "none": [], "current": []}
+    nuts_samples = args.nuts_samples or nuts_draws_per_chain(cfg.x_dim, args.chains)
+    print(
+        f"  NUTS: {args.chains} chains x ({args.nuts_warmup} warm-up + {nuts_samples} draws), "
+        f"mass adaptation {not args.no_mass_adaptation}, max tree depth {args.max_tree_depth}, "
+        f"cores {args.cores}, jit {args.nuts_jit}; load {os.getloadavg()[0]:.1f}"
+    )
     for i in range(min(args.nuts_observations, args.num_heldout)):
         # 20 draws per coordinate estimate the preconditioner (as ppl-cvae sample does)
         num_start = preconditioner_draws(cvae.config.x_dim)
@@ -156,20 +163,26 @@ def run(name, args):
         runs = [("amortized", init_amortized)]
         if i < args.baseline_observations:  # plain NUTS is slow in 1024 dimensions
             runs.append(("none", init_prior))
+        if args.compare_current:  # the settings before issue 8's 60-s work, same start
+            runs.append(("current", init_amortized))
         for precondition, init in runs:
+            current = precondition == "current"
             res = nuts_sample(
                 problem,
                 y_obs[i],
                 init,
-                num_samples=args.nuts_samples,
-                warmup_steps=args.nuts_warmup,
+                num_samples=250 if current else nuts_samples,
+                warmup_steps=250 if current else args.nuts_warmup,
                 num_chains=args.chains,
-                precondition=precondition,
+                precondition="amortized" if current else precondition,
                 seed=args.seed,
-                max_tree_depth=args.max_tree_depth,
-                adapt_mass_matrix=not args.no_mass_adaptation,
+                max_tree_depth=8 if current else args.max_tree_depth,
+                adapt_mass_matrix=current or not args.no_mass_adaptation,
+                num_cores=1 if current else args.cores,
+                jit_compile=False if current else args.nuts_jit,
             )
             rows[precondition].append(res)
+            print(f"    observation {i}, {precondition}: {run_line(res)}", flush=True)
     for precondition, results in rows.items():
         if not results:
             continue
@@ -200,6 +213,21 @@ def run(name, args):
             f"{(1000 * ess / evals).median():.2f}; divergences "
             f"{sum(r.divergences for r in results)}"
         )
+    if rows["amortized"] and rows["current"]:
+        new, cur = rows["amortized"], rows["current"]
+
+        def ratio(f):
+            return torch.tensor([f(a) / max(f(b), 1e-9) for a, b in zip(new, cur, strict=True)])
+
+        print(
+            "    these settings over the current ones (4 x (250 + 250), mass adaptation, 1 "
+            "process), medians over observations: evaluations/s "
+            f"{ratio(lambda r: r.num_evaluations / r.seconds).median():.2f}x, ESS per 1000 "
+            f"evaluations {ratio(lambda r: r.min_ess / r.num_evaluations).median():.2f}x, "
+            f"tail ESS per 1000 evaluations "
+            f"{ratio(lambda r: tail_diagnostics(r)[2] / r.num_evaluations).median():.2f}x, "
+            f"seconds {ratio(lambda r: r.seconds).median():.2f}x"
+        )
     if rows["amortized"] and rows["none"]:
         ratio = torch.tensor(
             [
@@ -208,6 +236,22 @@ def run(name, args):
             ]
         )
         print(f"    ESS/s of amortized-start NUTS over plain NUTS: median {ratio.median():.1f}x")
+
+
+def run_line(result):
+    """One NUTS run: time, evaluations, R-hat (bulk, folded, bound), ESS (bulk, tail)."""
+    bulk, folded, tail = tail_diagnostics(result)
+    per_1000 = 1000 * result.min_ess / result.num_evaluations
+    return (
+        f"{result.seconds:.1f} s ({result.cpu_seconds:.1f} s of processor time), "
+        f"{result.num_evaluations} evaluations ({result.num_evaluations / result.seconds:.0f}/s, "
+        f"{1000 * result.cpu_seconds / result.num_evaluations:.2f} ms of processor time "
+        "each), R-hat bulk {bulk:.4f} folded "
+        f"{folded:.4f} (bound {result.rhat_threshold:.4f}), min ESS bulk {result.min_ess:.0f} "
+        f"tail {tail:.0f}, ESS per 1000 evaluations {per_1000:.1f} "
+        f"(tail {1000 * tail / result.num_evaluations:.1f}), divergences {result.divergences}, "
+        f"converged {result.converged}"
+    )
 
 
 def nuts_rows(problem, cvae, y_obs, args):
@@ -328,7 +372,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--baseline-observations", type=int, default=1, help="observations for plain NUTS"
     )
-    parser.add_argument("--nuts-samples", type=int, default=250, help="per chain")
+    parser.add_argument(
+        "--nuts-samples",
+        type=int,
+        default=250,
+        help="per chain; 0: nuts_draws_per_chain of the dimension (as ppl-cvae sample does)",
+    )
     parser.add_argument("--nuts-warmup", type=int, default=250)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--max-tree-depth", type=int, default=8, help="NUTS tree depth limit")
@@ -336,6 +385,16 @@ if __name__ == "__main__":
         "--no-mass-adaptation",
         action="store_true",
         help="warm-up adapts the step size only (the preconditioner is the mass matrix)",
+    )
+    parser.add_argument(
+        "--cores", type=int, default=1, help="worker processes for the chains (num_cores)"
+    )
+    parser.add_argument("--nuts-jit", action="store_true", help="trace the potential")
+    parser.add_argument(
+        "--compare-current",
+        action="store_true",
+        help="also run the settings before (4 x (250 + 250), mass adaptation, depth 8, 1 "
+        "process) on the same observations and print the ratios",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

@@ -14,13 +14,30 @@ the warm-up it would need to estimate ``d (d + 1) / 2`` entries (a constant-Jaco
 variables: the target in ``x`` is unchanged). ``precondition="none"`` gives plain NUTS with
 diagonal adaptation, started from prior draws (the baseline of the correction benchmark).
 
-Chains run one after the other in this process (Pyro's parallel chains spawn processes);
-R-hat and the bulk ESS come from ArviZ (rank-normalised split R-hat, Vehtari et al. 2021).
+Chains run one after the other in this process (``num_cores=1``), or in ``num_cores`` worker
+processes started with ``spawn`` (one ``pyro.infer.MCMC`` per chain, each seeded with its own
+``seed + c``, so the draws do not depend on ``num_cores``). Pyro's own ``MCMC(num_chains=...)``
+is not used: with a ``potential_fn`` it needs the potential to be picklable, and a closure over
+the problem is not; here the problem object travels instead and each worker builds the
+potential. A problem that cannot be pickled (a class defined in ``__main__``, a lambda) runs
+its chains in this process, with a warning. R-hat and the bulk ESS come from ArviZ
+(rank-normalised split R-hat, Vehtari et al. 2021).
+
+``jit_compile=True`` traces the preconditioned potential with ``torch.jit.trace`` (what
+``NUTS(jit_compile=True)`` does for a Pyro model; Pyro ignores the flag for a
+``potential_fn``). A trace records the tensor operations of one call and replays them, so a
+potential whose Python control flow depends on the values of ``x`` (an ``if`` on a tensor)
+would be replayed wrongly elsewhere; the traced potential and its gradient are therefore
+compared with the eager ones at the chains' starts, and any difference (or a failure to
+trace) falls back to the eager potential with a warning. No gain was measured on crosshole
+and gravity, whose cost is the matrix-vector products (README, "NUTS within 60 s per
+observation"), and ``torch.jit.trace`` is deprecated in torch 2.x, so it is off by default.
 
 Per-draw sampler statistics (:attr:`MCMCResult.sample_stats`, ArviZ's names): ``diverging``
-from ``arviz.from_pyro`` of each chain's ``MCMC`` (ArviZ 0.x's converter reads Pyro's
-divergences and nothing else), and, recorded by the kernel, ``energy`` (the Hamiltonian at the
-start of each transition, after the momentum refresh: what ``az.bfmi`` needs), ``n_steps``
+(from each chain's ``MCMC.diagnostics()``, laid out as ``arviz.from_pyro`` lays it out: ArviZ
+0.x's converter reads Pyro's divergences and nothing else), and, recorded by the kernel,
+``energy`` (the Hamiltonian at the start of each transition, after the momentum refresh:
+what ``az.bfmi`` needs), ``n_steps``
 (leapfrog steps), ``tree_depth`` and ``step_size``. Pyro's MCMC keeps no per-draw energy or
 tree depth, so the kernel records them from public parts: the momentum is a Pyro sample site
 (``r_t=...``), read with a :class:`~pyro.poutine.messenger.Messenger`, and the potential at
@@ -31,7 +48,11 @@ the chain's current state is evaluated once more per transition (not counted in
 from __future__ import annotations
 
 import math
+import multiprocessing
+import pickle
+import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +68,8 @@ from ppl_cvae.problems.base import Problem, as_problem
 __all__ = [
     "MCMCResult",
     "RHAT_THRESHOLD",
+    "NUTS_TAIL_EFFICIENCY",
+    "nuts_draws_per_chain",
     "nuts_sample",
     "preconditioner_draws",
     "rhat_threshold",
@@ -121,8 +144,6 @@ def rhat_threshold(
     >>> round(rhat_threshold(4, 250, 1024), 4), rhat_threshold(4, 1000, 1)
     (1.0173, 1.01)
     """
-    from scipy import stats  # scipy is an ArviZ and scikit-learn dependency
-
     if num_chains < 1 or num_draws < 4 or num_quantities < 1:
         raise ConfigError(
             "rhat_threshold needs num_chains >= 1, num_draws >= 4 and num_quantities >= 1, "
@@ -130,10 +151,107 @@ def rhat_threshold(
         )
     if not 0.0 < false_alarm < 1.0:
         raise ConfigError(f"false_alarm must be in (0, 1), got {false_alarm}")
+    return max(
+        RHAT_THRESHOLD, _largest_rhat_quantile(num_chains, num_draws, num_quantities, false_alarm)
+    )
+
+
+def _largest_rhat_quantile(
+    num_chains: int, num_draws: int, num_quantities: int, false_alarm: float
+) -> float:
+    """Return the ``1 - false_alarm`` quantile of the largest R-hat of independent draws.
+
+    See :func:`rhat_threshold`, Notes; without the floor at 1.01.
+    """
+    from scipy import stats  # scipy is an ArviZ and scikit-learn dependency
+
     m, n = 2 * num_chains, num_draws // 2
     per_test = -math.expm1(math.log1p(-false_alarm) / (2 * num_quantities))
     f = float(stats.f.isf(per_test, m - 1, m * (n - 1)))
-    return max(RHAT_THRESHOLD, math.sqrt((n - 1 + f) / n))
+    return math.sqrt((n - 1 + f) / n)
+
+
+NUTS_TAIL_EFFICIENCY = 0.35
+"""Tail ESS per draw of NUTS on a well-preconditioned Gaussian posterior, the smallest over
+coordinates: 0.30 to 0.39 on ``N(0, I_1024)`` and on crosshole with an amortized or exact
+preconditioner (README, "R-hat of many quantities"; ``benchmarks/posterior_correction.py``).
+The folded R-hat follows the tail ESS, so :func:`nuts_draws_per_chain` divides by it."""
+
+
+def nuts_draws_per_chain(
+    dim: int,
+    num_chains: int = 4,
+    *,
+    tail_efficiency: float = NUTS_TAIL_EFFICIENCY,
+    false_alarm: float = 0.1,
+    min_draws: int = 250,
+    max_draws: int = 2000,
+) -> int:
+    r"""Return the draws per chain that keep NUTS's largest R-hat of ``dim`` values under 1.01.
+
+    Parameters
+    ----------
+    dim : int
+        Sampled coordinates (cells of ``x``, or the parameters of a basis), each monitored by
+        R-hat.
+    num_chains : int, default 4
+        Chains.
+    tail_efficiency : float in (0, 1], default :data:`NUTS_TAIL_EFFICIENCY`
+        Tail ESS per draw of the chains (the smallest over coordinates).
+    false_alarm : float in (0, 1), default 0.1
+        Probability that mixed chains still exceed 1.01 somewhere.
+    min_draws, max_draws : int, default 250 and 2000
+        Bounds on the answer (``max_draws`` is the budget: about 20 leapfrog steps per draw).
+
+    Returns
+    -------
+    int
+        ``ceil(n_eff / tail_efficiency)`` clipped to ``[min_draws, max_draws]``, with
+        ``n_eff`` the fewest independent draws per chain whose largest rank-normalised split
+        R-hat over ``dim`` quantities (bulk and folded) stays at or under 1.01 with probability
+        ``1 - false_alarm`` (the quantile of :func:`rhat_threshold`, Notes). At 4 chains:
+        1006 for 1024 coordinates, 943 for 512, 446 for 4 (a single R-hat of 100 independent
+        draws per chain already scatters by about 0.01).
+
+    Raises
+    ------
+    ConfigError
+        If a count is below 1, ``tail_efficiency`` is not in (0, 1], ``false_alarm`` is not
+        in (0, 1) or ``min_draws > max_draws``.
+
+    Notes
+    -----
+    The folded R-hat of autocorrelated chains is distributed about as that of
+    ``tail ESS`` independent draws, so the R-hat of NUTS on many coordinates is limited by the
+    tail ESS (trajectories of about half an orbit keep ``|x - median|``), not by the bulk ESS.
+    The verdict of :func:`nuts_sample` (``rhat <= rhat_threshold``) is 1.01 at these lengths.
+
+    References
+    ----------
+    Vehtari, Gelman, Simpson, Carpenter and Buerkner (2021), Rank-normalization, folding, and
+    localization: an improved R-hat, Bayesian Analysis 16, DOI 10.1214/20-BA1221.
+
+    Examples
+    --------
+    >>> nuts_draws_per_chain(1024), nuts_draws_per_chain(512), nuts_draws_per_chain(4)
+    (1006, 943, 446)
+    """
+    if dim < 1 or num_chains < 1 or min_draws < 4 or min_draws > max_draws:
+        raise ConfigError(
+            "nuts_draws_per_chain needs dim >= 1, num_chains >= 1 and 4 <= min_draws <= "
+            f"max_draws, got {dim}, {num_chains}, {min_draws}, {max_draws}"
+        )
+    if not 0.0 < tail_efficiency <= 1.0:
+        raise ConfigError(f"tail_efficiency must be in (0, 1], got {tail_efficiency}")
+    if not 0.0 < false_alarm < 1.0:
+        raise ConfigError(f"false_alarm must be in (0, 1), got {false_alarm}")
+    n_eff = 4
+    while (
+        n_eff < max_draws
+        and _largest_rhat_quantile(num_chains, n_eff, dim, false_alarm) > RHAT_THRESHOLD
+    ):
+        n_eff += 2
+    return int(min(max(math.ceil(n_eff / tail_efficiency), min_draws), max_draws))
 
 
 def preconditioner_draws(dim: int, num_chains: int = 1) -> int:
@@ -227,6 +345,10 @@ class MCMCResult:
         adaptation, in the preconditioned coordinates).
     rhat_threshold : float
         The R-hat bound the chains are judged by (:func:`rhat_threshold`).
+    cpu_seconds : float
+        Processor time of the chains (warm-up and sampling), summed over the processes that
+        ran them: on an otherwise idle machine ``seconds`` is about ``cpu_seconds /
+        min(num_cores, num_chains)`` plus the workers' start.
     """
 
     x: torch.Tensor
@@ -237,6 +359,7 @@ class MCMCResult:
     seconds: float
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     rhat_threshold: float = RHAT_THRESHOLD
+    cpu_seconds: float = 0.0
 
     @property
     def converged(self) -> bool:
@@ -289,6 +412,175 @@ def run_whitened_chain(
     return draws, len(mcmc.diagnostics()["divergences"]["chain 0"]), mcmc
 
 
+@dataclass(frozen=True)
+class _ChainJob:
+    """Everything one chain needs, picklable (it travels to a worker process)."""
+
+    problem: Problem
+    y: torch.Tensor  # (*y_shape,) float64
+    start: torch.Tensor  # (dim,) the chain's start in theta
+    checks: torch.Tensor  # (k, dim) points where a traced potential is compared with eager
+    mu: torch.Tensor  # (dim,)
+    tril: torch.Tensor  # (dim, dim)
+    num_samples: int
+    warmup_steps: int
+    seed: int
+    max_tree_depth: int
+    adapt_mass_matrix: bool
+    jit_compile: bool
+
+
+@dataclass(frozen=True)
+class _ChainOutput:
+    """What one chain hands back: draws in theta and per-draw statistics."""
+
+    draws: torch.Tensor  # (num_samples, dim)
+    diverging: np.ndarray  # (num_samples,) bool
+    energy: np.ndarray
+    n_steps: np.ndarray
+    step_size: float
+    num_evaluations: int
+    jit_fallback: str | None  # why the eager potential was used although jit was asked
+    cpu_seconds: float  # processor time of this process while it ran the chain
+
+
+def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``theta -> log p(x) + log p(y | x)`` (nats, float64) of one observation."""
+    par = problem.parameterisation()
+    x_shape = tuple(problem.x_shape)
+
+    def log_target(theta: torch.Tensor) -> torch.Tensor:
+        if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
+            x = par.to_x(theta.float())
+            return par.log_prior(theta.float()).double() + problem.log_likelihood(x, y64)
+        x = theta.reshape(*theta.shape[:-1], *x_shape)
+        return problem.log_prior(x) + problem.log_likelihood(x, y64)
+
+    return log_target
+
+
+def _trace_energy(
+    energy: Callable[[torch.Tensor], torch.Tensor], checks: torch.Tensor
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+    """Trace ``energy`` (``v -> U``) with ``torch.jit.trace``; check it against ``energy``.
+
+    Returns the traced function and None, or ``energy`` itself and the reason it was kept:
+    tracing failed, or the traced value or gradient differs from the eager one at a row of
+    ``checks`` (by more than ``1e-9`` relative: replayed operations are the same operations).
+    """
+    try:
+        with warnings.catch_warnings():
+            # shape checks in the problems convert tensors to Python booleans (TracerWarning);
+            # torch 2.x deprecates torch.jit.trace (DeprecationWarning); neither is the user's
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(energy, (checks[0].clone(),), check_trace=False)
+    except (RuntimeError, TypeError, ValueError) as err:
+        return energy, f"torch.jit.trace failed: {err}"
+    for point in checks:
+        values = []
+        for fn in (energy, traced):
+            v = point.clone().requires_grad_(True)
+            u = fn(v)
+            (grad,) = torch.autograd.grad(u, v)
+            values.append((u.detach(), grad))
+        (u0, g0), (u1, g1) = values
+        scale = 1e-9 * (1.0 + float(u0.abs()))
+        gscale = 1e-9 * (1.0 + float(g0.abs().max()))
+        if not (
+            torch.isfinite(u0)
+            and float((u1 - u0).abs()) <= scale
+            and float((g1 - g0).abs().max()) <= gscale
+        ):
+            return energy, (
+                "the traced potential differs from the eager one at a chain's start (its "
+                "Python control flow depends on x)"
+            )
+    return traced, None
+
+
+def _run_chain(job: _ChainJob) -> _ChainOutput:
+    """Run one NUTS chain of :func:`nuts_sample` (in this process or in a worker)."""
+    import time
+
+    cpu = time.process_time()
+    log_target = _log_target(as_problem(job.problem), job.y)
+    mu, tril = job.mu, job.tril
+
+    def energy_v(v: torch.Tensor) -> torch.Tensor:
+        return -log_target(mu + tril @ v)
+
+    fallback = None
+    fn: Callable[[torch.Tensor], torch.Tensor] = energy_v
+    if job.jit_compile:
+        checks = torch.linalg.solve_triangular(tril, (job.checks - mu).T, upper=False).T
+        fn, fallback = _trace_energy(energy_v, checks.contiguous())
+    count = [0]
+
+    def energy(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return fn(params["v"])
+
+    def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        count[0] += 1
+        return fn(params["v"])
+
+    kernel = _RecordingNUTS(
+        potential,
+        energy,
+        count,
+        max_tree_depth=job.max_tree_depth,
+        target_accept_prob=0.8,
+        adapt_mass_matrix=job.adapt_mass_matrix,
+    )
+    draws, _, mcmc = run_whitened_chain(
+        kernel, job.start, mu, tril, job.num_samples, job.warmup_steps, job.seed
+    )
+    # laid out as arviz.from_pyro lays out Pyro's divergences (indices of post-warm-up draws)
+    diverging = np.zeros(job.num_samples, dtype=bool)
+    diverging[mcmc.diagnostics()["divergences"]["chain 0"]] = True
+    return _ChainOutput(
+        draws=draws.detach(),
+        diverging=diverging,
+        energy=np.asarray(kernel.energy[-job.num_samples :], dtype=np.float64),
+        n_steps=np.asarray(kernel.n_steps[-job.num_samples :], dtype=np.int64),
+        step_size=float(kernel.step_size),
+        num_evaluations=count[0],
+        jit_fallback=fallback,
+        cpu_seconds=time.process_time() - cpu,
+    )
+
+
+def _init_worker(num_threads: int) -> None:
+    torch.set_num_threads(num_threads)
+
+
+def _run_chains(jobs: list[_ChainJob], num_cores: int) -> list[_ChainOutput]:
+    """Run the chains one after the other, or on ``num_cores`` spawned worker processes."""
+    workers = min(num_cores, len(jobs))
+    if workers > 1:
+        try:
+            pickle.dumps(jobs[0].problem)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            warnings.warn(
+                f"num_cores={num_cores} asked for chains in worker processes, but the problem "
+                f"{type(jobs[0].problem).__name__} cannot be pickled ({err}); the chains run "
+                "one after the other in this process (define the problem class in an "
+                "importable module to run them in parallel)",
+                stacklevel=3,
+            )
+            workers = 1
+    if workers <= 1:
+        return [_run_chain(job) for job in jobs]
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads,),
+    ) as pool:
+        return list(pool.map(_run_chain, jobs))
+
+
 def nuts_sample(
     problem: Problem,
     y: torch.Tensor,
@@ -301,6 +593,8 @@ def nuts_sample(
     max_tree_depth: int = 8,
     seed: int = 0,
     adapt_mass_matrix: bool = True,
+    num_cores: int = 1,
+    jit_compile: bool = False,
 ) -> MCMCResult:
     """Sample ``p(x | y)`` of the problem with NUTS, chains started at ``init``.
 
@@ -317,20 +611,29 @@ def nuts_sample(
         estimate the covariance, with Ledoit-Wolf shrinkage, which keeps it well conditioned
         when the rows are few against the number of sampled coordinates).
     num_samples, warmup_steps : int
-        Draws kept and warm-up iterations per chain.
+        Draws kept and warm-up iterations per chain (:func:`nuts_draws_per_chain` gives the
+        draws that keep the largest R-hat of many coordinates under 1.01).
     precondition : {"amortized", "none"}
         See the module docstring.
     num_chains : int, default 4
-        Chains (at most ``N``; run one after the other), started at ``init[:num_chains]``.
+        Chains (at most ``N``), started at ``init[:num_chains]``.
     max_tree_depth : int, default 8
         NUTS's tree depth limit (at most ``2^depth - 1`` leapfrog steps per draw).
     seed : int, default 0
-        Seed of Pyro's RNG (chain ``c`` uses ``seed + c``).
+        Seed of Pyro's RNG (chain ``c`` uses ``seed + c``, whichever process runs it).
     adapt_mass_matrix : bool, default True
         Whether NUTS's warm-up also adapts a diagonal mass matrix (in the preconditioned
         coordinates ``v``), on top of the step size. With a good preconditioner the diagonal
         is close to 1 and the warm-up can be shorter without it (Pyro's windowed adaptation
         needs a few hundred iterations to estimate it).
+    num_cores : int, default 1
+        Worker processes for the chains (``spawn``; at most ``num_chains``); 1 runs them one
+        after the other here. The draws are the same for any value (per-chain seeds), up to
+        the floating-point order of multi-threaded BLAS: workers get ``threads // workers``
+        threads each. Starting a worker costs a few seconds (it imports torch and Pyro).
+    jit_compile : bool, default False
+        Trace the potential with ``torch.jit.trace`` (checked against the eager potential at
+        the chains' starts, else the eager one is used, with a warning; module docstring).
 
     Returns
     -------
@@ -339,9 +642,16 @@ def nuts_sample(
     Raises
     ------
     ConfigError
-        If ``precondition`` is unknown, ``init`` has the wrong shape, or fewer than 1 draw.
+        If ``precondition`` is unknown, ``init`` has the wrong shape, or a count is out of
+        range.
     NoPriorDensityError, NoLikelihoodError
         If the problem's prior has no density or it has no noise model.
+
+    Warns
+    -----
+    UserWarning
+        If ``jit_compile`` fell back to the eager potential, or ``num_cores > 1`` but the
+        problem cannot be pickled (the chains then run in this process).
 
     References
     ----------
@@ -355,24 +665,22 @@ def nuts_sample(
 
     if precondition not in ("amortized", "none"):
         raise ConfigError(f"precondition must be 'amortized' or 'none', got {precondition!r}")
-    if num_samples < 1 or warmup_steps < 0 or num_chains < 1:
+    if num_samples < 1 or warmup_steps < 0 or num_chains < 1 or num_cores < 1:
         raise ConfigError(
-            "need num_samples >= 1, warmup_steps >= 0 and num_chains >= 1, got "
-            f"{num_samples}, {warmup_steps}, {num_chains}"
+            "need num_samples >= 1, warmup_steps >= 0, num_chains >= 1 and num_cores >= 1, "
+            f"got {num_samples}, {warmup_steps}, {num_chains}, {num_cores}"
         )
+    if max_tree_depth < 1:
+        raise ConfigError(f"max_tree_depth must be >= 1, got {max_tree_depth}")
     problem = as_problem(problem)
     x_shape = tuple(problem.x_shape)
     if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
         raise ConfigError(f"init must have shape (N >= 1, *{x_shape}), got {tuple(init.shape)}")
     par = problem.parameterisation()
     y64 = y.double()
-
-    def log_target(theta: torch.Tensor) -> torch.Tensor:
-        if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
-            x = par.to_x(theta.float())
-            return par.log_prior(theta.float()).double() + problem.log_likelihood(x, y64)
-        x = theta.reshape(*theta.shape[:-1], *x_shape)
-        return problem.log_prior(x) + problem.log_likelihood(x, y64)
+    log_target = _log_target(problem, y64)
+    with torch.no_grad():  # fails here, in this process, for a problem without a density
+        log_target((par.from_x(init[:1]) if par is not None else init[:1].flatten(1)).double())
 
     with torch.no_grad():
         start = (par.from_x(init) if par is not None else init.flatten(1)).double()
@@ -391,57 +699,52 @@ def nuts_sample(
         mu = start.new_zeros(dim)
         tril = torch.eye(dim, dtype=start.dtype)
 
-    count = [0]
-
-    def energy(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return -log_target(mu + tril @ params["v"])
-
-    def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        count[0] += 1
-        return energy(params)
-
-    import arviz as az  # ArviZ converts the chains' divergences (az.from_pyro)
-
-    chains = []
-    divergences = 0
-    stats: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("diverging", "energy", "n_steps", "tree_depth", "step_size")
-    }
-    begin = time.perf_counter()
     num_chains = min(len(start), num_chains)
-    for c in range(num_chains):
-        kernel = _RecordingNUTS(
-            potential,
-            energy,
-            count,
+    jobs = [
+        _ChainJob(
+            problem=problem,
+            y=y64,
+            start=start[c],
+            checks=start[:num_chains],
+            mu=mu,
+            tril=tril,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            seed=seed + c,
             max_tree_depth=max_tree_depth,
-            target_accept_prob=0.8,
             adapt_mass_matrix=adapt_mass_matrix,
+            jit_compile=jit_compile,
         )
-        draws, diverged, mcmc = run_whitened_chain(
-            kernel, start[c], mu, tril, num_samples, warmup_steps, seed + c
-        )
-        chains.append(draws)
-        divergences += diverged
-        stats["diverging"].append(az.from_pyro(mcmc).sample_stats["diverging"].values[0])
-        steps = np.asarray(kernel.n_steps[-num_samples:], dtype=np.int64)
-        stats["energy"].append(np.asarray(kernel.energy[-num_samples:], dtype=np.float64))
-        stats["n_steps"].append(steps)
-        stats["tree_depth"].append(np.ceil(np.log2(steps + 1)).astype(np.int64))
-        stats["step_size"].append(np.full(num_samples, float(kernel.step_size)))
+        for c in range(num_chains)
+    ]
+    begin = time.perf_counter()
+    outputs = _run_chains(jobs, num_cores)
     seconds = time.perf_counter() - begin
-    theta = torch.stack(chains)  # (chains, draws, dim)
+    fallback = next((o.jit_fallback for o in outputs if o.jit_fallback), None)
+    if fallback is not None:
+        warnings.warn(
+            f"jit_compile=True: the eager potential is used instead ({fallback})", stacklevel=2
+        )
+    theta = torch.stack([o.draws for o in outputs])  # (chains, draws, dim)
     rhat, min_ess = chain_diagnostics(theta.numpy())
     threshold = rhat_threshold(num_chains, num_samples, dim) if num_samples >= 4 else RHAT_THRESHOLD
     with torch.no_grad():
         x = par.to_x(theta.float()) if par is not None else theta.reshape(num_chains, -1, *x_shape)
+    steps = np.stack([o.n_steps for o in outputs])
     return MCMCResult(
         x=x.float(),
         rhat=rhat,
         min_ess=min_ess,
-        num_evaluations=count[0],
-        divergences=divergences,
+        num_evaluations=sum(o.num_evaluations for o in outputs),
+        divergences=int(sum(int(o.diverging.sum()) for o in outputs)),
         seconds=seconds,
-        sample_stats={k: np.stack(v) for k, v in stats.items()},
+        sample_stats={
+            "diverging": np.stack([o.diverging for o in outputs]),
+            "energy": np.stack([o.energy for o in outputs]),
+            "n_steps": steps,
+            "tree_depth": np.ceil(np.log2(steps + 1)).astype(np.int64),
+            "step_size": np.stack([np.full(num_samples, o.step_size) for o in outputs]),
+        },
         rhat_threshold=threshold,
+        cpu_seconds=sum(o.cpu_seconds for o in outputs),
     )

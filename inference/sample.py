@@ -612,6 +612,15 @@ class CorrectionConfig:
         NUTS on ``x``: also adapt the (diagonal) mass matrix during warm-up, on top of the
         amortized preconditioner; False adapts the step size only (about a third fewer
         evaluations at equal ESS on crosshole; see :func:`inference.mcmc.nuts_sample`).
+    cores : int, default 1
+        NUTS on ``x``: worker processes for the chains (``nuts_sample(num_cores=...)``).
+    jit_compile : bool, default False
+        NUTS on ``x``: trace the potential (``nuts_sample(jit_compile=...)``).
+
+    Raises
+    ------
+    ConfigError
+        If ``proposals < 2``, ``chains < 1``, ``warmup_steps < 0`` or ``cores < 1``.
     """
 
     method: Literal["importance", "nuts", "latent-nuts"] = "importance"
@@ -619,6 +628,16 @@ class CorrectionConfig:
     chains: int = 4
     warmup_steps: int = 500
     adapt_mass_matrix: bool = True
+    cores: int = 1
+    jit_compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.proposals < 2 or self.chains < 1 or self.warmup_steps < 0 or self.cores < 1:
+            raise ConfigError(
+                "CorrectionConfig needs proposals >= 2, chains >= 1, warmup_steps >= 0 and "
+                f"cores >= 1, got {self.proposals}, {self.chains}, {self.warmup_steps}, "
+                f"{self.cores}"
+            )
 
 
 def sample_corrected(
@@ -777,6 +796,8 @@ def sample_corrected(
                 num_chains=chains,
                 seed=0 if seed is None else seed,
                 adapt_mass_matrix=correction.adapt_mass_matrix,
+                num_cores=correction.cores,
+                jit_compile=correction.jit_compile,
             )
         )
     # (chains, draws, M, ...) stored chain after chain along draw, then split into chains

@@ -110,9 +110,13 @@ def test_nuts_posterior_file_carries_the_sampler_statistics(tmp_path, capsys):
         assert bfmi.shape == (2,) and np.isfinite(bfmi).all() and (bfmi > 0).all()
 
 
-@pytest.mark.parametrize("flag, expected", [([], True), (["--no-adapt-mass-matrix"], False)])
+@pytest.mark.parametrize(
+    "flag, expected",
+    [([], False), (["--no-adapt-mass-matrix"], False), (["--adapt-mass-matrix"], True)],
+)
 def test_cli_nuts_passes_the_mass_matrix_choice(tmp_path, capsys, monkeypatch, flag, expected):
-    """``--no-adapt-mass-matrix`` reaches :func:`inference.mcmc.nuts_sample` (step size only)."""
+    """``--adapt-mass-matrix`` reaches :func:`inference.mcmc.nuts_sample`; by default (and
+    with ``--no-adapt-mass-matrix``) the warm-up adapts the step size only."""
     import inference.mcmc as mcmc
     from ppl_cvae.cli import main
     from tests.conftest import TINY_FIT
