@@ -14,6 +14,26 @@ the warm-up it would need to estimate ``d (d + 1) / 2`` entries (a constant-Jaco
 variables: the target in ``x`` is unchanged). ``precondition="none"`` gives plain NUTS with
 diagonal adaptation, started from prior draws (the baseline of the correction benchmark).
 
+Where the prior of the sampled coordinates is Gaussian, ``N(m, L_0 L_0^T)``
+(:meth:`Problem.gaussian_prior <ppl_cvae.problems.base.Problem.gaussian_prior>`: mt1d's
+latent field, the Gaussian random fields of crosshole and gravity), two more preconditioners
+whiten by the prior's Cholesky factor ``L_0`` instead (chains still start at amortized draws):
+
+- ``"prior"``: ``theta = m + L_0 w``, so the prior of ``w`` is ``N(0, I)``; the likelihood
+  narrows the few directions the data inform and leaves the others at sd 1. This is the
+  whitening of Gaussian-process MCMC (Murray and Adams 2010, "whitened" parameterisation).
+- ``"prior-amortized"``: the amortized draws' covariance expressed in ``w``, ``C_w``, with
+  its eigenvalues clipped at 1, ``theta = m + L_0 (mu_w + V min(Lambda, 1)^(1/2) v)``. Under a
+  Gaussian prior the posterior covariance is below the prior's (``I`` in ``w``; exactly for a
+  linear forward operator), so an amortized variance above 1 is the decoder's own noise
+  (white noise in ``theta`` is amplified by ``L_0^-1`` in the rough directions of a smooth
+  field): clipping keeps what the draws say about the informed directions and the prior
+  elsewhere. Directions the draws do not span (fewer draws than coordinates) get 1.
+
+With a Gaussian prior the potential evaluates the prior as ``-|L_0^-1 (theta - m)|^2 / 2``
+plus its constant (for every preconditioner; the same density as ``problem.log_prior``
+through the parameterisation, without its change of variables and transforms).
+
 Chains run one after the other in this process (Pyro's parallel chains spawn processes);
 R-hat and the bulk ESS come from ArviZ (rank-normalised split R-hat, Vehtari et al. 2021).
 
@@ -33,7 +53,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyro
@@ -45,13 +65,19 @@ from ppl_cvae.errors import ConfigError
 from ppl_cvae.problems.base import Problem, as_problem
 
 __all__ = [
+    "PRECONDITIONERS",
     "MCMCResult",
+    "Preconditioner",
     "RHAT_THRESHOLD",
     "nuts_sample",
     "preconditioner_draws",
     "rhat_threshold",
     "run_whitened_chain",
 ]
+
+Preconditioner = Literal["amortized", "prior", "prior-amortized", "none"]
+PRECONDITIONERS: tuple[str, ...] = get_args(Preconditioner)
+"""The values of ``precondition`` in :func:`nuts_sample` (see the module docstring)."""
 
 RHAT_THRESHOLD = 1.01
 """R-hat above which one quantity's chains have not mixed (Vehtari et al. 2021 recommend
@@ -134,6 +160,10 @@ def rhat_threshold(
     per_test = -math.expm1(math.log1p(-false_alarm) / (2 * num_quantities))
     f = float(stats.f.isf(per_test, m - 1, m * (n - 1)))
     return max(RHAT_THRESHOLD, math.sqrt((n - 1 + f) / n))
+
+
+_MIN_WHITENED_VARIANCE = 1e-8
+"""Floor of the eigenvalues of the amortized covariance in prior-whitened coordinates."""
 
 
 def preconditioner_draws(dim: int, num_chains: int = 1) -> int:
@@ -244,6 +274,45 @@ class MCMCResult:
         return self.rhat <= self.rhat_threshold and self.divergences == 0
 
 
+def _preconditioner(
+    precondition: str, start: torch.Tensor, prior: torch.distributions.MultivariateNormal | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``mu`` ``(k,)`` and the factor ``L`` ``(k, k)`` of ``theta = mu + L v``, float64.
+
+    ``start``: the amortized draws in the sampled coordinates, ``(N, k)``, float64; ``prior``
+    the Gaussian prior of those coordinates, required for the ``"prior..."`` options (see the
+    module docstring).
+    """
+    dim = start.shape[1]
+    eye = torch.eye(dim, dtype=start.dtype)
+    if precondition == "none":
+        return start.new_zeros(dim), eye
+    if precondition == "amortized":
+        from sklearn.covariance import LedoitWolf  # scikit-learn is a core dependency
+
+        if len(start) > 1:  # shrunk: N draws in dim >= N dimensions give a singular estimate
+            cov = torch.from_numpy(LedoitWolf().fit(start.numpy()).covariance_)
+        else:
+            cov = eye
+        shrink = 1e-9 * float(cov.diagonal().mean().clamp_min(1e-12))
+        return start.mean(0), torch.linalg.cholesky(cov + shrink * eye)
+    assert prior is not None  # checked by nuts_sample
+    loc, chol0 = prior.loc.to(start), prior.scale_tril.to(start)
+    if precondition == "prior" or len(start) < 2:
+        return loc, chol0
+    # prior-amortized: the draws' covariance in w = L0^-1 (theta - m), eigenvalues clipped at 1
+    w = torch.linalg.solve_triangular(chol0, (start - loc).T, upper=False).T  # (N, k)
+    mean_w = w.mean(0)
+    lam, vec = torch.linalg.eigh(torch.cov(w.T).reshape(dim, dim))  # ascending
+    lam = lam.clamp(_MIN_WHITENED_VARIANCE, 1.0)
+    unseen = max(dim - (len(start) - 1), 0)  # the null space of N - 1 < k centred draws
+    lam[:unseen] = 1.0
+    factor = chol0 @ (vec * lam.sqrt())  # theta = loc + L0 (mean_w + V Lambda^(1/2) v)
+    cov = factor @ factor.T
+    cov = 0.5 * (cov + cov.T) + 1e-12 * float(cov.diagonal().mean()) * torch.eye(dim).to(cov)
+    return loc + chol0 @ mean_w, torch.linalg.cholesky(cov)
+
+
 def run_whitened_chain(
     kernel: NUTS,
     start: torch.Tensor,
@@ -296,7 +365,7 @@ def nuts_sample(
     *,
     num_samples: int = 500,
     warmup_steps: int = 500,
-    precondition: Literal["amortized", "none"] = "amortized",
+    precondition: Preconditioner = "amortized",
     num_chains: int = 4,
     max_tree_depth: int = 8,
     seed: int = 0,
@@ -315,11 +384,14 @@ def nuts_sample(
         ``precondition="amortized"`` also the draws whose mean and covariance precondition
         (pass the amortized draws: the first ``chains`` rows start the chains, all rows
         estimate the covariance, with Ledoit-Wolf shrinkage, which keeps it well conditioned
-        when the rows are few against the number of sampled coordinates).
+        when the rows are few against the number of sampled coordinates); with
+        ``"prior-amortized"`` all rows give the covariance in prior-whitened coordinates.
     num_samples, warmup_steps : int
         Draws kept and warm-up iterations per chain.
-    precondition : {"amortized", "none"}
-        See the module docstring.
+    precondition : {"amortized", "prior", "prior-amortized", "none"}
+        See the module docstring: the amortized draws' covariance, the prior's Cholesky
+        factor, the two combined, or none. ``"prior"`` and ``"prior-amortized"`` need a
+        Gaussian prior in the sampled coordinates (``problem.gaussian_prior()``).
     num_chains : int, default 4
         Chains (at most ``N``; run one after the other), started at ``init[:num_chains]``.
     max_tree_depth : int, default 8
@@ -339,7 +411,9 @@ def nuts_sample(
     Raises
     ------
     ConfigError
-        If ``precondition`` is unknown, ``init`` has the wrong shape, or fewer than 1 draw.
+        If ``precondition`` is unknown, ``init`` has the wrong shape, or fewer than 1 draw,
+        or ``precondition`` is ``"prior"`` or ``"prior-amortized"`` and the problem's prior is
+        not Gaussian in the sampled coordinates.
     NoPriorDensityError, NoLikelihoodError
         If the problem's prior has no density or it has no noise model.
 
@@ -347,14 +421,19 @@ def nuts_sample(
     ----------
     Hoffman and Gelman (2014), The No-U-Turn Sampler, JMLR 15; Bingham et al. (2019), Pyro,
     JMLR 20; Vehtari, Gelman, Simpson, Carpenter and Buerkner (2021), Rank-normalization,
-    folding, and localization: an improved R-hat, Bayesian Analysis 16.
+    folding, and localization: an improved R-hat, Bayesian Analysis 16. Prior whitening:
+    Murray and Adams (2010), Slice sampling covariance hyperparameters of latent Gaussian
+    models, NeurIPS 23; Papaspiliopoulos, Roberts and Skold (2007), A general framework for
+    the parametrization of hierarchical models, Statistical Science 22, 59-73.
     """
     import time
 
     from inference.arviz_io import chain_diagnostics
 
-    if precondition not in ("amortized", "none"):
-        raise ConfigError(f"precondition must be 'amortized' or 'none', got {precondition!r}")
+    if precondition not in PRECONDITIONERS:
+        raise ConfigError(
+            f"precondition must be one of {PRECONDITIONERS}, got {precondition!r}"
+        )
     if num_samples < 1 or warmup_steps < 0 or num_chains < 1:
         raise ConfigError(
             "need num_samples >= 1, warmup_steps >= 0 and num_chains >= 1, got "
@@ -365,36 +444,52 @@ def nuts_sample(
     if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
         raise ConfigError(f"init must have shape (N >= 1, *{x_shape}), got {tuple(init.shape)}")
     par = problem.parameterisation()
+    prior = problem.gaussian_prior()
+    if precondition in ("prior", "prior-amortized") and prior is None:
+        raise ConfigError(
+            f"precondition={precondition!r} whitens by the prior's Cholesky factor, but the "
+            f"prior of problem {problem.name!r} is not Gaussian in the sampled coordinates "
+            "(gaussian_prior() is None); use precondition='amortized'"
+        )
     y64 = y.double()
-
-    def log_target(theta: torch.Tensor) -> torch.Tensor:
-        if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
-            x = par.to_x(theta.float())
-            return par.log_prior(theta.float()).double() + problem.log_likelihood(x, y64)
-        x = theta.reshape(*theta.shape[:-1], *x_shape)
-        return problem.log_prior(x) + problem.log_likelihood(x, y64)
 
     with torch.no_grad():
         start = (par.from_x(init) if par is not None else init.flatten(1)).double()
     dim = start.shape[1]
-    if precondition == "amortized":
-        from sklearn.covariance import LedoitWolf  # scikit-learn is a core dependency
+    mu, tril = _preconditioner(precondition, start, prior)
 
-        mu = start.mean(0)
-        if len(start) > 1:  # shrunk: N draws in dim >= N dimensions give a singular estimate
-            cov = torch.from_numpy(LedoitWolf().fit(start.numpy()).covariance_)
-        else:
-            cov = torch.eye(dim, dtype=start.dtype)
-        shrink = 1e-9 * float(cov.diagonal().mean().clamp_min(1e-12))
-        tril = torch.linalg.cholesky(cov + shrink * torch.eye(dim, dtype=cov.dtype))
+    def log_likelihood(theta: torch.Tensor) -> torch.Tensor:
+        if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
+            return problem.log_likelihood(par.to_x(theta.float()), y64)
+        return problem.log_likelihood(theta.reshape(*theta.shape[:-1], *x_shape), y64)
+
+    if prior is None:
+
+        def log_target_v(v: torch.Tensor) -> torch.Tensor:
+            theta = mu + tril @ v
+            if par is not None:
+                return par.log_prior(theta.float()).double() + log_likelihood(theta)
+            x = theta.reshape(*theta.shape[:-1], *x_shape)
+            return problem.log_prior(x) + log_likelihood(theta)
+
     else:
-        mu = start.new_zeros(dim)
-        tril = torch.eye(dim, dtype=start.dtype)
+        # the Gaussian prior in v: L0^-1 (theta - m) = b + A v, A = L0^-1 L, b = L0^-1 (mu - m)
+        loc, chol0 = prior.loc.to(start), prior.scale_tril.to(start)
+        identity = precondition == "prior"  # then A = I and b = 0 exactly
+        a_mat = torch.linalg.solve_triangular(chol0, tril, upper=False)
+        b_vec = torch.linalg.solve_triangular(
+            chol0, (mu - loc).unsqueeze(-1), upper=False
+        ).squeeze(-1)
+        const = -float(chol0.diagonal().log().sum()) - 0.5 * dim * math.log(2 * math.pi)
+
+        def log_target_v(v: torch.Tensor) -> torch.Tensor:
+            w = v if identity else b_vec + a_mat @ v
+            return const - 0.5 * (w * w).sum() + log_likelihood(mu + tril @ v)
 
     count = [0]
 
     def energy(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return -log_target(mu + tril @ params["v"])
+        return -log_target_v(params["v"])
 
     def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
         count[0] += 1

@@ -70,6 +70,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from torch.distributions import MultivariateNormal
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, DataError, NoPriorDensityError, ShapeError
@@ -518,7 +519,10 @@ class MT1D(Problem):
         <ppl_cvae.problems.priors.BoundedGaussianField.transform>`) and :meth:`log_prior`: NUTS
         (:func:`inference.mcmc.nuts_sample`) and the misfit refinement then work on ``u`` in
         ``R^N``, where the prior density of ``u`` is Gaussian (:meth:`log_prior` plus the
-        Jacobian of ``T``). None with ``prior="clipped"`` (MCMC then refuses: no density).
+        Jacobian of ``T``): ``N(m 1, s^2 R)``, given as the parameterisation's
+        ``gaussian_prior`` (what :meth:`~ppl_cvae.problems.base.Problem.gaussian_prior` returns;
+        NUTS whitens by its Cholesky factor with ``precondition="prior"``). None with
+        ``prior="clipped"`` (MCMC then refuses: no density).
 
         Examples
         --------
@@ -530,11 +534,17 @@ class MT1D(Problem):
         field = self.field
         if not isinstance(field, BoundedGaussianField):
             return None
+        latent = field.latent
         return Parameterisation(
             torch.eye(self.num_layers),
             self.x_shape,
             field.transform,
             log_prior_x=self.log_prior,
+            gaussian_prior=MultivariateNormal(
+                latent.mean_vector().to(torch.float64),
+                scale_tril=latent.cholesky().to(torch.float64),
+                validate_args=False,
+            ),
         )
 
     def linear_gaussian(self) -> LinearGaussianParts | None:
