@@ -46,6 +46,7 @@ __all__ = [
     "CorrectionConfig",
     "sample_corrected",
     "IN_MEMORY_BYTES",
+    "NUTS_PRECONDITIONERS",
     "inference_data_from_draws",
     "sample_posterior",
     "sample_posterior_to_netcdf",
@@ -590,6 +591,18 @@ def sample_posterior_to_netcdf(
     return path
 
 
+NUTS_PRECONDITIONERS: tuple[str, ...] = ("amortized", "prior", "prior-amortized")
+"""The ``--preconditioner`` choices of ``ppl-cvae sample --method nuts``."""
+
+_PRECONDITIONED_BY = {
+    "amortized": "preconditioned by their covariance",
+    "prior": "whitened by the prior's Cholesky factor",
+    "prior-amortized": (
+        "preconditioned by their covariance in prior-whitened coordinates, clipped at the prior"
+    ),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class CorrectionConfig:
     """Settings of a per-observation correction (``ppl-cvae sample --method``).
@@ -612,6 +625,18 @@ class CorrectionConfig:
         NUTS on ``x``: also adapt the (diagonal) mass matrix during warm-up, on top of the
         amortized preconditioner; False adapts the step size only (about a third fewer
         evaluations at equal ESS on crosshole; see :func:`inference.mcmc.nuts_sample`).
+    preconditioner : {"amortized", "prior", "prior-amortized"}, default "amortized"
+        NUTS on ``x``: the coordinates NUTS runs in (``precondition`` of
+        :func:`inference.mcmc.nuts_sample`): whitened by the amortized draws' covariance,
+        by the prior's Cholesky factor, or by the amortized covariance in prior-whitened
+        coordinates clipped at the prior; the last two need a Gaussian prior in the sampled
+        coordinates (:meth:`~ppl_cvae.problems.base.Problem.gaussian_prior`: mt1d, the
+        Gaussian random fields).
+
+    Raises
+    ------
+    ConfigError
+        If ``preconditioner`` is not one of these.
     """
 
     method: Literal["importance", "nuts", "latent-nuts"] = "importance"
@@ -619,6 +644,14 @@ class CorrectionConfig:
     chains: int = 4
     warmup_steps: int = 500
     adapt_mass_matrix: bool = True
+    preconditioner: Literal["amortized", "prior", "prior-amortized"] = "amortized"
+
+    def __post_init__(self) -> None:
+        if self.preconditioner not in NUTS_PRECONDITIONERS:
+            raise ConfigError(
+                f"preconditioner must be one of {NUTS_PRECONDITIONERS}, got "
+                f"{self.preconditioner!r}"
+            )
 
 
 def sample_corrected(
@@ -777,6 +810,7 @@ def sample_corrected(
                 num_chains=chains,
                 seed=0 if seed is None else seed,
                 adapt_mass_matrix=correction.adapt_mass_matrix,
+                precondition=correction.preconditioner,
             )
         )
     # (chains, draws, M, ...) stored chain after chain along draw, then split into chains
@@ -797,8 +831,9 @@ def sample_corrected(
         method="nuts",
         inference_method=(
             "NUTS (Pyro) on log p(x) + log p(y|x), chains started at amortized draws and "
-            "preconditioned by their covariance"
+            + _PRECONDITIONED_BY[correction.preconditioner]
         ),
+        preconditioner=correction.preconditioner,
         chains=chains,
         warmup_steps=correction.warmup_steps,
         independent_draws=0,

@@ -799,6 +799,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.refine and args.method not in ("amortized", "refine"):
         raise ConfigError(f"--refine contradicts --method {args.method}; give one of them")
     method = "refine" if args.refine else args.method
+    if args.preconditioner != "amortized" and method != "nuts":
+        raise ConfigError(
+            f"--preconditioner {args.preconditioner} applies to --method nuts only, got "
+            f"--method {method}"
+        )
     device = resolve_device(args.device)
     if (method == "latent-nuts") != (args.generative_prior is not None):
         raise ConfigError(
@@ -847,6 +852,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             chains=args.chains,
             warmup_steps=args.warmup,
             adapt_mass_matrix=args.adapt_mass_matrix,
+            preconditioner=args.preconditioner,
         )
         idata, summary, ok = sample_corrected(
             cvae,
@@ -1347,6 +1353,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="--method nuts: adapt the mass matrix during warm-up on top of the amortized "
         "preconditioner (default); --no-adapt-mass-matrix adapts the step size only",
+    )
+    s.add_argument(
+        "--preconditioner",
+        choices=["amortized", "prior", "prior-amortized"],
+        default="amortized",
+        help="--method nuts: the coordinates NUTS runs in: whitened by the amortized draws' "
+        "covariance (default); by the prior's Cholesky factor (prior; needs a prior that is "
+        "Gaussian in the sampled coordinates: mt1d, the Gaussian random fields of crosshole "
+        "and gravity); or by the amortized covariance in those prior-whitened coordinates, "
+        "clipped at the prior (prior-amortized; the fastest on mt1d, see the README)",
     )
     s.add_argument("--oversample", type=_count(1), default=4, help="candidates per kept draw")
     s.add_argument(
