@@ -30,6 +30,7 @@ the figures.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -42,6 +43,7 @@ from inference.mcmc import nuts_sample, preconditioner_draws
 from inference.posterior import draw_posterior
 from ppl_cvae import fit_problem
 from ppl_cvae.problems import make_problem
+from ppl_cvae.problems.mt1d import MU_0
 
 
 def load_or_fit(args):
@@ -69,6 +71,20 @@ def tail_stats(x):
         float(az.rhat(ds, method="folded")["theta"].max()),
         float(az.ess(ds, method="tail")["theta"].min()),
     )
+
+
+def impedance_by_autograd(resistivity, thicknesses, frequencies):
+    """mt1d's impedance recursion differentiated by autograd through the loop (before the
+    hand-written adjoint of :func:`ppl_cvae.problems.mt1d.layered_impedance`)."""
+    rho = resistivity.movedim(-1, 0).unsqueeze(-1)
+    i_omega_mu = 2j * math.pi * MU_0 * frequencies
+    z = torch.sqrt(i_omega_mu * rho)
+    e = torch.exp(-2.0 * i_omega_mu / z[:-1] * thicknesses.reshape(-1, *([1] * (rho.dim() - 1))))
+    t = (1.0 - e) / (1.0 + e)
+    imp = z[-1]
+    for j in range(t.shape[0] - 1, -1, -1):
+        imp = z[j] * (imp + z[j] * t[j]) / (z[j] + imp * t[j])
+    return imp
 
 
 def median_ms(fn, repeats=5, number=40):
@@ -122,6 +138,18 @@ def profile(problem, y, theta0):
     pieces = [("likelihood + gradient", likelihood), ("forward, no gradient", forward_no_grad),
               ("forward + gradient", forward_grad), ("prior through x + gradient",
                                                      prior_through_x)]
+    if problem.name == "mt1d":
+
+        def forward_grad_autograd_loop():  # the recursion as it was: autograd through the loop
+            th = theta0.clone().requires_grad_()
+            x = to_x(th).double()
+            imp = impedance_by_autograd(10.0**x, problem.thicknesses, problem._frequencies)
+            omega_mu = 2.0 * math.pi * MU_0 * problem._frequencies
+            log_rho_a = torch.log10(imp.real**2 + imp.imag**2) - torch.log10(omega_mu)
+            phase = torch.rad2deg(torch.atan2(imp.imag, imp.real))
+            torch.autograd.grad(log_rho_a.sum() + phase.sum(), th)
+
+        pieces.append(("forward + gradient, autograd loop", forward_grad_autograd_loop))
     if prior is not None:
         pieces.append(("Gaussian prior in w + gradient", prior_gaussian))
     results = {label: [] for label, _ in pieces}
@@ -147,13 +175,14 @@ def main(args):
         f"{args.nuts_warmup} warm-up, max tree depth {args.max_tree_depth}, {num_start} "
         f"amortized draws per observation, seed {args.seed}"
     )
+    if args.profile:
+        init = draw_posterior(cvae, y_obs[:1], num_start, seed=0).x[:, 0]
+        par = problem.parameterisation()
+        with torch.no_grad():
+            theta0 = (par.from_x(init[:1]) if par is not None else init[:1].flatten(1))[0]
+        profile(problem, y_obs[0], theta0.double())
     for i in range(args.observations):
         init = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=i).x[:, 0]
-        if args.profile and i == 0:
-            par = problem.parameterisation()
-            with torch.no_grad():
-                theta0 = (par.from_x(init[:1]) if par is not None else init[:1].flatten(1))[0]
-            profile(problem, y_obs[i], theta0.double())
         results = {}
         for precondition in preconditioners:
             res = nuts_sample(

@@ -141,14 +141,14 @@ def test_prior_amortized_clips_the_whitened_covariance_at_the_prior():
     """In w = L0^-1 (theta - m), draws with variances (0.01, 100, 1, 1, 1, 1) along rotated
     axes give a preconditioner covariance with eigenvalues (0.01, 1, 1, 1, 1, 1): the draws'
     narrow direction is kept (to 4 sqrt(2 / N) relative, N = 20000), the wide one (the
-    decoder's noise) is cut to the prior."""
+    decoder's noise) is cut to the prior, and so are the chains' starts."""
     prior = make_problem("mt1d", num_layers=X_DIM, depth=1000.0).gaussian_prior()
     gen = torch.Generator().manual_seed(0)
     rot, _ = torch.linalg.qr(torch.randn(X_DIM, X_DIM, generator=gen, dtype=torch.float64))
     scale = torch.tensor([0.1, 10.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
     w = torch.randn(20_000, X_DIM, generator=gen, dtype=torch.float64) * scale @ rot.T
     theta = prior.loc + 2.0 + w @ prior.scale_tril.T
-    mu, tril = _preconditioner("prior-amortized", theta, prior)
+    mu, tril, starts = _preconditioner("prior-amortized", theta, prior)
     chol0 = prior.scale_tril
     a = torch.linalg.solve_triangular(chol0, tril, upper=False)
     lam = torch.linalg.eigvalsh(a @ a.T)
@@ -157,7 +157,12 @@ def test_prior_amortized_clips_the_whitened_covariance_at_the_prior():
     assert ((lam[1:] - 1).abs() < tol).all() and (lam[1:] <= 1 + 1e-9).all(), lam
     # mu is the draws' mean; with fewer draws than coordinates the unseen directions get 1
     assert torch.allclose(mu, theta.mean(0), atol=1e-9)
-    _, tril2 = _preconditioner("prior-amortized", theta[:3], prior)
+    # the starts have the clipped covariance: the wide direction shrunk to the prior's
+    w_starts = torch.linalg.solve_triangular(chol0, (starts - prior.loc).T, upper=False).T
+    lam_starts = torch.linalg.eigvalsh(torch.cov(w_starts.T))
+    assert abs(lam_starts[0] / 0.01 - 1) < tol and (lam_starts[1:] - 1).abs().max() < tol
+    assert torch.equal(_preconditioner("prior", theta, prior)[2], starts)
+    _, tril2, _ = _preconditioner("prior-amortized", theta[:3], prior)
     a2 = torch.linalg.solve_triangular(chol0, tril2, upper=False)
     lam2 = torch.linalg.eigvalsh(a2 @ a2.T)
     assert ((lam2[2:] - 1).abs() < 1e-6).all(), lam2  # 6 - (3 - 1) = 4 unseen directions
