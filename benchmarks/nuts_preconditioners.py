@@ -173,7 +173,8 @@ def main(args):
     print(
         f"{problem.name}: {args.chains} chains x {args.nuts_samples} draws after "
         f"{args.nuts_warmup} warm-up, max tree depth {args.max_tree_depth}, {num_start} "
-        f"amortized draws per observation, seed {args.seed}"
+        f"amortized draws per observation, seed {args.seed}, mass matrix adaptation "
+        f"{not args.no_mass_adaptation}"
     )
     if args.profile:
         init = draw_posterior(cvae, y_obs[:1], num_start, seed=0).x[:, 0]
@@ -195,6 +196,7 @@ def main(args):
                 precondition=precondition,
                 seed=args.seed,
                 max_tree_depth=args.max_tree_depth,
+                adapt_mass_matrix=not args.no_mass_adaptation,
             )
             results[precondition] = res
             folded, tail_ess = tail_stats(res.x)
@@ -238,6 +240,11 @@ if __name__ == "__main__":
     parser.add_argument("--nuts-warmup", type=int, default=100)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--max-tree-depth", type=int, default=8)
+    parser.add_argument(
+        "--no-mass-adaptation",
+        action="store_true",
+        help="warm-up adapts the step size only (the preconditioner is the mass matrix)",
+    )
     parser.add_argument("--profile", action="store_true", help="time one evaluation's pieces")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
