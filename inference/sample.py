@@ -46,6 +46,7 @@ __all__ = [
     "CorrectionConfig",
     "sample_corrected",
     "IN_MEMORY_BYTES",
+    "NUTS_PRECONDITIONERS",
     "inference_data_from_draws",
     "sample_posterior",
     "sample_posterior_to_netcdf",
@@ -590,6 +591,18 @@ def sample_posterior_to_netcdf(
     return path
 
 
+NUTS_PRECONDITIONERS: tuple[str, ...] = ("amortized", "prior", "prior-amortized")
+"""The ``--preconditioner`` choices of ``ppl-cvae sample --method nuts``."""
+
+_PRECONDITIONED_BY = {
+    "amortized": "preconditioned by their covariance",
+    "prior": "whitened by the prior's Cholesky factor",
+    "prior-amortized": (
+        "preconditioned by their covariance in prior-whitened coordinates, clipped at the prior"
+    ),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class CorrectionConfig:
     """Settings of a per-observation correction (``ppl-cvae sample --method``).
@@ -616,11 +629,19 @@ class CorrectionConfig:
         NUTS on ``x``: worker processes for the chains (``nuts_sample(num_cores=...)``).
     jit_compile : bool, default False
         NUTS on ``x``: trace the potential (``nuts_sample(jit_compile=...)``).
+    preconditioner : {"amortized", "prior", "prior-amortized"}, default "amortized"
+        NUTS on ``x``: the coordinates NUTS runs in (``precondition`` of
+        :func:`inference.mcmc.nuts_sample`): whitened by the amortized draws' covariance,
+        by the prior's Cholesky factor, or by the amortized covariance in prior-whitened
+        coordinates clipped at the prior; the last two need a Gaussian prior in the sampled
+        coordinates (:meth:`~ppl_cvae.problems.base.Problem.gaussian_prior`: mt1d, the
+        Gaussian random fields).
 
     Raises
     ------
     ConfigError
-        If ``proposals < 2``, ``chains < 1``, ``warmup_steps < 0`` or ``cores < 1``.
+        If ``proposals < 2``, ``chains < 1``, ``warmup_steps < 0``, ``cores < 1`` or
+        ``preconditioner`` is not one of these.
     """
 
     method: Literal["importance", "nuts", "latent-nuts"] = "importance"
@@ -630,6 +651,7 @@ class CorrectionConfig:
     adapt_mass_matrix: bool = True
     cores: int = 1
     jit_compile: bool = False
+    preconditioner: Literal["amortized", "prior", "prior-amortized"] = "amortized"
 
     def __post_init__(self) -> None:
         if self.proposals < 2 or self.chains < 1 or self.warmup_steps < 0 or self.cores < 1:
@@ -637,6 +659,11 @@ class CorrectionConfig:
                 "CorrectionConfig needs proposals >= 2, chains >= 1, warmup_steps >= 0 and "
                 f"cores >= 1, got {self.proposals}, {self.chains}, {self.warmup_steps}, "
                 f"{self.cores}"
+            )
+        if self.preconditioner not in NUTS_PRECONDITIONERS:
+            raise ConfigError(
+                f"preconditioner must be one of {NUTS_PRECONDITIONERS}, got "
+                f"{self.preconditioner!r}"
             )
 
 
@@ -798,6 +825,7 @@ def sample_corrected(
                 adapt_mass_matrix=correction.adapt_mass_matrix,
                 num_cores=correction.cores,
                 jit_compile=correction.jit_compile,
+                precondition=correction.preconditioner,
             )
         )
     # (chains, draws, M, ...) stored chain after chain along draw, then split into chains
@@ -818,8 +846,9 @@ def sample_corrected(
         method="nuts",
         inference_method=(
             "NUTS (Pyro) on log p(x) + log p(y|x), chains started at amortized draws and "
-            "preconditioned by their covariance"
+            + _PRECONDITIONED_BY[correction.preconditioner]
         ),
+        preconditioner=correction.preconditioner,
         chains=chains,
         warmup_steps=correction.warmup_steps,
         independent_draws=0,

@@ -81,6 +81,9 @@ class _TiltedGaussian(LinearGaussian):
     ``x_0`` (a valid, continuous density): ``torch.jit.trace`` records one branch only.
     """
 
+    def gaussian_prior(self):
+        return None  # the tilt makes the prior non-Gaussian
+
     def log_prior(self, x):
         lp = super().log_prior(x)
         if bool(x[..., 0].sum() > 0):  # value-dependent control flow

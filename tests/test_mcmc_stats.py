@@ -138,3 +138,37 @@ def test_cli_nuts_passes_the_mass_matrix_choice(tmp_path, capsys, monkeypatch, f
                  "--out", str(tmp_path / "nuts.nc")]) == 0
     capsys.readouterr()
     assert seen == [expected]
+
+
+@pytest.mark.parametrize(
+    "flag, expected", [([], "amortized"), (["--preconditioner", "prior"], "prior")]
+)
+def test_cli_nuts_passes_the_preconditioner(tmp_path, capsys, monkeypatch, flag, expected):
+    """``--preconditioner`` reaches :func:`inference.mcmc.nuts_sample` and the file's attrs;
+    with another method it is refused."""
+    import inference.mcmc as mcmc
+    from inference.arviz_io import load_inference_data
+    from ppl_cvae.cli import main
+    from tests.conftest import TINY_FIT
+
+    seen = []
+    original = mcmc.nuts_sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["precondition"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mcmc, "nuts_sample", spy)
+    run, obs, out = tmp_path / "run", tmp_path / "obs.npz", tmp_path / "nuts.nc"
+    lg = ["--problem", "linear_gaussian"]
+    assert main(["fit", *lg, "--out", str(run), *TINY_FIT]) == 0
+    assert main(["simulate", *lg, "--num", "1", "--out", str(obs)]) == 0
+    sample = ["sample", str(run), "--observation", str(obs), "--num-samples", "20"]
+    assert main([*sample, "--method", "nuts", "--chains", "2", "--warmup", "10", *flag,
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert seen == [expected]
+    assert load_inference_data(out).posterior.attrs["preconditioner"] == expected
+    assert main([*sample, "--method", "importance", "--preconditioner", "prior",
+                 "--out", str(tmp_path / "is.nc")]) != 0
+    assert "--preconditioner prior applies to --method nuts" in capsys.readouterr().err

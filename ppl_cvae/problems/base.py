@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
 import torch
-from torch.distributions import Transform
+from torch.distributions import MultivariateNormal, Transform
 
 from ppl_cvae.config import Overrides
 from ppl_cvae.device import move_tensors
@@ -338,6 +338,49 @@ class Problem(abc.ABC):
             "(the amortized posterior, SBC) still apply"
         )
 
+    def gaussian_prior(self) -> MultivariateNormal | None:
+        """Return the prior of the sampler's coordinates when it is Gaussian, else None.
+
+        The coordinates are those NUTS runs on (:func:`inference.mcmc.nuts_sample`): the
+        unconstrained ``theta`` of :meth:`parameterisation` when the problem has one, else the
+        flattened ``x`` (C order). A Gaussian prior there, ``N(m, L L^T)``, lets the sampler
+        whiten by its Cholesky factor ``L`` (``precondition="prior"``) and evaluate the prior
+        as ``-|L^-1 (theta - m)|^2 / 2`` plus a constant.
+
+        Returns
+        -------
+        torch.distributions.MultivariateNormal or None
+            Event shape ``(k,)`` (``k`` = ``parameterisation().dim``, else ``prod(x_shape)``),
+            float64, in the units of the coordinates; its ``log_prob`` equals
+            :meth:`log_prior` (of ``theta`` through the parameterisation's change of
+            variables, :meth:`Parameterisation.log_prior
+            <ppl_cvae.problems.parameterisation.Parameterisation.log_prior>`). Default: the
+            parameterisation's ``gaussian_prior`` when there is one (mt1d: the latent field
+            of its logit-normal prior); else, without a parameterisation, the prior of
+            :meth:`linear_gaussian` (crosshole and gravity with a Gaussian random field,
+            ``linear_gaussian``); else None.
+
+        Examples
+        --------
+        >>> from ppl_cvae.problems import make_problem
+        >>> tuple(make_problem("mt1d").gaussian_prior().event_shape)
+        (32,)
+        >>> make_problem("two_birds").gaussian_prior() is None
+        True
+        """
+        par = self.parameterisation()
+        if par is not None:
+            return par.gaussian_prior
+        parts = self.linear_gaussian()
+        if parts is None:
+            return None
+        cov = parts.prior_cov.to(torch.float64)
+        return MultivariateNormal(
+            parts.prior_mean.to(torch.float64).reshape(-1),
+            scale_tril=torch.linalg.cholesky(cov),
+            validate_args=False,
+        )
+
     # ------------------------------------------------------------------ noise and likelihood
     @property
     def noise(self) -> GaussianNoise:
@@ -613,6 +656,13 @@ class ProblemAdapter(Problem):
         """Call the wrapped object's ``log_prior``, else the default (which refuses)."""
         method = self._optional("log_prior")
         return super().log_prior(x) if method is None else cast(torch.Tensor, method(x))
+
+    def gaussian_prior(self) -> MultivariateNormal | None:
+        """Call the wrapped object's ``gaussian_prior``, else the default of :class:`Problem`."""
+        method = self._optional("gaussian_prior")
+        if method is None:
+            return super().gaussian_prior()
+        return cast("MultivariateNormal | None", method())
 
 
 def as_problem(obj: object, source: str = "a problem argument") -> Problem:

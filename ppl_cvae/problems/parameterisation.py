@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.distributions import Transform
+from torch.distributions import MultivariateNormal, Transform
 
 from ppl_cvae.errors import NoPriorDensityError, ShapeError
 
@@ -50,6 +50,13 @@ class Parameterisation:
         read as the density of its coefficients ``c = B^+ vec(x)`` with respect to Lebesgue
         measure on ``R^k`` (:meth:`~ppl_cvae.problems.base.Problem.log_prior` of a problem
         with a basis); None when the prior has no density.
+    gaussian_prior : torch.distributions.MultivariateNormal, optional
+        The prior of ``theta`` when it is Gaussian, ``N(m, L L^T)`` with event shape ``(k,)``
+        (float64; mt1d: the latent field ``u`` of its logit-normal prior); it must agree with
+        :meth:`log_prior`. Samplers on ``theta`` then whiten by ``L`` and evaluate the prior
+        as ``-|L^-1 (theta - m)|^2 / 2`` plus a constant
+        (:func:`inference.mcmc.nuts_sample`, ``precondition="prior"``). None: not Gaussian,
+        or not stated.
 
     Attributes
     ----------
@@ -59,7 +66,8 @@ class Parameterisation:
     Raises
     ------
     ShapeError
-        If ``basis`` is not 2-D with ``prod(x_shape)`` rows.
+        If ``basis`` is not 2-D with ``prod(x_shape)`` rows, or ``gaussian_prior`` does not
+        have event shape ``(k,)``.
 
     Notes
     -----
@@ -87,6 +95,7 @@ class Parameterisation:
         x_shape: Sequence[int],
         transform: Transform | None = None,
         log_prior_x: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        gaussian_prior: MultivariateNormal | None = None,
     ) -> None:
         self.x_shape: tuple[int, ...] = tuple(int(v) for v in x_shape)
         x_dim = math.prod(self.x_shape)
@@ -99,6 +108,12 @@ class Parameterisation:
         self.transform = transform
         self.log_prior_x = log_prior_x
         self.dim = int(basis.shape[1])
+        if gaussian_prior is not None and tuple(gaussian_prior.event_shape) != (self.dim,):
+            raise ShapeError(
+                f"gaussian_prior must have event shape ({self.dim},) (one value per basis "
+                f"column), got {tuple(gaussian_prior.event_shape)}"
+            )
+        self.gaussian_prior = gaussian_prior
 
     def __repr__(self) -> str:
         transform = type(self.transform).__name__ if self.transform is not None else None
