@@ -6,7 +6,8 @@ in blocks so that machine load hits them alike, and the median per-block step ti
 divided by the default's (the issue's bound for the flow options: at most 1.5x). Draws per
 second for one observation through :func:`inference.draw_posterior` (median of repeats).
 
-Families: the default (Gaussian prior net, Gaussian basis decoder); ``--prior flow``; a flow on
+Families: the default (Gaussian prior net, Gaussian basis decoder on constrained endpoints);
+the same on unconstrained endpoints (the default before issue 10); ``--prior flow``; a flow on
 the endpoint coefficients with no latent (``--likelihood flow --latent-dim 0``); the GSNN term
 (``--gsnn-weight 1``).
 
@@ -33,6 +34,10 @@ from ppl_cvae.train.optim import FusedClippedAdam
 
 FAMILIES = {
     "default (Gaussian prior net and decoder)": ({}, 0.0),
+    "unconstrained endpoints (the default before issue 10)": (
+        {"constrained_coefficients": False},
+        0.0,
+    ),
     "prior flow": ({"prior": "flow"}, 0.0),
     "flow on x (endpoints), no latent": ({"likelihood": "flow", "latent_dim": 0}, 0.0),
     "GSNN term, weight 1": ({}, 1.0),
