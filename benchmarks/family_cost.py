@@ -6,7 +6,8 @@ in blocks so that machine load hits them alike, and the median per-block step ti
 divided by the default's (the issue's bound for the flow options: at most 1.5x). Draws per
 second for one observation through :func:`inference.draw_posterior` (median of repeats).
 
-Families: the default (Gaussian prior net, Gaussian basis decoder); ``--prior flow`` (one
+Families: the default (Gaussian prior net, Gaussian basis decoder on constrained endpoints);
+the same on unconstrained endpoints (the default before issue 10); ``--prior flow`` (one
 spline layer on ``z``, ``prior_flow_layers=1``) and, for comparison, the five layers it had
 before (``--prior-flow-layers 5``); a flow on the endpoint coefficients with no latent
 (``--likelihood flow --latent-dim 0``); the GSNN term (``--gsnn-weight 1``).
@@ -35,6 +36,10 @@ from ppl_cvae.train.optim import FusedClippedAdam
 
 FAMILIES = {
     "default (Gaussian prior net and decoder)": ({}, 0.0),
+    "unconstrained endpoints (the default before issue 10)": (
+        {"constrained_coefficients": False},
+        0.0,
+    ),
     "prior flow (1 spline layer, the default)": ({"prior": "flow"}, 0.0),
     "prior flow, 5 spline layers (the former default)": (
         {"prior": "flow", "prior_flow_layers": 5},

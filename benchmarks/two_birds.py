@@ -12,6 +12,7 @@ Run::
 
     python benchmarks/two_birds.py [--epochs 60] [--threads 2] [--functions original]
     python benchmarks/two_birds.py --likelihood flow --latent-dim 0   # a flow on the endpoints
+    python benchmarks/two_birds.py --unconstrained   # endpoints as before issue 10
 
 About 12 minutes on 2 CPU cores with the default budget.
 """
@@ -80,6 +81,8 @@ def run(functions, args):
         )
         if getattr(args, key) is not None
     }
+    if args.unconstrained:
+        model["constrained_coefficients"] = False
     config, train_config = resolve_settings(problem, Overrides(model=model, train=train))
     x, y = problem.simulate(train_config.num_train, torch.Generator().manual_seed(args.seed))
     cvae = build_cvae(config, x, y, problem=problem)
@@ -178,4 +181,9 @@ if __name__ == "__main__":
         help="widths of each flow layer's conditioning network, e.g. 64,64",
     )
     parser.add_argument("--gsnn-weight", type=float, help="weight of the GSNN term")
+    parser.add_argument(
+        "--unconstrained",
+        action="store_true",
+        help="decode unconstrained endpoints (the default before issue 10)",
+    )
     main(parser.parse_args())

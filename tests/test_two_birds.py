@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from scipy import stats
@@ -106,3 +108,28 @@ def test_constrained_decoder_draws_valid_lines():
     assert (draws >= 0.1).all() and (draws <= 1.0).all()
     assert (draws[..., 1:, 0] <= draws[..., :-1, 0] + 1e-6).all()
     assert (draws[..., 1:, 1] >= draws[..., :-1, 1] - 1e-6).all()
+
+
+def test_default_family_decodes_monotone_lines():
+    # issue 10: the recommended family decodes constrained endpoints, so every amortized draw
+    # meets the challenge's monotonicity criterion whatever the network outputs
+    from ppl_cvae import build_cvae, resolve_settings
+    from ppl_cvae.problems.two_birds import score_samples
+
+    problem = TwoBirds("data_1")
+    config, _ = resolve_settings(problem)
+    assert config.constrained_coefficients and config.basis_dim == 4
+    x, y = problem.simulate(256, torch.Generator().manual_seed(0))
+    # arbitrary standardised decoder outputs, 3 training sds wide: (200 draws, 4 obs, 4)
+    outputs = 3 * torch.randn(200, 4, 4, generator=torch.Generator().manual_seed(1))
+
+    def monotone_fraction(constrained):
+        cfg = dataclasses.replace(config, constrained_coefficients=constrained)
+        cvae = build_cvae(cfg, x, y, problem=problem, seed=0)
+        lines = cvae.x_from_coefficients(cvae.coef_mean + cvae.coef_std * outputs)
+        return score_samples(lines, y[:4], "data_1").monotone.mean()
+
+    assert monotone_fraction(True) == 1.0
+    # negative control: the same outputs on unconstrained endpoints break the criterion
+    # (each line's endpoints swap with probability about 1/2)
+    assert monotone_fraction(False) < 0.5

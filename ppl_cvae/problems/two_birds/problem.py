@@ -279,15 +279,31 @@ class TwoBirds(Problem):
     def recommended_settings(self) -> Overrides:
         """Return default ``ModelConfig``/``TrainConfig`` overrides for this problem.
 
-        Straight-line decoder (``basis_dim=4``; unconstrained endpoints gave better amortized
-        draws than ``constrained_coefficients`` in our runs), fresh simulations every epoch,
-        8 latent dims.
+        Straight-line decoder (``basis_dim=4``) on constrained endpoints
+        (``constrained_coefficients=True``: the decoder's output passes through
+        :class:`EndpointTransform`, so every draw is a pair of monotone lines inside the
+        prior's support), fresh simulations every epoch, 8 latent dims, 60 epochs.
+
+        Measured on ``data_1`` (``benchmarks/two_birds_diagnosis.py``, 50 simulated
+        observations, 400 draws each): with unconstrained endpoints 4.7% of the amortized
+        draws failed the challenge's monotonicity criterion (near-flat lines whose endpoints
+        swap) and the pass rate was 0.835; constrained, none fail it and the pass rate is
+        0.877 (training seed 1: 0.859 and 0.885). The decoder noise keeps ``init_scale=1`` and
+        ``scale_gain=1``: it shrinks slowly, and a smaller noise (``init_scale=0.05``, or
+        120 epochs) raises the ELBO but lowers the pass rate (0.45, 0.76), because the draws
+        come through the prior net, which the ELBO trains only through the KL term.
+
+        Examples
+        --------
+        >>> TwoBirds().recommended_settings().model["constrained_coefficients"]
+        True
         """
         return Overrides(
             model=ModelOverrides(
                 latent_dim=8,
                 hidden_dims=(256, 256, 256),
                 basis_dim=4,
+                constrained_coefficients=True,
                 init_scale=1.0,
                 scale_gain=1.0,
             ),
