@@ -246,7 +246,7 @@ def run_line(result):
         f"{result.seconds:.1f} s ({result.cpu_seconds:.1f} s of processor time), "
         f"{result.num_evaluations} evaluations ({result.num_evaluations / result.seconds:.0f}/s, "
         f"{1000 * result.cpu_seconds / result.num_evaluations:.2f} ms of processor time "
-        "each), R-hat bulk {bulk:.4f} folded "
+        f"each), R-hat bulk {bulk:.4f} folded "
         f"{folded:.4f} (bound {result.rhat_threshold:.4f}), min ESS bulk {result.min_ess:.0f} "
         f"tail {tail:.0f}, ESS per 1000 evaluations {per_1000:.1f} "
         f"(tail {1000 * tail / result.num_evaluations:.1f}), divergences {result.divergences}, "
