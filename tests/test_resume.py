@@ -51,22 +51,27 @@ def _setup(resimulate: bool):
     return problem, model_config, train_config, x, y
 
 
+def _fail_svi_step(monkeypatch, after, error):
+    """Make ``SVI.step`` raise ``error`` once ``after`` steps have run (a crash mid-fit)."""
+    original = pyro.infer.SVI.step
+    calls = {"n": 0}
+
+    def step(self, *args, **kwargs):
+        if calls["n"] == after:
+            raise error
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", step)
+
+
 def _run(resimulate, *, crash_after=None, policy=None, resume_from=None, monkeypatch=None):
     """Fit from scratch (or resume); raise Crash at SVI step ``crash_after + 1`` if given."""
     problem, model_config, train_config, x, y = _setup(resimulate)
     pyro.set_rng_seed(12345)  # a different global RNG than fit's seed: fit must reseed/restore
     cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
     if crash_after is not None:
-        original = pyro.infer.SVI.step
-        calls = {"n": 0}
-
-        def step(self, *args, **kwargs):
-            if calls["n"] == crash_after:
-                raise Crash
-            calls["n"] += 1
-            return original(self, *args, **kwargs)
-
-        monkeypatch.setattr(pyro.infer.SVI, "step", step)
+        _fail_svi_step(monkeypatch, crash_after, Crash)
     try:
         result = fit(cvae, x, y, train_config, simulator=problem.simulate, progress=False,
                      checkpoint=policy, resume_from=resume_from)
@@ -283,16 +288,7 @@ def test_kill_9_and_resume_matches_an_uninterrupted_run(tmp_path):
 def interrupted(tmp_path, monkeypatch, capsys):
     """A CLI run stopped by an exception after its first checkpoint (4 steps per epoch)."""
     run = tmp_path / "run"
-    original = pyro.infer.SVI.step
-    calls = {"n": 0}
-
-    def step(self, *args, **kwargs):
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(pyro.infer.SVI, "step", step)
+    _fail_svi_step(monkeypatch, 3, KeyboardInterrupt)
     threads = torch.get_num_threads()
     try:
         argv = [*FIT[:4], "100", *FIT[5:], "--out", str(run), "--checkpoint-every", "2"]
@@ -454,16 +450,7 @@ def _source_fit(kind, folder, *, workers=0, crash_after=None, policy=None, resum
                                         chunk_bytes=7 * pairs.row_bytes, buffer_chunks=2)
         batches, validation = lazy.batches, lazy.validation
     if crash_after is not None:
-        original = pyro.infer.SVI.step
-        calls = {"n": 0}
-
-        def step(self, *args, **kwargs):
-            if calls["n"] == crash_after:
-                raise Crash
-            calls["n"] += 1
-            return original(self, *args, **kwargs)
-
-        monkeypatch.setattr(pyro.infer.SVI, "step", step)
+        _fail_svi_step(monkeypatch, crash_after, Crash)
     try:
         result = fit(cvae, None, None, train_config, simulator=problem.simulate,
                      batches=batches, validation=validation, progress=False,
@@ -583,19 +570,10 @@ def test_cli_resumes_stream_and_lazy_runs(tmp_path, monkeypatch, kind):
     else:
         argv = [*FIT[:4], "100", *FIT[5:], "--stream", "--workers", "1"]
     run, reference = tmp_path / "run", tmp_path / "reference"
-    original = pyro.infer.SVI.step
-    calls = {"n": 0}
-
-    def step(self, *args, **kwargs):
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(self, *args, **kwargs)
-
     threads = torch.get_num_threads()
     try:
         assert main([*argv, "--out", str(reference), "--no-checkpoint"]) == 0
-        monkeypatch.setattr(pyro.infer.SVI, "step", step)
+        _fail_svi_step(monkeypatch, 7, KeyboardInterrupt)
         assert main([*argv, "--out", str(run), "--checkpoint-every", "1"]) == 130
         monkeypatch.undo()
         state = load_train_state(run / STATE_FILE)
