@@ -316,8 +316,16 @@ def _check_stream_flags(args: argparse.Namespace) -> None:
         )
 
 
-RESUME_KEEPS = ("threads", "quiet", "checkpoint_every", "checkpoint_minutes", "no_checkpoint")
-"""Fit options that ``--resume`` accepts: they do not change what is computed."""
+RESUME_KEEPS = (
+    "threads",
+    "quiet",
+    "checkpoint_every",
+    "checkpoint_minutes",
+    "no_checkpoint",
+    "workers",
+)
+"""Fit options that ``--resume`` accepts: they do not change what is computed (a stream's
+minibatches are the same for any number of ``--workers``)."""
 
 
 def _resume_args(args: argparse.Namespace) -> Any:
@@ -333,13 +341,21 @@ def _resume_args(args: argparse.Namespace) -> Any:
     if given:
         raise ConfigError(
             f"--resume continues {args.resume!r} with the settings it recorded; drop "
-            f"{', '.join(given)} (only --threads, --quiet, --device and the --checkpoint-* "
-            "options may change; for other settings start a new run)"
+            f"{', '.join(given)} (only --threads, --quiet, --device, --workers and the "
+            "--checkpoint-* options may change; for other settings start a new run)"
         )
     state = find_resumable(args.resume)
     record = state.record
     where = f"training state {str(state.path)!r}"
+    workers = args.workers  # 0 unless given: then the recorded number
     _restore_data_source(args, record.pop("data_source", None), where)
+    if workers:
+        if not args.stream:
+            raise ConfigError(
+                f"--workers sets the simulation workers of --stream; {args.resume!r} was not "
+                "fitted on a stream"
+            )
+        args.workers = workers
     args.run_file = run_file_from_dict(record, where)
     args.out, args.overwrite = args.resume, True
     recorded = state.record.get("torch_threads")

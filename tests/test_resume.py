@@ -321,7 +321,7 @@ def test_ctrl_c_keeps_the_state_and_a_fresh_fit_does_not_take_it(interrupted, ca
     (["--epochs", "9"], "drop --epochs"),
     (["--out", "elsewhere"], "drop --out"),
     (["--seed", "1", "--overwrite"], "drop --seed, --overwrite"),
-    (["--stream", "--workers", "2"], "drop --stream, --workers"),
+    (["--stream", "--workers", "2"], "drop --stream ("),
     (["--lazy"], "drop --lazy"),
     (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0"),
 ])
@@ -553,8 +553,10 @@ def test_stream_and_lazy_states_are_checked_against_the_run(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("kind", ["stream-1-worker", "lazy-npy"])
-def test_cli_resumes_stream_and_lazy_runs(tmp_path, monkeypatch, kind):
-    """``fit --stream --workers 1`` / ``fit --data FOLDER`` (lazy): Ctrl-C, ``--resume``."""
+def test_cli_resumes_stream_and_lazy_runs(tmp_path, monkeypatch, capsys, kind):
+    """``fit --stream --workers 1`` / ``fit --data FOLDER`` (lazy): Ctrl-C, ``--resume``. The
+    stream resumes with 2 workers (its minibatches do not depend on them); a lazy run refuses
+    ``--workers``."""
     if kind == "lazy-npy":
         import numpy as np
 
@@ -579,7 +581,12 @@ def test_cli_resumes_stream_and_lazy_runs(tmp_path, monkeypatch, kind):
         state = load_train_state(run / STATE_FILE)
         assert state.steps_done == 7  # 5 steps per epoch: saved in epoch 2, after its step 2
         assert state.payload["data_stream"]["kind"] == kind.split("-")[0]
-        assert main(["fit", "--resume", str(run), "--threads", "1", "--quiet"]) == 0
+        resume = ["fit", "--resume", str(run), "--threads", "1", "--quiet"]
+        if kind == "lazy-npy":
+            _fails([*resume, "--workers", "1"], capsys, "was not fitted on a stream")
+        else:
+            resume += ["--workers", "2"]
+        assert main(resume) == 0
     finally:
         torch.set_num_threads(threads)
     a, _ = load_checkpoint(reference)
