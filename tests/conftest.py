@@ -31,6 +31,21 @@ def seed() -> int:
 
 
 @pytest.fixture
+def one_thread():
+    """Run the test on one torch CPU thread, restoring the thread count afterwards.
+
+    One thread makes reductions run in a fixed order (bit-identical reruns on CPU); the
+    restore also undoes what a CLI call (``--threads N``) inside the test set.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/two_birds is not present beside the repository")

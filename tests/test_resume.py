@@ -28,6 +28,9 @@ from ppl_cvae.train.resume import STATE_FILE, CheckpointPolicy, load_train_state
 
 REPO = Path(__file__).resolve().parents[1]
 
+# one thread (bit-identical steps) for every test; also restores what `--threads` sets
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # 3 epochs x 3 steps (48 pairs after the split, or 60 fresh ones, in batches of 20): 9 steps;
 # KL warm-up and lr decay make the per-epoch beta and the per-step learning rate part of what
 # must be restored.
@@ -92,22 +95,17 @@ def _same_weights(a, b):
                          ids=["mid-epoch", "epoch-end", "last-step-of-epoch"])
 def test_crash_and_resume_is_bit_identical(tmp_path, monkeypatch, resimulate, crash_after,
                                            every_steps, every_epoch, saved_at):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref_cvae, ref = _run(resimulate)
-        path = tmp_path / STATE_FILE
-        policy = CheckpointPolicy(path, every_steps=every_steps, every_minutes=None,
-                                  every_epoch=every_epoch)
-        with pytest.raises(Crash):
-            _run(resimulate, crash_after=crash_after, policy=policy, monkeypatch=monkeypatch)
-        state = load_train_state(path)
-        # at most the work since the last save is lost: the state holds step `saved_at`
-        assert state.steps_done == saved_at
-        assert state.step_losses == ref.step_losses[:saved_at]
-        cvae, result = _run(resimulate, policy=policy, resume_from=state)
-    finally:
-        torch.set_num_threads(threads)
+    ref_cvae, ref = _run(resimulate)
+    path = tmp_path / STATE_FILE
+    policy = CheckpointPolicy(path, every_steps=every_steps, every_minutes=None,
+                              every_epoch=every_epoch)
+    with pytest.raises(Crash):
+        _run(resimulate, crash_after=crash_after, policy=policy, monkeypatch=monkeypatch)
+    state = load_train_state(path)
+    # at most the work since the last save is lost: the state holds step `saved_at`
+    assert state.steps_done == saved_at
+    assert state.step_losses == ref.step_losses[:saved_at]
+    cvae, result = _run(resimulate, policy=policy, resume_from=state)
     assert len(result.step_losses) == len(ref.step_losses) == 9
     assert result.step_losses == ref.step_losses  # exact: same steps, batches and draws
     drop = ("seconds",)
@@ -120,53 +118,43 @@ def test_crash_and_resume_is_bit_identical(tmp_path, monkeypatch, resimulate, cr
 
 def test_negative_controls_a_lost_optimiser_or_rng_state_shows(tmp_path, monkeypatch):
     """The equality above can fail: resuming without Adam's moments, or without the RNG."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref_cvae, ref = _run(False)
-        path = tmp_path / STATE_FILE
-        policy = CheckpointPolicy(path, every_steps=2, every_minutes=None, every_epoch=False)
-        with pytest.raises(Crash):
-            _run(False, crash_after=5, policy=policy, monkeypatch=monkeypatch)
-        state = load_train_state(path)
-        state.payload["optimizer"] = {}  # a resume that forgets the optimiser
-        cvae, result = _run(False, resume_from=state)
-        assert not _same_weights(cvae, ref_cvae)
-        assert result.step_losses[:4] == ref.step_losses[:4]
-        assert result.step_losses[4:] != ref.step_losses[4:]
-        state = load_train_state(path)
-        state.payload["rng"]["torch"] = torch.manual_seed(99).get_state()  # forgets the RNG
-        cvae, result = _run(False, resume_from=state)
-        assert not _same_weights(cvae, ref_cvae)
-    finally:
-        torch.set_num_threads(threads)
+    ref_cvae, ref = _run(False)
+    path = tmp_path / STATE_FILE
+    policy = CheckpointPolicy(path, every_steps=2, every_minutes=None, every_epoch=False)
+    with pytest.raises(Crash):
+        _run(False, crash_after=5, policy=policy, monkeypatch=monkeypatch)
+    state = load_train_state(path)
+    state.payload["optimizer"] = {}  # a resume that forgets the optimiser
+    cvae, result = _run(False, resume_from=state)
+    assert not _same_weights(cvae, ref_cvae)
+    assert result.step_losses[:4] == ref.step_losses[:4]
+    assert result.step_losses[4:] != ref.step_losses[4:]
+    state = load_train_state(path)
+    state.payload["rng"]["torch"] = torch.manual_seed(99).get_state()  # forgets the RNG
+    cvae, result = _run(False, resume_from=state)
+    assert not _same_weights(cvae, ref_cvae)
 
 
 def test_a_version_1_state_without_data_stream_still_resumes(tmp_path, monkeypatch):
     """States written before the data stream was stored (format v1) load as data_stream None."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref_cvae, _ = _run(False)
-        path = tmp_path / STATE_FILE
-        policy = CheckpointPolicy(path, every_steps=2, every_minutes=None)
-        with pytest.raises(Crash):
-            _run(False, crash_after=5, policy=policy, monkeypatch=monkeypatch)
-        payload = load_train_state(path).payload
-        assert payload["format"] == "ppl_cvae.train_state.v2" and payload["data_stream"] is None
-        del payload["data_stream"]
-        payload["format"] = "ppl_cvae.train_state.v1"
-        torch.save(payload, tmp_path / "v1.pt")
-        state = load_train_state(tmp_path / "v1.pt")
-        assert state.payload["data_stream"] is None
-        cvae, _ = _run(False, resume_from=state)
-        payload["data_stream"] = {"kind": "tape"}  # a v1 file has no such key; v2 no such kind
-        payload["format"] = "ppl_cvae.train_state.v2"
-        torch.save(payload, tmp_path / "bad.pt")
-        with pytest.raises(CheckpointError, match="unknown kind 'tape'"):
-            load_train_state(tmp_path / "bad.pt")
-    finally:
-        torch.set_num_threads(threads)
+    ref_cvae, _ = _run(False)
+    path = tmp_path / STATE_FILE
+    policy = CheckpointPolicy(path, every_steps=2, every_minutes=None)
+    with pytest.raises(Crash):
+        _run(False, crash_after=5, policy=policy, monkeypatch=monkeypatch)
+    payload = load_train_state(path).payload
+    assert payload["format"] == "ppl_cvae.train_state.v2" and payload["data_stream"] is None
+    del payload["data_stream"]
+    payload["format"] = "ppl_cvae.train_state.v1"
+    torch.save(payload, tmp_path / "v1.pt")
+    state = load_train_state(tmp_path / "v1.pt")
+    assert state.payload["data_stream"] is None
+    cvae, _ = _run(False, resume_from=state)
+    payload["data_stream"] = {"kind": "tape"}  # a v1 file has no such key; v2 no such kind
+    payload["format"] = "ppl_cvae.train_state.v2"
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="unknown kind 'tape'"):
+        load_train_state(tmp_path / "bad.pt")
     assert _same_weights(cvae, ref_cvae)
 
 
@@ -204,25 +192,20 @@ def test_resume_refuses_another_run(tmp_path, monkeypatch):
 
 def test_a_resumed_run_can_crash_and_resume_again(tmp_path, monkeypatch):
     """Resume at an epoch's last step, save at its end (optimiser not rebuilt yet), resume."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref_cvae, ref = _run(False)
-        path = tmp_path / STATE_FILE
-        first = CheckpointPolicy(path, every_steps=3, every_minutes=None, every_epoch=False)
-        with pytest.raises(Crash):
-            _run(False, crash_after=3, policy=first, monkeypatch=monkeypatch)
-        assert load_train_state(path).payload["position"]["step"] == 3
-        second = CheckpointPolicy(path, every_minutes=None, every_epoch=True)
-        with pytest.raises(Crash):  # one step into epoch 2, after the epoch-end save
-            _run(False, crash_after=1, policy=second, resume_from=load_train_state(path),
-                 monkeypatch=monkeypatch)
-        state = load_train_state(path)
-        assert state.payload["position"]["epoch"] == 2 and state.steps_done == 3
-        assert state.payload["optimizer"] != {}
-        cvae, result = _run(False, resume_from=state)
-    finally:
-        torch.set_num_threads(threads)
+    ref_cvae, ref = _run(False)
+    path = tmp_path / STATE_FILE
+    first = CheckpointPolicy(path, every_steps=3, every_minutes=None, every_epoch=False)
+    with pytest.raises(Crash):
+        _run(False, crash_after=3, policy=first, monkeypatch=monkeypatch)
+    assert load_train_state(path).payload["position"]["step"] == 3
+    second = CheckpointPolicy(path, every_minutes=None, every_epoch=True)
+    with pytest.raises(Crash):  # one step into epoch 2, after the epoch-end save
+        _run(False, crash_after=1, policy=second, resume_from=load_train_state(path),
+             monkeypatch=monkeypatch)
+    state = load_train_state(path)
+    assert state.payload["position"]["epoch"] == 2 and state.steps_done == 3
+    assert state.payload["optimizer"] != {}
+    cvae, result = _run(False, resume_from=state)
     assert result.step_losses == ref.step_losses
     assert _same_weights(cvae, ref_cvae)
 
@@ -246,7 +229,6 @@ def _dead_pid() -> int:
 @pytest.mark.slow
 def test_kill_9_and_resume_matches_an_uninterrupted_run(tmp_path):
     """``kill -9`` a CLI fit after its first checkpoint, ``--resume`` it: same weights."""
-    threads = torch.get_num_threads()
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "ppl_cvae.cli", *FIT, "--out", str(killed),
@@ -270,12 +252,9 @@ def test_kill_9_and_resume_matches_an_uninterrupted_run(tmp_path):
     # a save interrupted by a kill leaves only a hidden temporary; the last state survives
     half = killed / f".{STATE_FILE}.{_dead_pid()}.abc.pt"
     half.write_bytes(b"PK\x03\x04 half-written")
-    try:
-        reference = tmp_path / "reference"
-        assert main([*FIT, "--out", str(reference), "--no-checkpoint"]) == 0
-        assert main(["fit", "--resume", str(killed), "--threads", "1", "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    reference = tmp_path / "reference"
+    assert main([*FIT, "--out", str(reference), "--no-checkpoint"]) == 0
+    assert main(["fit", "--resume", str(killed), "--threads", "1", "--quiet"]) == 0
     assert not half.exists() and not (killed / STATE_FILE).exists()
     a, _ = load_checkpoint(reference)
     b, _ = load_checkpoint(killed)
@@ -289,13 +268,11 @@ def interrupted(tmp_path, monkeypatch, capsys):
     """A CLI run stopped by an exception after its first checkpoint (4 steps per epoch)."""
     run = tmp_path / "run"
     _fail_svi_step(monkeypatch, 3, KeyboardInterrupt)
-    threads = torch.get_num_threads()
     try:
         argv = [*FIT[:4], "100", *FIT[5:], "--out", str(run), "--checkpoint-every", "2"]
         assert main(argv) == 130
     finally:
         monkeypatch.undo()
-        torch.set_num_threads(threads)
     assert load_train_state(run / STATE_FILE).steps_done == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {run}"]
@@ -303,12 +280,8 @@ def interrupted(tmp_path, monkeypatch, capsys):
 
 
 def _fails(argv, capsys, match):
-    threads = torch.get_num_threads()
     capsys.readouterr()
-    try:
-        assert main(argv) == 2
-    finally:
-        torch.set_num_threads(threads)
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and match in err, err
 
@@ -351,11 +324,7 @@ def test_resume_refuses_damaged_states(interrupted, capsys):
 
 
 def test_resume_refuses_finished_runs_and_runs_without_state(interrupted, tmp_path, capsys):
-    threads = torch.get_num_threads()
-    try:
-        assert main(["fit", "--resume", str(interrupted), "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["fit", "--resume", str(interrupted), "--quiet"]) == 0
     _fails(["fit", "--resume", str(interrupted)], capsys, "is finished")
     from ppl_cvae.train.resume import prepare_run_folder
 
@@ -471,26 +440,21 @@ def test_stream_and_lazy_fits_resume_bit_identically(tmp_path, monkeypatch, kind
                                                      crash_after, every_steps, every_epoch,
                                                      saved_at):
     folder = tmp_path / "pairs"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref_cvae, ref = _source_fit(kind, folder, workers=workers)
-        path = tmp_path / STATE_FILE
-        policy = CheckpointPolicy(path, every_steps=every_steps, every_minutes=None,
-                                  every_epoch=every_epoch)
-        with pytest.raises(Crash):
-            _source_fit(kind, folder, workers=workers, crash_after=crash_after, policy=policy,
-                        monkeypatch=monkeypatch)
-        state = load_train_state(path)
-        assert state.steps_done == saved_at
-        stream = state.payload["data_stream"]
-        assert stream["kind"] == kind
-        if kind == "stream":  # the next minibatch is stream index `saved_at`
-            assert stream["position"] == saved_at and stream["digest"] is not None
-        cvae, result = _source_fit(kind, folder, workers=workers, policy=policy,
-                                   resume_from=state)
-    finally:
-        torch.set_num_threads(threads)
+    ref_cvae, ref = _source_fit(kind, folder, workers=workers)
+    path = tmp_path / STATE_FILE
+    policy = CheckpointPolicy(path, every_steps=every_steps, every_minutes=None,
+                              every_epoch=every_epoch)
+    with pytest.raises(Crash):
+        _source_fit(kind, folder, workers=workers, crash_after=crash_after, policy=policy,
+                    monkeypatch=monkeypatch)
+    state = load_train_state(path)
+    assert state.steps_done == saved_at
+    stream = state.payload["data_stream"]
+    assert stream["kind"] == kind
+    if kind == "stream":  # the next minibatch is stream index `saved_at`
+        assert stream["position"] == saved_at and stream["digest"] is not None
+    cvae, result = _source_fit(kind, folder, workers=workers, policy=policy,
+                               resume_from=state)
     assert len(result.step_losses) == len(ref.step_losses) == 9
     assert result.step_losses == ref.step_losses  # exact: same minibatches, same draws
     drop = ("seconds",)
@@ -502,54 +466,49 @@ def test_stream_and_lazy_fits_resume_bit_identically(tmp_path, monkeypatch, kind
 
 def test_stream_and_lazy_states_are_checked_against_the_run(tmp_path, monkeypatch):
     """Negative controls: a shifted stream position, a changed file or simulator, a swap."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref_cvae, _ = _source_fit("stream", None)
-        policy = CheckpointPolicy(tmp_path / "s.pt", every_steps=2, every_minutes=None)
-        with pytest.raises(Crash):
-            _source_fit("stream", None, crash_after=5, policy=policy, monkeypatch=monkeypatch)
-        state = load_train_state(tmp_path / "s.pt")
-        # one minibatch later: resuming there would skip a minibatch, so it is refused
-        state.payload["data_stream"]["position"] += 1
-        with pytest.raises(CheckpointError, match="position"):
-            _source_fit("stream", None, resume_from=state)
-        torch.save(state.payload, tmp_path / "bad.pt")
-        with pytest.raises(CheckpointError, match="does not fit epoch"):
-            load_train_state(tmp_path / "bad.pt")
-        state = load_train_state(tmp_path / "s.pt")
-        state.payload["data_stream"]["digest"] = "0" * 64  # the simulator changed
-        with pytest.raises(CheckpointError, match="simulator changed"):
-            _source_fit("stream", None, resume_from=state)
-        state = load_train_state(tmp_path / "s.pt")
-        state.payload["data_stream"]["seed"] = 4
-        with pytest.raises(CheckpointError, match="seed=4"):
-            _source_fit("stream", None, resume_from=state)
-        state = load_train_state(tmp_path / "s.pt")
-        state.payload["data_stream"] = None  # a state of a fit on pairs in memory
-        with pytest.raises(CheckpointError, match="this fit trains on stream"):
-            _source_fit("stream", None, resume_from=state)
-        # a lazy state: the file changed (one value) since the save
-        folder = tmp_path / "pairs"
-        lazy = CheckpointPolicy(tmp_path / "l.pt", every_steps=2, every_minutes=None)
-        with pytest.raises(Crash):
-            _source_fit("lazy", folder, crash_after=5, policy=lazy, monkeypatch=monkeypatch)
-        state = load_train_state(tmp_path / "l.pt")
-        with pytest.raises(CheckpointError, match="this fit trains on stream"):
-            _source_fit("stream", None, resume_from=state)
-        import numpy as np
+    ref_cvae, _ = _source_fit("stream", None)
+    policy = CheckpointPolicy(tmp_path / "s.pt", every_steps=2, every_minutes=None)
+    with pytest.raises(Crash):
+        _source_fit("stream", None, crash_after=5, policy=policy, monkeypatch=monkeypatch)
+    state = load_train_state(tmp_path / "s.pt")
+    # one minibatch later: resuming there would skip a minibatch, so it is refused
+    state.payload["data_stream"]["position"] += 1
+    with pytest.raises(CheckpointError, match="position"):
+        _source_fit("stream", None, resume_from=state)
+    torch.save(state.payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="does not fit epoch"):
+        load_train_state(tmp_path / "bad.pt")
+    state = load_train_state(tmp_path / "s.pt")
+    state.payload["data_stream"]["digest"] = "0" * 64  # the simulator changed
+    with pytest.raises(CheckpointError, match="simulator changed"):
+        _source_fit("stream", None, resume_from=state)
+    state = load_train_state(tmp_path / "s.pt")
+    state.payload["data_stream"]["seed"] = 4
+    with pytest.raises(CheckpointError, match="seed=4"):
+        _source_fit("stream", None, resume_from=state)
+    state = load_train_state(tmp_path / "s.pt")
+    state.payload["data_stream"] = None  # a state of a fit on pairs in memory
+    with pytest.raises(CheckpointError, match="this fit trains on stream"):
+        _source_fit("stream", None, resume_from=state)
+    # a lazy state: the file changed (one value) since the save
+    folder = tmp_path / "pairs"
+    lazy = CheckpointPolicy(tmp_path / "l.pt", every_steps=2, every_minutes=None)
+    with pytest.raises(Crash):
+        _source_fit("lazy", folder, crash_after=5, policy=lazy, monkeypatch=monkeypatch)
+    state = load_train_state(tmp_path / "l.pt")
+    with pytest.raises(CheckpointError, match="this fit trains on stream"):
+        _source_fit("stream", None, resume_from=state)
+    import numpy as np
 
-        x = np.load(folder / "x.npy")
-        x[40, 0] += 1e-3
-        np.save(folder / "x.npy", x)
-        with pytest.raises(CheckpointError, match="moments of x"):
-            _source_fit("lazy", folder, resume_from=state)
-        state.payload["data_stream"]["moments"]["x"]["m2"] *= -1
-        torch.save(state.payload, tmp_path / "bad.pt")
-        with pytest.raises(CheckpointError, match="malformed moments of x"):
-            load_train_state(tmp_path / "bad.pt")
-    finally:
-        torch.set_num_threads(threads)
+    x = np.load(folder / "x.npy")
+    x[40, 0] += 1e-3
+    np.save(folder / "x.npy", x)
+    with pytest.raises(CheckpointError, match="moments of x"):
+        _source_fit("lazy", folder, resume_from=state)
+    state.payload["data_stream"]["moments"]["x"]["m2"] *= -1
+    torch.save(state.payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="malformed moments of x"):
+        load_train_state(tmp_path / "bad.pt")
 
 
 @pytest.mark.parametrize("kind", ["stream-1-worker", "lazy-npy"])
@@ -572,23 +531,19 @@ def test_cli_resumes_stream_and_lazy_runs(tmp_path, monkeypatch, capsys, kind):
     else:
         argv = [*FIT[:4], "100", *FIT[5:], "--stream", "--workers", "1"]
     run, reference = tmp_path / "run", tmp_path / "reference"
-    threads = torch.get_num_threads()
-    try:
-        assert main([*argv, "--out", str(reference), "--no-checkpoint"]) == 0
-        _fail_svi_step(monkeypatch, 7, KeyboardInterrupt)
-        assert main([*argv, "--out", str(run), "--checkpoint-every", "1"]) == 130
-        monkeypatch.undo()
-        state = load_train_state(run / STATE_FILE)
-        assert state.steps_done == 7  # 5 steps per epoch: saved in epoch 2, after its step 2
-        assert state.payload["data_stream"]["kind"] == kind.split("-")[0]
-        resume = ["fit", "--resume", str(run), "--threads", "1", "--quiet"]
-        if kind == "lazy-npy":
-            _fails([*resume, "--workers", "1"], capsys, "was not fitted on a stream")
-        else:
-            resume += ["--workers", "2"]
-        assert main(resume) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main([*argv, "--out", str(reference), "--no-checkpoint"]) == 0
+    _fail_svi_step(monkeypatch, 7, KeyboardInterrupt)
+    assert main([*argv, "--out", str(run), "--checkpoint-every", "1"]) == 130
+    monkeypatch.undo()
+    state = load_train_state(run / STATE_FILE)
+    assert state.steps_done == 7  # 5 steps per epoch: saved in epoch 2, after its step 2
+    assert state.payload["data_stream"]["kind"] == kind.split("-")[0]
+    resume = ["fit", "--resume", str(run), "--threads", "1", "--quiet"]
+    if kind == "lazy-npy":
+        _fails([*resume, "--workers", "1"], capsys, "was not fitted on a stream")
+    else:
+        resume += ["--workers", "2"]
+    assert main(resume) == 0
     a, _ = load_checkpoint(reference)
     b, _ = load_checkpoint(run)
     assert _same_weights(a, b)
