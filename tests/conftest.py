@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -50,6 +51,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/two_birds is not present beside the repository")
     return SHARED_DATA
+
+
+def assert_spec_round_trip(problem, num: int = 3, seed: int = 0):
+    """Rebuild ``problem`` from its JSON-encoded ``spec()``; assert that nothing was lost.
+
+    The rebuilt problem must be of the same class with the same spec, draw the same ``num``
+    prior samples from a generator seeded ``seed``, and map them to the same data. Returns
+    it, for checks of one problem's own parts.
+    """
+    from ppl_cvae.problems import make_problem
+
+    spec = json.loads(json.dumps(problem.spec()))
+    rebuilt = make_problem(spec.pop("name"), **spec)
+    assert type(rebuilt) is type(problem) and rebuilt.spec() == problem.spec()
+    x = problem.sample_prior(num, torch.Generator().manual_seed(seed))
+    assert torch.equal(rebuilt.sample_prior(num, torch.Generator().manual_seed(seed)), x)
+    assert torch.equal(rebuilt.forward(x), problem.forward(x))
+    return rebuilt
 
 
 # Flags of a fit that takes about a second: one epoch of a tiny network.

@@ -16,6 +16,7 @@ from ppl_cvae.problems.base import linear_gaussian_parts
 from ppl_cvae.problems.crosshole import ray_length_matrix
 from ppl_cvae.problems.priors import ChannelField
 from ppl_cvae.train import resolve_settings
+from tests.conftest import assert_spec_round_trip
 
 
 @pytest.fixture(scope="module")
@@ -351,12 +352,8 @@ def test_spec_round_trip(prior: Literal["grf", "channels"]) -> None:
         kernel="matern32",
         channel_slowness=4e-4,
     )
-    spec = json.loads(json.dumps(p.spec()))
-    name = spec.pop("name")
-    q = make_problem(name, **spec)
-    assert isinstance(q, Crosshole) and q.spec() == p.spec()
+    q = assert_spec_round_trip(p, num=3, seed=2)
     torch.testing.assert_close(q.matrix, p.matrix, rtol=0, atol=0)
-    torch.testing.assert_close(q.sample_prior(3, _gen(2)), p.sample_prior(3, _gen(2)))
 
 
 CHANNEL_OPTIONS: dict[str, object] = {

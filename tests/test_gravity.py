@@ -1,4 +1,3 @@
-import json
 import math
 
 import pytest
@@ -7,10 +6,11 @@ from scipy import integrate
 
 from inference.exact import linear_gaussian_posterior
 from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems import Gravity, Problem, make_problem
+from ppl_cvae.problems import Gravity, Problem
 from ppl_cvae.problems.base import linear_gaussian_parts, noise_covariance
 from ppl_cvae.problems.gravity import GRAVITATIONAL_CONSTANT, MGAL, prism_kernel
 from ppl_cvae.train import resolve_settings
+from tests.conftest import assert_spec_round_trip
 
 TWO_G = 2 * GRAVITATIONAL_CONSTANT / MGAL  # mGal per (kg/m^3) per (m^2 / m) of line mass
 
@@ -184,12 +184,7 @@ def test_spec_round_trip_and_protocol():
         correlation_length=120.0,
         kernel="exponential",
     )
-    spec = json.loads(json.dumps(p.spec()))
-    q = make_problem(spec.pop("name"), **spec)
-    assert isinstance(q, Gravity) and q.spec() == p.spec()
-    x = p.sample_prior(3, torch.Generator().manual_seed(0))
-    assert torch.equal(q.sample_prior(3, torch.Generator().manual_seed(0)), x)
-    assert torch.equal(q.forward(x), p.forward(x))
+    assert_spec_round_trip(p, num=3)
     assert isinstance(p, Problem)
     assert p.coords["depth"] == [25.0, 75.0, 125.0, 175.0, 225.0]
     assert p.coords["station"][0] == pytest.approx(700.0 / 18)

@@ -1,4 +1,3 @@
-import json
 import math
 
 import numpy as np
@@ -6,10 +5,11 @@ import pytest
 import torch
 
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
-from ppl_cvae.problems import MT1D, Problem, make_problem
+from ppl_cvae.problems import MT1D, Problem
 from ppl_cvae.problems.base import linear_gaussian_parts, noise_covariance, noise_scale
 from ppl_cvae.problems.mt1d import MU_0, layered_impedance, log_frequencies
 from ppl_cvae.train import resolve_settings
+from tests.conftest import assert_spec_round_trip
 
 
 def _two_layer_reference(rho1, rho2, h, freqs):
@@ -224,12 +224,7 @@ def test_spec_round_trip_and_protocol():
         min_log10_rho=-0.5,
         max_log10_rho=3.5,
     )
-    spec = json.loads(json.dumps(p.spec()))
-    q = make_problem(spec.pop("name"), **spec)
-    assert isinstance(q, MT1D) and q.spec() == p.spec()
-    x = p.sample_prior(4, torch.Generator().manual_seed(0))
-    assert torch.equal(q.sample_prior(4, torch.Generator().manual_seed(0)), x)
-    assert torch.equal(q.forward(x), p.forward(x))
+    assert_spec_round_trip(p, num=4)
     assert isinstance(p, Problem) and linear_gaussian_parts(p) is None
     assert p.coords["depth"] == [0.0, 180.0, 360.0, 540.0, 720.0, 900.0]
     assert set(p.units) >= {"x", "y", *p.x_dims, *p.y_dims}

@@ -1,6 +1,5 @@
 """The logit-normal prior of mt1d: exact density, draws that match it, the u parameterisation."""
 
-import json
 import math
 
 import numpy as np
@@ -15,6 +14,7 @@ from ppl_cvae.errors import ConfigError, NoPriorDensityError, ShapeError
 from ppl_cvae.problems import MT1D, make_problem
 from ppl_cvae.problems.priors import BoundedGaussianField
 from ppl_cvae.problems.priors.bounded_field import logit_normal_std
+from tests.conftest import assert_spec_round_trip
 
 # Two KS tests at a p-value threshold of 1e-4 each: suite false-alarm budget 2e-4.
 KS_ALPHA = 1e-4
@@ -199,14 +199,9 @@ def test_parameterisation_density_of_u_is_the_latent_gaussian():
 def test_spec_records_the_prior_and_legacy_specs_load():
     for prior in ("logit_normal", "clipped"):
         p = MT1D(num_layers=5, depth=800.0, prior=prior)
-        spec = json.loads(json.dumps(p.spec()))
-        assert spec["prior"] == prior
-        q = make_problem(spec.pop("name"), **spec)
-        assert q.spec() == p.spec() and q.has_prior_density == (prior == "logit_normal")
-        g = torch.Generator
-        assert torch.equal(
-            q.sample_prior(3, g().manual_seed(0)), p.sample_prior(3, g().manual_seed(0))
-        )
+        assert p.spec()["prior"] == prior
+        q = assert_spec_round_trip(p, num=3)
+        assert q.has_prior_density == (prior == "logit_normal")
     legacy = MT1D(num_layers=5, depth=800.0).spec()
     del legacy["prior"]  # a run saved before the logit-normal prior
     assert make_problem(legacy.pop("name"), **legacy).prior == "logit_normal"
