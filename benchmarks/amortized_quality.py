@@ -47,6 +47,7 @@ import argparse
 import time
 
 import torch
+from _common import print_reliability_table
 
 from inference.diagnostics.coverage import run_evaluation
 from inference.diagnostics.facies import mode_accuracy, run_reliability
@@ -133,13 +134,7 @@ def evaluate(label, problem, likelihood, args, x_true, y_obs):
         f"  reliability ({len(y_obs)} held-out): max deviation {curve['max_deviation']:.3f} "
         f"(bins with >= {curve['min_count']} cells), ECE {curve['expected_calibration_error']:.3f}"
     )
-    print(f"  {'bin':>10s} {'cells':>7s} {'predicted':>9s} {'observed':>9s}")
-    for b, count in enumerate(curve["count"]):
-        if count:
-            print(
-                f"  {curve['bin_lower'][b]:4.1f}-{curve['bin_upper'][b]:3.1f} {count:9d} "
-                f"{curve['mean_predicted'][b]:9.3f} {curve['observed_frequency'][b]:9.3f}"
-            )
+    print_reliability_table(curve)
     print(f"  accuracy of the posterior mode ({len(y_obs)} held-out): {accuracy:.4f}")
     return {
         "chi2": metrics["chi2_per_datum"],

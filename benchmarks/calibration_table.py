@@ -35,6 +35,7 @@ import argparse
 import time
 
 import torch
+from _common import train_overrides
 
 from inference.diagnostics.calibration import run_calibration
 from inference.diagnostics.coverage import run_evaluation
@@ -58,11 +59,8 @@ def row(spec, args):
     name, kwargs = parse_spec(spec)
     problem = make_problem(name, **kwargs)
     noise_free = problem.noise.is_zero
-    train = {"seed": args.seed}
-    if args.epochs:
-        train["num_epochs"] = args.epochs
     start = time.perf_counter()
-    cvae, result, _ = fit_problem(problem, train=train)
+    cvae, result, _ = fit_problem(problem, train=train_overrides(args.seed, args.epochs))
     fit_seconds = time.perf_counter() - start
     x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
     draws = draw_posterior(cvae, y_obs, args.num_samples, seed=args.seed).x

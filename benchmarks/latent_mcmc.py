@@ -51,6 +51,7 @@ import os
 import time
 
 import torch
+from _common import print_reliability_table, train_overrides
 
 from inference.diagnostics.coverage import run_evaluation
 from inference.diagnostics.facies import mode_accuracy, run_reliability
@@ -63,29 +64,24 @@ from ppl_cvae.train import load_checkpoint
 from ppl_cvae.train.generative_prior import fit_generative_prior
 
 
+def load_or_fit(label, run, fit_model, problem, seed, epochs):
+    """Load checkpoint ``run``, or fit with ``fit_model(problem, train=...)``; print which."""
+    if run:
+        model, meta = load_checkpoint(run, problem=problem)
+        print(f"{label}: loaded {run} ({meta.get('extra', {}).get('epochs_done')} epochs)")
+        return model
+    model, result, seconds = fit_model(problem, train=train_overrides(seed, epochs))
+    print(f"{label}: {len(result.history)} epochs, fit {seconds:.0f} s")
+    return model
+
+
 def models(problem, args):
     """Return the channels CVAE and the generative prior (loaded or fitted)."""
-    if args.cvae_run:
-        cvae, meta = load_checkpoint(args.cvae_run, problem=problem)
-        print(f"CVAE: loaded {args.cvae_run} ({meta.get('extra', {}).get('epochs_done')} epochs)")
-    else:
-        train = {"seed": args.seed}
-        if args.epochs:
-            train["num_epochs"] = args.epochs
-        cvae, result, seconds = fit_problem(problem, train=train)
-        print(f"CVAE: {len(result.history)} epochs, fit {seconds:.0f} s")
-    if args.prior_run:
-        prior, meta = load_checkpoint(args.prior_run, problem=problem)
-        print(
-            f"generative prior: loaded {args.prior_run} "
-            f"({meta.get('extra', {}).get('epochs_done')} epochs)"
-        )
-    else:
-        train = {"seed": args.seed}
-        if args.prior_epochs:
-            train["num_epochs"] = args.prior_epochs
-        prior, result, seconds = fit_generative_prior(problem, train=train)
-        print(f"generative prior: {len(result.history)} epochs, fit {seconds:.0f} s")
+    cvae = load_or_fit("CVAE", args.cvae_run, fit_problem, problem, args.seed, args.epochs)
+    prior = load_or_fit(
+        "generative prior", args.prior_run, fit_generative_prior, problem, args.seed,
+        args.prior_epochs,
+    )
     for name, model in (("CVAE", cvae), ("generative prior", prior)):
         c = model.config
         print(
@@ -110,13 +106,7 @@ def report(label, draws, prob, x_true, y_obs, problem, reference, min_count, ext
         f"{curve['min_count']} cells), ECE {curve['expected_calibration_error']:.3f}; mode "
         f"accuracy {accuracy:.4f}"
     )
-    print(f"  {'bin':>10s} {'cells':>7s} {'predicted':>9s} {'observed':>9s}")
-    for b, count in enumerate(curve["count"]):
-        if count:
-            print(
-                f"  {curve['bin_lower'][b]:4.1f}-{curve['bin_upper'][b]:3.1f} {count:9d} "
-                f"{curve['mean_predicted'][b]:9.3f} {curve['observed_frequency'][b]:9.3f}"
-            )
+    print_reliability_table(curve)
     if extra:
         print(extra)
     return chi2, curve["max_deviation"], accuracy

@@ -34,6 +34,7 @@ import math
 import time
 
 import torch
+from _common import train_overrides
 
 from inference.diagnostics.coverage import run_evaluation
 from inference.exact import exact_posterior, linear_gaussian_posterior
@@ -78,9 +79,7 @@ def gaussian_metrics(mean, std, x_true, exact):
 def run(label, args):
     name, _, prior = label.partition(":")
     problem = make_problem(name, **({"prior": prior or "grf"} if name == "crosshole" else {}))
-    train = {"seed": args.seed}
-    if args.epochs:
-        train["num_epochs"] = args.epochs
+    train = train_overrides(args.seed, args.epochs)
     if args.num_train:
         train["num_train"] = args.num_train
     model = {}

@@ -38,6 +38,7 @@ import time
 import arviz as az
 import numpy as np
 import torch
+from _common import train_overrides
 
 from inference.mcmc import nuts_sample, preconditioner_draws
 from inference.posterior import draw_posterior
@@ -56,10 +57,7 @@ def load_or_fit(args):
         print(f"loaded {args.run} (problem {problem.name})")
         return problem, cvae
     problem = make_problem(args.problem)
-    train = {"seed": args.seed}
-    if args.epochs:
-        train["num_epochs"] = args.epochs
-    cvae, result, seconds = fit_problem(problem, train=train)
+    cvae, result, seconds = fit_problem(problem, train=train_overrides(args.seed, args.epochs))
     print(f"fit {len(result.history)} epochs in {seconds:.0f} s")
     return problem, cvae
 

@@ -25,11 +25,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from _common import fit_resimulated, set_flags, train_overrides
 
 from inference import draw_posterior
 from inference.posterior import PosteriorDraws
 from inference.refine import accept_by_misfit, refine_and_accept, refine_by_misfit
-from ppl_cvae import Overrides, TwoBirds, build_cvae, fit, resolve_settings
+from ppl_cvae import TwoBirds
 from ppl_cvae.data import load_pairs
 from ppl_cvae.problems.two_birds import (
     enumerate_exact_solutions_batch,
@@ -66,29 +67,15 @@ def report(label, score, seconds=None):
 
 def run(functions, args):
     problem = TwoBirds(functions)
-    train = {"seed": args.seed, **({"num_epochs": args.epochs} if args.epochs else {})}
-    if args.gsnn_weight is not None:
-        train["gsnn_weight"] = args.gsnn_weight
-    model = {
-        key: getattr(args, key)
-        for key in (
-            "likelihood",
-            "latent_dim",
-            "prior",
-            "flow_layers",
-            "prior_flow_layers",
-            "flow_hidden_dims",
-        )
-        if getattr(args, key) is not None
-    }
+    train = train_overrides(args.seed, args.epochs) | set_flags(args, ["gsnn_weight"])
+    model = set_flags(
+        args,
+        ["likelihood", "latent_dim", "prior", "flow_layers", "prior_flow_layers",
+         "flow_hidden_dims"],
+    )
     if args.unconstrained:
         model["constrained_coefficients"] = False
-    config, train_config = resolve_settings(problem, Overrides(model=model, train=train))
-    x, y = problem.simulate(train_config.num_train, torch.Generator().manual_seed(args.seed))
-    cvae = build_cvae(config, x, y, problem=problem)
-    start = time.perf_counter()
-    fit(cvae, x, y, train_config, simulator=problem.simulate, progress=False)
-    fit_seconds = time.perf_counter() - start
+    cvae, _, config, train_config, fit_seconds = fit_resimulated(problem, model, train, args.seed)
     print(
         f"{functions}: fit {fit_seconds:.0f} s, {train_config.num_epochs} epochs x "
         f"{train_config.num_train} fresh pairs, {cvae.num_parameters()} parameters; "

@@ -33,13 +33,13 @@ A fit takes 3-7 minutes at 1 thread on the shared 2-core machine; the analysis a
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from _common import fit_resimulated, set_flags, train_overrides
 
 from inference import draw_posterior
-from ppl_cvae import Overrides, TwoBirds, build_cvae, fit, resolve_settings
+from ppl_cvae import TwoBirds
 from ppl_cvae.problems.two_birds import (
     endpoints_from_lines,
     enumerate_exact_solutions_batch,
@@ -54,23 +54,13 @@ def fitted(args, problem):
         cvae, _ = load_checkpoint(args.load)
         print(f"loaded {args.load}")
         return cvae
-    train = {"seed": args.seed, **({"num_epochs": args.epochs} if args.epochs else {})}
-    if args.gsnn_weight is not None:
-        train["gsnn_weight"] = args.gsnn_weight
-    model = {
-        key: getattr(args, key)
-        for key in ("likelihood", "latent_dim", "prior", "init_scale", "scale_gain")
-        if getattr(args, key) is not None
-    }
+    train = train_overrides(args.seed, args.epochs) | set_flags(args, ["gsnn_weight"])
+    model = set_flags(args, ["likelihood", "latent_dim", "prior", "init_scale", "scale_gain"])
     if args.unconstrained:
         model["constrained_coefficients"] = False
-    config, train_config = resolve_settings(problem, Overrides(model=model, train=train))
-    x, y = problem.simulate(train_config.num_train, torch.Generator().manual_seed(args.seed))
-    cvae = build_cvae(config, x, y, problem=problem)
-    start = time.perf_counter()
-    result = fit(cvae, x, y, train_config, simulator=problem.simulate, progress=False)
+    cvae, result, config, train_config, seconds = fit_resimulated(problem, model, train, args.seed)
     print(
-        f"fit {time.perf_counter() - start:.0f} s, {train_config.num_epochs} epochs x "
+        f"fit {seconds:.0f} s, {train_config.num_epochs} epochs x "
         f"{train_config.num_train} fresh pairs; likelihood {config.likelihood}, latent "
         f"{config.latent_dim}, init_scale {config.init_scale}, scale_gain {config.scale_gain}"
     )

@@ -1,0 +1,72 @@
+"""Pieces shared by several benchmarks; not a benchmark itself.
+
+Imported as ``from _common import ...``: a benchmark runs as a script, so its own folder is
+first on ``sys.path`` (as ``examples/_common.py`` for the examples).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from ppl_cvae import Overrides, build_cvae, fit, resolve_settings
+
+
+def train_overrides(seed: int, epochs: int | None) -> dict[str, Any]:
+    """Return the train overrides ``{"seed": seed}``, plus ``num_epochs`` when ``epochs`` is set.
+
+    ``epochs`` None or 0 keeps the problem's recommended schedule (the ``--epochs`` flag of the
+    benchmarks that fit with :func:`ppl_cvae.fit_problem`).
+    """
+    train: dict[str, Any] = {"seed": seed}
+    if epochs:
+        train["num_epochs"] = epochs
+    return train
+
+
+def set_flags(args: Any, keys: Iterable[str]) -> dict[str, Any]:
+    """Return ``{key: args.key}`` for the ``keys`` whose flag was given (is not None)."""
+    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+
+
+def fit_resimulated(
+    problem: Any, model: Mapping[str, Any], train: Mapping[str, Any], seed: int
+) -> tuple[Any, Any, Any, Any, float]:
+    """Fit a CVAE with the recommended settings overridden, on fresh simulations every epoch.
+
+    The first epoch's ``num_train`` pairs are simulated from a generator seeded ``seed``;
+    ``fit`` gets ``problem.simulate`` to redraw them every epoch. The same arguments give the
+    same weights (what lets one benchmark reproduce another's fit).
+
+    Returns
+    -------
+    tuple
+        ``(cvae, result, model_config, train_config, seconds)``: the fitted model, the fit's
+        result, the resolved configurations and the fit's wall-clock time in s.
+    """
+    config, train_config = resolve_settings(
+        problem, Overrides(model=dict(model), train=dict(train))
+    )
+    x, y = problem.simulate(train_config.num_train, torch.Generator().manual_seed(seed))
+    cvae = build_cvae(config, x, y, problem=problem)
+    start = time.perf_counter()
+    result = fit(cvae, x, y, train_config, simulator=problem.simulate, progress=False)
+    return cvae, result, config, train_config, time.perf_counter() - start
+
+
+def print_reliability_table(curve: Mapping[str, Any]) -> None:
+    """Print the non-empty bins of a reliability curve, one row each.
+
+    ``curve``: the output of :func:`inference.diagnostics.facies.run_reliability` (bin bounds,
+    cell count, mean predicted probability and observed frequency per bin).
+    """
+    print(f"  {'bin':>10s} {'cells':>7s} {'predicted':>9s} {'observed':>9s}")
+    for b, count in enumerate(curve["count"]):
+        if count:
+            print(
+                f"  {curve['bin_lower'][b]:4.1f}-{curve['bin_upper'][b]:3.1f} {count:9d} "
+                f"{curve['mean_predicted'][b]:9.3f} {curve['observed_frequency'][b]:9.3f}"
+            )
