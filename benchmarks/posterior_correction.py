@@ -46,6 +46,7 @@ import time
 
 import numpy as np
 import torch
+from _common import train_overrides
 
 from inference.diagnostics.coverage import run_evaluation
 from inference.exact import exact_posterior
@@ -105,15 +106,39 @@ def tail_diagnostics(result):
     )
 
 
+def fit_and_hold_out(problem, args):
+    """Fit with the recommended settings (``--epochs`` shortens them); draw the held-out set.
+
+    Returns ``(cvae, result, fit_seconds, x_true, y_obs)``: ``--num-heldout`` observations
+    simulated from the prior with seed 10000.
+    """
+    cvae, result, fit_seconds = fit_problem(problem, train=train_overrides(args.seed, args.epochs))
+    x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
+    return cvae, result, fit_seconds, x_true, y_obs
+
+
+def draw_and_correct(cvae, problem, y_obs, args):
+    """Amortized draws and their importance-sampling correction, each timed.
+
+    Returns ``(amortized, amortized_seconds, imp, is_seconds, resampled)``: ``--num-samples``
+    amortized draws ``(S, M, *x_shape)``, the :func:`importance_sample` result of
+    ``--is-samples`` proposals per observation and ``--num-samples`` draws resampled from it.
+    """
+    start = time.perf_counter()
+    amortized = draw_posterior(cvae, y_obs, args.num_samples, seed=args.seed).x
+    amortized_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    imp = importance_sample(cvae, problem, y_obs, args.is_samples, seed=args.seed)
+    is_seconds = time.perf_counter() - start
+    resampled = imp.resample(args.num_samples, torch.Generator().manual_seed(args.seed))
+    return amortized, amortized_seconds, imp, is_seconds, resampled
+
+
 def run(name, args):
     problem = make_problem(name)
     if linear_gaussian_parts(problem) is None:
         return run_without_closed_form(problem, args)
-    train = {"seed": args.seed}
-    if args.epochs:
-        train["num_epochs"] = args.epochs
-    cvae, result, fit_seconds = fit_problem(problem, train=train)
-    x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
+    cvae, result, fit_seconds, x_true, y_obs = fit_and_hold_out(problem, args)
     exact = exact_posterior(problem, y_obs)
     reference = cvae.x_standardiser.mean
     cfg = cvae.config
@@ -123,16 +148,12 @@ def run(name, args):
         f"{cfg.latent_dim}, x whitening {cfg.x_whitening}, likelihood {cfg.likelihood}; "
         f"fit {fit_seconds:.0f} s; {args.num_heldout} held-out observations"
     )
-    start = time.perf_counter()
-    amortized = draw_posterior(cvae, y_obs, args.num_samples, seed=args.seed).x
-    amortized_seconds = time.perf_counter() - start
+    amortized, amortized_seconds, imp, is_seconds, resampled = draw_and_correct(
+        cvae, problem, y_obs, args
+    )
     score("amortized", amortized, x_true, y_obs, problem, exact, reference)
     exact_draws = exact.sample(args.num_samples, torch.Generator().manual_seed(args.seed))
     score("exact draws", exact_draws, x_true, y_obs, problem, exact, reference)
-    start = time.perf_counter()
-    imp = importance_sample(cvae, problem, y_obs, args.is_samples, seed=args.seed)
-    is_seconds = time.perf_counter() - start
-    resampled = imp.resample(args.num_samples, torch.Generator().manual_seed(args.seed))
     score("importance (resampled)", resampled, x_true, y_obs, problem, exact, reference)
     parts = problem.linear_gaussian()
     a = parts.matrix.double()
@@ -190,8 +211,6 @@ def run(name, args):
         k = draws.shape[1]
         sub = type(exact)(exact.mean[:k], exact.cov, tuple(problem.x_shape))
         score(f"NUTS ({precondition})", draws, x_true[:k], y_obs[:k], problem, sub, reference)
-        rhat = torch.tensor([r.rhat for r in results])
-        ess = torch.tensor([r.min_ess for r in results])
         # the rank R-hat is the larger of the bulk and the folded (tail) R-hat: report both,
         # with the tail ESS (of |x - median|) that the folded one follows
         parts = [tail_diagnostics(r) for r in results]
@@ -204,15 +223,7 @@ def run(name, args):
             f"{sum(r.converged for r in results)}/{len(results)}; tree depth median "
             f"{float(np.median(depth)):.0f}"
         )
-        secs = torch.tensor([r.seconds for r in results])
-        evals = torch.tensor([float(r.num_evaluations) for r in results])
-        print(
-            f"    R-hat max {rhat.max():.4f}; min ESS median {ess.median():.0f} (min "
-            f"{ess.min():.0f}); {secs.median():.1f} s per observation (median); ESS/s median "
-            f"{(ess / secs).median():.1f}; ESS per 1000 evaluations median "
-            f"{(1000 * ess / evals).median():.2f}; divergences "
-            f"{sum(r.divergences for r in results)}"
-        )
+        print_nuts_stats(results)
     if rows["amortized"] and rows["current"]:
         new, cur = rows["amortized"], rows["current"]
 
@@ -297,11 +308,7 @@ def print_nuts_stats(results):
 
 def run_without_closed_form(problem, args):
     """Amortized against importance-sampled against NUTS draws, no exact posterior."""
-    train = {"seed": args.seed}
-    if args.epochs:
-        train["num_epochs"] = args.epochs
-    cvae, result, fit_seconds = fit_problem(problem, train=train)
-    x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
+    cvae, result, fit_seconds, x_true, y_obs = fit_and_hold_out(problem, args)
     reference = cvae.x_standardiser.mean
     cfg = cvae.config
     print(
@@ -310,14 +317,10 @@ def run_without_closed_form(problem, args):
         f"{cfg.latent_dim}, likelihood {cfg.likelihood}, linear skip {cfg.linear_skip}; fit "
         f"{fit_seconds:.0f} s; {args.num_heldout} held-out observations"
     )
-    start = time.perf_counter()
-    amortized = draw_posterior(cvae, y_obs, args.num_samples, seed=args.seed).x
-    amortized_seconds = time.perf_counter() - start
+    amortized, amortized_seconds, imp, is_seconds, resampled = draw_and_correct(
+        cvae, problem, y_obs, args
+    )
     score("amortized", amortized, x_true, y_obs, problem, None, reference)
-    start = time.perf_counter()
-    imp = importance_sample(cvae, problem, y_obs, args.is_samples, seed=args.seed)
-    is_seconds = time.perf_counter() - start
-    resampled = imp.resample(args.num_samples, torch.Generator().manual_seed(args.seed))
     score("importance (resampled)", resampled, x_true, y_obs, problem, None, reference)
     eff = imp.sample_efficiency
     outside = int((~torch.isfinite(imp.log_weight)).sum())
