@@ -47,6 +47,16 @@ def _torchrun(args: list[str], cwd: Path, *paths: Path, timeout: float = 300):
                           timeout=timeout)  # fmt: skip
 
 
+def _fit_one_and_two_ranks(args: list[str], cwd: Path) -> None:
+    """Run ``ppl-cvae ARGS`` in one process (``--out one``), then on 2 torchrun ranks (``two``)."""
+    command = [sys.executable, "-m", "ppl_cvae.cli", *args, "--out", "one"]
+    one = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = _torchrun([*args, "--out", "two"], cwd)
+    assert two.returncode == 0, two.stderr[-2000:]
+
+
 @pytest.mark.parametrize("num", [0, 1, 2, 5, 100, 101])
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_shards_cover_every_row_once(num, world):
@@ -65,13 +75,7 @@ def test_two_gloo_processes_take_the_steps_of_one(tmp_path):
     # pairs in memory: under torchrun a resimulated run (linear_gaussian's default) divides the
     # simulation over the ranks and so trains on other pairs than one process (tested below)
     args = [*TINY_NPE, "--no-resimulate"]
-    command = [sys.executable, "-m", "ppl_cvae.cli", *args, "--out", "one"]
-    one = subprocess.run(
-        command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
-    )
-    assert one.returncode == 0, one.stderr
-    two = _torchrun([*args, "--out", "two"], tmp_path)
-    assert two.returncode == 0, two.stderr[-2000:]
+    _fit_one_and_two_ranks(args, tmp_path)
     rows = [
         [line.split(",") for line in (tmp_path / run / "metrics.csv").read_text().splitlines()]
         for run in ("one", "two")
@@ -156,13 +160,7 @@ def test_ranks_stream_their_own_share_of_each_minibatch(tmp_path):
     at validation losses 1.92, 2.03 and 2.05 nats (sd 0.07); the tolerance is 4 sd.
     """
     args = [*TINY_NPE, "--stream", "--num-train", "1200", "--epochs", "3"]
-    command = [sys.executable, "-m", "ppl_cvae.cli", *args, "--out", "one"]
-    one = subprocess.run(
-        command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
-    )
-    assert one.returncode == 0, one.stderr
-    two = _torchrun([*args, "--out", "two"], tmp_path)
-    assert two.returncode == 0, two.stderr[-2000:]
+    _fit_one_and_two_ranks(args, tmp_path)
     payload = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
     state = payload["extra"]["data_source"]["stream"]["state"]
     assert state["world_size"] == 2 and state["rank"] == 0 and state["batch_size"] == 50
