@@ -55,6 +55,7 @@ from torch.distributions import (
 )
 
 from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.problems.priors._checks import check_num_draws
 from ppl_cvae.problems.priors.gaussian_field import GaussianRandomField, Kernel
 
 __all__ = ["BoundedGaussianField", "logit_normal_std"]
@@ -261,8 +262,7 @@ class BoundedGaussianField:
         ConfigError
             If ``num`` is negative.
         """
-        if num < 0:
-            raise ConfigError(f"num must be >= 0, got {num}")
+        check_num_draws(num)
         e = torch.randn(num, self.num_cells, generator=generator, dtype=torch.float64)
         u = self.latent_mean + e @ self.latent.cholesky().T
         x = self.transform(u).to(torch.float32)

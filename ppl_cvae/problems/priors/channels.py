@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from ppl_cvae.errors import ConfigError
+from ppl_cvae.problems.priors._checks import check_num_draws, is_number
 
 __all__ = ["ChannelField"]
 
@@ -27,11 +28,6 @@ _DEFAULT_WIDTH = (0.08, 0.12)
 _DEFAULT_AMPLITUDE = (0.05, 0.10)
 _DEFAULT_ANGLES = (0.0, 90.0)
 _DEFAULT_ANGLE_SPREAD = 30.0
-
-
-def _is_number(value: object) -> bool:
-    """Return True for a real number (int or float, not bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_count_range(min_value: int, max_value: int, names: tuple[str, str]) -> None:
@@ -48,19 +44,19 @@ def _check_count_range(min_value: int, max_value: int, names: tuple[str, str]) -
 
 def _check_angles(value: object, name: str) -> tuple[float, ...]:
     """Return ``value`` (a number or a non-empty sequence of finite degrees) as a float tuple."""
-    items = [value] if _is_number(value) else value
+    items = [value] if is_number(value) else value
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or len(items) == 0:
         raise ConfigError(
             f"{name} must be an angle or a non-empty list of angles in degrees, got {value!r}"
         )
-    if not all(_is_number(a) and math.isfinite(a) for a in items):
+    if not all(is_number(a) and math.isfinite(a) for a in items):
         raise ConfigError(f"{name} must hold finite angles in degrees, got {value!r}")
     return tuple(float(a) for a in items)
 
 
 def _check_angle_spread(value: object, name: str) -> float:
     """Return ``value`` as a float if it is a number in [0, 90] (degrees)."""
-    if not (_is_number(value) and 0 <= value <= 90):  # type: ignore[operator]
+    if not (is_number(value) and 0 <= value <= 90):  # type: ignore[operator]
         raise ConfigError(f"{name} must be a number of degrees in [0, 90], got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
@@ -72,14 +68,14 @@ def _check_interval(value: object, name: str, positive: bool) -> tuple[float, fl
     """
     if value is None:
         return None
-    pair = [value, value] if _is_number(value) else value
+    pair = [value, value] if is_number(value) else value
     bound = "> 0" if positive else ">= 0"
     if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
         raise ConfigError(
             f"{name} must be None, a length in m or a pair (low, high) in m, got {value!r}"
         )
     low, high = pair
-    if not all(_is_number(v) and math.isfinite(v) for v in (low, high)):
+    if not all(is_number(v) and math.isfinite(v) for v in (low, high)):
         raise ConfigError(f"{name} must hold finite lengths in m, got {value!r}")
     if not ((low > 0) if positive else (low >= 0)) or high < low:
         raise ConfigError(f"{name} must satisfy {bound} low <= high (in m), got {value!r}")
@@ -201,7 +197,7 @@ class ChannelField:
         _check_count_range(min_channels, max_channels, ("min_channels", "max_channels"))
         values = (("channel_value", channel_value), ("background_value", background_value))
         for key, value in values:
-            if not (_is_number(value) and math.isfinite(value)):
+            if not (is_number(value) and math.isfinite(value)):
                 raise ConfigError(f"{key} must be a finite number, got {value!r}")
         self.angles = _check_angles(angles, "angles")
         self.angle_spread = _check_angle_spread(angle_spread, "angle_spread")
@@ -231,8 +227,7 @@ class ChannelField:
         ConfigError
             If ``num`` is negative.
         """
-        if num < 0:
-            raise ConfigError(f"num must be >= 0, got {num}")
+        check_num_draws(num)
         c = self.max_channels
         k = c - self.min_channels + 1  # number of possible counts
         u = torch.rand(num, c, 8, generator=generator, dtype=torch.float64)

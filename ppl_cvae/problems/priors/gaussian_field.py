@@ -16,16 +16,12 @@ from typing import Literal
 import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.problems.priors._checks import check_num_draws, is_number
 
 __all__ = ["CORRELATION_KERNELS", "GaussianRandomField", "Kernel"]
 
 Kernel = Literal["exponential", "gaussian", "matern32", "matern52"]
 CORRELATION_KERNELS: tuple[str, ...] = ("exponential", "gaussian", "matern32", "matern52")
-
-
-def _is_number(value: object) -> bool:
-    """Return True for a real number (int or float, not bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _correlation(h: torch.Tensor, kernel: str) -> torch.Tensor:
@@ -104,11 +100,11 @@ class GaussianRandomField:
         if not axes or any(len(a) == 0 for a in axes):
             raise ConfigError("a random field needs at least one non-empty axis of coordinates")
         for key, value in (("sill", sill), ("correlation_length", correlation_length)):
-            if not (_is_number(value) and math.isfinite(value) and value > 0):
+            if not (is_number(value) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
-        if not (_is_number(mean) and math.isfinite(mean)):
+        if not (is_number(mean) and math.isfinite(mean)):
             raise ConfigError(f"mean must be a finite number, got {mean!r}")
-        if not (_is_number(jitter) and math.isfinite(jitter) and jitter >= 0):
+        if not (is_number(jitter) and math.isfinite(jitter) and jitter >= 0):
             raise ConfigError(f"jitter must be a finite number >= 0, got {jitter!r}")
         if kernel not in CORRELATION_KERNELS:
             raise ConfigError(f"unknown kernel {kernel!r}; expected one of {CORRELATION_KERNELS}")
@@ -163,8 +159,7 @@ class GaussianRandomField:
         ConfigError
             If ``num`` is negative.
         """
-        if num < 0:
-            raise ConfigError(f"num must be >= 0, got {num}")
+        check_num_draws(num)
         e = torch.randn(num, self.num_cells, generator=generator, dtype=torch.float64)
         x = self.mean + e @ self.cholesky().T
         return x.to(torch.float32).reshape(num, *self.shape)
