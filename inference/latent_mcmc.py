@@ -466,7 +466,7 @@ def sample_latent_nuts(
     from inference.arviz_io import with_chains
     from inference.mcmc import preconditioner_draws
     from inference.posterior import as_observation_batch, draw_posterior
-    from inference.sample import inference_data_from_draws
+    from inference.sample import inference_data_from_draws, stack_chains
 
     problem = as_problem(problem)
     check_generative_prior(generative_prior, problem)
@@ -503,11 +503,9 @@ def sample_latent_nuts(
                 seed=base_seed,
             )
         )
-    # (chains, draws, M, ...) stored chain after chain along draw, then split into chains
-    x = torch.stack([r.x for r in results], dim=2)
-    x = x.reshape(chains * per_chain, *x.shape[2:])
-    z = torch.stack([r.z for r in results], dim=2)
-    z = z.reshape(chains * per_chain, *z.shape[2:])
+    # stored chain after chain along draw, then split into chains
+    x = stack_chains([r.x for r in results])
+    z = stack_chains([r.z for r in results])
     stats = {
         "rhat": torch.tensor([r.rhat for r in results]),
         "ess_bulk": torch.tensor([r.min_ess for r in results]),

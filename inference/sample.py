@@ -50,6 +50,7 @@ __all__ = [
     "inference_data_from_draws",
     "sample_posterior",
     "sample_posterior_to_netcdf",
+    "stack_chains",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,37 @@ IN_MEMORY_BYTES = 2**30
 
 _DRAW_GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
 """Groups with a ``draw`` dim: the ones a streamed file appends to."""
+
+
+def stack_chains(per_observation: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack the Markov chains of each observation into one draw axis, chain after chain.
+
+    Parameters
+    ----------
+    per_observation : sequence of Tensor, each shape (chains, draws, *event_shape)
+        One entry per observation ``m = 0 .. M-1``, e.g. the ``x`` or ``z`` of the MCMC
+        results of :func:`~inference.mcmc.nuts_sample` or
+        :func:`~inference.latent_mcmc.latent_nuts_sample`.
+
+    Returns
+    -------
+    Tensor, shape (chains * draws, M, *event_shape)
+        Row ``c * draws + d`` holds draw ``d`` of chain ``c``: the layout of
+        :func:`inference_data_from_draws` that :func:`~inference.arviz_io.with_chains` splits
+        back into ``chains`` chains.
+
+    Raises
+    ------
+    RuntimeError
+        From :func:`torch.stack`, if the entries differ in shape or there are none.
+
+    Examples
+    --------
+    >>> stack_chains([torch.zeros(2, 3, 4), torch.ones(2, 3, 4)]).shape
+    torch.Size([6, 2, 4])
+    """
+    stacked = torch.stack(list(per_observation), dim=2)  # (chains, draws, M, *event_shape)
+    return stacked.flatten(0, 1)
 
 
 def inference_data_from_draws(
@@ -828,9 +860,8 @@ def sample_corrected(
                 precondition=correction.preconditioner,
             )
         )
-    # (chains, draws, M, ...) stored chain after chain along draw, then split into chains
-    x = torch.stack([r.x for r in results], dim=2)
-    x = x.reshape(chains * per_chain, *x.shape[2:])
+    # stored chain after chain along draw, then split into chains
+    x = stack_chains([r.x for r in results])
     stats = {
         "rhat": torch.tensor([r.rhat for r in results]),
         "rhat_threshold": torch.tensor([r.rhat_threshold for r in results]),
