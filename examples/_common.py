@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from inference.plots import plot_latent_scatter
+from ppl_cvae import ModelConfig
 
 
 def parser(doc: str, default_out: str | None) -> argparse.ArgumentParser:
@@ -32,6 +33,27 @@ def digits_parser(doc: str, latent_dim: int, default_out: str) -> argparse.Argum
     p.add_argument("--latent-dim", type=int, default=latent_dim)
     p.add_argument("--network", choices=["mlp", "conv2d"], default="mlp")
     return p
+
+
+def digits_config(args: argparse.Namespace, conditional: bool) -> ModelConfig:
+    """Return the digits examples' model: 8x8 Bernoulli pixels, two hidden layers of 128.
+
+    ``args.latent_dim`` and ``args.network`` (``mlp`` or ``conv2d``, channels 16 and 32,
+    64 features) from :func:`digits_parser`. ``conditional``: a one-hot digit label ``y``
+    of shape ``(10,)`` with a learned prior net ``p(z | y)``; else a VAE with
+    ``z ~ N(0, I)``.
+    """
+    return ModelConfig(
+        x_shape=(8, 8),
+        y_shape=(10,) if conditional else None,
+        latent_dim=args.latent_dim,
+        hidden_dims=(128, 128),
+        likelihood="bernoulli",
+        network=args.network,
+        conv_channels=(16, 32),
+        feature_dim=64,
+        prior="learned" if conditional else "standard_normal",
+    )
 
 
 def finish_digits(

@@ -19,29 +19,18 @@ import argparse
 from pathlib import Path
 
 import torch
-from _common import digits_parser, finish_digits
+from _common import digits_config, digits_parser, finish_digits
 
 from inference.images import EpochFrames, samples_at
 from inference.plots import plot_image_grid, plot_loss
-from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae import TrainConfig, build_cvae, fit
 from ppl_cvae.data.datasets import load_dataset, one_hot
 from ppl_cvae.train import negative_elbo
 
 
 def train(x, y, args, out: Path, grid_y):
     """Fit one model (CVAE if ``y`` is given, else VAE) with per-epoch frames."""
-    cfg = ModelConfig(
-        x_shape=(8, 8),
-        y_shape=None if y is None else (10,),
-        latent_dim=args.latent_dim,
-        hidden_dims=(128, 128),
-        likelihood="bernoulli",
-        network=args.network,
-        conv_channels=(16, 32),
-        feature_dim=64,
-        prior="learned" if y is not None else "standard_normal",
-    )
-    model = build_cvae(cfg, x, y)
+    model = build_cvae(digits_config(args, conditional=y is not None), x, y)
     eps = torch.randn(80, args.latent_dim, generator=torch.Generator().manual_seed(args.seed))
     frames = EpochFrames(
         out / "frames",

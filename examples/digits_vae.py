@@ -19,11 +19,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from _common import digits_parser, finish_digits
+from _common import digits_config, digits_parser, finish_digits
 
 from inference.images import EpochFrames
 from inference.plots import plot_loss
-from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae import TrainConfig, build_cvae, fit
 from ppl_cvae.data.datasets import load_dataset
 from ppl_cvae.train import negative_elbo
 
@@ -37,18 +37,7 @@ def main(args: argparse.Namespace) -> dict:
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     test, train = perm[:300], perm[300:]
     epochs = 2 if args.smoke else args.epochs
-    cfg = ModelConfig(
-        x_shape=(8, 8),
-        y_shape=None,
-        prior="standard_normal",
-        latent_dim=args.latent_dim,
-        hidden_dims=(128, 128),
-        likelihood="bernoulli",
-        network=args.network,
-        conv_channels=(16, 32),
-        feature_dim=64,
-    )
-    vae = build_cvae(cfg, x[train], None)
+    vae = build_cvae(digits_config(args, conditional=False), x[train], None)
     eps = torch.randn(64, args.latent_dim, generator=torch.Generator().manual_seed(args.seed))
     frames = EpochFrames(
         out / "frames", x[test[:10]], None, eps, None, grid=(8, 8), every=max(1, epochs // 10)
