@@ -20,6 +20,7 @@ About 12 minutes on 2 CPU cores with the default budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import warnings
 from pathlib import Path
@@ -91,45 +92,43 @@ def run(functions, args):
         f"{ref.mode_coverage:.3f} (sd {ref.mode_coverage_sd:.3f}), "
         f"modes hit {ref.mean_modes_hit:.2f}"
     )
-    start = time.perf_counter()
-    draws = draw_posterior(cvae, y_test, 30, seed=args.seed)
-    seconds = time.perf_counter() - start
-    report(
-        "amortized",
-        score_samples(draws.x, y_test, problem.functions, exact_solutions=solutions),
-        seconds,
-    )
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+
+    def timed(label, draw, quiet=False):
+        """Time ``draw() -> (x, accepted or None)`` (warnings off if ``quiet``), print its row."""
+        start = time.perf_counter()
+        with warnings.catch_warnings() if quiet else contextlib.nullcontext():
+            if quiet:
+                warnings.simplefilter("ignore")
+            x, accepted = draw()
+        seconds = time.perf_counter() - start
+        report(
+            label, score_samples(x, y_test, problem.functions, exact_solutions=solutions), seconds
+        )
+        if accepted is not None:
+            print(f"  accepted fraction {accepted.float().mean():.3f}")
+
+    def corrected():
         refined, accepted = refine_and_accept(
             cvae, y_test, 30, problem, oversample=4, max_misfit=1.0, seed=args.seed
         )
-    seconds = time.perf_counter() - start
-    report(
-        "refined + accepted",
-        score_samples(refined.x, y_test, problem.functions, exact_solutions=solutions),
-        seconds,
-    )
-    print(f"  accepted fraction {accepted.float().mean():.3f}")
+        return refined.x, accepted
+
+    timed("amortized", lambda: (draw_posterior(cvae, y_test, 30, seed=args.seed).x, None))
+    timed("refined + accepted", corrected, quiet=True)
     # ablation: the same refinement and acceptance from prior draws instead of the CVAE
     gen = torch.Generator().manual_seed(args.seed)
     prior_x = problem.sample_prior(4 * 30 * y_test.shape[0], gen).reshape(120, -1, 1, 50, 2)
     candidates = PosteriorDraws(
         x=prior_x, z=torch.zeros(*prior_x.shape[:2], 1), y_rep=None, decoder_noise=False
     )
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        refined = refine_by_misfit(candidates, y_test, problem)
-        kept, accepted = accept_by_misfit(refined, y_test, problem, 30, 1.0)
-    seconds = time.perf_counter() - start
-    report(
-        "ablation, prior draws refined + accepted",
-        score_samples(kept.x, y_test, problem.functions, exact_solutions=solutions),
-        seconds,
-    )
-    print(f"  accepted fraction {accepted.float().mean():.3f}")
+
+    def ablation():
+        kept, accepted = accept_by_misfit(
+            refine_by_misfit(candidates, y_test, problem), y_test, problem, 30, 1.0
+        )
+        return kept.x, accepted
+
+    timed("ablation, prior draws refined + accepted", ablation, quiet=True)
 
 
 def anchor():
