@@ -110,13 +110,12 @@ def test_nuts_posterior_file_carries_the_sampler_statistics(tmp_path, capsys):
         assert bfmi.shape == (2,) and np.isfinite(bfmi).all() and (bfmi > 0).all()
 
 
-@pytest.mark.parametrize(
-    "flag, expected",
-    [([], False), (["--no-adapt-mass-matrix"], False), (["--adapt-mass-matrix"], True)],
-)
-def test_cli_nuts_passes_the_mass_matrix_choice(tmp_path, capsys, monkeypatch, flag, expected):
-    """``--adapt-mass-matrix`` reaches :func:`inference.mcmc.nuts_sample`; by default (and
-    with ``--no-adapt-mass-matrix``) the warm-up adapts the step size only."""
+def _cli_run_with_nuts_spy(tmp_path, monkeypatch, keyword):
+    """Fit a tiny linear-Gaussian run and simulate one observation with the CLI; spy on NUTS.
+
+    Returns ``(run, obs, seen)``: the run folder, the observation file and a list that collects
+    the ``keyword`` argument of each later :func:`inference.mcmc.nuts_sample` call.
+    """
     import inference.mcmc as mcmc
     from ppl_cvae.cli import main
     from tests.conftest import TINY_FIT
@@ -125,7 +124,7 @@ def test_cli_nuts_passes_the_mass_matrix_choice(tmp_path, capsys, monkeypatch, f
     original = mcmc.nuts_sample
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["adapt_mass_matrix"])
+        seen.append(kwargs[keyword])
         return original(*args, **kwargs)
 
     monkeypatch.setattr(mcmc, "nuts_sample", spy)
@@ -133,6 +132,19 @@ def test_cli_nuts_passes_the_mass_matrix_choice(tmp_path, capsys, monkeypatch, f
     lg = ["--problem", "linear_gaussian"]
     assert main(["fit", *lg, "--out", str(run), *TINY_FIT]) == 0
     assert main(["simulate", *lg, "--num", "1", "--out", str(obs)]) == 0
+    return run, obs, seen
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [([], False), (["--no-adapt-mass-matrix"], False), (["--adapt-mass-matrix"], True)],
+)
+def test_cli_nuts_passes_the_mass_matrix_choice(tmp_path, capsys, monkeypatch, flag, expected):
+    """``--adapt-mass-matrix`` reaches :func:`inference.mcmc.nuts_sample`; by default (and
+    with ``--no-adapt-mass-matrix``) the warm-up adapts the step size only."""
+    from ppl_cvae.cli import main
+
+    run, obs, seen = _cli_run_with_nuts_spy(tmp_path, monkeypatch, "adapt_mass_matrix")
     assert main(["sample", str(run), "--observation", str(obs), "--method", "nuts",
                  "--num-samples", "20", "--chains", "2", "--warmup", "10", *flag,
                  "--out", str(tmp_path / "nuts.nc")]) == 0
@@ -146,23 +158,11 @@ def test_cli_nuts_passes_the_mass_matrix_choice(tmp_path, capsys, monkeypatch, f
 def test_cli_nuts_passes_the_preconditioner(tmp_path, capsys, monkeypatch, flag, expected):
     """``--preconditioner`` reaches :func:`inference.mcmc.nuts_sample` and the file's attrs;
     with another method it is refused."""
-    import inference.mcmc as mcmc
     from inference.arviz_io import load_inference_data
     from ppl_cvae.cli import main
-    from tests.conftest import TINY_FIT
 
-    seen = []
-    original = mcmc.nuts_sample
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["precondition"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(mcmc, "nuts_sample", spy)
-    run, obs, out = tmp_path / "run", tmp_path / "obs.npz", tmp_path / "nuts.nc"
-    lg = ["--problem", "linear_gaussian"]
-    assert main(["fit", *lg, "--out", str(run), *TINY_FIT]) == 0
-    assert main(["simulate", *lg, "--num", "1", "--out", str(obs)]) == 0
+    run, obs, seen = _cli_run_with_nuts_spy(tmp_path, monkeypatch, "precondition")
+    out = tmp_path / "nuts.nc"
     sample = ["sample", str(run), "--observation", str(obs), "--num-samples", "20"]
     assert main([*sample, "--method", "nuts", "--chains", "2", "--warmup", "10", *flag,
                  "--out", str(out)]) == 0
