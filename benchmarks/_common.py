@@ -27,9 +27,14 @@ def train_overrides(seed: int, epochs: int | None) -> dict[str, Any]:
     return train
 
 
-def set_flags(args: Any, keys: Iterable[str]) -> dict[str, Any]:
-    """Return ``{key: args.key}`` for the ``keys`` whose flag was given (is not None)."""
-    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+def set_flags(args: Any, keys: Iterable[str | tuple[str, str]]) -> dict[str, Any]:
+    """Return ``{key: args.flag}`` for the flags that were given (are not None).
+
+    Each entry of ``keys`` is a flag's attribute name, used as the key too, or a pair
+    ``(flag, key)`` for a flag named otherwise (``("epochs", "num_epochs")``).
+    """
+    pairs = [(k, k) if isinstance(k, str) else k for k in keys]
+    return {key: getattr(args, flag) for flag, key in pairs if getattr(args, flag) is not None}
 
 
 def fit_resimulated(

@@ -47,7 +47,7 @@ import argparse
 import time
 
 import torch
-from _common import print_reliability_table
+from _common import print_reliability_table, set_flags
 
 from inference.diagnostics.coverage import run_evaluation
 from inference.diagnostics.facies import mode_accuracy, run_reliability
@@ -59,26 +59,11 @@ from ppl_cvae.problems import make_problem
 def overrides(args, likelihood):
     """Model and train overrides of the recommended settings from the flags."""
     model = {"likelihood": likelihood}
-    for flag, key in (
-        ("latent_dim", "latent_dim"),
-        ("hidden_dims", "hidden_dims"),
-        ("network", "network"),
-        ("conv_channels", "conv_channels"),
-        ("feature_dim", "feature_dim"),
-    ):
-        if getattr(args, flag) is not None:
-            model[key] = getattr(args, flag)
+    model |= set_flags(args, ["latent_dim", "hidden_dims", "network", "conv_channels",
+                              "feature_dim"])
     train = {"seed": args.seed}
-    for flag, key in (
-        ("epochs", "num_epochs"),
-        ("num_train", "num_train"),
-        ("physics_weight", "physics_weight"),
-        ("kl_warmup_epochs", "kl_warmup_epochs"),
-        ("batch_size", "batch_size"),
-        ("learning_rate", "learning_rate"),
-    ):
-        if getattr(args, flag) is not None:
-            train[key] = getattr(args, flag)
+    train |= set_flags(args, [("epochs", "num_epochs"), "num_train", "physics_weight",
+                              "kl_warmup_epochs", "batch_size", "learning_rate"])
     return model, train
 
 
