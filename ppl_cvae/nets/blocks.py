@@ -112,6 +112,12 @@ class FlattenMLP(nn.Module):
         return out.reshape(*batch, -1)
 
 
+def _check_stages(channels: Sequence[int]) -> None:
+    """Raise ConfigError if ``channels`` (conv_channels) names no convolution stage."""
+    if not channels:
+        raise ConfigError("conv_channels must name at least one convolution stage")
+
+
 def _length_channels(shape: tuple[int, ...]) -> tuple[int, int]:
     core = [s for s in shape if s != 1] if math.prod(shape) > 1 else [1]
     if len(core) == 1:
@@ -148,8 +154,7 @@ class Conv1dEncoder(nn.Module):
         kernel_size: int = 5,
     ) -> None:
         super().__init__()
-        if not channels:
-            raise ConfigError("conv_channels must name at least one convolution stage")
+        _check_stages(channels)
         self.in_shape = tuple(in_shape)
         self.length, self.in_channels = _length_channels(self.in_shape)
         layers: list[nn.Module] = []
@@ -193,8 +198,7 @@ class Conv1dDecoder(nn.Module):
         kernel_size: int = 5,
     ) -> None:
         super().__init__()
-        if not channels:
-            raise ConfigError("conv_channels must name at least one convolution stage")
+        _check_stages(channels)
         self.out_shape = tuple(out_shape)
         self.length, self.out_channels = _length_channels(self.out_shape)
         self.num_params = num_params
@@ -248,8 +252,7 @@ def _checked_grid(
             f"a 2-D convolutional {what} needs an event shape (H, W) or (C, H, W) with "
             f"H, W >= 4, got {shape}"
         )
-    if not channels:
-        raise ConfigError("conv_channels must name at least one convolution stage")
+    _check_stages(channels)
     return grid
 
 
