@@ -769,6 +769,7 @@ def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
 
 
 def main_cli() -> int:
+    global THREADS, CASE_TIMEOUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--verbose", action="store_true")
@@ -777,7 +778,6 @@ def main_cli() -> int:
     parser.add_argument("--case-timeout", type=int, default=CASE_TIMEOUT,
                         help="seconds before a case counts as a hang")
     args = parser.parse_args()
-    global THREADS, CASE_TIMEOUT
     THREADS, CASE_TIMEOUT = args.threads, args.case_timeout
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
