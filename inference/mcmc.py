@@ -853,11 +853,6 @@ def nuts_sample(
             "need num_samples >= 1, warmup_steps >= 0, num_chains >= 1 and num_cores >= 1, "
             f"got {num_samples}, {warmup_steps}, {num_chains}, {num_cores}"
         )
-    if num_samples < MIN_DRAWS_PER_CHAIN:
-        raise ConfigError(
-            f"num_samples={num_samples} draws per chain; the split R-hat and the ESS of a chain "
-            f"need at least {MIN_DRAWS_PER_CHAIN}"
-        )
     if max_tree_depth < 1:
         raise ConfigError(f"max_tree_depth must be >= 1, got {max_tree_depth}")
     problem = as_problem(problem)
@@ -875,6 +870,11 @@ def nuts_sample(
     log_target = _log_target(problem, y64)
     with torch.no_grad():  # fails here, in this process, for a problem without a density
         log_target((par.from_x(init[:1]) if par is not None else init[:1].flatten(1)).double())
+    if num_samples < MIN_DRAWS_PER_CHAIN:
+        raise ConfigError(
+            f"num_samples={num_samples} draws per chain; the split R-hat and the ESS of a chain "
+            f"need at least {MIN_DRAWS_PER_CHAIN}"
+        )
 
     with torch.no_grad():
         start = (par.from_x(init) if par is not None else init.flatten(1)).double()
