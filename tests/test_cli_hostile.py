@@ -247,3 +247,36 @@ def test_nuts_needs_four_draws_per_chain_and_memory_for_them():
         sample_corrected(cvae, y[0], 5, problem, nuts)
     with pytest.raises(ResourceError, match="NUTS draws"):
         sample_corrected(cvae, y[0], 10**12, problem, nuts)
+
+
+def test_a_state_recorded_with_more_workers_than_here_resumes_with_the_cap(
+    tmp_path, monkeypatch, capsys, caplog
+):
+    """A stream run saved with 1 worker, resumed where the cap is 0: it continues in-process."""
+    import pyro
+
+    import ppl_cvae.train.sources as sources
+
+    run = tmp_path / "run"
+    original, calls = pyro.infer.SVI.step, {"n": 0}
+
+    def step(self, *args, **kwargs):  # Ctrl-C after 3 steps (saved after each)
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(pyro.infer.SVI, "step", step)
+        argv = ["fit", "--problem", "linear_gaussian", "--stream", "--workers", "1", "--out",
+                str(run), "--checkpoint-every", "1", *TINY[:1], "2", *TINY[2:]]
+        assert main(argv) == 130
+        monkeypatch.undo()
+        monkeypatch.setattr(sources, "max_stream_workers", lambda: 0)
+        assert main(["fit", "--resume", str(run), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "fitted with 1 simulation workers; this machine runs at most 0" in warned
+    assert (run / "model.pt").is_file()
