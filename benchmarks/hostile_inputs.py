@@ -11,8 +11,15 @@ observation file, a posterior file, training pairs) and passes when:
 - every file that existed before is byte-for-byte unchanged (inputs are never lost), and no
   hidden temporary is left behind.
 
-Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose]`` (about 90 s on 2
-cores). Exit status 1 when a case fails.
+The newest features have their own categories (:func:`new_feature_cases`): ``fit --resume``
+of finished, damaged, forged, changed or busy runs; ``--stream --workers`` with too many
+workers or a user's simulator returning the wrong type, dtype, shape, NaN or inf, raising,
+or ignoring its generator; lazily read files of every dtype, with NaN rows, mismatched or zero
+rows, empty folders, NetCDF without ``x``/``y``, Zarr without zarr; ``sample --method nuts``
+with bad counts and preconditioners; flow-layer flags without their flow.
+
+Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
+(about 3 minutes on 2 cores). Exit status 1 when a case fails.
 """
 
 from __future__ import annotations
@@ -35,11 +42,24 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ppl_cvae.cli import main
+
+THREADS = 1
+CASE_TIMEOUT = 300
+"""Seconds a case may run before it counts as a hang (``--case-timeout``)."""
+
+
+class Hung(Exception):
+    """Raised by SIGALRM in a case that ran past :data:`CASE_TIMEOUT`."""
+
+
+def _hung(signum: int, frame: Any) -> None:
+    raise Hung
 
 TINY = ["--epochs", "1", "--num-train", "128", "--batch-size", "64", "--hidden-dims", "8",
         "--latent-dim", "2", "--quiet"]
@@ -53,6 +73,7 @@ class Case:
     expect: int = 2
     setup: Callable[[Path], None] | None = None
     subprocess_signal: bool = False
+    around: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -361,7 +382,328 @@ def cases(root: Path) -> list[Case]:
     return c
 
 
+USER_PROBLEMS = '''
+import threading
+
+import torch
+
+from ppl_cvae.data.streaming import batch_seed
+from ppl_cvae.problems.base import Problem
+
+
+class Mine(Problem):
+    name, x_shape, y_shape = "mine", (2,), (2,)
+    x_dims, y_dims, coords = ("parameter",), ("datum",), {}
+    noise_std = misfit_std = 0.1
+    has_prior_density = True
+
+    def sample_prior(self, num, generator=None):
+        return torch.randn(num, 2, generator=generator)
+
+    def forward(self, x):
+        return 2 * x
+
+    def log_prior(self, x):
+        return torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+
+
+def _changed(change):
+    class Changed(Mine):
+        def simulate(self, num, generator=None):
+            return change(*super().simulate(num, generator), generator)
+    return Changed()
+
+
+def _nan(x, y, generator):
+    y[0, 0] = float("nan")
+    return x, y
+
+
+def _nan_in_minibatch_1(x, y, generator):  # seed 0: only stream minibatch 1 (the second) is bad
+    if generator is not None and generator.initial_seed() == batch_seed(0, 1):
+        y[0, 0] = float("nan")
+    return x, y
+
+
+def _inf(x, y, generator):
+    x[-1, 1] = float("inf")
+    return x, y
+
+
+def _raise(x, y, generator):
+    raise ValueError("solver did not converge")
+
+
+class Locked(Mine):
+    def __init__(self):
+        self.lock = threading.Lock()  # cannot be pickled
+
+
+def event_shape(): return _changed(lambda x, y, g: (x, y[:, :1]))
+def rows(): return _changed(lambda x, y, g: (x, y[:-1]))
+def float64(): return _changed(lambda x, y, g: (x.double(), y.double()))
+def integers(): return _changed(lambda x, y, g: ((10 * x).long(), y))
+def nan(): return _changed(_nan)
+def inf(): return _changed(_inf)
+def nan_in_minibatch_1(): return _changed(_nan_in_minibatch_1)
+def numpy(): return _changed(lambda x, y, g: (x.numpy(), y.numpy()))
+def not_a_pair(): return _changed(lambda x, y, g: torch.cat([x, y], 1))
+def raises(): return _changed(_raise)
+def global_rng(): return _changed(lambda x, y, g: Mine().simulate(len(x), None))
+def unpicklable(): return Locked()
+def mine(): return Mine()
+'''
+
+RESUME_FIT = ["--num-train", "200", "--batch-size", "20", "--epochs", "3", "--hidden-dims",
+              "8", "--latent-dim", "2", "--seed", "5", "--quiet", "--threads", "1",
+              "--checkpoint-every", "1"]
+
+
+def _interrupted_fit(argv: list[str]) -> None:
+    """Run ``ppl-cvae fit`` and stop it with Ctrl-C after 5 SVI steps (a state is saved)."""
+    import pyro
+
+    original = pyro.infer.SVI.step
+    calls = {"n": 0}
+
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    pyro.infer.SVI.step = step  # type: ignore[method-assign]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            assert main(argv) == 130
+    finally:
+        pyro.infer.SVI.step = original  # type: ignore[method-assign]
+        torch.set_num_threads(THREADS)
+
+
+def build_new_feature_workspace(root: Path) -> None:
+    """Interrupted runs (pairs in memory, stream, lazy folder), a user's simulators, lazy files."""
+    (root / "hostile_sim.py").write_text(USER_PROBLEMS)
+    lg = ["--problem", "linear_gaussian"]
+    assert main(["fit", *lg, "--out", str(root / "lgrun_problem"), *TINY]) == 0
+    assert main(["fit", "--problem", "hostile_sim:mine", "--out", str(root / "userrun"),
+                 *TINY]) == 0
+    assert main(["simulate", "--problem", "hostile_sim:mine", "--num", "1", "--out",
+                 str(root / "userobs.npz")]) == 0
+    _interrupted_fit(["fit", *lg, *RESUME_FIT, "--out", str(root / "int_mem")])
+    _interrupted_fit(["fit", *lg, *RESUME_FIT, "--stream", "--out", str(root / "int_stream")])
+    x, y = np.load(root / "pairs.npz")["x"], np.load(root / "pairs.npz")["y"]
+    lazy = root / "lazy_pairs"
+    lazy.mkdir()
+    np.save(lazy / "x.npy", x)
+    np.save(lazy / "y.npy", y)
+    _interrupted_fit(["fit", "--data", str(lazy), "--chunk-mb", str(16 * 7 / 2**20),
+                      *RESUME_FIT[2:], "--out", str(root / "int_lazy")])
+    raw = (root / "int_stream" / "train_state.pt").read_bytes()
+    for name, data in (("truncated", raw[: len(raw) // 2]), ("empty", b""),
+                       ("random", np.random.default_rng(1).bytes(4096))):
+        shutil.copytree(root / "int_stream", root / f"int_{name}")
+        (root / f"int_{name}" / "train_state.pt").write_bytes(data)
+    payload = torch.load(root / "int_stream" / "train_state.pt", weights_only=True)
+    for name, change in (
+        ("format", lambda p: p.update(format="ppl_cvae.train_state.v9")),
+        ("os_system", lambda p: p["record"].update(
+            problem={"name": "os:system", "command": f"touch {root}/PWNED"})),
+        ("workers", lambda p: p["record"].update(data_source={"stream": {"workers": 10**6}})),
+        ("position", lambda p: p["data_stream"].update(position=10**6)),
+    ):
+        shutil.copytree(root / "int_stream", root / f"int_{name}")
+        forged = {**payload, "record": dict(payload["record"]),
+                  "data_stream": dict(payload["data_stream"])}
+        change(forged)
+        torch.save(forged, root / f"int_{name}" / "train_state.pt")
+    (root / "no_state_run").mkdir()  # a fit's folder whose state was deleted
+    shutil.copy(root / "int_stream" / ".ppl_cvae_output.json", root / "no_state_run")
+    # lazily read files
+    rng = np.random.default_rng(2)
+    xs, ys = rng.normal(size=(200, 2)), rng.normal(size=(200, 3))
+    nan_row = xs.copy()
+    nan_row[150] = np.nan
+    inf_row = ys.copy()
+    inf_row[3, 1] = np.inf
+    for name, (a, b) in {
+        "float16": (xs.astype(np.float16), ys.astype(np.float16)),
+        "int": ((10 * xs).astype(np.int64), ys),
+        "bool": (xs > 0, ys),
+        "nan_row": (nan_row, ys),
+        "inf_row": (xs, inf_row),
+        "rows": (xs, ys[:-1]),
+        "zero_rows": (xs[:0], ys[:0]),
+        "complex": (xs + 1j, ys),
+    }.items():
+        folder = root / f"lz_{name}"
+        folder.mkdir()
+        np.save(folder / "x.npy", a)
+        np.save(folder / "y.npy", b)
+    (root / "lz_empty").mkdir()
+    import xarray as xr
+
+    xr.Dataset({"a": (("n", "k"), xs)}).to_netcdf(root / "lz_novars.nc")
+    (root / "lz_store.zarr").mkdir()
+    (root / "lz_store.zarr" / ".zgroup").write_text('{"zarr_format": 2}')
+
+
+@contextlib.contextmanager
+def _changed_file(path: Path, data: Callable[[np.ndarray], np.ndarray]) -> Any:
+    """Replace the array in ``path`` by ``data(array)`` for one case, then restore it."""
+    raw = path.read_bytes()
+    np.save(path, data(np.load(path)))
+    try:
+        yield
+    finally:
+        path.write_bytes(raw)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Any:
+    """Hold ``flock`` on a run folder, as a first ``fit --resume`` of it does.
+
+    (``ppl_cvae.train.resume.lock_run_folder``, written out here so that the case also runs
+    against versions without the lock, where the second fit went ahead.)
+    """
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def new_feature_cases(root: Path) -> list[Case]:
+    """Cases for ``fit --resume``, ``--stream --workers``, ``--lazy``, ``sample --method nuts``."""
+    r = str(root)
+    out = f"{r}/new"
+    c: list[Case] = []
+    add = c.append
+    resume = ["fit", "--resume"]
+    # fit --resume
+    cat = "fit --resume"
+    for name, argv in (
+        ("a finished run", [*resume, f"{r}/run"]),
+        ("a missing folder", [*resume, f"{r}/nope"]),
+        ("model.pt instead of the folder", [*resume, f"{r}/run/model.pt"]),
+        ("a folder no fit wrote", [*resume, f"{r}/user_folder"]),
+        ("a run folder without its state", [*resume, f"{r}/no_state_run"]),
+        ("truncated state", [*resume, f"{r}/int_truncated"]),
+        ("empty state", [*resume, f"{r}/int_empty"]),
+        ("random bytes as state", [*resume, f"{r}/int_random"]),
+        ("another state format", [*resume, f"{r}/int_format"]),
+        ("forged problem os:system", [*resume, f"{r}/int_os_system"]),
+        ("forged 10**6 workers", [*resume, f"{r}/int_workers"]),
+        ("forged stream position", [*resume, f"{r}/int_position"]),
+        ("--stream on a run in memory", [*resume, f"{r}/int_mem", "--stream"]),
+        ("--workers 2 on a run in memory", [*resume, f"{r}/int_mem", "--workers", "2"]),
+        ("--lazy on a run in memory", [*resume, f"{r}/int_mem", "--lazy"]),
+        ("--data another file", [*resume, f"{r}/int_lazy", "--data", f"{r}/pairs.npz"]),
+        ("--chunk-mb on a lazy run", [*resume, f"{r}/int_lazy", "--chunk-mb", "1"]),
+        ("--buffer-chunks on a lazy run", [*resume, f"{r}/int_lazy", "--buffer-chunks", "9"]),
+        ("--workers 10**6 on a stream", [*resume, f"{r}/int_stream", "--workers",
+                                         str(10**6)]),
+        ("--workers -1", [*resume, f"{r}/int_stream", "--workers", "-1"]),
+    ):
+        add(Case(cat, name, argv))
+    lazy_x = root / "lazy_pairs" / "x.npy"
+    for name, change in (
+        ("lazy file grown since", lambda a: np.concatenate([a, a[:7]])),
+        ("lazy file one value changed", lambda a: a + (np.arange(len(a)) == len(a) // 2)[:, None]),
+        ("lazy file rows permuted", lambda a: a[::-1].copy()),
+        ("lazy file now float64", lambda a: a.astype(np.float64)),
+    ):
+        add(Case(cat, name, [*resume, f"{r}/int_lazy"],
+                 around=lambda change=change: _changed_file(lazy_x, change)))
+    add(Case(cat, "two resumes at once", [*resume, f"{r}/int_stream"],
+             around=lambda: _locked(root / "int_stream")))
+    add(Case(cat, "fit --overwrite into a run being resumed",
+             ["fit", "--problem", "linear_gaussian", "--out", f"{r}/int_stream", "--overwrite",
+              *TINY], around=lambda: _locked(root / "int_stream")))
+    # streams and a user's simulator
+    cat = "--stream --workers, a user's simulator"
+    stream = ["fit", "--stream", "--seed", "0", "--out", out, *TINY]
+    add(Case(cat, "--workers 10**6", [*stream, "--problem", "linear_gaussian", "--workers",
+                                      str(10**6)]))
+    add(Case(cat, "--workers -1", [*stream, "--problem", "linear_gaussian", "--workers", "-1"]))
+    add(Case(cat, "--workers without --stream", ["fit", "--problem", "linear_gaussian",
+             "--workers", "2", "--out", out, *TINY]))
+    for factory, expect in (("event_shape", 2), ("rows", 2), ("nan", 2), ("inf", 2),
+                            ("numpy", 2), ("not_a_pair", 2), ("raises", 2),
+                            ("float64", 0), ("integers", 0), ("global_rng", 0)):
+        for workers in ("0", "1"):
+            add(Case(cat, f"simulate {factory}, {workers} workers",
+                     [*stream, "--problem", f"hostile_sim:{factory}", "--workers", workers],
+                     expect=expect))
+    add(Case(cat, "NaN in stream minibatch 1, in a worker",
+             [*stream, "--problem", "hostile_sim:nan_in_minibatch_1", "--workers", "1"]))
+    add(Case(cat, "NaN in stream minibatch 1, no worker",
+             [*stream, "--problem", "hostile_sim:nan_in_minibatch_1"]))
+    add(Case(cat, "simulator that cannot be pickled, 1 worker",
+             [*stream, "--problem", "hostile_sim:unpicklable", "--workers", "1"], expect=0))
+    add(Case(cat, "--resimulate with NaN", ["fit", "--problem", "hostile_sim:nan",
+             "--resimulate", "--out", out, *TINY]))
+    # lazy files
+    cat = "lazily read files"
+    lazy = ["fit", "--out", out, *TINY]
+    for name, expect in (("float16", 0), ("int", 0), ("bool", 0), ("nan_row", 2),
+                         ("inf_row", 2), ("rows", 2), ("zero_rows", 2), ("complex", 2),
+                         ("empty", 2)):
+        add(Case(cat, f"folder {name}", [*lazy, "--data", f"{r}/lz_{name}"], expect=expect))
+    add(Case(cat, ".nc without x and y, --lazy", [*lazy, "--data", f"{r}/lz_novars.nc",
+             "--lazy"]))
+    add(Case(cat, ".zarr store (zarr not installed, or a fake store)",
+             [*lazy, "--data", f"{r}/lz_store.zarr"]))
+    add(Case(cat, "--lazy on an .npz", [*lazy, "--data", f"{r}/pairs.npz", "--lazy"]))
+    add(Case(cat, "--lazy without --data", [*lazy, "--problem", "linear_gaussian", "--lazy"]))
+    for flags, expect in ((["--chunk-mb", "0"], 2), (["--chunk-mb", "-1"], 2),
+                          (["--chunk-mb", "nan"], 2), (["--chunk-mb", "1e9"], 0),
+                          (["--buffer-chunks", "0"], 2), (["--buffer-chunks", str(10**9)], 0)):
+        add(Case(cat, " ".join(flags), [*lazy, "--data", f"{r}/lazy_pairs", *flags],
+                 expect=expect))
+    # sample --method nuts
+    cat = "sample --method nuts"
+    nuts = ["sample", f"{r}/lgrun_problem", "--observation", f"{r}/lgobs.npz", "--method",
+            "nuts",
+            "--chains", "2", "--warmup", "10", "--out", f"{out}.nc"]
+    for flags in (["--cores", "0"], ["--cores", "-1"], ["--num-samples", "0"],
+                  ["--num-samples", "1"], ["--num-samples", "5"], ["--warmup", "-1"],
+                  ["--chains", "0"], ["--num-samples", str(10**12)]):
+        add(Case(cat, " ".join(flags), [*nuts, *flags]))
+    add(Case(cat, "--cores 1000 (more than chains)", [*nuts, "--num-samples", "20", "--cores",
+             "1000"], expect=0))
+    add(Case(cat, "--warmup 0", [*nuts, "--num-samples", "20", "--warmup", "0"], expect=0))
+    add(Case(cat, "--preconditioner prior, prior not Gaussian",
+             ["sample", f"{r}/userrun", "--observation", f"{r}/userobs.npz", "--method", "nuts",
+              "--num-samples", "20", "--preconditioner", "prior", "--out", f"{out}.nc"]))
+    add(Case(cat, "--preconditioner prior, run fitted on a file, no --problem",
+             ["sample", f"{r}/lgrun", "--observation", f"{r}/lgobs.npz", "--method",
+              "nuts", "--num-samples", "20", "--preconditioner", "prior", "--out",
+              f"{out}.nc"]))
+    add(Case(cat, "--preconditioner prior with --method importance",
+             ["sample", f"{r}/lgrun_problem", "--observation", f"{r}/lgobs.npz", "--method",
+              "importance", "--preconditioner", "prior", "--out", f"{out}.nc"]))
+    # flow layers
+    cat = "flow-layer flags"
+    fit = ["fit", "--problem", "linear_gaussian", "--out", out, *TINY]
+    for flags in (["--flow-layers", "3"], ["--prior", "flow", "--flow-layers", "3"],
+                  ["--prior-flow-layers", "2"], ["--prior", "flow", "--prior-flow-layers",
+                                                 "65"], ["--likelihood", "flow",
+                                                         "--flow-layers", str(10**6)],
+                  ["--prior", "flow", "--prior-flow-layers", "-1"]):
+        add(Case(cat, " ".join(flags), [*fit, *flags]))
+    return c
+
+
 def run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
+    with case.around() if case.around is not None else contextlib.nullcontext():
+        return _run_case(case, root, verbose)
+
+
+def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
     before = _snapshot(root)
     if case.subprocess_signal:
         proc = subprocess.Popen([sys.executable, "-m", "ppl_cvae.cli", *case.argv],
@@ -372,18 +714,26 @@ def run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
         code = proc.returncode
     else:
         buffer = io.StringIO()
+        signal.signal(signal.SIGALRM, _hung)
+        signal.alarm(CASE_TIMEOUT)
         with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(io.StringIO()):
             try:
                 code = main(case.argv)
             except SystemExit as exc:  # argparse
                 code = int(exc.code or 0)
+            except Hung:
+                code = -3
+                print(f"HUNG: no answer within {CASE_TIMEOUT} s", file=sys.stderr)
             except BaseException:  # noqa: BLE001 - a traceback is what we look for
                 traceback.print_exc()
                 code = -1
+            finally:
+                signal.alarm(0)
         err = buffer.getvalue()
     problems = []
     if case.expect == -2:  # either outcome is correct; the rules below apply to the one seen
         case = Case(case.category, case.name, case.argv, expect=code if code in (0, 2) else 2)
+    torch.set_num_threads(THREADS)  # a case's --threads must not carry over to the next
     if code != case.expect:
         problems.append(f"exit {code}, expected {case.expect}")
     if "Traceback" in err:
@@ -419,19 +769,28 @@ def run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
 
 
 def main_cli() -> int:
+    global THREADS, CASE_TIMEOUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--only", help="run only the categories whose name contains one of "
+                        "these comma-separated words")
+    parser.add_argument("--case-timeout", type=int, default=CASE_TIMEOUT,
+                        help="seconds before a case counts as a hang")
     args = parser.parse_args()
+    THREADS, CASE_TIMEOUT = args.threads, args.case_timeout
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sys.path.insert(0, str(root))
         build_workspace(root)
+        build_new_feature_workspace(root)
         os.symlink(root, root / "link_to_root")
         table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         failures = []
-        for case in cases(root):
+        for case in cases(root) + new_feature_cases(root):
+            if args.only and not any(w in case.category for w in args.only.split(",")):
+                continue
             ok, why = run_case(case, root, args.verbose)
             table[case.category][0 if ok else 1] += 1
             if not ok:

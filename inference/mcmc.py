@@ -93,6 +93,7 @@ from ppl_cvae.problems.base import Problem, as_problem
 
 __all__ = [
     "MCMCResult",
+    "MIN_DRAWS_PER_CHAIN",
     "RHAT_THRESHOLD",
     "NUTS_TAIL_EFFICIENCY",
     "PRECONDITIONERS",
@@ -112,6 +113,11 @@ PRECONDITIONERS: tuple[str, ...] = get_args(Preconditioner)
 RHAT_THRESHOLD = 1.01
 """R-hat above which one quantity's chains have not mixed (Vehtari et al. 2021 recommend
 1.01); the bound for the largest over many quantities is :func:`rhat_threshold`."""
+
+MIN_DRAWS_PER_CHAIN = 4
+"""Fewest draws per chain :func:`nuts_sample` accepts: the split R-hat halves each chain and
+the ESS estimator needs at least four draws (Vehtari et al. 2021; Pyro's
+``pyro.ops.stats.effective_sample_size`` asserts it)."""
 
 
 def rhat_threshold(
@@ -813,8 +819,9 @@ def nuts_sample(
     ------
     ConfigError
         If ``precondition`` is unknown, ``init`` has the wrong shape, a count is out of
-        range, or ``precondition`` is ``"prior"`` or ``"prior-amortized"`` and the problem's
-        prior is not Gaussian in the sampled coordinates.
+        range (``num_samples`` below :data:`MIN_DRAWS_PER_CHAIN`), or ``precondition`` is
+        ``"prior"`` or ``"prior-amortized"`` and the problem's prior is not Gaussian in the
+        sampled coordinates.
     NoPriorDensityError, NoLikelihoodError
         If the problem's prior has no density or it has no noise model.
 
@@ -863,6 +870,11 @@ def nuts_sample(
     log_target = _log_target(problem, y64)
     with torch.no_grad():  # fails here, in this process, for a problem without a density
         log_target((par.from_x(init[:1]) if par is not None else init[:1].flatten(1)).double())
+    if num_samples < MIN_DRAWS_PER_CHAIN:
+        raise ConfigError(
+            f"num_samples={num_samples} draws per chain; the split R-hat and the ESS of a chain "
+            f"need at least {MIN_DRAWS_PER_CHAIN}"
+        )
 
     with torch.no_grad():
         start = (par.from_x(init) if par is not None else init.flatten(1)).double()

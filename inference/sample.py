@@ -761,13 +761,22 @@ def sample_corrected(
     ------
     ConfigError
         If the method is unknown, ``num_samples < 1``, or the model cannot propose; for
-        ``latent-nuts``, if ``generative_prior`` is missing or not an unconditional VAE.
+        ``latent-nuts``, if ``generative_prior`` is missing or not an unconditional VAE; for
+        ``nuts``, if ``num_samples`` gives a chain fewer than
+        :data:`~inference.mcmc.MIN_DRAWS_PER_CHAIN` draws.
+    ResourceError
+        For ``nuts``, if the draws would not fit in memory.
     NoPriorDensityError, NoLikelihoodError
         If the problem has no prior density or no noise model.
     """
     from inference.arviz_io import with_chains
     from inference.importance import KHAT_THRESHOLD, importance_sample
-    from inference.mcmc import RHAT_THRESHOLD, nuts_sample, preconditioner_draws
+    from inference.mcmc import (
+        MIN_DRAWS_PER_CHAIN,
+        RHAT_THRESHOLD,
+        nuts_sample,
+        preconditioner_draws,
+    )
 
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
@@ -840,6 +849,19 @@ def sample_corrected(
         )
     chains = correction.chains
     per_chain = math.ceil(num_samples / chains)
+    if per_chain < MIN_DRAWS_PER_CHAIN:
+        raise ConfigError(
+            f"{num_samples} NUTS draws over {chains} chains is {per_chain} per chain; R-hat and "
+            f"the ESS need at least {MIN_DRAWS_PER_CHAIN} per chain: ask for at least "
+            f"{MIN_DRAWS_PER_CHAIN * chains} draws or fewer chains"
+        )
+    # Pyro keeps every chain's draws in float64, and the file holds them again in float32
+    check_memory(
+        chains * per_chain * y_batch.shape[0] * cvae.config.x_dim * (8 + 4) * 2,
+        f"{chains} chains x {per_chain} NUTS draws of {cvae.config.x_dim} values for "
+        f"{y_batch.shape[0]} observation(s)",
+        hint="ask for fewer draws (--num-samples) or observations",
+    )
     # the chains' start and preconditioner: many cheap amortized draws per observation
     num_start = preconditioner_draws(cvae.config.x_dim, chains)
     results = []

@@ -276,9 +276,34 @@ def _check_recorded_shapes(args: argparse.Namespace, config: ModelConfig) -> Non
             )
 
 
+DEFAULT_CHUNK_MB = 16.0
+"""``fit --chunk-mb`` when not given: MiB per chunk of a lazily read file."""
+
+DEFAULT_BUFFER_CHUNKS = 4
+"""``fit --buffer-chunks`` when not given: chunks shuffled together."""
+
 LAZY_MEMORY_FRACTION = 0.5
 """A ``.nc`` given to ``fit --data`` is read lazily when it is larger than this fraction of the
 available memory (loading it would need about twice its size)."""
+
+
+def _check_flow_flags(args: argparse.Namespace, config: ModelConfig) -> None:
+    """Refuse ``--flow-layers``/``--prior-flow-layers`` where there is no such flow.
+
+    Either would otherwise be ignored in silence (``--flow-layers`` set the prior flow's layers
+    before ``--prior-flow-layers`` existed).
+    """
+    for flag, value, field, wanted, other in (
+        ("--flow-layers", args.flow_layers, "likelihood", "flow", "--prior-flow-layers"),
+        ("--prior-flow-layers", args.prior_flow_layers, "prior", "flow", None),
+    ):
+        actual = getattr(config, field)
+        if value is not None and actual != wanted:
+            hint = f"; for the flow on z of --prior flow use {other}" if other else ""
+            raise ConfigError(
+                f"{flag} {value} sets the layers of the flow of --{field} {wanted}, but this "
+                f"run's {field} is {actual!r}: add --{field} {wanted} or drop {flag}{hint}"
+            )
 
 
 def _reads_lazily(args: argparse.Namespace) -> bool:
@@ -307,8 +332,16 @@ def _reads_lazily(args: argparse.Namespace) -> bool:
 
 def _check_stream_flags(args: argparse.Namespace) -> None:
     """Refuse ``--stream``/``--workers`` where there is nothing to stream from."""
+    from ppl_cvae.train.sources import WORKERS_PER_CORE, max_stream_workers
+
     if args.workers and not args.stream:
         raise ConfigError("--workers sets the simulation workers of --stream; add --stream")
+    if args.workers > max_stream_workers():
+        raise ConfigError(
+            f"--workers {args.workers} is more than this machine can run: at most "
+            f"{max_stream_workers()} ({WORKERS_PER_CORE} per usable CPU core; each worker is a "
+            "process simulating ahead)"
+        )
     if args.stream and (args.data or args.dataset or not args.problem):
         raise ConfigError(
             "--stream draws fresh simulations from a problem: give --problem NAME, not "
@@ -356,8 +389,36 @@ def _resume_args(args: argparse.Namespace) -> Any:
                 "fitted on a stream"
             )
         args.workers = workers
+    else:
+        from ppl_cvae.train.sources import max_stream_workers
+
+        if args.workers > max_stream_workers():  # recorded on a machine with more cores
+            log.warning(
+                "%s was fitted with %d simulation workers; this machine runs at most %d: "
+                "resuming with %d (the minibatches are the same)",
+                args.resume,
+                args.workers,
+                max_stream_workers(),
+                max_stream_workers(),
+            )
+            args.workers = max_stream_workers()
     args.run_file = run_file_from_dict(record, where)
     args.out, args.overwrite = args.resume, True
+    from ppl_cvae._version import __version__
+
+    for what, then, now in (
+        ("ppl_cvae", state.payload["version"], __version__),
+        ("torch", state.payload["torch_version"], torch.__version__),
+    ):
+        if then != now:  # the state was checked field by field; the arithmetic may differ
+            log.warning(
+                "%s was written by %s %s, this is %s: the continuation is statistically "
+                "equivalent but not bit-identical",
+                state.path,
+                what,
+                then,
+                now,
+            )
     recorded = state.record.get("torch_threads")
     if recorded != torch.get_num_threads():
         log.warning(
@@ -445,8 +506,25 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a CVAE by SVI and write a run folder (all at once, when the fit has succeeded).
 
     With checkpoints (the default) the folder holds ``train_state.pt`` while the fit runs, so
-    ``fit --resume RUN`` can continue it after a crash; the finished folder replaces it.
+    ``fit --resume RUN`` can continue it after a crash; the finished folder replaces it. The
+    folder is locked while the fit runs (:func:`~ppl_cvae.train.resume.lock_run_folder`): a
+    second fit of it at the same time is refused.
     """
+    with contextlib.ExitStack() as locks:
+        return _fit_command(args, locks)
+
+
+def _lock_folder(locks: contextlib.ExitStack, folder: Any) -> None:
+    """Lock run folder ``folder`` for this fit (rank 0 only), if it exists as a folder."""
+    from ppl_cvae.train.distributed import launch_rank
+    from ppl_cvae.train.resume import lock_run_folder
+
+    if folder is not None and launch_rank() == 0 and Path(folder).is_dir():
+        locks.enter_context(lock_run_folder(folder))
+
+
+def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
+    """:func:`cmd_fit` with the folder locks held by ``locks``."""
     from ppl_cvae.train.distributed import launch_rank
     from ppl_cvae.train.resume import (
         STATE_FILE,
@@ -456,6 +534,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     from ppl_cvae.train.settings import resolve_settings
 
+    _lock_folder(locks, args.resume or args.out)
     state = _resume_args(args) if args.resume else None
     if args.out is None:
         raise ConfigError("fit needs --out RUN_FOLDER (or --resume RUN_FOLDER)")
@@ -479,6 +558,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         else (None, None)
     )
     _check_stream_flags(args)
+    if args.chunk_mb is None:  # --resume of a lazy run restored them from its state
+        args.chunk_mb = DEFAULT_CHUNK_MB
+    if args.buffer_chunks is None:
+        args.buffer_chunks = DEFAULT_BUFFER_CHUNKS
     if not args.chunk_mb > 0:
         raise ConfigError(f"--chunk-mb must be positive, got {args.chunk_mb}")
     lazy_pairs = None
@@ -512,11 +595,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise
         raise ConfigError(f"{err} (settings of run file {args.config!r} and the flags)") from None
     _check_recorded_shapes(args, model_config)
+    _check_flow_flags(args, model_config)
     if lazy_pairs is None and x is None:  # _training_pairs made sure there is a problem
         assert problem is not None
         _check_simulation_memory(problem, train_config.num_train, "--num-train")
+        simulate = _simulator(args, problem)
+        if not simulate.is_reproducible():
+            log.warning(
+                "%s does not give the same pairs for the same generator (it draws from "
+                "another RNG): the seed does not fix the run%s",
+                simulate.source,
+                ", the stream differs with --workers and --resume will refuse to continue it"
+                if args.stream
+                else "",
+            )
         gen = torch.Generator().manual_seed(train_config.seed + 1)
-        x, y = _simulator(args, problem)(train_config.num_train, gen)
+        x, y = simulate(train_config.num_train, gen)
     check_model_memory(model_config)
     record = _run_doc(args, problem, problem_ref, model_config, train_config)
     data_source = _data_source_record(args, lazy_pairs is not None)
@@ -524,6 +618,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         record["data_source"] = data_source
     policy = _checkpoint_policy(args, out, record)
     how = prepare_run_folder(out) if policy is not None and launch_rank() == 0 else None
+    if how == "new":  # created just now: lock it too (before, it had nothing to lock)
+        _lock_folder(locks, out)
 
     def fit_into(folder: Path | None) -> tuple[float, Any]:
         if lazy_pairs is not None:
@@ -600,12 +696,20 @@ def _print_fit_summary(seconds: float, result: Any, out: Path) -> None:
 
 
 def _simulator(args: argparse.Namespace, problem: Any) -> Any:
-    """Return the problem's pair simulator, or its prior draws alone with ``--unconditional``."""
+    """Return the problem's pair simulator, or its prior draws alone with ``--unconditional``.
+
+    Its output is checked (:class:`~ppl_cvae.problems.checked_simulator.CheckedSimulator`):
+    a user's simulator that returns the wrong type, dtype, shape, NaN or inf, or raises, is
+    named in one error line.
+    """
+    from ppl_cvae.problems.checked_simulator import CheckedSimulator
+
+    source = f"problem {getattr(problem, 'name', type(problem).__name__)!r}"
     if args.unconditional:
         from ppl_cvae.train.generative_prior import prior_simulator
 
-        return prior_simulator(problem)
-    return problem.simulate
+        return CheckedSimulator(prior_simulator(problem), problem.x_shape, None, source)
+    return CheckedSimulator(problem.simulate, problem.x_shape, problem.y_shape, source)
 
 
 def _fit_lazily_into(
@@ -1393,14 +1497,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--chunk-mb",
         type=_finite,
-        default=16.0,
-        help="lazy reading: MiB per chunk read (default 16)",
+        help=f"lazy reading: MiB per chunk read (default {DEFAULT_CHUNK_MB:g})",
     )
     fit_p.add_argument(
         "--buffer-chunks",
         type=_count(1),
-        default=4,
-        help="lazy reading: chunks shuffled together (default 4; more is closer to a full "
+        help=f"lazy reading: chunks shuffled together (default {DEFAULT_BUFFER_CHUNKS}; more "
+        "is closer to a full "
         "shuffle, at more memory)",
     )
     fit_p.add_argument("--seed", type=_seed, help="random seed")
@@ -1619,6 +1722,8 @@ _FIT_DESTS = {
     "stream",
     "workers",
     "lazy",
+    "chunk_mb",
+    "buffer_chunks",
     "overwrite",
 }
 """The fit options that set what a run computes or where it writes (refused by --resume)."""

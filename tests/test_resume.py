@@ -296,11 +296,35 @@ def test_ctrl_c_keeps_the_state_and_a_fresh_fit_does_not_take_it(interrupted, ca
     (["--seed", "1", "--overwrite"], "drop --seed, --overwrite"),
     (["--stream", "--workers", "2"], "drop --stream ("),
     (["--lazy"], "drop --lazy"),
+    (["--chunk-mb", "1"], "drop --chunk-mb"),  # restored from the state, never ignored
+    (["--buffer-chunks", "2"], "drop --buffer-chunks"),
     (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0"),
 ])
 def test_resume_refuses_setting_flags(interrupted, capsys, extra, match):
     _fails(["fit", "--resume", str(interrupted), *extra], capsys, match)
     assert (interrupted / STATE_FILE).is_file()
+
+
+def test_resume_refuses_a_run_being_fitted_and_warns_of_other_versions(interrupted, capsys,
+                                                                       caplog):
+    """A second ``--resume`` while one runs is refused (state untouched); a state written by
+    another ppl_cvae or torch version resumes with a warning naming both versions."""
+    from ppl_cvae.train.resume import lock_run_folder
+
+    before = (interrupted / STATE_FILE).read_bytes()
+    with lock_run_folder(interrupted):  # stands in for the first resume's process
+        _fails(["fit", "--resume", str(interrupted)], capsys, "being fitted by another process")
+    assert (interrupted / STATE_FILE).read_bytes() == before
+    payload = torch.load(interrupted / STATE_FILE, weights_only=True)
+    payload["version"], payload["torch_version"] = "0.0.1", "1.0.0"
+    torch.save(payload, interrupted / STATE_FILE)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["fit", "--resume", str(interrupted), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "written by ppl_cvae 0.0.1" in warned and "written by torch 1.0.0" in warned
 
 
 def test_resume_refuses_damaged_states(interrupted, capsys):

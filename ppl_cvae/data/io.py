@@ -90,7 +90,14 @@ def _where(name: str, path: Path) -> str:
     return f"{name} in {str(path)!r}"
 
 
-def _require_file(path: Path) -> None:
+def _require_file(path: Path, pairs: bool = False) -> None:
+    if pairs and path.is_dir():  # a folder of x.npy and y.npy is read lazily, elsewhere
+        raise DataError(
+            f"data {str(path)!r} is a folder without x.npy and y.npy; expected a file (.npz, "
+            ".nc, .pt) or a folder holding x.npy and y.npy"
+        )
+    if path.is_dir():
+        raise DataError(f"data {str(path)!r} is a folder; expected a file")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
 
@@ -542,7 +549,7 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
     (torch.Size([4, 3]), torch.float32)
     """
     path = Path(path)
-    _require_file(path)
+    _require_file(path, pairs=True)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         arrays = _read_npz(path, ("x", "y"))

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ppl_cvae.errors import ConfigError
+from ppl_cvae.errors import ConfigError, PplCvaeError
 
-__all__ = ["SimulationStream", "batch_seed"]
+__all__ = ["SimulationStream", "StreamFailure", "batch_seed"]
 
 Simulator = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -41,6 +41,31 @@ Simulator = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 StreamItem = tuple[torch.Tensor, torch.Tensor, int]
 
 _MASK32 = 0xFFFFFFFF
+
+
+class StreamFailure:
+    """What a DataLoader worker yields instead of a minibatch whose simulation was refused.
+
+    A :class:`~ppl_cvae.errors.PplCvaeError` raised in a worker process would reach the
+    consumer re-raised by the DataLoader with the worker's whole traceback in its message;
+    the worker yields this instead and the consumer raises :meth:`error` (one line).
+
+    Parameters
+    ----------
+    error : PplCvaeError
+        The refusal (for example of :class:`~ppl_cvae.problems.checked_simulator.CheckedSimulator`).
+    index : int
+        Stream index of the minibatch.
+    """
+
+    def __init__(self, error: PplCvaeError, index: int) -> None:
+        self.kind = type(error)
+        self.message = str(error)
+        self.index = index
+
+    def error(self) -> PplCvaeError:
+        """Return the refusal to raise in the consumer, naming the minibatch."""
+        return self.kind(f"{self.message} (stream minibatch {self.index}, in a worker)")
 
 
 def _fmix32(value: int) -> int:
@@ -191,14 +216,25 @@ class SimulationStream(IterableDataset[StreamItem]):
         return self.simulator(self.batch_size, generator)
 
     def __iter__(self) -> Iterator[StreamItem]:
-        """Yield ``(x, y, index)`` forever; this worker's share of the indices from ``position``."""
+        """Yield ``(x, y, index)`` forever; this worker's share of the indices from ``position``.
+
+        In a DataLoader worker a :class:`~ppl_cvae.errors.PplCvaeError` of the simulator is
+        yielded as a :class:`StreamFailure` (and the worker stops); in this process it is
+        raised.
+        """
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         index = self.position + worker
         while True:
-            x, y = self.draw(index)
             if info is None:
+                x, y = self.draw(index)
                 self.position = index + 1
+            else:
+                try:
+                    x, y = self.draw(index)
+                except PplCvaeError as err:  # hand it to the consumer as one line
+                    yield StreamFailure(err, index)  # type: ignore[misc]
+                    return
             yield x, y, index
             index += num_workers
 

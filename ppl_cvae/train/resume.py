@@ -83,7 +83,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,7 @@ __all__ = [
     "discard_run_state",
     "find_resumable",
     "load_train_state",
+    "lock_run_folder",
     "prepare_run_folder",
 ]
 
@@ -1013,3 +1015,54 @@ def find_resumable(run: str | os.PathLike[str]) -> TrainState:
         f"run {name!r} holds no {STATE_FILE}: the fit stopped before its first checkpoint or "
         "ran with --no-checkpoint; start it again (same flags, with --overwrite)"
     )
+
+
+@contextmanager
+def lock_run_folder(run: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on run folder ``run`` while a fit writes into it.
+
+    Two fits of one folder at once (``fit --resume RUN`` started twice, or a fresh fit with
+    ``--overwrite`` beside a running one) would both save ``train_state.pt`` and replace the
+    folder in turn: the second refuses here instead. The lock is ``flock`` on the folder
+    itself (advisory, released by the kernel when the process ends, even on ``kill -9``);
+    where the file system does not support it the fit goes ahead unlocked.
+
+    Parameters
+    ----------
+    run : str or path
+        An existing run folder.
+
+    Raises
+    ------
+    ConfigError
+        If another process holds the lock (a fit of this folder is running).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp, lock_run_folder(tmp):
+    ...     pass
+    """
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield
+        return
+    try:
+        fd = os.open(run, os.O_RDONLY)
+    except OSError:  # unreadable or gone: the callers' own checks report it
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"run folder {str(run)!r} is being fitted by another process right now; wait "
+                "for it to finish (or stop it) before resuming or overwriting it"
+            ) from None
+        except OSError:  # flock not supported here (some network file systems)
+            pass
+        yield
+    finally:
+        os.close(fd)

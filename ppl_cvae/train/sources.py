@@ -26,6 +26,7 @@ start at minibatch ``step`` without simulating or reading the earlier ones
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,7 +43,7 @@ from ppl_cvae.data.lazy import (
     scan_pairs,
     shuffled_batches,
 )
-from ppl_cvae.data.streaming import SimulationStream, StreamItem, batch_seed
+from ppl_cvae.data.streaming import SimulationStream, StreamFailure, StreamItem, batch_seed
 from ppl_cvae.errors import CheckpointError, ConfigError
 from ppl_cvae.models.cvae import CVAE, MAX_WHITENING_PAIRS
 from ppl_cvae.problems.base import Problem
@@ -58,6 +59,7 @@ __all__ = [
     "ShardedResimulatedBatches",
     "StreamBatches",
     "build_lazy_cvae",
+    "max_stream_workers",
     "prepare_lazy_fit",
 ]
 
@@ -67,6 +69,36 @@ Simulator = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 MAX_VALIDATION_PAIRS = 20_000
 """Most pairs a lazily read file holds out for the validation ELBO (they are kept in memory;
 the Monte Carlo error of the validation loss per observation is then about sd / 141)."""
+
+
+WORKERS_PER_CORE = 4
+"""Most DataLoader workers per usable CPU core a stream accepts (:func:`max_stream_workers`)."""
+
+
+def max_stream_workers() -> int:
+    """Return the most simulation workers a :class:`StreamBatches` may start here.
+
+    :data:`WORKERS_PER_CORE` per CPU core this process may run on
+    (``os.sched_getaffinity``, else ``os.cpu_count()``). Each worker is a process holding
+    a copy of the simulator; beyond a few per core they only compete for the cores (torch's
+    DataLoader already warns above one per core), and tens of thousands exhaust the process
+    table instead of failing cleanly.
+
+    Returns
+    -------
+    int
+        ``WORKERS_PER_CORE * cores``, at least ``WORKERS_PER_CORE``.
+
+    Examples
+    --------
+    >>> max_stream_workers() >= WORKERS_PER_CORE
+    True
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return WORKERS_PER_CORE * max(1, cores)
 
 
 class BatchSource(Protocol):
@@ -289,7 +321,8 @@ class StreamBatches:
     Raises
     ------
     ConfigError
-        If ``steps_per_epoch < 1``, ``num_workers < 0`` or ``prefetch_factor < 1``.
+        If ``steps_per_epoch < 1``, ``num_workers < 0`` or above :func:`max_stream_workers`,
+        or ``prefetch_factor < 1``.
     """
 
     def __init__(
@@ -306,6 +339,11 @@ class StreamBatches:
             raise ConfigError(
                 f"StreamBatches needs steps_per_epoch >= 1, num_workers >= 0 and "
                 f"prefetch_factor >= 1, got {steps_per_epoch}, {num_workers}, {prefetch_factor}"
+            )
+        if num_workers > max_stream_workers():
+            raise ConfigError(
+                f"{num_workers} simulation workers is more than this machine can run "
+                f"({max_stream_workers()}: {WORKERS_PER_CORE} per usable CPU core); use fewer"
             )
         self.stream, self.steps_per_epoch = stream, steps_per_epoch
         self.num_workers, self.conditional = num_workers, conditional
@@ -347,7 +385,11 @@ class StreamBatches:
         items = self._iterator()
         skip, self._skip = self._skip, 0
         for _ in range(self.steps_per_epoch - skip):
-            x, y, index = next(items)
+            item = next(items)
+            if isinstance(item, StreamFailure):  # a worker's simulation was refused
+                self.close()
+                raise item.error()
+            x, y, index = item
             self.stream.position = int(index) + 1
             self._last = (x, y)
             yield x, (y if self.conditional else None)
@@ -614,9 +656,12 @@ def prepare_lazy_fit(
         else:
             subset_rows = torch.arange(n)
     kept = n_val + (0 if subset_rows is None else int(subset_rows.numel()))
+    # a chunk holds at most the whole file, and the shuffle buffer at most every pair
+    rows = min(chunk_rows, n)
+    buffered = min(buffer_chunks * rows, n) + 2 * rows
     check_memory(
-        kept * pairs.row_bytes * 2 + (buffer_chunks + 2) * chunk_rows * pairs.row_bytes * 3,
-        f"{kept} validation/whitening pairs and {buffer_chunks} chunks of {chunk_rows} pairs",
+        kept * pairs.row_bytes * 2 + buffered * pairs.row_bytes * 3,
+        f"{kept} validation/whitening pairs and {buffer_chunks} chunks of {rows} pairs",
         hint="lower --val-fraction or the chunk size",
     )
     scan = scan_pairs(

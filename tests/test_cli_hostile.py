@@ -1,0 +1,282 @@
+"""Hostile and careless inputs to the newest features: one error line, exit 2, nothing lost.
+
+Each test is one failure mode found by ``benchmarks/hostile_inputs.py`` (streams, lazy files,
+resumes, NUTS settings) and fixed: before the fix it gave a traceback, a hang, a silently
+ignored flag or a message that blamed the wrong thing. Every refusal is checked by its message
+(what arrived, what was expected); the accepted variants by their values.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from ppl_cvae import ConfigError, DataError, make_problem
+from ppl_cvae.cli import main
+from ppl_cvae.data.streaming import SimulationStream
+from ppl_cvae.errors import ResourceError
+from ppl_cvae.problems.checked_simulator import CheckedSimulator, check_simulated
+from ppl_cvae.train.resume import lock_run_folder
+from ppl_cvae.train.sources import StreamBatches, max_stream_workers
+
+TINY = ["--epochs", "1", "--num-train", "128", "--batch-size", "64", "--hidden-dims", "8",
+        "--latent-dim", "2", "--quiet", "--threads", "1"]
+
+
+def _fails(argv, capsys, match):
+    """Run the CLI; assert exit 2 and one error line containing ``match``."""
+    threads = torch.get_num_threads()
+    capsys.readouterr()
+    try:
+        assert main([str(a) for a in argv]) == 2
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0] and match in err[0], err
+
+
+# ----------------------------------------------------------------- a user's simulator
+@pytest.mark.parametrize("out, match", [
+    (torch.zeros(4, 3), "returned a Tensor; expected a pair (x, y)"),
+    ((torch.zeros(4, 2),), "a tuple of length 1"),
+    ((np.zeros((4, 2)), torch.zeros(4, 1)), "x as a numpy.ndarray; expected a torch.Tensor"),
+    ((torch.zeros(4, 2), torch.zeros(3, 1)), "y of shape (3, 1); expected (4, 1)"),
+    ((torch.zeros(4, 3), torch.zeros(4, 1)), "x of shape (4, 3); expected (4, 2)"),
+    ((torch.zeros(4, 2, dtype=torch.complex64), torch.zeros(4, 1)), "complex"),
+    ((torch.zeros(4, 2), torch.tensor([[0.0], [float("nan")], [1.0], [float("inf")]])),
+     "2 NaN or inf values in y (in 2 of 4 pairs"),
+    ((torch.full((4, 2), 1e300, dtype=torch.float64), torch.zeros(4, 1)),
+     "8 NaN or inf values in x (in 4 of 4 pairs, after casting to float32)"),
+])
+def test_bad_simulator_outputs_are_named(out, match):
+    with pytest.raises(DataError) as info:
+        check_simulated(out, 4, (2,), (1,), "problem 'mine' simulate(4, generator)")
+    assert match in str(info.value) and "problem 'mine'" in str(info.value)
+
+
+def test_real_integer_and_bool_outputs_are_cast_to_float32():
+    x64 = torch.tensor([[0.1, 2.0]], dtype=torch.float64)
+    x, y = check_simulated((x64, torch.tensor([[True]])), 1, (2,), (1,), "s")
+    assert x.dtype == y.dtype == torch.float32
+    assert torch.equal(x, x64.float()) and torch.equal(y, torch.ones(1, 1))
+    x, y = check_simulated((torch.tensor([[3, -4]]), None), 1, (2,), None, "s")
+    assert y is None and torch.equal(x, torch.tensor([[3.0, -4.0]]))
+
+
+def test_a_raising_simulator_is_one_config_error_and_reproducibility_is_checked():
+    def boom(num, generator=None):
+        raise ValueError("solver did not converge\nsecond line")
+
+    with pytest.raises(ConfigError, match=r"simulate\(5, generator\) failed: ValueError: "
+                                          r"solver did not converge$"):
+        CheckedSimulator(boom, (2,), (2,), "problem 'mine'")(5)
+    problem = make_problem("linear_gaussian")
+    good = CheckedSimulator(problem.simulate, problem.x_shape, problem.y_shape, "p")
+    assert good.is_reproducible()
+
+    def global_rng(num, generator=None):  # ignores the generator it is given
+        return problem.simulate(num, None)
+
+    assert not CheckedSimulator(global_rng, problem.x_shape, problem.y_shape, "p").is_reproducible()
+
+
+def test_a_worker_refusal_reaches_the_consumer_as_one_line():
+    """A NaN in minibatch 3, simulated in a DataLoader worker: one DataError naming it."""
+    problem = make_problem("linear_gaussian")
+
+    def simulate(num, generator):
+        x, y = problem.simulate(num, generator)
+        if generator.initial_seed() == stream.seed_of(3):
+            y[0, 0] = float("nan")
+        return x, y
+
+    checked = CheckedSimulator(simulate, problem.x_shape, problem.y_shape, "problem 'p'")
+    stream = SimulationStream(checked, 8, seed=1)
+    batches = StreamBatches(stream, 5, num_workers=1)
+    with pytest.raises(DataError) as info:
+        list(batches.epoch_batches(1))
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert "1 NaN or inf values in y" in message and "stream minibatch 3, in a worker" in message
+    assert stream.position == 3  # minibatches 0-2 were consumed, none after the failure
+
+
+def _user_module(tmp_path, monkeypatch, name, body):
+    """Write module ``name`` (a user's problem) into ``tmp_path`` and put it on the path."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent("""
+        import torch
+        from ppl_cvae.problems.base import Problem
+
+        class Mine(Problem):
+            name, x_shape, y_shape = "mine", (2,), (2,)
+            x_dims, y_dims, coords = ("parameter",), ("datum",), {}
+            noise_std = misfit_std = 0.1
+            def sample_prior(self, num, generator=None):
+                return torch.randn(num, 2, generator=generator)
+            def forward(self, x):
+                return 2 * x
+    """) + textwrap.dedent(body))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_cli_names_a_user_simulator_that_returns_numpy(tmp_path, monkeypatch, capsys, stream):
+    module = f"hostile_numpy_{len(stream)}"
+    _user_module(tmp_path, monkeypatch, module, """
+        class Numpy(Mine):
+            def simulate(self, num, generator=None):
+                x, y = super().simulate(num, generator)
+                return x.numpy(), y.numpy()
+
+        def make():
+            return Numpy()
+    """)
+    run = tmp_path / "run"
+    _fails(["fit", "--problem", f"{module}:make", *stream, "--out", run, *TINY],
+           capsys, "problem 'mine' simulate(2, generator) returned x as a numpy.ndarray")
+    assert not run.exists()  # a fresh fit that failed leaves nothing
+
+
+def test_cli_trains_on_a_float64_simulator(tmp_path, monkeypatch, capsys):
+    """float64 pairs (a NumPy-based simulator) are cast to float32, as data files are."""
+    _user_module(tmp_path, monkeypatch, "hostile_double", """
+        class Double(Mine):
+            def simulate(self, num, generator=None):
+                x, y = super().simulate(num, generator)
+                return x.double(), y.double()
+
+        def make():
+            return Double()
+    """)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["fit", "--problem", "hostile_double:make", "--stream", "--out",
+                     str(tmp_path / "run"), *TINY]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+# ----------------------------------------------------------------- workers
+def test_too_many_workers_are_refused_before_any_process_starts(tmp_path, capsys):
+    limit = max_stream_workers()
+    assert limit >= 4
+    _fails(["fit", "--problem", "linear_gaussian", "--stream", "--workers", limit + 1,
+            "--out", tmp_path / "run", *TINY], capsys, f"at most {limit}")
+    problem = make_problem("linear_gaussian")
+    with pytest.raises(ConfigError, match="simulation workers is more than this machine"):
+        StreamBatches(SimulationStream(problem.simulate, 8), 2, num_workers=limit + 1)
+
+
+# ----------------------------------------------------------------- run-folder lock
+def test_a_locked_run_folder_is_refused(tmp_path):
+    with lock_run_folder(tmp_path):
+        with pytest.raises(ConfigError, match="being fitted by another process"):
+            with lock_run_folder(tmp_path):
+                pass
+    with lock_run_folder(tmp_path):  # released when the first holder is done
+        pass
+
+
+def test_a_fresh_fit_into_a_folder_being_fitted_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    with lock_run_folder(run):
+        _fails(["fit", "--problem", "linear_gaussian", "--out", run, "--overwrite", *TINY],
+               capsys, "being fitted by another process")
+    assert sorted(os.listdir(run)) == ["keep.txt"]
+
+
+# ----------------------------------------------------------------- flags ignored in silence
+@pytest.mark.parametrize("flags, match", [
+    (["--flow-layers", "3"], "likelihood is 'gaussian': add --likelihood flow"),
+    (["--prior", "flow", "--flow-layers", "3"], "use --prior-flow-layers"),
+    (["--prior-flow-layers", "2"], "add --prior flow or drop --prior-flow-layers"),
+])
+def test_flow_layer_flags_without_their_flow_are_refused(tmp_path, capsys, flags, match):
+    _fails(["fit", "--problem", "linear_gaussian", *flags, "--out", tmp_path / "run", *TINY],
+           capsys, match)
+
+
+# ----------------------------------------------------------------- lazy files
+def test_an_empty_folder_as_data_is_named_as_a_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _fails(["fit", "--data", tmp_path / "empty", "--out", tmp_path / "run", *TINY], capsys,
+           "is a folder without x.npy and y.npy")
+
+
+def test_a_chunk_larger_than_the_file_is_not_counted_beyond_the_file(tmp_path, capsys):
+    """--chunk-mb 1e9 on a 200-pair folder: one chunk of 200 pairs, not 3.7e13 (refused)."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    x, y = make_problem("linear_gaussian").simulate(200, torch.Generator().manual_seed(0))
+    np.save(folder / "x.npy", x.numpy())
+    np.save(folder / "y.npy", y.numpy())
+    threads = torch.get_num_threads()
+    try:
+        assert main(["fit", "--data", str(folder), "--chunk-mb", "1e9", "--buffer-chunks",
+                     str(10**9), "--out", str(tmp_path / "run"), *TINY]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+# ----------------------------------------------------------------- NUTS
+def test_nuts_needs_four_draws_per_chain_and_memory_for_them():
+    from inference.mcmc import MIN_DRAWS_PER_CHAIN, nuts_sample
+    from inference.sample import CorrectionConfig, sample_corrected
+    from ppl_cvae import ModelConfig
+    from ppl_cvae.train import build_cvae
+
+    problem = make_problem("linear_gaussian")
+    x, y = problem.simulate(16, torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match="num_samples=3 draws per chain; .* at least 4"):
+        nuts_sample(problem, y[0], x, num_samples=MIN_DRAWS_PER_CHAIN - 1, num_chains=2)
+    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, hidden_dims=(8,),
+                         latent_dim=2)
+    cvae = build_cvae(config, x, y, problem=problem, seed=0)
+    nuts = CorrectionConfig(method="nuts", chains=2, warmup_steps=5)
+    # 5 draws over 2 chains: ceil(5 / 2) = 3 per chain, one short of the minimum
+    with pytest.raises(ConfigError, match="5 NUTS draws over 2 chains is 3 per chain; .* at "
+                                          "least 8 draws"):
+        sample_corrected(cvae, y[0], 5, problem, nuts)
+    with pytest.raises(ResourceError, match="NUTS draws"):
+        sample_corrected(cvae, y[0], 10**12, problem, nuts)
+
+
+def test_a_state_recorded_with_more_workers_than_here_resumes_with_the_cap(
+    tmp_path, monkeypatch, capsys, caplog
+):
+    """A stream run saved with 1 worker, resumed where the cap is 0: it continues in-process."""
+    import pyro
+
+    import ppl_cvae.train.sources as sources
+
+    run = tmp_path / "run"
+    original, calls = pyro.infer.SVI.step, {"n": 0}
+
+    def step(self, *args, **kwargs):  # Ctrl-C after 3 steps (saved after each)
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(pyro.infer.SVI, "step", step)
+        argv = ["fit", "--problem", "linear_gaussian", "--stream", "--workers", "1", "--out",
+                str(run), "--checkpoint-every", "1", *TINY[:1], "2", *TINY[2:]]
+        assert main(argv) == 130
+        monkeypatch.undo()
+        monkeypatch.setattr(sources, "max_stream_workers", lambda: 0)
+        assert main(["fit", "--resume", str(run), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "fitted with 1 simulation workers; this machine runs at most 0" in warned
+    assert (run / "model.pt").is_file()
