@@ -653,31 +653,74 @@ def _gaussian_prior_term(job: _ChainJob) -> _GaussianPriorTerm | None:
     )
 
 
-class _MatVec(torch.autograd.Function):
-    """``L v`` for a fixed matrix ``L`` ``(k, k)`` and ``v`` ``(k,)``, gradient ``g^T L``.
+class _TriangularProducts:
+    """Products with a fixed lower-triangular ``L`` and a fixed symmetric ``H``, ``(k, k)``.
 
-    The same product as ``L @ v``; its backward is one vector-matrix product ``g @ L``
-    (``L^T g``), which measured 0.7 against 0.9 ms for autograd's own ``mv`` backward with
-    ``k = 1024`` in float64 (0.40 against 0.46 in float32; 1 thread).
+    ``L v`` and ``L^T g`` by BLAS ``trmv`` and ``H v`` by ``symv`` (SciPy's BLAS wrappers),
+    which read half of the matrix: on crosshole (``k = 1024``, 1 thread) the three products
+    took 0.49 ms in float64 and 0.29 ms in float32 against 0.93 and 0.48 ms with torch's dense
+    ``mv`` (``benchmarks/nuts_potential.py --profile``). With ``blas=False`` (a traced
+    potential: ``torch.jit.trace`` would record a NumPy call's result as a constant), or for
+    tensors that are not on the CPU or not float32/float64, torch's dense products are used.
+    The results are the same products up to rounding.
     """
 
-    @staticmethod
-    def forward(ctx: Any, mat: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
-        """Return ``mat @ vec``."""
-        ctx.save_for_backward(mat)
-        return mat @ vec
+    def __init__(self, tril: torch.Tensor, hess: torch.Tensor | None, blas: bool) -> None:
+        from scipy.linalg import blas as scipy_blas  # scipy: an ArviZ and scikit-learn dependency
+
+        self.tril, self.hess = tril, hess
+        self.blas = blas and tril.device.type == "cpu" and tril.dtype in _BLAS_PREFIX
+        if self.blas:
+            prefix = _BLAS_PREFIX[tril.dtype]
+            self._trmv = getattr(scipy_blas, prefix + "trmv")
+            self._symv = getattr(scipy_blas, prefix + "symv")
+            self._tril_f = np.asfortranarray(tril.numpy())  # Fortran order: no copy per call
+            self._hess_f = None if hess is None else np.asfortranarray(hess.numpy())
+
+    def tril_mv(self, vec: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """Return ``L v`` (``L^T v`` with ``transpose``), no gradient; ``vec`` ``(k,)``."""
+        if not self.blas:
+            return (vec @ self.tril if transpose else self.tril @ vec).detach()
+        out = self._trmv(self._tril_f, vec.detach().numpy(), lower=1, trans=int(transpose))
+        return torch.from_numpy(out)
+
+    def hess_mv(self, vec: torch.Tensor) -> torch.Tensor:
+        """Return ``H v``, no gradient; ``vec`` ``(k,)``."""
+        assert self.hess is not None
+        if not self.blas or self._hess_f is None:
+            return (self.hess @ vec).detach()
+        return torch.from_numpy(self._symv(1.0, self._hess_f, vec.detach().numpy(), lower=1))
+
+    def affine(self, mu: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """Return ``mu + L v``, differentiable in ``v`` (gradient ``L^T g``)."""
+        if not self.blas:
+            return mu + self.tril @ vec
+        return mu + _TrilMatVec.apply(vec, self)
+
+
+_BLAS_PREFIX = {torch.float64: "d", torch.float32: "s"}
+
+
+class _TrilMatVec(torch.autograd.Function):
+    """``L v`` by :class:`_TriangularProducts`, with the gradient ``L^T g`` by ``trmv``."""
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
-        """Return no gradient for ``mat`` and ``grad @ mat`` for ``vec``."""
-        (mat,) = ctx.saved_tensors
-        return None, grad @ mat
+    def forward(ctx: Any, vec: torch.Tensor, products: _TriangularProducts) -> torch.Tensor:
+        """Return ``L v``."""
+        ctx.products = products
+        return products.tril_mv(vec)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Return ``L^T g`` for ``v``."""
+        return ctx.products.tril_mv(grad.contiguous(), transpose=True), None
 
 
 def _log_target_v(
     job: _ChainJob,
     dtype: torch.dtype = torch.float64,
     prior_term: _GaussianPriorTerm | None = None,
+    blas: bool = True,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> log p(x) + log p(y | x)`` (nats, float64) at ``theta = mu + L v`` of a chain job.
 
@@ -694,17 +737,19 @@ def _log_target_v(
     ``-(c + H v)`` reuses the product ``H v`` of the value: one matrix-vector product per
     evaluation instead of two (``A v`` and ``A^T`` times the gradient), the same density to
     rounding. ``w = v`` for ``precondition="prior"``. Otherwise the prior is evaluated
-    through ``problem.log_prior``.
+    through ``problem.log_prior``. The products with ``L`` and ``H`` read half of each matrix
+    (BLAS ``trmv`` and ``symv``, :class:`_TriangularProducts`) unless ``blas`` is False.
     """
     problem = as_problem(job.problem)
-    mu, tril = job.mu.to(dtype), job.tril.to(dtype)
+    mu = job.mu.to(dtype)
     if prior_term is None:
         prior_term = _gaussian_prior_term(job)
     if prior_term is None:
+        products = _TriangularProducts(job.tril.to(dtype), None, blas)
         log_target = _log_target(problem, job.y)
 
         def log_target_v(v: torch.Tensor) -> torch.Tensor:
-            return log_target(mu + _MatVec.apply(tril, v.to(dtype)))
+            return log_target(products.affine(mu, v.to(dtype)))
 
         return log_target_v
     par = problem.parameterisation()
@@ -712,6 +757,7 @@ def _log_target_v(
     const = prior_term.const
     hess = None if prior_term.hess is None else prior_term.hess.to(dtype)
     lin = None if prior_term.lin is None else prior_term.lin.to(dtype)
+    products = _TriangularProducts(job.tril.to(dtype), hess, blas)
 
     def log_likelihood(theta: torch.Tensor) -> torch.Tensor:
         if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
@@ -725,9 +771,9 @@ def _log_target_v(
         else:
             # c^T v + v^T H v / 2 with the gradient c + H v from the one product H v: the
             # detached hv makes autograd return (c + hv) instead of computing H^T (...) again
-            hv = (hess @ vd).detach()
+            hv = products.hess_mv(vd)
             quad = ((lin + hv) * vd).sum() - 0.5 * (hv * vd).sum().detach()
-        return const - quad.double() + log_likelihood(mu + _MatVec.apply(tril, vd))
+        return const - quad.double() + log_likelihood(products.affine(mu, vd))
 
     return log_target_gaussian
 
@@ -824,7 +870,8 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
 
     cpu = time.process_time()
     prior_term = _gaussian_prior_term(job)
-    log_target_v = _log_target_v(job, torch.float64, prior_term)
+    blas = not job.jit_compile  # a trace would record the BLAS calls' results as constants
+    log_target_v = _log_target_v(job, torch.float64, prior_term, blas)
     mu, tril = job.mu, job.tril
     checks = torch.linalg.solve_triangular(tril, (job.checks - mu).T, upper=False).T
     checks = checks.contiguous()
@@ -835,7 +882,7 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
     fn: Callable[[torch.Tensor], torch.Tensor] = energy_v
     dtype_fallback = None
     if job.potential_dtype != torch.float64:
-        low = _log_target_v(job, job.potential_dtype, prior_term)
+        low = _log_target_v(job, job.potential_dtype, prior_term, blas)
 
         def energy_low(v: torch.Tensor) -> torch.Tensor:
             return -low(v)
@@ -864,9 +911,13 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
         target_accept_prob=0.8,
         adapt_mass_matrix=job.adapt_mass_matrix,
     )
-    draws, _, mcmc = run_whitened_chain(
-        kernel, job.start, mu, tril, job.num_samples, job.warmup_steps, job.seed
-    )
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # (sklearn)
+
+    # SciPy's BLAS (the products above) gets torch's thread count, not all the cores
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        draws, _, mcmc = run_whitened_chain(
+            kernel, job.start, mu, tril, job.num_samples, job.warmup_steps, job.seed
+        )
     # laid out as arviz.from_pyro lays out Pyro's divergences (indices of post-warm-up draws)
     diverging = np.zeros(job.num_samples, dtype=bool)
     diverging[mcmc.diagnostics()["divergences"]["chain 0"]] = True
