@@ -849,7 +849,7 @@ def _check_low_precision(
             v = point.clone().requires_grad_(True)
             u = fn(v)
             (grad,) = torch.autograd.grad(u, v)
-            values.append((float(u), grad))
+            values.append((float(u.detach()), grad))
         (u0, g0), (u1, g1) = values
         if not math.isfinite(u1) or abs(u1 - u0) > FLOAT32_POTENTIAL_TOLERANCE:
             return (
