@@ -329,7 +329,11 @@ class _RecordingNUTS(NUTS):
     """Pyro's NUTS that records each transition's energy and number of leapfrog steps.
 
     ``energy_fn`` is the potential without the evaluation counter; ``counter`` is the
-    one-element list the counted potential increments (one per leapfrog step).
+    one-element list the counted potential increments (one per leapfrog step); ``recent``
+    the list of ``(v, U(v))`` that the counted potential appends to: the state a transition
+    starts from is a point of the previous transition's trajectory, whose potential is then
+    looked up there instead of evaluated again (one evaluation per transition saved, about
+    6% of them at 15 leapfrog steps per transition).
     """
 
     def __init__(
@@ -337,18 +341,29 @@ class _RecordingNUTS(NUTS):
         potential_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         energy_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         counter: list[int],
+        recent: list[tuple[torch.Tensor, float]],
         **kwargs: Any,
     ) -> None:
         super().__init__(potential_fn=potential_fn, **kwargs)
         self._energy_fn = energy_fn
         self._counter = counter
+        self._recent = recent
         self.energy: list[float] = []
         self.n_steps: list[int] = []
 
+    def _potential_at(self, params: dict[str, torch.Tensor]) -> float:
+        """``U`` at ``params``: from the previous trajectory's evaluations, else evaluated."""
+        v = params["v"]
+        for point, value in reversed(self._recent):
+            if torch.equal(point, v):
+                return value
+        with torch.no_grad():
+            return float(self._energy_fn(params))
+
     def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run one NUTS transition from ``params`` and record its energy and its steps."""
-        with torch.no_grad():
-            potential = float(self._energy_fn(params))
+        potential = self._potential_at(params)
+        self._recent.clear()
         before = self._counter[0]
         recorder = _MomentumRecorder()
         with recorder:
@@ -895,18 +910,22 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
     if job.jit_compile:
         fn, fallback = _trace_energy(fn, checks)
     count = [0]
+    recent: list[tuple[torch.Tensor, float]] = []
 
     def energy(params: dict[str, torch.Tensor]) -> torch.Tensor:
         return fn(params["v"])
 
     def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
         count[0] += 1
-        return fn(params["v"])
+        value = fn(params["v"])
+        recent.append((params["v"].detach().clone(), float(value.detach())))
+        return value
 
     kernel = _RecordingNUTS(
         potential,
         energy,
         count,
+        recent,
         max_tree_depth=job.max_tree_depth,
         target_accept_prob=0.8,
         adapt_mass_matrix=job.adapt_mass_matrix,
