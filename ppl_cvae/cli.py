@@ -854,7 +854,7 @@ def _need_problem(meta: dict[str, Any], what: str) -> Any:
     raise ConfigError(f"{what} needs the problem's forward operator: {reason}")
 
 
-DEFAULT_POTENTIAL_DTYPE = "float64"
+DEFAULT_POTENTIAL_DTYPE = "float32"
 """Default of ``sample --method nuts --potential-dtype`` (README, "NUTS within 60 s per
 observation")."""
 
