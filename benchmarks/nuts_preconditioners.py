@@ -172,7 +172,7 @@ def main(args):
         f"{problem.name}: {args.chains} chains x {args.nuts_samples} draws after "
         f"{args.nuts_warmup} warm-up, max tree depth {args.max_tree_depth}, {num_start} "
         f"amortized draws per observation, seed {args.seed}, mass matrix adaptation "
-        f"{not args.no_mass_adaptation}"
+        f"{not args.no_mass_adaptation}, potential {args.potential_dtype}"
     )
     if args.profile:
         init = draw_posterior(cvae, y_obs[:1], num_start, seed=0).x[:, 0]
@@ -195,6 +195,7 @@ def main(args):
                 seed=args.seed,
                 max_tree_depth=args.max_tree_depth,
                 adapt_mass_matrix=not args.no_mass_adaptation,
+                potential_dtype=args.potential_dtype,
             )
             results[precondition] = res
             folded, tail_ess = tail_stats(res.x)
@@ -244,6 +245,10 @@ if __name__ == "__main__":
         help="warm-up adapts the step size only (the preconditioner is the mass matrix)",
     )
     parser.add_argument("--profile", action="store_true", help="time one evaluation's pieces")
+    parser.add_argument(
+        "--potential-dtype", default="float64", choices=["float64", "float32"],
+        help="precision of the potential (nuts_sample(potential_dtype=...))",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     main(parser.parse_args())

@@ -174,7 +174,8 @@ def run(name, args):
     print(
         f"  NUTS: {args.chains} chains x ({args.nuts_warmup} warm-up + {nuts_samples} draws), "
         f"mass adaptation {not args.no_mass_adaptation}, max tree depth {args.max_tree_depth}, "
-        f"cores {args.cores}, jit {args.nuts_jit}; load {os.getloadavg()[0]:.1f}"
+        f"cores {args.cores}, jit {args.nuts_jit}, potential {args.potential_dtype}; load "
+        f"{os.getloadavg()[0]:.1f}"
     )
     for i in range(min(args.nuts_observations, args.num_heldout)):
         # 20 draws per coordinate estimate the preconditioner (as ppl-cvae sample does)
@@ -201,6 +202,7 @@ def run(name, args):
                 adapt_mass_matrix=current or not args.no_mass_adaptation,
                 num_cores=1 if current else args.cores,
                 jit_compile=False if current else args.nuts_jit,
+                potential_dtype="float64" if current else args.potential_dtype,
             )
             rows[precondition].append(res)
             print(f"    observation {i}, {precondition}: {run_line(res)}", flush=True)
@@ -287,6 +289,7 @@ def nuts_rows(problem, cvae, y_obs, args):
                     num_chains=args.chains,
                     precondition=precondition,
                     seed=args.seed,
+                    potential_dtype=args.potential_dtype,
                 )
             )
     return rows
@@ -393,6 +396,10 @@ if __name__ == "__main__":
         "--cores", type=int, default=1, help="worker processes for the chains (num_cores)"
     )
     parser.add_argument("--nuts-jit", action="store_true", help="trace the potential")
+    parser.add_argument(
+        "--potential-dtype", default="float64", choices=["float64", "float32"],
+        help="precision of the NUTS potential (nuts_sample(potential_dtype=...))",
+    )
     parser.add_argument(
         "--compare-current",
         action="store_true",

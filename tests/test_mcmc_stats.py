@@ -172,3 +172,38 @@ def test_cli_nuts_passes_the_preconditioner(tmp_path, capsys, monkeypatch, flag,
     assert main([*sample, "--method", "importance", "--preconditioner", "prior",
                  "--out", str(tmp_path / "is.nc")]) != 0
     assert "--preconditioner prior applies to --method nuts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [([], "float32"), (["--potential-dtype", "float64"], "float64")],
+)
+def test_cli_nuts_passes_the_potential_dtype(tmp_path, capsys, monkeypatch, flag, expected):
+    """``--potential-dtype`` reaches :func:`inference.mcmc.nuts_sample` (default float32) and
+    the file's attrs say which precision ran; with another method it is refused."""
+    import inference.mcmc as mcmc
+    from inference.arviz_io import load_inference_data
+    from ppl_cvae.cli import main
+    from tests.conftest import TINY_FIT
+
+    seen = []
+    original = mcmc.nuts_sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["potential_dtype"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mcmc, "nuts_sample", spy)
+    run, obs, out = tmp_path / "run", tmp_path / "obs.npz", tmp_path / "nuts.nc"
+    lg = ["--problem", "linear_gaussian"]
+    assert main(["fit", *lg, "--out", str(run), *TINY_FIT]) == 0
+    assert main(["simulate", *lg, "--num", "1", "--out", str(obs)]) == 0
+    sample = ["sample", str(run), "--observation", str(obs), "--num-samples", "20"]
+    assert main([*sample, "--method", "nuts", "--chains", "2", "--warmup", "10", *flag,
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert seen == [expected]
+    assert load_inference_data(out).posterior.attrs["potential_dtype"] == expected
+    assert main([*sample, "--method", "importance", "--potential-dtype", "float32",
+                 "--out", str(tmp_path / "is.nc")]) != 0
+    assert "--potential-dtype apply to --method nuts" in capsys.readouterr().err

@@ -386,11 +386,25 @@ class Problem(abc.ABC):
     def noise(self) -> GaussianNoise:
         """The observation noise model: ``N(0, noise_cov)``, else ``N(0, noise_std^2 I)``.
 
-        Built on each access from :attr:`noise_cov` and :attr:`noise_std` (so a changed
-        attribute takes effect); zero for a noise-free problem (:attr:`GaussianNoise.is_zero
-        <ppl_cvae.problems.noise.GaussianNoise.is_zero>`).
+        Built from :attr:`noise_cov` and :attr:`noise_std` and kept while both stay the same
+        (the same ``noise_cov`` tensor object and the same ``noise_std``; shape ``y_shape``),
+        so that its factorisation (:meth:`GaussianNoise.cholesky
+        <ppl_cvae.problems.noise.GaussianNoise.cholesky>`) is computed once, not on every
+        :meth:`log_likelihood` (NUTS evaluates it tens of thousands of times). Assigning
+        another ``noise_cov`` or ``noise_std`` takes effect at the next access; a
+        ``noise_cov`` edited in place must be assigned again. Zero for a noise-free problem
+        (:attr:`GaussianNoise.is_zero <ppl_cvae.problems.noise.GaussianNoise.is_zero>`).
         """
-        return GaussianNoise(tuple(self.y_shape), std=float(self.noise_std), cov=self.noise_cov)
+        std, cov, y_shape = float(self.noise_std), self.noise_cov, tuple(self.y_shape)
+        cached = self.__dict__.get("_noise_cache")
+        if cached is not None:
+            key_std, key_cov, key_shape, noise = cached
+            if key_std == std and key_cov is cov and key_shape == y_shape:
+                return cast("GaussianNoise", noise)
+        noise = GaussianNoise(y_shape, std=std, cov=cov)
+        # object.__setattr__: a ProblemAdapter would forward the attribute to what it wraps
+        object.__setattr__(self, "_noise_cache", (std, cov, y_shape, noise))
+        return noise
 
     @property
     def misfit_noise(self) -> GaussianNoise:

@@ -434,6 +434,7 @@ class Crosshole(Problem):
             (torch.arange(nz + 1, dtype=torch.float64) * self.cell_size).numpy(),
             (torch.arange(nx + 1, dtype=torch.float64) * self.cell_size).numpy(),
         )
+        self._matrix32 = self._matrix64.to(torch.float32)  # cast once (forward in float32)
         self.source_depths = sources.to(torch.float32)
         self.receiver_depths = receivers.to(torch.float32)
         self.source_depth = src.to(torch.float32)
@@ -471,7 +472,7 @@ class Crosshole(Problem):
     @property
     def matrix(self) -> torch.Tensor:
         """Ray-length matrix ``G``; shape ``(num_rays, nz * nx)``, in m, float32."""
-        return self._matrix64.to(torch.float32)
+        return self._matrix32.clone()
 
     @property
     def ray_lengths(self) -> torch.Tensor:
@@ -571,7 +572,9 @@ class Crosshole(Problem):
         """
         slowness = self.slowness_of(x)
         flat = slowness.reshape(*x.shape[:-2], self.x_shape[0] * self.x_shape[1])
-        return flat @ self._matrix64.to(x).T
+        # the copy per dtype is made once (a cast of G on every call cost 0.1 ms in NUTS)
+        matrix = self._matrix32 if flat.dtype == torch.float32 else self._matrix64
+        return flat @ matrix.to(flat).T
 
     def simulate(
         self, num: int, generator: torch.Generator | None = None

@@ -103,6 +103,9 @@ class GaussianNoise:
                 raise ShapeError(f"noise_cov must have shape ({m}, {m}), got {tuple(cov.shape)}")
             self.cov = cov
         self._chol: torch.Tensor | None = None
+        self._diag_sd: torch.Tensor | None = None  # sqrt(diag(C_e)) when C_e is diagonal
+        self._diagonal: bool | None = None
+        self._half_logdet_value: float | None = None
 
     def __repr__(self) -> str:
         if self.cov is None:
@@ -119,7 +122,22 @@ class GaussianNoise:
         """Whether the data errors are independent (no covariance, or a diagonal one)."""
         if self.cov is None:
             return True
-        return bool((self.cov - torch.diag(self.cov.diagonal())).abs().max() == 0)
+        if self._diagonal is None:  # checked once: the covariance is fixed
+            self._diagonal = bool((self.cov - torch.diag(self.cov.diagonal())).abs().max() == 0)
+        return self._diagonal
+
+    def _factor(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Return ``(sd, None)`` for a diagonal covariance, else ``(None, L)``; both cached.
+
+        ``sd`` ``(m,)`` is ``sqrt(diag(C_e))`` (whitening is then a division), ``L`` the
+        Cholesky factor (whitening is a triangular solve); float64.
+        """
+        if self.is_diagonal:
+            if self._diag_sd is None:
+                assert self.cov is not None  # is_diagonal without a covariance is std-only
+                self._diag_sd = self.cov.diagonal().sqrt()
+            return self._diag_sd, None
+        return None, self.cholesky()
 
     def covariance(self) -> torch.Tensor:
         """Return ``C_e`` of the flattened ``y``; shape ``(m, m)``, float64, units of y squared.
@@ -194,9 +212,13 @@ class GaussianNoise:
         self._require_noise("whitening")
         if self.cov is None:
             return residual / self.std
-        chol = self.cholesky().to(residual)
         batch = residual.shape[: residual.dim() - len(self.y_shape)]
         flat = residual.reshape(*batch, -1)
+        sd, chol = self._factor()
+        if sd is not None:
+            return (flat / sd.to(residual)).reshape(residual.shape)
+        assert chol is not None
+        chol = chol.to(residual)
         white = torch.linalg.solve_triangular(chol, flat.unsqueeze(-1), upper=False).squeeze(-1)
         return white.reshape(residual.shape)
 
@@ -232,11 +254,22 @@ class GaussianNoise:
             chi2 = (flat / self.std).square().sum(-1)
             half_logdet = m * math.log(self.std)
         else:
-            chol = self.cholesky()
-            white = torch.linalg.solve_triangular(chol, flat.unsqueeze(-1), upper=False)
-            chi2 = white.squeeze(-1).square().sum(-1)
-            half_logdet = float(chol.diagonal().log().sum())
+            sd, chol = self._factor()
+            if sd is not None:  # diagonal C_e: a division, no triangular solve
+                chi2 = (flat / sd.to(flat.device)).square().sum(-1)
+                half_logdet = self._half_logdet(sd)
+            else:
+                assert chol is not None
+                white = torch.linalg.solve_triangular(chol, flat.unsqueeze(-1), upper=False)
+                chi2 = white.squeeze(-1).square().sum(-1)
+                half_logdet = self._half_logdet(chol.diagonal())
         return -0.5 * chi2 - half_logdet - 0.5 * m * _LOG_2PI
+
+    def _half_logdet(self, scales: torch.Tensor) -> float:
+        """``sum_i log L_ii = log det(C_e) / 2`` from the factor's diagonal, computed once."""
+        if self._half_logdet_value is None:
+            self._half_logdet_value = float(scales.log().sum())
+        return self._half_logdet_value
 
     def log_prob_pointwise(self, residual: torch.Tensor) -> torch.Tensor:
         """Return the log density of each datum's residual, ``log N(r_i; 0, sigma_i^2)``.
