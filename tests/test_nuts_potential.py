@@ -264,3 +264,17 @@ def test_cached_noise_log_prob_equals_a_fresh_factorisation():
         assert float(problem.log_likelihood(torch.zeros(3), torch.ones(4))) == pytest.approx(
             -0.5 * 4 / 0.36 - 4 * math.log(0.6) - 2 * math.log(2 * math.pi), rel=1e-12
         )
+
+
+def test_noise_cov_edited_in_place_is_seen():
+    """Scaling ``noise_cov`` in place (same tensor object) rebuilds the cached noise model:
+    the log density of a zero residual moves by ``-m log(k) / 2`` for a covariance scaled by
+    ``k`` (negative control: the stale factor would keep the old value)."""
+    problem = LinearGaussian(x_dim=3, y_dim=4, noise_std=0.3)
+    cov = torch.diag(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64))
+    problem.noise_cov = cov
+    zero = torch.zeros(1, 4, dtype=torch.float64)
+    before = float(problem.noise.log_prob(zero))
+    cov.mul_(4.0)
+    after = float(problem.noise.log_prob(zero))
+    assert after == pytest.approx(before - 0.5 * 4 * math.log(4.0), rel=1e-12)

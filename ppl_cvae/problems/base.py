@@ -391,19 +391,26 @@ class Problem(abc.ABC):
         so that its factorisation (:meth:`GaussianNoise.cholesky
         <ppl_cvae.problems.noise.GaussianNoise.cholesky>`) is computed once, not on every
         :meth:`log_likelihood` (NUTS evaluates it tens of thousands of times). Assigning
-        another ``noise_cov`` or ``noise_std`` takes effect at the next access; a
-        ``noise_cov`` edited in place must be assigned again. Zero for a noise-free problem
+        another ``noise_cov`` or ``noise_std``, or editing ``noise_cov`` in place (seen through
+        the tensor's version counter), takes effect at the next access. Zero for a noise-free problem
         (:attr:`GaussianNoise.is_zero <ppl_cvae.problems.noise.GaussianNoise.is_zero>`).
         """
         std, cov, y_shape = float(self.noise_std), self.noise_cov, tuple(self.y_shape)
+        # torch counts in-place edits of a tensor in its _version
+        version = cov._version if isinstance(cov, torch.Tensor) else None
         cached = self.__dict__.get("_noise_cache")
         if cached is not None:
-            key_std, key_cov, key_shape, noise = cached
-            if key_std == std and key_cov is cov and key_shape == y_shape:
+            key_std, key_cov, key_version, key_shape, noise = cached
+            if (
+                key_std == std
+                and key_cov is cov
+                and key_version == version
+                and key_shape == y_shape
+            ):
                 return cast("GaussianNoise", noise)
         noise = GaussianNoise(y_shape, std=std, cov=cov)
         # object.__setattr__: a ProblemAdapter would forward the attribute to what it wraps
-        object.__setattr__(self, "_noise_cache", (std, cov, y_shape, noise))
+        object.__setattr__(self, "_noise_cache", (std, cov, version, y_shape, noise))
         return noise
 
     @property
