@@ -13,6 +13,8 @@ Run::
     python benchmarks/two_birds.py [--epochs 60] [--threads 2] [--functions original]
     python benchmarks/two_birds.py --likelihood flow --latent-dim 0   # a flow on the endpoints
     python benchmarks/two_birds.py --unconstrained   # endpoints as before issue 10
+    python benchmarks/two_birds.py --functions data_1 --prior flow --prior-flow-type coupling \
+        --draw-rate   # a coupling flow prior; draws/s against the Gaussian prior net
 
 About 12 minutes on 2 CPU cores with the default budget.
 """
@@ -20,6 +22,8 @@ About 12 minutes on 2 CPU cores with the default budget.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -77,7 +81,9 @@ def run(functions, args):
             "prior",
             "flow_layers",
             "prior_flow_layers",
+            "prior_flow_type",
             "flow_hidden_dims",
+            "flow_bins",
         )
         if getattr(args, key) is not None
     }
@@ -125,6 +131,8 @@ def run(functions, args):
         seconds,
     )
     print(f"  accepted fraction {accepted.float().mean():.3f}")
+    if args.draw_rate:
+        draw_rates(cvae, config, problem, x, y, args)
     # ablation: the same refinement and acceptance from prior draws instead of the CVAE
     gen = torch.Generator().manual_seed(args.seed)
     prior_x = problem.sample_prior(4 * 30 * y_test.shape[0], gen).reshape(120, -1, 1, 50, 2)
@@ -143,6 +151,33 @@ def run(functions, args):
         seconds,
     )
     print(f"  accepted fraction {accepted.float().mean():.3f}")
+
+
+def draw_rates(cvae, config, problem, x, y, args):
+    """Print amortized draws/s for one observation, interleaved with the Gaussian prior net's.
+
+    The reference is the problem's recommended model with the Gaussian prior net
+    (``prior="learned"``), built untrained on the same pairs: the cost of a draw does not
+    depend on the weights. Repeats alternate between the two models; medians are printed.
+    """
+    reference_config, _ = resolve_settings(problem, Overrides(model={"prior": "learned"}))
+    reference = build_cvae(reference_config, x, y, problem=problem)
+    models = {f"this fit (prior {config.prior})": cvae, "Gaussian prior net": reference}
+    rates = {name: [] for name in models}
+    n = args.draw_samples
+    load = [os.getloadavg()[0]]
+    for repeat in range(args.draw_repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            draw_posterior(model, y[:1], n, seed=repeat)
+            rates[name].append(n / (time.perf_counter() - start))
+    load.append(os.getloadavg()[0])
+    parts = [f"{name} {statistics.median(r):,.0f}" for name, r in rates.items()]
+    print(
+        f"  draws/s for one observation ({n:,} draws, median of {args.draw_repeats} "
+        f"interleaved repeats, {torch.get_num_threads()} thread(s), load average "
+        f"{load[0]:.1f} -> {load[1]:.1f}): " + ", ".join(parts)
+    )
 
 
 def anchor():
@@ -175,6 +210,19 @@ if __name__ == "__main__":
     parser.add_argument("--prior", help="override the prior (learned, standard_normal, flow)")
     parser.add_argument("--flow-layers", type=int, help="spline layers of the flow on x")
     parser.add_argument("--prior-flow-layers", type=int, help="spline layers of the flow on z")
+    parser.add_argument(
+        "--prior-flow-type",
+        choices=("autoregressive", "coupling"),
+        help="spline layer type of the flow on z",
+    )
+    parser.add_argument("--flow-bins", type=int, help="bins of each rational-quadratic spline")
+    parser.add_argument(
+        "--draw-rate",
+        action="store_true",
+        help="also time amortized draws for one observation against the Gaussian prior net",
+    )
+    parser.add_argument("--draw-samples", type=int, default=100_000)
+    parser.add_argument("--draw-repeats", type=int, default=5)
     parser.add_argument(
         "--flow-hidden-dims",
         type=lambda text: tuple(int(v) for v in text.split(",")),

@@ -26,6 +26,7 @@ from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import ACTIVATIONS
 from ppl_cvae.nets.decoder import DECODER_LIKELIHOODS, Likelihood
 from ppl_cvae.nets.factory import network_names
+from ppl_cvae.nets.flows import FLOW_LAYER_TYPES
 
 __all__ = [
     "LIKELIHOODS",
@@ -250,6 +251,14 @@ class ModelConfig(_DictMixin):
         step, five layers 1.9-2.4x, against the 1.5x that issue 10 allows). A configuration
         written before this field existed (no key) reads as ``flow_layers`` when its prior is
         a flow, the structure it was built with.
+    prior_flow_type : {"autoregressive", "coupling"}, default "autoregressive"
+        Spline layer type of the flow on ``z`` (:data:`~ppl_cvae.nets.flows.FLOW_LAYER_TYPES`):
+        a masked autoregressive spline layer (density one network pass, a draw ``latent_dim``
+        sequential passes) or a spline coupling layer in two steps, each half of ``z``
+        conditioning the other (density and draw two passes each: fast amortized draws).
+        A configuration written before this field existed (no key) reads as
+        ``"autoregressive"``, the layer it was built with. The flow on ``x``
+        (``likelihood="flow"``) is always autoregressive.
     flow_bins : int, default 10
         Bins of each rational-quadratic spline, in [2, 256].
     flow_hidden_dims : tuple of int, default (64, 64)
@@ -342,6 +351,7 @@ class ModelConfig(_DictMixin):
     num_facies: int = 2
     x_whitening: Literal["none", "linear"] = "none"
     prior_flow_layers: int = 1
+    prior_flow_type: Literal["autoregressive", "coupling"] = "autoregressive"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -349,7 +359,9 @@ class ModelConfig(_DictMixin):
 
         A dict written before ``prior_flow_layers`` existed (a checkpoint or training state of
         an older version) has no such key; its prior flow, if any, was built with
-        ``flow_layers`` layers, so that is what the missing key reads as.
+        ``flow_layers`` layers, so that is what the missing key reads as. A dict without
+        ``prior_flow_type`` was written when every prior flow was autoregressive, so the
+        missing key reads as ``"autoregressive"`` whatever the current default.
 
         Raises
         ------
@@ -359,6 +371,8 @@ class ModelConfig(_DictMixin):
         if isinstance(data, Mapping) and "prior_flow_layers" not in data:
             if data.get("prior") == "flow":
                 data = {**data, "prior_flow_layers": data.get("flow_layers", cls.flow_layers)}
+        if isinstance(data, Mapping) and "prior_flow_type" not in data:
+            data = {**data, "prior_flow_type": "autoregressive"}
         return super().from_dict(data)
 
     def __post_init__(self) -> None:
@@ -393,7 +407,15 @@ class ModelConfig(_DictMixin):
                 raise ConfigError(f"{name} must be {kind}, got {_show(value)}")
             if value > MAX_WIDTH:
                 raise ConfigError(f"{name}={value} is above the limit {MAX_WIDTH}")
-        for name in ("activation", "network", "prior", "likelihood", "y_embedding", "x_whitening"):
+        for name in (
+            "activation",
+            "network",
+            "prior",
+            "likelihood",
+            "y_embedding",
+            "x_whitening",
+            "prior_flow_type",
+        ):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ConfigError(f"{name} must be a string, got {type(value).__name__}")
@@ -461,6 +483,11 @@ class ModelConfig(_DictMixin):
                 raise ConfigError(
                     f"{name}={getattr(self, name)} is above the limit {MAX_LAYERS}"
                 )
+        if self.prior_flow_type not in FLOW_LAYER_TYPES:
+            raise ConfigError(
+                f"unknown prior_flow_type {_show(self.prior_flow_type)}; expected one of "
+                f"{FLOW_LAYER_TYPES}"
+            )
         if not 2 <= self.flow_bins <= 256:
             raise ConfigError(f"flow_bins must be in [2, 256], got {self.flow_bins}")
         if self.latent_dim == 0 and self.likelihood != "flow":
@@ -655,6 +682,7 @@ class ModelOverrides(TypedDict, total=False):
     num_facies: int
     x_whitening: Literal["none", "linear"]
     prior_flow_layers: int
+    prior_flow_type: Literal["autoregressive", "coupling"]
 
 
 class TrainOverrides(TypedDict, total=False):
