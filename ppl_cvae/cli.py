@@ -1297,8 +1297,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--prior-flow-type",
         choices=FLOW_LAYER_TYPES,
-        help="spline layer type of the flow on z, --prior flow: autoregressive (slow draws) "
-        "or coupling (one pass per draw; default autoregressive)",
+        help="spline layer type of the flow on z, --prior flow: coupling (one network pass "
+        "per layer and draw; the default) or autoregressive (latent-dim passes per draw)",
     )
     fit_p.add_argument(
         "--flow-bins", type=_count(2), help="bins of each rational-quadratic spline (default 10)"
