@@ -1292,7 +1292,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--prior-flow-layers",
         type=_count(0),
-        help="spline layers of the flow on z, --prior flow (default 1)",
+        help="spline layers of the flow on z, --prior flow (default 2)",
     )
     fit_p.add_argument(
         "--prior-flow-type",

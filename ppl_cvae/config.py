@@ -243,23 +243,27 @@ class ModelConfig(_DictMixin):
     flow_layers : int, default 5
         Spline layers of the flow on ``x`` (``likelihood="flow"``), in [0, 64]; 0 is the
         diagonal Gaussian.
-    prior_flow_layers : int, default 1
+    prior_flow_layers : int, default 2
         Spline layers of the flow on ``z`` (``prior="flow"``), in [0, 64]. One spline
         autoregressive layer already gives every ``z_i`` given ``z_<i, y`` a multimodal
-        density, and each layer adds about a fifth to a third of the default SVI step on the
-        Two Birds network (``benchmarks/family_cost.py``: one layer 1.1-1.3x the default
-        step, five layers 1.9-2.4x, against the 1.5x that issue 10 allows). A configuration
-        written before this field existed (no key) reads as ``flow_layers`` when its prior is
-        a flow, the structure it was built with.
+        density; a coupling layer moves only half of ``z`` given the other half, so the
+        default coupling flow has two (on a known two-mode ``p(z|y)`` in 8 dimensions,
+        ``benchmarks/prior_flow_quality.py``: KL 1.26 nats with one coupling layer, 0.15 with
+        two, 0.14 with one autoregressive layer). Each layer adds about a fifth to a third of
+        the default SVI step on the Two Birds network (``benchmarks/family_cost.py``: two
+        coupling layers 1.5x the default step, one autoregressive layer 1.1-1.3x, five
+        2.4x, against the 1.5x that issue 10 allows). A configuration written before this
+        field existed (no key) reads as ``flow_layers`` when its prior is a flow, the
+        structure it was built with.
     prior_flow_type : {"autoregressive", "coupling"}, default "coupling"
         Spline layer type of the flow on ``z`` (:data:`~ppl_cvae.nets.flows.FLOW_LAYER_TYPES`):
         a masked autoregressive spline layer (density one network pass, a draw ``latent_dim``
         sequential passes) or a spline coupling layer (half of ``z`` conditions a spline of
         the other half, alternating between layers, then one elementwise spline given ``y``:
         density and draw one pass per layer). The default since issue 10: on Two Birds
-        ``data_1`` one coupling layer matches one autoregressive layer's amortized pass rate
-        (0.975 / 0.971 against 0.977 / 0.969 on training seeds 0 / 1) with several times
-        the draws per second (README "Two Birds"). A configuration written before this field
+        ``data_1`` two coupling layers reach an amortized pass rate of 0.991 / 0.983
+        (training seeds 0 / 1; one autoregressive layer 0.977 / 0.969) with 5x its draws per
+        second (README "Two Birds"). A configuration written before this field
         existed (no key) reads as ``"autoregressive"``, the layer it was built with. The flow
         on ``x`` (``likelihood="flow"``) is always autoregressive.
     flow_bins : int, default 10
@@ -353,7 +357,7 @@ class ModelConfig(_DictMixin):
     flow_hidden_dims: tuple[int, ...] = (64, 64)
     num_facies: int = 2
     x_whitening: Literal["none", "linear"] = "none"
-    prior_flow_layers: int = 1
+    prior_flow_layers: int = 2
     prior_flow_type: Literal["autoregressive", "coupling"] = "coupling"
 
     @classmethod
