@@ -366,7 +366,8 @@ class ModelConfig(_DictMixin):
 
         A dict written before ``prior_flow_layers`` existed (a checkpoint or training state of
         an older version) has no such key; its prior flow, if any, was built with
-        ``flow_layers`` layers, so that is what the missing key reads as. A dict without
+        ``flow_layers`` layers, so that is what the missing key reads as (1, its first
+        default, for a prior that is not a flow). A dict without
         ``prior_flow_type`` was written when every prior flow was autoregressive, so the
         missing key reads as ``"autoregressive"`` whatever the current default.
 
@@ -376,8 +377,10 @@ class ModelConfig(_DictMixin):
             If ``data`` is not a mapping, a key is unknown or missing, or a value is invalid.
         """
         if isinstance(data, Mapping) and "prior_flow_layers" not in data:
-            if data.get("prior") == "flow":
-                data = {**data, "prior_flow_layers": data.get("flow_layers", cls.flow_layers)}
+            # a stored configuration does not change with today's defaults: without a prior
+            # flow the field was 1 when it was introduced
+            layers = data.get("flow_layers", cls.flow_layers) if data.get("prior") == "flow" else 1
+            data = {**data, "prior_flow_layers": layers}
         if isinstance(data, Mapping) and "prior_flow_type" not in data:
             data = {**data, "prior_flow_type": "autoregressive"}
         return super().from_dict(data)
