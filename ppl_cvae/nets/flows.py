@@ -68,10 +68,14 @@ def _layer_weights(dim: int, context_dim: int, hidden: list[int], count_bins: in
 def _coupling_weights(dim: int, context_dim: int, hidden: list[int], count_bins: int) -> int:
     """Weights of the largest conditioning network of a coupling flow (biases excluded).
 
-    The final elementwise spline's network (context to ``dim`` splines) is at least as large as
-    a coupling layer's (given half and context to the other half's splines).
+    The candidates: the final elementwise spline's network (context to ``dim`` splines) and
+    each coupling layer's (one half and the context to the other half's splines).
     """
-    return _layer_weights(dim, context_dim, hidden, count_bins) - dim * hidden[0]
+    sizes = []
+    for given in (0, dim // 2, dim - dim // 2):  # 0: the final spline, given the context alone
+        widths = [given + context_dim, *hidden, (dim - given or dim) * (3 * count_bins - 1)]
+        sizes.append(sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True)))
+    return max(sizes)
 
 
 def _build(make: Callable[[], nn.Module]) -> nn.Module:
