@@ -7,14 +7,16 @@ divided by the default's (the issue's bound for the flow options: at most 1.5x).
 second for one observation through :func:`inference.draw_posterior` (median of repeats).
 
 Families: the default (Gaussian prior net, Gaussian basis decoder on constrained endpoints);
-the same on unconstrained endpoints (the default before issue 10); ``--prior flow`` (one
-spline layer on ``z``, ``prior_flow_layers=1``) and, for comparison, the five layers it had
-before (``--prior-flow-layers 5``); a flow on the endpoint coefficients with no latent
-(``--likelihood flow --latent-dim 0``); the GSNN term (``--gsnn-weight 1``).
+the same on unconstrained endpoints (the default before issue 10); ``--prior flow`` with
+one autoregressive spline layer on ``z``, with one or two coupling layers (two: the default,
+``prior_flow_type="coupling"``, ``prior_flow_layers=2``), with 5 bins instead of 10, and the
+five autoregressive layers of the first prior flow; a flow on the endpoint coefficients with
+no latent (``--likelihood flow --latent-dim 0``); the GSNN term (``--gsnn-weight 1``). Draws
+are timed in interleaved repeats too.
 
 Run::
 
-    python benchmarks/family_cost.py [--threads 1] [--blocks 9] [--steps 10]
+    python benchmarks/family_cost.py [--threads 1] [--blocks 9] [--steps 10] [--families 2,3,4]
 
 Prints one line per family; about 10 minutes at 1 thread (mostly the draws of the
 five-layer prior flow).
@@ -23,6 +25,7 @@ five-layer prior flow).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -40,9 +43,25 @@ FAMILIES = {
         {"constrained_coefficients": False},
         0.0,
     ),
-    "prior flow (1 spline layer, the default)": ({"prior": "flow"}, 0.0),
-    "prior flow, 5 spline layers (the former default)": (
-        {"prior": "flow", "prior_flow_layers": 5},
+    "prior flow, 1 autoregressive spline layer": (
+        {"prior": "flow", "prior_flow_type": "autoregressive"},
+        0.0,
+    ),
+    "prior flow, 1 coupling spline layer": ({"prior": "flow", "prior_flow_type": "coupling"}, 0.0),
+    "prior flow, 2 coupling spline layers (the default)": (
+        {"prior": "flow", "prior_flow_type": "coupling", "prior_flow_layers": 2},
+        0.0,
+    ),
+    "prior flow, 1 coupling spline layer, 5 bins": (
+        {"prior": "flow", "prior_flow_type": "coupling", "flow_bins": 5},
+        0.0,
+    ),
+    "prior flow, 2 coupling spline layers, 5 bins": (
+        {"prior": "flow", "prior_flow_type": "coupling", "prior_flow_layers": 2, "flow_bins": 5},
+        0.0,
+    ),
+    "prior flow, 5 autoregressive spline layers (the first default)": (
+        {"prior": "flow", "prior_flow_type": "autoregressive", "prior_flow_layers": 5},
         0.0,
     ),
     "flow on x (endpoints), no latent": ({"likelihood": "flow", "latent_dim": 0}, 0.0),
@@ -56,7 +75,10 @@ def main(args: argparse.Namespace) -> None:
     problem = TwoBirds("data_1")
     x, y = problem.simulate(4096, torch.Generator().manual_seed(0))
     steps = {}
-    for name, (model, gsnn) in FAMILIES.items():
+    chosen = [int(i) for i in args.families.split(",")] if args.families else None
+    for i, (name, (model, gsnn)) in enumerate(FAMILIES.items()):
+        if chosen is not None and i not in chosen and i != 0:  # the default is the reference
+            continue
         config, _ = resolve_settings(problem, Overrides(model=model))
         cvae = build_cvae(config, x, y, problem=problem)
         pyro.clear_param_store()
@@ -72,16 +94,19 @@ def main(args: argparse.Namespace) -> None:
     base = statistics.median(next(iter(steps.values()))[3])
     threads = torch.get_num_threads()
     print(f"threads {threads}, batch 256, {args.blocks} blocks x {args.steps} steps")
-    for name, (cvae, _, _, times) in steps.items():
-        step = statistics.median(times)
-        rates = []
-        for repeat in range(args.repeats):
+    print(f"load average {os.getloadavg()[0]:.2f} after the SVI steps")
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for repeat in range(args.repeats):  # interleaved, like the steps
+        for name, (cvae, _, _, _) in steps.items():
             start = time.perf_counter()
             draw_posterior(cvae, y[:1], args.num_samples, seed=repeat)
-            rates.append(args.num_samples / (time.perf_counter() - start))
+            rates[name].append(args.num_samples / (time.perf_counter() - start))
+    print(f"load average {os.getloadavg()[0]:.2f} after the draws")
+    for name, (cvae, _, _, times) in steps.items():
+        step = statistics.median(times)
         print(
             f"{name}: SVI step {1e3 * step:.1f} ms (x{step / base:.2f} the default), "
-            f"{statistics.median(rates):,.0f} draws/s for one observation, "
+            f"{statistics.median(rates[name]):,.0f} draws/s for one observation, "
             f"{cvae.num_parameters():,} parameters"
         )
 
@@ -93,4 +118,9 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--num-samples", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--families",
+        default="",
+        help="comma-separated indices into FAMILIES to time (the default, 0, always runs)",
+    )
     main(parser.parse_args())

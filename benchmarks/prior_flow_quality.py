@@ -1,7 +1,8 @@
 """Quality of the prior flow by layer count: fit a known two-mode p(z | y) by maximum likelihood.
 
-The prior net of a CVAE (``prior="flow"``, ``prior_flow_layers`` spline layers; 0 is the
-Gaussian prior net) is trained alone, by Adam on ``-log q(z | y)`` over fresh draws, on
+The prior net of a CVAE (``prior="flow"``, ``prior_flow_layers`` spline layers of type
+``prior_flow_type``; 0 is the Gaussian prior net) is trained alone, by Adam on
+``-log q(z | y)`` over fresh draws, on
 
     y ~ U(-1, 1),  s = +-1 with probability 1/2,  z = s m(y) u + 0.4 e,  e ~ N(0, I_dim)
 
@@ -13,15 +14,18 @@ that means both modes are represented (``tests/test_flows.py`` asserts this for 
 
 Run::
 
-    python benchmarks/prior_flow_quality.py [--threads 1] [--steps 400] [--seeds 0,1,2]
+    python benchmarks/prior_flow_quality.py [--threads 1] [--steps 400] [--seeds 0,1,2] \
+        [--types autoregressive,coupling] [--layers 0,1,2,5]
 
-Prints one line per latent size, layer count and seed; about 5 minutes at 1 thread.
+Prints one line per latent size, layer type, layer count and seed; about 10 minutes at 1
+thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 
@@ -49,7 +53,9 @@ def log_density(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(a, b) - math.log(2)
 
 
-def kl_after_fit(dim: int, layers: int, steps: int, seed: int) -> tuple[float, float, float]:
+def kl_after_fit(
+    dim: int, layers: int, steps: int, seed: int, layer_type: str
+) -> tuple[float, float, float]:
     """Fit the prior net; return (held-out KL, its standard error, fit seconds)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
@@ -59,6 +65,7 @@ def kl_after_fit(dim: int, layers: int, steps: int, seed: int) -> tuple[float, f
         prior="flow",
         hidden_dims=(32,),
         prior_flow_layers=layers,
+        prior_flow_type=layer_type,  # type: ignore[arg-type]
     )
     cvae = CVAE(cfg)
     assert cvae.prior_net is not None
@@ -84,16 +91,25 @@ def main(args: argparse.Namespace) -> None:
     print(f"threads {torch.get_num_threads()}, {args.steps} Adam steps of 256 pairs, lr 3e-3")
     seeds = [int(s) for s in args.seeds.split(",")]
     for dim in (2, 8):
-        for layers in (0, 1, 2, 5):
-            kls = []
-            for seed in seeds:
-                kl, se, seconds = kl_after_fit(dim, layers, args.steps, seed)
-                kls.append(kl)
+        for layer_type in args.types.split(","):
+            for layers in (int(n) for n in args.layers.split(",")):
+                if layers == 0 and layer_type != args.types.split(",")[0]:
+                    continue  # 0 layers is the Gaussian whatever the type: once
+                label = f"dim {dim}, {layer_type}, prior_flow_layers {layers}"
+                kls, times = [], []
+                for seed in seeds:
+                    kl, se, seconds = kl_after_fit(dim, layers, args.steps, seed, layer_type)
+                    kls.append(kl)
+                    times.append(seconds)
+                    print(
+                        f"{label}, seed {seed}: KL {kl:.3f} (se {se:.3f}) nats, "
+                        f"fit {seconds:.1f} s"
+                    )
                 print(
-                    f"dim {dim}, prior_flow_layers {layers}, seed {seed}: KL {kl:.3f} "
-                    f"(se {se:.3f}) nats, fit {seconds:.1f} s"
+                    f"{label}: median KL {statistics.median(kls):.3f}, "
+                    f"median fit {statistics.median(times):.1f} s, load average "
+                    f"{os.getloadavg()[0]:.1f}"
                 )
-            print(f"dim {dim}, prior_flow_layers {layers}: median KL {statistics.median(kls):.3f}")
 
 
 if __name__ == "__main__":
@@ -101,4 +117,6 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--types", default="autoregressive,coupling", help="prior_flow_type values")
+    parser.add_argument("--layers", default="0,1,2,5", help="prior_flow_layers values")
     main(parser.parse_args())

@@ -13,6 +13,8 @@ Run::
     python benchmarks/two_birds.py [--epochs 60] [--threads 2] [--functions original]
     python benchmarks/two_birds.py --likelihood flow --latent-dim 0   # a flow on the endpoints
     python benchmarks/two_birds.py --unconstrained   # endpoints as before issue 10
+    python benchmarks/two_birds.py --functions data_1 --prior flow --prior-flow-type coupling \
+        --draw-rate   # a coupling flow prior; draws/s against the Gaussian prior net
 
 About 12 minutes on 2 CPU cores with the default budget.
 """
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -31,7 +35,7 @@ from _common import fit_resimulated, set_flags, train_overrides
 from inference import draw_posterior
 from inference.posterior import PosteriorDraws
 from inference.refine import accept_by_misfit, refine_and_accept, refine_by_misfit
-from ppl_cvae import TwoBirds
+from ppl_cvae import Overrides, TwoBirds, build_cvae, resolve_settings
 from ppl_cvae.data import load_pairs
 from ppl_cvae.problems.two_birds import (
     enumerate_exact_solutions_batch,
@@ -72,7 +76,7 @@ def run(functions, args):
     model = set_flags(
         args,
         ["likelihood", "latent_dim", "prior", "flow_layers", "prior_flow_layers",
-         "flow_hidden_dims"],
+         "prior_flow_type", "flow_hidden_dims", "flow_bins"],
     )
     if args.unconstrained:
         model["constrained_coefficients"] = False
@@ -115,6 +119,8 @@ def run(functions, args):
 
     timed("amortized", lambda: (draw_posterior(cvae, y_test, 30, seed=args.seed).x, None))
     timed("refined + accepted", corrected, quiet=True)
+    if args.draw_rate:
+        draw_rates(cvae, config, problem, train_config, args)
     # ablation: the same refinement and acceptance from prior draws instead of the CVAE
     gen = torch.Generator().manual_seed(args.seed)
     prior_x = problem.sample_prior(4 * 30 * y_test.shape[0], gen).reshape(120, -1, 1, 50, 2)
@@ -129,6 +135,35 @@ def run(functions, args):
         return kept.x, accepted
 
     timed("ablation, prior draws refined + accepted", ablation, quiet=True)
+
+
+def draw_rates(cvae, config, problem, train_config, args):
+    """Print amortized draws/s for one observation, interleaved with the Gaussian prior net's.
+
+    The reference is the problem's recommended model with the Gaussian prior net
+    (``prior="learned"``), built untrained on the same pairs: the cost of a draw does not
+    depend on the weights. Repeats alternate between the two models; medians are printed.
+    """
+    reference_config, _ = resolve_settings(problem, Overrides(model={"prior": "learned"}))
+    # the fit's first-epoch pairs (fit_resimulated's seed), for the reference's standardisers
+    x, y = problem.simulate(train_config.num_train, torch.Generator().manual_seed(args.seed))
+    reference = build_cvae(reference_config, x, y, problem=problem)
+    models = {f"this fit (prior {config.prior})": cvae, "Gaussian prior net": reference}
+    rates = {name: [] for name in models}
+    n = args.draw_samples
+    load = [os.getloadavg()[0]]
+    for repeat in range(args.draw_repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            draw_posterior(model, y[:1], n, seed=repeat)
+            rates[name].append(n / (time.perf_counter() - start))
+    load.append(os.getloadavg()[0])
+    parts = [f"{name} {statistics.median(r):,.0f}" for name, r in rates.items()]
+    print(
+        f"  draws/s for one observation ({n:,} draws, median of {args.draw_repeats} "
+        f"interleaved repeats, {torch.get_num_threads()} thread(s), load average "
+        f"{load[0]:.1f} -> {load[1]:.1f}): " + ", ".join(parts)
+    )
 
 
 def anchor():
@@ -161,6 +196,19 @@ if __name__ == "__main__":
     parser.add_argument("--prior", help="override the prior (learned, standard_normal, flow)")
     parser.add_argument("--flow-layers", type=int, help="spline layers of the flow on x")
     parser.add_argument("--prior-flow-layers", type=int, help="spline layers of the flow on z")
+    parser.add_argument(
+        "--prior-flow-type",
+        choices=("autoregressive", "coupling"),
+        help="spline layer type of the flow on z",
+    )
+    parser.add_argument("--flow-bins", type=int, help="bins of each rational-quadratic spline")
+    parser.add_argument(
+        "--draw-rate",
+        action="store_true",
+        help="also time amortized draws for one observation against the Gaussian prior net",
+    )
+    parser.add_argument("--draw-samples", type=int, default=100_000)
+    parser.add_argument("--draw-repeats", type=int, default=5)
     parser.add_argument(
         "--flow-hidden-dims",
         type=lambda text: tuple(int(v) for v in text.split(",")),

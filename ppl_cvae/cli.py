@@ -37,6 +37,7 @@ from ppl_cvae.config import (
 )
 from ppl_cvae.device import DEVICE_CHOICES, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, OutputError, PplCvaeError
+from ppl_cvae.nets.flows import FLOW_LAYER_TYPES
 
 log = logging.getLogger("ppl_cvae")
 
@@ -54,6 +55,7 @@ MODEL_FLAGS = {
     "noise_rank": "noise_rank",
     "flow_layers": "flow_layers",
     "prior_flow_layers": "prior_flow_layers",
+    "prior_flow_type": "prior_flow_type",
     "flow_bins": "flow_bins",
     "flow_hidden_dims": "flow_hidden_dims",
     "num_facies": "num_facies",
@@ -1400,7 +1402,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--prior-flow-layers",
         type=_count(0),
-        help="spline layers of the flow on z, --prior flow (default 1)",
+        help="spline layers of the flow on z, --prior flow (default 2)",
+    )
+    fit_p.add_argument(
+        "--prior-flow-type",
+        choices=FLOW_LAYER_TYPES,
+        help="spline layer type of the flow on z, --prior flow: coupling (one network pass "
+        "per layer and draw; the default) or autoregressive (latent-dim passes per draw)",
     )
     fit_p.add_argument(
         "--flow-bins", type=_count(2), help="bins of each rational-quadratic spline (default 10)"

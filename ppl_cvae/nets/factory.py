@@ -20,7 +20,7 @@ from torch import nn
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets import blocks
 from ppl_cvae.nets.decoder import Decoder
-from ppl_cvae.nets.flows import ConditionalFlow
+from ppl_cvae.nets.flows import ConditionalFlow, FlowLayerType
 from ppl_cvae.nets.prior import PriorNet
 from ppl_cvae.nets.recognition import RecognitionNet
 
@@ -171,8 +171,8 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         None for ``latent_dim=0`` (no latent). With ``y_embedding="shared"`` one ``y`` encoder
         module is shared by all three networks. ``likelihood="flow"`` and ``prior="flow"`` get
         a :class:`~ppl_cvae.nets.ConditionalFlow` with ``flow_layers`` (on ``x``) or
-        ``prior_flow_layers`` (on ``z``) layers, ``flow_bins`` bins and ``flow_hidden_dims``
-        as the widths of its conditioning networks.
+        ``prior_flow_layers`` (on ``z``, of type ``prior_flow_type``) layers, ``flow_bins``
+        bins and ``flow_hidden_dims`` as the widths of its conditioning networks.
 
     Raises
     ------
@@ -207,9 +207,11 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
             shared.append(family.encoder(config, y_shape))
         return shared[0]
 
-    def flow(dim: int, context_dim: int, num_layers: int) -> ConditionalFlow:
+    def flow(
+        dim: int, context_dim: int, num_layers: int, layer_type: FlowLayerType = "autoregressive"
+    ) -> ConditionalFlow:
         return ConditionalFlow(
-            dim, context_dim, num_layers, config.flow_hidden_dims, config.flow_bins
+            dim, context_dim, num_layers, config.flow_hidden_dims, config.flow_bins, layer_type
         )
 
     recognition = None
@@ -226,7 +228,9 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
             raise ConfigError("a learned prior net needs y (use prior='standard_normal')")
         prior_flow = None
         if config.prior == "flow":
-            prior_flow = flow(config.latent_dim, prior_width, config.prior_flow_layers)
+            prior_flow = flow(
+                config.latent_dim, prior_width, config.prior_flow_layers, config.prior_flow_type
+            )
         prior = PriorNet(prior_y, prior_width, config.latent_dim, prior_flow)
 
     dec_y, dec_y_width = y_encoder()

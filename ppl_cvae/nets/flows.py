@@ -6,10 +6,16 @@
 
     e ~ N(0, I_dim)
     u = loc(c) + scale(c) * e   (an elementwise affine layer, conditioned on c)
-    v = S_K(...S_1(u))          (rational-quadratic spline autoregressive layers, conditioned on c)
+    v = S_K(...S_1(u))          (rational-quadratic spline layers, conditioned on c)
 
 With ``num_layers=0`` this is the diagonal Gaussian ``Normal(loc(c), scale(c))`` of the plain
-decoder and prior net; each spline layer bends it. The splines act on ``v``'s own
+decoder and prior net; each spline layer bends it. A spline layer is one of two types
+(:data:`FLOW_LAYER_TYPES`): ``"autoregressive"`` (a masked autoregressive spline layer: the
+density is one network pass, a draw ``dim`` sequential passes) or ``"coupling"`` (a spline
+coupling layer: half of the coordinates condition a spline of the other half, the halves
+alternating from layer to layer, followed by one elementwise spline of every coordinate
+conditioned on ``c`` alone: density and draw are one network pass per layer, whatever
+``dim``). The splines act on ``v``'s own
 (standardised) coordinates inside the box ``[-FLOW_BOUND, FLOW_BOUND]``, which holds the
 training values of a standardised variable, and are the identity outside it; the
 conditional Gaussian ahead of them can be narrow where the data pin ``v`` down.
@@ -18,7 +24,8 @@ conditional Gaussian ahead of them can be narrow where the data pin ``v`` down.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import cast
+from functools import partial
+from typing import Literal, cast
 
 import pyro.distributions as dist
 import torch
@@ -26,13 +33,19 @@ from pyro.distributions import transforms as T  # noqa: N812
 from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
+from torch.distributions import constraints
 from torch.distributions.transforms import AffineTransform, Transform
 from torch.nn import functional as F  # noqa: N812
 
 from ppl_cvae.errors import ConfigError
-from ppl_cvae.nets.blocks import SCALE_FLOOR
+from ppl_cvae.nets.blocks import SCALE_FLOOR, ConditionalInput, make_activation
 
-__all__ = ["ConditionalFlow", "FLOW_BOUND", "MAX_FLOW_WEIGHTS"]
+__all__ = ["ConditionalFlow", "FLOW_BOUND", "FLOW_LAYER_TYPES", "MAX_FLOW_WEIGHTS"]
+
+FlowLayerType = Literal["autoregressive", "coupling"]
+
+FLOW_LAYER_TYPES: tuple[FlowLayerType, ...] = ("autoregressive", "coupling")
+"""Spline layer types of :class:`ConditionalFlow` (``layer_type``)."""
 
 FLOW_BOUND = 4.0
 """Half-width of the spline box ``[-FLOW_BOUND, FLOW_BOUND]`` in standardised units: each
@@ -50,6 +63,19 @@ def _layer_weights(dim: int, context_dim: int, hidden: list[int], count_bins: in
     """Weights of one spline layer's conditioning network (masks excluded)."""
     widths = [dim + context_dim, *hidden, dim * (3 * count_bins - 1)]
     return sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+def _coupling_weights(dim: int, context_dim: int, hidden: list[int], count_bins: int) -> int:
+    """Weights of the largest conditioning network of a coupling flow (biases excluded).
+
+    The candidates: the final elementwise spline's network (context to ``dim`` splines) and
+    each coupling layer's (one half and the context to the other half's splines).
+    """
+    sizes = []
+    for given in (0, dim // 2, dim - dim // 2):  # 0: the final spline, given the context alone
+        widths = [given + context_dim, *hidden, (dim - given or dim) * (3 * count_bins - 1)]
+        sizes.append(sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True)))
+    return max(sizes)
 
 
 def _build(make: Callable[[], nn.Module]) -> nn.Module:
@@ -90,6 +116,137 @@ class _ConditionalLocScale(ConditionalTransformModule):
         return AffineTransform(loc, F.softplus(raw) + SCALE_FLOOR, event_dim=1)
 
 
+class _CouplingNet(nn.Module):
+    """Conditioning network of one coupling step: ``(v_a, c) -> (widths, heights, derivatives)``.
+
+    A multilayer perceptron (ReLU) on ``concat(v_a, c)``, whose first layer is
+    :class:`~ppl_cvae.nets.blocks.ConditionalInput`: the context's part ``W_c c + b`` is computed
+    on the context's own batch and broadcast over the sample axes of ``v_a``, so ``S`` draws for
+    one observation cost ``S`` products with ``W_a`` and one with ``W_c``. Three linear heads
+    give the three parameter tensors, each contiguous in memory (the spline's softmax over the
+    bins is several times slower on a strided view).
+
+    Shapes: ``v_a (*sample, *batch, given_dim)`` and ``c (*batch, context_dim)`` ->
+    ``(*sample, *batch, n * K)`` twice and ``(*sample, *batch, n * (K - 1))``, with
+    ``n = out_dim`` moved coordinates and ``K = count_bins``: the unnormalised bin widths,
+    heights and inner-knot derivatives that Pyro's ``ConditionalSpline`` (quadratic order)
+    normalises and reads.
+    """
+
+    def __init__(
+        self, given_dim: int, context_dim: int, hidden: list[int], out_dim: int, count_bins: int
+    ) -> None:
+        super().__init__()
+        self.first = ConditionalInput(given_dim, context_dim, hidden[0], "relu")
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(hidden[:-1], hidden[1:], strict=True):
+            layers += [nn.Linear(d_in, d_out), make_activation("relu")]
+        self.body = nn.Sequential(*layers)
+        self.widths = nn.Linear(hidden[-1], out_dim * count_bins)
+        self.heights = nn.Linear(hidden[-1], out_dim * count_bins)
+        self.derivatives = nn.Linear(hidden[-1], out_dim * (count_bins - 1))
+
+    def forward(
+        self, inputs: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the spline parameters of ``inputs = (v_a, c)``.
+
+        One argument: Pyro's ``ConditionalSpline`` passes its context to the network as a
+        single value, here the pair.
+        """
+        given, context = inputs
+        h = self.body(self.first(given, context))
+        return self.widths(h), self.heights(h), self.derivatives(h)
+
+
+class _ConditionedCoupling(Transform):
+    """One spline coupling step with its context fixed (Dinh et al. 2017; Durkan et al. 2019).
+
+    ``v`` is split after its first ``split_dim`` coordinates into a given half ``v_a`` (kept)
+    and a moved half ``v_b``: ``w_b = s(v_b; theta(v_a, c))``, ``w_a = v_a``, where ``s`` is
+    Pyro's elementwise rational-quadratic spline (``ConditionalSpline``) with parameters
+    ``theta`` from :class:`_CouplingNet`. ``move_first=False``: ``v_a`` is the first
+    ``split_dim`` coordinates; True: ``v_b`` is. Both directions cost one network pass (the
+    given half is the same on both sides); ``log|det J| = sum_i log s'(v_b,i)``.
+
+    Shapes: ``(*sample, *batch, dim) -> (*sample, *batch, dim)``; the log-determinant has shape
+    ``(*sample, *batch)``.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(
+        self, spline: T.ConditionalSpline, context: torch.Tensor, split_dim: int, move_first: bool
+    ) -> None:
+        super().__init__(cache_size=1)
+        self.spline = spline
+        self.context = context
+        self.split_dim = split_dim
+        self.move_first = move_first
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _parts(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(given, moved)``: the conditioning half and the half the spline moves."""
+        first, second = v[..., : self.split_dim], v[..., self.split_dim :]
+        return (second, first) if self.move_first else (first, second)
+
+    def _join(self, given: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+        pieces = (moved, given) if self.move_first else (given, moved)
+        return torch.cat(pieces, dim=-1)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        given, moved = self._parts(x)
+        spline = self.spline.condition((given, self.context))
+        out = spline(moved)
+        log_det = spline.log_abs_det_jacobian(moved, out).sum(-1)
+        y = self._join(given, out)
+        self._last = (x, y, log_det)
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        given, moved = self._parts(y)
+        spline = self.spline.condition((given, self.context))
+        back = spline.inv(moved)
+        log_det = spline.log_abs_det_jacobian(back, moved).sum(-1)
+        x = self._join(given, back)
+        self._last = (x, y, log_det)
+        return x
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._last is None or self._last[0] is not x or self._last[1] is not y:
+            self._call(x)  # not the pair of the last call: evaluate afresh
+        assert self._last is not None
+        return self._last[2]
+
+
+class _SplineCoupling(ConditionalTransformModule):
+    """A conditional rational-quadratic spline coupling layer on ``R^dim``, ``dim >= 2``.
+
+    Moves the last ``dim - dim // 2`` coordinates given the first ``dim // 2`` and the context
+    (``move_first=False``), or the first ``dim // 2`` given the rest (``move_first=True``):
+    :class:`_ConditionedCoupling` around Pyro's ``ConditionalSpline`` with a
+    :class:`_CouplingNet`, so forward map (a draw) and inverse (the density) are one network
+    pass each.
+    """
+
+    def __init__(
+        self, dim: int, context_dim: int, hidden: list[int], count_bins: int, move_first: bool
+    ) -> None:
+        super().__init__()
+        self.split_dim = dim // 2
+        self.move_first = move_first
+        given, moved = dim - self.split_dim, self.split_dim
+        if not move_first:
+            given, moved = moved, given
+        net = _CouplingNet(given, context_dim, hidden, moved, count_bins)
+        self.spline = T.ConditionalSpline(net, moved, count_bins, FLOW_BOUND, order="quadratic")
+
+    def condition(self, context: torch.Tensor) -> Transform:
+        return _ConditionedCoupling(self.spline, context, self.split_dim, self.move_first)
+
+
 class ConditionalFlow(nn.Module):
     """A conditional normalising flow ``p(v | c)``, ``v`` in ``R^dim``, from Pyro transforms.
 
@@ -117,13 +274,28 @@ class ConditionalFlow(nn.Module):
     Notes
     -----
     The conditional Gaussian (an elementwise affine layer of the context) comes first in the
-    sampling order. Each spline layer is Pyro's ``ConditionalSplineAutoregressive``
-    (``order="quadratic"``: the rational-quadratic spline of Durkan et al. 2019) used in its
+    sampling order. With ``layer_type="autoregressive"`` each spline layer is Pyro's
+    ``ConditionalSplineAutoregressive`` (``order="quadratic"``: the rational-quadratic spline
+    of Durkan et al. 2019) used in its
     inverse direction (:class:`_Inverted`), with a reversal of the coordinates between two
     layers so that every coordinate is conditioned on every other after two layers. For
     ``dim=1`` the layer is an elementwise ``conditional_spline``. The density costs one
     network pass per layer; a draw costs ``dim`` passes per layer, so the flow suits a small
     ``dim`` (the issue's "flow on x for a low-dimensional x", or a latent ``z``).
+
+    ``layer_type="coupling"``: each layer is a spline coupling layer (Dinh, Sohl-Dickstein and
+    Bengio 2017, with the rational-quadratic coupling transform of Durkan et al. 2019): layers
+    1, 3, 5, ... move the last ``dim - dim // 2`` coordinates by an elementwise spline whose
+    parameters are a dense network of the first ``dim // 2`` and ``c``; layers 2, 4, ... move
+    the first ``dim // 2`` given the rest and ``c`` (Pyro's ``ConditionalSpline``; the
+    network's context part is computed once per context row and broadcast over the sample
+    axes); after every second layer the coordinates are interleaved (even positions first), so
+    the halves differ from one pair of layers to the next. The last transform is an
+    elementwise ``conditional_spline`` of all ``dim`` coordinates given ``c`` alone, so every
+    coordinate is bent even with one coupling layer; its spline parameters are computed per
+    context row, not per draw. Density and draw each cost one network pass per layer,
+    independent of ``dim``. For ``dim=1`` both types are ``num_layers`` elementwise
+    ``conditional_spline`` layers.
 
     With ``c`` the features of an observation ``y`` and ``v`` the standardised parameters,
     training by maximum likelihood on simulated pairs is neural posterior estimation (NPE:
@@ -133,6 +305,7 @@ class ConditionalFlow(nn.Module):
     References
     ----------
     Durkan, Bekasov, Murray and Papamakarios (2019), Neural Spline Flows, NeurIPS.
+    Dinh, Sohl-Dickstein and Bengio (2017), Density estimation using Real NVP, ICLR.
     Papamakarios, Pavlakou and Murray (2017), Masked Autoregressive Flow for Density
     Estimation, NeurIPS.
     Papamakarios and Murray (2016), Fast epsilon-free Inference of Simulation Models with
@@ -144,9 +317,14 @@ class ConditionalFlow(nn.Module):
     >>> d = flow.distribution(torch.zeros(4, 3))
     >>> tuple(d.sample().shape), tuple(d.log_prob(torch.zeros(4, 2)).shape)
     ((4, 2), (4,))
+    >>> coupling = ConditionalFlow(3, 2, num_layers=1, hidden_dims=(8,), layer_type="coupling")
+    >>> tuple(coupling.distribution(torch.zeros(2)).sample((5,)).shape)
+    (5, 3)
     """
 
-    reverse: torch.Tensor  # the coordinate reversal between spline layers (a buffer)
+    reverse: torch.Tensor  # the coordinate reversal between autoregressive layers (a buffer)
+    interleave: torch.Tensor  # the permutation between pairs of coupling layers (not saved)
+    final: nn.Module | None  # the coupling type's elementwise spline given the context
 
     def __init__(
         self,
@@ -155,6 +333,7 @@ class ConditionalFlow(nn.Module):
         num_layers: int = 5,
         hidden_dims: Sequence[int] = (64, 64),
         count_bins: int = 10,
+        layer_type: FlowLayerType = "autoregressive",
     ) -> None:
         super().__init__()
         if dim < 1 or context_dim < 1 or num_layers < 0 or count_bins < 2:
@@ -162,10 +341,17 @@ class ConditionalFlow(nn.Module):
                 f"a conditional flow needs dim >= 1, context_dim >= 1, num_layers >= 0 and "
                 f"count_bins >= 2; got {dim}, {context_dim}, {num_layers}, {count_bins}"
             )
+        if layer_type not in FLOW_LAYER_TYPES:
+            raise ConfigError(
+                f"unknown flow layer type {layer_type!r}; expected one of {FLOW_LAYER_TYPES}"
+            )
         self.dim = dim
+        self.layer_type = layer_type
+        coupling = layer_type == "coupling" and dim > 1
         # a masked autoregressive network needs hidden layers at least as wide as its input
         hidden = [max(h, dim) for h in hidden_dims] or [max(8, 10 * dim)]
-        weights = _layer_weights(dim, context_dim, hidden, count_bins)
+        size = _coupling_weights if coupling else _layer_weights
+        weights = size(dim, context_dim, hidden, count_bins)
         if num_layers and weights > MAX_FLOW_WEIGHTS:
             raise ConfigError(
                 f"a flow layer on {dim} values with hidden widths {hidden} would have {weights:,} "
@@ -175,7 +361,9 @@ class ConditionalFlow(nn.Module):
         # widths, heights and inner derivatives of the rational-quadratic spline per element
         param_dims = [count_bins, count_bins, count_bins - 1]
 
-        def spline_layer() -> nn.Module:
+        def spline_layer(i: int) -> nn.Module:
+            if coupling:
+                return _SplineCoupling(dim, context_dim, hidden, count_bins, i % 2 == 1)
             if dim == 1:
                 return T.conditional_spline(
                     1, context_dim, hidden, count_bins, FLOW_BOUND, order="quadratic"
@@ -187,9 +375,20 @@ class ConditionalFlow(nn.Module):
                 )
             )
 
-        self.layers = nn.ModuleList([_build(spline_layer) for _ in range(num_layers)])
+        self.layers = nn.ModuleList(
+            [_build(partial(spline_layer, i)) for i in range(num_layers)]
+        )
+        self.final = None
+        if coupling and num_layers:
+            self.final = _build(
+                lambda: T.conditional_spline(
+                    dim, context_dim, hidden, count_bins, FLOW_BOUND, order="quadratic"
+                )
+            )
         self.affine = _ConditionalLocScale(context_dim, dim)
         self.register_buffer("reverse", torch.arange(dim - 1, -1, -1))
+        order = torch.cat([torch.arange(0, dim, 2), torch.arange(1, dim, 2)])
+        self.register_buffer("interleave", order, persistent=False)
 
     def transforms(self, context: torch.Tensor) -> list[Transform]:
         """Return the transforms conditioned on ``context``, in the sampling order.
@@ -202,13 +401,20 @@ class ConditionalFlow(nn.Module):
         -------
         list of Transform
             From the base ``e`` to ``v``: the affine layer, then the spline layers with a
-            coordinate reversal between each two.
+            coordinate permutation between autoregressive layers (a reversal) or between
+            pairs of coupling layers (an interleaving), then, for the coupling type, the
+            elementwise spline given the context.
         """
         out: list[Transform] = [self.affine.condition(context)]
         for i, layer in enumerate(self.layers):
-            if i > 0 and self.dim > 1:  # every coordinate conditions every other
+            if isinstance(layer, _SplineCoupling):
+                if i > 0 and i % 2 == 0:  # new halves for each pair of layers
+                    out.append(T.Permute(self.interleave))
+            elif i > 0 and self.dim > 1:  # every coordinate conditions every other
                 out.append(T.Permute(self.reverse))
             out.append(cast(ConditionalTransformModule, layer).condition(context))
+        if self.final is not None:
+            out.append(cast(ConditionalTransformModule, self.final).condition(context))
         return out
 
     def distribution(self, context: torch.Tensor) -> dist.TransformedDistribution:

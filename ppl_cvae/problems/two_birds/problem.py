@@ -293,6 +293,11 @@ class TwoBirds(Problem):
         120 epochs) raises the ELBO but lowers the pass rate (0.45, 0.76), because the draws
         come through the prior net, which the ELBO trains only through the KL term.
 
+        The Gaussian prior net stays (issue 10): a flow prior of two spline coupling layers
+        (``prior="flow"``, whose defaults they are) raises the amortized ``data_1`` pass rate
+        to 0.991 / 0.983 (training seeds 0 / 1; 0.880 / 0.884 here) but draws 44k samples/s
+        for one observation against 99k/s (1 thread), under the issue's 1e5/s.
+
         Examples
         --------
         >>> TwoBirds().recommended_settings().model["constrained_coefficients"]
