@@ -319,19 +319,24 @@ def test_a_config_from_before_prior_flow_type_reads_as_autoregressive(prior):
     assert ModelConfig.from_dict(new).prior_flow_type == "coupling"
 
 
-def test_checkpoint_from_before_prior_flow_type_samples_as_before(tmp_path):
-    """An autoregressive prior flow saved without the key loads, with the same density and draws."""
+def _saved_without(tmp_path, cfg, key):
+    """Save a perturbed CVAE of ``cfg`` with ``key`` dropped from its model config, as an older
+    version wrote it; return ``(cvae, the checkpoint loaded back)``."""
     from ppl_cvae.train import save_checkpoint
 
-    cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=3, prior="flow", hidden_dims=(8,),
-                      prior_flow_layers=2, prior_flow_type="autoregressive")
     cvae = CVAE(cfg)
     _perturb(cvae, 0.1)
-    path = save_checkpoint(tmp_path / "model.pt", cvae)
-    payload = torch.load(path, weights_only=True)
-    del payload["model_config"]["prior_flow_type"]  # as an older version wrote it
+    payload = torch.load(save_checkpoint(tmp_path / "model.pt", cvae), weights_only=True)
+    del payload["model_config"][key]
     torch.save(payload, tmp_path / "old.pt")
-    loaded, _ = load_checkpoint(tmp_path / "old.pt")
+    return cvae, load_checkpoint(tmp_path / "old.pt")[0]
+
+
+def test_checkpoint_from_before_prior_flow_type_samples_as_before(tmp_path):
+    """An autoregressive prior flow saved without the key loads, with the same density and draws."""
+    cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=3, prior="flow", hidden_dims=(8,),
+                      prior_flow_layers=2, prior_flow_type="autoregressive")
+    cvae, loaded = _saved_without(tmp_path, cfg, "prior_flow_type")
     assert loaded.config == cfg and loaded.config.prior_flow_type == "autoregressive"
     assert loaded.prior_net is not None and loaded.prior_net.flow is not None
     assert loaded.prior_net.flow.final is None  # no layer the old structure did not have
@@ -346,17 +351,9 @@ def test_checkpoint_from_before_prior_flow_type_samples_as_before(tmp_path):
 
 
 def test_checkpoint_from_before_prior_flow_layers_loads(tmp_path):
-    from ppl_cvae.train import save_checkpoint
-
     cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, prior="flow", hidden_dims=(8,),
                       flow_layers=2, prior_flow_layers=2)
-    cvae = CVAE(cfg)
-    _perturb(cvae, 0.1)
-    path = save_checkpoint(tmp_path / "model.pt", cvae)
-    payload = torch.load(path, weights_only=True)
-    del payload["model_config"]["prior_flow_layers"]  # as an older version wrote it
-    torch.save(payload, tmp_path / "old.pt")
-    loaded, _ = load_checkpoint(tmp_path / "old.pt")
+    cvae, loaded = _saved_without(tmp_path, cfg, "prior_flow_layers")
     assert loaded.config == cfg
     y, z = torch.randn(4, 2), torch.randn(4, 2)
     with torch.no_grad():
