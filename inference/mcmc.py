@@ -956,8 +956,10 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
     )
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # (sklearn)
 
-    # SciPy's BLAS (the products above) gets torch's thread count, not all the cores
-    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+    # SciPy's BLAS (the products above) runs on one thread: matrix-vector products are bound by
+    # memory, not arithmetic, and a thread count changes their rounding, so that a chain would
+    # differ between this process and a worker process (num_cores) with fewer threads
+    with threadpool_limits(limits=1, user_api="blas"):
         draws, _, mcmc = run_whitened_chain(
             kernel, job.start, mu, tril, job.num_samples, job.warmup_steps, job.seed
         )
