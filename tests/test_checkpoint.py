@@ -72,6 +72,14 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing")
+    # a pickled object that weights_only refuses: torch's advice to load it with
+    # weights_only=False (running the file's code) must not reach the user
+    from fractions import Fraction
+
+    torch.save({"weights": Fraction(1, 2)}, tmp_path / "object.pt")
+    with pytest.raises(CheckpointError, match="without running code") as info:
+        load_checkpoint(tmp_path / "object.pt")
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
 
 
 # --------------------------------------------------------------------------- validation

@@ -320,7 +320,17 @@ def _read_payload(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on damaged files
-        first = _one_line(str(err).strip().splitlines()[0] if str(err).strip() else "")
+        text = str(err).strip()
+        if "weights_only" in text or "Weights only" in text:
+            # torch's own text advises loading with weights_only=False, i.e. running the
+            # file's code: not advice to pass on for an untrusted file
+            raise CheckpointError(
+                f"cannot read checkpoint {name!r}: it holds objects other than tensors, "
+                "numbers, strings and plain containers (UnpicklingError); checkpoints are read "
+                "without running code from them, so this file was not written by ppl-cvae or "
+                "was altered since"
+            ) from err
+        first = _one_line(text.splitlines()[0] if text else "")
         raise CheckpointError(
             f"cannot read checkpoint {name!r}: {type(err).__name__}: {first}"
         ) from err
