@@ -322,7 +322,7 @@ def _read_payload(path: Path) -> Any:
     except Exception as err:  # torch.load raises many types on damaged files
         text = str(err).strip()
         if "weights_only" in text or "Weights only" in text:
-            # torch's own text advises loading with weights_only=False, i.e. running the
+            # torch's own text advises turning weights_only off, i.e. running the
             # file's code: not advice to pass on for an untrusted file
             raise CheckpointError(
                 f"cannot read checkpoint {name!r}: it holds objects other than tensors, "
