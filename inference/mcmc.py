@@ -817,6 +817,100 @@ def _log_target_v(
     return log_target_gaussian
 
 
+class _EnergyWithGradient(torch.autograd.Function):
+    """``U(v)`` whose gradient was computed with its value: one autograd node per evaluation.
+
+    ``evaluate`` maps ``v`` ``(dim,)`` float64 to ``(U, dU/dv)`` (a 0-d and a ``(dim,)``
+    float64 tensor); the backward pass scales the stored gradient by the incoming one (1.0
+    when Pyro's ``potential_grad`` differentiates ``U``: exact).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, v: torch.Tensor, evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+    ) -> torch.Tensor:
+        """Return ``U(v)``; keep ``dU/dv`` for the backward pass."""
+        value, grad = evaluate(v)
+        ctx.save_for_backward(grad)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Return ``grad_out * dU/dv`` for ``v``."""
+        (grad,) = ctx.saved_tensors
+        return grad_out * grad, None
+
+
+def _fused_energy(
+    job: _ChainJob,
+    dtype: torch.dtype,
+    prior_term: _GaussianPriorTerm | None,
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``v -> U(v) = -log p(x) - log p(y | x)``, the same numbers as ``-_log_target_v``.
+
+    The potential of :func:`_log_target_v` (BLAS products) with its gradient assembled by
+    hand around one ``torch.autograd.grad`` of the problem's own part with respect to
+    ``theta = mu + L v`` (a leaf): ``dU/dv = c + H v - L^T g`` with ``g = d log p / d
+    theta`` (the likelihood, plus the prior where it is not the Gaussian quadratic form), the
+    same operations in the same precision as autograd runs through :func:`_log_target_v`
+    (whose backward is linear in its seed, so ``L^T (-g) = -(L^T g)`` to the bit), without
+    the graph of the preconditioner's products, the casts and the custom ``L v`` node that
+    autograd otherwise builds and walks on every evaluation. Returned through
+    :class:`_EnergyWithGradient`, so Pyro's ``potential_grad`` (value, then
+    ``torch.autograd.grad``) gets the same value and gradient. None where the products are
+    not BLAS's (not CPU float32/float64): :func:`_log_target_v` is used there.
+    """
+    problem = as_problem(job.problem)
+    products = _TriangularProducts(
+        job.tril.to(dtype),
+        None if prior_term is None or prior_term.hess is None else prior_term.hess.to(dtype),
+        True,
+    )
+    if not products.blas:
+        return None
+    mu = job.mu.to(dtype)
+    if prior_term is None:
+        log_target = _log_target(problem, job.y)
+
+        def evaluate(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            theta = (mu + products.tril_mv(v.detach().to(dtype))).requires_grad_(True)
+            with torch.enable_grad():
+                value = log_target(theta)
+            (g,) = torch.autograd.grad(value, theta)
+            grad = -products.tril_mv(g.contiguous(), transpose=True)
+            return -value.detach(), grad.to(torch.float64)
+
+        return lambda v: _EnergyWithGradient.apply(v, evaluate)
+    par = problem.parameterisation()
+    x_shape = tuple(problem.x_shape)
+    const = prior_term.const
+    lin = None if prior_term.lin is None else prior_term.lin.to(dtype)
+    y = job.y
+
+    def evaluate_gaussian(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        vd = v.detach().to(dtype)
+        theta = (mu + products.tril_mv(vd)).requires_grad_(True)
+        with torch.enable_grad():
+            if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
+                value = problem.log_likelihood(par.to_x(theta.float()), y)
+            else:
+                value = problem.log_likelihood(theta.reshape(*theta.shape[:-1], *x_shape), y)
+        (g,) = torch.autograd.grad(value, theta)
+        grad_likelihood = products.tril_mv(g.contiguous(), transpose=True)
+        if lin is None:  # precondition="prior": w = v; autograd's order of the three terms
+            quad = 0.5 * (vd * vd).sum()
+            half = 0.5 * vd
+            grad = (half - grad_likelihood) + half
+        else:
+            hv = products.hess_mv(vd)
+            grad_quad = lin + hv
+            quad = (grad_quad * vd).sum() - 0.5 * (hv * vd).sum()
+            grad = grad_quad - grad_likelihood
+        return -(const - quad.double() + value.detach()), grad.to(torch.float64)
+
+    return lambda v: _EnergyWithGradient.apply(v, evaluate_gaussian)
+
+
 def _trace_energy(
     energy: Callable[[torch.Tensor], torch.Tensor], checks: torch.Tensor
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
@@ -933,6 +1027,11 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
     fallback = None
     if job.jit_compile:
         fn, fallback = _trace_energy(fn, checks)
+    else:  # the same value and gradient, without autograd's graph around the problem's part
+        fused = _fused_energy(
+            job, job.potential_dtype if fn is not energy_v else torch.float64, prior_term
+        )
+        fn = fused if fused is not None else fn
     count = [0]
     recent: list[tuple[torch.Tensor, float]] = []
 

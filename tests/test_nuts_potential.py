@@ -22,10 +22,15 @@ from inference.mcmc import (
     FLOAT32_POTENTIAL_TOLERANCE,
     _ChainJob,
     _checked_gaussian_prior,
+    _fused_energy,
+    _gaussian_prior_term,
     _log_target_v,
     _preconditioner,
     nuts_sample,
 )
+from pyro.ops.integrator import potential_grad
+
+import inference.mcmc
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.problems.base import LinearGaussianParts, Problem
 from ppl_cvae.problems.linear_gaussian import LinearGaussian
@@ -214,6 +219,49 @@ def test_nuts_with_a_float32_potential_samples_the_exact_posterior():
     # chain after chain: draws c * 300 ... c * 300 + 299 are chain c
     ess_2 = torch.tensor([float(az.ess(c.reshape(2, 300).numpy())) for c in squares.T])
     assert bool(((draws.var(0) / sd**2 - 1).abs() < 4 * (2 / ess_2) ** 0.5).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("precondition", ["amortized", "prior-amortized", "prior", "none"])
+def test_fused_energy_is_the_autograd_potential_to_the_bit(precondition, dtype):
+    """The potential NUTS runs on (:func:`_fused_energy`: the gradient assembled around one
+    ``autograd.grad`` of the likelihood) gives, through Pyro's ``potential_grad``, the value
+    and gradient of ``-_log_target_v`` (autograd through the whole potential) to the bit: the
+    same operations in the same order. ``"none"`` here also drops the Gaussian prior term
+    (the prior through ``problem.log_prior``). Negative control: the same comparison between
+    two points 1e-6 apart fails."""
+    problem, y, exact, init = _setup(num=100)
+    job = _job(problem, y, init, "amortized" if precondition == "none" else precondition)
+    if precondition == "none":
+        job = dataclasses.replace(job, prior_loc=None, prior_tril=None)
+    term = _gaussian_prior_term(job)
+    autograd_fn = _log_target_v(job, dtype, term)
+    fused = _fused_energy(job, dtype, term)
+    assert fused is not None
+    for v in _points(job, exact, num=5):
+        g0, u0 = potential_grad(lambda p: -autograd_fn(p["v"]), {"v": v.clone()})
+        g1, u1 = potential_grad(lambda p: fused(p["v"]), {"v": v.clone()})
+        assert u1.dtype == g1["v"].dtype == torch.float64
+        assert torch.equal(u1, u0) and torch.equal(g1["v"], g0["v"])
+        g2, u2 = potential_grad(lambda p: fused(p["v"]), {"v": v + 1e-6})
+        assert not (torch.equal(u2, u0) and torch.equal(g2["v"], g0["v"]))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_nuts_draws_are_those_of_the_autograd_potential(monkeypatch, dtype):
+    """NUTS on the fused potential draws what it drew on autograd's potential (``_fused_energy``
+    returning None brings that path back): the same draws, evaluations and step size under a
+    seed. Negative control: another seed gives other draws."""
+    problem, y, _, init = _setup(num=100)
+    settings = dict(num_samples=20, warmup_steps=15, num_chains=1, adapt_mass_matrix=False,
+                    potential_dtype=dtype)
+    fused = nuts_sample(problem, y[0], init, seed=0, **settings)
+    other_seed = nuts_sample(problem, y[0], init, seed=1, **settings)
+    monkeypatch.setattr(inference.mcmc, "_fused_energy", lambda *args: None)
+    plain = nuts_sample(problem, y[0], init, seed=0, **settings)
+    assert torch.equal(fused.x, plain.x) and fused.num_evaluations == plain.num_evaluations
+    assert fused.sample_stats["step_size"][0, 0] == plain.sample_stats["step_size"][0, 0]
+    assert not torch.equal(fused.x, other_seed.x)
 
 
 def test_float32_falls_back_to_float64_where_it_loses_the_residual():
