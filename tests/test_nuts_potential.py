@@ -15,8 +15,10 @@ import warnings
 import arviz as az
 import pytest
 import torch
+from pyro.ops.integrator import potential_grad
 from torch.distributions import MultivariateNormal
 
+import inference.mcmc
 from inference.exact import exact_posterior
 from inference.mcmc import (
     FLOAT32_POTENTIAL_TOLERANCE,
@@ -28,9 +30,6 @@ from inference.mcmc import (
     _preconditioner,
     nuts_sample,
 )
-from pyro.ops.integrator import potential_grad
-
-import inference.mcmc
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.problems.base import LinearGaussianParts, Problem
 from ppl_cvae.problems.linear_gaussian import LinearGaussian
