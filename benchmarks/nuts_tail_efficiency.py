@@ -19,9 +19,10 @@ their quantiles and, for ``--tail-efficiency E`` (default: the rule below), the 
 ``nuts_draws_per_chain(dim, tail_efficiency=E)`` and the diagnostics of every saved run cut to
 that many draws per chain (the first ``n`` post-warm-up draws of a chain are the draws a run
 with ``num_samples=n`` gives: the warm-up does not depend on ``num_samples``, and the seed is
-the same). The rule: the 10% quantile of the per-observation efficiencies minus its standard
-error (order statistics, binomial; Hyndman and Fan 1996 type 7 quantile, the standard error
-from the spread of the quantile over 2000 bootstrap resamples of the observations).
+the same). The default constant tried is the smallest efficiency measured, rounded down to a
+multiple of 0.05; the 10% quantile of the efficiencies (NumPy's default, linear
+interpolation) and its standard error (the spread of the quantile over 2000 bootstrap
+resamples of the runs) are printed beside it.
 
 Run (the README figures; 1 thread, one process)::
 
@@ -152,10 +153,11 @@ def analyse(args):
     q10, se = low_quantile_rule(effs)
     print(
         f"tail ESS per draw over {len(effs)} runs: min {min(effs):.3f}, 10% quantile {q10:.3f} "
-        f"(bootstrap se {se:.3f}), median {np.median(effs):.3f}; rule q10 - se = {q10 - se:.3f}; "
-        f"current constant {NUTS_TAIL_EFFICIENCY}"
+        f"(bootstrap se {se:.3f}), median {np.median(effs):.3f}; q10 - se = {q10 - se:.3f}; "
+        f"the smallest rounded down to 0.05: {math.floor(20 * min(effs)) / 20}; constant now "
+        f"{NUTS_TAIL_EFFICIENCY}"
     )
-    eff = args.tail_efficiency or math.floor(100 * (q10 - se)) / 100
+    eff = args.tail_efficiency or math.floor(20 * min(effs)) / 20
     print(f"cut to nuts_draws_per_chain(dim, tail_efficiency={eff}):")
     ok = 0
     for meta, x in runs:

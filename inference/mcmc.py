@@ -245,11 +245,20 @@ def _largest_rhat_quantile(
     return math.sqrt((n - 1 + f) / n)
 
 
-NUTS_TAIL_EFFICIENCY = 0.35
-"""Tail ESS per draw of NUTS on a well-preconditioned Gaussian posterior, the smallest over
-coordinates: 0.30 to 0.39 on ``N(0, I_1024)`` and on crosshole with an amortized or exact
-preconditioner (README, "R-hat of many quantities"; ``benchmarks/posterior_correction.py``).
-The folded R-hat follows the tail ESS, so :func:`nuts_draws_per_chain` divides by it."""
+NUTS_TAIL_EFFICIENCY = 0.45
+"""Tail ESS per draw of NUTS with the ``ppl-cvae sample --method nuts`` defaults, the smallest
+over coordinates, as measured: 0.486 to 0.676 (median 0.557) over 14 runs of those defaults
+(amortized start and preconditioner, 150 step-size-only warm-up iterations, 4 chains of
+``nuts_draws_per_chain`` draws at the former 0.35) on crosshole (6 held-out observations,
+0.486-0.566), gravity (4, 0.572-0.617), linear_gaussian (3, 0.513-0.676) and mt1d (1, 0.515);
+the constant is the smallest, rounded down to a multiple of 0.05. Cut to the draws this
+constant gives (783 per chain for 1024 coordinates), all 14 runs kept R-hat <= 1.01 (largest
+1.0093) and min ESS >= 400 (``benchmarks/nuts_tail_efficiency.py``; README, "NUTS within 60
+s per observation"). The former 0.35 came from 4 x 250 draws after 250 warm-up iterations
+with mass adaptation, whose ESS estimates are lower. The folded R-hat follows the tail ESS,
+so :func:`nuts_draws_per_chain` divides by it. Other settings (``adapt_mass_matrix``, a
+``"prior..."`` preconditioner, a poor amortized fit) were not measured: pass
+``tail_efficiency`` to :func:`nuts_draws_per_chain`, or more draws, where the verdict fails."""
 
 
 def nuts_draws_per_chain(
@@ -284,7 +293,7 @@ def nuts_draws_per_chain(
         ``n_eff`` the fewest independent draws per chain whose largest rank-normalised split
         R-hat over ``dim`` quantities (bulk and folded) stays at or under 1.01 with probability
         ``1 - false_alarm`` (the quantile of :func:`rhat_threshold`, Notes). At 4 chains:
-        1006 for 1024 coordinates, 943 for 512, 446 for 4 (a single R-hat of 100 independent
+        783 for 1024 coordinates, 734 for 512, 347 for 4 (a single R-hat of 100 independent
         draws per chain already scatters by about 0.01).
 
     Raises
@@ -308,7 +317,7 @@ def nuts_draws_per_chain(
     Examples
     --------
     >>> nuts_draws_per_chain(1024), nuts_draws_per_chain(512), nuts_draws_per_chain(4)
-    (1006, 943, 446)
+    (783, 734, 347)
     """
     if dim < 1 or num_chains < 1 or min_draws < 4 or min_draws > max_draws:
         raise ConfigError(

@@ -973,7 +973,7 @@ about 500 iterations)."""
 def _nuts_defaults(args: argparse.Namespace, problem: Any) -> None:
     """Fill the NUTS flags left at None: step-size-only warm-up, draws for the R-hat bound.
 
-    ``--num-samples`` defaults to ``chains x nuts_draws_per_chain(dim, chains)`` (1006 per
+    ``--num-samples`` defaults to ``chains x nuts_draws_per_chain(dim, chains)`` (783 per
     chain for 1024 sampled values), ``--adapt-mass-matrix`` to off and ``--warmup`` to 150
     (500 with ``--adapt-mass-matrix``).
     """
@@ -1539,7 +1539,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count(1),
         help="posterior draws per observation (large requests are streamed to disk in "
         "chunks); default 1000, for --method nuts chains x the draws per chain that keep the "
-        "largest R-hat of all sampled values under 1.01 (1006 per chain for 1024 values)",
+        "largest R-hat of all sampled values under 1.01 (783 per chain for 1024 values)",
     )
     s.add_argument("--out", required=True, help="output .nc (ArviZ InferenceData)")
     s.add_argument(

@@ -207,7 +207,7 @@ def test_cli_nuts_defaults_follow_the_dimension():
     problem = make_problem("crosshole")
     args = argparse.Namespace(num_samples=None, chains=4, warmup=None, adapt_mass_matrix=None)
     _nuts_defaults(args, problem)
-    assert args.num_samples == 4 * nuts_draws_per_chain(1024, 4) == 4 * 1006
+    assert args.num_samples == 4 * nuts_draws_per_chain(1024, 4) == 4 * 783
     assert (args.warmup, args.adapt_mass_matrix) == (150, False)
     args = argparse.Namespace(num_samples=80, chains=2, warmup=None, adapt_mass_matrix=True)
     _nuts_defaults(args, problem)
