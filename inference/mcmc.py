@@ -861,6 +861,14 @@ class _EnergyWithGradient(torch.autograd.Function):
         return grad_out * grad, None
 
 
+def _grad_or_zero(value: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``d value / d theta`` (contiguous), zeros where ``value`` does not depend on ``theta``."""
+    if not value.requires_grad:
+        return torch.zeros_like(theta)
+    (g,) = torch.autograd.grad(value, theta, allow_unused=True)
+    return torch.zeros_like(theta) if g is None else g.contiguous()
+
+
 def _fused_energy(
     job: _ChainJob,
     dtype: torch.dtype,
@@ -896,8 +904,7 @@ def _fused_energy(
             theta = (mu + products.tril_mv(v.detach().to(dtype))).requires_grad_(True)
             with torch.enable_grad():
                 value = log_target(theta)
-            (g,) = torch.autograd.grad(value, theta)
-            grad = -products.tril_mv(g.contiguous(), transpose=True)
+            grad = -products.tril_mv(_grad_or_zero(value, theta), transpose=True)
             return -value.detach(), grad.to(torch.float64)
 
         return lambda v: _EnergyWithGradient.apply(v, evaluate)
@@ -915,8 +922,7 @@ def _fused_energy(
                 value = problem.log_likelihood(par.to_x(theta.float()), y)
             else:
                 value = problem.log_likelihood(theta.reshape(*theta.shape[:-1], *x_shape), y)
-        (g,) = torch.autograd.grad(value, theta)
-        grad_likelihood = products.tril_mv(g.contiguous(), transpose=True)
+        grad_likelihood = products.tril_mv(_grad_or_zero(value, theta), transpose=True)
         if lin is None:  # precondition="prior": w = v; autograd's order of the three terms
             quad = 0.5 * (vd * vd).sum()
             half = 0.5 * vd
