@@ -42,10 +42,13 @@ def _fit(problem, seed, num_epochs):
     return cvae
 
 
-def _compare(problem, cvae, seed):
+def _draws(problem, cvae, seed):
+    """Return 200 held-out truths, their exact posterior and 300 amortized draws of each."""
     x_true, y_obs = problem.simulate(200, torch.Generator().manual_seed(seed + 100))
-    exact = exact_posterior(problem, y_obs)
-    draws = draw_posterior(cvae, y_obs, 300, seed=seed).x
+    return x_true, exact_posterior(problem, y_obs), draw_posterior(cvae, y_obs, 300, seed=seed).x
+
+
+def _evaluate(draws, x_true, exact, cvae):
     return run_evaluation(
         draws,
         x_true,
@@ -53,6 +56,11 @@ def _compare(problem, cvae, seed):
         exact_mean=exact.mean,
         exact_std=exact.std,
     )
+
+
+def _compare(problem, cvae, seed):
+    x_true, exact, draws = _draws(problem, cvae, seed)
+    return _evaluate(draws, x_true, exact, cvae)
 
 
 def _agrees(m):
@@ -76,23 +84,22 @@ def _agrees(m):
 
 @pytest.mark.slow
 def test_small_crosshole_posterior_matches_the_exact_one(seed):
+    """100 epochs (3200 SVI steps) pass the check with room to spare.
+
+    Measured (seeds 0-3, this check's 200 truths x 300 draws): mean error 0.16-0.18 exact sd
+    (tolerance 0.3, seed-to-seed sd about 0.008), sd ratio 1.03 (0.85..1.15), coverage within
+    0.01 of the exact posterior's (0.05). 150 epochs, used before, gave 0.12-0.13 and 1.015-1.02:
+    a closer fit that costs half as much again, with the same verdict.
+    """
     problem = _small_problem()
-    cvae = _fit(problem, seed, num_epochs=150)
-    metrics = _compare(problem, cvae, seed)
+    cvae = _fit(problem, seed, num_epochs=100)
+    x_true, exact, draws = _draws(problem, cvae, seed)
+    metrics = _evaluate(draws, x_true, exact, cvae)
     assert _agrees(metrics), {k: metrics[k] for k in ("coverage_50", "coverage_90", "exact")}
     # negative control: the same model's posterior mean shifted by one exact sd, and draws
     # squeezed to half their spread, must both fail the same check
-    x_true, y_obs = problem.simulate(200, torch.Generator().manual_seed(seed + 100))
-    exact = exact_posterior(problem, y_obs)
-    draws = draw_posterior(cvae, y_obs, 300, seed=seed).x
     for bad in (draws + exact.std, draws.mean(0) + 0.5 * (draws - draws.mean(0))):
-        m = run_evaluation(
-            bad,
-            x_true,
-            x_reference=cvae.x_standardiser.mean,
-            exact_mean=exact.mean,
-            exact_std=exact.std,
-        )
+        m = _evaluate(bad, x_true, exact, cvae)
         assert not _agrees(m), m["exact"]
 
 

@@ -48,11 +48,14 @@ def _torchrun(args: list[str], cwd: Path, *paths: Path, timeout: float = 300):
 
 
 def _fit_one_and_two_ranks(args: list[str], cwd: Path) -> None:
-    """Run ``ppl-cvae ARGS`` in one process (``--out one``), then on 2 torchrun ranks (``two``)."""
-    command = [sys.executable, "-m", "ppl_cvae.cli", *args, "--out", "one"]
-    one = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
-    assert one.returncode == 0, one.stderr
+    """Run ``ppl-cvae ARGS`` in one process (``--out one``), then on 2 torchrun ranks (``two``).
+
+    The one-process run is this process (``main``; the tests use the ``one_thread`` fixture,
+    which restores the thread count the fit sets): no interpreter start for the reference.
+    """
+    from ppl_cvae.cli import main
+
+    assert main([*args, "--out", str(cwd / "one")]) == 0
     two = _torchrun([*args, "--out", "two"], cwd)
     assert two.returncode == 0, two.stderr[-2000:]
 
@@ -71,6 +74,7 @@ def test_a_bad_rank_is_refused():
         shard_rows(4, 2, 2)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_two_gloo_processes_take_the_steps_of_one(tmp_path):
     # pairs in memory: under torchrun a resimulated run (linear_gaussian's default) divides the
     # simulation over the ranks and so trains on other pairs than one process (tested below)
@@ -153,6 +157,7 @@ def test_a_rank_that_dies_fails_the_run_without_hanging_or_finishing(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name != "dying_problem.py"] == ["run"]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_ranks_stream_their_own_share_of_each_minibatch(tmp_path):
     """Under torchrun ``--stream`` gives every rank its own seeds and a share of the minibatch.
 
