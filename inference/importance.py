@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import pyro.distributions as dist
 import torch
 
+from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
@@ -181,6 +182,8 @@ def importance_sample(
     ------
     ConfigError
         If the model is unconditional, has a basis decoder, or ``num_samples < 2``.
+    ResourceError
+        If the proposals would not fit in memory (estimated before any is drawn).
     NoPriorDensityError, NoLikelihoodError
         If the problem's prior has no density or it has no noise model
         (:mod:`ppl_cvae.errors`).
@@ -209,6 +212,16 @@ def importance_sample(
     problem = as_problem(problem)
     y = y.reshape(-1, *cfg.y_shape) if tuple(y.shape) == cfg.y_shape else y
     num_obs = cvae.check_inputs(y, None)
+    # kept: x, z and the log-weight of every proposal in float32, in chunks and concatenated
+    # (twice), and the log-weights again in float64 for the Pareto smoothing (three arrays)
+    per_draw = (cfg.x_dim + cfg.latent_dim + 1) * 4 * 2 + 8 * 3
+    check_memory(
+        float(num_samples) * num_obs * per_draw,
+        f"{num_samples} importance proposals of {cfg.x_dim} values for {num_obs} "
+        "observation(s)",
+        hint="ask for fewer proposals (--proposals; default 10 x --num-samples) or "
+        "observations",
+    )
     was_training = cvae.training
     cvae.eval()
     xs, zs, lws = [], [], []
