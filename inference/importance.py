@@ -31,7 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from ppl_cvae._memory import check_memory
-from ppl_cvae.errors import ConfigError
+from ppl_cvae.errors import ConfigError, PplCvaeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
 
@@ -181,7 +181,8 @@ def importance_sample(
     Raises
     ------
     ConfigError
-        If the model is unconditional, has a basis decoder, or ``num_samples < 2``.
+        If the model is unconditional, has a basis decoder, or ``num_samples < 2``, or the
+        problem raises while the weights are computed (its exception is named).
     ResourceError
         If the proposals would not fit in memory (estimated before any is drawn).
     NoPriorDensityError, NoLikelihoodError
@@ -231,7 +232,16 @@ def importance_sample(
         done = 0
         while done < num_samples:
             n = min(chunk_size, num_samples - done)
-            x, z, lw = _weigh(cvae, problem, y, n)
+            try:
+                x, z, lw = _weigh(cvae, problem, y, n)
+            except PplCvaeError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a user's problem may raise anything
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise ConfigError(
+                    f"problem {problem.name!r} raised {type(err).__name__} while the importance "
+                    f"weights were computed (log_prior, log_likelihood of float32 draws): {first}"
+                ) from err
             xs.append(x)
             zs.append(z)
             lws.append(lw)
