@@ -198,8 +198,8 @@ class _SafeInverse(Transform):
         super().__init__(cache_size=1)
         self.inner = inner
         self.bound = bound
-        self.domain = inner.domain  # type: ignore[misc]
-        self.codomain = inner.codomain  # type: ignore[misc]
+        self.domain = inner.domain
+        self.codomain = inner.codomain
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
