@@ -19,7 +19,7 @@ rows, empty folders, NetCDF without ``x``/``y``, Zarr without zarr; ``sample --m
 with bad counts and preconditioners; flow-layer flags without their flow.
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
-(about 3 minutes on 2 cores). Exit status 1 when a case fails.
+(about 5 minutes on 2 cores). Exit status 1 when a case fails.
 """
 
 from __future__ import annotations
