@@ -16,7 +16,12 @@ of finished, damaged, forged, changed or busy runs; ``--stream --workers`` with 
 workers or a user's simulator returning the wrong type, dtype, shape, NaN or inf, raising,
 or ignoring its generator; lazily read files of every dtype, with NaN rows, mismatched or zero
 rows, empty folders, NetCDF without ``x``/``y``, Zarr without zarr; ``sample --method nuts``
-with bad counts and preconditioners; flow-layer flags without their flow.
+with bad counts and preconditioners; flow-layer flags without their flow. The second audit
+(:func:`audit_cases`): the prior-flow type and layers (flags, hand-edited run files,
+checkpoints whose config and weights disagree), ``--potential-dtype`` and the flags of other
+``sample`` methods, problems with float64-only or NaN densities, ``--warmup 0`` without
+warnings, tensors a simulator may return (meta, sparse, 0-d, an exhausted iterator), ``fit
+--resume`` after ``kill -9``, symlinked ``--out``, and huge importance requests.
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
 (about 5 minutes on 2 cores). Exit status 1 when a case fails.
