@@ -16,10 +16,15 @@ of finished, damaged, forged, changed or busy runs; ``--stream --workers`` with 
 workers or a user's simulator returning the wrong type, dtype, shape, NaN or inf, raising,
 or ignoring its generator; lazily read files of every dtype, with NaN rows, mismatched or zero
 rows, empty folders, NetCDF without ``x``/``y``, Zarr without zarr; ``sample --method nuts``
-with bad counts and preconditioners; flow-layer flags without their flow.
+with bad counts and preconditioners; flow-layer flags without their flow. The second audit
+(:func:`audit_cases`): the prior-flow type and layers (flags, hand-edited run files,
+checkpoints whose config and weights disagree), ``--potential-dtype`` and the flags of other
+``sample`` methods, problems with float64-only or NaN densities, ``--warmup 0`` without
+warnings, tensors a simulator may return (meta, sparse, 0-d, an exhausted iterator), ``fit
+--resume`` after ``kill -9``, symlinked ``--out``, and huge importance requests.
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
-(about 3 minutes on 2 cores). Exit status 1 when a case fails.
+(about 5 minutes on 2 cores). Exit status 1 when a case fails.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +80,8 @@ class Case:
     setup: Callable[[Path], None] | None = None
     subprocess_signal: bool = False
     around: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+    no_warnings: bool = False  # an accepted request must also print no warning
+    may_change: str | None = None  # files under this folder may change (a resumed run)
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -452,6 +460,47 @@ def raises(): return _changed(_raise)
 def global_rng(): return _changed(lambda x, y, g: Mine().simulate(len(x), None))
 def unpicklable(): return Locked()
 def mine(): return Mine()
+
+
+# audit of 2026-11-30, second round: tensors a simulator may return, problems' densities
+def meta(): return _changed(lambda x, y, g: (x.to("meta"), y))
+def sparse(): return _changed(lambda x, y, g: (x, y.to_sparse()))
+def zero_d(): return _changed(lambda x, y, g: (x.sum(), y))
+def needs_grad(): return _changed(lambda x, y, g: (x.requires_grad_(True) * 1.0, y))
+def as_list(): return _changed(lambda x, y, g: [x, y])
+
+
+class Once(Mine):
+    def __init__(self):
+        self.pairs = None
+
+    def simulate(self, num, generator=None):
+        if self.pairs is None:
+            self.pairs = iter([super().simulate(num, generator)])
+        return next(self.pairs)  # an iterator consumed on the first call
+
+
+class Float64Only(Mine):
+    def log_likelihood(self, x, y):
+        if x.dtype != torch.float64:
+            raise TypeError(f"needs float64, got {x.dtype}")
+        return super().log_likelihood(x, y)
+
+
+class NaNLikelihood(Mine):
+    def log_likelihood(self, x, y):
+        return super().log_likelihood(x, y) * float("nan")
+
+
+class NaNPrior(Mine):
+    def log_prior(self, x):
+        return super().log_prior(x) + float("nan")
+
+
+def once(): return Once()
+def float64_only(): return Float64Only()
+def nan_likelihood(): return NaNLikelihood()
+def nan_prior(): return NaNPrior()
 '''
 
 RESUME_FIT = ["--num-train", "200", "--batch-size", "20", "--epochs", "3", "--hidden-dims",
@@ -698,6 +747,152 @@ def new_feature_cases(root: Path) -> list[Case]:
     return c
 
 
+def build_audit_workspace(root: Path) -> None:
+    """A coupling prior-flow run, its hand-edited run files and checkpoints (second audit)."""
+    assert main(["fit", "--problem", "linear_gaussian", "--prior", "flow", "--out",
+                 str(root / "flowrun"), *TINY]) == 0
+    config = json.loads((root / "flowrun" / "config.json").read_text())
+    for name, change in (
+        ("unknown_type", lambda m: m.update(prior_flow_type="realnvp")),
+        ("type_3", lambda m: m.update(prior_flow_type=3)),
+        ("negative_layers", lambda m: m.update(prior_flow_layers=-2)),
+        ("missing_type", lambda m: m.pop("prior_flow_type")),
+        ("missing_layers", lambda m: m.pop("prior_flow_layers")),
+    ):
+        edited = json.loads(json.dumps(config))
+        change(edited["model"])
+        (root / f"rf_flow_{name}.json").write_text(json.dumps(edited))
+    payload = torch.load(root / "flowrun" / "model.pt", weights_only=True)
+    for name, change in (
+        ("autoregressive", lambda m: m.update(prior_flow_type="autoregressive")),
+        ("bogus", lambda m: m.update(prior_flow_type="bogus")),
+        ("layers3", lambda m: m.update(prior_flow_layers=3)),
+        ("layers_neg", lambda m: m.update(prior_flow_layers=-1)),
+        ("notype", lambda m: m.pop("prior_flow_type")),
+    ):
+        folder = root / f"ckf_{name}"
+        folder.mkdir()
+        forged = {**payload, "model_config": dict(payload["model_config"])}
+        change(forged["model_config"])
+        torch.save(forged, folder / "model.pt")
+    os.symlink(root / "flowrun", root / "link_to_run")
+
+
+@contextlib.contextmanager
+def _killed_fit(run: Path) -> Any:
+    """Start ``ppl-cvae fit`` into ``run`` in a child process and SIGKILL it mid-fit.
+
+    The child saves a state after every step; it is killed once the first state exists, so
+    the folder holds ``train_state.pt`` and the kernel has dropped its lock.
+    """
+    if run.exists():
+        shutil.rmtree(run)
+    argv = ["fit", "--problem", "linear_gaussian", "--out", str(run), "--epochs", "20",
+            "--num-train", "2000", "--batch-size", "20", "--hidden-dims", "8", "--latent-dim",
+            "2", "--quiet", "--threads", "1", "--checkpoint-every", "1", "--seed", "3"]
+    child = subprocess.Popen([sys.executable, "-m", "ppl_cvae.cli", *argv],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if (run / "train_state.pt").is_file() or child.poll() is not None:
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    yield
+
+
+def audit_cases(root: Path) -> list[Case]:
+    """Cases of the second audit: prior-flow type, --potential-dtype, simulators, locks, sizes."""
+    r = str(root)
+    out = f"{r}/new"
+    c: list[Case] = []
+    add = c.append
+    cat = "prior-flow type and layers"
+    fit = ["fit", "--problem", "linear_gaussian", "--out", out, *TINY]
+    for flags, expect in ((["--prior", "flow", "--prior-flow-type", "bogus"], 2),
+                          (["--prior-flow-type", "coupling"], 2),
+                          (["--prior-flow-type", "autoregressive"], 2),
+                          (["--prior", "flow", "--prior-flow-type", "autoregressive",
+                            "--prior-flow-layers", "0"], 0)):
+        add(Case(cat, "fit " + " ".join(flags), [*fit, *flags], expect=expect))
+    add(Case(cat, "sample --prior-flow-type", ["sample", f"{r}/flowrun", "--observation",
+             f"{r}/lgobs.npz", "--prior-flow-type", "coupling", "--out", f"{out}.nc"]))
+    add(Case(cat, "evaluate --prior-flow-layers", ["evaluate", f"{r}/flowrun", "--data",
+             f"{r}/pairs.npz", "--prior-flow-layers", "3", "--out", out]))
+    add(Case(cat, "fit --resume --prior-flow-type", ["fit", "--resume", f"{r}/int_mem",
+             "--prior-flow-type", "coupling"]))
+    for name, expect in (("unknown_type", 2), ("type_3", 2), ("negative_layers", 2),
+                         ("missing_type", 0), ("missing_layers", 0)):
+        add(Case(cat, f"run file {name}", ["fit", "--config", f"{r}/rf_flow_{name}.json",
+                 "--out", out, "--epochs", "1", "--num-train", "128", "--quiet"],
+                 expect=expect))
+    for name in ("autoregressive", "bogus", "layers3", "layers_neg", "notype"):
+        add(Case(cat, f"checkpoint {name} (sample)", ["sample", f"{r}/ckf_{name}",
+                 "--observation", f"{r}/lgobs.npz", "--out", f"{out}.nc"]))
+        add(Case(cat, f"checkpoint {name} (evaluate)", ["evaluate", f"{r}/ckf_{name}",
+                 "--data", f"{r}/pairs.npz", "--out", out]))
+    cat = "--potential-dtype and method flags"
+    smp = ["sample", f"{r}/lgrun_problem", "--observation", f"{r}/lgobs.npz", "--out",
+           f"{out}.nc"]
+    user = ["sample", f"{r}/userrun", "--observation", f"{r}/userobs.npz", "--out",
+            f"{out}.nc", "--num-samples", "20"]
+    nuts = ["--method", "nuts", "--chains", "2", "--warmup", "10"]
+    for flags in (["--method", "nuts", "--potential-dtype", "float16"],
+                  ["--method", "importance", "--potential-dtype", "float32"],
+                  ["--potential-dtype", "float64"],
+                  ["--refine", "--potential-dtype", "float32"],
+                  ["--method", "importance", "--chains", "4"],
+                  ["--method", "importance", "--warmup", "5"],
+                  ["--warmup", "5"],
+                  ["--method", "importance", "--adapt-mass-matrix"],
+                  ["--method", "nuts", "--proposals", "100"]):
+        add(Case(cat, " ".join(flags), [*smp, *flags]))
+    for factory, dtype, expect in (("float64_only", "float32", 0),
+                                   ("float64_only", "float64", 0),
+                                   ("nan_likelihood", "float32", 2),
+                                   ("nan_likelihood", "float64", 2),
+                                   ("nan_prior", "float32", 2)):
+        add(Case(cat, f"nuts, problem {factory}, --potential-dtype {dtype}",
+                 [*user, "--problem", f"hostile_sim:{factory}", *nuts, "--potential-dtype",
+                  dtype], expect=expect))
+    for factory in ("float64_only", "nan_likelihood"):
+        add(Case(cat, f"importance, problem {factory}", [*user, "--problem",
+                 f"hostile_sim:{factory}", "--method", "importance"]))
+    add(Case(cat, "nuts --warmup 0 prints no warning",
+             [*smp, "--method", "nuts", "--chains", "2", "--num-samples", "20", "--warmup",
+              "0"], expect=0, no_warnings=True))
+    cat = "tensors from a user's simulator"
+    stream = ["fit", "--stream", "--seed", "0", "--out", out, *TINY]
+    for factory, expect in (("meta", 2), ("sparse", 2), ("zero_d", 2), ("once", 2),
+                            ("needs_grad", 0), ("as_list", 0)):
+        add(Case(cat, f"simulate {factory}", [*stream, "--problem", f"hostile_sim:{factory}"],
+                 expect=expect))
+    cat = "run-folder lock and --out"
+    add(Case(cat, "fit --resume after kill -9 mid-fit", ["fit", "--resume", f"{r}/killed",
+             "--quiet"], expect=0, around=lambda: _killed_fit(root / "killed"),
+             may_change="killed"))
+    add(Case(cat, "fit --out a symlink to a run, --overwrite",
+             ["fit", "--problem", "linear_gaussian", "--out", f"{r}/link_to_run", "--overwrite",
+              *TINY]))
+    add(Case(cat, "fit --out the data file", ["fit", "--data", f"{r}/pairs.npz", "--out",
+             f"{r}/pairs.npz", "--overwrite", *TINY]))
+    add(Case(cat, "fit --resume an ordinary file", ["fit", "--resume", f"{r}/afile"]))
+    add(Case(cat, "fit --resume a run being resumed", ["fit", "--resume", f"{r}/int_mem"],
+             around=lambda: _locked(root / "int_mem")))
+    cat = "sample sizes"
+    for flags in (["--method", "importance", "--num-samples", str(10**9)],
+                  ["--method", "importance", "--num-samples", "100", "--proposals",
+                   str(10**10)],
+                  ["--num-samples", str(10**9)],
+                  ["--method", "nuts", "--chains", "100", "--num-samples", "20"],
+                  ["--method", "nuts", "--chains", str(10**9), "--num-samples", "20"]):
+        add(Case(cat, " ".join(flags), [*smp, *flags]))
+    return c
+
+
 def run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
     with case.around() if case.around is not None else contextlib.nullcontext():
         return _run_case(case, root, verbose)
@@ -716,7 +911,9 @@ def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
         buffer = io.StringIO()
         signal.signal(signal.SIGALRM, _hung)
         signal.alarm(CASE_TIMEOUT)
-        with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("always")  # each case sees every warning it triggers
             try:
                 code = main(case.argv)
             except SystemExit as exc:  # argparse
@@ -743,18 +940,23 @@ def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
         problems.append("no error line")
     if case.expect != 0 and len(lines) > 1:
         problems.append(f"{len(lines)} lines on stderr")
+    if case.no_warnings and "Warning" in err:
+        problems.append("a warning on stderr: " + next(
+            line for line in lines if "Warning" in line)[:100])
     after = _snapshot(root)
-    changed = [k for k, v in before.items() if after.get(k) != v]
+    changed = [k for k, v in before.items() if after.get(k) != v
+               and not (case.may_change and k.startswith(case.may_change + os.sep))]
     if changed:
         problems.append(f"changed or lost: {changed[:3]}")
     if (root / "PWNED").exists():
         problems.append("code from a file ran")
     if not (root / "victim" / "keep.txt").exists():
         problems.append("victim folder deleted")
-    hidden = [p for p in root.rglob(".*") if p.name.startswith((".new", ".interrupted"))]
+    hidden = [p for p in root.rglob(".*")
+              if p.name.startswith((".new", ".interrupted", ".killed"))]
     if hidden:
         problems.append(f"temporaries left: {hidden[:2]}")
-    for leftover in ("new", "new.nc", "new.npz", "interrupted"):
+    for leftover in ("new", "new.nc", "new.npz", "interrupted", "killed"):
         target = root / leftover
         if target.is_dir():
             shutil.rmtree(target)
@@ -785,10 +987,11 @@ def main_cli() -> int:
         sys.path.insert(0, str(root))
         build_workspace(root)
         build_new_feature_workspace(root)
+        build_audit_workspace(root)
         os.symlink(root, root / "link_to_root")
         table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         failures = []
-        for case in cases(root) + new_feature_cases(root):
+        for case in cases(root) + new_feature_cases(root) + audit_cases(root):
             if args.only and not any(w in case.category for w in args.only.split(",")):
                 continue
             ok, why = run_case(case, root, args.verbose)

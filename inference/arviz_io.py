@@ -63,6 +63,7 @@ doi:10.1007/s11222-016-9696-4 (PSIS-LOO from the pointwise log-likelihood).
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "chain_diagnostics",
+    "stuck_coordinates",
     "check_posterior",
     "default_dims",
     "load_inference_data",
@@ -658,7 +660,9 @@ def chain_diagnostics(draws: np.ndarray) -> tuple[float, float]:
     -------
     rhat : float
         Rank-normalised split R-hat (ArviZ's ``rhat``), the largest over ``dim``; NaN for one
-        chain of fewer than 4 draws.
+        chain of fewer than 4 draws; ``inf`` when a coordinate never moved within any split
+        chain (:func:`stuck_coordinates`: no within-chain variance, so R-hat's ratio of
+        variances does not exist and ArviZ would divide by zero).
     min_ess : float
         Bulk effective sample size (ArviZ's ``ess``), the smallest over ``dim``.
 
@@ -667,10 +671,49 @@ def chain_diagnostics(draws: np.ndarray) -> tuple[float, float]:
     Vehtari, Gelman, Simpson, Carpenter and Buerkner (2021), Rank-normalization, folding, and
     localization: an improved R-hat for assessing convergence of MCMC, Bayesian Analysis 16.
     """
-    data = az.convert_to_dataset({"theta": np.asarray(draws, dtype=np.float64)})
-    rhat = float(az.rhat(data)["theta"].max())
+    draws = np.asarray(draws, dtype=np.float64)
+    data = az.convert_to_dataset({"theta": draws})
+    stuck = stuck_coordinates(draws)
+    rhat = math.inf if stuck.any() else -math.inf
+    if not stuck.all():
+        moving = az.convert_to_dataset({"theta": draws[..., ~stuck]})
+        rhat = max(rhat, float(az.rhat(moving)["theta"].max()))
     ess = float(az.ess(data, method="bulk")["theta"].min())
     return rhat, ess
+
+
+def stuck_coordinates(draws: np.ndarray) -> np.ndarray:
+    """Return which coordinates never moved within any split chain (raw or folded values).
+
+    Split R-hat compares the variance between the half-chains with the variance within them,
+    on the rank-normalised draws and on the draws folded about their median (Vehtari et al.
+    2021). When every half-chain of a coordinate is constant (chains that never accepted a
+    move: NUTS with ``--warmup 0`` and a step size far too large) the within-chain variance is
+    zero and the ratio does not exist.
+
+    Parameters
+    ----------
+    draws : ndarray, shape (chains, draws, dim)
+
+    Returns
+    -------
+    ndarray of bool, shape (dim,)
+        True where the within-half-chain variance of the raw or of the folded draws is zero
+        in every half-chain (for fewer than 4 draws per chain: all False, no split).
+
+    Examples
+    --------
+    >>> stuck_coordinates(np.stack([np.full((6, 1), 1.0), np.full((6, 1), 2.0)])).tolist()
+    [True]
+    """
+    draws = np.asarray(draws, dtype=np.float64)
+    half = draws.shape[1] // 2
+    if half < 2:
+        return np.zeros(draws.shape[-1], dtype=bool)
+    split = np.concatenate([draws[:, :half], draws[:, -half:]])  # (2 chains, half, dim)
+    folded = np.abs(split - np.median(draws.reshape(-1, draws.shape[-1]), axis=0))
+    flat = [(np.ptp(v, axis=1) == 0).all(axis=0) for v in (split, folded)]
+    return flat[0] | flat[1]
 
 
 def with_chains(idata: az.InferenceData, num_chains: int) -> az.InferenceData:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import pyro.distributions as dist
 import torch
 
-from ppl_cvae.errors import ConfigError
+from ppl_cvae._memory import check_memory
+from ppl_cvae.errors import ConfigError, PplCvaeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
 
@@ -180,7 +181,10 @@ def importance_sample(
     Raises
     ------
     ConfigError
-        If the model is unconditional, has a basis decoder, or ``num_samples < 2``.
+        If the model is unconditional, has a basis decoder, or ``num_samples < 2``, or the
+        problem raises while the weights are computed (its exception is named).
+    ResourceError
+        If the proposals would not fit in memory (estimated before any is drawn).
     NoPriorDensityError, NoLikelihoodError
         If the problem's prior has no density or it has no noise model
         (:mod:`ppl_cvae.errors`).
@@ -209,6 +213,16 @@ def importance_sample(
     problem = as_problem(problem)
     y = y.reshape(-1, *cfg.y_shape) if tuple(y.shape) == cfg.y_shape else y
     num_obs = cvae.check_inputs(y, None)
+    # kept: x, z and the log-weight of every proposal in float32, in chunks and concatenated
+    # (twice), and the log-weights again in float64 for the Pareto smoothing (three arrays)
+    per_draw = (cfg.x_dim + cfg.latent_dim + 1) * 4 * 2 + 8 * 3
+    check_memory(
+        float(num_samples) * num_obs * per_draw,
+        f"{num_samples} importance proposals of {cfg.x_dim} values for {num_obs} "
+        "observation(s)",
+        hint="ask for fewer proposals (--proposals; default 10 x --num-samples) or "
+        "observations",
+    )
     was_training = cvae.training
     cvae.eval()
     xs, zs, lws = [], [], []
@@ -218,7 +232,16 @@ def importance_sample(
         done = 0
         while done < num_samples:
             n = min(chunk_size, num_samples - done)
-            x, z, lw = _weigh(cvae, problem, y, n)
+            try:
+                x, z, lw = _weigh(cvae, problem, y, n)
+            except PplCvaeError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a user's problem may raise anything
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise ConfigError(
+                    f"problem {problem.name!r} raised {type(err).__name__} while the importance "
+                    f"weights were computed (log_prior, log_likelihood of float32 draws): {first}"
+                ) from err
             xs.append(x)
             zs.append(z)
             lws.append(lw)

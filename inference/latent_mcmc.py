@@ -557,8 +557,10 @@ def latent_nuts_summary(results: Sequence[LatentMCMCResult]) -> tuple[str, bool]
         raise ConfigError("latent_nuts_summary needs at least one result")
     worst = max(r.rhat for r in results)
     failed = sum(not r.converged for r in results)
+    stuck = " (a coordinate never moved in any chain)" if math.isinf(worst) else ""
     summary = (
-        f"latent NUTS: R-hat {worst:.4f} (max), min ESS {min(r.min_ess for r in results):.0f}, "
+        f"latent NUTS: R-hat {worst:.4f} (max){stuck}, min ESS "
+        f"{min(r.min_ess for r in results):.0f}, "
         f"{sum(r.divergences for r in results)} divergent transition(s), "
         f"{sum(r.seconds for r in results):.1f} s"
     )

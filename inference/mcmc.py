@@ -117,7 +117,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.poutine.messenger import Messenger
 
-from ppl_cvae.errors import ConfigError
+from ppl_cvae.errors import ConfigError, DataError
 from ppl_cvae.problems.base import Problem, as_problem
 
 __all__ = [
@@ -1006,8 +1006,14 @@ def _check_low_precision(
         values = []
         for fn in (energy, low):
             v = point.clone().requires_grad_(True)
-            u = fn(v)
-            (grad,) = torch.autograd.grad(u, v)
+            try:
+                u = fn(v)
+                (grad,) = torch.autograd.grad(u, v)
+            except Exception as err:  # noqa: BLE001 - a user's problem may refuse float32
+                if fn is energy:
+                    raise
+                first = (str(err).strip().splitlines() or [""])[0]
+                return f"the float32 potential raised {type(err).__name__}: {first}"
             values.append((float(u.detach()), grad))
         (u0, g0), (u1, g1) = values
         if not math.isfinite(u1) or abs(u1 - u0) > FLOAT32_POTENTIAL_TOLERANCE:
@@ -1268,7 +1274,16 @@ def nuts_sample(
     y64 = y.double()
     log_target = _log_target(problem, y64)
     with torch.no_grad():  # fails here, in this process, for a problem without a density
-        log_target((par.from_x(init[:1]) if par is not None else init[:1].flatten(1)).double())
+        rows = init[: max(num_chains, 1)]
+        values = log_target((par.from_x(rows) if par is not None else rows.flatten(1)).double())
+    bad = ~torch.isfinite(torch.as_tensor(values))
+    if bool(bad.any()):
+        raise DataError(
+            f"the log posterior density of problem {problem.name!r} (log_prior + "
+            f"log_likelihood) is {float(torch.as_tensor(values)[bad].flatten()[0])} at "
+            f"{int(bad.sum())} of {bad.numel()} chain starts (amortized draws); NUTS needs a "
+            "finite density there: check the problem's log_prior and log_likelihood"
+        )
     if num_samples < MIN_DRAWS_PER_CHAIN:
         raise ConfigError(
             f"num_samples={num_samples} draws per chain; the split R-hat and the ESS of a chain "

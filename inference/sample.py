@@ -933,8 +933,10 @@ def sample_corrected(
     worst_rhat = max(r.rhat for r in results)
     divergent = sum(r.divergences for r in results)
     failed = sum(not r.converged for r in results)
+    stuck = " (a coordinate never moved in any chain)" if math.isinf(worst_rhat) else ""
     summary = (
-        f"NUTS: R-hat {worst_rhat:.4f} (max), min ESS {min(r.min_ess for r in results):.0f}, "
+        f"NUTS: R-hat {worst_rhat:.4f} (max){stuck}, min ESS "
+        f"{min(r.min_ess for r in results):.0f}, "
         f"{divergent} divergent transition(s), {sum(r.seconds for r in results):.1f} s"
     )
     if failed:

@@ -169,7 +169,12 @@ def check_output_folder(target: Path, overwrite: bool, command: str | None) -> N
         ``overwrite`` but without the marker of ``command``; or holding files that the marked
         command did not write (added by the user or another command since).
     """
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
+    if target.is_symlink():
+        raise OutputError(
+            f"{str(target)!r} is a symbolic link (to {os.readlink(target)!r}); an output folder "
+            "never replaces a link nor writes through one (give the folder itself as --out)"
+        )
+    if target.exists() and not target.is_dir():
         raise OutputError(
             f"{str(target)!r} exists and is not a folder; an output folder never replaces a file "
             "(choose another --out)"

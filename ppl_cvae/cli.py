@@ -290,20 +290,22 @@ available memory (loading it would need about twice its size)."""
 
 
 def _check_flow_flags(args: argparse.Namespace, config: ModelConfig) -> None:
-    """Refuse ``--flow-layers``/``--prior-flow-layers`` where there is no such flow.
+    """Refuse ``--flow-layers``/``--prior-flow-layers``/``--prior-flow-type`` without their flow.
 
-    Either would otherwise be ignored in silence (``--flow-layers`` set the prior flow's layers
+    Each would otherwise be ignored in silence (``--flow-layers`` set the prior flow's layers
     before ``--prior-flow-layers`` existed).
     """
     for flag, value, field, wanted, other in (
         ("--flow-layers", args.flow_layers, "likelihood", "flow", "--prior-flow-layers"),
         ("--prior-flow-layers", args.prior_flow_layers, "prior", "flow", None),
+        ("--prior-flow-type", args.prior_flow_type, "prior", "flow", None),
     ):
         actual = getattr(config, field)
         if value is not None and actual != wanted:
             hint = f"; for the flow on z of --prior flow use {other}" if other else ""
             raise ConfigError(
-                f"{flag} {value} sets the layers of the flow of --{field} {wanted}, but this "
+                f"{flag} {value} sets the {'type' if flag.endswith('type') else 'layers'} of "
+                f"the flow of --{field} {wanted}, but this "
                 f"run's {field} is {actual!r}: add --{field} {wanted} or drop {flag}{hint}"
             )
 
@@ -970,6 +972,31 @@ physics": the amortized covariance is the mass matrix, Pyro's windowed mass adap
 about 500 iterations)."""
 
 
+DEFAULT_CHAINS = 4
+"""``sample --chains`` when not given (``--method nuts`` and ``latent-nuts``)."""
+
+
+def _check_method_flags(args: argparse.Namespace, method: str) -> None:
+    """Refuse ``sample`` flags of another ``--method`` (each would be ignored in silence).
+
+    ``--chains`` and ``--warmup`` belong to the two NUTS methods, ``--adapt-mass-matrix`` to
+    ``nuts`` and ``--proposals`` to ``importance``, as ``--cores`` and ``--potential-dtype``
+    belong to ``nuts``.
+    """
+    nuts = ("nuts", "latent-nuts")
+    for flag, given, methods in (
+        ("--chains", args.chains is not None, nuts),
+        ("--warmup", args.warmup is not None, nuts),
+        ("--adapt-mass-matrix", args.adapt_mass_matrix is not None, ("nuts",)),
+        ("--proposals", args.proposals is not None, ("importance",)),
+    ):
+        if given and method not in methods:
+            raise ConfigError(
+                f"{flag} applies to --method {' or '.join(methods)} only, got --method {method}: "
+                f"drop {flag} or choose that method"
+            )
+
+
 def _nuts_defaults(args: argparse.Namespace, problem: Any) -> None:
     """Fill the NUTS flags left at None: step-size-only warm-up, draws for the R-hat bound.
 
@@ -1020,6 +1047,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "--cores, --nuts-jit and --potential-dtype apply to --method nuts only, got "
             f"--method {method}"
         )
+    _check_method_flags(args, method)
+    if args.chains is None:
+        args.chains = DEFAULT_CHAINS
     if args.preconditioner != "amortized" and method != "nuts":
         raise ConfigError(
             f"--preconditioner {args.preconditioner} applies to --method nuts only, got "
@@ -1579,7 +1609,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="--method latent-nuts: run folder (or model.pt) of an unconditional VAE fitted on "
         "the problem's prior draws (`ppl-cvae fit --problem NAME --unconditional`)",
     )
-    s.add_argument("--chains", type=_count(1), default=4, help="--method nuts/latent-nuts: chains")
+    s.add_argument(
+        "--chains",
+        type=_count(1),
+        help=f"--method nuts/latent-nuts: chains (default {DEFAULT_CHAINS})",
+    )
     s.add_argument(
         "--warmup",
         type=_count(0),

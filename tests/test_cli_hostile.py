@@ -47,6 +47,9 @@ def _fails(argv, capsys, match):
     ((torch.zeros(4, 2), torch.zeros(3, 1)), "y of shape (3, 1); expected (4, 1)"),
     ((torch.zeros(4, 3), torch.zeros(4, 1)), "x of shape (4, 3); expected (4, 2)"),
     ((torch.zeros(4, 2, dtype=torch.complex64), torch.zeros(4, 1)), "complex"),
+    ((torch.zeros(4, 2, device="meta"), torch.zeros(4, 1)), "x as a tensor on the meta device"),
+    ((torch.zeros(4, 2), torch.zeros(4, 1).to_sparse()),
+     "y as a tensor of layout torch.sparse_coo"),
     ((torch.zeros(4, 2), torch.tensor([[0.0], [float("nan")], [1.0], [float("inf")]])),
      "2 NaN or inf values in y (in 2 of 4 pairs"),
     ((torch.full((4, 2), 1e300, dtype=torch.float64), torch.zeros(4, 1)),
@@ -65,6 +68,21 @@ def test_real_integer_and_bool_outputs_are_cast_to_float32():
     assert torch.equal(x, x64.float()) and torch.equal(y, torch.ones(1, 1))
     x, y = check_simulated((torch.tensor([[3, -4]]), None), 1, (2,), None, "s")
     assert y is None and torch.equal(x, torch.tensor([[3.0, -4.0]]))
+
+
+def test_outputs_that_need_grad_or_live_elsewhere_become_plain_float32_cpu_tensors():
+    weight = torch.ones(2, requires_grad=True)
+    x, y = check_simulated((torch.ones(4, 2) * weight, torch.ones(4, 1)), 4, (2,), (1,), "s")
+    assert not x.requires_grad and x.device.type == "cpu" and x.dtype == torch.float32
+    assert torch.equal(x, torch.ones(4, 2))
+
+
+def test_an_exhausted_iterator_inside_a_simulator_is_named():
+    pairs = iter([(torch.zeros(3, 2), torch.zeros(3, 2))])
+    checked = CheckedSimulator(lambda num, generator: next(pairs), (2,), (2,), "problem 'it'")
+    checked(3)
+    with pytest.raises(ConfigError, match=r"failed: StopIteration \(an iterator ran out"):
+        checked(3)
 
 
 def test_a_raising_simulator_is_one_config_error_and_reproducibility_is_checked():
@@ -192,15 +210,142 @@ def test_a_fresh_fit_into_a_folder_being_fitted_is_refused(tmp_path, capsys):
     assert sorted(os.listdir(run)) == ["keep.txt"]
 
 
+def test_without_flock_the_lock_is_a_file_that_a_killed_holder_does_not_leave_locked(
+    tmp_path, monkeypatch
+):
+    """Where fcntl is missing (Windows): filelock on a file beside the folder; kill -9 frees it.
+
+    A child process takes the lock and is killed with SIGKILL while holding it: the lock file
+    stays behind, and the next lock of the folder must succeed without cleanup (the operating
+    system dropped the child's lock). While the child holds it, a second lock is refused.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    import filelock  # imported before fcntl is hidden: it keeps its own reference
+
+    from ppl_cvae.train.resume import run_lock_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time, filelock; sys.modules['fcntl'] = None\n"
+         "from ppl_cvae.train.resume import lock_run_folder\n"
+         f"with lock_run_folder({str(run)!r}):\n"
+         "    print('held', flush=True); time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        monkeypatch.setitem(__import__("sys").modules, "fcntl", None)
+        assert filelock.FileLock is not filelock.SoftFileLock
+        with pytest.raises(ConfigError, match="being fitted by another process"):
+            with lock_run_folder(run):
+                pass
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert run_lock_path(run).exists()  # the killed holder's file is left behind ...
+    with lock_run_folder(run):  # ... and does not block
+        with pytest.raises(ConfigError, match="being fitted by another process"):
+            with lock_run_folder(run):
+                pass
+    assert sorted(os.listdir(run)) == []  # nothing written inside the run folder
+
+
 # ----------------------------------------------------------------- flags ignored in silence
 @pytest.mark.parametrize("flags, match", [
     (["--flow-layers", "3"], "likelihood is 'gaussian': add --likelihood flow"),
     (["--prior", "flow", "--flow-layers", "3"], "use --prior-flow-layers"),
     (["--prior-flow-layers", "2"], "add --prior flow or drop --prior-flow-layers"),
+    (["--prior-flow-type", "coupling"], "sets the type of the flow of --prior flow, but this "
+                                        "run's prior is 'learned'"),
 ])
 def test_flow_layer_flags_without_their_flow_are_refused(tmp_path, capsys, flags, match):
     _fails(["fit", "--problem", "linear_gaussian", *flags, "--out", tmp_path / "run", *TINY],
            capsys, match)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--method", "importance", "--chains", "2"], "--chains applies to --method nuts or "
+                                                  "latent-nuts only, got --method importance"),
+    (["--warmup", "10"], "--warmup applies to --method nuts or latent-nuts only, got --method "
+                         "amortized"),
+    (["--method", "latent-nuts", "--adapt-mass-matrix"], "--adapt-mass-matrix applies to "
+                                                         "--method nuts only"),
+    (["--method", "nuts", "--proposals", "100"], "--proposals applies to --method importance"),
+    (["--method", "importance", "--potential-dtype", "float32"], "--potential-dtype apply to "
+                                                                 "--method nuts only"),
+])
+def test_sample_flags_of_another_method_are_refused(tmp_path, capsys, flags, match):
+    """Refused before the run is read (the run folder need not exist for this check)."""
+    obs = tmp_path / "obs.npy"
+    np.save(obs, np.zeros((1, 2), dtype=np.float32))
+    _fails(["sample", tmp_path / "run", "--observation", obs, *flags, "--out",
+            tmp_path / "p.nc"], capsys, match)
+
+
+def test_importance_proposals_are_estimated_before_any_is_drawn():
+    from inference.importance import importance_sample
+    from ppl_cvae import ModelConfig
+    from ppl_cvae.train import build_cvae
+
+    problem = make_problem("linear_gaussian")
+    x, y = problem.simulate(16, torch.Generator().manual_seed(0))
+    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, hidden_dims=(8,),
+                         latent_dim=2)
+    cvae = build_cvae(config, x, y, problem=problem, seed=0)
+    # 10**12 proposals x (2 + 2 + 1) values x 8 bytes + 24 bytes: about 58 TiB
+    with pytest.raises(ResourceError, match="1000000000000 importance proposals of 2 values"):
+        importance_sample(cvae, problem, y[:1], 10**12)
+
+
+def test_stuck_chains_give_an_infinite_rhat_without_warnings():
+    """Chains that never moved: R-hat inf (no ArviZ division by zero; warnings are errors)."""
+    import arviz as az
+
+    from inference.arviz_io import chain_diagnostics, stuck_coordinates
+
+    rng = np.random.default_rng(0)
+    moving = rng.normal(size=(2, 10, 1))
+    stuck = np.stack([np.full((10, 1), 1.0), np.full((10, 1), 2.0)])
+    draws = np.concatenate([stuck, moving], axis=-1)
+    assert stuck_coordinates(draws).tolist() == [True, False]
+    rhat, ess = chain_diagnostics(draws)
+    assert rhat == float("inf") and np.isfinite(ess)
+    expected = float(az.rhat(az.convert_to_dataset({"t": moving}))["t"].max())
+    assert chain_diagnostics(moving) == (pytest.approx(expected), pytest.approx(
+        float(az.ess(az.convert_to_dataset({"t": moving}), method="bulk")["t"].min())))
+    assert chain_diagnostics(np.full((2, 10, 1), 3.0))[0] == float("inf")  # one point
+
+
+def test_nuts_refuses_a_nan_density_and_falls_back_when_float32_raises(
+    tmp_path, monkeypatch
+):
+    from inference.mcmc import nuts_sample
+    from ppl_cvae.problems.linear_gaussian import LinearGaussian
+
+    class NaNLikelihood(LinearGaussian):
+        def log_likelihood(self, x, y):
+            return super().log_likelihood(x, y) * float("nan")
+
+    class Float64Only(LinearGaussian):
+        def log_likelihood(self, x, y):
+            if x.dtype != torch.float64:
+                raise TypeError(f"needs float64, got {x.dtype}")
+            return super().log_likelihood(x, y)
+
+    x, y = LinearGaussian().simulate(8, torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match="is nan at 2 of 2 chain starts"):
+        nuts_sample(NaNLikelihood(), y[0], x, num_samples=8, num_chains=2, warmup_steps=5)
+    with pytest.warns(UserWarning, match="float32 potential raised TypeError: needs float64"):
+        result = nuts_sample(Float64Only(), y[0], x, num_samples=8, num_chains=2,
+                             warmup_steps=5, potential_dtype="float32")
+    assert torch.isfinite(result.x).all()
 
 
 # ----------------------------------------------------------------- lazy files

@@ -159,6 +159,98 @@ class _CouplingNet(nn.Module):
         return self.widths(h), self.heights(h), self.derivatives(h)
 
 
+INVERSE_BISECTION_STEPS = 60
+"""Halvings of ``[-FLOW_BOUND, FLOW_BOUND]`` by :class:`_SafeInverse` (``8 / 2**60`` is below
+the spacing of float64 numbers near 1, so the bracket ends at adjacent floats)."""
+
+KNOT_SHIFT = 1e-6
+"""The shift Pyro's rational-quadratic spline adds to its knots when it looks up the bin of an
+input (``eps`` of ``pyro.distributions.transforms.spline``): an input within this distance
+above an inner knot is evaluated in the bin below, just beyond its end."""
+
+
+class _SafeInverse(Transform):
+    """An elementwise monotone spline that gives finite values and log-determinants.
+
+    Pyro's rational-quadratic spline (Durkan et al. 2019) looks up an input's bin with the
+    knots shifted up by :data:`KNOT_SHIFT`, so an input just above an inner knot is evaluated
+    in the bin below, beyond its end (``theta`` slightly above 1). Where the spline bends
+    hard there (saturated network outputs: a knot derivative near its floor of ``1e-3`` next
+    to a large one, bins at their minimum width) that extrapolation fails: the inverse's
+    quadratic has no real root (Pyro's ``assert discriminant >= 0`` raises; under
+    ``python -O``: NaN), and the forward map's denominator can turn negative (a NaN
+    log-determinant, a wrong value). Guards, all on the elements that failed only:
+
+    - forward: an element with a non-finite value or log-determinant is evaluated at
+      ``x - 2 KNOT_SHIFT``, inside its own bin (the map is continuous; the value moves by at
+      most ``2e-6`` times the slope);
+    - inverse: where Pyro's root fails (the assertion, or a non-finite root or
+      log-determinant) the root is found by bisection of the guarded forward map on
+      ``[-bound, bound]`` (the identity outside), and its log-determinant is the forward
+      map's there.
+
+    Shapes: elementwise, ``(..., n) -> (..., n)``; ``log_abs_det_jacobian`` elementwise too.
+    """
+
+    bijective = True
+
+    def __init__(self, inner: Transform, bound: float) -> None:
+        super().__init__(cache_size=1)
+        self.inner = inner
+        self.bound = bound
+        self.domain = inner.domain
+        self.codomain = inner.codomain
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(y, log|dy/dx|)`` of the guarded forward map."""
+        y = self.inner(x)
+        log_det = self.inner.log_abs_det_jacobian(x, y)
+        bad = ~torch.isfinite(y) | ~torch.isfinite(log_det)
+        if bool(bad.any()):
+            nudged = torch.where(bad, x - 2 * KNOT_SHIFT, x)
+            y_n = self.inner(nudged)
+            log_det_n = self.inner.log_abs_det_jacobian(nudged, y_n)
+            y, log_det = torch.where(bad, y_n, y), torch.where(bad, log_det_n, log_det)
+        return y, log_det
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        y, log_det = self._forward(x)
+        self._last = (x, y, log_det)
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        try:
+            x = self.inner.inv(y)
+            log_det = self.inner.log_abs_det_jacobian(x, y)  # the inverse's, cached
+            bad = ~torch.isfinite(x) | ~torch.isfinite(log_det)
+        except AssertionError:  # Pyro's check of the quadratic's discriminant (see above)
+            x, log_det = y, torch.zeros_like(y)
+            bad = torch.ones_like(y, dtype=torch.bool)
+        if bool(bad.any()):
+            root = self._bisect(y)
+            _, log_det_root = self._forward(root)
+            x, log_det = torch.where(bad, root, x), torch.where(bad, log_det_root, log_det)
+        self._last = (x, y, log_det)
+        return x
+
+    def _bisect(self, y: torch.Tensor) -> torch.Tensor:
+        """Return the root of ``f(x) = y`` of the guarded forward map ``f``, elementwise."""
+        lo = torch.full_like(y, -self.bound)
+        hi = torch.full_like(y, self.bound)
+        for _ in range(INVERSE_BISECTION_STEPS):
+            mid = (lo + hi) / 2
+            below = self._forward(mid)[0] < y
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return torch.where(y.abs() <= self.bound, (lo + hi) / 2, y)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._last is None or self._last[0] is not x or self._last[1] is not y:
+            self._call(x)  # not the pair of the last call: evaluate afresh
+        assert self._last is not None
+        return self._last[2]
+
+
 class _ConditionedCoupling(Transform):
     """One spline coupling step with its context fixed (Dinh et al. 2017; Durkan et al. 2019).
 
@@ -198,7 +290,7 @@ class _ConditionedCoupling(Transform):
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         given, moved = self._parts(x)
-        spline = self.spline.condition((given, self.context))
+        spline = _SafeInverse(self.spline.condition((given, self.context)), FLOW_BOUND)
         out = spline(moved)
         log_det = spline.log_abs_det_jacobian(moved, out).sum(-1)
         y = self._join(given, out)
@@ -207,7 +299,7 @@ class _ConditionedCoupling(Transform):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         given, moved = self._parts(y)
-        spline = self.spline.condition((given, self.context))
+        spline = _SafeInverse(self.spline.condition((given, self.context)), FLOW_BOUND)
         back = spline.inv(moved)
         log_det = spline.log_abs_det_jacobian(back, moved).sum(-1)
         x = self._join(given, back)
@@ -412,9 +504,13 @@ class ConditionalFlow(nn.Module):
                     out.append(T.Permute(self.interleave))
             elif i > 0 and self.dim > 1:  # every coordinate conditions every other
                 out.append(T.Permute(self.reverse))
-            out.append(cast(ConditionalTransformModule, layer).condition(context))
+            conditioned = cast(ConditionalTransformModule, layer).condition(context)
+            if self.dim == 1:  # an elementwise spline of either type
+                conditioned = _SafeInverse(conditioned, FLOW_BOUND)
+            out.append(conditioned)
         if self.final is not None:
-            out.append(cast(ConditionalTransformModule, self.final).condition(context))
+            final = cast(ConditionalTransformModule, self.final).condition(context)
+            out.append(_SafeInverse(final, FLOW_BOUND))
         return out
 
     def distribution(self, context: torch.Tensor) -> dist.TransformedDistribution:

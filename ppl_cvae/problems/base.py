@@ -392,8 +392,8 @@ class Problem(abc.ABC):
         <ppl_cvae.problems.noise.GaussianNoise.cholesky>`) is computed once, not on every
         :meth:`log_likelihood` (NUTS evaluates it tens of thousands of times). Assigning
         another ``noise_cov`` or ``noise_std``, or editing ``noise_cov`` in place (seen through
-        the tensor's version counter), takes effect at the next access. Zero for a noise-free problem
-        (:attr:`GaussianNoise.is_zero <ppl_cvae.problems.noise.GaussianNoise.is_zero>`).
+        the tensor's version counter), takes effect at the next access. Zero for a noise-free
+        problem (:attr:`GaussianNoise.is_zero <ppl_cvae.problems.noise.GaussianNoise.is_zero>`).
         """
         std, cov, y_shape = float(self.noise_std), self.noise_cov, tuple(self.y_shape)
         # torch counts in-place edits of a tensor in its _version

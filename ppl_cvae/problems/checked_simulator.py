@@ -57,8 +57,9 @@ def check_simulated(
     Raises
     ------
     DataError
-        If ``out`` is not a pair, an element is not a tensor, is complex, has the wrong
-        shape, or holds NaN or inf (after the cast to float32).
+        If ``out`` is not a pair, an element is not a tensor, is complex, sparse or on the
+        meta device, has the wrong shape, or holds NaN or inf (after the cast to float32).
+        A tensor on another device (a GPU) is moved to the CPU.
 
     Examples
     --------
@@ -87,13 +88,22 @@ def check_simulated(
                 f"{source} returned {name} of dtype {value.dtype} (complex numbers); expected "
                 "real numbers (float32, or a real, integer or bool dtype, cast to float32)"
             )
+        if value.layout != torch.strided or value.device.type == "meta":
+            what = "on the meta device (no values)" if value.device.type == "meta" else (
+                f"of layout {value.layout}"
+            )
+            raise DataError(
+                f"{source} returned {name} as a tensor {what}; expected a dense tensor with "
+                "values (call .to_dense() or simulate on the CPU)"
+            )
         expected = (num, *shape)
         if tuple(value.shape) != expected:
             raise DataError(
                 f"{source} returned {name} of shape {tuple(value.shape)}; expected {expected} "
                 f"({num} pairs of event shape {tuple(shape)})"
             )
-        value = value.detach().to(torch.float32)
+        # a tensor on another device (a GPU simulator) is moved to the CPU, where data live
+        value = value.detach().to("cpu", torch.float32)
         finite = torch.isfinite(value)
         if not bool(finite.all()):
             bad = int((~finite).sum())
@@ -167,7 +177,10 @@ class CheckedSimulator:
             raise
         except Exception as err:  # noqa: BLE001 - a user's simulator may raise anything
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise ConfigError(f"{call} failed: {type(err).__name__}: {first}") from err
+            why = f"{type(err).__name__}: {first}" if first else type(err).__name__
+            if isinstance(err, StopIteration):  # an exhausted iterator inside the simulator
+                why += " (an iterator ran out: simulate must give new pairs on every call)"
+            raise ConfigError(f"{call} failed: {why}") from err
         return check_simulated(out, num, self.x_shape, self.y_shape, call)
 
     def is_reproducible(self, num: int = 2, seed: int = 0) -> bool:

@@ -79,6 +79,7 @@ fault-tolerant training; the exact data-stream replay follows from one seeded
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import random
@@ -116,7 +117,10 @@ __all__ = [
     "load_train_state",
     "lock_run_folder",
     "prepare_run_folder",
+    "run_lock_path",
 ]
+
+log = logging.getLogger(__name__)
 
 STATE_FORMAT = "ppl_cvae.train_state.v2"
 _LEGACY_FORMAT = "ppl_cvae.train_state.v1"  # read as v2 with data_stream None
@@ -1023,9 +1027,14 @@ def lock_run_folder(run: str | os.PathLike[str]) -> Iterator[None]:
 
     Two fits of one folder at once (``fit --resume RUN`` started twice, or a fresh fit with
     ``--overwrite`` beside a running one) would both save ``train_state.pt`` and replace the
-    folder in turn: the second refuses here instead. The lock is ``flock`` on the folder
-    itself (advisory, released by the kernel when the process ends, even on ``kill -9``);
-    where the file system does not support it the fit goes ahead unlocked.
+    folder in turn: the second refuses here instead. On POSIX the lock is ``flock`` on the
+    folder itself (advisory; no file is written). Where ``fcntl`` is missing (Windows) it is
+    ``filelock.FileLock`` (``msvcrt.locking``) on the hidden file :func:`run_lock_path` beside
+    the folder. Either lock belongs to the open file, so the operating system releases it
+    when the process ends, even on ``kill -9``: a lock file left behind by a killed fit is
+    not held and does not block the next one (no stale locks, no manual cleanup). Where the
+    file system supports neither (some network file systems) or the lock file cannot be
+    created (a read-only parent folder), the fit goes ahead unlocked, with a warning.
 
     Parameters
     ----------
@@ -1045,8 +1054,9 @@ def lock_run_folder(run: str | os.PathLike[str]) -> Iterator[None]:
     """
     try:
         import fcntl
-    except ImportError:  # not on POSIX: no lock
-        yield
+    except ImportError:  # not POSIX: a lock file beside the folder
+        with _lock_file(Path(run)):
+            yield
         return
     try:
         fd = os.open(run, os.O_RDONLY)
@@ -1057,12 +1067,54 @@ def lock_run_folder(run: str | os.PathLike[str]) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(
-                f"run folder {str(run)!r} is being fitted by another process right now; wait "
-                "for it to finish (or stop it) before resuming or overwriting it"
-            ) from None
-        except OSError:  # flock not supported here (some network file systems)
-            pass
+            raise _busy(run) from None
+        except OSError as err:  # flock not supported here (some network file systems)
+            log.warning("run folder %r is not locked (flock: %s); do not fit it twice at once",
+                        str(run), err.strerror)
         yield
     finally:
         os.close(fd)
+
+
+def run_lock_path(run: str | os.PathLike[str]) -> Path:
+    """Return the lock file of run folder ``run`` where ``flock`` is unavailable.
+
+    A hidden file beside the folder (``PARENT/.NAME.ppl_cvae-lock``), not inside it: the
+    folder's contents are replaced when the fit finishes and checked by ``--overwrite``.
+    """
+    path = Path(run).absolute()
+    return path.parent / f".{path.name}.ppl_cvae-lock"
+
+
+def _busy(run: str | os.PathLike[str]) -> ConfigError:
+    return ConfigError(
+        f"run folder {str(run)!r} is being fitted by another process right now; wait "
+        "for it to finish (or stop it) before resuming or overwriting it"
+    )
+
+
+@contextmanager
+def _lock_file(run: Path) -> Iterator[None]:
+    """Hold ``filelock.FileLock`` on :func:`run_lock_path` (``fcntl`` unavailable)."""
+    import filelock
+
+    if filelock.FileLock is filelock.SoftFileLock:  # no OS lock on this platform at all
+        log.warning("run folder %r is not locked (no file locking on this platform); do not "
+                    "fit it twice at once", str(run))
+        yield
+        return
+    # no soft (O_EXCL) fallback: a file a killed process leaves would block every later fit
+    lock = filelock.FileLock(run_lock_path(run), timeout=0, fallback_to_soft=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise _busy(run) from None
+    except OSError as err:  # a read-only parent, or no locking on this file system
+        log.warning("run folder %r is not locked (%s: %s); do not fit it twice at once",
+                    str(run), run_lock_path(run), err.strerror or err)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
