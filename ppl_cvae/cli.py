@@ -25,6 +25,7 @@ from ppl_cvae._memory import check_memory
 from ppl_cvae.config import (
     LIKELIHOODS,
     NETWORKS,
+    PRIOR_FLOW_FINALS,
     PRIORS,
     X_WHITENINGS,
     Y_EMBEDDINGS,
@@ -56,6 +57,7 @@ MODEL_FLAGS = {
     "flow_layers": "flow_layers",
     "prior_flow_layers": "prior_flow_layers",
     "prior_flow_type": "prior_flow_type",
+    "prior_flow_final": "prior_flow_final",
     "flow_bins": "flow_bins",
     "flow_hidden_dims": "flow_hidden_dims",
     "num_facies": "num_facies",
@@ -290,7 +292,7 @@ available memory (loading it would need about twice its size)."""
 
 
 def _check_flow_flags(args: argparse.Namespace, config: ModelConfig) -> None:
-    """Refuse ``--flow-layers``/``--prior-flow-layers`` where there is no such flow.
+    """Refuse ``--flow-layers``/``--prior-flow-layers``/``--prior-flow-final`` without the flow.
 
     Either would otherwise be ignored in silence (``--flow-layers`` set the prior flow's layers
     before ``--prior-flow-layers`` existed).
@@ -306,6 +308,12 @@ def _check_flow_flags(args: argparse.Namespace, config: ModelConfig) -> None:
                 f"{flag} {value} sets the layers of the flow of --{field} {wanted}, but this "
                 f"run's {field} is {actual!r}: add --{field} {wanted} or drop {flag}{hint}"
             )
+    if args.prior_flow_final is not None and config.prior != "flow":
+        raise ConfigError(
+            f"--prior-flow-final {args.prior_flow_final} sets the end of the flow of --prior "
+            f"flow, but this run's prior is {config.prior!r}: add --prior flow or drop "
+            "--prior-flow-final"
+        )
 
 
 def _reads_lazily(args: argparse.Namespace) -> bool:
@@ -1409,6 +1417,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FLOW_LAYER_TYPES,
         help="spline layer type of the flow on z, --prior flow: coupling (one network pass "
         "per layer and draw; the default) or autoregressive (latent-dim passes per draw)",
+    )
+    fit_p.add_argument(
+        "--prior-flow-final",
+        choices=PRIOR_FLOW_FINALS,
+        help="coupling flow on z, --prior flow: end with an elementwise spline given y after "
+        "an odd number of coupling layers (auto, the default), always (spline: as before "
+        "this flag) or never (none)",
     )
     fit_p.add_argument(
         "--flow-bins", type=_count(2), help="bins of each rational-quadratic spline (default 10)"

@@ -41,6 +41,7 @@ __all__ = [
     "NETWORKS",
     "Overrides",
     "PRIORS",
+    "PRIOR_FLOW_FINALS",
     "TrainConfig",
     "TrainOverrides",
     "X_WHITENINGS",
@@ -57,6 +58,7 @@ NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_netwo
 PRIORS = ("learned", "standard_normal", "flow")
 Y_EMBEDDINGS = ("separate", "shared")
 X_WHITENINGS = ("none", "linear")
+PRIOR_FLOW_FINALS = ("auto", "spline", "none")  # ModelConfig.prior_flow_final
 WHITENED_LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_lowrank", "gaussian_full", "flow")
 
 MAX_ELEMENTS = 2**24
@@ -266,6 +268,15 @@ class ModelConfig(_DictMixin):
         second (README "Two Birds"). A configuration written before this field
         existed (no key) reads as ``"autoregressive"``, the layer it was built with. The flow
         on ``x`` (``likelihood="flow"``) is always autoregressive.
+    prior_flow_final : {"auto", "spline", "none"}, default "auto"
+        Whether the coupling flow on ``z`` ends with an elementwise spline of every
+        coordinate given ``y`` (:func:`~ppl_cvae.nets.flows.final_spline_default`):
+        ``"auto"`` after an odd number of coupling layers only, ``"spline"`` always,
+        ``"none"`` never. With two coupling layers both halves of ``z`` are already moved
+        given ``y``, and the final spline costs as much as a third layer (README "Cost of
+        each family"). Must be ``"auto"`` for ``prior_flow_type="autoregressive"``. A
+        configuration written before this field existed (no key) reads as ``"spline"`` for a
+        coupling prior flow, the structure it was built with (``"auto"`` otherwise).
     flow_bins : int, default 10
         Bins of each rational-quadratic spline, in [2, 256].
     flow_hidden_dims : tuple of int, default (64, 64)
@@ -359,6 +370,7 @@ class ModelConfig(_DictMixin):
     x_whitening: Literal["none", "linear"] = "none"
     prior_flow_layers: int = 2
     prior_flow_type: Literal["autoregressive", "coupling"] = "coupling"
+    prior_flow_final: Literal["auto", "spline", "none"] = "auto"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -369,7 +381,10 @@ class ModelConfig(_DictMixin):
         ``flow_layers`` layers, so that is what the missing key reads as (1, its first
         default, for a prior that is not a flow). A dict without
         ``prior_flow_type`` was written when every prior flow was autoregressive, so the
-        missing key reads as ``"autoregressive"`` whatever the current default.
+        missing key reads as ``"autoregressive"`` whatever the current default. A dict without
+        ``prior_flow_final`` was written when every coupling flow ended with an elementwise
+        spline: the missing key reads as ``"spline"`` for a coupling flow (``"auto"``
+        otherwise).
 
         Raises
         ------
@@ -383,6 +398,9 @@ class ModelConfig(_DictMixin):
             data = {**data, "prior_flow_layers": layers}
         if isinstance(data, Mapping) and "prior_flow_type" not in data:
             data = {**data, "prior_flow_type": "autoregressive"}
+        if isinstance(data, Mapping) and "prior_flow_final" not in data:
+            coupling = data.get("prior_flow_type") == "coupling"
+            data = {**data, "prior_flow_final": "spline" if coupling else "auto"}
         return super().from_dict(data)
 
     def __post_init__(self) -> None:
@@ -425,6 +443,7 @@ class ModelConfig(_DictMixin):
             "y_embedding",
             "x_whitening",
             "prior_flow_type",
+            "prior_flow_final",
         ):
             value = getattr(self, name)
             if not isinstance(value, str):
@@ -497,6 +516,16 @@ class ModelConfig(_DictMixin):
             raise ConfigError(
                 f"unknown prior_flow_type {_show(self.prior_flow_type)}; expected one of "
                 f"{FLOW_LAYER_TYPES}"
+            )
+        if self.prior_flow_final not in PRIOR_FLOW_FINALS:
+            raise ConfigError(
+                f"unknown prior_flow_final {_show(self.prior_flow_final)}; expected one of "
+                f"{PRIOR_FLOW_FINALS}"
+            )
+        if self.prior_flow_final != "auto" and self.prior_flow_type != "coupling":
+            raise ConfigError(
+                f"prior_flow_final={self.prior_flow_final!r} is for prior_flow_type='coupling'; "
+                f"an {self.prior_flow_type} flow has no final spline: leave it 'auto'"
             )
         if not 2 <= self.flow_bins <= 256:
             raise ConfigError(f"flow_bins must be in [2, 256], got {self.flow_bins}")
@@ -693,6 +722,7 @@ class ModelOverrides(TypedDict, total=False):
     x_whitening: Literal["none", "linear"]
     prior_flow_layers: int
     prior_flow_type: Literal["autoregressive", "coupling"]
+    prior_flow_final: Literal["auto", "spline", "none"]
 
 
 class TrainOverrides(TypedDict, total=False):

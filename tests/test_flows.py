@@ -14,7 +14,7 @@ from ppl_cvae.cli import main
 from ppl_cvae.config import ModelConfig, TrainConfig, count_parameters
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.nets.flows import ConditionalFlow
+from ppl_cvae.nets.flows import ConditionalFlow, _condition_spline
 from ppl_cvae.train import load_checkpoint
 from ppl_cvae.train.fit import build_cvae, fit
 
@@ -243,10 +243,12 @@ def _two_modes_log_density(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("num_layers", "layer_type"),
-    [(None, None), (None, "autoregressive"), (0, None)],
+    ("num_layers", "layer_type", "final"),
+    [(None, None, None), (None, None, "spline"), (None, "autoregressive", None), (0, None, None)],
 )
-def test_prior_flow_fits_a_bimodal_conditional_by_maximum_likelihood(num_layers, layer_type, seed):
+def test_prior_flow_fits_a_bimodal_conditional_by_maximum_likelihood(
+    num_layers, layer_type, final, seed
+):
     """The prior flow of the default configuration (and of each layer type) fits a two-mode p(z|y).
 
     The prior net alone is fitted by maximum likelihood to draws of a known two-component
@@ -261,6 +263,8 @@ def test_prior_flow_fits_a_bimodal_conditional_by_maximum_likelihood(num_layers,
     extra = {} if num_layers is None else {"prior_flow_layers": num_layers}
     if layer_type is not None:
         extra["prior_flow_type"] = layer_type
+    if final is not None:
+        extra["prior_flow_final"] = final
     cfg = ModelConfig(x_shape=(2,), y_shape=(1,), latent_dim=2, prior="flow", hidden_dims=(32,),
                       **extra)
     assert num_layers is not None or cfg.prior_flow_layers >= 1  # the default is a flow
@@ -350,6 +354,116 @@ def test_checkpoint_from_before_prior_flow_type_samples_as_before(tmp_path):
         assert torch.equal(loaded.prior_distribution(y).sample((5,)), before)
 
 
+@pytest.mark.parametrize(
+    ("layer_type", "expected"), [("coupling", "spline"), ("autoregressive", "auto")]
+)
+def test_a_config_from_before_prior_flow_final_keeps_its_final_spline(layer_type, expected):
+    """Every coupling flow ended with the elementwise spline before the field existed."""
+    old = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, prior="flow",
+                      prior_flow_type=layer_type).to_dict()
+    del old["prior_flow_final"]
+    assert ModelConfig.from_dict(old).prior_flow_final == expected
+    new = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, prior="flow").to_dict()
+    assert ModelConfig.from_dict(new).prior_flow_final == "auto"
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "final_spline", "has_final"),
+    [(1, None, True), (2, None, False), (3, None, True), (4, None, False), (2, True, True),
+     (1, False, False), (0, None, False)],
+)
+def test_the_final_spline_follows_an_odd_number_of_coupling_layers(
+    num_layers, final_spline, has_final
+):
+    flow = ConditionalFlow(4, 3, num_layers=num_layers, hidden_dims=(8,), layer_type="coupling",
+                           final_spline=final_spline)
+    assert (flow.final is not None) == has_final
+    transforms = flow.transforms(torch.zeros(2, 3))
+    # the affine layer, the coupling layers, one interleaving per further pair, the final
+    permutations = max(num_layers - 1, 0) // 2
+    assert len(transforms) == 1 + num_layers + permutations + has_final
+
+
+def test_final_spline_is_refused_for_an_autoregressive_flow():
+    with pytest.raises(ConfigError, match="for layer_type='coupling'"):
+        ConditionalFlow(3, 2, num_layers=2, hidden_dims=(8,), final_spline=True)
+    with pytest.raises(ConfigError, match="final_spline must be True, False or None"):
+        ConditionalFlow(3, 2, num_layers=2, layer_type="coupling", final_spline="yes")
+
+
+def test_spline_parameters_are_pyros_within_rounding():
+    """The splines the flow conditions are the ones Pyro's ``condition`` gives (float32 rounding).
+
+    The flow normalises the bins by its own softmax (elementwise operations, faster than
+    PyTorch's kernel on 5-20 bins); map, inverse and log-determinant must agree with Pyro's
+    ``ConditionalSpline.condition`` to float32 rounding, for the final spline (a dense network
+    of the context) and for a coupling layer's (a network of the given half and the context),
+    so a flow trained before draws as before. The bins differ by a few ulp (float32 unit
+    roundoff 6e-8); knots are cumulative sums of 10 of them scaled by 8 (the box [-4, 4]), and
+    near the box's edge the spline's slope reaches e^3 or so: about 1e-5 on values of order
+    4 and 1e-4 on log-determinants (measured 7e-6 and 5e-5), so 1e-4 and 1e-3, against
+    differences of order 1 for another spline (the last check).
+    """
+    flow = ConditionalFlow(5, 3, num_layers=1, hidden_dims=(16,), layer_type="coupling")
+    _perturb(flow, 0.5)
+    context = torch.randn(64, 3)
+    v = 3 * torch.randn(64, 5)  # some values outside the spline box [-4, 4] too
+    coupling = flow.layers[0].spline  # moves the last 3 of 5 coordinates given the first 2
+    given = torch.randn(64, 2)
+    cases = [(flow.final, context, v), (coupling, (given, context), v[:, 2:])]
+    for spline, ctx, value in cases:
+        ours, pyros = _condition_spline(spline, ctx), spline.condition(ctx)
+        with torch.no_grad():
+            out, reference = ours(value), pyros(value)
+            assert torch.allclose(out, reference, rtol=0, atol=1e-4)
+            assert torch.allclose(ours.log_abs_det_jacobian(value, out),
+                                  pyros.log_abs_det_jacobian(value, reference), rtol=0, atol=1e-3)
+            assert torch.allclose(ours.inv(value), pyros.inv(value), rtol=0, atol=1e-4)
+    with torch.no_grad():  # the unconditioned bins differ from the identity: a real check
+        assert (flow.final.condition(context)(v) - v).abs().max() > 0.1
+
+
+def test_checkpoint_from_before_prior_flow_final_samples_as_before(tmp_path):
+    """A two-layer coupling flow saved without the key keeps its final spline: same draws."""
+    cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=4, prior="flow", hidden_dims=(8,),
+                      prior_flow_final="spline")
+    assert cfg.prior_flow_layers == 2 and cfg.prior_flow_type == "coupling"
+    cvae, loaded = _saved_without(tmp_path, cfg, "prior_flow_final")
+    assert loaded.config == cfg
+    assert loaded.prior_net is not None and loaded.prior_net.flow is not None
+    assert loaded.prior_net.flow.final is not None  # the layer the old structure had
+    y, z = torch.randn(4, 2), torch.randn(4, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded.prior_distribution(y).log_prob(z),
+                           cvae.prior_distribution(y).log_prob(z))
+        torch.manual_seed(3)
+        before = cvae.prior_distribution(y).sample((5,))
+        torch.manual_seed(3)
+        assert torch.equal(loaded.prior_distribution(y).sample((5,)), before)
+
+
+def test_prior_flow_final_flag_reaches_the_checkpoint_and_is_refused_without_a_flow(
+    tmp_path, capsys
+):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2)).astype(np.float32)
+    y = (x + 0.3 * rng.normal(size=(200, 2))).astype(np.float32)
+    np.savez(tmp_path / "pairs.npz", x=x, y=y)
+    tiny = ["--latent-dim", "2", "--hidden-dims", "8", "--flow-hidden-dims", "8", "--epochs",
+            "1", "--quiet"]
+    data = ["fit", "--data", str(tmp_path / "pairs.npz")]
+    assert main([*data, "--out", str(tmp_path / "run"), "--prior", "flow",
+                 "--prior-flow-final", "spline", *tiny]) == 0
+    cvae, _ = load_checkpoint(tmp_path / "run")
+    assert cvae.config.prior_flow_final == "spline"
+    assert cvae.prior_net is not None and cvae.prior_net.flow is not None
+    assert cvae.prior_net.flow.final is not None
+    capsys.readouterr()
+    assert main([*data, "--out", str(tmp_path / "run2"), "--prior-flow-final", "none", *tiny]) != 0
+    assert "add --prior flow or drop --prior-flow-final" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
+
+
 def test_checkpoint_from_before_prior_flow_layers_loads(tmp_path):
     cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, prior="flow", hidden_dims=(8,),
                       flow_layers=2, prior_flow_layers=2)
@@ -375,6 +489,10 @@ def test_checkpoint_from_before_prior_flow_layers_loads(tmp_path):
         ({"prior_flow_layers": 1.5}, "prior_flow_layers must be an integer >= 0"),
         ({"prior_flow_type": "planar"}, "unknown prior_flow_type 'planar'"),
         ({"prior_flow_type": 1}, "prior_flow_type must be a string"),
+        ({"prior_flow_final": "always"}, "unknown prior_flow_final 'always'"),
+        ({"prior_flow_final": True}, "prior_flow_final must be a string"),
+        ({"prior": "flow", "prior_flow_type": "autoregressive", "prior_flow_final": "spline"},
+         "is for prior_flow_type='coupling'"),
     ],
 )
 def test_flow_settings_are_validated(kwargs, message):
@@ -395,6 +513,8 @@ def test_an_oversized_flow_is_refused_before_allocation():
         {"likelihood": "flow", "latent_dim": 0},
         {"prior": "flow"},
         {"prior": "flow", "prior_flow_type": "coupling", "prior_flow_layers": 3},
+        {"prior": "flow", "prior_flow_final": "spline"},
+        {"prior": "flow", "prior_flow_layers": 3, "prior_flow_final": "none"},
         {"prior": "flow", "prior_flow_type": "autoregressive"},
     ],
 )
