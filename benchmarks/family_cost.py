@@ -11,11 +11,11 @@ the same on unconstrained endpoints (the default before issue 10); ``--prior flo
 one autoregressive spline layer on ``z``, with one or two coupling layers (two: the default,
 ``prior_flow_type="coupling"``, ``prior_flow_layers=2``; one coupling layer ends with an
 elementwise spline given ``y``, two do not, ``prior_flow_final="auto"``), with 5 bins instead
-of 10, and the five autoregressive layers of the first prior flow; a flow on the endpoint coefficients with
-no latent (``--likelihood flow --latent-dim 0``); the GSNN term (``--gsnn-weight 1``); and,
-last (indices 10 and 11), two coupling layers followed by the final elementwise spline, the
-default before ``prior_flow_final`` (``"spline"``), with 10 and 5 bins. Draws are timed in
-interleaved repeats too.
+of 10, and the five autoregressive layers of the first prior flow; a flow on the endpoint
+coefficients with no latent (``--likelihood flow --latent-dim 0``); the GSNN term
+(``--gsnn-weight 1``); and, last (indices 10 and 11), two coupling layers followed by the
+final elementwise spline, the default before ``prior_flow_final`` (``"spline"``), with 10 and
+5 bins. Draws are timed in interleaved repeats too.
 
 Run::
 
