@@ -252,20 +252,22 @@ class ModelConfig(_DictMixin):
         default coupling flow has two (on a known two-mode ``p(z|y)`` in 8 dimensions,
         ``benchmarks/prior_flow_quality.py``: KL 1.26 nats with one coupling layer, 0.15 with
         two, 0.14 with one autoregressive layer). Each layer adds about a fifth to a third of
-        the default SVI step on the Two Birds network (``benchmarks/family_cost.py``: two
-        coupling layers 1.5x the default step, one autoregressive layer 1.1-1.3x, five
-        2.4x, against the 1.5x that issue 10 allows). A configuration written before this
+        the default SVI step on the Two Birds network (``benchmarks/family_cost.py`` at 1
+        thread: two coupling layers 1.4x the default step without the final spline, 1.6x
+        with it; one autoregressive layer 1.1-1.3x, five 2.4x, against the 1.5x that issue
+        10 allows). A configuration written before this
         field existed (no key) reads as ``flow_layers`` when its prior is a flow, the
         structure it was built with.
     prior_flow_type : {"autoregressive", "coupling"}, default "coupling"
         Spline layer type of the flow on ``z`` (:data:`~ppl_cvae.nets.flows.FLOW_LAYER_TYPES`):
         a masked autoregressive spline layer (density one network pass, a draw ``latent_dim``
         sequential passes) or a spline coupling layer (half of ``z`` conditions a spline of
-        the other half, alternating between layers, then one elementwise spline given ``y``:
-        density and draw one pass per layer). The default since issue 10: on Two Birds
-        ``data_1`` two coupling layers reach an amortized pass rate of 0.991 / 0.983
-        (training seeds 0 / 1; one autoregressive layer 0.977 / 0.969) with 5x its draws per
-        second (README "Two Birds"). A configuration written before this field
+        the other half, alternating between layers, then, see ``prior_flow_final``, one
+        elementwise spline given ``y``: density and draw one pass per layer). The default
+        since issue 10: on Two Birds ``data_1`` two coupling layers reach an amortized pass
+        rate of 0.991 / 0.983 with the final spline, 0.985 / 0.981 without (training seeds
+        0 / 1; one autoregressive layer 0.977 / 0.969) with 5x its draws per second (README
+        "Two Birds"). A configuration written before this field
         existed (no key) reads as ``"autoregressive"``, the layer it was built with. The flow
         on ``x`` (``likelihood="flow"``) is always autoregressive.
     prior_flow_final : {"auto", "spline", "none"}, default "auto"
