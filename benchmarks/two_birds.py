@@ -204,8 +204,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--prior-flow-final",
         choices=("auto", "spline", "none"),
-        help="final elementwise spline of the coupling flow on z (auto: after an odd number "
-        "of layers; spline: always, as before the option)",
+        help="final elementwise spline of the coupling flow on z (auto: after a single "
+        "layer; spline: always, as before the option)",
     )
     parser.add_argument("--flow-bins", type=int, help="bins of each rational-quadratic spline")
     parser.add_argument(

@@ -1422,7 +1422,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prior-flow-final",
         choices=PRIOR_FLOW_FINALS,
         help="coupling flow on z, --prior flow: end with an elementwise spline given y after "
-        "an odd number of coupling layers (auto, the default), always (spline: as before "
+        "a single coupling layer (auto, the default), always (spline: as before "
         "this flag) or never (none)",
     )
     fit_p.add_argument(

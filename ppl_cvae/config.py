@@ -273,7 +273,7 @@ class ModelConfig(_DictMixin):
     prior_flow_final : {"auto", "spline", "none"}, default "auto"
         Whether the coupling flow on ``z`` ends with an elementwise spline of every
         coordinate given ``y`` (:func:`~ppl_cvae.nets.flows.final_spline_default`):
-        ``"auto"`` after an odd number of coupling layers only, ``"spline"`` always,
+        ``"auto"`` after a single coupling layer only, ``"spline"`` always,
         ``"none"`` never. With two coupling layers both halves of ``z`` are already moved
         given ``y``, and the final spline costs as much as a third layer (README "Cost of
         each family"). Must be ``"auto"`` for ``prior_flow_type="autoregressive"``. A

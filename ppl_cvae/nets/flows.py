@@ -13,7 +13,7 @@ decoder and prior net; each spline layer bends it. A spline layer is one of two 
 (:data:`FLOW_LAYER_TYPES`): ``"autoregressive"`` (a masked autoregressive spline layer: the
 density is one network pass, a draw ``dim`` sequential passes) or ``"coupling"`` (a spline
 coupling layer: half of the coordinates condition a spline of the other half, the halves
-alternating from layer to layer, and, after an odd number of them (or when asked), one
+alternating from layer to layer, and, after a single one (or when asked), one
 elementwise spline of every coordinate conditioned on ``c`` alone: density and draw are one
 network pass per layer, whatever ``dim``). The splines act on ``v``'s own
 (standardised) coordinates inside the box ``[-FLOW_BOUND, FLOW_BOUND]``, which holds the
@@ -97,12 +97,12 @@ def _build(make: Callable[[], nn.Module]) -> nn.Module:
 def final_spline_default(num_layers: int, layer_type: FlowLayerType) -> bool:
     """Return whether a flow gets its final elementwise spline when not told.
 
-    A coupling flow with an odd number of layers (one, three, ...) has it: there the last
-    layer's given half would otherwise only be bent by the context-free halves of the
-    coupling layers. With an even number every coordinate is moved by a spline conditioned on
-    the context (and on the other half) in at least one layer, and the final spline is left
-    out: it costs as much as a coupling layer (a third of the two-layer flow's time per SVI
-    step, README "Cost of each family"). Autoregressive flows have no final spline.
+    A coupling flow of one layer has it: its given half would otherwise never pass through a
+    spline (only the conditional Gaussian ahead of the layers). From two coupling layers on,
+    the halves alternate, every coordinate has been moved by a spline conditioned on the
+    context (and on the other half) in at least one layer, and the final spline is left out:
+    it costs as much as a coupling layer (a third of the two-layer flow's time per SVI step,
+    README "Two Birds"). Autoregressive flows have no final spline.
 
     Parameters
     ----------
@@ -113,8 +113,18 @@ def final_spline_default(num_layers: int, layer_type: FlowLayerType) -> bool:
     Returns
     -------
     bool
+
+    References
+    ----------
+    Dinh, Sohl-Dickstein and Bengio (2017), Density estimation using Real NVP, ICLR (coupling
+    layers alternating their halves).
+
+    Examples
+    --------
+    >>> [final_spline_default(n, "coupling") for n in (0, 1, 2, 3)]
+    [False, True, False, False]
     """
-    return layer_type == "coupling" and num_layers % 2 == 1
+    return layer_type == "coupling" and num_layers == 1
 
 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -333,7 +343,7 @@ class ConditionalFlow(nn.Module):
         Spline layer type (:data:`FLOW_LAYER_TYPES`).
     final_spline : bool, optional
         Coupling type only: whether an elementwise spline of every coordinate given ``c``
-        follows the coupling layers. Unset: :func:`final_spline_default` (after an odd number
+        follows the coupling layers. Unset: :func:`final_spline_default` (after a single
         of coupling layers only). Flows built before this option had it whatever the number
         of layers (``prior_flow_final="spline"`` in their configuration).
 
@@ -363,15 +373,14 @@ class ConditionalFlow(nn.Module):
     the first ``dim // 2`` given the rest and ``c`` (Pyro's ``ConditionalSpline``; the
     network's context part is computed once per context row and broadcast over the sample
     axes); after every second layer the coordinates are interleaved (even positions first), so
-    the halves differ from one pair of layers to the next. With an odd number of coupling
-    layers (or ``final_spline=True``) the last transform is an elementwise
-    ``conditional_spline`` of all ``dim`` coordinates given ``c`` alone, so every coordinate
-    is bent by a conditional spline even with one coupling layer; its spline parameters are
-    computed per context row, not per draw. With an even number, each half has been moved
-    given ``c`` (and the other half) by then, and the final spline, which would cost as much
-    as a third layer, is left out. Density and draw each cost one network pass per layer,
-    independent of ``dim``. For ``dim=1`` both types are ``num_layers`` elementwise
-    ``conditional_spline`` layers.
+    the halves differ from one pair of layers to the next. With one coupling layer (or
+    ``final_spline=True``) the last transform is an elementwise ``conditional_spline`` of all
+    ``dim`` coordinates given ``c`` alone, so every coordinate is bent by a conditional
+    spline; its spline parameters are computed per context row, not per draw. With two or
+    more, each half has been moved given ``c`` (and the other half) by then, and the final
+    spline, which would cost as much as another layer, is left out. Density and draw each
+    cost one network pass per layer, independent of ``dim``. For ``dim=1`` both types are
+    ``num_layers`` elementwise ``conditional_spline`` layers.
 
     With ``c`` the features of an observation ``y`` and ``v`` the standardised parameters,
     training by maximum likelihood on simulated pairs is neural posterior estimation (NPE:
