@@ -9,10 +9,13 @@ second for one observation through :func:`inference.draw_posterior` (median of r
 Families: the default (Gaussian prior net, Gaussian basis decoder on constrained endpoints);
 the same on unconstrained endpoints (the default before issue 10); ``--prior flow`` with
 one autoregressive spline layer on ``z``, with one or two coupling layers (two: the default,
-``prior_flow_type="coupling"``, ``prior_flow_layers=2``), with 5 bins instead of 10, and the
-five autoregressive layers of the first prior flow; a flow on the endpoint coefficients with
-no latent (``--likelihood flow --latent-dim 0``); the GSNN term (``--gsnn-weight 1``). Draws
-are timed in interleaved repeats too.
+``prior_flow_type="coupling"``, ``prior_flow_layers=2``; one coupling layer ends with an
+elementwise spline given ``y``, two do not, ``prior_flow_final="auto"``), with 5 bins instead
+of 10, and the five autoregressive layers of the first prior flow; a flow on the endpoint
+coefficients with no latent (``--likelihood flow --latent-dim 0``); the GSNN term
+(``--gsnn-weight 1``); and, last (indices 10 and 11), two coupling layers followed by the
+final elementwise spline, the default before ``prior_flow_final`` (``"spline"``), with 10 and
+5 bins. Draws are timed in interleaved repeats too.
 
 Run::
 
@@ -66,6 +69,19 @@ FAMILIES = {
     ),
     "flow on x (endpoints), no latent": ({"likelihood": "flow", "latent_dim": 0}, 0.0),
     "GSNN term, weight 1": ({}, 1.0),
+    "prior flow, 2 coupling spline layers and the final spline (the default before)": (
+        {"prior": "flow", "prior_flow_type": "coupling", "prior_flow_final": "spline"},
+        0.0,
+    ),
+    "prior flow, 2 coupling spline layers and the final spline, 5 bins": (
+        {
+            "prior": "flow",
+            "prior_flow_type": "coupling",
+            "prior_flow_final": "spline",
+            "flow_bins": 5,
+        },
+        0.0,
+    ),
 }
 
 

@@ -1,7 +1,8 @@
 """Quality of the prior flow by layer count: fit a known two-mode p(z | y) by maximum likelihood.
 
 The prior net of a CVAE (``prior="flow"``, ``prior_flow_layers`` spline layers of type
-``prior_flow_type``; 0 is the Gaussian prior net) is trained alone, by Adam on
+``prior_flow_type``, for coupling flows ending with the elementwise spline that
+``prior_flow_final`` asks for; 0 is the Gaussian prior net) is trained alone, by Adam on
 ``-log q(z | y)`` over fresh draws, on
 
     y ~ U(-1, 1),  s = +-1 with probability 1/2,  z = s m(y) u + 0.4 e,  e ~ N(0, I_dim)
@@ -15,7 +16,7 @@ that means both modes are represented (``tests/test_flows.py`` asserts this for 
 Run::
 
     python benchmarks/prior_flow_quality.py [--threads 1] [--steps 400] [--seeds 0,1,2] \
-        [--types autoregressive,coupling] [--layers 0,1,2,5]
+        [--types autoregressive,coupling] [--layers 0,1,2,5] [--finals auto,spline]
 
 Prints one line per latent size, layer type, layer count and seed; about 10 minutes at 1
 thread.
@@ -54,7 +55,7 @@ def log_density(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def kl_after_fit(
-    dim: int, layers: int, steps: int, seed: int, layer_type: str
+    dim: int, layers: int, steps: int, seed: int, layer_type: str, final: str = "auto"
 ) -> tuple[float, float, float]:
     """Fit the prior net; return (held-out KL, its standard error, fit seconds)."""
     torch.manual_seed(seed)
@@ -66,6 +67,7 @@ def kl_after_fit(
         hidden_dims=(32,),
         prior_flow_layers=layers,
         prior_flow_type=layer_type,  # type: ignore[arg-type]
+        prior_flow_final=final,  # type: ignore[arg-type]
     )
     cvae = CVAE(cfg)
     assert cvae.prior_net is not None
@@ -92,13 +94,23 @@ def main(args: argparse.Namespace) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     for dim in (2, 8):
         for layer_type in args.types.split(","):
-            for layers in (int(n) for n in args.layers.split(",")):
+            for layers, final in (
+                (int(n), f) for n in args.layers.split(",") for f in args.finals.split(",")
+            ):
                 if layers == 0 and layer_type != args.types.split(",")[0]:
                     continue  # 0 layers is the Gaussian whatever the type: once
+                if final != args.finals.split(",")[0] and (layers == 0 or layer_type != "coupling"):
+                    continue  # only a coupling flow has a final spline
+                if final != "auto" and layer_type != "coupling":
+                    final = "auto"
                 label = f"dim {dim}, {layer_type}, prior_flow_layers {layers}"
+                if layer_type == "coupling" and layers:
+                    label += f", prior_flow_final {final}"
                 kls, times = [], []
                 for seed in seeds:
-                    kl, se, seconds = kl_after_fit(dim, layers, args.steps, seed, layer_type)
+                    kl, se, seconds = kl_after_fit(
+                        dim, layers, args.steps, seed, layer_type, final
+                    )
                     kls.append(kl)
                     times.append(seconds)
                     print(
@@ -119,4 +131,7 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--types", default="autoregressive,coupling", help="prior_flow_type values")
     parser.add_argument("--layers", default="0,1,2,5", help="prior_flow_layers values")
+    parser.add_argument(
+        "--finals", default="auto", help="prior_flow_final values (coupling flows only)"
+    )
     main(parser.parse_args())

@@ -76,7 +76,7 @@ def run(functions, args):
     model = set_flags(
         args,
         ["likelihood", "latent_dim", "prior", "flow_layers", "prior_flow_layers",
-         "prior_flow_type", "flow_hidden_dims", "flow_bins"],
+         "prior_flow_type", "prior_flow_final", "flow_hidden_dims", "flow_bins"],
     )
     if args.unconstrained:
         model["constrained_coefficients"] = False
@@ -200,6 +200,12 @@ if __name__ == "__main__":
         "--prior-flow-type",
         choices=("autoregressive", "coupling"),
         help="spline layer type of the flow on z",
+    )
+    parser.add_argument(
+        "--prior-flow-final",
+        choices=("auto", "spline", "none"),
+        help="final elementwise spline of the coupling flow on z (auto: after a single "
+        "layer; spline: always, as before the option)",
     )
     parser.add_argument("--flow-bins", type=int, help="bins of each rational-quadratic spline")
     parser.add_argument(

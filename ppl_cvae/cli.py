@@ -25,6 +25,7 @@ from ppl_cvae._memory import check_memory
 from ppl_cvae.config import (
     LIKELIHOODS,
     NETWORKS,
+    PRIOR_FLOW_FINALS,
     PRIORS,
     X_WHITENINGS,
     Y_EMBEDDINGS,
@@ -56,6 +57,7 @@ MODEL_FLAGS = {
     "flow_layers": "flow_layers",
     "prior_flow_layers": "prior_flow_layers",
     "prior_flow_type": "prior_flow_type",
+    "prior_flow_final": "prior_flow_final",
     "flow_bins": "flow_bins",
     "flow_hidden_dims": "flow_hidden_dims",
     "num_facies": "num_facies",
@@ -290,23 +292,23 @@ available memory (loading it would need about twice its size)."""
 
 
 def _check_flow_flags(args: argparse.Namespace, config: ModelConfig) -> None:
-    """Refuse ``--flow-layers``/``--prior-flow-layers``/``--prior-flow-type`` without their flow.
+    """Refuse the flow flags (layers, ``--prior-flow-type``, ``--prior-flow-final``) without their flow.
 
     Each would otherwise be ignored in silence (``--flow-layers`` set the prior flow's layers
     before ``--prior-flow-layers`` existed).
     """
-    for flag, value, field, wanted, other in (
-        ("--flow-layers", args.flow_layers, "likelihood", "flow", "--prior-flow-layers"),
-        ("--prior-flow-layers", args.prior_flow_layers, "prior", "flow", None),
-        ("--prior-flow-type", args.prior_flow_type, "prior", "flow", None),
+    for flag, value, what, field, other in (
+        ("--flow-layers", args.flow_layers, "layers", "likelihood", "--prior-flow-layers"),
+        ("--prior-flow-layers", args.prior_flow_layers, "layers", "prior", None),
+        ("--prior-flow-type", args.prior_flow_type, "type", "prior", None),
+        ("--prior-flow-final", args.prior_flow_final, "end", "prior", None),
     ):
         actual = getattr(config, field)
-        if value is not None and actual != wanted:
+        if value is not None and actual != "flow":
             hint = f"; for the flow on z of --prior flow use {other}" if other else ""
             raise ConfigError(
-                f"{flag} {value} sets the {'type' if flag.endswith('type') else 'layers'} of "
-                f"the flow of --{field} {wanted}, but this "
-                f"run's {field} is {actual!r}: add --{field} {wanted} or drop {flag}{hint}"
+                f"{flag} {value} sets the {what} of the flow of --{field} flow, but this "
+                f"run's {field} is {actual!r}: add --{field} flow or drop {flag}{hint}"
             )
 
 
@@ -1439,6 +1441,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FLOW_LAYER_TYPES,
         help="spline layer type of the flow on z, --prior flow: coupling (one network pass "
         "per layer and draw; the default) or autoregressive (latent-dim passes per draw)",
+    )
+    fit_p.add_argument(
+        "--prior-flow-final",
+        choices=PRIOR_FLOW_FINALS,
+        help="coupling flow on z, --prior flow: end with an elementwise spline given y after "
+        "a single coupling layer (auto, the default), always (spline: as before "
+        "this flag) or never (none)",
     )
     fit_p.add_argument(
         "--flow-bins", type=_count(2), help="bins of each rational-quadratic spline (default 10)"

@@ -41,6 +41,7 @@ __all__ = [
     "NETWORKS",
     "Overrides",
     "PRIORS",
+    "PRIOR_FLOW_FINALS",
     "TrainConfig",
     "TrainOverrides",
     "X_WHITENINGS",
@@ -57,6 +58,7 @@ NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_netwo
 PRIORS = ("learned", "standard_normal", "flow")
 Y_EMBEDDINGS = ("separate", "shared")
 X_WHITENINGS = ("none", "linear")
+PRIOR_FLOW_FINALS = ("auto", "spline", "none")  # ModelConfig.prior_flow_final
 WHITENED_LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_lowrank", "gaussian_full", "flow")
 
 MAX_ELEMENTS = 2**24
@@ -250,22 +252,33 @@ class ModelConfig(_DictMixin):
         default coupling flow has two (on a known two-mode ``p(z|y)`` in 8 dimensions,
         ``benchmarks/prior_flow_quality.py``: KL 1.26 nats with one coupling layer, 0.15 with
         two, 0.14 with one autoregressive layer). Each layer adds about a fifth to a third of
-        the default SVI step on the Two Birds network (``benchmarks/family_cost.py``: two
-        coupling layers 1.5x the default step, one autoregressive layer 1.1-1.3x, five
-        2.4x, against the 1.5x that issue 10 allows). A configuration written before this
+        the default SVI step on the Two Birds network (``benchmarks/family_cost.py`` at 1
+        thread: two coupling layers 1.4x the default step without the final spline, 1.6x
+        with it; one autoregressive layer 1.1-1.3x, five 2.4x, against the 1.5x that issue
+        10 allows). A configuration written before this
         field existed (no key) reads as ``flow_layers`` when its prior is a flow, the
         structure it was built with.
     prior_flow_type : {"autoregressive", "coupling"}, default "coupling"
         Spline layer type of the flow on ``z`` (:data:`~ppl_cvae.nets.flows.FLOW_LAYER_TYPES`):
         a masked autoregressive spline layer (density one network pass, a draw ``latent_dim``
         sequential passes) or a spline coupling layer (half of ``z`` conditions a spline of
-        the other half, alternating between layers, then one elementwise spline given ``y``:
-        density and draw one pass per layer). The default since issue 10: on Two Birds
-        ``data_1`` two coupling layers reach an amortized pass rate of 0.991 / 0.983
-        (training seeds 0 / 1; one autoregressive layer 0.977 / 0.969) with 5x its draws per
-        second (README "Two Birds"). A configuration written before this field
+        the other half, alternating between layers, then, see ``prior_flow_final``, one
+        elementwise spline given ``y``: density and draw one pass per layer). The default
+        since issue 10: on Two Birds ``data_1`` two coupling layers reach an amortized pass
+        rate of 0.991 / 0.983 with the final spline, 0.985 / 0.981 without (training seeds
+        0 / 1; one autoregressive layer 0.977 / 0.969) with 5x its draws per second (README
+        "Two Birds"). A configuration written before this field
         existed (no key) reads as ``"autoregressive"``, the layer it was built with. The flow
         on ``x`` (``likelihood="flow"``) is always autoregressive.
+    prior_flow_final : {"auto", "spline", "none"}, default "auto"
+        Whether the coupling flow on ``z`` ends with an elementwise spline of every
+        coordinate given ``y`` (:func:`~ppl_cvae.nets.flows.final_spline_default`):
+        ``"auto"`` after a single coupling layer only, ``"spline"`` always,
+        ``"none"`` never. With two coupling layers both halves of ``z`` are already moved
+        given ``y``, and the final spline costs as much as a third layer (README "Cost of
+        each family"). Must be ``"auto"`` for ``prior_flow_type="autoregressive"``. A
+        configuration written before this field existed (no key) reads as ``"spline"`` for a
+        coupling prior flow, the structure it was built with (``"auto"`` otherwise).
     flow_bins : int, default 10
         Bins of each rational-quadratic spline, in [2, 256].
     flow_hidden_dims : tuple of int, default (64, 64)
@@ -359,6 +372,7 @@ class ModelConfig(_DictMixin):
     x_whitening: Literal["none", "linear"] = "none"
     prior_flow_layers: int = 2
     prior_flow_type: Literal["autoregressive", "coupling"] = "coupling"
+    prior_flow_final: Literal["auto", "spline", "none"] = "auto"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -369,7 +383,10 @@ class ModelConfig(_DictMixin):
         ``flow_layers`` layers, so that is what the missing key reads as (1, its first
         default, for a prior that is not a flow). A dict without
         ``prior_flow_type`` was written when every prior flow was autoregressive, so the
-        missing key reads as ``"autoregressive"`` whatever the current default.
+        missing key reads as ``"autoregressive"`` whatever the current default. A dict without
+        ``prior_flow_final`` was written when every coupling flow ended with an elementwise
+        spline: the missing key reads as ``"spline"`` for a coupling flow (``"auto"``
+        otherwise).
 
         Raises
         ------
@@ -383,6 +400,9 @@ class ModelConfig(_DictMixin):
             data = {**data, "prior_flow_layers": layers}
         if isinstance(data, Mapping) and "prior_flow_type" not in data:
             data = {**data, "prior_flow_type": "autoregressive"}
+        if isinstance(data, Mapping) and "prior_flow_final" not in data:
+            coupling = data.get("prior_flow_type") == "coupling"
+            data = {**data, "prior_flow_final": "spline" if coupling else "auto"}
         return super().from_dict(data)
 
     def __post_init__(self) -> None:
@@ -425,6 +445,7 @@ class ModelConfig(_DictMixin):
             "y_embedding",
             "x_whitening",
             "prior_flow_type",
+            "prior_flow_final",
         ):
             value = getattr(self, name)
             if not isinstance(value, str):
@@ -497,6 +518,16 @@ class ModelConfig(_DictMixin):
             raise ConfigError(
                 f"unknown prior_flow_type {_show(self.prior_flow_type)}; expected one of "
                 f"{FLOW_LAYER_TYPES}"
+            )
+        if self.prior_flow_final not in PRIOR_FLOW_FINALS:
+            raise ConfigError(
+                f"unknown prior_flow_final {_show(self.prior_flow_final)}; expected one of "
+                f"{PRIOR_FLOW_FINALS}"
+            )
+        if self.prior_flow_final != "auto" and self.prior_flow_type != "coupling":
+            raise ConfigError(
+                f"prior_flow_final={self.prior_flow_final!r} is for prior_flow_type='coupling'; "
+                f"an {self.prior_flow_type} flow has no final spline: leave it 'auto'"
             )
         if not 2 <= self.flow_bins <= 256:
             raise ConfigError(f"flow_bins must be in [2, 256], got {self.flow_bins}")
@@ -693,6 +724,7 @@ class ModelOverrides(TypedDict, total=False):
     x_whitening: Literal["none", "linear"]
     prior_flow_layers: int
     prior_flow_type: Literal["autoregressive", "coupling"]
+    prior_flow_final: Literal["auto", "spline", "none"]
 
 
 class TrainOverrides(TypedDict, total=False):

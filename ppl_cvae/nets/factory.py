@@ -171,8 +171,9 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         None for ``latent_dim=0`` (no latent). With ``y_embedding="shared"`` one ``y`` encoder
         module is shared by all three networks. ``likelihood="flow"`` and ``prior="flow"`` get
         a :class:`~ppl_cvae.nets.ConditionalFlow` with ``flow_layers`` (on ``x``) or
-        ``prior_flow_layers`` (on ``z``, of type ``prior_flow_type``) layers, ``flow_bins``
-        bins and ``flow_hidden_dims`` as the widths of its conditioning networks.
+        ``prior_flow_layers`` (on ``z``, of type ``prior_flow_type``, with the final
+        elementwise spline that ``prior_flow_final`` asks for) layers, ``flow_bins`` bins and
+        ``flow_hidden_dims`` as the widths of its conditioning networks.
 
     Raises
     ------
@@ -208,10 +209,20 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         return shared[0]
 
     def flow(
-        dim: int, context_dim: int, num_layers: int, layer_type: FlowLayerType = "autoregressive"
+        dim: int,
+        context_dim: int,
+        num_layers: int,
+        layer_type: FlowLayerType = "autoregressive",
+        final_spline: bool | None = None,
     ) -> ConditionalFlow:
         return ConditionalFlow(
-            dim, context_dim, num_layers, config.flow_hidden_dims, config.flow_bins, layer_type
+            dim,
+            context_dim,
+            num_layers,
+            config.flow_hidden_dims,
+            config.flow_bins,
+            layer_type,
+            final_spline,
         )
 
     recognition = None
@@ -228,8 +239,13 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
             raise ConfigError("a learned prior net needs y (use prior='standard_normal')")
         prior_flow = None
         if config.prior == "flow":
+            final = {"auto": None, "spline": True, "none": False}[config.prior_flow_final]
             prior_flow = flow(
-                config.latent_dim, prior_width, config.prior_flow_layers, config.prior_flow_type
+                config.latent_dim,
+                prior_width,
+                config.prior_flow_layers,
+                config.prior_flow_type,
+                final,
             )
         prior = PriorNet(prior_y, prior_width, config.latent_dim, prior_flow)
 

@@ -13,9 +13,9 @@ decoder and prior net; each spline layer bends it. A spline layer is one of two 
 (:data:`FLOW_LAYER_TYPES`): ``"autoregressive"`` (a masked autoregressive spline layer: the
 density is one network pass, a draw ``dim`` sequential passes) or ``"coupling"`` (a spline
 coupling layer: half of the coordinates condition a spline of the other half, the halves
-alternating from layer to layer, followed by one elementwise spline of every coordinate
-conditioned on ``c`` alone: density and draw are one network pass per layer, whatever
-``dim``). The splines act on ``v``'s own
+alternating from layer to layer, and, after a single one (or when asked), one
+elementwise spline of every coordinate conditioned on ``c`` alone: density and draw are one
+network pass per layer, whatever ``dim``). The splines act on ``v``'s own
 (standardised) coordinates inside the box ``[-FLOW_BOUND, FLOW_BOUND]``, which holds the
 training values of a standardised variable, and are the identity outside it; the
 conditional Gaussian ahead of them can be narrow where the data pin ``v`` down.
@@ -31,6 +31,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import transforms as T  # noqa: N812
 from pyro.distributions.conditional import ConditionalTransformModule
+from pyro.distributions.transforms.spline import ConditionedSpline
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.distributions import constraints
@@ -40,7 +41,13 @@ from torch.nn import functional as F  # noqa: N812
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import SCALE_FLOOR, ConditionalInput, make_activation
 
-__all__ = ["ConditionalFlow", "FLOW_BOUND", "FLOW_LAYER_TYPES", "MAX_FLOW_WEIGHTS"]
+__all__ = [
+    "ConditionalFlow",
+    "FLOW_BOUND",
+    "FLOW_LAYER_TYPES",
+    "MAX_FLOW_WEIGHTS",
+    "final_spline_default",
+]
 
 FlowLayerType = Literal["autoregressive", "coupling"]
 
@@ -85,6 +92,74 @@ def _build(make: Callable[[], nn.Module]) -> nn.Module:
     with torch.device("cpu"):
         module = make()
     return module.to("meta")
+
+
+def final_spline_default(num_layers: int, layer_type: FlowLayerType) -> bool:
+    """Return whether a flow gets its final elementwise spline when not told.
+
+    A coupling flow of one layer has it: its given half would otherwise never pass through a
+    spline (only the conditional Gaussian ahead of the layers). From two coupling layers on,
+    the halves alternate, every coordinate has been moved by a spline conditioned on the
+    context (and on the other half) in at least one layer, and the final spline is left out:
+    it costs as much as a coupling layer (a third of the two-layer flow's time per SVI step,
+    README "Two Birds"). Autoregressive flows have no final spline.
+
+    Parameters
+    ----------
+    num_layers : int
+        Spline layers of the flow.
+    layer_type : {"autoregressive", "coupling"}
+
+    Returns
+    -------
+    bool
+
+    References
+    ----------
+    Dinh, Sohl-Dickstein and Bengio (2017), Density estimation using Real NVP, ICLR (coupling
+    layers alternating their halves).
+
+    Examples
+    --------
+    >>> [final_spline_default(n, "coupling") for n in (0, 1, 2, 3)]
+    [False, True, False, False]
+    """
+    return layer_type == "coupling" and num_layers == 1
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Return ``softmax(logits)`` over the last axis, from elementwise operations.
+
+    The same function as :func:`torch.nn.functional.softmax` (the maximum subtracted first),
+    within float rounding. On the spline's bins (a last axis of ``K`` = 5-20 entries and
+    thousands of rows) PyTorch's CPU softmax kernel takes about 350 us for 1,024 rows of 10
+    (torch 2.13, 1 thread), 5x these elementwise operations, and its backward pass 3x.
+    """
+    shifted = logits - logits.detach().amax(-1, keepdim=True)
+    weights = shifted.exp()
+    return weights / weights.sum(-1, keepdim=True)
+
+
+def _condition_spline(spline: T.ConditionalSpline, context: object) -> ConditionedSpline:
+    """Return Pyro's quadratic rational spline with the parameters of ``spline.nn(context)``.
+
+    What ``spline.condition(context)`` returns, with the bins normalised by :func:`_softmax`
+    instead of PyTorch's softmax kernel (see there) and the network evaluated once, here,
+    rather than on every use of the returned transform. ``spline.nn`` returns the unnormalised
+    widths and heights, ``(*batch, n * K)`` each, and inner-knot derivatives,
+    ``(*batch, n * (K - 1))``, with ``n = spline.input_dim`` and ``K = spline.count_bins``;
+    the transform sees them as ``(*batch, n, K)`` and ``(*batch, n, K - 1)`` (positive
+    derivatives through softplus), as in Pyro's ``ConditionalSpline``.
+    """
+    n, bins = spline.input_dim, spline.count_bins
+    widths, heights, derivatives = spline.nn(context)
+    params = (
+        _softmax(widths.reshape(*widths.shape[:-1], n, bins)),
+        _softmax(heights.reshape(*heights.shape[:-1], n, bins)),
+        F.softplus(derivatives.reshape(*derivatives.shape[:-1], n, bins - 1)),
+        None,  # no lambdas: the quadratic spline
+    )
+    return ConditionedSpline(params, bound=spline.bound, order=spline.order)
 
 
 class _Inverted(ConditionalTransformModule):
@@ -290,7 +365,7 @@ class _ConditionedCoupling(Transform):
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         given, moved = self._parts(x)
-        spline = _SafeInverse(self.spline.condition((given, self.context)), FLOW_BOUND)
+        spline = _SafeInverse(_condition_spline(self.spline, (given, self.context)), FLOW_BOUND)
         out = spline(moved)
         log_det = spline.log_abs_det_jacobian(moved, out).sum(-1)
         y = self._join(given, out)
@@ -299,7 +374,7 @@ class _ConditionedCoupling(Transform):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         given, moved = self._parts(y)
-        spline = _SafeInverse(self.spline.condition((given, self.context)), FLOW_BOUND)
+        spline = _SafeInverse(_condition_spline(self.spline, (given, self.context)), FLOW_BOUND)
         back = spline.inv(moved)
         log_det = spline.log_abs_det_jacobian(back, moved).sum(-1)
         x = self._join(given, back)
@@ -356,12 +431,20 @@ class ConditionalFlow(nn.Module):
         dense network of the context); each is raised to at least ``dim``.
     count_bins : int, default 10
         Bins of each rational-quadratic spline, >= 2.
+    layer_type : {"autoregressive", "coupling"}, default "autoregressive"
+        Spline layer type (:data:`FLOW_LAYER_TYPES`).
+    final_spline : bool, optional
+        Coupling type only: whether an elementwise spline of every coordinate given ``c``
+        follows the coupling layers. Unset: :func:`final_spline_default` (after a single
+        of coupling layers only). Flows built before this option had it whatever the number
+        of layers (``prior_flow_final="spline"`` in their configuration).
 
     Raises
     ------
     ConfigError
-        If a size is out of range, or one layer's conditioning network would have more than
-        :data:`MAX_FLOW_WEIGHTS` weights.
+        If a size is out of range, one layer's conditioning network would have more than
+        :data:`MAX_FLOW_WEIGHTS` weights, or ``final_spline`` is not a bool or None, or True
+        for an autoregressive flow.
 
     Notes
     -----
@@ -382,12 +465,14 @@ class ConditionalFlow(nn.Module):
     the first ``dim // 2`` given the rest and ``c`` (Pyro's ``ConditionalSpline``; the
     network's context part is computed once per context row and broadcast over the sample
     axes); after every second layer the coordinates are interleaved (even positions first), so
-    the halves differ from one pair of layers to the next. The last transform is an
-    elementwise ``conditional_spline`` of all ``dim`` coordinates given ``c`` alone, so every
-    coordinate is bent even with one coupling layer; its spline parameters are computed per
-    context row, not per draw. Density and draw each cost one network pass per layer,
-    independent of ``dim``. For ``dim=1`` both types are ``num_layers`` elementwise
-    ``conditional_spline`` layers.
+    the halves differ from one pair of layers to the next. With one coupling layer (or
+    ``final_spline=True``) the last transform is an elementwise ``conditional_spline`` of all
+    ``dim`` coordinates given ``c`` alone, so every coordinate is bent by a conditional
+    spline; its spline parameters are computed per context row, not per draw. With two or
+    more, each half has been moved given ``c`` (and the other half) by then, and the final
+    spline, which would cost as much as another layer, is left out. Density and draw each
+    cost one network pass per layer, independent of ``dim``. For ``dim=1`` both types are
+    ``num_layers`` elementwise ``conditional_spline`` layers.
 
     With ``c`` the features of an observation ``y`` and ``v`` the standardised parameters,
     training by maximum likelihood on simulated pairs is neural posterior estimation (NPE:
@@ -416,7 +501,7 @@ class ConditionalFlow(nn.Module):
 
     reverse: torch.Tensor  # the coordinate reversal between autoregressive layers (a buffer)
     interleave: torch.Tensor  # the permutation between pairs of coupling layers (not saved)
-    final: nn.Module | None  # the coupling type's elementwise spline given the context
+    final: nn.Module | None  # a coupling flow's elementwise spline given the context, if any
 
     def __init__(
         self,
@@ -426,6 +511,7 @@ class ConditionalFlow(nn.Module):
         hidden_dims: Sequence[int] = (64, 64),
         count_bins: int = 10,
         layer_type: FlowLayerType = "autoregressive",
+        final_spline: bool | None = None,
     ) -> None:
         super().__init__()
         if dim < 1 or context_dim < 1 or num_layers < 0 or count_bins < 2:
@@ -470,8 +556,17 @@ class ConditionalFlow(nn.Module):
         self.layers = nn.ModuleList(
             [_build(partial(spline_layer, i)) for i in range(num_layers)]
         )
+        if final_spline is None:
+            final_spline = final_spline_default(num_layers, layer_type)
+        if not isinstance(final_spline, bool):
+            raise ConfigError(f"final_spline must be True, False or None, got {final_spline!r}")
+        if final_spline and layer_type != "coupling":
+            raise ConfigError(
+                "final_spline=True is for layer_type='coupling'; an autoregressive flow has no "
+                "final spline (leave final_spline unset)"
+            )
         self.final = None
-        if coupling and num_layers:
+        if coupling and num_layers and final_spline:
             self.final = _build(
                 lambda: T.conditional_spline(
                     dim, context_dim, hidden, count_bins, FLOW_BOUND, order="quadratic"
@@ -504,13 +599,15 @@ class ConditionalFlow(nn.Module):
                     out.append(T.Permute(self.interleave))
             elif i > 0 and self.dim > 1:  # every coordinate conditions every other
                 out.append(T.Permute(self.reverse))
-            conditioned = cast(ConditionalTransformModule, layer).condition(context)
+            if isinstance(layer, T.ConditionalSpline):  # an elementwise layer (dim=1)
+                conditioned: Transform = _condition_spline(layer, context)
+            else:
+                conditioned = cast(ConditionalTransformModule, layer).condition(context)
             if self.dim == 1:  # an elementwise spline of either type
                 conditioned = _SafeInverse(conditioned, FLOW_BOUND)
             out.append(conditioned)
-        if self.final is not None:
-            final = cast(ConditionalTransformModule, self.final).condition(context)
-            out.append(_SafeInverse(final, FLOW_BOUND))
+        if isinstance(self.final, T.ConditionalSpline):
+            out.append(_SafeInverse(_condition_spline(self.final, context), FLOW_BOUND))
         return out
 
     def distribution(self, context: torch.Tensor) -> dist.TransformedDistribution:
