@@ -292,7 +292,8 @@ available memory (loading it would need about twice its size)."""
 
 
 def _check_flow_flags(args: argparse.Namespace, config: ModelConfig) -> None:
-    """Refuse the flow flags (layers, ``--prior-flow-type``, ``--prior-flow-final``) without their flow.
+    """Refuse the flow flags (layers, ``--prior-flow-type``, ``--prior-flow-final``) without
+    their flow.
 
     Each would otherwise be ignored in silence (``--flow-layers`` set the prior flow's layers
     before ``--prior-flow-layers`` existed).

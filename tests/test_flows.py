@@ -632,7 +632,9 @@ def _saturated_coupling_flow(seed: int, scale: float = 10.0) -> ConditionalFlow:
     ``assert discriminant >= 0`` on these seeds, or gave a NaN log density.
     """
     torch.manual_seed(seed)
-    flow = ConditionalFlow(4, 3, num_layers=2, hidden_dims=(16,), layer_type="coupling")
+    flow = ConditionalFlow(
+        4, 3, num_layers=2, hidden_dims=(16,), layer_type="coupling", final_spline=True
+    )
     with torch.no_grad():
         for m in flow.modules():
             if isinstance(m, torch.nn.Linear) and m.out_features > 16:
@@ -642,7 +644,7 @@ def _saturated_coupling_flow(seed: int, scale: float = 10.0) -> ConditionalFlow:
 
 
 def _elementwise_splines(flow: ConditionalFlow, c: torch.Tensor, given: torch.Tensor) -> list:
-    """The guarded elementwise splines of a 4-D coupling ``flow``.
+    """The guarded elementwise splines of a 4-D coupling ``flow`` built with ``final_spline=True``.
 
     Each coupling layer's spline of its 2 moved coordinates given ``given`` (shape (N, 2)) and
     ``c``, then the final spline of all 4 coordinates given ``c``.
@@ -702,7 +704,9 @@ def test_ordinary_spline_round_trip_error_is_float32_rounding_over_the_slope():
     from ppl_cvae.nets.flows import FLOW_BOUND
 
     torch.manual_seed(0)
-    flow = ConditionalFlow(4, 3, num_layers=2, hidden_dims=(16,), layer_type="coupling")
+    flow = ConditionalFlow(
+        4, 3, num_layers=2, hidden_dims=(16,), layer_type="coupling", final_spline=True
+    )
     _perturb(flow, 0.05)
     eps = torch.finfo(torch.float32).eps
     c = torch.randn(3)
