@@ -435,8 +435,8 @@ class ConditionalFlow(nn.Module):
         Spline layer type (:data:`FLOW_LAYER_TYPES`).
     final_spline : bool, optional
         Coupling type only: whether an elementwise spline of every coordinate given ``c``
-        follows the coupling layers. Unset: :func:`final_spline_default` (after a single
-        of coupling layers only). Flows built before this option had it whatever the number
+        follows the coupling layers. Unset: :func:`final_spline_default` (only after a
+        single coupling layer). Flows built before this option had it whatever the number
         of layers (``prior_flow_final="spline"`` in their configuration).
 
     Raises
