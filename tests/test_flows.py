@@ -377,6 +377,17 @@ def _saved_without(tmp_path, cfg, key):
     return cvae, load_checkpoint(tmp_path / "old.pt")[0]
 
 
+def _assert_same_prior(cvae, loaded, y: torch.Tensor, z: torch.Tensor) -> None:
+    """``loaded``'s prior ``p(z|y)`` has ``cvae``'s density at ``z`` and, seeded, its draws."""
+    with torch.no_grad():
+        assert torch.equal(loaded.prior_distribution(y).log_prob(z),
+                           cvae.prior_distribution(y).log_prob(z))
+        torch.manual_seed(3)
+        before = cvae.prior_distribution(y).sample((5,))
+        torch.manual_seed(3)
+        assert torch.equal(loaded.prior_distribution(y).sample((5,)), before)
+
+
 def test_checkpoint_from_before_prior_flow_type_samples_as_before(tmp_path):
     """An autoregressive prior flow saved without the key loads, with the same density and draws."""
     cfg = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=3, prior="flow", hidden_dims=(8,),
@@ -386,13 +397,7 @@ def test_checkpoint_from_before_prior_flow_type_samples_as_before(tmp_path):
     assert loaded.prior_net is not None and loaded.prior_net.flow is not None
     assert loaded.prior_net.flow.final is None  # no layer the old structure did not have
     y, z = torch.randn(4, 2), torch.randn(4, 3)
-    with torch.no_grad():
-        assert torch.equal(loaded.prior_distribution(y).log_prob(z),
-                           cvae.prior_distribution(y).log_prob(z))
-        torch.manual_seed(3)
-        before = cvae.prior_distribution(y).sample((5,))
-        torch.manual_seed(3)
-        assert torch.equal(loaded.prior_distribution(y).sample((5,)), before)
+    _assert_same_prior(cvae, loaded, y, z)
 
 
 @pytest.mark.parametrize(
@@ -474,13 +479,7 @@ def test_checkpoint_from_before_prior_flow_final_samples_as_before(tmp_path):
     assert loaded.prior_net is not None and loaded.prior_net.flow is not None
     assert loaded.prior_net.flow.final is not None  # the layer the old structure had
     y, z = torch.randn(4, 2), torch.randn(4, 4)
-    with torch.no_grad():
-        assert torch.equal(loaded.prior_distribution(y).log_prob(z),
-                           cvae.prior_distribution(y).log_prob(z))
-        torch.manual_seed(3)
-        before = cvae.prior_distribution(y).sample((5,))
-        torch.manual_seed(3)
-        assert torch.equal(loaded.prior_distribution(y).sample((5,)), before)
+    _assert_same_prior(cvae, loaded, y, z)
 
 
 def test_prior_flow_final_flag_reaches_the_checkpoint_and_is_refused_without_a_flow(
