@@ -31,7 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from ppl_cvae._memory import check_memory
-from ppl_cvae.errors import ConfigError, PplCvaeError
+from ppl_cvae.errors import ConfigError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem
 
@@ -237,10 +237,9 @@ def importance_sample(
             except PplCvaeError:
                 raise
             except Exception as err:  # noqa: BLE001 - a user's problem may raise anything
-                first = (str(err).strip().splitlines() or [""])[0]
                 raise ConfigError(
-                    f"problem {problem.name!r} raised {type(err).__name__} while the importance "
-                    f"weights were computed (log_prior, log_likelihood of float32 draws): {first}"
+                    f"problem {problem.name!r} raised {exception_summary(err)} while the "
+                    "importance weights were computed (log_prior, log_likelihood of float32 draws)"
                 ) from err
             xs.append(x)
             zs.append(z)

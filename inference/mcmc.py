@@ -117,7 +117,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.poutine.messenger import Messenger
 
-from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.errors import ConfigError, DataError, exception_summary
 from ppl_cvae.problems.base import Problem, as_problem
 
 __all__ = [
@@ -1012,8 +1012,7 @@ def _check_low_precision(
             except Exception as err:  # noqa: BLE001 - a user's problem may refuse float32
                 if fn is energy:
                     raise
-                first = (str(err).strip().splitlines() or [""])[0]
-                return f"the float32 potential raised {type(err).__name__}: {first}"
+                return f"the float32 potential raised {exception_summary(err)}"
             values.append((float(u.detach()), grad))
         (u0, g0), (u1, g1) = values
         if not math.isfinite(u1) or abs(u1 - u0) > FLOAT32_POTENTIAL_TOLERANCE:

@@ -292,8 +292,7 @@ available memory (loading it would need about twice its size)."""
 
 
 def _check_flow_flags(args: argparse.Namespace, config: ModelConfig) -> None:
-    """Refuse the flow flags (layers, ``--prior-flow-type``, ``--prior-flow-final``) without
-    their flow.
+    """Refuse a flow flag (layers, ``--prior-flow-type``, ``--prior-flow-final``) without a flow.
 
     Each would otherwise be ignored in silence (``--flow-layers`` set the prior flow's layers
     before ``--prior-flow-layers`` existed).

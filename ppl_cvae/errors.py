@@ -19,6 +19,7 @@ __all__ = [
     "NoDensityError",
     "NoPriorDensityError",
     "NoLikelihoodError",
+    "exception_summary",
 ]
 
 
@@ -71,3 +72,20 @@ class NoPriorDensityError(NoDensityError):
 
 class NoLikelihoodError(NoDensityError):
     """No likelihood density: a noise-free problem, or per-datum terms of correlated noise."""
+
+
+def exception_summary(err: BaseException) -> str:
+    """Return ``"TypeName: first line of the message"`` (``"TypeName"`` for an empty message).
+
+    The one line a CLI error shows for an exception raised by a user's code (a simulator, a
+    problem's density), without its traceback.
+
+    Examples
+    --------
+    >>> exception_summary(ValueError("bad shape" + chr(10) + "more detail"))
+    'ValueError: bad shape'
+    >>> exception_summary(StopIteration())
+    'StopIteration'
+    """
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ppl_cvae.errors import ConfigError, DataError, PplCvaeError
+from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
 
 __all__ = ["CheckedSimulator", "check_simulated"]
 
@@ -176,8 +176,7 @@ class CheckedSimulator:
         except PplCvaeError:
             raise
         except Exception as err:  # noqa: BLE001 - a user's simulator may raise anything
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            why = f"{type(err).__name__}: {first}" if first else type(err).__name__
+            why = exception_summary(err)
             if isinstance(err, StopIteration):  # an exhausted iterator inside the simulator
                 why += " (an iterator ran out: simulate must give new pairs on every call)"
             raise ConfigError(f"{call} failed: {why}") from err
