@@ -1,4 +1,7 @@
-"""``python -m ppl_cvae.cli`` (and ``torchrun ... -m ppl_cvae.cli``): run :func:`ppl_cvae.cli.main`."""
+"""Run :func:`ppl_cvae.cli.main` when the package is run as a module.
+
+``python -m ppl_cvae.cli ...`` and ``torchrun ... -m ppl_cvae.cli fit ...`` start here.
+"""
 
 import sys
 
