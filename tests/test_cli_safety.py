@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_cvae import cli
 from ppl_cvae._atomic import MARKER, atomic_dir, atomic_path, clean_stale_temporaries
+from ppl_cvae.cli import fit as cli_fit
 from ppl_cvae.cli import main
+from ppl_cvae.cli import simulate as cli_simulate
 from tests.conftest import TINY_FIT as TINY
 from tests.conftest import digest, make_cli_workspace
 
@@ -176,7 +177,7 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch
         (tmp_dir / "model.pt").write_text("half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_fit_into", interrupted)
+    monkeypatch.setattr(cli_fit, "_fit_into", interrupted)
     out = tmp_path / "run"
     assert main(["fit", "--problem", "linear_gaussian", "--out", str(out), *TINY]) == 130
     err = capsys.readouterr().err
@@ -310,8 +311,8 @@ def test_allocator_failures_are_one_line_and_bugs_are_not_hidden(tmp_path, capsy
 
     argv = ["simulate", "--problem", "linear_gaussian", "--num", "2", "--out",
             str(tmp_path / "s.npz")]
-    monkeypatch.setattr(cli, "cmd_simulate", out_of_memory)
+    monkeypatch.setattr(cli_simulate, "cmd_simulate", out_of_memory)
     _refused(argv, capsys, "out of memory")
-    monkeypatch.setattr(cli, "cmd_simulate", bug)
+    monkeypatch.setattr(cli_simulate, "cmd_simulate", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(argv)

@@ -202,7 +202,7 @@ def test_cli_nuts_defaults_follow_the_dimension():
     import argparse
 
     from inference.mcmc import nuts_draws_per_chain
-    from ppl_cvae.cli import _nuts_defaults
+    from ppl_cvae.cli.sample import _nuts_defaults
 
     problem = make_problem("crosshole")
     args = argparse.Namespace(num_samples=None, chains=4, warmup=None, adapt_mass_matrix=None)

@@ -1,0 +1,119 @@
+"""The ``ppl-cvae`` command: fit, sample, evaluate, diagnose, simulate, score.
+
+Every subcommand validates its input before writing anything, writes each output atomically,
+refuses to overwrite existing outputs unless ``--overwrite`` is given, and reports user errors
+as one line ``ppl-cvae: error: ...`` with exit status 2 (no traceback).
+
+:func:`main` (here) runs the command; ``python -m ppl_cvae.cli`` and
+``torchrun ... -m ppl_cvae.cli fit`` run it through ``__main__``. The modules:
+
+- :mod:`~ppl_cvae.cli.parser`: the argument parser (every flag, default and help text);
+- :mod:`~ppl_cvae.cli.common`: checks shared by the commands (``--problem``, output files and
+  folders, memory of a simulation, loading a run, UTF-8 paths);
+- :mod:`~ppl_cvae.cli.fit`: ``fit``, with ``--config``, ``--resume``, ``--lazy``, ``--stream``
+  and torchrun;
+- :mod:`~ppl_cvae.cli.sample`: ``sample`` and its ``--method`` options;
+- :mod:`~ppl_cvae.cli.evaluate`: ``evaluate``, ``diagnose`` and ``score``;
+- :mod:`~ppl_cvae.cli.simulate`: ``simulate``.
+
+The public names of the former ``ppl_cvae/cli.py`` are re-exported here; patch a name in the
+module that defines it. The package is a leaf: nothing in ``ppl_cvae`` or ``inference`` imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from ppl_cvae.cli.common import PATH_ARGS, _check_utf8_paths
+from ppl_cvae.cli.evaluate import cmd_diagnose, cmd_evaluate, cmd_score
+from ppl_cvae.cli.fit import (
+    DEFAULT_BUFFER_CHUNKS,
+    DEFAULT_CHUNK_MB,
+    LAZY_MEMORY_FRACTION,
+    MODEL_FLAGS,
+    RESUME_KEEPS,
+    TRAIN_FLAGS,
+    cmd_fit,
+)
+from ppl_cvae.cli.parser import SEED_MAX, build_parser
+from ppl_cvae.cli.sample import (
+    DEFAULT_CHAINS,
+    DEFAULT_POTENTIAL_DTYPE,
+    NUTS_WARMUP_STEP_SIZE_ONLY,
+    cmd_sample,
+)
+from ppl_cvae.cli.simulate import cmd_simulate
+from ppl_cvae.errors import PplCvaeError
+
+__all__ = [
+    "DEFAULT_BUFFER_CHUNKS",
+    "DEFAULT_CHAINS",
+    "DEFAULT_CHUNK_MB",
+    "DEFAULT_POTENTIAL_DTYPE",
+    "LAZY_MEMORY_FRACTION",
+    "MODEL_FLAGS",
+    "NUTS_WARMUP_STEP_SIZE_ONLY",
+    "PATH_ARGS",
+    "RESUME_KEEPS",
+    "SEED_MAX",
+    "TRAIN_FLAGS",
+    "build_parser",
+    "cmd_diagnose",
+    "cmd_evaluate",
+    "cmd_fit",
+    "cmd_sample",
+    "cmd_score",
+    "cmd_simulate",
+    "main",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ppl-cvae``; return the exit status.
+
+    0 on success; 2 on a user error (one line ``ppl-cvae: error: ...`` on stderr, no
+    traceback), including a request that cannot fit in memory; 130 when interrupted by Ctrl-C
+    (nothing half-written is left: outputs are written atomically).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    if args.command == "fit" and not (
+        args.problem or args.data or args.dataset or args.config or args.resume
+    ):
+        parser.error(
+            "fit needs --problem NAME, --data FILE, --dataset NAME, --config FILE or --resume RUN"
+        )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        _check_utf8_paths(args)
+        return int(args.func(args))
+    except PplCvaeError as err:
+        print(f"ppl-cvae: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file the user named cannot be read or written
+        where = f": {err.filename!r}" if err.filename else ""
+        print(f"ppl-cvae: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:  # allocator failures: one line
+        # torch.OutOfMemoryError is a RuntimeError; its CPU allocator raises a plain one
+        out_of_memory = isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+            "can't allocate memory" in str(err)
+        )
+        if not out_of_memory:
+            raise
+        print(
+            "ppl-cvae: error: out of memory; ask for fewer draws, pairs or a smaller network",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print("ppl-cvae: interrupted; no partial output was written", file=sys.stderr)
+        return 130

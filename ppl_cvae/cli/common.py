@@ -1,0 +1,123 @@
+"""Checks and loaders that several ``ppl-cvae`` commands share.
+
+The problem named by ``--problem`` (with ``--problem-arg`` and ``--functions``); output files
+and folders that must not destroy an input or overwrite an existing output without
+``--overwrite``; the memory a simulation of ``num`` pairs needs; loading a run folder's model
+and problem; path arguments that are not valid UTF-8. Each refusal raises a
+:class:`~ppl_cvae.errors.PplCvaeError` that :func:`ppl_cvae.cli.main` prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ppl_cvae._atomic import check_output_folder, check_output_path
+from ppl_cvae._memory import check_memory
+from ppl_cvae.errors import ConfigError, OutputError
+
+
+def _problem_from_args(
+    args: argparse.Namespace, base: dict[str, Any] | None = None, trusted: bool = True
+) -> tuple[Any, dict[str, Any] | None]:
+    """Build the problem named by ``--problem`` (registry name or ``package.module:factory``).
+
+    ``base`` holds keyword arguments read from a run file, which ``--problem-arg`` and
+    ``--functions`` extend; a name read from a file (``trusted=False``) is rebuilt under the
+    safety policy of :func:`~ppl_cvae.problems.base.rebuild_problem`.
+
+    Returns the problem and, for a ``package.module:factory`` reference, the record
+    ``{"name": reference, **kwargs}`` that a checkpoint stores to rebuild it.
+    """
+    from ppl_cvae.problems.base import make_problem, rebuild_problem
+
+    kwargs: dict[str, Any] = dict(base or {})
+    for item in args.problem_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--problem-arg expects KEY=VALUE with a Python name, got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    if getattr(args, "functions", None):
+        kwargs["functions"] = args.functions
+    if trusted:
+        problem = make_problem(args.problem, **kwargs)
+    else:
+        problem = rebuild_problem(args.problem, kwargs)
+    reference = {"name": args.problem, **kwargs} if ":" in args.problem else None
+    return problem, reference
+
+
+def _check_new_file(path: Path, overwrite: bool, inputs: list[Any], suffix: str) -> None:
+    """Refuse an output file that would destroy an input, has the wrong suffix, or exists."""
+    check_output_path(path, inputs, kind="file")
+    if path.suffix.lower() != suffix:
+        raise ConfigError(f"--out {str(path)!r} must end in {suffix} (the format written)")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{str(path)!r} exists; choose another name or pass --overwrite")
+    if not path.parent.is_dir():
+        raise OutputError(f"folder {str(path.parent)!r} does not exist")
+
+
+def _check_out_dir(path: Path, overwrite: bool, inputs: list[Any], command: str) -> None:
+    """Refuse an output folder that would destroy an input or another program's folder."""
+    check_output_path(path, inputs, kind="folder")
+    check_output_folder(path, overwrite, command)
+
+
+def _check_simulation_memory(problem: Any, num: int, flag: str) -> None:
+    """Refuse to simulate ``num`` pairs that cannot fit in memory (x, y and working copies)."""
+    per_pair = 4 * (math.prod(problem.x_shape) + math.prod(problem.y_shape))
+    check_memory(
+        3 * per_pair * num,  # the pairs, a shuffled copy and the simulator's intermediates
+        f"{num} simulated pairs ({flag})",
+        hint=f"lower {flag}",
+    )
+
+
+def _load_run(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Load the run's model and its problem (``--problem`` overrides the stored one)."""
+    from ppl_cvae.train import load_checkpoint
+
+    problem = None
+    if getattr(args, "problem", None):
+        problem, _ = _problem_from_args(args)
+    cvae, meta = load_checkpoint(args.run_dir, problem=problem)
+    if cvae.config.y_shape is None:  # an unconditional VAE (config.conditional False)
+        raise ConfigError(
+            f"run {args.run_dir!r} holds an unconditional VAE; nothing to condition on"
+        )
+    return cvae, meta
+
+
+PATH_ARGS = (
+    "out",
+    "data",
+    "run_dir",
+    "observation",
+    "posterior",
+    "dataset_path",
+    "config",
+    "generative_prior",
+    "resume",
+)
+
+
+def _check_utf8_paths(args: argparse.Namespace) -> None:
+    """Refuse path arguments that are not valid UTF-8 (NetCDF and JSON cannot record them)."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            flag = "--" + name.replace("_", "-") if name not in ("run_dir", "posterior") else name
+            raise ConfigError(
+                f"{flag} {value!r} is not valid UTF-8; rename the file or folder"
+            ) from None

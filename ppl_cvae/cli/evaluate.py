@@ -1,0 +1,142 @@
+"""``ppl-cvae evaluate``, ``diagnose`` and ``score``: the commands that judge a run or a posterior.
+
+:func:`cmd_evaluate` checks a fitted run on held-out (x, y) pairs (coverage, RMSE, misfit,
+SBC, TARP; a JSON file and figures); :func:`cmd_diagnose` writes the uncertainty report of a
+posterior file (summary CSV and plots); :func:`cmd_score` scores a Two Birds posterior file with
+the challenge's criteria.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppl_cvae._atomic import atomic_dir, atomic_path
+from ppl_cvae._memory import check_memory
+from ppl_cvae.cli.common import _check_new_file, _check_out_dir, _load_run
+from ppl_cvae.device import resolve_device
+from ppl_cvae.errors import ConfigError, DataError
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, misfit, SBC, TARP; JSON + PNGs."""
+    from inference.evaluate import evaluate_model, write_evaluation
+    from inference.posterior import bytes_per_draw
+    from ppl_cvae.data.io import load_pairs
+
+    out = Path(args.out)
+    _check_out_dir(out, args.overwrite, [args.run_dir, args.data], "evaluate")
+    cvae, meta = _load_run(args)
+    cvae.to(resolve_device(args.device))
+    config = cvae.config
+    problem = meta["problem"]
+    x, y = load_pairs(args.data)
+    if tuple(x.shape[1:]) != config.x_shape or tuple(y.shape[1:]) != config.y_shape:
+        raise DataError(
+            f"{args.data!r} holds x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])}; the model "
+            f"has x {config.x_shape}, y {config.y_shape}"
+        )
+    if args.max_observations is not None:
+        x, y = x[: args.max_observations], y[: args.max_observations]
+    check_memory(
+        2 * bytes_per_draw(cvae, x.shape[0], problem=problem) * args.num_samples,
+        f"{args.num_samples} posterior draws for each of {x.shape[0]} held-out pairs",
+        hint="lower --num-samples or --max-observations",
+    )
+    metrics, x_draws, exact = evaluate_model(
+        cvae, x, y, problem=problem, num_samples=args.num_samples, seed=args.seed
+    )
+    metrics["run_dir"] = str(args.run_dir)
+    metrics["data"] = str(args.data)
+    metrics["problem"] = problem.name if problem is not None else None
+    with atomic_dir(out, overwrite=args.overwrite, command="evaluate") as tmp_dir:
+        write_evaluation(
+            tmp_dir, metrics, x, x_draws, exact=exact, problem=problem, seed=args.seed, y_obs=y
+        )
+    summary = (
+        f"coverage 50%: {metrics['coverage_50']:.3f}, 90%: {metrics['coverage_90']:.3f}; "
+        f"RMSE posterior mean / prior mean: {metrics['rmse_ratio']:.3f}"
+    )
+    if "chi2_per_datum" in metrics:
+        summary += f"; chi2 per datum: {metrics['chi2_per_datum']:.3f}"
+    if "facies" in metrics:
+        facies = metrics["facies"]
+        summary += (
+            f"; facies accuracy of the posterior mode: {facies['mode_accuracy']:.3f}, "
+            f"reliability max deviation: {facies['reliability']['max_deviation']:.3f}"
+        )
+    calibration = metrics["calibration"]
+    verdicts = [
+        f"{name} {'failed' if calibration[key]['failures'] else 'passed'}"
+        for key, name in (("coverage", "coverage"), ("sbc", "SBC"), ("tarp", "TARP"))
+        if key in calibration
+    ]
+    summary += f"; calibration (false alarm {calibration['false_alarm']:g}): " + ", ".join(verdicts)
+    print(f"{summary} ({metrics['num_observations']} held-out pairs); wrote {out}")
+    for note in calibration["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+# --------------------------------------------------------------------------- diagnose
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Write the uncertainty report (summary CSV and plots) of a posterior file."""
+    from inference.arviz_io import check_posterior, load_inference_data
+    from inference.report import write_report
+
+    out = Path(args.out)
+    _check_out_dir(out, args.overwrite, [args.posterior], "diagnose")
+    idata = load_inference_data(args.posterior)
+    check_posterior(
+        idata,
+        args.posterior,
+        require=(("posterior", "x"), ("posterior", "z"), ("observed_data", "y")),
+    )
+    with atomic_dir(out, overwrite=args.overwrite, command="diagnose") as tmp_dir:
+        files = write_report(idata, tmp_dir, max_observations=args.max_observations)
+    print(f"wrote {len(files)} files to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- score
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a Two Birds posterior file with the challenge's criteria."""
+    from inference.arviz_io import check_posterior, load_inference_data
+    from ppl_cvae.problems.two_birds import FUNCTION_PAIRS, score_samples
+
+    if args.out:
+        _check_new_file(Path(args.out), args.overwrite, [args.posterior], ".json")
+    idata = load_inference_data(args.posterior)
+    check_posterior(idata, args.posterior, require=(("posterior", "x"), ("observed_data", "y")))
+    functions = args.functions
+    if functions is None:
+        spec: Any = idata.attrs.get("problem")  # str, dict or None (TypeError below)
+        try:
+            spec = json.loads(spec) if isinstance(spec, str) else spec
+            functions = spec["functions"]
+        except (TypeError, KeyError, json.JSONDecodeError) as err:
+            raise DataError(
+                f"{args.posterior!r} does not record its Two Birds functions; pass --functions"
+            ) from err
+    if not isinstance(functions, str) or functions not in FUNCTION_PAIRS:
+        raise ConfigError(f"unknown functions {functions!r}; expected {sorted(FUNCTION_PAIRS)}")
+    x = torch.as_tensor(idata["posterior"]["x"].values[0])  # (S, M, 1, 50, 2)
+    y = torch.as_tensor(idata["observed_data"]["y"].values)  # (M, 1, 50, 2)
+    if tuple(x.shape[2:]) != (1, 50, 2) or tuple(y.shape) != (x.shape[1], 1, 50, 2):
+        raise DataError(
+            f"{args.posterior!r} does not hold Two Birds models and data "
+            f"(x {tuple(x.shape)}, y {tuple(y.shape)})"
+        )
+    score = score_samples(x, y, FUNCTION_PAIRS[functions])
+    report = score.to_dict()
+    text = json.dumps(report, indent=2)
+    if args.out:
+        with atomic_path(Path(args.out)) as tmp:
+            tmp.write_text(text)
+    summary = {k: v for k, v in report.items() if not isinstance(v, list)}
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,222 @@
+"""``ppl-cvae sample``: posterior draws for observations, written as InferenceData NetCDF.
+
+:func:`cmd_sample` with its ``--method``: ``amortized`` (CVAE draws), ``refine`` (misfit
+refinement), ``importance``, ``nuts`` and ``latent-nuts`` (correction with the physics); the
+refusal of flags that belong to another method, and the NUTS defaults
+(:data:`DEFAULT_CHAINS`, :data:`NUTS_WARMUP_STEP_SIZE_ONLY`, :data:`DEFAULT_POTENTIAL_DTYPE`,
+draws per chain for the R-hat bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Any, cast
+
+from ppl_cvae.cli.common import _check_new_file, _load_run
+from ppl_cvae.device import resolve_device
+from ppl_cvae.errors import ConfigError, DataError
+
+log = logging.getLogger("ppl_cvae")
+
+
+def _need_problem(meta: dict[str, Any], what: str) -> Any:
+    """Return the run's problem or raise why there is none (the checkpoint loader says)."""
+    if meta.get("problem") is not None:
+        return meta["problem"]
+    reason = meta.get("problem_error") or (
+        "the run was fitted on a data file without a problem; name it with --problem"
+    )
+    raise ConfigError(f"{what} needs the problem's forward operator: {reason}")
+
+
+DEFAULT_POTENTIAL_DTYPE = "float32"
+"""Default of ``sample --method nuts --potential-dtype`` (README, "NUTS within 60 s per
+observation")."""
+
+NUTS_WARMUP_STEP_SIZE_ONLY = 150
+"""Default warm-up of ``sample --method nuts`` (step size only; README, "Correction with the
+physics": the amortized covariance is the mass matrix, Pyro's windowed mass adaptation needs
+about 500 iterations)."""
+
+
+DEFAULT_CHAINS = 4
+"""``sample --chains`` when not given (``--method nuts`` and ``latent-nuts``)."""
+
+
+def _check_method_flags(args: argparse.Namespace, method: str) -> None:
+    """Refuse ``sample`` flags of another ``--method`` (each would be ignored in silence).
+
+    ``--chains`` and ``--warmup`` belong to the two NUTS methods, ``--adapt-mass-matrix`` to
+    ``nuts`` and ``--proposals`` to ``importance``, as ``--cores`` and ``--potential-dtype``
+    belong to ``nuts``.
+    """
+    nuts = ("nuts", "latent-nuts")
+    for flag, given, methods in (
+        ("--chains", args.chains is not None, nuts),
+        ("--warmup", args.warmup is not None, nuts),
+        ("--adapt-mass-matrix", args.adapt_mass_matrix is not None, ("nuts",)),
+        ("--proposals", args.proposals is not None, ("importance",)),
+    ):
+        if given and method not in methods:
+            raise ConfigError(
+                f"{flag} applies to --method {' or '.join(methods)} only, got --method {method}: "
+                f"drop {flag} or choose that method"
+            )
+
+
+def _nuts_defaults(args: argparse.Namespace, problem: Any) -> None:
+    """Fill the NUTS flags left at None: step-size-only warm-up, draws for the R-hat bound.
+
+    ``--num-samples`` defaults to ``chains x nuts_draws_per_chain(dim, chains)`` (783 per
+    chain for 1024 sampled values), ``--adapt-mass-matrix`` to off and ``--warmup`` to 150
+    (500 with ``--adapt-mass-matrix``).
+    """
+    from inference.mcmc import nuts_draws_per_chain
+
+    if args.adapt_mass_matrix is None:
+        args.adapt_mass_matrix = False
+    if args.warmup is None:
+        args.warmup = 500 if args.adapt_mass_matrix else NUTS_WARMUP_STEP_SIZE_ONLY
+    if args.num_samples is None:
+        par = problem.parameterisation()
+        dim = par.dim if par is not None else math.prod(problem.x_shape)
+        args.num_samples = args.chains * nuts_draws_per_chain(dim, args.chains)
+        log.info(
+            "--method nuts: %d draws per chain x %d chains (enough for R-hat <= 1.01 over %d "
+            "sampled values; --num-samples to change)",
+            args.num_samples // args.chains,
+            args.chains,
+            dim,
+        )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Draw posterior samples for observations and write InferenceData NetCDF."""
+    from inference.refine import RefineConfig
+    from inference.sample import sample_posterior_to_netcdf
+    from ppl_cvae.data.io import load_observations
+
+    out = Path(args.out)
+    _check_new_file(
+        out, args.overwrite, [args.run_dir, args.observation, args.generative_prior], ".nc"
+    )
+    if args.max_misfit < 0:
+        raise ConfigError(f"--max-misfit must be >= 0 (0 keeps all), got {args.max_misfit}")
+    if args.refine_lr <= 0:
+        raise ConfigError(f"--refine-lr must be > 0, got {args.refine_lr}")
+    if args.refine and args.method not in ("amortized", "refine"):
+        raise ConfigError(f"--refine contradicts --method {args.method}; give one of them")
+    method = "refine" if args.refine else args.method
+    if method != "nuts" and args.num_samples is None:
+        args.num_samples = 1000
+    if method != "nuts" and (args.cores != 1 or args.nuts_jit or args.potential_dtype):
+        raise ConfigError(
+            "--cores, --nuts-jit and --potential-dtype apply to --method nuts only, got "
+            f"--method {method}"
+        )
+    _check_method_flags(args, method)
+    if args.chains is None:
+        args.chains = DEFAULT_CHAINS
+    if args.preconditioner != "amortized" and method != "nuts":
+        raise ConfigError(
+            f"--preconditioner {args.preconditioner} applies to --method nuts only, got "
+            f"--method {method}"
+        )
+    device = resolve_device(args.device)
+    if (method == "latent-nuts") != (args.generative_prior is not None):
+        raise ConfigError(
+            "--method latent-nuts and --generative-prior PRIOR_RUN go together: the latent "
+            "space sampled is that of the unconditional VAE fitted with `fit --unconditional`"
+        )
+    cvae, meta = _load_run(args)
+    if method == "amortized":
+        cvae.to(device)
+    elif device.type != "cpu":
+        log.warning(
+            "--method %s runs on the CPU; --device %s is used by amortized draws only",
+            method,
+            device,
+        )
+    if method == "amortized":
+        problem = meta["problem"]
+    else:
+        problem = _need_problem(meta, f"--method {method}")
+    y, _, x_true = load_observations(args.observation, cvae.config.y_shape)
+    if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
+        raise DataError(
+            f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "
+            f"generates {cvae.config.x_shape}"
+        )
+    attrs = {
+        "run_dir": str(args.run_dir),
+        "run_name": Path(args.run_dir).resolve().name,
+        "observation_file": str(args.observation),
+        "command": "ppl-cvae sample",
+    }
+    if method == "nuts":
+        _nuts_defaults(args, problem)
+    if method in ("importance", "nuts", "latent-nuts"):
+        from inference.arviz_io import save_inference_data
+        from inference.sample import CorrectionConfig, sample_corrected
+
+        generative_prior = None
+        if method == "latent-nuts":
+            from inference.latent_mcmc import check_generative_prior
+            from ppl_cvae.train import load_checkpoint
+
+            loaded, _ = load_checkpoint(args.generative_prior, problem=problem)
+            generative_prior = check_generative_prior(loaded, problem)
+        correction = CorrectionConfig(
+            method=cast(Any, method),
+            proposals=args.proposals or 10 * args.num_samples,
+            chains=args.chains,
+            warmup_steps=500 if args.warmup is None else args.warmup,
+            adapt_mass_matrix=bool(args.adapt_mass_matrix),
+            cores=args.cores,
+            jit_compile=args.nuts_jit,
+            preconditioner=args.preconditioner,
+            potential_dtype=cast(Any, args.potential_dtype or DEFAULT_POTENTIAL_DTYPE),
+        )
+        idata, summary, ok = sample_corrected(
+            cvae,
+            y,
+            args.num_samples,
+            problem,
+            correction,
+            x_true=x_true,
+            seed=args.seed,
+            attrs=attrs,
+            generative_prior=generative_prior,
+        )
+        save_inference_data(idata, out)
+        print(summary)
+        if not ok:
+            log.warning("the %s correction failed; see the line above", method)
+        posterior = idata["posterior"]
+        num = posterior.sizes["chain"] * posterior.sizes["draw"]
+        print(f"wrote {num} posterior draws for {y.shape[0]} observation(s) to {out}")
+        return 0
+    sample_posterior_to_netcdf(
+        cvae,
+        y,  # (M, *y_shape), M = 1 for a single observation: the file has the observation dim
+        args.num_samples,
+        out,
+        problem=problem,
+        x_true=x_true,
+        decoder_noise={"auto": None, "sample": True, "mean": False}[args.decoder_noise],
+        refine=RefineConfig(
+            oversample=args.oversample,
+            max_misfit=args.max_misfit if args.max_misfit > 0 else None,
+            num_steps=args.refine_steps,
+            learning_rate=args.refine_lr,
+        )
+        if method == "refine"
+        else None,
+        seed=args.seed,
+        attrs=attrs,
+    )
+    print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
+    return 0

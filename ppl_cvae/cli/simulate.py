@@ -1,0 +1,24 @@
+"""``ppl-cvae simulate``: (x, y) pairs from a problem's prior and forward operator, to ``.npz``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ppl_cvae.cli.common import _check_new_file, _check_simulation_memory, _problem_from_args
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate (x, y) pairs from a problem's prior and forward operator."""
+    from ppl_cvae.data.io import save_pairs
+
+    out = Path(args.out)
+    _check_new_file(out, args.overwrite, [], ".npz")
+    problem, _ = _problem_from_args(args)
+    _check_simulation_memory(problem, args.num, "--num")
+    x, y = problem.simulate(args.num, torch.Generator().manual_seed(args.seed))
+    save_pairs(out, x, y, overwrite=args.overwrite)
+    print(f"wrote {args.num} pairs x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])} to {out}")
+    return 0
