@@ -31,6 +31,7 @@ from ppl_cvae._version import __version__
 from ppl_cvae.errors import ConfigError, NoPriorDensityError, OutputError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import (
+    NUTS_PRECONDITIONERS,
     Problem,
     as_problem,
     coord_attrs_of,
@@ -622,9 +623,6 @@ def sample_posterior_to_netcdf(
                 f["posterior"].attrs["accepted_fraction"] = fraction
     return path
 
-
-NUTS_PRECONDITIONERS: tuple[str, ...] = ("amortized", "prior", "prior-amortized")
-"""The ``--preconditioner`` choices of ``ppl-cvae sample --method nuts``."""
 
 _PRECONDITIONED_BY = {
     "amortized": "preconditioned by their covariance",

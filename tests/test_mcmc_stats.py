@@ -153,14 +153,26 @@ def test_cli_nuts_passes_the_mass_matrix_choice(tmp_path, capsys, monkeypatch, f
 
 
 @pytest.mark.parametrize(
-    "flag, expected", [([], "amortized"), (["--preconditioner", "prior"], "prior")]
+    "flag, declared, expected",
+    [
+        ([], None, "amortized"),
+        (["--preconditioner", "prior"], None, "prior"),
+        ([], "prior-amortized", "prior-amortized"),  # the problem's nuts_preconditioner
+        (["--preconditioner", "amortized"], "prior-amortized", "amortized"),  # the flag wins
+    ],
 )
-def test_cli_nuts_passes_the_preconditioner(tmp_path, capsys, monkeypatch, flag, expected):
-    """``--preconditioner`` reaches :func:`inference.mcmc.nuts_sample` and the file's attrs;
-    with another method it is refused."""
+def test_cli_nuts_passes_the_preconditioner(
+    tmp_path, capsys, monkeypatch, flag, declared, expected
+):
+    """``--preconditioner`` (default: the problem's ``nuts_preconditioner``) reaches
+    :func:`inference.mcmc.nuts_sample` and the file's attrs; with another method it is
+    refused."""
     from inference.arviz_io import load_inference_data
     from ppl_cvae.cli import main
+    from ppl_cvae.problems import LinearGaussian
 
+    if declared is not None:
+        monkeypatch.setattr(LinearGaussian, "nuts_preconditioner", declared, raising=False)
     run, obs, seen = _cli_run_with_nuts_spy(tmp_path, monkeypatch, "precondition")
     out = tmp_path / "nuts.nc"
     sample = ["sample", str(run), "--observation", str(obs), "--num-samples", "20"]

@@ -468,6 +468,20 @@ def test_a_subclass_missing_a_required_member_is_named():
         check_problem(NoDims(), "test")
 
 
+def test_nuts_preconditioner_is_checked_and_defaults_to_amortized():
+    """A problem's ``nuts_preconditioner`` (the CLI's ``--preconditioner`` default) must be one
+    of the choices; without one it is ``"amortized"``, for subclasses and duck-typed objects."""
+    assert Bare().nuts_preconditioner == "amortized"
+    assert ProblemAdapter(object()).nuts_preconditioner == "amortized"
+    p = Bare()
+    p.nuts_preconditioner = "whitened"
+    with pytest.raises(ConfigError, match="nuts_preconditioner must be one of amortized, prior, "
+                       "prior-amortized: 'whitened'"):
+        check_problem(p, "test")
+    assert MT1D().nuts_preconditioner == "prior-amortized"
+    assert MT1D(prior="clipped").nuts_preconditioner == "amortized"
+
+
 def test_every_builtin_problem_subclasses_problem():
     for name, factory in REGISTRY.items():
         problem = factory()

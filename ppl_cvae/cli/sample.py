@@ -120,7 +120,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_method_flags(args, method)
     if args.chains is None:
         args.chains = DEFAULT_CHAINS
-    if args.preconditioner != "amortized" and method != "nuts":
+    if args.preconditioner is not None and method != "nuts":
         raise ConfigError(
             f"--preconditioner {args.preconditioner} applies to --method nuts only, got "
             f"--method {method}"
@@ -177,7 +177,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             adapt_mass_matrix=bool(args.adapt_mass_matrix),
             cores=args.cores,
             jit_compile=args.nuts_jit,
-            preconditioner=args.preconditioner,
+            preconditioner=args.preconditioner or problem.nuts_preconditioner,
             potential_dtype=cast(Any, args.potential_dtype or DEFAULT_POTENTIAL_DTYPE),
         )
         idata, summary, ok = sample_corrected(

@@ -153,6 +153,12 @@ class Problem(abc.ABC):
     has_prior_density : bool
         Default False. Whether :meth:`log_prior` is defined; False for a prior given by its
         sampler only (a simulator-only prior such as the channel facies of ``crosshole``).
+    nuts_preconditioner : {"amortized", "prior", "prior-amortized"}
+        Default ``"amortized"``. The coordinates ``ppl-cvae sample --method nuts`` runs NUTS in
+        when ``--preconditioner`` is not given (:func:`inference.mcmc.nuts_sample`,
+        ``precondition``): ``"prior"`` and ``"prior-amortized"`` need
+        :meth:`gaussian_prior`. mt1d's logit-normal prior declares ``"prior-amortized"``
+        (3.7 to 6.3 times the effective draws per evaluation; README, "Correction on mt1d").
 
     Notes
     -----
@@ -197,6 +203,7 @@ class Problem(abc.ABC):
     coord_attrs: Mapping[str, Mapping[str, str]] = _EMPTY
     noise_cov: torch.Tensor | None = None
     has_prior_density: bool = False
+    nuts_preconditioner: str = "amortized"
 
     # ------------------------------------------------------------------ required methods
     @abc.abstractmethod
@@ -624,6 +631,15 @@ class ProblemAdapter(Problem):
     def has_prior_density(self, value: bool) -> None:
         self.wrapped.has_prior_density = value
 
+    @property
+    def nuts_preconditioner(self) -> str:
+        """The wrapped object's ``nuts_preconditioner``, or ``"amortized"``."""
+        return cast(str, self._optional("nuts_preconditioner") or "amortized")
+
+    @nuts_preconditioner.setter
+    def nuts_preconditioner(self, value: str) -> None:
+        self.wrapped.nuts_preconditioner = value
+
     # required methods
     def sample_prior(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Call the wrapped object's ``sample_prior``."""
@@ -826,6 +842,9 @@ _PROTOCOL_ATTRIBUTES = (
     "noise_std",
     "misfit_std",
 )
+NUTS_PRECONDITIONERS: tuple[str, ...] = ("amortized", "prior", "prior-amortized")
+"""The values of :attr:`Problem.nuts_preconditioner` (``ppl-cvae sample --preconditioner``)."""
+
 _OPTIONAL_METHODS = (
     "derived",
     "linear_gaussian",
@@ -924,6 +943,12 @@ def check_problem(obj: object, source: str) -> Problem:
             problems.append(f"{member} is {type(method).__name__}, not callable")
     if not isinstance(values["coords"], Mapping):
         problems.append(f"coords is {type(values['coords']).__name__}, not a mapping")
+    preconditioner = getattr(obj, "nuts_preconditioner", "amortized")
+    if preconditioner not in NUTS_PRECONDITIONERS:
+        problems.append(
+            f"nuts_preconditioner must be one of {', '.join(NUTS_PRECONDITIONERS)}: "
+            f"{reprlib.repr(preconditioner)}"
+        )
     for member, bound in (("noise_std", ">= 0"), ("misfit_std", "> 0")):
         value = values[member]
         ok = (

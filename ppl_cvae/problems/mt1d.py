@@ -290,6 +290,11 @@ class MT1D(Problem):
         resistivities, then the ``M`` phases), in (log10 ohm m)^2 and deg^2.
     has_prior_density : bool
         True for ``prior="logit_normal"``, False for ``"clipped"``.
+    nuts_preconditioner : str
+        ``"prior-amortized"`` for ``prior="logit_normal"`` (NUTS on the Gaussian field ``u``
+        whitened by its prior, with the amortized covariance clipped at it: 3.7 to 6.3 times
+        the effective draws per evaluation of ``"amortized"`` on held-out observations 0-2;
+        README, "Correction on mt1d"), ``"amortized"`` for ``"clipped"`` (no Gaussian prior).
     field : BoundedGaussianField or GaussianRandomField
         The prior field of ``x`` (``"logit_normal"``), or the field before clipping.
     noise_std : float
@@ -387,6 +392,7 @@ class MT1D(Problem):
         self.max_log10_rho = float(max_log10_rho)
         self.prior: MT1DPrior = prior
         self.has_prior_density = prior == "logit_normal"
+        self.nuts_preconditioner = "prior-amortized" if self.has_prior_density else "amortized"
 
         num_freq = len(freqs)
         thickness = self.depth / (num_layers - 1)
