@@ -33,6 +33,7 @@ from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import (
     Problem,
     as_problem,
+    checked_log_prior,
     coord_attrs_of,
     data_units,
     derived_quantities,
@@ -263,7 +264,7 @@ def inference_data_from_draws(
                     )
                 if problem.has_prior_density:
                     try:
-                        log_prior = problem.log_prior(x).to(torch.float64)  # (S, M), nats
+                        log_prior = checked_log_prior(problem, x).to(torch.float64)  # (S, M), nats
                         stats["lp"] = log_prior + noise.log_prob(resid)
                         stat_attrs["lp"] = {
                             "long_name": "log p(x) + log N(y; F(x), C_e), unnormalised log "

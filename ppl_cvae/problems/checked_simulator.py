@@ -16,16 +16,63 @@ The check costs one ``isfinite`` pass over each minibatch, small against simulat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
-from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
+from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary, no_exit
 
-__all__ = ["CheckedSimulator", "check_simulated"]
+__all__ = ["CheckedSimulator", "check_simulated", "guarded_global_rngs"]
 
 Simulate = Callable[[int, Any], Any]
+
+
+@contextlib.contextmanager
+def guarded_global_rngs() -> Iterator[None]:
+    """Keep torch's and NumPy's global RNG streams a function of the run's seed across the block.
+
+    A user's simulator is handed a seeded ``torch.Generator``; one that also calls
+    ``torch.manual_seed(0)`` or ``np.random.seed(0)`` would otherwise reset the global streams
+    that Pyro's SVI (and anything else after it) draws from, so every later draw would depend
+    on the simulator's constant instead of ``--seed``. When the block leaves a global state
+    changed, it is reseeded from a hash of the states before and after the block: a function
+    of the stream the run had (so of ``--seed``) that also moves on after a simulator which
+    merely drew from it. A block that does not touch the global RNGs leaves them exactly as
+    they were (the draws of a well-behaved simulator's fit are unchanged). Only the CPU
+    generator of torch is guarded; a simulator reseeding a GPU generator is not.
+
+    Examples
+    --------
+    >>> def reseeding():
+    ...     with guarded_global_rngs():
+    ...         _ = torch.manual_seed(0)
+    ...     return torch.rand(1)
+    >>> _ = torch.manual_seed(1); a = reseeding()
+    >>> _ = torch.manual_seed(2); b = reseeding()
+    >>> bool(torch.equal(a, b))
+    False
+    """
+    torch_before = torch.random.get_rng_state()
+    np_before = np.random.get_state(legacy=False)
+    try:
+        yield
+    finally:
+        torch_after = torch.random.get_rng_state()
+        np_after = np.random.get_state(legacy=False)
+        digest = hashlib.sha256(torch_before.numpy().tobytes())
+        digest.update(repr(np_before).encode())
+        if not torch.equal(torch_before, torch_after):
+            digest.update(torch_after.numpy().tobytes())
+            torch.random.default_generator.manual_seed(
+                int.from_bytes(digest.digest()[:8], "little")
+            )
+        if repr(np_after) != repr(np_before):
+            digest.update(repr(np_after).encode())
+            np.random.seed(int.from_bytes(digest.digest()[:4], "little"))
 
 
 def check_simulated(
@@ -162,17 +209,23 @@ class CheckedSimulator:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Simulate ``num`` pairs; shapes ``(num, *x_shape)`` and ``(num, *y_shape)``, float32.
 
+        The call runs inside :func:`guarded_global_rngs`: a simulator that reseeds torch's or
+        NumPy's global RNG (``torch.manual_seed(0)`` inside ``simulate``) does not make the
+        SVI draws that follow independent of the run's seed.
+
         Raises
         ------
         ConfigError
-            If the simulator raises (its exception type and message are named).
+            If the simulator raises (its exception type and message are named) or calls
+            ``sys.exit``.
         DataError
             If what it returns is not ``num`` finite pairs of the event shapes
             (:func:`check_simulated`).
         """
         call = f"{self.source} simulate({num}, generator)"
         try:
-            out = self.simulate(num, generator)
+            with no_exit(call), guarded_global_rngs():
+                out = self.simulate(num, generator)
         except PplCvaeError:
             raise
         except Exception as err:  # noqa: BLE001 - a user's simulator may raise anything
