@@ -1204,13 +1204,14 @@ def user_cases(root: Path) -> list[Case]:
                          ("int_3e38.nc", 0)):
         add(Case(cat, f"fit --data {name}", ["fit", "--data", f"{f}/{name}", "--out", out,
                  *TINY], expect=expect))
-    for name in ("constant_column.npz", "huge_column.npz", "two_pairs.npz", "int_3e38.nc"):
+    for name, expect in (("constant_column.npz", 0), ("huge_column.npz", 0),
+                         ("two_pairs.npz", 0), ("int_3e38.nc", 2)):  # y at 3e38: far outside
         add(Case(cat, f"evaluate --data {name}", ["evaluate", f"{r}/own_data", "--data",
-                 f"{f}/{name}", "--num-samples", "10", "--out", out], expect=0))
+                 f"{f}/{name}", "--num-samples", "10", "--out", out], expect=expect))
     for name, expect in (("obs_one.npy", 0), ("obs_float16.npy", 0), ("obs_int.npy", 0),
                          ("obs_fortran.npy", 0), ("obs_nan.npy", 2), ("obs_object.npy", 2),
                          ("obs_wrong_shape.npy", 2), ("obs_upper.npz", 2),
-                         ("float64.npz", 0), ("folder.npz", 2)):
+                         ("float64.npz", 0), ("folder.npz", 2), ("constant_3e38.npz", 2)):
         add(Case(cat, f"sample --observation {name}", ["sample", f"{r}/own_data",
                  "--observation", f"{f}/{name}", "--num-samples", "10", "--out", f"{out}.nc"],
                  expect=expect))
@@ -1240,8 +1241,8 @@ def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
             warnings.simplefilter("always")  # each case sees every warning it triggers
             try:
                 code = main(case.argv)
-            except SystemExit as exc:  # argparse
-                code = int(exc.code or 0)
+            except SystemExit as exc:  # argparse, or a user's sys.exit that got through
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             except Hung:
                 code = -3
                 print(f"HUNG: no answer within {CASE_TIMEOUT} s", file=sys.stderr)
