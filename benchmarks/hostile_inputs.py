@@ -21,7 +21,12 @@ with bad counts and preconditioners; flow-layer flags without their flow. The se
 checkpoints whose config and weights disagree), ``--potential-dtype`` and the flags of other
 ``sample`` methods, problems with float64-only or NaN densities, ``--warmup 0`` without
 warnings, tensors a simulator may return (meta, sparse, 0-d, an exhausted iterator), ``fit
---resume`` after ``kill -9``, symlinked ``--out``, and huge importance requests.
+--resume`` after ``kill -9``, symlinked ``--out``, and huge importance requests. The third
+audit (:func:`user_cases`): a new user's own problems (odd shapes, float64/int/NumPy
+simulators, ``torch.manual_seed`` or ``sys.exit`` inside them, densities returning a float, a
+shape-(1,) tensor or NaN) and data files (dtypes, constant and huge columns, NaN rows, 1-2
+pairs, renamed keys, Fortran-ordered, object, gzip'd, unicode paths, CSV) through ``fit``,
+``sample`` and ``evaluate`` (``--only "user problems,user files"``).
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
 (about 5 minutes on 2 cores). Exit status 1 when a case fails.

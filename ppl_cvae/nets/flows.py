@@ -347,7 +347,7 @@ class _SafeAutoregressive(Transform):
 
     bijective = True
 
-    def __init__(self, inner: Transform, bound: float) -> None:
+    def __init__(self, inner: T.SplineAutoregressive, bound: float) -> None:
         super().__init__(cache_size=1)
         self.inner = inner
         self.bound = bound
@@ -676,7 +676,8 @@ class ConditionalFlow(nn.Module):
             if isinstance(layer, T.ConditionalSpline):  # an elementwise layer (dim=1)
                 conditioned: Transform = _condition_spline(layer, context)
             elif isinstance(layer, _Inverted) and self.dim > 1:  # autoregressive, guarded
-                conditioned = _SafeAutoregressive(layer.inner.condition(context), FLOW_BOUND).inv
+                inner = cast(T.SplineAutoregressive, layer.inner.condition(context))
+                conditioned = _SafeAutoregressive(inner, FLOW_BOUND).inv
             else:
                 conditioned = cast(ConditionalTransformModule, layer).condition(context)
             if self.dim == 1:  # an elementwise spline of either type
