@@ -21,7 +21,12 @@ with bad counts and preconditioners; flow-layer flags without their flow. The se
 checkpoints whose config and weights disagree), ``--potential-dtype`` and the flags of other
 ``sample`` methods, problems with float64-only or NaN densities, ``--warmup 0`` without
 warnings, tensors a simulator may return (meta, sparse, 0-d, an exhausted iterator), ``fit
---resume`` after ``kill -9``, symlinked ``--out``, and huge importance requests.
+--resume`` after ``kill -9``, symlinked ``--out``, and huge importance requests. The third
+audit (:func:`user_cases`): a new user's own problems (odd shapes, float64/int/NumPy
+simulators, ``torch.manual_seed`` or ``sys.exit`` inside them, densities returning a float, a
+shape-(1,) tensor or NaN) and data files (dtypes, constant and huge columns, NaN rows, 1-2
+pairs, renamed keys, Fortran-ordered, object, gzip'd, unicode paths, CSV) through ``fit``,
+``sample`` and ``evaluate`` (``--only "user problems,user files"``).
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
 (about 5 minutes on 2 cores). Exit status 1 when a case fails.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -893,6 +899,330 @@ def audit_cases(root: Path) -> list[Case]:
     return c
 
 
+# ----------------------------------------------------------------------------- third audit
+USER_OWN_PROBLEMS = """import sys
+import numpy as np
+import torch
+from ppl_cvae.problems.base import Problem
+
+
+class Base(Problem):
+    name = "u_base"
+    x_shape, y_shape = (2,), (2,)
+    x_dims, y_dims, coords = ("p",), ("d",), {}
+    noise_std = misfit_std = 0.1
+    has_prior_density = True
+
+    def sample_prior(self, num, generator=None):
+        return torch.randn(num, *self.x_shape, generator=generator)
+
+    def forward(self, x):
+        k = len(self.x_shape)
+        flat = x.reshape(*x.shape[: x.dim() - k], -1)
+        m = int(np.prod(self.y_shape))
+        n = flat.shape[-1]
+        A = torch.arange(1, m * n + 1, dtype=x.dtype).reshape(m, n) % 5 / 5.0 + 0.1
+        return (flat @ A.T).reshape(*x.shape[: x.dim() - k], *self.y_shape)
+
+    def log_prior(self, x):
+        k = len(self.x_shape)
+        return torch.distributions.Normal(0.0, 1.0).log_prob(x).flatten(x.dim() - k).sum(-1)
+
+
+class X7Y1(Base):
+    name = "x7y1"
+    x_shape, y_shape = (7,), (1,)
+
+
+class X352Y46(Base):
+    name = "x352y46"
+    x_shape, y_shape = (3, 5, 2), (4, 6)
+    x_dims, y_dims = ("a", "b", "c"), ("r", "s")
+
+
+class NoiseFree(Base):
+    name = "noisefree"
+    noise_std = 0.0
+    misfit_std = 1.0
+
+
+class NoDensity(Base):
+    name = "nodensity"
+    has_prior_density = False
+
+    def log_prior(self, x):
+        raise NotImplementedError
+
+
+class OnlySimulate:
+    name = "onlysim"
+
+    def simulate(self, num, generator=None):
+        x = torch.randn(num, 2, generator=generator)
+        return x, x * 2
+
+
+class LLShape1(Base):
+    name = "ll_shape1"
+
+    def log_likelihood(self, x, y):
+        return super().log_likelihood(x, y).sum().reshape(1)
+
+
+class LLFloat(Base):
+    name = "ll_float"
+
+    def log_likelihood(self, x, y):
+        return float(super().log_likelihood(x, y).sum())
+
+
+class LPFloat(Base):
+    name = "lp_float"
+
+    def log_prior(self, x):
+        return float(super().log_prior(x).sum())
+
+
+class Sim64(Base):
+    name = "sim64"
+
+    def simulate(self, num, generator=None):
+        x, y = super().simulate(num, generator)
+        return x.double(), y.double()
+
+
+class SimInt(Base):
+    name = "simint"
+
+    def simulate(self, num, generator=None):
+        x, y = super().simulate(num, generator)
+        return (10 * x).long(), (10 * y).int()
+
+
+class SimNumpy(Base):
+    name = "simnumpy"
+
+    def simulate(self, num, generator=None):
+        x, y = super().simulate(num, generator)
+        return x.numpy(), y.numpy()
+
+
+class SimExit(Base):
+    name = "simexit"
+
+    def simulate(self, num, generator=None):
+        sys.exit(3)
+
+
+class SimExit0(Base):
+    name = "simexit0"
+
+    def simulate(self, num, generator=None):
+        sys.exit(0)
+
+
+class ForwardExit(Base):
+    name = "forwardexit"
+
+    def forward(self, x):
+        sys.exit("solver gave up")
+
+
+class Seeds(Base):
+    name = "seeds"
+
+    def simulate(self, num, generator=None):
+        torch.manual_seed(0)
+        return super().simulate(num, generator)
+
+
+class SeedsNumpy(Base):
+    name = "seedsnp"
+
+    def sample_prior(self, num, generator=None):
+        torch.manual_seed(1234)
+        np.random.seed(0)
+        return super().sample_prior(num, generator)
+
+
+class NaNLL(Base):
+    name = "nanll"
+
+    def log_likelihood(self, x, y):
+        return super().log_likelihood(x, y) * float("nan")
+
+
+class Factory:  # duck-typed
+    pass
+
+
+def base(): return Base()
+def x7y1(): return X7Y1()
+def x352y46(): return X352Y46()
+def noisefree(): return NoiseFree()
+def nodensity(): return NoDensity()
+def onlysim(): return OnlySimulate()
+def ll_shape1(): return LLShape1()
+def ll_float(): return LLFloat()
+def lp_float(): return LPFloat()
+def sim64(): return Sim64()
+def simint(): return SimInt()
+def simnumpy(): return SimNumpy()
+def simexit(): return SimExit()
+def simexit0(): return SimExit0()
+def forwardexit(): return ForwardExit()
+def seeds(): return Seeds()
+def seedsnp(): return SeedsNumpy()
+def nanll(): return NaNLL()
+def factoryexit(): sys.exit(4)
+"""
+
+
+def build_user_workspace(root: Path) -> None:
+    """A new user's own problems (odd shapes, odd returns) and data files (third audit)."""
+    (root / "user_own.py").write_text(USER_OWN_PROBLEMS)
+    for factory in ("base", "x7y1", "x352y46"):
+        assert main(["fit", "--problem", f"user_own:{factory}", "--out",
+                     str(root / f"own_{factory}"), *TINY]) == 0
+        assert main(["simulate", "--problem", f"user_own:{factory}", "--num", "2", "--out",
+                     str(root / f"own_{factory}_obs.npz")]) == 0
+        assert main(["simulate", "--problem", f"user_own:{factory}", "--num", "12", "--out",
+                     str(root / f"own_{factory}_pairs.npz")]) == 0
+    files = root / "user files"  # a space in the path
+    files.mkdir()
+    rng = np.random.default_rng(0)
+    n = 64
+    x = rng.normal(size=(n, 3))
+    y = x @ rng.normal(size=(3, 4)) + 0.1 * rng.normal(size=(n, 4))
+
+    def save(name: str, **arrays: Any) -> None:
+        np.savez(files / name, **arrays)
+
+    save("int.npz", x=(10 * x).astype(np.int64), y=(10 * y).astype(np.int32))
+    save("float16.npz", x=x.astype(np.float16), y=y.astype(np.float16))
+    save("float64.npz", x=x, y=y)
+    constant = x.copy()
+    constant[:, 1] = 5.0
+    save("constant_column.npz", x=constant, y=y)
+    save("all_constant.npz", x=np.ones((n, 3)), y=np.ones((n, 4)))
+    huge = x.copy()
+    huge[:, 0] *= 1e30
+    save("huge_column.npz", x=huge, y=y)
+    near_max = y.copy()
+    near_max[:, 1] = 3e38
+    save("constant_3e38.npz", x=x, y=near_max)
+    nan_row = x.copy()
+    nan_row[3] = np.nan
+    save("nan_row.npz", x=nan_row, y=y)
+    inf_row = y.copy()
+    inf_row[5, 0] = np.inf
+    save("inf_row.npz", x=x, y=inf_row)
+    save("one_pair.npz", x=x[:1], y=y[:1])
+    save("two_pairs.npz", x=x[:2], y=y[:2])
+    save("rows.npz", x=x, y=y[:-3])
+    save("extra_keys.npz", x=x, y=y, meta=np.arange(3), names=np.array(["a", "b"]))
+    save("other_names.npz", theta=x, data=y)
+    save("upper_case.npz", X=x, Y=y)
+    save("fortran.npz", x=np.asfortranarray(x), y=np.asfortranarray(y))
+    wide = np.zeros((n, 6))
+    wide[:, ::2] = x
+    save("non_contiguous.npz", x=wide[:, ::2], y=y[:, ::-1])
+    save("object.npz", x=np.array([[1.0, 2.0, 3.0]] * n, dtype=object), y=y)
+    save("shapes.npz", x=rng.normal(size=(n, 3, 5, 2)), y=rng.normal(size=(n, 4, 6)))
+    save("y_one.npz", x=rng.normal(size=(n, 7)), y=rng.normal(size=(n, 1)))
+    save("flat.npz", x=rng.normal(size=(n,)), y=rng.normal(size=(n,)))
+    (files / "folder.npz").mkdir()
+    (files / "empty.npz").write_bytes(b"")
+    good = (files / "float64.npz").read_bytes()
+    (files / "gzip.npz").write_bytes(gzip.compress(good))
+    (files / "float64.npz.gz").write_bytes(gzip.compress(good))
+    (files / "ünïcödé dätä.npz").write_bytes(good)
+    np.savetxt(files / "pairs.csv", np.hstack([x, y]), delimiter=",")
+    import xarray as xr
+
+    xr.Dataset({"x": (("n", "k"), (10 * x).astype(np.int32)),
+                "y": (("n", "m"), near_max)}).to_netcdf(files / "int_3e38.nc")
+    np.save(files / "obs_one.npy", y[0])
+    np.save(files / "obs_float16.npy", y[:2].astype(np.float16))
+    np.save(files / "obs_int.npy", (10 * y[:2]).astype(np.int16))
+    np.save(files / "obs_fortran.npy", np.asfortranarray(y[:3]))
+    np.save(files / "obs_nan.npy", np.full((1, 4), np.nan))
+    np.save(files / "obs_object.npy", np.array([[1.0] * 4], dtype=object), allow_pickle=True)
+    np.save(files / "obs_wrong_shape.npy", y[:3, :3])
+    np.savez(files / "obs_upper.npz", Y=y[:2])
+    assert main(["fit", "--data", str(files / "float64.npz"), "--out", str(root / "own_data"),
+                 *TINY]) == 0
+
+
+def user_cases(root: Path) -> list[Case]:
+    """Cases of the third audit: a new user's own problems and data files, whole workflow."""
+    r = str(root)
+    out = f"{r}/new"
+    c: list[Case] = []
+    add = c.append
+    cat = "user problems"
+    nuts = ["--method", "nuts", "--chains", "2", "--warmup", "10"]
+    for factory in ("x7y1", "x352y46"):
+        run, obs = f"{r}/own_{factory}", f"{r}/own_{factory}_obs.npz"
+        smp = ["sample", run, "--observation", obs, "--num-samples", "20", "--out", f"{out}.nc"]
+        add(Case(cat, f"fit {factory}", ["fit", "--problem", f"user_own:{factory}", "--out",
+                 out, *TINY], expect=0))
+        for flags in (["--method", "amortized"], ["--method", "importance"], ["--refine"],
+                      *([nuts] if factory == "x7y1" else [])):
+            add(Case(cat, f"sample {factory} {' '.join(flags)}", [*smp, *flags], expect=0))
+        add(Case(cat, f"evaluate {factory}", ["evaluate", run, "--data",
+                 f"{r}/own_{factory}_pairs.npz", "--num-samples", "10", "--out", out],
+                 expect=0))
+    for factory, expect in (("sim64", 0), ("simint", 0), ("seeds", 0), ("seedsnp", 0),
+                            ("simnumpy", 2), ("simexit", 2), ("simexit0", 2),
+                            ("forwardexit", 2), ("factoryexit", 2), ("onlysim", 2)):
+        add(Case(cat, f"fit, problem {factory}", ["fit", "--problem", f"user_own:{factory}",
+                 "--out", out, *TINY], expect=expect))
+    add(Case(cat, "fit --stream, simulator calls sys.exit", ["fit", "--problem",
+             "user_own:simexit", "--stream", "--out", out, *TINY]))
+    for factory in ("simnumpy", "simexit", "factoryexit"):
+        add(Case(cat, f"simulate, problem {factory}", ["simulate", "--problem",
+                 f"user_own:{factory}", "--num", "3", "--out", f"{r}/new.npz"]))
+    base = ["sample", f"{r}/own_base", "--observation", f"{r}/own_base_obs.npz",
+            "--num-samples", "20", "--out", f"{out}.nc"]
+    for factory, flags in (("ll_shape1", ["--method", "importance"]), ("ll_shape1", nuts),
+                           ("ll_float", ["--method", "importance"]), ("ll_float", nuts),
+                           ("lp_float", ["--method", "amortized"]),
+                           ("lp_float", ["--method", "importance"]), ("lp_float", nuts),
+                           ("nanll", ["--method", "importance"]), ("nanll", nuts),
+                           ("nodensity", ["--method", "importance"]), ("nodensity", nuts),
+                           ("noisefree", ["--method", "importance"]),
+                           ("forwardexit", ["--method", "amortized"])):
+        add(Case(cat, f"sample --problem {factory} {' '.join(flags[:2])}",
+                 [*base, "--problem", f"user_own:{factory}", *flags]))
+    cat = "user files"
+    f = f"{r}/user files"
+    for name, expect in (("int.npz", 0), ("float16.npz", 0), ("float64.npz", 0),
+                         ("constant_column.npz", 0), ("all_constant.npz", 0),
+                         ("huge_column.npz", 0), ("constant_3e38.npz", 0), ("nan_row.npz", 2),
+                         ("inf_row.npz", 2), ("one_pair.npz", 2), ("two_pairs.npz", 0),
+                         ("rows.npz", 2), ("extra_keys.npz", 0), ("other_names.npz", 2),
+                         ("upper_case.npz", 2), ("fortran.npz", 0), ("non_contiguous.npz", 0),
+                         ("object.npz", 2), ("shapes.npz", 0), ("y_one.npz", 0),
+                         ("flat.npz", 2), ("folder.npz", 2), ("empty.npz", 2), ("gzip.npz", 2),
+                         ("float64.npz.gz", 2), ("ünïcödé dätä.npz", 0), ("pairs.csv", 2),
+                         ("int_3e38.nc", 0)):
+        add(Case(cat, f"fit --data {name}", ["fit", "--data", f"{f}/{name}", "--out", out,
+                 *TINY], expect=expect))
+    for name, expect in (("constant_column.npz", 0), ("huge_column.npz", 0),
+                         ("two_pairs.npz", 0), ("int_3e38.nc", 2)):  # y at 3e38: far outside
+        add(Case(cat, f"evaluate --data {name}", ["evaluate", f"{r}/own_data", "--data",
+                 f"{f}/{name}", "--num-samples", "10", "--out", out], expect=expect))
+    for name, expect in (("obs_one.npy", 0), ("obs_float16.npy", 0), ("obs_int.npy", 0),
+                         ("obs_fortran.npy", 0), ("obs_nan.npy", 2), ("obs_object.npy", 2),
+                         ("obs_wrong_shape.npy", 2), ("obs_upper.npz", 2),
+                         ("float64.npz", 0), ("folder.npz", 2), ("constant_3e38.npz", 2)):
+        add(Case(cat, f"sample --observation {name}", ["sample", f"{r}/own_data",
+                 "--observation", f"{f}/{name}", "--num-samples", "10", "--out", f"{out}.nc"],
+                 expect=expect))
+    return c
+
+
 def run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
     with case.around() if case.around is not None else contextlib.nullcontext():
         return _run_case(case, root, verbose)
@@ -916,8 +1246,8 @@ def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
             warnings.simplefilter("always")  # each case sees every warning it triggers
             try:
                 code = main(case.argv)
-            except SystemExit as exc:  # argparse
-                code = int(exc.code or 0)
+            except SystemExit as exc:  # argparse, or a user's sys.exit that got through
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             except Hung:
                 code = -3
                 print(f"HUNG: no answer within {CASE_TIMEOUT} s", file=sys.stderr)
@@ -988,10 +1318,12 @@ def main_cli() -> int:
         build_workspace(root)
         build_new_feature_workspace(root)
         build_audit_workspace(root)
+        build_user_workspace(root)
         os.symlink(root, root / "link_to_root")
         table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         failures = []
-        for case in cases(root) + new_feature_cases(root) + audit_cases(root):
+        for case in (cases(root) + new_feature_cases(root) + audit_cases(root)
+                     + user_cases(root)):
             if args.only and not any(w in case.category for w in args.only.split(",")):
                 continue
             ok, why = run_case(case, root, args.verbose)

@@ -33,7 +33,12 @@ import torch
 from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, as_problem
+from ppl_cvae.problems.base import (
+    Problem,
+    as_problem,
+    checked_log_likelihood,
+    checked_log_prior,
+)
 
 __all__ = ["KHAT_THRESHOLD", "ImportanceResult", "importance_sample", "systematic_resample"]
 
@@ -135,7 +140,12 @@ def systematic_resample(
         raise ConfigError(f"num_draws must be >= 1, got {num_draws}")
     lw = log_weight.double()
     if not bool(torch.isfinite(lw).any()):
-        raise ConfigError("every importance weight is zero or not finite: nothing to resample")
+        raise ConfigError(
+            "every importance weight is zero or not finite: nothing to resample (the log "
+            "weights log p(x) + log p(y | x) - log q(x | y) are -inf, NaN or +inf at every "
+            "proposal: the prior or the likelihood is zero, or not defined, wherever the "
+            "amortized posterior puts its draws)"
+        )
     w = torch.softmax(torch.nan_to_num(lw, nan=-math.inf), dim=0)
     cdf = torch.cumsum(w, 0)
     cdf[-1] = 1.0
@@ -288,5 +298,22 @@ def _weigh(
         loc, scale = cvae.recognition_params(flat_y, x.reshape(num * num_obs, *cfg.x_shape))
         log_r = dist.Normal(loc, scale).to_event(1).log_prob(z.reshape(num * num_obs, -1))
         log_q = log_q - log_r.reshape(num, num_obs)
-    log_p = problem.log_prior(x).double() + problem.log_likelihood(x, y).double()
+    log_p = _finite_or_minus_inf(problem, "log_prior", checked_log_prior(problem, x))
+    log_p = log_p + _finite_or_minus_inf(
+        problem, "log_likelihood", checked_log_likelihood(problem, x, y)
+    )
     return x, z, log_p - log_q.double()
+
+
+def _finite_or_minus_inf(problem: Problem, member: str, value: torch.Tensor) -> torch.Tensor:
+    """``value`` as float64, refused when it holds NaN or ``+inf`` (``-inf`` is a zero density)."""
+    value = value.double()
+    bad = torch.isnan(value) | (value == math.inf)
+    if bool(bad.any()):
+        first = float(value[bad].flatten()[0])
+        raise ConfigError(
+            f"problem {problem.name!r} {member} is {first} at {int(bad.sum())} of "
+            f"{value.numel()} importance proposals; a log density must be finite, or -inf "
+            f"where the density is zero: check the problem's {member}"
+        )
+    return value

@@ -54,7 +54,7 @@ from pyro.infer import NUTS
 from inference.mcmc import rhat_threshold, run_whitened_chain
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, as_problem
+from ppl_cvae.problems.base import Problem, as_problem, checked_log_likelihood
 
 if TYPE_CHECKING:
     from inference.arviz_io import az
@@ -356,7 +356,7 @@ def latent_nuts_sample(
     def latent_potential(z: torch.Tensor) -> torch.Tensor:
         """``|z|^2 / 2 - log p(y | g(z))`` for ``z`` of shape ``(*batch, k)``."""
         x = decode_latent(prior_vae, z).double()
-        return 0.5 * z.pow(2).sum(-1) - problem.log_likelihood(x, y64)
+        return 0.5 * z.pow(2).sum(-1) - checked_log_likelihood(problem, x, y64)
 
     def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
         count[0] += 1

@@ -118,8 +118,13 @@ from pyro.infer import MCMC, NUTS
 from pyro.poutine.messenger import Messenger
 
 from inference.covariance import ledoit_wolf
-from ppl_cvae.errors import ConfigError, DataError, exception_summary
-from ppl_cvae.problems.base import Problem, as_problem
+from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
+from ppl_cvae.problems.base import (
+    Problem,
+    as_problem,
+    checked_log_likelihood,
+    checked_log_prior,
+)
 
 __all__ = [
     "MCMCResult",
@@ -611,7 +616,8 @@ def _log_prior_theta(problem: Problem, theta: torch.Tensor) -> torch.Tensor:
     par = problem.parameterisation()
     if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
         return par.log_prior(theta.float()).double()
-    return problem.log_prior(theta.reshape(*theta.shape[:-1], *problem.x_shape)).double()
+    x = theta.reshape(*theta.shape[:-1], *problem.x_shape)
+    return checked_log_prior(problem, x).double()
 
 
 def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -624,7 +630,7 @@ def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor],
             x = par.to_x(theta.float())
         else:
             x = theta.reshape(*theta.shape[:-1], *x_shape)
-        return _log_prior_theta(problem, theta) + problem.log_likelihood(x, y64)
+        return _log_prior_theta(problem, theta) + checked_log_likelihood(problem, x, y64)
 
     return log_target
 
@@ -820,8 +826,9 @@ def _log_target_v(
 
     def log_likelihood(theta: torch.Tensor) -> torch.Tensor:
         if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
-            return problem.log_likelihood(par.to_x(theta.float()), job.y)
-        return problem.log_likelihood(theta.reshape(*theta.shape[:-1], *x_shape), job.y)
+            return checked_log_likelihood(problem, par.to_x(theta.float()), job.y)
+        x = theta.reshape(*theta.shape[:-1], *x_shape)
+        return checked_log_likelihood(problem, x, job.y)
 
     def log_target_gaussian(v: torch.Tensor) -> torch.Tensor:
         vd = v.to(dtype)
@@ -919,9 +926,10 @@ def _fused_energy(
         theta = (mu + products.tril_mv(vd)).requires_grad_(True)
         with torch.enable_grad():
             if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
-                value = problem.log_likelihood(par.to_x(theta.float()), y)
+                value = checked_log_likelihood(problem, par.to_x(theta.float()), y)
             else:
-                value = problem.log_likelihood(theta.reshape(*theta.shape[:-1], *x_shape), y)
+                x = theta.reshape(*theta.shape[:-1], *x_shape)
+                value = checked_log_likelihood(problem, x, y)
         grad_likelihood = products.tril_mv(_grad_or_zero(value, theta), transpose=True)
         if lin is None:  # precondition="prior": w = v; autograd's order of the three terms
             quad = 0.5 * (vd * vd).sum()
@@ -1274,14 +1282,30 @@ def nuts_sample(
     log_target = _log_target(problem, y64)
     with torch.no_grad():  # fails here, in this process, for a problem without a density
         rows = init[: max(num_chains, 1)]
-        values = log_target((par.from_x(rows) if par is not None else rows.flatten(1)).double())
-    bad = ~torch.isfinite(torch.as_tensor(values))
+        theta0 = (par.from_x(rows) if par is not None else rows.flatten(1)).double()
+        try:
+            values = log_target(theta0)
+        except PplCvaeError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a user's problem may raise anything
+            raise ConfigError(
+                f"problem {problem.name!r} raised {exception_summary(err)} when NUTS evaluated "
+                "log_prior + log_likelihood at the chains' starts (amortized draws)"
+            ) from err
+    bad = ~torch.isfinite(values)
     if bool(bad.any()):
+        with torch.no_grad():  # name the term that is not finite
+            x0 = par.to_x(theta0.float()) if par is not None else rows.double()
+            terms = {
+                "log_prior": _log_prior_theta(problem, theta0),
+                "log_likelihood": checked_log_likelihood(problem, x0, y64).double(),
+            }
+        culprit = [k for k, v in terms.items() if not bool(torch.isfinite(v[bad]).all())]
         raise DataError(
             f"the log posterior density of problem {problem.name!r} (log_prior + "
-            f"log_likelihood) is {float(torch.as_tensor(values)[bad].flatten()[0])} at "
+            f"log_likelihood) is {float(values[bad].flatten()[0])} at "
             f"{int(bad.sum())} of {bad.numel()} chain starts (amortized draws); NUTS needs a "
-            "finite density there: check the problem's log_prior and log_likelihood"
+            f"finite density there: check the problem's {' and '.join(culprit or list(terms))}"
         )
     if num_samples < MIN_DRAWS_PER_CHAIN:
         raise ConfigError(

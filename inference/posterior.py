@@ -20,7 +20,7 @@ from pyro.infer import Predictive
 from inference.importance import ImportanceResult, importance_sample
 from ppl_cvae._memory import check_memory
 from ppl_cvae.device import module_device
-from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError, no_exit
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem, derived_quantities
 
@@ -118,6 +118,39 @@ def bytes_per_draw(
     return per * (4 * oversample if oversample > 1 else 1)
 
 
+
+def _out_of_range(cvae: CVAE, y: torch.Tensor, bad: torch.Tensor | None) -> DataError | None:
+    """Return the error for observations so far from the training ``y`` that the nets overflow.
+
+    ``bad`` (shape ``(M,)``) marks the observations whose draws are not finite (None: not
+    known, the networks raised). Returns None when no observation is more than
+    :data:`FAR_FROM_TRAINING` training standard deviations from the training mean (the
+    failure then has another cause).
+    """
+    standardiser = cvae.y_standardiser
+    if standardiser is None:
+        return None
+    with torch.no_grad():
+        u = standardiser(y.to(standardiser.mean.device, torch.float64)).flatten(1)
+        u = u.abs().amax(1).cpu()  # (M,), training standard deviations, float64
+    far = ~(u <= FAR_FROM_TRAINING)
+    if bad is not None:
+        far &= bad
+    if not bool(far.any()):
+        return None
+    first = int(far.nonzero()[0, 0])
+    return DataError(
+        f"observation {first} (and {int(far.sum()) - 1} more) lies {float(u[first]):.3g} "
+        "training standard deviations from the mean of the y the model was trained on; the "
+        "networks overflow float32 there: check its units and scale against the training data"
+    )
+
+
+FAR_FROM_TRAINING = 1e6
+"""Training standard deviations beyond which an observation is named as the reason when the
+networks give non-finite draws (a plausible observation lies within a few)."""
+
+
 @torch.no_grad()
 def draw_posterior(
     cvae: CVAE,
@@ -165,7 +198,9 @@ def draw_posterior(
     ShapeError
         If ``y`` has the wrong shape.
     DataError
-        If ``y`` holds NaN or inf.
+        If ``y`` holds NaN or inf, or the draws are not finite (named as an observation far
+        outside the training data, more than :data:`FAR_FROM_TRAINING` training standard
+        deviations away, where that is the reason).
     ResourceError
         If the draws cannot fit in memory (:func:`bytes_per_draw`).
     """
@@ -191,15 +226,30 @@ def draw_posterior(
     predictive = Predictive(
         cvae.model, num_samples=num_samples, parallel=True, return_sites=("z", "x", "x_mean")
     )
-    with pyro.validation_enabled(False):
-        out = predictive(y_batch.to(module_device(cvae)))
+    try:
+        with pyro.validation_enabled(False):
+            out = predictive(y_batch.to(module_device(cvae)))
+    except (RuntimeError, ValueError) as err:  # torch.normal on a NaN scale, and the like
+        cvae.train(was_training)
+        far = _out_of_range(cvae, y_batch, None)
+        if far is None:
+            raise
+        raise far from err
     cvae.train(was_training)
+    for site in ("z", "x" if decoder_noise else "x_mean"):
+        if not bool(torch.isfinite(out[site]).all()):
+            bad = ~torch.isfinite(out[site]).flatten(2).all(-1).all(0)  # (M,)
+            raise _out_of_range(cvae, y_batch, bad) or DataError(
+                f"the posterior draws of {site} are not finite for {int(bad.sum())} of "
+                f"{len(bad)} observations; the trained networks give NaN or inf there"
+            )
     out = {name: value.cpu() for name, value in out.items()}  # draws leave the device here
     x = out["x"] if decoder_noise else out["x_mean"]
     y_rep = y_model = None
     if problem is not None:
         problem = as_problem(problem)
-        y_rep = y_model = problem.forward(x)
+        with no_exit(f"problem {problem.name!r} forward"):
+            y_rep = y_model = problem.forward(x)
         if not problem.noise.is_zero:
             y_rep = y_model + problem.noise.sample(tuple(x.shape[:2])).to(y_model)
     return PosteriorDraws(

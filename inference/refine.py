@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from inference.posterior import PosteriorDraws, draw_posterior
-from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.errors import ConfigError, ShapeError, no_exit
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem, as_problem, whiten
 
@@ -132,13 +132,13 @@ def refine_by_misfit(
     misfit = problem.misfit_noise  # its Cholesky factor is computed once, not every step
     theta = start.detach().requires_grad_(True)
     optim = torch.optim.Adam([theta], lr=learning_rate)
-    with torch.enable_grad():
+    with torch.enable_grad(), no_exit(f"problem {problem.name!r} forward"):
         for _ in range(num_steps):
             optim.zero_grad()
             resid = misfit.whiten(problem.forward(to_x(theta)) - y)
             (0.5 * resid.pow(2).sum()).backward()
             optim.step()
-    with torch.no_grad():
+    with torch.no_grad(), no_exit(f"problem {problem.name!r} forward"):
         x = to_x(theta)
         return PosteriorDraws(
             x=x, z=draws.z, y_rep=problem.forward(x), decoder_noise=draws.decoder_noise
@@ -164,7 +164,8 @@ def misfit_rms(x: torch.Tensor, y: torch.Tensor, problem: Problem) -> torch.Tens
         ``sqrt(mean_i ((F(x)_i - y_i) / sigma)^2)``; about 1 for a model that fits within the
         noise, 0 for an exact solution of a noise-free problem.
     """
-    resid = whiten(problem, problem.forward(x) - y)
+    with no_exit(f"problem {problem.name!r} forward"):
+        resid = whiten(problem, problem.forward(x) - y)
     return resid.pow(2).flatten(start_dim=2).mean(-1).sqrt()
 
 

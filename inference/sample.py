@@ -28,12 +28,13 @@ from inference.refine import RefineConfig, refine_and_accept
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
-from ppl_cvae.errors import ConfigError, NoPriorDensityError, OutputError, ShapeError
+from ppl_cvae.errors import ConfigError, NoPriorDensityError, OutputError, ShapeError, no_exit
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import (
     NUTS_PRECONDITIONERS,
     Problem,
     as_problem,
+    checked_log_prior,
     coord_attrs_of,
     data_units,
     derived_quantities,
@@ -235,7 +236,8 @@ def inference_data_from_draws(
         if problem is not None:
             noise = problem.noise
             if y_model is None:
-                y_model = problem.forward(x)
+                with no_exit(f"problem {problem.name!r} forward"):
+                    y_model = problem.forward(x)
             if y_rep is None:
                 y_rep = y_model + noise.sample((num_samples, num_obs), generator).to(y_model)
             resid = y_model.to(torch.float64) - y.to(torch.float64)  # (S, M, *y_shape)
@@ -264,7 +266,7 @@ def inference_data_from_draws(
                     )
                 if problem.has_prior_density:
                     try:
-                        log_prior = problem.log_prior(x).to(torch.float64)  # (S, M), nats
+                        log_prior = checked_log_prior(problem, x).to(torch.float64)  # (S, M), nats
                         stats["lp"] = log_prior + noise.log_prob(resid)
                         stat_attrs["lp"] = {
                             "long_name": "log p(x) + log N(y; F(x), C_e), unnormalised log "

@@ -7,6 +7,9 @@ know this package. The CLI catches :class:`PplCvaeError` and prints its message 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "PplCvaeError",
     "ConfigError",
@@ -20,6 +23,7 @@ __all__ = [
     "NoPriorDensityError",
     "NoLikelihoodError",
     "exception_summary",
+    "no_exit",
 ]
 
 
@@ -89,3 +93,40 @@ def exception_summary(err: BaseException) -> str:
     """
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+@contextlib.contextmanager
+def no_exit(what: str) -> Iterator[None]:
+    """Turn ``sys.exit`` called by a user's code inside the block into a :class:`ConfigError`.
+
+    A problem's factory, simulator or density that calls ``sys.exit`` (or raises
+    ``SystemExit``) would otherwise end the process with its status and no message, or with
+    status 0 as if the command had succeeded, and leave the reason unsaid.
+
+    Parameters
+    ----------
+    what : str
+        The call, for the message, e.g. ``"problem 'mine' simulate(64, generator)"``.
+
+    Raises
+    ------
+    ConfigError
+        If the block raises ``SystemExit``; the message names ``what`` and the exit code.
+
+    Examples
+    --------
+    >>> import sys
+    >>> try:
+    ...     with no_exit("demo simulate(2, generator)"):
+    ...         sys.exit(3)
+    ... except ConfigError as err:
+    ...     print(str(err).split(";")[0])
+    demo simulate(2, generator) called sys.exit(3)
+    """
+    try:
+        yield
+    except SystemExit as err:
+        raise ConfigError(
+            f"{what} called sys.exit({err.code!r}); problem code must raise an exception, not "
+            "end the process"
+        ) from err

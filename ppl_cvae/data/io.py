@@ -218,9 +218,29 @@ def _read_npz(
     except _NPY_ERRORS as err:
         raise DataError(
             f"cannot read {where}{str(path)!r} as .npz (a zip archive of .npy arrays, as "
-            f"written by numpy.savez): {type(err).__name__}: {err}"
+            f"written by numpy.savez): {type(err).__name__}: {err}{_compressed_hint(path)}"
         ) from err
     return arrays
+
+
+_WRAPPERS = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd"}
+_WRAPPER_SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+
+
+def _compressed_hint(path: Path) -> str:
+    """``"; the file is gzip-compressed: ..."`` when ``path`` starts with a compressor's magic."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return ""
+    for magic, name in _WRAPPERS.items():
+        if head.startswith(magic):
+            return (
+                f"; the file is {name}-compressed as a whole: decompress it first "
+                "(numpy.savez_compressed compresses inside the archive and is read as it is)"
+            )
+    return ""
 
 
 def _read_npy(path: Path, name: str) -> np.ndarray:
@@ -558,8 +578,14 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
     elif suffix == ".pt":
         arrays = _read_pt(path)
     else:
+        hint = ""
+        if suffix in _WRAPPER_SUFFIXES:
+            hint = (
+                f"; it is {_WRAPPER_SUFFIXES[suffix]}-compressed: decompress it to "
+                f"{path.stem!r} first"
+            )
         raise DataError(
-            f"unknown data format {suffix!r} of {str(path)!r}; expected {PAIR_SUFFIXES}"
+            f"unknown data format {suffix!r} of {str(path)!r}; expected {PAIR_SUFFIXES}{hint}"
         )
     x = _to_float32("x", arrays["x"], path)
     y = _to_float32("y", arrays["y"], path)
@@ -600,7 +626,9 @@ def save_pairs(
     Raises
     ------
     DataError
-        If the suffix is not ``.npz`` or the file exists and ``overwrite`` is false.
+        If the suffix is not ``.npz``, the file exists and ``overwrite`` is false, or ``x`` or
+        ``y`` is not a real torch tensor with a sample axis and finite values (a file that
+        :func:`load_pairs` would refuse is not written).
     ShapeError
         If ``x`` and ``y`` differ in their leading size.
     """
@@ -609,6 +637,19 @@ def save_pairs(
         raise DataError(f"output {str(path)!r} must end in .npz")
     if path.exists() and not overwrite:
         raise DataError(f"{str(path)!r} exists; choose another name or pass overwrite")
+    for name, value in (("x", x), ("y", y)):
+        if not isinstance(value, torch.Tensor):
+            raise DataError(
+                f"{name} to save is a {type(value).__module__}.{type(value).__name__}; "
+                "expected a torch.Tensor (a simulator must return torch tensors: wrap its "
+                "arrays in torch.as_tensor)"
+            )
+        if value.dim() < 1 or value.is_complex() or not bool(torch.isfinite(value).all()):
+            raise DataError(
+                f"{name} to save (shape {tuple(value.shape)}, dtype {value.dtype}) must be a "
+                "real tensor with a leading sample axis and no NaN or inf; such a file could "
+                "not be read back (see load_pairs)"
+            )
     if x.shape[0] != y.shape[0]:
         raise ShapeError(f"x {tuple(x.shape)} and y {tuple(y.shape)} differ in leading size")
     with atomic_path(path) as tmp:

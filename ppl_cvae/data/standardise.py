@@ -13,9 +13,12 @@ __all__ = ["LinearWhitener", "Standardiser"]
 class Standardiser(nn.Module):
     """Affine map ``u = (v - mean) / std`` per element of an event of shape ``event_shape``.
 
-    ``mean`` and ``std`` are buffers (saved in the checkpoint's state dict). Elements whose
-    training standard deviation is below ``1e-8`` times the largest one keep ``std = 1``, so
-    constant features pass through shifted but unscaled.
+    ``mean`` and ``std`` are buffers (saved in the checkpoint's state dict), computed in
+    float64 (a column of values near the float32 limit, 3.4e38, would overflow a float32 sum).
+    Elements whose training standard deviation is below ``1e-8`` times the largest one keep
+    ``std = 1``, so constant features pass through shifted but unscaled, never divided by zero
+    (a column of huge values, 1e30, makes the others keep ``std = 1`` too; the
+    :class:`LinearWhitener` that follows rescales them).
 
     Parameters
     ----------
@@ -46,7 +49,15 @@ class Standardiser(nn.Module):
             raise ShapeError(
                 f"standardiser expects (num >= 2, *{self.event_shape}), got {tuple(data.shape)}"
             )
-        return self.set_moments(data.mean(0), data.std(0))
+        n, chunk = data.shape[0], 4096  # float64 in chunks: no float64 copy of all the data
+        total = torch.zeros(self.event_shape, dtype=torch.float64)
+        for start in range(0, n, chunk):
+            total += data[start : start + chunk].double().sum(0)
+        mean = total / n
+        squares = torch.zeros_like(mean)
+        for start in range(0, n, chunk):
+            squares += (data[start : start + chunk].double() - mean).pow(2).sum(0)
+        return self.set_moments(mean, (squares / (n - 1)).sqrt())
 
     @torch.no_grad()
     def set_moments(self, mean: torch.Tensor, std: torch.Tensor) -> Standardiser:
@@ -66,9 +77,10 @@ class Standardiser(nn.Module):
                 f"standardiser moments must have shape {self.event_shape}, got mean "
                 f"{tuple(mean.shape)} and std {tuple(std.shape)}"
             )
-        tiny = std < 1e-8 * std.max().clamp_min(1e-30)
-        self.mean.copy_(mean)
-        self.std.copy_(torch.where(tiny, torch.ones_like(std), std))
+        mean64, std64 = mean.double(), std.double()
+        tiny = ~(std64 >= 1e-8 * std64.max().clamp_min(1e-30))  # a NaN std counts as tiny
+        self.mean.copy_(mean64)
+        self.std.copy_(torch.where(tiny, torch.ones_like(std64), std64))
         return self
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:

@@ -276,6 +276,7 @@ class _SafeInverse(Transform):
         self.domain = inner.domain
         self.codomain = inner.codomain
         self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.guarded = False  # whether the last inverse needed the bisection
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(y, log|dy/dx|)`` of the guarded forward map."""
@@ -302,7 +303,8 @@ class _SafeInverse(Transform):
         except AssertionError:  # Pyro's check of the quadratic's discriminant (see above)
             x, log_det = y, torch.zeros_like(y)
             bad = torch.ones_like(y, dtype=torch.bool)
-        if bool(bad.any()):
+        self.guarded = bool(bad.any())
+        if self.guarded:
             root = self._bisect(y)
             _, log_det_root = self._forward(root)
             x, log_det = torch.where(bad, root, x), torch.where(bad, log_det_root, log_det)
@@ -318,6 +320,78 @@ class _SafeInverse(Transform):
             below = self._forward(mid)[0] < y
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         return torch.where(y.abs() <= self.bound, (lo + hi) / 2, y)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._last is None or self._last[0] is not x or self._last[1] is not y:
+            self._call(x)  # not the pair of the last call: evaluate afresh
+        assert self._last is not None
+        return self._last[2]
+
+
+class _SafeAutoregressive(Transform):
+    """Pyro's spline autoregressive transform (Durkan et al. 2019) with guarded splines.
+
+    ``inner`` is a conditioned ``SplineAutoregressive``: ``y_i = f_i(x_i; x_<i)``, the spline
+    parameters of coordinate ``i`` given by its autoregressive network from the coordinates
+    before it. Its inverse takes ``dim`` passes, ``x <- f^{-1}(y; params(x))`` starting from
+    zeros (exact for one more coordinate in each pass), and each pass inverts Pyro's
+    elementwise spline, which fails where the network's outputs saturate (the assertion and
+    NaN described in :class:`_SafeInverse`). Here every pass, and the forward map, evaluates
+    the elementwise spline through :class:`_SafeInverse` instead, with the parameters read
+    from ``inner.spline.nn`` as Pyro reads them. Where a pass needed the guard, passes go on
+    (at most ``2 dim`` in all) until ``x`` is a fixed point ``x = f^{-1}(y; params(x))``, so
+    the returned ``x`` maps back to ``y`` with the parameters of ``x`` itself.
+    Shapes ``(..., dim) -> (..., dim)``;
+    ``log_abs_det_jacobian`` sums over the last axis, shape ``(...,)``.
+    """
+
+    bijective = True
+
+    def __init__(self, inner: T.SplineAutoregressive, bound: float) -> None:
+        super().__init__(cache_size=1)
+        self.inner = inner
+        self.bound = bound
+        self.domain = inner.domain
+        self.codomain = inner.codomain
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _spline(self, x: torch.Tensor) -> _SafeInverse:
+        """Return the guarded elementwise spline with the parameters the network gives ``x``."""
+        spline = cast(T.ConditionalSpline, self.inner.spline)
+        n, bins = spline.input_dim, spline.count_bins
+        widths, heights, derivatives = spline.nn(x)  # (..., K, n), (..., K, n), (..., K-1, n)
+        params = (
+            _softmax(widths.transpose(-1, -2)),
+            _softmax(heights.transpose(-1, -2)),
+            F.softplus(derivatives.transpose(-1, -2)),
+            None,
+        )
+        if params[0].shape[-2:] != (n, bins):
+            raise RuntimeError(f"unexpected spline parameter shape {tuple(widths.shape)}")
+        return _SafeInverse(ConditionedSpline(params, bound=spline.bound, order=spline.order),
+                            self.bound)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        spline = self._spline(x)
+        y = spline(x)
+        self._last = (x, y, spline.log_abs_det_jacobian(x, y).sum(-1))
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        dim = y.size(-1)
+        x = torch.zeros_like(y)
+        guarded = False
+        for step in range(2 * dim):
+            spline = self._spline(x)
+            previous, x = x, spline.inv(y)
+            guarded |= spline.guarded
+            # dim passes are exact; after a guarded pass (bisection for the whole batch, Pyro's
+            # root in the next) the early coordinates may move by rounding, which saturated
+            # networks amplify in the later ones: go on to a fixed point, x = f^-1(y; x)
+            if step + 1 >= dim and (not guarded or torch.equal(x, previous)):
+                break
+        self._last = (x, y, spline.log_abs_det_jacobian(x, y).sum(-1))
+        return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self._last is None or self._last[0] is not x or self._last[1] is not y:
@@ -601,6 +675,9 @@ class ConditionalFlow(nn.Module):
                 out.append(T.Permute(self.reverse))
             if isinstance(layer, T.ConditionalSpline):  # an elementwise layer (dim=1)
                 conditioned: Transform = _condition_spline(layer, context)
+            elif isinstance(layer, _Inverted) and self.dim > 1:  # autoregressive, guarded
+                inner = cast(T.SplineAutoregressive, layer.inner.condition(context))
+                conditioned = _SafeAutoregressive(inner, FLOW_BOUND).inv
             else:
                 conditioned = cast(ConditionalTransformModule, layer).condition(context)
             if self.dim == 1:  # an elementwise spline of either type

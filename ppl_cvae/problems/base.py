@@ -45,6 +45,7 @@ from ppl_cvae.errors import (
     PplCvaeError,
     ShapeError,
     UnknownProblemError,
+    no_exit,
 )
 from ppl_cvae.problems.noise import GaussianNoise
 from ppl_cvae.problems.parameterisation import Parameterisation
@@ -56,6 +57,8 @@ __all__ = [
     "REGISTRY",
     "as_problem",
     "check_problem",
+    "checked_log_likelihood",
+    "checked_log_prior",
     "linear_gaussian_parts",
     "make_problem",
     "noise_covariance",
@@ -806,7 +809,8 @@ def make_problem(name: str, **kwargs: Any) -> Problem:
         factory = _registered(name)
         source = f"problem {name!r}"
     try:
-        problem = factory(**kwargs)
+        with no_exit(source):
+            problem = factory(**kwargs)
     except (PplCvaeError, MemoryError):
         raise
     except TypeError as err:
@@ -1073,7 +1077,10 @@ def resolve_problem_factory(reference: str, *, untrusted: bool = False) -> Calla
                 f"{top!r}, which holds no problem factories; refused"
             )
     try:
-        module = sys.modules.get(module_name) or importlib.import_module(module_name)
+        with no_exit(f"importing module {module_name!r} of problem reference {reference!r}"):
+            module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    except PplCvaeError:
+        raise
     except Exception as err:  # an import runs arbitrary module code: report any failure
         raise ConfigError(
             f"cannot import module {module_name!r} of problem reference {reference!r}: "
@@ -1177,7 +1184,10 @@ def rebuild_problem(name: str, kwargs: Mapping[str, Any]) -> Problem:
     factory = resolve_problem_factory(name, untrusted=True)
     source = f"problem factory {name!r}"
     try:
-        problem = factory(**kwargs)
+        with no_exit(source):
+            problem = factory(**kwargs)
+    except PplCvaeError:
+        raise
     except Exception as err:  # user code may raise anything; loading must not crash on it
         raise ConfigError(
             f"{source} failed on the arguments {sorted(kwargs)}: {type(err).__name__}: {err}"
@@ -1434,3 +1444,120 @@ def whiten(problem: Problem, residual: torch.Tensor) -> torch.Tensor:
         If ``residual`` does not end in ``y_shape``.
     """
     return as_problem(problem).misfit_noise.whiten(residual)
+
+
+def _event_batch(value: torch.Tensor, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+    k = len(shape)
+    if value.dim() < k or tuple(value.shape[value.dim() - k :]) != tuple(shape):
+        raise ShapeError(
+            f"{name} must have shape (*batch, {', '.join(map(str, shape))}), got "
+            f"{tuple(value.shape)}"
+        )
+    return tuple(value.shape[: value.dim() - k])
+
+
+def _checked_density(
+    problem: Problem, member: str, value: object, expected: tuple[int, ...]
+) -> torch.Tensor:
+    what = f"problem {problem.name!r} {member}"
+    if not isinstance(value, torch.Tensor):
+        raise ConfigError(
+            f"{what} returned a {type(value).__module__}.{type(value).__name__}; expected a "
+            f"torch.Tensor of shape {expected}: one log density (nats) per model of the batch"
+        )
+    if tuple(value.shape) != expected:
+        raise ConfigError(
+            f"{what} returned shape {tuple(value.shape)}; expected {expected}: one log "
+            "density (nats) per model of the batch, summed over the event axes only (a "
+            "value that broadcasts would give every model the same weight)"
+        )
+    if value.is_complex() or not value.is_floating_point():
+        raise ConfigError(f"{what} returned dtype {value.dtype}; expected a real float dtype")
+    return value
+
+
+def checked_log_prior(problem: Problem, x: torch.Tensor) -> torch.Tensor:
+    """Return ``problem.log_prior(x)`` after checking what the problem returned.
+
+    A user's :meth:`Problem.log_prior` may return a Python float (the batch summed), a tensor
+    of shape ``(1,)`` or ``(*batch, 1)`` that broadcasts silently against the other terms
+    (every draw then gets the same prior weight), or call ``sys.exit``; each is one error here.
+
+    Parameters
+    ----------
+    problem : Problem
+    x : Tensor, shape (*batch, *x_shape)
+        Models, in the units of ``x``.
+
+    Returns
+    -------
+    Tensor, shape (*batch,)
+        ``log p(x)`` in nats, the dtype the problem returned.
+
+    Raises
+    ------
+    ShapeError
+        If ``x`` does not end in ``x_shape``.
+    ConfigError
+        If the problem returns anything but a real floating tensor of shape ``batch``, or
+        calls ``sys.exit``.
+    NoPriorDensityError
+        From the problem, if its prior has no density.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> tuple(checked_log_prior(LinearGaussian(), torch.zeros(5, 3, 2)).shape)
+    (5, 3)
+    """
+    batch = _event_batch(x, tuple(problem.x_shape), "x")
+    with no_exit(f"problem {problem.name!r} log_prior"):
+        value = problem.log_prior(x)
+    return _checked_density(problem, "log_prior", value, batch)
+
+
+def checked_log_likelihood(problem: Problem, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Return ``problem.log_likelihood(x, y)`` after checking what the problem returned.
+
+    The same checks as :func:`checked_log_prior`, against the broadcast batch shape.
+
+    Parameters
+    ----------
+    problem : Problem
+    x : Tensor, shape (*batch_x, *x_shape)
+    y : Tensor, shape (*batch_y, *y_shape)
+        ``batch_x`` and ``batch_y`` broadcast.
+
+    Returns
+    -------
+    Tensor, shape (*batch,)
+        ``log p(y | x)`` in nats, ``batch`` the broadcast of ``batch_x`` and ``batch_y``.
+
+    Raises
+    ------
+    ShapeError
+        If ``x`` or ``y`` does not end in its event shape or the batches do not broadcast.
+    ConfigError
+        If the problem returns anything but a real floating tensor of shape ``batch``, or
+        calls ``sys.exit``.
+    NoLikelihoodError
+        From the problem, if it is noise-free.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> p = LinearGaussian()
+    >>> tuple(checked_log_likelihood(p, torch.zeros(5, 3, 2), torch.zeros(3, 2)).shape)
+    (5, 3)
+    """
+    batch_x = _event_batch(x, tuple(problem.x_shape), "x")
+    batch_y = _event_batch(y, tuple(problem.y_shape), "y")
+    try:
+        batch = tuple(torch.broadcast_shapes(batch_x, batch_y))
+    except RuntimeError as err:
+        raise ShapeError(
+            f"the batch shapes of x {batch_x} and y {batch_y} do not broadcast"
+        ) from err
+    with no_exit(f"problem {problem.name!r} log_likelihood"):
+        value = problem.log_likelihood(x, y)
+    return _checked_density(problem, "log_likelihood", value, batch)
