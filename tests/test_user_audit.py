@@ -180,3 +180,44 @@ def test_a_gzip_compressed_npz_is_named(tmp_path):
         load_pairs(tmp_path / "gz.npz")
     with pytest.raises(DataError, match="gzip-compressed: decompress it to 'pairs.npz' first"):
         load_pairs(tmp_path / "pairs.npz.gz")
+
+
+EXITING_MODULE = '''
+import sys
+import torch
+from ppl_cvae.problems import LinearGaussian
+
+
+class Exiting(LinearGaussian):
+    def simulate(self, num, generator=None):
+        sys.exit(0)
+
+
+def make():
+    return Exiting()
+'''
+
+
+def test_the_cli_turns_sys_exit_in_problem_code_into_an_error(tmp_path, monkeypatch, capsys):
+    """``simulate`` checks the simulator as ``fit`` does; ``sys.exit`` anywhere else in problem
+    code (a command that calls it) is exit status 2 with one line, while argparse's exits
+    pass."""
+    import ppl_cvae.cli.simulate as simulate_module
+    from ppl_cvae.cli import main
+
+    (tmp_path / "exiting_problem.py").write_text(EXITING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "pairs.npz"
+    status = main(["simulate", "--problem", "exiting_problem:make", "--num", "3",
+                   "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and not out.exists()
+    assert "simulate(3, generator) called sys.exit(0)" in err
+    with pytest.raises(SystemExit) as exc:  # argparse's own exit: unchanged
+        main(["simulate", "--num", "not-a-number"])
+    assert exc.value.code == 2
+    capsys.readouterr()
+    monkeypatch.setattr(simulate_module, "cmd_simulate", lambda args: sys.exit(5))
+    assert main(["simulate", "--problem", "linear_gaussian", "--num", "3",
+                 "--out", str(out)]) == 2
+    assert "ppl-cvae: error: problem code called sys.exit(5)" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 import torch
@@ -76,8 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ppl-cvae``; return the exit status.
 
     0 on success; 2 on a user error (one line ``ppl-cvae: error: ...`` on stderr, no
-    traceback), including a request that cannot fit in memory; 130 when interrupted by Ctrl-C
-    (nothing half-written is left: outputs are written atomically).
+    traceback), including a request that cannot fit in memory and problem code that calls
+    ``sys.exit``; 130 when interrupted by Ctrl-C (nothing half-written is left: outputs are
+    written atomically).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -117,3 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ppl-cvae: interrupted; no partial output was written", file=sys.stderr)
         return 130
+    except SystemExit as err:  # argparse's own exits pass; problem code must not end the run
+        frames = traceback.extract_tb(err.__traceback__)
+        if frames and frames[-1].filename.endswith("argparse.py"):
+            raise
+        print(f"ppl-cvae: error: problem code called sys.exit({err.code!r})", file=sys.stderr)
+        return 2

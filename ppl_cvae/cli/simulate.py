@@ -13,12 +13,17 @@ from ppl_cvae.cli.common import _check_new_file, _check_simulation_memory, _prob
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate (x, y) pairs from a problem's prior and forward operator."""
     from ppl_cvae.data.io import save_pairs
+    from ppl_cvae.problems.checked_simulator import CheckedSimulator
 
     out = Path(args.out)
     _check_new_file(out, args.overwrite, [], ".npz")
     problem, _ = _problem_from_args(args)
     _check_simulation_memory(problem, args.num, "--num")
-    x, y = problem.simulate(args.num, torch.Generator().manual_seed(args.seed))
+    # the checks of fit's simulator: shapes, finite float tensors, sys.exit in problem code
+    simulate = CheckedSimulator(
+        problem.simulate, problem.x_shape, problem.y_shape, f"problem {problem.name!r}"
+    )
+    x, y = simulate(args.num, torch.Generator().manual_seed(args.seed))
     save_pairs(out, x, y, overwrite=args.overwrite)
     print(f"wrote {args.num} pairs x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])} to {out}")
     return 0
