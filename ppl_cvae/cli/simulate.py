@@ -24,6 +24,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         problem.simulate, problem.x_shape, problem.y_shape, f"problem {problem.name!r}"
     )
     x, y = simulate(args.num, torch.Generator().manual_seed(args.seed))
+    assert y is not None  # a conditional problem: the checked simulator returns y
     save_pairs(out, x, y, overwrite=args.overwrite)
     print(f"wrote {args.num} pairs x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])} to {out}")
     return 0
