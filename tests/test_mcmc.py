@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -146,9 +147,17 @@ def test_untraceable_potential_falls_back_to_eager():
     assert abs(float(traced(init[1].double()) - potential(init[1].double()))) > 0.5
 
 
-def test_parallel_chains_are_reproducible_under_a_seed():
-    """Chains on 2 spawned worker processes are the chains run here, draw for draw (each chain
-    is seeded with ``seed + c`` wherever it runs); another seed gives other draws."""
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_parallel_chains_are_reproducible_under_a_seed(method, monkeypatch):
+    """Chains on 2 worker processes (forked or spawned) are the chains run here, draw for
+    draw (each chain is seeded with ``seed + c`` wherever it runs); another seed gives other
+    draws."""
+    import inference.mcmc as mcmc
+
+    mcmc._stop_tqdm_monitors()
+    if method == "fork" and mcmc._start_method() != "fork":
+        pytest.skip("fork is not this platform's start method for chain workers")
+    monkeypatch.setattr(mcmc, "_start_method", lambda: method)
     problem, y, _, init = _lg_init()
     settings = dict(num_samples=40, warmup_steps=30, num_chains=2, seed=3)
     here = nuts_sample(problem, y[0], init, **settings)
@@ -157,22 +166,36 @@ def test_parallel_chains_are_reproducible_under_a_seed():
     assert parallel.num_evaluations == here.num_evaluations
     for name, values in here.sample_stats.items():
         assert np.array_equal(parallel.sample_stats[name], values), name
+    assert mcmc._FORKED_JOBS == []  # the inherited jobs do not outlive the pool
+    if method == "spawn":
+        return
     other = nuts_sample(problem, y[0], init, **{**settings, "seed": 4})
     assert not torch.equal(other.x, here.x)
 
 
-def test_unpicklable_problem_runs_its_chains_here():
-    """A problem class local to a function cannot reach a worker: warn, run sequentially."""
+def test_unpicklable_problem_runs_its_chains_here_or_in_forks(monkeypatch):
+    """A problem class local to a function cannot be pickled: forked workers inherit it and
+    run its chains in parallel (the same draws as here); spawned ones cannot, so the chains
+    run here, with a warning."""
+    import inference.mcmc as mcmc
 
     class Local(LinearGaussian):
         pass
 
     problem = Local(x_dim=2, y_dim=2, noise_std=0.5)
     init = torch.zeros(2, 2)
+    settings = dict(num_samples=5, warmup_steps=5, num_chains=2, seed=1)
+    here = nuts_sample(problem, torch.zeros(2), init, **settings)
+    mcmc._stop_tqdm_monitors()
+    if mcmc._start_method() == "fork":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            forked = nuts_sample(problem, torch.zeros(2), init, num_cores=2, **settings)
+        assert torch.equal(forked.x, here.x)
+    monkeypatch.setattr(mcmc, "_start_method", lambda: "spawn")
     with pytest.warns(UserWarning, match="cannot be pickled"):
-        result = nuts_sample(problem, torch.zeros(2), init, num_samples=5, warmup_steps=5,
-                             num_chains=2, num_cores=2)
-    assert result.x.shape == (2, 5, 2)
+        result = nuts_sample(problem, torch.zeros(2), init, num_cores=2, **settings)
+    assert torch.equal(result.x, here.x)
 
 
 def test_nuts_draws_per_chain_meets_the_rhat_quantile():
