@@ -1,0 +1,77 @@
+"""Wall time of NUTS chains in worker processes: forked against spawned workers.
+
+:func:`inference.mcmc.nuts_sample` with ``num_cores=2`` runs its chains in worker processes,
+forked where that is safe (Linux, no CUDA, no other thread) and spawned elsewhere. A spawned
+worker imports torch, Pyro and this package before its first chain; a forked one inherits them.
+This script runs the same short chains (``--chains`` x (``--warmup`` + ``--draws``), seed 0,
+on observation 0 of the held-out set of ``benchmarks/posterior_correction.py``, started and
+preconditioned by exact posterior draws widened by 5%, as ``benchmarks/nuts_chain_cost.py``)
+with each start method in turn, ``--repeats`` interleaved rounds, and prints the medians of
+``MCMCResult.seconds`` (wall time from the preconditioner to the last chain's end) and their
+difference, which is the workers' start. The draws are checked to be the same for both.
+
+    python benchmarks/worker_start.py --threads 2
+
+Thread count and load average are printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import threading
+
+import torch
+
+import inference.mcmc as mcmc
+from inference.exact import exact_posterior
+from ppl_cvae.problems import make_problem
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    problem = make_problem(args.problem)
+    _, y = problem.simulate(1, torch.Generator().manual_seed(10_000))
+    exact = exact_posterior(problem, y)
+    dim = math.prod(problem.x_shape)
+    draws = exact.sample(mcmc.preconditioner_draws(dim), torch.Generator().manual_seed(0))[:, 0]
+    init = exact.mean[0] + 1.05 * (draws - exact.mean[0])
+    native = mcmc._start_method
+    mcmc._stop_tqdm_monitors()
+    forks = native() == "fork"
+    seconds: dict[str, list[float]] = {"fork": [], "spawn": []}
+    results = {}
+    for _ in range(args.repeats):
+        for method in seconds:
+            mcmc._start_method = lambda method=method: method  # type: ignore[misc]
+            res = mcmc.nuts_sample(
+                problem, y[0], init, num_samples=args.draws, warmup_steps=args.warmup,
+                num_chains=args.chains, adapt_mass_matrix=False, seed=0, num_cores=2,
+                potential_dtype="float32",
+            )
+            seconds[method].append(res.seconds)
+            results[method] = res
+    mcmc._start_method = native
+    same = torch.equal(results["fork"].x, results["spawn"].x)
+    fork, spawn = (statistics.median(seconds[m]) for m in ("fork", "spawn"))
+    print(
+        f"{problem.name}, {args.chains} x ({args.warmup} + {args.draws}), 2 workers: forked "
+        f"{fork:.2f} s, spawned {spawn:.2f} s (medians of {args.repeats}; difference "
+        f"{spawn - fork:.2f} s, ratio {fork / spawn:.2f}); same draws: {same}; threads "
+        f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}; this platform forks: "
+        f"{forks}; threads left running: {[t.name for t in threading.enumerate()]}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problem", default="crosshole")
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--draws", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    main(parser.parse_args())
