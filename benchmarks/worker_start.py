@@ -9,8 +9,11 @@ preconditioned by exact posterior draws widened by 5%, as ``benchmarks/nuts_chai
 with each start method in turn, ``--repeats`` interleaved rounds, and prints the medians of
 ``MCMCResult.seconds`` (wall time from the preconditioner to the last chain's end) and their
 difference, which is the workers' start. The draws are checked to be the same for both.
+``--pool-only`` times instead a pool of 2 workers (started as ``nuts_sample`` starts them) that
+runs 4 trivial jobs, for each start method.
 
     python benchmarks/worker_start.py --threads 2
+    python benchmarks/worker_start.py --pool-only
 
 Thread count and load average are printed with the figures.
 """
@@ -19,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import os
 import statistics
 import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -30,8 +36,35 @@ from inference.exact import exact_posterior
 from ppl_cvae.problems import make_problem
 
 
+def _trivial(index: int) -> int:
+    return index
+
+
+def pool_only(args):
+    """Print the medians of the wall time of a 2-worker pool running 4 trivial jobs."""
+    seconds: dict[str, list[float]] = {"fork": [], "forkserver": [], "spawn": []}
+    for _ in range(args.repeats):
+        for method in seconds:
+            begin = time.perf_counter()
+            with ProcessPoolExecutor(
+                max_workers=2, mp_context=multiprocessing.get_context(method),
+                initializer=mcmc._init_worker, initargs=(1,),
+            ) as pool:
+                list(pool.map(_trivial, range(4)))
+            seconds[method].append(time.perf_counter() - begin)
+    figures = ", ".join(f"{m} {statistics.median(v):.2f} s" for m, v in seconds.items())
+    print(
+        f"2-worker pool, 4 trivial jobs: {figures} (medians of {args.repeats}); load "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+
+
 def main(args):
     torch.set_num_threads(args.threads)
+    if args.pool_only:
+        pool_only(args)
+        return
     problem = make_problem(args.problem)
     _, y = problem.simulate(1, torch.Generator().manual_seed(10_000))
     exact = exact_posterior(problem, y)
@@ -74,4 +107,5 @@ if __name__ == "__main__":
     parser.add_argument("--draws", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pool-only", action="store_true", help="time bare worker pools")
     main(parser.parse_args())
