@@ -737,7 +737,12 @@ def test_guarded_autoregressive_layer_is_pyros_map_on_ordinary_weights():
 
     Tolerance: the two evaluate the same rational-quadratic spline with softmax computed two
     ways (``_softmax`` against PyTorch's kernel, equal within a few ulps); through a spline of
-    slope up to ~10 on a box of half-width B = 8 that is below 1e-4 absolute.
+    slope up to ~10 on a box of half-width B = 8 that is below 1e-4 absolute for the values.
+    The log-determinant is as far off as the knots, which move by up to ``delta = 8 B eps``,
+    times the rate at which the log-slope changes with the input, which can be large where
+    neighbouring knots have very different derivatives (about 200 per unit in one of these
+    2000 rows): its tolerance is ``1e-4 + delta`` times that rate, estimated by a central
+    difference of Pyro's log-determinant over ``+-h``, ``h = 1e-5``.
     """
     torch.manual_seed(0)
     flow = ConditionalFlow(4, 3, num_layers=2, hidden_dims=(16,), layer_type="autoregressive")
@@ -748,8 +753,12 @@ def test_guarded_autoregressive_layer_is_pyros_map_on_ordinary_weights():
         for pyro_t, safe in _autoregressive_layers(flow, c):
             y_p, y_s = pyro_t(x), safe(x)
             assert torch.allclose(y_s, y_p, atol=1e-4)
-            assert torch.allclose(safe.log_abs_det_jacobian(x, y_s),
-                                  pyro_t.log_abs_det_jacobian(x, y_p), atol=1e-4)
+            ladj_p = pyro_t.log_abs_det_jacobian(x, y_p)
+            h, delta = 1e-5, 8 * 8 * torch.finfo(torch.float32).eps
+            rate = (pyro_t.log_abs_det_jacobian(x + h, pyro_t(x + h))
+                    - pyro_t.log_abs_det_jacobian(x - h, pyro_t(x - h))).abs() / (2 * h)
+            gap = (safe.log_abs_det_jacobian(x, y_s) - ladj_p).abs()
+            assert bool((gap <= 1e-4 + delta * rate).all()), float((gap - delta * rate).max())
             back_p, back_s = pyro_t.inv(y_p.clone()), safe.inv(y_p.clone())
             assert torch.allclose(back_s, back_p, atol=1e-4)
 

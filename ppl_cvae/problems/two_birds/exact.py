@@ -306,7 +306,8 @@ def enumerate_exact_solutions(
     Returns
     -------
     ndarray, shape (num_solutions, 4), float64
-        Endpoints ``(x0(0), x0(1), x1(0), x1(1))`` of each solution, sorted lexicographically;
+        Endpoints ``(x0(0), x0(1), x1(0), x1(1))`` of each solution, sorted lexicographically
+        (on the endpoints rounded to 9 decimals, so that the order does not depend on rounding);
         ``num_solutions`` may be 0 (``y`` not produced by the prior within ``tol``). Solutions
         closer than 1e-3 (max-abs endpoint distance) are merged, keeping the best-fitting one.
 
@@ -396,7 +397,9 @@ def _enumerate(
     if not kept:
         return np.empty((0, 4))
     out = np.asarray(kept)
-    return out[np.lexsort(out.T[::-1])]
+    # sort on endpoints rounded far below the dedupe radius: solutions that share a line
+    # (equal x0 endpoints up to the last bits) then sort by the other line on every machine
+    return out[np.lexsort(np.round(out, 9).T[::-1])]
 
 
 def _observation_batch(y: np.ndarray | torch.Tensor) -> np.ndarray:
