@@ -21,12 +21,9 @@ import numpy as np
 import torch
 
 from ppl_cvae.errors import ConfigError, exception_summary
-from ppl_cvae.problems.base import (
-    Problem,
-    as_problem,
-    checked_log_likelihood,
-    checked_log_prior,
-)
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.densities import checked_log_likelihood, checked_log_prior
 
 if TYPE_CHECKING:
     from inference.mcmc.chains import _ChainJob

@@ -25,7 +25,9 @@ from inference.mcmc.potential import (
 )
 from inference.mcmc.preconditioner import PRECONDITIONERS, Preconditioner, _preconditioner
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
-from ppl_cvae.problems.base import Problem, as_problem, checked_log_likelihood
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.densities import checked_log_likelihood
 
 __all__ = ["MCMCResult", "nuts_sample"]
 
