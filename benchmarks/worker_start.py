@@ -32,6 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 import inference.mcmc as mcmc
+import inference.mcmc.chains as chains  # the chain runner looks its start method up here
 from inference.exact import exact_posterior
 from ppl_cvae.problems import make_problem
 
@@ -48,7 +49,7 @@ def pool_only(args):
             begin = time.perf_counter()
             with ProcessPoolExecutor(
                 max_workers=2, mp_context=multiprocessing.get_context(method),
-                initializer=mcmc._init_worker, initargs=(1,),
+                initializer=chains._init_worker, initargs=(1,),
             ) as pool:
                 list(pool.map(_trivial, range(4)))
             seconds[method].append(time.perf_counter() - begin)
@@ -71,14 +72,14 @@ def main(args):
     dim = math.prod(problem.x_shape)
     draws = exact.sample(mcmc.preconditioner_draws(dim), torch.Generator().manual_seed(0))[:, 0]
     init = exact.mean[0] + 1.05 * (draws - exact.mean[0])
-    native = mcmc._start_method
-    mcmc._stop_tqdm_monitors()
+    native = chains._start_method
+    chains._stop_tqdm_monitors()
     forks = native() == "fork"
     seconds: dict[str, list[float]] = {"fork": [], "spawn": []}
     results = {}
     for _ in range(args.repeats):
         for method in seconds:
-            mcmc._start_method = lambda method=method: method  # type: ignore[misc]
+            chains._start_method = lambda method=method: method  # type: ignore[misc]
             res = mcmc.nuts_sample(
                 problem, y[0], init, num_samples=args.draws, warmup_steps=args.warmup,
                 num_chains=args.chains, adapt_mass_matrix=False, seed=0, num_cores=2,
@@ -86,7 +87,7 @@ def main(args):
             )
             seconds[method].append(res.seconds)
             results[method] = res
-    mcmc._start_method = native
+    chains._start_method = native
     same = torch.equal(results["fork"].x, results["spawn"].x)
     fork, spawn = (statistics.median(seconds[m]) for m in ("fork", "spawn"))
     print(

@@ -54,7 +54,8 @@ from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, linear_gaussian_parts, units_of
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.metadata import linear_gaussian_parts, units_of
 
 __all__ = ["evaluate_draws", "evaluate_model", "write_evaluation"]
 

@@ -7,7 +7,8 @@ import math
 import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems.base import Problem, linear_gaussian_parts
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.metadata import linear_gaussian_parts
 
 __all__ = ["ExactPosterior", "exact_posterior", "linear_gaussian_posterior"]
 

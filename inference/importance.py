@@ -33,12 +33,9 @@ import torch
 from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import (
-    Problem,
-    as_problem,
-    checked_log_likelihood,
-    checked_log_prior,
-)
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.densities import checked_log_likelihood, checked_log_prior
 
 __all__ = ["KHAT_THRESHOLD", "ImportanceResult", "importance_sample", "systematic_resample"]
 

@@ -54,7 +54,9 @@ from pyro.infer import NUTS
 from inference.mcmc import rhat_threshold, run_whitened_chain
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, as_problem, checked_log_likelihood
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.densities import checked_log_likelihood
 
 if TYPE_CHECKING:
     from inference.arviz_io import az

@@ -22,7 +22,9 @@ from ppl_cvae._memory import check_memory
 from ppl_cvae.device import module_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError, no_exit
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, as_problem, derived_quantities
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.metadata import derived_quantities
 
 __all__ = [
     "CVAEPosterior",

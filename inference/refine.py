@@ -19,7 +19,9 @@ import torch
 from inference.posterior import PosteriorDraws, draw_posterior
 from ppl_cvae.errors import ConfigError, ShapeError, no_exit
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, as_problem, whiten
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.densities import whiten
 
 __all__ = [
     "RefineConfig",

@@ -30,17 +30,15 @@ from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
 from ppl_cvae.errors import ConfigError, NoPriorDensityError, OutputError, ShapeError, no_exit
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import (
-    NUTS_PRECONDITIONERS,
-    Problem,
-    as_problem,
-    checked_log_prior,
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import NUTS_PRECONDITIONERS, Problem
+from ppl_cvae.problems.densities import checked_log_prior, whiten
+from ppl_cvae.problems.metadata import (
     coord_attrs_of,
     data_units,
     derived_quantities,
     extra_coords_of,
     units_of,
-    whiten,
 )
 
 __all__ = [

@@ -152,7 +152,7 @@ def test_parallel_chains_are_reproducible_under_a_seed(method, monkeypatch):
     """Chains on 2 worker processes (forked or spawned) are the chains run here, draw for
     draw (each chain is seeded with ``seed + c`` wherever it runs); another seed gives other
     draws."""
-    import inference.mcmc as mcmc
+    import inference.mcmc.chains as mcmc  # where _run_chains looks up these names
 
     mcmc._stop_tqdm_monitors()
     if method == "fork" and mcmc._start_method() != "fork":
@@ -177,7 +177,7 @@ def test_unpicklable_problem_runs_its_chains_here_or_in_forks(monkeypatch):
     """A problem class local to a function cannot be pickled: forked workers inherit it and
     run its chains in parallel (the same draws as here); spawned ones cannot, so the chains
     run here, with a warning."""
-    import inference.mcmc as mcmc
+    import inference.mcmc.chains as mcmc  # where _run_chains looks up these names
 
     class Local(LinearGaussian):
         pass

@@ -18,18 +18,18 @@ import torch
 from pyro.ops.integrator import potential_grad
 from torch.distributions import MultivariateNormal
 
-import inference.mcmc
+import inference.mcmc.chains
 from inference.exact import exact_posterior
 from inference.mcmc import (
     FLOAT32_POTENTIAL_TOLERANCE,
     _ChainJob,
     _checked_gaussian_prior,
-    _fused_energy,
     _gaussian_prior_term,
     _log_target_v,
     _preconditioner,
     nuts_sample,
 )
+from inference.mcmc.potential import _fused_energy
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.problems.base import LinearGaussianParts, Problem
 from ppl_cvae.problems.linear_gaussian import LinearGaussian
@@ -256,7 +256,7 @@ def test_nuts_draws_are_those_of_the_autograd_potential(monkeypatch, dtype):
                     potential_dtype=dtype)
     fused = nuts_sample(problem, y[0], init, seed=0, **settings)
     other_seed = nuts_sample(problem, y[0], init, seed=1, **settings)
-    monkeypatch.setattr(inference.mcmc, "_fused_energy", lambda *args: None)
+    monkeypatch.setattr(inference.mcmc.chains, "_fused_energy", lambda *args: None)
     plain = nuts_sample(problem, y[0], init, seed=0, **settings)
     assert torch.equal(fused.x, plain.x) and fused.num_evaluations == plain.num_evaluations
     assert fused.sample_stats["step_size"][0, 0] == plain.sample_stats["step_size"][0, 0]

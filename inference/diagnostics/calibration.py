@@ -113,7 +113,8 @@ import torch
 from scipy import stats
 
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
-from ppl_cvae.problems.base import Problem, whiten
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.densities import whiten
 
 __all__ = [
     "MIN_OBSERVATIONS",

@@ -71,7 +71,8 @@ from typing import Any
 import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems.base import Problem, whiten
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.densities import whiten
 
 __all__ = [
     "CURVE_LEVELS",

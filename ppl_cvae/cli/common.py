@@ -32,7 +32,7 @@ def _problem_from_args(
     Returns the problem and, for a ``package.module:factory`` reference, the record
     ``{"name": reference, **kwargs}`` that a checkpoint stores to rebuild it.
     """
-    from ppl_cvae.problems.base import make_problem, rebuild_problem
+    from ppl_cvae.problems.registry import make_problem, rebuild_problem
 
     kwargs: dict[str, Any] = dict(base or {})
     for item in args.problem_arg or []:

@@ -70,7 +70,7 @@ import torch
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, NoPriorDensityError, ShapeError
-from ppl_cvae.problems.base import LinearGaussianParts, Problem, register_problem
+from ppl_cvae.problems.base import LinearGaussianParts, Problem
 from ppl_cvae.problems.priors import (
     CORRELATION_KERNELS,
     ChannelField,
@@ -83,6 +83,7 @@ from ppl_cvae.problems.priors.channels import (
     _check_count_range,
     _check_interval,
 )
+from ppl_cvae.problems.registry import register_problem
 
 __all__ = ["Crosshole", "ray_length_matrix"]
 

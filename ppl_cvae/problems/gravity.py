@@ -52,8 +52,9 @@ import torch
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, ShapeError
-from ppl_cvae.problems.base import LinearGaussianParts, Problem, register_problem
+from ppl_cvae.problems.base import LinearGaussianParts, Problem
 from ppl_cvae.problems.priors import CORRELATION_KERNELS, GaussianRandomField, Kernel
+from ppl_cvae.problems.registry import register_problem
 
 __all__ = ["GRAVITATIONAL_CONSTANT", "MGAL", "Gravity", "prism_kernel"]
 

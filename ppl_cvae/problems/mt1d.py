@@ -74,7 +74,7 @@ from torch.distributions import MultivariateNormal
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, DataError, NoPriorDensityError, ShapeError
-from ppl_cvae.problems.base import LinearGaussianParts, Problem, register_problem
+from ppl_cvae.problems.base import LinearGaussianParts, Problem
 from ppl_cvae.problems.parameterisation import Parameterisation
 from ppl_cvae.problems.priors import (
     CORRELATION_KERNELS,
@@ -82,6 +82,7 @@ from ppl_cvae.problems.priors import (
     GaussianRandomField,
     Kernel,
 )
+from ppl_cvae.problems.registry import register_problem
 
 __all__ = ["MT1D", "MT1D_PRIORS", "MU_0", "MT1DPrior", "layered_impedance", "log_frequencies"]
 

@@ -5,7 +5,7 @@ A problem's data are ``y = F(x) + eps`` with ``eps ~ N(0, C_e)`` on the flattene
 standard deviation shared by every datum (``C_e = std^2 I``, the common case) or as a full
 ``(m, m)`` covariance (correlated errors, or independent ones of different sizes such as the MT
 apparent resistivity and phase). It is the single implementation behind the noise helpers of
-:mod:`ppl_cvae.problems.base` (``noise_covariance``, ``noise_scale``, ``sample_noise``,
+:mod:`ppl_cvae.problems.densities` (``noise_covariance``, ``noise_scale``, ``sample_noise``,
 ``whiten``) and behind :meth:`~ppl_cvae.problems.base.Problem.log_likelihood`.
 
 A noise-free problem (``std = 0`` and no covariance, e.g. Two Birds) has no likelihood

@@ -74,7 +74,9 @@ from ppl_cvae.config import (
 )
 from ppl_cvae.errors import CheckpointError, ConfigError, PplCvaeError, UnknownProblemError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, check_problem, rebuild_problem
+from ppl_cvae.problems.adapter import check_problem
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.registry import rebuild_problem
 
 __all__ = [
     "CHECKPOINT_FORMAT",

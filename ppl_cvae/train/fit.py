@@ -27,7 +27,8 @@ from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.device import problem_on, resolve_device
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, as_problem
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
 from ppl_cvae.train.distributed import (
     DistributedSetup,
     rank_device,

@@ -30,7 +30,8 @@ import torch
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.models.cvae import CVAE
-from ppl_cvae.problems.base import Problem, as_problem
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
 from ppl_cvae.train.fit import FitResult, build_cvae, fit
 from ppl_cvae.train.settings import resolve_settings
 

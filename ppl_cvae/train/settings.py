@@ -25,7 +25,8 @@ import torch
 
 from ppl_cvae.config import WHITENED_LIKELIHOODS, ModelConfig, Overrides, TrainConfig
 from ppl_cvae.errors import ConfigError, DataError
-from ppl_cvae.problems.base import Problem, as_problem
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
 from ppl_cvae.train.defaults import data_settings, image_settings
 
 __all__ = ["DataSource", "recommended", "resolve_settings"]

@@ -33,7 +33,8 @@ import torch
 
 from ppl_cvae.config import ModelOverrides, Overrides, TrainOverrides
 from ppl_cvae.errors import ConfigError, ShapeError, UnknownProblemError
-from ppl_cvae.problems.base import Problem, register_problem
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.registry import register_problem
 
 __all__ = [
     "EndpointTransform",

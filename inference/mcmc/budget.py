@@ -1,0 +1,231 @@
+"""The draw budget of NUTS and the R-hat bound it is judged by.
+
+How many draws per chain keep the largest R-hat of many sampled coordinates under 1.01
+(:func:`nuts_draws_per_chain`, :data:`NUTS_TAIL_EFFICIENCY`), the bound on that largest
+R-hat that chains of independent draws respect (:func:`rhat_threshold`), the fewest draws
+:func:`~inference.mcmc.nuts_sample` accepts, and how many amortized draws to pass as its
+``init`` (:func:`preconditioner_draws`). The method is described in the docstring of
+:mod:`inference.mcmc`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ppl_cvae.errors import ConfigError
+
+__all__ = [
+    "MIN_DRAWS_PER_CHAIN",
+    "NUTS_TAIL_EFFICIENCY",
+    "RHAT_THRESHOLD",
+    "nuts_draws_per_chain",
+    "preconditioner_draws",
+    "rhat_threshold",
+]
+
+
+RHAT_THRESHOLD = 1.01
+"""R-hat above which one quantity's chains have not mixed (Vehtari et al. 2021 recommend
+1.01); the bound for the largest over many quantities is :func:`rhat_threshold`."""
+
+MIN_DRAWS_PER_CHAIN = 4
+"""Fewest draws per chain :func:`nuts_sample` accepts: the split R-hat halves each chain and
+the ESS estimator needs at least four draws (Vehtari et al. 2021; Pyro's
+``pyro.ops.stats.effective_sample_size`` asserts it)."""
+
+
+def rhat_threshold(
+    num_chains: int, num_draws: int, num_quantities: int = 1, false_alarm: float = 0.01
+) -> float:
+    r"""Return the bound on the largest R-hat of many quantities that mixed chains respect.
+
+    Parameters
+    ----------
+    num_chains : int
+        Chains (each split in halves by the rank-normalised split R-hat).
+    num_draws : int
+        Draws per chain (at least 4).
+    num_quantities : int, default 1
+        Quantities whose largest R-hat is compared with the bound (the sampled coordinates).
+    false_alarm : float in (0, 1), default 0.01
+        Probability that independent draws from the target exceed the bound.
+
+    Returns
+    -------
+    float
+        ``max(1.01, t)``, with ``t`` the ``1 - false_alarm`` quantile of the largest of
+        ``num_quantities`` rank-normalised split R-hats (ArviZ's ``az.rhat``, bulk and folded)
+        of ``num_chains x num_draws`` independent draws: 1.0173 for 4 x 250 draws of 1024
+        quantities (Monte Carlo over 100 sets of independent draws: 99% quantile 1.0165,
+        median 1.0113; 87% of them are above 1.01).
+
+    Raises
+    ------
+    ConfigError
+        If a count is below its minimum or ``false_alarm`` is not in (0, 1).
+
+    Notes
+    -----
+    Vehtari et al. (2021) recommend R-hat below 1.01 for each quantity. With ``m = 2 C``
+    split chains of ``n = D // 2`` draws of independent draws, the rank-normalised draws are
+    close to standard normal, the between-chain variance ``B / n`` over the within-chain
+    variance ``W`` is ``F / n`` with ``F ~ F(m - 1, m (n - 1))`` (Gelman and Rubin 1992), and
+    ``R-hat^2 = (n - 1) / n + F / n``. The largest over ``d`` quantities of the larger of the
+    bulk and tail R-hats (nearly independent: a mean and a mean absolute deviation) exceeds
+    ``t`` with probability ``1 - (1 - p)^{2 d}``, ``p = P(F > n t^2 - n + 1)``; solving for
+    ``p`` gives ``t``. For a thousand quantities the largest R-hat of exact, independent draws
+    is above 1.01 more often than not at 4 x 250 draws, so "the largest R-hat <= 1.01" would
+    call most exact chains unmixed. Chains whose draws are autocorrelated have larger
+    R-hats even when mixed (``n`` is then effectively smaller); the bound stays that of
+    independent draws, so it asks for chains that are nearly as good as independent
+    draws, and the remedy for a failure is more draws per chain. NUTS needs them for the
+    folded (tail) R-hat in particular: on a 1024-dimensional standard normal (the target an
+    exact preconditioner leaves), 4 x 250 draws had bulk R-hat at most 1.003 and bulk ESS
+    above 1300 (trajectories of about half an orbit send ``v`` to about ``-v``), but folded
+    R-hat up to 1.04 and tail ESS near 300, because ``|v|`` is what such trajectories keep
+    (``benchmarks/posterior_correction.py``, README).
+
+    References
+    ----------
+    Vehtari, Gelman, Simpson, Carpenter and Buerkner (2021), Rank-normalization, folding, and
+    localization: an improved R-hat for assessing convergence of MCMC, Bayesian Analysis 16,
+    667-718, DOI 10.1214/20-BA1221. Gelman and Rubin (1992), Inference from iterative
+    simulation using multiple sequences, Statistical Science 7, 457-472.
+
+    Examples
+    --------
+    >>> round(rhat_threshold(4, 250, 1024), 4), rhat_threshold(4, 1000, 1)
+    (1.0173, 1.01)
+    """
+    if num_chains < 1 or num_draws < 4 or num_quantities < 1:
+        raise ConfigError(
+            "rhat_threshold needs num_chains >= 1, num_draws >= 4 and num_quantities >= 1, "
+            f"got {num_chains}, {num_draws}, {num_quantities}"
+        )
+    if not 0.0 < false_alarm < 1.0:
+        raise ConfigError(f"false_alarm must be in (0, 1), got {false_alarm}")
+    return max(
+        RHAT_THRESHOLD, _largest_rhat_quantile(num_chains, num_draws, num_quantities, false_alarm)
+    )
+
+
+def _largest_rhat_quantile(
+    num_chains: int, num_draws: int, num_quantities: int, false_alarm: float
+) -> float:
+    """Return the ``1 - false_alarm`` quantile of the largest R-hat of independent draws.
+
+    See :func:`rhat_threshold`, Notes; without the floor at 1.01.
+    """
+    from scipy import stats  # scipy is an ArviZ and scikit-learn dependency
+
+    m, n = 2 * num_chains, num_draws // 2
+    per_test = -math.expm1(math.log1p(-false_alarm) / (2 * num_quantities))
+    f = float(stats.f.isf(per_test, m - 1, m * (n - 1)))
+    return math.sqrt((n - 1 + f) / n)
+
+
+NUTS_TAIL_EFFICIENCY = 0.45
+"""Tail ESS per draw of NUTS with the ``ppl-cvae sample --method nuts`` defaults, the smallest
+over coordinates, as measured: 0.486 to 0.676 (median 0.557) over 14 runs of those defaults
+(amortized start and preconditioner, 150 step-size-only warm-up iterations, 4 chains of
+``nuts_draws_per_chain`` draws at the former 0.35) on crosshole (6 held-out observations,
+0.486-0.566), gravity (4, 0.572-0.617), linear_gaussian (3, 0.513-0.676) and mt1d (1, 0.515);
+the constant is the smallest, rounded down to a multiple of 0.05. Cut to the draws this
+constant gives (783 per chain for 1024 coordinates), all 14 runs kept R-hat <= 1.01 (largest
+1.0093) and min ESS >= 400 (``benchmarks/nuts_tail_efficiency.py``; README, "NUTS within 60
+s per observation"). The former 0.35 came from 4 x 250 draws after 250 warm-up iterations
+with mass adaptation, whose ESS estimates are lower. The folded R-hat follows the tail ESS,
+so :func:`nuts_draws_per_chain` divides by it. Other settings (``adapt_mass_matrix``, a
+``"prior..."`` preconditioner, a poor amortized fit) were not measured: pass
+``tail_efficiency`` to :func:`nuts_draws_per_chain`, or more draws, where the verdict fails."""
+
+
+def nuts_draws_per_chain(
+    dim: int,
+    num_chains: int = 4,
+    *,
+    tail_efficiency: float = NUTS_TAIL_EFFICIENCY,
+    false_alarm: float = 0.1,
+    min_draws: int = 250,
+    max_draws: int = 2000,
+) -> int:
+    r"""Return the draws per chain that keep NUTS's largest R-hat of ``dim`` values under 1.01.
+
+    Parameters
+    ----------
+    dim : int
+        Sampled coordinates (cells of ``x``, or the parameters of a basis), each monitored by
+        R-hat.
+    num_chains : int, default 4
+        Chains.
+    tail_efficiency : float in (0, 1], default :data:`NUTS_TAIL_EFFICIENCY`
+        Tail ESS per draw of the chains (the smallest over coordinates).
+    false_alarm : float in (0, 1), default 0.1
+        Probability that mixed chains still exceed 1.01 somewhere.
+    min_draws, max_draws : int, default 250 and 2000
+        Bounds on the answer (``max_draws`` is the budget: about 20 leapfrog steps per draw).
+
+    Returns
+    -------
+    int
+        ``ceil(n_eff / tail_efficiency)`` clipped to ``[min_draws, max_draws]``, with
+        ``n_eff`` the fewest independent draws per chain whose largest rank-normalised split
+        R-hat over ``dim`` quantities (bulk and folded) stays at or under 1.01 with probability
+        ``1 - false_alarm`` (the quantile of :func:`rhat_threshold`, Notes). At 4 chains:
+        783 for 1024 coordinates, 734 for 512, 347 for 4 (a single R-hat of 100 independent
+        draws per chain already scatters by about 0.01).
+
+    Raises
+    ------
+    ConfigError
+        If a count is below 1, ``tail_efficiency`` is not in (0, 1], ``false_alarm`` is not
+        in (0, 1) or ``min_draws > max_draws``.
+
+    Notes
+    -----
+    The folded R-hat of autocorrelated chains is distributed about as that of
+    ``tail ESS`` independent draws, so the R-hat of NUTS on many coordinates is limited by the
+    tail ESS (trajectories of about half an orbit keep ``|x - median|``), not by the bulk ESS.
+    The verdict of :func:`nuts_sample` (``rhat <= rhat_threshold``) is 1.01 at these lengths.
+
+    References
+    ----------
+    Vehtari, Gelman, Simpson, Carpenter and Buerkner (2021), Rank-normalization, folding, and
+    localization: an improved R-hat, Bayesian Analysis 16, DOI 10.1214/20-BA1221.
+
+    Examples
+    --------
+    >>> nuts_draws_per_chain(1024), nuts_draws_per_chain(512), nuts_draws_per_chain(4)
+    (783, 734, 347)
+    """
+    if dim < 1 or num_chains < 1 or min_draws < 4 or min_draws > max_draws:
+        raise ConfigError(
+            "nuts_draws_per_chain needs dim >= 1, num_chains >= 1 and 4 <= min_draws <= "
+            f"max_draws, got {dim}, {num_chains}, {min_draws}, {max_draws}"
+        )
+    if not 0.0 < tail_efficiency <= 1.0:
+        raise ConfigError(f"tail_efficiency must be in (0, 1], got {tail_efficiency}")
+    if not 0.0 < false_alarm < 1.0:
+        raise ConfigError(f"false_alarm must be in (0, 1), got {false_alarm}")
+    n_eff = 4
+    while (
+        n_eff < max_draws
+        and _largest_rhat_quantile(num_chains, n_eff, dim, false_alarm) > RHAT_THRESHOLD
+    ):
+        n_eff += 2
+    return int(min(max(math.ceil(n_eff / tail_efficiency), min_draws), max_draws))
+
+
+def preconditioner_draws(dim: int, num_chains: int = 1) -> int:
+    """Return how many amortized draws to pass as ``init`` for ``dim`` sampled coordinates.
+
+    20 per coordinate, so that their covariance (the preconditioner) is well estimated, at
+    most ``2^26`` values in all, at least 2000 and at least ``num_chains``. Draws are cheap
+    next to NUTS.
+
+    Examples
+    --------
+    >>> preconditioner_draws(1024), preconditioner_draws(4096), preconditioner_draws(4)
+    (20480, 16384, 2000)
+    """
+    return max(min(20 * dim, 2**26 // dim), 2000, num_chains)

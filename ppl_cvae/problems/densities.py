@@ -1,0 +1,202 @@
+"""A problem's densities, checked, and its noise: ``log p(x)``, ``log p(y | x)``, ``C_e``.
+
+:func:`checked_log_prior` and :func:`checked_log_likelihood` call the problem's densities and
+check what a user's problem returned (shape, dtype, ``sys.exit``); :func:`noise_covariance`,
+:func:`noise_scale`, :func:`sample_noise` and :func:`whiten` read its noise model
+(:attr:`~ppl_cvae.problems.base.Problem.noise`, a
+:class:`~ppl_cvae.problems.noise.GaussianNoise`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ppl_cvae.errors import ConfigError, ShapeError, no_exit
+from ppl_cvae.problems.adapter import as_problem
+from ppl_cvae.problems.base import Problem
+
+__all__ = [
+    "checked_log_likelihood",
+    "checked_log_prior",
+    "noise_covariance",
+    "noise_scale",
+    "sample_noise",
+    "whiten",
+]
+
+
+def noise_covariance(problem: Problem) -> torch.Tensor:
+    """Return the noise covariance of the flattened ``y``; shape ``(m, m)``, float64.
+
+    ``problem.noise_cov`` when set, else ``noise_std**2 I``; zeros for a noise-free problem
+    (:meth:`problem.noise.covariance() <ppl_cvae.problems.noise.GaussianNoise.covariance>`).
+
+    Raises
+    ------
+    ShapeError
+        If ``noise_cov`` is not ``(m, m)`` with ``m = prod(y_shape)``.
+    """
+    return as_problem(problem).noise.covariance()
+
+
+def noise_scale(problem: Problem) -> torch.Tensor:
+    """Return the per-datum noise standard deviation; shape ``y_shape``, float32, units of y.
+
+    :meth:`problem.noise.stddev() <ppl_cvae.problems.noise.GaussianNoise.stddev>`.
+
+    Raises
+    ------
+    ShapeError
+        If ``noise_cov`` is not ``(m, m)`` with ``m = prod(y_shape)``.
+    """
+    return as_problem(problem).noise.stddev()
+
+
+def sample_noise(
+    problem: Problem, sample_shape: tuple[int, ...], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw observation noise ``eps ~ N(0, C_e)``; shape ``(*sample_shape, *y_shape)``, float32.
+
+    With only ``noise_std`` this is ``noise_std * randn``; with ``noise_cov`` it is ``L e`` for
+    the Cholesky factor ``L`` of ``C_e``
+    (:meth:`problem.noise.sample() <ppl_cvae.problems.noise.GaussianNoise.sample>`).
+
+    Raises
+    ------
+    ShapeError
+        If ``noise_cov`` is not ``(m, m)`` with ``m = prod(y_shape)``.
+    """
+    return as_problem(problem).noise.sample(sample_shape, generator)
+
+
+def whiten(problem: Problem, residual: torch.Tensor) -> torch.Tensor:
+    """Return ``L^{-1} r`` for residuals ``r = F(x) - y`` of shape ``(*batch, *y_shape)``.
+
+    ``L`` is the Cholesky factor of the noise covariance, so ``sum(whiten(r)**2)`` is the
+    chi-squared misfit ``r^T C_e^{-1} r`` (Tarantola 2005, eq. 3.46). Without ``noise_cov`` this
+    is ``r / misfit_std`` (which equals ``noise_std`` for noisy problems): the whitening of
+    :attr:`Problem.misfit_noise`. Shape and dtype of ``residual`` are kept.
+
+    Raises
+    ------
+    ShapeError
+        If ``residual`` does not end in ``y_shape``.
+    """
+    return as_problem(problem).misfit_noise.whiten(residual)
+
+
+def _event_batch(value: torch.Tensor, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+    k = len(shape)
+    if value.dim() < k or tuple(value.shape[value.dim() - k :]) != tuple(shape):
+        raise ShapeError(
+            f"{name} must have shape (*batch, {', '.join(map(str, shape))}), got "
+            f"{tuple(value.shape)}"
+        )
+    return tuple(value.shape[: value.dim() - k])
+
+
+def _checked_density(
+    problem: Problem, member: str, value: object, expected: tuple[int, ...]
+) -> torch.Tensor:
+    what = f"problem {problem.name!r} {member}"
+    if not isinstance(value, torch.Tensor):
+        raise ConfigError(
+            f"{what} returned a {type(value).__module__}.{type(value).__name__}; expected a "
+            f"torch.Tensor of shape {expected}: one log density (nats) per model of the batch"
+        )
+    if tuple(value.shape) != expected:
+        raise ConfigError(
+            f"{what} returned shape {tuple(value.shape)}; expected {expected}: one log "
+            "density (nats) per model of the batch, summed over the event axes only (a "
+            "value that broadcasts would give every model the same weight)"
+        )
+    if value.is_complex() or not value.is_floating_point():
+        raise ConfigError(f"{what} returned dtype {value.dtype}; expected a real float dtype")
+    return value
+
+
+def checked_log_prior(problem: Problem, x: torch.Tensor) -> torch.Tensor:
+    """Return ``problem.log_prior(x)`` after checking what the problem returned.
+
+    A user's :meth:`Problem.log_prior` may return a Python float (the batch summed), a tensor
+    of shape ``(1,)`` or ``(*batch, 1)`` that broadcasts silently against the other terms
+    (every draw then gets the same prior weight), or call ``sys.exit``; each is one error here.
+
+    Parameters
+    ----------
+    problem : Problem
+    x : Tensor, shape (*batch, *x_shape)
+        Models, in the units of ``x``.
+
+    Returns
+    -------
+    Tensor, shape (*batch,)
+        ``log p(x)`` in nats, the dtype the problem returned.
+
+    Raises
+    ------
+    ShapeError
+        If ``x`` does not end in ``x_shape``.
+    ConfigError
+        If the problem returns anything but a real floating tensor of shape ``batch``, or
+        calls ``sys.exit``.
+    NoPriorDensityError
+        From the problem, if its prior has no density.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> tuple(checked_log_prior(LinearGaussian(), torch.zeros(5, 3, 2)).shape)
+    (5, 3)
+    """
+    batch = _event_batch(x, tuple(problem.x_shape), "x")
+    with no_exit(f"problem {problem.name!r} log_prior"):
+        value = problem.log_prior(x)
+    return _checked_density(problem, "log_prior", value, batch)
+
+
+def checked_log_likelihood(problem: Problem, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Return ``problem.log_likelihood(x, y)`` after checking what the problem returned.
+
+    The same checks as :func:`checked_log_prior`, against the broadcast batch shape.
+
+    Parameters
+    ----------
+    problem : Problem
+    x : Tensor, shape (*batch_x, *x_shape)
+    y : Tensor, shape (*batch_y, *y_shape)
+        ``batch_x`` and ``batch_y`` broadcast.
+
+    Returns
+    -------
+    Tensor, shape (*batch,)
+        ``log p(y | x)`` in nats, ``batch`` the broadcast of ``batch_x`` and ``batch_y``.
+
+    Raises
+    ------
+    ShapeError
+        If ``x`` or ``y`` does not end in its event shape or the batches do not broadcast.
+    ConfigError
+        If the problem returns anything but a real floating tensor of shape ``batch``, or
+        calls ``sys.exit``.
+    NoLikelihoodError
+        From the problem, if it is noise-free.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> p = LinearGaussian()
+    >>> tuple(checked_log_likelihood(p, torch.zeros(5, 3, 2), torch.zeros(3, 2)).shape)
+    (5, 3)
+    """
+    batch_x = _event_batch(x, tuple(problem.x_shape), "x")
+    batch_y = _event_batch(y, tuple(problem.y_shape), "y")
+    try:
+        batch = tuple(torch.broadcast_shapes(batch_x, batch_y))
+    except RuntimeError as err:
+        raise ShapeError(
+            f"the batch shapes of x {batch_x} and y {batch_y} do not broadcast"
+        ) from err
+    with no_exit(f"problem {problem.name!r} log_likelihood"):
+        value = problem.log_likelihood(x, y)
+    return _checked_density(problem, "log_likelihood", value, batch)
