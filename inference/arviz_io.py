@@ -74,6 +74,7 @@ import numpy as np
 import torch
 
 from ppl_cvae._atomic import atomic_path
+from ppl_cvae._json import finite_or_null
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
 from ppl_cvae.errors import DataError
 
@@ -109,12 +110,17 @@ def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _as_attr(value: Any) -> str | int | float:
-    """Return ``value`` as a NetCDF attribute: str, int or float; other values as JSON."""
+    """Return ``value`` as a NetCDF attribute: str, int or float; other values as strict JSON.
+
+    A NaN or infinite float inside a nested value is written as ``null`` (``json.loads`` of
+    the attribute must work in any JSON parser).
+    """
     if isinstance(value, bool | np.bool_):
         return int(value)
     if isinstance(value, str | int | float | np.integer | np.floating):
         return value.item() if isinstance(value, np.generic) else value
-    return json.dumps(value, default=str)
+    clean, _ = finite_or_null(value)
+    return json.dumps(clean, default=str, allow_nan=False)
 
 
 def _stat_array(
