@@ -155,9 +155,13 @@ class RunningMoments:
             raise ShapeError(f"a variance needs at least 2 events, got {self.count}")
         return self.m2 / (self.count - 1)
 
-    def standardiser(self) -> Standardiser:
-        """Return a :class:`Standardiser` with these moments (as ``Standardiser.fit`` would)."""
-        return Standardiser(self.event_shape).set_moments(self.mean, self.variance().sqrt())
+    def standardiser(self, name: str = "values") -> Standardiser:
+        """Return a :class:`Standardiser` with these moments (as ``Standardiser.fit`` would).
+
+        ``name`` (``"x"`` or ``"y"``) is what its errors call the values
+        (:meth:`Standardiser.set_moments`).
+        """
+        return Standardiser(self.event_shape, name).set_moments(self.mean, self.variance().sqrt())
 
 
 class LazyPairs(abc.ABC):
