@@ -1316,12 +1316,19 @@ def build_output_workspace(root: Path) -> None:
     (o / "rf_nan_arg.toml").write_text(
         'problem = { name = "out_own:base", scale = nan }\n[train]\nnum_epochs = 1\n'
         "num_train = 128\nbatch_size = 64\n[model]\nlatent_dim = 2\nhidden_dims = [8]\n")
+    pairs = np.load(o / "pairs.npz")
+    x_ovf = pairs["x"].astype(np.float64)
+    x_ovf[:, 1] = np.where(np.arange(len(x_ovf)) % 2, 3.3e38, -3.3e38)  # sd 3.4e38: float32 inf
+    np.savez(o / "pairs_sd_overflow.npz", x=x_ovf, y=pairs["y"])
     # hand-edited posterior files (diagnose) and Two Birds posteriors (score)
     idata = az.from_netcdf(o / "post.nc")
     az.InferenceData(observed_data=idata.observed_data).to_netcdf(str(o / "p_no_posterior.nc"))
     renamed = idata.copy()
     renamed.posterior = renamed.posterior.rename({"p": "q"})
     renamed.to_netcdf(str(o / "p_renamed_dims.nc"))
+    no_truth = renamed.copy()
+    del no_truth.constant_data
+    no_truth.to_netcdf(str(o / "p_renamed_no_truth.nc"))
     extra = idata.copy()
     extra.observed_data = extra.observed_data.expand_dims(extra=2, axis=1)
     extra.to_netcdf(str(o / "p_extra_obs_dim.nc"))
@@ -1406,7 +1413,10 @@ def output_cases(root: Path) -> list[Case]:
         "--refine"], -2)
     add("fit --config, a problem argument nan", ["fit", "--config", f"{o}/rf_nan_arg.toml",
         "--out", out, "--quiet"])
+    add("fit --data, an x column whose sd overflows float32", ["fit", "--data",
+        f"{o}/pairs_sd_overflow.npz", "--out", out, *TINY])
     for name, expect in (("p_no_posterior", 2), ("p_renamed_dims", -2), ("p_extra_obs_dim", -2),
+                         ("p_renamed_no_truth", -2),
                          ("p_inf_draw", -2), ("p_pp_nan", -2)):
         add(f"diagnose {name}", ["diagnose", f"{o}/{name}.nc", "--out", out], expect)
     for name, expect in (("tb_extra_dim", 2), ("tb_inf_draw", -2), ("tb_bad_attrs", 2),
