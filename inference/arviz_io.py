@@ -74,8 +74,8 @@ import numpy as np
 import torch
 
 from ppl_cvae._atomic import atomic_path
-from ppl_cvae._json import finite_or_null
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
+from ppl_cvae._json import finite_or_null
 from ppl_cvae.errors import DataError
 
 with warnings.catch_warnings():
@@ -627,8 +627,17 @@ _EVENT_PAIRS = (
 
 def _check_groups_agree(idata: az.InferenceData, source: str | os.PathLike[str]) -> None:
     """Raise DataError where the groups of a posterior file describe different layouts."""
-    groups = [g for g in ("posterior", "posterior_predictive", "log_likelihood",
-                          "observed_data", "constant_data") if g in idata.groups()]
+    groups = [
+        g
+        for g in (
+            "posterior",
+            "posterior_predictive",
+            "log_likelihood",
+            "observed_data",
+            "constant_data",
+        )
+        if g in idata.groups()
+    ]
     seen: dict[str, tuple[int, str]] = {}
     for group in groups:
         for dim, size in idata[group].sizes.items():

@@ -675,8 +675,8 @@ def sample_posterior_to_netcdf(
                 accepted.append((num, float(idata.attrs["accepted_fraction"])))
             if "not_finite" in idata.attrs:
                 for name, (bad, total) in json.loads(idata.attrs["not_finite"]).items():
-                    counts = not_finite.setdefault(name, [0, 0])
-                    counts[0], counts[1] = counts[0] + bad, counts[1] + total
+                    counts = not_finite.setdefault(name, [0, 0])  # sizes grow with the draws
+                    counts[0], counts[1] = counts[0] + bad, total // num * num_samples
             if done == 0:
                 idata.attrs["num_samples"] = num_samples
                 idata["posterior"].attrs["num_samples"] = num_samples
@@ -779,8 +779,7 @@ class CorrectionConfig:
             )
         if self.preconditioner not in NUTS_PRECONDITIONERS:
             raise ConfigError(
-                f"preconditioner must be one of {NUTS_PRECONDITIONERS}, got "
-                f"{self.preconditioner!r}"
+                f"preconditioner must be one of {NUTS_PRECONDITIONERS}, got {self.preconditioner!r}"
             )
 
 

@@ -89,7 +89,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         more = f" and {len(not_finite) - 8} more" if len(not_finite) > 8 else ""
         log.warning(
             "warning: %d metric(s) not finite, written as null in metrics.json (its "
-            "\"not_finite\" says why): %s%s",
+            '"not_finite" says why): %s%s',
             len(not_finite),
             names,
             more,
