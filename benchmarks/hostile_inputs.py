@@ -26,7 +26,14 @@ audit (:func:`user_cases`): a new user's own problems (odd shapes, float64/int/N
 simulators, ``torch.manual_seed`` or ``sys.exit`` inside them, densities returning a float, a
 shape-(1,) tensor or NaN) and data files (dtypes, constant and huge columns, NaN rows, 1-2
 pairs, renamed keys, Fortran-ordered, object, gzip'd, unicode paths, CSV) through ``fit``,
-``sample`` and ``evaluate`` (``--only "user problems,user files"``).
+``sample`` and ``evaluate`` (``--only "user problems,user files"``). The fourth audit
+(:func:`output_cases`, ``--only outputs``) judges what the commands write: observation files
+with NaN, inf, no rows, odd dtypes or shapes; posterior files edited by hand; draw counts 0,
+-1, 1e12; ``--out`` a folder, under a file or an input; ``evaluate`` on one pair;
+``--method importance|nuts`` without a likelihood; densities and forward operators that give
+NaN at some draws. An accepted request there must also leave strictly valid, finite outputs:
+JSON without ``NaN``/``Infinity`` tokens, NetCDF whose floats are finite (except variables the
+file itself lists under its ``not_finite`` attribute), CSV without ``nan``/``inf`` cells.
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
 (about 5 minutes on 2 cores). Exit status 1 when a case fails.
@@ -88,6 +95,7 @@ class Case:
     around: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
     no_warnings: bool = False  # an accepted request must also print no warning
     may_change: str | None = None  # files under this folder may change (a resumed run)
+    check_outputs: bool = False  # an accepted request must write finite, strict outputs
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -1223,6 +1231,238 @@ def user_cases(root: Path) -> list[Case]:
     return c
 
 
+OUTPUT_PROBLEMS = """import math
+import torch
+from ppl_cvae.problems.base import Problem
+
+
+class Base(Problem):
+    name = "o_base"
+    x_shape, y_shape = (2,), (2,)
+    x_dims, y_dims, coords = ("p",), ("d",), {}
+    noise_std = misfit_std = 0.1
+    has_prior_density = True
+
+    def __init__(self, scale=1.0):
+        self.scale = scale
+
+    def sample_prior(self, num, generator=None):
+        return torch.randn(num, 2, generator=generator)
+
+    def forward(self, x):
+        return torch.stack([x[..., 0] + x[..., 1], x[..., 0] - 0.5 * x[..., 1]], -1)
+
+    def log_prior(self, x):
+        return torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+
+
+class NoiseFree(Base):
+    name = "o_noisefree"
+    noise_std = 0.0
+    misfit_std = 1.0
+
+
+class HalfNaNPrior(Base):
+    name = "o_half_nan_prior"
+
+    def log_prior(self, x):
+        lp = super().log_prior(x)
+        return torch.where(x[..., 0] > 0, lp * math.nan, lp)
+
+
+class NaNForward(Base):
+    name = "o_nan_forward"
+
+    def forward(self, x):
+        y = super().forward(x)
+        return torch.where((x[..., :1] > 0) & (x[..., 1:] > 0), y * math.nan, y)
+
+
+def base(scale=1.0): return Base(scale)
+def noisefree(): return NoiseFree()
+def half_nan_prior(): return HalfNaNPrior()
+def nan_forward(): return NaNForward()
+"""
+
+
+def build_output_workspace(root: Path) -> None:
+    """A tiny fitted run of a user's problem, observations, posteriors and hand-edited files."""
+    import arviz as az
+
+    (root / "out_own.py").write_text(OUTPUT_PROBLEMS)
+    o = root / "outputs"
+    o.mkdir()
+    assert main(["fit", "--problem", "out_own:base", "--out", str(o / "run"), *TINY]) == 0
+    assert main(["simulate", "--problem", "out_own:base", "--num", "2", "--out",
+                 str(o / "obs.npz")]) == 0
+    assert main(["simulate", "--problem", "out_own:base", "--num", "16", "--out",
+                 str(o / "pairs.npz")]) == 0
+    assert main(["sample", str(o / "run"), "--observation", str(o / "obs.npz"),
+                 "--num-samples", "20", "--out", str(o / "post.nc")]) == 0
+    y = np.load(o / "obs.npz")["y"]
+    np.save(o / "obs_nan.npy", np.where([[True, False]], np.nan, y))
+    np.save(o / "obs_inf.npy", np.where([[False, True]], -np.inf, y))
+    np.save(o / "obs_empty.npy", np.ones((0, 2)))
+    np.savez(o / "obs_object.npz", y=np.array([[1.0, 2.0]], dtype=object))  # savez pickles
+    np.save(o / "obs_complex.npy", y + 1j)
+    np.save(o / "obs_bool.npy", y > 0)
+    np.save(o / "obs_int64_huge.npy", np.full((1, 2), 2**62, dtype=np.int64))
+    np.save(o / "obs_wrong_shape.npy", np.ones((2, 3)))
+    np.save(o / "obs_extra_dim.npy", y[:, None, :])
+    np.save(o / "obs_1e300.npy", np.full((1, 2), 1e300))
+    np.save(o / "obs_strings.npy", np.array([["1.0", "2.0"]]))
+    (o / "dir.nc").mkdir()
+    (o / "dir.json").mkdir()
+    (o / "rf_nan_arg.toml").write_text(
+        'problem = { name = "out_own:base", scale = nan }\n[train]\nnum_epochs = 1\n'
+        "num_train = 128\nbatch_size = 64\n[model]\nlatent_dim = 2\nhidden_dims = [8]\n")
+    pairs = np.load(o / "pairs.npz")
+    x_ovf = pairs["x"].astype(np.float64)
+    x_ovf[:, 1] = np.where(np.arange(len(x_ovf)) % 2, 3.3e38, -3.3e38)  # sd 3.4e38: float32 inf
+    np.savez(o / "pairs_sd_overflow.npz", x=x_ovf, y=pairs["y"])
+    # hand-edited posterior files (diagnose) and Two Birds posteriors (score)
+    idata = az.from_netcdf(o / "post.nc")
+    az.InferenceData(observed_data=idata.observed_data).to_netcdf(str(o / "p_no_posterior.nc"))
+    renamed = idata.copy()
+    renamed.posterior = renamed.posterior.rename({"p": "q"})
+    renamed.to_netcdf(str(o / "p_renamed_dims.nc"))
+    no_truth = renamed.copy()
+    del no_truth.constant_data
+    no_truth.to_netcdf(str(o / "p_renamed_no_truth.nc"))
+    extra = idata.copy()
+    extra.observed_data = extra.observed_data.expand_dims(extra=2, axis=1)
+    extra.to_netcdf(str(o / "p_extra_obs_dim.nc"))
+    inf_draw = idata.copy()
+    x = inf_draw.posterior["x"].values.copy()
+    x[0, 3, 0, 1] = np.inf
+    inf_draw.posterior["x"] = (inf_draw.posterior["x"].dims, x)
+    inf_draw.to_netcdf(str(o / "p_inf_draw.nc"))
+    pp_nan = idata.copy()
+    yr = pp_nan.posterior_predictive["y"].values.copy()
+    yr[:, ::2] = np.nan
+    pp_nan.posterior_predictive["y"] = (pp_nan.posterior_predictive["y"].dims, yr)
+    pp_nan.to_netcdf(str(o / "p_pp_nan.nc"))
+    tb = az.from_netcdf(root / "post.nc")  # Two Birds (build_workspace)
+    tb_extra = tb.copy()
+    tb_extra.posterior["x"] = tb_extra.posterior["x"].expand_dims(extra=2, axis=3)
+    tb_extra.to_netcdf(str(o / "tb_extra_dim.nc"))
+    tb_inf = tb.copy()
+    xt = tb_inf.posterior["x"].values.copy()
+    xt[0, 2, 0] = np.inf
+    tb_inf.posterior["x"] = (tb_inf.posterior["x"].dims, xt)
+    tb_inf.to_netcdf(str(o / "tb_inf_draw.nc"))
+    tb_attrs = tb.copy()
+    tb_attrs.attrs["problem"] = "{not json"
+    tb_attrs.posterior.attrs["problem"] = "{not json"
+    tb_attrs.to_netcdf(str(o / "tb_bad_attrs.nc"))
+    tb_obs = tb.copy()
+    yo = tb_obs.observed_data["y"].values.copy()
+    yo[0, 0, 3, 1] = np.nan
+    tb_obs.observed_data["y"] = (tb_obs.observed_data["y"].dims, yo)
+    tb_obs.to_netcdf(str(o / "tb_obs_nan.nc"))
+
+
+def output_cases(root: Path) -> list[Case]:
+    """Cases of the fourth audit: what the commands write, and what they refuse to."""
+    r, o = str(root), str(root / "outputs")
+    out = f"{r}/new"
+    c: list[Case] = []
+
+    def add(name: str, argv: list[str], expect: int = 2) -> None:
+        c.append(Case("outputs", name, argv, expect=expect, check_outputs=True))
+
+    run, obs, post = f"{o}/run", f"{o}/obs.npz", f"{o}/post.nc"
+    smp = ["sample", run, "--observation", obs, "--num-samples", "20", "--out", f"{out}.nc"]
+    for name, expect in (("obs_nan.npy", 2), ("obs_inf.npy", 2), ("obs_empty.npy", 2),
+                         ("obs_object.npz", 2), ("obs_complex.npy", 2), ("obs_bool.npy", 0),
+                         ("obs_int64_huge.npy", -2), ("obs_wrong_shape.npy", 2),
+                         ("obs_extra_dim.npy", 2), ("obs_1e300.npy", 2),
+                         ("obs_strings.npy", 2)):
+        add(f"sample --observation {name}", ["sample", run, "--observation", f"{o}/{name}",
+            "--num-samples", "20", "--out", f"{out}.nc"], expect)
+    for n, expect in (("0", 2), ("-1", 2), ("1e12", 2), (str(10**12), 2), ("1", 0)):
+        add(f"sample --num-samples {n}", [*smp[:-4], "--num-samples", n, "--out", f"{out}.nc"],
+            expect)
+    add("sample --out a folder named .nc", [*smp[:-1], f"{o}/dir.nc", "--overwrite"])
+    add("sample --out under a file", [*smp[:-1], f"{obs}/p.nc"])
+    add("evaluate --out = its --data file", ["evaluate", run, "--data", f"{o}/pairs.npz",
+        "--out", f"{o}/pairs.npz", "--overwrite"])
+    add("score --out a folder named .json", ["score", f"{r}/post.nc", "--functions", "data_1",
+        "--out", f"{o}/dir.json", "--overwrite"])
+    add("score --out under a file", ["score", f"{r}/post.nc", "--functions", "data_1", "--out",
+        f"{r}/post.nc/s.json"])
+    add("diagnose --out = the posterior file", ["diagnose", post, "--out", post, "--overwrite"])
+    ev = ["evaluate", run, "--data", f"{o}/pairs.npz", "--out", out]
+    add("evaluate on 1 held-out pair", [*ev, "--max-observations", "1", "--num-samples", "10"],
+        0)
+    add("evaluate with 2 draws a pair", [*ev, "--num-samples", "2"], 0)
+    add("evaluate --num-samples 1e12", [*ev, "--num-samples", str(10**12)])
+    for method in ("importance", "nuts"):
+        flags = ["--method", method] + (["--chains", "1", "--warmup", "5"] if method == "nuts"
+                                        else [])
+        add(f"sample --method {method}, run without a problem", ["sample", f"{r}/lgrun",
+            "--observation", f"{r}/lgobs.npz", "--num-samples", "20", "--out", f"{out}.nc",
+            *flags])
+        add(f"sample --method {method}, noise-free problem", [*smp, "--problem",
+            "out_own:noisefree", *flags])
+    add("sample, log_prior NaN at half the draws", [*smp, "--problem", "out_own:half_nan_prior"],
+        0)
+    add("sample, forward NaN at a quarter of the draws", [*smp, "--problem",
+        "out_own:nan_forward"], 0)
+    add("sample --refine, forward NaN at some draws", [*smp, "--problem", "out_own:nan_forward",
+        "--refine"], -2)
+    add("fit --config, a problem argument nan", ["fit", "--config", f"{o}/rf_nan_arg.toml",
+        "--out", out, "--quiet"])
+    add("fit --data, an x column whose sd overflows float32", ["fit", "--data",
+        f"{o}/pairs_sd_overflow.npz", "--out", out, *TINY])
+    for name, expect in (("p_no_posterior", 2), ("p_renamed_dims", -2), ("p_extra_obs_dim", -2),
+                         ("p_renamed_no_truth", -2),
+                         ("p_inf_draw", -2), ("p_pp_nan", -2)):
+        add(f"diagnose {name}", ["diagnose", f"{o}/{name}.nc", "--out", out], expect)
+    for name, expect in (("tb_extra_dim", 2), ("tb_inf_draw", -2), ("tb_bad_attrs", 2),
+                         ("tb_obs_nan", -2)):
+        flags = [] if name == "tb_bad_attrs" else ["--functions", "data_1"]
+        add(f"score {name}", ["score", f"{o}/{name}.nc", *flags, "--out", f"{out}.json"],
+            expect)
+    return c
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def check_outputs(root: Path) -> list[str]:
+    """Problems of the outputs ``new``, ``new.nc`` and ``new.json`` under ``root``."""
+    import arviz as az
+
+    problems = []
+    files = [p for name in ("new", "new.nc", "new.json") for p in
+             ([root / name] if (root / name).is_file() else sorted((root / name).rglob("*")))]
+    for path in files:
+        if not path.is_file():
+            continue
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_text(), parse_constant=_reject_constant)
+            except ValueError as err:
+                problems.append(f"{path.name} is not strict JSON: {err}")
+        elif path.suffix == ".csv":
+            cells = {cell.strip().lower() for line in path.read_text().splitlines()
+                     for cell in line.split(",")}
+            bad = cells & {"nan", "inf", "-inf", "infinity"}
+            if bad:
+                problems.append(f"{path.name} holds {sorted(bad)}")
+        elif path.suffix == ".nc":
+            idata = az.from_netcdf(path)
+            listed = json.loads(idata.attrs.get("not_finite", "{}"))
+            for group in idata.groups():
+                for name, var in idata[group].data_vars.items():
+                    if (var.dtype.kind == "f" and not np.isfinite(var.values).all()
+                            and f"{group}.{name}" not in listed):
+                        problems.append(f"{path.name}: {group}.{name} not finite, not listed")
+    return problems
+
+
 def run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
     with case.around() if case.around is not None else contextlib.nullcontext():
         return _run_case(case, root, verbose)
@@ -1278,6 +1518,8 @@ def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
                and not (case.may_change and k.startswith(case.may_change + os.sep))]
     if changed:
         problems.append(f"changed or lost: {changed[:3]}")
+    if case.check_outputs and code == 0:
+        problems.extend(check_outputs(root))
     if (root / "PWNED").exists():
         problems.append("code from a file ran")
     if not (root / "victim" / "keep.txt").exists():
@@ -1286,7 +1528,7 @@ def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
               if p.name.startswith((".new", ".interrupted", ".killed"))]
     if hidden:
         problems.append(f"temporaries left: {hidden[:2]}")
-    for leftover in ("new", "new.nc", "new.npz", "interrupted", "killed"):
+    for leftover in ("new", "new.nc", "new.npz", "new.json", "interrupted", "killed"):
         target = root / leftover
         if target.is_dir():
             shutil.rmtree(target)
@@ -1316,14 +1558,19 @@ def main_cli() -> int:
         root = Path(tmp)
         sys.path.insert(0, str(root))
         build_workspace(root)
-        build_new_feature_workspace(root)
-        build_audit_workspace(root)
-        build_user_workspace(root)
+        only_outputs = args.only is not None and set(args.only.split(",")) == {"outputs"}
+        if not only_outputs:  # --only outputs needs the first workspace and its own
+            build_new_feature_workspace(root)
+            build_audit_workspace(root)
+            build_user_workspace(root)
+        build_output_workspace(root)
         os.symlink(root, root / "link_to_root")
         table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         failures = []
-        for case in (cases(root) + new_feature_cases(root) + audit_cases(root)
-                     + user_cases(root)):
+        everything = (output_cases(root) if only_outputs else cases(root)
+                      + new_feature_cases(root) + audit_cases(root) + user_cases(root)
+                      + output_cases(root))
+        for case in everything:
             if args.only and not any(w in case.category for w in args.only.split(",")):
                 continue
             ok, why = run_case(case, root, args.verbose)

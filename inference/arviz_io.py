@@ -75,6 +75,7 @@ import torch
 
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
+from ppl_cvae._json import finite_or_null
 from ppl_cvae.errors import DataError
 
 with warnings.catch_warnings():
@@ -109,12 +110,17 @@ def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _as_attr(value: Any) -> str | int | float:
-    """Return ``value`` as a NetCDF attribute: str, int or float; other values as JSON."""
+    """Return ``value`` as a NetCDF attribute: str, int or float; other values as strict JSON.
+
+    A NaN or infinite float inside a nested value is written as ``null`` (``json.loads`` of
+    the attribute must work in any JSON parser).
+    """
     if isinstance(value, bool | np.bool_):
         return int(value)
     if isinstance(value, str | int | float | np.integer | np.floating):
         return value.item() if isinstance(value, np.generic) else value
-    return json.dumps(value, default=str)
+    clean, _ = finite_or_null(value)
+    return json.dumps(clean, default=str, allow_nan=False)
 
 
 def _stat_array(
@@ -575,7 +581,10 @@ def check_posterior(
     ------
     DataError
         If a required group or variable is missing, a posterior variable has no draws or no
-        ``chain``/``draw`` dims, or holds only NaN/inf.
+        ``chain``/``draw`` dims, or holds only NaN/inf; or the groups disagree (a file edited
+        by hand or assembled from two): a dim with different sizes in two groups, or event
+        dims of ``posterior.x`` and ``constant_data.x_true``, or of ``posterior_predictive.y``
+        / ``log_likelihood.y`` and ``observed_data.y``, that differ.
     """
     for group, var in require:
         if group not in idata.groups():
@@ -605,6 +614,52 @@ def check_posterior(
             )
         if values.size == 0 or not np.isfinite(values).any():
             raise DataError(f"{group}.{var} in {str(source)!r} holds no finite value")
+    _check_groups_agree(idata, source)
+
+
+_EVENT_PAIRS = (
+    (("posterior", "x", 2), ("constant_data", "x_true", 0)),
+    (("posterior_predictive", "y", 2), ("observed_data", "y", 0)),
+    (("log_likelihood", "y", 2), ("observed_data", "y", 0)),
+)
+"""Variables whose dims after the leading ``skip`` (chain, draw) must be the same."""
+
+
+def _check_groups_agree(idata: az.InferenceData, source: str | os.PathLike[str]) -> None:
+    """Raise DataError where the groups of a posterior file describe different layouts."""
+    groups = [
+        g
+        for g in (
+            "posterior",
+            "posterior_predictive",
+            "log_likelihood",
+            "observed_data",
+            "constant_data",
+        )
+        if g in idata.groups()
+    ]
+    seen: dict[str, tuple[int, str]] = {}
+    for group in groups:
+        for dim, size in idata[group].sizes.items():
+            if dim in seen and seen[dim][0] != size:
+                raise DataError(
+                    f"{str(source)!r}: dim {str(dim)!r} has size {seen[dim][0]} in "
+                    f"{seen[dim][1]} but {size} in {group}; the groups must describe the same "
+                    "draws and observations (was the file edited or assembled by hand?)"
+                )
+            seen.setdefault(str(dim), (int(size), group))
+    for (g1, v1, skip1), (g2, v2, skip2) in _EVENT_PAIRS:
+        if g1 not in groups or g2 not in groups:
+            continue
+        if v1 not in idata[g1].data_vars or v2 not in idata[g2].data_vars:
+            continue
+        d1 = tuple(map(str, idata[g1][v1].dims[skip1:]))
+        d2 = tuple(map(str, idata[g2][v2].dims[skip2:]))
+        if d1 != d2:
+            raise DataError(
+                f"{str(source)!r}: {g1}.{v1} has dims {d1} after (chain, draw) but {g2}.{v2} "
+                f"has {d2}; they must be the same (was the file edited by hand?)"
+            )
 
 
 def summary(

@@ -29,11 +29,14 @@ The ``calibration`` key of the metrics
     Why a check is weak or missing (fewer than 100 held-out pairs; non-finite draws).
 ``passed``
     Whether no verdict failed.
+
+``metrics.json`` is strict JSON (RFC 8259): a metric that is NaN or infinite is written as
+``null``, and the key ``not_finite`` lists each such metric with its value and why
+(:func:`not_finite_metrics`; e.g. the TARP variance over a single held-out pair).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,11 +56,12 @@ from inference.diagnostics.facies import run_facies_evaluation
 from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
 from ppl_cvae._atomic import atomic_path
+from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.metadata import linear_gaussian_parts, units_of
 
-__all__ = ["evaluate_draws", "evaluate_model", "write_evaluation"]
+__all__ = ["evaluate_draws", "evaluate_model", "not_finite_metrics", "write_evaluation"]
 
 
 def evaluate_model(
@@ -224,6 +228,49 @@ def evaluate_draws(
     return metrics
 
 
+def not_finite_metrics(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    """List the metrics that are NaN or infinite, each with its value and why.
+
+    Parameters
+    ----------
+    metrics : mapping
+        Output of :func:`evaluate_model` or :func:`evaluate_draws` (nested, JSON-ready).
+
+    Returns
+    -------
+    list of dict
+        One ``{"metric", "value", "why"}`` per non-finite float, in document order:
+        ``metric`` is its dotted path (``"calibration.tarp.p_value"``), ``value`` is
+        ``"NaN"``, ``"+inf"`` or ``"-inf"``, ``why`` the likely cause. Empty when all are
+        finite.
+
+    Examples
+    --------
+    >>> not_finite_metrics({"num_observations": 1, "tarp": {"variance_t": float("nan")}})
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [{'metric': 'tarp.variance_t', 'value': 'NaN',
+      'why': 'undefined for 1 held-out pair (a spread or a test needs at least 2)'}]
+    """
+    _, found = finite_or_null(metrics)
+    num = metrics.get("num_observations")
+    out = []
+    for path, word in found:
+        if word == "NaN" and isinstance(num, int) and num < 2:
+            why = f"undefined for {num} held-out pair (a spread or a test needs at least 2)"
+        elif word == "NaN":
+            why = (
+                "undefined: a statistic of draws or held-out values that are constant or not "
+                "finite (0/0)"
+            )
+        else:
+            why = (
+                "overflow or division by zero: draws, their forward predictions or the "
+                "reference error are too large or zero"
+            )
+        out.append({"metric": path, "value": word, "why": why})
+    return out
+
+
 def write_evaluation(
     out_dir: str | os.PathLike[str],
     metrics: Mapping[str, Any],
@@ -243,7 +290,9 @@ def write_evaluation(
     out_dir : path
         Existing folder.
     metrics : mapping
-        Output of :func:`evaluate_model` (plus any JSON-ready extras).
+        Output of :func:`evaluate_model` (plus any JSON-ready extras). Written as strict
+        JSON: non-finite values become ``null`` and are listed under ``not_finite``
+        (:func:`not_finite_metrics`).
     x_true : Tensor, shape (M, *x_shape)
     x_draws : Tensor, shape (S, M, *x_shape)
     exact : ExactPosterior, optional
@@ -270,8 +319,12 @@ def write_evaluation(
     from inference.plots import plot_coverage, plot_rank_ecdf, plot_tarp, plot_truth_vs_mean
 
     out = Path(out_dir)
+    document, _ = finite_or_null(metrics)
+    not_finite = not_finite_metrics(metrics)
+    if not_finite:
+        document["not_finite"] = not_finite
     with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(dict(metrics), indent=2))
+        tmp.write_text(dumps_strict(document, indent=2))
     curve = metrics["coverage_curve"]
     reference = None
     if exact is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -134,12 +135,28 @@ def refine_by_misfit(
     misfit = problem.misfit_noise  # its Cholesky factor is computed once, not every step
     theta = start.detach().requires_grad_(True)
     optim = torch.optim.Adam([theta], lr=learning_rate)
+    num_frozen = 0
     with torch.enable_grad(), no_exit(f"problem {problem.name!r} forward"):
         for _ in range(num_steps):
             optim.zero_grad()
             resid = misfit.whiten(problem.forward(to_x(theta)) - y)
-            (0.5 * resid.pow(2).sum()).backward()
+            # a draw whose misfit is not finite adds nothing (its NaN would reach every draw)
+            per_draw = 0.5 * resid.pow(2).reshape(*resid.shape[:2], -1).sum(-1)  # (S, M)
+            per_draw.where(torch.isfinite(per_draw), 0.0).sum().backward()
+            grad = cast(torch.Tensor, theta.grad)
+            bad = ~torch.isfinite(grad).reshape(*grad.shape[:2], -1).all(-1)  # (S, M)
+            if bool(bad.any()):  # NaN gradients (F undefined there): those draws stay put
+                num_frozen = max(num_frozen, int(bad.sum()))
+                grad.copy_(torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0))
+                grad[bad] = 0.0
             optim.step()
+    if num_frozen:
+        warnings.warn(
+            f"the forward operator of problem {problem.name!r} gave a NaN or infinite misfit "
+            f"gradient at up to {num_frozen} of {bad.numel()} draws; those draws were not moved "
+            "(refinement is partial: they keep their amortized values)",
+            stacklevel=2,
+        )
     with torch.no_grad(), no_exit(f"problem {problem.name!r} forward"):
         x = to_x(theta)
         return PosteriorDraws(
@@ -288,8 +305,12 @@ def accept_by_misfit(
         accepted_all = torch.ones_like(rms, dtype=torch.bool)
     else:
         accepted_all = rms <= max_misfit
-        # accepted first, in draw order; then the rejected ones by increasing misfit
-        key = torch.where(accepted_all, order, num_candidates + rms / (rms.max() + 1))
+        # accepted first, in draw order; then the rejected ones by increasing misfit (a NaN
+        # misfit, where F is undefined, last)
+        finite = torch.isfinite(rms)
+        scale = rms[finite].max() + 1 if bool(finite.any()) else torch.ones((), dtype=rms.dtype)
+        rank = torch.where(finite, rms / scale, torch.full_like(rms, 2.0))
+        key = torch.where(accepted_all, order, num_candidates + rank)
     index = key.argsort(dim=0)[:num_samples]  # (num_samples, M)
     accepted = accepted_all.gather(0, index)
     short = int((~accepted).sum())

@@ -11,6 +11,7 @@ run attributes. :func:`sample_posterior` draws from a trained CVAE and calls it;
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -28,7 +29,14 @@ from inference.refine import RefineConfig, refine_and_accept
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
-from ppl_cvae.errors import ConfigError, NoPriorDensityError, OutputError, ShapeError, no_exit
+from ppl_cvae.errors import (
+    ConfigError,
+    DataError,
+    NoPriorDensityError,
+    OutputError,
+    ShapeError,
+    no_exit,
+)
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import NUTS_PRECONDITIONERS, Problem
@@ -63,6 +71,38 @@ IN_MEMORY_BYTES = 2**30
 
 _DRAW_GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
 """Groups with a ``draw`` dim: the ones a streamed file appends to."""
+
+_QUIET = [False]
+"""True while :func:`sample_posterior_to_netcdf` streams: it warns once for all chunks."""
+
+
+def _count_not_finite(
+    values: Mapping[str, torch.Tensor | np.ndarray | None],
+) -> dict[str, list[int]]:
+    """Return ``{name: [not finite, total]}`` for the arrays that hold a NaN or an infinity."""
+    counts = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        array = torch.as_tensor(value)
+        if not array.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(array)).sum())
+        if bad:
+            counts[name] = [bad, array.numel()]
+    return counts
+
+
+def _warn_not_finite(counts: Mapping[str, Sequence[int]]) -> None:
+    """Log one warning naming each variable with non-finite values and how many."""
+    if not counts:
+        return
+    log.warning(
+        "warning: the posterior file holds non-finite values (kept; the draws are finite): "
+        "%s. The problem's density or forward operator gives NaN or inf at these draws; "
+        "arviz.loo and summaries of these variables will be NaN",
+        "; ".join(f"{name} at {bad} of {total}" for name, (bad, total) in counts.items()),
+    )
 
 
 def stack_chains(per_observation: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -217,6 +257,14 @@ def inference_data_from_draws(
                 f"{name} has shape {tuple(value.shape)}; expected (S, M, *y_shape) = "
                 f"{(num_samples, *y.shape)}"
             )
+    finite = torch.isfinite(x.detach()).flatten(2).all(-1)  # (S, M)
+    if not bool(finite.all()):
+        raise DataError(
+            f"{int((~finite).sum())} of {finite.numel()} posterior draws of x (over "
+            f"{int((~finite).all(0).sum())} of {num_obs} observation(s) entirely) hold NaN or "
+            "inf: the sampler or the trained networks diverged there; nothing was written "
+            "(refit, or check the observation against the training data)"
+        )
     info: dict[str, Any] = {
         "inference_library": "ppl_cvae",
         "inference_library_version": __version__,
@@ -280,6 +328,17 @@ def inference_data_from_draws(
         stat_attrs.setdefault(name, {}).update(extra)
     for name in observation_stats or {}:
         stats.pop(name, None)
+    not_finite = _count_not_finite(
+        {
+            "posterior_predictive.y": y_rep,
+            "log_likelihood.y": log_lik,
+            **{f"sample_stats.{name}": value for name, value in stats.items()},
+        }
+    )
+    if not_finite:  # the file says it too: {variable: [not finite, total]}
+        info["not_finite"] = not_finite
+        if not _QUIET[0]:
+            _warn_not_finite(not_finite)
     return to_inference_data(
         x,
         z,
@@ -599,14 +658,23 @@ def sample_posterior_to_netcdf(
             f"{str(path)!r}; {format_bytes(free)} is free on that disk"
         )
     accepted: list[tuple[int, float]] = []
+    not_finite: dict[str, list[int]] = {}
     with atomic_path(path) as tmp:
         done = 0
         while done < num_samples:
             num = min(chunk, num_samples - done)
-            # later chunks continue the seeded random stream
-            idata = draw(num, seed if done == 0 else None)
+            # later chunks continue the seeded random stream; one warning for all chunks
+            _QUIET[0] = True
+            try:
+                idata = draw(num, seed if done == 0 else None)
+            finally:
+                _QUIET[0] = False
             if refine is not None:
                 accepted.append((num, float(idata.attrs["accepted_fraction"])))
+            if "not_finite" in idata.attrs:
+                for name, (bad, total) in json.loads(idata.attrs["not_finite"]).items():
+                    counts = not_finite.setdefault(name, [0, 0])  # sizes grow with the draws
+                    counts[0], counts[1] = counts[0] + bad, total // num * num_samples
             if done == 0:
                 idata.attrs["num_samples"] = num_samples
                 idata["posterior"].attrs["num_samples"] = num_samples
@@ -621,6 +689,13 @@ def sample_posterior_to_netcdf(
                 fraction = sum(n * a for n, a in accepted) / num_samples
                 f.attrs["accepted_fraction"] = fraction
                 f["posterior"].attrs["accepted_fraction"] = fraction
+        if not_finite:  # the totals over all chunks, in the file and in one warning
+            import h5netcdf
+
+            with h5netcdf.File(tmp, "a") as f:
+                f.attrs["not_finite"] = json.dumps(not_finite)
+                f["posterior"].attrs["not_finite"] = json.dumps(not_finite)
+            _warn_not_finite(not_finite)
     return path
 
 
@@ -702,8 +777,7 @@ class CorrectionConfig:
             )
         if self.preconditioner not in NUTS_PRECONDITIONERS:
             raise ConfigError(
-                f"preconditioner must be one of {NUTS_PRECONDITIONERS}, got "
-                f"{self.preconditioner!r}"
+                f"preconditioner must be one of {NUTS_PRECONDITIONERS}, got {self.preconditioner!r}"
             )
 
 

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ppl_cvae._atomic import atomic_dir, atomic_path
+from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae._memory import check_memory
 from ppl_cvae.cli.common import _check_new_file, _check_out_dir, _load_run
 from ppl_cvae.device import resolve_device
 from ppl_cvae.errors import ConfigError, DataError
 
+log = logging.getLogger("ppl_cvae")
+
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, misfit, SBC, TARP; JSON + PNGs."""
-    from inference.evaluate import evaluate_model, write_evaluation
+    from inference.evaluate import evaluate_model, not_finite_metrics, write_evaluation
     from inference.posterior import bytes_per_draw
     from ppl_cvae.data.io import load_pairs
 
@@ -79,6 +83,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{summary} ({metrics['num_observations']} held-out pairs); wrote {out}")
     for note in calibration["notes"]:
         print(f"note: {note}")
+    not_finite = not_finite_metrics(metrics)
+    if not_finite:
+        names = ", ".join(f"{m['metric']} ({m['value']})" for m in not_finite[:8])
+        more = f" and {len(not_finite) - 8} more" if len(not_finite) > 8 else ""
+        log.warning(
+            "warning: %d metric(s) not finite, written as null in metrics.json (its "
+            '"not_finite" says why): %s%s',
+            len(not_finite),
+            names,
+            more,
+        )
     return 0
 
 
@@ -132,11 +147,22 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"(x {tuple(x.shape)}, y {tuple(y.shape)})"
         )
     score = score_samples(x, y, FUNCTION_PAIRS[functions])
-    report = score.to_dict()
-    text = json.dumps(report, indent=2)
+    report, not_finite = finite_or_null(score.to_dict())
+    if not_finite:  # strict JSON: null, and the file says which and why
+        report["not_finite"] = [
+            {"score": path, "value": word, "why": "the draws or the data give no finite score"}
+            for path, word in not_finite
+        ]
+    text = dumps_strict(report, indent=2)
     if args.out:
         with atomic_path(Path(args.out)) as tmp:
             tmp.write_text(text)
     summary = {k: v for k, v in report.items() if not isinstance(v, list)}
-    print(json.dumps(summary, indent=2))
+    print(dumps_strict(summary, indent=2))
+    if not_finite:
+        log.warning(
+            "warning: %d score(s) not finite, written as null: %s",
+            len(not_finite),
+            ", ".join(f"{path} ({word})" for path, word in not_finite[:8]),
+        )
     return 0

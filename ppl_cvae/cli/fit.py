@@ -25,6 +25,7 @@ from typing import Any, cast
 import torch
 
 from ppl_cvae._atomic import atomic_dir
+from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae.cli.common import (
     _check_out_dir,
     _check_simulation_memory,
@@ -781,7 +782,7 @@ def _fit_into(
     config_doc["device"] = str(device)
     if result.distributed is not None:
         config_doc["distributed"] = {k: v for k, v in result.distributed.items() if k != "rank"}
-    (out / "config.json").write_text(json.dumps(config_doc, indent=2))
+    (out / "config.json").write_text(dumps_strict(config_doc, indent=2))
     plot_loss(result.history, out / "loss.png")
     return seconds, result
 
@@ -802,23 +803,24 @@ def _run_doc(
             "path": args.dataset_path,
             "image_size": list(args.image_size or (150, 150)),
         }
+    doc = {  # a run file: `ppl-cvae fit --config config.json` repeats this run
+        "problem": problem_ref or _spec_or_none(problem),
+        "data": str(args.data) if args.data else None,
+        "dataset": dataset,
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "torch_threads": torch.get_num_threads(),
+        "unconditional": bool(args.unconditional),
+    }
+    _, not_finite = finite_or_null(doc)
+    if not_finite:  # config.json is strict JSON, and a null would not repeat the run
+        raise ConfigError(
+            "the run file (config.json) cannot record "
+            + ", ".join(f"{path} = {word}" for path, word in not_finite)
+            + ": JSON has no NaN or infinity; give the problem finite arguments"
+        )
     # JSON round trip: tuples become lists, as in the file (a training state stores it too)
-    return cast(
-        dict[str, Any],
-        json.loads(
-            json.dumps(
-                {  # a run file: `ppl-cvae fit --config config.json` repeats this run
-                    "problem": problem_ref or _spec_or_none(problem),
-                    "data": str(args.data) if args.data else None,
-                    "dataset": dataset,
-                    "model": model_config.to_dict(),
-                    "train": train_config.to_dict(),
-                    "torch_threads": torch.get_num_threads(),
-                    "unconditional": bool(args.unconditional),
-                }
-            )
-        ),
-    )
+    return cast(dict[str, Any], json.loads(dumps_strict(doc)))
 
 
 def _image_frames(

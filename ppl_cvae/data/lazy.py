@@ -155,9 +155,13 @@ class RunningMoments:
             raise ShapeError(f"a variance needs at least 2 events, got {self.count}")
         return self.m2 / (self.count - 1)
 
-    def standardiser(self) -> Standardiser:
-        """Return a :class:`Standardiser` with these moments (as ``Standardiser.fit`` would)."""
-        return Standardiser(self.event_shape).set_moments(self.mean, self.variance().sqrt())
+    def standardiser(self, name: str = "values") -> Standardiser:
+        """Return a :class:`Standardiser` with these moments (as ``Standardiser.fit`` would).
+
+        ``name`` (``"x"`` or ``"y"``) is what its errors call the values
+        (:meth:`Standardiser.set_moments`).
+        """
+        return Standardiser(self.event_shape, name).set_moments(self.mean, self.variance().sqrt())
 
 
 class LazyPairs(abc.ABC):
@@ -191,9 +195,7 @@ class LazyPairs(abc.ABC):
                 f"got x {x} and y {y}"
             )
         if x[0] != y[0]:
-            raise ShapeError(
-                f"x and y in {where!r} hold different numbers of pairs: x {x}, y {y}"
-            )
+            raise ShapeError(f"x and y in {where!r} hold different numbers of pairs: x {x}, y {y}")
         for name, shape in shapes.items():
             if 0 in shape:
                 raise DataError(f"{name} in {where!r} is empty: shape {shape}")
@@ -201,9 +203,9 @@ class LazyPairs(abc.ABC):
             raise ShapeError(f"{where!r} holds {x[0]} pair(s); at least 2 are needed")
         self.num_pairs = int(x[0])
         self.x_shape, self.y_shape = tuple(x[1:]), tuple(y[1:])
-        self.row_bytes = math.prod(self.x_shape) * itemsizes["x"] + math.prod(
-            self.y_shape
-        ) * itemsizes["y"]
+        self.row_bytes = (
+            math.prod(self.x_shape) * itemsizes["x"] + math.prod(self.y_shape) * itemsizes["y"]
+        )
 
     @abc.abstractmethod
     def _read_raw(self, name: str, rows: slice | np.ndarray) -> np.ndarray:

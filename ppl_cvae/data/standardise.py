@@ -5,9 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ppl_cvae.errors import ShapeError
+from ppl_cvae.errors import DataError, ShapeError
 
-__all__ = ["LinearWhitener", "Standardiser"]
+__all__ = ["FLOAT32_HEADROOM", "LinearWhitener", "Standardiser"]
+
+FLOAT32_HEADROOM = 1e3
+"""Standard deviations from the mean that must stay inside the float32 range: the moments are
+computed in float64 but stored, and the networks run, in float32, so an element whose
+``|mean| + FLOAT32_HEADROOM * std`` exceeds 3.4e38 is refused (its standardised values, or
+draws mapped back from a few standard deviations out, would overflow to inf)."""
 
 
 class Standardiser(nn.Module):
@@ -20,18 +26,25 @@ class Standardiser(nn.Module):
     (a column of huge values, 1e30, makes the others keep ``std = 1`` too; the
     :class:`LinearWhitener` that follows rescales them).
 
+    Moments that float32 cannot hold with :data:`FLOAT32_HEADROOM` standard deviations to
+    spare are refused (:meth:`set_moments`), naming the element: a column whose spread is
+    near 1e38 would be stored as an infinite scale and train on zeros or NaN.
+
     Parameters
     ----------
     event_shape : tuple of int
         Shape of one event; inputs are ``(*batch, *event_shape)``.
+    name : str, default "values"
+        What is standardised (``"x"`` or ``"y"``), for error messages.
     """
 
     # buffers registered in __init__ (declared here for the type checker)
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, event_shape: tuple[int, ...]) -> None:
+    def __init__(self, event_shape: tuple[int, ...], name: str = "values") -> None:
         super().__init__()
+        self.name = name
         self.event_shape = tuple(event_shape)
         self.register_buffer("mean", torch.zeros(self.event_shape))
         self.register_buffer("std", torch.ones(self.event_shape))
@@ -44,6 +57,8 @@ class Standardiser(nn.Module):
         ------
         ShapeError
             If ``data`` is not ``(num, *event_shape)`` with ``num >= 2``.
+        DataError
+            As :meth:`set_moments` (an element too large for float32).
         """
         if tuple(data.shape[1:]) != self.event_shape or data.shape[0] < 2:
             raise ShapeError(
@@ -71,6 +86,10 @@ class Standardiser(nn.Module):
         ------
         ShapeError
             If ``mean`` or ``std`` does not have shape ``event_shape``.
+        DataError
+            If an element's ``|mean| + FLOAT32_HEADROOM * std`` is above the float32 maximum
+            (3.4e38) or not finite: the message names the element, its mean and standard
+            deviation, and asks for the values in smaller units.
         """
         if tuple(mean.shape) != self.event_shape or tuple(std.shape) != self.event_shape:
             raise ShapeError(
@@ -79,8 +98,23 @@ class Standardiser(nn.Module):
             )
         mean64, std64 = mean.double(), std.double()
         tiny = ~(std64 >= 1e-8 * std64.max().clamp_min(1e-30))  # a NaN std counts as tiny
+        std64 = torch.where(tiny, torch.ones_like(std64), std64)
+        reach = mean64.abs() + FLOAT32_HEADROOM * std64
+        too_large = ~(reach <= torch.finfo(torch.float32).max)  # NaN too
+        if bool(too_large.any()):
+            flat = int(too_large.flatten().nonzero()[0])
+            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), self.event_shape))
+            where = ", ".join(str(i) for i in index)
+            raise DataError(
+                f"{self.name}[..., {where}] has mean {float(mean64[index]):.3g} and standard "
+                f"deviation {float(std64[index]):.3g} ({int(too_large.sum())} element(s) of "
+                f"{self.name} like it): float32 (max 3.4e38) cannot hold {FLOAT32_HEADROOM:g} "
+                f"standard deviations around the mean, so training would see inf or NaN; "
+                f"rescale the units of {self.name} (e.g. divide that column by 1e30) and fit "
+                "again"
+            )
         self.mean.copy_(mean64)
-        self.std.copy_(torch.where(tiny, torch.ones_like(std64), std64))
+        self.std.copy_(std64)
         return self
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:

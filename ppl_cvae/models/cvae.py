@@ -237,9 +237,9 @@ class CVAE(nn.Module):
         self.pyro_name = f"cvae{next(_INSTANCE_COUNTER)}"
         self._param_sites: dict[str, list[tuple[str, nn.Parameter]]] | None = None
         y_shape = config.y_shape  # None for an unconditional VAE (config.conditional False)
-        self.x_standardiser = x_standardiser or Standardiser(config.x_shape)
+        self.x_standardiser = x_standardiser or Standardiser(config.x_shape, "x")
         self.y_standardiser: Standardiser | None = (
-            (y_standardiser or Standardiser(y_shape)) if y_shape is not None else None
+            (y_standardiser or Standardiser(y_shape, "y")) if y_shape is not None else None
         )
         self.forward_operator = forward_operator
         if config.constrained_coefficients and coefficient_transform is None:

@@ -142,13 +142,13 @@ def build_cvae(
             coefficient_transform = problem.coefficient_transform()
         forward_operator = forward_operator or problem.forward
         misfit_std = problem.misfit_std if misfit_std is None else misfit_std
-    xs = Standardiser(config.x_shape).fit(x) if standardisers is None else standardisers[0]
+    xs = Standardiser(config.x_shape, "x").fit(x) if standardisers is None else standardisers[0]
     ys = None
     if config.conditional:
         if y is None or tuple(y.shape[1:]) != config.y_shape:
             got = None if y is None else tuple(y.shape)
             raise ShapeError(f"y has shape {got}; config expects (N, *{config.y_shape})")
-        ys = Standardiser(config.y_shape).fit(y) if standardisers is None else standardisers[1]
+        ys = Standardiser(config.y_shape, "y").fit(y) if standardisers is None else standardisers[1]
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

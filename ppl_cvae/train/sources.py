@@ -717,7 +717,7 @@ def build_lazy_cvae(
         x, y = scan.subset
     else:  # only the shapes are checked: any two pairs do
         x, y = lazy.batches.pairs.read(0, 2)
-    standardisers = (scan.x_moments.standardiser(), scan.y_moments.standardiser())
+    standardisers = (scan.x_moments.standardiser("x"), scan.y_moments.standardiser("y"))
     return build_cvae(
         config,
         x,
