@@ -75,3 +75,32 @@ def print_reliability_table(curve: Mapping[str, Any]) -> None:
                 f"  {curve['bin_lower'][b]:4.1f}-{curve['bin_upper'][b]:3.1f} {count:9d} "
                 f"{curve['mean_predicted'][b]:9.3f} {curve['observed_frequency'][b]:9.3f}"
             )
+
+
+def exact_start(
+    problem_name: str, observation: int = 0, *, seed: int = 0, widen: float = 1.05
+) -> tuple[Any, torch.Tensor, torch.Tensor, Any, torch.Tensor]:
+    """Return a held-out observation of a linear-Gaussian problem and stand-in amortized draws.
+
+    Observation ``observation`` of the held-out set of ``benchmarks/posterior_correction.py``
+    (prior draws, seed 10000), its exact posterior, and ``preconditioner_draws(dim)`` exact
+    draws (seed ``seed``) widened by ``widen`` about the exact mean: what the NUTS benchmarks
+    start and precondition the chains with in place of a fitted CVAE's draws.
+
+    Returns ``(problem, x_true, y, exact, init)``: ``x_true`` and ``y`` without a batch axis,
+    ``init`` of shape ``(preconditioner_draws(dim), *x_shape)``.
+    """
+    import math
+
+    from inference.exact import exact_posterior
+    from inference.mcmc import preconditioner_draws
+    from ppl_cvae.problems import make_problem
+
+    problem = make_problem(problem_name)
+    x_true, y_obs = problem.simulate(observation + 1, torch.Generator().manual_seed(10_000))
+    x_true, y = x_true[observation], y_obs[observation]
+    exact = exact_posterior(problem, y.unsqueeze(0))
+    dim = math.prod(problem.x_shape)
+    draws = exact.sample(preconditioner_draws(dim), torch.Generator().manual_seed(seed))[:, 0]
+    init = exact.mean[0] + widen * (draws - exact.mean[0])
+    return problem, x_true, y, exact, init

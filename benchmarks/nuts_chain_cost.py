@@ -23,27 +23,20 @@ Thread count and load average are printed with the figure.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 import torch
+from _common import exact_start
 
-from inference.exact import exact_posterior
-from inference.mcmc import nuts_sample, preconditioner_draws
-from ppl_cvae.problems import make_problem
+from inference.mcmc import nuts_sample
 
 
 def main(args):
     torch.set_num_threads(args.threads)
-    problem = make_problem(args.problem)
-    _, y = problem.simulate(1, torch.Generator().manual_seed(10_000))
-    exact = exact_posterior(problem, y)
-    dim = math.prod(problem.x_shape)
-    draws = exact.sample(preconditioner_draws(dim), torch.Generator().manual_seed(0))[:, 0]
-    init = exact.mean[0] + 1.05 * (draws - exact.mean[0])
+    problem, _, y, _, init = exact_start(args.problem)
     extra = {} if args.potential_dtype == "old" else {"potential_dtype": args.potential_dtype}
     res = nuts_sample(
-        problem, y[0], init, num_samples=args.draws, warmup_steps=args.warmup, num_chains=1,
+        problem, y, init, num_samples=args.draws, warmup_steps=args.warmup, num_chains=1,
         adapt_mass_matrix=False, seed=0, **extra,
     )
     print(

@@ -49,8 +49,8 @@ import time
 
 import arviz as az
 import torch
+from _common import exact_start
 
-from inference.exact import exact_posterior
 from inference.mcmc import (
     _ChainJob,
     _checked_gaussian_prior,
@@ -59,21 +59,12 @@ from inference.mcmc import (
     _TriangularProducts,
     nuts_draws_per_chain,
     nuts_sample,
-    preconditioner_draws,
 )
-from ppl_cvae.problems import make_problem
 
 
 def setup(args):
     """Return the problem, the observation, the exact posterior and the stand-in draws."""
-    problem = make_problem(args.problem)
-    x_true, y_obs = problem.simulate(args.observation + 1, torch.Generator().manual_seed(10_000))
-    x_true, y = x_true[args.observation], y_obs[args.observation]
-    exact = exact_posterior(problem, y.unsqueeze(0))
-    dim = math.prod(problem.x_shape)
-    draws = exact.sample(preconditioner_draws(dim), torch.Generator().manual_seed(args.seed))[:, 0]
-    init = exact.mean[0] + args.widen * (draws - exact.mean[0])  # stand-in amortized draws
-    return problem, x_true, y, exact, init
+    return exact_start(args.problem, args.observation, seed=args.seed, widen=args.widen)
 
 
 def chain_job(problem, y, init, precondition="amortized"):

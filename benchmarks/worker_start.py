@@ -21,7 +21,6 @@ Thread count and load average are printed with the figures.
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import os
 import statistics
@@ -30,11 +29,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
+from _common import exact_start
 
 import inference.mcmc as mcmc
 import inference.mcmc.chains as chains  # the chain runner looks its start method up here
-from inference.exact import exact_posterior
-from ppl_cvae.problems import make_problem
 
 
 def _trivial(index: int) -> int:
@@ -66,12 +64,7 @@ def main(args):
     if args.pool_only:
         pool_only(args)
         return
-    problem = make_problem(args.problem)
-    _, y = problem.simulate(1, torch.Generator().manual_seed(10_000))
-    exact = exact_posterior(problem, y)
-    dim = math.prod(problem.x_shape)
-    draws = exact.sample(mcmc.preconditioner_draws(dim), torch.Generator().manual_seed(0))[:, 0]
-    init = exact.mean[0] + 1.05 * (draws - exact.mean[0])
+    problem, _, y, _, init = exact_start(args.problem)
     native = chains._start_method
     chains._stop_tqdm_monitors()
     forks = native() == "fork"
@@ -81,7 +74,7 @@ def main(args):
         for method in seconds:
             chains._start_method = lambda method=method: method  # type: ignore[misc]
             res = mcmc.nuts_sample(
-                problem, y[0], init, num_samples=args.draws, warmup_steps=args.warmup,
+                problem, y, init, num_samples=args.draws, warmup_steps=args.warmup,
                 num_chains=args.chains, adapt_mass_matrix=False, seed=0, num_cores=2,
                 potential_dtype="float32",
             )
