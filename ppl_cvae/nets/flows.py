@@ -244,7 +244,27 @@ input (``eps`` of ``pyro.distributions.transforms.spline``): an input within thi
 above an inner knot is evaluated in the bin below, just beyond its end."""
 
 
-class _SafeInverse(Transform):
+class _LastPairTransform(Transform):
+    """A transform that keeps the log-determinant of its last ``(x, y)`` pair.
+
+    ``_call`` and ``_inverse`` of a subclass compute the log-determinant with the map and set
+    ``self._last = (x, y, log_det)``; :meth:`log_abs_det_jacobian` returns it for that very
+    pair (the identity of the tensors, as Pyro's own ``cache_size=1``) and evaluates the
+    forward map afresh for any other.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(cache_size=1)
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._last is None or self._last[0] is not x or self._last[1] is not y:
+            self._call(x)  # not the pair of the last call: evaluate afresh
+        assert self._last is not None
+        return self._last[2]
+
+
+class _SafeInverse(_LastPairTransform):
     """An elementwise monotone spline that gives finite values and log-determinants.
 
     Pyro's rational-quadratic spline (Durkan et al. 2019) looks up an input's bin with the
@@ -270,12 +290,11 @@ class _SafeInverse(Transform):
     bijective = True
 
     def __init__(self, inner: Transform, bound: float) -> None:
-        super().__init__(cache_size=1)
+        super().__init__()
         self.inner = inner
         self.bound = bound
         self.domain = inner.domain
         self.codomain = inner.codomain
-        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.guarded = False  # whether the last inverse needed the bisection
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,14 +340,8 @@ class _SafeInverse(Transform):
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         return torch.where(y.abs() <= self.bound, (lo + hi) / 2, y)
 
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self._last is None or self._last[0] is not x or self._last[1] is not y:
-            self._call(x)  # not the pair of the last call: evaluate afresh
-        assert self._last is not None
-        return self._last[2]
 
-
-class _SafeAutoregressive(Transform):
+class _SafeAutoregressive(_LastPairTransform):
     """Pyro's spline autoregressive transform (Durkan et al. 2019) with guarded splines.
 
     ``inner`` is a conditioned ``SplineAutoregressive``: ``y_i = f_i(x_i; x_<i)``, the spline
@@ -348,12 +361,11 @@ class _SafeAutoregressive(Transform):
     bijective = True
 
     def __init__(self, inner: T.SplineAutoregressive, bound: float) -> None:
-        super().__init__(cache_size=1)
+        super().__init__()
         self.inner = inner
         self.bound = bound
         self.domain = inner.domain
         self.codomain = inner.codomain
-        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _spline(self, x: torch.Tensor) -> _SafeInverse:
         """Return the guarded elementwise spline with the parameters the network gives ``x``."""
@@ -393,14 +405,8 @@ class _SafeAutoregressive(Transform):
         self._last = (x, y, spline.log_abs_det_jacobian(x, y).sum(-1))
         return x
 
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self._last is None or self._last[0] is not x or self._last[1] is not y:
-            self._call(x)  # not the pair of the last call: evaluate afresh
-        assert self._last is not None
-        return self._last[2]
 
-
-class _ConditionedCoupling(Transform):
+class _ConditionedCoupling(_LastPairTransform):
     """One spline coupling step with its context fixed (Dinh et al. 2017; Durkan et al. 2019).
 
     ``v`` is split after its first ``split_dim`` coordinates into a given half ``v_a`` (kept)
@@ -421,12 +427,11 @@ class _ConditionedCoupling(Transform):
     def __init__(
         self, spline: T.ConditionalSpline, context: torch.Tensor, split_dim: int, move_first: bool
     ) -> None:
-        super().__init__(cache_size=1)
+        super().__init__()
         self.spline = spline
         self.context = context
         self.split_dim = split_dim
         self.move_first = move_first
-        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _parts(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(given, moved)``: the conditioning half and the half the spline moves."""
@@ -454,12 +459,6 @@ class _ConditionedCoupling(Transform):
         x = self._join(given, back)
         self._last = (x, y, log_det)
         return x
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self._last is None or self._last[0] is not x or self._last[1] is not y:
-            self._call(x)  # not the pair of the last call: evaluate afresh
-        assert self._last is not None
-        return self._last[2]
 
 
 class _SplineCoupling(ConditionalTransformModule):
