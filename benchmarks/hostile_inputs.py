@@ -1155,7 +1155,9 @@ def build_user_workspace(root: Path) -> None:
     np.save(files / "obs_int.npy", (10 * y[:2]).astype(np.int16))
     np.save(files / "obs_fortran.npy", np.asfortranarray(y[:3]))
     np.save(files / "obs_nan.npy", np.full((1, 4), np.nan))
-    np.save(files / "obs_object.npy", np.array([[1.0] * 4], dtype=object), allow_pickle=True)
+    # a hostile file: an object array is stored as a pickle, which the loader must refuse
+    hostile = {"allow_pickle": True}
+    np.save(files / "obs_object.npy", np.array([[1.0] * 4], dtype=object), **hostile)
     np.save(files / "obs_wrong_shape.npy", y[:3, :3])
     np.savez(files / "obs_upper.npz", Y=y[:2])
     assert main(["fit", "--data", str(files / "float64.npz"), "--out", str(root / "own_data"),
