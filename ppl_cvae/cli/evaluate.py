@@ -26,6 +26,18 @@ from ppl_cvae.errors import ConfigError, DataError
 log = logging.getLogger("ppl_cvae")
 
 
+def _warn_not_finite(kind: str, where: str, found: list[tuple[str, str]]) -> None:
+    """Log one warning naming the non-finite values (dotted path, word) written as null."""
+    if not found:
+        return
+    names = ", ".join(f"{path} ({word})" for path, word in found[:8])
+    more = f" and {len(found) - 8} more" if len(found) > 8 else ""
+    log.warning(
+        "warning: %d %s(s) not finite, written as null in %s: %s%s",
+        len(found), kind, where, names, more,
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, misfit, SBC, TARP; JSON + PNGs."""
     from inference.evaluate import evaluate_model, not_finite_metrics, write_evaluation
@@ -83,17 +95,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{summary} ({metrics['num_observations']} held-out pairs); wrote {out}")
     for note in calibration["notes"]:
         print(f"note: {note}")
-    not_finite = not_finite_metrics(metrics)
-    if not_finite:
-        names = ", ".join(f"{m['metric']} ({m['value']})" for m in not_finite[:8])
-        more = f" and {len(not_finite) - 8} more" if len(not_finite) > 8 else ""
-        log.warning(
-            "warning: %d metric(s) not finite, written as null in metrics.json (its "
-            '"not_finite" says why): %s%s',
-            len(not_finite),
-            names,
-            more,
-        )
+    _warn_not_finite(
+        "metric",
+        'metrics.json (its "not_finite" says why)',
+        [(m["metric"], m["value"]) for m in not_finite_metrics(metrics)],
+    )
     return 0
 
 
@@ -159,10 +165,6 @@ def cmd_score(args: argparse.Namespace) -> int:
             tmp.write_text(text)
     summary = {k: v for k, v in report.items() if not isinstance(v, list)}
     print(dumps_strict(summary, indent=2))
-    if not_finite:
-        log.warning(
-            "warning: %d score(s) not finite, written as null: %s",
-            len(not_finite),
-            ", ".join(f"{path} ({word})" for path, word in not_finite[:8]),
-        )
+    where = f'{args.out} (its "not_finite" says why)' if args.out else "the printed summary"
+    _warn_not_finite("score", where, not_finite)
     return 0
