@@ -28,7 +28,8 @@ The ``calibration`` key of the metrics
 ``notes``
     Why a check is weak or missing (fewer than 100 held-out pairs; non-finite draws).
 ``passed``
-    Whether no verdict failed.
+    Whether no verdict failed. Each verdict also has ``judged``: False when it could not fail
+    with so few held-out pairs (``ppl-cvae evaluate`` then prints "not judged", not "passed").
 
 ``metrics.json`` is strict JSON (RFC 8259): a metric that is NaN or infinite is written as
 ``null``, and the key ``not_finite`` lists each such metric with its value and why

@@ -235,6 +235,27 @@ def test_few_observations_warn():
         run_tarp(draws, truth)
 
 
+def test_a_verdict_that_cannot_fail_is_not_judged():
+    """With one pair, every truth outside all its draws (the worst case) still passes SBC.
+
+    The component test's smallest p-value with one rank at 0.5 / (S + 1) is 3 x the KS
+    p-value 2 x 0.5 / (S + 1) = 0.06 for S = 49, above any threshold: the verdict is void and
+    must say so; with 2 pairs the KS p-value is about (1 / (S + 1))^2 and the verdict stands.
+    """
+    gen = torch.Generator().manual_seed(SEED)
+    for num_obs, judged in ((1, False), (2, True)):
+        truth = torch.full((num_obs, 3), 100.0)  # far outside every draw: the worst posterior
+        report = run_calibration(torch.randn(49, num_obs, 3, generator=gen), truth)
+        assert report["sbc"]["judged"] is judged
+        assert bool(report["sbc"]["failures"]) is judged  # a judged worst case fails
+        assert any("SBC not judged" in n for n in report["notes"]) is not judged
+    one = {"coverage_50": 0.0, "coverage_90": 0.0, "num_observations": 1, "num_samples": 3}
+    # 3 draws: the expected coverages are 0.25 and 0.45, tolerances 1.22 and 1.40
+    assert coverage_verdict(one)["judged"] is False and not coverage_verdict(one)["failures"]
+    one["num_samples"] = 1000
+    assert coverage_verdict(one)["judged"] is True and coverage_verdict(one)["failures"]
+
+
 def test_expected_coverage_of_intervals_from_few_draws():
     """The central interval of S exact draws covers alpha (S - 1) / (S + 1), not alpha."""
     gen = torch.Generator().manual_seed(4000 + SEED)

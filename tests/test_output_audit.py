@@ -130,6 +130,10 @@ def test_evaluate_cli_warns_once_naming_the_null_metrics(run, capsys, caplog):
     assert len(warned) == 1
     assert f"{len(doc['not_finite'])} metric(s) not finite" in warned[0]
     assert doc["not_finite"][0]["metric"] in warned[0]
+    # one pair and 10 draws: no SBC or TARP result could fail, so none is called "passed"
+    printed = capsys.readouterr().out
+    assert "SBC not judged" in printed and "TARP not judged" in printed, printed
+    assert doc["calibration"]["sbc"]["judged"] is False
 
 
 def test_fit_refuses_a_run_file_it_could_not_write_as_json(tmp_path, monkeypatch, capsys):

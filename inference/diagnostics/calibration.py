@@ -871,6 +871,28 @@ def check_tarp(summary: Mapping[str, Any], false_alarm: float = 0.01) -> list[st
     ]
 
 
+def _extreme_ranks(num_obs: int, num_draws: int) -> np.ndarray:
+    """Every truth below every draw: ``M`` normalised ranks at rank 0 (mid tie-break), (M, 1)."""
+    return np.full((num_obs, 1), 0.5 / (num_draws + 1))
+
+
+def _sbc_can_fail(summary: Mapping[str, Any], alpha: float) -> bool:
+    """Whether the most extreme ranks fail one component's test at :func:`check_sbc`'s threshold.
+
+    When they do not, no posterior can fail the verdict with this many observations.
+    """
+    num_sets = summary["num_components"] + len(summary.get("statistics", {}))
+    num_sets += 1 if math.isfinite(summary.get("pooled", {}).get("p_value", math.nan)) else 0
+    extreme = _extreme_ranks(summary["num_observations"], summary["num_draws"])
+    return bool(uniformity_tests(extreme)["p_value"][0] < alpha / max(1, num_sets))
+
+
+def _tarp_can_fail(num_obs: int, num_draws: int, alpha: float) -> bool:
+    """Whether every truth outside its draws would fail :func:`check_tarp`."""
+    u = 1.0 - _extreme_ranks(num_obs, num_draws)[:, 0]
+    return bool(_tarp_summary(u, num_draws, 0)["p_value"] < alpha)
+
+
 def run_calibration(
     x_draws: torch.Tensor,
     x_true: torch.Tensor,
@@ -905,9 +927,11 @@ def run_calibration(
     -------
     dict
         JSON-ready: ``false_alarm``; ``sbc``: :func:`run_sbc` plus ``failures``
-        (:func:`check_sbc`); ``tarp``: :func:`run_tarp` plus ``failures`` (:func:`check_tarp`);
-        ``notes``: list of str (few observations; non-finite draws, in which case ``sbc`` and
-        ``tarp`` are absent).
+        (:func:`check_sbc`) and ``judged``; ``tarp``: :func:`run_tarp` plus ``failures``
+        (:func:`check_tarp`) and ``judged``; ``notes``: list of str (few observations; a
+        verdict not judged; non-finite draws, in which case ``sbc`` and ``tarp`` are absent).
+        ``judged`` is False when even every truth outside its draws (all ranks 0) would pass:
+        with so few observations the verdict cannot fail, so it says nothing.
 
     Raises
     ------
@@ -943,8 +967,16 @@ def run_calibration(
         ranks = sbc_ranks(x_draws, x_true, seed=seed)
     sbc = _sbc_summary(ranks)
     sbc["failures"] = check_sbc(sbc, alpha, x_shape=ranks.x_shape)
+    sbc["judged"] = _sbc_can_fail(sbc, alpha)
     u = tarp_values(x_draws, x_true, seed=seed)
     tarp = _tarp_summary(u, ranks.num_draws, seed)
     tarp["failures"] = check_tarp(tarp, alpha)
+    tarp["judged"] = _tarp_can_fail(num_obs, ranks.num_draws, alpha)
+    for name, verdict in (("SBC", sbc), ("TARP", tarp)):
+        if not verdict["judged"]:
+            out["notes"].append(
+                f"{name} not judged: {num_obs} held-out observations cannot fail it even with "
+                "every truth outside its draws"
+            )
     out["sbc"], out["tarp"] = sbc, tarp
     return out

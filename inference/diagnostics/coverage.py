@@ -305,7 +305,9 @@ def coverage_verdict(metrics: Mapping[str, Any], false_alarm: float = 0.01) -> d
         ``{"coverage_50": {...}, "coverage_90": {...}}`` each with ``observed``, ``nominal``,
         ``expected`` (:func:`expected_coverage`), ``standard_error`` and ``tolerance``
         (``z`` standard errors); ``failures``: one message per level whose
-        ``|observed - expected| > tolerance``, saying too wide or too narrow.
+        ``|observed - expected| > tolerance``, saying too wide or too narrow; ``judged``: False
+        when no level's tolerance is below its largest possible deviation (the verdict cannot
+        fail, e.g. one held-out pair of a one-component model).
 
     Raises
     ------
@@ -349,7 +351,17 @@ def coverage_verdict(metrics: Mapping[str, Any], false_alarm: float = 0.01) -> d
                 f"{key} = {value:.3f}, expected {e:.3f} (nominal {nominal}) +- "
                 f"{tolerance:.3f}: posterior {kind}"
             )
-    return {"false_alarm": false_alarm, "z": z, "levels": levels, "failures": failures}
+    judged = any(
+        level["tolerance"] < max(level["expected"], 1 - level["expected"])
+        for level in levels.values()
+    )
+    return {
+        "false_alarm": false_alarm,
+        "z": z,
+        "levels": levels,
+        "failures": failures,
+        "judged": judged,
+    }
 
 
 def check_coverage(

@@ -87,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     calibration = metrics["calibration"]
     verdicts = [
-        f"{name} {'failed' if calibration[key]['failures'] else 'passed'}"
+        f"{name} {_verdict_word(calibration[key])}"
         for key, name in (("coverage", "coverage"), ("sbc", "SBC"), ("tarp", "TARP"))
         if key in calibration
     ]
@@ -101,6 +101,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         [(m["metric"], m["value"]) for m in not_finite_metrics(metrics)],
     )
     return 0
+
+
+def _verdict_word(verdict: dict) -> str:
+    """'failed', 'passed', or 'not judged' (too few held-out pairs for the test to fail)."""
+    if verdict["failures"]:
+        return "failed"
+    return "passed" if verdict.get("judged", True) else "not judged"
 
 
 # --------------------------------------------------------------------------- diagnose
