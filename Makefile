@@ -25,9 +25,11 @@ demo: $(STAMP)
 	$(BIN)/ppl-cvae diagnose $(RUN)/posterior.nc --out $(RUN)/report --overwrite
 	$(BIN)/ppl-cvae score $(RUN)/posterior.nc --out $(RUN)/score.json --overwrite
 
+# one pytest-xdist worker per core (at most 8: about 0.7 GB each), one file per worker at a time
+TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(BIN)/mypy ppl_cvae inference
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 8 --dist loadfile
 
 $(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,docs]"

@@ -72,10 +72,6 @@ IN_MEMORY_BYTES = 2**30
 _DRAW_GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
 """Groups with a ``draw`` dim: the ones a streamed file appends to."""
 
-_QUIET = [False]
-"""True while :func:`sample_posterior_to_netcdf` streams: it warns once for all chunks."""
-
-
 def _count_not_finite(
     values: Mapping[str, torch.Tensor | np.ndarray | None],
 ) -> dict[str, list[int]]:
@@ -151,6 +147,7 @@ def inference_data_from_draws(
     stats_dims: Mapping[str, Sequence[str]] | None = None,
     stats_attrs: Mapping[str, Mapping[str, Any]] | None = None,
     generator: torch.Generator | None = None,
+    warn_not_finite: bool = True,
 ) -> az.InferenceData:
     """Build the ``InferenceData`` of a posterior file from draws of ``x`` and a problem.
 
@@ -184,6 +181,10 @@ def inference_data_from_draws(
         of the same name.
     generator : torch.Generator, optional
         Random stream of the noise of ``y_rep`` when it is drawn here.
+    warn_not_finite : bool, default True
+        Warn (once) when a kept variable holds NaN or infinite values; the file's
+        ``not_finite`` attribute records them either way. False for a caller that collects
+        the counts itself (the chunks of :func:`sample_posterior_to_netcdf`).
 
     Returns
     -------
@@ -337,7 +338,7 @@ def inference_data_from_draws(
     )
     if not_finite:  # the file says it too: {variable: [not finite, total]}
         info["not_finite"] = not_finite
-        if not _QUIET[0]:
+        if warn_not_finite:
             _warn_not_finite(not_finite)
     return to_inference_data(
         x,
@@ -376,6 +377,7 @@ def sample_posterior(
     seed: int | None = None,
     attrs: dict[str, Any] | None = None,
     refine: RefineConfig | None = None,
+    warn_not_finite: bool = True,
 ) -> az.InferenceData:
     """Draw amortized posterior samples for one or many observations as ``InferenceData``.
 
@@ -405,6 +407,8 @@ def sample_posterior(
     refine : RefineConfig, optional
         Refine the amortized draws with the problem's forward operator and keep those that
         fit (:func:`inference.refine.refine_and_accept`); needs ``problem``.
+    warn_not_finite : bool, default True
+        As :func:`inference_data_from_draws`.
 
     Returns
     -------
@@ -507,6 +511,7 @@ def sample_posterior(
         y_rep=y_rep,
         x_true=x_true_batch,
         attrs=info,
+        warn_not_finite=warn_not_finite,
     )
 
 
@@ -626,7 +631,7 @@ def sample_posterior_to_netcdf(
     oversample = refine.oversample if refine is not None else 1
     per_draw = bytes_per_draw(cvae, num_obs, problem=problem, oversample=oversample)
 
-    def draw(num: int, chunk_seed: int | None) -> az.InferenceData:
+    def draw(num: int, chunk_seed: int | None, warn: bool = True) -> az.InferenceData:
         return sample_posterior(
             cvae,
             y,
@@ -637,6 +642,7 @@ def sample_posterior_to_netcdf(
             seed=chunk_seed,
             attrs=attrs,
             refine=refine,
+            warn_not_finite=warn,
         )
 
     if per_draw * num_samples <= in_memory_bytes:
@@ -664,11 +670,7 @@ def sample_posterior_to_netcdf(
         while done < num_samples:
             num = min(chunk, num_samples - done)
             # later chunks continue the seeded random stream; one warning for all chunks
-            _QUIET[0] = True
-            try:
-                idata = draw(num, seed if done == 0 else None)
-            finally:
-                _QUIET[0] = False
+            idata = draw(num, seed if done == 0 else None, warn=False)
             if refine is not None:
                 accepted.append((num, float(idata.attrs["accepted_fraction"])))
             if "not_finite" in idata.attrs:
