@@ -25,8 +25,8 @@ demo: $(STAMP)
 	$(BIN)/ppl-cvae diagnose $(RUN)/posterior.nc --out $(RUN)/report --overwrite
 	$(BIN)/ppl-cvae score $(RUN)/posterior.nc --out $(RUN)/score.json --overwrite
 
-# one pytest-xdist worker per core (at most 8: about 0.7 GB each), one file per worker at a time
-TEST_WORKERS ?= auto
+# one pytest-xdist worker per usable CPU (at most 8: about 0.7 GB each), one file per worker at a time
+TEST_WORKERS ?= logical
 test: $(STAMP)
 	$(BIN)/mypy ppl_cvae inference
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 8 --dist loadfile

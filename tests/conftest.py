@@ -16,9 +16,8 @@ SEED = int(os.environ.get("PPL_CVAE_TEST_SEED", "0"))
 
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test` runs pytest-xdist workers
     # share the cores instead of each worker starting one torch thread per core
-    torch.set_num_threads(
-        max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    )
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cpus or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "two_birds"
 
 
