@@ -29,7 +29,7 @@ from inference.refine import RefineConfig, refine_and_accept
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
-from ppl_cvae.checks import as_count, as_seed, check_problem_matches
+from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_problem_matches
 from ppl_cvae.errors import (
     ConfigError,
     DataError,
@@ -395,7 +395,8 @@ def sample_posterior(
         Supplies dims/coords, the forward operator for ``posterior_predictive`` and the derived
         quantities of ``x`` (``problem.derived``, e.g. the slowness of facies draws).
     x_true : Tensor, same leading layout as ``y`` with event shape x_shape, optional
-        Stored in ``constant_data`` for plots and coverage.
+        Stored in ``constant_data`` for plots and coverage (a NumPy array or list of numbers
+        is accepted, cast to float32).
     decoder_noise : bool, optional
         See :func:`inference.posterior.draw_posterior`.
     seed : int, optional
@@ -450,6 +451,7 @@ def sample_posterior(
     problem = as_problem(problem) if problem is not None else None
     y_batch, stacked = as_observation_batch(y, y_shape)
     if x_true is not None:
+        x_true = as_real_tensor(x_true, "x_true")
         x_true_batch = x_true if stacked else x_true.unsqueeze(0)
         if tuple(x_true_batch.shape) != (y_batch.shape[0], *cvae.config.x_shape):
             raise ShapeError(

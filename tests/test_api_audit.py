@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from inference import CVAEPosterior, draw_posterior, importance_sample
+from inference.evaluate import evaluate_model
 from inference.mcmc import nuts_sample
-from inference.sample import CorrectionConfig, sample_corrected
+from inference.sample import CorrectionConfig, sample_corrected, sample_posterior
 from ppl_cvae import CVAE, LinearGaussian, fit_problem
 from ppl_cvae.checks import as_count, as_real_tensor, as_sample_shape, as_seed
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
@@ -288,3 +289,16 @@ def test_seeds(trained: Any) -> None:
     for bad in (-1, 1.5, "abc", 2**40):
         with pytest.raises(ConfigError, match="seed must be an int in"):
             post.sample((3,), y[0], seed=bad)
+
+
+def test_evaluate_model_and_x_true_inputs(trained: Any) -> None:
+    cvae, problem, x, y = trained
+    metrics, draws, _ = evaluate_model(cvae, x.numpy(), y.tolist(), num_samples=20)
+    assert draws.shape == (20, 8, 3) and isinstance(metrics, dict)
+    with pytest.raises(ShapeError, match="same batch size, got 8 and 4"):
+        evaluate_model(cvae, x, y[:4], num_samples=20)  # was x_draws (20, 4, 3) vs x_true
+    with pytest.raises(ConfigError, match="num_samples must be an int"):
+        evaluate_model(cvae, x, y, num_samples=2.5)
+    idata = sample_posterior(cvae, y[0], 5, problem=problem, x_true=x[0].numpy())
+    assert idata.constant_data["x_true"].shape == (1, 3)
+    assert np.allclose(idata.constant_data["x_true"].values[0], x[0].numpy())
