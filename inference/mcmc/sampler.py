@@ -227,7 +227,7 @@ def nuts_sample(
         )
     if not bool(torch.isfinite(y).all()):
         raise DataError(f"y contains {int((~torch.isfinite(y)).sum())} NaN or inf values")
-    init = as_real_tensor(init, "init")
+    init = as_real_tensor(init, "init", dtype=None)
     if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
         raise ConfigError(f"init must have shape (N >= 1, *{x_shape}), got {tuple(init.shape)}")
     par = problem.parameterisation()
