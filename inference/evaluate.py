@@ -58,6 +58,7 @@ from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._json import dumps_strict, finite_or_null
+from ppl_cvae.checks import as_count, as_real_tensor
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.metadata import linear_gaussian_parts, units_of
@@ -116,14 +117,24 @@ def evaluate_model(
     Raises
     ------
     ConfigError
-        If ``false_alarm`` is not in (0, 1).
+        If ``false_alarm`` is not in (0, 1), or ``num_samples``, ``chunk`` or ``seed`` is not
+        an int (at least 1, 1 and 0).
     ShapeError
         If ``x`` and ``y`` disagree with the model or each other.
+    DataError
+        If ``x`` or ``y`` is not a tensor, array or list of real numbers (NumPy arrays and
+        lists are cast to float32), or ``y`` holds NaN or inf.
 
     References
     ----------
     Talts et al. 2018, arXiv:1804.06788 (SBC); Lemos et al. 2023, arXiv:2302.03026 (TARP).
     """
+    x = as_real_tensor(x, "x")
+    y = as_real_tensor(y, "y")
+    cvae.check_inputs(y, x)  # event shapes of the model, one y per x
+    num_samples = as_count(num_samples, "num_samples")
+    chunk = as_count(chunk, "chunk")
+    seed = as_count(seed, "seed", minimum=0)
     parts, probs = [], []
     likelihood = cvae.config.likelihood
     for start in range(0, y.shape[0], chunk):

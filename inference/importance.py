@@ -31,6 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from ppl_cvae._memory import check_memory
+from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_problem_matches
 from ppl_cvae.errors import ConfigError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -172,10 +173,11 @@ def importance_sample(
     problem : Problem
         Supplies ``log_prior(x)`` (a prior with a density) and ``log_likelihood(x, y)`` (a noise
         model): the target ``p(x | y)`` is the problem's own posterior.
-    y : Tensor, shape (M, *y_shape)
-        Observations, units of ``y``.
+    y : Tensor, shape (M, *y_shape) or y_shape
+        Observations, units of ``y`` (one without a batch axis counts as ``M = 1``); a NumPy
+        array or list of numbers is accepted, any real dtype is cast to float32.
     num_samples : int
-        Proposal draws ``S`` per observation (at least 2).
+        Proposal draws ``S`` per observation (an int >= 2).
     seed : int, optional
         Seed of the proposal draws (a forked torch RNG: the global one is left as it was).
     chunk_size : int, default 1024
@@ -188,15 +190,20 @@ def importance_sample(
     Raises
     ------
     ConfigError
-        If the model is unconditional, has a basis decoder, or ``num_samples < 2``, or the
-        problem raises while the weights are computed (its exception is named).
+        If the model is unconditional, has a basis decoder, the problem is None,
+        ``num_samples`` is not an int >= 2, ``chunk_size`` not an int >= 1 or ``seed`` not an
+        int in ``[0, 2**32 - 1]``, or the problem raises while the weights are computed (its
+        exception is named).
+    DataError
+        If ``y`` is not a tensor, array or list of real numbers, or holds NaN or inf.
     ResourceError
         If the proposals would not fit in memory (estimated before any is drawn).
     NoPriorDensityError, NoLikelihoodError
         If the problem's prior has no density or it has no noise model
         (:mod:`ppl_cvae.errors`).
     ShapeError
-        If ``y`` is not ``(M, *y_shape)``.
+        If ``y`` is not ``(M, *y_shape)`` or ``y_shape``, or the problem's event shapes are
+        not the model's.
 
     References
     ----------
@@ -215,11 +222,19 @@ def importance_sample(
             "importance sampling needs draws with a density of x; a basis decoder's draws are "
             "its means on the basis span (use --method refine, or a flow on the coefficients)"
         )
-    if num_samples < 2:
-        raise ConfigError(f"num_samples must be >= 2, got {num_samples}")
+    num_samples = as_count(num_samples, "num_samples", minimum=2)
+    chunk_size = as_count(chunk_size, "chunk_size")
+    seed = as_seed(seed)
+    if problem is None:
+        raise ConfigError(
+            "importance sampling needs the problem's prior and noise model; got problem=None"
+        )
     problem = as_problem(problem)
+    check_problem_matches(problem, cfg)
+    y = as_real_tensor(y, "y")
     y = y.reshape(-1, *cfg.y_shape) if tuple(y.shape) == cfg.y_shape else y
     num_obs = cvae.check_inputs(y, None)
+    cvae.check_finite(y=y)
     # kept: x, z and the log-weight of every proposal in float32, in chunks and concatenated
     # (twice), and the log-weights again in float64 for the Pareto smoothing (three arrays)
     per_draw = (cfg.x_dim + cfg.latent_dim + 1) * 4 * 2 + 8 * 3

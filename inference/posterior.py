@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as pyro_dist
 import torch
@@ -19,7 +21,14 @@ from pyro.infer import Predictive
 
 from inference.importance import ImportanceResult, importance_sample
 from ppl_cvae._memory import check_memory
-from ppl_cvae.device import module_device
+from ppl_cvae.checks import (
+    as_count,
+    as_real_tensor,
+    as_sample_shape,
+    as_seed,
+    check_problem_matches,
+)
+from ppl_cvae.device import module_device, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError, no_exit
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -70,18 +79,32 @@ class PosteriorDraws:
     y_model: torch.Tensor | None = None
 
 
-def as_observation_batch(y: torch.Tensor, y_shape: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
-    """Return ``y`` as a batch ``(M, *y_shape)`` and whether it was already stacked.
+def as_observation_batch(
+    y: torch.Tensor | np.ndarray | list[Any], y_shape: tuple[int, ...]
+) -> tuple[torch.Tensor, bool]:
+    """Return ``y`` as a float32 batch ``(M, *y_shape)`` and whether it was already stacked.
+
+    A NumPy array or a list of numbers is accepted as sbi accepts it, and every real dtype
+    is cast to the networks' float32 (:func:`ppl_cvae.checks.as_real_tensor`); a tensor
+    keeps its device.
 
     Raises
     ------
     ShapeError
-        If ``y`` is neither ``y_shape`` nor ``(M, *y_shape)``.
+        If ``y`` is neither ``y_shape`` nor ``(M, *y_shape)`` with ``M >= 1``.
+    DataError
+        If ``y`` is not a tensor, array or list of real numbers.
     """
+    y = as_real_tensor(y, "y")
     y_shape = tuple(y_shape)
     if tuple(y.shape) == y_shape:
         return y.unsqueeze(0), False
     if y.dim() == len(y_shape) + 1 and tuple(y.shape[1:]) == y_shape:
+        if y.shape[0] == 0:
+            raise ShapeError(
+                f"observation stack has shape {tuple(y.shape)}: no observations; pass at "
+                f"least one, shape {y_shape} or (M >= 1, *{y_shape})"
+            )
         return y, True
     raise ShapeError(
         f"observation has shape {tuple(y.shape)}; the model expects {y_shape} "
@@ -170,9 +193,10 @@ def draw_posterior(
     cvae : CVAE
         A trained conditional model.
     y : Tensor, shape (M, *y_shape) or y_shape
-        Observations in physical units; a single observation is treated as ``M = 1``.
+        Observations in physical units; a single observation is treated as ``M = 1``. A
+        NumPy array or list of numbers is accepted, any real dtype is cast to float32.
     num_samples : int
-        Draws per observation.
+        Draws per observation (a Python or NumPy int).
     decoder_noise : bool, optional
         True: ``x ~ p(x | z, y)`` (site ``"x"``, the full predictive density of the decoder;
         for a Bernoulli or categorical decoder the draws are facies codes). False:
@@ -196,21 +220,27 @@ def draw_posterior(
     Raises
     ------
     ConfigError
-        If the model is unconditional or ``num_samples < 1``.
+        If the model is unconditional, ``num_samples`` is not an int >= 1 or ``seed`` not
+        an int in ``[0, 2**32 - 1]`` (:mod:`ppl_cvae.checks`).
     ShapeError
-        If ``y`` has the wrong shape.
+        If ``y`` has the wrong shape, the problem's event shapes are not the model's, or
+        its ``forward`` returns a shape other than ``(num_samples, M, *y_shape)``.
     DataError
-        If ``y`` holds NaN or inf, or the draws are not finite (named as an observation far
-        outside the training data, more than :data:`FAR_FROM_TRAINING` training standard
-        deviations away, where that is the reason).
+        If ``y`` is not a tensor, array or list of real numbers, holds NaN or inf, or the
+        draws are not finite (named as an observation far outside the training data, more
+        than :data:`FAR_FROM_TRAINING` training standard deviations away, where that is the
+        reason).
     ResourceError
         If the draws cannot fit in memory (:func:`bytes_per_draw`).
     """
     y_shape = cvae.config.y_shape
     if y_shape is None:  # an unconditional model (config.conditional False)
         raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    num_samples = as_count(num_samples, "num_samples")
+    seed = as_seed(seed)
+    if problem is not None:
+        problem = as_problem(problem)
+        check_problem_matches(problem, cvae.config)
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
     check_memory(
@@ -249,9 +279,15 @@ def draw_posterior(
     x = out["x"] if decoder_noise else out["x_mean"]
     y_rep = y_model = None
     if problem is not None:
-        problem = as_problem(problem)
         with no_exit(f"problem {problem.name!r} forward"):
             y_rep = y_model = problem.forward(x)
+        expected = (*x.shape[:2], *y_shape)
+        if not isinstance(y_model, torch.Tensor) or tuple(y_model.shape) != expected:
+            got = tuple(y_model.shape) if isinstance(y_model, torch.Tensor) else type(y_model)
+            raise ShapeError(
+                f"problem {problem.name!r} forward returned {got} for x of shape "
+                f"{tuple(x.shape)}; expected a tensor of shape {expected} (*batch, *y_shape)"
+            )
         if not problem.noise.is_zero:
             y_rep = y_model + problem.noise.sample(tuple(x.shape[:2])).to(y_model)
     return PosteriorDraws(
@@ -311,21 +347,29 @@ class CVAEPosterior:
         assert shape is not None
         return shape
 
-    def set_default_y(self, y: torch.Tensor) -> CVAEPosterior:
+    def set_default_y(self, y: torch.Tensor | np.ndarray | list[Any]) -> CVAEPosterior:
         """Set the observation used when ``y`` is omitted; return self.
+
+        ``y`` of shape ``y_shape``, or ``(1, *y_shape)`` (one observation with a batch axis,
+        stored without it); a NumPy array or list of numbers is accepted, cast to float32.
 
         Raises
         ------
         ShapeError
-            If ``y`` does not have shape ``y_shape``.
+            If ``y`` does not have shape ``y_shape`` or ``(1, *y_shape)``.
+        DataError
+            If ``y`` is not a tensor, array or list of real numbers, or holds NaN or inf.
         """
+        y = as_real_tensor(y, "default y")
+        if tuple(y.shape) == (1, *self.y_shape):
+            y = y[0]
         if tuple(y.shape) != self.y_shape:
             raise ShapeError(f"default y must have shape {self.y_shape}, got {tuple(y.shape)}")
         self.cvae.check_finite(y=y)
         self.default_y = y
         return self
 
-    def _y(self, y: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    def _y(self, y: torch.Tensor | np.ndarray | list[Any] | None) -> tuple[torch.Tensor, bool]:
         if y is None:
             if self.default_y is None:
                 raise ConfigError("no observation: pass y or call set_default_y(y) first")
@@ -338,7 +382,14 @@ class CVAEPosterior:
         :meth:`sample` and :meth:`log_prob` then run the networks on ``device`` and return CPU
         tensors; :meth:`importance_sample` evaluates the problem's densities on the CPU and
         needs the networks there (``to("cpu")``).
+
+        Raises
+        ------
+        ConfigError
+            If ``device`` is not ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, or names a
+            CUDA device this machine does not have (:func:`ppl_cvae.device.resolve_device`).
         """
+        device = resolve_device(device)
         self.cvae.to(device)
         if self.default_y is not None:
             self.default_y = self.default_y.to(device)
@@ -346,8 +397,8 @@ class CVAEPosterior:
 
     def sample(
         self,
-        sample_shape: tuple[int, ...] | torch.Size = (),
-        y: torch.Tensor | None = None,
+        sample_shape: int | tuple[int, ...] | torch.Size = (),
+        y: torch.Tensor | np.ndarray | list[Any] | None = None,
         *,
         decoder_noise: bool | None = None,
         seed: int | None = None,
@@ -357,9 +408,11 @@ class CVAEPosterior:
         Parameters
         ----------
         sample_shape : tuple of int, default ()
-            Shape of the draws per observation (sbi's convention: ``(n,)`` for ``n`` draws).
+            Shape of the draws per observation (sbi's convention: ``(n,)`` for ``n`` draws;
+            an int ``n`` is taken as ``(n,)``; a zero entry gives no draws).
         y : Tensor, shape y_shape or (M, *y_shape), optional
-            Observation(s); default :attr:`default_y`.
+            Observation(s); default :attr:`default_y`. A NumPy array or list of numbers is
+            accepted, any real dtype is cast to float32.
         decoder_noise, seed
             As in :func:`draw_posterior`.
 
@@ -368,7 +421,16 @@ class CVAEPosterior:
         Tensor, shape (*sample_shape, *x_shape) for one observation, else
         (*sample_shape, M, *x_shape)
             Units of ``x``.
+
+        Raises
+        ------
+        ConfigError
+            If ``sample_shape`` is not an int or a tuple of ints >= 0, or as
+            :func:`draw_posterior`.
+        ShapeError, DataError, ResourceError
+            As :func:`draw_posterior`.
         """
+        sample_shape = as_sample_shape(sample_shape)
         y_batch, stacked = self._y(y)
         num = math.prod(sample_shape)
         draws = draw_posterior(
@@ -382,8 +444,8 @@ class CVAEPosterior:
     @torch.no_grad()
     def log_prob(
         self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
+        x: torch.Tensor | np.ndarray | list[Any],
+        y: torch.Tensor | np.ndarray | list[Any] | None = None,
         *,
         num_particles: int = 128,
         seed: int | None = None,
@@ -401,8 +463,9 @@ class CVAEPosterior:
 
         Parameters
         ----------
-        x : Tensor, shape (N, *x_shape)
-            Models, units of ``x``.
+        x : Tensor, shape (N, *x_shape) or x_shape
+            Models, units of ``x`` (one model without a batch axis counts as ``N = 1``); a
+            NumPy array or list of numbers is accepted, any real dtype is cast to float32.
         y : Tensor, shape y_shape or (N, *y_shape), optional
             One observation for every ``x``, or one per ``x``; default :attr:`default_y`.
         num_particles : int, default 128
@@ -418,18 +481,25 @@ class CVAEPosterior:
         Raises
         ------
         ShapeError
-            If ``x`` or ``y`` have the wrong shape.
+            If ``x`` or ``y`` have the wrong shape, or their batch sizes differ.
+        DataError
+            If ``x`` or ``y`` is not a tensor, array or list of real numbers, or holds NaN or
+            inf.
         ConfigError
-            If ``num_particles < 1``.
+            If ``num_particles`` is not an int >= 1 or ``seed`` not an int in
+            ``[0, 2**32 - 1]``.
 
         References
         ----------
         Burda, Grosse and Salakhutdinov (2016), Importance Weighted Autoencoders, ICLR.
         """
-        if num_particles < 1:
-            raise ConfigError(f"num_particles must be >= 1, got {num_particles}")
+        num_particles = as_count(num_particles, "num_particles")
+        seed = as_seed(seed)
         cvae = self.cvae
         x_shape = cvae.config.x_shape
+        x = as_real_tensor(x, "x")
+        if tuple(x.shape) == x_shape:
+            x = x.unsqueeze(0)
         if x.dim() != len(x_shape) + 1 or tuple(x.shape[1:]) != x_shape:
             raise ShapeError(f"x must have shape (N, *{x_shape}), got {tuple(x.shape)}")
         y_batch, _ = self._y(y)
@@ -437,6 +507,9 @@ class CVAEPosterior:
         if y_batch.shape[0] == 1:
             y_batch = y_batch.expand(n, *self.y_shape)
         cvae.check_inputs(y_batch, x)
+        cvae.check_finite(x=x, y=y_batch)
+        if n == 0:
+            return torch.zeros(0, dtype=torch.float64)
         device = module_device(cvae)
         x, y_batch = x.to(device), y_batch.to(device)
         was_training = cvae.training
@@ -462,7 +535,11 @@ class CVAEPosterior:
         return out.cpu()
 
     def importance_sample(
-        self, num_samples: int, y: torch.Tensor | None = None, *, seed: int | None = None
+        self,
+        num_samples: int,
+        y: torch.Tensor | np.ndarray | list[Any] | None = None,
+        *,
+        seed: int | None = None,
     ) -> ImportanceResult:
         """Correct amortized draws with the problem's prior and noise model (importance sampling).
 
@@ -477,7 +554,8 @@ class CVAEPosterior:
         Raises
         ------
         ConfigError
-            If the posterior has no problem.
+            If the posterior has no problem; others as
+            :func:`inference.importance.importance_sample`.
         """
         if self.problem is None:
             raise ConfigError(

@@ -29,6 +29,7 @@ from inference.refine import RefineConfig, refine_and_accept
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
+from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_problem_matches
 from ppl_cvae.errors import (
     ConfigError,
     DataError,
@@ -394,7 +395,8 @@ def sample_posterior(
         Supplies dims/coords, the forward operator for ``posterior_predictive`` and the derived
         quantities of ``x`` (``problem.derived``, e.g. the slowness of facies draws).
     x_true : Tensor, same leading layout as ``y`` with event shape x_shape, optional
-        Stored in ``constant_data`` for plots and coverage.
+        Stored in ``constant_data`` for plots and coverage (a NumPy array or list of numbers
+        is accepted, cast to float32).
     decoder_noise : bool, optional
         See :func:`inference.posterior.draw_posterior`.
     seed : int, optional
@@ -449,6 +451,7 @@ def sample_posterior(
     problem = as_problem(problem) if problem is not None else None
     y_batch, stacked = as_observation_batch(y, y_shape)
     if x_true is not None:
+        x_true = as_real_tensor(x_true, "x_true")
         x_true_batch = x_true if stacked else x_true.unsqueeze(0)
         if tuple(x_true_batch.shape) != (y_batch.shape[0], *cvae.config.x_shape):
             raise ShapeError(
@@ -844,7 +847,8 @@ def sample_corrected(
     Raises
     ------
     ConfigError
-        If the method is unknown, ``num_samples < 1``, or the model cannot propose; for
+        If the method is unknown, ``problem`` is None, ``num_samples`` is not an int >= 1,
+        ``seed`` not an int in ``[0, 2**32 - 1]``, or the model cannot propose; for
         ``latent-nuts``, if ``generative_prior`` is missing or not an unconditional VAE; for
         ``nuts``, if ``num_samples`` gives a chain fewer than
         :data:`~inference.mcmc.MIN_DRAWS_PER_CHAIN` draws.
@@ -862,12 +866,17 @@ def sample_corrected(
         preconditioner_draws,
     )
 
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    num_samples = as_count(num_samples, "num_samples")
+    seed = as_seed(seed)
     y_shape = cvae.config.y_shape
     if y_shape is None:
         raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
+    if problem is None:
+        raise ConfigError(
+            "a corrected posterior needs the problem's prior and noise model; got problem=None"
+        )
     problem = as_problem(problem)
+    check_problem_matches(problem, cvae.config)
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
     if correction.method == "latent-nuts":

@@ -24,7 +24,8 @@ from inference.mcmc.potential import (
     _potential_dtype,
 )
 from inference.mcmc.preconditioner import PRECONDITIONERS, Preconditioner, _preconditioner
-from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
+from ppl_cvae.checks import MAX_SEED, as_count, as_real_tensor
+from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, ShapeError, exception_summary
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.densities import checked_log_likelihood
@@ -111,7 +112,8 @@ def nuts_sample(
     problem : Problem
         With a prior density (``has_prior_density``) and a noise model.
     y : Tensor, shape y_shape
-        One observation, units of ``y``.
+        One observation, units of ``y`` (a NumPy array or list of numbers is accepted; the
+        potential is evaluated with it in float64).
     init : Tensor, shape (N, *x_shape)
         Draws that start the chains (one chain per row), units of ``x``; with
         ``precondition="amortized"`` also the draws whose mean and covariance precondition
@@ -131,7 +133,8 @@ def nuts_sample(
     max_tree_depth : int, default 8
         NUTS's tree depth limit (at most ``2^depth - 1`` leapfrog steps per draw).
     seed : int, default 0
-        Seed of Pyro's RNG (chain ``c`` uses ``seed + c``, whichever process runs it).
+        Seed of Pyro's RNG (chain ``c`` uses ``seed + c``, whichever process runs it), in
+        ``[0, 2**32 - num_chains]``.
     adapt_mass_matrix : bool, default True
         Whether NUTS's warm-up also adapts a diagonal mass matrix (in the preconditioned
         coordinates ``v``), on top of the step size. With a good preconditioner the diagonal
@@ -166,7 +169,12 @@ def nuts_sample(
         If ``precondition`` is unknown, ``init`` has the wrong shape, a count is out of
         range (``num_samples`` below :data:`MIN_DRAWS_PER_CHAIN`), or ``precondition`` is
         ``"prior"`` or ``"prior-amortized"`` and the problem's prior is not Gaussian in the
-        sampled coordinates.
+        sampled coordinates, or ``seed`` is not an int in ``[0, 2**32 - num_chains]``.
+    ShapeError
+        If ``y`` does not have shape ``problem.y_shape``.
+    DataError
+        If ``y`` or ``init`` is not a tensor, array or list of real numbers, ``y`` holds NaN
+        or inf, or the log posterior density is not finite at a chain's start.
     NoPriorDensityError, NoLikelihoodError
         If the problem's prior has no density or it has no noise model.
 
@@ -204,8 +212,22 @@ def nuts_sample(
     if max_tree_depth < 1:
         raise ConfigError(f"max_tree_depth must be >= 1, got {max_tree_depth}")
     dtype = _potential_dtype(potential_dtype)
+    seed = as_count(seed, "seed", minimum=0)
+    if seed + num_chains - 1 > MAX_SEED:  # chain c is seeded with seed + c
+        raise ConfigError(
+            f"seed must be an int in [0, 2**32 - num_chains] (chain c uses seed + c), got {seed}"
+        )
     problem = as_problem(problem)
     x_shape = tuple(problem.x_shape)
+    y = as_real_tensor(y, "y", dtype=torch.float64)
+    if tuple(y.shape) != tuple(problem.y_shape):
+        raise ShapeError(
+            f"y has shape {tuple(y.shape)}; nuts_sample takes one observation of shape "
+            f"{tuple(problem.y_shape)} (problem {problem.name!r})"
+        )
+    if not bool(torch.isfinite(y).all()):
+        raise DataError(f"y contains {int((~torch.isfinite(y)).sum())} NaN or inf values")
+    init = as_real_tensor(init, "init", dtype=None)
     if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
         raise ConfigError(f"init must have shape (N >= 1, *{x_shape}), got {tuple(init.shape)}")
     par = problem.parameterisation()

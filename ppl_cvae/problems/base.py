@@ -39,7 +39,13 @@ from torch.distributions import MultivariateNormal, Transform
 
 from ppl_cvae.config import Overrides
 from ppl_cvae.device import move_tensors
-from ppl_cvae.errors import ConfigError, NoLikelihoodError, NoPriorDensityError, ShapeError
+from ppl_cvae.errors import (
+    ConfigError,
+    DataError,
+    NoLikelihoodError,
+    NoPriorDensityError,
+    ShapeError,
+)
 from ppl_cvae.problems.noise import GaussianNoise
 from ppl_cvae.problems.parameterisation import Parameterisation
 
@@ -221,9 +227,30 @@ class Problem(abc.ABC):
         Default: ``x = sample_prior(num, generator)``, ``y = F(x) + eps`` with
         ``eps = noise.sample((num,), generator)`` (no noise term for a noise-free problem),
         drawn from ``generator`` in that order.
+
+        Raises
+        ------
+        DataError
+            If ``sample_prior`` returns anything but a tensor of shape ``(num, *x_shape)``, or
+            ``forward`` anything but a tensor of shape ``(num, *y_shape)`` (a broadcast with
+            the noise would hide a wrong shape).
         """
         x = self.sample_prior(num, generator)
+        expected = (num, *self.x_shape)
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != expected:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DataError(
+                f"problem {self.name!r} sample_prior({num}) returned {got}; expected a tensor "
+                f"of shape {expected} (num, *x_shape)"
+            )
         y = self.forward(x)
+        expected = (num, *self.y_shape)
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise DataError(
+                f"problem {self.name!r} forward returned {got} for x of shape {tuple(x.shape)}; "
+                f"expected a torch tensor of shape {expected} (num, *y_shape)"
+            )
         noise = self.noise
         if noise.is_zero:
             return x, y

@@ -65,6 +65,7 @@ import torch
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory
 from ppl_cvae._version import __version__
+from ppl_cvae.checks import shape_mismatch
 from ppl_cvae.config import (
     ModelConfig,
     _show,
@@ -488,7 +489,7 @@ def _rebuild(
             f"checkpoint {name!r} holds a problem record that cannot be built: "
             f"{type(err).__name__}: {_one_line(str(err))}; pass the problem explicitly"
         ) from err
-    mismatch = _shape_mismatch(problem, config)
+    mismatch = shape_mismatch(problem, config)
     if mismatch is not None:
         if is_reference:
             return None, (
@@ -497,17 +498,6 @@ def _rebuild(
         raise CheckpointError(f"checkpoint {name!r}: its problem {problem_name!r} {mismatch}")
     return problem, None
 
-
-def _shape_mismatch(problem: Problem, config: ModelConfig) -> str | None:
-    """Return how the problem's event shapes differ from the model's, or None."""
-    x_ok = tuple(problem.x_shape) == config.x_shape
-    y_ok = config.y_shape is None or tuple(problem.y_shape) == config.y_shape
-    if x_ok and y_ok:
-        return None
-    return (
-        f"has x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}; the model has x "
-        f"{config.x_shape}, y {config.y_shape}"
-    )
 
 
 def load_checkpoint(
@@ -580,7 +570,7 @@ def load_checkpoint(
     problem_error: str | None = None
     if problem is not None:
         problem = check_problem(problem, "the problem= argument")
-        mismatch = _shape_mismatch(problem, config)
+        mismatch = shape_mismatch(problem, config)
         if mismatch is not None:
             raise CheckpointError(f"the problem passed for {name!r} ({problem.name!r}) {mismatch}")
     elif record is None:

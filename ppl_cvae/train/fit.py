@@ -29,6 +29,7 @@ from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.checked_simulator import CheckedSimulator
 from ppl_cvae.train.distributed import (
     DistributedSetup,
     rank_device,
@@ -822,19 +823,40 @@ def fit_problem(
     Raises
     ------
     ConfigError
-        If an override names an unknown field or a value is out of range.
+        If an override names an unknown field or a value is out of range, ``device`` is not
+        a device of this machine (:func:`~ppl_cvae.device.resolve_device`), or the problem's
+        ``simulate`` raises.
+    DataError
+        If the problem's ``simulate`` returns anything but ``num`` finite pairs of tensors of
+        its event shapes
+        (:class:`~ppl_cvae.problems.checked_simulator.CheckedSimulator`; real dtypes are cast
+        to float32).
     """
     problem = as_problem(problem)
+    if device is not None:
+        device = resolve_device(device)
     overrides = Overrides(
         model=cast(ModelOverrides, model or {}), train=cast(TrainOverrides, train or {})
     )
     config, train_config = resolve_settings(problem, overrides)
+    # a user's simulate is untrusted: NumPy, float64, wrong shapes, NaN are named, not met
+    # deep inside the SVI step (what the CLI's fit does)
+    simulate = CheckedSimulator(
+        problem.simulate, problem.x_shape, problem.y_shape, f"problem {problem.name!r}"
+    )
     gen = torch.Generator().manual_seed(train_config.seed + 1)
-    x, y = problem.simulate(train_config.num_train, gen)
+    x, y = simulate(train_config.num_train, gen)
+    assert y is not None  # a conditional problem's simulator returns pairs
     cvae = build_cvae(config, x, y, problem=problem, seed=train_config.seed)
     place_forward_operator(cvae, problem, device)
     start = time.perf_counter()
     result = fit(
-        cvae, x, y, train_config, simulator=problem.simulate, progress=progress, device=device
+        cvae,
+        x,
+        y,
+        train_config,
+        simulator=cast(Simulator, simulate),
+        progress=progress,
+        device=device,
     )
     return cvae, result, time.perf_counter() - start

@@ -1,0 +1,255 @@
+"""Argument checks of the Python API's entry points: arrays, counts, sample shapes, seeds.
+
+A notebook hands the public functions (:class:`inference.posterior.CVAEPosterior`,
+:func:`inference.posterior.draw_posterior`, :func:`inference.importance.importance_sample`,
+:func:`inference.mcmc.nuts_sample`, ...) whatever it has at hand: a NumPy array or a Python
+list for an observation, a float64 or integer tensor, a NumPy integer for a count, a negative
+number for a seed. These helpers turn what sbi and Pyro accept into the tensors and ints the
+networks need (real arrays and lists cast to float32, as data files are in
+:mod:`ppl_cvae.data.io`) and refuse the rest with one of the package's errors naming the
+argument, what arrived and what was expected, instead of a torch or NumPy error from deep
+inside a matrix product or an RNG.
+"""
+
+from __future__ import annotations
+
+import numbers
+import reprlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
+
+__all__ = [
+    "MAX_SEED",
+    "as_count",
+    "as_real_tensor",
+    "as_sample_shape",
+    "as_seed",
+    "check_problem_matches",
+    "shape_mismatch",
+]
+
+MAX_SEED = 2**32 - 1
+"""Largest seed accepted (NumPy's, and so Pyro's ``set_rng_seed``, upper bound)."""
+
+
+def _is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python, NumPy or a 0-d integer tensor), bool excluded."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() and (
+            value.dtype != torch.bool
+        )
+    return isinstance(value, numbers.Integral)
+
+
+def as_count(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as a Python int of at least ``minimum``.
+
+    Parameters
+    ----------
+    value : int, NumPy integer or 0-d integer tensor
+        The count.
+    name : str
+        The argument, for the message (e.g. ``"num_samples"``).
+    minimum : int, default 1
+        Smallest valid value.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ConfigError
+        If ``value`` is not an integer (a float, a bool, a string, a tuple) or is below
+        ``minimum``.
+
+    Examples
+    --------
+    >>> as_count(np.int64(5), "num_samples")
+    5
+    >>> try:
+    ...     as_count(2.5, "num_samples")
+    ... except ConfigError as err:
+    ...     print(err)
+    num_samples must be an int >= 1, got 2.5 (float)
+    """
+    if not _is_integer(value):
+        hint = ""
+        if isinstance(value, (tuple, list, torch.Size)):
+            hint = "; a sample shape such as (n,) goes to CVAEPosterior.sample"
+        raise ConfigError(
+            f"{name} must be an int >= {minimum}, got {reprlib.repr(value)} "
+            f"({type(value).__name__}){hint}"
+        )
+    count = int(value)
+    if count < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {count}")
+    return count
+
+
+def as_sample_shape(value: Any, name: str = "sample_shape") -> tuple[int, ...]:
+    """Return a sample shape as a tuple of non-negative ints (an int ``n`` is ``(n,)``).
+
+    sbi's and torch.distributions' convention: ``sample((n,))`` draws ``n``; ``()`` draws one
+    without a sample axis.
+
+    Raises
+    ------
+    ConfigError
+        If ``value`` is not an int or a sequence of ints, or an entry is negative.
+
+    Examples
+    --------
+    >>> as_sample_shape(5), as_sample_shape(torch.Size([2, 3])), as_sample_shape(())
+    ((5,), (2, 3), ())
+    """
+    if _is_integer(value):
+        value = (value,)
+    if not isinstance(value, (tuple, list, torch.Size)) or not all(
+        _is_integer(v) and int(v) >= 0 for v in value
+    ):
+        raise ConfigError(
+            f"{name} must be a tuple of ints >= 0 such as (1000,), got {reprlib.repr(value)}"
+        )
+    return tuple(int(v) for v in value)
+
+
+def as_seed(value: Any, name: str = "seed") -> int | None:
+    """Return a seed as a Python int in ``[0, 2**32 - 1]`` (None stays None).
+
+    The range is NumPy's, which Pyro's ``set_rng_seed`` also seeds, and that of
+    :class:`~ppl_cvae.config.TrainConfig`'s ``seed``.
+
+    Raises
+    ------
+    ConfigError
+        If ``value`` is not an integer or is outside ``[0, 2**32 - 1]``.
+
+    Examples
+    --------
+    >>> as_seed(np.int64(7)), as_seed(None)
+    (7, None)
+    """
+    if value is None:
+        return None
+    if not _is_integer(value) or not 0 <= int(value) <= MAX_SEED:
+        raise ConfigError(
+            f"{name} must be an int in [0, 2**32 - 1] or None, got {reprlib.repr(value)} "
+            f"({type(value).__name__})"
+        )
+    return int(value)
+
+
+def as_real_tensor(
+    value: Any, name: str, *, dtype: torch.dtype | None = torch.float32
+) -> torch.Tensor:
+    """Return a tensor, NumPy array or (nested) list of numbers as a real tensor.
+
+    Parameters
+    ----------
+    value : Tensor, numpy.ndarray, list or tuple of numbers
+        What the caller passed.
+    name : str
+        The argument, for the message (e.g. ``"y"``).
+    dtype : torch.dtype or None, default torch.float32
+        Dtype of the result (the networks' float32); None keeps a floating dtype and casts
+        integers and booleans to float32. A tensor keeps its device.
+
+    Returns
+    -------
+    Tensor
+
+    Raises
+    ------
+    DataError
+        If ``value`` is of another type (a string, None, a dict), holds complex numbers or
+        non-numbers (an object or string array, a ragged list), or is a tensor without values
+        on the meta device or a sparse one.
+
+    Examples
+    --------
+    >>> as_real_tensor([1, 2], "y")
+    tensor([1., 2.])
+    >>> as_real_tensor(np.zeros(2), "y").dtype
+    torch.float32
+    """
+    expected = "a tensor, NumPy array or list of real numbers"
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    elif isinstance(value, (np.ndarray, list, tuple, numbers.Real, np.generic)) and not isinstance(
+        value, (str, bytes)
+    ):
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as err:  # a ragged list
+            raise DataError(f"{name} is not {expected}: {err}") from None
+        if array.dtype.kind not in "biuf":
+            raise DataError(
+                f"{name} is an array of dtype {array.dtype} ({reprlib.repr(value)}); expected "
+                f"{expected}"
+            )
+        tensor = torch.as_tensor(array)
+    else:
+        raise DataError(
+            f"{name} is a {type(value).__module__}.{type(value).__name__} "
+            f"({reprlib.repr(value)}); expected {expected}"
+        )
+    if tensor.is_complex():
+        raise DataError(f"{name} has dtype {tensor.dtype} (complex numbers); expected {expected}")
+    if tensor.layout != torch.strided or tensor.device.type == "meta":
+        what = "on the meta device (no values)" if tensor.device.type == "meta" else (
+            f"of layout {tensor.layout}"
+        )
+        raise DataError(f"{name} is a tensor {what}; expected a dense tensor with values")
+    if dtype is None:
+        dtype = tensor.dtype if tensor.is_floating_point() else torch.float32
+    return tensor.to(dtype)
+
+
+def shape_mismatch(problem: Any, config: Any) -> str | None:
+    """Return how the problem's event shapes differ from the model's, or None.
+
+    Parameters
+    ----------
+    problem : Problem
+        Has ``x_shape`` and ``y_shape``.
+    config : ModelConfig
+        Has ``x_shape`` and ``y_shape`` (None for an unconditional model: not compared).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> shape_mismatch(NS(x_shape=(4,), y_shape=(2,)), NS(x_shape=(3,), y_shape=(2,)))
+    'has x (4,), y (2,); the model has x (3,), y (2,)'
+    """
+    x_ok = tuple(problem.x_shape) == tuple(config.x_shape)
+    y_ok = config.y_shape is None or tuple(problem.y_shape) == tuple(config.y_shape)
+    if x_ok and y_ok:
+        return None
+    return (
+        f"has x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}; the model has x "
+        f"{tuple(config.x_shape)}, y {None if config.y_shape is None else tuple(config.y_shape)}"
+    )
+
+
+def check_problem_matches(problem: Any, config: Any) -> None:
+    """Refuse a problem whose event shapes are not the model's.
+
+    Raises
+    ------
+    ShapeError
+        If ``problem.x_shape`` or ``problem.y_shape`` differ from the model's (message of
+        :func:`shape_mismatch`, naming the problem).
+    """
+    mismatch = shape_mismatch(problem, config)
+    if mismatch is not None:
+        raise ShapeError(
+            f"the event shapes of problem {getattr(problem, 'name', '?')!r} are not the model's: "
+            f"it {mismatch}; pass the problem the model was trained on"
+        )

@@ -1,0 +1,304 @@
+"""The Python API's entry points refuse bad arguments with the package's errors, or accept them.
+
+Pins the fixes of the API audit (``benchmarks/api_audit.py``): NumPy arrays, lists and float64
+or integer observations are cast to float32 as sbi accepts them; counts, sample shapes and
+seeds are checked before they reach torch or NumPy; a problem whose shapes are not the model's,
+or whose ``sample_prior`` / ``forward`` return the wrong thing, is named. One tiny CVAE is
+fitted per module (2 epochs of 256 pairs, about 2 s).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from inference import CVAEPosterior, draw_posterior, importance_sample
+from inference.evaluate import evaluate_model
+from inference.mcmc import nuts_sample
+from inference.sample import CorrectionConfig, sample_corrected, sample_posterior
+from ppl_cvae import CVAE, LinearGaussian, fit_problem
+from ppl_cvae.checks import as_count, as_real_tensor, as_sample_shape, as_seed
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.problems.base import Problem
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[CVAE, LinearGaussian, torch.Tensor, torch.Tensor]:
+    """A tiny CVAE on LinearGaussian(3, 2), with 8 simulated pairs (x, y)."""
+    problem = LinearGaussian(x_dim=3, y_dim=2)
+    cvae, _, _ = fit_problem(
+        problem,
+        model={"latent_dim": 2, "hidden_dims": (16,)},
+        train={"num_epochs": 2, "num_train": 256, "seed": 0},
+    )
+    x, y = problem.simulate(8, torch.Generator().manual_seed(1))
+    return cvae, problem, x, y
+
+
+class _Mine(Problem):
+    """A user's problem, misbehaving as ``kind`` says."""
+
+    name = "mine"
+    x_dims = ("parameter",)
+    y_dims = ("datum",)
+    coords: dict[str, Any] = {}
+
+    def __init__(self, kind: str = "") -> None:
+        self.kind = kind
+        self.x_shape, self.y_shape = (3,), (2,)
+        self.noise_std = self.misfit_std = 0.5
+        self.matrix = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+
+    def sample_prior(self, num: int, generator: torch.Generator | None = None) -> Any:
+        x = torch.randn(num, 3, generator=generator)
+        return x[:, :2] if self.kind == "prior_shape" else x
+
+    def forward(self, x: torch.Tensor) -> Any:
+        y = x @ self.matrix.T.to(x)
+        if self.kind == "forward_shape":
+            return y[..., :1]  # broadcast against the noise (num, 2) without the check
+        if self.kind == "forward_numpy":
+            return y.numpy()
+        return y.double() if self.kind == "forward_float64" else y
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": "mine"}
+
+
+def _fit(problem: Problem) -> CVAE:
+    train = {"num_epochs": 1, "num_train": 64}
+    return fit_problem(problem, model={"hidden_dims": (8,)}, train=train)[0]
+
+
+# ---------------------------------------------------------------- the checkers themselves
+
+
+def test_checkers_accept_numpy_and_refuse_the_rest() -> None:
+    assert as_count(np.int64(5), "n") == 5
+    assert as_sample_shape(4) == (4,)
+    assert as_seed(np.uint32(7)) == 7
+    assert as_real_tensor([[1, 2]], "y").dtype == torch.float32
+    assert as_real_tensor(np.zeros(2, dtype=np.int64), "y", dtype=None).dtype == torch.float32
+    assert as_real_tensor(torch.zeros(2, dtype=torch.float64), "y", dtype=None).dtype == (
+        torch.float64
+    )
+    with pytest.raises(ConfigError, match=r"num_samples must be an int >= 1, got 2\.5"):
+        as_count(2.5, "num_samples")
+    with pytest.raises(ConfigError, match="a sample shape such as"):
+        as_count((5,), "num_samples")
+    with pytest.raises(ConfigError, match="must be an int >= 1"):
+        as_count(True, "num_samples")  # a bool is not a count
+    with pytest.raises(ConfigError, match=r"sample_shape must be a tuple of ints >= 0"):
+        as_sample_shape((-1,))
+    with pytest.raises(ConfigError, match=r"seed must be an int in \[0, 2\*\*32 - 1\]"):
+        as_seed(2**32)
+    with pytest.raises(DataError, match="y is a builtins.str"):
+        as_real_tensor("0.1 0.2", "y")
+    with pytest.raises(DataError, match="dtype <U"):
+        as_real_tensor(["a", "b"], "y")
+    with pytest.raises(DataError, match="complex"):
+        as_real_tensor(torch.zeros(2, dtype=torch.complex64), "y")
+    with pytest.raises(DataError, match="meta device"):
+        as_real_tensor(torch.zeros(2, device="meta"), "y")
+
+
+# ---------------------------------------------------------------- observations y
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda y: y.numpy(),
+        lambda y: y.double().numpy(),
+        lambda y: y.tolist(),
+        lambda y: y.double(),
+        lambda y: torch.stack([y, y + 1], dim=1)[:, 0],  # a non-contiguous view
+    ],
+    ids=["numpy32", "numpy64", "list", "float64", "strided"],
+)
+def test_sample_accepts_what_sbi_accepts_with_the_same_draws(trained: Any, convert: Any) -> None:
+    cvae, problem, _, y = trained
+    post = CVAEPosterior(cvae, problem=problem)
+    expected = post.sample((4,), y[0], seed=3)
+    draws = post.sample((4,), convert(y[0]), seed=3)
+    assert draws.shape == (4, 3) and draws.dtype == torch.float32
+    # the same float32 observation gives the same draws (float64 -> float32 is exact here,
+    # y[0] being float32 to begin with)
+    torch.testing.assert_close(draws, expected, rtol=0, atol=0)
+
+
+def test_integer_y_and_batch_of_one(trained: Any) -> None:
+    cvae, problem, _, y = trained
+    post = CVAEPosterior(cvae, problem=problem)
+    assert post.sample((4,), torch.tensor([1, -1])).shape == (4, 3)
+    assert post.sample((4,), y[:1]).shape == (4, 1, 3)  # a stack of one keeps its axis
+    default = CVAEPosterior(cvae).set_default_y(y[:1].numpy())  # stored without the axis
+    assert default.default_y is not None and default.default_y.shape == (2,)
+
+
+def test_bad_observations_are_named(trained: Any) -> None:
+    cvae, _, _, _ = trained
+    post = CVAEPosterior(cvae)
+    with pytest.raises(ShapeError, match=r"no observations"):
+        post.sample((2,), torch.zeros(0, 2))
+    with pytest.raises(DataError, match="complex"):
+        post.sample((2,), torch.zeros(2, dtype=torch.complex64))
+    with pytest.raises(DataError, match=r"y is a builtins\.str"):
+        draw_posterior(cvae, "0.1 0.2", 2)
+    with pytest.raises(DataError, match="meta device"):
+        draw_posterior(cvae, torch.zeros(2, device="meta"), 2)
+    with pytest.raises(DataError, match="NaN or inf"):
+        post.set_default_y(np.array([np.nan, 0.0]))
+
+
+# ---------------------------------------------------------------- counts and sample shapes
+
+
+def test_sample_shapes(trained: Any) -> None:
+    cvae, _, _, y = trained
+    post = CVAEPosterior(cvae)
+    assert post.sample(5, y[0]).shape == (5, 3)  # an int n is (n,)
+    assert post.sample((np.int64(5),), y[0]).shape == (5, 3)
+    assert post.sample((0,), y[0]).shape == (0, 3)
+    with pytest.raises(ConfigError, match="sample_shape"):
+        post.sample((-1,), y[0])  # gave an empty (0, 3) before
+    with pytest.raises(ConfigError, match="sample_shape"):
+        post.sample((2.5,), y[0])
+
+
+@pytest.mark.parametrize("bad", [2.5, "5", (5,), -5])
+def test_draw_posterior_counts(trained: Any, bad: Any) -> None:
+    cvae, _, _, y = trained
+    with pytest.raises(ConfigError, match="num_samples must be an int >= 1"):
+        draw_posterior(cvae, y[0], bad)
+
+
+def test_numpy_count_accepted(trained: Any) -> None:
+    cvae, _, _, y = trained
+    assert draw_posterior(cvae, y[0], np.int64(5)).x.shape == (5, 1, 3)
+
+
+# ---------------------------------------------------------------- log_prob
+
+
+def test_log_prob_inputs(trained: Any) -> None:
+    cvae, _, x, y = trained
+    post = CVAEPosterior(cvae)
+    reference = post.log_prob(x[:5], y[0], seed=0)
+    for other in (x[:5].numpy(), x[:5].double(), x[:5].tolist()):
+        torch.testing.assert_close(post.log_prob(other, y[0], seed=0), reference)
+    one = post.log_prob(x[0], y[0], seed=0)  # one model without a batch axis is N = 1
+    assert one.shape == (1,)
+    torch.testing.assert_close(one, post.log_prob(x[:1], y[0], seed=0))
+    assert post.log_prob(torch.zeros(0, 3), y[0]).shape == (0,)
+    with pytest.raises(DataError, match="x contains 6 NaN"):
+        post.log_prob(torch.full((2, 3), float("nan")), y[0])
+    with pytest.raises(ConfigError, match="num_particles must be an int"):
+        post.log_prob(x[:2], y[0], num_particles=2.5)
+    with pytest.raises(ConfigError, match="seed must be an int"):
+        post.log_prob(x[:2], y[0], seed=-1)
+
+
+# ---------------------------------------------------------------- importance, NUTS
+
+
+def test_importance_sample_inputs(trained: Any) -> None:
+    cvae, problem, _, y = trained
+    result = importance_sample(cvae, problem, y[0].numpy(), 64, seed=0)
+    assert result.log_weight.shape == (64, 1)
+    with pytest.raises(DataError, match="y contains 1 NaN"):
+        importance_sample(cvae, problem, torch.tensor([[float("nan"), 0.0]]), 64)
+    with pytest.raises(ConfigError, match="num_samples must be an int >= 2"):
+        importance_sample(cvae, problem, y[:1], 2.5)
+    with pytest.raises(ConfigError, match="seed must be an int"):
+        importance_sample(cvae, problem, y[:1], 64, seed=-1)
+    with pytest.raises(ShapeError, match=r"event shapes of problem 'linear_gaussian'.*x \(4,\)"):
+        importance_sample(cvae, LinearGaussian(x_dim=4, y_dim=2), y[:1], 64)
+    importance = CorrectionConfig(method="importance", proposals=64)
+    with pytest.raises(ConfigError, match="got problem=None"):
+        sample_corrected(cvae, y[0], 10, None, importance)  # type: ignore[arg-type]
+    idata, _, _ = sample_corrected(
+        cvae, y[0].numpy(), 10, problem, CorrectionConfig(method="importance", proposals=64)
+    )
+    assert idata.posterior["x"].shape == (1, 10, 1, 3)
+
+
+def test_draw_posterior_checks_the_problem(trained: Any) -> None:
+    cvae, _, _, y = trained
+    with pytest.raises(ShapeError, match="event shapes of problem"):
+        draw_posterior(cvae, y[0], 5, problem=LinearGaussian(x_dim=4, y_dim=2))
+    with pytest.raises(ShapeError, match=r"forward returned \(5, 1, 1\).*expected a tensor"):
+        draw_posterior(cvae, y[0], 5, problem=_Mine("forward_shape"))
+
+
+def test_nuts_inputs(trained: Any) -> None:
+    cvae, problem, _, y = trained
+    init = draw_posterior(cvae, y[0], 16, seed=0).x[:, 0]
+    kw: dict[str, Any] = {"num_samples": 4, "warmup_steps": 4, "num_chains": 2}
+    result = nuts_sample(problem, y[0].numpy(), init.numpy(), seed=0, **kw)
+    assert result.x.shape[-1] == 3 and bool(torch.isfinite(torch.as_tensor(result.x)).all())
+    with pytest.raises(ConfigError, match="seed must be an int"):
+        nuts_sample(problem, y[0], init, seed=-1, **kw)
+    with pytest.raises(ConfigError, match=r"seed \+ c"):
+        nuts_sample(problem, y[0], init, seed=2**32 - 1, **kw)  # chain 1 would overflow
+    with pytest.raises(ShapeError, match=r"y has shape \(3,\)"):
+        nuts_sample(problem, torch.zeros(3), init, **kw)
+    with pytest.raises(DataError, match="y contains 1 NaN"):
+        nuts_sample(problem, torch.tensor([float("nan"), 0.0]), init, **kw)
+
+
+# ---------------------------------------------------------------- user problems, devices
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "fragment"),
+    [
+        ("forward_shape", DataError, r"forward returned \(64, 1\).*expected a torch tensor"),
+        ("forward_numpy", DataError, "forward returned ndarray"),
+        ("prior_shape", DataError, r"sample_prior\(64\) returned \(64, 2\)"),
+    ],
+)
+def test_fit_problem_checks_the_simulator(kind: str, error: type, fragment: str) -> None:
+    with pytest.raises(error, match=fragment):
+        _fit(_Mine(kind))
+
+
+def test_fit_problem_casts_float64_simulations() -> None:
+    cvae = _fit(_Mine("forward_float64"))
+    assert draw_posterior(cvae, torch.zeros(2), 3).x.dtype == torch.float32
+
+
+def test_devices_are_checked(trained: Any) -> None:
+    cvae, _, _, _ = trained
+    with pytest.raises(ConfigError, match="'nonsense' is not one of"):
+        CVAEPosterior(cvae).to("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            CVAEPosterior(cvae).to("cuda")
+
+
+def test_seeds(trained: Any) -> None:
+    cvae, _, _, y = trained
+    post = CVAEPosterior(cvae)
+    torch.testing.assert_close(
+        post.sample((3,), y[0], seed=np.int64(7)), post.sample((3,), y[0], seed=7)
+    )
+    for bad in (-1, 1.5, "abc", 2**40):
+        with pytest.raises(ConfigError, match="seed must be an int in"):
+            post.sample((3,), y[0], seed=bad)
+
+
+def test_evaluate_model_and_x_true_inputs(trained: Any) -> None:
+    cvae, problem, x, y = trained
+    metrics, draws, _ = evaluate_model(cvae, x.numpy(), y.tolist(), num_samples=20)
+    assert draws.shape == (20, 8, 3) and isinstance(metrics, dict)
+    with pytest.raises(ShapeError, match="same batch size, got 8 and 4"):
+        evaluate_model(cvae, x, y[:4], num_samples=20)  # was x_draws (20, 4, 3) vs x_true
+    with pytest.raises(ConfigError, match="num_samples must be an int"):
+        evaluate_model(cvae, x, y, num_samples=2.5)
+    idata = sample_posterior(cvae, y[0], 5, problem=problem, x_true=x[0].numpy())
+    assert idata.constant_data["x_true"].shape == (1, 3)
+    assert np.allclose(idata.constant_data["x_true"].values[0], x[0].numpy())
