@@ -7,7 +7,7 @@ first on ``sys.path`` (as ``examples/_common.py`` for the examples).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -104,3 +104,15 @@ def exact_start(
     draws = exact.sample(preconditioner_draws(dim), torch.Generator().manual_seed(seed))[:, 0]
     init = exact.mean[0] + widen * (draws - exact.mean[0])
     return problem, x_true, y, exact, init
+
+
+def print_category_table(table: Mapping[str, Sequence[int]], failures: Iterable[str]) -> None:
+    """Print the Markdown table of an audit (``category -> (passed, failed)``), then failures."""
+    print("| category | tried | passed | failed |\n|---|---|---|---|")
+    for category, (good, bad) in table.items():
+        print(f"| {category} | {good + bad} | {good} | {bad} |")
+    total_good = sum(v[0] for v in table.values())
+    total_bad = sum(v[1] for v in table.values())
+    print(f"| all | {total_good + total_bad} | {total_good} | {total_bad} |")
+    for line in failures:
+        print("FAILED", line)

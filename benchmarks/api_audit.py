@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import print_category_table
 
 from inference import CVAEPosterior, draw_posterior, importance_sample
 from inference.arviz_io import load_inference_data, save_inference_data
@@ -441,21 +442,11 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases(Path(tmp)):
             why = run_case(case)
-            row = rows.setdefault(case.category, [0, 0])
-            row[0] += 1
-            row[1] += why is None
+            rows.setdefault(case.category, [0, 0])[0 if why is None else 1] += 1
             if why is not None:
                 failures.append(f"[{case.category}] {case.name}: {why}")
-    width = max(len(k) for k in rows) + 2
-    print(f"{'category':<{width}}{'tried':>6}{'passed':>8}{'failed':>8}")
-    for name, (tried, passed) in rows.items():
-        print(f"{name:<{width}}{tried:>6}{passed:>8}{tried - passed:>8}")
-    tried = sum(r[0] for r in rows.values())
-    passed = sum(r[1] for r in rows.values())
-    print(f"{'total':<{width}}{tried:>6}{passed:>8}{tried - passed:>8}")
-    for line in failures:
-        print("FAIL " + line)
-    return 0 if passed == tried else 1
+    print_category_table(rows, failures)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import print_category_table
 
 from ppl_cvae.cli import main
 
@@ -1579,14 +1580,7 @@ def main_cli() -> int:
             table[case.category][0 if ok else 1] += 1
             if not ok:
                 failures.append(f"[{case.category}] {case.name}: {why}")
-    print("| category | tried | passed | failed |\n|---|---|---|---|")
-    for category, (good, bad) in table.items():
-        print(f"| {category} | {good + bad} | {good} | {bad} |")
-    total_good = sum(v[0] for v in table.values())
-    total_bad = sum(v[1] for v in table.values())
-    print(f"| all | {total_good + total_bad} | {total_good} | {total_bad} |")
-    for line in failures:
-        print("FAILED", line)
+    print_category_table(table, failures)
     return 1 if failures else 0
 
 

@@ -97,6 +97,18 @@ class LinearGaussianParts(NamedTuple):
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def _event_checked(
+    value: Any, expected: tuple[int, ...], source: str, layout: str
+) -> torch.Tensor:
+    """Return ``value`` if it is a tensor of shape ``expected``; else raise :class:`DataError`."""
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise DataError(
+            f"{source} returned {got}; expected a torch tensor of shape {expected} {layout}"
+        )
+    return value
+
+
 class Problem(abc.ABC):
     """Base class of an inverse problem the CVAE can be trained on.
 
@@ -235,22 +247,14 @@ class Problem(abc.ABC):
             ``forward`` anything but a tensor of shape ``(num, *y_shape)`` (a broadcast with
             the noise would hide a wrong shape).
         """
-        x = self.sample_prior(num, generator)
-        expected = (num, *self.x_shape)
-        if not isinstance(x, torch.Tensor) or tuple(x.shape) != expected:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise DataError(
-                f"problem {self.name!r} sample_prior({num}) returned {got}; expected a tensor "
-                f"of shape {expected} (num, *x_shape)"
-            )
-        y = self.forward(x)
-        expected = (num, *self.y_shape)
-        if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
-            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise DataError(
-                f"problem {self.name!r} forward returned {got} for x of shape {tuple(x.shape)}; "
-                f"expected a torch tensor of shape {expected} (num, *y_shape)"
-            )
+        x = _event_checked(
+            self.sample_prior(num, generator), (num, *self.x_shape),
+            f"problem {self.name!r} sample_prior({num})", "(num, *x_shape)",
+        )
+        y = _event_checked(
+            self.forward(x), (num, *self.y_shape),
+            f"problem {self.name!r} forward", f"(num, *y_shape) for x of shape {tuple(x.shape)}",
+        )
         noise = self.noise
         if noise.is_zero:
             return x, y
