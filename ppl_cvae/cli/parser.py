@@ -13,6 +13,7 @@ import argparse
 import math
 from typing import Any, NoReturn
 
+from ppl_cvae.checks import MAX_SEED as SEED_MAX
 from ppl_cvae.cli import evaluate, fit, sample, simulate
 from ppl_cvae.cli.fit import DEFAULT_BUFFER_CHUNKS, DEFAULT_CHUNK_MB
 from ppl_cvae.cli.sample import DEFAULT_CHAINS, DEFAULT_POTENTIAL_DTYPE
@@ -26,8 +27,6 @@ from ppl_cvae.config import (
 )
 from ppl_cvae.device import DEVICE_CHOICES
 from ppl_cvae.nets.flows import FLOW_LAYER_TYPES
-
-SEED_MAX = 2**32 - 1
 
 
 def _seed(text: str) -> int:
