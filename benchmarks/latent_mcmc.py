@@ -37,6 +37,11 @@ Run (the figures in the README)::
 
     nice -n 5 python benchmarks/latent_mcmc.py --threads 1
     nice -n 5 python benchmarks/latent_mcmc.py --threads 1 --cvae-run CVAE.pt --prior-run PRIOR.pt
+    python benchmarks/latent_mcmc.py --cvae-run CVAE.pt --prior-run PRIOR.pt --samplers facies
+
+``--samplers facies`` runs facies MCMC (:func:`inference.facies_mcmc.facies_mcmc_sample`: the
+latent and the facies field of the generative prior together, every draw a facies field)
+instead of latent NUTS; ``--samplers nuts,facies`` both.
 
 ``--cvae-run`` / ``--prior-run`` load checkpoints (``model.pt`` or run folders) instead of
 fitting; ``--epochs`` / ``--prior-epochs`` shorten the recommended schedule (60 epochs x 20,000
@@ -55,6 +60,7 @@ from _common import print_reliability_table, train_overrides
 
 from inference.diagnostics.coverage import run_evaluation
 from inference.diagnostics.facies import mode_accuracy, run_reliability
+from inference.facies_mcmc import facies_mcmc_sample
 from inference.latent_mcmc import decode_latent, encode_latent, latent_nuts_sample
 from inference.mcmc import preconditioner_draws
 from inference.posterior import draw_posterior
@@ -153,6 +159,11 @@ def main(args):
         draws.x_mean[:, :num_nuts].double().mean(0),
         *common,
     )
+    samplers = set(args.samplers.split(","))
+    if "facies" in samplers:
+        run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args)
+    if "nuts" not in samplers:
+        return
     results = []
     for i in range(num_nuts):
         start = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=args.seed + i).x[:, 0]
@@ -195,6 +206,47 @@ def main(args):
     )
 
 
+def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
+    """Facies MCMC (:func:`inference.facies_mcmc.facies_mcmc_sample`) on each observation."""
+    results = []
+    for i in range(len(y_obs)):
+        start = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=args.seed + i).x[:, 0]
+        res = facies_mcmc_sample(
+            prior,
+            problem,
+            y_obs[i],
+            start,
+            num_samples=args.facies_samples,
+            warmup_steps=args.facies_warmup,
+            num_chains=args.chains,
+            flips_per_step=args.facies_flips,
+            seed=args.seed,
+        )
+        results.append(res)
+        print(
+            f"  observation {i}: R-hat {res.rhat:.3f} (bound {res.rhat_threshold:.3f}), min ESS "
+            f"{res.min_ess:.0f}, acceptance z {res.accept_z:.2f} x {res.accept_x:.2f}, "
+            f"{res.num_evaluations} forward evaluations, {res.seconds:.0f} s",
+            flush=True,
+        )
+    x = torch.stack([r.x.reshape(-1, *problem.x_shape) for r in results], dim=1)  # (S, M, ...)
+    rhat = torch.tensor([r.rhat for r in results])
+    ess = torch.tensor([r.min_ess for r in results])
+    secs = torch.tensor([r.seconds for r in results])
+    report(
+        f"facies MCMC ({args.chains} chains x {args.facies_samples} steps, warm-up "
+        f"{args.facies_warmup}, {args.facies_flips} facies moves per step)",
+        {"facies draws": x},
+        x.double().mean(0),
+        *common,
+        extra=(
+            f"  R-hat max {rhat.max():.3f} (median {rhat.median():.3f}; converged "
+            f"{sum(r.converged for r in results)}/{len(results)}); min ESS median "
+            f"{ess.median():.0f}; {secs.median():.0f} s per observation (median)"
+        ),
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cvae-run", help="checkpoint of a channels CVAE (skip its fit)")
@@ -210,6 +262,12 @@ if __name__ == "__main__":
     parser.add_argument("--nuts-warmup", type=int, default=100)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--max-tree-depth", type=int, default=6)
+    parser.add_argument(
+        "--samplers", default="nuts", help="comma-separated: nuts (latent NUTS), facies"
+    )
+    parser.add_argument("--facies-samples", type=int, default=200, help="steps per chain")
+    parser.add_argument("--facies-warmup", type=int, default=200)
+    parser.add_argument("--facies-flips", type=int, default=8, help="facies moves per step")
     parser.add_argument("--min-count", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
