@@ -20,7 +20,10 @@ The chain alternates two Metropolis-Hastings moves, each leaving the target inva
   prior's recognition net, ``z' ~ q(z | x)``, accepted with probability
   ``min(1, w(z') / w(z))``, ``w(z) = N(z; 0, I) p_g(x | z) / q(z | x)``. This is the
   importance weight of the VAE's own ELBO; where the recognition net is close to ``p_g(z | x)``
-  nearly every proposal is accepted.
+  nearly every proposal is accepted. Then a random walk ``z' = z + s sd_q(x) eps`` (symmetric:
+  ``x`` is fixed during the move), its scale ``s`` adapted during warm-up towards an
+  acceptance of 0.3 (Robbins-Monro) and frozen after; it moves ``z`` where ``q(z | x)`` is too
+  wide for a ``p_g(z | x)`` made sharp by many cells.
 - ``x`` given ``z``: single-cell changes with a locally balanced proposal (Zanella 2020): every
   neighbour ``x'`` of ``x`` (one cell set to another facies; ``D (K - 1)`` of them for ``D``
   cells and ``K`` facies) is evaluated exactly, ``d(x') = log pi(x') - log pi(x)`` with
@@ -92,7 +95,8 @@ class FaciesMCMCResult:
     num_quantities : int
         How many quantities ``rhat`` is the largest of.
     accept_z, accept_x : float
-        Acceptance rates of the latent and of the facies moves after warm-up.
+        Acceptance rates of the latent moves (both kinds together) and of the facies moves,
+        after warm-up.
     num_evaluations : int
         Models passed through the forward operator, warm-up and starts included.
     seconds : float
@@ -157,12 +161,18 @@ def _weight_from(
     z: torch.Tensor,
     codes: torch.Tensor,
     class_log_p: torch.Tensor,
-    loc: torch.Tensor,
-    scale: torch.Tensor,
+    loc: torch.Tensor | None,
+    scale: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Return the independence sampler's log weight from precomputed class log-probabilities."""
+    """Return ``log N(z; 0, I) + log p_g(x | z) [- log q(z | x)]`` from class log-probabilities.
+
+    Without ``loc`` and ``scale`` the target of ``z`` given ``x``; with them the independence
+    sampler's log weight. Shape ``(C,)``.
+    """
     log_prior = -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
     log_decoder = class_log_p.gather(-1, codes.unsqueeze(-1)).squeeze(-1).sum(-1)
+    if loc is None or scale is None:  # the target of z given x only
+        return log_prior + log_decoder
     log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
     return log_prior + log_decoder - log_q
 
@@ -197,7 +207,7 @@ def facies_mcmc_sample(
         Facies fields (codes ``0 .. K-1``) that start the chains: pass the amortized CVAE's
         draws for ``y``.
     num_samples, warmup_steps : int
-        Steps kept (at least 4) and discarded per chain. One step is one latent move and
+        Steps kept (at least 4) and discarded per chain. One step is two latent moves and
         ``flips_per_step`` facies moves.
     num_chains : int, default 4
         Chains (at most ``N``), run together in one batch.
@@ -333,6 +343,12 @@ def facies_mcmc_sample(
         rows = torch.arange(num_chains)
         cells = torch.arange(num_cells).repeat_interleave(num_facies - 1)  # cell of neighbour
 
+        def prior_deltas(codes: torch.Tensor, class_lp: torch.Tensor) -> torch.Tensor:
+            """Each neighbour's ``log p_g(x' | z) - log p_g(x | z)``; ``(C, D (K - 1))``."""
+            new = (codes.unsqueeze(-1) + shifts) % num_facies  # (C, D, K-1)
+            d_prior = class_lp.gather(-1, new) - class_lp.gather(-1, codes.unsqueeze(-1))
+            return d_prior.reshape(num_chains, -1)
+
         def neighbour_deltas(
             codes: torch.Tensor, class_lp: torch.Tensor, ll: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -340,13 +356,12 @@ def facies_mcmc_sample(
 
             All three of shape ``(C, D (K - 1))``.
             """
-            new = (codes.unsqueeze(-1) + shifts) % num_facies  # (C, D, K-1)
-            d_prior = class_lp.gather(-1, new) - class_lp.gather(-1, codes.unsqueeze(-1))
+            new = ((codes.unsqueeze(-1) + shifts) % num_facies).reshape(num_chains, -1)
             num = num_cells * (num_facies - 1)
             models = codes.to(torch.int8).unsqueeze(1).expand(-1, num, -1).clone()
-            models[:, torch.arange(num), cells] = new.reshape(num_chains, -1).to(torch.int8)
+            models[:, torch.arange(num), cells] = new.to(torch.int8)
             d_lik = log_lik(models) - ll.unsqueeze(-1)
-            return d_prior.reshape(num_chains, -1) + d_lik, new.reshape(num_chains, -1), d_lik
+            return prior_deltas(codes, class_lp) + d_lik, new, d_lik
 
         deltas, new_codes, d_lik = neighbour_deltas(codes, class_lp, ll)
         total = warmup_steps + num_samples
@@ -354,8 +369,10 @@ def facies_mcmc_sample(
         keep_z = torch.empty(num_samples, num_chains, z.shape[-1], dtype=torch.float64)
         keep_ll = torch.empty(num_samples, num_chains, dtype=torch.float64)
         accepted_z = accepted_x = 0
+        walk = torch.full((num_chains,), 0.5, dtype=torch.float64)  # random walk's scale
         for step in range(total):
-            # latent move: independence proposal from q(z | x)
+            # latent moves (the data do not enter): an independence proposal from q(z | x),
+            # then a random walk with q's sd times a scale adapted during warm-up
             loc, scale = encoder(codes)
             proposal = loc + scale * torch.randn(loc.shape, generator=gen, dtype=loc.dtype)
             class_lp_new = _class_log_probs(prior_vae, proposal, num_facies)
@@ -363,12 +380,24 @@ def facies_mcmc_sample(
             log_w_old = _weight_from(z, codes, class_lp, loc, scale)
             u = torch.rand(num_chains, generator=gen, dtype=torch.float64)
             take = torch.log(u) < log_w_new - log_w_old
-            if bool(take.any()):
-                z = torch.where(take.unsqueeze(-1), proposal, z)
-                class_lp = torch.where(take.view(-1, 1, 1), class_lp_new, class_lp)
-                deltas, new_codes, d_lik = neighbour_deltas(codes, class_lp, ll)
-            if step >= warmup_steps:
-                accepted_z += int(take.sum())
+            z = torch.where(take.unsqueeze(-1), proposal, z)
+            class_lp = torch.where(take.view(-1, 1, 1), class_lp_new, class_lp)
+            proposal = z + walk.unsqueeze(-1) * scale * torch.randn(
+                z.shape, generator=gen, dtype=z.dtype
+            )
+            class_lp_new = _class_log_probs(prior_vae, proposal, num_facies)
+            log_t_new = _weight_from(proposal, codes, class_lp_new, None, None)
+            log_t_old = _weight_from(z, codes, class_lp, None, None)
+            u = torch.rand(num_chains, generator=gen, dtype=torch.float64)
+            walked = torch.log(u) < log_t_new - log_t_old
+            z = torch.where(walked.unsqueeze(-1), proposal, z)
+            class_lp = torch.where(walked.view(-1, 1, 1), class_lp_new, class_lp)
+            if step < warmup_steps:  # Robbins-Monro towards acceptance 0.3, frozen after
+                walk = walk * torch.exp((walked.double() - 0.3) / math.sqrt(step + 1))
+            else:
+                accepted_z += int(take.sum()) + int(walked.sum())
+            if bool((take | walked).any()):  # only the prior part of the deltas changes
+                deltas = prior_deltas(codes, class_lp) + d_lik
             # facies moves: locally balanced single-cell proposals (Zanella 2020)
             for _ in range(flips_per_step):
                 log_q_fwd = torch.log_softmax(deltas / 2, -1)
@@ -413,7 +442,7 @@ def facies_mcmc_sample(
         rhat=rhat,
         min_ess=min_ess,
         num_quantities=monitored.shape[-1],
-        accept_z=accepted_z / moves,
+        accept_z=accepted_z / (2 * moves),
         accept_x=accepted_x / (moves * flips_per_step) if flips_per_step else math.nan,
         num_evaluations=count[0],
         seconds=seconds,
