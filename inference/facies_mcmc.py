@@ -55,14 +55,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from inference.latent_mcmc import check_generative_prior, encode_latent
-from inference.mcmc import rhat_threshold
+from inference.latent_mcmc import (
+    check_generative_prior,
+    encode_latent,
+    generative_prior_posterior,
+)
+from inference.mcmc import chains_summary, rhat_threshold
 from ppl_cvae.checks import as_count, as_seed
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
@@ -70,9 +76,23 @@ from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.densities import checked_log_likelihood
 
-__all__ = ["FaciesMCMCResult", "facies_mcmc_sample"]
+if TYPE_CHECKING:
+    from inference.arviz_io import az
+    from ppl_cvae.config import ModelConfig
+
+__all__ = [
+    "FACIES_LIKELIHOODS",
+    "FaciesMCMCResult",
+    "check_facies_prior",
+    "facies_mcmc_sample",
+    "facies_mcmc_summary",
+    "sample_facies_mcmc",
+]
 
 _EPS = 1e-6  # the facies decoders clamp their probabilities to [eps, 1 - eps] (CVAE)
+
+FACIES_LIKELIHOODS = ("bernoulli", "categorical")
+"""Decoders (``ModelConfig.likelihood``) whose draws are facies codes ``0 .. K-1``."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,45 @@ class FaciesMCMCResult:
         codes = self.x.long().flatten(0, 1)
         onehot = torch.nn.functional.one_hot(codes, num_facies).double()
         return onehot.mean(0).float()
+
+
+def _num_facies(config: ModelConfig) -> int:
+    """``K``: ``num_facies`` of a categorical decoder, 2 for a Bernoulli one."""
+    return int(config.num_facies) if config.likelihood == "categorical" else 2
+
+
+def check_facies_prior(prior_vae: object, problem: Problem | None = None) -> CVAE:
+    """Check that ``prior_vae`` is a generative prior whose draws are facies fields.
+
+    Parameters
+    ----------
+    prior_vae : CVAE
+        Expected: an unconditional VAE
+        (:func:`~inference.latent_mcmc.check_generative_prior`) with a ``bernoulli`` or
+        ``categorical`` decoder.
+    problem : Problem, optional
+        When given, its ``x_shape`` must be the VAE's.
+
+    Returns
+    -------
+    CVAE
+        ``prior_vae`` itself.
+
+    Raises
+    ------
+    ConfigError
+        If ``prior_vae`` is not a generative prior, or its decoder is not a facies decoder.
+    ShapeError
+        If its ``x_shape`` is not the problem's.
+    """
+    vae = check_generative_prior(prior_vae, problem)
+    likelihood = vae.config.likelihood
+    if likelihood not in FACIES_LIKELIHOODS:
+        raise ConfigError(
+            f"facies MCMC needs a generative prior with a bernoulli or categorical decoder, got "
+            f"likelihood {likelihood!r} (use latent NUTS for a continuous x)"
+        )
+    return vae
 
 
 def _class_log_probs(prior_vae: CVAE, z: torch.Tensor, num_facies: int) -> torch.Tensor:
@@ -268,13 +327,8 @@ def facies_mcmc_sample(
     from inference.arviz_io import chain_diagnostics
 
     problem = as_problem(problem)
-    check_generative_prior(prior_vae, problem)
+    check_facies_prior(prior_vae, problem)
     cfg = prior_vae.config
-    if cfg.likelihood not in ("bernoulli", "categorical"):
-        raise ConfigError(
-            f"facies MCMC needs a generative prior with a bernoulli or categorical decoder, got "
-            f"likelihood {cfg.likelihood!r} (use latent NUTS for a continuous x)"
-        )
     if start not in ("best", "first"):
         raise ConfigError(f"start must be 'best' or 'first', got {start!r}")
     num_samples = as_count(num_samples, "num_samples", minimum=4)
@@ -283,7 +337,7 @@ def facies_mcmc_sample(
     flips_per_step = as_count(flips_per_step, "flips_per_step", minimum=0)
     batch_models = as_count(batch_models, "batch_models", minimum=1)
     seed = as_seed(seed) or 0
-    num_facies = int(cfg.num_facies) if cfg.likelihood == "categorical" else 2
+    num_facies = _num_facies(cfg)
     y_shape = tuple(problem.y_shape)
     if tuple(y.shape) != y_shape:
         raise ShapeError(f"y must have shape {y_shape} (one observation), got {tuple(y.shape)}")
@@ -459,3 +513,180 @@ def _reverse_index(
     cell = cells[j]
     shift = (codes[rows, cell] - prop[rows, cell]) % k  # in 1 .. K-1
     return cell * (k - 1) + shift - 1
+
+
+def sample_facies_mcmc(
+    cvae: CVAE,
+    generative_prior: CVAE,
+    y: torch.Tensor,
+    num_samples: int,
+    problem: Problem,
+    *,
+    chains: int = 4,
+    warmup_steps: int = 200,
+    flips_per_step: int = 8,
+    x_true: torch.Tensor | None = None,
+    seed: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> tuple[az.InferenceData, str, bool]:
+    """Run :func:`facies_mcmc_sample` for every observation and build the posterior file.
+
+    What ``ppl-cvae sample RUN --method facies-mcmc --generative-prior PRIOR_RUN`` and
+    :func:`inference.sample.sample_corrected` (``method="facies-mcmc"``) call.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        Trained conditional model with a facies decoder: its amortized draws
+        (``preconditioner_draws(latent_dim, chains)`` facies fields per observation, decoder
+        noise included) start the chains (the ``chains`` of highest target density).
+    generative_prior : CVAE
+        Unconditional VAE of the prior draws with a ``bernoulli`` or ``categorical`` decoder
+        (:func:`check_facies_prior`).
+    y : Tensor, shape (M, *y_shape)
+        Observations, units of ``y``.
+    num_samples : int
+        Draws per observation, rounded up to a multiple of ``chains`` (at least 4 per chain).
+    problem : Problem
+        With a noise model; its forward operator reads facies codes.
+    chains, warmup_steps : int
+        Chains per observation and warm-up steps per chain.
+    flips_per_step : int, default 8
+        Single-cell facies moves per step (:func:`facies_mcmc_sample`).
+    x_true : Tensor, shape (M, *x_shape), optional
+        Truths for ``constant_data``.
+    seed : int, optional
+        Seed of the amortized draws (``seed + m`` for observation ``m``) and of the chains
+        (0 when None).
+    attrs : mapping, optional
+        Run attributes.
+
+    Returns
+    -------
+    idata : arviz.InferenceData
+        ``posterior.x`` (facies codes ``0 .. K-1``, every draw a facies field) and
+        ``posterior.z`` (the generative prior's latent) in ``chains`` chains (dims ``chain,
+        draw``), the groups of :func:`~inference.sample.inference_data_from_draws`, and
+        ``rhat``, ``rhat_threshold``, ``ess_bulk``, ``accept_z`` and ``accept_x`` per
+        observation in ``sample_stats``.
+    summary : str
+        One line of diagnostics (:func:`facies_mcmc_summary`); it says FAILED when an
+        observation's chains have not mixed.
+    ok : bool
+        False when any observation has R-hat above its
+        :attr:`FaciesMCMCResult.rhat_threshold` (at least 1.01).
+
+    Raises
+    ------
+    ConfigError
+        If ``cvae`` is not conditional or has no facies decoder of at most the prior's ``K``
+        facies, ``generative_prior`` is not an unconditional VAE with a facies decoder, a
+        count is out of range, or there are fewer than 4 draws per chain.
+    ShapeError
+        If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
+    NoLikelihoodError
+        If the problem has no noise model.
+
+    Notes
+    -----
+    Target ``N(z; 0, I) p_g(x | z) p(y | x)`` (module docstring); the chains of one
+    observation run as one batch. Observation ``m`` costs about ``chains (warmup_steps +
+    ceil(num_samples / chains)) flips_per_step D (K - 1)`` forward evaluations.
+
+    References
+    ----------
+    Zanella (2020), Informed proposals for local MCMC in discrete spaces, JASA 115, 852;
+    Laloy et al. (2018), Water Resources Research 54, 381 (generative priors).
+
+    Examples
+    --------
+    >>> from ppl_cvae.config import ModelConfig
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> cvae = CVAE(ModelConfig(x_shape=(2,), y_shape=(2,), latent_dim=1, hidden_dims=(4,),
+    ...                         likelihood="bernoulli"))
+    >>> vae = CVAE(ModelConfig(x_shape=(2,), y_shape=None, latent_dim=1, hidden_dims=(4,),
+    ...                        likelihood="bernoulli", prior="standard_normal"))
+    >>> idata, summary, ok = sample_facies_mcmc(cvae, vae, torch.zeros(1, 2), 8,
+    ...                                         LinearGaussian(), chains=2, warmup_steps=2)
+    >>> dict(idata.posterior["x"].sizes)
+    {'chain': 2, 'draw': 4, 'observation': 1, 'parameter': 2}
+    """
+    problem = as_problem(problem)
+    check_facies_prior(generative_prior, problem)
+    num_facies = _num_facies(generative_prior.config)
+    cfg = cvae.config
+    if cfg.likelihood not in FACIES_LIKELIHOODS or _num_facies(cfg) > num_facies:
+        raise ConfigError(
+            "the chains start at the CVAE's amortized draws, which must be facies codes "
+            f"0 .. {num_facies - 1} of the generative prior; the CVAE's decoder is "
+            f"{cfg.likelihood!r}"
+            + (f" with {cfg.num_facies} facies" if cfg.likelihood == "categorical" else "")
+            + ": use a CVAE fitted with a bernoulli or categorical decoder on the same facies"
+        )
+    warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
+    flips_per_step = as_count(flips_per_step, "flips_per_step", minimum=0)
+    method_attrs = {
+        "method": "facies-mcmc",
+        "inference_method": (
+            "Metropolis-Hastings on (z, x) of a generative facies prior (unconditional VAE of "
+            "the prior draws): N(z; 0, I) p_g(x | z) p(y | x), z by independence proposals "
+            "from q(z|x), x by locally balanced single-cell moves (Zanella 2020); every draw "
+            "a facies field; chains started at amortized draws"
+        ),
+        "flips_per_step": flips_per_step,
+    }
+    idata, results = generative_prior_posterior(
+        cvae,
+        generative_prior,
+        y,
+        num_samples,
+        problem,
+        partial(facies_mcmc_sample, flips_per_step=flips_per_step),
+        chains=chains,
+        warmup_steps=warmup_steps,
+        stats=("accept_z", "accept_x"),
+        method_attrs=method_attrs,
+        x_true=x_true,
+        seed=seed,
+        attrs=attrs,
+    )
+    summary, ok = facies_mcmc_summary(results)
+    return idata, summary, ok
+
+
+def facies_mcmc_summary(results: Sequence[FaciesMCMCResult]) -> tuple[str, bool]:
+    """Return the one-line verdict of facies MCMC runs and whether all converged.
+
+    Parameters
+    ----------
+    results : sequence of FaciesMCMCResult
+        One per observation (at least one).
+
+    Returns
+    -------
+    summary : str
+        Worst R-hat, smallest ESS, the smallest acceptance rates of the latent and the facies
+        moves over the observations, and the time; ends in ``FAILED for n of M
+        observation(s) ...`` when some did not converge (:attr:`FaciesMCMCResult.converged`).
+    ok : bool
+
+    Raises
+    ------
+    ConfigError
+        If ``results`` is empty.
+    """
+
+    def smallest(values: list[float]) -> float:
+        """Smallest of the values that are not NaN (NaN when none: no facies moves)."""
+        finite = [v for v in values if not math.isnan(v)]
+        return min(finite) if finite else math.nan
+
+    accept_z = smallest([r.accept_z for r in results])
+    accept_x = smallest([r.accept_x for r in results])
+    return chains_summary(
+        "facies MCMC",
+        results,
+        f"acceptance z {accept_z:.2f}, x {accept_x:.3f} (min)",
+        "",
+        "--warmup, --num-samples, --facies-moves",
+    )

@@ -45,13 +45,13 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
 from pyro.infer import NUTS
 
-from inference.mcmc import rhat_threshold, run_whitened_chain
+from inference.mcmc import ChainVerdict, chains_summary, rhat_threshold, run_whitened_chain
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -62,10 +62,13 @@ if TYPE_CHECKING:
     from inference.arviz_io import az
 
 __all__ = [
+    "ChainRun",
+    "GenerativePriorSampler",
     "LatentMCMCResult",
     "check_generative_prior",
     "decode_latent",
     "encode_latent",
+    "generative_prior_posterior",
     "latent_nuts_sample",
     "latent_nuts_summary",
     "sample_latent_nuts",
@@ -400,6 +403,192 @@ def latent_nuts_sample(
     )
 
 
+class ChainRun(ChainVerdict, Protocol):
+    """One observation's result of a generative-prior sampler, as its posterior file reads it.
+
+    :class:`LatentMCMCResult` and :class:`~inference.facies_mcmc.FaciesMCMCResult` are ones.
+    """
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Draws of ``x``, shape ``(chains, draws, *x_shape)``, units of ``x``."""
+
+    @property
+    def z(self) -> torch.Tensor:
+        """Draws of the generative prior's latent, shape ``(chains, draws, latent_dim)``."""
+
+
+R = TypeVar("R", bound=ChainRun)
+R_co = TypeVar("R_co", bound=ChainRun, covariant=True)
+
+
+class GenerativePriorSampler(Protocol[R_co]):
+    """The per-observation sampler :func:`generative_prior_posterior` runs.
+
+    :func:`latent_nuts_sample` and :func:`~inference.facies_mcmc.facies_mcmc_sample` are ones.
+    """
+
+    def __call__(
+        self,
+        prior_vae: CVAE,
+        problem: Problem,
+        y: torch.Tensor,
+        init: torch.Tensor,
+        *,
+        num_samples: int,
+        warmup_steps: int,
+        num_chains: int,
+        seed: int,
+    ) -> R_co:
+        """Sample one observation ``y`` with chains started from ``init``."""
+
+
+def generative_prior_posterior(
+    cvae: CVAE,
+    generative_prior: CVAE,
+    y: torch.Tensor,
+    num_samples: int,
+    problem: Problem,
+    sampler: GenerativePriorSampler[R],
+    *,
+    chains: int,
+    warmup_steps: int,
+    stats: Sequence[str],
+    method_attrs: Mapping[str, Any],
+    x_true: torch.Tensor | None = None,
+    seed: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> tuple[az.InferenceData, list[R]]:
+    """Run a generative-prior sampler for every observation and build the posterior file.
+
+    What :func:`sample_latent_nuts` and :func:`~inference.facies_mcmc.sample_facies_mcmc`
+    share: the checks, the draws per chain, the starts (``preconditioner_draws(latent_dim,
+    chains)`` amortized draws of ``cvae`` for observation ``m``, seed ``seed + m``, decoder
+    noise as :func:`~inference.posterior.draw_posterior`'s default: facies codes for a facies
+    decoder) and the file.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        Trained conditional model (``y_shape`` set).
+    generative_prior : CVAE
+        Unconditional VAE of the prior draws (:func:`check_generative_prior`).
+    y : Tensor, shape (M, *y_shape) or y_shape
+        Observations, units of ``y``.
+    num_samples : int
+        Draws per observation, split between the chains (``ceil(num_samples / chains)``
+        per chain, at least 4).
+    problem : Problem
+        With a noise model.
+    sampler : callable
+        Samples one observation: ``sampler(generative_prior, problem, y_m, start,
+        num_samples=per_chain, warmup_steps=warmup_steps, num_chains=chains, seed=seed)``
+        (``seed`` 0 when None), returning a :class:`ChainRun`.
+    chains, warmup_steps : int
+        Chains per observation (at least 1) and warm-up steps per chain.
+    stats : sequence of str
+        Attributes of the results stored per observation in ``sample_stats`` besides
+        ``rhat``, ``rhat_threshold`` and ``ess_bulk`` (the results' ``min_ess``).
+    method_attrs : mapping
+        The method's attributes (``method``, ``inference_method``, ...); ``chains``,
+        ``warmup_steps``, ``generative_prior_latent_dim`` and ``independent_draws = 0`` are
+        added.
+    x_true : Tensor, shape (M, *x_shape), optional
+        Truths for ``constant_data``.
+    seed : int, optional
+        Seed of the amortized draws and the chains, recorded as the ``seed`` attribute (-1
+        when None).
+    attrs : mapping, optional
+        Run attributes; the method's override them.
+
+    Returns
+    -------
+    idata : arviz.InferenceData
+        ``posterior.x`` and ``posterior.z`` in ``chains`` chains (dims ``chain, draw``), the
+        groups of :func:`~inference.sample.inference_data_from_draws` and the statistics per
+        observation in ``sample_stats``.
+    results : list
+        The sampler's result for every observation, in order.
+
+    Raises
+    ------
+    ConfigError
+        If ``cvae`` is not conditional, ``generative_prior`` is not an unconditional VAE,
+        ``chains < 1``, or there are fewer than 4 draws per chain.
+    ShapeError
+        If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
+    NoLikelihoodError
+        If the problem has no noise model.
+    """
+    from inference.arviz_io import with_chains
+    from inference.mcmc import preconditioner_draws
+    from inference.posterior import as_observation_batch, draw_posterior
+    from inference.sample import inference_data_from_draws, stack_chains
+
+    problem = as_problem(problem)
+    check_generative_prior(generative_prior, problem)
+    if cvae.config.y_shape is None:
+        raise ConfigError("the chains' start needs a conditional model (y_shape set)")
+    if tuple(cvae.config.x_shape) != tuple(generative_prior.config.x_shape):
+        raise ShapeError(
+            f"the CVAE generates x of shape {tuple(cvae.config.x_shape)} and the generative "
+            f"prior {tuple(generative_prior.config.x_shape)}; they must be models of one problem"
+        )
+    if chains < 1:
+        raise ConfigError(f"need chains >= 1, got {chains}")
+    per_chain = math.ceil(num_samples / chains)
+    if per_chain < 4:
+        raise ConfigError(
+            f"{num_samples} draws in {chains} chains: R-hat needs at least 4 per chain; ask for "
+            f"--num-samples >= {4 * chains}"
+        )
+    y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
+    num_start = preconditioner_draws(generative_prior.config.latent_dim, chains)
+    base_seed = 0 if seed is None else seed
+    results = []
+    for m in range(y_batch.shape[0]):
+        start = draw_posterior(cvae, y_batch[m : m + 1], num_start, seed=base_seed + m).x[:, 0]
+        results.append(
+            sampler(
+                generative_prior,
+                problem,
+                y_batch[m],
+                start,
+                num_samples=per_chain,
+                warmup_steps=warmup_steps,
+                num_chains=chains,
+                seed=base_seed,
+            )
+        )
+    per_observation = {
+        "rhat": torch.tensor([r.rhat for r in results]),
+        "rhat_threshold": torch.tensor([r.rhat_threshold for r in results]),
+        "ess_bulk": torch.tensor([r.min_ess for r in results]),
+    }
+    for name in stats:
+        per_observation[name] = torch.tensor([getattr(r, name) for r in results])
+    info: dict[str, Any] = {"seed": -1 if seed is None else seed}
+    info.update(attrs or {})
+    info.update(
+        method_attrs,
+        chains=chains,
+        warmup_steps=warmup_steps,
+        independent_draws=0,
+        generative_prior_latent_dim=generative_prior.config.latent_dim,
+    )
+    # stored chain after chain along draw, then split into chains
+    idata = inference_data_from_draws(
+        stack_chains([r.x for r in results]),
+        y_batch,
+        z=stack_chains([r.z for r in results]),
+        problem=problem,
+        x_true=x_true,
+        attrs=info,
+        observation_stats=per_observation,
+    )
+    return with_chains(idata, chains), results
+
+
 def sample_latent_nuts(
     cvae: CVAE,
     generative_prior: CVAE,
@@ -447,8 +636,8 @@ def sample_latent_nuts(
     idata : arviz.InferenceData
         ``posterior.x = g(z)`` and ``posterior.z`` (the generative prior's latent) in
         ``chains`` chains (dims ``chain, draw``), the groups of
-        :func:`~inference.sample.inference_data_from_draws`, and ``rhat``, ``ess_bulk``,
-        ``divergences`` per observation in ``sample_stats``.
+        :func:`~inference.sample.inference_data_from_draws`, and ``rhat``,
+        ``rhat_threshold``, ``ess_bulk``, ``divergences`` per observation in ``sample_stats``.
     summary : str
         One line of diagnostics; it says FAILED when an observation's chains have not mixed.
     ok : bool
@@ -465,72 +654,29 @@ def sample_latent_nuts(
     NoLikelihoodError
         If the problem has no noise model.
     """
-    from inference.arviz_io import with_chains
-    from inference.mcmc import preconditioner_draws
-    from inference.posterior import as_observation_batch, draw_posterior
-    from inference.sample import inference_data_from_draws, stack_chains
-
-    problem = as_problem(problem)
-    check_generative_prior(generative_prior, problem)
-    if cvae.config.y_shape is None:
-        raise ConfigError("the chains' start needs a conditional model (y_shape set)")
-    if tuple(cvae.config.x_shape) != tuple(generative_prior.config.x_shape):
-        raise ShapeError(
-            f"the CVAE generates x of shape {tuple(cvae.config.x_shape)} and the generative "
-            f"prior {tuple(generative_prior.config.x_shape)}; they must be models of one problem"
-        )
-    if chains < 1:
-        raise ConfigError(f"need chains >= 1, got {chains}")
-    per_chain = math.ceil(num_samples / chains)
-    if per_chain < 4:
-        raise ConfigError(
-            f"{num_samples} draws in {chains} chains: R-hat needs at least 4 per chain; ask for "
-            f"--num-samples >= {4 * chains}"
-        )
-    y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
-    num_start = preconditioner_draws(generative_prior.config.latent_dim, chains)
-    base_seed = 0 if seed is None else seed
-    results = []
-    for m in range(y_batch.shape[0]):
-        start = draw_posterior(cvae, y_batch[m : m + 1], num_start, seed=base_seed + m).x[:, 0]
-        results.append(
-            latent_nuts_sample(
-                generative_prior,
-                problem,
-                y_batch[m],
-                start,
-                num_samples=per_chain,
-                warmup_steps=warmup_steps,
-                num_chains=chains,
-                seed=base_seed,
-            )
-        )
-    # stored chain after chain along draw, then split into chains
-    x = stack_chains([r.x for r in results])
-    z = stack_chains([r.z for r in results])
-    stats = {
-        "rhat": torch.tensor([r.rhat for r in results]),
-        "ess_bulk": torch.tensor([r.min_ess for r in results]),
-        "divergences": torch.tensor([r.divergences for r in results]),
-    }
-    info: dict[str, Any] = {"seed": -1 if seed is None else seed}
-    info.update(attrs or {})
-    info.update(
-        method="latent-nuts",
-        inference_method=(
+    method_attrs = {
+        "method": "latent-nuts",
+        "inference_method": (
             "NUTS (Pyro) on the latent z of a generative prior (unconditional VAE of the prior "
             "draws, Laloy et al. 2018): log N(z; 0, I) + log p(y | g(z)), x = g(z) the "
             "decoder's location; chains started at amortized draws encoded by q(z|x)"
         ),
+    }
+    idata, results = generative_prior_posterior(
+        cvae,
+        generative_prior,
+        y,
+        num_samples,
+        problem,
+        latent_nuts_sample,
         chains=chains,
         warmup_steps=warmup_steps,
-        independent_draws=0,
-        generative_prior_latent_dim=generative_prior.config.latent_dim,
+        stats=("divergences",),
+        method_attrs=method_attrs,
+        x_true=x_true,
+        seed=seed,
+        attrs=attrs,
     )
-    idata = inference_data_from_draws(
-        x, y_batch, z=z, problem=problem, x_true=x_true, attrs=info, observation_stats=stats
-    )
-    idata = with_chains(idata, chains)
     summary, ok = latent_nuts_summary(results)
     return idata, summary, ok
 
@@ -555,21 +701,11 @@ def latent_nuts_summary(results: Sequence[LatentMCMCResult]) -> tuple[str, bool]
     ConfigError
         If ``results`` is empty.
     """
-    if not results:
-        raise ConfigError("latent_nuts_summary needs at least one result")
-    worst = max(r.rhat for r in results)
-    failed = sum(not r.converged for r in results)
-    stuck = " (a coordinate never moved in any chain)" if math.isinf(worst) else ""
-    summary = (
-        f"latent NUTS: R-hat {worst:.4f} (max){stuck}, min ESS "
-        f"{min(r.min_ess for r in results):.0f}, "
-        f"{sum(r.divergences for r in results)} divergent transition(s), "
-        f"{sum(r.seconds for r in results):.1f} s"
+    divergences = sum(r.divergences for r in results)
+    return chains_summary(
+        "latent NUTS",
+        results,
+        f"{divergences} divergent transition(s)",
+        " or divergences",
+        "--warmup, --num-samples",
     )
-    if failed:
-        summary += (
-            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat > "
-            f"{max(r.rhat_threshold for r in results):.4f} or divergences): the chains have not "
-            "mixed; run longer (--warmup, --num-samples)"
-        )
-    return summary, failed == 0

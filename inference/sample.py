@@ -16,7 +16,8 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,8 +110,9 @@ def stack_chains(per_observation: Sequence[torch.Tensor]) -> torch.Tensor:
     ----------
     per_observation : sequence of Tensor, each shape (chains, draws, *event_shape)
         One entry per observation ``m = 0 .. M-1``, e.g. the ``x`` or ``z`` of the MCMC
-        results of :func:`~inference.mcmc.nuts_sample` or
-        :func:`~inference.latent_mcmc.latent_nuts_sample`.
+        results of :func:`~inference.mcmc.nuts_sample`,
+        :func:`~inference.latent_mcmc.latent_nuts_sample` or
+        :func:`~inference.facies_mcmc.facies_mcmc_sample`.
 
     Returns
     -------
@@ -719,18 +721,24 @@ class CorrectionConfig:
 
     Attributes
     ----------
-    method : {"importance", "nuts", "latent-nuts"}
+    method : {"importance", "nuts", "latent-nuts", "facies-mcmc"}
         Importance sampling with the amortized posterior as proposal
         (:func:`inference.importance.importance_sample`), NUTS started and preconditioned
-        by amortized draws (:func:`inference.mcmc.nuts_sample`), or NUTS in the latent space
+        by amortized draws (:func:`inference.mcmc.nuts_sample`), NUTS in the latent space
         of a generative prior (:func:`inference.latent_mcmc.sample_latent_nuts`; for a prior
-        without a density; pass ``generative_prior`` to :func:`sample_corrected`).
+        without a density), or Metropolis-Hastings on the facies field and the latent of a
+        generative facies prior, every draw a facies field
+        (:func:`inference.facies_mcmc.sample_facies_mcmc`); the last two need
+        ``generative_prior`` in :func:`sample_corrected`.
     proposals : int
         Importance sampling: proposal draws per observation (the file holds ``num_samples``
         draws resampled from them).
     chains, warmup_steps : int
-        NUTS: chains per observation (``num_samples`` is split between them) and warm-up
-        iterations per chain.
+        NUTS and facies MCMC: chains per observation (``num_samples`` is split between them)
+        and warm-up iterations per chain.
+    flips_per_step : int, default 8
+        Facies MCMC: single-cell facies moves per step (``facies_mcmc_sample(flips_per_step=
+        ...)``; each evaluates all ``D (K - 1)`` neighbours of every chain).
     adapt_mass_matrix : bool, default True
         NUTS on ``x``: also adapt the (diagonal) mass matrix during warm-up, on top of the
         amortized preconditioner; False adapts the step size only (about a third fewer
@@ -755,11 +763,12 @@ class CorrectionConfig:
     Raises
     ------
     ConfigError
-        If ``proposals < 2``, ``chains < 1``, ``warmup_steps < 0``, ``cores < 1``, or
-        ``preconditioner`` or ``potential_dtype`` is not one of these.
+        If ``proposals < 2``, ``chains < 1``, ``warmup_steps < 0``, ``cores < 1``,
+        ``flips_per_step < 0``, or ``preconditioner`` or ``potential_dtype`` is not one of
+        these.
     """
 
-    method: Literal["importance", "nuts", "latent-nuts"] = "importance"
+    method: Literal["importance", "nuts", "latent-nuts", "facies-mcmc"] = "importance"
     proposals: int = 10_000
     chains: int = 4
     warmup_steps: int = 500
@@ -768,6 +777,7 @@ class CorrectionConfig:
     jit_compile: bool = False
     preconditioner: Literal["amortized", "prior", "prior-amortized"] = "amortized"
     potential_dtype: Literal["float64", "float32"] = "float32"
+    flips_per_step: int = 8
 
     def __post_init__(self) -> None:
         if self.proposals < 2 or self.chains < 1 or self.warmup_steps < 0 or self.cores < 1:
@@ -776,6 +786,7 @@ class CorrectionConfig:
                 f"cores >= 1, got {self.proposals}, {self.chains}, {self.warmup_steps}, "
                 f"{self.cores}"
             )
+        as_count(self.flips_per_step, "CorrectionConfig.flips_per_step", minimum=0)
         if self.potential_dtype not in ("float64", "float32"):
             raise ConfigError(
                 f"potential_dtype must be 'float64' or 'float32', got {self.potential_dtype!r}"
@@ -818,15 +829,19 @@ def sample_corrected(
     attrs : mapping, optional
         Run attributes.
     generative_prior : CVAE, optional
-        ``method="latent-nuts"`` (required there): the unconditional VAE of the prior draws
-        whose latent space is sampled; the problem then needs no prior density.
+        ``method="latent-nuts"`` or ``"facies-mcmc"`` (required there): the unconditional VAE
+        of the prior draws whose model is sampled (for facies MCMC with a ``bernoulli`` or
+        ``categorical`` decoder); the problem then needs no prior density.
 
     Returns
     -------
     idata : arviz.InferenceData
-        Latent NUTS: chains and draws of ``x = g(z)`` and ``z`` with ``rhat``, ``ess_bulk``
-        and ``divergences`` per observation (no per-draw sampler statistics;
-        :mod:`inference.latent_mcmc`).
+        Latent NUTS: chains and draws of ``x = g(z)`` and ``z`` with ``rhat``,
+        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation (no per-draw
+        sampler statistics; :mod:`inference.latent_mcmc`). Facies MCMC: chains and draws of
+        the facies field ``x`` (codes ``0 .. K-1``) and ``z`` with ``rhat``,
+        ``rhat_threshold``, ``ess_bulk``, ``accept_z`` and ``accept_x`` per observation
+        (:mod:`inference.facies_mcmc`).
         Importance sampling: ``num_samples`` draws per observation resampled (systematic
         resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
         ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
@@ -849,7 +864,8 @@ def sample_corrected(
     ConfigError
         If the method is unknown, ``problem`` is None, ``num_samples`` is not an int >= 1,
         ``seed`` not an int in ``[0, 2**32 - 1]``, or the model cannot propose; for
-        ``latent-nuts``, if ``generative_prior`` is missing or not an unconditional VAE; for
+        ``latent-nuts`` and ``facies-mcmc``, if ``generative_prior`` is missing or not an
+        unconditional VAE (for ``facies-mcmc``: with a facies decoder, as the CVAE's); for
         ``nuts``, if ``num_samples`` gives a chain fewer than
         :data:`~inference.mcmc.MIN_DRAWS_PER_CHAIN` draws.
     ResourceError
@@ -862,6 +878,7 @@ def sample_corrected(
     from inference.mcmc import (
         MIN_DRAWS_PER_CHAIN,
         RHAT_THRESHOLD,
+        chains_summary,
         nuts_sample,
         preconditioner_draws,
     )
@@ -879,15 +896,19 @@ def sample_corrected(
     check_problem_matches(problem, cvae.config)
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
-    if correction.method == "latent-nuts":
-        from inference.latent_mcmc import sample_latent_nuts
-
+    if correction.method in ("latent-nuts", "facies-mcmc"):
         if generative_prior is None:
             raise ConfigError(
-                "method 'latent-nuts' needs a generative prior (an unconditional VAE of the "
-                "prior draws; ppl-cvae sample --generative-prior PRIOR_RUN)"
+                f"method {correction.method!r} needs a generative prior (an unconditional VAE "
+                "of the prior draws; ppl-cvae sample --generative-prior PRIOR_RUN)"
             )
-        return sample_latent_nuts(
+        from inference.facies_mcmc import sample_facies_mcmc
+        from inference.latent_mcmc import sample_latent_nuts
+
+        sampler: Callable[..., tuple[az.InferenceData, str, bool]] = sample_latent_nuts
+        if correction.method == "facies-mcmc":
+            sampler = partial(sample_facies_mcmc, flips_per_step=correction.flips_per_step)
+        return sampler(
             cvae,
             generative_prior,
             y_batch,
@@ -938,7 +959,8 @@ def sample_corrected(
         return idata, summary, failed == 0
     if correction.method != "nuts":
         raise ConfigError(
-            f"unknown correction {correction.method!r}; expected importance, nuts or latent-nuts"
+            f"unknown correction {correction.method!r}; expected importance, nuts, latent-nuts "
+            "or facies-mcmc"
         )
     chains = correction.chains
     per_chain = math.ceil(num_samples / chains)
@@ -1013,21 +1035,12 @@ def sample_corrected(
         observation_stats=stats,
     )
     idata = with_chains(idata, chains)
-    worst_rhat = max(r.rhat for r in results)
-    divergent = sum(r.divergences for r in results)
-    failed = sum(not r.converged for r in results)
-    stuck = " (a coordinate never moved in any chain)" if math.isinf(worst_rhat) else ""
-    summary = (
-        f"NUTS: R-hat {worst_rhat:.4f} (max){stuck}, min ESS "
-        f"{min(r.min_ess for r in results):.0f}, "
-        f"{divergent} divergent transition(s), {sum(r.seconds for r in results):.1f} s"
+    summary, ok = chains_summary(
+        "NUTS",
+        results,
+        f"{sum(r.divergences for r in results)} divergent transition(s)",
+        ", the bound that independent draws respect with probability 0.99 for that many "
+        f"coordinates (at least {RHAT_THRESHOLD}), or divergences",
+        "--warmup, --num-samples",
     )
-    if failed:
-        summary += (
-            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat above "
-            f"{max(r.rhat_threshold for r in results):.4f}, the bound that independent draws "
-            f"respect with probability 0.99 for that many coordinates (at least "
-            f"{RHAT_THRESHOLD}), or divergences): the chains have not mixed; run longer "
-            "(--warmup, --num-samples)"
-        )
-    return idata, summary, failed == 0
+    return idata, summary, ok

@@ -4,22 +4,36 @@ On fields of 3 cells (8 facies fields; 9 for 2 cells and 3 facies) the posterior
 ``p(x | y) proportional to p(y | x) int N(z; 0, 1) p_g(x | z) dz`` of an untrained VAE (latent
 1, random weights: a prior with correlated cells) is computed by enumerating ``x`` and
 integrating ``z`` on a grid; the chains' state frequencies must match it within their Monte
-Carlo error, and so must the posterior mean of ``z``.
+Carlo error, and so must the posterior mean of ``z``. The same holds for the posterior file of
+``sample_corrected(method="facies-mcmc")`` and ``ppl-cvae sample --method facies-mcmc``.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 
+import arviz as az
+import numpy as np
 import pytest
 import torch
 
-from inference.facies_mcmc import facies_mcmc_sample
+import inference.facies_mcmc as facies_mcmc
+from inference.facies_mcmc import (
+    FaciesMCMCResult,
+    facies_mcmc_sample,
+    facies_mcmc_summary,
+    sample_facies_mcmc,
+)
+from inference.mcmc import preconditioner_draws, rhat_threshold
+from inference.posterior import draw_posterior
+from inference.sample import CorrectionConfig, sample_corrected
 from ppl_cvae.config import ModelConfig
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems import LinearGaussian
+from tests.conftest import TINY_FIT
 
 
 def _vae(x_dim: int, likelihood: str, num_facies: int = 2, seed: int = 3) -> CVAE:
@@ -107,3 +121,189 @@ def test_same_seed_same_chains_and_bad_inputs():
     gaussian = CVAE(cfg)
     with pytest.raises(ConfigError, match="bernoulli or categorical"):
         facies_mcmc_sample(gaussian, problem, y, init, num_samples=4)
+
+
+# --------------------------------------------------------------------------------------------
+# the posterior file: sample_facies_mcmc / sample_corrected(method="facies-mcmc") / the CLI
+
+
+def _cvae(x_dim: int, y_dim: int, likelihood: str = "bernoulli", num_facies: int = 2) -> CVAE:
+    """An untrained conditional model whose draws are facies codes (they start the chains)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(x_shape=(x_dim,), y_shape=(y_dim,), latent_dim=1, hidden_dims=(8,),
+                      likelihood=likelihood, num_facies=num_facies)
+    return CVAE(cfg).eval()
+
+
+def test_sample_corrected_facies_mcmc_file_matches_the_enumerated_posteriors(monkeypatch):
+    """Chains started at the CVAE's draws, laid out per observation, with the exact marginals."""
+    problem = LinearGaussian(x_dim=3, y_dim=2, noise_std=0.4, seed=1)
+    vae = _vae(3, "bernoulli")
+    cvae = _cvae(3, 2)
+    x_true = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    y = problem.forward(x_true)
+    seen, results = [], []
+    original = facies_mcmc.facies_mcmc_sample
+
+    def spy(prior_vae, prob, y_m, init, **kwargs):
+        seen.append((y_m.clone(), init.clone(), kwargs))
+        results.append(original(prior_vae, prob, y_m, init, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(facies_mcmc, "facies_mcmc_sample", spy)
+    correction = CorrectionConfig(method="facies-mcmc", chains=4, warmup_steps=50,
+                                  flips_per_step=1)
+    idata, summary, ok = sample_corrected(cvae, y, 2000, problem, correction, x_true=x_true,
+                                          seed=5, generative_prior=vae)
+    # the starts: preconditioner_draws(latent_dim, chains) amortized draws, seed + m
+    assert len(seen) == 2
+    for m, (y_m, init, kwargs) in enumerate(seen):
+        assert torch.equal(y_m, y[m])
+        assert len(init) == preconditioner_draws(1, 4)
+        assert torch.equal(init, draw_posterior(cvae, y[m : m + 1], len(init), seed=5 + m).x[:, 0])
+        assert kwargs == {"num_samples": 500, "warmup_steps": 50, "num_chains": 4,
+                          "flips_per_step": 1, "seed": 5}
+    post = idata["posterior"]
+    assert (post.sizes["chain"], post.sizes["draw"], post.sizes["observation"]) == (4, 500, 2)
+    assert post["z"].shape[-1] == 1
+    assert post.attrs["method"] == "facies-mcmc" and post.attrs["flips_per_step"] == 1
+    assert post.attrs["chains"] == 4 and post.attrs["warmup_steps"] == 50
+    x = post["x"].values  # (chain, draw, observation, 3)
+    assert set(np.unique(x)) <= {0.0, 1.0}  # every draw a facies field
+    for m in range(2):  # observation m of the file is chain after chain of result m
+        assert np.array_equal(x[:, :, m], results[m].x.numpy())
+        assert np.array_equal(post["z"].values[:, :, m], results[m].z.numpy())
+    stats = idata["sample_stats"]
+    for name, attr in (("rhat", "rhat"), ("rhat_threshold", "rhat_threshold"),
+                       ("ess_bulk", "min_ess"), ("accept_z", "accept_z"),
+                       ("accept_x", "accept_x")):
+        # per observation, broadcast over the draws
+        assert np.allclose(stats[name].values[0, 0], [getattr(r, attr) for r in results])
+    bound = rhat_threshold(4, 500, 3)  # chains, draws, quantities: z, log p(y|x), fraction
+    assert np.allclose(stats["rhat_threshold"].values[0, 0], bound)
+    rhat = stats["rhat"].values[0, 0]
+    assert ok == bool((rhat <= bound).all())
+    assert summary.startswith("facies MCMC: R-hat") and ("FAILED" in summary) == (not ok)
+    # the exact cell marginals P(x_i = 1 | y_m); Monte Carlo error with an ESS of at least a
+    # quarter of the 2000 draws (as above), 4 standard errors
+    n_eff = 2000 / 4
+    exact = []
+    for m in range(2):
+        states, probs, _ = _exact(vae, problem, y[m], 2)
+        exact.append(probs @ states)
+    for m in range(2):
+        freq = torch.from_numpy(x[:, :, m].reshape(-1, 3)).double().mean(0)
+        tol = 4 * torch.sqrt(exact[m] * (1 - exact[m]) / n_eff) + 2e-3
+        assert torch.all((freq - exact[m]).abs() <= tol), (m, freq, exact[m], tol)
+        # negative control: the other observation's posterior is told apart (a swap fails)
+        assert torch.any((freq - exact[1 - m]).abs() > tol)
+
+
+def _result(rhat: float, accept_x: float = 0.3) -> FaciesMCMCResult:
+    chains = torch.zeros(4, 500, 3)  # bound: rhat_threshold(4, 500, 3) = 1.01 at this size
+    return FaciesMCMCResult(x=chains, z=chains[..., :1], log_likelihood=chains[..., 0],
+                            rhat=rhat, min_ess=100.0, num_quantities=3, accept_z=0.9,
+                            accept_x=accept_x, num_evaluations=10, seconds=1.0)
+
+
+def test_summary_says_failed_when_rhat_is_above_threshold():
+    assert _result(1.0).rhat_threshold == pytest.approx(rhat_threshold(4, 500, 3))
+    summary, ok = facies_mcmc_summary([_result(1.001), _result(1.005, 0.2)])
+    assert ok and "FAILED" not in summary and "R-hat 1.0050" in summary
+    assert "acceptance z 0.90, x 0.200 (min)" in summary
+    summary, ok = facies_mcmc_summary([_result(1.001), _result(1.02)])
+    assert not ok and "FAILED for 1 of 2" in summary and "--facies-moves" in summary
+    summary, ok = facies_mcmc_summary([_result(math.inf, math.nan)])  # no facies moves
+    assert not ok and "never moved" in summary and "x nan" in summary
+    with pytest.raises(ConfigError, match="at least one"):
+        facies_mcmc_summary([])
+
+
+def test_sample_facies_mcmc_refuses_what_cannot_give_facies_fields():
+    problem = LinearGaussian(x_dim=3, y_dim=2, noise_std=0.4, seed=1)
+    vae = _vae(3, "bernoulli")
+    cvae = _cvae(3, 2)
+    y = torch.zeros(1, 2)
+    with pytest.raises(ConfigError, match="needs a generative prior"):
+        sample_corrected(cvae, y, 8, problem, CorrectionConfig(method="facies-mcmc"))
+    gaussian_prior = CVAE(ModelConfig(x_shape=(3,), y_shape=None, latent_dim=1, hidden_dims=(4,),
+                                      prior="standard_normal"))
+    with pytest.raises(ConfigError, match="bernoulli or categorical decoder"):
+        sample_facies_mcmc(cvae, gaussian_prior, y, 8, problem)
+    gaussian_cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=1, hidden_dims=(4,)))
+    with pytest.raises(ConfigError, match="must be facies codes 0 .. 1"):
+        sample_facies_mcmc(gaussian_cvae, vae, y, 8, problem)
+    with pytest.raises(ConfigError, match="with 3 facies"):  # more facies than the prior's
+        sample_facies_mcmc(_cvae(3, 2, "categorical", 3), vae, y, 8, problem)
+    with pytest.raises(ConfigError, match="unconditional VAE"):  # the two runs swapped
+        sample_facies_mcmc(vae, cvae, y, 8, problem)
+    with pytest.raises(ConfigError, match="at least 4 per chain"):
+        sample_facies_mcmc(cvae, vae, y, 6, problem, chains=2)
+    with pytest.raises(ConfigError, match="flips_per_step must be an int >= 0"):
+        sample_facies_mcmc(cvae, vae, y, 8, problem, flips_per_step=-1)
+    with pytest.raises(ConfigError, match="flips_per_step must be an int >= 0, got -1"):
+        CorrectionConfig(method="facies-mcmc", flips_per_step=-1)
+    with pytest.raises(ShapeError, match="x_shape"):
+        sample_facies_mcmc(_cvae(4, 2), _vae(4, "bernoulli"), y, 8, problem)
+
+
+def test_cli_defaults_are_the_python_defaults():
+    from ppl_cvae.cli.sample import DEFAULT_CHAINS, DEFAULT_FACIES_MOVES, FACIES_MCMC_WARMUP
+
+    params = inspect.signature(sample_facies_mcmc).parameters
+    assert params["warmup_steps"].default == FACIES_MCMC_WARMUP
+    assert params["flips_per_step"].default == DEFAULT_FACIES_MOVES
+    assert params["chains"].default == DEFAULT_CHAINS
+    assert CorrectionConfig().flips_per_step == DEFAULT_FACIES_MOVES
+
+
+def test_cli_sample_facies_mcmc_on_crosshole_channels(tmp_path, capsys):
+    """Fit a facies CVAE and a facies generative prior, sample with facies MCMC, read the file."""
+    from ppl_cvae.cli import main
+
+    cross = ["--problem", "crosshole", "--problem-arg", "prior=channels",
+             "--problem-arg", "num_depth_cells=6", "--problem-arg", "num_offset_cells=5",
+             "--problem-arg", "num_sources=3", "--problem-arg", "num_receivers=3"]
+    assert main(["fit", *cross, "--out", str(tmp_path / "run"), *TINY_FIT]) == 0
+    assert main(["fit", *cross, "--unconditional", "--out", str(tmp_path / "prior"),
+                 *TINY_FIT]) == 0
+    assert main(["simulate", *cross, "--num", "2", "--out", str(tmp_path / "obs.npz")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "post.nc"
+    args = ["sample", str(tmp_path / "run"), "--observation", str(tmp_path / "obs.npz"),
+            "--method", "facies-mcmc", "--generative-prior", str(tmp_path / "prior"),
+            "--num-samples", "20", "--chains", "2", "--warmup", "10", "--facies-moves", "2",
+            "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    idata = az.from_netcdf(out)
+    post = idata["posterior"]
+    assert (post.sizes["chain"], post.sizes["draw"], post.sizes["observation"]) == (2, 10, 2)
+    assert post["x"].dims[-2:] == ("depth", "offset")
+    assert set(np.unique(post["x"].values)) <= {0.0, 1.0}  # facies fields, not probabilities
+    assert "slowness" in post  # the crosshole operator's derived quantity of every draw
+    assert post.attrs["method"] == "facies-mcmc" and post.attrs["flips_per_step"] == 2
+    assert post.attrs["warmup_steps"] == 10
+    stats = idata["sample_stats"]
+    rhat = stats["rhat"].values[0, 0]  # per observation, broadcast over draws
+    assert rhat.shape == (2,)
+    bound = rhat_threshold(2, 10, 2 + 1 + 1)  # latent 2, log p(y|x), fraction of facies 1
+    assert np.allclose(stats["rhat_threshold"].values[0, 0], bound)
+    acc = stats["accept_x"].values[0, 0]
+    assert ((acc >= 0) & (acc <= 1)).all()
+    failed = bool((rhat > bound).any())
+    assert printed.startswith("facies MCMC: R-hat") and ("FAILED" in printed) == failed
+    # the pairing with --generative-prior, both ways, refused before anything is written
+    bad = args[:-1] + [str(tmp_path / "p2.nc")]
+    assert bad[6] == "--generative-prior"
+    assert main(bad[:6] + bad[8:]) == 2  # --generative-prior dropped
+    err = capsys.readouterr().err
+    assert "go together" in err and "got --method facies-mcmc, no --generative-prior" in err
+    assert bad[14:16] == ["--facies-moves", "2"]
+    nuts = [*bad[:5], "nuts", *bad[6:14], *bad[16:]]
+    assert main(nuts) == 2  # a generative prior with a method that has none
+    assert "go together (got --method nuts)" in capsys.readouterr().err
+    swapped = [bad[0], str(tmp_path / "prior"), *bad[2:7], str(tmp_path / "run"), *bad[8:]]
+    assert main(swapped) == 2
+    assert "unconditional VAE" in capsys.readouterr().err
+    assert not (tmp_path / "p2.nc").exists()

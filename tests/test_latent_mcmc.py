@@ -161,6 +161,7 @@ def test_sample_latent_nuts_starts_from_the_cvae_amortized_draws(monkeypatch):
     rhat = idata["sample_stats"]["rhat"].values[0, 0]  # per observation, broadcast over draws
     div = idata["sample_stats"]["divergences"].values[0, 0]
     bound = rhat_threshold(2, 4, 2)  # chains, draws, latent coordinates
+    assert np.allclose(idata["sample_stats"]["rhat_threshold"].values[0, 0], bound)
     assert ok == bool((rhat <= bound).all() and (div == 0).all())
     assert ("FAILED" in summary) == (not ok)
 

@@ -115,6 +115,8 @@ from inference.mcmc.budget import (
     MIN_DRAWS_PER_CHAIN,
     NUTS_TAIL_EFFICIENCY,
     RHAT_THRESHOLD,
+    ChainVerdict,
+    chains_summary,
     nuts_draws_per_chain,
     preconditioner_draws,
     rhat_threshold,
@@ -136,6 +138,7 @@ from inference.mcmc.preconditioner import _preconditioner as _preconditioner
 from inference.mcmc.sampler import MCMCResult, nuts_sample
 
 __all__ = [
+    "ChainVerdict",
     "MCMCResult",
     "MIN_DRAWS_PER_CHAIN",
     "RHAT_THRESHOLD",
@@ -145,6 +148,7 @@ __all__ = [
     "PRECONDITIONERS",
     "PotentialDtype",
     "Preconditioner",
+    "chains_summary",
     "nuts_draws_per_chain",
     "nuts_sample",
     "preconditioner_draws",

@@ -4,13 +4,16 @@ How many draws per chain keep the largest R-hat of many sampled coordinates unde
 (:func:`nuts_draws_per_chain`, :data:`NUTS_TAIL_EFFICIENCY`), the bound on that largest
 R-hat that chains of independent draws respect (:func:`rhat_threshold`), the fewest draws
 :func:`~inference.mcmc.nuts_sample` accepts, and how many amortized draws to pass as its
-``init`` (:func:`preconditioner_draws`). The method is described in the docstring of
-:mod:`inference.mcmc`.
+``init`` (:func:`preconditioner_draws`), and the one-line verdict of the chains of every
+observation (:func:`chains_summary`, for NUTS on ``x``, latent NUTS and facies MCMC). The
+method is described in the docstring of :mod:`inference.mcmc`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Protocol
 
 from ppl_cvae.errors import ConfigError
 
@@ -18,6 +21,8 @@ __all__ = [
     "MIN_DRAWS_PER_CHAIN",
     "NUTS_TAIL_EFFICIENCY",
     "RHAT_THRESHOLD",
+    "ChainVerdict",
+    "chains_summary",
     "nuts_draws_per_chain",
     "preconditioner_draws",
     "rhat_threshold",
@@ -229,3 +234,95 @@ def preconditioner_draws(dim: int, num_chains: int = 1) -> int:
     (20480, 16384, 2000)
     """
     return max(min(20 * dim, 2**26 // dim), 2000, num_chains)
+
+
+class ChainVerdict(Protocol):
+    """What :func:`chains_summary` reads of one observation's MCMC result.
+
+    :class:`~inference.mcmc.MCMCResult`, :class:`~inference.latent_mcmc.LatentMCMCResult` and
+    :class:`~inference.facies_mcmc.FaciesMCMCResult` are ones.
+    """
+
+    @property
+    def rhat(self) -> float:
+        """Largest rank-normalised split R-hat over the monitored quantities."""
+
+    @property
+    def min_ess(self) -> float:
+        """Smallest bulk ESS over the monitored quantities (all chains)."""
+
+    @property
+    def seconds(self) -> float:
+        """Wall-clock time of the chains, s."""
+
+    @property
+    def rhat_threshold(self) -> float:
+        """The bound on ``rhat`` that mixed chains respect (:func:`rhat_threshold`)."""
+
+    @property
+    def converged(self) -> bool:
+        """Whether the chains passed the sampler's checks."""
+
+
+def chains_summary(
+    label: str,
+    results: Sequence[ChainVerdict],
+    details: str,
+    also_failed: str,
+    flags: str,
+) -> tuple[str, bool]:
+    """Return the one-line verdict of MCMC runs, one per observation, and whether all converged.
+
+    Parameters
+    ----------
+    label : str
+        The sampler's name, first in the line (``"NUTS"``, ``"latent NUTS"``).
+    results : sequence of ChainVerdict
+        One per observation (at least one).
+    details : str
+        The sampler's own figures, between the ESS and the time (e.g. its divergences).
+    also_failed : str
+        Text after the bound in the FAILED note: what else fails an observation, as
+        ``" or divergences"`` (or empty).
+    flags : str
+        The flags that run the chains longer, for the FAILED note.
+
+    Returns
+    -------
+    summary : str
+        ``LABEL: R-hat <worst> (max), min ESS <n>, DETAILS, <t> s``, ending in ``; FAILED for
+        n of M observation(s) (R-hat > <bound>...)`` when some did not converge.
+    ok : bool
+        Whether every result converged.
+
+    Raises
+    ------
+    ConfigError
+        If ``results`` is empty.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> run = SimpleNamespace(rhat=1.2, min_ess=8.0, seconds=2.0, rhat_threshold=1.01,
+    ...                       converged=False)
+    >>> summary, ok = chains_summary("NUTS", [run], "0 divergent transition(s)", "", "--warmup")
+    >>> ok, summary.split("; ")[0]
+    (False, 'NUTS: R-hat 1.2000 (max), min ESS 8, 0 divergent transition(s), 2.0 s')
+    """
+    if not results:
+        raise ConfigError(f"the {label} summary needs at least one result")
+    worst = max(r.rhat for r in results)
+    failed = sum(not r.converged for r in results)
+    stuck = " (a coordinate never moved in any chain)" if math.isinf(worst) else ""
+    summary = (
+        f"{label}: R-hat {worst:.4f} (max){stuck}, min ESS "
+        f"{min(r.min_ess for r in results):.0f}, {details}, "
+        f"{sum(r.seconds for r in results):.1f} s"
+    )
+    if failed:
+        summary += (
+            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat > "
+            f"{max(r.rhat_threshold for r in results):.4f}{also_failed}): the chains have not "
+            f"mixed; run longer ({flags})"
+        )
+    return summary, failed == 0

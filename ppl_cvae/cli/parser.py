@@ -16,7 +16,12 @@ from typing import Any, NoReturn
 from ppl_cvae.checks import MAX_SEED as SEED_MAX
 from ppl_cvae.cli import evaluate, fit, sample, simulate
 from ppl_cvae.cli.fit import DEFAULT_BUFFER_CHUNKS, DEFAULT_CHUNK_MB
-from ppl_cvae.cli.sample import DEFAULT_CHAINS, DEFAULT_POTENTIAL_DTYPE
+from ppl_cvae.cli.sample import (
+    DEFAULT_CHAINS,
+    DEFAULT_FACIES_MOVES,
+    DEFAULT_POTENTIAL_DTYPE,
+    FACIES_MCMC_WARMUP,
+)
 from ppl_cvae.config import (
     LIKELIHOODS,
     NETWORKS,
@@ -311,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--unconditional",
         action="store_true",
         help="fit an unconditional VAE on the problem's prior draws (no y): a generative prior "
-        "for `sample --method latent-nuts --generative-prior RUN` (Laloy et al. 2018)",
+        "for `sample --method latent-nuts|facies-mcmc --generative-prior RUN` (Laloy et al. "
+        "2018)",
     )
     fit_p.add_argument(
         "--stream",
@@ -377,13 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--method",
-        choices=["amortized", "importance", "nuts", "latent-nuts", "refine"],
+        choices=["amortized", "importance", "nuts", "latent-nuts", "facies-mcmc", "refine"],
         default="amortized",
         help="amortized: the CVAE's draws; importance: importance sampling against the "
         "problem's prior and noise model with the CVAE as proposal (reliable when k-hat <= 0.7); "
         "nuts: NUTS on the problem's posterior started and preconditioned by CVAE draws; "
         "latent-nuts: NUTS on the latent z of --generative-prior (for a prior without a "
         "density), started at CVAE draws encoded by its recognition net; "
+        "facies-mcmc: MCMC on the facies field and the latent of --generative-prior, every "
+        "draw a facies field (needs a facies (bernoulli/categorical) generative prior), started "
+        "at CVAE draws; "
         "refine: misfit minimisation of each draw (an optimiser, not a sampler)",
     )
     s.add_argument(
@@ -401,19 +410,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--generative-prior",
         metavar="PRIOR_RUN",
-        help="--method latent-nuts: run folder (or model.pt) of an unconditional VAE fitted on "
-        "the problem's prior draws (`ppl-cvae fit --problem NAME --unconditional`)",
+        help="--method latent-nuts and facies-mcmc: run folder (or model.pt) of an "
+        "unconditional VAE fitted on the problem's prior draws (`ppl-cvae fit --problem NAME "
+        "--unconditional`; for facies-mcmc with a bernoulli or categorical decoder)",
     )
     s.add_argument(
         "--chains",
         type=_count(1),
-        help=f"--method nuts/latent-nuts: chains (default {DEFAULT_CHAINS})",
+        help=f"--method nuts/latent-nuts/facies-mcmc: chains (default {DEFAULT_CHAINS})",
     )
     s.add_argument(
         "--warmup",
         type=_count(0),
-        help="--method nuts/latent-nuts: warm-up steps per chain (default 500; --method nuts "
-        "with step-size-only adaptation: 150)",
+        help="--method nuts/latent-nuts/facies-mcmc: warm-up steps per chain (default 500; "
+        "--method nuts with step-size-only adaptation: 150; --method facies-mcmc: "
+        f"{FACIES_MCMC_WARMUP})",
+    )
+    s.add_argument(
+        "--facies-moves",
+        type=_count(0),
+        metavar="N",
+        help="--method facies-mcmc: single-cell facies moves per step, each evaluating every "
+        f"one-cell change of every chain (default {DEFAULT_FACIES_MOVES})",
     )
     s.add_argument(
         "--adapt-mass-matrix",

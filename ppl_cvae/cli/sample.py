@@ -1,10 +1,11 @@
 """``ppl-cvae sample``: posterior draws for observations, written as InferenceData NetCDF.
 
 :func:`cmd_sample` with its ``--method``: ``amortized`` (CVAE draws), ``refine`` (misfit
-refinement), ``importance``, ``nuts`` and ``latent-nuts`` (correction with the physics); the
-refusal of flags that belong to another method, and the NUTS defaults
+refinement), ``importance``, ``nuts``, ``latent-nuts`` and ``facies-mcmc`` (correction with
+the physics); the refusal of flags that belong to another method, and the MCMC defaults
 (:data:`DEFAULT_CHAINS`, :data:`NUTS_WARMUP_STEP_SIZE_ONLY`, :data:`DEFAULT_POTENTIAL_DTYPE`,
-draws per chain for the R-hat bound).
+:data:`FACIES_MCMC_WARMUP`, :data:`DEFAULT_FACIES_MOVES`, draws per chain for the R-hat
+bound).
 """
 
 from __future__ import annotations
@@ -43,27 +44,40 @@ about 500 iterations)."""
 
 
 DEFAULT_CHAINS = 4
-"""``sample --chains`` when not given (``--method nuts`` and ``latent-nuts``)."""
+"""``sample --chains`` when not given (``--method nuts``, ``latent-nuts`` and ``facies-mcmc``)."""
+
+FACIES_MCMC_WARMUP = 200
+"""Default warm-up of ``sample --method facies-mcmc``: the default of
+:func:`inference.facies_mcmc.sample_facies_mcmc`."""
+
+DEFAULT_FACIES_MOVES = 8
+"""``sample --facies-moves`` when not given: the default ``flips_per_step`` of
+:func:`inference.facies_mcmc.sample_facies_mcmc`."""
+
+GENERATIVE_PRIOR_METHODS = ("latent-nuts", "facies-mcmc")
+"""The ``sample --method`` values that sample a generative prior (``--generative-prior``)."""
 
 
 def _check_method_flags(args: argparse.Namespace, method: str) -> None:
     """Refuse ``sample`` flags of another ``--method`` (each would be ignored in silence).
 
-    ``--chains`` and ``--warmup`` belong to the two NUTS methods, ``--adapt-mass-matrix`` to
-    ``nuts`` and ``--proposals`` to ``importance``, as ``--cores`` and ``--potential-dtype``
-    belong to ``nuts``.
+    ``--chains`` and ``--warmup`` belong to the three MCMC methods, ``--adapt-mass-matrix`` to
+    ``nuts``, ``--facies-moves`` to ``facies-mcmc`` and ``--proposals`` to ``importance``, as
+    ``--cores`` and ``--potential-dtype`` belong to ``nuts``.
     """
-    nuts = ("nuts", "latent-nuts")
+    mcmc = ("nuts", *GENERATIVE_PRIOR_METHODS)
     for flag, given, methods in (
-        ("--chains", args.chains is not None, nuts),
-        ("--warmup", args.warmup is not None, nuts),
+        ("--chains", args.chains is not None, mcmc),
+        ("--warmup", args.warmup is not None, mcmc),
         ("--adapt-mass-matrix", args.adapt_mass_matrix is not None, ("nuts",)),
+        ("--facies-moves", args.facies_moves is not None, ("facies-mcmc",)),
         ("--proposals", args.proposals is not None, ("importance",)),
     ):
         if given and method not in methods:
+            names = " or ".join([", ".join(methods[:-1]), methods[-1]] if methods[:-1] else methods)
             raise ConfigError(
-                f"{flag} applies to --method {' or '.join(methods)} only, got --method {method}: "
-                f"drop {flag} or choose that method"
+                f"{flag} applies to --method {names} only, got --method {method}: drop {flag} or "
+                "choose that method"
             )
 
 
@@ -126,10 +140,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"--method {method}"
         )
     device = resolve_device(args.device)
-    if (method == "latent-nuts") != (args.generative_prior is not None):
+    if (method in GENERATIVE_PRIOR_METHODS) != (args.generative_prior is not None):
         raise ConfigError(
-            "--method latent-nuts and --generative-prior PRIOR_RUN go together: the latent "
-            "space sampled is that of the unconditional VAE fitted with `fit --unconditional`"
+            "--method latent-nuts or facies-mcmc and --generative-prior "
+            f"PRIOR_RUN go together (got --method {method}"
+            + (", no --generative-prior" if args.generative_prior is None else "")
+            + "): the model sampled is that of the unconditional VAE fitted with "
+            "`fit --unconditional`"
         )
     cvae, meta = _load_run(args)
     if method == "amortized":
@@ -158,27 +175,34 @@ def cmd_sample(args: argparse.Namespace) -> int:
     }
     if method == "nuts":
         _nuts_defaults(args, problem)
-    if method in ("importance", "nuts", "latent-nuts"):
+    if method in ("importance", "nuts", *GENERATIVE_PRIOR_METHODS):
         from inference.arviz_io import save_inference_data
         from inference.sample import CorrectionConfig, sample_corrected
 
         generative_prior = None
-        if method == "latent-nuts":
+        if method in GENERATIVE_PRIOR_METHODS:
+            from inference.facies_mcmc import check_facies_prior
             from inference.latent_mcmc import check_generative_prior
             from ppl_cvae.train import load_checkpoint
 
+            check = check_facies_prior if method == "facies-mcmc" else check_generative_prior
             loaded, _ = load_checkpoint(args.generative_prior, problem=problem)
-            generative_prior = check_generative_prior(loaded, problem)
+            generative_prior = check(loaded, problem)
+        if args.warmup is None:
+            args.warmup = FACIES_MCMC_WARMUP if method == "facies-mcmc" else 500
         correction = CorrectionConfig(
             method=cast(Any, method),
             proposals=args.proposals or 10 * args.num_samples,
             chains=args.chains,
-            warmup_steps=500 if args.warmup is None else args.warmup,
+            warmup_steps=args.warmup,
             adapt_mass_matrix=bool(args.adapt_mass_matrix),
             cores=args.cores,
             jit_compile=args.nuts_jit,
             preconditioner=args.preconditioner or problem.nuts_preconditioner,
             potential_dtype=cast(Any, args.potential_dtype or DEFAULT_POTENTIAL_DTYPE),
+            flips_per_step=(
+                DEFAULT_FACIES_MOVES if args.facies_moves is None else args.facies_moves
+            ),
         )
         idata, summary, ok = sample_corrected(
             cvae,
