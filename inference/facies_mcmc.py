@@ -630,7 +630,8 @@ def sample_facies_mcmc(
         "inference_method": (
             "Metropolis-Hastings on (z, x) of a generative facies prior (unconditional VAE of "
             "the prior draws): N(z; 0, I) p_g(x | z) p(y | x), z by independence proposals "
-            "from q(z|x), x by locally balanced single-cell moves (Zanella 2020); every draw "
+            "from q(z|x) and a random walk, x by locally balanced single-cell moves (Zanella "
+            "2020); every draw "
             "a facies field; chains started at amortized draws"
         ),
         "flips_per_step": flips_per_step,
