@@ -4,20 +4,26 @@ The command-line audit (``benchmarks/hostile_inputs.py``) feeds the ``ppl-cvae``
 script calls the Python entry points the way a notebook does (``CVAEPosterior``,
 ``draw_posterior``, ``sample_posterior``, ``importance_sample``, ``sample_corrected``,
 ``nuts_sample``, ``fit_problem``, ``evaluate_model``, ``load_checkpoint``, the ArviZ
-helpers) with bad arguments and with unusual but reasonable ones. A bad call passes when it
+helpers; the generative-prior samplers ``latent_nuts_sample``, ``facies_mcmc_sample``,
+``sample_latent_nuts`` and ``sample_facies_mcmc``; ``sample_posterior_to_netcdf``;
+``evaluate_draws``; the figures of :mod:`inference.plots` and :mod:`inference.report`) with
+bad arguments and with unusual but reasonable ones. A bad call passes when it
 raises an instance of :class:`ppl_cvae.errors.PplCvaeError` whose message contains a fragment
 naming the argument;
 an unusual call passes when it gives the right shapes and finite values (or, where the case
 says so, a clear refusal). A raw torch/NumPy/Pyro error, a wrong-shaped result or a call that
 runs past 60 s is a failure.
 
-One tiny CVAE is fitted on ``LinearGaussian(x_dim=3, y_dim=2)`` (2 epochs of 256 pairs).
+One tiny CVAE is fitted on ``LinearGaussian(x_dim=3, y_dim=2)`` (2 epochs of 256 pairs); the
+generative priors are untrained VAEs on the same ``x`` (a Gaussian and a Bernoulli decoder,
+latent dim 1) with chains of 4 draws after 2 warm-up steps. A huge ``warmup_steps`` is not
+tried: it costs time, not memory, and is a legitimate (if long) request.
 
 Run::
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/api_audit.py
 
-Runtime: about 10 s on one CPU thread (102 calls). Prints one table row per category and one
+Runtime: about 10 s on one CPU thread (294 calls). Prints one table row per category and one
 line per failure; exits with status 1 when a case fails.
 """
 
@@ -431,7 +437,456 @@ def cases(tmp: Path) -> list[Case]:
         "refuse", "seed")
     add(c, "fit_problem(train seed=-1)", lambda: fitted(p, seed=-1), "refuse", "seed")
     add(c, "fit_problem(train seed=1.5)", lambda: fitted(p, seed=1.5), "refuse", "seed")
+
+    world = World(cvae=cvae, problem=p, x=x_all, y=y_all, tmp=tmp)
+    generative_prior_cases(add, world)
+    file_and_evaluation_cases(add, world)
+    plot_cases(add, world)
     return out
+
+
+@dataclass
+class World:
+    """What the later case groups share: the fitted CVAE, its problem, 8 pairs, a folder."""
+
+    cvae: Any
+    problem: Problem
+    x: torch.Tensor
+    y: torch.Tensor
+    tmp: Path
+
+
+Add = Callable[..., None]
+
+
+def _tiny_vae(likelihood: str, conditional: bool = False) -> Any:
+    """An untrained VAE on ``x`` of shape (3,): a generative prior (unconditional) or a CVAE."""
+    from ppl_cvae.config import ModelConfig
+    from ppl_cvae.models.cvae import CVAE
+
+    prior = "learned" if conditional else "standard_normal"
+    config = ModelConfig(x_shape=(3,), y_shape=(2,) if conditional else None, latent_dim=1,
+                         hidden_dims=(4,), likelihood=likelihood, prior=prior)
+    return CVAE(config).eval()
+
+
+def _chains(chains: int, draws: int, facies: bool = False) -> Callable[[Any], bool]:
+    """Check a latent-NUTS / facies-MCMC result: x (chains, draws, 3), finite (facies 0/1)."""
+
+    def check(r: Any) -> bool:
+        x = torch.as_tensor(r.x)
+        ok = tuple(x.shape) == (chains, draws, 3) and bool(torch.isfinite(x).all())
+        return ok and (not facies or bool(((x == 0) | (x == 1)).all()))
+
+    return check
+
+
+def _idata_shape(name: str, shape: tuple[int, ...]) -> Callable[[Any], bool]:
+    """Check that the first returned InferenceData's posterior ``name`` has ``shape``."""
+
+    def check(result: Any) -> bool:
+        idata = result[0] if isinstance(result, tuple) else result
+        values = np.asarray(idata.posterior[name].values)
+        return tuple(values.shape) == shape and bool(np.isfinite(values).all())
+
+    return check
+
+
+def generative_prior_cases(add: Add, w: World) -> None:
+    """latent_nuts_sample, facies_mcmc_sample and their posterior-file forms, hostile calls."""
+    from inference.facies_mcmc import facies_mcmc_sample, sample_facies_mcmc
+    from inference.latent_mcmc import latent_nuts_sample, sample_latent_nuts
+
+    p, y0 = w.problem, w.y[0]
+    gaussian_prior = _tiny_vae("gaussian")
+    facies_prior = _tiny_vae("bernoulli")
+    facies_cvae = _tiny_vae("bernoulli", conditional=True)
+    start = draw_posterior(w.cvae, y0, 8, seed=0).x[:, 0]
+    codes = torch.tensor([[0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.float32)
+    nan_y = torch.tensor([float("nan"), 0.0])
+    other = LinearGaussian(x_dim=4, y_dim=2)
+
+    def latent(y: Any = y0, init: Any = start, vae: Any = gaussian_prior, problem: Any = p,
+               **kw: Any) -> Any:
+        options = {"num_samples": 4, "warmup_steps": 2, "num_chains": 2, "seed": 0, **kw}
+        return latent_nuts_sample(vae, problem, y, init, **options)
+
+    def facies(y: Any = y0, init: Any = codes, vae: Any = facies_prior, problem: Any = p,
+               **kw: Any) -> Any:
+        options = {"num_samples": 4, "warmup_steps": 2, "num_chains": 2, "flips_per_step": 1,
+                   "seed": 0, **kw}
+        return facies_mcmc_sample(vae, problem, y, init, **options)
+
+    def facies_file(y: Any = y0[None], num_samples: Any = 8, cvae: Any = facies_cvae,
+                    prior: Any = facies_prior, problem: Any = p, **kw: Any) -> Any:
+        options = {"chains": 2, "warmup_steps": 2, "flips_per_step": 1, "seed": 0, **kw}
+        return sample_facies_mcmc(cvae, prior, y, num_samples, problem, **options)
+
+    def latent_file(y: Any = y0[None], num_samples: Any = 8, **kw: Any) -> Any:
+        options = {"chains": 2, "warmup_steps": 2, "seed": 0, **kw}
+        return sample_latent_nuts(w.cvae, gaussian_prior, y, num_samples, p, **options)
+
+    ok_latent, ok_facies = _chains(2, 4), _chains(2, 4, facies=True)
+    for c, run, ok, init0 in (("latent_nuts_sample", latent, ok_latent, start),
+                              ("facies_mcmc_sample", facies, ok_facies, codes)):
+        add(c, "y as numpy float32", lambda run=run: run(y=y0.numpy()), "accept", check=ok)
+        add(c, "y as numpy float64", lambda run=run: run(y=y0.double().numpy()), "accept",
+            check=ok)
+        add(c, "y as a Python list", lambda run=run: run(y=y0.tolist()), "accept", check=ok)
+        add(c, "y as a float64 tensor", lambda run=run: run(y=y0.double()), "accept", check=ok)
+        add(c, "init as numpy", lambda run=run, i=init0: run(init=i.numpy()), "accept", check=ok)
+        add(c, "init as float64", lambda run=run, i=init0: run(init=i.double()), "accept",
+            check=ok)
+        add(c, "init as a Python list", lambda run=run, i=init0: run(init=i.tolist()), "accept",
+            check=ok)
+        add(c, "y of length 3", lambda run=run: run(y=torch.zeros(3)), "refuse", "y")
+        add(c, "y a batch (1, 2)", lambda run=run: run(y=y0[None]), "refuse", "y")
+        add(c, "y with NaN", lambda run=run: run(y=nan_y), "refuse", "nan")
+        add(c, "y a string", lambda run=run: run(y="0.1 0.2"), "refuse", "y")
+        add(c, "init of event shape 4", lambda run=run: run(init=torch.zeros(4, 4)), "refuse",
+            "init")
+        add(c, "init empty (0, 3)", lambda run=run: run(init=torch.zeros(0, 3)), "refuse",
+            "init")
+        add(c, "init one unbatched model (3,)", lambda run=run, i=init0: run(init=i[0]),
+            "either", "init", check=_chains(1, 4, facies=run is facies))
+        add(c, "init with NaN", lambda run=run: run(init=torch.full((4, 3), float("nan"))),
+            "refuse", "init")
+        add(c, "num_samples=2 (< 4)", lambda run=run: run(num_samples=2), "refuse",
+            "num_samples")
+        add(c, "num_samples=4.5", lambda run=run: run(num_samples=4.5), "refuse", "num_samples")
+        add(c, "num_samples=True", lambda run=run: run(num_samples=True), "refuse",
+            "num_samples")
+        add(c, "num_samples='4'", lambda run=run: run(num_samples="4"), "refuse", "num_samples")
+        add(c, "num_samples=np.int64(4)", lambda run=run: run(num_samples=np.int64(4)),
+            "accept", check=ok)
+        add(c, "num_samples=10**12 huge", lambda run=run: run(num_samples=10**12), "refuse",
+            "num_samples")
+        add(c, "warmup_steps=-1", lambda run=run: run(warmup_steps=-1), "refuse",
+            "warmup_steps")
+        add(c, "warmup_steps=1.5", lambda run=run: run(warmup_steps=1.5), "refuse",
+            "warmup_steps")
+        add(c, "num_chains=0", lambda run=run: run(num_chains=0), "refuse", "num_chains")
+        add(c, "num_chains=2.0", lambda run=run: run(num_chains=2.0), "refuse", "num_chains")
+        add(c, "num_chains=np.int64(2)", lambda run=run: run(num_chains=np.int64(2)), "accept",
+            check=ok)
+        add(c, "seed=-1", lambda run=run: run(seed=-1), "refuse", "seed")
+        add(c, "seed=1.5", lambda run=run: run(seed=1.5), "refuse", "seed")
+        add(c, "seed='abc'", lambda run=run: run(seed="abc"), "refuse", "seed")
+        add(c, "seed=np.int64(3)", lambda run=run: run(seed=np.int64(3)), "accept", check=ok)
+        add(c, "start='middle'", lambda run=run: run(start="middle"), "refuse", "start")
+        add(c, "a conditional CVAE as the prior", lambda run=run: run(vae=w.cvae), "refuse",
+            "unconditional")
+        add(c, "not a model as the prior", lambda run=run: run(vae=object()), "refuse", "CVAE")
+        add(c, "problem of another x_shape", lambda run=run: run(problem=other), "refuse",
+            "x_shape")
+    c = "latent_nuts_sample"
+    add(c, "max_tree_depth=0", lambda: latent(max_tree_depth=0), "refuse", "max_tree_depth")
+    add(c, "seed=2**32-1 with 2 chains", lambda: latent(seed=2**32 - 1), "refuse", "seed")
+    c = "facies_mcmc_sample"
+    add(c, "init with a code 0.5", lambda: facies(init=codes + 0.5), "refuse", "facies codes")
+    add(c, "init with a code 2 (two facies)", lambda: facies(init=codes * 2), "refuse",
+        "facies codes")
+    add(c, "init with a code -1", lambda: facies(init=-codes), "refuse", "facies codes")
+    add(c, "init as int64 codes", lambda: facies(init=codes.long()), "accept", check=ok_facies)
+    add(c, "init as bool codes", lambda: facies(init=codes.bool()), "accept", check=ok_facies)
+    add(c, "flips_per_step=-1", lambda: facies(flips_per_step=-1), "refuse", "flips_per_step")
+    add(c, "flips_per_step=1.5", lambda: facies(flips_per_step=1.5), "refuse", "flips_per_step")
+    add(c, "batch_models=0", lambda: facies(batch_models=0), "refuse", "batch_models")
+    add(c, "dtype='float32' (a string)", lambda: facies(dtype="float32"), "refuse", "dtype")
+    add(c, "dtype=torch.int64", lambda: facies(dtype=torch.int64), "refuse", "dtype")
+    add(c, "a Gaussian generative prior", lambda: facies(vae=gaussian_prior), "refuse",
+        "bernoulli or categorical")
+
+    c = "sample_facies_mcmc"
+    file_ok = _idata_shape("x", (2, 4, 1, 3))
+    add(c, "y as numpy (1, 2)", lambda: facies_file(y=y0[None].numpy()), "accept", check=file_ok)
+    add(c, "y as a list", lambda: facies_file(y=[y0.tolist()]), "accept", check=file_ok)
+    add(c, "y one unbatched observation", lambda: facies_file(y=y0), "accept", check=file_ok)
+    add(c, "y of length 3", lambda: facies_file(y=torch.zeros(1, 3)), "refuse", "(2,)")
+    add(c, "y with NaN", lambda: facies_file(y=nan_y[None]), "refuse", "nan")
+    add(c, "num_samples=0", lambda: facies_file(num_samples=0), "refuse", "num_samples")
+    add(c, "num_samples=-8", lambda: facies_file(num_samples=-8), "refuse", "num_samples")
+    add(c, "num_samples=8.5", lambda: facies_file(num_samples=8.5), "refuse", "num_samples")
+    add(c, "num_samples=True", lambda: facies_file(num_samples=True), "refuse", "num_samples")
+    add(c, "num_samples=10**12 huge", lambda: facies_file(num_samples=10**12), "refuse",
+        "num_samples")
+    add(c, "num_samples=np.int64(8)", lambda: facies_file(num_samples=np.int64(8)), "accept",
+        check=file_ok)
+    add(c, "chains=0", lambda: facies_file(chains=0), "refuse", "chains")
+    add(c, "chains=1.5", lambda: facies_file(chains=1.5), "refuse", "chains")
+    add(c, "warmup_steps=-1", lambda: facies_file(warmup_steps=-1), "refuse", "warmup_steps")
+    add(c, "seed=-1", lambda: facies_file(seed=-1), "refuse", "seed")
+    add(c, "seed=1.5", lambda: facies_file(seed=1.5), "refuse", "seed")
+    add(c, "a conditional CVAE as the generative prior",
+        lambda: facies_file(prior=facies_cvae), "refuse", "unconditional")
+    add(c, "the two models swapped",
+        lambda: facies_file(cvae=facies_prior, prior=facies_cvae), "refuse", "unconditional")
+    add(c, "a Gaussian CVAE for the starts", lambda: facies_file(cvae=w.cvae), "refuse",
+        "bernoulli or categorical")
+    add(c, "problem of another x_shape", lambda: facies_file(problem=other), "refuse",
+        "x_shape")
+    add(c, "x_true of event shape 4", lambda: facies_file(x_true=torch.zeros(1, 4)), "refuse",
+        "x_true")
+    add(c, "x_true as numpy", lambda: facies_file(x_true=codes[:1].numpy()), "accept",
+        check=file_ok)
+    c = "sample_latent_nuts"
+    add(c, "y as numpy", lambda: latent_file(y=y0[None].numpy()), "accept", check=file_ok)
+    add(c, "y with NaN", lambda: latent_file(y=nan_y[None]), "refuse", "nan")
+    add(c, "num_samples=2.5", lambda: latent_file(num_samples=2.5), "refuse", "num_samples")
+    add(c, "chains=0", lambda: latent_file(chains=0), "refuse", "chains")
+    add(c, "seed=-1", lambda: latent_file(seed=-1), "refuse", "seed")
+    add(c, "x_true of event shape 4", lambda: latent_file(x_true=torch.zeros(1, 4)), "refuse",
+        "x_true")
+
+
+def file_and_evaluation_cases(add: Add, w: World) -> None:
+    """sample_posterior_to_netcdf's arguments and evaluate_draws's inputs."""
+    from inference.evaluate import evaluate_draws
+    from inference.sample import sample_posterior_to_netcdf
+
+    cvae, p, y0 = w.cvae, w.problem, w.y[0]
+    names = iter(range(10**6))
+
+    def to_file(y: Any = y0, num_samples: Any = 5, **kw: Any) -> Any:
+        path = w.tmp / f"post{next(names)}.nc"
+        return sample_posterior_to_netcdf(cvae, y, num_samples, path, problem=p, **kw)
+
+    def draws_in_file(shape: tuple[int, ...]) -> Callable[[Any], bool]:
+        def check(path: Any) -> bool:
+            x = load_inference_data(path).posterior["x"].values
+            return tuple(x.shape) == shape and bool(np.isfinite(x).all())
+
+        return check
+
+    c = "sample_posterior_to_netcdf"
+    one = draws_in_file((1, 5, 1, 3))
+    add(c, "num_samples=0", lambda: to_file(num_samples=0), "refuse", "num_samples")
+    add(c, "num_samples=-1", lambda: to_file(num_samples=-1), "refuse", "num_samples")
+    add(c, "num_samples=2.5", lambda: to_file(num_samples=2.5), "refuse", "num_samples")
+    add(c, "num_samples='5'", lambda: to_file(num_samples="5"), "refuse", "num_samples")
+    add(c, "num_samples=True", lambda: to_file(num_samples=True), "refuse", "num_samples")
+    add(c, "num_samples=(5,)", lambda: to_file(num_samples=(5,)), "refuse", "num_samples")
+    add(c, "num_samples=np.int64(5)", lambda: to_file(num_samples=np.int64(5)), "accept",
+        check=one)
+    add(c, "num_samples=10**12 huge", lambda: to_file(num_samples=10**12), "refuse",
+        "num_samples")
+    add(c, "seed=-1", lambda: to_file(seed=-1), "refuse", "seed")
+    add(c, "seed=1.5", lambda: to_file(seed=1.5), "refuse", "seed")
+    add(c, "seed='abc'", lambda: to_file(seed="abc"), "refuse", "seed")
+    add(c, "seed=np.int64(3)", lambda: to_file(seed=np.int64(3)), "accept", check=one)
+    add(c, "y as numpy", lambda: to_file(y=y0.numpy()), "accept", check=one)
+    add(c, "y as a list", lambda: to_file(y=y0.tolist()), "accept", check=one)
+    add(c, "y a stack (2, 2) as numpy", lambda: to_file(y=w.y[:2].numpy()), "accept",
+        check=draws_in_file((1, 5, 2, 3)))
+    add(c, "y of length 3", lambda: to_file(y=torch.zeros(3)), "refuse", "(2,)")
+    add(c, "y (2, 3)", lambda: to_file(y=torch.zeros(2, 3)), "refuse", "(2,)")
+    add(c, "y with NaN", lambda: to_file(y=torch.tensor([float("nan"), 0.0])), "refuse", "nan")
+    add(c, "y a string", lambda: to_file(y="0.1 0.2"), "refuse", "y")
+    add(c, "streamed in chunks (in_memory_bytes=0)",
+        lambda: to_file(num_samples=7, in_memory_bytes=0, chunk_bytes=1), "accept",
+        check=draws_in_file((1, 7, 1, 3)))
+    add(c, "streamed with seed=-1", lambda: to_file(in_memory_bytes=0, seed=-1), "refuse",
+        "seed")
+    add(c, "chunk_bytes='1e6'", lambda: to_file(chunk_bytes="1e6", in_memory_bytes=0),
+        "refuse", "chunk_bytes")
+    add(c, "in_memory_bytes=-1.5", lambda: to_file(in_memory_bytes=-1.5), "refuse",
+        "in_memory_bytes")
+
+    c = "evaluate_draws"
+    x, y = w.x, w.y
+    draws = draw_posterior(cvae, y, 20, seed=0).x  # (20, 8, 3)
+    ref = cvae.x_standardiser.mean.detach()
+
+    def evaluate(x_draws: Any = draws, x: Any = x, y: Any = y, **kw: Any) -> Any:
+        options = {"x_reference": ref, "problem": p, **kw}
+        return evaluate_draws(x_draws, x, y, **options)
+
+    def nan_at(t: torch.Tensor, index: tuple[int, ...]) -> torch.Tensor:
+        t = t.clone()
+        t[index] = float("nan")
+        return t
+
+    def metrics_ok(m: Any) -> bool:
+        return isinstance(m, dict) and m.get("num_observations") == 8 and "calibration" in m
+
+    def nan_noted(m: Any) -> bool:  # accepted, and the metrics say why SBC and TARP are absent
+        notes = " ".join(m["calibration"]["notes"])
+        return metrics_ok(m) and "NaN" in notes and "sbc" not in m["calibration"]
+
+    add(c, "numpy draws, x and y", lambda: evaluate(draws.numpy(), x.numpy(), y.numpy(),
+        x_reference=ref.numpy()), "accept", check=metrics_ok)
+    add(c, "lists x and y", lambda: evaluate(x=x.tolist(), y=y.tolist()), "accept",
+        check=metrics_ok)
+    add(c, "float64 draws", lambda: evaluate(draws.double()), "accept", check=metrics_ok)
+    add(c, "draws of event shape 4", lambda: evaluate(torch.zeros(20, 8, 4)), "refuse",
+        "x_draws")
+    add(c, "draws for 5 pairs, 8 truths", lambda: evaluate(draws[:, :5]), "refuse", "x_draws")
+    add(c, "draws without a sample axis (8, 3)", lambda: evaluate(draws[0]), "refuse",
+        "x_draws")
+    add(c, "x of event shape 4", lambda: evaluate(x=torch.zeros(8, 4)), "refuse", "x")
+    add(c, "8 x, 5 y", lambda: evaluate(y=y[:5]), "refuse", "y")
+    add(c, "y of event shape 3", lambda: evaluate(y=torch.zeros(8, 3)), "refuse", "y")
+    add(c, "x_reference of shape (4,)", lambda: evaluate(x_reference=torch.zeros(4)), "refuse",
+        "x_reference")
+    add(c, "NaN in x (a truth)", lambda: evaluate(x=nan_at(x, (0, 0))), "refuse", "nan")
+    add(c, "NaN in y", lambda: evaluate(y=nan_at(y, (0, 0))), "refuse", "nan")
+    add(c, "NaN in x_reference", lambda: evaluate(x_reference=nan_at(ref, (0,))), "refuse",
+        "nan")
+    add(c, "NaN in one draw", lambda: evaluate(nan_at(draws, (0, 0, 0))), "either", "nan",
+        check=nan_noted)
+    add(c, "all draws NaN", lambda: evaluate(torch.full_like(draws, float("nan"))), "either",
+        "nan", check=nan_noted)
+    add(c, "false_alarm=0", lambda: evaluate(false_alarm=0.0), "refuse", "false_alarm")
+    add(c, "false_alarm='0.01'", lambda: evaluate(false_alarm="0.01"), "refuse",
+        "false_alarm")
+    add(c, "seed=-1", lambda: evaluate(seed=-1), "refuse", "seed")
+    add(c, "seed=1.5", lambda: evaluate(seed=1.5), "refuse", "seed")
+    add(c, "x_draws a string", lambda: evaluate("draws"), "refuse", "x_draws")
+
+
+def plot_cases(add: Add, w: World) -> None:
+    """The figures of inference.plots and inference.report with hostile arrays and files."""
+    import xarray as xr
+    from matplotlib.figure import Figure
+
+    from inference import plots, report
+    from inference.arviz_io import az
+
+    idata = sample_posterior(w.cvae, w.y[:2], 6, problem=w.problem, x_true=w.x[:2])
+
+    def without(group: str) -> Any:
+        return az.InferenceData(**{g: idata[g] for g in idata.groups() if g != group})
+
+    def nan_in(group: str, var: str) -> Any:
+        copy = idata.copy()
+        values = copy[group][var].values.copy()
+        values[0, 0, 0, 0] = np.nan
+        copy[group][var] = (copy[group][var].dims, values)
+        return copy
+
+    def is_figure(result: Any) -> bool:
+        figures = result.values() if isinstance(result, dict) else [result]
+        return all(isinstance(f, Figure) for f in figures)
+
+    def noted(result: Any) -> bool:  # a figure whose title says what was left out
+        figures = list(result.values()) if isinstance(result, dict) else [result]
+        texts = [t for f in figures for t in (f.get_suptitle(), *(a.get_title() for a in f.axes))]
+        return is_figure(result) and any("non-finite" in t for t in texts)
+
+    def saved(path: Any) -> bool:
+        return Path(path).is_file() and Path(path).stat().st_size > 0
+
+    rng = np.random.default_rng(0)
+    draws = rng.normal(size=(20, 4))
+    nan_draws = draws.copy()
+    nan_draws[3, 1] = np.nan
+    da = xr.DataArray(rng.normal(size=(20, 2, 3)), dims=("draw", "component", "frequency"),
+                      coords={"frequency": [1.0, 10.0, 100.0]})
+    da_nan = da.copy()
+    da_nan[0, 0, 0] = np.nan
+    out = w.tmp / "figures"
+    out.mkdir()
+    tops, depth = np.array([0.0, 10.0, 20.0, 30.0]), np.arange(4.0)
+
+    c = "figures of a posterior file"
+    add(c, "posterior_figures(var='nope')", lambda: report.posterior_figures(idata, var="nope"),
+        "refuse", "nope")
+    add(c, "posterior_figures(no posterior group)",
+        lambda: report.posterior_figures(without("posterior")), "refuse", "posterior")
+    add(c, "posterior_figures(observation=5 of 2)",
+        lambda: report.posterior_figures(idata, observation=5), "refuse", "observation")
+    add(c, "posterior_figures(observation=1.5)",
+        lambda: report.posterior_figures(idata, observation=1.5), "refuse", "observation")
+    add(c, "posterior_figures(observation=-1)",
+        lambda: report.posterior_figures(idata, observation=-1), "either", "observation",
+        check=is_figure)
+    add(c, "posterior_figures(NaN in one draw)",
+        lambda: report.posterior_figures(nan_in("posterior", "x")), "either", "nan",
+        check=noted)
+    add(c, "predictive_figure(no observed_data group)",
+        lambda: report.predictive_figure(without("observed_data")), "refuse", "observed_data")
+    add(c, "predictive_figure(no posterior_predictive)",
+        lambda: report.predictive_figure(without("posterior_predictive")), "accept",
+        check=lambda f: f is None)
+    add(c, "predictive_figure(NaN in one y_rep)",
+        lambda: report.predictive_figure(nan_in("posterior_predictive", "y")), "either", "nan",
+        check=noted)
+    add(c, "predictive_figure(observation=2 of 2)",
+        lambda: report.predictive_figure(idata, observation=2), "refuse", "observation")
+    add(c, "write_report(no posterior group)",
+        lambda: report.write_report(without("posterior"), out / "r1"), "refuse", "posterior")
+    add(c, "write_report(max_observations=-1)",
+        lambda: report.write_report(idata, out / "r2", max_observations=-1), "refuse",
+        "max_observations")
+
+    c = "figures of arrays"
+    add(c, "bands_figure(along='nope')", lambda: plots.bands_figure(da, along="nope"), "refuse",
+        "nope")
+    add(c, "bands_figure(a numpy array)", lambda: plots.bands_figure(da.values), "refuse",
+        "draws")
+    add(c, "bands_figure(no draw dim)", lambda: plots.bands_figure(da.isel(draw=0)), "refuse",
+        "draw")
+    add(c, "bands_figure(NaN in one draw)", lambda: plots.bands_figure(da_nan), "either", "nan",
+        check=noted)
+    add(c, "bands_figure(all draws NaN)", lambda: plots.bands_figure(da * np.nan), "refuse",
+        "nan")
+    add(c, "bands_figure(reference of other dims)",
+        lambda: plots.bands_figure(da, reference=da.isel(draw=0, component=0)), "refuse",
+        "reference")
+    add(c, "bands_figure(interval=1.5)", lambda: plots.bands_figure(da, interval=1.5), "refuse",
+        "interval")
+    add(c, "profile_figure(depth 4, draws of 5)",
+        lambda: plots.profile_figure(depth, rng.normal(size=(20, 5))), "refuse", "draws")
+    add(c, "profile_figure(NaN in one draw)", lambda: plots.profile_figure(depth, nan_draws),
+        "either", "nan", check=noted)
+    add(c, "profile_figure(NaN depth)",
+        lambda: plots.profile_figure(np.array([0.0, np.nan, 2.0, 3.0]), draws), "refuse",
+        "depth")
+    add(c, "profile_figure(truth of length 3)",
+        lambda: plots.profile_figure(depth, draws, truth=np.zeros(3)), "refuse", "truth")
+    add(c, "layered_profile_figure(NaN in one draw)",
+        lambda: plots.layered_profile_figure(tops, nan_draws), "either", "nan", check=noted)
+    add(c, "layered_profile_figure(NaN tops)",
+        lambda: plots.layered_profile_figure(np.array([0.0, np.nan, 20.0, 30.0]), draws),
+        "refuse", "tops")
+    add(c, "layered_profile_figure(truth NaN)",
+        lambda: plots.layered_profile_figure(tops, draws, truth=np.full(4, np.nan)), "refuse",
+        "truth")
+    add(c, "fields_figure(a 1-D panel)",
+        lambda: plots.fields_figure({"mean": np.zeros(8)}, extent=(0, 8, 4, 0)), "refuse",
+        "mean")
+    add(c, "fields_figure(no panels)", lambda: plots.fields_figure({}, extent=(0, 8, 4, 0)),
+        "refuse", "panels")
+    add(c, "fields_figure(a NaN panel)",
+        lambda: plots.fields_figure({"mean": np.full((4, 8), np.nan)}, extent=(0, 8, 4, 0),
+                                    shared=["mean"]), "refuse", "mean")
+    add(c, "plot_truth_vs_mean(shapes 4, 4, 3)",
+        lambda: plots.plot_truth_vs_mean(np.zeros(4), np.zeros(4), np.zeros(3), out / "a.png"),
+        "refuse", "std")
+    add(c, "truth_vs_mean_figure(NaN in one mean)",
+        lambda: plots.truth_vs_mean_figure(np.zeros(4), np.array([0.0, np.nan, 1.0, 2.0]),
+                                           np.ones(4)), "either", "mean", check=noted)
+    add(c, "plot_truth_vs_mean(NaN truth)",
+        lambda: plots.plot_truth_vs_mean(np.full(4, np.nan), np.zeros(4), np.ones(4),
+                                         out / "b.png"), "refuse", "truth")
+    add(c, "plot_coverage(lengths 3 and 2)",
+        lambda: plots.plot_coverage([0.5, 0.8, 0.9], [0.5, 0.8], out / "c.png"), "refuse",
+        "empirical")
+    add(c, "plot_coverage(NaN empirical)",
+        lambda: plots.plot_coverage([0.5, 0.9], [np.nan, 0.9], out / "d.png"), "either", "nan",
+        check=saved)
+    add(c, "tarp_figure(NaN value)", lambda: plots.tarp_figure(np.array([0.1, np.nan, 0.7])),
+        "refuse", "values")
+    add(c, "tarp_figure(no values)", lambda: plots.tarp_figure(np.zeros(0)), "refuse", "values")
+    add(c, "rank_ecdf_figure({})", lambda: plots.rank_ecdf_figure({}), "refuse", "normalised")
+    add(c, "rank_ecdf_figure(NaN rank)",
+        lambda: plots.rank_ecdf_figure({"x[0]": np.array([0.2, np.nan, 0.6])}), "refuse",
+        "x[0]")
+    add(c, "plot_pairs(2 names for 4 columns)",
+        lambda: plots.plot_pairs(draws, ["a", "b"], out / "e.png"), "refuse", "names")
+    add(c, "plot_pairs(NaN in one draw)",
+        lambda: plots.plot_pairs(nan_draws, ["a", "b", "c", "d"], out / "f.png"), "either",
+        "nan", check=saved)
 
 
 def main(args: argparse.Namespace) -> int:

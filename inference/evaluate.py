@@ -58,7 +58,8 @@ from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._json import dumps_strict, finite_or_null
-from ppl_cvae.checks import as_count, as_real_tensor
+from ppl_cvae.checks import as_count, as_probability, as_real_tensor, check_finite
+from ppl_cvae.errors import ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.metadata import linear_gaussian_parts, units_of
@@ -205,9 +206,14 @@ def evaluate_draws(
     Raises
     ------
     ShapeError
-        If the shapes disagree.
+        If the shapes disagree: ``x_draws`` not ``(S, *x.shape)``, ``y`` not one observation
+        per truth, ``x_reference`` not ``x_shape``, or ``x``, ``y`` not the problem's shapes.
+    DataError
+        If an input is not an array of real numbers (tensors, NumPy arrays and lists are
+        accepted), or ``x``, ``y`` or ``x_reference`` holds NaN or inf. Non-finite draws are
+        accepted: the metrics say so (``calibration.notes``; no SBC or TARP).
     ConfigError
-        If ``false_alarm`` is not in (0, 1).
+        If ``false_alarm`` is not a number in (0, 1), or ``seed`` not an int >= 0.
 
     Examples
     --------
@@ -220,6 +226,31 @@ def evaluate_draws(
     >>> metrics["calibration"]["passed"]
     True
     """
+    x_draws = as_real_tensor(x_draws, "x_draws", dtype=None)
+    x = check_finite(as_real_tensor(x, "x", dtype=None), "x")
+    y = check_finite(as_real_tensor(y, "y", dtype=None), "y")
+    x_reference = check_finite(as_real_tensor(x_reference, "x_reference", dtype=None),
+                               "x_reference")
+    if problem is not None:
+        for name, value, shape in (("x", x, problem.x_shape), ("y", y, problem.y_shape)):
+            if tuple(value.shape[1:]) != tuple(shape):
+                raise ShapeError(
+                    f"{name} must have shape (M, *{tuple(shape)}) for problem "
+                    f"{getattr(problem, 'name', '?')!r}, got {tuple(value.shape)}"
+                )
+    if x.dim() < 1 or x_draws.dim() != x.dim() + 1 or x_draws.shape[1:] != x.shape:
+        raise ShapeError(
+            f"x_draws must have shape (S, *x shape) = (S, {', '.join(map(str, x.shape))}): S "
+            f"draws of each of the M = {len(x) if x.dim() else 0} truths, got "
+            f"{tuple(x_draws.shape)}"
+        )
+    if y.dim() < 1 or len(y) != len(x):
+        raise ShapeError(
+            f"y must have shape (M, *y_shape) with M = {len(x)} (one observation per truth in "
+            f"x), got {tuple(y.shape)}"
+        )
+    seed = as_count(seed, "seed", minimum=0)
+    false_alarm = as_probability(false_alarm, "false_alarm")
     metrics = run_evaluation(
         x_draws,
         x,

@@ -65,12 +65,14 @@ import torch
 
 from inference.latent_mcmc import (
     check_generative_prior,
+    check_one_observation,
     encode_latent,
     generative_prior_posterior,
 )
 from inference.mcmc import chains_summary, rhat_threshold
+from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import as_count, as_seed
-from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
@@ -294,13 +296,18 @@ def facies_mcmc_sample(
     Raises
     ------
     ConfigError
-        If ``prior_vae`` is not an unconditional VAE with a facies decoder, a count is out of
-        range or ``start`` is unknown.
+        If ``prior_vae`` is not an unconditional VAE with a facies decoder, a count or
+        ``seed`` is not an int in its range (a float, a bool, a string), ``start`` is unknown
+        or ``dtype`` is not a floating torch dtype.
     ShapeError
         If ``y`` is not one observation, ``init`` not ``(N >= 1, *x_shape)``, or the VAE's
         ``x_shape`` not the problem's.
     DataError
-        If ``init`` holds a value that is not a facies code ``0 .. K-1``.
+        If ``y`` or ``init`` is not an array of real numbers (tensors, NumPy arrays and lists
+        are accepted), ``y`` holds NaN or inf, or ``init`` holds a value that is not a facies
+        code ``0 .. K-1``.
+    ResourceError
+        If the kept steps (``num_samples`` per chain) would not fit in memory.
     NoLikelihoodError
         If the problem has no noise model.
 
@@ -337,14 +344,24 @@ def facies_mcmc_sample(
     flips_per_step = as_count(flips_per_step, "flips_per_step", minimum=0)
     batch_models = as_count(batch_models, "batch_models", minimum=1)
     seed = as_seed(seed) or 0
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(
+            f"dtype must be a floating torch.dtype (torch.float32 or torch.float64), got "
+            f"{dtype!r}"
+        )
     num_facies = _num_facies(cfg)
-    y_shape = tuple(problem.y_shape)
-    if tuple(y.shape) != y_shape:
-        raise ShapeError(f"y must have shape {y_shape} (one observation), got {tuple(y.shape)}")
     x_shape = tuple(cfg.x_shape)
-    if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
-        raise ShapeError(f"init must have shape (N >= 1, *{x_shape}), got {tuple(init.shape)}")
+    y, init = check_one_observation(problem, y, init, x_shape)
     init = init.detach().to("cpu", torch.float64)
+    chains = min(num_chains, len(init))
+    # per kept step of a chain: the codes (int8, then float32), z (float64 and float32),
+    # log p(y | x) (float64) and the monitored quantities (float64)
+    per_step = 5 * math.prod(x_shape) + 12 * cfg.latent_dim + 16 + 8 * (cfg.latent_dim + num_facies)
+    check_memory(
+        chains * num_samples * per_step,
+        f"num_samples={num_samples} steps kept in each of {chains} chains",
+        "ask for fewer num_samples",
+    )
     valid = (init == init.round()) & (init >= 0) & (init <= num_facies - 1)
     if not bool(valid.all()):
         bad = init[~valid][0].item()
@@ -584,6 +601,10 @@ def sample_facies_mcmc(
         count is out of range, or there are fewer than 4 draws per chain.
     ShapeError
         If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
+    DataError
+        If ``y`` holds NaN or inf, or is not an array of real numbers.
+    ResourceError
+        If the kept steps of an observation would not fit in memory.
     NoLikelihoodError
         If the problem has no noise model.
 

@@ -52,6 +52,8 @@ import torch
 from pyro.infer import NUTS
 
 from inference.mcmc import ChainVerdict, chains_summary, rhat_threshold, run_whitened_chain
+from ppl_cvae._memory import check_memory
+from ppl_cvae.checks import MAX_SEED, as_count, as_real_tensor, as_seed, check_finite
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -65,7 +67,9 @@ __all__ = [
     "ChainRun",
     "GenerativePriorSampler",
     "LatentMCMCResult",
+    "check_chain_seeds",
     "check_generative_prior",
+    "check_one_observation",
     "decode_latent",
     "encode_latent",
     "generative_prior_posterior",
@@ -250,6 +254,96 @@ def encode_latent(prior_vae: CVAE, x: torch.Tensor) -> torch.Tensor:
     return loc
 
 
+def check_chain_seeds(seed: Any, num_chains: int) -> int:
+    """Return ``seed`` as an int such that every chain's ``seed + c`` is a valid seed.
+
+    Parameters
+    ----------
+    seed : int or NumPy integer
+        The first chain's seed; chain ``c`` uses ``seed + c``.
+    num_chains : int
+        Chains (at least 1).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ConfigError
+        If ``seed`` is not an int in ``[0, 2**32 - num_chains]``.
+
+    Examples
+    --------
+    >>> check_chain_seeds(np.int64(7), 4)
+    7
+    """
+    value = as_seed(seed)
+    if value is None or value + num_chains - 1 > MAX_SEED:
+        raise ConfigError(
+            f"seed must be an int in [0, 2**32 - num_chains] (chain c uses seed + c; "
+            f"num_chains={num_chains}), got {seed!r}"
+        )
+    return value
+
+
+def check_one_observation(
+    problem: Problem, y: Any, init: Any, x_shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return one finite observation and the finite models that start the chains, as tensors.
+
+    What :func:`latent_nuts_sample` and :func:`~inference.facies_mcmc.facies_mcmc_sample`
+    accept: a tensor, a NumPy array or a list of real numbers for each (a floating dtype is
+    kept; integers and booleans become float32).
+
+    Parameters
+    ----------
+    problem : Problem
+        Gives ``y_shape``.
+    y : array_like, shape y_shape
+        One observation, units of ``y``.
+    init : array_like, shape (N, *x_shape)
+        Models that start the chains, units of ``x``.
+    x_shape : tuple of int
+        The generative prior's event shape of ``x``.
+
+    Returns
+    -------
+    y : Tensor, shape y_shape
+    init : Tensor, shape (N, *x_shape)
+
+    Raises
+    ------
+    DataError
+        If ``y`` or ``init`` is not an array of real numbers, or holds NaN or inf.
+    ShapeError
+        If ``y`` is not ``y_shape`` (one observation) or ``init`` not ``(N >= 1, *x_shape)``.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> y, init = check_one_observation(LinearGaussian(), [0.1, 0.2], np.zeros((4, 2)), (2,))
+    >>> y.dtype, tuple(init.shape)  # Python floats are float64, as NumPy reads them
+    (torch.float64, (4, 2))
+    """
+    y = as_real_tensor(y, "y", dtype=None)
+    y_shape = tuple(problem.y_shape)
+    if tuple(y.shape) != y_shape:
+        raise ShapeError(
+            f"y must have shape {y_shape} (one observation of problem {problem.name!r}), got "
+            f"{tuple(y.shape)}"
+        )
+    check_finite(y, "y")
+    init = as_real_tensor(init, "init", dtype=None)
+    if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
+        raise ShapeError(
+            f"init must have shape (N >= 1, *{x_shape}): models that start the chains, got "
+            f"{tuple(init.shape)}"
+        )
+    check_finite(init, "init")
+    return y, init
+
+
 def latent_nuts_sample(
     prior_vae: CVAE,
     problem: Problem,
@@ -300,10 +394,16 @@ def latent_nuts_sample(
     ------
     ConfigError
         If ``prior_vae`` is not a generative prior (:func:`check_generative_prior`), a count
-        is out of range, or ``start`` is unknown.
+        is not an int in its range (a float, a bool, a string), ``seed + num_chains - 1`` is
+        not a seed (:func:`check_chain_seeds`), or ``start`` is unknown.
     ShapeError
         If ``y`` does not have shape ``y_shape``, ``init`` not ``(N >= 1, *x_shape)``, or the
         VAE's ``x_shape`` is not the problem's.
+    DataError
+        If ``y`` or ``init`` is not an array of real numbers (tensors, NumPy arrays and lists
+        are accepted) or holds NaN or inf.
+    ResourceError
+        If the kept draws (``num_samples`` per chain) would not fit in memory.
     NoLikelihoodError
         If the problem has no noise model.
 
@@ -333,21 +433,23 @@ def latent_nuts_sample(
     check_generative_prior(prior_vae, problem)
     if start not in ("best", "first"):
         raise ConfigError(f"start must be 'best' or 'first', got {start!r}")
-    if num_samples < 4 or warmup_steps < 0 or num_chains < 1 or max_tree_depth < 1:
-        raise ConfigError(
-            "need num_samples >= 4 (R-hat needs 4 draws per chain), warmup_steps >= 0, "
-            f"num_chains >= 1 and max_tree_depth >= 1, got {num_samples}, {warmup_steps}, "
-            f"{num_chains}, {max_tree_depth}"
-        )
-    y_shape = tuple(problem.y_shape)
-    if tuple(y.shape) != y_shape:
-        raise ShapeError(f"y must have shape {y_shape} (one observation), got {tuple(y.shape)}")
-    x_shape = tuple(prior_vae.config.x_shape)
-    if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
-        raise ShapeError(f"init must have shape (N >= 1, *{x_shape}), got {tuple(init.shape)}")
+    num_samples = as_count(num_samples, "num_samples", minimum=4)  # R-hat needs 4 a chain
+    warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
+    num_chains = as_count(num_chains, "num_chains")
+    max_tree_depth = as_count(max_tree_depth, "max_tree_depth")
+    seed = check_chain_seeds(seed, num_chains)
+    y, init = check_one_observation(problem, y, init, tuple(prior_vae.config.x_shape))
+    k = prior_vae.config.latent_dim
+    # per kept draw of a chain: Pyro's stored sample (a tensor object of k float64, about
+    # 512 bytes with its overhead), the stacked z (float64 and float32) and g(z) (float32)
+    per_draw = 512 + 12 * k + 4 * prior_vae.config.x_dim
+    check_memory(
+        min(num_chains, len(init)) * num_samples * per_draw,
+        f"num_samples={num_samples} draws in each of {min(num_chains, len(init))} chains",
+        "ask for fewer num_samples",
+    )
     prior_vae.eval()
-    encoded = encode_latent(prior_vae, init).double()
-    k = encoded.shape[1]
+    encoded = encode_latent(prior_vae, init.to(prior_vae.x_standardiser.mean.dtype)).double()
     mu = encoded.mean(0)
     if len(encoded) > 1:  # shrunk: few encodings in k dimensions can give a singular estimate
         cov = torch.from_numpy(LedoitWolf().fit(encoded.numpy()).covariance_)
@@ -513,10 +615,13 @@ def generative_prior_posterior(
     Raises
     ------
     ConfigError
-        If ``cvae`` is not conditional, ``generative_prior`` is not an unconditional VAE,
-        ``chains < 1``, or there are fewer than 4 draws per chain.
+        If ``cvae`` is not conditional, ``generative_prior`` is not an unconditional VAE, a
+        count or ``seed`` is not an int in its range, or there are fewer than 4 draws per
+        chain.
     ShapeError
         If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
+    DataError
+        If ``y`` holds NaN or inf.
     NoLikelihoodError
         If the problem has no noise model.
     """
@@ -534,17 +639,26 @@ def generative_prior_posterior(
             f"the CVAE generates x of shape {tuple(cvae.config.x_shape)} and the generative "
             f"prior {tuple(generative_prior.config.x_shape)}; they must be models of one problem"
         )
-    if chains < 1:
-        raise ConfigError(f"need chains >= 1, got {chains}")
+    chains = as_count(chains, "chains")
+    num_samples = as_count(num_samples, "num_samples")
+    warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
+    seed = as_seed(seed)
     per_chain = math.ceil(num_samples / chains)
     if per_chain < 4:
         raise ConfigError(
-            f"{num_samples} draws in {chains} chains: R-hat needs at least 4 per chain; ask for "
-            f"--num-samples >= {4 * chains}"
+            f"num_samples={num_samples} draws in {chains} chains: R-hat needs at least 4 per "
+            f"chain; ask for num_samples >= {4 * chains} (--num-samples on the command line)"
         )
     y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
+    check_finite(y_batch, "y")
     num_start = preconditioner_draws(generative_prior.config.latent_dim, chains)
     base_seed = 0 if seed is None else seed
+    check_chain_seeds(base_seed, chains)
+    if base_seed + y_batch.shape[0] - 1 > MAX_SEED:  # observation m's starts: seed + m
+        raise ConfigError(
+            f"seed must be an int in [0, 2**32 - M] (observation m's starts use seed + m; "
+            f"M={y_batch.shape[0]}), got {seed}"
+        )
     results = []
     for m in range(y_batch.shape[0]):
         start = draw_posterior(cvae, y_batch[m : m + 1], num_start, seed=base_seed + m).x[:, 0]
@@ -651,6 +765,8 @@ def sample_latent_nuts(
         a count is below 1, or there are fewer than 4 draws per chain.
     ShapeError
         If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
+    DataError
+        If ``y`` holds NaN or inf, or is not an array of real numbers.
     NoLikelihoodError
         If the problem has no noise model.
     """

@@ -14,6 +14,14 @@ Figures of posterior draws read named dims and coordinates from ``xarray.DataArr
 (as stored by :mod:`inference.arviz_io`): the horizontal axis is a named coordinate, the other
 dims become panels, axis labels carry the ``units`` attributes, a coordinate in Hz gets a log
 axis, and values in ``log10(U)`` are shown in ``U`` on a log axis.
+
+Inputs are checked before anything is drawn (:mod:`ppl_cvae.checks`): arrays may be NumPy
+arrays, tensors or lists of real numbers; a wrong shape is a
+:class:`~ppl_cvae.errors.ShapeError`, a bad option a :class:`~ppl_cvae.errors.ConfigError`.
+Posterior draws may hold a few non-finite values (a forward operator that overflows at some
+draws): the bands are quantiles of the finite draws at each point and the figure's title
+says how many values were left out; a point without a finite draw is a
+:class:`~ppl_cvae.errors.DataError`, as is a non-finite truth, reference, depth or panel.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from matplotlib.figure import Figure
 
 from ppl_cvae._atomic import atomic_path
+from ppl_cvae.checks import as_count, as_probability, as_real_tensor, check_finite
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -47,6 +58,7 @@ __all__ = [
     "plot_truth_vs_mean",
     "rank_ecdf_figure",
     "tarp_figure",
+    "truth_vs_mean_figure",
     "plot_image_grid",
     "plot_latent_scatter",
     "plot_loss",
@@ -139,6 +151,75 @@ def _numeric(values: Any) -> np.ndarray | None:
     return None
 
 
+def _values(
+    values: Any, name: str, shape: tuple[int | None, ...] | None = None, *, finite: bool = True
+) -> np.ndarray:
+    """Return an array, tensor or list of real numbers as float64, checked.
+
+    ``shape`` gives the expected shape (None for an axis of any length); ``finite`` refuses
+    NaN and inf. Raises DataError (not numbers; not finite) or ShapeError naming ``name``.
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+    array = as_real_tensor(values, name, dtype=torch.float64)
+    if shape is not None and (
+        array.dim() != len(shape)
+        or any(n is not None and n != m for n, m in zip(shape, array.shape, strict=True))
+    ):
+        expected = ", ".join("any" if n is None else str(n) for n in shape)
+        expected += "," if len(shape) == 1 else ""
+        raise ShapeError(f"{name} must have shape ({expected}), got {tuple(array.shape)}")
+    if finite:
+        check_finite(array, name)
+    return array.numpy()
+
+
+def _finite_quantiles(
+    draws: np.ndarray, probs: Sequence[float], name: str
+) -> tuple[np.ndarray, int]:
+    """Quantiles over axis 0 of the finite draws, and how many values were not finite.
+
+    Parameters
+    ----------
+    draws : ndarray, shape (S, N)
+    probs : sequence of float in [0, 1]
+
+    Returns
+    -------
+    quantiles : ndarray, shape (len(probs), N)
+    left_out : int
+        Non-finite values of ``draws`` (left out of the quantiles).
+
+    Raises
+    ------
+    DataError
+        If a point (a column) has no finite draw.
+    """
+    finite = np.isfinite(draws)
+    empty = ~finite.any(axis=0)
+    if draws.shape[0] == 0 or bool(empty.any()):
+        raise DataError(
+            f"{name} has no finite draw at {int(empty.sum()) if draws.shape[0] else 'any'} of "
+            f"{draws.shape[1]} points (NaN or inf in every draw); expected draws with values"
+        )
+    left_out = int((~finite).sum())
+    if not left_out:
+        return np.quantile(draws, probs, axis=0), 0
+    return np.nanquantile(np.where(finite, draws, np.nan), probs, axis=0), left_out
+
+
+def _left_out_note(left_out: int, total: int, name: str) -> str:
+    """``"k of n values of name not finite, left out"``, or ``""`` when none."""
+    if not left_out:
+        return ""
+    return f"{left_out} of {total} values of {name} non-finite, left out of the quantiles"
+
+
+def _with_note(title: str, note: str) -> str:
+    """Return the title with the note on a line of its own (either may be empty)."""
+    return f"{title}\n({note})" if title and note else title or (f"({note})" if note else "")
+
+
 def bands_figure(
     draws: xr.DataArray,
     *,
@@ -178,7 +259,21 @@ def bands_figure(
     -------
     matplotlib.figure.Figure
         One axes per combination of the other event dims, titled ``dim = value``; values in
-        ``log10(U)`` are drawn as ``U`` on a log axis. The legend sits below the panels.
+        ``log10(U)`` are drawn as ``U`` on a log axis. The legend sits below the panels. When
+        draws hold NaN or inf, the bands are quantiles of the finite draws at each point and
+        the figure's title says how many values were left out.
+
+    Raises
+    ------
+    DataError
+        If ``draws`` is not an ``xarray.DataArray`` of real numbers, a point has no finite
+        draw, or ``reference`` / ``reference_sd`` hold NaN or inf.
+    ShapeError
+        If ``draws`` has no ``draw`` dim or no event dim, or ``reference`` does not have the
+        event dims of ``draws`` (``reference_sd`` some of them).
+    ConfigError
+        If ``along`` is not an event dim, ``interval`` not in (0, 1], or ``max_panels`` not
+        an int >= 1.
 
     Examples
     --------
@@ -192,10 +287,40 @@ def bands_figure(
     """
     import itertools
 
+    import xarray as xr
+
+    if not isinstance(draws, xr.DataArray):
+        raise DataError(
+            f"draws must be an xarray.DataArray with a 'draw' dim and named event dims (a "
+            f"posterior file's variable), got {type(draws).__module__}.{type(draws).__name__}"
+        )
+    if "draw" not in draws.dims:
+        raise ShapeError(f"draws must have a 'draw' dim, got dims {tuple(map(str, draws.dims))}")
     event = [str(d) for d in draws.dims if d != "draw"]
+    if not event:
+        raise ShapeError("draws must have at least one event dim besides 'draw', got none")
+    interval = as_probability(interval, "interval", allow_one=True)
+    max_panels = as_count(max_panels, "max_panels")
     if along is None:
         numeric = [d for d in event if d in draws.coords and _numeric(draws[d].values) is not None]
         along = max(numeric or event, key=lambda d: draws.sizes[d])
+    elif along not in event:
+        raise ConfigError(f"along={along!r} is not an event dim of draws (event dims: {event})")
+    for name, given in (("reference", reference), ("reference_sd", reference_sd)):
+        if given is None:
+            continue
+        if not isinstance(given, xr.DataArray):
+            raise DataError(f"{name} must be an xarray.DataArray, got {type(given).__name__}")
+        dims = {str(d) for d in given.dims}
+        if (name == "reference" and dims != set(event)) or not dims <= set(event):
+            raise ShapeError(
+                f"{name} must have the event dims of draws ({event}"
+                f"{'' if name == 'reference' else ', or some of them'}), got "
+                f"{sorted(dims)}"
+            )
+        _values(given.values, name)  # finite numbers
+    values_all = _values(draws.values, "draws", finite=False)
+    left_out = int((~np.isfinite(values_all)).sum())
     others = [d for d in event if d != along]
     combos = list(itertools.product(*(range(draws.sizes[d]) for d in others)))[:max_panels]
     ncols = min(2, len(combos))
@@ -221,7 +346,7 @@ def bands_figure(
         phys = log10_unit(unit)
         scale = (lambda v: 10.0**v) if phys is not None else (lambda v: v)
         values = np.asarray(panel.values, dtype=float)
-        lo, med, hi = np.quantile(values, [lo_q, 0.5, hi_q], axis=0)
+        (lo, med, hi), _ = _finite_quantiles(values, [lo_q, 0.5, hi_q], "draws")
         ax.fill_between(
             x_values,
             scale(lo),
@@ -235,7 +360,12 @@ def bands_figure(
         if reference is not None:
             ref = np.asarray(reference.isel(index).transpose(along).values, dtype=float)
             if reference_sd is not None:
-                sd = np.asarray(reference_sd.isel(index).transpose(along).values, dtype=float)
+                sd_index = {d: i for d, i in index.items() if d in reference_sd.dims}
+                sd_dims = [d for d in (along,) if d in reference_sd.dims]
+                sd = np.broadcast_to(
+                    np.asarray(reference_sd.isel(sd_index).transpose(*sd_dims).values, float),
+                    ref.shape,
+                )
                 err = np.stack([scale(ref) - scale(ref - sd), scale(ref + sd) - scale(ref)])
                 ax.errorbar(
                     x_values,
@@ -268,6 +398,7 @@ def bands_figure(
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+    title = _with_note(title, _left_out_note(left_out, values_all.size, "draws"))
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -313,7 +444,12 @@ def layered_profile_figure(
     Raises
     ------
     ShapeError
-        If ``draws`` is not ``(S, N)`` or ``tops`` not increasing.
+        If ``draws`` is not ``(S, N)``, ``tops`` not increasing, or ``truth`` not ``(N,)``.
+    DataError
+        If ``tops`` or ``truth`` hold NaN or inf, or a layer has no finite draw (the bands
+        are quantiles of the finite draws; the title says how many values were left out).
+    ConfigError
+        If an interval is not in (0, 1].
 
     Examples
     --------
@@ -322,14 +458,15 @@ def layered_profile_figure(
     >>> fig.axes[0].get_xscale(), bool(fig.axes[0].yaxis_inverted())
     ('log', True)
     """
-    from ppl_cvae.errors import ShapeError
-
-    t = np.asarray(tops, dtype=float)
-    v = np.asarray(draws, dtype=float)
+    t = _values(tops, "tops", (None,))
+    v = _values(draws, "draws", finite=False)
     if v.ndim != 2 or v.shape[1] != t.size or t.size < 2 or np.any(np.diff(t) <= 0):
         raise ShapeError(
             f"draws must be (S, N) for N = {t.size} increasing tops; got draws {v.shape}"
         )
+    masses = [as_probability(m, "intervals", allow_one=True) for m in intervals]
+    true = None if truth is None else _values(truth, "truth", (t.size,))
+    (median,), left_out = _finite_quantiles(v, [0.5], "draws")
     bottom = t[-1] + max(0.25 * t[-1], float(t[-1] - t[-2]))
     edges = np.append(t, bottom)
     depth = np.column_stack([edges[:-1], edges[1:]]).ravel()  # (2N,) top, bottom of each
@@ -340,8 +477,8 @@ def layered_profile_figure(
 
     fig, ax = _subplots(figsize=(4.2, 5.4), constrained_layout=True)
     ax.axhspan(t[-1], bottom, color="0.9", zorder=0)
-    for k, mass in enumerate(sorted(intervals, reverse=True)):
-        lo, hi = np.quantile(v, [(1 - mass) / 2, (1 + mass) / 2], axis=0)
+    for k, mass in enumerate(sorted(masses, reverse=True)):
+        (lo, hi), _ = _finite_quantiles(v, [(1 - mass) / 2, (1 + mass) / 2], "draws")
         ax.fill_betweenx(
             depth,
             stairs(lo),
@@ -351,9 +488,9 @@ def layered_profile_figure(
             lw=0,
             label=f"{mass:.0%} interval",
         )
-    ax.plot(stairs(np.median(v, axis=0)), depth, color="C0", lw=1.2, label="median")
-    if truth is not None:
-        ax.plot(stairs(np.asarray(truth, dtype=float)), depth, "k--", lw=1.2, label="truth")
+    ax.plot(stairs(median), depth, color="C0", lw=1.2, label="median")
+    if true is not None:
+        ax.plot(stairs(true), depth, "k--", lw=1.2, label="truth")
     ax.axhline(t[-1], color="0.4", lw=0.8)
     ax.text(
         0.02,
@@ -369,7 +506,7 @@ def layered_profile_figure(
     ax.set_ylim(bottom, 0.0)
     ax.set_xlabel(value_label)
     ax.set_ylabel(depth_label)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_with_note(title, _left_out_note(left_out, v.size, "draws")), fontsize=9)
     fig.legend(loc="outside lower center", ncol=2, fontsize=7)
     return fig
 
@@ -387,11 +524,35 @@ def plot_pairs(
         ``K`` column names.
     path : path
         PNG to write.
+
+    Returns
+    -------
+    Path
+        ``path``. Draws with a NaN or inf in any column are left out; the title says how many.
+
+    Raises
+    ------
+    ShapeError
+        If ``draws`` is not ``(S, K)`` or ``names`` does not hold ``K`` names.
+    DataError
+        If ``draws`` is not an array of real numbers, or no draw is finite in every column.
     """
     import matplotlib.pyplot as plt  # seaborn's grids are pyplot figures
 
-    frame = pd.DataFrame(np.asarray(draws), columns=list(names))
+    values = _values(draws, "draws", (None, None), finite=False)
+    names = [str(n) for n in names]
+    if len(names) != values.shape[1]:
+        raise ShapeError(
+            f"names must hold one name per column of draws ({values.shape[1]}), got "
+            f"{len(names)}: {names}"
+        )
+    keep = np.isfinite(values).all(axis=1)
+    if not keep.any():
+        raise DataError(f"draws has no row without NaN or inf ({len(values)} rows)")
+    frame = pd.DataFrame(values[keep], columns=names)
     grid = sns.pairplot(frame, corner=True, plot_kws={"s": 6, "alpha": 0.5, "edgecolor": "none"})
+    note = "" if keep.all() else f"{int((~keep).sum())} of {len(keep)} draws non-finite, left out"
+    title = _with_note(title, note)
     if title:
         grid.figure.suptitle(title)
     try:
@@ -424,6 +585,7 @@ def fields_figure(
     ncols: int = 4,
     sources: tuple[np.ndarray, np.ndarray] | None = None,
     receivers: tuple[np.ndarray, np.ndarray] | None = None,
+    title: str = "",
 ) -> Figure:
     """Draw 2-D fields side by side (truth, posterior mean, sd, draws), each with a colour bar.
 
@@ -444,11 +606,24 @@ def fields_figure(
         Source and receiver positions in m (e.g. crosshole boreholes), drawn on every panel
         as stars and triangles with the borehole as a line.
 
+    title : str, optional
+        Title of the figure.
+
     Returns
     -------
     matplotlib.figure.Figure
         Sections wider than 1.3 times their depth get their colour bars below, so that a
         flat section is not squeezed beside a full-height bar.
+
+    Raises
+    ------
+    ConfigError
+        If ``panels`` is empty or ``ncols`` not an int >= 1.
+    ShapeError
+        If a panel is not 2-D.
+    DataError
+        If a panel is not an array of real numbers or holds NaN or inf (the message names
+        the panel).
 
     Examples
     --------
@@ -456,7 +631,13 @@ def fields_figure(
     >>> len(fig.axes)  # the panel and its colour bar
     2
     """
-    titles = list(panels)
+    if not isinstance(panels, Mapping) or not panels:
+        raise ConfigError(
+            f"panels must be a non-empty mapping of title to 2-D array, got {panels!r}"
+        )
+    ncols = as_count(ncols, "ncols")
+    fields = {str(t): _values(v, f"panel {str(t)!r}", (None, None)) for t, v in panels.items()}
+    titles = list(fields)
     nrows = math.ceil(len(titles) / ncols)
     ncols = min(ncols, len(titles))
     left, right, bottom, top = extent
@@ -472,13 +653,13 @@ def fields_figure(
         squeeze=False,
         constrained_layout=True,
     )
-    shared_values = [np.asarray(panels[t]) for t in titles if t in shared]
+    shared_values = [fields[t] for t in titles if t in shared]
     vmin = min(float(v.min()) for v in shared_values) if shared_values else None
     vmax = max(float(v.max()) for v in shared_values) if shared_values else None
-    for ax, title in zip(axes.flat, titles, strict=False):
-        limits = {"vmin": vmin, "vmax": vmax} if title in shared else {}
-        cmap = "magma" if "sd" in title.lower().split() or "std" in title.lower() else "viridis"
-        image = ax.imshow(np.asarray(panels[title]), extent=extent, cmap=cmap, **limits)
+    for ax, panel in zip(axes.flat, titles, strict=False):
+        limits = {"vmin": vmin, "vmax": vmax} if panel in shared else {}
+        cmap = "magma" if "sd" in panel.lower().split() or "std" in panel.lower() else "viridis"
+        image = ax.imshow(fields[panel], extent=extent, cmap=cmap, **limits)
         for points, marker, colour, name in (
             (sources, "*", "red", "source"),
             (receivers, "<", "white", "receiver"),
@@ -504,19 +685,21 @@ def fields_figure(
         margin = 0.05 * abs(right - left) if sources is not None or receivers is not None else 0
         ax.set_xlim(left - margin, right + margin)  # boreholes at the edges stay visible
         ax.set_ylim(bottom, top)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(panel, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if wide:
             bar = fig.colorbar(image, ax=ax, location="bottom", shrink=0.9, aspect=25)
         else:
             bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.07)
-        bar.set_label((units or {}).get(title, ""))
+        bar.set_label((units or {}).get(panel, ""))
     for ax in list(axes.flat)[len(titles) :]:
         ax.set_visible(False)
     if sources is not None or receivers is not None:
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -546,26 +729,39 @@ def profile_figure(
     Returns
     -------
     matplotlib.figure.Figure
-        One axes, depth increasing down the page.
+        One axes, depth increasing down the page. The bands are quantiles of the finite
+        draws at each depth; the title says how many non-finite values were left out.
+
+    Raises
+    ------
+    ShapeError
+        If ``depth`` is not 1-D, ``draws`` not ``(S, N)`` or ``truth`` not ``(N,)``.
+    DataError
+        If ``depth`` or ``truth`` hold NaN or inf, or a depth has no finite draw.
+    ConfigError
+        If an interval is not in (0, 1].
 
     Examples
     --------
     >>> bool(profile_figure(np.arange(3.0), np.zeros((4, 3))).axes[0].yaxis_inverted())
     True
     """
-    d = np.asarray(depth, dtype=float)
-    v = np.asarray(draws, dtype=float)
+    d = _values(depth, "depth", (None,))
+    v = _values(draws, "draws", (None, d.size), finite=False)
+    true = None if truth is None else _values(truth, "truth", (d.size,))
+    masses = [as_probability(m, "intervals", allow_one=True) for m in intervals]
+    (median,), left_out = _finite_quantiles(v, [0.5], "draws")
     fig, ax = _subplots(figsize=(3.8, 5.0), constrained_layout=True)
-    for k, mass in enumerate(sorted(intervals, reverse=True)):
-        lo, hi = np.quantile(v, [(1 - mass) / 2, (1 + mass) / 2], axis=0)
+    for k, mass in enumerate(sorted(masses, reverse=True)):
+        (lo, hi), _ = _finite_quantiles(v, [(1 - mass) / 2, (1 + mass) / 2], "draws")
         ax.fill_betweenx(d, lo, hi, color="C0", alpha=0.2 + 0.2 * k, lw=0, label=f"{mass:.0%}")
-    ax.plot(np.median(v, axis=0), d, color="C0", label="median")
-    if truth is not None:
-        ax.plot(np.asarray(truth, dtype=float), d, "k--", lw=1.2, label="truth")
+    ax.plot(median, d, color="C0", label="median")
+    if true is not None:
+        ax.plot(true, d, "k--", lw=1.2, label="truth")
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(depth_label)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_with_note(title, _left_out_note(left_out, v.size, "draws")), fontsize=9)
     ax.legend(fontsize=7)
     return fig
 
@@ -585,16 +781,41 @@ def plot_coverage(
     it too wide. The grey band is +-2 binomial standard errors for ``num_observations``
     independent truths (elements of one model are correlated, so this is the narrowest
     honest band). ``reference`` (e.g. the exact posterior's coverage) is drawn dashed.
+
+    Parameters
+    ----------
+    nominal : sequence of float, shape (L,)
+        Credibility levels in [0, 1].
+    empirical, reference : sequence of float, shape (L,)
+        Fractions of truths inside; a NaN (an undefined coverage, e.g. of non-finite draws)
+        leaves a gap in its curve.
+    path : path
+        PNG to write.
+    num_observations : int, optional
+        Independent truths behind each fraction (the band); none without it.
+
+    Raises
+    ------
+    ShapeError
+        If ``empirical`` or ``reference`` is not one value per level.
+    DataError
+        If ``nominal`` holds NaN or inf, or an argument is not an array of real numbers.
+    ConfigError
+        If ``num_observations`` is not an int >= 1.
     """
-    nom = np.asarray(nominal, dtype=float)
+    nom = _values(nominal, "nominal", (None,))
+    emp = _values(empirical, "empirical", (nom.size,), finite=False)
+    ref = None if reference is None else _values(reference, "reference", (nom.size,), finite=False)
+    if num_observations is not None:
+        num_observations = as_count(num_observations, "num_observations")
     fig, ax = _subplots(figsize=(4.2, 4.2))
     if num_observations:
         se = np.sqrt(nom * (1 - nom) / num_observations)
         ax.fill_between(nom, nom - 2 * se, nom + 2 * se, color="0.85", label="±2 SE")
     ax.plot([0, 1], [0, 1], color="0.4", lw=1)
-    ax.plot(nom, np.asarray(empirical, dtype=float), "o-", label="posterior")
-    if reference is not None:
-        ax.plot(nom, np.asarray(reference, dtype=float), "k--", label=reference_label)
+    ax.plot(nom, emp, "o-", label="posterior")
+    if ref is not None:
+        ax.plot(nom, ref, "k--", label=reference_label)
     ax.set_xlabel("credibility level of central interval")
     ax.set_ylabel("fraction of true values inside")
     ax.set_xlim(0, 1)
@@ -651,11 +872,19 @@ def rank_ecdf_figure(
 
     Raises
     ------
-    ValueError
-        If ``normalised`` is empty.
+    ConfigError
+        If ``normalised`` is empty, ``ci_prob`` not in (0, 1) or ``ncols`` not an int >= 1.
+    DataError
+        If a panel's ranks are empty, hold NaN or inf, or are not real numbers (the message
+        names the panel).
+    ShapeError
+        If a panel's ranks are not 1-D.
     """
-    if not normalised:
-        raise ValueError("normalised holds no ranks to plot")
+    if not isinstance(normalised, Mapping) or not normalised:
+        raise ConfigError(f"normalised holds no ranks to plot (got {normalised!r})")
+    ci_prob = as_probability(ci_prob, "ci_prob")
+    ncols = as_count(ncols, "ncols")
+    normalised = {str(t): _ranks(u, f"normalised[{str(t)!r}]") for t, u in normalised.items()}
     n = len(normalised)
     cols = min(ncols, n)
     rows = math.ceil(n / cols)
@@ -685,6 +914,14 @@ def plot_rank_ecdf(
     return _save(rank_ecdf_figure(normalised, ci_prob=ci_prob), path)
 
 
+def _ranks(values: Any, name: str) -> np.ndarray:
+    """Return 1-D finite values, at least one (ranks or TARP credibilities), checked."""
+    array = _values(values, name, (None,))
+    if array.size == 0:
+        raise DataError(f"{name} is empty; expected at least one value in [0, 1]")
+    return array
+
+
 def tarp_figure(values: np.ndarray, *, ci_prob: float = 0.99) -> Figure:
     """Draw the TARP expected coverage curve with a simultaneous band.
 
@@ -702,7 +939,18 @@ def tarp_figure(values: np.ndarray, *, ci_prob: float = 0.99) -> Figure:
         Expected coverage probability (the ECDF of ``values``) against the credibility level
         ``alpha``, with the diagonal; above the diagonal the joint posterior is too wide, below
         it too narrow (Lemos et al. 2023, figure 2).
+
+    Raises
+    ------
+    DataError
+        If ``values`` is empty, holds NaN or inf, or is not an array of real numbers.
+    ShapeError
+        If ``values`` is not 1-D.
+    ConfigError
+        If ``ci_prob`` is not in (0, 1).
     """
+    values = _ranks(values, "values")
+    ci_prob = as_probability(ci_prob, "ci_prob")
     fig, ax = _subplots(figsize=(4.2, 4.2))
     _plot_uniform_ecdf(ax, values, difference=False, ci_prob=ci_prob)
     ax.plot([0, 1], [0, 1], color="0.4", lw=1)
@@ -721,15 +969,14 @@ def plot_tarp(
     return _save(tarp_figure(values, ci_prob=ci_prob), path)
 
 
-def plot_truth_vs_mean(
+def truth_vs_mean_figure(
     truth: np.ndarray,
     mean: np.ndarray,
     std: np.ndarray,
-    path: str | os.PathLike[str],
     *,
     unit: str = "",
     max_points: int = 4000,
-) -> Path:
+) -> Figure:
     """Scatter posterior means (with ±1 sd bars) against true values of all elements.
 
     Parameters
@@ -739,19 +986,70 @@ def plot_truth_vs_mean(
         random subset of ``max_points`` elements is drawn).
     unit : str
         Unit of ``x`` for the axis labels.
+    max_points : int, default 4000
+        Elements drawn at most.
+
+    Returns
+    -------
+    Figure
+        One axes with the diagonal. Elements whose mean or sd is NaN or inf (non-finite
+        draws) are left out; the title says how many.
+
+    Raises
+    ------
+    ShapeError
+        If ``mean`` or ``std`` does not have the shape of ``truth``.
+    DataError
+        If ``truth`` holds NaN or inf, an argument is not an array of real numbers, or no
+        element has a finite mean and sd.
+    ConfigError
+        If ``max_points`` is not an int >= 1.
+
+    Examples
+    --------
+    >>> fig = truth_vs_mean_figure(np.zeros(3), np.array([0.0, np.nan, 1.0]), np.ones(3))
+    >>> fig.axes[0].get_title()
+    '(1 of 3 elements with a non-finite mean or sd left out)'
     """
-    t, m, s = (np.asarray(a, dtype=float).reshape(-1) for a in (truth, mean, std))
+    t = _values(truth, "truth")
+    m = _values(mean, "mean", t.shape, finite=False).reshape(-1)
+    s = _values(std, "std", t.shape, finite=False).reshape(-1)
+    t = t.reshape(-1)
+    max_points = as_count(max_points, "max_points")
+    finite = np.isfinite(m) & np.isfinite(s)
+    if t.size and not finite.any():
+        raise DataError(f"no element has a finite posterior mean and sd ({t.size} elements)")
+    note = "" if finite.all() else (
+        f"{int((~finite).sum())} of {t.size} elements with a non-finite mean or sd left out"
+    )
+    t, m, s = t[finite], m[finite], s[finite]
     if t.size > max_points:
         keep = np.random.default_rng(0).choice(t.size, max_points, replace=False)
         t, m, s = t[keep], m[keep], s[keep]
     label = f" ({unit})" if unit else ""
     fig, ax = _subplots(figsize=(4.4, 4.2))
     ax.errorbar(t, m, yerr=s, fmt=".", ms=2, alpha=0.3, elinewidth=0.5)
-    lo, hi = float(min(t.min(), m.min())), float(max(t.max(), m.max()))
-    ax.plot([lo, hi], [lo, hi], color="0.3", lw=1)
+    if t.size:
+        lo, hi = float(min(t.min(), m.min())), float(max(t.max(), m.max()))
+        ax.plot([lo, hi], [lo, hi], color="0.3", lw=1)
     ax.set_xlabel(f"true x{label}")
     ax.set_ylabel(f"posterior mean ± 1 sd{label}")
-    return _save(fig, path)
+    if note:
+        ax.set_title(f"({note})", fontsize=8)
+    return fig
+
+
+def plot_truth_vs_mean(
+    truth: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    unit: str = "",
+    max_points: int = 4000,
+) -> Path:
+    """Save :func:`truth_vs_mean_figure` as PNG (atomically) and return the path."""
+    return _save(truth_vs_mean_figure(truth, mean, std, unit=unit, max_points=max_points), path)
 
 
 def plot_image_grid(

@@ -33,7 +33,8 @@ import numpy as np
 from inference.arviz_io import az, summary
 from inference.diagnostics.ppc import run_ppc
 from ppl_cvae._atomic import atomic_path
-from ppl_cvae.errors import DataError
+from ppl_cvae.checks import as_count
+from ppl_cvae.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -53,8 +54,40 @@ def _select(da: xr.DataArray, observation: int) -> xr.DataArray:
     return da
 
 
+def _variable(idata: az.InferenceData, group: str, var: str) -> xr.DataArray:
+    """``idata[group][var]``, or a DataError naming the missing group or variable."""
+    if not isinstance(idata, az.InferenceData):
+        raise DataError(
+            f"expected an arviz.InferenceData (a posterior file), got {type(idata).__name__}"
+        )
+    if group not in idata.groups():
+        raise DataError(
+            f"the InferenceData has no {group!r} group (groups: {list(idata.groups())}); "
+            "expected a posterior file as written by ppl-cvae sample"
+        )
+    if var not in idata[group].data_vars:
+        raise DataError(
+            f"the {group} group has no variable {var!r} (variables: "
+            f"{sorted(map(str, idata[group].data_vars))})"
+        )
+    return idata[group][var]
+
+
 def _num_observations(idata: az.InferenceData) -> int:
-    return int(idata["posterior"]["x"].sizes["observation"])
+    x = _variable(idata, "posterior", "x")
+    return int(x.sizes["observation"]) if "observation" in x.dims else 1
+
+
+def _observation(idata: az.InferenceData, observation: int) -> int:
+    """Check ``observation`` against the file's ``observation`` dim; return it as an int."""
+    index = as_count(observation, "observation", minimum=0)
+    num = _num_observations(idata)
+    if index >= num:
+        raise ConfigError(
+            f"observation={index} is out of range: the file holds {num} observation(s), "
+            f"0 .. {num - 1}"
+        )
+    return index
 
 
 def _edges(centres: np.ndarray) -> tuple[float, float]:
@@ -94,8 +127,8 @@ def derived_variables(idata: az.InferenceData) -> list[str]:
         Names of the ``posterior`` variables other than ``x`` and ``z`` whose dims are those
         of ``x`` (e.g. ``["slowness"]`` for crosshole facies draws), in file order.
     """
+    dims = _variable(idata, "posterior", "x").dims
     post = idata["posterior"]
-    dims = post["x"].dims
     return [str(n) for n in post.data_vars if str(n) not in ("x", "z") and post[n].dims == dims]
 
 
@@ -130,16 +163,19 @@ def posterior_figures(
     Raises
     ------
     DataError
-        If the posterior group has no variable ``var``.
+        If ``idata`` has no posterior group, or it has no variable ``var`` (or no ``x``).
+    ConfigError
+        If ``observation`` is not an int in ``0 .. M-1``.
+
+    Notes
+    -----
+    Draws with NaN or inf values are left out of the statistics of each element (quantiles,
+    mean, sd) and the figures' titles say how many (:mod:`inference.plots`).
     """
     from inference import plots
 
-    if var not in idata["posterior"].data_vars:
-        raise DataError(
-            f"the posterior has no variable {var!r} (variables: "
-            f"{sorted(map(str, idata['posterior'].data_vars))})"
-        )
-    x = _select(idata["posterior"][var], observation)
+    observation = _observation(idata, observation)
+    x = _select(_variable(idata, "posterior", var), observation)
     truth = None
     if "constant_data" in idata.groups() and f"{var}_true" in idata["constant_data"]:
         truth = _select(idata["constant_data"][f"{var}_true"], observation)
@@ -148,8 +184,9 @@ def posterior_figures(
     phys = plots.log10_unit(unit)
     title = f"posterior of {var}, observation {observation}"
     draws = np.asarray(x.transpose("draw", *dims).values, dtype=float)
+    finite = np.isfinite(draws)
     # a facies indicator: the posterior mean is the probability of facies 1
-    binary = bool(np.isin(draws, (0.0, 1.0)).all())
+    binary = bool(np.isin(draws[finite], (0.0, 1.0)).all())
     mean_title = f"P({var} = 1)" if binary else "posterior mean"
     true = None if truth is None else np.asarray(truth.transpose(*dims).values, dtype=float)
     if len(dims) == 2 and min(draws.shape[1:]) >= 4:  # a 2-D grid: depth (rows) x offset
@@ -160,11 +197,24 @@ def posterior_figures(
         panels: dict[str, np.ndarray] = {}
         if true is not None:
             panels["truth"] = true
-        panels[mean_title] = draws.mean(0)
-        panels["posterior sd"] = draws.std(0)
+        if not finite.any(0).all():
+            raise DataError(
+                f"{var} has no finite draw in {int((~finite.any(0)).sum())} cells of "
+                f"observation {observation}"
+            )
+        kept = np.where(finite, draws, np.nan)  # statistics of the finite draws of each cell
+        panels[mean_title] = np.nanmean(kept, 0)
+        panels["posterior sd"] = np.nanstd(kept, 0)
         panels.update(extra_panels or {})
-        for k in range(min(3, draws.shape[0])):
+        whole = [k for k in range(draws.shape[0]) if finite[k].all()]
+        for k in whole[:3]:
             panels[f"draw {k}"] = draws[k]
+        left_out = int((~finite).sum())
+        note = (
+            f"({left_out} of {draws.size} values of {var} non-finite, left out)"
+            if left_out
+            else ""
+        )
         ends = _ray_ends(idata)
         sources = receivers = None
         if ends is not None:
@@ -179,6 +229,7 @@ def posterior_figures(
             shared=[t for t in panels if not t.endswith(" sd")],
             sources=sources,
             receivers=receivers,
+            title=note,
         )
         mid = draws.shape[2] // 2
         profile = plots.profile_figure(
@@ -236,13 +287,22 @@ def predictive_figure(idata: az.InferenceData, observation: int = 0) -> Figure |
     matplotlib.figure.Figure or None
         See :func:`inference.plots.bands_figure`: one panel per component, the longest
         numeric data coordinate on the horizontal axis.
+
+    Raises
+    ------
+    DataError
+        If ``idata`` has no posterior group with ``x``, or has a posterior predictive but no
+        ``observed_data.y``.
+    ConfigError
+        If ``observation`` is not an int in ``0 .. M-1``.
     """
     from inference import plots
 
+    observation = _observation(idata, observation)
     if "posterior_predictive" not in idata.groups():
         return None
-    y_rep = _select(idata["posterior_predictive"]["y"], observation)
-    y_obs = _select(idata["observed_data"]["y"], observation)
+    y_rep = _select(_variable(idata, "posterior_predictive", "y"), observation)
+    y_obs = _select(_variable(idata, "observed_data", "y"), observation)
     noise = None
     if "constant_data" in idata.groups() and "y_noise_sd" in idata["constant_data"]:
         noise = idata["constant_data"]["y_noise_sd"]
@@ -288,10 +348,15 @@ def write_report(
     Raises
     ------
     DataError
-        If the stored noise does not match the data (from :func:`run_ppc`).
+        If ``idata`` has no posterior group with ``x``, or the stored noise does not match
+        the data (from :func:`run_ppc`).
+    ConfigError
+        If ``max_observations`` is not an int >= 0.
     """
     from inference import plots
 
+    max_observations = as_count(max_observations, "max_observations", minimum=0)
+    _variable(idata, "posterior", "x")  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

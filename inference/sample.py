@@ -613,10 +613,12 @@ def sample_posterior_to_netcdf(
 
     Raises
     ------
-    ConfigError, ShapeError
-        As :func:`sample_posterior`.
+    ConfigError, ShapeError, DataError
+        As :func:`sample_posterior`; ConfigError also when ``num_samples``, ``seed``,
+        ``chunk_bytes`` or ``in_memory_bytes`` is not an int in its range (at least 1, in
+        ``[0, 2**32 - 1]``, at least 1 and at least 0).
     OutputError
-        If the file would not fit on the disk (the estimate is named).
+        If the file would not fit on the disk (``num_samples`` and the estimate are named).
 
     Notes
     -----
@@ -629,8 +631,10 @@ def sample_posterior_to_netcdf(
     y_shape = cvae.config.y_shape
     if y_shape is None:
         raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    num_samples = as_count(num_samples, "num_samples")
+    seed = as_seed(seed)
+    chunk_bytes = as_count(chunk_bytes, "chunk_bytes")
+    in_memory_bytes = as_count(in_memory_bytes, "in_memory_bytes", minimum=0)
     y_batch, _ = as_observation_batch(y, y_shape)
     num_obs = y_batch.shape[0]
     oversample = refine.oversample if refine is not None else 1
@@ -665,8 +669,9 @@ def sample_posterior_to_netcdf(
     free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
     if file_bytes > free:
         raise OutputError(
-            f"{num_samples} posterior draws would take about {format_bytes(file_bytes)} in "
-            f"{str(path)!r}; {format_bytes(free)} is free on that disk"
+            f"num_samples={num_samples} posterior draws would take about "
+            f"{format_bytes(file_bytes)} in {str(path)!r}; {format_bytes(free)} is free on that "
+            "disk: ask for fewer"
         )
     accepted: list[tuple[int, float]] = []
     not_finite: dict[str, list[int]] = {}

@@ -13,6 +13,7 @@ inside a matrix product or an RNG.
 
 from __future__ import annotations
 
+import math
 import numbers
 import reprlib
 from typing import Any
@@ -25,9 +26,11 @@ from ppl_cvae.errors import ConfigError, DataError, ShapeError
 __all__ = [
     "MAX_SEED",
     "as_count",
+    "as_probability",
     "as_real_tensor",
     "as_sample_shape",
     "as_seed",
+    "check_finite",
     "check_problem_matches",
     "shape_mismatch",
 ]
@@ -194,6 +197,8 @@ def as_real_tensor(
                 f"{name} is an array of dtype {array.dtype} ({reprlib.repr(value)}); expected "
                 f"{expected}"
             )
+        if not array.flags.writeable:  # a read-only view (np.broadcast_to, xarray, a memmap)
+            array = array.copy()  # torch warns on, and may write through, a non-writable one
         tensor = torch.as_tensor(array)
     else:
         raise DataError(
@@ -210,6 +215,88 @@ def as_real_tensor(
     if dtype is None:
         dtype = tensor.dtype if tensor.is_floating_point() else torch.float32
     return tensor.to(dtype)
+
+
+def as_probability(value: Any, name: str, *, allow_one: bool = False) -> float:
+    """Return ``value`` as a Python float in ``(0, 1)`` (``(0, 1]`` with ``allow_one``).
+
+    Parameters
+    ----------
+    value : float, int or NumPy number
+        A probability or a mass (a false-alarm probability, the mass of a credible interval).
+    name : str
+        The argument, for the message (e.g. ``"false_alarm"``).
+    allow_one : bool, default False
+        Accept 1 (an interval holding all the mass).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ConfigError
+        If ``value`` is not a real number (a string, a bool, None) or is outside the range.
+
+    Examples
+    --------
+    >>> as_probability(np.float32(0.5), "interval")
+    0.5
+    >>> try:
+    ...     as_probability("0.01", "false_alarm")
+    ... except ConfigError as err:
+    ...     print(err)
+    false_alarm must be in (0, 1) (a number), got '0.01' (str)
+    """
+    bounds = "(0, 1]" if allow_one else "(0, 1)"
+    real = isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    number = float(value) if real else math.nan
+    if not (0.0 < number < 1.0 or (allow_one and number == 1.0)):
+        raise ConfigError(
+            f"{name} must be in {bounds} (a number), got {reprlib.repr(value)} "
+            f"({type(value).__name__})"
+        )
+    return number
+
+
+def check_finite(value: torch.Tensor, name: str) -> torch.Tensor:
+    """Return ``value`` unchanged when every element is finite; else refuse it, naming ``name``.
+
+    Parameters
+    ----------
+    value : Tensor
+        Any real tensor (e.g. from :func:`as_real_tensor`).
+    name : str
+        The argument, for the message (e.g. ``"init"``).
+
+    Returns
+    -------
+    Tensor
+        ``value`` itself.
+
+    Raises
+    ------
+    DataError
+        If ``value`` holds NaN or an infinity; the message gives how many of how many.
+
+    Examples
+    --------
+    >>> try:
+    ...     check_finite(torch.tensor([float("nan"), 1.0]), "y")
+    ... except DataError as err:
+    ...     print(err)
+    y contains 1 NaN or inf values (of 2); expected finite numbers
+    """
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise DataError(
+            f"{name} contains {bad} NaN or inf values (of {value.numel()}); expected finite "
+            "numbers"
+        )
+    return value
 
 
 def shape_mismatch(problem: Any, config: Any) -> str | None:

@@ -45,7 +45,9 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     ------
     ConfigError
         If ``spec`` is not one of the accepted forms, CUDA is asked for on a machine without
-        it, or ``N`` is not below the number of CUDA devices.
+        it, or ``N`` is not below the number of CUDA devices. The message names the value as
+        the Python argument (``device='cpu'``) and the flag (``--device cpu``), since both
+        the API and the command line call this function.
 
     Examples
     --------
@@ -69,7 +71,8 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     if not torch.cuda.is_available():
         raise ConfigError(
             f"device {spec!r}: CUDA is not available on this machine "
-            "(torch.cuda.is_available() is False); use --device cpu or auto"
+            "(torch.cuda.is_available() is False); use device='cpu' or 'auto' (--device cpu "
+            "or auto on the command line)"
         )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
@@ -190,7 +193,7 @@ def problem_on(problem: T, device: torch.device | str) -> T:
         name = getattr(problem, "name", type(problem).__name__)
         raise ConfigError(
             f"problem {name!r} cannot be copied onto {device} ({type(err).__name__}: {err}); "
-            "give it a __deepcopy__ or run with --device cpu"
+            "give it a __deepcopy__ or run on the CPU (device='cpu', --device cpu)"
         ) from err
     to = getattr(moved, "to", None)
     return to(device) if callable(to) else move_tensors(moved, device)

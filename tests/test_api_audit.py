@@ -21,7 +21,7 @@ from inference.mcmc import nuts_sample
 from inference.sample import CorrectionConfig, sample_corrected, sample_posterior
 from ppl_cvae import CVAE, LinearGaussian, fit_problem
 from ppl_cvae.checks import as_count, as_real_tensor, as_sample_shape, as_seed
-from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, OutputError, ResourceError, ShapeError
 from ppl_cvae.problems.base import Problem
 
 
@@ -302,3 +302,223 @@ def test_evaluate_model_and_x_true_inputs(trained: Any) -> None:
     idata = sample_posterior(cvae, y[0], 5, problem=problem, x_true=x[0].numpy())
     assert idata.constant_data["x_true"].shape == (1, 3)
     assert np.allclose(idata.constant_data["x_true"].values[0], x[0].numpy())
+
+
+# ---------------------------------------------------------------- generative-prior samplers
+
+
+def _generative_prior(likelihood: str, conditional: bool = False) -> CVAE:
+    """An untrained (seeded) VAE on x of shape (3,): unconditional, or a CVAE with y (2,)."""
+    from ppl_cvae.config import ModelConfig
+
+    torch.manual_seed(3)
+    config = ModelConfig(
+        x_shape=(3,), y_shape=(2,) if conditional else None, latent_dim=1, hidden_dims=(4,),
+        likelihood=likelihood, prior="learned" if conditional else "standard_normal",
+    )
+    return CVAE(config).eval()
+
+
+_CODES = torch.tensor([[0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.float32)
+
+
+def test_checkers_probability_finite_and_read_only_arrays() -> None:
+    from ppl_cvae.checks import as_probability, check_finite
+
+    assert as_probability(np.float32(0.25), "interval") == 0.25
+    assert as_probability(1, "interval", allow_one=True) == 1.0
+    for bad in (0.0, 1.0, "0.1", True, None, float("nan")):
+        with pytest.raises(ConfigError, match=r"false_alarm must be in \(0, 1\)"):
+            as_probability(bad, "false_alarm")
+    with pytest.raises(DataError, match=r"init contains 2 NaN or inf values \(of 3\)"):
+        check_finite(torch.tensor([float("nan"), 0.0, float("inf")]), "init")
+    # a read-only array (xarray values, np.broadcast_to) gave torch's UserWarning (an error
+    # under the suite's filterwarnings) before it was copied
+    read_only = np.broadcast_to(np.arange(3.0), (2, 3))
+    torch.testing.assert_close(as_real_tensor(read_only, "y"), torch.arange(3.0).expand(2, 3))
+
+
+def test_latent_nuts_sample_inputs() -> None:
+    from inference.latent_mcmc import latent_nuts_sample
+
+    problem = LinearGaussian(x_dim=3, y_dim=2)
+    vae = _generative_prior("gaussian")
+    y = torch.tensor([0.3, -0.2])
+    init = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    kw: dict[str, Any] = {"num_samples": 4, "warmup_steps": 2, "num_chains": 2}
+    reference = latent_nuts_sample(vae, problem, y, init, seed=5, **kw)
+    # NumPy arrays and lists of the same float32 values are the same chains (seed 5)
+    for y_in, init_in in ((y.numpy(), init.numpy()), (y.tolist(), init.tolist())):
+        again = latent_nuts_sample(vae, problem, y_in, init_in, seed=np.int64(5), **kw)
+        torch.testing.assert_close(again.z, reference.z, rtol=0, atol=0)
+    with pytest.raises(DataError, match="y contains 1 NaN"):
+        latent_nuts_sample(vae, problem, torch.tensor([float("nan"), 0.0]), init, **kw)
+    with pytest.raises(DataError, match="init contains 3 NaN"):
+        latent_nuts_sample(vae, problem, y, torch.cat([init, torch.full((1, 3), np.nan)]), **kw)
+    for name, bad in (("num_samples", 4.5), ("num_chains", 2.0), ("warmup_steps", "2")):
+        with pytest.raises(ConfigError, match=f"{name} must be an int"):
+            latent_nuts_sample(vae, problem, y, init, **{**kw, name: bad})
+    with pytest.raises(ConfigError, match=r"seed must be an int in \[0, 2\*\*32 - 1\]"):
+        latent_nuts_sample(vae, problem, y, init, seed=-1, **kw)  # was Pyro's ValueError
+    with pytest.raises(ConfigError, match=r"seed \+ c; num_chains=2"):
+        latent_nuts_sample(vae, problem, y, init, seed=2**32 - 1, **kw)
+    with pytest.raises(ResourceError, match=r"num_samples=1000000000000 draws"):
+        latent_nuts_sample(vae, problem, y, init, **{**kw, "num_samples": 10**12})
+
+
+def test_facies_mcmc_sample_inputs() -> None:
+    from inference.facies_mcmc import facies_mcmc_sample
+
+    problem = LinearGaussian(x_dim=3, y_dim=2)
+    vae = _generative_prior("bernoulli")
+    y = torch.tensor([0.3, -0.2])
+    kw: dict[str, Any] = {"num_samples": 4, "warmup_steps": 2, "num_chains": 2, "seed": 1}
+    reference = facies_mcmc_sample(vae, problem, y, _CODES, **kw)
+    for y_in, init_in in (
+        (y.numpy(), _CODES.numpy()),
+        (y.tolist(), _CODES.tolist()),
+        (y.double(), _CODES.long()),
+        (y, _CODES.bool()),
+    ):
+        again = facies_mcmc_sample(vae, problem, y_in, init_in, **kw)
+        torch.testing.assert_close(again.x, reference.x, rtol=0, atol=0)
+    with pytest.raises(DataError, match="y contains 1 NaN"):  # was torch.multinomial's error
+        facies_mcmc_sample(vae, problem, torch.tensor([float("nan"), 0.0]), _CODES, **kw)
+    for dtype in ("float32", torch.int64):  # a string crashed in .to; int64 ran silently
+        with pytest.raises(ConfigError, match="dtype must be a floating torch.dtype"):
+            facies_mcmc_sample(vae, problem, y, _CODES, dtype=dtype, **kw)
+    with pytest.raises(ResourceError, match=r"num_samples=1000000000000 steps"):
+        facies_mcmc_sample(vae, problem, y, _CODES, **{**kw, "num_samples": 10**12})
+
+
+def test_sample_facies_mcmc_counts_are_named() -> None:
+    from inference.facies_mcmc import sample_facies_mcmc
+
+    problem = LinearGaussian(x_dim=3, y_dim=2)
+    cvae = _generative_prior("bernoulli", conditional=True)
+    prior = _generative_prior("bernoulli")
+    kw: dict[str, Any] = {"chains": 2, "warmup_steps": 2, "flips_per_step": 1, "seed": 0}
+    y = np.zeros((1, 2), dtype=np.float64)
+    idata, _, _ = sample_facies_mcmc(cvae, prior, y, np.int64(8), problem, **kw)
+    assert idata.posterior["x"].shape == (2, 4, 1, 3)
+    # 8.5 ran 2 chains of 5; 0 and True said "0 draws in 2 chains" without the argument
+    for bad in (8.5, True, 0):
+        with pytest.raises(ConfigError, match="num_samples must be an int >= 1"):
+            sample_facies_mcmc(cvae, prior, y, bad, problem, **kw)
+    with pytest.raises(ConfigError, match="num_samples=6 draws in 2 chains"):
+        sample_facies_mcmc(cvae, prior, y, 6, problem, **kw)
+    with pytest.raises(ConfigError, match="chains must be an int >= 1"):
+        sample_facies_mcmc(cvae, prior, y, 8, problem, **{**kw, "chains": 1.5})
+
+
+# ---------------------------------------------------------------- files, evaluation, figures
+
+
+def test_sample_posterior_to_netcdf_arguments(trained: Any, tmp_path: Any) -> None:
+    from inference.arviz_io import load_inference_data
+    from inference.sample import sample_posterior_to_netcdf
+
+    cvae, problem, _, y = trained
+    kw: dict[str, Any] = {"problem": problem, "seed": 3}
+    a = sample_posterior_to_netcdf(cvae, y[0], 5, tmp_path / "a.nc", **kw)
+    b = sample_posterior_to_netcdf(cvae, y[0].tolist(), np.int64(5), tmp_path / "b.nc", **kw)
+    xa = load_inference_data(a).posterior["x"].values
+    np.testing.assert_array_equal(load_inference_data(b).posterior["x"].values, xa)
+    # "5" and (5,) were raw TypeErrors; -1.5 bytes was accepted
+    for name, bad in (("num_samples", "5"), ("num_samples", (5,)), ("seed", -1),
+                      ("chunk_bytes", "1e6"), ("in_memory_bytes", -1.5)):
+        args = {"num_samples": 5, **kw, name: bad}
+        num = args.pop("num_samples")
+        with pytest.raises(ConfigError, match=f"{name} must be an int"):
+            sample_posterior_to_netcdf(cvae, y[0], num, tmp_path / "c.nc", **args)
+    with pytest.raises(OutputError, match="num_samples=1000000000000 posterior draws"):
+        sample_posterior_to_netcdf(cvae, y[0], 10**12, tmp_path / "d.nc", **kw)
+    assert not (tmp_path / "c.nc").exists() and not (tmp_path / "d.nc").exists()
+
+
+def test_evaluate_draws_inputs(trained: Any) -> None:
+    from inference.evaluate import evaluate_draws
+
+    cvae, problem, x, y = trained
+    draws = draw_posterior(cvae, y, 20, seed=0).x
+    ref = cvae.x_standardiser.mean.detach()
+    kw: dict[str, Any] = {"x_reference": ref, "problem": problem}
+    metrics = evaluate_draws(draws, x, y, **kw)
+    again = evaluate_draws(draws.numpy(), x.tolist(), y.numpy(), problem=problem,
+                           x_reference=ref.numpy())
+    for key in ("rmse_posterior_mean", "coverage_90"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-6)
+    with pytest.raises(ShapeError, match=r"y must have shape \(M, \*y_shape\) with M = 8"):
+        evaluate_draws(draws, x, y[:5], **kw)  # was a raw broadcasting RuntimeError
+    with pytest.raises(ShapeError, match=r"y must have shape \(M, \*\(2,\)\)"):
+        evaluate_draws(draws, x, torch.zeros(8, 3), **kw)
+    bad_x = x.clone()
+    bad_x[0, 0] = float("nan")
+    with pytest.raises(DataError, match="x contains 1 NaN"):  # was accepted, NaN metrics
+        evaluate_draws(draws, bad_x, y, **kw)
+    with pytest.raises(ConfigError, match=r"false_alarm must be in \(0, 1\)"):
+        evaluate_draws(draws, x, y, false_alarm="0.01", **kw)  # was a raw TypeError
+    nan_draws = draws.clone()
+    nan_draws[0, 0, 0] = float("nan")
+    noted = evaluate_draws(nan_draws, x, y, **kw)  # accepted, and the notes say why
+    assert "sbc" not in noted["calibration"] and "NaN" in noted["calibration"]["notes"][0]
+
+
+def test_figures_leave_out_non_finite_draws_and_say_so() -> None:
+    from inference.plots import bands_figure, profile_figure, truth_vs_mean_figure
+
+    draws = np.random.default_rng(0).normal(size=(41, 3))
+    broken = draws.copy()
+    broken[7, 1] = np.nan
+    fig = profile_figure(np.arange(3.0), broken)
+    median = fig.axes[0].lines[0].get_xdata()
+    # the median of the 40 finite draws at depth 1 (np.quantile gave NaN: no line there)
+    assert median[1] == pytest.approx(np.median(np.delete(draws[:, 1], 7)))
+    assert median[0] == pytest.approx(np.median(draws[:, 0]))
+    assert "1 of 123 values of draws non-finite" in fig.axes[0].get_title()
+    assert "non-finite" not in profile_figure(np.arange(3.0), draws).axes[0].get_title()
+    import xarray as xr
+
+    da = xr.DataArray(broken, dims=("draw", "depth"))
+    assert "non-finite" in bands_figure(da).get_suptitle()
+    with pytest.raises(DataError, match="no finite draw at 3 of 3 points"):
+        bands_figure(da * np.nan)
+    with pytest.raises(ConfigError, match="along='nope' is not an event dim"):
+        bands_figure(da, along="nope")
+    with pytest.raises(ShapeError, match=r"truth must have shape \(3,\)"):
+        profile_figure(np.arange(3.0), draws, truth=np.zeros(2))
+    fig = truth_vs_mean_figure(np.zeros(4), np.array([0.0, np.nan, 1.0, 2.0]), np.ones(4))
+    assert "1 of 4 elements" in fig.axes[0].get_title()
+
+
+def test_report_names_missing_groups_and_bad_observations(trained: Any, tmp_path: Any) -> None:
+    from inference.arviz_io import az
+    from inference.plots import rank_ecdf_figure
+    from inference.report import posterior_figures, predictive_figure, write_report
+
+    cvae, problem, _, y = trained
+    idata = sample_posterior(cvae, y[:2], 6, problem=problem, seed=0)
+
+    def without(group: str) -> Any:
+        return az.InferenceData(**{g: idata[g] for g in idata.groups() if g != group})
+
+    with pytest.raises(DataError, match="no 'posterior' group"):
+        posterior_figures(without("posterior"))  # was a raw KeyError
+    with pytest.raises(DataError, match="no 'observed_data' group"):
+        predictive_figure(without("observed_data"))
+    with pytest.raises(ConfigError, match=r"observation=2 is out of range.*0 \.\. 1"):
+        posterior_figures(idata, observation=2)  # was a raw IndexError
+    with pytest.raises(ConfigError, match="max_observations must be an int >= 0"):
+        write_report(idata, tmp_path / "report", max_observations=-1)
+    assert not (tmp_path / "report").exists()
+    with pytest.raises(ConfigError, match="normalised holds no ranks"):  # was a ValueError
+        rank_ecdf_figure({})
+
+
+def test_device_message_fits_python_and_the_command_line(monkeypatch: Any) -> None:
+    from ppl_cvae.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available") as info:
+        resolve_device("cuda")
+    assert "device='cpu'" in str(info.value) and "--device cpu" in str(info.value)

@@ -202,7 +202,7 @@ def test_errors_name_the_bad_input():
         latent_nuts_sample(vae, problem, torch.zeros(1, 4), init)
     with pytest.raises(ShapeError, match="init must have shape"):
         latent_nuts_sample(vae, problem, torch.zeros(4), torch.zeros(4, 2))
-    with pytest.raises(ConfigError, match="num_samples >= 4"):
+    with pytest.raises(ConfigError, match="num_samples must be an int >= 4"):
         latent_nuts_sample(vae, problem, torch.zeros(4), init, num_samples=3)
     with pytest.raises(ConfigError, match="at least 4 per chain"):
         sample_latent_nuts(cvae, vae, torch.zeros(1, 4), 6, problem, chains=2)

@@ -112,6 +112,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ppl_cvae.checks import as_probability
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.densities import whiten
@@ -550,9 +551,7 @@ def _describe(mean_z: float, var_z: float, statistic: str | None = None) -> str:
 
 
 def _check_false_alarm(false_alarm: float) -> float:
-    if not 0 < false_alarm < 1:
-        raise ConfigError(f"false_alarm must be in (0, 1), got {false_alarm!r}")
-    return float(false_alarm)
+    return as_probability(false_alarm, "false_alarm")
 
 
 def component_label(index: int, x_shape: tuple[int, ...]) -> str:
