@@ -220,13 +220,18 @@ def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
             warmup_steps=args.facies_warmup,
             num_chains=args.chains,
             flips_per_step=args.facies_flips,
+            latent_moves=args.facies_latent_moves,
+            temperatures=args.facies_temperatures,
+            min_beta=args.facies_min_beta,
             seed=args.seed,
         )
         results.append(res)
         print(
-            f"  observation {i}: R-hat {res.rhat:.3f} (bound {res.rhat_threshold:.3f}), min ESS "
-            f"{res.min_ess:.0f}, acceptance z {res.accept_z:.2f} x {res.accept_x:.2f}, "
-            f"{res.num_evaluations} forward evaluations, {res.seconds:.0f} s",
+            f"  observation {i}: R-hat {res.rhat:.3f} (bound {res.rhat_threshold:.3f}; of "
+            f"log p(y|x) and the channel fraction {res.rhat_data:.3f}), min ESS "
+            f"{res.min_ess:.0f}, acceptance z {res.accept_z:.2f} x {res.accept_x:.2f} swaps "
+            f"{res.swap_accept:.2f}, affine {res.affine}, {res.num_evaluations} forward "
+            f"evaluations, {res.seconds:.0f} s",
             flush=True,
         )
     x = torch.stack([r.x.reshape(-1, *problem.x_shape) for r in results], dim=1)  # (S, M, ...)
@@ -235,13 +240,17 @@ def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
     secs = torch.tensor([r.seconds for r in results])
     report(
         f"facies MCMC ({args.chains} chains x {args.facies_samples} steps, warm-up "
-        f"{args.facies_warmup}, {args.facies_flips} facies moves per step)",
+        f"{args.facies_warmup}, {args.facies_flips} facies and {args.facies_latent_moves} MALA "
+        f"moves per step, {args.facies_temperatures} temperatures down to beta "
+        f"{args.facies_min_beta})",
         {"facies draws": x},
         x.double().mean(0),
         *common,
         extra=(
             f"  R-hat max {rhat.max():.3f} (median {rhat.median():.3f}; converged "
-            f"{sum(r.converged for r in results)}/{len(results)}); min ESS median "
+            f"{sum(r.converged for r in results)}/{len(results)}); R-hat of log p(y|x) and the "
+            f"channel fraction: max {max(r.rhat_data for r in results):.3f}, median "
+            f"{torch.tensor([r.rhat_data for r in results]).median():.3f}; min ESS median "
             f"{ess.median():.0f}; {secs.median():.0f} s per observation (median)"
         ),
     )
@@ -267,7 +276,10 @@ if __name__ == "__main__":
     )
     parser.add_argument("--facies-samples", type=int, default=200, help="steps per chain")
     parser.add_argument("--facies-warmup", type=int, default=200)
-    parser.add_argument("--facies-flips", type=int, default=8, help="facies moves per step")
+    parser.add_argument("--facies-flips", type=int, default=16, help="facies moves per step")
+    parser.add_argument("--facies-latent-moves", type=int, default=2, help="MALA moves of z")
+    parser.add_argument("--facies-temperatures", type=int, default=8)
+    parser.add_argument("--facies-min-beta", type=float, default=0.01)
     parser.add_argument("--min-count", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

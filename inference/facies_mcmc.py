@@ -20,10 +20,11 @@ The chain alternates two Metropolis-Hastings moves, each leaving the target inva
   prior's recognition net, ``z' ~ q(z | x)``, accepted with probability
   ``min(1, w(z') / w(z))``, ``w(z) = N(z; 0, I) p_g(x | z) / q(z | x)``. This is the
   importance weight of the VAE's own ELBO; where the recognition net is close to ``p_g(z | x)``
-  nearly every proposal is accepted. Then a random walk ``z' = z + s sd_q(x) eps`` (symmetric:
-  ``x`` is fixed during the move), its scale ``s`` adapted during warm-up towards an
-  acceptance of 0.3 (Robbins-Monro) and frozen after; it moves ``z`` where ``q(z | x)`` is too
-  wide for a ``p_g(z | x)`` made sharp by many cells.
+  nearly every proposal is accepted. Then Metropolis-adjusted Langevin moves (MALA, Roberts
+  and Tweedie 1996) with the gradient of ``log N(z; 0, I) + log p_g(x | z)`` through the
+  decoder and the proposal variance ``(s sd_q(x))^2`` per coordinate, ``s`` adapted during
+  warm-up towards an acceptance of 0.574 (Robbins-Monro) and frozen after: they move ``z``
+  where ``q(z | x)`` is too wide for a ``p_g(z | x)`` made sharp by many cells.
 - ``x`` given ``z``: single-cell changes with a locally balanced proposal (Zanella 2020): every
   neighbour ``x'`` of ``x`` (one cell set to another facies; ``D (K - 1)`` of them for ``D``
   cells and ``K`` facies) is evaluated exactly, ``d(x') = log pi(x') - log pi(x)`` with
@@ -36,6 +37,11 @@ The chain alternates two Metropolis-Hastings moves, each leaving the target inva
   moves a crosshole traveltime by three noise sds) its first-order estimate is poor, so the
   exact neighbours are used.
 
+Optionally (``temperatures > 1``) each chain runs replicas at flattened likelihoods
+``p(y | x)^beta`` that swap states with their neighbours (parallel tempering), so that a chain
+held in one configuration of facies boundaries by a sharp likelihood can leave it through the
+hotter replicas.
+
 Chains start at the amortized CVAE's facies draws for ``y`` (by default the ``num_chains`` of
 highest target density, with ``z`` at the recognition net's mean), as latent NUTS does.
 
@@ -47,8 +53,14 @@ Grathwohl, Swersky, Hashemi, Duvenaud and Maddison (2021), Oops I took a gradien
 sampling for discrete distributions, ICML.
 Laloy, Herault, Jacques and Linde (2018), Training-image based geostatistical inversion using a
 spatial generative adversarial neural network, Water Resources Research 54, 381.
+Roberts and Tweedie (1996), Exponential convergence of Langevin distributions and their discrete
+approximations, Bernoulli 2, 341 (MALA).
 Tierney (1994), Markov chains for exploring posterior distributions, Annals of Statistics 22,
 1701 (independence Metropolis-Hastings; cycles of kernels).
+Geyer (1991), Markov chain Monte Carlo maximum likelihood, Computing Science and Statistics:
+Proceedings of the 23rd Symposium on the Interface, 156 (parallel tempering).
+Syed, Bouchard-Cote, Deligiannidis and Doucet (2021), Non-reversible parallel tempering: a
+scalable highly parallel MCMC scheme, JRSS B 84, 321 (even and odd swaps in turn).
 """
 
 from __future__ import annotations
@@ -121,6 +133,16 @@ class FaciesMCMCResult:
         after warm-up.
     num_evaluations : int
         Models passed through the forward operator, warm-up and starts included.
+    affine : bool
+        Whether the neighbours' log-likelihoods came from the affine forward operator's columns
+        (``neighbours="auto"`` found ``F`` affine), not from forward passes.
+    swap_accept : float
+        Acceptance rate of the swaps between neighbouring replicas after warm-up (all pairs;
+        NaN without tempering).
+    rhat_data : float
+        Largest R-hat of the quantities of ``x`` alone (``log p(y | x)`` and the facies
+        fractions), beside ``rhat`` which includes the latent: the latent, sharp given ``x``,
+        is the slowest to mix (crosshole channels: README).
     seconds : float
         Wall-clock time from the first evaluation of the starts to the last draw.
     """
@@ -135,6 +157,9 @@ class FaciesMCMCResult:
     accept_x: float
     num_evaluations: int
     seconds: float
+    affine: bool = False
+    swap_accept: float = math.nan
+    rhat_data: float = math.nan
 
     @property
     def rhat_threshold(self) -> float:
@@ -245,13 +270,17 @@ def facies_mcmc_sample(
     init: torch.Tensor,
     *,
     num_samples: int = 200,
-    warmup_steps: int = 200,
+    warmup_steps: int = 300,
     num_chains: int = 4,
-    flips_per_step: int = 8,
+    flips_per_step: int = 16,
+    latent_moves: int = 2,
     start: Literal["best", "first"] = "best",
     seed: int = 0,
     batch_models: int = 4096,
     dtype: torch.dtype = torch.float32,
+    neighbours: Literal["auto", "forward"] = "auto",
+    temperatures: int = 8,
+    min_beta: float = 0.01,
 ) -> FaciesMCMCResult:
     """Sample ``p(z, x | y)`` of a generative facies prior (module docstring), all chains at once.
 
@@ -268,12 +297,15 @@ def facies_mcmc_sample(
         Facies fields (codes ``0 .. K-1``) that start the chains: pass the amortized CVAE's
         draws for ``y``.
     num_samples, warmup_steps : int
-        Steps kept (at least 4) and discarded per chain. One step is two latent moves and
-        ``flips_per_step`` facies moves.
+        Steps kept (at least 4) and discarded per chain. One step is ``1 + latent_moves``
+        latent moves and ``flips_per_step`` facies moves.
     num_chains : int, default 4
         Chains (at most ``N``), run together in one batch.
-    flips_per_step : int, default 8
+    flips_per_step : int, default 16
         Facies moves per step (each evaluates all ``D (K - 1)`` neighbours of every chain).
+    latent_moves : int, default 2
+        Metropolis-adjusted Langevin (MALA) moves of ``z`` per step, after the independence
+        move (each one pass of the prior's decoder and its gradient).
     start : {"best", "first"}, default "best"
         The ``num_chains`` rows of ``init`` of highest target density (``z`` at the mean of
         ``q(z | x)``), or the first ``num_chains``.
@@ -288,6 +320,29 @@ def facies_mcmc_sample(
         1 thread); its rounding moves ``log p(y | x)`` by about ``1e-7 |log p(y | x)|`` nats,
         which the acceptance ratios tolerate near the posterior (chi-squared of order the
         number of data). Pass ``torch.float64`` for a badly scaled user problem.
+    neighbours : {"auto", "forward"}, default "auto"
+        How the neighbours' ``log p(y | x')`` are computed. ``"forward"``: every neighbour
+        through ``problem.log_likelihood`` (any forward operator and noise model). ``"auto"``:
+        first test whether the forward operator is affine in the facies codes,
+        ``F(x) = F(0) + J x`` (the columns of ``J`` from ``D`` forward passes of the unit
+        fields, in float64), on the chains' starts and on 64 random facies fields, and
+        whether ``log_likelihood`` is the problem's Gaussian noise model around ``F``
+        (:attr:`~ppl_cvae.problems.base.Problem.noise`); where both hold to 1e-9 relative, a
+        neighbour's data are ``F(x) + (x'_i - x_i) J_i`` and its log-likelihood the noise
+        model's, with no forward pass (crosshole's straight-ray traveltimes: about 40x fewer
+        operations per facies move); otherwise as ``"forward"``.
+    temperatures : int, default 8
+        Replicas per chain at the inverse temperatures ``beta_t = min_beta^(t / (T - 1))``,
+        ``t = 0 .. T-1``, each targeting ``N(z; 0, I) p_g(x | z) p(y | x)^beta_t``, with
+        swaps of neighbouring replicas after every step (even and odd pairs in turn,
+        accepted with ``min(1, exp((beta_t - beta_t+1)(log p(y | x_t+1) - log p(y | x_t))))``;
+        parallel tempering, Geyer 1991; the alternation of Syed et al. 2021). The betas start
+        geometric and are re-spaced three times during warm-up (after each of its first three
+        quarters, when it has at least 40 steps) so that neighbouring replicas swap equally
+        often (Syed et al. 2021, sec. 5.1), then fixed. Only the ``beta = 1`` replica is kept.
+        1: no tempering. The cost grows about ``T``-fold.
+    min_beta : float, default 0.01
+        The hottest replica's inverse temperature, in ``(0, 1)``.
 
     Returns
     -------
@@ -317,7 +372,8 @@ def facies_mcmc_sample(
     the two moves is irreducible on ``(z, x)`` wherever the facies moves can connect the
     fields; the facies move is reversible with respect to ``pi(x | z)`` by construction
     (Zanella 2020, with the balancing function ``sqrt``). The chains' cost is
-    ``num_chains (warmup_steps + num_samples) flips_per_step D (K - 1)`` forward evaluations.
+    ``num_chains (warmup_steps + num_samples) flips_per_step D (K - 1)`` forward evaluations
+    (none with the affine path of ``neighbours="auto"``, after its ``D + 1`` for ``J``).
 
     Examples
     --------
@@ -338,10 +394,16 @@ def facies_mcmc_sample(
     cfg = prior_vae.config
     if start not in ("best", "first"):
         raise ConfigError(f"start must be 'best' or 'first', got {start!r}")
+    if neighbours not in ("auto", "forward"):
+        raise ConfigError(f"neighbours must be 'auto' or 'forward', got {neighbours!r}")
+    temperatures = as_count(temperatures, "temperatures", minimum=1)
+    if not (isinstance(min_beta, (int, float)) and 0.0 < float(min_beta) < 1.0):
+        raise ConfigError(f"min_beta must be a number in (0, 1), got {min_beta!r}")
     num_samples = as_count(num_samples, "num_samples", minimum=4)
     warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
     num_chains = as_count(num_chains, "num_chains", minimum=1)
     flips_per_step = as_count(flips_per_step, "flips_per_step", minimum=0)
+    latent_moves = as_count(latent_moves, "latent_moves", minimum=0)
     batch_models = as_count(batch_models, "batch_models", minimum=1)
     seed = as_seed(seed) or 0
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -375,7 +437,7 @@ def facies_mcmc_sample(
     num_cells = math.prod(x_shape)
     count = [0]
 
-    def log_lik(codes: torch.Tensor) -> torch.Tensor:
+    def log_lik_forward(codes: torch.Tensor) -> torch.Tensor:
         """``log p(y | x)`` of codes ``(..., D)``, float64, in batches of ``batch_models``."""
         flat = codes.reshape(-1, num_cells)
         out = []
@@ -393,6 +455,42 @@ def facies_mcmc_sample(
     begin = time.perf_counter()
     with torch.no_grad():
         codes_all = init.long().reshape(len(init), num_cells)
+        affine = None
+        if neighbours == "auto":
+            affine = _affine_columns(
+                problem, codes_all, num_facies, x_shape, y, batch_models, count
+            )
+        y64 = y.detach().to("cpu", torch.float64)
+        y_shape = tuple(problem.y_shape)
+
+        def log_lik(codes: torch.Tensor) -> torch.Tensor:
+            """``log p(y | x)`` of codes ``(..., D)``, float64 (from ``J`` when affine)."""
+            if affine is None:
+                return log_lik_forward(codes)
+            base, cols, _ = affine
+            pred = base + codes.reshape(-1, num_cells).to(torch.float64) @ cols
+            residual = y64 - pred.reshape(*codes.shape[:-1], *y_shape)
+            return problem.noise.log_prob(residual)
+
+        def neighbour_log_lik(codes: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            """``log p(y | x')`` of every neighbour, ``(C, D (K - 1))``, float64."""
+            if affine is None:
+                num = new.shape[-1]
+                models = codes.to(torch.int8).unsqueeze(1).expand(-1, num, -1).clone()
+                models[:, torch.arange(num), cells] = new.to(torch.int8)
+                return log_lik_forward(models)
+            # Gaussian noise: with w = L^-1 (y - F(x)) and W = L^-1 J, changing cell i by c
+            # changes log p(y | x) by c w.W_i - c^2 |W_i|^2 / 2 (exact: the density is quadratic)
+            base, cols, white = affine
+            pred = base + codes.to(torch.float64) @ cols  # (C, m)
+            residual = (y64 - pred).reshape(len(codes), *y_shape)
+            w = problem.noise.whiten(residual).reshape(len(codes), -1)
+            change = (new - codes[:, cells]).to(torch.float64)  # (C, N)
+            along = (w @ white.T)[:, cells]
+            square = white.pow(2).sum(-1)[cells]
+            current = problem.noise.log_prob(residual).unsqueeze(-1)
+            return current + change * along - 0.5 * change.pow(2) * square
+
         z_all = encode_latent(prior_vae, init.to(prior_vae.x_standardiser.mean.dtype)).double()
         num_chains = min(num_chains, len(init))
         if start == "best":
@@ -406,19 +504,27 @@ def facies_mcmc_sample(
             pick = order[:num_chains]
         else:
             pick = torch.arange(num_chains)
-        codes = codes_all[pick].clone()  # (C, D)
-        z = z_all[pick].clone()  # (C, k)
-        class_lp = _class_log_probs(prior_vae, z, num_facies)  # (C, D, K)
-        ll = log_lik(codes)  # (C,)
+        # rows: chain c's replica t at row c T + t (all replicas of a chain start alike)
+        num_rows = num_chains * temperatures
+        codes = codes_all[pick].repeat_interleave(temperatures, 0)  # (R, D)
+        z = z_all[pick].repeat_interleave(temperatures, 0)  # (R, k)
+        class_lp = _class_log_probs(prior_vae, z, num_facies)  # (R, D, K)
+        ll = log_lik(codes)  # (R,)
+        ladder = torch.tensor(
+            [float(min_beta) ** (t / max(1, temperatures - 1)) for t in range(temperatures)],
+            dtype=torch.float64,
+        )
+        beta = ladder.repeat(num_chains)  # (R,)
+        cold = torch.arange(num_chains) * temperatures  # the kept, beta = 1 rows
         shifts = torch.arange(1, num_facies)  # neighbour (i, m): cell i to (x_i + m) mod K
-        rows = torch.arange(num_chains)
+        rows = torch.arange(num_rows)
         cells = torch.arange(num_cells).repeat_interleave(num_facies - 1)  # cell of neighbour
 
         def prior_deltas(codes: torch.Tensor, class_lp: torch.Tensor) -> torch.Tensor:
             """Each neighbour's ``log p_g(x' | z) - log p_g(x | z)``; ``(C, D (K - 1))``."""
             new = (codes.unsqueeze(-1) + shifts) % num_facies  # (C, D, K-1)
             d_prior = class_lp.gather(-1, new) - class_lp.gather(-1, codes.unsqueeze(-1))
-            return d_prior.reshape(num_chains, -1)
+            return d_prior.reshape(num_rows, -1)
 
         def neighbour_deltas(
             codes: torch.Tensor, class_lp: torch.Tensor, ll: torch.Tensor
@@ -427,12 +533,41 @@ def facies_mcmc_sample(
 
             All three of shape ``(C, D (K - 1))``.
             """
-            new = ((codes.unsqueeze(-1) + shifts) % num_facies).reshape(num_chains, -1)
-            num = num_cells * (num_facies - 1)
-            models = codes.to(torch.int8).unsqueeze(1).expand(-1, num, -1).clone()
-            models[:, torch.arange(num), cells] = new.to(torch.int8)
-            d_lik = log_lik(models) - ll.unsqueeze(-1)
-            return prior_deltas(codes, class_lp) + d_lik, new, d_lik
+            new = ((codes.unsqueeze(-1) + shifts) % num_facies).reshape(num_rows, -1)
+            d_lik = neighbour_log_lik(codes, new) - ll.unsqueeze(-1)
+            return prior_deltas(codes, class_lp) + beta.unsqueeze(-1) * d_lik, new, d_lik
+
+        def latent_move(
+            z: torch.Tensor,
+            class_lp: torch.Tensor,
+            proposal: torch.Tensor,
+            codes: torch.Tensor,
+            loc: torch.Tensor | None,
+            scale: torch.Tensor | None,
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """One Metropolis-Hastings move of ``z`` given ``x``; new ``z``, class log-probs, mask.
+
+            With ``loc``/``scale`` the proposal is the independence draw from ``q(z | x)``
+            (weights as :func:`_weight_from`), without them a symmetric one.
+            """
+            class_lp_new = _class_log_probs(prior_vae, proposal, num_facies)
+            log_new = _weight_from(proposal, codes, class_lp_new, loc, scale)
+            log_old = _weight_from(z, codes, class_lp, loc, scale)
+            u = torch.rand(num_rows, generator=gen, dtype=torch.float64)
+            take = torch.log(u) < log_new - log_old
+            z = torch.where(take.unsqueeze(-1), proposal, z)
+            return z, torch.where(take.view(-1, 1, 1), class_lp_new, class_lp), take
+
+        def latent_target(
+            z: torch.Tensor, codes: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """``log N(z; 0, I) + log p_g(x | z)``, its gradient in ``z``, class log-probs."""
+            with torch.enable_grad():
+                leaf = z.detach().requires_grad_(True)
+                class_lp = _class_log_probs(prior_vae, leaf, num_facies)
+                value = _weight_from(leaf, codes, class_lp, None, None)
+                (grad,) = torch.autograd.grad(value.sum(), leaf)
+            return value.detach(), grad.detach(), class_lp.detach()
 
         deltas, new_codes, d_lik = neighbour_deltas(codes, class_lp, ll)
         total = warmup_steps + num_samples
@@ -440,35 +575,49 @@ def facies_mcmc_sample(
         keep_z = torch.empty(num_samples, num_chains, z.shape[-1], dtype=torch.float64)
         keep_ll = torch.empty(num_samples, num_chains, dtype=torch.float64)
         accepted_z = accepted_x = 0
-        walk = torch.full((num_chains,), 0.5, dtype=torch.float64)  # random walk's scale
+        swaps_tried = swaps_done = 0
+        pair_accept = torch.zeros(max(1, temperatures - 1), dtype=torch.float64)
+        pair_tries = torch.zeros(max(1, temperatures - 1), dtype=torch.float64)
+        # the ladder is re-spaced after each quarter of the first three of the warm-up
+        adapt_at = {warmup_steps * q // 4 for q in (1, 2, 3)} if warmup_steps >= 40 else set()
+        walk = torch.full((num_rows,), 0.5, dtype=torch.float64)  # MALA's scale s
         for step in range(total):
             # latent moves (the data do not enter): an independence proposal from q(z | x),
-            # then a random walk with q's sd times a scale adapted during warm-up
+            # then MALA moves with q's sd times a scale adapted during warm-up
             loc, scale = encoder(codes)
             proposal = loc + scale * torch.randn(loc.shape, generator=gen, dtype=loc.dtype)
-            class_lp_new = _class_log_probs(prior_vae, proposal, num_facies)
-            log_w_new = _weight_from(proposal, codes, class_lp_new, loc, scale)
-            log_w_old = _weight_from(z, codes, class_lp, loc, scale)
-            u = torch.rand(num_chains, generator=gen, dtype=torch.float64)
-            take = torch.log(u) < log_w_new - log_w_old
-            z = torch.where(take.unsqueeze(-1), proposal, z)
-            class_lp = torch.where(take.view(-1, 1, 1), class_lp_new, class_lp)
-            proposal = z + walk.unsqueeze(-1) * scale * torch.randn(
-                z.shape, generator=gen, dtype=z.dtype
-            )
-            class_lp_new = _class_log_probs(prior_vae, proposal, num_facies)
-            log_t_new = _weight_from(proposal, codes, class_lp_new, None, None)
-            log_t_old = _weight_from(z, codes, class_lp, None, None)
-            u = torch.rand(num_chains, generator=gen, dtype=torch.float64)
-            walked = torch.log(u) < log_t_new - log_t_old
-            z = torch.where(walked.unsqueeze(-1), proposal, z)
-            class_lp = torch.where(walked.view(-1, 1, 1), class_lp_new, class_lp)
-            if step < warmup_steps:  # Robbins-Monro towards acceptance 0.3, frozen after
-                walk = walk * torch.exp((walked.double() - 0.3) / math.sqrt(step + 1))
-            else:
-                accepted_z += int(take.sum()) + int(walked.sum())
-            if bool((take | walked).any()):  # only the prior part of the deltas changes
-                deltas = prior_deltas(codes, class_lp) + d_lik
+            z, class_lp, take = latent_move(z, class_lp, proposal, codes, loc, scale)
+            moved = take
+            if latent_moves:
+                target, grad, _ = latent_target(z, codes)
+            for _ in range(latent_moves):
+                # MALA with the proposal's variance (h sd_q(x))^2 per coordinate
+                var = (walk.unsqueeze(-1) * scale).pow(2)
+                forth = z + 0.5 * var * grad
+                proposal = forth + var.sqrt() * torch.randn(z.shape, generator=gen, dtype=z.dtype)
+                target_p, grad_p, class_lp_p = latent_target(proposal, codes)
+                back = proposal + 0.5 * var * grad_p
+                log_ratio = (
+                    target_p
+                    - target
+                    - 0.5 * ((z - back).pow(2) / var).sum(-1)
+                    + 0.5 * ((proposal - forth).pow(2) / var).sum(-1)
+                )
+                u = torch.rand(num_rows, generator=gen, dtype=torch.float64)
+                walked = torch.log(u) < log_ratio
+                z = torch.where(walked.unsqueeze(-1), proposal, z)
+                target = torch.where(walked, target_p, target)
+                grad = torch.where(walked.unsqueeze(-1), grad_p, grad)
+                class_lp = torch.where(walked.view(-1, 1, 1), class_lp_p, class_lp)
+                moved = moved | walked
+                if step < warmup_steps:  # Robbins-Monro towards acceptance 0.57, frozen after
+                    walk = walk * torch.exp((walked.double() - 0.574) / math.sqrt(step + 1))
+                else:
+                    accepted_z += int(walked[cold].sum())
+            if step >= warmup_steps:
+                accepted_z += int(take[cold].sum())
+            if bool(moved.any()):  # only the prior part of the deltas changes
+                deltas = prior_deltas(codes, class_lp) + beta.unsqueeze(-1) * d_lik
             # facies moves: locally balanced single-cell proposals (Zanella 2020)
             for _ in range(flips_per_step):
                 log_q_fwd = torch.log_softmax(deltas / 2, -1)
@@ -482,7 +631,7 @@ def facies_mcmc_sample(
                 back = _reverse_index(j, codes, prop, cells, num_facies)
                 log_q_rev = torch.log_softmax(deltas_p / 2, -1)[rows, back]
                 log_ratio = deltas[rows, j] + log_q_rev - log_q_fwd[rows, j]
-                u = torch.rand(num_chains, generator=gen, dtype=torch.float64)
+                u = torch.rand(num_rows, generator=gen, dtype=torch.float64)
                 ok = torch.log(u) < log_ratio
                 codes = torch.where(ok.unsqueeze(-1), prop, codes)
                 ll = torch.where(ok, ll_prop, ll)
@@ -490,11 +639,40 @@ def facies_mcmc_sample(
                 new_codes = torch.where(ok.unsqueeze(-1), new_p, new_codes)
                 d_lik = torch.where(ok.unsqueeze(-1), d_lik_p, d_lik)
                 if step >= warmup_steps:
-                    accepted_x += int(ok.sum())
+                    accepted_x += int(ok[cold].sum())
+            if temperatures > 1:  # swaps of neighbouring replicas, even and odd pairs in turn
+                lower = torch.arange(step % 2, temperatures - 1, 2)
+                a = (cold.unsqueeze(-1) + lower).reshape(-1)
+                if len(a):
+                    b = a + 1
+                    log_r = (beta[a] - beta[b]) * (ll[b] - ll[a])
+                    u = torch.rand(len(a), generator=gen, dtype=torch.float64)
+                    swap = torch.log(u) < log_r
+                    order = torch.arange(num_rows)
+                    order[a[swap]], order[b[swap]] = b[swap], a[swap]
+                    codes, z, class_lp = codes[order], z[order], class_lp[order]
+                    ll, d_lik, new_codes = ll[order], d_lik[order], new_codes[order]
+                    deltas = prior_deltas(codes, class_lp) + beta.unsqueeze(-1) * d_lik
+                    if step >= warmup_steps:
+                        swaps_tried += len(a)
+                        swaps_done += int(swap.sum())
+                    else:  # swap probabilities per pair, for the ladder's adaptation
+                        pair_accept.index_add_(
+                            0, lower.repeat(num_chains), log_r.clamp(max=0.0).exp()
+                        )
+                        pair_tries.index_add_(
+                            0, lower.repeat(num_chains), torch.ones(len(a), dtype=torch.float64)
+                        )
+                if step + 1 in adapt_at:  # equal rejection rates between neighbours
+                    ladder = _respaced_ladder(ladder, pair_accept, pair_tries)
+                    beta = ladder.repeat(num_chains)
+                    deltas = prior_deltas(codes, class_lp) + beta.unsqueeze(-1) * d_lik
+                    pair_accept.zero_()
+                    pair_tries.zero_()
             if step >= warmup_steps:
-                keep_x[step - warmup_steps] = codes.to(torch.int8)
-                keep_z[step - warmup_steps] = z
-                keep_ll[step - warmup_steps] = ll
+                keep_x[step - warmup_steps] = codes[cold].to(torch.int8)
+                keep_z[step - warmup_steps] = z[cold]
+                keep_ll[step - warmup_steps] = ll[cold]
     seconds = time.perf_counter() - begin
     x = keep_x.transpose(0, 1).float().reshape(num_chains, num_samples, *x_shape)
     zs = keep_z.transpose(0, 1)
@@ -505,6 +683,7 @@ def facies_mcmc_sample(
     monitored = torch.cat([zs, lls.unsqueeze(-1), *fractions], -1).numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         rhat, min_ess = chain_diagnostics(monitored)
+        rhat_data, _ = chain_diagnostics(monitored[..., zs.shape[-1] :])
     moves = num_chains * num_samples
     return FaciesMCMCResult(
         x=x,
@@ -513,11 +692,104 @@ def facies_mcmc_sample(
         rhat=rhat,
         min_ess=min_ess,
         num_quantities=monitored.shape[-1],
-        accept_z=accepted_z / (2 * moves),
+        accept_z=accepted_z / ((1 + latent_moves) * moves),
         accept_x=accepted_x / (moves * flips_per_step) if flips_per_step else math.nan,
         num_evaluations=count[0],
         seconds=seconds,
+        affine=affine is not None,
+        swap_accept=swaps_done / swaps_tried if swaps_tried else math.nan,
+        rhat_data=rhat_data,
     )
+
+
+_AFFINE_RTOL = 1e-9  # the affine test's tolerance, relative to the largest |F(x)|
+_AFFINE_MAX_BYTES = 2**29  # the columns of J kept in float64 (512 MiB at most)
+
+
+def _affine_columns(
+    problem: Problem,
+    starts: torch.Tensor,
+    num_facies: int,
+    x_shape: tuple[int, ...],
+    y: torch.Tensor,
+    batch_models: int,
+    count: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Return ``(F(0), J^T, (L^-1 J)^T)`` when ``F`` is affine in the codes, likelihood Gaussian.
+
+    ``starts``: codes ``(N, D)``. ``F(0)`` has shape ``(m,)``, ``J^T`` and its columns whitened
+    by the noise's Cholesky factor ``L`` (``L L^T = C_e``) ``(D, m)``, float64.
+    None when the problem has no Gaussian noise model, ``J`` would exceed
+    :data:`_AFFINE_MAX_BYTES`, or ``F(x) = F(0) + J x`` or ``log p(y | x) = log N(y - F(x);
+    0, C_e)`` fails on the starts (at most 2048) and 64 random facies fields to
+    :data:`_AFFINE_RTOL`. ``count`` is incremented by the forward passes.
+    """
+    num_cells = math.prod(x_shape)
+    num_data = math.prod(problem.y_shape)
+    if num_cells * num_data * 8 > _AFFINE_MAX_BYTES:
+        return None
+    try:
+        noise = problem.noise
+    except Exception:  # a user problem without the base class's noise model: forward passes
+        return None
+    if noise.is_zero:
+        return None
+
+    def forward(flat: torch.Tensor) -> torch.Tensor:
+        out = []
+        for part in flat.split(batch_models):
+            data = problem.forward(part.to(torch.float64).reshape(-1, *x_shape))
+            out.append(torch.as_tensor(data).to(torch.float64).reshape(len(part), num_data))
+            count[0] += len(part)
+        return torch.cat(out)
+
+    base = forward(torch.zeros(1, num_cells))[0]
+    columns = []
+    for first in range(0, num_cells, batch_models):
+        width = min(batch_models, num_cells - first)
+        unit = torch.zeros(width, num_cells)
+        unit[torch.arange(width), first + torch.arange(width)] = 1.0
+        columns.append(forward(unit) - base)
+    cols = torch.cat(columns)  # (D, m)
+    gen = torch.Generator().manual_seed(0)
+    test = torch.cat(
+        [starts[:2048], torch.randint(0, num_facies, (64, num_cells), generator=gen)]
+    ).to(torch.float64)
+    actual = forward(test)
+    scale = float(actual.abs().max()) + 1e-300
+    if not float((base + test @ cols - actual).abs().max()) <= _AFFINE_RTOL * scale:
+        return None
+    y64 = y.to(torch.float64)
+    from_noise = noise.log_prob(y64 - actual.reshape(len(test), *problem.y_shape))
+    from_problem = checked_log_likelihood(
+        problem, test.reshape(len(test), *x_shape), y64
+    ).to(torch.float64)
+    count[0] += len(test)
+    tol = _AFFINE_RTOL * (1.0 + float(from_problem.abs().max()))
+    if not float((from_noise - from_problem).abs().max()) <= tol:
+        return None
+    white = noise.whiten(cols.reshape(num_cells, *problem.y_shape)).reshape(num_cells, num_data)
+    return base, cols, white
+
+
+def _respaced_ladder(
+    ladder: torch.Tensor, accept: torch.Tensor, tries: torch.Tensor
+) -> torch.Tensor:
+    """Re-space inverse temperatures so that neighbouring replicas swap equally often.
+
+    ``ladder``: ``(T,)``, decreasing from 1 to the smallest beta (both kept); ``accept`` and
+    ``tries``: ``(T - 1,)`` sums of the swap acceptance probabilities of each pair and their
+    counts. The cumulative rejection rate ("communication barrier", Syed et al. 2021, sec.
+    5.1), piecewise linear in ``log beta``, is inverted at equal steps.
+    """
+    rejection = (1.0 - accept / tries.clamp(min=1.0)).clamp(min=1e-3)
+    barrier = torch.cat([torch.zeros(1, dtype=rejection.dtype), rejection.cumsum(0)])
+    knots = torch.log(ladder).numpy()[::-1]  # increasing log beta
+    levels = (barrier[-1] - barrier).numpy()[::-1]  # the barrier above each knot, increasing
+    targets = np.linspace(0.0, float(barrier[-1]), len(ladder))
+    logs = np.interp(targets, levels, knots)[::-1].copy()  # decreasing, from 0 to log min
+    logs[0], logs[-1] = 0.0, math.log(float(ladder[-1]))
+    return torch.from_numpy(np.exp(logs)).to(ladder.dtype)
 
 
 def _reverse_index(
@@ -540,8 +812,8 @@ def sample_facies_mcmc(
     problem: Problem,
     *,
     chains: int = 4,
-    warmup_steps: int = 200,
-    flips_per_step: int = 8,
+    warmup_steps: int = 300,
+    flips_per_step: int = 16,
     x_true: torch.Tensor | None = None,
     seed: int | None = None,
     attrs: Mapping[str, Any] | None = None,
@@ -568,7 +840,7 @@ def sample_facies_mcmc(
         With a noise model; its forward operator reads facies codes.
     chains, warmup_steps : int
         Chains per observation and warm-up steps per chain.
-    flips_per_step : int, default 8
+    flips_per_step : int, default 16
         Single-cell facies moves per step (:func:`facies_mcmc_sample`).
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
@@ -584,8 +856,9 @@ def sample_facies_mcmc(
         ``posterior.x`` (facies codes ``0 .. K-1``, every draw a facies field) and
         ``posterior.z`` (the generative prior's latent) in ``chains`` chains (dims ``chain,
         draw``), the groups of :func:`~inference.sample.inference_data_from_draws`, and
-        ``rhat``, ``rhat_threshold``, ``ess_bulk``, ``accept_z`` and ``accept_x`` per
-        observation in ``sample_stats``.
+        ``rhat``, ``rhat_threshold``, ``ess_bulk``, ``accept_z``, ``accept_x``,
+        ``swap_accept`` and ``rhat_data`` (:class:`FaciesMCMCResult`) per observation in
+        ``sample_stats``.
     summary : str
         One line of diagnostics (:func:`facies_mcmc_summary`); it says FAILED when an
         observation's chains have not mixed.
@@ -651,7 +924,7 @@ def sample_facies_mcmc(
         "inference_method": (
             "Metropolis-Hastings on (z, x) of a generative facies prior (unconditional VAE of "
             "the prior draws): N(z; 0, I) p_g(x | z) p(y | x), z by independence proposals "
-            "from q(z|x) and a random walk, x by locally balanced single-cell moves (Zanella "
+            "from q(z|x) and MALA, x by locally balanced single-cell moves (Zanella "
             "2020); every draw "
             "a facies field; chains started at amortized draws"
         ),
@@ -666,7 +939,7 @@ def sample_facies_mcmc(
         partial(facies_mcmc_sample, flips_per_step=flips_per_step),
         chains=chains,
         warmup_steps=warmup_steps,
-        stats=("accept_z", "accept_x"),
+        stats=("accept_z", "accept_x", "swap_accept", "rhat_data"),
         method_attrs=method_attrs,
         x_true=x_true,
         seed=seed,
@@ -708,7 +981,9 @@ def facies_mcmc_summary(results: Sequence[FaciesMCMCResult]) -> tuple[str, bool]
     return chains_summary(
         "facies MCMC",
         results,
-        f"acceptance z {accept_z:.2f}, x {accept_x:.3f} (min)",
+        f"acceptance z {accept_z:.2f}, x {accept_x:.3f} (min), swaps "
+        f"{smallest([r.swap_accept for r in results]):.2f} (min), R-hat of log p(y|x) and the "
+        f"facies fractions {max(r.rhat_data for r in results):.4f} (max)",
         "",
         "--warmup, --num-samples, --facies-moves",
     )

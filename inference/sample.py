@@ -741,7 +741,7 @@ class CorrectionConfig:
     chains, warmup_steps : int
         NUTS and facies MCMC: chains per observation (``num_samples`` is split between them)
         and warm-up iterations per chain.
-    flips_per_step : int, default 8
+    flips_per_step : int, default 16
         Facies MCMC: single-cell facies moves per step (``facies_mcmc_sample(flips_per_step=
         ...)``; each evaluates all ``D (K - 1)`` neighbours of every chain).
     adapt_mass_matrix : bool, default True
@@ -782,7 +782,7 @@ class CorrectionConfig:
     jit_compile: bool = False
     preconditioner: Literal["amortized", "prior", "prior-amortized"] = "amortized"
     potential_dtype: Literal["float64", "float32"] = "float32"
-    flips_per_step: int = 8
+    flips_per_step: int = 16
 
     def __post_init__(self) -> None:
         if self.proposals < 2 or self.chains < 1 or self.warmup_steps < 0 or self.cores < 1:
@@ -845,8 +845,8 @@ def sample_corrected(
         ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation (no per-draw
         sampler statistics; :mod:`inference.latent_mcmc`). Facies MCMC: chains and draws of
         the facies field ``x`` (codes ``0 .. K-1``) and ``z`` with ``rhat``,
-        ``rhat_threshold``, ``ess_bulk``, ``accept_z`` and ``accept_x`` per observation
-        (:mod:`inference.facies_mcmc`).
+        ``rhat_threshold``, ``ess_bulk``, ``accept_z``, ``accept_x``, ``swap_accept`` and
+        ``rhat_data`` per observation (:mod:`inference.facies_mcmc`).
         Importance sampling: ``num_samples`` draws per observation resampled (systematic
         resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
         ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in

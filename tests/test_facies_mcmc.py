@@ -69,9 +69,39 @@ def _exact(vae: CVAE, problem: LinearGaussian, y: torch.Tensor, k: int):
     return states, weights.sum(0), float((weights.sum(1) * z.squeeze(-1)).sum())
 
 
-@pytest.mark.parametrize(("likelihood", "k", "d"), [("bernoulli", 2, 3), ("categorical", 3, 2)])
-def test_chains_match_the_enumerated_posterior(likelihood, k, d):
-    problem = LinearGaussian(x_dim=d, y_dim=2, noise_std=0.4, seed=1)
+class _Bent(LinearGaussian):
+    """A forward operator that is not affine in x (``A x + 0.3 x0 x1``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 0.3 * (x[..., :1] * x[..., 1:2])
+
+
+class _StudentT(LinearGaussian):
+    """Affine forward operator, non-Gaussian likelihood (Student-t, 3 dof, scale noise_std)."""
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        residual = (y.double() - self.forward(x).double()) / self.noise_std
+        t = torch.distributions.StudentT(3.0)
+        return (t.log_prob(residual) - math.log(self.noise_std)).sum(-1)
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "k", "d", "kind", "neighbours", "affine", "temps", "mala"),
+    [
+        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 1, 2),
+        ("bernoulli", 2, 3, LinearGaussian, "forward", False, 1, 1),
+        ("categorical", 3, 2, LinearGaussian, "auto", True, 1, 1),
+        ("categorical", 3, 2, LinearGaussian, "forward", False, 1, 2),
+        ("bernoulli", 2, 3, _Bent, "auto", False, 1, 1),
+        ("bernoulli", 2, 3, _StudentT, "auto", False, 1, 1),
+        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 3, 1),
+        ("categorical", 3, 2, _Bent, "auto", False, 3, 1),
+    ],
+)
+def test_chains_match_the_enumerated_posterior(
+    likelihood, k, d, kind, neighbours, affine, temps, mala
+):
+    problem = kind(x_dim=d, y_dim=2, noise_std=0.4, seed=1)
     vae = _vae(d, likelihood, k)
     x_true = torch.tensor([1.0, 0.0, 1.0][:d])
     y = problem.forward(x_true)
@@ -79,8 +109,11 @@ def test_chains_match_the_enumerated_posterior(likelihood, k, d):
     init = torch.randint(0, k, (8, d), generator=torch.Generator().manual_seed(0)).float()
     res = facies_mcmc_sample(
         vae, problem, y, init, num_samples=3000, warmup_steps=100, num_chains=4,
-        flips_per_step=1, start="first", seed=0,
+        flips_per_step=1, start="first", seed=0, neighbours=neighbours, temperatures=temps,
+        min_beta=0.05, latent_moves=mala,
     )
+    assert res.affine is affine
+    assert (temps > 1) == (0 < res.swap_accept <= 1)
     draws = res.x.reshape(-1, d).double()
     freq = torch.stack([(draws == s).all(-1).double().mean() for s in states])
     # Monte Carlo error: the draws are correlated; ESS at least 1/4 of the 12,000 draws here

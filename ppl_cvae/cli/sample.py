@@ -46,11 +46,11 @@ about 500 iterations)."""
 DEFAULT_CHAINS = 4
 """``sample --chains`` when not given (``--method nuts``, ``latent-nuts`` and ``facies-mcmc``)."""
 
-FACIES_MCMC_WARMUP = 200
+FACIES_MCMC_WARMUP = 300
 """Default warm-up of ``sample --method facies-mcmc``: the default of
 :func:`inference.facies_mcmc.sample_facies_mcmc`."""
 
-DEFAULT_FACIES_MOVES = 8
+DEFAULT_FACIES_MOVES = 16
 """``sample --facies-moves`` when not given: the default ``flips_per_step`` of
 :func:`inference.facies_mcmc.sample_facies_mcmc`."""
 
