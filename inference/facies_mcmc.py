@@ -547,8 +547,8 @@ def facies_mcmc_sample(
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """One Metropolis-Hastings move of ``z`` given ``x``; new ``z``, class log-probs, mask.
 
-            With ``loc``/``scale`` the proposal is the independence draw from ``q(z | x)``
-            (weights as :func:`_weight_from`), without them a symmetric one.
+            The proposal is the independence draw from ``q(z | x)`` of ``loc``, ``scale``
+            (weights as :func:`_weight_from`).
             """
             class_lp_new = _class_log_probs(prior_vae, proposal, num_facies)
             log_new = _weight_from(proposal, codes, class_lp_new, loc, scale)
@@ -972,7 +972,7 @@ def facies_mcmc_summary(results: Sequence[FaciesMCMCResult]) -> tuple[str, bool]
     """
 
     def smallest(values: list[float]) -> float:
-        """Smallest of the values that are not NaN (NaN when none: no facies moves)."""
+        """Smallest of the values that are not NaN (NaN when none, e.g. no facies moves)."""
         finite = [v for v in values if not math.isnan(v)]
         return min(finite) if finite else math.nan
 
@@ -983,7 +983,7 @@ def facies_mcmc_summary(results: Sequence[FaciesMCMCResult]) -> tuple[str, bool]
         results,
         f"acceptance z {accept_z:.2f}, x {accept_x:.3f} (min), swaps "
         f"{smallest([r.swap_accept for r in results]):.2f} (min), R-hat of log p(y|x) and the "
-        f"facies fractions {max(r.rhat_data for r in results):.4f} (max)",
+        f"facies fractions {-smallest([-r.rhat_data for r in results]):.4f} (max)",
         "",
         "--warmup, --num-samples, --facies-moves",
     )

@@ -243,7 +243,7 @@ def test_summary_says_failed_when_rhat_is_above_threshold():
     assert _result(1.0).rhat_threshold == pytest.approx(rhat_threshold(4, 500, 3))
     summary, ok = facies_mcmc_summary([_result(1.001), _result(1.005, 0.2)])
     assert ok and "FAILED" not in summary and "R-hat 1.0050" in summary
-    assert "acceptance z 0.90, x 0.200 (min)" in summary
+    assert "acceptance z 0.90, x 0.200 (min), swaps nan (min)" in summary
     summary, ok = facies_mcmc_summary([_result(1.001), _result(1.02)])
     assert not ok and "FAILED for 1 of 2" in summary and "--facies-moves" in summary
     summary, ok = facies_mcmc_summary([_result(math.inf, math.nan)])  # no facies moves
