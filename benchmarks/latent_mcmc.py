@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
 from _common import print_reliability_table, train_overrides
@@ -164,14 +163,12 @@ def main(args):
         run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args)
     if "nuts" not in samplers:
         return
-    results = []
-    for i in range(num_nuts):
-        start = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=args.seed + i).x[:, 0]
-        begin = time.perf_counter()
-        res = latent_nuts_sample(
+
+    def nuts(y, start):
+        return latent_nuts_sample(
             prior,
             problem,
-            y_obs[i],
+            y,
             start,
             num_samples=args.nuts_samples,
             warmup_steps=args.nuts_warmup,
@@ -179,13 +176,14 @@ def main(args):
             max_tree_depth=args.max_tree_depth,
             seed=args.seed,
         )
-        results.append(res)
-        print(
-            f"  observation {i}: R-hat {res.rhat:.3f}, min ESS {res.min_ess:.0f}, divergences "
-            f"{res.divergences}, {res.num_evaluations} evaluations, "
-            f"{time.perf_counter() - begin:.0f} s",
-            flush=True,
+
+    def line(res):
+        return (
+            f"R-hat {res.rhat:.3f}, min ESS {res.min_ess:.0f}, divergences {res.divergences}, "
+            f"{res.num_evaluations} evaluations, {res.seconds:.0f} s"
         )
+
+    results = per_observation(cvae, y_obs, num_start, args.seed, nuts, line)
     g = torch.stack([r.x.reshape(-1, *problem.x_shape) for r in results], dim=1)  # (S, M, ...)
     facies = torch.bernoulli(g, generator=torch.Generator().manual_seed(args.seed))
     rhat = torch.tensor([r.rhat for r in results])
@@ -206,15 +204,24 @@ def main(args):
     )
 
 
-def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
-    """Facies MCMC (:func:`inference.facies_mcmc.facies_mcmc_sample`) on each observation."""
+def per_observation(cvae, y_obs, num_start, seed, sample, line):
+    """Run ``sample(y, start)`` on each observation from amortized starts; print ``line``."""
     results = []
     for i in range(len(y_obs)):
-        start = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=args.seed + i).x[:, 0]
-        res = facies_mcmc_sample(
+        start = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=seed + i).x[:, 0]
+        results.append(sample(y_obs[i], start))
+        print(f"  observation {i}: {line(results[-1])}", flush=True)
+    return results
+
+
+def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
+    """Facies MCMC (:func:`inference.facies_mcmc.facies_mcmc_sample`) on each observation."""
+
+    def facies(y, start):
+        return facies_mcmc_sample(
             prior,
             problem,
-            y_obs[i],
+            y,
             start,
             num_samples=args.facies_samples,
             warmup_steps=args.facies_warmup,
@@ -225,15 +232,16 @@ def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
             min_beta=args.facies_min_beta,
             seed=args.seed,
         )
-        results.append(res)
-        print(
-            f"  observation {i}: R-hat {res.rhat:.3f} (bound {res.rhat_threshold:.3f}; of "
-            f"log p(y|x) and the channel fraction {res.rhat_data:.3f}), min ESS "
-            f"{res.min_ess:.0f}, acceptance z {res.accept_z:.2f} x {res.accept_x:.2f} swaps "
-            f"{res.swap_accept:.2f}, affine {res.affine}, {res.num_evaluations} forward "
-            f"evaluations, {res.seconds:.0f} s",
-            flush=True,
+
+    def line(res):
+        return (
+            f"R-hat {res.rhat:.3f} (bound {res.rhat_threshold:.3f}; of log p(y|x) and the "
+            f"channel fraction {res.rhat_data:.3f}), min ESS {res.min_ess:.0f}, acceptance z "
+            f"{res.accept_z:.2f} x {res.accept_x:.2f} swaps {res.swap_accept:.2f}, affine "
+            f"{res.affine}, {res.num_evaluations} forward evaluations, {res.seconds:.0f} s"
         )
+
+    results = per_observation(cvae, y_obs, num_start, args.seed, facies, line)
     x = torch.stack([r.x.reshape(-1, *problem.x_shape) for r in results], dim=1)  # (S, M, ...)
     rhat = torch.tensor([r.rhat for r in results])
     ess = torch.tensor([r.min_ess for r in results])
