@@ -814,6 +814,7 @@ def sample_facies_mcmc(
     chains: int = 4,
     warmup_steps: int = 300,
     flips_per_step: int = 16,
+    temperatures: int = 8,
     x_true: torch.Tensor | None = None,
     seed: int | None = None,
     attrs: Mapping[str, Any] | None = None,
@@ -842,6 +843,8 @@ def sample_facies_mcmc(
         Chains per observation and warm-up steps per chain.
     flips_per_step : int, default 16
         Single-cell facies moves per step (:func:`facies_mcmc_sample`).
+    temperatures : int, default 8
+        Tempered replicas per chain (:func:`facies_mcmc_sample`; 1: no tempering).
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
     seed : int, optional
@@ -919,6 +922,7 @@ def sample_facies_mcmc(
         )
     warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
     flips_per_step = as_count(flips_per_step, "flips_per_step", minimum=0)
+    temperatures = as_count(temperatures, "temperatures", minimum=1)
     method_attrs = {
         "method": "facies-mcmc",
         "inference_method": (
@@ -929,6 +933,7 @@ def sample_facies_mcmc(
             "a facies field; chains started at amortized draws"
         ),
         "flips_per_step": flips_per_step,
+        "temperatures": temperatures,
     }
     idata, results = generative_prior_posterior(
         cvae,
@@ -936,7 +941,7 @@ def sample_facies_mcmc(
         y,
         num_samples,
         problem,
-        partial(facies_mcmc_sample, flips_per_step=flips_per_step),
+        partial(facies_mcmc_sample, flips_per_step=flips_per_step, temperatures=temperatures),
         chains=chains,
         warmup_steps=warmup_steps,
         stats=("accept_z", "accept_x", "swap_accept", "rhat_data"),

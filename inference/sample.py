@@ -744,6 +744,9 @@ class CorrectionConfig:
     flips_per_step : int, default 16
         Facies MCMC: single-cell facies moves per step (``facies_mcmc_sample(flips_per_step=
         ...)``; each evaluates all ``D (K - 1)`` neighbours of every chain).
+    temperatures : int, default 8
+        Facies MCMC: tempered replicas per chain (``facies_mcmc_sample(temperatures=...)``;
+        1: no tempering).
     adapt_mass_matrix : bool, default True
         NUTS on ``x``: also adapt the (diagonal) mass matrix during warm-up, on top of the
         amortized preconditioner; False adapts the step size only (about a third fewer
@@ -783,6 +786,7 @@ class CorrectionConfig:
     preconditioner: Literal["amortized", "prior", "prior-amortized"] = "amortized"
     potential_dtype: Literal["float64", "float32"] = "float32"
     flips_per_step: int = 16
+    temperatures: int = 8
 
     def __post_init__(self) -> None:
         if self.proposals < 2 or self.chains < 1 or self.warmup_steps < 0 or self.cores < 1:
@@ -792,6 +796,7 @@ class CorrectionConfig:
                 f"{self.cores}"
             )
         as_count(self.flips_per_step, "CorrectionConfig.flips_per_step", minimum=0)
+        as_count(self.temperatures, "CorrectionConfig.temperatures", minimum=1)
         if self.potential_dtype not in ("float64", "float32"):
             raise ConfigError(
                 f"potential_dtype must be 'float64' or 'float32', got {self.potential_dtype!r}"
@@ -912,7 +917,11 @@ def sample_corrected(
 
         sampler: Callable[..., tuple[az.InferenceData, str, bool]] = sample_latent_nuts
         if correction.method == "facies-mcmc":
-            sampler = partial(sample_facies_mcmc, flips_per_step=correction.flips_per_step)
+            sampler = partial(
+                sample_facies_mcmc,
+                flips_per_step=correction.flips_per_step,
+                temperatures=correction.temperatures,
+            )
         return sampler(
             cvae,
             generative_prior,

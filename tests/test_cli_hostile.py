@@ -279,6 +279,8 @@ def test_flow_layer_flags_without_their_flow_are_refused(tmp_path, capsys, flags
     (["--method", "latent-nuts", "--facies-moves", "4"], "--facies-moves applies to --method "
                                                          "facies-mcmc only, got --method "
                                                          "latent-nuts"),
+    (["--method", "nuts", "--temperatures", "4"], "--temperatures applies to --method "
+                                                  "facies-mcmc only, got --method nuts"),
     (["--method", "latent-nuts", "--adapt-mass-matrix"], "--adapt-mass-matrix applies to "
                                                          "--method nuts only"),
     (["--method", "nuts", "--proposals", "100"], "--proposals applies to --method importance"),

@@ -195,7 +195,7 @@ def test_sample_corrected_facies_mcmc_file_matches_the_enumerated_posteriors(mon
         assert len(init) == preconditioner_draws(1, 4)
         assert torch.equal(init, draw_posterior(cvae, y[m : m + 1], len(init), seed=5 + m).x[:, 0])
         assert kwargs == {"num_samples": 500, "warmup_steps": 50, "num_chains": 4,
-                          "flips_per_step": 1, "seed": 5}
+                          "flips_per_step": 1, "temperatures": 8, "seed": 5}
     post = idata["posterior"]
     assert (post.sizes["chain"], post.sizes["draw"], post.sizes["observation"]) == (4, 500, 2)
     assert post["z"].shape[-1] == 1
@@ -281,13 +281,23 @@ def test_sample_facies_mcmc_refuses_what_cannot_give_facies_fields():
 
 
 def test_cli_defaults_are_the_python_defaults():
-    from ppl_cvae.cli.sample import DEFAULT_CHAINS, DEFAULT_FACIES_MOVES, FACIES_MCMC_WARMUP
+    from ppl_cvae.cli.sample import (
+        DEFAULT_CHAINS,
+        DEFAULT_FACIES_MOVES,
+        DEFAULT_TEMPERATURES,
+        FACIES_MCMC_WARMUP,
+    )
 
     params = inspect.signature(sample_facies_mcmc).parameters
     assert params["warmup_steps"].default == FACIES_MCMC_WARMUP
     assert params["flips_per_step"].default == DEFAULT_FACIES_MOVES
     assert params["chains"].default == DEFAULT_CHAINS
     assert CorrectionConfig().flips_per_step == DEFAULT_FACIES_MOVES
+    assert params["temperatures"].default == DEFAULT_TEMPERATURES
+    assert CorrectionConfig().temperatures == DEFAULT_TEMPERATURES
+    assert inspect.signature(facies_mcmc_sample).parameters["temperatures"].default == (
+        DEFAULT_TEMPERATURES
+    )
 
 
 def test_cli_sample_facies_mcmc_on_crosshole_channels(tmp_path, capsys):
@@ -306,7 +316,7 @@ def test_cli_sample_facies_mcmc_on_crosshole_channels(tmp_path, capsys):
     args = ["sample", str(tmp_path / "run"), "--observation", str(tmp_path / "obs.npz"),
             "--method", "facies-mcmc", "--generative-prior", str(tmp_path / "prior"),
             "--num-samples", "20", "--chains", "2", "--warmup", "10", "--facies-moves", "2",
-            "--out", str(out)]
+            "--temperatures", "3", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     idata = az.from_netcdf(out)
@@ -316,7 +326,7 @@ def test_cli_sample_facies_mcmc_on_crosshole_channels(tmp_path, capsys):
     assert set(np.unique(post["x"].values)) <= {0.0, 1.0}  # facies fields, not probabilities
     assert "slowness" in post  # the crosshole operator's derived quantity of every draw
     assert post.attrs["method"] == "facies-mcmc" and post.attrs["flips_per_step"] == 2
-    assert post.attrs["warmup_steps"] == 10
+    assert post.attrs["warmup_steps"] == 10 and post.attrs["temperatures"] == 3
     stats = idata["sample_stats"]
     rhat = stats["rhat"].values[0, 0]  # per observation, broadcast over draws
     assert rhat.shape == (2,)
@@ -332,8 +342,8 @@ def test_cli_sample_facies_mcmc_on_crosshole_channels(tmp_path, capsys):
     assert main(bad[:6] + bad[8:]) == 2  # --generative-prior dropped
     err = capsys.readouterr().err
     assert "go together" in err and "got --method facies-mcmc, no --generative-prior" in err
-    assert bad[14:16] == ["--facies-moves", "2"]
-    nuts = [*bad[:5], "nuts", *bad[6:14], *bad[16:]]
+    assert bad[14:18] == ["--facies-moves", "2", "--temperatures", "3"]
+    nuts = [*bad[:5], "nuts", *bad[6:14], *bad[18:]]
     assert main(nuts) == 2  # a generative prior with a method that has none
     assert "go together (got --method nuts)" in capsys.readouterr().err
     swapped = [bad[0], str(tmp_path / "prior"), *bad[2:7], str(tmp_path / "run"), *bad[8:]]

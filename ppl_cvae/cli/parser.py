@@ -20,6 +20,7 @@ from ppl_cvae.cli.sample import (
     DEFAULT_CHAINS,
     DEFAULT_FACIES_MOVES,
     DEFAULT_POTENTIAL_DTYPE,
+    DEFAULT_TEMPERATURES,
     FACIES_MCMC_WARMUP,
 )
 from ppl_cvae.config import (
@@ -432,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="--method facies-mcmc: single-cell facies moves per step, each evaluating every "
         f"one-cell change of every chain (default {DEFAULT_FACIES_MOVES})",
+    )
+    s.add_argument(
+        "--temperatures",
+        type=_count(1),
+        metavar="T",
+        help="--method facies-mcmc: tempered replicas per chain (parallel tempering; 1: none; "
+        f"the cost grows about T-fold; default {DEFAULT_TEMPERATURES})",
     )
     s.add_argument(
         "--adapt-mass-matrix",

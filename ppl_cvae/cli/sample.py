@@ -54,6 +54,10 @@ DEFAULT_FACIES_MOVES = 16
 """``sample --facies-moves`` when not given: the default ``flips_per_step`` of
 :func:`inference.facies_mcmc.sample_facies_mcmc`."""
 
+DEFAULT_TEMPERATURES = 8
+"""``sample --temperatures`` when not given: the default ``temperatures`` of
+:func:`inference.facies_mcmc.sample_facies_mcmc`."""
+
 GENERATIVE_PRIOR_METHODS = ("latent-nuts", "facies-mcmc")
 """The ``sample --method`` values that sample a generative prior (``--generative-prior``)."""
 
@@ -62,8 +66,8 @@ def _check_method_flags(args: argparse.Namespace, method: str) -> None:
     """Refuse ``sample`` flags of another ``--method`` (each would be ignored in silence).
 
     ``--chains`` and ``--warmup`` belong to the three MCMC methods, ``--adapt-mass-matrix`` to
-    ``nuts``, ``--facies-moves`` to ``facies-mcmc`` and ``--proposals`` to ``importance``, as
-    ``--cores`` and ``--potential-dtype`` belong to ``nuts``.
+    ``nuts``, ``--facies-moves`` and ``--temperatures`` to ``facies-mcmc`` and ``--proposals``
+    to ``importance``, as ``--cores`` and ``--potential-dtype`` belong to ``nuts``.
     """
     mcmc = ("nuts", *GENERATIVE_PRIOR_METHODS)
     for flag, given, methods in (
@@ -71,6 +75,7 @@ def _check_method_flags(args: argparse.Namespace, method: str) -> None:
         ("--warmup", args.warmup is not None, mcmc),
         ("--adapt-mass-matrix", args.adapt_mass_matrix is not None, ("nuts",)),
         ("--facies-moves", args.facies_moves is not None, ("facies-mcmc",)),
+        ("--temperatures", args.temperatures is not None, ("facies-mcmc",)),
         ("--proposals", args.proposals is not None, ("importance",)),
     ):
         if given and method not in methods:
@@ -202,6 +207,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
             potential_dtype=cast(Any, args.potential_dtype or DEFAULT_POTENTIAL_DTYPE),
             flips_per_step=(
                 DEFAULT_FACIES_MOVES if args.facies_moves is None else args.facies_moves
+            ),
+            temperatures=(
+                DEFAULT_TEMPERATURES if args.temperatures is None else args.temperatures
             ),
         )
         idata, summary, ok = sample_corrected(
