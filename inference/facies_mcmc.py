@@ -3,7 +3,7 @@
 :mod:`inference.latent_mcmc` samples ``p(z | y)`` on the manifold ``g(z)`` of a generative
 prior; for a facies decoder ``g(z)`` is a field of facies probabilities, so its draws are
 blurred at the facies boundaries and a truth off the manifold cannot be fitted (on crosshole
-channels the best ``g(z)`` near the truth misfits by several per datum). This module samples the
+channels the best ``g(z)`` near the truth misfits by 22 per datum; README). This module samples the
 generative prior's whole model instead, facies noise included:
 
     p(z, x | y)  proportional to  N(z; 0, I_k) p_g(x | z) p(y | x),
@@ -32,15 +32,18 @@ The chain alternates two Metropolis-Hastings moves, each leaving the target inva
   ``exp(d / 2)``, and it is accepted with the Metropolis-Hastings ratio of the forward and
   reverse proposal probabilities. The neighbours go through the forward operator in batches,
   so any forward operator serves (a differentiable one is not needed); one step costs
-  ``D (K - 1)`` forward evaluations per chain. Gibbs with gradients (Grathwohl et al. 2021)
+  ``D (K - 1)`` forward evaluations per chain, none where the operator is affine in the facies
+  and the likelihood the problem's Gaussian noise model (tested at the start; a neighbour's
+  misfit is then one whitened column of the operator away). Gibbs with gradients (Grathwohl et al. 2021)
   would estimate ``d`` from one gradient instead; with a sharp likelihood (one flipped cell
   moves a crosshole traveltime by three noise sds) its first-order estimate is poor, so the
   exact neighbours are used.
 
-Optionally (``temperatures > 1``) each chain runs replicas at flattened likelihoods
+By default (``temperatures=8``) each chain runs replicas at flattened likelihoods
 ``p(y | x)^beta`` that swap states with their neighbours (parallel tempering), so that a chain
 held in one configuration of facies boundaries by a sharp likelihood can leave it through the
-hotter replicas.
+hotter replicas; the ladder of inverse temperatures is re-spaced during warm-up so that
+neighbouring replicas swap equally often.
 
 Chains start at the amortized CVAE's facies draws for ``y`` (by default the ``num_chains`` of
 highest target density, with ``z`` at the recognition net's mean), as latent NUTS does.
