@@ -34,10 +34,10 @@ The chain alternates two Metropolis-Hastings moves, each leaving the target inva
   so any forward operator serves (a differentiable one is not needed); one step costs
   ``D (K - 1)`` forward evaluations per chain, none where the operator is affine in the facies
   and the likelihood the problem's Gaussian noise model (tested at the start; a neighbour's
-  misfit is then one whitened column of the operator away). Gibbs with gradients (Grathwohl et al. 2021)
-  would estimate ``d`` from one gradient instead; with a sharp likelihood (one flipped cell
-  moves a crosshole traveltime by three noise sds) its first-order estimate is poor, so the
-  exact neighbours are used.
+  misfit is then one whitened column of the operator away). Gibbs with gradients (Grathwohl
+  et al. 2021) would estimate ``d`` from one gradient instead; with a sharp likelihood (one
+  flipped cell moves a crosshole traveltime by three noise sds) its first-order estimate is
+  poor, so the exact neighbours are used.
 
 By default (``temperatures=8``) each chain runs replicas at flattened likelihoods
 ``p(y | x)^beta`` that swap states with their neighbours (parallel tempering), so that a chain
