@@ -418,13 +418,13 @@ def facies_mcmc_sample(
     x_shape = tuple(cfg.x_shape)
     y, init = check_one_observation(problem, y, init, x_shape)
     init = init.detach().to("cpu", torch.float64)
-    chains = min(num_chains, len(init))
+    num_chains = min(num_chains, len(init))
     # per kept step of a chain: the codes (int8, then float32), z (float64 and float32),
     # log p(y | x) (float64) and the monitored quantities (float64)
     per_step = 5 * math.prod(x_shape) + 12 * cfg.latent_dim + 16 + 8 * (cfg.latent_dim + num_facies)
     check_memory(
-        chains * num_samples * per_step,
-        f"num_samples={num_samples} steps kept in each of {chains} chains",
+        num_chains * num_samples * per_step,
+        f"num_samples={num_samples} steps kept in each of {num_chains} chains",
         "ask for fewer num_samples",
     )
     valid = (init == init.round()) & (init >= 0) & (init <= num_facies - 1)
@@ -477,11 +477,14 @@ def facies_mcmc_sample(
 
         def neighbour_log_lik(codes: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
             """``log p(y | x')`` of every neighbour, ``(C, D (K - 1))``, float64."""
-            if affine is None:
-                num = new.shape[-1]
-                models = codes.to(torch.int8).unsqueeze(1).expand(-1, num, -1).clone()
-                models[:, torch.arange(num), cells] = new.to(torch.int8)
-                return log_lik_forward(models)
+            if affine is None:  # the neighbours built and evaluated batch_models at a time
+                out = []
+                width = max(1, batch_models // len(codes))
+                for idx in torch.arange(new.shape[-1]).split(width):
+                    models = codes.to(torch.int8).unsqueeze(1).expand(-1, len(idx), -1).clone()
+                    models[:, torch.arange(len(idx)), cells[idx]] = new[:, idx].to(torch.int8)
+                    out.append(log_lik_forward(models))
+                return torch.cat(out, 1)
             # Gaussian noise: with w = L^-1 (y - F(x)) and W = L^-1 J, changing cell i by c
             # changes log p(y | x) by c w.W_i - c^2 |W_i|^2 / 2 (exact: the density is quadratic)
             base, cols, white = affine
@@ -495,7 +498,6 @@ def facies_mcmc_sample(
             return current + change * along - 0.5 * change.pow(2) * square
 
         z_all = encode_latent(prior_vae, init.to(prior_vae.x_standardiser.mean.dtype)).double()
-        num_chains = min(num_chains, len(init))
         if start == "best":
             lp = _class_log_probs(prior_vae, z_all, num_facies)
             target = (
