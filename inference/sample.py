@@ -772,8 +772,8 @@ class CorrectionConfig:
     ------
     ConfigError
         If ``proposals < 2``, ``chains < 1``, ``warmup_steps < 0``, ``cores < 1``,
-        ``flips_per_step < 0``, or ``preconditioner`` or ``potential_dtype`` is not one of
-        these.
+        ``flips_per_step < 0``, ``temperatures < 1``, or ``preconditioner`` or
+        ``potential_dtype`` is not one of these.
     """
 
     method: Literal["importance", "nuts", "latent-nuts", "facies-mcmc"] = "importance"
