@@ -39,6 +39,10 @@ The chain alternates two Metropolis-Hastings moves, each leaving the target inva
   flipped cell moves a crosshole traveltime by three noise sds) its first-order estimate is
   poor, so the exact neighbours are used.
 
+A third, optional move (``noncentred_moves``) changes both: it moves ``z`` and carries the
+field's departures from the decoder's most likely facies along, so facies boundaries move with
+the latent instead of cell by cell (:func:`facies_mcmc_sample`, Notes).
+
 By default (``temperatures=8``) each chain runs replicas at flattened likelihoods
 ``p(y | x)^beta`` that swap states with their neighbours (parallel tempering), so that a chain
 held in one configuration of facies boundaries by a sharp likelihood can leave it through the
@@ -58,6 +62,10 @@ Laloy, Herault, Jacques and Linde (2018), Training-image based geostatistical in
 spatial generative adversarial neural network, Water Resources Research 54, 381.
 Roberts and Tweedie (1996), Exponential convergence of Langevin distributions and their discrete
 approximations, Bernoulli 2, 341 (MALA).
+Papaspiliopoulos, Roberts and Skold (2007), A general framework for the parametrization of
+hierarchical models, Statistical Science 22, 59 (the non-centred move).
+Yu and Meng (2011), To center or not to center: that is not the question, Journal of
+Computational and Graphical Statistics 20, 531.
 Tierney (1994), Markov chains for exploring posterior distributions, Annals of Statistics 22,
 1701 (independence Metropolis-Hastings; cycles of kernels).
 Geyer (1991), Markov chain Monte Carlo maximum likelihood, Computing Science and Statistics:
@@ -142,6 +150,8 @@ class FaciesMCMCResult:
     swap_accept : float
         Acceptance rate of the swaps between neighbouring replicas after warm-up (all pairs;
         NaN without tempering).
+    accept_noncentred : float
+        Acceptance rate of the non-centred moves after warm-up (NaN without them).
     rhat_data : float
         Largest R-hat of the quantities of ``x`` alone (``log p(y | x)`` and the facies
         fractions), beside ``rhat`` which includes the latent: the latent, sharp given ``x``,
@@ -163,6 +173,7 @@ class FaciesMCMCResult:
     affine: bool = False
     swap_accept: float = math.nan
     rhat_data: float = math.nan
+    accept_noncentred: float = math.nan
 
     @property
     def rhat_threshold(self) -> float:
@@ -284,6 +295,7 @@ def facies_mcmc_sample(
     neighbours: Literal["auto", "forward"] = "auto",
     temperatures: int = 8,
     min_beta: float = 0.01,
+    noncentred_moves: int = 0,
 ) -> FaciesMCMCResult:
     """Sample ``p(z, x | y)`` of a generative facies prior (module docstring), all chains at once.
 
@@ -346,6 +358,10 @@ def facies_mcmc_sample(
         1: no tempering. The cost grows about ``T``-fold.
     min_beta : float, default 0.01
         The hottest replica's inverse temperature, in ``(0, 1)``.
+    noncentred_moves : int, default 0
+        Joint moves of ``(z, x)`` per step that move ``z`` and carry the field's departures
+        from the decoder's most likely facies with it (Notes), after the latent moves. Each
+        costs a pass of the prior's decoder and one ``log p(y | x)`` per replica.
 
     Returns
     -------
@@ -371,6 +387,18 @@ def facies_mcmc_sample(
 
     Notes
     -----
+    The centred moves above update ``z`` given ``x`` and ``x`` given ``z``; where the decoder is
+    sharp each pins the other, and a configuration of facies boundaries changes only through
+    improbable intermediate states. The non-centred move (the non-centred parametrisation of
+    Papaspiliopoulos, Roberts and Skold 2007, interleaved with the centred one as in Yu and
+    Meng 2011) writes the field as the decoder's most likely facies plus a departure,
+    ``x = (m(z) + e) mod K`` with ``m(z)`` the argmax of ``p_g(x_i | z)``, and moves ``z``
+    with ``e`` held: ``z' = z + s eps``, ``eps ~ N(0, I)``, ``x' = (x - m(z) + m(z')) mod K``,
+    so the boundaries move with ``z``. For a given ``eps`` the map is a bijection of
+    ``(z, x)`` whose inverse is the same move with ``-eps``, and the discrete part has no
+    Jacobian, so it is accepted with ``min(1, pi(z', x') / pi(z, x))``. ``s`` is adapted per
+    replica during warm-up towards an acceptance of 0.3 (Robbins-Monro), then frozen.
+
     The latent move's proposal is ``q(z | x)``, a Gaussian with full support, so the cycle of
     the two moves is irreducible on ``(z, x)`` wherever the facies moves can connect the
     fields; the facies move is reversible with respect to ``pi(x | z)`` by construction
@@ -407,6 +435,7 @@ def facies_mcmc_sample(
     num_chains = as_count(num_chains, "num_chains", minimum=1)
     flips_per_step = as_count(flips_per_step, "flips_per_step", minimum=0)
     latent_moves = as_count(latent_moves, "latent_moves", minimum=0)
+    noncentred_moves = as_count(noncentred_moves, "noncentred_moves", minimum=0)
     batch_models = as_count(batch_models, "batch_models", minimum=1)
     seed = as_seed(seed) or 0
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -586,6 +615,8 @@ def facies_mcmc_sample(
         # the ladder is re-spaced after each quarter of the first three of the warm-up
         adapt_at = {warmup_steps * q // 4 for q in (1, 2, 3)} if warmup_steps >= 40 else set()
         walk = torch.full((num_rows,), 0.5, dtype=torch.float64)  # MALA's scale s
+        shift = torch.full((num_rows,), 0.05, dtype=torch.float64)  # non-centred move's s
+        noncentred_done = 0
         for step in range(total):
             # latent moves (the data do not enter): an independence proposal from q(z | x),
             # then MALA moves with q's sd times a scale adapted during warm-up
@@ -621,6 +652,29 @@ def facies_mcmc_sample(
                     accepted_z += int(walked[cold].sum())
             if step >= warmup_steps:
                 accepted_z += int(take[cold].sum())
+            for _ in range(noncentred_moves):  # z moved with the departures from m(z) held
+                z_p = z + shift.unsqueeze(-1) * torch.randn(z.shape, generator=gen, dtype=z.dtype)
+                class_lp_p = _class_log_probs(prior_vae, z_p, num_facies)
+                codes_p = (codes - class_lp.argmax(-1) + class_lp_p.argmax(-1)) % num_facies
+                ll_p = log_lik(codes_p)
+                log_ratio = (
+                    _weight_from(z_p, codes_p, class_lp_p, None, None)
+                    - _weight_from(z, codes, class_lp, None, None)
+                    + beta * (ll_p - ll)
+                )
+                u = torch.rand(num_rows, generator=gen, dtype=torch.float64)
+                ok = torch.log(u) < log_ratio
+                z = torch.where(ok.unsqueeze(-1), z_p, z)
+                class_lp = torch.where(ok.view(-1, 1, 1), class_lp_p, class_lp)
+                codes = torch.where(ok.unsqueeze(-1), codes_p, codes)
+                ll = torch.where(ok, ll_p, ll)
+                if step < warmup_steps:  # Robbins-Monro towards acceptance 0.3, frozen after
+                    shift = shift * torch.exp((ok.double() - 0.3) / math.sqrt(step + 1))
+                else:
+                    noncentred_done += int(ok[cold].sum())
+                if bool(ok.any()):  # the field changed: every neighbour's change is new
+                    _, new_codes, d_lik = neighbour_deltas(codes, class_lp, ll)
+                    moved = torch.ones_like(moved)
             if bool(moved.any()):  # only the prior part of the deltas changes
                 deltas = prior_deltas(codes, class_lp) + beta.unsqueeze(-1) * d_lik
             # facies moves: locally balanced single-cell proposals (Zanella 2020)
@@ -704,6 +758,9 @@ def facies_mcmc_sample(
         affine=affine is not None,
         swap_accept=swaps_done / swaps_tried if swaps_tried else math.nan,
         rhat_data=rhat_data,
+        accept_noncentred=noncentred_done / (moves * noncentred_moves)
+        if noncentred_moves
+        else math.nan,
     )
 
 

@@ -86,20 +86,22 @@ class _StudentT(LinearGaussian):
 
 
 @pytest.mark.parametrize(
-    ("likelihood", "k", "d", "kind", "neighbours", "affine", "temps", "mala"),
+    ("likelihood", "k", "d", "kind", "neighbours", "affine", "temps", "mala", "nc"),
     [
-        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 1, 2),
-        ("bernoulli", 2, 3, LinearGaussian, "forward", False, 1, 1),
-        ("categorical", 3, 2, LinearGaussian, "auto", True, 1, 1),
-        ("categorical", 3, 2, LinearGaussian, "forward", False, 1, 2),
-        ("bernoulli", 2, 3, _Bent, "auto", False, 1, 1),
-        ("bernoulli", 2, 3, _StudentT, "auto", False, 1, 1),
-        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 3, 1),
-        ("categorical", 3, 2, _Bent, "auto", False, 3, 1),
+        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 1, 2, 0),
+        ("bernoulli", 2, 3, LinearGaussian, "forward", False, 1, 1, 0),
+        ("categorical", 3, 2, LinearGaussian, "auto", True, 1, 1, 0),
+        ("categorical", 3, 2, LinearGaussian, "forward", False, 1, 2, 0),
+        ("bernoulli", 2, 3, _Bent, "auto", False, 1, 1, 0),
+        ("bernoulli", 2, 3, _StudentT, "auto", False, 1, 1, 0),
+        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 3, 1, 0),
+        ("categorical", 3, 2, _Bent, "auto", False, 3, 1, 0),
+        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 1, 0, 2),
+        ("categorical", 3, 2, _Bent, "auto", False, 2, 1, 2),
     ],
 )
 def test_chains_match_the_enumerated_posterior(
-    likelihood, k, d, kind, neighbours, affine, temps, mala
+    likelihood, k, d, kind, neighbours, affine, temps, mala, nc
 ):
     problem = kind(x_dim=d, y_dim=2, noise_std=0.4, seed=1)
     vae = _vae(d, likelihood, k)
@@ -110,7 +112,7 @@ def test_chains_match_the_enumerated_posterior(
     res = facies_mcmc_sample(
         vae, problem, y, init, num_samples=3000, warmup_steps=100, num_chains=4,
         flips_per_step=1, start="first", seed=0, neighbours=neighbours, temperatures=temps,
-        min_beta=0.05, latent_moves=mala,
+        min_beta=0.05, latent_moves=mala, noncentred_moves=nc,
     )
     assert res.affine is affine
     assert (temps > 1) == (0 < res.swap_accept <= 1)
@@ -124,6 +126,7 @@ def test_chains_match_the_enumerated_posterior(
     z_sd = float(res.z.double().std())
     assert abs(float(res.z.double().mean()) - z_mean) <= 4 * z_sd / math.sqrt(n_eff)
     assert 0 < res.accept_z <= 1 and 0 < res.accept_x <= 1
+    assert (nc > 0) == (0 < res.accept_noncentred < 1)
     assert res.num_quantities == 1 + 1 + (k - 1)
     assert torch.allclose(
         res.facies_probabilities(k).sum(-1), torch.ones(d), atol=1e-6
