@@ -24,6 +24,7 @@ import torch
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 
 __all__ = [
+    "MAX_COUNT",
     "MAX_SEED",
     "as_count",
     "as_probability",
@@ -38,6 +39,11 @@ __all__ = [
 MAX_SEED = 2**32 - 1
 """Largest seed accepted (NumPy's, and so Pyro's ``set_rng_seed``, upper bound)."""
 
+MAX_COUNT = 2**63 - 1
+"""Largest count accepted (:func:`as_count`, the command line's counts): torch's int64 and the
+64-bit integer attributes of a posterior file hold no more. A larger count (``10**30`` warm-up
+steps or facies moves) could never be carried out, only waited for."""
+
 
 def _is_integer(value: Any) -> bool:
     """Whether ``value`` is an integer (Python, NumPy or a 0-d integer tensor), bool excluded."""
@@ -51,7 +57,7 @@ def _is_integer(value: Any) -> bool:
 
 
 def as_count(value: Any, name: str, minimum: int = 1) -> int:
-    """Return ``value`` as a Python int of at least ``minimum``.
+    """Return ``value`` as a Python int of at least ``minimum`` and at most :data:`MAX_COUNT`.
 
     Parameters
     ----------
@@ -69,8 +75,8 @@ def as_count(value: Any, name: str, minimum: int = 1) -> int:
     Raises
     ------
     ConfigError
-        If ``value`` is not an integer (a float, a bool, a string, a tuple) or is below
-        ``minimum``.
+        If ``value`` is not an integer (a float, a bool, a string, a tuple), is below
+        ``minimum`` or above :data:`MAX_COUNT` (``2**63 - 1``).
 
     Examples
     --------
@@ -93,6 +99,11 @@ def as_count(value: Any, name: str, minimum: int = 1) -> int:
     count = int(value)
     if count < minimum:
         raise ConfigError(f"{name} must be an int >= {minimum}, got {count}")
+    if count > MAX_COUNT:
+        raise ConfigError(
+            f"{name} must be an int in [{minimum}, 2**63 - 1] (a 64-bit count), got "
+            f"{reprlib.repr(count)}"
+        )
     return count
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import reprlib
 from typing import Any, NoReturn
 
+from ppl_cvae.checks import MAX_COUNT
 from ppl_cvae.checks import MAX_SEED as SEED_MAX
 from ppl_cvae.cli import evaluate, fit, sample, simulate
 from ppl_cvae.cli.fit import DEFAULT_BUFFER_CHUNKS, DEFAULT_CHUNK_MB
@@ -47,7 +49,11 @@ def _seed(text: str) -> int:
 
 
 def _count(minimum: int) -> Any:
-    """Argument type: an integer >= ``minimum`` (refuses ``1e8``-style floats with a reason)."""
+    """Argument type: an integer in [``minimum``, 2**63 - 1] (refuses ``1e8``-style floats).
+
+    The upper bound is :data:`~ppl_cvae.checks.MAX_COUNT`, what a 64-bit count holds: a
+    larger value (``--warmup 10**30``) could only hang.
+    """
 
     def parse(text: str) -> int:
         try:
@@ -58,6 +64,11 @@ def _count(minimum: int) -> Any:
             ) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        if value > MAX_COUNT:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number in [{minimum}, 2**63 - 1] (a 64-bit count), got "
+                f"{reprlib.repr(value)}"
+            )
         return value
 
     return parse
