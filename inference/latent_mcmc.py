@@ -446,7 +446,7 @@ def latent_nuts_sample(
     check_memory(
         min(num_chains, len(init)) * num_samples * per_draw,
         f"num_samples={num_samples} draws in each of {min(num_chains, len(init))} chains",
-        "ask for fewer num_samples",
+        "ask for fewer draws or chains",
     )
     prior_vae.eval()
     encoded = encode_latent(prior_vae, init.to(prior_vae.x_standardiser.mean.dtype)).double()
@@ -622,12 +622,15 @@ def generative_prior_posterior(
         If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
     DataError
         If ``y`` holds NaN or inf.
+    ResourceError
+        If the amortized draws that start the chains (their number grows with ``chains``) or
+        the sampler's draws would not fit in memory.
     NoLikelihoodError
         If the problem has no noise model.
     """
     from inference.arviz_io import with_chains
     from inference.mcmc import preconditioner_draws
-    from inference.posterior import as_observation_batch, draw_posterior
+    from inference.posterior import as_observation_batch, bytes_per_draw, draw_posterior
     from inference.sample import inference_data_from_draws, stack_chains
 
     problem = as_problem(problem)
@@ -652,6 +655,11 @@ def generative_prior_posterior(
     y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
     check_finite(y_batch, "y")
     num_start = preconditioner_draws(generative_prior.config.latent_dim, chains)
+    check_memory(  # before the starts are drawn: their number grows with the chains
+        num_start * bytes_per_draw(cvae, 1),
+        f"{num_start} amortized draws per observation to start {chains} chains",
+        "ask for fewer chains",
+    )
     base_seed = 0 if seed is None else seed
     check_chain_seeds(base_seed, chains)
     if base_seed + y_batch.shape[0] - 1 > MAX_SEED:  # observation m's starts: seed + m
@@ -767,6 +775,9 @@ def sample_latent_nuts(
         If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
     DataError
         If ``y`` holds NaN or inf, or is not an array of real numbers.
+    ResourceError
+        If the amortized draws that start the chains or the chains' draws would not fit in
+        memory.
     NoLikelihoodError
         If the problem has no noise model.
     """
