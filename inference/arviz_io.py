@@ -777,7 +777,8 @@ def with_chains(idata: az.InferenceData, num_chains: int) -> az.InferenceData:
     For draws that come from ``num_chains`` Markov chains stored one after the other along
     ``draw`` (chain ``c`` holds draws ``c D .. (c + 1) D - 1``, ``D = S / num_chains``): every
     variable with leading ``(chain=1, draw=S)`` becomes ``(chain=num_chains, draw=D)``, so
-    ``az.rhat`` and ``az.ess`` see the chains.
+    ``az.rhat`` and ``az.ess`` see the chains. The groups' and the file's root attributes
+    (e.g. ``not_finite``, ``problem``) are kept.
 
     Raises
     ------
@@ -809,4 +810,4 @@ def with_chains(idata: az.InferenceData, num_chains: int) -> az.InferenceData:
         coords["chain"] = np.arange(num_chains)
         coords["draw"] = np.arange(per)
         groups[group] = xr.Dataset(out, coords=coords, attrs=ds.attrs)
-    return az.InferenceData(**groups)  # type: ignore[arg-type]
+    return az.InferenceData(attrs=dict(idata.attrs), **groups)  # type: ignore[arg-type]

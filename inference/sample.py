@@ -187,7 +187,11 @@ def inference_data_from_draws(
     warn_not_finite : bool, default True
         Warn (once) when a kept variable holds NaN or infinite values; the file's
         ``not_finite`` attribute records them either way. False for a caller that collects
-        the counts itself (the chunks of :func:`sample_posterior_to_netcdf`).
+        the counts itself (the chunks of :func:`sample_posterior_to_netcdf`). Statistics in
+        ``observation_stats`` that are not finite (an R-hat of ``inf`` for chains that never
+        moved, the NaN acceptance rate of moves that were not made) are recorded in
+        ``not_finite`` too, counted as stored (repeated along the draws), without a warning:
+        the sampler's summary line reports them.
 
     Returns
     -------
@@ -339,10 +343,17 @@ def inference_data_from_draws(
             **{f"sample_stats.{name}": value for name, value in stats.items()},
         }
     )
+    if not_finite and warn_not_finite:
+        _warn_not_finite(not_finite)
+    # a sampler's own statistics (R-hat inf for chains that never moved, the NaN acceptance
+    # rate of moves not made): listed, as stored (repeated along the draws), not warned about
+    # (the sampler's summary line reports them)
+    for name, (bad, total) in _count_not_finite(
+        {f"sample_stats.{name}": value for name, value in (observation_stats or {}).items()}
+    ).items():
+        not_finite[name] = [bad * num_samples, total * num_samples]
     if not_finite:  # the file says it too: {variable: [not finite, total]}
         info["not_finite"] = not_finite
-        if warn_not_finite:
-            _warn_not_finite(not_finite)
     return to_inference_data(
         x,
         z,
