@@ -37,12 +37,11 @@ from ppl_cvae.errors import (
     NoPriorDensityError,
     OutputError,
     ShapeError,
-    no_exit,
 )
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import NUTS_PRECONDITIONERS, Problem
-from ppl_cvae.problems.densities import checked_log_prior, whiten
+from ppl_cvae.problems.densities import checked_forward, checked_log_prior, whiten
 from ppl_cvae.problems.metadata import (
     coord_attrs_of,
     data_units,
@@ -203,12 +202,17 @@ def inference_data_from_draws(
     Raises
     ------
     ShapeError
-        If ``y``, ``x_true``, ``y_model`` or ``y_rep`` do not match the draws.
+        If ``y``, ``x_true``, ``y_model`` or ``y_rep`` do not match the draws, or the
+        problem's ``forward`` or ``derived`` returns a tensor of another shape
+        (:func:`~ppl_cvae.problems.densities.checked_forward`,
+        :func:`~ppl_cvae.problems.metadata.derived_quantities`).
     ConfigError
-        If the problem's ``derived`` returns something malformed
-        (:func:`ppl_cvae.problems.base.derived_quantities`).
+        If the problem's ``derived`` returns a malformed mapping (a name that is not an
+        identifier or is taken).
     DataError
-        As :func:`inference.arviz_io.to_inference_data` (malformed statistics).
+        If the draws hold NaN or inf, the problem's ``forward`` or ``derived`` returns
+        something that is not a torch tensor, or as :func:`inference.arviz_io.to_inference_data`
+        (statistics that are not numbers).
 
     Notes
     -----
@@ -290,8 +294,7 @@ def inference_data_from_draws(
         if problem is not None:
             noise = problem.noise
             if y_model is None:
-                with no_exit(f"problem {problem.name!r} forward"):
-                    y_model = problem.forward(x)
+                y_model = checked_forward(problem, x)
             if y_rep is None:
                 y_rep = y_model + noise.sample((num_samples, num_obs), generator).to(y_model)
             resid = y_model.to(torch.float64) - y.to(torch.float64)  # (S, M, *y_shape)

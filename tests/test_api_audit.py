@@ -142,7 +142,7 @@ def test_integer_y_and_batch_of_one(trained: Any) -> None:
 def test_bad_observations_are_named(trained: Any) -> None:
     cvae, _, _, _ = trained
     post = CVAEPosterior(cvae)
-    with pytest.raises(ShapeError, match=r"no observations"):
+    with pytest.raises(DataError, match=r"no observations"):  # as an empty observation file
         post.sample((2,), torch.zeros(0, 2))
     with pytest.raises(DataError, match="complex"):
         post.sample((2,), torch.zeros(2, dtype=torch.complex64))
@@ -256,9 +256,9 @@ def test_nuts_inputs(trained: Any) -> None:
 @pytest.mark.parametrize(
     ("kind", "error", "fragment"),
     [
-        ("forward_shape", DataError, r"forward returned \(64, 1\).*expected a torch tensor"),
+        ("forward_shape", ShapeError, r"forward returned \(64, 1\).*expected a torch tensor"),
         ("forward_numpy", DataError, "forward returned ndarray"),
-        ("prior_shape", DataError, r"sample_prior\(64\) returned \(64, 2\)"),
+        ("prior_shape", ShapeError, r"sample_prior\(64\) returned \(64, 2\)"),
     ],
 )
 def test_fit_problem_checks_the_simulator(kind: str, error: type, fragment: str) -> None:

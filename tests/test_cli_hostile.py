@@ -18,7 +18,7 @@ import torch
 from ppl_cvae import ConfigError, DataError, make_problem
 from ppl_cvae.cli import main
 from ppl_cvae.data.streaming import SimulationStream
-from ppl_cvae.errors import ResourceError
+from ppl_cvae.errors import ResourceError, ShapeError
 from ppl_cvae.problems.checked_simulator import CheckedSimulator, check_simulated
 from ppl_cvae.train.resume import lock_run_folder
 from ppl_cvae.train.sources import StreamBatches, max_stream_workers
@@ -46,23 +46,26 @@ def _fails(argv, capsys, match):
 
 
 # ----------------------------------------------------------------- a user's simulator
-@pytest.mark.parametrize("out, match", [
-    (torch.zeros(4, 3), "returned a Tensor; expected a pair (x, y)"),
-    ((torch.zeros(4, 2),), "a tuple of length 1"),
-    ((np.zeros((4, 2)), torch.zeros(4, 1)), "x as a numpy.ndarray; expected a torch.Tensor"),
-    ((torch.zeros(4, 2), torch.zeros(3, 1)), "y of shape (3, 1); expected (4, 1)"),
-    ((torch.zeros(4, 3), torch.zeros(4, 1)), "x of shape (4, 3); expected (4, 2)"),
-    ((torch.zeros(4, 2, dtype=torch.complex64), torch.zeros(4, 1)), "complex"),
-    ((torch.zeros(4, 2, device="meta"), torch.zeros(4, 1)), "x as a tensor on the meta device"),
-    ((torch.zeros(4, 2), torch.zeros(4, 1).to_sparse()),
+@pytest.mark.parametrize("out, error, match", [
+    (torch.zeros(4, 3), DataError, "returned a Tensor; expected a pair (x, y)"),
+    ((torch.zeros(4, 2),), DataError, "a tuple of length 1"),
+    ((np.zeros((4, 2)), torch.zeros(4, 1)), DataError,
+     "x as a numpy.ndarray; expected a torch.Tensor"),
+    ((torch.zeros(4, 2), torch.zeros(3, 1)), ShapeError, "y of shape (3, 1); expected (4, 1)"),
+    ((torch.zeros(4, 3), torch.zeros(4, 1)), ShapeError, "x of shape (4, 3); expected (4, 2)"),
+    ((torch.zeros(4, 2, dtype=torch.complex64), torch.zeros(4, 1)), DataError, "complex"),
+    ((torch.zeros(4, 2, device="meta"), torch.zeros(4, 1)), DataError,
+     "x as a tensor on the meta device"),
+    ((torch.zeros(4, 2), torch.zeros(4, 1).to_sparse()), DataError,
      "y as a tensor of layout torch.sparse_coo"),
     ((torch.zeros(4, 2), torch.tensor([[0.0], [float("nan")], [1.0], [float("inf")]])),
-     "2 NaN or inf values in y (in 2 of 4 pairs"),
-    ((torch.full((4, 2), 1e300, dtype=torch.float64), torch.zeros(4, 1)),
+     DataError, "2 NaN or inf values in y (in 2 of 4 pairs"),
+    ((torch.full((4, 2), 1e300, dtype=torch.float64), torch.zeros(4, 1)), DataError,
      "8 NaN or inf values in x (in 4 of 4 pairs, after casting to float32)"),
 ])
-def test_bad_simulator_outputs_are_named(out, match):
-    with pytest.raises(DataError) as info:
+def test_bad_simulator_outputs_are_named(out, error, match):
+    """A wrong shape is a ShapeError, anything else a DataError (the rule of ppl_cvae.errors)."""
+    with pytest.raises(error) as info:
         check_simulated(out, 4, (2,), (1,), "problem 'mine' simulate(4, generator)")
     assert match in str(info.value) and "problem 'mine'" in str(info.value)
 

@@ -131,7 +131,7 @@ def build_cvae(
     Raises
     ------
     ShapeError
-        If ``x`` or ``y`` do not match the configuration.
+        If ``x`` or ``y`` do not match the configuration, or hold different numbers of pairs.
     """
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
@@ -149,6 +149,10 @@ def build_cvae(
         if y is None or tuple(y.shape[1:]) != config.y_shape:
             got = None if y is None else tuple(y.shape)
             raise ShapeError(f"y has shape {got}; config expects (N, *{config.y_shape})")
+        if y.shape[0] != x.shape[0]:  # as CVAE.check_inputs, fit and the data loaders
+            raise ShapeError(
+                f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}"
+            )
         ys = Standardiser(config.y_shape, "y").fit(y) if standardisers is None else standardisers[1]
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
@@ -827,10 +831,11 @@ def fit_problem(
         a device of this machine (:func:`~ppl_cvae.device.resolve_device`), or the problem's
         ``simulate`` raises.
     DataError
-        If the problem's ``simulate`` returns anything but ``num`` finite pairs of tensors of
-        its event shapes
+        If the problem's ``simulate`` returns anything but pairs of finite real tensors
         (:class:`~ppl_cvae.problems.checked_simulator.CheckedSimulator`; real dtypes are cast
         to float32).
+    ShapeError
+        If they are not ``num`` pairs of its event shapes.
     """
     problem = as_problem(problem)
     if device is not None:
