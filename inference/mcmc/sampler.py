@@ -166,12 +166,13 @@ def nuts_sample(
     Raises
     ------
     ConfigError
-        If ``precondition`` is unknown, ``init`` has the wrong shape, a count is out of
+        If ``precondition`` is unknown, a count is out of
         range (``num_samples`` below :data:`MIN_DRAWS_PER_CHAIN`), or ``precondition`` is
         ``"prior"`` or ``"prior-amortized"`` and the problem's prior is not Gaussian in the
         sampled coordinates, or ``seed`` is not an int in ``[0, 2**32 - num_chains]``.
     ShapeError
-        If ``y`` does not have shape ``problem.y_shape``.
+        If ``y`` does not have shape ``problem.y_shape`` or ``init`` not ``(N >= 1,
+        *x_shape)``.
     DataError
         If ``y`` or ``init`` is not a tensor, array or list of real numbers, ``y`` holds NaN
         or inf, or the log posterior density is not finite at a chain's start.
@@ -229,7 +230,10 @@ def nuts_sample(
         raise DataError(f"y contains {int((~torch.isfinite(y)).sum())} NaN or inf values")
     init = as_real_tensor(init, "init", dtype=None)
     if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
-        raise ConfigError(f"init must have shape (N >= 1, *{x_shape}), got {tuple(init.shape)}")
+        raise ShapeError(
+            f"init must have shape (N >= 1, *{x_shape}): models that start the chains, got "
+            f"{tuple(init.shape)}"
+        )
     par = problem.parameterisation()
     if precondition in ("prior", "prior-amortized") and problem.gaussian_prior() is None:
         raise ConfigError(
