@@ -868,8 +868,8 @@ def sample_facies_mcmc(
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
     seed : int, optional
-        Seed of the amortized draws (``seed + m`` for observation ``m``) and of the chains
-        (0 when None).
+        Seed of the amortized draws (``derived_seed(seed, m)`` for observation ``m``) and of the
+        chains (0 when None), in ``[0, 2**32 - 1]``.
     attrs : mapping, optional
         Run attributes.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 import reprlib
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "as_sample_shape",
     "as_seed",
     "check_finite",
+    "derived_seed",
     "check_problem_matches",
     "shape_mismatch",
 ]
@@ -134,30 +135,90 @@ def as_sample_shape(value: Any, name: str = "sample_shape") -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def as_seed(value: Any, name: str = "seed") -> int | None:
-    """Return a seed as a Python int in ``[0, 2**32 - 1]`` (None stays None).
+@overload
+def as_seed(value: Any, name: str = ..., *, optional: Literal[True] = ...) -> int | None: ...
 
-    The range is NumPy's, which Pyro's ``set_rng_seed`` also seeds, and that of
-    :class:`~ppl_cvae.config.TrainConfig`'s ``seed``.
+
+@overload
+def as_seed(value: Any, name: str = ..., *, optional: Literal[False]) -> int: ...
+
+
+def as_seed(value: Any, name: str = "seed", *, optional: bool = True) -> int | None:
+    """Return a seed as a Python int in ``[0, 2**32 - 1]`` (None stays None where optional).
+
+    The one check of every seed the package takes: the command line's ``--seed``,
+    :class:`~ppl_cvae.config.TrainConfig`, the samplers, the calibration diagnostics and the
+    simulation streams, so that a seed accepted by one is accepted by all, refused with the
+    same message. The range is NumPy's, which Pyro's ``set_rng_seed`` also seeds. Streams
+    derived from one seed (chain ``c``, observation ``m``) take :func:`derived_seed`, which
+    stays in the range for every valid seed.
+
+    Parameters
+    ----------
+    value : int, NumPy integer, 0-d integer tensor or None
+        The seed.
+    name : str, default "seed"
+        The argument, for the message.
+    optional : bool, default True
+        Whether None (unseeded) is accepted.
+
+    Returns
+    -------
+    int or None
 
     Raises
     ------
     ConfigError
-        If ``value`` is not an integer or is outside ``[0, 2**32 - 1]``.
+        If ``value`` is not an integer (None where not ``optional``) or is outside
+        ``[0, 2**32 - 1]``.
 
     Examples
     --------
     >>> as_seed(np.int64(7)), as_seed(None)
     (7, None)
+    >>> try:
+    ...     as_seed(2**32)
+    ... except ConfigError as err:
+    ...     print(err)
+    seed must be an int in [0, 2**32 - 1], got 4294967296 (int)
     """
-    if value is None:
+    if value is None and optional:
         return None
     if not _is_integer(value) or not 0 <= int(value) <= MAX_SEED:
         raise ConfigError(
-            f"{name} must be an int in [0, 2**32 - 1] or None, got {reprlib.repr(value)} "
+            f"{name} must be an int in [0, 2**32 - 1], got {reprlib.repr(value)} "
             f"({type(value).__name__})"
         )
     return int(value)
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """Return the seed of stream ``offset`` of a run seeded ``seed``: ``(seed + offset) mod 2**32``.
+
+    Chain ``c`` of a sampler takes ``derived_seed(seed, c)``, observation ``m``
+    ``derived_seed(seed, m)``: ``seed + offset`` itself for every seed up to
+    ``2**32 - 1 - offset`` (the draws of earlier versions), wrapped into the seed range
+    above, so that every seed :func:`as_seed` accepts works with any number of chains or
+    observations (a sampler used to refuse ``2**32 - 1`` with two chains).
+
+    Parameters
+    ----------
+    seed : int
+        A valid seed (:func:`as_seed`).
+    offset : int
+        The stream's index, ``>= 0``.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**32 - 1]``.
+
+    Examples
+    --------
+    >>> derived_seed(7, 3), derived_seed(2**32 - 1, 1)
+    (10, 0)
+    """
+    return (int(seed) + int(offset)) % (MAX_SEED + 1)
 
 
 def as_real_tensor(

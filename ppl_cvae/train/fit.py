@@ -22,6 +22,7 @@ from pyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
 from ppl_cvae._atomic import atomic_path
+from ppl_cvae.checks import as_seed
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.device import problem_on, resolve_device
@@ -132,7 +133,11 @@ def build_cvae(
     ------
     ShapeError
         If ``x`` or ``y`` do not match the configuration, or hold different numbers of pairs.
+    ConfigError
+        If ``seed`` is not None or an int in ``[0, 2**32 - 1]``
+        (:func:`~ppl_cvae.checks.as_seed`).
     """
+    seed = as_seed(seed)
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
     if problem is not None:
