@@ -581,7 +581,9 @@ def generative_prior_cases(add: Add, w: World) -> None:
             "x_shape")
     c = "latent_nuts_sample"
     add(c, "max_tree_depth=0", lambda: latent(max_tree_depth=0), "refuse", "max_tree_depth")
-    add(c, "seed=2**32-1 with 2 chains", lambda: latent(seed=2**32 - 1), "refuse", "seed")
+    # every seed as_seed accepts serves any number of chains (chain c: derived_seed(seed, c))
+    add(c, "seed=2**32-1 with 2 chains", lambda: latent(seed=2**32 - 1), "accept",
+        check=ok_latent)
     c = "facies_mcmc_sample"
     add(c, "init with a code 0.5", lambda: facies(init=codes + 0.5), "refuse", "facies codes")
     add(c, "init with a code 2 (two facies)", lambda: facies(init=codes * 2), "refuse",

@@ -33,10 +33,17 @@ with NaN, inf, no rows, odd dtypes or shapes; posterior files edited by hand; dr
 ``--method importance|nuts`` without a likelihood; densities and forward operators that give
 NaN at some draws. An accepted request there must also leave strictly valid, finite outputs:
 JSON without ``NaN``/``Infinity`` tokens, NetCDF whose floats are finite (except variables the
-file itself lists under its ``not_finite`` attribute), CSV without ``nan``/``inf`` cells.
+file itself lists under its ``not_finite`` attribute), CSV without ``nan``/``inf`` cells. The
+fifth (:func:`generative_cases`, ``--only generative``, under the same output rules) tries
+``sample --method facies-mcmc|latent-nuts --generative-prior`` on a user's 6-cell facies
+problem: priors that are missing, garbage, empty, conditional, Gaussian (for facies MCMC), of
+another ``x_shape``, forged or with NaN weights; ``--facies-moves`` and ``--temperatures`` 0,
+-1, 1.5, 10**30, abc; observations with NaN; a problem without a noise model; draw and chain
+counts too large for memory; ``--out`` onto an input.
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
-(about 5 minutes on 2 cores). Exit status 1 when a case fails.
+(about 5 minutes on 2 cores; ``--only generative``: about 15 s). Exit status 1 when a case
+fails.
 """
 
 from __future__ import annotations
@@ -1430,6 +1437,170 @@ def output_cases(root: Path) -> list[Case]:
     return c
 
 
+# ------------------------------------------------------------- generative-prior samplers
+GEN_PROBLEMS = """import torch
+from ppl_cvae.problems.base import Problem
+
+
+class Facies(Problem):
+    # cells of facies 0/1 (one run of ones), three block averages of them, Gaussian noise
+    name = "g_facies"
+    x_shape, y_shape = (6,), (3,)
+    x_dims, y_dims, coords = ("cell",), ("datum",), {}
+    noise_std = misfit_std = 0.1
+    has_prior_density = False
+
+    def sample_prior(self, num, generator=None):
+        n = self.x_shape[0]
+        start = torch.randint(0, n, (num, 1), generator=generator)
+        length = torch.randint(1, n // 2 + 1, (num, 1), generator=generator)
+        cells = torch.arange(n)
+        return ((cells >= start) & (cells < start + length)).float()
+
+    def forward(self, x):
+        n = x.shape[-1]
+        block = torch.arange(n) * 3 // n
+        a = (block == torch.arange(3)[:, None]).to(x.dtype)
+        return x @ (a / a.sum(-1, keepdim=True)).T
+
+
+class NoiseFree(Facies):
+    name = "g_noisefree"
+    noise_std = 0.0
+    misfit_std = 1.0
+
+
+class Five(Facies):
+    name = "g_five"
+    x_shape = (5,)
+
+
+def facies(): return Facies()
+def noisefree(): return NoiseFree()
+def five(): return Five()
+"""
+
+
+def build_generative_workspace(root: Path) -> None:
+    """Tiny facies runs for ``sample --method facies-mcmc|latent-nuts --generative-prior``.
+
+    CVAEs (Bernoulli and Gaussian decoders) of a user's 6-cell facies problem, its generative
+    priors (Bernoulli, Gaussian, on 5 cells), observations, and damaged or forged prior files.
+    """
+    (root / "gen_own.py").write_text(GEN_PROBLEMS)
+    g = root / "gen"
+    g.mkdir()
+    facies = ["--problem", "gen_own:facies"]
+    bern = ["--likelihood", "bernoulli"]
+    assert main(["fit", *facies, *bern, "--out", str(g / "run"), *TINY]) == 0
+    assert main(["fit", *facies, *bern, "--unconditional", "--out", str(g / "prior"),
+                 *TINY]) == 0
+    assert main(["fit", *facies, "--likelihood", "gaussian", "--unconditional", "--out",
+                 str(g / "prior_gauss"), *TINY]) == 0
+    assert main(["fit", "--problem", "gen_own:five", *bern, "--unconditional", "--out",
+                 str(g / "prior_five"), *TINY]) == 0
+    assert main(["fit", *facies, "--likelihood", "gaussian", "--out", str(g / "run_gauss"),
+                 *TINY]) == 0
+    assert main(["simulate", *facies, "--num", "2", "--out", str(g / "obs.npz")]) == 0
+    y = np.load(g / "obs.npz")["y"]
+    np.save(g / "obs_nan.npy", np.where([[False, True, False]], np.nan, y))
+    np.save(g / "obs_wrong.npy", np.ones((1, 4)))
+    (g / "garbage.pt").write_bytes(np.random.default_rng(3).bytes(2048))
+    (g / "empty_prior").mkdir()
+    (g / "empty_prior" / "model.pt").write_bytes(b"")
+    (g / "text_prior").write_text("not a model")
+    payload = torch.load(g / "prior" / "model.pt", weights_only=True)
+    for name, change in (
+        ("forged_os_system", lambda p: p.update(
+            problem={"name": "os:system", "command": f"touch {root}/PWNED"})),
+        ("forged_huge", lambda p: p["model_config"].update(x_shape=[60000],
+                                                          hidden_dims=[200000, 200000])),
+        ("forged_nan", lambda p: p["state_dict"].update(
+            {k: torch.full_like(v, float("nan")) for k, v in p["state_dict"].items()
+             if v.is_floating_point()})),
+    ):
+        folder = g / f"prior_{name}"
+        folder.mkdir()
+        forged = {**payload, "model_config": dict(payload["model_config"]),
+                  "state_dict": dict(payload["state_dict"])}
+        change(forged)
+        torch.save(forged, folder / "model.pt")
+
+
+def generative_cases(root: Path) -> list[Case]:
+    """``sample --method facies-mcmc|latent-nuts --generative-prior``: priors, flags, data."""
+    r, g = str(root), str(root / "gen")
+    out = f"{r}/new.nc"
+    c: list[Case] = []
+
+    def add(name: str, argv: list[str], expect: int = 2) -> None:
+        c.append(Case("generative", name, argv, expect=expect, check_outputs=True))
+
+    base = ["sample", f"{g}/run", "--observation", f"{g}/obs.npz", "--num-samples", "8",
+            "--chains", "2", "--warmup", "4", "--out", out]
+    facies = [*base, "--method", "facies-mcmc", "--facies-moves", "2", "--temperatures", "2"]
+    latent = [*base, "--method", "latent-nuts"]
+    for method, argv in (("facies-mcmc", facies), ("latent-nuts", latent)):
+        prior = [*argv, "--generative-prior"]
+        ok = [*prior, f"{g}/prior"]
+        add(f"{method}: valid request", ok, 0)
+        add(f"{method}: prior given as its model.pt", [*prior, f"{g}/prior/model.pt"], 0)
+        add(f"{method}: no --generative-prior", argv)
+        for what, path in (("missing folder", f"{g}/nope"), ("random bytes", f"{g}/garbage.pt"),
+                           ("empty model.pt", f"{g}/empty_prior"),
+                           ("a text file", f"{g}/text_prior"),
+                           ("a folder without model.pt", f"{r}/user_folder"),
+                           ("the observation file", f"{g}/obs.npz"),
+                           ("a conditional run", f"{g}/run"),
+                           ("x_shape (5,) for a (6,) run", f"{g}/prior_five"),
+                           ("forged huge sizes", f"{g}/prior_forged_huge"),
+                           ("NaN weights", f"{g}/prior_forged_nan")):
+            add(f"{method}: prior is {what}", [*prior, path])
+        add(f"{method}: forged prior problem os:system",
+            [*prior, f"{g}/prior_forged_os_system"], -2)
+        add(f"{method}: observation with NaN", [ok[0], ok[1], ok[2], f"{g}/obs_nan.npy",
+                                                *ok[4:]])
+        add(f"{method}: observation of another shape", [ok[0], ok[1], ok[2],
+                                                        f"{g}/obs_wrong.npy", *ok[4:]])
+        add(f"{method}: problem without a noise model", [*ok, "--problem",
+                                                         "gen_own:noisefree"])
+        add(f"{method}: --problem of another x_shape", [*ok, "--problem", "gen_own:five"])
+        for n in ("0", "1", "1e12", str(10**12)):
+            add(f"{method}: --num-samples {n}", [*ok[:5], n, *ok[6:]])
+        for flags in (["--chains", str(10**9)], ["--warmup", str(10**30)],
+                      ["--chains", str(10**9), "--num-samples", str(4 * 10**9)]):
+            add(f"{method}: {' '.join(flags)}", [*ok, *flags])
+        add(f"{method}: --generative-prior ''", [*prior, ""])
+        i = ok.index("--out")
+        for what, target, prior_path, extra in (
+            ("the prior's model.pt", f"{g}/prior/model.pt", f"{g}/prior", ["--overwrite"]),
+            ("a file inside the prior's folder", f"{g}/prior/post.nc", f"{g}/prior", []),
+            ("the observation", f"{g}/obs.npz", f"{g}/prior", ["--overwrite"]),
+            ("the --generative-prior file", f"{g}/garbage.nc", f"{g}/garbage.nc",
+             ["--overwrite"]),
+        ):
+            argv_out = [*ok[:i + 1], target, *ok[i + 2:]]
+            argv_out[-1] = prior_path
+            add(f"{method}: --out = {what}", [*argv_out, *extra])
+    ok = [*facies, "--generative-prior", f"{g}/prior"]
+    add("facies-mcmc: Gaussian-decoder prior", [*facies, "--generative-prior",
+                                                f"{g}/prior_gauss"])
+    add("latent-nuts: Gaussian-decoder prior", [*latent, "--generative-prior",
+                                                f"{g}/prior_gauss"], 0)
+    add("facies-mcmc: a run with a Gaussian decoder", [*facies[:1], f"{g}/run_gauss",
+        *facies[2:], "--generative-prior", f"{g}/prior"])
+    add("latent-nuts: a run with a Gaussian decoder", [*latent[:1], f"{g}/run_gauss",
+        *latent[2:], "--generative-prior", f"{g}/prior"], 0)
+    for flag in ("--facies-moves", "--temperatures"):
+        i = ok.index(flag)
+        for value in ("0", "-1", "1.5", str(10**30), "abc", "1"):
+            expect = 0 if value == "1" or (flag, value) == ("--facies-moves", "0") else 2
+            add(f"facies-mcmc: {flag} {value}", [*ok[:i + 1], value, *ok[i + 2:]], expect)
+    i = ok.index("--temperatures")
+    add("facies-mcmc: --temperatures 10**9 (memory)", [*ok[:i + 1], str(10**9), *ok[i + 2:]])
+    return c
+
+
 def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
 
@@ -1561,18 +1732,26 @@ def main_cli() -> int:
         root = Path(tmp)
         sys.path.insert(0, str(root))
         build_workspace(root)
-        only_outputs = args.only is not None and set(args.only.split(",")) == {"outputs"}
-        if not only_outputs:  # --only outputs needs the first workspace and its own
+        # categories with a workspace of their own (beside the first) run alone without the
+        # other workspaces: --only outputs, --only generative or both
+        own = {"outputs": (build_output_workspace, output_cases),
+               "generative": (build_generative_workspace, generative_cases)}
+        words = set(args.only.split(",")) if args.only else set()
+        if words and words <= set(own):
+            for word in sorted(words):
+                own[word][0](root)
+            everything = [case for word in sorted(words) for case in own[word][1](root)]
+        else:
             build_new_feature_workspace(root)
             build_audit_workspace(root)
             build_user_workspace(root)
-        build_output_workspace(root)
+            build_output_workspace(root)
+            build_generative_workspace(root)
+            everything = (cases(root) + new_feature_cases(root) + audit_cases(root)
+                          + user_cases(root) + output_cases(root) + generative_cases(root))
         os.symlink(root, root / "link_to_root")
         table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         failures = []
-        everything = (output_cases(root) if only_outputs else cases(root)
-                      + new_feature_cases(root) + audit_cases(root) + user_cases(root)
-                      + output_cases(root))
         for case in everything:
             if args.only and not any(w in case.category for w in args.only.split(",")):
                 continue

@@ -76,7 +76,7 @@ import torch
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
 from ppl_cvae._json import finite_or_null
-from ppl_cvae.errors import DataError
+from ppl_cvae.errors import DataError, ShapeError
 
 with warnings.catch_warnings():
     # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning at import time
@@ -128,7 +128,7 @@ def _stat_array(
 ) -> np.ndarray:
     a = _np(value)
     if tuple(a.shape[: len(lead)]) != lead:
-        raise DataError(
+        raise ShapeError(
             f"{kind} {name!r} has shape {tuple(a.shape)}; expected leading axes {lead} "
             f"({'draws, observations' if len(lead) == 2 else 'observations'}), then any event "
             "axes"
@@ -239,11 +239,14 @@ def to_inference_data(
 
     Raises
     ------
-    DataError
+    ShapeError
         If the leading axes disagree, ``noise_sd`` / ``noise_cov`` do not match the shape of
         one ``y``, a derived quantity does not have the shape of ``x`` (or of ``x_true``),
-        ``log_likelihood`` is not ``(S, M, *y_shape)``, a statistic lacks its leading axes,
-        is not numeric, has the wrong number of ``stats_dims`` or a name given twice.
+        ``log_likelihood`` is not ``(S, M, *y_shape)``, or a statistic lacks its leading axes
+        or has another number of event axes than ``stats_dims`` names.
+    DataError
+        If a statistic is not numeric, or a statistic's name is given twice or taken by
+        another variable of the file.
 
     References
     ----------
@@ -269,7 +272,7 @@ def to_inference_data(
     lead2 = (int(num_samples), int(num_obs))
     if (z is not None and tuple(z.shape[:2]) != lead2) or y_obs.shape[0] != num_obs:
         z_shape = None if z is None else tuple(z.shape)
-        raise DataError(
+        raise ShapeError(
             f"draws disagree: x {tuple(x.shape)}, z {z_shape}, y_obs {tuple(y_obs.shape)}; "
             "expected x (S, M, ...), z (S, M, latent_dim), y_obs (M, ...)"
         )
@@ -282,12 +285,12 @@ def to_inference_data(
 
     y_event = tuple(y_obs.shape[1:])
     if noise_sd is not None and tuple(noise_sd.shape) != y_event:
-        raise DataError(f"noise_sd has shape {tuple(noise_sd.shape)}; expected one y, {y_event}")
+        raise ShapeError(f"noise_sd has shape {tuple(noise_sd.shape)}; expected one y, {y_event}")
     m = int(np.prod(y_event))
     if noise_cov is not None and tuple(noise_cov.shape) != (m, m):
-        raise DataError(f"noise_cov has shape {tuple(noise_cov.shape)}; expected ({m}, {m})")
+        raise ShapeError(f"noise_cov has shape {tuple(noise_cov.shape)}; expected ({m}, {m})")
     if log_likelihood is not None and tuple(log_likelihood.shape) != (*lead2, *y_event):
-        raise DataError(
+        raise ShapeError(
             f"log_likelihood has shape {tuple(log_likelihood.shape)}; expected one value per "
             f"draw and datum, {(*lead2, *y_event)}"
         )
@@ -295,14 +298,14 @@ def to_inference_data(
     derived_true = dict(derived_true or {})
     for name, value in derived.items():
         if tuple(value.shape) != tuple(x.shape):
-            raise DataError(
+            raise ShapeError(
                 f"derived quantity {name!r} has shape {tuple(value.shape)}; expected that of "
                 f"the draws of x, {tuple(x.shape)}"
             )
     for name, value in derived_true.items():
         if x_true is None or tuple(value.shape) != tuple(x_true.shape):
             expected = None if x_true is None else tuple(x_true.shape)
-            raise DataError(
+            raise ShapeError(
                 f"derived quantity {name!r} of x_true has shape {tuple(value.shape)}; expected "
                 f"that of x_true, {expected}"
             )
@@ -345,7 +348,7 @@ def to_inference_data(
         event = array.shape[3:]
         event_dims = tuple((stats_dims or {}).get(name, default_dims(name, event)))
         if len(event_dims) != len(event):
-            raise DataError(
+            raise ShapeError(
                 f"statistic {name!r} has {len(event)} event axes {tuple(event)} but "
                 f"stats_dims names {len(event_dims)}: {event_dims}"
             )
@@ -777,7 +780,8 @@ def with_chains(idata: az.InferenceData, num_chains: int) -> az.InferenceData:
     For draws that come from ``num_chains`` Markov chains stored one after the other along
     ``draw`` (chain ``c`` holds draws ``c D .. (c + 1) D - 1``, ``D = S / num_chains``): every
     variable with leading ``(chain=1, draw=S)`` becomes ``(chain=num_chains, draw=D)``, so
-    ``az.rhat`` and ``az.ess`` see the chains.
+    ``az.rhat`` and ``az.ess`` see the chains. The groups' and the file's root attributes
+    (e.g. ``not_finite``, ``problem``) are kept.
 
     Raises
     ------
@@ -809,4 +813,4 @@ def with_chains(idata: az.InferenceData, num_chains: int) -> az.InferenceData:
         coords["chain"] = np.arange(num_chains)
         coords["draw"] = np.arange(per)
         groups[group] = xr.Dataset(out, coords=coords, attrs=ds.attrs)
-    return az.InferenceData(**groups)  # type: ignore[arg-type]
+    return az.InferenceData(attrs=dict(idata.attrs), **groups)  # type: ignore[arg-type]

@@ -58,7 +58,14 @@ from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._json import dumps_strict, finite_or_null
-from ppl_cvae.checks import as_count, as_probability, as_real_tensor, check_finite
+from ppl_cvae.checks import (
+    as_count,
+    as_probability,
+    as_real_tensor,
+    as_seed,
+    check_finite,
+    derived_seed,
+)
 from ppl_cvae.errors import ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem
@@ -94,7 +101,8 @@ def evaluate_model(
     num_samples : int, default 200
         Draws per pair.
     seed : int, default 0
-        Seed of the draws; chunk ``k`` (observations ``k*chunk ...``) uses ``seed + k*chunk``.
+        Seed of the draws, in ``[0, 2**32 - 1]``; chunk ``k`` (observations ``k*chunk ...``)
+        uses ``derived_seed(seed, k*chunk)`` (``seed + k*chunk``, wrapped below ``2**32``).
     chunk : int, default 64
         Observations drawn at once (bounds memory at ``num_samples * chunk`` models).
     false_alarm : float in (0, 1), default 0.01
@@ -118,8 +126,8 @@ def evaluate_model(
     Raises
     ------
     ConfigError
-        If ``false_alarm`` is not in (0, 1), or ``num_samples``, ``chunk`` or ``seed`` is not
-        an int (at least 1, 1 and 0).
+        If ``false_alarm`` is not in (0, 1), ``num_samples`` or ``chunk`` is not an int >= 1,
+        or ``seed`` not an int in ``[0, 2**32 - 1]``.
     ShapeError
         If ``x`` and ``y`` disagree with the model or each other.
     DataError
@@ -135,11 +143,13 @@ def evaluate_model(
     cvae.check_inputs(y, x)  # event shapes of the model, one y per x
     num_samples = as_count(num_samples, "num_samples")
     chunk = as_count(chunk, "chunk")
-    seed = as_count(seed, "seed", minimum=0)
+    seed = as_seed(seed, optional=False)
     parts, probs = [], []
     likelihood = cvae.config.likelihood
     for start in range(0, y.shape[0], chunk):
-        draws = draw_posterior(cvae, y[start : start + chunk], num_samples, seed=seed + start)
+        draws = draw_posterior(
+            cvae, y[start : start + chunk], num_samples, seed=derived_seed(seed, start)
+        )
         parts.append(draws.x.cpu())
         if likelihood == "bernoulli" and draws.x_mean is not None:  # P(x = 1 | y), per cell
             probs.append(draws.x_mean.double().mean(0).cpu())
@@ -213,7 +223,8 @@ def evaluate_draws(
         accepted), or ``x``, ``y`` or ``x_reference`` holds NaN or inf. Non-finite draws are
         accepted: the metrics say so (``calibration.notes``; no SBC or TARP).
     ConfigError
-        If ``false_alarm`` is not a number in (0, 1), or ``seed`` not an int >= 0.
+        If ``false_alarm`` is not a number in (0, 1), or ``seed`` not an int in
+        ``[0, 2**32 - 1]``.
 
     Examples
     --------
@@ -249,7 +260,7 @@ def evaluate_draws(
             f"y must have shape (M, *y_shape) with M = {len(x)} (one observation per truth in "
             f"x), got {tuple(y.shape)}"
         )
-    seed = as_count(seed, "seed", minimum=0)
+    seed = as_seed(seed, optional=False)
     false_alarm = as_probability(false_alarm, "false_alarm")
     metrics = run_evaluation(
         x_draws,
@@ -358,9 +369,15 @@ def write_evaluation(
         bands) and ``tarp.png`` (expected coverage against credibility). The ranks are
         recomputed from ``x_draws`` with the seed recorded in the metrics, so they are the
         ones the metrics describe.
+
+    Raises
+    ------
+    ConfigError
+        If ``seed`` is not an int in ``[0, 2**32 - 1]`` (checked before anything is written).
     """
     from inference.plots import plot_coverage, plot_rank_ecdf, plot_tarp, plot_truth_vs_mean
 
+    seed = as_seed(seed, optional=False)
     out = Path(out_dir)
     document, _ = finite_or_null(metrics)
     not_finite = not_finite_metrics(metrics)

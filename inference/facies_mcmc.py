@@ -381,7 +381,8 @@ def facies_mcmc_sample(
         are accepted), ``y`` holds NaN or inf, or ``init`` holds a value that is not a facies
         code ``0 .. K-1``.
     ResourceError
-        If the kept steps (``num_samples`` per chain) would not fit in memory.
+        If the kept steps (``num_samples`` per chain) or the working state of the
+        ``num_chains x temperatures`` replicas would not fit in memory.
     NoLikelihoodError
         If the problem has no noise model.
 
@@ -454,7 +455,21 @@ def facies_mcmc_sample(
     check_memory(
         num_chains * num_samples * per_step,
         f"num_samples={num_samples} steps kept in each of {num_chains} chains",
-        "ask for fewer num_samples",
+        "ask for fewer draws or chains",
+    )
+    # per replica (chains x temperatures rows), 8 bytes a value: the codes, the class
+    # log-probabilities of the state and of two latent proposals (D K each), the neighbours'
+    # changes of the target, new codes and changes of log p(y | x) for the state and the
+    # proposed state (D (K - 1) each), z and the latent proposals
+    num_neighbours = math.prod(x_shape) * (num_facies - 1)
+    per_replica = 8 * (
+        math.prod(x_shape) * (1 + 3 * num_facies) + 6 * num_neighbours + 4 * cfg.latent_dim
+    )
+    check_memory(
+        num_chains * temperatures * per_replica,
+        f"temperatures={temperatures} tempered replicas of each of {num_chains} chains "
+        f"({math.prod(x_shape)} cells, {num_facies} facies)",
+        "ask for fewer temperatures or chains",
     )
     valid = (init == init.round()) & (init >= 0) & (init <= num_facies - 1)
     if not bool(valid.all()):
@@ -910,8 +925,8 @@ def sample_facies_mcmc(
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
     seed : int, optional
-        Seed of the amortized draws (``seed + m`` for observation ``m``) and of the chains
-        (0 when None).
+        Seed of the amortized draws (``derived_seed(seed, m)`` for observation ``m``) and of the
+        chains (0 when None), in ``[0, 2**32 - 1]``.
     attrs : mapping, optional
         Run attributes.
 
@@ -942,7 +957,8 @@ def sample_facies_mcmc(
     DataError
         If ``y`` holds NaN or inf, or is not an array of real numbers.
     ResourceError
-        If the kept steps of an observation would not fit in memory.
+        If the amortized draws that start the chains, the kept steps of an observation or the
+        working state of its tempered replicas would not fit in memory.
     NoLikelihoodError
         If the problem has no noise model.
 

@@ -31,8 +31,8 @@ import pyro.distributions as dist
 import torch
 
 from ppl_cvae._memory import check_memory
-from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_problem_matches
-from ppl_cvae.errors import ConfigError, PplCvaeError, exception_summary
+from ppl_cvae.checks import as_count, as_seed, check_problem_matches
+from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
@@ -195,15 +195,19 @@ def importance_sample(
         int in ``[0, 2**32 - 1]``, or the problem raises while the weights are computed (its
         exception is named).
     DataError
-        If ``y`` is not a tensor, array or list of real numbers, or holds NaN or inf.
+        If ``y`` is not a tensor, array or list of real numbers, holds NaN or inf or no
+        observation (a stack of zero rows), or the problem's ``log_prior`` or
+        ``log_likelihood`` is NaN or ``+inf`` at a proposal, or returns something that is not
+        a real tensor.
     ResourceError
         If the proposals would not fit in memory (estimated before any is drawn).
     NoPriorDensityError, NoLikelihoodError
         If the problem's prior has no density or it has no noise model
         (:mod:`ppl_cvae.errors`).
     ShapeError
-        If ``y`` is not ``(M, *y_shape)`` or ``y_shape``, or the problem's event shapes are
-        not the model's.
+        If ``y`` is not ``(M, *y_shape)`` or ``y_shape``, the problem's event shapes are not
+        the model's, or its ``log_prior`` or ``log_likelihood`` returns a tensor of a shape
+        other than one value per proposal.
 
     References
     ----------
@@ -231,8 +235,9 @@ def importance_sample(
         )
     problem = as_problem(problem)
     check_problem_matches(problem, cfg)
-    y = as_real_tensor(y, "y")
-    y = y.reshape(-1, *cfg.y_shape) if tuple(y.shape) == cfg.y_shape else y
+    from inference.posterior import as_observation_batch  # posterior imports this module
+
+    y, _ = as_observation_batch(y, cfg.y_shape)
     num_obs = cvae.check_inputs(y, None)
     cvae.check_finite(y=y)
     # kept: x, z and the log-weight of every proposal in float32, in chunks and concatenated
@@ -323,7 +328,7 @@ def _finite_or_minus_inf(problem: Problem, member: str, value: torch.Tensor) -> 
     bad = torch.isnan(value) | (value == math.inf)
     if bool(bad.any()):
         first = float(value[bad].flatten()[0])
-        raise ConfigError(
+        raise DataError(
             f"problem {problem.name!r} {member} is {first} at {int(bad.sum())} of "
             f"{value.numel()} importance proposals; a log density must be finite, or -inf "
             f"where the density is zero: check the problem's {member}"

@@ -53,7 +53,7 @@ from pyro.infer import NUTS
 
 from inference.mcmc import ChainVerdict, chains_summary, rhat_threshold, run_whitened_chain
 from ppl_cvae._memory import check_memory
-from ppl_cvae.checks import MAX_SEED, as_count, as_real_tensor, as_seed, check_finite
+from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_finite, derived_seed
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -255,12 +255,16 @@ def encode_latent(prior_vae: CVAE, x: torch.Tensor) -> torch.Tensor:
 
 
 def check_chain_seeds(seed: Any, num_chains: int) -> int:
-    """Return ``seed`` as an int such that every chain's ``seed + c`` is a valid seed.
+    """Return ``seed`` as an int, the seed of chains ``c = 0 .. num_chains - 1``.
+
+    Chain ``c`` uses ``derived_seed(seed, c)`` (:func:`~ppl_cvae.checks.derived_seed`:
+    ``seed + c`` wrapped below ``2**32``), so every seed :func:`~ppl_cvae.checks.as_seed`
+    accepts serves any number of chains (``2**32 - num_chains`` was the largest before).
 
     Parameters
     ----------
     seed : int or NumPy integer
-        The first chain's seed; chain ``c`` uses ``seed + c``.
+        The first chain's seed.
     num_chains : int
         Chains (at least 1).
 
@@ -271,20 +275,15 @@ def check_chain_seeds(seed: Any, num_chains: int) -> int:
     Raises
     ------
     ConfigError
-        If ``seed`` is not an int in ``[0, 2**32 - num_chains]``.
+        If ``seed`` is not an int in ``[0, 2**32 - 1]`` or ``num_chains`` not an int >= 1.
 
     Examples
     --------
-    >>> check_chain_seeds(np.int64(7), 4)
-    7
+    >>> check_chain_seeds(np.int64(7), 4), check_chain_seeds(2**32 - 1, 4)
+    (7, 4294967295)
     """
-    value = as_seed(seed)
-    if value is None or value + num_chains - 1 > MAX_SEED:
-        raise ConfigError(
-            f"seed must be an int in [0, 2**32 - num_chains] (chain c uses seed + c; "
-            f"num_chains={num_chains}), got {seed!r}"
-        )
-    return value
+    as_count(num_chains, "num_chains")
+    return as_seed(seed, optional=False)
 
 
 def check_one_observation(
@@ -384,7 +383,7 @@ def latent_nuts_sample(
         the latent one (chains start near its bulk); the starts are then less dispersed, so
         R-hat is a weaker check of multimodality than with "first".
     seed : int, default 0
-        Seed of Pyro's RNG (chain ``c`` uses ``seed + c``).
+        Seed of Pyro's RNG, in ``[0, 2**32 - 1]`` (chain ``c`` uses ``derived_seed(seed, c)``).
 
     Returns
     -------
@@ -394,8 +393,8 @@ def latent_nuts_sample(
     ------
     ConfigError
         If ``prior_vae`` is not a generative prior (:func:`check_generative_prior`), a count
-        is not an int in its range (a float, a bool, a string), ``seed + num_chains - 1`` is
-        not a seed (:func:`check_chain_seeds`), or ``start`` is unknown.
+        is not an int in its range (a float, a bool, a string), ``seed`` is not an int in
+        ``[0, 2**32 - 1]`` (:func:`check_chain_seeds`), or ``start`` is unknown.
     ShapeError
         If ``y`` does not have shape ``y_shape``, ``init`` not ``(N >= 1, *x_shape)``, or the
         VAE's ``x_shape`` is not the problem's.
@@ -446,7 +445,7 @@ def latent_nuts_sample(
     check_memory(
         min(num_chains, len(init)) * num_samples * per_draw,
         f"num_samples={num_samples} draws in each of {min(num_chains, len(init))} chains",
-        "ask for fewer num_samples",
+        "ask for fewer draws or chains",
     )
     prior_vae.eval()
     encoded = encode_latent(prior_vae, init.to(prior_vae.x_standardiser.mean.dtype)).double()
@@ -483,7 +482,7 @@ def latent_nuts_sample(
     for c in range(num_chains):
         kernel = NUTS(potential_fn=potential, max_tree_depth=max_tree_depth, target_accept_prob=0.8)
         draws, diverged, _ = run_whitened_chain(
-            kernel, start_z[c], mu, tril, num_samples, warmup_steps, seed + c
+            kernel, start_z[c], mu, tril, num_samples, warmup_steps, derived_seed(seed, c)
         )
         chains.append(draws)
         divergences += diverged
@@ -565,9 +564,9 @@ def generative_prior_posterior(
 
     What :func:`sample_latent_nuts` and :func:`~inference.facies_mcmc.sample_facies_mcmc`
     share: the checks, the draws per chain, the starts (``preconditioner_draws(latent_dim,
-    chains)`` amortized draws of ``cvae`` for observation ``m``, seed ``seed + m``, decoder
-    noise as :func:`~inference.posterior.draw_posterior`'s default: facies codes for a facies
-    decoder) and the file.
+    chains)`` amortized draws of ``cvae`` for observation ``m``, seed ``derived_seed(seed,
+    m)``, decoder noise as :func:`~inference.posterior.draw_posterior`'s default: facies codes
+    for a facies decoder) and the file.
 
     Parameters
     ----------
@@ -622,12 +621,15 @@ def generative_prior_posterior(
         If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
     DataError
         If ``y`` holds NaN or inf.
+    ResourceError
+        If the amortized draws that start the chains (their number grows with ``chains``) or
+        the sampler's draws would not fit in memory.
     NoLikelihoodError
         If the problem has no noise model.
     """
     from inference.arviz_io import with_chains
     from inference.mcmc import preconditioner_draws
-    from inference.posterior import as_observation_batch, draw_posterior
+    from inference.posterior import as_observation_batch, bytes_per_draw, draw_posterior
     from inference.sample import inference_data_from_draws, stack_chains
 
     problem = as_problem(problem)
@@ -652,16 +654,17 @@ def generative_prior_posterior(
     y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
     check_finite(y_batch, "y")
     num_start = preconditioner_draws(generative_prior.config.latent_dim, chains)
+    check_memory(  # before the starts are drawn: their number grows with the chains
+        num_start * bytes_per_draw(cvae, 1),
+        f"{num_start} amortized draws per observation to start {chains} chains",
+        "ask for fewer chains",
+    )
     base_seed = 0 if seed is None else seed
-    check_chain_seeds(base_seed, chains)
-    if base_seed + y_batch.shape[0] - 1 > MAX_SEED:  # observation m's starts: seed + m
-        raise ConfigError(
-            f"seed must be an int in [0, 2**32 - M] (observation m's starts use seed + m; "
-            f"M={y_batch.shape[0]}), got {seed}"
-        )
     results = []
     for m in range(y_batch.shape[0]):
-        start = draw_posterior(cvae, y_batch[m : m + 1], num_start, seed=base_seed + m).x[:, 0]
+        start = draw_posterior(
+            cvae, y_batch[m : m + 1], num_start, seed=derived_seed(base_seed, m)
+        ).x[:, 0]
         results.append(
             sampler(
                 generative_prior,
@@ -767,6 +770,9 @@ def sample_latent_nuts(
         If ``y`` does not have shape ``(M, *y_shape)``, or the two models' ``x_shape`` differ.
     DataError
         If ``y`` holds NaN or inf, or is not an array of real numbers.
+    ResourceError
+        If the amortized draws that start the chains or the chains' draws would not fit in
+        memory.
     NoLikelihoodError
         If the problem has no noise model.
     """

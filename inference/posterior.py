@@ -29,10 +29,11 @@ from ppl_cvae.checks import (
     check_problem_matches,
 )
 from ppl_cvae.device import module_device, resolve_device
-from ppl_cvae.errors import ConfigError, DataError, ShapeError, no_exit
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.densities import checked_forward
 from ppl_cvae.problems.metadata import derived_quantities
 
 __all__ = [
@@ -91,9 +92,10 @@ def as_observation_batch(
     Raises
     ------
     ShapeError
-        If ``y`` is neither ``y_shape`` nor ``(M, *y_shape)`` with ``M >= 1``.
+        If ``y`` is neither ``y_shape`` nor ``(M, *y_shape)``.
     DataError
-        If ``y`` is not a tensor, array or list of real numbers.
+        If ``y`` is not a tensor, array or list of real numbers, or is a stack of no
+        observations (``M = 0``: an array without values, as an empty observation file).
     """
     y = as_real_tensor(y, "y")
     y_shape = tuple(y_shape)
@@ -101,7 +103,7 @@ def as_observation_batch(
         return y.unsqueeze(0), False
     if y.dim() == len(y_shape) + 1 and tuple(y.shape[1:]) == y_shape:
         if y.shape[0] == 0:
-            raise ShapeError(
+            raise DataError(
                 f"observation stack has shape {tuple(y.shape)}: no observations; pass at "
                 f"least one, shape {y_shape} or (M >= 1, *{y_shape})"
             )
@@ -226,8 +228,9 @@ def draw_posterior(
         If ``y`` has the wrong shape, the problem's event shapes are not the model's, or
         its ``forward`` returns a shape other than ``(num_samples, M, *y_shape)``.
     DataError
-        If ``y`` is not a tensor, array or list of real numbers, holds NaN or inf, or the
-        draws are not finite (named as an observation far outside the training data, more
+        If ``y`` is not a tensor, array or list of real numbers, holds NaN or inf or no
+        observation, the problem's ``forward`` returns something that is not a torch tensor,
+        or the draws are not finite (named as an observation far outside the training data, more
         than :data:`FAR_FROM_TRAINING` training standard deviations away, where that is the
         reason).
     ResourceError
@@ -279,15 +282,7 @@ def draw_posterior(
     x = out["x"] if decoder_noise else out["x_mean"]
     y_rep = y_model = None
     if problem is not None:
-        with no_exit(f"problem {problem.name!r} forward"):
-            y_rep = y_model = problem.forward(x)
-        expected = (*x.shape[:2], *y_shape)
-        if not isinstance(y_model, torch.Tensor) or tuple(y_model.shape) != expected:
-            got = tuple(y_model.shape) if isinstance(y_model, torch.Tensor) else type(y_model)
-            raise ShapeError(
-                f"problem {problem.name!r} forward returned {got} for x of shape "
-                f"{tuple(x.shape)}; expected a tensor of shape {expected} (*batch, *y_shape)"
-            )
+        y_rep = y_model = checked_forward(problem, x)
         if not problem.noise.is_zero:
             y_rep = y_model + problem.noise.sample(tuple(x.shape[:2])).to(y_model)
     return PosteriorDraws(

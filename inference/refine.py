@@ -18,11 +18,11 @@ from typing import cast
 import torch
 
 from inference.posterior import PosteriorDraws, draw_posterior
-from ppl_cvae.errors import ConfigError, ShapeError, no_exit
+from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
-from ppl_cvae.problems.densities import whiten
+from ppl_cvae.problems.densities import checked_forward, whiten
 
 __all__ = [
     "RefineConfig",
@@ -103,7 +103,10 @@ def refine_by_misfit(
     ConfigError
         If ``num_steps < 1``.
     ShapeError
-        If ``y`` is not ``(M, *y_shape)`` matching the draws.
+        If ``y`` is not ``(M, *y_shape)`` matching the draws, or the problem's ``forward``
+        returns a tensor of another shape than ``(S, M, *y_shape)``.
+    DataError
+        If the problem's ``forward`` returns something that is not a torch tensor.
 
     Notes
     -----
@@ -136,10 +139,10 @@ def refine_by_misfit(
     theta = start.detach().requires_grad_(True)
     optim = torch.optim.Adam([theta], lr=learning_rate)
     num_frozen = 0
-    with torch.enable_grad(), no_exit(f"problem {problem.name!r} forward"):
+    with torch.enable_grad():
         for _ in range(num_steps):
             optim.zero_grad()
-            resid = misfit.whiten(problem.forward(to_x(theta)) - y)
+            resid = misfit.whiten(checked_forward(problem, to_x(theta)) - y)
             # a draw whose misfit is not finite adds nothing (its NaN would reach every draw)
             per_draw = 0.5 * resid.pow(2).reshape(*resid.shape[:2], -1).sum(-1)  # (S, M)
             per_draw.where(torch.isfinite(per_draw), 0.0).sum().backward()
@@ -157,10 +160,10 @@ def refine_by_misfit(
             "(refinement is partial: they keep their amortized values)",
             stacklevel=2,
         )
-    with torch.no_grad(), no_exit(f"problem {problem.name!r} forward"):
+    with torch.no_grad():
         x = to_x(theta)
         return PosteriorDraws(
-            x=x, z=draws.z, y_rep=problem.forward(x), decoder_noise=draws.decoder_noise
+            x=x, z=draws.z, y_rep=checked_forward(problem, x), decoder_noise=draws.decoder_noise
         )
 
 
@@ -183,8 +186,7 @@ def misfit_rms(x: torch.Tensor, y: torch.Tensor, problem: Problem) -> torch.Tens
         ``sqrt(mean_i ((F(x)_i - y_i) / sigma)^2)``; about 1 for a model that fits within the
         noise, 0 for an exact solution of a noise-free problem.
     """
-    with no_exit(f"problem {problem.name!r} forward"):
-        resid = whiten(problem, problem.forward(x) - y)
+    resid = whiten(problem, checked_forward(problem, x) - y)
     return resid.pow(2).flatten(start_dim=2).mean(-1).sqrt()
 
 
@@ -236,6 +238,9 @@ def refine_and_accept(
         If ``oversample < 1`` or ``max_misfit <= 0``, or the model has a facies decoder
         (``likelihood`` ``"bernoulli"`` or ``"categorical"``): gradient steps on ``x`` would
         leave the facies codes.
+    ShapeError, DataError
+        As :func:`~inference.posterior.draw_posterior` for ``y``, and as
+        :func:`refine_by_misfit` for what the problem's ``forward`` returns.
 
     Notes
     -----

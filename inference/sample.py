@@ -37,12 +37,11 @@ from ppl_cvae.errors import (
     NoPriorDensityError,
     OutputError,
     ShapeError,
-    no_exit,
 )
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import NUTS_PRECONDITIONERS, Problem
-from ppl_cvae.problems.densities import checked_log_prior, whiten
+from ppl_cvae.problems.densities import checked_forward, checked_log_prior, whiten
 from ppl_cvae.problems.metadata import (
     coord_attrs_of,
     data_units,
@@ -187,7 +186,11 @@ def inference_data_from_draws(
     warn_not_finite : bool, default True
         Warn (once) when a kept variable holds NaN or infinite values; the file's
         ``not_finite`` attribute records them either way. False for a caller that collects
-        the counts itself (the chunks of :func:`sample_posterior_to_netcdf`).
+        the counts itself (the chunks of :func:`sample_posterior_to_netcdf`). Statistics in
+        ``observation_stats`` that are not finite (an R-hat of ``inf`` for chains that never
+        moved, the NaN acceptance rate of moves that were not made) are recorded in
+        ``not_finite`` too, counted as stored (repeated along the draws), without a warning:
+        the sampler's summary line reports them.
 
     Returns
     -------
@@ -199,12 +202,17 @@ def inference_data_from_draws(
     Raises
     ------
     ShapeError
-        If ``y``, ``x_true``, ``y_model`` or ``y_rep`` do not match the draws.
+        If ``y``, ``x_true``, ``y_model`` or ``y_rep`` do not match the draws, or the
+        problem's ``forward`` or ``derived`` returns a tensor of another shape
+        (:func:`~ppl_cvae.problems.densities.checked_forward`,
+        :func:`~ppl_cvae.problems.metadata.derived_quantities`).
     ConfigError
-        If the problem's ``derived`` returns something malformed
-        (:func:`ppl_cvae.problems.base.derived_quantities`).
+        If the problem's ``derived`` returns a malformed mapping (a name that is not an
+        identifier or is taken).
     DataError
-        As :func:`inference.arviz_io.to_inference_data` (malformed statistics).
+        If the draws hold NaN or inf, the problem's ``forward`` or ``derived`` returns
+        something that is not a torch tensor, or as :func:`inference.arviz_io.to_inference_data`
+        (statistics that are not numbers).
 
     Notes
     -----
@@ -286,8 +294,7 @@ def inference_data_from_draws(
         if problem is not None:
             noise = problem.noise
             if y_model is None:
-                with no_exit(f"problem {problem.name!r} forward"):
-                    y_model = problem.forward(x)
+                y_model = checked_forward(problem, x)
             if y_rep is None:
                 y_rep = y_model + noise.sample((num_samples, num_obs), generator).to(y_model)
             resid = y_model.to(torch.float64) - y.to(torch.float64)  # (S, M, *y_shape)
@@ -339,10 +346,17 @@ def inference_data_from_draws(
             **{f"sample_stats.{name}": value for name, value in stats.items()},
         }
     )
+    if not_finite and warn_not_finite:
+        _warn_not_finite(not_finite)
+    # a sampler's own statistics (R-hat inf for chains that never moved, the NaN acceptance
+    # rate of moves not made): listed, as stored (repeated along the draws), not warned about
+    # (the sampler's summary line reports them)
+    for name, (bad, total) in _count_not_finite(
+        {f"sample_stats.{name}": value for name, value in (observation_stats or {}).items()}
+    ).items():
+        not_finite[name] = [bad * num_samples, total * num_samples]
     if not_finite:  # the file says it too: {variable: [not finite, total]}
         info["not_finite"] = not_finite
-        if warn_not_finite:
-            _warn_not_finite(not_finite)
     return to_inference_data(
         x,
         z,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 import reprlib
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ import torch
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 
 __all__ = [
+    "MAX_COUNT",
     "MAX_SEED",
     "as_count",
     "as_probability",
@@ -31,12 +32,18 @@ __all__ = [
     "as_sample_shape",
     "as_seed",
     "check_finite",
+    "derived_seed",
     "check_problem_matches",
     "shape_mismatch",
 ]
 
 MAX_SEED = 2**32 - 1
 """Largest seed accepted (NumPy's, and so Pyro's ``set_rng_seed``, upper bound)."""
+
+MAX_COUNT = 2**63 - 1
+"""Largest count accepted (:func:`as_count`, the command line's counts): torch's int64 and the
+64-bit integer attributes of a posterior file hold no more. A larger count (``10**30`` warm-up
+steps or facies moves) could never be carried out, only waited for."""
 
 
 def _is_integer(value: Any) -> bool:
@@ -51,7 +58,7 @@ def _is_integer(value: Any) -> bool:
 
 
 def as_count(value: Any, name: str, minimum: int = 1) -> int:
-    """Return ``value`` as a Python int of at least ``minimum``.
+    """Return ``value`` as a Python int of at least ``minimum`` and at most :data:`MAX_COUNT`.
 
     Parameters
     ----------
@@ -69,8 +76,8 @@ def as_count(value: Any, name: str, minimum: int = 1) -> int:
     Raises
     ------
     ConfigError
-        If ``value`` is not an integer (a float, a bool, a string, a tuple) or is below
-        ``minimum``.
+        If ``value`` is not an integer (a float, a bool, a string, a tuple), is below
+        ``minimum`` or above :data:`MAX_COUNT` (``2**63 - 1``).
 
     Examples
     --------
@@ -93,6 +100,11 @@ def as_count(value: Any, name: str, minimum: int = 1) -> int:
     count = int(value)
     if count < minimum:
         raise ConfigError(f"{name} must be an int >= {minimum}, got {count}")
+    if count > MAX_COUNT:
+        raise ConfigError(
+            f"{name} must be an int in [{minimum}, 2**63 - 1] (a 64-bit count), got "
+            f"{reprlib.repr(count)}"
+        )
     return count
 
 
@@ -123,30 +135,90 @@ def as_sample_shape(value: Any, name: str = "sample_shape") -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def as_seed(value: Any, name: str = "seed") -> int | None:
-    """Return a seed as a Python int in ``[0, 2**32 - 1]`` (None stays None).
+@overload
+def as_seed(value: Any, name: str = ..., *, optional: Literal[True] = ...) -> int | None: ...
 
-    The range is NumPy's, which Pyro's ``set_rng_seed`` also seeds, and that of
-    :class:`~ppl_cvae.config.TrainConfig`'s ``seed``.
+
+@overload
+def as_seed(value: Any, name: str = ..., *, optional: Literal[False]) -> int: ...
+
+
+def as_seed(value: Any, name: str = "seed", *, optional: bool = True) -> int | None:
+    """Return a seed as a Python int in ``[0, 2**32 - 1]`` (None stays None where optional).
+
+    The one check of every seed the package takes: the command line's ``--seed``,
+    :class:`~ppl_cvae.config.TrainConfig`, the samplers, the calibration diagnostics and the
+    simulation streams, so that a seed accepted by one is accepted by all, refused with the
+    same message. The range is NumPy's, which Pyro's ``set_rng_seed`` also seeds. Streams
+    derived from one seed (chain ``c``, observation ``m``) take :func:`derived_seed`, which
+    stays in the range for every valid seed.
+
+    Parameters
+    ----------
+    value : int, NumPy integer, 0-d integer tensor or None
+        The seed.
+    name : str, default "seed"
+        The argument, for the message.
+    optional : bool, default True
+        Whether None (unseeded) is accepted.
+
+    Returns
+    -------
+    int or None
 
     Raises
     ------
     ConfigError
-        If ``value`` is not an integer or is outside ``[0, 2**32 - 1]``.
+        If ``value`` is not an integer (None where not ``optional``) or is outside
+        ``[0, 2**32 - 1]``.
 
     Examples
     --------
     >>> as_seed(np.int64(7)), as_seed(None)
     (7, None)
+    >>> try:
+    ...     as_seed(2**32)
+    ... except ConfigError as err:
+    ...     print(err)
+    seed must be an int in [0, 2**32 - 1], got 4294967296 (int)
     """
-    if value is None:
+    if value is None and optional:
         return None
     if not _is_integer(value) or not 0 <= int(value) <= MAX_SEED:
         raise ConfigError(
-            f"{name} must be an int in [0, 2**32 - 1] or None, got {reprlib.repr(value)} "
+            f"{name} must be an int in [0, 2**32 - 1], got {reprlib.repr(value)} "
             f"({type(value).__name__})"
         )
     return int(value)
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """Return the seed of stream ``offset`` of a run seeded ``seed``: ``(seed + offset) mod 2**32``.
+
+    Chain ``c`` of a sampler takes ``derived_seed(seed, c)``, observation ``m``
+    ``derived_seed(seed, m)``: ``seed + offset`` itself for every seed up to
+    ``2**32 - 1 - offset`` (the draws of earlier versions), wrapped into the seed range
+    above, so that every seed :func:`as_seed` accepts works with any number of chains or
+    observations (a sampler used to refuse ``2**32 - 1`` with two chains).
+
+    Parameters
+    ----------
+    seed : int
+        A valid seed (:func:`as_seed`).
+    offset : int
+        The stream's index, ``>= 0``.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**32 - 1]``.
+
+    Examples
+    --------
+    >>> derived_seed(7, 3), derived_seed(2**32 - 1, 1)
+    (10, 0)
+    """
+    return (int(seed) + int(offset)) % (MAX_SEED + 1)
 
 
 def as_real_tensor(

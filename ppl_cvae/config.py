@@ -22,6 +22,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal, TypedDict, TypeVar, cast
 
 from ppl_cvae._memory import check_memory
+from ppl_cvae.checks import as_seed
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import ACTIVATIONS
 from ppl_cvae.nets.decoder import DECODER_LIKELIHOODS, Likelihood
@@ -660,6 +661,8 @@ class TrainConfig(_DictMixin):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # every seed of the package has one check and message (a NumPy integer becomes an int)
+        object.__setattr__(self, "seed", as_seed(self.seed, optional=False))
         for f in fields(self):
             value = getattr(self, f.name)
             kind = {"bool": bool, "float": float}.get(str(f.type), int)
@@ -674,7 +677,6 @@ class TrainConfig(_DictMixin):
             ):
                 raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         checks = [
-            ("seed", 0 <= self.seed <= 2**32 - 1),
             ("num_epochs", self.num_epochs >= 1),
             ("batch_size", self.batch_size >= 1),
             ("learning_rate", 0 < self.learning_rate <= 1e3),

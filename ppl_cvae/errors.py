@@ -3,6 +3,22 @@
 Every error the package raises on purpose derives from :class:`PplCvaeError` and from the
 builtin exception it refines, so ``except ValueError`` keeps working for callers that do not
 know this package. The CLI catches :class:`PplCvaeError` and prints its message as one line.
+
+One rule decides between the three classes of bad input, whatever the entry point (a Python
+function, a CLI command, a file reader) and wherever the array came from (an argument, a
+file, or a problem's own code: ``sample_prior``, ``forward``, a density, a simulator):
+
+- :class:`ShapeError`: an array has values but the wrong shape: an event shape other than the
+  model's or problem's ``x_shape``/``y_shape``, the wrong number of axes, a size it must share
+  with another array (``x`` and ``y`` rows, the truths and the observations, the draws and
+  the observations), or fewer rows than the method needs (a training set of one pair).
+- :class:`DataError`: the values or what holds them: NaN or inf, a dtype that is not real
+  numbers, something that is not an array or tensor at all (a string, a NumPy array where a
+  torch tensor must be returned), an array without values (a stack of zero observations, a
+  zero-size axis), a missing key or variable, a file that cannot be read.
+- :class:`ConfigError`: a setting (a count, an option, a name, a flag, a seed), settings
+  that contradict each other, or a problem's code that fails (raises, calls ``sys.exit``);
+  never the shape or the values of an array.
 """
 
 from __future__ import annotations
@@ -32,15 +48,28 @@ class PplCvaeError(Exception):
 
 
 class ConfigError(PplCvaeError, ValueError):
-    """A configuration value is outside its valid range or inconsistent with another."""
+    """A configuration value is outside its valid range or inconsistent with another.
+
+    Settings (counts, options, names, seeds) and failing problem code; a bad array is a
+    :class:`ShapeError` or a :class:`DataError` (module docstring).
+    """
 
 
 class ShapeError(PplCvaeError, ValueError):
-    """A tensor or array has a shape other than the one the model or problem expects."""
+    """A tensor or array has a shape other than the one the model or problem expects.
+
+    Also two arrays whose sizes must agree and do not, and too few rows for the method; for
+    arrays passed in, read from a file or returned by a problem's code alike (module
+    docstring).
+    """
 
 
 class DataError(PplCvaeError, ValueError):
-    """A data file or array is missing a key, holds NaN/inf, or cannot be read."""
+    """A data file or array is missing a key, holds NaN/inf, or cannot be read.
+
+    Also an array of no values (zero observations, a zero-size axis), a dtype that is not
+    real numbers, and a value that is not an array or tensor at all (module docstring).
+    """
 
 
 class CheckpointError(PplCvaeError, ValueError):

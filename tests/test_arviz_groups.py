@@ -324,25 +324,30 @@ def test_sample_stats_hook_stores_per_draw_and_per_observation_statistics():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"sample_stats": {"log_weight": torch.zeros(5, 2)}}, r"leading axes \(6, 2\)"),
-        ({"observation_stats": {"khat": torch.zeros(3)}}, r"leading axes \(2,\)"),
-        ({"sample_stats": {"x": torch.zeros(6, 2)}}, "named like the file's other variables"),
+    "kwargs, error, match",
+    [  # a wrong shape is a ShapeError, a wrong name or value a DataError (ppl_cvae.errors)
+        ({"sample_stats": {"log_weight": torch.zeros(5, 2)}}, ShapeError,
+         r"leading axes \(6, 2\)"),
+        ({"observation_stats": {"khat": torch.zeros(3)}}, ShapeError, r"leading axes \(2,\)"),
+        ({"sample_stats": {"x": torch.zeros(6, 2)}}, DataError,
+         "named like the file's other variables"),
         (
             {"sample_stats": {"k": torch.zeros(6, 2)}, "observation_stats": {"k": torch.zeros(2)}},
+            DataError,
             "both per draw and per observation",
         ),
         (
             {"sample_stats": {"k": torch.zeros(6, 2, 3)}, "stats_dims": {"k": ["a", "b"]}},
+            ShapeError,
             "1 event axes",
         ),
-        ({"sample_stats": {"k": np.full((6, 2), "a")}}, "expected numbers"),
-        ({"log_likelihood": torch.zeros(6, 2, 3)}, r"expected one value per draw and datum"),
+        ({"sample_stats": {"k": np.full((6, 2), "a")}}, DataError, "expected numbers"),
+        ({"log_likelihood": torch.zeros(6, 2, 3)}, ShapeError,
+         r"expected one value per draw and datum"),
     ],
 )
-def test_malformed_statistics_are_refused(kwargs, match):
-    with pytest.raises(DataError, match=match):
+def test_malformed_statistics_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
         to_inference_data(torch.zeros(6, 2, 2), torch.zeros(6, 2, 1), torch.zeros(2, 4), **kwargs)
 
 

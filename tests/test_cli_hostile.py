@@ -18,7 +18,7 @@ import torch
 from ppl_cvae import ConfigError, DataError, make_problem
 from ppl_cvae.cli import main
 from ppl_cvae.data.streaming import SimulationStream
-from ppl_cvae.errors import ResourceError
+from ppl_cvae.errors import ResourceError, ShapeError
 from ppl_cvae.problems.checked_simulator import CheckedSimulator, check_simulated
 from ppl_cvae.train.resume import lock_run_folder
 from ppl_cvae.train.sources import StreamBatches, max_stream_workers
@@ -28,35 +28,44 @@ TINY = ["--epochs", "1", "--num-train", "128", "--batch-size", "64", "--hidden-d
 
 
 def _fails(argv, capsys, match):
-    """Run the CLI; assert exit 2 and one error line containing ``match``."""
+    """Run the CLI; assert exit 2 and one error line containing ``match``.
+
+    Exit 2 either returned by ``main`` or raised as ``SystemExit(2)`` by the argument parser.
+    """
     threads = torch.get_num_threads()
     capsys.readouterr()
     try:
-        assert main([str(a) for a in argv]) == 2
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
     finally:
         torch.set_num_threads(threads)
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0] and match in err[0], err
 
 
 # ----------------------------------------------------------------- a user's simulator
-@pytest.mark.parametrize("out, match", [
-    (torch.zeros(4, 3), "returned a Tensor; expected a pair (x, y)"),
-    ((torch.zeros(4, 2),), "a tuple of length 1"),
-    ((np.zeros((4, 2)), torch.zeros(4, 1)), "x as a numpy.ndarray; expected a torch.Tensor"),
-    ((torch.zeros(4, 2), torch.zeros(3, 1)), "y of shape (3, 1); expected (4, 1)"),
-    ((torch.zeros(4, 3), torch.zeros(4, 1)), "x of shape (4, 3); expected (4, 2)"),
-    ((torch.zeros(4, 2, dtype=torch.complex64), torch.zeros(4, 1)), "complex"),
-    ((torch.zeros(4, 2, device="meta"), torch.zeros(4, 1)), "x as a tensor on the meta device"),
-    ((torch.zeros(4, 2), torch.zeros(4, 1).to_sparse()),
+@pytest.mark.parametrize("out, error, match", [
+    (torch.zeros(4, 3), DataError, "returned a Tensor; expected a pair (x, y)"),
+    ((torch.zeros(4, 2),), DataError, "a tuple of length 1"),
+    ((np.zeros((4, 2)), torch.zeros(4, 1)), DataError,
+     "x as a numpy.ndarray; expected a torch.Tensor"),
+    ((torch.zeros(4, 2), torch.zeros(3, 1)), ShapeError, "y of shape (3, 1); expected (4, 1)"),
+    ((torch.zeros(4, 3), torch.zeros(4, 1)), ShapeError, "x of shape (4, 3); expected (4, 2)"),
+    ((torch.zeros(4, 2, dtype=torch.complex64), torch.zeros(4, 1)), DataError, "complex"),
+    ((torch.zeros(4, 2, device="meta"), torch.zeros(4, 1)), DataError,
+     "x as a tensor on the meta device"),
+    ((torch.zeros(4, 2), torch.zeros(4, 1).to_sparse()), DataError,
      "y as a tensor of layout torch.sparse_coo"),
     ((torch.zeros(4, 2), torch.tensor([[0.0], [float("nan")], [1.0], [float("inf")]])),
-     "2 NaN or inf values in y (in 2 of 4 pairs"),
-    ((torch.full((4, 2), 1e300, dtype=torch.float64), torch.zeros(4, 1)),
+     DataError, "2 NaN or inf values in y (in 2 of 4 pairs"),
+    ((torch.full((4, 2), 1e300, dtype=torch.float64), torch.zeros(4, 1)), DataError,
      "8 NaN or inf values in x (in 4 of 4 pairs, after casting to float32)"),
 ])
-def test_bad_simulator_outputs_are_named(out, match):
-    with pytest.raises(DataError) as info:
+def test_bad_simulator_outputs_are_named(out, error, match):
+    """A wrong shape is a ShapeError, anything else a DataError (the rule of ppl_cvae.errors)."""
+    with pytest.raises(error) as info:
         check_simulated(out, 4, (2,), (1,), "problem 'mine' simulate(4, generator)")
     assert match in str(info.value) and "problem 'mine'" in str(info.value)
 
@@ -431,3 +440,172 @@ def test_a_state_recorded_with_more_workers_than_here_resumes_with_the_cap(
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "fitted with 1 simulation workers; this machine runs at most 0" in warned
     assert (run / "model.pt").is_file()
+
+
+# ----------------------------------------------------------------- generative-prior samplers
+GEN_FACIES = """
+import torch
+from ppl_cvae.problems.base import Problem
+
+
+class Facies(Problem):
+    # cells of facies 0/1 (one run of ones), three block averages of them, Gaussian noise
+    name = "g_facies"
+    x_shape, y_shape = (6,), (3,)
+    x_dims, y_dims, coords = ("cell",), ("datum",), {}
+    noise_std = misfit_std = 0.1
+
+    def sample_prior(self, num, generator=None):
+        n = self.x_shape[0]
+        start = torch.randint(0, n, (num, 1), generator=generator)
+        length = torch.randint(1, n // 2 + 1, (num, 1), generator=generator)
+        cells = torch.arange(n)
+        return ((cells >= start) & (cells < start + length)).float()
+
+    def forward(self, x):
+        n = x.shape[-1]
+        a = (torch.arange(n) * 3 // n == torch.arange(3)[:, None]).to(x.dtype)
+        return x @ (a / a.sum(-1, keepdim=True)).T
+
+
+class NoiseFree(Facies):
+    name = "g_noisefree"
+    noise_std = 0.0
+    misfit_std = 1.0
+
+
+class Five(Facies):
+    name = "g_five"
+    x_shape = (5,)
+
+
+def facies(): return Facies()
+def noisefree(): return NoiseFree()
+def five(): return Five()
+"""
+
+
+@pytest.fixture(scope="module")
+def generative(tmp_path_factory):
+    """A facies CVAE, its Bernoulli, Gaussian and 5-cell generative priors, observations.
+
+    The sweep's ``generative`` category (benchmarks/hostile_inputs.py) on a user's 6-cell facies
+    problem; four one-epoch fits of 8 hidden units, about a second each.
+    """
+    root = tmp_path_factory.mktemp("generative")
+    (root / "hostile_gen_facies.py").write_text(GEN_FACIES)
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root))
+        facies = ["--problem", "hostile_gen_facies:facies"]
+        bern = ["--likelihood", "bernoulli"]
+        try:
+            for name, flags in (("run", [*facies, *bern]),
+                                ("prior", [*facies, *bern, "--unconditional"]),
+                                ("prior_gauss", [*facies, "--unconditional"]),
+                                ("prior_five", ["--problem", "hostile_gen_facies:five", *bern,
+                                                "--unconditional"])):
+                assert main(["fit", *flags, "--out", str(root / name), *TINY]) == 0
+            assert main(["simulate", *facies, "--num", "2", "--out", str(root / "obs.npz"),
+                         "--threads", "1"]) == 0
+        finally:
+            torch.set_num_threads(threads)
+        y = np.load(root / "obs.npz")["y"]
+        np.save(root / "obs_nan.npy", np.where([[False, True, False]], np.nan, y))
+        yield root
+
+
+def _generative_sample(root, method, *flags, prior="prior", observation="obs.npz"):
+    return ["sample", root / "run", "--observation", root / observation, "--num-samples", 8,
+            "--chains", 2, "--warmup", 4, "--method", method, "--generative-prior",
+            root / prior, "--out", root / "post.nc", "--threads", 1, *flags]
+
+
+@pytest.mark.parametrize("method", ["facies-mcmc", "latent-nuts"])
+@pytest.mark.parametrize("change, match", [
+    ({"prior": "nope"}, "does not exist"),
+    ({"prior": "run"}, "must be an unconditional VAE (y_shape None), got a conditional model"),
+    ({"prior": "prior_five"}, "has x (6,), y (3,); the model has x (5,), y None"),
+    ({"observation": "obs_nan.npy"}, "contains 2 NaN or inf values"),
+    ({"flags": ["--problem", "hostile_gen_facies:noisefree"]}, "'g_noisefree' is noise-free"),
+    ({"flags": ["--warmup", str(10**30)]}, "--warmup: expected a whole number in [0, 2**63 - 1]"),
+    ({"flags": ["--chains", str(10**9), "--num-samples", str(4 * 10**9)]},
+     "1000000000 amortized draws per observation to start 1000000000 chains would need"),
+])
+def test_generative_prior_samplers_refuse_with_one_line(generative, capsys, method, change,
+                                                        match):
+    """Each refusal is one line naming the cause, before anything is written."""
+    flags = change.get("flags", [])
+    argv = _generative_sample(generative, method, *flags, prior=change.get("prior", "prior"),
+                              observation=change.get("observation", "obs.npz"))
+    _fails(argv, capsys, match)
+    assert not (generative / "post.nc").exists()
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--facies-moves", str(10**30)], "--facies-moves: expected a whole number in [0, 2**63 - 1]"),
+    (["--temperatures", "1.5"], "--temperatures: expected a whole number >= 1, got '1.5'"),
+    (["--temperatures", str(10**9)], "temperatures=1000000000 tempered replicas of each of 2 "
+                                     "chains (6 cells, 2 facies) would need about"),
+])
+def test_facies_mcmc_flags_are_refused(generative, capsys, flags, match):
+    _fails(_generative_sample(generative, "facies-mcmc", *flags), capsys, match)
+
+
+def test_facies_mcmc_with_a_gaussian_prior_is_refused(generative, capsys):
+    _fails(_generative_sample(generative, "facies-mcmc", prior="prior_gauss"), capsys,
+           "needs a generative prior with a bernoulli or categorical decoder, got likelihood "
+           "'gaussian'")
+
+
+def test_facies_mcmc_without_moves_or_tempering_lists_its_nan_statistics(generative, capsys):
+    """--facies-moves 0 --temperatures 1: no facies moves and no swaps were made, so their
+    acceptance rates are NaN by definition; the file lists every non-finite variable in its
+    ``not_finite`` attribute, counted as stored (2 chains x 4 draws x 2 observations = 16)."""
+    import json
+
+    import arviz as az
+
+    out = generative / "post.nc"
+    threads = torch.get_num_threads()
+    try:
+        assert main([str(a) for a in _generative_sample(
+            generative, "facies-mcmc", "--facies-moves", 0, "--temperatures", 1)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    idata = az.from_netcdf(out)
+    out.unlink()
+    listed = json.loads(idata.attrs["not_finite"])  # kept at the root by with_chains
+    stats = idata.sample_stats
+    assert np.isnan(stats["accept_x"].values).all() and np.isnan(stats["swap_accept"].values).all()
+    assert listed["sample_stats.accept_x"] == listed["sample_stats.swap_accept"] == [16, 16]
+    assert np.isfinite(stats["accept_z"].values).all()  # latent moves were made
+    for group in idata.groups():
+        for name, var in idata[group].data_vars.items():
+            if var.dtype.kind == "f":
+                bad = int((~np.isfinite(var.values)).sum())
+                assert (bad == 0) == (f"{group}.{name}" not in listed), (group, name)
+    assert idata.attrs["method"] == "facies-mcmc" and idata.attrs["temperatures"] == 1
+
+
+def test_counts_beyond_64_bits_are_refused():
+    from ppl_cvae.checks import MAX_COUNT, as_count
+
+    assert as_count(MAX_COUNT, "n") == 2**63 - 1
+    with pytest.raises(ConfigError, match=r"flips_per_step must be an int in \[0, 2\*\*63 - 1\]"):
+        as_count(2**63, "flips_per_step", minimum=0)
+
+
+def test_facies_mcmc_replicas_beyond_memory_are_refused_before_any_step():
+    """10**12 replicas of 2 chains x 6 cells: about 8 bytes x 86 values each, 1.3 PiB."""
+    from inference.facies_mcmc import facies_mcmc_sample
+    from ppl_cvae import ModelConfig
+    from ppl_cvae.models.cvae import CVAE
+    from ppl_cvae.problems import LinearGaussian
+
+    vae = CVAE(ModelConfig(x_shape=(2,), y_shape=None, latent_dim=1, hidden_dims=(4,),
+                           likelihood="bernoulli", prior="standard_normal"))
+    with pytest.raises(ResourceError, match="temperatures=1000000000000 tempered replicas of "
+                                            "each of 2 chains"):
+        facies_mcmc_sample(vae, LinearGaussian(), torch.zeros(2), torch.zeros(3, 2),
+                           num_samples=4, warmup_steps=0, num_chains=2, temperatures=10**12)

@@ -108,12 +108,16 @@ def test_stream_batches_track_the_position_through_workers(problem):
         assert torch.equal(x, xr)
 
 
-@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"rank": 2, "world_size": 2},
-                                 {"seed": -1}, {"position": 1.5}])
-def test_bad_settings_are_refused(problem, bad):
+@pytest.mark.parametrize("bad, match", [
+    ({"batch_size": 0}, "SimulationStream"),
+    ({"rank": 2, "world_size": 2}, "SimulationStream"),
+    ({"seed": -1}, r"^seed must be an int in \[0, 2\*\*32 - 1\], got -1"),  # as every seed
+    ({"position": 1.5}, "SimulationStream"),
+])
+def test_bad_settings_are_refused(problem, bad, match):
     kwargs = {"batch_size": 4, **bad}
     batch_size = kwargs.pop("batch_size")
-    with pytest.raises(ConfigError, match="SimulationStream"):
+    with pytest.raises(ConfigError, match=match):
         SimulationStream(problem.simulate, batch_size, **kwargs)
 
 

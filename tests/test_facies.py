@@ -16,7 +16,7 @@ from inference.posterior import draw_posterior
 from inference.refine import refine_and_accept
 from inference.sample import sample_posterior, sample_posterior_to_netcdf
 from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
-from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems import Crosshole, LinearGaussian
 from ppl_cvae.problems.base import check_problem, derived_quantities
 
@@ -227,21 +227,21 @@ class _Derived(LinearGaussian):
 
 
 @pytest.mark.parametrize(
-    ("result", "match"),
-    [
-        (lambda x: [x], "must return a mapping"),
-        (lambda x: {"x": x}, "taken"),
-        (lambda x: {"parameter": x}, "taken"),
-        (lambda x: {"rho_true": x}, "taken"),
-        (lambda x: {"bad name": x}, "identifier"),
-        (lambda x: {"rho": x[..., :1]}, r"shape of x, \(5, 2\); got \(5, 1\)"),
-        (lambda x: {"rho": 3.0}, "got float"),
+    ("result", "error", "match"),
+    [  # names are settings (ConfigError); a wrong shape or a non-tensor is the array's fault
+        (lambda x: [x], ConfigError, "must return a mapping"),
+        (lambda x: {"x": x}, ConfigError, "taken"),
+        (lambda x: {"parameter": x}, ConfigError, "taken"),
+        (lambda x: {"rho_true": x}, ConfigError, "taken"),
+        (lambda x: {"bad name": x}, ConfigError, "identifier"),
+        (lambda x: {"rho": x[..., :1]}, ShapeError, r"shape of x, \(5, 2\); got \(5, 1\)"),
+        (lambda x: {"rho": 3.0}, DataError, "got float"),
     ],
 )
-def test_malformed_derived_quantities_are_named(result: Any, match: str) -> None:
+def test_malformed_derived_quantities_are_named(result: Any, error: type, match: str) -> None:
     problem = _Derived(x_dim=2)
     problem.result = result
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(error, match=match):
         derived_quantities(problem, torch.zeros(5, 2))
     problem.result = lambda x: {"rho": 10**x}
     assert list(derived_quantities(problem, torch.zeros(5, 2))) == ["rho"]

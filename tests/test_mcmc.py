@@ -11,7 +11,7 @@ import torch
 
 from inference.exact import exact_posterior
 from inference.mcmc import NUTS_TAIL_EFFICIENCY, nuts_sample
-from ppl_cvae.errors import ConfigError, NoLikelihoodError
+from ppl_cvae.errors import ConfigError, NoLikelihoodError, ShapeError
 from ppl_cvae.problems import Problem, make_problem
 from ppl_cvae.problems.linear_gaussian import LinearGaussian
 
@@ -51,7 +51,7 @@ def test_nuts_needs_a_likelihood_and_valid_settings():
     problem = LinearGaussian(x_dim=2, y_dim=2)
     with pytest.raises(ConfigError, match="precondition"):
         nuts_sample(problem, torch.zeros(2), torch.zeros(3, 2), precondition="dense")
-    with pytest.raises(ConfigError, match="init must have shape"):
+    with pytest.raises(ShapeError, match="init must have shape"):  # as latent NUTS, facies MCMC
         nuts_sample(problem, torch.zeros(2), torch.zeros(3, 5))
 
 

@@ -13,7 +13,7 @@ import torch
 from ppl_cvae import Overrides, resolve_settings
 from ppl_cvae.cli import main
 from ppl_cvae.config import ModelConfig, ModelOverrides, TrainConfig, TrainOverrides
-from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems import LinearGaussian, TwoBirds, make_problem
 from ppl_cvae.train import DataSource
 from ppl_cvae.train.defaults import data_settings, image_settings
@@ -110,7 +110,7 @@ def test_image_datasets_and_unconditional_prior():
 
 def test_resolver_errors_name_the_cause():
     problem = LinearGaussian(x_dim=2, y_dim=2)
-    with pytest.raises(DataError, match=r"event shape \(3,\).*expects \(2,\)"):
+    with pytest.raises(ShapeError, match=r"event shape \(3,\).*expects \(2,\)"):
         resolve_settings(DataSource((3,), (2,), 100), problem=problem)
     with pytest.raises(ConfigError, match="needs a problem with a basis"):
         resolve_settings(DataSource((3,), (2,), 100), decoder="basis")

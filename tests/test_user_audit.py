@@ -20,7 +20,7 @@ from inference.mcmc import nuts_sample
 from ppl_cvae import ModelConfig, build_cvae
 from ppl_cvae.data.io import load_pairs, save_pairs
 from ppl_cvae.data.standardise import Standardiser
-from ppl_cvae.errors import ConfigError, DataError, no_exit
+from ppl_cvae.errors import ConfigError, DataError, ShapeError, no_exit
 from ppl_cvae.problems.base import Problem, checked_log_likelihood, checked_log_prior
 from ppl_cvae.problems.checked_simulator import CheckedSimulator, guarded_global_rngs
 
@@ -98,10 +98,10 @@ def test_checked_densities_accept_the_batch_shape_and_refuse_broadcasting_values
     good = Doubling()
     assert torch.equal(checked_log_likelihood(good, x, y), good.log_likelihood(x, y))
     assert torch.equal(checked_log_prior(good, x), good.log_prior(x))
-    with pytest.raises(ConfigError, match=r"log_likelihood returned shape \(1,\); expected "
+    with pytest.raises(ShapeError, match=r"log_likelihood returned shape \(1,\); expected "
                                           r"\(5, 3\)"):
         checked_log_likelihood(SummedLikelihood(), x, y)
-    with pytest.raises(ConfigError, match=r"log_prior returned a builtins.float; expected a "
+    with pytest.raises(DataError, match=r"log_prior returned a builtins.float; expected a "
                                           r"torch.Tensor of shape \(5, 3\)"):
         checked_log_prior(FloatPrior(), x)
     with pytest.raises(ConfigError, match=r"log_likelihood called sys.exit\(0\)"):
@@ -112,7 +112,7 @@ def test_importance_refuses_a_summed_likelihood_instead_of_equal_weights():
     # before the audit a (1,) log-likelihood broadcast over the proposals: every weight equal
     problem = SummedLikelihood()
     cvae = _cvae(problem)
-    with pytest.raises(ConfigError, match=r"returned shape \(1,\)"):
+    with pytest.raises(ShapeError, match=r"returned shape \(1,\)"):
         importance_sample(cvae, problem, torch.zeros(1, 2), 50, seed=0)
     result = importance_sample(cvae, Doubling(), torch.zeros(1, 2), 50, seed=0)
     assert result.log_weight.shape == (50, 1)  # negative control: the correct problem runs
@@ -122,7 +122,7 @@ def test_importance_refuses_a_summed_likelihood_instead_of_equal_weights():
                                              (NaNPrior(), "log_prior")])
 def test_a_nan_density_is_named_under_importance_and_nuts(problem, member):
     cvae = _cvae(problem)
-    with pytest.raises(ConfigError, match=rf"problem 'doubling' {member} is nan at 50 of 50 "
+    with pytest.raises(DataError, match=rf"problem 'doubling' {member} is nan at 50 of 50 "
                                           "importance proposals"):
         importance_sample(cvae, problem, torch.zeros(1, 2), 50, seed=0)
     with pytest.raises(DataError, match=rf"check the problem's {member}$"):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ppl_cvae import ModelConfig, TrainConfig, build_cvae, fit
-from ppl_cvae.errors import CheckpointError, ConfigError, UnknownProblemError
+from ppl_cvae.errors import CheckpointError, ConfigError, ShapeError, UnknownProblemError
 from ppl_cvae.problems.base import (
     REGISTRY,
     check_problem,
@@ -183,10 +183,11 @@ def test_unserialisable_problem_without_ref_stores_none_and_says_how(user_module
     assert meta["problem"] is None and meta["problem_spec"] is None
     assert "stores no problem" in meta["problem_error"]
     assert "--problem package.module:factory" in meta["problem_error"]
-    # the caller's problem overrides; it must fit the model
+    # the caller's problem overrides; it must fit the model (a ShapeError, as from
+    # check_problem_matches: the file is sound, the argument is not)
     _, meta = load_checkpoint(tmp_path, problem=problem)
     assert meta["problem"] is problem and meta["problem_error"] is None
-    with pytest.raises(CheckpointError, match=r"has x \(3,\), y \(3,\); the model has x \(2,\)"):
+    with pytest.raises(ShapeError, match=r"has x \(3,\), y \(3,\); the model has x \(2,\)"):
         load_checkpoint(tmp_path, problem=make_problem(f"{user_module}:ScaledProblem", dim=3))
 
 

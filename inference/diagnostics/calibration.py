@@ -112,8 +112,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ppl_cvae.checks import as_probability
-from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.checks import as_probability, as_seed
+from ppl_cvae.errors import DataError, ShapeError
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.densities import whiten
 
@@ -197,12 +197,6 @@ def _check_pair(x_draws: torch.Tensor, x_true: torch.Tensor) -> tuple[int, int, 
     return num_draws, num_obs, math.prod(x_true.shape[1:])
 
 
-def _seed_of(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    return seed
-
-
 def _counts(values: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Count draws below and equal to the truth: ``values`` (S, M, k), ``truth`` (M, k)."""
     num_draws, num_obs, k = values.shape
@@ -261,7 +255,7 @@ def sbc_ranks(
     DataError
         If the draws, the truths or a statistic hold NaN or infinite values.
     ConfigError
-        If ``seed`` is not a non-negative integer.
+        If ``seed`` is not an int in ``[0, 2**32 - 1]`` (:func:`~ppl_cvae.checks.as_seed`).
 
     Notes
     -----
@@ -275,7 +269,8 @@ def sbc_ranks(
     array([[3]])
     """
     num_draws, num_obs, dim = _check_pair(x_draws, x_true)
-    rng = np.random.default_rng(_seed_of(seed))
+    seed = as_seed(seed, optional=False)
+    rng = np.random.default_rng(seed)
     with torch.no_grad():
         less, equal = _counts(
             x_draws.detach().cpu().reshape(num_draws, num_obs, dim),
@@ -698,7 +693,7 @@ def tarp_values(
     ((300,), True)
     """
     num_draws, num_obs, dim = _check_pair(x_draws, x_true)
-    rng = np.random.default_rng(_seed_of(seed))
+    rng = np.random.default_rng(as_seed(seed, optional=False))
     x_shape = tuple(x_true.shape[1:])
     for name, value in (("loc", loc), ("scale", scale)):
         if value is not None and tuple(value.shape) != x_shape:
@@ -823,6 +818,7 @@ def run_tarp(
     >>> check_tarp(run_tarp(draws, truth))
     []
     """
+    seed = as_seed(seed, optional=False)  # recorded in the summary as a plain int
     u = tarp_values(x_draws, x_true, seed=seed, loc=loc, scale=scale)
     _warn_few(u.shape[0], "TARP")
     return _tarp_summary(u, int(x_draws.shape[0]), seed)
@@ -946,6 +942,7 @@ def run_calibration(
     ([], [], [])
     """
     alpha = _check_false_alarm(false_alarm)
+    seed = as_seed(seed, optional=False)  # also when the draws end the run early
     out: dict[str, Any] = {"false_alarm": alpha, "notes": []}
     num_obs = int(x_true.shape[0]) if x_true.dim() > 0 else 0
     if not (bool(torch.isfinite(x_draws).all()) and bool(torch.isfinite(x_true).all())):

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ppl_cvae.errors import DataError
+from ppl_cvae.errors import DataError, ShapeError
 
 if TYPE_CHECKING:
     from arviz import InferenceData
@@ -104,11 +104,15 @@ def _noise_covariance(idata: InferenceData, y_dims: list[str], m: int) -> np.nda
     if "y_noise_cov" in const.data_vars:
         cov = np.asarray(const["y_noise_cov"].values, dtype=np.float64)
         if cov.shape != (m, m):
-            raise DataError(f"constant_data.y_noise_cov has shape {cov.shape}; expected ({m}, {m})")
+            raise ShapeError(
+                f"constant_data.y_noise_cov has shape {cov.shape}; expected ({m}, {m})"
+            )
         return cov
     if "y_noise_sd" in const.data_vars:
         sd = const["y_noise_sd"].transpose(*y_dims).values.reshape(-1).astype(np.float64)
-        if sd.size != m or not bool(np.all(sd > 0)):
+        if sd.size != m:
+            raise ShapeError(f"constant_data.y_noise_sd holds {sd.size} values; expected {m}")
+        if not bool(np.all(sd > 0)):
             raise DataError(
                 f"constant_data.y_noise_sd must hold {m} values > 0, got {sd.size} values "
                 f"with minimum {float(sd.min()) if sd.size else float('nan')}"
@@ -158,9 +162,11 @@ def run_ppc(idata: InferenceData) -> pd.DataFrame:
 
     Raises
     ------
+    ShapeError
+        If the stored noise does not match the shape of the data.
     DataError
-        If the stored noise does not match the data (shape, non-positive standard deviation,
-        covariance not positive definite), or ``observed_data.y`` has no ``observation`` dim.
+        If the stored noise is not valid (a non-positive standard deviation, a covariance
+        that is not positive definite), or ``observed_data.y`` has no ``observation`` dim.
 
     References
     ----------

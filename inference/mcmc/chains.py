@@ -33,6 +33,7 @@ from inference.mcmc.potential import (
     _log_target_v,
     _trace_energy,
 )
+from ppl_cvae.checks import as_seed
 from ppl_cvae.problems.base import Problem
 
 __all__ = ["run_whitened_chain"]
@@ -130,8 +131,13 @@ def run_whitened_chain(
         Divergent transitions after warm-up.
     mcmc : pyro.infer.MCMC
         The run (for ``az.from_pyro`` and the kernel's statistics).
+
+    Raises
+    ------
+    ConfigError
+        If ``seed`` is not an int in ``[0, 2**32 - 1]`` (:func:`~ppl_cvae.checks.as_seed`).
     """
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(as_seed(seed, optional=False))
     v0 = torch.linalg.solve_triangular(tril, (start - mu).unsqueeze(-1), upper=False)
     mcmc = MCMC(
         kernel,

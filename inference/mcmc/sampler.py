@@ -24,7 +24,7 @@ from inference.mcmc.potential import (
     _potential_dtype,
 )
 from inference.mcmc.preconditioner import PRECONDITIONERS, Preconditioner, _preconditioner
-from ppl_cvae.checks import MAX_SEED, as_count, as_real_tensor
+from ppl_cvae.checks import as_real_tensor, as_seed, derived_seed
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, ShapeError, exception_summary
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
@@ -133,8 +133,8 @@ def nuts_sample(
     max_tree_depth : int, default 8
         NUTS's tree depth limit (at most ``2^depth - 1`` leapfrog steps per draw).
     seed : int, default 0
-        Seed of Pyro's RNG (chain ``c`` uses ``seed + c``, whichever process runs it), in
-        ``[0, 2**32 - num_chains]``.
+        Seed of Pyro's RNG, in ``[0, 2**32 - 1]`` (chain ``c`` uses ``derived_seed(seed, c)``,
+        ``seed + c`` wrapped below ``2**32``, whichever process runs it).
     adapt_mass_matrix : bool, default True
         Whether NUTS's warm-up also adapts a diagonal mass matrix (in the preconditioned
         coordinates ``v``), on top of the step size. With a good preconditioner the diagonal
@@ -166,12 +166,13 @@ def nuts_sample(
     Raises
     ------
     ConfigError
-        If ``precondition`` is unknown, ``init`` has the wrong shape, a count is out of
-        range (``num_samples`` below :data:`MIN_DRAWS_PER_CHAIN`), or ``precondition`` is
-        ``"prior"`` or ``"prior-amortized"`` and the problem's prior is not Gaussian in the
-        sampled coordinates, or ``seed`` is not an int in ``[0, 2**32 - num_chains]``.
+        If ``precondition`` is unknown, a count is out of range (``num_samples`` below
+        :data:`MIN_DRAWS_PER_CHAIN`), ``precondition`` is ``"prior"`` or
+        ``"prior-amortized"`` and the problem's prior is not Gaussian in the sampled
+        coordinates, or ``seed`` is not an int in ``[0, 2**32 - 1]``.
     ShapeError
-        If ``y`` does not have shape ``problem.y_shape``.
+        If ``y`` does not have shape ``problem.y_shape`` or ``init`` not ``(N >= 1,
+        *x_shape)``.
     DataError
         If ``y`` or ``init`` is not a tensor, array or list of real numbers, ``y`` holds NaN
         or inf, or the log posterior density is not finite at a chain's start.
@@ -212,11 +213,7 @@ def nuts_sample(
     if max_tree_depth < 1:
         raise ConfigError(f"max_tree_depth must be >= 1, got {max_tree_depth}")
     dtype = _potential_dtype(potential_dtype)
-    seed = as_count(seed, "seed", minimum=0)
-    if seed + num_chains - 1 > MAX_SEED:  # chain c is seeded with seed + c
-        raise ConfigError(
-            f"seed must be an int in [0, 2**32 - num_chains] (chain c uses seed + c), got {seed}"
-        )
+    seed = as_seed(seed, optional=False)
     problem = as_problem(problem)
     x_shape = tuple(problem.x_shape)
     y = as_real_tensor(y, "y", dtype=torch.float64)
@@ -229,7 +226,10 @@ def nuts_sample(
         raise DataError(f"y contains {int((~torch.isfinite(y)).sum())} NaN or inf values")
     init = as_real_tensor(init, "init", dtype=None)
     if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
-        raise ConfigError(f"init must have shape (N >= 1, *{x_shape}), got {tuple(init.shape)}")
+        raise ShapeError(
+            f"init must have shape (N >= 1, *{x_shape}): models that start the chains, got "
+            f"{tuple(init.shape)}"
+        )
     par = problem.parameterisation()
     if precondition in ("prior", "prior-amortized") and problem.gaussian_prior() is None:
         raise ConfigError(
@@ -295,7 +295,7 @@ def nuts_sample(
             prior_whitened=precondition == "prior",
             num_samples=num_samples,
             warmup_steps=warmup_steps,
-            seed=seed + c,
+            seed=derived_seed(seed, c),
             max_tree_depth=max_tree_depth,
             adapt_mass_matrix=adapt_mass_matrix,
             jit_compile=jit_compile,

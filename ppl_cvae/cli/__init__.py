@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ppl_cvae.checks import MAX_SEED as SEED_MAX
 from ppl_cvae.cli.common import PATH_ARGS, _check_utf8_paths
 from ppl_cvae.cli.evaluate import cmd_diagnose, cmd_evaluate, cmd_score
 from ppl_cvae.cli.fit import (
@@ -40,7 +41,7 @@ from ppl_cvae.cli.fit import (
     TRAIN_FLAGS,
     cmd_fit,
 )
-from ppl_cvae.cli.parser import SEED_MAX, build_parser
+from ppl_cvae.cli.parser import build_parser
 from ppl_cvae.cli.sample import (
     DEFAULT_CHAINS,
     DEFAULT_POTENTIAL_DTYPE,

@@ -21,7 +21,7 @@ from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae._memory import check_memory
 from ppl_cvae.cli.common import _check_new_file, _check_out_dir, _load_run
 from ppl_cvae.device import resolve_device
-from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 
 log = logging.getLogger("ppl_cvae")
 
@@ -52,7 +52,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     problem = meta["problem"]
     x, y = load_pairs(args.data)
     if tuple(x.shape[1:]) != config.x_shape or tuple(y.shape[1:]) != config.y_shape:
-        raise DataError(
+        raise ShapeError(
             f"{args.data!r} holds x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])}; the model "
             f"has x {config.x_shape}, y {config.y_shape}"
         )
@@ -155,7 +155,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     x = torch.as_tensor(idata["posterior"]["x"].values[0])  # (S, M, 1, 50, 2)
     y = torch.as_tensor(idata["observed_data"]["y"].values)  # (M, 1, 50, 2)
     if tuple(x.shape[2:]) != (1, 50, 2) or tuple(y.shape) != (x.shape[1], 1, 50, 2):
-        raise DataError(
+        raise ShapeError(
             f"{args.posterior!r} does not hold Two Birds models and data "
             f"(x {tuple(x.shape)}, y {tuple(y.shape)})"
         )

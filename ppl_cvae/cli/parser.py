@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import reprlib
 from typing import Any, NoReturn
 
-from ppl_cvae.checks import MAX_SEED as SEED_MAX
+from ppl_cvae.checks import MAX_COUNT, as_seed
 from ppl_cvae.cli import evaluate, fit, sample, simulate
 from ppl_cvae.cli.fit import DEFAULT_BUFFER_CHUNKS, DEFAULT_CHUNK_MB
 from ppl_cvae.cli.sample import (
@@ -32,22 +33,32 @@ from ppl_cvae.config import (
     Y_EMBEDDINGS,
 )
 from ppl_cvae.device import DEVICE_CHOICES
+from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.flows import FLOW_LAYER_TYPES
 
 
 def _seed(text: str) -> int:
-    """Argument type of ``--seed``: an integer in [0, 2**32 - 1] (numpy's seed range)."""
+    """Argument type of ``--seed``: an integer in [0, 2**32 - 1] (numpy's seed range).
+
+    Checked by :func:`~ppl_cvae.checks.as_seed`, as every seed of the Python API, so the
+    command line accepts and refuses the same seeds with the same message.
+    """
     try:
-        value = int(text)
+        value: Any = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"a seed must be in [0, {SEED_MAX}], got {value}")
-    return value
+        value = text  # refused below, named as the text that arrived
+    try:
+        return as_seed(value, optional=False)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _count(minimum: int) -> Any:
-    """Argument type: an integer >= ``minimum`` (refuses ``1e8``-style floats with a reason)."""
+    """Argument type: an integer in [``minimum``, 2**63 - 1] (refuses ``1e8``-style floats).
+
+    The upper bound is :data:`~ppl_cvae.checks.MAX_COUNT`, what a 64-bit count holds: a
+    larger value (``--warmup 10**30``) could only hang.
+    """
 
     def parse(text: str) -> int:
         try:
@@ -58,6 +69,11 @@ def _count(minimum: int) -> Any:
             ) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        if value > MAX_COUNT:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number in [{minimum}, 2**63 - 1] (a 64-bit count), got "
+                f"{reprlib.repr(value)}"
+            )
         return value
 
     return parse

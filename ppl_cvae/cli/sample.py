@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from ppl_cvae.cli.common import _check_new_file, _load_run
 from ppl_cvae.device import resolve_device
-from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.errors import ConfigError, ShapeError
 
 log = logging.getLogger("ppl_cvae")
 
@@ -168,7 +168,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         problem = _need_problem(meta, f"--method {method}")
     y, _, x_true = load_observations(args.observation, cvae.config.y_shape)
     if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
-        raise DataError(
+        raise ShapeError(
             f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "
             f"generates {cvae.config.x_shape}"
         )

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ppl_cvae.checks import as_seed
 from ppl_cvae.errors import ConfigError, PplCvaeError
 
 __all__ = ["SimulationStream", "StreamFailure", "batch_seed"]
@@ -92,7 +93,7 @@ def batch_seed(seed: int, global_index: int) -> int:
     Parameters
     ----------
     seed : int
-        Seed of the run, ``>= 0``.
+        Seed of the run, in ``[0, 2**32 - 1]``.
     global_index : int
         ``stream_index * world_size + rank``, ``>= 0``.
 
@@ -104,7 +105,8 @@ def batch_seed(seed: int, global_index: int) -> int:
     Raises
     ------
     ConfigError
-        If ``seed`` or ``global_index`` is negative.
+        If ``seed`` is not an int in ``[0, 2**32 - 1]`` (:func:`~ppl_cvae.checks.as_seed`) or
+        ``global_index`` is negative.
 
     References
     ----------
@@ -117,10 +119,9 @@ def batch_seed(seed: int, global_index: int) -> int:
     >>> len({batch_seed(0, g) for g in range(1000)})
     1000
     """
-    if seed < 0 or global_index < 0:
-        raise ConfigError(
-            f"batch_seed expects seed >= 0 and global_index >= 0, got {seed} and {global_index}"
-        )
+    seed = as_seed(seed, optional=False)
+    if isinstance(global_index, bool) or not isinstance(global_index, int) or global_index < 0:
+        raise ConfigError(f"batch_seed expects global_index >= 0, got {global_index!r}")
     offset = int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
     return _fmix32(offset + global_index)
 
@@ -187,9 +188,9 @@ class SimulationStream(IterableDataset[StreamItem]):
         position: int = 0,
     ) -> None:
         super().__init__()
+        seed = as_seed(seed, optional=False)  # every seed of the package: one check, one message
         checks = [
             ("batch_size", batch_size, batch_size >= 1, ">= 1"),
-            ("seed", seed, 0 <= seed <= _MASK32, "in [0, 2**32 - 1]"),
             ("world_size", world_size, world_size >= 1, ">= 1"),
             ("rank", rank, 0 <= rank < world_size, f"in [0, {world_size})"),
             ("position", position, position >= 0, ">= 0"),

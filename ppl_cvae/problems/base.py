@@ -100,11 +100,20 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 def _event_checked(
     value: Any, expected: tuple[int, ...], source: str, layout: str
 ) -> torch.Tensor:
-    """Return ``value`` if it is a tensor of shape ``expected``; else raise :class:`DataError`."""
-    if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
-        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+    """Return ``value`` if it is a tensor of shape ``expected``.
+
+    Raises :class:`DataError` for a value that is not a torch tensor, :class:`ShapeError` for
+    a tensor of another shape (the rule of :mod:`ppl_cvae.errors`).
+    """
+    if not isinstance(value, torch.Tensor):
         raise DataError(
-            f"{source} returned {got}; expected a torch tensor of shape {expected} {layout}"
+            f"{source} returned {type(value).__name__}; expected a torch tensor of shape "
+            f"{expected} {layout}"
+        )
+    if tuple(value.shape) != expected:
+        raise ShapeError(
+            f"{source} returned {tuple(value.shape)}; expected a torch tensor of shape "
+            f"{expected} {layout}"
         )
     return value
 
@@ -242,10 +251,12 @@ class Problem(abc.ABC):
 
         Raises
         ------
+        ShapeError
+            If ``sample_prior`` returns a tensor of a shape other than ``(num, *x_shape)``, or
+            ``forward`` one of a shape other than ``(num, *y_shape)`` (a broadcast with the
+            noise would hide a wrong shape).
         DataError
-            If ``sample_prior`` returns anything but a tensor of shape ``(num, *x_shape)``, or
-            ``forward`` anything but a tensor of shape ``(num, *y_shape)`` (a broadcast with
-            the noise would hide a wrong shape).
+            If ``sample_prior`` or ``forward`` returns something that is not a torch tensor.
         """
         x = _event_checked(
             self.sample_prior(num, generator), (num, *self.x_shape),
@@ -479,7 +490,10 @@ class Problem(abc.ABC):
         Raises
         ------
         ShapeError
-            If ``x`` or ``y`` does not end in its event shape.
+            If ``x`` or ``y`` does not end in its event shape, or ``forward`` returns a tensor
+            of a shape other than ``(*batch_x, *y_shape)``.
+        DataError
+            If ``forward`` returns something that is not a torch tensor.
         NoLikelihoodError
             If the problem is noise-free (``noise_std = 0`` and no ``noise_cov``): ``y = F(x)``
             has no density.
@@ -509,7 +523,10 @@ class Problem(abc.ABC):
         Raises
         ------
         ShapeError
-            If ``x`` or ``y`` does not end in its event shape.
+            If ``x`` or ``y`` does not end in its event shape, or ``forward`` returns a tensor
+            of another shape.
+        DataError
+            If ``forward`` returns something that is not a torch tensor.
         NoLikelihoodError
             If the problem is noise-free, or its noise covariance has off-diagonal terms (the
             likelihood then has no per-datum factorisation; see
@@ -536,7 +553,12 @@ class Problem(abc.ABC):
                     f"{name} must have shape (*batch, {', '.join(map(str, shape))}), got "
                     f"{tuple(value.shape)}"
                 )
-        return y.to(torch.float64) - self.forward(x).to(torch.float64)
+        batch = tuple(x.shape[: x.dim() - len(self.x_shape)])
+        data = _event_checked(
+            self.forward(x), (*batch, *self.y_shape), f"problem {self.name!r} forward",
+            f"(*batch, *y_shape) for x of shape {tuple(x.shape)}",
+        )
+        return y.to(torch.float64) - data.to(torch.float64)
 
 
 NUTS_PRECONDITIONERS: tuple[str, ...] = ("amortized", "prior", "prior-amortized")

@@ -5,8 +5,9 @@ standardisers (and the pairs in memory), every epoch with ``--resimulate``, ever
 with ``--stream`` (in DataLoader worker processes with ``--workers``). A user's problem may
 return anything there: NumPy arrays, float64 or integer tensors, too few rows, the wrong event
 shape, NaN or inf, or raise. :class:`CheckedSimulator` turns each of these into one
-:class:`~ppl_cvae.errors.DataError` (or :class:`~ppl_cvae.errors.ConfigError` for an
-exception raised by the simulator) that names the problem, the call and what was expected,
+:class:`~ppl_cvae.errors.DataError` (a :class:`~ppl_cvae.errors.ShapeError` for too few rows
+or the wrong event shape, a :class:`~ppl_cvae.errors.ConfigError` for an exception raised by
+the simulator) that names the problem, the call and what was expected,
 instead of a traceback from deep inside the SVI step or a "training diverged" that blames
 the learning rate. Real dtypes other than float32, integers and booleans are cast to float32,
 as for data files (:mod:`ppl_cvae.data.io`).
@@ -23,7 +24,14 @@ from typing import Any
 
 import torch
 
-from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary, no_exit
+from ppl_cvae.errors import (
+    ConfigError,
+    DataError,
+    PplCvaeError,
+    ShapeError,
+    exception_summary,
+    no_exit,
+)
 
 __all__ = ["CheckedSimulator", "check_simulated", "guarded_global_rngs"]
 
@@ -97,8 +105,10 @@ def check_simulated(
     ------
     DataError
         If ``out`` is not a pair, an element is not a tensor, is complex, sparse or on the
-        meta device, has the wrong shape, or holds NaN or inf (after the cast to float32).
-        A tensor on another device (a GPU) is moved to the CPU.
+        meta device, or holds NaN or inf (after the cast to float32). A tensor on another
+        device (a GPU) is moved to the CPU.
+    ShapeError
+        If an element's shape is not ``(num, *event_shape)``.
 
     Examples
     --------
@@ -137,7 +147,7 @@ def check_simulated(
             )
         expected = (num, *shape)
         if tuple(value.shape) != expected:
-            raise DataError(
+            raise ShapeError(
                 f"{source} returned {name} of shape {tuple(value.shape)}; expected {expected} "
                 f"({num} pairs of event shape {tuple(shape)})"
             )
@@ -211,8 +221,9 @@ class CheckedSimulator:
             If the simulator raises (its exception type and message are named) or calls
             ``sys.exit``.
         DataError
-            If what it returns is not ``num`` finite pairs of the event shapes
-            (:func:`check_simulated`).
+            If what it returns is not pairs of finite real tensors (:func:`check_simulated`).
+        ShapeError
+            If they are not ``num`` pairs of the event shapes (:func:`check_simulated`).
         """
         call = f"{self.source} simulate({num}, generator)"
         try:

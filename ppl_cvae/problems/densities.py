@@ -1,7 +1,9 @@
 """A problem's densities, checked, and its noise: ``log p(x)``, ``log p(y | x)``, ``C_e``.
 
-:func:`checked_log_prior` and :func:`checked_log_likelihood` call the problem's densities and
-check what a user's problem returned (shape, dtype, ``sys.exit``); :func:`noise_covariance`,
+:func:`checked_forward`, :func:`checked_log_prior` and :func:`checked_log_likelihood` call the
+problem's forward operator and densities and check what a user's problem returned (type,
+shape, dtype, ``sys.exit``; a wrong shape is a :class:`~ppl_cvae.errors.ShapeError`, a value
+that is not a real tensor a :class:`~ppl_cvae.errors.DataError`); :func:`noise_covariance`,
 :func:`noise_scale`, :func:`sample_noise` and :func:`whiten` read its noise model
 (:attr:`~ppl_cvae.problems.base.Problem.noise`, a
 :class:`~ppl_cvae.problems.noise.GaussianNoise`).
@@ -11,11 +13,19 @@ from __future__ import annotations
 
 import torch
 
-from ppl_cvae.errors import ConfigError, ShapeError, no_exit
+from ppl_cvae.errors import (
+    ConfigError,
+    DataError,
+    PplCvaeError,
+    ShapeError,
+    exception_summary,
+    no_exit,
+)
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
 
 __all__ = [
+    "checked_forward",
     "checked_log_likelihood",
     "checked_log_prior",
     "noise_covariance",
@@ -100,18 +110,76 @@ def _checked_density(
 ) -> torch.Tensor:
     what = f"problem {problem.name!r} {member}"
     if not isinstance(value, torch.Tensor):
-        raise ConfigError(
+        raise DataError(
             f"{what} returned a {type(value).__module__}.{type(value).__name__}; expected a "
             f"torch.Tensor of shape {expected}: one log density (nats) per model of the batch"
         )
     if tuple(value.shape) != expected:
-        raise ConfigError(
+        raise ShapeError(
             f"{what} returned shape {tuple(value.shape)}; expected {expected}: one log "
             "density (nats) per model of the batch, summed over the event axes only (a "
             "value that broadcasts would give every model the same weight)"
         )
     if value.is_complex() or not value.is_floating_point():
-        raise ConfigError(f"{what} returned dtype {value.dtype}; expected a real float dtype")
+        raise DataError(f"{what} returned dtype {value.dtype}; expected a real float dtype")
+    return value
+
+
+def checked_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
+    """Return ``problem.forward(x)`` after checking what the problem returned.
+
+    Parameters
+    ----------
+    problem : Problem
+    x : Tensor, shape (*batch, *x_shape)
+        Models, in the units of ``x``.
+
+    Returns
+    -------
+    Tensor, shape (*batch, *y_shape)
+        The noise-free data ``F(x)``, in the units of ``y``, the dtype the problem returned.
+
+    Raises
+    ------
+    ShapeError
+        If ``x`` does not end in ``x_shape``, or ``forward`` returns a tensor of a shape
+        other than ``(*batch, *y_shape)``.
+    DataError
+        If ``forward`` returns something that is not a torch tensor (e.g. a NumPy array).
+    ConfigError
+        If ``forward`` raises (its exception type and first line are named; an allocation
+        failure and the package's own errors pass unchanged) or calls ``sys.exit``.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> tuple(checked_forward(LinearGaussian(), torch.zeros(5, 3, 2)).shape)
+    (5, 3, 2)
+    """
+    batch = _event_batch(x, tuple(problem.x_shape), "x")
+    what = f"problem {problem.name!r} forward"
+    try:
+        with no_exit(what):
+            value = problem.forward(x)
+    except (PplCvaeError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a user's forward operator may raise anything
+        if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
+            raise  # the command line names an allocation failure as such
+        raise ConfigError(
+            f"{what} raised {exception_summary(err)} for x of shape {tuple(x.shape)}"
+        ) from err
+    expected = (*batch, *problem.y_shape)
+    if not isinstance(value, torch.Tensor):
+        raise DataError(
+            f"{what} returned a {type(value).__module__}.{type(value).__name__} for x of shape "
+            f"{tuple(x.shape)}; expected a tensor of shape {expected} (*batch, *y_shape)"
+        )
+    if tuple(value.shape) != expected:
+        raise ShapeError(
+            f"{what} returned {tuple(value.shape)} for x of shape {tuple(x.shape)}; expected a "
+            f"tensor of shape {expected} (*batch, *y_shape)"
+        )
     return value
 
 
@@ -136,10 +204,12 @@ def checked_log_prior(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     Raises
     ------
     ShapeError
-        If ``x`` does not end in ``x_shape``.
+        If ``x`` does not end in ``x_shape``, or the problem returns a tensor of a shape other
+        than ``batch``.
+    DataError
+        If the problem returns something that is not a real floating tensor.
     ConfigError
-        If the problem returns anything but a real floating tensor of shape ``batch``, or
-        calls ``sys.exit``.
+        If the problem calls ``sys.exit``.
     NoPriorDensityError
         From the problem, if its prior has no density.
 
@@ -175,10 +245,12 @@ def checked_log_likelihood(problem: Problem, x: torch.Tensor, y: torch.Tensor) -
     Raises
     ------
     ShapeError
-        If ``x`` or ``y`` does not end in its event shape or the batches do not broadcast.
+        If ``x`` or ``y`` does not end in its event shape, the batches do not broadcast, or
+        the problem returns a tensor of a shape other than ``batch``.
+    DataError
+        If the problem returns something that is not a real floating tensor.
     ConfigError
-        If the problem returns anything but a real floating tensor of shape ``batch``, or
-        calls ``sys.exit``.
+        If the problem calls ``sys.exit``.
     NoLikelihoodError
         From the problem, if it is noise-free.
 

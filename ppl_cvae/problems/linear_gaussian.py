@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ppl_cvae.checks import as_seed
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import LinearGaussianParts, Problem
@@ -35,12 +36,13 @@ class LinearGaussian(Problem):
     prior_std : float, default 1.0
         Standard deviation of each component of ``x`` under the prior.
     seed : int, default 0
-        Seed of the matrix ``A``.
+        Seed of the matrix ``A``, in ``[0, 2**32 - 1]``.
 
     Raises
     ------
     ConfigError
-        If a dimension is not a positive integer or a standard deviation is not positive.
+        If a dimension is not a positive integer, a standard deviation is not positive or
+        ``seed`` is not an int in ``[0, 2**32 - 1]`` (:func:`~ppl_cvae.checks.as_seed`).
 
     Examples
     --------
@@ -75,7 +77,7 @@ class LinearGaussian(Problem):
         self.noise_std = float(noise_std)
         self.misfit_std = float(noise_std)
         self.prior_std = float(prior_std)
-        self.seed = int(seed)
+        self.seed = as_seed(seed, optional=False)
         gen = torch.Generator().manual_seed(self.seed)
         self.matrix = torch.randn(y_dim, x_dim, generator=gen) / x_dim**0.5
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ppl_cvae.errors import ConfigError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import LinearGaussianParts, Problem
 
@@ -134,10 +134,14 @@ def derived_quantities(problem: Problem | None, x: torch.Tensor) -> dict[str, to
     Raises
     ------
     ConfigError
-        If ``derived`` does not return a mapping, a name is not a Python identifier or is
+        If ``derived`` does not return a mapping, or a name is not a Python identifier or is
         reserved (``x``, ``y``, ``z``, ``x_mean``, ``*_true``, a dim or a coordinate of the
-        problem), or a value is not a tensor of the shape of ``x`` (the message names it and
+        problem).
+    ShapeError
+        If a value is a tensor of a shape other than that of ``x`` (the message names it and
         gives both shapes).
+    DataError
+        If a value is not a torch tensor.
 
     Examples
     --------
@@ -169,11 +173,15 @@ def derived_quantities(problem: Problem | None, x: torch.Tensor) -> dict[str, to
                 f"problem.derived(x) returned {name!r}, a name taken by a variable, dim or "
                 f"coordinate of the posterior file (or ending in '_true'); rename it"
             )
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(x.shape):
-            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ConfigError(
+        if not isinstance(value, torch.Tensor):
+            raise DataError(
                 f"problem.derived(x)[{name!r}] must be a tensor of the shape of x, "
-                f"{tuple(x.shape)}; got {got}"
+                f"{tuple(x.shape)}; got {type(value).__name__}"
+            )
+        if tuple(value.shape) != tuple(x.shape):
+            raise ShapeError(
+                f"problem.derived(x)[{name!r}] must be a tensor of the shape of x, "
+                f"{tuple(x.shape)}; got {tuple(value.shape)}"
             )
         out[name] = value
     return out

@@ -35,7 +35,9 @@ code runs), and everything it returns is checked before anything is built: the k
 type of every field, the configuration against the size limits of :mod:`ppl_cvae.config`
 (counted on the meta device, without allocating), each tensor's name, shape, dtype and
 finiteness against the network the configuration describes, and the memory the model needs.
-Every failure is one :class:`~ppl_cvae.errors.CheckpointError` line naming the file.
+Every failure of the file is one :class:`~ppl_cvae.errors.CheckpointError` line naming the
+file (a ``problem=`` argument whose shapes are not the model's is a
+:class:`~ppl_cvae.errors.ShapeError`, as everywhere a problem and a model meet).
 
 A problem record naming a registered problem is always rebuilt. A ``"package.module:factory"``
 reference is only rebuilt when the safety policy of
@@ -73,7 +75,13 @@ from ppl_cvae.config import (
     check_model_size,
     meta_cvae,
 )
-from ppl_cvae.errors import CheckpointError, ConfigError, PplCvaeError, UnknownProblemError
+from ppl_cvae.errors import (
+    CheckpointError,
+    ConfigError,
+    PplCvaeError,
+    ShapeError,
+    UnknownProblemError,
+)
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import check_problem
 from ppl_cvae.problems.base import Problem
@@ -535,8 +543,10 @@ def load_checkpoint(
         configuration is past the size limits of :mod:`ppl_cvae.config`; a tensor is
         missing, unexpected, of the wrong shape or dtype, NaN or infinite; a registered
         problem cannot be built from its record or does not fit the model; the model needs
-        its problem's ``coefficient_transform()`` and has none; or ``problem`` does not fit
-        the model.
+        its problem's ``coefficient_transform()`` and has none.
+    ShapeError
+        If ``problem`` is given and its event shapes are not the model's (as
+        :func:`~ppl_cvae.checks.check_problem_matches`).
     ConfigError
         If ``problem`` is given and is not a :class:`~ppl_cvae.problems.base.Problem`.
     ResourceError
@@ -572,7 +582,7 @@ def load_checkpoint(
         problem = check_problem(problem, "the problem= argument")
         mismatch = shape_mismatch(problem, config)
         if mismatch is not None:
-            raise CheckpointError(f"the problem passed for {name!r} ({problem.name!r}) {mismatch}")
+            raise ShapeError(f"the problem passed for {name!r} ({problem.name!r}) {mismatch}")
     elif record is None:
         problem_error = (
             f"checkpoint {name!r} stores no problem (fitted on data, or its problem could not "

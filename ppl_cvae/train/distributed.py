@@ -42,6 +42,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch.nn.parallel import DistributedDataParallel
 
+from ppl_cvae.checks import derived_seed
 from ppl_cvae.errors import ConfigError
 
 __all__ = [
@@ -283,9 +284,10 @@ def rank_device(device: torch.device) -> torch.device:
 def rank_seed(seed: int, *parts: int) -> int:
     """Return a seed for this rank's own random stream, ``seed + sum(parts)`` modulo 2**32.
 
-    NumPy (seeded by ``pyro.set_rng_seed``) takes seeds below 2**32 only.
+    NumPy (seeded by ``pyro.set_rng_seed``) takes seeds below 2**32 only
+    (:func:`~ppl_cvae.checks.derived_seed`, the rule of every derived seed).
     """
-    return (int(seed) + sum(int(p) for p in parts)) % 2**32
+    return derived_seed(seed, sum(int(p) for p in parts))
 
 
 def setup_distributed(device: torch.device) -> DistributedSetup | None:

@@ -22,6 +22,7 @@ from pyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
 from ppl_cvae._atomic import atomic_path
+from ppl_cvae.checks import as_seed
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.device import problem_on, resolve_device
@@ -131,8 +132,12 @@ def build_cvae(
     Raises
     ------
     ShapeError
-        If ``x`` or ``y`` do not match the configuration.
+        If ``x`` or ``y`` do not match the configuration, or hold different numbers of pairs.
+    ConfigError
+        If ``seed`` is not None or an int in ``[0, 2**32 - 1]``
+        (:func:`~ppl_cvae.checks.as_seed`).
     """
+    seed = as_seed(seed)
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
     if problem is not None:
@@ -149,6 +154,10 @@ def build_cvae(
         if y is None or tuple(y.shape[1:]) != config.y_shape:
             got = None if y is None else tuple(y.shape)
             raise ShapeError(f"y has shape {got}; config expects (N, *{config.y_shape})")
+        if y.shape[0] != x.shape[0]:  # as CVAE.check_inputs, fit and the data loaders
+            raise ShapeError(
+                f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}"
+            )
         ys = Standardiser(config.y_shape, "y").fit(y) if standardisers is None else standardisers[1]
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
@@ -827,10 +836,11 @@ def fit_problem(
         a device of this machine (:func:`~ppl_cvae.device.resolve_device`), or the problem's
         ``simulate`` raises.
     DataError
-        If the problem's ``simulate`` returns anything but ``num`` finite pairs of tensors of
-        its event shapes
+        If the problem's ``simulate`` returns anything but pairs of finite real tensors
         (:class:`~ppl_cvae.problems.checked_simulator.CheckedSimulator`; real dtypes are cast
         to float32).
+    ShapeError
+        If they are not ``num`` pairs of its event shapes.
     """
     problem = as_problem(problem)
     if device is not None:

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from ppl_cvae.config import WHITENED_LIKELIHOODS, ModelConfig, Overrides, TrainConfig
-from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.train.defaults import data_settings, image_settings
@@ -100,7 +100,7 @@ def _source_layer(
     if not isinstance(source, DataSource):  # a problem: it simulates its own pairs
         return recommended(source), tuple(source.x_shape), tuple(source.y_shape)
     if problem is not None and tuple(problem.x_shape) != source.x_shape:
-        raise DataError(
+        raise ShapeError(
             f"x in the training data has event shape {source.x_shape}; problem "
             f"{problem.name!r} expects {tuple(problem.x_shape)}"
         )
@@ -160,7 +160,7 @@ def resolve_settings(
     ConfigError
         If a value is invalid (the configurations' own checks), ``decoder="basis"`` has no
         problem with a ``basis()``, or ``decoder`` is not one of the three names.
-    DataError
+    ShapeError
         If ``problem.x_shape`` differs from the event shape of ``x`` in a data source.
 
     Examples

@@ -1,0 +1,170 @@
+"""One bad input, one error class, whichever public entry point meets it.
+
+The rule of :mod:`ppl_cvae.errors`: a wrong shape (event shape, number of axes, sizes two
+arrays must share, too few rows) is a :class:`ShapeError`; wrong values or a wrong container
+(NaN/inf, not a real tensor, no values at all) a :class:`DataError`; a failing problem code
+(it raises) a :class:`ConfigError`. Before the rule, the same user forward operator returning
+the wrong shape was a ``DataError`` from ``Problem.simulate`` and ``fit_problem`` but a
+``ShapeError`` from ``draw_posterior``; a log density of the wrong shape a ``ConfigError``; a
+NaN density a ``ConfigError`` under importance sampling and a ``DataError`` under NUTS; the
+chains' starts of the wrong shape a ``ConfigError`` for NUTS on ``x`` and a ``ShapeError`` for
+latent NUTS and facies MCMC; a stack of zero observations a ``ShapeError`` in memory and a
+``DataError`` from a file. Each test feeds one input to every entry point that takes it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from inference.facies_mcmc import facies_mcmc_sample
+from inference.importance import importance_sample
+from inference.latent_mcmc import latent_nuts_sample
+from inference.mcmc import nuts_sample
+from inference.posterior import draw_posterior
+from inference.refine import refine_and_accept
+from inference.sample import inference_data_from_draws, sample_posterior
+from ppl_cvae import ModelConfig, build_cvae, load_checkpoint, save_checkpoint
+from ppl_cvae.checks import check_problem_matches
+from ppl_cvae.data.io import load_observations, load_pairs
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.models.cvae import CVAE
+from ppl_cvae.problems import LinearGaussian
+from ppl_cvae.problems.checked_simulator import check_simulated
+from ppl_cvae.problems.densities import checked_forward, checked_log_likelihood
+
+
+class ShortForward(LinearGaussian):
+    """``forward`` drops the last datum: shape ``(*batch, 1)`` for ``y_shape`` ``(2,)``."""
+
+    def forward(self, x):
+        return super().forward(x)[..., :1]
+
+
+class NumpyForward(LinearGaussian):
+    """``forward`` returns a NumPy array (a simulator wrapped without ``torch.as_tensor``)."""
+
+    def forward(self, x):
+        return super().forward(x).detach().numpy()
+
+
+class RaisingForward(LinearGaussian):
+    """``forward`` raises for a batch of draws (a solver that did not converge)."""
+
+    def forward(self, x):
+        if x.dim() > 2:
+            raise ValueError("solver did not converge")
+        return super().forward(x)
+
+
+class NaNLikelihood(LinearGaussian):
+    def log_likelihood(self, x, y):
+        return super().log_likelihood(x, y) * float("nan")
+
+
+@pytest.fixture(scope="module")
+def model():
+    """An untrained CVAE of ``LinearGaussian()`` (x (2,), y (2,)) and 16 simulated pairs."""
+    problem = LinearGaussian()
+    x, y = problem.simulate(16, torch.Generator().manual_seed(0))
+    cfg = ModelConfig(x_shape=(2,), y_shape=(2,), hidden_dims=(8,), latent_dim=2)
+    return build_cvae(cfg, x, y, problem=problem, seed=0), x, y
+
+
+def _forward_entry_points(cvae, x, y, problem):
+    """Every public entry point that runs a problem's forward operator on models."""
+    return {
+        "Problem.simulate": lambda: problem.simulate(4, torch.Generator().manual_seed(0)),
+        "Problem.log_likelihood": lambda: problem.log_likelihood(x[:3], y[0]),
+        "checked_forward": lambda: checked_forward(problem, x[:3]),
+        "checked_log_likelihood": lambda: checked_log_likelihood(problem, x[:3], y[0]),
+        "draw_posterior": lambda: draw_posterior(cvae, y[0], 4, problem=problem),
+        "sample_posterior": lambda: sample_posterior(cvae, y[0], 4, problem=problem),
+        "inference_data_from_draws": lambda: inference_data_from_draws(
+            x[:4].unsqueeze(1), y[:1], problem=problem),
+        "refine_and_accept": lambda: refine_and_accept(cvae, y[:1], 2, problem, num_steps=1),
+        "importance_sample": lambda: importance_sample(cvae, problem, y[0], 8, seed=0),
+        "nuts_sample": lambda: nuts_sample(problem, y[0], x[:2], num_samples=4, num_chains=1,
+                                           warmup_steps=0),
+    }
+
+
+@pytest.mark.parametrize("problem, error, match", [
+    (ShortForward(), ShapeError, r"forward returned \(.*1\)"),
+    (NumpyForward(), DataError, "forward returned .*ndarray"),
+])
+def test_a_forward_operator_of_the_wrong_output_is_one_class_everywhere(model, problem, error,
+                                                                        match):
+    cvae, x, y = model
+    calls = _forward_entry_points(cvae, x, y, problem)
+    for name, call in calls.items():
+        with pytest.raises(error, match=match):
+            call()
+            pytest.fail(f"{name} accepted the forward operator")  # pragma: no cover
+
+
+def test_a_forward_operator_that_raises_is_a_config_error_naming_it(model):
+    cvae, _, y = model
+    for call in (lambda: draw_posterior(cvae, y[0], 4, problem=RaisingForward()),
+                 lambda: refine_and_accept(cvae, y[:1], 2, RaisingForward(), num_steps=1),
+                 lambda: importance_sample(cvae, RaisingForward(), y[0], 8, seed=0)):
+        with pytest.raises(ConfigError, match="raised ValueError: solver did not converge"):
+            call()
+
+
+def test_a_nan_density_is_a_data_error_under_importance_and_nuts(model):
+    cvae, x, y = model
+    with pytest.raises(DataError, match="log_likelihood is nan at 8 of 8 importance proposals"):
+        importance_sample(cvae, NaNLikelihood(), y[0], 8, seed=0)
+    with pytest.raises(DataError, match="is nan at 2 of 2 chain starts"):
+        nuts_sample(NaNLikelihood(), y[0], x[:2], num_samples=4, num_chains=2, warmup_steps=0)
+
+
+def test_chain_starts_of_the_wrong_shape_are_a_shape_error_for_every_sampler(model):
+    _, _, y = model
+    problem = LinearGaussian()
+    vae = CVAE(ModelConfig(x_shape=(2,), y_shape=None, latent_dim=1, hidden_dims=(4,),
+                           likelihood="bernoulli", prior="standard_normal"))
+    bad = torch.zeros(4, 3)
+    for sampler, prior in ((nuts_sample, None), (latent_nuts_sample, vae),
+                           (facies_mcmc_sample, vae)):
+        args = (problem, y[0], bad) if prior is None else (prior, problem, y[0], bad)
+        with pytest.raises(ShapeError, match=r"init must have shape \(N >= 1, \*\(2,\)\)"):
+            sampler(*args, num_samples=4, num_chains=1)
+
+
+def test_zero_observations_are_a_data_error_in_memory_and_from_a_file(model, tmp_path):
+    cvae, _, _ = model
+    empty = torch.zeros(0, 2)
+    for call in (lambda: draw_posterior(cvae, empty, 4),
+                 lambda: sample_posterior(cvae, empty, 4),
+                 lambda: importance_sample(cvae, LinearGaussian(), empty, 8)):
+        with pytest.raises(DataError, match="no observations"):
+            call()
+    np.save(tmp_path / "empty.npy", empty.numpy())
+    with pytest.raises(DataError, match="is empty"):
+        load_observations(tmp_path / "empty.npy", (2,))
+
+
+def test_x_and_y_of_different_lengths_are_a_shape_error_everywhere(model, tmp_path):
+    cvae, x, y = model
+    np.savez(tmp_path / "pairs.npz", x=x[:5].numpy(), y=y[:4].numpy())
+    for call in (lambda: build_cvae(cvae.config, x[:5], y[:4]),
+                 lambda: cvae.check_inputs(y[:4], x[:5]),
+                 lambda: load_pairs(tmp_path / "pairs.npz"),
+                 lambda: check_simulated((x[:5], y[:4]), 5, (2,), (2,), "simulate")):
+        with pytest.raises(ShapeError):
+            call()
+
+
+def test_a_problem_that_does_not_fit_the_model_is_a_shape_error_everywhere(model, tmp_path):
+    """The same check whether the problem meets the model in memory or at loading."""
+    cvae, _, y = model
+    other = LinearGaussian(x_dim=3, y_dim=2)
+    save_checkpoint(tmp_path / "model.pt", cvae, problem=LinearGaussian())
+    for call in (lambda: check_problem_matches(other, cvae.config),
+                 lambda: draw_posterior(cvae, y[0], 4, problem=other),
+                 lambda: load_checkpoint(tmp_path, problem=other)):
+        with pytest.raises(ShapeError, match=r"x \(3,\)"):
+            call()
