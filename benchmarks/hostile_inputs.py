@@ -338,9 +338,12 @@ def cases(root: Path) -> list[Case]:
                   ["--physics-weight", "-1"], ["--epochs", "1e3"]):
         add(Case("numeric flags", " ".join(flags), [*fit, *flags]))
     smp = ["sample", run, "--observation", obs, "--out", f"{out}.nc"]
-    for flags in (["--num-samples", "0"], ["--num-samples", "-5"], ["--max-misfit", "nan"],
-                  ["--max-misfit", "-1"], ["--oversample", "0"], ["--refine-lr", "0"],
-                  ["--refine-lr", "inf"], ["--refine-steps", "-1"]):
+    for flags in (["--num-samples", "0"], ["--num-samples", "-5"],
+                  *(["--refine", *f] for f in (["--max-misfit", "nan"], ["--max-misfit", "-1"],
+                                               ["--oversample", "0"], ["--refine-lr", "0"],
+                                               ["--refine-lr", "inf"], ["--refine-steps", "-1"])),
+                  ["--method", "nuts", "--max-misfit", "2"],
+                  ["--method", "importance", "--decoder-noise", "mean"]):
         add(Case("numeric flags", "sample " + " ".join(flags), [*smp, *flags]))
     for flags in (["--max-observations", "0"], ["--max-observations", "-1"],
                   ["--num-samples", "1"]):

@@ -295,6 +295,13 @@ def test_flow_layer_flags_without_their_flow_are_refused(tmp_path, capsys, flags
     (["--method", "nuts", "--proposals", "100"], "--proposals applies to --method importance"),
     (["--method", "importance", "--potential-dtype", "float32"], "--potential-dtype apply to "
                                                                  "--method nuts only"),
+    (["--max-misfit", "2"], "--max-misfit applies to --method refine only, got --method "
+                            "amortized"),
+    (["--method", "nuts", "--refine-steps", "5"], "--refine-steps applies to --method refine"),
+    (["--method", "importance", "--oversample", "2"], "--oversample applies to --method refine"),
+    (["--method", "facies-mcmc", "--refine-lr", "0.5"], "--refine-lr applies to --method refine"),
+    (["--method", "latent-nuts", "--decoder-noise", "mean"], "--decoder-noise applies to "
+                                                             "--method amortized or refine only"),
 ])
 def test_sample_flags_of_another_method_are_refused(tmp_path, capsys, flags, match):
     """Refused before the run is read (the run folder need not exist for this check)."""

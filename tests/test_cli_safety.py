@@ -244,8 +244,8 @@ def test_memory_refusals_are_one_line(ws, capsys):
     [
         (["sample", "RUN", "--observation", "OBS", "--out", "OUT.nc", "--max-misfit", "nan"],
          "finite"),
-        (["sample", "RUN", "--observation", "OBS", "--out", "OUT.nc", "--max-misfit", "-1"],
-         "max-misfit"),
+        (["sample", "RUN", "--observation", "OBS", "--out", "OUT.nc", "--refine",
+          "--max-misfit", "-1"], "--max-misfit must be >= 0"),
         (["evaluate", "RUN", "--data", "PAIRS", "--out", "OUT", "--max-observations", "0"],
          ">= 1"),
         (["diagnose", "POST", "--out", "OUT", "--max-observations", "-2"], ">= 1"),

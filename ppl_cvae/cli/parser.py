@@ -393,10 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--decoder-noise",
         choices=["auto", "sample", "mean"],
-        default="auto",
-        help="sample: x ~ p(x|z,y) with the decoder's noise; mean: x = E[x|z,y]; "
-        "auto: mean for a basis decoder (straight lines for two_birds), else sample (for a "
-        "facies decoder the draws are then facies codes; mean: P(x=1|z,y) for bernoulli)",
+        help="amortized and refine only. sample: x ~ p(x|z,y) with the decoder's noise; mean: "
+        "x = E[x|z,y]; "
+        "auto (default): mean for a basis decoder (straight lines for two_birds), else sample "
+        "(for a facies decoder the draws are then facies codes; mean: P(x=1|z,y) for "
+        "bernoulli)",
     )
     s.add_argument(
         "--method",
@@ -499,18 +500,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(amortized; prior-amortized for mt1d, 3.7x to 6.3x the effective draws per "
         "evaluation there; see the README)",
     )
-    s.add_argument("--oversample", type=_count(1), default=4, help="candidates per kept draw")
+    s.add_argument(
+        "--oversample", type=_count(1), help="refine only: candidates per kept draw (default 4)"
+    )
     s.add_argument(
         "--max-misfit",
         type=_finite,
-        default=1.0,
-        help="acceptance threshold on RMS((F(x) - y) / misfit_std), dimensionless; 0: keep all",
+        help="refine only: acceptance threshold on RMS((F(x) - y) / misfit_std), "
+        "dimensionless; 0: keep all (default 1.0)",
     )
     s.add_argument(
-        "--refine-steps", type=_count(0), default=300, help="Adam steps of the refinement"
+        "--refine-steps",
+        type=_count(0),
+        help="refine only: Adam steps of the refinement (default 300)",
     )
     s.add_argument(
-        "--refine-lr", type=_finite, default=0.1, help="Adam step size of the refinement"
+        "--refine-lr",
+        type=_finite,
+        help="refine only: Adam step size of the refinement (default 0.1)",
     )
     s.add_argument("--seed", type=_seed, default=0, help="random seed of the draws")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output file")

@@ -58,6 +58,10 @@ DEFAULT_TEMPERATURES = 8
 """``sample --temperatures`` when not given: the default ``temperatures`` of
 :func:`inference.facies_mcmc.sample_facies_mcmc`."""
 
+REFINE_DEFAULTS = {"oversample": 4, "max_misfit": 1.0, "refine_steps": 300, "refine_lr": 0.1}
+"""``sample --method refine`` flags when not given: ``--oversample``, ``--max-misfit``,
+``--refine-steps``, ``--refine-lr``."""
+
 GENERATIVE_PRIOR_METHODS = ("latent-nuts", "facies-mcmc")
 """The ``sample --method`` values that sample a generative prior (``--generative-prior``)."""
 
@@ -67,7 +71,9 @@ def _check_method_flags(args: argparse.Namespace, method: str) -> None:
 
     ``--chains`` and ``--warmup`` belong to the three MCMC methods, ``--adapt-mass-matrix`` to
     ``nuts``, ``--facies-moves`` and ``--temperatures`` to ``facies-mcmc`` and ``--proposals``
-    to ``importance``, as ``--cores`` and ``--potential-dtype`` belong to ``nuts``.
+    to ``importance``, as ``--cores`` and ``--potential-dtype`` belong to ``nuts``;
+    ``--oversample``, ``--max-misfit``, ``--refine-steps`` and ``--refine-lr`` to ``refine``,
+    and ``--decoder-noise`` to the CVAE's own draws (``amortized`` and ``refine``).
     """
     mcmc = ("nuts", *GENERATIVE_PRIOR_METHODS)
     for flag, given, methods in (
@@ -77,6 +83,11 @@ def _check_method_flags(args: argparse.Namespace, method: str) -> None:
         ("--facies-moves", args.facies_moves is not None, ("facies-mcmc",)),
         ("--temperatures", args.temperatures is not None, ("facies-mcmc",)),
         ("--proposals", args.proposals is not None, ("importance",)),
+        ("--oversample", args.oversample is not None, ("refine",)),
+        ("--max-misfit", args.max_misfit is not None, ("refine",)),
+        ("--refine-steps", args.refine_steps is not None, ("refine",)),
+        ("--refine-lr", args.refine_lr is not None, ("refine",)),
+        ("--decoder-noise", args.decoder_noise is not None, ("amortized", "refine")),
     ):
         if given and method not in methods:
             names = " or ".join([", ".join(methods[:-1]), methods[-1]] if methods[:-1] else methods)
@@ -122,13 +133,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_new_file(
         out, args.overwrite, [args.run_dir, args.observation, args.generative_prior], ".nc"
     )
+    if args.refine and args.method not in ("amortized", "refine"):
+        raise ConfigError(f"--refine contradicts --method {args.method}; give one of them")
+    method = "refine" if args.refine else args.method
+    _check_method_flags(args, method)
+    for name, default in REFINE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.decoder_noise is None:
+        args.decoder_noise = "auto"
     if args.max_misfit < 0:
         raise ConfigError(f"--max-misfit must be >= 0 (0 keeps all), got {args.max_misfit}")
     if args.refine_lr <= 0:
         raise ConfigError(f"--refine-lr must be > 0, got {args.refine_lr}")
-    if args.refine and args.method not in ("amortized", "refine"):
-        raise ConfigError(f"--refine contradicts --method {args.method}; give one of them")
-    method = "refine" if args.refine else args.method
     if method != "nuts" and args.num_samples is None:
         args.num_samples = 1000
     if method != "nuts" and (args.cores != 1 or args.nuts_jit or args.potential_dtype):
@@ -136,7 +153,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "--cores, --nuts-jit and --potential-dtype apply to --method nuts only, got "
             f"--method {method}"
         )
-    _check_method_flags(args, method)
     if args.chains is None:
         args.chains = DEFAULT_CHAINS
     if args.preconditioner is not None and method != "nuts":
