@@ -76,7 +76,7 @@ import torch
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
 from ppl_cvae._json import finite_or_null
-from ppl_cvae.errors import DataError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 
 with warnings.catch_warnings():
     # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning at import time
@@ -245,8 +245,10 @@ def to_inference_data(
         ``log_likelihood`` is not ``(S, M, *y_shape)``, or a statistic lacks its leading axes
         or has another number of event axes than ``stats_dims`` names.
     DataError
-        If a statistic is not numeric, or a statistic's name is given twice or taken by
-        another variable of the file.
+        If a statistic is not numeric.
+    ConfigError
+        If a statistic's name is given twice or taken by another variable of the file (a
+        name is a setting: :mod:`ppl_cvae.errors`).
 
     References
     ----------
@@ -315,7 +317,7 @@ def to_inference_data(
     per_obs: list[str] = []
     for name, stat in (observation_stats or {}).items():
         if name in stats:
-            raise DataError(
+            raise ConfigError(
                 f"statistic {name!r} is given both per draw and per observation; give it once"
             )
         a = _stat_array(name, stat, lead2[1:], "observation statistic")
@@ -341,7 +343,7 @@ def to_inference_data(
         dims[f"{name}_true"] = [*lead, *x_dims]
     taken = sorted(set(dims) & set(stats))
     if taken:
-        raise DataError(
+        raise ConfigError(
             f"statistics may not be named like the file's other variables: {taken}; rename them"
         )
     for name, array in stats.items():

@@ -28,7 +28,7 @@ from inference.diagnostics.ppc import run_ppc
 from inference.exact import ExactPosterior, exact_posterior
 from inference.sample import inference_data_from_draws
 from ppl_cvae import __version__
-from ppl_cvae.errors import DataError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems import TwoBirds
 from ppl_cvae.problems.linear_gaussian import LinearGaussian
 
@@ -325,15 +325,15 @@ def test_sample_stats_hook_stores_per_draw_and_per_observation_statistics():
 
 @pytest.mark.parametrize(
     "kwargs, error, match",
-    [  # a wrong shape is a ShapeError, a wrong name or value a DataError (ppl_cvae.errors)
+    [  # a wrong shape is a ShapeError, a wrong value a DataError, a name a ConfigError
         ({"sample_stats": {"log_weight": torch.zeros(5, 2)}}, ShapeError,
          r"leading axes \(6, 2\)"),
         ({"observation_stats": {"khat": torch.zeros(3)}}, ShapeError, r"leading axes \(2,\)"),
-        ({"sample_stats": {"x": torch.zeros(6, 2)}}, DataError,
+        ({"sample_stats": {"x": torch.zeros(6, 2)}}, ConfigError,
          "named like the file's other variables"),
         (
             {"sample_stats": {"k": torch.zeros(6, 2)}, "observation_stats": {"k": torch.zeros(2)}},
-            DataError,
+            ConfigError,
             "both per draw and per observation",
         ),
         (
