@@ -264,6 +264,12 @@ def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
         )
 
     results = per_observation(cvae, y_obs, num_start, args.seed, facies, line)
+    print("  log p(y | x) of the truth and of each chain (mean and sd over its kept draws), nats:")
+    for i, res in enumerate(results):
+        truth = float(problem.log_likelihood(x_true[i : i + 1], y_obs[i]))
+        ll = res.log_likelihood
+        chains = ", ".join(f"{m:.0f} ({s:.1f})" for m, s in zip(ll.mean(1), ll.std(1), strict=True))
+        print(f"    observation {i}: truth {truth:.0f}; chains {chains}")
     x = torch.stack([r.x.reshape(-1, *problem.x_shape) for r in results], dim=1)  # (S, M, ...)
     rhat = torch.tensor([r.rhat for r in results])
     ess = torch.tensor([r.min_ess for r in results])
