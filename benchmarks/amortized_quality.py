@@ -37,7 +37,7 @@ A fit of the recommended budget (60 epochs x 20,000 pairs) took 17 minutes with 
 recommended convolutional decoder and 8 with ``--network mlp`` at 1 thread on a shared 2-core
 machine, plus a minute of drawing. Options override the recommended settings for
 exploration (``--epochs``, ``--num-train``, ``--latent-dim``, ``--hidden-dims``, ``--network``,
-``--conv-channels``, ``--feature-dim``, ``--physics-weight``, ``--kl-warmup-epochs``, ...);
+``--conv-channels``, ``--feature-dim``, ``--y-maps``, ``--physics-weight``, ``--kl-warmup-epochs``, ...);
 each run prints the settings it used.
 """
 
@@ -60,7 +60,7 @@ def overrides(args, likelihood):
     """Model and train overrides of the recommended settings from the flags."""
     model = {"likelihood": likelihood}
     model |= set_flags(args, ["latent_dim", "hidden_dims", "network", "conv_channels",
-                              "feature_dim"])
+                              "feature_dim", "y_maps"])
     train = {"seed": args.seed}
     train |= set_flags(args, [("epochs", "num_epochs"), "num_train", "physics_weight",
                               "kl_warmup_epochs", "batch_size", "learning_rate"])
@@ -102,7 +102,7 @@ def evaluate(label, problem, likelihood, args, x_true, y_obs):
         f"\n{label}: {tc.num_epochs} epochs x {tc.num_train} fresh pairs, batch {tc.batch_size}, "
         f"latent {config.latent_dim}, hidden {config.hidden_dims}, {config.network}"
         + (f" {config.conv_channels}" if config.network != "mlp" else "")
-        + f", linear skip {config.linear_skip}, physics weight {tc.physics_weight}, kl warm-up "
+        + f", y maps {config.y_maps}, linear skip {config.linear_skip}, physics weight {tc.physics_weight}, kl warm-up "
         f"{tc.kl_warmup_epochs}; {cvae.num_parameters():,} parameters"
     )
     rate = args.num_samples * len(y_obs) / sample_seconds
@@ -178,6 +178,7 @@ if __name__ == "__main__":
         "--conv-channels", type=lambda s: tuple(int(v) for v in s.split(",")), default=None
     )
     parser.add_argument("--feature-dim", type=int)
+    parser.add_argument("--y-maps", type=int, help="conv2d: maps of the grid computed from y")
     parser.add_argument("--physics-weight", type=float)
     parser.add_argument("--kl-warmup-epochs", type=int)
     parser.add_argument("--threads", type=int, default=1)

@@ -216,6 +216,14 @@ class ModelConfig(_DictMixin):
         Channels of the convolution stages (``network="conv1d"`` or ``"conv2d"``).
     feature_dim : int, default 128
         Width of the features a conv encoder hands to the MLP heads.
+    y_maps : int, default 0
+        With ``network="conv2d"`` and a conditional model: maps of ``x``'s grid computed from
+        the standardised ``y`` by a learned linear layer (a learned back-projection of the
+        data) and given to every stage of the decoder's convolutions at that stage's
+        resolution (average-pooled), beside the feature maps of ``(z, y)``. The decoder can
+        then place local features of ``x`` (facies boundaries) from the data at each cell
+        instead of only through the ``feature_dim`` features (a learned linear inverse
+        followed by convolutions, as in Jin et al. 2017, FBPConvNet). 0: none.
     prior : {"learned", "standard_normal", "flow"}, default "learned"
         Conditional prior net ``p(z | y)`` (a diagonal Gaussian), a fixed ``N(0, I)``, or a
         conditional normalising flow on ``z`` given ``y`` (:class:`~ppl_cvae.nets.ConditionalFlow`
@@ -356,6 +364,7 @@ class ModelConfig(_DictMixin):
     network: str = "mlp"
     conv_channels: tuple[int, ...] = (32, 64)
     feature_dim: int = 128
+    y_maps: int = 0
     prior: Literal["learned", "standard_normal", "flow"] = "learned"
     likelihood: Likelihood = "gaussian"
     fixed_scale: float = 0.1
@@ -430,9 +439,10 @@ class ModelConfig(_DictMixin):
             "flow_layers",
             "prior_flow_layers",
             "flow_bins",
+            "y_maps",
         ):
             value = getattr(self, name)
-            low = 0 if name in ("latent_dim", "flow_layers", "prior_flow_layers") else 1
+            low = 0 if name in ("latent_dim", "flow_layers", "prior_flow_layers", "y_maps") else 1
             if not _is_int(value) or value < low:
                 kind = "a positive integer" if low else "an integer >= 0"
                 raise ConfigError(f"{name} must be {kind}, got {_show(value)}")
@@ -510,6 +520,20 @@ class ModelConfig(_DictMixin):
             raise ConfigError("constrained_coefficients needs basis_dim")
         if self.linear_skip and self.y_shape is None:
             raise ConfigError("linear_skip needs a conditional model (y_shape set)")
+        if self.y_maps:
+            if self.y_shape is None:
+                raise ConfigError("y_maps needs a conditional model (y_shape set)")
+            if self.network != "conv2d" or len(self.x_shape) not in (2, 3):
+                raise ConfigError(
+                    f"y_maps feeds the convolutions of a 2-D decoder: it needs "
+                    f"network='conv2d' and a grid x_shape (H, W) or (C, H, W), got "
+                    f"network={_show(self.network)}, x_shape={_show(self.x_shape)}"
+                )
+            if self.basis_dim is not None or self.likelihood == "flow":
+                raise ConfigError(
+                    "y_maps needs a decoder with convolutions over x: not with basis_dim or "
+                    "likelihood='flow'"
+                )
         for name in ("flow_layers", "prior_flow_layers"):
             if not getattr(self, name) <= MAX_LAYERS:
                 raise ConfigError(
@@ -709,6 +733,7 @@ class ModelOverrides(TypedDict, total=False):
     network: str
     conv_channels: tuple[int, ...]
     feature_dim: int
+    y_maps: int
     prior: Literal["learned", "standard_normal", "flow"]
     likelihood: Likelihood
     fixed_scale: float

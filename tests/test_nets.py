@@ -51,6 +51,74 @@ def test_conv2d_encoder_decoder_shapes(shape, batch):
     assert dec(torch.randn(*batch, 5)).shape == (*batch, *shape, 2)
 
 
+@pytest.mark.parametrize("shape", [(8, 8), (13, 9), (3, 12, 7)])
+def test_conv2d_decoder_extra_maps_reach_their_own_cells(shape):
+    """The last stage reads the extra maps at full resolution, aligned with the output grid.
+
+    With the feature path silenced (zero weights), one stage copying its extra channel and
+    the 1x1 output reading that copy, the output equals the maps cell for cell, for grids that
+    the stages must pad (13 x 9: 16 x 12 before the crop); a misaligned pad or crop fails.
+    """
+    from ppl_cvae.nets import Conv2dDecoder
+
+    channels = shape[0] if len(shape) == 3 else 1
+    dec = Conv2dDecoder(5, shape, (4, 8), "relu", extra_channels=2)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.zero_()
+        last = dec.stages[-1]  # input channels: 8 features of the previous stage, then 2 maps
+        last.weight[0, 8 + 1, 1, 1] = 1.0  # copy the second map into channel 0
+        dec.out.weight[:, 0, 0, 0] = 1.0  # every output channel reads channel 0
+    grid = shape[-2:]
+    maps = torch.rand(3, 2, *grid) + 0.1  # positive: relu keeps them
+    out = dec(torch.randn(4, 3, 5), maps)
+    assert out.shape == (4, 3, *shape, 1)
+    expect = maps[:, 1].reshape(3, *(1,) * (len(shape) - 2), *grid).expand(3, *shape)
+    torch.testing.assert_close(out[..., 0], expect.expand(4, *expect.shape))
+    if channels > 1:
+        assert torch.equal(out[:, :, 0], out[:, :, -1])
+    with pytest.raises(ConfigError, match="2 extra maps, got none"):
+        dec(torch.randn(3, 5))
+
+
+def test_y_maps_config_and_decoder():
+    """``y_maps`` builds a decoder whose output depends on y through the maps alone too."""
+    from ppl_cvae.config import ModelConfig
+    from ppl_cvae.models.cvae import CVAE
+
+    base = dict(x_shape=(12, 10), y_shape=(7,), network="conv2d", conv_channels=(4, 8),
+                feature_dim=8, likelihood="bernoulli", latent_dim=3)
+    cvae = CVAE(ModelConfig(**base, y_maps=2))
+    dec = cvae.decoder
+    assert dec.y_maps is not None and dec.y_maps.out_features == 2 * 12 * 10
+    y = torch.randn(4, 7)
+    loc, _ = dec(torch.randn(6, 4, 3), y)
+    assert loc.shape == (6, 4, 12, 10)
+    plain = CVAE(ModelConfig(**base))
+    assert plain.decoder.y_maps is None
+    # silence the other path of y (its features into the first layer; no linear skip here):
+    # then only the model with maps still reads y
+    z, y2 = torch.randn(6, 4, 3), torch.randn(4, 7)
+    for model, reads_y in ((cvae, True), (plain, False)):
+        with torch.no_grad():
+            model.decoder.input.c_part.weight.zero_()
+            first, second = model.decoder(z, y)[0], model.decoder(z, y2)[0]
+        assert bool((first != second).any()) is reads_y
+    extra = sum(p.numel() for p in cvae.parameters()) - sum(p.numel() for p in plain.parameters())
+    # the linear maps (7 + 1) x 240 and 2 more input channels of each 3x3 stage convolution
+    assert extra == 8 * 240 + 2 * 9 * (8 + 4)
+    for bad, match in (
+        (dict(network="mlp", hidden_dims=(8,)), "network='conv2d'"),
+        (dict(x_shape=(12,), network="conv1d"), "network='conv2d'"),
+        (dict(y_shape=None, prior="standard_normal"), "conditional model"),
+        (dict(y_maps=-1), "y_maps must be an integer >= 0"),
+        (dict(y_maps=1.5), "y_maps must be an integer >= 0"),
+    ):
+        kwargs = {**base, "y_maps": 2, **bad}
+        with pytest.raises(ConfigError, match=match):
+            ModelConfig(**kwargs)
+
+
 def test_conv2d_rejects_non_grid_shapes():
     from ppl_cvae.nets import Conv2dDecoder, Conv2dEncoder
 

@@ -52,6 +52,7 @@ MODEL_FLAGS = {
     "activation": "activation",
     "network": "network",
     "conv_channels": "conv_channels",
+    "y_maps": "y_maps",
     "prior": "prior",
     "likelihood": "likelihood",
     "fixed_scale": "fixed_scale",

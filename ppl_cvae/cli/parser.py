@@ -225,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--conv-channels", type=_ints, help="conv1d/conv2d channels per stage, e.g. 32,64"
     )
     fit_p.add_argument(
+        "--y-maps",
+        type=_count(0),
+        help="conv2d: maps of x's grid computed linearly from y and given to every stage of "
+        "the decoder's convolutions (default 0: none)",
+    )
+    fit_p.add_argument(
         "--prior",
         choices=PRIORS,
         help="prior of z: learned Gaussian prior net p(z|y), N(0, I), or a conditional flow",

@@ -305,7 +305,12 @@ class Conv2dDecoder(nn.Module):
     bilinear interpolation and applies a 3x3 convolution and activation; a 1x1 convolution
     gives ``C * num_params`` maps, cropped to ``H x W``.
 
-    Shapes: ``(*batch, in_dim) -> (*batch, *out_shape, num_params)``.
+    With ``extra_channels > 0`` each stage's convolution also reads ``extra_channels`` maps
+    given to :meth:`forward` on the full ``H x W`` grid, average-pooled to the stage's size
+    (``ModelConfig.y_maps``: maps computed from ``y``).
+
+    Shapes: ``(*batch, in_dim) -> (*batch, *out_shape, num_params)``; the extra maps
+    ``(batch, extra_channels, H, W)``, broadcast over the leading sample axes of ``h``.
 
     Raises
     ------
@@ -320,12 +325,14 @@ class Conv2dDecoder(nn.Module):
         channels: Sequence[int],
         activation: str,
         num_params: int = 1,
+        extra_channels: int = 0,
     ) -> None:
         super().__init__()
         grid = _checked_grid(tuple(out_shape), channels, "decoder")
         self.out_shape = tuple(out_shape)
         self.grid = grid
         self.num_params = num_params
+        self.extra_channels = extra_channels
         chans = list(reversed(channels))
         scale = 2 ** len(chans)
         self.start = (chans[0], math.ceil(grid[1] / scale), math.ceil(grid[2] / scale))
@@ -334,17 +341,35 @@ class Conv2dDecoder(nn.Module):
         stages: list[nn.Module] = []
         c_in = chans[0]
         for c_out in chans:
-            stages.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+            stages.append(nn.Conv2d(c_in + extra_channels, c_out, 3, padding=1))
             c_in = c_out
         self.stages = nn.ModuleList(stages)
         self.out = nn.Conv2d(c_in, grid[0] * num_params, 1)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Map ``(*batch, in_dim)`` to ``(*batch, *out_shape, num_params)``."""
+    def forward(self, h: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Map ``(*batch, in_dim)`` to ``(*batch, *out_shape, num_params)``.
+
+        ``extra``: ``(batch, extra_channels, H, W)`` maps (required when ``extra_channels >
+        0``), the same for every leading sample index of ``h``.
+        """
         batch = h.shape[:-1]
+        if (extra is None) != (self.extra_channels == 0):
+            raise ConfigError(
+                f"this decoder takes {self.extra_channels} extra maps, got "
+                f"{'none' if extra is None else tuple(extra.shape)}"
+            )
         maps = self.act(self.linear(h.reshape(-1, h.shape[-1]))).reshape(-1, *self.start)
-        for conv in self.stages:
+        if extra is not None:  # zero-padded at the bottom and right, as the output is cropped
+            full = 2 ** len(self.stages)
+            right = self.start[2] * full - extra.shape[-1]
+            extra = F.pad(extra, (0, right, 0, self.start[1] * full - extra.shape[-2]))
+        for k, conv in enumerate(self.stages):
             maps = F.interpolate(maps, scale_factor=2.0, mode="bilinear", align_corners=False)
+            if extra is not None:  # pooled to this stage's size, repeated over the samples
+                factor = 2 ** (len(self.stages) - 1 - k)
+                pooled = F.avg_pool2d(extra, factor) if factor > 1 else extra
+                pooled = pooled.expand(*batch, *pooled.shape[-3:]).reshape(-1, *pooled.shape[-3:])
+                maps = torch.cat([maps, pooled], 1)
             maps = self.act(conv(maps))
         c, height, width = self.grid
         out = self.out(maps)[..., :height, :width]  # (n, C * num_params, H, W)

@@ -61,6 +61,11 @@ class Decoder(nn.Module):
         Linear map ``prod(y_shape) -> prod(x_shape)`` of the standardised ``y`` added to the
         location (or logit), ``prod(y_shape) -> prod(x_shape) * K`` for ``categorical`` (added
         to the ``K`` logits); initialised at zero by the builder.
+    y_maps : nn.Linear, optional
+        Linear map ``prod(y_shape) -> C H W`` of the standardised ``y``: ``C`` maps of ``x``'s
+        grid ``(H, W)`` handed to ``body`` as its second argument, shape ``(batch, C, H, W)``
+        (``ModelConfig.y_maps``; a :class:`~ppl_cvae.nets.blocks.Conv2dDecoder` built with
+        ``extra_channels=C``).
     scale_body : nn.Module, optional
         For a basis decoder with ``gaussian_decoder``: ``h -> (*sample, batch, prod(x_shape))``
         raw scales.
@@ -127,6 +132,7 @@ class Decoder(nn.Module):
         *,
         y_encoder: nn.Module | None = None,
         skip: nn.Linear | None = None,
+        y_maps: nn.Linear | None = None,
         scale_body: nn.Module | None = None,
         basis_dim: int | None = None,
         init_scale: float = 0.05,
@@ -145,6 +151,7 @@ class Decoder(nn.Module):
         self.input = input_layer
         self.skip = skip
         self.body = body
+        self.y_maps = y_maps
         self.scale_body = scale_body
         self.x_shape = tuple(x_shape)
         self.likelihood = likelihood
@@ -198,7 +205,12 @@ class Decoder(nn.Module):
             if self.scale_body is not None:
                 raw = self.scale_body(h).reshape(*batch, *self.x_shape)
         else:
-            params = self.body(h).reshape(*batch, *self.x_shape, -1)
+            if self.y_maps is not None and y_std is not None:
+                maps = self.y_maps(y_std.flatten(start_dim=1))
+                maps = maps.reshape(len(maps), -1, *self.x_shape[-2:])  # (batch, C, H, W)
+                params = self.body(h, maps).reshape(*batch, *self.x_shape, -1)
+            else:
+                params = self.body(h).reshape(*batch, *self.x_shape, -1)
             if self.likelihood == "categorical":  # K logits per element, all of them the loc
                 loc = params
                 if self.skip is not None and y_std is not None:

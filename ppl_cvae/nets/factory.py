@@ -101,7 +101,12 @@ def _conv1d_body(config: ModelConfig, width: int, num_params: int) -> nn.Module:
 
 def _conv2d_body(config: ModelConfig, width: int, num_params: int) -> nn.Module:
     return blocks.Conv2dDecoder(
-        width, config.x_shape, config.conv_channels, config.activation, num_params
+        width,
+        config.x_shape,
+        config.conv_channels,
+        config.activation,
+        num_params,
+        extra_channels=config.y_maps if config.y_shape is not None else 0,
     )
 
 
@@ -183,8 +188,8 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
     Notes
     -----
     Modules are created in a fixed order (recognition net, prior net, decoder; within the
-    decoder: ``y`` encoder, first layer, linear skip, body, scale body), so a seeded build
-    gives the same weights from one version to the next.
+    decoder: ``y`` encoder, first layer, linear skip, ``y`` maps, body, scale body), so a
+    seeded build gives the same weights from one version to the next.
 
     Examples
     --------
@@ -261,6 +266,9 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         skip = nn.Linear(math.prod(y_shape), skip_width)
         nn.init.zeros_(skip.weight)
         nn.init.zeros_(skip.bias)
+    y_maps = None
+    if config.y_maps and y_shape is not None:  # after the skip: seeded builds keep their weights
+        y_maps = nn.Linear(math.prod(y_shape), config.y_maps * math.prod(config.x_shape[-2:]))
     scale_body = None
     x_flow = None
     body: nn.Module
@@ -281,6 +289,7 @@ def build_networks(config: ModelConfig) -> CVAENetworks:
         config.likelihood,
         y_encoder=dec_y,
         skip=skip,
+        y_maps=y_maps,
         scale_body=scale_body,
         basis_dim=config.basis_dim,
         init_scale=config.init_scale,
