@@ -357,7 +357,11 @@ def facies_mcmc_sample(
         often (Syed et al. 2021, sec. 5.1), then fixed. Only the ``beta = 1`` replica is kept.
         1: no tempering. The cost grows about ``T``-fold.
     min_beta : float, default 0.01
-        The hottest replica's inverse temperature, in ``(0, 1)``.
+        The hottest replica's inverse temperature, in ``[0, 1)``. 0: the hottest replica is
+        the generative prior itself, replaced by an exact draw ``z ~ N(0, I)``, ``x ~ p_g(x |
+        z)`` before every round of swaps (an independent reference, Syed et al. 2021), so that
+        configurations of facies far from the chains' can enter through the ladder; the
+        other replicas start geometric from 1 to ``1e-6`` and are re-spaced as above.
     noncentred_moves : int, default 0
         Joint moves of ``(z, x)`` per step that move ``z`` and carry the field's departures
         from the decoder's most likely facies with it (Notes), after the latent moves. Each
@@ -429,8 +433,12 @@ def facies_mcmc_sample(
     if neighbours not in ("auto", "forward"):
         raise ConfigError(f"neighbours must be 'auto' or 'forward', got {neighbours!r}")
     temperatures = as_count(temperatures, "temperatures", minimum=1)
-    if not (isinstance(min_beta, (int, float)) and 0.0 < float(min_beta) < 1.0):
-        raise ConfigError(f"min_beta must be a number in (0, 1), got {min_beta!r}")
+    if not (
+        isinstance(min_beta, (int, float))
+        and not isinstance(min_beta, bool)
+        and 0.0 <= float(min_beta) < 1.0
+    ):
+        raise ConfigError(f"min_beta must be a number in [0, 1), got {min_beta!r}")
     num_samples = as_count(num_samples, "num_samples", minimum=4)
     warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
     num_chains = as_count(num_chains, "num_chains", minimum=1)
@@ -559,12 +567,10 @@ def facies_mcmc_sample(
         z = z_all[pick].repeat_interleave(temperatures, 0)  # (R, k)
         class_lp = _class_log_probs(prior_vae, z, num_facies)  # (R, D, K)
         ll = log_lik(codes)  # (R,)
-        ladder = torch.tensor(
-            [float(min_beta) ** (t / max(1, temperatures - 1)) for t in range(temperatures)],
-            dtype=torch.float64,
-        )
+        ladder = _initial_ladder(temperatures, float(min_beta))
         beta = ladder.repeat(num_chains)  # (R,)
         cold = torch.arange(num_chains) * temperatures  # the kept, beta = 1 rows
+        reference = temperatures > 1 and float(min_beta) == 0.0  # exact beta = 0 replicas
         shifts = torch.arange(1, num_facies)  # neighbour (i, m): cell i to (x_i + m) mod K
         rows = torch.arange(num_rows)
         cells = torch.arange(num_cells).repeat_interleave(num_facies - 1)  # cell of neighbour
@@ -714,6 +720,22 @@ def facies_mcmc_sample(
                 d_lik = torch.where(ok.unsqueeze(-1), d_lik_p, d_lik)
                 if step >= warmup_steps:
                     accepted_x += int(ok[cold].sum())
+            if reference:  # the beta = 0 replicas: an exact draw of the generative prior
+                z_ref = torch.randn((num_chains, z.shape[-1]), generator=gen, dtype=z.dtype)
+                lp_ref = _class_log_probs(prior_vae, z_ref, num_facies)
+                u = torch.rand(lp_ref.shape[:-1], generator=gen, dtype=torch.float64)
+                below = lp_ref.exp().cumsum(-1)[..., :-1] < u.unsqueeze(-1)
+                hot = cold + temperatures - 1
+                codes, z, class_lp = codes.clone(), z.clone(), class_lp.clone()
+                codes[hot], z[hot], class_lp[hot] = below.sum(-1), z_ref, lp_ref
+                ll = ll.clone()
+                ll[hot] = log_lik(codes[hot])
+                _, new_p, d_lik_p = neighbour_deltas(codes, class_lp, ll)
+                fresh = torch.zeros(num_rows, dtype=torch.bool)
+                fresh[hot] = True
+                new_codes = torch.where(fresh.unsqueeze(-1), new_p, new_codes)
+                d_lik = torch.where(fresh.unsqueeze(-1), d_lik_p, d_lik)
+                deltas = prior_deltas(codes, class_lp) + beta.unsqueeze(-1) * d_lik
             if temperatures > 1:  # swaps of neighbouring replicas, even and odd pairs in turn
                 lower = torch.arange(step % 2, temperatures - 1, 2)
                 a = (cold.unsqueeze(-1) + lower).reshape(-1)
@@ -849,24 +871,61 @@ def _affine_columns(
     return base, cols, white
 
 
+_REFERENCE_START = 1e-6
+"""With ``min_beta=0``: the smallest positive beta of the initial ladder (re-spaced after)."""
+
+
+def _initial_ladder(temperatures: int, min_beta: float) -> torch.Tensor:
+    """Return the initial inverse temperatures, ``(T,)`` float64, decreasing from 1.
+
+    Geometric from 1 to ``min_beta``; for ``min_beta = 0`` geometric from 1 to
+    :data:`_REFERENCE_START` over the first ``T - 1`` replicas, then 0 (the reference).
+    """
+    if temperatures == 1:
+        return torch.ones(1, dtype=torch.float64)
+    if min_beta > 0.0:
+        return torch.tensor(
+            [min_beta ** (t / (temperatures - 1)) for t in range(temperatures)],
+            dtype=torch.float64,
+        )
+    steps = max(1, temperatures - 2)
+    positive = [_REFERENCE_START ** (t / steps) for t in range(temperatures - 1)]
+    return torch.tensor([*positive[: temperatures - 1], 0.0], dtype=torch.float64)
+
+
 def _respaced_ladder(
     ladder: torch.Tensor, accept: torch.Tensor, tries: torch.Tensor
 ) -> torch.Tensor:
     """Re-space inverse temperatures so that neighbouring replicas swap equally often.
 
-    ``ladder``: ``(T,)``, decreasing from 1 to the smallest beta (both kept); ``accept`` and
-    ``tries``: ``(T - 1,)`` sums of the swap acceptance probabilities of each pair and their
-    counts. The cumulative rejection rate ("communication barrier", Syed et al. 2021, sec.
-    5.1), piecewise linear in ``log beta``, is inverted at equal steps.
+    ``ladder``: ``(T,)``, decreasing from 1 to the smallest beta (both kept; the smallest may
+    be 0, the exact reference); ``accept`` and ``tries``: ``(T - 1,)`` sums of the swap
+    acceptance probabilities of each pair and their counts. The cumulative rejection rate
+    ("communication barrier", Syed et al. 2021, sec. 5.1), piecewise linear in ``log beta``
+    (in ``beta`` itself between 0 and the smallest positive beta), is inverted at equal steps.
     """
     rejection = (1.0 - accept / tries.clamp(min=1.0)).clamp(min=1e-3)
     barrier = torch.cat([torch.zeros(1, dtype=rejection.dtype), rejection.cumsum(0)])
-    knots = torch.log(ladder).numpy()[::-1]  # increasing log beta
+    betas = ladder.numpy()
+    zero_end = betas[-1] == 0.0
+    positive = betas[:-1] if zero_end else betas
+    logs_known = np.log(positive)
+    # beta = 0 sits one unit below the smallest positive log beta; that last segment maps to
+    # beta linearly: v in [v0, v0 + 1] <-> beta = b_min (v - v0)
+    knots = np.concatenate([logs_known, [logs_known[-1] - 1.0]]) if zero_end else logs_known
     levels = (barrier[-1] - barrier).numpy()[::-1]  # the barrier above each knot, increasing
     targets = np.linspace(0.0, float(barrier[-1]), len(ladder))
-    logs = np.interp(targets, levels, knots)[::-1].copy()  # decreasing, from 0 to log min
-    logs[0], logs[-1] = 0.0, math.log(float(ladder[-1]))
-    return torch.from_numpy(np.exp(logs)).to(ladder.dtype)
+    values = np.interp(targets, levels, knots[::-1])[::-1].copy()  # decreasing from 0
+    out = np.exp(values)
+    if zero_end:
+        floor = logs_known[-1] - 1.0
+        low = values < logs_known[-1]
+        out[low] = positive[-1] * (values[low] - floor)
+        out[-1] = 0.0
+    else:
+        out[-1] = betas[-1]
+    out[0] = 1.0
+    return torch.from_numpy(out).to(ladder.dtype)
 
 
 def _reverse_index(

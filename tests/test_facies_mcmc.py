@@ -86,22 +86,25 @@ class _StudentT(LinearGaussian):
 
 
 @pytest.mark.parametrize(
-    ("likelihood", "k", "d", "kind", "neighbours", "affine", "temps", "mala", "nc"),
+    ("likelihood", "k", "d", "kind", "neighbours", "affine", "temps", "mala", "nc", "beta0"),
     [
-        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 1, 2, 0),
-        ("bernoulli", 2, 3, LinearGaussian, "forward", False, 1, 1, 0),
-        ("categorical", 3, 2, LinearGaussian, "auto", True, 1, 1, 0),
-        ("categorical", 3, 2, LinearGaussian, "forward", False, 1, 2, 0),
-        ("bernoulli", 2, 3, _Bent, "auto", False, 1, 1, 0),
-        ("bernoulli", 2, 3, _StudentT, "auto", False, 1, 1, 0),
-        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 3, 1, 0),
-        ("categorical", 3, 2, _Bent, "auto", False, 3, 1, 0),
-        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 1, 0, 2),
-        ("categorical", 3, 2, _Bent, "auto", False, 2, 1, 2),
+        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 1, 2, 0, 0.05),
+        ("bernoulli", 2, 3, LinearGaussian, "forward", False, 1, 1, 0, 0.05),
+        ("categorical", 3, 2, LinearGaussian, "auto", True, 1, 1, 0, 0.05),
+        ("categorical", 3, 2, LinearGaussian, "forward", False, 1, 2, 0, 0.05),
+        ("bernoulli", 2, 3, _Bent, "auto", False, 1, 1, 0, 0.05),
+        ("bernoulli", 2, 3, _StudentT, "auto", False, 1, 1, 0, 0.05),
+        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 3, 1, 0, 0.05),
+        ("categorical", 3, 2, _Bent, "auto", False, 3, 1, 0, 0.05),
+        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 1, 0, 2, 0.05),
+        ("categorical", 3, 2, _Bent, "auto", False, 2, 1, 2, 0.05),
+        # the exact reference: the hottest replica a fresh draw of the generative prior
+        ("bernoulli", 2, 3, LinearGaussian, "auto", True, 3, 1, 0, 0.0),
+        ("categorical", 3, 2, _Bent, "auto", False, 2, 0, 0, 0.0),
     ],
 )
 def test_chains_match_the_enumerated_posterior(
-    likelihood, k, d, kind, neighbours, affine, temps, mala, nc
+    likelihood, k, d, kind, neighbours, affine, temps, mala, nc, beta0
 ):
     problem = kind(x_dim=d, y_dim=2, noise_std=0.4, seed=1)
     vae = _vae(d, likelihood, k)
@@ -112,7 +115,7 @@ def test_chains_match_the_enumerated_posterior(
     res = facies_mcmc_sample(
         vae, problem, y, init, num_samples=3000, warmup_steps=100, num_chains=4,
         flips_per_step=1, start="first", seed=0, neighbours=neighbours, temperatures=temps,
-        min_beta=0.05, latent_moves=mala, noncentred_moves=nc,
+        min_beta=beta0, latent_moves=mala, noncentred_moves=nc,
     )
     assert res.affine is affine
     assert (temps > 1) == (0 < res.swap_accept <= 1)
@@ -353,3 +356,41 @@ def test_cli_sample_facies_mcmc_on_crosshole_channels(tmp_path, capsys):
     assert main(swapped) == 2
     assert "unconditional VAE" in capsys.readouterr().err
     assert not (tmp_path / "p2.nc").exists()
+
+
+@pytest.mark.parametrize("beta0", [0.01, 0.0])
+def test_ladder_respacing_equalises_the_barrier(beta0):
+    """Re-spacing puts equal shares of the communication barrier between neighbours.
+
+    With swap rejection rates ``r`` per pair and the barrier piecewise linear between knots
+    (Syed et al. 2021), a second re-spacing on the rates the first ladder implies (by the
+    same interpolation) is a fixed point; the ends stay at 1 and ``min_beta`` (0: the exact
+    reference), and the betas decrease.
+    """
+    ladder = facies_mcmc._initial_ladder(6, beta0)
+    assert float(ladder[0]) == 1.0 and float(ladder[-1]) == beta0
+    assert bool((ladder[1:] < ladder[:-1]).all())
+    if beta0 == 0.0:
+        assert math.isclose(float(ladder[-2]), facies_mcmc._REFERENCE_START)
+    rejection = torch.tensor([0.05, 0.1, 0.2, 0.3, 0.9], dtype=torch.float64)  # last pair hard
+    tries = torch.full((5,), 100.0, dtype=torch.float64)
+    new = facies_mcmc._respaced_ladder(ladder, (1 - rejection) * tries, tries)
+    assert float(new[0]) == 1.0 and float(new[-1]) == beta0
+    assert bool((new[1:] < new[:-1]).all())
+    # the rejection a pair of the new ladder meets: the barrier's growth between its betas,
+    # read off the piecewise-linear barrier of the old ladder (in the respacing's variable)
+    def var(b: torch.Tensor) -> np.ndarray:
+        b = b.numpy()
+        if beta0 > 0:
+            return np.log(b)
+        small = float(ladder[-2])
+        out = np.log(np.maximum(b, 1e-300))
+        low = b < small
+        out[low] = np.log(small) - 1.0 + b[low] / small
+        return out
+
+    barrier = np.concatenate([[0.0], np.cumsum(rejection.numpy())])
+    old_v, new_v = var(ladder)[::-1], var(new)[::-1]
+    at_new = np.interp(new_v, old_v, barrier[::-1])
+    shares = np.diff(at_new[::-1])
+    np.testing.assert_allclose(shares, barrier[-1] / 5, rtol=1e-9)
