@@ -223,7 +223,9 @@ class ModelConfig(_DictMixin):
         resolution (average-pooled), beside the feature maps of ``(z, y)``. The decoder can
         then place local features of ``x`` (facies boundaries) from the data at each cell
         instead of only through the ``feature_dim`` features (a learned linear inverse
-        followed by convolutions, as in Jin et al. 2017, FBPConvNet). 0: none.
+        followed by convolutions, as in Jin et al. 2017, FBPConvNet; measured on crosshole
+        channels in the README: a better ELBO and calibration, the draws' misfit unchanged).
+        0: none.
     prior : {"learned", "standard_normal", "flow"}, default "learned"
         Conditional prior net ``p(z | y)`` (a diagonal Gaussian), a fixed ``N(0, I)``, or a
         conditional normalising flow on ``z`` given ``y`` (:class:`~ppl_cvae.nets.ConditionalFlow`

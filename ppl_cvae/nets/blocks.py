@@ -315,7 +315,14 @@ class Conv2dDecoder(nn.Module):
     Raises
     ------
     ConfigError
-        If ``out_shape`` is not a grid or ``channels`` is empty.
+        If ``out_shape`` is not a grid or ``channels`` is empty; from :meth:`forward`, if the
+        extra maps are missing or given to a decoder built without them.
+
+    References
+    ----------
+    Jin, McCann, Froustey and Unser (2017), Deep convolutional neural network for inverse
+    problems in imaging, IEEE Transactions on Image Processing 26, 4509 (convolutions on a
+    linear inverse of the data: the extra maps).
     """
 
     def __init__(
