@@ -59,6 +59,23 @@ def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor],
     return log_target
 
 
+def _terms_at(
+    job: _ChainJob, prior_term: _GaussianPriorTerm | None, v: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Return the problem's log densities (nats) at the chain state ``v`` of a job.
+
+    ``log_likelihood`` at ``x(theta)``, ``theta = mu + L v``, and ``log_prior`` unless the
+    prior is the Gaussian quadratic form ``prior_term`` (not the problem's code).
+    """
+    problem = as_problem(job.problem)
+    par = problem.parameterisation()
+    theta = job.mu + job.tril @ v.detach().double()
+    x = par.to_x(theta.float()) if par is not None else theta.reshape(problem.x_shape)
+    terms = {} if prior_term is not None else {"log_prior": _log_prior_theta(problem, theta)}
+    terms["log_likelihood"] = checked_log_likelihood(problem, x, job.y)
+    return terms
+
+
 def _checked_gaussian_prior(
     problem: Problem, theta: torch.Tensor, precondition: str
 ) -> torch.distributions.MultivariateNormal | None:
