@@ -461,7 +461,9 @@ def _check_low_precision(
             except Exception as err:  # noqa: BLE001 - a user's problem may refuse float32
                 if fn is energy:
                     raise
-                return f"the float32 potential raised {exception_summary(err)}"
+                # what the problem raised, not the ConfigError the checked density made of it
+                cause = err.__cause__ if isinstance(err, ConfigError) else None
+                return f"the float32 potential raised {exception_summary(cause or err)}"
             values.append((float(u.detach()), grad))
         (u0, g0), (u1, g1) = values
         if not math.isfinite(u1) or abs(u1 - u0) > FLOAT32_POTENTIAL_TOLERANCE:
