@@ -413,6 +413,13 @@ def cases(root: Path) -> list[Case]:
               "--overwrite", *TINY]))
     add(Case("interrupts", "Ctrl-C during fit", ["fit", "--problem", "crosshole", "--out",
              f"{r}/interrupted", "--quiet"], expect=130, subprocess_signal=True))
+    for name, flags in (("sample", ["--num-samples", "3000000"]),
+                        ("sample --method nuts", ["--method", "nuts", "--num-samples", "40000",
+                                                  "--chains", "2", "--warmup", "100",
+                                                  "--problem", "linear_gaussian"])):
+        add(Case("interrupts", f"Ctrl-C during {name}", ["sample", f"{r}/lgrun",
+                 "--observation", f"{r}/lgobs.npz", *flags, "--out", f"{out}.nc",
+                 "--threads", "1"], expect=130, subprocess_signal=True))
     return c
 
 
