@@ -29,11 +29,10 @@ access, so that those modules can import :class:`Problem` from this one).
 from __future__ import annotations
 
 import abc
-import contextlib
 import importlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import torch
 from torch.distributions import MultivariateNormal, Transform
@@ -153,14 +152,14 @@ def _is_out_of_memory(err: BaseException) -> bool:
     )
 
 
-@contextlib.contextmanager
-def _problem_code(what: str, detail: str = "") -> Iterator[None]:
+class _problem_code:  # noqa: N801 - used as a function: ``with _problem_code(...):``
     """Turn an exception that a problem's code raises inside the block into a ConfigError.
 
     The rule of :mod:`ppl_cvae.errors`: problem code that fails is a
     :class:`~ppl_cvae.errors.ConfigError`, whatever it raised and wherever it was called
     from (an optimiser, a NUTS trajectory inside Pyro, the writing of a file). The package's
-    own errors and allocation failures pass unchanged; ``KeyboardInterrupt`` too.
+    own errors and allocation failures pass unchanged; ``KeyboardInterrupt`` too. A class,
+    not a generator: it wraps every evaluation of a potential (about 0.3 us against 3 us).
 
     Parameters
     ----------
@@ -177,15 +176,26 @@ def _problem_code(what: str, detail: str = "") -> Iterator[None]:
         ``what``, the exception's type and the first line of its message), or calls
         ``sys.exit`` (:func:`~ppl_cvae.errors.no_exit`).
     """
-    try:
-        with no_exit(what):
-            yield
-    except PplCvaeError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a user's problem may raise anything
-        if _is_out_of_memory(err):
-            raise
-        raise ConfigError(f"{what} raised {exception_summary(err)}{detail}") from err
+
+    __slots__ = ("detail", "what")
+
+    def __init__(self, what: str, detail: str = "") -> None:
+        self.what, self.detail = what, detail
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, traceback: Any
+    ) -> Literal[False]:
+        if err is None or isinstance(err, PplCvaeError):
+            return False
+        if isinstance(err, SystemExit):
+            with no_exit(self.what):
+                raise err
+        if not isinstance(err, Exception) or _is_out_of_memory(err):
+            return False
+        raise ConfigError(f"{self.what} raised {exception_summary(err)}{self.detail}") from err
 
 
 def _forward_checked(problem: Problem, x: torch.Tensor) -> torch.Tensor:
