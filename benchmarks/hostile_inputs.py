@@ -39,7 +39,12 @@ fifth (:func:`generative_cases`, ``--only generative``, under the same output ru
 problem: priors that are missing, garbage, empty, conditional, Gaussian (for facies MCMC), of
 another ``x_shape``, forged or with NaN weights; ``--facies-moves`` and ``--temperatures`` 0,
 -1, 1.5, 10**30, abc; observations with NaN; a problem without a noise model; draw and chain
-counts too large for memory; ``--out`` onto an input.
+counts too large for memory; ``--out`` onto an input. The sixth (:func:`problem_code_cases`,
+``--only problem-code``, about 20 s, same output rules): each ``sample --method`` on a user's
+problem whose ``forward``, ``log_prior`` or ``log_likelihood`` raises, calls ``sys.exit``,
+returns NaN, inf or a wrong shape, on every call, from a later call on (inside Pyro's NUTS
+tree, the optimiser or the writing of the file) or for some models only; a refusal must name
+the member (and the original message) and write nothing at ``--out``.
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
 (about 5 minutes on 2 cores; ``--only generative``: about 15 s). Exit status 1 when a case
