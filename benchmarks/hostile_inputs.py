@@ -39,7 +39,12 @@ fifth (:func:`generative_cases`, ``--only generative``, under the same output ru
 problem: priors that are missing, garbage, empty, conditional, Gaussian (for facies MCMC), of
 another ``x_shape``, forged or with NaN weights; ``--facies-moves`` and ``--temperatures`` 0,
 -1, 1.5, 10**30, abc; observations with NaN; a problem without a noise model; draw and chain
-counts too large for memory; ``--out`` onto an input.
+counts too large for memory; ``--out`` onto an input. The sixth (:func:`problem_code_cases`,
+``--only problem-code``, about 20 s, same output rules): each ``sample --method`` on a user's
+problem whose ``forward``, ``log_prior`` or ``log_likelihood`` raises, calls ``sys.exit``,
+returns NaN, inf or a wrong shape, on every call, from a later call on (inside Pyro's NUTS
+tree, the optimiser or the writing of the file) or for some models only; a refusal must name
+the member (and the original message) and write nothing at ``--out``.
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
 (about 5 minutes on 2 cores; ``--only generative``: about 15 s). Exit status 1 when a case
@@ -104,6 +109,7 @@ class Case:
     no_warnings: bool = False  # an accepted request must also print no warning
     may_change: str | None = None  # files under this folder may change (a resumed run)
     check_outputs: bool = False  # an accepted request must write finite, strict outputs
+    says: tuple[str, ...] = ()  # words a refusal's error line must hold
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -412,6 +418,13 @@ def cases(root: Path) -> list[Case]:
               "--overwrite", *TINY]))
     add(Case("interrupts", "Ctrl-C during fit", ["fit", "--problem", "crosshole", "--out",
              f"{r}/interrupted", "--quiet"], expect=130, subprocess_signal=True))
+    for name, flags in (("sample", ["--num-samples", "3000000"]),
+                        ("sample --method nuts", ["--method", "nuts", "--num-samples", "40000",
+                                                  "--chains", "2", "--warmup", "100",
+                                                  "--problem", "linear_gaussian"])):
+        add(Case("interrupts", f"Ctrl-C during {name}", ["sample", f"{r}/lgrun",
+                 "--observation", f"{r}/lgobs.npz", *flags, "--out", f"{out}.nc",
+                 "--threads", "1"], expect=130, subprocess_signal=True))
     return c
 
 
@@ -1604,6 +1617,188 @@ def generative_cases(root: Path) -> list[Case]:
     return c
 
 
+# ------------------------------------------------------------- problem code that fails
+PROBLEM_CODE = """import math
+import sys
+
+import torch
+
+from ppl_cvae.problems.base import Problem
+
+
+class Failing(Problem):
+    # y = A x + noise on 2 parameters; ``member`` fails from its call number after + 1 on,
+    # for the models whose first value exceeds ``region`` (all of them by default)
+    name = "pc_failing"
+    x_shape, y_shape = (2,), (2,)
+    x_dims, y_dims, coords = ("p",), ("d",), {}
+    noise_std = misfit_std = 0.1
+    has_prior_density = True
+
+    def __init__(self, member="none", failure="none", after=0, region=-math.inf):
+        self.member, self.failure, self.after, self.calls = member, failure, after, 0
+        self.region = region
+
+    def _fail(self, member, value, x):
+        if member != self.member:
+            return value
+        self.calls += 1
+        inside = x[..., 0] > self.region
+        if self.calls <= self.after or not bool(inside.any()):
+            return value
+        mask = inside[..., None] if member == "forward" else inside
+        if self.failure == "runtime":
+            raise RuntimeError("boom")
+        if self.failure == "value":
+            raise ValueError("solver diverged")
+        if self.failure == "exit":
+            sys.exit(3)
+        if self.failure == "nan":
+            return torch.where(mask, math.nan, value)
+        if self.failure == "inf":
+            return torch.where(mask, math.inf, value)
+        if self.failure == "shape":
+            return value[..., :1] if member == "forward" else value[..., None]
+        return value
+
+    def sample_prior(self, num, generator=None):
+        return torch.randn(num, 2, generator=generator)
+
+    def forward(self, x):
+        y = torch.stack([x[..., 0] + x[..., 1], x[..., 0] - 0.5 * x[..., 1]], -1)
+        return self._fail("forward", y, x)
+
+    def log_prior(self, x):
+        lp = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+        return self._fail("log_prior", lp, x)
+
+    def log_likelihood(self, x, y):
+        return self._fail("log_likelihood", super().log_likelihood(x, y), x)
+
+
+class Facies(Failing):
+    # 6 cells of facies 0/1 (one run of ones), three block averages, Gaussian noise
+    name = "pc_facies"
+    x_shape, y_shape = (6,), (3,)
+    x_dims, y_dims = ("cell",), ("datum",)
+    has_prior_density = False
+
+    def sample_prior(self, num, generator=None):
+        n = self.x_shape[0]
+        start = torch.randint(0, n, (num, 1), generator=generator)
+        length = torch.randint(1, n // 2 + 1, (num, 1), generator=generator)
+        cells = torch.arange(n)
+        return ((cells >= start) & (cells < start + length)).float()
+
+    def forward(self, x):
+        n = x.shape[-1]
+        block = torch.arange(n) * 3 // n
+        a = (block == torch.arange(3)[:, None]).to(x.dtype)
+        return self._fail("forward", x @ (a / a.sum(-1, keepdim=True)).T, x)
+
+    def log_prior(self, x):
+        return Problem.log_prior(self, x)
+
+
+def failing(**kwargs): return Failing(**kwargs)
+def facies(**kwargs): return Facies(**kwargs)
+"""
+
+PROBLEM_CODE_FAILURES = {
+    "runtime": "raises RuntimeError('boom')",
+    "value": "raises ValueError('solver diverged')",
+    "exit": "calls sys.exit(3)",
+    "nan": "returns NaN",
+    "inf": "returns inf",
+    "shape": "returns a wrong shape",
+}
+"""How a member of the problem-code problems fails (``failure=`` of ``pc_own:failing``)."""
+
+PROBLEM_CODE_SAYS = {
+    "runtime": ("RuntimeError: boom",),
+    "value": ("ValueError: solver diverged",),
+    "exit": ("sys.exit(3)",),
+    "shape": ("shape",),
+}
+"""Words the one error line must hold for a failure, beside the failing member's name."""
+
+
+def build_problem_code_workspace(root: Path) -> None:
+    """Tiny runs of a user's problems whose members can be told to fail (``pc_own``)."""
+    (root / "pc_own.py").write_text(PROBLEM_CODE)
+    p = root / "pc"
+    p.mkdir()
+    lin, fac = ["--problem", "pc_own:failing"], ["--problem", "pc_own:facies"]
+    bern = ["--likelihood", "bernoulli"]
+    assert main(["fit", *lin, "--out", str(p / "run"), *TINY]) == 0
+    assert main(["fit", *lin, "--unconditional", "--out", str(p / "prior"), *TINY]) == 0
+    assert main(["fit", *fac, *bern, "--out", str(p / "frun"), *TINY]) == 0
+    assert main(["fit", *fac, *bern, "--unconditional", "--out", str(p / "fprior"),
+                 *TINY]) == 0
+    assert main(["simulate", *lin, "--num", "1", "--out", str(p / "obs.npz")]) == 0
+    assert main(["simulate", *fac, "--num", "1", "--out", str(p / "fobs.npz")]) == 0
+
+
+def problem_code_cases(root: Path) -> list[Case]:
+    """Each ``sample --method``, a problem's member raising, or NaN, inf, a wrong shape.
+
+    The member fails on every call (``always``), from a later call on (``later``: inside
+    the optimiser, the chain or the writing of the file, past the checks at the start), or
+    for the models whose first value exceeds a threshold (``for some models``, wherever they
+    come). A raise or a wrong shape must end as one error line naming the member (and the
+    original message; exit 2, nothing at ``--out``); NaN or inf may also be accepted with
+    finite, strict outputs.
+    """
+    r, p = str(root), str(root / "pc")
+    out = f"{r}/new.nc"
+    c: list[Case] = []
+    mcmc = ["--chains", "2", "--warmup", "6"]
+    methods = {
+        "amortized": (f"{p}/run", f"{p}/obs.npz", "failing", ["--method", "amortized"],
+                      {"forward": None, "log_prior": None}),
+        "refine": (f"{p}/run", f"{p}/obs.npz", "failing", ["--method", "refine",
+                   "--refine-steps", "5"], {"forward": 3}),
+        "importance": (f"{p}/run", f"{p}/obs.npz", "failing", ["--method", "importance"],
+                       {"forward": 1, "log_prior": 1, "log_likelihood": None}),
+        "nuts": (f"{p}/run", f"{p}/obs.npz", "failing", ["--method", "nuts", *mcmc],
+                 {"forward": 40, "log_prior": 40, "log_likelihood": 40}),
+        "latent-nuts": (f"{p}/run", f"{p}/obs.npz", "failing", ["--method", "latent-nuts",
+                        *mcmc, "--generative-prior", f"{p}/prior"],
+                        {"forward": 40, "log_likelihood": 40}),
+        "facies-mcmc": (f"{p}/frun", f"{p}/fobs.npz", "facies", ["--method", "facies-mcmc",
+                        *mcmc, "--facies-moves", "2", "--temperatures", "2",
+                        "--generative-prior", f"{p}/fprior"],
+                        {"forward": 2, "log_likelihood": None}),
+    }
+    # the number of calls of each member that pass before it fails ("later"; None: the
+    # method calls the member once, so that "later" is never)
+    for method, (run, obs, factory, flags, later) in methods.items():
+        base = ["sample", run, "--observation", obs, "--num-samples", "8", "--out", out,
+                *flags, "--problem", f"pc_own:{factory}"]
+        c.append(Case("problem-code", f"{method}: no failure", base, expect=0,
+                      check_outputs=True))
+        for member in later:
+            for failure, what in PROBLEM_CODE_FAILURES.items():
+                if failure == "exit" and method not in ("nuts", "latent-nuts"):
+                    continue  # sys.exit of problem code has its own cases (user problems)
+                region = "region=" + ("0.5" if factory == "facies" else "0.0")
+                after = f"after={later[member]}"
+                for when, args in (("always", ["after=0"]), ("later", [after]),
+                                   ("for some models", [region]),
+                                   ("later, for some models", [after, region])):
+                    if "after=None" in args or (when == "always" and failure in ("nan", "inf")):
+                        continue  # NaN everywhere: the checks at the start (outputs, user)
+                    argv = [*base, "--problem-arg", f"member={member}", "--problem-arg",
+                            f"failure={failure}"]
+                    for arg in args:
+                        argv += ["--problem-arg", arg]
+                    says = (member, *PROBLEM_CODE_SAYS.get(failure, ()))
+                    c.append(Case("problem-code", f"{method}: {member} {what} ({when})", argv,
+                                  expect=-2 if failure in ("nan", "inf") else 2,
+                                  check_outputs=True, says=says))
+    return c
+
+
 def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
 
@@ -1676,7 +1871,8 @@ def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
         err = buffer.getvalue()
     problems = []
     if case.expect == -2:  # either outcome is correct; the rules below apply to the one seen
-        case = Case(case.category, case.name, case.argv, expect=code if code in (0, 2) else 2)
+        case = Case(case.category, case.name, case.argv, expect=code if code in (0, 2) else 2,
+                    says=case.says)
     torch.set_num_threads(THREADS)  # a case's --threads must not carry over to the next
     if code != case.expect:
         problems.append(f"exit {code}, expected {case.expect}")
@@ -1687,6 +1883,13 @@ def _run_case(case: Case, root: Path, verbose: bool) -> tuple[bool, str]:
         problems.append("no error line")
     if case.expect != 0 and len(lines) > 1:
         problems.append(f"{len(lines)} lines on stderr")
+    missing = [w for w in case.says if code == 2 and lines and w not in lines[-1]]
+    if missing:
+        problems.append(f"the error line lacks {missing}")
+    written = [name for name in ("new", "new.nc", "new.npz", "new.json")
+               if code != 0 and (root / name).exists()]
+    if written:
+        problems.append(f"refused, yet wrote {written}")
     if case.no_warnings and "Warning" in err:
         problems.append("a warning on stderr: " + next(
             line for line in lines if "Warning" in line)[:100])
@@ -1738,7 +1941,8 @@ def main_cli() -> int:
         # categories with a workspace of their own (beside the first) run alone without the
         # other workspaces: --only outputs, --only generative or both
         own = {"outputs": (build_output_workspace, output_cases),
-               "generative": (build_generative_workspace, generative_cases)}
+               "generative": (build_generative_workspace, generative_cases),
+               "problem-code": (build_problem_code_workspace, problem_code_cases)}
         words = set(args.only.split(",")) if args.only else set()
         if words and words <= set(own):
             for word in sorted(words):
@@ -1750,8 +1954,10 @@ def main_cli() -> int:
             build_user_workspace(root)
             build_output_workspace(root)
             build_generative_workspace(root)
+            build_problem_code_workspace(root)
             everything = (cases(root) + new_feature_cases(root) + audit_cases(root)
-                          + user_cases(root) + output_cases(root) + generative_cases(root))
+                          + user_cases(root) + output_cases(root) + generative_cases(root)
+                          + problem_code_cases(root))
         os.symlink(root, root / "link_to_root")
         table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         failures = []

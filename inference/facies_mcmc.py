@@ -99,7 +99,11 @@ from ppl_cvae.errors import ConfigError, DataError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
-from ppl_cvae.problems.densities import checked_log_likelihood
+from ppl_cvae.problems.densities import (
+    check_log_density_values,
+    checked_forward,
+    checked_log_likelihood,
+)
 
 if TYPE_CHECKING:
     from inference.arviz_io import az
@@ -498,7 +502,8 @@ def facies_mcmc_sample(
         out = []
         for part in flat.split(batch_models):
             models = part.to(dtype).reshape(-1, *x_shape)
-            out.append(checked_log_likelihood(problem, models, y_ll).double())
+            value = checked_log_likelihood(problem, models, y_ll)
+            out.append(check_log_density_values(problem, "log_likelihood", value, "facies fields"))
             count[0] += len(part)
         return torch.cat(out).reshape(codes.shape[:-1])
 
@@ -701,7 +706,10 @@ def facies_mcmc_sample(
             # facies moves: locally balanced single-cell proposals (Zanella 2020)
             for _ in range(flips_per_step):
                 log_q_fwd = torch.log_softmax(deltas / 2, -1)
-                j = torch.multinomial(log_q_fwd.exp(), 1, generator=gen).squeeze(-1)
+                # a field whose every neighbour has zero density has no move (NaN weights):
+                # a uniform pick there, whose log ratio (-inf + NaN) is then rejected
+                weights = torch.nan_to_num(log_q_fwd.exp(), nan=1.0)
+                j = torch.multinomial(weights, 1, generator=gen).squeeze(-1)
                 prop = codes.clone()
                 prop[rows, cells[j]] = new_codes[rows, j]
                 ll_prop = ll + d_lik[rows, j]
@@ -837,8 +845,8 @@ def _affine_columns(
     def forward(flat: torch.Tensor) -> torch.Tensor:
         out = []
         for part in flat.split(batch_models):
-            data = problem.forward(part.to(torch.float64).reshape(-1, *x_shape))
-            out.append(torch.as_tensor(data).to(torch.float64).reshape(len(part), num_data))
+            data = checked_forward(problem, part.to(torch.float64).reshape(-1, *x_shape))
+            out.append(data.to(torch.float64).reshape(len(part), num_data))
             count[0] += len(part)
         return torch.cat(out)
 

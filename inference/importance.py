@@ -32,11 +32,15 @@ import torch
 
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import as_count, as_seed, check_problem_matches
-from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
+from ppl_cvae.errors import ConfigError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
-from ppl_cvae.problems.densities import checked_log_likelihood, checked_log_prior
+from ppl_cvae.problems.densities import (
+    check_log_density_values,
+    checked_log_likelihood,
+    checked_log_prior,
+)
 
 __all__ = ["KHAT_THRESHOLD", "ImportanceResult", "importance_sample", "systematic_resample"]
 
@@ -315,22 +319,9 @@ def _weigh(
         loc, scale = cvae.recognition_params(flat_y, x.reshape(num * num_obs, *cfg.x_shape))
         log_r = dist.Normal(loc, scale).to_event(1).log_prob(z.reshape(num * num_obs, -1))
         log_q = log_q - log_r.reshape(num, num_obs)
-    log_p = _finite_or_minus_inf(problem, "log_prior", checked_log_prior(problem, x))
-    log_p = log_p + _finite_or_minus_inf(
-        problem, "log_likelihood", checked_log_likelihood(problem, x, y)
+    where = "importance proposals"
+    log_p = check_log_density_values(problem, "log_prior", checked_log_prior(problem, x), where)
+    log_p = log_p + check_log_density_values(
+        problem, "log_likelihood", checked_log_likelihood(problem, x, y), where
     )
     return x, z, log_p - log_q.double()
-
-
-def _finite_or_minus_inf(problem: Problem, member: str, value: torch.Tensor) -> torch.Tensor:
-    """``value`` as float64, refused when it holds NaN or ``+inf`` (``-inf`` is a zero density)."""
-    value = value.double()
-    bad = torch.isnan(value) | (value == math.inf)
-    if bool(bad.any()):
-        first = float(value[bad].flatten()[0])
-        raise DataError(
-            f"problem {problem.name!r} {member} is {first} at {int(bad.sum())} of "
-            f"{value.numel()} importance proposals; a log density must be finite, or -inf "
-            f"where the density is zero: check the problem's {member}"
-        )
-    return value

@@ -52,6 +52,7 @@ import torch
 from pyro.infer import NUTS
 
 from inference.mcmc import ChainVerdict, chains_summary, rhat_threshold, run_whitened_chain
+from inference.mcmc.chains import _PotentialWatch
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_finite, derived_seed
 from ppl_cvae.errors import ConfigError, ShapeError
@@ -464,9 +465,17 @@ def latent_nuts_sample(
         x = decode_latent(prior_vae, z).double()
         return 0.5 * z.pow(2).sum(-1) - checked_log_likelihood(problem, x, y64)
 
+    def terms(v: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = decode_latent(prior_vae, mu + tril @ v).double()
+        return {"log_likelihood": checked_log_likelihood(problem, x, y64)}
+
+    watch = _PotentialWatch(problem, terms)
+
     def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
         count[0] += 1
-        return latent_potential(mu + tril @ params["v"])
+        value = latent_potential(mu + tril @ params["v"])
+        watch.see(params["v"], float(value.detach()))
+        return value
 
     num_chains = min(len(encoded), num_chains)
     if start == "best":
@@ -481,9 +490,10 @@ def latent_nuts_sample(
     begin = time.perf_counter()
     for c in range(num_chains):
         kernel = NUTS(potential_fn=potential, max_tree_depth=max_tree_depth, target_accept_prob=0.8)
-        draws, diverged, _ = run_whitened_chain(
-            kernel, start_z[c], mu, tril, num_samples, warmup_steps, derived_seed(seed, c)
-        )
+        with watch.failures():
+            draws, diverged, _ = run_whitened_chain(
+                kernel, start_z[c], mu, tril, num_samples, warmup_steps, derived_seed(seed, c)
+            )
         chains.append(draws)
         divergences += diverged
     seconds = time.perf_counter() - begin

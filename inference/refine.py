@@ -330,7 +330,9 @@ def accept_by_misfit(
         idx = index.reshape(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
         return t.gather(0, idx)
 
-    y_rep = candidates.y_rep if candidates.y_rep is not None else problem.forward(candidates.x)
+    y_rep = candidates.y_rep
+    if y_rep is None:
+        y_rep = checked_forward(problem, candidates.x)
     draws = PosteriorDraws(
         x=pick(candidates.x),
         z=pick(candidates.z),

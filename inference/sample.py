@@ -27,7 +27,7 @@ import torch
 from inference.arviz_io import az, save_inference_data, to_inference_data
 from inference.posterior import as_observation_batch, bytes_per_draw, draw_posterior
 from inference.refine import RefineConfig, refine_and_accept
-from ppl_cvae._atomic import atomic_path
+from ppl_cvae._atomic import atomic_path, check_interrupted
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
 from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_problem_matches
@@ -692,6 +692,7 @@ def sample_posterior_to_netcdf(
     with atomic_path(path) as tmp:
         done = 0
         while done < num_samples:
+            check_interrupted()  # a Ctrl-C that a finalizer swallowed stops at the next chunk
             num = min(chunk, num_samples - done)
             # later chunks continue the seeded random stream; one warning for all chunks
             idata = draw(num, seed if done == 0 else None, warn=False)

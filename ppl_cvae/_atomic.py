@@ -14,7 +14,10 @@ Conventions:
   the files it wrote, and ``overwrite`` replaces only a folder with the same command's marker
   that holds no other file (never a folder of other content, never an ordinary file); an
   ordinary file is never replaced by a folder nor the reverse;
-- errors name the user's target path, never the hidden temporary.
+- errors name the user's target path, never the hidden temporary;
+- Ctrl-C: within :func:`remembering_interrupts` (the ``ppl-cvae`` command) no output is renamed
+  into place after a Ctrl-C, even one that Python swallowed in a finalizer, and a Ctrl-C during
+  the renames themselves is held back until they are done (:class:`InterruptedAfterWrite`).
 """
 
 from __future__ import annotations
@@ -24,25 +27,133 @@ import errno
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from types import FrameType
+from typing import Any, Literal
 
 from ppl_cvae.errors import OutputError, PplCvaeError
 
 __all__ = [
     "MARKER",
+    "InterruptedAfterWrite",
     "atomic_dir",
     "atomic_path",
+    "check_interrupted",
     "check_output_folder",
     "check_output_path",
     "clean_stale_temporaries",
     "read_marker",
+    "remembering_interrupts",
 ]
 
 MARKER = ".ppl_cvae_output.json"
 """Name of the file that marks a folder as an output of a ``ppl-cvae`` command."""
+
+
+class InterruptedAfterWrite(KeyboardInterrupt):
+    """Ctrl-C that came while an output was being renamed into place; the output is complete.
+
+    Raised after the rename, so that the command still ends as interrupted; a caller that
+    undoes its preparations on ``KeyboardInterrupt`` must not undo this output.
+    """
+
+
+_INTERRUPTS: list[int] = []
+"""The SIGINTs received within :func:`remembering_interrupts` (reset when it starts and ends)."""
+
+
+def _remember_interrupt(signum: int, frame: FrameType | None) -> None:
+    _INTERRUPTS.append(signum)
+    raise KeyboardInterrupt
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def remembering_interrupts() -> Iterator[None]:
+    """Remember each Ctrl-C (SIGINT) within the block, so that no output is written after one.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread is when SIGINT arrives; in a
+    finalizer or a weakref callback run by the garbage collector (while NetCDF is written,
+    say) it is printed as "Exception ignored" and the program goes on, and would then write
+    its output as if nothing had happened. Within the block SIGINT still raises
+    ``KeyboardInterrupt`` and is also remembered: :func:`atomic_path` and :func:`atomic_dir`
+    then raise ``KeyboardInterrupt`` instead of renaming an output into place. Outside the
+    main thread, or where SIGINT is ignored (a background job), the block runs unchanged.
+
+    Examples
+    --------
+    >>> with remembering_interrupts():
+    ...     pass
+    """
+    if not _in_main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _remember_interrupt)
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:  # the swallowed Ctrl-C is remembered: no traceback
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = hook
+    _INTERRUPTS.clear()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        sys.unraisablehook = previous_hook
+        _INTERRUPTS.clear()
+
+
+def check_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if a Ctrl-C was remembered (:func:`remembering_interrupts`).
+
+    For long loops (chunks of draws) to stop at the next chunk after a Ctrl-C that a
+    finalizer swallowed, instead of at the rename of their output.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        If SIGINT arrived within :func:`remembering_interrupts`.
+
+    Examples
+    --------
+    >>> check_interrupted()  # no Ctrl-C: nothing happens
+    """
+    if _INTERRUPTS:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _committing(restoring: bool = False) -> Iterator[None]:
+    """Hold Ctrl-C back while the block renames an output into place.
+
+    Raises ``KeyboardInterrupt`` before the block if a Ctrl-C was remembered (one that a
+    finalizer swallowed, :func:`remembering_interrupts`; not when ``restoring`` a previous
+    file), and :class:`InterruptedAfterWrite` after it if one came during it: a rename pair
+    is never left half done.
+    """
+    if not restoring:
+        check_interrupted()
+    if not _in_main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if held:
+        raise InterruptedAfterWrite
 
 
 def _umask() -> int:
@@ -112,12 +223,14 @@ def _name_target(target: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], *, restoring: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
 
     The temporary file keeps the target's suffix (some writers choose the format by it). On an
     exception the temporary file is removed and ``target`` is left as it was. The finished file
-    gets the mode ``0o666 & ~umask``.
+    gets the mode ``0o666 & ~umask``. After a Ctrl-C (:func:`remembering_interrupts`) nothing
+    is renamed into place (``KeyboardInterrupt``) unless ``restoring`` is true: the block
+    writes back what a file held before the command, to undo it.
 
     Raises
     ------
@@ -143,7 +256,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with _name_target(target):
             yield tmp_path
             os.chmod(tmp_path, 0o666 & ~_umask())
-            os.replace(tmp_path, target)
+            with _committing(restoring):
+                os.replace(tmp_path, target)
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
@@ -264,15 +378,18 @@ def atomic_dir(
         os.chmod(tmp, 0o777 & ~_umask())
         check_output_folder(target, overwrite, command)  # unchanged while we worked?
         try:
-            if target.exists():
-                old = Path(
-                    tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.")
-                )
-                os.replace(target, old / target.name)
-                os.replace(tmp, target)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, target)
+            with _committing():
+                if target.exists():
+                    old = Path(
+                        tempfile.mkdtemp(
+                            dir=target.parent, prefix=f".{target.name}.{os.getpid()}."
+                        )
+                    )
+                    os.replace(target, old / target.name)
+                    os.replace(tmp, target)
+                    shutil.rmtree(old)
+                else:
+                    os.replace(tmp, target)
         except OSError as err:
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise OutputError(f"{str(target)!r} was filled by another process") from err

@@ -230,7 +230,7 @@ def test_draw_posterior_checks_the_problem(trained: Any) -> None:
     cvae, _, _, y = trained
     with pytest.raises(ShapeError, match="event shapes of problem"):
         draw_posterior(cvae, y[0], 5, problem=LinearGaussian(x_dim=4, y_dim=2))
-    with pytest.raises(ShapeError, match=r"forward returned \(5, 1, 1\).*expected a tensor"):
+    with pytest.raises(ShapeError, match=r"forward returned \(5, 1, 1\).*expected a torch tensor"):
         draw_posterior(cvae, y[0], 5, problem=_Mine("forward_shape"))
 
 
@@ -257,7 +257,7 @@ def test_nuts_inputs(trained: Any) -> None:
     ("kind", "error", "fragment"),
     [
         ("forward_shape", ShapeError, r"forward returned \(64, 1\).*expected a torch tensor"),
-        ("forward_numpy", DataError, "forward returned ndarray"),
+        ("forward_numpy", DataError, "forward returned a numpy.ndarray"),
         ("prior_shape", ShapeError, r"sample_prior\(64\) returned \(64, 2\)"),
     ],
 )

@@ -616,3 +616,131 @@ def test_facies_mcmc_replicas_beyond_memory_are_refused_before_any_step():
                                             "each of 2 chains"):
         facies_mcmc_sample(vae, LinearGaussian(), torch.zeros(2), torch.zeros(3, 2),
                            num_samples=4, warmup_steps=0, num_chains=2, temperatures=10**12)
+
+
+# ----------------------------------------------------------------- problem code that fails
+FAILING = """
+import math
+
+import torch
+from ppl_cvae.problems.base import Problem
+
+
+class Failing(Problem):
+    # y = A x + noise; ``member`` fails from its call after + 1 on, where x_0 > region
+    name = "pc_failing"
+    x_shape, y_shape = (2,), (2,)
+    x_dims, y_dims, coords = ("p",), ("d",), {}
+    noise_std = misfit_std = 0.1
+    has_prior_density = True
+
+    def __init__(self, member="none", failure="none", after=0, region=-math.inf):
+        self.member, self.failure, self.after, self.region = member, failure, after, region
+        self.calls = 0
+
+    def _fail(self, member, value, x):
+        if member != self.member:
+            return value
+        self.calls += 1
+        inside = x[..., 0] > self.region
+        if self.calls <= self.after or not bool(inside.any()):
+            return value
+        if self.failure == "value":
+            raise ValueError("solver diverged")
+        mask = inside[..., None] if member == "forward" else inside
+        return torch.where(mask, {"nan": math.nan, "inf": math.inf}[self.failure], value)
+
+    def sample_prior(self, num, generator=None):
+        return torch.randn(num, 2, generator=generator)
+
+    def forward(self, x):
+        y = torch.stack([x[..., 0] + x[..., 1], x[..., 0] - 0.5 * x[..., 1]], -1)
+        return self._fail("forward", y, x)
+
+    def log_prior(self, x):
+        lp = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+        return self._fail("log_prior", lp, x)
+
+    def log_likelihood(self, x, y):
+        return self._fail("log_likelihood", super().log_likelihood(x, y), x)
+
+
+def failing(**kwargs): return Failing(**kwargs)
+"""
+
+
+@pytest.fixture(scope="module")
+def failing(tmp_path_factory):
+    """A run of a user's 2-parameter problem whose members fail on request; an observation.
+
+    The sweep's ``problem-code`` category (benchmarks/hostile_inputs.py): one one-epoch fit
+    of 8 hidden units, about a second.
+    """
+    root = tmp_path_factory.mktemp("problem_code")
+    (root / "hostile_failing.py").write_text(FAILING)
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root))
+        problem = ["--problem", "hostile_failing:failing"]
+        try:
+            assert main(["fit", *problem, "--out", str(root / "run"), *TINY]) == 0
+            assert main(["simulate", *problem, "--num", "1", "--out", str(root / "obs.npz"),
+                         "--threads", "1"]) == 0
+        finally:
+            torch.set_num_threads(threads)
+        yield root
+
+
+@pytest.mark.parametrize("method, settings, match", [
+    # inside Pyro's NUTS tree: a raise, an infinite density, NaN everywhere (Pyro then fails)
+    ("nuts", ["member=forward", "failure=value", "after=40"],
+     "problem 'pc_failing' forward raised ValueError: solver diverged for x of shape (2,)"),
+    ("nuts", ["member=log_prior", "failure=inf", "region=0.0"],
+     "log p(x) + log p(y | x) is inf at a point NUTS evaluated (there: log_prior inf"),
+    ("nuts", ["member=log_likelihood", "failure=nan", "after=40"],
+     "check the problem's log_likelihood (and the forward operator it calls)"),
+    # the second call of log_prior writes the file's sample_stats.lp
+    ("importance", ["member=log_prior", "failure=value", "after=1"],
+     "problem 'pc_failing' log_prior raised ValueError: solver diverged for x of shape (8, 1, 2)"),
+])
+def test_problem_code_failing_inside_a_sampler_is_one_line(failing, capsys, method, settings,
+                                                          match):
+    """Before: a traceback (the raise through Pyro, or Pyro's own on the NaN it was given)."""
+    out = failing / "post.nc"
+    argv = ["sample", failing / "run", "--observation", failing / "obs.npz", "--num-samples",
+            8, "--method", method, "--out", out, "--threads", 1, "--problem",
+            "hostile_failing:failing"]
+    if method == "nuts":
+        argv += ["--chains", 2, "--warmup", 6]
+    for setting in settings:
+        argv += ["--problem-arg", setting]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(failing))
+        _fails(argv, capsys, match)
+    assert not out.exists() and not list(failing.glob(".*"))  # nothing at --out, no temporary
+
+
+def test_nuts_steps_around_a_region_where_the_density_is_nan():
+    """NaN where ``x_0 > 0``: Pyro's NUTS takes it as a divergent step, so no draw lies there.
+
+    A NaN that depends on ``x`` alone (a solver failing in part of the model space) is a
+    region the chains never enter, as ``-inf`` would be: every draw keeps ``x_0 <= 0`` from
+    starts there, while without the NaN about half the posterior mass lies beyond (control).
+    """
+    from inference.mcmc import nuts_sample
+    from ppl_cvae.problems.linear_gaussian import LinearGaussian
+
+    class HalfNaN(LinearGaussian):
+        def log_likelihood(self, x, y):
+            value = super().log_likelihood(x, y)
+            return torch.where(x[..., 0] > 0, float("nan"), value)
+
+    plain = LinearGaussian()
+    y = torch.zeros(plain.y_shape)  # the posterior is centred at x = 0: half of it at x_0 > 0
+    starts = -torch.rand(8, *plain.x_shape) - 0.1  # all in x_0 < 0
+    kw = {"num_samples": 50, "num_chains": 2, "warmup_steps": 50, "seed": 0}
+    inside = nuts_sample(HalfNaN(), y, starts, **kw)
+    assert bool(torch.isfinite(inside.x).all()) and bool((inside.x[..., 0] <= 0).all())
+    assert inside.divergences > 0  # the steps into the region, rejected
+    control = nuts_sample(plain, y, starts, **kw)
+    assert bool((control.x[..., 0] > 0).any())

@@ -135,8 +135,10 @@ def _on_meta(call):
         return call()
     except NoDensityError:
         return None  # no density to place (a simulator-only prior, a noise-free problem)
-    except RuntimeError as err:
-        if "cannot be called on meta tensors" in str(err):
+    except (RuntimeError, ConfigError) as err:
+        # the default log_likelihood names its forward operator's raise as a ConfigError
+        cause = err.__cause__ if isinstance(err, ConfigError) else err
+        if "cannot be called on meta tensors" in str(cause):
             return None  # reads a value (a range check): placement cannot be checked on meta
         raise
 

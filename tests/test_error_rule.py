@@ -3,16 +3,19 @@
 The rule of :mod:`ppl_cvae.errors`: a wrong shape (event shape, number of axes, sizes two
 arrays must share, too few rows) is a :class:`ShapeError`; wrong values or a wrong container
 (NaN/inf, not a real tensor, no values at all) a :class:`DataError`; a failing problem code
-(it raises) a :class:`ConfigError`. Before the rule, the same user forward operator returning
-the wrong shape was a ``DataError`` from ``Problem.simulate`` and ``fit_problem`` but a
-``ShapeError`` from ``draw_posterior``; a log density of the wrong shape a ``ConfigError``; a
-NaN density a ``ConfigError`` under importance sampling and a ``DataError`` under NUTS; the
-chains' starts of the wrong shape a ``ConfigError`` for NUTS on ``x`` and a ``ShapeError`` for
-latent NUTS and facies MCMC; a stack of zero observations a ``ShapeError`` in memory and a
-``DataError`` from a file. Each test feeds one input to every entry point that takes it.
+(it raises, also from inside Pyro's NUTS) a :class:`ConfigError`. Before the rule, the same
+user forward operator returning the wrong shape was a ``DataError`` from ``Problem.simulate``
+and ``fit_problem`` but a ``ShapeError`` from ``draw_posterior``; a log density of the wrong
+shape a ``ConfigError``; a NaN density a ``ConfigError`` under importance sampling and a
+``DataError`` under NUTS; the chains' starts of the wrong shape a ``ConfigError`` for NUTS on
+``x`` and a ``ShapeError`` for latent NUTS and facies MCMC; a stack of zero observations a
+``ShapeError`` in memory and a ``DataError`` from a file. Each test feeds one input to every
+entry point that takes it.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -111,6 +114,62 @@ def test_a_forward_operator_that_raises_is_a_config_error_naming_it(model):
                  lambda: importance_sample(cvae, RaisingForward(), y[0], 8, seed=0)):
         with pytest.raises(ConfigError, match="raised ValueError: solver did not converge"):
             call()
+
+
+class FailsLater(LinearGaussian):
+    """``member`` raises ``RuntimeError('boom')`` from its call ``after + 1`` on.
+
+    The calls before pass the samplers' checks at the start, so that the raise comes from
+    inside the loop: Pyro's NUTS tree for ``nuts_sample`` and ``latent_nuts_sample``.
+    """
+
+    def __init__(self, member, after):
+        super().__init__()
+        self.member, self.after, self.calls = member, after, 0
+
+    def _count(self, member):
+        if member == self.member:
+            self.calls += 1
+            if self.calls > self.after:
+                raise RuntimeError("boom")
+
+    def forward(self, x):
+        self._count("forward")
+        return super().forward(x)
+
+    def log_likelihood(self, x, y):
+        self._count("log_likelihood")
+        return super().log_likelihood(x, y)
+
+
+@pytest.mark.parametrize("member", ["forward", "log_likelihood"])
+@pytest.mark.parametrize("sampler", ["nuts", "latent_nuts", "facies_mcmc"])
+def test_a_problem_raising_inside_a_sampler_is_a_config_error_naming_the_member(
+    model, member, sampler
+):
+    """Pyro's NUTS does not swallow or re-type the raise; the member and message are named."""
+    import traceback
+
+    _, x, y = model
+    vae = CVAE(ModelConfig(x_shape=(2,), y_shape=None, latent_dim=1, hidden_dims=(4,),
+                           likelihood="bernoulli", prior="standard_normal"))
+    after = 0 if sampler == "facies_mcmc" else 30  # facies: an affine F, called at the start
+    problem = FailsLater(member, after)
+    kw = {"num_samples": 4, "num_chains": 1, "warmup_steps": 4, "seed": 0}
+    with pytest.raises(ConfigError) as info:
+        if sampler == "nuts":
+            nuts_sample(problem, y[0], x[:2], **kw)
+        elif sampler == "latent_nuts":
+            latent_nuts_sample(vae, problem, y[0], (x[:4] > 0).float(), **kw)
+        else:
+            facies_mcmc_sample(vae, problem, y[0], (x[:4] > 0).float(), **kw)
+    assert str(info.value).startswith(
+        f"problem 'linear_gaussian' {member} raised RuntimeError: boom for x of shape"
+    )
+    assert problem.calls == after + 1  # the first failing call ended the run
+    files = [frame.filename for frame in traceback.extract_tb(info.value.__traceback__)]
+    inside_pyro = any(f"pyro{os.sep}infer{os.sep}mcmc" in f for f in files)
+    assert inside_pyro == (sampler != "facies_mcmc"), files
 
 
 def test_a_nan_density_is_a_data_error_under_importance_and_nuts(model):

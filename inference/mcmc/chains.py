@@ -10,12 +10,14 @@ the docstring of :mod:`inference.mcmc`. ``_run_chains`` reads ``_start_method``,
 
 from __future__ import annotations
 
+import contextlib
+import math
 import multiprocessing
 import pickle
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +33,11 @@ from inference.mcmc.potential import (
     _fused_energy,
     _gaussian_prior_term,
     _log_target_v,
+    _terms_at,
     _trace_energy,
 )
 from ppl_cvae.checks import as_seed
+from ppl_cvae.errors import DataError, PplCvaeError, exception_summary
 from ppl_cvae.problems.base import Problem
 
 __all__ = ["run_whitened_chain"]
@@ -99,6 +103,97 @@ class _RecordingNUTS(NUTS):
         self.energy.append(potential + kinetic)
         self.n_steps.append(self._counter[0] - before)
         return out
+
+
+class _PotentialWatch:
+    """Watch the values of a NUTS potential for ones that no log density gives.
+
+    A log density is finite, or ``-inf`` where the density is zero. Pyro's NUTS treats a NaN
+    potential as a divergent step (NaNs are expected during step-size adaptation) but fails
+    on some (a NaN acceptance probability inside its tree: ``p_in >= 0 && p_in <= 1``), and
+    a potential of ``-inf`` (a log density of ``+inf``) breaks the tree's weights. So
+    ``see`` refuses ``-inf`` at once and remembers the last point with a NaN or ``+inf``
+    potential, and ``failures`` turns an exception Pyro raises after such points into a
+    :class:`~ppl_cvae.errors.DataError` that names the problem's terms there.
+
+    ``terms(v)`` returns the problem's log densities at the chain state ``v`` (``(dim,)``
+    float64), e.g. ``{"log_prior": ..., "log_likelihood": ...}``; it is called only to write
+    an error message.
+    """
+
+    def __init__(
+        self, problem: Problem, terms: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    ) -> None:
+        self.problem, self.terms = problem, terms
+        self.evaluations = 0
+        self.not_finite = 0
+        self.last: tuple[torch.Tensor, float] | None = None
+
+    def see(self, v: torch.Tensor, energy: float) -> None:
+        """Count one evaluation ``U(v) = energy``; refuse ``-inf``, remember NaN or ``+inf``.
+
+        Raises
+        ------
+        DataError
+            If ``energy`` is ``-inf`` (the log density is ``+inf``).
+        """
+        self.evaluations += 1
+        if math.isfinite(energy):
+            return
+        if energy == -math.inf:
+            raise self._error(v, -energy, 1, "NUTS cannot sample an infinite density")
+        self.not_finite += 1
+        self.last = (v.detach().clone(), -energy)
+
+    @contextlib.contextmanager
+    def failures(self) -> Iterator[None]:
+        """Turn an exception of the chain after NaN or ``+inf`` potentials into a DataError.
+
+        The package's own errors, and failures with no such potential before them, pass
+        unchanged.
+        """
+        try:
+            yield
+        except PplCvaeError:
+            raise
+        except Exception as err:  # noqa: BLE001 - Pyro's, after the problem's NaN
+            if self.last is None:
+                raise
+            raise self._error(
+                self.last[0],
+                self.last[1],
+                self.not_finite,
+                f"NUTS then failed ({exception_summary(err)})",
+            ) from err
+
+    def _error(self, v: torch.Tensor, value: float, count: int, then: str) -> DataError:
+        with torch.no_grad():
+            terms = self._terms_at(v)
+        parts = [f"{name} {term}" for name, term in terms.items()]
+        culprits = [  # NaN, +inf or a raise first; else the terms at -inf (zero density)
+            name
+            for name, term in terms.items()
+            if isinstance(term, str) or term != term or term == math.inf
+        ] or [name for name, term in terms.items() if term == -math.inf] or list(terms)
+        also = " (and the forward operator it calls)" if "log_likelihood" in culprits else ""
+        seen = (
+            f"is {value} at a point NUTS evaluated"
+            if value == math.inf
+            else f"was NaN or -inf at {count} of the {self.evaluations} points NUTS evaluated"
+        )
+        where = "there" if value == math.inf else "the last"
+        return DataError(
+            f"problem {self.problem.name!r}: log p(x) + log p(y | x) {seen} ({where}: "
+            f"{', '.join(parts)}), and {then}: check the problem's {' and '.join(culprits)}"
+            f"{also}; a log density must be finite, or -inf where the density is zero"
+        )
+
+    def _terms_at(self, v: torch.Tensor) -> dict[str, float | str]:
+        try:
+            terms = self.terms(v)
+        except Exception as err:  # noqa: BLE001 - the message must still be written
+            return {"log p": f"raised {exception_summary(err)}"}
+        return {name: float(value.double().sum()) for name, value in terms.items()}
 
 
 def run_whitened_chain(
@@ -229,10 +324,14 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
     def energy(params: dict[str, torch.Tensor]) -> torch.Tensor:
         return fn(params["v"])
 
+    watch = _PotentialWatch(job.problem, lambda v: _terms_at(job, prior_term, v))
+
     def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
         count[0] += 1
         value = fn(params["v"])
-        recent.append((params["v"].detach().clone(), float(value.detach())))
+        energy = float(value.detach())
+        watch.see(params["v"], energy)
+        recent.append((params["v"].detach().clone(), energy))
         return value
 
     kernel = _RecordingNUTS(
@@ -253,7 +352,11 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
     # subtree merge, the momentum's Normal) are off during the chain: their parameters come
     # from Pyro's own arithmetic on the energies (a NaN energy is set to inf before), and the
     # checks cost about 3% of an evaluation on linear_gaussian; the draws are the same
-    with threadpool_limits(limits=1, user_api="blas"), pyro.validation_enabled(False):
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        pyro.validation_enabled(False),
+        watch.failures(),
+    ):
         draws, _, mcmc = run_whitened_chain(
             kernel, job.start, mu, tril, job.num_samples, job.warmup_steps, job.seed
         )

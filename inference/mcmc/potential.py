@@ -59,6 +59,23 @@ def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor],
     return log_target
 
 
+def _terms_at(
+    job: _ChainJob, prior_term: _GaussianPriorTerm | None, v: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Return the problem's log densities (nats) at the chain state ``v`` of a job.
+
+    ``log_likelihood`` at ``x(theta)``, ``theta = mu + L v``, and ``log_prior`` unless the
+    prior is the Gaussian quadratic form ``prior_term`` (not the problem's code).
+    """
+    problem = as_problem(job.problem)
+    par = problem.parameterisation()
+    theta = job.mu + job.tril @ v.detach().double()
+    x = par.to_x(theta.float()) if par is not None else theta.reshape(problem.x_shape)
+    terms = {} if prior_term is not None else {"log_prior": _log_prior_theta(problem, theta)}
+    terms["log_likelihood"] = checked_log_likelihood(problem, x, job.y)
+    return terms
+
+
 def _checked_gaussian_prior(
     problem: Problem, theta: torch.Tensor, precondition: str
 ) -> torch.distributions.MultivariateNormal | None:
@@ -444,7 +461,9 @@ def _check_low_precision(
             except Exception as err:  # noqa: BLE001 - a user's problem may refuse float32
                 if fn is energy:
                     raise
-                return f"the float32 potential raised {exception_summary(err)}"
+                # what the problem raised, not the ConfigError the checked density made of it
+                cause = err.__cause__ if isinstance(err, ConfigError) else None
+                return f"the float32 potential raised {exception_summary(cause or err)}"
             values.append((float(u.detach()), grad))
         (u0, g0), (u1, g1) = values
         if not math.isfinite(u1) or abs(u1 - u0) > FLOAT32_POTENTIAL_TOLERANCE:

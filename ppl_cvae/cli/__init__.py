@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ppl_cvae._atomic import InterruptedAfterWrite, remembering_interrupts
 from ppl_cvae.checks import MAX_SEED as SEED_MAX
 from ppl_cvae.cli.common import PATH_ARGS, _check_utf8_paths
 from ppl_cvae.cli.evaluate import cmd_diagnose, cmd_evaluate, cmd_score
@@ -80,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 on success; 2 on a user error (one line ``ppl-cvae: error: ...`` on stderr, no
     traceback), including a request that cannot fit in memory and problem code that calls
     ``sys.exit``; 130 when interrupted by Ctrl-C (nothing half-written is left: outputs are
-    written atomically).
+    written atomically, and none is renamed into place after a Ctrl-C, even one that Python
+    swallowed in a finalizer: :func:`~ppl_cvae._atomic.remembering_interrupts`).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -97,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         _check_utf8_paths(args)
-        return int(args.func(args))
+        with remembering_interrupts():  # a Ctrl-C that a finalizer swallows still counts
+            return int(args.func(args))
     except PplCvaeError as err:
         print(f"ppl-cvae: error: {err}", file=sys.stderr)
         return 2
@@ -117,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except InterruptedAfterWrite:
+        print("ppl-cvae: interrupted just after the output was written (it is complete)",
+              file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("ppl-cvae: interrupted; no partial output was written", file=sys.stderr)
         return 130

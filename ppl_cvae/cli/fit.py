@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import torch
 
-from ppl_cvae._atomic import atomic_dir
+from ppl_cvae._atomic import MARKER, InterruptedAfterWrite, atomic_dir
 from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae.cli.common import (
     _check_out_dir,
@@ -542,6 +542,8 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
     if data_source is not None:  # --resume restores the flags of the stream or the file
         record["data_source"] = data_source
     policy = _checkpoint_policy(args, out, record)
+    marker = out / MARKER  # a previous run's marker, put back if this fit leaves no state
+    previous_marker = marker.read_bytes() if marker.is_file() else None
     how = prepare_run_folder(out) if policy is not None and launch_rank() == 0 else None
     if how == "new":  # created just now: lock it too (before, it had nothing to lock)
         _lock_folder(locks, out)
@@ -577,12 +579,14 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
             done = _write_run(out, args.overwrite or how is not None, fit_into)
     except PplCvaeError:
         if how is not None and state is None:  # a fresh fit that failed: its state cannot help
-            discard_run_state(out, how)
+            discard_run_state(out, how, previous_marker)
         raise
+    except InterruptedAfterWrite:
+        raise  # the run folder is complete: nothing to undo
     except KeyboardInterrupt:
         if not (out / STATE_FILE).is_file():
             if how is not None and state is None:
-                discard_run_state(out, how)
+                discard_run_state(out, how, previous_marker)
             raise
         print(f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {out}", file=sys.stderr)
         return 130

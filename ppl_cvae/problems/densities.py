@@ -2,29 +2,26 @@
 
 :func:`checked_forward`, :func:`checked_log_prior` and :func:`checked_log_likelihood` call the
 problem's forward operator and densities and check what a user's problem returned (type,
-shape, dtype, ``sys.exit``; a wrong shape is a :class:`~ppl_cvae.errors.ShapeError`, a value
-that is not a real tensor a :class:`~ppl_cvae.errors.DataError`); :func:`noise_covariance`,
-:func:`noise_scale`, :func:`sample_noise` and :func:`whiten` read its noise model
-(:attr:`~ppl_cvae.problems.base.Problem.noise`, a
+shape, dtype; a wrong shape is a :class:`~ppl_cvae.errors.ShapeError`, a value that is not a
+real tensor a :class:`~ppl_cvae.errors.DataError`, an exception the problem raises or its
+``sys.exit`` a :class:`~ppl_cvae.errors.ConfigError` naming the member that failed);
+:func:`noise_covariance`, :func:`noise_scale`, :func:`sample_noise` and :func:`whiten` read
+its noise model (:attr:`~ppl_cvae.problems.base.Problem.noise`, a
 :class:`~ppl_cvae.problems.noise.GaussianNoise`).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ppl_cvae.errors import (
-    ConfigError,
-    DataError,
-    PplCvaeError,
-    ShapeError,
-    exception_summary,
-    no_exit,
-)
+from ppl_cvae.errors import DataError, ShapeError
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, _forward_checked, _problem_code
 
 __all__ = [
+    "check_log_density_values",
     "checked_forward",
     "checked_log_likelihood",
     "checked_log_prior",
@@ -156,31 +153,7 @@ def checked_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     >>> tuple(checked_forward(LinearGaussian(), torch.zeros(5, 3, 2)).shape)
     (5, 3, 2)
     """
-    batch = _event_batch(x, tuple(problem.x_shape), "x")
-    what = f"problem {problem.name!r} forward"
-    try:
-        with no_exit(what):
-            value = problem.forward(x)
-    except (PplCvaeError, MemoryError):
-        raise
-    except Exception as err:  # noqa: BLE001 - a user's forward operator may raise anything
-        if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
-            raise  # the command line names an allocation failure as such
-        raise ConfigError(
-            f"{what} raised {exception_summary(err)} for x of shape {tuple(x.shape)}"
-        ) from err
-    expected = (*batch, *problem.y_shape)
-    if not isinstance(value, torch.Tensor):
-        raise DataError(
-            f"{what} returned a {type(value).__module__}.{type(value).__name__} for x of shape "
-            f"{tuple(x.shape)}; expected a tensor of shape {expected} (*batch, *y_shape)"
-        )
-    if tuple(value.shape) != expected:
-        raise ShapeError(
-            f"{what} returned {tuple(value.shape)} for x of shape {tuple(x.shape)}; expected a "
-            f"tensor of shape {expected} (*batch, *y_shape)"
-        )
-    return value
+    return _forward_checked(problem, x)
 
 
 def checked_log_prior(problem: Problem, x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +182,8 @@ def checked_log_prior(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     DataError
         If the problem returns something that is not a real floating tensor.
     ConfigError
-        If the problem calls ``sys.exit``.
+        If the problem raises (its exception type and first line are named; an allocation
+        failure and the package's own errors pass unchanged) or calls ``sys.exit``.
     NoPriorDensityError
         From the problem, if its prior has no density.
 
@@ -220,7 +194,8 @@ def checked_log_prior(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     (5, 3)
     """
     batch = _event_batch(x, tuple(problem.x_shape), "x")
-    with no_exit(f"problem {problem.name!r} log_prior"):
+    what = f"problem {problem.name!r} log_prior"
+    with _problem_code(what, f" for x of shape {tuple(x.shape)}"):
         value = problem.log_prior(x)
     return _checked_density(problem, "log_prior", value, batch)
 
@@ -250,7 +225,8 @@ def checked_log_likelihood(problem: Problem, x: torch.Tensor, y: torch.Tensor) -
     DataError
         If the problem returns something that is not a real floating tensor.
     ConfigError
-        If the problem calls ``sys.exit``.
+        If the problem raises (its exception type and first line are named; an allocation
+        failure and the package's own errors pass unchanged) or calls ``sys.exit``.
     NoLikelihoodError
         From the problem, if it is noise-free.
 
@@ -269,6 +245,60 @@ def checked_log_likelihood(problem: Problem, x: torch.Tensor, y: torch.Tensor) -
         raise ShapeError(
             f"the batch shapes of x {batch_x} and y {batch_y} do not broadcast"
         ) from err
-    with no_exit(f"problem {problem.name!r} log_likelihood"):
+    with _problem_code(
+        f"problem {problem.name!r} log_likelihood",
+        f" for x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}",
+    ):
         value = problem.log_likelihood(x, y)
     return _checked_density(problem, "log_likelihood", value, batch)
+
+
+def check_log_density_values(
+    problem: Problem, member: str, value: torch.Tensor, where: str
+) -> torch.Tensor:
+    """Return ``value`` as float64 if it holds no NaN and no ``+inf``.
+
+    A log density is finite, or ``-inf`` where the density is zero (outside the support, a
+    forward operator that overflows); NaN and ``+inf`` are never a density, and a sampler
+    that met them would weigh, accept or reject draws on noise.
+
+    Parameters
+    ----------
+    problem : Problem
+        Named in the message.
+    member : str
+        The problem's member that gave ``value``, e.g. ``"log_likelihood"``.
+    value : Tensor, shape (*batch,)
+        Log densities in nats, any real float dtype.
+    where : str
+        What the batch holds, for the message, e.g. ``"importance proposals"``.
+
+    Returns
+    -------
+    Tensor, shape (*batch,)
+        ``value`` as float64.
+
+    Raises
+    ------
+    DataError
+        If ``value`` holds NaN or ``+inf``; the message names the problem, ``member``, the
+        first such value and how many of the batch hold one.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> value = torch.tensor([0.0, -math.inf])
+    >>> check_log_density_values(LinearGaussian(), "log_prior", value, "draws").tolist()
+    [0.0, -inf]
+    """
+    value = value.double()
+    bad = torch.isnan(value) | (value == math.inf)
+    if bool(bad.any()):
+        first = float(value[bad].flatten()[0])
+        also = " (and the forward operator it calls)" if member == "log_likelihood" else ""
+        raise DataError(
+            f"problem {problem.name!r} {member} is {first} at {int(bad.sum())} of "
+            f"{value.numel()} {where}; a log density must be finite, or -inf where the density "
+            f"is zero: check the problem's {member}{also}"
+        )
+    return value

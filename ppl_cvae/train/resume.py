@@ -946,18 +946,34 @@ def prepare_run_folder(run: str | os.PathLike[str]) -> str:
     return how
 
 
-def discard_run_state(run: str | os.PathLike[str], how: str) -> None:
+def discard_run_state(
+    run: str | os.PathLike[str], how: str, marker: bytes | None = None
+) -> None:
     """Undo :func:`prepare_run_folder` after a failed fresh fit (the state cannot help it).
 
     Removes :data:`STATE_FILE`; for ``how`` ``"new"`` or ``"empty"`` also the marker, and
-    for ``"new"`` the folder itself if nothing else is in it. Nothing else is touched.
+    for ``"new"`` the folder itself if nothing else is in it. For ``"reused"`` the marker's
+    bytes before :func:`prepare_run_folder` (``marker``, when given) are written back, so
+    that the previous run is left byte for byte as it was. Nothing else is touched.
+
+    Parameters
+    ----------
+    run : str or path
+        The run folder (``--out``).
+    how : {"new", "empty", "reused"}
+        What :func:`prepare_run_folder` returned.
+    marker : bytes, optional
+        The previous run's marker file as it was before :func:`prepare_run_folder`.
     """
-    from ppl_cvae._atomic import MARKER
+    from ppl_cvae._atomic import MARKER, atomic_path
 
     run = Path(run)
     (run / STATE_FILE).unlink(missing_ok=True)
     if how in ("new", "empty"):
         (run / MARKER).unlink(missing_ok=True)
+    elif marker is not None and (run / MARKER).read_bytes() != marker:
+        with atomic_path(run / MARKER, restoring=True) as tmp:
+            tmp.write_bytes(marker)
     if how == "new":
         try:
             run.rmdir()

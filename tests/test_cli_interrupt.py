@@ -1,0 +1,170 @@
+"""Ctrl-C (SIGINT) sent to ``ppl-cvae fit``, ``sample`` and ``evaluate`` while they work.
+
+Each command runs in a subprocess whose work function first prints a line (the test waits for
+it, so the signal lands mid-work, not during the imports) onto an ``--out`` that already holds
+an output of the same command. The command must end with status 130 and one line on stderr
+(no traceback), leave that output byte for byte as it was and leave nothing else under its
+folder (no temporary, no half-written file, no training state of a fit that never reached its
+first checkpoint). A Ctrl-C that Python swallows inside a finalizer ("Exception ignored in
+...": it happened during NetCDF writes, and ``sample`` then wrote its output with exit 0) must
+still stop the command before its output is renamed into place.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ppl_cvae._atomic import atomic_dir, atomic_path, remembering_interrupts
+from ppl_cvae.cli import main
+
+TINY = ["--epochs", "1", "--num-train", "128", "--batch-size", "64", "--hidden-dims", "8",
+        "--latent-dim", "2", "--quiet", "--threads", "1"]
+
+DRIVER = """
+import importlib, sys
+from ppl_cvae.cli import main
+module, name = sys.argv[1].rsplit(":", 1)
+owner = importlib.import_module(module)
+if "." in name:  # a method: Class.method
+    cls, name = name.split(".")
+    owner = getattr(owner, cls)
+work = getattr(owner, name)
+def marked(*args, **kwargs):
+    print("WORKING", flush=True)
+    setattr(owner, name, work)
+    return work(*args, **kwargs)
+setattr(owner, name, marked)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder`` (hidden ones included): a digest for files, '' for folders."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            if p.is_file() else "" for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def previous(tmp_path_factory):
+    """A tiny run, observations, pairs, and a previous output of fit, sample and evaluate."""
+    root = tmp_path_factory.mktemp("interrupt")
+    threads = torch.get_num_threads()
+    try:
+        assert main(["fit", "--problem", "linear_gaussian", "--out", str(root / "run"),
+                     *TINY]) == 0
+        assert main(["simulate", "--problem", "linear_gaussian", "--num", "2", "--out",
+                     str(root / "obs.npz"), "--threads", "1"]) == 0
+        assert main(["simulate", "--problem", "linear_gaussian", "--num", "64", "--out",
+                     str(root / "pairs.npz"), "--threads", "1"]) == 0
+        old = root / "old"
+        old.mkdir()
+        assert main(["fit", "--problem", "linear_gaussian", "--out", str(old / "fit"),
+                     *TINY]) == 0
+        assert main(["sample", str(root / "run"), "--observation", str(root / "obs.npz"),
+                     "--num-samples", "10", "--out", str(old / "post.nc"), "--threads",
+                     "1"]) == 0
+        assert main(["evaluate", str(root / "run"), "--data", str(root / "pairs.npz"),
+                     "--num-samples", "100", "--out", str(old / "evaluation"), "--threads",
+                     "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def _interrupt(root: Path, tmp_path: Path, work: str, argv: list[str]) -> None:
+    """Run ``ppl-cvae ARGV`` onto a copy of the previous outputs; Ctrl-C once ``work`` runs."""
+    out = tmp_path / "out"
+    shutil.copytree(root / "old", out)
+    before = _snapshot(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(),
+                                                      os.environ.get("PYTHONPATH")]))}
+    argv = [str(a).replace("OUT", str(out)) for a in argv]
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, work, *argv, "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the work function starts
+        assert line.strip() == "WORKING", (line, proc.stderr.read() if proc.stderr else "")
+        time.sleep(0.2)  # inside the work, past its first statements
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # pragma: no cover - a hang
+            proc.kill()
+            proc.communicate()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err
+    assert lines == ["ppl-cvae: interrupted; no partial output was written"], err
+    assert _snapshot(out) == before  # the previous output intact, nothing added
+
+
+def test_ctrl_c_during_fit_keeps_the_previous_run(previous, tmp_path):
+    """Before its first checkpoint: no training state; the run's marker back as it was."""
+    _interrupt(previous, tmp_path, "pyro.infer:SVI.step",
+               ["fit", "--problem", "linear_gaussian", "--out", "OUT/fit", "--overwrite",
+                "--epochs", "50", "--num-train", "20000", "--batch-size", "64",
+                "--hidden-dims", "64", "--quiet"])
+
+
+@pytest.mark.parametrize("method, work", [
+    ("amortized", "inference.sample:_write_first_chunk"),  # the temporary file exists then
+    ("nuts", "inference.mcmc.chains:_run_chain"),
+])
+def test_ctrl_c_during_sample_keeps_the_previous_file(previous, tmp_path, method, work):
+    flags = (["--num-samples", "3000000"] if method == "amortized" else
+             ["--num-samples", "20000", "--chains", "2", "--warmup", "50"])
+    _interrupt(previous, tmp_path, work,
+               ["sample", previous / "run", "--observation", previous / "obs.npz",
+                "--method", method, *flags, "--out", "OUT/post.nc", "--overwrite"])
+
+
+def test_ctrl_c_during_evaluate_keeps_the_previous_folder(previous, tmp_path):
+    """Interrupted while the plots are written into the temporary folder."""
+    _interrupt(previous, tmp_path, "inference.evaluate:write_evaluation",
+               ["evaluate", previous / "run", "--data", previous / "pairs.npz",
+                "--num-samples", "2000", "--out", "OUT/evaluation", "--overwrite"])
+
+
+class _SwallowsCtrlC:
+    """An object whose finalizer receives SIGINT: Python prints "Exception ignored" and goes on."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs between bytecodes, here
+            pass
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_write(tmp_path, kind):
+    """Before: the write went on and replaced the output (exit 0 after Ctrl-C)."""
+    target = tmp_path / ("out.txt" if kind == "file" else "out")
+    if kind == "file":
+        target.write_text("previous")
+    else:
+        with atomic_dir(target, command="test") as tmp:
+            (tmp / "a.txt").write_text("previous")
+    before = _snapshot(tmp_path)
+    handler, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    with remembering_interrupts(), pytest.raises(KeyboardInterrupt):
+        writer = atomic_path(target) if kind == "file" else atomic_dir(
+            target, overwrite=True, command="test")
+        with writer as tmp:
+            obj = _SwallowsCtrlC()
+            del obj  # the KeyboardInterrupt is raised in __del__ and swallowed there
+            gc.collect()
+            (tmp if kind == "file" else tmp / "a.txt").write_text("new")
+    assert _snapshot(tmp_path) == before
+    # the handler and the unraisable hook are restored
+    assert signal.getsignal(signal.SIGINT) is handler and sys.unraisablehook is hook
