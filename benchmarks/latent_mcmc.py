@@ -225,11 +225,17 @@ def generative_truths(prior, problem, num):
         return x, problem.forward(x) + problem.noise.sample((num,), gen)
 
 
-def per_observation(cvae, y_obs, num_start, seed, sample, line):
-    """Run ``sample(y, start)`` on each observation from amortized starts; print ``line``."""
+def per_observation(cvae, y_obs, num_start, seed, sample, line, truths=None):
+    """Run ``sample(y, start)`` on each observation from amortized starts; print ``line``.
+
+    With ``truths`` (``(M, *x_shape)``) every chain starts at the observation's truth instead.
+    """
     results = []
     for i in range(len(y_obs)):
-        start = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=seed + i).x[:, 0]
+        if truths is None:
+            start = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=seed + i).x[:, 0]
+        else:
+            start = truths[i].expand(num_start, *truths.shape[1:]).clone()
         results.append(sample(y_obs[i], start))
         print(f"  observation {i}: {line(results[-1])}", flush=True)
     return results
@@ -263,13 +269,21 @@ def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
             f"{res.affine}, {res.num_evaluations} forward evaluations, {res.seconds:.0f} s"
         )
 
-    results = per_observation(cvae, y_obs, num_start, args.seed, facies, line)
-    print("  log p(y | x) of the truth and of each chain (mean and sd over its kept draws), nats:")
+    truths = x_true if args.facies_start == "truth" else None
+    results = per_observation(cvae, y_obs, num_start, args.seed, facies, line, truths)
+    print(
+        "  log p(y | x) of the truth and of each chain (mean and sd over its kept draws), nats; "
+        "cells where each chain's last draw differs from the truth:"
+    )
     for i, res in enumerate(results):
         truth = float(problem.log_likelihood(x_true[i : i + 1], y_obs[i]))
         ll = res.log_likelihood
         chains = ", ".join(f"{m:.0f} ({s:.1f})" for m, s in zip(ll.mean(1), ll.std(1), strict=True))
-        print(f"    observation {i}: truth {truth:.0f}; chains {chains}")
+        cells = (res.x[:, -1] != x_true[i]).flatten(1).sum(-1)
+        print(
+            f"    observation {i}: truth {truth:.0f}; chains {chains}; cells off "
+            + " ".join(str(int(c)) for c in cells)
+        )
     x = torch.stack([r.x.reshape(-1, *problem.x_shape) for r in results], dim=1)  # (S, M, ...)
     rhat = torch.tensor([r.rhat for r in results])
     ess = torch.tensor([r.min_ess for r in results])
@@ -278,7 +292,8 @@ def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
         f"facies MCMC ({args.chains} chains x {args.facies_samples} steps, warm-up "
         f"{args.facies_warmup}, {args.facies_flips} facies and {args.facies_latent_moves} MALA "
         f"moves per step, {args.facies_temperatures} temperatures down to beta "
-        f"{args.facies_min_beta}, {args.facies_noncentred} non-centred moves)",
+        f"{args.facies_min_beta}, {args.facies_noncentred} non-centred moves, started at "
+        f"{'the truths' if truths is not None else 'amortized draws'})",
         {"facies draws": x},
         x.double().mean(0),
         *common,
@@ -339,9 +354,21 @@ if __name__ == "__main__":
     parser.add_argument("--facies-flips", type=int, default=16, help="facies moves per step")
     parser.add_argument("--facies-latent-moves", type=int, default=2, help="MALA moves of z")
     parser.add_argument("--facies-temperatures", type=int, default=8)
-    parser.add_argument("--facies-min-beta", type=float, default=0.01)
+    parser.add_argument(
+        "--facies-min-beta",
+        type=float,
+        default=0.01,
+        help="hottest replica's beta; 0: an exact draw of the generative prior (reference)",
+    )
     parser.add_argument(
         "--facies-noncentred", type=int, default=0, help="non-centred moves of (z, x) per step"
+    )
+    parser.add_argument(
+        "--facies-start",
+        choices=("amortized", "truth"),
+        default="amortized",
+        help="start the facies chains at the amortized draws (the sampler's own starts), or, "
+        "as a diagnosis, at each held-out truth (does the truth's configuration hold them?)",
     )
     parser.add_argument("--min-count", type=int, default=500)
     parser.add_argument(
