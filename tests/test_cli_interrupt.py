@@ -32,7 +32,9 @@ TINY = ["--epochs", "1", "--num-train", "128", "--batch-size", "64", "--hidden-d
         "--latent-dim", "2", "--quiet", "--threads", "1"]
 
 DRIVER = """
-import importlib, sys
+import importlib, signal, sys
+# as in an interactive shell: a child inherits an ignored SIGINT (from a pytest worker, say)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from ppl_cvae.cli import main
 module, name = sys.argv[1].rsplit(":", 1)
 owner = importlib.import_module(module)
@@ -146,8 +148,16 @@ class _SwallowsCtrlC:
             pass
 
 
+@pytest.fixture
+def sigint_default():
+    """SIGINT raising KeyboardInterrupt, as in an interactive shell, whatever this worker had."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("kind", ["file", "folder"])
-def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_write(tmp_path, kind):
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_write(tmp_path, kind, sigint_default):
     """Before: the write went on and replaced the output (exit 0 after Ctrl-C)."""
     target = tmp_path / ("out.txt" if kind == "file" else "out")
     if kind == "file":
