@@ -37,8 +37,8 @@ A fit of the recommended budget (60 epochs x 20,000 pairs) took 17 minutes with 
 recommended convolutional decoder and 8 with ``--network mlp`` at 1 thread on a shared 2-core
 machine, plus a minute of drawing. Options override the recommended settings for
 exploration (``--epochs``, ``--num-train``, ``--latent-dim``, ``--hidden-dims``, ``--network``,
-``--conv-channels``, ``--feature-dim``, ``--y-maps``, ``--physics-weight``, ``--kl-warmup-epochs``, ...);
-each run prints the settings it used.
+``--conv-channels``, ``--feature-dim``, ``--y-maps``, ``--physics-weight``,
+``--kl-warmup-epochs``, ...); each run prints the settings it used.
 """
 
 from __future__ import annotations
@@ -102,8 +102,9 @@ def evaluate(label, problem, likelihood, args, x_true, y_obs):
         f"\n{label}: {tc.num_epochs} epochs x {tc.num_train} fresh pairs, batch {tc.batch_size}, "
         f"latent {config.latent_dim}, hidden {config.hidden_dims}, {config.network}"
         + (f" {config.conv_channels}" if config.network != "mlp" else "")
-        + f", y maps {config.y_maps}, linear skip {config.linear_skip}, physics weight {tc.physics_weight}, kl warm-up "
-        f"{tc.kl_warmup_epochs}; {cvae.num_parameters():,} parameters"
+        + f", y maps {config.y_maps}, linear skip {config.linear_skip}, physics weight "
+        f"{tc.physics_weight}, kl warm-up {tc.kl_warmup_epochs}; "
+        f"{cvae.num_parameters():,} parameters"
     )
     rate = args.num_samples * len(y_obs) / sample_seconds
     print(
