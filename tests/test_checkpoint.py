@@ -206,8 +206,11 @@ def test_save_refuses_nan_weights_and_keeps_the_old_file(tmp_path):
     assert target.read_bytes() == before
 
 
-@pytest.mark.parametrize(("likelihood", "num_facies"), [("bernoulli", 2), ("categorical", 3)])
-def test_facies_run_round_trip(tmp_path, likelihood, num_facies):
+@pytest.mark.parametrize(
+    ("likelihood", "num_facies", "y_maps"),
+    [("bernoulli", 2, 0), ("categorical", 3, 0), ("bernoulli", 2, 2)],
+)
+def test_facies_run_round_trip(tmp_path, likelihood, num_facies, y_maps):
     problem = make_problem(
         "crosshole",
         prior="channels",
@@ -225,6 +228,8 @@ def test_facies_run_round_trip(tmp_path, likelihood, num_facies):
         likelihood=likelihood,
         num_facies=num_facies,
         linear_skip=True,
+        **({"network": "conv2d", "conv_channels": (2, 3), "feature_dim": 8, "y_maps": y_maps}
+           if y_maps else {}),
     )
     cvae = build_cvae(cfg, x, y, problem=problem)
     fit(cvae, x, y, TrainConfig(num_epochs=1, batch_size=32), progress=False)
@@ -245,6 +250,13 @@ def test_checkpoint_from_before_num_facies_loads(tmp_path):
     assert loaded.config.num_facies == 2
 
 
+def test_checkpoint_from_before_y_maps_loads(tmp_path):
+    payload = _tiny_payload(tmp_path)
+    del payload["model_config"]["y_maps"]  # written before the field existed
+    loaded, _ = load_checkpoint(_forge(tmp_path, payload))
+    assert loaded.config.y_maps == 0 and loaded.decoder.y_maps is None
+
+
 def test_registry_problem_is_rebuilt_and_problem_error_is_none(tmp_path):
     cvae, problem, _ = _small_model()
     save_checkpoint(tmp_path / "model.pt", cvae, problem=problem)
@@ -261,6 +273,7 @@ def test_registry_problem_is_rebuilt_and_problem_error_is_none(tmp_path):
         ModelConfig(x_shape=(3,), y_shape=None, prior="standard_normal", hidden_dims=(5, 6)),
         ModelConfig(x_shape=(12, 2), y_shape=(4,), network="conv1d", conv_channels=(3, 4)),
         ModelConfig(x_shape=(1, 8, 8), y_shape=(4,), network="conv2d", conv_channels=(2,)),
+        ModelConfig(x_shape=(7, 9), y_shape=(4,), network="conv2d", conv_channels=(2, 3), y_maps=2),
         ModelConfig(x_shape=(6,), y_shape=(4,), y_embedding="shared", linear_skip=True),
         ModelConfig(x_shape=(6,), y_shape=(4,), basis_dim=2, likelihood="gaussian_decoder"),
     ],
