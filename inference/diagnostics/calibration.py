@@ -115,7 +115,7 @@ from scipy import stats
 from ppl_cvae.checks import as_probability, as_seed
 from ppl_cvae.errors import DataError, ShapeError
 from ppl_cvae.problems.base import Problem
-from ppl_cvae.problems.densities import whiten
+from ppl_cvae.problems.densities import checked_forward, whiten
 
 __all__ = [
     "MIN_OBSERVATIONS",
@@ -326,7 +326,13 @@ def misfit_statistic(problem: Problem, y_obs: torch.Tensor) -> Statistic:
     Raises
     ------
     ShapeError
-        If ``y_obs`` is not ``(M, *y_shape)``.
+        If ``y_obs`` is not ``(M, *y_shape)``; from the callable, as
+        :func:`~ppl_cvae.problems.densities.checked_forward` (``forward`` returns a wrong
+        shape).
+    DataError, ConfigError
+        From the callable, as :func:`~ppl_cvae.problems.densities.checked_forward`: the
+        problem's ``forward`` returns something that is not a tensor, raises or calls
+        ``sys.exit``.
 
     Examples
     --------
@@ -343,7 +349,7 @@ def misfit_statistic(problem: Problem, y_obs: torch.Tensor) -> Statistic:
 
     def misfit(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            resid = whiten(problem, problem.forward(x) - y_obs.to(x))
+            resid = whiten(problem, checked_forward(problem, x) - y_obs.to(x))
         return resid.double().pow(2).flatten(start_dim=2).sum(-1) / num_data
 
     return misfit
