@@ -282,3 +282,28 @@ def test_the_two_birds_laplace_mixture_names_a_raising_forward_operator():
     with pytest.raises(ConfigError, match=r"^problem 'two_birds' forward raised RuntimeError: "
                                           r"boom for x of shape \(16, 1, 50, 2\)$"):
         two_birds_mode_sample(Boom("original"), y, true.repeat(3, 1), 0.01, 16, generator=gen)
+
+
+@pytest.mark.parametrize("start", ["best", "first"])
+def test_latent_nuts_refuses_a_nan_density_at_its_starts_before_nuts_runs(model, monkeypatch,
+                                                                          start):
+    """As ``nuts_sample``: the starts are checked, and NUTS never starts on a NaN target."""
+    import inference.latent_mcmc as latent_mcmc
+
+    _, x, y = model
+    vae = CVAE(ModelConfig(x_shape=(2,), y_shape=None, latent_dim=1, hidden_dims=(4,),
+                           prior="standard_normal"))
+
+    def never(*args, **kwargs):  # pragma: no cover - the check must come first
+        pytest.fail("NUTS ran on a NaN target")
+
+    monkeypatch.setattr(latent_mcmc, "run_whitened_chain", never)
+    with pytest.raises(DataError) as info:
+        latent_nuts_sample(vae, NaNLikelihood(), y[0], x[:5], num_samples=4, num_chains=3,
+                           warmup_steps=4, start=start)
+    assert str(info.value) == (
+        "the log posterior density of problem 'linear_gaussian' (log N(z; 0, I) + "
+        "log_likelihood at x = g(z)) is nan at 3 of 3 chain starts (encoded amortized draws); "
+        "NUTS needs a finite density there: check the problem's log_likelihood (and the "
+        "forward operator it calls)"
+    )
