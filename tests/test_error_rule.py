@@ -307,3 +307,31 @@ def test_latent_nuts_refuses_a_nan_density_at_its_starts_before_nuts_runs(model,
         "NUTS needs a finite density there: check the problem's log_likelihood (and the "
         "forward operator it calls)"
     )
+
+
+class NaNForwardRight(LinearGaussian):
+    """``forward`` gives NaN for the models whose first value is positive."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return torch.where(x[..., :1] > 0, float("nan"), y)
+
+
+def test_a_forward_operator_giving_nan_is_named_by_the_misfit_statistic(model):
+    """The SBC misfit names ``forward`` and counts its models; the calibration notes say so."""
+    from inference.diagnostics.calibration import misfit_statistic, run_calibration
+
+    _, x, y = model
+    draws = x[None].repeat(20, 1, 1) + torch.randn(20, *x.shape,
+                                                   generator=torch.Generator().manual_seed(2))
+    count = int((draws[..., 0] > 0).sum())
+    assert 0 < count < draws[..., 0].numel()
+    problem = NaNForwardRight()
+    message = (f"problem 'linear_gaussian' forward gives a chi-squared misfit that is NaN or "
+               f"infinite at {count} of {draws[..., 0].numel()} models (NaN or inf in F(x)): "
+               "check the problem's forward")
+    with pytest.raises(DataError) as info:
+        misfit_statistic(problem, y)(draws)
+    assert str(info.value) == message
+    notes = run_calibration(draws, x, y_obs=y, problem=problem)["notes"]
+    assert f"{message}: the misfit is left out of SBC" in notes
