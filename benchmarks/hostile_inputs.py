@@ -40,11 +40,12 @@ problem: priors that are missing, garbage, empty, conditional, Gaussian (for fac
 another ``x_shape``, forged or with NaN weights; ``--facies-moves`` and ``--temperatures`` 0,
 -1, 1.5, 10**30, abc; observations with NaN; a problem without a noise model; draw and chain
 counts too large for memory; ``--out`` onto an input. The sixth (:func:`problem_code_cases`,
-``--only problem-code``, about 20 s, same output rules): each ``sample --method`` on a user's
-problem whose ``forward``, ``log_prior`` or ``log_likelihood`` raises, calls ``sys.exit``,
-returns NaN, inf or a wrong shape, on every call, from a later call on (inside Pyro's NUTS
-tree, the optimiser or the writing of the file) or for some models only; a refusal must name
-the member (and the original message) and write nothing at ``--out``.
+``--only problem-code``, about 25 s, same output rules): each ``sample --method`` and
+``evaluate --problem`` on a user's problem whose ``forward``, ``log_prior`` or
+``log_likelihood`` raises, calls ``sys.exit``, returns NaN, inf or a wrong shape, on every
+call, from a later call on (inside Pyro's NUTS tree, the optimiser or the writing of the
+file) or for some models only; a refusal must name the member (and the original message) and
+write nothing at ``--out``.
 
 Run: ``python benchmarks/hostile_inputs.py [--threads 1] [--verbose] [--only CATEGORY]``
 (about 5 minutes on 2 cores; ``--only generative``: about 15 s). Exit status 1 when a case
@@ -1736,11 +1737,12 @@ def build_problem_code_workspace(root: Path) -> None:
     assert main(["fit", *fac, *bern, "--unconditional", "--out", str(p / "fprior"),
                  *TINY]) == 0
     assert main(["simulate", *lin, "--num", "1", "--out", str(p / "obs.npz")]) == 0
+    assert main(["simulate", *lin, "--num", "12", "--out", str(p / "pairs.npz")]) == 0
     assert main(["simulate", *fac, "--num", "1", "--out", str(p / "fobs.npz")]) == 0
 
 
 def problem_code_cases(root: Path) -> list[Case]:
-    """Each ``sample --method``, a problem's member raising, or NaN, inf, a wrong shape.
+    """Each ``sample --method`` and ``evaluate``: a member raising, or NaN, inf, a wrong shape.
 
     The member fails on every call (``always``), from a later call on (``later``: inside
     the optimiser, the chain or the writing of the file, past the checks at the start), or
@@ -1770,16 +1772,24 @@ def problem_code_cases(root: Path) -> list[Case]:
                         "--generative-prior", f"{p}/fprior"],
                         {"forward": 2, "log_likelihood": None}),
     }
+    commands = {
+        method: (["sample", run, "--observation", obs, "--num-samples", "8", "--out", out,
+                  *flags, "--problem", f"pc_own:{factory}"], factory, later)
+        for method, (run, obs, factory, flags, later) in methods.items()
+    }
+    # evaluate: the misfit of the coverage metrics (2 calls), of SBC (2) and of the SBC
+    # figure, inside the writing of the output folder (calls 5 and 6)
+    commands["evaluate"] = (["evaluate", f"{p}/run", "--data", f"{p}/pairs.npz",
+                             "--num-samples", "20", "--out", f"{r}/new", "--problem",
+                             "pc_own:failing"], "failing", {"forward": 4})
     # the number of calls of each member that pass before it fails ("later"; None: the
     # method calls the member once, so that "later" is never)
-    for method, (run, obs, factory, flags, later) in methods.items():
-        base = ["sample", run, "--observation", obs, "--num-samples", "8", "--out", out,
-                *flags, "--problem", f"pc_own:{factory}"]
+    for method, (base, factory, later) in commands.items():
         c.append(Case("problem-code", f"{method}: no failure", base, expect=0,
                       check_outputs=True))
         for member in later:
             for failure, what in PROBLEM_CODE_FAILURES.items():
-                if failure == "exit" and method not in ("nuts", "latent-nuts"):
+                if failure == "exit" and method not in ("nuts", "latent-nuts", "evaluate"):
                     continue  # sys.exit of problem code has its own cases (user problems)
                 region = "region=" + ("0.5" if factory == "facies" else "0.0")
                 after = f"after={later[member]}"

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.problems.densities import checked_forward
 from ppl_cvae.problems.two_birds import (
     NUM_POINTS,
     TwoBirds,
@@ -401,9 +402,12 @@ def two_birds_mode_sample(
     Raises
     ------
     ShapeError
-        If ``starts`` or ``y`` has the wrong shape.
+        If ``starts`` or ``y`` has the wrong shape, or ``problem.forward`` returns one.
+    DataError
+        If ``problem.forward`` returns something that is not a torch tensor.
     ConfigError
-        As :func:`laplace_mixture_sample`.
+        As :func:`laplace_mixture_sample`, or if ``problem.forward`` raises or calls
+        ``sys.exit`` (:func:`~ppl_cvae.problems.densities.checked_forward`).
     """
     if tuple(y.shape[-3:]) != tuple(problem.y_shape) or y.numel() != 100:
         raise ShapeError(f"y must have shape {tuple(problem.y_shape)}, got {tuple(y.shape)}")
@@ -415,7 +419,7 @@ def two_birds_mode_sample(
         )
 
     def forward(e: torch.Tensor) -> torch.Tensor:
-        return problem.forward(lines_from_endpoints(e)).reshape(e.shape[0], -1)
+        return checked_forward(problem, lines_from_endpoints(e)).reshape(e.shape[0], -1)
 
     def sample_prior(num: int, gen: torch.Generator) -> torch.Tensor:
         return problem.sample_endpoints(num, gen)

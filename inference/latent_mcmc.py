@@ -55,7 +55,7 @@ from inference.mcmc import ChainVerdict, chains_summary, rhat_threshold, run_whi
 from inference.mcmc.chains import _PotentialWatch
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_finite, derived_seed
-from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
@@ -401,7 +401,8 @@ def latent_nuts_sample(
         VAE's ``x_shape`` is not the problem's.
     DataError
         If ``y`` or ``init`` is not an array of real numbers (tensors, NumPy arrays and lists
-        are accepted) or holds NaN or inf.
+        are accepted) or holds NaN or inf, or the target density is NaN or infinite at a
+        chain's start (checked before NUTS runs, as :func:`inference.mcmc.nuts_sample` does).
     ResourceError
         If the kept draws (``num_samples`` per chain) would not fit in memory.
     NoLikelihoodError
@@ -482,9 +483,12 @@ def latent_nuts_sample(
         with torch.no_grad():
             values = torch.cat([latent_potential(b) for b in encoded.split(512)])
         order = torch.argsort(torch.nan_to_num(values, nan=float("inf")))
-        start_z = encoded[order[:num_chains]]
+        start_z, start_values = encoded[order[:num_chains]], values[order[:num_chains]]
     else:
         start_z = encoded[:num_chains]
+        with torch.no_grad():
+            start_values = latent_potential(start_z)
+    _check_starts(problem, -start_values.double())
     chains = []
     divergences = 0
     begin = time.perf_counter()
@@ -512,6 +516,31 @@ def latent_nuts_sample(
         divergences=divergences,
         seconds=seconds,
     )
+
+
+def _check_starts(problem: Problem, log_density: torch.Tensor) -> None:
+    """Refuse chain starts where the latent target density is not finite (before NUTS runs).
+
+    ``log_density`` (shape ``(num_chains,)``, nats, float64) is
+    ``log N(z; 0, I) + log p(y | g(z))`` at the starts; as :func:`inference.mcmc.nuts_sample`
+    does at its starts, a NaN or infinite value is refused: NUTS would spend its warm-up on
+    divergent steps or fail inside Pyro's tree.
+
+    Raises
+    ------
+    DataError
+        If ``log_density`` holds NaN or an infinity; the message names the problem, the first
+        such value, how many of the starts hold one and the member to check.
+    """
+    bad = ~torch.isfinite(log_density)
+    if bool(bad.any()):
+        raise DataError(
+            f"the log posterior density of problem {problem.name!r} (log N(z; 0, I) + "
+            f"log_likelihood at x = g(z)) is {float(log_density[bad].flatten()[0])} at "
+            f"{int(bad.sum())} of {bad.numel()} chain starts (encoded amortized draws); NUTS "
+            "needs a finite density there: check the problem's log_likelihood (and the "
+            "forward operator it calls)"
+        )
 
 
 class ChainRun(ChainVerdict, Protocol):

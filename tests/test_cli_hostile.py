@@ -744,3 +744,46 @@ def test_nuts_steps_around_a_region_where_the_density_is_nan():
     assert inside.divergences > 0  # the steps into the region, rejected
     control = nuts_sample(plain, y, starts, **kw)
     assert bool((control.x[..., 0] > 0).any())
+
+
+# ------------------------------------------------ problem code that fails in evaluate
+EVAL_BOOM = textwrap.dedent('''
+    import torch
+
+    from ppl_cvae.problems import LinearGaussian
+
+
+    class Boom(LinearGaussian):
+        name = "eval_boom"
+
+        def __init__(self, fail=False):
+            super().__init__()
+            self.fail = fail
+
+        def forward(self, x):
+            if self.fail:
+                raise RuntimeError("boom")
+            return super().forward(x)
+
+
+    def boom(fail=False): return Boom(fail)
+''')
+
+
+def test_evaluate_names_a_forward_operator_that_raises(tmp_path, capsys, monkeypatch):
+    """``evaluate --problem``: the misfit runs the user's forward; its raise is one line."""
+    (tmp_path / "eval_boom.py").write_text(EVAL_BOOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    problem = ["--problem", "eval_boom:boom"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(["fit", *problem, "--out", str(tmp_path / "run"), *TINY]) == 0
+        assert main(["simulate", *problem, "--num", "12", "--out",
+                     str(tmp_path / "pairs.npz")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "ev"
+    _fails(["evaluate", tmp_path / "run", "--data", tmp_path / "pairs.npz", "--num-samples",
+            "20", "--out", out, *problem, "--problem-arg", "fail=true", "--threads", "1"],
+           capsys, "problem 'eval_boom' forward raised RuntimeError: boom for x of shape (20, 12,")
+    assert not out.exists()

@@ -227,3 +227,111 @@ def test_a_problem_that_does_not_fit_the_model_is_a_shape_error_everywhere(model
                  lambda: load_checkpoint(tmp_path, problem=other)):
         with pytest.raises(ShapeError, match=r"x \(3,\)"):
             call()
+
+
+class BoomForward(LinearGaussian):
+    """``forward`` raises ``RuntimeError('boom')`` on every call (a solver that crashed)."""
+
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+def test_a_forward_operator_that_raises_is_a_config_error_in_the_evaluation(model):
+    """The evaluation's misfit (coverage metrics, SBC statistic) runs the problem's forward.
+
+    Before, each entry point let the RuntimeError through unnamed.
+    """
+    from inference.diagnostics.calibration import misfit_statistic, run_calibration
+    from inference.diagnostics.coverage import run_evaluation
+    from inference.evaluate import evaluate_draws, evaluate_model
+
+    cvae, x, y = model
+    problem = BoomForward()
+    draws = x[None].repeat(20, 1, 1) + 0.1 * torch.randn(20, *x.shape,
+                                                        generator=torch.Generator().manual_seed(1))
+    calls = {
+        "run_evaluation": lambda: run_evaluation(draws, x, x_reference=torch.zeros(2), y_obs=y,
+                                                 problem=problem),
+        "misfit_statistic": lambda: misfit_statistic(problem, y)(draws),
+        "run_calibration": lambda: run_calibration(draws, x, y_obs=y, problem=problem),
+        "evaluate_draws": lambda: evaluate_draws(draws, x, y, x_reference=torch.zeros(2),
+                                                 problem=problem),
+        "evaluate_model": lambda: evaluate_model(cvae, x, y, problem=problem, num_samples=20),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ConfigError) as info:
+            call()
+            pytest.fail(f"{name} accepted the raising forward operator")  # pragma: no cover
+        assert str(info.value).startswith(
+            "problem 'linear_gaussian' forward raised RuntimeError: boom for x of shape ("
+        ), (name, str(info.value))
+        assert isinstance(info.value.__cause__, RuntimeError), name
+
+
+def test_the_two_birds_laplace_mixture_names_a_raising_forward_operator():
+    from inference.laplace_mixture import two_birds_mode_sample
+    from ppl_cvae.problems.two_birds import TwoBirds, lines_from_endpoints
+
+    class Boom(TwoBirds):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    gen = torch.Generator().manual_seed(0)
+    true = TwoBirds("original").sample_endpoints(1, gen)
+    y = TwoBirds("original").forward(lines_from_endpoints(true))
+    with pytest.raises(ConfigError, match=r"^problem 'two_birds' forward raised RuntimeError: "
+                                          r"boom for x of shape \(16, 1, 50, 2\)$"):
+        two_birds_mode_sample(Boom("original"), y, true.repeat(3, 1), 0.01, 16, generator=gen)
+
+
+@pytest.mark.parametrize("start", ["best", "first"])
+def test_latent_nuts_refuses_a_nan_density_at_its_starts_before_nuts_runs(model, monkeypatch,
+                                                                          start):
+    """As ``nuts_sample``: the starts are checked, and NUTS never starts on a NaN target."""
+    import inference.latent_mcmc as latent_mcmc
+
+    _, x, y = model
+    vae = CVAE(ModelConfig(x_shape=(2,), y_shape=None, latent_dim=1, hidden_dims=(4,),
+                           prior="standard_normal"))
+
+    def never(*args, **kwargs):  # pragma: no cover - the check must come first
+        pytest.fail("NUTS ran on a NaN target")
+
+    monkeypatch.setattr(latent_mcmc, "run_whitened_chain", never)
+    with pytest.raises(DataError) as info:
+        latent_nuts_sample(vae, NaNLikelihood(), y[0], x[:5], num_samples=4, num_chains=3,
+                           warmup_steps=4, start=start)
+    assert str(info.value) == (
+        "the log posterior density of problem 'linear_gaussian' (log N(z; 0, I) + "
+        "log_likelihood at x = g(z)) is nan at 3 of 3 chain starts (encoded amortized draws); "
+        "NUTS needs a finite density there: check the problem's log_likelihood (and the "
+        "forward operator it calls)"
+    )
+
+
+class NaNForwardRight(LinearGaussian):
+    """``forward`` gives NaN for the models whose first value is positive."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return torch.where(x[..., :1] > 0, float("nan"), y)
+
+
+def test_a_forward_operator_giving_nan_is_named_by_the_misfit_statistic(model):
+    """The SBC misfit names ``forward`` and counts its models; the calibration notes say so."""
+    from inference.diagnostics.calibration import misfit_statistic, run_calibration
+
+    _, x, y = model
+    draws = x[None].repeat(20, 1, 1) + torch.randn(20, *x.shape,
+                                                   generator=torch.Generator().manual_seed(2))
+    count = int((draws[..., 0] > 0).sum())
+    assert 0 < count < draws[..., 0].numel()
+    problem = NaNForwardRight()
+    message = (f"problem 'linear_gaussian' forward gives a chi-squared misfit that is NaN or "
+               f"infinite at {count} of {draws[..., 0].numel()} models (NaN or inf in F(x)): "
+               "check the problem's forward")
+    with pytest.raises(DataError) as info:
+        misfit_statistic(problem, y)(draws)
+    assert str(info.value) == message
+    notes = run_calibration(draws, x, y_obs=y, problem=problem)["notes"]
+    assert f"{message}: the misfit is left out of SBC" in notes

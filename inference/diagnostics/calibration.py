@@ -115,7 +115,7 @@ from scipy import stats
 from ppl_cvae.checks import as_probability, as_seed
 from ppl_cvae.errors import DataError, ShapeError
 from ppl_cvae.problems.base import Problem
-from ppl_cvae.problems.densities import whiten
+from ppl_cvae.problems.densities import checked_forward, whiten
 
 __all__ = [
     "MIN_OBSERVATIONS",
@@ -326,7 +326,16 @@ def misfit_statistic(problem: Problem, y_obs: torch.Tensor) -> Statistic:
     Raises
     ------
     ShapeError
-        If ``y_obs`` is not ``(M, *y_shape)``.
+        If ``y_obs`` is not ``(M, *y_shape)``; from the callable, as
+        :func:`~ppl_cvae.problems.densities.checked_forward` (``forward`` returns a wrong
+        shape).
+    DataError
+        From the callable, if the problem's ``forward`` returns something that is not a
+        tensor, or a misfit is NaN or infinite (``forward`` gave NaN or inf); the message
+        names ``forward``.
+    ConfigError
+        From the callable, if the problem's ``forward`` raises or calls ``sys.exit``
+        (:func:`~ppl_cvae.problems.densities.checked_forward`).
 
     Examples
     --------
@@ -343,8 +352,16 @@ def misfit_statistic(problem: Problem, y_obs: torch.Tensor) -> Statistic:
 
     def misfit(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            resid = whiten(problem, problem.forward(x) - y_obs.to(x))
-        return resid.double().pow(2).flatten(start_dim=2).sum(-1) / num_data
+            resid = whiten(problem, checked_forward(problem, x) - y_obs.to(x))
+        value = resid.double().pow(2).flatten(start_dim=2).sum(-1) / num_data
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            raise DataError(
+                f"problem {problem.name!r} forward gives a chi-squared misfit that is NaN or "
+                f"infinite at {int(bad.sum())} of {bad.numel()} models (NaN or inf in F(x)): "
+                "check the problem's forward"
+            )
+        return value
 
     return misfit
 

@@ -72,7 +72,7 @@ import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import Problem
-from ppl_cvae.problems.densities import whiten
+from ppl_cvae.problems.densities import checked_forward, whiten
 
 __all__ = [
     "CURVE_LEVELS",
@@ -209,7 +209,12 @@ def run_evaluation(
     Raises
     ------
     ShapeError
-        If the shapes disagree.
+        If the shapes disagree, or ``problem.forward`` returns a wrong shape.
+    DataError, ConfigError
+        As :func:`~ppl_cvae.problems.densities.checked_forward`, when ``problem`` and
+        ``y_obs`` are given: its ``forward`` returns something that is not a tensor
+        (``DataError``), raises or calls ``sys.exit`` (``ConfigError`` naming ``forward``
+        and the original message).
     """
     num_samples, num_obs = x_draws.shape[:2]
     if tuple(x_draws.shape[1:]) != tuple(x_true.shape):
@@ -259,9 +264,9 @@ def run_evaluation(
     if problem is not None and y_obs is not None:
         m = math.prod(problem.y_shape)
         with torch.no_grad():
-            resid = whiten(problem, problem.forward(x_draws) - y_obs)
+            resid = whiten(problem, checked_forward(problem, x_draws) - y_obs)
             chi2 = resid.double().pow(2).flatten(start_dim=2).sum(-1) / m  # (S, M)
-            resid_mean = whiten(problem, problem.forward(mean.to(x_draws)) - y_obs)
+            resid_mean = whiten(problem, checked_forward(problem, mean.to(x_draws)) - y_obs)
             chi2_mean = resid_mean.double().pow(2).flatten(start_dim=1).sum(-1) / m  # (M,)
         metrics["chi2_per_datum"] = float(chi2.mean(0).median())
         metrics["chi2_per_datum_of_mean"] = float(chi2_mean.median())
