@@ -314,3 +314,31 @@ def test_threads_option_sets_torch_threads(tmp_path, where):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_diagnose_says_which_observations_misfit(tmp_path):
+    """The verdict lines of ``diagnose`` come from ``check_ppc`` on its ``misfit.csv``."""
+    import pandas as pd
+
+    from ppl_cvae.cli.evaluate import _misfit_verdict
+
+    m = 50  # 1 +- 4 sqrt(2 / 50) = 1 +- 0.8
+    def table(values, whitened=True):
+        path = tmp_path / "misfit.csv"
+        pd.DataFrame({
+            "observation": range(len(values)), "data": ["all"] * len(values),
+            "num_data": [m] * len(values), "whitened": [whitened] * len(values),
+            "chi2_per_datum": values,
+        }).to_csv(path, index=False)
+        return path
+
+    assert _misfit_verdict(table([1.0, 1.79, 0.21]))[0].startswith(
+        "misfit: the draws of all 3 observations fit the data"
+    )
+    lines = _misfit_verdict(table([1.0, 1.81, 0.19]))
+    assert lines[0].startswith("misfit: WARNING: the draws of 2 of 3 observations")
+    assert "observation 1: chi2 per datum 1.810" in lines[1] and "do not explain" in lines[1]
+    assert "observation 2: chi2 per datum 0.190" in lines[2] and "fit the noise" in lines[2]
+    many = _misfit_verdict(table([3.0] * 8))
+    assert len(many) == 1 + 5 + 1 and many[-1] == "  ... and 3 more"
+    assert _misfit_verdict(table([3.0], whitened=False)) == []  # no noise information

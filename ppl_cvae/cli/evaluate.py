@@ -126,8 +126,41 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     )
     with atomic_dir(out, overwrite=args.overwrite, command="diagnose") as tmp_dir:
         files = write_report(idata, tmp_dir, max_observations=args.max_observations)
+        verdict = _misfit_verdict(tmp_dir / "misfit.csv")
     print(f"wrote {len(files)} files to {out}")
+    for line in verdict:
+        print(line)
     return 0
+
+
+def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
+    """Lines saying which observations' draws misfit the data beyond the noise model.
+
+    From ``misfit.csv`` (:func:`inference.diagnostics.ppc.run_ppc`) through
+    :func:`inference.diagnostics.ppc.check_ppc`; nothing for a file without noise information.
+    """
+    import pandas as pd
+
+    from inference.diagnostics.ppc import check_ppc
+
+    table = pd.read_csv(path)
+    rows = table[table["data"] == "all"]
+    if not len(rows) or not bool(rows["whitened"].all()):
+        return []
+    failures = check_ppc(table)
+    if not failures:
+        return [
+            f"misfit: the draws of all {len(rows)} observations fit the data as the noise "
+            "model allows (chi2 per datum within 1 +- 4 sqrt(2 / m); misfit.csv)"
+        ]
+    lines = [
+        f"misfit: WARNING: the draws of {len(failures)} of {len(rows)} observations misfit the "
+        "data beyond the noise model (chi2 per datum outside 1 +- 4 sqrt(2 / m); misfit.csv):"
+    ]
+    lines += [f"  {message}" for message in failures[:most]]
+    if len(failures) > most:
+        lines.append(f"  ... and {len(failures) - most} more")
+    return lines
 
 
 # --------------------------------------------------------------------------- score
