@@ -898,7 +898,7 @@ def _initial_ladder(temperatures: int, min_beta: float) -> torch.Tensor:
         )
     steps = max(1, temperatures - 2)
     positive = [_REFERENCE_START ** (t / steps) for t in range(temperatures - 1)]
-    return torch.tensor([*positive[: temperatures - 1], 0.0], dtype=torch.float64)
+    return torch.tensor([*positive, 0.0], dtype=torch.float64)
 
 
 def _respaced_ladder(
