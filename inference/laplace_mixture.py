@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.problems.base import _problem_code
 from ppl_cvae.problems.densities import checked_forward
 from ppl_cvae.problems.two_birds import (
     NUM_POINTS,
@@ -406,8 +407,13 @@ def two_birds_mode_sample(
     DataError
         If ``problem.forward`` returns something that is not a torch tensor.
     ConfigError
-        As :func:`laplace_mixture_sample`, or if ``problem.forward`` raises or calls
-        ``sys.exit`` (:func:`~ppl_cvae.problems.densities.checked_forward`).
+        As :func:`laplace_mixture_sample`, or if ``problem.forward`` or one of
+        ``problem.functions`` raises or calls ``sys.exit``
+        (:func:`~ppl_cvae.problems.densities.checked_forward`), or a function is not
+        differentiable in its arguments.
+    ShapeError
+        Also if a function of ``problem.functions`` returns anything but a tensor shaped like
+        its ``x0``.
     """
     if tuple(y.shape[-3:]) != tuple(problem.y_shape) or y.numel() != 100:
         raise ShapeError(f"y must have shape {tuple(problem.y_shape)}, got {tuple(y.shape)}")
@@ -436,9 +442,27 @@ def two_birds_mode_sample(
             x0 = lines[..., 0].clone().requires_grad_(True)
             x1 = lines[..., 1].clone().requires_grad_(True)
             values, rows = [], []
-            for f in problem.functions:
-                v = f(x0, x1)  # (N, 50)
-                g0, g1 = torch.autograd.grad(v.sum(), (x0, x1))
+            for k, f in enumerate(problem.functions):
+                # a user's pair of callables is problem code: one ConfigError if it raises,
+                # one ShapeError if it returns anything but a tensor shaped like x0
+                what = f"problem {problem.name!r} function f{k}"
+                with _problem_code(what, f" for lines of shape {tuple(x0.shape)}"):
+                    v = f(x0, x1)  # (N, 50)
+                    if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(x0.shape):
+                        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                        raise ShapeError(
+                            f"{what} must return a tensor of shape {tuple(x0.shape)} (the "
+                            f"shape of x0), got {got}"
+                        )
+                    if not v.requires_grad:
+                        raise ConfigError(
+                            f"{what} must be differentiable in x0 and x1 (torch operations "
+                            "on its arguments), for the Laplace approximation's Jacobian"
+                        )
+                    g0, g1 = torch.autograd.grad(v.sum(), (x0, x1), allow_unused=True)
+                # a function of one line only has no gradient in the other: zero
+                g0 = torch.zeros_like(x0) if g0 is None else g0
+                g1 = torch.zeros_like(x1) if g1 is None else g1
                 values.append(v.detach())
                 rows.append(g0[..., None] * basis[0::2] + g1[..., None] * basis[1::2])
         value = torch.stack(values, dim=-1).reshape(len(e), -1)  # (N, 100): (position, k)

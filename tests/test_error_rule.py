@@ -335,3 +335,44 @@ def test_a_forward_operator_giving_nan_is_named_by_the_misfit_statistic(model):
     assert str(info.value) == message
     notes = run_calibration(draws, x, y_obs=y, problem=problem)["notes"]
     assert f"{message}: the misfit is left out of SBC" in notes
+
+
+def test_the_two_birds_laplace_mixture_checks_a_users_function_pair():
+    """``two_birds_mode_sample`` differentiates ``problem.functions`` itself (the Jacobian), so
+    a user's pair of callables is problem code there too: one that raises only under autograd
+    is a ConfigError naming it, one that is not differentiable is refused in words, and a
+    function of one line only (no gradient in the other) is accepted."""
+    from inference.laplace_mixture import two_birds_mode_sample
+    from ppl_cvae.problems.two_birds import TwoBirds, lines_from_endpoints
+
+    def f0(x0, x1):
+        return torch.sin(5 * x0 + 3 * x1)
+
+    def grad_boom(x0, x1):
+        if x0.requires_grad:
+            raise RuntimeError("boom under autograd")
+        return torch.cos(4 * x0 + 8 * x1)
+
+    def detached(x0, x1):
+        return torch.cos(4 * x0.detach() + 8 * x1.detach())
+
+    def one_line(x0, x1):
+        return torch.cos(4 * x0)
+
+    gen = torch.Generator().manual_seed(0)
+    true = TwoBirds((f0, one_line)).sample_endpoints(1, gen)
+    for f1, error, match in [
+        (grad_boom, ConfigError,
+         r"^problem 'two_birds' function f1 raised RuntimeError: boom under autograd for "
+         r"lines of shape \(\d+, 50\)$"),
+        (detached, ConfigError, r"^problem 'two_birds' function f1 must be differentiable"),
+    ]:
+        problem = TwoBirds((f0, f1))
+        y = problem.forward(lines_from_endpoints(true))
+        with pytest.raises(error, match=match):
+            two_birds_mode_sample(problem, y, true.repeat(3, 1), 0.01, 16, generator=gen)
+    problem = TwoBirds((f0, one_line))
+    y = problem.forward(lines_from_endpoints(true))
+    res = two_birds_mode_sample(problem, y, true.repeat(3, 1) + 1e-4, 0.01, 64,
+                                generator=torch.Generator().manual_seed(1))
+    assert len(res.draws) == 64 and bool(torch.isfinite(torch.as_tensor(res.draws)).all())
