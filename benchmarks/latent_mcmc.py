@@ -43,6 +43,11 @@ Run (the figures in the README)::
 latent and the facies field of the generative prior together, every draw a facies field)
 instead of latent NUTS; ``--samplers nuts,facies`` both.
 
+``--latent-npe-run RUN`` also reports the draws of a latent NPE, a run fitted by ``ppl-cvae fit
+--data`` on ``(z, y)`` pairs of the generative prior (the file's ``x`` is its latent ``z``):
+``z ~ q(z | y)``, ``x ~ p_g(x | z)``; with ``--facies-start latent-npe`` the facies chains start
+at those draws instead of the CVAE's.
+
 ``--cvae-run`` / ``--prior-run`` load checkpoints (``model.pt`` or run folders) instead of
 fitting; ``--epochs`` / ``--prior-epochs`` shorten the recommended schedule (60 epochs x 20,000
 pairs, about 17 minutes each at 1 thread on an idle core). Thread count and machine load are
@@ -153,6 +158,18 @@ def main(args):
         *common,
     )
 
+    latent_npe = None
+    if args.latent_npe_run:
+        latent_npe, _ = load_checkpoint(args.latent_npe_run)
+        latent_npe.eval()
+        x_npe, prob_npe = latent_npe_draws(latent_npe, prior, y_obs, args.num_samples, args.seed)
+        report(
+            f"latent NPE {args.latent_npe_run} (z ~ q(z | y), x ~ p_g(x | z))",
+            {"facies draws": x_npe, "decoder means": prob_npe},
+            prob_npe.double().mean(0),
+            *common,
+        )
+
     num_start = preconditioner_draws(prior.config.latent_dim, args.chains)
     num_nuts = min(args.nuts_observations, args.num_heldout)
     x_true, y_obs = x_true[:num_nuts], y_obs[:num_nuts]
@@ -165,7 +182,7 @@ def main(args):
     )
     samplers = set(args.samplers.split(","))
     if "facies" in samplers:
-        run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args)
+        run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args, latent_npe)
     if "nuts" not in samplers:
         return
 
@@ -225,14 +242,32 @@ def generative_truths(prior, problem, num):
         return x, problem.forward(x) + problem.noise.sample((num,), gen)
 
 
-def per_observation(cvae, y_obs, num_start, seed, sample, line, truths=None):
+def latent_npe_draws(latent_npe, prior, y_obs, num, seed):
+    """Facies draws through the generative prior's latent: ``z ~ q(z | y)``, ``x ~ p_g(x | z)``.
+
+    ``latent_npe`` is a run fitted by ``ppl-cvae fit --data`` on ``(z, y)`` pairs of the
+    generative prior (its ``x`` is the prior's latent). Returns the facies draws and the
+    decoder's probabilities, each ``(num, M, *x_shape)``.
+    """
+    z = draw_posterior(latent_npe, y_obs, num, seed=seed).x  # (num, M, k)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        _, probs = prior.x_distribution(z.reshape(-1, z.shape[-1]).float(), None)
+    probs = probs.reshape(*z.shape[:2], *prior.config.x_shape)
+    return torch.bernoulli(probs, generator=gen), probs
+
+
+def per_observation(cvae, y_obs, num_start, seed, sample, line, truths=None, starts=None):
     """Run ``sample(y, start)`` on each observation from amortized starts; print ``line``.
 
-    With ``truths`` (``(M, *x_shape)``) every chain starts at the observation's truth instead.
+    With ``truths`` (``(M, *x_shape)``) every chain starts at the observation's truth instead;
+    with ``starts`` (a function ``(y, num, seed) -> (num, *x_shape)``) at its draws.
     """
     results = []
     for i in range(len(y_obs)):
-        if truths is None:
+        if starts is not None and truths is None:
+            start = starts(y_obs[i : i + 1], num_start, seed + i)
+        elif truths is None:
             start = draw_posterior(cvae, y_obs[i : i + 1], num_start, seed=seed + i).x[:, 0]
         else:
             start = truths[i].expand(num_start, *truths.shape[1:]).clone()
@@ -241,7 +276,7 @@ def per_observation(cvae, y_obs, num_start, seed, sample, line, truths=None):
     return results
 
 
-def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
+def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args, latent_npe=None):
     """Facies MCMC (:func:`inference.facies_mcmc.facies_mcmc_sample`) on each observation."""
 
     def facies(y, start):
@@ -270,7 +305,13 @@ def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
         )
 
     truths = x_true if args.facies_start == "truth" else None
-    results = per_observation(cvae, y_obs, num_start, args.seed, facies, line, truths)
+    starts = None
+    if latent_npe is not None and args.facies_start == "latent-npe":
+
+        def starts(y, num, seed):
+            return latent_npe_draws(latent_npe, prior, y, num, seed)[0][:, 0]
+
+    results = per_observation(cvae, y_obs, num_start, args.seed, facies, line, truths, starts)
     print(
         "  log p(y | x) of the truth and of each chain (mean and sd over its kept draws), nats; "
         "cells where each chain's last draw differs from the truth:"
@@ -293,7 +334,7 @@ def run_facies(cvae, prior, problem, x_true, y_obs, num_start, common, args):
         f"{args.facies_warmup}, {args.facies_flips} facies and {args.facies_latent_moves} MALA "
         f"moves per step, {args.facies_temperatures} temperatures down to beta "
         f"{args.facies_min_beta}, {args.facies_noncentred} non-centred moves, started at "
-        f"{'the truths' if truths is not None else 'amortized draws'})",
+        f"{'the truths' if truths is not None else args.facies_start + ' draws'})",
         {"facies draws": x},
         x.double().mean(0),
         *common,
@@ -365,10 +406,16 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--facies-start",
-        choices=("amortized", "truth"),
+        choices=("amortized", "truth", "latent-npe"),
         default="amortized",
-        help="start the facies chains at the amortized draws (the sampler's own starts), or, "
-        "as a diagnosis, at each held-out truth (does the truth's configuration hold them?)",
+        help="start the facies chains at the amortized draws (the sampler's own starts), at "
+        "the draws of --latent-npe-run, or, as a diagnosis, at each held-out truth (does the "
+        "truth's configuration hold them?)",
+    )
+    parser.add_argument(
+        "--latent-npe-run",
+        help="a run fitted by `ppl-cvae fit --data` on (z, y) pairs of the generative prior "
+        "(x of the file: its latent z): report its draws z ~ q(z | y), x ~ p_g(x | z)",
     )
     parser.add_argument("--min-count", type=int, default=500)
     parser.add_argument(
