@@ -359,6 +359,10 @@ def test_the_two_birds_laplace_mixture_checks_a_users_function_pair():
     def one_line(x0, x1):
         return torch.cos(4 * x0)
 
+    def short_under_autograd(x0, x1):
+        out = torch.cos(4 * x0 + 8 * x1)
+        return out[..., :10] if x0.requires_grad else out
+
     gen = torch.Generator().manual_seed(0)
     true = TwoBirds((f0, one_line)).sample_endpoints(1, gen)
     for f1, error, match in [
@@ -366,6 +370,9 @@ def test_the_two_birds_laplace_mixture_checks_a_users_function_pair():
          r"^problem 'two_birds' function f1 raised RuntimeError: boom under autograd for "
          r"lines of shape \(\d+, 50\)$"),
         (detached, ConfigError, r"^problem 'two_birds' function f1 must be differentiable"),
+        (short_under_autograd, ShapeError,
+         r"^problem 'two_birds' function f1 must return a tensor of shape \(\d+, 50\) \(the "
+         r"shape of x0\), got \(\d+, 10\)$"),
     ]:
         problem = TwoBirds((f0, f1))
         y = problem.forward(lines_from_endpoints(true))
