@@ -31,7 +31,7 @@ import time
 import warnings
 
 import torch
-from latent_mcmc import generative_truths
+from latent_mcmc import generative_draws, generative_truths
 
 from inference.facies_mcmc import facies_mcmc_sample
 from ppl_cvae.problems import make_problem
@@ -64,10 +64,7 @@ def run_observation(prior, problem, x_true, y, i, args):
     begin = time.perf_counter()
     num = args.particles
     gen = torch.Generator().manual_seed(100 + i)
-    with torch.no_grad():
-        z = torch.randn(num, prior.config.latent_dim, generator=gen)
-        _, probs = prior.x_distribution(z, None)
-        x = torch.bernoulli(probs.reshape(num, *problem.x_shape), generator=gen)
+    _, x, _ = generative_draws(prior, problem, num, gen, data=False)
     beta, stage, log_evidence = 0.0, 0, 0.0
     while beta < 1.0:
         ll = problem.log_likelihood(x, y).double()

@@ -234,12 +234,22 @@ def generative_truths(prior, problem, num):
     of its statistics among the chains' draws test the sampler alone, apart from how well the
     VAE represents the simulator's prior.
     """
-    gen = torch.Generator().manual_seed(30_000)
+    _, x, y = generative_draws(prior, problem, num, torch.Generator().manual_seed(30_000))
+    return x, y
+
+
+def generative_draws(prior, problem, num, gen, data=True):
+    """``z ~ N(0, I)``, ``x ~ p_g(x | z)`` and, with ``data``, ``y = F(x) + e``, drawn from ``gen``.
+
+    The generative prior's own joint, in that order of draws from ``gen``; ``y`` is None
+    without ``data``. Shapes ``(num, k)``, ``(num, *x_shape)``, ``(num, *y_shape)``.
+    """
     with torch.no_grad():
         z = torch.randn(num, prior.config.latent_dim, generator=gen)
         _, probs = prior.x_distribution(z, None)
         x = torch.bernoulli(probs.reshape(num, *problem.x_shape), generator=gen)
-        return x, problem.forward(x) + problem.noise.sample((num,), gen)
+        y = problem.forward(x) + problem.noise.sample((num,), gen) if data else None
+    return z, x, y
 
 
 def latent_npe_draws(latent_npe, prior, y_obs, num, seed):

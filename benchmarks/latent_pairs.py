@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from latent_mcmc import generative_draws
 
 from ppl_cvae.problems import make_problem
 from ppl_cvae.train import load_checkpoint
@@ -41,16 +42,15 @@ def main(args):
         for start in range(0, args.num, 2000):
             n = min(2000, args.num - start)
             if args.source == "generative":
-                z = torch.randn(n, prior.config.latent_dim, generator=gen)
-                _, probs = prior.x_distribution(z, None)
-                x = torch.bernoulli(probs.reshape(n, *problem.x_shape), generator=gen)
+                z, x, y = generative_draws(prior, problem, n, gen)
             else:
                 x = problem.sample_prior(n, gen)
                 ref = prior.x_standardiser.mean
                 loc, scale = prior.recognition_params(None, x.to(ref.dtype))
                 z = loc + scale * torch.randn(loc.shape, generator=gen)
+                y = problem.forward(x) + problem.noise.sample((n,), gen)
             zs.append(z.float())
-            ys.append((problem.forward(x) + problem.noise.sample((n,), gen)).float())
+            ys.append(y.float())
     z, y = torch.cat(zs).numpy(), torch.cat(ys).numpy()
     np.savez(args.out, x=z, y=y)
     print(
