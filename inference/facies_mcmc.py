@@ -95,7 +95,7 @@ from inference.latent_mcmc import (
 from inference.mcmc import chains_summary, rhat_threshold
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import as_count, as_seed
-from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
@@ -115,6 +115,7 @@ __all__ = [
     "check_facies_prior",
     "facies_mcmc_sample",
     "facies_mcmc_summary",
+    "prior_draws",
     "sample_facies_mcmc",
 ]
 
@@ -132,7 +133,7 @@ class FaciesMCMCResult:
     ----------
     x : Tensor, shape (chains, draws, *x_shape)
         Facies fields (codes ``0 .. K-1`` as floats; for two facies the indicator of facies 1).
-    z : Tensor, shape (chains, draws, latent_dim)
+    z : Tensor, shape (chains, draws, latent_dim), float64
         The generative prior's latent of every draw.
     log_likelihood : Tensor, shape (chains, draws)
         ``log p(y | x)`` of every draw, nats.
@@ -261,6 +262,39 @@ def _class_log_probs(prior_vae: CVAE, z: torch.Tensor, num_facies: int) -> torch
     return torch.log(probs)
 
 
+def prior_draws(
+    prior_vae: CVAE, num: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw ``(z, x)`` exactly from a generative facies prior: ``z ~ N(0, I)``, ``x ~ p_g(x | z)``.
+
+    Parameters
+    ----------
+    prior_vae : CVAE
+        Unconditional VAE with a ``bernoulli`` or ``categorical`` decoder
+        (:func:`check_facies_prior`).
+    num : int
+        Draws.
+    generator : torch.Generator
+        Source of the draws (CPU).
+
+    Returns
+    -------
+    z : Tensor, shape (num, latent_dim), float64
+    codes : Tensor, shape (num, D), int64
+        Facies codes ``0 .. K-1`` of the ``D`` cells (independent given ``z``: ancestral
+        sampling by inversion of each cell's cumulative class probabilities).
+    class_log_probs : Tensor, shape (num, D, K), float64
+        ``log p_g(x_i = k | z)``.
+    """
+    num_facies = _num_facies(prior_vae.config)
+    z = torch.randn((num, prior_vae.config.latent_dim), generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        class_lp = _class_log_probs(prior_vae, z, num_facies)
+    u = torch.rand(class_lp.shape[:-1], generator=generator, dtype=torch.float64)
+    codes = (class_lp.exp().cumsum(-1)[..., :-1] < u.unsqueeze(-1)).sum(-1)
+    return z, codes, class_lp
+
+
 def _weight_from(
     z: torch.Tensor,
     codes: torch.Tensor,
@@ -300,6 +334,8 @@ def facies_mcmc_sample(
     temperatures: int = 8,
     min_beta: float = 0.01,
     noncentred_moves: int = 0,
+    init_z: torch.Tensor | None = None,
+    likelihood_power: float = 1.0,
 ) -> FaciesMCMCResult:
     """Sample ``p(z, x | y)`` of a generative facies prior (module docstring), all chains at once.
 
@@ -370,6 +406,15 @@ def facies_mcmc_sample(
         Joint moves of ``(z, x)`` per step that move ``z`` and carry the field's departures
         from the decoder's most likely facies with it (Notes), after the latent moves. Each
         costs a pass of the prior's decoder and one ``log p(y | x)`` per replica.
+    init_z : Tensor, shape (N, latent_dim), optional
+        The latent of every row of ``init``, where the chains continue a state ``(z, x)``
+        (sequential Monte Carlo, :mod:`inference.facies_smc`); by default the mean of the
+        recognition net's ``q(z | x)``.
+    likelihood_power : float, default 1.0
+        ``beta_0`` in ``(0, 1]``: the kept chains target ``N(z; 0, I) p_g(x | z) p(y |
+        x)^beta_0`` (a tempered posterior), their replicas ``beta_0 beta_t``. With
+        ``warmup_steps=0`` nothing adapts, so every step is the same kernel, invariant for that
+        target (what :func:`~inference.facies_smc.facies_smc_sample` moves its particles with).
 
     Returns
     -------
@@ -379,15 +424,15 @@ def facies_mcmc_sample(
     ------
     ConfigError
         If ``prior_vae`` is not an unconditional VAE with a facies decoder, a count or
-        ``seed`` is not an int in its range (a float, a bool, a string), ``start`` is unknown
-        or ``dtype`` is not a floating torch dtype.
+        ``seed`` is not an int in its range (a float, a bool, a string), ``start`` is unknown,
+        ``dtype`` is not a floating torch dtype or ``likelihood_power`` not in ``(0, 1]``.
     ShapeError
-        If ``y`` is not one observation, ``init`` not ``(N >= 1, *x_shape)``, or the VAE's
-        ``x_shape`` not the problem's.
+        If ``y`` is not one observation, ``init`` not ``(N >= 1, *x_shape)``, ``init_z`` not
+        ``(N, latent_dim)``, or the VAE's ``x_shape`` not the problem's.
     DataError
         If ``y`` or ``init`` is not an array of real numbers (tensors, NumPy arrays and lists
-        are accepted), ``y`` holds NaN or inf, or ``init`` holds a value that is not a facies
-        code ``0 .. K-1``.
+        are accepted), ``y`` or ``init_z`` holds NaN or inf, or ``init`` holds a value that is
+        not a facies code ``0 .. K-1``.
     ResourceError
         If the kept steps (``num_samples`` per chain) or the working state of the
         ``num_chains x temperatures`` replicas would not fit in memory.
@@ -443,6 +488,14 @@ def facies_mcmc_sample(
         and 0.0 <= float(min_beta) < 1.0
     ):
         raise ConfigError(f"min_beta must be a number in [0, 1), got {min_beta!r}")
+    if not (
+        isinstance(likelihood_power, (int, float))
+        and not isinstance(likelihood_power, bool)
+        and 0.0 < float(likelihood_power) <= 1.0
+    ):
+        raise ConfigError(
+            f"likelihood_power must be a number in (0, 1], got {likelihood_power!r}"
+        )
     num_samples = as_count(num_samples, "num_samples", minimum=4)
     warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
     num_chains = as_count(num_chains, "num_chains", minimum=1)
@@ -461,6 +514,15 @@ def facies_mcmc_sample(
     y, init = check_one_observation(problem, y, init, x_shape)
     init = init.detach().to("cpu", torch.float64)
     num_chains = min(num_chains, len(init))
+    if init_z is not None:
+        init_z = torch.as_tensor(init_z)
+        if tuple(init_z.shape) != (len(init), cfg.latent_dim):
+            raise ShapeError(
+                f"init_z must have shape (N, latent_dim) = {(len(init), cfg.latent_dim)} (one "
+                f"latent per row of init), got {tuple(init_z.shape)}"
+            )
+        if not bool(torch.isfinite(init_z).all()):
+            raise DataError("init_z holds NaN or inf; expected finite latent values")
     # per kept step of a chain: the codes (int8, then float32), z (float64 and float32),
     # log p(y | x) (float64) and the monitored quantities (float64)
     per_step = 5 * math.prod(x_shape) + 12 * cfg.latent_dim + 16 + 8 * (cfg.latent_dim + num_facies)
@@ -554,7 +616,11 @@ def facies_mcmc_sample(
             current = problem.noise.log_prob(residual).unsqueeze(-1)
             return current + change * along - 0.5 * change.pow(2) * square
 
-        z_all = encode_latent(prior_vae, init.to(prior_vae.x_standardiser.mean.dtype)).double()
+        if init_z is None:
+            z_all = encode_latent(prior_vae, init.to(prior_vae.x_standardiser.mean.dtype))
+        else:
+            z_all = init_z
+        z_all = z_all.detach().to("cpu", torch.float64)
         if start == "best":
             lp = _class_log_probs(prior_vae, z_all, num_facies)
             target = (
@@ -573,7 +639,7 @@ def facies_mcmc_sample(
         class_lp = _class_log_probs(prior_vae, z, num_facies)  # (R, D, K)
         ll = log_lik(codes)  # (R,)
         ladder = _initial_ladder(temperatures, float(min_beta))
-        beta = ladder.repeat(num_chains)  # (R,)
+        beta = likelihood_power * ladder.repeat(num_chains)  # (R,)
         cold = torch.arange(num_chains) * temperatures  # the kept, beta = 1 rows
         reference = temperatures > 1 and float(min_beta) == 0.0  # exact beta = 0 replicas
         shifts = torch.arange(1, num_facies)  # neighbour (i, m): cell i to (x_i + m) mod K
@@ -729,13 +795,10 @@ def facies_mcmc_sample(
                 if step >= warmup_steps:
                     accepted_x += int(ok[cold].sum())
             if reference:  # the beta = 0 replicas: an exact draw of the generative prior
-                z_ref = torch.randn((num_chains, z.shape[-1]), generator=gen, dtype=z.dtype)
-                lp_ref = _class_log_probs(prior_vae, z_ref, num_facies)
-                u = torch.rand(lp_ref.shape[:-1], generator=gen, dtype=torch.float64)
-                below = lp_ref.exp().cumsum(-1)[..., :-1] < u.unsqueeze(-1)
+                z_ref, codes_ref, lp_ref = prior_draws(prior_vae, num_chains, gen)
                 hot = cold + temperatures - 1
                 codes, z, class_lp = codes.clone(), z.clone(), class_lp.clone()
-                codes[hot], z[hot], class_lp[hot] = below.sum(-1), z_ref, lp_ref
+                codes[hot], z[hot], class_lp[hot] = codes_ref, z_ref, lp_ref
                 ll = ll.clone()
                 ll[hot] = log_lik(codes[hot])
                 _, new_p, d_lik_p = neighbour_deltas(codes, class_lp, ll)
@@ -769,7 +832,7 @@ def facies_mcmc_sample(
                         )
                 if step + 1 in adapt_at:  # equal rejection rates between neighbours
                     ladder = _respaced_ladder(ladder, pair_accept, pair_tries)
-                    beta = ladder.repeat(num_chains)
+                    beta = likelihood_power * ladder.repeat(num_chains)
                     deltas = prior_deltas(codes, class_lp) + beta.unsqueeze(-1) * d_lik
                     pair_accept.zero_()
                     pair_tries.zero_()
@@ -791,7 +854,7 @@ def facies_mcmc_sample(
     moves = num_chains * num_samples
     return FaciesMCMCResult(
         x=x,
-        z=zs.float(),
+        z=zs,
         log_likelihood=lls,
         rhat=rhat,
         min_ess=min_ess,

@@ -583,6 +583,35 @@ class GenerativePriorSampler(Protocol[R_co]):
         """Sample one observation ``y`` with chains started from ``init``."""
 
 
+def check_run_matches_prior(cvae: CVAE, generative_prior: CVAE) -> None:
+    """Check that a run's CVAE and a generative prior are models of one problem.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        The run's model; must be conditional (``y_shape`` set).
+    generative_prior : CVAE
+        Unconditional VAE of the prior draws.
+
+    Raises
+    ------
+    ConfigError
+        If ``cvae`` is not conditional.
+    ShapeError
+        If the two models' ``x_shape`` differ.
+    """
+    if cvae.config.y_shape is None:
+        raise ConfigError(
+            "sampling an observation needs a conditional model (y_shape set) as the run; got an "
+            "unconditional VAE"
+        )
+    if tuple(cvae.config.x_shape) != tuple(generative_prior.config.x_shape):
+        raise ShapeError(
+            f"the CVAE generates x of shape {tuple(cvae.config.x_shape)} and the generative "
+            f"prior {tuple(generative_prior.config.x_shape)}; they must be models of one problem"
+        )
+
+
 def generative_prior_posterior(
     cvae: CVAE,
     generative_prior: CVAE,
@@ -673,13 +702,7 @@ def generative_prior_posterior(
 
     problem = as_problem(problem)
     check_generative_prior(generative_prior, problem)
-    if cvae.config.y_shape is None:
-        raise ConfigError("the chains' start needs a conditional model (y_shape set)")
-    if tuple(cvae.config.x_shape) != tuple(generative_prior.config.x_shape):
-        raise ShapeError(
-            f"the CVAE generates x of shape {tuple(cvae.config.x_shape)} and the generative "
-            f"prior {tuple(generative_prior.config.x_shape)}; they must be models of one problem"
-        )
+    check_run_matches_prior(cvae, generative_prior)
     chains = as_count(chains, "chains")
     num_samples = as_count(num_samples, "num_samples")
     warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
@@ -690,6 +713,7 @@ def generative_prior_posterior(
             f"num_samples={num_samples} draws in {chains} chains: R-hat needs at least 4 per "
             f"chain; ask for num_samples >= {4 * chains} (--num-samples on the command line)"
         )
+    assert cvae.config.y_shape is not None  # check_run_matches_prior
     y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
     check_finite(y_batch, "y")
     num_start = preconditioner_draws(generative_prior.config.latent_dim, chains)
