@@ -1,0 +1,117 @@
+"""Facies SMC (``inference.facies_smc``) against exact enumeration.
+
+The posterior of tiny facies fields under an untrained VAE prior (``tests.test_facies_mcmc``:
+3 cells, or 2 cells and 3 facies, latent 1) is enumerated over ``x`` with ``z`` integrated on a
+grid, and so is the evidence ``p(y) = int N(z; 0, 1) sum_x p_g(x | z) p(y | x) dz``. The
+particles' state frequencies must match the posterior, their mean ``z`` the posterior mean, and
+the log evidence the enumerated one, within the Monte Carlo error of the particles; a likelihood
+sharp enough (noise sd 0.08, 0.25 for 3 facies) makes the sampler temper over several stages.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from inference.facies_smc import facies_smc_sample, facies_smc_summary, next_temperature
+from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.problems import LinearGaussian
+from tests.test_facies_mcmc import _Bent, _exact, _vae
+
+
+def _log_evidence(vae, problem, y, states):
+    """``log p(y)`` by enumeration of the fields and a grid on ``z`` (spacing 0.003)."""
+    z = torch.linspace(-9, 9, 6001, dtype=torch.float64).unsqueeze(-1)
+    with torch.no_grad():
+        dist, _ = vae.x_distribution(z.float(), None)
+        log_px_z = torch.stack([dist.log_prob(s.float()).double() for s in states], -1)
+    log_pz = -0.5 * z.squeeze(-1) ** 2 - 0.5 * math.log(2 * math.pi)
+    log_lik = problem.log_likelihood(states, y.double()).double()
+    joint = log_pz.unsqueeze(-1) + log_px_z + log_lik
+    return float(torch.logsumexp(joint.flatten(), 0)) + math.log(float(z[1, 0] - z[0, 0]))
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "k", "d", "kind", "neighbours", "noise"),
+    [
+        ("bernoulli", 2, 3, LinearGaussian, "auto", 0.08),
+        # 3 facies: with noise sd 0.08 the posterior is one field (probability 1 - 1e-4)
+        ("categorical", 3, 2, _Bent, "forward", 0.25),
+    ],
+)
+def test_particles_and_evidence_match_the_enumerated_posterior(
+    likelihood, k, d, kind, neighbours, noise
+):
+    problem = kind(x_dim=d, y_dim=2, noise_std=noise, seed=1)
+    vae = _vae(d, likelihood, k)
+    y = problem.forward(torch.tensor([1.0, 0.0, 1.0][:d]))
+    states, probs, z_mean = _exact(vae, problem, y, k)
+    res = facies_smc_sample(
+        vae, problem, y, num_particles=2000, populations=4, steps_per_stage=4, final_steps=4,
+        flips_per_step=1, seed=0, neighbours=neighbours,
+    )
+    assert res.stages >= 3 and res.reached_posterior  # the likelihood is tempered in
+    assert all(float(b[0]) == 0.0 and float(b[-1]) == 1.0 for b in res.betas)
+    assert all(bool((b.diff() > 0).all()) for b in res.betas)
+    draws = res.x.reshape(-1, d).double()
+    freq = torch.stack([(draws == s).all(-1).double().mean() for s in states])
+    # resampled particles are not independent: allow an ESS of a quarter of the 8,000
+    n_eff = draws.shape[0] / 4
+    tol = 4 * torch.sqrt(probs * (1 - probs) / n_eff) + 2e-3
+    assert torch.all((freq - probs).abs() <= tol), (freq, probs, tol)
+    assert 0.5 * float((freq - probs).abs().sum()) < 0.03
+    z_sd = float(res.z.std())
+    assert abs(float(res.z.mean()) - z_mean) <= 4 * z_sd / math.sqrt(n_eff)
+    exact = _log_evidence(vae, problem, y, states)
+    assert abs(res.log_evidence_mean - exact) <= 4 * res.log_evidence_se + 0.02, (
+        res.log_evidence, exact,
+    )
+    assert res.converged and res.rhat <= res.rhat_threshold
+    assert 0 < res.accept_z <= 1 and 0 < res.accept_x <= 1 and 0 < res.distinct <= 1
+    assert torch.allclose(
+        res.log_likelihood, problem.log_likelihood(res.x.double(), y.double()).double(),
+        atol=1e-5,
+    )
+
+
+def test_next_temperature_keeps_the_target_ess():
+    ll = torch.linspace(-400.0, 0.0, 200, dtype=torch.float64)
+    beta = next_temperature(ll, 0.1, 100.0)
+    w = torch.softmax((beta - 0.1) * ll, 0)
+    assert 0.1 < beta < 1.0
+    assert abs(float(1 / (w**2).sum()) - 100.0) < 1e-6  # the bisection lands on the target
+    assert next_temperature(torch.zeros(10), 0.3, 10.0) == 1.0  # flat: straight to 1
+    # a particle of zero likelihood has zero weight; all of them: refused
+    assert next_temperature(torch.tensor([0.0, -math.inf]), 0.0, 1.0) == 1.0
+    with pytest.raises(DataError, match="every particle has zero likelihood"):
+        next_temperature(torch.full((3,), -math.inf), 0.0, 1.0)
+    with pytest.raises(DataError, match="NaN"):
+        next_temperature(torch.tensor([0.0, math.nan]), 0.0, 1.0)
+
+
+def test_same_seed_same_particles_a_stopped_schedule_fails_and_bad_inputs():
+    problem = LinearGaussian(x_dim=3, y_dim=2, noise_std=0.08, seed=1)
+    vae = _vae(3, "bernoulli")
+    y = problem.forward(torch.tensor([1.0, 0.0, 1.0]))
+    kwargs = dict(num_particles=64, steps_per_stage=4, final_steps=4, flips_per_step=1)
+    a = facies_smc_sample(vae, problem, y, seed=5, **kwargs)
+    b = facies_smc_sample(vae, problem, y, seed=5, **kwargs)
+    assert torch.equal(a.x, b.x) and torch.equal(a.log_evidence, b.log_evidence)
+    assert not torch.equal(a.x[0], a.x[1])  # populations have seeds of their own
+    stopped = facies_smc_sample(vae, problem, y, seed=5, max_stages=1, **kwargs)
+    assert not stopped.reached_posterior and not stopped.converged
+    summary, ok = facies_smc_summary([stopped])
+    assert not ok and "FAILED for 1 of 1" in summary and "beta = 1 not reached" in summary
+    one = facies_smc_sample(vae, problem, y, seed=5, populations=1, **kwargs)
+    assert "one population" in facies_smc_summary([one])[0]
+    assert math.isnan(one.log_evidence_se)
+    with pytest.raises(ConfigError, match="ess_fraction"):
+        facies_smc_sample(vae, problem, y, ess_fraction=1.0, **kwargs)
+    with pytest.raises(ConfigError, match="steps_per_stage"):
+        facies_smc_sample(vae, problem, y, num_particles=8, steps_per_stage=2)
+    with pytest.raises(DataError):
+        facies_smc_sample(vae, problem, torch.tensor([math.nan, 0.0]), **kwargs)
+    with pytest.raises(ConfigError, match="bernoulli or categorical"):
+        facies_smc_sample(_vae(3, "gaussian"), problem, y, **kwargs)
