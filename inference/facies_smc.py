@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from inference.facies_mcmc import (
     _num_facies,
@@ -266,6 +267,7 @@ def facies_smc_sample(
     batch_models: int = 4096,
     dtype: torch.dtype = torch.float32,
     neighbours: Literal["auto", "forward"] = "auto",
+    progress: bool | None = None,
 ) -> FaciesSMCResult:
     """Sample ``p(z, x | y)`` of a generative facies prior by tempered SMC (module docstring).
 
@@ -298,6 +300,9 @@ def facies_smc_sample(
         Population ``p`` draws from ``torch.Generator().manual_seed(derived_seed(seed, p))``.
     batch_models, dtype, neighbours
         As in :func:`~inference.facies_mcmc.facies_mcmc_sample`.
+    progress : bool, optional
+        A tqdm progress bar per population on stderr, filled as ``beta`` goes from 0 to 1,
+        with the stage; None (default): only where stderr is a terminal.
 
     Returns
     -------
@@ -384,8 +389,16 @@ def facies_smc_sample(
         ll = torch.cat(parts).double()
         evaluations += num_particles
         beta, log_evidence, schedule = 0.0, 0.0, [0.0]
+        bar = tqdm(
+            total=1.0,
+            desc=f"facies SMC {pop + 1}/{populations}",
+            bar_format="{desc}: {bar} beta {n:.3g}{postfix} [{elapsed}]",
+            disable=None if progress is None else not progress,
+        )
         while beta < 1.0 and len(schedule) <= max_stages:
             new_beta = next_temperature(ll, beta, ess_fraction * num_particles)
+            bar.update(new_beta - beta)
+            bar.set_postfix_str(f"stage {len(schedule)}", refresh=False)
             log_w = (new_beta - beta) * ll
             log_evidence += float(torch.logsumexp(log_w, 0)) - math.log(num_particles)
             beta = new_beta
@@ -416,6 +429,7 @@ def facies_smc_sample(
                 )
             x, z, ll = res.x[:, -1], res.z[:, -1].double(), res.log_likelihood[:, -1].double()
             evaluations += res.num_evaluations
+        bar.close()
         xs.append(x)
         zs.append(z)
         lls.append(ll)
@@ -465,6 +479,7 @@ def sample_facies_smc(
     x_true: torch.Tensor | None = None,
     seed: int | None = None,
     attrs: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
 ) -> tuple[az.InferenceData, str, bool]:
     """Run :func:`facies_smc_sample` for every observation and build the posterior file.
 
@@ -496,6 +511,8 @@ def sample_facies_smc(
         so no two populations of a file share a seed.
     attrs : mapping, optional
         Run attributes.
+    progress : bool, optional
+        Progress bars (:func:`facies_smc_sample`); None: where stderr is a terminal.
 
     Returns
     -------
@@ -580,6 +597,7 @@ def sample_facies_smc(
             final_steps=final_steps,
             flips_per_step=flips_per_step,
             seed=derived_seed(base_seed, m * populations),
+            progress=progress,
         )
         for m in range(y_batch.shape[0])
     ]
