@@ -741,27 +741,38 @@ class CorrectionConfig:
 
     Attributes
     ----------
-    method : {"importance", "nuts", "latent-nuts", "facies-mcmc"}
+    method : {"importance", "nuts", "latent-nuts", "facies-mcmc", "facies-smc"}
         Importance sampling with the amortized posterior as proposal
         (:func:`inference.importance.importance_sample`), NUTS started and preconditioned
         by amortized draws (:func:`inference.mcmc.nuts_sample`), NUTS in the latent space
         of a generative prior (:func:`inference.latent_mcmc.sample_latent_nuts`; for a prior
-        without a density), or Metropolis-Hastings on the facies field and the latent of a
+        without a density), Metropolis-Hastings on the facies field and the latent of a
         generative facies prior, every draw a facies field
-        (:func:`inference.facies_mcmc.sample_facies_mcmc`); the last two need
+        (:func:`inference.facies_mcmc.sample_facies_mcmc`), or sequential Monte Carlo from
+        that generative facies prior to the posterior, the likelihood tempered in with facies
+        MCMC moves (:func:`inference.facies_smc.sample_facies_smc`); the last three need
         ``generative_prior`` in :func:`sample_corrected`.
     proposals : int
         Importance sampling: proposal draws per observation (the file holds ``num_samples``
         draws resampled from them).
     chains, warmup_steps : int
         NUTS and facies MCMC: chains per observation (``num_samples`` is split between them)
-        and warm-up iterations per chain.
+        and warm-up iterations per chain. Facies SMC: ``chains`` is the number of independent
+        populations (``sample_facies_smc(populations=...)``; ``ppl-cvae sample`` defaults it
+        to 2 there, this class to 4), and ``warmup_steps`` is not used (SMC has no warm-up).
     flips_per_step : int, default 16
-        Facies MCMC: single-cell facies moves per step (``facies_mcmc_sample(flips_per_step=
-        ...)``; each evaluates all ``D (K - 1)`` neighbours of every chain).
+        Facies MCMC and facies SMC: single-cell facies moves per step
+        (``facies_mcmc_sample(flips_per_step=...)``; each evaluates all ``D (K - 1)``
+        neighbours of every chain or particle).
     temperatures : int, default 8
         Facies MCMC: tempered replicas per chain (``facies_mcmc_sample(temperatures=...)``;
         1: no tempering).
+    smc_steps : int, default 8
+        Facies SMC: facies MCMC steps per particle after each stage's resampling
+        (``sample_facies_smc(steps_per_stage=...)``), at least 4.
+    smc_final_steps : int, default 40
+        Facies SMC: facies MCMC steps per particle after the stage that reaches the
+        posterior (``sample_facies_smc(final_steps=...)``), at least 4.
     adapt_mass_matrix : bool, default True
         NUTS on ``x``: also adapt the (diagonal) mass matrix during warm-up, on top of the
         amortized preconditioner; False adapts the step size only (about a third fewer
@@ -787,11 +798,14 @@ class CorrectionConfig:
     ------
     ConfigError
         If ``proposals < 2``, ``chains < 1``, ``warmup_steps < 0``, ``cores < 1``,
-        ``flips_per_step < 0``, ``temperatures < 1``, or ``preconditioner`` or
+        ``flips_per_step < 0``, ``temperatures < 1``, ``smc_steps < 4``,
+        ``smc_final_steps < 4`` (or a count that is not an int), or ``preconditioner`` or
         ``potential_dtype`` is not one of these.
     """
 
-    method: Literal["importance", "nuts", "latent-nuts", "facies-mcmc"] = "importance"
+    method: Literal["importance", "nuts", "latent-nuts", "facies-mcmc", "facies-smc"] = (
+        "importance"
+    )
     proposals: int = 10_000
     chains: int = 4
     warmup_steps: int = 500
@@ -802,6 +816,8 @@ class CorrectionConfig:
     potential_dtype: Literal["float64", "float32"] = "float32"
     flips_per_step: int = 16
     temperatures: int = 8
+    smc_steps: int = 8
+    smc_final_steps: int = 40
 
     def __post_init__(self) -> None:
         if self.proposals < 2 or self.chains < 1 or self.warmup_steps < 0 or self.cores < 1:
@@ -812,6 +828,8 @@ class CorrectionConfig:
             )
         as_count(self.flips_per_step, "CorrectionConfig.flips_per_step", minimum=0)
         as_count(self.temperatures, "CorrectionConfig.temperatures", minimum=1)
+        as_count(self.smc_steps, "CorrectionConfig.smc_steps", minimum=4)
+        as_count(self.smc_final_steps, "CorrectionConfig.smc_final_steps", minimum=4)
         if self.potential_dtype not in ("float64", "float32"):
             raise ConfigError(
                 f"potential_dtype must be 'float64' or 'float32', got {self.potential_dtype!r}"
@@ -843,8 +861,8 @@ def sample_corrected(
     y : Tensor, shape y_shape or (M, *y_shape)
         Observation(s), units of ``y``.
     num_samples : int
-        Draws per observation in the file (for NUTS, rounded up to a multiple of
-        ``correction.chains``).
+        Draws per observation in the file (for NUTS and facies SMC, rounded up to a multiple
+        of ``correction.chains``).
     problem : Problem
         With a prior density and a noise model (the target ``p(x | y)``).
     correction : CorrectionConfig
@@ -854,9 +872,10 @@ def sample_corrected(
     attrs : mapping, optional
         Run attributes.
     generative_prior : CVAE, optional
-        ``method="latent-nuts"`` or ``"facies-mcmc"`` (required there): the unconditional VAE
-        of the prior draws whose model is sampled (for facies MCMC with a ``bernoulli`` or
-        ``categorical`` decoder); the problem then needs no prior density.
+        ``method="latent-nuts"``, ``"facies-mcmc"`` or ``"facies-smc"`` (required there): the
+        unconditional VAE of the prior draws whose model is sampled (for facies MCMC and SMC
+        with a ``bernoulli`` or ``categorical`` decoder); the problem then needs no prior
+        density.
 
     Returns
     -------
@@ -866,7 +885,11 @@ def sample_corrected(
         sampler statistics; :mod:`inference.latent_mcmc`). Facies MCMC: chains and draws of
         the facies field ``x`` (codes ``0 .. K-1``) and ``z`` with ``rhat``,
         ``rhat_threshold``, ``ess_bulk``, ``accept_z``, ``accept_x``, ``swap_accept`` and
-        ``rhat_data`` per observation (:mod:`inference.facies_mcmc`).
+        ``rhat_data`` per observation (:mod:`inference.facies_mcmc`). Facies SMC: the
+        ``correction.chains`` populations as chains, their particles as draws, of the facies
+        field ``x`` and ``z``, with ``rhat``, ``rhat_threshold``, ``ess_bulk``,
+        ``log_evidence``, ``log_evidence_se``, ``stages``, ``accept_z``, ``accept_x`` and
+        ``distinct`` per observation (:mod:`inference.facies_smc`).
         Importance sampling: ``num_samples`` draws per observation resampled (systematic
         resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
         ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
@@ -882,16 +905,18 @@ def sample_corrected(
         :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
         :func:`inference.mcmc.rhat_threshold` (the largest over the coordinates, against the
         bound independent draws respect; at least
-        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions.
+        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions, or (facies
+        SMC) a population that did not reach the posterior (``beta = 1``).
 
     Raises
     ------
     ConfigError
         If the method is unknown, ``problem`` is None, ``num_samples`` is not an int >= 1,
         ``seed`` not an int in ``[0, 2**32 - 1]``, or the model cannot propose; for
-        ``latent-nuts`` and ``facies-mcmc``, if ``generative_prior`` is missing or not an
-        unconditional VAE (for ``facies-mcmc``: with a facies decoder, as the CVAE's); for
-        ``nuts``, if ``num_samples`` gives a chain fewer than
+        ``latent-nuts``, ``facies-mcmc`` and ``facies-smc``, if ``generative_prior`` is
+        missing or not an unconditional VAE (for the facies methods: with a facies decoder,
+        as the CVAE's); for ``facies-smc``, if there are fewer than 4 particles per
+        population; for ``nuts``, if ``num_samples`` gives a chain fewer than
         :data:`~inference.mcmc.MIN_DRAWS_PER_CHAIN` draws.
     ResourceError
         For ``nuts``, if the draws would not fit in memory.
@@ -921,7 +946,7 @@ def sample_corrected(
     check_problem_matches(problem, cvae.config)
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
-    if correction.method in ("latent-nuts", "facies-mcmc"):
+    if correction.method in ("latent-nuts", "facies-mcmc", "facies-smc"):
         if generative_prior is None:
             raise ConfigError(
                 f"method {correction.method!r} needs a generative prior (an unconditional VAE "
@@ -929,6 +954,24 @@ def sample_corrected(
             )
         from inference.facies_mcmc import sample_facies_mcmc
         from inference.latent_mcmc import sample_latent_nuts
+
+        if correction.method == "facies-smc":
+            from inference.facies_smc import sample_facies_smc
+
+            return sample_facies_smc(
+                cvae,
+                generative_prior,
+                y_batch,
+                num_samples,
+                problem,
+                populations=correction.chains,
+                steps_per_stage=correction.smc_steps,
+                final_steps=correction.smc_final_steps,
+                flips_per_step=correction.flips_per_step,
+                x_true=x_true,
+                seed=seed,
+                attrs=attrs,
+            )
 
         sampler: Callable[..., tuple[az.InferenceData, str, bool]] = sample_latent_nuts
         if correction.method == "facies-mcmc":
@@ -988,8 +1031,8 @@ def sample_corrected(
         return idata, summary, failed == 0
     if correction.method != "nuts":
         raise ConfigError(
-            f"unknown correction {correction.method!r}; expected importance, nuts, latent-nuts "
-            "or facies-mcmc"
+            f"unknown correction {correction.method!r}; expected importance, nuts, latent-nuts, "
+            "facies-mcmc or facies-smc"
         )
     chains = correction.chains
     per_chain = math.ceil(num_samples / chains)

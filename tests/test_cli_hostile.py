@@ -281,13 +281,13 @@ def test_flow_layer_flags_without_their_flow_are_refused(tmp_path, capsys, flags
 
 @pytest.mark.parametrize("flags, match", [
     (["--method", "importance", "--chains", "2"], "--chains applies to --method nuts, "
-                                                  "latent-nuts or facies-mcmc only, got --method "
-                                                  "importance"),
+                                                  "latent-nuts, facies-mcmc or facies-smc only, "
+                                                  "got --method importance"),
     (["--warmup", "10"], "--warmup applies to --method nuts, latent-nuts or facies-mcmc only, "
                          "got --method amortized"),
     (["--method", "latent-nuts", "--facies-moves", "4"], "--facies-moves applies to --method "
-                                                         "facies-mcmc only, got --method "
-                                                         "latent-nuts"),
+                                                         "facies-mcmc or facies-smc only, got "
+                                                         "--method latent-nuts"),
     (["--method", "nuts", "--temperatures", "4"], "--temperatures applies to --method "
                                                   "facies-mcmc only, got --method nuts"),
     (["--method", "latent-nuts", "--adapt-mass-matrix"], "--adapt-mass-matrix applies to "

@@ -21,6 +21,9 @@ from ppl_cvae.cli.sample import (
     DEFAULT_CHAINS,
     DEFAULT_FACIES_MOVES,
     DEFAULT_POTENTIAL_DTYPE,
+    DEFAULT_SMC_FINAL_STEPS,
+    DEFAULT_SMC_POPULATIONS,
+    DEFAULT_SMC_STEPS,
     DEFAULT_TEMPERATURES,
     FACIES_MCMC_WARMUP,
 )
@@ -339,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--unconditional",
         action="store_true",
         help="fit an unconditional VAE on the problem's prior draws (no y): a generative prior "
-        "for `sample --method latent-nuts|facies-mcmc --generative-prior RUN` (Laloy et al. "
-        "2018)",
+        "for `sample --method latent-nuts|facies-mcmc|facies-smc --generative-prior RUN` "
+        "(Laloy et al. 2018)",
     )
     fit_p.add_argument(
         "--stream",
@@ -407,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--method",
-        choices=["amortized", "importance", "nuts", "latent-nuts", "facies-mcmc", "refine"],
+        choices=[
+            "amortized", "importance", "nuts", "latent-nuts", "facies-mcmc", "facies-smc",
+            "refine",
+        ],
         default="amortized",
         help="amortized: the CVAE's draws; importance: importance sampling against the "
         "problem's prior and noise model with the CVAE as proposal (reliable when k-hat <= 0.7); "
@@ -417,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
         "facies-mcmc: MCMC on the facies field and the latent of --generative-prior, every "
         "draw a facies field (needs a facies (bernoulli/categorical) generative prior), started "
         "at CVAE draws; "
+        "facies-smc: sequential Monte Carlo from --generative-prior (facies) to the posterior, "
+        "the likelihood tempered in with facies MCMC moves; "
         "refine: misfit minimisation of each draw (an optimiser, not a sampler)",
     )
     s.add_argument(
@@ -434,14 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--generative-prior",
         metavar="PRIOR_RUN",
-        help="--method latent-nuts and facies-mcmc: run folder (or model.pt) of an "
+        help="--method latent-nuts, facies-mcmc and facies-smc: run folder (or model.pt) of an "
         "unconditional VAE fitted on the problem's prior draws (`ppl-cvae fit --problem NAME "
-        "--unconditional`; for facies-mcmc with a bernoulli or categorical decoder)",
+        "--unconditional`; for facies-mcmc and facies-smc with a bernoulli or categorical "
+        "decoder)",
     )
     s.add_argument(
         "--chains",
         type=_count(1),
-        help=f"--method nuts/latent-nuts/facies-mcmc: chains (default {DEFAULT_CHAINS})",
+        help=f"--method nuts/latent-nuts/facies-mcmc: chains (default {DEFAULT_CHAINS}); "
+        f"--method facies-smc: independent populations (default {DEFAULT_SMC_POPULATIONS})",
     )
     s.add_argument(
         "--warmup",
@@ -454,8 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--facies-moves",
         type=_count(0),
         metavar="N",
-        help="--method facies-mcmc: single-cell facies moves per step, each evaluating every "
-        f"one-cell change of every chain (default {DEFAULT_FACIES_MOVES})",
+        help="--method facies-mcmc/facies-smc: single-cell facies moves per step, each "
+        "evaluating every one-cell change of every chain or particle (default "
+        f"{DEFAULT_FACIES_MOVES})",
     )
     s.add_argument(
         "--temperatures",
@@ -463,6 +474,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="--method facies-mcmc: tempered replicas per chain (parallel tempering; 1: none; "
         f"the cost grows about T-fold; default {DEFAULT_TEMPERATURES})",
+    )
+    s.add_argument(
+        "--smc-steps",
+        type=_count(4),
+        metavar="N",
+        help="--method facies-smc: facies MCMC steps per particle after each stage's "
+        f"resampling (default {DEFAULT_SMC_STEPS})",
+    )
+    s.add_argument(
+        "--smc-final-steps",
+        type=_count(4),
+        metavar="N",
+        help="--method facies-smc: facies MCMC steps per particle once the likelihood is fully "
+        f"tempered in (default {DEFAULT_SMC_FINAL_STEPS})",
     )
     s.add_argument(
         "--adapt-mass-matrix",

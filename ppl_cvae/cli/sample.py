@@ -1,11 +1,12 @@
 """``ppl-cvae sample``: posterior draws for observations, written as InferenceData NetCDF.
 
 :func:`cmd_sample` with its ``--method``: ``amortized`` (CVAE draws), ``refine`` (misfit
-refinement), ``importance``, ``nuts``, ``latent-nuts`` and ``facies-mcmc`` (correction with
-the physics); the refusal of flags that belong to another method, and the MCMC defaults
-(:data:`DEFAULT_CHAINS`, :data:`NUTS_WARMUP_STEP_SIZE_ONLY`, :data:`DEFAULT_POTENTIAL_DTYPE`,
-:data:`FACIES_MCMC_WARMUP`, :data:`DEFAULT_FACIES_MOVES`, draws per chain for the R-hat
-bound).
+refinement), ``importance``, ``nuts``, ``latent-nuts``, ``facies-mcmc`` and ``facies-smc``
+(correction with the physics); the refusal of flags that belong to another method, and the
+MCMC and SMC defaults (:data:`DEFAULT_CHAINS`, :data:`NUTS_WARMUP_STEP_SIZE_ONLY`,
+:data:`DEFAULT_POTENTIAL_DTYPE`, :data:`FACIES_MCMC_WARMUP`, :data:`DEFAULT_FACIES_MOVES`,
+:data:`DEFAULT_SMC_POPULATIONS`, :data:`DEFAULT_SMC_STEPS`, :data:`DEFAULT_SMC_FINAL_STEPS`,
+draws per chain for the R-hat bound).
 """
 
 from __future__ import annotations
@@ -58,30 +59,47 @@ DEFAULT_TEMPERATURES = 8
 """``sample --temperatures`` when not given: the default ``temperatures`` of
 :func:`inference.facies_mcmc.sample_facies_mcmc`."""
 
+DEFAULT_SMC_POPULATIONS = 2
+"""``sample --chains`` when not given with ``--method facies-smc`` (independent populations):
+the default ``populations`` of :func:`inference.facies_smc.sample_facies_smc`."""
+
+DEFAULT_SMC_STEPS = 8
+"""``sample --smc-steps`` when not given: the default ``steps_per_stage`` of
+:func:`inference.facies_smc.sample_facies_smc`."""
+
+DEFAULT_SMC_FINAL_STEPS = 40
+"""``sample --smc-final-steps`` when not given: the default ``final_steps`` of
+:func:`inference.facies_smc.sample_facies_smc`."""
+
 REFINE_DEFAULTS = {"oversample": 4, "max_misfit": 1.0, "refine_steps": 300, "refine_lr": 0.1}
 """``sample --method refine`` flags when not given: ``--oversample``, ``--max-misfit``,
 ``--refine-steps``, ``--refine-lr``."""
 
-GENERATIVE_PRIOR_METHODS = ("latent-nuts", "facies-mcmc")
+GENERATIVE_PRIOR_METHODS = ("latent-nuts", "facies-mcmc", "facies-smc")
 """The ``sample --method`` values that sample a generative prior (``--generative-prior``)."""
 
 
 def _check_method_flags(args: argparse.Namespace, method: str) -> None:
     """Refuse ``sample`` flags of another ``--method`` (each would be ignored in silence).
 
-    ``--chains`` and ``--warmup`` belong to the three MCMC methods, ``--adapt-mass-matrix`` to
-    ``nuts``, ``--facies-moves`` and ``--temperatures`` to ``facies-mcmc`` and ``--proposals``
-    to ``importance``, as ``--cores`` and ``--potential-dtype`` belong to ``nuts``;
+    ``--chains`` belongs to the three MCMC methods and ``facies-smc`` (its populations),
+    ``--warmup`` to the three MCMC methods, ``--adapt-mass-matrix`` to ``nuts``,
+    ``--facies-moves`` to ``facies-mcmc`` and ``facies-smc``, ``--temperatures`` to
+    ``facies-mcmc`` (SMC has no warm-up and no replicas), ``--smc-steps`` and
+    ``--smc-final-steps`` to ``facies-smc`` and ``--proposals`` to ``importance``, as
+    ``--cores`` and ``--potential-dtype`` belong to ``nuts``;
     ``--oversample``, ``--max-misfit``, ``--refine-steps`` and ``--refine-lr`` to ``refine``,
     and ``--decoder-noise`` to the CVAE's own draws (``amortized`` and ``refine``).
     """
-    mcmc = ("nuts", *GENERATIVE_PRIOR_METHODS)
+    mcmc = ("nuts", "latent-nuts", "facies-mcmc")
     for flag, given, methods in (
-        ("--chains", args.chains is not None, mcmc),
+        ("--chains", args.chains is not None, (*mcmc, "facies-smc")),
         ("--warmup", args.warmup is not None, mcmc),
         ("--adapt-mass-matrix", args.adapt_mass_matrix is not None, ("nuts",)),
-        ("--facies-moves", args.facies_moves is not None, ("facies-mcmc",)),
+        ("--facies-moves", args.facies_moves is not None, ("facies-mcmc", "facies-smc")),
         ("--temperatures", args.temperatures is not None, ("facies-mcmc",)),
+        ("--smc-steps", args.smc_steps is not None, ("facies-smc",)),
+        ("--smc-final-steps", args.smc_final_steps is not None, ("facies-smc",)),
         ("--proposals", args.proposals is not None, ("importance",)),
         ("--oversample", args.oversample is not None, ("refine",)),
         ("--max-misfit", args.max_misfit is not None, ("refine",)),
@@ -154,7 +172,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"--method {method}"
         )
     if args.chains is None:
-        args.chains = DEFAULT_CHAINS
+        args.chains = DEFAULT_SMC_POPULATIONS if method == "facies-smc" else DEFAULT_CHAINS
     if args.preconditioner is not None and method != "nuts":
         raise ConfigError(
             f"--preconditioner {args.preconditioner} applies to --method nuts only, got "
@@ -163,7 +181,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if (method in GENERATIVE_PRIOR_METHODS) != (args.generative_prior is not None):
         raise ConfigError(
-            "--method latent-nuts or facies-mcmc and --generative-prior "
+            "--method latent-nuts, facies-mcmc or facies-smc and --generative-prior "
             f"PRIOR_RUN go together (got --method {method}"
             + (", no --generative-prior" if args.generative_prior is None else "")
             + "): the model sampled is that of the unconditional VAE fitted with "
@@ -206,7 +224,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             from inference.latent_mcmc import check_generative_prior
             from ppl_cvae.train import load_checkpoint
 
-            check = check_facies_prior if method == "facies-mcmc" else check_generative_prior
+            check = check_generative_prior if method == "latent-nuts" else check_facies_prior
             loaded, _ = load_checkpoint(args.generative_prior, problem=problem)
             generative_prior = check(loaded, problem)
         if args.warmup is None:
@@ -226,6 +244,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
             ),
             temperatures=(
                 DEFAULT_TEMPERATURES if args.temperatures is None else args.temperatures
+            ),
+            smc_steps=DEFAULT_SMC_STEPS if args.smc_steps is None else args.smc_steps,
+            smc_final_steps=(
+                DEFAULT_SMC_FINAL_STEPS if args.smc_final_steps is None else args.smc_final_steps
             ),
         )
         idata, summary, ok = sample_corrected(
