@@ -5,7 +5,8 @@ script calls the Python entry points the way a notebook does (``CVAEPosterior``,
 ``draw_posterior``, ``sample_posterior``, ``importance_sample``, ``sample_corrected``,
 ``nuts_sample``, ``fit_problem``, ``evaluate_model``, ``load_checkpoint``, the ArviZ
 helpers; the generative-prior samplers ``latent_nuts_sample``, ``facies_mcmc_sample``,
-``sample_latent_nuts`` and ``sample_facies_mcmc``; ``sample_posterior_to_netcdf``;
+``facies_smc_sample``, ``sample_latent_nuts``, ``sample_facies_mcmc`` and
+``sample_facies_smc``; ``sample_posterior_to_netcdf``;
 ``evaluate_draws``; the figures of :mod:`inference.plots` and :mod:`inference.report`) with
 bad arguments and with unusual but reasonable ones. A bad call passes when it
 raises an instance of :class:`ppl_cvae.errors.PplCvaeError` whose message contains a fragment
@@ -23,7 +24,7 @@ Run::
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/api_audit.py
 
-Runtime: about 10 s on one CPU thread (294 calls). Prints one table row per category and one
+Runtime: about 10 s on one CPU thread (342 calls). Prints one table row per category and one
 line per failure; exits with status 1 when a case fails.
 """
 
@@ -492,6 +493,67 @@ def _idata_shape(name: str, shape: tuple[int, ...]) -> Callable[[Any], bool]:
     return check
 
 
+def facies_smc_cases(add: Add, y0: torch.Tensor, nan_y: torch.Tensor, prior: Any, cvae: Any,
+                     gaussian_prior: Any, other: Problem, w: World) -> None:
+    """facies_smc_sample and sample_facies_smc (SMC of a generative facies prior), hostile calls."""
+    from inference.facies_smc import facies_smc_sample, sample_facies_smc
+
+    p = w.problem
+
+    def smc(y: Any = y0, vae: Any = prior, problem: Any = p, **kw: Any) -> Any:
+        options = {"num_particles": 8, "populations": 2, "steps_per_stage": 4, "final_steps": 4,
+                   "flips_per_step": 1, "seed": 0, **kw}
+        return facies_smc_sample(vae, problem, y, **options)
+
+    def smc_file(y: Any = y0[None], num_samples: Any = 16, run: Any = cvae, gen: Any = prior,
+                 problem: Any = p, **kw: Any) -> Any:
+        options = {"steps_per_stage": 4, "final_steps": 4, "flips_per_step": 1, "seed": 0, **kw}
+        return sample_facies_smc(run, gen, y, num_samples, problem, **options)
+
+    ok = _chains(2, 8, facies=True)
+    c = "facies_smc_sample"
+    add(c, "y as numpy float64", lambda: smc(y=y0.double().numpy()), "accept", check=ok)
+    add(c, "y as a Python list", lambda: smc(y=y0.tolist()), "accept", check=ok)
+    add(c, "y of length 3", lambda: smc(y=torch.zeros(3)), "refuse", "y")
+    add(c, "y a batch (1, 2)", lambda: smc(y=y0[None]), "refuse", "y")
+    add(c, "y with NaN", lambda: smc(y=nan_y), "refuse", "nan")
+    add(c, "y a string", lambda: smc(y="0.1 0.2"), "refuse", "y")
+    for name in ("num_particles", "populations", "steps_per_stage", "final_steps", "max_stages"):
+        add(c, f"{name}=0", lambda n=name: smc(**{n: 0}), "refuse", name)
+        add(c, f"{name}=2.5", lambda n=name: smc(**{n: 2.5}), "refuse", name)
+        add(c, f"{name}=True", lambda n=name: smc(**{n: True}), "refuse", name)
+    add(c, "num_particles=10**12 huge", lambda: smc(num_particles=10**12), "refuse",
+        "particles")
+    add(c, "num_particles=np.int64(8)", lambda: smc(num_particles=np.int64(8)), "accept",
+        check=ok)
+    add(c, "steps_per_stage=3 (< 4)", lambda: smc(steps_per_stage=3), "refuse",
+        "steps_per_stage")
+    add(c, "ess_fraction=0", lambda: smc(ess_fraction=0.0), "refuse", "ess_fraction")
+    add(c, "ess_fraction=1", lambda: smc(ess_fraction=1.0), "refuse", "ess_fraction")
+    add(c, "ess_fraction='0.5'", lambda: smc(ess_fraction="0.5"), "refuse", "ess_fraction")
+    add(c, "seed=-1", lambda: smc(seed=-1), "refuse", "seed")
+    add(c, "seed=2**32-1 with 2 populations", lambda: smc(seed=2**32 - 1), "accept", check=ok)
+    add(c, "a Gaussian generative prior", lambda: smc(vae=gaussian_prior), "refuse",
+        "bernoulli or categorical")
+    add(c, "a conditional CVAE as the prior", lambda: smc(vae=cvae), "refuse", "unconditional")
+    add(c, "problem of another x_shape", lambda: smc(problem=other), "refuse", "x_shape")
+    c = "sample_facies_smc"
+    file_ok = _idata_shape("x", (2, 8, 1, 3))
+    add(c, "y as numpy (1, 2)", lambda: smc_file(y=y0[None].numpy()), "accept", check=file_ok)
+    add(c, "y one unbatched observation", lambda: smc_file(y=y0), "accept", check=file_ok)
+    add(c, "y with NaN", lambda: smc_file(y=nan_y[None]), "refuse", "nan")
+    add(c, "num_samples=6 (3 per population)", lambda: smc_file(num_samples=6), "refuse",
+        "num_samples")
+    add(c, "num_samples=8.5", lambda: smc_file(num_samples=8.5), "refuse", "num_samples")
+    add(c, "populations=0", lambda: smc_file(populations=0), "refuse", "populations")
+    add(c, "the two models swapped", lambda: smc_file(run=prior, gen=cvae), "refuse",
+        "unconditional")
+    add(c, "a Gaussian CVAE as the run", lambda: smc_file(run=w.cvae), "accept",
+        check=file_ok)
+    add(c, "x_true of event shape 4", lambda: smc_file(x_true=torch.zeros(1, 4)), "refuse",
+        "x_true")
+
+
 def generative_prior_cases(add: Add, w: World) -> None:
     """latent_nuts_sample, facies_mcmc_sample and their posterior-file forms, hostile calls."""
     from inference.facies_mcmc import facies_mcmc_sample, sample_facies_mcmc
@@ -598,6 +660,22 @@ def generative_prior_cases(add: Add, w: World) -> None:
     add(c, "dtype=torch.int64", lambda: facies(dtype=torch.int64), "refuse", "dtype")
     add(c, "a Gaussian generative prior", lambda: facies(vae=gaussian_prior), "refuse",
         "bernoulli or categorical")
+
+    add(c, "init_z of shape (4, 2) (latent 1)", lambda: facies(init_z=torch.zeros(4, 2)),
+        "refuse", "init_z")
+    add(c, "init_z with NaN", lambda: facies(init_z=torch.full((4, 1), float("nan"))),
+        "refuse", "init_z")
+    add(c, "init_z as numpy", lambda: facies(init_z=np.zeros((4, 1))), "accept",
+        check=ok_facies)
+    add(c, "likelihood_power=0", lambda: facies(likelihood_power=0.0), "refuse",
+        "likelihood_power")
+    add(c, "likelihood_power=1.5", lambda: facies(likelihood_power=1.5), "refuse",
+        "likelihood_power")
+    add(c, "likelihood_power=True", lambda: facies(likelihood_power=True), "refuse",
+        "likelihood_power")
+    add(c, "likelihood_power=np.float64(0.5)", lambda: facies(likelihood_power=np.float64(0.5)),
+        "accept", check=ok_facies)
+    facies_smc_cases(add, y0, nan_y, facies_prior, facies_cvae, gaussian_prior, other, w)
 
     c = "sample_facies_mcmc"
     file_ok = _idata_shape("x", (2, 4, 1, 3))
