@@ -888,8 +888,9 @@ def sample_corrected(
         ``rhat_data`` per observation (:mod:`inference.facies_mcmc`). Facies SMC: the
         ``correction.chains`` populations as chains, their particles as draws, of the facies
         field ``x`` and ``z``, with ``rhat``, ``rhat_threshold``, ``ess_bulk``,
-        ``log_evidence``, ``log_evidence_se``, ``stages``, ``accept_z``, ``accept_x`` and
-        ``distinct`` per observation (:mod:`inference.facies_smc`).
+        ``log_evidence``, ``log_evidence_se``, ``stages``, ``accept_z``, ``accept_x``,
+        ``distinct``, ``evidence_spread`` and ``evidence_tolerance`` per observation
+        (:mod:`inference.facies_smc`).
         Importance sampling: ``num_samples`` draws per observation resampled (systematic
         resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
         ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
@@ -905,8 +906,9 @@ def sample_corrected(
         :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
         :func:`inference.mcmc.rhat_threshold` (the largest over the coordinates, against the
         bound independent draws respect; at least
-        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions, or (facies
-        SMC) a population that did not reach the posterior (``beta = 1``).
+        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions; for facies
+        SMC, populations whose log evidence differs by more than its bound, or one that did
+        not reach the posterior (``beta = 1``).
 
     Raises
     ------

@@ -10,6 +10,7 @@ sharp enough (noise sd 0.08, 0.25 for 3 facies) makes the sampler temper over se
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -68,7 +69,8 @@ def test_particles_and_evidence_match_the_enumerated_posterior(
     assert abs(res.log_evidence_mean - exact) <= 4 * res.log_evidence_se + 0.02, (
         res.log_evidence, exact,
     )
-    assert res.converged and res.rhat <= res.rhat_threshold
+    # independent populations agree: their log evidence within the bound of the verdict
+    assert res.converged and res.evidence_spread <= res.evidence_tolerance
     assert 0 < res.accept_z <= 1 and 0 < res.accept_x <= 1 and 0 < res.distinct <= 1
     assert torch.allclose(
         res.log_likelihood, problem.log_likelihood(res.x.double(), y.double()).double(),
@@ -89,6 +91,28 @@ def test_next_temperature_keeps_the_target_ess():
         next_temperature(torch.full((3,), -math.inf), 0.0, 1.0)
     with pytest.raises(DataError, match="NaN"):
         next_temperature(torch.tensor([0.0, math.nan]), 0.0, 1.0)
+
+
+def test_populations_in_different_basins_fail_the_evidence_check():
+    """Populations that agree pass; a population whose evidence is 3 nats short fails.
+
+    A population that missed a basin holding 95% of the posterior mass would be 3 nats short
+    (log 0.05); the bound for 400 particles over the few stages here is below 1.5 nats.
+    """
+    problem = LinearGaussian(x_dim=3, y_dim=2, noise_std=0.08, seed=1)
+    vae = _vae(3, "bernoulli")
+    y = problem.forward(torch.tensor([1.0, 0.0, 1.0]))
+    kwargs = dict(num_particles=400, populations=2, steps_per_stage=4, final_steps=4,
+                  flips_per_step=1, seed=2)
+    good = facies_smc_sample(vae, problem, y, **kwargs)
+    assert good.converged and 0 <= good.evidence_spread <= good.evidence_tolerance
+    # the bound: 6 sqrt(2 T (1 / a - 1) / N) with a = 0.5
+    assert math.isclose(good.evidence_tolerance, 6 * math.sqrt(2 * good.stages / 400))
+    shifted = torch.tensor([good.log_evidence[0], good.log_evidence[1] - 3.0])
+    bad = dataclasses.replace(good, log_evidence=shifted)
+    assert bad.evidence_spread > bad.evidence_tolerance and not bad.converged
+    summary, ok = facies_smc_summary([good, bad])
+    assert not ok and "FAILED for 1 of 2" in summary and "log evidence differs" in summary
 
 
 def test_same_seed_same_particles_a_stopped_schedule_fails_and_bad_inputs():
