@@ -8,7 +8,8 @@ is a posterior draw) it prints ``log p(y | x)`` of the truth and of the particle
 of each population's particles that fit better than the truth (its misfit rank: uniform over
 observations if the particles are posterior draws; near 0 where the particles sit in a basin of
 worse fit), how many cells the particles differ from the truth, each population's log evidence,
-the stages and the R-hat over the populations. Run (README)::
+whether they agree (the sampler's verdict), the stages and the R-hat over the populations.
+Run (README)::
 
     python benchmarks/facies_smc.py --prior-run PRIOR --particles 512 --populations 2 --obs 3
 """
@@ -58,9 +59,11 @@ def main(args):
             f"p(y|x) {truth:.0f}; particles median {ll.median():.0f} max {ll.max():.0f}; "
             f"better than truth {[round(float(b), 2) for b in better]}; cells off min "
             f"{off.min():.0f} median {off.median():.0f}; log evidence "
-            f"{[round(float(v), 1) for v in res.log_evidence]}; R-hat {res.rhat:.3f} (bound "
-            f"{res.rhat_threshold:.3f}); distinct {res.distinct:.2f}; acceptance z "
-            f"{res.accept_z:.2f} x {res.accept_x:.3f}",
+            f"{[round(float(v), 1) for v in res.log_evidence]} (spread "
+            f"{res.evidence_spread:.2f}, bound {res.evidence_tolerance:.2f}: "
+            f"{'agree' if res.converged else 'FAILED'}); R-hat {res.rhat:.3f} (bound "
+            f"{res.rhat_threshold:.3f}, not the verdict); distinct {res.distinct:.2f}; "
+            f"acceptance z {res.accept_z:.2f} x {res.accept_x:.3f}",
             flush=True,
         )
 
