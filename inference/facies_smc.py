@@ -597,10 +597,8 @@ def sample_facies_smc(
     >>> dict(idata.posterior["x"].sizes)
     {'chain': 2, 'draw': 8, 'observation': 1, 'parameter': 2}
     """
-    from inference.arviz_io import with_chains
-    from inference.latent_mcmc import check_run_matches_prior
+    from inference.latent_mcmc import check_run_matches_prior, generative_prior_file
     from inference.posterior import as_observation_batch
-    from inference.sample import inference_data_from_draws, stack_chains
 
     problem = as_problem(problem)
     check_facies_prior(generative_prior, problem)
@@ -637,48 +635,38 @@ def sample_facies_smc(
         )
         for m in range(y_batch.shape[0])
     ]
-    per_observation = {
-        "rhat": torch.tensor([r.rhat for r in results]),
-        "rhat_threshold": torch.tensor([r.rhat_threshold for r in results]),
-        "ess_bulk": torch.tensor([r.min_ess for r in results]),
-        "log_evidence": torch.tensor([r.log_evidence_mean for r in results]),
-        "log_evidence_se": torch.tensor([r.log_evidence_se for r in results]),
-        "stages": torch.tensor([r.stages for r in results]),
-        "accept_z": torch.tensor([r.accept_z for r in results]),
-        "accept_x": torch.tensor([r.accept_x for r in results]),
-        "distinct": torch.tensor([r.distinct for r in results]),
-        "evidence_spread": torch.tensor([r.evidence_spread for r in results]),
-        "evidence_tolerance": torch.tensor([r.evidence_tolerance for r in results]),
+    stats = {
+        "log_evidence": "log_evidence_mean",
+        **{name: name for name in ("log_evidence_se", "stages", "accept_z", "accept_x")},
+        **{name: name for name in ("distinct", "evidence_spread", "evidence_tolerance")},
     }
-    info: dict[str, Any] = {"seed": -1 if seed is None else seed}
-    info.update(attrs or {})
-    info.update(
-        method="facies-smc",
-        inference_method=(
+    method_attrs = {
+        "method": "facies-smc",
+        "inference_method": (
             "sequential Monte Carlo on (z, x) of a generative facies prior (unconditional VAE "
             "of the prior draws): particles from the prior, likelihood tempered in adaptively "
             "(ESS of the incremental weights half the particles), systematic resampling, "
             "facies MCMC moves (Del Moral, Doucet and Jasra 2006); populations as chains"
         ),
-        chains=populations,
-        particles=particles,
-        steps_per_stage=steps_per_stage,
-        final_steps=final_steps,
-        flips_per_step=flips_per_step,
-        independent_draws=0,
-        generative_prior_latent_dim=generative_prior.config.latent_dim,
-    )
-    idata = inference_data_from_draws(
-        stack_chains([r.x for r in results]),
+        "particles": particles,
+        "steps_per_stage": steps_per_stage,
+        "final_steps": final_steps,
+        "flips_per_step": flips_per_step,
+    }
+    idata = generative_prior_file(
+        results,
         y_batch,
-        z=stack_chains([r.z for r in results]),
-        problem=problem,
+        problem,
+        generative_prior,
+        chains=populations,
+        stats=stats,
+        method_attrs=method_attrs,
         x_true=x_true,
-        attrs=info,
-        observation_stats=per_observation,
+        seed=seed,
+        attrs=attrs,
     )
     summary, ok = facies_smc_summary(results)
-    return with_chains(idata, populations), summary, ok
+    return idata, summary, ok
 
 
 def facies_smc_summary(results: Sequence[FaciesSMCResult]) -> tuple[str, bool]:

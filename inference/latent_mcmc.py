@@ -695,10 +695,8 @@ def generative_prior_posterior(
     NoLikelihoodError
         If the problem has no noise model.
     """
-    from inference.arviz_io import with_chains
     from inference.mcmc import preconditioner_draws
     from inference.posterior import as_observation_batch, bytes_per_draw, draw_posterior
-    from inference.sample import inference_data_from_draws, stack_chains
 
     problem = as_problem(problem)
     check_generative_prior(generative_prior, problem)
@@ -740,33 +738,98 @@ def generative_prior_posterior(
                 seed=base_seed,
             )
         )
+    idata = generative_prior_file(
+        results,
+        y_batch,
+        problem,
+        generative_prior,
+        chains=chains,
+        stats={name: name for name in stats},
+        method_attrs={**method_attrs, "warmup_steps": warmup_steps},
+        x_true=x_true,
+        seed=seed,
+        attrs=attrs,
+    )
+    return idata, results
+
+
+def generative_prior_file(
+    results: Sequence[ChainRun],
+    y: torch.Tensor,
+    problem: Problem,
+    generative_prior: CVAE,
+    *,
+    chains: int,
+    stats: Mapping[str, str],
+    method_attrs: Mapping[str, Any],
+    x_true: torch.Tensor | None = None,
+    seed: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> az.InferenceData:
+    """Build the posterior file of a generative-prior sampler's results, one per observation.
+
+    What :func:`generative_prior_posterior` (the MCMC samplers) and
+    :func:`~inference.facies_smc.sample_facies_smc` (populations as chains) share.
+
+    Parameters
+    ----------
+    results : sequence of ChainRun
+        Observation ``m``'s draws ``x`` ``(chains, draws, *x_shape)`` and ``z``
+        ``(chains, draws, latent_dim)``, with ``rhat``, ``rhat_threshold`` and ``min_ess``.
+    y : Tensor, shape (M, *y_shape)
+        The observations, units of ``y``.
+    problem : Problem
+    generative_prior : CVAE
+        Its ``latent_dim`` is recorded.
+    chains : int
+        Chains (or populations) per observation.
+    stats : mapping of str to str
+        ``sample_stats`` name to the results' attribute, stored per observation besides
+        ``rhat``, ``rhat_threshold`` and ``ess_bulk`` (``min_ess``).
+    method_attrs : mapping
+        The method's attributes; ``chains``, ``generative_prior_latent_dim`` and
+        ``independent_draws = 0`` are added.
+    x_true : Tensor, shape (M, *x_shape), optional
+    seed : int, optional
+        Recorded as the ``seed`` attribute (-1 when None).
+    attrs : mapping, optional
+        Run attributes; the method's override them.
+
+    Returns
+    -------
+    arviz.InferenceData
+        The groups of :func:`~inference.sample.inference_data_from_draws`, split into
+        ``chains`` chains (:func:`~inference.arviz_io.with_chains`).
+    """
+    from inference.arviz_io import with_chains
+    from inference.sample import inference_data_from_draws, stack_chains
+
     per_observation = {
         "rhat": torch.tensor([r.rhat for r in results]),
         "rhat_threshold": torch.tensor([r.rhat_threshold for r in results]),
         "ess_bulk": torch.tensor([r.min_ess for r in results]),
     }
-    for name in stats:
-        per_observation[name] = torch.tensor([getattr(r, name) for r in results])
+    for key, name in stats.items():
+        per_observation[key] = torch.tensor([getattr(r, name) for r in results])
     info: dict[str, Any] = {"seed": -1 if seed is None else seed}
     info.update(attrs or {})
     info.update(
         method_attrs,
         chains=chains,
-        warmup_steps=warmup_steps,
         independent_draws=0,
         generative_prior_latent_dim=generative_prior.config.latent_dim,
     )
     # stored chain after chain along draw, then split into chains
     idata = inference_data_from_draws(
         stack_chains([r.x for r in results]),
-        y_batch,
+        y,
         z=stack_chains([r.z for r in results]),
         problem=problem,
         x_true=x_true,
         attrs=info,
         observation_stats=per_observation,
     )
-    return with_chains(idata, chains), results
+    return with_chains(idata, chains)
 
 
 def sample_latent_nuts(

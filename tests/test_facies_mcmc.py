@@ -54,19 +54,34 @@ def _vae(x_dim: int, likelihood: str, num_facies: int = 2, seed: int = 3) -> CVA
     return vae.eval()
 
 
-def _exact(vae: CVAE, problem: LinearGaussian, y: torch.Tensor, k: int):
-    """Enumerated ``p(x | y)`` over all fields and ``E[z | y]`` (grid on z)."""
+def _grid_joint(vae: CVAE, problem: LinearGaussian, y: torch.Tensor, k: int):
+    """All fields, a grid on ``z`` ([-9, 9], 6001 points), ``log N(z; 0, 1) p_g(x | z) p(y | x)``.
+
+    Shapes ``(k**d, d)``, ``(6001, 1)`` and ``(6001, k**d)``; the tails beyond the grid hold
+    ``2e-19`` of the prior's mass.
+    """
     d = problem.x_shape[0]
     states = torch.tensor(list(itertools.product(range(k), repeat=d)), dtype=torch.float64)
     z = torch.linspace(-9, 9, 6001, dtype=torch.float64).unsqueeze(-1)
     with torch.no_grad():
         dist, _ = vae.x_distribution(z.float(), None)
         log_px_z = torch.stack([dist.log_prob(s.float()).double() for s in states], -1)
-    log_pz = -0.5 * z.squeeze(-1) ** 2
+    log_pz = -0.5 * z.squeeze(-1) ** 2 - 0.5 * math.log(2 * math.pi)
     log_lik = problem.log_likelihood(states, y.double()).double()
-    joint = log_pz.unsqueeze(-1) + log_px_z + log_lik  # (grid, states)
+    return states, z, log_pz.unsqueeze(-1) + log_px_z + log_lik
+
+
+def _exact(vae: CVAE, problem: LinearGaussian, y: torch.Tensor, k: int):
+    """Enumerated ``p(x | y)`` over all fields and ``E[z | y]`` (grid on z)."""
+    states, z, joint = _grid_joint(vae, problem, y, k)
     weights = torch.softmax(joint.flatten(), 0).reshape(joint.shape)
     return states, weights.sum(0), float((weights.sum(1) * z.squeeze(-1)).sum())
+
+
+def _exact_log_evidence(vae: CVAE, problem: LinearGaussian, y: torch.Tensor, k: int) -> float:
+    """``log p(y) = log int N(z; 0, 1) sum_x p_g(x | z) p(y | x) dz`` (Riemann sum on the grid)."""
+    _, z, joint = _grid_joint(vae, problem, y, k)
+    return float(torch.logsumexp(joint.flatten(), 0)) + math.log(float(z[1, 0] - z[0, 0]))
 
 
 class _Bent(LinearGaussian):

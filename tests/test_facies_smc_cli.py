@@ -11,7 +11,6 @@ methods refused, and its defaults checked against the Python ones.
 from __future__ import annotations
 
 import inspect
-import itertools
 import math
 
 import arviz as az
@@ -34,26 +33,7 @@ from ppl_cvae.cli.sample import (
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.problems import LinearGaussian
 from tests.conftest import TINY_FIT
-from tests.test_facies_mcmc import _cvae, _exact, _vae
-
-
-def _exact_log_evidence(vae, problem: LinearGaussian, y: torch.Tensor, k: int) -> float:
-    """``log p(y)``: the sum over the ``k**d`` fields, ``z`` integrated on the grid of ``_exact``.
-
-    As ``_exact``, with the normalised ``N(z; 0, 1)`` and the grid spacing (a Riemann sum on
-    ``[-9, 9]``: the tails beyond hold ``2e-19`` of the prior's mass).
-    """
-    d = problem.x_shape[0]
-    states = torch.tensor(list(itertools.product(range(k), repeat=d)), dtype=torch.float64)
-    z = torch.linspace(-9, 9, 6001, dtype=torch.float64).unsqueeze(-1)
-    with torch.no_grad():
-        dist, _ = vae.x_distribution(z.float(), None)
-        log_px_z = torch.stack([dist.log_prob(s.float()).double() for s in states], -1)
-    log_pz = -0.5 * z.squeeze(-1) ** 2 - 0.5 * math.log(2 * math.pi)
-    log_lik = problem.log_likelihood(states, y.double()).double()
-    joint = log_pz.unsqueeze(-1) + log_px_z + log_lik  # (grid, states)
-    spacing = float(z[1, 0] - z[0, 0])
-    return float(torch.logsumexp(joint.flatten(), 0)) + math.log(spacing)
+from tests.test_facies_mcmc import _cvae, _exact, _exact_log_evidence, _vae
 
 
 def test_sample_corrected_facies_smc_file_matches_the_enumerated_posterior(monkeypatch):
