@@ -19,7 +19,13 @@ import torch
 from inference.facies_smc import facies_smc_sample, facies_smc_summary, next_temperature
 from ppl_cvae.errors import ConfigError, DataError
 from ppl_cvae.problems import LinearGaussian
-from tests.test_facies_mcmc import _Bent, _exact, _exact_log_evidence, _vae
+from tests.test_facies_mcmc import (
+    _assert_matches_enumeration,
+    _Bent,
+    _exact,
+    _exact_log_evidence,
+    _vae,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,15 +50,8 @@ def test_particles_and_evidence_match_the_enumerated_posterior(
     assert res.stages >= 3 and res.reached_posterior  # the likelihood is tempered in
     assert all(float(b[0]) == 0.0 and float(b[-1]) == 1.0 for b in res.betas)
     assert all(bool((b.diff() > 0).all()) for b in res.betas)
-    draws = res.x.reshape(-1, d).double()
-    freq = torch.stack([(draws == s).all(-1).double().mean() for s in states])
     # resampled particles are not independent: allow an ESS of a quarter of the 8,000
-    n_eff = draws.shape[0] / 4
-    tol = 4 * torch.sqrt(probs * (1 - probs) / n_eff) + 2e-3
-    assert torch.all((freq - probs).abs() <= tol), (freq, probs, tol)
-    assert 0.5 * float((freq - probs).abs().sum()) < 0.03
-    z_sd = float(res.z.std())
-    assert abs(float(res.z.mean()) - z_mean) <= 4 * z_sd / math.sqrt(n_eff)
+    _assert_matches_enumeration(res.x, res.z, states, probs, z_mean)
     exact = _exact_log_evidence(vae, problem, y, k)
     assert abs(res.log_evidence_mean - exact) <= 4 * res.log_evidence_se + 0.02, (
         res.log_evidence, exact,
