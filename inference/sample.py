@@ -757,9 +757,8 @@ class CorrectionConfig:
         draws resampled from them).
     chains, warmup_steps : int
         NUTS and facies MCMC: chains per observation (``num_samples`` is split between them)
-        and warm-up iterations per chain. Facies SMC: ``chains`` is the number of independent
-        populations (``sample_facies_smc(populations=...)``; ``ppl-cvae sample`` defaults it
-        to 2 there, this class to 4), and ``warmup_steps`` is not used (SMC has no warm-up).
+        and warm-up iterations per chain (facies SMC uses neither: ``populations``, and it has
+        no warm-up).
     flips_per_step : int, default 16
         Facies MCMC and facies SMC: single-cell facies moves per step
         (``facies_mcmc_sample(flips_per_step=...)``; each evaluates all ``D (K - 1)``
@@ -767,6 +766,9 @@ class CorrectionConfig:
     temperatures : int, default 8
         Facies MCMC: tempered replicas per chain (``facies_mcmc_sample(temperatures=...)``;
         1: no tempering).
+    populations : int, default 2
+        Facies SMC: independent populations per observation (``sample_facies_smc(
+        populations=...)``; the file's chains; ``num_samples`` is split between them).
     smc_steps : int, default 8
         Facies SMC: facies MCMC steps per particle after each stage's resampling
         (``sample_facies_smc(steps_per_stage=...)``), at least 4.
@@ -799,8 +801,8 @@ class CorrectionConfig:
     ConfigError
         If ``proposals < 2``, ``chains < 1``, ``warmup_steps < 0``, ``cores < 1``,
         ``flips_per_step < 0``, ``temperatures < 1``, ``smc_steps < 4``,
-        ``smc_final_steps < 4`` (or a count that is not an int), or ``preconditioner`` or
-        ``potential_dtype`` is not one of these.
+        ``smc_final_steps < 4``, ``populations < 1`` (or a count that is not an int), or
+        ``preconditioner`` or ``potential_dtype`` is not one of these.
     """
 
     method: Literal["importance", "nuts", "latent-nuts", "facies-mcmc", "facies-smc"] = (
@@ -816,6 +818,7 @@ class CorrectionConfig:
     potential_dtype: Literal["float64", "float32"] = "float32"
     flips_per_step: int = 16
     temperatures: int = 8
+    populations: int = 2
     smc_steps: int = 8
     smc_final_steps: int = 40
 
@@ -828,6 +831,7 @@ class CorrectionConfig:
             )
         as_count(self.flips_per_step, "CorrectionConfig.flips_per_step", minimum=0)
         as_count(self.temperatures, "CorrectionConfig.temperatures", minimum=1)
+        as_count(self.populations, "CorrectionConfig.populations", minimum=1)
         as_count(self.smc_steps, "CorrectionConfig.smc_steps", minimum=4)
         as_count(self.smc_final_steps, "CorrectionConfig.smc_final_steps", minimum=4)
         if self.potential_dtype not in ("float64", "float32"):
@@ -861,8 +865,8 @@ def sample_corrected(
     y : Tensor, shape y_shape or (M, *y_shape)
         Observation(s), units of ``y``.
     num_samples : int
-        Draws per observation in the file (for NUTS and facies SMC, rounded up to a multiple
-        of ``correction.chains``).
+        Draws per observation in the file (rounded up to a multiple of ``correction.chains``
+        for NUTS, of ``correction.populations`` for facies SMC).
     problem : Problem
         With a prior density and a noise model (the target ``p(x | y)``).
     correction : CorrectionConfig
@@ -886,8 +890,8 @@ def sample_corrected(
         the facies field ``x`` (codes ``0 .. K-1``) and ``z`` with ``rhat``,
         ``rhat_threshold``, ``ess_bulk``, ``accept_z``, ``accept_x``, ``swap_accept`` and
         ``rhat_data`` per observation (:mod:`inference.facies_mcmc`). Facies SMC: the
-        ``correction.chains`` populations as chains, their particles as draws, of the facies
-        field ``x`` and ``z``, with ``rhat``, ``rhat_threshold``, ``ess_bulk``,
+        ``correction.populations`` populations as chains, their particles as draws, of the
+        facies field ``x`` and ``z``, with ``rhat``, ``rhat_threshold``, ``ess_bulk``,
         ``log_evidence``, ``log_evidence_se``, ``stages``, ``accept_z``, ``accept_x``,
         ``distinct``, ``evidence_spread`` and ``evidence_tolerance`` per observation
         (:mod:`inference.facies_smc`).
@@ -966,7 +970,7 @@ def sample_corrected(
                 y_batch,
                 num_samples,
                 problem,
-                populations=correction.chains,
+                populations=correction.populations,
                 steps_per_stage=correction.smc_steps,
                 final_steps=correction.smc_final_steps,
                 flips_per_step=correction.flips_per_step,

@@ -53,7 +53,7 @@ def test_sample_corrected_facies_smc_file_matches_the_enumerated_posterior(monke
         return results[-1]
 
     monkeypatch.setattr(facies_smc, "facies_smc_sample", spy)
-    correction = CorrectionConfig(method="facies-smc", chains=2, flips_per_step=1,
+    correction = CorrectionConfig(method="facies-smc", populations=2, flips_per_step=1,
                                   smc_steps=5, smc_final_steps=6)
     idata, summary, ok = sample_corrected(cvae, y, 4000, problem, correction, x_true=x_true,
                                           seed=5, generative_prior=vae)
@@ -110,6 +110,8 @@ def test_correction_config_smc_fields_are_validated():
         CorrectionConfig(method="facies-smc", smc_steps=3)
     with pytest.raises(ConfigError, match="CorrectionConfig.smc_final_steps must be an int >= 4"):
         CorrectionConfig(method="facies-smc", smc_final_steps=2.5)
+    with pytest.raises(ConfigError, match="CorrectionConfig.populations must be an int >= 1"):
+        CorrectionConfig(method="facies-smc", populations=0)
     problem = LinearGaussian(x_dim=3, y_dim=2, noise_std=0.4, seed=1)
     with pytest.raises(ConfigError, match="needs a generative prior"):
         sample_corrected(_cvae(3, 2), torch.zeros(1, 2), 8, problem,
@@ -195,6 +197,7 @@ def test_cli_defaults_are_the_python_defaults():
     assert params["flips_per_step"].default == DEFAULT_FACIES_MOVES
     config = CorrectionConfig()
     assert config.smc_steps == DEFAULT_SMC_STEPS
+    assert config.populations == DEFAULT_SMC_POPULATIONS  # its own field, not chains (4)
     assert config.smc_final_steps == DEFAULT_SMC_FINAL_STEPS
     assert config.flips_per_step == DEFAULT_FACIES_MOVES
     assert "facies-smc" in GENERATIVE_PRIOR_METHODS

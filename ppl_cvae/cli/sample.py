@@ -245,6 +245,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             temperatures=(
                 DEFAULT_TEMPERATURES if args.temperatures is None else args.temperatures
             ),
+            populations=args.chains if method == "facies-smc" else DEFAULT_SMC_POPULATIONS,
             smc_steps=DEFAULT_SMC_STEPS if args.smc_steps is None else args.smc_steps,
             smc_final_steps=(
                 DEFAULT_SMC_FINAL_STEPS if args.smc_final_steps is None else args.smc_final_steps
