@@ -438,9 +438,10 @@ def facies_smc_sample(
             schedule.append(beta)
             idx = systematic_resample(log_w, num_particles, gen)
             with warnings.catch_warnings():
-                # the kernel's R-hat and ESS over a few steps per particle are not used here
-                warnings.simplefilter("ignore", RuntimeWarning)
-                warnings.simplefilter("ignore", UserWarning)
+                # the kernel's R-hat and ESS over a few steps per particle are not used here:
+                # ArviZ's "More chains than draws" and NumPy's/ArviZ's RuntimeWarnings on them
+                warnings.filterwarnings("ignore", "More chains", UserWarning)
+                warnings.filterwarnings("ignore", category=RuntimeWarning, module="(numpy|arviz)")
                 res = facies_mcmc_sample(
                     prior_vae,
                     problem,
