@@ -24,7 +24,7 @@ Run::
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/api_audit.py
 
-Runtime: about 10 s on one CPU thread (342 calls). Prints one table row per category and one
+Runtime: about 10 s on one CPU thread (343 calls). Prints one table row per category and one
 line per failure; exits with status 1 when a case fails.
 """
 
@@ -667,6 +667,7 @@ def generative_prior_cases(add: Add, w: World) -> None:
         "refuse", "init_z")
     add(c, "init_z as numpy", lambda: facies(init_z=np.zeros((4, 1))), "accept",
         check=ok_facies)
+    add(c, "init_z a string", lambda: facies(init_z="0 0 0 0"), "refuse", "init_z")
     add(c, "likelihood_power=0", lambda: facies(likelihood_power=0.0), "refuse",
         "likelihood_power")
     add(c, "likelihood_power=1.5", lambda: facies(likelihood_power=1.5), "refuse",

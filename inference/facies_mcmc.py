@@ -94,7 +94,7 @@ from inference.latent_mcmc import (
 )
 from inference.mcmc import chains_summary, rhat_threshold
 from ppl_cvae._memory import check_memory
-from ppl_cvae.checks import as_count, as_seed
+from ppl_cvae.checks import as_count, as_real_tensor, as_seed
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -431,8 +431,8 @@ def facies_mcmc_sample(
         ``(N, latent_dim)``, or the VAE's ``x_shape`` not the problem's.
     DataError
         If ``y`` or ``init`` is not an array of real numbers (tensors, NumPy arrays and lists
-        are accepted), ``y`` or ``init_z`` holds NaN or inf, or ``init`` holds a value that is
-        not a facies code ``0 .. K-1``.
+        are accepted; also for ``init_z``), ``y`` or ``init_z`` holds NaN or inf, or ``init``
+        holds a value that is not a facies code ``0 .. K-1``.
     ResourceError
         If the kept steps (``num_samples`` per chain) or the working state of the
         ``num_chains x temperatures`` replicas would not fit in memory.
@@ -515,7 +515,7 @@ def facies_mcmc_sample(
     init = init.detach().to("cpu", torch.float64)
     num_chains = min(num_chains, len(init))
     if init_z is not None:
-        init_z = torch.as_tensor(init_z)
+        init_z = as_real_tensor(init_z, "init_z", dtype=torch.float64)
         if tuple(init_z.shape) != (len(init), cfg.latent_dim):
             raise ShapeError(
                 f"init_z must have shape (N, latent_dim) = {(len(init), cfg.latent_dim)} (one "
