@@ -157,7 +157,29 @@ def pair_error(x: np.ndarray, y: np.ndarray) -> tuple[type[PplCvaeError], str] |
         return ShapeError, "different numbers of pairs"
     if x.shape[0] < 2:
         return ShapeError, "at least 2 are needed"
+    for name, a in (("x", x), ("y", y)):
+        if _too_coarse(a):
+            return DataError, f"{name} in .* rounds values of magnitude"
     return None
+
+
+def _too_coarse(a: np.ndarray) -> bool:
+    """Whether an element varies by fewer than 100 rounding steps of float32 (of float16 for a
+    float16 array) at its largest magnitude; constant elements (sd 0 for integers, at most
+    2**-20 |mean| for float16/float32, 2**-40 |mean| for float64) and bools never are."""
+    if a.dtype.kind == "b":
+        return False
+    for column in a.reshape(a.shape[0], -1).astype(np.float64).T:
+        sd, mean, top = column.std(ddof=1), column.mean(), np.abs(column).max()
+        if a.dtype.kind in "iu":
+            constant, fmt = sd == 0 or top <= 2**24, np.float32  # small integers are exact
+        elif a.dtype.itemsize <= 4:
+            constant, fmt = sd <= 2**-20 * abs(mean), a.dtype.type
+        else:
+            constant, fmt = sd <= 2**-40 * abs(mean), np.float32
+        if not constant and np.spacing(np.nextafter(fmt(top), fmt(0))) > 0.01 * sd:
+            return True
+    return False
 
 
 def as_float32(a: np.ndarray) -> torch.Tensor:

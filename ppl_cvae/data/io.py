@@ -19,7 +19,9 @@ Every loader returns C-contiguous float32 tensors. Bool, integer and real floati
 accepted and cast to float32; the loaders refuse, with a :class:`~ppl_cvae.errors.DataError`
 naming the variable, the file and the dtype, complex arrays (the imaginary part would be lost),
 object, string, bytes, structured and datetime arrays, NaN/inf, finite values beyond the
-float32 range, empty arrays and zero-size axes; mismatched counts and missing axes raise
+float32 range, empty arrays and zero-size axes, and (training pairs only) an element whose
+spread float32 or the file's own dtype cannot resolve (:data:`MAX_STEP_FRACTION`); mismatched
+counts and missing axes raise
 :class:`~ppl_cvae.errors.ShapeError`. Whatever garbage a file holds, the loaders end in one of
 these two errors (both :class:`~ppl_cvae.errors.PplCvaeError`) and never modify the file.
 """
@@ -45,9 +47,10 @@ import torch
 
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
+from ppl_cvae.data.standardise import CONSTANT_RTOL
 from ppl_cvae.errors import DataError, ShapeError
 
-__all__ = ["load_pairs", "save_pairs", "load_observations", "PAIR_SUFFIXES"]
+__all__ = ["load_pairs", "save_pairs", "load_observations", "MAX_STEP_FRACTION", "PAIR_SUFFIXES"]
 
 PAIR_SUFFIXES = (".npz", ".nc", ".pt")
 
@@ -146,6 +149,96 @@ def _to_float32(name: str, array: np.ndarray, path: Path) -> torch.Tensor:
                 f"{array.dtype}); rescale it (e.g. other units or a log transform) first"
             )
     return torch.from_numpy(out)
+
+
+MAX_STEP_FRACTION = 1e-2
+"""Largest rounding step, as a fraction of an element's standard deviation over the training
+pairs, that :func:`load_pairs` accepts. The networks compute in float32, whose step near a value
+``v`` is about ``|v| 2**-23``; rounding to it adds an error of sd ``step / sqrt(12)`` to every
+value (0.3% of the spread at this limit). An element whose values sit on a large offset with a
+small spread (1e6 +- 1: step 0.0625) is refused, as is one whose file dtype is coarser still
+(float16 near 1e3: step 0.5); on a linear-Gaussian file, an offset of 1e6 (step 6% of the sd)
+put the posterior mean 2.6 times further from the exact one than without the offset, one of
+1e5 (step 0.8%) no further."""
+
+# spread of a float64 element that counts as constant, relative to |mean|: well above float64's
+# rounding of sums, far below what float32 resolves (after the cast it is one value, or a few
+# steps apart, which the Standardiser's CONSTANT_RTOL keeps as a constant)
+_CONSTANT_RTOL_WIDE = 2.0**-40
+
+
+def _check_resolution(name: str, array: np.ndarray, path: Path) -> None:
+    """Refuse an element whose values float32 (or the file's dtype) cannot resolve.
+
+    Per element of the event (axis 0 is the sample axis), in float64 and in chunks of rows:
+    the standard deviation ``sd``, the mean and the largest magnitude ``v``. The rounding step
+    at ``v`` is that of the file's dtype for float16 and float32, of float32 (the networks'
+    dtype) for wider floats and for integers beyond ``2**24`` (smaller integers are exact).
+    An element that varies (``sd`` above :data:`~ppl_cvae.data.standardise.CONSTANT_RTOL`
+    times ``|mean|`` for float16/float32, the Standardiser's rule; above ``2**-40 |mean|``,
+    float64 rounding, for wider floats; above zero for integers) with a step above
+    :data:`MAX_STEP_FRACTION` times ``sd`` raises a :class:`~ppl_cvae.errors.DataError` naming
+    it; constant elements pass (the :class:`~ppl_cvae.data.standardise.Standardiser` keeps
+    them as they are).
+    """
+    if array.dtype.kind not in "iuf" or array.ndim < 2 or array.shape[0] < 2:
+        return
+    flat = array.reshape(array.shape[0], -1)
+    n, chunk = flat.shape[0], 4096
+    total = np.zeros(flat.shape[1])
+    largest = np.zeros(flat.shape[1])
+    for start in range(0, n, chunk):
+        part = flat[start : start + chunk].astype(np.float64)
+        total += part.sum(0)
+        largest = np.maximum(largest, np.abs(part).max(0))
+    mean = total / n
+    squares = np.zeros_like(mean)
+    for start in range(0, n, chunk):
+        squares += ((flat[start : start + chunk].astype(np.float64) - mean) ** 2).sum(0)
+    sd = np.sqrt(squares / (n - 1))
+    kind, size = array.dtype.kind, array.dtype.itemsize
+    # the step below the largest magnitude: the widest any value of the element is rounded to
+    # (np.spacing at float32's maximum is inf, the step above it)
+    if kind == "f" and size <= 4:
+        top = largest.astype(array.dtype)
+        step = np.spacing(np.nextafter(top, array.dtype.type(0))).astype(np.float64)
+        varies = sd > CONSTANT_RTOL * np.abs(mean)  # the cast is exact: as the Standardiser
+    else:
+        with np.errstate(over="ignore"):  # beyond float32: refused by _to_float32 already
+            top = largest.astype(np.float32)
+        step = np.spacing(np.nextafter(top, np.float32(0))).astype(np.float64)
+        if kind in "iu":
+            step = np.where(largest > 2.0**24, step, 0.0)
+            varies = sd > 0
+        else:
+            varies = sd > _CONSTANT_RTOL_WIDE * np.abs(mean)
+    coarse = varies & ~(step <= MAX_STEP_FRACTION * sd)
+    if not coarse.any():
+        return
+    flat_index = int(np.flatnonzero(coarse)[0])
+    index = np.unravel_index(flat_index, array.shape[1:])
+    where = ", ".join(str(int(i)) for i in index)
+    coarse_dtype = kind == "f" and size < 4
+    what = (
+        f"its dtype {array.dtype}"
+        if coarse_dtype or kind == "f" and size == 4
+        else (f"float32 (the networks' dtype; the file has {array.dtype})")
+    )
+    remedy = (
+        "save the values as float32 or float64"
+        if coarse_dtype
+        else f"subtract a reference value from {name}[..., {where}] (e.g. its mean, "
+        f"{mean[flat_index]:.6g}) before saving, and add it back to the posterior draws, "
+        "or change its units"
+    )
+    raise DataError(
+        f"{_where(name, path)}: element [..., {where}] has mean {mean[flat_index]:.6g} and "
+        f"standard deviation {sd[flat_index]:.3g} ({int(coarse.sum())} element(s) of {name} "
+        f"like it), but {what} rounds values of magnitude {largest[flat_index]:.3g} to steps "
+        f"of {step[flat_index]:.3g}, {step[flat_index] / sd[flat_index]:.1%} of that spread "
+        f"(at most {MAX_STEP_FRACTION:.0%} is accepted): training and draws would be rounded "
+        f"to those steps; {remedy}"
+    )
 
 
 def _read_npy_stream(fp: IO[bytes], name: str, path: Path, size: int) -> np.ndarray:
@@ -551,7 +644,10 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
         or runs past :data:`ppl_cvae._isolated.NETCDF_TIMEOUT_S`), or lacks ``x``/``y``; if ``x`` or
         ``y`` has a complex, object, string, bytes, structured or datetime dtype, is empty or
         has a zero-size axis (e.g. shape ``(5, 0)``), holds NaN/inf, or holds finite values
-        beyond the float32 range (about 3.4e38); if a ``.pt`` file names any pickled global
+        beyond the float32 range (about 3.4e38); if an element of ``x`` or ``y`` varies but
+        the rounding step of float32 (or of a float16 file) at its largest magnitude exceeds
+        :data:`MAX_STEP_FRACTION` (1%) of its standard deviation over the pairs (a large
+        offset with a small spread: 1e6 +- 1); if a ``.pt`` file names any pickled global
         other than ``TensorDataset`` (it is refused unexecuted), or holds anything other than
         two dense real tensors.
     ShapeError
@@ -601,6 +697,8 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
         )
     if x.shape[0] < 2:
         raise ShapeError(f"{str(path)!r} holds {x.shape[0]} pair(s); at least 2 are needed")
+    for name in ("x", "y"):  # after the checks of dtype, values and shapes
+        _check_resolution(name, np.asarray(arrays[name]), path)
     return x, y
 
 
