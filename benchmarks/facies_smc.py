@@ -34,7 +34,8 @@ def main(args):
     x_true, y_obs = generative_truths(prior, problem, 8)
     print(
         f"{args.populations} population(s) x {args.particles} particles, {args.steps} steps per "
-        f"stage, {args.final} at beta = 1, {args.flips} facies moves per step, "
+        f"stage, {args.final} at beta = 1, {args.flips} facies moves and {args.noncentred} "
+        f"non-centred moves per step, "
         f"{torch.get_num_threads()} thread(s)",
         flush=True,
     )
@@ -48,6 +49,7 @@ def main(args):
             steps_per_stage=args.steps,
             final_steps=args.final,
             flips_per_step=args.flips,
+            noncentred_moves=args.noncentred,
             seed=100 + i,
         )
         truth = float(problem.log_likelihood(x_true[i : i + 1], y_obs[i]))
@@ -63,7 +65,8 @@ def main(args):
             f"{res.evidence_spread:.2f}, bound {res.evidence_tolerance:.2f}: "
             f"{'agree' if res.converged else 'FAILED'}); R-hat {res.rhat:.3f} (bound "
             f"{res.rhat_threshold:.3f}, not the verdict); distinct {res.distinct:.2f}; "
-            f"acceptance z {res.accept_z:.2f} x {res.accept_x:.3f}",
+            f"acceptance z {res.accept_z:.2f} x {res.accept_x:.3f} non-centred "
+            f"{res.accept_noncentred:.2f}",
             flush=True,
         )
 
@@ -76,6 +79,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=8, help="facies MCMC steps per stage")
     parser.add_argument("--final", type=int, default=40, help="steps at beta = 1")
     parser.add_argument("--flips", type=int, default=16, help="facies moves per step")
+    parser.add_argument("--noncentred", type=int, default=0, help="non-centred moves per step")
     parser.add_argument("--obs", default="0,4", help="generative truths, comma-separated")
     parser.add_argument("--threads", type=int, default=1)
     main(parser.parse_args())

@@ -336,6 +336,7 @@ def facies_mcmc_sample(
     noncentred_moves: int = 0,
     init_z: torch.Tensor | None = None,
     likelihood_power: float = 1.0,
+    noncentred_scale: float = 0.05,
 ) -> FaciesMCMCResult:
     """Sample ``p(z, x | y)`` of a generative facies prior (module docstring), all chains at once.
 
@@ -406,6 +407,10 @@ def facies_mcmc_sample(
         Joint moves of ``(z, x)`` per step that move ``z`` and carry the field's departures
         from the decoder's most likely facies with it (Notes), after the latent moves. Each
         costs a pass of the prior's decoder and one ``log p(y | x)`` per replica.
+    noncentred_scale : float, default 0.05
+        The non-centred move's step ``s`` in units of the latent (whose prior is ``N(0, I)``)
+        at the start, positive and finite; adapted during warm-up, then frozen (with
+        ``warmup_steps=0`` it is the step of every move).
     init_z : Tensor, shape (N, latent_dim), optional
         The latent of every row of ``init``, where the chains continue a state ``(z, x)``
         (sequential Monte Carlo, :mod:`inference.facies_smc`); by default the mean of the
@@ -425,7 +430,8 @@ def facies_mcmc_sample(
     ConfigError
         If ``prior_vae`` is not an unconditional VAE with a facies decoder, a count or
         ``seed`` is not an int in its range (a float, a bool, a string), ``start`` is unknown,
-        ``dtype`` is not a floating torch dtype or ``likelihood_power`` not in ``(0, 1]``.
+        ``dtype`` is not a floating torch dtype, ``likelihood_power`` not in ``(0, 1]`` or
+        ``noncentred_scale`` not a positive finite number.
     ShapeError
         If ``y`` is not one observation, ``init`` not ``(N >= 1, *x_shape)``, ``init_z`` not
         ``(N, latent_dim)``, or the VAE's ``x_shape`` not the problem's.
@@ -495,6 +501,14 @@ def facies_mcmc_sample(
     ):
         raise ConfigError(
             f"likelihood_power must be a number in (0, 1], got {likelihood_power!r}"
+        )
+    if not (
+        isinstance(noncentred_scale, (int, float))
+        and not isinstance(noncentred_scale, bool)
+        and 0.0 < float(noncentred_scale) < math.inf
+    ):
+        raise ConfigError(
+            f"noncentred_scale must be a positive finite number, got {noncentred_scale!r}"
         )
     num_samples = as_count(num_samples, "num_samples", minimum=4)
     warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
@@ -707,7 +721,7 @@ def facies_mcmc_sample(
         # the ladder is re-spaced after each quarter of the first three of the warm-up
         adapt_at = {warmup_steps * q // 4 for q in (1, 2, 3)} if warmup_steps >= 40 else set()
         walk = torch.full((num_rows,), 0.5, dtype=torch.float64)  # MALA's scale s
-        shift = torch.full((num_rows,), 0.05, dtype=torch.float64)  # non-centred move's s
+        shift = torch.full((num_rows,), float(noncentred_scale), dtype=torch.float64)
         noncentred_done = 0
         for step in range(total):
             # latent moves (the data do not enter): an independence proposal from q(z | x),

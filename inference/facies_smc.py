@@ -102,6 +102,10 @@ __all__ = [
     "sample_facies_smc",
 ]
 
+#: The non-centred moves' step at ``beta = 0``, the acceptance rate its tuning aims at
+#: between stages, and its ceiling (units of the latent, whose prior is ``N(0, I)``).
+NONCENTRED_START, NONCENTRED_TARGET, NONCENTRED_MAX = 0.5, 0.3, 2.0
+
 
 @dataclass(frozen=True)
 class FaciesSMCResult:
@@ -139,6 +143,9 @@ class FaciesSMCResult:
         particles (1: no duplicates; resampling without enough moves leaves duplicates).
     ess_fraction : float
         The ESS fraction ``a`` of the incremental weights at every stage.
+    accept_noncentred : float
+        Acceptance rate of the non-centred moves at ``beta = 1``, the smallest over the
+        populations (NaN without them).
     num_evaluations : int
         Models passed through the forward operator.
     seconds : float
@@ -159,6 +166,7 @@ class FaciesSMCResult:
     num_evaluations: int
     seconds: float
     ess_fraction: float = 0.5
+    accept_noncentred: float = math.nan
 
     @property
     def stages(self) -> int:
@@ -295,6 +303,8 @@ def facies_smc_sample(
     ess_fraction: float = 0.5,
     flips_per_step: int = 16,
     latent_moves: int = 2,
+    noncentred_moves: int = 0,
+    waste_free: bool = False,
     max_stages: int = 1000,
     seed: int = 0,
     batch_models: int = 4096,
@@ -326,6 +336,18 @@ def facies_smc_sample(
         particles, in ``(0, 1)``: smaller fractions take fewer, larger steps in ``beta``.
     flips_per_step, latent_moves : int, default 16 and 2
         As in :func:`~inference.facies_mcmc.facies_mcmc_sample`.
+    noncentred_moves : int, default 0
+        Non-centred joint moves of ``(z, x)`` per step (those of
+        :func:`~inference.facies_mcmc.facies_mcmc_sample`: ``z`` moves and the channel
+        boundaries with it). Their step starts at ``0.5`` and is tuned between stages
+        (Notes).
+    waste_free : bool, default False
+        Waste-free SMC (Dau and Chopin 2022): each stage resamples only ``M = num_particles
+        // steps_per_stage`` particles and keeps every state of their ``steps_per_stage``-step
+        chains as the next ``N = M steps_per_stage`` particles (``num_particles`` is rounded
+        down to that multiple), instead of resampling ``N`` and keeping each chain's last
+        state: the same stages for a ``steps_per_stage``-th of the moves. At ``beta = 1``
+        the chains first take ``final_steps - steps_per_stage`` steps more, discarded.
     max_stages : int, default 1000
         Stages after which a population stops below ``beta = 1`` (then ``converged`` is
         False).
@@ -359,6 +381,17 @@ def facies_smc_sample(
 
     Notes
     -----
+    The non-centred moves' step is adapted from the particles, as in adaptive SMC (Jasra et
+    al. 2011; Fearnhead and Taylor 2013): after each stage it is multiplied by ``exp(2 (r -
+    0.3))``, ``r`` the stage's acceptance rate, so that it follows the shrinking tempered
+    posterior; within a stage the kernel is fixed, hence invariant for that stage's target.
+
+    Waste-free SMC keeps the estimators above (the particles of a stage are draws of its
+    target, correlated along each chain, all weighted at the next stage); its particles
+    descend from more ancestors per move, which Dau and Chopin (2022) found more robust to a
+    slowly mixing kernel. The verdict's bound still counts ``N`` particles, so it is at least
+    as strict.
+
     Cost: about ``populations x stages x num_particles x steps_per_stage x flips_per_step``
     facies moves (each evaluating ``D (K - 1)`` neighbours; no forward pass where the
     operator is affine in the facies, :func:`~inference.facies_mcmc.facies_mcmc_sample`).
@@ -387,6 +420,9 @@ def facies_smc_sample(
     steps_per_stage = as_count(steps_per_stage, "steps_per_stage", minimum=4)
     final_steps = as_count(final_steps, "final_steps", minimum=4)
     max_stages = as_count(max_stages, "max_stages", minimum=1)
+    noncentred_moves = as_count(noncentred_moves, "noncentred_moves", minimum=0)
+    if not isinstance(waste_free, bool):
+        raise ConfigError(f"waste_free must be True or False, got {waste_free!r}")
     seed = as_seed(seed) or 0
     if not (
         isinstance(ess_fraction, (int, float))
@@ -398,6 +434,15 @@ def facies_smc_sample(
     y, _ = check_one_observation(problem, y, torch.zeros(1, *x_shape), x_shape)
     num_cells = math.prod(x_shape)
     num_facies = _num_facies(cfg)
+    # waste-free: M chains of steps_per_stage kept states each
+    num_chains = num_particles // steps_per_stage if waste_free else num_particles
+    if num_chains < 1:
+        raise ConfigError(
+            f"waste_free needs num_particles >= steps_per_stage, got {num_particles} and "
+            f"{steps_per_stage}"
+        )
+    if waste_free:
+        num_particles = num_chains * steps_per_stage
     check_memory(  # the particles of all populations: codes (float32) and z (float64)
         populations * num_particles * (4 * num_cells + 8 * cfg.latent_dim + 8),
         f"{populations} populations of {num_particles} particles ({num_cells} cells)",
@@ -408,7 +453,7 @@ def facies_smc_sample(
     begin = time.perf_counter()
     evaluations = 0
     xs, zs, lls, log_z, schedules = [], [], [], [], []
-    accept_z, accept_x = [], []
+    accept_z, accept_x, accept_nc = [], [], []
     for pop in range(populations):
         gen = torch.Generator().manual_seed(derived_seed(seed, pop))
         z, codes, _ = prior_draws(prior_vae, num_particles, gen)
@@ -422,6 +467,7 @@ def facies_smc_sample(
         ll = torch.cat(parts).double()
         evaluations += num_particles
         beta, log_evidence, schedule = 0.0, 0.0, [0.0]
+        shift = NONCENTRED_START
         bar = tqdm(
             total=1.0,
             desc=f"facies SMC {pop + 1}/{populations}",
@@ -436,7 +482,13 @@ def facies_smc_sample(
             log_evidence += float(torch.logsumexp(log_w, 0)) - math.log(num_particles)
             beta = new_beta
             schedule.append(beta)
-            idx = systematic_resample(log_w, num_particles, gen)
+            idx = systematic_resample(log_w, num_chains, gen)
+            if not waste_free:
+                kept, discarded = (final_steps if beta >= 1.0 else steps_per_stage), 0
+            else:  # every state of the chains; at beta = 1 after final_steps in all
+                kept, discarded = steps_per_stage, (
+                    max(0, final_steps - steps_per_stage) if beta >= 1.0 else 0
+                )
             with warnings.catch_warnings():
                 # the kernel's R-hat and ESS over a few steps per particle are not used here:
                 # ArviZ's "More chains than draws" and NumPy's/ArviZ's RuntimeWarnings on them
@@ -449,9 +501,9 @@ def facies_smc_sample(
                     x[idx],
                     init_z=z[idx],
                     likelihood_power=beta,
-                    num_samples=final_steps if beta >= 1.0 else steps_per_stage,
-                    warmup_steps=0,
-                    num_chains=num_particles,
+                    num_samples=kept,
+                    warmup_steps=discarded,
+                    num_chains=num_chains,
                     flips_per_step=flips_per_step,
                     latent_moves=latent_moves,
                     start="first",
@@ -460,8 +512,21 @@ def facies_smc_sample(
                     dtype=dtype,
                     neighbours=neighbours,
                     temperatures=1,
+                    noncentred_moves=noncentred_moves,
+                    noncentred_scale=shift,
                 )
-            x, z, ll = res.x[:, -1], res.z[:, -1].double(), res.log_likelihood[:, -1].double()
+            if noncentred_moves:  # tuned from the stage's acceptance (Notes)
+                shift = min(
+                    NONCENTRED_MAX,
+                    shift * math.exp(2.0 * (res.accept_noncentred - NONCENTRED_TARGET)),
+                )
+            if waste_free:  # (chains, steps, ...) -> particles, a chain's states adjacent
+                x = res.x.reshape(num_particles, *x_shape)
+                z = res.z.reshape(num_particles, -1).double()
+                ll = res.log_likelihood.reshape(num_particles).double()
+            else:
+                x, z = res.x[:, -1], res.z[:, -1].double()
+                ll = res.log_likelihood[:, -1].double()
             evaluations += res.num_evaluations
         bar.close()
         xs.append(x)
@@ -471,6 +536,7 @@ def facies_smc_sample(
         schedules.append(torch.tensor(schedule, dtype=torch.float64))
         accept_z.append(res.accept_z)
         accept_x.append(res.accept_x)
+        accept_nc.append(res.accept_noncentred)
     seconds = time.perf_counter() - begin
     x_all = torch.stack(xs)
     z_all = torch.stack(zs)
@@ -497,6 +563,7 @@ def facies_smc_sample(
         num_evaluations=evaluations,
         seconds=seconds,
         ess_fraction=float(ess_fraction),
+        accept_noncentred=min(accept_nc),
     )
 
 

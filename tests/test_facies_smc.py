@@ -29,15 +29,21 @@ from tests.test_facies_mcmc import (
 
 
 @pytest.mark.parametrize(
-    ("likelihood", "k", "d", "kind", "neighbours", "noise"),
+    ("likelihood", "k", "d", "kind", "neighbours", "noise", "noncentred", "waste_free"),
     [
-        ("bernoulli", 2, 3, LinearGaussian, "auto", 0.08),
+        ("bernoulli", 2, 3, LinearGaussian, "auto", 0.08, 0, False),
         # 3 facies: with noise sd 0.08 the posterior is one field (probability 1 - 1e-4)
-        ("categorical", 3, 2, _Bent, "forward", 0.25),
+        ("categorical", 3, 2, _Bent, "forward", 0.25, 0, False),
+        # the non-centred moves with their step tuned between stages
+        ("bernoulli", 2, 3, LinearGaussian, "auto", 0.08, 2, False),
+        ("categorical", 3, 2, _Bent, "forward", 0.25, 2, False),
+        # waste-free: every state of a quarter as many chains
+        ("bernoulli", 2, 3, LinearGaussian, "auto", 0.08, 0, True),
+        ("categorical", 3, 2, _Bent, "forward", 0.25, 2, True),
     ],
 )
 def test_particles_and_evidence_match_the_enumerated_posterior(
-    likelihood, k, d, kind, neighbours, noise
+    likelihood, k, d, kind, neighbours, noise, noncentred, waste_free
 ):
     problem = kind(x_dim=d, y_dim=2, noise_std=noise, seed=1)
     vae = _vae(d, likelihood, k)
@@ -45,8 +51,14 @@ def test_particles_and_evidence_match_the_enumerated_posterior(
     states, probs, z_mean = _exact(vae, problem, y, k)
     res = facies_smc_sample(
         vae, problem, y, num_particles=2000, populations=4, steps_per_stage=4, final_steps=4,
-        flips_per_step=1, seed=0, neighbours=neighbours,
+        flips_per_step=1, seed=0, neighbours=neighbours, noncentred_moves=noncentred,
+        waste_free=waste_free,
     )
+    assert res.x.shape[1] == 2000  # 500 chains x 4 states when waste-free
+    if noncentred:
+        assert 0.05 < res.accept_noncentred < 0.95, res.accept_noncentred
+    else:
+        assert math.isnan(res.accept_noncentred)
     assert res.stages >= 3 and res.reached_posterior  # the likelihood is tempered in
     assert all(float(b[0]) == 0.0 and float(b[-1]) == 1.0 for b in res.betas)
     assert all(bool((b.diff() > 0).all()) for b in res.betas)
