@@ -531,6 +531,17 @@ def facies_smc_cases(add: Add, y0: torch.Tensor, nan_y: torch.Tensor, prior: Any
     add(c, "ess_fraction=0", lambda: smc(ess_fraction=0.0), "refuse", "ess_fraction")
     add(c, "ess_fraction=1", lambda: smc(ess_fraction=1.0), "refuse", "ess_fraction")
     add(c, "ess_fraction='0.5'", lambda: smc(ess_fraction="0.5"), "refuse", "ess_fraction")
+    add(c, "noncentred_moves=-1", lambda: smc(noncentred_moves=-1), "refuse",
+        "noncentred_moves")
+    add(c, "noncentred_moves=1.5", lambda: smc(noncentred_moves=1.5), "refuse",
+        "noncentred_moves")
+    add(c, "noncentred_moves=2", lambda: smc(noncentred_moves=2), "accept", check=ok)
+    add(c, "waste_free='yes'", lambda: smc(waste_free="yes"), "refuse", "waste_free")
+    add(c, "waste_free=1", lambda: smc(waste_free=1), "refuse", "waste_free")
+    add(c, "waste_free with fewer particles than steps",
+        lambda: smc(waste_free=True, num_particles=3), "refuse", "waste_free")
+    add(c, "waste_free=True (2 chains x 4 states)", lambda: smc(waste_free=True), "accept",
+        check=ok)
     add(c, "seed=-1", lambda: smc(seed=-1), "refuse", "seed")
     add(c, "seed=2**32-1 with 2 populations", lambda: smc(seed=2**32 - 1), "accept", check=ok)
     add(c, "a Gaussian generative prior", lambda: smc(vae=gaussian_prior), "refuse",
@@ -674,6 +685,14 @@ def generative_prior_cases(add: Add, w: World) -> None:
         "likelihood_power")
     add(c, "likelihood_power=True", lambda: facies(likelihood_power=True), "refuse",
         "likelihood_power")
+    add(c, "noncentred_scale=0", lambda: facies(noncentred_scale=0.0), "refuse",
+        "noncentred_scale")
+    add(c, "noncentred_scale=inf", lambda: facies(noncentred_scale=float("inf")), "refuse",
+        "noncentred_scale")
+    add(c, "noncentred_scale='0.1'", lambda: facies(noncentred_scale="0.1"), "refuse",
+        "noncentred_scale")
+    add(c, "noncentred_scale=0.2 with 2 moves",
+        lambda: facies(noncentred_scale=0.2, noncentred_moves=2), "accept", check=ok_facies)
     add(c, "likelihood_power=np.float64(0.5)", lambda: facies(likelihood_power=np.float64(0.5)),
         "accept", check=ok_facies)
     facies_smc_cases(add, y0, nan_y, facies_prior, facies_cvae, gaussian_prior, other, w)
