@@ -35,7 +35,7 @@ def main(args):
     print(
         f"{args.populations} population(s) x {args.particles} particles, {args.steps} steps per "
         f"stage, {args.final} at beta = 1, {args.flips} facies moves and {args.noncentred} "
-        f"non-centred moves per step, "
+        f"non-centred moves per step, waste-free {args.waste_free}, "
         f"{torch.get_num_threads()} thread(s)",
         flush=True,
     )
@@ -50,6 +50,7 @@ def main(args):
             final_steps=args.final,
             flips_per_step=args.flips,
             noncentred_moves=args.noncentred,
+            waste_free=args.waste_free,
             seed=100 + i,
         )
         truth = float(problem.log_likelihood(x_true[i : i + 1], y_obs[i]))
@@ -80,6 +81,10 @@ if __name__ == "__main__":
     parser.add_argument("--final", type=int, default=40, help="steps at beta = 1")
     parser.add_argument("--flips", type=int, default=16, help="facies moves per step")
     parser.add_argument("--noncentred", type=int, default=0, help="non-centred moves per step")
+    parser.add_argument(
+        "--waste-free", action="store_true",
+        help="waste-free SMC: --particles / --steps chains, every state kept",
+    )
     parser.add_argument("--obs", default="0,4", help="generative truths, comma-separated")
     parser.add_argument("--threads", type=int, default=1)
     main(parser.parse_args())
