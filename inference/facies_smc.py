@@ -59,6 +59,9 @@ methods, Annals of Applied Probability 26, 1111.
 Kitagawa (1996), Monte Carlo filter and smoother for non-Gaussian nonlinear state space
 models, Journal of Computational and Graphical Statistics 5, 1 (systematic resampling).
 Laloy, Herault, Jacques and Linde (2018), Water Resources Research 54, 381 (generative priors).
+Fearnhead and Taylor (2013), An adaptive sequential Monte Carlo sampler, Bayesian Analysis 8,
+411 (kernel parameters tuned from the particles between stages).
+Dau and Chopin (2022), Waste-free sequential Monte Carlo, JRSS B 84, 114.
 """
 
 from __future__ import annotations
