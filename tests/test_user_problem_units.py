@@ -140,3 +140,120 @@ def test_refinement_step_unit_must_be_positive():
             refine_by_misfit(draws, y, problem, x_scale=bad)
     with pytest.raises(ConfigError, match="does not broadcast to x_shape"):
         refine_by_misfit(draws, y, problem, x_scale=torch.ones(3))
+
+
+class Float32Forward(ScaledLinearGaussian):
+    """A user's forward written with a float32 matrix: ``x @ matrix.T``."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0, 1.0)
+        self.matrix32 = self.matrix.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``A x`` with a float32 ``A`` (fails on float64 ``x``: PyTorch's matmul)."""
+        return x @ self.matrix32.T
+
+
+class Float32Prior(ScaledLinearGaussian):
+    """A user's log prior written with a float32 matrix."""
+
+    def log_prior(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``log N(x; 0, I)`` through a float32 matrix product (fails on float64)."""
+        return -0.5 * (x @ torch.eye(X_DIM)).square().sum(-1) - 2 * math.log(2 * math.pi)
+
+
+def test_a_float32_only_problem_under_nuts_is_told_that_x_was_float64():
+    """NUTS evaluates the problem on float64 models; training and importance sampling on float32.
+
+    Before, a forward written as ``x @ self.matrix.T`` with a float32 matrix fitted and
+    importance-sampled fine, then failed under ``--method nuts`` with only PyTorch's
+    "expected m1 and m2 to have the same dtype": nothing said the product had changed the
+    dtype of ``x``. ``nuts_sample`` now evaluates the problem as NUTS will on two starts
+    before any chain runs, and says so and what to do (a log prior likewise).
+    """
+    from inference.mcmc import nuts_sample
+
+    kw = {"num_samples": 4, "warmup_steps": 2, "num_chains": 2}
+    problem = Float32Forward()
+    x, y = problem.simulate(2, torch.Generator().manual_seed(SEED))
+    assert problem.log_likelihood(x, y).shape == (2,)  # float32 works
+    hint = r"x was float64 .* the same x in float32 works: compute in the dtype of x"
+    with pytest.raises(ConfigError, match=r"^problem 'scaled_linear_gaussian' forward raised "
+                                          r"RuntimeError: .*dtype.*" + hint):
+        nuts_sample(problem, y[0], x, **kw)
+    with pytest.raises(ConfigError, match=r"log_prior raised RuntimeError: .*" + hint):
+        nuts_sample(Float32Prior(1.0, 1.0), y[0], x, **kw)
+    # negative control: the same problem computing in the dtype of x samples
+    assert nuts_sample(ScaledLinearGaussian(1.0, 1.0), y[0], x, **kw).x.shape == (2, 4, X_DIM)
+
+
+def test_a_failure_in_both_dtypes_keeps_its_own_message():
+    """Negative control: a forward that fails on float32 too gets no dtype hint."""
+
+    class Broken(ScaledLinearGaussian):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("solver diverged")
+
+    problem = Broken(1.0, 1.0)
+    x = torch.zeros(2, X_DIM, dtype=torch.float64)
+    with pytest.raises(ConfigError, match=r"raised RuntimeError: solver diverged for x of "
+                                          r"shape \(2, 4\)$"):
+        problem.log_likelihood(x, torch.zeros(2, Y_DIM))
+
+
+class BatchedOnly(ScaledLinearGaussian):
+    """A forward written for ``(batch, 4)`` only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``A' x + b'`` for ``x`` of shape ``(batch, 4)``; raise otherwise."""
+        if x.dim() != 2:
+            raise ValueError(f"expected x of shape (batch, 4), got {tuple(x.shape)}")
+        return super().forward(x)
+
+
+class UnbatchedOnly(ScaledLinearGaussian):
+    """A forward written for one model ``(4,)`` only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``A' x + b'`` for one ``x`` of shape ``(4,)``; raise otherwise."""
+        if x.dim() != 1:
+            raise ValueError(f"expected one x of shape (4,), got {tuple(x.shape)}")
+        return super().forward(x)
+
+
+CONTRACT = r"forward must take models with any number of batch axes, \(\*batch, \*x_shape\)"
+
+
+@pytest.mark.parametrize("kind, works", [
+    (BatchedOnly, r"the same models with one batch axis, shape \(1, 4\), work"),
+    (UnbatchedOnly, r"one model of shape \(4,\) works"),
+])
+def test_a_forward_for_one_layout_only_is_refused_before_the_fit(kind, works):
+    """The contract is ``(*batch, *x_shape)``: NUTS passes one model, importance sampling two
+    batch axes. Before, a forward for ``(batch, 4)`` only fitted, then every correction
+    (``importance``, ``nuts``, ``refine``) failed with the user's own "expected x of shape
+    (batch, 4)"; one for a single model failed inside ``simulate``. Now ``fit_problem`` (and
+    ``ppl-cvae fit``) refuses it before simulating, naming the layout that works and the
+    contract."""
+    from ppl_cvae import fit_problem
+
+    with pytest.raises(ConfigError, match=works + ".*" + CONTRACT):
+        fit_problem(kind(1.0, 1.0), train={"num_epochs": 1, "num_train": 64})
+
+
+def test_a_layout_failure_at_sampling_time_names_the_contract():
+    """A problem named only at sampling time (a run fitted on a file) meets the same words
+    under NUTS, which evaluates one model at a time."""
+    from inference.mcmc import nuts_sample
+
+    x, y = ScaledLinearGaussian(1.0, 1.0).simulate(3, torch.Generator().manual_seed(SEED))
+    with pytest.raises(ConfigError, match=r"expected x of shape \(batch, 4\), got \(4,\) for x "
+                                          r"of shape \(4,\); the same models .*" + CONTRACT):
+        nuts_sample(BatchedOnly(1.0, 1.0), y[0], x, num_samples=4, warmup_steps=2)
+
+
+def test_a_forward_for_every_layout_passes_the_check():
+    """Negative control: the check refuses nothing that keeps the contract."""
+    from ppl_cvae.problems.base import check_batch_axes
+
+    check_batch_axes(ScaledLinearGaussian(1e-8, 1e-8), torch.Generator().manual_seed(SEED))
