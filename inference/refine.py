@@ -21,7 +21,7 @@ from inference.posterior import PosteriorDraws, draw_posterior
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, check_batch_axes
 from ppl_cvae.problems.densities import checked_forward, whiten
 
 __all__ = [
@@ -279,7 +279,9 @@ def refine_and_accept(
     ConfigError
         If ``oversample < 1`` or ``max_misfit <= 0``, or the model has a facies decoder
         (``likelihood`` ``"bernoulli"`` or ``"categorical"``): gradient steps on ``x`` would
-        leave the facies codes.
+        leave the facies codes; or the problem's ``forward`` raises on two prior draws with
+        two batch axes or none (:func:`~ppl_cvae.problems.base.check_batch_axes`: the
+        message names the layout that works).
     ShapeError, DataError
         As :func:`~inference.posterior.draw_posterior` for ``y``, and as
         :func:`refine_by_misfit` for what the problem's ``forward`` returns.
@@ -301,6 +303,8 @@ def refine_and_accept(
             f"refinement moves x continuously and cannot keep the facies codes of a "
             f"{cvae.config.likelihood!r} decoder; sample without --refine"
         )
+    # a forward for one layout of models only is named now, not inside the optimiser
+    check_batch_axes(as_problem(problem), torch.Generator().manual_seed(0))
     candidates = draw_posterior(cvae, y, oversample * num_samples, seed=seed)
     # steps in units of each element's training sd: Adam's step is about learning_rate in
     # the optimised coordinates whatever the units of x (a problem in 1e-8 or 1e8 units)

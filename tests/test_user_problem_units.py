@@ -243,13 +243,21 @@ def test_a_forward_for_one_layout_only_is_refused_before_the_fit(kind, works):
 
 def test_a_layout_failure_at_sampling_time_names_the_contract():
     """A problem named only at sampling time (a run fitted on a file) meets the same words
-    under NUTS, which evaluates one model at a time."""
+    under NUTS (one model at a time), importance sampling and refinement (two batch axes),
+    before any proposal, chain or optimiser step."""
+    from inference.importance import importance_sample
     from inference.mcmc import nuts_sample
 
-    x, y = ScaledLinearGaussian(1.0, 1.0).simulate(3, torch.Generator().manual_seed(SEED))
-    with pytest.raises(ConfigError, match=r"expected x of shape \(batch, 4\), got \(4,\) for x "
-                                          r"of shape \(4,\); the same models .*" + CONTRACT):
-        nuts_sample(BatchedOnly(1.0, 1.0), y[0], x, num_samples=4, warmup_steps=2)
+    cvae, y = _untrained_cvae(ScaledLinearGaussian(1.0, 1.0))
+    x = ScaledLinearGaussian(1.0, 1.0).sample_prior(3, torch.Generator().manual_seed(SEED))
+    problem = BatchedOnly(1.0, 1.0)
+    words = r"expected x of shape \(batch, 4\), got \(4,\) .*the same models .*" + CONTRACT
+    with pytest.raises(ConfigError, match=words):
+        nuts_sample(problem, y[0], x, num_samples=4, warmup_steps=2)
+    with pytest.raises(ConfigError, match=words):
+        importance_sample(cvae, problem, y[:2], 16, seed=SEED)
+    with pytest.raises(ConfigError, match=words):
+        refine_and_accept(cvae, y[:2], 4, problem, oversample=1, num_steps=2, seed=SEED)
 
 
 def test_a_forward_for_every_layout_passes_the_check():

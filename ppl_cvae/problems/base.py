@@ -338,16 +338,29 @@ def check_batch_axes(problem: Problem, generator: torch.Generator | None = None)
     Raises
     ------
     ConfigError
-        If ``sample_prior`` raises, or ``forward`` raises on a layout (see
-        :func:`check_layouts`).
+        If ``forward`` raises on a layout (see :func:`check_layouts`).
     ShapeError, DataError
-        If ``sample_prior`` or ``forward`` returns a tensor of the wrong shape, or something
-        that is not a tensor.
+        If ``forward`` returns a tensor of the wrong shape, or something that is not a
+        tensor, for one model or two batch axes. A ``sample_prior`` that raises or returns
+        the wrong thing, and a wrong ``forward`` of ``(2, *x_shape)``, are left to the
+        simulator's own check, which names them with the number of pairs asked for.
     """
-    what = f"problem {problem.name!r} sample_prior(2)"
-    with _problem_code(what):
-        drawn = problem.sample_prior(2, generator)
-    check_layouts(problem, _event_checked(drawn, (2, *problem.x_shape), what, "(num, *x_shape)"))
+    # a user's code may draw from torch's global RNG: the fit's stream is left as it was
+    with torch.random.fork_rng(devices=[]):
+        what = f"problem {problem.name!r} sample_prior(2)"
+        try:  # what simulate(num) checks itself is left to it, named with its own count
+            with _problem_code(what):
+                drawn = problem.sample_prior(2, generator)
+        except ConfigError:
+            return
+        try:
+            x = _event_checked(drawn, (2, *problem.x_shape), what, "(num, *x_shape)")
+            _forward_checked(problem, x)
+        except (ShapeError, DataError):
+            return
+        except ConfigError:  # forward raised: check_layouts says which layout works instead
+            pass
+        check_layouts(problem, x)
 
 
 def _forward_checked(problem: Problem, x: torch.Tensor) -> torch.Tensor:
