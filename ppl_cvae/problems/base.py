@@ -74,7 +74,7 @@ if TYPE_CHECKING:  # the names below moved to sibling modules; __getattr__ loads
     from ppl_cvae.problems.registry import register_problem as register_problem
     from ppl_cvae.problems.registry import resolve_problem_factory as resolve_problem_factory
 
-__all__ = ["LinearGaussianParts", "Problem"]
+__all__ = ["LinearGaussianParts", "Problem", "check_batch_axes", "check_layouts"]
 
 
 class LinearGaussianParts(NamedTuple):
@@ -278,7 +278,7 @@ def check_layouts(
     ("expected m1 and m2 to have the same dtype", "too many indices") that does not say what
     the product handed it. This evaluates the members on two models laid out each way,
     before any expensive work, and on a failure names what works instead
-    (:func:`_contract_hint`). A few calls on at most two models.
+    (``_contract_hint``). A few calls on at most two models.
 
     Parameters
     ----------
