@@ -21,7 +21,7 @@ from inference.posterior import PosteriorDraws, draw_posterior
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, check_batch_axes
 from ppl_cvae.problems.densities import checked_forward, whiten
 
 __all__ = [
@@ -46,7 +46,8 @@ class RefineConfig:
     num_steps : int, default 300
         Adam steps of the misfit minimisation.
     learning_rate : float, default 0.1
-        Adam step size in the problem's parameterisation.
+        Adam step size in the problem's parameterisation, else in training sds of each
+        element of ``x`` (:func:`refine_and_accept`).
 
     Raises
     ------
@@ -73,6 +74,7 @@ def refine_by_misfit(
     *,
     num_steps: int = 300,
     learning_rate: float = 0.1,
+    x_scale: torch.Tensor | None = None,
 ) -> PosteriorDraws:
     """Minimise each draw's data misfit by Adam, starting from the draw.
 
@@ -91,7 +93,16 @@ def refine_by_misfit(
     num_steps : int, default 300
         Adam steps (all draws move in parallel; each draw's objective is separate).
     learning_rate : float, default 0.1
-        Adam step size, in units of the optimised parameters.
+        Adam step size, in units of the optimised parameters: the coordinates of the
+        problem's parameterisation when it has one, else ``x / x_scale``.
+    x_scale : Tensor, shape broadcastable to x_shape, optional
+        Without a parameterisation, the unit in which ``x`` is optimised, in units of ``x``
+        (positive, finite): Adam moves each element by about ``learning_rate * x_scale`` per
+        step whatever the size of its gradient, so the step must be measured in the
+        element's own spread. :func:`refine_and_accept` passes the model's ``x``
+        standardiser (each element's training sd), so that a problem written in ohm-m
+        (``x`` about 1e3) or in units of 1e-8 refines as its well-scaled version does.
+        Default: 1 (steps in the units of ``x``). Ignored with a parameterisation.
 
     Returns
     -------
@@ -101,7 +112,7 @@ def refine_by_misfit(
     Raises
     ------
     ConfigError
-        If ``num_steps < 1``.
+        If ``num_steps < 1``, or ``x_scale`` is not positive and finite everywhere.
     ShapeError
         If ``y`` is not ``(M, *y_shape)`` matching the draws, or the problem's ``forward``
         returns a tensor of another shape than ``(S, M, *y_shape)``.
@@ -111,9 +122,9 @@ def refine_by_misfit(
     Notes
     -----
     Objective per draw ``s``: ``0.5 * sum_i ((F(x_s)_i - y_i) / sigma)^2`` with
-    ``x_s = B T(u_s)`` (or ``B c_s``, or ``x_s`` itself, by what the problem provides); the
-    start is ``u_s = T^-1(B^+ vec(x_s))``, the draw's own parameters
-    (:class:`~ppl_cvae.problems.parameterisation.Parameterisation`).
+    ``x_s = B T(u_s)`` (or ``B c_s``, or ``x_s = x_scale * u_s``, by what the problem
+    provides); the start is ``u_s = T^-1(B^+ vec(x_s))`` (or ``x_s / x_scale``), the draw's
+    own parameters (:class:`~ppl_cvae.problems.parameterisation.Parameterisation`).
 
     References
     ----------
@@ -129,12 +140,13 @@ def refine_by_misfit(
             f"got {tuple(y.shape)}"
         )
     par = problem.parameterisation()
+    scale = _step_unit(x_scale, tuple(problem.x_shape), draws.x)
 
     def to_x(theta: torch.Tensor) -> torch.Tensor:
-        return theta if par is None else par.to_x(theta)
+        return theta * scale if par is None else par.to_x(theta)
 
     with torch.no_grad():
-        start = draws.x.clone() if par is None else par.from_x(draws.x)
+        start = draws.x / scale if par is None else par.from_x(draws.x)
     misfit = problem.misfit_noise  # its Cholesky factor is computed once, not every step
     theta = start.detach().requires_grad_(True)
     optim = torch.optim.Adam([theta], lr=learning_rate)
@@ -165,6 +177,34 @@ def refine_by_misfit(
         return PosteriorDraws(
             x=x, z=draws.z, y_rep=checked_forward(problem, x), decoder_noise=draws.decoder_noise
         )
+
+
+def _step_unit(
+    x_scale: torch.Tensor | None, x_shape: tuple[int, ...], x: torch.Tensor
+) -> torch.Tensor:
+    """Return ``x_scale`` as a tensor of ``x``'s dtype broadcastable to ``x_shape`` (1 if None).
+
+    Raises
+    ------
+    ConfigError
+        If ``x_scale`` does not broadcast to ``x_shape`` or is not positive and finite.
+    """
+    if x_scale is None:
+        return torch.ones((), dtype=x.dtype, device=x.device)
+    scale = torch.as_tensor(x_scale).detach().to(dtype=x.dtype, device=x.device)
+    try:
+        torch.broadcast_shapes(scale.shape, x_shape)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"x_scale of shape {tuple(scale.shape)} does not broadcast to x_shape {x_shape}"
+        ) from err
+    if not bool((torch.isfinite(scale) & (scale > 0)).all()):
+        raise ConfigError(
+            f"x_scale must be positive and finite (the unit of each element of x in the "
+            f"refinement's steps), got values from {float(scale.min()):.3g} to "
+            f"{float(scale.max()):.3g}"
+        )
+    return scale
 
 
 def misfit_rms(x: torch.Tensor, y: torch.Tensor, problem: Problem) -> torch.Tensor:
@@ -222,6 +262,8 @@ def refine_and_accept(
         lowest-misfit rejected ones and a warning names how many. ``None``: keep the first
         ``num_samples`` refined candidates (no selection).
     num_steps, learning_rate : see :func:`refine_by_misfit`
+        Without a parameterisation the step is measured in each element's training sd (the
+        model's ``x`` standardiser), so ``learning_rate`` means the same in any units.
     seed : int, optional
         Seed of the amortized draws.
 
@@ -237,7 +279,9 @@ def refine_and_accept(
     ConfigError
         If ``oversample < 1`` or ``max_misfit <= 0``, or the model has a facies decoder
         (``likelihood`` ``"bernoulli"`` or ``"categorical"``): gradient steps on ``x`` would
-        leave the facies codes.
+        leave the facies codes; or the problem's ``forward`` raises on two prior draws with
+        two batch axes or none (:func:`~ppl_cvae.problems.base.check_batch_axes`: the
+        message names the layout that works).
     ShapeError, DataError
         As :func:`~inference.posterior.draw_posterior` for ``y``, and as
         :func:`refine_by_misfit` for what the problem's ``forward`` returns.
@@ -259,9 +303,18 @@ def refine_and_accept(
             f"refinement moves x continuously and cannot keep the facies codes of a "
             f"{cvae.config.likelihood!r} decoder; sample without --refine"
         )
+    # a forward for one layout of models only is named now, not inside the optimiser
+    check_batch_axes(as_problem(problem), torch.Generator().manual_seed(0))
     candidates = draw_posterior(cvae, y, oversample * num_samples, seed=seed)
+    # steps in units of each element's training sd: Adam's step is about learning_rate in
+    # the optimised coordinates whatever the units of x (a problem in 1e-8 or 1e8 units)
     refined = refine_by_misfit(
-        candidates, y, problem, num_steps=num_steps, learning_rate=learning_rate
+        candidates,
+        y,
+        problem,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        x_scale=cvae.x_standardiser.std.detach().to(candidates.x),
     )
     return accept_by_misfit(refined, y, problem, num_samples, max_misfit)
 

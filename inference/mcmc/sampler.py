@@ -27,7 +27,7 @@ from inference.mcmc.preconditioner import PRECONDITIONERS, Preconditioner, _prec
 from ppl_cvae.checks import as_real_tensor, as_seed, derived_seed
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, ShapeError, exception_summary
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, check_layouts
 from ppl_cvae.problems.densities import checked_log_likelihood
 
 __all__ = ["MCMCResult", "nuts_sample"]
@@ -169,7 +169,10 @@ def nuts_sample(
         If ``precondition`` is unknown, a count is out of range (``num_samples`` below
         :data:`MIN_DRAWS_PER_CHAIN`), ``precondition`` is ``"prior"`` or
         ``"prior-amortized"`` and the problem's prior is not Gaussian in the sampled
-        coordinates, or ``seed`` is not an int in ``[0, 2**32 - 1]``.
+        coordinates, or ``seed`` is not an int in ``[0, 2**32 - 1]``; or, before any chain
+        runs, the problem's ``forward`` or ``log_prior`` raises on two starts laid out as
+        NUTS evaluates them (one model, float64; the message says when float32 or another
+        batch layout works, :func:`~ppl_cvae.problems.base.check_layouts`).
     ShapeError
         If ``y`` does not have shape ``problem.y_shape`` or ``init`` not ``(N >= 1,
         *x_shape)``.
@@ -238,6 +241,8 @@ def nuts_sample(
             "(gaussian_prior() is None); use precondition='amortized'"
         )
     y64 = y.double()
+    if par is None:  # x reaches the problem in float64, one model at a time: probe that first
+        check_layouts(problem, init[torch.arange(2) % len(init)], float64=True, prior=True)
     log_target = _log_target(problem, y64)
     with torch.no_grad():  # fails here, in this process, for a problem without a density
         rows = init[: max(num_chains, 1)]

@@ -548,7 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--refine-lr",
         type=_finite,
-        help="refine only: Adam step size of the refinement (default 0.1)",
+        help=(
+            "refine only: Adam step size of the refinement, in the problem's "
+            "parameterisation or else in each element's training sd (default 0.1)"
+        ),
     )
     s.add_argument("--seed", type=_seed, default=0, help="random seed of the draws")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output file")

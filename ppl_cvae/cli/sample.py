@@ -289,5 +289,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         attrs=attrs,
     )
+    if method == "refine":  # an optimiser's output: say so, not "posterior draws"
+        print(
+            f"wrote {args.num_samples} refined draws (misfit minimisation of amortized draws: "
+            "an optimiser, not a posterior sampler; their spread is not the posterior's, use "
+            f"--method importance or nuts for that) for {y.shape[0]} observation(s) to {out}"
+        )
+        return 0
     print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
     return 0

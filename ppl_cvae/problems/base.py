@@ -74,7 +74,7 @@ if TYPE_CHECKING:  # the names below moved to sibling modules; __getattr__ loads
     from ppl_cvae.problems.registry import register_problem as register_problem
     from ppl_cvae.problems.registry import resolve_problem_factory as resolve_problem_factory
 
-__all__ = ["LinearGaussianParts", "Problem"]
+__all__ = ["LinearGaussianParts", "Problem", "check_batch_axes", "check_layouts"]
 
 
 class LinearGaussianParts(NamedTuple):
@@ -196,6 +196,171 @@ class _problem_code:  # noqa: N801 - used as a function: ``with _problem_code(..
         if not isinstance(err, Exception) or _is_out_of_memory(err):
             return False
         raise ConfigError(f"{self.what} raised {exception_summary(err)}{self.detail}") from err
+
+
+def _runs(member: Any, x: torch.Tensor) -> bool:
+    """Whether ``member(x)`` returns without raising (no gradient; any exception counts)."""
+    try:
+        with torch.no_grad():
+            member(x)
+    except Exception:  # noqa: BLE001 - a user's code may raise anything
+        return False
+    return True
+
+
+def _contract_hint(member: Any, name: str, x: torch.Tensor, x_shape: tuple[int, ...]) -> str:
+    """Return what a problem's ``member`` that raised on ``x`` accepts instead, or ``""``.
+
+    Called by :func:`check_layouts` only after ``member(x)`` raised, on at most two models,
+    never inside a sampler (a failing solver is not called again there). The product calls a
+    problem's ``forward`` and ``log_prior`` on the layouts and dtypes listed there. This
+    calls ``member`` again on the same ``x`` and, when it fails again (a failure that does
+    not repeat is not about the layout), on ``x`` cast to float32, on the same models with
+    one batch axis and on one model; the first variant that works gives the sentence that
+    says what arrived, what is expected and how to write it.
+
+    Parameters
+    ----------
+    member : callable
+        The problem's bound member, e.g. ``problem.forward``.
+    name : str
+        Its name for the message, ``"forward"`` or ``"log_prior"``.
+    x : Tensor, shape (*batch, *x_shape)
+        The models it raised on.
+    x_shape : tuple of int
+        The problem's event shape of ``x``.
+
+    Returns
+    -------
+    str
+        ``""`` or ``"; ..."``, appended to the message of the error ``member(x)`` gave.
+    """
+    x = x.detach()
+    if _runs(member, x):
+        return ""
+    batch = tuple(x.shape[: x.dim() - len(x_shape)])
+    flat = x.reshape(-1, *x_shape)
+    if x.dtype == torch.float64 and _runs(member, x.float()):
+        return (
+            "; x was float64 (NUTS evaluates the problem in float64; training, importance "
+            "sampling and refinement in float32) and the same x in float32 works: compute "
+            "in the dtype of x (e.g. self.matrix.to(x)) and return float32 or float64"
+        )
+    contract = (
+        f"{name} must take models with any number of batch axes, (*batch, *x_shape): none "
+        "(NUTS evaluates one model of shape x_shape), one (training) or two (importance "
+        "sampling and refinement: (num, M, *x_shape))"
+    )
+    if len(batch) != 1 and flat.shape[0] > 0 and _runs(member, flat):
+        return (
+            f"; the same models with one batch axis, shape {tuple(flat.shape)}, work: "
+            f"{contract}; flatten them inside {name} with x.reshape(-1, *x_shape) and "
+            "reshape the result back to the batch axes"
+        )
+    if len(batch) >= 1 and flat.shape[0] > 0 and _runs(member, flat[0]):
+        return (
+            f"; one model of shape {tuple(x_shape)} works: {contract}; loop over the models "
+            f"inside {name} (or vectorise it with torch.vmap)"
+        )
+    return ""
+
+
+def check_layouts(
+    problem: Problem, x: torch.Tensor, *, float64: bool = False, prior: bool = False
+) -> None:
+    """Refuse a problem whose ``forward`` (or ``log_prior``) fails on a layout the product uses.
+
+    The product calls a problem's ``forward`` on models with no batch axis (NUTS: one model
+    of shape ``x_shape``), one (training: ``(num, *x_shape)``) or two (importance sampling
+    and refinement: ``(num, M, *x_shape)``), in float32 (training, importance sampling,
+    refinement) and float64 (NUTS). A member written for one layout or one dtype only
+    otherwise fails after a fit, or deep inside a sampler, with an error of its own
+    ("expected m1 and m2 to have the same dtype", "too many indices") that does not say what
+    the product handed it. This evaluates the members on two models laid out each way,
+    before any expensive work, and on a failure names what works instead
+    (``_contract_hint``). A few calls on at most two models.
+
+    Parameters
+    ----------
+    problem : Problem
+    x : Tensor, shape (2, *x_shape)
+        Two models, units of ``x`` (prior draws, the chains' starts).
+    float64 : bool, default False
+        Also evaluate in float64 (what NUTS does); else in float32 only.
+    prior : bool, default False
+        Also evaluate ``log_prior`` (a problem with a prior density, for the samplers that
+        correct with it).
+
+    Raises
+    ------
+    ConfigError
+        If a member raises on a layout (the message names the member, the layout that
+        fails, the one that works and the contract).
+    ShapeError, DataError
+        If ``forward`` returns a tensor of the wrong shape, or something that is not a
+        tensor.
+    """
+    from ppl_cvae.problems.densities import checked_log_prior  # densities imports this module
+
+    x = x.detach()
+    members: list[tuple[str, Any, Any]] = [
+        ("forward", problem.forward, lambda m: _forward_checked(problem, m))
+    ]
+    if prior:
+        members.append(("log_prior", problem.log_prior, lambda m: checked_log_prior(problem, m)))
+    dtypes = (torch.float32, torch.float64) if float64 else (torch.float32,)
+    for dtype in dtypes:
+        models = x.to(dtype)
+        for name, member, checked in members:
+            for layout in (models, models[0], models.unsqueeze(1)):
+                try:
+                    checked(layout)
+                except ConfigError as err:
+                    if err.__cause__ is None:  # the package's own error, unchanged
+                        raise
+                    hint = _contract_hint(member, name, layout, tuple(problem.x_shape))
+                    if not hint:
+                        raise
+                    raise ConfigError(f"{err}{hint}") from err.__cause__
+
+
+def check_batch_axes(problem: Problem, generator: torch.Generator | None = None) -> None:
+    """Refuse, before a fit, a problem whose ``forward`` takes one layout of models only.
+
+    :func:`check_layouts` (float32, ``forward``) on two prior draws.
+
+    Parameters
+    ----------
+    problem : Problem
+    generator : torch.Generator, optional
+        For the two prior draws.
+
+    Raises
+    ------
+    ConfigError
+        If ``forward`` raises on a layout (see :func:`check_layouts`).
+    ShapeError, DataError
+        If ``forward`` returns a tensor of the wrong shape, or something that is not a
+        tensor, for one model or two batch axes. A ``sample_prior`` that raises or returns
+        the wrong thing, and a wrong ``forward`` of ``(2, *x_shape)``, are left to the
+        simulator's own check, which names them with the number of pairs asked for.
+    """
+    # a user's code may draw from torch's global RNG: the fit's stream is left as it was
+    with torch.random.fork_rng(devices=[]):
+        what = f"problem {problem.name!r} sample_prior(2)"
+        try:  # what simulate(num) checks itself is left to it, named with its own count
+            with _problem_code(what):
+                drawn = problem.sample_prior(2, generator)
+        except ConfigError:
+            return
+        try:
+            x = _event_checked(drawn, (2, *problem.x_shape), what, "(num, *x_shape)")
+            _forward_checked(problem, x)
+        except (ShapeError, DataError):
+            return
+        except ConfigError:  # forward raised: check_layouts says which layout works instead
+            pass
+        check_layouts(problem, x)
 
 
 def _forward_checked(problem: Problem, x: torch.Tensor) -> torch.Tensor:
@@ -332,7 +497,11 @@ class Problem(abc.ABC):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the differentiable forward operator ``F`` to ``x`` ``(*batch, *x_shape)``.
 
-        Returns noise-free data of shape ``(*batch, *y_shape)``.
+        Returns noise-free data of shape ``(*batch, *y_shape)``. ``batch`` is any number of
+        axes, none included (NUTS evaluates one model of shape ``x_shape``, importance
+        sampling ``(num, M, *x_shape)``). ``x`` is float32 in training, importance sampling
+        and refinement and float64 under NUTS: compute in the dtype of ``x`` (e.g.
+        ``self.matrix.to(x)``); float32 or float64 data are both accepted.
         """
 
     # ------------------------------------------------------------------ defaults
