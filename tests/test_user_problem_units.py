@@ -16,6 +16,7 @@ every unit system:
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -224,21 +225,28 @@ class UnbatchedOnly(ScaledLinearGaussian):
 CONTRACT = r"forward must take models with any number of batch axes, \(\*batch, \*x_shape\)"
 
 
-@pytest.mark.parametrize("kind, works", [
-    (BatchedOnly, r"the same models with one batch axis, shape \(1, 4\), work"),
-    (UnbatchedOnly, r"one model of shape \(4,\) works"),
-])
-def test_a_forward_for_one_layout_only_is_refused_before_the_fit(kind, works):
-    """The contract is ``(*batch, *x_shape)``: NUTS passes one model, importance sampling two
-    batch axes. Before, a forward for ``(batch, 4)`` only fitted, then every correction
-    (``importance``, ``nuts``, ``refine``) failed with the user's own "expected x of shape
-    (batch, 4)"; one for a single model failed inside ``simulate``. Now ``fit_problem`` (and
-    ``ppl-cvae fit``) refuses it before simulating, naming the layout that works and the
-    contract."""
+def test_a_forward_for_one_model_only_is_refused_before_the_fit():
+    """The contract is ``(*batch, *x_shape)``: training passes one batch axis. A forward for
+    a single model only failed inside ``simulate``; now ``fit_problem`` (and ``ppl-cvae
+    fit``) refuses it before simulating, naming the layout that works and the contract."""
     from ppl_cvae import fit_problem
 
-    with pytest.raises(ConfigError, match=works + ".*" + CONTRACT):
-        fit_problem(kind(1.0, 1.0), train={"num_epochs": 1, "num_train": 64})
+    with pytest.raises(ConfigError, match=r"one model of shape \(4,\) works.*" + CONTRACT):
+        fit_problem(UnbatchedOnly(1.0, 1.0), train={"num_epochs": 1, "num_train": 64})
+
+
+def test_a_forward_for_one_batch_axis_only_fits_with_a_warning(caplog):
+    """A forward for ``(batch, 4)`` only trains (training's layout) and draws amortized, so
+    the fit goes on; it warns, naming the layout that fails and the contract, that the
+    corrections (NUTS: one model; importance sampling and refinement: two batch axes) will
+    refuse it (``test_a_layout_failure_at_sampling_time_names_the_contract``)."""
+    from ppl_cvae import fit_problem
+
+    with caplog.at_level("WARNING", logger="ppl_cvae.problems.base"):
+        model = fit_problem(BatchedOnly(1.0, 1.0), train={"num_epochs": 1, "num_train": 64})
+    assert model is not None
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert re.search(CONTRACT, text) and "will refuse this problem" in text, text
 
 
 def test_a_layout_failure_at_sampling_time_names_the_contract():

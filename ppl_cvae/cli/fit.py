@@ -528,7 +528,9 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
         if not args.unconditional:  # a forward for one layout of models only: refuse now
             from ppl_cvae.problems.base import check_batch_axes
 
-            check_batch_axes(problem, torch.Generator().manual_seed(train_config.seed))
+            check_batch_axes(
+                problem, torch.Generator().manual_seed(train_config.seed), for_fit=True
+            )
         if not simulate.is_reproducible():
             log.warning(
                 "%s does not give the same pairs for the same generator (it draws from "

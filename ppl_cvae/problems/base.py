@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import logging
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
@@ -324,7 +325,9 @@ def check_layouts(
                     raise ConfigError(f"{err}{hint}") from err.__cause__
 
 
-def check_batch_axes(problem: Problem, generator: torch.Generator | None = None) -> None:
+def check_batch_axes(
+    problem: Problem, generator: torch.Generator | None = None, *, for_fit: bool = False
+) -> None:
     """Refuse, before a fit, a problem whose ``forward`` takes one layout of models only.
 
     :func:`check_layouts` (float32, ``forward``) on two prior draws.
@@ -334,11 +337,17 @@ def check_batch_axes(problem: Problem, generator: torch.Generator | None = None)
     problem : Problem
     generator : torch.Generator, optional
         For the two prior draws.
+    for_fit : bool, default False
+        Before a fit: where ``forward`` takes the layout training uses, ``(num, *x_shape)``,
+        a failure on another layout (one model, two batch axes) is logged as a warning
+        instead of raised, since the fit and the amortized draws work; the corrections
+        that need that layout refuse the problem when they run.
 
     Raises
     ------
     ConfigError
-        If ``forward`` raises on a layout (see :func:`check_layouts`).
+        If ``forward`` raises on a layout (see :func:`check_layouts`); with ``for_fit``, only
+        if it raises on ``(num, *x_shape)``.
     ShapeError, DataError
         If ``forward`` returns a tensor of the wrong shape, or something that is not a
         tensor, for one model or two batch axes. A ``sample_prior`` that raises or returns
@@ -359,8 +368,18 @@ def check_batch_axes(problem: Problem, generator: torch.Generator | None = None)
         except (ShapeError, DataError):
             return
         except ConfigError:  # forward raised: check_layouts says which layout works instead
-            pass
-        check_layouts(problem, x)
+            check_layouts(problem, x)
+            raise  # not reached: check_layouts raises on the layout forward just raised on
+        try:
+            check_layouts(problem, x)
+        except ConfigError as err:
+            if not for_fit:
+                raise
+            logging.getLogger(__name__).warning(
+                "%s. The fit and amortized draws work; --method importance, nuts and refine "
+                "will refuse this problem until forward takes every layout",
+                err,
+            )
 
 
 def _forward_checked(problem: Problem, x: torch.Tensor) -> torch.Tensor:

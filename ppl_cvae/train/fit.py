@@ -855,7 +855,7 @@ def fit_problem(
         problem.simulate, problem.x_shape, problem.y_shape, f"problem {problem.name!r}"
     )
     # a forward written for one layout of models only is refused before the fit
-    check_batch_axes(problem, torch.Generator().manual_seed(train_config.seed))
+    check_batch_axes(problem, torch.Generator().manual_seed(train_config.seed), for_fit=True)
     gen = torch.Generator().manual_seed(train_config.seed + 1)
     x, y = simulate(train_config.num_train, gen)
     assert y is not None  # a conditional problem's simulator returns pairs
