@@ -183,19 +183,17 @@ def _check_resolution(name: str, array: np.ndarray, path: Path) -> None:
     """
     if array.dtype.kind not in "iuf" or array.ndim < 2 or array.shape[0] < 2:
         return
+    from ppl_cvae.data.lazy import RunningMoments  # lazy imports this module
+
     flat = array.reshape(array.shape[0], -1)
-    n, chunk = flat.shape[0], 4096
-    total = np.zeros(flat.shape[1])
+    moments = RunningMoments((flat.shape[1],))
     largest = np.zeros(flat.shape[1])
-    for start in range(0, n, chunk):
-        part = flat[start : start + chunk].astype(np.float64)
-        total += part.sum(0)
+    for start in range(0, flat.shape[0], 4096):  # in float64, a chunk of rows at a time
+        part = flat[start : start + 4096].astype(np.float64)
+        moments.update(torch.from_numpy(part))
         largest = np.maximum(largest, np.abs(part).max(0))
-    mean = total / n
-    squares = np.zeros_like(mean)
-    for start in range(0, n, chunk):
-        squares += ((flat[start : start + chunk].astype(np.float64) - mean) ** 2).sum(0)
-    sd = np.sqrt(squares / (n - 1))
+    mean = moments.mean.numpy()
+    sd = moments.variance().sqrt().numpy()
     kind, size = array.dtype.kind, array.dtype.itemsize
     # the step below the largest magnitude: the widest any value of the element is rounded to
     # (np.spacing at float32's maximum is inf, the step above it)
