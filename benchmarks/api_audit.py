@@ -24,7 +24,7 @@ Run::
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/api_audit.py
 
-Runtime: about 10 s on one CPU thread (343 calls). Prints one table row per category and one
+Runtime: about 10 s on one CPU thread (354 calls). Prints one table row per category and one
 line per failure; exits with status 1 when a case fails.
 """
 
