@@ -27,7 +27,7 @@ Bernoulli facies decoder, unless overridden); for held-out observations drawn fr
   the same budget, whose probability of channel is the fraction of its draws above 1/2;
 - the fit time (``--threads``, default 1).
 
-Run (the figures in the README)::
+Run (the figures in docs/measurements.md)::
 
     python benchmarks/amortized_quality.py --threads 1
     python benchmarks/amortized_quality.py --threads 1 --network mlp --baseline gaussian

@@ -12,7 +12,7 @@ derived from the number of pairs (:func:`inference.diagnostics.coverage.coverage
 Prints one row per problem: SBC pass/fail with the number of failing components and the
 misfit's verdict, TARP's ATC and p-value, coverage against its expected value, fit time.
 
-Run (the figures in the README)::
+Run (the figures in docs/measurements.md)::
 
     python benchmarks/calibration_table.py --threads 1
 

@@ -1,6 +1,7 @@
 """Facies SMC on crosshole channels: does a population from the prior find the truth's basin?
 
-Where the facies chains end in another basin (README, "Where the chains are: another basin"),
+Where the facies chains end in another basin (docs/measurements.md, "Where the chains are:
+another basin"),
 :func:`inference.facies_smc.facies_smc_sample` starts particles at exact draws of the
 generative prior and tempers the likelihood in. For each observation (the generative truths of
 ``latent_mcmc.py --truths generative``, exact draws of the sampler's own target, so the truth
@@ -9,7 +10,7 @@ of each population's particles that fit better than the truth (its misfit rank: 
 observations if the particles are posterior draws; near 0 where the particles sit in a basin of
 worse fit), how many cells the particles differ from the truth, each population's log evidence,
 whether they agree (the sampler's verdict), the stages and the R-hat over the populations.
-Run (README)::
+Run (figures in docs/measurements.md)::
 
     python benchmarks/facies_smc.py --prior-run PRIOR --particles 512 --populations 2 --obs 3
 """

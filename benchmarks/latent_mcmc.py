@@ -33,7 +33,7 @@ by the generative prior's recognition net):
 Latent NUTS runs on the first ``--nuts-observations`` held-out observations (the amortized
 figures are printed for all of them and for that subset).
 
-Run (the figures in the README)::
+Run (the figures in docs/measurements.md)::
 
     nice -n 5 python benchmarks/latent_mcmc.py --threads 1
     nice -n 5 python benchmarks/latent_mcmc.py --threads 1 --cvae-run CVAE.pt --prior-run PRIOR.pt

@@ -1,6 +1,7 @@
 """Write ``(z, y)`` pairs of a generative facies prior to an ``.npz`` for ``ppl-cvae fit --data``.
 
-A latent NPE of crosshole channels (README, "Where the chains are: another basin"): the
+A latent NPE of crosshole channels (docs/measurements.md, "Where the chains are: another
+basin"): the
 file's ``x`` is the generative prior's latent ``z``, so ``ppl-cvae fit --data`` on it fits
 ``q(z | y)`` (a flow on the 32-D latent with the defaults), and ``benchmarks/latent_mcmc.py
 --latent-npe-run RUN`` decodes its draws through the prior, ``x ~ p_g(x | z)``.
@@ -9,7 +10,7 @@ file's ``x`` is the generative prior's latent ``z``, so ``ppl-cvae fit --data`` 
 included), ``y = F(x) + e``, the generative prior's own joint (its truths are those of
 ``latent_mcmc.py --truths generative``, drawn with another seed). ``--source simulator``:
 ``x`` from the channel simulator, ``z ~ q_g(z | x)`` (the prior's recognition net), ``y = F(x)
-+ e``. Run (the README's figures)::
++ e``. Run (the figures in docs/measurements.md)::
 
     python benchmarks/latent_pairs.py --prior-run PRIOR --out zy_gen.npz
     python benchmarks/latent_pairs.py --prior-run PRIOR --source simulator --seed 50000 \\

@@ -8,7 +8,8 @@ processor seconds of the chain divided by its potential evaluations. ``--potenti
 calls ``nuts_sample`` without the argument, so the same script times an older checkout.
 
 To compare two checkouts under a shared machine's load, alternate them in one loop and take
-the ratios of the medians (the README figures; ``OLD`` is a checkout of the commit before)::
+the ratios of the medians (the figures in docs/measurements.md; ``OLD`` is a checkout of the
+commit before)::
 
     for r in 1 2 3; do
       (cd OLD && PYTHONPATH=$PWD python $NEW/benchmarks/nuts_chain_cost.py --potential-dtype old)

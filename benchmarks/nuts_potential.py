@@ -31,7 +31,7 @@ and tail ESS, evaluations, ESS per 1000 evaluations, and processor ms per evalua
 tree building included). ``--preconditioners`` runs several (``amortized``,
 ``prior-amortized``) for each dtype.
 
-Run (the figures in the README, section "NUTS within 60 s per observation")::
+Run (the figures in docs/measurements.md, section "NUTS within 60 s per observation")::
 
     python benchmarks/nuts_potential.py --problem crosshole --profile --threads 1
     python benchmarks/nuts_potential.py --problem crosshole --sample --threads 1

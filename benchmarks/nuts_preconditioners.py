@@ -17,7 +17,7 @@ tree depth and step size, divergences; then each run's posterior mean and sd aga
 first preconditioner's (all sample the same posterior). ``--profile`` also times the pieces
 of one potential evaluation with its gradient (medians of interleaved blocks).
 
-Run (the figures in the README, section "Correction on mt1d")::
+Run (the figures in docs/measurements.md, section "Correction on mt1d")::
 
     python benchmarks/nuts_preconditioners.py --problem mt1d --epochs 20 --observations 2 \\
         --threads 1 --profile

@@ -24,7 +24,7 @@ multiple of 0.05; the 10% quantile of the efficiencies (NumPy's default, linear
 interpolation) and its standard error (the spread of the quantile over 2000 bootstrap
 resamples of the runs) are printed beside it.
 
-Run (the README figures; 1 thread, one process)::
+Run (the figures in docs/measurements.md; 1 thread, one process)::
 
     python benchmarks/nuts_tail_efficiency.py --epochs 10 --out /tmp/nuts_eff \\
         --problems linear_gaussian:3,crosshole:6,gravity:4,mt1d:3

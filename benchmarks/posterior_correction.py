@@ -28,7 +28,7 @@ standard error, per observation (the evidence has no reference); and, on the obs
 ran on, the amortized and importance draws against NUTS's (amortized-start) mean and sd as the
 reference (mean error in NUTS sd, sd ratio), since converged NUTS samples the exact posterior.
 
-Run (the figures in the README)::
+Run (the figures in docs/measurements.md)::
 
     python benchmarks/posterior_correction.py --threads 1
     python benchmarks/posterior_correction.py --problems gravity --threads 1

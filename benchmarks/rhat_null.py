@@ -13,7 +13,7 @@ Issue 8 asks for NUTS R-hat <= 1.01 per observation, where R-hat is the largest 
    (``z_scale``) and folded R-hat, the smallest bulk and tail ESS, and the smallest bulk ESS of
    ``|v|``, over ``--nuts-sets`` runs with ``--draws`` draws per chain.
 
-Run (the figures in the README)::
+Run (the figures in docs/measurements.md)::
 
     python benchmarks/rhat_null.py --threads 1
 

@@ -32,7 +32,7 @@ suppressed by at least ``100 (1e-4)^2 / (2 sigma^2)`` = 50 nats. At ``sigma = 1e
 (``--noise-std 0.01``) none of this holds: near-solutions and the curvature of ``F`` across a
 mode's width change the weights, and the TV then measures Laplace's error, not the sampler's.
 
-Run (the figures in the README)::
+Run (the figures in docs/measurements.md)::
 
     python benchmarks/two_birds_mode_weights.py --threads 1
     python benchmarks/two_birds_mode_weights.py --starts cvae --num-starts 200 --threads 1
