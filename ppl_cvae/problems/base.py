@@ -595,8 +595,13 @@ class Problem(abc.ABC):
     def recommended_settings(self) -> Overrides | Mapping[str, Any]:
         """Return :class:`~ppl_cvae.config.Overrides` of the config defaults for this problem.
 
-        Default: no overrides. A ``{"model": {...}, "train": {...}}`` dict is accepted too;
-        :func:`~ppl_cvae.train.resolve_settings` lays the user's settings on top.
+        Default: no overrides, and then :func:`~ppl_cvae.train.resolve_settings` gives the
+        problem what a data file of its ``num_train`` simulations would get
+        (:func:`~ppl_cvae.train.defaults.data_settings`: a conditional spline flow on ``x`` for
+        at most 32 values of ``x``, else a CVAE with a linear path from ``y`` and the linear
+        whitening of ``x`` given ``y``; epochs and batch size from the number of pairs). A
+        ``{"model": {...}, "train": {...}}`` dict is accepted too; the user's settings are laid
+        on top.
         """
         return Overrides()
 

@@ -33,7 +33,7 @@ from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.train.fit import FitResult, build_cvae, fit
-from ppl_cvae.train.settings import resolve_settings
+from ppl_cvae.train.settings import DataSource, recommended, resolve_settings
 
 __all__ = ["fit_generative_prior", "generative_prior_settings", "prior_simulator"]
 
@@ -44,7 +44,9 @@ def generative_prior_settings(
     """Return the settings of an unconditional VAE of the problem's prior draws.
 
     The problem's recommended settings (its decoder family: a Bernoulli facies decoder and
-    2-D convolutions for the crosshole channels) updated by ``overrides``, made unconditional:
+    2-D convolutions for the crosshole channels; for a problem that recommends nothing, what a
+    data file of ``num_train`` prior draws without ``y`` gets,
+    :func:`~ppl_cvae.train.defaults.data_settings`) updated by ``overrides``, made unconditional:
     ``y_shape=None``, ``prior="standard_normal"`` (the VAE's ``p(z) = N(0, I)``), no linear
     skip of ``y``, and no ``y`` terms in training (``physics_weight = gsnn_weight = 0``).
 
@@ -88,7 +90,14 @@ def generative_prior_settings(
     for name in ("physics_weight", "gsnn_weight"):
         if float(cast(Mapping[str, Any], user_train).get(name, 0.0)) > 0:
             raise ConfigError(f"a generative prior has no y: {name} must be 0")
-    model, train = resolve_settings(problem, overrides)
+    rec = recommended(problem)
+    if rec.model or rec.train:
+        model, train = resolve_settings(problem, overrides)
+    else:  # what a file of num_train prior draws without y gets (a VAE's sizes, no flow)
+        num = int(user_train.get("num_train", TrainConfig.num_train))
+        source = DataSource(tuple(problem.x_shape), None, max(num, 2))
+        model, train = resolve_settings(source, overrides)
+        model = dataclasses.replace(model, y_shape=None)
     model = dataclasses.replace(
         model, y_shape=None, prior="standard_normal", linear_skip=False, x_whitening="none"
     )

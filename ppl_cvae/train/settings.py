@@ -4,8 +4,10 @@ A fit's :class:`~ppl_cvae.config.ModelConfig` and :class:`~ppl_cvae.config.Train
 from layers of :class:`~ppl_cvae.config.Overrides`, later layers winning field by field:
 
 1. the library defaults (the dataclass defaults);
-2. what the training source recommends: a problem's ``recommended_settings()``; for a data
-   file, :func:`~ppl_cvae.train.defaults.data_settings` (sizes and epochs adapted to the
+2. what the training source recommends: a problem's ``recommended_settings()`` (for a problem
+   that recommends nothing, a user's own typically, what a data file of its ``num_train``
+   simulations would get, below: the family chosen from the sizes of ``x`` and ``y``); for a
+   data file, :func:`~ppl_cvae.train.defaults.data_settings` (sizes and epochs adapted to the
    file), with a named problem's *model* recommendations on top (a basis decoder, say: the
    file fixes the data, so the problem's training schedule does not apply); for an image
    dataset, :func:`~ppl_cvae.train.defaults.image_settings`;
@@ -90,15 +92,24 @@ def recommended(problem: Problem) -> Overrides:
 
 
 def _source_layer(
-    source: Problem | DataSource, problem: Problem | None, user_likelihood: str | None
+    source: Problem | DataSource, problem: Problem | None, user: Overrides
 ) -> tuple[Overrides, tuple[int, ...], tuple[int, ...] | None]:
     """Return the source's recommendation layer, ``x_shape`` and ``y_shape``.
 
     A data file's flow recommendation (a small ``x``) applies unless a problem is named (its
-    model recommendation is then the family) or the user chose another likelihood.
+    model recommendation is then the family) or the user chose another likelihood. A problem
+    that recommends nothing (a user's own, typically) gets what a data file of its
+    ``num_train`` simulations would: the same pairs, so the same family and schedule.
     """
+    user_likelihood = user.model.get("likelihood")
     if not isinstance(source, DataSource):  # a problem: it simulates its own pairs
-        return recommended(source), tuple(source.x_shape), tuple(source.y_shape)
+        x_shape, y_shape = tuple(source.x_shape), tuple(source.y_shape)
+        layer = recommended(source)
+        if not layer.model and not layer.train:
+            num_pairs = int(user.train.get("num_train", TrainConfig.num_train))
+            flow = user_likelihood in (None, "flow")
+            layer = data_settings(x_shape, y_shape, max(num_pairs, 2), flow=flow)
+        return layer, x_shape, y_shape
     if problem is not None and tuple(problem.x_shape) != source.x_shape:
         raise ShapeError(
             f"x in the training data has event shape {source.x_shape}; problem "
@@ -129,8 +140,10 @@ def resolve_settings(
     Parameters
     ----------
     source : Problem or DataSource
-        A problem (pairs simulated from it; its ``recommended_settings()`` apply), or the
-        shapes and size of fixed training pairs (see the module docstring for the layers).
+        A problem (pairs simulated from it; its ``recommended_settings()`` apply, or, when it
+        recommends nothing, :func:`~ppl_cvae.train.defaults.data_settings` for ``num_train``
+        pairs), or the shapes and size of fixed training pairs (see the module docstring for
+        the layers).
     overrides : Overrides, optional
         The user's settings; they win over every recommendation.
     problem : Problem, optional
@@ -176,7 +189,7 @@ def resolve_settings(
     if not isinstance(source, DataSource):
         problem = source
     user = (overrides or Overrides()).model
-    layer, x_shape, y_shape = _source_layer(source, problem, user.get("likelihood"))
+    layer, x_shape, y_shape = _source_layer(source, problem, overrides or Overrides())
     layers = layer.updated(overrides or Overrides())
     model, train = layers.model.copy(), layers.train.copy()
     # a recommendation that contradicts the user's own choice of family gives way to it
