@@ -110,6 +110,9 @@ def test_a_problem_that_recommends_nothing_gets_a_files_settings(x_dim, family):
     # a problem that recommends something keeps its own settings
     model, _ = resolve_settings(LinearGaussian(x_dim=x_dim, y_dim=3))
     assert model.likelihood != "flow"
+    # its simulations in a file, the problem named for its physics: the file's family stays
+    source = DataSource((x_dim,), (3,), 5000)
+    assert resolve_settings(source, problem=problem) == resolve_settings(source)
 
 
 def test_a_flow_recommendation_gives_way_to_the_users_family():

@@ -42,8 +42,8 @@ def data_settings(
         Number of training pairs ``n`` in the file (before the validation split).
     flow : bool, default True
         Whether a small ``x`` gets the flow family below (False: the CVAE rules for every
-        ``x``; ``ppl-cvae fit`` passes False when the user names a problem or another
-        likelihood).
+        ``x``; ``ppl-cvae fit`` passes False when the user names a problem that recommends a
+        model, or another likelihood).
 
     Returns
     -------

@@ -25,7 +25,13 @@ from typing import Literal
 
 import torch
 
-from ppl_cvae.config import WHITENED_LIKELIHOODS, ModelConfig, Overrides, TrainConfig
+from ppl_cvae.config import (
+    WHITENED_LIKELIHOODS,
+    ModelConfig,
+    ModelOverrides,
+    Overrides,
+    TrainConfig,
+)
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
@@ -96,8 +102,8 @@ def _source_layer(
 ) -> tuple[Overrides, tuple[int, ...], tuple[int, ...] | None]:
     """Return the source's recommendation layer, ``x_shape`` and ``y_shape``.
 
-    A data file's flow recommendation (a small ``x``) applies unless a problem is named (its
-    model recommendation is then the family) or the user chose another likelihood. A problem
+    A data file's flow recommendation (a small ``x``) applies unless a named problem recommends
+    a model (its recommendation is then the family) or the user chose another likelihood. A problem
     that recommends nothing (a user's own, typically) gets what a data file of its
     ``num_train`` simulations would: the same pairs, so the same family and schedule.
     """
@@ -118,10 +124,12 @@ def _source_layer(
     if source.dataset is not None:
         layer = image_settings(source.dataset)
     else:
-        flow = problem is None and user_likelihood in (None, "flow")
+        # a named problem's model recommendation is the family; one that recommends no model
+        # (a user's own, named for its physics) leaves the file's
+        model = recommended(problem).model if problem is not None else ModelOverrides()
+        flow = not model and user_likelihood in (None, "flow")
         layer = data_settings(source.x_shape, source.y_shape, source.num_pairs, flow=flow)
-        if problem is not None:  # its model (e.g. a basis decoder), not its schedule
-            model = recommended(problem).model
+        if model:  # the problem's model (e.g. a basis decoder), not its schedule
             if model.get("basis_dim") is not None:  # a basis decoder has no linear y path
                 layer.model.pop("linear_skip", None)
             layer = layer.updated(Overrides(model=model))
