@@ -97,7 +97,6 @@ def generative_prior_settings(
         num = int(user_train.get("num_train", TrainConfig.num_train))
         source = DataSource(tuple(problem.x_shape), None, max(num, 2))
         model, train = resolve_settings(source, overrides)
-        model = dataclasses.replace(model, y_shape=None)
     model = dataclasses.replace(
         model, y_shape=None, prior="standard_normal", linear_skip=False, x_whitening="none"
     )
