@@ -113,6 +113,14 @@ def test_a_problem_that_recommends_nothing_gets_a_files_settings(x_dim, family):
     # its simulations in a file, the problem named for its physics: the file's family stays
     source = DataSource((x_dim,), (3,), 5000)
     assert resolve_settings(source, problem=problem) == resolve_settings(source)
+    # its generative prior (fit --unconditional): a file's VAE of x alone, never a flow
+    from ppl_cvae.train.generative_prior import generative_prior_settings
+
+    model, train = generative_prior_settings(problem)
+    unconditional = data_settings((x_dim,), None, TrainConfig.num_train)
+    assert model.y_shape is None and model.likelihood == "gaussian" and model.latent_dim > 0
+    assert model.hidden_dims == unconditional.model["hidden_dims"]
+    assert train.num_epochs == unconditional.train["num_epochs"]
 
 
 def test_a_flow_recommendation_gives_way_to_the_users_family():
