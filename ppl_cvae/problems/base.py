@@ -79,12 +79,15 @@ __all__ = ["LinearGaussianParts", "Problem", "check_batch_axes", "check_layouts"
 
 
 class LinearGaussianParts(NamedTuple):
-    """Pieces of a linear-Gaussian inverse problem ``y = A x + eps`` on flattened ``x`` and ``y``.
+    """Pieces of a linear-Gaussian inverse problem ``y = A x + b + eps`` on flattened x and y.
 
     Attributes
     ----------
     matrix : Tensor, shape (m, d)
-        Forward operator ``A`` (``d = prod(x_shape)``, ``m = prod(y_shape)``, C order).
+        Forward operator ``A`` (``d = prod(x_shape)``, ``m = prod(y_shape)``, C order). A
+        constant term ``b`` of an affine ``forward`` is not part of the tuple:
+        :func:`inference.exact.exact_posterior` reads it off ``forward`` (``F(mu_0) - A mu_0``)
+        after checking that ``forward`` is ``A x + b``.
     prior_mean : Tensor, shape (d,)
     prior_cov : Tensor, shape (d, d)
         Gaussian prior ``N(mu_0, C_0)`` of the flattened ``x``.
