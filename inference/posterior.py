@@ -10,6 +10,7 @@ decoder run once per observation, the decoder body once per draw, with no Python
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +39,12 @@ from ppl_cvae.problems.metadata import derived_quantities
 
 __all__ = [
     "CVAEPosterior",
+    "FAR_WARNING",
     "PosteriorDraws",
     "as_observation_batch",
     "bytes_per_draw",
     "draw_posterior",
+    "warn_far_observations",
 ]
 
 
@@ -176,6 +179,79 @@ def _out_of_range(cvae: CVAE, y: torch.Tensor, bad: torch.Tensor | None) -> Data
 FAR_FROM_TRAINING = 1e6
 """Training standard deviations beyond which an observation is named as the reason when the
 networks give non-finite draws (a plausible observation lies within a few)."""
+
+FAR_WARNING = 10.0
+"""Training standard deviations from the training mean beyond which an element of an
+observation is warned of (:func:`warn_far_observations`). By Chebyshev's inequality at most
+``1 / FAR_WARNING**2`` (1%) of any training set lies this far out, whatever its distribution,
+and none of a Gaussian one (the largest of 10^6 standard normal values is about 5)."""
+
+
+def warn_far_observations(cvae: CVAE, y: torch.Tensor, *, stacklevel: int = 2) -> int:
+    """Warn when an element of an observation lies far outside the model's training ``y``.
+
+    The amortized posterior of a CVAE is learned from the training pairs only: for an
+    observation far outside them the networks extrapolate, and their draws are finite but
+    have no reason to be right (on a linear-Gaussian file, an element 100 training sds out
+    gave finite draws without a word). Each element is measured in training standard
+    deviations from the training mean, ``|y - mean| / std`` (the model's ``y_standardiser``;
+    an element constant in training keeps ``std = 1``, in its own units); more than
+    :data:`FAR_WARNING` (10) is warned of once, naming the first such observation and
+    element, its value, the training mean and sd, and how many values are that far.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        A conditional model (an unconditional one is left alone).
+    y : Tensor, shape (M, *y_shape)
+        Observations in physical units, finite.
+    stacklevel : int, default 2
+        Passed to :func:`warnings.warn` (2: the caller of this function).
+
+    Returns
+    -------
+    int
+        The number of values more than :data:`FAR_WARNING` training sds out (0: no warning).
+
+    Warns
+    -----
+    UserWarning
+        If any element lies more than :data:`FAR_WARNING` training sds from the training mean.
+
+    Examples
+    --------
+    >>> from ppl_cvae import CVAE, ModelConfig
+    >>> cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), hidden_dims=(8,)))
+    >>> warn_far_observations(cvae, torch.zeros(4, 2))
+    0
+    """
+    standardiser = cvae.y_standardiser
+    if standardiser is None or y.numel() == 0:
+        return 0
+    with torch.no_grad():
+        y64 = y.detach().to("cpu", torch.float64)
+        mean, std = standardiser.mean.cpu().double(), standardiser.std.cpu().double()
+        u = ((y64 - mean) / std).abs()
+    far = u > FAR_WARNING  # NaN is not far: the samplers refuse it with their own error
+    count = int(far.sum())
+    if not count:
+        return 0
+    first = int(far.flatten().nonzero()[0])
+    index = [int(i) for i in np.unravel_index(first, tuple(u.shape))]
+    obs, element = index[0], tuple(index[1:])
+    where = ", ".join(map(str, element))
+    warnings.warn(
+        f"observation {obs}, y[..., {where}] = {float(y64[(obs, *element)]):.6g} lies "
+        f"{float(u[(obs, *element)]):.3g} training standard deviations from the mean of the "
+        f"training y there ({float(mean[element]):.6g}, sd {float(std[element]):.3g}); "
+        f"{count} value(s) of {u.shape[0]} observation(s) lie more than {FAR_WARNING:g} sds "
+        "out, where at most 1% of any training set lies (Chebyshev): the networks extrapolate "
+        "there and the amortized posterior has no reason to be right; check the units and the "
+        "offset of the observation against the training data",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return count
 
 
 @torch.no_grad()
@@ -427,6 +503,7 @@ class CVAEPosterior:
         """
         sample_shape = as_sample_shape(sample_shape)
         y_batch, stacked = self._y(y)
+        warn_far_observations(self.cvae, y_batch)
         num = math.prod(sample_shape)
         draws = draw_posterior(
             self.cvae, y_batch, max(num, 1), decoder_noise=decoder_noise, seed=seed

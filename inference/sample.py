@@ -25,7 +25,12 @@ import numpy as np
 import torch
 
 from inference.arviz_io import az, save_inference_data, to_inference_data
-from inference.posterior import as_observation_batch, bytes_per_draw, draw_posterior
+from inference.posterior import (
+    as_observation_batch,
+    bytes_per_draw,
+    draw_posterior,
+    warn_far_observations,
+)
 from inference.refine import RefineConfig, refine_and_accept
 from ppl_cvae._atomic import atomic_path, check_interrupted
 from ppl_cvae._memory import check_memory, format_bytes
@@ -395,6 +400,7 @@ def sample_posterior(
     attrs: dict[str, Any] | None = None,
     refine: RefineConfig | None = None,
     warn_not_finite: bool = True,
+    warn_far: bool = True,
 ) -> az.InferenceData:
     """Draw amortized posterior samples for one or many observations as ``InferenceData``.
 
@@ -427,6 +433,10 @@ def sample_posterior(
         fit (:func:`inference.refine.refine_and_accept`); needs ``problem``.
     warn_not_finite : bool, default True
         As :func:`inference_data_from_draws`.
+    warn_far : bool, default True
+        Warn of observations far outside the training ``y``
+        (:func:`~inference.posterior.warn_far_observations`); False where the caller warned
+        once already (the chunks of :func:`sample_posterior_to_netcdf`).
 
     Returns
     -------
@@ -447,6 +457,12 @@ def sample_posterior(
         given without a problem, or the problem's ``derived`` returns something malformed
         (:func:`ppl_cvae.problems.base.derived_quantities`).
 
+    Warns
+    -----
+    UserWarning
+        If an element of ``y`` lies more than :data:`~inference.posterior.FAR_WARNING`
+        training sds from the training mean (``warn_far``).
+
     References
     ----------
     Sohn et al. (2015), Learning structured output representation using deep conditional
@@ -466,6 +482,8 @@ def sample_posterior(
         raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
     problem = as_problem(problem) if problem is not None else None
     y_batch, stacked = as_observation_batch(y, y_shape)
+    if warn_far:
+        warn_far_observations(cvae, y_batch)
     if x_true is not None:
         x_true = as_real_tensor(x_true, "x_true")
         x_true_batch = x_true if stacked else x_true.unsqueeze(0)
@@ -634,6 +652,11 @@ def sample_posterior_to_netcdf(
     OutputError
         If the file would not fit on the disk (``num_samples`` and the estimate are named).
 
+    Warns
+    -----
+    UserWarning
+        As :func:`sample_posterior` (once, not once per chunk).
+
     Notes
     -----
     With ``refine`` the accepted fraction recorded in the file's attributes is the mean over
@@ -650,6 +673,7 @@ def sample_posterior_to_netcdf(
     chunk_bytes = as_count(chunk_bytes, "chunk_bytes")
     in_memory_bytes = as_count(in_memory_bytes, "in_memory_bytes", minimum=0)
     y_batch, _ = as_observation_batch(y, y_shape)
+    warn_far_observations(cvae, y_batch)  # once here, not once per chunk
     num_obs = y_batch.shape[0]
     oversample = refine.oversample if refine is not None else 1
     per_draw = bytes_per_draw(cvae, num_obs, problem=problem, oversample=oversample)
@@ -666,6 +690,7 @@ def sample_posterior_to_netcdf(
             attrs=attrs,
             refine=refine,
             warn_not_finite=warn,
+            warn_far=False,
         )
 
     if per_draw * num_samples <= in_memory_bytes:
@@ -928,6 +953,13 @@ def sample_corrected(
         For ``nuts``, if the draws would not fit in memory.
     NoPriorDensityError, NoLikelihoodError
         If the problem has no prior density or no noise model.
+
+    Warns
+    -----
+    UserWarning
+        If an element of ``y`` lies more than :data:`~inference.posterior.FAR_WARNING`
+        training sds from the training mean
+        (:func:`~inference.posterior.warn_far_observations`).
     """
     from inference.arviz_io import with_chains
     from inference.importance import KHAT_THRESHOLD, importance_sample
@@ -952,6 +984,7 @@ def sample_corrected(
     check_problem_matches(problem, cvae.config)
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
+    warn_far_observations(cvae, y_batch)
     if correction.method in ("latent-nuts", "facies-mcmc", "facies-smc"):
         if generative_prior is None:
             raise ConfigError(

@@ -26,13 +26,20 @@ from ppl_cvae.problems.base import (
     units_of,
     whiten,
 )
+from ppl_cvae.train.fit import build_cvae
 
 
 def _untrained(problem) -> CVAE:
+    """Untrained networks, standardisers fitted on 64 of the problem's pairs.
+
+    With the identity standardisers of a bare CVAE, MT1D's phases (about 45 deg) lie tens of
+    "training" sds out and sampling warns (``warn_far_observations``).
+    """
     config = ModelConfig(
         x_shape=problem.x_shape, y_shape=problem.y_shape, latent_dim=2, hidden_dims=(8,)
     )
-    return CVAE(config)
+    x, y = problem.simulate(64, torch.Generator().manual_seed(123))
+    return build_cvae(config, x, y, seed=0)
 
 
 def _mt1d_idata(problem: MT1D, x_true, y_obs, x_draws, seed: int = 0):

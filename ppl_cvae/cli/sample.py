@@ -200,7 +200,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         problem = meta["problem"]
     else:
         problem = _need_problem(meta, f"--method {method}")
-    y, _, x_true = load_observations(args.observation, cvae.config.y_shape)
+    y_scale = cvae.y_standardiser.std if cvae.y_standardiser is not None else None
+    y, _, x_true = load_observations(args.observation, cvae.config.y_shape, y_scale=y_scale)
     if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
         raise ShapeError(
             f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "

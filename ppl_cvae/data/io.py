@@ -18,10 +18,12 @@ Formats (chosen by file suffix):
 Every loader returns C-contiguous float32 tensors. Bool, integer and real floating arrays are
 accepted and cast to float32; the loaders refuse, with a :class:`~ppl_cvae.errors.DataError`
 naming the variable, the file and the dtype, complex arrays (the imaginary part would be lost),
-object, string, bytes, structured and datetime arrays, NaN/inf, finite values beyond the
-float32 range, empty arrays and zero-size axes, and (training pairs only) an element whose
-spread float32 or the file's own dtype cannot resolve (:data:`MAX_STEP_FRACTION`); mismatched
-counts and missing axes raise
+object, string, bytes, structured and datetime arrays, NaN/inf (naming the count and the first
+bad element, e.g. ``x[1234, 2] = nan``), finite values beyond the float32 range, empty arrays
+and zero-size axes, and (training pairs only) an element whose spread float32 or the file's own
+dtype cannot resolve (:data:`MAX_STEP_FRACTION`); the lazy readers of
+:mod:`ppl_cvae.data.lazy` refuse the same files with the same messages. Mismatched counts and
+missing axes raise
 :class:`~ppl_cvae.errors.ShapeError`. Whatever garbage a file holds, the loaders end in one of
 these two errors (both :class:`~ppl_cvae.errors.PplCvaeError`) and never modify the file.
 """
@@ -50,7 +52,13 @@ from ppl_cvae._isolated import netcdf_timeout, run_isolated
 from ppl_cvae.data.standardise import CONSTANT_RTOL
 from ppl_cvae.errors import DataError, ShapeError
 
-__all__ = ["load_pairs", "save_pairs", "load_observations", "MAX_STEP_FRACTION", "PAIR_SUFFIXES"]
+__all__ = [
+    "load_pairs",
+    "save_pairs",
+    "load_observations",
+    "MAX_STEP_FRACTION",
+    "PAIR_SUFFIXES",
+]
 
 PAIR_SUFFIXES = (".npz", ".nc", ".pt")
 
@@ -113,14 +121,64 @@ def _check_dtype(name: str, dtype: np.dtype[Any], path: Path) -> None:
     raise DataError(f"{_where(name, path)} has dtype {dtype} ({why}); expected {_ACCEPTED}")
 
 
-def _to_float32(name: str, array: np.ndarray, path: Path) -> torch.Tensor:
+_TRAINING_REMEDY = "replace or drop those pairs before training"
+_OBSERVATION_REMEDY = "replace them, or drop those observations, before sampling"
+
+
+def _first_bad(array: np.ndarray, bad: np.ndarray, first_row: int | np.ndarray = 0) -> str:
+    """Return ``"[i, j] = nan"`` for the first True of ``bad`` (C order).
+
+    The row is that of the file: ``first_row`` plus the row in ``array`` (a chunk of rows), or
+    ``first_row[row]`` when ``first_row`` holds the file row of each row of ``array``.
+    """
+    flat = int(np.flatnonzero(bad)[0])
+    index = [int(i) for i in np.unravel_index(flat, array.shape)]
+    if index:
+        rows = np.asarray(first_row)
+        index[0] = int(rows[index[0]]) if rows.ndim else index[0] + int(rows)
+    return f"[{', '.join(map(str, index))}] = {array.reshape(-1)[flat]}"
+
+
+def _nonfinite_error(
+    name: str,
+    path: Path,
+    count: int,
+    first: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    remedy: str = _TRAINING_REMEDY,
+) -> DataError:
+    """Return the refusal of NaN/inf in a file: the array, the count, the first bad element.
+
+    ``first`` is ``"[i, j] = nan"`` (``_first_bad``), ``shape`` and ``dtype`` those of the
+    whole array (or of the rows read, where ``name`` says so).
+    """
+    return DataError(
+        f"{_where(name, path)} contains {count} NaN or inf values (the first at "
+        f"{name.split(' ')[0]}{first}; shape {shape}, dtype {dtype}); {remedy}"
+    )
+
+
+def _to_float32(
+    name: str,
+    array: np.ndarray,
+    path: Path,
+    *,
+    first_row: int | np.ndarray = 0,
+    remedy: str = _TRAINING_REMEDY,
+) -> torch.Tensor:
     """Check one array and return it as a C-contiguous float32 tensor.
+
+    ``first_row`` is the file row of ``array``'s row 0 (a chunk of a lazily read file), or the
+    file row of each of its rows (``_first_bad``), for the index named in a refusal;
+    ``remedy`` is the refusal's last clause.
 
     Raises
     ------
     DataError
         If the dtype is not bool/integer/real floating, the array is empty (a zero-size axis),
-        holds NaN/inf, or holds finite values that overflow float32.
+        holds NaN/inf (naming the count and the first one), or holds finite values that
+        overflow float32.
     """
     array = np.asarray(array)
     _check_dtype(name, array.dtype, path)
@@ -130,12 +188,11 @@ def _to_float32(name: str, array: np.ndarray, path: Path) -> torch.Tensor:
             "expected at least one value along every axis"
         )
     if array.dtype.kind == "f":
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        finite = np.isfinite(array)
+        bad = int(array.size - np.count_nonzero(finite))
         if bad:
-            raise DataError(
-                f"{_where(name, path)} contains {bad} NaN or inf values (shape {array.shape}, "
-                f"dtype {array.dtype}); replace or drop them before training"
-            )
+            first = _first_bad(array, ~finite, first_row)
+            raise _nonfinite_error(name, path, bad, first, array.shape, array.dtype, remedy)
     # casts below are checked right after, so numpy's overflow warning would only repeat it
     with np.errstate(over="ignore", invalid="ignore"):
         out = array.astype(np.float32, order="C")
@@ -167,76 +224,141 @@ put the posterior mean 2.6 times further from the exact one than without the off
 _CONSTANT_RTOL_WIDE = 2.0**-40
 
 
+def _rounding_step(largest: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """Return the rounding step, float64, of values up to magnitude ``largest`` (elementwise).
+
+    That of ``dtype`` for float16 and float32; of float32 (the networks' dtype) for wider
+    floats and for integers beyond ``2**24`` (0 for smaller integers, which are exact); 0 for
+    bool. The step below ``largest`` is the widest any value up to it is rounded to
+    (``np.spacing`` at float32's maximum is inf, the step above it).
+    """
+    largest = np.asarray(largest, dtype=np.float64)
+    kind, size = dtype.kind, dtype.itemsize
+    if kind not in "iuf":
+        return np.zeros_like(largest)
+    if kind == "f" and size <= 4:
+        top = largest.astype(dtype)
+        return np.spacing(np.nextafter(top, dtype.type(0))).astype(np.float64)
+    with np.errstate(over="ignore"):  # beyond float32: refused by _to_float32 already
+        top = largest.astype(np.float32)
+    step = np.spacing(np.nextafter(top, np.float32(0))).astype(np.float64)
+    return np.where(largest > 2.0**24, step, 0.0) if kind in "iu" else step
+
+
+class _ResolutionScan:
+    """The float32 resolution check of :func:`load_pairs`, fed one chunk of rows at a time.
+
+    Accumulates, per element of the event and in float64, the moments
+    (:class:`~ppl_cvae.data.lazy.RunningMoments`) and the largest magnitude of the values as
+    stored (before the cast to float32); :meth:`check` then applies the rule of
+    ``_check_resolution``. The eager loaders feed it the whole array in chunks of 4096
+    rows, the lazy readers (:func:`ppl_cvae.data.lazy.scan_pairs`) the chunks they read, so
+    both refuse the same files with the same message.
+
+    Parameters
+    ----------
+    name : str
+        ``"x"`` or ``"y"``, for the message.
+    dtype : numpy dtype
+        The variable's dtype in the file.
+    event_shape : tuple of int
+        Shape of one event; chunks are ``(rows, *event_shape)``.
+    path : Path
+        The file, for the message.
+    """
+
+    def __init__(
+        self, name: str, dtype: np.dtype[Any], event_shape: tuple[int, ...], path: Path
+    ) -> None:
+        from ppl_cvae.data.lazy import RunningMoments  # lazy imports this module
+
+        self.name, self.dtype, self.path = name, np.dtype(dtype), path
+        self.event_shape = tuple(event_shape)
+        size = math.prod(self.event_shape)
+        self.moments = RunningMoments((size,))
+        self.largest = np.zeros(size)
+
+    def update(self, chunk: np.ndarray) -> _ResolutionScan:
+        """Add the rows of ``chunk`` ``(rows, *event_shape)``, as stored; return self."""
+        if self.dtype.kind not in "iuf" or chunk.shape[0] == 0:
+            return self
+        part = np.asarray(chunk).reshape(chunk.shape[0], -1).astype(np.float64)
+        self.moments.update(torch.from_numpy(part))
+        self.largest = np.maximum(self.largest, np.abs(part).max(0))
+        return self
+
+    def check(self) -> None:
+        """Refuse an element whose values float32 (or the file's dtype) cannot resolve.
+
+        Raises
+        ------
+        DataError
+            As ``_check_resolution``.
+        """
+        if self.dtype.kind not in "iuf" or not self.event_shape or self.moments.count < 2:
+            return
+        name, path, dtype = self.name, self.path, self.dtype
+        mean = self.moments.mean.numpy()
+        sd = self.moments.variance().sqrt().numpy()
+        largest = self.largest
+        kind, size = dtype.kind, dtype.itemsize
+        step = _rounding_step(largest, dtype)
+        if kind == "f" and size <= 4:
+            varies = sd > CONSTANT_RTOL * np.abs(mean)  # the cast is exact: as the Standardiser
+        elif kind in "iu":
+            varies = sd > 0
+        else:
+            varies = sd > _CONSTANT_RTOL_WIDE * np.abs(mean)
+        coarse = varies & ~(step <= MAX_STEP_FRACTION * sd)
+        if not coarse.any():
+            return
+        flat_index = int(np.flatnonzero(coarse)[0])
+        index = np.unravel_index(flat_index, self.event_shape)
+        where = ", ".join(str(int(i)) for i in index)
+        coarse_dtype = kind == "f" and size < 4
+        what = (
+            f"its dtype {dtype}"
+            if coarse_dtype or kind == "f" and size == 4
+            else (f"float32 (the networks' dtype; the file has {dtype})")
+        )
+        remedy = (
+            "save the values as float32 or float64"
+            if coarse_dtype
+            else f"subtract a reference value from {name}[..., {where}] (e.g. its mean, "
+            f"{mean[flat_index]:.6g}) before saving, and add it back to the posterior draws, "
+            "or change its units"
+        )
+        raise DataError(
+            f"{_where(name, path)}: element [..., {where}] has mean {mean[flat_index]:.6g} and "
+            f"standard deviation {sd[flat_index]:.3g} ({int(coarse.sum())} element(s) of {name} "
+            f"like it), but {what} rounds values of magnitude {largest[flat_index]:.3g} to steps "
+            f"of {step[flat_index]:.3g}, {step[flat_index] / sd[flat_index]:.1%} of that spread "
+            f"(at most {MAX_STEP_FRACTION:.0%} is accepted): training and draws would be "
+            f"rounded to those steps; {remedy}"
+        )
+
+
 def _check_resolution(name: str, array: np.ndarray, path: Path) -> None:
     """Refuse an element whose values float32 (or the file's dtype) cannot resolve.
 
     Per element of the event (axis 0 is the sample axis), in float64 and in chunks of rows:
     the standard deviation ``sd``, the mean and the largest magnitude ``v``. The rounding step
     at ``v`` is that of the file's dtype for float16 and float32, of float32 (the networks'
-    dtype) for wider floats and for integers beyond ``2**24`` (smaller integers are exact).
-    An element that varies (``sd`` above :data:`~ppl_cvae.data.standardise.CONSTANT_RTOL`
-    times ``|mean|`` for float16/float32, the Standardiser's rule; above ``2**-40 |mean|``,
-    float64 rounding, for wider floats; above zero for integers) with a step above
-    :data:`MAX_STEP_FRACTION` times ``sd`` raises a :class:`~ppl_cvae.errors.DataError` naming
-    it; constant elements pass (the :class:`~ppl_cvae.data.standardise.Standardiser` keeps
-    them as they are).
+    dtype) for wider floats and for integers beyond ``2**24`` (smaller integers are exact)
+    (``_rounding_step``). An element that varies (``sd`` above
+    :data:`~ppl_cvae.data.standardise.CONSTANT_RTOL` times ``|mean|`` for float16/float32, the
+    Standardiser's rule; above ``2**-40 |mean|``, float64 rounding, for wider floats; above
+    zero for integers) with a step above :data:`MAX_STEP_FRACTION` times ``sd`` raises a
+    :class:`~ppl_cvae.errors.DataError` naming it; constant elements pass (the
+    :class:`~ppl_cvae.data.standardise.Standardiser` keeps them as they are). The lazy
+    readers run the same rule chunk by chunk (``_ResolutionScan``).
     """
     if array.dtype.kind not in "iuf" or array.ndim < 2 or array.shape[0] < 2:
         return
-    from ppl_cvae.data.lazy import RunningMoments  # lazy imports this module
-
-    flat = array.reshape(array.shape[0], -1)
-    moments = RunningMoments((flat.shape[1],))
-    largest = np.zeros(flat.shape[1])
-    for start in range(0, flat.shape[0], 4096):  # in float64, a chunk of rows at a time
-        part = flat[start : start + 4096].astype(np.float64)
-        moments.update(torch.from_numpy(part))
-        largest = np.maximum(largest, np.abs(part).max(0))
-    mean = moments.mean.numpy()
-    sd = moments.variance().sqrt().numpy()
-    kind, size = array.dtype.kind, array.dtype.itemsize
-    # the step below the largest magnitude: the widest any value of the element is rounded to
-    # (np.spacing at float32's maximum is inf, the step above it)
-    if kind == "f" and size <= 4:
-        top = largest.astype(array.dtype)
-        step = np.spacing(np.nextafter(top, array.dtype.type(0))).astype(np.float64)
-        varies = sd > CONSTANT_RTOL * np.abs(mean)  # the cast is exact: as the Standardiser
-    else:
-        with np.errstate(over="ignore"):  # beyond float32: refused by _to_float32 already
-            top = largest.astype(np.float32)
-        step = np.spacing(np.nextafter(top, np.float32(0))).astype(np.float64)
-        if kind in "iu":
-            step = np.where(largest > 2.0**24, step, 0.0)
-            varies = sd > 0
-        else:
-            varies = sd > _CONSTANT_RTOL_WIDE * np.abs(mean)
-    coarse = varies & ~(step <= MAX_STEP_FRACTION * sd)
-    if not coarse.any():
-        return
-    flat_index = int(np.flatnonzero(coarse)[0])
-    index = np.unravel_index(flat_index, array.shape[1:])
-    where = ", ".join(str(int(i)) for i in index)
-    coarse_dtype = kind == "f" and size < 4
-    what = (
-        f"its dtype {array.dtype}"
-        if coarse_dtype or kind == "f" and size == 4
-        else (f"float32 (the networks' dtype; the file has {array.dtype})")
-    )
-    remedy = (
-        "save the values as float32 or float64"
-        if coarse_dtype
-        else f"subtract a reference value from {name}[..., {where}] (e.g. its mean, "
-        f"{mean[flat_index]:.6g}) before saving, and add it back to the posterior draws, "
-        "or change its units"
-    )
-    raise DataError(
-        f"{_where(name, path)}: element [..., {where}] has mean {mean[flat_index]:.6g} and "
-        f"standard deviation {sd[flat_index]:.3g} ({int(coarse.sum())} element(s) of {name} "
-        f"like it), but {what} rounds values of magnitude {largest[flat_index]:.3g} to steps "
-        f"of {step[flat_index]:.3g}, {step[flat_index] / sd[flat_index]:.1%} of that spread "
-        f"(at most {MAX_STEP_FRACTION:.0%} is accepted): training and draws would be rounded "
-        f"to those steps; {remedy}"
-    )
+    scan = _ResolutionScan(name, array.dtype, tuple(array.shape[1:]), path)
+    for start in range(0, array.shape[0], 4096):  # in float64, a chunk of rows at a time
+        scan.update(array[start : start + 4096])
+    scan.check()
 
 
 def _read_npy_stream(fp: IO[bytes], name: str, path: Path, size: int) -> np.ndarray:
@@ -755,7 +877,10 @@ def save_pairs(
 
 
 def load_observations(
-    path: str | os.PathLike[str], y_shape: tuple[int, ...]
+    path: str | os.PathLike[str],
+    y_shape: tuple[int, ...],
+    *,
+    y_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, bool, torch.Tensor | None]:
     """Load one observation or a stack of them for posterior sampling.
 
@@ -767,6 +892,15 @@ def load_observations(
         truth in plots). The file is only read, never modified.
     y_shape : tuple of int
         Event shape the trained model expects.
+    y_scale : Tensor, shape y_shape, optional
+        The training standard deviation of each element of ``y`` (a fitted model's
+        ``y_standardiser.std``), in the units of ``y``. With it, an element of an observation
+        whose rounding step exceeds :data:`MAX_STEP_FRACTION` of that sd (the rule of
+        :func:`load_pairs` for training pairs) is refused when the cast to float32 (the
+        networks' dtype) changes it (a float64 value of magnitude beyond about ``2**23``
+        hundredths of that sd), and warned of when the file stored it as float16 or float32
+        (rounded when saved: a float16 value near 1e3 whose training sd is 1 is rounded to
+        steps of 0.5).
 
     Returns
     -------
@@ -783,10 +917,19 @@ def load_observations(
         bytes, truncation, a zip that is not ``.npz``, a pickled object array), or lacks
         ``y``; if ``y`` or ``x`` has a complex, object, string, bytes, structured or datetime
         dtype, is empty or has a zero-size axis, holds NaN/inf, or holds finite values beyond
-        the float32 range (about 3.4e38).
+        the float32 range (about 3.4e38) (the message names the count and the first bad
+        element); with ``y_scale``, if the cast to float32 rounds an element of ``y`` to
+        steps above :data:`MAX_STEP_FRACTION` of its training sd.
+
+    Warns
+    -----
+    UserWarning
+        With ``y_scale``, if ``y`` is stored as float16 or float32 with steps above
+        :data:`MAX_STEP_FRACTION` of an element's training sd.
     ShapeError
         If ``y`` or ``x`` is 0-d (a bare scalar), ``y`` is neither ``y_shape`` nor
-        ``(M, *y_shape)``, or ``x`` does not hold one model per observation.
+        ``(M, *y_shape)``, or ``x`` does not hold one model per observation; if ``y_scale``
+        does not have shape ``y_shape``.
 
     Examples
     --------
@@ -807,8 +950,12 @@ def load_observations(
         arrays = _read_npz(path, ("y",), optional=("x",))
     else:
         raise DataError(f"observation file {str(path)!r} must be .npy or .npz, got {suffix!r}")
-    y = _to_float32("y", arrays["y"], path)
-    x_true = _to_float32("x", arrays["x"], path) if "x" in arrays else None
+    y = _to_float32("y", arrays["y"], path, remedy=_OBSERVATION_REMEDY)
+    x_true = (
+        _to_float32("x", arrays["x"], path, remedy="replace them, or drop x (the truth)")
+        if "x" in arrays
+        else None
+    )
     y_shape = tuple(y_shape)
     for name, tensor in (("y", y), ("x", x_true)):
         if tensor is not None and tensor.dim() == 0:
@@ -832,4 +979,57 @@ def load_observations(
         raise ShapeError(
             f"x in {str(path)!r} has {x_true.shape[0]} models for {y.shape[0]} observations"
         )
+    if y_scale is not None:
+        _check_observation_resolution(np.asarray(arrays["y"]), y_shape, y_scale, path)
     return y, stacked, x_true
+
+
+def _check_observation_resolution(
+    raw: np.ndarray, y_shape: tuple[int, ...], y_scale: torch.Tensor, path: Path
+) -> None:
+    """Refuse (or warn of) observation values rounded to steps above MAX_STEP_FRACTION of sd.
+
+    A value the cast to float32 changes (float64, or an integer beyond ``2**24``) is refused:
+    the rounding happens here. A value stored as float16 or float32 is exact in float32 but
+    was rounded when it was saved: a warning.
+    """
+    if tuple(y_scale.shape) != y_shape:
+        raise ShapeError(
+            f"y_scale has shape {tuple(y_scale.shape)}; expected the event shape {y_shape}"
+        )
+    values = raw.reshape(-1, *y_shape)  # (M, *y_shape); a 0-d y was refused before
+    wide = values.astype(np.float64)
+    step = _rounding_step(np.abs(wide), raw.dtype)
+    sd = y_scale.detach().cpu().double().numpy()
+    coarse = ~(step <= MAX_STEP_FRACTION * sd)
+    stored_coarse = raw.dtype.kind == "f" and raw.dtype.itemsize <= 4
+    if not stored_coarse:  # only values the cast changes (a constant such as 1e7 is exact)
+        coarse &= wide.astype(np.float32).astype(np.float64) != wide
+    if not coarse.any():
+        return
+    flat = int(np.flatnonzero(coarse)[0])
+    obs, *element = (int(i) for i in np.unravel_index(flat, values.shape))
+    where = ", ".join(map(str, element))
+    value, width, spread = float(wide.reshape(-1)[flat]), step.reshape(-1)[flat], sd[tuple(element)]
+    head = (
+        f"y in {str(path)!r}: observation {obs}, element [..., {where}] = {value:.6g} "
+        f"({int(coarse.sum())} value(s) like it)"
+    )
+    tail = (
+        f"{width / spread:.1%} of the training standard deviation {spread:.3g} of that element "
+        f"(at most {MAX_STEP_FRACTION:.0%} is accepted)"
+    )
+    if stored_coarse:
+        warnings.warn(
+            f"{head} is stored as {raw.dtype}, whose steps there are {width:.3g}, {tail}: the "
+            "observation was rounded when it was saved, and the posterior is that of the "
+            "rounded values; save it as float32 or float64 from the original values",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    raise DataError(
+        f"{head}: float32 (the networks' dtype; the file has {raw.dtype}) rounds it to steps "
+        f"of {width:.3g}, {tail}; such a magnitude lies far outside the training data: check "
+        "the units and the offset of the observation against the training y"
+    )

@@ -19,7 +19,10 @@ the kernel reclaims it, so the memory a run holds could not be read off its RSS.
 
 Every chunk passes the checks of :mod:`ppl_cvae.data.io` (real dtypes, finite values within the
 float32 range) and comes back as float32 tensors; a bad chunk raises
-:class:`~ppl_cvae.errors.DataError` naming its rows.
+:class:`~ppl_cvae.errors.DataError` naming its rows. The one pass before training
+(:func:`scan_pairs`) refuses what :func:`~ppl_cvae.data.io.load_pairs` refuses, with its
+messages: NaN/inf counted over the whole file with the first bad element, and values float32
+cannot resolve (``ppl_cvae.data.io._ResolutionScan``, fed the chunks as stored).
 
 :class:`RunningMoments` accumulates means and variances chunk by chunk (Welford 1962; Chan,
 Golub and LeVeque 1979) for the standardisers; :func:`scan_pairs` makes the one pass over a file
@@ -43,7 +46,14 @@ import numpy as np
 import torch
 
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
-from ppl_cvae.data.io import _check_dtype, _netcdf_engine, _to_float32
+from ppl_cvae.data.io import (
+    _check_dtype,
+    _first_bad,
+    _netcdf_engine,
+    _nonfinite_error,
+    _ResolutionScan,
+    _to_float32,
+)
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.errors import DataError, ShapeError
 
@@ -177,6 +187,8 @@ class LazyPairs(abc.ABC):
         Event shapes.
     row_bytes : int
         Bytes one pair takes on disk (both variables), the unit of chunk sizes.
+    dtypes : dict of str to numpy dtype
+        The dtypes of ``x`` and ``y`` as stored (before the cast to float32).
     """
 
     path: Path
@@ -184,9 +196,14 @@ class LazyPairs(abc.ABC):
     x_shape: tuple[int, ...]
     y_shape: tuple[int, ...]
     row_bytes: int
+    dtypes: dict[str, np.dtype[Any]]
 
-    def _set_shapes(self, shapes: dict[str, tuple[int, ...]], itemsizes: dict[str, int]) -> None:
-        """Check the two variables' shapes and record the pair count and event shapes."""
+    def _set_shapes(
+        self, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype[Any]]
+    ) -> None:
+        """Check the two variables' shapes; record the pair count, event shapes and dtypes."""
+        itemsizes = {name: dtype.itemsize for name, dtype in dtypes.items()}
+        self.dtypes = dict(dtypes)
         x, y = shapes["x"], shapes["y"]
         where = str(self.path)
         if len(x) < 2 or len(y) < 2:
@@ -232,18 +249,27 @@ class LazyPairs(abc.ABC):
             raise ShapeError(f"row indices must lie in [0, {self.num_pairs})")
         return self._checked(index, f"{index.size} selected rows")
 
-    def _checked(self, rows: slice | np.ndarray, what: str) -> Batch:
+    def _read_both(self, rows: slice | np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return the rows of ``x`` and ``y`` as stored (numpy arrays, not checked)."""
         out = []
         for name in ("x", "y"):
             try:
-                raw = self._read_raw(name, rows)
+                out.append(self._read_raw(name, rows))
             except (OSError, ValueError, KeyError, RuntimeError) as err:
                 raise DataError(
                     f"cannot read {what} of {name} in {str(self.path)!r}: "
                     f"{type(err).__name__}: {err}"
                 ) from err
-            out.append(_to_float32(f"{name} ({what})", raw, self.path))
         return out[0], out[1]
+
+    def _checked(self, rows: slice | np.ndarray, what: str) -> Batch:
+        raw = self._read_both(rows, what)
+        first = rows.start if isinstance(rows, slice) else rows  # file rows, for a refusal
+        x, y = (
+            _to_float32(f"{name} ({what})", values, self.path, first_row=first)
+            for name, values in zip(("x", "y"), raw, strict=True)
+        )
+        return x, y
 
     def close(self) -> None:  # noqa: B027 (a no-op unless the reader holds a file open)
         """Release open files (a no-op by default)."""
@@ -266,15 +292,15 @@ class _NpyPairs(LazyPairs):
     def __init__(self, folder: Path) -> None:
         self.path = folder
         self._meta: dict[str, tuple[int, np.dtype[Any], tuple[int, ...]]] = {}
-        shapes, itemsizes = {}, {}
+        shapes, dtypes = {}, {}
         for name in ("x", "y"):
             file = folder / f"{name}.npy"
             if not file.is_file():
                 raise DataError(f"{str(folder)!r} has no {name}.npy; expected x.npy and y.npy")
             offset, dtype, shape = self._header(file, name)
             self._meta[name] = (offset, dtype, shape)
-            shapes[name], itemsizes[name] = shape, dtype.itemsize
-        self._set_shapes(shapes, itemsizes)
+            shapes[name], dtypes[name] = shape, dtype
+        self._set_shapes(shapes, dtypes)
 
     def _header(self, file: Path, name: str) -> tuple[int, np.dtype[Any], tuple[int, ...]]:
         fmt = np.lib.format
@@ -362,11 +388,11 @@ class _XarrayPairs(LazyPairs):
             raise DataError(
                 f"{str(path)!r} has variables {names}; expected ['x', 'y'] (missing {missing})"
             )
-        shapes, itemsizes = {}, {}
+        shapes, dtypes = {}, {}
         for name in ("x", "y"):
             var = self._ds[name]
             _check_dtype(name, np.dtype(var.dtype), path)
-            shapes[name], itemsizes[name] = tuple(var.shape), np.dtype(var.dtype).itemsize
+            shapes[name], dtypes[name] = tuple(var.shape), np.dtype(var.dtype)
         x_dim, y_dim = self._ds["x"].dims[0], self._ds["y"].dims[0]
         if x_dim != y_dim:
             self._ds.close()
@@ -376,7 +402,7 @@ class _XarrayPairs(LazyPairs):
             )
         self._dim = x_dim
         try:
-            self._set_shapes(shapes, itemsizes)
+            self._set_shapes(shapes, dtypes)
         except (DataError, ShapeError):
             self._ds.close()
             raise
@@ -527,12 +553,42 @@ def scan_pairs(
     Returns
     -------
     ScanResult
+
+    Raises
+    ------
+    DataError
+        As :func:`~ppl_cvae.data.io.load_pairs` on the same values, with the same messages: NaN
+        or inf in ``x`` or ``y`` (the count over the whole file and the first bad element; the
+        pass reads on to count them), values beyond the float32 range, or an element whose
+        values float32 (or the file's dtype) cannot resolve
+        (``ppl_cvae.data.io._ResolutionScan``).
     """
+    names = ("x", "y")
+    shapes = {"x": pairs.x_shape, "y": pairs.y_shape}
     x_mom, y_mom = RunningMoments(pairs.x_shape), RunningMoments(pairs.y_shape)
+    resolution = {n: _ResolutionScan(n, pairs.dtypes[n], shapes[n], pairs.path) for n in names}
+    bad_count = {n: 0 for n in names}
+    first_bad: dict[str, str] = {}
     keep: dict[str, list[Batch]] = {"val": [], "sub": []}
     for start in range(0, pairs.num_pairs, chunk_rows):
         stop = min(start + chunk_rows, pairs.num_pairs)
-        x, y = pairs.read(start, stop)
+        raw = pairs._read_both(slice(start, stop), f"rows {start}:{stop}")
+        for name, values in zip(names, raw, strict=True):
+            if values.dtype.kind == "f":
+                finite = np.isfinite(values)
+                count = values.size - int(np.count_nonzero(finite))
+                if count:
+                    first_bad.setdefault(name, _first_bad(values, ~finite, start))
+                    bad_count[name] += count
+        if first_bad:  # the file is refused below: read on only to count the NaN/inf
+            continue
+        x, y = (
+            _to_float32(f"{name} (rows {start}:{stop})", values, pairs.path, first_row=start)
+            for name, values in zip(names, raw, strict=True)
+        )
+        for name, values in zip(names, raw, strict=True):
+            resolution[name].update(values)
+        del raw
         x_mom.update(x)
         y_mom.update(y)
         for key, rows in (("val", validation_rows), ("sub", subset_rows)):
@@ -542,6 +598,13 @@ def scan_pairs(
             if local.numel():
                 keep[key].append((x[local].clone(), y[local].clone()))
         del x, y
+    for name in names:  # the order and messages of load_pairs
+        if name in first_bad:
+            shape = (pairs.num_pairs, *shapes[name])
+            dtype = pairs.dtypes[name]
+            raise _nonfinite_error(name, pairs.path, bad_count[name], first_bad[name], shape, dtype)
+    for name in names:
+        resolution[name].check()
 
     def joined(parts: list[Batch]) -> Batch:
         if not parts:
