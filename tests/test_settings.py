@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import get_type_hints
 
+import numpy as np
 import pytest
 import torch
 
@@ -335,3 +336,25 @@ def test_read_run_file_returns_or_raises_config_error(tmp_path, doc, raw):
         except ConfigError:
             continue
         assert isinstance(run.overrides, Overrides)
+
+
+def test_fit_names_the_family_it_fitted(tmp_path, capsys):
+    """The settings may be chosen for the user (a file's, or a problem's that recommends none):
+    the closing line of ``ppl-cvae fit`` names the family, so the choice is never silent."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    data = tmp_path / "pairs.npz"
+    np.savez(data, x=x.numpy(), y=(x @ torch.tensor([[1.0, 0.5], [0.0, 1.0]])).numpy())
+    threads = torch.get_num_threads()
+    try:
+        assert main([str(a) for a in ["fit", "--data", data, "--out", tmp_path / "flow",
+                                      "--epochs", 1, "--quiet", "--threads", 1]]) == 0
+        assert "fitted a conditional spline flow on x (5 layers, no latent) in" in (
+            capsys.readouterr().out)
+        assert main([str(a) for a in ["fit", "--data", data, "--out", tmp_path / "cvae",
+                                      "--epochs", 1, "--likelihood", "gaussian", "--quiet",
+                                      "--threads", 1]]) == 0
+        assert ("fitted a CVAE (latent 2, gaussian decoder, x whitened given y, linear path "
+                "from y) in") in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)

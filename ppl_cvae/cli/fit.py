@@ -597,7 +597,7 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
         print(f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {out}", file=sys.stderr)
         return 130
     if done is not None:
-        _print_fit_summary(*done, out)
+        _print_fit_summary(*done, out, model_config)
     return 0
 
 
@@ -621,10 +621,28 @@ def _write_run(
         shutdown()
 
 
-def _print_fit_summary(seconds: float, result: Any, out: Path) -> None:
+def _family(model: ModelConfig) -> str:
+    """Name the fitted family in a few words (the settings may have been chosen for the user)."""
+    if model.likelihood == "flow" and model.latent_dim == 0:
+        return f"a conditional spline flow on x ({model.flow_layers} layers, no latent)"
+    kind = "a CVAE" if model.y_shape is not None else "a VAE"
+    parts = [f"latent {model.latent_dim}", f"{model.likelihood} decoder"]
+    if model.prior == "flow":
+        parts.append(f"flow prior ({model.prior_flow_layers} {model.prior_flow_type} layers)")
+    if model.x_whitening == "linear":
+        parts.append("x whitened given y")
+    if model.linear_skip:
+        parts.append("linear path from y")
+    if model.basis_dim is not None:
+        parts.append(f"basis of {model.basis_dim}")
+    return f"{kind} ({', '.join(parts)})"
+
+
+def _print_fit_summary(seconds: float, result: Any, out: Path, model: ModelConfig) -> None:
     last = result.history[-1]
     print(
-        f"fitted in {seconds:.1f} s: {len(result.history)} epochs, best epoch {result.best_epoch}, "
+        f"fitted {_family(model)} in {seconds:.1f} s: {len(result.history)} epochs, best epoch "
+        f"{result.best_epoch}, "
         f"final train loss {last['train_loss']:.4f}, validation loss {last['val_loss']:.4f} "
         f"(negative ELBO per observation, nats); run folder {out}"
     )
