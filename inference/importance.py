@@ -102,11 +102,24 @@ class ImportanceResult:
         Systematic resampling (:func:`systematic_resample`) of :attr:`x` by the smoothed
         weights; ``num_draws`` defaults to ``S``. Draws repeat: about ``ess`` are distinct.
         """
+        idx = self.resample_indices(num_draws, generator)
+        return torch.stack([self.x[idx[:, m], m] for m in range(self.x.shape[1])], dim=1)
+
+    def resample_indices(
+        self, num_draws: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Return the proposal index of each resampled draw, shape ``(num_draws, M)``, int64.
+
+        What :meth:`resample` takes (the same random stream: ``resample(n, g)`` is ``x`` at
+        ``resample_indices(n, g')`` for ``g'`` in the same state as ``g``). With it,
+        ``smoothed_log_weight.gather(0, idx)`` is the normalised log weight each draw carried
+        before resampling (the draws themselves are equally weighted).
+        """
         num = self.x.shape[0] if num_draws is None else int(num_draws)
-        cols = []
-        for m in range(self.x.shape[1]):
-            idx = systematic_resample(self.smoothed_log_weight[:, m], num, generator)
-            cols.append(self.x[idx, m])
+        cols = [
+            systematic_resample(self.smoothed_log_weight[:, m], num, generator)
+            for m in range(self.x.shape[1])
+        ]
         return torch.stack(cols, dim=1)
 
 

@@ -1036,7 +1036,10 @@ def sample_corrected(
     if correction.method == "importance":
         imp = importance_sample(cvae, problem, y_batch, correction.proposals, seed=seed)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        x = imp.resample(num_samples, generator)
+        idx = imp.resample_indices(num_samples, generator)
+        x = torch.stack([imp.x[idx[:, m], m] for m in range(imp.x.shape[1])], dim=1)
+        # the normalised (Pareto-smoothed) log weight each draw had among the proposals
+        log_weight = imp.smoothed_log_weight.gather(0, idx)
         stats = {
             "khat": imp.khat,
             "sample_efficiency": imp.sample_efficiency,
@@ -1053,7 +1056,20 @@ def sample_corrected(
             independent_draws=0,
         )
         idata = inference_data_from_draws(
-            x, y_batch, problem=problem, x_true=x_true, attrs=info, observation_stats=stats
+            x,
+            y_batch,
+            problem=problem,
+            x_true=x_true,
+            attrs=info,
+            observation_stats=stats,
+            sample_stats={"log_weight": log_weight},
+            stats_attrs={
+                "log_weight": {
+                    "long_name": "normalised Pareto-smoothed log importance weight of the "
+                    "proposal this draw was resampled from (the draws are equally weighted)",
+                    "units": "nats",
+                }
+            },
         )
         failed = int((~imp.reliable).sum())
         eff = imp.sample_efficiency

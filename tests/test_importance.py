@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,6 +177,17 @@ def test_cli_sample_methods_write_corrected_posterior_files(tmp_path, capsys):
     assert idata.posterior["x"].shape == (1, 50, 2, 2)
     khat = idata.sample_stats["khat"].isel(chain=0, draw=0).values
     assert khat.shape == (2,) and (("FAILED" in printed) == bool((khat > 0.7).any()))
+    # each draw's normalised log weight among the proposals: systematic resampling repeats a
+    # proposal of weight w floor(50 w) or ceil(50 w) times, so the draws sharing one value of x
+    # (and of log_weight) number within 1 of 50 exp(log_weight)
+    log_weight = idata.sample_stats["log_weight"].isel(chain=0).values  # (draw, observation)
+    assert log_weight.shape == (50, 2) and (log_weight <= 0).all()
+    x = idata.posterior["x"].isel(chain=0).values
+    for m in range(2):
+        rows, counts = np.unique(x[:, m], axis=0, return_counts=True)
+        for row, count in zip(rows, counts, strict=True):
+            lw = log_weight[(x[:, m] == row).all(-1), m]
+            assert np.ptp(lw) == 0 and abs(count - 50 * np.exp(lw[0])) < 1 + 1e-6
     out = tmp_path / "nuts.nc"
     assert main(["sample", str(run), "--observation", str(obs), "--method", "nuts",
                  "--num-samples", "40", "--chains", "2", "--warmup", "30",
