@@ -25,7 +25,9 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 import torch
 
@@ -97,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning  # one line, as errors are; restored below
     try:
         _check_utf8_paths(args)
         with remembering_interrupts():  # a Ctrl-C that a finalizer swallows still counts
@@ -133,3 +137,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ppl-cvae: error: problem code called sys.exit({err.code!r})", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Print a warning as one line ``ppl-cvae: warning: ...`` (no source path and line)."""
+    stream = sys.stderr if file is None else file
+    try:
+        print(f"ppl-cvae: warning: {message}", file=stream)
+    except OSError:  # a closed stderr: as warnings.showwarning, stay silent
+        pass
