@@ -1168,6 +1168,8 @@ def sample_corrected(
         f"{sum(r.divergences for r in results)} divergent transition(s)",
         ", the bound that independent draws respect with probability 0.99 for that many "
         f"coordinates (at least {RHAT_THRESHOLD}), or divergences",
-        "--warmup, --num-samples",
+        "--warmup, --num-samples; chains that sit in different modes of a multimodal "
+        "posterior do not mix however long they run: --method importance weighs every mode "
+        "the amortized draws reach",
     )
     return idata, summary, ok
