@@ -19,9 +19,16 @@ file holds a single observation (size 1): one layout for all code that reads the
 - ``posterior_predictive``: ``y`` (``chain, draw, observation, *y_dims``), when a forward
   operator exists;
 - ``log_likelihood``: ``y`` (``chain, draw, observation, *y_dims``), the log-likelihood of
-  every datum given each draw, ``log N(y_i; F(x)_i, sigma_i^2)`` in nats, when the problem has
-  independent Gaussian noise (:meth:`ppl_cvae.problems.base.Problem.log_likelihood_pointwise`);
-  ``az.loo``, ``az.waic`` and ``az.plot_loo_pit`` read it. Every observation has its own
+  every datum given each draw and the other data, ``log p(y_i | y_-i, x)`` in nats, when the
+  problem has Gaussian noise (:meth:`ppl_cvae.problems.base.Problem.log_likelihood_pointwise`):
+  ``log N(y_i; F(x)_i, sigma_i^2)`` for independent noise (attribute ``pointwise =
+  "independent"``; the terms sum to the joint log-likelihood), the leave-one-out conditional
+  density of Buerkner, Gabry and Vehtari (2021) for correlated noise (``pointwise =
+  "loo_conditional"``, ``sums_to_joint = 0``: the terms do not sum to the joint, which
+  ``sample_stats.lp`` holds); ``az.loo``, ``az.waic`` and ``az.plot_loo_pit`` read it. For
+  correlated noise ``posterior_predictive.y`` is drawn from the joint noise model, not from
+  ``p(y_i | y_-i, x)``, so ``az.loo_pit`` of such a file is not the exact LOO-PIT (its
+  weights are right, its predictive draws ignore ``y_-i``). Every observation has its own
   posterior, and PSIS-LOO treats every datum separately with the draws of its own
   observation, so ``az.loo`` of a file is the sum over observations of each observation's
   leave-one-datum-out ``elpd``;
@@ -57,7 +64,10 @@ Kumar, Carroll, Hartikainen and Martin (2019), ArviZ a unified library for explo
 of Bayesian models in Python, JOSS 4(33), 1143, doi:10.21105/joss.01143 (the InferenceData
 schema). Vehtari, Gelman and Gabry (2017), Practical Bayesian model evaluation using
 leave-one-out cross-validation and WAIC, Statistics and Computing 27, 1413-1432,
-doi:10.1007/s11222-016-9696-4 (PSIS-LOO from the pointwise log-likelihood).
+doi:10.1007/s11222-016-9696-4 (PSIS-LOO from the pointwise log-likelihood). Buerkner, Gabry
+and Vehtari (2021), Efficient leave-one-out cross-validation for Bayesian non-factorized
+normal and Student-t models, Computational Statistics 36, 1243-1261,
+doi:10.1007/s00180-020-01045-4 (the pointwise terms of correlated noise).
 """
 
 from __future__ import annotations
@@ -158,6 +168,7 @@ def to_inference_data(
     derived: Mapping[str, torch.Tensor] | None = None,
     derived_true: Mapping[str, torch.Tensor] | None = None,
     log_likelihood: torch.Tensor | np.ndarray | None = None,
+    log_likelihood_loo_conditional: bool = False,
     sample_stats: Mapping[str, torch.Tensor | np.ndarray] | None = None,
     observation_stats: Mapping[str, torch.Tensor | np.ndarray] | None = None,
     stats_dims: Mapping[str, Sequence[str]] | None = None,
@@ -215,6 +226,13 @@ def to_inference_data(
         (:meth:`~ppl_cvae.problems.base.Problem.log_likelihood_pointwise` of the draws and
         ``y_obs``); stored as ``log_likelihood.y`` in float32 (relative precision 6e-8), on
         the dims of ``observed_data.y``, so that ``az.loo`` and ``az.plot_loo_pit`` find it.
+    log_likelihood_loo_conditional : bool, default False
+        Whether ``log_likelihood`` holds the leave-one-out conditional densities
+        ``log p(y_i | y_-i, x)`` of correlated noise (Buerkner, Gabry and Vehtari 2021),
+        which do not sum to the joint log-likelihood, rather than the densities of
+        independent data. Recorded on ``log_likelihood.y`` (and its group) as the attributes
+        ``pointwise`` (``"loo_conditional"`` or ``"independent"``) and ``sums_to_joint``
+        (0 or 1), with a ``long_name`` saying which.
     sample_stats : mapping of str to Tensor or ndarray, each of shape (S, M, ...), optional
         Per-draw statistics (e.g. ``"log_weight"``: importance log-weights; ``"lp"``;
         ``"chi2_per_datum"``), stored in ``sample_stats`` with dims
@@ -398,9 +416,9 @@ def to_inference_data(
     if noise_sd is not None:
         idata["constant_data"]["y_noise_sd"].attrs["correlated"] = int(noise_cov is not None)
     if "log_likelihood" in idata.groups():
-        idata["log_likelihood"]["y"].attrs["long_name"] = (
-            "log-likelihood of each datum given the draw, log N(y_i; F(x)_i, sigma_i^2), nats"
-        )
+        ll_attrs = _log_likelihood_attrs(log_likelihood_loo_conditional)
+        idata["log_likelihood"]["y"].attrs.update(ll_attrs)
+        idata["log_likelihood"].attrs["pointwise"] = ll_attrs["pointwise"]
     if stats:
         ss = idata["sample_stats"]
         for name in per_obs:
@@ -412,6 +430,27 @@ def to_inference_data(
         idata, dict(units or {}), coord_attrs or {}, sorted({*derived, *derived_true, *stats})
     )
     return idata
+
+
+def _log_likelihood_attrs(loo_conditional: bool) -> dict[str, str | int]:
+    """Attributes of ``log_likelihood.y``: what each term is, and whether they sum to the joint."""
+    if not loo_conditional:
+        return {
+            "long_name": "log-likelihood of each datum given the draw, "
+            "log N(y_i; F(x)_i, sigma_i^2), nats",
+            "pointwise": "independent",
+            "sums_to_joint": 1,
+        }
+    return {
+        "long_name": "leave-one-out conditional log-likelihood of each datum given the draw "
+        "and the other data, log p(y_i | y_-i, x) = -log(2 pi)/2 + log(Q_ii)/2 - "
+        "(Q r)_i^2/(2 Q_ii) with Q = C_e^-1, r = y - F(x) (correlated noise), nats; the terms "
+        "do not sum to the joint log N(y; F(x), C_e)",
+        "pointwise": "loo_conditional",
+        "sums_to_joint": 0,
+        "references": "Buerkner, Gabry and Vehtari (2021), Computational Statistics 36, "
+        "1243-1261, doi:10.1007/s00180-020-01045-4",
+    }
 
 
 def _attach_units(

@@ -227,10 +227,15 @@ def inference_data_from_draws(
       draw (Tarantola 2005, eq. 3.46); a noise-free problem whitens by its nominal
       ``misfit_std`` instead (attribute ``whitened_by``). Its mean over draws is what
       :func:`inference.diagnostics.ppc.run_ppc` estimates from ``y_rep``.
-    - ``log_likelihood.y``: ``log N(y_i; F(x_s)_i, sigma_i^2)`` per datum
-      (:meth:`~ppl_cvae.problems.base.Problem.log_likelihood_pointwise`), when the noise is
-      independent; skipped, with the reason logged and stored in the attribute
-      ``log_likelihood_omitted``, for a noise-free problem, correlated noise or no problem.
+    - ``log_likelihood.y``: ``log p(y_i | y_-i, x_s)`` per datum
+      (:meth:`~ppl_cvae.problems.base.Problem.log_likelihood_pointwise`), when the problem
+      has noise: ``log N(y_i; F(x_s)_i, sigma_i^2)`` for independent noise; for correlated
+      noise the leave-one-out conditional ``-log(2 pi) / 2 + log(Q_ii) / 2 - (Q r_s)_i^2 /
+      (2 Q_ii)`` with ``Q = C_e^-1`` and ``r_s = y - F(x_s)`` (Buerkner, Gabry and Vehtari
+      2021), whose terms do not sum to the joint log-likelihood (attributes ``pointwise =
+      "loo_conditional"``, ``sums_to_joint = 0``; ``sample_stats.lp`` keeps the joint).
+      Skipped, with the reason logged and stored in the attribute ``log_likelihood_omitted``,
+      for a noise-free problem or no problem.
     - ``sample_stats.lp``: ``log p(x_s) + log N(y; F(x_s), C_e)`` in nats, the unnormalised
       log posterior density (ArviZ's name), when the problem has a prior density
       (:attr:`~ppl_cvae.problems.base.Problem.has_prior_density`; for a problem with a
@@ -241,7 +246,10 @@ def inference_data_from_draws(
     References
     ----------
     Tarantola (2005), Inverse Problem Theory, SIAM, eq. 3.46; Vehtari, Gelman and Gabry
-    (2017), Statistics and Computing 27, 1413, doi:10.1007/s11222-016-9696-4 (PSIS-LOO).
+    (2017), Statistics and Computing 27, 1413, doi:10.1007/s11222-016-9696-4 (PSIS-LOO);
+    Buerkner, Gabry and Vehtari (2021), Efficient leave-one-out cross-validation for Bayesian
+    non-factorized normal and Student-t models, Computational Statistics 36, 1243-1261,
+    doi:10.1007/s00180-020-01045-4 (the pointwise terms of correlated noise).
 
     Examples
     --------
@@ -318,14 +326,12 @@ def inference_data_from_draws(
                 reason = "the problem is noise-free (y = F(x) exactly): no likelihood density"
             else:
                 noise_sd = noise.stddev()
-                if noise.is_diagonal:
-                    log_lik = noise.log_prob_pointwise(resid)  # (S, M, *y_shape), nats
-                else:
+                # log p(y_i | y_-i, x): the per-datum densities of independent noise, the
+                # leave-one-out conditionals of correlated noise; (S, M, *y_shape), nats
+                # (even in the residual: F(x) - y serves as y - F(x))
+                log_lik = noise.log_prob_pointwise(resid)
+                if not noise.is_diagonal:
                     noise_cov = noise.covariance()
-                    reason = (
-                        "the noise is correlated (noise_cov has off-diagonal terms): the "
-                        "likelihood has no per-datum factorisation"
-                    )
                 if problem.has_prior_density:
                     try:
                         log_prior = checked_log_prior(problem, x).to(torch.float64)  # (S, M), nats
@@ -381,6 +387,7 @@ def inference_data_from_draws(
         derived=derived,
         derived_true=derived_true,
         log_likelihood=log_lik,
+        log_likelihood_loo_conditional=noise_cov is not None,
         sample_stats=stats,
         observation_stats=observation_stats,
         stats_dims=stats_dims,

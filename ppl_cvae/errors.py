@@ -104,7 +104,7 @@ class NoPriorDensityError(NoDensityError):
 
 
 class NoLikelihoodError(NoDensityError):
-    """No likelihood density: a noise-free problem, or per-datum terms of correlated noise."""
+    """No likelihood density: a noise-free problem (y = F(x) exactly)."""
 
 
 def exception_summary(err: BaseException) -> str:

@@ -113,6 +113,8 @@ def test_log_likelihood_lp_and_misfit_are_the_gaussian_densities(seed):
     np.testing.assert_allclose(const["y_noise_sd"].values, np.full(Y_DIM, NOISE))
     assert const["y_noise_sd"].attrs["correlated"] == 0 and "y_noise_cov" not in const
     assert "log_likelihood_omitted" not in idata.posterior.attrs
+    ll = idata.log_likelihood["y"]
+    assert ll.attrs["pointwise"] == "independent" and ll.attrs["sums_to_joint"] == 1
 
 
 # --------------------------------------------------------------------------- az.loo
@@ -363,7 +365,7 @@ def test_draws_that_do_not_match_the_observations_are_refused():
 
 
 # --------------------------------------------------------------------------- other noise models
-def test_correlated_noise_stores_its_sd_and_covariance_but_no_pointwise_likelihood(seed):
+def test_correlated_noise_stores_its_sd_covariance_and_loo_conditional_likelihood(seed):
     problem = _problem()
     i = torch.arange(Y_DIM, dtype=torch.float64)
     cov = NOISE**2 * 0.6 ** (i[:, None] - i[None, :]).abs()  # AR(1) correlation 0.6
@@ -373,12 +375,18 @@ def test_correlated_noise_stores_its_sd_and_covariance_but_no_pointwise_likeliho
     _, y = problem.simulate(2, gen)
     draws = torch.randn(50, 2, X_DIM, generator=gen)
     idata = inference_data_from_draws(draws, y, problem=problem, generator=gen)
-    assert "log_likelihood" not in idata.groups()
-    assert "correlated" in idata.posterior.attrs["log_likelihood_omitted"]
+    # the pointwise terms are the leave-one-out conditionals (tests/test_arviz_loo_correlated.py
+    # checks their values), marked as such: they do not sum to the joint in lp
+    assert "log_likelihood_omitted" not in idata.posterior.attrs
+    ll = idata.log_likelihood["y"]
+    assert ll.attrs["pointwise"] == "loo_conditional" and ll.attrs["sums_to_joint"] == 0
     const = idata.constant_data
     assert const["y_noise_sd"].attrs["correlated"] == 1
     np.testing.assert_allclose(const["y_noise_sd"].values, np.sqrt(np.diag(cov.numpy())), rtol=1e-6)
     np.testing.assert_allclose(const["y_noise_cov"].values, cov.numpy())
+    x32 = torch.as_tensor(idata.posterior["x"].values[0])
+    direct = problem.log_likelihood_pointwise(x32, y).numpy()  # float32 storage
+    np.testing.assert_allclose(ll.values[0], direct, rtol=1e-6, atol=1e-5)
     # lp uses the joint likelihood: N(x; 0, I) times N(y; A x, C_e)
     x = idata.posterior["x"].values[0].astype(np.float64)
     mean = x @ problem.matrix.double().numpy().T  # (S, M, m)

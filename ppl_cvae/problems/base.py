@@ -802,7 +802,7 @@ class Problem(abc.ABC):
         return self._noise_for_likelihood().log_prob(self._residual(x, y))
 
     def log_likelihood_pointwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Return the log-likelihood of each datum, ``log N(y_i; F(x)_i, sigma_i^2)``.
+        """Return each datum's log-likelihood given the other data, ``log p(y_i | y_-i, x)``.
 
         Parameters
         ----------
@@ -812,8 +812,12 @@ class Problem(abc.ABC):
         Returns
         -------
         Tensor, shape (*batch, *y_shape)
-            Per-datum terms in nats, float64, summing over the event axes to
-            :meth:`log_likelihood` (what ArviZ's ``log_likelihood`` group holds for ``loo``).
+            Per-datum terms in nats, float64 (what ArviZ's ``log_likelihood`` group holds for
+            ``loo``). For independent noise they are ``log N(y_i; F(x)_i, sigma_i^2)`` and
+            sum over the event axes to :meth:`log_likelihood`. For correlated noise
+            (a :attr:`noise_cov` with off-diagonal terms) they are the leave-one-out
+            conditional densities of Buerkner, Gabry and Vehtari (2021) and do **not** sum to
+            :meth:`log_likelihood`, which stays the joint ``log N(y; F(x), C_e)``.
 
         Raises
         ------
@@ -825,10 +829,21 @@ class Problem(abc.ABC):
         ConfigError
             If ``forward`` raises or calls ``sys.exit``.
         NoLikelihoodError
-            If the problem is noise-free, or its noise covariance has off-diagonal terms (the
-            likelihood then has no per-datum factorisation; see
-            :meth:`GaussianNoise.log_prob_pointwise
-            <ppl_cvae.problems.noise.GaussianNoise.log_prob_pointwise>`).
+            If the problem is noise-free (``y = F(x)`` has no density).
+
+        Notes
+        -----
+        With ``Q = C_e^-1`` on the flattened ``y`` (C order) and ``r = y - F(x)``:
+        ``log p(y_i | y_-i, x) = -log(2 pi) / 2 + log(Q_ii) / 2 - (Q r)_i^2 / (2 Q_ii)``
+        (:meth:`GaussianNoise.log_prob_pointwise
+        <ppl_cvae.problems.noise.GaussianNoise.log_prob_pointwise>`; two triangular solves
+        with the cached Cholesky factor per draw, ``diag(Q)`` computed once).
+
+        References
+        ----------
+        Buerkner, P.-C., Gabry, J. and Vehtari, A. (2021). Efficient leave-one-out
+        cross-validation for Bayesian non-factorized normal and Student-t models.
+        Computational Statistics 36, 1243-1261. doi:10.1007/s00180-020-01045-4.
         """
         return self._noise_for_likelihood().log_prob_pointwise(self._residual(x, y))
 
