@@ -32,12 +32,13 @@ import torch
 
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import as_count, as_seed, check_problem_matches
-from ppl_cvae.errors import ConfigError, PplCvaeError, exception_summary
+from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem, check_batch_axes
 from ppl_cvae.problems.densities import (
     check_log_density_values,
+    checked_forward,
     checked_log_likelihood,
     checked_log_prior,
 )
@@ -121,6 +122,40 @@ class ImportanceResult:
             for m in range(self.x.shape[1])
         ]
         return torch.stack(cols, dim=1)
+
+
+def _refuse_weightless(
+    problem: Problem, x: torch.Tensor, y: torch.Tensor, log_w: torch.Tensor
+) -> None:
+    """Refuse an observation whose every proposal has weight zero, naming the member.
+
+    ``x`` ``(S, M, *x_shape)``, ``y`` ``(M, *y_shape)``, ``log_w`` ``(S, M)``. NaN and
+    ``+inf`` densities were refused already; left are ``-inf`` ones (a density of zero), and a
+    forward operator that overflows gives those through the likelihood. Which member is at
+    fault is found on the observation's proposals (the prior's density, then the forward
+    operator's values, else the likelihood).
+    """
+    dead = ~torch.isfinite(log_w).any(0)
+    if not bool(dead.any()):
+        return
+    m = int(dead.nonzero()[0])
+    models = x[:, m]
+    with torch.no_grad():
+        if not bool(torch.isfinite(checked_log_prior(problem, models)).any()):
+            culprit = "log_prior is -inf (a prior density of zero)"
+        else:
+            data = checked_forward(problem, models).flatten(1)
+            if not bool(torch.isfinite(data).all(-1).any()):
+                culprit = "forward is not finite (so log_likelihood is -inf)"
+            else:
+                culprit = "log_likelihood is -inf (a likelihood of zero)"
+    raise DataError(
+        f"problem {problem.name!r}: {culprit} at every one of the {x.shape[0]} importance "
+        f"proposals of observation {m} ({int(dead.sum())} of {dead.numel()} observation(s) "
+        "like it), so no weight is left to resample: the amortized posterior puts its draws "
+        "where the problem's posterior density is zero; check that member there, or use "
+        "--method nuts"
+    )
 
 
 def systematic_resample(
@@ -217,7 +252,8 @@ def importance_sample(
         If ``y`` is not a tensor, array or list of real numbers, holds NaN or inf or no
         observation (a stack of zero rows), or the problem's ``log_prior`` or
         ``log_likelihood`` is NaN or ``+inf`` at a proposal, or returns something that is not
-        a real tensor.
+        a real tensor, or every proposal of an observation has weight zero (the message names
+        ``log_prior``, ``forward`` or ``log_likelihood``).
     ResourceError
         If the proposals would not fit in memory (estimated before any is drawn).
     NoPriorDensityError, NoLikelihoodError
@@ -295,6 +331,7 @@ def importance_sample(
             done += n
     cvae.train(was_training)
     x, z, log_w = torch.cat(xs), torch.cat(zs), torch.cat(lws)
+    _refuse_weightless(problem, x, y, log_w)
     smoothed, khat = pareto_smooth(log_w.T.numpy())
     smoothed_t = torch.from_numpy(smoothed).T.contiguous()
     ess = 1.0 / torch.exp(2 * smoothed_t).sum(0)

@@ -344,28 +344,31 @@ def test_diagnose_says_which_observations_misfit(tmp_path):
     assert _misfit_verdict(table([3.0], whitened=False)) == []  # no noise information
 
 
-def test_a_warning_is_one_line_and_the_handler_is_restored(tmp_path, capsys):
-    """A warning reaches the user as ``ppl-cvae: warning: ...`` (like errors: no source path,
-    no code line), and ``main`` leaves ``warnings.showwarning`` as it found it (it runs
-    in-process here). The warning: an observation 1000 training sds out."""
+def test_a_warning_is_one_line_and_the_formatter_is_restored(tmp_path):
+    """A warning reaches the user as one line ``ppl-cvae: warning: ...`` (like errors: no
+    source path, no code line), through a real process (pytest captures warnings in its
+    own); ``main`` leaves ``warnings.formatwarning`` as it found it, so a caller's
+    ``pytest.warns`` or ``catch_warnings`` still records. The warning: an observation 10^4
+    training sds out."""
+    import os
     import warnings
 
     from tests.conftest import TINY_FIT
 
-    lg = ["--problem", "linear_gaussian"]
     threads = torch.get_num_threads()
+    before = warnings.formatwarning
     try:
-        assert main(["fit", *lg, "--out", str(tmp_path / "run"), *TINY_FIT]) == 0
-        obs = tmp_path / "far.npy"
-        np.save(obs, np.array([[0.0, 1e4]], dtype=np.float32))
-        before = warnings.showwarning
-        capsys.readouterr()
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            assert main(["sample", str(tmp_path / "run"), "--observation", str(obs),
-                         "--num-samples", "10", "--out", str(tmp_path / "post.nc")]) == 0
-        assert warnings.showwarning is before
+        assert main(["fit", "--problem", "linear_gaussian", "--out", str(tmp_path / "run"),
+                     *TINY_FIT]) == 0
     finally:
         torch.set_num_threads(threads)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ppl-cvae: warning: observation 0, y[..., 1]")
+    assert warnings.formatwarning is before
+    obs = tmp_path / "far.npy"
+    np.save(obs, np.array([[0.0, 1e4]], dtype=np.float32))
+    done = subprocess.run(
+        [sys.executable, "-m", "ppl_cvae.cli", "--threads", "1", "sample", str(tmp_path / "run"),
+         "--observation", str(obs), "--num-samples", "10", "--out", str(tmp_path / "post.nc")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True,
+    )
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ppl-cvae: warning: observation 0, y[..., 1]"), err

@@ -621,6 +621,7 @@ def test_facies_mcmc_replicas_beyond_memory_are_refused_before_any_step():
 # ----------------------------------------------------------------- problem code that fails
 FAILING = """
 import math
+import sys
 
 import torch
 from ppl_cvae.problems.base import Problem
@@ -647,6 +648,8 @@ class Failing(Problem):
             return value
         if self.failure == "value":
             raise ValueError("solver diverged")
+        if self.failure == "exit":
+            sys.exit(3)
         mask = inside[..., None] if member == "forward" else inside
         return torch.where(mask, {"nan": math.nan, "inf": math.inf}[self.failure], value)
 
@@ -699,6 +702,16 @@ def failing(tmp_path_factory):
      "log p(x) + log p(y | x) is inf at a point NUTS evaluated (there: log_prior inf"),
     ("nuts", ["member=log_likelihood", "failure=nan", "after=40"],
      "check the problem's log_likelihood (and the forward operator it calls)"),
+    # at the chains' starts: a sys.exit in the layout check, a forward that is NaN there
+    ("nuts", ["member=forward", "failure=exit"],
+     "problem 'pc_failing' forward called sys.exit(3); problem code must raise an exception"),
+    ("nuts", ["member=log_prior", "failure=exit"],
+     "problem 'pc_failing' log_prior called sys.exit(3); problem code must raise an exception"),
+    ("nuts", ["member=forward", "failure=nan"],
+     "check the problem's forward (it is not finite at those models; log_likelihood calls it)"),
+    # every importance weight zero because the forward overflows: named, no NumPy warning
+    ("importance", ["member=forward", "failure=inf"],
+     "problem 'pc_failing': forward is not finite (so log_likelihood is -inf) at every one"),
     # the second call of log_prior writes the file's sample_stats.lp
     ("importance", ["member=log_prior", "failure=value", "after=1"],
      "problem 'pc_failing' log_prior raised ValueError: solver diverged for x of shape (8, 1, 2)"),

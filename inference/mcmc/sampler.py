@@ -28,7 +28,7 @@ from ppl_cvae.checks import as_real_tensor, as_seed, derived_seed
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, ShapeError, exception_summary
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem, check_layouts
-from ppl_cvae.problems.densities import checked_log_likelihood
+from ppl_cvae.problems.densities import checked_forward, checked_log_likelihood
 
 __all__ = ["MCMCResult", "nuts_sample"]
 
@@ -265,6 +265,13 @@ def nuts_sample(
                 "log_likelihood": checked_log_likelihood(problem, x0, y64).double(),
             }
         culprit = [k for k, v in terms.items() if not bool(torch.isfinite(v[bad]).all())]
+        if "log_likelihood" in culprit:  # the forward operator, or the density around it?
+            with torch.no_grad():
+                data = checked_forward(problem, x0).flatten(x0.dim() - len(problem.x_shape))
+            if not bool(torch.isfinite(data[bad]).all()):
+                culprit[culprit.index("log_likelihood")] = (
+                    "forward (it is not finite at those models; log_likelihood calls it)"
+                )
         raise DataError(
             f"the log posterior density of problem {problem.name!r} (log_prior + "
             f"log_likelihood) is {float(values[bad].flatten()[0])} at "

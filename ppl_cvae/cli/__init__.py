@@ -27,7 +27,6 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import TextIO
 
 import torch
 
@@ -99,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    shown = warnings.showwarning
-    warnings.showwarning = _show_warning  # one line, as errors are; restored below
+    formatted = warnings.formatwarning
+    warnings.formatwarning = _format_warning  # one line, as errors are; restored below
     try:
         _check_utf8_paths(args)
         with remembering_interrupts():  # a Ctrl-C that a finalizer swallows still counts
@@ -138,20 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ppl-cvae: error: problem code called sys.exit({err.code!r})", file=sys.stderr)
         return 2
     finally:
-        warnings.showwarning = shown
+        warnings.formatwarning = formatted
 
 
-def _show_warning(
+def _format_warning(
     message: Warning | str,
     category: type[Warning],
     filename: str,
     lineno: int,
-    file: TextIO | None = None,
     line: str | None = None,
-) -> None:
-    """Print a warning as one line ``ppl-cvae: warning: ...`` (no source path and line)."""
-    stream = sys.stderr if file is None else file
-    try:
-        print(f"ppl-cvae: warning: {message}", file=stream)
-    except OSError:  # a closed stderr: as warnings.showwarning, stay silent
-        pass
+) -> str:
+    """Format a warning as one line ``ppl-cvae: warning: ...`` (no source path and line).
+
+    Only the text changes: where the warning goes (stderr, a ``catch_warnings`` record, a
+    ``-W error``) stays Python's decision.
+    """
+    return f"ppl-cvae: warning: {message}\n"

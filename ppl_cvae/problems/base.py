@@ -203,11 +203,15 @@ class _problem_code:  # noqa: N801 - used as a function: ``with _problem_code(..
 
 
 def _runs(member: Any, x: torch.Tensor) -> bool:
-    """Whether ``member(x)`` returns without raising (no gradient; any exception counts)."""
+    """Whether ``member(x)`` returns without raising (no gradient; any exception counts).
+
+    A ``sys.exit`` in the member counts as a failure too: this probe only chooses the hint of
+    an error already raised, which names the member and the ``sys.exit``.
+    """
     try:
         with torch.no_grad():
             member(x)
-    except Exception:  # noqa: BLE001 - a user's code may raise anything
+    except (Exception, SystemExit):  # noqa: BLE001 - a user's code may raise anything
         return False
     return True
 
