@@ -348,3 +348,34 @@ def test_evaluate_command_reports_calibration(tmp_path, capsys):
     # fail (p-values near 1e-20 on the seeds tried) while the old keys stay
     assert calibration["sbc"]["failures"] and not calibration["passed"]
     assert {"coverage_50", "coverage_90", "chi2_per_datum", "exact"} <= set(metrics)
+
+
+def test_ranks_piled_at_one_end_are_named_a_shift_not_a_u_shape(case):
+    """Truths below all their draws are a bias (or a too-large misfit), not a narrow posterior.
+
+    Seen on a nonlinear field problem: every held-out truth's misfit ranked below its draws'
+    (rank mean 0.003) and the verdict said "U-shaped ranks: the draws' misfit is too
+    concentrated", the opposite of the failure (the draws misfit the data 9 times more than
+    the truth). ``mean (u - 1/2)^2`` of ranks piled at 0 is 1/4, 39 standard errors above 1/12
+    at M = 400 against 35 for the rank mean's shift, so naming the larger z-score named a U.
+    Here the draws sit 4 posterior sds above the truth (every rank is 0 or 1 of 100 in all but
+    about 3e-5 of the cases: P(N(0,1) > 4)), and, through the misfit, 3 times too wide
+    (the truth's misfit lies below nearly every draw's). The control: draws 4 times too
+    narrow (ranks at both ends, mean near 1/2) are still called U-shaped.
+    """
+    problem, x, y, post, controls = case
+    shifted = controls["exact"] + 4.0 * post.std
+    out = run_calibration(shifted, x, y_obs=y, problem=problem, seed=SEED, false_alarm=FALSE_ALARM)
+    components = [m for m in out["sbc"]["failures"] if m.startswith("x[")]
+    assert len(components) == X_DIM, out["sbc"]["failures"]
+    assert all("biased high" in m and "U-shaped" not in m for m in components), components
+    pooled = [m for m in out["sbc"]["failures"] if m.startswith("all components")]
+    assert pooled and "biased high" in pooled[0], pooled
+    wide = post.mean + 3.0 * (controls["exact"] - post.mean)
+    out = run_calibration(wide, x, y_obs=y, problem=problem, seed=SEED, false_alarm=FALSE_ALARM)
+    misfit = [m for m in out["sbc"]["failures"] if m.startswith("statistic 'misfit'")]
+    assert misfit and "draws' misfit too large" in misfit[0], out["sbc"]["failures"]
+    narrow = post.mean + 0.25 * (controls["exact"] - post.mean)
+    out = run_calibration(narrow, x, y_obs=y, problem=problem, seed=SEED, false_alarm=FALSE_ALARM)
+    components = [m for m in out["sbc"]["failures"] if m.startswith("x[")]
+    assert components and all("U-shaped" in m for m in components), components

@@ -24,6 +24,10 @@ Reading the ranks. ``u`` near 0 means the truth lies below most draws. Ranks pil
 middle (variance of ``u`` below 1/12) mean the posterior is over-dispersed (too wide); a U shape
 (variance above 1/12) that it is under-dispersed (too narrow); a mean of ``u`` below 1/2 that
 the posterior sits above the truth (biased high), above 1/2 that it sits below (biased low).
+The dispersion test measures ``(u - 1/2)^2``, about 1/2, so a shift raises it too (ranks all
+near 0 give 1/4, three times 1/12, without a U shape); the verdicts' words judge the spread
+about the ranks' own mean instead and name the larger of the shift and the spread error
+(``_describe``).
 
 Tests of one set of ``M`` normalised ranks. Under calibration the ``u_i`` are independent
 ``U(0, 1)``, so
@@ -542,24 +546,65 @@ def run_sbc(
     return _sbc_summary(ranks)
 
 
-def _describe(mean_z: float, var_z: float, statistic: str | None = None) -> str:
-    """Name the rank shape that the larger z-score shows (of ``x``, or of a statistic)."""
+def _describe(
+    rank_mean: float,
+    rank_variance: float,
+    mean_se: float,
+    variance_se: float,
+    statistic: str | None = None,
+) -> str:
+    """Name the rank shape of one set of ranks: a shift or a wrong spread, whichever is larger.
+
+    ``rank_variance`` is ``mean (u - 1/2)^2``, measured about 1/2, so a shift of the ranks
+    raises it too: ranks piled at one end (every truth below its draws) have ``mean (u -
+    1/2)^2`` near 1/4, three times 1/12, with no U shape. The spread is therefore judged about
+    the ranks' own mean, ``mean (u - ubar)^2 = rank_variance - (rank_mean - 1/2)^2`` (an
+    identity), with the same standard error as ``rank_variance`` (to first order under the
+    null), and compared with the shift in units of their standard errors.
+
+    Parameters
+    ----------
+    rank_mean, rank_variance : float
+        ``ubar`` and ``mean (u - 1/2)^2`` of the set (uniform: 1/2 and 1/12); for the pooled
+        set, their averages over observations.
+    mean_se, variance_se : float
+        Their standard errors (for the pooled set, those of the t-tests).
+    statistic : str, optional
+        The derived statistic the ranks are of (``"misfit"``); None: components of ``x``.
+
+    Returns
+    -------
+    str
+        The shape in words: ranks piling in the middle (too wide), U-shaped (too narrow), or
+        the truth below / above most draws (biased).
+    """
+    shift_z = (rank_mean - 0.5) / mean_se if mean_se > 0 else math.nan
+    centred = rank_variance - (rank_mean - 0.5) ** 2
+    spread_z = (centred - 1 / 12) / variance_se if variance_se > 0 else math.nan
+    spread = not abs(shift_z) > abs(spread_z)  # NaN z-scores (no spread): name the spread
     if statistic is not None:
-        if abs(var_z) >= abs(mean_z):
-            if var_z < 0:
+        if spread:
+            if spread_z < 0:
                 return f"ranks pile in the middle: the draws' {statistic} spreads too widely"
             return f"U-shaped ranks: the draws' {statistic} is too concentrated"
-        if mean_z < 0:
+        if shift_z < 0:
             return f"the truth's {statistic} lies below most draws': draws' {statistic} too large"
         return f"the truth's {statistic} lies above most draws': draws' {statistic} too small"
     subject = "posterior"
-    if abs(var_z) >= abs(mean_z):
-        if var_z < 0:
+    if spread:
+        if spread_z < 0:
             return f"ranks pile in the middle: {subject} over-dispersed (too wide)"
         return f"U-shaped ranks: {subject} under-dispersed (too narrow)"
-    if mean_z < 0:
+    if shift_z < 0:
         return f"truth below most draws: {subject} biased high"
     return f"truth above most draws: {subject} biased low"
+
+
+def _t_standard_error(difference: float, t_score: float) -> float:
+    """Return the standard error ``|difference / t|`` a t-score was computed with (inf if 0)."""
+    if not math.isfinite(t_score) or t_score == 0:
+        return math.inf
+    return abs(difference / t_score)
 
 
 def _check_false_alarm(false_alarm: float) -> float:
@@ -627,6 +672,9 @@ def check_sbc(
     pooled_p = float(pooled.get("p_value", math.nan))
     num_sets = len(comp["p_value"]) + len(statistics) + (1 if math.isfinite(pooled_p) else 0)
     threshold = alpha / max(1, num_sets)
+    num_obs = max(1, int(summary.get("num_observations", 1)))
+    mean_se = float(summary.get("mean_standard_error", _MEAN_SD / math.sqrt(num_obs)))
+    var_se = float(summary.get("variance_standard_error", _SQ_SD / math.sqrt(num_obs)))
     failures: list[str] = []
     bad = [i for i, p in enumerate(comp["p_value"]) if p < threshold]
     bad.sort(key=lambda i: comp["p_value"][i])
@@ -636,7 +684,7 @@ def check_sbc(
             f"{component_label(i, shape)}: rank mean {comp['rank_mean'][i]:.3f} (uniform 0.5), "
             f"variance {comp['rank_variance'][i]:.4f} (uniform 0.0833), p = "
             f"{comp['p_value'][i]:.2g} < {threshold:.2g}: "
-            f"{_describe(comp['mean_z'][i], comp['variance_z'][i])}"
+            f"{_describe(comp['rank_mean'][i], comp['rank_variance'][i], mean_se, var_se)}"
         )
     if len(bad) > max_messages:
         failures.append(
@@ -648,13 +696,18 @@ def check_sbc(
                 f"statistic {name!r}: rank mean {test['rank_mean']:.3f} (uniform 0.5), "
                 f"variance {test['rank_variance']:.4f} (uniform 0.0833), p = "
                 f"{test['p_value']:.2g} < {threshold:.2g}: "
-                + _describe(test["mean_z"], test["variance_z"], name)
+                + _describe(test["rank_mean"], test["rank_variance"], mean_se, var_se, name)
             )
     if math.isfinite(pooled_p) and pooled_p < threshold:
         failures.append(
             f"all components pooled per observation: rank mean {pooled['rank_mean']:.3f}, "
             f"variance {pooled['rank_variance']:.4f}, p = {pooled_p:.2g} < {threshold:.2g}: "
-            + _describe(pooled["mean_t"], pooled["variance_t"])
+            + _describe(
+                pooled["rank_mean"],
+                pooled["rank_variance"],
+                _t_standard_error(pooled["rank_mean"] - 0.5, pooled["mean_t"]),
+                _t_standard_error(pooled["rank_variance"] - 1 / 12, pooled["variance_t"]),
+            )
         )
     return failures
 
