@@ -470,3 +470,28 @@ def test_cli_sample_writes_every_group(cli_posterior):
     np.testing.assert_allclose(idata.log_likelihood["y"].values[0], expected, rtol=1e-6, atol=1e-6)
     loo = _loo_quietly(idata)  # a one-epoch fit is a poor posterior: k-hat may be large
     assert loo.n_data_points == 2 and math.isfinite(loo.elpd_loo)
+
+
+def test_misfit_warning_is_silent_for_exact_draws_and_names_shifted_ones():
+    """``misfit_warning``: exact posterior draws of a linear-Gaussian problem (50 data) fit
+    their data at 1 per datum on average (truth and draw are exchangeable given y), so none of
+    20 observations is named; the same draws moved by 6 posterior sds in each parameter (about
+    108 / 50 = 2.2 per datum more, 4 sds being 0.8) misfit every observation, and the warning
+    names them (the check ``ppl-cvae sample`` runs)."""
+    from inference.diagnostics.ppc import misfit_warning
+    from inference.exact import exact_posterior
+    from inference.sample import inference_data_from_draws
+    from ppl_cvae.problems import LinearGaussian
+
+    problem = LinearGaussian(x_dim=3, y_dim=50, noise_std=0.5)
+    gen = torch.Generator().manual_seed(0)
+    _, y = problem.simulate(20, gen)
+    post = exact_posterior(problem, y)
+    x = post.sample(400, gen).float()  # (400, 20, 3)
+    exact = inference_data_from_draws(
+        x, y, problem=problem, generator=torch.Generator().manual_seed(1)
+    )
+    assert misfit_warning(exact) is None
+    shifted = inference_data_from_draws(x + 6 * post.std.float(), y, problem=problem)
+    message = misfit_warning(shifted)
+    assert message is not None and message.startswith("the draws misfit the data of 20 of 20")

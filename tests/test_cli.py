@@ -370,5 +370,7 @@ def test_a_warning_is_one_line_and_the_formatter_is_restored(tmp_path):
          "--observation", str(obs), "--num-samples", "10", "--out", str(tmp_path / "post.nc")],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True,
     )
-    err = done.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ppl-cvae: warning: observation 0, y[..., 1]"), err
+    err = done.stderr.strip().splitlines()  # the far observation, then its draws' misfit
+    assert len(err) == 2 and all(line.startswith("ppl-cvae: warning: ") for line in err), err
+    assert err[0].startswith("ppl-cvae: warning: observation 0, y[..., 1]")
+    assert err[1].startswith("ppl-cvae: warning: the draws misfit the data of 1 of 1")

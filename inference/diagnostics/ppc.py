@@ -54,7 +54,7 @@ from ppl_cvae.errors import DataError, ShapeError
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["PPC_COLUMNS", "check_ppc", "run_ppc"]
+__all__ = ["PPC_COLUMNS", "check_ppc", "misfit_warning", "run_ppc"]
 
 PPC_COLUMNS: tuple[str, ...] = (
     "observation",
@@ -285,3 +285,49 @@ def check_ppc(table: pd.DataFrame, *, num_sd: float = 4.0) -> list[str]:
                 f"expected 1 +- {sd:.3f}: {why}"
             )
     return failures
+
+
+def misfit_warning(idata: InferenceData, *, max_draws: int = 1000) -> str | None:
+    """Return a one-line warning when the draws of a posterior file misfit their data, else None.
+
+    :func:`run_ppc` then :func:`check_ppc` on the first ``max_draws`` draws of each chain:
+    for exact posterior draws the truth and a draw are exchangeable given ``y``, so a draw's
+    whitened misfit has the truth's law, ``chi2_m`` (mean ``m``, variance ``2 m``), and the
+    average over draws has mean 1 per datum and a variance of at most ``2 / m``; an
+    observation more than 4 of those standard deviations from 1 is named. This is the check a
+    user has, for the one observation at hand, that amortized draws are not the posterior
+    (Gelman, Meng and Stern 1996, realized discrepancies).
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        A posterior file as ``ppl-cvae sample`` writes it.
+    max_draws : int, default 1000
+        Draws per chain used (the check needs few; a streamed file may hold millions).
+
+    Returns
+    -------
+    str or None
+        None when every observation's misfit is plausible, or the file holds no posterior
+        predictive or no noise information (a noise-free problem); else the number of
+        observations flagged, the first one's figures and the remedy.
+    """
+    groups = idata.groups()
+    if "posterior_predictive" not in groups or "observed_data" not in groups:
+        return None
+    sub = idata.isel(draw=slice(0, max_draws), inplace=False)
+    assert sub is not None  # inplace=False returns the new InferenceData
+    table = run_ppc(sub)
+    if table.empty or not bool(table[table["data"] == "all"]["whitened"].all()):
+        return None
+    failures = check_ppc(table)
+    if not failures:
+        return None
+    total = int((table["data"] == "all").sum())
+    return (
+        f"the draws misfit the data of {len(failures)} of {total} observation(s) "
+        f"({failures[0]}); exact posterior draws average 1 per datum: these are not the "
+        "posterior there; correct them with --method importance or nuts (ppl-cvae diagnose "
+        "lists every observation)"
+    )
+

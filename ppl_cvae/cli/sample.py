@@ -267,6 +267,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(summary)
         if not ok:
             log.warning("the %s correction failed; see the line above", method)
+        _warn_misfit(idata)
         posterior = idata["posterior"]
         num = posterior.sizes["chain"] * posterior.sizes["draw"]
         print(f"wrote {num} posterior draws for {y.shape[0]} observation(s) to {out}")
@@ -297,5 +298,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"--method importance or nuts for that) for {y.shape[0]} observation(s) to {out}"
         )
         return 0
+    if out.stat().st_size <= MISFIT_CHECK_MAX_BYTES:  # a streamed giant: diagnose checks it
+        from inference.arviz_io import load_inference_data
+
+        _warn_misfit(load_inference_data(out))
     print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
     return 0
+
+
+MISFIT_CHECK_MAX_BYTES = 512 * 2**20
+"""Largest amortized posterior file ``sample`` reads back to check the draws' misfit."""
+
+
+def _warn_misfit(idata: Any) -> None:
+    """Log :func:`inference.diagnostics.ppc.misfit_warning` of a written file, if any."""
+    from inference.diagnostics.ppc import misfit_warning
+
+    message = misfit_warning(idata)
+    if message is not None:
+        log.warning("ppl-cvae: warning: %s", message)
+
