@@ -206,7 +206,7 @@ def warn_far_observations(cvae: CVAE, y: torch.Tensor, *, stacklevel: int = 2) -
     y : Tensor, shape (M, *y_shape)
         Observations in physical units, finite.
     stacklevel : int, default 2
-        Passed to :func:`warnings.warn` (2: the caller of this function).
+        Passed to ``warnings.warn`` (2: the caller of this function).
 
     Returns
     -------
