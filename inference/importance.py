@@ -103,8 +103,14 @@ class ImportanceResult:
         Systematic resampling (:func:`systematic_resample`) of :attr:`x` by the smoothed
         weights; ``num_draws`` defaults to ``S``. Draws repeat: about ``ess`` are distinct.
         """
-        idx = self.resample_indices(num_draws, generator)
-        return torch.stack([self.x[idx[:, m], m] for m in range(self.x.shape[1])], dim=1)
+        return self.draws_at(self.resample_indices(num_draws, generator))
+
+    def draws_at(self, index: torch.Tensor) -> torch.Tensor:
+        """Return the proposals ``x[index[:, m], m]``, shape ``(n, M, *x_shape)``.
+
+        ``index`` ``(n, M)`` int64, e.g. from :meth:`resample_indices`.
+        """
+        return torch.stack([self.x[index[:, m], m] for m in range(self.x.shape[1])], dim=1)
 
     def resample_indices(
         self, num_draws: int | None = None, generator: torch.Generator | None = None

@@ -1044,7 +1044,7 @@ def sample_corrected(
         imp = importance_sample(cvae, problem, y_batch, correction.proposals, seed=seed)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
         idx = imp.resample_indices(num_samples, generator)
-        x = torch.stack([imp.x[idx[:, m], m] for m in range(imp.x.shape[1])], dim=1)
+        x = imp.draws_at(idx)
         # the normalised (Pareto-smoothed) log weight each draw had among the proposals
         log_weight = imp.smoothed_log_weight.gather(0, idx)
         stats = {
