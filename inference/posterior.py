@@ -157,12 +157,10 @@ def _out_of_range(cvae: CVAE, y: torch.Tensor, bad: torch.Tensor | None) -> Data
     :data:`FAR_FROM_TRAINING` training standard deviations from the training mean (the
     failure then has another cause).
     """
-    standardiser = cvae.y_standardiser
-    if standardiser is None:
+    sds = _training_sds(cvae, y)
+    if sds is None:
         return None
-    with torch.no_grad():
-        u = standardiser(y.to(standardiser.mean.device, torch.float64)).flatten(1)
-        u = u.abs().amax(1).cpu()  # (M,), training standard deviations, float64
+    u = sds.flatten(1).amax(1)  # (M,), training standard deviations, float64
     far = ~(u <= FAR_FROM_TRAINING)
     if bad is not None:
         far &= bad
@@ -174,6 +172,20 @@ def _out_of_range(cvae: CVAE, y: torch.Tensor, bad: torch.Tensor | None) -> Data
         "training standard deviations from the mean of the y the model was trained on; the "
         "networks overflow float32 there: check its units and scale against the training data"
     )
+
+
+def _training_sds(cvae: CVAE, y: torch.Tensor) -> torch.Tensor | None:
+    """``|y - mean| / std`` of the model's ``y`` standardiser, float64 on the CPU; None without.
+
+    ``y`` ``(M, *y_shape)`` in physical units; the result has its shape, in training standard
+    deviations (an element constant in training keeps ``std = 1``: its own units).
+    """
+    standardiser = cvae.y_standardiser
+    if standardiser is None:
+        return None
+    with torch.no_grad():
+        u = standardiser(y.detach().to(standardiser.mean.device, torch.float64))
+    return u.abs().cpu()
 
 
 FAR_FROM_TRAINING = 1e6
@@ -225,13 +237,13 @@ def warn_far_observations(cvae: CVAE, y: torch.Tensor, *, stacklevel: int = 2) -
     >>> warn_far_observations(cvae, torch.zeros(4, 2))
     0
     """
-    standardiser = cvae.y_standardiser
-    if standardiser is None or y.numel() == 0:
+    u = _training_sds(cvae, y) if y.numel() else None
+    if u is None:
         return 0
-    with torch.no_grad():
-        y64 = y.detach().to("cpu", torch.float64)
-        mean, std = standardiser.mean.cpu().double(), standardiser.std.cpu().double()
-        u = ((y64 - mean) / std).abs()
+    standardiser = cvae.y_standardiser
+    assert standardiser is not None  # _training_sds gave values
+    y64 = y.detach().to("cpu", torch.float64)
+    mean, std = standardiser.mean.cpu().double(), standardiser.std.cpu().double()
     far = u > FAR_WARNING  # NaN is not far: the samplers refuse it with their own error
     count = int(far.sum())
     if not count:
