@@ -99,7 +99,9 @@ def evaluate_model(
         Forward operator and noise model (chi-squared misfit); with ``linear_gaussian()`` also
         the exact posterior, compared in ``metrics["exact"]``.
     num_samples : int, default 200
-        Draws per pair.
+        Draws per pair; with a ``problem`` whose prior restricts its support, draws inside
+        it only (:func:`~inference.posterior.draw_posterior`, ``within_support``), as
+        ``ppl-cvae sample`` keeps them.
     seed : int, default 0
         Seed of the draws, in ``[0, 2**32 - 1]``; chunk ``k`` (observations ``k*chunk ...``)
         uses ``derived_seed(seed, k*chunk)`` (``seed + k*chunk``, wrapped below ``2**32``).
@@ -147,8 +149,13 @@ def evaluate_model(
     parts, probs = [], []
     likelihood = cvae.config.likelihood
     for start in range(0, y.shape[0], chunk):
-        draws = draw_posterior(
-            cvae, y[start : start + chunk], num_samples, seed=derived_seed(seed, start)
+        draws = draw_posterior(  # kept inside the prior's support, as ppl-cvae sample keeps them
+            cvae,
+            y[start : start + chunk],
+            num_samples,
+            problem=problem,
+            seed=derived_seed(seed, start),
+            predictive=False,
         )
         parts.append(draws.x.cpu())
         if likelihood == "bernoulli" and draws.x_mean is not None:  # P(x = 1 | y), per cell

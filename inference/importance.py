@@ -230,7 +230,10 @@ def importance_sample(
         not a facies decoder, whose priors have no density here).
     problem : Problem
         Supplies ``log_prior(x)`` (a prior with a density) and ``log_likelihood(x, y)`` (a noise
-        model): the target ``p(x | y)`` is the problem's own posterior.
+        model): the target ``p(x | y)`` is the problem's own posterior. Proposals outside a
+        declared :attr:`~ppl_cvae.problems.base.Problem.support` weigh zero without calling
+        either (the proposals are the untruncated amortized draws, whose density is known, so
+        the evidence stays unbiased).
     y : Tensor, shape (M, *y_shape) or y_shape
         Observations, units of ``y`` (one without a batch axis counts as ``M = 1``); a NumPy
         array or list of numbers is accepted, any real dtype is cast to float32.
@@ -380,8 +383,23 @@ def _weigh(
         log_r = dist.Normal(loc, scale).to_event(1).log_prob(z.reshape(num * num_obs, -1))
         log_q = log_q - log_r.reshape(num, num_obs)
     where = "importance proposals"
-    log_p = check_log_density_values(problem, "log_prior", checked_log_prior(problem, x), where)
-    log_p = log_p + check_log_density_values(
-        problem, "log_likelihood", checked_log_likelihood(problem, x, y), where
-    )
+    if problem.support is not None and problem.restricts_support():
+        # a declared support: proposals outside it weigh zero, and the problem's densities see
+        # only those inside (its forward may be undefined outside, e.g. a negative resistivity)
+        inside = problem.in_support(x)  # (num, M)
+        log_p = torch.full((num, num_obs), -math.inf, dtype=torch.float64)
+        if bool(inside.any()):
+            y_each = y.expand(num, *y.shape)[inside]
+            log_p[inside] = check_log_density_values(
+                problem, "log_prior", checked_log_prior(problem, x[inside]), where
+            ) + check_log_density_values(
+                problem, "log_likelihood", checked_log_likelihood(problem, x[inside], y_each), where
+            )
+    else:
+        log_p = check_log_density_values(
+            problem, "log_prior", checked_log_prior(problem, x), where
+        )
+        log_p = log_p + check_log_density_values(
+            problem, "log_likelihood", checked_log_likelihood(problem, x, y), where
+        )
     return x, z, log_p - log_q.double()

@@ -40,6 +40,7 @@ from ppl_cvae.problems.metadata import derived_quantities
 __all__ = [
     "CVAEPosterior",
     "FAR_WARNING",
+    "MIN_SUPPORT_ACCEPTANCE",
     "PosteriorDraws",
     "as_observation_batch",
     "bytes_per_draw",
@@ -73,6 +74,10 @@ class PosteriorDraws:
         ``F(x)``, the noise-free data every draw predicts (``y_rep`` before the noise is
         added), units of ``y``; kept so that the likelihood and misfit of the draws need no
         second run of the forward operator. None where not recorded.
+    support_acceptance : Tensor, shape (M,), or None
+        float64: the fraction of the amortized posterior's draws that fell in the prior's
+        support (:meth:`Problem.in_support <ppl_cvae.problems.base.Problem.in_support>`) per
+        observation, the others having been rejected; None where no support was checked.
     """
 
     x: torch.Tensor
@@ -81,6 +86,7 @@ class PosteriorDraws:
     decoder_noise: bool
     x_mean: torch.Tensor | None = None
     y_model: torch.Tensor | None = None
+    support_acceptance: torch.Tensor | None = None
 
 
 def as_observation_batch(
@@ -266,6 +272,81 @@ def warn_far_observations(cvae: CVAE, y: torch.Tensor, *, stacklevel: int = 2) -
     return count
 
 
+MIN_SUPPORT_ACCEPTANCE = 1e-3
+"""Fraction of amortized draws in the prior's support below which :func:`draw_posterior` stops.
+
+Rejection needs ``1 / acceptance`` proposals per kept draw; below this it would run a thousand
+times the requested work, and the draws it kept would say little about the posterior."""
+
+
+def _support_words(problem: Problem) -> str:
+    """Name a problem's support for a message."""
+    if problem.support is not None:
+        return f"support {problem.support}"
+    return "support (where its log_prior is finite)"
+
+
+def _keep_in_support(
+    draw: Any,
+    problem: Problem,
+    y_batch: torch.Tensor,
+    num_samples: int,
+    decoder_noise: bool,
+    per_round: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Redraw until each observation has ``num_samples`` draws in the prior's support.
+
+    ``draw(y, n)`` returns the Predictive sites (``z``, ``x``, ``x_mean``; shapes
+    ``(n, M', ...)``, CPU) for observations ``y`` ``(M', *y_shape)``; each round draws
+    ``per_round`` (at least ``num_samples``) for the observations still short. Returns the
+    kept sites, ``(num_samples, M, ...)``, and the acceptance per observation, ``(M,)``
+    float64.
+    """
+    site = "x" if decoder_noise else "x_mean"
+    num_obs = y_batch.shape[0]
+    kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(num_obs)]
+    count = [0] * num_obs
+    proposed = [0] * num_obs
+    pending = list(range(num_obs))
+    max_proposals = math.ceil(num_samples / MIN_SUPPORT_ACCEPTANCE)
+    while pending:
+        out = draw(y_batch[pending], per_round)
+        inside = problem.in_support(out[site])  # (num_samples, len(pending))
+        still = []
+        for j, m in enumerate(pending):
+            ok = inside[:, j]
+            for name, value in out.items():
+                kept[m].setdefault(name, []).append(value[:, j][ok])
+            count[m] += int(ok.sum())
+            proposed[m] += per_round
+            if count[m] >= num_samples:
+                continue
+            if proposed[m] >= max_proposals:
+                prior_x = problem.sample_prior(256, torch.Generator().manual_seed(0))
+                prior_in = int(problem.in_support(prior_x).sum())
+                hint = (
+                    f"; the {_support_words(problem)} excludes {256 - prior_in} of 256 of the "
+                    "problem's own prior draws: it is misdeclared"
+                    if prior_in < 256
+                    else "; check the observation (it may lie where the prior puts no model), "
+                    "or correct the draws with the physics (--method importance or nuts)"
+                )
+                raise DataError(
+                    f"only {count[m]} of {proposed[m]} amortized posterior draws for observation "
+                    f"{m} lie in problem {problem.name!r}'s {_support_words(problem)}, fewer than "
+                    f"the {num_samples} asked for: below {MIN_SUPPORT_ACCEPTANCE:g} of the "
+                    f"trained posterior's mass is inside the prior's support there{hint}"
+                )
+            still.append(m)
+        pending = still
+    sites = {
+        name: torch.stack([torch.cat(kept[m][name])[:num_samples] for m in range(num_obs)], 1)
+        for name in kept[0]
+    }
+    acceptance = torch.tensor(count, dtype=torch.float64) / torch.tensor(proposed)
+    return sites, acceptance.clamp(max=1.0)
+
+
 @torch.no_grad()
 def draw_posterior(
     cvae: CVAE,
@@ -275,6 +356,8 @@ def draw_posterior(
     decoder_noise: bool | None = None,
     problem: Problem | None = None,
     seed: int | None = None,
+    within_support: bool = True,
+    predictive: bool = True,
 ) -> PosteriorDraws:
     """Draw ``num_samples`` amortized posterior samples of ``x`` for each observation.
 
@@ -295,10 +378,23 @@ def draw_posterior(
         ``cvae.samples_decoder_noise`` (False for a basis decoder, True otherwise).
     problem : Problem, optional
         With a forward operator: also return the posterior predictive ``y_rep = F(x) + eps``,
-        ``eps ~ N(0, C_e)`` (:attr:`problem.noise <ppl_cvae.problems.base.Problem.noise>`).
+        ``eps ~ N(0, C_e)`` (:attr:`problem.noise <ppl_cvae.problems.base.Problem.noise>`),
+        and keep only draws in the prior's support (``within_support``).
     seed : int, optional
         Seed of Pyro's RNG for these draws (of the device the CVAE is on: the same seed gives
         the same draws on the same kind of device).
+    within_support : bool, default True
+        With a ``problem`` whose support is not all of ``R^n``
+        (:meth:`~ppl_cvae.problems.base.Problem.restricts_support`): reject draws outside it
+        (:meth:`~ppl_cvae.problems.base.Problem.in_support`) and draw again until every
+        observation has ``num_samples``, as sbi's ``DirectPosterior`` does. The draws are then
+        those of ``q(x | y)`` restricted to the support and renormalised, which is closer to
+        the posterior (zero outside the support) than ``q`` in Kullback-Leibler divergence;
+        the fraction kept is returned (``support_acceptance``). False: the draws of ``q``
+        itself (importance sampling needs them with their density).
+    predictive : bool, default True
+        With a ``problem``: compute ``y_rep`` and ``y_model``; False skips the forward
+        operator (draws only).
 
     Returns
     -------
@@ -320,7 +416,9 @@ def draw_posterior(
         observation, the problem's ``forward`` returns something that is not a torch tensor,
         or the draws are not finite (named as an observation far outside the training data, more
         than :data:`FAR_FROM_TRAINING` training standard deviations away, where that is the
-        reason).
+        reason); or fewer than :data:`MIN_SUPPORT_ACCEPTANCE` of the draws for an observation
+        lie in the prior's support (the message says whether the declared support excludes
+        the problem's own prior draws).
     ResourceError
         If the draws cannot fit in memory (:func:`bytes_per_draw`).
     """
@@ -346,30 +444,46 @@ def draw_posterior(
         decoder_noise = cvae.samples_decoder_noise
     was_training = cvae.training
     cvae.eval()
-    predictive = Predictive(
-        cvae.model, num_samples=num_samples, parallel=True, return_sites=("z", "x", "x_mean")
-    )
+    device = module_device(cvae)
+
+    def draw(y_sub: torch.Tensor, num: int) -> dict[str, torch.Tensor]:
+        runner = Predictive(
+            cvae.model, num_samples=num, parallel=True, return_sites=("z", "x", "x_mean")
+        )
+        try:
+            with pyro.validation_enabled(False):
+                out = runner(y_sub.to(device))
+        except (RuntimeError, ValueError) as err:  # torch.normal on a NaN scale, and the like
+            far = _out_of_range(cvae, y_sub, None)
+            if far is None:
+                raise
+            raise far from err
+        for site in ("z", "x" if decoder_noise else "x_mean"):
+            if not bool(torch.isfinite(out[site]).all()):
+                bad = ~torch.isfinite(out[site]).flatten(2).all(-1).all(0)  # (M,)
+                raise _out_of_range(cvae, y_sub, bad) or DataError(
+                    f"the posterior draws of {site} are not finite for {int(bad.sum())} of "
+                    f"{len(bad)} observations; the trained networks give NaN or inf there"
+                )
+        return {name: value.cpu() for name, value in out.items()}  # draws leave the device
+
+    acceptance = None
     try:
-        with pyro.validation_enabled(False):
-            out = predictive(y_batch.to(module_device(cvae)))
-    except (RuntimeError, ValueError) as err:  # torch.normal on a NaN scale, and the like
-        cvae.train(was_training)
-        far = _out_of_range(cvae, y_batch, None)
-        if far is None:
-            raise
-        raise far from err
-    cvae.train(was_training)
-    for site in ("z", "x" if decoder_noise else "x_mean"):
-        if not bool(torch.isfinite(out[site]).all()):
-            bad = ~torch.isfinite(out[site]).flatten(2).all(-1).all(0)  # (M,)
-            raise _out_of_range(cvae, y_batch, bad) or DataError(
-                f"the posterior draws of {site} are not finite for {int(bad.sum())} of "
-                f"{len(bad)} observations; the trained networks give NaN or inf there"
+        if problem is not None and within_support and problem.restricts_support():
+            # a round: the draws asked for, or up to 1024 of them where 256 MiB holds them
+            # (a small request then needs few rounds)
+            fits = (1 << 28) // max(1, bytes_per_draw(cvae, y_batch.shape[0]))
+            per_round = max(num_samples, min(1024, fits))
+            out, acceptance = _keep_in_support(
+                draw, problem, y_batch, num_samples, decoder_noise, per_round
             )
-    out = {name: value.cpu() for name, value in out.items()}  # draws leave the device here
+        else:
+            out = draw(y_batch, num_samples)
+    finally:
+        cvae.train(was_training)
     x = out["x"] if decoder_noise else out["x_mean"]
     y_rep = y_model = None
-    if problem is not None:
+    if problem is not None and predictive:
         y_rep = y_model = checked_forward(problem, x)
         if not problem.noise.is_zero:
             y_rep = y_model + problem.noise.sample(tuple(x.shape[:2])).to(y_model)
@@ -380,6 +494,7 @@ def draw_posterior(
         decoder_noise=decoder_noise,
         x_mean=out["x_mean"],
         y_model=y_model,
+        support_acceptance=acceptance,
     )
 
 
@@ -503,7 +618,9 @@ class CVAEPosterior:
         -------
         Tensor, shape (*sample_shape, *x_shape) for one observation, else
         (*sample_shape, M, *x_shape)
-            Units of ``x``.
+            Units of ``x``. With a :attr:`problem` whose prior has a restricted support, only
+            draws inside it (the others are rejected and drawn again, as sbi does;
+            :func:`draw_posterior`, ``within_support``).
 
         Raises
         ------
@@ -518,7 +635,13 @@ class CVAEPosterior:
         warn_far_observations(self.cvae, y_batch)
         num = math.prod(sample_shape)
         draws = draw_posterior(
-            self.cvae, y_batch, max(num, 1), decoder_noise=decoder_noise, seed=seed
+            self.cvae,
+            y_batch,
+            max(num, 1),
+            decoder_noise=decoder_noise,
+            problem=self.problem,
+            seed=seed,
+            predictive=False,
         ).x[:num]
         x_shape = self.cvae.config.x_shape
         if not stacked:
@@ -532,6 +655,7 @@ class CVAEPosterior:
         y: torch.Tensor | np.ndarray | list[Any] | None = None,
         *,
         num_particles: int = 128,
+        num_support_draws: int = 10_000,
         seed: int | None = None,
     ) -> torch.Tensor:
         """Return ``log q(x | y)`` in nats (decoder noise included: the density of the draws).
@@ -545,6 +669,12 @@ class CVAEPosterior:
         ``x`` with the decoder's elementwise noise, not of the decoder means that its draws
         default to.
 
+        With a :attr:`problem` whose prior restricts its support, the density of the draws
+        :meth:`sample` returns (``q`` restricted to the support and renormalised): ``-inf``
+        outside the support, ``log q(x | y) - log P_q(support | y)`` inside, the probability
+        estimated from ``num_support_draws`` draws of ``q`` per distinct observation (sbi's
+        leakage correction; relative standard error ``sqrt((1 - P) / (P n))`` on ``P``).
+
         Parameters
         ----------
         x : Tensor, shape (N, *x_shape) or x_shape
@@ -554,8 +684,11 @@ class CVAEPosterior:
             One observation for every ``x``, or one per ``x``; default :attr:`default_y`.
         num_particles : int, default 128
             ``K``, latent particles per ``x`` (at least 1).
+        num_support_draws : int, default 10000
+            Draws per distinct observation that estimate the mass of ``q`` in the support
+            (used only with a problem that restricts its support).
         seed : int, optional
-            Seed of the particles (a forked torch RNG).
+            Seed of the particles and support draws (a forked torch RNG).
 
         Returns
         -------
@@ -568,16 +701,21 @@ class CVAEPosterior:
             If ``x`` or ``y`` have the wrong shape, or their batch sizes differ.
         DataError
             If ``x`` or ``y`` is not a tensor, array or list of real numbers, or holds NaN or
-            inf.
+            inf; or none of the ``num_support_draws`` draws for an observation lies in the
+            support.
         ConfigError
-            If ``num_particles`` is not an int >= 1 or ``seed`` not an int in
-            ``[0, 2**32 - 1]``.
+            If ``num_particles`` or ``num_support_draws`` is not an int >= 1 or ``seed`` not
+            an int in ``[0, 2**32 - 1]``.
 
         References
         ----------
-        Burda, Grosse and Salakhutdinov (2016), Importance Weighted Autoencoders, ICLR.
+        Burda, Grosse and Salakhutdinov (2016), Importance Weighted Autoencoders, ICLR;
+        Greenberg, Nonnenmacher and Macke (2019), Automatic posterior transformation for
+        likelihood-free inference, ICML (the leakage of a posterior estimate outside the
+        prior's support).
         """
         num_particles = as_count(num_particles, "num_particles")
+        num_support_draws = as_count(num_support_draws, "num_support_draws")
         seed = as_seed(seed)
         cvae = self.cvae
         x_shape = cvae.config.x_shape
@@ -615,8 +753,33 @@ class CVAEPosterior:
                     - r.log_prob(z)
                 ).double()
                 out = torch.logsumexp(log_w, dim=0) - math.log(num_particles)
+            out = out.cpu()
+            problem = self.problem
+            if problem is not None and problem.restricts_support():
+                out = torch.where(problem.in_support(x.cpu()), out, -math.inf)
+                distinct, which = torch.unique(
+                    y_batch.cpu().reshape(n, -1), dim=0, return_inverse=True
+                )
+                support_draws = draw_posterior(
+                    cvae,
+                    distinct.reshape(-1, *self.y_shape),
+                    num_support_draws,
+                    decoder_noise=True,
+                    problem=problem,
+                    within_support=False,
+                    predictive=False,
+                ).x
+                mass = problem.in_support(support_draws).double().mean(0)  # (distinct,)
+                if bool((mass == 0).any()):
+                    raise DataError(
+                        f"none of {num_support_draws} draws of the amortized posterior lies in "
+                        f"problem {problem.name!r}'s {_support_words(problem)} for "
+                        f"{int((mass == 0).sum())} of the observations: its density there "
+                        "cannot be normalised"
+                    )
+                out = out - torch.log(mass)[which]
         cvae.train(was_training)
-        return out.cpu()
+        return out
 
     def importance_sample(
         self,

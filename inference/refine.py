@@ -87,9 +87,11 @@ def refine_by_misfit(
     problem : Problem
         Supplies the forward operator ``F``, the misfit scale ``sigma = problem.misfit_std``
         (or the full noise covariance, :func:`~ppl_cvae.problems.base.whiten`)
-        and, when it has one, the parameterisation :meth:`problem.parameterisation()
-        <ppl_cvae.problems.base.Problem.parameterisation>` (``x = B T(u)``, optimised over
-        unconstrained ``u``; for Two Birds every refined draw is a prior-valid line pair).
+        and, when it has one, the parameterisation :meth:`problem.sampler_parameterisation()
+        <ppl_cvae.problems.base.Problem.sampler_parameterisation>` (``x = B T(u)``, optimised
+        over unconstrained ``u``; for Two Birds every refined draw is a prior-valid line pair;
+        for a declared elementwise support, ``x = biject_to(support)(u)``, every refined draw
+        stays inside it).
     num_steps : int, default 300
         Adam steps (all draws move in parallel; each draw's objective is separate).
     learning_rate : float, default 0.1
@@ -139,7 +141,8 @@ def refine_by_misfit(
             f"y must have shape ({draws.x.shape[1]}, *{tuple(problem.y_shape)}), "
             f"got {tuple(y.shape)}"
         )
-    par = problem.parameterisation()
+    # a basis, or a declared support: steps in its unconstrained coordinates stay inside it
+    par = problem.sampler_parameterisation()
     scale = _step_unit(x_scale, tuple(problem.x_shape), draws.x)
 
     def to_x(theta: torch.Tensor) -> torch.Tensor:
@@ -305,7 +308,9 @@ def refine_and_accept(
         )
     # a forward for one layout of models only is named now, not inside the optimiser
     check_batch_axes(as_problem(problem), torch.Generator().manual_seed(0))
-    candidates = draw_posterior(cvae, y, oversample * num_samples, seed=seed)
+    candidates = draw_posterior(  # inside the prior's support, where it restricts one
+        cvae, y, oversample * num_samples, problem=problem, seed=seed, predictive=False
+    )
     # steps in units of each element's training sd: Adam's step is about learning_rate in
     # the optimised coordinates whatever the units of x (a problem in 1e-8 or 1e8 units)
     refined = refine_by_misfit(

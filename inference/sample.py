@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -61,10 +62,12 @@ __all__ = [
     "sample_corrected",
     "IN_MEMORY_BYTES",
     "NUTS_PRECONDITIONERS",
+    "SUPPORT_WARNING",
     "inference_data_from_draws",
     "sample_posterior",
     "sample_posterior_to_netcdf",
     "stack_chains",
+    "warn_support_acceptance",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,49 @@ def _count_not_finite(
         if bad:
             counts[name] = [bad, array.numel()]
     return counts
+
+
+SUPPORT_WARNING = 0.5
+"""Fraction of amortized draws in the prior's support below which sampling warns."""
+
+
+def warn_support_acceptance(acceptance: Sequence[float], *, stacklevel: int = 3) -> list[int]:
+    """Warn of observations whose amortized draws fell mostly outside the prior's support.
+
+    Parameters
+    ----------
+    acceptance : sequence of float, length M
+        Fraction of the amortized posterior's draws in the support, per observation
+        (:attr:`PosteriorDraws.support_acceptance <inference.posterior.PosteriorDraws>`).
+    stacklevel : int, default 3
+        As in ``warnings.warn``.
+
+    Returns
+    -------
+    list of int
+        The observations below :data:`SUPPORT_WARNING` (at most one warning names them all).
+
+    Warns
+    -----
+    UserWarning
+        If any observation's fraction is below :data:`SUPPORT_WARNING`: the kept draws are
+        the trained posterior restricted to the support, which is not the posterior where most
+        of its mass lay outside; importance sampling or NUTS with the problem correct them.
+    """
+    low = [m for m, value in enumerate(acceptance) if value < SUPPORT_WARNING]
+    if low:
+        shown = ", ".join(str(m) for m in low[:10]) + (", ..." if len(low) > 10 else "")
+        worst = min(acceptance)
+        warnings.warn(
+            f"the amortized posterior put most of its draws outside the prior's support for "
+            f"{len(low)} of {len(acceptance)} observation(s) ({shown}; as few as {worst:.1%} "
+            "inside): those outside were rejected, and the draws kept are the trained "
+            "posterior cut to the support, not the posterior; correct them with the physics "
+            "(sample --method importance or nuts) or fit longer",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    return low
 
 
 def _warn_not_finite(counts: Mapping[str, Sequence[int]]) -> None:
@@ -408,6 +454,7 @@ def sample_posterior(
     refine: RefineConfig | None = None,
     warn_not_finite: bool = True,
     warn_far: bool = True,
+    warn_support: bool = True,
 ) -> az.InferenceData:
     """Draw amortized posterior samples for one or many observations as ``InferenceData``.
 
@@ -444,6 +491,10 @@ def sample_posterior(
         Warn of observations far outside the training ``y``
         (:func:`~inference.posterior.warn_far_observations`); False where the caller warned
         once already (the chunks of :func:`sample_posterior_to_netcdf`).
+    warn_support : bool, default True
+        Warn when fewer than :data:`SUPPORT_WARNING` of the amortized draws for an observation
+        fell in the prior's support (:func:`warn_support_acceptance`); False where the caller
+        warns once for all chunks.
 
     Returns
     -------
@@ -468,7 +519,17 @@ def sample_posterior(
     -----
     UserWarning
         If an element of ``y`` lies more than :data:`~inference.posterior.FAR_WARNING`
-        training sds from the training mean (``warn_far``).
+        training sds from the training mean (``warn_far``); if less than
+        :data:`SUPPORT_WARNING` of the draws for an observation fell in the prior's support
+        (``warn_support``).
+
+    Notes
+    -----
+    With a problem whose prior restricts its support (:meth:`Problem.restricts_support
+    <ppl_cvae.problems.base.Problem.restricts_support>`) the draws outside it are rejected
+    and drawn again (:func:`~inference.posterior.draw_posterior`, ``within_support``); the
+    fraction kept per observation is the ``support_acceptance`` attribute (a JSON list, one
+    value per observation).
 
     References
     ----------
@@ -509,6 +570,12 @@ def sample_posterior(
         )
         info["inference_method"] = "amortized CVAE: z ~ prior net p(z|y), x ~ decoder p(x|z,y)"
         y_model, y_rep = draws.y_model, draws.y_rep
+        if draws.support_acceptance is not None:
+            acceptance = [float(v) for v in draws.support_acceptance]
+            info["support_acceptance"] = acceptance
+            info["inference_method"] += ", kept inside the prior's support"
+            if warn_support:
+                warn_support_acceptance(acceptance)
     else:
         if problem is None:
             raise ConfigError("refinement needs a problem with a forward operator")
@@ -564,7 +631,7 @@ def _chunk_encoding(ds: Any, draws_per_chunk: int) -> dict[str, dict[str, Any]]:
     for name, var in ds.data_vars.items():
         enc: dict[str, Any] = {"zlib": True}
         if "draw" in var.dims:
-            event = [int(n) for d, n in var.sizes.items() if d not in ("chain", "draw")]
+            event = [max(1, int(n)) for d, n in var.sizes.items() if d not in ("chain", "draw")]
             per_draw = 4 * max(1, math.prod(event))
             rows = max(1, min(draws_per_chunk, 2**22 // per_draw))  # HDF5 chunks of ~4 MiB
             enc["chunksizes"] = (1, rows, *event)
@@ -698,6 +765,7 @@ def sample_posterior_to_netcdf(
             refine=refine,
             warn_not_finite=warn,
             warn_far=False,
+            warn_support=warn,
         )
 
     if per_draw * num_samples <= in_memory_bytes:
@@ -720,6 +788,7 @@ def sample_posterior_to_netcdf(
             "disk: ask for fewer"
         )
     accepted: list[tuple[int, float]] = []
+    in_support: list[tuple[int, list[float]]] = []
     not_finite: dict[str, list[int]] = {}
     with atomic_path(path) as tmp:
         done = 0
@@ -730,6 +799,8 @@ def sample_posterior_to_netcdf(
             idata = draw(num, seed if done == 0 else None, warn=False)
             if refine is not None:
                 accepted.append((num, float(idata.attrs["accepted_fraction"])))
+            if "support_acceptance" in idata.attrs:
+                in_support.append((num, json.loads(idata.attrs["support_acceptance"])))
             if "not_finite" in idata.attrs:
                 for name, (bad, total) in json.loads(idata.attrs["not_finite"]).items():
                     counts = not_finite.setdefault(name, [0, 0])  # sizes grow with the draws
@@ -748,6 +819,17 @@ def sample_posterior_to_netcdf(
                 fraction = sum(n * a for n, a in accepted) / num_samples
                 f.attrs["accepted_fraction"] = fraction
                 f["posterior"].attrs["accepted_fraction"] = fraction
+        if in_support:  # proposals per kept draw add up over chunks: a harmonic mean
+            import h5netcdf
+
+            per_obs = [
+                num_samples / sum(n / max(values[m], 1e-300) for n, values in in_support)
+                for m in range(num_obs)
+            ]
+            with h5netcdf.File(tmp, "a") as f:
+                f.attrs["support_acceptance"] = json.dumps(per_obs)
+                f["posterior"].attrs["support_acceptance"] = json.dumps(per_obs)
+            warn_support_acceptance(per_obs)
         if not_finite:  # the totals over all chunks, in the file and in one warning
             import h5netcdf
 
@@ -1115,7 +1197,9 @@ def sample_corrected(
     num_start = preconditioner_draws(cvae.config.x_dim, chains)
     results = []
     for m in range(y_batch.shape[0]):
-        start = draw_posterior(cvae, y_batch[m : m + 1], num_start, seed=seed).x[:, 0]
+        start = draw_posterior(  # inside the prior's support: a chain starts where p(x) > 0
+            cvae, y_batch[m : m + 1], num_start, problem=problem, seed=seed, predictive=False
+        ).x[:, 0]
         results.append(
             nuts_sample(
                 problem,
@@ -1169,14 +1253,26 @@ def sample_corrected(
         observation_stats=stats,
     )
     idata = with_chains(idata, chains)
+    divergences = sum(r.divergences for r in results)
+    advice = (
+        "--warmup, --num-samples; chains that sit in different modes of a multimodal "
+        "posterior do not mix however long they run: --method importance weighs every mode "
+        "the amortized draws reach"
+    )
+    if divergences and problem.sampler_parameterisation() is None and problem.restricts_support():
+        # chains that hit a wall where log_prior drops to -inf diverge: a declared support
+        # lets NUTS run in unconstrained coordinates instead (Problem.sampler_parameterisation)
+        advice += (
+            f"; if problem {problem.name!r}'s prior is bounded, declare its support (e.g. "
+            "support = constraints.interval(low, high) on the problem) so that NUTS samples "
+            "in unconstrained coordinates and never meets the bound"
+        )
     summary, ok = chains_summary(
         "NUTS",
         results,
-        f"{sum(r.divergences for r in results)} divergent transition(s)",
+        f"{divergences} divergent transition(s)",
         ", the bound that independent draws respect with probability 0.99 for that many "
         f"coordinates (at least {RHAT_THRESHOLD}), or divergences",
-        "--warmup, --num-samples; chains that sit in different modes of a multimodal "
-        "posterior do not mix however long they run: --method importance weighs every mode "
-        "the amortized draws reach",
+        advice,
     )
     return idata, summary, ok

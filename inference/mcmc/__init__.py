@@ -4,7 +4,10 @@ For a problem whose prior has a differentiable density (``problem.log_prior``) a
 model gives ``problem.log_likelihood``, the posterior of ``x`` given one observation ``y`` is
 sampled with Pyro's No-U-Turn sampler on the potential ``-log p(x) - log p(y | x)``. A problem
 with a basis (``problem.parameterisation()``) is sampled on its unconstrained parameters
-``theta`` instead (``x = B T(theta)``, prior density with the bijection's Jacobian).
+``theta`` instead (``x = B T(theta)``, prior density with the bijection's Jacobian), and so is
+one that declares an elementwise support (``problem.support``, e.g. ``constraints.interval``):
+``x = biject_to(support)(theta)``, as Pyro's NUTS samples constrained sites
+(``problem.sampler_parameterisation()``).
 
 The amortized posterior does two things (``precondition="amortized"``): each chain starts from
 an amortized draw, and NUTS runs in the coordinates ``v = L^-1 (x - mu)``, with ``mu`` and

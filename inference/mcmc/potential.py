@@ -24,6 +24,7 @@ from ppl_cvae.errors import ConfigError, exception_summary
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.densities import checked_log_likelihood, checked_log_prior
+from ppl_cvae.problems.parameterisation import Parameterisation
 
 if TYPE_CHECKING:
     from inference.mcmc.chains import _ChainJob
@@ -35,23 +36,28 @@ POTENTIAL_DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32":
 """The values of ``potential_dtype`` in :func:`nuts_sample` and their torch dtypes."""
 
 
+def _as_basis_dtype(par: Parameterisation, theta: torch.Tensor) -> torch.Tensor:
+    """``theta`` cast to the basis's dtype (float32); unchanged without a basis (float64)."""
+    return theta.to(par.basis.dtype) if par.basis is not None else theta
+
+
 def _log_prior_theta(problem: Problem, theta: torch.Tensor) -> torch.Tensor:
     """``log p(theta)`` (nats, float64; shape ``theta.shape[:-1]``) through the problem."""
-    par = problem.parameterisation()
-    if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
-        return par.log_prior(theta.float()).double()
+    par = problem.sampler_parameterisation()
+    if par is not None:  # a basis keeps its dtype (float32): theta is cast to it
+        return par.log_prior(_as_basis_dtype(par, theta)).double()
     x = theta.reshape(*theta.shape[:-1], *problem.x_shape)
     return checked_log_prior(problem, x).double()
 
 
 def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``theta -> log p(x) + log p(y | x)`` (nats, float64) of one observation."""
-    par = problem.parameterisation()
+    par = problem.sampler_parameterisation()
     x_shape = tuple(problem.x_shape)
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
         if par is not None:
-            x = par.to_x(theta.float())
+            x = par.to_x(_as_basis_dtype(par, theta))
         else:
             x = theta.reshape(*theta.shape[:-1], *x_shape)
         return _log_prior_theta(problem, theta) + checked_log_likelihood(problem, x, y64)
@@ -68,9 +74,9 @@ def _terms_at(
     prior is the Gaussian quadratic form ``prior_term`` (not the problem's code).
     """
     problem = as_problem(job.problem)
-    par = problem.parameterisation()
+    par = problem.sampler_parameterisation()
     theta = job.mu + job.tril @ v.detach().double()
-    x = par.to_x(theta.float()) if par is not None else theta.reshape(problem.x_shape)
+    x = par.to_x(_as_basis_dtype(par, theta)) if par is not None else theta.reshape(problem.x_shape)
     terms = {} if prior_term is not None else {"log_prior": _log_prior_theta(problem, theta)}
     terms["log_likelihood"] = checked_log_likelihood(problem, x, job.y)
     return terms
@@ -258,7 +264,7 @@ def _log_target_v(
             return log_target(products.affine(mu, v.to(dtype)))
 
         return log_target_v
-    par = problem.parameterisation()
+    par = problem.sampler_parameterisation()
     x_shape = tuple(problem.x_shape)
     const = prior_term.const
     hess = None if prior_term.hess is None else prior_term.hess.to(dtype)
@@ -267,7 +273,7 @@ def _log_target_v(
 
     def log_likelihood(theta: torch.Tensor) -> torch.Tensor:
         if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
-            return checked_log_likelihood(problem, par.to_x(theta.float()), job.y)
+            return checked_log_likelihood(problem, par.to_x(_as_basis_dtype(par, theta)), job.y)
         x = theta.reshape(*theta.shape[:-1], *x_shape)
         return checked_log_likelihood(problem, x, job.y)
 
@@ -356,7 +362,7 @@ def _fused_energy(
             return -value.detach(), grad.to(torch.float64)
 
         return lambda v: _EnergyWithGradient.apply(v, evaluate)
-    par = problem.parameterisation()
+    par = problem.sampler_parameterisation()
     x_shape = tuple(problem.x_shape)
     const = prior_term.const
     lin = None if prior_term.lin is None else prior_term.lin.to(dtype)
@@ -367,7 +373,7 @@ def _fused_energy(
         theta = (mu + products.tril_mv(vd)).requires_grad_(True)
         with torch.enable_grad():
             if par is not None:  # the basis keeps its dtype (float32): theta is cast to it
-                value = checked_log_likelihood(problem, par.to_x(theta.float()), y)
+                value = checked_log_likelihood(problem, par.to_x(_as_basis_dtype(par, theta)), y)
             else:
                 x = theta.reshape(*theta.shape[:-1], *x_shape)
                 value = checked_log_likelihood(problem, x, y)

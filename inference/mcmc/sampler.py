@@ -18,6 +18,7 @@ from inference.mcmc.budget import MIN_DRAWS_PER_CHAIN, RHAT_THRESHOLD, rhat_thre
 from inference.mcmc.chains import _ChainJob, _run_chains
 from inference.mcmc.potential import (
     PotentialDtype,
+    _as_basis_dtype,
     _checked_gaussian_prior,
     _log_prior_theta,
     _log_target,
@@ -233,7 +234,7 @@ def nuts_sample(
             f"init must have shape (N >= 1, *{x_shape}): models that start the chains, got "
             f"{tuple(init.shape)}"
         )
-    par = problem.parameterisation()
+    par = problem.sampler_parameterisation()
     if precondition in ("prior", "prior-amortized") and problem.gaussian_prior() is None:
         raise ConfigError(
             f"precondition={precondition!r} whitens by the prior's Cholesky factor, but the "
@@ -259,7 +260,7 @@ def nuts_sample(
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
         with torch.no_grad():  # name the term that is not finite
-            x0 = par.to_x(theta0.float()) if par is not None else rows.double()
+            x0 = par.to_x(_as_basis_dtype(par, theta0)) if par is not None else rows.double()
             terms = {
                 "log_prior": _log_prior_theta(problem, theta0),
                 "log_likelihood": checked_log_likelihood(problem, x0, y64).double(),
@@ -336,7 +337,10 @@ def nuts_sample(
     rhat, min_ess = chain_diagnostics(theta.numpy())
     threshold = rhat_threshold(num_chains, num_samples, dim) if num_samples >= 4 else RHAT_THRESHOLD
     with torch.no_grad():
-        x = par.to_x(theta.float()) if par is not None else theta.reshape(num_chains, -1, *x_shape)
+        if par is not None:
+            x = par.to_x(_as_basis_dtype(par, theta))
+        else:
+            x = theta.reshape(num_chains, -1, *x_shape)
     steps = np.stack([o.n_steps for o in outputs])
     return MCMCResult(
         x=x.float(),

@@ -526,11 +526,12 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
         _check_simulation_memory(problem, train_config.num_train, "--num-train")
         simulate = _simulator(args, problem)
         if not args.unconditional:  # a forward for one layout of models only: refuse now
-            from ppl_cvae.problems.base import check_batch_axes
+            from ppl_cvae.problems.base import check_batch_axes, check_support
 
             check_batch_axes(
                 problem, torch.Generator().manual_seed(train_config.seed), for_fit=True
             )
+            check_support(problem, torch.Generator().manual_seed(train_config.seed))
         if not simulate.is_reproducible():
             log.warning(
                 "%s does not give the same pairs for the same generator (it draws from "

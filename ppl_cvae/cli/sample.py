@@ -129,7 +129,7 @@ def _nuts_defaults(args: argparse.Namespace, problem: Any) -> None:
     if args.warmup is None:
         args.warmup = 500 if args.adapt_mass_matrix else NUTS_WARMUP_STEP_SIZE_ONLY
     if args.num_samples is None:
-        par = problem.parameterisation()
+        par = problem.sampler_parameterisation()
         dim = par.dim if par is not None else math.prod(problem.x_shape)
         args.num_samples = args.chains * nuts_draws_per_chain(dim, args.chains)
         log.info(

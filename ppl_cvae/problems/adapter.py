@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
-from torch.distributions import MultivariateNormal, Transform
+from torch.distributions import MultivariateNormal, Transform, constraints
 
 from ppl_cvae.config import Overrides
 from ppl_cvae.device import move_tensors
@@ -144,6 +144,15 @@ class ProblemAdapter(Problem):
         self.wrapped.has_prior_density = value
 
     @property
+    def support(self) -> constraints.Constraint | None:
+        """The wrapped object's ``support``, or None."""
+        return cast("constraints.Constraint | None", self._optional("support"))
+
+    @support.setter
+    def support(self, value: constraints.Constraint | None) -> None:
+        self.wrapped.support = value
+
+    @property
     def nuts_preconditioner(self) -> str:
         """The wrapped object's ``nuts_preconditioner``, or ``"amortized"``."""
         return cast(str, self._optional("nuts_preconditioner") or "amortized")
@@ -206,6 +215,11 @@ class ProblemAdapter(Problem):
         method = self._optional("log_prior")
         return super().log_prior(x) if method is None else cast(torch.Tensor, method(x))
 
+    def in_support(self, x: torch.Tensor) -> torch.Tensor:
+        """Call the wrapped object's ``in_support``, else the default of :class:`Problem`."""
+        method = self._optional("in_support")
+        return super().in_support(x) if method is None else cast(torch.Tensor, method(x))
+
     def gaussian_prior(self) -> MultivariateNormal | None:
         """Call the wrapped object's ``gaussian_prior``, else the default of :class:`Problem`."""
         method = self._optional("gaussian_prior")
@@ -264,6 +278,7 @@ _OPTIONAL_METHODS = (
     "basis",
     "coefficient_transform",
     "log_prior",
+    "in_support",
 )
 
 
@@ -298,9 +313,10 @@ def check_problem(obj: object, source: str) -> Problem:
         (:func:`~ppl_cvae.problems.metadata.data_units`) and ``extra_coords`` name dims with
         matching lengths (:func:`~ppl_cvae.problems.metadata.extra_coords_of`); the optional
         methods (``derived``, ``linear_gaussian``, ``recommended_settings``, ``basis``,
-        ``coefficient_transform``, ``log_prior``), when present, must be callable (what
-        ``derived`` returns is checked where it is called, by
-        :func:`~ppl_cvae.problems.metadata.derived_quantities`).
+        ``coefficient_transform``, ``log_prior``, ``in_support``), when present, must be
+        callable (what ``derived`` returns is checked where it is called, by
+        :func:`~ppl_cvae.problems.metadata.derived_quantities`); ``support``, when set, a
+        ``torch.distributions.constraints.Constraint``.
 
     Examples
     --------
@@ -357,6 +373,12 @@ def check_problem(obj: object, source: str) -> Problem:
             problems.append(f"{member} is {type(method).__name__}, not callable")
     if not isinstance(values["coords"], Mapping):
         problems.append(f"coords is {type(values['coords']).__name__}, not a mapping")
+    support = getattr(obj, "support", None)
+    if support is not None and not isinstance(support, constraints.Constraint):
+        problems.append(
+            f"support must be a torch.distributions.constraints.Constraint or None: "
+            f"{reprlib.repr(support)}"
+        )
     preconditioner = getattr(obj, "nuts_preconditioner", "amortized")
     if preconditioner not in NUTS_PRECONDITIONERS:
         problems.append(

@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import torch
-from torch.distributions import MultivariateNormal, Transform
+from torch.distributions import MultivariateNormal, Transform, constraints
 
 from ppl_cvae.config import Overrides
 from ppl_cvae.device import move_tensors
@@ -75,7 +75,13 @@ if TYPE_CHECKING:  # the names below moved to sibling modules; __getattr__ loads
     from ppl_cvae.problems.registry import register_problem as register_problem
     from ppl_cvae.problems.registry import resolve_problem_factory as resolve_problem_factory
 
-__all__ = ["LinearGaussianParts", "Problem", "check_batch_axes", "check_layouts"]
+__all__ = [
+    "LinearGaussianParts",
+    "Problem",
+    "check_batch_axes",
+    "check_layouts",
+    "check_support",
+]
 
 
 class LinearGaussianParts(NamedTuple):
@@ -389,6 +395,50 @@ def check_batch_axes(
             )
 
 
+def check_support(
+    problem: Problem, generator: torch.Generator | None = None, num: int = 64
+) -> None:
+    """Refuse, before a fit, a support that excludes the problem's own prior draws.
+
+    Where :meth:`Problem.restricts_support`, ``num`` prior draws must all be
+    :meth:`Problem.in_support` (a declared :attr:`~Problem.support`, else a finite
+    :meth:`~Problem.log_prior`): otherwise every amortized draw near them would later be
+    rejected, or weighed zero by importance sampling.
+
+    Raises
+    ------
+    ConfigError
+        If a prior draw lies outside the support; the message names how many, the first
+        such draw's outlying value and the declaration to fix.
+    """
+    if not problem.restricts_support():
+        return
+    with torch.random.fork_rng(devices=[]):  # the fit's stream is left as it was
+        with _problem_code(f"problem {problem.name!r} sample_prior({num})"):
+            x = problem.sample_prior(num, generator)
+    x = _event_checked(
+        x, (num, *problem.x_shape), f"problem {problem.name!r} sample_prior({num})",
+        "(num, *x_shape)",
+    )
+    inside = problem.in_support(x)
+    if bool(inside.all()):
+        return
+    if problem.support is not None:
+        flat = x[~inside][0].reshape(-1)
+        what = (
+            f"its declared support {problem.support} (the first such draw has values from "
+            f"{float(flat.min()):.4g} to {float(flat.max()):.4g})"
+        )
+        fix = "declare the set the prior's draws lie in (Problem.support)"
+    else:
+        what = "the set where its log_prior is finite"
+        fix = "check log_prior: it must be finite wherever sample_prior draws"
+    raise ConfigError(
+        f"{int((~inside).sum())} of {num} prior draws of problem {problem.name!r} lie outside "
+        f"{what}: {fix}"
+    )
+
+
 def _forward_checked(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     """``problem.forward(x)``, shape ``(*batch, *y_shape)``, checked (see ``checked_forward``)."""
     k = len(problem.x_shape)
@@ -462,6 +512,17 @@ class Problem(abc.ABC):
     has_prior_density : bool
         Default False. Whether :meth:`log_prior` is defined; False for a prior given by its
         sampler only (a simulator-only prior such as the channel facies of ``crosshole``).
+    support : torch.distributions.constraints.Constraint or None
+        Default None. The set the prior's draws lie in, as a constraint on one model ``x``
+        in the units of ``x`` (elementwise ones such as ``constraints.unit_interval``,
+        ``constraints.positive`` or ``constraints.interval(low, high)`` with bounds of shape
+        ``x_shape`` apply to every value; others check a whole event). Amortized draws outside
+        it are rejected (:meth:`in_support`, :func:`inference.posterior.draw_posterior`), as
+        sbi rejects draws outside the prior's support. None: the support is the set where
+        :meth:`log_prior` is finite for a problem with a prior density and no :meth:`basis`,
+        everything otherwise (:meth:`restricts_support`).
+        Declare ``constraints.real`` to skip the check where the support is all of ``R^n``
+        and the prior density is costly (crosshole and gravity Gaussian random fields).
     nuts_preconditioner : {"amortized", "prior", "prior-amortized"}
         Default ``"amortized"``. The coordinates ``ppl-cvae sample --method nuts`` runs NUTS in
         when ``--preconditioner`` is not given (:func:`inference.mcmc.nuts_sample`,
@@ -512,6 +573,7 @@ class Problem(abc.ABC):
     coord_attrs: Mapping[str, Mapping[str, str]] = _EMPTY
     noise_cov: torch.Tensor | None = None
     has_prior_density: bool = False
+    support: constraints.Constraint | None = None
     nuts_preconditioner: str = "amortized"
 
     # ------------------------------------------------------------------ required methods
@@ -658,6 +720,29 @@ class Problem(abc.ABC):
             log_prior_x=self.log_prior if self.has_prior_density else None,
         )
 
+    def sampler_parameterisation(self) -> Parameterisation | None:
+        """Return the coordinates MCMC samples on; None for the flattened ``x`` itself.
+
+        :meth:`parameterisation` when the problem has one; else, for a declared elementwise
+        :attr:`support` other than ``R^n``, the unconstrained coordinates
+        ``x = biject_to(support)(theta)``
+        (:func:`~ppl_cvae.problems.parameterisation.support_parameterisation`), as Pyro's NUTS
+        samples a constrained site: chains never step outside the support, where the
+        potential would be infinite.
+
+        Returns
+        -------
+        Parameterisation or None
+        """
+        par = self.parameterisation()
+        if par is not None or self.support is None:
+            return par
+        from ppl_cvae.problems.parameterisation import support_parameterisation
+
+        return support_parameterisation(
+            self.support, self.x_shape, self.log_prior if self.has_prior_density else None
+        )
+
     def log_prior(self, x: torch.Tensor) -> torch.Tensor:
         """Return the prior log density of models ``x`` ``(*batch, *x_shape)``; shape ``(*batch,)``.
 
@@ -677,6 +762,75 @@ class Problem(abc.ABC):
             "defined by its sampler only (has_prior_density is False); likelihood-free methods "
             "(the amortized posterior, SBC) still apply"
         )
+
+    def in_support(self, x: torch.Tensor) -> torch.Tensor:
+        """Return whether each model lies in the prior's support; shape ``(*batch,)``, bool.
+
+        Checks :attr:`support` when it is declared (every value of an elementwise constraint,
+        the whole event of another); without it, a problem with a prior density counts a
+        model in the support where :meth:`log_prior` is finite (NaN included as outside), as
+        sbi's ``within_support`` does for a prior without a declared support; a problem
+        without either counts every model in.
+
+        Parameters
+        ----------
+        x : Tensor, shape (*batch, *x_shape)
+            Models, in the units of ``x``.
+
+        Raises
+        ------
+        ShapeError
+            If ``x`` does not end in ``x_shape``.
+        ConfigError
+            If :meth:`log_prior` or the declared constraint's ``check`` raises (named).
+        DataError
+            As :func:`~ppl_cvae.problems.densities.checked_log_prior`.
+
+        Examples
+        --------
+        >>> from torch.distributions import constraints
+        >>> from ppl_cvae.problems import LinearGaussian
+        >>> p = LinearGaussian()
+        >>> p.support = constraints.positive
+        >>> p.in_support(torch.tensor([[1.0, 2.0], [1.0, -2.0]])).tolist()
+        [True, False]
+        """
+        from ppl_cvae.problems.densities import _event_batch, checked_log_prior
+
+        batch = _event_batch(x, tuple(self.x_shape), "x")
+        support = self.support
+        if support is not None:
+            what = f"problem {self.name!r} support.check"
+            with _problem_code(what, f" for x of shape {tuple(x.shape)}"):
+                ok = torch.as_tensor(support.check(x), dtype=torch.bool)
+            if ok.dim() < len(batch) or tuple(ok.shape[: len(batch)]) != batch:
+                raise ShapeError(
+                    f"{what} returned shape {tuple(ok.shape)} for x of shape {tuple(x.shape)}; "
+                    f"expected {batch} followed by (part of) x_shape {tuple(self.x_shape)} (a "
+                    "constraint's bounds must broadcast against one model)"
+                )
+            return ok.reshape(*batch, -1).all(-1)
+        if self.has_prior_density:
+            return torch.isfinite(checked_log_prior(self, x))
+        return torch.ones(batch, dtype=torch.bool)
+
+    def restricts_support(self) -> bool:
+        """Return whether :meth:`in_support` can reject a model (False for ``R^n``).
+
+        True for a declared :attr:`support` other than ``constraints.real`` (or its
+        ``real_vector`` / ``independent`` forms), and for an undeclared one of a problem with a
+        prior density and no :meth:`basis`; False otherwise. Samplers skip the check when it
+        is False. A problem with a basis keeps its models valid through
+        :meth:`coefficient_transform` (the basis decoder's draws are valid by construction)
+        and gives its prior density on the coefficients, not on ``x``, so only a declared
+        support restricts it.
+        """
+        support = self.support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if support is None:
+            return bool(self.has_prior_density) and self.basis() is None
+        return not (support is constraints.real or support is constraints.real_vector)
 
     def gaussian_prior(self) -> MultivariateNormal | None:
         """Return the prior of the sampler's coordinates when it is Gaussian, else None.

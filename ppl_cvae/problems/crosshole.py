@@ -67,6 +67,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch.distributions import constraints
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, NoPriorDensityError, ShapeError
@@ -382,6 +383,9 @@ class Crosshole(Problem):
         )
         self.prior: PriorName = prior
         self.has_prior_density = prior == "grf"  # the channel prior is a simulator only
+        # a Gaussian field: R^n (no density to evaluate per draw); channels: facies codes, or
+        # their probabilities for draws without decoder noise, so nothing to check either
+        self.support = constraints.real
         self.cell_size = float(cell_size)
         self.num_sources = num_sources
         self.num_receivers = num_receivers

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.distributions import constraints
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, ShapeError
@@ -176,6 +177,7 @@ class Gravity(Problem):
     x_dims = ("depth", "offset")
     y_dims = ("station",)
     has_prior_density = True
+    support = constraints.real  # a Gaussian field: no draw to reject, no density to evaluate
 
     def __init__(
         self,

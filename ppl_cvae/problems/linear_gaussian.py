@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import torch
+from torch.distributions import constraints
 
 from ppl_cvae.checks import as_seed
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
@@ -54,6 +55,7 @@ class LinearGaussian(Problem):
 
     name = "linear_gaussian"
     has_prior_density = True
+    support = constraints.real  # Gaussian: no draw to reject
 
     def __init__(
         self,

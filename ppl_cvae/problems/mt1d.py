@@ -70,7 +70,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 import torch
-from torch.distributions import MultivariateNormal
+from torch.distributions import MultivariateNormal, constraints
 
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, DataError, NoPriorDensityError, ShapeError
@@ -393,6 +393,8 @@ class MT1D(Problem):
         self.max_log10_rho = float(max_log10_rho)
         self.prior: MT1DPrior = prior
         self.has_prior_density = prior == "logit_normal"
+        # both priors keep log10 resistivity in [min, max] (logit-normal inside, clipped on it)
+        self.support = constraints.interval(self.min_log10_rho, self.max_log10_rho)
         self.nuts_preconditioner = "prior-amortized" if self.has_prior_density else "amortized"
 
         num_freq = len(freqs)

@@ -24,11 +24,106 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.distributions import MultivariateNormal, Transform
+from torch.distributions import MultivariateNormal, Transform, biject_to, constraints
 
 from ppl_cvae.errors import NoPriorDensityError, ShapeError
 
-__all__ = ["Parameterisation"]
+__all__ = ["ElementwiseTransform", "Parameterisation", "support_parameterisation"]
+
+
+class ElementwiseTransform(Transform):
+    """An elementwise bijection on models of shape ``x_shape``, seen on their flattened vector.
+
+    ``T(theta) = vec(base(reshape(theta, x_shape)))`` for ``theta`` of shape ``(*batch, k)``,
+    ``k = prod(x_shape)``: the bounds of ``base`` (e.g. ``biject_to(constraints.interval(low,
+    high))`` with ``low``, ``high`` of shape ``x_shape``) broadcast against one model, and
+    ``log |det J|`` is the sum of the elementwise log-derivatives (shape ``(*batch,)``).
+    The inverse replaces an infinite value (a model exactly on the boundary of a closed
+    support) by ``+-BOUNDARY``, so that a draw on the boundary starts a sampler at a finite
+    point.
+
+    Parameters
+    ----------
+    base : torch.distributions.Transform
+        Elementwise (``event_dim`` 0) bijection from ``R`` onto the support, in units of ``x``.
+    x_shape : sequence of int
+        Event shape of one model.
+    """
+
+    domain = constraints.real_vector
+    bijective = True
+    BOUNDARY = 30.0
+
+    def __init__(self, base: Transform, x_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.base = base
+        self.x_shape = tuple(int(v) for v in x_shape)
+
+    @property
+    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
+        """The base transform's codomain, on the flattened vector."""
+        return constraints.independent(self.base.codomain, 1)
+
+    def _shaped(self, value: torch.Tensor) -> torch.Tensor:
+        return value.reshape(*value.shape[:-1], *self.x_shape)
+
+    def _call(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.base(self._shaped(theta)).reshape(theta.shape)
+
+    def _inverse(self, coef: torch.Tensor) -> torch.Tensor:
+        theta = self.base.inv(self._shaped(coef)).reshape(coef.shape)
+        return torch.nan_to_num(theta, posinf=self.BOUNDARY, neginf=-self.BOUNDARY)
+
+    def log_abs_det_jacobian(self, theta: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """Return ``log |det dT/dtheta|``; shape ``theta.shape[:-1]``."""
+        log_det = self.base.log_abs_det_jacobian(self._shaped(theta), self._shaped(coef))
+        log_det = log_det.expand(*theta.shape[:-1], *self.x_shape)
+        return log_det.reshape(*theta.shape[:-1], -1).sum(-1)
+
+
+def support_parameterisation(
+    support: constraints.Constraint | None,
+    x_shape: Sequence[int],
+    log_prior_x: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Parameterisation | None:
+    """Return unconstrained coordinates for models in an elementwise support, or None.
+
+    ``x = reshape(T(theta))`` with ``T = biject_to(support)`` applied elementwise
+    (:class:`ElementwiseTransform`), as Pyro's HMC and NUTS sample a constrained site in
+    unconstrained space (``torch.distributions.biject_to``): a sampler on ``theta`` never
+    leaves the support, and the prior density of ``theta`` gains the log-Jacobian.
+
+    Parameters
+    ----------
+    support : torch.distributions.constraints.Constraint or None
+        The prior's support (:attr:`Problem.support <ppl_cvae.problems.base.Problem>`);
+        ``constraints.independent`` wrappers are unwrapped.
+    x_shape : sequence of int
+        Event shape of one model.
+    log_prior_x : callable, optional
+        The prior log density of ``x`` (``(*batch, *x_shape) -> (*batch,)``).
+
+    Returns
+    -------
+    Parameterisation or None
+        None where there is nothing to transform: no support, ``R^n``, or a constraint that
+        is not elementwise (a simplex, an ordered vector) or that ``biject_to`` does not know.
+
+    Examples
+    --------
+    >>> par = support_parameterisation(constraints.unit_interval, (2,))
+    >>> par.to_x(torch.zeros(1, 2)).tolist()
+    [[0.5, 0.5]]
+    """
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if support is None or support is constraints.real or support.event_dim != 0:
+        return None
+    try:
+        base = biject_to(support)
+    except NotImplementedError:
+        return None
+    return Parameterisation(None, x_shape, ElementwiseTransform(base, x_shape), log_prior_x)
 
 
 class Parameterisation:
@@ -36,9 +131,11 @@ class Parameterisation:
 
     Parameters
     ----------
-    basis : Tensor, shape (prod(x_shape), k)
+    basis : Tensor, shape (prod(x_shape), k), or None
         Columns of the linear family, in units of ``x`` per unit of coefficient; used as
-        given (dtype and device), so a module buffer keeps following its module.
+        given (dtype and device), so a module buffer keeps following its module. None: the
+        identity (``k = prod(x_shape)``, the coefficients are the flattened ``x``), for a
+        bijection alone (:func:`support_parameterisation`).
     x_shape : sequence of int
         Event shape of one model ``x`` (C-order flattening).
     transform : torch.distributions.Transform, optional
@@ -91,7 +188,7 @@ class Parameterisation:
 
     def __init__(
         self,
-        basis: torch.Tensor,
+        basis: torch.Tensor | None,
         x_shape: Sequence[int],
         transform: Transform | None = None,
         log_prior_x: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -99,7 +196,7 @@ class Parameterisation:
     ) -> None:
         self.x_shape: tuple[int, ...] = tuple(int(v) for v in x_shape)
         x_dim = math.prod(self.x_shape)
-        if basis.dim() != 2 or basis.shape[0] != x_dim:
+        if basis is not None and (basis.dim() != 2 or basis.shape[0] != x_dim):
             raise ShapeError(
                 f"basis must have shape ({x_dim}, k) for models of shape {self.x_shape}, "
                 f"got {tuple(basis.shape)}"
@@ -107,7 +204,7 @@ class Parameterisation:
         self.basis = basis
         self.transform = transform
         self.log_prior_x = log_prior_x
-        self.dim = int(basis.shape[1])
+        self.dim = int(basis.shape[1]) if basis is not None else x_dim
         if gaussian_prior is not None and tuple(gaussian_prior.event_shape) != (self.dim,):
             raise ShapeError(
                 f"gaussian_prior must have event shape ({self.dim},) (one value per basis "
@@ -137,6 +234,8 @@ class Parameterisation:
 
     def x_from_coefficients(self, coef: torch.Tensor) -> torch.Tensor:
         """Return ``reshape(B c)`` of coefficients ``c`` ``(*batch, k)``: ``(*batch, *x_shape)``."""
+        if self.basis is None:
+            return coef.reshape(*coef.shape[:-1], *self.x_shape)
         return (coef @ self.basis.T).reshape(*coef.shape[:-1], *self.x_shape)
 
     def to_x(self, theta: torch.Tensor) -> torch.Tensor:
@@ -169,7 +268,7 @@ class Parameterisation:
                 f"got {tuple(x.shape)}"
             )
         flat = x.reshape(*x.shape[: x.dim() - k], -1)
-        return flat @ torch.linalg.pinv(self.basis).T
+        return flat if self.basis is None else flat @ torch.linalg.pinv(self.basis).T
 
     def from_x(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``theta = T^-1(B^+ vec(x))``; shape ``(*batch, k)``.
@@ -216,7 +315,8 @@ class Parameterisation:
             )
         theta64 = theta.to(torch.float64)
         coef = self.transform(theta64) if self.transform is not None else theta64
-        x = (coef @ self.basis.to(coef).T).reshape(*coef.shape[:-1], *self.x_shape)
+        basis = self.basis.to(coef) if self.basis is not None else None
+        x = (coef if basis is None else coef @ basis.T).reshape(*coef.shape[:-1], *self.x_shape)
         log_p = self.log_prior_x(x).to(torch.float64)
         if self.transform is None:
             return log_p

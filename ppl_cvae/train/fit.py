@@ -29,7 +29,7 @@ from ppl_cvae.device import problem_on, resolve_device
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_batch_axes
+from ppl_cvae.problems.base import Problem, check_batch_axes, check_support
 from ppl_cvae.problems.checked_simulator import CheckedSimulator
 from ppl_cvae.train.distributed import (
     DistributedSetup,
@@ -856,6 +856,7 @@ def fit_problem(
     )
     # a forward written for one layout of models only is refused before the fit
     check_batch_axes(problem, torch.Generator().manual_seed(train_config.seed), for_fit=True)
+    check_support(problem, torch.Generator().manual_seed(train_config.seed))
     gen = torch.Generator().manual_seed(train_config.seed + 1)
     x, y = simulate(train_config.num_train, gen)
     assert y is not None  # a conditional problem's simulator returns pairs
