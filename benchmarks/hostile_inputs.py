@@ -19,7 +19,8 @@ rows, empty folders, NetCDF without ``x``/``y``, Zarr without zarr; ``sample --m
 with bad counts and preconditioners; flow-layer flags without their flow. The second audit
 (:func:`audit_cases`): the prior-flow type and layers (flags, hand-edited run files,
 checkpoints whose config and weights disagree), ``--potential-dtype`` and the flags of other
-``sample`` methods, problems with float64-only or NaN densities, ``--warmup 0`` without
+``sample`` methods, problems with float64-only or NaN densities, a declared prior support
+that is not a constraint, does not broadcast or excludes the prior's draws, ``--warmup 0`` without
 warnings, tensors a simulator may return (meta, sparse, 0-d, an exhausted iterator), ``fit
 --resume`` after ``kill -9``, symlinked ``--out``, and huge importance requests. The third
 audit (:func:`user_cases`): a new user's own problems (odd shapes, float64/int/NumPy
@@ -540,6 +541,19 @@ def once(): return Once()
 def float64_only(): return Float64Only()
 def nan_likelihood(): return NaNLikelihood()
 def nan_prior(): return NaNPrior()
+
+
+def _with_support(support):
+    problem = Mine()
+    problem.support = support
+    return problem
+
+
+def support_tuple(): return _with_support((0.0, 1.0))
+def support_shape(): return _with_support(
+    torch.distributions.constraints.interval(torch.zeros(3), torch.ones(3)))
+def support_narrow(): return _with_support(torch.distributions.constraints.interval(5.0, 6.0))
+def support_wide(): return _with_support(torch.distributions.constraints.interval(-50.0, 50.0))
 '''
 
 RESUME_FIT = ["--num-train", "200", "--batch-size", "20", "--epochs", "3", "--hidden-dims",
@@ -900,6 +914,18 @@ def audit_cases(root: Path) -> list[Case]:
     for factory in ("float64_only", "nan_likelihood"):
         add(Case(cat, f"importance, problem {factory}", [*user, "--problem",
                  f"hostile_sim:{factory}", "--method", "importance"]))
+    cat2 = "a user's prior support"
+    for factory, words in (("support_tuple", ("support must be",)),
+                           ("support_narrow", ("prior draws", "support"))):
+        add(Case(cat2, f"fit --problem hostile_sim:{factory}",
+                 ["fit", "--problem", f"hostile_sim:{factory}", "--out", out, *TINY],
+                 says=words))
+    add(Case(cat2, "sample --problem hostile_sim:support_shape",
+             [*user, "--problem", "hostile_sim:support_shape"], says=("support.check",)))
+    for method in (["--method", "importance"], nuts):
+        add(Case(cat2, f"{method[1]}, problem hostile_sim:support_wide",
+                 [*user, "--problem", "hostile_sim:support_wide", *method], expect=0,
+                 check_outputs=True))
     add(Case(cat, "nuts --warmup 0 prints no warning",
              [*smp, "--method", "nuts", "--chains", "2", "--num-samples", "20", "--warmup",
               "0"], expect=0, no_warnings=True))

@@ -803,6 +803,12 @@ class CVAEPosterior:
         ConfigError
             If the posterior has no problem; others as
             :func:`inference.importance.importance_sample`.
+
+        Warns
+        -----
+        UserWarning
+            If an element of ``y`` lies more than :data:`FAR_WARNING` training sds from the
+            training mean (:func:`warn_far_observations`), as :meth:`sample` warns.
         """
         if self.problem is None:
             raise ConfigError(
@@ -810,4 +816,5 @@ class CVAEPosterior:
                 "CVAEPosterior(cvae, problem=...)"
             )
         y_batch, _ = self._y(y)
+        warn_far_observations(self.cvae, y_batch)
         return importance_sample(self.cvae, self.problem, y_batch, num_samples, seed=seed)

@@ -384,7 +384,8 @@ def inference_data_from_draws(
                         stats["lp"] = log_prior + noise.log_prob(resid)
                         stat_attrs["lp"] = {
                             "long_name": "log p(x) + log N(y; F(x), C_e), unnormalised log "
-                            "posterior density, nats"
+                            "posterior density, nats",
+                            "units": "nats",
                         }
                     except NoPriorDensityError as err:
                         log.info("no sample_stats.lp: %s", err)

@@ -89,6 +89,7 @@ def test_log_likelihood_lp_and_misfit_are_the_gaussian_densities(seed):
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "observation", "datum")
     assert idata.observed_data["y"].dims == ("observation", "datum")  # what az.loo pairs it with
     assert idata.sample_stats["lp"].dims == ("chain", "draw", "observation")
+    assert idata.sample_stats["lp"].attrs["units"] == "nats"
 
     x = idata.posterior["x"].values[0].astype(np.float64)  # (S, M, d), as stored
     a = problem.matrix.double().numpy()

@@ -153,6 +153,9 @@ def test_posterior_object_sample_shapes_and_errors(problem_and_pairs):
     assert torch.allclose(post.log_prob(draws), d.log_prob(draws).double())
     result = post.importance_sample(100, seed=0)
     assert result.log_weight.shape == (100, 1) and result.khat.shape == (1,)
+    far = y[:1] + 50 * y.std(0)  # 50 training sds out: warned of, as sample() warns
+    with pytest.warns(UserWarning, match="training"):
+        post.importance_sample(100, y=far, seed=0)
 
 
 def test_cli_sample_methods_write_corrected_posterior_files(tmp_path, capsys):
