@@ -33,7 +33,7 @@ from ppl_cvae.device import module_device, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, check_support
 from ppl_cvae.problems.densities import checked_forward
 from ppl_cvae.problems.metadata import derived_quantities
 
@@ -279,6 +279,16 @@ Rejection needs ``1 / acceptance`` proposals per kept draw; below this it would 
 times the requested work, and the draws it kept would say little about the posterior."""
 
 
+def _in_support(problem: Problem, x: torch.Tensor) -> torch.Tensor:
+    """``problem.in_support`` of draws ``(S, M, *x_shape)`` laid out as training lays them out.
+
+    One batch axis, ``(S * M, *x_shape)``: a user's ``log_prior`` (the undeclared support)
+    need not take two for amortized draws. Returns shape ``(S, M)``, bool.
+    """
+    lead = tuple(x.shape[:2])
+    return problem.in_support(x.reshape(-1, *x.shape[2:])).reshape(lead)
+
+
 def _support_words(problem: Problem) -> str:
     """Name a problem's support for a message."""
     if problem.support is not None:
@@ -311,7 +321,7 @@ def _keep_in_support(
     max_proposals = math.ceil(num_samples / MIN_SUPPORT_ACCEPTANCE)
     while pending:
         out = draw(y_batch[pending], per_round)
-        inside = problem.in_support(out[site])  # (num_samples, len(pending))
+        inside = _in_support(problem, out[site])  # (per_round, len(pending))
         still = []
         for j, m in enumerate(pending):
             ok = inside[:, j]
@@ -322,15 +332,14 @@ def _keep_in_support(
             if count[m] >= num_samples:
                 continue
             if proposed[m] >= max_proposals:
-                prior_x = problem.sample_prior(256, torch.Generator().manual_seed(0))
-                prior_in = int(problem.in_support(prior_x).sum())
                 hint = (
-                    f"; the {_support_words(problem)} excludes {256 - prior_in} of 256 of the "
-                    "problem's own prior draws: it is misdeclared"
-                    if prior_in < 256
-                    else "; check the observation (it may lie where the prior puts no model), "
-                    "or correct the draws with the physics (--method importance or nuts)"
+                    "; check the observation (it may lie where the prior puts no model), or "
+                    "correct the draws with the physics (--method importance or nuts)"
                 )
+                try:
+                    check_support(problem, torch.Generator().manual_seed(0), num=256)
+                except ConfigError as err:
+                    hint = f"; the support is misdeclared: {err}"
                 raise DataError(
                     f"only {count[m]} of {proposed[m]} amortized posterior draws for observation "
                     f"{m} lie in problem {problem.name!r}'s {_support_words(problem)}, fewer than "
@@ -769,7 +778,7 @@ class CVAEPosterior:
                     within_support=False,
                     predictive=False,
                 ).x
-                mass = problem.in_support(support_draws).double().mean(0)  # (distinct,)
+                mass = _in_support(problem, support_draws).double().mean(0)  # (distinct,)
                 if bool((mass == 0).any()):
                     raise DataError(
                         f"none of {num_support_draws} draws of the amortized posterior lies in "

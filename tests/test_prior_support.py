@@ -177,7 +177,7 @@ def test_rejection_stops_and_says_why():
     cvae = flow_posterior()
     far = UnitBox(1)
     far.support = constraints.interval(50.0, 51.0)  # excludes every prior draw
-    with pytest.raises(DataError, match="excludes 256 of 256 of the problem's own prior draws"):
+    with pytest.raises(DataError, match="misdeclared: 256 of 256 prior draws"):
         draw_posterior(cvae, torch.zeros(1, 1), 5, problem=far, seed=0)
     assert MIN_SUPPORT_ACCEPTANCE == 1e-3
     narrow = UnitBox(1)
@@ -306,3 +306,22 @@ def test_a_fit_refuses_a_support_that_excludes_prior_draws():
     check_support(UnitBox(2), torch.Generator().manual_seed(0))  # consistent: no error
     with pytest.raises(ConfigError, match="lie outside its declared support"):
         fit_problem(wrong, train={"num_epochs": 1, "num_train": 64})
+
+
+def test_an_undeclared_support_asks_log_prior_for_the_training_layout_only():
+    """Amortized draws need no log_prior of two batch axes (importance sampling does)."""
+
+    class OneAxis(UnitBox):
+        def log_prior(self, x):
+            if x.dim() != 2:
+                raise ValueError(f"log_prior takes (N, d), got {tuple(x.shape)}")
+            return super().log_prior(x)
+
+    problem = OneAxis(1, declare=False)
+    draws = draw_posterior(flow_posterior(), torch.tensor([[0.1], [0.9]]), 300, problem=problem,
+                           seed=0, predictive=False)
+    assert draws.x.shape == (300, 2, 1) and bool(((draws.x >= 0) & (draws.x <= 1)).all())
+    dens = CVAEPosterior(flow_posterior(), problem=problem).log_prob(
+        torch.tensor([[0.5], [2.0]]), torch.tensor([0.1]), num_support_draws=500
+    )
+    assert bool(torch.isfinite(dens[0])) and dens[1] == -math.inf
