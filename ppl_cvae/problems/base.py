@@ -405,11 +405,21 @@ def check_support(
     :meth:`~Problem.log_prior`): otherwise every amortized draw near them would later be
     rejected, or weighed zero by importance sampling.
 
+    Parameters
+    ----------
+    problem : Problem
+    generator : torch.Generator, optional
+        For the prior draws (torch's global RNG is left as it was).
+    num : int, default 64
+        Prior draws checked.
+
     Raises
     ------
     ConfigError
-        If a prior draw lies outside the support; the message names how many, the first
-        such draw's outlying value and the declaration to fix.
+        If a prior draw lies outside the support (the message names how many, the range of
+        the first such draw's values and what to fix), or ``sample_prior`` raises.
+    ShapeError, DataError
+        If ``sample_prior`` returns a wrong shape or not a tensor.
     """
     if not problem.restricts_support():
         return
