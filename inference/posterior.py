@@ -279,14 +279,55 @@ Rejection needs ``1 / acceptance`` proposals per kept draw; below this it would 
 times the requested work, and the draws it kept would say little about the posterior."""
 
 
-def _in_support(problem: Problem, x: torch.Tensor) -> torch.Tensor:
-    """``problem.in_support`` of draws ``(S, M, *x_shape)`` laid out as training lays them out.
+class _Support:
+    """Where amortized draws may lie: a problem's support and a run's ``x_bounds``, or None.
 
-    One batch axis, ``(S * M, *x_shape)``: a user's ``log_prior`` (the undeclared support)
-    need not take two for amortized draws. Returns shape ``(S, M)``, bool.
+    ``inside(x)`` of draws ``(S, M, *x_shape)`` returns ``(S, M)`` bool; ``words`` names the
+    support in messages; ``diagnose()`` says why almost nothing fell inside.
     """
-    lead = tuple(x.shape[:2])
-    return problem.in_support(x.reshape(-1, *x.shape[2:])).reshape(lead)
+
+    def __init__(self, problem: Problem | None, bounds: tuple[float, float] | None) -> None:
+        self.problem = problem if problem is not None and problem.restricts_support() else None
+        self.bounds = bounds
+        parts = []
+        if self.problem is not None:
+            parts.append(f"problem {self.problem.name!r}'s {_support_words(self.problem)}")
+        if bounds is not None:
+            parts.append(f"the run's x_bounds [{bounds[0]:g}, {bounds[1]:g}]")
+        self.words = " and ".join(parts)
+
+    @classmethod
+    def of(cls, cvae: CVAE, problem: Problem | None) -> _Support | None:
+        """Return the support of draws of ``cvae`` (with ``problem``), or None (all of R^n)."""
+        support = cls(problem, cvae.config.x_bounds)
+        return support if support.problem is not None or support.bounds is not None else None
+
+    def inside(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``(S, M)`` bool for draws ``(S, M, *x_shape)``.
+
+        The problem is asked with one batch axis, ``(S * M, *x_shape)``, as training lays
+        models out: a user's ``log_prior`` (an undeclared support) need not take two.
+        """
+        lead = tuple(x.shape[:2])
+        ok = torch.ones(lead, dtype=torch.bool)
+        if self.bounds is not None:
+            low, high = self.bounds
+            ok &= ((x >= low) & (x <= high)).reshape(*lead, -1).all(-1)
+        if self.problem is not None:
+            ok &= self.problem.in_support(x.reshape(-1, *x.shape[2:])).reshape(lead)
+        return ok
+
+    def diagnose(self) -> str:
+        """Say what to check when almost no draw fell inside."""
+        if self.problem is not None:
+            try:
+                check_support(self.problem, torch.Generator().manual_seed(0), num=256)
+            except ConfigError as err:
+                return f"; the support is misdeclared: {err}"
+        return (
+            "; check the observation (it may lie where the prior puts no model), or correct "
+            "the draws with the physics (--method importance or nuts)"
+        )
 
 
 def _support_words(problem: Problem) -> str:
@@ -298,7 +339,7 @@ def _support_words(problem: Problem) -> str:
 
 def _keep_in_support(
     draw: Any,
-    problem: Problem,
+    support: _Support,
     y_batch: torch.Tensor,
     num_samples: int,
     decoder_noise: bool,
@@ -321,7 +362,7 @@ def _keep_in_support(
     max_proposals = math.ceil(num_samples / MIN_SUPPORT_ACCEPTANCE)
     while pending:
         out = draw(y_batch[pending], per_round)
-        inside = _in_support(problem, out[site])  # (per_round, len(pending))
+        inside = support.inside(out[site])  # (per_round, len(pending))
         still = []
         for j, m in enumerate(pending):
             ok = inside[:, j]
@@ -332,19 +373,11 @@ def _keep_in_support(
             if count[m] >= num_samples:
                 continue
             if proposed[m] >= max_proposals:
-                hint = (
-                    "; check the observation (it may lie where the prior puts no model), or "
-                    "correct the draws with the physics (--method importance or nuts)"
-                )
-                try:
-                    check_support(problem, torch.Generator().manual_seed(0), num=256)
-                except ConfigError as err:
-                    hint = f"; the support is misdeclared: {err}"
                 raise DataError(
                     f"only {count[m]} of {proposed[m]} amortized posterior draws for observation "
-                    f"{m} lie in problem {problem.name!r}'s {_support_words(problem)}, fewer than "
-                    f"the {num_samples} asked for: below {MIN_SUPPORT_ACCEPTANCE:g} of the "
-                    f"trained posterior's mass is inside the prior's support there{hint}"
+                    f"{m} lie in {support.words}, fewer than the {num_samples} asked for: below "
+                    f"{MIN_SUPPORT_ACCEPTANCE:g} of the trained posterior's mass is inside the "
+                    f"prior's support there{support.diagnose()}"
                 )
             still.append(m)
         pending = still
@@ -394,7 +427,8 @@ def draw_posterior(
         the same draws on the same kind of device).
     within_support : bool, default True
         With a ``problem`` whose support is not all of ``R^n``
-        (:meth:`~ppl_cvae.problems.base.Problem.restricts_support`): reject draws outside it
+        (:meth:`~ppl_cvae.problems.base.Problem.restricts_support`), or a model fitted with
+        ``x_bounds`` (:class:`~ppl_cvae.config.ModelConfig`): reject draws outside it
         (:meth:`~ppl_cvae.problems.base.Problem.in_support`) and draw again until every
         observation has ``num_samples``, as sbi's ``DirectPosterior`` does. The draws are then
         those of ``q(x | y)`` restricted to the support and renormalised, which is closer to
@@ -477,14 +511,15 @@ def draw_posterior(
         return {name: value.cpu() for name, value in out.items()}  # draws leave the device
 
     acceptance = None
+    support = _Support.of(cvae, problem) if within_support else None
     try:
-        if problem is not None and within_support and problem.restricts_support():
+        if support is not None:
             # a round: the draws asked for, or up to 1024 of them where 256 MiB holds them
             # (a small request then needs few rounds)
             fits = (1 << 28) // max(1, bytes_per_draw(cvae, y_batch.shape[0]))
             per_round = max(num_samples, min(1024, fits))
             out, acceptance = _keep_in_support(
-                draw, problem, y_batch, num_samples, decoder_noise, per_round
+                draw, support, y_batch, num_samples, decoder_noise, per_round
             )
         else:
             out = draw(y_batch, num_samples)
@@ -678,7 +713,8 @@ class CVAEPosterior:
         ``x`` with the decoder's elementwise noise, not of the decoder means that its draws
         default to.
 
-        With a :attr:`problem` whose prior restricts its support, the density of the draws
+        With a :attr:`problem` whose prior restricts its support, or a model fitted with
+        ``x_bounds``, the density of the draws
         :meth:`sample` returns (``q`` restricted to the support and renormalised): ``-inf``
         outside the support, ``log q(x | y) - log P_q(support | y)`` inside, the probability
         estimated from ``num_support_draws`` draws of ``q`` per distinct observation (sbi's
@@ -763,9 +799,9 @@ class CVAEPosterior:
                 ).double()
                 out = torch.logsumexp(log_w, dim=0) - math.log(num_particles)
             out = out.cpu()
-            problem = self.problem
-            if problem is not None and problem.restricts_support():
-                out = torch.where(problem.in_support(x.cpu()), out, -math.inf)
+            support = _Support.of(cvae, self.problem)
+            if support is not None:
+                out = torch.where(support.inside(x.cpu().unsqueeze(0))[0], out, -math.inf)
                 distinct, which = torch.unique(
                     y_batch.cpu().reshape(n, -1), dim=0, return_inverse=True
                 )
@@ -774,17 +810,14 @@ class CVAEPosterior:
                     distinct.reshape(-1, *self.y_shape),
                     num_support_draws,
                     decoder_noise=True,
-                    problem=problem,
                     within_support=False,
-                    predictive=False,
                 ).x
-                mass = _in_support(problem, support_draws).double().mean(0)  # (distinct,)
+                mass = support.inside(support_draws).double().mean(0)  # (distinct,)
                 if bool((mass == 0).any()):
                     raise DataError(
                         f"none of {num_support_draws} draws of the amortized posterior lies in "
-                        f"problem {problem.name!r}'s {_support_words(problem)} for "
-                        f"{int((mass == 0).sum())} of the observations: its density there "
-                        "cannot be normalised"
+                        f"{support.words} for {int((mass == 0).sum())} of the observations: its "
+                        "density there cannot be normalised"
                     )
                 out = out - torch.log(mass)[which]
         cvae.train(was_training)

@@ -17,7 +17,7 @@ from a configuration that came from outside (a CLI flag, a checkpoint).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal, TypedDict, TypeVar, cast
 
@@ -120,6 +120,32 @@ def _show(value: Any, limit: int = 60) -> str:
 def _is_int(value: Any) -> bool:
     """Whether ``value`` is a Python integer (``bool`` excluded)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bounds(value: Any) -> tuple[float, float]:
+    """Return ``x_bounds`` as ``(low, high)`` floats; None (JSON's infinity) reads as unbounded.
+
+    Raises
+    ------
+    ConfigError
+        Unless ``value`` is a pair of numbers (or None) with ``low < high``, neither NaN.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ConfigError(f"x_bounds must be a pair (low, high), got {_show(value)}")
+    pair = []
+    for end, default in zip(value, (-math.inf, math.inf), strict=True):
+        if end is None:
+            end = default
+        if isinstance(end, bool) or not isinstance(end, int | float) or math.isnan(end):
+            raise ConfigError(
+                f"x_bounds must hold two numbers (inf allowed), got {_show(value)}"
+            )
+        pair.append(float(end))
+    if not pair[0] < pair[1]:
+        raise ConfigError(f"x_bounds needs low < high, got {_show(value)}")
+    if pair == [-math.inf, math.inf]:
+        raise ConfigError("x_bounds (-inf, inf) bounds nothing: leave it unset")
+    return pair[0], pair[1]
 
 
 def _is_real(value: Any) -> bool:
@@ -330,6 +356,14 @@ class ModelConfig(_DictMixin):
         L L^T)`` exactly, so the networks only learn departures from that posterior (the
         ensemble Kalman update). A full ``L`` is stored: at most :data:`MAX_FULL_NOISE`
         elements of ``x`` and of ``y``; Gaussian and flow likelihoods only, no ``basis_dim``.
+    x_bounds : (float, float) or None, default None
+        Bounds ``(low, high)`` of every element of ``x`` (units of ``x``; ``-inf`` / ``inf``
+        for one-sided, e.g. ``(0, inf)`` for a positive quantity; None in JSON reads as
+        infinite): the prior's support of a run fitted on a data file, which has no
+        :attr:`Problem.support <ppl_cvae.problems.base.Problem>`. Training ``x`` must lie
+        inside (:func:`ppl_cvae.train.build_cvae` refuses it otherwise) and amortized draws
+        outside are rejected and drawn again (:func:`inference.posterior.draw_posterior`), as
+        sbi does for a ``BoxUniform`` prior.
     constrained_coefficients : bool, default False
         With ``basis_dim``: the decoder works in an unconstrained space mapped onto the valid
         coefficients by a bijection the problem supplies (``problem.coefficient_transform()``;
@@ -385,6 +419,7 @@ class ModelConfig(_DictMixin):
     prior_flow_layers: int = 2
     prior_flow_type: Literal["autoregressive", "coupling"] = "coupling"
     prior_flow_final: Literal["auto", "spline", "none"] = "auto"
+    x_bounds: tuple[float, float] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -415,7 +450,20 @@ class ModelConfig(_DictMixin):
         if isinstance(data, Mapping) and "prior_flow_final" not in data:
             coupling = data.get("prior_flow_type") == "coupling"
             data = {**data, "prior_flow_final": "spline" if coupling else "auto"}
+        if isinstance(data, Mapping) and "x_bounds" not in data:  # written before the field
+            data = {**data, "x_bounds": None}
         return super().from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict of the fields (tuples stay tuples).
+
+        An infinite end of ``x_bounds`` is written as None (JSON has no infinity; None reads
+        back as unbounded).
+        """
+        data = super().to_dict()
+        if self.x_bounds is not None:
+            data["x_bounds"] = tuple(v if math.isfinite(v) else None for v in self.x_bounds)
+        return data
 
     def __post_init__(self) -> None:
         # types first: every later comparison may then assume them (a checkpoint can hold
@@ -471,6 +519,8 @@ class ModelConfig(_DictMixin):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be True or False, got {_show(value)}")
+        if self.x_bounds is not None:
+            object.__setattr__(self, "x_bounds", _bounds(self.x_bounds))
         for name, size in (("x_shape", self.x_shape), ("y_shape", self.y_shape)):
             if size is not None and math.prod(size) > MAX_ELEMENTS:
                 raise ConfigError(
@@ -754,6 +804,7 @@ class ModelOverrides(TypedDict, total=False):
     prior_flow_layers: int
     prior_flow_type: Literal["autoregressive", "coupling"]
     prior_flow_final: Literal["auto", "spline", "none"]
+    x_bounds: tuple[float, float] | None
 
 
 class TrainOverrides(TypedDict, total=False):

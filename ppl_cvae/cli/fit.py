@@ -67,6 +67,7 @@ MODEL_FLAGS = {
     "flow_hidden_dims": "flow_hidden_dims",
     "num_facies": "num_facies",
     "x_whitening": "x_whitening",
+    "x_bounds": "x_bounds",
 }
 TRAIN_FLAGS = {
     "epochs": "num_epochs",

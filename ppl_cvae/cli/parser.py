@@ -93,6 +93,23 @@ def _finite(text: str) -> float:
     return value
 
 
+def _bounds(text: str) -> tuple[float, float]:
+    """Argument type: ``LOW,HIGH`` with ``LOW < HIGH``; ``inf`` and ``-inf`` for an open end."""
+    parts = text.split(",")
+    try:
+        low, high = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LOW,HIGH (two numbers; -inf or inf for an open end), got {text!r}"
+        ) from None
+    if math.isnan(low) or math.isnan(high) or not low < high or (low, high) == (-math.inf,
+                                                                              math.inf):
+        raise argparse.ArgumentTypeError(
+            f"expected LOW,HIGH with LOW < HIGH, not both infinite, got {text!r}"
+        )
+    return low, high
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -276,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit_p.add_argument(
         "--fixed-scale", type=_finite, help="std of x for gaussian_fixed, units of x"
+    )
+    fit_p.add_argument(
+        "--x-bounds",
+        type=_bounds,
+        metavar="LOW,HIGH",
+        help="the prior's support of every element of x, e.g. 0,1 or 0,inf (a data file's "
+        "prior: training x must lie inside, amortized draws outside are rejected)",
     )
     fit_p.add_argument(
         "--noise-rank",

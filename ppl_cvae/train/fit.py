@@ -26,7 +26,7 @@ from ppl_cvae.checks import as_seed
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.device import problem_on, resolve_device
-from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem, check_batch_axes, check_support
@@ -136,10 +136,22 @@ def build_cvae(
     ConfigError
         If ``seed`` is not None or an int in ``[0, 2**32 - 1]``
         (:func:`~ppl_cvae.checks.as_seed`).
+    DataError
+        If an element of ``x`` lies outside ``config.x_bounds`` (the first is named).
     """
     seed = as_seed(seed)
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
+    if config.x_bounds is not None:
+        low, high = config.x_bounds
+        outside = (x < low) | (x > high)
+        if bool(outside.any()):
+            first = tuple(int(i) for i in outside.nonzero()[0])
+            raise DataError(
+                f"{int(outside.sum())} training values of x lie outside x_bounds "
+                f"[{low:g}, {high:g}] (the first: x{list(first)} = {float(x[first]):.6g}); "
+                "the bounds must hold the prior's every draw"
+            )
     if problem is not None:
         problem = as_problem(problem)
         if basis is None and config.basis_dim is not None:
