@@ -7,7 +7,8 @@ script calls the Python entry points the way a notebook does (``CVAEPosterior``,
 helpers; the generative-prior samplers ``latent_nuts_sample``, ``facies_mcmc_sample``,
 ``facies_smc_sample``, ``sample_latent_nuts``, ``sample_facies_mcmc`` and
 ``sample_facies_smc``; ``sample_posterior_to_netcdf``;
-``evaluate_draws``; the figures of :mod:`inference.plots` and :mod:`inference.report`) with
+``evaluate_draws``; the figures of :mod:`inference.plots` and :mod:`inference.report`; a
+prior's support: ``Problem.support``, ``check_support``, ``ModelConfig.x_bounds``) with
 bad arguments and with unusual but reasonable ones. A bad call passes when it
 raises an instance of :class:`ppl_cvae.errors.PplCvaeError` whose message contains a fragment
 naming the argument;
@@ -24,7 +25,7 @@ Run::
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/api_audit.py
 
-Runtime: about 10 s on one CPU thread (354 calls). Prints one table row per category and one
+Runtime: about 10 s on one CPU thread (365 calls). Prints one table row per category and one
 line per failure; exits with status 1 when a case fails.
 """
 
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 from _common import print_category_table
+from torch.distributions import constraints
 
 from inference import CVAEPosterior, draw_posterior, importance_sample
 from inference.arviz_io import load_inference_data, save_inference_data
@@ -50,8 +52,9 @@ from inference.evaluate import evaluate_model
 from inference.mcmc import nuts_sample
 from inference.sample import CorrectionConfig, sample_corrected, sample_posterior
 from ppl_cvae import LinearGaussian, fit_problem, load_checkpoint, save_checkpoint
+from ppl_cvae.config import ModelConfig
 from ppl_cvae.errors import PplCvaeError
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, check_support
 
 TIMEOUT_S = 60
 
@@ -378,6 +381,42 @@ def cases(tmp: Path) -> list[Case]:
     add(c, "draw_posterior(problem forward wrong shape)",
         lambda: draw_posterior(cvae, y0, 5, problem=bad_problem("forward_shape")), "refuse",
         "shape")
+
+    c = "prior support"
+
+    def with_support(support: Any) -> LinearGaussian:
+        problem = LinearGaussian(x_dim=3, y_dim=2)
+        problem.support = support
+        return problem
+
+    positive, far = with_support(constraints.positive), with_support(constraints.interval(50, 51))
+    wide = with_support(constraints.interval(-100.0, 100.0))
+    add(c, "in_support(x of event shape 4)", lambda: positive.in_support(torch.zeros(2, 4)),
+        "refuse", "x")
+    add(c, "support a string", lambda: draw_posterior(cvae, y0, 5, problem=with_support("pos")),
+        "refuse", "support")
+    add(c, "support positive on a Gaussian prior (excludes most prior draws)",
+        lambda: draw_posterior(cvae, y0, 50, problem=positive, seed=0), "refuse", "misdeclared")
+    add(c, "support wider than every draw",
+        lambda: draw_posterior(cvae, y0, 50, problem=wide, seed=0).support_acceptance,
+        "accept", check=lambda a: a.tolist() == [1.0])
+    add(c, "support excluding every prior draw",
+        lambda: draw_posterior(cvae, y0, 5, problem=far), "refuse", "misdeclared")
+    add(c, "check_support of that support", lambda: check_support(far), "refuse", "support")
+    add(c, "log_prob(num_support_draws=0)",
+        lambda: CVAEPosterior(cvae, problem=positive).log_prob(x0.abs(), y0,
+                                                               num_support_draws=0),
+        "refuse", "num_support_draws")
+    add(c, "log_prob outside the support",
+        lambda: CVAEPosterior(cvae, problem=wide).log_prob(x0 + 200, y0, num_support_draws=100),
+        "accept", check=lambda t: bool(torch.isneginf(t).all()))
+    add(c, "log_prob where no draw lies inside",
+        lambda: CVAEPosterior(cvae, problem=far).log_prob(x0, y0, num_support_draws=100),
+        "refuse", "normalised")
+    add(c, "ModelConfig(x_bounds=(1, 0))",
+        lambda: ModelConfig(x_shape=(3,), y_shape=(2,), x_bounds=(1, 0)), "refuse", "x_bounds")
+    add(c, "ModelConfig(x_bounds='0,1')",
+        lambda: ModelConfig(x_shape=(3,), y_shape=(2,), x_bounds="0,1"), "refuse", "x_bounds")
 
     c = "checkpoints"
     add(c, "load a missing file", lambda: load_checkpoint(tmp / "missing.pt"), "refuse", "missing")
