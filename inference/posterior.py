@@ -334,7 +334,7 @@ def _support_words(problem: Problem) -> str:
     """Name a problem's support for a message."""
     if problem.support is not None:
         return f"support {problem.support}"
-    return "support (where its log_prior is finite)"
+    return "support (where its log_prior is above -inf)"
 
 
 def _keep_in_support(

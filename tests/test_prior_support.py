@@ -83,6 +83,9 @@ def test_in_support_declared_undeclared_and_none():
     assert not box.restricts_support() and bool(box.in_support(x).all())
     box.has_prior_density, box.support = False, None
     assert not box.restricts_support() and bool(box.in_support(x).all())
+    faulty = UnitBox(2, declare=False)  # NaN: a fault of the density, not a zero: kept
+    faulty.log_prior = lambda x: torch.where(x[..., 0] < 0, -math.inf, math.nan).double()
+    assert faulty.in_support(x).tolist() == [True, True, False]
 
 
 def test_in_support_refuses_bad_declarations():

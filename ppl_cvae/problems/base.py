@@ -31,6 +31,7 @@ from __future__ import annotations
 import abc
 import importlib
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
@@ -401,9 +402,9 @@ def check_support(
     """Refuse, before a fit, a support that excludes the problem's own prior draws.
 
     Where :meth:`Problem.restricts_support`, ``num`` prior draws must all be
-    :meth:`Problem.in_support` (a declared :attr:`~Problem.support`, else a finite
-    :meth:`~Problem.log_prior`): otherwise every amortized draw near them would later be
-    rejected, or weighed zero by importance sampling.
+    :meth:`Problem.in_support` (a declared :attr:`~Problem.support`, else a
+    :meth:`~Problem.log_prior` above ``-inf``): otherwise every amortized draw near them would
+    later be rejected, or weighed zero by importance sampling.
 
     Parameters
     ----------
@@ -441,7 +442,7 @@ def check_support(
         )
         fix = "declare the set the prior's draws lie in (Problem.support)"
     else:
-        what = "the set where its log_prior is finite"
+        what = "the set where its log_prior is above -inf"
         fix = "check log_prior: it must be finite wherever sample_prior draws"
     raise ConfigError(
         f"{int((~inside).sum())} of {num} prior draws of problem {problem.name!r} lie outside "
@@ -529,8 +530,8 @@ class Problem(abc.ABC):
         ``x_shape`` apply to every value; others check a whole event). Amortized draws outside
         it are rejected (:meth:`in_support`, :func:`inference.posterior.draw_posterior`), as
         sbi rejects draws outside the prior's support. None: the support is the set where
-        :meth:`log_prior` is finite for a problem with a prior density and no :meth:`basis`,
-        everything otherwise (:meth:`restricts_support`).
+        :meth:`log_prior` is above ``-inf`` for a problem with a prior density and no
+        :meth:`basis`, everything otherwise (:meth:`restricts_support`).
         Declare ``constraints.real`` to skip the check where the support is all of ``R^n``
         and the prior density is costly (crosshole and gravity Gaussian random fields).
     nuts_preconditioner : {"amortized", "prior", "prior-amortized"}
@@ -778,9 +779,10 @@ class Problem(abc.ABC):
 
         Checks :attr:`support` when it is declared (every value of an elementwise constraint,
         the whole event of another); without it, a problem with a prior density counts a
-        model in the support where :meth:`log_prior` is finite (NaN included as outside), as
-        sbi's ``within_support`` does for a prior without a declared support; a problem
-        without either counts every model in.
+        model in the support where :meth:`log_prior` is not ``-inf``, as sbi's
+        ``within_support`` does for a prior without a declared support (a NaN, a fault of the
+        density rather than a zero, counts in: the draw is kept and the posterior file lists
+        its non-finite ``lp``); a problem without either counts every model in.
 
         Parameters
         ----------
@@ -820,8 +822,8 @@ class Problem(abc.ABC):
                     "constraint's bounds must broadcast against one model)"
                 )
             return ok.reshape(*batch, -1).all(-1)
-        if self.has_prior_density:
-            return torch.isfinite(checked_log_prior(self, x))
+        if self.has_prior_density:  # NaN is a fault of the density, not a zero: kept
+            return checked_log_prior(self, x) != -math.inf
         return torch.ones(batch, dtype=torch.bool)
 
     def restricts_support(self) -> bool:
