@@ -767,7 +767,9 @@ class Problem(abc.ABC):
         """Return whether each model lies in the prior's support; shape ``(*batch,)``, bool.
 
         Checks :attr:`support` when it is declared (every value of an elementwise constraint,
-        the whole event of another); without it, a problem with a prior density counts a
+        the whole event of another; each model on its own, though torch's
+        ``constraints.positive_definite`` checks only symmetry once a model of the batch is
+        not symmetric); without it, a problem with a prior density counts a
         model in the support where :meth:`log_prior` is finite (NaN included as outside), as
         sbi's ``within_support`` does for a prior without a declared support; a problem
         without either counts every model in.
@@ -809,7 +811,20 @@ class Problem(abc.ABC):
                     f"expected {batch} followed by (part of) x_shape {tuple(self.x_shape)} (a "
                     "constraint's bounds must broadcast against one model)"
                 )
-            return ok.reshape(*batch, -1).all(-1)
+            ok = ok.reshape(*batch, -1).all(-1)
+            # torch's matrix constraints (positive_definite, positive_semidefinite, symmetric)
+            # check only a necessary condition of every model once one model of the batch
+            # fails it: the models that passed are checked again, on their own, until final
+            flat, rows = ok.reshape(-1), x.reshape(-1, *self.x_shape)
+            passed = flat.nonzero().squeeze(-1)
+            while 0 < len(passed) < len(flat):
+                again = torch.as_tensor(support.check(rows[passed]), dtype=torch.bool)
+                again = again.reshape(len(passed), -1).all(-1)
+                if bool(again.all()):
+                    break
+                flat[passed[~again]] = False
+                passed = passed[again]
+            return flat.reshape(batch)
         if self.has_prior_density:
             return torch.isfinite(checked_log_prior(self, x))
         return torch.ones(batch, dtype=torch.bool)
