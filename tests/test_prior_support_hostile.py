@@ -11,7 +11,9 @@ Each case is one where a declared ``Problem.support`` was not kept, with a known
 - a support that is not elementwise (the unit disc, a user's own constraint) with a prior
   density that is finite outside it: NUTS and the refinement have no unconstrained coordinates
   for it and must not step out; the posterior is ``N(y, s^2 I)`` cut to the disc, sampled
-  exactly by rejection.
+  exactly by rejection;
+- a problem's own ``in_support`` (a duck-typed method, or an override) with no declared
+  support and no prior density: it must still reject draws.
 """
 
 from __future__ import annotations
@@ -215,3 +217,54 @@ def test_nuts_advice_for_a_declared_support_that_is_not_elementwise():
     )
     assert "divergent" in summary and " 0 divergent" not in summary
     assert "is not elementwise" in summary and "declare its support" not in summary
+
+
+def test_an_own_in_support_without_a_declared_support_is_used():
+    """A duck-typed problem's in_support (no support, no density) rejects draws, as stated.
+
+    Negative control: the untrained flow puts most of its draws outside [0, 1]^2 for this y.
+    """
+    from inference.posterior import draw_posterior
+    from ppl_cvae import CVAE, ModelConfig
+    from ppl_cvae.problems.adapter import as_problem
+
+    class Duck:
+        name, x_shape, y_shape = "duck", (2,), (2,)
+        x_dims, y_dims, coords = ("p",), ("d",), {}
+        noise_std = misfit_std = NOISE
+
+        def sample_prior(self, num, generator=None):
+            return torch.rand(num, 2, generator=generator)
+
+        def in_support(self, x):
+            return ((x >= 0) & (x <= 1)).all(-1)
+
+        def forward(self, x):
+            return x
+
+        def simulate(self, num, generator=None):
+            x = self.sample_prior(num, generator)
+            return x, x + NOISE * torch.randn(x.shape, generator=generator)
+
+        def spec(self):
+            return {}
+
+    class Subclass(UnitDisc):
+        has_prior_density = False
+        support = None
+
+        def in_support(self, x):
+            return ((x >= 0) & (x <= 1)).all(-1)
+
+    torch.manual_seed(0)
+    cvae = CVAE(
+        ModelConfig(x_shape=(2,), y_shape=(2,), hidden_dims=(8,), likelihood="flow", latent_dim=0)
+    )
+    y = torch.tensor([[0.1, 0.9]])
+    free = draw_posterior(cvae, y, 2000, seed=0).x
+    assert float(((free >= 0) & (free <= 1)).all(-1).double().mean()) < 0.5
+    for problem in (as_problem(Duck()), Subclass()):
+        assert problem.restricts_support()
+        draws = draw_posterior(cvae, y, 500, problem=problem, seed=0)
+        assert bool(((draws.x >= 0) & (draws.x <= 1)).all())
+        assert draws.support_acceptance is not None

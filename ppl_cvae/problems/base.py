@@ -518,7 +518,8 @@ class Problem(abc.ABC):
         ``constraints.positive`` or ``constraints.interval(low, high)`` with bounds of shape
         ``x_shape`` apply to every value; others check a whole event). Amortized draws outside
         it are rejected (:meth:`in_support`, :func:`inference.posterior.draw_posterior`), as
-        sbi rejects draws outside the prior's support. None: the support is the set where
+        sbi rejects draws outside the prior's support. None: the support is what the
+        problem's own :meth:`in_support` accepts where it overrides it, else the set where
         :meth:`log_prior` is finite for a problem with a prior density and no :meth:`basis`,
         everything otherwise (:meth:`restricts_support`).
         Declare ``constraints.real`` to skip the check where the support is all of ``R^n``
@@ -833,19 +834,26 @@ class Problem(abc.ABC):
         """Return whether :meth:`in_support` can reject a model (False for ``R^n``).
 
         True for a declared :attr:`support` other than ``constraints.real`` (or its
-        ``real_vector`` / ``independent`` forms), and for an undeclared one of a problem with a
-        prior density and no :meth:`basis`; False otherwise. Samplers skip the check when it
-        is False. A problem with a basis keeps its models valid through
-        :meth:`coefficient_transform` (the basis decoder's draws are valid by construction)
-        and gives its prior density on the coefficients, not on ``x``, so only a declared
-        support restricts it.
+        ``real_vector`` / ``independent`` forms), for an undeclared one of a problem with a
+        prior density and no :meth:`basis`, and for a problem that checks models with its own
+        :meth:`in_support` (an override, or a duck-typed problem's method) and declares no
+        support; False otherwise. Samplers skip the check when it is False. A problem with a
+        basis keeps its models valid through :meth:`coefficient_transform` (the basis
+        decoder's draws are valid by construction) and gives its prior density on the
+        coefficients, not on ``x``, so only a declared support restricts it.
         """
         support = self.support
         while isinstance(support, constraints.independent):
             support = support.base_constraint
         if support is None:
+            if self._has_own_in_support():
+                return True
             return bool(self.has_prior_density) and self.basis() is None
         return not (support is constraints.real or support is constraints.real_vector)
+
+    def _has_own_in_support(self) -> bool:
+        """Return whether a subclass checks models itself (overrides :meth:`in_support`)."""
+        return type(self).in_support is not Problem.in_support
 
     def gaussian_prior(self) -> MultivariateNormal | None:
         """Return the prior of the sampler's coordinates when it is Gaussian, else None.
