@@ -334,6 +334,8 @@ def _support_words(problem: Problem) -> str:
     """Name a problem's support for a message."""
     if problem.support is not None:
         return f"support {problem.support}"
+    if not problem.has_prior_density:  # no density: the problem's own in_support decides
+        return "support (as its in_support decides)"
     return "support (where its log_prior is above -inf)"
 
 

@@ -91,7 +91,9 @@ def refine_by_misfit(
         <ppl_cvae.problems.base.Problem.sampler_parameterisation>` (``x = B T(u)``, optimised
         over unconstrained ``u``; for Two Birds every refined draw is a prior-valid line pair;
         for a declared elementwise support, ``x = biject_to(support)(u)``, every refined draw
-        stays inside it).
+        stays inside it; for another declared support, or one a basis does not keep, a step
+        that would leave it is undone, with a warning, so that a draw that starts inside
+        stays inside and ``forward`` is never called outside).
     num_steps : int, default 300
         Adam steps (all draws move in parallel; each draw's objective is separate).
     learning_rate : float, default 0.1
@@ -153,7 +155,10 @@ def refine_by_misfit(
     misfit = problem.misfit_noise  # its Cholesky factor is computed once, not every step
     theta = start.detach().requires_grad_(True)
     optim = torch.optim.Adam([theta], lr=learning_rate)
-    num_frozen = 0
+    num_frozen = num_held = 0
+    # a declared support that the coordinates do not keep (not elementwise, a basis, or
+    # biject_to rounding onto an open boundary): a step that leaves it is undone
+    guard = problem.support is not None and problem.restricts_support()
     with torch.enable_grad():
         for _ in range(num_steps):
             optim.zero_grad()
@@ -167,7 +172,22 @@ def refine_by_misfit(
                 num_frozen = max(num_frozen, int(bad.sum()))
                 grad.copy_(torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0))
                 grad[bad] = 0.0
+            previous = theta.detach().clone() if guard else None
             optim.step()
+            if previous is not None:
+                with torch.no_grad():
+                    out = ~problem.in_support(to_x(theta))  # (S, M)
+                    if bool(out.any()):
+                        num_held = max(num_held, int(out.sum()))
+                        theta[out] = previous[out]
+    if num_held:
+        warnings.warn(
+            f"refinement steps would have taken up to {num_held} of "
+            f"{theta.shape[0] * theta.shape[1]} draws outside problem {problem.name!r}'s "
+            f"declared support {problem.support}; "
+            "those steps were undone (the draws stay inside: refinement is partial there)",
+            stacklevel=2,
+        )
     if num_frozen:
         warnings.warn(
             f"the forward operator of problem {problem.name!r} gave a NaN or infinite misfit "

@@ -1267,6 +1267,10 @@ def sample_corrected(
             f"; if problem {problem.name!r}'s prior is bounded, declare its support (e.g. "
             "support = constraints.interval(low, high) on the problem) so that NUTS samples "
             "in unconstrained coordinates and never meets the bound"
+            if problem.support is None
+            else f"; problem {problem.name!r}'s declared support {problem.support} is not "
+            "elementwise, so NUTS meets its boundary as a wall (no unconstrained coordinates "
+            "for it): --method importance weighs the proposals outside it zero instead"
         )
     summary, ok = chains_summary(
         "NUTS",

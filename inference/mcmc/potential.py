@@ -51,16 +51,35 @@ def _log_prior_theta(problem: Problem, theta: torch.Tensor) -> torch.Tensor:
 
 
 def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``theta -> log p(x) + log p(y | x)`` (nats, float64) of one observation."""
+    """``theta -> log p(x) + log p(y | x)`` (nats, float64) of one observation.
+
+    ``-inf`` outside a declared support, without calling the problem there: coordinates that
+    do not keep to it (a constraint that is not elementwise, a basis) and ``biject_to``'s
+    rounding onto an open boundary (``exp`` of a large negative ``theta`` is 0, not
+    positive) would otherwise reach a ``log_prior`` that is finite there, or a ``forward``
+    that is undefined there.
+    """
     par = problem.sampler_parameterisation()
     x_shape = tuple(problem.x_shape)
+    guard = problem.support is not None and problem.restricts_support()
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
         if par is not None:
             x = par.to_x(_as_basis_dtype(par, theta))
         else:
             x = theta.reshape(*theta.shape[:-1], *x_shape)
-        return _log_prior_theta(problem, theta) + checked_log_likelihood(problem, x, y64)
+        inside = problem.in_support(x.detach()) if guard else None
+        if inside is None or bool(inside.all()):
+            return _log_prior_theta(problem, theta) + checked_log_likelihood(problem, x, y64)
+        # -inf, in theta's graph with a zero gradient (Pyro differentiates the potential)
+        out = torch.where(inside, 0.0, -math.inf) + 0.0 * theta.sum(-1).double()
+        if bool(inside.any()):
+            out = out.masked_scatter(
+                inside,
+                _log_prior_theta(problem, theta[inside])
+                + checked_log_likelihood(problem, x[inside], y64),
+            )
+        return out
 
     return log_target
 

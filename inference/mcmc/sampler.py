@@ -179,7 +179,8 @@ def nuts_sample(
         *x_shape)``.
     DataError
         If ``y`` or ``init`` is not a tensor, array or list of real numbers, ``y`` holds NaN
-        or inf, or the log posterior density is not finite at a chain's start.
+        or inf, a model of ``init`` lies outside the problem's declared ``support``, or the
+        log posterior density is not finite at a chain's start.
     NoPriorDensityError, NoLikelihoodError
         If the problem's prior has no density or it has no noise model.
 
@@ -234,6 +235,16 @@ def nuts_sample(
             f"init must have shape (N >= 1, *{x_shape}): models that start the chains, got "
             f"{tuple(init.shape)}"
         )
+    if problem.support is not None and problem.restricts_support():
+        # a start outside would be mapped silently into it by biject_to's inverse (NaN -> 0),
+        # or, for a constraint that is not elementwise, start a chain where p(x) = 0
+        outside = ~problem.in_support(init)
+        if bool(outside.any()):
+            raise DataError(
+                f"{int(outside.sum())} of {len(init)} models in init lie outside problem "
+                f"{problem.name!r}'s declared support {problem.support}; start the chains "
+                "inside it (amortized draws are kept inside by draw_posterior)"
+            )
     par = problem.sampler_parameterisation()
     if precondition in ("prior", "prior-amortized") and problem.gaussian_prior() is None:
         raise ConfigError(

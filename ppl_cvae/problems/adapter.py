@@ -220,6 +220,10 @@ class ProblemAdapter(Problem):
         method = self._optional("in_support")
         return super().in_support(x) if method is None else cast(torch.Tensor, method(x))
 
+    def _has_own_in_support(self) -> bool:
+        """Return whether the wrapped object has an ``in_support`` of its own."""
+        return self._optional("in_support") is not None
+
     def gaussian_prior(self) -> MultivariateNormal | None:
         """Call the wrapped object's ``gaussian_prior``, else the default of :class:`Problem`."""
         method = self._optional("gaussian_prior")

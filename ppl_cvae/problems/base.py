@@ -529,7 +529,8 @@ class Problem(abc.ABC):
         ``constraints.positive`` or ``constraints.interval(low, high)`` with bounds of shape
         ``x_shape`` apply to every value; others check a whole event). Amortized draws outside
         it are rejected (:meth:`in_support`, :func:`inference.posterior.draw_posterior`), as
-        sbi rejects draws outside the prior's support. None: the support is the set where
+        sbi rejects draws outside the prior's support. None: the support is what the
+        problem's own :meth:`in_support` accepts where it overrides it, else the set where
         :meth:`log_prior` is above ``-inf`` for a problem with a prior density and no
         :meth:`basis`, everything otherwise (:meth:`restricts_support`).
         Declare ``constraints.real`` to skip the check where the support is all of ``R^n``
@@ -778,11 +779,13 @@ class Problem(abc.ABC):
         """Return whether each model lies in the prior's support; shape ``(*batch,)``, bool.
 
         Checks :attr:`support` when it is declared (every value of an elementwise constraint,
-        the whole event of another); without it, a problem with a prior density counts a
-        model in the support where :meth:`log_prior` is not ``-inf``, as sbi's
-        ``within_support`` does for a prior without a declared support (a NaN, a fault of the
-        density rather than a zero, counts in: the draw is kept and the posterior file lists
-        its non-finite ``lp``); a problem without either counts every model in.
+        the whole event of another; each model on its own, though torch's
+        ``constraints.positive_definite`` checks only symmetry once a model of the batch is
+        not symmetric); without it, a problem with a prior density counts a model in the
+        support where :meth:`log_prior` is not ``-inf``, as sbi's ``within_support`` does for
+        a prior without a declared support (a NaN, a fault of the density rather than a zero,
+        counts in: the draw is kept and the posterior file lists its non-finite ``lp``); a
+        problem without either counts every model in.
 
         Parameters
         ----------
@@ -821,7 +824,20 @@ class Problem(abc.ABC):
                     f"expected {batch} followed by (part of) x_shape {tuple(self.x_shape)} (a "
                     "constraint's bounds must broadcast against one model)"
                 )
-            return ok.reshape(*batch, -1).all(-1)
+            ok = ok.reshape(*batch, -1).all(-1)
+            # torch's matrix constraints (positive_definite, positive_semidefinite, symmetric)
+            # check only a necessary condition of every model once one model of the batch
+            # fails it: the models that passed are checked again, on their own, until final
+            flat, rows = ok.reshape(-1), x.reshape(-1, *self.x_shape)
+            passed = flat.nonzero().squeeze(-1)
+            while 0 < len(passed) < len(flat):
+                again = torch.as_tensor(support.check(rows[passed]), dtype=torch.bool)
+                again = again.reshape(len(passed), -1).all(-1)
+                if bool(again.all()):
+                    break
+                flat[passed[~again]] = False
+                passed = passed[again]
+            return flat.reshape(batch)
         if self.has_prior_density:  # NaN is a fault of the density, not a zero: kept
             return checked_log_prior(self, x) != -math.inf
         return torch.ones(batch, dtype=torch.bool)
@@ -830,19 +846,26 @@ class Problem(abc.ABC):
         """Return whether :meth:`in_support` can reject a model (False for ``R^n``).
 
         True for a declared :attr:`support` other than ``constraints.real`` (or its
-        ``real_vector`` / ``independent`` forms), and for an undeclared one of a problem with a
-        prior density and no :meth:`basis`; False otherwise. Samplers skip the check when it
-        is False. A problem with a basis keeps its models valid through
-        :meth:`coefficient_transform` (the basis decoder's draws are valid by construction)
-        and gives its prior density on the coefficients, not on ``x``, so only a declared
-        support restricts it.
+        ``real_vector`` / ``independent`` forms), for an undeclared one of a problem with a
+        prior density and no :meth:`basis`, and for a problem that checks models with its own
+        :meth:`in_support` (an override, or a duck-typed problem's method) and declares no
+        support; False otherwise. Samplers skip the check when it is False. A problem with a
+        basis keeps its models valid through :meth:`coefficient_transform` (the basis
+        decoder's draws are valid by construction) and gives its prior density on the
+        coefficients, not on ``x``, so only a declared support restricts it.
         """
         support = self.support
         while isinstance(support, constraints.independent):
             support = support.base_constraint
         if support is None:
+            if self._has_own_in_support():
+                return True
             return bool(self.has_prior_density) and self.basis() is None
         return not (support is constraints.real or support is constraints.real_vector)
+
+    def _has_own_in_support(self) -> bool:
+        """Return whether a subclass checks models itself (overrides :meth:`in_support`)."""
+        return type(self).in_support is not Problem.in_support
 
     def gaussian_prior(self) -> MultivariateNormal | None:
         """Return the prior of the sampler's coordinates when it is Gaussian, else None.
