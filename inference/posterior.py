@@ -33,7 +33,7 @@ from ppl_cvae.device import module_device, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_support
+from ppl_cvae.problems.base import Problem, check_support, describe_support
 from ppl_cvae.problems.densities import checked_forward
 from ppl_cvae.problems.metadata import derived_quantities
 
@@ -333,7 +333,7 @@ class _Support:
 def _support_words(problem: Problem) -> str:
     """Name a problem's support for a message."""
     if problem.support is not None:
-        return f"support {problem.support}"
+        return f"support {describe_support(problem.support)}"
     if not problem.has_prior_density:  # no density: the problem's own in_support decides
         return "support (as its in_support decides)"
     return "support (where its log_prior is above -inf)"

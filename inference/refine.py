@@ -21,7 +21,7 @@ from inference.posterior import PosteriorDraws, draw_posterior
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_batch_axes
+from ppl_cvae.problems.base import Problem, check_batch_axes, describe_support
 from ppl_cvae.problems.densities import checked_forward, whiten
 
 __all__ = [
@@ -184,7 +184,7 @@ def refine_by_misfit(
         warnings.warn(
             f"refinement steps would have taken up to {num_held} of "
             f"{theta.shape[0] * theta.shape[1]} draws outside problem {problem.name!r}'s "
-            f"declared support {problem.support}; "
+            f"declared support {describe_support(problem.support)}; "
             "those steps were undone (the draws stay inside: refinement is partial there)",
             stacklevel=2,
         )

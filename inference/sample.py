@@ -46,7 +46,7 @@ from ppl_cvae.errors import (
 )
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import NUTS_PRECONDITIONERS, Problem
+from ppl_cvae.problems.base import NUTS_PRECONDITIONERS, Problem, describe_support
 from ppl_cvae.problems.densities import checked_forward, checked_log_prior, whiten
 from ppl_cvae.problems.metadata import (
     coord_attrs_of,
@@ -1268,8 +1268,9 @@ def sample_corrected(
             "support = constraints.interval(low, high) on the problem) so that NUTS samples "
             "in unconstrained coordinates and never meets the bound"
             if problem.support is None
-            else f"; problem {problem.name!r}'s declared support {problem.support} is not "
-            "elementwise, so NUTS meets its boundary as a wall (no unconstrained coordinates "
+            else f"; problem {problem.name!r}'s declared support "
+            f"{describe_support(problem.support)} is not elementwise, so NUTS meets its "
+            "boundary as a wall (no unconstrained coordinates "
             "for it): --method importance weighs the proposals outside it zero instead"
         )
     summary, ok = chains_summary(

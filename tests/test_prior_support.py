@@ -400,3 +400,16 @@ def test_cli_fit_data_with_x_bounds(tmp_path, capsys):
         main(["fit", "--data", str(tmp_path / "pairs.npz"), "--x-bounds", "1,0", "--out",
               str(tmp_path / "bad")])
     assert "LOW < HIGH" in capsys.readouterr().err
+
+
+def test_messages_name_a_support_with_large_bounds_in_one_line():
+    """Bounds of a (32, 32) x_shape are summarised by shape and range, not printed whole."""
+    box = UnitBox(2)
+    box.x_shape = (32, 32)
+    box.support = constraints.interval(torch.full((32, 32), 5.0), torch.full((32, 32), 6.0))
+    box.sample_prior = lambda num, generator=None: torch.rand(num, 32, 32, generator=generator)
+    with pytest.raises(ConfigError) as err:
+        check_support(box, torch.Generator().manual_seed(0))
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400
+    assert "lower_bound: shape (32, 32), values 5 to 5" in message

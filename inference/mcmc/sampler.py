@@ -28,7 +28,7 @@ from inference.mcmc.preconditioner import PRECONDITIONERS, Preconditioner, _prec
 from ppl_cvae.checks import as_real_tensor, as_seed, derived_seed
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, ShapeError, exception_summary
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_layouts
+from ppl_cvae.problems.base import Problem, check_layouts, describe_support
 from ppl_cvae.problems.densities import checked_forward, checked_log_likelihood
 
 __all__ = ["MCMCResult", "nuts_sample"]
@@ -242,8 +242,8 @@ def nuts_sample(
         if bool(outside.any()):
             raise DataError(
                 f"{int(outside.sum())} of {len(init)} models in init lie outside problem "
-                f"{problem.name!r}'s declared support {problem.support}; start the chains "
-                "inside it (amortized draws are kept inside by draw_posterior)"
+                f"{problem.name!r}'s declared support {describe_support(problem.support)}: "
+                "start the chains inside it (amortized draws are kept inside by draw_posterior)"
             )
     par = problem.sampler_parameterisation()
     if precondition in ("prior", "prior-amortized") and problem.gaussian_prior() is None:

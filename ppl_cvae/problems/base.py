@@ -82,6 +82,7 @@ __all__ = [
     "check_batch_axes",
     "check_layouts",
     "check_support",
+    "describe_support",
 ]
 
 
@@ -396,6 +397,33 @@ def check_batch_axes(
             )
 
 
+def describe_support(support: constraints.Constraint) -> str:
+    """Name a declared support in one short line, for messages.
+
+    Its ``repr`` when that is one line of at most 120 characters; else the constraint's class
+    with the shape and range of each tensor bound (an ``interval`` with bounds of a large
+    ``x_shape`` would print whole tensors).
+
+    Examples
+    --------
+    >>> describe_support(constraints.interval(0.0, 1.0))
+    'Interval(lower_bound=0.0, upper_bound=1.0)'
+    >>> describe_support(constraints.interval(torch.zeros(4, 5), torch.ones(4, 5)))[-41:]
+    'upper_bound: shape (4, 5), values 1 to 1)'
+    """
+    text = repr(support)
+    if len(text) <= 120 and "\n" not in text:
+        return text
+    parts = [
+        f"{name}: shape {tuple(value.shape)}, values {float(value.min()):.4g} to "
+        f"{float(value.max()):.4g}"
+        for name, value in vars(support).items()
+        if isinstance(value, torch.Tensor) and value.numel()
+    ]
+    name = type(support).__name__.lstrip("_")
+    return f"{name}({'; '.join(parts)})" if parts else text[:120] + "..."
+
+
 def check_support(
     problem: Problem, generator: torch.Generator | None = None, num: int = 64
 ) -> None:
@@ -437,8 +465,8 @@ def check_support(
     if problem.support is not None:
         flat = x[~inside][0].reshape(-1)
         what = (
-            f"its declared support {problem.support} (the first such draw has values from "
-            f"{float(flat.min()):.4g} to {float(flat.max()):.4g})"
+            f"its declared support {describe_support(problem.support)} (the first such draw "
+            f"has values from {float(flat.min()):.4g} to {float(flat.max()):.4g})"
         )
         fix = "declare the set the prior's draws lie in (Problem.support)"
     else:
