@@ -397,8 +397,8 @@ def check_batch_axes(
             )
 
 
-def describe_support(support: constraints.Constraint) -> str:
-    """Name a declared support in one short line, for messages.
+def describe_support(support: constraints.Constraint | None) -> str:
+    """Name a declared support in one short line, for messages (``"none"`` for None).
 
     Its ``repr`` when that is one line of at most 120 characters; else the constraint's class
     with the shape and range of each tensor bound (an ``interval`` with bounds of a large
@@ -411,6 +411,8 @@ def describe_support(support: constraints.Constraint) -> str:
     >>> describe_support(constraints.interval(torch.zeros(4, 5), torch.ones(4, 5)))[-41:]
     'upper_bound: shape (4, 5), values 1 to 1)'
     """
+    if support is None:
+        return "none"
     text = repr(support)
     if len(text) <= 120 and "\n" not in text:
         return text
