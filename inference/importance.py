@@ -383,7 +383,7 @@ def _weigh(
         log_r = dist.Normal(loc, scale).to_event(1).log_prob(z.reshape(num * num_obs, -1))
         log_q = log_q - log_r.reshape(num, num_obs)
     where = "importance proposals"
-    if problem.support is not None and problem.restricts_support():
+    if problem.declares_support():
         # a declared support: proposals outside it weigh zero, and the problem's densities see
         # only those inside (its forward may be undefined outside, e.g. a negative resistivity)
         inside = problem.in_support(x)  # (num, M)

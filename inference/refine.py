@@ -158,7 +158,7 @@ def refine_by_misfit(
     num_frozen = num_held = 0
     # a declared support that the coordinates do not keep (not elementwise, a basis, or
     # biject_to rounding onto an open boundary): a step that leaves it is undone
-    guard = problem.support is not None and problem.restricts_support()
+    guard = problem.declares_support()
     with torch.enable_grad():
         for _ in range(num_steps):
             optim.zero_grad()

@@ -61,7 +61,7 @@ def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor],
     """
     par = problem.sampler_parameterisation()
     x_shape = tuple(problem.x_shape)
-    guard = problem.support is not None and problem.restricts_support()
+    guard = problem.declares_support()
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
         if par is not None:

@@ -235,7 +235,7 @@ def nuts_sample(
             f"init must have shape (N >= 1, *{x_shape}): models that start the chains, got "
             f"{tuple(init.shape)}"
         )
-    if problem.support is not None and problem.restricts_support():
+    if problem.declares_support():
         # a start outside would be mapped silently into it by biject_to's inverse (NaN -> 0),
         # or, for a constraint that is not elementwise, start a chain where p(x) = 0
         outside = ~problem.in_support(init)

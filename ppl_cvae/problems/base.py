@@ -893,6 +893,15 @@ class Problem(abc.ABC):
             return bool(self.has_prior_density) and self.basis() is None
         return not (support is constraints.real or support is constraints.real_vector)
 
+    def declares_support(self) -> bool:
+        """Return whether :attr:`support` is declared and other than ``R^n``.
+
+        The samplers that must never evaluate the problem outside its support (importance
+        weights, NUTS's potential and starts, refinement steps) guard on a declared one only:
+        an undeclared support is known through :meth:`log_prior`, which they evaluate anyway.
+        """
+        return self.support is not None and self.restricts_support()
+
     def _has_own_in_support(self) -> bool:
         """Return whether a subclass checks models itself (overrides :meth:`in_support`)."""
         return type(self).in_support is not Problem.in_support
