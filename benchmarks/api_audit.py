@@ -51,7 +51,7 @@ from inference.arviz_io import load_inference_data, save_inference_data
 from inference.evaluate import evaluate_model
 from inference.mcmc import nuts_sample
 from inference.sample import CorrectionConfig, sample_corrected, sample_posterior
-from ppl_cvae import LinearGaussian, fit_problem, load_checkpoint, save_checkpoint
+from ppl_cvae import LinearGaussian, build_cvae, fit_problem, load_checkpoint, save_checkpoint
 from ppl_cvae.config import ModelConfig
 from ppl_cvae.errors import PplCvaeError
 from ppl_cvae.problems.base import Problem, check_support
@@ -417,6 +417,30 @@ def cases(tmp: Path) -> list[Case]:
         lambda: ModelConfig(x_shape=(3,), y_shape=(2,), x_bounds=(1, 0)), "refuse", "x_bounds")
     add(c, "ModelConfig(x_bounds='0,1')",
         lambda: ModelConfig(x_shape=(3,), y_shape=(2,), x_bounds="0,1"), "refuse", "x_bounds")
+    flow_box = {"x_shape": (3,), "y_shape": (2,), "likelihood": "flow", "latent_dim": 0,
+                "hidden_dims": (8,), "flow_hidden_dims": (8,), "x_transform": "support"}
+    unit = torch.rand(64, 3, generator=torch.Generator().manual_seed(0))
+    add(c, "ModelConfig(x_transform='logit')",
+        lambda: ModelConfig(x_shape=(3,), y_shape=(2,), x_transform="logit"), "refuse",
+        "x_transform")
+    add(c, "x_transform='support' with a Gaussian decoder",
+        lambda: ModelConfig(x_shape=(3,), y_shape=(2,), x_transform="support"), "refuse",
+        "flow")
+    add(c, "x_transform='support' without a support or x_bounds",
+        lambda: build_cvae(ModelConfig(**flow_box), unit, unit[:, :2]), "refuse", "bounds")
+    add(c, "x_transform='support' on a simplex support",
+        lambda: build_cvae(ModelConfig(**flow_box), unit, unit[:, :2],
+                           problem=with_support(constraints.simplex)), "refuse", "box")
+    add(c, "x_transform='support', training x outside x_bounds",
+        lambda: build_cvae(ModelConfig(**flow_box, x_bounds=(0.0, 0.5)), unit, unit[:, :2]),
+        "refuse", "outside")
+
+    def boxed_log_prob() -> torch.Tensor:
+        boxed = build_cvae(ModelConfig(**flow_box, x_bounds=(0.0, 1.0)), unit, unit[:, :2])
+        return CVAEPosterior(boxed).log_prob(torch.tensor([[0.5, 1.5, 0.5]]), y0)
+
+    add(c, "x_transform='support': log_prob outside the box", boxed_log_prob, "accept",
+        check=lambda t: bool(torch.isneginf(t).all()))
 
     c = "checkpoints"
     add(c, "load a missing file", lambda: load_checkpoint(tmp / "missing.pt"), "refuse", "missing")

@@ -75,9 +75,10 @@ def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     problem = Box()
     t0 = time.perf_counter()
-    cvae, _, _ = fit_problem(problem, train=train_overrides(args.seed, args.epochs))
-    print(f"fit {time.perf_counter() - t0:.0f} s ({cvae.config.likelihood}), "
-          f"{torch.get_num_threads()} thread(s)", flush=True)
+    model = {"x_transform": args.x_transform}
+    cvae, _, _ = fit_problem(problem, model=model, train=train_overrides(args.seed, args.epochs))
+    print(f"fit {time.perf_counter() - t0:.0f} s ({cvae.config.likelihood}, x_transform "
+          f"{cvae.config.x_transform}), {torch.get_num_threads()} thread(s)", flush=True)
     rng = np.random.default_rng(1)
     x_true = np.asarray(TRUTHS, dtype=np.float32)
     y = torch.from_numpy((x_true + NOISE * rng.standard_normal(x_true.shape)).astype(np.float32))
@@ -91,6 +92,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"amortized, kept in the support: kept {np.round(kept.support_acceptance, 3).tolist()}"
           "; outside %.3f, mean error <= %.2f sd, sd ratio %.2f-%.2f"
           % errors(kept.x.numpy(), y_np))
+    if args.amortized_only:
+        return
     runs = [
         ("importance", Box(), CorrectionConfig(method="importance", proposals=10 * n)),
         ("nuts, support declared", Box(),
@@ -114,4 +117,11 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=0, help="0: the problem's default")
     parser.add_argument("--num-samples", type=int, default=2000, help="draws per observation")
+    parser.add_argument(
+        "--x-transform", choices=["none", "support"], default="none",
+        help="support: the flow models T^-1(x), T from R onto [0, 1] (no draw can leave)",
+    )
+    parser.add_argument(
+        "--amortized-only", action="store_true", help="skip importance sampling and NUTS"
+    )
     main(parser.parse_args())

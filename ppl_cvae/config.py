@@ -59,6 +59,7 @@ NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_netwo
 PRIORS = ("learned", "standard_normal", "flow")
 Y_EMBEDDINGS = ("separate", "shared")
 X_WHITENINGS = ("none", "linear")
+X_TRANSFORMS = ("none", "support")
 PRIOR_FLOW_FINALS = ("auto", "spline", "none")  # ModelConfig.prior_flow_final
 WHITENED_LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_lowrank", "gaussian_full", "flow")
 
@@ -364,6 +365,16 @@ class ModelConfig(_DictMixin):
         inside (:func:`ppl_cvae.train.build_cvae` refuses it otherwise) and amortized draws
         outside are rejected and drawn again (:func:`inference.posterior.draw_posterior`), as
         sbi does for a ``BoxUniform`` prior.
+    x_transform : {"none", "support"}, default "none"
+        ``"support"``: the flow on ``x`` (``likelihood="flow"``, no ``basis_dim``) models
+        ``u = T^{-1}(x)``, ``T`` the elementwise bijection from ``R`` onto the box of the
+        prior's support (:class:`~ppl_cvae.data.box.BoxTransform`: ``low + (high - low)
+        sigmoid(u)``, ``low + exp(u)``, ...), so every draw lies inside and the density of
+        ``x`` gains the log-Jacobian; sbi's ``z_score_theta="transform_to_unconstrained"``.
+        The box is the problem's declared support (:func:`~ppl_cvae.data.box.support_box`)
+        intersected with ``x_bounds``, stored with the weights (buffers ``x_low`` and
+        ``x_high``). ``"none"``: the flow models ``x`` and draws outside the support are
+        rejected.
     constrained_coefficients : bool, default False
         With ``basis_dim``: the decoder works in an unconstrained space mapped onto the valid
         coefficients by a bijection the problem supplies (``problem.coefficient_transform()``;
@@ -420,6 +431,7 @@ class ModelConfig(_DictMixin):
     prior_flow_type: Literal["autoregressive", "coupling"] = "coupling"
     prior_flow_final: Literal["auto", "spline", "none"] = "auto"
     x_bounds: tuple[float, float] | None = None
+    x_transform: Literal["none", "support"] = "none"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -452,6 +464,8 @@ class ModelConfig(_DictMixin):
             data = {**data, "prior_flow_final": "spline" if coupling else "auto"}
         if isinstance(data, Mapping) and "x_bounds" not in data:  # written before the field
             data = {**data, "x_bounds": None}
+        if isinstance(data, Mapping) and "x_transform" not in data:  # written before the field
+            data = {**data, "x_transform": "none"}
         return super().from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -507,6 +521,7 @@ class ModelConfig(_DictMixin):
             "x_whitening",
             "prior_flow_type",
             "prior_flow_final",
+            "x_transform",
         ):
             value = getattr(self, name)
             if not isinstance(value, str):
@@ -647,6 +662,18 @@ class ModelConfig(_DictMixin):
                     f"Gram matrix of y: it needs prod(x_shape) and prod(y_shape) <= "
                     f"{MAX_FULL_NOISE} (MAX_FULL_NOISE), got {self.x_dim} and {y_dim}"
                 )
+        if self.x_transform not in X_TRANSFORMS:
+            raise ConfigError(
+                f"unknown x_transform {_show(self.x_transform)}; expected one of {X_TRANSFORMS}"
+            )
+        if self.x_transform == "support" and (
+            self.likelihood != "flow" or self.basis_dim is not None
+        ):
+            raise ConfigError(
+                "x_transform='support' needs a flow on x itself (likelihood='flow', no "
+                f"basis_dim), got likelihood={self.likelihood!r}, "
+                f"basis_dim={_show(self.basis_dim)}"
+            )
         if not _is_int(self.num_facies) or not 2 <= self.num_facies <= MAX_WIDTH:
             raise ConfigError(
                 f"num_facies must be an integer in [2, {MAX_WIDTH}] (classes of the categorical "
@@ -805,6 +832,7 @@ class ModelOverrides(TypedDict, total=False):
     prior_flow_type: Literal["autoregressive", "coupling"]
     prior_flow_final: Literal["auto", "spline", "none"]
     x_bounds: tuple[float, float] | None
+    x_transform: Literal["none", "support"]
 
 
 class TrainOverrides(TypedDict, total=False):

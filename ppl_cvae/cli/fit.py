@@ -68,6 +68,7 @@ MODEL_FLAGS = {
     "num_facies": "num_facies",
     "x_whitening": "x_whitening",
     "x_bounds": "x_bounds",
+    "x_transform": "x_transform",
 }
 TRAIN_FLAGS = {
     "epochs": "num_epochs",
@@ -625,14 +626,17 @@ def _write_run(
 
 def _family(model: ModelConfig) -> str:
     """Name the fitted family in a few words (the settings may have been chosen for the user)."""
+    onto = ", mapped onto the support" if model.x_transform == "support" else ""
     if model.likelihood == "flow" and model.latent_dim == 0:
-        return f"a conditional spline flow on x ({model.flow_layers} layers, no latent)"
+        return f"a conditional spline flow on x ({model.flow_layers} layers, no latent{onto})"
     kind = "a CVAE" if model.y_shape is not None else "a VAE"
     parts = [f"latent {model.latent_dim}", f"{model.likelihood} decoder"]
     if model.prior == "flow":
         parts.append(f"flow prior ({model.prior_flow_layers} {model.prior_flow_type} layers)")
     if model.x_whitening == "linear":
         parts.append("x whitened given y")
+    if onto:
+        parts.append("x mapped onto the support")
     if model.linear_skip:
         parts.append("linear path from y")
     if model.basis_dim is not None:

@@ -32,6 +32,7 @@ from ppl_cvae.config import (
     NETWORKS,
     PRIOR_FLOW_FINALS,
     PRIORS,
+    X_TRANSFORMS,
     X_WHITENINGS,
     Y_EMBEDDINGS,
 )
@@ -300,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LOW,HIGH",
         help="the prior's support of every element of x, e.g. 0,1 or 0,inf (a data file's "
         "prior: training x must lie inside, amortized draws outside are rejected)",
+    )
+    fit_p.add_argument(
+        "--x-transform",
+        choices=X_TRANSFORMS,
+        help="support: the flow on x models T^-1(x), T the map from R onto the box of the "
+        "prior's support (the problem's declared support and --x-bounds), so no draw leaves "
+        "it; none: draws outside are rejected",
     )
     fit_p.add_argument(
         "--noise-rank",

@@ -30,6 +30,7 @@ from torch import nn
 from torch.distributions.transforms import AffineTransform, ReshapeTransform, Transform
 
 from ppl_cvae.config import ModelConfig
+from ppl_cvae.data.box import BoxTransform
 from ppl_cvae.data.standardise import LinearWhitener, Standardiser
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.nets.factory import build_networks
@@ -221,6 +222,8 @@ class CVAE(nn.Module):
     basis: torch.Tensor
     coef_mean: torch.Tensor
     coef_std: torch.Tensor
+    x_low: torch.Tensor  # x_transform="support": the box of the support (buffers)
+    x_high: torch.Tensor
 
     def __init__(
         self,
@@ -268,6 +271,9 @@ class CVAE(nn.Module):
             self.register_buffer("basis", basis.detach().clone().float())
             self.register_buffer("coef_mean", torch.zeros(config.basis_dim))
             self.register_buffer("coef_std", torch.ones(config.basis_dim))
+        if config.x_transform == "support":  # the box of the support (set_x_box)
+            self.register_buffer("x_low", torch.full(config.x_shape, -math.inf))
+            self.register_buffer("x_high", torch.full(config.x_shape, math.inf))
 
     # ------------------------------------------------------------------ helpers
     def _register_params(self, part: str) -> None:
@@ -332,11 +338,60 @@ class CVAE(nn.Module):
             keep = keep[:MAX_WHITENING_PAIRS]
             x, y = x[keep], (None if y is None else y[keep])
         y_std = self._standardise_y(y)
-        self.whitener.fit(self.x_standardiser(x).reshape(x.shape[0], -1), _flat_y(y_std))
+        x_std = self.x_standardiser(self.to_unconstrained(x))
+        self.whitener.fit(x_std.reshape(x.shape[0], -1), _flat_y(y_std))
+
+    @torch.no_grad()
+    def set_x_box(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Set the box of ``x_transform="support"``: ``low <= x <= high`` elementwise.
+
+        Call it before the standardiser of ``x`` is fitted (on :meth:`to_unconstrained` of the
+        training ``x``); :func:`~ppl_cvae.train.build_cvae` does.
+
+        Parameters
+        ----------
+        low, high : Tensor, shape x_shape
+            Ends of the box in units of ``x`` (``-inf`` / ``inf`` for no end).
+
+        Raises
+        ------
+        ConfigError
+            If the model has no box (``x_transform="none"``), or ``low < high`` fails for an
+            element.
+        ShapeError
+            If ``low`` or ``high`` does not have shape ``x_shape``.
+        """
+        if self.config.x_transform != "support":
+            raise ConfigError("set_x_box needs x_transform='support'")
+        for name, value in (("low", low), ("high", high)):
+            if tuple(value.shape) != self.config.x_shape:
+                raise ShapeError(
+                    f"box {name} has shape {tuple(value.shape)}; expected x_shape "
+                    f"{self.config.x_shape}"
+                )
+        if not bool((low < high).all()):
+            raise ConfigError("the box of x_transform='support' needs low < high in every element")
+        self.x_low.copy_(low)
+        self.x_high.copy_(high)
+
+    def box_transform(self) -> BoxTransform | None:
+        """Return the map ``u -> x`` onto the box of ``x_transform="support"``, or None."""
+        if self.config.x_transform != "support":
+            return None
+        return BoxTransform(self.x_low, self.x_high, len(self.config.x_shape))
+
+    def to_unconstrained(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``u = T^{-1}(x)`` (:meth:`box_transform`), or ``x`` itself without a box.
+
+        Shapes: ``(*batch, *x_shape) -> (*batch, *x_shape)``, what the standardiser of ``x``
+        is fitted on and sees.
+        """
+        box = self.box_transform()
+        return x if box is None else box.inv(x)
 
     def _whiten(self, x: torch.Tensor, y_std: torch.Tensor | None) -> torch.Tensor:
         """Return the standardised ``x`` the networks see: ``u`` when whitening, else ``x_std``."""
-        x_std = self.x_standardiser(x)
+        x_std = self.x_standardiser(self.to_unconstrained(x))
         if self.whitener is None:
             return x_std
         n_event = len(self.config.x_shape)
@@ -604,10 +659,15 @@ class CVAE(nn.Module):
         ]
         if len(x_shape) != 1:
             to_x.append(ReshapeTransform(torch.Size((self.config.x_dim,)), torch.Size(x_shape)))
+        box = self.box_transform()
+        if box is not None:  # x_transform="support": the flow is on u = T^-1(x)
+            to_x.append(box)
         if location:
             flat = self.decoder.flow_location(z, y_std)
             loc = xs.inverse(flat.reshape(*flat.shape[:-1], *x_shape))
-        return dist.TransformedDistribution(flow, to_x), loc
+            loc = loc if box is None else box(loc)
+        # a box: log_prob of a value outside is -inf (BoxTransform), not a validation error
+        return dist.TransformedDistribution(flow, to_x, validate_args=box is None), loc
 
     def _whitened_x_distribution(
         self, z: torch.Tensor, y: torch.Tensor | None, location: bool
@@ -653,11 +713,15 @@ class CVAE(nn.Module):
         ]
         if len(x_shape) != 1:
             to_x.append(ReshapeTransform(torch.Size((cfg.x_dim,)), torch.Size(x_shape)))
+        box = self.box_transform()
+        if box is not None:  # x_transform="support": u = T^-1(x) was standardised
+            to_x.append(box)
         mean = None
         if loc_u is not None:
             x_std = whitener.inverse(loc_u, y_flat)
             mean = xs.inverse(x_std.reshape(*x_std.shape[:-1], *x_shape))
-        return dist.TransformedDistribution(base, to_x), mean
+            mean = mean if box is None else box(mean)
+        return dist.TransformedDistribution(base, to_x, validate_args=box is None), mean
 
     def _x_distribution(
         self, mean: torch.Tensor, scale: torch.Tensor | None

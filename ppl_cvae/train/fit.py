@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae.checks import as_seed
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
+from ppl_cvae.data.box import BoxTransform, support_box
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.device import problem_on, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_batch_axes, check_support
+from ppl_cvae.problems.base import Problem, check_batch_axes, check_support, describe_support
 from ppl_cvae.problems.checked_simulator import CheckedSimulator
 from ppl_cvae.train.distributed import (
     DistributedSetup,
@@ -160,7 +161,17 @@ def build_cvae(
             coefficient_transform = problem.coefficient_transform()
         forward_operator = forward_operator or problem.forward
         misfit_std = problem.misfit_std if misfit_std is None else misfit_std
-    xs = Standardiser(config.x_shape, "x").fit(x) if standardisers is None else standardisers[0]
+    box = _x_box(config, problem, x)
+    x_fit = x if box is None else BoxTransform(*box, len(config.x_shape)).inv(x)
+    if standardisers is None:
+        xs = Standardiser(config.x_shape, "x").fit(x_fit)
+    elif box is not None:
+        raise ConfigError(
+            "x_transform='support' standardises T^-1(x), which the moments of x given in "
+            "standardisers do not give: fit on data in memory, or use x_transform='none'"
+        )
+    else:
+        xs = standardisers[0]
     ys = None
     if config.conditional:
         if y is None or tuple(y.shape[1:]) != config.y_shape:
@@ -183,9 +194,57 @@ def build_cvae(
             forward_operator=forward_operator,
             misfit_std=1.0 if misfit_std is None else misfit_std,
         )
+    if box is not None:
+        cvae.set_x_box(*box)
     cvae.fit_basis_coefficients(x)
     cvae.fit_whitener(x, y)
     return cvae
+
+
+def _x_box(
+    config: ModelConfig, problem: Problem | None, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Return the box of ``x_transform="support"`` as float32 ``(low, high)``, or None.
+
+    The problem's declared support (:func:`~ppl_cvae.data.box.support_box`) intersected with
+    ``config.x_bounds``; refuses a support that is not a box or bounds nothing, and training
+    ``x`` outside it.
+    """
+    if config.x_transform != "support":
+        return None
+    low = torch.full(config.x_shape, -math.inf, dtype=torch.float64)
+    high = torch.full(config.x_shape, math.inf, dtype=torch.float64)
+    support = None if problem is None else problem.support
+    if problem is not None and support is not None:
+        box = support_box(support, config.x_shape)
+        if box is None:
+            raise ConfigError(
+                f"x_transform='support' needs a support that is a box (an interval, "
+                f"positive, greater_than, ... per element); problem {problem.name!r} declares "
+                f"{describe_support(support)}: use x_transform='none'"
+            )
+        low, high = box
+    if config.x_bounds is not None:
+        low = low.clamp(min=config.x_bounds[0])
+        high = high.clamp(max=config.x_bounds[1])
+    if not bool((torch.isfinite(low) | torch.isfinite(high)).any()):
+        raise ConfigError(
+            "x_transform='support' needs bounds on x: declare the problem's support "
+            "(Problem.support) or give x_bounds (--x-bounds LOW,HIGH)"
+        )
+    low32, high32 = low.float(), high.float()
+    if not bool((low32 < high32).all()):
+        raise ConfigError("the support's box has an element with low >= high in float32")
+    outside = (x < low32) | (x > high32)
+    if bool(outside.any()):
+        first = tuple(int(i) for i in outside.nonzero()[0])
+        ends = f"[{float(low32[first[1:]]):g}, {float(high32[first[1:]]):g}]"
+        raise DataError(
+            f"{int(outside.sum())} training values of x lie outside the support's box (the "
+            f"first: x{list(first)} = {float(x[first]):.6g}, box {ends}); x_transform='support' "
+            "maps the box onto R"
+        )
+    return low32, high32
 
 
 def negative_elbo(

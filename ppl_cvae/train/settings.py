@@ -173,7 +173,8 @@ def resolve_settings(
         stays: the flow is then on its coefficients), a recommended ``latent_dim=0`` (a
         flow on ``x``) is dropped when the user picks another likelihood, and a recommended
         ``x_whitening="linear"`` (with its ``init_scale``) is dropped for a likelihood or basis
-        decoder it does not apply to.
+        decoder it does not apply to and for ``x_transform="support"`` (``x`` mapped onto a
+        box is not linear in ``y``).
     train_config : TrainConfig
 
     Raises
@@ -220,6 +221,10 @@ def resolve_settings(
         likelihood = model.get("likelihood", "gaussian")
         if likelihood not in WHITENED_LIKELIHOODS or model.get("basis_dim") is not None:
             model.pop("x_whitening")  # a facies, fixed-scale or basis decoder: not whitened
+        elif model.get("x_transform") == "support":
+            # x mapped onto its box is not linear in y: the regression's residual would carry
+            # the nonlinearity into the flow's tails (docs/measurements.md, bounded prior)
+            model.pop("x_whitening")
     if (
         layer.model.get("x_whitening") == "linear"
         and model.get("x_whitening", "none") != "linear"

@@ -1,0 +1,187 @@
+"""``x_transform="support"``: a flow on ``u = T^{-1}(x)`` with ``T`` from ``R`` onto the box.
+
+Every figure has a closed form: ``BoxTransform`` is ``torch.distributions.biject_to`` of each
+kind of interval (value, inverse and log-Jacobian), and the density of a model fitted in ``u``
+is a density of ``x`` on the box, so it integrates to one over the box (quadrature on a grid,
+or over ``t = log x`` for a half-line) and is zero outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from torch.distributions import biject_to, constraints
+
+from inference.posterior import CVAEPosterior, draw_posterior
+from ppl_cvae import ModelConfig, build_cvae
+from ppl_cvae.cli import main
+from ppl_cvae.data.box import BoxTransform, support_box
+from ppl_cvae.errors import ConfigError, DataError
+from ppl_cvae.problems.base import Problem
+from ppl_cvae.train.fit import negative_elbo
+
+KINDS = [
+    constraints.unit_interval,
+    constraints.interval(-2.0, 3.0),
+    constraints.half_open_interval(0.5, 1.5),
+    constraints.positive,
+    constraints.greater_than(1.5),
+    constraints.nonnegative,
+    constraints.less_than(2.0),
+    constraints.real,
+]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda c: type(c).__name__)
+def test_box_transform_is_biject_to_of_each_interval(kind):
+    """Value, inverse and log-Jacobian equal torch's biject_to, element by element."""
+    low, high = support_box(constraints.independent(kind, 1), (4,))
+    box = BoxTransform(low, high, 1)
+    u = 3 * torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = biject_to(kind)
+    x = box(u)
+    torch.testing.assert_close(x, ref(u))
+    log_det = ref.log_abs_det_jacobian(u, x).sum(-1)
+    torch.testing.assert_close(box.log_abs_det_jacobian(u, x), log_det)
+    torch.testing.assert_close(box.inv(x), u)
+
+
+def test_box_transform_per_element_bounds_boundaries_and_outside():
+    """Mixed kinds per element; a value on a finite end has a finite u; outside: log_prob -inf."""
+    low = torch.tensor([0.0, 0.0, -math.inf, -math.inf])
+    high = torch.tensor([1.0, math.inf, 2.0, math.inf])
+    box = BoxTransform(low, high, 1)
+    u = torch.tensor([[0.3, -1.0, 0.5, 4.0]])
+    expected = torch.tensor([[torch.sigmoid(torch.tensor(0.3)).item(), math.exp(-1.0),
+                              2 - math.exp(0.5), 4.0]])
+    torch.testing.assert_close(box(u), expected)
+    edge = torch.tensor([[0.0, 0.0, 2.0, 7.0], [1.0, 1e-30, 2.0, -7.0]])
+    back = box.inv(edge)
+    assert bool(torch.isfinite(back).all())
+    assert abs(float(back[0, 0]) - math.log(2**-24)) < 0.1  # float32's half epsilon inside
+    base = pyro.distributions.Normal(torch.zeros(4), 1.0).to_event(1)
+    law = pyro.distributions.TransformedDistribution(base, [box], validate_args=False)
+    inside = law.log_prob(torch.tensor([[0.5, 3.0, -1.0, 0.0]]))
+    assert bool(torch.isfinite(inside).all())
+    for bad in ([1.5, 3.0, -1.0, 0.0], [0.5, -1.0, -1.0, 0.0], [0.5, 3.0, 2.5, 0.0]):
+        assert law.log_prob(torch.tensor([bad])).item() == -math.inf
+    assert support_box(constraints.simplex, (3,)) is None
+    assert support_box(constraints.interval(torch.zeros(2), torch.ones(2)), (3,)) is None
+    assert support_box(None, (3,)) is None
+
+
+def box_flow(bounds, x: torch.Tensor, whitening: str = "none"):
+    """An untrained flow on x given y = x (latent 0) with x_transform="support"."""
+    config = ModelConfig(
+        x_shape=(1,), y_shape=(1,), hidden_dims=(8,), likelihood="flow", latent_dim=0,
+        flow_hidden_dims=(8,), x_bounds=bounds, x_transform="support", x_whitening=whitening,
+    )
+    return build_cvae(config, x, x + 0.1 * torch.randn_like(x), seed=0)
+
+
+@pytest.mark.parametrize("whitening", ["none", "linear"])
+def test_the_density_lives_on_the_box_and_integrates_to_one(whitening):
+    """∫ p(x | y) dx = 1 over [0, 1] and over [0, inf) (t = log x); 0 outside; draws inside."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(500, 1, generator=gen)
+    cvae = box_flow((0.0, 1.0), x, whitening)
+    y = torch.tensor([[0.05], [0.6]])
+    post = CVAEPosterior(cvae)
+    grid = torch.linspace(0.0, 1.0, 20001).unsqueeze(-1)
+    for obs in y:
+        density = post.log_prob(grid, obs).exp()
+        assert abs(float(torch.trapezoid(density, grid[:, 0])) - 1) < 2e-3
+        assert post.log_prob(torch.tensor([[1.01]]), obs).item() == -math.inf
+    draws = draw_posterior(cvae, y, 4000, seed=0)
+    assert bool(((draws.x > 0) & (draws.x < 1)).all())
+    assert draws.support_acceptance.tolist() == [1.0, 1.0]
+    positive = box_flow((0.0, math.inf), 3 * x, whitening)
+    t = torch.linspace(-40.0, 12.0, 40001)
+    log_p = CVAEPosterior(positive).log_prob(t.exp().unsqueeze(-1), torch.tensor([1.0]))
+    assert abs(float(torch.trapezoid((log_p + t).exp(), t)) - 1) < 2e-3
+
+
+def test_training_values_on_the_ends_give_a_finite_loss_and_outside_values_are_refused():
+    """U(0, 1) draws of exactly 0 or 1 train (finite u); a value outside is named."""
+    x = torch.rand(64, 1, generator=torch.Generator().manual_seed(1))
+    x[0], x[1] = 0.0, 1.0
+    cvae = box_flow((0.0, 1.0), x)
+    assert math.isfinite(negative_elbo(cvae, x, x))
+    x[2] = 1.5
+    with pytest.raises(DataError, match="outside x_bounds"):
+        box_flow((0.0, 1.0), x)
+
+
+def test_refusals_name_what_is_missing():
+    """A non-flow family, no bounds, a support that is not a box; old configs read 'none'."""
+    with pytest.raises(ConfigError, match="needs a flow on x"):
+        ModelConfig(x_shape=(2,), y_shape=(2,), x_transform="support")
+    with pytest.raises(ConfigError, match="unknown x_transform"):
+        ModelConfig(x_shape=(2,), y_shape=(2,), likelihood="flow", x_transform="logit")
+    x = torch.rand(32, 2)
+    free = ModelConfig(x_shape=(2,), y_shape=(2,), likelihood="flow", latent_dim=0,
+                       hidden_dims=(8,), x_transform="support")
+    with pytest.raises(ConfigError, match="needs bounds on x"):
+        build_cvae(free, x, x)
+
+    class Simplex(Problem):
+        name, x_shape, y_shape = "simplex", (2,), (2,)
+        x_dims, y_dims, coords = ("parameter",), ("datum",), {}
+        noise_std = misfit_std = 0.1
+        support = constraints.simplex
+
+        def sample_prior(self, num, generator=None):
+            return torch.rand(num, 2, generator=generator)
+
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ConfigError, match="support that is a box"):
+        build_cvae(free, x, x, problem=Simplex())
+    old = free.to_dict()
+    del old["x_transform"]
+    assert ModelConfig.from_dict(old).x_transform == "none"
+
+
+def test_cli_fit_data_with_x_transform_support(tmp_path):
+    """fit --data --x-bounds --x-transform support: stored, and every sampled draw inside."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (512, 2)).astype(np.float32)
+    np.savez(tmp_path / "pairs.npz", x=x, y=x + 0.1 * rng.standard_normal(x.shape).astype("f4"))
+    np.savez(tmp_path / "obs.npz", y=np.array([[0.02, 0.97]], dtype=np.float32))
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(tmp_path / "pairs.npz"), "--x-bounds", "0,1",
+                 "--x-transform", "support", "--epochs", "1", "--out", str(run), "--quiet",
+                 "--threads", "1"]) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["x_transform"] == "support"
+    out = tmp_path / "post.nc"
+    assert main(["sample", str(run), "--observation", str(tmp_path / "obs.npz"),
+                 "--num-samples", "2000", "--out", str(out)]) == 0
+    import arviz as az
+
+    idata = az.from_netcdf(out)
+    values = idata.posterior["x"].values
+    assert values.min() > 0 and values.max() < 1
+    assert json.loads(idata.posterior.attrs["support_acceptance"]) == [1.0]
+
+
+def test_settings_drop_the_recommended_whitening_for_a_box():
+    """x mapped onto a box is not linear in y: a recommended whitening gives way, a user's not."""
+    from ppl_cvae import Overrides, resolve_settings
+    from ppl_cvae.train.settings import DataSource
+
+    source = DataSource(x_shape=(3,), y_shape=(3,), num_pairs=10_000)
+    plain, _ = resolve_settings(source, Overrides(model={"x_bounds": (0.0, 1.0)}))
+    assert plain.likelihood == "flow" and plain.x_whitening == "linear"
+    boxed, _ = resolve_settings(
+        source, Overrides(model={"x_bounds": (0.0, 1.0), "x_transform": "support"})
+    )
+    assert boxed.x_transform == "support" and boxed.x_whitening == "none"
+    forced, _ = resolve_settings(source, Overrides(model={
+        "x_bounds": (0.0, 1.0), "x_transform": "support", "x_whitening": "linear"}))
+    assert forced.x_whitening == "linear"
