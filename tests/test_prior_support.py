@@ -25,7 +25,7 @@ from inference.refine import refine_and_accept
 from inference.sample import SUPPORT_WARNING, sample_posterior, sample_posterior_to_netcdf
 from ppl_cvae import CVAE, ModelConfig, build_cvae, fit_problem
 from ppl_cvae.cli import main
-from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, NoPriorDensityError, ShapeError
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem, check_support
 from ppl_cvae.problems.parameterisation import ElementwiseTransform, support_parameterisation
@@ -413,3 +413,21 @@ def test_messages_name_a_support_with_large_bounds_in_one_line():
     message = str(err.value)
     assert "\n" not in message and len(message) < 400
     assert "lower_bound: shape (32, 32), values 5 to 5" in message
+
+
+def test_nuts_names_the_missing_log_prior_of_a_declared_support():
+    """A declared support without a prior density: the message names log_prior, not coordinates.
+
+    NUTS runs in the support's biject_to coordinates, whose density needs the problem's
+    log_prior; the error says the problem lacks it and how to give it.
+    """
+    problem = UnitBox(1)
+    problem.has_prior_density = False
+    init = torch.rand(10, 1, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NoPriorDensityError) as err:
+        nuts_sample(problem, torch.tensor([0.3]), init, num_samples=100, num_chains=1, seed=0)
+    message = str(err.value)
+    assert "problem 'unit_box' (UnitBox) declares the support Interval(" in message
+    assert "its log_prior is not defined (has_prior_density is False)" in message
+    assert "define the problem's log_prior" in message and "has_prior_density = True" in message
+    assert "parameterisation" not in message

@@ -760,6 +760,7 @@ class Problem(abc.ABC):
             self.x_shape,
             self.coefficient_transform(),
             log_prior_x=self.log_prior if self.has_prior_density else None,
+            no_density=self._no_density_message("the density of its basis coefficients"),
         )
 
     def sampler_parameterisation(self) -> Parameterisation | None:
@@ -782,7 +783,28 @@ class Problem(abc.ABC):
         from ppl_cvae.problems.parameterisation import support_parameterisation
 
         return support_parameterisation(
-            self.support, self.x_shape, self.log_prior if self.has_prior_density else None
+            self.support,
+            self.x_shape,
+            self.log_prior if self.has_prior_density else None,
+            no_density=self._no_density_message(
+                "e.g. -sum(log(high - low)) inside interval(low, high) for a uniform prior"
+            ),
+        )
+
+    def _no_density_message(self, example: str) -> str:
+        """Say that :meth:`log_prior` is missing where a sampler needs the prior's density."""
+        declared = (
+            f" declares the support {describe_support(self.support)} but"
+            if self.support is not None
+            else ""
+        )
+        return (
+            f"problem {self.name!r} ({type(self).__name__}){declared} has no prior density: "
+            "its log_prior is not defined (has_prior_density is False), and NUTS, importance "
+            "sampling and the posterior file's lp need log_prior + log_likelihood (a support "
+            "says where the prior is not zero, not its density); define the problem's "
+            f"log_prior ({example}) and set has_prior_density = True, or use the amortized "
+            "draws without a correction (--method amortized)"
         )
 
     def log_prior(self, x: torch.Tensor) -> torch.Tensor:
