@@ -919,8 +919,10 @@ class Problem(abc.ABC):
         """Return whether :attr:`support` is declared and other than ``R^n``.
 
         The samplers that must never evaluate the problem outside its support (importance
-        weights, NUTS's potential and starts, refinement steps) guard on a declared one only:
-        an undeclared support is known through :meth:`log_prior`, which they evaluate anyway.
+        weights, NUTS's potential and starts) guard on a declared one only: an undeclared
+        support is known through :meth:`log_prior`, which they evaluate first (importance
+        sampling calls ``log_likelihood`` only where it is above ``-inf``). Refinement, which
+        evaluates no prior, guards on :meth:`restricts_support`.
         """
         return self.support is not None and self.restricts_support()
 
