@@ -35,7 +35,12 @@ from ppl_cvae.checks import as_count, as_seed, check_problem_matches
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_batch_axes, describe_support
+from ppl_cvae.problems.base import (
+    Problem,
+    check_batch_axes,
+    check_support_dimension,
+    describe_support,
+)
 from ppl_cvae.problems.densities import (
     check_log_density_values,
     checked_forward,
@@ -263,9 +268,11 @@ def importance_sample(
         If the model is unconditional, has a basis decoder, the problem is None,
         ``num_samples`` is not an int >= 2, ``chunk_size`` not an int >= 1 or ``seed`` not an
         int in ``[0, 2**32 - 1]``, or the problem raises while the weights are computed (its
-        exception is named); or its ``forward`` raises on two prior draws with two batch axes
-        or none (:func:`~ppl_cvae.problems.base.check_batch_axes`: the message names the
-        layout that works).
+        exception is named), or declares a support of lower dimension than ``x``
+        (:func:`~ppl_cvae.problems.base.check_support_dimension`); or its ``forward``
+        raises on two prior draws with two batch axes or none
+        (:func:`~ppl_cvae.problems.base.check_batch_axes`: the message names the layout
+        that works).
     DataError
         If ``y`` is not a tensor, array or list of real numbers, holds NaN or inf or no
         observation (a stack of zero rows), or the problem's ``log_prior`` or
@@ -308,6 +315,7 @@ def importance_sample(
         )
     problem = as_problem(problem)
     check_problem_matches(problem, cfg)
+    check_support_dimension(problem)  # full-dimensional proposals would all weigh zero
     # a forward for one layout of models only is named now, not after the proposals
     check_batch_axes(problem, torch.Generator().manual_seed(0))
     from inference.posterior import as_observation_batch  # posterior imports this module

@@ -33,7 +33,12 @@ from ppl_cvae.device import module_device, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_support, describe_support
+from ppl_cvae.problems.base import (
+    Problem,
+    check_support,
+    check_support_dimension,
+    describe_support,
+)
 from ppl_cvae.problems.densities import checked_forward
 from ppl_cvae.problems.metadata import derived_quantities
 
@@ -298,7 +303,17 @@ class _Support:
 
     @classmethod
     def of(cls, cvae: CVAE, problem: Problem | None) -> _Support | None:
-        """Return the support of draws of ``cvae`` (with ``problem``), or None (all of R^n)."""
+        """Return the support of draws of ``cvae`` (with ``problem``), or None (all of R^n).
+
+        Raises
+        ------
+        ConfigError
+            If the problem declares a support of lower dimension than ``x`` and the model
+            has no basis decoder (:func:`~ppl_cvae.problems.base.check_support_dimension`):
+            a run fitted elsewhere, sampled with such a problem.
+        """
+        if problem is not None and cvae.config.basis_dim is None:
+            check_support_dimension(problem)
         support = cls(problem, cvae.config.x_bounds)
         return support if support.problem is not None or support.bounds is not None else None
 
@@ -452,7 +467,9 @@ def draw_posterior(
     ------
     ConfigError
         If the model is unconditional, ``num_samples`` is not an int >= 1 or ``seed`` not
-        an int in ``[0, 2**32 - 1]`` (:mod:`ppl_cvae.checks`).
+        an int in ``[0, 2**32 - 1]`` (:mod:`ppl_cvae.checks`); or, with ``within_support``,
+        the problem declares a support of lower dimension than ``x`` (a simplex, symmetric
+        matrices: :func:`~ppl_cvae.problems.base.check_support_dimension`).
     ShapeError
         If ``y`` has the wrong shape, the problem's event shapes are not the model's, or
         its ``forward`` returns a shape other than ``(num_samples, M, *y_shape)``.
