@@ -471,3 +471,44 @@ def test_importance_with_an_undeclared_support_never_calls_forward_outside():
     far.log_prior = lambda x: torch.full(x.shape[:-1], -math.inf, dtype=torch.float64)
     with pytest.raises(DataError, match="log_prior is -inf .* at every one of the 50"):
         importance_sample(flow_posterior(), far, torch.tensor([0.5]), 50, seed=0)
+
+
+def test_rejection_rounds_grow_with_the_acceptance():
+    """At 2% acceptance a few rounds, not num_samples / (2% of a round); the draws stay exact.
+
+    A fake posterior ``x ~ N(mu_m, 1)``, support ``x <= 0``: ``mu_0 = -Phi^-1(0.02)`` keeps
+    2%, ``mu_1 = 0`` keeps half. Bound: round 1 (2000 proposals, about 40 inside) estimates
+    the acceptance to about 1 / sqrt(40) = 16%; round 2 then falls short by at most a few
+    estimate errors; from round 3 on the estimate rests on about 1e5 proposals (2%) and the
+    round adds 2 binomial sds of margin, so it falls short with probability about 3%: more
+    than 6 rounds has probability below 1e-4 (the fixed rounds of 2000 took about 50). The
+    kept draws are the normal truncated to ``x <= 0``: mean ``mu - phi(b) / Phi(b)``,
+    ``b = -mu``, within 4 se (sd / sqrt(2000)). With a memory bound every round stays in it.
+    """
+    from inference.posterior import _keep_in_support, _Support
+
+    mu = torch.tensor([[-norm.ppf(0.02)], [0.0]], dtype=torch.float32)  # (M, 1)
+    calls: list[tuple[int, int]] = []
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(y_sub, n):
+        calls.append((n, y_sub.shape[0]))
+        x = y_sub + torch.randn(n, *y_sub.shape, generator=gen)
+        return {"x": x, "x_mean": x, "z": torch.zeros(n, y_sub.shape[0], 0)}
+
+    support = _Support(None, (-math.inf, 0.0))
+    sites, acceptance = _keep_in_support(draw, support, mu, 2000, True, 2000, 10**7)
+    assert len(calls) <= 6, calls
+    proposals = sum(n for n, _ in calls)  # observation 0 (2%) is in every round
+    assert abs(float(acceptance[0]) - 0.02) <= 4 * math.sqrt(0.02 * 0.98 / proposals)
+    x = sites["x"][..., 0].double()  # (2000, 2)
+    assert x.shape == (2000, 2) and bool((x <= 0).all())
+    for m in range(2):
+        b = -float(mu[m, 0])
+        ratio = norm.pdf(b) / norm.cdf(b)
+        mean, sd = -b - ratio, math.sqrt(1 - b * ratio - ratio**2)
+        assert abs(float(x[:, m].mean()) - mean) <= 4 * sd / math.sqrt(2000)
+        assert abs(float(x[:, m].std()) / sd - 1) <= 4 / math.sqrt(2 * 2000)
+    calls.clear()
+    _keep_in_support(draw, support, mu, 2000, True, 2000, 8000)  # a 8,000-draw memory bound
+    assert all(n * pending <= 8000 for n, pending in calls[1:]), calls
