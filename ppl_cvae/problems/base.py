@@ -484,11 +484,11 @@ def support_dimension_deficit(
     size = math.prod(event)
     if isinstance(base, type(constraints.symmetric)) and len(event) >= 2:
         n = event[-1]
-        dim = size // (n * n) * (n * (n + 1) // 2) if event[-2] == n else size
-        return _deficit_words(event, size, dim) if dim < size else None
+        free = size // (n * n) * (n * (n + 1) // 2) if event[-2] == n else size
+        return _deficit_words(event, size, free) if free < size else None
     if size <= MAX_JACOBIAN_EVENT:
-        dim = _image_dimension(base, event)
-        return _deficit_words(event, size, dim) if dim is not None and dim < size else None
+        rank = _image_dimension(base, event)
+        return _deficit_words(event, size, rank) if rank is not None and rank < size else None
     # a large event: the same constraint on an event of at most 4 values per axis
     small = tuple(min(v, 4) for v in event)
     dim = _image_dimension(base, small)
