@@ -6,8 +6,10 @@ observation; the declared support keeps ``x_0`` below the ``acceptance`` quantil
 flow's own draws of ``x_0`` (the other values unbounded), so that about that share of the
 proposals is kept. :func:`inference.posterior.draw_posterior` then draws ``--num-samples``
 inside it. Printed per acceptance: the median wall time of ``--repeats`` runs, the number of
-proposal rounds (calls of the flow) and the proposals drawn, at one thread. Figures in
-docs/measurements.md, "Rejection at low acceptance".
+proposal rounds (calls of the flow) and the proposals drawn, at one thread. Measured for 300
+draws at 2% (medians of 3, one thread, a shared 2-core machine): rounds of a fixed size, 15
+rounds and 16.2 s; rounds grown with the acceptance, 5 rounds and 13.7 s. A round costs about
+0.4 s plus 0.8 ms per proposal here, so the time is mostly the proposals' own.
 
 Run::
 
