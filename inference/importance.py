@@ -35,7 +35,12 @@ from ppl_cvae.checks import as_count, as_seed, check_problem_matches
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_batch_axes
+from ppl_cvae.problems.base import (
+    Problem,
+    check_batch_axes,
+    check_support_dimension,
+    describe_support,
+)
 from ppl_cvae.problems.densities import (
     check_log_density_values,
     checked_forward,
@@ -138,8 +143,8 @@ def _refuse_weightless(
     ``x`` ``(S, M, *x_shape)``, ``y`` ``(M, *y_shape)``, ``log_w`` ``(S, M)``. NaN and
     ``+inf`` densities were refused already; left are ``-inf`` ones (a density of zero), and a
     forward operator that overflows gives those through the likelihood. Which member is at
-    fault is found on the observation's proposals (the prior's density, then the forward
-    operator's values, else the likelihood).
+    fault is found on the observation's proposals (a declared support, the prior's density,
+    then the forward operator's values where the prior is not zero, else the likelihood).
     """
     dead = ~torch.isfinite(log_w).any(0)
     if not bool(dead.any()):
@@ -147,10 +152,17 @@ def _refuse_weightless(
     m = int(dead.nonzero()[0])
     models = x[:, m]
     with torch.no_grad():
-        if not bool(torch.isfinite(checked_log_prior(problem, models)).any()):
+        if problem.declares_support():  # the problem is never asked outside it
+            models = models[problem.in_support(models)]
+        prior = checked_log_prior(problem, models) if len(models) else torch.zeros(0)
+        if not len(models):
+            culprit = (
+                f"the model lies outside the declared support {describe_support(problem.support)}"
+            )
+        elif not bool(torch.isfinite(prior).any()):
             culprit = "log_prior is -inf (a prior density of zero)"
-        else:
-            data = checked_forward(problem, models).flatten(1)
+        else:  # forward only where the prior is not zero (it may be undefined elsewhere)
+            data = checked_forward(problem, models[torch.isfinite(prior)]).flatten(1)
             if not bool(torch.isfinite(data).all(-1).any()):
                 culprit = "forward is not finite (so log_likelihood is -inf)"
             else:
@@ -232,8 +244,10 @@ def importance_sample(
         Supplies ``log_prior(x)`` (a prior with a density) and ``log_likelihood(x, y)`` (a noise
         model): the target ``p(x | y)`` is the problem's own posterior. Proposals outside a
         declared :attr:`~ppl_cvae.problems.base.Problem.support` weigh zero without calling
-        either (the proposals are the untruncated amortized draws, whose density is known, so
-        the evidence stays unbiased).
+        either, and those where ``log_prior`` is ``-inf`` (an undeclared support) without
+        calling ``log_likelihood`` (nor ``forward``, which may be undefined there); the
+        proposals are the untruncated amortized draws, whose density is known, so the evidence
+        stays unbiased.
     y : Tensor, shape (M, *y_shape) or y_shape
         Observations, units of ``y`` (one without a batch axis counts as ``M = 1``); a NumPy
         array or list of numbers is accepted, any real dtype is cast to float32.
@@ -254,9 +268,11 @@ def importance_sample(
         If the model is unconditional, has a basis decoder, the problem is None,
         ``num_samples`` is not an int >= 2, ``chunk_size`` not an int >= 1 or ``seed`` not an
         int in ``[0, 2**32 - 1]``, or the problem raises while the weights are computed (its
-        exception is named); or its ``forward`` raises on two prior draws with two batch axes
-        or none (:func:`~ppl_cvae.problems.base.check_batch_axes`: the message names the
-        layout that works).
+        exception is named), or declares a support of lower dimension than ``x``
+        (:func:`~ppl_cvae.problems.base.check_support_dimension`); or its ``forward``
+        raises on two prior draws with two batch axes or none
+        (:func:`~ppl_cvae.problems.base.check_batch_axes`: the message names the layout
+        that works).
     DataError
         If ``y`` is not a tensor, array or list of real numbers, holds NaN or inf or no
         observation (a stack of zero rows), or the problem's ``log_prior`` or
@@ -299,6 +315,7 @@ def importance_sample(
         )
     problem = as_problem(problem)
     check_problem_matches(problem, cfg)
+    check_support_dimension(problem)  # full-dimensional proposals would all weigh zero
     # a forward for one layout of models only is named now, not after the proposals
     check_batch_axes(problem, torch.Generator().manual_seed(0))
     from inference.posterior import as_observation_batch  # posterior imports this module
@@ -383,23 +400,33 @@ def _weigh(
         log_r = dist.Normal(loc, scale).to_event(1).log_prob(z.reshape(num * num_obs, -1))
         log_q = log_q - log_r.reshape(num, num_obs)
     where = "importance proposals"
-    if problem.declares_support():
-        # a declared support: proposals outside it weigh zero, and the problem's densities see
-        # only those inside (its forward may be undefined outside, e.g. a negative resistivity)
-        inside = problem.in_support(x)  # (num, M)
-        log_p = torch.full((num, num_obs), -math.inf, dtype=torch.float64)
-        if bool(inside.any()):
-            y_each = y.expand(num, *y.shape)[inside]
-            log_p[inside] = check_log_density_values(
-                problem, "log_prior", checked_log_prior(problem, x[inside]), where
-            ) + check_log_density_values(
-                problem, "log_likelihood", checked_log_likelihood(problem, x[inside], y_each), where
-            )
-    else:
-        log_p = check_log_density_values(
+    # the prior first, then the likelihood only where the prior is not zero: a proposal
+    # outside a declared support, or where log_prior is -inf (an undeclared support), weighs
+    # zero without reaching forward, which may be undefined there (a negative resistivity);
+    # a NaN log_prior is refused as before (check_log_density_values)
+    alive = (
+        problem.in_support(x)  # (num, M)
+        if problem.declares_support()
+        else torch.ones(num, num_obs, dtype=torch.bool)
+    )
+    log_prior = torch.full((num, num_obs), -math.inf, dtype=torch.float64)
+    if bool(alive.all()):
+        log_prior = check_log_density_values(
             problem, "log_prior", checked_log_prior(problem, x), where
         )
+    elif bool(alive.any()):
+        log_prior[alive] = check_log_density_values(
+            problem, "log_prior", checked_log_prior(problem, x[alive]), where
+        )
+    alive &= log_prior != -math.inf
+    log_p = log_prior.clone()
+    if bool(alive.all()):
         log_p = log_p + check_log_density_values(
             problem, "log_likelihood", checked_log_likelihood(problem, x, y), where
+        )
+    elif bool(alive.any()):
+        y_each = y.expand(num, *y.shape)[alive]
+        log_p[alive] = log_p[alive] + check_log_density_values(
+            problem, "log_likelihood", checked_log_likelihood(problem, x[alive], y_each), where
         )
     return x, z, log_p - log_q.double()

@@ -33,7 +33,12 @@ from ppl_cvae.device import module_device, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_support, describe_support
+from ppl_cvae.problems.base import (
+    Problem,
+    check_support,
+    check_support_dimension,
+    describe_support,
+)
 from ppl_cvae.problems.densities import checked_forward
 from ppl_cvae.problems.metadata import derived_quantities
 
@@ -279,6 +284,14 @@ Rejection needs ``1 / acceptance`` proposals per kept draw; below this it would 
 times the requested work, and the draws it kept would say little about the posterior."""
 
 
+ROUND_GROWTH = 4
+"""Largest round of rejection (:func:`draw_posterior` in a restricted support) as a multiple of
+the first. A round costs a fixed 0.4 s plus 0.8 ms per draw of a 20-value spline flow at one
+thread (``benchmarks/support_rejection.py``), and its memory grows with its draws (about
+120 KB each there, beyond what :func:`bytes_per_draw` counts): larger rounds would save
+little time and risk the memory."""
+
+
 class _Support:
     """Where amortized draws may lie: a problem's support and a run's ``x_bounds``, or None.
 
@@ -298,7 +311,17 @@ class _Support:
 
     @classmethod
     def of(cls, cvae: CVAE, problem: Problem | None) -> _Support | None:
-        """Return the support of draws of ``cvae`` (with ``problem``), or None (all of R^n)."""
+        """Return the support of draws of ``cvae`` (with ``problem``), or None (all of R^n).
+
+        Raises
+        ------
+        ConfigError
+            If the problem declares a support of lower dimension than ``x`` and the model
+            has no basis decoder (:func:`~ppl_cvae.problems.base.check_support_dimension`):
+            a run fitted elsewhere, sampled with such a problem.
+        """
+        if problem is not None and cvae.config.basis_dim is None:
+            check_support_dimension(problem)
         support = cls(problem, cvae.config.x_bounds)
         return support if support.problem is not None or support.bounds is not None else None
 
@@ -346,14 +369,20 @@ def _keep_in_support(
     num_samples: int,
     decoder_noise: bool,
     per_round: int,
+    max_round: int,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Redraw until each observation has ``num_samples`` draws in the prior's support.
 
     ``draw(y, n)`` returns the Predictive sites (``z``, ``x``, ``x_mean``; shapes
-    ``(n, M', ...)``, CPU) for observations ``y`` ``(M', *y_shape)``; each round draws
-    ``per_round`` (at least ``num_samples``) for the observations still short. Returns the
-    kept sites, ``(num_samples, M, ...)``, and the acceptance per observation, ``(M,)``
-    float64.
+    ``(n, M', ...)``, CPU) for observations ``y`` ``(M', *y_shape)``. The first round draws
+    ``per_round`` (at least ``num_samples``) per observation; each later one, for the
+    observations still short, as many as the neediest of them is expected to need at its
+    observed acceptance (:func:`_round_size`), at most ``max_round / M'`` (the memory bound of
+    ``max_round`` draws of one observation) and at least ``per_round / M'``; so the number of
+    rounds stays small at any acceptance above :data:`MIN_SUPPORT_ACCEPTANCE`. The kept
+    draws are the first ``num_samples`` inside, in proposal order, of an i.i.d. stream:
+    exact draws of ``q`` restricted to the support whatever the round sizes. Returns the kept
+    sites, ``(num_samples, M, ...)``, and the acceptance per observation, ``(M,)`` float64.
     """
     site = "x" if decoder_noise else "x_mean"
     num_obs = y_batch.shape[0]
@@ -362,16 +391,17 @@ def _keep_in_support(
     proposed = [0] * num_obs
     pending = list(range(num_obs))
     max_proposals = math.ceil(num_samples / MIN_SUPPORT_ACCEPTANCE)
+    size = per_round
     while pending:
-        out = draw(y_batch[pending], per_round)
-        inside = support.inside(out[site])  # (per_round, len(pending))
+        out = draw(y_batch[pending], size)
+        inside = support.inside(out[site])  # (size, len(pending))
         still = []
         for j, m in enumerate(pending):
             ok = inside[:, j]
             for name, value in out.items():
                 kept[m].setdefault(name, []).append(value[:, j][ok])
             count[m] += int(ok.sum())
-            proposed[m] += per_round
+            proposed[m] += size
             if count[m] >= num_samples:
                 continue
             if proposed[m] >= max_proposals:
@@ -383,12 +413,32 @@ def _keep_in_support(
                 )
             still.append(m)
         pending = still
+        if pending:
+            need = max(
+                _round_size(num_samples - count[m], count[m], proposed[m], max_proposals)
+                for m in pending
+            )
+            size = max(1, min(need, max_round // len(pending)), per_round // len(pending))
     sites = {
         name: torch.stack([torch.cat(kept[m][name])[:num_samples] for m in range(num_obs)], 1)
         for name in kept[0]
     }
     acceptance = torch.tensor(count, dtype=torch.float64) / torch.tensor(proposed)
     return sites, acceptance.clamp(max=1.0)
+
+
+def _round_size(remaining: int, count: int, proposed: int, max_proposals: int) -> int:
+    """Proposals that give ``remaining`` more draws inside, at the observed acceptance.
+
+    ``(remaining + 2 sqrt(remaining)) / a`` with ``a = count / proposed`` (``1 / proposed``
+    when none was inside yet: at most that, so the round grows by the factor ``remaining``),
+    the binomial spread of the kept count (``sd <= sqrt(remaining)``) added so that about
+    98% of rounds finish at an exact ``a``; at most what the observation may still propose
+    before :data:`MIN_SUPPORT_ACCEPTANCE` stops it.
+    """
+    acceptance = max(count, 1) / proposed
+    size = math.ceil((remaining + 2 * math.sqrt(remaining)) / acceptance)
+    return max(1, min(size, max_proposals - proposed))
 
 
 @torch.no_grad()
@@ -452,7 +502,9 @@ def draw_posterior(
     ------
     ConfigError
         If the model is unconditional, ``num_samples`` is not an int >= 1 or ``seed`` not
-        an int in ``[0, 2**32 - 1]`` (:mod:`ppl_cvae.checks`).
+        an int in ``[0, 2**32 - 1]`` (:mod:`ppl_cvae.checks`); or, with ``within_support``,
+        the problem declares a support of lower dimension than ``x`` (a simplex, symmetric
+        matrices: :func:`~ppl_cvae.problems.base.check_support_dimension`).
     ShapeError
         If ``y`` has the wrong shape, the problem's event shapes are not the model's, or
         its ``forward`` returns a shape other than ``(num_samples, M, *y_shape)``.
@@ -520,8 +572,13 @@ def draw_posterior(
             # (a small request then needs few rounds)
             fits = (1 << 28) // max(1, bytes_per_draw(cvae, y_batch.shape[0]))
             per_round = max(num_samples, min(1024, fits))
+            # later rounds grow with the observed acceptance, within the same 256 MiB and at
+            # most ROUND_GROWTH times the first round (bytes_per_draw undercounts a flow's
+            # sampling: about 120 KB per draw of a 20-value spline flow, not 1.3 KB); fewer
+            # pending observations may draw more each
+            max_round = max(per_round, min(fits, ROUND_GROWTH * per_round)) * y_batch.shape[0]
             out, acceptance = _keep_in_support(
-                draw, support, y_batch, num_samples, decoder_noise, per_round
+                draw, support, y_batch, num_samples, decoder_noise, per_round, max_round
             )
         else:
             out = draw(y_batch, num_samples)

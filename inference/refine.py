@@ -91,9 +91,10 @@ def refine_by_misfit(
         <ppl_cvae.problems.base.Problem.sampler_parameterisation>` (``x = B T(u)``, optimised
         over unconstrained ``u``; for Two Birds every refined draw is a prior-valid line pair;
         for a declared elementwise support, ``x = biject_to(support)(u)``, every refined draw
-        stays inside it; for another declared support, or one a basis does not keep, a step
-        that would leave it is undone, with a warning, so that a draw that starts inside
-        stays inside and ``forward`` is never called outside).
+        stays inside it; for another declared support, one a basis does not keep, or an
+        undeclared one (where ``log_prior`` is ``-inf``, or the problem's own ``in_support``
+        rejects), a step that would leave it is undone, with a warning, so that a draw that
+        starts inside stays inside and ``forward`` is never called outside).
     num_steps : int, default 300
         Adam steps (all draws move in parallel; each draw's objective is separate).
     learning_rate : float, default 0.1
@@ -156,9 +157,11 @@ def refine_by_misfit(
     theta = start.detach().requires_grad_(True)
     optim = torch.optim.Adam([theta], lr=learning_rate)
     num_frozen = num_held = 0
-    # a declared support that the coordinates do not keep (not elementwise, a basis, or
-    # biject_to rounding onto an open boundary): a step that leaves it is undone
-    guard = problem.declares_support()
+    # a support that the coordinates do not keep (not elementwise, a basis, biject_to
+    # rounding onto an open boundary, or an undeclared one where log_prior is -inf): a step
+    # that leaves it is undone, so forward is never called outside it
+    guard = problem.restricts_support()
+    x_shape = tuple(problem.x_shape)
     with torch.enable_grad():
         for _ in range(num_steps):
             optim.zero_grad()
@@ -176,7 +179,11 @@ def refine_by_misfit(
             optim.step()
             if previous is not None:
                 with torch.no_grad():
-                    out = ~problem.in_support(to_x(theta))  # (S, M)
+                    # one batch axis, the training layout a user's log_prior takes
+                    moved = to_x(theta)
+                    out = ~problem.in_support(moved.reshape(-1, *x_shape)).reshape(
+                        moved.shape[:2]
+                    )  # (S, M)
                     if bool(out.any()):
                         num_held = max(num_held, int(out.sum()))
                         theta[out] = previous[out]
@@ -184,7 +191,7 @@ def refine_by_misfit(
         warnings.warn(
             f"refinement steps would have taken up to {num_held} of "
             f"{theta.shape[0] * theta.shape[1]} draws outside problem {problem.name!r}'s "
-            f"declared support {describe_support(problem.support)}; "
+            f"{_support_words(problem)}; "
             "those steps were undone (the draws stay inside: refinement is partial there)",
             stacklevel=2,
         )
@@ -200,6 +207,15 @@ def refine_by_misfit(
         return PosteriorDraws(
             x=x, z=draws.z, y_rep=checked_forward(problem, x), decoder_noise=draws.decoder_noise
         )
+
+
+def _support_words(problem: Problem) -> str:
+    """Name the support a refinement step left, for the warning."""
+    if problem.support is not None:
+        return f"declared support {describe_support(problem.support)}"
+    if not problem.has_prior_density:
+        return "support (as its in_support decides)"
+    return "support (where its log_prior is above -inf)"
 
 
 def _step_unit(

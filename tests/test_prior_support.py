@@ -25,7 +25,7 @@ from inference.refine import refine_and_accept
 from inference.sample import SUPPORT_WARNING, sample_posterior, sample_posterior_to_netcdf
 from ppl_cvae import CVAE, ModelConfig, build_cvae, fit_problem
 from ppl_cvae.cli import main
-from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, NoPriorDensityError, ShapeError
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem, check_support
 from ppl_cvae.problems.parameterisation import ElementwiseTransform, support_parameterisation
@@ -285,7 +285,9 @@ def test_nuts_samples_a_declared_support_in_unconstrained_coordinates():
 def test_refinement_stays_inside_a_declared_support():
     """Data beyond the faces pull refined draws onto them, not through them.
 
-    Negative control: without the declared support the optimiser steps out of the box.
+    An undeclared support (log_prior -inf outside) is kept too, by undoing the steps out, and
+    its forward, which raises outside, is never called there. Negative control: without any
+    support (no declared one, no prior density) the optimiser steps out of the box.
     """
     cvae = flow_posterior()
     y = torch.tensor([[-0.3], [1.3]])
@@ -293,7 +295,14 @@ def test_refinement_stays_inside_a_declared_support():
     x = draws.x[..., 0]
     assert bool(((x >= 0) & (x <= 1)).all())
     assert float(x[:, 0].median()) < 0.05 and float(x[:, 1].median()) > 0.95
-    free, _ = refine_and_accept(cvae, y, 50, UnitBox(1, declare=False), num_steps=200, seed=0)
+    undeclared = UnitBox(1, declare=False, strict_forward=True)
+    with pytest.warns(UserWarning, match=r"support \(where its log_prior is above -inf\)"):
+        held, _ = refine_and_accept(cvae, y, 50, undeclared, num_steps=200, seed=0)
+    assert bool(((held.x >= 0) & (held.x <= 1)).all())
+    assert float(held.x[:, 0].median()) < 0.05 and float(held.x[:, 1].median()) > 0.95
+    bare = UnitBox(1, declare=False)
+    bare.has_prior_density = False
+    free, _ = refine_and_accept(cvae, y, 50, bare, num_steps=200, seed=0)
     assert float(free.x[:, 0].min()) < 0 and float(free.x[:, 1].max()) > 1
 
 
@@ -413,3 +422,93 @@ def test_messages_name_a_support_with_large_bounds_in_one_line():
     message = str(err.value)
     assert "\n" not in message and len(message) < 400
     assert "lower_bound: shape (32, 32), values 5 to 5" in message
+
+
+def test_nuts_names_the_missing_log_prior_of_a_declared_support():
+    """A declared support without a prior density: the message names log_prior, not coordinates.
+
+    NUTS runs in the support's biject_to coordinates, whose density needs the problem's
+    log_prior; the error says the problem lacks it and how to give it.
+    """
+    problem = UnitBox(1)
+    problem.has_prior_density = False
+    init = torch.rand(10, 1, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NoPriorDensityError) as err:
+        nuts_sample(problem, torch.tensor([0.3]), init, num_samples=100, num_chains=1, seed=0)
+    message = str(err.value)
+    assert "problem 'unit_box' (UnitBox) declares the support Interval(" in message
+    assert "its log_prior is not defined (has_prior_density is False)" in message
+    assert "define the problem's log_prior" in message and "has_prior_density = True" in message
+    assert "parameterisation" not in message
+
+
+def test_importance_with_an_undeclared_support_never_calls_forward_outside():
+    """A log_prior of -inf outside the box, no declared support, a forward that raises there.
+
+    The weights equal those of the declared support (the same proposals: the prior is 0 nats
+    inside, -inf outside, in both); the evidence matches the closed form
+    ``sum_i log[Phi((1 - y_i) / s) - Phi(-y_i / s)]`` within 4 se + 0.02 nats, and the
+    self-normalised mean of x_1 the truncated normal's within 4 sd / sqrt(ESS).
+    """
+    cvae = flow_posterior(2)
+    problem = UnitBox(2, declare=False, strict_forward=True)
+    y = torch.tensor([[0.05, 0.7], [0.95, 0.4]])
+    res = importance_sample(cvae, problem, y, 20_000, seed=0)
+    declared = importance_sample(cvae, UnitBox(2, strict_forward=True), y, 20_000, seed=0)
+    assert torch.equal(res.log_weight, declared.log_weight)
+    assert bool(torch.isinf(res.log_weight[~problem.in_support(res.x)]).all())
+    y64 = y.double().numpy()
+    exact = torch.from_numpy(np.log(norm.cdf((1 - y64) / NOISE) - norm.cdf(-y64 / NOISE)).sum(-1))
+    assert bool(((res.log_evidence - exact).abs() <= 4 * res.log_evidence_se + 0.02).all())
+    a, b = -y64[:, 0] / NOISE, (1 - y64[:, 0]) / NOISE
+    mean = truncnorm.mean(a, b, loc=y64[:, 0], scale=NOISE)
+    sd = truncnorm.std(a, b, loc=y64[:, 0], scale=NOISE)
+    w = res.smoothed_log_weight.exp()  # (S, M), normalised per observation
+    est = (w * res.x[..., 0].double()).sum(0).numpy()
+    assert np.all(np.abs(est - mean) <= 4 * sd / np.sqrt(res.ess.numpy()))
+    # every proposal outside: log_prior is named, forward is never called
+    far = UnitBox(1, declare=False, strict_forward=True)
+    far.log_prior = lambda x: torch.full(x.shape[:-1], -math.inf, dtype=torch.float64)
+    with pytest.raises(DataError, match="log_prior is -inf .* at every one of the 50"):
+        importance_sample(flow_posterior(), far, torch.tensor([0.5]), 50, seed=0)
+
+
+def test_rejection_rounds_grow_with_the_acceptance():
+    """At 2% acceptance a few rounds, not num_samples / (2% of a round); the draws stay exact.
+
+    A fake posterior ``x ~ N(mu_m, 1)``, support ``x <= 0``: ``mu_0 = -Phi^-1(0.02)`` keeps
+    2%, ``mu_1 = 0`` keeps half. Bound: round 1 (2000 proposals, about 40 inside) estimates
+    the acceptance to about 1 / sqrt(40) = 16%; round 2 then falls short by at most a few
+    estimate errors; from round 3 on the estimate rests on about 1e5 proposals (2%) and the
+    round adds 2 binomial sds of margin, so it falls short with probability about 3%: more
+    than 6 rounds has probability below 1e-4 (the fixed rounds of 2000 took about 50). The
+    kept draws are the normal truncated to ``x <= 0``: mean ``mu - phi(b) / Phi(b)``,
+    ``b = -mu``, within 4 se (sd / sqrt(2000)). With a memory bound every round stays in it.
+    """
+    from inference.posterior import _keep_in_support, _Support
+
+    mu = torch.tensor([[-norm.ppf(0.02)], [0.0]], dtype=torch.float32)  # (M, 1)
+    calls: list[tuple[int, int]] = []
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(y_sub, n):
+        calls.append((n, y_sub.shape[0]))
+        x = y_sub + torch.randn(n, *y_sub.shape, generator=gen)
+        return {"x": x, "x_mean": x, "z": torch.zeros(n, y_sub.shape[0], 0)}
+
+    support = _Support(None, (-math.inf, 0.0))
+    sites, acceptance = _keep_in_support(draw, support, mu, 2000, True, 2000, 10**7)
+    assert len(calls) <= 6, calls
+    proposals = sum(n for n, _ in calls)  # observation 0 (2%) is in every round
+    assert abs(float(acceptance[0]) - 0.02) <= 4 * math.sqrt(0.02 * 0.98 / proposals)
+    x = sites["x"][..., 0].double()  # (2000, 2)
+    assert x.shape == (2000, 2) and bool((x <= 0).all())
+    for m in range(2):
+        b = -float(mu[m, 0])
+        ratio = norm.pdf(b) / norm.cdf(b)
+        mean, sd = -b - ratio, math.sqrt(1 - b * ratio - ratio**2)
+        assert abs(float(x[:, m].mean()) - mean) <= 4 * sd / math.sqrt(2000)
+        assert abs(float(x[:, m].std()) / sd - 1) <= 4 / math.sqrt(2 * 2000)
+    calls.clear()
+    _keep_in_support(draw, support, mu, 2000, True, 2000, 8000)  # a 8,000-draw memory bound
+    assert all(n * pending <= 8000 for n, pending in calls[1:]), calls

@@ -29,7 +29,7 @@ from torch.distributions import constraints
 from inference.mcmc import nuts_sample
 from inference.posterior import PosteriorDraws
 from inference.refine import refine_by_misfit
-from ppl_cvae.errors import DataError
+from ppl_cvae.errors import ConfigError, DataError
 from ppl_cvae.problems.base import Problem
 
 NOISE = 0.1
@@ -268,3 +268,103 @@ def test_an_own_in_support_without_a_declared_support_is_used():
         draws = draw_posterior(cvae, y, 500, problem=problem, seed=0)
         assert bool(((draws.x >= 0) & (draws.x <= 1)).all())
         assert draws.support_acceptance is not None
+
+
+class Simplex(Problem):
+    """Proportions ``x ~ Dirichlet(1, 1, 1)`` on the 2-simplex in R^3, ``y = x + N(0, s^2 I)``."""
+
+    name = "simplex"
+    x_shape = y_shape = (3,)
+    x_dims, y_dims, coords = ("component",), ("datum",), {}
+    noise_std = misfit_std = NOISE
+    has_prior_density = True
+    support = constraints.simplex
+
+    def sample_prior(self, num, generator=None):
+        e = -torch.log1p(-torch.rand(num, 3, generator=generator))  # Exp(1) each
+        return e / e.sum(-1, keepdim=True)
+
+    def log_prior(self, x):  # Dirichlet(1, 1, 1): the constant log 2 on the simplex
+        return torch.full(x.shape[:-1], math.log(2.0), dtype=torch.float64)
+
+    def forward(self, x):
+        return x
+
+
+def _with_support(problem, support):
+    problem.support = support
+    return problem
+
+
+@pytest.mark.parametrize(
+    ("problem", "words"),
+    [
+        (Simplex(), r"each event of shape \(3,\) has 3 values but the set is 2-dimensional"),
+        (SPD(), r"shape \(2, 2\) has 4 values but the set is 3-dimensional"),  # n(n+1)/2
+        (_with_support(SPD(), constraints.lower_cholesky), "the set is 3-dimensional"),
+        (_with_support(SPD(), constraints.corr_cholesky), "the set is 1-dimensional"),
+    ],
+)
+def test_a_fit_refuses_a_support_of_lower_dimension(problem, words):
+    """A simplex or a set of matrices with fewer free values than x: refused before the fit.
+
+    The dimensions are the sets' own (2 of 3 for proportions, n(n+1)/2 = 3 of 4 for 2x2
+    symmetric or triangular matrices, n(n-1)/2 = 1 for a 2x2 correlation's Cholesky factor).
+    """
+    from ppl_cvae import fit_problem
+    from ppl_cvae.problems.base import check_support
+
+    with pytest.raises(ConfigError, match=words) as err:
+        check_support(problem, torch.Generator().manual_seed(0))
+    message = str(err.value)
+    assert f"problem {problem.name!r} declares the support" in message
+    assert "unconstrained coordinates" in message and "biject_to(support)" in message
+    with pytest.raises(ConfigError, match="of lower dimension than its models"):
+        fit_problem(problem, train={"num_epochs": 1, "num_train": 64})
+
+
+def test_full_dimensional_supports_are_not_refused():
+    """Elementwise, independent, vector and a user's own constraints keep working."""
+    from ppl_cvae.problems.base import check_support, support_dimension_deficit
+
+    check_support(UnitDisc(), torch.Generator().manual_seed(0))  # a user's constraint
+    shifted = ShiftedExponential()
+    for support in (
+        constraints.greater_than(3.0),
+        constraints.independent(constraints.interval(torch.full((2,), 3.0), 1e9), 1),
+        constraints.independent(constraints.greater_than(3.0), 1),
+    ):
+        check_support(_with_support(shifted, support), torch.Generator().manual_seed(0))
+    from pyro.distributions import constraints as pyro_constraints
+
+    for support in (constraints.real_vector, pyro_constraints.ordered_vector,
+                    constraints.independent(constraints.real, 2), constraints.square):
+        assert support_dimension_deficit(support, (3, 3)) is None
+    assert support_dimension_deficit(constraints.simplex, (5, 3)) is not None  # per row
+
+
+def test_sampling_refuses_a_support_of_lower_dimension():
+    """A run fitted elsewhere, sampled with such a problem: draws, log_prob and importance.
+
+    Negative control: of 20,000 draws of the full-dimensional flow none lies on the simplex
+    (a set of measure zero), so rejection would never end.
+    """
+    from inference.importance import importance_sample
+    from inference.posterior import CVAEPosterior, draw_posterior
+    from ppl_cvae import CVAE, ModelConfig
+
+    torch.manual_seed(0)
+    cvae = CVAE(
+        ModelConfig(x_shape=(3,), y_shape=(3,), hidden_dims=(8,), likelihood="flow", latent_dim=0)
+    )
+    problem = Simplex()
+    y = torch.tensor([[0.2, 0.3, 0.5]])
+    free = draw_posterior(cvae, y, 20_000, seed=0, problem=problem, within_support=False).x
+    assert not bool(problem.in_support(free).any())
+    words = r"declares the support Simplex\(\), a set of lower dimension"
+    with pytest.raises(ConfigError, match=words):
+        draw_posterior(cvae, y, 10, problem=problem, seed=0)
+    with pytest.raises(ConfigError, match=words):
+        CVAEPosterior(cvae, problem=problem).log_prob(torch.full((1, 3), 1 / 3), y)
+    with pytest.raises(ConfigError, match=words):
+        importance_sample(cvae, problem, y, 100, seed=0)

@@ -37,7 +37,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import torch
-from torch.distributions import MultivariateNormal, Transform, constraints
+from torch.distributions import MultivariateNormal, Transform, constraints, transform_to
 
 from ppl_cvae.config import Overrides
 from ppl_cvae.device import move_tensors
@@ -82,7 +82,9 @@ __all__ = [
     "check_batch_axes",
     "check_layouts",
     "check_support",
+    "check_support_dimension",
     "describe_support",
+    "support_dimension_deficit",
 ]
 
 
@@ -426,6 +428,140 @@ def describe_support(support: constraints.Constraint | None) -> str:
     return f"{name}({'; '.join(parts)})" if parts else text[:120] + "..."
 
 
+MAX_JACOBIAN_EVENT = 1024
+"""Values of one event of a declared support above which :func:`support_dimension_deficit`
+judges the same constraint on a smaller event (the Jacobian of ``transform_to`` holds the
+square of the event's size)."""
+
+
+def support_dimension_deficit(
+    support: constraints.Constraint, x_shape: Sequence[int]
+) -> str | None:
+    """Say why a support is a set of lower dimension than the models, or None when it is not.
+
+    A full-dimensional density on ``R^prod(x_shape)`` (every amortized family here but a
+    basis decoder) puts probability zero on such a set: its draws land on it only by
+    rounding. Decided on one event of the constraint (``constraints.independent`` wrappers
+    unwrapped; an elementwise one, event_dim 0, is full-dimensional): symmetric matrices
+    (``symmetric``, ``positive_definite``, ``positive_semidefinite``) have ``n (n + 1) / 2``
+    free values of ``n^2``; otherwise the rank of the Jacobian of
+    ``torch.distributions.transform_to(support)`` at a random unconstrained point (seeded)
+    is compared with the event's number of values (``simplex``, ``lower_cholesky``,
+    ``corr_cholesky``, ``sphere``: rank below it), for an event of more than
+    :data:`MAX_JACOBIAN_EVENT` values on the same constraint with at most 4 values per
+    axis. A discrete
+    constraint (``is_discrete``: the codes of a facies decoder land on it exactly), one that
+    ``transform_to`` does not know (a user's own), and one whose event is longer than
+    ``x_shape`` are not judged (None).
+
+    Parameters
+    ----------
+    support : torch.distributions.constraints.Constraint
+        The declared support of one model.
+    x_shape : sequence of int
+        Event shape of one model.
+
+    Returns
+    -------
+    str or None
+        The reason in words (the event shape, its number of values and the dimension of the
+        set), or None.
+
+    Examples
+    --------
+    >>> support_dimension_deficit(constraints.simplex, (4,))
+    'each event of shape (4,) has 4 values but the set is 3-dimensional'
+    >>> support_dimension_deficit(constraints.independent(constraints.positive, 1), (4,)) is None
+    True
+    """
+    base = support
+    while isinstance(base, constraints.independent):
+        base = base.base_constraint
+    x_shape = tuple(int(v) for v in x_shape)
+    if base.is_discrete or not 0 < base.event_dim <= len(x_shape):
+        return None
+    event = x_shape[len(x_shape) - base.event_dim :]
+    size = math.prod(event)
+    if isinstance(base, type(constraints.symmetric)) and len(event) >= 2:
+        n = event[-1]
+        free = size // (n * n) * (n * (n + 1) // 2) if event[-2] == n else size
+        return _deficit_words(event, size, free) if free < size else None
+    if size <= MAX_JACOBIAN_EVENT:
+        rank = _image_dimension(base, event)
+        return _deficit_words(event, size, rank) if rank is not None and rank < size else None
+    # a large event: the same constraint on an event of at most 4 values per axis
+    small = tuple(min(v, 4) for v in event)
+    dim = _image_dimension(base, small)
+    if dim is None or dim >= math.prod(small):
+        return None
+    return (
+        f"each event of shape {event} has {size} values but the set is of lower dimension "
+        f"(an event of shape {small} of the same constraint: {dim}-dimensional of "
+        f"{math.prod(small)})"
+    )
+
+
+def _image_dimension(base: constraints.Constraint, event: tuple[int, ...]) -> int | None:
+    """Rank of the Jacobian of ``transform_to(base)`` onto one event (None: not known).
+
+    At a random unconstrained point (seeded; float64): the dimension of the set the
+    transform reaches, except on a set of points of measure zero.
+    """
+    try:
+        transform = transform_to(base)
+        theta = torch.randn(
+            tuple(transform.inverse_shape(event)),
+            generator=torch.Generator().manual_seed(0),
+            dtype=torch.float64,
+        )
+        jac = torch.autograd.functional.jacobian(transform, theta, vectorize=True)
+        return int(torch.linalg.matrix_rank(jac.reshape(math.prod(event), -1)))
+    except Exception:  # noqa: BLE001 - a constraint torch cannot map, or a user's transform
+        return None
+
+
+def _deficit_words(event: tuple[int, ...], size: int, dim: int) -> str:
+    """``support_dimension_deficit``'s reason in words."""
+    return f"each event of shape {event} has {size} values but the set is {dim}-dimensional"
+
+
+def check_support_dimension(problem: Problem) -> None:
+    """Refuse a declared support of lower dimension than the models (a simplex, SPD matrices).
+
+    An amortized posterior draws ``x`` from a density on all of ``R^prod(x_shape)``: its
+    draws land on such a support only by rounding (0.3 to 3% kept, by a probe of simplex and
+    positive-definite supports), so the fit, its rejection sampling and its ``log_prob``
+    would be meaningless (:func:`support_dimension_deficit`). A problem with a
+    :meth:`~Problem.basis` is left alone: its draws lie on the basis span by construction.
+
+    Parameters
+    ----------
+    problem : Problem
+
+    Raises
+    ------
+    ConfigError
+        If the declared support is lower-dimensional; the message names the support, why,
+        and what to do (unconstrained coordinates for ``x``).
+    """
+    support = problem.support
+    if support is None or problem.basis() is not None:
+        return
+    why = support_dimension_deficit(support, tuple(problem.x_shape))
+    if why is None:
+        return
+    raise ConfigError(
+        f"problem {problem.name!r} declares the support {describe_support(support)}, a set "
+        f"of lower dimension than its models of shape {tuple(problem.x_shape)} ({why}): an "
+        "amortized posterior is a density on all of R^n, whose draws land on such a set only "
+        "by rounding; write the problem in unconstrained coordinates instead and declare no "
+        "support (models theta with x = biject_to(support)(theta), or "
+        "transform_to(support)(theta), applied inside forward, sample_prior returning "
+        "biject_to(support).inv of its draws; or a basis and coefficient_transform, "
+        "Problem.parameterisation)"
+    )
+
+
 def check_support(
     problem: Problem, generator: torch.Generator | None = None, num: int = 64
 ) -> None:
@@ -448,10 +584,13 @@ def check_support(
     ------
     ConfigError
         If a prior draw lies outside the support (the message names how many, the range of
-        the first such draw's values and what to fix), or ``sample_prior`` raises.
+        the first such draw's values and what to fix), or ``sample_prior`` raises; or the
+        declared support is of lower dimension than the models
+        (:func:`check_support_dimension`).
     ShapeError, DataError
         If ``sample_prior`` returns a wrong shape or not a tensor.
     """
+    check_support_dimension(problem)
     if not problem.restricts_support():
         return
     with torch.random.fork_rng(devices=[]):  # the fit's stream is left as it was
@@ -760,6 +899,7 @@ class Problem(abc.ABC):
             self.x_shape,
             self.coefficient_transform(),
             log_prior_x=self.log_prior if self.has_prior_density else None,
+            no_density=self._no_density_message("the density of its basis coefficients"),
         )
 
     def sampler_parameterisation(self) -> Parameterisation | None:
@@ -782,7 +922,28 @@ class Problem(abc.ABC):
         from ppl_cvae.problems.parameterisation import support_parameterisation
 
         return support_parameterisation(
-            self.support, self.x_shape, self.log_prior if self.has_prior_density else None
+            self.support,
+            self.x_shape,
+            self.log_prior if self.has_prior_density else None,
+            no_density=self._no_density_message(
+                "e.g. -sum(log(high - low)) inside interval(low, high) for a uniform prior"
+            ),
+        )
+
+    def _no_density_message(self, example: str) -> str:
+        """Say that :meth:`log_prior` is missing where a sampler needs the prior's density."""
+        declared = (
+            f" declares the support {describe_support(self.support)} but"
+            if self.support is not None
+            else ""
+        )
+        return (
+            f"problem {self.name!r} ({type(self).__name__}){declared} has no prior density: "
+            "its log_prior is not defined (has_prior_density is False), and NUTS, importance "
+            "sampling and the posterior file's lp need log_prior + log_likelihood (a support "
+            "says where the prior is not zero, not its density); define the problem's "
+            f"log_prior ({example}) and set has_prior_density = True, or use the amortized "
+            "draws without a correction (--method amortized)"
         )
 
     def log_prior(self, x: torch.Tensor) -> torch.Tensor:
@@ -897,8 +1058,10 @@ class Problem(abc.ABC):
         """Return whether :attr:`support` is declared and other than ``R^n``.
 
         The samplers that must never evaluate the problem outside its support (importance
-        weights, NUTS's potential and starts, refinement steps) guard on a declared one only:
-        an undeclared support is known through :meth:`log_prior`, which they evaluate anyway.
+        weights, NUTS's potential and starts) guard on a declared one only: an undeclared
+        support is known through :meth:`log_prior`, which they evaluate first (importance
+        sampling calls ``log_likelihood`` only where it is above ``-inf``). Refinement, which
+        evaluates no prior, guards on :meth:`restricts_support`.
         """
         return self.support is not None and self.restricts_support()
 

@@ -85,6 +85,8 @@ def support_parameterisation(
     support: constraints.Constraint | None,
     x_shape: Sequence[int],
     log_prior_x: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    no_density: str | None = None,
 ) -> Parameterisation | None:
     """Return unconstrained coordinates for models in an elementwise support, or None.
 
@@ -102,6 +104,9 @@ def support_parameterisation(
         Event shape of one model.
     log_prior_x : callable, optional
         The prior log density of ``x`` (``(*batch, *x_shape) -> (*batch,)``).
+    no_density : str, optional
+        Without ``log_prior_x``: the message of the error :meth:`Parameterisation.log_prior`
+        raises (what is missing and what to do).
 
     Returns
     -------
@@ -123,7 +128,9 @@ def support_parameterisation(
         base = biject_to(support)
     except NotImplementedError:
         return None
-    return Parameterisation(None, x_shape, ElementwiseTransform(base, x_shape), log_prior_x)
+    return Parameterisation(
+        None, x_shape, ElementwiseTransform(base, x_shape), log_prior_x, no_density=no_density
+    )
 
 
 class Parameterisation:
@@ -154,6 +161,11 @@ class Parameterisation:
         as ``-|L^-1 (theta - m)|^2 / 2`` plus a constant
         (:func:`inference.mcmc.nuts_sample`, ``precondition="prior"``). None: not Gaussian,
         or not stated.
+    no_density : str, optional
+        Without ``log_prior_x``: the message of the :class:`~ppl_cvae.errors.NoPriorDensityError`
+        that :meth:`log_prior` raises, naming the problem's missing member and what to do
+        (:meth:`~ppl_cvae.problems.base.Problem.sampler_parameterisation` writes one); default
+        a generic one.
 
     Attributes
     ----------
@@ -193,6 +205,8 @@ class Parameterisation:
         transform: Transform | None = None,
         log_prior_x: Callable[[torch.Tensor], torch.Tensor] | None = None,
         gaussian_prior: MultivariateNormal | None = None,
+        *,
+        no_density: str | None = None,
     ) -> None:
         self.x_shape: tuple[int, ...] = tuple(int(v) for v in x_shape)
         x_dim = math.prod(self.x_shape)
@@ -211,6 +225,7 @@ class Parameterisation:
                 f"column), got {tuple(gaussian_prior.event_shape)}"
             )
         self.gaussian_prior = gaussian_prior
+        self.no_density = no_density
 
     def __repr__(self) -> str:
         transform = type(self.transform).__name__ if self.transform is not None else None
@@ -310,8 +325,9 @@ class Parameterisation:
         self._check_theta(theta)
         if self.log_prior_x is None:
             raise NoPriorDensityError(
-                "this parameterisation has no prior density: its problem's prior is defined "
-                "by a sampler only (has_prior_density is False)"
+                self.no_density
+                or "no prior density of theta: the problem's log_prior is not defined (its "
+                "has_prior_density is False); define log_prior and set has_prior_density = True"
             )
         theta64 = theta.to(torch.float64)
         coef = self.transform(theta64) if self.transform is not None else theta64
