@@ -926,6 +926,22 @@ def audit_cases(root: Path) -> list[Case]:
         add(Case(cat2, f"{method[1]}, problem hostile_sim:support_wide",
                  [*user, "--problem", "hostile_sim:support_wide", *method], expect=0,
                  check_outputs=True))
+    data_fit = ["fit", "--data", f"{r}/pairs.npz", "--out", out, *TINY]
+    add(Case(cat2, "fit --data FOLDER (read lazily) --x-transform support",
+             ["fit", "--data", f"{r}/lz_float16", "--out", out, *TINY, "--x-transform",
+              "support", "--x-bounds=-100,100"], says=("x_transform",)))
+    add(Case(cat2, "fit --data FOLDER (read lazily) --x-bounds", ["fit", "--data",
+             f"{r}/lz_float16", "--out", out, *TINY, "--x-bounds=-100,100"], expect=0))
+    for flags, expect, words in (
+        (["--x-transform", "support"], 2, ("needs bounds",)),
+        (["--x-transform", "support", "--x-bounds=-100,100", "--likelihood", "gaussian"], 2,
+         ("needs a flow",)),
+        (["--x-transform", "logit"], 2, ("invalid choice",)),
+        (["--x-bounds", "0,100"], 2, ("outside",)),
+        (["--x-bounds=-100,100"], 0, ()),
+    ):
+        add(Case(cat2, "fit --data " + " ".join(flags), [*data_fit, *flags], expect=expect,
+                 says=words))
     add(Case(cat, "nuts --warmup 0 prints no warning",
              [*smp, "--method", "nuts", "--chains", "2", "--num-samples", "20", "--warmup",
               "0"], expect=0, no_warnings=True))

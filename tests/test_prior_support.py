@@ -275,11 +275,13 @@ def test_nuts_samples_a_declared_support_in_unconstrained_coordinates():
     mcse = sd / math.sqrt(res.min_ess)
     assert abs(float(draws.mean()) - mean) <= 4 * mcse
     assert abs(float(draws.std()) / sd - 1) <= 4 / math.sqrt(res.min_ess)
+    # a forward that raises outside the box: the wall is found by log_prior, never by forward
     wall = nuts_sample(
-        UnitBox(1, declare=False), y, init, num_samples=400, warmup_steps=300, num_chains=2,
-        seed=0,
+        UnitBox(1, declare=False, strict_forward=True), y, init, num_samples=400,
+        warmup_steps=300, num_chains=2, seed=0,
     )
     assert wall.divergences > 0
+    assert bool(((wall.x >= 0) & (wall.x <= 1)).all())
 
 
 def test_refinement_stays_inside_a_declared_support():

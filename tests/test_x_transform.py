@@ -170,18 +170,45 @@ def test_cli_fit_data_with_x_transform_support(tmp_path):
     assert json.loads(idata.posterior.attrs["support_acceptance"]) == [1.0]
 
 
-def test_settings_drop_the_recommended_whitening_for_a_box():
-    """x mapped onto a box is not linear in y: a recommended whitening gives way, a user's not."""
+def test_settings_map_a_bounded_flow_onto_its_box_by_default():
+    """A flow on x with a box gets x_transform='support' and no whitening; the user's word wins.
+
+    Not for a file read lazily (its standardiser is fitted on moments of x), nor without a
+    finite bound, nor for a Gaussian decoder.
+    """
     from ppl_cvae import Overrides, resolve_settings
     from ppl_cvae.train.settings import DataSource
 
     source = DataSource(x_shape=(3,), y_shape=(3,), num_pairs=10_000)
-    plain, _ = resolve_settings(source, Overrides(model={"x_bounds": (0.0, 1.0)}))
-    assert plain.likelihood == "flow" and plain.x_whitening == "linear"
-    boxed, _ = resolve_settings(
-        source, Overrides(model={"x_bounds": (0.0, 1.0), "x_transform": "support"})
-    )
-    assert boxed.x_transform == "support" and boxed.x_whitening == "none"
-    forced, _ = resolve_settings(source, Overrides(model={
-        "x_bounds": (0.0, 1.0), "x_transform": "support", "x_whitening": "linear"}))
-    assert forced.x_whitening == "linear"
+
+    def settings(src=source, **model):
+        return resolve_settings(src, Overrides(model=model))[0]
+
+    free = settings()
+    assert (free.likelihood, free.x_transform, free.x_whitening) == ("flow", "none", "linear")
+    boxed = settings(x_bounds=(0.0, 1.0))
+    assert (boxed.x_transform, boxed.x_whitening) == ("support", "none")
+    assert settings(x_bounds=(0.0, math.inf)).x_transform == "support"
+    assert settings(x_bounds=(0.0, 1.0), x_transform="none").x_whitening == "linear"
+    forced = settings(x_bounds=(0.0, 1.0), x_whitening="linear")
+    assert (forced.x_transform, forced.x_whitening) == ("support", "linear")
+    lazy = DataSource(x_shape=(3,), y_shape=(3,), num_pairs=10_000, lazy=True)
+    assert settings(lazy, x_bounds=(0.0, 1.0)).x_transform == "none"
+    assert settings(x_bounds=(0.0, 1.0), likelihood="gaussian").x_transform == "none"
+
+    class Positive(Problem):
+        name, x_shape, y_shape = "positive", (2,), (2,)
+        x_dims, y_dims, coords = ("parameter",), ("datum",), {}
+        noise_std = misfit_std = 0.1
+        support = constraints.positive
+
+        def sample_prior(self, num, generator=None):
+            return torch.rand(num, 2, generator=generator) + 0.1
+
+        def forward(self, x):
+            return x.log()
+
+    assert resolve_settings(Positive())[0].x_transform == "support"
+    real = Positive()
+    real.support = constraints.real
+    assert resolve_settings(real)[0].x_transform == "none"

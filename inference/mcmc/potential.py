@@ -53,7 +53,8 @@ def _log_prior_theta(problem: Problem, theta: torch.Tensor) -> torch.Tensor:
 def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``theta -> log p(x) + log p(y | x)`` (nats, float64) of one observation.
 
-    ``-inf`` outside a declared support, without calling the problem there: coordinates that
+    ``-inf`` outside a declared support, without calling the problem there, and, for an
+    undeclared one, without calling ``forward`` where ``log_prior`` is ``-inf``: coordinates that
     do not keep to it (a constraint that is not elementwise, a basis) and ``biject_to``'s
     rounding onto an open boundary (``exp`` of a large negative ``theta`` is 0, not
     positive) would otherwise reach a ``log_prior`` that is finite there, or a ``forward``
@@ -62,22 +63,34 @@ def _log_target(problem: Problem, y64: torch.Tensor) -> Callable[[torch.Tensor],
     par = problem.sampler_parameterisation()
     x_shape = tuple(problem.x_shape)
     guard = problem.declares_support()
+    # an undeclared support is where log_prior is above -inf: the prior first, and the
+    # likelihood (a forward that may be undefined outside) only where it is not zero
+    prior_first = not guard and problem.restricts_support()
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
         if par is not None:
             x = par.to_x(_as_basis_dtype(par, theta))
         else:
             x = theta.reshape(*theta.shape[:-1], *x_shape)
-        inside = problem.in_support(x.detach()) if guard else None
+        log_prior = _log_prior_theta(problem, theta) if prior_first else None
+        if guard:
+            inside = problem.in_support(x.detach())
+        elif log_prior is not None:
+            inside = ~torch.isneginf(log_prior.detach())  # NaN counts in: a fault, reported
+        else:
+            inside = None
         if inside is None or bool(inside.all()):
-            return _log_prior_theta(problem, theta) + checked_log_likelihood(problem, x, y64)
+            if log_prior is None:
+                log_prior = _log_prior_theta(problem, theta)
+            return log_prior + checked_log_likelihood(problem, x, y64)
         # -inf, in theta's graph with a zero gradient (Pyro differentiates the potential)
         out = torch.where(inside, 0.0, -math.inf) + 0.0 * theta.sum(-1).double()
         if bool(inside.any()):
+            prior_in = (
+                _log_prior_theta(problem, theta[inside]) if log_prior is None else log_prior[inside]
+            )
             out = out.masked_scatter(
-                inside,
-                _log_prior_theta(problem, theta[inside])
-                + checked_log_likelihood(problem, x[inside], y64),
+                inside, prior_in + checked_log_likelihood(problem, x[inside], y64)
             )
         return out
 

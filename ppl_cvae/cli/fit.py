@@ -498,7 +498,9 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
 
         lazy_pairs = open_lazy_pairs(args.data)
         x, y = None, None
-        source: Any = DataSource(lazy_pairs.x_shape, lazy_pairs.y_shape, lazy_pairs.num_pairs)
+        source: Any = DataSource(
+            lazy_pairs.x_shape, lazy_pairs.y_shape, lazy_pairs.num_pairs, lazy=True
+        )
     else:
         x, y, source = _training_pairs(args, problem)
     overrides = args.run_file.overrides.updated(_flag_overrides(args))

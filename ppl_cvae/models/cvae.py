@@ -667,7 +667,8 @@ class CVAE(nn.Module):
             loc = xs.inverse(flat.reshape(*flat.shape[:-1], *x_shape))
             loc = loc if box is None else box(loc)
         # a box: log_prob of a value outside is -inf (BoxTransform), not a validation error
-        return dist.TransformedDistribution(flow, to_x, validate_args=box is None), loc
+        check = False if box is not None else None
+        return dist.TransformedDistribution(flow, to_x, validate_args=check), loc
 
     def _whitened_x_distribution(
         self, z: torch.Tensor, y: torch.Tensor | None, location: bool
@@ -721,7 +722,8 @@ class CVAE(nn.Module):
             x_std = whitener.inverse(loc_u, y_flat)
             mean = xs.inverse(x_std.reshape(*x_std.shape[:-1], *x_shape))
             mean = mean if box is None else box(mean)
-        return dist.TransformedDistribution(base, to_x, validate_args=box is None), mean
+        check = False if box is not None else None
+        return dist.TransformedDistribution(base, to_x, validate_args=check), mean
 
     def _x_distribution(
         self, mean: torch.Tensor, scale: torch.Tensor | None

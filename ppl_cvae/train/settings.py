@@ -20,6 +20,7 @@ through :func:`resolve_settings`, so a recommendation is written once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +33,7 @@ from ppl_cvae.config import (
     Overrides,
     TrainConfig,
 )
+from ppl_cvae.data.box import support_box
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem
@@ -57,23 +59,60 @@ class DataSource:
     dataset : {"digits", "mnist", "folder"} or None, default None
         The image dataset the pairs come from (its recommendations apply); None for a data
         file (settings adapted to the shapes and size apply).
+    lazy : bool, default False
+        Whether the pairs are read in chunks (``--lazy``): the standardisers then come from
+        moments of ``x`` itself, so ``x_transform`` stays ``"none"`` unless the user sets it.
 
     Examples
     --------
     >>> DataSource.of(torch.zeros(100, 3), torch.zeros(100, 2))
-    DataSource(x_shape=(3,), y_shape=(2,), num_pairs=100, dataset=None)
+    DataSource(x_shape=(3,), y_shape=(2,), num_pairs=100, dataset=None, lazy=False)
     """
 
     x_shape: tuple[int, ...]
     y_shape: tuple[int, ...] | None
     num_pairs: int
     dataset: str | None = None
+    lazy: bool = False
 
     @classmethod
     def of(cls, x: torch.Tensor, y: torch.Tensor | None, dataset: str | None = None) -> DataSource:
         """Describe the pairs ``x`` ``(N, *x_shape)`` and ``y`` ``(N, *y_shape)`` (or None)."""
         y_shape = tuple(y.shape[1:]) if y is not None else None
         return cls(tuple(x.shape[1:]), y_shape, int(x.shape[0]), dataset)
+
+
+def _bounded_flow_on_x(
+    model: ModelOverrides,
+    source: Problem | DataSource,
+    problem: Problem | None,
+    x_shape: tuple[int, ...],
+) -> bool:
+    """Whether a fit's flow on ``x`` is on a box with a finite end (``x_transform`` default).
+
+    A flow on ``x`` itself (``likelihood="flow"``, no basis) of a problem whose declared
+    support is a box (:func:`~ppl_cvae.data.box.support_box`) or with ``x_bounds``, at least
+    one end finite; not for a lazily read file. Fitted on ``T^{-1}(x)`` no draw leaves the
+    box and none is rejected (docs/measurements.md, "A user's bounded prior": a better
+    validation ELBO on every seed, and for 12 bounded values 15 s of draws instead of 273 s
+    of rejection).
+    """
+    if model.get("likelihood") != "flow" or model.get("basis_dim") is not None:
+        return False
+    if isinstance(source, DataSource) and (source.lazy or source.dataset is not None):
+        return False
+    finite = False
+    if problem is not None:
+        box = support_box(as_problem(problem).support, x_shape)
+        finite = box is not None and bool(
+            (torch.isfinite(box[0]) | torch.isfinite(box[1])).any()
+        )
+    bounds = model.get("x_bounds")
+    if isinstance(bounds, (tuple, list)) and len(bounds) == 2:
+        finite = finite or any(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in bounds
+        )
+    return finite
 
 
 def recommended(problem: Problem) -> Overrides:
@@ -174,7 +213,10 @@ def resolve_settings(
         flow on ``x``) is dropped when the user picks another likelihood, and a recommended
         ``x_whitening="linear"`` (with its ``init_scale``) is dropped for a likelihood or basis
         decoder it does not apply to and for ``x_transform="support"`` (``x`` mapped onto a
-        box is not linear in ``y``).
+        box is not linear in ``y``). A flow on ``x`` itself (no basis) whose prior has a box
+        with a finite end (the problem's declared support, :func:`~ppl_cvae.data.box.support_box`,
+        or ``x_bounds``) gets ``x_transform="support"`` unless the user sets it (not for a
+        lazily read file).
     train_config : TrainConfig
 
     Raises
@@ -217,6 +259,8 @@ def resolve_settings(
         if basis is None:
             raise ConfigError("decoder='basis' (--decoder basis) needs a problem with a basis()")
         model.setdefault("basis_dim", int(basis.shape[1]))
+    if "x_transform" not in user and _bounded_flow_on_x(model, source, problem, x_shape):
+        model["x_transform"] = "support"
     if "x_whitening" not in user and model.get("x_whitening") == "linear":
         likelihood = model.get("likelihood", "gaussian")
         if likelihood not in WHITENED_LIKELIHOODS or model.get("basis_dim") is not None:
