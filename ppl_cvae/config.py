@@ -364,7 +364,7 @@ class ModelConfig(_DictMixin):
         :attr:`Problem.support <ppl_cvae.problems.base.Problem>`. Training ``x`` must lie
         inside (:func:`ppl_cvae.train.build_cvae` refuses it otherwise) and amortized draws
         outside are rejected and drawn again (:func:`inference.posterior.draw_posterior`), as
-        sbi does for a ``BoxUniform`` prior.
+        sbi does for a ``BoxUniform`` prior; with ``x_transform="support"`` none leaves.
     x_transform : {"none", "support"}, default "none"
         ``"support"``: the flow on ``x`` (``likelihood="flow"``, no ``basis_dim``) models
         ``u = T^{-1}(x)``, ``T`` the elementwise bijection from ``R`` onto the box of the

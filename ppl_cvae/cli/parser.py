@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_bounds,
         metavar="LOW,HIGH",
         help="the prior's support of every element of x, e.g. 0,1 or 0,inf (a data file's "
-        "prior: training x must lie inside, amortized draws outside are rejected)",
+        "prior: training x must lie inside; the default flow on x is then fitted on T^-1(x), "
+        "other families reject amortized draws outside)",
     )
     fit_p.add_argument(
         "--x-transform",

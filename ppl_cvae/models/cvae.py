@@ -345,8 +345,9 @@ class CVAE(nn.Module):
     def set_x_box(self, low: torch.Tensor, high: torch.Tensor) -> None:
         """Set the box of ``x_transform="support"``: ``low <= x <= high`` elementwise.
 
-        Call it before the standardiser of ``x`` is fitted (on :meth:`to_unconstrained` of the
-        training ``x``); :func:`~ppl_cvae.train.build_cvae` does.
+        The standardiser of ``x`` must be fitted on ``T^{-1}`` of the training ``x`` for the
+        same box (what :meth:`to_unconstrained` gives once the box is set);
+        :func:`~ppl_cvae.train.build_cvae` does both.
 
         Parameters
         ----------
