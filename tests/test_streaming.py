@@ -71,3 +71,53 @@ def test_an_in_memory_request_that_cannot_fit_is_refused_fast(model):
     cvae, problem = model
     with pytest.raises(ResourceError, match="stream them to disk"):
         draw_posterior(cvae, torch.zeros(problem.y_shape), 10**13)
+
+
+_PEAK_SCRIPT = """
+import sys, torch
+from ppl_cvae import CVAE, ModelConfig
+from inference.posterior import bytes_per_draw, draw_posterior
+
+
+def high_water():  # this process's peak resident memory, bytes (VmHWM: reset by exec)
+    with open("/proc/self/status") as status:
+        line = next(row for row in status if row.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+dim, num, latent = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+cvae = CVAE(ModelConfig(x_shape=(dim,), y_shape=(dim,), hidden_dims=(16,), likelihood="flow",
+                        latent_dim=latent))
+y = torch.zeros(1, dim)
+draw_posterior(cvae, y, 10, seed=0)
+base = high_water()
+draw_posterior(cvae, y, num, seed=0)
+print((high_water() - base) / num, bytes_per_draw(cvae, 1))
+"""
+
+
+@pytest.mark.parametrize("latent", [0, 4])
+def test_the_estimate_of_a_flow_draw_bounds_its_peak_memory(latent):
+    """bytes_per_draw bounds the resident memory one draw of a spline flow adds (Linux).
+
+    An autoregressive flow on 8 values draws in 8 passes per layer, each holding dozens of
+    the spline's temporaries: about 30 KB per draw (66 KB with a latent), where the estimate
+    used to count 0.6 KB, so a request it judged to fit in memory held 50 times more. The
+    peak is read in a fresh process (``VmHWM`` of ``/proc/self/status``; ``ru_maxrss`` keeps
+    the parent's across exec).
+    """
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux's /proc/self/status")
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, "8", "4000", str(latent)],
+        capture_output=True, text=True, check=True, timeout=300,
+    )
+    grown, estimate = (float(v) for v in out.stdout.split())
+    assert grown > 5e3  # the measurement sees the draws (a flow draw is not a few floats)
+    assert estimate >= grown
