@@ -612,9 +612,8 @@ def draw_posterior(
             fits = (1 << 28) // max(1, bytes_per_draw(cvae, y_batch.shape[0]))
             per_round = max(num_samples, min(1024, fits))
             # later rounds grow with the observed acceptance, within the same 256 MiB and at
-            # most ROUND_GROWTH times the first round (bytes_per_draw undercounts a flow's
-            # sampling: about 120 KB per draw of a 20-value spline flow, not 1.3 KB); fewer
-            # pending observations may draw more each
+            # most ROUND_GROWTH times the first round (a margin on bytes_per_draw's estimate);
+            # fewer pending observations may draw more each
             max_round = max(per_round, min(fits, ROUND_GROWTH * per_round)) * y_batch.shape[0]
             out, acceptance = _keep_in_support(
                 draw, support, y_batch, num_samples, decoder_noise, per_round, max_round
