@@ -20,7 +20,7 @@ from inference.refine import misfit_rms, refine_and_accept
 from ppl_cvae import ModelConfig, build_cvae, load_checkpoint, save_checkpoint
 from ppl_cvae.config import TrainConfig
 from ppl_cvae.data.box import BoxTransform, support_box
-from ppl_cvae.errors import CheckpointError
+from ppl_cvae.errors import CheckpointError, ConfigError
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.train import fit
 from ppl_cvae.train.resume import CheckpointPolicy, load_train_state
@@ -165,3 +165,13 @@ def test_evaluation_and_refinement_measure_x_in_its_own_units():
     location, scale = cvae.x_location_scale()
     torch.testing.assert_close(location, torch.full((2,), 1e8), rtol=0.01, atol=0)
     torch.testing.assert_close(scale, torch.full((2,), 1e7), rtol=0.1, atol=0)
+
+
+def test_a_support_that_is_not_a_constraint_is_named_when_drawing():
+    """support = "pos" set after fitting: a ConfigError naming support, not AttributeError."""
+
+
+    x = Boxed(unit=3.0).sample_prior(64, torch.Generator().manual_seed(0))
+    cvae = build_cvae(flow_config(x_bounds=(0.0, math.inf)), x, x / 3, seed=0)
+    with pytest.raises(ConfigError, match="support must be"):
+        draw_posterior(cvae, torch.ones(1, 2), 4, problem=Boxed("pos"))
