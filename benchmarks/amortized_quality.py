@@ -91,7 +91,7 @@ def evaluate(label, problem, likelihood, args, x_true, y_obs):
             # P(x = 1 | z, y) > 1/2; Gaussian: the mean above 1/2): spread from z alone
             z_only.append((draws.x_mean[:, :keep] > 0.5).float())
     sample_seconds = time.perf_counter() - start
-    reference = cvae.x_standardiser.mean
+    reference = cvae.x_location_scale()[0]
     misfit = {"x_reference": reference, "y_obs": y_obs[:num_misfit], "problem": problem}
     metrics = run_evaluation(torch.cat(x_draws, 1), x_true[:num_misfit], **misfit)
     z_metrics = run_evaluation(torch.cat(z_only, 1), x_true[:num_misfit], **misfit)

@@ -25,7 +25,7 @@ Run::
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/api_audit.py
 
-Runtime: about 10 s on one CPU thread (365 calls). Prints one table row per category and one
+Runtime: about 10 s on one CPU thread (374 calls). Prints one table row per category and one
 line per failure; exits with status 1 when a case fails.
 """
 
@@ -441,6 +441,34 @@ def cases(tmp: Path) -> list[Case]:
 
     add(c, "x_transform='support': log_prob outside the box", boxed_log_prob, "accept",
         check=lambda t: bool(torch.isneginf(t).all()))
+
+    def half_line() -> Any:  # a box with an open side: x_high = inf
+        return build_cvae(ModelConfig(**flow_box, x_bounds=(0.0, float("inf"))), 3 * unit,
+                          unit[:, :2])
+
+    def open_side_round_trip() -> Any:
+        loaded, _ = load_checkpoint(save_checkpoint(tmp / "half_line.pt", half_line()))
+        return loaded.x_high
+
+    def forged_box() -> Any:
+        payload = torch.load(save_checkpoint(tmp / "forged_box.pt", half_line()),
+                             weights_only=False)
+        del payload["state_dict"]["x_low"]
+        torch.save(payload, tmp / "forged_box.pt")
+        return load_checkpoint(tmp / "forged_box.pt")
+
+    add(c, "x_transform='support', x_bounds (0, inf): save, load", open_side_round_trip,
+        "accept", check=lambda high: bool(torch.isposinf(high).all()))
+    add(c, "x_transform='support': a checkpoint without x_low", forged_box, "refuse", "x_low")
+    above3 = with_support(constraints.greater_than(3.0))
+    on_end = 3.0 + unit * (unit > 0.5)  # half the training values on the open end
+
+    def open_end_draws() -> Any:
+        boxed = build_cvae(ModelConfig(**flow_box), on_end, unit[:, :2], problem=above3)
+        return draw_posterior(boxed, y0, 200, problem=above3, seed=0).support_acceptance
+
+    add(c, "x_transform='support', greater_than(3), training x on 3: draws inside",
+        open_end_draws, "accept", check=lambda a: a.tolist() == [1.0])
 
     c = "checkpoints"
     add(c, "load a missing file", lambda: load_checkpoint(tmp / "missing.pt"), "refuse", "missing")
@@ -858,7 +886,7 @@ def file_and_evaluation_cases(add: Add, w: World) -> None:
     c = "evaluate_draws"
     x, y = w.x, w.y
     draws = draw_posterior(cvae, y, 20, seed=0).x  # (20, 8, 3)
-    ref = cvae.x_standardiser.mean.detach()
+    ref = cvae.x_location_scale()[0].detach()
 
     def evaluate(x_draws: Any = draws, x: Any = x, y: Any = y, **kw: Any) -> Any:
         options = {"x_reference": ref, "problem": p, **kw}

@@ -67,7 +67,7 @@ def row(spec, args):
     cal = run_calibration(
         draws, x_true, y_obs=y_obs, problem=None if noise_free else problem, seed=args.seed
     )
-    cov = run_evaluation(draws, x_true, x_reference=cvae.x_standardiser.mean)
+    cov = run_evaluation(draws, x_true, x_reference=cvae.x_location_scale()[0])
     sbc, tarp = cal["sbc"], cal["tarp"]
     failing = len(sbc["failures"])
     stats = sbc["statistics"]

@@ -159,6 +159,13 @@ def build_workspace(root: Path) -> None:
     np.savez(root / "mismatch.npz", x=np.ones((8, 4)), y=np.ones((7, 3)))
     np.savez(root / "nokeys.npz", a=np.ones(3))
     np.savez(root / "overflow.npz", x=np.full((8, 4), 1e300), y=np.ones((8, 3)))
+    # positive x from 1e-8 to 1e8 units, a quarter of the first element exactly 0 (an atom on
+    # the end of --x-bounds 0,inf), and its mirror image below 0
+    x_lg, y_lg = np.load(root / "pairs.npz")["x"], np.load(root / "pairs.npz")["y"]
+    scales = np.exp(x_lg) * np.logspace(-8, 8, x_lg.shape[1])
+    scales[::4, 0] = 0.0
+    np.savez(root / "scales.npz", x=scales.astype(np.float32), y=y_lg)
+    np.savez(root / "negative.npz", x=-scales.astype(np.float32), y=y_lg)
     np.save(root / "obs_complex.npy", np.ones((1, 50, 2)) + 1j)
     np.save(root / "obs_wrong.npy", np.ones((7,)))
     torch.save(Pickled(str(root / "PWNED")), root / "evil.pt")
@@ -942,6 +949,10 @@ def audit_cases(root: Path) -> list[Case]:
     ):
         add(Case(cat2, "fit --data " + " ".join(flags), [*data_fit, *flags], expect=expect,
                  says=words))
+    for data, bounds in (("scales", "0,inf"), ("negative", "-inf,0")):
+        add(Case(cat2, f"fit --data {data}.npz (1e-8 to 1e8, zeros) --x-bounds={bounds}",
+                 ["fit", "--data", f"{r}/{data}.npz", "--out", out, *TINY,
+                  f"--x-bounds={bounds}"], expect=0, check_outputs=True))
     add(Case(cat, "nuts --warmup 0 prints no warning",
              [*smp, "--method", "nuts", "--chains", "2", "--num-samples", "20", "--warmup",
               "0"], expect=0, no_warnings=True))

@@ -134,7 +134,7 @@ def main(args):
     else:
         x_true, y_obs = problem.simulate(args.num_heldout, torch.Generator().manual_seed(10_000))
     print(f"held-out truths: {args.truths}")
-    reference = cvae.x_standardiser.mean
+    reference = cvae.x_location_scale()[0]
     common = (x_true, y_obs, problem, reference, args.min_count)
 
     prior_prob = problem.sample_prior(20_000, torch.Generator().manual_seed(20_000)).mean(0)

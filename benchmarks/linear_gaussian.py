@@ -106,7 +106,7 @@ def run(label, args):
     metrics = run_evaluation(
         draws,
         x_true,
-        x_reference=cvae.x_standardiser.mean,
+        x_reference=cvae.x_location_scale()[0],
         y_obs=y_obs,
         problem=problem,
         exact_mean=exact.mean if exact else None,
@@ -136,7 +136,7 @@ def run(label, args):
     tik = gaussian_metrics(t_mean, t_std, x_true, exact)
     exact_draws = exact.sample(200, torch.Generator().manual_seed(args.seed))
     exact_chi2 = run_evaluation(
-        exact_draws, x_true, x_reference=cvae.x_standardiser.mean, y_obs=y_obs, problem=problem
+        exact_draws, x_true, x_reference=cvae.x_location_scale()[0], y_obs=y_obs, problem=problem
     )["chi2_per_datum"]
     ex = metrics["exact"]
     print(f"  {'':10s} {'mean err/sd':>12s} {'sd ratio':>9s} {'cov50':>6s} {'cov90':>6s}")

@@ -140,7 +140,7 @@ def run(name, args):
         return run_without_closed_form(problem, args)
     cvae, result, fit_seconds, x_true, y_obs = fit_and_hold_out(problem, args)
     exact = exact_posterior(problem, y_obs)
-    reference = cvae.x_standardiser.mean
+    reference = cvae.x_location_scale()[0]
     cfg = cvae.config
     print(
         f"\n{name} (x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}): "
@@ -312,7 +312,7 @@ def print_nuts_stats(results):
 def run_without_closed_form(problem, args):
     """Amortized against importance-sampled against NUTS draws, no exact posterior."""
     cvae, result, fit_seconds, x_true, y_obs = fit_and_hold_out(problem, args)
-    reference = cvae.x_standardiser.mean
+    reference = cvae.x_location_scale()[0]
     cfg = cvae.config
     print(
         f"\n{problem.name} (x {tuple(problem.x_shape)}, y {tuple(problem.y_shape)}; no closed "

@@ -171,7 +171,7 @@ def evaluate_model(
         x_draws,
         x,
         y,
-        x_reference=cvae.x_standardiser.mean.detach().cpu(),
+        x_reference=cvae.x_location_scale()[0].detach().cpu(),
         problem=problem,
         exact=exact,
         seed=seed,

@@ -104,8 +104,8 @@ def refine_by_misfit(
         Without a parameterisation, the unit in which ``x`` is optimised, in units of ``x``
         (positive, finite): Adam moves each element by about ``learning_rate * x_scale`` per
         step whatever the size of its gradient, so the step must be measured in the
-        element's own spread. :func:`refine_and_accept` passes the model's ``x``
-        standardiser (each element's training sd), so that a problem written in ohm-m
+        element's own spread. :func:`refine_and_accept` passes each element's training sd
+        (:meth:`~ppl_cvae.models.cvae.CVAE.x_location_scale`), so that a problem written in ohm-m
         (``x`` about 1e3) or in units of 1e-8 refines as its well-scaled version does.
         Default: 1 (steps in the units of ``x``). Ignored with a parameterisation.
 
@@ -301,8 +301,8 @@ def refine_and_accept(
         lowest-misfit rejected ones and a warning names how many. ``None``: keep the first
         ``num_samples`` refined candidates (no selection).
     num_steps, learning_rate : see :func:`refine_by_misfit`
-        Without a parameterisation the step is measured in each element's training sd (the
-        model's ``x`` standardiser), so ``learning_rate`` means the same in any units.
+        Without a parameterisation the step is measured in each element's training sd
+        (``cvae.x_location_scale()``), so ``learning_rate`` means the same in any units.
     seed : int, optional
         Seed of the amortized draws.
 
@@ -355,7 +355,7 @@ def refine_and_accept(
         problem,
         num_steps=num_steps,
         learning_rate=learning_rate,
-        x_scale=cvae.x_standardiser.std.detach().to(candidates.x),
+        x_scale=cvae.x_location_scale()[1].detach().to(candidates.x),
     )
     return accept_by_misfit(refined, y, problem, num_samples, max_misfit)
 

@@ -101,6 +101,11 @@ class BoxTransform(Transform):
     ``log |det J|`` is the sum over the event of the elementwise log-derivatives:
     ``log(high - low) + log sigmoid(u) + log sigmoid(-u)``, ``u`` or 0.
 
+    Every ``x`` lies strictly inside the box, one unit in the last place of ``x``'s dtype
+    from a finite end at least (where rounding would put it on the end: ``sigmoid(u) = 1``
+    in float32 for ``u > 17``), so a draw is inside an open support (``positive``,
+    ``greater_than``, ``less_than``, ``half_open_interval``) as well as a closed one.
+
     The inverse clamps: a value on a finite end (the closed box of a ``U(0, 1)`` draw that is
     exactly 0) or beyond it maps to the ``u`` of the nearest value ``eps`` inside (``eps`` the
     dtype's half machine epsilon of the box's width for two finite ends, its smallest normal
@@ -153,7 +158,12 @@ class BoxTransform(Transform):
         grown = u.clamp(max=_EXP_MAX).exp()
         x = torch.where(self._both, self._lo + self._width * torch.sigmoid(u), u)
         x = torch.where(self._low_only, self._lo + grown, x)
-        return torch.where(self._high_only, self._hi - grown, x)
+        x = torch.where(self._high_only, self._hi - grown, x)
+        # rounding puts a far u on a finite end (sigmoid(u) = 1 in float32 for u > 17;
+        # low + exp(u) = low once exp(u) is below half an ulp of low), outside an open support
+        # (positive, greater_than, less_than, half_open_interval): keep x one ulp inside
+        low, high = self.low.to(x.dtype), self.high.to(x.dtype)
+        return x.clamp(min=torch.nextafter(low, high), max=torch.nextafter(high, low))
 
     def _inverse(self, x: torch.Tensor) -> torch.Tensor:
         eps = torch.finfo(x.dtype).eps / 2
@@ -163,6 +173,17 @@ class BoxTransform(Transform):
         u = torch.where(self._low_only, (x - self._lo).clamp(min=tiny).log(), u)
         return torch.where(self._high_only, (self._hi - x).clamp(min=tiny).log(), u)
 
+    def log_derivative(self, u: torch.Tensor) -> torch.Tensor:
+        """Return ``log |dx_i / du_i|`` element by element, shape ``u.shape`` (nats).
+
+        ``log(high - low) + log sigmoid(u) + log sigmoid(-u)`` for two finite ends, ``u`` for
+        one, 0 for none; the map is elementwise, so this is the diagonal of its Jacobian.
+        """
+        interval = self._width.log() + F.logsigmoid(u) + F.logsigmoid(-u)
+        one_sided = u.clamp(max=_EXP_MAX)
+        log_det = torch.where(self._both, interval, torch.zeros_like(u))
+        return torch.where(self._low_only | self._high_only, one_sided, log_det)
+
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Return ``log |det dy/dx|`` at ``x`` (``u``), shape ``x.shape[:-event_dim]`` (nats).
 
@@ -170,11 +191,7 @@ class BoxTransform(Transform):
         so that a ``TransformedDistribution`` gives ``log_prob = -inf`` there rather than the
         density at the clamped ``u``.
         """
-        u = x
-        interval = self._width.log() + F.logsigmoid(u) + F.logsigmoid(-u)
-        one_sided = u.clamp(max=_EXP_MAX)
-        log_det = torch.where(self._both, interval, torch.zeros_like(u))
-        log_det = torch.where(self._low_only | self._high_only, one_sided, log_det)
+        log_det = self.log_derivative(x)
         outside = (y < self.low) | (y > self.high)
         if self._event_dim == 0:
             return log_det.masked_fill(outside, math.inf)

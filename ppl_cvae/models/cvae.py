@@ -390,6 +390,27 @@ class CVAE(nn.Module):
         box = self.box_transform()
         return x if box is None else box.inv(x)
 
+    @torch.no_grad()
+    def x_location_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return where the training ``x`` lie and how far they spread, in units of ``x``.
+
+        The standardiser's mean and sd of ``x``; for ``x_transform="support"``, whose
+        standardiser is fitted on ``u = T^{-1}(x)``, the image ``T(m_u)`` of the mean of ``u``
+        (for ``positive``: the geometric mean of ``x``) and the delta-method sd
+        ``|T'(m_u)| s_u``. What a reference model (the RMSE of a prior guess) and the unit of
+        each element's steps (refinement) are measured with.
+
+        Returns
+        -------
+        location, scale : Tensor, each shape x_shape
+            ``scale > 0`` unless ``T'`` underflows (``m_u`` far beyond a finite end).
+        """
+        xs = self.x_standardiser
+        box = self.box_transform()
+        if box is None:
+            return xs.mean, xs.std
+        return box(xs.mean), box.log_derivative(xs.mean).exp() * xs.std
+
     def _whiten(self, x: torch.Tensor, y_std: torch.Tensor | None) -> torch.Tensor:
         """Return the standardised ``x`` the networks see: ``u`` when whitening, else ``x_std``."""
         x_std = self.x_standardiser(self.to_unconstrained(x))

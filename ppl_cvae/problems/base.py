@@ -542,9 +542,15 @@ def check_support_dimension(problem: Problem) -> None:
     ------
     ConfigError
         If the declared support is lower-dimensional; the message names the support, why,
-        and what to do (unconstrained coordinates for ``x``).
+        and what to do (unconstrained coordinates for ``x``). If the support is not a
+        ``Constraint`` (set on a problem after it was checked).
     """
     support = problem.support
+    if support is not None and not isinstance(support, constraints.Constraint):
+        raise ConfigError(
+            f"problem {problem.name!r}: support must be a "
+            f"torch.distributions.constraints.Constraint or None, got {type(support).__name__}"
+        )
     if support is None or problem.basis() is not None:
         return
     why = support_dimension_deficit(support, tuple(problem.x_shape))

@@ -146,6 +146,34 @@ _SUPPLY_HINT = (
 )
 
 
+_OPEN_ENDS = {"x_low": math.inf, "x_high": -math.inf}
+"""Buffers of ``x_transform="support"`` (the box of the support) that hold ``-inf`` / ``inf``
+for an unbounded side, and the one infinity each may not hold."""
+
+
+def _bad_values(key: str, value: torch.Tensor) -> bool:
+    """Whether a stored tensor holds a value no fitted model has: NaN or an infinity.
+
+    Parameters
+    ----------
+    key : str
+        Its name in the state dict.
+    value : Tensor
+        Any shape; a tensor that is not floating point has no such value.
+
+    Returns
+    -------
+    bool
+        True for NaN anywhere, and for an infinity except the open ends of the box of
+        ``x_transform="support"`` (``x_low = -inf``, ``x_high = inf``: a side without a bound).
+    """
+    if not value.is_floating_point():
+        return False
+    if key in _OPEN_ENDS:
+        return bool((value.isnan() | (value == _OPEN_ENDS[key])).any())
+    return not bool(value.isfinite().all())
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     """Collapse whitespace (tracebacks, multi-line torch messages) and shorten ``text``."""
     line = " ".join(str(text).split())
@@ -298,7 +326,7 @@ def save_checkpoint(
     if reason is not None:
         raise ConfigError(reason)
     state = {k: v.detach().cpu() for k, v in cvae.state_dict().items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    bad = [k for k, v in state.items() if _bad_values(k, v)]
     if bad:
         raise CheckpointError(
             f"not writing {str(path)!r}: {', '.join(bad[:5])} hold NaN or inf (did the fit "
@@ -451,7 +479,7 @@ def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str)
                 f"weights in {name!r}: {key} has shape {tuple(got.shape)} and dtype "
                 f"{got.dtype}; the model_config needs {tuple(want.shape)}, {want.dtype}"
             )
-        if got.is_floating_point() and not bool(got.isfinite().all()):
+        if _bad_values(key, got):
             raise CheckpointError(f"weights in {name!r}: {key} holds NaN or inf values")
         is_scale = key.endswith("standardiser.std") or key == "coef_std"
         if is_scale and not bool((got > 0).all()):
@@ -462,6 +490,11 @@ def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str)
             raise CheckpointError(
                 f"weights in {name!r}: {key} is not lower triangular with a positive diagonal"
             )
+    if "x_low" in expected and not bool((state["x_low"] < state["x_high"]).all()):
+        raise CheckpointError(
+            f"weights in {name!r}: the box of x_transform='support' needs x_low < x_high in "
+            "every element"
+        )
 
 
 def _rebuild(

@@ -97,7 +97,7 @@ from ppl_cvae._atomic import atomic_path
 from ppl_cvae._version import __version__
 from ppl_cvae.config import ModelConfig, TrainConfig
 from ppl_cvae.errors import CheckpointError, ConfigError
-from ppl_cvae.train.checkpoint import _json_like_error, _one_line, _read_payload
+from ppl_cvae.train.checkpoint import _bad_values, _json_like_error, _one_line, _read_payload
 
 if TYPE_CHECKING:
     from ppl_cvae.models.cvae import CVAE
@@ -396,7 +396,7 @@ def _check_tensor_dict(
                 f"{what}[{key!r}] has shape {tuple(got.shape)} {got.dtype}; the model has "
                 f"{tuple(ref.shape)} {ref.dtype}",
             )
-        if got.is_floating_point() and not bool(got.isfinite().all()):
+        if _bad_values(key, got):
             raise _fail(name, f"{what}[{key!r}] holds NaN or inf")
 
 
