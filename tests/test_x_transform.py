@@ -212,3 +212,23 @@ def test_settings_map_a_bounded_flow_onto_its_box_by_default():
     real = Positive()
     real.support = constraints.real
     assert resolve_settings(real)[0].x_transform == "none"
+
+
+def test_an_atom_on_a_one_sided_end_lands_below_the_data_not_at_the_float_limit():
+    """Zeros of a nonnegative quantity map to log(half the smallest positive value).
+
+    With the float's smallest normal number as the floor they went to log(1.2e-38) = -87,
+    and 30% of them gave u an sd near 40 against about 1 for the positive values (lognormal
+    with sd 1 in log): the flow then drew x up to 1e30.
+    """
+    gen = torch.Generator().manual_seed(2)
+    x = torch.exp(torch.randn(2000, 1, generator=gen))
+    x[:600] = 0.0
+    cvae = box_flow((0.0, math.inf), x)
+    smallest = float(x[x > 0].min())
+    assert math.isclose(float(cvae.x_floor), smallest / 2, rel_tol=1e-6)
+    u = cvae.to_unconstrained(x)
+    assert math.isclose(float(u[0]), math.log(smallest / 2), rel_tol=1e-5)
+    assert float(cvae.x_standardiser.std) < 4  # 30% of u at about -4, the rest N(0, 1): sd 2
+    draws = draw_posterior(cvae, torch.tensor([[0.5]]), 4000, seed=0).x
+    assert float(draws.max()) < 1e6 and float(draws.min()) > 0

@@ -108,9 +108,9 @@ class BoxTransform(Transform):
 
     The inverse clamps: a value on a finite end (the closed box of a ``U(0, 1)`` draw that is
     exactly 0) or beyond it maps to the ``u`` of the nearest value ``eps`` inside (``eps`` the
-    dtype's half machine epsilon of the box's width for two finite ends, its smallest normal
-    number for one), so a training value on the boundary has a finite ``u`` (about
-    ``+-16.6`` in float32), not ``+-inf``.
+    dtype's half machine epsilon of the box's width for two finite ends, ``floor`` for one),
+    so a training value on the boundary has a finite ``u`` (about ``+-16.6`` in float32 for
+    two ends), not ``+-inf``.
 
     Parameters
     ----------
@@ -118,6 +118,12 @@ class BoxTransform(Transform):
         Ends of the box in units of ``x`` (``-inf`` / ``inf`` for no end); ``low < high``.
     event_dim : int
         ``len(x_shape)``: the trailing axes that form one model.
+    floor : Tensor, shape x_shape, optional
+        Smallest distance from a one-sided end the inverse maps, units of ``x`` (> 0): a value
+        nearer maps to ``log(floor)``. :func:`~ppl_cvae.train.build_cvae` sets half the
+        smallest positive distance of the training values, so an atom of values on the end (a
+        nonnegative quantity that is often 0) lands just below the data's own range of ``u``
+        instead of at ``log(1.2e-38) = -87``. Default: the dtype's smallest normal number.
 
     Shapes: ``(*batch, *x_shape) -> (*batch, *x_shape)``; ``log_abs_det_jacobian`` has shape
     ``(*batch,)``, in nats.
@@ -130,9 +136,16 @@ class BoxTransform(Transform):
 
     bijective = True
 
-    def __init__(self, low: torch.Tensor, high: torch.Tensor, event_dim: int) -> None:
+    def __init__(
+        self,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        event_dim: int,
+        floor: torch.Tensor | None = None,
+    ) -> None:
         super().__init__(cache_size=1)
         self.low, self.high = low, high
+        self.floor = floor
         self._event_dim = int(event_dim)
         finite_low, finite_high = torch.isfinite(low), torch.isfinite(high)
         self._both = finite_low & finite_high
@@ -152,6 +165,14 @@ class BoxTransform(Transform):
             isinstance(other, BoxTransform)
             and torch.equal(self.low, other.low)
             and torch.equal(self.high, other.high)
+            and (
+                self.floor is other.floor
+                or (
+                    self.floor is not None
+                    and other.floor is not None
+                    and torch.equal(self.floor, other.floor)
+                )
+            )
         )
 
     def _call(self, u: torch.Tensor) -> torch.Tensor:
@@ -168,10 +189,15 @@ class BoxTransform(Transform):
     def _inverse(self, x: torch.Tensor) -> torch.Tensor:
         eps = torch.finfo(x.dtype).eps / 2
         tiny = torch.finfo(x.dtype).tiny
+        floor = (
+            torch.full_like(self._lo, tiny, dtype=x.dtype)
+            if self.floor is None
+            else self.floor.to(x.dtype).clamp(min=tiny)
+        )
         t = ((x - self._lo) / self._width).clamp(eps, 1 - eps)
         u = torch.where(self._both, torch.log(t) - torch.log1p(-t), x)
-        u = torch.where(self._low_only, (x - self._lo).clamp(min=tiny).log(), u)
-        return torch.where(self._high_only, (self._hi - x).clamp(min=tiny).log(), u)
+        u = torch.where(self._low_only, torch.maximum(x - self._lo, floor).log(), u)
+        return torch.where(self._high_only, torch.maximum(self._hi - x, floor).log(), u)
 
     def log_derivative(self, u: torch.Tensor) -> torch.Tensor:
         """Return ``log |dx_i / du_i|`` element by element, shape ``u.shape`` (nats).

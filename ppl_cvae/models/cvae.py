@@ -224,6 +224,7 @@ class CVAE(nn.Module):
     coef_std: torch.Tensor
     x_low: torch.Tensor  # x_transform="support": the box of the support (buffers)
     x_high: torch.Tensor
+    x_floor: torch.Tensor  # and the smallest distance from a one-sided end T^-1 maps
 
     def __init__(
         self,
@@ -274,6 +275,7 @@ class CVAE(nn.Module):
         if config.x_transform == "support":  # the box of the support (set_x_box)
             self.register_buffer("x_low", torch.full(config.x_shape, -math.inf))
             self.register_buffer("x_high", torch.full(config.x_shape, math.inf))
+            self.register_buffer("x_floor", torch.full(config.x_shape, 1.0))
 
     # ------------------------------------------------------------------ helpers
     def _register_params(self, part: str) -> None:
@@ -342,7 +344,9 @@ class CVAE(nn.Module):
         self.whitener.fit(x_std.reshape(x.shape[0], -1), _flat_y(y_std))
 
     @torch.no_grad()
-    def set_x_box(self, low: torch.Tensor, high: torch.Tensor) -> None:
+    def set_x_box(
+        self, low: torch.Tensor, high: torch.Tensor, floor: torch.Tensor | None = None
+    ) -> None:
         """Set the box of ``x_transform="support"``: ``low <= x <= high`` elementwise.
 
         The standardiser of ``x`` must be fitted on ``T^{-1}`` of the training ``x`` for the
@@ -353,18 +357,22 @@ class CVAE(nn.Module):
         ----------
         low, high : Tensor, shape x_shape
             Ends of the box in units of ``x`` (``-inf`` / ``inf`` for no end).
+        floor : Tensor, shape x_shape, optional
+            Smallest distance from a one-sided end that ``T^{-1}`` maps, units of ``x``
+            (:class:`~ppl_cvae.data.box.BoxTransform`); default 1.
 
         Raises
         ------
         ConfigError
-            If the model has no box (``x_transform="none"``), or ``low < high`` fails for an
-            element.
+            If the model has no box (``x_transform="none"``), ``low < high`` fails for an
+            element, or ``floor`` is not finite and positive.
         ShapeError
-            If ``low`` or ``high`` does not have shape ``x_shape``.
+            If ``low``, ``high`` or ``floor`` does not have shape ``x_shape``.
         """
         if self.config.x_transform != "support":
             raise ConfigError("set_x_box needs x_transform='support'")
-        for name, value in (("low", low), ("high", high)):
+        floor = torch.ones(self.config.x_shape) if floor is None else floor
+        for name, value in (("low", low), ("high", high), ("floor", floor)):
             if tuple(value.shape) != self.config.x_shape:
                 raise ShapeError(
                     f"box {name} has shape {tuple(value.shape)}; expected x_shape "
@@ -372,14 +380,17 @@ class CVAE(nn.Module):
                 )
         if not bool((low < high).all()):
             raise ConfigError("the box of x_transform='support' needs low < high in every element")
+        if not bool((torch.isfinite(floor) & (floor > 0)).all()):
+            raise ConfigError("the floor of x_transform='support' must be finite and positive")
         self.x_low.copy_(low)
         self.x_high.copy_(high)
+        self.x_floor.copy_(floor)
 
     def box_transform(self) -> BoxTransform | None:
         """Return the map ``u -> x`` onto the box of ``x_transform="support"``, or None."""
         if self.config.x_transform != "support":
             return None
-        return BoxTransform(self.x_low, self.x_high, len(self.config.x_shape))
+        return BoxTransform(self.x_low, self.x_high, len(self.config.x_shape), self.x_floor)
 
     def to_unconstrained(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``u = T^{-1}(x)`` (:meth:`box_transform`), or ``x`` itself without a box.

@@ -481,7 +481,7 @@ def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str)
             )
         if _bad_values(key, got):
             raise CheckpointError(f"weights in {name!r}: {key} holds NaN or inf values")
-        is_scale = key.endswith("standardiser.std") or key == "coef_std"
+        is_scale = key.endswith("standardiser.std") or key in ("coef_std", "x_floor")
         if is_scale and not bool((got > 0).all()):
             raise CheckpointError(f"weights in {name!r}: {key} holds values <= 0")
         if key == "whitener.scale_tril" and not (

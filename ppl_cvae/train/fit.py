@@ -162,7 +162,7 @@ def build_cvae(
         forward_operator = forward_operator or problem.forward
         misfit_std = problem.misfit_std if misfit_std is None else misfit_std
     box = _x_box(config, problem, x)
-    x_fit = x if box is None else BoxTransform(*box, len(config.x_shape)).inv(x)
+    x_fit = x if box is None else BoxTransform(box[0], box[1], len(config.x_shape), box[2]).inv(x)
     if standardisers is None:
         xs = Standardiser(config.x_shape, "x").fit(x_fit)
     elif box is not None:
@@ -203,12 +203,14 @@ def build_cvae(
 
 def _x_box(
     config: ModelConfig, problem: Problem | None, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Return the box of ``x_transform="support"`` as float32 ``(low, high)``, or None.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Return the box of ``x_transform="support"`` as float32 ``(low, high, floor)``, or None.
 
     The problem's declared support (:func:`~ppl_cvae.data.box.support_box`) intersected with
     ``config.x_bounds``; refuses a support that is not a box or bounds nothing, and training
-    ``x`` outside it.
+    ``x`` outside it. ``floor`` (per element, units of ``x``): half the smallest positive
+    distance of the training values from a one-sided end (1 where there is none), what
+    :class:`~ppl_cvae.data.box.BoxTransform` maps values on the end to.
     """
     if config.x_transform != "support":
         return None
@@ -244,7 +246,13 @@ def _x_box(
             f"first: x{list(first)} = {float(x[first]):.6g}, box {ends}); x_transform='support' "
             "maps the box onto R"
         )
-    return low32, high32
+    one_end = torch.where(torch.isfinite(low32), low32, high32)  # the end of a one-sided side
+    gap = (x - one_end).abs()
+    gap = torch.where(gap > 0, gap, torch.full_like(gap, math.inf))
+    nearest = gap.amin(0) if gap.shape[0] else torch.full(config.x_shape, math.inf)
+    floor = torch.where(torch.isfinite(nearest), nearest / 2, torch.ones_like(nearest))
+    tiny = torch.finfo(torch.float32).tiny
+    return low32, high32, floor.clamp(min=tiny)
 
 
 def negative_elbo(
