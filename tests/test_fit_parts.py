@@ -171,3 +171,22 @@ def test_a_seeded_fit_is_reproducible(resimulate):
     # 48 training pairs either way: 64 - round(0.25 * 64) held out, or num_train = 48 drawn
     assert len(runs[0][2]) == 3 * math.ceil(48 / 16)
     assert not cvae.training
+
+
+def test_pairs_in_float64_train_as_their_float32_values_do():
+    """NumPy's float64 pairs (and the validation pairs) are cast to the model's float32.
+
+    Before, build_cvae accepted them and fit stopped in the first matrix product with
+    "mat1 and mat2 must have the same dtype"; now the run equals the one on the float32 values.
+    """
+    problem = make_problem("linear_gaussian", x_dim=2, y_dim=3)
+    x, y = problem.simulate(64, torch.Generator().manual_seed(3))
+    config = ModelConfig(x_shape=(2,), y_shape=(3,), latent_dim=2, hidden_dims=(8,))
+    train = TrainConfig(num_epochs=2, batch_size=16, val_fraction=0.25)
+    runs = []
+    for dtype in (torch.float32, torch.float64):
+        xs, ys = x.to(dtype), y.to(dtype)
+        cvae = build_cvae(config, xs, ys, problem=problem, seed=0)
+        result = fit(cvae, xs, ys, train, progress=False, validation=(xs[:8], ys[:8]))
+        runs.append((_weights_digest(cvae), result.step_losses))
+    assert runs[0] == runs[1]

@@ -143,6 +143,11 @@ def build_cvae(
     seed = as_seed(seed)
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
+    # pairs of another real dtype (NumPy's float64) in the dtype the model is built in
+    dtype = torch.get_default_dtype()
+    x = x if x.is_complex() or x.dtype == dtype else x.to(dtype)
+    if y is not None and not y.is_complex() and y.dtype != dtype:
+        y = y.to(dtype)
     if config.x_bounds is not None:
         low, high = config.x_bounds
         outside = (x < low) | (x > high)
@@ -367,6 +372,19 @@ def _split_data(
     if len(train) < 1:
         raise ShapeError("no training pairs left after the validation split")
     return train, val
+
+
+def _in_model_dtype(cvae: CVAE, values: torch.Tensor | None) -> torch.Tensor | None:
+    """Return ``values`` in the floating dtype of ``cvae``'s weights (float32 unless converted).
+
+    Training pairs from NumPy are float64 by default; the networks' matrix products need one
+    dtype, and draws are cast the same way (:func:`inference.posterior.draw_posterior`).
+    Tensors that are not real numbers are left for the shape and value checks to name.
+    """
+    if not isinstance(values, torch.Tensor) or values.is_complex():
+        return values
+    dtype = next((p.dtype for p in cvae.parameters()), torch.get_default_dtype())
+    return values if values.dtype == dtype else values.to(dtype)
 
 
 def _training_source(
@@ -722,6 +740,13 @@ def fit(
     if x is None and batches is None and not (simulator is not None and config.resimulate):
         raise ConfigError(
             "fit needs training pairs, a batch source, or a simulator with resimulate=True"
+        )
+    # pairs of another real dtype (NumPy's float64, integers) train in the model's own
+    x, y = _in_model_dtype(cvae, x), _in_model_dtype(cvae, y)
+    if validation is not None:
+        validation = (
+            cast(torch.Tensor, _in_model_dtype(cvae, validation[0])),
+            _in_model_dtype(cvae, validation[1]),
         )
     if config.physics_weight > 0 and cvae.forward_operator is None:
         raise ConfigError("physics_weight > 0 needs a problem with a forward operator")
