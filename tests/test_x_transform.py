@@ -117,6 +117,25 @@ def test_training_values_on_the_ends_give_a_finite_loss_and_outside_values_are_r
         box_flow((0.0, 1.0), x)
 
 
+def two_value_problem(support) -> Problem:
+    """``x ~ U(0.1, 1.1)^2``, ``y = x``, with the declared ``support`` (a test problem)."""
+
+    class TwoValues(Problem):
+        name, x_shape, y_shape = "two_values", (2,), (2,)
+        x_dims, y_dims, coords = ("parameter",), ("datum",), {}
+        noise_std = misfit_std = 0.1
+
+        def sample_prior(self, num, generator=None):
+            return torch.rand(num, 2, generator=generator) + 0.1
+
+        def forward(self, x):
+            return x
+
+    problem = TwoValues()
+    problem.support = support
+    return problem
+
+
 def test_refusals_name_what_is_missing():
     """A non-flow family, no bounds, a support that is not a box; old configs read 'none'."""
     with pytest.raises(ConfigError, match="needs a flow on x"):
@@ -129,20 +148,8 @@ def test_refusals_name_what_is_missing():
     with pytest.raises(ConfigError, match="needs bounds on x"):
         build_cvae(free, x, x)
 
-    class Simplex(Problem):
-        name, x_shape, y_shape = "simplex", (2,), (2,)
-        x_dims, y_dims, coords = ("parameter",), ("datum",), {}
-        noise_std = misfit_std = 0.1
-        support = constraints.simplex
-
-        def sample_prior(self, num, generator=None):
-            return torch.rand(num, 2, generator=generator)
-
-        def forward(self, x):
-            return x
-
     with pytest.raises(ConfigError, match="support that is a box"):
-        build_cvae(free, x, x, problem=Simplex())
+        build_cvae(free, x, x, problem=two_value_problem(constraints.simplex))
     old = free.to_dict()
     del old["x_transform"]
     assert ModelConfig.from_dict(old).x_transform == "none"
@@ -196,21 +203,8 @@ def test_settings_map_a_bounded_flow_onto_its_box_by_default():
     assert settings(lazy, x_bounds=(0.0, 1.0)).x_transform == "none"
     assert settings(x_bounds=(0.0, 1.0), likelihood="gaussian").x_transform == "none"
 
-    class Positive(Problem):
-        name, x_shape, y_shape = "positive", (2,), (2,)
-        x_dims, y_dims, coords = ("parameter",), ("datum",), {}
-        noise_std = misfit_std = 0.1
-        support = constraints.positive
-
-        def sample_prior(self, num, generator=None):
-            return torch.rand(num, 2, generator=generator) + 0.1
-
-        def forward(self, x):
-            return x.log()
-
-    assert resolve_settings(Positive())[0].x_transform == "support"
-    real = Positive()
-    real.support = constraints.real
+    assert resolve_settings(two_value_problem(constraints.positive))[0].x_transform == "support"
+    real = two_value_problem(constraints.real)
     assert resolve_settings(real)[0].x_transform == "none"
 
 

@@ -144,10 +144,8 @@ def build_cvae(
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
     # pairs of another real dtype (NumPy's float64) in the dtype the model is built in
-    dtype = torch.get_default_dtype()
-    x = x if x.is_complex() or x.dtype == dtype else x.to(dtype)
-    if y is not None and not y.is_complex() and y.dtype != dtype:
-        y = y.to(dtype)
+    x = cast(torch.Tensor, _in_dtype(x, torch.get_default_dtype()))
+    y = _in_dtype(y, torch.get_default_dtype())
     if config.x_bounds is not None:
         low, high = config.x_bounds
         outside = (x < low) | (x > high)
@@ -374,17 +372,22 @@ def _split_data(
     return train, val
 
 
-def _in_model_dtype(cvae: CVAE, values: torch.Tensor | None) -> torch.Tensor | None:
-    """Return ``values`` in the floating dtype of ``cvae``'s weights (float32 unless converted).
+def _in_dtype(values: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Return real ``values`` in ``dtype`` (the networks' matrix products need one dtype).
 
-    Training pairs from NumPy are float64 by default; the networks' matrix products need one
-    dtype, and draws are cast the same way (:func:`inference.posterior.draw_posterior`).
-    Tensors that are not real numbers are left for the shape and value checks to name.
+    Training pairs from NumPy are float64 by default; draws are cast the same way
+    (:func:`inference.posterior.draw_posterior`). None, and tensors that are not real numbers,
+    are returned as they are, for the shape and value checks to name.
     """
-    if not isinstance(values, torch.Tensor) or values.is_complex():
+    if not isinstance(values, torch.Tensor) or values.is_complex() or values.dtype == dtype:
         return values
+    return values.to(dtype)
+
+
+def _in_model_dtype(cvae: CVAE, values: torch.Tensor | None) -> torch.Tensor | None:
+    """Return ``values`` in the floating dtype of ``cvae``'s weights (float32 unless converted)."""
     dtype = next((p.dtype for p in cvae.parameters()), torch.get_default_dtype())
-    return values if values.dtype == dtype else values.to(dtype)
+    return _in_dtype(values, dtype)
 
 
 def _training_source(
