@@ -23,6 +23,7 @@ module that defines it. The package is a leaf: nothing in ``ppl_cvae`` or ``infe
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -84,7 +85,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``sys.exit``; 130 when interrupted by Ctrl-C (nothing half-written is left: outputs are
     written atomically, and none is renamed into place after a Ctrl-C, even one that Python
     swallowed in a finalizer: :func:`~ppl_cvae._atomic.remembering_interrupts`).
+
+    A torchrun rank whose process group this command created and ended does not return: it
+    flushes its output and leaves with ``os._exit(status)``, because interpreter finalisation
+    could deadlock in torch's gloo process group destructor
+    (:func:`~ppl_cvae.train.distributed.shut_down_owned_group`).
     """
+    status = _main(argv)
+    from ppl_cvae.train.distributed import shut_down_owned_group
+
+    if shut_down_owned_group():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run the command: :func:`main` without the torchrun exit."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

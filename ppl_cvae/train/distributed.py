@@ -53,8 +53,23 @@ __all__ = [
     "rank_seed",
     "setup_distributed",
     "shard_rows",
+    "shut_down_owned_group",
     "shutdown",
 ]
+
+_KEPT: list[Any] = []
+"""The DDP wrappers of this process's own group, never freed before the process ends.
+
+Freeing one frees its reducer and, with the last reference, the gloo process group, whose
+destructor joins gloo's worker threads while holding the GIL. A worker that is still
+destroying its last collective's work needs the GIL to drop a tensor's Python object, so the
+two wait for each other forever (pytorch/pytorch#56297). It happened in one of two runs here
+when a rank failed right after a collective (the traceback's frames held the wrapper).
+:func:`~ppl_cvae.cli.main` ends a torchrun rank with ``os._exit`` instead of interpreter
+finalisation (:func:`shut_down_owned_group`), so these are never freed.
+"""
+
+_ENDED_OWN_GROUP = False
 
 TIMEOUT_MINUTES = 10
 """How long a rank waits for the others in one collective before the run fails."""
@@ -176,14 +191,19 @@ class DistributedSetup:
         loss_module = _LossModule(cvae, num_particles)
         with warnings.catch_warnings():
             # broadcast_buffers=False is what we mean: the standardisers are fitted alike on
-            # every rank and never change (torch 2.13 announces a renamed option)
-            warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
+            # every rank and never change (torch 2.13 announces a renamed option, with a
+            # warning attributed to this module)
+            warnings.filterwarnings(
+                "ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning
+            )
             module = DistributedDataParallel(
                 loss_module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(_unused_parameters(loss_module, self.device)),
                 broadcast_buffers=False,
             )
+        if self.owns_group:
+            _KEPT.append(module)  # see _KEPT: freeing it can deadlock
 
         def local_step(
             ys: torch.Tensor | None, xs: torch.Tensor, weight: float, **kwargs: Any
@@ -361,5 +381,16 @@ def shutdown() -> None:
     A group cannot be set up again in the same torchrun process after it is destroyed, so
     :func:`~ppl_cvae.train.fit` leaves it in place and the command ends it once.
     """
+    global _ENDED_OWN_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _ENDED_OWN_GROUP = _ENDED_OWN_GROUP or bool(_KEPT)
+
+
+def shut_down_owned_group() -> bool:
+    """Whether this process ended a process group it created and trained in (a torchrun rank).
+
+    Such a process must end with ``os._exit`` after flushing its output: interpreter
+    finalisation would free the DDP wrappers kept in ``_KEPT`` and can deadlock (see there).
+    """
+    return _ENDED_OWN_GROUP
