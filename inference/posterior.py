@@ -9,6 +9,7 @@ decoder run once per observation, the decoder body once per draw, with no Python
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,12 +30,15 @@ from ppl_cvae.checks import (
     as_seed,
     check_problem_matches,
 )
+from ppl_cvae.data.box import box_support, support_box
 from ppl_cvae.device import module_device, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import (
+    FACIES_LIKELIHOODS,
     Problem,
+    check_facies_support,
     check_support,
     check_support_dimension,
     describe_support,
@@ -51,6 +55,7 @@ __all__ = [
     "bytes_per_draw",
     "draw_posterior",
     "warn_far_observations",
+    "within_run_bounds",
 ]
 
 
@@ -331,6 +336,93 @@ thread (``benchmarks/support_rejection.py``), and its memory grows with its draw
 little time and risk the memory."""
 
 
+def within_run_bounds(
+    problem: Problem, bounds: tuple[float, float] | None, x_shape: tuple[int, ...]
+) -> Problem:
+    """Return ``problem`` with its declared support cut to a run's ``x_bounds``.
+
+    A run's ``x_bounds`` (:class:`~ppl_cvae.config.ModelConfig`; ``fit --x-bounds``) are part
+    of the prior it was fitted on, typically a data file's. Amortized draws are kept inside
+    them; the corrections (importance sampling, NUTS, refinement) read the support from the
+    problem, so they get a shallow copy of it whose :attr:`~ppl_cvae.problems.base.Problem.support`
+    is the box of its own (``R^n`` if it declares none) intersected with the bounds:
+    importance sampling weighs proposals outside zero, NUTS samples in the box's
+    unconstrained coordinates, refinement steps stay inside. The problem's ``log_prior`` is
+    unchanged (inside the box the posterior is the same; the evidence is then that of the
+    prior truncated to the box times its mass there). A problem with a prior density and no
+    declared support (one that may put ``-inf`` where it likes) gets a copy whose
+    ``log_prior`` is ``-inf`` outside the bounds instead.
+
+    ``problem`` itself is returned when ``bounds`` is None or cuts nothing, when the problem
+    has a basis (its models are valid through its coefficients), when its support
+    is not a box (:func:`~ppl_cvae.data.box.support_box`) or is left to its own
+    ``in_support``, when the intersection mixes kinds of interval between elements (no
+    single torch constraint: :func:`~ppl_cvae.data.box.box_support`), or when ``support`` cannot
+    be set on a copy (a read-only property); the amortized draws are still kept inside the
+    bounds then.
+
+    Parameters
+    ----------
+    problem : Problem
+    bounds : (float, float) or None
+        ``(low, high)`` of every element, units of ``x``.
+    x_shape : tuple of int
+        Event shape of one model.
+    """
+    if bounds is None or problem.basis() is not None:  # a basis keeps its own coordinates
+        return problem
+    if problem.support is None and problem.has_prior_density:
+        return _log_prior_within(problem, bounds)
+    if problem.support is None:
+        if problem.restricts_support():
+            return problem
+        shape = tuple(int(v) for v in x_shape)
+        box = (
+            torch.full(shape, -math.inf, dtype=torch.float64),
+            torch.full(shape, math.inf, dtype=torch.float64),
+        )
+    else:
+        found = support_box(problem.support, x_shape)
+        if found is None:
+            return problem
+        box = found
+    low, high = box[0].clamp(min=bounds[0]), box[1].clamp(max=bounds[1])
+    if bool((low == box[0]).all()) and bool((high == box[1]).all()):
+        return problem
+    support = box_support(low, high)
+    if support is None:
+        return problem
+    restricted = copy.copy(problem)
+    try:
+        restricted.support = support
+    except AttributeError:  # a property without a setter
+        return problem
+    return restricted
+
+
+def _log_prior_within(problem: Problem, bounds: tuple[float, float]) -> Problem:
+    """A shallow copy of ``problem`` whose ``log_prior`` is ``-inf`` outside ``bounds``.
+
+    For a problem that leaves its support to ``log_prior`` (none declared): the samplers then
+    treat the bounds as they treat its own ``-inf`` (zero weight, a wall, an undone step).
+    """
+    low, high = bounds
+    inner = problem.log_prior
+
+    def log_prior(x: torch.Tensor) -> torch.Tensor:
+        value = inner(x)
+        dims = tuple(range(x.dim() - len(problem.x_shape), x.dim()))
+        inside = ((x >= low) & (x <= high)).all(dim=dims) if dims else (x >= low) & (x <= high)
+        return torch.where(inside.to(value.device), value, torch.full_like(value, -math.inf))
+
+    restricted = copy.copy(problem)
+    try:
+        restricted.log_prior = log_prior  # type: ignore[method-assign]
+    except AttributeError:
+        return problem
+    return restricted
+
+
 class _Support:
     """Where amortized draws may lie: a problem's support and a run's ``x_bounds``, or None.
 
@@ -356,9 +448,14 @@ class _Support:
         ------
         ConfigError
             If the problem declares a support of lower dimension than ``x`` and the model
-            has no basis decoder (:func:`~ppl_cvae.problems.base.check_support_dimension`):
-            a run fitted elsewhere, sampled with such a problem.
+            has no basis decoder (:func:`~ppl_cvae.problems.base.check_support_dimension`),
+            or one the decoder's draws cannot hold (a discrete support and a density on
+            ``R^n``: :func:`~ppl_cvae.problems.base.check_facies_support`): a run fitted
+            elsewhere, sampled with such a problem.
         """
+        if problem is not None:
+            config = cvae.config
+            check_facies_support(problem, config.likelihood, config.num_facies, config.x_shape)
         if problem is not None and cvae.config.basis_dim is None:
             check_support_dimension(problem)
         support = cls(problem, cvae.config.x_bounds)
@@ -604,7 +701,9 @@ def draw_posterior(
         return {name: value.cpu() for name, value in out.items()}  # draws leave the device
 
     acceptance = None
-    support = _Support.of(cvae, problem) if within_support else None
+    # a facies decoder's draws without its noise are probabilities of the codes, not models
+    probabilities = cvae.config.likelihood in FACIES_LIKELIHOODS and not decoder_noise
+    support = _Support.of(cvae, problem) if within_support and not probabilities else None
     try:
         if support is not None:
             # a round: the draws asked for, or up to 1024 of them where 256 MiB holds them

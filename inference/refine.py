@@ -17,7 +17,7 @@ from typing import cast
 
 import torch
 
-from inference.posterior import PosteriorDraws, draw_posterior
+from inference.posterior import PosteriorDraws, draw_posterior, within_run_bounds
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -342,8 +342,10 @@ def refine_and_accept(
             f"refinement moves x continuously and cannot keep the facies codes of a "
             f"{cvae.config.likelihood!r} decoder; sample without --refine"
         )
+    # the run's x_bounds are part of its prior: refinement steps stay inside them too
+    problem = within_run_bounds(as_problem(problem), cvae.config.x_bounds, cvae.config.x_shape)
     # a forward for one layout of models only is named now, not inside the optimiser
-    check_batch_axes(as_problem(problem), torch.Generator().manual_seed(0))
+    check_batch_axes(problem, torch.Generator().manual_seed(0))
     candidates = draw_posterior(  # inside the prior's support, where it restricts one
         cvae, y, oversample * num_samples, problem=problem, seed=seed, predictive=False
     )

@@ -31,6 +31,7 @@ from inference.posterior import (
     bytes_per_draw,
     draw_posterior,
     warn_far_observations,
+    within_run_bounds,
 )
 from inference.refine import RefineConfig, refine_and_accept
 from ppl_cvae._atomic import atomic_path, check_interrupted
@@ -1072,6 +1073,8 @@ def sample_corrected(
         )
     problem = as_problem(problem)
     check_problem_matches(problem, cvae.config)
+    # the run's x_bounds are part of its prior: the corrections read the support from problem
+    problem = within_run_bounds(problem, cvae.config.x_bounds, cvae.config.x_shape)
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
     warn_far_observations(cvae, y_batch)

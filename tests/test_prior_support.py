@@ -22,7 +22,13 @@ from inference.importance import importance_sample
 from inference.mcmc import nuts_sample
 from inference.posterior import MIN_SUPPORT_ACCEPTANCE, CVAEPosterior, draw_posterior
 from inference.refine import refine_and_accept
-from inference.sample import SUPPORT_WARNING, sample_posterior, sample_posterior_to_netcdf
+from inference.sample import (
+    SUPPORT_WARNING,
+    CorrectionConfig,
+    sample_corrected,
+    sample_posterior,
+    sample_posterior_to_netcdf,
+)
 from ppl_cvae import CVAE, ModelConfig, build_cvae, fit_problem
 from ppl_cvae.cli import main
 from ppl_cvae.errors import ConfigError, DataError, NoPriorDensityError, ShapeError
@@ -514,3 +520,54 @@ def test_rejection_rounds_grow_with_the_acceptance():
     calls.clear()
     _keep_in_support(draw, support, mu, 2000, True, 2000, 8000)  # a 8,000-draw memory bound
     assert all(n * pending <= 8000 for n, pending in calls[1:]), calls
+
+
+def test_a_runs_x_bounds_restrict_the_corrections_support():
+    """within_run_bounds: the problem the corrections see carries the run's x_bounds.
+
+    A declared box is intersected with them, no support becomes their interval, a prior
+    density without a declared support gets -inf outside them; the user's problem object is
+    not changed, and bounds that cut nothing give it back as it is.
+    """
+    from inference.posterior import within_run_bounds
+
+    declared = UnitBox(1)
+    cut = within_run_bounds(declared, (0.25, 2.0), (1,))
+    assert cut is not declared and declared.support is constraints.unit_interval
+    assert (cut.support.lower_bound, cut.support.upper_bound) == (0.25, 1.0)
+    assert within_run_bounds(declared, (-1.0, 2.0), (1,)) is declared  # cuts nothing
+    bare = UnitBox(1, declare=False)
+    bare.has_prior_density = False
+    boxed = within_run_bounds(bare, (0.0, math.inf), (1,))
+    assert boxed.support.lower_bound == 0.0 and bare.support is None
+    density = within_run_bounds(UnitBox(1, declare=False), (0.0, 0.5), (1,))
+    lp = density.log_prior(torch.tensor([[0.2], [0.7], [-0.1]]))
+    assert lp.tolist() == [0.0, -math.inf, -math.inf]
+
+
+def test_refinement_and_importance_keep_a_runs_x_bounds():
+    """A run fitted with x_bounds [0, 1] (a data file's prior) and a problem without a support.
+
+    Data at 1.3 pull refinement through the face without the bounds (the negative control of
+    test_refinement_stays_inside_a_declared_support); with them the refined draws stay in
+    [0, 1] and gather at the face. Importance sampling weighs proposals outside zero, so its
+    resampled draws stay inside too, and its posterior mean is the truncated normal's.
+    """
+    cvae = bounded_flow((0.0, 1.0))
+    bare = UnitBox(1, declare=False)
+    bare.has_prior_density = False
+    y = torch.tensor([[1.3]])
+    draws, _ = refine_and_accept(cvae, y, 50, bare, num_steps=200, seed=0)
+    assert bool(((draws.x >= 0) & (draws.x <= 1)).all()) and float(draws.x.median()) > 0.95
+    # importance sampling needs a prior density: U(0, 1) as log_prior (0 everywhere), which
+    # the bounds cut to [0, 1]
+    flat = UnitBox(1, declare=False)
+    flat.log_prior = lambda x: torch.zeros(x.shape[:-1], dtype=torch.float64)
+    idata, _, _ = sample_corrected(cvae, torch.tensor([[0.95]]), 400, flat,
+                                   CorrectionConfig(method="importance", proposals=4000),
+                                   seed=0)  # fmt: skip
+    x = torch.as_tensor(idata.posterior["x"].values).flatten()
+    assert bool(((x >= 0) & (x <= 1)).all())
+    exact = truncnorm.mean(-0.95 / NOISE, 0.05 / NOISE, loc=0.95, scale=NOISE)
+    sd = truncnorm.std(-0.95 / NOISE, 0.05 / NOISE, loc=0.95, scale=NOISE)
+    assert abs(float(x.double().mean()) - exact) < 4 * sd / math.sqrt(100)

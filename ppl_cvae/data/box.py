@@ -27,7 +27,7 @@ from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 from torch.nn import functional as F  # noqa: N812
 
-__all__ = ["BoxTransform", "support_box"]
+__all__ = ["BoxTransform", "box_support", "support_box"]
 
 _EXP_MAX = 80.0
 """Largest ``u`` whose ``exp`` the one-sided maps take (``exp(80) = 5.5e34``, inside float32):
@@ -90,6 +90,40 @@ def support_box(
     if low_t is None or high_t is None:
         return None
     return low_t, high_t
+
+
+def box_support(low: torch.Tensor, high: torch.Tensor) -> constraints.Constraint | None:
+    """Return the constraint of the box ``[low, high]``: :func:`support_box`'s inverse, or None.
+
+    ``interval(low, high)`` where every element has both ends finite, ``greater_than(low)``
+    or ``less_than(high)`` where every element has that one end, ``real`` where none has
+    either; None for a box whose elements mix kinds (no single torch constraint). Bounds that
+    are the same for every element are given as floats. ``low``, ``high``: tensors of
+    ``x_shape`` (units of ``x``, ``-inf``/``inf`` for an open side). Whether an end belongs
+    to the set is not kept (``greater_than`` for ``nonnegative``).
+
+    Examples
+    --------
+    >>> box_support(torch.zeros(2), torch.full((2,), math.inf))
+    GreaterThan(lower_bound=0.0)
+    >>> box_support(torch.tensor([0.0, -math.inf]), torch.ones(2)) is None
+    True
+    """
+
+    def bound(value: torch.Tensor) -> float | torch.Tensor:
+        flat = value.flatten()
+        return float(flat[0]) if flat.numel() and bool((flat == flat[0]).all()) else value
+
+    has_low, has_high = torch.isfinite(low), torch.isfinite(high)
+    if bool((has_low & has_high).all()):
+        return constraints.interval(bound(low), bound(high))
+    if bool((has_low & ~has_high).all()):
+        return constraints.greater_than(bound(low))
+    if bool((~has_low & has_high).all()):
+        return constraints.less_than(bound(high))
+    if not bool((has_low | has_high).any()):
+        return constraints.real
+    return None
 
 
 class BoxTransform(Transform):

@@ -80,10 +80,12 @@ __all__ = [
     "LinearGaussianParts",
     "Problem",
     "check_batch_axes",
+    "check_facies_support",
     "check_layouts",
     "check_support",
     "check_support_dimension",
     "describe_support",
+    "facies_family",
     "support_dimension_deficit",
 ]
 
@@ -428,6 +430,125 @@ def describe_support(support: constraints.Constraint | None) -> str:
     return f"{name}({'; '.join(parts)})" if parts else text[:120] + "..."
 
 
+FACIES_LIKELIHOODS = ("bernoulli", "categorical")
+"""Likelihoods whose draws are facies codes ``0 .. K - 1`` (K = 2 for Bernoulli)."""
+
+
+def _elementwise(support: constraints.Constraint) -> constraints.Constraint:
+    """Return the constraint inside ``constraints.independent`` wrappers."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
+def facies_family(support: constraints.Constraint | None) -> tuple[str, int] | None:
+    """Return the facies decoder whose codes fill a discrete support: ``(likelihood, K)``.
+
+    ``constraints.boolean`` and ``integer_interval(0, 1)`` give ``("bernoulli", 2)``;
+    ``integer_interval(0, K - 1)`` with scalar bounds gives ``("categorical", K)`` (codes
+    ``0 .. K - 1``, one class per element, :class:`~ppl_cvae.config.ModelConfig`'s
+    ``num_facies``). None for a continuous support, no support, and a discrete one that no
+    facies decoder fills (integers without an upper bound, an interval not starting at 0,
+    per-element bounds).
+
+    Examples
+    --------
+    >>> facies_family(constraints.independent(constraints.boolean, 1))
+    ('bernoulli', 2)
+    >>> facies_family(constraints.integer_interval(0, 3))
+    ('categorical', 4)
+    >>> facies_family(constraints.positive) is None
+    True
+    """
+    if support is None:
+        return None
+    base = _elementwise(support)
+    if not base.is_discrete:
+        return None
+    if isinstance(base, type(constraints.boolean)):
+        return "bernoulli", 2
+    low, high = getattr(base, "lower_bound", None), getattr(base, "upper_bound", None)
+    if isinstance(base, constraints.integer_interval) and all(
+        isinstance(v, int) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+        for v in (low, high)
+    ):
+        low_i, high_i = int(cast(Any, low)), int(cast(Any, high))
+        if low_i == 0 and high_i >= 1:
+            return ("bernoulli", 2) if high_i == 1 else ("categorical", high_i + 1)
+    return None
+
+
+def _facies_words(family: tuple[str, int] | None) -> str:
+    """Say what to fit for a discrete support, in flag words."""
+    if family is None:
+        return (
+            "a facies decoder (likelihood 'bernoulli' or 'categorical', codes 0 .. K-1) on a "
+            "support that holds those codes"
+        )
+    likelihood, classes = family
+    if likelihood == "bernoulli":
+        return "likelihood='bernoulli' (--likelihood bernoulli)"
+    return f"likelihood='categorical' with num_facies={classes} (--likelihood categorical " \
+        f"--num-facies {classes})"
+
+
+def check_facies_support(
+    problem: Problem, likelihood: str, num_facies: int, x_shape: Sequence[int]
+) -> None:
+    """Refuse a decoder whose draws the problem's declared support cannot hold.
+
+    A discrete support (``is_discrete``: facies codes, booleans) needs a facies decoder: a
+    density on ``R^n`` (Gaussian, flow) puts probability zero on it, so its fit is degenerate
+    and every amortized draw is rejected. A facies decoder draws the codes ``0 .. K - 1``
+    (``K = 2`` for Bernoulli, ``num_facies`` for categorical), each of which the support
+    must hold at every element, else its draws are rejected.
+
+    Parameters
+    ----------
+    problem : Problem
+        Its :attr:`~Problem.support` (None: nothing to check).
+    likelihood : str
+        :class:`~ppl_cvae.config.ModelConfig`'s ``likelihood``.
+    num_facies : int
+        Classes of the categorical likelihood.
+    x_shape : sequence of int
+        Event shape of one model.
+
+    Raises
+    ------
+    ConfigError
+        If the support is discrete and the likelihood is not a facies one, or a facies code
+        lies outside the support; the message names the support and the decoder to fit.
+    """
+    support = problem.support
+    if support is None or not isinstance(support, constraints.Constraint):
+        return
+    family = facies_family(support)
+    if likelihood not in FACIES_LIKELIHOODS:
+        if _elementwise(support).is_discrete:
+            raise ConfigError(
+                f"problem {problem.name!r} declares the discrete support "
+                f"{describe_support(support)}, but the {likelihood!r} likelihood is a density "
+                "on R^n whose draws never land on it (a degenerate fit, every draw rejected): "
+                f"fit {_facies_words(family)}"
+            )
+        return
+    classes = 2 if likelihood == "bernoulli" else int(num_facies)
+    shape = tuple(int(v) for v in x_shape)
+    for code in range(classes):
+        try:
+            held = bool(support.check(torch.full(shape, float(code))).all())
+        except Exception:  # noqa: BLE001 - a user's constraint that cannot judge the codes
+            return
+        if not held:
+            raise ConfigError(
+                f"a {likelihood} decoder draws the codes 0 .. {classes - 1}, but the support "
+                f"{describe_support(support)} of problem {problem.name!r} does not hold "
+                f"{code} (every such draw would be rejected): fit {_facies_words(family)}, "
+                "or declare the support the codes live in"
+            )
+
+
 MAX_JACOBIAN_EVENT = 1024
 """Values of one event of a declared support above which :func:`support_dimension_deficit`
 judges the same constraint on a smaller event (the Jacobian of ``transform_to`` holds the
@@ -474,9 +595,7 @@ def support_dimension_deficit(
     >>> support_dimension_deficit(constraints.independent(constraints.positive, 1), (4,)) is None
     True
     """
-    base = support
-    while isinstance(base, constraints.independent):
-        base = base.base_constraint
+    base = _elementwise(support)
     x_shape = tuple(int(v) for v in x_shape)
     if base.is_discrete or not 0 < base.event_dim <= len(x_shape):
         return None
@@ -1051,9 +1170,7 @@ class Problem(abc.ABC):
         decoder's draws are valid by construction) and gives its prior density on the
         coefficients, not on ``x``, so only a declared support restricts it.
         """
-        support = self.support
-        while isinstance(support, constraints.independent):
-            support = support.base_constraint
+        support = None if self.support is None else _elementwise(self.support)
         if support is None:
             if self._has_own_in_support():
                 return True

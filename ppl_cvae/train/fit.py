@@ -30,7 +30,14 @@ from ppl_cvae.device import problem_on, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, check_batch_axes, check_support, describe_support
+from ppl_cvae.problems.base import (
+    FACIES_LIKELIHOODS,
+    Problem,
+    check_batch_axes,
+    check_facies_support,
+    check_support,
+    describe_support,
+)
 from ppl_cvae.problems.checked_simulator import CheckedSimulator
 from ppl_cvae.train.distributed import (
     DistributedSetup,
@@ -136,7 +143,10 @@ def build_cvae(
         If ``x`` or ``y`` do not match the configuration, or hold different numbers of pairs.
     ConfigError
         If ``seed`` is not None or an int in ``[0, 2**32 - 1]``
-        (:func:`~ppl_cvae.checks.as_seed`).
+        (:func:`~ppl_cvae.checks.as_seed`); if ``problem`` declares a support that the
+        decoder's draws cannot hold: a discrete one with a density on ``R^n``, or one
+        without the codes of a facies decoder
+        (:func:`~ppl_cvae.problems.base.check_facies_support`).
     DataError
         If an element of ``x`` lies outside ``config.x_bounds`` (the first is named).
     """
@@ -158,12 +168,15 @@ def build_cvae(
             )
     if problem is not None:
         problem = as_problem(problem)
+        check_facies_support(problem, config.likelihood, config.num_facies, config.x_shape)
         if basis is None and config.basis_dim is not None:
             basis = problem.basis()
         if coefficient_transform is None and config.constrained_coefficients:
             coefficient_transform = problem.coefficient_transform()
         forward_operator = forward_operator or problem.forward
         misfit_std = problem.misfit_std if misfit_std is None else misfit_std
+    if config.likelihood not in FACIES_LIKELIHOODS and config.basis_dim is None:
+        _warn_if_codes(x, config.likelihood)
     box = _x_box(config, problem, x)
     x_fit = x if box is None else BoxTransform(box[0], box[1], len(config.x_shape), box[2]).inv(x)
     if standardisers is None:
@@ -202,6 +215,39 @@ def build_cvae(
     cvae.fit_basis_coefficients(x)
     cvae.fit_whitener(x, y)
     return cvae
+
+
+MAX_CODES = 16
+"""At most this many distinct integer values of ``x`` make :func:`build_cvae` warn that a
+density on ``R^n`` is being fitted to codes."""
+
+
+def _warn_if_codes(x: torch.Tensor, likelihood: str) -> None:
+    """Warn when every training value of ``x`` is one of a few nonnegative integers (codes).
+
+    A density on ``R^n`` (Gaussian, flow) fitted to discrete values is degenerate: its loss
+    falls without bound as it narrows onto them. At least 100 values and at most
+    :data:`MAX_CODES` distinct ones (counted on the first million values).
+    """
+    if x.numel() < 100 or not bool((x == x.round()).all()) or bool((x < 0).any()):
+        return
+    codes = torch.unique(x.flatten()[: 1 << 20])
+    if len(codes) > MAX_CODES:
+        return
+    binary = bool((codes <= 1).all())
+    fix = (
+        "fit likelihood='bernoulli' (--likelihood bernoulli)"
+        if binary
+        else "fit likelihood='categorical' (--likelihood categorical --num-facies K, codes "
+        "0 .. K-1)"
+    )
+    shown = ", ".join(f"{float(v):g}" for v in codes)
+    warnings.warn(
+        f"every training value of x is one of the integers {{{shown}}}: a {likelihood!r} "
+        f"density on R^n fitted to codes is degenerate (its loss falls without bound as it "
+        f"narrows onto them); for facies codes {fix}",
+        stacklevel=3,
+    )
 
 
 def _x_box(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -36,7 +36,7 @@ from ppl_cvae.config import (
 from ppl_cvae.data.box import support_box
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.base import Problem, facies_family
 from ppl_cvae.train.defaults import data_settings, image_settings
 
 __all__ = ["DataSource", "recommended", "resolve_settings"]
@@ -113,6 +113,25 @@ def _bounded_flow_on_x(
             isinstance(v, (int, float)) and math.isfinite(v) for v in bounds
         )
     return finite
+
+
+def _facies_for_support(overrides: Overrides, problem: Problem | None) -> Overrides:
+    """Choose the facies decoder a discrete declared support needs, unless the user chose.
+
+    ``constraints.boolean`` gives ``likelihood="bernoulli"``, ``integer_interval(0, K - 1)``
+    gives ``"categorical"`` with ``num_facies=K``
+    (:func:`~ppl_cvae.problems.base.facies_family`): a density on ``R^n`` would be
+    degenerate there. Taken as the user's choice, so recommendations that contradict it
+    (a flow's ``latent_dim=0``, whitening) give way.
+    """
+    family = None if problem is None else facies_family(as_problem(problem).support)
+    if family is None or "likelihood" in overrides.model:
+        return overrides
+    model = dict(overrides.model)
+    model["likelihood"] = family[0]
+    if family[0] == "categorical":
+        model.setdefault("num_facies", family[1])
+    return Overrides(model=cast(ModelOverrides, model), train=overrides.train)
 
 
 def recommended(problem: Problem) -> Overrides:
@@ -216,7 +235,9 @@ def resolve_settings(
         box is not linear in ``y``). A flow on ``x`` itself (no basis) whose prior has a box
         with a finite end (the problem's declared support, :func:`~ppl_cvae.data.box.support_box`,
         or ``x_bounds``) gets ``x_transform="support"`` unless the user sets it (not for a
-        lazily read file).
+        lazily read file). A problem whose declared support is discrete (booleans, codes
+        ``0 .. K - 1``) gets the facies decoder that fills it (``"bernoulli"``, or
+        ``"categorical"`` with ``num_facies=K``) unless the user sets the likelihood.
     train_config : TrainConfig
 
     Raises
@@ -239,7 +260,8 @@ def resolve_settings(
         raise ConfigError(f"decoder must be 'auto', 'network' or 'basis', got {decoder!r}")
     if not isinstance(source, DataSource):
         problem = source
-    user = (overrides or Overrides()).model
+    overrides = _facies_for_support(overrides or Overrides(), problem)
+    user = overrides.model
     layer, x_shape, y_shape = _source_layer(source, problem, overrides or Overrides())
     layers = layer.updated(overrides or Overrides())
     model, train = layers.model.copy(), layers.train.copy()
