@@ -337,7 +337,7 @@ little time and risk the memory."""
 
 
 def within_run_bounds(
-    problem: Problem, bounds: tuple[float, float] | None, x_shape: tuple[int, ...]
+    problem: Problem, bounds: tuple[torch.Tensor, torch.Tensor] | None
 ) -> Problem:
     """Return ``problem`` with its declared support cut to a run's ``x_bounds``.
 
@@ -364,10 +364,9 @@ def within_run_bounds(
     Parameters
     ----------
     problem : Problem
-    bounds : (float, float) or None
-        ``(low, high)`` of every element, units of ``x``.
-    x_shape : tuple of int
-        Event shape of one model.
+    bounds : (Tensor, Tensor) or None
+        ``(low, high)``, float64 of ``x_shape``, units of ``x``
+        (:meth:`~ppl_cvae.config.ModelConfig.x_bounds_box`).
     """
     if bounds is None or problem.basis() is not None:  # a basis keeps its own coordinates
         return problem
@@ -376,17 +375,13 @@ def within_run_bounds(
     if problem.support is None:
         if problem.restricts_support():
             return problem
-        shape = tuple(int(v) for v in x_shape)
-        box = (
-            torch.full(shape, -math.inf, dtype=torch.float64),
-            torch.full(shape, math.inf, dtype=torch.float64),
-        )
+        box = (torch.full_like(bounds[0], -math.inf), torch.full_like(bounds[1], math.inf))
     else:
-        found = support_box(problem.support, x_shape)
+        found = support_box(problem.support, tuple(bounds[0].shape))
         if found is None:
             return problem
         box = found
-    low, high = box[0].clamp(min=bounds[0]), box[1].clamp(max=bounds[1])
+    low, high = torch.maximum(box[0], bounds[0]), torch.minimum(box[1], bounds[1])
     if bool((low == box[0]).all()) and bool((high == box[1]).all()):
         return problem
     support = box_support(low, high)
@@ -400,8 +395,8 @@ def within_run_bounds(
     return restricted
 
 
-def _log_prior_within(problem: Problem, bounds: tuple[float, float]) -> Problem:
-    """A shallow copy of ``problem`` whose ``log_prior`` is ``-inf`` outside ``bounds``.
+def _log_prior_within(problem: Problem, bounds: tuple[torch.Tensor, torch.Tensor]) -> Problem:
+    """Return a shallow copy of ``problem`` whose ``log_prior`` is ``-inf`` outside ``bounds``.
 
     For a problem that leaves its support to ``log_prior`` (none declared): the samplers then
     treat the bounds as they treat its own ``-inf`` (zero weight, a wall, an undone step).
@@ -412,7 +407,8 @@ def _log_prior_within(problem: Problem, bounds: tuple[float, float]) -> Problem:
     def log_prior(x: torch.Tensor) -> torch.Tensor:
         value = inner(x)
         dims = tuple(range(x.dim() - len(problem.x_shape), x.dim()))
-        inside = ((x >= low) & (x <= high)).all(dim=dims) if dims else (x >= low) & (x <= high)
+        within = (x >= low.to(x.device)) & (x <= high.to(x.device))
+        inside = within.all(dim=dims) if dims else within
         return torch.where(inside.to(value.device), value, torch.full_like(value, -math.inf))
 
     restricted = copy.copy(problem)
@@ -423,6 +419,26 @@ def _log_prior_within(problem: Problem, bounds: tuple[float, float]) -> Problem:
     return restricted
 
 
+def _bounds_words(low: torch.Tensor, high: torch.Tensor) -> str:
+    """Name a box of ``x`` in a few words: ``[low, high]``, or the ranges of per-element ends.
+
+    Examples
+    --------
+    >>> _bounds_words(torch.zeros(3), torch.full((3,), math.inf))
+    '[0, inf]'
+    >>> _bounds_words(torch.zeros(2), torch.tensor([1.0, 2.0]))
+    '[0, 1 to 2] (per element)'
+    """
+
+    def end(value: torch.Tensor) -> str:
+        lo, hi = float(value.min()), float(value.max())
+        return f"{lo:g}" if lo == hi else f"{lo:g} to {hi:g}"
+
+    words = f"[{end(low)}, {end(high)}]"
+    same = bool((low == low.flatten()[0]).all()) and bool((high == high.flatten()[0]).all())
+    return words if same else words + " (per element)"
+
+
 class _Support:
     """Where amortized draws may lie: a problem's support and a run's ``x_bounds``, or None.
 
@@ -430,14 +446,16 @@ class _Support:
     support in messages; ``diagnose()`` says why almost nothing fell inside.
     """
 
-    def __init__(self, problem: Problem | None, bounds: tuple[float, float] | None) -> None:
+    def __init__(
+        self, problem: Problem | None, bounds: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> None:
         self.problem = problem if problem is not None and problem.restricts_support() else None
         self.bounds = bounds
         parts = []
         if self.problem is not None:
             parts.append(f"problem {self.problem.name!r}'s {_support_words(self.problem)}")
         if bounds is not None:
-            parts.append(f"the run's x_bounds [{bounds[0]:g}, {bounds[1]:g}]")
+            parts.append(f"the run's x_bounds {_bounds_words(*bounds)}")
         self.words = " and ".join(parts)
 
     @classmethod
@@ -458,7 +476,7 @@ class _Support:
             check_facies_support(problem, config.likelihood, config.num_facies, config.x_shape)
         if problem is not None and cvae.config.basis_dim is None:
             check_support_dimension(problem)
-        support = cls(problem, cvae.config.x_bounds)
+        support = cls(problem, cvae.config.x_bounds_box())
         return support if support.problem is not None or support.bounds is not None else None
 
     def inside(self, x: torch.Tensor) -> torch.Tensor:

@@ -343,7 +343,7 @@ def refine_and_accept(
             f"{cvae.config.likelihood!r} decoder; sample without --refine"
         )
     # the run's x_bounds are part of its prior: refinement steps stay inside them too
-    problem = within_run_bounds(as_problem(problem), cvae.config.x_bounds, cvae.config.x_shape)
+    problem = within_run_bounds(as_problem(problem), cvae.config.x_bounds_box())
     # a forward for one layout of models only is named now, not inside the optimiser
     check_batch_axes(problem, torch.Generator().manual_seed(0))
     candidates = draw_posterior(  # inside the prior's support, where it restricts one

@@ -1074,7 +1074,7 @@ def sample_corrected(
     problem = as_problem(problem)
     check_problem_matches(problem, cvae.config)
     # the run's x_bounds are part of its prior: the corrections read the support from problem
-    problem = within_run_bounds(problem, cvae.config.x_bounds, cvae.config.x_shape)
+    problem = within_run_bounds(problem, cvae.config.x_bounds_box())
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
     warn_far_observations(cvae, y_batch)

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal, TypedDict, TypeVar, cast
 
+import torch
+
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import as_seed
 from ppl_cvae.errors import ConfigError
@@ -123,30 +125,76 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _bounds(value: Any) -> tuple[float, float]:
-    """Return ``x_bounds`` as ``(low, high)`` floats; None (JSON's infinity) reads as unbounded.
+XBound = float | tuple[Any, ...]
+"""One end of ``x_bounds``: a float for every element, or nested tuples of floats of
+``x_shape``."""
+
+
+def _bound_end(end: Any, default: float, value: Any, depth: int = 0) -> XBound:
+    """One end of ``x_bounds`` as a float or nested tuples of floats (None reads as infinite)."""
+    if end is None:
+        return default
+    if hasattr(end, "tolist") and not isinstance(end, int | float):  # a tensor or an array
+        end = end.tolist()
+    if isinstance(end, Sequence) and not isinstance(end, str | bytes):
+        if depth >= MAX_EVENT_DIMS:
+            raise ConfigError(
+                f"x_bounds ends nest deeper than x_shape can ({MAX_EVENT_DIMS} axes at most)"
+            )
+        return tuple(_bound_end(v, default, value, depth + 1) for v in end)
+    if isinstance(end, bool) or not isinstance(end, int | float) or math.isnan(end):
+        raise ConfigError(
+            f"x_bounds must hold two numbers or two arrays of x_shape (inf allowed), got "
+            f"{_show(value)}"
+        )
+    return float(end)
+
+
+def _bounds(value: Any, x_shape: tuple[int, ...]) -> tuple[XBound, XBound]:
+    """Return ``x_bounds`` as ``(low, high)``, each a float or nested tuples of ``x_shape``.
+
+    None (JSON's infinity) reads as unbounded, at either end or for one element.
 
     Raises
     ------
     ConfigError
-        Unless ``value`` is a pair of numbers (or None) with ``low < high``, neither NaN.
+        Unless ``value`` is a pair whose ends are numbers (or None) or arrays of ``x_shape``,
+        with ``low < high`` at every element, none NaN, and some element bounded.
     """
     if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 2:
         raise ConfigError(f"x_bounds must be a pair (low, high), got {_show(value)}")
-    pair = []
-    for end, default in zip(value, (-math.inf, math.inf), strict=True):
-        if end is None:
-            end = default
-        if isinstance(end, bool) or not isinstance(end, int | float) or math.isnan(end):
-            raise ConfigError(
-                f"x_bounds must hold two numbers (inf allowed), got {_show(value)}"
-            )
-        pair.append(float(end))
-    if not pair[0] < pair[1]:
-        raise ConfigError(f"x_bounds needs low < high, got {_show(value)}")
-    if pair == [-math.inf, math.inf]:
+    low, high = (
+        _bound_end(end, default, value)
+        for end, default in zip(value, (-math.inf, math.inf), strict=True)
+    )
+    try:
+        low_t, high_t = (
+            torch.as_tensor(end, dtype=torch.float64).broadcast_to(x_shape) for end in (low, high)
+        )
+    except (RuntimeError, ValueError):
+        shapes = [tuple(torch.as_tensor(end).shape) if isinstance(end, tuple) else () for end in
+                  (low, high)]  # fmt: skip
+        raise ConfigError(
+            f"x_bounds ends must be numbers or arrays of x_shape {x_shape}, got shapes "
+            f"{shapes[0]} and {shapes[1]}"
+        ) from None
+    bad = ~(low_t < high_t)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ConfigError(
+            f"x_bounds needs low < high at every element, got low {float(low_t[first]):g} and "
+            f"high {float(high_t[first]):g} at x{list(first)}"
+        )
+    if not bool((torch.isfinite(low_t) | torch.isfinite(high_t)).any()):
         raise ConfigError("x_bounds (-inf, inf) bounds nothing: leave it unset")
-    return pair[0], pair[1]
+    return low, high
+
+
+def _json_bound(end: XBound) -> Any:
+    """One end of ``x_bounds`` for JSON: infinities as None."""
+    if isinstance(end, tuple):
+        return tuple(_json_bound(v) for v in end)
+    return end if math.isfinite(end) else None
 
 
 def _is_real(value: Any) -> bool:
@@ -357,10 +405,12 @@ class ModelConfig(_DictMixin):
         L L^T)`` exactly, so the networks only learn departures from that posterior (the
         ensemble Kalman update). A full ``L`` is stored: at most :data:`MAX_FULL_NOISE`
         elements of ``x`` and of ``y``; Gaussian and flow likelihoods only, no ``basis_dim``.
-    x_bounds : (float, float) or None, default None
-        Bounds ``(low, high)`` of every element of ``x`` (units of ``x``; ``-inf`` / ``inf``
-        for one-sided, e.g. ``(0, inf)`` for a positive quantity; None in JSON reads as
-        infinite): the prior's support of a run fitted on a data file, which has no
+    x_bounds : (low, high) or None, default None
+        Bounds of the elements of ``x`` (units of ``x``; ``-inf`` / ``inf`` for one-sided,
+        e.g. ``(0, inf)`` for a positive quantity; None in JSON reads as infinite), each end a
+        number for every element or an array of ``x_shape`` (nested lists, a tensor or a
+        NumPy array; sbi's ``BoxUniform(low, high)``), kept as nested tuples: the prior's
+        support of a run fitted on a data file, which has no
         :attr:`Problem.support <ppl_cvae.problems.base.Problem>`. Training ``x`` must lie
         inside (:func:`ppl_cvae.train.build_cvae` refuses it otherwise) and amortized draws
         outside are rejected and drawn again (:func:`inference.posterior.draw_posterior`), as
@@ -430,7 +480,7 @@ class ModelConfig(_DictMixin):
     prior_flow_layers: int = 2
     prior_flow_type: Literal["autoregressive", "coupling"] = "coupling"
     prior_flow_final: Literal["auto", "spline", "none"] = "auto"
-    x_bounds: tuple[float, float] | None = None
+    x_bounds: tuple[XBound, XBound] | None = None
     x_transform: Literal["none", "support"] = "none"
 
     @classmethod
@@ -476,8 +526,21 @@ class ModelConfig(_DictMixin):
         """
         data = super().to_dict()
         if self.x_bounds is not None:
-            data["x_bounds"] = tuple(v if math.isfinite(v) else None for v in self.x_bounds)
+            data["x_bounds"] = tuple(_json_bound(end) for end in self.x_bounds)
         return data
+
+    def x_bounds_box(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Return ``x_bounds`` as float64 tensors ``(low, high)`` of ``x_shape``, or None.
+
+        Units of ``x``; ``-inf``/``inf`` where an element is open on that side.
+        """
+        if self.x_bounds is None:
+            return None
+        low, high = (
+            torch.as_tensor(end, dtype=torch.float64).broadcast_to(self.x_shape).clone()
+            for end in self.x_bounds
+        )
+        return low, high
 
     def __post_init__(self) -> None:
         # types first: every later comparison may then assume them (a checkpoint can hold
@@ -534,14 +597,14 @@ class ModelConfig(_DictMixin):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be True or False, got {_show(value)}")
-        if self.x_bounds is not None:
-            object.__setattr__(self, "x_bounds", _bounds(self.x_bounds))
         for name, size in (("x_shape", self.x_shape), ("y_shape", self.y_shape)):
             if size is not None and math.prod(size) > MAX_ELEMENTS:
                 raise ConfigError(
                     f"{name}={_show(size)} has {math.prod(size):,} elements; the limit is "
                     f"{MAX_ELEMENTS:,} (MAX_ELEMENTS)"
                 )
+        if self.x_bounds is not None:  # after the size check: it broadcasts to x_shape
+            object.__setattr__(self, "x_bounds", _bounds(self.x_bounds, self.x_shape))
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
                 f"unknown activation {_show(self.activation)}; "
@@ -831,7 +894,7 @@ class ModelOverrides(TypedDict, total=False):
     prior_flow_layers: int
     prior_flow_type: Literal["autoregressive", "coupling"]
     prior_flow_final: Literal["auto", "spline", "none"]
-    x_bounds: tuple[float, float] | None
+    x_bounds: tuple[Any, Any] | None
     x_transform: Literal["none", "support"]
 
 

@@ -9,7 +9,6 @@ ignored flag or a message that blamed the wrong thing. Every refusal is checked 
 from __future__ import annotations
 
 import contextlib
-
 import os
 import textwrap
 

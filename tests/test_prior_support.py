@@ -504,7 +504,7 @@ def test_rejection_rounds_grow_with_the_acceptance():
         x = y_sub + torch.randn(n, *y_sub.shape, generator=gen)
         return {"x": x, "x_mean": x, "z": torch.zeros(n, y_sub.shape[0], 0)}
 
-    support = _Support(None, (-math.inf, 0.0))
+    support = _Support(None, (torch.tensor([-math.inf]), torch.tensor([0.0])))
     sites, acceptance = _keep_in_support(draw, support, mu, 2000, True, 2000, 10**7)
     assert len(calls) <= 6, calls
     proposals = sum(n for n, _ in calls)  # observation 0 (2%) is in every round
@@ -531,16 +531,20 @@ def test_a_runs_x_bounds_restrict_the_corrections_support():
     """
     from inference.posterior import within_run_bounds
 
+    def box(low, high):
+        return torch.tensor([float(low)], dtype=torch.float64), torch.tensor([float(high)],
+                                                                            dtype=torch.float64)
+
     declared = UnitBox(1)
-    cut = within_run_bounds(declared, (0.25, 2.0), (1,))
+    cut = within_run_bounds(declared, box(0.25, 2.0))
     assert cut is not declared and declared.support is constraints.unit_interval
     assert (cut.support.lower_bound, cut.support.upper_bound) == (0.25, 1.0)
-    assert within_run_bounds(declared, (-1.0, 2.0), (1,)) is declared  # cuts nothing
+    assert within_run_bounds(declared, box(-1.0, 2.0)) is declared  # cuts nothing
     bare = UnitBox(1, declare=False)
     bare.has_prior_density = False
-    boxed = within_run_bounds(bare, (0.0, math.inf), (1,))
+    boxed = within_run_bounds(bare, box(0.0, math.inf))
     assert boxed.support.lower_bound == 0.0 and bare.support is None
-    density = within_run_bounds(UnitBox(1, declare=False), (0.0, 0.5), (1,))
+    density = within_run_bounds(UnitBox(1, declare=False), box(0.0, 0.5))
     lp = density.log_prior(torch.tensor([[0.2], [0.7], [-0.1]]))
     assert lp.tolist() == [0.0, -math.inf, -math.inf]
 
@@ -571,3 +575,61 @@ def test_refinement_and_importance_keep_a_runs_x_bounds():
     exact = truncnorm.mean(-0.95 / NOISE, 0.05 / NOISE, loc=0.95, scale=NOISE)
     sd = truncnorm.std(-0.95 / NOISE, 0.05 / NOISE, loc=0.95, scale=NOISE)
     assert abs(float(x.double().mean()) - exact) < 4 * sd / math.sqrt(100)
+
+
+def test_per_element_x_bounds_config_round_trip_and_refusals():
+    """sbi's BoxUniform(low, high): ends of x_shape (lists, arrays, tensors); JSON keeps them."""
+    low, high = [0.0, -1.0, -math.inf], [2.0, 1.0, 0.0]
+    cfg = ModelConfig(x_shape=(3,), y_shape=(1,), x_bounds=(np.array(low), torch.tensor(high)))
+    assert cfg.x_bounds == (tuple(low), tuple(high))
+    box = cfg.x_bounds_box()
+    assert box[0].tolist() == low and box[1].tolist() == high
+    back = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back.x_bounds == cfg.x_bounds and cfg.to_dict()["x_bounds"][0][2] is None
+    for bad, words in (
+        (([0, 0], [1, 1]), r"arrays of x_shape \(3,\)"),  # two elements for three
+        (([0, 1, 0], [1, 1, 1]), r"low < high at every element, got low 1 and high 1 at x\[1\]"),
+        (([0, float("nan"), 0], 1), "two numbers or two arrays"),
+        (([None] * 3, [None] * 3), "bounds nothing"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            ModelConfig(x_shape=(3,), y_shape=(1,), x_bounds=bad)
+
+
+def test_cli_fit_data_with_per_element_x_bounds(tmp_path, capsys):
+    """--x-bounds FILE.npz: each element of x keeps its own box through fit and sample.
+
+    x_1 ~ U(0, 1) and x_2 ~ U(10, 20): one scalar pair cannot bound both; the draws of the
+    default flow on x (fitted on T^{-1}(x)) stay in each element's box, data near the faces
+    included. A bad file is one error line.
+    """
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.uniform(0, 1, 512), rng.uniform(10, 20, 512)], 1).astype(np.float32)
+    y = x + np.array([0.1, 1.0], dtype=np.float32) * rng.standard_normal(x.shape).astype("f4")
+    np.savez(tmp_path / "pairs.npz", x=x, y=y)
+    np.savez(tmp_path / "box.npz", low=np.array([0.0, 10.0]), high=np.array([1.0, 20.0]))
+    np.savez(tmp_path / "obs.npz", y=np.array([[0.98, 10.1], [0.02, 19.9]], dtype=np.float32))
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(tmp_path / "pairs.npz"), "--x-bounds",
+                 str(tmp_path / "box.npz"), "--epochs", "2", "--out", str(run), "--quiet",
+                 "--threads", "1"]) == 0  # fmt: skip
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["x_bounds"] == [[0.0, 10.0], [1.0, 20.0]] and model["x_transform"] == "support"
+    out = tmp_path / "post.nc"
+    assert main(["sample", str(run), "--observation", str(tmp_path / "obs.npz"),
+                 "--num-samples", "500", "--out", str(out)]) == 0  # fmt: skip
+    import arviz as az
+
+    values = az.from_netcdf(out).posterior["x"].values.reshape(-1, 2)
+    assert values[:, 0].min() >= 0 and values[:, 0].max() <= 1
+    assert values[:, 1].min() >= 10 and values[:, 1].max() <= 20
+    np.savez(tmp_path / "nan.npz", low=np.array([0.0, np.nan]), high=np.array([1.0, 20.0]))
+    np.savez(tmp_path / "short.npz", low=np.zeros(3), high=np.ones(3))
+    for name, words in (("nan.npz", "holds NaN"), ("short.npz", "arrays of x_shape (2,)"),
+                        ("missing.npz", "does not exist")):  # fmt: skip
+        capsys.readouterr()
+        assert main(["fit", "--data", str(tmp_path / "pairs.npz"), "--x-bounds",
+                     str(tmp_path / name), "--epochs", "1", "--out", str(tmp_path / "bad"),
+                     "--quiet"]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()

@@ -152,6 +152,10 @@ def _apply_run_file(args: argparse.Namespace) -> dict[str, Any] | None:
 def _flag_overrides(args: argparse.Namespace) -> Overrides:
     """Return the model/train settings given as command-line flags."""
     model = {field: getattr(args, flag) for flag, field in MODEL_FLAGS.items()}
+    if isinstance(model["x_bounds"], str):  # --x-bounds FILE.npz: bounds per element
+        from ppl_cvae.data.io import load_bounds
+
+        model["x_bounds"] = tuple(end.tolist() for end in load_bounds(model["x_bounds"]))
     train = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()}
     train["resimulate"] = args.resimulate
     return Overrides(

@@ -94,8 +94,14 @@ def _finite(text: str) -> float:
     return value
 
 
-def _bounds(text: str) -> tuple[float, float]:
-    """Argument type: ``LOW,HIGH`` with ``LOW < HIGH``; ``inf`` and ``-inf`` for an open end."""
+def _bounds(text: str) -> tuple[float, float] | str:
+    """Argument type: ``LOW,HIGH`` with ``LOW < HIGH`` (``inf``, ``-inf`` for an open end).
+
+    A name ending in ``.npz`` is returned as it is: a file of per-element bounds, read by
+    ``fit`` (:func:`~ppl_cvae.data.io.load_bounds`).
+    """
+    if text.lower().endswith(".npz"):
+        return text
     parts = text.split(",")
     try:
         low, high = (float(v) for v in parts)
@@ -298,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--x-bounds",
         type=_bounds,
-        metavar="LOW,HIGH",
-        help="the prior's support of every element of x, e.g. 0,1 or 0,inf (a data file's "
+        metavar="LOW,HIGH|FILE.npz",
+        help="the prior's support of every element of x, e.g. 0,1 or 0,inf, or per element: "
+        "an .npz of arrays low and high of x's shape (sbi's BoxUniform) (a data file's "
         "prior: training x must lie inside; the default flow on x is then fitted on T^-1(x), "
         "other families reject amortized draws outside)",
     )

@@ -53,6 +53,7 @@ from ppl_cvae.data.standardise import CONSTANT_RTOL
 from ppl_cvae.errors import DataError, ShapeError
 
 __all__ = [
+    "load_bounds",
     "load_pairs",
     "save_pairs",
     "load_observations",
@@ -738,6 +739,43 @@ def _read_pt(path: Path) -> dict[str, np.ndarray]:
         "x": _tensor_to_numpy("x", items[0], path),
         "y": _tensor_to_numpy("y", items[1], path),
     }
+
+
+def load_bounds(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Load per-element bounds of ``x`` (``fit --x-bounds FILE``) from an ``.npz`` archive.
+
+    The archive holds arrays ``low`` and ``high`` (as ``numpy.savez(path, low=..., high=...)``
+    writes them), each of ``x_shape`` or a scalar, units of ``x``, ``-inf``/``inf`` for an
+    open side: sbi's ``BoxUniform(low, high)``. Read without pickles; the file is not modified.
+
+    Returns
+    -------
+    low, high : ndarray, float64
+
+    Raises
+    ------
+    DataError
+        If the file is missing, not an ``.npz``, lacks ``low`` or ``high``, holds another dtype
+        than real numbers, or holds NaN. (The shapes and ``low < high`` are checked against
+        ``x_shape`` by :class:`~ppl_cvae.config.ModelConfig`.)
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise DataError(
+            f"x bounds file {str(path)!r} must be an .npz archive of arrays low and high "
+            "(numpy.savez(path, low=..., high=...))"
+        )
+    if path.is_dir() or not path.is_file():
+        raise DataError(f"x bounds file {str(path)!r} does not exist or is a folder")
+    arrays = _read_npz(path, ("low", "high"))
+    out = []
+    for name in ("low", "high"):
+        _check_dtype(name, arrays[name].dtype, path)
+        value = arrays[name].astype(np.float64)
+        if bool(np.isnan(value).any()):
+            raise DataError(f"{_where(name, path)} holds NaN; expected numbers (inf allowed)")
+        out.append(value)
+    return out[0], out[1]
 
 
 def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -156,14 +156,16 @@ def build_cvae(
     # pairs of another real dtype (NumPy's float64) in the dtype the model is built in
     x = cast(torch.Tensor, _in_dtype(x, torch.get_default_dtype()))
     y = _in_dtype(y, torch.get_default_dtype())
-    if config.x_bounds is not None:
-        low, high = config.x_bounds
+    bounds = config.x_bounds_box()
+    if bounds is not None:
+        low, high = (end.to(x) for end in bounds)
         outside = (x < low) | (x > high)
         if bool(outside.any()):
             first = tuple(int(i) for i in outside.nonzero()[0])
+            ends = f"[{float(low[first[1:]]):g}, {float(high[first[1:]]):g}]"
             raise DataError(
                 f"{int(outside.sum())} training values of x lie outside x_bounds "
-                f"[{low:g}, {high:g}] (the first: x{list(first)} = {float(x[first]):.6g}); "
+                f"{ends} (the first: x{list(first)} = {float(x[first]):.6g}); "
                 "the bounds must hold the prior's every draw"
             )
     if problem is not None:
@@ -275,9 +277,9 @@ def _x_box(
                 f"{describe_support(support)}: use x_transform='none'"
             )
         low, high = box
-    if config.x_bounds is not None:
-        low = low.clamp(min=config.x_bounds[0])
-        high = high.clamp(max=config.x_bounds[1])
+    bounds = config.x_bounds_box()
+    if bounds is not None:
+        low, high = torch.maximum(low, bounds[0]), torch.minimum(high, bounds[1])
     if not bool((torch.isfinite(low) | torch.isfinite(high)).any()):
         raise ConfigError(
             "x_transform='support' needs bounds on x: declare the problem's support "

@@ -27,6 +27,7 @@ from typing import Literal, cast
 import torch
 
 from ppl_cvae.config import (
+    MAX_EVENT_DIMS,
     WHITENED_LIKELIHOODS,
     ModelConfig,
     ModelOverrides,
@@ -109,10 +110,19 @@ def _bounded_flow_on_x(
         )
     bounds = model.get("x_bounds")
     if isinstance(bounds, (tuple, list)) and len(bounds) == 2:
-        finite = finite or any(
-            isinstance(v, (int, float)) and math.isfinite(v) for v in bounds
-        )
+        finite = finite or any(math.isfinite(v) for v in _numbers(bounds))
     return finite
+
+
+def _numbers(value: object, depth: int = 0) -> list[float]:
+    """Return the numbers in nested sequences, tensors or arrays (None, others skipped)."""
+    if hasattr(value, "tolist") and not isinstance(value, (int, float)):
+        value = value.tolist()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    if isinstance(value, (tuple, list)) and depth < MAX_EVENT_DIMS:
+        return [v for item in value for v in _numbers(item, depth + 1)]
+    return []
 
 
 def _facies_for_support(overrides: Overrides, problem: Problem | None) -> Overrides:
