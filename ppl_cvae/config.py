@@ -171,12 +171,10 @@ def _bounds(value: Any, x_shape: tuple[int, ...]) -> tuple[XBound, XBound]:
         low_t, high_t = (
             torch.as_tensor(end, dtype=torch.float64).broadcast_to(x_shape) for end in (low, high)
         )
-    except (RuntimeError, ValueError):
-        shapes = [tuple(torch.as_tensor(end).shape) if isinstance(end, tuple) else () for end in
-                  (low, high)]  # fmt: skip
+    except (RuntimeError, ValueError, TypeError):
         raise ConfigError(
             f"x_bounds ends must be numbers or arrays of x_shape {x_shape}, got shapes "
-            f"{shapes[0]} and {shapes[1]}"
+            f"{_end_shape(low)} and {_end_shape(high)}"
         ) from None
     bad = ~(low_t < high_t)
     if bool(bad.any()):
@@ -188,6 +186,14 @@ def _bounds(value: Any, x_shape: tuple[int, ...]) -> tuple[XBound, XBound]:
     if not bool((torch.isfinite(low_t) | torch.isfinite(high_t)).any()):
         raise ConfigError("x_bounds (-inf, inf) bounds nothing: leave it unset")
     return low, high
+
+
+def _end_shape(end: XBound) -> str:
+    """Return the shape of one end of ``x_bounds`` for a message (``ragged`` if it is)."""
+    try:
+        return str(tuple(torch.as_tensor(end).shape))
+    except (RuntimeError, ValueError, TypeError):
+        return "ragged"
 
 
 def _json_bound(end: XBound) -> Any:

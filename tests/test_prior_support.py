@@ -591,6 +591,8 @@ def test_per_element_x_bounds_config_round_trip_and_refusals():
         (([0, 1, 0], [1, 1, 1]), r"low < high at every element, got low 1 and high 1 at x\[1\]"),
         (([0, float("nan"), 0], 1), "two numbers or two arrays"),
         (([None] * 3, [None] * 3), "bounds nothing"),
+        (([0, [1, 2], 0], 1), "got shapes ragged"),
+        (([[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]], 1), "nest deeper"),
     ):
         with pytest.raises(ConfigError, match=words):
             ModelConfig(x_shape=(3,), y_shape=(1,), x_bounds=bad)

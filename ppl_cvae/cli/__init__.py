@@ -91,9 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     could deadlock in torch's gloo process group destructor
     (:func:`~ppl_cvae.train.distributed.shut_down_owned_group`).
     """
-    status = _main(argv)
     from ppl_cvae.train.distributed import shut_down_owned_group
 
+    try:
+        status = _main(argv)
+    except BaseException:
+        if not shut_down_owned_group():
+            raise
+        traceback.print_exc()  # an error this command did not expect: shown, then the exit
+        status = 1
     if shut_down_owned_group():
         logging.shutdown()
         sys.stdout.flush()
