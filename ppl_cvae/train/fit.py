@@ -159,15 +159,7 @@ def build_cvae(
     bounds = config.x_bounds_box()
     if bounds is not None:
         low, high = (end.to(x) for end in bounds)
-        outside = (x < low) | (x > high)
-        if bool(outside.any()):
-            first = tuple(int(i) for i in outside.nonzero()[0])
-            ends = f"[{float(low[first[1:]]):g}, {float(high[first[1:]]):g}]"
-            raise DataError(
-                f"{int(outside.sum())} training values of x lie outside x_bounds "
-                f"{ends} (the first: x{list(first)} = {float(x[first]):.6g}); "
-                "the bounds must hold the prior's every draw"
-            )
+        _refuse_outside(x, low, high, "x_bounds", "the bounds must hold the prior's every draw")
     if problem is not None:
         problem = as_problem(problem)
         check_facies_support(problem, config.likelihood, config.num_facies, config.x_shape)
@@ -252,6 +244,27 @@ def _warn_if_codes(x: torch.Tensor, likelihood: str) -> None:
     )
 
 
+def _refuse_outside(
+    x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, box: str, why: str
+) -> None:
+    """Refuse training ``x`` ``(N, *x_shape)`` outside ``[low, high]`` (``x_shape`` each).
+
+    Raises
+    ------
+    DataError
+        Naming how many values lie outside, the first with its element's ends, ``box`` (what
+        the ends are) and ``why`` they must hold ``x``.
+    """
+    outside = (x < low) | (x > high)
+    if bool(outside.any()):
+        first = tuple(int(i) for i in outside.nonzero()[0])
+        ends = f"[{float(low[first[1:]]):g}, {float(high[first[1:]]):g}]"
+        raise DataError(
+            f"{int(outside.sum())} training values of x lie outside {box} {ends} (the first: "
+            f"x{list(first)} = {float(x[first]):.6g}); {why}"
+        )
+
+
 def _x_box(
     config: ModelConfig, problem: Problem | None, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -288,15 +301,9 @@ def _x_box(
     low32, high32 = low.float(), high.float()
     if not bool((low32 < high32).all()):
         raise ConfigError("the support's box has an element with low >= high in float32")
-    outside = (x < low32) | (x > high32)
-    if bool(outside.any()):
-        first = tuple(int(i) for i in outside.nonzero()[0])
-        ends = f"[{float(low32[first[1:]]):g}, {float(high32[first[1:]]):g}]"
-        raise DataError(
-            f"{int(outside.sum())} training values of x lie outside the support's box (the "
-            f"first: x{list(first)} = {float(x[first]):.6g}, box {ends}); x_transform='support' "
-            "maps the box onto R"
-        )
+    _refuse_outside(
+        x, low32, high32, "the support's box", "x_transform='support' maps the box onto R"
+    )
     one_end = torch.where(torch.isfinite(low32), low32, high32)  # the end of a one-sided side
     gap = (x - one_end).abs()
     gap = torch.where(gap > 0, gap, torch.full_like(gap, math.inf))
