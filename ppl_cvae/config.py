@@ -49,6 +49,7 @@ __all__ = [
     "TrainOverrides",
     "X_WHITENINGS",
     "Y_EMBEDDINGS",
+    "bounds_box",
     "check_model_memory",
     "meta_cvae",
     "simulation_schedule",
@@ -186,6 +187,23 @@ def _bounds(value: Any, x_shape: tuple[int, ...]) -> tuple[XBound, XBound]:
     if not bool((torch.isfinite(low_t) | torch.isfinite(high_t)).any()):
         raise ConfigError("x_bounds (-inf, inf) bounds nothing: leave it unset")
     return low, high
+
+
+def bounds_box(value: Any, x_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return an ``x_bounds`` value as float64 tensors ``(low, high)`` of ``x_shape``.
+
+    ``value`` as :class:`ModelConfig` takes it (two numbers, None for an open side, or arrays
+    of ``x_shape``); units of ``x``, ``-inf``/``inf`` where an element is open on that side.
+
+    Raises
+    ------
+    ConfigError
+        As :class:`ModelConfig` does for a bad ``x_bounds``.
+    """
+    return tuple(  # type: ignore[return-value]
+        torch.as_tensor(end, dtype=torch.float64).broadcast_to(x_shape).clone()
+        for end in _bounds(value, x_shape)
+    )
 
 
 def _end_shape(end: XBound) -> str:
@@ -540,13 +558,7 @@ class ModelConfig(_DictMixin):
 
         Units of ``x``; ``-inf``/``inf`` where an element is open on that side.
         """
-        if self.x_bounds is None:
-            return None
-        low, high = (
-            torch.as_tensor(end, dtype=torch.float64).broadcast_to(self.x_shape).clone()
-            for end in self.x_bounds
-        )
-        return low, high
+        return None if self.x_bounds is None else bounds_box(self.x_bounds, self.x_shape)
 
     def __post_init__(self) -> None:
         # types first: every later comparison may then assume them (a checkpoint can hold

@@ -20,19 +20,18 @@ through :func:`resolve_settings`, so a recommendation is written once.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, cast
 
 import torch
 
 from ppl_cvae.config import (
-    MAX_EVENT_DIMS,
     WHITENED_LIKELIHOODS,
     ModelConfig,
     ModelOverrides,
     Overrides,
     TrainConfig,
+    bounds_box,
 )
 from ppl_cvae.data.box import support_box
 from ppl_cvae.errors import ConfigError, ShapeError
@@ -109,20 +108,13 @@ def _bounded_flow_on_x(
             (torch.isfinite(box[0]) | torch.isfinite(box[1])).any()
         )
     bounds = model.get("x_bounds")
-    if isinstance(bounds, (tuple, list)) and len(bounds) == 2:
-        finite = finite or any(math.isfinite(v) for v in _numbers(bounds))
+    if bounds is not None and not finite:
+        try:
+            low, high = bounds_box(bounds, x_shape)
+        except ConfigError:  # refused by name when the configuration is built
+            return False
+        finite = bool((torch.isfinite(low) | torch.isfinite(high)).any())
     return finite
-
-
-def _numbers(value: object, depth: int = 0) -> list[float]:
-    """Return the numbers in nested sequences, tensors or arrays (None, others skipped)."""
-    if hasattr(value, "tolist") and not isinstance(value, (int, float)):
-        value = value.tolist()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [float(value)]
-    if isinstance(value, (tuple, list)) and depth < MAX_EVENT_DIMS:
-        return [v for item in value for v in _numbers(item, depth + 1)]
-    return []
 
 
 def _facies_for_support(overrides: Overrides, problem: Problem | None) -> Overrides:
