@@ -385,14 +385,7 @@ def within_run_bounds(
     if bool((low == box[0]).all()) and bool((high == box[1]).all()):
         return problem
     support = box_support(low, high)
-    if support is None:
-        return problem
-    restricted = copy.copy(problem)
-    try:
-        restricted.support = support
-    except AttributeError:  # a property without a setter
-        return problem
-    return restricted
+    return problem if support is None else _copy_with(problem, "support", support)
 
 
 def _log_prior_within(problem: Problem, bounds: tuple[torch.Tensor, torch.Tensor]) -> Problem:
@@ -411,9 +404,17 @@ def _log_prior_within(problem: Problem, bounds: tuple[torch.Tensor, torch.Tensor
         inside = within.all(dim=dims) if dims else within
         return torch.where(inside.to(value.device), value, torch.full_like(value, -math.inf))
 
+    return _copy_with(problem, "log_prior", log_prior)
+
+
+def _copy_with(problem: Problem, name: str, value: Any) -> Problem:
+    """Return a shallow copy of ``problem`` with attribute ``name`` set to ``value``.
+
+    ``problem`` itself when the attribute cannot be set (a property without a setter).
+    """
     restricted = copy.copy(problem)
     try:
-        restricted.log_prior = log_prior  # type: ignore[method-assign]
+        setattr(restricted, name, value)
     except AttributeError:
         return problem
     return restricted
