@@ -353,13 +353,15 @@ def within_run_bounds(
     declared support (one that may put ``-inf`` where it likes) gets a copy whose
     ``log_prior`` is ``-inf`` outside the bounds instead.
 
+    A problem that checks models with its own ``in_support`` (no declared support) gets a copy
+    whose ``in_support`` also requires the bounds.
+
     ``problem`` itself is returned when ``bounds`` is None or cuts nothing, when the problem
-    has a basis (its models are valid through its coefficients), when its support
-    is not a box (:func:`~ppl_cvae.data.box.support_box`) or is left to its own
-    ``in_support``, when the intersection mixes kinds of interval between elements (no
-    single torch constraint: :func:`~ppl_cvae.data.box.box_support`), or when ``support`` cannot
-    be set on a copy (a read-only property); the amortized draws are still kept inside the
-    bounds then.
+    has a basis (its models are valid through its coefficients), when its support is not a
+    box (:func:`~ppl_cvae.data.box.support_box`), when the intersection mixes kinds of
+    interval between elements (no single torch constraint:
+    :func:`~ppl_cvae.data.box.box_support`), or when ``support`` cannot be set on a copy (a
+    read-only property); the amortized draws are still kept inside the bounds then.
 
     Parameters
     ----------
@@ -370,11 +372,9 @@ def within_run_bounds(
     """
     if bounds is None or problem.basis() is not None:  # a basis keeps its own coordinates
         return problem
-    if problem.support is None and problem.has_prior_density:
-        return _log_prior_within(problem, bounds)
+    if problem.support is None and (problem.has_prior_density or problem.restricts_support()):
+        return _checks_within(problem, bounds)
     if problem.support is None:
-        if problem.restricts_support():
-            return problem
         box = (torch.full_like(bounds[0], -math.inf), torch.full_like(bounds[1], math.inf))
     else:
         found = support_box(problem.support, tuple(bounds[0].shape))
@@ -388,23 +388,41 @@ def within_run_bounds(
     return problem if support is None else _copy_with(problem, "support", support)
 
 
-def _log_prior_within(problem: Problem, bounds: tuple[torch.Tensor, torch.Tensor]) -> Problem:
-    """Return a shallow copy of ``problem`` whose ``log_prior`` is ``-inf`` outside ``bounds``.
+def _checks_within(problem: Problem, bounds: tuple[torch.Tensor, torch.Tensor]) -> Problem:
+    """Return a shallow copy of ``problem`` whose own checks of ``x`` also require ``bounds``.
 
-    For a problem that leaves its support to ``log_prior`` (none declared): the samplers then
-    treat the bounds as they treat its own ``-inf`` (zero weight, a wall, an undone step).
+    For a problem that declares no support and leaves it to ``log_prior`` or to its own
+    ``in_support``: the copy's ``log_prior`` (when it has a density) is ``-inf`` outside the
+    bounds, and its ``in_support`` (when the problem checks models itself) is False there, so
+    the samplers treat the bounds as they treat the problem's own verdicts (zero weight, a
+    wall, an undone step).
     """
     low, high = bounds
-    inner = problem.log_prior
+    dims = len(problem.x_shape)
 
-    def log_prior(x: torch.Tensor) -> torch.Tensor:
-        value = inner(x)
-        dims = tuple(range(x.dim() - len(problem.x_shape), x.dim()))
+    def inside(x: torch.Tensor) -> torch.Tensor:
         within = (x >= low.to(x.device)) & (x <= high.to(x.device))
-        inside = within.all(dim=dims) if dims else within
-        return torch.where(inside.to(value.device), value, torch.full_like(value, -math.inf))
+        return within.flatten(x.dim() - dims).all(-1) if dims else within
 
-    return _copy_with(problem, "log_prior", log_prior)
+    restricted = problem
+    if problem.has_prior_density:
+        inner_prior = problem.log_prior
+
+        def log_prior(x: torch.Tensor) -> torch.Tensor:
+            value = inner_prior(x)
+            keep = inside(x).to(value.device)
+            return torch.where(keep, value, torch.full_like(value, -math.inf))
+
+        restricted = _copy_with(restricted, "log_prior", log_prior)
+    if problem._has_own_in_support():  # its default in_support reads log_prior
+        inner_check = problem.in_support
+
+        def in_support(x: torch.Tensor) -> torch.Tensor:
+            ok = torch.as_tensor(inner_check(x), dtype=torch.bool)
+            return ok & inside(x).to(ok.device)
+
+        restricted = _copy_with(restricted, "in_support", in_support)
+    return restricted
 
 
 def _copy_with(problem: Problem, name: str, value: Any) -> Problem:

@@ -547,6 +547,12 @@ def test_a_runs_x_bounds_restrict_the_corrections_support():
     density = within_run_bounds(UnitBox(1, declare=False), box(0.0, 0.5))
     lp = density.log_prior(torch.tensor([[0.2], [0.7], [-0.1]]))
     assert lp.tolist() == [0.0, -math.inf, -math.inf]
+    duck = DuckAboveMinusOne()  # duck-typed: as_problem's adapter sets members on it
+    duck.support = constraints.unit_interval
+    adapted = as_problem(duck)
+    cut = within_run_bounds(adapted, box(0.25, 2.0))
+    assert (cut.support.lower_bound, cut.support.upper_bound) == (0.25, 1.0)
+    assert duck.support is constraints.unit_interval and adapted.support is duck.support
 
 
 def test_refinement_and_importance_keep_a_runs_x_bounds():
@@ -575,6 +581,71 @@ def test_refinement_and_importance_keep_a_runs_x_bounds():
     exact = truncnorm.mean(-0.95 / NOISE, 0.05 / NOISE, loc=0.95, scale=NOISE)
     sd = truncnorm.std(-0.95 / NOISE, 0.05 / NOISE, loc=0.95, scale=NOISE)
     assert abs(float(x.double().mean()) - exact) < 4 * sd / math.sqrt(100)
+
+
+class AboveMinusOne(UnitBox):
+    """No declared support, no prior density: the problem checks models itself (x > -1)."""
+
+    has_prior_density = False
+
+    def __init__(self):
+        super().__init__(1, declare=False)
+
+    def in_support(self, x):
+        return (x > -1).all(-1)
+
+
+class DuckAboveMinusOne:
+    """The same problem duck-typed (no Problem base class), through ``as_problem``."""
+
+    name = "duck_above"
+    x_shape = y_shape = (1,)
+    x_dims, y_dims, coords = ("parameter",), ("datum",), {}
+    noise_std = misfit_std = NOISE
+
+    def sample_prior(self, num, generator=None):
+        return torch.rand(num, 1, generator=generator)
+
+    def simulate(self, num, generator=None):
+        x = self.sample_prior(num, generator)
+        return x, x + NOISE * torch.randn(x.shape, generator=generator)
+
+    def spec(self):
+        return {"name": self.name}
+
+    def forward(self, x):
+        return x
+
+    def in_support(self, x):
+        return (x > -1).all(-1)
+
+
+@pytest.mark.parametrize("make", [AboveMinusOne, lambda: as_problem(DuckAboveMinusOne())])
+def test_refinement_keeps_x_bounds_for_a_problem_with_its_own_in_support(make):
+    """A problem's own in_support (x > -1) and a run's x_bounds [0, 1]: both bound refinement.
+
+    Data at 1.3 pull refined draws through the face at 1, which only the run's bounds hold
+    (the negative control: the problem alone lets them pass, below); data at -1.5 pull them
+    towards -1, where the problem's own check holds them inside [0, 1] too.
+    """
+    from inference.posterior import within_run_bounds
+
+    cvae = bounded_flow((0.0, 1.0))
+    problem = make()
+    x = torch.tensor([[0.5], [1.5], [-0.5], [-2.0]])
+    cut = within_run_bounds(problem, cvae.config.x_bounds_box())
+    assert cut is not problem and cut.in_support(x).tolist() == [True, False, False, False]
+    assert problem.in_support(x).tolist() == [True, True, True, False]  # the user's, unchanged
+    for datum, edge in ((1.3, 1.0), (-1.5, 0.0)):
+        with pytest.warns(UserWarning, match="those steps were undone"):
+            draws, _ = refine_and_accept(cvae, torch.tensor([[datum]]), 50, problem,
+                                         num_steps=200, seed=0)  # fmt: skip
+        assert bool(((draws.x >= 0) & (draws.x <= 1)).all())
+        assert abs(float(draws.x.median()) - edge) < 0.05
+    # without the bounds (a run fitted with none) the same refinement leaves [0, 1]
+    free = flow_posterior()
+    draws, _ = refine_and_accept(free, torch.tensor([[1.3]]), 50, problem, num_steps=200, seed=0)
+    assert float(draws.x.median()) > 1.1
 
 
 def test_per_element_x_bounds_config_round_trip_and_refusals():

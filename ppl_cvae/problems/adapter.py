@@ -9,6 +9,7 @@ which forwards every member it has and gives the defaults of
 
 from __future__ import annotations
 
+import copy
 import math
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -78,6 +79,11 @@ class ProblemAdapter(Problem):
 
     def __repr__(self) -> str:
         return repr(self.wrapped)
+
+    def __copy__(self) -> ProblemAdapter:
+        # attributes are set on the wrapped object, so a shallow copy of the problem copies
+        # it too: setting a member of the copy must leave the user's object as it was
+        return ProblemAdapter(copy.copy(self.wrapped))
 
     def to(self, device: torch.device | str) -> Problem:
         """Move the wrapped problem's tensors to ``device`` (its own ``to`` when it has one)."""
