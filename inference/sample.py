@@ -990,7 +990,8 @@ def sample_corrected(
         Truths for ``constant_data``.
     seed : int, optional
     attrs : mapping, optional
-        Run attributes.
+        Run attributes; ``model_config`` (the CVAE's configuration as JSON, its ``x_bounds``
+        among it) is added, as :func:`sample_posterior` does.
     generative_prior : CVAE, optional
         ``method="latent-nuts"``, ``"facies-mcmc"`` or ``"facies-smc"`` (required there): the
         unconditional VAE of the prior draws whose model is sampled (for facies MCMC and SMC
@@ -1075,6 +1076,8 @@ def sample_corrected(
     check_problem_matches(problem, cvae.config)
     # the run's x_bounds are part of its prior: the corrections read the support from problem
     problem = within_run_bounds(problem, cvae.config.x_bounds_box())
+    # the CVAE's configuration (its x_bounds among it) as for amortized draws
+    attrs = {"model_config": cvae.config.to_dict(), **(attrs or {})}
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
     warn_far_observations(cvae, y_batch)

@@ -578,6 +578,7 @@ def test_refinement_and_importance_keep_a_runs_x_bounds():
                                    seed=0)  # fmt: skip
     x = torch.as_tensor(idata.posterior["x"].values).flatten()
     assert bool(((x >= 0) & (x <= 1)).all())
+    assert json.loads(idata.posterior.attrs["model_config"])["x_bounds"] == [0.0, 1.0]
     exact = truncnorm.mean(-0.95 / NOISE, 0.05 / NOISE, loc=0.95, scale=NOISE)
     sd = truncnorm.std(-0.95 / NOISE, 0.05 / NOISE, loc=0.95, scale=NOISE)
     assert abs(float(x.double().mean()) - exact) < 4 * sd / math.sqrt(100)

@@ -95,10 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         status = _main(argv)
-    except BaseException:
+    except BaseException as err:
         if not shut_down_owned_group():
             raise
-        traceback.print_exc()  # an error this command did not expect: shown, then the exit
+        if _lost_peers(err):  # the rank that failed reports why; this one says so in a line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(
+                f"ppl-cvae: error: rank {os.environ.get('RANK', '?')}: a collective operation "
+                "failed, most likely because another rank failed or stopped (its error is "
+                f"reported with it); torch.distributed: {first}",
+                file=sys.stderr,
+            )
+        else:
+            traceback.print_exc()  # an error this command did not expect: shown, then the exit
         status = 1
     if shut_down_owned_group():
         logging.shutdown()
@@ -106,6 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(status)
     return status
+
+
+def _lost_peers(err: BaseException) -> bool:
+    """Return whether ``err`` is a RuntimeError raised inside ``torch.distributed``'s code.
+
+    On a torchrun rank that is how the loss of a peer shows (gloo's "Connection reset by
+    peer" from a collective operation): the rank that failed first reports its own error.
+    """
+    frames = traceback.extract_tb(err.__traceback__)
+    return (
+        isinstance(err, RuntimeError)
+        and bool(frames)
+        and "torch/distributed/" in frames[-1].filename.replace(os.sep, "/")
+    )
 
 
 def _main(argv: Sequence[str] | None) -> int:
