@@ -83,7 +83,7 @@ class ProblemAdapter(Problem):
     def __copy__(self) -> ProblemAdapter:
         # attributes are set on the wrapped object, so a shallow copy of the problem copies
         # it too: setting a member of the copy must leave the user's object as it was
-        return ProblemAdapter(copy.copy(self.wrapped))
+        return type(self)(copy.copy(self.wrapped))
 
     def to(self, device: torch.device | str) -> Problem:
         """Move the wrapped problem's tensors to ``device`` (its own ``to`` when it has one)."""
