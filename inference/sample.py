@@ -34,6 +34,11 @@ from inference.posterior import (
     within_run_bounds,
 )
 from inference.refine import RefineConfig, refine_and_accept
+from inference.training_range import (
+    outside_training_range,
+    pool_chunks,
+    warn_outside_training_range,
+)
 from ppl_cvae._atomic import atomic_path, check_interrupted
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
@@ -495,8 +500,11 @@ def sample_posterior(
         once already (the chunks of :func:`sample_posterior_to_netcdf`).
     warn_support : bool, default True
         Warn when fewer than :data:`SUPPORT_WARNING` of the amortized draws for an observation
-        fell in the prior's support (:func:`warn_support_acceptance`); False where the caller
-        warns once for all chunks.
+        fell in the prior's support (:func:`warn_support_acceptance`), or more than
+        :data:`~inference.training_range.OUTSIDE_RANGE_WARNING` of their values outside the
+        range of the training ``x`` of a model fitted on pairs alone
+        (:func:`~inference.training_range.warn_outside_training_range`); False where the
+        caller warns once for all chunks.
 
     Returns
     -------
@@ -522,8 +530,9 @@ def sample_posterior(
     UserWarning
         If an element of ``y`` lies more than :data:`~inference.posterior.FAR_WARNING`
         training sds from the training mean (``warn_far``); if less than
-        :data:`SUPPORT_WARNING` of the draws for an observation fell in the prior's support
-        (``warn_support``).
+        :data:`SUPPORT_WARNING` of the draws for an observation fell in the prior's support,
+        or more than :data:`~inference.training_range.OUTSIDE_RANGE_WARNING` of their values
+        outside the training range of ``x`` (``warn_support``).
 
     Notes
     -----
@@ -531,7 +540,10 @@ def sample_posterior(
     <ppl_cvae.problems.base.Problem.restricts_support>`) the draws outside it are rejected
     and drawn again (:func:`~inference.posterior.draw_posterior`, ``within_support``); the
     fraction kept per observation is the ``support_acceptance`` attribute (a JSON list, one
-    value per observation).
+    value per observation). A model fitted on pairs alone records the range of its training
+    ``x`` (:attr:`CVAE.training_x_range <ppl_cvae.models.cvae.CVAE.training_x_range>`); the
+    fraction of each observation's drawn values outside it is the ``outside_training_range``
+    attribute (:mod:`inference.training_range`).
 
     References
     ----------
@@ -599,6 +611,11 @@ def sample_posterior(
         info["refine"] = dataclasses.asdict(refine)
         info["accepted_fraction"] = float(accepted.float().mean())
         y_model = draws.y_rep  # refined draws carry the noise-free F(x); the noise is added below
+    outside = outside_training_range(cvae, draws.x)
+    if outside is not None:
+        info["outside_training_range"] = [float(v) for v in outside[0]]
+        if warn_support:
+            warn_outside_training_range(cvae, info["outside_training_range"], outside[1])
     info.update(
         {
             "independent_draws": 1,
@@ -791,6 +808,7 @@ def sample_posterior_to_netcdf(
         )
     accepted: list[tuple[int, float]] = []
     in_support: list[tuple[int, list[float]]] = []
+    outside: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     not_finite: dict[str, list[int]] = {}
     with atomic_path(path) as tmp:
         done = 0
@@ -803,6 +821,11 @@ def sample_posterior_to_netcdf(
                 accepted.append((num, float(idata.attrs["accepted_fraction"])))
             if "support_acceptance" in idata.attrs:
                 in_support.append((num, json.loads(idata.attrs["support_acceptance"])))
+            if "outside_training_range" in idata.attrs:
+                chunk_x = torch.as_tensor(idata["posterior"]["x"].values[0])
+                fractions = outside_training_range(cvae, chunk_x)
+                assert fractions is not None  # the attribute says the model has a range
+                outside.append((num, *fractions))
             if "not_finite" in idata.attrs:
                 for name, (bad, total) in json.loads(idata.attrs["not_finite"]).items():
                     counts = not_finite.setdefault(name, [0, 0])  # sizes grow with the draws
@@ -832,6 +855,14 @@ def sample_posterior_to_netcdf(
                 f.attrs["support_acceptance"] = json.dumps(per_obs)
                 f["posterior"].attrs["support_acceptance"] = json.dumps(per_obs)
             warn_support_acceptance(per_obs)
+        if outside:
+            import h5netcdf
+
+            per_obs, per_element = pool_chunks(outside)
+            with h5netcdf.File(tmp, "a") as f:
+                f.attrs["outside_training_range"] = json.dumps(per_obs)
+                f["posterior"].attrs["outside_training_range"] = json.dumps(per_obs)
+            warn_outside_training_range(cvae, per_obs, per_element)
         if not_finite:  # the totals over all chunks, in the file and in one warning
             import h5netcdf
 

@@ -76,13 +76,14 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class RunningMoments:
-    """Count, mean and sum of squared deviations of events, updated chunk by chunk.
+    """Count, mean, sum of squared deviations and range of events, updated chunk by chunk.
 
     Accumulates in float64. Each chunk's mean and ``M2 = sum (v - mean)**2`` are computed
     directly and merged with the running values by the parallel formula of Chan et al.:
     ``n = n_a + n_b``, ``delta = mean_b - mean_a``, ``mean = mean_a + delta n_b / n``,
     ``M2 = M2_a + M2_b + delta**2 n_a n_b / n``. This is exact in exact arithmetic and as
-    stable as Welford's one-value update, without its Python loop.
+    stable as Welford's one-value update, without its Python loop. ``low`` and ``high`` hold
+    the elementwise minimum and maximum (``inf`` and ``-inf`` before the first event).
 
     Parameters
     ----------
@@ -109,6 +110,8 @@ class RunningMoments:
         self.count = 0
         self.mean = torch.zeros(self.event_shape, dtype=torch.float64)
         self.m2 = torch.zeros(self.event_shape, dtype=torch.float64)
+        self.low = torch.full(self.event_shape, math.inf, dtype=torch.float64)
+        self.high = torch.full(self.event_shape, -math.inf, dtype=torch.float64)
 
     def __repr__(self) -> str:
         return f"RunningMoments(count={self.count}, event_shape={self.event_shape})"
@@ -132,6 +135,8 @@ class RunningMoments:
         mean_b = values.mean(0)
         m2_b = (values - mean_b).pow(2).sum(0)
         self.merge_moments(rows, mean_b, m2_b)
+        self.low = torch.minimum(self.low, values.amin(0))
+        self.high = torch.maximum(self.high, values.amax(0))
         return self
 
     def merge_moments(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
@@ -151,6 +156,8 @@ class RunningMoments:
                 f"cannot merge moments of events {other.event_shape} into {self.event_shape}"
             )
         self.merge_moments(other.count, other.mean, other.m2)
+        self.low = torch.minimum(self.low, other.low)
+        self.high = torch.maximum(self.high, other.high)
         return self
 
     def variance(self) -> torch.Tensor:

@@ -137,6 +137,12 @@ class CVAE(nn.Module):
         ``prior="standard_normal"`` and ``latent_dim=0``.
     decoder : Decoder
         ``p_theta(x | z, y)`` in standardised units; :meth:`decode` maps it to physical units.
+    training_x_range : (Tensor, Tensor) or None
+        Smallest and largest value of each element of the training ``x`` (float64 CPU
+        tensors of ``x_shape``, units of ``x``) for a model fitted on pairs without a problem,
+        whose prior is known only through them (:meth:`set_training_x_range`); None
+        otherwise. Amortized sampling reports the draws that leave it
+        (:func:`inference.training_range.warn_outside_training_range`).
 
     The networks come from :func:`ppl_cvae.nets.build_networks` (the family that
     ``config.network`` names); this class holds the wiring: standardisation, the decoder
@@ -252,6 +258,7 @@ class CVAE(nn.Module):
             )
         self.coefficient_transform = coefficient_transform
         self.misfit_std = float(misfit_std)
+        self.training_x_range: tuple[torch.Tensor, torch.Tensor] | None = None
         # the three networks of Sohn et al. (2015), built by the family config.network names
         nets = build_networks(config)
         self.recognition_net = nets.recognition  # q(z | x, y)
@@ -344,6 +351,37 @@ class CVAE(nn.Module):
         self.whitener.fit(x_std.reshape(x.shape[0], -1), _flat_y(y_std))
 
     @torch.no_grad()
+    def set_training_x_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Record the range of the training ``x``: ``low <= x <= high`` elementwise.
+
+        Kept as float64 CPU tensors in :attr:`training_x_range` (not moved by ``.to()``) and
+        saved in the checkpoint (:func:`~ppl_cvae.train.save_checkpoint`).
+
+        Parameters
+        ----------
+        low, high : Tensor, shape x_shape
+            Elementwise minimum and maximum of the training ``x``, units of ``x``.
+
+        Raises
+        ------
+        ShapeError
+            If ``low`` or ``high`` does not have shape ``x_shape``.
+        DataError
+            If an end is not finite or ``low <= high`` fails for an element.
+        """
+        for name, value in (("low", low), ("high", high)):
+            if tuple(value.shape) != self.config.x_shape:
+                raise ShapeError(
+                    f"training x range {name} has shape {tuple(value.shape)}; expected x_shape "
+                    f"{self.config.x_shape}"
+                )
+        low64, high64 = (v.detach().to("cpu", torch.float64).clone() for v in (low, high))
+        if not bool((torch.isfinite(low64) & torch.isfinite(high64)).all()):
+            raise DataError("the training x range must be finite")
+        if not bool((low64 <= high64).all()):
+            raise DataError("the training x range needs low <= high in every element")
+        self.training_x_range = (low64, high64)
+
     def set_x_box(
         self, low: torch.Tensor, high: torch.Tensor, floor: torch.Tensor | None = None
     ) -> None:

@@ -12,6 +12,11 @@ A checkpoint is one ``torch.save`` file holding a dict with exactly these keys:
 ``misfit_std``            scale of the physics-consistency misfit (float > 0, units of y)
 ``problem``               problem record ``{"name": ..., **kwargs}`` or None
 ``extra``                 JSON-like metadata (training configuration, data source, ...)
+``training_x_range``      optional: float64 tensor ``(2, *x_shape)``, the elementwise
+                          minimum and maximum of the training ``x`` of a model fitted on
+                          pairs alone (:attr:`CVAE.training_x_range
+                          <ppl_cvae.models.cvae.CVAE.training_x_range>`); absent otherwise
+                          and in files written before it
 ========================  =========================================================
 
 Format ``v1`` (ppl_cvae 0.1 and 0.2) is read too: its weights had the flat names of a
@@ -132,7 +137,11 @@ CHECKPOINT_KEYS = (
     "problem",
     "extra",
 )
-"""Keys of a checkpoint dict; a file with any other set of keys is refused."""
+"""Keys of a checkpoint dict; a file with any other set of keys (beyond
+:data:`OPTIONAL_KEYS`) is refused."""
+
+OPTIONAL_KEYS = ("training_x_range",)
+"""Keys a checkpoint may hold or lack (files written before them lack them)."""
 
 MAX_RECORD_ITEMS = 2**20
 """Most values (counting every element of every list and dict, shared ones each time they
@@ -341,6 +350,8 @@ def save_checkpoint(
         "problem": record,
         "extra": dict(extra),
     }
+    if cvae.training_x_range is not None:
+        payload["training_x_range"] = torch.stack(cvae.training_x_range)
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -390,7 +401,9 @@ def _check_fields(payload: Any, name: str) -> tuple[ModelConfig, dict[str, torch
     if missing:
         raise CheckpointError(f"checkpoint {name!r} lacks the keys {missing}")
     unexpected = [
-        _show(k, 30) for k in payload if not (isinstance(k, str) and k in CHECKPOINT_KEYS)
+        _show(k, 30)
+        for k in payload
+        if not (isinstance(k, str) and k in CHECKPOINT_KEYS + OPTIONAL_KEYS)
     ]
     if unexpected:
         raise CheckpointError(
@@ -495,6 +508,33 @@ def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str)
             f"weights in {name!r}: the box of x_transform='support' needs x_low < x_high in "
             "every element"
         )
+
+
+def _checked_range(value: Any, config: ModelConfig, name: str) -> torch.Tensor:
+    """Return the stored ``training_x_range`` ``(2, *x_shape)`` or raise CheckpointError."""
+    want = (2, *config.x_shape)
+    if not (
+        isinstance(value, torch.Tensor)
+        and value.layout == torch.strided
+        and value.device.type == "cpu"
+        and value.dtype == torch.float64
+        and tuple(value.shape) == want
+    ):
+        got = (
+            f"{value.dtype} tensor of shape {tuple(value.shape)}"
+            if isinstance(value, torch.Tensor)
+            else type(value).__name__
+        )
+        raise CheckpointError(
+            f"checkpoint {name!r}: training_x_range must be a float64 CPU tensor of shape "
+            f"{want}, got a {got}"
+        )
+    if not bool(torch.isfinite(value).all()) or not bool((value[0] <= value[1]).all()):
+        raise CheckpointError(
+            f"checkpoint {name!r}: training_x_range must be finite with low <= high in every "
+            "element"
+        )
+    return value
 
 
 def _rebuild(
@@ -607,6 +647,9 @@ def load_checkpoint(
     payload = _read_payload(path)
     config, state = _check_fields(payload, name)
     _check_state(config, state, name)
+    stored_range = payload.get("training_x_range")
+    if stored_range is not None:
+        stored_range = _checked_range(stored_range, config, name)
     check_model_memory(config, training=False)
 
     record = payload["problem"]
@@ -653,6 +696,8 @@ def load_checkpoint(
         raise CheckpointError(
             f"weights in {name!r} do not fit its configuration: {_one_line(str(err))}"
         ) from err
+    if stored_range is not None:
+        cvae.set_training_x_range(stored_range[0], stored_range[1])
     cvae.eval()
     meta = {
         "version": payload["version"],

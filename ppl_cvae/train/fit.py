@@ -111,6 +111,7 @@ def build_cvae(
     misfit_std: float | None = None,
     seed: int | None = 0,
     standardisers: tuple[Standardiser, Standardiser | None] | None = None,
+    training_x_range: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> CVAE:
     """Build a CVAE whose standardisers (and basis coefficients) are fitted on training data.
 
@@ -136,6 +137,12 @@ def build_cvae(
         Standardisers of ``x`` and ``y`` fitted elsewhere, e.g. on the moments of a file too
         large for memory (:func:`~ppl_cvae.train.sources.build_lazy_cvae`); ``x`` and ``y``
         are then a subset that fits the basis coefficients and the whitener.
+    training_x_range : (Tensor, Tensor), optional
+        Elementwise minimum and maximum of all training ``x`` (shape x_shape each) when ``x``
+        is a subset (as with ``standardisers``); default: those of ``x``. Recorded only
+        without a ``problem`` (:attr:`CVAE.training_x_range
+        <ppl_cvae.models.cvae.CVAE.training_x_range>`): a model fitted on pairs alone knows
+        its prior only through them, and sampling reports draws that leave their range.
 
     Raises
     ------
@@ -206,6 +213,10 @@ def build_cvae(
         )
     if box is not None:
         cvae.set_x_box(*box)
+    if problem is None and x.shape[0]:
+        low, high = training_x_range or (x.amin(0), x.amax(0))
+        if bool((low.isfinite() & high.isfinite()).all()):  # bad values are refused elsewhere
+            cvae.set_training_x_range(low, high)
     cvae.fit_basis_coefficients(x)
     cvae.fit_whitener(x, y)
     return cvae

@@ -725,6 +725,7 @@ def build_lazy_cvae(
         problem=problem,
         seed=seed,
         standardisers=standardisers,
+        training_x_range=(scan.x_moments.low, scan.x_moments.high),
     )
 
 

@@ -1,0 +1,205 @@
+"""The range of the training ``x`` of a model fitted on pairs alone, and draws that leave it.
+
+Figures with a closed form: values of a standard normal outside ``[-1, 1]`` (``2 Phi(-1)``),
+and exact posterior draws outside the range of ``N`` prior draws (``2 / (N + 1)`` on average
+over observations from the prior: the draw and the ``N`` values are exchangeable).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import arviz as az
+import numpy as np
+import pytest
+import torch
+
+from inference.sample import sample_posterior, sample_posterior_to_netcdf
+from inference.training_range import (
+    OUTSIDE_RANGE_WARNING,
+    outside_training_range,
+    pool_chunks,
+)
+from ppl_cvae import CVAE, ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae.cli import main
+from ppl_cvae.data.lazy import RunningMoments
+from ppl_cvae.errors import CheckpointError, DataError, ShapeError
+from ppl_cvae.problems.linear_gaussian import LinearGaussian
+from ppl_cvae.train import load_checkpoint, save_checkpoint
+
+
+def _box_pairs(num: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x ~ U(0, 1)^2`` and ``y = x + N(0, 0.5^2)``: a bounded prior whose posterior is wide."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(num, 2, generator=gen)
+    return x, x + 0.5 * torch.randn(num, 2, generator=gen)
+
+
+def _fitted(x_bounds=None) -> tuple[CVAE, torch.Tensor]:
+    x, y = _box_pairs()
+    config = ModelConfig(x_shape=(2,), y_shape=(2,), latent_dim=2, hidden_dims=(16,),
+                         x_bounds=x_bounds)
+    cvae = build_cvae(config, x, y, seed=0)
+    fit(cvae, x, y, TrainConfig(num_epochs=30, batch_size=128, seed=0), progress=False)
+    return cvae, x
+
+
+def test_counts_values_outside_against_a_normal_tail():
+    """N(0, 1) draws against the range [-1, 1]: 2 Phi(-1) = 0.3173 outside, within 4 sd."""
+    cvae = CVAE(ModelConfig(x_shape=(4,), y_shape=(1,), hidden_dims=(4,)))
+    cvae.set_training_x_range(-torch.ones(4), torch.ones(4))
+    draws = torch.randn(2500, 4, 4, generator=torch.Generator().manual_seed(1))
+    per_obs, per_element = outside_training_range(cvae, draws)
+    expected = math.erfc(1 / math.sqrt(2))  # 2 Phi(-1)
+    sd = math.sqrt(expected * (1 - expected) / (2500 * 4))
+    assert per_obs.shape == (4,) and per_element.shape == (4,)
+    assert float((per_obs - expected).abs().max()) < 4 * sd
+    assert float((per_element - expected).abs().max()) < 4 * sd
+    # pooling two chunks equals the fractions of all draws at once
+    parts = [(1000, *outside_training_range(cvae, draws[:1000])),
+             (1500, *outside_training_range(cvae, draws[1000:]))]
+    pooled_obs, pooled_element = pool_chunks(parts)
+    torch.testing.assert_close(torch.tensor(pooled_obs, dtype=torch.float64), per_obs)
+    torch.testing.assert_close(pooled_element, per_element)
+    with pytest.raises(ShapeError, match=r"expected \(S, M, \*\(4,\)\)"):
+        outside_training_range(cvae, draws[0])
+
+
+def test_exact_posterior_draws_leave_the_range_of_n_prior_draws_2_over_n_plus_1():
+    """The bound the warning's threshold rests on: 2 / (N + 1) for a correct posterior.
+
+    50 independent 1-D problems ``x ~ N(0, 1)``, ``y = x + N(0, 0.5^2)``, each with its own
+    range from ``N = 99`` prior draws; exact posterior draws for 400 observations from the
+    prior. The fraction of one problem is Beta(2, N - 1) distributed around its mean 0.02
+    (sd 0.014); the mean of 50 has sd 0.002.
+    """
+    gen = torch.Generator().manual_seed(2)
+    dims, n_train, n_obs, s = 50, 99, 400, 0.5
+    train = torch.randn(n_train, dims, generator=gen)
+    cvae = CVAE(ModelConfig(x_shape=(dims,), y_shape=(dims,), hidden_dims=(4,)))
+    cvae.set_training_x_range(train.amin(0), train.amax(0))
+    truth = torch.randn(n_obs, dims, generator=gen)
+    y = truth + s * torch.randn(n_obs, dims, generator=gen)
+    post_mean, post_sd = y / (1 + s**2), math.sqrt(s**2 / (1 + s**2))
+    draws = post_mean + post_sd * torch.randn(100, n_obs, dims, generator=gen)
+    per_obs, per_element = outside_training_range(cvae, draws)
+    assert abs(float(per_element.mean()) - 2 / (n_train + 1)) < 0.006
+    assert abs(float(per_obs.mean()) - float(per_element.mean())) < 1e-12
+
+
+def test_a_box_prior_fitted_without_bounds_is_warned_of_and_recorded(tmp_path):
+    """Draws near a face of U(0, 1)^2 leak; the recorded fraction is recounted from the file."""
+    cvae, x = _fitted()
+    low, high = cvae.training_x_range
+    torch.testing.assert_close(low, x.amin(0).double())
+    torch.testing.assert_close(high, x.amax(0).double())
+    y = torch.tensor([[1.1, 1.1], [0.5, 0.5]])
+    with pytest.warns(UserWarning, match=r"observation\(s\) \(0.*outside the range of the "
+                      r"training x .*x\[\d\].*--x-bounds"):
+        idata = sample_posterior(cvae, y, 4000, seed=3)
+    recorded = json.loads(idata.posterior.attrs["outside_training_range"])
+    draws = idata.posterior["x"].values[0]  # (draw, observation, 2)
+    recount = ((draws < low.numpy()) | (draws > high.numpy())).mean(axis=(0, 2))
+    np.testing.assert_allclose(recorded, recount, rtol=1e-12)
+    assert recorded[0] > OUTSIDE_RANGE_WARNING
+    # the chunked writer records the same pooled fractions and warns once
+    path = tmp_path / "post.nc"
+    with pytest.warns(UserWarning, match="outside the range of the training x") as caught:
+        sample_posterior_to_netcdf(cvae, y, 4000, path, seed=3, in_memory_bytes=0,
+                                   chunk_bytes=64 * 1024)
+    assert sum("training x" in str(w.message) for w in caught) == 1
+    chunked = az.from_netcdf(path)
+    assert chunked.posterior.sizes["draw"] == 4000
+    draws = chunked.posterior["x"].values[0]
+    recount = ((draws < low.numpy()) | (draws > high.numpy())).mean(axis=(0, 2))
+    np.testing.assert_allclose(json.loads(chunked.attrs["outside_training_range"]), recount,
+                               rtol=1e-9)
+
+
+def test_the_bounds_keep_the_draws_inside_and_silence_the_warning(recwarn):
+    """With x_bounds (0, 1) every draw is in the box, so almost none leave the data's range."""
+    cvae, x = _fitted(x_bounds=(0.0, 1.0))
+    idata = sample_posterior(cvae, torch.tensor([[1.1, 1.1]]), 4000, seed=3)
+    draws = idata.posterior["x"].values
+    assert draws.min() >= 0 and draws.max() <= 1
+    # at most the mass of the box beyond the data's range: 2 / (N + 1) per element on average
+    assert json.loads(idata.posterior.attrs["outside_training_range"])[0] <= OUTSIDE_RANGE_WARNING
+    assert not [w for w in recwarn if "training x" in str(w.message)]
+
+
+def test_a_model_fitted_with_a_problem_records_no_range():
+    """The problem's prior is known: nothing is recorded, nothing is counted."""
+    problem = LinearGaussian(x_dim=2, y_dim=2)
+    x, y = problem.simulate(64, torch.Generator().manual_seed(0))
+    config = ModelConfig(x_shape=(2,), y_shape=(2,), hidden_dims=(8,))
+    cvae = build_cvae(config, x, y, problem=problem)
+    assert cvae.training_x_range is None
+    idata = sample_posterior(cvae, y[:1], 10, seed=0)
+    assert "outside_training_range" not in idata.posterior.attrs
+
+
+def test_the_range_survives_the_checkpoint_and_forged_ranges_are_refused(tmp_path):
+    x, y = _box_pairs(200)
+    cvae = build_cvae(ModelConfig(x_shape=(2,), y_shape=(2,), hidden_dims=(8,)), x, y)
+    path = save_checkpoint(tmp_path / "model.pt", cvae)
+    loaded, _ = load_checkpoint(path)
+    for got, want in zip(loaded.training_x_range, cvae.training_x_range, strict=True):
+        assert torch.equal(got, want)
+    payload = torch.load(path, weights_only=True)
+    good = payload["training_x_range"]
+    forged = {
+        "shape": good[:, :1],
+        "dtype": good.float(),
+        "NaN": torch.full_like(good, math.nan),
+        "low > high": good.flip(0) + torch.tensor([[1.0], [0.0]], dtype=torch.float64),
+        "a list": good.tolist(),
+    }
+    for what, value in forged.items():
+        bad = tmp_path / f"bad_{what}.pt"
+        torch.save({**payload, "training_x_range": value}, bad)
+        with pytest.raises(CheckpointError, match="training_x_range"):
+            load_checkpoint(bad)
+    older = tmp_path / "older.pt"  # written before the range was recorded
+    torch.save({k: v for k, v in payload.items() if k != "training_x_range"}, older)
+    assert load_checkpoint(older)[0].training_x_range is None
+    with pytest.raises(DataError, match="low <= high"):
+        cvae.set_training_x_range(torch.ones(2), torch.zeros(2))
+    with pytest.raises(ShapeError, match="expected x_shape"):
+        cvae.set_training_x_range(torch.zeros(3), torch.ones(3))
+
+
+def test_running_moments_keep_the_range_over_chunks_and_merges():
+    values = torch.randn(300, 3, generator=torch.Generator().manual_seed(4))
+    moments = RunningMoments((3,)).update(values[:100]).update(values[100:200])
+    other = RunningMoments((3,)).update(values[200:])
+    moments.merge(other)
+    torch.testing.assert_close(moments.low, values.amin(0).double())
+    torch.testing.assert_close(moments.high, values.amax(0).double())
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["in-memory", "lazy"])
+def test_a_data_file_run_warns_at_sampling(tmp_path, capsys, lazy):
+    """fit --data FILE, then sample: the run's range is the file's, and the warning is shown."""
+    x, y = _box_pairs(600)
+    data = tmp_path / "pairs"  # a folder of x.npy and y.npy reads lazily, an .npz at once
+    if lazy:
+        data.mkdir()
+        np.save(data / "x.npy", x.numpy())
+        np.save(data / "y.npy", y.numpy())
+    else:
+        data = data.with_suffix(".npz")
+        np.savez(data, x=x.numpy(), y=y.numpy())
+    np.save(tmp_path / "obs.npy", np.array([1.2, 1.2], dtype=np.float32))
+    run = tmp_path / "run"
+    flags = ["--lazy", "--chunk-mb", "0.004"] if lazy else []
+    assert main(["fit", "--data", str(data), "--out", str(run), "--epochs",
+                 "2", "--batch-size", "64", "--hidden-dims", "8", "--quiet", *flags]) == 0
+    loaded, _ = load_checkpoint(run)
+    torch.testing.assert_close(loaded.training_x_range[0], x.amin(0).double())
+    torch.testing.assert_close(loaded.training_x_range[1], x.amax(0).double())
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="outside the range of the training x"):
+        code = main(["sample", str(run), "--observation", str(tmp_path / "obs.npy"),
+                     "--num-samples", "2000", "--out", str(tmp_path / "post.nc")])
+    assert code == 0
