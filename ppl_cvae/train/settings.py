@@ -101,20 +101,19 @@ def _bounded_flow_on_x(
         return False
     if isinstance(source, DataSource) and (source.lazy or source.dataset is not None):
         return False
-    finite = False
+    boxes = []
     if problem is not None:
-        box = support_box(as_problem(problem).support, x_shape)
-        finite = box is not None and bool(
-            (torch.isfinite(box[0]) | torch.isfinite(box[1])).any()
-        )
+        boxes.append(support_box(as_problem(problem).support, x_shape))
     bounds = model.get("x_bounds")
-    if bounds is not None and not finite:
+    if bounds is not None:
         try:
-            low, high = bounds_box(bounds, x_shape)
+            boxes.append(bounds_box(bounds, x_shape))
         except ConfigError:  # refused by name when the configuration is built
             return False
-        finite = bool((torch.isfinite(low) | torch.isfinite(high)).any())
-    return finite
+    return any(
+        box is not None and bool((torch.isfinite(box[0]) | torch.isfinite(box[1])).any())
+        for box in boxes
+    )
 
 
 def _facies_for_support(overrides: Overrides, problem: Problem | None) -> Overrides:
