@@ -31,6 +31,16 @@ The ``calibration`` key of the metrics
     Whether no verdict failed. Each verdict also has ``judged``: False when it could not fail
     with so few held-out pairs (``ppl-cvae evaluate`` then prints "not judged", not "passed").
 
+The ``training_range`` key of the metrics
+-----------------------------------------
+For a model fitted on pairs alone (:attr:`CVAE.training_x_range
+<ppl_cvae.models.cvae.CVAE.training_x_range>`): ``draws_outside`` (the fraction of all drawn
+values outside the training range of ``x``), ``draws_outside_max`` (the largest fraction of
+one observation) and ``truths_outside`` (the fraction of the held-out truths' values outside
+it). Held-out pairs from the training prior put about ``2 / (N + 1)`` of their values outside
+the range of ``N`` training pairs, and so do the draws of a correct posterior, on average over
+the pairs (:mod:`inference.training_range`); draws far above the truths leak beyond the data.
+
 ``metrics.json`` is strict JSON (RFC 8259): a metric that is NaN or infinite is written as
 ``null``, and the key ``not_finite`` lists each such metric with its value and why
 (:func:`not_finite_metrics`; e.g. the TARP variance over a single held-out pair).
@@ -56,6 +66,7 @@ from inference.diagnostics.coverage import central_coverage, coverage_verdict, r
 from inference.diagnostics.facies import run_facies_evaluation
 from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
+from inference.training_range import outside_training_range
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae.checks import (
@@ -120,7 +131,8 @@ def evaluate_model(
         reliability curve of the posterior facies probabilities against ``x``
         (:func:`inference.diagnostics.facies.run_facies_evaluation`). The probabilities are
         the mean over draws of the decoder's ``P(x = 1 | z, y)`` (Bernoulli) or the class
-        frequencies of the draws (categorical).
+        frequencies of the draws (categorical). For a model fitted on pairs alone also
+        ``"training_range"`` (module docstring).
     x_draws : Tensor, shape (num_samples, M, *x_shape)
     exact : ExactPosterior or None
         The exact posterior of the ``M`` observations, when the problem has one.
@@ -179,6 +191,14 @@ def evaluate_model(
     )
     if probs:
         metrics["facies"] = run_facies_evaluation(torch.cat(probs), x)
+    outside = outside_training_range(cvae, x_draws)
+    truths = outside_training_range(cvae, x.unsqueeze(0))
+    if outside is not None and truths is not None:
+        metrics["training_range"] = {
+            "draws_outside": float(outside[0].mean()),
+            "draws_outside_max": float(outside[0].max()),
+            "truths_outside": float(truths[0].mean()),
+        }
     return metrics, x_draws, exact
 
 

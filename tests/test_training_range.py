@@ -203,3 +203,31 @@ def test_a_data_file_run_warns_at_sampling(tmp_path, capsys, lazy):
         code = main(["sample", str(run), "--observation", str(tmp_path / "obs.npy"),
                      "--num-samples", "2000", "--out", str(tmp_path / "post.nc")])
     assert code == 0
+    if not lazy:  # evaluate reads the pairs in memory; it prints both fractions
+        capsys.readouterr()
+        assert main(["evaluate", str(run), "--data", str(data), "--out",
+                     str(tmp_path / "eval"), "--num-samples", "20",
+                     "--max-observations", "50"]) == 0
+        printed = capsys.readouterr().out
+        assert "values outside the training range of x: draws" in printed
+        metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+        assert 0 <= metrics["training_range"]["truths_outside"] <= 0.01
+
+
+def test_evaluate_compares_the_draws_outside_with_the_held_out_truths(tmp_path):
+    """Held-out truths from the prior stay inside (about 2 / (N + 1)); the leaking draws do not."""
+    from inference.evaluate import evaluate_model
+
+    cvae, _ = _fitted()
+    x_held, y_held = _box_pairs(200, seed=7)
+    metrics, x_draws, _ = evaluate_model(cvae, x_held, y_held, num_samples=200, seed=0)
+    outside = metrics["training_range"]
+    low, high = (end.float() for end in cvae.training_x_range)
+    truths = ((x_held < low) | (x_held > high)).double().mean()
+    assert outside["truths_outside"] == pytest.approx(float(truths))
+    assert outside["truths_outside"] <= 10 * 2 / 2001  # 2 / (N + 1) per value on average
+    assert outside["draws_outside"] == pytest.approx(
+        float(((x_draws < low) | (x_draws > high)).double().mean())
+    )
+    assert outside["draws_outside"] > 10 * outside["truths_outside"] + 0.005
+    assert outside["draws_outside_max"] >= outside["draws_outside"]

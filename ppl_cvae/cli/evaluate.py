@@ -85,6 +85,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"; facies accuracy of the posterior mode: {facies['mode_accuracy']:.3f}, "
             f"reliability max deviation: {facies['reliability']['max_deviation']:.3f}"
         )
+    if "training_range" in metrics:
+        outside = metrics["training_range"]
+        summary += (
+            f"; values outside the training range of x: draws {outside['draws_outside']:.2%}, "
+            f"held-out truths {outside['truths_outside']:.2%}"
+        )
     calibration = metrics["calibration"]
     verdicts = [
         f"{name} {_verdict_word(calibration[key])}"
