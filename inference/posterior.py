@@ -50,6 +50,7 @@ __all__ = [
     "CVAEPosterior",
     "FAR_WARNING",
     "MIN_SUPPORT_ACCEPTANCE",
+    "SUPPORT_MASS_BYTES",
     "PosteriorDraws",
     "as_observation_batch",
     "bytes_per_draw",
@@ -320,6 +321,10 @@ def warn_far_observations(cvae: CVAE, y: torch.Tensor, *, stacklevel: int = 2) -
     )
     return count
 
+
+SUPPORT_MASS_BYTES = 256 * 2**20
+"""Working memory of the draws :meth:`CVAEPosterior.log_prob` makes at a time to estimate the
+mass of the amortized posterior in a restricted support (observations are taken in chunks)."""
 
 MIN_SUPPORT_ACCEPTANCE = 1e-3
 """Fraction of amortized draws in the prior's support below which :func:`draw_posterior` stops.
@@ -951,7 +956,10 @@ class CVAEPosterior:
         :meth:`sample` returns (``q`` restricted to the support and renormalised): ``-inf``
         outside the support, ``log q(x | y) - log P_q(support | y)`` inside, the probability
         estimated from ``num_support_draws`` draws of ``q`` per distinct observation (sbi's
-        leakage correction; relative standard error ``sqrt((1 - P) / (P n))`` on ``P``).
+        leakage correction; relative standard error ``sqrt((1 - P) / (P n))`` on ``P``), drawn
+        for a few observations at a time (:data:`SUPPORT_MASS_BYTES`). A model fitted on the
+        box of its ``x_bounds`` (``x_transform="support"``) without a problem that restricts
+        the support further has all its mass inside: nothing is estimated.
 
         Parameters
         ----------
@@ -1035,17 +1043,34 @@ class CVAEPosterior:
             support = _Support.of(cvae, self.problem)
             if support is not None:
                 out = torch.where(support.inside(x.cpu().unsqueeze(0))[0], out, -math.inf)
+            # a model fitted in u = T^-1(x) on the box of its bounds puts all its mass inside
+            all_inside = support is not None and support.problem is None and (
+                cvae.box_transform() is not None
+            )
+            if support is not None and not all_inside:
                 distinct, which = torch.unique(
                     y_batch.cpu().reshape(n, -1), dim=0, return_inverse=True
                 )
-                support_draws = draw_posterior(
-                    cvae,
-                    distinct.reshape(-1, *self.y_shape),
-                    num_support_draws,
-                    decoder_noise=True,
-                    within_support=False,
-                ).x
-                mass = support.inside(support_draws).double().mean(0)  # (distinct,)
+                distinct = distinct.reshape(-1, *self.y_shape)
+                # observations at a time: the draws of a chunk within SUPPORT_MASS_BYTES
+                per_obs = bytes_per_draw(cvae, 1) * num_support_draws
+                step = max(1, SUPPORT_MASS_BYTES // per_obs)
+                mass = torch.cat(
+                    [
+                        support.inside(
+                            draw_posterior(
+                                cvae,
+                                distinct[start : start + step],
+                                num_support_draws,
+                                decoder_noise=True,
+                                within_support=False,
+                            ).x
+                        )
+                        .double()
+                        .mean(0)
+                        for start in range(0, distinct.shape[0], step)
+                    ]
+                )  # (distinct,)
                 if bool((mass == 0).any()):
                     raise DataError(
                         f"none of {num_support_draws} draws of the amortized posterior lies in "

@@ -9,6 +9,7 @@ support, which is the case the rejection exists for.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -357,6 +358,47 @@ def bounded_flow(bounds, dim: int = 1, seed: int = 0) -> CVAE:
             x_bounds=bounds,
         )
     )
+
+
+def test_log_prob_estimates_the_mass_in_chunks_and_not_for_a_box_fit(monkeypatch):
+    """Many observations: the mass is drawn a few observations at a time, to the same values
+    (within 4 se of each estimate); a flow fitted on its box draws nothing (its mass is 1).
+
+    Before, the draws of every distinct observation were made at once: 200 held-out pairs of
+    a 12-value flow asked for 204 GiB and were refused.
+    """
+    import inference.posterior as posterior_module
+
+    cvae = bounded_flow((0.0, 1.0))
+    y = torch.linspace(-0.5, 1.5, 12).unsqueeze(-1)
+    x = torch.full((12, 1), 0.5)
+    post = CVAEPosterior(cvae)
+    whole = post.log_prob(x, y, seed=0, num_support_draws=20_000)
+    per_draw = posterior_module.bytes_per_draw(cvae, 1)
+    monkeypatch.setattr(posterior_module, "SUPPORT_MASS_BYTES", 5 * per_draw * 20_000)
+    calls = []
+    real = posterior_module.draw_posterior
+    monkeypatch.setattr(posterior_module, "draw_posterior",
+                        lambda c, yy, *a, **k: calls.append(len(yy)) or real(c, yy, *a, **k))
+    chunked = post.log_prob(x, y, seed=0, num_support_draws=20_000)
+    assert calls == [5, 5, 2]
+    twin = CVAE(dataclasses.replace(cvae.config, x_bounds=None))  # the same flow, unbounded
+    twin.load_state_dict(cvae.state_dict())
+    mass = (CVAEPosterior(twin).log_prob(x, y) - whole).exp()  # log q - (log q - log P)
+    assert bool(((mass > 0.05) & (mass < 0.95)).all())  # the estimates have sampling noise
+    # each log P has se sqrt((1 - P) / (P n)); the two estimates are independent
+    se = ((1 - mass) / (mass * 20_000)).sqrt()
+    assert bool(((chunked - whole).abs() <= 4 * math.sqrt(2) * se).all())
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.rand(300, 1, generator=gen)
+    boxed = build_cvae(
+        ModelConfig(x_shape=(1,), y_shape=(1,), hidden_dims=(8,), likelihood="flow",
+                    latent_dim=0, flow_hidden_dims=(8,), x_bounds=(0.0, 1.0),
+                    x_transform="support"), xs, xs, seed=0,
+    )
+    calls.clear()
+    assert bool(torch.isfinite(CVAEPosterior(boxed).log_prob(x, y)).all())
+    assert calls == []
 
 
 def test_x_bounds_config_round_trip_and_refusals():
