@@ -22,6 +22,7 @@ import torch
 from pyro.infer import Predictive
 
 from inference.importance import ImportanceResult, importance_sample
+from inference.training_range import outside_training_range, warn_outside_training_range
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import (
     as_count,
@@ -911,6 +912,13 @@ class CVAEPosterior:
             :func:`draw_posterior`.
         ShapeError, DataError, ResourceError
             As :func:`draw_posterior`.
+
+        Warns
+        -----
+        UserWarning
+            As :func:`warn_far_observations`; and for a model fitted on pairs alone, when
+            more than 1% of an observation's drawn values lie outside the range of the
+            training ``x`` (:func:`~inference.training_range.warn_outside_training_range`).
         """
         sample_shape = as_sample_shape(sample_shape)
         y_batch, stacked = self._y(y)
@@ -925,6 +933,9 @@ class CVAEPosterior:
             seed=seed,
             predictive=False,
         ).x[:num]
+        outside = outside_training_range(self.cvae, draws) if num else None
+        if outside is not None:  # a model fitted on pairs alone: its draws beyond them
+            warn_outside_training_range(self.cvae, outside[0].tolist(), outside[1])
         x_shape = self.cvae.config.x_shape
         if not stacked:
             return draws[:, 0].reshape(*sample_shape, *x_shape)

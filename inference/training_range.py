@@ -18,6 +18,13 @@ marginal): below 0.1% for ``N`` of 2,000 or more, far below :data:`OUTSIDE_RANGE
 On sbibm ``slcp`` (uniform prior on ``[-3, 3]^5``, 10,000 pairs, no bounds given) 0.3% to
 6.3% of the values of observations 1-5 were outside (14% of the draws had one), on
 ``gaussian_mixture`` (``[-10, 10]^2``) 0.06% to 1.8%.
+
+References
+----------
+Greenberg, Nonnenmacher and Macke (2019), Automatic posterior transformation for
+likelihood-free inference, ICML (the leakage of a posterior estimate outside the prior's
+support); David and Nagaraja (2003), Order Statistics, 3rd ed., Wiley (a new exchangeable
+draw is the smallest or largest of ``N + 1`` with probability ``2 / (N + 1)``).
 """
 
 from __future__ import annotations

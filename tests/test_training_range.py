@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from inference.posterior import CVAEPosterior
 from inference.sample import sample_posterior, sample_posterior_to_netcdf
 from inference.training_range import (
     OUTSIDE_RANGE_WARNING,
@@ -103,6 +104,9 @@ def test_a_box_prior_fitted_without_bounds_is_warned_of_and_recorded(tmp_path):
     recount = ((draws < low.numpy()) | (draws > high.numpy())).mean(axis=(0, 2))
     np.testing.assert_allclose(recorded, recount, rtol=1e-12)
     assert recorded[0] > OUTSIDE_RANGE_WARNING
+    # the Python API's posterior object warns as sbi's DirectPosterior does of leakage
+    with pytest.warns(UserWarning, match="outside the range of the training x"):
+        CVAEPosterior(cvae).sample((4000,), y=y[0], seed=3)
     # the chunked writer records the same pooled fractions and warns once
     path = tmp_path / "post.nc"
     with pytest.warns(UserWarning, match="outside the range of the training x") as caught:
