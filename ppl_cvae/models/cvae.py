@@ -382,6 +382,7 @@ class CVAE(nn.Module):
             raise DataError("the training x range needs low <= high in every element")
         self.training_x_range = (low64, high64)
 
+    @torch.no_grad()
     def set_x_box(
         self, low: torch.Tensor, high: torch.Tensor, floor: torch.Tensor | None = None
     ) -> None:
