@@ -22,7 +22,7 @@ import torch
 from pyro.infer import Predictive
 
 from inference.importance import ImportanceResult, importance_sample
-from inference.training_range import outside_training_range, warn_outside_training_range
+from inference.training_range import check_training_range
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import (
     as_count,
@@ -532,6 +532,22 @@ class _Support:
         )
 
 
+def _support_mass(cvae: CVAE, support: _Support, y: torch.Tensor, num: int) -> torch.Tensor:
+    """Fraction of ``num`` unrestricted draws inside ``support``, per observation ``(M,)``.
+
+    The observations ``y`` ``(M, *y_shape)`` are drawn for a few at a time, so that a chunk's
+    draws take at most :data:`SUPPORT_MASS_BYTES`.
+    """
+    step = max(1, SUPPORT_MASS_BYTES // (bytes_per_draw(cvae, 1) * num))
+    parts = []
+    for start in range(0, y.shape[0], step):
+        draws = draw_posterior(
+            cvae, y[start : start + step], num, decoder_noise=True, within_support=False
+        )
+        parts.append(support.inside(draws.x).double().mean(0))
+    return torch.cat(parts)
+
+
 def _support_words(problem: Problem) -> str:
     """Name a problem's support for a message."""
     if problem.support is not None:
@@ -933,9 +949,8 @@ class CVAEPosterior:
             seed=seed,
             predictive=False,
         ).x[:num]
-        outside = outside_training_range(self.cvae, draws) if num else None
-        if outside is not None:  # a model fitted on pairs alone: its draws beyond them
-            warn_outside_training_range(self.cvae, outside[0].tolist(), outside[1])
+        if num:  # a model fitted on pairs alone: its draws beyond them
+            check_training_range(self.cvae, draws)
         x_shape = self.cvae.config.x_shape
         if not stacked:
             return draws[:, 0].reshape(*sample_shape, *x_shape)
@@ -1062,26 +1077,9 @@ class CVAEPosterior:
                 distinct, which = torch.unique(
                     y_batch.cpu().reshape(n, -1), dim=0, return_inverse=True
                 )
-                distinct = distinct.reshape(-1, *self.y_shape)
-                # observations at a time: the draws of a chunk within SUPPORT_MASS_BYTES
-                per_obs = bytes_per_draw(cvae, 1) * num_support_draws
-                step = max(1, SUPPORT_MASS_BYTES // per_obs)
-                mass = torch.cat(
-                    [
-                        support.inside(
-                            draw_posterior(
-                                cvae,
-                                distinct[start : start + step],
-                                num_support_draws,
-                                decoder_noise=True,
-                                within_support=False,
-                            ).x
-                        )
-                        .double()
-                        .mean(0)
-                        for start in range(0, distinct.shape[0], step)
-                    ]
-                )  # (distinct,)
+                mass = _support_mass(
+                    cvae, support, distinct.reshape(-1, *self.y_shape), num_support_draws
+                )
                 if bool((mass == 0).any()):
                     raise DataError(
                         f"none of {num_support_draws} draws of the amortized posterior lies in "

@@ -35,6 +35,7 @@ from inference.posterior import (
 )
 from inference.refine import RefineConfig, refine_and_accept
 from inference.training_range import (
+    check_training_range,
     outside_training_range,
     pool_chunks,
     warn_outside_training_range,
@@ -611,11 +612,9 @@ def sample_posterior(
         info["refine"] = dataclasses.asdict(refine)
         info["accepted_fraction"] = float(accepted.float().mean())
         y_model = draws.y_rep  # refined draws carry the noise-free F(x); the noise is added below
-    outside = outside_training_range(cvae, draws.x)
+    outside = check_training_range(cvae, draws.x, warn=warn_support)
     if outside is not None:
-        info["outside_training_range"] = [float(v) for v in outside[0]]
-        if warn_support:
-            warn_outside_training_range(cvae, info["outside_training_range"], outside[1])
+        info["outside_training_range"] = outside
     info.update(
         {
             "independent_draws": 1,

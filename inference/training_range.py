@@ -40,6 +40,7 @@ from ppl_cvae.models.cvae import CVAE
 
 __all__ = [
     "OUTSIDE_RANGE_WARNING",
+    "check_training_range",
     "outside_training_range",
     "pool_chunks",
     "warn_outside_training_range",
@@ -156,6 +157,44 @@ def warn_outside_training_range(
         stacklevel=stacklevel,
     )
     return high_obs
+
+
+def check_training_range(cvae: CVAE, x: torch.Tensor, *, warn: bool = True) -> list[float] | None:
+    """Count the draws outside the training range and warn of them: one call for samplers.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        The model that drew ``x``.
+    x : Tensor, shape (num_samples, M, *x_shape)
+        Its draws, units of ``x``.
+    warn : bool, default True
+        Warn as :func:`warn_outside_training_range` (False where a caller warns once for
+        several chunks of draws).
+
+    Returns
+    -------
+    list of float or None
+        The fraction of each observation's values outside the range (length M); None for a
+        model without a range.
+
+    Raises
+    ------
+    ShapeError
+        As :func:`outside_training_range`.
+
+    Warns
+    -----
+    UserWarning
+        As :func:`warn_outside_training_range`, attributed to the sampler's caller.
+    """
+    outside = outside_training_range(cvae, x)
+    if outside is None:
+        return None
+    per_obs = [float(v) for v in outside[0]]
+    if warn:
+        warn_outside_training_range(cvae, per_obs, outside[1], stacklevel=4)
+    return per_obs
 
 
 def pool_chunks(
