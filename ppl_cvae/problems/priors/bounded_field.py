@@ -42,8 +42,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
-from scipy.special import expit
 from torch.distributions import (
     AffineTransform,
     ComposeTransform,
@@ -88,6 +86,8 @@ def logit_normal_std(latent_mean: float, latent_std: float, lower: float, upper:
     >>> round(logit_normal_std(0.0, 0.5327083, 0.0, 4.0), 6)
     0.5
     """
+    from scipy.special import expit  # imported on first use: scipy adds 0.35 s to a CLI start
+
     values = lower + (upper - lower) * expit(latent_mean + latent_std * _NODES)
     mean = float((_WEIGHTS * values).sum())
     return math.sqrt(max(float((_WEIGHTS * (values - mean) ** 2).sum()), 0.0))
@@ -215,6 +215,8 @@ class BoundedGaussianField:
                 f"std must be in (0, {max_std:.4g}) for a field in ({lower}, {upper}) with "
                 f"median {median}, got {std!r}"
             )
+        from scipy.optimize import brentq  # on first use, as expit above
+
         self.latent_std = float(
             brentq(
                 lambda s: logit_normal_std(self.latent_mean, s, self.lower, self.upper) - std,
