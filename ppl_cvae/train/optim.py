@@ -3,13 +3,18 @@
 ``pyro.optim.ClippedAdam`` keeps one torch optimiser per parameter tensor and loops over them in
 Python every step; for networks with a few dozen parameter tensors that loop is a visible part
 of an SVI step. :class:`FusedClippedAdam` is a ``pyro.optim.PyroOptim`` (so ``pyro.infer.SVI``
-accepts it) that gives every parameter it has seen to a single ``ClippedAdam``. The update is
-the same elementwise rule, so results match the per-parameter optimiser. Gradients are released
-after each step (``set_to_none``), as ``torch.optim.Optimizer.zero_grad`` does by default.
+accepts it) that gives every parameter it has seen to a single ``ClippedAdam`` whose step
+applies Pyro's elementwise rule to all tensors at once with torch's ``_foreach`` kernels (the
+multi-tensor path of ``torch.optim.Adam(foreach=True)``), about a dozen kernel launches per
+step instead of eight per tensor. The numbers are those of the per-parameter optimiser (the
+same operations in the same order, elementwise). Gradients are released after each step
+(``set_to_none``), as ``torch.optim.Optimizer.zero_grad`` does by default.
 """
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -19,6 +24,59 @@ from pyro.optim import PyroOptim
 from pyro.optim.clipped_adam import ClippedAdam as _TorchClippedAdam
 
 __all__ = ["FusedClippedAdam"]
+
+
+class _ForeachClippedAdam(_TorchClippedAdam):
+    """Pyro's ``ClippedAdam`` whose step updates all tensors of a group with ``_foreach`` ops.
+
+    Same state layout (``step`` an int, ``exp_avg``, ``exp_avg_sq``), so state dicts move
+    between the two. ``centered_variance=True`` and sparse gradients take Pyro's loop.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Take one step of Pyro's rule (clamp, decay the moments, bias-corrected update)."""
+        if any(group["centered_variance"] for group in self.param_groups):
+            return super().step(closure)
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            group["lr"] *= group["lrd"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise TypeError("ClippedAdam does not take sparse gradients")
+            grads = [p.grad for p in params]
+            torch._foreach_clamp_min_(grads, -group["clip_norm"])
+            torch._foreach_clamp_max_(grads, group["clip_norm"])
+            beta1, beta2 = group["betas"]
+            by_step: dict[int, list[int]] = defaultdict(list)  # tensors added at one time
+            for i, p in enumerate(params):
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p.grad)
+                    state["exp_avg_sq"] = torch.zeros_like(p.grad)
+                state["step"] += 1
+                by_step[state["step"]].append(i)
+            for count, members in by_step.items():
+                ps = [params[i] for i in members]
+                gs = [grads[i] for i in members]
+                if group["weight_decay"] != 0:
+                    gs = list(torch._foreach_add(gs, ps, alpha=group["weight_decay"]))
+                exp_avg = [self.state[p]["exp_avg"] for p in ps]
+                exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in ps]
+                torch._foreach_mul_(exp_avg, beta1)
+                torch._foreach_add_(exp_avg, gs, alpha=1 - beta1)
+                torch._foreach_mul_(exp_avg_sq, beta2)
+                torch._foreach_addcmul_(exp_avg_sq, gs, gs, value=1 - beta2)
+                denom = torch._foreach_sqrt(exp_avg_sq)
+                torch._foreach_add_(denom, group["eps"])
+                bias_correction1 = 1 - beta1**count
+                bias_correction2 = 1 - beta2**count
+                step_size = group["lr"] * math.sqrt(bias_correction2) / bias_correction1
+                torch._foreach_addcdiv_(ps, exp_avg, denom, value=-step_size)
+        return loss
 
 
 class FusedClippedAdam(PyroOptim):
@@ -58,7 +116,7 @@ class FusedClippedAdam(PyroOptim):
             # passes tensors from the store, so every name is a str
             new.sort(key=cast(Callable[[torch.Tensor], str], store.param_name))
             if self._optimizer is None:
-                self._optimizer = _TorchClippedAdam(new, **self._optim_args)
+                self._optimizer = _ForeachClippedAdam(new, **self._optim_args)
                 if self._pending_state is not None:
                     self._optimizer.load_state_dict(self._pending_state)
                     self._pending_state = None
