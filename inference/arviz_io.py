@@ -78,7 +78,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -709,14 +709,22 @@ def _check_groups_agree(idata: az.InferenceData, source: str | os.PathLike[str])
 def summary(
     idata: az.InferenceData, var_names: Sequence[str] = ("x",), hdi_prob: float = 0.9
 ) -> pd.DataFrame:
-    """Return ``az.summary`` statistics (mean, sd, HDI) of ``var_names``, no MCMC diagnostics.
+    """Return ``az.summary`` statistics (mean, sd, HDI) of ``var_names``; MCMC's for chains.
+
+    Independent draws (one chain: amortized, importance-resampled, refined) get the
+    statistics alone: their R-hat and ESS are not MCMC diagnostics. Draws of several chains
+    (``--method nuts``, ``latent-nuts``, ``facies-mcmc``) add ArviZ's MCMC diagnostics
+    (``mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat``; Vehtari et al. 2021).
 
     Returns
     -------
     pandas.DataFrame
-        One row per element, columns ``mean, sd, hdi_5%, hdi_95%`` for ``hdi_prob=0.9``.
+        One row per element, columns ``mean, sd, hdi_5%, hdi_95%`` for ``hdi_prob=0.9``, then
+        the diagnostics when the posterior has more than one chain.
     """
-    return az.summary(idata, var_names=list(var_names), kind="stats", hdi_prob=hdi_prob)
+    chains = int(idata["posterior"].sizes.get("chain", 1))
+    kind: Literal["all", "stats"] = "all" if chains > 1 else "stats"
+    return az.summary(idata, var_names=list(var_names), kind=kind, hdi_prob=hdi_prob)
 
 
 def hdi(draws: np.ndarray, hdi_prob: float = 0.9) -> np.ndarray:

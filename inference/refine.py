@@ -22,7 +22,12 @@ from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem, check_batch_axes, describe_support
-from ppl_cvae.problems.densities import checked_forward, whiten
+from ppl_cvae.problems.densities import (
+    check_continuous_support,
+    check_forward_gradient,
+    checked_forward,
+    whiten,
+)
 
 __all__ = [
     "RefineConfig",
@@ -117,7 +122,9 @@ def refine_by_misfit(
     Raises
     ------
     ConfigError
-        If ``num_steps < 1``, or ``x_scale`` is not positive and finite everywhere.
+        If ``num_steps < 1``, or ``x_scale`` is not positive and finite everywhere; if the
+        problem declares a discrete support, or its ``forward`` gives no gradient
+        (:func:`~ppl_cvae.problems.densities.check_forward_gradient`).
     ShapeError
         If ``y`` is not ``(M, *y_shape)`` matching the draws, or the problem's ``forward``
         returns a tensor of another shape than ``(S, M, *y_shape)``.
@@ -144,6 +151,8 @@ def refine_by_misfit(
             f"y must have shape ({draws.x.shape[1]}, *{tuple(problem.y_shape)}), "
             f"got {tuple(y.shape)}"
         )
+    check_continuous_support(problem, "misfit refinement")
+    check_forward_gradient(problem, draws.x[:1, :1], "misfit refinement")
     # a basis, or a declared support: steps in its unconstrained coordinates stay inside it
     par = problem.sampler_parameterisation()
     scale = _step_unit(x_scale, tuple(problem.x_shape), draws.x)
@@ -418,7 +427,7 @@ def accept_by_misfit(
     if short:
         warnings.warn(
             f"{short} of {accepted.numel()} returned draws exceed max_misfit={max_misfit}; "
-            "raise oversample or num_steps",
+            "raise oversample or num_steps (ppl-cvae sample --oversample, --refine-steps)",
             stacklevel=2,
         )
 

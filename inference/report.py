@@ -316,20 +316,36 @@ def predictive_figure(idata: az.InferenceData, observation: int = 0) -> Figure |
     )
 
 
+def _latent_draws(idata: az.InferenceData, observation: int) -> np.ndarray | None:
+    """Return the ``(draws, latent_dim)`` latent draws of one observation, or None.
+
+    None when the posterior has no ``z`` (importance sampling, NUTS), a ``z`` of size 0 (a
+    flow on x without a latent) or a ``z`` without one finite value.
+    """
+    if "z" not in idata["posterior"].data_vars:
+        return None
+    z = np.asarray(_select(idata["posterior"]["z"], observation).values, dtype=float)
+    if z.ndim != 2 or z.shape[-1] == 0 or not np.isfinite(z).any():
+        return None
+    return z
+
+
 def write_report(
     idata: az.InferenceData, out_dir: str | os.PathLike[str], *, max_observations: int = 3
 ) -> list[Path]:
     """Write the uncertainty report of a posterior file into ``out_dir``.
 
     Files: ``summary.csv`` (``az.summary`` of ``x`` and its derived quantities with mean, sd
-    and 90% HDI, no MCMC diagnostics since the draws are independent), ``misfit.csv``
+    and 90% HDI; R-hat and ESS too for draws of several chains:
+    :func:`inference.arviz_io.summary`), ``misfit.csv``
     (:func:`inference.diagnostics.ppc.run_ppc`: noise-whitened chi-squared per datum when the
     file holds the noise, else RMSE in the units of ``y``, said in its columns), and per
     observation (up to ``max_observations``): ``posterior_obsK.png`` (and ``profile_obsK.png``
     for a 2-D grid; :func:`posterior_figures`; ``posterior_<name>_obsK.png`` and
     ``profile_<name>_obsK.png`` for each derived quantity), ``predictive_obsK.png``
     (:func:`predictive_figure`) and ``latent_pairs_obsK.png`` (seaborn pair plot of up to 4
-    latent dims, when the posterior has ``z``).
+    latent dims, when the posterior has a ``z`` with a finite value: not for importance sampling
+    or NUTS files, nor a flow on x without a latent).
 
     Parameters
     ----------
@@ -379,9 +395,9 @@ def write_report(
         predictive = predictive_figure(idata, m)
         if predictive is not None:
             written.append(plots.save_figure(predictive, out / f"predictive_obs{m}.png"))
-        if "z" not in idata["posterior"].data_vars:  # draws without a latent code
+        z = _latent_draws(idata, m)
+        if z is None:  # draws without a latent code (importance, NUTS, a flow on x)
             continue
-        z = _select(idata["posterior"]["z"], m).values
         k = min(4, z.shape[-1])
         written.append(
             plots.plot_pairs(

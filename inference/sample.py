@@ -49,6 +49,7 @@ from ppl_cvae.errors import (
     DataError,
     NoPriorDensityError,
     OutputError,
+    PplCvaeError,
     ShapeError,
 )
 from ppl_cvae.models.cvae import CVAE
@@ -153,7 +154,7 @@ def _warn_not_finite(counts: Mapping[str, Sequence[int]]) -> None:
     if not counts:
         return
     log.warning(
-        "warning: the posterior file holds non-finite values (kept; the draws are finite): "
+        "the posterior file holds non-finite values (kept; the draws are finite): "
         "%s. The problem's density or forward operator gives NaN or inf at these draws; "
         "arviz.loo and summaries of these variables will be NaN",
         "; ".join(f"{name} at {bad} of {total}" for name, (bad, total) in counts.items()),
@@ -190,6 +191,50 @@ def stack_chains(per_observation: Sequence[torch.Tensor]) -> torch.Tensor:
     """
     stacked = torch.stack(list(per_observation), dim=2)  # (chains, draws, M, *event_shape)
     return stacked.flatten(0, 1)
+
+
+def _importance_remedy(problem: Problem, x: torch.Tensor) -> str:
+    """Return what to try after importance sampling failed, by what the problem allows.
+
+    NUTS where the support is continuous and the forward operator has a gradient (probed at
+    ``x``, shape ``(*batch, *x_shape)``); otherwise more proposals, or the facies samplers for
+    a discrete support.
+    """
+    from ppl_cvae.problems.densities import check_continuous_support, check_forward_gradient
+
+    try:
+        check_continuous_support(problem, "NUTS")
+    except ConfigError:
+        return "try more --proposals, or --method facies-mcmc or facies-smc (facies codes)"
+    try:
+        check_forward_gradient(problem, x, "NUTS")
+    except PplCvaeError:  # no gradient (or a forward that fails on this layout)
+        return "try more --proposals (NUTS needs a forward operator with a gradient)"
+    return "try --method nuts, or more --proposals"
+
+
+def problem_record(problem: Problem) -> dict[str, Any]:
+    """Return the ``problem`` attribute of a posterior file: what rebuilds the problem.
+
+    The problem's :meth:`~ppl_cvae.problems.base.Problem.spec` (its name and keyword
+    arguments, e.g. ``{"name": "linear_gaussian", "x_dim": 2, ...}``); for a problem without
+    one (a user's problem), its name and class, ``{"name": ..., "class": "module.Class"}``
+    (the command line records its ``--problem package.module:factory`` reference instead).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable; stored as a JSON string attribute.
+    """
+    try:
+        record = problem.spec()
+        json.dumps(record)
+    except Exception:  # noqa: BLE001 - user problems may not serialise; the record says so
+        record = None
+    if not isinstance(record, dict) or "name" not in record:
+        kind = type(problem)
+        record = {"name": str(problem.name), "class": f"{kind.__module__}.{kind.__qualname__}"}
+    return record
 
 
 def inference_data_from_draws(
@@ -625,10 +670,7 @@ def sample_posterior(
     if seed is not None:
         info["seed"] = seed
     if problem is not None:
-        try:
-            info["problem"] = problem.spec()
-        except Exception:  # noqa: BLE001 - user problems may not serialise; attrs are optional
-            info["problem"] = repr(problem)
+        info["problem"] = problem_record(problem)
     info.update(attrs or {})
     info["num_samples"] = num_samples
     return inference_data_from_draws(
@@ -1104,10 +1146,11 @@ def sample_corrected(
         )
     problem = as_problem(problem)
     check_problem_matches(problem, cvae.config)
+    record = problem_record(problem)  # of the problem itself, before the run's bounds
     # the run's x_bounds are part of its prior: the corrections read the support from problem
     problem = within_run_bounds(problem, cvae.config.x_bounds_box())
-    # the CVAE's configuration (its x_bounds among it) as for amortized draws
-    attrs = {"model_config": cvae.config.to_dict(), **(attrs or {})}
+    # the CVAE's configuration (its x_bounds among it) and the problem, as for amortized draws
+    attrs = {"model_config": cvae.config.to_dict(), "problem": record, **(attrs or {})}
     y_batch, _ = as_observation_batch(y, y_shape)
     cvae.check_finite(y=y_batch)
     warn_far_observations(cvae, y_batch)
@@ -1207,7 +1250,7 @@ def sample_corrected(
             summary += (
                 f"; FAILED for {failed} of {len(eff)} observation(s) (k-hat > {KHAT_THRESHOLD}):"
                 " the amortized posterior does not cover the exact one there, so these draws "
-                "are not trustworthy; try --method nuts"
+                f"are not trustworthy; {_importance_remedy(problem, x[:1, :1])}"
             )
         return idata, summary, failed == 0
     if correction.method != "nuts":

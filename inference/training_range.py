@@ -70,7 +70,8 @@ def outside_training_range(
     (Tensor, Tensor) or None
         float64 fractions of values strictly outside ``[low, high]``: per observation, shape
         ``(M,)`` (over draws and elements), and per element, shape ``x_shape`` (over draws and
-        observations).
+        observations). An element with ``low == high`` (constant in the training pairs)
+        counts as inside.
 
     Raises
     ------
@@ -93,7 +94,11 @@ def outside_training_range(
         raise ShapeError(f"draws have shape {tuple(x.shape)}; expected (S, M, *{x_shape})")
     low, high = cvae.training_x_range
     values = x.detach().to("cpu", torch.float64)
-    outside = ((values < low) | (values > high)).to(torch.float64)
+    # an element the same in every training pair (a fixed parameter) has no range to leave:
+    # the exchangeability bound is for a continuous prior marginal, and any draw of a density
+    # misses a point, so such elements count as inside
+    outside = ((values < low) | (values > high)) & (high > low)
+    outside = outside.to(torch.float64)
     per_obs = outside.flatten(2).mean((0, 2))
     per_element = outside.mean((0, 1))
     return per_obs, per_element

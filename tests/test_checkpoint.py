@@ -340,3 +340,14 @@ def test_v1_checkpoints_load_with_their_weights(tmp_path):
     loaded, _ = load_checkpoint(tmp_path / "v1.pt")
     for key, value in cvae.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_a_run_folders_other_files_are_named_as_such(tmp_path):
+    """``sample run/config.json`` (a run's file, not its checkpoint) says to give the folder,
+    not that the JSON failed to unpickle."""
+    cvae, problem, _ = _small_model()
+    save_checkpoint(tmp_path / "model.pt", cvae, problem=problem)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"is the run folder's config.json, not its "
+                       r"checkpoint; give the run folder '.*' \(or its model.pt\)"):
+        load_checkpoint(tmp_path / "config.json")

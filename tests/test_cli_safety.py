@@ -272,12 +272,13 @@ def test_non_utf8_paths_get_a_clear_error(ws, capsys):
     _refused(["fit", "--data", bad, "--out", f"{ws}/u", *TINY], capsys, "UTF-8")
 
 
-@pytest.mark.parametrize("drop", ["x", "z", "observed", "draws", "nan"])
+@pytest.mark.parametrize("drop", ["x", "observed", "draws", "nan"])
 def test_incomplete_posterior_files_are_refused(ws, capsys, drop):
+    """(A file without ``z`` is complete: importance sampling and NUTS draw x alone.)"""
     import arviz as az
 
     idata = az.from_netcdf(ws / "post.nc")
-    if drop in ("x", "z"):
+    if drop == "x":
         idata.posterior = idata.posterior.drop_vars(drop)
     elif drop == "observed":
         idata = az.InferenceData(posterior=idata.posterior)
@@ -316,3 +317,43 @@ def test_allocator_failures_are_one_line_and_bugs_are_not_hidden(tmp_path, capsy
     monkeypatch.setattr(cli_simulate, "cmd_simulate", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(argv)
+
+
+def test_overwrite_replaces_only_files_the_same_command_wrote(ws, capsys):
+    """``--overwrite`` of an output file: a user's own ``.nc``, ``.npz`` or ``.json`` (here:
+    data files and notes) is refused with the file unchanged; the command's own previous
+    output (a posterior file, simulated pairs, a score) is replaced."""
+    import xarray as xr
+
+    wells = ws / "wells.nc"  # a user's own NetCDF data set, not a posterior file
+    xr.Dataset({"x": (("n", "a"), np.zeros((3, 2))), "y": (("n", "b"), np.ones((3, 2)))}
+               ).to_netcdf(wells, engine="h5netcdf")
+    notes = ws / "notes.json"
+    notes.write_text('{"mine": 1}')
+    mydata = ws / "mydata.npz"  # pairs the user saved with numpy
+    np.savez(mydata, x=np.zeros((3, 2)), y=np.ones((3, 2)))
+    before = digest(ws)
+    _refused(["sample", f"{ws}/run", "--observation", f"{ws}/obs.npz", "--num-samples", "5",
+              "--out", str(wells), "--overwrite"], capsys, "was written by another program")
+    _refused(["simulate", "--problem", "linear_gaussian", "--num", "2", "--out",
+              str(mydata), "--overwrite"], capsys,
+             "replaces only a file written by 'ppl-cvae simulate'")
+    _refused(["score", f"{ws}/post.nc", "--out", str(notes), "--overwrite"], capsys,
+             "written by another program")
+    assert digest(ws) == before
+    # the command's own outputs are replaced
+    sim = ws / "sim.npz"
+    lg = ["simulate", "--problem", "linear_gaussian", "--num", "2", "--out", str(sim)]
+    assert main([*lg, "--seed", "1"]) == 0
+    first = np.load(sim)["x"]
+    assert main([*lg, "--seed", "2", "--overwrite"]) == 0
+    assert not np.array_equal(np.load(sim)["x"], first)
+    post = ws / "post_again.nc"
+    draw = ["sample", f"{ws}/run", "--observation", f"{ws}/obs.npz", "--num-samples", "5",
+            "--out", str(post)]
+    assert main(draw) == 0
+    assert main([*draw, "--overwrite", "--seed", "3"]) == 0
+    score = ws / "score.json"  # a score names its command in the file, not in its print
+    score.write_text('{"ppl_cvae_command": "ppl-cvae simulate"}')
+    _refused(["score", f"{ws}/post.nc", "--out", str(score), "--overwrite"], capsys,
+             "was written by 'ppl-cvae simulate'")

@@ -402,8 +402,9 @@ def test_netcdf_file_that_hung_libhdf5_ends_quickly(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "arrays, error, match",
     [
-        ({"y": np.float64(1.0)}, ShapeError, r"y in .* is a 0-d scalar"),
-        ({"y": np.zeros((1, 50, 2)), "x": np.float64(2.0)}, ShapeError, r"x in .* is a 0-d"),
+        ({"y": np.float64(1.0)}, ShapeError, r"y in .* is a 0-d scalar; expected y of shape"),
+        ({"y": np.zeros((1, 50, 2)), "x": np.float64(2.0)}, ShapeError,
+         r"x in .* is a 0-d scalar; expected x with one model per observation, \(M, \*x_shape\)$"),
         ({"y": np.zeros((1, 50, 2), np.complex64)}, DataError, r"y in .* has dtype complex64"),
         ({"y": np.zeros((0, 1, 50, 2))}, DataError, r"y in .* is empty: shape \(0, 1, 50, 2\)"),
         ({"y": np.full((1, 50, 2), 1e39)}, DataError, "100 finite values beyond the float32"),
@@ -434,3 +435,34 @@ def test_garbage_observation_files(tmp_path):
     (tmp_path / "obs.txt").write_text("1 2 3")
     with pytest.raises(DataError, match=r"must be \.npy or \.npz, got '\.txt'"):
         load_observations(tmp_path / "obs.txt", (3,))
+
+
+@pytest.mark.parametrize("flat", ["x", "y"])
+def test_one_value_per_pair_gets_the_reshape_hint(tmp_path, flat):
+    """A 1-D array (one value per pair) is refused with the reshape that fixes it."""
+    arrays = {"x": np.zeros((30, 2)), "y": np.zeros((30, 3))}
+    arrays[flat] = np.zeros(30)
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(ShapeError, match=rf"; {flat} of shape \(30,\) holds one value per pair: "
+                       rf"save it as {flat}\.reshape\(30, 1\)$"):
+        load_pairs(tmp_path / "d.npz")
+
+
+def test_netcdf_pairs_dim_not_first_gets_the_transpose(tmp_path):
+    """A NetCDF file whose shared pairs dimension is not first (``x`` on ``(param, sample)``)
+    is refused by the eager and the lazy reader alike, naming the dim and the transpose;
+    before, the eager reader said that x and y held different numbers of pairs."""
+    import xarray as xr
+
+    from ppl_cvae.data.lazy import open_lazy_pairs
+
+    path = tmp_path / "t.nc"
+    xr.Dataset({"x": (("param", "sample"), np.zeros((2, 50))),
+                "y": (("sample", "datum"), np.zeros((50, 3)))}).to_netcdf(path, engine="h5netcdf")
+    match = (r"share the dimension 'sample' \(the pairs\), but it is not their first \(x "
+             r"\('param', 'sample'\), y \('sample', 'datum'\)\); put it first, e\.g\. "
+             r"ds\.transpose\('sample', \.\.\.\)")
+    with pytest.raises(ShapeError, match=match):
+        load_pairs(path)
+    with pytest.raises(ShapeError, match=match):
+        open_lazy_pairs(path)

@@ -122,6 +122,9 @@ def test_image_folder_with_classes(tmp_path):
             pixels = np.full((20, 30), 60 * (k + 1) + i, dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
     (tmp_path / "cats" / "notes.txt").write_text("ignored")
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # a hidden folder is not a class
+    hidden = tmp_path / ".ipynb_checkpoints" / "0.png"
+    Image.fromarray(np.zeros((20, 30), dtype=np.uint8)).save(hidden)
     x, labels, classes = load_image_folder(tmp_path, size=(10, 12))
     assert x.shape == (4, 10, 12) and classes == ["cats", "dogs"]
     assert labels.tolist() == [0, 0, 1, 1]

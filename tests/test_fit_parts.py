@@ -190,3 +190,41 @@ def test_pairs_in_float64_train_as_their_float32_values_do():
         result = fit(cvae, xs, ys, train, progress=False, validation=(xs[:8], ys[:8]))
         runs.append((_weights_digest(cvae), result.step_losses))
     assert runs[0] == runs[1]
+
+
+def test_numpy_and_list_pairs_train_as_their_tensors():
+    """``build_cvae`` and ``fit`` take NumPy arrays and lists as sbi does (cast to float32):
+    the same pairs as arrays, lists or tensors give bit-identical weights; a string is a
+    DataError naming ``x``."""
+    import numpy as np
+
+    from ppl_cvae import DataError
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 2)), rng.normal(size=(64, 3))  # float64, as NumPy makes them
+    config = ModelConfig(x_shape=(2,), y_shape=(3,), latent_dim=2, hidden_dims=(8,))
+    train = TrainConfig(num_epochs=2, batch_size=32, patience=0)
+    digests = []
+    tensors = (torch.as_tensor(x).float(), torch.as_tensor(y).float())
+    for xs, ys in [(x, y), (x.tolist(), y), tensors]:
+        cvae = build_cvae(config, xs, ys, seed=3)
+        fit(cvae, xs, ys, train, validation=(x[:8], y[:8].tolist()), progress=False)
+        digests.append(_weights_digest(cvae))
+    assert digests[0] == digests[1] == digests[2]
+    with pytest.raises(DataError, match="x is a builtins.str"):
+        build_cvae(config, "pairs.npz", y)
+
+
+def test_pairs_whose_y_is_constant_are_warned_of():
+    """A y the same in every pair carries no information: the model could learn p(x) only.
+    One constant element among informative ones (an image's border) is not warned of."""
+    import warnings
+
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    config = ModelConfig(x_shape=(2,), y_shape=(3,), latent_dim=2, hidden_dims=(8,))
+    with pytest.warns(UserWarning, match="every element of y is the same in all 32"):
+        build_cvae(config, x, torch.ones(32, 3))
+    y = torch.cat([x, torch.zeros(32, 1)], -1)  # the last element constant
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_cvae(config, x, y)

@@ -67,6 +67,16 @@ def test_counts_values_outside_against_a_normal_tail():
         outside_training_range(cvae, draws[0])
 
 
+def test_an_element_constant_in_the_training_pairs_counts_as_inside():
+    """A fixed parameter (the same in every pair) has no range: draws near it are not
+    "outside" (before, every draw of a density was, and a correct model was warned of)."""
+    cvae = CVAE(ModelConfig(x_shape=(2,), y_shape=(1,), hidden_dims=(4,)))
+    cvae.set_training_x_range(torch.tensor([-1.0, 3.0]), torch.tensor([1.0, 3.0]))
+    draws = torch.stack([torch.zeros(100), 3.0 + 1e-3 * torch.randn(100)], -1)[:, None]
+    per_obs, per_element = outside_training_range(cvae, draws)
+    assert per_obs.tolist() == [0.0] and per_element.tolist() == [0.0, 0.0]
+
+
 def test_exact_posterior_draws_leave_the_range_of_n_prior_draws_2_over_n_plus_1():
     """The bound the warning's threshold rests on: 2 / (N + 1) for a correct posterior.
 

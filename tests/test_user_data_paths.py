@@ -117,7 +117,7 @@ def test_nan_and_inf_are_refused_alike_naming_the_first_and_the_count(tmp_path, 
     shape = "(3000, 4)" if where == "x" else "(3000, 6)"
     expected = (
         f"{where} in 'FILE' contains 3 NaN or inf values (the first at {where}[1234, 2] = nan; "
-        f"shape {shape}, dtype float64); replace or drop those pairs before training"
+        f"shape {shape}, dtype float64); replace or drop those pairs (fit and evaluate read them)"
     )
     for reader, path in paths.items():
         assert _refusal(reader, path) == expected, reader

@@ -310,7 +310,10 @@ def misfit_warning(idata: InferenceData, *, max_draws: int = 1000) -> str | None
     str or None
         None when every observation's misfit is plausible, or the file holds no posterior
         predictive or no noise information (a noise-free problem); else the number of
-        observations flagged, the first one's figures and the remedy.
+        observations flagged, the first one's figures and the remedy, which follows the
+        file's ``method`` attribute: amortized or refined draws are corrected with the
+        physics; corrected draws that passed their sampler's check point at the prior or
+        noise model, and otherwise at running the sampler longer.
     """
     groups = idata.groups()
     if "posterior_predictive" not in groups or "observed_data" not in groups:
@@ -324,10 +327,35 @@ def misfit_warning(idata: InferenceData, *, max_draws: int = 1000) -> str | None
     if not failures:
         return None
     total = int((table["data"] == "all").sum())
+    method = str(idata["posterior"].attrs.get("method", "amortized"))
     return (
         f"the draws misfit the data of {len(failures)} of {total} observation(s) "
-        f"({failures[0]}); exact posterior draws average 1 per datum: these are not the "
-        "posterior there; correct them with --method importance or nuts (ppl-cvae diagnose "
-        "lists every observation)"
+        f"({failures[0]}); exact posterior draws average 1 per datum: "
+        f"{_MISFIT_REMEDY.get(method, _MISFIT_REMEDY['amortized'])} (ppl-cvae diagnose lists "
+        "every observation)"
     )
+
+
+_CORRECTED_REMEDY = (
+    "if the {what} passed its check, the draws follow the problem's prior and noise model, "
+    "and these data are unlikely under them (a noise sd too small, or a prior that excludes "
+    "the truth); if not, {fix}"
+)
+_MISFIT_REMEDY = {
+    "amortized": "these are not the posterior there; correct them with --method importance "
+    "or nuts",
+    "refine": "these are not the posterior there (refinement is an optimiser); correct the "
+    "amortized draws with --method importance or nuts",
+    "importance": _CORRECTED_REMEDY.format(
+        what="importance sampling (k-hat <= 0.7)",
+        fix="raise --proposals, or use --method nuts where the forward operator has a gradient",
+    ),
+    **{
+        method: _CORRECTED_REMEDY.format(
+            what="sampler (R-hat)", fix="run the chains longer (--warmup, --num-samples)"
+        )
+        for method in ("nuts", "latent-nuts", "facies-mcmc", "facies-smc")
+    },
+}
+"""What the misfit warning tells the user to do, by the ``method`` attribute of the file."""
 

@@ -29,7 +29,12 @@ from ppl_cvae.checks import as_real_tensor, as_seed, derived_seed
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, ShapeError, exception_summary
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem, check_layouts, describe_support
-from ppl_cvae.problems.densities import checked_forward, checked_log_likelihood
+from ppl_cvae.problems.densities import (
+    check_continuous_support,
+    check_forward_gradient,
+    checked_forward,
+    checked_log_likelihood,
+)
 
 __all__ = ["MCMCResult", "nuts_sample"]
 
@@ -170,7 +175,9 @@ def nuts_sample(
         If ``precondition`` is unknown, a count is out of range (``num_samples`` below
         :data:`MIN_DRAWS_PER_CHAIN`), ``precondition`` is ``"prior"`` or
         ``"prior-amortized"`` and the problem's prior is not Gaussian in the sampled
-        coordinates, or ``seed`` is not an int in ``[0, 2**32 - 1]``; or, before any chain
+        coordinates, or ``seed`` is not an int in ``[0, 2**32 - 1]``; if the problem
+        declares a discrete support or its ``forward`` gives no gradient
+        (:func:`~ppl_cvae.problems.densities.check_forward_gradient`); or, before any chain
         runs, the problem's ``forward`` or ``log_prior`` raises on two starts laid out as
         NUTS evaluates them (one model, float64; the message says when float32 or another
         batch layout works, :func:`~ppl_cvae.problems.base.check_layouts`).
@@ -245,6 +252,7 @@ def nuts_sample(
                 f"{problem.name!r}'s declared support {describe_support(problem.support)}: "
                 "start the chains inside it (amortized draws are kept inside by draw_posterior)"
             )
+    check_continuous_support(problem, "NUTS")
     par = problem.sampler_parameterisation()
     if precondition in ("prior", "prior-amortized") and problem.gaussian_prior() is None:
         raise ConfigError(
@@ -290,6 +298,7 @@ def nuts_sample(
             f"{int(bad.sum())} of {bad.numel()} chain starts (amortized draws); NUTS needs a "
             f"finite density there: check the problem's {' and '.join(culprit or list(terms))}"
         )
+    check_forward_gradient(problem, init[:1].double(), "NUTS")
     if num_samples < MIN_DRAWS_PER_CHAIN:
         raise ConfigError(
             f"num_samples={num_samples} draws per chain; the split R-hat and the ESS of a chain "

@@ -131,12 +131,26 @@ def _lost_peers(err: BaseException) -> bool:
     )
 
 
+class _LineFormatter(logging.Formatter):
+    """Log records as the command's lines.
+
+    A warning becomes ``ppl-cvae: warning: ...`` (as Python warnings and errors are);
+    information is shown as it is.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"ppl-cvae: warning: {text}" if record.levelno >= logging.WARNING else text
+
+
 def _main(argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and run the command: :func:`main` without the torchrun exit."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LineFormatter("%(message)s"))
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+        level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler]
     )
     if args.command == "fit" and not (
         args.problem or args.data or args.dataset or args.config or args.resume

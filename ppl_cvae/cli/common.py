@@ -53,15 +53,75 @@ def _problem_from_args(
     return problem, reference
 
 
-def _check_new_file(path: Path, overwrite: bool, inputs: list[Any], suffix: str) -> None:
-    """Refuse an output file that would destroy an input, has the wrong suffix, or exists."""
+def _check_new_file(
+    path: Path, overwrite: bool, inputs: list[Any], suffix: str, command: str
+) -> None:
+    """Refuse an output file that would destroy an input, has the wrong suffix, or exists.
+
+    With ``overwrite``, an existing file is replaced only when ``ppl-cvae <command>`` wrote
+    it (:func:`_written_by`): never a user's own data or another command's output.
+    """
     check_output_path(path, inputs, kind="file")
     if path.suffix.lower() != suffix:
         raise ConfigError(f"--out {str(path)!r} must end in {suffix} (the format written)")
     if path.exists() and not overwrite:
         raise OutputError(f"{str(path)!r} exists; choose another name or pass --overwrite")
+    if path.exists():
+        wrote = _written_by(path)
+        if wrote != f"ppl-cvae {command}":
+            who = "another program" if wrote is None else repr(wrote)
+            raise OutputError(
+                f"--overwrite replaces only a file written by 'ppl-cvae {command}', and "
+                f"{str(path)!r} was written by {who}; choose another --out or delete it yourself"
+            )
     if not path.parent.is_dir():
         raise OutputError(f"folder {str(path.parent)!r} does not exist")
+
+
+_POSTERIOR_ATTRS_CHILD = r"""
+import h5netcdf
+with h5netcdf.File(path, "r", phony_dims="sort") as f:
+    group = f.groups.get("posterior")
+    attrs = {} if group is None else dict(group.attrs)
+reply(command=str(attrs.get("command", "")), library=str(attrs.get("inference_library", "")))
+"""
+
+
+def _written_by(path: Path) -> str | None:
+    """Return the ``ppl-cvae`` command that wrote an output file, or None for any other file.
+
+    A posterior ``.nc``: its ``posterior`` group's ``inference_library`` is ``ppl_cvae`` (read
+    in a child process with a time limit: libhdf5 can hang on a corrupt file), written by
+    ``ppl-cvae sample`` or the Python API alike. An ``.npz`` or ``.json``: the command named
+    by :data:`~ppl_cvae.data.io.WRITTEN_BY_KEY`. Unreadable files give None.
+    """
+    from ppl_cvae._isolated import netcdf_timeout, run_isolated
+    from ppl_cvae.data.io import WRITTEN_BY_KEY, npz_written_by
+    from ppl_cvae.errors import DataError
+
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        return None
+    if suffix == ".npz":
+        return npz_written_by(path)
+    if suffix == ".json":
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        found = record.get(WRITTEN_BY_KEY) if isinstance(record, dict) else None
+        return found if isinstance(found, str) else None
+    if suffix == ".nc":
+        try:
+            reply, _, folder = run_isolated(
+                _POSTERIOR_ATTRS_CHILD, path, [], netcdf_timeout(path), "NetCDF"
+            )
+        except DataError:
+            return None
+        folder.cleanup()
+        if reply.get("library") == "ppl_cvae":
+            return "ppl-cvae sample"
+    return None
 
 
 def _check_out_dir(path: Path, overwrite: bool, inputs: list[Any], command: str) -> None:
@@ -81,13 +141,20 @@ def _check_simulation_memory(problem: Any, num: int, flag: str) -> None:
 
 
 def _load_run(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Load the run's model and its problem (``--problem`` overrides the stored one)."""
+    """Load the run's model and its problem (``--problem`` overrides the stored one).
+
+    ``meta`` is :func:`~ppl_cvae.train.load_checkpoint`'s, with ``"problem_record"``: what
+    rebuilds the problem used (the ``--problem package.module:factory`` reference with its
+    arguments, else the checkpoint's record), or None for a built-in ``--problem`` name (its
+    ``spec()`` says it) and a run without a problem.
+    """
     from ppl_cvae.train import load_checkpoint
 
-    problem = None
+    problem = reference = None
     if getattr(args, "problem", None):
-        problem, _ = _problem_from_args(args)
+        problem, reference = _problem_from_args(args)
     cvae, meta = load_checkpoint(args.run_dir, problem=problem)
+    meta["problem_record"] = reference if problem is not None else meta.get("problem_spec")
     if cvae.config.y_shape is None:  # an unconditional VAE (config.conditional False)
         raise ConfigError(
             f"run {args.run_dir!r} holds an unconditional VAE; nothing to condition on"

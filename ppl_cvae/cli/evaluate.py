@@ -33,7 +33,7 @@ def _warn_not_finite(kind: str, where: str, found: list[tuple[str, str]]) -> Non
     names = ", ".join(f"{path} ({word})" for path, word in found[:8])
     more = f" and {len(found) - 8} more" if len(found) > 8 else ""
     log.warning(
-        "warning: %d %s(s) not finite, written as null in %s: %s%s",
+        "%d %s(s) not finite, written as null in %s: %s%s",
         len(found), kind, where, names, more,
     )
 
@@ -125,11 +125,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out_dir(out, args.overwrite, [args.posterior], "diagnose")
     idata = load_inference_data(args.posterior)
-    check_posterior(
-        idata,
-        args.posterior,
-        require=(("posterior", "x"), ("posterior", "z"), ("observed_data", "y")),
-    )
+    # z is optional: importance, NUTS and latent-free flows draw x alone
+    check_posterior(idata, args.posterior, require=(("posterior", "x"), ("observed_data", "y")))
     with atomic_dir(out, overwrite=args.overwrite, command="diagnose") as tmp_dir:
         files = write_report(idata, tmp_dir, max_observations=args.max_observations)
         verdict = _misfit_verdict(tmp_dir / "misfit.csv")
@@ -173,10 +170,11 @@ def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score a Two Birds posterior file with the challenge's criteria."""
     from inference.arviz_io import check_posterior, load_inference_data
+    from ppl_cvae.data.io import WRITTEN_BY_KEY
     from ppl_cvae.problems.two_birds import FUNCTION_PAIRS, score_samples
 
     if args.out:
-        _check_new_file(Path(args.out), args.overwrite, [args.posterior], ".json")
+        _check_new_file(Path(args.out), args.overwrite, [args.posterior], ".json", "score")
     idata = load_inference_data(args.posterior)
     check_posterior(idata, args.posterior, require=(("posterior", "x"), ("observed_data", "y")))
     functions = args.functions
@@ -205,7 +203,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             {"score": path, "value": word, "why": "the draws or the data give no finite score"}
             for path, word in not_finite
         ]
-    text = dumps_strict(report, indent=2)
+    # the file names its command, so that --overwrite may replace it later (and nothing else)
+    text = dumps_strict({**report, WRITTEN_BY_KEY: "ppl-cvae score"}, indent=2)
     if args.out:
         with atomic_path(Path(args.out)) as tmp:
             tmp.write_text(text)

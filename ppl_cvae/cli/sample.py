@@ -149,7 +149,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_new_file(
-        out, args.overwrite, [args.run_dir, args.observation, args.generative_prior], ".nc"
+        out,
+        args.overwrite,
+        [args.run_dir, args.observation, args.generative_prior],
+        ".nc",
+        "sample",
     )
     if args.refine and args.method not in ("amortized", "refine"):
         raise ConfigError(f"--refine contradicts --method {args.method}; give one of them")
@@ -213,6 +217,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "observation_file": str(args.observation),
         "command": "ppl-cvae sample",
     }
+    if problem is not None and meta.get("problem_record") is not None:
+        attrs["problem"] = meta["problem_record"]  # a user's factory reference, not its class
     if method == "nuts":
         _nuts_defaults(args, problem)
     if method in ("importance", "nuts", *GENERATIVE_PRIOR_METHODS):
@@ -316,5 +322,5 @@ def _warn_misfit(idata: Any) -> None:
 
     message = misfit_warning(idata)
     if message is not None:
-        log.warning("ppl-cvae: warning: %s", message)
+        log.warning("%s", message)
 

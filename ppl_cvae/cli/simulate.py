@@ -16,7 +16,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from ppl_cvae.problems.checked_simulator import CheckedSimulator
 
     out = Path(args.out)
-    _check_new_file(out, args.overwrite, [], ".npz")
+    _check_new_file(out, args.overwrite, [], ".npz", "simulate")
     problem, _ = _problem_from_args(args)
     _check_simulation_memory(problem, args.num, "--num")
     # the checks of fit's simulator: shapes, finite float tensors, sys.exit in problem code
@@ -25,6 +25,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     x, y = simulate(args.num, torch.Generator().manual_seed(args.seed))
     assert y is not None  # a conditional problem: the checked simulator returns y
-    save_pairs(out, x, y, overwrite=args.overwrite)
+    save_pairs(out, x, y, overwrite=args.overwrite, written_by="ppl-cvae simulate")
     print(f"wrote {args.num} pairs x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])} to {out}")
     return 0

@@ -200,7 +200,8 @@ def load_image_folder(
     ----------
     folder : path
         Images directly inside (one class, label 0) or in one sub-folder per class (labels in
-        sorted sub-folder order).
+        sorted sub-folder order; hidden sub-folders, whose names start with ``.`` or ``__``,
+        are skipped).
     size : (int, int), default (150, 150)
         Output ``(height, width)`` in pixels.
     grayscale : bool, default True
@@ -222,7 +223,10 @@ def load_image_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {str(folder)!r} does not exist")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    # hidden folders (.ipynb_checkpoints, .git, __MACOSX) are not classes
+    subdirs = sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))
+    )
     groups = [(p.name, p) for p in subdirs] if subdirs else [(folder.name, folder)]
     arrays, labels, classes = [], [], []
     for label, (name, directory) in enumerate(groups):
@@ -271,7 +275,8 @@ def load_dataset(
     x : Tensor, shape (N, *image_shape)
     y : Tensor, shape (N, num_classes), or None
     info : dict
-        ``{"name", "num_classes", "labels"}`` (labels: Tensor of shape (N,)).
+        ``{"name", "num_classes", "labels", "classes"}`` (labels: Tensor of shape (N,);
+        classes: the class names in label order, the sub-folder names for ``folder``).
 
     Raises
     ------
@@ -287,6 +292,7 @@ def load_dataset(
         raise UnknownProblemError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
     if condition not in ("label", "none"):
         raise ConfigError(f"condition must be 'label' or 'none', got {condition!r}")
+    classes = [str(k) for k in range(10)]
     if name == "digits":
         images, labels = load_digits()
         num_classes = 10
@@ -299,4 +305,5 @@ def load_dataset(
         images, labels, classes = load_image_folder(path, size=size)
         num_classes = len(classes)
     y = one_hot(labels, num_classes) if condition == "label" else None
-    return images, y, {"name": name, "num_classes": num_classes, "labels": labels}
+    info = {"name": name, "num_classes": num_classes, "labels": labels, "classes": classes}
+    return images, y, info

@@ -41,6 +41,7 @@ import tokenize
 import warnings
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -57,8 +58,11 @@ __all__ = [
     "load_pairs",
     "save_pairs",
     "load_observations",
+    "npz_written_by",
+    "check_pairs_dim",
     "MAX_STEP_FRACTION",
     "PAIR_SUFFIXES",
+    "WRITTEN_BY_KEY",
 ]
 
 PAIR_SUFFIXES = (".npz", ".nc", ".pt")
@@ -122,7 +126,7 @@ def _check_dtype(name: str, dtype: np.dtype[Any], path: Path) -> None:
     raise DataError(f"{_where(name, path)} has dtype {dtype} ({why}); expected {_ACCEPTED}")
 
 
-_TRAINING_REMEDY = "replace or drop those pairs before training"
+_TRAINING_REMEDY = "replace or drop those pairs (fit and evaluate read them)"
 _OBSERVATION_REMEDY = "replace them, or drop those observations, before sampling"
 
 
@@ -514,8 +518,36 @@ with xr.open_dataset(path, engine=engine, decode_times=False, decode_timedelta=F
             np.save(os.path.join(out, k + ".npy"), a, allow_pickle=False)
         else:
             dtypes[k] = a.dtype.str
-reply(ok=True, dtypes=dtypes)
+    dims = {k: list(map(str, ds[k].dims)) for k in keys}
+reply(ok=True, dtypes=dtypes, dims=dims)
 """
+
+
+def check_pairs_dim(path: Path, x_dims: Sequence[str], y_dims: Sequence[str]) -> None:
+    """Refuse named NetCDF/Zarr variables whose shared pairs dimension is not their first.
+
+    Parameters
+    ----------
+    path : Path
+        The file, for the message.
+    x_dims, y_dims : sequence of str
+        The dims of variables ``x`` and ``y``.
+
+    Raises
+    ------
+    ShapeError
+        If the first dims differ and exactly one named dim (not a phony one) is shared: the
+        pairs dimension, which must come first; the message gives the transpose.
+    """
+    if x_dims and y_dims and x_dims[0] == y_dims[0]:
+        return
+    shared = [d for d in x_dims if d in y_dims and not d.startswith("phony_dim")]
+    if len(shared) == 1:
+        raise ShapeError(
+            f"x and y in {str(path)!r} share the dimension {shared[0]!r} (the pairs), but it is "
+            f"not their first (x {tuple(x_dims)}, y {tuple(y_dims)}); put it first, e.g. "
+            f"ds.transpose({shared[0]!r}, ...).to_netcdf(...)"
+        )
 
 
 def _read_nc(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -547,6 +579,9 @@ def _read_nc(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
                 f"{str(path)!r} has variables {reply['names']}; expected {list(keys)} "
                 f"(missing {reply['missing']})"
             )
+        dims = reply.get("dims", {})
+        if "x" in dims and "y" in dims:
+            check_pairs_dim(path, dims["x"], dims["y"])
         arrays: dict[str, np.ndarray] = {}
         for key in keys:
             if key in reply["dtypes"]:
@@ -839,14 +874,21 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
                 f"{path.stem!r} first"
             )
         raise DataError(
-            f"unknown data format {suffix!r} of {str(path)!r}; expected {PAIR_SUFFIXES}{hint}"
+            f"unknown data format {suffix!r} of {str(path)!r}; expected a file "
+            f"({', '.join(PAIR_SUFFIXES)}) or a folder holding x.npy and y.npy{hint}"
         )
     x = _to_float32("x", arrays["x"], path)
     y = _to_float32("y", arrays["y"], path)
     if x.dim() < 2 or y.dim() < 2:
+        flat = [(n, a) for n, a in (("x", x), ("y", y)) if a.dim() == 1]
+        hint = "".join(
+            f"; {n} of shape ({len(a)},) holds one value per pair: save it as "
+            f"{n}.reshape({len(a)}, 1)"
+            for n, a in flat
+        )
         raise ShapeError(
             f"x and y in {str(path)!r} need a leading sample axis and an event axis, "
-            f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
+            f"got x {tuple(x.shape)} and y {tuple(y.shape)}{hint}"
         )
     if x.shape[0] != y.shape[0]:
         raise ShapeError(
@@ -860,8 +902,21 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
     return x, y
 
 
+WRITTEN_BY_KEY = "ppl_cvae_command"
+"""The ``.npz`` array (0-d str) and JSON key naming the ``ppl-cvae`` command that wrote a file.
+
+``--overwrite`` replaces only a file that names its own command there (a posterior ``.nc`` by
+its ``posterior`` attributes instead), so it never replaces a user's own data.
+"""
+
+
 def save_pairs(
-    path: str | os.PathLike[str], x: torch.Tensor, y: torch.Tensor, *, overwrite: bool = False
+    path: str | os.PathLike[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    overwrite: bool = False,
+    written_by: str | None = None,
 ) -> Path:
     """Write pairs to ``.npz`` (arrays ``x``, ``y``) atomically.
 
@@ -873,6 +928,9 @@ def save_pairs(
     y : Tensor, shape (N, *y_shape)
     overwrite : bool, default False
         Replace an existing file.
+    written_by : str, optional
+        The command writing the file (e.g. ``"ppl-cvae simulate"``), stored as the 0-d str
+        array :data:`WRITTEN_BY_KEY` beside ``x`` and ``y`` (readers ignore it).
 
     Returns
     -------
@@ -910,8 +968,38 @@ def save_pairs(
         raise ShapeError(f"x {tuple(x.shape)} and y {tuple(y.shape)} differ in leading size")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, x=x.detach().cpu().numpy(), y=y.detach().cpu().numpy())
+            arrays: dict[str, Any] = {
+                "x": x.detach().cpu().numpy(),
+                "y": y.detach().cpu().numpy(),
+            }
+            if written_by is not None:
+                arrays[WRITTEN_BY_KEY] = np.array(written_by)
+            np.savez(fh, **arrays)
     return path
+
+
+_UNREADABLE_MARKER: tuple[type[BaseException], ...] = (KeyError, MemoryError, *_NPY_ERRORS)
+"""No marker array (KeyError), or an archive that cannot be read: nobody's output."""
+
+
+def npz_written_by(path: str | os.PathLike[str]) -> str | None:
+    """Return the command recorded in an ``.npz`` by :func:`save_pairs`, or None.
+
+    None when the file has no :data:`WRITTEN_BY_KEY` array, it is not a 0-d str, or the file
+    cannot be read as ``.npz`` (it is then nobody's output that may be replaced).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(WRITTEN_BY_KEY + ".npy")
+            if info.file_size > 4096:  # a name, not data
+                return None
+            with archive.open(info) as fp:
+                found = np.lib.format.read_array(fp, allow_pickle=False)
+    except _UNREADABLE_MARKER:
+        return None
+    if found.shape != () or found.dtype.kind != "U":
+        return None
+    return str(found)
 
 
 def load_observations(
@@ -997,10 +1085,12 @@ def load_observations(
     y_shape = tuple(y_shape)
     for name, tensor in (("y", y), ("x", x_true)):
         if tensor is not None and tensor.dim() == 0:
-            raise ShapeError(
-                f"{_where(name, path)} is a 0-d scalar; expected y of shape {y_shape} or a "
-                f"stack (M, *{y_shape}), and x with one model per observation"
+            expected = (
+                f"y of shape {y_shape} or a stack (M, *{y_shape})"
+                if name == "y"
+                else "x with one model per observation, (M, *x_shape)"
             )
+            raise ShapeError(f"{_where(name, path)} is a 0-d scalar; expected {expected}")
     if tuple(y.shape) == y_shape:
         stacked = False
         y = y.unsqueeze(0)

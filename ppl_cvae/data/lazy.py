@@ -53,6 +53,7 @@ from ppl_cvae.data.io import (
     _nonfinite_error,
     _ResolutionScan,
     _to_float32,
+    check_pairs_dim,
 )
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.errors import DataError, ShapeError
@@ -400,7 +401,13 @@ class _XarrayPairs(LazyPairs):
             var = self._ds[name]
             _check_dtype(name, np.dtype(var.dtype), path)
             shapes[name], dtypes[name] = tuple(var.shape), np.dtype(var.dtype)
-        x_dim, y_dim = self._ds["x"].dims[0], self._ds["y"].dims[0]
+        x_dims, y_dims = self._ds["x"].dims, self._ds["y"].dims
+        x_dim, y_dim = x_dims[0], y_dims[0]
+        try:
+            check_pairs_dim(path, [str(d) for d in x_dims], [str(d) for d in y_dims])
+        except ShapeError:
+            self._ds.close()
+            raise
         if x_dim != y_dim:
             self._ds.close()
             raise ShapeError(

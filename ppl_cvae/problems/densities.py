@@ -15,12 +15,21 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributions import constraints
 
-from ppl_cvae.errors import DataError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems.adapter import as_problem
-from ppl_cvae.problems.base import Problem, _forward_checked, _problem_code
+from ppl_cvae.problems.base import (
+    Problem,
+    _elementwise,
+    _forward_checked,
+    _problem_code,
+    describe_support,
+)
 
 __all__ = [
+    "check_continuous_support",
+    "check_forward_gradient",
     "check_log_density_values",
     "checked_forward",
     "checked_log_likelihood",
@@ -154,6 +163,77 @@ def checked_forward(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     (5, 3, 2)
     """
     return _forward_checked(problem, x)
+
+
+def check_forward_gradient(problem: Problem, x: torch.Tensor, method: str) -> None:
+    """Refuse, before a gradient-based method runs, a forward operator that gives no gradient.
+
+    NUTS and misfit refinement follow ``d log p(y | F(x)) / dx``; a forward operator computed
+    outside torch's autograd (through NumPy, ``.detach()``, ``.item()`` or under
+    ``torch.no_grad()``) returns data that do not depend on ``x`` for autograd, and the
+    method would then run on the prior's gradient alone, or raise deep inside torch.
+
+    Parameters
+    ----------
+    problem : Problem
+    x : Tensor, shape (*batch, *x_shape)
+        Models inside the support (e.g. one amortized draw), in the units and dtype the method
+        evaluates ``forward`` in; a detached copy is probed.
+    method : str
+        The method, for the message (e.g. ``"NUTS"``).
+
+    Raises
+    ------
+    ConfigError
+        If ``F(x)`` does not require grad; the message names the problem and says to write
+        ``forward`` in torch or use importance sampling, which needs no gradient.
+    ShapeError, DataError
+        From :func:`checked_forward`.
+
+    Examples
+    --------
+    >>> from ppl_cvae.problems import LinearGaussian
+    >>> check_forward_gradient(LinearGaussian(), torch.zeros(1, 2), "NUTS")  # no error
+    """
+    probe = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        data = checked_forward(as_problem(problem), probe)
+    if not data.requires_grad:
+        raise ConfigError(
+            f"{method} follows the gradient of the misfit through problem {problem.name!r}'s "
+            "forward operator, and it gives none: its output does not depend on x through "
+            "torch operations (computed with NumPy, .detach(), .item() or under "
+            "torch.no_grad()); write forward in torch, or use importance sampling "
+            "(--method importance), which needs no gradient"
+        )
+
+
+def check_continuous_support(problem: Problem, method: str) -> None:
+    """Refuse a gradient-based method on a problem whose declared support is discrete.
+
+    A support of codes (``constraints.integer_interval``, ``boolean``; facies fields) has no
+    gradient to follow: NUTS and refinement move ``x`` continuously.
+
+    Parameters
+    ----------
+    problem : Problem
+    method : str
+        The method, for the message (e.g. ``"NUTS"``).
+
+    Raises
+    ------
+    ConfigError
+        If :attr:`Problem.support <ppl_cvae.problems.base.Problem.support>` is discrete; the
+        message names it and the samplers that draw codes.
+    """
+    support = as_problem(problem).support
+    if isinstance(support, constraints.Constraint) and _elementwise(support).is_discrete:
+        raise ConfigError(
+            f"{method} moves x continuously, but problem {problem.name!r} declares the "
+            f"discrete support {describe_support(support)}: sample its codes with "
+            "--method facies-mcmc or facies-smc (a facies generative prior), or weigh "
+            "amortized draws with --method importance"
+        )
 
 
 def checked_log_prior(problem: Problem, x: torch.Tensor) -> torch.Tensor:

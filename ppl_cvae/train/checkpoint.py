@@ -581,6 +581,10 @@ def _rebuild(
 
 
 
+_RUN_FOLDER_FILES = ("config.json", "metrics.csv", "loss.png", "train_state.pt")
+"""Files of a run folder that users give by mistake where the run (its ``model.pt``) is meant."""
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], problem: Problem | None = None
 ) -> tuple[CVAE, dict[str, Any]]:
@@ -635,6 +639,11 @@ def load_checkpoint(
     :func:`~ppl_cvae.problems.base.resolve_problem_factory` (see the module docstring).
     """
     path = Path(path)
+    if path.name in _RUN_FOLDER_FILES and (path.parent / "model.pt").is_file():
+        raise CheckpointError(
+            f"{str(path)!r} is the run folder's {path.name}, not its checkpoint; give the run "
+            f"folder {str(path.parent)!r} (or its model.pt)"
+        )
     try:
         if path.is_dir():
             path = path / "model.pt"

@@ -22,7 +22,7 @@ from pyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
 from ppl_cvae._atomic import atomic_path
-from ppl_cvae.checks import as_seed
+from ppl_cvae.checks import as_real_tensor, as_seed
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.data.box import BoxTransform, support_box
 from ppl_cvae.data.standardise import Standardiser
@@ -156,8 +156,16 @@ def build_cvae(
         (:func:`~ppl_cvae.problems.base.check_facies_support`).
     DataError
         If an element of ``x`` lies outside ``config.x_bounds`` (the first is named).
+
+    Warns
+    -----
+    UserWarning
+        If every element of ``y`` is the same in all pairs (the model could learn only
+        ``p(x)``); if every ``x`` is one of a few integer codes and the likelihood is a
+        density on ``R^n``.
     """
     seed = as_seed(seed)
+    x, y = _as_tensor(x, "x"), _as_tensor(y, "y")
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
     # pairs of another real dtype (NumPy's float64) in the dtype the model is built in
@@ -199,6 +207,14 @@ def build_cvae(
                 f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}"
             )
         ys = Standardiser(config.y_shape, "y").fit(y) if standardisers is None else standardisers[1]
+        if y.shape[0] >= 2 and bool((y == y[:1]).all()):
+            warnings.warn(
+                f"every element of y is the same in all {y.shape[0]} training pairs: y carries "
+                "no information about x, so the model learns the prior p(x), not p(x | y) (was "
+                "the wrong array saved as y?)",
+                UserWarning,
+                stacklevel=2,
+            )
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -436,6 +452,18 @@ def _split_data(
     if len(train) < 1:
         raise ShapeError("no training pairs left after the validation split")
     return train, val
+
+
+def _as_tensor(values: Any, name: str) -> Any:
+    """Return NumPy arrays and lists of numbers as tensors; tensors and None as they are.
+
+    The Python API takes pairs as sbi does (:func:`~ppl_cvae.checks.as_real_tensor`: a
+    floating dtype is kept, integers and booleans become float32); a tensor is left for the
+    shape and value checks downstream to name.
+    """
+    if values is None or isinstance(values, torch.Tensor):
+        return values
+    return as_real_tensor(values, name, dtype=None)
 
 
 def _in_dtype(values: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -811,11 +839,12 @@ def fit(
             "fit needs training pairs, a batch source, or a simulator with resimulate=True"
         )
     # pairs of another real dtype (NumPy's float64, integers) train in the model's own
-    x, y = _in_model_dtype(cvae, x), _in_model_dtype(cvae, y)
+    x = _in_model_dtype(cvae, _as_tensor(x, "x"))
+    y = _in_model_dtype(cvae, _as_tensor(y, "y"))
     if validation is not None:
         validation = (
-            cast(torch.Tensor, _in_model_dtype(cvae, validation[0])),
-            _in_model_dtype(cvae, validation[1]),
+            cast(torch.Tensor, _in_model_dtype(cvae, _as_tensor(validation[0], "validation x"))),
+            _in_model_dtype(cvae, _as_tensor(validation[1], "validation y")),
         )
     if config.physics_weight > 0 and cvae.forward_operator is None:
         raise ConfigError("physics_weight > 0 needs a problem with a forward operator")
