@@ -44,6 +44,7 @@ from ppl_cvae._atomic import atomic_path, check_interrupted
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
 from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_problem_matches
+from ppl_cvae.data.layout import DataLayout
 from ppl_cvae.errors import (
     ConfigError,
     DataError,
@@ -253,6 +254,7 @@ def inference_data_from_draws(
     stats_attrs: Mapping[str, Mapping[str, Any]] | None = None,
     generator: torch.Generator | None = None,
     warn_not_finite: bool = True,
+    layout: DataLayout | None = None,
 ) -> az.InferenceData:
     """Build the ``InferenceData`` of a posterior file from draws of ``x`` and a problem.
 
@@ -294,6 +296,10 @@ def inference_data_from_draws(
         moved, the NaN acceptance rate of moves that were not made) are recorded in
         ``not_finite`` too, counted as stored (repeated along the draws), without a warning:
         the sampler's summary line reports them.
+    layout : DataLayout, optional
+        Without a problem: the dims, coordinates and units of ``x`` and ``y`` of the data
+        file the model was fitted on (:attr:`CVAE.data_layout
+        <ppl_cvae.models.cvae.CVAE.data_layout>`); ignored when a problem gives them.
 
     Returns
     -------
@@ -467,17 +473,18 @@ def inference_data_from_draws(
         not_finite[name] = [bad * num_samples, total * num_samples]
     if not_finite:  # the file says it too: {variable: [not finite, total]}
         info["not_finite"] = not_finite
+    names = problem if problem is not None else layout  # dims, coords and units
     return to_inference_data(
         x,
         z,
         y,
         y_rep=y_rep,
         x_true=x_true,
-        x_dims=problem.x_dims if problem is not None else None,
-        y_dims=problem.y_dims if problem is not None else None,
-        coords=problem.coords if problem is not None else None,
+        x_dims=names.x_dims if names is not None else None,
+        y_dims=names.y_dims if names is not None else None,
+        coords=names.coords if names is not None else None,
         attrs=info,
-        units=units_of(problem),
+        units=units_of(problem) if problem is not None or layout is None else layout.units,
         y_units=data_units(problem),
         extra_coords=extra_coords_of(problem),
         coord_attrs=coord_attrs_of(problem),
@@ -683,6 +690,7 @@ def sample_posterior(
         x_true=x_true_batch,
         attrs=info,
         warn_not_finite=warn_not_finite,
+        layout=cvae.data_layout,  # the data file's names, for a run without a problem
     )
 
 

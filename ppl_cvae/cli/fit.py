@@ -750,6 +750,8 @@ def _fit_into(
     if cvae is None:
         assert x is not None
         cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
+    if args.data and problem is None and cvae.data_layout is None:
+        _keep_data_layout(cvae, args.data)
     place_forward_operator(cvae, problem, device)
     simulator = _simulator(args, problem) if problem is not None else None
     if args.stream:
@@ -826,6 +828,26 @@ def _fit_into(
     (out / "config.json").write_text(dumps_strict(config_doc, indent=2))
     plot_loss(result.history, out / "loss.png")
     return seconds, result
+
+
+def _keep_data_layout(cvae: Any, path: str) -> None:
+    """Record the dims, coordinates and units of a NetCDF/Zarr data file on the model.
+
+    A file that names nothing records nothing; one whose names cannot be kept is fitted
+    anyway, with a warning (the posterior files then use generic dim names).
+    """
+    from ppl_cvae.data.layout import read_layout
+    from ppl_cvae.errors import PplCvaeError
+
+    try:
+        cvae.set_data_layout(read_layout(path))
+    except PplCvaeError as err:
+        log.warning(
+            "the dims, coordinates and units of x and y in %s are not kept (the posterior "
+            "files use generic dim names): %s",
+            path,
+            err,
+        )
 
 
 def _run_doc(

@@ -31,6 +31,7 @@ from torch.distributions.transforms import AffineTransform, ReshapeTransform, Tr
 
 from ppl_cvae.config import ModelConfig
 from ppl_cvae.data.box import BoxTransform
+from ppl_cvae.data.layout import DataLayout
 from ppl_cvae.data.standardise import LinearWhitener, Standardiser
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.nets.factory import build_networks
@@ -143,6 +144,11 @@ class CVAE(nn.Module):
         whose prior is known only through them (:meth:`set_training_x_range`); None
         otherwise. Amortized sampling reports the draws that leave it
         (:func:`inference.training_range.warn_outside_training_range`).
+    data_layout : DataLayout or None
+        The dims, coordinates and units of ``x`` and ``y`` in the NetCDF file or Zarr store
+        the model was fitted on (:func:`ppl_cvae.data.layout.read_layout`,
+        :meth:`set_data_layout`); posterior files of draws without a problem use them. None
+        otherwise.
 
     The networks come from :func:`ppl_cvae.nets.build_networks` (the family that
     ``config.network`` names); this class holds the wiring: standardisation, the decoder
@@ -259,6 +265,7 @@ class CVAE(nn.Module):
         self.coefficient_transform = coefficient_transform
         self.misfit_std = float(misfit_std)
         self.training_x_range: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.data_layout: DataLayout | None = None
         # the three networks of Sohn et al. (2015), built by the family config.network names
         nets = build_networks(config)
         self.recognition_net = nets.recognition  # q(z | x, y)
@@ -381,6 +388,33 @@ class CVAE(nn.Module):
         if not bool((low64 <= high64).all()):
             raise DataError("the training x range needs low <= high in every element")
         self.training_x_range = (low64, high64)
+
+    def set_data_layout(self, layout: DataLayout | None) -> None:
+        """Record the dims, coordinates and units of the training data's ``x`` and ``y``.
+
+        Kept in :attr:`data_layout` and saved in the checkpoint; posterior files of draws
+        made without a problem name their dims and units by it.
+
+        Parameters
+        ----------
+        layout : DataLayout or None
+            As :func:`ppl_cvae.data.layout.read_layout` returns; None forgets it.
+
+        Raises
+        ------
+        ShapeError
+            If its dims or coordinates do not fit ``x_shape`` and ``y_shape``.
+        ConfigError
+            If ``layout`` is not a DataLayout.
+        """
+        if layout is not None:
+            if not isinstance(layout, DataLayout):
+                raise ConfigError(
+                    f"layout must be a ppl_cvae.data.layout.DataLayout, got "
+                    f"{type(layout).__name__}"
+                )
+            layout.check_shapes(self.config.x_shape, self.config.y_shape)
+        self.data_layout = layout
 
     @torch.no_grad()
     def set_x_box(

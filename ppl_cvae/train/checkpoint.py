@@ -17,6 +17,10 @@ A checkpoint is one ``torch.save`` file holding a dict with exactly these keys:
                           pairs alone (:attr:`CVAE.training_x_range
                           <ppl_cvae.models.cvae.CVAE.training_x_range>`); absent otherwise
                           and in files written before it
+``data_layout``           optional: the dims, coordinates and units of the training data's
+                          ``x`` and ``y`` (:meth:`DataLayout.to_record
+                          <ppl_cvae.data.layout.DataLayout.to_record>`, JSON-like) of a model
+                          fitted on a NetCDF file or Zarr store that names them
 ========================  =========================================================
 
 Format ``v1`` (ppl_cvae 0.1 and 0.2) is read too: its weights had the flat names of a
@@ -80,6 +84,7 @@ from ppl_cvae.config import (
     check_model_size,
     meta_cvae,
 )
+from ppl_cvae.data.layout import DataLayout
 from ppl_cvae.errors import (
     CheckpointError,
     ConfigError,
@@ -140,7 +145,7 @@ CHECKPOINT_KEYS = (
 """Keys of a checkpoint dict; a file with any other set of keys (beyond
 :data:`OPTIONAL_KEYS`) is refused."""
 
-OPTIONAL_KEYS = ("training_x_range",)
+OPTIONAL_KEYS = ("training_x_range", "data_layout")
 """Keys a checkpoint may hold or lack (files written before them lack them)."""
 
 MAX_RECORD_ITEMS = 2**20
@@ -352,6 +357,8 @@ def save_checkpoint(
     }
     if cvae.training_x_range is not None:
         payload["training_x_range"] = torch.stack(cvae.training_x_range)
+    if cvae.data_layout is not None:
+        payload["data_layout"] = cvae.data_layout.to_record()
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -537,6 +544,21 @@ def _checked_range(value: Any, config: ModelConfig, name: str) -> torch.Tensor:
     return value
 
 
+def _checked_layout(value: Any, config: ModelConfig, name: str) -> DataLayout | None:
+    """Return the stored ``data_layout`` as a DataLayout (None when absent) or raise."""
+    if value is None:
+        return None
+    reason = _json_like_error(value, "data_layout") if isinstance(value, dict) else None
+    if reason is not None:
+        raise CheckpointError(f"checkpoint {name!r}: {reason}")
+    try:
+        layout = DataLayout.from_record(value)
+        layout.check_shapes(config.x_shape, config.y_shape)
+    except (ConfigError, ShapeError) as err:
+        raise CheckpointError(f"checkpoint {name!r}: {err}") from err
+    return layout
+
+
 def _rebuild(
     record: dict[str, Any], config: ModelConfig, name: str
 ) -> tuple[Problem | None, str | None]:
@@ -659,6 +681,7 @@ def load_checkpoint(
     stored_range = payload.get("training_x_range")
     if stored_range is not None:
         stored_range = _checked_range(stored_range, config, name)
+    layout = _checked_layout(payload.get("data_layout"), config, name)
     check_model_memory(config, training=False)
 
     record = payload["problem"]
@@ -707,6 +730,7 @@ def load_checkpoint(
         ) from err
     if stored_range is not None:
         cvae.set_training_x_range(stored_range[0], stored_range[1])
+    cvae.set_data_layout(layout)
     cvae.eval()
     meta = {
         "version": payload["version"],
