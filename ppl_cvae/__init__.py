@@ -2,7 +2,7 @@
 
 The names below load on first use (PEP 562): ``import ppl_cvae`` reads the version and the
 error classes only, so a command started by the ``ppl-cvae`` script imports torch and Pyro
-inside :func:`ppl_cvae._entry.main`, where a Ctrl-C is answered in one line.
+inside :func:`ppl_cvae.cli.main`, where a Ctrl-C is answered in one line.
 """
 
 from __future__ import annotations

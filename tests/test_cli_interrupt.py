@@ -181,27 +181,39 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_write(tmp_path, kind,
 
 
 def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
-    """The ``ppl-cvae`` script loads torch, Pyro and the commands inside ``_entry.main``: a
-    Ctrl-C there is answered in one line with status 130, not with Python's traceback and -2
-    (measured before: a SIGINT 2 s after the start of ``sample`` exited -2)."""
+    """``ppl_cvae.cli.main`` (the script and ``python -m ppl_cvae.cli``) loads torch, Pyro and
+    the commands when called, holding a Ctrl-C back until they have loaded: it is then
+    answered in one line with status 130 and the command does not run (before: Python's
+    traceback and -2, or numpy's "cannot load module more than once per process" when the
+    interrupt landed in numpy's import). Afterwards the previous SIGINT handler is back."""
     import types
 
-    from ppl_cvae import _entry
+    import ppl_cvae.cli
+
+    ran = []
 
     class Loading(types.ModuleType):
-        def __getattr__(self, name):
-            raise KeyboardInterrupt  # as a Ctrl-C during the imports of ppl_cvae.cli
+        def __getattr__(self, name):  # a Ctrl-C while ppl_cvae.cli.run loads, then its main
+            signal.raise_signal(signal.SIGINT)
+            return lambda argv: ran.append(argv) or 0
 
-    monkeypatch.setitem(sys.modules, "ppl_cvae.cli", Loading("ppl_cvae.cli"))
-    assert _entry.main(["sample", "run", "--observation", "obs.npz", "--out", "p.nc"]) == 130
+    monkeypatch.setitem(sys.modules, "ppl_cvae.cli.run", Loading("ppl_cvae.cli.run"))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        argv = ["sample", "run", "--observation", "obs.npz", "--out", "p.nc"]
+        assert ppl_cvae.cli.main(argv) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert ran == []
     err = capsys.readouterr().err
     assert err == "ppl-cvae: interrupted while starting; nothing was written\n"
 
 
 def test_importing_the_package_loads_neither_torch_nor_pyro():
-    """``import ppl_cvae`` (what the script runs before ``_entry.main``) reads the version and
-    the error classes only; its public names load on first use."""
-    code = ("import sys, ppl_cvae; assert 'torch' not in sys.modules, 'torch'; "
+    """``import ppl_cvae.cli`` (what the script and ``python -m ppl_cvae.cli`` run before
+    ``main``) loads neither torch nor Pyro; the package's public names load on first use."""
+    code = ("import sys, ppl_cvae.cli; assert 'torch' not in sys.modules, 'torch'; "
             "assert 'pyro' not in sys.modules, 'pyro'; assert ppl_cvae.CVAE.__name__ == 'CVAE'; "
             "assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -213,7 +213,7 @@ def test_misfit_remedy_follows_the_method(files, method):
 def test_log_warnings_are_prefixed_like_python_warnings():
     """Warnings the commands log reach the user as ``ppl-cvae: warning: ...`` lines, as
     Python warnings do; information lines stay as they are."""
-    from ppl_cvae.cli import _LineFormatter
+    from ppl_cvae.cli.run import _LineFormatter
 
     formatter = _LineFormatter("%(message)s")
 

@@ -5,8 +5,12 @@ refuses to overwrite existing outputs unless ``--overwrite`` is given, and repor
 as one line ``ppl-cvae: error: ...`` with exit status 2 (no traceback).
 
 :func:`main` (here) runs the command; ``python -m ppl_cvae.cli`` and
-``torchrun ... -m ppl_cvae.cli fit`` run it through ``__main__``. The modules:
+``torchrun ... -m ppl_cvae.cli fit`` run it through ``__main__``. Importing this package loads
+nothing heavy: :func:`main` loads torch, Pyro and the commands (:mod:`~ppl_cvae.cli.run`)
+when called, so a Ctrl-C in the seconds they take is answered in one line with status 130,
+not with Python's traceback. The modules:
 
+- :mod:`~ppl_cvae.cli.run`: parse, run the command, report errors and warnings in one line;
 - :mod:`~ppl_cvae.cli.parser`: the argument parser (every flag, default and help text);
 - :mod:`~ppl_cvae.cli.common`: checks shared by the commands (``--problem``, output files and
   folders, memory of a simulation, loading a run, UTF-8 paths);
@@ -16,43 +20,19 @@ as one line ``ppl-cvae: error: ...`` with exit status 2 (no traceback).
 - :mod:`~ppl_cvae.cli.evaluate`: ``evaluate``, ``diagnose`` and ``score``;
 - :mod:`~ppl_cvae.cli.simulate`: ``simulate``.
 
-The public names of the former ``ppl_cvae/cli.py`` are re-exported here; patch a name in the
-module that defines it. The package is a leaf: nothing in ``ppl_cvae`` or ``inference`` imports it.
+The public names of the former ``ppl_cvae/cli.py`` are re-exported here, loaded on first use;
+patch a name in the module that defines it. The package is a leaf: nothing in ``ppl_cvae`` or
+``inference`` imports it.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import importlib
+import signal
 import sys
-import traceback
-import warnings
+import threading
 from collections.abc import Sequence
-
-import torch
-
-from ppl_cvae._atomic import InterruptedAfterWrite, remembering_interrupts
-from ppl_cvae.checks import MAX_SEED as SEED_MAX
-from ppl_cvae.cli.common import PATH_ARGS, _check_utf8_paths
-from ppl_cvae.cli.evaluate import cmd_diagnose, cmd_evaluate, cmd_score
-from ppl_cvae.cli.fit import (
-    DEFAULT_BUFFER_CHUNKS,
-    DEFAULT_CHUNK_MB,
-    LAZY_MEMORY_FRACTION,
-    MODEL_FLAGS,
-    RESUME_KEEPS,
-    TRAIN_FLAGS,
-    cmd_fit,
-)
-from ppl_cvae.cli.parser import build_parser
-from ppl_cvae.cli.sample import (
-    DEFAULT_CHAINS,
-    DEFAULT_POTENTIAL_DTYPE,
-    NUTS_WARMUP_STEP_SIZE_ONLY,
-    cmd_sample,
-)
-from ppl_cvae.cli.simulate import cmd_simulate
-from ppl_cvae.errors import PplCvaeError
+from typing import Any
 
 __all__ = [
     "DEFAULT_BUFFER_CHUNKS",
@@ -76,142 +56,65 @@ __all__ = [
     "main",
 ]
 
+_LAZY = {
+    "DEFAULT_BUFFER_CHUNKS": ("ppl_cvae.cli.fit", "DEFAULT_BUFFER_CHUNKS"),
+    "DEFAULT_CHUNK_MB": ("ppl_cvae.cli.fit", "DEFAULT_CHUNK_MB"),
+    "LAZY_MEMORY_FRACTION": ("ppl_cvae.cli.fit", "LAZY_MEMORY_FRACTION"),
+    "MODEL_FLAGS": ("ppl_cvae.cli.fit", "MODEL_FLAGS"),
+    "RESUME_KEEPS": ("ppl_cvae.cli.fit", "RESUME_KEEPS"),
+    "TRAIN_FLAGS": ("ppl_cvae.cli.fit", "TRAIN_FLAGS"),
+    "cmd_fit": ("ppl_cvae.cli.fit", "cmd_fit"),
+    "DEFAULT_CHAINS": ("ppl_cvae.cli.sample", "DEFAULT_CHAINS"),
+    "DEFAULT_POTENTIAL_DTYPE": ("ppl_cvae.cli.sample", "DEFAULT_POTENTIAL_DTYPE"),
+    "NUTS_WARMUP_STEP_SIZE_ONLY": ("ppl_cvae.cli.sample", "NUTS_WARMUP_STEP_SIZE_ONLY"),
+    "cmd_sample": ("ppl_cvae.cli.sample", "cmd_sample"),
+    "PATH_ARGS": ("ppl_cvae.cli.common", "PATH_ARGS"),
+    "SEED_MAX": ("ppl_cvae.checks", "MAX_SEED"),
+    "build_parser": ("ppl_cvae.cli.parser", "build_parser"),
+    "cmd_diagnose": ("ppl_cvae.cli.evaluate", "cmd_diagnose"),
+    "cmd_evaluate": ("ppl_cvae.cli.evaluate", "cmd_evaluate"),
+    "cmd_score": ("ppl_cvae.cli.evaluate", "cmd_score"),
+    "cmd_simulate": ("ppl_cvae.cli.simulate", "cmd_simulate"),
+}
+"""Re-exported names: (module, name there), loaded on first use (PEP 562)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``ppl-cvae``; return the exit status.
+    """Run ``ppl-cvae`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
-    0 on success; 2 on a user error (one line ``ppl-cvae: error: ...`` on stderr, no
-    traceback), including a request that cannot fit in memory and problem code that calls
-    ``sys.exit``; 130 when interrupted by Ctrl-C (nothing half-written is left: outputs are
-    written atomically, and none is renamed into place after a Ctrl-C, even one that Python
-    swallowed in a finalizer: :func:`~ppl_cvae._atomic.remembering_interrupts`).
+    Loads :mod:`ppl_cvae.cli.run` (torch, Pyro and the commands) and runs
+    :func:`ppl_cvae.cli.run.main`: 0 on success, 2 on a user error (one line), 130 on Ctrl-C,
+    also when the Ctrl-C comes while the modules load (one line, nothing written).
 
-    A torchrun rank whose process group this command created and ended does not return: it
-    flushes its output and leaves with ``os._exit(status)``, because interpreter finalisation
-    could deadlock in torch's gloo process group destructor
-    (:func:`~ppl_cvae.train.distributed.shut_down_owned_group`).
+    Notes
+    -----
+    A Ctrl-C is held back while the modules load (in the main thread, unless SIGINT is
+    ignored) and answered once they have: raised inside a library's import, Python's
+    ``KeyboardInterrupt`` was turned into a failed import by numpy (and torch then ran without
+    numpy, or failed with "cannot load module more than once per process").
     """
-    from ppl_cvae.train.distributed import shut_down_owned_group
-
-    try:
-        status = _main(argv)
-    except BaseException as err:
-        if not shut_down_owned_group():
-            raise
-        if _lost_peers(err):  # the rank that failed reports why; this one says so in a line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            print(
-                f"ppl-cvae: error: rank {os.environ.get('RANK', '?')}: a collective operation "
-                "failed, most likely because another rank failed or stopped (its error is "
-                f"reported with it); torch.distributed: {first}",
-                file=sys.stderr,
-            )
+    interrupted: list[int] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:
+            previous = None  # an ignored Ctrl-C stays ignored
         else:
-            traceback.print_exc()  # an error this command did not expect: shown, then the exit
-        status = 1
-    if shut_down_owned_group():
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    return status
-
-
-def _lost_peers(err: BaseException) -> bool:
-    """Return whether ``err`` is a RuntimeError raised inside ``torch.distributed``'s code.
-
-    On a torchrun rank that is how the loss of a peer shows (gloo's "Connection reset by
-    peer" from a collective operation): the rank that failed first reports its own error.
-    """
-    frames = traceback.extract_tb(err.__traceback__)
-    return (
-        isinstance(err, RuntimeError)
-        and bool(frames)
-        and "torch/distributed/" in frames[-1].filename.replace(os.sep, "/")
-    )
-
-
-class _LineFormatter(logging.Formatter):
-    """Log records as the command's lines.
-
-    A warning becomes ``ppl-cvae: warning: ...`` (as Python warnings and errors are);
-    information is shown as it is.
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        return f"ppl-cvae: warning: {text}" if record.levelno >= logging.WARNING else text
-
-
-def _main(argv: Sequence[str] | None) -> int:
-    """Parse ``argv`` and run the command: :func:`main` without the torchrun exit."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(_LineFormatter("%(message)s"))
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler]
-    )
-    if args.command == "fit" and not (
-        args.problem or args.data or args.dataset or args.config or args.resume
-    ):
-        parser.error(
-            "fit needs --problem NAME, --data FILE, --dataset NAME, --config FILE or --resume RUN"
-        )
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    formatted = warnings.formatwarning
-    warnings.formatwarning = _format_warning  # one line, as errors are; restored below
+            signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
-        _check_utf8_paths(args)
-        with remembering_interrupts():  # a Ctrl-C that a finalizer swallows still counts
-            return int(args.func(args))
-    except PplCvaeError as err:
-        print(f"ppl-cvae: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a file the user named cannot be read or written
-        where = f": {err.filename!r}" if err.filename else ""
-        print(f"ppl-cvae: error: {err.strerror or err}{where}", file=sys.stderr)
-        return 2
-    except (MemoryError, RuntimeError) as err:  # allocator failures: one line
-        # torch.OutOfMemoryError is a RuntimeError; its CPU allocator raises a plain one
-        out_of_memory = isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
-            "can't allocate memory" in str(err)
-        )
-        if not out_of_memory:
-            raise
-        print(
-            "ppl-cvae: error: out of memory; ask for fewer draws, pairs or a smaller network",
-            file=sys.stderr,
-        )
-        return 2
-    except InterruptedAfterWrite:
-        print("ppl-cvae: interrupted just after the output was written (it is complete)",
-              file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("ppl-cvae: interrupted; no partial output was written", file=sys.stderr)
-        return 130
-    except SystemExit as err:  # argparse's own exits pass; problem code must not end the run
-        frames = traceback.extract_tb(err.__traceback__)
-        if frames and frames[-1].filename.endswith("argparse.py"):
-            raise
-        print(f"ppl-cvae: error: problem code called sys.exit({err.code!r})", file=sys.stderr)
-        return 2
+        from ppl_cvae.cli.run import main as run
     finally:
-        warnings.formatwarning = formatted
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        print("ppl-cvae: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
+    return run(argv)
 
 
-def _format_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    line: str | None = None,
-) -> str:
-    """Format a warning as one line ``ppl-cvae: warning: ...`` (no source path and line).
-
-    Only the text changes: where the warning goes (stderr, a ``catch_warnings`` record, a
-    ``-W error``) stays Python's decision.
-    """
-    return f"ppl-cvae: warning: {message}\n"
+def __getattr__(name: str) -> Any:
+    """Load a re-exported name from the module that defines it (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ppl_cvae.cli' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(module), attribute)
