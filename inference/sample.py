@@ -214,6 +214,29 @@ def _importance_remedy(problem: Problem, x: torch.Tensor) -> str:
     return "try --method nuts, or more --proposals"
 
 
+def _truth_batch(
+    x_true: Any, stacked: bool, num_obs: int, x_shape: tuple[int, ...]
+) -> torch.Tensor | None:
+    """Return the truths as ``(M, *x_shape)``: one ``x_true`` for one unstacked observation.
+
+    Raises
+    ------
+    ShapeError
+        If ``x_true`` is neither ``(M, *x_shape)`` nor, for one observation given without a
+        leading axis, ``x_shape``.
+    """
+    if x_true is None:
+        return None
+    x_true = as_real_tensor(x_true, "x_true")
+    batch = x_true if stacked or x_true.dim() != len(x_shape) else x_true.unsqueeze(0)
+    if tuple(batch.shape) != (num_obs, *x_shape):
+        raise ShapeError(
+            f"x_true has shape {tuple(x_true.shape)}; expected "
+            f"{'(M, ' if stacked else '('}*{x_shape}) matching y"
+        )
+    return batch
+
+
 def problem_record(problem: Problem) -> dict[str, Any]:
     """Return the ``problem`` attribute of a posterior file: what rebuilds the problem.
 
@@ -410,8 +433,9 @@ def inference_data_from_draws(
         derived_true = derived_quantities(problem, x_true) if x_true is not None else {}
         if problem is not None:
             noise = problem.noise
-            if y_model is None:
-                y_model = checked_forward(problem, x)
+            if y_model is None:  # one batch axis: what every problem's forward takes
+                flat = x.reshape(num_samples * num_obs, *x.shape[2:])
+                y_model = checked_forward(problem, flat).reshape(num_samples, *y.shape)
             if y_rep is None:
                 y_rep = y_model + noise.sample((num_samples, num_obs), generator).to(y_model)
             resid = y_model.to(torch.float64) - y.to(torch.float64)  # (S, M, *y_shape)
@@ -438,7 +462,12 @@ def inference_data_from_draws(
                     noise_cov = noise.covariance()
                 if problem.has_prior_density:
                     try:
-                        log_prior = checked_log_prior(problem, x).to(torch.float64)  # (S, M), nats
+                        flat = x.reshape(num_samples * num_obs, *x.shape[2:])
+                        log_prior = (  # (S, M), nats
+                            checked_log_prior(problem, flat)
+                            .reshape(num_samples, num_obs)
+                            .to(torch.float64)
+                        )
                         stats["lp"] = log_prior + noise.log_prob(resid)
                         stat_attrs["lp"] = {
                             "long_name": "log p(x) + log N(y; F(x), C_e), unnormalised log "
@@ -619,16 +648,7 @@ def sample_posterior(
     y_batch, stacked = as_observation_batch(y, y_shape)
     if warn_far:
         warn_far_observations(cvae, y_batch)
-    if x_true is not None:
-        x_true = as_real_tensor(x_true, "x_true")
-        x_true_batch = x_true if stacked else x_true.unsqueeze(0)
-        if tuple(x_true_batch.shape) != (y_batch.shape[0], *cvae.config.x_shape):
-            raise ShapeError(
-                f"x_true has shape {tuple(x_true.shape)}; expected "
-                f"{'(M, ' if stacked else '('}*{cvae.config.x_shape}) matching y"
-            )
-    else:
-        x_true_batch = None
+    x_true_batch = _truth_batch(x_true, stacked, y_batch.shape[0], cvae.config.x_shape)
     info: dict[str, Any] = {"method": "amortized"}
     y_model = y_rep = None
     if refine is None:
@@ -1159,7 +1179,8 @@ def sample_corrected(
     problem = within_run_bounds(problem, cvae.config.x_bounds_box())
     # the CVAE's configuration (its x_bounds among it) and the problem, as for amortized draws
     attrs = {"model_config": cvae.config.to_dict(), "problem": record, **(attrs or {})}
-    y_batch, _ = as_observation_batch(y, y_shape)
+    y_batch, stacked = as_observation_batch(y, y_shape)
+    x_true = _truth_batch(x_true, stacked, y_batch.shape[0], cvae.config.x_shape)
     cvae.check_finite(y=y_batch)
     warn_far_observations(cvae, y_batch)
     if correction.method in ("latent-nuts", "facies-mcmc", "facies-smc"):

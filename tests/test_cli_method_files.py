@@ -224,3 +224,19 @@ def test_log_warnings_are_prefixed_like_python_warnings():
         "ppl-cvae: warning: 3 metric(s) not finite"
     )
     assert line(logging.INFO, "epoch 1") == "epoch 1"
+
+
+def test_a_recorded_problem_that_cannot_be_rebuilt_is_warned_of(ws, monkeypatch, caplog):
+    """Amortized draws of a run whose problem module is gone (not importable at sampling
+    time) are written without a posterior predictive, dims or units: the user is told so,
+    with the loader's reason (before: exit 0 in silence, and the file said "no problem was
+    given")."""
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(ws / "code")])
+    monkeypatch.delitem(sys.modules, MODULE, raising=False)
+    with caplog.at_level(logging.WARNING, logger="ppl_cvae"):
+        assert _sample(ws, "numpy", "numpy.npz", "lost.nc", "--num-samples", "10") == 0
+    message = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert "the run's problem is not available, so the posterior file has no posterior " \
+        "predictive" in message
+    assert MODULE in message
+    assert "posterior_predictive" not in az.from_netcdf(ws / "lost.nc").groups()

@@ -202,6 +202,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     if method == "amortized":
         problem = meta["problem"]
+        if problem is None and meta.get("problem_spec") is not None:
+            # a problem was recorded but not rebuilt: say what the file will lack, and why
+            log.warning(
+                "the run's problem is not available, so the posterior file has no posterior "
+                "predictive, log-likelihood, dim names or units: %s",
+                meta.get("problem_error") or "it could not be rebuilt",
+            )
     else:
         problem = _need_problem(meta, f"--method {method}")
     y_scale = cvae.y_standardiser.std if cvae.y_standardiser is not None else None

@@ -292,6 +292,65 @@ _OPTIONAL_METHODS = (
 )
 
 
+def _coordinate_problems(values: Mapping[str, Any]) -> list[str]:
+    """Say which ``coords`` entries of a dim have another length than the dim."""
+    sizes: dict[str, int] = {}
+    for shape_name, dims_name in (("x_shape", "x_dims"), ("y_shape", "y_dims")):
+        for dim, size in zip(values[dims_name], values[shape_name], strict=True):
+            sizes.setdefault(dim, size)
+    found = []
+    for name, coordinate in values["coords"].items():
+        if name not in sizes:
+            continue  # a coordinate of no dim is not used
+        try:
+            length = len(coordinate)
+        except TypeError:
+            found.append(f"coords[{name!r}] is a {type(coordinate).__name__}, not a sequence")
+            continue
+        if length != sizes[name]:
+            found.append(
+                f"coords[{name!r}] has {length} values for dim {name!r} of size {sizes[name]}"
+            )
+    return found
+
+
+def _units_problems(units: Any) -> list[str]:
+    """Say which ``units`` entries are not unit strings (``"y"`` may map values to strings)."""
+    if units is None:
+        return []
+    if not isinstance(units, Mapping):
+        return [f"units is {type(units).__name__}, not a mapping of names to unit strings"]
+    found = []
+    for key, unit in units.items():
+        ok = isinstance(unit, str) or (
+            key == "y"
+            and isinstance(unit, Mapping)
+            and all(isinstance(u, str) for u in unit.values())
+        )
+        if not ok:
+            found.append(f"units[{key!r}] is {reprlib.repr(unit)}, not a unit string")
+    return found
+
+
+def _noise_cov_problems(noise_cov: Any, y_shape: tuple[int, ...]) -> list[str]:
+    """Say when a ``noise_cov`` of the right shape is not symmetric positive definite.
+
+    Other types and shapes are refused where the noise model reads it, naming the shape.
+    """
+    m = math.prod(y_shape)
+    if not isinstance(noise_cov, torch.Tensor) or tuple(noise_cov.shape) != (m, m):
+        return []
+    cov = noise_cov.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(cov).all()):
+        return ["noise_cov holds NaN or inf; expected a covariance (units of y squared)"]
+    if torch.linalg.cholesky_ex(cov).info != 0:
+        return [
+            "noise_cov is not positive definite (its Cholesky factorisation fails): a "
+            "covariance needs every eigenvalue > 0"
+        ]
+    return []
+
+
 def check_problem(obj: object, source: str) -> Problem:
     """Check that ``obj`` is a valid problem; return it as a :class:`Problem`.
 
@@ -383,6 +442,11 @@ def check_problem(obj: object, source: str) -> Problem:
             problems.append(f"{member} is {type(method).__name__}, not callable")
     if not isinstance(values["coords"], Mapping):
         problems.append(f"coords is {type(values['coords']).__name__}, not a mapping")
+    elif not problems:  # a coordinate has one value per entry of its dim (ArviZ refuses others)
+        problems.extend(_coordinate_problems(values))
+    problems.extend(_units_problems(getattr(obj, "units", None)))
+    if not problems:
+        problems.extend(_noise_cov_problems(getattr(obj, "noise_cov", None), values["y_shape"]))
     support = getattr(obj, "support", None)
     if support is not None and not isinstance(support, constraints.Constraint):
         problems.append(

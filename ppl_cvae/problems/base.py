@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 import torch
 from torch.distributions import MultivariateNormal, Transform, constraints, transform_to
 
+from ppl_cvae.checks import as_real_tensor
 from ppl_cvae.config import Overrides
 from ppl_cvae.device import move_tensors
 from ppl_cvae.errors import (
@@ -1085,6 +1086,12 @@ class Problem(abc.ABC):
         NoPriorDensityError
             In this default: the prior is defined by its sampler only.
         """
+        if self.has_prior_density:  # declared, but the method was not written
+            raise NoPriorDensityError(
+                f"problem {self.name!r} ({type(self).__name__}) sets has_prior_density = True "
+                "but defines no log_prior(x): write log_prior (the prior log density in nats, "
+                "shape (*batch,)) or set has_prior_density = False"
+            )
         raise NoPriorDensityError(
             f"problem {self.name!r} ({type(self).__name__}) has no prior density: its prior is "
             "defined by its sampler only (has_prior_density is False); likelihood-free methods "
@@ -1376,6 +1383,9 @@ class Problem(abc.ABC):
         return noise
 
     def _residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # NumPy arrays and lists as the rest of the API takes them (a float dtype is kept)
+        x = x if isinstance(x, torch.Tensor) else as_real_tensor(x, "x", dtype=None)
+        y = y if isinstance(y, torch.Tensor) else as_real_tensor(y, "y", dtype=None)
         k = len(self.y_shape)
         if y.dim() < k or tuple(y.shape[y.dim() - k :]) != tuple(self.y_shape):
             raise ShapeError(

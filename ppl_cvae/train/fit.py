@@ -328,8 +328,20 @@ def _x_box(
     low32, high32 = low.float(), high.float()
     if not bool((low32 < high32).all()):
         raise ConfigError("the support's box has an element with low >= high in float32")
+    declared = problem is not None and support is not None
     _refuse_outside(
-        x, low32, high32, "the support's box", "x_transform='support' maps the box onto R"
+        x,
+        low32,
+        high32,
+        "the support's box" if declared else "x_bounds",
+        (
+            f"the training x (the prior draws of problem {problem.name!r}) must lie in the "
+            f"support it declares, {describe_support(support)}: fix its sample_prior or its "
+            "support (x_transform='support', the default with a support, maps that box onto R)"
+        )
+        if declared and problem is not None
+        else "the bounds must hold the prior's every draw (x_transform='support' maps the box "
+        "onto R)",
     )
     one_end = torch.where(torch.isfinite(low32), low32, high32)  # the end of a one-sided side
     gap = (x - one_end).abs()
