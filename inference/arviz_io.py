@@ -720,11 +720,16 @@ def summary(
     -------
     pandas.DataFrame
         One row per element, columns ``mean, sd, hdi_5%, hdi_95%`` for ``hdi_prob=0.9``, then
-        the diagnostics when the posterior has more than one chain.
+        the diagnostics when the posterior has more than one chain (``sd`` is NaN for a
+        single draw).
     """
     chains = int(idata["posterior"].sizes.get("chain", 1))
     kind: Literal["all", "stats"] = "all" if chains > 1 else "stats"
-    return az.summary(idata, var_names=list(var_names), kind=kind, hdi_prob=hdi_prob)
+    with warnings.catch_warnings():
+        if chains * int(idata["posterior"].sizes.get("draw", 0)) < 2:
+            # one draw has no spread: its sd is NaN in the table, not a NumPy warning line
+            warnings.simplefilter("ignore", RuntimeWarning)
+        return az.summary(idata, var_names=list(var_names), kind=kind, hdi_prob=hdi_prob)
 
 
 def hdi(draws: np.ndarray, hdi_prob: float = 0.9) -> np.ndarray:

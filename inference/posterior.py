@@ -31,6 +31,7 @@ from ppl_cvae.checks import (
     as_seed,
     check_problem_matches,
 )
+from ppl_cvae.config import ModelConfig
 from ppl_cvae.data.box import box_support, support_box
 from ppl_cvae.device import module_device, resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
@@ -472,10 +473,14 @@ class _Support:
     """
 
     def __init__(
-        self, problem: Problem | None, bounds: tuple[torch.Tensor, torch.Tensor] | None
+        self,
+        problem: Problem | None,
+        bounds: tuple[torch.Tensor, torch.Tensor] | None,
+        config: ModelConfig | None = None,
     ) -> None:
         self.problem = problem if problem is not None and problem.restricts_support() else None
         self.bounds = bounds
+        self.config = config  # the model's: what to advise when nothing falls inside
         parts = []
         if self.problem is not None:
             parts.append(f"problem {self.problem.name!r}'s {_support_words(self.problem)}")
@@ -501,7 +506,7 @@ class _Support:
             check_facies_support(problem, config.likelihood, config.num_facies, config.x_shape)
         if problem is not None and cvae.config.basis_dim is None:
             check_support_dimension(problem)
-        support = cls(problem, cvae.config.x_bounds_box())
+        support = cls(problem, cvae.config.x_bounds_box(), cvae.config)
         return support if support.problem is not None or support.bounds is not None else None
 
     def inside(self, x: torch.Tensor) -> torch.Tensor:
@@ -521,11 +526,22 @@ class _Support:
 
     def diagnose(self) -> str:
         """Say what to check when almost no draw fell inside."""
+        config = self.config
         if self.problem is not None:
             try:
                 check_support(self.problem, torch.Generator().manual_seed(0), num=256)
             except ConfigError as err:
                 return f"; the support is misdeclared: {err}"
+        if self.problem is None and config is not None:  # a run's x_bounds, no problem
+            mapped = config.x_transform == "support"
+            return (
+                "; check the observation (it may lie where the training pairs put no model)"
+                if mapped
+                else "; the model draws x on all of R^n and keeps those inside the bounds, and "
+                "its draws for this observation almost never are: refit with a flow mapped "
+                "onto the bounds (ppl-cvae fit ... --x-bounds ... --likelihood flow "
+                "--latent-dim 0; every draw then lies inside), or check the observation"
+            )
         return (
             "; check the observation (it may lie where the prior puts no model), or correct "
             "the draws with the physics (--method importance or nuts)"

@@ -342,6 +342,8 @@ def test_diagnose_says_which_observations_misfit(tmp_path):
     many = _misfit_verdict(table([3.0] * 8))
     assert len(many) == 1 + 5 + 1 and many[-1] == "  ... and 3 more"
     assert _misfit_verdict(table([3.0], whitened=False)) == []  # no noise information
+    assert _misfit_verdict(table([]))[0].startswith("misfit: none (the file holds no posterior "
+                                                    "predictive")
 
 
 def test_a_warning_is_one_line_and_the_formatter_is_restored(tmp_path):

@@ -466,3 +466,20 @@ def test_netcdf_pairs_dim_not_first_gets_the_transpose(tmp_path):
         load_pairs(path)
     with pytest.raises(ShapeError, match=match):
         open_lazy_pairs(path)
+
+
+def test_a_folder_of_npy_reads_as_its_npz(tmp_path):
+    """``evaluate --data FOLDER`` (``load_pairs``) reads the folder that ``fit --lazy`` takes
+    (before: "is a folder without x.npy and y.npy" for a folder holding both)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 2, 2))
+    (tmp_path / "pairs").mkdir()
+    np.save(tmp_path / "pairs" / "x.npy", x)
+    np.save(tmp_path / "pairs" / "y.npy", y)
+    np.savez(tmp_path / "pairs.npz", x=x, y=y)
+    for got, want in zip(load_pairs(tmp_path / "pairs"), load_pairs(tmp_path / "pairs.npz"),
+                         strict=True):
+        assert torch.equal(got, want)
+    (tmp_path / "pairs" / "y.npy").write_bytes(b"not npy")
+    with pytest.raises(DataError, match="y.npy"):
+        load_pairs(tmp_path / "pairs")

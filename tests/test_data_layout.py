@@ -138,3 +138,27 @@ def test_a_run_on_a_named_file_writes_named_posterior_files(tmp_path):
     assert post["x"].sel(depth=DEPTH[4]).shape == (1, 20, 2)
     assert main(["diagnose", str(tmp_path / "post.nc"), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "posterior_obs0.png").is_file()
+
+
+def test_evaluate_warns_of_held_out_pairs_in_other_units(tmp_path, caplog):
+    """Held-out pairs whose file says x is in ohm m and depth in ft, evaluated by a run trained
+    on log10(ohm m) and m, are warned of (before: metrics of nothing, in silence)."""
+    import logging
+
+    _earth(tmp_path / "train.nc")
+    assert main(["fit", "--data", str(tmp_path / "train.nc"), "--out", str(tmp_path / "run"),
+                 "--epochs", "1", "--quiet"]) == 0
+    x, y = _earth(tmp_path / "same.nc", num=40)
+    path = tmp_path / "feet.nc"
+    xr.Dataset({"x": (("sample", "depth"), 10**x, {"units": "ohm m"}),
+                "y": (("sample", "frequency"), y, {"units": "mV"})},
+               coords={"depth": ("depth", DEPTH * 3.28, {"units": "ft"}),
+                       "frequency": ("frequency", FREQUENCY, {"units": "Hz"})}
+               ).to_netcdf(path, engine="h5netcdf")
+    run = ["evaluate", str(tmp_path / "run"), "--num-samples", "20"]
+    with caplog.at_level(logging.WARNING, logger="ppl_cvae"):
+        assert main([*run, "--data", str(tmp_path / "same.nc"), "--out", str(tmp_path / "e1")]) == 0
+        assert "does not describe its pairs" not in caplog.text
+        assert main([*run, "--data", str(path), "--out", str(tmp_path / "e2")]) == 0
+    assert "x in 'ohm m', trained on 'log10(ohm m)'; coordinate 'depth' (ft) has other " \
+        "values" in caplog.text

@@ -228,3 +228,31 @@ def test_pairs_whose_y_is_constant_are_warned_of():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_cvae(config, x, y)
+
+
+@pytest.mark.parametrize(
+    "likelihood, num_facies, values, match",
+    [
+        ("categorical", 2, [0.0, 1.0, 2.0], r"--num-facies 3\)$"),
+        ("bernoulli", 2, [0.0, 1.0, 2.0], r"--likelihood categorical --num-facies 3\)$"),
+        ("bernoulli", 2, [0.0, 0.5, 1.0], r"x\[0, 1\] = 0.5\); a facies decoder models codes"),
+        ("categorical", 3, [-1.0, 0.0, 2.0], r"x\[0, 0\] = -1\); a facies decoder models codes"),
+    ],
+)
+def test_facies_decoders_refuse_values_that_are_not_their_codes(
+    likelihood, num_facies, values, match
+):
+    """Before: codes >= K ended in Pyro's "index 2 is out of bounds" traceback, and a
+    Bernoulli decoder trained in silence on {0, 1, 2} and on real values."""
+    from ppl_cvae import DataError
+
+    x = torch.tensor(values).repeat(20, 1)
+    y = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    config = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(8,),
+                         likelihood=likelihood, num_facies=num_facies)
+    with pytest.raises(DataError, match=match):
+        build_cvae(config, x, y)
+    codes = torch.zeros(20, 3)
+    cvae = build_cvae(config, codes, y)
+    with pytest.raises(DataError, match=match):  # fit checks the pairs it is given too
+        fit(cvae, x, y, TrainConfig(num_epochs=1, batch_size=10), progress=False)

@@ -224,3 +224,15 @@ def test_malformed_extra_coords_are_refused(entry):
     assert extra_coords_of(check_problem(problem, "test")) == {
         "station_height": ("datum", [1.0, 2.0, 3.0])
     }
+
+
+def test_the_summary_of_one_draw_has_a_nan_sd_and_no_numpy_warning():
+    """A posterior file of one draw: ``sd`` is NaN in summary.csv (before: NumPy's "Degrees of
+    freedom <= 0" printed as a warning line of ``diagnose``)."""
+    import torch
+
+    from inference.arviz_io import summary, to_inference_data
+
+    idata = to_inference_data(torch.zeros(1, 1, 3), None, torch.zeros(1, 2))
+    table = summary(idata)  # filterwarnings = error: a RuntimeWarning fails here
+    assert table["mean"].tolist() == [0.0, 0.0, 0.0] and table["sd"].isna().all()

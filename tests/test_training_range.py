@@ -245,3 +245,22 @@ def test_evaluate_compares_the_draws_outside_with_the_held_out_truths(tmp_path):
     )
     assert outside["draws_outside"] > 10 * outside["truths_outside"] + 0.005
     assert outside["draws_outside_max"] >= outside["draws_outside"]
+
+
+def test_fit_warns_when_draws_rarely_fall_inside_the_bounds(tmp_path, caplog):
+    """A CVAE (not a flow mapped onto the bounds) on 96 half-normal values bounded below by 0:
+    a Gaussian draw of one value is positive with probability about 0.9, of all 96 about
+    0.9^96 = 4e-5, and sampling would fail; ``fit`` says so and names the flow that keeps
+    every draw inside (before: silent)."""
+    import logging
+
+    gen = torch.Generator().manual_seed(0)
+    x = 0.05 * torch.randn(300, 96, generator=gen).abs()
+    y = x[:, :4] + 0.1 * torch.randn(300, 4, generator=gen)
+    np.savez(tmp_path / "pairs.npz", x=x.numpy(), y=y.numpy())
+    with caplog.at_level(logging.WARNING, logger="ppl_cvae"):
+        assert main(["fit", "--data", str(tmp_path / "pairs.npz"), "--x-bounds", "0,inf",
+                     "--likelihood", "gaussian", "--latent-dim", "2", "--epochs", "1",
+                     "--hidden-dims", "16", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "of this model's draws lie inside --x-bounds" in caplog.text
+    assert "--likelihood flow --latent-dim 0" in caplog.text

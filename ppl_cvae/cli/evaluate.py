@@ -56,6 +56,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.data!r} holds x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])}; the model "
             f"has x {config.x_shape}, y {config.y_shape}"
         )
+    if problem is None and cvae.data_layout is not None:
+        _warn_if_layout_differs(cvae.data_layout, args.data)
     if args.max_observations is not None:
         x, y = x[: args.max_observations], y[: args.max_observations]
     check_memory(
@@ -109,6 +111,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_if_layout_differs(trained: Any, path: str) -> None:
+    """Warn when held-out pairs name other dims, coordinates or units than the training file.
+
+    Both are :class:`~ppl_cvae.data.layout.DataLayout`; a file that names nothing (``.npz``)
+    is not compared. Pairs in ``ohm m`` evaluated by a run trained on ``log10(ohm m)``, or
+    depths in ft against m, give metrics of nothing.
+    """
+    from ppl_cvae.data.layout import read_layout
+
+    held_out = read_layout(path)
+    if held_out is None:
+        return
+    differs = []
+    for which in ("x", "y"):
+        if trained.units.get(which) != held_out.units.get(which):
+            differs.append(
+                f"{which} in {held_out.units.get(which)!r}, trained on "
+                f"{trained.units.get(which)!r}"
+            )
+        dims = getattr(trained, f"{which}_dims"), getattr(held_out, f"{which}_dims")
+        if dims[0] != dims[1]:
+            differs.append(f"{which} on dims {dims[1]}, trained on {dims[0]}")
+    for name, values in trained.coords.items():
+        other = held_out.coords.get(name)
+        if other is not None and tuple(other) != tuple(values):
+            unit = held_out.units.get(name, "")
+            differs.append(f"coordinate {name!r} ({unit or 'no unit'}) has other values")
+    if differs:
+        log.warning(
+            "%s does not describe its pairs as the training file did: %s; are they in the same "
+            "units and on the same grid?",
+            path,
+            "; ".join(differs),
+        )
+
+
 def _verdict_word(verdict: dict) -> str:
     """'failed', 'passed', or 'not judged' (too few held-out pairs for the test to fail)."""
     if verdict["failures"]:
@@ -148,7 +186,12 @@ def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
 
     table = pd.read_csv(path)
     rows = table[table["data"] == "all"]
-    if not len(rows) or not bool(rows["whitened"].all()):
+    if not len(rows):
+        return [
+            "misfit: none (the file holds no posterior predictive: the run has no forward "
+            "operator; sample with --problem to add one), so misfit.csv has its header only"
+        ]
+    if not bool(rows["whitened"].all()):
         return []
     failures = check_ppc(table)
     if not failures:

@@ -40,7 +40,7 @@ from ppl_cvae.config import (
     TrainOverrides,
     check_model_memory,
 )
-from ppl_cvae.device import resolve_device
+from ppl_cvae.device import module_device, resolve_device
 from ppl_cvae.errors import ConfigError, PplCvaeError
 
 log = logging.getLogger("ppl_cvae")
@@ -820,6 +820,8 @@ def _fit_into(
         if "stream" in data_source:
             data_source["stream"]["state"] = batches.stream.state_dict()
         extra["data_source"] = data_source
+    if y is not None and model_config.x_bounds is not None:
+        _warn_if_bounds_reject(cvae, y)
     save_checkpoint(out / "model.pt", cvae, problem=problem, problem_ref=problem_ref, extra=extra)
     config_doc = _run_doc(args, problem, problem_ref, model_config, train_config)
     config_doc["device"] = str(device)
@@ -828,6 +830,41 @@ def _fit_into(
     (out / "config.json").write_text(dumps_strict(config_doc, indent=2))
     plot_loss(result.history, out / "loss.png")
     return seconds, result
+
+
+BOUNDS_CHECK_OBSERVATIONS = 8
+"""Training observations on which ``fit`` measures how many draws fall inside ``--x-bounds``."""
+
+
+def _warn_if_bounds_reject(cvae: Any, y: torch.Tensor) -> None:
+    """Warn when the fitted model's draws almost never lie inside its ``x_bounds``.
+
+    A model that is not a flow mapped onto the bounds (``x_transform="support"``) draws x on
+    all of ``R^n`` and sampling keeps the draws inside the bounds; with many bounded elements
+    almost none may be. Measured on :data:`BOUNDS_CHECK_OBSERVATIONS` training observations,
+    1000 draws each: below 1% inside (median), sampling would need more than 100 proposals
+    per draw, or fail.
+    """
+    from inference.posterior import _Support, _support_mass
+
+    if cvae.config.x_transform == "support":
+        return  # every draw lies inside by construction
+    support = _Support.of(cvae, None)
+    if support is None:
+        return
+    index = torch.linspace(0, len(y) - 1, min(BOUNDS_CHECK_OBSERVATIONS, len(y))).long()
+    with torch.no_grad():
+        inside = _support_mass(cvae, support, y[index].to(module_device(cvae)), 1000)
+    median = float(inside.median())
+    if median < 0.01:
+        log.warning(
+            "only %.2g%% of this model's draws lie inside --x-bounds (median over %d training "
+            "observations): it draws x on all of R^n and sampling keeps the draws inside, so it "
+            "will be slow or fail; a flow on x mapped onto the bounds keeps every draw inside "
+            "(--likelihood flow --latent-dim 0)",
+            100 * median,
+            len(index),
+        )
 
 
 def _keep_data_layout(cvae: Any, path: str) -> None:

@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="coverage, RMSE, misfit, SBC and TARP of a run on held-out pairs",
         description="Draw posterior samples for held-out (x, y) pairs and write metrics.json "
-        "(coverage of the true x by central 50%%/90%% intervals, RMSE of the posterior mean vs "
+        "(coverage of the true x by central 50%/90% intervals, RMSE of the posterior mean vs "
         "the training mean, chi-squared misfit per datum with a forward operator, the exact "
         "posterior comparison for linear-Gaussian problems, and under 'calibration' "
         "simulation-based calibration ranks of every component and of the misfit, TARP of the "

@@ -813,14 +813,30 @@ def load_bounds(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
+def _read_npy_folder(path: Path) -> dict[str, np.ndarray]:
+    """Read ``x.npy`` and ``y.npy`` of a folder (headers checked first, as in ``.npz``)."""
+    arrays: dict[str, np.ndarray] = {}
+    for key in ("x", "y"):
+        file = path / f"{key}.npy"
+        try:
+            with open(file, "rb") as fp:
+                arrays[key] = _read_npy_stream(fp, key, path, os.fstat(fp.fileno()).st_size)
+        except _NPY_ERRORS as err:
+            raise DataError(
+                f"cannot read {str(file)!r} as .npy: {type(err).__name__}: {err}"
+            ) from err
+    return arrays
+
+
 def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load training pairs from ``.npz``, ``.nc`` or the challenge's ``.pt`` files.
+    """Load training pairs from ``.npz``, ``.nc``, the challenge's ``.pt`` files or a folder.
 
     Parameters
     ----------
     path : str or path
-        File to read; the suffix selects the format (see the module docstring). The file is
-        only read, never modified.
+        File to read; the suffix selects the format (see the module docstring). A folder
+        holding ``x.npy`` and ``y.npy`` (what ``fit --lazy`` reads in chunks) is read whole.
+        Only read, never modified.
 
     Returns
     -------
@@ -858,9 +874,13 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
     (torch.Size([4, 3]), torch.float32)
     """
     path = Path(path)
-    _require_file(path, pairs=True)
+    folder = path.is_dir() and (path / "x.npy").is_file() and (path / "y.npy").is_file()
+    if not folder:
+        _require_file(path, pairs=True)
     suffix = path.suffix.lower()
-    if suffix == ".npz":
+    if folder:
+        arrays = _read_npy_folder(path)  # what fit --lazy reads in chunks, here read whole
+    elif suffix == ".npz":
         arrays = _read_npz(path, ("x", "y"))
     elif suffix == ".nc":
         arrays = _read_nc(path, ("x", "y"))

@@ -155,7 +155,9 @@ def build_cvae(
         without the codes of a facies decoder
         (:func:`~ppl_cvae.problems.base.check_facies_support`).
     DataError
-        If an element of ``x`` lies outside ``config.x_bounds`` (the first is named).
+        If an element of ``x`` lies outside ``config.x_bounds`` (the first is named); for a
+        facies decoder (``bernoulli``, ``categorical``), if a value of ``x`` is not a code
+        ``0 .. K-1``.
 
     Warns
     -----
@@ -186,6 +188,7 @@ def build_cvae(
         misfit_std = problem.misfit_std if misfit_std is None else misfit_std
     if config.likelihood not in FACIES_LIKELIHOODS and config.basis_dim is None:
         _warn_if_codes(x, config.likelihood)
+    _refuse_non_codes(x, config)
     box = _x_box(config, problem, x)
     x_fit = x if box is None else BoxTransform(box[0], box[1], len(config.x_shape), box[2]).inv(x)
     if standardisers is None:
@@ -268,6 +271,46 @@ def _warn_if_codes(x: torch.Tensor, likelihood: str) -> None:
         f"density on R^n fitted to codes is degenerate (its loss falls without bound as it "
         f"narrows onto them); for facies codes {fix}",
         stacklevel=3,
+    )
+
+
+def _refuse_non_codes(x: torch.Tensor, config: ModelConfig) -> None:
+    """Refuse training ``x`` that a facies decoder cannot model: anything but codes 0 .. K-1.
+
+    ``K`` is 2 for ``likelihood="bernoulli"`` and ``num_facies`` for ``"categorical"``.
+
+    Raises
+    ------
+    DataError
+        If a value is not an integer in ``0 .. K-1``: the first such value is named, and the
+        remedy (more facies for larger codes; a density for real values).
+    """
+    if config.likelihood not in FACIES_LIKELIHOODS or x.numel() == 0:
+        return
+    classes = 2 if config.likelihood == "bernoulli" else config.num_facies
+    bad = ~((x == x.round()) & (x >= 0) & (x <= classes - 1))
+    if not bool(bad.any()):
+        return
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    value = float(x[first])
+    integers = bool((x == x.round()).all()) and bool((x >= 0).all())
+    if integers:
+        top = int(x.max())
+        fix = (
+            f"fit likelihood='categorical' with num_facies={top + 1} (--likelihood categorical "
+            f"--num-facies {top + 1})"
+            if config.likelihood == "bernoulli"
+            else f"fit num_facies={top + 1} (--num-facies {top + 1})"
+        )
+    else:
+        fix = (
+            "a facies decoder models codes only: for real values fit a density "
+            "(--likelihood gaussian or flow)"
+        )
+    raise DataError(
+        f"a {config.likelihood!r} decoder models the facies codes 0 .. {classes - 1}, but "
+        f"{int(bad.sum())} training values of x are not among them (the first: "
+        f"x{list(first)} = {value:g}); {fix}"
     )
 
 
@@ -852,6 +895,8 @@ def fit(
         )
     # pairs of another real dtype (NumPy's float64, integers) train in the model's own
     x = _in_model_dtype(cvae, _as_tensor(x, "x"))
+    if isinstance(x, torch.Tensor):  # codes a facies decoder cannot model fail in Pyro's indexing
+        _refuse_non_codes(x, cvae.config)
     y = _in_model_dtype(cvae, _as_tensor(y, "y"))
     if validation is not None:
         validation = (
