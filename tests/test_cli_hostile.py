@@ -720,7 +720,7 @@ def failing(tmp_path_factory):
      "problem 'pc_failing': forward is not finite (so log_likelihood is -inf) at every one"),
     # the second call of log_prior writes the file's sample_stats.lp
     ("importance", ["member=log_prior", "failure=value", "after=1"],
-     "problem 'pc_failing' log_prior raised ValueError: solver diverged for x of shape (8, 1, 2)"),
+     "problem 'pc_failing' log_prior raised ValueError: solver diverged for x of shape (8, 2)"),
 ])
 def test_problem_code_failing_inside_a_sampler_is_one_line(failing, capsys, method, settings,
                                                           match):
