@@ -264,3 +264,18 @@ def test_fit_warns_when_draws_rarely_fall_inside_the_bounds(tmp_path, caplog):
                      "--hidden-dims", "16", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert "of this model's draws lie inside --x-bounds" in caplog.text
     assert "--likelihood flow --latent-dim 0" in caplog.text
+
+
+def test_a_lazy_fit_with_bounds_says_the_flow_is_not_mapped_onto_them(tmp_path, caplog):
+    """``fit --lazy --x-bounds`` keeps the flow on x itself (the scan gives the moments of x,
+    not of T^-1(x)); it says so, and how to map it (before: silent)."""
+    import logging
+
+    x, y = _box_pairs(num=200)
+    (tmp_path / "pairs").mkdir()
+    np.save(tmp_path / "pairs" / "x.npy", x.numpy())
+    np.save(tmp_path / "pairs" / "y.npy", y.numpy())
+    with caplog.at_level(logging.WARNING, logger="ppl_cvae"):
+        assert main(["fit", "--data", str(tmp_path / "pairs"), "--lazy", "--x-bounds", "0,1",
+                     "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "a lazily read file is fitted on x itself, not mapped onto --x-bounds" in caplog.text

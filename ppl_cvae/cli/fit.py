@@ -529,6 +529,17 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
         raise ConfigError(f"{err} (settings of run file {args.config!r} and the flags)") from None
     _check_recorded_shapes(args, model_config)
     _check_flow_flags(args, model_config)
+    if (
+        lazy_pairs is not None
+        and model_config.x_bounds is not None
+        and model_config.likelihood == "flow"
+        and model_config.x_transform != "support"
+    ):
+        log.warning(
+            "a lazily read file is fitted on x itself, not mapped onto --x-bounds (its "
+            "moments come from a scan of x): draws outside the bounds are rejected at "
+            "sampling; fit without --lazy to map the flow onto the bounds"
+        )
     if lazy_pairs is None and x is None:  # _training_pairs made sure there is a problem
         assert problem is not None
         _check_simulation_memory(problem, train_config.num_train, "--num-train")

@@ -196,7 +196,9 @@ def build_cvae(
     elif box is not None:
         raise ConfigError(
             "x_transform='support' standardises T^-1(x), which the moments of x given in "
-            "standardisers do not give: fit on data in memory, or use x_transform='none'"
+            "standardisers (a lazily read file's scan, fit --lazy) do not give: fit on data in "
+            "memory (without --lazy), or use x_transform='none' (--x-transform none; draws "
+            "outside the bounds are then rejected at sampling)"
         )
     else:
         xs = standardisers[0]
