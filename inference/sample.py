@@ -433,8 +433,8 @@ def inference_data_from_draws(
         derived_true = derived_quantities(problem, x_true) if x_true is not None else {}
         if problem is not None:
             noise = problem.noise
-            if y_model is None:  # one batch axis: what every problem's forward takes
-                flat = x.reshape(num_samples * num_obs, *x.shape[2:])
+            flat = x.reshape(num_samples * num_obs, *x.shape[2:])  # one batch axis, as in fit
+            if y_model is None:
                 y_model = checked_forward(problem, flat).reshape(num_samples, *y.shape)
             if y_rep is None:
                 y_rep = y_model + noise.sample((num_samples, num_obs), generator).to(y_model)
@@ -462,7 +462,6 @@ def inference_data_from_draws(
                     noise_cov = noise.covariance()
                 if problem.has_prior_density:
                     try:
-                        flat = x.reshape(num_samples * num_obs, *x.shape[2:])
                         log_prior = (  # (S, M), nats
                             checked_log_prior(problem, flat)
                             .reshape(num_samples, num_obs)

@@ -333,7 +333,7 @@ def _units_problems(units: Any) -> list[str]:
 
 
 def _noise_cov_problems(noise_cov: Any, y_shape: tuple[int, ...]) -> list[str]:
-    """Say when a ``noise_cov`` of the right shape is not symmetric positive definite.
+    """Say when a ``noise_cov`` of the right shape holds NaN/inf or is not positive definite.
 
     Other types and shapes are refused where the noise model reads it, naming the shape.
     """
