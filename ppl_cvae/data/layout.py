@@ -214,7 +214,7 @@ with xr.open_dataset(path, engine=engine, decode_times=False, decode_timedelta=F
                 values = None
             if values is not None:
                 coords[str(d)] = {"values": values, "units": ds[d].attrs.get("units")}
-    reply(variables=found, coords={k: v for k, v in coords.items()})
+    reply(variables=found, coords=coords)
 """
 
 
