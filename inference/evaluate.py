@@ -76,6 +76,7 @@ from ppl_cvae.checks import (
     as_seed,
     check_finite,
     derived_seed,
+    shape_text,
 )
 from ppl_cvae.errors import ShapeError
 from ppl_cvae.models.cvae import CVAE
@@ -273,7 +274,7 @@ def evaluate_draws(
         for name, value, shape in (("x", x, problem.x_shape), ("y", y, problem.y_shape)):
             if tuple(value.shape[1:]) != tuple(shape):
                 raise ShapeError(
-                    f"{name} must have shape (M, *{tuple(shape)}) for problem "
+                    f"{name} must have shape {shape_text('M', shape)} for problem "
                     f"{getattr(problem, 'name', '?')!r}, got {tuple(value.shape)}"
                 )
     if x.dim() < 1 or x_draws.dim() != x.dim() + 1 or x_draws.shape[1:] != x.shape:
@@ -363,6 +364,7 @@ def write_evaluation(
     seed: int = 0,
     y_obs: torch.Tensor | None = None,
     max_rank_panels: int = 8,
+    x_unit: str | None = None,
 ) -> list[Path]:
     """Write ``metrics.json`` and the coverage, truth, SBC and TARP plots into ``out_dir``.
 
@@ -386,6 +388,10 @@ def write_evaluation(
     max_rank_panels : int, default 8
         Components shown in ``sbc_ecdf.png``: all when there are no more, else the two with the
         smallest p-values and evenly spaced others.
+    x_unit : str, optional
+        Unit of ``x`` for the axis labels of ``truth_vs_mean.png``; default the problem's (none
+        without a problem). ``ppl-cvae evaluate`` passes a data file's ``units`` of ``x``
+        (:attr:`CVAE.data_layout <ppl_cvae.models.cvae.CVAE.data_layout>`).
 
     Returns
     -------
@@ -431,7 +437,7 @@ def write_evaluation(
             x_draws.mean(0).numpy(),
             x_draws.std(0).numpy(),
             out / "truth_vs_mean.png",
-            unit=units_of(problem).get("x", ""),
+            unit=units_of(problem).get("x", "") if x_unit is None else x_unit,
         ),
     ]
     calibration = metrics.get("calibration", {})

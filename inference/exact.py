@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ppl_cvae.checks import shape_text
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import LinearGaussianParts, Problem
 from ppl_cvae.problems.densities import checked_forward
@@ -160,7 +161,7 @@ def exact_posterior(problem: Problem, y: torch.Tensor) -> ExactPosterior:
         )
     y_shape = tuple(problem.y_shape)
     if y.dim() != len(y_shape) + 1 or tuple(y.shape[1:]) != y_shape:
-        raise ShapeError(f"y must have shape (M, *{y_shape}), got {tuple(y.shape)}")
+        raise ShapeError(f"y must have shape {shape_text('M', y_shape)}, got {tuple(y.shape)}")
     offset = linear_gaussian_offset(problem, parts)
     mean, cov = linear_gaussian_posterior(
         parts.matrix.double(),

@@ -54,7 +54,14 @@ from pyro.infer import NUTS
 from inference.mcmc import ChainVerdict, chains_summary, rhat_threshold, run_whitened_chain
 from inference.mcmc.chains import _PotentialWatch
 from ppl_cvae._memory import check_memory
-from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_finite, derived_seed
+from ppl_cvae.checks import (
+    as_count,
+    as_real_tensor,
+    as_seed,
+    check_finite,
+    derived_seed,
+    shape_text,
+)
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -337,8 +344,8 @@ def check_one_observation(
     init = as_real_tensor(init, "init", dtype=None)
     if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
         raise ShapeError(
-            f"init must have shape (N >= 1, *{x_shape}): models that start the chains, got "
-            f"{tuple(init.shape)}"
+            f"init must have shape {shape_text('N >= 1', x_shape)}: models that start the "
+            f"chains, got {tuple(init.shape)}"
         )
     check_finite(init, "init")
     return y, init

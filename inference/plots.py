@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from ppl_cvae._atomic import atomic_path
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     import xarray as xr
 
 __all__ = [
+    "LOG_SCALE_DECADES",
     "bands_figure",
     "fields_figure",
     "layered_profile_figure",
@@ -574,6 +576,23 @@ def plot_loss(history: Sequence[Mapping[str, float]], path: str | os.PathLike[st
     return _save(fig, path)
 
 
+LOG_SCALE_DECADES = 2.0
+"""Positive values spanning at least this many decades (max / min >= 100) are drawn on a
+logarithmic colour or value axis by :func:`fields_figure` and :func:`profile_figure`: a
+resistivity from 1 to 1000 ohm m on a linear scale shows only its largest values."""
+
+
+def _spans_decades(values: Sequence[np.ndarray]) -> bool:
+    """Whether all finite ``values`` are positive and span :data:`LOG_SCALE_DECADES` or more."""
+    finite = [v[np.isfinite(v)] for v in values]
+    finite = [v for v in finite if v.size]
+    if not finite:
+        return False
+    low = min(float(v.min()) for v in finite)
+    high = max(float(v.max()) for v in finite)
+    return low > 0 and math.log10(high / low) >= LOG_SCALE_DECADES
+
+
 def fields_figure(
     panels: Mapping[str, np.ndarray],
     *,
@@ -613,7 +632,9 @@ def fields_figure(
     -------
     matplotlib.figure.Figure
         Sections wider than 1.3 times their depth get their colour bars below, so that a
-        flat section is not squeezed beside a full-height bar.
+        flat section is not squeezed beside a full-height bar. Positive values spanning
+        :data:`LOG_SCALE_DECADES` decades or more (the shared panels together, any other
+        panel alone) get a logarithmic colour scale.
 
     Raises
     ------
@@ -656,8 +677,14 @@ def fields_figure(
     shared_values = [fields[t] for t in titles if t in shared]
     vmin = min(float(v.min()) for v in shared_values) if shared_values else None
     vmax = max(float(v.max()) for v in shared_values) if shared_values else None
+    shared_log = _spans_decades(shared_values)
     for ax, panel in zip(axes.flat, titles, strict=False):
-        limits = {"vmin": vmin, "vmax": vmax} if panel in shared else {}
+        in_shared = panel in shared
+        if (in_shared and shared_log) or (not in_shared and _spans_decades([fields[panel]])):
+            low, high = (vmin, vmax) if in_shared else (None, None)
+            limits: dict[str, Any] = {"norm": LogNorm(vmin=low, vmax=high)}
+        else:
+            limits = {"vmin": vmin, "vmax": vmax} if in_shared else {}
         cmap = "magma" if "sd" in panel.lower().split() or "std" in panel.lower() else "viridis"
         image = ax.imshow(fields[panel], extent=extent, cmap=cmap, **limits)
         for points, marker, colour, name in (
@@ -730,7 +757,8 @@ def profile_figure(
     -------
     matplotlib.figure.Figure
         One axes, depth increasing down the page. The bands are quantiles of the finite
-        draws at each depth; the title says how many non-finite values were left out.
+        draws at each depth; the title says how many non-finite values were left out. Positive
+        values spanning :data:`LOG_SCALE_DECADES` decades or more are drawn on a log axis.
 
     Raises
     ------
@@ -758,6 +786,8 @@ def profile_figure(
     ax.plot(median, d, color="C0", label="median")
     if true is not None:
         ax.plot(true, d, "k--", lw=1.2, label="truth")
+    if _spans_decades([v] if true is None else [v, true]):
+        ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(depth_label)

@@ -30,6 +30,7 @@ from ppl_cvae.checks import (
     as_sample_shape,
     as_seed,
     check_problem_matches,
+    shape_text,
 )
 from ppl_cvae.config import ModelConfig
 from ppl_cvae.data.box import box_support, support_box
@@ -127,12 +128,12 @@ def as_observation_batch(
         if y.shape[0] == 0:
             raise DataError(
                 f"observation stack has shape {tuple(y.shape)}: no observations; pass at "
-                f"least one, shape {y_shape} or (M >= 1, *{y_shape})"
+                f"least one, shape {y_shape} or {shape_text('M >= 1', y_shape)}"
             )
         return y, True
     raise ShapeError(
         f"observation has shape {tuple(y.shape)}; the model expects {y_shape} "
-        f"or a stack (M, *{y_shape})"
+        f"or a stack {shape_text('M', y_shape)}"
     )
 
 
@@ -1051,7 +1052,7 @@ class CVAEPosterior:
         if tuple(x.shape) == x_shape:
             x = x.unsqueeze(0)
         if x.dim() != len(x_shape) + 1 or tuple(x.shape[1:]) != x_shape:
-            raise ShapeError(f"x must have shape (N, *{x_shape}), got {tuple(x.shape)}")
+            raise ShapeError(f"x must have shape {shape_text('N', x_shape)}, got {tuple(x.shape)}")
         y_batch, _ = self._y(y)
         n = x.shape[0]
         if y_batch.shape[0] == 1:

@@ -43,7 +43,7 @@ from inference.training_range import (
 from ppl_cvae._atomic import atomic_path, check_interrupted
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
-from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_problem_matches
+from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_problem_matches, shape_text
 from ppl_cvae.data.layout import DataLayout
 from ppl_cvae.errors import (
     ConfigError,
@@ -232,7 +232,7 @@ def _truth_batch(
     if tuple(batch.shape) != (num_obs, *x_shape):
         raise ShapeError(
             f"x_true has shape {tuple(x_true.shape)}; expected "
-            f"{'(M, ' if stacked else '('}*{x_shape}) matching y"
+            f"{shape_text('M', x_shape) if stacked else tuple(x_shape)} matching y"
         )
     return batch
 

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ppl_cvae.checks import shape_text
 from ppl_cvae.errors import ShapeError
 from ppl_cvae.models.cvae import CVAE
 
@@ -91,7 +92,9 @@ def outside_training_range(
         return None
     x_shape = cvae.config.x_shape
     if x.dim() != 2 + len(x_shape) or tuple(x.shape[2:]) != x_shape:
-        raise ShapeError(f"draws have shape {tuple(x.shape)}; expected (S, M, *{x_shape})")
+        raise ShapeError(
+            f"draws have shape {tuple(x.shape)}; expected {shape_text('S, M', x_shape)}"
+        )
     low, high = cvae.training_x_range
     values = x.detach().to("cpu", torch.float64)
     # an element the same in every training pair (a fixed parameter) has no range to leave:

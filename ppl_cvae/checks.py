@@ -35,6 +35,7 @@ __all__ = [
     "derived_seed",
     "check_problem_matches",
     "shape_mismatch",
+    "shape_text",
 ]
 
 MAX_SEED = 2**32 - 1
@@ -44,6 +45,25 @@ MAX_COUNT = 2**63 - 1
 """Largest count accepted (:func:`as_count`, the command line's counts): torch's int64 and the
 64-bit integer attributes of a posterior file hold no more. A larger count (``10**30`` warm-up
 steps or facies moves) could never be carried out, only waited for."""
+
+
+def shape_text(lead: str, event_shape: Any) -> str:
+    """Return a shape with leading axes for a message: ``shape_text("N", (8,))`` is ``"(N, 8)"``.
+
+    Parameters
+    ----------
+    lead : str
+        The leading axes as written, e.g. ``"N"``, ``"M, S"`` or ``"*batch"``.
+    event_shape : sequence of int
+        The event shape that follows them (empty for a scalar event).
+
+    Examples
+    --------
+    >>> shape_text("N", (8,)), shape_text("M >= 1", (2, 3)), shape_text("S", ())
+    ('(N, 8)', '(M >= 1, 2, 3)', '(S,)')
+    """
+    parts = [lead, *(str(int(v)) for v in event_shape)]
+    return f"({parts[0]},)" if len(parts) == 1 else f"({', '.join(parts)})"
 
 
 def _is_integer(value: Any) -> bool:

@@ -450,6 +450,27 @@ def test_a_state_recorded_with_more_workers_than_here_resumes_with_the_cap(
     assert (run / "model.pt").is_file()
 
 
+def test_a_file_with_fewer_pairs_than_values_is_warned_about(tmp_path, caplog):
+    """10 pairs for 96 values of x and 4 of y: the fit warns, naming the counts; 100 do not."""
+    rng = np.random.default_rng(0)
+    threads = torch.get_num_threads()
+    try:
+        for num in (10, 100):
+            x = rng.normal(size=(num, 96)).astype(np.float32)
+            np.savez(tmp_path / f"d{num}.npz", x=x, y=x[:, :4])
+            caplog.clear()
+            argv = ["fit", "--data", str(tmp_path / f"d{num}.npz"), "--out",
+                    str(tmp_path / f"run{num}"), "--epochs", "1", "--quiet"]
+            assert main(argv) == 0
+            warned = " ".join(r.getMessage() for r in caplog.records)
+            few = f"d{num}.npz holds {num} pairs for 100 values per pair (96 of x, 4 of y)"
+            assert (few in warned) == (num == 10), warned
+            if num == 10:
+                assert "a validation loss from 1 held-out pair(s)" in warned
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------- generative-prior samplers
 GEN_FACIES = """
 import torch

@@ -162,3 +162,25 @@ def test_evaluate_warns_of_held_out_pairs_in_other_units(tmp_path, caplog):
         assert main([*run, "--data", str(path), "--out", str(tmp_path / "e2")]) == 0
     assert "x in 'ohm m', trained on 'log10(ohm m)'; coordinate 'depth' (ft) has other " \
         "values" in caplog.text
+
+
+def test_evaluate_labels_the_truth_plot_with_the_files_units(tmp_path, monkeypatch):
+    """A run fitted on a NetCDF file without a problem: truth_vs_mean.png is labelled in the
+    file's units of x (before: no unit, as for a bare .npz)."""
+    import inference.plots as plots
+
+    units = []
+    original = plots.truth_vs_mean_figure
+
+    def spy(*args, **kwargs):
+        units.append(kwargs.get("unit"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "truth_vs_mean_figure", spy)
+    _earth(tmp_path / "train.nc")
+    assert main(["fit", "--data", str(tmp_path / "train.nc"), "--out", str(tmp_path / "run"),
+                 "--epochs", "1", "--quiet"]) == 0
+    _earth(tmp_path / "held.nc", num=40)
+    assert main(["evaluate", str(tmp_path / "run"), "--num-samples", "20", "--data",
+                 str(tmp_path / "held.nc"), "--out", str(tmp_path / "eval")]) == 0
+    assert units == ["log10(ohm m)"]

@@ -189,7 +189,7 @@ def test_chain_starts_of_the_wrong_shape_are_a_shape_error_for_every_sampler(mod
     for sampler, prior in ((nuts_sample, None), (latent_nuts_sample, vae),
                            (facies_mcmc_sample, vae)):
         args = (problem, y[0], bad) if prior is None else (prior, problem, y[0], bad)
-        with pytest.raises(ShapeError, match=r"init must have shape \(N >= 1, \*\(2,\)\)"):
+        with pytest.raises(ShapeError, match=r"init must have shape \(N >= 1, 2\)"):
             sampler(*args, num_samples=4, num_chains=1)
 
 

@@ -43,7 +43,7 @@ def test_check_inputs_returns_the_batch_size(batch):
     "conditional, y, x, match",
     [
         (True, None, torch.zeros(3, 2), "y is required"),
-        (True, torch.zeros(3, 4), torch.zeros(3, 2), r"y must have shape \(batch, \*\(3,\)\)"),
+        (True, torch.zeros(3, 4), torch.zeros(3, 2), r"y must have shape \(batch, 3\)"),
         (True, torch.zeros(3, 3), torch.zeros(3, 2, 1), r"x must have shape"),
         (True, torch.zeros(3, 3), torch.zeros(4, 2), "same batch size, got 4 and 3"),
         (False, torch.zeros(3, 3), torch.zeros(3, 2), "unconditional VAE: y must be None"),
@@ -68,6 +68,53 @@ def test_holdout_split_is_a_partition_of_the_pairs():
     rows = torch.cat([train.x, val.x])[:, 0].sort().values
     assert torch.equal(rows, x[:, 0])  # every pair exactly once
     assert val.y is not None and torch.equal(val.y[:, 0] / 3, val.x[:, 0] / 2)  # pairs stay paired
+
+
+def test_the_held_out_pairs_do_not_fit_the_standardisers_or_the_whitener(tmp_path):
+    """validation_split draws fit's split; build_cvae(fit_rows=...) fits on its training part.
+
+    The standardisers' moments and the whitener's regression are those of the training pairs
+    alone (as sbi's networks see only theirs), through ``fit_problem`` without resimulation and
+    through ``ppl-cvae fit --data``; not those of all pairs (what they were before).
+    """
+    from ppl_cvae import fit_problem
+    from ppl_cvae.cli import main
+    from ppl_cvae.train import load_checkpoint, validation_split
+
+    cvae = _tiny_cvae()
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(3))
+    y = torch.randn(20, 3, generator=torch.Generator().manual_seed(4))
+    config = TrainConfig(val_fraction=0.25, seed=7)
+    _, val = _split_data(cvae, x, y, config, None, torch.Generator().manual_seed(7))
+    rows, held = validation_split(20, config)
+    assert val is not None and torch.equal(val.x, x[held]) and len(rows) == 15
+
+    model = ModelConfig(x_shape=(2,), y_shape=(3,), hidden_dims=(8,), x_whitening="linear")
+    built = build_cvae(model, x, y, fit_rows=rows)
+    assert torch.allclose(built.x_standardiser.mean, x[rows].mean(0), atol=1e-6)
+    assert not torch.allclose(built.x_standardiser.mean, x.mean(0), atol=1e-3)
+    assert torch.allclose(built.y_standardiser.mean, y[rows].mean(0), atol=1e-6)
+    alone = build_cvae(model, x[rows], y[rows])
+    assert torch.allclose(built.whitener.weight, alone.whitener.weight, atol=1e-5)
+
+    problem = make_problem("linear_gaussian", x_dim=2, y_dim=3)
+    train = {"num_train": 40, "num_epochs": 1, "resimulate": False, "val_fraction": 0.25,
+             "seed": 5, "batch_size": 16}
+    fitted, _, _ = fit_problem(problem, model={"hidden_dims": (8,)}, train=train)
+    xs, _ = problem.simulate(40, torch.Generator().manual_seed(6))  # fit_problem's pairs
+    kept = validation_split(40, TrainConfig(val_fraction=0.25, seed=5))[0]
+    assert torch.allclose(fitted.x_standardiser.mean, xs[kept].mean(0), atol=1e-6)
+
+    np = pytest.importorskip("numpy")
+    np.savez(tmp_path / "pairs.npz", x=x.numpy(), y=y.numpy())
+    threads = torch.get_num_threads()
+    try:
+        assert main(["fit", "--data", str(tmp_path / "pairs.npz"), "--out", str(tmp_path / "r"),
+                     "--epochs", "1", "--val-fraction", "0.25", "--seed", "7", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    run, _ = load_checkpoint(tmp_path / "r" / "model.pt")
+    assert torch.allclose(run.x_standardiser.mean, x[rows].mean(0), atol=1e-6)
 
 
 def test_resampling_keeps_the_simulator_and_the_holdout_for_validation():

@@ -103,7 +103,7 @@ def test_forward_shapes(batch):
 
 def test_errors():
     p = Gravity(num_depth_cells=4, num_offset_cells=6)
-    with pytest.raises(ShapeError, match=r"x must have shape \(\*batch, \*\(4, 6\)\), got \(24,\)"):
+    with pytest.raises(ShapeError, match=r"x must have shape \(\*batch, 4, 6\), got \(24,\)"):
         p.forward(torch.zeros(24))
     with pytest.raises(ShapeError, match="got \\(2, 6, 4\\)"):
         p.forward(torch.zeros(2, 6, 4))

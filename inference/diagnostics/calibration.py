@@ -116,7 +116,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ppl_cvae.checks import as_probability, as_seed
+from ppl_cvae.checks import as_probability, as_seed, shape_text
 from ppl_cvae.errors import DataError, ShapeError
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.densities import checked_forward, whiten
@@ -351,7 +351,9 @@ def misfit_statistic(problem: Problem, y_obs: torch.Tensor) -> Statistic:
     """
     y_shape = tuple(problem.y_shape)
     if y_obs.dim() != len(y_shape) + 1 or tuple(y_obs.shape[1:]) != y_shape:
-        raise ShapeError(f"y_obs must have shape (M, *{y_shape}), got {tuple(y_obs.shape)}")
+        raise ShapeError(
+            f"y_obs must have shape {shape_text('M', y_shape)}, got {tuple(y_obs.shape)}"
+        )
     num_data = math.prod(y_shape)
 
     def misfit(x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from inference.mcmc.potential import (
     _potential_dtype,
 )
 from inference.mcmc.preconditioner import PRECONDITIONERS, Preconditioner, _preconditioner
-from ppl_cvae.checks import as_real_tensor, as_seed, derived_seed
+from ppl_cvae.checks import as_real_tensor, as_seed, derived_seed, shape_text
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, ShapeError, exception_summary
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem, check_layouts, describe_support
@@ -239,8 +239,8 @@ def nuts_sample(
     init = as_real_tensor(init, "init", dtype=None)
     if init.dim() != len(x_shape) + 1 or tuple(init.shape[1:]) != x_shape or len(init) < 1:
         raise ShapeError(
-            f"init must have shape (N >= 1, *{x_shape}): models that start the chains, got "
-            f"{tuple(init.shape)}"
+            f"init must have shape {shape_text('N >= 1', x_shape)}: models that start the "
+            f"chains, got {tuple(init.shape)}"
         )
     if problem.declares_support():
         # a start outside would be mapped silently into it by biject_to's inverse (NaN -> 0),

@@ -72,8 +72,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics["data"] = str(args.data)
     metrics["problem"] = problem.name if problem is not None else None
     with atomic_dir(out, overwrite=args.overwrite, command="evaluate") as tmp_dir:
+        layout = cvae.data_layout  # a data file's units of x, when fitted without a problem
         write_evaluation(
-            tmp_dir, metrics, x, x_draws, exact=exact, problem=problem, seed=args.seed, y_obs=y
+            tmp_dir,
+            metrics,
+            x,
+            x_draws,
+            exact=exact,
+            problem=problem,
+            seed=args.seed,
+            y_obs=y,
+            x_unit=layout.units.get("x") if problem is None and layout is not None else None,
         )
     summary = (
         f"coverage 50%: {metrics['coverage_50']:.3f}, 90%: {metrics['coverage_90']:.3f}; "

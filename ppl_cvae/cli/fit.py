@@ -164,6 +164,30 @@ def _flag_overrides(args: argparse.Namespace) -> Overrides:
     )
 
 
+def _warn_if_few_pairs(path: str, num: int, config: ModelConfig, val_fraction: float) -> None:
+    """Warn when a data file holds fewer pairs than values in one pair (``x`` and ``y``).
+
+    An amortized posterior learns the map from ``y`` to ``p(x | y)`` from the pairs alone; with
+    fewer pairs than values per pair its networks can only memorise them (sbi's benchmark
+    tasks start at 1,000 simulations for a few values each).
+    """
+    x_values = math.prod(config.x_shape)
+    y_values = 0 if config.y_shape is None else math.prod(config.y_shape)
+    if num >= x_values + y_values:
+        return
+    log.warning(
+        "%s holds %d pairs for %d values per pair (%d of x%s): an amortized posterior is "
+        "learnt from many more pairs than values, so expect draws near the prior's spread "
+        "and a validation loss from %d held-out pair(s); simulate more pairs",
+        path,
+        num,
+        x_values + y_values,
+        x_values,
+        f", {y_values} of y" if y_values else "",
+        int(round(val_fraction * num)),
+    )
+
+
 def _training_pairs(
     args: argparse.Namespace, problem: Any
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, Any]:
@@ -529,6 +553,9 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
         raise ConfigError(f"{err} (settings of run file {args.config!r} and the flags)") from None
     _check_recorded_shapes(args, model_config)
     _check_flow_flags(args, model_config)
+    if args.data and not args.unconditional:
+        num = lazy_pairs.num_pairs if lazy_pairs is not None else len(cast(torch.Tensor, x))
+        _warn_if_few_pairs(args.data, num, model_config, train_config.val_fraction)
     if (
         lazy_pairs is not None
         and model_config.x_bounds is not None
@@ -756,11 +783,17 @@ def _fit_into(
     """
     from inference.plots import plot_loss
     from ppl_cvae.train import build_cvae, fit, place_forward_operator, save_checkpoint
+    from ppl_cvae.train.fit import validation_split
 
     device = resolve_device(args.device)
     if cvae is None:
         assert x is not None
-        cvae = build_cvae(model_config, x, y, problem=problem, seed=train_config.seed)
+        # fixed pairs: the pairs fit holds out for validation do not fit the standardisers
+        held_out = batches is None and not train_config.resimulate
+        rows = validation_split(len(x), train_config)[0] if held_out else None
+        cvae = build_cvae(
+            model_config, x, y, problem=problem, seed=train_config.seed, fit_rows=rows
+        )
     if args.data and problem is None and cvae.data_layout is None:
         _keep_data_layout(cvae, args.data)
     place_forward_operator(cvae, problem, device)

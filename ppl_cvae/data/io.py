@@ -50,6 +50,7 @@ import torch
 
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
+from ppl_cvae.checks import shape_text
 from ppl_cvae.data.standardise import CONSTANT_RTOL
 from ppl_cvae.errors import DataError, ShapeError
 
@@ -1106,7 +1107,7 @@ def load_observations(
     for name, tensor in (("y", y), ("x", x_true)):
         if tensor is not None and tensor.dim() == 0:
             expected = (
-                f"y of shape {y_shape} or a stack (M, *{y_shape})"
+                f"y of shape {y_shape} or a stack {shape_text('M', y_shape)}"
                 if name == "y"
                 else "x with one model per observation, (M, *x_shape)"
             )
@@ -1121,7 +1122,7 @@ def load_observations(
     else:
         raise ShapeError(
             f"observation in {str(path)!r} has shape {tuple(y.shape)}; the model expects "
-            f"{y_shape} or a stack (M, *{y_shape})"
+            f"{y_shape} or a stack {shape_text('M', y_shape)}"
         )
     if x_true is not None and x_true.shape[0] != y.shape[0]:
         raise ShapeError(

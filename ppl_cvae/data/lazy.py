@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
+from ppl_cvae.checks import shape_text
 from ppl_cvae.data.io import (
     _check_dtype,
     _first_bad,
@@ -127,7 +128,8 @@ class RunningMoments:
         """
         if tuple(chunk.shape[1:]) != self.event_shape:
             raise ShapeError(
-                f"RunningMoments expects (rows, *{self.event_shape}), got {tuple(chunk.shape)}"
+                f"RunningMoments expects {shape_text('rows', self.event_shape)}, "
+                f"got {tuple(chunk.shape)}"
             )
         rows = chunk.shape[0]
         if rows == 0:

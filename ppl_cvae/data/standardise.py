@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ppl_cvae.checks import shape_text
 from ppl_cvae.errors import DataError, ShapeError
 
 __all__ = [
@@ -84,7 +85,8 @@ class Standardiser(nn.Module):
         """
         if tuple(data.shape[1:]) != self.event_shape or data.shape[0] < 2:
             raise ShapeError(
-                f"standardiser expects (num >= 2, *{self.event_shape}), got {tuple(data.shape)}"
+                f"standardiser expects {shape_text('num >= 2', self.event_shape)}, "
+                f"got {tuple(data.shape)}"
             )
         n, chunk = data.shape[0], 4096  # float64 in chunks: no float64 copy of all the data
         total = torch.zeros(self.event_shape, dtype=torch.float64)

@@ -29,6 +29,7 @@ from pyro import poutine
 from torch import nn
 from torch.distributions.transforms import AffineTransform, ReshapeTransform, Transform
 
+from ppl_cvae.checks import shape_text
 from ppl_cvae.config import ModelConfig
 from ppl_cvae.data.box import BoxTransform
 from ppl_cvae.data.layout import DataLayout
@@ -565,10 +566,10 @@ class CVAE(nn.Module):
                 raise ShapeError(f"this model is an unconditional VAE: {name} must be None")
             return
         if value is None:
-            raise ShapeError(f"{name} is required, expected shape (batch, *{shape})")
+            raise ShapeError(f"{name} is required, expected shape {shape_text('batch', shape)}")
         if value.dim() != len(shape) + 1 or tuple(value.shape[1:]) != tuple(shape):
             raise ShapeError(
-                f"{name} must have shape (batch, *{tuple(shape)}), got {tuple(value.shape)}"
+                f"{name} must have shape {shape_text('batch', shape)}, got {tuple(value.shape)}"
             )
 
     def check_finite(self, **tensors: torch.Tensor | None) -> None:

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch.distributions import constraints
 
+from ppl_cvae.checks import shape_text
 from ppl_cvae.config import ModelOverrides, Overrides, simulation_schedule
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import LinearGaussianParts, Problem
@@ -303,7 +304,9 @@ class Gravity(Problem):
         torch.Size([2, 3])
         """
         if x.dim() < 2 or tuple(x.shape[-2:]) != self.x_shape:
-            raise ShapeError(f"x must have shape (*batch, *{self.x_shape}), got {tuple(x.shape)}")
+            raise ShapeError(
+                f"x must have shape {shape_text('*batch', self.x_shape)}, got {tuple(x.shape)}"
+            )
         dtype = x.dtype if x.is_floating_point() else torch.float32
         matrix = self._matrix64 if dtype == torch.float64 else self._matrix
         flat = x.to(dtype).reshape(*x.shape[:-2], -1)

@@ -8,6 +8,7 @@ from ppl_cvae.train.fit import (
     fit_problem,
     negative_elbo,
     place_forward_operator,
+    validation_split,
 )
 from ppl_cvae.train.optim import FusedClippedAdam
 from ppl_cvae.train.resume import CheckpointPolicy, TrainState, load_train_state
@@ -28,4 +29,5 @@ __all__ = [
     "place_forward_operator",
     "resolve_settings",
     "save_checkpoint",
+    "validation_split",
 ]

@@ -22,7 +22,7 @@ from pyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
 from ppl_cvae._atomic import atomic_path
-from ppl_cvae.checks import as_real_tensor, as_seed
+from ppl_cvae.checks import as_real_tensor, as_seed, shape_text
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.data.box import BoxTransform, support_box
 from ppl_cvae.data.standardise import Standardiser
@@ -57,7 +57,15 @@ from ppl_cvae.train.sources import (
     ShardedResimulatedBatches,
 )
 
-__all__ = ["FitResult", "build_cvae", "fit", "fit_problem", "negative_elbo", "Simulator"]
+__all__ = [
+    "FitResult",
+    "Simulator",
+    "build_cvae",
+    "fit",
+    "fit_problem",
+    "negative_elbo",
+    "validation_split",
+]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +120,7 @@ def build_cvae(
     seed: int | None = 0,
     standardisers: tuple[Standardiser, Standardiser | None] | None = None,
     training_x_range: tuple[torch.Tensor, torch.Tensor] | None = None,
+    fit_rows: torch.Tensor | None = None,
 ) -> CVAE:
     """Build a CVAE whose standardisers (and basis coefficients) are fitted on training data.
 
@@ -143,6 +152,12 @@ def build_cvae(
         without a ``problem`` (:attr:`CVAE.training_x_range
         <ppl_cvae.models.cvae.CVAE.training_x_range>`): a model fitted on pairs alone knows
         its prior only through them, and sampling reports draws that leave their range.
+    fit_rows : Tensor of int64, shape (K,), optional
+        Indices of the pairs that fit the standardisers, the whitener and the basis
+        coefficients: the training pairs of :func:`validation_split`, so that the pairs
+        :func:`fit` holds out for its validation loss are unseen by the model, as they are by
+        sbi's networks. Default (or with fewer than two indices): all pairs.
+        :func:`fit_problem` and ``ppl-cvae fit`` pass them for a fixed set of pairs.
 
     Raises
     ------
@@ -169,7 +184,9 @@ def build_cvae(
     seed = as_seed(seed)
     x, y = _as_tensor(x, "x"), _as_tensor(y, "y")
     if tuple(x.shape[1:]) != config.x_shape:
-        raise ShapeError(f"x has shape {tuple(x.shape)}; config expects (N, *{config.x_shape})")
+        raise ShapeError(
+            f"x has shape {tuple(x.shape)}; config expects {shape_text('N', config.x_shape)}"
+        )
     # pairs of another real dtype (NumPy's float64) in the dtype the model is built in
     x = cast(torch.Tensor, _in_dtype(x, torch.get_default_dtype()))
     y = _in_dtype(y, torch.get_default_dtype())
@@ -190,7 +207,12 @@ def build_cvae(
         _warn_if_codes(x, config.likelihood)
     _refuse_non_codes(x, config)
     box = _x_box(config, problem, x)
-    x_fit = x if box is None else BoxTransform(box[0], box[1], len(config.x_shape), box[2]).inv(x)
+    x_rows, y_rows = _rows(x, fit_rows), None if y is None else _rows(y, fit_rows)
+    x_fit = (
+        x_rows
+        if box is None
+        else BoxTransform(box[0], box[1], len(config.x_shape), box[2]).inv(x_rows)
+    )
     if standardisers is None:
         xs = Standardiser(config.x_shape, "x").fit(x_fit)
     elif box is not None:
@@ -206,12 +228,16 @@ def build_cvae(
     if config.conditional:
         if y is None or tuple(y.shape[1:]) != config.y_shape:
             got = None if y is None else tuple(y.shape)
-            raise ShapeError(f"y has shape {got}; config expects (N, *{config.y_shape})")
+            raise ShapeError(f"y has shape {got}; config expects {shape_text('N', config.y_shape)}")
         if y.shape[0] != x.shape[0]:  # as CVAE.check_inputs, fit and the data loaders
             raise ShapeError(
                 f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}"
             )
-        ys = Standardiser(config.y_shape, "y").fit(y) if standardisers is None else standardisers[1]
+        ys = (
+            Standardiser(config.y_shape, "y").fit(cast(torch.Tensor, y_rows))
+            if standardisers is None
+            else standardisers[1]
+        )
         if y.shape[0] >= 2 and bool((y == y[:1]).all()):
             warnings.warn(
                 f"every element of y is the same in all {y.shape[0]} training pairs: y carries "
@@ -238,9 +264,45 @@ def build_cvae(
         low, high = training_x_range or (x.amin(0), x.amax(0))
         if bool((low.isfinite() & high.isfinite()).all()):  # bad values are refused elsewhere
             cvae.set_training_x_range(low, high)
-    cvae.fit_basis_coefficients(x)
-    cvae.fit_whitener(x, y)
+    cvae.fit_basis_coefficients(x_rows)
+    cvae.fit_whitener(x_rows, y_rows)
     return cvae
+
+
+def _rows(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Return ``values[rows]``; all of ``values`` without ``rows`` or with fewer than two."""
+    if rows is None or rows.numel() < 2:
+        return values
+    return values[rows.to(values.device)]
+
+
+def validation_split(num_pairs: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the indices of the training and the validation pairs :func:`fit` splits off.
+
+    :func:`fit` draws one permutation of ``num_pairs`` from a generator seeded
+    ``config.seed`` and holds out its first ``round(val_fraction * num_pairs)`` entries; this
+    draws the same one, for :func:`build_cvae`'s ``fit_rows``.
+
+    Parameters
+    ----------
+    num_pairs : int
+        Number of fixed training pairs given to :func:`fit` (not used when resimulating:
+        the validation pairs are then simulated apart).
+    config : TrainConfig
+
+    Returns
+    -------
+    train, validation : Tensor of int64, shapes (N - V,) and (V,)
+
+    Examples
+    --------
+    >>> train, val = validation_split(10, TrainConfig(val_fraction=0.2))
+    >>> len(train), len(val), sorted(torch.cat([train, val]).tolist()) == list(range(10))
+    (8, 2, True)
+    """
+    n_val = int(round(config.val_fraction * num_pairs))
+    perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(config.seed))
+    return perm[n_val:], perm[:n_val]
 
 
 MAX_CODES = 16
@@ -1121,7 +1183,9 @@ def fit_problem(
     gen = torch.Generator().manual_seed(train_config.seed + 1)
     x, y = simulate(train_config.num_train, gen)
     assert y is not None  # a conditional problem's simulator returns pairs
-    cvae = build_cvae(config, x, y, problem=problem, seed=train_config.seed)
+    # resimulating, the validation pairs are simulated apart; else fit holds some of x out
+    rows = None if train_config.resimulate else validation_split(len(x), train_config)[0]
+    cvae = build_cvae(config, x, y, problem=problem, seed=train_config.seed, fit_rows=rows)
     place_forward_operator(cvae, problem, device)
     start = time.perf_counter()
     result = fit(

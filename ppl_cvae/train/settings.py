@@ -20,7 +20,7 @@ through :func:`resolve_settings`, so a recommendation is written once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, cast
 
 import torch
@@ -39,7 +39,14 @@ from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import Problem, facies_family
 from ppl_cvae.train.defaults import data_settings, image_settings
 
-__all__ = ["DataSource", "recommended", "resolve_settings"]
+__all__ = [
+    "LOOSE_BOX_SDS",
+    "PRIOR_DRAWS_FOR_BOX",
+    "DataSource",
+    "recommended",
+    "resolve_settings",
+    "x_spread",
+]
 
 Decoder = Literal["auto", "network", "basis"]
 
@@ -62,6 +69,10 @@ class DataSource:
     lazy : bool, default False
         Whether the pairs are read in chunks (``--lazy``): the standardisers then come from
         moments of ``x`` itself, so ``x_transform`` stays ``"none"`` unless the user sets it.
+    x_spread : (Tensor, Tensor, Tensor) or None, default None
+        Elementwise minimum, maximum and sd of the training ``x`` (:func:`x_spread`, each of
+        shape ``x_shape``): whether they come close to a face of a box decides the whitening
+        with ``x_transform="support"``. None when unknown (the whitening then goes).
 
     Examples
     --------
@@ -74,33 +85,65 @@ class DataSource:
     num_pairs: int
     dataset: str | None = None
     lazy: bool = False
+    x_spread: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, x: torch.Tensor, y: torch.Tensor | None, dataset: str | None = None) -> DataSource:
-        """Describe the pairs ``x`` ``(N, *x_shape)`` and ``y`` ``(N, *y_shape)`` (or None)."""
+        """Describe the pairs ``x`` ``(N, *x_shape)`` and ``y`` ``(N, *y_shape)`` (or None).
+
+        ``x_spread`` is set from ``x`` (:func:`x_spread`) when ``x`` is a real tensor.
+        """
         y_shape = tuple(y.shape[1:]) if y is not None else None
-        return cls(tuple(x.shape[1:]), y_shape, int(x.shape[0]), dataset)
+        spread = x_spread(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else None
+        return cls(tuple(x.shape[1:]), y_shape, int(x.shape[0]), dataset, x_spread=spread)
 
 
-def _bounded_flow_on_x(
+def x_spread(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Return the elementwise minimum, maximum and sd of models ``x`` ``(N, *x_shape)``.
+
+    Each of shape ``x_shape``, float64; None for fewer than two models or a value that is not
+    finite (the data checks name those). What :func:`resolve_settings` compares with the faces
+    of a box (:data:`LOOSE_BOX_SDS`).
+    """
+    if x.shape[0] < 2:
+        return None
+    values = x.detach().to(torch.float64)
+    if not bool(torch.isfinite(values).all()):
+        return None
+    return values.amin(0), values.amax(0), values.std(0)
+
+
+LOOSE_BOX_SDS = 1.0
+"""A box (a declared support, ``x_bounds``) is loose when each finite face lies at least this
+many sds of the training models beyond their extreme in every element: the linear whitening
+is then kept with ``x_transform="support"``, where ``T^{-1}`` is close to linear over the
+models (docs/measurements.md, "A user's bounded prior")."""
+
+PRIOR_DRAWS_FOR_BOX = 2048
+"""Prior draws of a problem that :func:`resolve_settings` compares with the faces of its box."""
+
+
+def _flow_boxes(
     model: ModelOverrides,
     source: Problem | DataSource,
     problem: Problem | None,
     x_shape: tuple[int, ...],
-) -> bool:
-    """Whether a fit's flow on ``x`` is on a box with a finite end (``x_transform`` default).
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Return the boxes with a finite end of a fit's flow on ``x`` (``x_transform`` default).
 
     A flow on ``x`` itself (``likelihood="flow"``, no basis) of a problem whose declared
     support is a box (:func:`~ppl_cvae.data.box.support_box`) or with ``x_bounds``, at least
     one end finite; not for a lazily read file. Fitted on ``T^{-1}(x)`` no draw leaves the
     box and none is rejected (docs/measurements.md, "A user's bounded prior": a better
     validation ELBO on every seed, and for 12 bounded values 15 s of draws instead of 273 s
-    of rejection).
+    of rejection). An empty list where none applies.
     """
     if model.get("likelihood") != "flow" or model.get("basis_dim") is not None:
-        return False
+        return []
     if isinstance(source, DataSource) and (source.lazy or source.dataset is not None):
-        return False
+        return []
     boxes = []
     if problem is not None:
         boxes.append(support_box(as_problem(problem).support, x_shape))
@@ -109,11 +152,67 @@ def _bounded_flow_on_x(
         try:
             boxes.append(bounds_box(bounds, x_shape))
         except ConfigError:  # refused by name when the configuration is built
-            return False
-    return any(
-        box is not None and bool((torch.isfinite(box[0]) | torch.isfinite(box[1])).any())
+            return []
+    return [
+        box
         for box in boxes
-    )
+        if box is not None and bool((torch.isfinite(box[0]) | torch.isfinite(box[1])).any())
+    ]
+
+
+def _prior_spread(
+    problem: Problem, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Return :func:`x_spread` of :data:`PRIOR_DRAWS_FOR_BOX` prior draws of ``problem``.
+
+    Drawn from a generator seeded ``seed`` with torch's global RNG left as it was; None when
+    ``sample_prior`` raises or returns anything but finite models of ``x_shape`` (the checks
+    before the fit name those).
+    """
+    problem = as_problem(problem)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            x = problem.sample_prior(PRIOR_DRAWS_FOR_BOX, torch.Generator().manual_seed(seed))
+    except Exception:  # noqa: BLE001 - a user's code; check_support names what went wrong
+        return None
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (
+        PRIOR_DRAWS_FOR_BOX,
+        *problem.x_shape,
+    ):
+        return None
+    return x_spread(x) if x.is_floating_point() else None
+
+
+def _models_spread(
+    source: Problem | DataSource, problem: Problem | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Return the spread of the training models: a data source's, else the problem's prior."""
+    if isinstance(source, DataSource):
+        return source.x_spread
+    return None if problem is None else _prior_spread(problem, seed)
+
+
+def _boxes_are_loose(
+    boxes: list[tuple[torch.Tensor, torch.Tensor]],
+    spread: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> bool:
+    """Whether every finite face of ``boxes`` lies :data:`LOOSE_BOX_SDS` sds beyond the models.
+
+    ``spread`` is :func:`x_spread` of the training models (or prior draws); False without it.
+    An element constant in every model counts as loose when it lies off every face.
+    """
+    if spread is None:
+        return False
+    low_x, high_x, sd = spread
+    for low, high in boxes:
+        low, high = low.to(torch.float64), high.to(torch.float64)
+        gap = torch.minimum(low_x - low, high - high_x)  # inf where both ends are open
+        if bool((gap <= 0).any()):
+            return False
+        margin = torch.where(sd > 0, gap / sd.clamp_min(1e-300), torch.full_like(gap, torch.inf))
+        if bool((margin < LOOSE_BOX_SDS).any()):
+            return False
+    return True
 
 
 def _facies_for_support(overrides: Overrides, problem: Problem | None) -> Overrides:
@@ -232,8 +331,11 @@ def resolve_settings(
         stays: the flow is then on its coefficients), a recommended ``latent_dim=0`` (a
         flow on ``x``) is dropped when the user picks another likelihood, and a recommended
         ``x_whitening="linear"`` (with its ``init_scale``) is dropped for a likelihood or basis
-        decoder it does not apply to and for ``x_transform="support"`` (``x`` mapped onto a
-        box is not linear in ``y``). A flow on ``x`` itself (no basis) whose prior has a box
+        decoder it does not apply to and for ``x_transform="support"`` when the training
+        models come within :data:`LOOSE_BOX_SDS` sds of a face of the box (``x`` mapped onto a
+        box is not linear in ``y`` near its faces; the models are a data source's
+        :attr:`DataSource.x_spread`, or :data:`PRIOR_DRAWS_FOR_BOX` draws of the problem's
+        ``sample_prior``). A flow on ``x`` itself (no basis) whose prior has a box
         with a finite end (the problem's declared support, :func:`~ppl_cvae.data.box.support_box`,
         or ``x_bounds``) gets ``x_transform="support"`` unless the user sets it (not for a
         lazily read file). A problem whose declared support is discrete (booleans, codes
@@ -282,15 +384,19 @@ def resolve_settings(
         if basis is None:
             raise ConfigError("decoder='basis' (--decoder basis) needs a problem with a basis()")
         model.setdefault("basis_dim", int(basis.shape[1]))
-    if "x_transform" not in user and _bounded_flow_on_x(model, source, problem, x_shape):
+    boxes = _flow_boxes(model, source, problem, x_shape)
+    if "x_transform" not in user and boxes:
         model["x_transform"] = "support"
     if "x_whitening" not in user and model.get("x_whitening") == "linear":
         likelihood = model.get("likelihood", "gaussian")
         if likelihood not in WHITENED_LIKELIHOODS or model.get("basis_dim") is not None:
             model.pop("x_whitening")  # a facies, fixed-scale or basis decoder: not whitened
-        elif model.get("x_transform") == "support":
-            # x mapped onto its box is not linear in y: the regression's residual would carry
-            # the nonlinearity into the flow's tails (docs/measurements.md, bounded prior)
+        elif model.get("x_transform") == "support" and not _boxes_are_loose(
+            boxes, _models_spread(source, problem, int(train.get("seed", TrainConfig.seed)))
+        ):
+            # x mapped onto a box its models come close to is not linear in y there: the
+            # regression's residual would carry the nonlinearity into the flow's tails
+            # (docs/measurements.md, bounded prior); far from every face it is near linear
             model.pop("x_whitening")
     if (
         layer.model.get("x_whitening") == "linear"
