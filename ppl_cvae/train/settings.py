@@ -40,12 +40,13 @@ from ppl_cvae.problems.base import Problem, facies_family
 from ppl_cvae.train.defaults import data_settings, image_settings
 
 __all__ = [
+    "GAUSSIAN_U_MOMENT",
     "LOOSE_BOX_SDS",
-    "PRIOR_DRAWS_FOR_BOX",
+    "MIN_MODELS_FOR_MOMENTS",
+    "MODELS_FOR_BOX",
     "DataSource",
     "recommended",
     "resolve_settings",
-    "x_spread",
 ]
 
 Decoder = Literal["auto", "network", "basis"]
@@ -69,10 +70,10 @@ class DataSource:
     lazy : bool, default False
         Whether the pairs are read in chunks (``--lazy``): the standardisers then come from
         moments of ``x`` itself, so ``x_transform`` stays ``"none"`` unless the user sets it.
-    x_spread : (Tensor, Tensor, Tensor) or None, default None
-        Elementwise minimum, maximum and sd of the training ``x`` (:func:`x_spread`, each of
-        shape ``x_shape``): whether they come close to a face of a box decides the whitening
-        with ``x_transform="support"``. None when unknown (the whitening then goes).
+    x_sample : Tensor or None, default None
+        Up to :data:`MODELS_FOR_BOX` of the training ``x``, shape ``(K, *x_shape)``
+        (:meth:`of` draws them): how they sit in a box decides the whitening with
+        ``x_transform="support"``. None when unknown (the whitening then goes).
 
     Examples
     --------
@@ -85,44 +86,47 @@ class DataSource:
     num_pairs: int
     dataset: str | None = None
     lazy: bool = False
-    x_spread: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
-        default=None, repr=False, compare=False
-    )
+    x_sample: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, x: torch.Tensor, y: torch.Tensor | None, dataset: str | None = None) -> DataSource:
         """Describe the pairs ``x`` ``(N, *x_shape)`` and ``y`` ``(N, *y_shape)`` (or None).
 
-        ``x_spread`` is set from ``x`` (:func:`x_spread`) when ``x`` is a real tensor.
+        ``x_sample`` holds :data:`MODELS_FOR_BOX` rows of a real ``x`` drawn without
+        replacement (a generator seeded 0; all rows when there are no more).
         """
         y_shape = tuple(y.shape[1:]) if y is not None else None
-        spread = x_spread(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else None
-        return cls(tuple(x.shape[1:]), y_shape, int(x.shape[0]), dataset, x_spread=spread)
+        sample = None
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() >= 1:
+            rows = x.shape[0]
+            if rows > MODELS_FOR_BOX:
+                pick = torch.randperm(rows, generator=torch.Generator().manual_seed(0))
+                sample = x[pick[:MODELS_FOR_BOX]]
+            else:
+                sample = x
+        return cls(tuple(x.shape[1:]), y_shape, int(x.shape[0]), dataset, x_sample=sample)
 
 
-def x_spread(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Return the elementwise minimum, maximum and sd of models ``x`` ``(N, *x_shape)``.
-
-    Each of shape ``x_shape``, float64; None for fewer than two models or a value that is not
-    finite (the data checks name those). What :func:`resolve_settings` compares with the faces
-    of a box (:data:`LOOSE_BOX_SDS`).
-    """
-    if x.shape[0] < 2:
-        return None
-    values = x.detach().to(torch.float64)
-    if not bool(torch.isfinite(values).all()):
-        return None
-    return values.amin(0), values.amax(0), values.std(0)
-
+MODELS_FOR_BOX = 2048
+"""Models (prior draws of a problem, rows of a data file) that :func:`resolve_settings` sets
+in the box of a flow on ``x`` to decide the whitening (:data:`LOOSE_BOX_SDS`,
+:data:`GAUSSIAN_U_MOMENT`)."""
 
 LOOSE_BOX_SDS = 1.0
 """A box (a declared support, ``x_bounds``) is loose when each finite face lies at least this
-many sds of the training models beyond their extreme in every element: the linear whitening
-is then kept with ``x_transform="support"``, where ``T^{-1}`` is close to linear over the
-models (docs/measurements.md, "A user's bounded prior")."""
+many sds of the models beyond their extreme in every element: ``T^{-1}`` is then close to
+linear over them, and the linear whitening is kept with ``x_transform="support"``
+(docs/measurements.md, "A user's bounded prior")."""
 
-PRIOR_DRAWS_FOR_BOX = 2048
-"""Prior draws of a problem that :func:`resolve_settings` compares with the faces of its box."""
+GAUSSIAN_U_MOMENT = 0.5
+"""The whitening is kept, too, when ``u = T^{-1}(x)`` of the models is near Gaussian in every
+element: absolute skewness and excess kurtosis at most this (a lognormal ``x`` on
+``positive``: ``log x`` is Gaussian). ``U(0, 1)`` gives a logistic ``u`` (excess kurtosis
+1.2), where the whitening was measured to hurt. Judged on at least
+:data:`MIN_MODELS_FOR_MOMENTS` models (the sd of a kurtosis estimate is ``sqrt(24 / K)``)."""
+
+MIN_MODELS_FOR_MOMENTS = 500
+"""Fewest models whose skewness and kurtosis :data:`GAUSSIAN_U_MOMENT` judges."""
 
 
 def _flow_boxes(
@@ -160,59 +164,77 @@ def _flow_boxes(
     ]
 
 
-def _prior_spread(
-    problem: Problem, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Return :func:`x_spread` of :data:`PRIOR_DRAWS_FOR_BOX` prior draws of ``problem``.
+def _prior_sample(problem: Problem, seed: int) -> torch.Tensor | None:
+    """Return :data:`MODELS_FOR_BOX` prior draws of ``problem``, float64, or None.
 
     Drawn from a generator seeded ``seed`` with torch's global RNG left as it was; None when
-    ``sample_prior`` raises or returns anything but finite models of ``x_shape`` (the checks
+    ``sample_prior`` raises or returns anything but real models of ``x_shape`` (the checks
     before the fit name those).
     """
     problem = as_problem(problem)
     try:
         with torch.random.fork_rng(devices=[]):
-            x = problem.sample_prior(PRIOR_DRAWS_FOR_BOX, torch.Generator().manual_seed(seed))
+            x = problem.sample_prior(MODELS_FOR_BOX, torch.Generator().manual_seed(seed))
     except Exception:  # noqa: BLE001 - a user's code; check_support names what went wrong
         return None
-    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (
-        PRIOR_DRAWS_FOR_BOX,
-        *problem.x_shape,
-    ):
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (MODELS_FOR_BOX, *problem.x_shape):
         return None
-    return x_spread(x) if x.is_floating_point() else None
+    return x if x.is_floating_point() else None
 
 
-def _models_spread(
+def _models_sample(
     source: Problem | DataSource, problem: Problem | None, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Return the spread of the training models: a data source's, else the problem's prior."""
+) -> torch.Tensor | None:
+    """Return models of the training ``x``: a data source's sample, else the problem's prior."""
     if isinstance(source, DataSource):
-        return source.x_spread
-    return None if problem is None else _prior_spread(problem, seed)
+        return source.x_sample
+    return None if problem is None else _prior_sample(problem, seed)
 
 
-def _boxes_are_loose(
-    boxes: list[tuple[torch.Tensor, torch.Tensor]],
-    spread: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+def _keeps_whitening(
+    boxes: list[tuple[torch.Tensor, torch.Tensor]], sample: torch.Tensor | None
 ) -> bool:
-    """Whether every finite face of ``boxes`` lies :data:`LOOSE_BOX_SDS` sds beyond the models.
+    """Whether the linear whitening suits the flow on ``u = T^{-1}(x)`` of the box of ``boxes``.
 
-    ``spread`` is :func:`x_spread` of the training models (or prior draws); False without it.
-    An element constant in every model counts as loose when it lies off every face.
+    True when the box (the intersection of ``boxes``) is loose around the models
+    (:data:`LOOSE_BOX_SDS`: every finite face at least that many sds beyond their extreme;
+    an element constant in every model counts when it lies off the faces), or when ``u`` of
+    the models is near Gaussian in every element (:data:`GAUSSIAN_U_MOMENT`, no model on a
+    face). False without models, or with values that are not finite.
     """
-    if spread is None:
+    if sample is None or sample.shape[0] < 2 or not boxes:
         return False
-    low_x, high_x, sd = spread
-    for low, high in boxes:
-        low, high = low.to(torch.float64), high.to(torch.float64)
-        gap = torch.minimum(low_x - low, high - high_x)  # inf where both ends are open
-        if bool((gap <= 0).any()):
-            return False
-        margin = torch.where(sd > 0, gap / sd.clamp_min(1e-300), torch.full_like(gap, torch.inf))
-        if bool((margin < LOOSE_BOX_SDS).any()):
-            return False
-    return True
+    x = sample.detach().to(torch.float64).reshape(sample.shape[0], -1)
+    if not bool(torch.isfinite(x).all()):
+        return False
+    low = torch.stack([b[0].to(torch.float64).reshape(-1) for b in boxes]).amax(0)
+    high = torch.stack([b[1].to(torch.float64).reshape(-1) for b in boxes]).amin(0)
+    gap = torch.minimum(x.amin(0) - low, high - x.amax(0))  # inf where both ends are open
+    if bool((gap <= 0).any()):
+        return False  # a model on a face (or outside: refused by the fit)
+    sd = x.std(0)
+    margin = torch.where(sd > 0, gap / sd.clamp_min(1e-300), torch.full_like(gap, torch.inf))
+    if bool((margin >= LOOSE_BOX_SDS).all()):
+        return True
+    if x.shape[0] < MIN_MODELS_FOR_MOMENTS:
+        return False
+    both = torch.isfinite(low) & torch.isfinite(high)
+    width = torch.where(both, high - low, torch.ones_like(low))
+    t = ((x - torch.where(both, low, 0.0)) / width).clamp(1e-300, 1 - 1e-16)
+    one = torch.where(torch.isfinite(low), x - low, high - x)  # distance from the one end
+    u = torch.where(
+        both,
+        torch.log(t) - torch.log1p(-t),
+        torch.where(torch.isfinite(low) | torch.isfinite(high), torch.log(one), x),
+    )
+    centred = u - u.mean(0)
+    var = centred.pow(2).mean(0)
+    moving = var > 0  # a constant u is Gaussian enough (its element is off the faces)
+    var = torch.where(moving, var, torch.ones_like(var))
+    skew = centred.pow(3).mean(0) / var.pow(1.5)
+    kurtosis = centred.pow(4).mean(0) / var.pow(2) - 3
+    near = (skew.abs() <= GAUSSIAN_U_MOMENT) & (kurtosis.abs() <= GAUSSIAN_U_MOMENT)
+    return bool((near | ~moving).all())
 
 
 def _facies_for_support(overrides: Overrides, problem: Problem | None) -> Overrides:
@@ -332,10 +354,11 @@ def resolve_settings(
         flow on ``x``) is dropped when the user picks another likelihood, and a recommended
         ``x_whitening="linear"`` (with its ``init_scale``) is dropped for a likelihood or basis
         decoder it does not apply to and for ``x_transform="support"`` when the training
-        models come within :data:`LOOSE_BOX_SDS` sds of a face of the box (``x`` mapped onto a
-        box is not linear in ``y`` near its faces; the models are a data source's
-        :attr:`DataSource.x_spread`, or :data:`PRIOR_DRAWS_FOR_BOX` draws of the problem's
-        ``sample_prior``). A flow on ``x`` itself (no basis) whose prior has a box
+        models come within :data:`LOOSE_BOX_SDS` sds of a face of the box and their ``u =
+        T^{-1}(x)`` is not near Gaussian (:data:`GAUSSIAN_U_MOMENT`): ``x`` mapped onto a box
+        is not linear in ``y`` near its faces. The models are a data source's
+        :attr:`DataSource.x_sample`, or :data:`MODELS_FOR_BOX` draws of the problem's
+        ``sample_prior``. A flow on ``x`` itself (no basis) whose prior has a box
         with a finite end (the problem's declared support, :func:`~ppl_cvae.data.box.support_box`,
         or ``x_bounds``) gets ``x_transform="support"`` unless the user sets it (not for a
         lazily read file). A problem whose declared support is discrete (booleans, codes
@@ -391,12 +414,13 @@ def resolve_settings(
         likelihood = model.get("likelihood", "gaussian")
         if likelihood not in WHITENED_LIKELIHOODS or model.get("basis_dim") is not None:
             model.pop("x_whitening")  # a facies, fixed-scale or basis decoder: not whitened
-        elif model.get("x_transform") == "support" and not _boxes_are_loose(
-            boxes, _models_spread(source, problem, int(train.get("seed", TrainConfig.seed)))
+        elif model.get("x_transform") == "support" and not _keeps_whitening(
+            boxes, _models_sample(source, problem, int(train.get("seed", TrainConfig.seed)))
         ):
             # x mapped onto a box its models come close to is not linear in y there: the
             # regression's residual would carry the nonlinearity into the flow's tails
-            # (docs/measurements.md, bounded prior); far from every face it is near linear
+            # (docs/measurements.md, bounded prior); far from every face, or where the map
+            # makes the models Gaussian (log of a lognormal), it is near linear
             model.pop("x_whitening")
     if (
         layer.model.get("x_whitening") == "linear"
