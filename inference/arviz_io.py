@@ -181,7 +181,8 @@ def to_inference_data(
     x : Tensor, shape (S, M, *x_shape)
         Posterior draws of the subsurface model: ``S`` draws for each of ``M`` observations.
     z : Tensor, shape (S, M, latent_dim), or None
-        Latent draws; None (e.g. draws of an exact posterior) stores no ``z``.
+        Latent draws; None (e.g. draws of an exact posterior), or ``latent_dim = 0`` (a flow on
+        ``x`` without a latent), stores no ``z``.
     y_obs : Tensor, shape (M, *y_shape)
         Observations.
     y_rep : Tensor, shape (S, M, *y_shape), optional
@@ -290,6 +291,8 @@ def to_inference_data(
     """
     num_samples, num_obs = x.shape[:2]
     lead2 = (int(num_samples), int(num_obs))
+    if z is not None and len(z.shape) == 3 and z.shape[-1] == 0:
+        z = None  # no latent (a flow on x): an empty variable breaks az.extract, plot_trace
     if (z is not None and tuple(z.shape[:2]) != lead2) or y_obs.shape[0] != num_obs:
         z_shape = None if z is None else tuple(z.shape)
         raise ShapeError(

@@ -261,6 +261,14 @@ def problem_record(problem: Problem) -> dict[str, Any]:
     return record
 
 
+REFINED_NOT_SAMPLES = (
+    "the draws were refined by misfit minimisation: they are not posterior samples, and "
+    "PSIS-LOO or WAIC of them (az.loo, az.compare) would rank this file above any sampler's"
+)
+"""Why a refined posterior file has no ``log_likelihood`` group (its
+``log_likelihood_omitted`` attribute)."""
+
+
 def inference_data_from_draws(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -278,6 +286,7 @@ def inference_data_from_draws(
     generator: torch.Generator | None = None,
     warn_not_finite: bool = True,
     layout: DataLayout | None = None,
+    omit_log_likelihood: str | None = None,
 ) -> az.InferenceData:
     """Build the ``InferenceData`` of a posterior file from draws of ``x`` and a problem.
 
@@ -323,6 +332,10 @@ def inference_data_from_draws(
         Without a problem: the dims, coordinates and units of ``x`` and ``y`` of the data
         file the model was fitted on (:attr:`CVAE.data_layout
         <ppl_cvae.models.cvae.CVAE.data_layout>`); ignored when a problem gives them.
+    omit_log_likelihood : str, optional
+        A reason to leave out the ``log_likelihood`` group, stored in the attribute
+        ``log_likelihood_omitted``: for draws that are not posterior samples (refined draws,
+        :data:`REFINED_NOT_SAMPLES`).
 
     Returns
     -------
@@ -362,7 +375,9 @@ def inference_data_from_draws(
       2021), whose terms do not sum to the joint log-likelihood (attributes ``pointwise =
       "loo_conditional"``, ``sums_to_joint = 0``; ``sample_stats.lp`` keeps the joint).
       Skipped, with the reason logged and stored in the attribute ``log_likelihood_omitted``,
-      for a noise-free problem or no problem.
+      for a noise-free problem, no problem, or draws that are not posterior samples
+      (``omit_log_likelihood``: refined draws, which PSIS-LOO and ``az.compare`` would
+      otherwise rank above every sampler's).
     - ``sample_stats.lp``: ``log p(x_s) + log N(y; F(x_s), C_e)`` in nats, the unnormalised
       log posterior density (ArviZ's name), when the problem has a prior density
       (:attr:`~ppl_cvae.problems.base.Problem.has_prior_density`; for a problem with a
@@ -475,6 +490,8 @@ def inference_data_from_draws(
                         }
                     except NoPriorDensityError as err:
                         log.info("no sample_stats.lp: %s", err)
+    if omit_log_likelihood is not None:
+        log_lik, reason = None, omit_log_likelihood
     if log_lik is None:
         info["log_likelihood_omitted"] = reason
         log.info("no log_likelihood group in the posterior file: %s", reason)
@@ -710,6 +727,7 @@ def sample_posterior(
         attrs=info,
         warn_not_finite=warn_not_finite,
         layout=cvae.data_layout,  # the data file's names, for a run without a problem
+        omit_log_likelihood=None if refine is None else REFINED_NOT_SAMPLES,
     )
 
 
@@ -1059,7 +1077,7 @@ class CorrectionConfig:
             )
 
 
-def sample_corrected(
+def _sample_corrected(
     cvae: CVAE,
     y: torch.Tensor,
     num_samples: int,
@@ -1071,87 +1089,7 @@ def sample_corrected(
     attrs: Mapping[str, Any] | None = None,
     generative_prior: CVAE | None = None,
 ) -> tuple[az.InferenceData, str, bool]:
-    """Draw posterior samples corrected with the problem's prior and noise model.
-
-    Parameters
-    ----------
-    cvae : CVAE
-        Trained conditional model (the proposal, or the chains' start and preconditioner).
-    y : Tensor, shape y_shape or (M, *y_shape)
-        Observation(s), units of ``y``.
-    num_samples : int
-        Draws per observation in the file (rounded up to a multiple of ``correction.chains``
-        for NUTS, of ``correction.populations`` for facies SMC).
-    problem : Problem
-        With a prior density and a noise model (the target ``p(x | y)``).
-    correction : CorrectionConfig
-    x_true : Tensor, shape (M, *x_shape), optional
-        Truths for ``constant_data``.
-    seed : int, optional
-    attrs : mapping, optional
-        Run attributes; ``model_config`` (the CVAE's configuration as JSON, its ``x_bounds``
-        among it) is added, as :func:`sample_posterior` does.
-    generative_prior : CVAE, optional
-        ``method="latent-nuts"``, ``"facies-mcmc"`` or ``"facies-smc"`` (required there): the
-        unconditional VAE of the prior draws whose model is sampled (for facies MCMC and SMC
-        with a ``bernoulli`` or ``categorical`` decoder); the problem then needs no prior
-        density.
-
-    Returns
-    -------
-    idata : arviz.InferenceData
-        Latent NUTS: chains and draws of ``x = g(z)`` and ``z`` with ``rhat``,
-        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation (no per-draw
-        sampler statistics; :mod:`inference.latent_mcmc`). Facies MCMC: chains and draws of
-        the facies field ``x`` (codes ``0 .. K-1``) and ``z`` with ``rhat``,
-        ``rhat_threshold``, ``ess_bulk``, ``accept_z``, ``accept_x``, ``swap_accept`` and
-        ``rhat_data`` per observation (:mod:`inference.facies_mcmc`). Facies SMC: the
-        ``correction.populations`` populations as chains, their particles as draws, of the
-        facies field ``x`` and ``z``, with ``rhat``, ``rhat_threshold``, ``ess_bulk``,
-        ``log_evidence``, ``log_evidence_se``, ``stages``, ``accept_z``, ``accept_x``,
-        ``distinct``, ``evidence_spread`` and ``evidence_tolerance`` per observation
-        (:mod:`inference.facies_smc`).
-        Importance sampling: ``num_samples`` draws per observation resampled (systematic
-        resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
-        ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
-        ``sample_stats``. NUTS: ``chains`` chains (dims ``chain, draw``) with ``rhat``,
-        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation, and per draw
-        the sampler's ``diverging`` (through ``arviz.from_pyro``), ``energy``, ``n_steps``,
-        ``tree_depth`` and ``step_size`` (:attr:`inference.mcmc.MCMCResult.sample_stats`),
-        so ``az.rhat``, ``az.ess`` and ``az.bfmi`` read the file.
-    summary : str
-        One line of diagnostics, saying plainly when the correction failed.
-    ok : bool
-        False when any observation failed: k-hat above
-        :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
-        :func:`inference.mcmc.rhat_threshold` (the largest over the coordinates, against the
-        bound independent draws respect; at least
-        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions; for facies
-        SMC, populations whose log evidence differs by more than its bound, or one that did
-        not reach the posterior (``beta = 1``).
-
-    Raises
-    ------
-    ConfigError
-        If the method is unknown, ``problem`` is None, ``num_samples`` is not an int >= 1,
-        ``seed`` not an int in ``[0, 2**32 - 1]``, or the model cannot propose; for
-        ``latent-nuts``, ``facies-mcmc`` and ``facies-smc``, if ``generative_prior`` is
-        missing or not an unconditional VAE (for the facies methods: with a facies decoder,
-        as the CVAE's); for ``facies-smc``, if there are fewer than 4 particles per
-        population; for ``nuts``, if ``num_samples`` gives a chain fewer than
-        :data:`~inference.mcmc.MIN_DRAWS_PER_CHAIN` draws.
-    ResourceError
-        For ``nuts``, if the draws would not fit in memory.
-    NoPriorDensityError, NoLikelihoodError
-        If the problem has no prior density or no noise model.
-
-    Warns
-    -----
-    UserWarning
-        If an element of ``y`` lies more than :data:`~inference.posterior.FAR_WARNING`
-        training sds from the training mean
-        (:func:`~inference.posterior.warn_far_observations`).
-    """
+    """:func:`sample_corrected` before its verdict is stored in the file."""
     from inference.arviz_io import with_chains
     from inference.importance import KHAT_THRESHOLD, importance_sample
     from inference.mcmc import (
@@ -1388,4 +1326,117 @@ def sample_corrected(
         f"coordinates (at least {RHAT_THRESHOLD}), or divergences",
         advice,
     )
+    return idata, summary, ok
+
+
+def sample_corrected(
+    cvae: CVAE,
+    y: torch.Tensor,
+    num_samples: int,
+    problem: Problem,
+    correction: CorrectionConfig,
+    *,
+    x_true: torch.Tensor | None = None,
+    seed: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    generative_prior: CVAE | None = None,
+) -> tuple[az.InferenceData, str, bool]:
+    """Draw posterior samples corrected with the problem's prior and noise model.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        Trained conditional model (the proposal, or the chains' start and preconditioner).
+    y : Tensor, shape y_shape or (M, *y_shape)
+        Observation(s), units of ``y``.
+    num_samples : int
+        Draws per observation in the file (rounded up to a multiple of ``correction.chains``
+        for NUTS, of ``correction.populations`` for facies SMC).
+    problem : Problem
+        With a prior density and a noise model (the target ``p(x | y)``).
+    correction : CorrectionConfig
+    x_true : Tensor, shape (M, *x_shape), optional
+        Truths for ``constant_data``.
+    seed : int, optional
+    attrs : mapping, optional
+        Run attributes; ``model_config`` (the CVAE's configuration as JSON, its ``x_bounds``
+        among it) is added, as :func:`sample_posterior` does.
+    generative_prior : CVAE, optional
+        ``method="latent-nuts"``, ``"facies-mcmc"`` or ``"facies-smc"`` (required there): the
+        unconditional VAE of the prior draws whose model is sampled (for facies MCMC and SMC
+        with a ``bernoulli`` or ``categorical`` decoder); the problem then needs no prior
+        density.
+
+    Returns
+    -------
+    idata : arviz.InferenceData
+        Latent NUTS: chains and draws of ``x = g(z)`` and ``z`` with ``rhat``,
+        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation (no per-draw
+        sampler statistics; :mod:`inference.latent_mcmc`). Facies MCMC: chains and draws of
+        the facies field ``x`` (codes ``0 .. K-1``) and ``z`` with ``rhat``,
+        ``rhat_threshold``, ``ess_bulk``, ``accept_z``, ``accept_x``, ``swap_accept`` and
+        ``rhat_data`` per observation (:mod:`inference.facies_mcmc`). Facies SMC: the
+        ``correction.populations`` populations as chains, their particles as draws, of the
+        facies field ``x`` and ``z``, with ``rhat``, ``rhat_threshold``, ``ess_bulk``,
+        ``log_evidence``, ``log_evidence_se``, ``stages``, ``accept_z``, ``accept_x``,
+        ``distinct``, ``evidence_spread`` and ``evidence_tolerance`` per observation
+        (:mod:`inference.facies_smc`).
+        Importance sampling: ``num_samples`` draws per observation resampled (systematic
+        resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
+        ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
+        ``sample_stats``. NUTS: ``chains`` chains (dims ``chain, draw``) with ``rhat``,
+        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation, and per draw
+        the sampler's ``diverging`` (through ``arviz.from_pyro``), ``energy``, ``n_steps``,
+        ``tree_depth`` and ``step_size`` (:attr:`inference.mcmc.MCMCResult.sample_stats`),
+        so ``az.rhat``, ``az.ess`` and ``az.bfmi`` read the file.
+    summary : str
+        One line of diagnostics, saying plainly when the correction failed; stored with
+        ``ok`` in the attributes ``correction_summary`` and ``correction_ok`` (0 or 1) of
+        every group, so ``ppl-cvae diagnose`` and a reader of the file see the verdict.
+    ok : bool
+        False when any observation failed: k-hat above
+        :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
+        :func:`inference.mcmc.rhat_threshold` (the largest over the coordinates, against the
+        bound independent draws respect; at least
+        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions; for facies
+        SMC, populations whose log evidence differs by more than its bound, or one that did
+        not reach the posterior (``beta = 1``).
+
+    Raises
+    ------
+    ConfigError
+        If the method is unknown, ``problem`` is None, ``num_samples`` is not an int >= 1,
+        ``seed`` not an int in ``[0, 2**32 - 1]``, or the model cannot propose; for
+        ``latent-nuts``, ``facies-mcmc`` and ``facies-smc``, if ``generative_prior`` is
+        missing or not an unconditional VAE (for the facies methods: with a facies decoder,
+        as the CVAE's); for ``facies-smc``, if there are fewer than 4 particles per
+        population; for ``nuts``, if ``num_samples`` gives a chain fewer than
+        :data:`~inference.mcmc.MIN_DRAWS_PER_CHAIN` draws.
+    ResourceError
+        For ``nuts``, if the draws would not fit in memory.
+    NoPriorDensityError, NoLikelihoodError
+        If the problem has no prior density or no noise model.
+
+    Warns
+    -----
+    UserWarning
+        If an element of ``y`` lies more than :data:`~inference.posterior.FAR_WARNING`
+        training sds from the training mean
+        (:func:`~inference.posterior.warn_far_observations`).
+    """
+    idata, summary, ok = _sample_corrected(
+        cvae,
+        y,
+        num_samples,
+        problem,
+        correction,
+        x_true=x_true,
+        seed=seed,
+        attrs=attrs,
+        generative_prior=generative_prior,
+    )
+    # the verdict travels with the draws: diagnose and an ArviZ user read it from the file
+    for group in idata.groups():
+        idata[group].attrs["correction_summary"] = summary
+        idata[group].attrs["correction_ok"] = int(ok)
     return idata, summary, ok

@@ -496,3 +496,30 @@ def test_misfit_warning_is_silent_for_exact_draws_and_names_shifted_ones():
     shifted = inference_data_from_draws(x + 6 * post.std.float(), y, problem=problem)
     message = misfit_warning(shifted)
     assert message is not None and message.startswith("the draws misfit the data of 20 of 20")
+
+
+def test_refined_files_have_no_log_likelihood_and_latent_free_files_no_empty_z():
+    """Refined draws are optimised, not sampled: their file has no log_likelihood group (PSIS-LOO
+    of them would win every az.compare), with the reason in ``log_likelihood_omitted``; the
+    amortized file of the same model keeps it. A flow on x without a latent writes no ``z``
+    (an empty ``latent`` dim broke ``az.extract``, ``az.plot_trace`` and ``az.plot_forest``).
+    """
+    from inference.refine import RefineConfig
+    from inference.sample import REFINED_NOT_SAMPLES, sample_posterior
+    from ppl_cvae import ModelConfig, build_cvae
+
+    problem = LinearGaussian(x_dim=X_DIM, y_dim=Y_DIM, noise_std=NOISE)
+    x, y = problem.simulate(256, torch.Generator().manual_seed(0))
+    for latent_dim, likelihood in ((2, "gaussian"), (0, "flow")):
+        config = ModelConfig(x_shape=(X_DIM,), y_shape=(Y_DIM,), hidden_dims=(8,),
+                             latent_dim=latent_dim, likelihood=likelihood)
+        cvae = build_cvae(config, x, y, problem=problem)
+        plain = sample_posterior(cvae, y[:2], 20, problem=problem, seed=0)
+        assert "log_likelihood" in plain.groups()
+        assert ("z" in plain.posterior) == (latent_dim > 0)
+        extracted = az.extract(plain)
+        assert extracted["x"].sizes["sample"] == 20
+        refined = sample_posterior(cvae, y[:2], 20, problem=problem, seed=0,
+                                   refine=RefineConfig(num_steps=5, max_misfit=None))
+        assert "log_likelihood" not in refined.groups()
+        assert refined.posterior.attrs["log_likelihood_omitted"] == REFINED_NOT_SAMPLES

@@ -99,7 +99,8 @@ def files(ws):
 
 @pytest.mark.parametrize("name", ["imp", "nuts", "flow"])
 def test_diagnose_reads_files_without_latent_draws(ws, files, name):
-    """Importance and NUTS files hold no ``z``; a flow on x alone holds ``z`` of size 0.
+    """Importance and NUTS files hold no ``z``, nor does a flow on x alone (it held a ``z`` of
+    size 0 before, which broke ``az.extract``).
     ``diagnose`` reports on x (figures, summary, misfit) and draws no latent pairs; the summary
     of several chains adds R-hat and ESS, that of independent draws does not."""
     import pandas as pd
@@ -240,3 +241,27 @@ def test_a_recorded_problem_that_cannot_be_rebuilt_is_warned_of(ws, monkeypatch,
         "predictive" in message
     assert MODULE in message
     assert "posterior_predictive" not in az.from_netcdf(ws / "lost.nc").groups()
+
+
+@pytest.mark.parametrize("name", ["imp", "nuts"])
+def test_diagnose_says_the_verdict_the_correction_stored(ws, files, name, capsys):
+    """A corrected file keeps its sampler's one-line verdict (``correction_summary``,
+    ``correction_ok``); ``diagnose`` prints it before the misfit, and a FAILED verdict as a
+    warning (before: the misfit line alone, which can pass for draws of failed chains)."""
+    idata = az.from_netcdf(files[name])
+    summary = idata.posterior.attrs["correction_summary"]
+    ok = int(idata.posterior.attrs["correction_ok"])
+    assert summary.startswith("importance sampling:" if name == "imp" else "NUTS")
+    assert ("FAILED" in summary) == (not ok)
+    capsys.readouterr()
+    assert main(["diagnose", str(files[name]), "--out", str(ws / f"verdict_{name}"),
+                 "--overwrite"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (f"sampler: {summary}" if ok else
+                        f"sampler: WARNING: the correction FAILED, so its draws are not "
+                        f"trustworthy whatever their misfit: {summary}")
+    idata.posterior.attrs["correction_ok"] = 0  # as a failed run writes it
+    idata.to_netcdf(ws / f"failed_{name}.nc", engine="h5netcdf")
+    assert main(["diagnose", str(ws / f"failed_{name}.nc"), "--out",
+                 str(ws / f"failed_{name}")]) == 0
+    assert "sampler: WARNING: the correction FAILED" in capsys.readouterr().out

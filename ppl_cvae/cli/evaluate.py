@@ -176,11 +176,30 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     check_posterior(idata, args.posterior, require=(("posterior", "x"), ("observed_data", "y")))
     with atomic_dir(out, overwrite=args.overwrite, command="diagnose") as tmp_dir:
         files = write_report(idata, tmp_dir, max_observations=args.max_observations)
-        verdict = _misfit_verdict(tmp_dir / "misfit.csv")
+        verdict = _sampler_verdict(idata) + _misfit_verdict(tmp_dir / "misfit.csv")
     print(f"wrote {len(files)} files to {out}")
     for line in verdict:
         print(line)
     return 0
+
+
+def _sampler_verdict(idata: Any) -> list[str]:
+    """Return the verdict a correction stored in its file (``correction_summary``), one line.
+
+    ``sample`` printed it when it ran; the file keeps it
+    (:func:`inference.sample.sample_corrected`), so the report says, before the misfit, when
+    the draws are not to be trusted (a misfit within the noise does not make draws of failed
+    chains or collapsed weights a posterior).
+    """
+    attrs = idata["posterior"].attrs
+    summary = attrs.get("correction_summary")
+    if not isinstance(summary, str):
+        return []
+    ok = attrs.get("correction_ok")
+    if ok is not None and not int(ok):
+        return [f"sampler: WARNING: the correction FAILED, so its draws are not trustworthy "
+                f"whatever their misfit: {summary}"]
+    return [f"sampler: {summary}"]
 
 
 def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
