@@ -765,6 +765,17 @@ def _write_first_chunk(idata: az.InferenceData, path: Path, draws_per_chunk: int
         mode = "a"
 
 
+def _set_run_attr(f: Any, name: str, value: Any) -> None:
+    """Set a run attribute pooled over the chunks on the file, its posterior and other groups.
+
+    Every group that carries the attribute gets it: the first chunk's value there is stale.
+    """
+    f.attrs[name] = value
+    for group in f.groups.values():
+        if group.name.strip("/") == "posterior" or name in group.attrs:
+            group.attrs[name] = value
+
+
 def _append_chunk(path: Path, idata: az.InferenceData, start: int) -> None:
     """Append the draws of ``idata`` at draw index ``start`` of the file's draw groups."""
     import h5netcdf
@@ -918,7 +929,9 @@ def sample_posterior_to_netcdf(
                     counts[0], counts[1] = counts[0] + bad, total // num * num_samples
             if done == 0:
                 idata.attrs["num_samples"] = num_samples
-                idata["posterior"].attrs["num_samples"] = num_samples
+                for group in idata.groups():  # every group carries the run's attributes
+                    if "num_samples" in idata[group].attrs:
+                        idata[group].attrs["num_samples"] = num_samples
                 _write_first_chunk(idata, tmp, chunk)
             else:
                 _append_chunk(tmp, idata, done)
@@ -928,8 +941,7 @@ def sample_posterior_to_netcdf(
 
             with h5netcdf.File(tmp, "a") as f:
                 fraction = sum(n * a for n, a in accepted) / num_samples
-                f.attrs["accepted_fraction"] = fraction
-                f["posterior"].attrs["accepted_fraction"] = fraction
+                _set_run_attr(f, "accepted_fraction", fraction)
         if in_support:  # proposals per kept draw add up over chunks: a harmonic mean
             import h5netcdf
 
@@ -938,23 +950,20 @@ def sample_posterior_to_netcdf(
                 for m in range(num_obs)
             ]
             with h5netcdf.File(tmp, "a") as f:
-                f.attrs["support_acceptance"] = json.dumps(per_obs)
-                f["posterior"].attrs["support_acceptance"] = json.dumps(per_obs)
+                _set_run_attr(f, "support_acceptance", json.dumps(per_obs))
             warn_support_acceptance(per_obs)
         if outside:
             import h5netcdf
 
             per_obs, per_element = pool_chunks(outside)
             with h5netcdf.File(tmp, "a") as f:
-                f.attrs["outside_training_range"] = json.dumps(per_obs)
-                f["posterior"].attrs["outside_training_range"] = json.dumps(per_obs)
+                _set_run_attr(f, "outside_training_range", json.dumps(per_obs))
             warn_outside_training_range(cvae, per_obs, per_element)
         if not_finite:  # the totals over all chunks, in the file and in one warning
             import h5netcdf
 
             with h5netcdf.File(tmp, "a") as f:
-                f.attrs["not_finite"] = json.dumps(not_finite)
-                f["posterior"].attrs["not_finite"] = json.dumps(not_finite)
+                _set_run_attr(f, "not_finite", json.dumps(not_finite))
             _warn_not_finite(not_finite)
     return path
 
@@ -1388,7 +1397,8 @@ def sample_corrected(
         ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation, and per draw
         the sampler's ``diverging`` (through ``arviz.from_pyro``), ``energy``, ``n_steps``,
         ``tree_depth`` and ``step_size`` (:attr:`inference.mcmc.MCMCResult.sample_stats`),
-        so ``az.rhat``, ``az.ess`` and ``az.bfmi`` read the file.
+        so ``az.rhat`` and ``az.ess`` read the file, and ``az.bfmi`` and ``az.plot_energy``
+        the draws of one observation, ``idata.sel(observation=k)``.
     summary : str
         One line of diagnostics, saying plainly when the correction failed; stored with
         ``ok`` in the attributes ``correction_summary`` and ``correction_ok`` (0 or 1) of

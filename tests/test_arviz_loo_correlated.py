@@ -342,3 +342,7 @@ def test_a_streamed_file_keeps_the_loo_conditional_and_its_attributes(tmp_path):
     x = torch.as_tensor(idata.posterior["x"].values[0])
     expected = problem.log_likelihood_pointwise(x, y).numpy()
     np.testing.assert_allclose(ll.values[0], expected, rtol=1e-6, atol=1e-5)
+    # every group that records the run's draw count says 105, not the first chunk's 10
+    counts = {g: idata[g].attrs["num_samples"] for g in idata.groups()
+              if "num_samples" in idata[g].attrs}
+    assert {"posterior", "observed_data"} <= set(counts) and set(counts.values()) == {105}
