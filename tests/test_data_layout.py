@@ -184,3 +184,64 @@ def test_evaluate_labels_the_truth_plot_with_the_files_units(tmp_path, monkeypat
     assert main(["evaluate", str(tmp_path / "run"), "--num-samples", "20", "--data",
                  str(tmp_path / "held.nc"), "--out", str(tmp_path / "eval")]) == 0
     assert units == ["log10(ohm m)"]
+
+
+EARTH_PROBLEMS = '''
+import torch
+
+from ppl_cvae.problems.base import Problem
+
+
+class Earth(Problem):
+    name, x_shape, y_shape = "earth", (10,), (6,)
+    noise_std = misfit_std = 0.1
+
+    def __init__(self, named):
+        if named:
+            self.x_dims, self.y_dims = ("depth",), ("frequency",)
+            self.units = {"x": "log10(ohm m)", "y": "mV"}
+        else:
+            self.x_dims, self.y_dims = ("cell",), ("datum",)
+        self.coords = {}
+
+    def sample_prior(self, num, generator=None):
+        return 2.0 + 0.2 * torch.randn(num, 10, generator=generator).cumsum(1)
+
+    def forward(self, x):
+        return 0.5 * x[..., :6]
+
+
+def plain():
+    return Earth(False)
+
+
+def named():
+    return Earth(True)
+'''
+
+
+def test_sampling_with_a_problem_that_renames_the_files_axes_is_warned_of(
+    tmp_path, monkeypatch, caplog
+):
+    """A run fitted on earth.nc sampled with --problem: a problem naming other dims and no
+    units is warned of (its names replace the file's, before in silence); one naming the
+    file's dims and units is not."""
+    import logging
+
+    (tmp_path / "earth_problems.py").write_text(EARTH_PROBLEMS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    x, y = _earth(tmp_path / "earth.nc")
+    np.savez(tmp_path / "obs.npz", y=y[:1])
+    assert main(["fit", "--data", str(tmp_path / "earth.nc"), "--out", str(tmp_path / "run"),
+                 "--epochs", "1", "--quiet"]) == 0
+    for factory, warned in (("plain", True), ("named", False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ppl_cvae"):
+            assert main(["sample", str(tmp_path / "run"), "--observation",
+                         str(tmp_path / "obs.npz"), "--num-samples", "20", "--problem",
+                         f"earth_problems:{factory}", "--out",
+                         str(tmp_path / f"{factory}.nc")]) == 0
+        text = caplog.text
+        assert ("problem 'earth' names x on ('cell',) (the data file: ('depth',))" in text) \
+            == warned, text
+        assert ("x in None (the data file: 'log10(ohm m)')" in text) == warned

@@ -141,6 +141,34 @@ def _nuts_defaults(args: argparse.Namespace, problem: Any) -> None:
         )
 
 
+def _warn_if_names_replaced(problem: Any, layout: Any) -> None:
+    """Warn when a problem's dims or units replace those a run's data file gave.
+
+    A run fitted on a NetCDF file keeps its names (:class:`~ppl_cvae.data.layout.DataLayout`);
+    sampled with ``--problem``, the posterior file follows the problem's, so files of the
+    same run from different methods may not overlay.
+    """
+    from ppl_cvae.problems.base import units_of
+
+    units = units_of(problem)
+    differs = []
+    for which in ("x", "y"):
+        dims = tuple(getattr(problem, f"{which}_dims", ()) or ())
+        file_dims = getattr(layout, f"{which}_dims")
+        if file_dims is not None and tuple(file_dims) != dims:
+            differs.append(f"{which} on {dims} (the data file: {tuple(file_dims)})")
+        file_unit = layout.units.get(which)
+        if file_unit is not None and units.get(which) != file_unit:
+            differs.append(f"{which} in {units.get(which)!r} (the data file: {file_unit!r})")
+    if differs:
+        log.warning(
+            "problem %r names %s: the posterior file follows the problem, not the data file the "
+            "run was fitted on; give the problem the file's dims and units to keep them",
+            getattr(problem, "name", "?"),
+            "; ".join(differs),
+        )
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """Draw posterior samples for observations and write InferenceData NetCDF."""
     from inference.refine import RefineConfig
@@ -211,6 +239,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             )
     else:
         problem = _need_problem(meta, f"--method {method}")
+    if problem is not None and cvae.data_layout is not None:
+        _warn_if_names_replaced(problem, cvae.data_layout)
     y_scale = cvae.y_standardiser.std if cvae.y_standardiser is not None else None
     y, _, x_true = load_observations(args.observation, cvae.config.y_shape, y_scale=y_scale)
     if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
