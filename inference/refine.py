@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
+from tqdm.auto import tqdm
 
 from inference.posterior import PosteriorDraws, draw_posterior, within_run_bounds
 from ppl_cvae.errors import ConfigError, ShapeError
@@ -80,6 +81,7 @@ def refine_by_misfit(
     num_steps: int = 300,
     learning_rate: float = 0.1,
     x_scale: torch.Tensor | None = None,
+    progress: bool | None = None,
 ) -> PosteriorDraws:
     """Minimise each draw's data misfit by Adam, starting from the draw.
 
@@ -113,6 +115,9 @@ def refine_by_misfit(
         (:meth:`~ppl_cvae.models.cvae.CVAE.x_location_scale`), so that a problem written in ohm-m
         (``x`` about 1e3) or in units of 1e-8 refines as its well-scaled version does.
         Default: 1 (steps in the units of ``x``). Ignored with a parameterisation.
+    progress : bool, optional
+        A tqdm progress bar of the steps on stderr; None (default) shows it on a terminal
+        only (tqdm's ``disable=None``).
 
     Returns
     -------
@@ -172,7 +177,14 @@ def refine_by_misfit(
     guard = problem.restricts_support()
     x_shape = tuple(problem.x_shape)
     with torch.enable_grad():
-        for _ in range(num_steps):
+        steps = tqdm(
+            range(num_steps),
+            desc="refine",
+            unit="step",
+            leave=False,
+            disable=None if progress is None else not progress,
+        )
+        for _ in steps:
             optim.zero_grad()
             resid = misfit.whiten(checked_forward(problem, to_x(theta)) - y)
             # a draw whose misfit is not finite adds nothing (its NaN would reach every draw)
@@ -289,6 +301,7 @@ def refine_and_accept(
     num_steps: int = 300,
     learning_rate: float = 0.1,
     seed: int | None = None,
+    progress: bool | None = None,
 ) -> tuple[PosteriorDraws, torch.Tensor]:
     """Draw ``oversample * num_samples`` amortized draws, refine them, keep ``num_samples``.
 
@@ -314,6 +327,8 @@ def refine_and_accept(
         (``cvae.x_location_scale()``), so ``learning_rate`` means the same in any units.
     seed : int, optional
         Seed of the amortized draws.
+    progress : bool, optional
+        The progress bar of the steps (:func:`refine_by_misfit`): None shows it on a terminal.
 
     Returns
     -------
@@ -367,6 +382,7 @@ def refine_and_accept(
         num_steps=num_steps,
         learning_rate=learning_rate,
         x_scale=cvae.x_location_scale()[1].detach().to(candidates.x),
+        progress=progress,
     )
     return accept_by_misfit(refined, y, problem, num_samples, max_misfit)
 

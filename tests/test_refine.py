@@ -39,6 +39,22 @@ def test_refinement_in_x_space_reaches_least_squares():
     assert torch.allclose(refined.x, exact.expand(8, 3, 2), atol=2e-3)
 
 
+def test_refinement_shows_its_steps_only_when_asked_or_on_a_terminal(capsys):
+    """A long refinement (minutes on mt1d) showed nothing; ``progress=True`` draws a tqdm bar
+    of the steps on stderr, ``False`` and the default off a terminal (pytest's) draw none.
+    The steps are the same either way."""
+    problem = LinearGaussian(x_dim=2, y_dim=2, noise_std=0.5)
+    _, y = problem.simulate(3, torch.Generator().manual_seed(1))
+    start = torch.zeros(4, 3, 2)
+    shown = refine_by_misfit(_draws(start), y, problem, num_steps=20, progress=True)
+    err = capsys.readouterr().err
+    assert "refine:" in err and "/20" in err
+    for flag in (False, None):
+        quiet = refine_by_misfit(_draws(start), y, problem, num_steps=20, progress=flag)
+        assert capsys.readouterr().err == ""
+        assert torch.equal(quiet.x, shown.x)
+
+
 def test_refine_and_accept_shapes_and_warning():
     problem = TwoBirds("data_1")
     x, y = problem.simulate(16, torch.Generator().manual_seed(0))
