@@ -64,6 +64,11 @@ def test_reliability_bins_edges_and_errors() -> None:
     assert curve["observed_frequency"] == [0.0, 1.0]
     few = run_reliability(p, torch.tensor([0.0, 0.0, 1.0, 1.0]), min_count=100)
     assert math.isnan(few["max_deviation"])
+    assert few["max_deviation_not_judged"] == (  # the null in metrics.json says why
+        "no bin holds 100 predictions (the largest 1 of 4): too few cells or draws to judge "
+        "the curve"
+    )
+    assert "max_deviation_not_judged" not in curve
     with pytest.warns(UserWarning, match="cannot be judged"):
         assert check_reliability(few) == []
     with pytest.raises(ShapeError, match="same non-empty shape"):

@@ -71,8 +71,9 @@ def run_reliability(
     dict
         JSON-ready: ``bin_lower``, ``bin_upper``, ``mean_predicted``, ``observed_frequency``
         (NaN for an empty bin), ``count`` (one entry per bin); ``max_deviation`` (NaN when no
-        bin has ``min_count`` predictions), ``expected_calibration_error``, ``num_predictions``,
-        ``min_count``. Definitions in the module docstring.
+        bin has ``min_count`` predictions, and then ``max_deviation_not_judged`` says so),
+        ``expected_calibration_error``, ``num_predictions``, ``min_count``. Definitions in the
+        module docstring.
 
     Raises
     ------
@@ -117,7 +118,7 @@ def run_reliability(
     enough = count >= min_count
     max_dev = float(gap[enough].max()) if bool(enough.any()) else math.nan
     ece = float((count * torch.nan_to_num(gap)).sum() / count.sum())
-    return {
+    result = {
         "bin_lower": [b / num_bins for b in range(num_bins)],
         "bin_upper": [(b + 1) / num_bins for b in range(num_bins)],
         "mean_predicted": mean_p.tolist(),
@@ -128,6 +129,12 @@ def run_reliability(
         "num_predictions": int(p.numel()),
         "min_count": min_count,
     }
+    if not bool(enough.any()):  # say why there is no figure, beside the null it becomes
+        result["max_deviation_not_judged"] = (
+            f"no bin holds {min_count} predictions (the largest {int(count.max())} of "
+            f"{int(p.numel())}): too few cells or draws to judge the curve"
+        )
+    return result
 
 
 def check_reliability(curve: dict[str, Any], tolerance: float = 0.05) -> list[str]:

@@ -92,9 +92,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summary += f"; chi2 per datum: {metrics['chi2_per_datum']:.3f}"
     if "facies" in metrics:
         facies = metrics["facies"]
+        reliability = facies["reliability"]
+        deviation = (
+            f"not judged ({reliability['max_deviation_not_judged']})"
+            if "max_deviation_not_judged" in reliability
+            else f"{reliability['max_deviation']:.3f}"
+        )
         summary += (
             f"; facies accuracy of the posterior mode: {facies['mode_accuracy']:.3f}, "
-            f"reliability max deviation: {facies['reliability']['max_deviation']:.3f}"
+            f"reliability max deviation: {deviation}"
         )
     if "training_range" in metrics:
         outside = metrics["training_range"]
