@@ -276,12 +276,14 @@ def _rows(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return values[rows.to(values.device)]
 
 
-def validation_split(num_pairs: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_split(
+    num_pairs: int, config: TrainConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the indices of the training and the validation pairs :func:`fit` splits off.
 
-    :func:`fit` draws one permutation of ``num_pairs`` from a generator seeded
-    ``config.seed`` and holds out its first ``round(val_fraction * num_pairs)`` entries; this
-    draws the same one, for :func:`build_cvae`'s ``fit_rows``.
+    :func:`fit` draws one permutation of ``num_pairs`` first from its generator, seeded
+    ``config.seed``, and holds out its first ``round(val_fraction * num_pairs)`` entries;
+    without ``generator`` this draws the same one, for :func:`build_cvae`'s ``fit_rows``.
 
     Parameters
     ----------
@@ -289,6 +291,8 @@ def validation_split(num_pairs: int, config: TrainConfig) -> tuple[torch.Tensor,
         Number of fixed training pairs given to :func:`fit` (not used when resimulating:
         the validation pairs are then simulated apart).
     config : TrainConfig
+    generator : torch.Generator, optional
+        Drawn from (``fit`` passes its own); default a new one seeded ``config.seed``.
 
     Returns
     -------
@@ -301,7 +305,9 @@ def validation_split(num_pairs: int, config: TrainConfig) -> tuple[torch.Tensor,
     (8, 2, True)
     """
     n_val = int(round(config.val_fraction * num_pairs))
-    perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(config.seed))
+    if generator is None:
+        generator = torch.Generator().manual_seed(config.seed)
+    perm = torch.randperm(num_pairs, generator=generator)
     return perm[n_val:], perm[:n_val]
 
 
@@ -562,10 +568,9 @@ def _split_data(
     y_cond = y if conditional else None
     cvae.check_inputs(y_cond, source)  # a conditional model has raised ShapeError if y is None
     cvae.check_finite(x=source, y=y)
-    n_val = int(round(config.val_fraction * source.shape[0]))
-    perm = torch.randperm(source.shape[0], generator=generator)
+    rows, held = validation_split(source.shape[0], config, generator)
     pairs = _Pairs(source, y_cond)
-    train, val = pairs[perm[n_val:]], pairs[perm[:n_val]]
+    train, val = pairs[rows], pairs[held]
     if resample is not None:
         return resample, val
     if len(train) < 1:

@@ -165,7 +165,7 @@ def _flow_boxes(
 
 
 def _prior_sample(problem: Problem, seed: int) -> torch.Tensor | None:
-    """Return :data:`MODELS_FOR_BOX` prior draws of ``problem``, float64, or None.
+    """Return :data:`MODELS_FOR_BOX` prior draws of ``problem``, shape ``(K, *x_shape)``, or None.
 
     Drawn from a generator seeded ``seed`` with torch's global RNG left as it was; None when
     ``sample_prior`` raises or returns anything but real models of ``x_shape`` (the checks
