@@ -297,6 +297,18 @@ def test_fit_on_an_image_folder_and_missing_dataset_path(tmp_path, capsys):
     )
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["x_shape"] == [8, 8] and config["model"]["network"] == "conv2d"
+    assert config["dataset"]["classes"] == ["a", "b"]  # label k is classes[k]
+    # the run file repeats the run; a folder whose classes changed is refused, not relabelled
+    again = ["fit", "--config", str(out / "config.json"), "--out", str(tmp_path / "again"),
+             "--quiet"]
+    assert main(again) == 0
+    (tmp_path / "img" / "0").mkdir()  # sorts first: every label would shift
+    for i in range(4):
+        blank = Image.fromarray(np.zeros((12, 12), dtype=np.uint8))
+        blank.save(tmp_path / "img" / "0" / f"{i}.png")
+    capsys.readouterr()
+    assert main([*again[:4], str(tmp_path / "third"), "--quiet"]) == 2
+    assert "records the classes ['a', 'b']" in capsys.readouterr().err
     assert main(["fit", "--dataset", "mnist", "--out", str(tmp_path / "m"), "--quiet"]) == 2
     assert "needs a path" in capsys.readouterr().err
 

@@ -206,9 +206,17 @@ def _training_pairs(
                 f"--image-size (or a run file's dataset.image_size) expects H,W in pixels, "
                 f"got {args.image_size}"
             )
-        x, y_or_none, _ = load_dataset(
+        x, y_or_none, info = load_dataset(
             args.dataset, condition=args.condition, path=args.dataset_path, size=size
         )
+        args.dataset_classes = [str(c) for c in cast(list, info["classes"])]
+        recorded = (args.run_file.dataset or {}).get("classes")
+        if recorded is not None and list(recorded) != args.dataset_classes:
+            raise ConfigError(
+                f"the run file records the classes {list(recorded)} (label 0, 1, ...), but "
+                f"dataset {args.dataset!r} now holds {args.dataset_classes}: a label would "
+                "name another class; restore the folder or fit without the run file"
+            )
         return x, y_or_none, DataSource.of(x, y_or_none, dataset=args.dataset)
     if problem is None:
         raise ConfigError("fit needs --problem NAME, --data FILE or --dataset NAME")
@@ -947,6 +955,8 @@ def _run_doc(
             "path": args.dataset_path,
             "image_size": list(args.image_size or (150, 150)),
         }
+        if getattr(args, "dataset_classes", None) is not None:  # label k is classes[k]
+            dataset["classes"] = args.dataset_classes
     doc = {  # a run file: `ppl-cvae fit --config config.json` repeats this run
         "problem": problem_ref or _spec_or_none(problem),
         "data": str(args.data) if args.data else None,

@@ -22,7 +22,8 @@ Example ``run.toml``::
 
 Top-level keys: ``problem`` (a name or a table with ``name`` and the factory's keyword
 arguments), ``data`` (a path, relative to the working directory as on the command line),
-``dataset`` (a name or a table with ``name``, ``condition``, ``path``, ``image_size``),
+``dataset`` (a name or a table with ``name``, ``condition``, ``path``, ``image_size`` and
+``classes``, the class names a run recorded in label order: checked against the folder),
 ``decoder``, ``unconditional`` (true for ``fit --unconditional``), ``model``, ``train``;
 ``torch_threads``, ``device`` and ``distributed`` (recorded by a run) are read and ignored
 (the device and the launch are flags of each command).
@@ -65,7 +66,7 @@ _KEYS = (
     "device",
     "distributed",
 )
-_DATASET_KEYS = ("name", "condition", "path", "image_size")
+_DATASET_KEYS = ("name", "condition", "path", "image_size", "classes")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class RunFile:
     data : str or None
         Training file.
     dataset : dict or None
-        Image dataset: ``name`` and optionally ``condition``, ``path``, ``image_size``.
+        Image dataset: ``name`` and optionally ``condition``, ``path``, ``image_size`` and
+        ``classes`` (recorded by a run: ``fit`` refuses a folder whose classes differ).
     decoder : str or None
         ``"auto"``, ``"network"`` or ``"basis"``.
     unconditional : bool
