@@ -116,3 +116,14 @@ def print_category_table(table: Mapping[str, Sequence[int]], failures: Iterable[
     print(f"| all | {total_good + total_bad} | {total_good} | {total_bad} |")
     for line in failures:
         print("FAILED", line)
+
+
+def marginal_errors(draws: Any, mean: Any, sd: Any) -> tuple[Any, Any]:
+    """Return the errors of the marginal means in exact sds and the sd ratios of ``draws``.
+
+    ``draws`` of shape ``(S, ...)`` (NumPy), ``mean`` and ``sd`` the exact posterior's, of the
+    shape of one draw (or broadcasting to it): ``|mean(draws) - mean| / sd`` and
+    ``std(draws) / sd``, elementwise.
+    """
+    return abs(draws.mean(0) - mean) / sd, draws.std(0) / sd
+

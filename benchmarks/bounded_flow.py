@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import torch
-from _common import train_overrides
+from _common import marginal_errors, train_overrides
 from scipy.stats import truncnorm
 from torch.distributions import constraints
 
@@ -81,8 +81,7 @@ def run(dim: int, seed: int, transform: str) -> str:
     draws = draw_posterior(cvae, y, 4000, seed=0, problem=problem)
     draw_s = time.perf_counter() - t0
     x = draws.x.numpy()
-    err = np.abs(x.mean(0) - mean) / sd
-    ratio = x.std(0) / sd
+    err, ratio = marginal_errors(x, mean, sd)
     tail = np.quantile(np.abs(x - mean) / sd, 0.999, axis=0)
     kept = draws.support_acceptance
     val = min(h["val_loss"] for h in res.history)

@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 import torch
-from _common import train_overrides
+from _common import marginal_errors, train_overrides
 from torch.distributions import constraints
 
 from inference.posterior import draw_posterior
@@ -94,8 +94,7 @@ def run(problem: Problem, seed: int, model: dict, epochs: int, support: str) -> 
     x = draws.x.numpy()
     if support == "lognormal":
         x = np.log(x)  # the exact posterior is of log x
-    err = np.abs(x.mean(0) - mean) / sd
-    ratio = x.std(0) / sd
+    err, ratio = marginal_errors(x, mean, sd)
     kept = draws.support_acceptance
     val = min(h["val_loss"] for h in res.history)
     return (

@@ -11,6 +11,7 @@ run attributes. :func:`sample_posterior` draws from a trained CVAE and calls it;
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -1086,7 +1087,28 @@ class CorrectionConfig:
             )
 
 
-def _sample_corrected(
+def _stores_verdict(
+    sampler: Callable[..., tuple[az.InferenceData, str, bool]],
+) -> Callable[..., tuple[az.InferenceData, str, bool]]:
+    """Store a correction's one-line verdict in every group of the file it returns.
+
+    ``correction_summary`` (the line) and ``correction_ok`` (1, or 0 for FAILED): the verdict
+    travels with the draws, so ``ppl-cvae diagnose`` and a reader of the file see it.
+    """
+
+    @functools.wraps(sampler)
+    def stored(*args: Any, **kwargs: Any) -> tuple[az.InferenceData, str, bool]:
+        idata, summary, ok = sampler(*args, **kwargs)
+        for group in idata.groups():
+            idata[group].attrs["correction_summary"] = summary
+            idata[group].attrs["correction_ok"] = int(ok)
+        return idata, summary, ok
+
+    return stored
+
+
+@_stores_verdict
+def sample_corrected(
     cvae: CVAE,
     y: torch.Tensor,
     num_samples: int,
@@ -1098,7 +1120,90 @@ def _sample_corrected(
     attrs: Mapping[str, Any] | None = None,
     generative_prior: CVAE | None = None,
 ) -> tuple[az.InferenceData, str, bool]:
-    """:func:`sample_corrected` before its verdict is stored in the file."""
+    """Draw posterior samples corrected with the problem's prior and noise model.
+
+    Parameters
+    ----------
+    cvae : CVAE
+        Trained conditional model (the proposal, or the chains' start and preconditioner).
+    y : Tensor, shape y_shape or (M, *y_shape)
+        Observation(s), units of ``y``.
+    num_samples : int
+        Draws per observation in the file (rounded up to a multiple of ``correction.chains``
+        for NUTS, of ``correction.populations`` for facies SMC).
+    problem : Problem
+        With a prior density and a noise model (the target ``p(x | y)``).
+    correction : CorrectionConfig
+    x_true : Tensor, shape (M, *x_shape), optional
+        Truths for ``constant_data``.
+    seed : int, optional
+    attrs : mapping, optional
+        Run attributes; ``model_config`` (the CVAE's configuration as JSON, its ``x_bounds``
+        among it) is added, as :func:`sample_posterior` does.
+    generative_prior : CVAE, optional
+        ``method="latent-nuts"``, ``"facies-mcmc"`` or ``"facies-smc"`` (required there): the
+        unconditional VAE of the prior draws whose model is sampled (for facies MCMC and SMC
+        with a ``bernoulli`` or ``categorical`` decoder); the problem then needs no prior
+        density.
+
+    Returns
+    -------
+    idata : arviz.InferenceData
+        Latent NUTS: chains and draws of ``x = g(z)`` and ``z`` with ``rhat``,
+        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation (no per-draw
+        sampler statistics; :mod:`inference.latent_mcmc`). Facies MCMC: chains and draws of
+        the facies field ``x`` (codes ``0 .. K-1``) and ``z`` with ``rhat``,
+        ``rhat_threshold``, ``ess_bulk``, ``accept_z``, ``accept_x``, ``swap_accept`` and
+        ``rhat_data`` per observation (:mod:`inference.facies_mcmc`). Facies SMC: the
+        ``correction.populations`` populations as chains, their particles as draws, of the
+        facies field ``x`` and ``z``, with ``rhat``, ``rhat_threshold``, ``ess_bulk``,
+        ``log_evidence``, ``log_evidence_se``, ``stages``, ``accept_z``, ``accept_x``,
+        ``distinct``, ``evidence_spread`` and ``evidence_tolerance`` per observation
+        (:mod:`inference.facies_smc`).
+        Importance sampling: ``num_samples`` draws per observation resampled (systematic
+        resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
+        ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
+        ``sample_stats``. NUTS: ``chains`` chains (dims ``chain, draw``) with ``rhat``,
+        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation, and per draw
+        the sampler's ``diverging`` (through ``arviz.from_pyro``), ``energy``, ``n_steps``,
+        ``tree_depth`` and ``step_size`` (:attr:`inference.mcmc.MCMCResult.sample_stats`),
+        so ``az.rhat`` and ``az.ess`` read the file, and ``az.bfmi`` and ``az.plot_energy``
+        the draws of one observation, ``idata.sel(observation=k)``.
+    summary : str
+        One line of diagnostics, saying plainly when the correction failed; stored with
+        ``ok`` in the attributes ``correction_summary`` and ``correction_ok`` (0 or 1) of
+        every group, so ``ppl-cvae diagnose`` and a reader of the file see the verdict.
+    ok : bool
+        False when any observation failed: k-hat above
+        :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
+        :func:`inference.mcmc.rhat_threshold` (the largest over the coordinates, against the
+        bound independent draws respect; at least
+        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions; for facies
+        SMC, populations whose log evidence differs by more than its bound, or one that did
+        not reach the posterior (``beta = 1``).
+
+    Raises
+    ------
+    ConfigError
+        If the method is unknown, ``problem`` is None, ``num_samples`` is not an int >= 1,
+        ``seed`` not an int in ``[0, 2**32 - 1]``, or the model cannot propose; for
+        ``latent-nuts``, ``facies-mcmc`` and ``facies-smc``, if ``generative_prior`` is
+        missing or not an unconditional VAE (for the facies methods: with a facies decoder,
+        as the CVAE's); for ``facies-smc``, if there are fewer than 4 particles per
+        population; for ``nuts``, if ``num_samples`` gives a chain fewer than
+        :data:`~inference.mcmc.MIN_DRAWS_PER_CHAIN` draws.
+    ResourceError
+        For ``nuts``, if the draws would not fit in memory.
+    NoPriorDensityError, NoLikelihoodError
+        If the problem has no prior density or no noise model.
+
+    Warns
+    -----
+    UserWarning
+        If an element of ``y`` lies more than :data:`~inference.posterior.FAR_WARNING`
+        training sds from the training mean
+        (:func:`~inference.posterior.warn_far_observations`).
+    """
     from inference.arviz_io import with_chains
     from inference.importance import KHAT_THRESHOLD, importance_sample
     from inference.mcmc import (
@@ -1337,116 +1442,3 @@ def _sample_corrected(
     )
     return idata, summary, ok
 
-
-def sample_corrected(
-    cvae: CVAE,
-    y: torch.Tensor,
-    num_samples: int,
-    problem: Problem,
-    correction: CorrectionConfig,
-    *,
-    x_true: torch.Tensor | None = None,
-    seed: int | None = None,
-    attrs: Mapping[str, Any] | None = None,
-    generative_prior: CVAE | None = None,
-) -> tuple[az.InferenceData, str, bool]:
-    """Draw posterior samples corrected with the problem's prior and noise model.
-
-    Parameters
-    ----------
-    cvae : CVAE
-        Trained conditional model (the proposal, or the chains' start and preconditioner).
-    y : Tensor, shape y_shape or (M, *y_shape)
-        Observation(s), units of ``y``.
-    num_samples : int
-        Draws per observation in the file (rounded up to a multiple of ``correction.chains``
-        for NUTS, of ``correction.populations`` for facies SMC).
-    problem : Problem
-        With a prior density and a noise model (the target ``p(x | y)``).
-    correction : CorrectionConfig
-    x_true : Tensor, shape (M, *x_shape), optional
-        Truths for ``constant_data``.
-    seed : int, optional
-    attrs : mapping, optional
-        Run attributes; ``model_config`` (the CVAE's configuration as JSON, its ``x_bounds``
-        among it) is added, as :func:`sample_posterior` does.
-    generative_prior : CVAE, optional
-        ``method="latent-nuts"``, ``"facies-mcmc"`` or ``"facies-smc"`` (required there): the
-        unconditional VAE of the prior draws whose model is sampled (for facies MCMC and SMC
-        with a ``bernoulli`` or ``categorical`` decoder); the problem then needs no prior
-        density.
-
-    Returns
-    -------
-    idata : arviz.InferenceData
-        Latent NUTS: chains and draws of ``x = g(z)`` and ``z`` with ``rhat``,
-        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation (no per-draw
-        sampler statistics; :mod:`inference.latent_mcmc`). Facies MCMC: chains and draws of
-        the facies field ``x`` (codes ``0 .. K-1``) and ``z`` with ``rhat``,
-        ``rhat_threshold``, ``ess_bulk``, ``accept_z``, ``accept_x``, ``swap_accept`` and
-        ``rhat_data`` per observation (:mod:`inference.facies_mcmc`). Facies SMC: the
-        ``correction.populations`` populations as chains, their particles as draws, of the
-        facies field ``x`` and ``z``, with ``rhat``, ``rhat_threshold``, ``ess_bulk``,
-        ``log_evidence``, ``log_evidence_se``, ``stages``, ``accept_z``, ``accept_x``,
-        ``distinct``, ``evidence_spread`` and ``evidence_tolerance`` per observation
-        (:mod:`inference.facies_smc`).
-        Importance sampling: ``num_samples`` draws per observation resampled (systematic
-        resampling) from ``correction.proposals`` weighted proposals, with ``khat``,
-        ``sample_efficiency``, ``log_evidence`` and ``log_evidence_se`` per observation in
-        ``sample_stats``. NUTS: ``chains`` chains (dims ``chain, draw``) with ``rhat``,
-        ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation, and per draw
-        the sampler's ``diverging`` (through ``arviz.from_pyro``), ``energy``, ``n_steps``,
-        ``tree_depth`` and ``step_size`` (:attr:`inference.mcmc.MCMCResult.sample_stats`),
-        so ``az.rhat`` and ``az.ess`` read the file, and ``az.bfmi`` and ``az.plot_energy``
-        the draws of one observation, ``idata.sel(observation=k)``.
-    summary : str
-        One line of diagnostics, saying plainly when the correction failed; stored with
-        ``ok`` in the attributes ``correction_summary`` and ``correction_ok`` (0 or 1) of
-        every group, so ``ppl-cvae diagnose`` and a reader of the file see the verdict.
-    ok : bool
-        False when any observation failed: k-hat above
-        :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
-        :func:`inference.mcmc.rhat_threshold` (the largest over the coordinates, against the
-        bound independent draws respect; at least
-        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions; for facies
-        SMC, populations whose log evidence differs by more than its bound, or one that did
-        not reach the posterior (``beta = 1``).
-
-    Raises
-    ------
-    ConfigError
-        If the method is unknown, ``problem`` is None, ``num_samples`` is not an int >= 1,
-        ``seed`` not an int in ``[0, 2**32 - 1]``, or the model cannot propose; for
-        ``latent-nuts``, ``facies-mcmc`` and ``facies-smc``, if ``generative_prior`` is
-        missing or not an unconditional VAE (for the facies methods: with a facies decoder,
-        as the CVAE's); for ``facies-smc``, if there are fewer than 4 particles per
-        population; for ``nuts``, if ``num_samples`` gives a chain fewer than
-        :data:`~inference.mcmc.MIN_DRAWS_PER_CHAIN` draws.
-    ResourceError
-        For ``nuts``, if the draws would not fit in memory.
-    NoPriorDensityError, NoLikelihoodError
-        If the problem has no prior density or no noise model.
-
-    Warns
-    -----
-    UserWarning
-        If an element of ``y`` lies more than :data:`~inference.posterior.FAR_WARNING`
-        training sds from the training mean
-        (:func:`~inference.posterior.warn_far_observations`).
-    """
-    idata, summary, ok = _sample_corrected(
-        cvae,
-        y,
-        num_samples,
-        problem,
-        correction,
-        x_true=x_true,
-        seed=seed,
-        attrs=attrs,
-        generative_prior=generative_prior,
-    )
-    # the verdict travels with the draws: diagnose and an ArviZ user read it from the file
-    for group in idata.groups():
-        idata[group].attrs["correction_summary"] = summary
-        idata[group].attrs["correction_ok"] = int(ok)
-    return idata, summary, ok
