@@ -244,4 +244,4 @@ def test_sampling_with_a_problem_that_renames_the_files_axes_is_warned_of(
         text = caplog.text
         assert ("problem 'earth' names x on ('cell',) (the data file: ('depth',))" in text) \
             == warned, text
-        assert ("x in None (the data file: 'log10(ohm m)')" in text) == warned
+        assert ("x without units (the data file: in 'log10(ohm m)')" in text) == warned

@@ -158,8 +158,10 @@ def _warn_if_names_replaced(problem: Any, layout: Any) -> None:
         if file_dims is not None and tuple(file_dims) != dims:
             differs.append(f"{which} on {dims} (the data file: {tuple(file_dims)})")
         file_unit = layout.units.get(which)
-        if file_unit is not None and units.get(which) != file_unit:
-            differs.append(f"{which} in {units.get(which)!r} (the data file: {file_unit!r})")
+        unit = units.get(which)
+        if file_unit is not None and unit != file_unit:
+            given = f"in {unit!r}" if unit else "without units"
+            differs.append(f"{which} {given} (the data file: in {file_unit!r})")
     if differs:
         log.warning(
             "problem %r names %s: the posterior file follows the problem, not the data file the "
