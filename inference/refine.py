@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inference.posterior import PosteriorDraws, draw_posterior, within_run_bounds
+from ppl_cvae.checks import shape_text
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -153,7 +154,7 @@ def refine_by_misfit(
     problem = as_problem(problem)
     if y.dim() != len(problem.y_shape) + 1 or y.shape[0] != draws.x.shape[1]:
         raise ShapeError(
-            f"y must have shape ({draws.x.shape[1]}, *{tuple(problem.y_shape)}), "
+            f"y must have shape {shape_text(str(draws.x.shape[1]), problem.y_shape)}, "
             f"got {tuple(y.shape)}"
         )
     check_continuous_support(problem, "misfit refinement")
