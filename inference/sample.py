@@ -1166,7 +1166,8 @@ def sample_corrected(
         ``sample_stats``. NUTS: ``chains`` chains (dims ``chain, draw``) with ``rhat``,
         ``rhat_threshold``, ``ess_bulk`` and ``divergences`` per observation, and per draw
         the sampler's ``diverging`` (through ``arviz.from_pyro``), ``energy``, ``n_steps``,
-        ``tree_depth`` and ``step_size`` (:attr:`inference.mcmc.MCMCResult.sample_stats`),
+        ``tree_depth``, ``acceptance_rate`` and ``step_size``
+        (:attr:`inference.mcmc.MCMCResult.sample_stats`),
         so ``az.rhat`` and ``az.ess`` read the file, and ``az.bfmi`` and ``az.plot_energy``
         the draws of one observation, ``idata.sel(observation=k)``.
     summary : str

@@ -103,11 +103,13 @@ Per-draw sampler statistics (:attr:`MCMCResult.sample_stats`, ArviZ's names): ``
 0.x's converter reads Pyro's divergences and nothing else), and, recorded by the kernel,
 ``energy`` (the Hamiltonian at the start of each transition, after the momentum refresh:
 what ``az.bfmi`` needs), ``n_steps``
-(leapfrog steps), ``tree_depth`` and ``step_size``. Pyro's MCMC keeps no per-draw energy or
-tree depth, so the kernel records them from public parts: the momentum is a Pyro sample site
-(``r_t=...``), read with a :class:`~pyro.poutine.messenger.Messenger`, and the potential at
-the chain's current state is evaluated once more per transition (not counted in
-``num_evaluations``).
+(leapfrog steps), ``tree_depth``, ``acceptance_rate`` and ``step_size``. Pyro's MCMC keeps no
+per-draw energy or tree depth, so the kernel records them from public parts: the momentum is
+a Pyro sample site (``r_t=...``), read with a :class:`~pyro.poutine.messenger.Messenger`, and
+the potential at the chain's current state is evaluated once more per transition (not
+counted in ``num_evaluations``). The acceptance statistic of each transition (the mean
+acceptance probability over its tree, which the step-size adaptation targets at 0.8) is
+recovered from the change of the running mean Pyro's kernel keeps.
 """
 
 # the private helpers that tests and benchmarks import from here (where they lived before

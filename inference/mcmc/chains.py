@@ -56,7 +56,13 @@ class _MomentumRecorder(Messenger):
 
 
 class _RecordingNUTS(NUTS):
-    """Pyro's NUTS that records each transition's energy and number of leapfrog steps.
+    """Pyro's NUTS that records each transition's energy, leapfrog steps and acceptance.
+
+    The acceptance statistic of a transition (the mean Metropolis acceptance probability over
+    the tree's proposals, the quantity step-size adaptation targets; Hoffman and Gelman 2014,
+    section 3.2.1) is not returned by Pyro's ``NUTS.sample``, which folds it into a running
+    mean (``_mean_accept_prob``, restarted after warm-up): it is recovered from that mean's
+    change, ``a = m_before + n (m_after - m_before)`` with ``n`` the transitions it averages.
 
     ``energy_fn`` is the potential without the evaluation counter; ``counter`` is the
     one-element list the counted potential increments (one per leapfrog step); ``recent``
@@ -80,6 +86,7 @@ class _RecordingNUTS(NUTS):
         self._recent = recent
         self.energy: list[float] = []
         self.n_steps: list[int] = []
+        self.acceptance: list[float] = []
 
     def _potential_at(self, params: dict[str, torch.Tensor]) -> float:
         """``U`` at ``params``: from the previous trajectory's evaluations, else evaluated."""
@@ -96,8 +103,13 @@ class _RecordingNUTS(NUTS):
         self._recent.clear()
         before = self._counter[0]
         recorder = _MomentumRecorder()
+        mean_before = float(self._mean_accept_prob)
         with recorder:
             out: dict[str, torch.Tensor] = super().sample(params)
+        warmup = int(self._warmup_steps or 0)  # set by setup() before the first transition
+        n = self._t - warmup if self._t > warmup else self._t
+        accept = mean_before + n * (float(self._mean_accept_prob) - mean_before)
+        self.acceptance.append(min(max(accept, 0.0), 1.0))  # rounding of the difference
         # the momentum is drawn unscaled, u ~ N(0, I): kinetic energy u^T u / 2 for any mass
         kinetic = 0.5 * sum(float((u.double() ** 2).sum()) for u in recorder.values)
         self.energy.append(potential + kinetic)
@@ -276,6 +288,7 @@ class _ChainOutput:
     diverging: np.ndarray  # (num_samples,) bool
     energy: np.ndarray
     n_steps: np.ndarray
+    acceptance_rate: np.ndarray  # (num_samples,) mean acceptance probability of each transition
     step_size: float
     num_evaluations: int
     jit_fallback: str | None  # why the eager potential was used although jit was asked
@@ -368,6 +381,7 @@ def _run_chain(job: _ChainJob) -> _ChainOutput:
         diverging=diverging,
         energy=np.asarray(kernel.energy[-job.num_samples :], dtype=np.float64),
         n_steps=np.asarray(kernel.n_steps[-job.num_samples :], dtype=np.int64),
+        acceptance_rate=np.asarray(kernel.acceptance[-job.num_samples :], dtype=np.float64),
         step_size=float(kernel.step_size),
         num_evaluations=count[0],
         jit_fallback=fallback,

@@ -65,8 +65,11 @@ class MCMCResult:
         transition that produced the draw, after the momentum refresh, in nats, with
         ``U = -log p(x) - log p(y | x)`` up to the Jacobian constant of the preconditioner),
         ``n_steps`` (leapfrog steps of the transition), ``tree_depth`` (``ceil(log2(n_steps +
-        1))``, the depth of the NUTS tree that holds them) and ``step_size`` (after
-        adaptation, in the preconditioned coordinates).
+        1))``, the depth of the NUTS tree that holds them), ``acceptance_rate`` (the mean
+        Metropolis acceptance probability over the transition's proposals, in [0, 1]: its
+        mean over draws is near the adaptation's target 0.8 when the step size is adapted
+        well, Hoffman and Gelman 2014) and ``step_size`` (after adaptation, in the
+        preconditioned coordinates).
     rhat_threshold : float
         The R-hat bound the chains are judged by (:func:`rhat_threshold`).
     cpu_seconds : float
@@ -374,6 +377,7 @@ def nuts_sample(
             "energy": np.stack([o.energy for o in outputs]),
             "n_steps": steps,
             "tree_depth": np.ceil(np.log2(steps + 1)).astype(np.int64),
+            "acceptance_rate": np.stack([o.acceptance_rate for o in outputs]),
             "step_size": np.stack([np.full(num_samples, o.step_size) for o in outputs]),
         },
         rhat_threshold=threshold,
