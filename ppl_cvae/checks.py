@@ -21,6 +21,7 @@ from typing import Any, Literal, overload
 import numpy as np
 import torch
 
+from ppl_cvae._choices import MAX_COUNT, MAX_SEED
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 
 __all__ = [
@@ -38,13 +39,6 @@ __all__ = [
     "shape_text",
 ]
 
-MAX_SEED = 2**32 - 1
-"""Largest seed accepted (NumPy's, and so Pyro's ``set_rng_seed``, upper bound)."""
-
-MAX_COUNT = 2**63 - 1
-"""Largest count accepted (:func:`as_count`, the command line's counts): torch's int64 and the
-64-bit integer attributes of a posterior file hold no more. A larger count (``10**30`` warm-up
-steps or facies moves) could never be carried out, only waited for."""
 
 
 def shape_text(lead: str, event_shape: Any) -> str:

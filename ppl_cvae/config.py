@@ -23,13 +23,22 @@ from typing import Any, Literal, TypedDict, TypeVar, cast
 
 import torch
 
+from ppl_cvae._choices import (
+    DECODER_LIKELIHOODS,
+    FLOW_LAYER_TYPES,
+    NETWORKS,
+    PRIOR_FLOW_FINALS,
+    PRIORS,
+    X_TRANSFORMS,
+    X_WHITENINGS,
+    Y_EMBEDDINGS,
+    Likelihood,
+)
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import as_seed
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import ACTIVATIONS
-from ppl_cvae.nets.decoder import DECODER_LIKELIHOODS, Likelihood
 from ppl_cvae.nets.factory import network_names
-from ppl_cvae.nets.flows import FLOW_LAYER_TYPES
 
 __all__ = [
     "LIKELIHOODS",
@@ -58,12 +67,6 @@ __all__ = [
 ]
 
 LIKELIHOODS = DECODER_LIKELIHOODS
-NETWORKS = ("mlp", "conv1d", "conv2d")  # built in; ppl_cvae.nets.register_network adds more
-PRIORS = ("learned", "standard_normal", "flow")
-Y_EMBEDDINGS = ("separate", "shared")
-X_WHITENINGS = ("none", "linear")
-X_TRANSFORMS = ("none", "support")
-PRIOR_FLOW_FINALS = ("auto", "spline", "none")  # ModelConfig.prior_flow_final
 WHITENED_LIKELIHOODS = ("gaussian", "gaussian_decoder", "gaussian_lowrank", "gaussian_full", "flow")
 
 MAX_ELEMENTS = 2**24

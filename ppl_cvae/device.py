@@ -18,12 +18,10 @@ from typing import Any, TypeVar
 
 import torch
 
+from ppl_cvae._choices import DEVICE_CHOICES
 from ppl_cvae.errors import ConfigError
 
 __all__ = ["DEVICE_CHOICES", "module_device", "move_tensors", "problem_on", "resolve_device"]
-
-DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
-"""What ``--device`` accepts, for help texts and error messages."""
 
 T = TypeVar("T")
 

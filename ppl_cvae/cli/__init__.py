@@ -82,7 +82,9 @@ _LAZY = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ppl-cvae`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
-    Loads :mod:`ppl_cvae.cli.run` (torch, Pyro and the commands) and runs
+    Parses ``argv`` (the parser, :mod:`ppl_cvae.cli.parser`, loads no torch: ``--help`` and
+    usage errors are answered at once, with argparse's ``SystemExit``), then loads
+    :mod:`ppl_cvae.cli.run` (torch, Pyro and the commands) and runs
     :func:`ppl_cvae.cli.run.main`: 0 on success, 2 on a user error (one line), 130 on Ctrl-C,
     also when the Ctrl-C comes while the modules load (one line, nothing written).
 
@@ -102,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
+        from ppl_cvae.cli.parser import build_parser
+
+        # --help and a mistyped flag are answered here, before torch and Pyro load (2 s)
+        build_parser().parse_args(argv)
         from ppl_cvae.cli.run import main as run
     finally:
         if previous is not None:

@@ -32,6 +32,7 @@ from ppl_cvae.cli.common import (
     _check_utf8_paths,
     _problem_from_args,
 )
+from ppl_cvae.cli.defaults import DEFAULT_BUFFER_CHUNKS, DEFAULT_CHUNK_MB
 from ppl_cvae.config import (
     ModelConfig,
     ModelOverrides,
@@ -236,12 +237,6 @@ def _check_recorded_shapes(args: argparse.Namespace, config: ModelConfig) -> Non
                 f"training data have {actual}; remove the entry or use matching data"
             )
 
-
-DEFAULT_CHUNK_MB = 16.0
-"""``fit --chunk-mb`` when not given: MiB per chunk of a lazily read file."""
-
-DEFAULT_BUFFER_CHUNKS = 4
-"""``fit --buffer-chunks`` when not given: chunks shuffled together."""
 
 LAZY_MEMORY_FRACTION = 0.5
 """A ``.nc`` given to ``fit --data`` is read lazily when it is larger than this fraction of the

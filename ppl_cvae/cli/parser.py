@@ -10,15 +10,28 @@ its module (:mod:`~ppl_cvae.cli.fit`, :mod:`~ppl_cvae.cli.sample`,
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import reprlib
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ppl_cvae.checks import MAX_COUNT, as_seed
-from ppl_cvae.cli import evaluate, fit, sample, simulate
-from ppl_cvae.cli.fit import DEFAULT_BUFFER_CHUNKS, DEFAULT_CHUNK_MB
-from ppl_cvae.cli.sample import (
+from ppl_cvae._choices import (
+    DECODER_LIKELIHOODS,
+    DEVICE_CHOICES,
+    FLOW_LAYER_TYPES,
+    MAX_COUNT,
+    NETWORKS,
+    PRIOR_FLOW_FINALS,
+    PRIORS,
+    X_TRANSFORMS,
+    X_WHITENINGS,
+    Y_EMBEDDINGS,
+)
+from ppl_cvae.cli.defaults import (
+    DEFAULT_BUFFER_CHUNKS,
     DEFAULT_CHAINS,
+    DEFAULT_CHUNK_MB,
     DEFAULT_FACIES_MOVES,
     DEFAULT_POTENTIAL_DTYPE,
     DEFAULT_SMC_FINAL_STEPS,
@@ -27,18 +40,22 @@ from ppl_cvae.cli.sample import (
     DEFAULT_TEMPERATURES,
     FACIES_MCMC_WARMUP,
 )
-from ppl_cvae.config import (
-    LIKELIHOODS,
-    NETWORKS,
-    PRIOR_FLOW_FINALS,
-    PRIORS,
-    X_TRANSFORMS,
-    X_WHITENINGS,
-    Y_EMBEDDINGS,
-)
-from ppl_cvae.device import DEVICE_CHOICES
 from ppl_cvae.errors import ConfigError
-from ppl_cvae.nets.flows import FLOW_LAYER_TYPES
+
+
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """Return the handler ``ppl_cvae.cli.<module>.<name>``, imported when it is called.
+
+    The command modules load torch and Pyro; the parser does not, so that ``--help`` and a
+    mistyped flag are answered at once.
+    """
+
+    def handler(args: argparse.Namespace) -> int:
+        command = getattr(importlib.import_module(f"ppl_cvae.cli.{module}"), name)
+        return int(command(args))
+
+    handler.__name__ = handler.__qualname__ = name
+    return handler
 
 
 def _seed(text: str) -> int:
@@ -51,6 +68,8 @@ def _seed(text: str) -> int:
         value: Any = int(text)
     except ValueError:
         value = text  # refused below, named as the text that arrived
+    from ppl_cvae.checks import as_seed  # torch: loaded when a seed is parsed, not for --help
+
     try:
         return as_seed(value, optional=False)
     except ConfigError as err:
@@ -264,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit_p.add_argument(
         "--likelihood",
-        choices=LIKELIHOODS,
+        choices=DECODER_LIKELIHOODS,
         help="likelihood of x given z, y (flow: a conditional normalising flow on x)",
     )
     fit_p.add_argument(
@@ -420,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument("--seed", type=_seed, help="random seed")
     fit_p.add_argument("--quiet", action="store_true", help="no progress bar")
     fit_p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
-    fit_p.set_defaults(func=fit.cmd_fit)
+    fit_p.set_defaults(func=_command("fit", "cmd_fit"))
 
     s = sub.add_parser("sample", help="draw posterior samples into InferenceData NetCDF")
     s.add_argument("run_dir", help="run folder written by fit (or a model.pt)")
@@ -595,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=_seed, default=0, help="random seed of the draws")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    s.set_defaults(func=sample.cmd_sample)
+    s.set_defaults(func=_command("sample", "cmd_sample"))
 
     ev = sub.add_parser(
         "evaluate",
@@ -616,14 +635,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-observations", type=_count(1), help="evaluate only the first N pairs")
     ev.add_argument("--seed", type=_seed, default=0, help="random seed of the draws")
     ev.add_argument("--overwrite", action="store_true", help="reuse a non-empty output folder")
-    ev.set_defaults(func=evaluate.cmd_evaluate)
+    ev.set_defaults(func=_command("evaluate", "cmd_evaluate"))
 
     d = sub.add_parser("diagnose", help="summary CSV and plots of a posterior file")
     d.add_argument("posterior", help="InferenceData .nc written by sample")
     d.add_argument("--out", required=True, help="report folder")
     d.add_argument("--max-observations", type=_count(1), default=3, help="observations to plot")
     d.add_argument("--overwrite", action="store_true", help="reuse a non-empty report folder")
-    d.set_defaults(func=evaluate.cmd_diagnose)
+    d.set_defaults(func=_command("evaluate", "cmd_diagnose"))
 
     sim = sub.add_parser("simulate", help="simulate (x, y) pairs from a problem")
     add_problem(sim, required=True)
@@ -631,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="output .npz with arrays x and y")
     sim.add_argument("--seed", type=_seed, default=0, help="random seed")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    sim.set_defaults(func=simulate.cmd_simulate)
+    sim.set_defaults(func=_command("simulate", "cmd_simulate"))
 
     sc = sub.add_parser("score", help="Two Birds challenge criteria on a posterior file")
     sc.add_argument("posterior", help="InferenceData .nc written by sample")
@@ -642,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.add_argument("--out", help="optional JSON with per-observation results")
     sc.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    sc.set_defaults(func=evaluate.cmd_score)
+    sc.set_defaults(func=_command("evaluate", "cmd_score"))
     threads_help = (
         "torch CPU threads (default: torch's own choice, which can run several times slower "
         "than 1 thread on a shared, loaded machine)"

@@ -3,10 +3,10 @@
 :func:`cmd_sample` with its ``--method``: ``amortized`` (CVAE draws), ``refine`` (misfit
 refinement), ``importance``, ``nuts``, ``latent-nuts``, ``facies-mcmc`` and ``facies-smc``
 (correction with the physics); the refusal of flags that belong to another method, and the
-MCMC and SMC defaults (:data:`DEFAULT_CHAINS`, :data:`NUTS_WARMUP_STEP_SIZE_ONLY`,
-:data:`DEFAULT_POTENTIAL_DTYPE`, :data:`FACIES_MCMC_WARMUP`, :data:`DEFAULT_FACIES_MOVES`,
-:data:`DEFAULT_SMC_POPULATIONS`, :data:`DEFAULT_SMC_STEPS`, :data:`DEFAULT_SMC_FINAL_STEPS`,
-draws per chain for the R-hat bound).
+MCMC and SMC defaults (defined in :mod:`ppl_cvae.cli.defaults`: :data:`DEFAULT_CHAINS`,
+:data:`NUTS_WARMUP_STEP_SIZE_ONLY`, :data:`DEFAULT_POTENTIAL_DTYPE`, :data:`FACIES_MCMC_WARMUP`,
+:data:`DEFAULT_FACIES_MOVES`, :data:`DEFAULT_SMC_POPULATIONS`, :data:`DEFAULT_SMC_STEPS`,
+:data:`DEFAULT_SMC_FINAL_STEPS`, draws per chain for the R-hat bound).
 """
 
 from __future__ import annotations
@@ -18,6 +18,17 @@ from pathlib import Path
 from typing import Any, cast
 
 from ppl_cvae.cli.common import _check_new_file, _load_run
+from ppl_cvae.cli.defaults import (
+    DEFAULT_CHAINS,
+    DEFAULT_FACIES_MOVES,
+    DEFAULT_POTENTIAL_DTYPE,
+    DEFAULT_SMC_FINAL_STEPS,
+    DEFAULT_SMC_POPULATIONS,
+    DEFAULT_SMC_STEPS,
+    DEFAULT_TEMPERATURES,
+    FACIES_MCMC_WARMUP,
+    NUTS_WARMUP_STEP_SIZE_ONLY,
+)
 from ppl_cvae.device import resolve_device
 from ppl_cvae.errors import ConfigError, ShapeError
 
@@ -33,43 +44,6 @@ def _need_problem(meta: dict[str, Any], what: str) -> Any:
     )
     raise ConfigError(f"{what} needs the problem's forward operator: {reason}")
 
-
-DEFAULT_POTENTIAL_DTYPE = "float32"
-"""Default of ``sample --method nuts --potential-dtype`` (README, "NUTS within 60 s per
-observation")."""
-
-NUTS_WARMUP_STEP_SIZE_ONLY = 150
-"""Default warm-up of ``sample --method nuts`` (step size only; README, "Correction with the
-physics": the amortized covariance is the mass matrix, Pyro's windowed mass adaptation needs
-about 500 iterations)."""
-
-
-DEFAULT_CHAINS = 4
-"""``sample --chains`` when not given (``--method nuts``, ``latent-nuts`` and ``facies-mcmc``)."""
-
-FACIES_MCMC_WARMUP = 300
-"""Default warm-up of ``sample --method facies-mcmc``: the default of
-:func:`inference.facies_mcmc.sample_facies_mcmc`."""
-
-DEFAULT_FACIES_MOVES = 16
-"""``sample --facies-moves`` when not given: the default ``flips_per_step`` of
-:func:`inference.facies_mcmc.sample_facies_mcmc`."""
-
-DEFAULT_TEMPERATURES = 8
-"""``sample --temperatures`` when not given: the default ``temperatures`` of
-:func:`inference.facies_mcmc.sample_facies_mcmc`."""
-
-DEFAULT_SMC_POPULATIONS = 2
-"""``sample --chains`` when not given with ``--method facies-smc`` (independent populations):
-the default ``populations`` of :func:`inference.facies_smc.sample_facies_smc`."""
-
-DEFAULT_SMC_STEPS = 8
-"""``sample --smc-steps`` when not given: the default ``steps_per_stage`` of
-:func:`inference.facies_smc.sample_facies_smc`."""
-
-DEFAULT_SMC_FINAL_STEPS = 40
-"""``sample --smc-final-steps`` when not given: the default ``final_steps`` of
-:func:`inference.facies_smc.sample_facies_smc`."""
 
 REFINE_DEFAULTS = {"oversample": 4, "max_misfit": 1.0, "refine_steps": 300, "refine_lr": 0.1}
 """``sample --method refine`` flags when not given: ``--oversample``, ``--max-misfit``,

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
 
 import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from ppl_cvae._choices import DECODER_LIKELIHOODS
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import SCALE_FLOOR, ConditionalInput
 from ppl_cvae.nets.flows import ConditionalFlow
 
 __all__ = ["Decoder", "DECODER_LIKELIHOODS"]
-
-Likelihood = Literal[
-    "gaussian",
-    "gaussian_decoder",
-    "gaussian_fixed",
-    "gaussian_lowrank",
-    "gaussian_full",
-    "bernoulli",
-    "categorical",
-    "flow",
-]
-"""The decoder likelihoods (``ModelConfig.likelihood``)."""
-
-DECODER_LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
 
 
 class Decoder(nn.Module):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Literal, cast
+from typing import cast
 
 import pyro.distributions as dist
 import torch
@@ -38,6 +38,7 @@ from torch.distributions import constraints
 from torch.distributions.transforms import AffineTransform, Transform
 from torch.nn import functional as F  # noqa: N812
 
+from ppl_cvae._choices import FLOW_LAYER_TYPES, FlowLayerType
 from ppl_cvae.errors import ConfigError
 from ppl_cvae.nets.blocks import SCALE_FLOOR, ConditionalInput, make_activation
 
@@ -48,11 +49,6 @@ __all__ = [
     "MAX_FLOW_WEIGHTS",
     "final_spline_default",
 ]
-
-FlowLayerType = Literal["autoregressive", "coupling"]
-
-FLOW_LAYER_TYPES: tuple[FlowLayerType, ...] = ("autoregressive", "coupling")
-"""Spline layer types of :class:`ConditionalFlow` (``layer_type``)."""
 
 FLOW_BOUND = 4.0
 """Half-width of the spline box ``[-FLOW_BOUND, FLOW_BOUND]`` in standardised units: each
