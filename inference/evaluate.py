@@ -25,6 +25,9 @@ The ``calibration`` key of the metrics
 ``tarp``
     :func:`~inference.diagnostics.calibration.run_tarp` (``alpha``, ``ecp``, ``atc``,
     ``max_deviation``, ``p_value``) and its ``failures``.
+``finite``
+    Only when some draws are NaN or infinite: its ``failures`` say how many values and which
+    observations; the coverage verdict is then not judged, and there is no SBC or TARP.
 ``notes``
     Why a check is weak or missing (fewer than 100 held-out pairs; non-finite draws).
 ``passed``
@@ -49,6 +52,7 @@ the pairs (:mod:`inference.training_range`); draws far above the truths leak bey
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,7 +82,7 @@ from ppl_cvae.checks import (
     derived_seed,
     shape_text,
 )
-from ppl_cvae.errors import ShapeError
+from ppl_cvae.errors import DataError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.metadata import linear_gaussian_parts, units_of
@@ -179,7 +183,10 @@ def evaluate_model(
     x_draws = torch.cat(parts, dim=1)
     exact = None
     if problem is not None and linear_gaussian_parts(problem) is not None:
-        exact = exact_posterior(problem, y)
+        try:
+            exact = exact_posterior(problem, y)
+        except DataError as err:  # noise-free data: no closed form to compare with
+            warnings.warn(f"no comparison with the exact posterior: {err}", stacklevel=2)
     metrics = evaluate_draws(
         x_draws,
         x,
@@ -245,11 +252,16 @@ def evaluate_draws(
     ------
     ShapeError
         If the shapes disagree: ``x_draws`` not ``(S, *x.shape)``, ``y`` not one observation
-        per truth, ``x_reference`` not ``x_shape``, or ``x``, ``y`` not the problem's shapes.
+        per truth, ``x_reference`` not ``x_shape``, or ``x``, ``y`` not the problem's shapes,
+        or fewer than 2 draws per truth (a central interval of one draw has no width, and
+        the coverage a calibrated posterior reaches with ``S`` draws, ``alpha (S - 1) / (S +
+        1)``, is 0).
     DataError
         If an input is not an array of real numbers (tensors, NumPy arrays and lists are
         accepted), or ``x``, ``y`` or ``x_reference`` holds NaN or inf. Non-finite draws are
-        accepted: the metrics say so (``calibration.notes``; no SBC or TARP).
+        accepted and fail: ``calibration["finite"]["failures"]`` names how many values and
+        which observations, ``calibration["passed"]`` is False, and no coverage, SBC or TARP
+        verdict is given (``calibration.notes``).
     ConfigError
         If ``false_alarm`` is not a number in (0, 1), or ``seed`` not an int in
         ``[0, 2**32 - 1]``.
@@ -283,6 +295,11 @@ def evaluate_draws(
             f"draws of each of the M = {len(x) if x.dim() else 0} truths, got "
             f"{tuple(x_draws.shape)}"
         )
+    if x_draws.shape[0] < 2:
+        raise ShapeError(
+            f"x_draws must hold at least 2 draws of each truth for the coverage and calibration "
+            f"verdicts, got {x_draws.shape[0]} (shape {tuple(x_draws.shape)})"
+        )
     if y.dim() < 1 or len(y) != len(x):
         raise ShapeError(
             f"y must have shape (M, *y_shape) with M = {len(x)} (one observation per truth in "
@@ -303,8 +320,25 @@ def evaluate_draws(
         x_draws, x, y_obs=y, problem=problem, seed=seed, false_alarm=false_alarm
     )
     calibration["coverage"] = coverage_verdict(metrics, false_alarm)
+    bad = ~torch.isfinite(x_draws)
+    if bool(bad.any()):  # no verdict on the coverage of such draws: they fail as they are
+        observations = bad.reshape(bad.shape[0], bad.shape[1], -1).any(2).any(0)
+        where = observations.nonzero().flatten().tolist()
+        calibration["finite"] = {
+            "failures": [
+                f"{int(bad.sum())} of {bad.numel()} draw values are NaN or infinite, in "
+                f"{len(where)} of {len(x)} observations (first: {where[:5]}): the sampler "
+                "failed there"
+            ],
+            "judged": True,
+        }
+        calibration["coverage"]["failures"] = []
+        calibration["coverage"]["judged"] = False
+        calibration["notes"].append("non-finite draws: no coverage verdict")
     calibration["passed"] = not any(
-        calibration[key]["failures"] for key in ("coverage", "sbc", "tarp") if key in calibration
+        calibration[key]["failures"]
+        for key in ("finite", "coverage", "sbc", "tarp")
+        if key in calibration
     )
     metrics["calibration"] = calibration
     return metrics

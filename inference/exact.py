@@ -7,7 +7,7 @@ import math
 import torch
 
 from ppl_cvae.checks import shape_text
-from ppl_cvae.errors import ConfigError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError
 from ppl_cvae.problems.base import LinearGaussianParts, Problem
 from ppl_cvae.problems.densities import checked_forward
 from ppl_cvae.problems.metadata import linear_gaussian_parts
@@ -60,6 +60,9 @@ def linear_gaussian_posterior(
     ------
     ShapeError
         If the shapes are inconsistent.
+    DataError
+        If ``A C_0 A^T + C_e`` is singular (noise-free data with ``m`` larger than the rank
+        of ``A C_0 A^T``: no Gaussian density).
 
     Notes
     -----
@@ -85,7 +88,15 @@ def linear_gaussian_posterior(
         raise ShapeError(f"y must have shape (M, {m}), got {tuple(y.shape)}")
     a, c0, mu0 = matrix.double(), prior_cov.double(), prior_mean.double()
     a_c0 = a @ c0  # (m, d)
-    chol = torch.linalg.cholesky(a_c0 @ a.T + noise_cov.double())
+    chol, info = torch.linalg.cholesky_ex(a_c0 @ a.T + noise_cov.double())
+    if int(info) != 0:
+        raise DataError(
+            f"the data covariance A C_0 A^T + C_e ({m} x {m}) is singular (its Cholesky "
+            f"factorisation fails at row {int(info)}): with noise-free data (C_e = 0) and more "
+            "data than independent parameters, or a degenerate noise covariance, the posterior "
+            "is concentrated on a subspace and has no Gaussian density; give the noise a "
+            "positive variance"
+        )
     gain_t = torch.cholesky_solve(a_c0, chol)  # K^T = (A C0 A^T + Ce)^{-1} A C0, (m, d)
     cov = c0 - a_c0.T @ gain_t
     cov = 0.5 * (cov + cov.T)
@@ -146,6 +157,8 @@ def exact_posterior(problem: Problem, y: torch.Tensor) -> ExactPosterior:
         or its parts do not describe its ``forward`` or noise (:func:`linear_gaussian_offset`).
     ShapeError
         If ``y`` is not ``(M, *y_shape)``, or the parts' shapes disagree with the problem's.
+    DataError
+        If the data covariance is singular (:func:`linear_gaussian_posterior`).
 
     Notes
     -----

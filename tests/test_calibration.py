@@ -379,3 +379,68 @@ def test_ranks_piled_at_one_end_are_named_a_shift_not_a_u_shape(case):
     out = run_calibration(narrow, x, y_obs=y, problem=problem, seed=SEED, false_alarm=FALSE_ALARM)
     components = [m for m in out["sbc"]["failures"] if m.startswith("x[")]
     assert components and all("U-shaped" in m for m in components), components
+
+
+def test_non_finite_draws_fail_and_name_their_count(case):
+    """One NaN among 120,000 exact draw values fails the calibration and says where.
+
+    Before, the NaN switched SBC and TARP off and the coverage verdict alone decided:
+    ``passed`` was True for exact draws with a NaN, and for prior draws (which SBC on the
+    misfit rejects at p ~ 1e-160) as well."""
+    problem, x, y, post, controls = case
+    draws = controls["exact"].clone()
+    draws[3, 7, 1] = float("nan")
+    out = evaluate_draws(draws, x, y, x_reference=torch.zeros(X_DIM), problem=problem,
+                         false_alarm=FALSE_ALARM)["calibration"]
+    assert out["passed"] is False
+    assert out["finite"]["failures"] == [
+        f"1 of {draws.numel()} draw values are NaN or infinite, in 1 of {NUM_OBS} observations "
+        "(first: [7]): the sampler failed there"
+    ]
+    assert out["coverage"]["judged"] is False and out["coverage"]["failures"] == []
+    assert "sbc" not in out and "tarp" not in out
+    clean = evaluate_draws(controls["exact"], x, y, x_reference=torch.zeros(X_DIM),
+                           problem=problem, false_alarm=FALSE_ALARM)["calibration"]
+    assert clean["passed"] is True and "finite" not in clean  # the control passes
+
+
+def test_one_draw_per_truth_is_refused_by_evaluate_draws(case):
+    """One draw gives an interval of no width (expected coverage 0): refused, not judged
+    against the nominal level (before: coverage 0.000, "posterior too narrow")."""
+    problem, x, y, _, controls = case
+    with pytest.raises(ShapeError, match="at least 2 draws of each truth"):
+        evaluate_draws(controls["exact"][:1], x, y, x_reference=torch.zeros(X_DIM))
+
+
+def test_a_component_fixed_by_the_prior_counts_as_calibrated(case):
+    """A component whose draws and truth are all equal (fixed by the prior, or noise-free
+    data) covers with the probability a calibrated posterior gives it, ``alpha (S - 1) /
+    (S + 1)``; before, it counted as covered and the exact posterior was "too wide"
+    (coverage_50 0.66 against 0.49 for two free components and a fixed one)."""
+    _, x, _, _, controls = case
+    fixed_x = torch.cat([x, torch.full((NUM_OBS, 1), 2.5)], dim=1)
+    fixed_draws = torch.cat([controls["exact"], torch.full((NUM_DRAWS, NUM_OBS, 1), 2.5)], 2)
+    metrics = run_evaluation(fixed_draws, fixed_x, x_reference=torch.zeros(X_DIM + 1))
+    free = run_evaluation(controls["exact"], x, x_reference=torch.zeros(X_DIM))
+    for key, level in (("coverage_50", 0.5), ("coverage_90", 0.9)):
+        e = expected_coverage(level, NUM_DRAWS)
+        # the fixed component adds exactly e to each observation's mean over 4 components
+        assert metrics[key] == pytest.approx((3 * free[key] + e) / 4, abs=1e-12)
+    assert coverage_verdict(metrics, FALSE_ALARM)["failures"] == []
+
+
+def test_a_tarp_verdict_that_failed_is_judged():
+    """With one held-out pair TARP is not judged (the worst posterior fails it less than half
+    the time), but when the tie-break makes it fail, the result says judged and the notes do
+    not claim it could not fail."""
+    gen = torch.Generator().manual_seed(SEED)
+    failed = 0
+    for seed in range(40):
+        report = run_calibration(torch.randn(100, 1, 3, generator=gen),
+                                 torch.full((1, 3), 100.0), seed=seed)
+        tarp = report["tarp"]
+        assert tarp["judged"] is bool(tarp["failures"])
+        assert any("TARP not judged" in n for n in report["notes"]) is not tarp["judged"]
+        failed += bool(tarp["failures"])
+    # p = 2 (1 - u), u uniform on (100/101, 1): below 0.01 for about half of the tie-breaks
+    assert 5 <= failed <= 35, failed  # binomial(40, 0.505): 4.4 sds either side

@@ -285,3 +285,29 @@ def test_scale_gain_sets_the_initial_scale_and_is_validated():
         assert torch.allclose(scale, torch.full((1, 1, 3), 0.2))
     with pytest.raises(ConfigError, match="scale_gain"):
         ModelConfig(x_shape=(3,), y_shape=(2,), scale_gain=0.0)
+
+
+def test_noise_free_data_with_more_data_than_parameters_is_a_clear_error():
+    """``A C_0 A^T`` of rank 2 with 5 noise-free data is singular: a DataError that says so
+    (before: torch's LinAlgError traceback out of ``ppl-cvae evaluate``); with noise the
+    same call gives the closed form."""
+    from inference.exact import linear_gaussian_posterior
+    from ppl_cvae.errors import DataError
+
+    a = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    prior = (torch.zeros(2), torch.eye(2), torch.zeros(1, 5))
+    with pytest.raises(DataError, match=r"A C_0 A\^T \+ C_e \(5 x 5\) is singular"):
+        linear_gaussian_posterior(a, torch.zeros(5, 5), *prior)
+    mean, cov = linear_gaussian_posterior(a, 0.01 * torch.eye(5), *prior)
+    assert torch.isfinite(mean).all() and torch.linalg.eigvalsh(cov.double()).min() > 0
+
+
+def test_a_noise_covariance_with_a_datum_of_no_variance_is_named():
+    """A ``noise_cov`` whose third datum has zero variance: a ConfigError naming that datum
+    (before: torch's LinAlgError out of ``Problem.simulate``)."""
+    from ppl_cvae.problems.noise import GaussianNoise
+
+    noise = GaussianNoise((4,), cov=torch.diag(torch.tensor([1.0, 2.0, 0.0, 1.0])))
+    with pytest.raises(ConfigError, match="fails at datum 2 .* a covariance needs every"):
+        noise.sample((3,), torch.Generator().manual_seed(0))
+    assert GaussianNoise((4,), cov=torch.eye(4)).sample((3,)).shape == (3, 4)

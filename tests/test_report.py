@@ -236,3 +236,33 @@ def test_the_summary_of_one_draw_has_a_nan_sd_and_no_numpy_warning():
     idata = to_inference_data(torch.zeros(1, 1, 3), None, torch.zeros(1, 2))
     table = summary(idata)  # filterwarnings = error: a RuntimeWarning fails here
     assert table["mean"].tolist() == [0.0, 0.0, 0.0] and table["sd"].isna().all()
+
+
+@pytest.mark.parametrize("num_draws", [1, 3])
+def test_exact_draws_keep_the_misfit_verdicts_false_alarm_with_few_draws(num_draws):
+    """Exact posterior draws with 1 or 3 predictive draws per observation are flagged at most
+    as often as ``num_sd`` promises: at ``num_sd=2`` (two-sided 0.0455, so the test has counts
+    to compare) over 2,000 observations of 40 data. The predictive noise of few draws adds
+    ``6 / (S m)`` to the variance; before, the range ignored it and ``1 +- 2 sqrt(2 / m)``
+    flagged about a third of the observations at ``S = 1`` (4.3% at ``num_sd=4``, against
+    6.3e-5 promised). The range is an upper bound (draws concentrated on the truth spread the
+    most), so exact draws, which vary, stay below it."""
+    from inference.exact import exact_posterior
+    from inference.sample import inference_data_from_draws
+
+    problem = LinearGaussian(x_dim=4, y_dim=40, noise_std=0.5, seed=3)
+    gen = torch.Generator().manual_seed(11)
+    _, y = problem.simulate(2000, gen)
+    draws = exact_posterior(problem, y).sample(num_draws, gen)
+    idata = inference_data_from_draws(
+        draws, y, problem=problem, generator=torch.Generator().manual_seed(5)
+    )
+    table = run_ppc(idata)
+    assert (table["num_draws"] == num_draws).all()
+    rate = len(check_ppc(table, num_sd=2.0)) / 2000
+    assert rate < 0.0455 + 4 * math.sqrt(0.0455 * 0.9545 / 2000), rate
+    values = table["chi2_per_datum"].to_numpy()
+    assert abs(values.mean() - 1) < 4 * values.std() / math.sqrt(2000)  # unbiased: mean 1
+    old = np.abs(values - 1) > 2 * math.sqrt(2 / 40)  # the former range
+    if num_draws == 1:
+        assert old.mean() > 0.15, old.mean()  # the former rule's false alarms

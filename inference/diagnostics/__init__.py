@@ -7,7 +7,7 @@
   component and of derived statistics such as the data misfit (``run_sbc`` / ``check_sbc``),
   and TARP of the joint posterior (``run_tarp`` / ``check_tarp``);
 - :mod:`inference.diagnostics.ppc`: noise-whitened posterior predictive misfit of a posterior
-  file (``run_ppc`` / ``check_ppc``);
+  file (``run_ppc`` / ``check_ppc`` / ``plausible_chi2_range``);
 - :mod:`inference.diagnostics.facies`: reliability curve of facies probabilities against true
   facies (``run_reliability`` / ``check_reliability``) and accuracy of the posterior mode
   (``mode_accuracy``).
@@ -34,7 +34,7 @@ from inference.diagnostics.coverage import (
     run_evaluation,
 )
 from inference.diagnostics.facies import check_reliability, mode_accuracy, run_reliability
-from inference.diagnostics.ppc import PPC_COLUMNS, check_ppc, run_ppc
+from inference.diagnostics.ppc import PPC_COLUMNS, check_ppc, plausible_chi2_range, run_ppc
 
 __all__ = [
     "CURVE_LEVELS",
@@ -48,6 +48,7 @@ __all__ = [
     "coverage_verdict",
     "expected_coverage",
     "mode_accuracy",
+    "plausible_chi2_range",
     "run_calibration",
     "run_evaluation",
     "run_ppc",

@@ -857,7 +857,8 @@ def run_tarp(
     seed : int, default 0
         Seed of the reference points and tie breaks.
     loc, scale : Tensor, shape x_shape, optional
-        Standardisation of ``x`` (default: mean and sd of the truths).
+        Standardisation of ``x`` (default: the mean and sd of all draws pooled, as
+        :func:`tarp_values`; not statistics of the truths, module docstring).
 
     Returns
     -------
@@ -997,8 +998,10 @@ def run_calibration(
         (:func:`check_sbc`) and ``judged``; ``tarp``: :func:`run_tarp` plus ``failures``
         (:func:`check_tarp`) and ``judged``; ``notes``: list of str (few observations; a
         verdict not judged; non-finite draws, in which case ``sbc`` and ``tarp`` are absent).
-        ``judged`` is False when even every truth outside its draws (all ranks 0) would pass:
-        with so few observations the verdict cannot fail, so it says nothing.
+        ``judged`` is False when even every truth outside its draws (all ranks 0, ties broken
+        in the middle) would pass: with so few observations the verdict fails even the worst
+        posterior less than half the time, so a pass says nothing. A verdict that failed is
+        judged.
 
     Raises
     ------
@@ -1035,16 +1038,16 @@ def run_calibration(
         ranks = sbc_ranks(x_draws, x_true, seed=seed)
     sbc = _sbc_summary(ranks)
     sbc["failures"] = check_sbc(sbc, alpha, x_shape=ranks.x_shape)
-    sbc["judged"] = _sbc_can_fail(sbc, alpha)
+    sbc["judged"] = _sbc_can_fail(sbc, alpha) or bool(sbc["failures"])
     u = tarp_values(x_draws, x_true, seed=seed)
     tarp = _tarp_summary(u, ranks.num_draws, seed)
     tarp["failures"] = check_tarp(tarp, alpha)
-    tarp["judged"] = _tarp_can_fail(num_obs, ranks.num_draws, alpha)
+    tarp["judged"] = _tarp_can_fail(num_obs, ranks.num_draws, alpha) or bool(tarp["failures"])
     for name, verdict in (("SBC", sbc), ("TARP", tarp)):
         if not verdict["judged"]:
             out["notes"].append(
-                f"{name} not judged: {num_obs} held-out observations cannot fail it even with "
-                "every truth outside its draws"
+                f"{name} not judged: with {num_obs} held-out observations it fails even "
+                "draws that miss every truth less than half the time"
             )
     out["sbc"], out["tarp"] = sbc, tarp
     return out

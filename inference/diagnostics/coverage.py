@@ -25,8 +25,11 @@ Keys of the metrics dictionary
 ``chi2_per_datum``, ``chi2_per_datum_of_mean``
     With a forward operator: median over observations of the posterior predictive misfit
     ``|L^{-1} (F(x) - y)|^2 / m`` (``C_e = L L^T``) averaged over draws, and of the posterior mean
-    model. For a calibrated posterior and correct noise model the draws give about 1 plus the
-    fraction of the data the posterior spread accounts for.
+    model. For a calibrated posterior and correct noise model each observation's value has
+    expectation exactly 1 (a draw and the truth are exchangeable given ``y``, and the truth's
+    misfit is the noise's, ``chi2_m / m``); the median over observations sits below 1 by the
+    skew of that distribution (measured on exact draws: 0.97 for ``m = 40``, 0.80 for ``m = 4``,
+    0.75 for ``m = 2``, whose means were 0.99, 0.93 and 1.02).
 ``exact``
     For a linear-Gaussian problem, against the closed-form posterior: ``mean_error_in_std``
     (median over elements of ``|mean - mean_exact| / std_exact``), ``std_ratio`` (median of
@@ -118,7 +121,14 @@ def central_coverage(
 def _coverage_per_observation(
     draws: torch.Tensor, truth: torch.Tensor, levels: Sequence[float]
 ) -> torch.Tensor:
-    """Return the covered fraction of the elements of each truth, shape ``(len(levels), M)``."""
+    """Return the covered fraction of the elements of each truth, shape ``(len(levels), M)``.
+
+    An element whose draws are all equal to its truth (a component the prior or noise-free
+    data fix: the interval has no width and the truth ties with every draw) counts as covered
+    with the probability a calibrated posterior gives it, :func:`expected_coverage`: with
+    ties broken at random the truth's rank is uniform on ``0 .. S``, as for distinct values.
+    Counting it as covered made a correct posterior look too wide.
+    """
     if draws.dim() < 2 or tuple(draws.shape[1:]) != tuple(truth.shape):
         raise ShapeError(
             f"draws {tuple(draws.shape)} must be (S, *truth shape), truth {tuple(truth.shape)}"
@@ -130,10 +140,13 @@ def _coverage_per_observation(
         [p for a in levels for p in ((1 - a) / 2, (1 + a) / 2)], dtype=torch.float64
     )
     bounds = torch.quantile(d, probs, dim=0)  # (2 * len(levels), *truth.shape)
+    tied = (d == t).all(0) if d.shape[0] >= 2 else None
     out = []
     for k in range(len(levels)):
         lo, hi = bounds[2 * k], bounds[2 * k + 1]
         inside = ((t >= lo) & (t <= hi)).double()
+        if tied is not None:  # a tie with every draw: covered with the expected probability
+            inside = torch.where(tied, expected_coverage(levels[k], d.shape[0]), inside)
         out.append(inside.reshape(t.shape[0], -1).mean(1) if t.dim() > 1 else inside)
     return torch.stack(out)
 

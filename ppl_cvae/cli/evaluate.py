@@ -111,7 +111,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     calibration = metrics["calibration"]
     verdicts = [
         f"{name} {_verdict_word(calibration[key])}"
-        for key, name in (("coverage", "coverage"), ("sbc", "SBC"), ("tarp", "TARP"))
+        for key, name in (
+            ("finite", "finite draws"), ("coverage", "coverage"), ("sbc", "SBC"), ("tarp", "TARP")
+        )
         if key in calibration
     ]
     summary += f"; calibration (false alarm {calibration['false_alarm']:g}): " + ", ".join(verdicts)
@@ -231,11 +233,13 @@ def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
     if not failures:
         return [
             f"misfit: the draws of all {len(rows)} observations fit the data as the noise "
-            "model allows (chi2 per datum within 1 +- 4 sqrt(2 / m); misfit.csv)"
+            "model allows (chi2 per datum within its plausible range for m data and S draws, "
+            "false alarm 6e-5; misfit.csv)"
         ]
     lines = [
         f"misfit: WARNING: the draws of {len(failures)} of {len(rows)} observations misfit the "
-        "data beyond the noise model (chi2 per datum outside 1 +- 4 sqrt(2 / m); misfit.csv):"
+        "data beyond the noise model (chi2 per datum outside its plausible range for m data "
+        "and S draws; misfit.csv):"
     ]
     lines += [f"  {message}" for message in failures[:most]]
     if len(failures) > most:

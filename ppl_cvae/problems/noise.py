@@ -185,15 +185,24 @@ class GaussianNoise:
         ------
         NoLikelihoodError
             If the noise is zero (``L`` would be singular).
-        torch.linalg.LinAlgError
-            If the covariance is not positive definite.
+        ConfigError
+            If the covariance is not positive definite (a datum of zero variance, or one that
+            depends linearly on others).
         """
         self._require_noise("a Cholesky factor")
         if self._chol is None:
             if self.cov is None:
                 self._chol = self.std * torch.eye(self.num_data, dtype=torch.float64)
             else:
-                self._chol = torch.linalg.cholesky(self.cov)
+                chol, info = torch.linalg.cholesky_ex(self.cov)
+                if int(info) != 0:
+                    raise ConfigError(
+                        f"noise_cov is not positive definite: its Cholesky factorisation fails "
+                        f"at datum {int(info) - 1} (flattened), which has no variance of its own "
+                        "(a zero or negative variance, or a linear combination of the data "
+                        "before it); a covariance needs every eigenvalue > 0"
+                    )
+                self._chol = chol
         return self._chol
 
     def sample(
@@ -317,8 +326,8 @@ class GaussianNoise:
         NoLikelihoodError
             If the noise is zero: the data are a deterministic function of ``x`` and have no
             density.
-        torch.linalg.LinAlgError
-            If a full covariance is not positive definite.
+        ConfigError
+            If a full covariance is not positive definite (:meth:`cholesky`).
 
         Notes
         -----
