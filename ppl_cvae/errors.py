@@ -29,6 +29,7 @@ from collections.abc import Iterator
 __all__ = [
     "PplCvaeError",
     "ConfigError",
+    "TrainingDivergedError",
     "ShapeError",
     "DataError",
     "CheckpointError",
@@ -52,6 +53,15 @@ class ConfigError(PplCvaeError, ValueError):
 
     Settings (counts, options, names, seeds) and failing problem code; a bad array is a
     :class:`ShapeError` or a :class:`DataError` (module docstring).
+    """
+
+
+class TrainingDivergedError(ConfigError):
+    """An SVI step's loss was not finite: the settings (learning rate, data scale) let it diverge.
+
+    A :class:`ConfigError`: the same settings diverge again, and resuming the fit from a saved
+    training state repeats the same steps (they are bit-identical), so ``ppl-cvae fit`` does
+    not keep the state of a fresh fit that diverged, as it does after other errors.
     """
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ppl_cvae.cli import main
 from ppl_cvae.config import Overrides
-from ppl_cvae.errors import CheckpointError
+from ppl_cvae.errors import CheckpointError, DataError
 from ppl_cvae.problems.base import make_problem
 from ppl_cvae.train import build_cvae, fit, load_checkpoint, resolve_settings
 from ppl_cvae.train.resume import STATE_FILE, CheckpointPolicy, load_train_state
@@ -372,6 +372,28 @@ def test_a_failed_fresh_fit_leaves_nothing(tmp_path, capsys, monkeypatch):
            "diverged")
     assert calls["n"] == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fresh_fit_that_fails_after_a_save_keeps_it_and_resumes(tmp_path, capsys, monkeypatch):
+    """A simulator or a data file that fails once mid-fit (an error other than divergence)
+    keeps the progress saved before it: the error line says how to continue, and ``--resume``
+    finishes the run as if nothing had happened. Before, the fresh fit's state and new folder
+    were deleted with the error, so an hours-long fit lost everything."""
+    argv = [*FIT[:4], "100", *FIT[5:]]
+    reference = tmp_path / "reference"
+    assert main([*argv, "--out", str(reference), "--no-checkpoint"]) == 0
+    run = tmp_path / "run"
+    _fail_svi_step(monkeypatch, 7, DataError("problem 'flaky' simulate(20, generator) failed"))
+    _fails([*argv, "--out", str(run), "--checkpoint-every", "1"], capsys,
+           f"failed; the progress saved before the error is kept in {run}: fix the cause and "
+           f"continue with: ppl-cvae fit --resume {run}")
+    monkeypatch.undo()
+    assert load_train_state(run / STATE_FILE).steps_done == 7
+    assert main(["fit", "--resume", str(run), "--threads", "1", "--quiet"]) == 0
+    a, _ = load_checkpoint(reference)
+    b, _ = load_checkpoint(run)
+    assert _same_weights(a, b)
+    assert _metrics(run) == _metrics(reference)
 
 
 @pytest.mark.parametrize("tick, saved_at", [(61.0, 5), (0.0, None)], ids=["timer", "no-timer"])

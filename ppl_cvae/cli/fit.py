@@ -42,7 +42,7 @@ from ppl_cvae.config import (
     check_model_memory,
 )
 from ppl_cvae.device import module_device, resolve_device
-from ppl_cvae.errors import ConfigError, PplCvaeError
+from ppl_cvae.errors import ConfigError, PplCvaeError, TrainingDivergedError
 
 log = logging.getLogger("ppl_cvae")
 
@@ -633,9 +633,17 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
     try:
         with lazy_pairs if lazy_pairs is not None else contextlib.nullcontext():
             done = _write_run(out, args.overwrite or how is not None, fit_into)
-    except PplCvaeError:
-        if how is not None and state is None:  # a fresh fit that failed: its state cannot help
-            discard_run_state(out, how, previous_marker)
+    except PplCvaeError as err:
+        if how is not None and state is None:
+            diverged = isinstance(err, TrainingDivergedError)  # resuming repeats the steps
+            if (out / STATE_FILE).is_file() and not diverged:  # keep what it trained
+                err.args = (
+                    f"{err}; the progress saved before the error is kept in {out}: fix the "
+                    f"cause and continue with: ppl-cvae fit --resume {out}",
+                    *err.args[1:],
+                )
+            else:  # failed before its first save, or diverged: nothing to continue
+                discard_run_state(out, how, previous_marker)
         raise
     except InterruptedAfterWrite:
         raise  # the run folder is complete: nothing to undo

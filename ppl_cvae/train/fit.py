@@ -27,7 +27,7 @@ from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig,
 from ppl_cvae.data.box import BoxTransform, support_box
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.device import problem_on, resolve_device
-from ppl_cvae.errors import ConfigError, DataError, ShapeError
+from ppl_cvae.errors import ConfigError, DataError, ShapeError, TrainingDivergedError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
 from ppl_cvae.problems.base import (
@@ -728,7 +728,7 @@ def _train_epoch(
                 gsnn_weight=config.gsnn_weight,
             )
             if not math.isfinite(loss):
-                raise ConfigError(
+                raise TrainingDivergedError(
                     f"training diverged at epoch {epoch}, SVI step {len(step_losses) + 1} "
                     f"(loss {loss}); lower the learning rate or check the data scale"
                 )
