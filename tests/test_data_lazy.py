@@ -236,6 +236,13 @@ def test_a_resumed_epoch_yields_the_same_minibatches_and_skips_reads(tmp_path, b
 
 
 def test_lazy_build_matches_the_in_memory_build(tmp_path):
+    """Standardisers and whitener of a lazily read file are those of the in-memory fit: fitted
+    on the training rows of the same split (``validation_split``), not on the held-out rows.
+    Before, the lazy build took the moments of every row and the whitener saw the validation
+    rows too (the y mean 8e-2 off the training rows' on an mt1d file): negative control below.
+    """
+    from ppl_cvae.train.fit import validation_split
+
     x, y = _pairs(n=400, seed=4)
     x = x.reshape(400, 6)
     folder = _write_npy(tmp_path / "d", x, y)
@@ -245,14 +252,18 @@ def test_lazy_build_matches_the_in_memory_build(tmp_path):
         lazy = prepare_lazy_fit(pairs, config, train, chunk_rows=chunk_rows_for(pairs, 1000))
         cvae = build_lazy_cvae(config, lazy, seed=7)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
-    ref = build_cvae(config, xt, yt, seed=7)
+    train_rows, val_rows = validation_split(400, train)
+    ref = build_cvae(config, xt, yt, seed=7, fit_rows=train_rows)
     tol = 4 * math.log2(400) * EPS32 * float(np.abs(y).max())  # float32 accumulation (above)
     for name in ("mean", "std"):
         torch.testing.assert_close(getattr(cvae.y_standardiser, name),
                                    getattr(ref.y_standardiser, name), rtol=0, atol=tol)
     assert cvae.whitener is not None and ref.whitener is not None
-    # the same 400 rows (all, N < 20000) whitened: the same regression up to float rounding
+    # the same 360 training rows (all, N < 20000) whitened: the same regression up to rounding
     torch.testing.assert_close(cvae.whitener.weight, ref.whitener.weight, rtol=1e-4, atol=1e-5)
+    every_row = build_cvae(config, xt, yt, seed=7)  # negative control: the held-out rows seen
+    assert (every_row.y_standardiser.mean - cvae.y_standardiser.mean).abs().max() > 10 * tol
+    assert torch.equal(lazy.scan.validation_rows, val_rows.sort().values)
     # the validation rows are held out: round(0.1 * 400) rows, the ones of the scan
     vx, _ = lazy.validation
     assert vx.shape == (40, 6) and lazy.batches.pairs_per_epoch == 360

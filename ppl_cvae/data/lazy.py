@@ -519,7 +519,7 @@ class ScanResult:
     Attributes
     ----------
     x_moments, y_moments : RunningMoments
-        Moments of every pair's ``x`` and ``y``.
+        Moments of the ``x`` and ``y`` of every training pair (the validation rows left out).
     validation : tuple of Tensor
         ``x`` ``(k, *x_shape)`` and ``y`` ``(k, *y_shape)`` of the held-out rows.
     validation_rows : Tensor of int64, shape (k,)
@@ -554,7 +554,11 @@ def scan_pairs(
     validation_rows: torch.Tensor,
     subset_rows: torch.Tensor | None = None,
 ) -> ScanResult:
-    """Read the file once, in order: moments of all pairs, validation rows, a subset.
+    """Read the file once, in order: moments of the training pairs, validation rows, a subset.
+
+    The moments leave the validation rows out, as the in-memory fit's standardisers do (they
+    are fitted on the training pairs only, as in sbi); every row is still checked for NaN,
+    inf and resolution.
 
     Parameters
     ----------
@@ -605,8 +609,15 @@ def scan_pairs(
         for name, values in zip(names, raw, strict=True):
             resolution[name].update(values)
         del raw
-        x_mom.update(x)
-        y_mom.update(y)
+        held_out = _rows_in(validation_rows, start, stop) - start
+        if held_out.numel():  # the moments are those of the training rows
+            train = torch.ones(stop - start, dtype=torch.bool)
+            train[held_out] = False
+            x_mom.update(x[train])
+            y_mom.update(y[train])
+        else:
+            x_mom.update(x)
+            y_mom.update(y)
         for key, rows in (("val", validation_rows), ("sub", subset_rows)):
             if rows is None:
                 continue

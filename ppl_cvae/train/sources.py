@@ -612,11 +612,13 @@ def prepare_lazy_fit(
     """Make the one pass over a lazily read file that precedes training on it.
 
     Picks ``k = min(round(val_fraction N), MAX_VALIDATION_PAIRS)`` random validation rows
-    (``torch.randperm(N)`` seeded with ``train_config.seed``), and, when the model whitens
-    ``x`` (``x_whitening="linear"``), the subset of at most ``MAX_WHITENING_PAIRS`` rows that
-    :meth:`~ppl_cvae.models.cvae.CVAE.fit_whitener` would pick from the pairs in memory; then
-    reads the file once, in order, accumulating the moments of ``x`` and ``y`` and keeping
-    those rows.
+    (``torch.randperm(N)`` seeded with ``train_config.seed``, as
+    :func:`~ppl_cvae.train.fit.validation_split` draws them in memory), and, when the model
+    whitens ``x`` (``x_whitening="linear"``), the subset of at most ``MAX_WHITENING_PAIRS``
+    training rows that :meth:`~ppl_cvae.models.cvae.CVAE.fit_whitener` would pick from the
+    training pairs in memory; then reads the file once, in order, accumulating the moments of
+    the training rows' ``x`` and ``y`` and keeping those rows. The validation rows are fitted
+    by nothing, as in memory.
 
     Parameters
     ----------
@@ -646,15 +648,15 @@ def prepare_lazy_fit(
     n_val = min(int(round(train_config.val_fraction * n)), MAX_VALIDATION_PAIRS)
     if n - n_val < 1:
         raise ConfigError(f"no training pairs left after holding out {n_val} of {n}")
-    val_rows = torch.randperm(n, generator=torch.Generator().manual_seed(train_config.seed))
-    val_rows = val_rows[:n_val].sort().values
+    # the permutation of validation_split: the in-memory fit's validation and training rows
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(train_config.seed))
+    val_rows, train_rows = perm[:n_val].sort().values, perm[n_val:]
     subset_rows = None
     if model_config.x_whitening == "linear" or model_config.basis_dim is not None:
-        if n > MAX_WHITENING_PAIRS:  # the rows CVAE.fit_whitener draws from in-memory pairs
-            keep = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-            subset_rows = keep[:MAX_WHITENING_PAIRS].sort().values
-        else:
-            subset_rows = torch.arange(n)
+        if len(train_rows) > MAX_WHITENING_PAIRS:  # the rows CVAE.fit_whitener draws
+            keep = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0))
+            train_rows = train_rows[keep[:MAX_WHITENING_PAIRS]]
+        subset_rows = train_rows.sort().values
     kept = n_val + (0 if subset_rows is None else int(subset_rows.numel()))
     # a chunk holds at most the whole file, and the shuffle buffer at most every pair
     rows = min(chunk_rows, n)
@@ -692,9 +694,10 @@ def build_lazy_cvae(
 ) -> CVAE:
     """Build a CVAE for a lazily read file (:func:`~ppl_cvae.train.build_cvae` on its scan).
 
-    The standardisers take the moments of every pair of the file; the basis coefficients and
-    the linear whitener (when configured) are fitted on the random subset the scan kept, the
-    one the in-memory path would use (at most ``MAX_WHITENING_PAIRS`` pairs).
+    The standardisers take the moments of the file's training pairs; the basis coefficients
+    and the linear whitener (when configured) are fitted on the random subset of training
+    pairs the scan kept, the one the in-memory path would use (at most
+    ``MAX_WHITENING_PAIRS`` pairs).
 
     Parameters
     ----------
