@@ -48,8 +48,18 @@ def test_lazy_npy_folder_and_lazy_netcdf_train_the_same(tmp_path):
     assert a == b and len(a) == 2
     cvae, meta = load_checkpoint(tmp_path / "a" / "model.pt")
     assert meta["extra"]["data_source"]["lazy"] == {"chunk_rows": 50, "buffer_chunks": 2}
-    # the standardisers saw every pair: float64 moments of float32 data, stored as float32
-    np.testing.assert_allclose(cvae.x_standardiser.mean.numpy(), x.mean(0), atol=1e-6)
+    # the standardisers saw the training pairs (float64 moments of float32 data, stored as
+    # float32), not the 30 held out: those of the split fit draws in memory
+    import json
+
+    from ppl_cvae.config import TrainConfig
+    from ppl_cvae.train.fit import validation_split
+
+    train = TrainConfig.from_dict(json.loads((tmp_path / "a" / "config.json").read_text())["train"])
+    rows = validation_split(300, train)[0].numpy()
+    assert len(rows) == 270
+    np.testing.assert_allclose(cvae.x_standardiser.mean.numpy(), x[rows].mean(0), atol=1e-6)
+    assert np.abs(cvae.x_standardiser.mean.numpy() - x.mean(0)).max() > 1e-3  # not every pair
 
 
 @pytest.mark.parametrize(

@@ -547,10 +547,30 @@ def test_stream_and_lazy_states_are_checked_against_the_run(tmp_path, monkeypatc
     import numpy as np
 
     x = np.load(folder / "x.npy")
+    original = x.copy()
     x[40, 0] += 1e-3
     np.save(folder / "x.npy", x)
     with pytest.raises(CheckpointError, match="moments of x"):
         _source_fit("lazy", folder, resume_from=state)
+    # two training rows' x swapped: the moments of x and of y stay, the pairs do not (before,
+    # the resume trained on the mixed-up pairs in silence)
+    from ppl_cvae.train.fit import validation_split
+
+    train = sorted(validation_split(75, _setup(False)[2])[0].tolist())
+    # two rows of one 7-row chunk: float64 sums of a chunk's float32 values are exact, so the
+    # moments of x are the same bits whatever the order of its rows
+    train_rows = next([a, b] for a, b in zip(train[:-1], train[1:], strict=True) if a // 7 == b // 7)
+    x = original.copy()
+    x[train_rows] = x[train_rows[::-1]]
+    np.save(folder / "x.npy", x)
+    with pytest.raises(CheckpointError, match="moments of the pairing of x and y"):
+        _source_fit("lazy", folder, resume_from=state)
+    np.save(folder / "x.npy", original)
+    old = load_train_state(tmp_path / "l.pt")  # a state from before the pairing moments
+    del old.payload["data_stream"]["moments"]["pairing"]
+    torch.save(old.payload, tmp_path / "old.pt")
+    resumed, _ = _source_fit("lazy", folder, resume_from=load_train_state(tmp_path / "old.pt"))
+    assert _same_weights(resumed, _source_fit("lazy", folder)[0])
     state.payload["data_stream"]["moments"]["x"]["m2"] *= -1
     torch.save(state.payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="malformed moments of x"):

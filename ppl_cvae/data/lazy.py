@@ -526,6 +526,9 @@ class ScanResult:
         Their sorted row indices (excluded from training).
     subset : tuple of Tensor, or None
         Pairs of the requested random subset (e.g. for the linear whitener), in row order.
+    pairing : RunningMoments, optional
+        Moments of :func:`pairing_statistic` over the training rows: they change when ``x``
+        and ``y`` are paired differently, which the moments of each leave alone.
     """
 
     x_moments: RunningMoments
@@ -533,6 +536,7 @@ class ScanResult:
     validation: Batch
     validation_rows: torch.Tensor
     subset: Batch | None
+    pairing: RunningMoments | None = None
 
 
 def _empty(shape: tuple[int, ...]) -> torch.Tensor:
@@ -586,6 +590,7 @@ def scan_pairs(
     names = ("x", "y")
     shapes = {"x": pairs.x_shape, "y": pairs.y_shape}
     x_mom, y_mom = RunningMoments(pairs.x_shape), RunningMoments(pairs.y_shape)
+    pair_mom, probes = RunningMoments(()), pairing_probes(pairs.x_shape, pairs.y_shape)
     resolution = {n: _ResolutionScan(n, pairs.dtypes[n], shapes[n], pairs.path) for n in names}
     bad_count = {n: 0 for n in names}
     first_bad: dict[str, str] = {}
@@ -609,15 +614,12 @@ def scan_pairs(
         for name, values in zip(names, raw, strict=True):
             resolution[name].update(values)
         del raw
-        held_out = _rows_in(validation_rows, start, stop) - start
-        if held_out.numel():  # the moments are those of the training rows
-            train = torch.ones(stop - start, dtype=torch.bool)
-            train[held_out] = False
-            x_mom.update(x[train])
-            y_mom.update(y[train])
-        else:
-            x_mom.update(x)
-            y_mom.update(y)
+        train = _chunk_rows_kept(start, stop, validation_rows) - start  # the training rows
+        x_train, y_train = x[train], y[train]
+        x_mom.update(x_train)
+        y_mom.update(y_train)
+        pair_mom.update(pairing_statistic(x_train, y_train, probes))
+        del x_train, y_train
         for key, rows in (("val", validation_rows), ("sub", subset_rows)):
             if rows is None:
                 continue
@@ -639,7 +641,40 @@ def scan_pairs(
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     subset = joined(keep["sub"]) if subset_rows is not None else None
-    return ScanResult(x_mom, y_mom, joined(keep["val"]), validation_rows, subset)
+    return ScanResult(x_mom, y_mom, joined(keep["val"]), validation_rows, subset, pair_mom)
+
+
+PAIRING_SEED = 20_261_203
+"""Seed of the probe vectors of :func:`pairing_probes` (fixed: part of a training state)."""
+
+
+def pairing_probes(
+    x_shape: tuple[int, ...], y_shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return fixed random probe vectors ``u`` (``prod(x_shape)``) and ``v`` (``prod(y_shape)``).
+
+    Standard normal float64 draws seeded with :data:`PAIRING_SEED`, for
+    :func:`pairing_statistic`.
+    """
+    generator = torch.Generator().manual_seed(PAIRING_SEED)
+    u = torch.randn(math.prod(x_shape), generator=generator, dtype=torch.float64)
+    v = torch.randn(math.prod(y_shape), generator=generator, dtype=torch.float64)
+    return u, v
+
+
+def pairing_statistic(
+    x: torch.Tensor, y: torch.Tensor, probes: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Return ``(x_i . u) (y_i . v)`` of each pair, float64, shape ``(rows,)``.
+
+    Its mean over a file's pairs is a cross moment of ``x`` and ``y`` along random
+    directions: moving an ``x`` to another row's ``y`` changes it (unless by coincidence),
+    while the moments of ``x`` and of ``y`` alone stay the same.
+
+    Shapes: ``x (rows, *x_shape)``, ``y (rows, *y_shape)``.
+    """
+    u, v = probes
+    return (x.reshape(len(x), -1).double() @ u) * (y.reshape(len(y), -1).double() @ v)
 
 
 def _chunk_rows_kept(start: int, stop: int, exclude: torch.Tensor | None) -> torch.Tensor:

@@ -440,7 +440,8 @@ def _check_rng(rng: Any, name: str) -> None:
 def _check_moments(value: Any, name: str) -> None:
     if value is None:
         return
-    value = _check_dict(value, ("x", "y"), "data_stream.moments", name)
+    keys = ("x", "y", "pairing") if isinstance(value, dict) and "pairing" in value else ("x", "y")
+    value = _check_dict(value, keys, "data_stream.moments", name)
     for key, moments in value.items():
         moments = _check_dict(moments, ("count", "mean", "m2"), f"moments of {key}", name)
         mean, m2 = moments["mean"], moments["m2"]

@@ -475,8 +475,12 @@ class LazyFileBatches:
     conditional : bool, default True
         False drops ``y``.
     moments : (RunningMoments, RunningMoments), optional
-        Moments of ``x`` and ``y`` over the whole file (:func:`prepare_lazy_fit` sets them):
-        stored in the training state and compared on resume, they show a file that changed.
+        Moments of ``x`` and ``y`` over the training rows (:func:`prepare_lazy_fit` sets
+        them): stored in the training state and compared on resume, they show a file that
+        changed.
+    pairing : RunningMoments, optional
+        Moments of :func:`~ppl_cvae.data.lazy.pairing_statistic` over the same rows, stored
+        and compared with them: they show pairs of ``x`` and ``y`` that were mixed up.
     """
 
     def __init__(
@@ -490,11 +494,13 @@ class LazyFileBatches:
         exclude: torch.Tensor,
         conditional: bool = True,
         moments: tuple[RunningMoments, RunningMoments] | None = None,
+        pairing: RunningMoments | None = None,
     ) -> None:
         self.pairs, self.batch_size = pairs, batch_size
         self.chunk_rows, self.buffer_chunks = chunk_rows, buffer_chunks
         self.seed, self.exclude, self.conditional = seed, exclude, conditional
         self.moments = moments
+        self.pairing = pairing
         self._skip = 0  # minibatches of the next epoch already trained on (a resume)
 
     @property
@@ -525,17 +531,22 @@ class LazyFileBatches:
 
         Keys: ``kind`` (``"lazy"``), ``num_pairs``, ``batch_size``, ``chunk_rows``,
         ``buffer_chunks``, ``seed``, ``exclude`` (SHA-256 of the validation row indices) and
-        ``moments`` (``{"x": m, "y": m}`` with ``m`` = ``count``, ``mean``, ``m2`` as float64
-        tensors, or None). The position in the epoch is the training state's ``position``:
-        epoch ``e`` shuffles with a generator seeded by ``batch_seed(seed, e)``.
+        ``moments`` (``{"x": m, "y": m}``, and ``"pairing": m`` when known, with ``m`` =
+        ``count``, ``mean``, ``m2`` as float64 tensors, or None; a state written before
+        ``pairing`` existed has no such key and is compared without it). The position in the
+        epoch is the training state's ``position``: epoch ``e`` shuffles with a generator
+        seeded by ``batch_seed(seed, e)``.
         """
         from ppl_cvae.train.resume import data_digest
 
         moments = None
         if self.moments is not None:
+            named = dict(zip(("x", "y"), self.moments, strict=True))
+            if self.pairing is not None:
+                named["pairing"] = self.pairing
             moments = {
                 name: {"count": m.count, "mean": m.mean.clone(), "m2": m.m2.clone()}
-                for name, m in zip(("x", "y"), self.moments, strict=True)
+                for name, m in named.items()
             }
         return {
             "kind": "lazy",
@@ -560,22 +571,26 @@ class LazyFileBatches:
         ------
         CheckpointError
             If the file's size, the shuffle settings, the validation rows or the moments of
-            ``x`` and ``y`` (compared exactly, when both sides have them) differ.
+            ``x``, of ``y`` or of their pairing (compared exactly, when both sides have them)
+            differ.
         """
         mine = self.state_dict()
         for key in ("num_pairs", "batch_size", "chunk_rows", "buffer_chunks", "seed", "exclude"):
             if state[key] != mine[key]:
                 raise _refuse(key, state[key], mine[key])
         if state["moments"] is not None and mine["moments"] is not None:
-            for name in ("x", "y"):
+            for name in ("x", "y", "pairing"):
+                if name not in state["moments"] or name not in mine["moments"]:
+                    continue  # a state written before the pairing moments
                 got, have = state["moments"][name], mine["moments"][name]
                 if not (
                     got["count"] == have["count"]
                     and torch.equal(got["mean"], have["mean"])
                     and torch.equal(got["m2"], have["m2"])
                 ):
+                    what = "the pairing of x and y" if name == "pairing" else name
                     raise CheckpointError(
-                        f"the moments of {name} in {str(self.pairs.path)!r} differ from the "
+                        f"the moments of {what} in {str(self.pairs.path)!r} differ from the "
                         "ones the training state recorded: the file changed since; start the "
                         "run again"
                     )
@@ -679,6 +694,7 @@ def prepare_lazy_fit(
         exclude=val_rows,
         conditional=conditional,
         moments=(scan.x_moments, scan.y_moments),
+        pairing=scan.pairing,
     )
     vx, vy = scan.validation
     validation = (vx, vy if conditional else None) if n_val else None
