@@ -559,7 +559,8 @@ def test_stream_and_lazy_states_are_checked_against_the_run(tmp_path, monkeypatc
     train = sorted(validation_split(75, _setup(False)[2])[0].tolist())
     # two rows of one 7-row chunk: float64 sums of a chunk's float32 values are exact, so the
     # moments of x are the same bits whatever the order of its rows
-    train_rows = next([a, b] for a, b in zip(train[:-1], train[1:], strict=True) if a // 7 == b // 7)
+    pairs = zip(train[:-1], train[1:], strict=True)
+    train_rows = next([a, b] for a, b in pairs if a // 7 == b // 7)
     x = original.copy()
     x[train_rows] = x[train_rows[::-1]]
     np.save(folder / "x.npy", x)
