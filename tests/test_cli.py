@@ -332,9 +332,13 @@ def test_diagnose_says_which_observations_misfit(tmp_path):
     """The verdict lines of ``diagnose`` come from ``check_ppc`` on its ``misfit.csv``."""
     import pandas as pd
 
+    from inference.diagnostics.ppc import plausible_chi2_range
     from ppl_cvae.cli.evaluate import _misfit_verdict
 
-    m = 50  # 1 +- 4 sqrt(2 / 50) = 1 +- 0.8
+    m = 50  # no num_draws column: infinitely many draws, the range of chi2_50 / 50
+    low, high = plausible_chi2_range(m)
+    assert (round(low, 3), round(high, 3)) == (0.39, 2.006)
+
     def table(values, whitened=True):
         path = tmp_path / "misfit.csv"
         pd.DataFrame({
@@ -344,13 +348,13 @@ def test_diagnose_says_which_observations_misfit(tmp_path):
         }).to_csv(path, index=False)
         return path
 
-    assert _misfit_verdict(table([1.0, 1.79, 0.21]))[0].startswith(
+    assert _misfit_verdict(table([1.0, 2.0, 0.4]))[0].startswith(
         "misfit: the draws of all 3 observations fit the data"
     )
-    lines = _misfit_verdict(table([1.0, 1.81, 0.19]))
+    lines = _misfit_verdict(table([1.0, 2.02, 0.38]))
     assert lines[0].startswith("misfit: WARNING: the draws of 2 of 3 observations")
-    assert "observation 1: chi2 per datum 1.810" in lines[1] and "do not explain" in lines[1]
-    assert "observation 2: chi2 per datum 0.190" in lines[2] and "fit the noise" in lines[2]
+    assert "observation 1: chi2 per datum 2.020" in lines[1] and "do not explain" in lines[1]
+    assert "observation 2: chi2 per datum 0.380" in lines[2] and "fit the noise" in lines[2]
     many = _misfit_verdict(table([3.0] * 8))
     assert len(many) == 1 + 5 + 1 and many[-1] == "  ... and 3 more"
     assert _misfit_verdict(table([3.0], whitened=False)) == []  # no noise information
@@ -402,3 +406,39 @@ def test_the_command_line_imports_no_scipy_arviz_or_plotting():
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_run_file_refuses_another_data_file_at_its_relative_path(tmp_path, monkeypatch, capsys):
+    """``config.json`` records ``data`` as typed, read from the current folder: from another
+    folder holding another ``pairs.npz`` it would fit other pairs under the same record (before:
+    trained in silence, 64 of 85 weight tensors different). The recorded digest of the pairs
+    refuses it; from the original folder the run file repeats the run bit for bit, and an
+    explicit ``--data`` is taken as asked."""
+    from ppl_cvae.problems import LinearGaussian
+    from ppl_cvae.train import load_checkpoint
+
+    problem = LinearGaussian(x_dim=3, y_dim=2)
+    first, other = tmp_path / "first", tmp_path / "other"
+    for folder, seed in ((first, 0), (other, 1)):
+        folder.mkdir()
+        x, y = problem.simulate(120, torch.Generator().manual_seed(seed))
+        np.savez(folder / "pairs.npz", x=x.numpy(), y=y.numpy())
+    tiny = ["--epochs", "1", "--hidden-dims", "8", "--latent-dim", "2", "--quiet",
+            "--threads", "1"]
+    monkeypatch.chdir(first)
+    assert main(["fit", "--data", "pairs.npz", *tiny, "--out", "run"]) == 0
+    config = json.loads((first / "run" / "config.json").read_text())
+    assert config["data"] == "pairs.npz" and len(config["data_digest"]) == 64
+    assert main(["fit", "--config", "run/config.json", "--out", "again", "--quiet"]) == 0
+    a, _ = load_checkpoint(first / "run")
+    b, _ = load_checkpoint(first / "again")
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    monkeypatch.chdir(other)
+    capsys.readouterr()
+    run_file = str(first / "run" / "config.json")
+    assert main(["fit", "--config", run_file, "--out", "elsewhere", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "was fitted on other pairs than those of 'pairs.npz' read now" in err, err
+    assert not (other / "elsewhere").exists()
+    assert main(["fit", "--config", run_file, "--data", "pairs.npz", "--out", "mine",
+                 "--quiet"]) == 0

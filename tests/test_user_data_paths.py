@@ -28,6 +28,7 @@ from ppl_cvae import CVAE, ModelConfig, build_cvae, resolve_settings
 from ppl_cvae.data.io import load_observations, load_pairs
 from ppl_cvae.data.lazy import chunk_rows_for, open_lazy_pairs, scan_pairs
 from ppl_cvae.errors import DataError
+from ppl_cvae.train.fit import validation_split
 from ppl_cvae.train.settings import DataSource
 from ppl_cvae.train.sources import prepare_lazy_model
 from tests.conftest import SEED
@@ -151,7 +152,8 @@ def test_lazy_readers_fit_the_eager_standardisers_and_the_exact_start(tmp_path):
     exact_mean, exact_sd = _exact(p, y_obs)
     xe, ye = load_pairs(paths["npz"])
     config, train = resolve_settings(DataSource.of(xe, ye))
-    eager = build_cvae(config, xe, ye, seed=SEED)
+    # both fit their standardisers on the training rows of the same split
+    eager = build_cvae(config, xe, ye, seed=SEED, fit_rows=validation_split(len(xe), train)[0])
     for reader in LAZY:
         with open_lazy_pairs(paths[reader]) as pairs:
             cvae, _ = prepare_lazy_model(pairs, config, train, chunk_bytes=1 << 13)

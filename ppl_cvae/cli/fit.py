@@ -129,6 +129,7 @@ def _apply_run_file(args: argparse.Namespace) -> dict[str, Any] | None:
     file_kwargs = None
     if args.problem is None and run.problem is not None:
         args.problem, file_kwargs = run.problem
+    args.data_from_run_file = args.data is None and args.dataset is None and run.data is not None
     if args.data is None and args.dataset is None:
         args.data = run.data
         dataset = run.dataset or {}
@@ -222,6 +223,30 @@ def _training_pairs(
     if problem is None:
         raise ConfigError("fit needs --problem NAME, --data FILE or --dataset NAME")
     return None, None, problem
+
+
+def _check_data_digest(
+    args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor | None
+) -> str:
+    """Return the digest of the pairs of ``--data``; refuse other pairs than a run file's.
+
+    A run file's ``data`` path is read from the current folder: run elsewhere, it can name
+    another file. When the path came from the run file (no ``--data`` flag) and the file
+    recorded the digest of its pairs, the two must agree.
+    """
+    from ppl_cvae.train.resume import data_digest
+
+    digest = data_digest(x, y)
+    recorded = args.run_file.data_digest
+    if getattr(args, "data_from_run_file", False) and recorded not in (None, digest):
+        where = f"run file {args.config!r}" if args.config else f"run {args.resume!r}"
+        raise ConfigError(
+            f"{where} was fitted on other pairs than those of "
+            f"{args.data!r} read now (relative to {str(Path.cwd())!r}; their SHA-256 "
+            "digests differ): run it from the folder it was fitted in, or give the original "
+            "file with --data"
+        )
+    return digest
 
 
 def _check_recorded_shapes(args: argparse.Namespace, config: ModelConfig) -> None:
@@ -534,6 +559,7 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
         )
     else:
         x, y, source = _training_pairs(args, problem)
+    args.data_digest = _check_data_digest(args, x, y) if args.data and x is not None else None
     overrides = args.run_file.overrides.updated(_flag_overrides(args))
     if args.unconditional and (problem is None or x is not None):
         raise ConfigError(
@@ -949,7 +975,12 @@ def _run_doc(
     model_config: ModelConfig,
     train_config: TrainConfig,
 ) -> dict[str, Any]:
-    """Return the run file of this fit (``config.json``; also the record of its checkpoints)."""
+    """Return the run file of this fit (``config.json``; also the record of its checkpoints).
+
+    ``args.data_digest`` (of the pairs of ``--data`` read into memory,
+    :func:`_check_data_digest`) is recorded when set, so that ``fit --config`` can tell
+    another file at the same path.
+    """
     dataset = None
     if args.dataset:
         dataset = {
@@ -969,6 +1000,8 @@ def _run_doc(
         "torch_threads": torch.get_num_threads(),
         "unconditional": bool(args.unconditional),
     }
+    if getattr(args, "data_digest", None) is not None:
+        doc["data_digest"] = args.data_digest
     _, not_finite = finite_or_null(doc)
     if not_finite:  # config.json is strict JSON, and a null would not repeat the run
         raise ConfigError(

@@ -65,6 +65,7 @@ _KEYS = (
     "torch_threads",
     "device",
     "distributed",
+    "data_digest",
 )
 _DATASET_KEYS = ("name", "condition", "path", "image_size", "classes")
 
@@ -92,6 +93,11 @@ class RunFile:
         An unconditional VAE on the problem's prior draws (``fit --unconditional``).
     x_shape, y_shape : tuple of int or None
         Event shapes a run recorded (``model.x_shape``/``model.y_shape`` of a ``config.json``).
+    data_digest : str or None
+        SHA-256 (hex) of the pairs of ``data`` a run was fitted on
+        (:func:`~ppl_cvae.train.resume.data_digest` of the file's ``x`` and ``y``, recorded by
+        ``fit --data`` for a file read into memory): ``fit --config`` refuses a file at that
+        path whose pairs differ.
     """
 
     overrides: Overrides
@@ -102,6 +108,7 @@ class RunFile:
     unconditional: bool = False
     x_shape: tuple[int, ...] | None = None
     y_shape: tuple[int, ...] | None = None
+    data_digest: str | None = None
 
 
 def _table(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -166,6 +173,16 @@ def _dataset(value: Any, where: str) -> dict[str, Any] | None:
             )
         return dict(value)
     raise ConfigError(f"{where}: 'dataset' must be a name or a table with a string 'name'")
+
+
+def _digest(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    ):
+        raise ConfigError(f"{where}: data_digest must be 64 lowercase hex digits (SHA-256)")
+    return value
 
 
 def read_run_file(path: str | os.PathLike[str]) -> RunFile:
@@ -267,4 +284,5 @@ def run_file_from_dict(doc: Any, where: str) -> RunFile:
         unconditional=_flag(doc, "unconditional", where),
         x_shape=x_shape,
         y_shape=y_shape,
+        data_digest=_digest(doc.get("data_digest"), where),
     )
