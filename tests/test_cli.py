@@ -355,6 +355,9 @@ def test_diagnose_says_which_observations_misfit(tmp_path):
     assert lines[0].startswith("misfit: WARNING: the draws of 2 of 3 observations")
     assert "observation 1: chi2 per datum 2.020" in lines[1] and "do not explain" in lines[1]
     assert "observation 2: chi2 per datum 0.380" in lines[2] and "fit the noise" in lines[2]
+    nan = _misfit_verdict(table([1.0, float("nan")]))  # before: nan passed in silence
+    assert nan[1] == ("  observation 1: chi2 per datum nan: the posterior predictive holds NaN "
+                      "or inf (the forward operator gave them at some draws)")
     many = _misfit_verdict(table([3.0] * 8))
     assert len(many) == 1 + 5 + 1 and many[-1] == "  ... and 3 more"
     assert _misfit_verdict(table([3.0], whitened=False)) == []  # no noise information

@@ -313,8 +313,9 @@ def check_ppc(table: pd.DataFrame, *, num_sd: float = 4.0) -> list[str]:
     Returns
     -------
     list of str
-        One message per failing observation: too large (the draws miss the data) or too
-        small (they fit the noise, or the noise is overstated).
+        One message per failing observation: too large (the draws miss the data), too
+        small (they fit the noise, or the noise is overstated), or NaN (the posterior
+        predictive is not finite).
 
     Raises
     ------
@@ -341,7 +342,12 @@ def check_ppc(table: pd.DataFrame, *, num_sd: float = 4.0) -> list[str]:
         draws = int(row["num_draws"]) if "num_draws" in row.index else None
         low, high = plausible_chi2_range(m, draws, num_sd)
         value = float(row["chi2_per_datum"])
-        if not low <= value <= high:
+        if math.isnan(value):
+            failures.append(
+                f"observation {int(row['observation'])}: chi2 per datum nan: the posterior "
+                "predictive holds NaN or inf (the forward operator gave them at some draws)"
+            )
+        elif not low <= value <= high:
             why = (
                 "the draws do not explain the data"
                 if value > high
