@@ -238,6 +238,27 @@ def test_the_summary_of_one_draw_has_a_nan_sd_and_no_numpy_warning():
     assert table["mean"].tolist() == [0.0, 0.0, 0.0] and table["sd"].isna().all()
 
 
+@pytest.mark.parametrize(("num_data", "num_draws"), [(1, 3), (2, 3), (4, 1), (4, 20), (40, 2)])
+def test_plausible_chi2_range_keeps_its_false_alarm_for_few_data(num_data, num_draws):
+    """The range's tails hold ``Phi(-4)`` each of the statistic it bounds, simulated from its
+    exact distribution: for draws concentrated on the truth, ``m (v + 1)`` is
+    ``(1 + 1/S) chi2_m + (1/S) chi2_(m (S-1))``. 4 million values: the count outside has mean
+    253 and sd 16 at the promised 6.3e-5; 5 sd either way. Before, the three-cumulant range let
+    through 2.2e-2 of them for one datum and 1.4e-3 for two (three draws)."""
+    from scipy import stats
+
+    from inference.diagnostics.ppc import plausible_chi2_range
+
+    n, m, s = 4_000_000, num_data, num_draws
+    rng = np.random.default_rng(100 * m + s)
+    spread = rng.chisquare(m * (s - 1), n) / s if s > 1 else 0.0
+    v = ((1 + 1 / s) * rng.chisquare(m, n) + spread) / m - 1
+    low, high = plausible_chi2_range(m, s)
+    expected = 2 * stats.norm.sf(4.0) * n
+    outside = int(((v < low) | (v > high)).sum())
+    assert abs(outside - expected) < 5 * math.sqrt(expected), (outside, expected)
+
+
 @pytest.mark.parametrize("num_draws", [1, 3])
 def test_exact_draws_keep_the_misfit_verdicts_false_alarm_with_few_draws(num_draws):
     """Exact posterior draws with 1 or 3 predictive draws per observation are flagged at most
