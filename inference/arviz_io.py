@@ -163,6 +163,7 @@ def to_inference_data(
     y_units: tuple[str, Mapping[str, str]] | None = None,
     extra_coords: Mapping[str, tuple[str, Sequence[Any]]] | None = None,
     coord_attrs: Mapping[str, Mapping[str, str]] | None = None,
+    var_attrs: Mapping[str, Mapping[str, str]] | None = None,
     noise_sd: torch.Tensor | None = None,
     noise_cov: torch.Tensor | None = None,
     derived: Mapping[str, torch.Tensor] | None = None,
@@ -210,6 +211,10 @@ def to_inference_data(
         Non-index coordinates of a named dim (e.g. ray end points along ``ray``).
     coord_attrs : mapping of coordinate name to attributes, optional
         Extra attributes of coordinates (e.g. how a ``depth`` coordinate places layers).
+    var_attrs : mapping of ``"x"`` / ``"y"`` to attributes, optional
+        Extra attributes (e.g. a data file's ``long_name``) of ``x`` and ``x_true``, and of
+        ``y`` in ``observed_data`` and ``posterior_predictive`` (not ``log_likelihood.y``,
+        a log density with its own).
     noise_sd : Tensor, shape y_shape, optional
         Standard deviation of the observation noise of every datum, units of ``y``; stored as
         ``constant_data.y_noise_sd``, with the attribute ``correlated`` (1 when ``noise_cov``
@@ -430,7 +435,11 @@ def to_inference_data(
             if name in ss.data_vars:
                 ss[name].attrs.update({str(k): _as_attr(v) for k, v in extra_attrs.items()})
     _attach_units(
-        idata, dict(units or {}), coord_attrs or {}, sorted({*derived, *derived_true, *stats})
+        idata,
+        dict(units or {}),
+        coord_attrs or {},
+        sorted({*derived, *derived_true, *stats}),
+        var_attrs or {},
     )
     return idata
 
@@ -461,6 +470,7 @@ def _attach_units(
     units: dict[str, str],
     coord_attrs: Mapping[str, Mapping[str, str]],
     derived: Sequence[str] = (),
+    var_attrs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
     """Set ``units`` (and extra) attributes on the variables and coordinates they describe."""
     for group in idata.groups():
@@ -474,8 +484,12 @@ def _attach_units(
         pairs += [(n, n) for n in derived] + [(f"{n}_true", n) for n in derived]
         for var, unit_key in pairs:
             # log_likelihood.y is a log density in nats, not a datum in the units of y
-            if group != "log_likelihood" and var in ds.data_vars and units.get(unit_key):
+            if group == "log_likelihood" or var not in ds.data_vars:
+                continue
+            if units.get(unit_key):
                 ds[var].attrs["units"] = units[unit_key]
+            if var in ("x", "x_true", "y"):
+                ds[var].attrs.update((var_attrs or {}).get(unit_key, {}))
         if "y_noise_cov" in ds.data_vars and units.get("y"):
             ds["y_noise_cov"].attrs["units"] = f"({units['y']})^2"
         for coord in ds.coords:

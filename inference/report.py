@@ -108,6 +108,11 @@ def _label(name: str, unit: str) -> str:
     return f"{name} ({unit})" if unit else name
 
 
+def _dim_name(da: xr.DataArray, dim: str) -> str:
+    """Return the ``long_name`` of ``dim``'s coordinate (a data file's), else the dim's name."""
+    return str(da[dim].attrs.get("long_name", dim)) if dim in da.coords else dim
+
+
 def _ray_ends(idata: az.InferenceData) -> dict[str, np.ndarray] | None:
     """Source and receiver positions stored as coordinates of a ``ray`` dim, if any."""
     for group in ("observed_data", "posterior_predictive"):
@@ -181,6 +186,7 @@ def posterior_figures(
         truth = _select(idata["constant_data"][f"{var}_true"], observation)
     dims = [str(d) for d in x.dims if d != "draw"]
     unit = str(x.attrs.get("units", ""))
+    name = str(x.attrs.get("long_name", var))  # a data file's descriptive name, for the axes
     phys = plots.log10_unit(unit)
     title = f"posterior of {var}, observation {observation}"
     draws = np.asarray(x.transpose("draw", *dims).values, dtype=float)
@@ -223,9 +229,9 @@ def posterior_figures(
         field = plots.fields_figure(
             panels,
             extent=(left, right, bottom, top),
-            xlabel=_label(dims[1], col_unit),
-            ylabel=_label(dims[0], row_unit),
-            units={t: _label(var, unit) for t in panels},
+            xlabel=_label(_dim_name(x, dims[1]), col_unit),
+            ylabel=_label(_dim_name(x, dims[0]), row_unit),
+            units={t: _label(name, unit) for t in panels},
             shared=[t for t in panels if not t.endswith(" sd")],
             sources=sources,
             receivers=receivers,
@@ -236,15 +242,15 @@ def posterior_figures(
             np.asarray(rows, dtype=float),
             draws[:, :, mid],
             truth=None if true is None else true[:, mid],
-            xlabel=_label(var, unit),
-            depth_label=_label(dims[0], row_unit),
+            xlabel=_label(name, unit),
+            depth_label=_label(_dim_name(x, dims[0]), row_unit),
             title=f"{title}, column {dims[1]} = {cols[mid]:g} {col_unit}".rstrip(),
         )
         return {"posterior": field, "profile": profile}
     if len(dims) == 1 and dims[0] == "depth":
         depth, depth_unit = _coord(x, "depth")
         attrs = x["depth"].attrs if "depth" in x.coords else {}
-        value_label = _label(var, phys if phys is not None else unit)
+        value_label = _label(name, phys if phys is not None else unit)
         if attrs.get("cell_position") == "top" and attrs.get("half_space") == "last":
             fig = plots.layered_profile_figure(
                 np.asarray(depth, dtype=float),
@@ -260,7 +266,7 @@ def posterior_figures(
                 np.asarray(depth, dtype=float),
                 draws,
                 truth=true,
-                xlabel=_label(var, unit),
+                xlabel=_label(name, unit),
                 depth_label=_label("depth", depth_unit),
                 title=title,
             )

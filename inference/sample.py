@@ -533,7 +533,12 @@ def inference_data_from_draws(
         units=units_of(problem) if problem is not None or layout is None else layout.units,
         y_units=data_units(problem),
         extra_coords=extra_coords_of(problem),
-        coord_attrs=coord_attrs_of(problem),
+        coord_attrs=(
+            coord_attrs_of(problem)
+            if problem is not None or layout is None
+            else layout.coordinate_attrs()
+        ),
+        var_attrs=layout.variable_attrs() if problem is None and layout is not None else None,
         noise_sd=noise_sd,
         noise_cov=noise_cov,
         derived=derived,

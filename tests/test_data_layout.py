@@ -31,11 +31,12 @@ def _earth(path, num=300, x_dims=("sample", "depth"), y_dims=("sample", "frequen
     y = 0.5 * x[:, :6] + 0.1 * rng.normal(size=(num, 6))
     coords = {}
     if "depth" in x_dims:
-        coords["depth"] = ("depth", depth, {"units": "m"})
+        coords["depth"] = ("depth", depth, {"units": "m", "long_name": "depth below surface"})
     if "frequency" in y_dims:
         coords["frequency"] = ("frequency", FREQUENCY, {"units": "Hz"})
     xr.Dataset(
-        {"x": (x_dims, x, {"units": "log10(ohm m)"}), "y": (y_dims, y, {"units": "mV"})},
+        {"x": (x_dims, x, {"units": "log10(ohm m)", "long_name": "log10 resistivity"}),
+         "y": (y_dims, y, {"units": "mV", "long_name": "apparent potential"})},
         coords=coords,
     ).to_netcdf(path, engine="h5netcdf")
     return x, y
@@ -48,8 +49,14 @@ def test_read_layout_keeps_names_coordinates_and_units(tmp_path):
         x_dims=("depth",), y_dims=("frequency",),
         coords={"depth": tuple(DEPTH.tolist()), "frequency": tuple(FREQUENCY.tolist())},
         units={"x": "log10(ohm m)", "y": "mV", "depth": "m", "frequency": "Hz"},
+        long_names={"x": "log10 resistivity", "y": "apparent potential",
+                    "depth": "depth below surface"},
     )
     assert DataLayout.from_record(layout.to_record()) == layout
+    # a record written before long names existed reads as none
+    record = layout.to_record()
+    del record["long_names"]
+    assert DataLayout.from_record(record).long_names == {}
     np.savez(tmp_path / "pairs.npz", x=np.zeros((3, 2)), y=np.zeros((3, 2)))
     assert read_layout(tmp_path / "pairs.npz") is None  # .npz names nothing
 
@@ -87,6 +94,8 @@ def test_what_cannot_be_kept_is_left_out(tmp_path):
         ({"x_dims": ["a"], "y_dims": None, "coords": {}, "units": {"x": 3}}, ConfigError,
          "units must map names to str"),
         ({"x_dims": ["a"]}, ConfigError, "dict with keys"),
+        ({"x_dims": ["a"], "y_dims": None, "coords": {}, "units": {}, "long_names": {"x": 1}},
+         ConfigError, "long_names must map names to str"),
     ],
 )
 def test_bad_layout_records_are_refused(record, error, match):
@@ -134,6 +143,11 @@ def test_a_run_on_a_named_file_writes_named_posterior_files(tmp_path):
     assert idata.observed_data["y"].dims == ("observation", "frequency")
     assert idata.observed_data["y"].attrs["units"] == "mV"
     assert idata.constant_data["x_true"].dims == ("observation", "depth")
+    # the file's long names: on x, x_true, the data and the depth coordinate
+    assert post["x"].attrs["long_name"] == "log10 resistivity"
+    assert idata.constant_data["x_true"].attrs["long_name"] == "log10 resistivity"
+    assert post["depth"].attrs["long_name"] == "depth below surface"
+    assert idata.observed_data["y"].attrs["long_name"] == "apparent potential"
     # ArviZ selects by the file's names
     assert post["x"].sel(depth=DEPTH[4]).shape == (1, 20, 2)
     assert main(["diagnose", str(tmp_path / "post.nc"), "--out", str(tmp_path / "report")]) == 0
@@ -245,3 +259,30 @@ def test_sampling_with_a_problem_that_renames_the_files_axes_is_warned_of(
         assert ("problem 'earth' names x on ('cell',) (the data file: ('depth',))" in text) \
             == warned, text
         assert ("x without units (the data file: in 'log10(ohm m)')" in text) == warned
+
+
+def test_long_names_go_to_the_data_not_to_the_log_likelihood():
+    """``var_attrs`` name ``x``, ``x_true`` and ``y`` in the observed data and the posterior
+    predictive; ``log_likelihood.y``, a log density in nats, keeps its own ``long_name``; the
+    report labels the axes with the long names."""
+    from inference.arviz_io import to_inference_data
+    from inference.report import posterior_figures
+
+    x, y = torch.randn(20, 2, 10), torch.randn(2, 6)
+    idata = to_inference_data(
+        x, None, y, y_rep=torch.randn(20, 2, 6), x_true=torch.randn(2, 10),
+        x_dims=("depth",), coords={"depth": DEPTH.tolist()},
+        units={"x": "log10(ohm m)", "depth": "m"},
+        coord_attrs={"depth": {"long_name": "depth below surface"}},
+        var_attrs={"x": {"long_name": "log10 resistivity"}, "y": {"long_name": "potential"}},
+        log_likelihood=torch.randn(20, 2, 6),
+    )
+    assert idata.posterior["x"].attrs["long_name"] == "log10 resistivity"
+    assert idata.constant_data["x_true"].attrs["long_name"] == "log10 resistivity"
+    for group in ("observed_data", "posterior_predictive"):
+        assert idata[group]["y"].attrs["long_name"] == "potential"
+    assert idata.log_likelihood["y"].attrs["long_name"].startswith("log-likelihood")
+    fig = posterior_figures(idata)["posterior"]
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "log10 resistivity (log10(ohm m))"
+    assert ax.get_ylabel() == "depth (m)"  # a profile against depth: the depth label stays

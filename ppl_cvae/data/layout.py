@@ -11,17 +11,18 @@ units of ``x`` and ``y``, so ArviZ selects by name (``idata.posterior.x.sel(dept
 
 Kept: the event dims of each variable (after its first, the pairs dim), the one-dimensional
 coordinate variable of each event dim (numbers or short strings, at most
-:data:`MAX_COORD_VALUES` values, all finite), and the ``units`` attributes of ``x``, ``y``
-and those coordinates. Left out, each with the generic names of a file without them: a
-variable on an unnamed (phony) dim, a dim name that the posterior file uses for itself
-(:data:`RESERVED_NAMES`), and the dims of ``y`` when one is named like a dim of ``x`` (the
-two could differ in size or coordinates).
+:data:`MAX_COORD_VALUES` values, all finite), and the ``units`` and ``long_name``
+attributes of ``x``, ``y`` and those coordinates (strings of at most 200 characters). Left
+out, each with the generic names of a file without them: a variable on an unnamed (phony)
+dim, a dim name that the posterior file uses for itself (:data:`RESERVED_NAMES`), and the
+dims of ``y`` when one is named like a dim of ``x`` (the two could differ in size or
+coordinates).
 
 References
 ----------
 Eaton et al. (2023), NetCDF Climate and Forecast (CF) Metadata Conventions 1.11, sections 3.1
-(``units``) and 4-5 (coordinate variables); Hoyer and Hamman (2017), xarray: N-D labeled
-arrays and datasets in Python, Journal of Open Research Software 5(1).
+(``units``, ``long_name``) and 4-5 (coordinate variables); Hoyer and Hamman (2017), xarray:
+N-D labeled arrays and datasets in Python, Journal of Open Research Software 5(1).
 """
 
 from __future__ import annotations
@@ -61,19 +62,23 @@ class DataLayout:
         Coordinate values of named event dims (numbers or strings, one per entry of the dim).
     units : mapping of str to str
         ``units`` of ``"x"``, ``"y"`` and of coordinates, by name.
+    long_names : mapping of str to str
+        ``long_name`` (CF: a descriptive name, which xarray's plots put on their axes) of
+        ``"x"``, ``"y"`` and of coordinates, by name.
 
     Raises
     ------
     ConfigError
         If a dim name is not a non-empty str, is reserved (:data:`RESERVED_NAMES`) or appears
         twice within ``x`` or within ``y``; a coordinate is not of a named dim or holds
-        values other than finite numbers and strings; a unit is not a str.
+        values other than finite numbers and strings; a unit or long name is not a str.
     """
 
     x_dims: tuple[str, ...] | None = None
     y_dims: tuple[str, ...] | None = None
     coords: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     units: Mapping[str, str] = field(default_factory=dict)
+    long_names: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for which in ("x_dims", "y_dims"):
@@ -105,10 +110,11 @@ class DataLayout:
                 )
             coords[name] = tuple(values)
         object.__setattr__(self, "coords", coords)
-        units = dict(self.units)
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in units.items()):
-            raise ConfigError(f"data layout: units must map names to str, got {units!r}")
-        object.__setattr__(self, "units", units)
+        for which in ("units", "long_names"):
+            texts = dict(getattr(self, which))
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in texts.items()):
+                raise ConfigError(f"data layout: {which} must map names to str, got {texts!r}")
+            object.__setattr__(self, which, texts)
 
     def check_shapes(self, x_shape: Sequence[int], y_shape: Sequence[int] | None) -> None:
         """Raise ShapeError when the dims or coordinates do not fit ``x_shape`` / ``y_shape``.
@@ -147,11 +153,14 @@ class DataLayout:
             "y_dims": None if self.y_dims is None else list(self.y_dims),
             "coords": {k: list(v) for k, v in self.coords.items()},
             "units": dict(self.units),
+            "long_names": dict(self.long_names),
         }
 
     @classmethod
     def from_record(cls, record: Any) -> DataLayout:
         """Rebuild a layout from :meth:`to_record`'s dict.
+
+        A record written before ``long_names`` existed (no such key) reads as none.
 
         Raises
         ------
@@ -159,20 +168,39 @@ class DataLayout:
             If ``record`` is not such a dict (other keys, wrong types; as the constructor).
         """
         keys = {"x_dims", "y_dims", "coords", "units"}
-        if not isinstance(record, dict) or set(record) != keys:
-            raise ConfigError(f"data layout record must be a dict with keys {sorted(keys)}")
-        if not isinstance(record["coords"], dict) or not isinstance(record["units"], dict):
-            raise ConfigError("data layout record: coords and units must be dicts")
+        if not isinstance(record, dict) or set(record) - {"long_names"} != keys:
+            raise ConfigError(
+                f"data layout record must be a dict with keys {sorted(keys)} (and long_names)"
+            )
+        long_names = record.get("long_names", {})
+        if not all(isinstance(record[k], dict) for k in ("coords", "units")) or not isinstance(
+            long_names, dict
+        ):
+            raise ConfigError("data layout record: coords, units and long_names must be dicts")
         return cls(
             x_dims=None if record["x_dims"] is None else tuple(record["x_dims"]),
             y_dims=None if record["y_dims"] is None else tuple(record["y_dims"]),
             coords=record["coords"],
             units=record["units"],
+            long_names=long_names,
         )
 
+    def variable_attrs(self) -> dict[str, dict[str, str]]:
+        """Return the ``long_name`` attributes of ``"x"`` and ``"y"``, ``{"x": {...}, ...}``."""
+        return {k: {"long_name": v} for k, v in self.long_names.items() if k in ("x", "y")}
+
+    def coordinate_attrs(self) -> dict[str, dict[str, str]]:
+        """Return the ``long_name`` attributes of the coordinates, by coordinate name."""
+        return {k: {"long_name": v} for k, v in self.long_names.items() if k in self.coords}
+
     def describes(self) -> bool:
-        """Return whether the layout says anything beyond generic names (dims or units)."""
-        return self.x_dims is not None or self.y_dims is not None or bool(self.units)
+        """Return whether the layout says anything beyond generic names (dims, units, names)."""
+        return (
+            self.x_dims is not None
+            or self.y_dims is not None
+            or bool(self.units)
+            or bool(self.long_names)
+        )
 
 
 def _is_value(value: Any) -> bool:
@@ -199,7 +227,8 @@ with xr.open_dataset(path, engine=engine, decode_times=False, decode_timedelta=F
         if k not in ds.variables:
             continue
         v = ds[k]
-        found[k] = {"dims": list(map(str, v.dims)), "units": v.attrs.get("units")}
+        found[k] = {"dims": list(map(str, v.dims)), "units": v.attrs.get("units"),
+                    "long_name": v.attrs.get("long_name")}
         for d in v.dims[1:]:
             if d not in ds.coords or ds[d].ndim != 1 or ds[d].size > most:
                 continue
@@ -213,7 +242,8 @@ with xr.open_dataset(path, engine=engine, decode_times=False, decode_timedelta=F
             else:
                 values = None
             if values is not None:
-                coords[str(d)] = {"values": values, "units": ds[d].attrs.get("units")}
+                coords[str(d)] = {"values": values, "units": ds[d].attrs.get("units"),
+                                  "long_name": ds[d].attrs.get("long_name")}
     reply(variables=found, coords=coords)
 """
 
@@ -231,8 +261,8 @@ def read_layout(path: str | Path) -> DataLayout | None:
     Returns
     -------
     DataLayout or None
-        None when the file names nothing beyond generic dims (no named event dim, no units)
-        or is not NetCDF/Zarr. What is left out and why: the module docstring.
+        None when the file names nothing beyond generic dims (no named event dim, no units,
+        no long names) or is not NetCDF/Zarr. What is left out and why: the module docstring.
 
     Raises
     ------
@@ -283,5 +313,11 @@ def _layout_from_reply(reply: Mapping[str, Any]) -> DataLayout | None:
     coords = {d: v for d, v in coords.items() if all(_is_value(t) for t in v)}
     units = {k: u for k in ("x", "y") if (u := _text(variables.get(k, {}).get("units")))}
     units.update({d: u for d, c in found.items() if d in coords and (u := _text(c.get("units")))})
-    layout = DataLayout(x_dims=x_dims, y_dims=y_dims, coords=coords, units=units)
+    names = {k: n for k in ("x", "y") if (n := _text(variables.get(k, {}).get("long_name")))}
+    names.update(
+        {d: n for d, c in found.items() if d in coords and (n := _text(c.get("long_name")))}
+    )
+    layout = DataLayout(
+        x_dims=x_dims, y_dims=y_dims, coords=coords, units=units, long_names=names
+    )
     return layout if layout.describes() else None
