@@ -24,11 +24,12 @@ facies 1 and the panel says so (``P(x = 1)``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from inference.arviz_io import az, summary
 from inference.diagnostics.ppc import run_ppc
@@ -40,7 +41,13 @@ if TYPE_CHECKING:
     import xarray as xr
     from matplotlib.figure import Figure
 
-__all__ = ["derived_variables", "posterior_figures", "predictive_figure", "write_report"]
+__all__ = [
+    "derived_variables",
+    "posterior_figures",
+    "predictive_figure",
+    "truth_columns",
+    "write_report",
+]
 
 _RAY_ENDS = ("source_offset", "source_depth", "receiver_offset", "receiver_depth")
 
@@ -336,6 +343,82 @@ def _latent_draws(idata: az.InferenceData, observation: int) -> np.ndarray | Non
     return z
 
 
+def truth_columns(
+    idata: az.InferenceData, table: pd.DataFrame, var_names: Sequence[str]
+) -> pd.DataFrame:
+    """Return ``table`` with the truth of each row where the file holds one.
+
+    For each variable of ``var_names`` whose truth ``constant_data.<var>_true`` the file holds
+    (a synthetic observation: ``sample --observation`` of a file with ``x``), three columns:
+    ``true`` (the value, units of the variable), ``true_z`` (``(true - mean) / sd``, NaN for
+    ``sd = 0``) and ``true_in_hdi`` (whether the truth lies in the row's HDI, inclusive).
+    Rows of variables without a truth get empty cells.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        The posterior file ``table`` summarises.
+    table : pandas.DataFrame
+        :func:`inference.arviz_io.summary` of ``var_names`` (rows in ArviZ's order: each
+        variable's elements in C order of its dims after ``chain`` and ``draw``; two
+        ``hdi_*`` columns).
+    var_names : sequence of str
+        The variables of ``table``, in its order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with the three columns; ``table`` itself when no variable has a truth.
+
+    Raises
+    ------
+    DataError
+        If the rows of ``table`` do not match the sizes of ``var_names`` in the file.
+
+    Notes
+    -----
+    One observation's elements are correlated, so the fraction of truths inside a 90% HDI
+    scatters around 0.9 far more than a binomial count; calibration over many observations is
+    ``ppl-cvae evaluate``'s (coverage, SBC, TARP).
+    """
+    post = idata["posterior"]
+    constant = idata["constant_data"] if "constant_data" in idata.groups() else None
+    blocks: list[np.ndarray] = []
+    found = False
+    for var in var_names:
+        da = post[var]
+        dims = [str(d) for d in da.dims if d not in ("chain", "draw")]
+        size = int(np.prod([da.sizes[d] for d in dims]))
+        true_name = f"{var}_true"
+        truth = constant[true_name] if constant is not None and true_name in constant else None
+        if truth is not None and sorted(map(str, truth.dims)) == sorted(dims):
+            values = np.asarray(truth.transpose(*dims).values, dtype=float).ravel()
+            found = True
+        else:
+            values = np.full(size, np.nan)
+        blocks.append(values)
+    if not found:
+        return table
+    true = np.concatenate(blocks)
+    if true.size != len(table):
+        raise DataError(
+            f"the summary has {len(table)} rows but {', '.join(var_names)} hold {true.size} "
+            "values in the file"
+        )
+    out = table.copy()
+    low, high = (c for c in out.columns if str(c).startswith("hdi_"))
+    mean, sd = out["mean"].to_numpy(dtype=float), out["sd"].to_numpy(dtype=float)
+    known = np.isfinite(true)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(known & (sd > 0), (true - mean) / sd, np.nan)
+    inside = (out[low].to_numpy(dtype=float) <= true) & (true <= out[high].to_numpy(dtype=float))
+    out["true"] = true
+    out["true_z"] = z
+    out["true_in_hdi"] = pd.array(np.where(known, inside, False), dtype="boolean")
+    out.loc[~known, "true_in_hdi"] = pd.NA
+    return out
+
+
 def write_report(
     idata: az.InferenceData, out_dir: str | os.PathLike[str], *, max_observations: int = 3
 ) -> list[Path]:
@@ -343,7 +426,8 @@ def write_report(
 
     Files: ``summary.csv`` (``az.summary`` of ``x`` and its derived quantities with mean, sd
     and 90% HDI; R-hat and ESS too for draws of several chains:
-    :func:`inference.arviz_io.summary`), ``misfit.csv``
+    :func:`inference.arviz_io.summary`; where the file holds the truth, its value, z-score
+    and whether it lies in the HDI: :func:`truth_columns`), ``misfit.csv``
     (:func:`inference.diagnostics.ppc.run_ppc`: noise-whitened chi-squared per datum when the
     file holds the noise, else RMSE in the units of ``y``, said in its columns), and per
     observation (up to ``max_observations``): ``posterior_obsK.png`` (and ``profile_obsK.png``
@@ -384,6 +468,7 @@ def write_report(
     written: list[Path] = []
     derived = derived_variables(idata)
     table = summary(idata, ("x", *derived), hdi_prob=0.9)
+    table = truth_columns(idata, table, ("x", *derived))
     with atomic_path(out / "summary.csv") as tmp:
         table.to_csv(tmp)
     written.append(out / "summary.csv")

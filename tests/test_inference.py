@@ -109,7 +109,8 @@ def test_report_files(two_birds_cvae, tmp_path):
         "summary.csv" in names and "posterior_obs1.png" in names and "predictive_obs0.png" in names
     )
     header = (tmp_path / "rep" / "summary.csv").read_text().splitlines()[0]
-    assert header == ",mean,sd,hdi_5%,hdi_95%"  # stats only: no R-hat/ESS for independent draws
+    # stats only (no R-hat/ESS for independent draws), then the truth's columns
+    assert header == ",mean,sd,hdi_5%,hdi_95%,true,true_z,true_in_hdi"
 
 
 def test_sampling_errors(two_birds_cvae):

@@ -287,3 +287,42 @@ def test_exact_draws_keep_the_misfit_verdicts_false_alarm_with_few_draws(num_dra
     old = np.abs(values - 1) > 2 * math.sqrt(2 / 40)  # the former range
     if num_draws == 1:
         assert old.mean() > 0.15, old.mean()  # the former rule's false alarms
+
+
+def test_the_report_places_the_truth_in_the_summary_and_says_so(tmp_path, capsys):
+    """``summary.csv`` gets the truth of each element in ArviZ's row order, its z-score and
+    whether it lies in the 90% HDI. Draws ``N(mu_j, 1)`` (4,000 per observation, distinct
+    ``mu_j``) and truths ``mu_j + d_j`` with ``d = 0, 0.5, 3, -5`` repeated: ``true_z`` is
+    ``d_j`` within 4 standard errors of a mean and an sd of 4,000 draws (0.1 at ``|d| = 5``),
+    and only ``|d| >= 3`` lie outside the 90% HDI (+-1.645). ``diagnose`` prints the count."""
+    from ppl_cvae.cli import main
+
+    gen = torch.Generator().manual_seed(0)
+    num_obs, dim, draws = 2, 8, 4000
+    mu = torch.arange(num_obs * dim, dtype=torch.float32).reshape(num_obs, dim) * 10
+    offset = torch.tensor([0.0, 0.5, 3.0, -5.0]).repeat(dim // 4)
+    x = mu + torch.randn(draws, num_obs, dim, generator=gen)
+    idata = to_inference_data(x, None, torch.zeros(num_obs, 3), x_true=mu + offset)
+    table = write_report(idata, tmp_path / "report", max_observations=0)
+    import pandas as pd
+
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv", index_col=0)
+    np.testing.assert_allclose(summary["true"], (mu + offset).reshape(-1).numpy(), rtol=1e-6)
+    z = summary["true_z"].to_numpy()
+    np.testing.assert_allclose(z, offset.repeat(num_obs).numpy(), atol=0.15)
+    inside = summary["true_in_hdi"].to_numpy()
+    assert list(inside) == [bool(abs(d) < 1) for d in offset.repeat(num_obs)]
+    assert len(table) == 2  # summary.csv and misfit.csv
+    save_inference_data(idata, tmp_path / "post.nc")
+    assert main(["diagnose", str(tmp_path / "post.nc"), "--out", str(tmp_path / "r2"),
+                 "--max-observations", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "truth: x inside the 90% HDI at 8 of 16 values (0.500)" in printed
+
+
+def test_a_file_without_truth_has_no_truth_columns(tmp_path):
+    idata = to_inference_data(torch.randn(50, 1, 3), None, torch.zeros(1, 2))
+    write_report(idata, tmp_path, max_observations=0)
+    import pandas as pd
+
+    assert "true" not in pd.read_csv(tmp_path / "summary.csv").columns

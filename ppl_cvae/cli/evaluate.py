@@ -184,7 +184,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     check_posterior(idata, args.posterior, require=(("posterior", "x"), ("observed_data", "y")))
     with atomic_dir(out, overwrite=args.overwrite, command="diagnose") as tmp_dir:
         files = write_report(idata, tmp_dir, max_observations=args.max_observations)
-        verdict = _sampler_verdict(idata) + _misfit_verdict(tmp_dir / "misfit.csv")
+        verdict = (
+            _sampler_verdict(idata)
+            + _truth_lines(tmp_dir / "summary.csv")
+            + _misfit_verdict(tmp_dir / "misfit.csv")
+        )
     print(f"wrote {len(files)} files to {out}")
     for line in verdict:
         print(line)
@@ -208,6 +212,36 @@ def _sampler_verdict(idata: Any) -> list[str]:
         return [f"sampler: WARNING: the correction FAILED, so its draws are not trustworthy "
                 f"whatever their misfit: {summary}"]
     return [f"sampler: {summary}"]
+
+
+def _truth_lines(path: Path) -> list[str]:
+    """Lines saying how the posterior sits around the truth, one per variable that has one.
+
+    From the ``true``, ``true_z`` and ``true_in_hdi`` columns of ``summary.csv``
+    (:func:`inference.report.truth_columns`); nothing when the file holds no truth.
+    """
+    import pandas as pd
+
+    table = pd.read_csv(path, index_col=0)
+    if "true_in_hdi" not in table.columns:
+        return []
+    lines = []
+    names = table.index.astype(str).str.split("[", n=1).str[0]
+    for var in dict.fromkeys(names):
+        rows = table[(names == var) & table["true"].notna()]
+        if rows.empty:
+            continue
+        inside = rows["true_in_hdi"].astype(str).str.lower().eq("true")
+        z = rows["true_z"].abs().dropna()
+        spread = (
+            f"; |z| median {z.median():.2f}, largest {z.max():.2f}" if len(z) else ""
+        )
+        lines.append(
+            f"truth: {var} inside the 90% HDI at {int(inside.sum())} of {len(rows)} values "
+            f"({inside.mean():.3f}){spread} (the values of one observation are correlated: "
+            "calibration over many is ppl-cvae evaluate's)"
+        )
+    return lines
 
 
 def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
