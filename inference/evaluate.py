@@ -18,6 +18,10 @@ The ``calibration`` key of the metrics
 ``coverage``
     :func:`~inference.diagnostics.coverage.coverage_verdict`: observed, expected (with ``S``
     draws), standard error and tolerance of ``coverage_50``/``coverage_90``, and ``failures``.
+``misfit``
+    With a forward operator: :func:`~inference.diagnostics.coverage.misfit_verdict`, the
+    count of observations whose draws misfit their data beyond the noise model against the
+    binomial count a calibrated posterior reaches, and its ``failures``.
 ``sbc``
     :func:`~inference.diagnostics.calibration.run_sbc` (per-component rank tests, the pooled
     test and, with a forward operator, ``statistics["misfit"]``: the rank of the truth's
@@ -66,7 +70,12 @@ from inference.diagnostics.calibration import (
     sbc_ranks,
     tarp_values,
 )
-from inference.diagnostics.coverage import central_coverage, coverage_verdict, run_evaluation
+from inference.diagnostics.coverage import (
+    central_coverage,
+    coverage_verdict,
+    misfit_verdict,
+    run_evaluation,
+)
 from inference.diagnostics.facies import run_facies_evaluation
 from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
@@ -320,6 +329,8 @@ def evaluate_draws(
         x_draws, x, y_obs=y, problem=problem, seed=seed, false_alarm=false_alarm
     )
     calibration["coverage"] = coverage_verdict(metrics, false_alarm)
+    if "misfit_outside" in metrics:
+        calibration["misfit"] = misfit_verdict(metrics, false_alarm)
     bad = ~torch.isfinite(x_draws)
     if bool(bad.any()):  # no verdict on the coverage of such draws: they fail as they are
         observations = bad.reshape(bad.shape[0], bad.shape[1], -1).any(2).any(0)
@@ -337,7 +348,7 @@ def evaluate_draws(
         calibration["notes"].append("non-finite draws: no coverage verdict")
     calibration["passed"] = not any(
         calibration[key]["failures"]
-        for key in ("finite", "coverage", "sbc", "tarp")
+        for key in ("finite", "coverage", "misfit", "sbc", "tarp")
         if key in calibration
     )
     metrics["calibration"] = calibration

@@ -311,3 +311,35 @@ def test_a_noise_covariance_with_a_datum_of_no_variance_is_named():
     with pytest.raises(ConfigError, match="fails at datum 2 .* a covariance needs every"):
         noise.sample((3,), torch.Generator().manual_seed(0))
     assert GaussianNoise((4,), cov=torch.eye(4)).sample((3,)).shape == (3, 4)
+
+
+def test_a_few_observations_whose_draws_miss_their_data_fail_the_misfit_verdict():
+    """Exact posterior draws of 200 held-out pairs pass every verdict, the misfit's too: each
+    observation's mean misfit lies outside its range ``chi2_m / m`` at 4 sd with probability
+    at most 6.3e-5. A fifth of the draws of 3 observations replaced by far-off models (a
+    spurious mode, as a flow's tail gives) leaves the pooled coverage, SBC and TARP passing and
+    the median ``chi2_per_datum`` near 1; the misfit verdict fails and names them (before,
+    ``evaluate`` passed such a fit: the audit's bimodal problem, 14 of 200 observations with
+    draws at impossible values)."""
+    from inference.evaluate import evaluate_draws
+
+    problem = LinearGaussian(x_dim=4, y_dim=40, noise_std=0.5, seed=3)
+    gen = torch.Generator().manual_seed(12)
+    x, y = problem.simulate(200, gen)
+    exact = exact_posterior(problem, y)
+    draws = exact.sample(100, gen)
+    good = evaluate_draws(draws, x, y, x_reference=torch.zeros(4), problem=problem)
+    assert good["calibration"]["passed"], good["calibration"]
+    assert good["misfit_outside"]["count"] == 0
+    assert abs(good["chi2_per_datum_mean"] - 1) < 4 * math.sqrt(2 / 40 / 200)
+    bad_draws = draws.clone()
+    for k in (7, 50, 123):
+        bad_draws[:20, k] = draws[:20, k] + 30 * exact.std  # 20 of 100 draws 30 sd off
+    bad = evaluate_draws(bad_draws, x, y, x_reference=torch.zeros(4), problem=problem)
+    calibration = bad["calibration"]
+    for key in ("coverage", "sbc", "tarp"):
+        assert not calibration[key]["failures"], (key, calibration[key]["failures"])
+    assert abs(bad["chi2_per_datum"] - good["chi2_per_datum"]) < 0.05
+    assert bad["misfit_outside"]["observations"] == [7, 50, 123]
+    assert calibration["misfit"]["failures"] and not calibration["passed"]
+    assert "3 of 200 held-out observations" in calibration["misfit"]["failures"][0]

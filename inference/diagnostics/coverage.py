@@ -30,6 +30,16 @@ Keys of the metrics dictionary
     misfit is the noise's, ``chi2_m / m``); the median over observations sits below 1 by the
     skew of that distribution (measured on exact draws: 0.97 for ``m = 40``, 0.80 for ``m = 4``,
     0.75 for ``m = 2``, whose means were 0.99, 0.93 and 1.02).
+``chi2_per_datum_mean``, ``misfit_outside``
+    With a forward operator: the mean over observations of the same misfit (a few
+    observations whose draws miss their data raise it where the median stays), and
+    ``{"count", "observations", "range", "num_sd", "largest"}``: how many observations (and
+    the first :data:`MISFIT_LISTED` indices) lie outside
+    :func:`~inference.diagnostics.ppc.plausible_chi2_range` of ``m`` data at ``num_sd`` =
+    :data:`MISFIT_NUM_SD` (the range ``chi2_m / m`` of draws concentrated on the truth, the
+    widest a calibrated posterior gives, so each observation falls outside with probability
+    at most ``2 Phi(-4) = 6.3e-5``), and the largest value; :func:`misfit_verdict` judges
+    the count.
 ``exact``
     For a linear-Gaussian problem, against the closed-form posterior: ``mean_error_in_std``
     (median over elements of ``|mean - mean_exact| / std_exact``), ``std_ratio`` (median of
@@ -75,16 +85,27 @@ import torch
 
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import Problem
+from inference.diagnostics.ppc import plausible_chi2_range
 from ppl_cvae.problems.densities import checked_forward, whiten
 
 __all__ = [
     "CURVE_LEVELS",
+    "MISFIT_LISTED",
+    "MISFIT_NUM_SD",
     "central_coverage",
     "check_coverage",
     "coverage_verdict",
     "expected_coverage",
+    "misfit_verdict",
     "run_evaluation",
 ]
+
+MISFIT_NUM_SD = 4.0
+"""Standard deviations of each observation's misfit range in ``misfit_outside`` (the per-
+observation false alarm ``2 Phi(-4) = 6.3e-5``, as ``sample``'s and ``diagnose``'s)."""
+
+MISFIT_LISTED = 20
+"""Most observation indices ``misfit_outside`` lists."""
 
 _VERDICT_LEVELS: tuple[tuple[str, float], ...] = (("coverage_50", 0.5), ("coverage_90", 0.9))
 
@@ -281,8 +302,20 @@ def run_evaluation(
             chi2 = resid.double().pow(2).flatten(start_dim=2).sum(-1) / m  # (S, M)
             resid_mean = whiten(problem, checked_forward(problem, mean.to(x_draws)) - y_obs)
             chi2_mean = resid_mean.double().pow(2).flatten(start_dim=1).sum(-1) / m  # (M,)
-        metrics["chi2_per_datum"] = float(chi2.mean(0).median())
+        per_obs = chi2.mean(0)  # (M,)
+        metrics["chi2_per_datum"] = float(per_obs.median())
         metrics["chi2_per_datum_of_mean"] = float(chi2_mean.median())
+        metrics["chi2_per_datum_mean"] = float(per_obs.mean())
+        low, high = plausible_chi2_range(m, None, MISFIT_NUM_SD)
+        outside = ~((per_obs >= low) & (per_obs <= high))  # NaN counts as outside
+        where = outside.nonzero().flatten().tolist()
+        metrics["misfit_outside"] = {
+            "count": len(where),
+            "observations": where[:MISFIT_LISTED],
+            "range": [low, high],
+            "num_sd": MISFIT_NUM_SD,
+            "largest": float(per_obs.max()),
+        }
     if exact_mean is not None and exact_std is not None:
         e_mean, e_std = exact_mean.double(), exact_std.double()
         lo50, hi50 = _normal_interval(e_mean, e_std, 0.5)
@@ -379,6 +412,73 @@ def coverage_verdict(metrics: Mapping[str, Any], false_alarm: float = 0.01) -> d
         "levels": levels,
         "failures": failures,
         "judged": judged,
+    }
+
+
+def misfit_verdict(metrics: Mapping[str, Any], false_alarm: float = 0.01) -> dict[str, Any]:
+    """Judge how many held-out observations' draws misfit their data beyond the noise model.
+
+    Each observation's mean misfit per datum over its draws lies outside
+    ``metrics["misfit_outside"]["range"]`` with probability at most ``p = 2 Phi(-num_sd)``
+    for a calibrated posterior (:func:`~inference.diagnostics.ppc.plausible_chi2_range`: the
+    widest spread is that of draws concentrated on the truth). The verdict fails when the
+    count of such observations among ``M`` would be reached with probability below
+    ``false_alarm`` by a binomial ``(M, p)``: for ``M`` up to 158 one observation outside
+    fails, up to 2,345 two. A posterior whose draws miss their data on a few observations
+    (a mode dropped, a tail too heavy) fails here while the median ``chi2_per_datum`` stays
+    near 1.
+
+    Parameters
+    ----------
+    metrics : mapping
+        Output of :func:`run_evaluation` with a forward operator (``misfit_outside``,
+        ``num_observations``).
+    false_alarm : float in (0, 1), default 0.01
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``count``, ``num_observations``, ``p_value`` (the binomial probability of
+        at least ``count``), ``false_alarm``, ``failures`` (one message when it failed),
+        ``judged`` (True: one observation outside can fail it whenever ``M p`` is small).
+
+    Raises
+    ------
+    ConfigError
+        If ``false_alarm`` is not in (0, 1).
+
+    Examples
+    --------
+    >>> m = {"num_observations": 200, "misfit_outside": {"count": 14, "observations": [3, 31],
+    ...      "range": [0.0, 6.5], "num_sd": 4.0, "largest": 1036.0}}
+    >>> misfit_verdict(m)["failures"][0].split(" (first")[0]
+    '14 of 200 held-out observations have draws whose mean misfit lies outside [0.000, 6.500] \
+per datum'
+    """
+    from scipy import stats
+
+    if not 0 < false_alarm < 1:
+        raise ConfigError(f"false_alarm must be in (0, 1), got {false_alarm!r}")
+    outside = metrics["misfit_outside"]
+    count, num_obs = int(outside["count"]), int(metrics["num_observations"])
+    p = 2.0 * float(stats.norm.sf(float(outside["num_sd"])))
+    p_value = float(stats.binom.sf(count - 1, num_obs, p)) if count > 0 else 1.0
+    failures = []
+    if p_value < false_alarm:
+        low, high = outside["range"]
+        failures.append(
+            f"{count} of {num_obs} held-out observations have draws whose mean misfit lies "
+            f"outside [{low:.3f}, {high:.3f}] per datum (first {outside['observations'][:5]}, "
+            f"largest {outside['largest']:.3g}): the draws miss those observations' data "
+            f"beyond the noise model (p = {p_value:.2g} for a calibrated posterior)"
+        )
+    return {
+        "count": count,
+        "num_observations": num_obs,
+        "p_value": p_value,
+        "false_alarm": false_alarm,
+        "failures": failures,
+        "judged": True,
     }
 
 

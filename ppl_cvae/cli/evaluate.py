@@ -90,6 +90,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if "chi2_per_datum" in metrics:
         summary += f"; chi2 per datum: {metrics['chi2_per_datum']:.3f}"
+        if "misfit_outside" in metrics:
+            outside = metrics["misfit_outside"]
+            summary += (
+                f" (median; mean {metrics['chi2_per_datum_mean']:.3f}, {outside['count']} "
+                f"observations outside [{outside['range'][0]:.3f}, {outside['range'][1]:.3f}])"
+            )
     if "facies" in metrics:
         facies = metrics["facies"]
         reliability = facies["reliability"]
@@ -112,12 +118,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     verdicts = [
         f"{name} {_verdict_word(calibration[key])}"
         for key, name in (
-            ("finite", "finite draws"), ("coverage", "coverage"), ("sbc", "SBC"), ("tarp", "TARP")
+            ("finite", "finite draws"),
+            ("coverage", "coverage"),
+            ("misfit", "misfit"),
+            ("sbc", "SBC"),
+            ("tarp", "TARP"),
         )
         if key in calibration
     ]
     summary += f"; calibration (false alarm {calibration['false_alarm']:g}): " + ", ".join(verdicts)
     print(f"{summary} ({metrics['num_observations']} held-out pairs); wrote {out}")
+    for key in ("finite", "coverage", "misfit", "sbc", "tarp"):
+        for failure in calibration.get(key, {}).get("failures", [])[:5]:
+            print(f"{key} failed: {failure}")
     for note in calibration["notes"]:
         print(f"note: {note}")
     _warn_not_finite(
