@@ -83,9 +83,9 @@ from typing import Any
 
 import torch
 
+from inference.diagnostics.ppc import plausible_chi2_range
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.problems.base import Problem
-from inference.diagnostics.ppc import plausible_chi2_range
 from ppl_cvae.problems.densities import checked_forward, whiten
 
 __all__ = [
