@@ -305,6 +305,24 @@ def test_resume_refuses_setting_flags(interrupted, capsys, extra, match):
     assert (interrupted / STATE_FILE).is_file()
 
 
+def test_resume_refuses_another_number_of_processes(interrupted, capsys, monkeypatch):
+    """A run fitted by one process is not resumed by two (torchrun's ``WORLD_SIZE``): each
+    rank's share of every minibatch would change. Before, going from 1 to 2 processes failed
+    with "the data stream does not replay as saved" and from 2 to 3 passed in silence. The
+    resume line names the torchrun launch with the same number of processes."""
+    from ppl_cvae.cli.fit import _resume_command
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _fails(["fit", "--resume", str(interrupted)], capsys,
+           "was fitted by 1 process and is resumed by 2")
+    assert _resume_command(interrupted).startswith(
+        f"torchrun --nproc-per-node 2 -m ppl_cvae.cli fit --resume {interrupted}"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _resume_command(interrupted) == f"ppl-cvae fit --resume {interrupted}"
+    assert (interrupted / STATE_FILE).is_file()
+
+
 def test_resume_refuses_a_run_being_fitted_and_warns_of_other_versions(interrupted, capsys,
                                                                        caplog):
     """A second ``--resume`` while one runs is refused (state untouched); a state written by

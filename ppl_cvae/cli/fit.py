@@ -365,6 +365,7 @@ def _resume_args(args: argparse.Namespace) -> Any:
     where = f"training state {str(state.path)!r}"
     workers = args.workers  # 0 unless given: then the recorded number
     _restore_data_source(args, record.pop("data_source", None), where)
+    _check_world_size(record.pop("world_size", None), args.resume, where)
     if workers:
         if not args.stream:
             raise ConfigError(
@@ -415,6 +416,41 @@ def _resume_args(args: argparse.Namespace) -> Any:
         "resuming %s at epoch %d after %d SVI steps", args.resume, state.epoch, state.steps_done
     )
     return state
+
+
+def _check_world_size(recorded: Any, run: str, where: str) -> None:
+    """Refuse to resume with another number of processes than the run was fitted by.
+
+    Each rank's share of every minibatch, and so the continuation, depends on the number of
+    ranks; a state written before the number was recorded (None) is not checked.
+
+    Raises
+    ------
+    CheckpointError
+        If ``recorded`` is neither None nor an int >= 1.
+    ConfigError
+        If the number of processes now (torchrun's ``WORLD_SIZE``, else 1) differs.
+    """
+    from ppl_cvae.errors import CheckpointError
+    from ppl_cvae.train.distributed import launch_world_size
+
+    if recorded is None:
+        return
+    if type(recorded) is not int or recorded < 1:
+        raise CheckpointError(f"{where} records a malformed world_size {recorded!r}")
+    now = launch_world_size()
+    if now != recorded:
+        how = (
+            f"torchrun --nproc-per-node {recorded} -m ppl_cvae.cli fit --resume {run} (or the "
+            f"same multi-machine launch)"
+            if recorded > 1
+            else f"ppl-cvae fit --resume {run}, without torchrun"
+        )
+        raise ConfigError(
+            f"{run!r} was fitted by {recorded} process{'es' if recorded > 1 else ''} and is "
+            f"resumed by {now}: each rank's share of every minibatch would change; continue "
+            f"it with {how}"
+        )
 
 
 def _data_source_record(args: argparse.Namespace, lazy: bool) -> dict[str, Any] | None:
@@ -623,6 +659,9 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
     data_source = _data_source_record(args, lazy_pairs is not None)
     if data_source is not None:  # --resume restores the flags of the stream or the file
         record["data_source"] = data_source
+    from ppl_cvae.train.distributed import launch_world_size
+
+    record["world_size"] = launch_world_size()  # --resume needs as many processes
     policy = _checkpoint_policy(args, out, record)
     marker = out / MARKER  # a previous run's marker, put back if this fit leaves no state
     previous_marker = marker.read_bytes() if marker.is_file() else None
@@ -665,7 +704,7 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
             if (out / STATE_FILE).is_file() and not diverged:  # keep what it trained
                 err.args = (
                     f"{err}; the progress saved before the error is kept in {out}: fix the "
-                    f"cause and continue with: ppl-cvae fit --resume {out}",
+                    f"cause and continue with: {_resume_command(out)}",
                     *err.args[1:],
                 )
             else:  # failed before its first save, or diverged: nothing to continue
@@ -678,11 +717,25 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
             if how is not None and state is None:
                 discard_run_state(out, how, previous_marker)
             raise
-        print(f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {out}", file=sys.stderr)
+        if launch_rank() == 0:  # one line, not one per rank
+            print(f"ppl-cvae: interrupted; continue with: {_resume_command(out)}", file=sys.stderr)
         return 130
     if done is not None:
         _print_fit_summary(*done, out, model_config)
     return 0
+
+
+def _resume_command(out: Path) -> str:
+    """Return the command that continues ``out``: under torchrun, with as many processes."""
+    from ppl_cvae.train.distributed import launch_world_size
+
+    world = launch_world_size()
+    if world > 1:
+        return (
+            f"torchrun --nproc-per-node {world} -m ppl_cvae.cli fit --resume {out} (the same "
+            f"{world} processes; across machines, the same torchrun launch as this run's)"
+        )
+    return f"ppl-cvae fit --resume {out}"
 
 
 def _write_run(
