@@ -633,3 +633,35 @@ def test_cli_resumes_stream_and_lazy_runs(tmp_path, monkeypatch, capsys, kind):
     b, _ = load_checkpoint(run)
     assert _same_weights(a, b)
     assert _metrics(run) == _metrics(reference)
+
+
+def test_an_in_memory_run_resumes_in_memory_when_memory_is_short(tmp_path, monkeypatch,
+                                                                 capsys, caplog):
+    """A fit of a ``.nc`` read into memory, stopped after a save, resumes to the
+    uninterrupted run's weights even when the file now counts as larger than half the free
+    memory: the state records the in-memory reading. Before, the resume read the file lazily
+    and was refused, "written for other training data (the data digest differs)"."""
+    import numpy as np
+    import xarray as xr
+
+    import ppl_cvae.cli.fit as fit_cli
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 3)).astype(np.float32)
+    y = (x @ rng.standard_normal((3, 2))).astype(np.float32)
+    data = tmp_path / "pairs.nc"
+    xr.Dataset({"x": (("s", "a"), x), "y": (("s", "b"), y)}).to_netcdf(data, engine="h5netcdf")
+    fit = ["fit", "--data", str(data), "--epochs", "3", "--batch-size", "40", "--hidden-dims",
+           "8", "--latent-dim", "2", "--quiet", "--threads", "1"]
+    assert main([*fit, "--out", str(tmp_path / "reference")]) == 0
+    _fail_svi_step(monkeypatch, 6, KeyboardInterrupt)
+    try:
+        assert main([*fit, "--out", str(tmp_path / "run"), "--checkpoint-every", "2"]) == 130
+    finally:
+        monkeypatch.undo()
+    monkeypatch.setattr(fit_cli, "LAZY_MEMORY_FRACTION", 1e-12)
+    assert main(["fit", "--resume", str(tmp_path / "run"), "--quiet", "--threads", "1"]) == 0
+    assert "reading it into memory all the same" in caplog.text
+    a, _ = load_checkpoint(tmp_path / "reference")
+    b, _ = load_checkpoint(tmp_path / "run")
+    assert _same_weights(a, b)

@@ -139,6 +139,8 @@ def _apply_run_file(args: argparse.Namespace) -> dict[str, Any] | None:
                 setattr(args, key, dataset.get(key))
         if args.dataset_path is None:
             args.dataset_path = dataset.get("path")
+    if run.data_source is not None:
+        _apply_recorded_source(args, run.data_source, f"run file {args.config!r}")
     if args.decoder is None:
         args.decoder = run.decoder or "auto"
     args.unconditional = bool(args.unconditional or run.unconditional)
@@ -225,18 +227,15 @@ def _training_pairs(
     return None, None, problem
 
 
-def _check_data_digest(
-    args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor | None
-) -> str:
-    """Return the digest of the pairs of ``--data``; refuse other pairs than a run file's.
+def _check_data_digest(args: argparse.Namespace, digest: str) -> str:
+    """Return ``digest`` (of the pairs of ``--data``); refuse other pairs than a run file's.
 
     A run file's ``data`` path is read from the current folder: run elsewhere, it can name
     another file. When the path came from the run file (no ``--data`` flag) and the file
-    recorded the digest of its pairs, the two must agree.
+    recorded the digest of its pairs, the two must agree, whether the file is read into
+    memory (:func:`~ppl_cvae.train.resume.data_digest`) or lazily
+    (:meth:`~ppl_cvae.data.lazy.LazyPairs.digest`, the same value).
     """
-    from ppl_cvae.train.resume import data_digest
-
-    digest = data_digest(x, y)
     recorded = args.run_file.data_digest
     if getattr(args, "data_from_run_file", False) and recorded not in (None, digest):
         where = f"run file {args.config!r}" if args.config else f"run {args.resume!r}"
@@ -294,7 +293,8 @@ def _reads_lazily(args: argparse.Namespace) -> bool:
 
     Always for a folder of ``x.npy``/``y.npy`` and a ``.zarr`` store (no other reader takes
     them); with ``--lazy``; and for a ``.nc`` larger than :data:`LAZY_MEMORY_FRACTION` of the
-    available memory.
+    available memory, unless the run it resumes or repeats read the file into memory
+    (``args.in_memory``, from the training state or the run file's ``data_source``).
     """
     from ppl_cvae._memory import available_memory
     from ppl_cvae.data.lazy import is_lazy_source
@@ -308,6 +308,14 @@ def _reads_lazily(args: argparse.Namespace) -> bool:
         return True
     if path.suffix.lower() == ".nc" and path.is_file():
         if path.stat().st_size > LAZY_MEMORY_FRACTION * available_memory():
+            if getattr(args, "in_memory", False):
+                log.warning(
+                    "%s is larger than half the available memory; reading it into memory all "
+                    "the same, as the run it continues or repeats did (read lazily, its "
+                    "minibatches and weights would differ)",
+                    path,
+                )
+                return False
             log.warning("%s is larger than half the available memory: reading it lazily", path)
             return True
     return False
@@ -364,7 +372,10 @@ def _resume_args(args: argparse.Namespace) -> Any:
     record = state.record
     where = f"training state {str(state.path)!r}"
     workers = args.workers  # 0 unless given: then the recorded number
-    _restore_data_source(args, record.pop("data_source", None), where)
+    source = record.pop("data_source", None)
+    if source is None and record.get("data"):  # a state written before {"memory": {}}
+        source = {"memory": {}}
+    _restore_data_source(args, source, where)
     _check_world_size(record.pop("world_size", None), args.resume, where)
     if workers:
         if not args.stream:
@@ -453,8 +464,43 @@ def _check_world_size(recorded: Any, run: str, where: str) -> None:
         )
 
 
+def _apply_recorded_source(args: argparse.Namespace, source: Any, where: str) -> None:
+    """Read the training data as a run file recorded, where the flags say nothing else.
+
+    ``{"memory": {}}``: a ``.nc`` is read into memory even when it is large (the automatic
+    lazy reading would give other minibatches); ``{"lazy": ...}``: read lazily with the
+    recorded chunk sizes; ``{"stream": ...}``: ``--stream`` with the recorded workers. The
+    file's reading mode applies only to its own ``data`` (not to another ``--data``).
+
+    Raises
+    ------
+    ConfigError
+        If ``source`` is malformed.
+    """
+    recorded = argparse.Namespace(
+        stream=False, workers=0, lazy=False, chunk_mb=None, buffer_chunks=None, in_memory=False
+    )
+    _restore_data_source(recorded, source, where, error=ConfigError)
+    if recorded.stream and not (args.data or args.dataset):
+        args.stream = True
+        args.workers = args.workers or recorded.workers
+    if not args.data_from_run_file:
+        return
+    if recorded.lazy and not args.lazy:
+        args.lazy = True
+    if args.lazy and recorded.lazy:
+        if args.chunk_mb is None:
+            args.chunk_mb = recorded.chunk_mb
+        if args.buffer_chunks is None:
+            args.buffer_chunks = recorded.buffer_chunks
+    args.in_memory = recorded.in_memory and not args.lazy
+
+
 def _data_source_record(args: argparse.Namespace, lazy: bool) -> dict[str, Any] | None:
-    """Return how a ``--stream`` or lazily read fit takes its minibatches (for its state)."""
+    """Return how the fit takes its minibatches: a stream, a file read lazily or in memory.
+
+    None for pairs simulated in memory from a problem and for image datasets.
+    """
     if args.stream:
         return {"stream": {"workers": args.workers}}
     if lazy:
@@ -465,17 +511,24 @@ def _data_source_record(args: argparse.Namespace, lazy: bool) -> dict[str, Any] 
                 "buffer_chunks": args.buffer_chunks,
             }
         }
+    if args.data:  # read into memory
+        return {"memory": {}}
     return None
 
 
-def _restore_data_source(args: argparse.Namespace, source: Any, where: str) -> None:
-    """Set ``--stream/--workers`` or ``--lazy/--chunk-mb/--buffer-chunks`` as a state recorded.
+def _restore_data_source(
+    args: argparse.Namespace, source: Any, where: str, error: type[Exception] | None = None
+) -> None:
+    """Set ``--stream/--workers``, ``--lazy/--chunk-mb/--buffer-chunks`` or ``args.in_memory``.
+
+    As a state (or, with ``error=ConfigError``, a run file) recorded.
 
     Raises
     ------
     CheckpointError
         If ``source`` is not None nor ``{"stream": {"workers": K}}`` nor ``{"lazy":
-        {"lazy": bool, "chunk_mb": MiB, "buffer_chunks": C}}``.
+        {"lazy": bool, "chunk_mb": MiB, "buffer_chunks": C}}`` nor ``{"memory": {}}``
+        (``error`` instead when given).
     """
     from ppl_cvae.errors import CheckpointError
 
@@ -483,6 +536,10 @@ def _restore_data_source(args: argparse.Namespace, source: Any, where: str) -> N
         return
     stream = source.get("stream") if isinstance(source, dict) and len(source) == 1 else None
     lazy = source.get("lazy") if isinstance(source, dict) and len(source) == 1 else None
+    if isinstance(source, dict) and source == {"memory": {}}:
+        # read into memory: so is its continuation, whatever the free memory now
+        args.in_memory = True
+        return
     if isinstance(stream, dict) and set(stream) == {"workers"}:
         workers = stream["workers"]
         if type(workers) is int and 0 <= workers <= 1024:
@@ -501,7 +558,7 @@ def _restore_data_source(args: argparse.Namespace, source: Any, where: str) -> N
             # the run was read lazily: so is its continuation, whatever the free memory now
             args.lazy, args.chunk_mb, args.buffer_chunks = True, float(mib), chunks
             return
-    raise CheckpointError(f"{where} records a malformed data_source {source!r}")
+    raise (error or CheckpointError)(f"{where} records a malformed data_source {source!r}")
 
 
 def _checkpoint_policy(args: argparse.Namespace, out: Path, record: dict[str, Any]) -> Any:
@@ -585,17 +642,27 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
         raise ConfigError(f"--chunk-mb must be positive, got {args.chunk_mb}")
     lazy_pairs = None
     if _reads_lazily(args):
-        from ppl_cvae.data.lazy import open_lazy_pairs
+        from ppl_cvae.data.lazy import chunk_rows_for, open_lazy_pairs
         from ppl_cvae.train.settings import DataSource
 
         lazy_pairs = open_lazy_pairs(args.data)
         x, y = None, None
+        try:
+            chunk_rows = chunk_rows_for(lazy_pairs, int(args.chunk_mb * 2**20))
+            args.data_digest = _check_data_digest(args, lazy_pairs.digest(chunk_rows))
+        except BaseException:
+            lazy_pairs.close()
+            raise
         source: Any = DataSource(
             lazy_pairs.x_shape, lazy_pairs.y_shape, lazy_pairs.num_pairs, lazy=True
         )
     else:
         x, y, source = _training_pairs(args, problem)
-    args.data_digest = _check_data_digest(args, x, y) if args.data and x is not None else None
+        args.data_digest = None
+        if args.data and x is not None:
+            from ppl_cvae.train.resume import data_digest
+
+            args.data_digest = _check_data_digest(args, data_digest(x, y))
     overrides = args.run_file.overrides.updated(_flag_overrides(args))
     if args.unconditional and (problem is None or x is not None):
         raise ConfigError(
@@ -655,10 +722,9 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
         gen = torch.Generator().manual_seed(train_config.seed + 1)
         x, y = simulate(train_config.num_train, gen)
     check_model_memory(model_config)
+    # how the minibatches are made: --resume and fit --config read the data the same way
+    args.data_source = _data_source_record(args, lazy_pairs is not None)
     record = _run_doc(args, problem, problem_ref, model_config, train_config)
-    data_source = _data_source_record(args, lazy_pairs is not None)
-    if data_source is not None:  # --resume restores the flags of the stream or the file
-        record["data_source"] = data_source
     from ppl_cvae.train.distributed import launch_world_size
 
     record["world_size"] = launch_world_size()  # --resume needs as many processes
@@ -1030,9 +1096,10 @@ def _run_doc(
 ) -> dict[str, Any]:
     """Return the run file of this fit (``config.json``; also the record of its checkpoints).
 
-    ``args.data_digest`` (of the pairs of ``--data`` read into memory,
+    ``args.data_digest`` (of the pairs of ``--data``, read into memory or lazily,
     :func:`_check_data_digest`) is recorded when set, so that ``fit --config`` can tell
-    another file at the same path.
+    another file at the same path, and ``args.data_source`` (:func:`_data_source_record`:
+    how the minibatches were made), so that it reads the data the same way.
     """
     dataset = None
     if args.dataset:
@@ -1055,6 +1122,8 @@ def _run_doc(
     }
     if getattr(args, "data_digest", None) is not None:
         doc["data_digest"] = args.data_digest
+    if getattr(args, "data_source", None) is not None:
+        doc["data_source"] = args.data_source
     _, not_finite = finite_or_null(doc)
     if not_finite:  # config.json is strict JSON, and a null would not repeat the run
         raise ConfigError(

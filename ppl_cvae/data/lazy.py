@@ -33,6 +33,7 @@ that a fit needs before training (moments, the validation rows and the whitening
 from __future__ import annotations
 
 import abc
+import hashlib
 import importlib.util
 import math
 import os
@@ -271,6 +272,36 @@ class LazyPairs(abc.ABC):
                     f"{type(err).__name__}: {err}"
                 ) from err
         return out[0], out[1]
+
+    def digest(self, chunk_rows: int) -> str:
+        """Return the SHA-256 of every pair, equal to ``data_digest(x, y)`` of the file in memory.
+
+        :func:`~ppl_cvae.train.resume.data_digest` hashes ``x`` (dtype, shape, bytes) and then
+        ``y``; here each variable is read alone in chunks of ``chunk_rows`` rows and cast to
+        float32 as :meth:`read` does, so the digest costs one more pass over the file and no
+        more memory than a chunk.
+
+        Raises
+        ------
+        DataError
+            As :meth:`read`.
+        """
+        digest = hashlib.sha256()
+        for name, shape in (("x", self.x_shape), ("y", self.y_shape)):
+            digest.update(f"{np.dtype(np.float32)}{(self.num_pairs, *shape)};".encode())
+            for start in range(0, self.num_pairs, max(1, int(chunk_rows))):
+                rows = slice(start, min(start + max(1, int(chunk_rows)), self.num_pairs))
+                what = f"rows {rows.start}:{rows.stop}"
+                try:
+                    raw = self._read_raw(name, rows)
+                except (OSError, ValueError, KeyError, RuntimeError) as err:
+                    raise DataError(
+                        f"cannot read {what} of {name} in {str(self.path)!r}: "
+                        f"{type(err).__name__}: {err}"
+                    ) from err
+                values = _to_float32(f"{name} ({what})", raw, self.path, first_row=start)
+                digest.update(values.numpy().reshape(-1).view(np.uint8).data)
+        return digest.hexdigest()
 
     def _checked(self, rows: slice | np.ndarray, what: str) -> Batch:
         raw = self._read_both(rows, what)

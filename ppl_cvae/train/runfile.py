@@ -66,6 +66,7 @@ _KEYS = (
     "device",
     "distributed",
     "data_digest",
+    "data_source",
 )
 _DATASET_KEYS = ("name", "condition", "path", "image_size", "classes")
 
@@ -96,8 +97,14 @@ class RunFile:
     data_digest : str or None
         SHA-256 (hex) of the pairs of ``data`` a run was fitted on
         (:func:`~ppl_cvae.train.resume.data_digest` of the file's ``x`` and ``y``, recorded by
-        ``fit --data`` for a file read into memory): ``fit --config`` refuses a file at that
+        ``fit --data``, read into memory or lazily): ``fit --config`` refuses a file at that
         path whose pairs differ.
+    data_source : dict or None
+        How the run read its training pairs, one key: ``{"memory": {}}`` (``--data`` read
+        into memory), ``{"lazy": {"lazy", "chunk_mb", "buffer_chunks"}}`` (read in chunks) or
+        ``{"stream": {"workers": K}}`` (``--stream``). ``fit --config`` reads the same way
+        unless flags say otherwise: the minibatches, and so the weights, depend on it.
+        Checked when applied.
     """
 
     overrides: Overrides
@@ -109,6 +116,7 @@ class RunFile:
     x_shape: tuple[int, ...] | None = None
     y_shape: tuple[int, ...] | None = None
     data_digest: str | None = None
+    data_source: dict[str, Any] | None = None
 
 
 def _table(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -183,6 +191,16 @@ def _digest(value: Any, where: str) -> str | None:
     ):
         raise ConfigError(f"{where}: data_digest must be 64 lowercase hex digits (SHA-256)")
     return value
+
+
+def _source(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, Mapping) and len(value) == 1):
+        raise ConfigError(
+            f"{where}: data_source must be a table with one of the keys memory, lazy, stream"
+        )
+    return dict(value)
 
 
 def read_run_file(path: str | os.PathLike[str]) -> RunFile:
@@ -285,4 +303,5 @@ def run_file_from_dict(doc: Any, where: str) -> RunFile:
         x_shape=x_shape,
         y_shape=y_shape,
         data_digest=_digest(doc.get("data_digest"), where),
+        data_source=_source(doc.get("data_source"), where),
     )
