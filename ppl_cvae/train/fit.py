@@ -148,7 +148,8 @@ def build_cvae(
         are then a subset that fits the basis coefficients and the whitener.
     training_x_range : (Tensor, Tensor), optional
         Elementwise minimum and maximum of all training ``x`` (shape x_shape each) when ``x``
-        is a subset (as with ``standardisers``); default: those of ``x``. Recorded only
+        is a subset (as with ``standardisers``); default: those of the ``x`` of ``fit_rows``
+        (the training pairs, as for a lazily read file). Recorded only
         without a ``problem`` (:attr:`CVAE.training_x_range
         <ppl_cvae.models.cvae.CVAE.training_x_range>`): a model fitted on pairs alone knows
         its prior only through them, and sampling reports draws that leave their range.
@@ -261,7 +262,8 @@ def build_cvae(
     if box is not None:
         cvae.set_x_box(*box)
     if problem is None and x.shape[0]:
-        low, high = training_x_range or (x.amin(0), x.amax(0))
+        # of the pairs that fit the standardisers: a lazily read file's range is too
+        low, high = training_x_range or (x_rows.amin(0), x_rows.amax(0))
         if bool((low.isfinite() & high.isfinite()).all()):  # bad values are refused elsewhere
             cvae.set_training_x_range(low, high)
     cvae.fit_basis_coefficients(x_rows)
