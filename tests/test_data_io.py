@@ -466,6 +466,11 @@ def test_netcdf_pairs_dim_not_first_gets_the_transpose(tmp_path):
         load_pairs(path)
     with pytest.raises(ShapeError, match=match):
         open_lazy_pairs(path)
+    from ppl_cvae.data.io import check_pairs_dim
+
+    # a Zarr store is told to write a Zarr store (before: to_netcdf)
+    with pytest.raises(ShapeError, match=r"\.to_zarr\(\.\.\.\)"):
+        check_pairs_dim(tmp_path / "t.zarr", ("param", "sample"), ("sample", "datum"))
 
 
 def test_a_folder_of_npy_reads_as_its_npz(tmp_path):

@@ -543,11 +543,12 @@ def check_pairs_dim(path: Path, x_dims: Sequence[str], y_dims: Sequence[str]) ->
     if x_dims and y_dims and x_dims[0] == y_dims[0]:
         return
     shared = [d for d in x_dims if d in y_dims and not d.startswith("phony_dim")]
+    writer = "to_zarr(...)" if path.suffix.lower() == ".zarr" else "to_netcdf(...)"
     if len(shared) == 1:
         raise ShapeError(
             f"x and y in {str(path)!r} share the dimension {shared[0]!r} (the pairs), but it is "
             f"not their first (x {tuple(x_dims)}, y {tuple(y_dims)}); put it first, e.g. "
-            f"ds.transpose({shared[0]!r}, ...).to_netcdf(...)"
+            f"ds.transpose({shared[0]!r}, ...).{writer}"
         )
 
 
