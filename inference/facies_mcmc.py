@@ -1070,7 +1070,8 @@ def sample_facies_mcmc(
         Truths for ``constant_data``.
     seed : int, optional
         Seed of the amortized draws (``derived_seed(seed, m)`` for observation ``m``) and of the
-        chains (0 when None), in ``[0, 2**32 - 1]``.
+        chains (chain ``c`` of observation ``m``: ``derived_seed(seed, m * chains + c)``; 0
+        when None), in ``[0, 2**32 - 1]``.
     attrs : mapping, optional
         Run attributes.
 

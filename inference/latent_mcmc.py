@@ -672,8 +672,9 @@ def generative_prior_posterior(
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
     seed : int, optional
-        Seed of the amortized draws and the chains, recorded as the ``seed`` attribute (-1
-        when None).
+        Seed of the amortized draws (``derived_seed(seed, m)`` for observation ``m``) and the
+        chains (chain ``c`` of observation ``m``: ``derived_seed(seed, m * chains + c)``),
+        recorded as the ``seed`` attribute (-1 when None).
     attrs : mapping, optional
         Run attributes; the method's override them.
 
@@ -742,7 +743,7 @@ def generative_prior_posterior(
                 num_samples=per_chain,
                 warmup_steps=warmup_steps,
                 num_chains=chains,
-                seed=base_seed,
+                seed=derived_seed(base_seed, m * chains),  # no stream shared across the file
             )
         )
     idata = generative_prior_file(
@@ -877,7 +878,8 @@ def sample_latent_nuts(
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
     seed : int, optional
-        Seed of the amortized draws and of the chains (0 when None).
+        Seed of the amortized draws and of the chains (0 when None; per observation as in
+        :func:`generative_prior_posterior`).
     attrs : mapping, optional
         Run attributes.
 

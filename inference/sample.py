@@ -44,7 +44,14 @@ from inference.training_range import (
 from ppl_cvae._atomic import atomic_path, check_interrupted
 from ppl_cvae._memory import check_memory, format_bytes
 from ppl_cvae._version import __version__
-from ppl_cvae.checks import as_count, as_real_tensor, as_seed, check_problem_matches, shape_text
+from ppl_cvae.checks import (
+    as_count,
+    as_real_tensor,
+    as_seed,
+    check_problem_matches,
+    derived_seed,
+    shape_text,
+)
 from ppl_cvae.data.layout import DataLayout
 from ppl_cvae.errors import (
     ConfigError,
@@ -1142,6 +1149,10 @@ def sample_corrected(
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
     seed : int, optional
+        Seed of the draws, in ``[0, 2**32 - 1]`` (None: 0 for the chains). NUTS: observation
+        ``m`` starts from amortized draws seeded ``derived_seed(seed, m)`` and runs chain ``c``
+        with ``derived_seed(seed, m * chains + c)``, so no two chains of a file share a
+        random stream (two equal observations get independent chains).
     attrs : mapping, optional
         Run attributes; ``model_config`` (the CVAE's configuration as JSON, its ``x_bounds``
         among it) is added, as :func:`sample_posterior` does.
@@ -1362,9 +1373,17 @@ def sample_corrected(
     # the chains' start and preconditioner: many cheap amortized draws per observation
     num_start = preconditioner_draws(cvae.config.x_dim, chains)
     results = []
+    base_seed = 0 if seed is None else seed
     for m in range(y_batch.shape[0]):
+        # observation m: its own starts, and chains seeded base + m * chains + c, so that no
+        # two chains of the file share a stream (two equal observations get independent draws)
         start = draw_posterior(  # inside the prior's support: a chain starts where p(x) > 0
-            cvae, y_batch[m : m + 1], num_start, problem=problem, seed=seed, predictive=False
+            cvae,
+            y_batch[m : m + 1],
+            num_start,
+            problem=problem,
+            seed=derived_seed(base_seed, m),
+            predictive=False,
         ).x[:, 0]
         results.append(
             nuts_sample(
@@ -1374,7 +1393,7 @@ def sample_corrected(
                 num_samples=per_chain,
                 warmup_steps=correction.warmup_steps,
                 num_chains=chains,
-                seed=0 if seed is None else seed,
+                seed=derived_seed(base_seed, m * chains),
                 adapt_mass_matrix=correction.adapt_mass_matrix,
                 num_cores=correction.cores,
                 jit_compile=correction.jit_compile,

@@ -225,8 +225,9 @@ def test_sample_corrected_facies_mcmc_file_matches_the_enumerated_posteriors(mon
         assert torch.equal(y_m, y[m])
         assert len(init) == preconditioner_draws(1, 4)
         assert torch.equal(init, draw_posterior(cvae, y[m : m + 1], len(init), seed=5 + m).x[:, 0])
+        # chains seeded 5 + m * 4 + c: no stream shared with the other observation's
         assert kwargs == {"num_samples": 500, "warmup_steps": 50, "num_chains": 4,
-                          "flips_per_step": 1, "temperatures": 8, "seed": 5}
+                          "flips_per_step": 1, "temperatures": 8, "seed": 5 + 4 * m}
     post = idata["posterior"]
     assert (post.sizes["chain"], post.sizes["draw"], post.sizes["observation"]) == (4, 500, 2)
     assert post["z"].shape[-1] == 1
