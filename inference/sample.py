@@ -1346,8 +1346,11 @@ def sample_corrected(
         if failed:
             summary += (
                 f"; FAILED for {failed} of {len(eff)} observation(s) (k-hat > {KHAT_THRESHOLD}):"
-                " the amortized posterior does not cover the exact one there, so these draws "
-                f"are not trustworthy; {_importance_remedy(problem, x[:1, :1])}"
+                " the importance weights have a heavy tail there (the amortized proposal's tails"
+                " are lighter than the posterior's somewhere), so the resampled draws may miss"
+                " posterior mass the proposal seldom reaches, whatever the sample efficiency"
+                " (Vehtari et al. 2024: estimates from such weights are unreliable); "
+                f"{_importance_remedy(problem, x[:1, :1])}"
             )
         return idata, summary, failed == 0
     if correction.method != "nuts":
