@@ -136,3 +136,51 @@ def test_image_folder_with_classes(tmp_path):
         load_image_folder(tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         load_image_folder(tmp_path / "nope")
+
+
+def test_image_folder_odd_files(tmp_path, caplog):
+    """The audit's image folders: a 16-bit PNG keeps its grey levels (before, Pillow's "L"
+    conversion clipped them to 0 or 1); hidden files (``._0.png``) are left out; an image
+    beside the class sub-folders is warned of; a FIFO is refused by name (before, the fit
+    hung opening it); a decompression bomb is a DataError (before, a traceback); an empty
+    class folder and a link to another class's folder are refused."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from ppl_cvae.data.datasets import load_image_folder
+    from ppl_cvae.errors import DataError
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((8, 8), 100, dtype=np.uint8)).save(tmp_path / name / "0.png")
+    deep = np.full((8, 8), 30 * 257, dtype=np.uint16)  # 30/255 of full scale, in 16 bits
+    Image.fromarray(deep).save(tmp_path / "b" / "1.png")
+    (tmp_path / "a" / "._0.png").write_bytes(b"AppleDouble, not an image")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "loose.png")
+    x, labels, classes = load_image_folder(tmp_path, size=(4, 4))
+    assert classes == ["a", "b"] and labels.tolist() == [0, 1, 1]
+    assert torch.allclose(x[2], torch.full((4, 4), 30 / 255), atol=1e-5)
+    assert "1 image(s) directly in" in caplog.text and "left out" in caplog.text
+    rgb, _, _ = load_image_folder(tmp_path, size=(4, 4), grayscale=False)
+    assert torch.allclose(rgb[2], torch.full((3, 4, 4), 30 / 255), atol=1e-5)
+    os.mkfifo(tmp_path / "a" / "zz.png")
+    with pytest.raises(DataError, match="is not a regular file"):
+        load_image_folder(tmp_path, size=(4, 4))
+    (tmp_path / "a" / "zz.png").unlink()
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataError, match="holds no .* images: a class without images"):
+        load_image_folder(tmp_path, size=(4, 4))
+    (tmp_path / "c").rmdir()
+    (tmp_path / "d").symlink_to(tmp_path / "a", target_is_directory=True)
+    with pytest.raises(DataError, match=r"\['a', 'd'\] .* are the same folder"):
+        load_image_folder(tmp_path, size=(4, 4))
+    (tmp_path / "d").unlink()
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 10  # 8 x 8 = 64 pixels is more than twice the limit: a "bomb"
+    try:
+        with pytest.raises(DataError, match="cannot read image .*decompression bomb"):
+            load_image_folder(tmp_path, size=(4, 4))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit

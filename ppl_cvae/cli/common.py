@@ -140,6 +140,12 @@ def _check_simulation_memory(problem: Any, num: int, flag: str) -> None:
     )
 
 
+def _names_functions(args: argparse.Namespace) -> bool:
+    """Return whether ``--functions`` or ``--problem-arg functions=...`` was given."""
+    given = [item.partition("=")[0] for item in getattr(args, "problem_arg", None) or []]
+    return bool(getattr(args, "functions", None)) or "functions" in given
+
+
 def _load_run(args: argparse.Namespace) -> tuple[Any, Any]:
     """Load the run's model and its problem (``--problem`` overrides the stored one).
 
@@ -151,6 +157,19 @@ def _load_run(args: argparse.Namespace) -> tuple[Any, Any]:
     from ppl_cvae.train import load_checkpoint
 
     problem = reference = None
+    if getattr(args, "problem", None) == "two_birds" and not _names_functions(args):
+        # the default pair (data_1) is not the run's when it was fitted on a data file or on
+        # the other pair: take the run's, or ask
+        _, stored = load_checkpoint(args.run_dir)
+        spec = stored.get("problem_spec")
+        functions = spec.get("functions") if isinstance(spec, dict) else None
+        if spec is None or not isinstance(functions, str):
+            raise ConfigError(
+                f"--problem two_birds needs --functions data_1 or original: run "
+                f"{args.run_dir!r} does not record a Two Birds function pair (fitted on a data "
+                "file, or on another problem)"
+            )
+        args.functions = functions
     if getattr(args, "problem", None):
         problem, reference = _problem_from_args(args)
     cvae, meta = load_checkpoint(args.run_dir, problem=problem)

@@ -296,29 +296,25 @@ def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
 
 # --------------------------------------------------------------------------- score
 def cmd_score(args: argparse.Namespace) -> int:
-    """Score a Two Birds posterior file with the challenge's criteria."""
-    from inference.arviz_io import check_posterior, load_inference_data
+    """Score a Two Birds posterior file (or a challenge submission) by the challenge's criteria."""
     from ppl_cvae.data.io import WRITTEN_BY_KEY
     from ppl_cvae.problems.two_birds import FUNCTION_PAIRS, score_samples
 
+    inputs = [args.posterior]
     if args.out:
-        _check_new_file(Path(args.out), args.overwrite, [args.posterior], ".json", "score")
-    idata = load_inference_data(args.posterior)
-    check_posterior(idata, args.posterior, require=(("posterior", "x"), ("observed_data", "y")))
-    functions = args.functions
-    if functions is None:
-        spec: Any = idata.attrs.get("problem")  # str, dict or None (TypeError below)
-        try:
-            spec = json.loads(spec) if isinstance(spec, str) else spec
-            functions = spec["functions"]
-        except (TypeError, KeyError, json.JSONDecodeError) as err:
-            raise DataError(
-                f"{args.posterior!r} does not record its Two Birds functions; pass --functions"
-            ) from err
+        _check_new_file(Path(args.out), args.overwrite, inputs, ".json", "score")
+    if args.submission:
+        if Path(args.posterior).suffix.lower() == ".pt":
+            raise ConfigError("--submission writes the draws of a posterior .nc; this is a .pt")
+        _check_new_file(Path(args.submission), args.overwrite, inputs, ".pt", "score")
+        if args.out and Path(args.out).resolve() == Path(args.submission).resolve():
+            raise ConfigError("--out and --submission name the same file")
+    if Path(args.posterior).suffix.lower() == ".pt":
+        x, y, functions = _submission_draws(args.posterior, args.functions)
+    else:
+        x, y, functions = _posterior_draws(args.posterior, args.functions)
     if not isinstance(functions, str) or functions not in FUNCTION_PAIRS:
         raise ConfigError(f"unknown functions {functions!r}; expected {sorted(FUNCTION_PAIRS)}")
-    x = torch.as_tensor(idata["posterior"]["x"].values[0])  # (S, M, 1, 50, 2)
-    y = torch.as_tensor(idata["observed_data"]["y"].values)  # (M, 1, 50, 2)
     if tuple(x.shape[2:]) != (1, 50, 2) or tuple(y.shape) != (x.shape[1], 1, 50, 2):
         raise ShapeError(
             f"{args.posterior!r} does not hold Two Birds models and data "
@@ -340,4 +336,85 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(dumps_strict(summary, indent=2))
     where = f'{args.out} (its "not_finite" says why)' if args.out else "the printed summary"
     _warn_not_finite("score", where, not_finite)
+    missing = int(score.num_observations_without_solutions or 0)
+    if missing:
+        log.warning(
+            "%d of %d observations have no exact solution under the functions %r: their y were "
+            "not made by them (wrong --functions, or a file sampled with the wrong problem?)",
+            missing,
+            y.shape[0],
+            functions,
+        )
+    if args.submission:
+        _write_submission(Path(args.submission), x, y)
+        print(f"wrote the submission ({x.shape[0]} draws for each of {y.shape[0]} Y) to "
+              f"{args.submission}")
     return 0
+
+
+def _posterior_draws(path: str, functions: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Return the draws of every chain ``(C S, M, 1, 50, 2)``, the data and the functions."""
+    from inference.arviz_io import check_posterior, load_inference_data
+
+    idata = load_inference_data(path)
+    check_posterior(idata, path, require=(("posterior", "x"), ("observed_data", "y")))
+    if functions is None:
+        spec: Any = idata.attrs.get("problem")  # str, dict or None (TypeError below)
+        try:
+            spec = json.loads(spec) if isinstance(spec, str) else spec
+            functions = spec["functions"]
+        except (TypeError, KeyError, json.JSONDecodeError) as err:
+            raise DataError(
+                f"{path!r} does not record its Two Birds functions; pass --functions"
+            ) from err
+    draws = torch.as_tensor(idata["posterior"]["x"].values)  # (C, S, M, *x_shape)
+    x = draws.reshape(-1, *draws.shape[2:])  # every chain's draws, not chain 0's alone
+    y = torch.as_tensor(idata["observed_data"]["y"].values)  # (M, 1, 50, 2)
+    return x, y, functions
+
+
+def _submission_draws(path: str, functions: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Return a challenge submission's draws ``(S, M, 1, 50, 2)`` grouped by their Y.
+
+    The pairs are read under the safe rule of :func:`~ppl_cvae.data.io.load_pairs`; the draws
+    of one observation are the rows with the same ``Y`` (in order of first appearance), and
+    every observation must have as many.
+    """
+    from ppl_cvae.data.io import load_pairs
+
+    if functions is None:
+        raise ConfigError(f"{path!r} is a submission: name its function pair with --functions")
+    x, y = load_pairs(path)
+    if tuple(x.shape[1:]) != (1, 50, 2) or tuple(y.shape[1:]) != (1, 50, 2):
+        raise ShapeError(
+            f"{path!r} does not hold Two Birds pairs (X {tuple(x.shape)}, Y {tuple(y.shape)}); "
+            "expected (N, 1, 50, 2) each"
+        )
+    unique, inverse = torch.unique(y.reshape(len(y), -1), dim=0, return_inverse=True)
+    first = torch.full((len(unique),), len(y), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(y)), reduce="amin")
+    order = torch.argsort(first)  # observations in order of first appearance
+    counts = torch.bincount(inverse, minlength=len(unique))
+    if bool((counts != counts[0]).any()):
+        raise ShapeError(
+            f"{path!r} holds {len(unique)} distinct Y with different numbers of X "
+            f"({int(counts.min())} to {int(counts.max())}); a submission gives each Y as many"
+        )
+    groups = [torch.nonzero(inverse == int(k)).flatten() for k in order]
+    draws = torch.stack([x[rows] for rows in groups], dim=1)  # (S, M, 1, 50, 2)
+    return draws, y[torch.stack([rows[0] for rows in groups])], functions
+
+
+def _write_submission(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Write draws ``(S, M, 1, 50, 2)`` as the challenge's TensorDataset, atomically.
+
+    Rows ``m S .. m S + S - 1`` hold the ``S`` draws of observation ``m`` with its ``Y``
+    repeated, float32, as the challenge's ``submission_sample.pt`` (50 blocks of 30).
+    """
+    from torch.utils.data import TensorDataset
+
+    num_draws, num_obs = x.shape[:2]
+    xs = x.detach().to(torch.float32).transpose(0, 1).reshape(num_obs * num_draws, 1, 50, 2)
+    ys = y.detach().to(torch.float32).repeat_interleave(num_draws, dim=0)
+    with atomic_path(path) as tmp:
+        torch.save(TensorDataset(xs.contiguous(), ys.contiguous()), tmp)

@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--observation",
         required=True,
         help=".npy with one y (y_shape) or a stack "
-        "(M, *y_shape), or .npz with key y (and optional x = true models)",
+        "(M, *y_shape), .npz with key y (and optional x = true models), or a Two Birds "
+        "challenge .pt (Y observed, X the truth)",
     )
     add_problem(s, required=False)
     s.add_argument(
@@ -653,13 +654,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_command("simulate", "cmd_simulate"))
 
     sc = sub.add_parser("score", help="Two Birds challenge criteria on a posterior file")
-    sc.add_argument("posterior", help="InferenceData .nc written by sample")
+    sc.add_argument(
+        "posterior",
+        help="InferenceData .nc written by sample (every chain's draws), or a challenge "
+        "submission .pt (a TensorDataset of (X, Y) pairs, draws of one Y in a block)",
+    )
     sc.add_argument(
         "--functions",
         choices=["data_1", "original"],
-        help="function pair (default: the one recorded in the file)",
+        help="function pair (default: the one recorded in the file; required for a .pt)",
     )
     sc.add_argument("--out", help="optional JSON with per-observation results")
+    sc.add_argument(
+        "--submission",
+        help="also write the draws as a challenge submission .pt: a TensorDataset of (X, Y), "
+        "the draws of each observation in one block with its Y repeated (from a .nc)",
+    )
     sc.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     sc.set_defaults(func=_command("evaluate", "cmd_score"))
     threads_help = (

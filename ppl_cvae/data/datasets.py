@@ -13,15 +13,19 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ppl_cvae.errors import ConfigError, DataError, UnknownProblemError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DATASETS",
@@ -188,6 +192,39 @@ def load_mnist(
     return x, torch.as_tensor(labels.astype(np.int64))
 
 
+def _image_files(directory: Path) -> list[Path]:
+    """Return the image files of ``directory`` by suffix, sorted, hidden ones (``._x.png``) out."""
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def _read_image(image_module: Any, file: Path, size: tuple[int, int], grayscale: bool) -> Any:
+    """Decode one image into float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1], resized (bilinear).
+
+    8-bit modes go through Pillow's ``L``/``RGB`` conversion and are divided by 255; 16-bit
+    and 32-bit grey modes (``I;16``, ``I``: a 16-bit PNG) by 65535, and float ones (``F``) are
+    clipped to [0, 1], before resizing (Pillow's ``L`` conversion would clip them at 255).
+    """
+    with image_module.open(file) as opened:
+        if opened.mode.startswith("I") or opened.mode == "F":
+            values = np.asarray(opened, dtype=np.float64)
+            scale = 1.0 if opened.mode == "F" else 65535.0
+            grey = np.clip(values / scale, 0.0, 1.0).astype(np.float32)
+            resized = np.asarray(
+                image_module.fromarray(grey, mode="F").resize(
+                    (size[1], size[0]), image_module.Resampling.BILINEAR
+                ),
+                dtype=np.float32,
+            )
+            return resized if grayscale else np.repeat(resized[..., None], 3, axis=-1)
+        converted = opened.convert("L" if grayscale else "RGB")
+    resized = converted.resize((size[1], size[0]), image_module.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32) / 255.0
+
+
 def load_image_folder(
     folder: str | os.PathLike[str],
     *,
@@ -216,7 +253,11 @@ def load_image_folder(
     Raises
     ------
     DataError
-        If the folder is missing, holds no images, or an image cannot be decoded.
+        If the folder is missing, holds no images, has a class sub-folder without images or
+        two that are one folder (a symbolic link), or an image is not a regular file (a FIFO)
+        or cannot be decoded (Pillow's decompression-bomb limit included). Hidden files
+        (``._x.png``) are left out; images beside class sub-folders are left out with a
+        warning. 16-bit images are scaled by 65535, not clipped.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -227,19 +268,39 @@ def load_image_folder(
     subdirs = sorted(
         p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))
     )
+    real = [p.resolve() for p in subdirs]
+    if len(set(real)) != len(real):  # a symbolic link to another class's folder
+        twice = sorted(p.name for p, r in zip(subdirs, real, strict=True) if real.count(r) > 1)
+        raise DataError(
+            f"the class sub-folders {twice} of {str(folder)!r} are the same folder (a symbolic "
+            "link): each class needs its own images"
+        )
+    if subdirs:
+        loose = [p.name for p in _image_files(folder)]
+        if loose:
+            log.warning(
+                "%d image(s) directly in %s (e.g. %s) are in no class sub-folder: left out",
+                len(loose),
+                folder,
+                loose[0],
+            )
     groups = [(p.name, p) for p in subdirs] if subdirs else [(folder.name, folder)]
     arrays, labels, classes = [], [], []
     for label, (name, directory) in enumerate(groups):
         classes.append(name)
-        for file in sorted(directory.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        files = _image_files(directory)
+        if not files and subdirs:
+            raise DataError(
+                f"the class sub-folder {str(directory)!r} holds no {'/'.join(IMAGE_SUFFIXES)} "
+                "images: a class without images cannot be learnt or conditioned on; remove the "
+                "folder or add its images"
+            )
+        for file in files:
+            if not file.is_file():  # a FIFO or a device would block or never end
+                raise DataError(f"{str(file)!r} is not a regular file; expected an image")
             try:
-                with Image.open(file) as opened:
-                    converted = opened.convert("L" if grayscale else "RGB")
-                resized = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                arrays.append(np.asarray(resized, dtype=np.float32) / 255.0)
-            except (OSError, UnidentifiedImageError) as err:
+                arrays.append(_read_image(Image, file, size, grayscale))
+            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
                 raise DataError(f"cannot read image {str(file)!r}: {err}") from err
             labels.append(label)
     if not arrays:

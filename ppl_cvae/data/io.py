@@ -1037,7 +1037,8 @@ def load_observations(
     path : str or path
         ``.npy`` holding one ``y`` of shape ``y_shape`` or a stack ``(M, *y_shape)``; or
         ``.npz`` with key ``y`` (same shapes) and optionally ``x`` (true models, used as the
-        truth in plots). The file is only read, never modified.
+        truth in plots); or a Two Birds challenge ``.pt`` (``scoring_dataset.pt``: ``Y`` the
+        observations, ``X`` their truths). The file is only read, never modified.
     y_shape : tuple of int
         Event shape the trained model expects.
     y_scale : Tensor, shape y_shape, optional
@@ -1061,7 +1062,9 @@ def load_observations(
     Raises
     ------
     DataError
-        If the file is missing, is neither ``.npy`` nor ``.npz``, cannot be parsed (random
+        If the file is missing, is not ``.npy``, ``.npz`` or ``.pt`` (the Two Birds
+        challenge's TensorDataset of ``(X, Y)``, read as ``x`` and ``y`` under the safe
+        unpickling rule of :func:`load_pairs`), cannot be parsed (random
         bytes, truncation, a zip that is not ``.npz``, a pickled object array), or lacks
         ``y``; if ``y`` or ``x`` has a complex, object, string, bytes, structured or datetime
         dtype, is empty or has a zero-size axis, holds NaN/inf, or holds finite values beyond
@@ -1096,8 +1099,13 @@ def load_observations(
         arrays = {"y": _read_npy(path, "y")}
     elif suffix == ".npz":
         arrays = _read_npz(path, ("y",), optional=("x",))
+    elif suffix == ".pt":  # the Two Birds challenge's TensorDataset: Y observed, X the truth
+        arrays = _read_pt(path)
     else:
-        raise DataError(f"observation file {str(path)!r} must be .npy or .npz, got {suffix!r}")
+        raise DataError(
+            f"observation file {str(path)!r} must be .npy, .npz or a challenge .pt, got "
+            f"{suffix!r}"
+        )
     y = _to_float32("y", arrays["y"], path, remedy=_OBSERVATION_REMEDY)
     x_true = (
         _to_float32("x", arrays["x"], path, remedy="replace them, or drop x (the truth)")

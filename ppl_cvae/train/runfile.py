@@ -220,8 +220,9 @@ def read_run_file(path: str | os.PathLike[str]) -> RunFile:
     ConfigError
         If the suffix is neither ``.toml`` nor ``.json``, the file is larger than
         :data:`MAX_RUN_FILE_BYTES`, is not UTF-8, does not parse (the parser's message, with
-        its line, is kept), its top level is not a table, or a key is unknown or of the wrong
-        kind (the message names it and lists the valid keys).
+        its line, is kept; a JSON object with a key given twice, an integer of more than 4,300
+        digits), its top level is not a table, or a key is unknown or of the wrong kind (the
+        message names it and lists the valid keys). A leading byte-order mark is allowed.
     OSError
         If the file cannot be read.
 
@@ -244,13 +245,29 @@ def read_run_file(path: str | os.PathLike[str]) -> RunFile:
     if len(raw) > MAX_RUN_FILE_BYTES:
         raise ConfigError(f"{where} is larger than {MAX_RUN_FILE_BYTES:,} bytes")
     try:
-        text = raw.decode("utf-8")
-        doc = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is dropped
+        doc = (
+            tomllib.loads(text)
+            if suffix == ".toml"
+            else json.loads(text, object_pairs_hook=_unique_keys)
+        )
     except UnicodeDecodeError:
         raise ConfigError(f"{where} is not UTF-8 text") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ConfigError(f"{where} does not parse: {err}") from None
+    except ValueError as err:  # a duplicate JSON key; an integer of more than 4,300 digits
+        raise ConfigError(f"{where} does not parse: {err}") from None
     return run_file_from_dict(doc, where)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing a key given twice (TOML refuses it too)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        out[key] = value
+    return out
 
 
 def run_file_from_dict(doc: Any, where: str) -> RunFile:
