@@ -357,3 +357,20 @@ def test_overwrite_replaces_only_files_the_same_command_wrote(ws, capsys):
     score.write_text('{"ppl_cvae_command": "ppl-cvae simulate"}')
     _refused(["score", f"{ws}/post.nc", "--out", str(score), "--overwrite"], capsys,
              "was written by 'ppl-cvae simulate'")
+
+
+def test_data_and_dataset_together_and_a_device_as_data_are_refused(tmp_path, capsys):
+    """``--data`` with ``--dataset`` trained on the file and recorded both (the fifteenth
+    audit); ``/dev/zero`` as data was said not to exist."""
+    import numpy as np
+
+    from ppl_cvae.cli import main
+
+    np.savez(tmp_path / "p.npz", x=np.zeros((8, 2)), y=np.zeros((8, 2)))
+    capsys.readouterr()
+    assert main(["fit", "--data", str(tmp_path / "p.npz"), "--dataset", "digits",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "give --data FILE or --dataset NAME, not both" in capsys.readouterr().err
+    assert main(["fit", "--data", "/dev/zero", "--out", str(tmp_path / "r")]) == 2
+    assert "is not a regular file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -130,6 +130,9 @@ def _apply_run_file(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.problem is None and run.problem is not None:
         args.problem, file_kwargs = run.problem
     args.data_from_run_file = args.data is None and args.dataset is None and run.data is not None
+    args.dataset_from_run_file = (
+        args.data is None and args.dataset is None and run.dataset is not None
+    )
     if args.data is None and args.dataset is None:
         args.data = run.data
         dataset = run.dataset or {}
@@ -237,13 +240,17 @@ def _check_data_digest(args: argparse.Namespace, digest: str) -> str:
     (:meth:`~ppl_cvae.data.lazy.LazyPairs.digest`, the same value).
     """
     recorded = args.run_file.data_digest
-    if getattr(args, "data_from_run_file", False) and recorded not in (None, digest):
+    from_file = getattr(args, "data_from_run_file", False)
+    from_dataset = getattr(args, "dataset_from_run_file", False)
+    if (from_file or from_dataset) and recorded not in (None, digest):
         where = f"run file {args.config!r}" if args.config else f"run {args.resume!r}"
+        what = repr(args.data) if from_file else f"dataset {args.dataset!r}"
+        if from_dataset and args.dataset_path:
+            what += f" in {args.dataset_path!r}"
         raise ConfigError(
-            f"{where} was fitted on other pairs than those of "
-            f"{args.data!r} read now (relative to {str(Path.cwd())!r}; their SHA-256 "
-            "digests differ): run it from the folder it was fitted in, or give the original "
-            "file with --data"
+            f"{where} was fitted on other pairs than those of {what} read now (relative to "
+            f"{str(Path.cwd())!r}; their SHA-256 digests differ): the files changed, or it "
+            "runs from another folder; restore them, or give the data with --data/--dataset"
         )
     return digest
 
@@ -615,6 +622,11 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
     if args.out is None:
         raise ConfigError("fit needs --out RUN_FOLDER (or --resume RUN_FOLDER)")
     file_kwargs = _apply_run_file(args)
+    if args.data and args.dataset:  # one would be ignored, and both recorded
+        raise ConfigError(
+            f"give --data FILE or --dataset NAME, not both (data {args.data!r}, dataset "
+            f"{args.dataset!r}; from the command line or the run file)"
+        )
     out = Path(args.out)
     if launch_rank() == 0:  # in a data-parallel run the others never touch the folder
         clean_run_temporaries(out)  # of checkpoint saves a kill interrupted
@@ -659,7 +671,7 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
     else:
         x, y, source = _training_pairs(args, problem)
         args.data_digest = None
-        if args.data and x is not None:
+        if (args.data or args.dataset) and x is not None:  # an image folder's changes too
             from ppl_cvae.train.resume import data_digest
 
             args.data_digest = _check_data_digest(args, data_digest(x, y))

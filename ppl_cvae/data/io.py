@@ -115,6 +115,8 @@ def _require_file(path: Path, pairs: bool = False) -> None:
         )
     if path.is_dir():
         raise DataError(f"data {str(path)!r} is a folder; expected a file")
+    if path.exists() and not path.is_file():  # a FIFO or a device (/dev/zero) never ends
+        raise DataError(f"data {str(path)!r} is not a regular file; expected a file")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
 

@@ -97,8 +97,8 @@ class RunFile:
     data_digest : str or None
         SHA-256 (hex) of the pairs of ``data`` a run was fitted on
         (:func:`~ppl_cvae.train.resume.data_digest` of the file's ``x`` and ``y``, recorded by
-        ``fit --data``, read into memory or lazily): ``fit --config`` refuses a file at that
-        path whose pairs differ.
+        ``fit --data``, read into memory or lazily, and by ``fit --dataset`` of the images and
+        labels read): ``fit --config`` refuses data at that path whose pairs differ.
     data_source : dict or None
         How the run read its training pairs, one key: ``{"memory": {}}`` (``--data`` read
         into memory), ``{"lazy": {"lazy", "chunk_mb", "buffer_chunks"}}`` (read in chunks) or
