@@ -374,3 +374,25 @@ def test_data_and_dataset_together_and_a_device_as_data_are_refused(tmp_path, ca
     assert main(["fit", "--data", "/dev/zero", "--out", str(tmp_path / "r")]) == 2
     assert "is not a regular file" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path, monkeypatch, capsys):
+    """``ppl-cvae score ... | head``: a closed pipe ends the command with 141 (128 + SIGPIPE)
+    and no "error: Broken pipe" line (the fourteenth audit)."""
+    import sys
+
+    from ppl_cvae.cli import main
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    code = main(["simulate", "--problem", "linear_gaussian", "--num", "2", "--out",
+                 str(tmp_path / "o.npz")])
+    monkeypatch.undo()
+    assert code == 141
+    assert "Broken pipe" not in capsys.readouterr().err

@@ -489,8 +489,11 @@ def _apply_recorded_source(args: argparse.Namespace, source: Any, where: str) ->
     )
     _restore_data_source(recorded, source, where, error=ConfigError)
     if recorded.stream and not (args.data or args.dataset):
+        from ppl_cvae.train.sources import max_stream_workers
+
         args.stream = True
-        args.workers = args.workers or recorded.workers
+        if not args.workers:  # the minibatches are the same for any number of workers
+            args.workers = min(recorded.workers, max_stream_workers())
     if not args.data_from_run_file:
         return
     if recorded.lazy and not args.lazy:

@@ -115,6 +115,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except PplCvaeError as err:
         print(f"ppl-cvae: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ppl-cvae score ... | head`: the reader left, as for any CLI
+        try:  # stdout's buffer would raise again when Python flushes it at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no real stdout (captured)
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
     except OSError as err:  # a file the user named cannot be read or written
         where = f": {err.filename!r}" if err.filename else ""
         print(f"ppl-cvae: error: {err.strerror or err}{where}", file=sys.stderr)
