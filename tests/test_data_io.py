@@ -433,7 +433,7 @@ def test_garbage_observation_files(tmp_path):
     with pytest.raises(DataError, match=r"cannot read .*short\.npy"):
         load_observations(tmp_path / "short.npy", (1,))
     (tmp_path / "obs.txt").write_text("1 2 3")
-    with pytest.raises(DataError, match=r"must be \.npy or \.npz, got '\.txt'"):
+    with pytest.raises(DataError, match=r"must be \.npy, \.npz or a challenge \.pt, got '\.txt'"):
         load_observations(tmp_path / "obs.txt", (3,))
 
 
