@@ -201,28 +201,30 @@ def _image_files(directory: Path) -> list[Path]:
     )
 
 
-def _read_image(image_module: Any, file: Path, size: tuple[int, int], grayscale: bool) -> Any:
+def _read_image(file: Path, size: tuple[int, int], grayscale: bool) -> Any:
     """Decode one image into float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1], resized (bilinear).
 
     8-bit modes go through Pillow's ``L``/``RGB`` conversion and are divided by 255; 16-bit
     and 32-bit grey modes (``I;16``, ``I``: a 16-bit PNG) by 65535, and float ones (``F``) are
     clipped to [0, 1], before resizing (Pillow's ``L`` conversion would clip them at 255).
     """
-    with image_module.open(file) as opened:
+    from PIL import Image
+
+    with Image.open(file) as opened:
         if opened.mode.startswith("I") or opened.mode == "F":
             values = np.asarray(opened, dtype=np.float64)
             scale = 1.0 if opened.mode == "F" else 65535.0
             grey = np.clip(values / scale, 0.0, 1.0).astype(np.float32)
             resized = np.asarray(
-                image_module.fromarray(grey, mode="F").resize(
-                    (size[1], size[0]), image_module.Resampling.BILINEAR
+                Image.fromarray(grey, mode="F").resize(
+                    (size[1], size[0]), Image.Resampling.BILINEAR
                 ),
                 dtype=np.float32,
             )
             return resized if grayscale else np.repeat(resized[..., None], 3, axis=-1)
         converted = opened.convert("L" if grayscale else "RGB")
-    resized = converted.resize((size[1], size[0]), image_module.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32) / 255.0
+    scaled = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(scaled, dtype=np.float32) / 255.0
 
 
 def load_image_folder(
@@ -299,7 +301,7 @@ def load_image_folder(
             if not file.is_file():  # a FIFO or a device would block or never end
                 raise DataError(f"{str(file)!r} is not a regular file; expected an image")
             try:
-                arrays.append(_read_image(Image, file, size, grayscale))
+                arrays.append(_read_image(file, size, grayscale))
             except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
                 raise DataError(f"cannot read image {str(file)!r}: {err}") from err
             labels.append(label)

@@ -262,16 +262,17 @@ class LazyPairs(abc.ABC):
 
     def _read_both(self, rows: slice | np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
         """Return the rows of ``x`` and ``y`` as stored (numpy arrays, not checked)."""
-        out = []
-        for name in ("x", "y"):
-            try:
-                out.append(self._read_raw(name, rows))
-            except (OSError, ValueError, KeyError, RuntimeError) as err:
-                raise DataError(
-                    f"cannot read {what} of {name} in {str(self.path)!r}: "
-                    f"{type(err).__name__}: {err}"
-                ) from err
-        return out[0], out[1]
+        return self._read_one("x", rows, what), self._read_one("y", rows, what)
+
+    def _read_one(self, name: str, rows: slice | np.ndarray, what: str) -> np.ndarray:
+        """Return the rows of variable ``name`` as stored; a reader's failure as DataError."""
+        try:
+            return self._read_raw(name, rows)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise DataError(
+                f"cannot read {what} of {name} in {str(self.path)!r}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
 
     def digest(self, chunk_rows: int) -> str:
         """Return the SHA-256 of every pair, equal to ``data_digest(x, y)`` of the file in memory.
@@ -292,13 +293,7 @@ class LazyPairs(abc.ABC):
             for start in range(0, self.num_pairs, max(1, int(chunk_rows))):
                 rows = slice(start, min(start + max(1, int(chunk_rows)), self.num_pairs))
                 what = f"rows {rows.start}:{rows.stop}"
-                try:
-                    raw = self._read_raw(name, rows)
-                except (OSError, ValueError, KeyError, RuntimeError) as err:
-                    raise DataError(
-                        f"cannot read {what} of {name} in {str(self.path)!r}: "
-                        f"{type(err).__name__}: {err}"
-                    ) from err
+                raw = self._read_one(name, rows, what)
                 values = _to_float32(f"{name} ({what})", raw, self.path, first_row=start)
                 digest.update(values.numpy().reshape(-1).view(np.uint8).data)
         return digest.hexdigest()
