@@ -18,6 +18,9 @@ Conventions:
 - Ctrl-C: within :func:`remembering_interrupts` (the ``ppl-cvae`` command) no output is renamed
   into place after a Ctrl-C, even one that Python swallowed in a finalizer, and a Ctrl-C during
   the renames themselves is held back until they are done (:class:`InterruptedAfterWrite`).
+  SIGTERM (``kill``, a batch scheduler's preemption, torchrun stopping the other ranks) is
+  answered the same way there, so a stopped fit leaves its last training state and no
+  temporaries.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "check_output_folder",
     "check_output_path",
     "clean_stale_temporaries",
+    "interrupt_status",
     "read_marker",
     "remembering_interrupts",
 ]
@@ -64,16 +68,52 @@ class InterruptedAfterWrite(KeyboardInterrupt):
 
 
 _INTERRUPTS: list[int] = []
-"""The SIGINTs received within :func:`remembering_interrupts` (reset when it starts and ends)."""
+"""The SIGINTs and SIGTERMs received within :func:`remembering_interrupts` (reset when it
+starts and ends)."""
+
+_LAST_SIGNAL: list[int] = []
+"""The last signal :func:`remembering_interrupts` answered (kept after the block, for
+:func:`interrupt_status`)."""
+
+_OWNER: list[int] = []
+"""The process that entered :func:`remembering_interrupts` (a forked child is not it)."""
 
 
 def _remember_interrupt(signum: int, frame: FrameType | None) -> None:
+    if signum == signal.SIGTERM and _OWNER and os.getpid() != _OWNER[-1]:
+        # a forked worker inherited this handler: it ends as SIGTERM ends a process
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     _INTERRUPTS.append(signum)
+    _LAST_SIGNAL[:] = [signum]
     raise KeyboardInterrupt
 
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+def _held_signals() -> list[signal.Signals]:
+    """Return the signals this module answers now: SIGINT unless ignored, SIGTERM if ours."""
+    held = [] if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else [signal.SIGINT]
+    if signal.getsignal(signal.SIGTERM) is _remember_interrupt:
+        held.append(signal.SIGTERM)
+    return held
+
+
+def interrupt_status() -> int:
+    """Return the exit status of a command stopped by an interrupt: 128 + the signal's number.
+
+    130 for Ctrl-C (SIGINT), 143 for SIGTERM: what a shell reports for a process the signal
+    ended, so a scheduler or a script can tell a stopped run from a failed one.
+
+    Examples
+    --------
+    >>> interrupt_status() in (130, 143)
+    True
+    """
+    return 128 + (_LAST_SIGNAL[0] if _LAST_SIGNAL else int(signal.SIGINT))
 
 
 @contextlib.contextmanager
@@ -85,18 +125,25 @@ def remembering_interrupts() -> Iterator[None]:
     say) it is printed as "Exception ignored" and the program goes on, and would then write
     its output as if nothing had happened. Within the block SIGINT still raises
     ``KeyboardInterrupt`` and is also remembered: :func:`atomic_path` and :func:`atomic_dir`
-    then raise ``KeyboardInterrupt`` instead of renaming an output into place. Outside the
-    main thread, or where SIGINT is ignored (a background job), the block runs unchanged.
+    then raise ``KeyboardInterrupt`` instead of renaming an output into place. SIGTERM, where
+    its handler is the default, is answered the same way (a forked worker that inherits the
+    handler still ends at once); :func:`interrupt_status` tells the two apart afterwards.
+    Outside the main thread the block runs unchanged; where SIGINT is ignored (a background
+    job) only SIGTERM is answered.
 
     Examples
     --------
     >>> with remembering_interrupts():
     ...     pass
     """
-    if not _in_main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    if not _in_main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, _remember_interrupt)
+    previous = {}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _remember_interrupt)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a caller's own handler stays
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _remember_interrupt)
     previous_hook = sys.unraisablehook
 
     def hook(unraisable: Any) -> None:  # the swallowed Ctrl-C is remembered: no traceback
@@ -105,12 +152,16 @@ def remembering_interrupts() -> Iterator[None]:
 
     sys.unraisablehook = hook
     _INTERRUPTS.clear()
+    _LAST_SIGNAL.clear()
+    _OWNER.append(os.getpid())
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         sys.unraisablehook = previous_hook
         _INTERRUPTS.clear()
+        _OWNER.pop()
 
 
 def check_interrupted() -> None:
@@ -134,7 +185,7 @@ def check_interrupted() -> None:
 
 @contextlib.contextmanager
 def _committing(restoring: bool = False) -> Iterator[None]:
-    """Hold Ctrl-C back while the block renames an output into place.
+    """Hold Ctrl-C (and SIGTERM, where answered) back while the block renames an output.
 
     Raises ``KeyboardInterrupt`` before the block if a Ctrl-C was remembered (one that a
     finalizer swallowed, :func:`remembering_interrupts`; not when ``restoring`` a previous
@@ -143,16 +194,20 @@ def _committing(restoring: bool = False) -> Iterator[None]:
     """
     if not restoring:
         check_interrupted()
-    if not _in_main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        yield
-        return
+    signums = _held_signals() if _in_main_thread() else []
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     if held:
+        _LAST_SIGNAL[:] = [held[-1]]
         raise InterruptedAfterWrite
 
 

@@ -471,6 +471,26 @@ def test_a_file_with_fewer_pairs_than_values_is_warned_about(tmp_path, caplog):
         torch.set_num_threads(threads)
 
 
+def test_a_fit_without_validation_pairs_says_so(tmp_path, caplog, capsys):
+    """4 pairs at val_fraction 0.1 hold out none: a warning and no 'validation loss nan'."""
+    threads = torch.get_num_threads()
+    try:
+        for num in (4, 10):
+            caplog.clear()
+            argv = ["fit", "--problem", "linear_gaussian", "--num-train", str(num),
+                    "--epochs", "1", "--hidden-dims", "8", "--out", str(tmp_path / f"run{num}"),
+                    "--quiet"]  # fmt: skip
+            assert main(argv) == 0
+            warned = " ".join(r.getMessage() for r in caplog.records)
+            printed = capsys.readouterr().out
+            none_held = "no validation pairs: val_fraction 0.1 of 4 pairs rounds to 0"
+            assert (none_held in warned) == (num == 4), warned
+            assert "nan" not in printed
+            assert ("validation loss" in printed) == (num == 10), printed
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------- generative-prior samplers
 GEN_FACIES = """
 import torch

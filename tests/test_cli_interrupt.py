@@ -84,8 +84,14 @@ def previous(tmp_path_factory):
     return root
 
 
-def _interrupt(root: Path, tmp_path: Path, work: str, argv: list[str]) -> None:
-    """Run ``ppl-cvae ARGV`` onto a copy of the previous outputs; Ctrl-C once ``work`` runs."""
+def _interrupt(
+    root: Path, tmp_path: Path, work: str, argv: list[str], sig: int = signal.SIGINT
+) -> None:
+    """Run ``ppl-cvae ARGV`` onto a copy of the previous outputs; Ctrl-C once ``work`` runs.
+
+    With ``sig=SIGTERM`` the command is stopped as ``kill`` or a batch scheduler stops it: the
+    same answer, with status 143.
+    """
     out = tmp_path / "out"
     shutil.copytree(root / "old", out)
     before = _snapshot(out)
@@ -100,14 +106,14 @@ def _interrupt(root: Path, tmp_path: Path, work: str, argv: list[str]) -> None:
         line = proc.stdout.readline()  # blocks until the work function starts
         assert line.strip() == "WORKING", (line, proc.stderr.read() if proc.stderr else "")
         time.sleep(0.2)  # inside the work, past its first statements
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:  # pragma: no cover - a hang
             proc.kill()
             proc.communicate()
     lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + sig, err
     assert lines == ["ppl-cvae: interrupted; no partial output was written"], err
     assert _snapshot(out) == before  # the previous output intact, nothing added
 
@@ -130,6 +136,36 @@ def test_ctrl_c_during_sample_keeps_the_previous_file(previous, tmp_path, method
     _interrupt(previous, tmp_path, work,
                ["sample", previous / "run", "--observation", previous / "obs.npz",
                 "--method", method, *flags, "--out", "OUT/post.nc", "--overwrite"])
+
+
+def test_sigterm_during_sample_keeps_the_previous_file(previous, tmp_path):
+    _interrupt(previous, tmp_path, "inference.sample:_write_first_chunk",
+               ["sample", previous / "run", "--observation", previous / "obs.npz",
+                "--num-samples", "3000000", "--out", "OUT/post.nc", "--overwrite"],
+               sig=signal.SIGTERM)
+
+
+def test_sigterm_in_a_forked_worker_ends_it_at_once():
+    """A child forked inside the command inherits the handler; SIGTERM still ends it."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a shell's command
+    try:
+        with remembering_interrupts():
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # answered
+            ready, started = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                os.write(started, b"1")  # past fork's reset of pending signals
+                time.sleep(30)
+                os._exit(0)
+            assert os.read(ready, 1) == b"1"
+            os.close(ready)
+            os.close(started)
+            os.kill(pid, signal.SIGTERM)
+            _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_ctrl_c_during_evaluate_keeps_the_previous_folder(previous, tmp_path):

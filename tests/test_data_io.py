@@ -283,6 +283,13 @@ def _valid_npz(tmp_path: pathlib.Path) -> bytes:
     return (tmp_path / "valid.npz").read_bytes()
 
 
+def _saved_pt() -> bytes:
+    """Return the bytes of a small ``torch.save`` file of pairs."""
+    buffer = io.BytesIO()
+    torch.save({"x": torch.zeros(20, 3), "y": torch.ones(20, 2)}, buffer)
+    return buffer.getvalue()
+
+
 def test_garbage_files_end_in_data_error(tmp_path):
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, 2000, dtype=np.uint8).tobytes()
@@ -302,7 +309,10 @@ def test_garbage_files_end_in_data_error(tmp_path):
         "zip_not_npz.npz": ((tmp_path / "other.zip").read_bytes(), r"read x in .*magic string"),
         "npz_as.nc": (valid, "is not a NetCDF file"),
         "hdf5_wrong.nc": ((tmp_path / "wrong.h5").read_bytes(), r"variables \['y'\]; expected"),
-        "npz_as.pt": (valid, r"cannot read .* as a torch\.save file"),
+        "npz_as.pt": (valid, r"torch\.save file: the zip archive is damaged, cut off or not"),
+        # an empty or cut-off .pt said "EOFError: " and "OSError: [Errno 22] Invalid argument"
+        "empty.pt": (b"", r"torch\.save file: the file ends early \(it is empty or was cut"),
+        "truncated.pt": (_saved_pt()[:300], r"starts as a zip archive .* was cut off or damaged"),
     }
     for name, (data, match) in cases.items():
         path = tmp_path / name

@@ -104,6 +104,8 @@ def test_two_gloo_processes_take_the_steps_of_one(tmp_path):
 
 DYING_PROBLEM = '''
 import os
+import time
+
 import torch
 
 
@@ -127,6 +129,11 @@ class Dying:
         self.calls += 1
         # calls 1-2: fit's reproducibility probe, 3: the standardisers' pairs, 4-: epochs
         if os.environ.get("RANK") == "1" and self.calls >= 5:
+            # crash once rank 0 has saved epoch 1's state: without the wait, a loaded machine
+            # let torchrun stop rank 0 before that save (a race of the test, not of the fit)
+            deadline = time.monotonic() + 60
+            while not os.path.isfile("run/train_state.pt") and time.monotonic() < deadline:
+                time.sleep(0.05)
             raise RuntimeError("simulator crashed on rank 1")
         x = self.sample_prior(num, generator)
         return x, x + 0.1 * torch.randn(num, 2, generator=generator)

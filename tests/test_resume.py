@@ -227,8 +227,13 @@ def _dead_pid() -> int:
 
 
 @pytest.mark.slow
-def test_kill_9_and_resume_matches_an_uninterrupted_run(tmp_path):
-    """``kill -9`` a CLI fit after its first checkpoint, ``--resume`` it: same weights."""
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stopped_fit_resumes_into_the_uninterrupted_run(tmp_path, stop):
+    """``kill -9`` or ``kill`` a CLI fit after its first checkpoint, ``--resume`` it: same weights.
+
+    SIGTERM (a batch scheduler's preemption, torchrun stopping the ranks) is answered as Ctrl-C
+    is: status 143, the resume command on stderr, and no temporaries left behind.
+    """
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "ppl_cvae.cli", *FIT, "--out", str(killed),
@@ -240,22 +245,34 @@ def test_kill_9_and_resume_matches_an_uninterrupted_run(tmp_path):
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             assert time.monotonic() < deadline, "no checkpoint within 60 s"
             time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, stop)
+        _, err = proc.communicate(timeout=60)
     finally:
+        if proc.poll() is None:  # pragma: no cover - a hang
+            proc.kill()
         proc.wait()
         if proc.stderr:
             proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "model.pt").exists()  # killed before the end (4 x 48 = 192 steps)
+    assert not (killed / "model.pt").exists()  # stopped before the end (4 x 48 = 192 steps)
     state = load_train_state(killed / STATE_FILE)
     assert 2 <= state.steps_done < 192
-    # a save interrupted by a kill leaves only a hidden temporary; the last state survives
-    half = killed / f".{STATE_FILE}.{_dead_pid()}.abc.pt"
-    half.write_bytes(b"PK\x03\x04 half-written")
+    if stop == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert err.decode().strip().splitlines() == [
+            f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {killed}"
+        ]
+        hidden = [p.name for p in [*tmp_path.iterdir(), *killed.iterdir()] if p.name[0] == "."]
+        assert hidden == [".ppl_cvae_output.json"]  # the run's marker; no temporary
+    else:
+        assert proc.returncode == -signal.SIGKILL
+        # a save interrupted by a kill leaves only a hidden temporary; the last state survives
+        half = killed / f".{STATE_FILE}.{_dead_pid()}.abc.pt"
+        half.write_bytes(b"PK\x03\x04 half-written")
     reference = tmp_path / "reference"
     assert main([*FIT, "--out", str(reference), "--no-checkpoint"]) == 0
     assert main(["fit", "--resume", str(killed), "--threads", "1", "--quiet"]) == 0
-    assert not half.exists() and not (killed / STATE_FILE).exists()
+    assert not (killed / STATE_FILE).exists()
+    assert not [p for p in killed.iterdir() if p.name.startswith(f".{STATE_FILE}.")]
     a, _ = load_checkpoint(reference)
     b, _ = load_checkpoint(killed)
     assert _same_weights(a, b)  # bit-identical across the kill (1 thread, same torch build)

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import torch
 
-from ppl_cvae._atomic import MARKER, InterruptedAfterWrite, atomic_dir
+from ppl_cvae._atomic import MARKER, InterruptedAfterWrite, atomic_dir, interrupt_status
 from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae.cli.common import (
     _check_out_dir,
@@ -800,7 +800,7 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
             raise
         if launch_rank() == 0:  # one line, not one per rank
             print(f"ppl-cvae: interrupted; continue with: {_resume_command(out)}", file=sys.stderr)
-        return 130
+        return interrupt_status()
     if done is not None:
         _print_fit_summary(*done, out, model_config)
     return 0
@@ -861,11 +861,14 @@ def _family(model: ModelConfig) -> str:
 
 def _print_fit_summary(seconds: float, result: Any, out: Path, model: ModelConfig) -> None:
     last = result.history[-1]
+    held_out = math.isfinite(last["val_loss"])
     print(
         f"fitted {_family(model)} in {seconds:.1f} s: {len(result.history)} epochs, best epoch "
-        f"{result.best_epoch}, "
-        f"final train loss {last['train_loss']:.4f}, validation loss {last['val_loss']:.4f} "
-        f"(negative ELBO per observation, nats); run folder {out}"
+        f"{result.best_epoch}, final train loss {last['train_loss']:.4f}"
+        + (f", validation loss {last['val_loss']:.4f}" if held_out else "")
+        + " (negative ELBO per observation, nats)"
+        + ("" if held_out else ", no validation pairs")
+        + f"; run folder {out}"
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ppl_cvae._atomic import InterruptedAfterWrite, remembering_interrupts
+from ppl_cvae._atomic import InterruptedAfterWrite, interrupt_status, remembering_interrupts
 from ppl_cvae.cli.common import _check_utf8_paths
 from ppl_cvae.cli.parser import build_parser
 from ppl_cvae.errors import PplCvaeError
@@ -28,9 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 on success; 2 on a user error (one line ``ppl-cvae: error: ...`` on stderr, no
     traceback), including a request that cannot fit in memory and problem code that calls
-    ``sys.exit``; 130 when interrupted by Ctrl-C (nothing half-written is left: outputs are
-    written atomically, and none is renamed into place after a Ctrl-C, even one that Python
-    swallowed in a finalizer: :func:`~ppl_cvae._atomic.remembering_interrupts`).
+    ``sys.exit``; 130 when interrupted by Ctrl-C and 143 when stopped by SIGTERM (nothing
+    half-written is left: outputs are written atomically, and none is renamed into place after
+    a Ctrl-C, even one that Python swallowed in a finalizer:
+    :func:`~ppl_cvae._atomic.remembering_interrupts`).
 
     A torchrun rank whose process group this command created and ended does not return: it
     flushes its output and leaves with ``os._exit(status)``, because interpreter finalisation
@@ -140,10 +141,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except InterruptedAfterWrite:
         print("ppl-cvae: interrupted just after the output was written (it is complete)",
               file=sys.stderr)
-        return 130
+        return interrupt_status()
     except KeyboardInterrupt:
         print("ppl-cvae: interrupted; no partial output was written", file=sys.stderr)
-        return 130
+        return interrupt_status()
     except SystemExit as err:  # argparse's own exits pass; problem code must not end the run
         frames = traceback.extract_tb(err.__traceback__)
         if frames and frames[-1].filename.endswith("argparse.py"):

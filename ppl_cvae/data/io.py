@@ -672,10 +672,18 @@ def _pickle_globals(path: Path, max_pickles: int = 5) -> list[str]:
     return [n for n in dict.fromkeys(found) if not n.startswith("torch.")]
 
 
+def _starts_like_zip(path: Path) -> bool:
+    """Return whether the file begins with a zip archive's local-header signature."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
 def _torch_message(err: BaseException) -> str:
     # torch's own text recommends turning weights_only off, i.e. running the file's code: drop it
-    text = str(err)
-    if "weights_only" in text or "Weights only" in text:
+    text = str(err).strip()
+    if isinstance(err, EOFError):  # an empty or cut-off file: EOFError has no text of its own
+        return "the file ends early (it is empty or was cut off)"
+    if "weights_only" in text or "Weights only" in text or not text:
         return type(err).__name__
     return f"{type(err).__name__}: {text}"
 
@@ -720,13 +728,19 @@ def _read_pt(path: Path) -> dict[str, np.ndarray]:
         is_zip = zipfile.is_zipfile(path)
     except zipfile.BadZipFile:  # e.g. a multi-disk end record: is_zipfile does not catch it
         is_zip = True  # let the scan below report it
+    if not is_zip and _starts_like_zip(path):
+        raise DataError(
+            f"cannot read {str(path)!r} as a torch.save file: it starts as a zip archive (the "
+            "format of torch.save) but has no end record: it was cut off or damaged"
+        )
     if is_zip:
         # a static scan of the pickle (nothing is executed) names every global it imports
         try:
             named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception as err:  # any type: see the note above _PT_ALLOWED
             raise DataError(
-                f"cannot read {str(path)!r} as a torch.save file: {_torch_message(err)}"
+                f"cannot read {str(path)!r} as a torch.save file: the zip archive is damaged, "
+                f"cut off or not written by torch.save ({_torch_message(err)})"
             ) from err
         refused = sorted(set(named) - _PT_ALLOWED)
         if refused:

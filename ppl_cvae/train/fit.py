@@ -991,6 +991,14 @@ def fit(
     source, val = _training_source(
         cvae, x, y, config, simulator, batches, validation, generator, ddp
     )
+    if (val is None or len(val) == 0) and config.val_fraction > 0:
+        log.warning(
+            "no validation pairs: val_fraction %g of %d pairs rounds to 0, so early stopping "
+            "and the best epoch follow the training loss, which rewards memorising the pairs; "
+            "give more pairs or a larger val_fraction",
+            config.val_fraction,
+            source.pairs_per_epoch,
+        )
     try:  # stream workers and open files are released however the fit ends
         cvae.to(device)
         val = None if val is None else val.to(device)
