@@ -31,7 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from ppl_cvae._memory import check_memory
-from ppl_cvae.checks import as_count, as_seed, check_problem_matches
+from ppl_cvae.checks import as_count, as_seed, check_problem_matches, seeded_rng
 from ppl_cvae.errors import ConfigError, DataError, PplCvaeError, exception_summary
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -336,9 +336,7 @@ def importance_sample(
     was_training = cvae.training
     cvae.eval()
     xs, zs, lws = [], [], []
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded_rng(seed):
         done = 0
         while done < num_samples:
             n = min(chunk_size, num_samples - done)

@@ -30,6 +30,7 @@ from ppl_cvae.checks import (
     as_sample_shape,
     as_seed,
     check_problem_matches,
+    seeded_rng,
     shape_text,
 )
 from ppl_cvae.config import ModelConfig
@@ -1017,7 +1018,9 @@ class CVAEPosterior:
             Draws per distinct observation that estimate the mass of ``q`` in the support
             (used only with a problem that restricts its support).
         seed : int, optional
-            Seed of the particles and support draws (a forked torch RNG).
+            Seed of the particles and support draws (a forked torch RNG, restored after);
+            without it they come from the global torch RNG, which advances, so repeated
+            calls average out the Monte Carlo error.
 
         Returns
         -------
@@ -1065,9 +1068,7 @@ class CVAEPosterior:
         x, y_batch = x.to(device), y_batch.to(device)
         was_training = cvae.training
         cvae.eval()
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded_rng(seed):
             if cvae.config.latent_dim == 0:
                 x_dist, _ = cvae.x_distribution(x.new_zeros(n, 0), y_batch, location=False)
                 out = x_dist.log_prob(x).double()

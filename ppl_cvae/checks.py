@@ -13,9 +13,11 @@ inside a matrix product or an RNG.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import reprlib
+from collections.abc import Iterator
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -34,6 +36,7 @@ __all__ = [
     "as_seed",
     "check_finite",
     "derived_seed",
+    "seeded_rng",
     "check_problem_matches",
     "shape_mismatch",
     "shape_text",
@@ -204,6 +207,36 @@ def as_seed(value: Any, name: str = "seed", *, optional: bool = True) -> int | N
             f"({type(value).__name__})"
         )
     return int(value)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int | None) -> Iterator[None]:
+    """Run the block on torch's global CPU RNG seeded ``seed``, restored afterwards.
+
+    With ``seed=None`` the block draws from the global RNG as it stands and advances it, as
+    any torch call does: two unseeded calls draw different values (a forked, unseeded RNG
+    would give both the same draws).
+
+    Parameters
+    ----------
+    seed : int or None
+        A valid seed (:func:`as_seed`), or None.
+
+    Examples
+    --------
+    >>> with seeded_rng(3):
+    ...     a = torch.rand(1)
+    >>> with seeded_rng(3):
+    ...     b = torch.rand(1)
+    >>> bool(a == b)
+    True
+    """
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def derived_seed(seed: int, offset: int) -> int:

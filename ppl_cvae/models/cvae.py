@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -89,6 +91,8 @@ class _CoefficientsToX(Transform):
 
 
 _INSTANCE_COUNTER = itertools.count()
+_LIVE: weakref.WeakValueDictionary[str, CVAE] = weakref.WeakValueDictionary()
+"""The CVAEs of this process by ``pyro_name`` (their param-store prefix), while they live."""
 
 
 class _FaciesCategorical(dist.Categorical):
@@ -251,8 +255,8 @@ class CVAE(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.pyro_name = f"cvae{next(_INSTANCE_COUNTER)}"
         self._param_sites: dict[str, list[tuple[str, nn.Parameter]]] | None = None
+        self._take_pyro_name()
         y_shape = config.y_shape  # None for an unconditional VAE (config.conditional False)
         self.x_standardiser = x_standardiser or Standardiser(config.x_shape, "x")
         self.y_standardiser: Standardiser | None = (
@@ -293,6 +297,35 @@ class CVAE(nn.Module):
             self.register_buffer("x_floor", torch.full(config.x_shape, 1.0))
 
     # ------------------------------------------------------------------ helpers
+    def _take_pyro_name(self) -> None:
+        """Give this CVAE a param-store prefix ``cvae<N>`` no other one of the process has."""
+        self.pyro_name = f"cvae{next(_INSTANCE_COUNTER)}"
+        self._param_sites = None
+        _LIVE[self.pyro_name] = self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a copy (``copy.deepcopy``, unpickling) under a param-store name of its own.
+
+        A copy that kept the original's ``pyro_name`` would find the original's tensors in
+        Pyro's param store: SVI would optimise those while the copy computed with its own.
+        """
+        super().__setstate__(state)
+        self._take_pyro_name()
+
+    def release_param_store(self) -> None:
+        """Remove this CVAE's entries, and those of CVAEs no longer alive, from the param store.
+
+        :func:`~ppl_cvae.train.fit.fit` calls it before training, so that the optimiser sees
+        this module's own parameters; other entries (a user's own ``pyro.param`` sites, other
+        live models) are kept.
+        """
+        store = pyro.get_param_store()
+        for name in list(store.keys()):
+            prefix, sep, _ = name.partition("$$$")
+            mine = prefix == self.pyro_name
+            if sep and prefix.startswith("cvae") and (mine or prefix not in _LIVE):
+                del store[name]
+
     def _register_params(self, part: str) -> None:
         """Emit one ``pyro.param`` site per parameter of ``part``, as ``pyro.module`` would.
 
@@ -303,14 +336,45 @@ class CVAE(nn.Module):
         trains the prior net and decoder with it, and ``Predictive`` or MCMC on the model read
         them as constants. The (name, parameter) lists are cached, so a step does not walk the
         module tree again; ``_apply`` (``.to()``, ``.double()``) clears them.
+
+        Where the param store already holds another tensor under one of these names (a store
+        loaded with ``pyro.get_param_store().load``), the module takes its value and the store
+        then holds the module's parameter, as ``pyro.module(..., update_module_params=True)``
+        does, so SVI always optimises the tensors the networks compute with.
+
+        Raises
+        ------
+        ConfigError
+            If such a stored tensor has another shape or dtype (another model's parameters
+            under this model's name).
         """
         if self._param_sites is None:
             self._param_sites = {"model": [], "guide": []}
             for name, param in self.named_parameters():
                 side = "guide" if name.startswith("recognition_net.") else "model"
                 self._param_sites[side].append((f"{self.pyro_name}$$${name}", param))
+        store = pyro.get_param_store()
         for name, param in self._param_sites[part]:
+            if name in store:
+                held = store[name]
+                if held is not param:
+                    self._adopt_stored(name, param, held)
             pyro.param(name, param)
+
+    @staticmethod
+    def _adopt_stored(name: str, param: nn.Parameter, held: torch.Tensor) -> None:
+        """Copy ``held`` (the store's tensor of ``name``) into ``param``; store ``param``."""
+        if held.shape != param.shape or held.dtype != param.dtype:
+            raise ConfigError(
+                f"Pyro's param store holds {name!r} with shape {tuple(held.shape)} and dtype "
+                f"{held.dtype}, but this model's parameter has shape {tuple(param.shape)} and "
+                f"dtype {param.dtype}: the store holds another model's parameters under this "
+                "model's name; call pyro.clear_param_store() first"
+            )
+        with torch.no_grad():
+            param.copy_(held.detach().to(param.device))
+        store = pyro.get_param_store()
+        del store[name]
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> CVAE:
         self._param_sites = None
@@ -571,6 +635,32 @@ class CVAE(nn.Module):
             raise ShapeError(
                 f"{name} must have shape {shape_text('batch', shape)}, got {tuple(value.shape)}"
             )
+
+    def _check_program_inputs(self, y: Any, x: Any) -> int:
+        """Check the arguments of :meth:`model` and :meth:`guide`; return the batch size.
+
+        Besides :meth:`check_inputs`: each given value must be a tensor in the dtype of the
+        model's parameters (the networks' matrix products need one dtype) with at least one
+        pair.
+        """
+        dtype = self.x_standardiser.mean.dtype
+        for name, value in (("y", y), ("x", x)):
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise ShapeError(
+                    f"{name} must be a torch.Tensor, got {type(value).__name__} (convert it "
+                    f"with torch.as_tensor({name}, dtype={dtype}))"
+                )
+            if value.dtype != dtype:
+                raise ShapeError(
+                    f"{name} has dtype {value.dtype} but the model's parameters are {dtype}: "
+                    f"cast it with {name}.to({dtype}) (or the model with .to({value.dtype}))"
+                )
+        batch = self.check_inputs(y, x)
+        if batch == 0:
+            raise ShapeError("the model and guide need at least one pair; got a batch of 0")
+        return batch
 
     def check_finite(self, **tensors: torch.Tensor | None) -> None:
         """Raise :class:`DataError` naming the first tensor that holds NaN or inf."""
@@ -920,14 +1010,23 @@ class CVAE(nn.Module):
         Raises
         ------
         ShapeError
-            If ``y`` or ``x`` do not have the configured event shapes or batch sizes differ.
+            If ``y`` or ``x`` is not a tensor in the dtype of the model's parameters, does not
+            have the configured event shape, holds no pair, or the batch sizes differ.
         ConfigError
             If ``physics_weight > 0`` but the model has no forward operator or its likelihood
             is ``categorical``, or ``gsnn_weight > 0`` for a model without a latent.
+
+        Notes
+        -----
+        The plate ``"batch"`` is at ``dim=-1`` and spans the pairs given. For the ELBO of
+        ``N`` pairs from a minibatch of ``B``, scale both programs: ``poutine.scale(model,
+        N / B)`` and ``poutine.scale(guide, N / B)`` (unbiased). An enclosing plate of the
+        caller's own at ``dim=-1`` (Pyro's ``subsample_size`` idiom) is refused by Pyro as a
+        collision instead of broadcasting into a ``(B, B)`` batch.
         """
-        batch = self.check_inputs(y, x)
+        batch = self._check_program_inputs(y, x)
         self._register_params("model")  # prior net and decoder (pyro.module's idiom)
-        with pyro.plate("batch", batch):
+        with pyro.plate("batch", batch, dim=-1):
             if self.config.latent_dim > 0:
                 with poutine.scale(scale=kl_weight):
                     z = pyro.sample("z", self.prior_distribution(y))
@@ -984,18 +1083,19 @@ class CVAE(nn.Module):
         Raises
         ------
         ShapeError
-            If ``x`` is missing or shapes do not match the configuration.
+            If ``x`` is missing, or ``y`` or ``x`` is not a tensor in the model's dtype, holds
+            no pair or does not match the configured shapes.
         """
         if x is None:
             raise ShapeError(
                 "the training guide needs x; draw posterior samples through the model "
                 "(inference.sample_posterior) instead"
             )
-        batch = self.check_inputs(y, x)
+        batch = self._check_program_inputs(y, x)
         self._register_params("guide")
         if self.recognition_net is None:  # no latent: the guide has no sample site
             return x.new_zeros(batch, 0)
-        with pyro.plate("batch", batch):
+        with pyro.plate("batch", batch, dim=-1):
             loc, scale = self.recognition_params(y, x)
             with poutine.scale(scale=kl_weight):
                 return pyro.sample("z", dist.Normal(loc, scale).to_event(1))

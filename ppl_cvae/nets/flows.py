@@ -483,6 +483,20 @@ class _SplineCoupling(ConditionalTransformModule):
         return _ConditionedCoupling(self.spline, context, self.split_dim, self.move_first)
 
 
+class _ContextFlow(dist.TransformedDistribution):
+    """A flow whose transforms depend on a context: ``log_prob`` broadcasts its value first.
+
+    The transforms' parameters carry the context's batch shape, so a value of a smaller
+    batch shape (one ``x`` per pair, scored under ``K`` latent particles of shape
+    ``(K, batch)``) is expanded to the distribution's batch shape before the inversion, as
+    ``torch.distributions`` broadcasts a value against the batch shape.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        shape = torch.broadcast_shapes(value.shape, self.batch_shape + self.event_shape)
+        return super().log_prob(value.expand(shape))
+
+
 class ConditionalFlow(nn.Module):
     """A conditional normalising flow ``p(v | c)``, ``v`` in ``R^dim``, from Pyro transforms.
 
@@ -697,7 +711,7 @@ class ConditionalFlow(nn.Module):
         base = dist.Normal(context.new_zeros(()), 1.0).expand(
             torch.Size((*context.shape[:-1], self.dim))
         )
-        return dist.TransformedDistribution(base.to_event(1), self.transforms(context))
+        return _ContextFlow(base.to_event(1), self.transforms(context))
 
     def location(self, context: torch.Tensor) -> torch.Tensor:
         """Return the image of the base's mean ``e = 0``, shape ``(*batch, dim)``.

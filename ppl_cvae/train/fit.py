@@ -22,7 +22,7 @@ from pyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
 from ppl_cvae._atomic import atomic_path
-from ppl_cvae.checks import as_real_tensor, as_seed, shape_text
+from ppl_cvae.checks import as_real_tensor, as_seed, seeded_rng, shape_text
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.data.box import BoxTransform, support_box
 from ppl_cvae.data.standardise import Standardiser
@@ -247,9 +247,7 @@ def build_cvae(
                 UserWarning,
                 stacklevel=2,
             )
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded_rng(seed):
         cvae = CVAE(
             config,
             xs,
@@ -930,7 +928,9 @@ def fit(
     ``kl_warmup_epochs`` (Bowman et al. 2016, Generating Sentences from a Continuous Space,
     arXiv:1511.06349). The optimiser is ClippedAdam (Kingma and Ba 2015) on all parameters at
     once. Pyro's argument validation is switched off inside the step loop for speed; inputs
-    are validated once on entry.
+    are validated once on entry. Pyro's param store loses only this CVAE's entries and those of
+    CVAEs no longer alive (:meth:`~ppl_cvae.models.cvae.CVAE.release_param_store`); a user's
+    own ``pyro.param`` sites stay.
 
     The run is a loop over named parts. Before it, the pairs ``x, y`` are split at random into
     training and validation sets (``val_fraction``), or without pairs a validation set is
@@ -986,7 +986,7 @@ def fit(
         metrics_path = metrics_path if ddp.is_main else None
         on_epoch_end = on_epoch_end if ddp.is_main else None
     pyro.set_rng_seed(rank_seed(config.seed, 0 if ddp is None else ddp.rank))  # own noise
-    pyro.clear_param_store()
+    cvae.release_param_store()  # a user's own param-store entries stay
     generator = torch.Generator().manual_seed(config.seed)
     source, val = _training_source(
         cvae, x, y, config, simulator, batches, validation, generator, ddp

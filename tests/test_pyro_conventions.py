@@ -1,0 +1,172 @@
+"""The CVAE's model and guide inside a Pyro user's own tooling (the sixteenth audit).
+
+Each test states what a Pyro user expects of ``pyro.module``-style programs: the param store
+holds the tensors the networks compute with (also for copies and for a store loaded from a
+file), ``fit`` leaves the user's own ``pyro.param`` sites alone, the data plate refuses an
+enclosing subsample plate instead of broadcasting into a ``(B, B)`` batch, vectorized
+particles work for every decoder, bad arguments raise the package's errors, and unseeded
+Monte Carlo estimates draw fresh particles.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+from inference import CVAEPosterior
+from ppl_cvae import LinearGaussian, ModelConfig, TrainConfig, build_cvae, fit
+from ppl_cvae.errors import ConfigError, ShapeError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _make(seed: int = 0, **model):
+    problem = LinearGaussian(x_dim=3, y_dim=2)
+    x, y = problem.simulate(256, torch.Generator().manual_seed(0))
+    config = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(16,), **model)
+    return problem, build_cvae(config, x, y, problem=problem, seed=seed), x, y
+
+
+def _weights(cvae) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in cvae.parameters()]
+
+
+def _changed(before, cvae) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, cvae.parameters(), strict=True))
+
+
+def _steps(cvae, x, y, num=5) -> list[float]:
+    svi = SVI(cvae.model, cvae.guide, Adam({"lr": 1e-2}), Trace_ELBO())
+    return [svi.step(y, x) for _ in range(num)]
+
+
+def test_svi_on_a_deep_copy_trains_the_copy():
+    """The copy used to keep the original's param-store names: SVI then trained nothing."""
+    pyro.clear_param_store()
+    _, cvae, x, y = _make()
+    _steps(cvae, x, y)
+    twin = copy.deepcopy(cvae)
+    assert twin.pyro_name != cvae.pyro_name
+    original, copied = _weights(cvae), _weights(twin)
+    _steps(twin, x, y)
+    assert _changed(copied, twin) and not _changed(original, cvae)
+
+
+def test_a_loaded_param_store_sets_the_weights_it_holds():
+    """``pyro.get_param_store().set_state`` (its ``load``) gives the module the stored values."""
+    pyro.clear_param_store()
+    _, trained, x, y = _make(seed=0)
+    _steps(trained, x, y, num=20)
+    state = pyro.get_param_store().get_state()
+    _, fresh, _, _ = _make(seed=1)
+    prefix = f"{trained.pyro_name}$$$"
+    state["params"] = {
+        name.replace(prefix, f"{fresh.pyro_name}$$$"): value
+        for name, value in state["params"].items()
+    }
+    state["constraints"] = {
+        name.replace(prefix, f"{fresh.pyro_name}$$$"): value
+        for name, value in state["constraints"].items()
+    }
+    pyro.clear_param_store()
+    pyro.get_param_store().set_state(state)
+    poutine.trace(fresh.guide).get_trace(y, x)
+    poutine.trace(fresh.model).get_trace(y, x)
+    for a, b in zip(trained.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+    store = pyro.get_param_store()
+    assert all(store[f"{fresh.pyro_name}$$${n}"] is p for n, p in fresh.named_parameters())
+    before = _weights(fresh)
+    _steps(fresh, x, y)
+    assert _changed(before, fresh)  # SVI now optimises the module's own tensors
+
+
+def test_a_stored_tensor_of_another_shape_is_refused():
+    pyro.clear_param_store()
+    _, cvae, x, y = _make()
+    name = next(n for n, _ in cvae.named_parameters() if n.startswith("decoder."))
+    pyro.param(f"{cvae.pyro_name}$$${name}", torch.zeros(7))
+    with pytest.raises(ConfigError, match="holds another model's parameters"):
+        poutine.trace(cvae.model).get_trace(y, x)
+    pyro.clear_param_store()
+
+
+def test_fit_keeps_the_users_own_param_store_entries():
+    pyro.clear_param_store()
+    sigma = pyro.param("my_sigma", torch.tensor(4.5))
+    problem, cvae, x, y = _make()
+    _steps(cvae, x, y, num=1)
+    stale = cvae.pyro_name
+    del cvae  # a model no longer alive: its entries go at the next fit
+    _, other, x, y = _make()
+    fit(other, x, y, config=TrainConfig(num_epochs=1, batch_size=64), progress=False)
+    store = pyro.get_param_store()
+    assert "my_sigma" in store and store["my_sigma"] is sigma
+    assert not [n for n in store.keys() if n.startswith(f"{stale}$$$")]
+    pyro.clear_param_store()
+
+
+def test_an_enclosing_subsample_plate_is_refused_not_broadcast():
+    """Pyro's ``subsample_size`` idiom around the model gave a ``(B, B)`` batch, B-fold loss."""
+    _, cvae, x, y = _make()
+    trace = poutine.trace(cvae.model).get_trace(y[:8], x[:8])
+    assert trace.nodes["batch"]["value"].shape == (8,)
+    assert trace.nodes["x"]["cond_indep_stack"][0].dim == -1
+
+    def subsampled(y, x):
+        with pyro.plate("data", len(y), subsample_size=32) as idx:
+            return cvae.model(y[idx], x[idx])
+
+    with pytest.raises(ValueError, match="collide at dim=-1"):
+        poutine.trace(subsampled).get_trace(y, x)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "flow"])
+def test_vectorized_particles_work_for_every_decoder(likelihood):
+    """A flow decoder's ``log_prob`` did not broadcast ``x`` against ``(K, batch)``."""
+    pyro.clear_param_store()
+    _, cvae, x, y = _make(likelihood=likelihood, flow_layers=1, flow_hidden_dims=(8,))
+    z = torch.randn(3, 5, 2)
+    d, _ = cvae.x_distribution(z, y[:5])
+    broadcast, expanded = d.log_prob(x[:5]), d.log_prob(x[:5].expand(3, 5, 3))
+    assert broadcast.shape == (3, 5)
+    torch.testing.assert_close(broadcast, expanded)
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    pyro.set_rng_seed(0)
+    loss = elbo.loss(cvae.model, cvae.guide, y[:16], x[:16])
+    assert torch.isfinite(torch.tensor(loss))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda y: y.double(), "dtype torch.float64 but the model's parameters are torch.float32"),
+    (lambda y: y.numpy(), "must be a torch.Tensor, got ndarray"),
+    (lambda y: y[:0], "at least one pair"),
+])  # fmt: skip
+def test_bad_program_arguments_raise_the_packages_errors(bad, match):
+    """float64 tensors, NumPy arrays and empty batches gave RuntimeError, AttributeError and
+    ZeroDivisionError from inside the networks."""
+    _, cvae, x, y = _make()
+    xs = x if match != "at least one pair" else x[:0]
+    for program in (cvae.model, cvae.guide):
+        with pytest.raises(ShapeError, match=match):
+            program(bad(y), xs)
+
+
+def test_unseeded_log_prob_and_initialisation_draw_fresh_randomness():
+    """Without a seed both used a forked global RNG and repeated the same draws."""
+    problem, cvae, x, y = _make()
+    posterior = CVAEPosterior(cvae, problem=problem)
+    a = posterior.log_prob(x[:4], y[:4], num_particles=4)
+    b = posterior.log_prob(x[:4], y[:4], num_particles=4)
+    assert not torch.equal(a, b)
+    seeded = [posterior.log_prob(x[:4], y[:4], num_particles=4, seed=3) for _ in range(2)]
+    assert torch.equal(*seeded)
+    config = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(16,))
+    first, second = (build_cvae(config, x, y, seed=None) for _ in range(2))
+    assert _changed(_weights(first), second)
