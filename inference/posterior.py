@@ -604,6 +604,9 @@ def _keep_in_support(
     proposed = [0] * num_obs
     pending = list(range(num_obs))
     max_proposals = math.ceil(num_samples / MIN_SUPPORT_ACCEPTANCE)
+    # none inside after this many: an acceptance of MIN_SUPPORT_ACCEPTANCE or more would have
+    # kept at least one with probability 1 - exp(-14) (1 - 8e-7), so stop before max_proposals
+    none_inside_stop = min(max_proposals, math.ceil(14 / MIN_SUPPORT_ACCEPTANCE))
     size = per_round
     while pending:
         out = draw(y_batch[pending], size)
@@ -617,7 +620,7 @@ def _keep_in_support(
             proposed[m] += size
             if count[m] >= num_samples:
                 continue
-            if proposed[m] >= max_proposals:
+            if proposed[m] >= (max_proposals if count[m] else none_inside_stop):
                 raise DataError(
                     f"only {count[m]} of {proposed[m]} amortized posterior draws for observation "
                     f"{m} lie in {support.words}, fewer than the {num_samples} asked for: below "
@@ -628,7 +631,12 @@ def _keep_in_support(
         pending = still
         if pending:
             need = max(
-                _round_size(num_samples - count[m], count[m], proposed[m], max_proposals)
+                _round_size(
+                    num_samples - count[m],
+                    count[m],
+                    proposed[m],
+                    max_proposals if count[m] else none_inside_stop,
+                )
                 for m in pending
             )
             size = max(1, min(need, max_round // len(pending)), per_round // len(pending))

@@ -239,7 +239,7 @@ def test_failed_fit_leaves_no_folder_and_keeps_an_old_run(run, monkeypatch, caps
     assert "diverged" in capsys.readouterr().err
 
 
-def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path):
+def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path, capsys):
     for condition in ("label", "none"):
         out = tmp_path / condition
         assert (
@@ -265,6 +265,21 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path):
         assert config["model"]["likelihood"] == "bernoulli"
         frames = sorted(p.name for p in (out / "frames").iterdir())
         assert frames == ["recon_epoch001.png", "samples.gif", "samples_epoch001.png"]
+    # sampling a VAE: refused, and the way it names generates images of the run's shape
+    np.save(tmp_path / "obs.npy", np.zeros((1, 10), dtype=np.float32))
+    argv = ["sample", str(tmp_path / "none"), "--observation", str(tmp_path / "obs.npy"),
+            "--out", str(tmp_path / "post.nc")]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "nothing to condition on. The commands draw posteriors given observations; to " \
+        "generate x from the VAE use Python: inference.images.samples_at(" in err
+    from inference.images import samples_at
+    from ppl_cvae import load_checkpoint
+
+    vae = load_checkpoint(tmp_path / "none")[0]
+    images = samples_at(vae, torch.randn(5, vae.config.latent_dim))
+    assert images.shape == (5, 8, 8) and bool(((images >= 0) & (images <= 1)).all())
 
 
 def test_fit_on_an_image_folder_and_missing_dataset_path(tmp_path, capsys):

@@ -138,6 +138,31 @@ def test_image_folder_with_classes(tmp_path):
         load_image_folder(tmp_path / "nope")
 
 
+def test_colour_images_read_as_grey_are_warned_about(tmp_path, caplog):
+    """Red and green of equal luma became one grey in silence (the seventeenth audit)."""
+    import numpy as np
+    from PIL import Image
+
+    from ppl_cvae.data.datasets import load_image_folder
+
+    grey = np.full((8, 8, 3), 90, dtype=np.uint8)  # an RGB file whose channels agree
+    for name, pixels in [("a", grey), ("b", grey)]:
+        (tmp_path / name).mkdir()
+        Image.fromarray(pixels).save(tmp_path / name / "0.png")
+    caplog.clear()
+    load_image_folder(tmp_path, size=(8, 8))
+    assert "colour" not in caplog.text
+    red = np.zeros((8, 8, 3), dtype=np.uint8)
+    red[..., 0] = 200
+    Image.fromarray(red).save(tmp_path / "b" / "1.png")
+    x, _, _ = load_image_folder(tmp_path, size=(8, 8))
+    assert "holds colour images (the first: 1.png), read as grey" in caplog.text
+    assert float(x[-1].mean()) == pytest.approx(round(0.299 * 200) / 255, abs=1e-6)
+    caplog.clear()
+    load_image_folder(tmp_path, size=(8, 8), grayscale=False)
+    assert "colour" not in caplog.text
+
+
 def test_image_folder_odd_files(tmp_path, caplog):
     """The audit's image folders: a 16-bit PNG keeps its grey levels (before, Pillow's "L"
     conversion clipped them to 0 or 1); hidden files (``._0.png``) are left out; an image

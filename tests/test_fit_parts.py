@@ -282,7 +282,7 @@ def test_pairs_whose_y_is_constant_are_warned_of():
     [
         ("categorical", 2, [0.0, 1.0, 2.0], r"--num-facies 3\)$"),
         ("bernoulli", 2, [0.0, 1.0, 2.0], r"--likelihood categorical --num-facies 3\)$"),
-        ("bernoulli", 2, [0.0, 0.5, 1.0], r"x\[0, 1\] = 0.5\); a facies decoder models codes"),
+        ("bernoulli", 2, [0.0, 0.5, 1.0], r"= 0.5\); a facies decoder .* threshold them \(x > 0"),
         ("categorical", 3, [-1.0, 0.0, 2.0], r"x\[0, 0\] = -1\); a facies decoder models codes"),
     ],
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -200,6 +201,13 @@ def test_rejection_stops_and_says_why():
     narrow.sample_prior = sample_prior
     with pytest.raises(DataError, match="check the observation"):
         draw_posterior(cvae, torch.zeros(1, 1), 5, problem=narrow, seed=0)
+    # none inside: it stops once an acceptance of 1e-3 would have kept one with probability
+    # 1 - exp(-14), after 14,000 proposals, not the 100,000 that 100 draws at 1e-3 would need
+    # (an image run with --x-bounds 0,1 spent 5 minutes on them)
+    with pytest.raises(DataError, match=r"only 0 of (\d+) amortized") as info:
+        draw_posterior(cvae, torch.zeros(1, 1), 100, problem=narrow, seed=0)
+    proposed = int(re.search(r"only 0 of (\d+)", str(info.value)).group(1))
+    assert 14_000 <= proposed < 20_000  # the last round may be a whole first-round size
 
 
 def test_log_prob_is_the_density_of_the_kept_draws():

@@ -176,7 +176,10 @@ def _load_run(args: argparse.Namespace) -> tuple[Any, Any]:
     meta["problem_record"] = reference if problem is not None else meta.get("problem_spec")
     if cvae.config.y_shape is None:  # an unconditional VAE (config.conditional False)
         raise ConfigError(
-            f"run {args.run_dir!r} holds an unconditional VAE; nothing to condition on"
+            f"run {args.run_dir!r} holds an unconditional VAE; nothing to condition on. "
+            "The commands draw posteriors given observations; to generate x from the VAE use "
+            "Python: inference.images.samples_at(vae, torch.randn(N, latent_dim)) (decoder "
+            "means; vae = ppl_cvae.load_checkpoint(RUN)[0])"
         )
     return cvae, meta
 

@@ -201,6 +201,17 @@ def _image_files(directory: Path) -> list[Path]:
     )
 
 
+def _has_colour(file: Path) -> bool:
+    """Return whether an image has pixels whose red, green and blue values differ."""
+    from PIL import Image
+
+    with Image.open(file) as opened:
+        if opened.mode in ("1", "L", "LA", "I", "I;16", "F") or opened.mode.startswith("I;"):
+            return False
+        rgb = np.asarray(opened.convert("RGB"), dtype=np.int16)
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+
+
 def _read_image(file: Path, size: tuple[int, int], grayscale: bool) -> Any:
     """Decode one image into float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1], resized (bilinear).
 
@@ -244,7 +255,8 @@ def load_image_folder(
     size : (int, int), default (150, 150)
         Output ``(height, width)`` in pixels.
     grayscale : bool, default True
-        Convert to one channel (``(N, H, W)``); otherwise RGB (``(N, 3, H, W)``).
+        Convert to one channel (``(N, H, W)``, Pillow's ``L`` luma; a folder with colour
+        images is warned about); otherwise RGB (``(N, 3, H, W)``).
 
     Returns
     -------
@@ -288,6 +300,7 @@ def load_image_folder(
             )
     groups = [(p.name, p) for p in subdirs] if subdirs else [(folder.name, folder)]
     arrays, labels, classes = [], [], []
+    coloured: Path | None = None  # the first colour image read as grey, for the warning
     for label, (name, directory) in enumerate(groups):
         classes.append(name)
         files = _image_files(directory)
@@ -302,11 +315,22 @@ def load_image_folder(
                 raise DataError(f"{str(file)!r} is not a regular file; expected an image")
             try:
                 arrays.append(_read_image(file, size, grayscale))
+                if grayscale and coloured is None and _has_colour(file):
+                    coloured = file
             except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
                 raise DataError(f"cannot read image {str(file)!r}: {err}") from err
             labels.append(label)
     if not arrays:
         raise DataError(f"{str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images")
+    if coloured is not None:
+        log.warning(
+            "%s holds colour images (the first: %s), read as grey (Pillow's 'L' luma, "
+            "0.299 R + 0.587 G + 0.114 B): colours of equal luma become one grey; for colour "
+            "load them with ppl_cvae.data.datasets.load_image_folder(folder, grayscale=False) "
+            "and fit the pairs from a file (--data)",
+            str(folder),
+            coloured.name,
+        )
     x = torch.as_tensor(np.stack(arrays))
     if not grayscale:
         x = x.permute(0, 3, 1, 2).contiguous()

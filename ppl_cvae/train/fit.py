@@ -377,8 +377,14 @@ def _refuse_non_codes(x: torch.Tensor, config: ModelConfig) -> None:
             "a facies decoder models codes only: for real values fit a density "
             "(--likelihood gaussian or flow)"
         )
+        if config.likelihood == "bernoulli" and bool((x >= 0).all() and (x <= 1).all()):
+            fix += (
+                "; grey levels in [0, 1] (resized or anti-aliased images) are not 0/1 pixels: "
+                "threshold them (x > 0.5) to fit 'bernoulli'"
+            )
     raise DataError(
-        f"a {config.likelihood!r} decoder models the facies codes 0 .. {classes - 1}, but "
+        f"a {config.likelihood!r} decoder models the codes 0 .. {classes - 1} (facies, "
+        "or binary pixels), but "
         f"{int(bad.sum())} training values of x are not among them (the first: "
         f"x{list(first)} = {value:g}); {fix}"
     )
