@@ -265,21 +265,31 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path, capsys):
         assert config["model"]["likelihood"] == "bernoulli"
         frames = sorted(p.name for p in (out / "frames").iterdir())
         assert frames == ["recon_epoch001.png", "samples.gif", "samples_epoch001.png"]
-    # sampling a VAE: refused, and the way it names generates images of the run's shape
-    np.save(tmp_path / "obs.npy", np.zeros((1, 10), dtype=np.float32))
-    argv = ["sample", str(tmp_path / "none"), "--observation", str(tmp_path / "obs.npy"),
-            "--out", str(tmp_path / "post.nc")]  # fmt: skip
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "nothing to condition on. The commands draw posteriors given observations; to " \
-        "generate x from the VAE use Python: inference.images.samples_at(" in err
-    from inference.images import samples_at
-    from ppl_cvae import load_checkpoint
+    # a VAE generates images with sample (no --observation); a CVAE needs one
+    gen = [str(tmp_path / "none"), "--num-samples", "6", "--seed", "3"]
+    for name, noise in (("a", "mean"), ("b", "mean"), ("c", "sample")):
+        argv = ["sample", *gen, "--decoder-noise", noise, "--out", str(tmp_path / f"{name}.nc")]
+        assert main(argv) == 0
+    import arviz as az
 
-    vae = load_checkpoint(tmp_path / "none")[0]
-    images = samples_at(vae, torch.randn(5, vae.config.latent_dim))
-    assert images.shape == (5, 8, 8) and bool(((images >= 0) & (images <= 1)).all())
+    files = {n: az.from_netcdf(tmp_path / f"{n}.nc") for n in "abc"}
+    assert list(files["a"].groups()) == ["prior"]
+    means = files["a"].prior["x"].values
+    assert means.shape == (1, 6, 8, 8) and files["a"].prior["z"].shape == (1, 6, 8)
+    assert bool(((means > 0) & (means < 1)).all())  # Bernoulli pixel probabilities
+    assert np.array_equal(means, files["b"].prior["x"].values)  # the seed repeats them
+    assert set(np.unique(files["c"].prior["x"].values)) <= {0.0, 1.0}  # pixels drawn
+    capsys.readouterr()
+    np.save(tmp_path / "obs.npy", np.zeros((1, 10), dtype=np.float32))
+    for run, extra, message in (
+        ("none", ["--observation", str(tmp_path / "obs.npy")], "without observations: drop"),
+        ("label", [], "sample needs --observation OBS"),
+        ("none", ["--method", "nuts"], "an unconditional VAE generates x with the default"),
+    ):
+        argv = ["sample", str(tmp_path / run), *extra, "--out", str(tmp_path / "d.nc")]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "d.nc").exists()
 
 
 def test_fit_on_an_image_folder_and_missing_dataset_path(tmp_path, capsys):

@@ -146,8 +146,10 @@ def _names_functions(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "functions", None)) or "functions" in given
 
 
-def _load_run(args: argparse.Namespace) -> tuple[Any, Any]:
+def _load_run(args: argparse.Namespace, *, unconditional: bool = False) -> tuple[Any, Any]:
     """Load the run's model and its problem (``--problem`` overrides the stored one).
+
+    An unconditional VAE is refused unless ``unconditional`` (``sample`` generates from it).
 
     ``meta`` is :func:`~ppl_cvae.train.load_checkpoint`'s, with ``"problem_record"``: what
     rebuilds the problem used (the ``--problem package.module:factory`` reference with its
@@ -174,12 +176,10 @@ def _load_run(args: argparse.Namespace) -> tuple[Any, Any]:
         problem, reference = _problem_from_args(args)
     cvae, meta = load_checkpoint(args.run_dir, problem=problem)
     meta["problem_record"] = reference if problem is not None else meta.get("problem_spec")
-    if cvae.config.y_shape is None:  # an unconditional VAE (config.conditional False)
+    if cvae.config.y_shape is None and not unconditional:  # config.conditional False
         raise ConfigError(
-            f"run {args.run_dir!r} holds an unconditional VAE; nothing to condition on. "
-            "The commands draw posteriors given observations; to generate x from the VAE use "
-            "Python: inference.images.samples_at(vae, torch.randn(N, latent_dim)) (decoder "
-            "means; vae = ppl_cvae.load_checkpoint(RUN)[0])"
+            f"run {args.run_dir!r} holds an unconditional VAE; nothing to condition on (draw "
+            f"from it with: ppl-cvae sample {args.run_dir} --num-samples N --out FILE.nc)"
         )
     return cvae, meta
 

@@ -445,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", help="run folder written by fit (or a model.pt)")
     s.add_argument(
         "--observation",
-        required=True,
-        help=".npy with one y (y_shape) or a stack "
+        help="required for a CVAE run (none for an unconditional VAE: its draws of x, "
+        "group 'prior'). .npy with one y (y_shape) or a stack "
         "(M, *y_shape), .npz with key y (and optional x = true models), or a Two Birds "
         "challenge .pt (Y observed, X the truth)",
     )

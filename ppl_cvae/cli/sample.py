@@ -195,7 +195,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
             + "): the model sampled is that of the unconditional VAE fitted with "
             "`fit --unconditional`"
         )
-    cvae, meta = _load_run(args)
+    cvae, meta = _load_run(args, unconditional=True)
+    if cvae.config.y_shape is None:
+        return _generate(args, cvae, meta, method, device, out)
+    if args.observation is None:
+        raise ConfigError(
+            f"sample needs --observation OBS: run {args.run_dir!r} holds a CVAE conditioned on "
+            f"y of shape {cvae.config.y_shape}"
+        )
     if method == "amortized":
         cvae.to(device)
     elif device.type != "cpu":
@@ -322,6 +329,44 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
         _warn_misfit(load_inference_data(out))
     print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
+    return 0
+
+
+def _generate(
+    args: argparse.Namespace, vae: Any, meta: Any, method: str, device: Any, out: Path
+) -> int:
+    """Draw ``--num-samples`` models from an unconditional VAE into the file's ``prior`` group."""
+    from inference.arviz_io import save_inference_data
+    from inference.generate import generate, generated_inference_data
+
+    if args.observation is not None:
+        raise ConfigError(
+            f"run {args.run_dir!r} holds an unconditional VAE, which generates x without "
+            "observations: drop --observation"
+        )
+    if method != "amortized":
+        raise ConfigError(
+            f"--method {method} draws a posterior given observations; an unconditional VAE "
+            "generates x with the default --method amortized"
+        )
+    vae.to(device)
+    draws = generate(
+        vae,
+        args.num_samples,
+        decoder_noise={"auto": None, "sample": True, "mean": False}[args.decoder_noise],
+        seed=args.seed,
+    )
+    attrs = {
+        "run_dir": str(args.run_dir),
+        "command": "ppl-cvae sample",
+        "kind": "draws of the unconditional VAE's generative model p(x)",
+    }
+    problem = meta.get("problem")
+    idata = generated_inference_data(vae, draws, names=problem, attrs=attrs)
+    save_inference_data(idata, out)
+    print(
+        f"wrote {args.num_samples} draws of x from the unconditional VAE (group 'prior') to {out}"
+    )
     return 0
 
 
