@@ -290,6 +290,21 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path, capsys):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "d.nc").exists()
+    # a label run takes one-hot rows only (a 2, two classes or a tenth each drew images of no
+    # class in silence) and names y's entries by the classes
+    rows = np.eye(10, dtype=np.float32)[[3, 7]]
+    bad = {"two": rows[:1] * 2, "both": rows.sum(0, keepdims=True), "tenth": rows[:1] * 0 + 0.1}
+    for name, values in {"ok": rows, **bad}.items():
+        np.save(tmp_path / f"{name}.npy", values)
+        argv = ["sample", str(tmp_path / "label"), "--observation", str(tmp_path / f"{name}.npy"),
+                "--num-samples", "4", "--out", str(tmp_path / f"{name}.nc")]  # fmt: skip
+        assert main(argv) == (0 if name == "ok" else 2)
+        if name != "ok":
+            assert "must be a one-hot row of 10 values, 1 at the class and 0 elsewhere (" \
+                "classes ['0', '1'," in capsys.readouterr().err
+    observed = az.from_netcdf(tmp_path / "ok.nc").observed_data
+    assert observed["y"].dims == ("observation", "class")
+    assert observed["class"].values.tolist() == [str(k) for k in range(10)]
 
 
 def test_fit_on_an_image_folder_and_missing_dataset_path(tmp_path, capsys):

@@ -970,6 +970,12 @@ def _fit_into(
         )
     if args.data and problem is None and cvae.data_layout is None:
         _keep_data_layout(cvae, args.data)
+    classes = getattr(args, "dataset_classes", None)
+    if args.dataset and args.condition == "label" and classes and cvae.data_layout is None:
+        from ppl_cvae.data.layout import DataLayout
+
+        # y is the one-hot class: the posterior files name its entries by the class names
+        cvae.set_data_layout(DataLayout(y_dims=("class",), coords={"class": tuple(classes)}))
     place_forward_operator(cvae, problem, device)
     simulator = _simulator(args, problem) if problem is not None else None
     if args.stream:
@@ -1034,6 +1040,8 @@ def _fit_into(
         "fit_seconds": seconds,
         "best_epoch": result.best_epoch,
     }
+    if args.dataset:  # sample checks a label run's observations against it
+        extra["condition"] = args.condition
     if data_source is not None:  # --stream / --lazy: how the batches were made
         if "stream" in data_source:
             data_source["stream"]["state"] = batches.stream.state_dict()

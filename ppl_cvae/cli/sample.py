@@ -226,6 +226,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         _warn_if_names_replaced(problem, cvae.data_layout)
     y_scale = cvae.y_standardiser.std if cvae.y_standardiser is not None else None
     y, _, x_true = load_observations(args.observation, cvae.config.y_shape, y_scale=y_scale)
+    if (meta.get("extra") or {}).get("condition") == "label":
+        _check_one_hot(y, args.observation, cvae.data_layout)
     if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
         raise ShapeError(
             f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "
@@ -330,6 +332,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
         _warn_misfit(load_inference_data(out))
     print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
     return 0
+
+
+def _check_one_hot(y: Any, path: str, layout: Any) -> None:
+    """Refuse observations of a label-conditional run that are not one-hot class rows.
+
+    Such a CVAE was trained on rows with a single 1 (the class) and 0 elsewhere; any other
+    row (two classes, none, a 2, a half) lies outside what it learnt and gives images of no
+    class, with no other sign of it.
+    """
+    rows = y.reshape(y.shape[0], -1)
+    valid = ((rows == 0) | (rows == 1)).all(-1) & (rows.sum(-1) == 1)
+    if bool(valid.all()):
+        return
+    first = int((~valid).nonzero()[0, 0])
+    classes = list(layout.coords.get("class", ())) if layout is not None else []
+    named = f" (classes {classes}, in this order)" if classes else ""
+    raise ConfigError(
+        f"observation {first} of {path!r} is {[round(float(v), 4) for v in rows[first]]}: "
+        f"this run is conditioned on a class label, so each observation must be a one-hot row "
+        f"of {rows.shape[1]} values, 1 at the class and 0 elsewhere{named}"
+    )
 
 
 def _generate(
