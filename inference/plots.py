@@ -605,6 +605,7 @@ def fields_figure(
     sources: tuple[np.ndarray, np.ndarray] | None = None,
     receivers: tuple[np.ndarray, np.ndarray] | None = None,
     title: str = "",
+    log_scale: bool = True,
 ) -> Figure:
     """Draw 2-D fields side by side (truth, posterior mean, sd, draws), each with a colour bar.
 
@@ -627,6 +628,10 @@ def fields_figure(
 
     title : str, optional
         Title of the figure.
+    log_scale : bool, default True
+        Whether values spanning decades may get a logarithmic colour scale (False: always
+        linear, e.g. for images, whose pixel probabilities span decades without being a
+        log-distributed property).
 
     Returns
     -------
@@ -634,7 +639,7 @@ def fields_figure(
         Sections wider than 1.3 times their depth get their colour bars below, so that a
         flat section is not squeezed beside a full-height bar. Positive values spanning
         :data:`LOG_SCALE_DECADES` decades or more (the shared panels together, any other
-        panel alone) get a logarithmic colour scale.
+        panel alone) get a logarithmic colour scale, unless ``log_scale`` is False.
 
     Raises
     ------
@@ -677,10 +682,11 @@ def fields_figure(
     shared_values = [fields[t] for t in titles if t in shared]
     vmin = min(float(v.min()) for v in shared_values) if shared_values else None
     vmax = max(float(v.max()) for v in shared_values) if shared_values else None
-    shared_log = _spans_decades(shared_values)
+    shared_log = log_scale and _spans_decades(shared_values)
     for ax, panel in zip(axes.flat, titles, strict=False):
         in_shared = panel in shared
-        if (in_shared and shared_log) or (not in_shared and _spans_decades([fields[panel]])):
+        alone_log = log_scale and not in_shared and _spans_decades([fields[panel]])
+        if (in_shared and shared_log) or alone_log:
             low, high = (vmin, vmax) if in_shared else (None, None)
             limits: dict[str, Any] = {"norm": LogNorm(vmin=low, vmax=high)}
         else:

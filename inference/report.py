@@ -24,6 +24,7 @@ facies 1 and the panel says so (``P(x = 1)``).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,8 +170,10 @@ def posterior_figures(
     Returns
     -------
     dict of str to matplotlib.figure.Figure
-        ``"posterior"`` always; ``"profile"`` (middle column against depth) for a 2-D grid.
-        The layout is chosen from the dims and coordinate attributes (module docstring).
+        ``"posterior"`` always; ``"profile"`` (middle column against depth) for a 2-D grid
+        with named dims or units (not for an image: ArviZ's generic ``x_dim_0, x_dim_1`` and
+        no units, drawn with pixel axes on a linear colour scale). The layout is chosen from
+        the dims and coordinate attributes (module docstring).
 
     Raises
     ------
@@ -205,6 +208,9 @@ def posterior_figures(
     if len(dims) == 2 and min(draws.shape[1:]) >= 4:  # a 2-D grid: depth (rows) x offset
         rows, row_unit = _coord(x, dims[0])
         cols, col_unit = _coord(x, dims[1])
+        # ArviZ's generic dim names, no units: an image (or a grid the data did not name),
+        # not a section in depth: no depth profile, pixel axes, a linear colour scale
+        image = not unit and all(re.fullmatch(r"x_dim_\d+", d) for d in dims)
         top, bottom = _edges(rows)
         left, right = _edges(cols)
         panels: dict[str, np.ndarray] = {}
@@ -236,14 +242,17 @@ def posterior_figures(
         field = plots.fields_figure(
             panels,
             extent=(left, right, bottom, top),
-            xlabel=_label(_dim_name(x, dims[1]), col_unit),
-            ylabel=_label(_dim_name(x, dims[0]), row_unit),
+            xlabel="column (pixel)" if image else _label(_dim_name(x, dims[1]), col_unit),
+            ylabel="row (pixel)" if image else _label(_dim_name(x, dims[0]), row_unit),
             units={t: _label(name, unit) for t in panels},
             shared=[t for t in panels if not t.endswith(" sd")],
             sources=sources,
             receivers=receivers,
             title=note,
+            log_scale=not image,
         )
+        if image:
+            return {"posterior": field}
         mid = draws.shape[2] // 2
         profile = plots.profile_figure(
             np.asarray(rows, dtype=float),

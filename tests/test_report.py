@@ -205,6 +205,27 @@ def test_gravity_colour_bars_sit_below_wide_sections():
         )
 
 
+def test_an_image_gets_pixel_axes_a_linear_scale_and_no_depth_profile():
+    """Pixel probabilities from 1e-4 to 0.9 were drawn on a log scale, with a 'depth
+    profile' of the middle column (the seventeenth audit); a named section keeps both."""
+    from matplotlib.colors import LogNorm
+
+    rng = np.random.default_rng(0)
+    probabilities = torch.as_tensor(10 ** rng.uniform(-4, -0.05, size=(6, 1, 8, 8)))
+    for named in (False, True):
+        idata = to_inference_data(
+            probabilities, None, torch.zeros(1, 10),
+            x_dims=("depth", "offset") if named else None,
+            units={"x": "m/s"} if named else None,
+        )  # fmt: skip
+        figures = posterior_figures(idata)
+        assert sorted(figures) == (["posterior", "profile"] if named else ["posterior"])
+        axes = [ax for ax in figures["posterior"].axes if ax.get_images()]
+        logs = [isinstance(ax.get_images()[0].norm, LogNorm) for ax in axes]
+        assert all(logs) if named else not any(logs[:1] + logs[2:])  # the sd panel aside
+        assert (axes[0].get_xlabel() == "column (pixel)") != named
+
+
 def test_per_component_units_must_match_one_dim():
     problem = LinearGaussian(x_dim=2, y_dim=3)
     problem.units = {"x": "", "y": {"a": "m", "b": "s"}}  # no y dim has coordinates a, b
