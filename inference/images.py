@@ -74,6 +74,8 @@ class EpochFrames:
     grid : (int, int)
         Rows and columns of the sample grid.
     every : int, default 1
+    cmap : str, default "gray_r"
+        Colour map of grey images (:func:`~inference.plots.plot_image_grid`).
     """
 
     def __init__(
@@ -85,8 +87,10 @@ class EpochFrames:
         y_samples: torch.Tensor | None,
         grid: tuple[int, int],
         every: int = 1,
+        cmap: str = "gray_r",
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.cmap = cmap
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.x, self.y, self.eps, self.y_samples = x, y, eps, y_samples
         self.grid, self.every = grid, every
@@ -103,12 +107,15 @@ class EpochFrames:
             self.out_dir / f"recon_epoch{epoch:03d}.png",
             row_labels=["input", "recon"],
             title=f"epoch {epoch}",
+            cmap=self.cmap,
         )
         rows, cols = self.grid
         samples = samples_at(cvae, self.eps, self.y_samples)
         images = samples.reshape(rows, cols, *samples.shape[1:]).numpy()
         path = self.out_dir / f"samples_epoch{epoch:03d}.png"
-        plots.plot_image_grid(images, path, title=f"samples at fixed z, epoch {epoch}")
+        plots.plot_image_grid(
+            images, path, title=f"samples at fixed z, epoch {epoch}", cmap=self.cmap
+        )
         self.sample_frames.append(path)
 
     def gif(self, path: str | os.PathLike[str] | None = None) -> Path:

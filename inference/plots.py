@@ -1096,18 +1096,34 @@ def plot_image_grid(
     title: str = "",
     cmap: str = "gray_r",
 ) -> Path:
-    """Save a grid of grey-level images.
+    """Save a grid of grey-level or colour images.
 
     Parameters
     ----------
-    images : ndarray, shape (rows, cols, H, W)
-        Pixel values in [0, 1].
+    images : ndarray, shape (rows, cols, H, W) or (rows, cols, 3, H, W)
+        Pixel values in [0, 1] (drawn clipped to it): grey levels, or RGB channels first
+        (the layout of ``load_image_folder(..., grayscale=False)``).
     path : path
         PNG to write.
     row_labels : sequence of str, optional
         One label per row, drawn left of it.
+    title : str, optional
+    cmap : str, default "gray_r"
+        Colour map of grey images (``"gray_r"``: 1 black, as ink; ``"gray"``: 1 white).
+
+    Raises
+    ------
+    ShapeError
+        If ``images`` is not 4-D, or 5-D with 3 channels.
     """
     images = np.asarray(images)
+    if images.ndim == 5 and images.shape[2] == 3:  # channels last for imshow
+        images = np.clip(np.moveaxis(images, 2, -1), 0.0, 1.0)
+    elif images.ndim != 4:
+        raise ShapeError(
+            f"images must have shape (rows, cols, H, W) or (rows, cols, 3, H, W), got "
+            f"{images.shape}"
+        )
     rows, cols = images.shape[:2]
     fig, axes = _subplots(rows, cols, figsize=(0.8 * cols + 0.6, 0.8 * rows + 0.4), squeeze=False)
     for r in range(rows):

@@ -236,3 +236,17 @@ def test_a_repeat_of_an_image_folder_run_refuses_changed_images(tmp_path, capsys
     assert "fitted on other pairs than those of dataset 'folder' in 'imgs'" in (
         capsys.readouterr().err
     )
+
+
+def test_training_frames_show_images_of_every_class_in_the_folders_colours(tmp_path):
+    """The reconstruction frame showed x[:10], all of the first class (the seventeenth audit);
+    a folder's grey levels were drawn as ink (1 black)."""
+    from ppl_cvae.cli.fit import _image_frames
+
+    labels = torch.arange(10).repeat_interleave(30)  # the classes in order, as folders load
+    x = torch.rand(300, 8, 8)
+    y = torch.eye(10)[labels]
+    config = ModelConfig(x_shape=(8, 8), y_shape=(10,), latent_dim=2, hidden_dims=(8,))
+    frames = _image_frames(tmp_path, x, y, config, 10, cmap="gray")
+    assert sorted(frames.y.argmax(1).tolist()) == list(range(10))
+    assert frames.cmap == "gray"

@@ -59,3 +59,23 @@ def test_a_profile_over_decades_gets_a_log_value_axis():
     plt.close(wide)
     plt.close(narrow)
     assert scales == ("log", "linear")
+
+
+def test_colour_image_grids_keep_their_channels(tmp_path):
+    """A (rows, cols, 3, H, W) grid raised matplotlib's TypeError; now drawn in colour."""
+    import pytest
+    from PIL import Image
+
+    from inference.plots import plot_image_grid
+    from ppl_cvae.errors import ShapeError
+
+    red = np.zeros((1, 2, 3, 8, 8))
+    red[:, :, 0] = 1.0
+    red[0, 1, 0] = 1.5  # drawn clipped to 1
+    plot_image_grid(red, tmp_path / "red.png")
+    pixels = np.asarray(Image.open(tmp_path / "red.png").convert("RGB")).reshape(-1, 3)
+    pure_red = (pixels[:, 0] > 240) & (pixels[:, 1] < 15) & (pixels[:, 2] < 15)
+    assert pure_red.sum() >= 100  # two 8 x 8 panels drawn at well over a pixel per value
+    plot_image_grid(np.zeros((1, 2, 8, 8)), tmp_path / "grey.png")
+    with pytest.raises(ShapeError, match=r"\(rows, cols, 3, H, W\)"):
+        plot_image_grid(np.zeros((2, 8, 8)), tmp_path / "bad.png")

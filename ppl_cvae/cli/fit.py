@@ -1008,7 +1008,15 @@ def _fit_into(
         )
         data_source = {"stream": {"workers": args.workers}}
     frames = (
-        _image_frames(out / "frames", x, y, model_config, train_config.num_epochs)
+        _image_frames(
+            out / "frames",
+            x,
+            y,
+            model_config,
+            train_config.num_epochs,
+            # ink on paper for the digits; a photograph's grey levels (0 black) for a folder
+            cmap="gray" if args.dataset == "folder" else "gray_r",
+        )
         if args.dataset and x is not None and out is not None
         else None
     )
@@ -1162,13 +1170,19 @@ def _run_doc(
 
 
 def _image_frames(
-    folder: Path, x: torch.Tensor, y: torch.Tensor | None, config: ModelConfig, num_epochs: int
+    folder: Path,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    config: ModelConfig,
+    num_epochs: int,
+    cmap: str = "gray_r",
 ) -> Any:
     """Reconstruction and sample grids every ``num_epochs // 10`` epochs (and a GIF) for images.
 
     The sample grid has one row per class for a label-conditional model (8 samples each) and
-    8 x 8 samples for a VAE, at latent draws fixed for the whole run. Grey images only
-    (event shape ``(H, W)``); None otherwise.
+    8 x 8 samples for a VAE, at latent draws fixed for the whole run; the reconstructions are
+    of 10 images evenly spaced through the data (so through the classes, which come in
+    order). Grey images only (event shape ``(H, W)``); None otherwise.
     """
     from inference.images import EpochFrames
 
@@ -1181,8 +1195,16 @@ def _image_frames(
         grid_y = torch.eye(rows).repeat_interleave(cols, dim=0)
     eps = torch.randn(rows * cols, config.latent_dim, generator=torch.Generator().manual_seed(0))
     every = max(1, num_epochs // 10)
+    shown = torch.linspace(0, len(x) - 1, min(10, len(x))).round().long()
     return EpochFrames(
-        folder, x[:10], None if y is None else y[:10], eps, grid_y, (rows, cols), every=every
+        folder,
+        x[shown],
+        None if y is None else y[shown],
+        eps,
+        grid_y,
+        (rows, cols),
+        every=every,
+        cmap=cmap,
     )
 
 
