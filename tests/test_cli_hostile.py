@@ -9,6 +9,7 @@ ignored flag or a message that blamed the wrong thing. Every refusal is checked 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import textwrap
 
@@ -849,3 +850,28 @@ def test_evaluate_names_a_forward_operator_that_raises(tmp_path, capsys, monkeyp
            # parts (two models, inference.exact.linear_gaussian_offset), before the misfit
            capsys, "problem 'eval_boom' forward raised RuntimeError: boom for x of shape (")
     assert not out.exists()
+
+
+def test_evaluate_on_the_training_pairs_is_warned_about(tmp_path, caplog):
+    """The image audit calibrated a run on its own training images with no word of it."""
+    rng = np.random.default_rng(0)
+    threads = torch.get_num_threads()
+    try:
+        for name in ("train", "held"):
+            x = rng.normal(size=(60, 2)).astype(np.float32)
+            np.savez(tmp_path / f"{name}.npz", x=x, y=x + 0.1 * rng.normal(size=(60, 2)))
+        argv = ["fit", "--data", str(tmp_path / "train.npz"), "--out", str(tmp_path / "run"),
+                "--epochs", "1", "--hidden-dims", "8", "--latent-dim", "2", "--quiet"]  # fmt: skip
+        assert main(argv) == 0
+        for name in ("train", "held"):
+            caplog.clear()
+            out = tmp_path / f"ev_{name}"
+            argv = ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / f"{name}.npz"),
+                    "--num-samples", "50", "--out", str(out)]  # fmt: skip
+            assert main(argv) == 0
+            warned = "holds the very pairs run" in caplog.text
+            assert warned == (name == "train")
+            metrics = json.loads((out / "metrics.json").read_text())
+            assert metrics["training_pairs"] is (name == "train")
+    finally:
+        torch.set_num_threads(threads)

@@ -38,6 +38,23 @@ def _warn_not_finite(kind: str, where: str, found: list[tuple[str, str]]) -> Non
     )
 
 
+def _trained_on(run_dir: str, x: Any, y: Any) -> bool:
+    """Return whether pairs ``x, y`` are the ones the run in ``run_dir`` was fitted on.
+
+    Compares their :func:`~ppl_cvae.train.resume.data_digest` with the ``data_digest`` that
+    ``fit`` records in ``RUN/config.json`` for a data file or dataset; False where the run
+    records none (pairs simulated from a problem), or ``run_dir`` is a ``model.pt``.
+    """
+    from ppl_cvae.train.resume import data_digest
+
+    config = Path(run_dir) / "config.json"
+    try:
+        recorded = json.loads(config.read_text(encoding="utf-8")).get("data_digest")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(recorded, str) and recorded == data_digest(x, y)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, misfit, SBC, TARP; JSON + PNGs."""
     from inference.evaluate import evaluate_model, not_finite_metrics, write_evaluation
@@ -58,6 +75,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if problem is None and cvae.data_layout is not None:
         _warn_if_layout_differs(cvae.data_layout, args.data)
+    trained_on = _trained_on(args.run_dir, x, y)
+    if trained_on:
+        log.warning(
+            "%s holds the very pairs run %s was fitted on (the same SHA-256 digest): coverage, "
+            "SBC and TARP on the pairs the networks learnt are optimistic; evaluate on "
+            "held-out pairs (e.g. ppl-cvae simulate ... --seed N with another seed)",
+            args.data,
+            args.run_dir,
+        )
     if args.max_observations is not None:
         x, y = x[: args.max_observations], y[: args.max_observations]
     check_memory(
@@ -70,6 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     metrics["run_dir"] = str(args.run_dir)
     metrics["data"] = str(args.data)
+    metrics["training_pairs"] = trained_on
     metrics["problem"] = problem.name if problem is not None else None
     with atomic_dir(out, overwrite=args.overwrite, command="evaluate") as tmp_dir:
         layout = cvae.data_layout  # a data file's units of x, when fitted without a problem
