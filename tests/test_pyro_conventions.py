@@ -170,3 +170,12 @@ def test_unseeded_log_prob_and_initialisation_draw_fresh_randomness():
     config = ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(16,))
     first, second = (build_cvae(config, x, y, seed=None) for _ in range(2))
     assert _changed(_weights(first), second)
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), "1"])
+def test_a_kl_weight_that_is_not_positive_is_refused(weight):
+    """0 gave Pyro's "Expected scale > 0 but got 0.0" from inside poutine.scale."""
+    _, cvae, x, y = _make()
+    for program in (cvae.model, cvae.guide):
+        with pytest.raises(ConfigError, match="kl_weight .* must be > 0"):
+            program(y, x, kl_weight=weight)

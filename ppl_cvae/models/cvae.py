@@ -636,13 +636,19 @@ class CVAE(nn.Module):
                 f"{name} must have shape {shape_text('batch', shape)}, got {tuple(value.shape)}"
             )
 
-    def _check_program_inputs(self, y: Any, x: Any) -> int:
+    def _check_program_inputs(self, y: Any, x: Any, kl_weight: float) -> int:
         """Check the arguments of :meth:`model` and :meth:`guide`; return the batch size.
 
         Besides :meth:`check_inputs`: each given value must be a tensor in the dtype of the
         model's parameters (the networks' matrix products need one dtype) with at least one
-        pair.
+        pair, and ``kl_weight`` a number > 0 (it scales a log density).
         """
+        try:
+            positive = not isinstance(kl_weight, (str, bytes)) and float(kl_weight) > 0
+        except (TypeError, ValueError, RuntimeError):  # not a number (or a tensor of several)
+            positive = False
+        if not positive:
+            raise ConfigError(f"kl_weight (the KL weight beta) must be > 0, got {kl_weight!r}")
         dtype = self.x_standardiser.mean.dtype
         for name, value in (("y", y), ("x", x)):
             if value is None:
@@ -991,8 +997,8 @@ class CVAE(nn.Module):
         x : Tensor, shape (batch, *x_shape), optional
             Subsurface models, observed at site ``"x"`` when given; sampled otherwise.
         kl_weight : float, default 1.0
-            KL weight ``beta`` (scales the log density of site ``"z"``; the guide applies the
-            same scale, so the ELBO's KL term is multiplied by ``beta``).
+            KL weight ``beta`` > 0 (scales the log density of site ``"z"``; the guide applies
+            the same scale, so the ELBO's KL term is multiplied by ``beta``).
         physics_weight : float, default 0.0
             Weight ``w`` of the physics-consistency factor (see class Notes).
         gsnn_weight : float, default 0.0
@@ -1013,8 +1019,9 @@ class CVAE(nn.Module):
             If ``y`` or ``x`` is not a tensor in the dtype of the model's parameters, does not
             have the configured event shape, holds no pair, or the batch sizes differ.
         ConfigError
-            If ``physics_weight > 0`` but the model has no forward operator or its likelihood
-            is ``categorical``, or ``gsnn_weight > 0`` for a model without a latent.
+            If ``kl_weight`` is not > 0, ``physics_weight > 0`` but the model has no forward
+            operator or its likelihood is ``categorical``, or ``gsnn_weight > 0`` for a model
+            without a latent.
 
         Notes
         -----
@@ -1024,7 +1031,7 @@ class CVAE(nn.Module):
         caller's own at ``dim=-1`` (Pyro's ``subsample_size`` idiom) is refused by Pyro as a
         collision instead of broadcasting into a ``(B, B)`` batch.
         """
-        batch = self._check_program_inputs(y, x)
+        batch = self._check_program_inputs(y, x, kl_weight)
         self._register_params("model")  # prior net and decoder (pyro.module's idiom)
         with pyro.plate("batch", batch, dim=-1):
             if self.config.latent_dim > 0:
@@ -1091,7 +1098,7 @@ class CVAE(nn.Module):
                 "the training guide needs x; draw posterior samples through the model "
                 "(inference.sample_posterior) instead"
             )
-        batch = self._check_program_inputs(y, x)
+        batch = self._check_program_inputs(y, x, kl_weight)
         self._register_params("guide")
         if self.recognition_net is None:  # no latent: the guide has no sample site
             return x.new_zeros(batch, 0)
