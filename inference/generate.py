@@ -73,7 +73,7 @@ def generate(
         :func:`inference.posterior.draw_posterior`), or ``num_samples`` or ``seed`` is not
         valid.
     ResourceError
-        If one pass of :data:`GENERATE_CHUNK` draws cannot fit in memory.
+        If the draws (and one pass of :data:`GENERATE_CHUNK`) cannot fit in memory.
 
     Examples
     --------
@@ -94,8 +94,14 @@ def generate(
     if decoder_noise is None:
         decoder_noise = vae.samples_decoder_noise
     chunk = min(num_samples, GENERATE_CHUNK)
-    values = int(np.prod(vae.config.x_shape)) * max(1, vae.config.num_facies)
-    check_memory(4 * 4 * values * chunk, f"{chunk} generated draws of {values} values each")
+    classes = vae.config.num_facies if vae.config.likelihood == "categorical" else 1
+    values = int(np.prod(vae.config.x_shape)) * classes  # x_mean holds K per categorical cell
+    kept = 4 * (2 * values + vae.config.latent_dim)  # x, x_mean and z of every draw, float32
+    check_memory(
+        kept * num_samples + 4 * 4 * values * chunk,
+        f"{num_samples} generated draws of {values} values each",
+        hint="ask for fewer draws",
+    )
     if seed is not None:
         pyro.set_rng_seed(seed)
     was_training = vae.training
@@ -182,5 +188,10 @@ def generated_inference_data(
     units = getattr(names, "units", None) or {}
     if isinstance(units, Mapping) and "x" in units:
         idata.prior["x"].attrs["units"] = str(units["x"])
+    from ppl_cvae._version import __version__
+
+    idata.prior.attrs.update(
+        {"inference_library": "ppl_cvae", "inference_library_version": __version__}
+    )
     idata.prior.attrs.update({str(k): v for k, v in (attrs or {}).items()})
     return idata

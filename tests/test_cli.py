@@ -272,6 +272,10 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path, capsys):
         assert main(argv) == 0
     import arviz as az
 
+    # a generated file is the command's own output: --overwrite replaces it
+    argv = ["sample", *gen, "--out", str(tmp_path / "a.nc"), "--overwrite", "--decoder-noise",
+            "mean"]  # fmt: skip
+    assert main(argv) == 0
     files = {n: az.from_netcdf(tmp_path / f"{n}.nc") for n in "abc"}
     assert list(files["a"].groups()) == ["prior"]
     means = files["a"].prior["x"].values
@@ -293,15 +297,20 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path, capsys):
     # a label run takes one-hot rows only (a 2, two classes or a tenth each drew images of no
     # class in silence) and names y's entries by the classes
     rows = np.eye(10, dtype=np.float32)[[3, 7]]
-    bad = {"two": rows[:1] * 2, "both": rows.sum(0, keepdims=True), "tenth": rows[:1] * 0 + 0.1}
+    near = rows[:1].copy()
+    near[0, 3] = np.float32(1.0000001)  # named exactly (it printed as 1.0, a valid-looking row)
+    bad = {"two": rows[:1] * 2, "both": rows.sum(0, keepdims=True), "tenth": rows[:1] * 0 + 0.1,
+           "near": near}  # fmt: skip
     for name, values in {"ok": rows, **bad}.items():
         np.save(tmp_path / f"{name}.npy", values)
         argv = ["sample", str(tmp_path / "label"), "--observation", str(tmp_path / f"{name}.npy"),
                 "--num-samples", "4", "--out", str(tmp_path / f"{name}.nc")]  # fmt: skip
         assert main(argv) == (0 if name == "ok" else 2)
         if name != "ok":
+            err = capsys.readouterr().err
             assert "must be a one-hot row of 10 values, 1 at the class and 0 elsewhere (" \
-                "classes ['0', '1'," in capsys.readouterr().err
+                "classes ['0', '1'," in err
+            assert name != "near" or "its entry 3 is 1.0000001192092896" in err
     observed = az.from_netcdf(tmp_path / "ok.nc").observed_data
     assert observed["y"].dims == ("observation", "class")
     assert observed["class"].values.tolist() == [str(k) for k in range(10)]

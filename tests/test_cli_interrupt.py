@@ -278,3 +278,38 @@ def test_help_and_usage_errors_load_neither_torch_nor_pyro(argv, status, stream,
     assert f"status {status}" in out.stderr
     assert "loaded []" in out.stderr
     assert text in getattr(out, stream)
+
+
+def test_an_interrupt_after_the_rename_says_the_output_is_complete(previous, tmp_path, capsys,
+                                                                   monkeypatch):
+    """``sample`` reads its file back after the rename (the misfit check): an interrupt there
+    said "no partial output was written" over a file already replaced (the eighteenth
+    audit); a checkpoint renamed into place at the interrupt made ``fit`` say its run was
+    complete, without the resume line."""
+    import inference.arviz_io
+    from ppl_cvae._atomic import InterruptedAfterWrite
+    from ppl_cvae.cli import fit as fit_cli
+    from ppl_cvae.train.resume import STATE_FILE
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference.arviz_io, "load_inference_data", interrupted)
+    out = tmp_path / "post.nc"
+    argv = ["sample", str(previous / "run"), "--observation", str(previous / "obs.npz"),
+            "--num-samples", "10", "--out", str(out), "--threads", "1"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 130 and out.is_file()
+    assert "interrupted just after the output was written (it is complete)" in (
+        capsys.readouterr().err
+    )
+
+    def saved_then_interrupted(out_dir, overwrite, fit_into):
+        (out_dir / STATE_FILE).write_bytes(b"a saved state")
+        raise InterruptedAfterWrite
+
+    monkeypatch.setattr(fit_cli, "_write_run", saved_then_interrupted)
+    run = tmp_path / "run"
+    assert main(["fit", "--problem", "linear_gaussian", "--out", str(run), *TINY]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {run}"]

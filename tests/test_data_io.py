@@ -498,3 +498,33 @@ def test_a_folder_of_npy_reads_as_its_npz(tmp_path):
     (tmp_path / "pairs" / "y.npy").write_bytes(b"not npy")
     with pytest.raises(DataError, match="y.npy"):
         load_pairs(tmp_path / "pairs")
+
+
+def test_a_bit_flipped_on_disk_is_named_not_read(tmp_path):
+    """torch.load skips the CRC-32s torch.save writes: a flipped bit in a tensor was read as
+    3.0000153 in silence (the eighteenth audit); pairs and checkpoints now check them."""
+    from ppl_cvae import ModelConfig
+    from ppl_cvae.errors import CheckpointError
+    from ppl_cvae.models.cvae import CVAE
+    from ppl_cvae.train.checkpoint import load_checkpoint, save_checkpoint
+
+    def flipped(data: bytes, value: bytes) -> bytes:
+        at = data.index(value)
+        return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+
+    buffer = io.BytesIO()
+    torch.save({"x": torch.full((20, 3), 3.0), "y": torch.ones(20, 2)}, buffer)
+    (tmp_path / "ok.pt").write_bytes(buffer.getvalue())
+    assert load_pairs(tmp_path / "ok.pt")[0].max() == 3.0
+    (tmp_path / "bad.pt").write_bytes(flipped(buffer.getvalue(), np.float32(3.0).tobytes()))
+    with pytest.raises(DataError, match="member '.*' fails its CRC-32 check"):
+        load_pairs(tmp_path / "bad.pt")
+    cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), latent_dim=2, hidden_dims=(8,)))
+    with torch.no_grad():
+        cvae.x_standardiser.std.fill_(7.0)
+    save_checkpoint(tmp_path / "model.pt", cvae)
+    load_checkpoint(tmp_path / "model.pt")
+    damaged = flipped((tmp_path / "model.pt").read_bytes(), np.float32(7.0).tobytes())
+    (tmp_path / "model.pt").write_bytes(damaged)
+    with pytest.raises(CheckpointError, match="fails its CRC-32 check"):
+        load_checkpoint(tmp_path / "model.pt")

@@ -67,3 +67,10 @@ def test_a_cvae_is_refused_and_the_file_layout():
     assert list(idata.groups()) == ["prior"]
     assert idata.prior["x"].dims == ("chain", "draw", "x_dim_0", "x_dim_1")
     assert idata.prior["z"].shape == (1, 7, 4) and idata.prior.attrs["run_dir"] == "r"
+
+
+def test_a_request_beyond_memory_is_refused_before_drawing():
+    from ppl_cvae.errors import ResourceError
+
+    with pytest.raises(ResourceError, match="1000000000000 generated draws of 6 values"):
+        generate(_vae(), 10**12)

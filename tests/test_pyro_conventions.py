@@ -179,3 +179,16 @@ def test_a_kl_weight_that_is_not_positive_is_refused(weight):
     for program in (cvae.model, cvae.guide):
         with pytest.raises(ConfigError, match="kl_weight .* must be > 0"):
             program(y, x, kl_weight=weight)
+
+
+def test_weights_loaded_with_assign_are_the_ones_svi_trains():
+    """``load_state_dict(assign=True)`` replaces the parameters; the cached sites kept the old
+    ones, so SVI trained tensors the networks no longer used (the eighteenth audit)."""
+    pyro.clear_param_store()
+    _, cvae, x, y = _make()
+    _steps(cvae, x, y, num=1)
+    state = {k: v.clone() for k, v in cvae.state_dict().items()}
+    cvae.load_state_dict(state, assign=True)
+    before = _weights(cvae)
+    _steps(cvae, x, y)
+    assert _changed(before, cvae)

@@ -81,7 +81,7 @@ def _check_new_file(
 _POSTERIOR_ATTRS_CHILD = r"""
 import h5netcdf
 with h5netcdf.File(path, "r", phony_dims="sort") as f:
-    group = f.groups.get("posterior")
+    group = f.groups.get("posterior") or f.groups.get("prior")  # prior: a VAE's draws
     attrs = {} if group is None else dict(group.attrs)
 reply(command=str(attrs.get("command", "")), library=str(attrs.get("inference_library", "")))
 """
@@ -90,7 +90,8 @@ reply(command=str(attrs.get("command", "")), library=str(attrs.get("inference_li
 def _written_by(path: Path) -> str | None:
     """Return the ``ppl-cvae`` command that wrote an output file, or None for any other file.
 
-    A posterior ``.nc``: its ``posterior`` group's ``inference_library`` is ``ppl_cvae`` (read
+    A posterior ``.nc``: its ``posterior`` group's (an unconditional VAE's draws: its
+    ``prior`` group's) ``inference_library`` is ``ppl_cvae`` (read
     in a child process with a time limit: libhdf5 can hang on a corrupt file), written by
     ``ppl-cvae sample`` or the Python API alike. An ``.npz`` or ``.json``: the command named
     by :data:`~ppl_cvae.data.io.WRITTEN_BY_KEY`. Unreadable files give None.

@@ -792,7 +792,12 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
                 discard_run_state(out, how, previous_marker)
         raise
     except InterruptedAfterWrite:
-        raise  # the run folder is complete: nothing to undo
+        if not (out / STATE_FILE).is_file():
+            raise  # the run folder is complete: nothing to undo
+        # the interrupt came while a checkpoint was renamed into place: the fit goes on later
+        if launch_rank() == 0:
+            print(f"ppl-cvae: interrupted; continue with: {_resume_command(out)}", file=sys.stderr)
+        return interrupt_status()
     except KeyboardInterrupt:
         if not (out / STATE_FILE).is_file():
             if how is not None and state is None:

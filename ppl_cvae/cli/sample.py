@@ -329,7 +329,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out.stat().st_size <= MISFIT_CHECK_MAX_BYTES:  # a streamed giant: diagnose checks it
         from inference.arviz_io import load_inference_data
 
-        _warn_misfit(load_inference_data(out))
+        try:
+            _warn_misfit(load_inference_data(out))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM during the read-back: the file is in place
+            from ppl_cvae._atomic import InterruptedAfterWrite
+
+            raise InterruptedAfterWrite from None
     print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
     return 0
 
@@ -346,12 +351,19 @@ def _check_one_hot(y: Any, path: str, layout: Any) -> None:
     if bool(valid.all()):
         return
     first = int((~valid).nonzero()[0, 0])
+    values = [float(v) for v in rows[first]]
+    odd = [(j, v) for j, v in enumerate(values) if v not in (0.0, 1.0)]
+    what = (
+        f"its entry {odd[0][0]} is {odd[0][1]!r}"
+        if odd
+        else f"it has {int(sum(values))} entries of 1"
+    )
     classes = list(layout.coords.get("class", ())) if layout is not None else []
     named = f" (classes {classes}, in this order)" if classes else ""
     raise ConfigError(
-        f"observation {first} of {path!r} is {[round(float(v), 4) for v in rows[first]]}: "
-        f"this run is conditioned on a class label, so each observation must be a one-hot row "
-        f"of {rows.shape[1]} values, 1 at the class and 0 elsewhere{named}"
+        f"observation {first} of {path!r} is not a class: {what}; this run is conditioned on "
+        f"a class label, so each observation must be a one-hot row of {rows.shape[1]} values, "
+        f"1 at the class and 0 elsewhere{named}"
     )
 
 

@@ -672,6 +672,30 @@ def _pickle_globals(path: Path, max_pickles: int = 5) -> list[str]:
     return [n for n in dict.fromkeys(found) if not n.startswith("torch.")]
 
 
+def damaged_zip_member(path: str | os.PathLike[str]) -> str | None:
+    """Return the first member of a zip archive (``torch.save``'s format) failing its CRC-32.
+
+    ``torch.load`` does not check the CRC-32 that ``torch.save`` writes for every member, so
+    a bit flipped on disk would be read as a changed number in silence. This reads every
+    member once (``zipfile.ZipFile.testzip``).
+
+    Parameters
+    ----------
+    path : str or path
+        A file; one that is not a readable zip archive gives None (other checks name it).
+
+    Returns
+    -------
+    str or None
+        The member's name, or None when every member checks out.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError):
+        return None
+
+
 def _starts_like_zip(path: Path) -> bool:
     """Return whether the file begins with a zip archive's local-header signature."""
     with open(path, "rb") as handle:
@@ -745,6 +769,12 @@ def _read_pt(path: Path) -> dict[str, np.ndarray]:
         refused = sorted(set(named) - _PT_ALLOWED)
         if refused:
             raise _refuse_pt_globals(path, refused)
+        damaged = damaged_zip_member(path)
+        if damaged is not None:
+            raise DataError(
+                f"cannot read {str(path)!r} as a torch.save file: its member {damaged!r} "
+                "fails its CRC-32 check (the file was damaged after it was written)"
+            )
     try:
         with torch.serialization.safe_globals([TensorDataset]), warnings.catch_warnings():
             # garbage bytes can read as an unknown pickle protocol: torch warns, then fails

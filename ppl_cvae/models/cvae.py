@@ -380,6 +380,15 @@ class CVAE(nn.Module):
         self._param_sites = None
         return super()._apply(fn, recurse)
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load weights as ``nn.Module.load_state_dict`` does; forget the cached param sites.
+
+        With ``assign=True`` the parameters are new tensors: the next model or guide call
+        registers those (SVI would otherwise optimise the replaced ones).
+        """
+        self._param_sites = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     @torch.no_grad()
     def fit_basis_coefficients(self, x: torch.Tensor) -> None:
         """Set ``coef_mean``/``coef_std`` from the least-squares coefficients of training ``x``.

@@ -374,6 +374,14 @@ def _read_payload(path: Path) -> Any:
         raise CheckpointError(f"cannot read checkpoint {name!r}: {_one_line(str(err))}") from err
     # torch.load holds the whole file in memory: refuse a file that cannot fit
     check_memory(num_bytes, f"reading checkpoint {name!r}", "load it on a larger machine")
+    from ppl_cvae.data.io import damaged_zip_member
+
+    damaged = damaged_zip_member(path)
+    if damaged is not None:  # torch.load does not check the CRC-32s torch.save wrote
+        raise CheckpointError(
+            f"cannot read checkpoint {name!r}: its member {damaged!r} fails its CRC-32 check "
+            "(the file was damaged after it was written)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on damaged files
