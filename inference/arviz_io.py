@@ -564,7 +564,18 @@ def load_inference_data(path: str | os.PathLike[str]) -> az.InferenceData:
     except (OSError, ValueError, KeyError, RuntimeError, IndexError, AttributeError) as err:
         raise DataError(f"cannot read {str(path)!r} as InferenceData NetCDF: {err}") from err
     if "posterior" not in idata.groups():
-        raise DataError(f"{str(path)!r} has no posterior group (groups: {idata.groups()})")
+        generated = "prior" in idata.groups() and idata["prior"].attrs.get("kind", "").startswith(
+            "draws of the unconditional VAE"
+        )
+        hint = (
+            ": it holds an unconditional VAE's draws of x (group 'prior'), not a posterior; "
+            "read them with arviz.from_netcdf"
+            if generated
+            else ""
+        )
+        raise DataError(
+            f"{str(path)!r} has no posterior group (groups: {idata.groups()}){hint}"
+        )
     return with_observation_dim(idata)
 
 

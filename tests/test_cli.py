@@ -284,6 +284,8 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path, capsys):
     assert np.array_equal(means, files["b"].prior["x"].values)  # the seed repeats them
     assert set(np.unique(files["c"].prior["x"].values)) <= {0.0, 1.0}  # pixels drawn
     capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "a.nc"), "--out", str(tmp_path / "rep")]) == 2
+    assert "holds an unconditional VAE's draws of x (group 'prior')" in capsys.readouterr().err
     np.save(tmp_path / "obs.npy", np.zeros((1, 10), dtype=np.float32))
     for run, extra, message in (
         ("none", ["--observation", str(tmp_path / "obs.npy")], "without observations: drop"),

@@ -182,16 +182,17 @@ def _warn_if_few_pairs(path: str, num: int, config: ModelConfig, val_fraction: f
     y_values = 0 if config.y_shape is None else math.prod(config.y_shape)
     if num >= x_values + y_values:
         return
+    held_out = int(round(val_fraction * num))  # none: fit's own warning says so
     log.warning(
         "%s holds %d pairs for %d values per pair (%d of x%s): an amortized posterior is "
-        "learnt from many more pairs than values, so expect draws near the prior's spread "
-        "and a validation loss from %d held-out pair(s); simulate more pairs",
+        "learnt from many more pairs than values, so expect draws near the prior's spread%s; "
+        "simulate more pairs",
         path,
         num,
         x_values + y_values,
         x_values,
         f", {y_values} of y" if y_values else "",
-        int(round(val_fraction * num)),
+        f" and a validation loss from {held_out} held-out pair(s)" if held_out else "",
     )
 
 
