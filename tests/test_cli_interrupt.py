@@ -313,3 +313,38 @@ def test_an_interrupt_after_the_rename_says_the_output_is_complete(previous, tmp
     assert main(["fit", "--problem", "linear_gaussian", "--out", str(run), *TINY]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {run}"]
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_an_interrupt_stops_the_chain_workers_at_once():
+    """``sample --method nuts --cores 2`` ran its chains to the end after a SIGTERM to its
+    own process (``with pool:`` waited), and a SIGKILL then left them as orphans."""
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    from inference.mcmc.chains import _map_in_pool
+
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork"))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))  # a real signal
+    start = time.monotonic()
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            _map_in_pool(pool, _sleep, [60.0, 60.0])
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, before)
+    assert time.monotonic() - start < 30
+    workers = list(pool._processes.values()) if pool._processes else []
+    assert not any(process.is_alive() for process in workers)
+    assert _map_in_pool(
+        ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork")),
+        _sleep,
+        [0.0, 0.1],
+    ) == [0.0, 0.1]

@@ -473,11 +473,31 @@ def _run_chains(jobs: list[_ChainJob], num_cores: int) -> list[_ChainOutput]:
         initargs=(threads,),
     )
     if method == "spawn":
-        with pool:
-            return list(pool.map(_run_chain, jobs))
+        return _map_in_pool(pool, _run_chain, jobs)
     _FORKED_JOBS = jobs  # the workers fork on the first submit and inherit this list
     try:
-        with pool:
-            return list(pool.map(_run_forked_chain, range(len(jobs))))
+        return _map_in_pool(pool, _run_forked_chain, range(len(jobs)))
     finally:
         _FORKED_JOBS = []
+
+
+def _map_in_pool(pool: ProcessPoolExecutor, fn: Any, items: Any) -> list[Any]:
+    """``list(pool.map(fn, items))``, then shut the pool down; an interrupt stops the workers.
+
+    ``with pool:`` would wait for every chain to finish after a Ctrl-C or SIGTERM that reached
+    the main process alone (a scheduler's ``kill PID``), and a SIGKILL after it would leave
+    the workers running as orphans: on an interrupt the workers are terminated instead.
+    """
+    try:
+        results = list(pool.map(fn, items))
+    except BaseException:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for process in processes:  # ProcessPoolExecutor has no public way before 3.14
+            if process.is_alive():
+                process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=5)
+        raise
+    pool.shutdown(wait=True)
+    return results
