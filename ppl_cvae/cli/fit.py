@@ -792,18 +792,14 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
             else:  # failed before its first save, or diverged: nothing to continue
                 discard_run_state(out, how, previous_marker)
         raise
-    except InterruptedAfterWrite:
+    except KeyboardInterrupt as err:
         if not (out / STATE_FILE).is_file():
-            raise  # the run folder is complete: nothing to undo
-        # the interrupt came while a checkpoint was renamed into place: the fit goes on later
-        if launch_rank() == 0:
-            print(f"ppl-cvae: interrupted; continue with: {_resume_command(out)}", file=sys.stderr)
-        return interrupt_status()
-    except KeyboardInterrupt:
-        if not (out / STATE_FILE).is_file():
-            if how is not None and state is None:
+            # after the write (InterruptedAfterWrite) the run folder is complete: keep it
+            after_write = isinstance(err, InterruptedAfterWrite)
+            if not after_write and how is not None and state is None:
                 discard_run_state(out, how, previous_marker)
             raise
+        # a saved state, also when the interrupt came while a checkpoint was renamed into place
         if launch_rank() == 0:  # one line, not one per rank
             print(f"ppl-cvae: interrupted; continue with: {_resume_command(out)}", file=sys.stderr)
         return interrupt_status()
