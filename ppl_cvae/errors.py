@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "UnknownProblemError",
     "ResourceError",
+    "WorkerDiedError",
     "OutputError",
     "NoDensityError",
     "NoPriorDensityError",
@@ -95,6 +96,15 @@ class UnknownProblemError(PplCvaeError, KeyError):
 
 class ResourceError(PplCvaeError, MemoryError):
     """A request needs more memory (or another resource) than this machine can give it."""
+
+
+class WorkerDiedError(PplCvaeError, RuntimeError):
+    """A worker process the command started (an MCMC chain, a stream's simulations) died.
+
+    Killed by a signal (``SIGKILL`` is what the kernel's out-of-memory killer sends) or
+    crashed; the message names the signal or exit code and what was kept. The other workers
+    are stopped first.
+    """
 
 
 class OutputError(PplCvaeError, OSError):

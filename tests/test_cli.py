@@ -313,6 +313,15 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path, capsys):
             assert "must be a one-hot row of 10 values, 1 at the class and 0 elsewhere (" \
                 "classes ['0', '1'," in err
             assert name != "near" or "its entry 3 is 1.0000001192092896" in err
+    # evaluate refuses such pairs too (they scored coverage of images of no class)
+    images = np.zeros((2, 8, 8), dtype=np.float32)
+    for name, values in (("ok", rows), ("both", bad["both"].repeat(2, 0))):
+        np.savez(tmp_path / f"pairs_{name}.npz", x=images, y=values)
+        argv = ["evaluate", str(tmp_path / "label"), "--data", str(tmp_path / f"pairs_{name}.npz"),
+                "--num-samples", "20", "--out", str(tmp_path / f"eval_{name}")]  # fmt: skip
+        assert main(argv) == (0 if name == "ok" else 2)
+    assert "pair 0 of " in capsys.readouterr().err
+    assert (tmp_path / "eval_ok").is_dir() and not (tmp_path / "eval_both").exists()
     observed = az.from_netcdf(tmp_path / "ok.nc").observed_data
     assert observed["y"].dims == ("observation", "class")
     assert observed["class"].values.tolist() == [str(k) for k in range(10)]

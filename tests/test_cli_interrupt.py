@@ -320,6 +320,29 @@ def _sleep(seconds: float) -> float:
     return seconds
 
 
+def _die_or_sleep(seconds: float) -> float:
+    if seconds < 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_chain_worker_that_dies_is_named_and_the_others_stopped():
+    """A chain worker killed (the out-of-memory killer's SIGKILL) gave a raw
+    ``BrokenProcessPool`` traceback; now a one-line error that names the signal."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from inference.mcmc.chains import _map_in_pool
+    from ppl_cvae.errors import WorkerDiedError
+
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork"))
+    start = time.monotonic()
+    with pytest.raises(WorkerDiedError, match=r"worker process was killed by SIGKILL \(what"):
+        _map_in_pool(pool, _die_or_sleep, [-1.0, 60.0])
+    assert time.monotonic() - start < 30  # the sleeping worker was stopped, not waited for
+
+
 def test_an_interrupt_stops_the_chain_workers_at_once():
     """``sample --method nuts --cores 2`` ran its chains to the end after a SIGTERM to its
     own process (``with pool:`` waited), and a SIGKILL then left them as orphans."""

@@ -146,3 +146,25 @@ def test_fit_refuses_pairs_and_a_batch_source_together(problem):
     source = StreamBatches(SimulationStream(problem.simulate, 4), steps_per_epoch=1)
     with pytest.raises(ConfigError, match="not both"):
         fit(cvae, x, y, TrainConfig(num_epochs=1), batches=source, progress=False)
+
+
+def _dies_in_a_worker(num, generator):
+    """A simulator that the kernel kills (SIGKILL, as the out-of-memory killer) in a worker."""
+    import os
+    import signal
+
+    if torch.utils.data.get_worker_info() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return torch.randn(num, 2, generator=generator), torch.randn(num, 1, generator=generator)
+
+
+def test_a_stream_worker_that_dies_is_named_not_a_dataloader_traceback():
+    """DataLoader's ``RuntimeError`` (with its traceback) is now a one-line ``WorkerDiedError``
+    that ``ppl-cvae fit`` prints with the command that resumes the run."""
+    from ppl_cvae.errors import WorkerDiedError
+
+    source = StreamBatches(SimulationStream(_dies_in_a_worker, 4), steps_per_epoch=2,
+                           num_workers=1)  # fmt: skip
+    with pytest.raises(WorkerDiedError, match=r"a simulation worker of the stream died: "
+                       r"DataLoader worker \(pid.*fewer --workers"):  # fmt: skip
+        list(source.epoch_batches(0))

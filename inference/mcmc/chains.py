@@ -14,11 +14,13 @@ import contextlib
 import math
 import multiprocessing
 import pickle
+import signal
 import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +39,7 @@ from inference.mcmc.potential import (
     _trace_energy,
 )
 from ppl_cvae.checks import as_seed
-from ppl_cvae.errors import DataError, PplCvaeError, exception_summary
+from ppl_cvae.errors import DataError, PplCvaeError, WorkerDiedError, exception_summary
 from ppl_cvae.problems.base import Problem
 
 __all__ = ["run_whitened_chain"]
@@ -487,17 +489,50 @@ def _map_in_pool(pool: ProcessPoolExecutor, fn: Any, items: Any) -> list[Any]:
     ``with pool:`` would wait for every chain to finish after a Ctrl-C or SIGTERM that reached
     the main process alone (a scheduler's ``kill PID``), and a SIGKILL after it would leave
     the workers running as orphans: on an interrupt the workers are terminated instead.
+
+    Raises
+    ------
+    WorkerDiedError
+        If a worker died (killed by a signal, e.g. the out-of-memory killer's ``SIGKILL``, or
+        crashed); the others are stopped and the message names the signal.
     """
+    # ProcessPoolExecutor has no public way to its processes before 3.14; a broken pool
+    # drops them, hence the list taken once the jobs are submitted (the workers started)
+    processes: list[Any] = []
     try:
-        results = list(pool.map(fn, items))
-    except BaseException:
+        mapped = pool.map(fn, items)
         processes = list((getattr(pool, "_processes", None) or {}).values())
-        for process in processes:  # ProcessPoolExecutor has no public way before 3.14
+        results = list(mapped)
+    except BaseException as err:
+        processes = processes or list((getattr(pool, "_processes", None) or {}).values())
+        for process in processes:
             if process.is_alive():
                 process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.join(timeout=5)
+        if isinstance(err, BrokenProcessPool):
+            raise WorkerDiedError(
+                f"a chain's worker process {_how_it_ended(processes)}; no posterior was "
+                "written (run fewer chains at once with --cores, or fewer draws, if memory "
+                "ran out)"
+            ) from None
         raise
     pool.shutdown(wait=True)
     return results
+
+
+def _how_it_ended(processes: list[Any]) -> str:
+    """Say how the first dead one of ``processes`` ended: the signal that killed it, or its exit."""
+    for process in processes:
+        code = process.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (what the out-of-memory killer sends)" if name == "SIGKILL" else ""
+            return f"was killed by {name}{hint}"
+        if code not in (None, 0):
+            return f"exited with status {code}"
+    return "died"

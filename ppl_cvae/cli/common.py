@@ -211,3 +211,32 @@ def _check_utf8_paths(args: argparse.Namespace) -> None:
             raise ConfigError(
                 f"{flag} {value!r} is not valid UTF-8; rename the file or folder"
             ) from None
+
+
+def _check_one_hot(y: Any, path: str, layout: Any, item: str) -> None:
+    """Refuse ``y`` rows of a label-conditional run that are not one-hot class rows.
+
+    Such a CVAE was trained on rows with a single 1 (the class) and 0 elsewhere; any other
+    row (two classes, none, a 2, a half) lies outside what it learnt and gives images of no
+    class, with no other sign of it. ``item`` names a row in the message ("observation" for
+    ``sample``, "pair" for ``evaluate``).
+    """
+    rows = y.reshape(y.shape[0], -1)
+    valid = ((rows == 0) | (rows == 1)).all(-1) & (rows.sum(-1) == 1)
+    if bool(valid.all()):
+        return
+    first = int((~valid).nonzero()[0, 0])
+    values = [float(v) for v in rows[first]]
+    odd = [(j, v) for j, v in enumerate(values) if v not in (0.0, 1.0)]
+    what = (
+        f"its entry {odd[0][0]} is {odd[0][1]!r}"
+        if odd
+        else f"it has {int(sum(values))} entries of 1"
+    )
+    classes = list(layout.coords.get("class", ())) if layout is not None else []
+    named = f" (classes {classes}, in this order)" if classes else ""
+    raise ConfigError(
+        f"{item} {first} of {path!r} is not a class: {what}; this run is conditioned on "
+        f"a class label, so each {item}'s y must be a one-hot row of {rows.shape[1]} values, "
+        f"1 at the class and 0 elsewhere{named}"
+    )

@@ -19,7 +19,7 @@ import torch
 from ppl_cvae._atomic import atomic_dir, atomic_path
 from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae._memory import check_memory
-from ppl_cvae.cli.common import _check_new_file, _check_out_dir, _load_run
+from ppl_cvae.cli.common import _check_new_file, _check_one_hot, _check_out_dir, _load_run
 from ppl_cvae.device import resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 
@@ -73,6 +73,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.data!r} holds x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])}; the model "
             f"has x {config.x_shape}, y {config.y_shape}"
         )
+    if (meta.get("extra") or {}).get("condition") == "label":
+        _check_one_hot(y, args.data, cvae.data_layout, "pair")
     if problem is None and cvae.data_layout is not None:
         _warn_if_layout_differs(cvae.data_layout, args.data)
     trained_on = _trained_on(args.run_dir, x, y)

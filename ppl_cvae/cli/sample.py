@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, cast
 
-from ppl_cvae.cli.common import _check_new_file, _load_run
+from ppl_cvae.cli.common import _check_new_file, _check_one_hot, _load_run
 from ppl_cvae.cli.defaults import (
     DEFAULT_CHAINS,
     DEFAULT_FACIES_MOVES,
@@ -227,7 +227,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     y_scale = cvae.y_standardiser.std if cvae.y_standardiser is not None else None
     y, _, x_true = load_observations(args.observation, cvae.config.y_shape, y_scale=y_scale)
     if (meta.get("extra") or {}).get("condition") == "label":
-        _check_one_hot(y, args.observation, cvae.data_layout)
+        _check_one_hot(y, args.observation, cvae.data_layout, "observation")
     if x_true is not None and tuple(x_true.shape[1:]) != cvae.config.x_shape:
         raise ShapeError(
             f"x in {args.observation!r} has event shape {tuple(x_true.shape[1:])}; the model "
@@ -337,34 +337,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise InterruptedAfterWrite from None
     print(f"wrote {args.num_samples} posterior draws for {y.shape[0]} observation(s) to {out}")
     return 0
-
-
-def _check_one_hot(y: Any, path: str, layout: Any) -> None:
-    """Refuse observations of a label-conditional run that are not one-hot class rows.
-
-    Such a CVAE was trained on rows with a single 1 (the class) and 0 elsewhere; any other
-    row (two classes, none, a 2, a half) lies outside what it learnt and gives images of no
-    class, with no other sign of it.
-    """
-    rows = y.reshape(y.shape[0], -1)
-    valid = ((rows == 0) | (rows == 1)).all(-1) & (rows.sum(-1) == 1)
-    if bool(valid.all()):
-        return
-    first = int((~valid).nonzero()[0, 0])
-    values = [float(v) for v in rows[first]]
-    odd = [(j, v) for j, v in enumerate(values) if v not in (0.0, 1.0)]
-    what = (
-        f"its entry {odd[0][0]} is {odd[0][1]!r}"
-        if odd
-        else f"it has {int(sum(values))} entries of 1"
-    )
-    classes = list(layout.coords.get("class", ())) if layout is not None else []
-    named = f" (classes {classes}, in this order)" if classes else ""
-    raise ConfigError(
-        f"observation {first} of {path!r} is not a class: {what}; this run is conditioned on "
-        f"a class label, so each observation must be a one-hot row of {rows.shape[1]} values, "
-        f"1 at the class and 0 elsewhere{named}"
-    )
 
 
 def _generate(

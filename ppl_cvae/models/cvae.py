@@ -303,6 +303,21 @@ class CVAE(nn.Module):
         self._param_sites = None
         _LIVE[self.pyro_name] = self
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Return the state to pickle (``torch.save(cvae)``, ``copy.deepcopy``).
+
+        Pyro's param store hangs a ``weakref`` to the unconstrained tensor on every value it
+        returns (``value.unconstrained``), which pickle cannot write; here a weight is its own
+        unconstrained tensor, so the attribute is dropped from the weights (the store sets it
+        again on its next read) together with the cache of param sites.
+        """
+        for param in self.parameters():
+            if isinstance(param.__dict__.get("unconstrained"), weakref.ref):
+                del param.__dict__["unconstrained"]
+        state = dict(self.__dict__)
+        state["_param_sites"] = None
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a copy (``copy.deepcopy``, unpickling) under a param-store name of its own.
 

@@ -44,7 +44,7 @@ from ppl_cvae.data.lazy import (
     shuffled_batches,
 )
 from ppl_cvae.data.streaming import SimulationStream, StreamFailure, StreamItem, batch_seed
-from ppl_cvae.errors import CheckpointError, ConfigError
+from ppl_cvae.errors import CheckpointError, ConfigError, WorkerDiedError
 from ppl_cvae.models.cvae import CVAE, MAX_WHITENING_PAIRS
 from ppl_cvae.problems.base import Problem
 
@@ -385,7 +385,16 @@ class StreamBatches:
         items = self._iterator()
         skip, self._skip = self._skip, 0
         for _ in range(self.steps_per_epoch - skip):
-            item = next(items)
+            try:
+                item = next(items)
+            except RuntimeError as err:  # DataLoader's words for a worker that died
+                if "DataLoader worker" not in str(err):
+                    raise
+                self.close()
+                raise WorkerDiedError(
+                    f"a simulation worker of the stream died: {err} (SIGKILL is what the "
+                    "out-of-memory killer sends: fewer --workers need less memory)"
+                ) from None
             if isinstance(item, StreamFailure):  # a worker's simulation was refused
                 self.close()
                 raise item.error()
