@@ -230,8 +230,10 @@ def to_inference_data(
     log_likelihood : Tensor or ndarray, shape (S, M, *y_shape), optional
         Log-likelihood of every datum given each draw, in nats
         (:meth:`~ppl_cvae.problems.base.Problem.log_likelihood_pointwise` of the draws and
-        ``y_obs``); stored as ``log_likelihood.y`` in float32 (relative precision 6e-8), on
-        the dims of ``observed_data.y``, so that ``az.loo`` and ``az.plot_loo_pit`` find it.
+        ``y_obs``); stored as ``log_likelihood.y`` in float64, on the dims of
+        ``observed_data.y``, so that ``az.loo`` and ``az.plot_loo_pit`` find it (ArviZ
+        computes in the stored dtype: its PSIS smoothing of float32 log-likelihoods of a few
+        hundred nats, an observation the draws misfit, gave NaN instead of a number).
     log_likelihood_loo_conditional : bool, default False
         Whether ``log_likelihood`` holds the leave-one-out conditional densities
         ``log p(y_i | y_-i, x)`` of correlated noise (Buerkner, Gabry and Vehtari 2021),
@@ -399,7 +401,7 @@ def to_inference_data(
         posterior=posterior,
         posterior_predictive={"y": post(y_rep)} if y_rep is not None else None,
         log_likelihood=(
-            {"y": post(_np(log_likelihood).astype(np.float32))}
+            {"y": post(_np(log_likelihood).astype(np.float64))}
             if log_likelihood is not None
             else None
         ),

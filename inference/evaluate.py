@@ -29,6 +29,12 @@ The ``calibration`` key of the metrics
 ``tarp``
     :func:`~inference.diagnostics.calibration.run_tarp` (``alpha``, ``ecp``, ``atc``,
     ``max_deviation``, ``p_value``) and its ``failures``.
+``training_range``
+    For a model fitted on pairs alone (given ``x_range``):
+    :func:`~inference.training_range.training_range_verdict`, whether the draws leave the
+    range of the training ``x`` more often than the held-out truths do (``draws_outside``,
+    ``truths_outside``, ``p_value``) and its ``failures``: draws that leak beyond a bounded
+    prior's support, which coverage, SBC and TARP can pass.
 ``finite``
     Only when some draws are NaN or infinite: its ``failures`` say how many values and which
     observations; the coverage verdict is then not judged, and there is no SBC or TARP.
@@ -79,7 +85,7 @@ from inference.diagnostics.coverage import (
 from inference.diagnostics.facies import run_facies_evaluation
 from inference.exact import ExactPosterior, exact_posterior
 from inference.posterior import draw_posterior
-from inference.training_range import outside_training_range
+from inference.training_range import outside_training_range, training_range_verdict
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae.checks import (
@@ -97,6 +103,9 @@ from ppl_cvae.problems.base import Problem
 from ppl_cvae.problems.metadata import linear_gaussian_parts, units_of
 
 __all__ = ["evaluate_draws", "evaluate_model", "not_finite_metrics", "write_evaluation"]
+
+VERDICTS = ("finite", "coverage", "misfit", "sbc", "tarp", "training_range")
+"""Keys of ``metrics["calibration"]`` that hold a verdict (``failures``, ``judged``)."""
 
 
 def evaluate_model(
@@ -205,6 +214,7 @@ def evaluate_model(
         exact=exact,
         seed=seed,
         false_alarm=false_alarm,
+        x_range=cvae.training_x_range,
     )
     if probs:
         metrics["facies"] = run_facies_evaluation(torch.cat(probs), x)
@@ -229,6 +239,7 @@ def evaluate_draws(
     exact: ExactPosterior | None = None,
     seed: int = 0,
     false_alarm: float = 0.01,
+    x_range: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Compute the metrics of :func:`evaluate_model` from posterior draws of any sampler.
 
@@ -250,6 +261,11 @@ def evaluate_draws(
         Seed of the SBC tie breaks and the TARP reference points.
     false_alarm : float in (0, 1), default 0.01
         Probability that each calibration verdict fails a calibrated posterior.
+    x_range : (Tensor, Tensor), optional
+        The elementwise range ``(low, high)`` of the training ``x`` of a model fitted on pairs
+        alone (:attr:`CVAE.training_x_range <ppl_cvae.models.cvae.CVAE.training_x_range>`):
+        adds the ``training_range`` verdict
+        (:func:`~inference.training_range.training_range_verdict`).
 
     Returns
     -------
@@ -346,10 +362,12 @@ def evaluate_draws(
         calibration["coverage"]["failures"] = []
         calibration["coverage"]["judged"] = False
         calibration["notes"].append("non-finite draws: no coverage verdict")
+    if x_range is not None:
+        calibration["training_range"] = training_range_verdict(
+            x_draws, x, x_range, false_alarm=false_alarm, seed=seed
+        )
     calibration["passed"] = not any(
-        calibration[key]["failures"]
-        for key in ("finite", "coverage", "misfit", "sbc", "tarp")
-        if key in calibration
+        calibration[key]["failures"] for key in VERDICTS if key in calibration
     )
     metrics["calibration"] = calibration
     return metrics

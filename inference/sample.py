@@ -903,8 +903,8 @@ def sample_posterior_to_netcdf(
     check_memory(per_draw * chunk, f"a chunk of {chunk} posterior draws")
     stored = 4 * num_obs * (cvae.config.x_dim + cvae.config.latent_dim)
     if problem is not None:
-        # y_rep and the pointwise log-likelihood (float32), lp and chi2_per_datum (float64)
-        stored += 4 * num_obs * 2 * math.prod(y_shape) + 16 * num_obs
+        # y_rep (float32), the pointwise log-likelihood, lp and chi2_per_datum (float64)
+        stored += (4 + 8) * num_obs * math.prod(y_shape) + 16 * num_obs
         with torch.no_grad():  # derived quantities of x: one x-sized variable each
             num_derived = len(derived_quantities(problem, torch.zeros(1, *cvae.config.x_shape)))
         stored += 4 * num_obs * cvae.config.x_dim * num_derived

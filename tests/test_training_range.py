@@ -245,6 +245,64 @@ def test_evaluate_compares_the_draws_outside_with_the_held_out_truths(tmp_path):
     )
     assert outside["draws_outside"] > 10 * outside["truths_outside"] + 0.005
     assert outside["draws_outside_max"] >= outside["draws_outside"]
+    # the verdict (before: coverage, SBC and TARP could pass such draws, and nothing failed)
+    verdict = metrics["calibration"]["training_range"]
+    assert verdict["judged"] and verdict["p_value"] < 0.01 and verdict["failures"]
+    assert not metrics["calibration"]["passed"]
+
+
+def _truncated_normal_posterior(num_obs: int, num_draws: int, seed: int):
+    """``x ~ U(0, 1)``, ``y = x + N(0, 0.3^2)``: truths, and draws of the exact posterior (a
+    normal truncated to [0, 1], by rejection) and of the untruncated normal around ``y``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(num_obs, 1, generator=gen)
+    y = x + 0.3 * torch.randn(num_obs, 1, generator=gen)
+    exact = torch.empty(num_draws, num_obs, 1)
+    for m in range(num_obs):
+        kept = torch.empty(0)
+        while kept.numel() < num_draws:
+            proposals = y[m] + 0.3 * torch.randn(4 * num_draws, generator=gen)
+            kept = torch.cat([kept, proposals[(proposals >= 0) & (proposals <= 1)]])
+        exact[:, m, 0] = kept[:num_draws]
+    leaky = y + 0.3 * torch.randn(num_draws, num_obs, 1, generator=gen)
+    return x, exact, leaky
+
+
+def test_the_training_range_verdict_keeps_its_false_alarm_rate_and_fails_leaks():
+    """Exact posterior draws (truncated to the prior's box) fail at most at ``false_alarm``
+    (binomial bound over 200 repeats: rate <= 0.05 + 3 sd; 0.043 measured over 300), and the
+    test is judged there; untruncated draws, which put about a quarter of their values
+    outside [0, 1], fail every time."""
+    from inference.training_range import training_range_verdict
+
+    box = (torch.zeros(1), torch.ones(1))  # the range of many prior draws of U(0, 1)
+    false_alarms, misses = 0, 0
+    repeats = 200
+    for seed in range(repeats):
+        x, exact, leaky = _truncated_normal_posterior(60, 20, seed)
+        # a narrower range than the box, so that truths and exact draws do leave it sometimes
+        narrow = (torch.full((1,), 0.05), torch.full((1,), 0.95))
+        verdict = training_range_verdict(exact, x, narrow, false_alarm=0.05, seed=seed)
+        assert verdict["judged"]
+        false_alarms += bool(verdict["failures"])
+        if seed < 20:
+            misses += not training_range_verdict(leaky, x, box, false_alarm=0.05)["failures"]
+    rate = false_alarms / repeats
+    assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / repeats)
+    assert misses == 0
+
+
+def test_the_training_range_verdict_is_not_judged_when_it_cannot_fail():
+    """With draws that leave the range for one observation only, no total of the truths
+    could reach p < 0.01: the verdict says so instead of passing."""
+    from inference.training_range import training_range_verdict
+
+    x = torch.full((5, 1), 0.5)
+    draws = torch.full((10, 5, 1), 0.5)
+    draws[:, 0] = 2.0  # every draw of observation 0 outside, its truth inside
+    verdict = training_range_verdict(draws, x, (torch.zeros(1), torch.ones(1)))
+    assert not verdict["judged"] and verdict["failures"] == []
+    assert verdict["draws_outside"] == pytest.approx(0.2) and verdict["truths_outside"] == 0
 
 
 def test_fit_warns_when_draws_rarely_fall_inside_the_bounds(tmp_path, caplog):

@@ -57,7 +57,12 @@ def _trained_on(run_dir: str, x: Any, y: Any) -> bool:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run on held-out (x, y) pairs: coverage, RMSE, misfit, SBC, TARP; JSON + PNGs."""
-    from inference.evaluate import evaluate_model, not_finite_metrics, write_evaluation
+    from inference.evaluate import (
+        VERDICTS,
+        evaluate_model,
+        not_finite_metrics,
+        write_evaluation,
+    )
     from inference.posterior import bytes_per_draw
     from ppl_cvae.data.io import load_pairs
 
@@ -152,12 +157,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             ("misfit", "misfit"),
             ("sbc", "SBC"),
             ("tarp", "TARP"),
+            ("training_range", "training range"),
         )
         if key in calibration
     ]
     summary += f"; calibration (false alarm {calibration['false_alarm']:g}): " + ", ".join(verdicts)
     print(f"{summary} ({metrics['num_observations']} held-out pairs); wrote {out}")
-    for key in ("finite", "coverage", "misfit", "sbc", "tarp"):
+    for key in VERDICTS:
         for failure in calibration.get(key, {}).get("failures", [])[:5]:
             print(f"{key} failed: {failure}")
     for note in calibration["notes"]:

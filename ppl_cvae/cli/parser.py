@@ -641,7 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diagnose", help="summary CSV and plots of a posterior file")
     d.add_argument("posterior", help="InferenceData .nc written by sample")
     d.add_argument("--out", required=True, help="report folder")
-    d.add_argument("--max-observations", type=_count(1), default=3, help="observations to plot")
+    d.add_argument(
+        "--max-observations",
+        type=_count(1),
+        default=3,
+        help="plot the first N observations (default 3)",
+    )
     d.add_argument("--overwrite", action="store_true", help="reuse a non-empty report folder")
     d.set_defaults(func=_command("evaluate", "cmd_diagnose"))
 
