@@ -30,6 +30,7 @@ from ppl_cvae.checks import (
     as_sample_shape,
     as_seed,
     check_problem_matches,
+    observation_reshape_hint,
     seeded_rng,
     shape_text,
 )
@@ -134,7 +135,7 @@ def as_observation_batch(
         return y, True
     raise ShapeError(
         f"observation has shape {tuple(y.shape)}; the model expects {y_shape} "
-        f"or a stack {shape_text('M', y_shape)}"
+        f"or a stack {shape_text('M', y_shape)}{observation_reshape_hint(y.shape, y_shape)}"
     )
 
 
@@ -823,6 +824,23 @@ def draw_posterior(
     )
 
 
+_SBI_SPELLINGS = {"set_default_x": "set_default_y", "default_x": "default_y"}
+"""sbi's names of what :class:`CVAEPosterior` calls by ``y`` (the observation)."""
+
+
+def _refuse_unknown(method: str, unknown: dict[str, Any]) -> None:
+    """Refuse keywords ``method`` does not take; ``x=``, sbi's observation, with the fix."""
+    if "x" in unknown:
+        raise ConfigError(
+            f"CVAEPosterior.{method} takes the observation as y (sbi calls it x; here x is "
+            f"the model, sbi's theta): {method}((n,), y=observation)"
+        )
+    if unknown:
+        raise TypeError(
+            f"CVAEPosterior.{method}() got an unexpected keyword argument {next(iter(unknown))!r}"
+        )
+
+
 class CVAEPosterior:
     """The amortized posterior ``q(x | y)`` of a trained CVAE, as an object (sbi's posterior API).
 
@@ -862,6 +880,15 @@ class CVAEPosterior:
         self.default_y: torch.Tensor | None = None
         if default_y is not None:
             self.set_default_y(default_y)
+
+    def __getattr__(self, name: str) -> Any:
+        """Name this class's spelling of an sbi posterior attribute that it lacks."""
+        if name in _SBI_SPELLINGS:
+            raise AttributeError(
+                f"CVAEPosterior has no {name!r}: the observation is y here (sbi calls it x; "
+                f"x is the model, sbi's theta), so use {_SBI_SPELLINGS[name]!r}"
+            )
+        raise AttributeError(f"'CVAEPosterior' object has no attribute {name!r}")
 
     @property
     def y_shape(self) -> tuple[int, ...]:
@@ -925,6 +952,7 @@ class CVAEPosterior:
         *,
         decoder_noise: bool | None = None,
         seed: int | None = None,
+        **unknown: Any,
     ) -> torch.Tensor:
         """Draw posterior samples of ``x``.
 
@@ -951,7 +979,10 @@ class CVAEPosterior:
         ------
         ConfigError
             If ``sample_shape`` is not an int or a tuple of ints >= 0, or as
-            :func:`draw_posterior`.
+            :func:`draw_posterior`; if the observation is passed as ``x=`` (sbi's name:
+            here ``x`` is the model, sbi's ``theta``, and the observation is ``y``).
+        TypeError
+            For any other unknown keyword.
         ShapeError, DataError, ResourceError
             As :func:`draw_posterior`.
 
@@ -962,6 +993,7 @@ class CVAEPosterior:
             more than 1% of an observation's drawn values lie outside the range of the
             training ``x`` (:func:`~inference.training_range.warn_outside_training_range`).
         """
+        _refuse_unknown("sample", unknown)
         sample_shape = as_sample_shape(sample_shape)
         y_batch, stacked = self._y(y)
         warn_far_observations(self.cvae, y_batch)

@@ -38,6 +38,7 @@ __all__ = [
     "derived_seed",
     "seeded_rng",
     "check_problem_matches",
+    "observation_reshape_hint",
     "shape_mismatch",
     "shape_text",
 ]
@@ -61,6 +62,28 @@ def shape_text(lead: str, event_shape: Any) -> str:
     """
     parts = [lead, *(str(int(v)) for v in event_shape)]
     return f"({parts[0]},)" if len(parts) == 1 else f"({', '.join(parts)})"
+
+
+def observation_reshape_hint(shape: Any, y_shape: Any) -> str:
+    """Return the reshape that turns observations of ``shape`` into ``y_shape`` ones, or "".
+
+    For a message that refuses ``shape``: a flat vector of ``M`` scalar observations where
+    ``y_shape`` is ``(1,)`` (sbi's ``x_o`` of a one-datum simulator), or one observation of
+    the right size in another shape.
+
+    Examples
+    --------
+    >>> observation_reshape_hint((3,), (1,))
+    '; for 3 observations of one value each pass y.reshape(-1, 1)'
+    >>> observation_reshape_hint((2, 3), (6,)), observation_reshape_hint((5,), (2,))
+    ('; for one observation pass y.reshape(6)', '')
+    """
+    shape, y_shape = tuple(int(v) for v in shape), tuple(int(v) for v in y_shape)
+    if len(shape) == 1 and y_shape == (1,):
+        return f"; for {shape[0]} observations of one value each pass y.reshape(-1, 1)"
+    if math.prod(shape) == math.prod(y_shape):
+        return f"; for one observation pass y.reshape({', '.join(map(str, y_shape))})"
+    return ""
 
 
 def _is_integer(value: Any) -> bool:

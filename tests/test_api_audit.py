@@ -19,7 +19,7 @@ from inference import CVAEPosterior, draw_posterior, importance_sample
 from inference.evaluate import evaluate_model
 from inference.mcmc import nuts_sample
 from inference.sample import CorrectionConfig, sample_corrected, sample_posterior
-from ppl_cvae import CVAE, LinearGaussian, fit_problem
+from ppl_cvae import CVAE, LinearGaussian, ModelConfig, build_cvae, fit_problem
 from ppl_cvae.checks import as_count, as_real_tensor, as_sample_shape, as_seed
 from ppl_cvae.errors import ConfigError, DataError, OutputError, ResourceError, ShapeError
 from ppl_cvae.problems.base import Problem
@@ -152,6 +152,28 @@ def test_bad_observations_are_named(trained: Any) -> None:
         draw_posterior(cvae, torch.zeros(2, device="meta"), 2)
     with pytest.raises(DataError, match="NaN or inf"):
         post.set_default_y(np.array([np.nan, 0.0]))
+
+
+def test_sbi_spellings_of_the_observation_are_named() -> None:
+    """An sbi user writes ``sample((n,), x=x_o)`` and ``set_default_x``: they raised a raw
+    ``TypeError`` and ``AttributeError``; now the error says the observation is ``y`` here.
+    A flat vector of scalar observations gets the reshape that fixes it."""
+    problem = LinearGaussian(x_dim=2, y_dim=1)
+    cvae = build_cvae(ModelConfig(x_shape=(2,), y_shape=(1,), latent_dim=1, hidden_dims=(8,)),
+                      *problem.simulate(32, torch.Generator().manual_seed(0)), seed=0)
+    post = CVAEPosterior(cvae)
+    with pytest.raises(ConfigError, match=r"observation as y \(sbi calls it x; here x is the"):
+        post.sample((2,), x=torch.zeros(1))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_samples'"):
+        post.sample((2,), num_samples=3)
+    with pytest.raises(AttributeError, match="the observation is y here.*'set_default_y'"):
+        post.set_default_x(torch.zeros(1))
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        post.nothing  # noqa: B018
+    with pytest.raises(ShapeError, match=r"for 3 observations of one value each pass "
+                       r"y\.reshape\(-1, 1\)"):  # fmt: skip
+        post.sample((2,), torch.zeros(3))
+    assert post.sample((2,), torch.zeros(3, 1)).shape == (2, 3, 2)
 
 
 # ---------------------------------------------------------------- counts and sample shapes
