@@ -280,6 +280,39 @@ def test_a_stopped_fit_resumes_into_the_uninterrupted_run(tmp_path, stop):
     assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in reference.iterdir())
 
 
+@pytest.mark.slow
+def test_a_sigterm_to_a_stream_fits_process_group_prints_one_line(tmp_path):
+    """A scheduler stops a whole process group: the stream's DataLoader workers die of the
+    SIGTERM with the fit. The fit printed its resume line and then DataLoader's "Exception
+    ignored ... killed by signal: Terminated" traceback at exit; now the one line only."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "ppl_cvae.cli", "fit", "--problem", "linear_gaussian",
+            "--stream", "--workers", "2", "--epochs", "200", "--hidden-dims", "16",
+            "--threads", "1", "--quiet", "--out", str(run)]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90.0
+        while not (run / STATE_FILE).exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no saved state within 90 s"
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the next epoch, the workers running
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # pragma: no cover - a hang
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.decode().strip().splitlines() == [
+        f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {run}"
+    ]
+
+
 @pytest.fixture
 def interrupted(tmp_path, monkeypatch, capsys):
     """A CLI run stopped by an exception after its first checkpoint (4 steps per epoch)."""

@@ -404,8 +404,21 @@ class StreamBatches:
             yield x, (y if self.conditional else None)
 
     def close(self) -> None:
-        """Stop the worker processes (a new iterator starts at the stream's position)."""
-        self._items = None
+        """Stop the worker processes (a new iterator starts at the stream's position).
+
+        The DataLoader's workers are shut down here rather than when its iterator is
+        collected: where they were killed by a signal (a SIGTERM to the whole process group,
+        as a scheduler or ``kill -- -PGID`` sends), DataLoader's SIGCHLD check raises during
+        that shutdown, and from ``__del__`` at exit it printed an "Exception ignored"
+        traceback after the command's own message.
+        """
+        items, self._items = self._items, None
+        shutdown = getattr(items, "_shutdown_workers", None)  # the multi-process iterator
+        if shutdown is not None:
+            try:
+                shutdown()
+            except RuntimeError:  # "DataLoader worker (pid N) is killed by signal": gone already
+                pass
 
     def state_dict(self) -> dict[str, Any]:
         """Return the stream's settings, its position and a digest of its last minibatch.
