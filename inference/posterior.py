@@ -30,7 +30,7 @@ from ppl_cvae.checks import (
     as_sample_shape,
     as_seed,
     check_problem_matches,
-    observation_reshape_hint,
+    reshape_hint,
     seeded_rng,
     shape_text,
 )
@@ -135,7 +135,7 @@ def as_observation_batch(
         return y, True
     raise ShapeError(
         f"observation has shape {tuple(y.shape)}; the model expects {y_shape} "
-        f"or a stack {shape_text('M', y_shape)}{observation_reshape_hint(y.shape, y_shape)}"
+        f"or a stack {shape_text('M', y_shape)}{reshape_hint(y.shape, y_shape)}"
     )
 
 
@@ -1095,7 +1095,10 @@ class CVAEPosterior:
         if tuple(x.shape) == x_shape:
             x = x.unsqueeze(0)
         if x.dim() != len(x_shape) + 1 or tuple(x.shape[1:]) != x_shape:
-            raise ShapeError(f"x must have shape {shape_text('N', x_shape)}, got {tuple(x.shape)}")
+            raise ShapeError(
+                f"x must have shape {shape_text('N', x_shape)}, got {tuple(x.shape)}"
+                f"{reshape_hint(x.shape, x_shape, 'x', 'models')}"
+            )
         y_batch, _ = self._y(y)
         n = x.shape[0]
         if y_batch.shape[0] == 1:

@@ -36,9 +36,9 @@ __all__ = [
     "as_seed",
     "check_finite",
     "derived_seed",
+    "reshape_hint",
     "seeded_rng",
     "check_problem_matches",
-    "observation_reshape_hint",
     "shape_mismatch",
     "shape_text",
 ]
@@ -64,25 +64,27 @@ def shape_text(lead: str, event_shape: Any) -> str:
     return f"({parts[0]},)" if len(parts) == 1 else f"({', '.join(parts)})"
 
 
-def observation_reshape_hint(shape: Any, y_shape: Any) -> str:
-    """Return the reshape that turns observations of ``shape`` into ``y_shape`` ones, or "".
+def reshape_hint(shape: Any, event_shape: Any, name: str = "y", rows: str = "observations") -> str:
+    """Return the reshape that turns an array of ``shape`` into ``event_shape`` rows, or "".
 
-    For a message that refuses ``shape``: a flat vector of ``M`` scalar observations where
-    ``y_shape`` is ``(1,)`` (sbi's ``x_o`` of a one-datum simulator), or one observation of
-    the right size in another shape.
+    For a message that refuses ``shape``: a flat vector of ``M`` scalar rows where
+    ``event_shape`` is ``(1,)`` (sbi's ``x_o`` of a one-datum simulator, ``theta`` of one
+    parameter), or one row of the right size in another shape. ``name`` is the array's name
+    in the hint and ``rows`` what its rows are.
 
     Examples
     --------
-    >>> observation_reshape_hint((3,), (1,))
+    >>> reshape_hint((3,), (1,))
     '; for 3 observations of one value each pass y.reshape(-1, 1)'
-    >>> observation_reshape_hint((2, 3), (6,)), observation_reshape_hint((5,), (2,))
+    >>> reshape_hint((2, 3), (6,)), reshape_hint((5,), (2,), "x", "models")
     ('; for one observation pass y.reshape(6)', '')
     """
-    shape, y_shape = tuple(int(v) for v in shape), tuple(int(v) for v in y_shape)
-    if len(shape) == 1 and y_shape == (1,):
-        return f"; for {shape[0]} observations of one value each pass y.reshape(-1, 1)"
-    if math.prod(shape) == math.prod(y_shape):
-        return f"; for one observation pass y.reshape({', '.join(map(str, y_shape))})"
+    shape, event_shape = tuple(int(v) for v in shape), tuple(int(v) for v in event_shape)
+    if len(shape) == 1 and event_shape == (1,):
+        return f"; for {shape[0]} {rows} of one value each pass {name}.reshape(-1, 1)"
+    if math.prod(shape) == math.prod(event_shape):
+        one = rows[:-1] if rows.endswith("s") else rows
+        return f"; for one {one} pass {name}.reshape({', '.join(map(str, event_shape))})"
     return ""
 
 

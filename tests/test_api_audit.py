@@ -174,6 +174,10 @@ def test_sbi_spellings_of_the_observation_are_named() -> None:
                        r"y\.reshape\(-1, 1\)"):  # fmt: skip
         post.sample((2,), torch.zeros(3))
     assert post.sample((2,), torch.zeros(3, 1)).shape == (2, 3, 2)
+    one = build_cvae(ModelConfig(x_shape=(1,), y_shape=(1,), latent_dim=1, hidden_dims=(8,)),
+                     torch.randn(32, 1), torch.randn(32, 1), seed=0)  # fmt: skip
+    with pytest.raises(ShapeError, match=r"for 5 models of one value each pass x\.reshape"):
+        CVAEPosterior(one).log_prob(torch.zeros(5), torch.zeros(1))
 
 
 # ---------------------------------------------------------------- counts and sample shapes

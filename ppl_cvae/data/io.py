@@ -50,7 +50,7 @@ import torch
 
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._isolated import netcdf_timeout, run_isolated
-from ppl_cvae.checks import observation_reshape_hint, shape_text
+from ppl_cvae.checks import reshape_hint, shape_text
 from ppl_cvae.data.standardise import CONSTANT_RTOL
 from ppl_cvae.errors import DataError, ShapeError
 
@@ -1179,7 +1179,7 @@ def load_observations(
         raise ShapeError(
             f"observation in {str(path)!r} has shape {tuple(y.shape)}; the model expects "
             f"{y_shape} or a stack {shape_text('M', y_shape)}"
-            f"{observation_reshape_hint(y.shape, y_shape)}"
+            f"{reshape_hint(y.shape, y_shape)}"
         )
     if x_true is not None and x_true.shape[0] != y.shape[0]:
         raise ShapeError(
