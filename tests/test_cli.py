@@ -408,9 +408,10 @@ def test_diagnose_says_which_observations_misfit(tmp_path):
         }).to_csv(path, index=False)
         return path
 
-    assert _misfit_verdict(table([1.0, 2.0, 0.4]))[0].startswith(
-        "misfit: the draws of all 3 observations fit the data"
-    )
+    passed = _misfit_verdict(table([1.0, 2.0, 0.4]))[0]
+    assert passed.startswith("misfit: the draws of all 3 observations fit the data")
+    # a pass is not a calibration verdict: the trust audit's draws twice too wide passed it
+    assert "checks the fit to the data only" in passed and "ppl-cvae evaluate" in passed
     lines = _misfit_verdict(table([1.0, 2.02, 0.38]))
     assert lines[0].startswith("misfit: WARNING: the draws of 2 of 3 observations")
     assert "observation 1: chi2 per datum 2.020" in lines[1] and "do not explain" in lines[1]

@@ -316,7 +316,9 @@ def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
         return [
             f"misfit: the draws of all {len(rows)} observations fit the data as the noise "
             "model allows (chi2 per datum within its plausible range for m data and S draws, "
-            "false alarm 6e-5; misfit.csv)"
+            "false alarm 6e-5; misfit.csv). This checks the fit to the data only: draws too "
+            "wide, too narrow or biased within that range pass it; their calibration is "
+            "judged by ppl-cvae evaluate on held-out pairs (SBC, coverage, TARP)"
         ]
     lines = [
         f"misfit: WARNING: the draws of {len(failures)} of {len(rows)} observations misfit the "
