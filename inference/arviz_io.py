@@ -53,7 +53,8 @@ file holds a single observation (size 1): one layout for all code that reads the
 Coordinates: every named dim with the problem's values and a ``units`` attribute; extra
 coordinates of a dim (e.g. ``source_depth`` along ``ray``); and, for data that stack
 quantities of different units along one dim, a string coordinate ``y_units`` along that dim
-(one unit per coordinate value; the ``units`` attribute of ``y`` joins them with ``" | "``).
+(one unit per coordinate value; the ``units`` attribute of ``y`` joins them with ``" | "``),
+and ``x_units`` likewise for parameters of different units.
 
 Files written before the ``observation`` dim was always present (a single observation without
 it) are given the dim of size 1 when read (:func:`load_inference_data`).
@@ -161,6 +162,7 @@ def to_inference_data(
     attrs: Mapping[str, Any] | None = None,
     units: Mapping[str, str] | None = None,
     y_units: tuple[str, Mapping[str, str]] | None = None,
+    x_units: tuple[str, Mapping[str, str]] | None = None,
     extra_coords: Mapping[str, tuple[str, Sequence[Any]]] | None = None,
     coord_attrs: Mapping[str, Mapping[str, str]] | None = None,
     var_attrs: Mapping[str, Mapping[str, str]] | None = None,
@@ -207,6 +209,9 @@ def to_inference_data(
         Units of data that stack several quantities along ``dim`` (one of ``y_dims``), as
         :func:`ppl_cvae.problems.base.data_units` returns; stored as the string coordinate
         ``y_units`` along ``dim``.
+    x_units : (dim, mapping of coordinate value to unit), optional
+        The same for parameters of different units along one of ``x_dims``
+        (``data_units(problem, "x")``): the string coordinate ``x_units`` along ``dim``.
     extra_coords : mapping of name to (dim, values), optional
         Non-index coordinates of a named dim (e.g. ray end points along ``ray``).
     coord_attrs : mapping of coordinate name to attributes, optional
@@ -414,10 +419,11 @@ def to_inference_data(
         posterior_attrs=run_attrs,
     )
     extra = dict(extra_coords or {})
-    if y_units is not None:
-        dim, per_value = y_units
-        values = all_coords.get(dim, [])
-        extra["y_units"] = (dim, [str(per_value[str(v)]) for v in values])
+    for coord, per_dim in (("y_units", y_units), ("x_units", x_units)):
+        if per_dim is not None:
+            dim, per_value = per_dim
+            values = all_coords.get(dim, [])
+            extra[coord] = (dim, [str(per_value[str(v)]) for v in values])
     for group in idata.groups():
         ds = idata[group]
         for name, (dim, values) in extra.items():

@@ -539,6 +539,7 @@ def inference_data_from_draws(
         attrs=info,
         units=units_of(problem) if problem is not None or layout is None else layout.units,
         y_units=data_units(problem),
+        x_units=data_units(problem, "x"),
         extra_coords=extra_coords_of(problem),
         coord_attrs=(
             coord_attrs_of(problem)

@@ -129,6 +129,32 @@ def test_unwhitened_misfit_says_so():
         check_ppc(table)
 
 
+class _TwoUnits(LinearGaussian):
+    """Parameters in different units: an amplitude in mV and a rate in 1/s."""
+
+    def __init__(self, units_x):
+        super().__init__(x_dim=2, y_dim=3)
+        self.coords = {"parameter": ["a", "b"], "datum": [0, 1, 2]}
+        self.units = {"x": units_x, "y": "mV"}
+
+
+def test_parameters_in_different_units_get_an_x_units_coordinate(tmp_path):
+    """``units={"x": {"a": "mV", "b": "1/s"}}`` was accepted and became the one string
+    "mV | 1/s" with nothing per parameter (the trust audit); now ``x_units`` names each
+    parameter's unit, as ``y_units`` does for data, and a mapping of other keys is refused."""
+    problem = _TwoUnits({"a": "mV", "b": "1/s"})
+    x, y = problem.simulate(2, torch.Generator().manual_seed(0))
+    idata = sample_posterior(_untrained(problem), y, 10, problem=problem, x_true=x, seed=0)
+    idata = load_inference_data(save_inference_data(idata, tmp_path / "post.nc"))
+    for group in ("posterior", "constant_data"):
+        assert list(idata[group]["x_units"].values) == ["mV", "1/s"]
+    assert idata.posterior["x"].attrs["units"] == "mV | 1/s"
+    bad = _TwoUnits({"a": "mV", "c": "1/s"})
+    with pytest.raises(ConfigError, match=r"units\['x'\] maps \['a', 'c'\] to units; expected "
+                       r"the coordinate values of exactly one of the x dims"):  # fmt: skip
+        sample_posterior(_untrained(bad), y, 10, problem=bad, seed=0)
+
+
 def test_mt1d_report_one_panel_per_component_with_units(tmp_path):
     problem = MT1D(num_layers=6, depth=1000.0, frequencies=[0.1, 1.0, 10.0, 100.0])
     x, y = problem.simulate(2, torch.Generator().manual_seed(0))

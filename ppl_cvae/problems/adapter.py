@@ -315,7 +315,7 @@ def _coordinate_problems(values: Mapping[str, Any]) -> list[str]:
 
 
 def _units_problems(units: Any) -> list[str]:
-    """Say which ``units`` entries are not unit strings (``"y"`` may map values to strings)."""
+    """Say which ``units`` entries are not unit strings (``"x"``, ``"y"`` may map to strings)."""
     if units is None:
         return []
     if not isinstance(units, Mapping):
@@ -323,7 +323,7 @@ def _units_problems(units: Any) -> list[str]:
     found = []
     for key, unit in units.items():
         ok = isinstance(unit, str) or (
-            key == "y"
+            key in ("x", "y")
             and isinstance(unit, Mapping)
             and all(isinstance(u, str) for u in unit.values())
         )
@@ -475,7 +475,8 @@ def check_problem(obj: object, source: str) -> Problem:
         from ppl_cvae.problems.metadata import data_units, extra_coords_of
 
         try:  # the optional plotting metadata must resolve against the dims
-            data_units(problem)
+            data_units(problem, "y")
+            data_units(problem, "x")
             extra_coords_of(problem)
         except ConfigError as err:
             problems.append(str(err))

@@ -796,7 +796,9 @@ class Problem(abc.ABC):
         mapping from each coordinate value of that dim to its unit, e.g.
         ``{"log10_rho_a": "log10(ohm m)", "phase": "deg"}``: ``y`` stays one variable, the
         file gets a ``y_units`` coordinate along that dim and the ``units`` attribute of ``y``
-        lists the units joined by ``" | "`` (see :func:`data_units`, :func:`units_of`). A
+        lists the units joined by ``" | "`` (see :func:`data_units`, :func:`units_of`);
+        ``"x"`` may be such a mapping too, over the coordinate values of one of ``x_dims``
+        (parameters in different units: ``{"a": "mV", "b": "1/s"}``; coordinate ``x_units``). A
         unit written ``log10(U)`` says the values are decimal logarithms of a quantity in
         ``U`` (plots show ``U`` on a log axis).
     extra_coords : Mapping[str, tuple[str, Sequence]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import keyword
 import reprlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -43,8 +43,8 @@ def linear_gaussian_parts(problem: Problem) -> LinearGaussianParts | None:
 def units_of(problem: Problem | None) -> dict[str, str]:
     """Return the problem's ``units`` mapping (``"x"``, ``"y"``, dims, coordinates), or ``{}``.
 
-    A per-component ``"y"`` mapping (see :func:`data_units`) is summarised as its distinct
-    units joined by ``" | "`` in coordinate order.
+    A per-coordinate ``"y"`` or ``"x"`` mapping (see :func:`data_units`) is summarised as its
+    distinct units joined by ``" | "`` in coordinate order.
 
     Examples
     --------
@@ -63,47 +63,55 @@ def units_of(problem: Problem | None) -> dict[str, str]:
     return out
 
 
-def data_units(problem: Problem | None) -> tuple[str, dict[str, str]] | None:
-    """Return ``(dim, {coordinate value: unit})`` when ``y`` mixes physical quantities.
+def data_units(
+    problem: Problem | None, name: Literal["x", "y"] = "y"
+) -> tuple[str, dict[str, str]] | None:
+    """Return ``(dim, {coordinate value: unit})`` when ``y`` (or ``x``) mixes quantities.
 
     A problem declares it by giving ``units["y"]`` as a mapping from the coordinate values of
     one of its ``y_dims`` to unit strings; that dim is the one whose coordinate values (as
-    strings) are exactly the mapping's keys.
+    strings) are exactly the mapping's keys. ``name="x"`` reads ``units["x"]`` against the
+    ``x_dims`` the same way (parameters of different units: an amplitude in mV beside a rate
+    in 1/s).
 
     Returns
     -------
     tuple of (str, dict of str to str) or None
         The dim and the unit of each of its coordinate values, in coordinate order; None when
-        ``units["y"]`` is a single string or absent.
+        ``units[name]`` is a single string or absent.
 
     Raises
     ------
     ConfigError
-        If ``units["y"]`` is a mapping whose keys are not the coordinate values of exactly one
-        of ``y_dims`` (the message lists the keys and the candidate coordinates).
+        If ``units[name]`` is a mapping whose keys are not the coordinate values of exactly
+        one of the dims of ``name`` (the message lists the keys and the candidate
+        coordinates).
 
     Examples
     --------
     >>> from ppl_cvae.problems import MT1D
     >>> data_units(MT1D())
     ('component', {'log10_rho_a': 'log10(ohm m)', 'phase': 'deg'})
+    >>> data_units(MT1D(), "x") is None  # one unit for every layer
+    True
     """
     if problem is None:
         return None
     problem = as_problem(problem)
-    value = dict(problem.units or {}).get("y")
+    value = dict(problem.units or {}).get(name)
     if not isinstance(value, Mapping):
         return None
     keys = [str(k) for k in value]
     coords = problem.coords
+    own_dims = tuple(problem.y_dims if name == "y" else problem.x_dims)
     matches = [
-        d for d in problem.y_dims if d in coords and sorted(map(str, coords[d])) == sorted(keys)
+        d for d in own_dims if d in coords and sorted(map(str, coords[d])) == sorted(keys)
     ]
     if len(matches) != 1:
-        candidates = {d: [str(c) for c in coords[d]] for d in problem.y_dims if d in coords}
+        candidates = {d: [str(c) for c in coords[d]] for d in own_dims if d in coords}
         raise ConfigError(
-            f"units['y'] maps {keys} to units; expected the coordinate values of exactly one "
-            f"of the y dims {tuple(problem.y_dims)} (coordinates: {candidates})"
+            f"units[{name!r}] maps {keys} to units; expected the coordinate values of exactly "
+            f"one of the {name} dims {own_dims} (coordinates: {candidates})"
         )
     dim = matches[0]
     lookup = {str(k): str(v) for k, v in value.items()}
