@@ -828,8 +828,12 @@ _SBI_SPELLINGS = {"set_default_x": "set_default_y", "default_x": "default_y"}
 """sbi's names of what :class:`CVAEPosterior` calls by ``y`` (the observation)."""
 
 
-def _refuse_unknown(method: str, unknown: dict[str, Any]) -> None:
+def _refuse_unknown(method: str, unknown: dict[str, Any], y: Any = None) -> None:
     """Refuse keywords ``method`` does not take; ``x=``, sbi's observation, with the fix."""
+    if "x" in unknown and y is not None:
+        raise TypeError(
+            f"CVAEPosterior.{method}() takes no x: the observation is y, given already"
+        )
     if "x" in unknown:
         raise ConfigError(
             f"CVAEPosterior.{method} takes the observation as y (sbi calls it x; here x is "
@@ -993,7 +997,7 @@ class CVAEPosterior:
             more than 1% of an observation's drawn values lie outside the range of the
             training ``x`` (:func:`~inference.training_range.warn_outside_training_range`).
         """
-        _refuse_unknown("sample", unknown)
+        _refuse_unknown("sample", unknown, y)
         sample_shape = as_sample_shape(sample_shape)
         y_batch, stacked = self._y(y)
         warn_far_observations(self.cvae, y_batch)

@@ -22,7 +22,9 @@ from ppl_cvae.errors import (
     PplCvaeError,
     ResourceError,
     ShapeError,
+    TrainingDivergedError,
     UnknownProblemError,
+    WorkerDiedError,
 )
 
 if TYPE_CHECKING:
@@ -99,8 +101,10 @@ __all__ = [
     "ResourceError",
     "ShapeError",
     "TrainConfig",
+    "TrainingDivergedError",
     "TwoBirds",
     "UnknownProblemError",
+    "WorkerDiedError",
     "__version__",
     "build_cvae",
     "fit",

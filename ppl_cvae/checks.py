@@ -80,7 +80,7 @@ def reshape_hint(shape: Any, event_shape: Any, name: str = "y", rows: str = "obs
     ('; for one observation pass y.reshape(6)', '')
     """
     shape, event_shape = tuple(int(v) for v in shape), tuple(int(v) for v in event_shape)
-    if len(shape) == 1 and event_shape == (1,):
+    if len(shape) == 1 and event_shape == (1,) and shape[0] > 0:
         return f"; for {shape[0]} {rows} of one value each pass {name}.reshape(-1, 1)"
     if math.prod(shape) == math.prod(event_shape):
         one = rows[:-1] if rows.endswith("s") else rows

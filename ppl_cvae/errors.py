@@ -41,6 +41,7 @@ __all__ = [
     "NoPriorDensityError",
     "NoLikelihoodError",
     "exception_summary",
+    "how_workers_ended",
     "no_exit",
 ]
 
@@ -105,6 +106,38 @@ class WorkerDiedError(PplCvaeError, RuntimeError):
     crashed; the message names the signal or exit code and what was kept. The other workers
     are stopped first.
     """
+
+
+def how_workers_ended(exitcodes: list[int | None]) -> str:
+    """Say how the first dead worker ended, from the exit codes of worker processes.
+
+    A negative code is the signal that killed the process (``SIGKILL``: what the kernel's
+    out-of-memory killer sends), a positive one its exit status; None (still running) and 0
+    are skipped, and ``SIGTERM`` comes last: it is how a pool stops the survivors of a broken
+    pool (``concurrent.futures`` terminates them itself), so it names the death only when no
+    other code does.
+
+    Examples
+    --------
+    >>> how_workers_ended([-15, None, -9])
+    'was killed by SIGKILL (what the out-of-memory killer sends)'
+    >>> how_workers_ended([3]), how_workers_ended([])
+    ('exited with status 3', 'died')
+    """
+    import signal
+
+    terminated = -int(signal.SIGTERM)
+    for code in sorted(exitcodes, key=lambda c: c == terminated):
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (what the out-of-memory killer sends)" if name == "SIGKILL" else ""
+            return f"was killed by {name}{hint}"
+        if code not in (None, 0):
+            return f"exited with status {code}"
+    return "died"
 
 
 class OutputError(PplCvaeError, OSError):

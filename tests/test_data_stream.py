@@ -165,6 +165,6 @@ def test_a_stream_worker_that_dies_is_named_not_a_dataloader_traceback():
 
     source = StreamBatches(SimulationStream(_dies_in_a_worker, 4), steps_per_epoch=2,
                            num_workers=1)  # fmt: skip
-    with pytest.raises(WorkerDiedError, match=r"a simulation worker of the stream died: "
-                       r"DataLoader worker \(pid.*fewer --workers"):  # fmt: skip
+    with pytest.raises(WorkerDiedError, match=r"a simulation worker of the stream was killed by "
+                       r"SIGKILL \(what the out.*DataLoader worker.*fewer --workers"):  # fmt: skip
         list(source.epoch_batches(0))

@@ -337,3 +337,25 @@ def test_a_lazy_fit_with_bounds_says_the_flow_is_not_mapped_onto_them(tmp_path, 
         assert main(["fit", "--data", str(tmp_path / "pairs"), "--lazy", "--x-bounds", "0,1",
                      "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert "a lazily read file is fitted on x itself, not mapped onto --x-bounds" in caplog.text
+
+
+def test_the_training_range_verdict_refuses_bad_arguments_and_takes_scalar_models():
+    """The hostile audit: a NaN or reversed range, ``false_alarm`` 1.5, ``seed=-1`` and no draws
+    were taken (NaN fractions); a scalar ``x_shape`` raised ``IndexError``."""
+    from inference.training_range import training_range_verdict
+    from ppl_cvae.errors import ConfigError
+
+    x, box = torch.full((4, 1), 0.5), (torch.zeros(1), torch.ones(1))
+    draws = torch.full((3, 4, 1), 0.5)
+    for bad_range in ((torch.full((1,), math.nan), torch.ones(1)), (torch.ones(1), torch.zeros(1))):
+        with pytest.raises(DataError, match="finite with low <= high"):
+            training_range_verdict(draws, x, bad_range)
+    with pytest.raises(ConfigError, match="false_alarm"):
+        training_range_verdict(draws, x, box, false_alarm=1.5)
+    with pytest.raises(ConfigError, match="seed"):
+        training_range_verdict(draws, x, box, seed=-1)
+    with pytest.raises(ShapeError, match="S >= 1"):
+        training_range_verdict(draws[:0], x, box)
+    scalar = training_range_verdict(torch.full((3, 4), 2.0), torch.full((4,), 0.5),
+                                    (torch.tensor(0.0), torch.tensor(1.0)))  # fmt: skip
+    assert scalar["draws_outside"] == 1.0 and scalar["truths_outside"] == 0.0

@@ -14,7 +14,6 @@ import contextlib
 import math
 import multiprocessing
 import pickle
-import signal
 import sys
 import threading
 import warnings
@@ -39,7 +38,13 @@ from inference.mcmc.potential import (
     _trace_energy,
 )
 from ppl_cvae.checks import as_seed
-from ppl_cvae.errors import DataError, PplCvaeError, WorkerDiedError, exception_summary
+from ppl_cvae.errors import (
+    DataError,
+    PplCvaeError,
+    WorkerDiedError,
+    exception_summary,
+    how_workers_ended,
+)
 from ppl_cvae.problems.base import Problem
 
 __all__ = ["run_whitened_chain"]
@@ -511,28 +516,15 @@ def _map_in_pool(pool: ProcessPoolExecutor, fn: Any, items: Any) -> list[Any]:
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.join(timeout=5)
+        # read once joined (the pool's own thread may be reaping them); the survivors stopped
+        # here or by the broken pool itself show SIGTERM, which how_workers_ended puts last
+        ended = [process.exitcode for process in processes]
         if isinstance(err, BrokenProcessPool):
             raise WorkerDiedError(
-                f"a chain's worker process {_how_it_ended(processes)}; no posterior was "
+                f"a chain's worker process {how_workers_ended(ended)}; no posterior was "
                 "written (run fewer chains at once with --cores, or fewer draws, if memory "
                 "ran out)"
             ) from None
         raise
     pool.shutdown(wait=True)
     return results
-
-
-def _how_it_ended(processes: list[Any]) -> str:
-    """Say how the first dead one of ``processes`` ended: the signal that killed it, or its exit."""
-    for process in processes:
-        code = process.exitcode
-        if code is not None and code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            hint = " (what the out-of-memory killer sends)" if name == "SIGKILL" else ""
-            return f"was killed by {name}{hint}"
-        if code not in (None, 0):
-            return f"exited with status {code}"
-    return "died"

@@ -44,7 +44,7 @@ from ppl_cvae.data.lazy import (
     shuffled_batches,
 )
 from ppl_cvae.data.streaming import SimulationStream, StreamFailure, StreamItem, batch_seed
-from ppl_cvae.errors import CheckpointError, ConfigError, WorkerDiedError
+from ppl_cvae.errors import CheckpointError, ConfigError, WorkerDiedError, how_workers_ended
 from ppl_cvae.models.cvae import CVAE, MAX_WHITENING_PAIRS
 from ppl_cvae.problems.base import Problem
 
@@ -291,6 +291,28 @@ class ShardedResimulatedBatches:
         """Nothing to release."""
 
 
+def _without_sigchld_check(loader: DataLoader) -> Iterator[Any]:
+    """Return ``iter(loader)`` with this process's SIGCHLD handler as it was before.
+
+    A multi-process DataLoader installs a SIGCHLD handler that raises ``RuntimeError`` in
+    the main thread wherever it is when a worker dies: inside an SVI step, or inside the
+    clean-up of a run folder, which it then left half removed (the hostile audit: 6 of 10
+    runs ended in a traceback and hidden temporaries). Its iterator checks its workers
+    itself while it waits for a minibatch (every 5 s), so without the handler a death is
+    reported where the minibatch is asked for, which :meth:`StreamBatches.epoch_batches`
+    turns into a :class:`~ppl_cvae.errors.WorkerDiedError`.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return iter(loader)
+    before = signal.getsignal(signal.SIGCHLD)
+    items = iter(loader)
+    signal.signal(signal.SIGCHLD, before)
+    return items
+
+
 class StreamBatches:
     """``steps_per_epoch`` minibatches per epoch from an endless simulation stream.
 
@@ -377,7 +399,7 @@ class StreamBatches:
                     # from the global RNG that drives the SVI steps (the stream ignores it)
                     generator=torch.Generator().manual_seed(self.stream.seed),
                 )
-                self._items = iter(loader)
+                self._items = _without_sigchld_check(loader)
         return self._items
 
     def epoch_batches(self, epoch: int) -> Iterator[Batch]:
@@ -387,13 +409,20 @@ class StreamBatches:
         for _ in range(self.steps_per_epoch - skip):
             try:
                 item = next(items)
-            except RuntimeError as err:  # DataLoader's words for a worker that died
-                if "DataLoader worker" not in str(err):
+            except (RuntimeError, ConnectionError, EOFError) as err:
+                # DataLoader's words for a worker that died, or the pipe of a minibatch that
+                # a dying worker was handing over
+                if isinstance(err, RuntimeError) and "DataLoader worker" not in str(err):
                     raise
+                workers = getattr(items, "_workers", [])
+                for worker in workers:
+                    if not worker.is_alive():
+                        worker.join(timeout=1)  # reaped, so that its exit code is known
+                ended = how_workers_ended([worker.exitcode for worker in workers])
                 self.close()
                 raise WorkerDiedError(
-                    f"a simulation worker of the stream died: {err} (SIGKILL is what the "
-                    "out-of-memory killer sends: fewer --workers need less memory)"
+                    f"a simulation worker of the stream {ended} ({type(err).__name__}: "
+                    f"{str(err).strip()}); fewer --workers need less memory"
                 ) from None
             if isinstance(item, StreamFailure):  # a worker's simulation was refused
                 self.close()
