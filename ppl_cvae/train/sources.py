@@ -309,7 +309,8 @@ def _without_sigchld_check(loader: DataLoader) -> Iterator[Any]:
         return iter(loader)
     before = signal.getsignal(signal.SIGCHLD)
     items = iter(loader)
-    signal.signal(signal.SIGCHLD, before)
+    if before is not None:  # None: a handler set outside Python, which cannot be put back
+        signal.signal(signal.SIGCHLD, before)
     return items
 
 
