@@ -280,9 +280,9 @@ def training_range_verdict(
     -------
     dict
         ``draws_outside`` and ``truths_outside`` (fractions of all values), ``p_value``,
-        ``judged`` (False when even truths never outside could not reach ``false_alarm``:
-        too few observations whose draws leave the range) and ``failures`` (one sentence, or
-        empty).
+        ``judged`` (False when draws leave the range, but for too few observations for even
+        truths never outside to reach ``false_alarm``; True when no draw leaves it) and
+        ``failures`` (one sentence, or empty).
 
     Raises
     ------
@@ -357,7 +357,8 @@ def training_range_verdict(
     p_value = (below + tie_break * (1 + tied)) / (1 + resamples)
     draws_outside = float(g_draws.mean())
     truths_outside = float(g_truth.mean())
-    judged = chance_of_smallest < false_alarm
+    # judged: the test could fail, or nothing leaks at all (the pass then says so)
+    judged = chance_of_smallest < false_alarm or float(g_draws.max()) == 0.0
     failures = []
     if judged and p_value < false_alarm:
         failures.append(

@@ -303,6 +303,9 @@ def test_the_training_range_verdict_is_not_judged_when_it_cannot_fail():
     verdict = training_range_verdict(draws, x, (torch.zeros(1), torch.ones(1)))
     assert not verdict["judged"] and verdict["failures"] == []
     assert verdict["draws_outside"] == pytest.approx(0.2) and verdict["truths_outside"] == 0
+    # no draw outside: a pass that means something (nothing leaks), not "not judged"
+    inside = training_range_verdict(torch.full((10, 5, 1), 0.5), x, (torch.zeros(1), torch.ones(1)))
+    assert inside["judged"] and inside["failures"] == [] and inside["draws_outside"] == 0
 
 
 def test_fit_warns_when_draws_rarely_fall_inside_the_bounds(tmp_path, caplog):
