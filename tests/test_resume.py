@@ -226,6 +226,35 @@ def _dead_pid() -> int:
     return 2**22 + 4321  # above the default pid_max of 2**22: no such process
 
 
+def _stop_after_first_state(argv, run, stop, *, group=False, settle=0.0, wait=90.0):
+    """Run ``python -m ppl_cvae.cli ARGV`` and send ``stop`` once ``run`` holds a saved state.
+
+    ``group``: the command starts its own process group and the signal goes to all of it (a
+    scheduler stopping a job); ``settle``: seconds to wait after the state appears. Returns the
+    finished process and its stderr (bytes).
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ppl_cvae.cli", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=group)  # fmt: skip
+    try:
+        deadline = time.monotonic() + wait
+        while not (run / STATE_FILE).exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, f"no saved state within {wait:g} s"
+            time.sleep(0.01)
+        time.sleep(settle)
+        (os.killpg if group else os.kill)(proc.pid, stop)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # pragma: no cover - a hang
+            (os.killpg if group else os.kill)(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    return proc, err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 def test_a_stopped_fit_resumes_into_the_uninterrupted_run(tmp_path, stop):
@@ -235,24 +264,9 @@ def test_a_stopped_fit_resumes_into_the_uninterrupted_run(tmp_path, stop):
     is: status 143, the resume command on stderr, and no temporaries left behind.
     """
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "ppl_cvae.cli", *FIT, "--out", str(killed),
-            "--checkpoint-every", "2"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60.0
-        while not (killed / STATE_FILE).exists():
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "no checkpoint within 60 s"
-            time.sleep(0.01)
-        os.kill(proc.pid, stop)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # pragma: no cover - a hang
-            proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    proc, err = _stop_after_first_state(
+        [*FIT, "--out", str(killed), "--checkpoint-every", "2"], killed, stop
+    )
     assert not (killed / "model.pt").exists()  # stopped before the end (4 x 48 = 192 steps)
     state = load_train_state(killed / STATE_FILE)
     assert 2 <= state.steps_done < 192
@@ -286,27 +300,10 @@ def test_a_sigterm_to_a_stream_fits_process_group_prints_one_line(tmp_path):
     SIGTERM with the fit. The fit printed its resume line and then DataLoader's "Exception
     ignored ... killed by signal: Terminated" traceback at exit; now the one line only."""
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "ppl_cvae.cli", "fit", "--problem", "linear_gaussian",
-            "--stream", "--workers", "2", "--epochs", "200", "--hidden-dims", "16",
-            "--threads", "1", "--quiet", "--out", str(run)]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90.0
-        while not (run / STATE_FILE).exists():
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "no saved state within 90 s"
-            time.sleep(0.05)
-        time.sleep(0.5)  # into the next epoch, the workers running
-        os.killpg(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # pragma: no cover - a hang
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    argv = ["fit", "--problem", "linear_gaussian", "--stream", "--workers", "2", "--epochs",
+            "200", "--hidden-dims", "16", "--threads", "1", "--quiet", "--out", str(run)]
+    # 0.5 s into the next epoch, the workers running; the signal to the whole group
+    proc, err = _stop_after_first_state(argv, run, signal.SIGTERM, group=True, settle=0.5)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.decode().strip().splitlines() == [
         f"ppl-cvae: interrupted; continue with: ppl-cvae fit --resume {run}"
