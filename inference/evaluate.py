@@ -39,7 +39,9 @@ The ``calibration`` key of the metrics
     Only when some draws are NaN or infinite: its ``failures`` say how many values and which
     observations; the coverage verdict is then not judged, and there is no SBC or TARP.
 ``notes``
-    Why a check is weak or missing (fewer than 100 held-out pairs; non-finite draws).
+    Why a check is weak or missing (fewer than 100 held-out pairs; non-finite draws; no
+    forward operator, so no misfit check, with the posterior contraction that remains to
+    tell draws that learned from ``y`` from the prior's).
 ``passed``
     Whether no verdict failed. Each verdict also has ``judged``: False when it could not fail
     with so few held-out pairs (``ppl-cvae evaluate`` then prints "not judged", not "passed").
@@ -362,6 +364,14 @@ def evaluate_draws(
         calibration["coverage"]["failures"] = []
         calibration["coverage"]["judged"] = False
         calibration["notes"].append("non-finite draws: no coverage verdict")
+    if problem is None:
+        calibration["notes"].append(
+            "no forward operator, so no misfit check: coverage, SBC and TARP also pass draws "
+            "that ignore y (the prior is calibrated); posterior contraction "
+            f"{metrics['posterior_contraction']:.3f} (0: as wide as the prior) and the RMSE "
+            f"ratio {metrics['rmse_ratio']:.3f} (1: no better than the prior mean) say how much "
+            "the draws learned from y; give the problem (--problem) to check their fit to the data"
+        )
     if x_range is not None:
         calibration["training_range"] = training_range_verdict(
             x_draws, x, x_range, false_alarm=false_alarm, seed=seed

@@ -24,7 +24,7 @@ import torch
 from pyro.infer import Predictive
 
 from ppl_cvae._memory import check_memory
-from ppl_cvae.checks import as_count, as_seed, shape_text
+from ppl_cvae.checks import as_count, as_seed, seeded_rng, shape_text
 from ppl_cvae.errors import ConfigError, ShapeError
 from ppl_cvae.models.cvae import CVAE
 
@@ -56,7 +56,8 @@ def generate(
         Default: :attr:`~ppl_cvae.models.cvae.CVAE.samples_decoder_noise`, as for posterior
         draws.
     seed : int, optional
-        Seed of Pyro's RNGs (``pyro.set_rng_seed``); the same seed gives the same draws.
+        Seed of torch's RNG for these draws; the same seed gives the same draws, and the
+        global RNG is left as it was (:func:`~ppl_cvae.checks.seeded_rng`).
 
     Returns
     -------
@@ -102,32 +103,31 @@ def generate(
         f"{num_samples} generated draws of {values} values each",
         hint="ask for fewer draws",
     )
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    was_training = vae.training
-    vae.eval()
-    parts: dict[str, list[torch.Tensor]] = {"x": [], "z": [], "x_mean": []}
-    try:
-        done = 0
-        while done < num_samples:
-            num = min(chunk, num_samples - done)
-            runner = Predictive(
-                vae.model, num_samples=num, parallel=True, return_sites=("z", "x", "x_mean")
-            )
-            with pyro.validation_enabled(False):
-                out = runner()  # the model's batch of one: (num, 1, ...)
-            for name in parts:
-                parts[name].append(out[name][:, 0].to(device="cpu"))
-            done += num
-    finally:
-        vae.train(was_training)
-    draws = {name: torch.cat(value) for name, value in parts.items()}
-    if not decoder_noise:
-        mean = draws["x_mean"]
-        if vae.config.likelihood == "categorical":  # the mean code, as the model's x_mean
-            mean = mean @ torch.arange(mean.shape[-1], dtype=mean.dtype)
-        draws["x"] = mean
-    return draws
+    with seeded_rng(seed):  # the caller's global RNG is left as it was
+        was_training = vae.training
+        vae.eval()
+        parts: dict[str, list[torch.Tensor]] = {"x": [], "z": [], "x_mean": []}
+        try:
+            done = 0
+            while done < num_samples:
+                num = min(chunk, num_samples - done)
+                runner = Predictive(
+                    vae.model, num_samples=num, parallel=True, return_sites=("z", "x", "x_mean")
+                )
+                with pyro.validation_enabled(False):
+                    out = runner()  # the model's batch of one: (num, 1, ...)
+                for name in parts:
+                    parts[name].append(out[name][:, 0].to(device="cpu"))
+                done += num
+        finally:
+            vae.train(was_training)
+        draws = {name: torch.cat(value) for name, value in parts.items()}
+        if not decoder_noise:
+            mean = draws["x_mean"]
+            if vae.config.likelihood == "categorical":  # the mean code, as the model's x_mean
+                mean = mean @ torch.arange(mean.shape[-1], dtype=mean.dtype)
+            draws["x"] = mean
+        return draws
 
 
 def generated_inference_data(

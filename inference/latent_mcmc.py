@@ -45,13 +45,14 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
 from pyro.infer import NUTS
 
-from inference.mcmc import ChainVerdict, chains_summary, rhat_threshold, run_whitened_chain
+from inference.mcmc import ChainVerdict, chains_summary, run_whitened_chain
 from inference.mcmc.chains import _PotentialWatch
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import (
@@ -123,15 +124,17 @@ class LatentMCMCResult:
     divergences: int
     seconds: float
 
-    @property
+    @cached_property
     def rhat_threshold(self) -> float:
         """The bound on the largest R-hat of the latent coordinates that mixed chains respect.
 
-        :func:`~inference.mcmc.rhat_threshold` for these chains, draws and latent coordinates
-        (never below 1.01), as for NUTS on ``x``.
+        :func:`~inference.arviz_io.rhat_bound` of ``z`` (:func:`~inference.mcmc.rhat_threshold`
+        for these chains, draws and latent coordinates at the effective draws of the
+        coordinate with the largest R-hat; never below 1.01), as for NUTS on ``x``.
         """
-        chains, draws, latent = self.z.shape
-        return rhat_threshold(chains, draws, latent)
+        from inference.arviz_io import rhat_bound
+
+        return rhat_bound(self.z.double().numpy())
 
     @property
     def converged(self) -> bool:

@@ -697,8 +697,9 @@ def draw_posterior(
         ``eps ~ N(0, C_e)`` (:attr:`problem.noise <ppl_cvae.problems.base.Problem.noise>`),
         and keep only draws in the prior's support (``within_support``).
     seed : int, optional
-        Seed of Pyro's RNG for these draws (of the device the CVAE is on: the same seed gives
-        the same draws on the same kind of device).
+        Seed of torch's RNG for these draws (of the device the CVAE is on: the same seed gives
+        the same draws on the same kind of device); the global RNGs are left as they were
+        (:func:`~ppl_cvae.checks.seeded_rng`).
     within_support : bool, default True
         With a ``problem`` whose support is not all of ``R^n``
         (:meth:`~ppl_cvae.problems.base.Problem.restricts_support`), or a model fitted with
@@ -757,71 +758,71 @@ def draw_posterior(
         hint="draw fewer, or stream them to disk with "
         "inference.sample.sample_posterior_to_netcdf (ppl-cvae sample does)",
     )
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    if decoder_noise is None:
-        decoder_noise = cvae.samples_decoder_noise
-    was_training = cvae.training
-    cvae.eval()
-    device = module_device(cvae)
+    with seeded_rng(seed):  # the caller's global RNG is left as it was
+        if decoder_noise is None:
+            decoder_noise = cvae.samples_decoder_noise
+        was_training = cvae.training
+        cvae.eval()
+        device = module_device(cvae)
+        dtype = cvae.x_standardiser.mean.dtype  # float32, or a model moved to float64
 
-    def draw(y_sub: torch.Tensor, num: int) -> dict[str, torch.Tensor]:
-        runner = Predictive(
-            cvae.model, num_samples=num, parallel=True, return_sites=("z", "x", "x_mean")
-        )
-        try:
-            with pyro.validation_enabled(False):
-                out = runner(y_sub.to(device))
-        except (RuntimeError, ValueError) as err:  # torch.normal on a NaN scale, and the like
-            far = _out_of_range(cvae, y_sub, None)
-            if far is None:
-                raise
-            raise far from err
-        for site in ("z", "x" if decoder_noise else "x_mean"):
-            if not bool(torch.isfinite(out[site]).all()):
-                bad = ~torch.isfinite(out[site]).flatten(2).all(-1).all(0)  # (M,)
-                raise _out_of_range(cvae, y_sub, bad) or DataError(
-                    f"the posterior draws of {site} are not finite for {int(bad.sum())} of "
-                    f"{len(bad)} observations; the trained networks give NaN or inf there"
-                )
-        return {name: value.cpu() for name, value in out.items()}  # draws leave the device
-
-    acceptance = None
-    # a facies decoder's draws without its noise are probabilities of the codes, not models
-    probabilities = cvae.config.likelihood in FACIES_LIKELIHOODS and not decoder_noise
-    support = _Support.of(cvae, problem) if within_support and not probabilities else None
-    try:
-        if support is not None:
-            # a round: the draws asked for, or up to 1024 of them where 256 MiB holds them
-            # (a small request then needs few rounds)
-            fits = (1 << 28) // max(1, bytes_per_draw(cvae, y_batch.shape[0]))
-            per_round = max(num_samples, min(1024, fits))
-            # later rounds grow with the observed acceptance, within the same 256 MiB and at
-            # most ROUND_GROWTH times the first round (a margin on bytes_per_draw's estimate);
-            # fewer pending observations may draw more each
-            max_round = max(per_round, min(fits, ROUND_GROWTH * per_round)) * y_batch.shape[0]
-            out, acceptance = _keep_in_support(
-                draw, support, y_batch, num_samples, decoder_noise, per_round, max_round
+        def draw(y_sub: torch.Tensor, num: int) -> dict[str, torch.Tensor]:
+            runner = Predictive(
+                cvae.model, num_samples=num, parallel=True, return_sites=("z", "x", "x_mean")
             )
-        else:
-            out = draw(y_batch, num_samples)
-    finally:
-        cvae.train(was_training)
-    x = out["x"] if decoder_noise else out["x_mean"]
-    y_rep = y_model = None
-    if problem is not None and predictive:
-        y_rep = y_model = checked_forward(problem, x)
-        if not problem.noise.is_zero:
-            y_rep = y_model + problem.noise.sample(tuple(x.shape[:2])).to(y_model)
-    return PosteriorDraws(
-        x=x,
-        z=out["z"],
-        y_rep=y_rep,
-        decoder_noise=decoder_noise,
-        x_mean=out["x_mean"],
-        y_model=y_model,
-        support_acceptance=acceptance,
-    )
+            try:
+                with pyro.validation_enabled(False):
+                    out = runner(y_sub.to(device=device, dtype=dtype))
+            except (RuntimeError, ValueError) as err:  # torch.normal on a NaN scale, and the like
+                far = _out_of_range(cvae, y_sub, None)
+                if far is None:
+                    raise
+                raise far from err
+            for site in ("z", "x" if decoder_noise else "x_mean"):
+                if not bool(torch.isfinite(out[site]).all()):
+                    bad = ~torch.isfinite(out[site]).flatten(2).all(-1).all(0)  # (M,)
+                    raise _out_of_range(cvae, y_sub, bad) or DataError(
+                        f"the posterior draws of {site} are not finite for {int(bad.sum())} of "
+                        f"{len(bad)} observations; the trained networks give NaN or inf there"
+                    )
+            return {name: value.cpu() for name, value in out.items()}  # draws leave the device
+
+        acceptance = None
+        # a facies decoder's draws without its noise are probabilities of the codes, not models
+        probabilities = cvae.config.likelihood in FACIES_LIKELIHOODS and not decoder_noise
+        support = _Support.of(cvae, problem) if within_support and not probabilities else None
+        try:
+            if support is not None:
+                # a round: the draws asked for, or up to 1024 of them where 256 MiB holds them
+                # (a small request then needs few rounds)
+                fits = (1 << 28) // max(1, bytes_per_draw(cvae, y_batch.shape[0]))
+                per_round = max(num_samples, min(1024, fits))
+                # later rounds grow with the observed acceptance, within the same 256 MiB and at
+                # most ROUND_GROWTH times the first round (a margin on bytes_per_draw's estimate);
+                # fewer pending observations may draw more each
+                max_round = max(per_round, min(fits, ROUND_GROWTH * per_round)) * y_batch.shape[0]
+                out, acceptance = _keep_in_support(
+                    draw, support, y_batch, num_samples, decoder_noise, per_round, max_round
+                )
+            else:
+                out = draw(y_batch, num_samples)
+        finally:
+            cvae.train(was_training)
+        x = out["x"] if decoder_noise else out["x_mean"]
+        y_rep = y_model = None
+        if problem is not None and predictive:
+            y_rep = y_model = checked_forward(problem, x)
+            if not problem.noise.is_zero:
+                y_rep = y_model + problem.noise.sample(tuple(x.shape[:2])).to(y_model)
+        return PosteriorDraws(
+            x=x,
+            z=out["z"],
+            y_rep=y_rep,
+            decoder_noise=decoder_noise,
+            x_mean=out["x_mean"],
+            y_model=y_model,
+            support_acceptance=acceptance,
+        )
 
 
 _SBI_SPELLINGS = {"set_default_x": "set_default_y", "default_x": "default_y"}

@@ -236,7 +236,12 @@ def as_seed(value: Any, name: str = "seed", *, optional: bool = True) -> int | N
 
 @contextlib.contextmanager
 def seeded_rng(seed: int | None) -> Iterator[None]:
-    """Run the block on torch's global CPU RNG seeded ``seed``, restored afterwards.
+    """Run the block on torch's global RNGs seeded ``seed``, restored afterwards.
+
+    ``torch.manual_seed`` seeds the CPU RNG and that of every CUDA device; both are forked
+    (CUDA's once CUDA is initialised), so the caller's streams continue as if the block had
+    not run: a training loop that takes a seeded draw every epoch keeps shuffling differently
+    each epoch. NumPy's and Python's RNGs are not touched.
 
     With ``seed=None`` the block draws from the global RNG as it stands and advances it, as
     any torch call does: two unseeded calls draw different values (a forked, unseeded RNG
@@ -259,7 +264,8 @@ def seeded_rng(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
         torch.manual_seed(seed)
         yield
 

@@ -9,7 +9,7 @@ import torch
 
 from inference.arviz_io import to_inference_data
 from inference.diagnostics.coverage import central_coverage, check_coverage, run_evaluation
-from inference.evaluate import evaluate_model
+from inference.evaluate import evaluate_draws, evaluate_model
 from inference.exact import exact_posterior
 from ppl_cvae.cli import main
 from ppl_cvae.config import ModelConfig
@@ -343,3 +343,30 @@ def test_a_few_observations_whose_draws_miss_their_data_fail_the_misfit_verdict(
     assert bad["misfit_outside"]["observations"] == [7, 50, 123]
     assert calibration["misfit"]["failures"] and not calibration["passed"]
     assert "3 of 200 held-out observations" in calibration["misfit"]["failures"][0]
+
+
+def test_posterior_contraction_matches_theory_and_flags_draws_that_ignore_y():
+    """Without a forward operator coverage, SBC and TARP pass draws that ignore ``y`` (the prior
+    is calibrated): a 1-epoch data fit with sd ratio 4.5 against the exact posterior passed
+    (twenty-third audit). The metrics now give the posterior contraction and the verdict a note.
+    Linear-Gaussian, exact draws: ``1 - Var(x | y) / Var(x)`` per element, known in closed form
+    (the posterior variance does not depend on y); the estimate's error is dominated by the
+    truths' variance over M = 1000, relative sd sqrt(2 / M) = 0.045, so 4 sd of (1 - c) is the
+    tolerance. Prior draws: contraction 0 within the same tolerance, and the note is given."""
+    problem = LinearGaussian(x_dim=3, y_dim=2, noise_std=0.5)
+    x, y = problem.simulate(1000, torch.Generator().manual_seed(11))
+    exact = exact_posterior(problem, y)
+    draws = exact.sample(60, torch.Generator().manual_seed(12))
+    metrics = evaluate_draws(draws, x, y, x_reference=torch.zeros(3))
+    expected = float((1 - exact.std.double() ** 2 / problem.prior_std**2).median())  # (3,)
+    assert 0.1 < expected < 0.9  # the data inform, but not completely
+    tolerance = 4 * (1 - expected) * (2 / 1000) ** 0.5
+    assert abs(metrics["posterior_contraction"] - expected) < tolerance
+    notes = metrics["calibration"]["notes"]
+    assert any("no misfit check" in n and "posterior contraction" in n for n in notes)
+    prior = problem.sample_prior(60 * 1000, torch.Generator().manual_seed(13)).reshape(60, 1000, 3)
+    ignored = evaluate_draws(prior, x, y, x_reference=torch.zeros(3))
+    assert ignored["calibration"]["passed"]  # the limitation the note states
+    assert abs(ignored["posterior_contraction"]) < 4 * (2 / 1000) ** 0.5
+    with_problem = evaluate_draws(draws, x, y, x_reference=torch.zeros(3), problem=problem)
+    assert not any("no misfit check" in n for n in with_problem["calibration"]["notes"])

@@ -219,3 +219,97 @@ def test_a_trained_model_pickles_whole_as_torch_save_does(tmp_path):
     assert _changed(copied, loaded) and not _changed(original, cvae)
     _steps(cvae, x, y)  # the original still trains: its param-store entries work
     assert _changed(original, cvae)
+
+
+def _stream_after(call) -> torch.Tensor:
+    """The global torch RNG's next values after ``call()``, from a fixed state."""
+    torch.manual_seed(5)
+    call()
+    return torch.rand(4)
+
+
+def test_seeded_draws_leave_the_callers_global_rng_alone(tmp_path):
+    """A seeded draw used to re-seed the global RNGs (``pyro.set_rng_seed``): a training loop
+    with one seeded monitoring draw per epoch then shuffled the same way every epoch; loading
+    a checkpoint advanced the stream (twenty-third audit). The draws stay reproducible."""
+    from inference import draw_posterior
+    from inference.generate import generate
+    from inference.mcmc import nuts_sample
+    from ppl_cvae import load_checkpoint, save_checkpoint
+
+    problem, cvae, x, y = _make()
+    untouched = _stream_after(lambda: None)
+    post = CVAEPosterior(cvae, problem=problem)
+    assert torch.equal(_stream_after(lambda: post.sample((8,), y[0], seed=0)), untouched)
+    assert torch.equal(post.sample((8,), y[0], seed=0), post.sample((8,), y[0], seed=0))
+    assert torch.equal(_stream_after(lambda: draw_posterior(cvae, y[:2], 8, seed=3)), untouched)
+    path = save_checkpoint(tmp_path / "m.pt", cvae, problem=problem)
+    assert torch.equal(_stream_after(lambda: load_checkpoint(path)), untouched)
+    init = post.sample((20,), y[0], seed=1)
+    def run():
+        return nuts_sample(problem, y[0], init, num_samples=8, warmup_steps=8, num_chains=2)
+
+    assert torch.equal(_stream_after(run), untouched)
+    unconditional = ModelConfig(
+        x_shape=(3,), y_shape=None, prior="standard_normal", latent_dim=2, hidden_dims=(8,)
+    )
+    vae = build_cvae(unconditional, x, None, seed=0)
+    assert torch.equal(_stream_after(lambda: generate(vae, 5, seed=2)), untouched)
+
+
+def test_a_float64_model_samples_and_round_trips_through_a_checkpoint(tmp_path):
+    """The dtype error advises ``.to(torch.float64)``; such a model could not be sampled (y was
+    cast to float32) and its checkpoint could not be read back (twenty-third audit)."""
+    from ppl_cvae import load_checkpoint, save_checkpoint
+
+    problem, cvae, x, y = _make()
+    cvae = cvae.double()
+    draws = CVAEPosterior(cvae, problem=problem).sample((16,), y[0], seed=0)
+    assert draws.dtype == torch.float64 and torch.isfinite(draws).all()
+    path = save_checkpoint(tmp_path / "m64.pt", cvae, problem=problem)
+    loaded = load_checkpoint(path)[0]
+    assert next(loaded.parameters()).dtype == torch.float64
+    again = CVAEPosterior(loaded, problem=problem).sample((16,), y[0], seed=0)
+    assert torch.equal(again, draws)
+
+
+def test_fit_keeps_a_users_modules_named_like_cvae_and_named_models_reload():
+    """``fit`` deleted every dead prefix starting with "cvae", a user's ``pyro.module("cvae_head",
+    ...)`` too. A name given with ``set_pyro_name`` is the same in the process that saves a
+    param store and the one that loads it, however many models each built before."""
+    pyro.clear_param_store()
+    head = torch.nn.Linear(2, 1)
+    pyro.module("cvae_head", head)
+    _, cvae, x, y = _make()
+    fit(cvae, x, y, config=TrainConfig(num_epochs=1, batch_size=64), progress=False)
+    assert any(name.startswith("cvae_head$$$") for name in pyro.get_param_store().keys())
+    pyro.clear_param_store()
+    cvae.set_pyro_name("velocity")
+    _steps(cvae, x, y, num=3)
+    saved = pyro.get_param_store().get_state()
+    pyro.clear_param_store()
+    _make(seed=5)  # other models of the loading process, built first
+    _, fresh, _, _ = _make(seed=1)
+    fresh.set_pyro_name("velocity2")  # the first name is still taken by the live original
+    with pytest.raises(ConfigError, match="another live CVAE"):
+        fresh.set_pyro_name("velocity")
+    del cvae
+    fresh.set_pyro_name("velocity")
+    pyro.get_param_store().set_state(saved)
+    poutine.trace(fresh.guide).get_trace(y, x)
+    poutine.trace(fresh.model).get_trace(y, x)
+    assert all(
+        torch.equal(p, saved["params"][f"velocity$$${n}"]) for n, p in fresh.named_parameters()
+    )
+    with pytest.raises(ConfigError, match="without"):
+        fresh.set_pyro_name("a$$$b")
+    pyro.clear_param_store()
+
+
+def test_an_unconditional_guide_given_x_positionally_says_so():
+    unconditional = ModelConfig(
+        x_shape=(3,), y_shape=None, prior="standard_normal", latent_dim=2, hidden_dims=(8,)
+    )
+    vae = build_cvae(unconditional, torch.zeros(4, 3), None)
+    with pytest.raises(ShapeError, match="takes no y: call guide"):
+        vae.guide(torch.zeros(4, 3))

@@ -22,6 +22,15 @@ Keys of the metrics dictionary
     prior's best constant guess) against the truth, and their ratio (< 1: the data informed x).
 ``mean_posterior_std``
     Average marginal posterior standard deviation (units of ``x``).
+``posterior_contraction``
+    Median over the elements of ``x`` of ``1 - E[Var(x | y)] / Var(x)``: the draws' variance
+    averaged over the observations against the variance of the held-out truths (drawn from the
+    prior). 0 for draws as wide as the prior (draws that ignore ``y``, which coverage, SBC and
+    TARP pass), 1 for a point; a calibrated posterior's equals the fraction of the prior
+    variance the data remove, up to sampling noise (Schad, Betancourt and Vasishth 2021,
+    Toward a principled Bayesian workflow in cognitive science, Psychological Methods 26,
+    103-126, DOI 10.1037/met0000275). NaN with fewer than 2 held-out pairs, with non-finite
+    draws, or where every truth has the same value.
 ``chi2_per_datum``, ``chi2_per_datum_of_mean``
     With a forward operator: median over observations of the posterior predictive misfit
     ``|L^{-1} (F(x) - y)|^2 / m`` (``C_e = L L^T``) averaged over draws, and of the posterior mean
@@ -137,6 +146,18 @@ def central_coverage(
         If ``draws`` and ``truth`` disagree in shape.
     """
     return [float(c.mean()) for c in _coverage_per_observation(draws, truth, levels)]
+
+
+def _contraction(draws: torch.Tensor, truth: torch.Tensor) -> float:
+    """Median over elements of ``1 - mean posterior variance / variance of the truths``."""
+    if truth.shape[0] < 2 or not bool(torch.isfinite(draws).all()):
+        return math.nan
+    posterior = draws.double().reshape(*draws.shape[:2], -1).var(0).mean(0)  # (elements,)
+    prior = truth.double().reshape(truth.shape[0], -1).var(0)
+    varied = prior > 0
+    if not bool(varied.any()):
+        return math.nan
+    return float((1 - posterior[varied] / prior[varied]).median())
 
 
 def _coverage_per_observation(
@@ -294,6 +315,7 @@ def run_evaluation(
         "rmse_prior_mean": rmse_prior,
         "rmse_ratio": rmse_post / rmse_prior if rmse_prior > 0 else math.nan,
         "mean_posterior_std": float(std.mean()),
+        "posterior_contraction": _contraction(draws, truth),
     }
     if problem is not None and y_obs is not None:
         m = math.prod(problem.y_shape)

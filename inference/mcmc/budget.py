@@ -40,7 +40,11 @@ the ESS estimator needs at least four draws (Vehtari et al. 2021; Pyro's
 
 
 def rhat_threshold(
-    num_chains: int, num_draws: int, num_quantities: int = 1, false_alarm: float = 0.01
+    num_chains: int,
+    num_draws: int,
+    num_quantities: int = 1,
+    false_alarm: float = 0.01,
+    effective_draws: float | None = None,
 ) -> float:
     r"""Return the bound on the largest R-hat of many quantities that mixed chains respect.
 
@@ -53,21 +57,27 @@ def rhat_threshold(
     num_quantities : int, default 1
         Quantities whose largest R-hat is compared with the bound (the sampled coordinates).
     false_alarm : float in (0, 1), default 0.01
-        Probability that independent draws from the target exceed the bound.
+        Probability that draws from the target exceed the bound.
+    effective_draws : float, optional
+        Effective draws per chain of autocorrelated chains, from the autocorrelation within
+        the chains alone (:func:`~inference.arviz_io.within_chain_ess`); ``None`` (default)
+        or any value of at least ``num_draws`` means independent draws.
 
     Returns
     -------
     float
         ``max(1.01, t)``, with ``t`` the ``1 - false_alarm`` quantile of the largest of
         ``num_quantities`` rank-normalised split R-hats (ArviZ's ``az.rhat``, bulk and folded)
-        of ``num_chains x num_draws`` independent draws: 1.0173 for 4 x 250 draws of 1024
+        of ``num_chains x num_draws`` draws: 1.0173 for 4 x 250 independent draws of 1024
         quantities (Monte Carlo over 100 sets of independent draws: 99% quantile 1.0165,
-        median 1.0113; 87% of them are above 1.01).
+        median 1.0113; 87% of them are above 1.01); 1.0225 for 4 x 289 draws of 2
+        quantities with 122 effective draws per chain (an AR(1) chain of correlation 0.4).
 
     Raises
     ------
     ConfigError
-        If a count is below its minimum or ``false_alarm`` is not in (0, 1).
+        If a count is below its minimum, ``false_alarm`` is not in (0, 1) or
+        ``effective_draws`` is not positive.
 
     Notes
     -----
@@ -80,10 +90,22 @@ def rhat_threshold(
     ``t`` with probability ``1 - (1 - p)^{2 d}``, ``p = P(F > n t^2 - n + 1)``; solving for
     ``p`` gives ``t``. For a thousand quantities the largest R-hat of exact, independent draws
     is above 1.01 more often than not at 4 x 250 draws, so "the largest R-hat <= 1.01" would
-    call most exact chains unmixed. Chains whose draws are autocorrelated have larger
-    R-hats even when mixed (``n`` is then effectively smaller); the bound stays that of
-    independent draws, so it asks for chains that are nearly as good as independent
-    draws, and the remedy for a failure is more draws per chain. NUTS needs them for the
+    call most exact chains unmixed.
+
+    Chains whose draws are autocorrelated have larger R-hats even when mixed: the variance of
+    a split chain's mean is that of ``n_e`` independent draws, ``n_e`` its effective draws,
+    so ``B / n ~ F / n_e`` while the within-chain variance keeps its ``(n - 1) / n``, and
+    ``R-hat^2 = (n - 1) / n + F / n_e`` with ``F ~ F(m - 1, m (n_e - 1))``. Given
+    ``effective_draws`` (``2 n_e``), the bound uses it. It must come from the autocorrelation
+    within the chains alone: ArviZ's ``az.ess`` includes the variance between the chains, so
+    chains that disagree (the failures R-hat is for) would lower it and loosen their own
+    bound. Measured on AR(1) chains of a 2-D normal at 4 x 289 draws (400 sets each; a
+    scratch script, docs/measurements.md): the bound of independent draws (1.01 here) is
+    exceeded by 20-24% of mixed chains at correlation 0.4 (0.43 effective draws per draw,
+    about what NUTS gives on a low-dimensional posterior) and 72-77% at 0.6, this bound by
+    1.0-2.5% at either (3.0-5.5% at 0.8, 0.11 effective draws per draw, where the ESS
+    estimate is noisiest); a chain shifted by 0.6 sd is still caught 99.8-100% and 87-93% of
+    the time (``benchmarks/rhat_autocorrelated.py``). NUTS needs many effective draws for the
     folded (tail) R-hat in particular: on a 1024-dimensional standard normal (the target an
     exact preconditioner leaves), 4 x 250 draws had bulk R-hat at most 1.003 and bulk ESS
     above 1300 (trajectories of about half an orbit send ``v`` to about ``-v``), but folded
@@ -109,24 +131,32 @@ def rhat_threshold(
         )
     if not 0.0 < false_alarm < 1.0:
         raise ConfigError(f"false_alarm must be in (0, 1), got {false_alarm}")
-    return max(
-        RHAT_THRESHOLD, _largest_rhat_quantile(num_chains, num_draws, num_quantities, false_alarm)
+    if effective_draws is not None and not effective_draws > 0:  # NaN fails too
+        raise ConfigError(f"effective_draws must be positive, got {effective_draws}")
+    quantile = _largest_rhat_quantile(
+        num_chains, num_draws, num_quantities, false_alarm, effective_draws
     )
+    return max(RHAT_THRESHOLD, quantile)
 
 
 def _largest_rhat_quantile(
-    num_chains: int, num_draws: int, num_quantities: int, false_alarm: float
+    num_chains: int,
+    num_draws: int,
+    num_quantities: int,
+    false_alarm: float,
+    effective_draws: float | None = None,
 ) -> float:
-    """Return the ``1 - false_alarm`` quantile of the largest R-hat of independent draws.
+    """Return the ``1 - false_alarm`` quantile of the largest R-hat of mixed chains.
 
     See :func:`rhat_threshold`, Notes; without the floor at 1.01.
     """
     from scipy import stats  # scipy is an ArviZ and scikit-learn dependency
 
     m, n = 2 * num_chains, num_draws // 2
+    n_e = float(n) if effective_draws is None else min(max(effective_draws / 2, 2.0), n)
     per_test = -math.expm1(math.log1p(-false_alarm) / (2 * num_quantities))
-    f = float(stats.f.isf(per_test, m - 1, m * (n - 1)))
-    return math.sqrt((n - 1 + f) / n)
+    f = float(stats.f.isf(per_test, m - 1, m * (n_e - 1)))
+    return math.sqrt((n - 1) / n + f / n_e)
 
 
 NUTS_TAIL_EFFICIENCY = 0.45
@@ -191,7 +221,12 @@ def nuts_draws_per_chain(
     The folded R-hat of autocorrelated chains is distributed about as that of
     ``tail ESS`` independent draws, so the R-hat of NUTS on many coordinates is limited by the
     tail ESS (trajectories of about half an orbit keep ``|x - median|``), not by the bulk ESS.
-    The verdict of :func:`nuts_sample` (``rhat <= rhat_threshold``) is 1.01 at these lengths.
+    At these lengths the R-hat bound of chains of the assumed efficiency is 1.01; the verdict
+    of :func:`nuts_sample` judges the chains at their measured within-chain effective draws
+    (:func:`~inference.arviz_io.rhat_bound`), so chains that mix more slowly than assumed are
+    not called unmixed for that alone (their bound is wider), and mixed chains exceed it about
+    1% of the time (1-2.5% measured at 0.25-0.43 effective draws per draw), where
+    ``false_alarm`` here only sizes the budget.
 
     References
     ----------

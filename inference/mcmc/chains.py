@@ -37,7 +37,7 @@ from inference.mcmc.potential import (
     _terms_at,
     _trace_energy,
 )
-from ppl_cvae.checks import as_seed
+from ppl_cvae.checks import as_seed, seeded_rng
 from ppl_cvae.errors import (
     DataError,
     PplCvaeError,
@@ -228,7 +228,8 @@ def run_whitened_chain(
 
     The kernel's potential takes ``{"v": v}`` with ``theta = mu + L v`` (``L = tril``, the
     preconditioner's Cholesky factor; Hoffman and Gelman 2014 with a fixed dense metric). The
-    chain starts at ``v0 = L^-1 (start - mu)`` after seeding Pyro's RNG with ``seed``.
+    chain starts at ``v0 = L^-1 (start - mu)``, on torch's RNG seeded with ``seed`` (the
+    global RNG is restored afterwards: :func:`~ppl_cvae.checks.seeded_rng`).
 
     Parameters
     ----------
@@ -251,17 +252,17 @@ def run_whitened_chain(
     ConfigError
         If ``seed`` is not an int in ``[0, 2**32 - 1]`` (:func:`~ppl_cvae.checks.as_seed`).
     """
-    pyro.set_rng_seed(as_seed(seed, optional=False))
-    v0 = torch.linalg.solve_triangular(tril, (start - mu).unsqueeze(-1), upper=False)
-    mcmc = MCMC(
-        kernel,
-        num_samples=num_samples,
-        warmup_steps=warmup_steps,
-        initial_params={"v": v0.squeeze(-1)},
-        disable_progbar=True,
-    )
-    mcmc.run()
-    draws = mu + mcmc.get_samples()["v"] @ tril.T
+    with seeded_rng(as_seed(seed, optional=False)):  # the caller's global RNG is kept
+        v0 = torch.linalg.solve_triangular(tril, (start - mu).unsqueeze(-1), upper=False)
+        mcmc = MCMC(
+            kernel,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            initial_params={"v": v0.squeeze(-1)},
+            disable_progbar=True,
+        )
+        mcmc.run()
+        draws = mu + mcmc.get_samples()["v"] @ tril.T
     return draws, len(mcmc.diagnostics()["divergences"]["chain 0"]), mcmc
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from inference.mcmc.budget import MIN_DRAWS_PER_CHAIN, RHAT_THRESHOLD, rhat_threshold
+from inference.mcmc.budget import MIN_DRAWS_PER_CHAIN, RHAT_THRESHOLD
 from inference.mcmc.chains import _ChainJob, _run_chains
 from inference.mcmc.potential import (
     PotentialDtype,
@@ -71,7 +71,9 @@ class MCMCResult:
         well, Hoffman and Gelman 2014) and ``step_size`` (after adaptation, in the
         preconditioned coordinates).
     rhat_threshold : float
-        The R-hat bound the chains are judged by (:func:`rhat_threshold`).
+        The R-hat bound the chains are judged by (:func:`~inference.arviz_io.rhat_bound`:
+        :func:`~inference.mcmc.rhat_threshold` at the effective draws of the coordinate
+        with the largest R-hat).
     cpu_seconds : float
         Processor time of the chains (warm-up and sampling), summed over the processes that
         ran them: on an otherwise idle machine ``seconds`` is about ``cpu_seconds /
@@ -216,7 +218,7 @@ def nuts_sample(
     """
     import time
 
-    from inference.arviz_io import chain_diagnostics
+    from inference.arviz_io import chain_diagnostics, rhat_bound
 
     if precondition not in PRECONDITIONERS:
         raise ConfigError(f"precondition must be one of {PRECONDITIONERS}, got {precondition!r}")
@@ -311,7 +313,6 @@ def nuts_sample(
     begin = time.perf_counter()  # the preconditioner is part of the cost of a correction
     with torch.no_grad():
         start = (par.from_x(init) if par is not None else init.flatten(1)).double()
-    dim = start.shape[1]
     prior = _checked_gaussian_prior(problem, start[: max(num_chains, 4)], precondition)
     mu, tril, start = _preconditioner(precondition, start, prior)
     prior_loc = None if prior is None else prior.loc.to(start)
@@ -358,7 +359,7 @@ def nuts_sample(
     ]
     theta = torch.stack([o.draws for o in outputs])  # (chains, draws, dim)
     rhat, min_ess = chain_diagnostics(theta.numpy())
-    threshold = rhat_threshold(num_chains, num_samples, dim) if num_samples >= 4 else RHAT_THRESHOLD
+    threshold = rhat_bound(theta.numpy())
     with torch.no_grad():
         if par is not None:
             x = par.to_x(_as_basis_dtype(par, theta))

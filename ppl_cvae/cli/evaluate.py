@@ -120,7 +120,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     summary = (
         f"coverage 50%: {metrics['coverage_50']:.3f}, 90%: {metrics['coverage_90']:.3f}; "
-        f"RMSE posterior mean / prior mean: {metrics['rmse_ratio']:.3f}"
+        f"RMSE posterior mean / prior mean: {metrics['rmse_ratio']:.3f}; posterior "
+        f"contraction: {metrics['posterior_contraction']:.3f}"
     )
     if "chi2_per_datum" in metrics:
         summary += f"; chi2 per datum: {metrics['chi2_per_datum']:.3f}"

@@ -455,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples",
         type=_count(1),
         help="posterior draws per observation (large requests are streamed to disk in "
-        "chunks); default 1000, for --method nuts chains x the draws per chain that keep the "
-        "largest R-hat of all sampled values under 1.01 (783 per chain for 1024 values)",
+        "chunks); default 1000, for --method nuts chains x the draws per chain that keep "
+        "the R-hat bound of all sampled values at 1.01 (783 per chain for 1024 values); the "
+        "verdict judges R-hat at the chains' measured effective draws",
     )
     s.add_argument("--out", required=True, help="output .nc (ArviZ InferenceData)")
     s.add_argument(

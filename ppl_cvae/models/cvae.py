@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -303,6 +304,48 @@ class CVAE(nn.Module):
         self._param_sites = None
         _LIVE[self.pyro_name] = self
 
+    def set_pyro_name(self, name: str) -> None:
+        """Register this CVAE's parameters under the param-store prefix ``name`` from now on.
+
+        The default prefix, ``cvae<N>``, counts the CVAEs built in the process (the package
+        builds some of its own, e.g. to load a checkpoint), so it can differ between the
+        process that saved a param store or an optimiser state (``pyro.optim`` ``save``) and
+        the one that loads it; a name of your own is the same in both, as the ``name`` of
+        ``pyro.module(name, module)`` is (Bingham et al. 2019, Pyro, JMLR 20).
+
+        Parameters
+        ----------
+        name : str
+            The prefix: a non-empty string without ``"$$$"`` (Pyro's separator of module and
+            parameter names) that no other live CVAE of this process uses.
+
+        Raises
+        ------
+        ConfigError
+            If ``name`` is not such a string, or another live CVAE has it.
+
+        Examples
+        --------
+        >>> cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), hidden_dims=(8,)))
+        >>> cvae.set_pyro_name("velocity_model")
+        >>> cvae.pyro_name
+        'velocity_model'
+        """
+        if not isinstance(name, str) or not name or "$$$" in name:
+            raise ConfigError(
+                f"the param-store name must be a non-empty str without '$$$', got {name!r}"
+            )
+        other = _LIVE.get(name)
+        if other is not None and other is not self:
+            raise ConfigError(
+                f"another live CVAE of this process registers its parameters as {name!r}; "
+                "choose another name (two models under one name would share their tensors)"
+            )
+        _LIVE.pop(self.pyro_name, None)
+        self.pyro_name = name
+        self._param_sites = None
+        _LIVE[name] = self
+
     def __getstate__(self) -> dict[str, Any]:
         """Return the state to pickle (``torch.save(cvae)``, ``copy.deepcopy``).
 
@@ -331,14 +374,17 @@ class CVAE(nn.Module):
         """Remove this CVAE's entries, and those of CVAEs no longer alive, from the param store.
 
         :func:`~ppl_cvae.train.fit.fit` calls it before training, so that the optimiser sees
-        this module's own parameters; other entries (a user's own ``pyro.param`` sites, other
-        live models) are kept.
+        this module's own parameters; other entries (a user's own ``pyro.param`` and
+        ``pyro.module`` sites, even those named ``cvae...``; other live models; names given
+        with :meth:`set_pyro_name`) are kept. Dead models' entries go only under the default
+        names ``cvae<N>``.
         """
         store = pyro.get_param_store()
         for name in list(store.keys()):
             prefix, sep, _ = name.partition("$$$")
             mine = prefix == self.pyro_name
-            if sep and prefix.startswith("cvae") and (mine or prefix not in _LIVE):
+            default = re.fullmatch(r"cvae\d+", prefix) is not None  # not a user's "cvae_x"
+            if sep and (mine or (default and prefix not in _LIVE)):
                 del store[name]
 
     def _register_params(self, part: str) -> None:
@@ -1117,6 +1163,11 @@ class CVAE(nn.Module):
             If ``x`` is missing, or ``y`` or ``x`` is not a tensor in the model's dtype, holds
             no pair or does not match the configured shapes.
         """
+        if x is None and y is not None and self.config.y_shape is None:
+            raise ShapeError(
+                "this unconditional VAE takes no y: call guide(None, x) or guide(x=x) (the "
+                "data went in the y slot)"
+            )
         if x is None:
             raise ShapeError(
                 "the training guide needs x; draw posterior samples through the model "

@@ -76,7 +76,7 @@ import torch
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory
 from ppl_cvae._version import __version__
-from ppl_cvae.checks import shape_mismatch
+from ppl_cvae.checks import seeded_rng, shape_mismatch
 from ppl_cvae.config import (
     ModelConfig,
     _show,
@@ -473,8 +473,14 @@ def _check_fields(payload: Any, name: str) -> tuple[ModelConfig, dict[str, torch
     return config, state
 
 
-def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str) -> None:
-    """Compare the stored tensors with the network ``config`` describes (on the meta device)."""
+def _check_state(
+    config: ModelConfig, state: dict[str, torch.Tensor], name: str
+) -> torch.dtype:
+    """Compare the stored tensors with the network ``config`` describes (on the meta device).
+
+    Returns the model's floating dtype: float32, or float64 when every floating tensor of
+    ``state`` is float64 (a model moved with ``.double()`` before it was saved).
+    """
     # counted first on the meta device: a forged size is refused without allocating
     try:
         check_model_size(config)
@@ -483,6 +489,8 @@ def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str)
             f"checkpoint {name!r} has a model_config that cannot be loaded: {_one_line(str(err))}"
         ) from err
     expected = meta_cvae(config).state_dict()
+    floating = {v.dtype for v in state.values() if v.is_floating_point()}
+    dtype = torch.float64 if floating == {torch.float64} else torch.float32
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -502,10 +510,11 @@ def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str)
                 f"weights in {name!r}: {key} is a {got.layout} tensor on {got.device.type}; "
                 "expected a dense CPU tensor"
             )
-        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+        want_dtype = dtype if want.dtype == torch.float32 else want.dtype
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want_dtype:
             raise CheckpointError(
                 f"weights in {name!r}: {key} has shape {tuple(got.shape)} and dtype "
-                f"{got.dtype}; the model_config needs {tuple(want.shape)}, {want.dtype}"
+                f"{got.dtype}; the model_config needs {tuple(want.shape)}, {want_dtype}"
             )
         if _bad_values(key, got):
             raise CheckpointError(f"weights in {name!r}: {key} holds NaN or inf values")
@@ -523,6 +532,7 @@ def _check_state(config: ModelConfig, state: dict[str, torch.Tensor], name: str)
             f"weights in {name!r}: the box of x_transform='support' needs x_low < x_high in "
             "every element"
         )
+    return dtype
 
 
 def _checked_range(value: Any, config: ModelConfig, name: str) -> torch.Tensor:
@@ -685,7 +695,7 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {name!r} does not exist")
     payload = _read_payload(path)
     config, state = _check_fields(payload, name)
-    _check_state(config, state, name)
+    dtype = _check_state(config, state, name)
     stored_range = payload.get("training_x_range")
     if stored_range is not None:
         stored_range = _checked_range(stored_range, config, name)
@@ -725,12 +735,13 @@ def load_checkpoint(
                 f"problem {problem.name!r} has no coefficient_transform()"
             )
     try:
-        cvae = CVAE(
-            config,
-            coefficient_transform=transform,
-            forward_operator=problem.forward if problem is not None else None,
-            misfit_std=float(payload["misfit_std"]),
-        )
+        with seeded_rng(0):  # the initial weights are replaced: leave the caller's RNG alone
+            cvae = CVAE(
+                config,
+                coefficient_transform=transform,
+                forward_operator=problem.forward if problem is not None else None,
+                misfit_std=float(payload["misfit_std"]),
+            ).to(dtype)
         cvae.load_state_dict(state)
     except (PplCvaeError, RuntimeError, KeyError) as err:
         raise CheckpointError(
