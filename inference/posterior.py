@@ -1023,11 +1023,13 @@ class CVAEPosterior:
     def log_prob(
         self,
         x: torch.Tensor | np.ndarray | list[Any],
+        /,
         y: torch.Tensor | np.ndarray | list[Any] | None = None,
         *,
         num_particles: int = 128,
         num_support_draws: int = 10_000,
         seed: int | None = None,
+        **unknown: Any,
     ) -> torch.Tensor:
         """Return ``log q(x | y)`` in nats (decoder noise included: the density of the draws).
 
@@ -1082,7 +1084,10 @@ class CVAEPosterior:
             support.
         ConfigError
             If ``num_particles`` or ``num_support_draws`` is not an int >= 1 or ``seed`` not
-            an int in ``[0, 2**32 - 1]``.
+            an int in ``[0, 2**32 - 1]``; or the observation is given as ``x=`` (sbi's
+            ``log_prob(theta, x=x_o)``: here it is ``y``).
+        TypeError
+            For another unknown keyword.
 
         References
         ----------
@@ -1091,6 +1096,12 @@ class CVAEPosterior:
         likelihood-free inference, ICML (the leakage of a posterior estimate outside the
         prior's support).
         """
+        if "x" in unknown:  # x is positional-only, so sbi's x= lands here
+            raise ConfigError(
+                "CVAEPosterior.log_prob takes the observation as y (sbi calls it x; here x is "
+                "the model, sbi's theta): log_prob(theta, y=observation)"
+            )
+        _refuse_unknown("log_prob", unknown)
         num_particles = as_count(num_particles, "num_particles")
         num_support_draws = as_count(num_support_draws, "num_support_draws")
         seed = as_seed(seed)

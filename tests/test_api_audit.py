@@ -166,6 +166,12 @@ def test_sbi_spellings_of_the_observation_are_named() -> None:
         post.sample((2,), x=torch.zeros(1))
     with pytest.raises(TypeError, match="unexpected keyword argument 'num_samples'"):
         post.sample((2,), num_samples=3)
+    # sbi's log_prob(theta, x=x_o) was Python's "got multiple values for argument 'x'"
+    with pytest.raises(ConfigError, match=r"log_prob\(theta, y=observation\)"):
+        post.log_prob(torch.zeros(3, 2), x=torch.zeros(1))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'theta'"):
+        post.log_prob(torch.zeros(3, 2), theta=torch.zeros(1))
+    assert post.log_prob(torch.zeros(3, 2), y=torch.zeros(1), seed=0).shape == (3,)
     with pytest.raises(AttributeError, match="the observation is y here.*'set_default_y'"):
         post.set_default_x(torch.zeros(1))
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):

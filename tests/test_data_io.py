@@ -50,6 +50,11 @@ def test_challenge_pt_file(shared_data):
         ({"x": np.zeros((3, 2))}, DataError, r"expected \['x', 'y'\]"),
         ({"x": np.zeros((3, 2)), "y": np.full((3, 1), np.nan)}, DataError, "3 NaN or inf"),
         ({"x": np.zeros((3, 2)), "y": np.zeros((4, 1))}, ShapeError, "different numbers of pairs"),
+        (  # pairs stored along the last axis
+            {"x": np.zeros((2, 50)), "y": np.zeros((8, 50))},
+            ShapeError,
+            r"pairs: x \(2, 50\), y \(8, 50\) \(both end in an axis of 50.*x\.T, y\.T",
+        ),
         ({"x": np.zeros((1, 2)), "y": np.zeros((1, 1))}, ShapeError, "at least 2"),
     ],
 )

@@ -426,6 +426,17 @@ class Bare(Problem):
         return torch.stack([x[..., 0], x[..., 1], x.sum(-1)], dim=-1)
 
 
+def test_one_noise_sd_per_datum_is_pointed_to_noise_cov():
+    """A tensor of per-datum sds as ``noise_std`` (heteroscedastic data) was refused without
+    saying how to give them (the own-problem audit)."""
+
+    class PerDatum(Bare):
+        noise_std = torch.full((3,), 0.2)  # type: ignore[assignment]
+
+    with pytest.raises(ConfigError, match=r"noise_std must be .*give noise_cov.*diag"):
+        check_problem(PerDatum(), "test")
+
+
 def test_a_subclass_that_overrides_nothing_optional_gets_the_defaults(seed):
     p = Bare()
     assert check_problem(p, "test") is p and as_problem(p) is p

@@ -382,3 +382,14 @@ def test_user_two_birds_problem_survives_fit_through_the_cli(tmp_path, monkeypat
     assert main(["evaluate", str(run), "--data", str(obs), "--num-samples", "20", "--out",
                  str(tmp_path / "ev")]) == 0
     monkeypatch.delitem(sys.modules, "my_birds", raising=False)
+
+
+def test_a_problem_module_off_the_import_path_gets_the_pythonpath_hint(tmp_path, monkeypatch):
+    """``ppl-cvae`` (a console script) does not import from the current folder: a user's
+    ``decay.py`` there gave a bare ModuleNotFoundError (the own-problem audit)."""
+    (tmp_path / "own_decay_xyz.py").write_text("def make():\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"PYTHONPATH=<that folder>; .*own_decay_xyz.py exists"):
+        make_problem("own_decay_xyz:make")
+    with pytest.raises(ConfigError, match=r"PYTHONPATH=<that folder>\)"):
+        make_problem("no_such_mod_xyz:factory")

@@ -103,6 +103,24 @@ _REFUSED_KINDS = {
 _ACCEPTED = "bool, integer or real floating point (cast to float32)"
 
 
+def _pairs_axis_hint(x_shape: Sequence[int], y_shape: Sequence[int]) -> str:
+    """Return a hint for pairs stored along the last axis (the last axes of x and y agree).
+
+    Examples
+    --------
+    >>> _pairs_axis_hint((2, 5000), (8, 5000))[:40]
+    ' (both end in an axis of 5000: if that i'
+    >>> _pairs_axis_hint((3, 2), (4, 1))
+    ''
+    """
+    if len(x_shape) >= 2 and len(y_shape) >= 2 and x_shape[-1] == y_shape[-1]:
+        return (
+            f" (both end in an axis of {x_shape[-1]}: if that is the pairs axis, store the "
+            "arrays transposed, pairs first: x.T, y.T)"
+        )
+    return ""
+
+
 def _where(name: str, path: Path) -> str:
     return f"{name} in {str(path)!r}"
 
@@ -962,7 +980,7 @@ def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
     if x.shape[0] != y.shape[0]:
         raise ShapeError(
             f"x and y in {str(path)!r} hold different numbers of pairs: "
-            f"x {tuple(x.shape)}, y {tuple(y.shape)}"
+            f"x {tuple(x.shape)}, y {tuple(y.shape)}{_pairs_axis_hint(x.shape, y.shape)}"
         )
     if x.shape[0] < 2:
         raise ShapeError(f"{str(path)!r} holds {x.shape[0]} pair(s); at least 2 are needed")

@@ -53,6 +53,7 @@ from ppl_cvae.data.io import (
     _first_bad,
     _netcdf_engine,
     _nonfinite_error,
+    _pairs_axis_hint,
     _ResolutionScan,
     _to_float32,
     check_pairs_dim,
@@ -223,7 +224,10 @@ class LazyPairs(abc.ABC):
                 f"got x {x} and y {y}"
             )
         if x[0] != y[0]:
-            raise ShapeError(f"x and y in {where!r} hold different numbers of pairs: x {x}, y {y}")
+            raise ShapeError(
+                f"x and y in {where!r} hold different numbers of pairs: x {x}, y {y}"
+                f"{_pairs_axis_hint(x, y)}"
+            )
         for name, shape in shapes.items():
             if 0 in shape:
                 raise DataError(f"{name} in {where!r} is empty: shape {shape}")

@@ -468,7 +468,16 @@ def check_problem(obj: object, source: str) -> Problem:
             and (value >= 0 if bound == ">= 0" else value > 0)
         )
         if not ok:
-            problems.append(f"{member} must be a finite number {bound}: {reprlib.repr(value)}")
+            hint = ""
+            if member == "noise_std" and hasattr(value, "__len__"):  # one sd per datum
+                hint = (
+                    " (for one sd per datum give noise_cov, the covariance of the flattened y: "
+                    "torch.diag(std.flatten() ** 2), and a number as noise_std, e.g. the "
+                    "sds' mean, which then only summarises them)"
+                )
+            problems.append(
+                f"{member} must be a finite number {bound}: {reprlib.repr(value)}{hint}"
+            )
     problem = obj if isinstance(obj, Problem) else ProblemAdapter(obj)
     if not problems:
         # imported here: the metadata helpers wrap their argument with as_problem (this module)

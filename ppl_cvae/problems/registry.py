@@ -220,13 +220,13 @@ def resolve_problem_factory(reference: str, *, untrusted: bool = False) -> Calla
     modules, each called with JSON-like keyword arguments.
     """
     module_name, attrs = _parse_reference(reference)
+    top = module_name.split(".")[0]
     if untrusted:
         parts = [*module_name.split("."), *attrs]
         if any(p.startswith("__") for p in parts):
             raise ConfigError(
                 f"problem reference {reference!r} names a dunder attribute or module; refused"
             )
-        top = module_name.split(".")[0]
         if top in sys.stdlib_module_names or top in sys.builtin_module_names:
             raise ConfigError(
                 f"problem reference {reference!r} names the standard-library module "
@@ -238,9 +238,18 @@ def resolve_problem_factory(reference: str, *, untrusted: bool = False) -> Calla
     except PplCvaeError:
         raise
     except Exception as err:  # an import runs arbitrary module code: report any failure
+        hint = ""
+        if isinstance(err, ModuleNotFoundError) and err.name == top:
+            here = Path.cwd() / f"{top}.py"
+            hint = (
+                f" (the folder holding {top}.py must be on the import path: run with "
+                f"PYTHONPATH=<that folder>"
+                + (f"; {here} exists, so PYTHONPATH=. here" if here.is_file() else "")
+                + ")"
+            )
         raise ConfigError(
             f"cannot import module {module_name!r} of problem reference {reference!r}: "
-            f"{type(err).__name__}: {err}"
+            f"{type(err).__name__}: {err}{hint}"
         ) from err
     obj: Any = module
     for i, attr in enumerate(attrs):
