@@ -895,7 +895,9 @@ def rhat_bound(draws: np.ndarray, false_alarm: float = 0.01) -> float:
         :func:`~inference.mcmc.rhat_threshold` for these chains, draws and ``dim`` quantities,
         with the effective draws (:func:`within_chain_ess`) of the quantity whose R-hat is
         the largest, on the values that R-hat is largest on (rank-normalised, or folded
-        about the median then rank-normalised; Vehtari et al. 2021): at least 1.01. Without a
+        about the median then rank-normalised; Vehtari et al. 2021), but at least
+        :data:`~inference.mcmc.budget.MIN_EFFECTIVE_DRAWS_PER_CHAIN` (100; fewer would let a
+        drifting chain widen its own bound): at least 1.01. Without a
         moving coordinate, with one chain, fewer than 8 draws per chain or without a finite
         ESS, the bound of independent draws (1.01 below 4 draws per chain).
 
@@ -912,7 +914,11 @@ def rhat_bound(draws: np.ndarray, false_alarm: float = 0.01) -> float:
     """
     from scipy import stats  # an ArviZ dependency
 
-    from inference.mcmc.budget import RHAT_THRESHOLD, rhat_threshold
+    from inference.mcmc.budget import (
+        MIN_EFFECTIVE_DRAWS_PER_CHAIN,
+        RHAT_THRESHOLD,
+        rhat_threshold,
+    )
 
     draws = np.asarray(draws, dtype=np.float64)
     chains, num_draws, dim = draws.shape
@@ -938,6 +944,7 @@ def rhat_bound(draws: np.ndarray, false_alarm: float = 0.01) -> float:
     effective = within_chain_ess(stats.norm.ppf((ranks - 0.375) / (size + 0.25)))
     if not math.isfinite(effective) or effective <= 0:
         return independent
+    effective = max(effective, MIN_EFFECTIVE_DRAWS_PER_CHAIN)  # a drifting chain is no excuse
     return rhat_threshold(chains, num_draws, dim, false_alarm, effective)
 
 

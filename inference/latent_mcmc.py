@@ -966,6 +966,6 @@ def latent_nuts_summary(results: Sequence[LatentMCMCResult]) -> tuple[str, bool]
         "latent NUTS",
         results,
         f"{divergences} divergent transition(s)",
-        " or divergences",
+        ", or divergences",
         "--warmup, --num-samples",
     )

@@ -50,6 +50,7 @@ from ppl_cvae.checks import (
     as_seed,
     check_problem_matches,
     derived_seed,
+    seeded_rng,
     shape_text,
 )
 from ppl_cvae.data.layout import DataLayout
@@ -742,6 +743,8 @@ def sample_posterior(
         warn_not_finite=warn_not_finite,
         layout=cvae.data_layout,  # the data file's names, for a run without a problem
         omit_log_likelihood=None if refine is None else REFINED_NOT_SAMPLES,
+        # the noise of refined draws' y_rep: a stream of its own when seeded
+        generator=None if seed is None else torch.Generator().manual_seed(derived_seed(seed, 1)),
     )
 
 
@@ -921,13 +924,14 @@ def sample_posterior_to_netcdf(
     in_support: list[tuple[int, list[float]]] = []
     outside: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     not_finite: dict[str, list[int]] = {}
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, seeded_rng(seed):
         done = 0
         while done < num_samples:
             check_interrupted()  # a Ctrl-C that a finalizer swallowed stops at the next chunk
             num = min(chunk, num_samples - done)
-            # later chunks continue the seeded random stream; one warning for all chunks
-            idata = draw(num, seed if done == 0 else None, warn=False)
+            # every chunk continues the one stream seeded here (the caller's global RNG is
+            # restored after); one warning for all chunks
+            idata = draw(num, None, warn=False)
             if refine is not None:
                 accepted.append((num, float(idata.attrs["accepted_fraction"])))
             if "support_acceptance" in idata.attrs:
@@ -946,6 +950,10 @@ def sample_posterior_to_netcdf(
                 for group in idata.groups():  # every group carries the run's attributes
                     if "num_samples" in idata[group].attrs:
                         idata[group].attrs["num_samples"] = num_samples
+                        if seed is not None:  # drawn with seed None inside the seeded stream
+                            idata[group].attrs["seed"] = seed
+                if seed is not None:
+                    idata.attrs["seed"] = seed
                 _write_first_chunk(idata, tmp, chunk)
             else:
                 _append_chunk(tmp, idata, done)
@@ -1194,9 +1202,10 @@ def sample_corrected(
     ok : bool
         False when any observation failed: k-hat above
         :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
-        :func:`inference.mcmc.rhat_threshold` (the largest over the coordinates, against the
-        bound independent draws respect; at least
-        :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent transitions; for facies
+        its bound (the largest over the coordinates, against
+        :func:`inference.arviz_io.rhat_bound`, the bound of mixed chains at their effective
+        draws; at least :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent
+        transitions; for facies
         SMC, populations whose log evidence differs by more than its bound, or one that did
         not reach the posterior (``beta = 1``).
 
@@ -1329,6 +1338,7 @@ def sample_corrected(
             x_true=x_true,
             attrs=info,
             observation_stats=stats,
+            generator=generator,  # y_rep's noise continues the seeded resampling stream
             sample_stats={"log_weight": log_weight},
             stats_attrs={
                 "log_weight": {
@@ -1440,6 +1450,8 @@ def sample_corrected(
         attrs=info,
         sample_stats=draw_stats,
         observation_stats=stats,
+        # y_rep's noise: its own seeded stream (the chains run on forked RNGs)
+        generator=None if seed is None else torch.Generator().manual_seed(seed),
     )
     idata = with_chains(idata, chains)
     divergences = sum(r.divergences for r in results)
@@ -1465,8 +1477,7 @@ def sample_corrected(
         "NUTS",
         results,
         f"{divergences} divergent transition(s)",
-        ", the bound that independent draws respect with probability 0.99 for that many "
-        f"coordinates (at least {RHAT_THRESHOLD}), or divergences",
+        f" (at least {RHAT_THRESHOLD}), or divergences",
         advice,
     )
     return idata, summary, ok

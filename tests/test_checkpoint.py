@@ -144,7 +144,10 @@ def _drop_state(key):
             "must map names to tensors.*raw_scale",
         ),
         (_set("state_dict", "decoder.raw_scale", lambda t: t[:2]), r"raw_scale has shape \(2,\)"),
-        (_set("state_dict", "decoder.raw_scale", lambda t: t.double()), "raw_scale .*float64"),
+        (
+            _set("state_dict", "decoder.raw_scale", lambda t: t.double()),
+            r"mix float32 and float64 tensors \(1 float64, e.g. decoder.raw_scale\)",
+        ),
         (
             _set("state_dict", "decoder.raw_scale", lambda t: t * math.nan),
             "raw_scale holds NaN or inf",

@@ -85,6 +85,14 @@ def test_rhat_bound_follows_the_effective_draws_of_mixed_autocorrelated_chains()
         chains = _ar1_chains(rng, 0.5, shape, shift=0.6)
         caught += chain_diagnostics(chains)[0] > rhat_bound(chains)
     assert caught >= 18, caught
+    # a chain that drifts has few effective draws: it must not widen its own bound past that
+    # of MIN_EFFECTIVE_DRAWS_PER_CHAIN (the hostile audit: a random walk passed 20-25%)
+    passed = 0
+    for _ in range(20):
+        chains = rng.standard_normal(shape)
+        chains[0] = np.cumsum(0.1 * rng.standard_normal(shape[1:]), axis=0)
+        passed += chain_diagnostics(chains)[0] <= rhat_bound(chains)
+    assert passed <= 2, passed
 
 
 def test_within_chain_ess_is_the_autocorrelation_time_and_ignores_disagreeing_chains():

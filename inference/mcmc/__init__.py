@@ -118,6 +118,7 @@ recovered from the change of the running mean Pyro's kernel keeps.
 # inference.mcmc.chains
 from inference.mcmc.budget import (
     MIN_DRAWS_PER_CHAIN,
+    MIN_EFFECTIVE_DRAWS_PER_CHAIN,
     NUTS_TAIL_EFFICIENCY,
     RHAT_THRESHOLD,
     ChainVerdict,
@@ -146,6 +147,7 @@ __all__ = [
     "ChainVerdict",
     "MCMCResult",
     "MIN_DRAWS_PER_CHAIN",
+    "MIN_EFFECTIVE_DRAWS_PER_CHAIN",
     "RHAT_THRESHOLD",
     "NUTS_TAIL_EFFICIENCY",
     "FLOAT32_POTENTIAL_TOLERANCE",

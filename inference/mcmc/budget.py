@@ -19,6 +19,7 @@ from ppl_cvae.errors import ConfigError
 
 __all__ = [
     "MIN_DRAWS_PER_CHAIN",
+    "MIN_EFFECTIVE_DRAWS_PER_CHAIN",
     "NUTS_TAIL_EFFICIENCY",
     "RHAT_THRESHOLD",
     "ChainVerdict",
@@ -32,6 +33,13 @@ __all__ = [
 RHAT_THRESHOLD = 1.01
 """R-hat above which one quantity's chains have not mixed (Vehtari et al. 2021 recommend
 1.01); the bound for the largest over many quantities is :func:`rhat_threshold`."""
+
+MIN_EFFECTIVE_DRAWS_PER_CHAIN = 100
+"""The fewest effective draws per chain the R-hat bound is computed for
+(:func:`~inference.arviz_io.rhat_bound`): chains with fewer are judged as if they had this
+many, so a chain that drifts (a random walk, few effective draws) cannot widen its own bound
+past that of 100. Vehtari et al. (2021) recommend a bulk ESS above 100 per chain before
+R-hat and the estimates are trusted."""
 
 MIN_DRAWS_PER_CHAIN = 4
 """Fewest draws per chain :func:`nuts_sample` accepts: the split R-hat halves each chain and
@@ -99,13 +107,15 @@ def rhat_threshold(
     ``effective_draws`` (``2 n_e``), the bound uses it. It must come from the autocorrelation
     within the chains alone: ArviZ's ``az.ess`` includes the variance between the chains, so
     chains that disagree (the failures R-hat is for) would lower it and loosen their own
-    bound. Measured on AR(1) chains of a 2-D normal at 4 x 289 draws (400 sets each; a
-    scratch script, docs/measurements.md): the bound of independent draws (1.01 here) is
-    exceeded by 20-24% of mixed chains at correlation 0.4 (0.43 effective draws per draw,
-    about what NUTS gives on a low-dimensional posterior) and 72-77% at 0.6, this bound by
-    1.0-2.5% at either (3.0-5.5% at 0.8, 0.11 effective draws per draw, where the ESS
-    estimate is noisiest); a chain shifted by 0.6 sd is still caught 99.8-100% and 87-93% of
-    the time (``benchmarks/rhat_autocorrelated.py``). NUTS needs many effective draws for the
+    bound. :func:`~inference.arviz_io.rhat_bound` uses at least 100 effective draws per
+    chain (:data:`MIN_EFFECTIVE_DRAWS_PER_CHAIN`), so that a drifting chain does not widen its
+    own bound. Measured on AR(1) chains of a 2-D normal at 4 x 289 draws (400 sets each;
+    ``benchmarks/rhat_autocorrelated.py``, docs/measurements.md): the bound of independent
+    draws (1.01 here) is exceeded by 24% of mixed chains at correlation 0.4 (0.43 effective
+    draws per draw, about what NUTS gives on a low-dimensional posterior) and 72% at 0.6,
+    ``rhat_bound`` by 2.0% and 6.0% (at 0.6 the chains have 72 effective draws each, below the
+    floor; at 0.8, 32 each, 72%: too few effective draws fail as they should); a chain
+    shifted by 0.6 sd is caught 100% and 98.5% of the time. NUTS needs many effective draws for the
     folded (tail) R-hat in particular: on a 1024-dimensional standard normal (the target an
     exact preconditioner leaves), 4 x 250 draws had bulk R-hat at most 1.003 and bulk ESS
     above 1300 (trajectories of about half an orbit send ``v`` to about ``-v``), but folded
@@ -224,9 +234,9 @@ def nuts_draws_per_chain(
     At these lengths the R-hat bound of chains of the assumed efficiency is 1.01; the verdict
     of :func:`nuts_sample` judges the chains at their measured within-chain effective draws
     (:func:`~inference.arviz_io.rhat_bound`), so chains that mix more slowly than assumed are
-    not called unmixed for that alone (their bound is wider), and mixed chains exceed it about
-    1% of the time (1-2.5% measured at 0.25-0.43 effective draws per draw), where
-    ``false_alarm`` here only sizes the budget.
+    not called unmixed for that alone while they have at least 100 effective draws each
+    (their bound is wider), and mixed chains exceed it 1-2% of the time at 0.43 effective
+    draws per draw; ``false_alarm`` here only sizes the budget.
 
     References
     ----------
@@ -318,7 +328,7 @@ def chains_summary(
         The sampler's own figures, between the ESS and the time (e.g. its divergences).
     also_failed : str
         Text after the bound in the FAILED note: what else fails an observation, as
-        ``" or divergences"`` (or empty).
+        ``", or divergences"`` (or empty).
     flags : str
         The flags that run the chains longer, for the FAILED note.
 
@@ -326,7 +336,8 @@ def chains_summary(
     -------
     summary : str
         ``LABEL: R-hat <worst> (max), min ESS <n>, DETAILS, <t> s``, ending in ``; FAILED for
-        n of M observation(s) (R-hat > <bound>...)`` when some did not converge.
+        n of M observation(s) (observation i: R-hat <r> > <its bound>...)`` when some did not
+        converge (``i`` the observation furthest above its own bound).
     ok : bool
         Whether every result converged.
 
@@ -355,9 +366,17 @@ def chains_summary(
         f"{sum(r.seconds for r in results):.1f} s"
     )
     if failed:
+        # each observation has its own bound: name the one furthest above it
+        above = [(r.rhat - r.rhat_threshold, i) for i, r in enumerate(results)]
+        excess, first = max(above)
+        where = (
+            f"observation {first}: R-hat {results[first].rhat:.4f} > its bound "
+            f"{results[first].rhat_threshold:.4f}"
+            if excess > 0 or math.isnan(excess)
+            else "R-hat within its bound"
+        )
         summary += (
-            f"; FAILED for {failed} of {len(results)} observation(s) (R-hat > "
-            f"{max(r.rhat_threshold for r in results):.4f}{also_failed}): the chains have not "
-            f"mixed; run longer ({flags})"
+            f"; FAILED for {failed} of {len(results)} observation(s) ({where}{also_failed}): "
+            f"the chains have not mixed; run longer ({flags})"
         )
     return summary, failed == 0

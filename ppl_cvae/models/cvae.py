@@ -94,6 +94,18 @@ class _CoefficientsToX(Transform):
 _INSTANCE_COUNTER = itertools.count()
 _LIVE: weakref.WeakValueDictionary[str, CVAE] = weakref.WeakValueDictionary()
 """The CVAEs of this process by ``pyro_name`` (their param-store prefix), while they live."""
+_REGISTERED: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+"""Every parameter a CVAE of this process put in Pyro's param store (a dead model's entries
+are told from values loaded from a file by this), by ``id``: a set would compare tensors."""
+
+
+def _drop_leftovers(name: str) -> None:
+    """Remove the param-store entries a dead CVAE of this process left under prefix ``name``."""
+    store = pyro.get_param_store()
+    for key in list(store.keys()):
+        prefix, sep, _ = key.partition("$$$")
+        if sep and prefix == name and _REGISTERED.get(id(store[key])) is store[key]:
+            del store[key]
 
 
 class _FaciesCategorical(dist.Categorical):
@@ -300,9 +312,13 @@ class CVAE(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _take_pyro_name(self) -> None:
         """Give this CVAE a param-store prefix ``cvae<N>`` no other one of the process has."""
-        self.pyro_name = f"cvae{next(_INSTANCE_COUNTER)}"
+        name = f"cvae{next(_INSTANCE_COUNTER)}"
+        while name in _LIVE:  # a name of this form given with set_pyro_name
+            name = f"cvae{next(_INSTANCE_COUNTER)}"
+        self.pyro_name = name
         self._param_sites = None
-        _LIVE[self.pyro_name] = self
+        _LIVE[name] = self
+        _drop_leftovers(name)
 
     def set_pyro_name(self, name: str) -> None:
         """Register this CVAE's parameters under the param-store prefix ``name`` from now on.
@@ -324,6 +340,13 @@ class CVAE(nn.Module):
         ConfigError
             If ``name`` is not such a string, or another live CVAE has it.
 
+        Notes
+        -----
+        Entries that a CVAE of this process, now dead, left in the param store under
+        ``name`` are removed first (a new model would otherwise take its weights); values
+        loaded into the store (``pyro.get_param_store().load``, ``set_state``) are taken by
+        the networks at their next model or guide call.
+
         Examples
         --------
         >>> cvae = CVAE(ModelConfig(x_shape=(3,), y_shape=(2,), hidden_dims=(8,)))
@@ -341,6 +364,8 @@ class CVAE(nn.Module):
                 f"another live CVAE of this process registers its parameters as {name!r}; "
                 "choose another name (two models under one name would share their tensors)"
             )
+        if other is None:
+            _drop_leftovers(name)
         _LIVE.pop(self.pyro_name, None)
         self.pyro_name = name
         self._param_sites = None
@@ -421,6 +446,7 @@ class CVAE(nn.Module):
                 if held is not param:
                     self._adopt_stored(name, param, held)
             pyro.param(name, param)
+            _REGISTERED[id(param)] = param
 
     @staticmethod
     def _adopt_stored(name: str, param: nn.Parameter, held: torch.Tensor) -> None:

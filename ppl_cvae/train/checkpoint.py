@@ -490,6 +490,17 @@ def _check_state(
         ) from err
     expected = meta_cvae(config).state_dict()
     floating = {v.dtype for v in state.values() if v.is_floating_point()}
+    if floating == {torch.float32, torch.float64}:  # a model is float32 or float64 throughout
+        counts = {
+            d: [k for k, v in state.items() if v.dtype == d]
+            for d in (torch.float32, torch.float64)
+        }
+        fewer = min(counts, key=lambda d: len(counts[d]))
+        raise CheckpointError(
+            f"weights in {name!r} mix float32 and float64 tensors ({len(counts[fewer])} "
+            f"{str(fewer).removeprefix('torch.')}, e.g. {counts[fewer][0]}); a model is one or "
+            "the other throughout"
+        )
     dtype = torch.float64 if floating == {torch.float64} else torch.float32
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
