@@ -809,10 +809,13 @@ def chain_diagnostics(draws: np.ndarray) -> tuple[float, float]:
     Returns
     -------
     rhat : float
-        Rank-normalised split R-hat (ArviZ's ``rhat``), the largest over ``dim``; NaN for one
-        chain of fewer than 4 draws; ``inf`` when a coordinate never moved within any split
-        chain (:func:`stuck_coordinates`: no within-chain variance, so R-hat's ratio of
-        variances does not exist and ArviZ would divide by zero).
+        Rank-normalised split R-hat (ArviZ's ``rhat``), the largest over ``dim``; one chain
+        is compared with itself, as its two halves split again (split R-hat of one chain,
+        Gelman et al. 2013, BDA3 section 11.4); NaN for chains of fewer than 4 draws or one
+        chain of fewer than 8 (too few to split), or when a coordinate's R-hat is NaN;
+        ``inf`` when a coordinate never moved within any split chain
+        (:func:`stuck_coordinates`: no within-chain variance, so R-hat's ratio of variances
+        does not exist and ArviZ would divide by zero).
     min_ess : float
         Bulk effective sample size (ArviZ's ``ess``), the smallest over ``dim``.
 
@@ -823,13 +826,29 @@ def chain_diagnostics(draws: np.ndarray) -> tuple[float, float]:
     """
     draws = np.asarray(draws, dtype=np.float64)
     data = az.convert_to_dataset({"theta": draws})
-    stuck = stuck_coordinates(draws)
-    rhat = math.inf if stuck.any() else -math.inf
-    if not stuck.all():
-        moving = az.convert_to_dataset({"theta": draws[..., ~stuck]})
-        rhat = max(rhat, float(az.rhat(moving)["theta"].max()))
     ess = float(az.ess(data, method="bulk")["theta"].min())
-    return rhat, ess
+    draws = _halves_of_one_chain(draws)
+    if draws.shape[0] < 2 or draws.shape[1] < 4:  # too few to split: no R-hat
+        return math.nan, ess
+    stuck = stuck_coordinates(draws)
+    if stuck.any():
+        return math.inf, ess
+    moving = az.convert_to_dataset({"theta": draws})
+    return float(np.max(az.rhat(moving)["theta"].values)), ess  # NaN stays NaN
+
+
+def _halves_of_one_chain(draws: np.ndarray) -> np.ndarray:
+    """Return one chain's draws ``(1, D, dim)`` as its two halves ``(2, D // 2, dim)``.
+
+    Split R-hat of a single chain compares its halves (Gelman et al. 2013, BDA3 section 11.4;
+    Stan does the same); ArviZ's ``az.rhat`` needs two chains, so a single chain is handed to
+    it as two, which ArviZ splits again. Several chains, or one of fewer than 8 draws (each
+    half would hold fewer than the 4 the split needs), are returned unchanged.
+    """
+    if draws.shape[0] != 1 or draws.shape[1] < 8:
+        return draws
+    half = draws.shape[1] // 2
+    return np.concatenate([draws[:, :half], draws[:, -half:]])
 
 
 def within_chain_ess(values: np.ndarray) -> float:
@@ -897,9 +916,10 @@ def rhat_bound(draws: np.ndarray, false_alarm: float = 0.01) -> float:
         the largest, on the values that R-hat is largest on (rank-normalised, or folded
         about the median then rank-normalised; Vehtari et al. 2021), but at least
         :data:`~inference.mcmc.budget.MIN_EFFECTIVE_DRAWS_PER_CHAIN` (100; fewer would let a
-        drifting chain widen its own bound): at least 1.01. Without a
-        moving coordinate, with one chain, fewer than 8 draws per chain or without a finite
-        ESS, the bound of independent draws (1.01 below 4 draws per chain).
+        drifting chain widen its own bound): at least 1.01. One chain is taken as its two
+        halves, as :func:`chain_diagnostics` takes it. Without a moving coordinate, with
+        fewer than 8 draws per chain (after that) or without a finite ESS, the bound of
+        independent draws (1.01 below 4 draws per chain).
 
     Notes
     -----
@@ -920,7 +940,7 @@ def rhat_bound(draws: np.ndarray, false_alarm: float = 0.01) -> float:
         rhat_threshold,
     )
 
-    draws = np.asarray(draws, dtype=np.float64)
+    draws = _halves_of_one_chain(np.asarray(draws, dtype=np.float64))
     chains, num_draws, dim = draws.shape
     if num_draws < 4:
         return RHAT_THRESHOLD

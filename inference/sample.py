@@ -1235,7 +1235,6 @@ def sample_corrected(
     from inference.importance import KHAT_THRESHOLD, importance_sample
     from inference.mcmc import (
         MIN_DRAWS_PER_CHAIN,
-        RHAT_THRESHOLD,
         chains_summary,
         nuts_sample,
         preconditioner_draws,
@@ -1477,7 +1476,7 @@ def sample_corrected(
         "NUTS",
         results,
         f"{divergences} divergent transition(s)",
-        f" (at least {RHAT_THRESHOLD}), or divergences",
+        ", or divergences",
         advice,
     )
     return idata, summary, ok

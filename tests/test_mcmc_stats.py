@@ -116,6 +116,46 @@ def test_within_chain_ess_is_the_autocorrelation_time_and_ignores_disagreeing_ch
         rhat_threshold(4, 100, 1, effective_draws=0.0)
 
 
+def test_one_chain_is_judged_by_its_halves():
+    """``--chains 1``: the split R-hat of one chain compares its halves (BDA3 11.4). Of 200
+    single chains of 1000 independent draws of 2 quantities, at most 5 exceed their bound
+    (false alarm 0.01: expected 2, P(Poisson(2) > 5) = 0.017); a chain whose second half sits
+    1 sd above its first (a chain still drifting) exceeds it every time (its R-hat is about
+    sqrt(1 + 1/4) = 1.12, the bound 1.01-1.02). Before, ArviZ's R-hat of one chain was NaN,
+    read as -inf, and every such chain passed. Fewer than 8 draws: no R-hat (NaN), and the
+    verdict fails naming the observation."""
+    rng = np.random.default_rng(7)
+    above = 0
+    for _ in range(200):
+        chain = rng.standard_normal((1, 1000, 2))
+        rhat, _ = chain_diagnostics(chain)
+        assert np.isfinite(rhat) and rhat > 0.99
+        above += rhat > rhat_bound(chain)
+    assert above <= 5
+    for _ in range(5):
+        drifting = rng.standard_normal((1, 1000, 2))
+        drifting[:, 500:] += 1.0
+        assert chain_diagnostics(drifting)[0] > max(rhat_bound(drifting), 1.08)
+    short = rng.standard_normal((1, 6, 2))
+    rhat, ess = chain_diagnostics(short)
+    assert np.isnan(rhat) and np.isfinite(ess)
+    assert np.isnan(chain_diagnostics(rng.standard_normal((2, 3, 2)))[0])
+    from types import SimpleNamespace
+
+    from inference.mcmc import chains_summary
+
+    runs = [
+        SimpleNamespace(rhat=1.001, min_ess=900.0, seconds=1.0, rhat_threshold=1.01,
+                        converged=True),
+        SimpleNamespace(rhat=rhat, min_ess=ess, seconds=1.0, rhat_threshold=1.01,
+                        converged=False),
+    ]
+    summary, ok = chains_summary("NUTS", runs, "0 divergent transition(s)", "", "--warmup")
+    assert not ok
+    assert "R-hat nan (max) (too few draws" in summary
+    assert "observation 1: no R-hat, too few draws" in summary
+
+
 def test_nuts_records_energy_steps_and_divergences_per_draw():
     """On a 4-D Gaussian posterior: ``energy - U(previous draw)`` is the refreshed kinetic
     energy ``|u|^2 / 2``, ``u ~ N(0, I_4)``: non-negative, mean 2 within 4 standard errors

@@ -357,9 +357,13 @@ def chains_summary(
     """
     if not results:
         raise ConfigError(f"the {label} summary needs at least one result")
-    worst = max(r.rhat for r in results)
+    rhats = [r.rhat for r in results]
+    worst = math.nan if any(math.isnan(r) for r in rhats) else max(rhats)
     failed = sum(not r.converged for r in results)
-    stuck = " (a coordinate never moved in any chain)" if math.isinf(worst) else ""
+    if math.isnan(worst):
+        stuck = " (too few draws to split a chain: at least 8 for one chain, 4 for several)"
+    else:
+        stuck = " (a coordinate never moved in any chain)" if math.isinf(worst) else ""
     summary = (
         f"{label}: R-hat {worst:.4f} (max){stuck}, min ESS "
         f"{min(r.min_ess for r in results):.0f}, {details}, "
@@ -367,14 +371,20 @@ def chains_summary(
     )
     if failed:
         # each observation has its own bound: name the one furthest above it
-        above = [(r.rhat - r.rhat_threshold, i) for i, r in enumerate(results)]
+        above = [
+            (math.inf if math.isnan(r.rhat) else r.rhat - r.rhat_threshold, i)
+            for i, r in enumerate(results)
+        ]
         excess, first = max(above)
-        where = (
-            f"observation {first}: R-hat {results[first].rhat:.4f} > its bound "
-            f"{results[first].rhat_threshold:.4f}"
-            if excess > 0 or math.isnan(excess)
-            else "R-hat within its bound"
-        )
+        if math.isnan(results[first].rhat):
+            where = f"observation {first}: no R-hat, too few draws"
+        elif excess > 0 or math.isnan(excess):
+            where = (
+                f"observation {first}: R-hat {results[first].rhat:.4f} > its bound "
+                f"{results[first].rhat_threshold:.4f}"
+            )
+        else:
+            where = "R-hat within its bound"
         summary += (
             f"; FAILED for {failed} of {len(results)} observation(s) ({where}{also_failed}): "
             f"the chains have not mixed; run longer ({flags})"
