@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.arviz_io import chain_diagnostics, rhat_bound, within_chain_ess
+from inference.arviz_io import chain_checks, chain_diagnostics, rhat_bound, within_chain_ess
 from inference.exact import exact_posterior
 from inference.mcmc import RHAT_THRESHOLD, nuts_sample, rhat_threshold
 from ppl_cvae.errors import ConfigError, ShapeError
@@ -114,6 +114,25 @@ def test_within_chain_ess_is_the_autocorrelation_time_and_ignores_disagreeing_ch
         within_chain_ess(chains[:, :6, 0])
     with pytest.raises(ConfigError, match="effective_draws"):
         rhat_threshold(4, 100, 1, effective_draws=0.0)
+
+
+def test_chain_checks_is_arviz_rank_rhat_with_its_bound():
+    """One pass gives what the three separate ArviZ calls give: the largest rank R-hat (ArviZ's
+    default method, the larger of bulk and folded), the smallest bulk ESS and the bound, on
+    mixed chains and on chains with one shifted by 1 sd (R-hat far above its bound)."""
+    rng = np.random.default_rng(11)
+    mixed = _ar1_chains(rng, 0.5, (4, 300, 5))
+    shifted = mixed.copy()
+    shifted[2, :, 1] += 1.0
+    for draws in (mixed, shifted):
+        rhat, ess, bound = chain_checks(draws)
+        data = az.convert_to_dataset({"q": draws})
+        assert rhat == pytest.approx(_max_rhat(draws), rel=1e-12)
+        assert ess == pytest.approx(float(az.ess(data, method="bulk")["q"].min()), rel=1e-12)
+        assert bound == rhat_bound(draws)
+        assert (rhat, ess) == chain_diagnostics(draws)
+    assert chain_checks(shifted)[0] > chain_checks(shifted)[2] + 0.05
+    assert chain_checks(mixed)[0] < chain_checks(mixed)[2]
 
 
 def test_one_chain_is_judged_by_its_halves():

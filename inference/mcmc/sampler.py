@@ -218,7 +218,7 @@ def nuts_sample(
     """
     import time
 
-    from inference.arviz_io import chain_diagnostics, rhat_bound
+    from inference.arviz_io import chain_checks
 
     if precondition not in PRECONDITIONERS:
         raise ConfigError(f"precondition must be one of {PRECONDITIONERS}, got {precondition!r}")
@@ -358,8 +358,7 @@ def nuts_sample(
         "float64" if o.dtype_fallback or dtype == torch.float64 else "float32" for o in outputs
     ]
     theta = torch.stack([o.draws for o in outputs])  # (chains, draws, dim)
-    rhat, min_ess = chain_diagnostics(theta.numpy())
-    threshold = rhat_bound(theta.numpy())
+    rhat, min_ess, threshold = chain_checks(theta.numpy())
     with torch.no_grad():
         if par is not None:
             x = par.to_x(_as_basis_dtype(par, theta))
