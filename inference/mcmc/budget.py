@@ -360,12 +360,13 @@ def chains_summary(
     rhats = [r.rhat for r in results]
     worst = math.nan if any(math.isnan(r) for r in rhats) else max(rhats)
     failed = sum(not r.converged for r in results)
+    why = ""
     if math.isnan(worst):
-        stuck = " (too few draws to split a chain: at least 8 for one chain, 4 for several)"
-    else:
-        stuck = " (a coordinate never moved in any chain)" if math.isinf(worst) else ""
+        why = " (too few draws to split a chain: at least 8 for one chain, 4 for several)"
+    elif math.isinf(worst):
+        why = " (a coordinate never moved in any chain)"
     summary = (
-        f"{label}: R-hat {worst:.4f} (max){stuck}, min ESS "
+        f"{label}: R-hat {worst:.4f} (max){why}, min ESS "
         f"{min(r.min_ess for r in results):.0f}, {details}, "
         f"{sum(r.seconds for r in results):.1f} s"
     )
@@ -378,7 +379,7 @@ def chains_summary(
         excess, first = max(above)
         if math.isnan(results[first].rhat):
             where = f"observation {first}: no R-hat, too few draws"
-        elif excess > 0 or math.isnan(excess):
+        elif excess > 0:
             where = (
                 f"observation {first}: R-hat {results[first].rhat:.4f} > its bound "
                 f"{results[first].rhat_threshold:.4f}"
