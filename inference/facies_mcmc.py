@@ -92,7 +92,7 @@ from inference.latent_mcmc import (
     encode_latent,
     generative_prior_posterior,
 )
-from inference.mcmc import chains_summary, rhat_threshold
+from inference.mcmc import chains_summary, rhat_passes, rhat_threshold
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import as_count, as_real_tensor, as_seed
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
@@ -191,8 +191,11 @@ class FaciesMCMCResult:
 
     @property
     def converged(self) -> bool:
-        """Whether ``rhat <= rhat_threshold`` (there are no divergences in this sampler)."""
-        return self.rhat <= self.rhat_threshold
+        """Whether the R-hat passes (:func:`~inference.mcmc.budget.rhat_passes`).
+
+        ``rhat <= rhat_threshold <= 1.1``; there are no divergences in this sampler.
+        """
+        return rhat_passes(self.rhat, self.rhat_threshold)
 
     def facies_probabilities(self, num_facies: int = 2) -> torch.Tensor:
         """Return the posterior probability of each facies in every cell.

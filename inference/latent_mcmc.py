@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from pyro.infer import NUTS
 
-from inference.mcmc import ChainVerdict, chains_summary, run_whitened_chain
+from inference.mcmc import ChainVerdict, chains_summary, rhat_passes, run_whitened_chain
 from inference.mcmc.chains import _PotentialWatch
 from ppl_cvae._memory import check_memory
 from ppl_cvae.checks import (
@@ -138,8 +138,11 @@ class LatentMCMCResult:
 
     @property
     def converged(self) -> bool:
-        """Whether ``rhat <= rhat_threshold`` and there were no divergences."""
-        return self.rhat <= self.rhat_threshold and self.divergences == 0
+        """Whether the R-hat passes and there were no divergences.
+
+        ``rhat <= rhat_threshold <= 1.1`` (:func:`~inference.mcmc.budget.rhat_passes`).
+        """
+        return rhat_passes(self.rhat, self.rhat_threshold) and self.divergences == 0
 
     def posterior_mean(self) -> torch.Tensor:
         """Return the posterior mean of ``g(z)``, shape ``x_shape``, units of ``x``.

@@ -30,6 +30,7 @@ from ppl_cvae.checks import (
     as_sample_shape,
     as_seed,
     check_problem_matches,
+    check_type,
     reshape_hint,
     seeded_rng,
     shape_text,
@@ -869,7 +870,7 @@ class CVAEPosterior:
     Raises
     ------
     ConfigError
-        If the model is unconditional.
+        If ``cvae`` is not a CVAE, or the model is unconditional.
     """
 
     def __init__(
@@ -878,6 +879,7 @@ class CVAEPosterior:
         problem: Problem | None = None,
         default_y: torch.Tensor | None = None,
     ) -> None:
+        check_type(cvae, CVAE, "CVAEPosterior's cvae", "load one with load_checkpoint(run)")
         if cvae.config.y_shape is None:
             raise ConfigError("a posterior needs a conditional model (y_shape set)")
         self.cvae = cvae

@@ -47,9 +47,10 @@ from ppl_cvae._version import __version__
 from ppl_cvae.checks import (
     as_count,
     as_real_tensor,
-    as_seed,
     check_problem_matches,
+    check_type,
     derived_seed,
+    resolve_seed,
     seeded_rng,
     shape_text,
 )
@@ -77,6 +78,8 @@ from ppl_cvae.problems.metadata import (
 __all__ = [
     "CHUNK_BYTES",
     "CorrectionConfig",
+    "DECODER_MEANS_NOT_SAMPLES",
+    "REFINED_NOT_SAMPLES",
     "sample_corrected",
     "IN_MEMORY_BYTES",
     "NUTS_PRECONDITIONERS",
@@ -276,6 +279,15 @@ REFINED_NOT_SAMPLES = (
 )
 """Why a refined posterior file has no ``log_likelihood`` group (its
 ``log_likelihood_omitted`` attribute)."""
+
+DECODER_MEANS_NOT_SAMPLES = (
+    "the draws are decoder means E[x|z,y] of a model whose draws include the decoder's noise "
+    "(--decoder-noise mean): they are not posterior samples, and PSIS-LOO or WAIC of them "
+    "(az.loo, az.compare) would rank this file above any sampler's"
+)
+"""Why the posterior file of decoder means has no ``log_likelihood`` group, for a model whose
+posterior draws include the decoder's noise (:attr:`CVAE.samples_decoder_noise
+<ppl_cvae.models.cvae.CVAE.samples_decoder_noise>`); a basis decoder's draws are its means."""
 
 
 def inference_data_from_draws(
@@ -596,7 +608,8 @@ def sample_posterior(
     decoder_noise : bool, optional
         See :func:`inference.posterior.draw_posterior`.
     seed : int, optional
-        Seed of the draws.
+        Seed of the draws; None: one drawn from torch's global RNG
+        (:func:`~ppl_cvae.checks.resolve_seed`). Recorded as the ``seed`` attribute either way.
     attrs : dict, optional
         Extra run attributes (e.g. the run folder), added to ``method`` (``"amortized"`` or
         ``"amortized_refined"``), ``inference_method`` (in words), ``model_config`` (JSON),
@@ -627,16 +640,20 @@ def sample_posterior(
         (``y``), and with a problem ``posterior_predictive``, ``log_likelihood`` (per datum,
         for independent noise), ``sample_stats`` (``chi2_per_datum``, ``lp``) and
         ``constant_data`` (``x_true`` and its derived quantities as ``<name>_true``, the
-        noise sd); see :func:`inference_data_from_draws` and :mod:`inference.arviz_io`.
+        noise sd); see :func:`inference_data_from_draws` and :mod:`inference.arviz_io`. Draws
+        that are not posterior samples have no ``log_likelihood`` group (attribute
+        ``log_likelihood_omitted``): refined draws (:data:`REFINED_NOT_SAMPLES`) and decoder
+        means of a model whose draws include the decoder's noise
+        (:data:`DECODER_MEANS_NOT_SAMPLES`).
 
     Raises
     ------
     ShapeError
         If ``y`` or ``x_true`` have the wrong shape.
     ConfigError, DataError
-        As :func:`~inference.posterior.draw_posterior`; ConfigError also when ``refine`` is
-        given without a problem, or the problem's ``derived`` returns something malformed
-        (:func:`ppl_cvae.problems.base.derived_quantities`).
+        As :func:`~inference.posterior.draw_posterior`; ConfigError also when ``cvae`` is not
+        a CVAE, ``refine`` is given without a problem, or the problem's ``derived`` returns
+        something malformed (:func:`ppl_cvae.problems.base.derived_quantities`).
 
     Warns
     -----
@@ -672,21 +689,27 @@ def sample_posterior(
     >>> dict(idata.posterior["x"].sizes)
     {'chain': 1, 'draw': 10, 'observation': 1, 'x_dim_0': 3}
     """
+    check_type(cvae, CVAE, "sample_posterior()'s cvae", "load one with load_checkpoint(run)")
     y_shape = cvae.config.y_shape
     if y_shape is None:  # as draw_posterior: an unconditional model has nothing to condition on
         raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
+    seed = resolve_seed(seed)
     problem = as_problem(problem) if problem is not None else None
     y_batch, stacked = as_observation_batch(y, y_shape)
     if warn_far:
         warn_far_observations(cvae, y_batch)
     x_true_batch = _truth_batch(x_true, stacked, y_batch.shape[0], cvae.config.x_shape)
     info: dict[str, Any] = {"method": "amortized"}
-    y_model = y_rep = None
+    y_model = y_rep = omit = None
     if refine is None:
         draws = draw_posterior(
             cvae, y_batch, num_samples, decoder_noise=decoder_noise, problem=problem, seed=seed
         )
-        info["inference_method"] = "amortized CVAE: z ~ prior net p(z|y), x ~ decoder p(x|z,y)"
+        info["inference_method"] = "amortized CVAE: z ~ prior net p(z|y), " + (
+            "x ~ decoder p(x|z,y)" if draws.decoder_noise else "x = decoder mean E[x|z,y]"
+        )
+        if not draws.decoder_noise and cvae.samples_decoder_noise:
+            omit = DECODER_MEANS_NOT_SAMPLES
         y_model, y_rep = draws.y_model, draws.y_rep
         if draws.support_acceptance is not None:
             acceptance = [float(v) for v in draws.support_acceptance]
@@ -714,6 +737,7 @@ def sample_posterior(
         )
         info["refine"] = dataclasses.asdict(refine)
         info["accepted_fraction"] = float(accepted.float().mean())
+        omit = REFINED_NOT_SAMPLES
         y_model = draws.y_rep  # refined draws carry the noise-free F(x); the noise is added below
     outside = check_training_range(cvae, draws.x, warn=warn_support)
     if outside is not None:
@@ -723,10 +747,9 @@ def sample_posterior(
             "independent_draws": 1,
             "decoder_noise": int(draws.decoder_noise),
             "model_config": cvae.config.to_dict(),
+            "seed": seed,
         }
     )
-    if seed is not None:
-        info["seed"] = seed
     if problem is not None:
         info["problem"] = problem_record(problem)
     info.update(attrs or {})
@@ -742,9 +765,9 @@ def sample_posterior(
         attrs=info,
         warn_not_finite=warn_not_finite,
         layout=cvae.data_layout,  # the data file's names, for a run without a problem
-        omit_log_likelihood=None if refine is None else REFINED_NOT_SAMPLES,
-        # the noise of refined draws' y_rep: a stream of its own when seeded
-        generator=None if seed is None else torch.Generator().manual_seed(derived_seed(seed, 1)),
+        omit_log_likelihood=omit,
+        # the noise of refined draws' y_rep: a stream of its own
+        generator=torch.Generator().manual_seed(derived_seed(seed, 1)),
     )
 
 
@@ -871,12 +894,14 @@ def sample_posterior_to_netcdf(
     ``draw`` dim (``posterior``, ``posterior_predictive``, ``log_likelihood``,
     ``sample_stats``) grows chunk by chunk.
     """
+    check_type(cvae, CVAE, "sample_posterior_to_netcdf()'s cvae", "load one with "
+               "load_checkpoint(run)")
     path = Path(path)
     y_shape = cvae.config.y_shape
     if y_shape is None:
         raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
     num_samples = as_count(num_samples, "num_samples")
-    seed = as_seed(seed)
+    seed = resolve_seed(seed)
     chunk_bytes = as_count(chunk_bytes, "chunk_bytes")
     in_memory_bytes = as_count(in_memory_bytes, "in_memory_bytes", minimum=0)
     y_batch, _ = as_observation_batch(y, y_shape)
@@ -929,9 +954,10 @@ def sample_posterior_to_netcdf(
         while done < num_samples:
             check_interrupted()  # a Ctrl-C that a finalizer swallowed stops at the next chunk
             num = min(chunk, num_samples - done)
-            # every chunk continues the one stream seeded here (the caller's global RNG is
-            # restored after); one warning for all chunks
-            idata = draw(num, None, warn=False)
+            # the first chunk is the in-memory request's first draws; each later one draws its
+            # seed from the stream seeded here (the caller's global RNG is restored after);
+            # one warning for all chunks
+            idata = draw(num, seed if done == 0 else None, warn=False)
             if refine is not None:
                 accepted.append((num, float(idata.attrs["accepted_fraction"])))
             if "support_acceptance" in idata.attrs:
@@ -950,10 +976,8 @@ def sample_posterior_to_netcdf(
                 for group in idata.groups():  # every group carries the run's attributes
                     if "num_samples" in idata[group].attrs:
                         idata[group].attrs["num_samples"] = num_samples
-                        if seed is not None:  # drawn with seed None inside the seeded stream
-                            idata[group].attrs["seed"] = seed
-                if seed is not None:
-                    idata.attrs["seed"] = seed
+                        idata[group].attrs["seed"] = seed  # not the chunk's derived seed
+                idata.attrs["seed"] = seed
                 _write_first_chunk(idata, tmp, chunk)
             else:
                 _append_chunk(tmp, idata, done)
@@ -1158,10 +1182,11 @@ def sample_corrected(
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
     seed : int, optional
-        Seed of the draws, in ``[0, 2**32 - 1]`` (None: 0 for the chains). NUTS: observation
-        ``m`` starts from amortized draws seeded ``derived_seed(seed, m)`` and runs chain ``c``
-        with ``derived_seed(seed, m * chains + c)``, so no two chains of a file share a
-        random stream (two equal observations get independent chains).
+        Seed of the draws, in ``[0, 2**32 - 1]``; None: one drawn from torch's global RNG
+        (:func:`~ppl_cvae.checks.resolve_seed`), recorded as the ``seed`` attribute. NUTS:
+        observation ``m`` starts from amortized draws seeded ``derived_seed(seed, m)`` and runs
+        chain ``c`` with ``derived_seed(seed, m * chains + c)``, so no two chains of a file
+        share a random stream (two equal observations get independent chains).
     attrs : mapping, optional
         Run attributes; ``model_config`` (the CVAE's configuration as JSON, its ``x_bounds``
         among it) is added, as :func:`sample_posterior` does.
@@ -1204,7 +1229,8 @@ def sample_corrected(
         :data:`~inference.importance.KHAT_THRESHOLD` (0.7), or R-hat above
         its bound (the largest over the coordinates, against
         :func:`inference.arviz_io.rhat_bound`, the bound of mixed chains at their effective
-        draws; at least :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or divergent
+        draws; at least :data:`~inference.mcmc.RHAT_THRESHOLD`, 1.01), or a bound above
+        :data:`~inference.mcmc.RHAT_JUDGE_LIMIT` (1.1: too few draws to judge), or divergent
         transitions; for facies
         SMC, populations whose log evidence differs by more than its bound, or one that did
         not reach the posterior (``beta = 1``).
@@ -1212,7 +1238,8 @@ def sample_corrected(
     Raises
     ------
     ConfigError
-        If the method is unknown, ``problem`` is None, ``num_samples`` is not an int >= 1,
+        If ``cvae`` is not a CVAE, the method is unknown, ``problem`` is None,
+        ``num_samples`` is not an int >= 1,
         ``seed`` not an int in ``[0, 2**32 - 1]``, or the model cannot propose; for
         ``latent-nuts``, ``facies-mcmc`` and ``facies-smc``, if ``generative_prior`` is
         missing or not an unconditional VAE (for the facies methods: with a facies decoder,
@@ -1240,8 +1267,9 @@ def sample_corrected(
         preconditioner_draws,
     )
 
+    check_type(cvae, CVAE, "sample_corrected()'s cvae", "load one with load_checkpoint(run)")
     num_samples = as_count(num_samples, "num_samples")
-    seed = as_seed(seed)
+    seed = resolve_seed(seed)
     y_shape = cvae.config.y_shape
     if y_shape is None:
         raise ConfigError("posterior sampling needs a conditional model (y_shape set)")
@@ -1306,11 +1334,11 @@ def sample_corrected(
             seed=seed,
             attrs=attrs,
         )
-    info: dict[str, Any] = {"seed": -1 if seed is None else seed}
+    info: dict[str, Any] = {"seed": seed}
     info.update(attrs or {})
     if correction.method == "importance":
         imp = importance_sample(cvae, problem, y_batch, correction.proposals, seed=seed)
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        generator = torch.Generator().manual_seed(seed)
         idx = imp.resample_indices(num_samples, generator)
         x = imp.draws_at(idx)
         # the normalised (Pareto-smoothed) log weight each draw had among the proposals
@@ -1386,7 +1414,6 @@ def sample_corrected(
     # the chains' start and preconditioner: many cheap amortized draws per observation
     num_start = preconditioner_draws(cvae.config.x_dim, chains)
     results = []
-    base_seed = 0 if seed is None else seed
     for m in range(y_batch.shape[0]):
         # observation m: its own starts, and chains seeded base + m * chains + c, so that no
         # two chains of the file share a stream (two equal observations get independent draws)
@@ -1395,7 +1422,7 @@ def sample_corrected(
             y_batch[m : m + 1],
             num_start,
             problem=problem,
-            seed=derived_seed(base_seed, m),
+            seed=derived_seed(seed, m),
             predictive=False,
         ).x[:, 0]
         results.append(
@@ -1406,7 +1433,7 @@ def sample_corrected(
                 num_samples=per_chain,
                 warmup_steps=correction.warmup_steps,
                 num_chains=chains,
-                seed=derived_seed(base_seed, m * chains),
+                seed=derived_seed(seed, m * chains),
                 adapt_mass_matrix=correction.adapt_mass_matrix,
                 num_cores=correction.cores,
                 jit_compile=correction.jit_compile,
@@ -1439,6 +1466,7 @@ def sample_corrected(
         ),
         chains=chains,
         warmup_steps=correction.warmup_steps,
+        adapt_mass_matrix=int(correction.adapt_mass_matrix),
         independent_draws=0,
     )
     idata = inference_data_from_draws(
@@ -1450,7 +1478,7 @@ def sample_corrected(
         sample_stats=draw_stats,
         observation_stats=stats,
         # y_rep's noise: its own seeded stream (the chains run on forked RNGs)
-        generator=None if seed is None else torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed),
     )
     idata = with_chains(idata, chains)
     divergences = sum(r.divergences for r in results)

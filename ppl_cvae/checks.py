@@ -35,8 +35,10 @@ __all__ = [
     "as_sample_shape",
     "as_seed",
     "check_finite",
+    "check_type",
     "derived_seed",
     "reshape_hint",
+    "resolve_seed",
     "seeded_rng",
     "check_problem_matches",
     "shape_mismatch",
@@ -69,7 +71,9 @@ def reshape_hint(shape: Any, event_shape: Any, name: str = "y", rows: str = "obs
 
     For a message that refuses ``shape``: a flat vector of ``M`` scalar rows where
     ``event_shape`` is ``(1,)`` (sbi's ``x_o`` of a one-datum simulator, ``theta`` of one
-    parameter), or one row of the right size in another shape. ``name`` is the array's name
+    parameter), observations stored as columns (``(m, M)`` for ``event_shape`` ``(m,)``), one
+    row with its two axes swapped (a transpose, not a reshape), or one row of the right size
+    in another shape. ``name`` is the array's name
     in the hint and ``rows`` what its rows are.
 
     Examples
@@ -78,10 +82,22 @@ def reshape_hint(shape: Any, event_shape: Any, name: str = "y", rows: str = "obs
     '; for 3 observations of one value each pass y.reshape(-1, 1)'
     >>> reshape_hint((2, 3), (6,)), reshape_hint((5,), (2,), "x", "models")
     ('; for one observation pass y.reshape(6)', '')
+    >>> reshape_hint((7, 3), (7,))
+    '; for 3 observations stored as columns pass y.T'
+    >>> reshape_hint((7, 3), (3, 7))  # doctest: +ELLIPSIS
+    '; for one observation with its two axes swapped pass y.T (y.reshape(3, 7) would...'
     """
     shape, event_shape = tuple(int(v) for v in shape), tuple(int(v) for v in event_shape)
     if len(shape) == 1 and event_shape == (1,) and shape[0] > 0:
         return f"; for {shape[0]} {rows} of one value each pass {name}.reshape(-1, 1)"
+    if len(shape) == 2 and event_shape == (shape[0],) and shape[1] not in (0, shape[0]):
+        return f"; for {shape[1]} {rows} stored as columns pass {name}.T"
+    if len(shape) == 2 and shape[0] != shape[1] and event_shape == shape[::-1]:
+        one = rows[:-1] if rows.endswith("s") else rows
+        return (
+            f"; for one {one} with its two axes swapped pass {name}.T ({name}.reshape"
+            f"({', '.join(map(str, event_shape))}) would scramble its values)"
+        )
     if math.prod(shape) == math.prod(event_shape):
         one = rows[:-1] if rows.endswith("s") else rows
         return f"; for one {one} pass {name}.reshape({', '.join(map(str, event_shape))})"
@@ -232,6 +248,91 @@ def as_seed(value: Any, name: str = "seed", *, optional: bool = True) -> int | N
             f"({type(value).__name__})"
         )
     return int(value)
+
+
+def check_type(value: Any, expected: type, name: str, hint: str = "") -> Any:
+    """Return ``value`` if it is an instance of ``expected``; else raise a ConfigError naming it.
+
+    The public functions that take a model, a configuration or a problem object call it first,
+    so a wrong argument (a dict for a :class:`~ppl_cvae.config.TrainConfig`, arguments in the
+    wrong order) is one line naming the argument instead of an AttributeError deep inside.
+
+    Parameters
+    ----------
+    value : object
+        The argument.
+    expected : type
+        The class it must be an instance of.
+    name : str
+        The argument, for the message (e.g. ``"fit()'s config"``).
+    hint : str, default ""
+        What to do, appended after a semicolon.
+
+    Returns
+    -------
+    object
+        ``value``, unchanged.
+
+    Raises
+    ------
+    ConfigError
+        If ``value`` is not an instance of ``expected``.
+
+    Examples
+    --------
+    >>> try:
+    ...     check_type({"num_epochs": 1}, int, "the count", "pass an int")
+    ... except ConfigError as err:
+    ...     print(err)
+    the count must be an int, got a dict; pass an int
+    """
+    if not isinstance(value, expected):
+        got = "None" if value is None else f"a {type(value).__name__}"
+        article = "an" if expected.__name__[:1] in "AEIOUaeiou" else "a"
+        raise ConfigError(
+            f"{name} must be {article} {expected.__name__}, got {got}"
+            + (f"; {hint}" if hint else "")
+        )
+    return value
+
+
+def resolve_seed(value: Any, name: str = "seed") -> int:
+    """Return ``value`` checked as a seed, or for None one drawn from torch's global RNG.
+
+    A sampler given no seed still runs on a seed it can record: the file's ``seed`` attribute
+    then reproduces its draws when passed back, and ``torch.manual_seed`` (or
+    ``pyro.set_rng_seed``) before the call reproduces them too, as for any Pyro code that
+    draws from the global RNG.
+
+    Parameters
+    ----------
+    value : int, NumPy integer, 0-d integer tensor or None
+        The seed, or None.
+    name : str, default "seed"
+        The argument, for the message.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**32 - 1]``.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`as_seed`.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(3)
+    >>> first = resolve_seed(None)
+    >>> _ = torch.manual_seed(3)
+    >>> resolve_seed(None) == first, resolve_seed(7)
+    (True, 7)
+    """
+    seed = as_seed(value, name)
+    if seed is None:
+        seed = int(torch.randint(MAX_SEED + 1, (), dtype=torch.int64))
+    return seed
 
 
 @contextlib.contextmanager

@@ -554,3 +554,67 @@ def test_device_message_fits_python_and_the_command_line(monkeypatch: Any) -> No
     with pytest.raises(ConfigError, match="CUDA is not available") as info:
         resolve_device("cuda")
     assert "device='cpu'" in str(info.value) and "--device cpu" in str(info.value)
+
+
+def test_objects_of_the_wrong_type_are_named(trained: Any, tmp_path: Any) -> None:
+    """Before: raw AttributeErrors from deep inside ("'dict' object has no attribute
+    'num_epochs'", "'PosixPath' object has no attribute 'config'"), against the README's
+    promise of one line naming the bad argument."""
+    from ppl_cvae import TrainConfig, fit
+    from ppl_cvae.train import save_checkpoint
+
+    cvae, _, x, y = trained
+    for call, fragment in (
+        (lambda: fit(cvae, x, y, {"num_epochs": 1}),
+         "fit()'s config must be a TrainConfig, got a dict; build it from a dict of settings "
+         "with TrainConfig(**settings)"),
+        (lambda: fit(cvae, x, y, None), "fit()'s config must be a TrainConfig, got None"),
+        (lambda: fit(None, x, y, TrainConfig()), "fit()'s cvae must be a CVAE, got None"),
+        (lambda: build_cvae({"x_shape": (3,)}, x, y),
+         "build_cvae()'s config must be a ModelConfig, got a dict"),
+        (lambda: save_checkpoint(cvae, tmp_path / "m.pt"),
+         "call save_checkpoint(path, cvae)"),
+        (lambda: save_checkpoint(tmp_path / "m.pt", None),
+         "save_checkpoint()'s cvae must be a CVAE, got None"),
+        (lambda: CVAEPosterior(None), "CVAEPosterior's cvae must be a CVAE, got None"),
+        (lambda: sample_posterior(cvae.state_dict(), y, 5),
+         "sample_posterior()'s cvae must be a CVAE, got a OrderedDict"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert fragment in str(info.value)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_y_given_to_an_unconditional_model_is_refused() -> None:
+    """Before: ignored in silence by build_cvae and fit (the user meant a CVAE)."""
+    from ppl_cvae import TrainConfig, fit
+
+    x = torch.randn(32, 3)
+    y = torch.randn(32, 2)
+    config = ModelConfig(x_shape=(3,), y_shape=None, latent_dim=1, hidden_dims=(4,),
+                         prior="standard_normal")
+    with pytest.raises(ShapeError, match=r"build_cvae got y of shape \(32, 2\) for an "
+                       "unconditional model"):  # fmt: skip
+        build_cvae(config, x, y)
+    vae = build_cvae(config, x, None)
+    with pytest.raises(ShapeError, match="fit got y of shape"):
+        fit(vae, x, y, TrainConfig(num_epochs=1), progress=False)
+
+
+def test_a_file_of_x_alone_names_the_python_route_and_that_route_fits(tmp_path: Any) -> None:
+    """``fit --data`` of a file without ``y`` said only "missing ['y']"; it now names the
+    Python calls that fit an unconditional VAE on ``x``, and those calls run as written."""
+    from ppl_cvae import TrainConfig, fit
+    from ppl_cvae.data.io import load_pairs
+
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    with pytest.raises(DataError, match=r"missing \['y'\]\); a file of x alone") as info:
+        load_pairs(tmp_path / "x.npz")
+    assert "y_shape=None, prior='standard_normal'), x, None)" in str(info.value)
+    x = torch.as_tensor(x)
+    vae = build_cvae(ModelConfig(x_shape=tuple(x.shape[1:]), y_shape=None,
+                                 prior="standard_normal", hidden_dims=(8,)), x, None)
+    result = fit(vae, x, None, TrainConfig(num_epochs=1, batch_size=32), progress=False)
+    assert len(result.history) >= 1

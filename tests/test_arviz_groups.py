@@ -520,14 +520,38 @@ def test_misfit_warning_is_silent_for_exact_draws_and_names_shifted_ones():
     assert message is not None and message.startswith("the draws misfit the data of 20 of 20")
 
 
+def test_misfit_warning_judges_the_draws_own_misfit_and_flags_overfitting_with_few_data():
+    """4 data: the predictive estimate's plausible range reached below 0 ([-0.26, 6.65] in the
+    ArviZ audit), so draws that fit the data exactly were never named. The draws' own misfit
+    (``sample_stats.chi2_per_datum``, as ``evaluate`` judges it) has a positive lower end:
+    exact draws pass, draws that solve ``A x = y`` (misfit 0: they fit the noise) are named."""
+    from inference.diagnostics.ppc import misfit_warning, plausible_chi2_range
+    from inference.exact import exact_posterior
+    from inference.sample import inference_data_from_draws
+
+    problem = LinearGaussian(x_dim=4, y_dim=4, noise_std=0.5)
+    gen = torch.Generator().manual_seed(0)
+    _, y = problem.simulate(5, gen)
+    assert plausible_chi2_range(4)[0] > 0
+    exact = exact_posterior(problem, y).sample(200, gen).float()  # (200, 5, 4)
+    assert misfit_warning(inference_data_from_draws(exact, y, problem=problem)) is None
+    solved = torch.linalg.solve(problem.matrix.double(), y.double().T).T.float()  # F(x) = y
+    tight = inference_data_from_draws(solved.expand(200, 5, 4), y, problem=problem)
+    message = misfit_warning(tight)
+    assert message is not None and message.startswith("the draws misfit the data of 5 of 5")
+    assert "(the draws' own misfit): the draws fit the noise" in message
+
+
 def test_refined_files_have_no_log_likelihood_and_latent_free_files_no_empty_z():
     """Refined draws are optimised, not sampled: their file has no log_likelihood group (PSIS-LOO
-    of them would win every az.compare), with the reason in ``log_likelihood_omitted``; the
+    of them would win every az.compare), with the reason in ``log_likelihood_omitted``; nor
+    have decoder means of a model with decoder noise (before: kept, ranked ~4 dse above exact
+    NUTS by az.compare in the ArviZ audit); the
     amortized file of the same model keeps it. A flow on x without a latent writes no ``z``
     (an empty ``latent`` dim broke ``az.extract``, ``az.plot_trace`` and ``az.plot_forest``).
     """
     from inference.refine import RefineConfig
-    from inference.sample import REFINED_NOT_SAMPLES, sample_posterior
+    from inference.sample import DECODER_MEANS_NOT_SAMPLES, REFINED_NOT_SAMPLES, sample_posterior
     from ppl_cvae import ModelConfig, build_cvae
 
     problem = LinearGaussian(x_dim=X_DIM, y_dim=Y_DIM, noise_std=NOISE)
@@ -545,3 +569,10 @@ def test_refined_files_have_no_log_likelihood_and_latent_free_files_no_empty_z()
                                    refine=RefineConfig(num_steps=5, max_misfit=None))
         assert "log_likelihood" not in refined.groups()
         assert refined.posterior.attrs["log_likelihood_omitted"] == REFINED_NOT_SAMPLES
+        if likelihood == "gaussian":  # decoder means are not draws of this model either
+            means = sample_posterior(cvae, y[:2], 20, problem=problem, seed=0,
+                                     decoder_noise=False)
+            assert "log_likelihood" not in means.groups()
+            assert means.posterior.attrs["log_likelihood_omitted"] == DECODER_MEANS_NOT_SAMPLES
+            assert means.posterior.attrs["inference_method"].endswith(
+                "x = decoder mean E[x|z,y]")

@@ -280,9 +280,13 @@ def test_fit_on_builtin_digits_as_cvae_and_vae(tmp_path, capsys):
     assert list(files["a"].groups()) == ["prior"]
     means = files["a"].prior["x"].values
     assert means.shape == (1, 6, 8, 8) and files["a"].prior["z"].shape == (1, 6, 8)
+    assert files["a"].prior["x"].dims == ("chain", "draw", "row", "column")  # not x_dim_0/1
     assert bool(((means > 0) & (means < 1)).all())  # Bernoulli pixel probabilities
     assert np.array_equal(means, files["b"].prior["x"].values)  # the seed repeats them
     assert set(np.unique(files["c"].prior["x"].values)) <= {0.0, 1.0}  # pixels drawn
+    attrs = files["c"].prior.attrs  # what reproduces the file (before: none of these)
+    assert (attrs["method"], attrs["seed"], attrs["num_samples"]) == ("generate", 3, 6)
+    assert (attrs["decoder_noise"], files["a"].prior.attrs["decoder_noise"]) == (1, 0)
     capsys.readouterr()
     assert main(["diagnose", str(tmp_path / "a.nc"), "--out", str(tmp_path / "rep")]) == 2
     assert "holds an unconditional VAE's draws of x (group 'prior')" in capsys.readouterr().err

@@ -170,6 +170,25 @@ def test_cli_names_a_user_simulator_that_returns_numpy(tmp_path, monkeypatch, ca
     assert not run.exists()  # a fresh fit that failed leaves nothing
 
 
+def test_simulate_says_when_its_seed_fixes_nothing(tmp_path, monkeypatch, caplog):
+    """A simulator that ignores its generator: ``fit`` warned, ``simulate --seed`` did not."""
+    _user_module(tmp_path, monkeypatch, "hostile_global_rng", """
+        class Global(Mine):
+            def sample_prior(self, num, generator=None):
+                return torch.randn(num, 2)  # the global RNG, not the generator
+
+        def make():
+            return Global()
+    """)
+    argv = ["simulate", "--problem", "hostile_global_rng:make", "--num", "4", "--seed", "3"]
+    assert main([*argv, "--out", str(tmp_path / "a.npz")]) == 0
+    assert "--seed does not fix the pairs written" in caplog.text
+    caplog.clear()
+    assert main(["simulate", "--problem", "linear_gaussian", "--num", "4", "--out",
+                 str(tmp_path / "b.npz")]) == 0  # fmt: skip
+    assert "does not fix" not in caplog.text
+
+
 def test_cli_trains_on_a_float64_simulator(tmp_path, monkeypatch, capsys):
     """float64 pairs (a NumPy-based simulator) are cast to float32, as data files are."""
     _user_module(tmp_path, monkeypatch, "hostile_double", """

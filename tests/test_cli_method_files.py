@@ -198,6 +198,7 @@ def test_misfit_remedy_follows_the_method(files, method):
 
     idata = az.from_netcdf(files["nuts"])
     idata.observed_data["y"] = idata.observed_data["y"] + 100.0  # data no draw explains
+    idata.sample_stats["chi2_per_datum"] = idata.sample_stats["chi2_per_datum"] + 1e4  # as y
     idata.posterior.attrs["method"] = method
     message = misfit_warning(idata)
     assert message is not None and message.startswith("the draws misfit the data of 2 of 2")

@@ -172,6 +172,34 @@ def test_same_seed_same_weights_through_the_python_api():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_unseeded_api_draws_record_the_seed_that_reproduces_them():
+    """``seed=None``: the seed is drawn from torch's global RNG and written, so passing it back
+    gives the same draws. Before: ``sample_posterior`` wrote no seed, ``sample_corrected``
+    wrote -1 (importance drew from the global RNG, NUTS ran seed 0)."""
+    from inference.sample import CorrectionConfig, sample_corrected, sample_posterior
+    from ppl_cvae import ModelConfig, build_cvae, make_problem
+
+    problem = make_problem("linear_gaussian")
+    x, y = problem.simulate(64, torch.Generator().manual_seed(1))
+    config = ModelConfig(x_shape=problem.x_shape, y_shape=problem.y_shape, hidden_dims=(8,),
+                         latent_dim=2)  # fmt: skip
+    cvae = build_cvae(config, x, y, problem=problem, seed=0)
+    importance = CorrectionConfig(method="importance", proposals=64)
+    for draw in (
+        lambda seed: sample_posterior(cvae, y[:2], 20, problem=problem, seed=seed),
+        lambda seed: sample_corrected(cvae, y[:2], 20, problem, importance, seed=seed)[0],
+    ):
+        first = draw(None)
+        seed = first.posterior.attrs["seed"]
+        assert 0 <= seed < 2**32
+        again = draw(seed)
+        np.testing.assert_array_equal(first.posterior["x"].values, again.posterior["x"].values)
+        torch.manual_seed(0)
+        seed_a = draw(None).posterior.attrs["seed"]
+        torch.manual_seed(0)
+        assert draw(None).posterior.attrs["seed"] == seed_a  # the global seed repeats it
+
+
 def test_ctrl_c_prints_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     def interrupted(tmp_dir, *args, **kwargs):
         (tmp_dir / "model.pt").write_text("half")

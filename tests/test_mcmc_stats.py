@@ -175,6 +175,28 @@ def test_one_chain_is_judged_by_its_halves():
     assert "observation 1: no R-hat, too few draws" in summary
 
 
+def test_chains_too_short_to_judge_do_not_pass():
+    """Of 4 mixed chains of 8 draws of 10 quantities the bound is about 1.48: an unmixed set
+    (R-hat 1.39 in the ArviZ audit) passed under it. A bound above 1.1 (Gelman-Rubin's classic
+    limit) now gives "too few draws to judge"; 200 draws per chain are judged (bound < 1.05)."""
+    from types import SimpleNamespace
+
+    from inference.mcmc import RHAT_JUDGE_LIMIT, chains_summary, rhat_passes
+
+    rng = np.random.default_rng(3)
+    short = rng.standard_normal((4, 8, 10))
+    rhat, _, bound = chain_checks(short)
+    assert bound > RHAT_JUDGE_LIMIT and rhat <= bound  # the chains look fine, but too short
+    assert not rhat_passes(rhat, bound)
+    rhat, _, bound = chain_checks(rng.standard_normal((4, 200, 10)))
+    assert bound < 1.05 and rhat_passes(rhat, bound)
+    run = SimpleNamespace(rhat=1.39, min_ess=30.0, seconds=1.0, rhat_threshold=1.398,
+                          converged=rhat_passes(1.39, 1.398))  # fmt: skip
+    summary, ok = chains_summary("NUTS", [run], "0 divergent transition(s)", "", "--warmup")
+    assert not ok
+    assert "observation 0: too few draws to judge, its R-hat bound 1.3980 is above 1.1" in summary
+
+
 def test_nuts_records_energy_steps_and_divergences_per_draw():
     """On a 4-D Gaussian posterior: ``energy - U(previous draw)`` is the refreshed kinetic
     energy ``|u|^2 / 2``, ``u ~ N(0, I_4)``: non-negative, mean 2 within 4 standard errors
@@ -319,7 +341,9 @@ def test_cli_nuts_passes_the_preconditioner(
                  "--out", str(out)]) == 0
     capsys.readouterr()
     assert seen == [expected]
-    assert load_inference_data(out).posterior.attrs["preconditioner"] == expected
+    attrs = load_inference_data(out).posterior.attrs
+    assert attrs["preconditioner"] == expected
+    assert attrs["adapt_mass_matrix"] == 0  # the default: the amortized covariance is kept
     assert main([*sample, "--method", "importance", "--preconditioner", "prior",
                  "--out", str(tmp_path / "is.nc")]) != 0
     assert "--preconditioner prior applies to --method nuts" in capsys.readouterr().err

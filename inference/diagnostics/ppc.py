@@ -429,11 +429,12 @@ def check_ppc(table: pd.DataFrame, *, num_sd: float = 4.0) -> list[str]:
                 if value > high
                 else "the draws fit the noise (or the noise is overstated)"
             )
-            count = "infinitely many" if draws is None else str(draws)
+            which = f"{m} data" + (
+                " (the draws' own misfit)" if draws is None else f" and {draws} draws"
+            )
             failures.append(
                 f"observation {int(row['observation'])}: chi2 per datum {value:.3f}, "
-                f"plausible range [{low:.3f}, {high:.3f}] for {m} data and {count} draws: "
-                f"{why}"
+                f"plausible range [{low:.3f}, {high:.3f}] for {which}: {why}"
             )
     return failures
 
@@ -441,12 +442,15 @@ def check_ppc(table: pd.DataFrame, *, num_sd: float = 4.0) -> list[str]:
 def misfit_warning(idata: InferenceData, *, max_draws: int = 1000) -> str | None:
     """Return a one-line warning when the draws of a posterior file misfit their data, else None.
 
-    :func:`run_ppc` then :func:`check_ppc` on the first ``max_draws`` draws of each chain:
-    for exact posterior draws the truth and a draw are exchangeable given ``y``, so a draw's
-    whitened misfit has the truth's law, ``chi2_m`` (mean ``m``, variance ``2 m``), and the
-    average over draws has mean 1 per datum and a variance of at most ``2 / m`` (plus the noise
-    of the ``S`` predictive draws); an observation outside :func:`plausible_chi2_range` (two-sided
-    probability 6.3e-5 for exact draws) is named. This is the check a
+    :func:`check_ppc` of the first ``max_draws`` draws of each chain: for exact posterior draws
+    the truth and a draw are exchangeable given ``y``, so a draw's whitened misfit has the
+    truth's law, ``chi2_m`` (mean ``m``, variance ``2 m``), and the average over draws has mean
+    1 per datum and a variance of at most ``2 / m``; an observation outside
+    :func:`plausible_chi2_range` (two-sided probability 6.3e-5 for exact draws) is named. The
+    draws' own misfit (``sample_stats.chi2_per_datum``) is judged where the file has it (the
+    range for infinitely many draws, as ``ppl-cvae evaluate`` judges), else the estimate from
+    the posterior predictive (:func:`run_ppc`, whose range widens by the noise of its ``S``
+    draws and reaches below 0 for few data). This is the check a
     user has, for the one observation at hand, that amortized draws are not the posterior
     (Gelman, Meng and Stern 1996, realized discrepancies).
 
@@ -468,11 +472,13 @@ def misfit_warning(idata: InferenceData, *, max_draws: int = 1000) -> str | None
         noise model, and otherwise at running the sampler longer.
     """
     groups = idata.groups()
-    if "posterior_predictive" not in groups or "observed_data" not in groups:
-        return None
     sub = idata.isel(draw=slice(0, max_draws), inplace=False)
     assert sub is not None  # inplace=False returns the new InferenceData
-    table = run_ppc(sub)
+    table = _exact_misfit_table(sub)
+    if table is None:
+        if "posterior_predictive" not in groups or "observed_data" not in groups:
+            return None
+        table = run_ppc(sub)
     if table.empty or not bool(table[table["data"] == "all"]["whitened"].all()):
         return None
     failures = check_ppc(table)
@@ -485,6 +491,36 @@ def misfit_warning(idata: InferenceData, *, max_draws: int = 1000) -> str | None
         f"({failures[0]}); exact posterior draws average 1 per datum: "
         f"{_MISFIT_REMEDY.get(method, _MISFIT_REMEDY['amortized'])} (ppl-cvae diagnose lists "
         "every observation)"
+    )
+
+
+def _exact_misfit_table(idata: InferenceData) -> pd.DataFrame | None:
+    """Return the draws' own misfit per observation as a :func:`check_ppc` table, or None.
+
+    From ``sample_stats.chi2_per_datum`` (``|L^-1 (F(x_s) - y)|^2 / m`` of each draw, written
+    with the file) averaged over draws, without the noise of predictive draws: its plausible
+    range is :func:`plausible_chi2_range` for infinitely many draws, the one ``ppl-cvae
+    evaluate`` judges by, and its lower end is positive for any ``m``. None where the file lacks
+    it, or whitened it by a noise-free problem's nominal ``misfit_std``.
+    """
+    if "sample_stats" not in idata.groups() or "observed_data" not in idata.groups():
+        return None
+    stat = idata["sample_stats"].get("chi2_per_datum")
+    y = idata["observed_data"].get("y")
+    if stat is None or y is None or "observation" not in stat.dims:
+        return None
+    if str(stat.attrs.get("whitened_by", "")).startswith("misfit_std"):
+        return None
+    per_obs = stat.mean([d for d in stat.dims if d != "observation"]).values
+    num_data = int(np.prod([n for d, n in y.sizes.items() if d != "observation"]))
+    return pd.DataFrame(
+        {
+            "observation": np.arange(len(per_obs)),
+            "data": "all",
+            "num_data": num_data,
+            "whitened": True,
+            "chi2_per_datum": per_obs,
+        }
     )
 
 

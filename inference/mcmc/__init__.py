@@ -120,11 +120,13 @@ from inference.mcmc.budget import (
     MIN_DRAWS_PER_CHAIN,
     MIN_EFFECTIVE_DRAWS_PER_CHAIN,
     NUTS_TAIL_EFFICIENCY,
+    RHAT_JUDGE_LIMIT,
     RHAT_THRESHOLD,
     ChainVerdict,
     chains_summary,
     nuts_draws_per_chain,
     preconditioner_draws,
+    rhat_passes,
     rhat_threshold,
 )
 from inference.mcmc.budget import _largest_rhat_quantile as _largest_rhat_quantile
@@ -148,6 +150,7 @@ __all__ = [
     "MCMCResult",
     "MIN_DRAWS_PER_CHAIN",
     "MIN_EFFECTIVE_DRAWS_PER_CHAIN",
+    "RHAT_JUDGE_LIMIT",
     "RHAT_THRESHOLD",
     "NUTS_TAIL_EFFICIENCY",
     "FLOAT32_POTENTIAL_TOLERANCE",
@@ -159,6 +162,7 @@ __all__ = [
     "nuts_draws_per_chain",
     "nuts_sample",
     "preconditioner_draws",
+    "rhat_passes",
     "rhat_threshold",
     "run_whitened_chain",
 ]

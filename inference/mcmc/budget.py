@@ -21,9 +21,11 @@ __all__ = [
     "MIN_DRAWS_PER_CHAIN",
     "MIN_EFFECTIVE_DRAWS_PER_CHAIN",
     "NUTS_TAIL_EFFICIENCY",
+    "RHAT_JUDGE_LIMIT",
     "RHAT_THRESHOLD",
     "ChainVerdict",
     "chains_summary",
+    "rhat_passes",
     "nuts_draws_per_chain",
     "preconditioner_draws",
     "rhat_threshold",
@@ -33,6 +35,13 @@ __all__ = [
 RHAT_THRESHOLD = 1.01
 """R-hat above which one quantity's chains have not mixed (Vehtari et al. 2021 recommend
 1.01); the bound for the largest over many quantities is :func:`rhat_threshold`."""
+
+RHAT_JUDGE_LIMIT = 1.1
+"""Largest R-hat bound a verdict is given under. Chains with an R-hat above 1.1 have not mixed
+by the classic rule (Gelman and Rubin 1992; Gelman et al. 2013, BDA3 11.4); when so few draws
+were taken that the bound of mixed chains (:func:`rhat_threshold`) lies above it, such chains
+would pass: the verdict is then "too few draws to judge" (:func:`rhat_passes`). For 4 chains
+of 10 quantities it takes about 20 draws per chain, for 1000 quantities about 30."""
 
 MIN_EFFECTIVE_DRAWS_PER_CHAIN = 100
 """The fewest effective draws per chain the R-hat bound is computed for
@@ -309,6 +318,21 @@ class ChainVerdict(Protocol):
         """Whether the chains passed the sampler's checks."""
 
 
+def rhat_passes(rhat: float, bound: float) -> bool:
+    """Return whether chains with largest R-hat ``rhat`` pass against their ``bound``.
+
+    ``rhat <= bound`` and ``bound <= RHAT_JUDGE_LIMIT`` (:data:`RHAT_JUDGE_LIMIT`): chains too
+    short to be judged (a bound above 1.1) do not pass, whatever their R-hat. NaN (too few draws
+    to split) never passes.
+
+    Examples
+    --------
+    >>> rhat_passes(1.03, 1.05), rhat_passes(1.39, 1.398), rhat_passes(float("nan"), 1.01)
+    (True, False, False)
+    """
+    return rhat <= bound <= RHAT_JUDGE_LIMIT
+
+
 def chains_summary(
     label: str,
     results: Sequence[ChainVerdict],
@@ -383,6 +407,12 @@ def chains_summary(
             where = (
                 f"observation {first}: R-hat {results[first].rhat:.4f} > its bound "
                 f"{results[first].rhat_threshold:.4f}"
+            )
+        elif any(r.rhat_threshold > RHAT_JUDGE_LIMIT for r in results):
+            short = max((r.rhat_threshold, i) for i, r in enumerate(results))[1]
+            where = (
+                f"observation {short}: too few draws to judge, its R-hat bound "
+                f"{results[short].rhat_threshold:.4f} is above {RHAT_JUDGE_LIMIT}"
             )
         else:
             where = "R-hat within its bound"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from inference.mcmc.budget import MIN_DRAWS_PER_CHAIN, RHAT_THRESHOLD
+from inference.mcmc.budget import MIN_DRAWS_PER_CHAIN, RHAT_THRESHOLD, rhat_passes
 from inference.mcmc.chains import _ChainJob, _run_chains
 from inference.mcmc.potential import (
     PotentialDtype,
@@ -96,8 +96,11 @@ class MCMCResult:
 
     @property
     def converged(self) -> bool:
-        """Whether ``rhat <= rhat_threshold`` and there were no divergences."""
-        return self.rhat <= self.rhat_threshold and self.divergences == 0
+        """Whether the R-hat passes and there were no divergences.
+
+        ``rhat <= rhat_threshold <= 1.1`` (:func:`~inference.mcmc.budget.rhat_passes`).
+        """
+        return rhat_passes(self.rhat, self.rhat_threshold) and self.divergences == 0
 
 
 def nuts_sample(

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ppl_cvae._atomic import check_output_folder, check_output_path
 from ppl_cvae._memory import check_memory
 from ppl_cvae.errors import ConfigError, OutputError
+
+log = logging.getLogger("ppl_cvae")
 
 
 def _problem_from_args(
@@ -175,7 +179,11 @@ def _load_run(args: argparse.Namespace, *, unconditional: bool = False) -> tuple
         args.functions = functions
     if getattr(args, "problem", None):
         problem, reference = _problem_from_args(args)
-    cvae, meta = load_checkpoint(args.run_dir, problem=problem)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cvae, meta = load_checkpoint(args.run_dir, problem=problem)
+    for warning in caught:  # a --problem unlike the fitted one: a warning line, as others are
+        log.warning("%s", warning.message)
     meta["problem_record"] = reference if problem is not None else meta.get("problem_spec")
     if cvae.config.y_shape is None and not unconditional:  # config.conditional False
         raise ConfigError(

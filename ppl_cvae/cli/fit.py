@@ -973,11 +973,19 @@ def _fit_into(
     if args.data and problem is None and cvae.data_layout is None:
         _keep_data_layout(cvae, args.data)
     classes = getattr(args, "dataset_classes", None)
-    if args.dataset and args.condition == "label" and classes and cvae.data_layout is None:
+    if args.dataset and cvae.data_layout is None and len(cvae.config.x_shape) == 2:
         from ppl_cvae.data.layout import DataLayout
 
-        # y is the one-hot class: the posterior files name its entries by the class names
-        cvae.set_data_layout(DataLayout(y_dims=("class",), coords={"class": tuple(classes)}))
+        # images: pixel rows and columns (ArviZ's x_dim_0/x_dim_1 otherwise); y, the one-hot
+        # class of a label-conditional run, names its entries by the class names
+        labelled = args.condition == "label" and bool(classes)
+        cvae.set_data_layout(
+            DataLayout(
+                x_dims=("row", "column"),
+                y_dims=("class",) if labelled else None,
+                coords={"class": tuple(classes)} if labelled else {},
+            )
+        )
     place_forward_operator(cvae, problem, device)
     simulator = _simulator(args, problem) if problem is not None else None
     if args.stream:

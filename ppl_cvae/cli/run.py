@@ -20,6 +20,10 @@ from ppl_cvae.cli.common import _check_utf8_paths
 from ppl_cvae.cli.parser import build_parser
 from ppl_cvae.errors import PplCvaeError
 
+# loaded with this module, while ppl_cvae.cli.main holds a Ctrl-C back: an import in main()
+# below (Pyro and the training modules, seconds) would meet a Ctrl-C with a traceback
+from ppl_cvae.train.distributed import shut_down_owned_group
+
 __all__ = ["main"]
 
 
@@ -38,8 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     could deadlock in torch's gloo process group destructor
     (:func:`~ppl_cvae.train.distributed.shut_down_owned_group`).
     """
-    from ppl_cvae.train.distributed import shut_down_owned_group
-
     try:
         status = _main(argv)
     except BaseException as err:

@@ -367,6 +367,11 @@ def _generate(
         "run_dir": str(args.run_dir),
         "command": "ppl-cvae sample",
         "kind": "draws of the unconditional VAE's generative model p(x)",
+        "method": "generate",
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "decoder_noise": int(vae.samples_decoder_noise if args.decoder_noise == "auto"
+                             else args.decoder_noise == "sample"),
     }
     problem = meta.get("problem")
     idata = generated_inference_data(vae, draws, names=problem, attrs=attrs)

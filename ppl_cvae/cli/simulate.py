@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import torch
 
 from ppl_cvae.cli.common import _check_new_file, _check_simulation_memory, _problem_from_args
+
+log = logging.getLogger("ppl_cvae")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -24,6 +27,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         problem.simulate, problem.x_shape, problem.y_shape, f"problem {problem.name!r}"
     )
     x, y = simulate(args.num, torch.Generator().manual_seed(args.seed))
+    if not simulate.is_reproducible():  # as fit says it
+        log.warning(
+            "%s does not give the same pairs for the same generator (it draws from another "
+            "RNG): --seed does not fix the pairs written",
+            simulate.source,
+        )
     assert y is not None  # a conditional problem: the checked simulator returns y
     save_pairs(out, x, y, overwrite=args.overwrite, written_by="ppl-cvae simulate")
     print(f"wrote {args.num} pairs x {tuple(x.shape[1:])}, y {tuple(y.shape[1:])} to {out}")

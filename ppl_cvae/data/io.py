@@ -58,6 +58,7 @@ __all__ = [
     "load_bounds",
     "load_pairs",
     "save_pairs",
+    "x_only_hint",
     "load_observations",
     "npz_written_by",
     "check_pairs_dim",
@@ -441,7 +442,7 @@ def _read_npz(
             if missing:
                 raise DataError(
                     f"{str(path)!r} has arrays {sorted(members)}; expected {list(required)} "
-                    f"(missing {missing})"
+                    f"(missing {missing})" + x_only_hint(missing)
                 )
             for key in required + tuple(k for k in optional if k in members):
                 where = f"{key} in "
@@ -599,7 +600,7 @@ def _read_nc(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         if "missing" in reply:
             raise DataError(
                 f"{str(path)!r} has variables {reply['names']}; expected {list(keys)} "
-                f"(missing {reply['missing']})"
+                f"(missing {reply['missing']})" + x_only_hint(reply["missing"])
             )
         dims = reply.get("dims", {})
         if "x" in dims and "y" in dims:
@@ -893,6 +894,26 @@ def _read_npy_folder(path: Path) -> dict[str, np.ndarray]:
                 f"cannot read {str(file)!r} as .npy: {type(err).__name__}: {err}"
             ) from err
     return arrays
+
+
+def x_only_hint(missing: Any) -> str:
+    """Return the hint for a file that lacks only ``y``: how to fit ``x`` alone, else "".
+
+    The command line fits pairs; a file of models without observations trains an
+    unconditional VAE through the Python API.
+
+    Examples
+    --------
+    >>> x_only_hint(["x", "y"])
+    ''
+    """
+    if list(missing) != ["y"]:
+        return ""
+    return (
+        "; a file of x alone (no observations) fits an unconditional VAE in Python: "
+        "vae = build_cvae(ModelConfig(x_shape=tuple(x.shape[1:]), y_shape=None, "
+        "prior='standard_normal'), x, None), then fit(vae, x, None, TrainConfig(...))"
+    )
 
 
 def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,6 +57,7 @@ from ppl_cvae.data.io import (
     _ResolutionScan,
     _to_float32,
     check_pairs_dim,
+    x_only_hint,
 )
 from ppl_cvae.data.standardise import Standardiser
 from ppl_cvae.errors import DataError, ShapeError
@@ -427,6 +428,7 @@ class _XarrayPairs(LazyPairs):
             self._ds.close()
             raise DataError(
                 f"{str(path)!r} has variables {names}; expected ['x', 'y'] (missing {missing})"
+                + x_only_hint(missing)
             )
         shapes, dtypes = {}, {}
         for name in ("x", "y"):

@@ -21,6 +21,10 @@ A checkpoint is one ``torch.save`` file holding a dict with exactly these keys:
                           ``x`` and ``y`` (:meth:`DataLayout.to_record
                           <ppl_cvae.data.layout.DataLayout.to_record>`, JSON-like) of a model
                           fitted on a NetCDF file or Zarr store that names them
+``problem_check``         optional: the problem's fingerprint (:func:`problem_fingerprint
+                          <ppl_cvae.problems.fingerprint.problem_fingerprint>`: its forward
+                          operator, prior density and noise on two probe models), written
+                          when the model is saved with a problem that can be evaluated
 ========================  =========================================================
 
 Format ``v1`` (ppl_cvae 0.1 and 0.2) is read too: its weights had the flat names of a
@@ -61,12 +65,21 @@ imported. When a referenced problem cannot be rebuilt (refused, not importable, 
 fails) the model still loads, ``meta["problem"]`` is None and ``meta["problem_error"]`` says
 why and how to supply the problem: ``--problem package.module:factory`` on the command line,
 ``load_checkpoint(path, problem=...)`` in Python.
+
+A problem is only as fixed as the code behind its record: a user's module can change after
+the fit (another default noise level, an edited forward operator). So the problem is also
+evaluated on two probe models when it is saved (``problem_check``) and again when it is
+loaded (:mod:`ppl_cvae.problems.fingerprint`). A rebuilt problem that differs is not used
+(``meta["problem"]`` None, ``meta["problem_error"]`` names what changed: refit, or pass the
+problem explicitly); a problem passed explicitly whose noise or misfit scale differs is used,
+with a warning (its code is not run: it may count its calls).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,7 +89,7 @@ import torch
 from ppl_cvae._atomic import atomic_path
 from ppl_cvae._memory import check_memory
 from ppl_cvae._version import __version__
-from ppl_cvae.checks import seeded_rng, shape_mismatch
+from ppl_cvae.checks import check_type, seeded_rng, shape_mismatch
 from ppl_cvae.config import (
     ModelConfig,
     _show,
@@ -95,6 +108,11 @@ from ppl_cvae.errors import (
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import check_problem
 from ppl_cvae.problems.base import Problem
+from ppl_cvae.problems.fingerprint import (
+    check_fingerprint,
+    fingerprint_changes,
+    problem_fingerprint,
+)
 from ppl_cvae.problems.registry import rebuild_problem
 
 __all__ = [
@@ -145,7 +163,7 @@ CHECKPOINT_KEYS = (
 """Keys of a checkpoint dict; a file with any other set of keys (beyond
 :data:`OPTIONAL_KEYS`) is refused."""
 
-OPTIONAL_KEYS = ("training_x_range", "data_layout")
+OPTIONAL_KEYS = ("training_x_range", "data_layout", "problem_check")
 """Keys a checkpoint may hold or lack (files written before them lack them)."""
 
 MAX_RECORD_ITEMS = 2**20
@@ -283,7 +301,8 @@ def save_checkpoint(
         Stored as its :meth:`~ppl_cvae.problems.base.Problem.spec` when ``problem_ref`` is not
         given, so that loading rebuilds the forward operator; a problem whose ``spec()`` raises
         (e.g. Two Birds with user functions) or is not a JSON-like dict with a ``"name"`` is
-        stored as None.
+        stored as None. Its fingerprint is stored too (``problem_check``, see the module
+        docstring), so that loading can tell whether the problem it gets is this one.
     problem_ref : Mapping, optional
         ``{"name": "package.module:factory", **kwargs}``: the factory reference and the
         JSON-like keyword arguments the problem was built with (the CLI's ``--problem`` and
@@ -300,8 +319,9 @@ def save_checkpoint(
     Raises
     ------
     ConfigError
-        If ``problem_ref`` has no string ``"name"`` or is not JSON-like, or ``extra`` is not a
-        JSON-like dict.
+        If ``cvae`` is not a :class:`~ppl_cvae.models.cvae.CVAE` (a model given as ``path``
+        is named: the arguments are ``(path, cvae)``), ``problem_ref`` has no string ``"name"``
+        or is not JSON-like, or ``extra`` is not a JSON-like dict.
     CheckpointError
         If a weight or buffer of ``cvae`` is NaN or infinite (the file could not be loaded).
 
@@ -316,6 +336,12 @@ def save_checkpoint(
     >>> loaded.config == cvae.config, meta["problem"] is None
     (True, True)
     """
+    if isinstance(path, CVAE):
+        raise ConfigError(
+            "save_checkpoint's first argument is the path and its second the model: call "
+            "save_checkpoint(path, cvae)"
+        )
+    check_type(cvae, CVAE, "save_checkpoint()'s cvae")
     record: dict[str, Any] | None = None
     if problem_ref is not None:
         try:
@@ -359,6 +385,9 @@ def save_checkpoint(
         payload["training_x_range"] = torch.stack(cvae.training_x_range)
     if cvae.data_layout is not None:
         payload["data_layout"] = cvae.data_layout.to_record()
+    fingerprint = problem_fingerprint(problem) if problem is not None else None
+    if fingerprint is not None:
+        payload["problem_check"] = fingerprint
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -657,8 +686,11 @@ def load_checkpoint(
     meta : dict
         ``"version"`` (str), ``"problem"`` (Problem or None), ``"problem_error"`` (None when
         ``problem`` is set, else one line saying why there is no problem and how to supply
-        it: raise it where a problem is needed), ``"problem_spec"`` (the stored record or
-        None) and ``"extra"`` (dict).
+        it: raise it where a problem is needed; a rebuilt problem whose fingerprint differs
+        from the stored one is not used, and this line names what changed),
+        ``"problem_changes"`` (list of str: what differs between the problem and the stored
+        fingerprint, empty when nothing does or nothing was stored), ``"problem_spec"`` (the
+        stored record or None) and ``"extra"`` (dict).
 
     Raises
     ------
@@ -669,7 +701,8 @@ def load_checkpoint(
         not a dict of tensors, ``misfit_std`` not a finite number > 0, ``problem`` not None or
         a JSON-like record with a ``"name"``, ``extra`` not a JSON-like dict); the
         configuration is past the size limits of :mod:`ppl_cvae.config`; a tensor is
-        missing, unexpected, of the wrong shape or dtype, NaN or infinite; a registered
+        missing, unexpected, of the wrong shape or dtype, NaN or infinite; ``problem_check``
+        is malformed (:func:`~ppl_cvae.problems.fingerprint.check_fingerprint`); a registered
         problem cannot be built from its record or does not fit the model; the model needs
         its problem's ``coefficient_transform()`` and has none.
     ShapeError
@@ -679,6 +712,14 @@ def load_checkpoint(
         If ``problem`` is given and is not a :class:`~ppl_cvae.problems.base.Problem`.
     ResourceError
         If the file or the model does not fit in the memory this process may take.
+
+    Warns
+    -----
+    UserWarning
+        If ``problem`` is given for a conditional model and its noise or misfit scale differs
+        from the stored fingerprint's (its code is not run: a rebuilt problem's forward
+        operator and prior density are compared too, an unconditional model's prior density
+        alone); it is used all the same.
 
     Notes
     -----
@@ -711,15 +752,34 @@ def load_checkpoint(
     if stored_range is not None:
         stored_range = _checked_range(stored_range, config, name)
     layout = _checked_layout(payload.get("data_layout"), config, name)
+    fingerprint = payload.get("problem_check")
+    if fingerprint is not None:
+        reason = check_fingerprint(fingerprint, config.x_shape, config.y_shape)
+        if reason is not None:
+            raise CheckpointError(f"checkpoint {name!r}: problem_check {reason}")
     check_model_memory(config, training=False)
 
     record = payload["problem"]
     problem_error: str | None = None
+    changes: list[str] = []
     if problem is not None:
         problem = check_problem(problem, "the problem= argument")
         mismatch = shape_mismatch(problem, config)
         if mismatch is not None:
             raise ShapeError(f"the problem passed for {name!r} ({problem.name!r}) {mismatch}")
+        # the noise alone (no problem code runs on a problem the caller chose), and nothing
+        # for an unconditional model, which never sees the data
+        changes = (
+            fingerprint_changes(problem, fingerprint, parts=("noise",))
+            if fingerprint is not None and config.conditional
+            else []
+        )
+        if changes:
+            warnings.warn(
+                f"the problem passed for {name!r} ({problem.name!r}) is not the one the model "
+                f"was fitted with: {'; '.join(changes)}; it is used as passed",
+                stacklevel=2,
+            )
     elif record is None:
         problem_error = (
             f"checkpoint {name!r} stores no problem (fitted on data, or its problem could not "
@@ -727,6 +787,20 @@ def load_checkpoint(
         )
     else:
         problem, problem_error = _rebuild(dict(record), config, name)
+        parts = ("noise", "forward", "prior") if config.conditional else ("prior",)
+        changes = (
+            fingerprint_changes(problem, fingerprint, parts=parts)
+            if problem is not None and fingerprint is not None
+            else []
+        )
+        if changes:
+            problem_error = (
+                f"problem {record['name']!r} rebuilt for {name!r} is not the one the model was "
+                f"fitted with ({'; '.join(changes)}): its code or defaults changed since the "
+                "fit; refit, or supply the problem explicitly to use it as it is now (--problem "
+                "package.module:factory, or load_checkpoint(..., problem=...))"
+            )
+            problem = None
 
     transform = None
     if config.constrained_coefficients:
@@ -766,6 +840,7 @@ def load_checkpoint(
         "version": payload["version"],
         "problem": problem,
         "problem_error": problem_error,
+        "problem_changes": changes,
         "problem_spec": record,
         "extra": payload["extra"],
     }

@@ -22,7 +22,7 @@ from pyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
 from ppl_cvae._atomic import atomic_path
-from ppl_cvae.checks import as_real_tensor, as_seed, seeded_rng, shape_text
+from ppl_cvae.checks import as_real_tensor, as_seed, check_type, seeded_rng, shape_text
 from ppl_cvae.config import ModelConfig, ModelOverrides, Overrides, TrainConfig, TrainOverrides
 from ppl_cvae.data.box import BoxTransform, support_box
 from ppl_cvae.data.standardise import Standardiser
@@ -107,6 +107,19 @@ class FitResult:
     distributed: dict[str, Any] | None = None
 
 
+_DICT_HINT = "build it from a dict of settings with {0}(**settings)"
+
+
+def _refuse_y_of_unconditional(config: ModelConfig, y: Any, where: str) -> None:
+    """Refuse a ``y`` given for an unconditional model (it would be ignored in silence)."""
+    if y is not None and not config.conditional:
+        raise ShapeError(
+            f"{where} got y of shape {tuple(getattr(y, 'shape', ()))} for an unconditional model "
+            "(config.y_shape is None), which would ignore it: pass y=None to model x alone, or "
+            "set ModelConfig(y_shape=...) to condition on y"
+        )
+
+
 def build_cvae(
     config: ModelConfig,
     x: torch.Tensor,
@@ -163,9 +176,11 @@ def build_cvae(
     Raises
     ------
     ShapeError
-        If ``x`` or ``y`` do not match the configuration, or hold different numbers of pairs.
+        If ``x`` or ``y`` do not match the configuration, or hold different numbers of pairs;
+        if ``y`` is given for an unconditional configuration (``y_shape`` None).
     ConfigError
-        If ``seed`` is not None or an int in ``[0, 2**32 - 1]``
+        If ``config`` is not a :class:`~ppl_cvae.config.ModelConfig`; if ``seed`` is not None
+        or an int in ``[0, 2**32 - 1]``
         (:func:`~ppl_cvae.checks.as_seed`); if ``problem`` declares a support that the
         decoder's draws cannot hold: a discrete one with a density on ``R^n``, or one
         without the codes of a facies decoder
@@ -182,8 +197,10 @@ def build_cvae(
         ``p(x)``); if every ``x`` is one of a few integer codes and the likelihood is a
         density on ``R^n``.
     """
+    check_type(config, ModelConfig, "build_cvae()'s config", _DICT_HINT.format("ModelConfig"))
     seed = as_seed(seed)
     x, y = _as_tensor(x, "x"), _as_tensor(y, "y")
+    _refuse_y_of_unconditional(config, y, "build_cvae")
     if tuple(x.shape[1:]) != config.x_shape:
         raise ShapeError(
             f"x has shape {tuple(x.shape)}; config expects {shape_text('N', config.x_shape)}"
@@ -912,7 +929,9 @@ def fit(
     Raises
     ------
     ConfigError
-        If ``device`` is not available here (e.g. ``"cuda"`` without CUDA), neither data, a
+        If ``cvae`` is not a :class:`~ppl_cvae.models.cvae.CVAE` or ``config`` not a
+        :class:`~ppl_cvae.config.TrainConfig`; if ``device`` is not available here (e.g.
+        ``"cuda"`` without CUDA), neither data, a
         batch source nor a simulator with ``config.resimulate`` are given, both data and a
         batch source are given, checkpoints are asked of a batch source without a position,
         ``physics_weight > 0`` without a forward operator, or an SVI step's loss is not
@@ -921,8 +940,8 @@ def fit(
         If ``resume_from`` belongs to another run (configuration, data or model differ) or
         its data stream does not replay.
     ShapeError
-        If ``x``/``y`` do not match the model, or no training pairs are left after the
-        validation split.
+        If ``x``/``y`` do not match the model (``y`` given to an unconditional model among
+        them), or no training pairs are left after the validation split.
     DataError
         If ``x`` or ``y`` hold NaN or inf (raised by :meth:`CVAE.check_finite`).
 
@@ -966,10 +985,13 @@ def fit(
     records the generator state at each epoch's start, saves after steps and epochs, and on
     resume replays the interrupted epoch's draws and skips its finished steps.
     """
+    check_type(cvae, CVAE, "fit()'s cvae", "build it with build_cvae(model_config, x, y)")
+    check_type(config, TrainConfig, "fit()'s config", _DICT_HINT.format("TrainConfig"))
     if x is None and batches is None and not (simulator is not None and config.resimulate):
         raise ConfigError(
             "fit needs training pairs, a batch source, or a simulator with resimulate=True"
         )
+    _refuse_y_of_unconditional(cvae.config, y, "fit")
     # pairs of another real dtype (NumPy's float64, integers) train in the model's own
     x = _in_model_dtype(cvae, _as_tensor(x, "x"))
     if isinstance(x, torch.Tensor):  # codes a facies decoder cannot model fail in Pyro's indexing
