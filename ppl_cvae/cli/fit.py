@@ -983,7 +983,7 @@ def _fit_into(
             DataLayout(
                 x_dims=("row", "column"),
                 y_dims=("class",) if labelled else None,
-                coords={"class": tuple(classes)} if labelled else {},
+                coords={"class": tuple(classes or ())} if labelled else {},
             )
         )
     place_forward_operator(cvae, problem, device)
