@@ -82,6 +82,10 @@ def test_a_user_module_changed_after_the_fit_is_not_used_in_silence(
         err = capsys.readouterr().err
         assert "is not the one the model was fitted with (noise_std 0.05 -> 0.5" in err
         assert not (tmp_path / "b.nc").exists()
+        caplog.clear()  # evaluate goes on without the problem, and says what it lacks
+        assert main(["evaluate", str(run), "--data", str(obs), "--num-samples", "20", "--out",
+                     str(tmp_path / "ev"), *common]) == 0  # fmt: skip
+        assert "the report has no data misfit and no exact posterior: problem" in caplog.text
         # named explicitly, the changed problem is the user's choice: used, with a warning
         caplog.clear()
         assert main([*sample, "--method", "importance", "--out", str(tmp_path / "c.nc"),

@@ -193,6 +193,21 @@ def _load_run(args: argparse.Namespace, *, unconditional: bool = False) -> tuple
     return cvae, meta
 
 
+def _warn_problem_unavailable(meta: dict[str, Any], lacks: str) -> None:
+    """Warn when the run recorded a problem that was not rebuilt: say what the output lacks.
+
+    ``lacks`` names what the command's output has no means to compute without it (e.g. "no
+    posterior predictive, log-likelihood, dim names or units"); the loader's
+    ``problem_error`` says why (not importable, refused, changed since the fit).
+    """
+    if meta.get("problem") is None and meta.get("problem_spec") is not None:
+        log.warning(
+            "the run's problem is not available, so %s: %s",
+            lacks,
+            meta.get("problem_error") or "it could not be rebuilt",
+        )
+
+
 PATH_ARGS = (
     "out",
     "data",

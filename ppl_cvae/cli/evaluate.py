@@ -19,7 +19,13 @@ import torch
 from ppl_cvae._atomic import atomic_dir, atomic_path
 from ppl_cvae._json import dumps_strict, finite_or_null
 from ppl_cvae._memory import check_memory
-from ppl_cvae.cli.common import _check_new_file, _check_one_hot, _check_out_dir, _load_run
+from ppl_cvae.cli.common import (
+    _check_new_file,
+    _check_one_hot,
+    _check_out_dir,
+    _load_run,
+    _warn_problem_unavailable,
+)
 from ppl_cvae.device import resolve_device
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
 
@@ -72,6 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cvae.to(resolve_device(args.device))
     config = cvae.config
     problem = meta["problem"]
+    _warn_problem_unavailable(meta, "the report has no data misfit and no exact posterior")
     x, y = load_pairs(args.data)
     if tuple(x.shape[1:]) != config.x_shape or tuple(y.shape[1:]) != config.y_shape:
         raise ShapeError(

@@ -17,7 +17,12 @@ import math
 from pathlib import Path
 from typing import Any, cast
 
-from ppl_cvae.cli.common import _check_new_file, _check_one_hot, _load_run
+from ppl_cvae.cli.common import (
+    _check_new_file,
+    _check_one_hot,
+    _load_run,
+    _warn_problem_unavailable,
+)
 from ppl_cvae.cli.defaults import (
     DEFAULT_CHAINS,
     DEFAULT_FACIES_MOVES,
@@ -213,13 +218,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     if method == "amortized":
         problem = meta["problem"]
-        if problem is None and meta.get("problem_spec") is not None:
-            # a problem was recorded but not rebuilt: say what the file will lack, and why
-            log.warning(
-                "the run's problem is not available, so the posterior file has no posterior "
-                "predictive, log-likelihood, dim names or units: %s",
-                meta.get("problem_error") or "it could not be rebuilt",
-            )
+        _warn_problem_unavailable(
+            meta,
+            "the posterior file has no posterior predictive, log-likelihood, dim names or units",
+        )
     else:
         problem = _need_problem(meta, f"--method {method}")
     if problem is not None and cvae.data_layout is not None:
