@@ -17,7 +17,7 @@ import torch
 
 from ppl_cvae import ModelConfig
 from ppl_cvae.cli import main
-from ppl_cvae.errors import CheckpointError
+from ppl_cvae.errors import CheckpointError, NoPriorDensityError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems import LinearGaussian
 from ppl_cvae.problems.fingerprint import fingerprint_changes, problem_fingerprint
@@ -130,7 +130,7 @@ def test_files_without_a_fingerprint_load_and_forged_ones_are_refused(tmp_path):
     path = _saved(tmp_path, problem)
     payload = torch.load(path, weights_only=True)
     assert sorted(payload["problem_check"]) == ["forward", "log_prior", "misfit_std",
-                                                "noise_std", "x"]  # fmt: skip
+                                                "noise_std", "x", "x_seeded"]  # fmt: skip
     del payload["problem_check"]  # a file written before fingerprints
     torch.save(payload, path)
     _, meta = load_checkpoint(path)
@@ -151,3 +151,56 @@ def test_a_problem_that_cannot_be_evaluated_is_saved_without_a_fingerprint(tmp_p
     assert problem_fingerprint(Broken(x_dim=3, y_dim=4)) is None
     path = _saved(tmp_path, Broken(x_dim=3, y_dim=4))
     assert "problem_check" not in torch.load(path, weights_only=True)
+
+
+def test_the_second_audits_misses_are_caught():
+    """What the fingerprint audit changed after the fit and nothing noticed: a float32-only
+    forward (no fingerprint at all), a small-magnitude block of the data beside a large one
+    (within 1e-5 of the largest |F|), a log_prior without has_prior_density (importance
+    sampling calls it), a prior given by its sampler alone."""
+
+    class Float32(LinearGaussian):
+        def forward(self, x):
+            return x @ self.matrix.float().T  # raises for float64 models
+
+    base = Float32(x_dim=3, y_dim=4, noise_std=0.3, seed=1)
+    record = problem_fingerprint(base)
+    assert record is not None
+    assert fingerprint_changes(Float32(x_dim=3, y_dim=4, noise_std=0.3, seed=1), record) == []
+    scaled = Float32(x_dim=3, y_dim=4, noise_std=0.3, seed=1)
+    scaled.matrix = scaled.matrix * 1.1
+    assert fingerprint_changes(scaled, record)[0].startswith("F(x) of the stored probe")
+
+    class Joint(LinearGaussian):  # datum 0 about 1e-2 (sd 1e-3), the others about 1e4
+        scale = 1.0
+
+        def forward(self, x):
+            out = super().forward(x) * 1e4
+            return torch.cat([out[..., :1] * 1e-6 * self.scale, out[..., 1:]], -1)
+
+    joint = Joint(x_dim=3, y_dim=4, noise_std=0.3, seed=1)
+    joint.noise_cov = torch.diag(torch.tensor([1e-6, 1e6, 1e6, 1e6]))
+    record = problem_fingerprint(joint)
+    assert fingerprint_changes(joint, record) == []
+    joint.scale = 2.0
+    assert fingerprint_changes(joint, record)[0].startswith("F(x) of the stored probe")
+
+    class Undeclared(LinearGaussian):
+        has_prior_density = False  # log_prior written, the flag left False
+
+    record = problem_fingerprint(Undeclared(x_dim=3, y_dim=4, seed=1))
+    assert "log_prior" in record
+    wider = Undeclared(x_dim=3, y_dim=4, seed=1, prior_std=2.0)
+    assert any(c.startswith("log prior density") for c in fingerprint_changes(wider, record))
+
+    class SamplerOnly(LinearGaussian):
+        has_prior_density = False
+
+        def log_prior(self, x):
+            raise NoPriorDensityError("sampler only")
+
+    record = problem_fingerprint(SamplerOnly(x_dim=3, y_dim=4, seed=1))
+    assert "log_prior" not in record and "x_seeded" in record
+    assert fingerprint_changes(SamplerOnly(x_dim=3, y_dim=4, seed=1), record) == []
+    wider = SamplerOnly(x_dim=3, y_dim=4, seed=1, prior_std=2.0)
+    assert "the prior's draws for seed 0 differ" in fingerprint_changes(wider, record)

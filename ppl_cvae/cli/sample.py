@@ -47,7 +47,9 @@ def _need_problem(meta: dict[str, Any], what: str) -> Any:
     reason = meta.get("problem_error") or (
         "the run was fitted on a data file without a problem; name it with --problem"
     )
-    raise ConfigError(f"{what} needs the problem's forward operator: {reason}")
+    raise ConfigError(
+        f"{what} needs the run's problem (its prior, forward operator and noise): {reason}"
+    )
 
 
 REFINE_DEFAULTS = {"oversample": 4, "max_misfit": 1.0, "refine_steps": 300, "refine_lr": 0.1}
@@ -376,6 +378,8 @@ def _generate(
                              else args.decoder_noise == "sample"),
     }
     problem = meta.get("problem")
+    if vae.data_layout is None:  # the problem gives the dim names and units, if anything
+        _warn_problem_unavailable(meta, "the file has no dim names or units")
     idata = generated_inference_data(vae, draws, names=problem, attrs=attrs)
     save_inference_data(idata, out)
     print(

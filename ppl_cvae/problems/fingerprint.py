@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ppl_cvae.checks import seeded_rng
+from ppl_cvae.errors import NoPriorDensityError
 
 __all__ = [
     "PROBE_MODELS",
@@ -43,6 +44,10 @@ they move by more than this relative amount (log densities: relative to ``max(1,
 _MAX_DATA = 2**24
 """Most data per probe model a stored fingerprint may hold (a forged file is refused)."""
 
+_NOISE_FRACTION = 1e-2
+"""A forward value also passes when it moves by at most this fraction of its datum's noise sd
+(``noise_cov``'s diagonal, else ``noise_std``, else ``misfit_std``): nothing a posterior sees."""
+
 _COV_PROBES = 2
 """Number of fixed random vectors ``v`` whose quadratic forms ``v^T C_e v`` summarise the noise
 covariance (with its diagonal), so that a large covariance is not stored whole."""
@@ -58,9 +63,37 @@ def _noise_summary(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _forward64(problem: Any, x: torch.Tensor) -> torch.Tensor:
-    """Return ``F(x)`` in float64 on the CPU, ``x`` given in float64 (as NUTS evaluates it)."""
+    """Return ``F(x)`` in float64 on the CPU, ``x`` float64 (as NUTS evaluates it).
+
+    A forward operator that takes float32 only (its matrices in float32, as fit and the
+    amortized draws use it) is evaluated on ``x`` cast to float32 instead.
+    """
     with torch.no_grad():
-        return torch.as_tensor(problem.forward(x)).detach().to("cpu", torch.float64)
+        try:
+            value = problem.forward(x)
+        except (Exception, SystemExit):  # e.g. a float32 matrix times float64 models
+            value = problem.forward(x.float())
+        return torch.as_tensor(value).detach().to("cpu", torch.float64)
+
+
+def _log_prior64(problem: Any, x: torch.Tensor) -> torch.Tensor:
+    """Return ``log p(x)`` in float64 on the CPU, with ``x`` as :func:`_forward64` takes it."""
+    with torch.no_grad():
+        try:
+            value = problem.log_prior(x)
+        except NoPriorDensityError:
+            raise
+        except (Exception, SystemExit):
+            value = problem.log_prior(x.float())
+        return torch.as_tensor(value).detach().to("cpu", torch.float64)
+
+
+def _draw_probes(problem: Any) -> torch.Tensor:
+    """Return :data:`PROBE_MODELS` prior draws (generator and global RNG seeded 0), float64."""
+    generator = torch.Generator().manual_seed(0)
+    with seeded_rng(0):  # a sampler that ignores its generator leaves the caller's RNG
+        x = torch.as_tensor(problem.sample_prior(PROBE_MODELS, generator=generator))
+    return x.detach().to("cpu", torch.float64)
 
 
 def problem_fingerprint(problem: Any) -> dict[str, torch.Tensor] | None:
@@ -77,9 +110,11 @@ def problem_fingerprint(problem: Any) -> dict[str, torch.Tensor] | None:
         Every value a float64 CPU tensor: ``"x"`` ``(k, *x_shape)`` the probe models (prior
         draws from a generator seeded 0, ``k`` = :data:`PROBE_MODELS`), ``"forward"``
         ``(k, *y_shape)`` their noise-free data ``F(x)`` (``x`` in float64), ``"noise_std"`` and
-        ``"misfit_std"`` (0-d, units of ``y``), and where they exist ``"log_prior"`` ``(k,)``
-        (nats), ``"noise_cov_diag"`` ``(m,)`` and ``"noise_cov_quad"`` ``(2,)`` (the diagonal of
-        the noise covariance and two quadratic forms of it, units of ``y`` squared). None when
+        ``"misfit_std"`` (0-d, units of ``y``), and where they exist ``"x_seeded"`` (0-d, 1: the
+        prior sampler gives ``x`` again for the same seed), ``"log_prior"`` ``(k,)`` (nats,
+        wherever ``log_prior`` answers), ``"noise_cov_diag"`` ``(m,)`` and
+        ``"noise_cov_quad"`` ``(2,)`` (the diagonal of the noise covariance and two quadratic
+        forms of it, units of ``y`` squared). None when
         the problem's code raises or gives non-finite values on its own prior draws: such a
         problem cannot be checked later, and the model is still saved.
 
@@ -88,22 +123,24 @@ def problem_fingerprint(problem: Any) -> dict[str, torch.Tensor] | None:
     >>> from ppl_cvae.problems import LinearGaussian
     >>> record = problem_fingerprint(LinearGaussian(x_dim=3, y_dim=2))
     >>> sorted(record), tuple(record["forward"].shape)
-    (['forward', 'log_prior', 'misfit_std', 'noise_std', 'x'], (2, 2))
+    (['forward', 'log_prior', 'misfit_std', 'noise_std', 'x', 'x_seeded'], (2, 2))
     """
     try:
-        generator = torch.Generator().manual_seed(0)
-        with seeded_rng(0):  # a sampler that ignores its generator leaves the caller's RNG
-            x = torch.as_tensor(problem.sample_prior(PROBE_MODELS, generator=generator))
-        x = x.detach().to("cpu", torch.float64)
+        x = _draw_probes(problem)
         record = {
             "x": x,
             "forward": _forward64(problem, x),
             "noise_std": torch.tensor(float(problem.noise_std), dtype=torch.float64),
             "misfit_std": torch.tensor(float(problem.misfit_std), dtype=torch.float64),
         }
-        if getattr(problem, "has_prior_density", False):
-            with torch.no_grad():
-                record["log_prior"] = problem.log_prior(x).detach().to("cpu", torch.float64)
+        if torch.equal(_draw_probes(problem), x):  # the sampler follows its seed
+            record["x_seeded"] = torch.tensor(1.0, dtype=torch.float64)
+        try:  # whenever log_prior answers (importance sampling calls it, declared or not)
+            log_prior = _log_prior64(problem, x)
+            if tuple(log_prior.shape) == (len(x),) and bool(torch.isfinite(log_prior).all()):
+                record["log_prior"] = log_prior
+        except (Exception, SystemExit):  # no density (NoPriorDensityError) or failing code
+            pass
         cov = getattr(problem, "noise_cov", None)
         if cov is not None:
             record["noise_cov_diag"], record["noise_cov_quad"] = _noise_summary(cov)
@@ -160,6 +197,7 @@ def check_fingerprint(
         "forward": (k, *y_shape),
         "noise_std": (),
         "misfit_std": (),
+        "x_seeded": (),
         "log_prior": (k,),
         "noise_cov_diag": (m,),
         "noise_cov_quad": (_COV_PROBES,),
@@ -184,6 +222,15 @@ def check_fingerprint(
         if not bool(torch.isfinite(value).all()):
             return f"{key!r} holds NaN or inf"
     return None
+
+
+def _data_sd(record: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Return the noise sd of every datum, shape ``y_shape`` (or 0-d), from a fingerprint."""
+    forward = record["forward"]
+    if "noise_cov_diag" in record:
+        return record["noise_cov_diag"].clamp(min=0).sqrt().reshape(forward.shape[1:])
+    sd = record["noise_std"] if float(record["noise_std"]) > 0 else record["misfit_std"]
+    return sd.abs()
 
 
 def _moved(old: float, new: float, scale: float) -> bool:
@@ -274,10 +321,14 @@ def _forward_changes(problem: Any, record: dict[str, torch.Tensor]) -> list[str]
                 f"F(x) now has shape {tuple(forward.shape)}, was {tuple(stored.shape)}"
             )
         else:
-            moved = float((forward - stored).abs().max())
-            if not moved <= _FORWARD_RTOL * max(float(stored.abs().max()), 1e-12):
+            gap = (forward - stored).abs()
+            # per datum: a part of the data far smaller than the rest (a gravity anomaly of
+            # 1e-2 beside magnetic data of 1e4) is judged on its own scale and noise sd
+            tolerance = _FORWARD_RTOL * stored.abs().amax(0) + _NOISE_FRACTION * _data_sd(record)
+            if not bool((gap <= tolerance).all()):
                 changes.append(
-                    f"F(x) of the stored probe models moved by up to {moved:.3g} (units of y)"
+                    f"F(x) of the stored probe models moved by up to {float(gap.max()):.3g} "
+                    "(units of y)"
                 )
     except (Exception, SystemExit) as err:  # problem code may raise anything
         changes.append(f"F(x) of the stored probe models raises {type(err).__name__}")
@@ -285,25 +336,35 @@ def _forward_changes(problem: Any, record: dict[str, torch.Tensor]) -> list[str]
 
 
 def _prior_changes(problem: Any, record: dict[str, torch.Tensor]) -> list[str]:
-    """Return the prior part of :func:`fingerprint_changes` (``log p(x)`` on the probes)."""
+    """Return the prior part of :func:`fingerprint_changes` (``log p(x)``, seeded draws)."""
     changes = []
     x = record["x"]
-    has_density = bool(getattr(problem, "has_prior_density", False))
-    if has_density != ("log_prior" in record):
-        changes.append("prior density " + ("added" if has_density else "removed"))
-    elif has_density:
+    if "x_seeded" in record:
         try:
-            with torch.no_grad():
-                log_prior = problem.log_prior(x).detach().to("cpu", torch.float64)
-            old_lp = record["log_prior"]
-            gap = (log_prior - old_lp).abs()
-            if not bool((gap <= _NUMBER_RTOL * old_lp.abs().clamp(min=1.0)).all()):
-                changes.append(
-                    f"log prior density of the stored probe models moved by up to "
-                    f"{float(gap.max()):.3g} nats"
-                )
-        except (Exception, SystemExit) as err:  # problem code may raise anything
-            changes.append(
-                f"log prior density of the stored probe models raises {type(err).__name__}"
+            again = _draw_probes(problem)
+            same = tuple(again.shape) == tuple(x.shape) and torch.allclose(
+                again, x, rtol=_FORWARD_RTOL, atol=_FORWARD_RTOL * float(x.abs().max())
             )
+            if not same:
+                changes.append("the prior's draws for seed 0 differ")
+        except (Exception, SystemExit) as err:  # problem code may raise anything
+            changes.append(f"sample_prior raises {type(err).__name__}")
+    has_density = bool(getattr(problem, "has_prior_density", False))
+    if "log_prior" not in record:
+        if has_density:
+            changes.append("prior density added")
+        return changes
+    try:
+        log_prior = _log_prior64(problem, x)
+        old_lp = record["log_prior"]
+        gap = (log_prior - old_lp).abs()
+        if not bool((gap <= _NUMBER_RTOL * old_lp.abs().clamp(min=1.0)).all()):
+            changes.append(
+                f"log prior density of the stored probe models moved by up to "
+                f"{float(gap.max()):.3g} nats"
+            )
+    except (Exception, SystemExit) as err:  # problem code may raise anything
+        changes.append(
+            f"log prior density of the stored probe models raises {type(err).__name__}"
+        )
     return changes

@@ -797,8 +797,9 @@ def load_checkpoint(
             problem_error = (
                 f"problem {record['name']!r} rebuilt for {name!r} is not the one the model was "
                 f"fitted with ({'; '.join(changes)}): its code or defaults changed since the "
-                "fit; refit, or supply the problem explicitly to use it as it is now (--problem "
-                "package.module:factory, or load_checkpoint(..., problem=...))"
+                "fit, or its factory builds another problem each time (e.g. from an unseeded "
+                "random draw); refit, or supply the problem explicitly to use it as it is now "
+                "(--problem package.module:factory, or load_checkpoint(..., problem=...))"
             )
             problem = None
 
