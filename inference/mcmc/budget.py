@@ -40,8 +40,10 @@ RHAT_JUDGE_LIMIT = 1.1
 """Largest R-hat bound a verdict is given under. Chains with an R-hat above 1.1 have not mixed
 by the classic rule (Gelman and Rubin 1992; Gelman et al. 2013, BDA3 11.4); when so few draws
 were taken that the bound of mixed chains (:func:`rhat_threshold`) lies above it, such chains
-would pass: the verdict is then "too few draws to judge" (:func:`rhat_passes`). For 4 chains
-of 10 quantities it takes about 20 draws per chain, for 1000 quantities about 30."""
+would pass: the verdict is then "too few draws to judge" (:func:`rhat_passes`). Four chains of
+independent draws of 10 quantities get a bound of 1.098 at 30 draws per chain (1.125 at 25),
+of 1000 quantities 1.090 at 50 (1.115 at 40): :func:`~inference.arviz_io.chain_checks` on
+standard normal draws, numpy seed 0."""
 
 MIN_EFFECTIVE_DRAWS_PER_CHAIN = 100
 """The fewest effective draws per chain the R-hat bound is computed for
@@ -321,9 +323,19 @@ class ChainVerdict(Protocol):
 def rhat_passes(rhat: float, bound: float) -> bool:
     """Return whether chains with largest R-hat ``rhat`` pass against their ``bound``.
 
-    ``rhat <= bound`` and ``bound <= RHAT_JUDGE_LIMIT`` (:data:`RHAT_JUDGE_LIMIT`): chains too
-    short to be judged (a bound above 1.1) do not pass, whatever their R-hat. NaN (too few draws
-    to split) never passes.
+    Parameters
+    ----------
+    rhat : float
+        The largest split R-hat over the sampled quantities (NaN: too few draws to split).
+    bound : float
+        The bound mixed chains respect (:func:`~inference.arviz_io.rhat_bound`).
+
+    Returns
+    -------
+    bool
+        ``rhat <= bound`` and ``bound <= RHAT_JUDGE_LIMIT`` (:data:`RHAT_JUDGE_LIMIT`): chains too
+        short to be judged (a bound above 1.1) do not pass, whatever their R-hat. NaN (too few
+        draws to split) never passes.
 
     Examples
     --------

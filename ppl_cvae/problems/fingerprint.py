@@ -35,7 +35,9 @@ PROBE_MODELS = 2
 """Number of prior draws (seed 0) the forward operator and prior density are evaluated on."""
 
 _FORWARD_RTOL = 1e-5
-"""A forward value differs when it moves by more than this times the largest ``|F(x)|``."""
+"""A forward value differs when it moves by more than this times its datum's largest ``|F(x)|``
+over the probe models, plus :data:`_NOISE_FRACTION` of its noise sd (seeded draws: times the
+largest ``|x|``)."""
 
 _NUMBER_RTOL = 1e-6
 """``noise_std``, ``misfit_std``, prior log densities and noise covariance entries differ when
