@@ -40,6 +40,7 @@ __all__ = [
     "NoDensityError",
     "NoPriorDensityError",
     "NoLikelihoodError",
+    "ProblemChangedWarning",
     "exception_summary",
     "how_workers_ended",
     "no_exit",
@@ -158,6 +159,15 @@ class NoPriorDensityError(NoDensityError):
 
 class NoLikelihoodError(NoDensityError):
     """No likelihood density: a noise-free problem (y = F(x) exactly)."""
+
+
+class ProblemChangedWarning(UserWarning):
+    """A problem passed for a run differs from the one it was fitted with (its noise, misfit).
+
+    Issued by :func:`~ppl_cvae.train.load_checkpoint` when the problem given to it does not
+    match the checkpoint's fingerprint (:mod:`ppl_cvae.problems.fingerprint`); the problem is
+    used all the same. Filter it by this class.
+    """
 
 
 def exception_summary(err: BaseException) -> str:

@@ -17,7 +17,7 @@ import torch
 
 from ppl_cvae import ModelConfig
 from ppl_cvae.cli import main
-from ppl_cvae.errors import CheckpointError, NoPriorDensityError
+from ppl_cvae.errors import CheckpointError, NoPriorDensityError, ProblemChangedWarning
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems import LinearGaussian
 from ppl_cvae.problems.fingerprint import fingerprint_changes, problem_fingerprint
@@ -91,7 +91,8 @@ def test_a_user_module_changed_after_the_fit_is_not_used_in_silence(
         assert main([*sample, "--method", "importance", "--out", str(tmp_path / "c.nc"),
                      "--problem", f"{name}:Layered"]) == 0  # fmt: skip
         assert "is not the one the model was fitted with: noise_std 0.05 -> 0.5" in caplog.text
-        with pytest.warns(UserWarning, match="noise_std 0.05 -> 0.5; misfit_std 0.05 -> 0.5"):
+        with pytest.warns(ProblemChangedWarning,
+                          match="noise_std 0.05 -> 0.5; misfit_std 0.05 -> 0.5"):  # fmt: skip
             load_checkpoint(run, problem=importlib.import_module(name).Layered())
 
         _write_module(tmp_path, name, noise=0.05, shift=0.01)  # an edited forward operator

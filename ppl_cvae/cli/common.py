@@ -19,7 +19,7 @@ from typing import Any
 
 from ppl_cvae._atomic import check_output_folder, check_output_path
 from ppl_cvae._memory import check_memory
-from ppl_cvae.errors import ConfigError, OutputError
+from ppl_cvae.errors import ConfigError, OutputError, ProblemChangedWarning
 
 log = logging.getLogger("ppl_cvae")
 
@@ -182,8 +182,13 @@ def _load_run(args: argparse.Namespace, *, unconditional: bool = False) -> tuple
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cvae, meta = load_checkpoint(args.run_dir, problem=problem)
-    for warning in caught:  # a --problem unlike the fitted one: a warning line, as others are
-        log.warning("%s", warning.message)
+    for warning in caught:
+        if issubclass(warning.category, ProblemChangedWarning):  # a line, as others are
+            log.warning("%s", warning.message)
+        else:  # not this command's to reword: shown as Python would have shown it
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     meta["problem_record"] = reference if problem is not None else meta.get("problem_spec")
     if cvae.config.y_shape is None and not unconditional:  # config.conditional False
         raise ConfigError(

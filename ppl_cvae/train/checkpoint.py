@@ -102,6 +102,7 @@ from ppl_cvae.errors import (
     CheckpointError,
     ConfigError,
     PplCvaeError,
+    ProblemChangedWarning,
     ShapeError,
     UnknownProblemError,
 )
@@ -715,11 +716,11 @@ def load_checkpoint(
 
     Warns
     -----
-    UserWarning
-        If ``problem`` is given for a conditional model and its noise or misfit scale differs
-        from the stored fingerprint's (its code is not run: a rebuilt problem's forward
-        operator and prior density are compared too, an unconditional model's prior density
-        alone); it is used all the same.
+    ProblemChangedWarning
+        A UserWarning: if ``problem`` is given for a conditional model and its noise or
+        misfit scale differs from the stored fingerprint's (its code is not run: a rebuilt
+        problem's forward operator and prior density are compared too, an unconditional
+        model's prior alone); it is used all the same.
 
     Notes
     -----
@@ -778,6 +779,7 @@ def load_checkpoint(
             warnings.warn(
                 f"the problem passed for {name!r} ({problem.name!r}) is not the one the model "
                 f"was fitted with: {'; '.join(changes)}; it is used as passed",
+                ProblemChangedWarning,
                 stacklevel=2,
             )
     elif record is None:
