@@ -1073,8 +1073,9 @@ def sample_facies_mcmc(
         Truths for ``constant_data``.
     seed : int, optional
         Seed of the amortized draws (``derived_seed(seed, m)`` for observation ``m``) and of the
-        chains (chain ``c`` of observation ``m``: ``derived_seed(seed, m * chains + c)``; 0
-        when None), in ``[0, 2**32 - 1]``.
+        chains (chain ``c`` of observation ``m``: ``derived_seed(seed, m * chains + c)``), in
+        ``[0, 2**32 - 1]``; None: drawn from torch's global RNG
+        (:func:`~ppl_cvae.checks.resolve_seed`). Recorded as the ``seed`` attribute.
     attrs : mapping, optional
         Run attributes.
 

@@ -87,7 +87,7 @@ from inference.importance import systematic_resample
 from inference.latent_mcmc import check_one_observation
 from inference.mcmc import rhat_threshold
 from ppl_cvae._memory import check_memory
-from ppl_cvae.checks import as_count, as_seed, check_finite, derived_seed
+from ppl_cvae.checks import as_count, as_seed, check_finite, derived_seed, resolve_seed
 from ppl_cvae.errors import ConfigError, DataError
 from ppl_cvae.models.cvae import CVAE
 from ppl_cvae.problems.adapter import as_problem
@@ -621,8 +621,9 @@ def sample_facies_smc(
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
     seed : int, optional
-        Observation ``m`` runs with seed ``derived_seed(seed, m * populations)`` (0 when None),
-        so no two populations of a file share a seed.
+        Observation ``m`` runs with seed ``derived_seed(seed, m * populations)``, so no two
+        populations of a file share a seed; None: drawn from torch's global RNG
+        (:func:`~ppl_cvae.checks.resolve_seed`). Recorded as the ``seed`` attribute.
     attrs : mapping, optional
         Run attributes.
     progress : bool, optional
@@ -688,7 +689,7 @@ def sample_facies_smc(
     steps_per_stage = as_count(steps_per_stage, "steps_per_stage", minimum=4)
     final_steps = as_count(final_steps, "final_steps", minimum=4)
     flips_per_step = as_count(flips_per_step, "flips_per_step", minimum=0)
-    seed = as_seed(seed)
+    seed = resolve_seed(seed)
     particles = math.ceil(num_samples / populations)
     if particles < 4:
         raise ConfigError(
@@ -699,7 +700,6 @@ def sample_facies_smc(
     assert cvae.config.y_shape is not None  # check_run_matches_prior
     y_batch, _ = as_observation_batch(y, cvae.config.y_shape)
     check_finite(y_batch, "y")
-    base_seed = 0 if seed is None else seed
     results = [
         facies_smc_sample(
             generative_prior,
@@ -710,7 +710,7 @@ def sample_facies_smc(
             steps_per_stage=steps_per_stage,
             final_steps=final_steps,
             flips_per_step=flips_per_step,
-            seed=derived_seed(base_seed, m * populations),
+            seed=derived_seed(seed, m * populations),
             progress=progress,
         )
         for m in range(y_batch.shape[0])

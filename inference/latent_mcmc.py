@@ -61,6 +61,7 @@ from ppl_cvae.checks import (
     as_seed,
     check_finite,
     derived_seed,
+    resolve_seed,
     shape_text,
 )
 from ppl_cvae.errors import ConfigError, DataError, ShapeError
@@ -665,7 +666,7 @@ def generative_prior_posterior(
     sampler : callable
         Samples one observation: ``sampler(generative_prior, problem, y_m, start,
         num_samples=per_chain, warmup_steps=warmup_steps, num_chains=chains, seed=seed)``
-        (``seed`` 0 when None), returning a :class:`ChainRun`.
+        returning a :class:`ChainRun`.
     chains, warmup_steps : int
         Chains per observation (at least 1) and warm-up steps per chain.
     stats : sequence of str
@@ -680,7 +681,8 @@ def generative_prior_posterior(
     seed : int, optional
         Seed of the amortized draws (``derived_seed(seed, m)`` for observation ``m``) and the
         chains (chain ``c`` of observation ``m``: ``derived_seed(seed, m * chains + c)``),
-        recorded as the ``seed`` attribute (-1 when None).
+        recorded as the ``seed`` attribute; None: drawn from torch's global RNG
+        (:func:`~ppl_cvae.checks.resolve_seed`) and recorded all the same.
     attrs : mapping, optional
         Run attributes; the method's override them.
 
@@ -718,7 +720,7 @@ def generative_prior_posterior(
     chains = as_count(chains, "chains")
     num_samples = as_count(num_samples, "num_samples")
     warmup_steps = as_count(warmup_steps, "warmup_steps", minimum=0)
-    seed = as_seed(seed)
+    seed = resolve_seed(seed)
     per_chain = math.ceil(num_samples / chains)
     if per_chain < 4:
         raise ConfigError(
@@ -734,11 +736,10 @@ def generative_prior_posterior(
         f"{num_start} amortized draws per observation to start {chains} chains",
         "ask for fewer chains",
     )
-    base_seed = 0 if seed is None else seed
     results = []
     for m in range(y_batch.shape[0]):
         start = draw_posterior(
-            cvae, y_batch[m : m + 1], num_start, seed=derived_seed(base_seed, m)
+            cvae, y_batch[m : m + 1], num_start, seed=derived_seed(seed, m)
         ).x[:, 0]
         results.append(
             sampler(
@@ -749,7 +750,7 @@ def generative_prior_posterior(
                 num_samples=per_chain,
                 warmup_steps=warmup_steps,
                 num_chains=chains,
-                seed=derived_seed(base_seed, m * chains),  # no stream shared across the file
+                seed=derived_seed(seed, m * chains),  # no stream shared across the file
             )
         )
     idata = generative_prior_file(
@@ -777,7 +778,7 @@ def generative_prior_file(
     stats: Mapping[str, str],
     method_attrs: Mapping[str, Any],
     x_true: torch.Tensor | None = None,
-    seed: int | None = None,
+    seed: int,
     attrs: Mapping[str, Any] | None = None,
 ) -> az.InferenceData:
     """Build the posterior file of a generative-prior sampler's results, one per observation.
@@ -804,8 +805,8 @@ def generative_prior_file(
         The method's attributes; ``chains``, ``generative_prior_latent_dim`` and
         ``independent_draws = 0`` are added.
     x_true : Tensor, shape (M, *x_shape), optional
-    seed : int, optional
-        Recorded as the ``seed`` attribute (-1 when None).
+    seed : int
+        The sampler's seed (resolved: never None), recorded as the ``seed`` attribute.
     attrs : mapping, optional
         Run attributes; the method's override them.
 
@@ -825,7 +826,7 @@ def generative_prior_file(
     }
     for key, name in stats.items():
         per_observation[key] = torch.tensor([getattr(r, name) for r in results])
-    info: dict[str, Any] = {"seed": -1 if seed is None else seed}
+    info: dict[str, Any] = {"seed": seed}
     info.update(attrs or {})
     info.update(
         method_attrs,
@@ -884,8 +885,9 @@ def sample_latent_nuts(
     x_true : Tensor, shape (M, *x_shape), optional
         Truths for ``constant_data``.
     seed : int, optional
-        Seed of the amortized draws and of the chains (0 when None; per observation as in
-        :func:`generative_prior_posterior`).
+        Seed of the amortized draws and of the chains (per observation as in
+        :func:`generative_prior_posterior`); None: drawn from torch's global RNG
+        (:func:`~ppl_cvae.checks.resolve_seed`) and recorded as the ``seed`` attribute.
     attrs : mapping, optional
         Run attributes.
 

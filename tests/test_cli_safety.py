@@ -200,6 +200,50 @@ def test_unseeded_api_draws_record_the_seed_that_reproduces_them():
         assert draw(None).posterior.attrs["seed"] == seed_a  # the global seed repeats it
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # a few untrained draws: chains not mixed
+def test_unseeded_generative_prior_samplers_record_the_seed_that_reproduces_them():
+    """Latent NUTS, facies MCMC and facies SMC called with ``seed=None`` wrote ``seed = -1``
+    and ran seed 0, so every unseeded call gave the same draws and the file named no seed.
+    Now they draw the seed as ``sample_posterior`` does and record it."""
+    from inference.facies_mcmc import sample_facies_mcmc
+    from inference.facies_smc import sample_facies_smc
+    from inference.latent_mcmc import sample_latent_nuts
+    from ppl_cvae import ModelConfig
+    from ppl_cvae.models.cvae import CVAE
+    from ppl_cvae.problems import LinearGaussian
+
+    problem = LinearGaussian(x_dim=3, y_dim=2, noise_std=0.4, seed=1)
+    y = problem.forward(torch.tensor([[1.0, 0.0, 1.0]]))
+    torch.manual_seed(0)
+
+    def model(y_shape, likelihood):
+        return CVAE(ModelConfig(x_shape=(3,), y_shape=y_shape, latent_dim=1, hidden_dims=(4,),
+                                likelihood=likelihood, prior="standard_normal"
+                                if y_shape is None else "learned")).eval()  # fmt: skip
+
+    gaussian, facies = model((2,), "gaussian"), model((2,), "bernoulli")
+    prior_g, prior_f = model(None, "gaussian"), model(None, "bernoulli")
+    samplers = {
+        "latent-nuts": lambda seed: sample_latent_nuts(
+            gaussian, prior_g, y, 8, problem, chains=2, warmup_steps=2, seed=seed),
+        "facies-mcmc": lambda seed: sample_facies_mcmc(
+            facies, prior_f, y, 8, problem, chains=2, warmup_steps=2, temperatures=1,
+            seed=seed),
+        "facies-smc": lambda seed: sample_facies_smc(
+            facies, prior_f, y, 8, problem, populations=2, steps_per_stage=4, final_steps=4,
+            seed=seed),
+    }  # fmt: skip
+    for name, draw in samplers.items():
+        torch.manual_seed(11)
+        first = draw(None)[0]
+        seed = first.posterior.attrs["seed"]
+        assert 0 <= seed < 2**32, name
+        again = draw(seed)[0]
+        np.testing.assert_array_equal(first.posterior["x"].values, again.posterior["x"].values)
+        torch.manual_seed(12)
+        assert draw(None)[0].posterior.attrs["seed"] != seed, name  # not one fixed seed
+
+
 def test_ctrl_c_prints_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     def interrupted(tmp_dir, *args, **kwargs):
         (tmp_dir / "model.pt").write_text("half")

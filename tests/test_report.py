@@ -373,3 +373,37 @@ def test_a_file_without_truth_has_no_truth_columns(tmp_path):
     import pandas as pd
 
     assert "true" not in pd.read_csv(tmp_path / "summary.csv").columns
+
+
+def test_diagnose_judges_the_draws_own_misfit_as_sample_does(tmp_path, capsys):
+    """A file with ``sample_stats.chi2_per_datum`` is judged on it, as ``ppl-cvae sample`` does.
+
+    Draws shifted off the exact posterior so that their own misfit is 1.45 per datum
+    (m = 400 data: exact draws lie in 1 +- 0.28 at the verdict's 4 sd), one draw per
+    observation. ``sample`` warned about them; ``diagnose`` judged the posterior predictive's
+    estimate, whose range for one draw is 1 +- 0.57, and said they fit.
+    """
+    from inference.arviz_io import save_inference_data
+    from inference.diagnostics.ppc import misfit_warning
+    from inference.exact import exact_posterior
+    from inference.sample import inference_data_from_draws
+    from ppl_cvae.cli import main
+
+    problem = LinearGaussian(x_dim=4, y_dim=400, noise_std=0.5, seed=3)
+    gen = torch.Generator().manual_seed(11)
+    _, y = problem.simulate(6, gen)
+    draws = exact_posterior(problem, y).sample(1, gen)
+    direction = torch.randn(4, generator=gen)
+    a_dir = problem.forward(direction) - problem.forward(torch.zeros(4))
+    scale = math.sqrt(0.45 * 400 * 0.25) / float(a_dir.norm())  # +0.45 per datum
+    idata = inference_data_from_draws(draws + scale * direction, y, problem=problem,
+                                      generator=torch.Generator().manual_seed(5))
+    own = idata["sample_stats"]["chi2_per_datum"].values.ravel()
+    assert np.all(np.abs(own - 1.45) < 0.25), own  # the construction
+    assert misfit_warning(idata) is not None  # what sample says
+    save_inference_data(idata, tmp_path / "post.nc")
+    assert main(["diagnose", str(tmp_path / "post.nc"), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    verdict = next(line for line in out.splitlines() if line.startswith("misfit:"))
+    assert verdict.startswith("misfit: WARNING: the draws of"), out
+    assert "each draw's own misfit, as ppl-cvae sample judged" in verdict

@@ -58,7 +58,14 @@ from ppl_cvae.errors import ConfigError, DataError, ShapeError
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["PPC_COLUMNS", "check_ppc", "misfit_warning", "plausible_chi2_range", "run_ppc"]
+__all__ = [
+    "PPC_COLUMNS",
+    "check_ppc",
+    "exact_misfit_table",
+    "misfit_warning",
+    "plausible_chi2_range",
+    "run_ppc",
+]
 
 PPC_COLUMNS: tuple[str, ...] = (
     "observation",
@@ -474,7 +481,7 @@ def misfit_warning(idata: InferenceData, *, max_draws: int = 1000) -> str | None
     groups = idata.groups()
     sub = idata.isel(draw=slice(0, max_draws), inplace=False)
     assert sub is not None  # inplace=False returns the new InferenceData
-    table = _exact_misfit_table(sub)
+    table = exact_misfit_table(sub)
     if table is None:
         if "posterior_predictive" not in groups or "observed_data" not in groups:
             return None
@@ -494,14 +501,31 @@ def misfit_warning(idata: InferenceData, *, max_draws: int = 1000) -> str | None
     )
 
 
-def _exact_misfit_table(idata: InferenceData) -> pd.DataFrame | None:
+def exact_misfit_table(idata: InferenceData) -> pd.DataFrame | None:
     """Return the draws' own misfit per observation as a :func:`check_ppc` table, or None.
 
     From ``sample_stats.chi2_per_datum`` (``|L^-1 (F(x_s) - y)|^2 / m`` of each draw, written
     with the file) averaged over draws, without the noise of predictive draws: its plausible
     range is :func:`plausible_chi2_range` for infinitely many draws, the one ``ppl-cvae
-    evaluate`` judges by, and its lower end is positive for any ``m``. None where the file lacks
-    it, or whitened it by a noise-free problem's nominal ``misfit_std``.
+    evaluate`` judges by, and its lower end is positive for any ``m``. What ``ppl-cvae sample``
+    (:func:`misfit_warning`) and ``ppl-cvae diagnose`` judge where a file has it.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        A posterior file as ``ppl-cvae sample`` writes it.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        One row per observation (``data = "all"``, ``whitened`` True, no ``num_draws``
+        column); None where the file lacks the statistic or ``observed_data``, or whitened
+        it by a noise-free problem's nominal ``misfit_std``.
+
+    References
+    ----------
+    Gelman, Meng and Stern (1996), posterior predictive assessment via realized
+    discrepancies, Statistica Sinica 6, 733-807.
     """
     if "sample_stats" not in idata.groups() or "observed_data" not in idata.groups():
         return None

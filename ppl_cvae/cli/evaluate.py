@@ -243,7 +243,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         verdict = (
             _sampler_verdict(idata)
             + _truth_lines(tmp_dir / "summary.csv")
-            + _misfit_verdict(tmp_dir / "misfit.csv")
+            + _misfit_verdict(tmp_dir / "misfit.csv", idata)
         )
     print(f"wrote {len(files)} files to {out}")
     for line in verdict:
@@ -300,17 +300,24 @@ def _truth_lines(path: Path) -> list[str]:
     return lines
 
 
-def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
+def _misfit_verdict(path: Path, idata: Any = None, most: int = 5) -> list[str]:
     """Lines saying which observations' draws misfit the data beyond the noise model.
 
-    From ``misfit.csv`` (:func:`inference.diagnostics.ppc.run_ppc`) through
-    :func:`inference.diagnostics.ppc.check_ppc`; nothing for a file without noise information.
+    :func:`inference.diagnostics.ppc.check_ppc` of the draws' own misfit where the file has it
+    (:func:`~inference.diagnostics.ppc.exact_misfit_table`, the figure ``ppl-cvae sample``
+    judged), else of ``misfit.csv`` (:func:`inference.diagnostics.ppc.run_ppc`, estimated from
+    the posterior predictive); nothing for a file without noise information.
     """
     import pandas as pd
 
-    from inference.diagnostics.ppc import check_ppc
+    from inference.diagnostics.ppc import check_ppc, exact_misfit_table
 
-    table = pd.read_csv(path)
+    table = exact_misfit_table(idata) if idata is not None else None
+    if table is None:
+        table, source, allowed = pd.read_csv(path), "misfit.csv", "m data and S draws"
+    else:
+        source = "sample_stats.chi2_per_datum: each draw's own misfit, as ppl-cvae sample judged"
+        allowed = "m data"
     rows = table[table["data"] == "all"]
     if not len(rows):
         return [
@@ -323,15 +330,15 @@ def _misfit_verdict(path: Path, most: int = 5) -> list[str]:
     if not failures:
         return [
             f"misfit: the draws of all {len(rows)} observations fit the data as the noise "
-            "model allows (chi2 per datum within its plausible range for m data and S draws, "
-            "false alarm 6e-5; misfit.csv). This checks the fit to the data only: draws too "
+            f"model allows (chi2 per datum within its plausible range for {allowed}, "
+            f"false alarm 6e-5; {source}). This checks the fit to the data only: draws too "
             "wide, too narrow or biased within that range pass it; their calibration is "
             "judged by ppl-cvae evaluate on held-out pairs (SBC, coverage, TARP)"
         ]
     lines = [
         f"misfit: WARNING: the draws of {len(failures)} of {len(rows)} observations misfit the "
-        "data beyond the noise model (chi2 per datum outside its plausible range for m data "
-        "and S draws; misfit.csv):"
+        f"data beyond the noise model (chi2 per datum outside its plausible range for "
+        f"{allowed}; {source}):"
     ]
     lines += [f"  {message}" for message in failures[:most]]
     if len(failures) > most:
