@@ -8,9 +8,9 @@ matrices", J. Multivariate Anal. 88: 365-411, their Lemma 3.2 with the estimates
 3.3). scikit-learn's ``LedoitWolf`` gives the same estimate but forms two more ``(k, N) x (N,
 k)`` products to get the shrinkage (``(X^2)^T X^2`` and a second ``X^T X``) and, by default,
 the precision matrix by an eigendecomposition: 9.0 to 10.6 s of processor time for the
-20,480 x 1024 draws of one crosshole observation, against 0.45 s here (1 thread; README, "NUTS
-within 60 s per observation"). The shrinkage needs only two sums: with centred rows ``x_i``
-and ``S = X^T X / N``,
+20,480 x 1024 draws of one crosshole observation, against 0.45 s here (1 thread;
+docs/measurements.md, "NUTS within 60 s per observation"). The shrinkage needs only two sums: with
+centred rows ``x_i`` and ``S = X^T X / N``,
 
 - ``sum_{j,l} ((X^2)^T X^2)_{jl} = sum_i |x_i|^4`` (``O(N k)``), and
 - ``sum_{j,l} (X^T X)_{jl}^2 = N^2 |S|_F^2``,

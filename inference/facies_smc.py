@@ -2,8 +2,8 @@
 
 Facies MCMC (:mod:`inference.facies_mcmc`) moves one facies field a cell at a time; started at
 the amortized draws, its chains stay in the basin of facies boundaries they start in, which on
-crosshole channels is not the truth's (README, "Where the chains are: another basin"). A
-population from the prior crosses that barrier instead. The sampler targets, in turn,
+crosshole channels is not the truth's (docs/measurements.md, "Where the chains are: another basin").
+A population from the prior crosses that barrier instead. The sampler targets, in turn,
 
     pi_t(z, x)  proportional to  N(z; 0, I) p_g(x | z) p(y | x)^beta_t,
     0 = beta_0 < beta_1 < ... < beta_T = 1,

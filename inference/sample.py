@@ -1074,8 +1074,9 @@ class CorrectionConfig:
     potential_dtype : {"float64", "float32"}, default "float32"
         NUTS on ``x``: precision of the potential (``nuts_sample(potential_dtype=...)``;
         float32 sampled the same posterior as float64 on crosshole and gravity, 1.2x faster
-        per evaluation on crosshole; README, "NUTS within 60 s per observation"). Where the
-        float32 potential is off by more than 0.01 nats at a chain's start, float64 is used.
+        per evaluation on crosshole; docs/measurements.md, "NUTS within 60 s per observation").
+        Where the float32 potential is off by more than 0.01 nats at a chain's start, float64 is
+        used.
     preconditioner : {"amortized", "prior", "prior-amortized"}, default "amortized"
         NUTS on ``x``: the coordinates NUTS runs in (``precondition`` of
         :func:`inference.mcmc.nuts_sample`): whitened by the amortized draws' covariance,

@@ -379,8 +379,8 @@ class ModelConfig(_DictMixin):
         elementwise spline given ``y``: density and draw one pass per layer). The default
         since issue 10: on Two Birds ``data_1`` two coupling layers reach an amortized pass
         rate of 0.991 / 0.983 with the final spline, 0.985 / 0.981 without (training seeds
-        0 / 1; one autoregressive layer 0.977 / 0.969) with 5x its draws per second (README
-        "Two Birds"). A configuration written before this field
+        0 / 1; one autoregressive layer 0.977 / 0.969) with 5x its draws per second
+        (docs/measurements.md "Two Birds"). A configuration written before this field
         existed (no key) reads as ``"autoregressive"``, the layer it was built with. The flow
         on ``x`` (``likelihood="flow"``) is always autoregressive.
     prior_flow_final : {"auto", "spline", "none"}, default "auto"
@@ -388,8 +388,8 @@ class ModelConfig(_DictMixin):
         coordinate given ``y`` (:func:`~ppl_cvae.nets.flows.final_spline_default`):
         ``"auto"`` after a single coupling layer only, ``"spline"`` always,
         ``"none"`` never. With two coupling layers both halves of ``z`` are already moved
-        given ``y``, and the final spline costs as much as a third layer (README "Cost of
-        each family"). Must be ``"auto"`` for ``prior_flow_type="autoregressive"``. A
+        given ``y``, and the final spline costs as much as a third layer (docs/measurements.md "Cost
+        of each family"). Must be ``"auto"`` for ``prior_flow_type="autoregressive"``. A
         configuration written before this field existed (no key) reads as ``"spline"`` for a
         coupling prior flow, the structure it was built with (``"auto"`` otherwise).
     flow_bins : int, default 10

@@ -712,3 +712,17 @@ def test_an_in_memory_run_resumes_in_memory_when_memory_is_short(tmp_path, monke
     a, _ = load_checkpoint(tmp_path / "reference")
     b, _ = load_checkpoint(tmp_path / "run")
     assert _same_weights(a, b)
+
+
+def test_resume_help_names_every_option_resume_accepts():
+    """``fit --help`` for ``--resume`` left out ``--workers``, which ``--resume`` accepts (the
+    README audit, session 34)."""
+    from ppl_cvae.cli.fit import RESUME_KEEPS
+    from ppl_cvae.cli.parser import build_parser
+
+    fit_parser = build_parser()._subparsers._group_actions[0].choices["fit"]
+    text = next(a.help for a in fit_parser._actions if "--resume" in a.option_strings)
+    for dest in RESUME_KEEPS:
+        flag = "--" + dest.replace("_", "-")
+        named = "--checkpoint-*" in text if "checkpoint" in dest else flag in text
+        assert named, (flag, text)

@@ -37,7 +37,8 @@ With either, the chains start at amortized draws shrunk towards the draws' mean 
 directions where the draws are wider than the prior (by ``sqrt(min(lambda, 1) / lambda)`` along
 the eigenvectors of ``C_w``): the decoder's noise puts a raw draw far out in the prior's rough
 directions (``|w|^2`` in the thousands on mt1d), and a chain started there spends its warm-up
-coming back (R-hat 1.03 after 100 warm-up iterations on mt1d; README, "Correction on mt1d").
+coming back (R-hat 1.03 after 100 warm-up iterations on mt1d; docs/measurements.md, "Correction on
+mt1d").
 
 With a Gaussian prior the potential evaluates the prior as ``-|L_0^-1 (theta - m)|^2 / 2``
 plus its constant (for every preconditioner; the same density as ``problem.log_prior``
@@ -50,9 +51,9 @@ draws do not depend on ``num_cores``). Pyro's own ``MCMC(num_chains=...)`` is no
 here each worker builds the potential from the chain's job. On Linux, while CUDA is not
 initialised and no other Python thread runs, the workers are forked
 (:func:`~inference.mcmc.chains._start_method`): they inherit the jobs, the imported modules
-and the problem object, so they start in about
-0.05 s instead of the 3-5 s a ``spawn`` worker spends importing torch and Pyro (README, "NUTS
-within 60 s per observation"), and a problem that cannot be pickled (a class defined in
+and the problem object, so they start in about 0.05 s instead of the 3-5 s a ``spawn`` worker
+spends importing torch and Pyro (docs/measurements.md, "NUTS within 60 s per observation"), and
+a problem that cannot be pickled (a class defined in
 ``__main__`` or in a function, a lambda) runs in parallel too (tqdm's monitor thread is stopped
 first). Elsewhere (macOS, Windows, a parent that already holds CUDA or other threads, which a
 fork does not copy safely) the workers are spawned, the problem travels by pickle, and one that
@@ -66,26 +67,25 @@ potential whose Python control flow depends on the values of ``x`` (an ``if`` on
 would be replayed wrongly elsewhere; the traced potential and its gradient are therefore
 compared with the eager ones at the chains' starts, and any difference (or a failure to
 trace) falls back to the eager potential with a warning. No gain was measured on crosshole
-and gravity, whose cost is the matrix-vector products (README, "NUTS within 60 s per
+and gravity, whose cost is the matrix-vector products (docs/measurements.md, "NUTS within 60 s per
 observation"), and ``torch.jit.trace`` is deprecated in torch 2.x, so it is off by default.
 
-Cost and precision. An evaluation of the potential with its gradient is, for a Gaussian
-prior, one product with ``H`` (the prior as a quadratic form in ``v``, gradient ``c + H v``
-from the same product), ``x = mu + L v`` and ``L^T`` times the likelihood's gradient, besides
-the problem's own likelihood; the products read only half of ``L`` and ``H`` (BLAS ``trmv``
-and ``symv``). On crosshole (1024 cells) that is 1.45x faster than the former potential in
-float64 (README, "NUTS within 60 s per observation"). ``potential_dtype="float32"`` evaluates
+Cost and precision. An evaluation of the potential with its gradient is, for a Gaussian prior, one
+product with ``H`` (the prior as a quadratic form in ``v``, gradient ``c + H v`` from the same
+product), ``x = mu + L v`` and ``L^T`` times the likelihood's gradient, besides the problem's own
+likelihood; the products read only half of ``L`` and ``H`` (BLAS ``trmv`` and ``symv``). On
+crosshole (1024 cells) that is 1.45x faster than the former potential in float64
+(docs/measurements.md, "NUTS within 60 s per observation"). ``potential_dtype="float32"`` evaluates
 it in float32 (the chains' state stays float64), about 1.8x faster than before. NUTS with a
-potential ``U + e`` whose rounding error ``e`` is a deterministic function of the state
-samples ``exp(-U - e)`` exactly (the leapfrog map is volume-preserving and reversible for any
-deterministic gradient; the multinomial choice of the draw uses the same ``U + e``), so
-``|e| <= delta`` moves the target by at most about ``delta`` in total variation. Float32 sums
-of ``n`` terms carry a relative error of about ``sqrt(n) * 6e-8`` (random rounding; ``n *
-6e-8`` at worst, Higham 2002): on crosshole, with ``U`` of a few hundred nats over sums of
-1024 terms, ``|e|`` was 2e-4 nats (median; at most 9e-4 over 200 posterior draws), against
-step-size adaptation that accepts energy errors of order 1 nat and a divergence threshold of
-1000. :func:`nuts_sample` checks ``|e|`` at the chains' starts
-(:data:`FLOAT32_POTENTIAL_TOLERANCE`, 0.01 nats) and otherwise falls back to float64.
+potential ``U + e`` whose rounding error ``e`` is a deterministic function of the state samples
+``exp(-U - e)`` exactly (the leapfrog map is volume-preserving and reversible for any deterministic
+gradient; the multinomial choice of the draw uses the same ``U + e``), so ``|e| <= delta`` moves the
+target by at most about ``delta`` in total variation. Float32 sums of ``n`` terms carry a relative
+error of about ``sqrt(n) * 6e-8`` (random rounding; ``n * 6e-8`` at worst, Higham 2002): on
+crosshole, with ``U`` of a few hundred nats over sums of 1024 terms, ``|e|`` was 2e-4 nats (median;
+at most 9e-4 over 200 posterior draws), against step-size adaptation that accepts energy errors of
+order 1 nat and a divergence threshold of 1000. :func:`nuts_sample` checks ``|e|`` at the chains'
+starts (:data:`FLOAT32_POTENTIAL_TOLERANCE`, 0.01 nats) and otherwise falls back to float64.
 
 The gradient is assembled by hand around one ``torch.autograd.grad`` of the problem's own
 part (the likelihood, and the prior where it is not the quadratic form) with respect to
@@ -96,7 +96,7 @@ and walks around the products on every evaluation. Pyro's argument checks of the
 distributions it builds inside the tree are switched off during a chain
 (``pyro.validation_enabled(False)``). Pyro's ``potential_grad`` on crosshole takes 0.94x
 the processor time in float32; whole chains 0.86-1.01x, within the scatter of a shared
-machine (README, "NUTS within 60 s per observation").
+machine (docs/measurements.md, "NUTS within 60 s per observation").
 
 Per-draw sampler statistics (:attr:`MCMCResult.sample_stats`, ArviZ's names): ``diverging``
 (from each chain's ``MCMC.diagnostics()``, laid out as ``arviz.from_pyro`` lays it out: ArviZ

@@ -188,8 +188,8 @@ over coordinates, as measured: 0.486 to 0.676 (median 0.557) over 14 runs of tho
 0.486-0.566), gravity (4, 0.572-0.617), linear_gaussian (3, 0.513-0.676) and mt1d (1, 0.515);
 the constant is the smallest, rounded down to a multiple of 0.05. Cut to the draws this
 constant gives (783 per chain for 1024 coordinates), all 14 runs kept R-hat <= 1.01 (largest
-1.0093) and min ESS >= 400 (``benchmarks/nuts_tail_efficiency.py``; README, "NUTS within 60
-s per observation"). The former 0.35 came from 4 x 250 draws after 250 warm-up iterations
+1.0093) and min ESS >= 400 (``benchmarks/nuts_tail_efficiency.py``; docs/measurements.md, "NUTS
+within 60 s per observation"). The former 0.35 came from 4 x 250 draws after 250 warm-up iterations
 with mass adaptation, whose ESS estimates are lower. The folded R-hat follows the tail ESS,
 so :func:`nuts_draws_per_chain` divides by it. Other settings (``adapt_mass_matrix``, a
 ``"prior..."`` preconditioner, a poor amortized fit) were not measured: pass

@@ -474,8 +474,8 @@ reversible for any deterministic gradient, and the trajectory's draw is weighted
 ``exp(-H)`` of the same ``U + e``. If ``|e| <= delta``, the density ratio to the float64 target
 is within ``exp(+-2 delta)``, so the total variation distance is at most about ``delta``: 0.01
 is below the Monte Carlo error of any mean estimated from fewer than ``10^4`` effective draws
-(``1 / sqrt(ESS)`` sd). The typical ``|e|`` is far smaller (README, "NUTS within 60 s per
-observation": about ``1e-4`` nats on crosshole)."""
+(``1 / sqrt(ESS)`` sd). The typical ``|e|`` is far smaller (docs/measurements.md, "NUTS within 60 s
+per observation": about ``1e-4`` nats on crosshole)."""
 
 
 def _check_low_precision(

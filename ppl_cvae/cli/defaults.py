@@ -14,13 +14,13 @@ DEFAULT_BUFFER_CHUNKS = 4
 """``fit --buffer-chunks`` when not given: chunks shuffled together."""
 
 DEFAULT_POTENTIAL_DTYPE = "float32"
-"""Default of ``sample --method nuts --potential-dtype`` (README, "NUTS within 60 s per
-observation")."""
+"""Default of ``sample --method nuts --potential-dtype`` (docs/measurements.md, "NUTS within 60 s
+per observation")."""
 
 NUTS_WARMUP_STEP_SIZE_ONLY = 150
-"""Default warm-up of ``sample --method nuts`` (step size only; README, "Correction with the
-physics": the amortized covariance is the mass matrix, Pyro's windowed mass adaptation needs
-about 500 iterations)."""
+"""Default warm-up of ``sample --method nuts`` (step size only; docs/measurements.md, "Correction
+with the physics": the amortized covariance is the mass matrix, Pyro's windowed mass adaptation
+needs about 500 iterations)."""
 
 DEFAULT_CHAINS = 4
 """``sample --chains`` when not given (``--method nuts``, ``latent-nuts`` and ``facies-mcmc``)."""

@@ -224,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN",
         help="continue the interrupted fit in folder RUN from its last checkpoint "
-        "(train_state.pt) with the settings it recorded; only --threads, --quiet, --device and "
-        "the --checkpoint-* options may be given with it",
+        "(train_state.pt) with the settings it recorded; only --threads, --quiet, --device, "
+        "--workers and the --checkpoint-* options may be given with it",
     )
     fit_p.add_argument(
         "--checkpoint-every",
@@ -578,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="--method nuts: precision of the potential and its gradient (the chains' state "
         f"and draws stay float64; default {DEFAULT_POTENTIAL_DTYPE}); float32 reads half the "
         "bytes per evaluation and is used only where it agrees with float64 within 0.01 nats "
-        "at the chains' starts (README, 'NUTS within 60 s per observation')",
+        "at the chains' starts (docs/measurements.md, 'NUTS within 60 s per observation')",
     )
     s.add_argument(
         "--preconditioner",

@@ -295,12 +295,16 @@ class LazyPairs(abc.ABC):
         digest = hashlib.sha256()
         for name, shape in (("x", self.x_shape), ("y", self.y_shape)):
             digest.update(f"{np.dtype(np.float32)}{(self.num_pairs, *shape)};".encode())
+            nonfinite = _NonFinite(name)
             for start in range(0, self.num_pairs, max(1, int(chunk_rows))):
                 rows = slice(start, min(start + max(1, int(chunk_rows)), self.num_pairs))
                 what = f"rows {rows.start}:{rows.stop}"
                 raw = self._read_one(name, rows, what)
+                if nonfinite.count(raw, start):  # refused below: read on only to count them
+                    continue
                 values = _to_float32(f"{name} ({what})", raw, self.path, first_row=start)
                 digest.update(values.numpy().reshape(-1).view(np.uint8).data)
+            nonfinite.check(self, (self.num_pairs, *shape))
         return digest.hexdigest()
 
     def _checked(self, rows: slice | np.ndarray, what: str) -> Batch:
@@ -583,6 +587,38 @@ def _rows_in(rows: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return rows[lo:hi]
 
 
+class _NonFinite:
+    """Tally of the NaN/inf of one variable over the chunks of a pass: count and first one.
+
+    A pass that finds one reads on to count them all, so that a lazily read file is refused
+    with the message :func:`~ppl_cvae.data.io.load_pairs` gives for the file loaded whole (the
+    count over the whole file, its first bad element, the file's shape).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.total = 0
+        self.first: str | None = None
+
+    def count(self, values: np.ndarray, start: int) -> int:
+        """Add the NaN/inf of a chunk whose first row is file row ``start``; return its count."""
+        if values.dtype.kind != "f":
+            return 0
+        finite = np.isfinite(values)
+        count = values.size - int(np.count_nonzero(finite))
+        if count and self.first is None:
+            self.first = _first_bad(values, ~finite, start)
+        self.total += count
+        return count
+
+    def check(self, pairs: LazyPairs, shape: tuple[int, ...]) -> None:
+        """Raise the refusal of ``load_pairs`` if any NaN/inf was counted."""
+        if self.total:
+            assert self.first is not None
+            dtype = pairs.dtypes[self.name]
+            raise _nonfinite_error(self.name, pairs.path, self.total, self.first, shape, dtype)
+
+
 def scan_pairs(
     pairs: LazyPairs,
     *,
@@ -624,21 +660,15 @@ def scan_pairs(
     x_mom, y_mom = RunningMoments(pairs.x_shape), RunningMoments(pairs.y_shape)
     pair_mom, probes = RunningMoments(()), pairing_probes(pairs.x_shape, pairs.y_shape)
     resolution = {n: _ResolutionScan(n, pairs.dtypes[n], shapes[n], pairs.path) for n in names}
-    bad_count = {n: 0 for n in names}
-    first_bad: dict[str, str] = {}
+    nonfinite = {n: _NonFinite(n) for n in names}
     keep: dict[str, list[Batch]] = {"val": [], "sub": []}
     for start in range(0, pairs.num_pairs, chunk_rows):
         stop = min(start + chunk_rows, pairs.num_pairs)
         raw = pairs._read_both(slice(start, stop), f"rows {start}:{stop}")
         for name, values in zip(names, raw, strict=True):
-            if values.dtype.kind == "f":
-                finite = np.isfinite(values)
-                count = values.size - int(np.count_nonzero(finite))
-                if count:
-                    first_bad.setdefault(name, _first_bad(values, ~finite, start))
-                    bad_count[name] += count
-        if first_bad:  # the file is refused below: read on only to count the NaN/inf
-            continue
+            nonfinite[name].count(values, start)
+        if any(tally.total for tally in nonfinite.values()):
+            continue  # the file is refused below: read on only to count the NaN/inf
         x, y = (
             _to_float32(f"{name} (rows {start}:{stop})", values, pairs.path, first_row=start)
             for name, values in zip(names, raw, strict=True)
@@ -660,10 +690,7 @@ def scan_pairs(
                 keep[key].append((x[local].clone(), y[local].clone()))
         del x, y
     for name in names:  # the order and messages of load_pairs
-        if name in first_bad:
-            shape = (pairs.num_pairs, *shapes[name])
-            dtype = pairs.dtypes[name]
-            raise _nonfinite_error(name, pairs.path, bad_count[name], first_bad[name], shape, dtype)
+        nonfinite[name].check(pairs, (pairs.num_pairs, *shapes[name]))
     for name in names:
         resolution[name].check()
 

@@ -98,7 +98,7 @@ def final_spline_default(num_layers: int, layer_type: FlowLayerType) -> bool:
     the halves alternate, every coordinate has been moved by a spline conditioned on the
     context (and on the other half) in at least one layer, and the final spline is left out:
     it costs as much as a coupling layer (a third of the two-layer flow's time per SVI step,
-    README "Two Birds"). Autoregressive flows have no final spline.
+    docs/measurements.md "Two Birds"). Autoregressive flows have no final spline.
 
     Parameters
     ----------

@@ -837,7 +837,8 @@ class Problem(abc.ABC):
         when ``--preconditioner`` is not given (:func:`inference.mcmc.nuts_sample`,
         ``precondition``): ``"prior"`` and ``"prior-amortized"`` need
         :meth:`gaussian_prior`. mt1d's logit-normal prior declares ``"prior-amortized"``
-        (3.7 to 6.3 times the effective draws per evaluation; README, "Correction on mt1d").
+        (3.7 to 6.3 times the effective draws per evaluation; docs/measurements.md, "Correction on
+        mt1d").
 
     Notes
     -----

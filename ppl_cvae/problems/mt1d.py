@@ -295,7 +295,8 @@ class MT1D(Problem):
         ``"prior-amortized"`` for ``prior="logit_normal"`` (NUTS on the Gaussian field ``u``
         whitened by its prior, with the amortized covariance clipped at it: 3.7 to 6.3 times
         the effective draws per evaluation of ``"amortized"`` on held-out observations 0-5;
-        README, "Correction on mt1d"), ``"amortized"`` for ``"clipped"`` (no Gaussian prior).
+        docs/measurements.md, "Correction on mt1d"), ``"amortized"`` for ``"clipped"`` (no Gaussian
+        prior).
     field : BoundedGaussianField or GaussianRandomField
         The prior field of ``x`` (``"logit_normal"``), or the field before clipping.
     noise_std : float
