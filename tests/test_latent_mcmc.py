@@ -271,7 +271,7 @@ def test_cli_fit_unconditional_then_sample_latent_nuts(tmp_path, capsys):
     failed = bool((rhat > bound).any() or (div > 0).any() or bound > RHAT_JUDGE_LIMIT)
     assert printed.startswith("latent NUTS: R-hat") and ("FAILED" in printed) == failed
     assert np.isfinite(idata["sample_stats"]["chi2_per_datum"].values).all()
-    # the two runs swapped, a missing prior, and --unconditional without a problem
+    # the two runs swapped, a missing prior, and --unconditional on a dataset of images
     bad = args[:-1] + [str(tmp_path / "p2.nc")]
     assert bad[6] == "--generative-prior"
     swapped = [bad[0], str(tmp_path / "prior"), *bad[2:7], str(tmp_path / "run"), *bad[8:]]
@@ -279,7 +279,7 @@ def test_cli_fit_unconditional_then_sample_latent_nuts(tmp_path, capsys):
     assert main(bad[:6] + bad[8:]) == 2  # --generative-prior dropped
     err = capsys.readouterr().err
     assert "unconditional VAE" in err and "go together" in err
-    assert main(["fit", "--data", str(tmp_path / "obs.npz"), "--unconditional",
-                 "--out", str(tmp_path / "x")]) == 2
-    assert "--problem" in capsys.readouterr().err
+    assert main(["fit", "--dataset", "digits", "--unconditional",
+                 "--out", str(tmp_path / "x")]) == 2  # images: --condition none
+    assert "--condition none" in capsys.readouterr().err
     assert not (tmp_path / "p2.nc").exists()

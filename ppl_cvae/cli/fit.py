@@ -204,6 +204,11 @@ def _training_pairs(
     from ppl_cvae.data.io import load_pairs
     from ppl_cvae.train.settings import DataSource
 
+    if args.data and args.unconditional:  # models alone: a generative prior of the file's x
+        from ppl_cvae.data.io import load_models
+
+        x = load_models(args.data)
+        return x, None, DataSource.of(x, None)
     if args.data:
         x, y = load_pairs(args.data)
         return x, y, DataSource.of(x, y)
@@ -658,6 +663,11 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
         raise ConfigError(f"--chunk-mb must be positive, got {args.chunk_mb}")
     lazy_pairs = None
     if _reads_lazily(args):
+        if args.unconditional:
+            raise ConfigError(
+                f"--unconditional reads the models of {args.data!r} whole, not in chunks: give "
+                "an .npz or .nc file holding x (without --lazy)"
+            )
         from ppl_cvae.data.lazy import chunk_rows_for, open_lazy_pairs
         from ppl_cvae.train.settings import DataSource
 
@@ -680,17 +690,27 @@ def _fit_command(args: argparse.Namespace, locks: contextlib.ExitStack) -> int:
 
             args.data_digest = _check_data_digest(args, data_digest(x, y))
     overrides = args.run_file.overrides.updated(_flag_overrides(args))
-    if args.unconditional and (problem is None or x is not None):
+    if args.unconditional and args.dataset:
         raise ConfigError(
-            "--unconditional fits a generative prior on a problem's prior draws: give "
-            "--problem NAME, not --data or --dataset (for images use --condition none)"
+            "--unconditional fits a generative prior on a problem's prior draws (--problem "
+            "NAME) or on a file of models (--data FILE); for images use --condition none"
         )
     try:
         if args.unconditional:
             from ppl_cvae.train.generative_prior import generative_prior_settings
 
-            assert problem is not None  # checked above
-            model_config, train_config = generative_prior_settings(problem, overrides)
+            if x is not None and problem is not None and tuple(problem.x_shape) != tuple(
+                x.shape[1:]
+            ):
+                raise ConfigError(
+                    f"the models in {args.data!r} have shape {tuple(x.shape[1:])}, the "
+                    f"problem's x {tuple(problem.x_shape)}: give a file of that problem's "
+                    "models, or leave out --problem"
+                )
+            # a problem's recommended family (a facies decoder for channels), else a file's
+            model_config, train_config = generative_prior_settings(
+                problem if problem is not None else source, overrides
+            )
         else:
             model_config, train_config = resolve_settings(
                 source, overrides, problem=problem, decoder=args.decoder

@@ -400,9 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument(
         "--unconditional",
         action="store_true",
-        help="fit an unconditional VAE on the problem's prior draws (no y): a generative prior "
-        "for `sample --method latent-nuts|facies-mcmc|facies-smc --generative-prior RUN` "
-        "(Laloy et al. 2018)",
+        help="fit an unconditional VAE on the problem's prior draws, or on the models x of "
+        "--data FILE (.npz or .nc; no y): a generative prior for `sample --method "
+        "latent-nuts|facies-mcmc|facies-smc --generative-prior RUN` (Laloy et al. 2018)",
     )
     fit_p.add_argument(
         "--stream",

@@ -56,6 +56,7 @@ from ppl_cvae.errors import DataError, ShapeError
 
 __all__ = [
     "load_bounds",
+    "load_models",
     "load_pairs",
     "save_pairs",
     "x_only_hint",
@@ -910,10 +911,70 @@ def x_only_hint(missing: Any) -> str:
     if list(missing) != ["y"]:
         return ""
     return (
-        "; a file of x alone (no observations) fits an unconditional VAE in Python: "
-        "vae = build_cvae(ModelConfig(x_shape=tuple(x.shape[1:]), y_shape=None, "
-        "prior='standard_normal'), x, None), then fit(vae, x, None, TrainConfig(...))"
+        "; a file of x alone (prior models, no observations) fits an unconditional VAE, a "
+        "generative prior: ppl-cvae fit --data FILE --unconditional"
     )
+
+
+def load_models(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Load the models ``x`` alone from an ``.npz`` or ``.nc`` file (any ``y`` is not read).
+
+    What ``ppl-cvae fit --data FILE --unconditional`` trains a generative prior (an
+    unconditional VAE, as in Laloy et al. 2018) on: prior draws or training images of the
+    subsurface without observations. The checks are those :func:`load_pairs` applies to ``x``.
+
+    Parameters
+    ----------
+    path : str or path
+        An ``.npz`` archive with an array ``x`` or a NetCDF file with a variable ``x``, sample
+        axis first. Only read, never modified.
+
+    Returns
+    -------
+    Tensor, shape (N, *x_shape), float32
+        ``N >= 2`` models.
+
+    Raises
+    ------
+    DataError
+        If the file is missing or not ``.npz``/``.nc``, cannot be parsed, lacks ``x``, or its
+        ``x`` fails a check of :func:`load_pairs` (dtype, empty, NaN/inf, beyond float32, an
+        element float32 cannot resolve).
+    ShapeError
+        If ``x`` has fewer than 2 axes or fewer than 2 models.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     np.savez(Path(tmp) / "m.npz", x=np.zeros((5, 3)))
+    ...     load_models(Path(tmp) / "m.npz").shape
+    torch.Size([5, 3])
+    """
+    path = Path(path)
+    _require_file(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        arrays = _read_npz(path, ("x",))
+    elif suffix == ".nc":
+        arrays = _read_nc(path, ("x",))
+    else:
+        raise DataError(
+            f"models without observations are read from an .npz or .nc file holding x; got "
+            f"{str(path)!r}"
+        )
+    x = _to_float32("x", arrays["x"], path)
+    if x.dim() < 2:
+        hint = f": save it as x.reshape({len(x)}, 1)" if x.dim() == 1 else ""
+        raise ShapeError(
+            f"x in {str(path)!r} needs a leading sample axis and an event axis, got "
+            f"{tuple(x.shape)}{hint}"
+        )
+    if x.shape[0] < 2:
+        raise ShapeError(f"{str(path)!r} holds {x.shape[0]} model(s); at least 2 are needed")
+    _check_resolution("x", np.asarray(arrays["x"]), path)
+    return x
 
 
 def load_pairs(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:

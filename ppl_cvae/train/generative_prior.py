@@ -39,7 +39,7 @@ __all__ = ["fit_generative_prior", "generative_prior_settings", "prior_simulator
 
 
 def generative_prior_settings(
-    problem: Problem, overrides: Overrides | None = None
+    problem: Problem | DataSource, overrides: Overrides | None = None
 ) -> tuple[ModelConfig, TrainConfig]:
     """Return the settings of an unconditional VAE of the problem's prior draws.
 
@@ -52,8 +52,11 @@ def generative_prior_settings(
 
     Parameters
     ----------
-    problem : Problem
-        With ``sample_prior`` (any problem: a simulator is enough).
+    problem : Problem or DataSource
+        With ``sample_prior`` (any problem: a simulator is enough), or the
+        :class:`~ppl_cvae.train.settings.DataSource` of a file of models without ``y``
+        (``fit --data FILE --unconditional``), which gets what such a file gets from
+        :func:`~ppl_cvae.train.defaults.data_settings`.
     overrides : Overrides, optional
         The user's settings; they win over the recommendations, except the four fields above.
 
@@ -77,7 +80,6 @@ def generative_prior_settings(
     >>> model.y_shape, model.prior, model.x_shape
     (None, 'standard_normal', (3,))
     """
-    problem = as_problem(problem)
     overrides = overrides or Overrides()
     user_model, user_train = overrides.model, overrides.train
     if user_model.get("prior", "standard_normal") != "standard_normal":
@@ -90,6 +92,12 @@ def generative_prior_settings(
     for name in ("physics_weight", "gsnn_weight"):
         if float(cast(Mapping[str, Any], user_train).get(name, 0.0)) > 0:
             raise ConfigError(f"a generative prior has no y: {name} must be 0")
+    if isinstance(problem, DataSource):
+        if problem.y_shape is not None:
+            raise ConfigError("a generative prior is fitted on models alone: the source has y")
+        model, train = resolve_settings(problem, overrides)
+        return _unconditional(model, train)
+    problem = as_problem(problem)
     rec = recommended(problem)
     if rec.model or rec.train:
         model, train = resolve_settings(problem, overrides)
@@ -97,6 +105,11 @@ def generative_prior_settings(
         num = int(user_train.get("num_train", TrainConfig.num_train))
         source = DataSource(tuple(problem.x_shape), None, max(num, 2))
         model, train = resolve_settings(source, overrides)
+    return _unconditional(model, train)
+
+
+def _unconditional(model: ModelConfig, train: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
+    """Return the settings without their ``y`` parts (see :func:`generative_prior_settings`)."""
     model = dataclasses.replace(
         model, y_shape=None, prior="standard_normal", linear_skip=False, x_whitening="none"
     )
