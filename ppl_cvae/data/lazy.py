@@ -300,7 +300,8 @@ class LazyPairs(abc.ABC):
                 rows = slice(start, min(start + max(1, int(chunk_rows)), self.num_pairs))
                 what = f"rows {rows.start}:{rows.stop}"
                 raw = self._read_one(name, rows, what)
-                if nonfinite.count(raw, start):  # refused below: read on only to count them
+                nonfinite.count(raw, start)
+                if nonfinite.total:  # refused below: read on only to count them
                     continue
                 values = _to_float32(f"{name} ({what})", raw, self.path, first_row=start)
                 digest.update(values.numpy().reshape(-1).view(np.uint8).data)
@@ -600,16 +601,15 @@ class _NonFinite:
         self.total = 0
         self.first: str | None = None
 
-    def count(self, values: np.ndarray, start: int) -> int:
-        """Add the NaN/inf of a chunk whose first row is file row ``start``; return its count."""
+    def count(self, values: np.ndarray, start: int) -> None:
+        """Add the NaN/inf of a chunk whose first row is file row ``start``."""
         if values.dtype.kind != "f":
-            return 0
+            return
         finite = np.isfinite(values)
         count = values.size - int(np.count_nonzero(finite))
         if count and self.first is None:
             self.first = _first_bad(values, ~finite, start)
         self.total += count
-        return count
 
     def check(self, pairs: LazyPairs, shape: tuple[int, ...]) -> None:
         """Raise the refusal of ``load_pairs`` if any NaN/inf was counted."""
